@@ -1,0 +1,51 @@
+# qsys-operator — developer entry points. See README.md.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# Built tools (Kubernetes binaries, helm, ...) live outside the clone so that
+# fresh clones on the same machine reuse them.
+export QSYS_TOOLS_CACHE ?= $(HOME)/.cache/qsys-operator
+PYTEST_ARGS ?=
+
+.PHONY: help install test lint unit bench demo clean
+
+help:
+	@echo "make install   virtualenv (.venv) with every entry point, and system packages"
+	@echo "make test      lint + the whole test suite (what CI runs)"
+	@echo "make demo      control plane, operator, simulator, gateway: one allowed and one denied call"
+	@echo "make lint      ruff + mypy"
+	@echo "make bench     benchmarks, printed beside their baselines"
+	@echo "make cluster-up / cluster-down   local Kubernetes control plane built from source"
+	@echo "make kind-up / e2e-kind          the same e2e suite on kind (needs Docker)"
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml hack/install-system-deps.sh
+	bash hack/install-system-deps.sh
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+lint: install
+	$(BIN)/ruff check gateway operator simulator tests bench
+	$(BIN)/ruff format --check gateway operator simulator tests bench
+	$(BIN)/mypy
+
+test: install lint
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+unit: install
+	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
+
+bench: install
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) .cache .pytest_cache .mypy_cache .ruff_cache
+
+-include mk/*.mk

@@ -1,0 +1,1 @@
+"""A QRC-speaking Q-SYS Core simulator for tests, benchmarks and demos."""
