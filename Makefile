@@ -36,7 +36,7 @@ lint: install
 	$(BIN)/ruff format --check gateway operator simulator tests bench
 	$(BIN)/mypy
 
-test: install lint
+test: install lint cluster-tools
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 unit: install

@@ -1,0 +1,285 @@
+"""Typed params and results of every QRC method the product models.
+
+`parse_params` is the single validator used by the simulator and the gateway:
+it turns raw JSON params into a model or raises -32602 with a message that
+names the bad field but never echoes the offending value (it may be a secret).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    RootModel,
+    SecretStr,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    TypeAdapter,
+    ValidationError,
+    model_validator,
+)
+
+from .errors import ErrorCode, QrcError
+
+MAX_NAME = 256
+MAX_ITEMS = 1024
+
+Name = Annotated[StrictStr, Field(min_length=1, max_length=MAX_NAME)]
+ChangeGroupId = Annotated[StrictStr, Field(min_length=1, max_length=MAX_NAME)] | StrictInt
+ControlValue = StrictBool | StrictInt | StrictFloat | Annotated[StrictStr, Field(max_length=4096)]
+Seconds = Annotated[float, Field(ge=0, le=3600)]
+ControlType = Literal["Boolean", "Integer", "Float", "Text", "Trigger", "Time"]
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, populate_by_name=True)
+
+
+class ResultModel(BaseModel):
+    """Results come from a Core: tolerate fields we do not know."""
+
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
+
+
+# ---- params -----------------------------------------------------------------
+
+
+class EmptyParams(Model):
+    pass
+
+
+class LogonParams(Model):
+    User: Annotated[StrictStr, Field(max_length=MAX_NAME)]
+    Password: SecretStr = Field(max_length=4096)
+
+
+class ControlGetParams(RootModel[list[Name]]):
+    root: Annotated[list[Name], Field(min_length=1, max_length=MAX_ITEMS)]
+
+
+class _ValueWrite(Model):
+    Value: ControlValue | None = None
+    Position: Annotated[float, Field(ge=0, le=1)] | None = None
+    String: Annotated[StrictStr, Field(max_length=4096)] | None = None
+    Ramp: Seconds | None = None
+
+    @model_validator(mode="after")
+    def _one_of_value_position_string(self) -> _ValueWrite:
+        if self.Value is None and self.Position is None and self.String is None:
+            raise ValueError("one of Value, Position or String is required")
+        return self
+
+
+class ControlSetParams(_ValueWrite):
+    Name: Name
+
+
+class ControlRef(Model):
+    Name: Name
+
+
+class ControlWrite(_ValueWrite):
+    Name: Name
+
+
+class ComponentRef(Model):
+    Name: Name
+
+
+class ComponentGetParams(Model):
+    Name: Name
+    Controls: Annotated[list[ControlRef], Field(min_length=1, max_length=MAX_ITEMS)]
+
+
+class ComponentSetParams(Model):
+    Name: Name
+    Controls: Annotated[list[ControlWrite], Field(min_length=1, max_length=MAX_ITEMS)]
+    ResponseValues: StrictBool | None = None
+
+
+class ChangeGroupAddControlParams(Model):
+    Id: ChangeGroupId
+    Controls: Annotated[list[Name], Field(min_length=1, max_length=MAX_ITEMS)]
+
+
+class ComponentControls(Model):
+    Name: Name
+    Controls: Annotated[list[ControlRef], Field(min_length=1, max_length=MAX_ITEMS)]
+
+
+class ChangeGroupAddComponentControlParams(Model):
+    Id: ChangeGroupId
+    Component: ComponentControls
+
+
+class ChangeGroupRemoveParams(Model):
+    Id: ChangeGroupId
+    Controls: Annotated[list[Name], Field(min_length=1, max_length=MAX_ITEMS)]
+
+
+class ChangeGroupIdParams(Model):
+    Id: ChangeGroupId
+
+
+class ChangeGroupAutoPollParams(Model):
+    Id: ChangeGroupId
+    Rate: Annotated[float, Field(gt=0, le=3600)]
+
+
+class SnapshotLoadParams(Model):
+    Name: Name
+    Bank: Annotated[StrictInt, Field(ge=1, le=1000)]
+    Ramp: Seconds | None = None
+
+
+class SnapshotSaveParams(Model):
+    Name: Name
+    Bank: Annotated[StrictInt, Field(ge=1, le=1000)]
+
+
+# ---- results ----------------------------------------------------------------
+
+
+class StatusDetail(ResultModel):
+    Code: int
+    String: str
+
+
+class StatusResult(ResultModel):
+    Platform: str
+    State: Literal["Idle", "Active", "Standby"]
+    DesignName: str
+    DesignCode: str
+    IsRedundant: bool
+    IsEmulator: bool
+    Status: StatusDetail
+
+
+class ControlState(ResultModel):
+    Name: str
+    Value: bool | int | float | str
+    String: str
+    Position: float
+
+
+class Change(ControlState):
+    Component: str | None = None
+
+
+class ComponentProperty(ResultModel):
+    Name: str
+    Value: str
+    PrettyName: str | None = None
+
+
+class ComponentInfo(ResultModel):
+    Name: str
+    Type: str
+    Properties: list[ComponentProperty]
+
+
+class ControlInfo(ResultModel):
+    Name: str
+    Type: ControlType
+    Value: bool | int | float | str
+    ValueMin: int | float
+    ValueMax: int | float
+    StringMin: str
+    StringMax: str
+    String: str
+    Position: float
+    Direction: Literal["Read/Write", "Read Only", "Write Only"]
+
+
+class ComponentControlsResult(ResultModel):
+    Name: str
+    Controls: list[ControlInfo]
+
+
+class ComponentValuesResult(ResultModel):
+    Name: str
+    Controls: list[ControlState]
+
+
+class ChangeGroupPollResult(ResultModel):
+    Id: str | int
+    Changes: list[Change]
+
+
+# ---- registry ---------------------------------------------------------------
+
+MethodKind = Literal["session", "read", "write", "change_group"]
+
+
+@dataclass(frozen=True, slots=True)
+class MethodSpec:
+    name: str
+    kind: MethodKind
+    params: type[BaseModel] | None
+    result: TypeAdapter[Any]
+
+
+def _spec(name: str, kind: MethodKind, params: type[BaseModel] | None, result: Any) -> MethodSpec:
+    return MethodSpec(name, kind, params, TypeAdapter(result))
+
+
+METHODS: dict[str, MethodSpec] = {
+    s.name: s
+    for s in (
+        _spec("Logon", "session", LogonParams, Literal[True]),
+        _spec("NoOp", "session", EmptyParams, Literal[True]),
+        _spec("StatusGet", "read", None, StatusResult),
+        _spec("Control.Get", "read", ControlGetParams, list[ControlState]),
+        _spec("Control.Set", "write", ControlSetParams, bool | ControlState),
+        _spec("Component.GetComponents", "read", EmptyParams, list[ComponentInfo]),
+        _spec("Component.GetControls", "read", ComponentRef, ComponentControlsResult),
+        _spec("Component.Get", "read", ComponentGetParams, ComponentValuesResult),
+        _spec("Component.Set", "write", ComponentSetParams, bool | ComponentValuesResult),
+        _spec("ChangeGroup.AddControl", "change_group", ChangeGroupAddControlParams, bool),
+        _spec(
+            "ChangeGroup.AddComponentControl",
+            "change_group",
+            ChangeGroupAddComponentControlParams,
+            bool,
+        ),
+        _spec("ChangeGroup.Remove", "change_group", ChangeGroupRemoveParams, bool),
+        _spec("ChangeGroup.Poll", "change_group", ChangeGroupIdParams, ChangeGroupPollResult),
+        _spec("ChangeGroup.AutoPoll", "change_group", ChangeGroupAutoPollParams, bool),
+        _spec("ChangeGroup.Invalidate", "change_group", ChangeGroupIdParams, bool),
+        _spec("ChangeGroup.Clear", "change_group", ChangeGroupIdParams, bool),
+        _spec("ChangeGroup.Destroy", "change_group", ChangeGroupIdParams, bool),
+        _spec("Snapshot.Load", "write", SnapshotLoadParams, bool),
+        _spec("Snapshot.Save", "write", SnapshotSaveParams, bool),
+    )
+}
+
+
+def _describe(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors(include_url=False, include_input=False)[:5]:
+        loc = ".".join(str(p) for p in err["loc"] if p != "root") or "params"
+        parts.append(f"{loc}: {err['msg']}")
+    return "Invalid params: " + "; ".join(parts)
+
+
+def parse_params(method: str, raw: Any) -> BaseModel | None:
+    """Validate the params of a modelled method; returns None for methods without params."""
+    spec = METHODS.get(method)
+    if spec is None:
+        raise QrcError(ErrorCode.METHOD_NOT_FOUND, f"Method not found: {method[:64]}")
+    if spec.params is None:
+        if raw in (None, 0, {}, []):
+            return None
+        raise QrcError(ErrorCode.INVALID_PARAMS, "Invalid params: expected none")
+    if raw is None and spec.params is EmptyParams:
+        raw = {}
+    try:
+        return spec.params.model_validate(raw)
+    except ValidationError as exc:
+        raise QrcError(ErrorCode.INVALID_PARAMS, _describe(exc)) from None

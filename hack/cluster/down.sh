@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Stops every process of the local control plane of this checkout, including
+# ones whose pid file is gone, and leaves none behind.
+source "$(dirname "$0")/lib.sh"
+
+stop_pids() { # SIGNAL PID...
+	local sig=$1 pid
+	shift
+	for pid in "$@"; do kill "-$sig" "$pid" 2>/dev/null || true; done
+}
+
+# Reverse start order: clients first, etcd last.
+for ((i = ${#COMPONENTS[@]} - 1; i >= 0; i--)); do
+	pid=$(component_pid "${COMPONENTS[i]}")
+	if [[ -n $pid ]]; then stop_pids TERM "$pid"; fi
+done
+for _ in $(seq 1 50); do
+	mapfile -t left < <(all_our_pids)
+	((${#left[@]} == 0)) && break
+	stop_pids TERM "${left[@]}"
+	sleep 0.2
+done
+mapfile -t left < <(all_our_pids)
+if ((${#left[@]} > 0)); then
+	log "killing processes that ignored SIGTERM: ${left[*]}"
+	stop_pids KILL "${left[@]}"
+	sleep 0.5
+fi
+mapfile -t left < <(all_our_pids)
+((${#left[@]} == 0)) || die "could not stop: ${left[*]}"
+rm -rf "$PIDS" "$STATE/etcd"
+rm -f "$STATE/kubeconfig"
+log "stopped"

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Generates the control plane's CA, serving and client certificates and the
+# service-account signing key into DIR, unless DIR already holds a full set.
+set -euo pipefail
+dir=$1
+[[ -f $dir/.complete ]] && exit 0
+rm -rf "$dir"
+mkdir -p "$dir"
+cd "$dir"
+
+ec_key() { openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$1" 2>/dev/null; }
+
+ec_key ca.key
+openssl req -x509 -new -key ca.key -days 3650 -subj "/CN=qsys-local-ca" -out ca.crt \
+	-addext "basicConstraints=critical,CA:TRUE" \
+	-addext "keyUsage=critical,keyCertSign,cRLSign,digitalSignature"
+
+# leaf NAME SUBJECT EXTENDED_KEY_USAGE [SUBJECT_ALT_NAMES]
+leaf() {
+	ec_key "$1.key"
+	openssl req -new -key "$1.key" -subj "$2" -out "$1.csr"
+	{
+		echo "basicConstraints=critical,CA:FALSE"
+		echo "keyUsage=critical,digitalSignature,keyEncipherment"
+		echo "extendedKeyUsage=$3"
+		if [[ -n ${4:-} ]]; then echo "subjectAltName=$4"; fi
+	} >"$1.ext"
+	openssl x509 -req -in "$1.csr" -CA ca.crt -CAkey ca.key -set_serial "0x$(openssl rand -hex 16)" \
+		-days 3650 -extfile "$1.ext" -out "$1.crt" 2>/dev/null
+	rm -f "$1.csr" "$1.ext"
+}
+
+# The first address of the default service CIDR (10.96.0.1) is the
+# "kubernetes" Service's ClusterIP.
+leaf apiserver "/CN=kube-apiserver" serverAuth \
+	"IP:127.0.0.1,DNS:localhost,IP:10.96.0.1,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
+leaf admin "/O=system:masters/CN=qsys-admin" clientAuth
+leaf kube-controller-manager "/CN=system:kube-controller-manager" clientAuth
+leaf kube-scheduler "/CN=system:kube-scheduler" clientAuth
+# kwok plays every kubelet (node and pod status of all fake nodes), which the
+# Node authorizer's per-node identities cannot express.
+leaf kwok "/O=system:masters/CN=kwok" clientAuth
+
+openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out sa.key 2>/dev/null
+openssl pkey -in sa.key -pubout -out sa.pub
+chmod 600 ./*.key
+touch .complete

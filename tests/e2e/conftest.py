@@ -1,0 +1,96 @@
+"""Fixtures for end-to-end tests against a real Kubernetes API server.
+
+With KUBECONFIG set, that cluster is used (kind or any other). Otherwise the
+local control plane of hack/cluster is brought up once per session, and taken
+down at the end if this session started it. No cluster means failed tests,
+never skipped ones.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from kube_support import REPO, Cluster
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+
+UP = REPO / "hack" / "cluster" / "up.sh"
+DOWN = REPO / "hack" / "cluster" / "down.sh"
+LOCAL_KUBECONFIG = REPO / ".cache" / "cluster" / "kubeconfig"
+UP_TIMEOUT_S = 240
+
+
+def _run_script(script: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["bash", str(script)],
+        capture_output=True,
+        text=True,
+        timeout=UP_TIMEOUT_S,
+        check=False,
+        cwd=REPO,
+    )
+
+
+def _stop_local() -> None:
+    result = _run_script(DOWN)
+    if result.returncode != 0:
+        raise RuntimeError(f"hack/cluster/down.sh failed:\n{result.stderr}")
+
+
+def _start_local() -> bool:
+    """Start the local control plane; True when this call started it."""
+    try:
+        result = _run_script(UP)
+    except subprocess.TimeoutExpired:
+        _stop_local()
+        pytest.fail(f"no Kubernetes cluster: hack/cluster/up.sh took over {UP_TIMEOUT_S}s")
+    if result.returncode != 0:
+        pytest.fail(
+            "no Kubernetes cluster: KUBECONFIG is not set and the local control plane "
+            "did not start (build it with `make cluster-tools`, or set KUBECONFIG).\n"
+            f"hack/cluster/up.sh said:\n{result.stderr[-4000:]}",
+            pytrace=False,
+        )
+    return result.stdout.strip() == "started"
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[Cluster]:
+    kubeconfig = os.environ.get("KUBECONFIG", "")
+    started = False
+    if not kubeconfig:
+        started = _start_local()
+        kubeconfig = str(LOCAL_KUBECONFIG)
+    try:
+        try:
+            api = config.new_client_from_config(config_file=kubeconfig)  # type: ignore[no-untyped-call]
+            client.VersionApi(api).get_code(_request_timeout=10)
+        except Exception as exc:
+            pytest.fail(f"no Kubernetes cluster: {kubeconfig} is unusable: {exc}", pytrace=False)
+        local = (
+            os.path.samefile(kubeconfig, LOCAL_KUBECONFIG) if LOCAL_KUBECONFIG.exists() else False
+        )
+        yield Cluster(kubeconfig=kubeconfig, api=api, local=local)
+        api.close()
+    finally:
+        if started:
+            _stop_local()
+
+
+@pytest.fixture
+def namespace(cluster: Cluster) -> Iterator[str]:
+    """A fresh namespace, deleted (without waiting) after the test."""
+    name = f"e2e-{uuid.uuid4().hex[:8]}"
+    core = client.CoreV1Api(cluster.api)
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+    yield name
+    try:
+        core.delete_namespace(name)
+    except ApiException as exc:
+        if exc.status != 404:
+            raise
