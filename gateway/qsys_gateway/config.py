@@ -1,0 +1,189 @@
+"""The gateway config (`gateway.yaml`): one model, written by the operator, read by the gateway.
+
+Field names are exactly the YAML keys of the product spec, so the same model
+validates what the operator renders and what the gateway loads.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+SUBJECT_NAME_PATTERN = r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$"
+HostName = Annotated[str, Field(min_length=1, max_length=253, pattern=r"^[A-Za-z0-9.:_\[\]-]+$")]
+Port = Annotated[int, Field(ge=1, le=65535)]
+Glob = Annotated[str, Field(min_length=1, max_length=256)]
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, frozen=True)
+
+
+class RateConfig(Model):
+    requestsPerSecond: Annotated[float, Field(gt=0, le=100000)] = 20
+    burst: Annotated[int, Field(ge=1, le=1000000)] = 40
+
+
+class TlsConfig(Model):
+    certFile: str
+    keyFile: str
+
+
+class CoreConfig(Model):
+    host: HostName
+    port: Port = 1710
+    redundantHost: HostName | None = None
+    usernameFile: str | None = None
+    passwordFile: str | None = None
+    keepAliveSeconds: Annotated[float, Field(ge=1, le=55)] = 20
+    requestTimeoutSeconds: Annotated[float, Field(gt=0, le=300)] = 5
+
+    def credentials(self) -> tuple[str | None, SecretStr | None]:
+        """QRC Logon credentials from the files, else env QSYS_CORE_USERNAME/QSYS_CORE_PASSWORD."""
+        user = _read_secret_file(self.usernameFile) or os.environ.get("QSYS_CORE_USERNAME")
+        password = _read_secret_file(self.passwordFile) or os.environ.get("QSYS_CORE_PASSWORD")
+        return (user or None, SecretStr(password) if password else None)
+
+
+def _read_secret_file(path: str | None) -> str | None:
+    if not path:
+        return None
+    return Path(path).read_text("utf-8").strip() or None
+
+
+class ListenConfig(Model):
+    host: str = "0.0.0.0"
+    http: Port = 8080
+    qrc: Port | None = 1710
+    metrics: Port = 9090
+    tls: TlsConfig | None = None
+
+
+class LimitsConfig(Model):
+    maxClients: Annotated[int, Field(ge=1, le=100000)] = 1000
+    maxMessageBytes: Annotated[int, Field(ge=1024, le=16 * 1024 * 1024)] = 262144
+    rate: RateConfig = RateConfig()
+    storage: str = "memory"
+
+    @field_validator("storage")
+    @classmethod
+    def _storage_uri(cls, v: str) -> str:
+        if v == "memory" or re.match(r"^rediss?://[^\s/]+(:\d+)?(/\d+)?$", v):
+            return v
+        raise ValueError('must be "memory" or redis://host:port/db')
+
+
+class AuditConfig(Model):
+    logReads: bool = False
+    path: str = "-"
+
+
+class CorsConfig(Model):
+    allowedOrigins: list[Annotated[str, Field(min_length=1, max_length=512)]] = []
+
+
+class ValueRange(Model):
+    min: float | None = None
+    max: float | None = None
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ValueRange:
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError("min must not be greater than max")
+        return self
+
+
+class Rule(Model):
+    """One allow rule: a call passes when some rule matches every target it touches."""
+
+    methods: Annotated[list[Glob], Field(min_length=1)]
+    components: Annotated[list[Glob], Field(min_length=1)] = ["*"]
+    controls: Annotated[list[Glob], Field(min_length=1)] = ["*"]
+    valueRange: ValueRange | None = None
+
+
+class SubjectConfig(Model):
+    name: Annotated[str, Field(pattern=SUBJECT_NAME_PATTERN)]
+    tokenSha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+    rate: RateConfig | None = None
+    rules: list[Rule] = []
+
+
+class GatewayConfig(Model):
+    core: CoreConfig
+    listen: ListenConfig = ListenConfig()
+    limits: LimitsConfig = LimitsConfig()
+    audit: AuditConfig = AuditConfig()
+    cors: CorsConfig = CorsConfig()
+    subjects: list[SubjectConfig] = []
+
+    @model_validator(mode="after")
+    def _unique_subjects(self) -> GatewayConfig:
+        seen: set[str] = set()
+        hashes: set[str] = set()
+        for s in self.subjects:
+            if s.name in seen:
+                raise ValueError(f"subjects: duplicate subject name {s.name!r}")
+            if s.tokenSha256 in hashes:
+                raise ValueError(f"subjects: subject {s.name!r} shares its token with another")
+            seen.add(s.name)
+            hashes.add(s.tokenSha256)
+        return self
+
+    def subject(self, name: str) -> SubjectConfig | None:
+        return next((s for s in self.subjects if s.name == name), None)
+
+    def rate_for(self, subject: SubjectConfig) -> RateConfig:
+        return subject.rate or self.limits.rate
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; the message names the offending field."""
+
+
+def _describe(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors(include_url=False, include_input=False)[:10]:
+        loc = ".".join(str(p) for p in err["loc"]) or "(root)"
+        lines.append(f"{loc}: {err['msg']}")
+    return "; ".join(lines)
+
+
+def parse_config(data: Any) -> GatewayConfig:
+    try:
+        return GatewayConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"invalid gateway config: {_describe(exc)}") from None
+
+
+def load_config(path: str | Path) -> GatewayConfig:
+    try:
+        text = Path(path).read_text("utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config {path} is not valid YAML: {exc}") from None
+    return parse_config(data)
+
+
+def dump_config(config: GatewayConfig) -> str:
+    """Serialise for `gateway.yaml` (the operator writes this into the config Secret)."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+
+
+Transport = Literal["http", "ws", "qrc"]

@@ -1,0 +1,81 @@
+"""Prometheus metrics of the gateway (SPEC section 6), one registry per gateway instance.
+
+Label values are bounded: methods outside the modelled set count as `other`,
+subjects come from the config only (unauthenticated calls use `-`).
+"""
+
+from __future__ import annotations
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+)
+
+from .qrc.methods import METHODS
+
+PREFIX = "qsys_gateway"
+_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+EXTRA_METHOD_LABELS = frozenset({"Logon", "batch"})
+
+
+def method_label(method: str) -> str:
+    return method if method in METHODS or method in EXTRA_METHOD_LABELS else "other"
+
+
+class GatewayMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry(auto_describe=True)
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+        r = self.registry
+        self.requests = Counter(
+            f"{PREFIX}_requests_total",
+            "Calls handled, by outcome (ok, error, denied, unauthenticated, rate_limited, "
+            "invalid, unavailable, timeout)",
+            ["method", "subject", "transport", "outcome"],
+            registry=r,
+        )
+        self.request_duration = Histogram(
+            f"{PREFIX}_request_duration_seconds",
+            "Time from receiving a call to answering it",
+            ["method", "transport"],
+            buckets=_BUCKETS,
+            registry=r,
+        )
+        self.upstream_up = Gauge(
+            f"{PREFIX}_upstream_up", "1 when a logged-on connection to the Core is open", registry=r
+        )
+        self.upstream_reconnects = Counter(
+            f"{PREFIX}_upstream_reconnects_total", "Reconnects to the Core", registry=r
+        )
+        self.upstream_duration = Histogram(
+            f"{PREFIX}_upstream_request_duration_seconds",
+            "Round trip of calls forwarded to the Core",
+            ["method"],
+            buckets=_BUCKETS,
+            registry=r,
+        )
+        self.clients = Gauge(
+            f"{PREFIX}_clients", "Connected WebSocket and QRC clients", ["transport"], registry=r
+        )
+        self.auth_failures = Counter(
+            f"{PREFIX}_auth_failures_total", "Failed authentications", ["transport"], registry=r
+        )
+        self.circuit_state = Gauge(
+            f"{PREFIX}_circuit_state",
+            "Circuit breaker towards the Core: 0 closed, 1 half-open, 2 open",
+            registry=r,
+        )
+        self.config_reloads = Counter(
+            f"{PREFIX}_config_reloads_total", "Config reloads by result", ["result"], registry=r
+        )
+        self.audit_events = Counter(
+            f"{PREFIX}_audit_events_total", "Audit lines written", ["decision"], registry=r
+        )
+        self.change_groups = Gauge(
+            f"{PREFIX}_change_groups", "Change groups held on behalf of clients", registry=r
+        )

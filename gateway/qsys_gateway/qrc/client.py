@@ -1,0 +1,151 @@
+"""A small asyncio QRC client: one TCP connection, id correlation, pushed notifications.
+
+Used by tests, benchmarks and the demo, and as the transport under the
+gateway's upstream connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import ssl as ssl_module
+from collections.abc import Callable
+from typing import Any
+
+from . import jsonrpc
+from .errors import ErrorCode, QrcError
+from .framing import FRAME_TOO_LARGE, FrameDecoder, encode_frame
+
+
+class ConnectionClosed(ConnectionError):
+    pass
+
+
+class QrcClient:
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        *,
+        max_frame_bytes: int = 1024 * 1024,
+        max_notifications: int = 10000,
+        on_notification: Callable[[jsonrpc.Request], None] | None = None,
+    ) -> None:
+        self._reader = reader
+        self._writer = writer
+        self._decoder = FrameDecoder(max_frame_bytes)
+        self._ids = itertools.count(1)
+        self._pending: dict[int | str, asyncio.Future[jsonrpc.Response]] = {}
+        self.notifications: asyncio.Queue[jsonrpc.Request] = asyncio.Queue(max_notifications)
+        self._on_notification = on_notification
+        self.closed = asyncio.Event()
+        self.close_reason: BaseException | None = None
+        self._reader_task = asyncio.get_running_loop().create_task(self._read_loop())
+
+    @classmethod
+    async def connect(
+        cls,
+        host: str,
+        port: int,
+        *,
+        timeout: float = 5.0,
+        ssl: ssl_module.SSLContext | None = None,
+        **kwargs: Any,
+    ) -> QrcClient:
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(host, port, ssl=ssl, limit=2**20), timeout
+        )
+        return cls(reader, writer, **kwargs)
+
+    async def _read_loop(self) -> None:
+        try:
+            while True:
+                data = await self._reader.read(65536)
+                if not data:
+                    raise ConnectionClosed("connection closed by peer")
+                for frame in self._decoder.feed(data):
+                    if frame is FRAME_TOO_LARGE:
+                        continue
+                    assert isinstance(frame, bytes)
+                    self._dispatch(frame)
+        except (asyncio.CancelledError, Exception) as exc:
+            self.close_reason = exc
+        finally:
+            self.closed.set()
+            for fut in self._pending.values():
+                if not fut.done():
+                    fut.set_exception(ConnectionClosed("connection closed"))
+            self._pending.clear()
+
+    def _dispatch(self, frame: bytes) -> None:
+        try:
+            msg = jsonrpc.parse_message(frame)
+        except jsonrpc.InvalidMessage:
+            return
+        if isinstance(msg, jsonrpc.Response):
+            fut = self._pending.pop(msg.id, None) if msg.id is not None else None
+            if fut is not None and not fut.done():
+                fut.set_result(msg)
+            return
+        if self._on_notification is not None:
+            self._on_notification(msg)
+            return
+        if self.notifications.full():
+            self.notifications.get_nowait()
+        self.notifications.put_nowait(msg)
+
+    async def request(
+        self, method: str, params: Any = None, *, timeout: float | None = 10.0
+    ) -> jsonrpc.Response:
+        """Send one call and wait for its response (error responses are returned, not raised)."""
+        if self.closed.is_set():
+            raise ConnectionClosed("connection closed")
+        rid = next(self._ids)
+        fut: asyncio.Future[jsonrpc.Response] = asyncio.get_running_loop().create_future()
+        self._pending[rid] = fut
+        self._writer.write(encode_frame(jsonrpc.Request(method, params, rid).to_dict()))
+        try:
+            return await asyncio.wait_for(fut, timeout)
+        finally:
+            self._pending.pop(rid, None)
+
+    async def call(self, method: str, params: Any = None, *, timeout: float | None = 10.0) -> Any:
+        """Send one call; return its result or raise `QrcError` with the error it got."""
+        resp = await self.request(method, params, timeout=timeout)
+        if resp.error is not None:
+            code = resp.error.get("code", ErrorCode.SERVER_ERROR)
+            raise QrcError(code if isinstance(code, int) else -32603, str(resp.error.get("message")))
+        return resp.result
+
+    async def notify(self, method: str, params: Any = None) -> None:
+        self._writer.write(encode_frame(jsonrpc.Request(method, params).to_dict()))
+        await self._writer.drain()
+
+    async def send_raw(self, data: bytes) -> None:
+        self._writer.write(data)
+        await self._writer.drain()
+
+    async def next_notification(
+        self, method: str | None = None, *, timeout: float = 5.0
+    ) -> jsonrpc.Request:
+        """The next pushed message (of `method`, skipping others)."""
+        async with asyncio.timeout(timeout):
+            while True:
+                msg = await self.notifications.get()
+                if method is None or msg.method == method:
+                    return msg
+
+    async def close(self) -> None:
+        self._reader_task.cancel()
+        with contextlib.suppress(BaseException):
+            await self._reader_task
+        self._writer.close()
+        with contextlib.suppress(Exception):
+            await self._writer.wait_closed()
+
+    async def __aenter__(self) -> QrcClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
