@@ -23,7 +23,7 @@ class _Model(BaseModel):
 class ControlDef(_Model):
     name: Name
     type: ControlType = "Float"
-    value: float | str = 0.0
+    value: int | float | str = 0.0
     min: float = 0.0
     max: float = 1.0
     units: str = ""

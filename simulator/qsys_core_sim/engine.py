@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import BaseModel
+
 from qsys_gateway.qrc import methods as m
 from qsys_gateway.qrc.errors import ErrorCode, QrcError
 
@@ -61,7 +62,12 @@ class Control:
         return (self.component, self.name)
 
     def state(self) -> dict[str, Any]:
-        return {"Name": self.name, "Value": self.value, "String": self.string, "Position": self.position}
+        return {
+            "Name": self.name,
+            "Value": self.value,
+            "String": self.string,
+            "Position": self.position,
+        }
 
     def info(self) -> dict[str, Any]:
         return {
@@ -111,7 +117,9 @@ class Control:
             raise QrcError(ErrorCode.INVALID_PARAMS, f"Invalid params: {self.name} takes a string")
         if write.Value is not None:
             if isinstance(write.Value, str):
-                raise QrcError(ErrorCode.INVALID_PARAMS, f"Invalid params: {self.name} takes a number")
+                raise QrcError(
+                    ErrorCode.INVALID_PARAMS, f"Invalid params: {self.name} takes a number"
+                )
             return float(write.Value)
         if write.Position is not None:
             return self.min + write.Position * (self.max - self.min)
@@ -313,7 +321,9 @@ class Engine:
             {
                 "Name": c.name,
                 "Type": c.type,
-                "Properties": [{"Name": k, "Value": v, "PrettyName": k} for k, v in c.properties.items()],
+                "Properties": [
+                    {"Name": k, "Value": v, "PrettyName": k} for k, v in c.properties.items()
+                ],
             }
             for c in self._component_defs.values()
         ]
@@ -397,7 +407,9 @@ class Engine:
         if snap is None:
             raise QrcError(ErrorCode.UNKNOWN_COMPONENT, f"Unknown snapshot: {name[:64]}")
         if bank > snap.banks:
-            raise QrcError(ErrorCode.INVALID_PARAMS, f"Invalid params: {name} has {snap.banks} banks")
+            raise QrcError(
+                ErrorCode.INVALID_PARAMS, f"Invalid params: {name} has {snap.banks} banks"
+            )
         return snap
 
     def _snapshot_save(self, session: Session, p: m.SnapshotSaveParams) -> bool:

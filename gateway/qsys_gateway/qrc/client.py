@@ -115,7 +115,9 @@ class QrcClient:
         resp = await self.request(method, params, timeout=timeout)
         if resp.error is not None:
             code = resp.error.get("code", ErrorCode.SERVER_ERROR)
-            raise QrcError(code if isinstance(code, int) else -32603, str(resp.error.get("message")))
+            raise QrcError(
+                code if isinstance(code, int) else -32603, str(resp.error.get("message"))
+            )
         return resp.result
 
     async def notify(self, method: str, params: Any = None) -> None:

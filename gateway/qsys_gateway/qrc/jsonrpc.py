@@ -84,7 +84,9 @@ def _read_id(obj: dict[str, Any]) -> RequestId | None:
     if rid is None:
         return None
     if isinstance(rid, bool) or not isinstance(rid, int | str):
-        raise InvalidMessage(ErrorCode.INVALID_REQUEST, "Invalid request: id must be a number or string")
+        raise InvalidMessage(
+            ErrorCode.INVALID_REQUEST, "Invalid request: id must be a number or string"
+        )
     if isinstance(rid, str) and len(rid) > MAX_ID_LENGTH:
         raise InvalidMessage(ErrorCode.INVALID_REQUEST, "Invalid request: id too long")
     return rid
@@ -97,7 +99,9 @@ def parse_object(obj: Any) -> Message:
     rid = _read_id(obj)
     version = obj.get("jsonrpc", "2.0")
     if version != "2.0":
-        raise InvalidMessage(ErrorCode.INVALID_REQUEST, 'Invalid request: jsonrpc must be "2.0"', rid)
+        raise InvalidMessage(
+            ErrorCode.INVALID_REQUEST, 'Invalid request: jsonrpc must be "2.0"', rid
+        )
     method = obj.get("method")
     if method is None:
         if "result" in obj or "error" in obj:
@@ -107,9 +111,13 @@ def parse_object(obj: Any) -> Message:
             return Response(id=rid, result=obj.get("result"), error=error)
         raise InvalidMessage(ErrorCode.INVALID_REQUEST, "Invalid request: method missing", rid)
     if not isinstance(method, str) or not method:
-        raise InvalidMessage(ErrorCode.INVALID_REQUEST, "Invalid request: method must be a string", rid)
+        raise InvalidMessage(
+            ErrorCode.INVALID_REQUEST, "Invalid request: method must be a string", rid
+        )
     if len(method) > MAX_METHOD_LENGTH:
-        raise InvalidMessage(ErrorCode.INVALID_REQUEST, "Invalid request: method name too long", rid)
+        raise InvalidMessage(
+            ErrorCode.INVALID_REQUEST, "Invalid request: method name too long", rid
+        )
     return Request(method=method, params=obj.get("params"), id=rid)
 
 

@@ -1,0 +1,131 @@
+"""Method registry and parameter validation."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from qsys_gateway.qrc import methods as m
+from qsys_gateway.qrc.errors import ErrorCode, QrcError
+
+QRC_METHODS = {
+    "Logon",
+    "NoOp",
+    "StatusGet",
+    "Control.Get",
+    "Control.Set",
+    "Component.GetComponents",
+    "Component.GetControls",
+    "Component.Get",
+    "Component.Set",
+    "ChangeGroup.AddControl",
+    "ChangeGroup.AddComponentControl",
+    "ChangeGroup.Remove",
+    "ChangeGroup.Poll",
+    "ChangeGroup.AutoPoll",
+    "ChangeGroup.Invalidate",
+    "ChangeGroup.Clear",
+    "ChangeGroup.Destroy",
+    "Snapshot.Load",
+    "Snapshot.Save",
+}
+
+
+def params_error(method: str, raw: object) -> QrcError:
+    with pytest.raises(QrcError) as info:
+        m.parse_params(method, raw)
+    return info.value
+
+
+def test_registry_covers_the_qrc_method_table() -> None:
+    assert set(m.METHODS) == QRC_METHODS
+    assert {s.kind for s in m.METHODS.values()} == {"session", "read", "write", "change_group"}
+    assert m.METHODS["Control.Set"].kind == "write"
+    assert m.METHODS["Component.Get"].kind == "read"
+
+
+def test_unknown_method() -> None:
+    err = params_error("Mixer.SetCrossPointGain", {})
+    assert err.code == ErrorCode.METHOD_NOT_FOUND
+
+
+@pytest.mark.parametrize("raw", [None, 0, {}, []])
+def test_status_get_takes_nothing(raw: object) -> None:
+    assert m.parse_params("StatusGet", raw) is None
+
+
+def test_status_get_rejects_params() -> None:
+    assert params_error("StatusGet", {"x": 1}).code == ErrorCode.INVALID_PARAMS
+
+
+def test_empty_params_accept_none() -> None:
+    assert isinstance(m.parse_params("NoOp", None), m.EmptyParams)
+    assert params_error("NoOp", {"x": 1}).code == ErrorCode.INVALID_PARAMS
+
+
+def test_valid_params_become_models() -> None:
+    p = m.parse_params("Component.Set", {"Name": "G", "Controls": [{"Name": "gain", "Value": -3}]})
+    assert isinstance(p, m.ComponentSetParams)
+    assert p.Controls[0].Value == -3
+    get = m.parse_params("Control.Get", ["A", "B"])
+    assert isinstance(get, m.ControlGetParams)
+    assert get.root == ["A", "B"]
+    auto = m.parse_params("ChangeGroup.AutoPoll", {"Id": 7, "Rate": 0.5})
+    assert isinstance(auto, m.ChangeGroupAutoPollParams)
+    assert auto.Id == 7
+
+
+@pytest.mark.parametrize(
+    ("method", "raw", "fragment"),
+    [
+        ("Control.Get", [], "params"),
+        ("Control.Get", [""], "0"),
+        ("Control.Get", "MainGain", "params"),
+        ("Control.Set", {"Name": "A"}, "one of Value, Position or String"),
+        ("Control.Set", {"Name": "A", "Value": [1]}, "Value"),
+        ("Control.Set", {"Name": "A", "Position": 1.5}, "Position"),
+        ("Control.Set", {"Name": "A", "Value": 1, "Ramp": -1}, "Ramp"),
+        ("Control.Set", {"Name": "A", "Value": 1, "Extra": 1}, "Extra"),
+        ("Component.Get", {"Name": "A", "Controls": []}, "Controls"),
+        ("ChangeGroup.AddControl", {"Id": True, "Controls": ["A"]}, "Id"),
+        ("ChangeGroup.AutoPoll", {"Id": "1", "Rate": 0}, "Rate"),
+        ("Snapshot.Load", {"Name": "S", "Bank": 0}, "Bank"),
+        ("Logon", {"User": "u"}, "Password"),
+    ],
+)
+def test_invalid_params_name_the_field(method: str, raw: object, fragment: str) -> None:
+    err = params_error(method, raw)
+    assert err.code == ErrorCode.INVALID_PARAMS
+    assert err.message.startswith("Invalid params: ")
+    assert fragment in err.message
+
+
+def test_invalid_params_never_echo_the_value() -> None:
+    secret = "hunter2-very-secret"
+    err = params_error("Logon", {"User": "admin", "Password": {"nested": secret}})
+    assert secret not in err.message
+    err = params_error("Control.Set", {"Name": "A", "Value": [secret]})
+    assert secret not in err.message
+
+
+def test_logon_password_is_secret() -> None:
+    p = m.parse_params("Logon", {"User": "u", "Password": "pw"})
+    assert isinstance(p, m.LogonParams)
+    assert "pw" not in repr(p)
+    assert p.Password.get_secret_value() == "pw"
+
+
+def test_result_models_accept_core_shapes_and_reject_wrong_ones() -> None:
+    state = {"Name": "A", "Value": -6.0, "String": "-6.0dB", "Position": 0.5}
+    assert m.METHODS["Control.Get"].result.validate_python([state])
+    assert m.METHODS["Control.Set"].result.validate_python(True) is True
+    assert m.METHODS["Logon"].result.validate_python(True) is True
+    with pytest.raises(ValidationError):
+        m.METHODS["Logon"].result.validate_python(False)
+    with pytest.raises(ValidationError):
+        m.METHODS["Control.Get"].result.validate_python([{"Name": "A"}])
+    poll = m.METHODS["ChangeGroup.Poll"].result.validate_python(
+        {"Id": "g", "Changes": [{**state, "Component": "C"}], "Unknown": 1}
+    )
+    assert isinstance(poll, m.ChangeGroupPollResult)
+    assert poll.Changes[0].Component == "C"
