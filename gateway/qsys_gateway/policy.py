@@ -1,0 +1,232 @@
+"""Authorisation of QRC calls against AccessPolicy rules (semantics: docs/policy.md).
+
+Deny by default: a call passes when, for every target it touches, some rule of
+the subject allows that target. Globs are compiled once per config.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from fnmatch import translate
+from typing import Any
+
+from pydantic import BaseModel
+
+from .config import Rule, SubjectConfig
+from .qrc.errors import QrcError
+from .qrc.methods import (
+    METHODS,
+    ChangeGroupAddComponentControlParams,
+    ChangeGroupAddControlParams,
+    ChangeGroupRemoveParams,
+    ComponentGetParams,
+    ComponentRef,
+    ComponentSetParams,
+    ControlGetParams,
+    ControlSetParams,
+    ControlWrite,
+    SnapshotLoadParams,
+    SnapshotSaveParams,
+    parse_params,
+)
+
+
+@dataclass(frozen=True)
+class Decision:
+    allowed: bool
+    reason: str
+    targets: tuple[str, ...]
+    values: tuple[Any, ...]
+    write: bool
+
+
+def _compile(globs: Sequence[str]) -> re.Pattern[str]:
+    return re.compile("|".join(translate(g) for g in globs))
+
+
+def _matches_everything(glob: str) -> bool:
+    return bool(glob) and set(glob) == {"*"}
+
+
+@dataclass(frozen=True, slots=True)
+class _Rule:
+    index: int
+    methods: re.Pattern[str]
+    exact_methods: frozenset[str]
+    components: re.Pattern[str]
+    controls: re.Pattern[str]
+    named_controls: bool  # some component glob matches "" (the component of a Named Control)
+    all_controls: bool  # some control glob matches every name
+    ranged: bool
+    low: float | None
+    high: float | None
+
+    @classmethod
+    def build(cls, index: int, rule: Rule) -> _Rule:
+        components = _compile(rule.components)
+        vr = rule.valueRange
+        return cls(
+            index=index,
+            methods=_compile(rule.methods),
+            exact_methods=frozenset(rule.methods),
+            components=components,
+            controls=_compile(rule.controls),
+            named_controls=components.match("") is not None,
+            all_controls=any(_matches_everything(g) for g in rule.controls),
+            ranged=vr is not None,
+            low=vr.min if vr is not None else None,
+            high=vr.max if vr is not None else None,
+        )
+
+    def value_ok(self, write: ControlSetParams | ControlWrite | None) -> bool:
+        if not self.ranged or write is None:
+            return True
+        if write.Position is not None or write.String is not None:
+            return False  # cannot be range-checked
+        value = write.Value
+        if isinstance(value, bool):
+            return True
+        if not isinstance(value, int | float):
+            return False
+        if self.low is not None and value < self.low:
+            return False
+        return not (self.high is not None and value > self.high)
+
+
+def _written(write: ControlSetParams | ControlWrite) -> Any:
+    """What goes into the audit `values`: the Value, or {"Position": ..} / {"String": ..}."""
+    if write.Value is not None:
+        return write.Value
+    if write.Position is not None:
+        return {"Position": write.Position}
+    return {"String": write.String}
+
+
+class _SubjectPolicy:
+    __slots__ = ("_by_method", "rules")
+
+    def __init__(self, rules: Sequence[Rule]) -> None:
+        self.rules = tuple(_Rule.build(i, r) for i, r in enumerate(rules))
+        self._by_method: dict[str, tuple[_Rule, ...]] = {}
+
+    def rules_for(self, method: str) -> tuple[_Rule, ...]:
+        """Rules whose `methods` allow `method`: globs for modelled methods, exact otherwise."""
+        cached = self._by_method.get(method)
+        if cached is not None:
+            return cached
+        if method in METHODS:
+            found = tuple(r for r in self.rules if r.methods.match(method))
+            self._by_method[method] = found
+            return found
+        return tuple(r for r in self.rules if method in r.exact_methods)
+
+
+def _target(component: str, control: str) -> str:
+    return f"{component}.{control}" if component else control
+
+
+class Policy:
+    """Per-subject compiled rules; build a new one on every config reload."""
+
+    def __init__(self, subjects: Sequence[SubjectConfig]) -> None:
+        self._subjects = {s.name: _SubjectPolicy(s.rules) for s in subjects}
+
+    def authorize(self, subject: str, method: str, params: BaseModel | Any | None) -> Decision:
+        spec = METHODS.get(method)
+        write = spec is None or spec.kind == "write"
+        compiled = self._subjects.get(subject)
+        if compiled is None:
+            return Decision(False, "unknown subject", (), (), write)
+        rules = compiled.rules_for(method)
+        if spec is None:
+            if rules:
+                return Decision(True, f"allowed by rule {rules[0].index}", (), (), True)
+            return Decision(False, f"no rule allows method {method[:64]}", (), (), True)
+        if spec.params is not None and not isinstance(params, spec.params):
+            try:
+                params = parse_params(method, params)
+            except QrcError:
+                return Decision(False, "invalid params", (), (), write)
+        if not rules:
+            return Decision(False, f"no rule allows method {method}", (), (), write)
+        return _check(method, params, rules, write)
+
+
+def _check(method: str, params: Any, rules: tuple[_Rule, ...], write: bool) -> Decision:
+    if isinstance(params, ComponentSetParams):
+        return _controls(params.Name, params.Controls, rules, True)
+    if isinstance(params, ControlSetParams):
+        return _controls("", [params], rules, True)
+    if isinstance(params, ComponentGetParams):
+        return _controls(params.Name, params.Controls, rules, False)
+    if isinstance(params, ChangeGroupAddComponentControlParams):
+        return _controls(params.Component.Name, params.Component.Controls, rules, False)
+    if isinstance(params, ControlGetParams):
+        return _named(params.root, rules, write)
+    if isinstance(params, ChangeGroupAddControlParams | ChangeGroupRemoveParams):
+        return _named(params.Controls, rules, write)
+    if isinstance(params, ComponentRef) and method == "Component.GetControls":
+        for r in rules:
+            if r.all_controls and r.components.match(params.Name):
+                return Decision(True, f"allowed by rule {r.index}", (params.Name,), (), write)
+        return Decision(
+            False,
+            f"no rule allows every control of component {params.Name}",
+            (params.Name,),
+            (),
+            write,
+        )
+    if isinstance(params, SnapshotLoadParams | SnapshotSaveParams):
+        values: tuple[Any, ...] = ({"Bank": params.Bank},)
+        for r in rules:
+            if r.components.match(params.Name):
+                return Decision(True, f"allowed by rule {r.index}", (params.Name,), values, write)
+        return Decision(
+            False, f"no rule allows snapshot {params.Name}", (params.Name,), values, write
+        )
+    # Method match only: NoOp, StatusGet, Component.GetComponents, ChangeGroup.Poll/...
+    return Decision(True, f"allowed by rule {rules[0].index}", (), (), write)
+
+
+def _controls(
+    component: str,
+    controls: Sequence[Any],
+    rules: tuple[_Rule, ...],
+    write: bool,
+) -> Decision:
+    """Every control of one component (or Named Controls when component is "")."""
+    if component:
+        candidates = tuple(r for r in rules if r.components.match(component))
+    else:
+        candidates = tuple(r for r in rules if r.named_controls)
+    targets = tuple(_target(component, c.Name) for c in controls)
+    values: tuple[Any, ...] = tuple(_written(c) for c in controls) if write else ()
+    first_rule = -1
+    for target, control in zip(targets, controls, strict=True):
+        name = control.Name
+        w = control if write else None
+        for r in candidates:
+            if r.controls.match(name) and r.value_ok(w):
+                if first_rule < 0:
+                    first_rule = r.index
+                break
+        else:
+            return Decision(False, f"no rule allows {target}", targets, values, write)
+    return Decision(True, f"allowed by rule {first_rule}", targets, values, write)
+
+
+def _named(names: Sequence[str], rules: tuple[_Rule, ...], write: bool) -> Decision:
+    candidates = tuple(r for r in rules if r.named_controls)
+    targets = tuple(names)
+    first_rule = -1
+    for name in targets:
+        for r in candidates:
+            if r.controls.match(name):
+                if first_rule < 0:
+                    first_rule = r.index
+                break
+        else:
+            return Decision(False, f"no rule allows {name}", targets, (), write)
+    return Decision(True, f"allowed by rule {first_rule}", targets, (), write)
