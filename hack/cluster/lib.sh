@@ -44,19 +44,19 @@ component_pid() {
 }
 
 is_ours() {
-	local pid=$1 name=$2 cmdline
-	cmdline=$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null) || return 1
-	[[ $cmdline == "$KUBE_BIN/$name "* && $cmdline == *"$STATE"* ]]
+	local pid=$1 name=$2 args=()
+	# Builtins only: all_our_pids runs this for every process on the machine.
+	{ mapfile -d '' -t args <"/proc/$pid/cmdline"; } 2>/dev/null || return 1
+	[[ ${args[0]:-} == "$KUBE_BIN/$name" && ${args[*]} == *"$STATE"* ]]
 }
 
 # Every process running one of our binaries with our state directory in its
 # arguments, whether or not a pid file still names it.
 all_our_pids() {
-	local dir pid name
+	local dir name
 	for dir in /proc/[0-9]*; do
-		pid=${dir#/proc/}
 		for name in "${COMPONENTS[@]}"; do
-			if is_ours "$pid" "$name"; then echo "$pid"; fi
+			if is_ours "${dir#/proc/}" "$name"; then echo "${dir#/proc/}"; fi
 		done
 	done
 }

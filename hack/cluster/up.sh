@@ -184,8 +184,8 @@ all_nodes_ready() {
 	((ready == FAKE_NODES))
 }
 wait_for "fake nodes Ready" 60 kwok all_nodes_ready
-wait_for "the default ServiceAccount" 60 kube-controller-manager \
-	kubectl get serviceaccount default -n default -o name
+default_service_account() { kubectl get serviceaccount default -n default >/dev/null 2>&1; }
+wait_for "the default ServiceAccount" 60 kube-controller-manager default_service_account
 for name in "${COMPONENTS[@]}"; do
 	[[ -n $(component_pid "$name") ]] || die "$name exited (log: $LOGS/$name.log)"
 done
