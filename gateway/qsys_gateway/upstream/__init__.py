@@ -1,0 +1,18 @@
+"""The gateway's side of the Core: a few persistent connections shared by every client.
+
+Sits above `qrc` and below policy and transports (it imports nothing from them).
+"""
+
+from .circuit import CircuitBreaker, CircuitState
+from .errors import CoreTimeout, CoreUnavailable
+from .pool import Upstream
+from .session import UpstreamSession
+
+__all__ = [
+    "CircuitBreaker",
+    "CircuitState",
+    "CoreTimeout",
+    "CoreUnavailable",
+    "Upstream",
+    "UpstreamSession",
+]

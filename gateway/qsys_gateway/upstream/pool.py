@@ -1,0 +1,350 @@
+"""`Upstream`: a small pool of connections to the Core shared by every client session."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from ..config import CoreConfig
+from ..metrics import GatewayMetrics, method_label
+from ..qrc import jsonrpc
+from ..qrc.client import ConnectionClosed
+from ..qrc.errors import ErrorCode, QrcError
+from ..qrc.methods import METHODS
+from .circuit import STATE_VALUES, CircuitBreaker, CircuitState
+from .connection import Busy, ConnectionSettings, NotConnected, UpstreamConnection
+from .errors import CoreTimeout, CoreUnavailable
+from .failover import HostSelector
+from .groups import GroupRecord, place
+
+if TYPE_CHECKING:
+    from .session import UpstreamSession
+
+log = logging.getLogger("qsys_gateway.upstream")
+
+RETRYABLE_METHODS = frozenset(
+    {"NoOp", "StatusGet"} | {name for name, spec in METHODS.items() if spec.kind == "read"}
+)
+"""Reads a Core answers without side effects: retried once on another connection when
+the socket they were sent on drops before the answer came."""
+
+
+class Upstream:
+    def __init__(
+        self,
+        core: CoreConfig,
+        *,
+        connections: int = 2,
+        metrics: GatewayMetrics | None = None,
+        on_engine_status: Callable[[dict[str, Any]], None] | None = None,
+        keepalive_seconds: float | None = None,
+        connect_timeout: float | None = None,
+        backoff_base: float = 0.5,
+        backoff_cap: float = 30.0,
+        circuit_failure_threshold: int = 5,
+        circuit_reset_seconds: float = 10.0,
+        max_pending_per_connection: int = 256,
+        max_groups_per_session: int = 64,
+        max_change_groups: int = 256,
+    ) -> None:
+        if connections < 1:
+            raise ValueError("connections must be at least 1")
+        self._core = core
+        self._metrics = metrics
+        self._on_engine_status = on_engine_status
+        self._hosts = HostSelector(core.host, core.redundantHost)
+        self._circuit = CircuitBreaker(
+            circuit_failure_threshold, circuit_reset_seconds, on_change=self._circuit_changed
+        )
+        user, password = core.credentials()
+        self._settings = ConnectionSettings(
+            port=core.port,
+            username=user,
+            password=password,
+            keepalive=keepalive_seconds or core.keepAliveSeconds,
+            request_timeout=core.requestTimeoutSeconds,
+            connect_timeout=connect_timeout or min(5.0, core.requestTimeoutSeconds),
+            max_pending=max_pending_per_connection,
+            backoff_base=backoff_base,
+            backoff_cap=backoff_cap,
+        )
+        self._n_connections = connections
+        self._conns: list[UpstreamConnection] = []
+        self._rr = itertools.count()
+        self._engine_status: dict[str, Any] | None = None
+        self.max_groups_per_session = max_groups_per_session
+        self.max_change_groups = max_change_groups
+        self._groups: dict[str, GroupRecord] = {}
+        self._session_ids = itertools.count(1)
+        self._sessions: set[UpstreamSession] = set()
+        self._replay_wanted = asyncio.Event()
+        self._replay_task: asyncio.Task[None] | None = None
+        self._was_up = False
+
+    # ---- lifecycle --------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self._conns:
+            return
+        self._conns = [
+            UpstreamConnection(i, self, self._settings) for i in range(self._n_connections)
+        ]
+        for conn in self._conns:
+            conn.start()
+        self._replay_task = asyncio.get_running_loop().create_task(
+            self._replay_loop(), name="qsys-upstream-replay"
+        )
+        self._update_up()
+
+    async def stop(self) -> None:
+        task, self._replay_task = self._replay_task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        conns, self._conns = self._conns, []
+        await asyncio.gather(*(c.stop() for c in conns))
+        for rec in self._groups.values():
+            rec.conn = None
+        self._update_up()
+
+    # ---- state ------------------------------------------------------------------
+
+    @property
+    def up(self) -> bool:
+        return any(c.up for c in self._conns)
+
+    @property
+    def engine_status(self) -> dict[str, Any] | None:
+        return self._engine_status
+
+    @property
+    def circuit_state(self) -> CircuitState:
+        return self._circuit.state
+
+    @property
+    def active_host(self) -> str | None:
+        return next((c.host for c in self._conns if c.up), None)
+
+    @property
+    def request_timeout(self) -> float:
+        return self._settings.request_timeout
+
+    @property
+    def change_group_count(self) -> int:
+        return len(self._groups)
+
+    def open_session(self, push: Callable[[dict[str, Any]], None]) -> UpstreamSession:
+        from .session import UpstreamSession
+
+        session = UpstreamSession(self, next(self._session_ids), push)
+        self._sessions.add(session)
+        return session
+
+    # ---- calls ------------------------------------------------------------------
+
+    async def call(self, method: str, params: Any, *, timeout: float | None = None) -> Any:
+        return await self.forward(method, params, timeout=timeout)
+
+    async def forward(
+        self,
+        method: str,
+        params: Any,
+        *,
+        timeout: float | None = None,
+        conn: UpstreamConnection | None = None,
+    ) -> Any:
+        """Send one call (on `conn` when pinned, else the least busy connection)."""
+        budget = self._core.requestTimeoutSeconds if timeout is None else timeout
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + budget
+        retried = False
+        while True:
+            probe = self._circuit.acquire()
+            target = conn if conn is not None else self.pick()
+            if target is None or not target.up:
+                self._circuit.release(probe)
+                raise CoreUnavailable("no connection to the Core", self._reconnect_eta())
+            start = loop.time()
+            try:
+                resp = await target.request(method, params, max(0.001, deadline - start))
+            except Busy:
+                self._circuit.release(probe)
+                raise CoreUnavailable("too many pending calls", 1.0) from None
+            except NotConnected:
+                self._circuit.release(probe)
+                raise CoreUnavailable("no connection to the Core", self._reconnect_eta()) from None
+            except TimeoutError:
+                self._circuit.failure(probe)
+                raise CoreTimeout(budget) from None
+            except ConnectionClosed:
+                self._circuit.failure(probe)
+                if (
+                    conn is None
+                    and not retried
+                    and method in RETRYABLE_METHODS
+                    and loop.time() < deadline
+                    and any(c.up and c is not target for c in self._conns)
+                ):
+                    retried = True
+                    continue
+                raise CoreUnavailable(
+                    "connection to the Core lost", self._reconnect_eta()
+                ) from None
+            self._circuit.success(probe)
+            if self._metrics is not None:
+                self._metrics.upstream_duration.labels(method_label(method)).observe(
+                    loop.time() - start
+                )
+            return self._result(target, resp)
+
+    def _result(self, conn: UpstreamConnection, resp: jsonrpc.Response) -> Any:
+        if resp.error is None:
+            return resp.result
+        code = resp.error.get("code")
+        if code == ErrorCode.STANDBY:
+            if conn.host is not None:
+                self.host_standby(conn.host)
+            raise CoreUnavailable("the Core unit is on standby", 1.0)
+        message = resp.error.get("message")
+        raise QrcError(
+            code
+            if isinstance(code, int) and not isinstance(code, bool)
+            else ErrorCode.SERVER_ERROR,
+            str(message) if message is not None else None,
+            resp.error.get("data"),
+        )
+
+    def pick(self, *, by_groups: bool = False) -> UpstreamConnection | None:
+        """The up connection with fewest pending calls (or groups); ties go round-robin."""
+        up = [c for c in self._conns if c.up]
+        if not up:
+            return None
+        offset = next(self._rr) % len(up)
+        rotated = up[offset:] + up[:offset]
+        if by_groups:
+            counts = {c: 0 for c in up}
+            for rec in self._groups.values():
+                if rec.conn in counts:
+                    counts[rec.conn] += 1
+            return min(rotated, key=lambda c: counts[c])
+        return min(rotated, key=lambda c: c.pending)
+
+    def _reconnect_eta(self) -> float:
+        if self._circuit.state == "open":
+            return self._circuit.retry_after()
+        now = asyncio.get_running_loop().time()
+        etas = [c.next_attempt_at - now for c in self._conns]
+        return round(max(0.5, min(etas, default=1.0)), 3)
+
+    # ---- connection events (ConnectionOwner) ------------------------------------
+
+    def choose_host(self) -> str:
+        return self._hosts.active
+
+    def host_failed(self, host: str) -> None:
+        if self._hosts.fail(host, "is unreachable"):
+            self._leave(host)
+
+    def host_standby(self, host: str) -> None:
+        if self._hosts.fail(host, "is on standby"):
+            self._leave(host)
+
+    def _leave(self, host: str) -> None:
+        for c in self._conns:
+            if c.up and c.host == host:
+                c.drop()
+
+    def connection_up(self, conn: UpstreamConnection, status: dict[str, Any]) -> None:
+        if conn.connects > 1 and self._metrics is not None:
+            self._metrics.upstream_reconnects.inc()
+        self._set_status(status)
+        self._update_up()
+        self._replay_wanted.set()
+
+    def connection_down(self, conn: UpstreamConnection) -> None:
+        for rec in self._groups.values():
+            if rec.conn is conn:
+                rec.conn = None
+        self._update_up()
+        self._replay_wanted.set()
+
+    def notification(self, conn: UpstreamConnection, msg: jsonrpc.Request) -> None:
+        params = msg.params
+        if msg.method == "ChangeGroup.Poll" and isinstance(params, dict):
+            rec = self._groups.get(str(params.get("Id")))
+            if rec is not None and rec.conn is conn:
+                changes = params.get("Changes", [])
+                rec.push(
+                    jsonrpc.notification_message(
+                        "ChangeGroup.Poll", {"Id": rec.client_id, "Changes": changes}
+                    )
+                )
+        elif msg.method == "EngineStatus" and isinstance(params, dict):
+            if params.get("State") == "Standby" and conn.up and conn.host is not None:
+                self.host_standby(conn.host)
+            if conn.up and conn.host == self._hosts.active:
+                self._set_status(params)
+
+    def _set_status(self, status: dict[str, Any]) -> None:
+        if status == self._engine_status:
+            return
+        self._engine_status = status
+        if self._on_engine_status is not None:
+            try:
+                self._on_engine_status(status)
+            except Exception:
+                log.exception("engine status callback failed")
+
+    def _update_up(self) -> None:
+        up = self.up
+        if self._metrics is not None:
+            self._metrics.upstream_up.set(1 if up else 0)
+        if up != self._was_up:
+            self._was_up = up
+            log.info("upstream %s", "up" if up else "down")
+
+    def _circuit_changed(self, state: CircuitState) -> None:
+        log.warning("circuit to the core is %s", state)
+        if self._metrics is not None:
+            self._metrics.circuit_state.set(STATE_VALUES[state])
+
+    # ---- change groups ----------------------------------------------------------
+
+    def register_group(self, rec: GroupRecord) -> None:
+        self._groups[rec.upstream_id] = rec
+        self._groups_changed()
+
+    def unregister_group(self, rec: GroupRecord) -> None:
+        self._groups.pop(rec.upstream_id, None)
+        self._groups_changed()
+
+    def session_closed(self, session: UpstreamSession) -> None:
+        self._sessions.discard(session)
+
+    def _groups_changed(self) -> None:
+        if self._metrics is not None:
+            self._metrics.change_groups.set(len(self._groups))
+
+    async def _replay_loop(self) -> None:
+        """Re-create groups whose socket went away on whichever connection is up."""
+        while True:
+            await self._replay_wanted.wait()
+            self._replay_wanted.clear()
+            for rec in list(self._groups.values()):
+                if rec.placed or rec.empty or self._groups.get(rec.upstream_id) is not rec:
+                    continue
+                target = self.pick(by_groups=True)
+                if target is None:
+                    break
+                async with rec.lock:
+                    if rec.placed or self._groups.get(rec.upstream_id) is not rec:
+                        continue
+                    try:
+                        await place(rec, target, self._settings.request_timeout)
+                    except (QrcError, NotConnected, Busy, TimeoutError, ConnectionClosed) as exc:
+                        log.warning("could not re-create change group %s: %s", rec.upstream_id, exc)
