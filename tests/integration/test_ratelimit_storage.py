@@ -1,0 +1,325 @@
+"""Rate limiting against a real redis-server (and the in-memory storage).
+
+redis-server is required: a machine without it fails these tests instead of
+skipping them, so a green run always means the shared limit was exercised.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+
+import pytest
+
+from qsys_gateway.config import RateConfig
+from qsys_gateway.ratelimit import RateLimiter, WindowPlan, plan_window
+
+LOOPBACK = "127.0.0.1"
+LOAD_FACTOR = 5
+MEASURE_SECONDS = 3.0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind((LOOPBACK, 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class RedisServer:
+    def __init__(self, binary: str) -> None:
+        self.binary = binary
+        self.port = _free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://{LOOPBACK}:{self.port}/0"
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [
+                self.binary,
+                "--bind",
+                LOOPBACK,
+                "--port",
+                str(self.port),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--protected-mode",
+                "yes",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"redis-server exited with {self.proc.returncode}")
+            with contextlib.suppress(OSError), socket.create_connection((LOOPBACK, self.port), 0.2):
+                return
+            time.sleep(0.05)
+        raise TimeoutError("redis-server did not listen within 10 s")
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)  # in case a test paused it
+            self.proc.kill()
+            self.proc.wait(5)
+
+
+@pytest.fixture
+def redis_server() -> Iterator[RedisServer]:
+    binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+    if not shutil.which(binary):
+        pytest.fail("redis-server is not installed: these tests need a real Redis (make install)")
+    server = RedisServer(binary)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.kill()
+
+
+LimiterFactory = Callable[[str], RateLimiter]
+
+
+@pytest.fixture
+async def make_limiter() -> AsyncIterator[LimiterFactory]:
+    made: list[RateLimiter] = []
+
+    def factory(storage: str) -> RateLimiter:
+        limiter = RateLimiter.create(storage)
+        made.append(limiter)
+        return limiter
+
+    try:
+        yield factory
+    finally:
+        for limiter in made:
+            await limiter.close()
+
+
+@pytest.fixture(params=["memory", "redis"])
+def storage(request: pytest.FixtureRequest) -> str:
+    if request.param == "memory":
+        return "memory"
+    server: RedisServer = request.getfixturevalue("redis_server")
+    return server.url
+
+
+def subject() -> str:
+    return f"s-{uuid.uuid4().hex[:12]}"
+
+
+async def offered_load(
+    limiters: list[RateLimiter], name: str, rate: RateConfig, seconds: float
+) -> tuple[int, int]:
+    """Offer LOAD_FACTOR x the configured rate, evenly paced, for `seconds`; (accepted, offered)."""
+    per_second = rate.requestsPerSecond * LOAD_FACTOR
+    total = int(per_second * seconds)
+    start = time.perf_counter()
+    accepted = 0
+    offered = 0
+    for i in range(total):
+        due = start + i / per_second
+        delay = due - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        if time.perf_counter() - start >= seconds:
+            break
+        decision = await limiters[i % len(limiters)].hit(name, rate)
+        offered += 1
+        accepted += decision.allowed
+    assert time.perf_counter() - start < seconds + 3, "load generator fell far behind"
+    return accepted, offered
+
+
+# ---- mapping of the token bucket onto the library's windows ---------------------
+
+
+@pytest.mark.parametrize(
+    ("rps", "burst", "plan"),
+    [
+        (20, 40, WindowPlan(40, 2)),
+        (10, 20, WindowPlan(20, 2)),
+        (50, 50, WindowPlan(50, 1)),
+        (7.5, 20, WindowPlan(15, 2)),
+        (0.5, 1, WindowPlan(1, 2)),
+        (50, 10, WindowPlan(50, 1)),  # burst below one second of traffic: raised (docs/policy.md)
+    ],
+)
+def test_plan_window(rps: float, burst: int, plan: WindowPlan) -> None:
+    got = plan_window(RateConfig(requestsPerSecond=rps, burst=burst))
+    assert got == plan
+    if burst >= rps:
+        assert got.amount <= burst
+    assert abs(got.rate - rps) / rps < 0.01
+
+
+# ---- accuracy, burst, retry-after --------------------------------------------------
+
+
+async def test_accepted_rate_under_overload(storage: str, make_limiter: LimiterFactory) -> None:
+    rate = RateConfig(requestsPerSecond=50, burst=50)
+    assert MEASURE_SECONDS % plan_window(rate).seconds == 0
+    accepted, offered = await offered_load(
+        [make_limiter(storage)], subject(), rate, MEASURE_SECONDS
+    )
+    expected = rate.requestsPerSecond * MEASURE_SECONDS
+    assert offered >= 0.9 * expected * LOAD_FACTOR
+    assert abs(accepted - expected) <= 0.1 * expected, (accepted, expected)
+
+
+async def test_burst_is_honoured_then_refills(storage: str, make_limiter: LimiterFactory) -> None:
+    limiter = make_limiter(storage)
+    name = subject()
+    rate = RateConfig(requestsPerSecond=20, burst=40)
+    decisions = [await limiter.hit(name, rate) for _ in range(100)]
+    allowed = [d.allowed for d in decisions]
+    assert allowed == [True] * 40 + [False] * 60
+    assert all(d.retry_after == 0 for d in decisions[:40])
+    waits = [d.retry_after for d in decisions[40:]]
+    assert all(1.0 < w <= 2.0 for w in waits), waits
+    # The window slides: after the advertised wait, calls pass again.
+    small = RateConfig(requestsPerSecond=5, burst=5)
+    other = subject()
+    assert all([(await limiter.hit(other, small)).allowed for _ in range(5)])
+    denied = await limiter.hit(other, small)
+    assert not denied.allowed
+    assert 0 < denied.retry_after <= 1.0
+    await asyncio.sleep(denied.retry_after + 0.05)
+    assert (await limiter.hit(other, small)).allowed
+
+
+async def test_subjects_have_separate_allowances(
+    storage: str, make_limiter: LimiterFactory
+) -> None:
+    limiter = make_limiter(storage)
+    rate = RateConfig(requestsPerSecond=2, burst=2)
+    a, b = subject(), subject()
+    assert [(await limiter.hit(a, rate)).allowed for _ in range(3)] == [True, True, False]
+    assert (await limiter.hit(b, rate)).allowed
+
+
+async def test_cost_counts_against_the_allowance(
+    storage: str, make_limiter: LimiterFactory
+) -> None:
+    limiter = make_limiter(storage)
+    rate = RateConfig(requestsPerSecond=5, burst=5)
+    name = subject()
+    assert (await limiter.hit(name, rate, cost=4)).allowed
+    assert not (await limiter.hit(name, rate, cost=2)).allowed
+    assert (await limiter.hit(name, rate, cost=1)).allowed
+    too_big = await limiter.hit(subject(), rate, cost=6)
+    assert not too_big.allowed
+    assert too_big.retry_after == 1.0
+
+
+async def test_memory_storage_is_always_healthy(make_limiter: LimiterFactory) -> None:
+    limiter = make_limiter("memory")
+    assert await limiter.healthy()
+    assert not limiter.shared
+
+
+# ---- shared across replicas ---------------------------------------------------------------
+
+
+async def test_two_replicas_share_one_limit(
+    redis_server: RedisServer, make_limiter: LimiterFactory
+) -> None:
+    replicas = [make_limiter(redis_server.url), make_limiter(redis_server.url)]
+    assert all(r.shared for r in replicas)
+    rate = RateConfig(requestsPerSecond=50, burst=50)
+    accepted, _ = await offered_load(replicas, subject(), rate, MEASURE_SECONDS)
+    expected = rate.requestsPerSecond * MEASURE_SECONDS
+    assert abs(accepted - expected) <= 0.1 * expected, (accepted, expected)
+
+
+async def test_replicas_see_each_others_burst(
+    redis_server: RedisServer, make_limiter: LimiterFactory
+) -> None:
+    one, two = make_limiter(redis_server.url), make_limiter(redis_server.url)
+    rate = RateConfig(requestsPerSecond=10, burst=10)
+    name = subject()
+    assert all([(await one.hit(name, rate)).allowed for _ in range(10)])
+    refused = await two.hit(name, rate)
+    assert not refused.allowed
+    assert 0 < refused.retry_after <= 1.0
+
+
+# ---- Redis outages: fail open, promptly, and say so --------------------------------------
+
+
+async def test_redis_killed_mid_run_fails_open(
+    redis_server: RedisServer, make_limiter: LimiterFactory
+) -> None:
+    limiter = make_limiter(redis_server.url)
+    rate = RateConfig(requestsPerSecond=1, burst=1)
+    name = subject()
+    assert await limiter.healthy()
+    assert (await limiter.hit(name, rate)).allowed
+    assert not (await limiter.hit(name, rate)).allowed  # the limit is enforced by Redis
+
+    redis_server.kill()
+    for _ in range(20):
+        start = time.perf_counter()
+        decision = await limiter.hit(name, rate)
+        assert time.perf_counter() - start < 1.0
+        assert decision.allowed
+    start = time.perf_counter()
+    assert not await limiter.healthy()
+    assert time.perf_counter() - start < 1.0
+
+    # Back again (same port): healthy, and limiting resumes.
+    redis_server.start()
+    deadline = time.monotonic() + 10
+    while not await limiter.healthy():
+        assert time.monotonic() < deadline, "limiter did not recover after Redis came back"
+        await asyncio.sleep(0.1)
+    other = subject()
+    assert [(await limiter.hit(other, rate)).allowed for _ in range(2)] == [True, False]
+
+
+async def test_unresponsive_redis_does_not_hang_calls(
+    redis_server: RedisServer, make_limiter: LimiterFactory
+) -> None:
+    limiter = make_limiter(redis_server.url)
+    rate = RateConfig(requestsPerSecond=1, burst=1)
+    assert (await limiter.hit(subject(), rate)).allowed
+    assert redis_server.proc is not None
+    redis_server.proc.send_signal(signal.SIGSTOP)  # accepts TCP, never answers
+    try:
+        for _ in range(5):
+            start = time.perf_counter()
+            decision = await limiter.hit(subject(), rate)
+            assert time.perf_counter() - start < 1.5
+            assert decision.allowed
+        start = time.perf_counter()
+        assert not await limiter.healthy()
+        assert time.perf_counter() - start < 1.5
+    finally:
+        redis_server.proc.send_signal(signal.SIGCONT)
+
+
+async def test_unreachable_redis_from_the_start(make_limiter: LimiterFactory) -> None:
+    limiter = make_limiter(f"redis://{LOOPBACK}:{_free_port()}/0")
+    start = time.perf_counter()
+    decision = await limiter.hit(subject(), RateConfig(requestsPerSecond=1, burst=1))
+    assert decision.allowed
+    assert not await limiter.healthy()
+    assert time.perf_counter() - start < 2.0
+
+
+def test_bad_storage_uri_is_refused() -> None:
+    with pytest.raises(ValueError, match="memory"):
+        RateLimiter.create("mysql://x")
