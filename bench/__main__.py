@@ -1,0 +1,54 @@
+"""`make bench`: run every benchmark and print one table, baseline first."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import os
+import platform
+import sys
+
+from .common import BenchContext, Result, format_table
+
+# Modules under bench/ with `async def run(ctx) -> list[Result]`, in table order.
+BENCHMARKS = ["sim"]
+
+
+async def _main(ctx: BenchContext, names: list[str]) -> list[Result]:
+    results: list[Result] = []
+    for name in names:
+        module = importlib.import_module(f"bench.{name}")
+        print(f"running {name} ...", file=sys.stderr, flush=True)
+        results += await module.run(ctx)
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench")
+    p.add_argument(
+        "names", nargs="*", default=BENCHMARKS, help=f"benchmarks ({', '.join(BENCHMARKS)})"
+    )
+    p.add_argument("--duration", type=float, default=3.0, help="measured seconds per scenario")
+    p.add_argument("--window", type=int, default=16, help="requests in flight per client")
+    args = p.parse_args(argv)
+    ctx = BenchContext(duration=args.duration, window=args.window)
+    try:
+        import uvloop
+
+        uvloop.install()
+        loop_name = "uvloop"
+    except ImportError:
+        loop_name = "asyncio"
+    results = asyncio.run(_main(ctx, args.names))
+    print(
+        f"\n{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+        f"Python {platform.python_version()}, {loop_name}; "
+        f"{ctx.duration:g} s per scenario after {ctx.warmup:g} s warm-up\n"
+    )
+    print(format_table(results))
+    return 1 if any(r.errors for r in results) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
