@@ -18,7 +18,7 @@ from qsys_gateway.qrc.framing import FRAME_TOO_LARGE, FrameDecoder, encode_frame
 from qsys_gateway.qrc.methods import ChangeGroupAutoPollParams, LogonParams, parse_params
 
 from .design import Design, load_design
-from .engine import Engine, Session
+from .engine import ChangeGroup, Engine, Session
 from .faults import Faults
 
 log = logging.getLogger("qsys_core_sim")
@@ -154,17 +154,16 @@ class _Connection(asyncio.Protocol):
         old = self.autopolls.pop(key, None)
         if old is not None:
             old.cancel()
-        self.autopolls[key] = self.loop.create_task(self._autopoll_loop(key, p.Rate))
+        self.autopolls[key] = self.loop.create_task(self._autopoll_loop(key, group, p.Rate))
         return True
 
-    async def _autopoll_loop(self, key: str, rate: float) -> None:
+    async def _autopoll_loop(self, key: str, group: ChangeGroup, rate: float) -> None:
         session = self.session
         assert session is not None
         while not self.closed:
             await asyncio.sleep(rate)
-            group = session.change_groups.get(key)
-            if group is None:
-                return
+            if session.change_groups.get(key) is not group:
+                return  # destroyed (a new group with the same Id is not on AutoPoll)
             changes = group.poll()
             if changes:
                 self.send(

@@ -342,3 +342,18 @@ async def test_standby_unit_answers_32604(sim: CoreSimulator, qrc_client: QrcCli
     assert (await ok(qrc_client, "StatusGet"))["State"] == "Standby"
     sim.set_state("Active")
     assert await ok(qrc_client, "Control.Get", ["MainGain"])
+
+
+async def test_autopoll_ends_with_its_group(sim: CoreSimulator, qrc_client: QrcClient) -> None:
+    c = qrc_client
+    await ok(c, "ChangeGroup.AddControl", {"Id": "r", "Controls": ["MainGain"]})
+    await ok(c, "ChangeGroup.AutoPoll", {"Id": "r", "Rate": 0.05})
+    await c.next_notification("ChangeGroup.Poll", timeout=5)
+    await ok(c, "ChangeGroup.Destroy", {"Id": "r"})
+    # A new group with the same id is not on AutoPoll: it is only polled on request.
+    await ok(c, "ChangeGroup.AddControl", {"Id": "r", "Controls": ["MainGain"]})
+    sim.set_control("MainGain", -13)
+    with pytest.raises(TimeoutError):
+        await c.next_notification("ChangeGroup.Poll", timeout=0.4)
+    changes = (await ok(c, "ChangeGroup.Poll", {"Id": "r"}))["Changes"]
+    assert [(ch["Name"], ch["Value"]) for ch in changes] == [("MainGain", -13.0)]

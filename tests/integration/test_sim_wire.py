@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 import orjson
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from qsys_core_sim.server import CoreSimulator
+from qsys_gateway.qrc import jsonrpc
 from qsys_gateway.qrc.errors import ErrorCode
 from qsys_gateway.qrc.methods import METHODS
 
@@ -206,3 +210,65 @@ async def test_talking_socket_stays_open_and_autopoll_does_not_count(
     # Now silent: pushes from the Core do not keep the socket alive.
     sim.set_control("MainGain", -3)
     assert await raw.closed_by_peer(timeout=5)
+
+
+# ---- property: any bytes get exactly the replies JSON-RPC promises ----------------
+
+_frames = st.lists(
+    st.one_of(
+        st.binary(max_size=60),
+        st.builds(
+            lambda rid, method, params: orjson.dumps(
+                {k: v for k, v in (("id", rid), ("method", method), ("params", params)) if v != "-"}
+            ),
+            st.sampled_from(["-", None, 1, "x", 2.5, True, [1]]),
+            st.sampled_from(["-", "NoOp", "StatusGet", "Control.Get", "Bogus", 3, ""]),
+            st.sampled_from(["-", None, {}, [], ["MainGain"], {"Id": 1}, 0, "s"]),
+        ),
+    ).map(lambda b: b.replace(b"\x00", b"")),
+    min_size=1,
+    max_size=8,
+)
+
+
+def _expected_replies(frame: bytes) -> int:
+    if not frame.strip():
+        return 0
+    try:
+        msg = jsonrpc.parse_message(frame)
+    except jsonrpc.InvalidMessage:
+        return 1
+    return 1 if isinstance(msg, jsonrpc.Request) and msg.id is not None else 0
+
+
+async def _exchange(frames: list[bytes]) -> tuple[int, int]:
+    async with CoreSimulator(port=0, idle_timeout=30) as sim:
+        reader, writer = await asyncio.open_connection("127.0.0.1", sim.port)
+        try:
+            await reader.readuntil(b"\x00")  # EngineStatus
+            sentinel = {"jsonrpc": "2.0", "id": "sentinel", "method": "NoOp", "params": {}}
+            writer.write(b"\x00".join(frames) + b"\x00" + orjson.dumps(sentinel) + b"\x00")
+            replies = 0
+            async with asyncio.timeout(5):
+                while True:
+                    reply = orjson.loads((await reader.readuntil(b"\x00"))[:-1])
+                    assert reply.get("jsonrpc") == "2.0"
+                    if "method" in reply:
+                        continue
+                    assert ("result" in reply) != ("error" in reply)
+                    if reply["id"] == "sentinel":
+                        assert reply["result"] is True
+                        return replies, len(sim.connections)
+                    replies += 1
+        finally:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_frames)
+def test_any_frames_get_the_promised_replies_and_the_socket_survives(frames: list[bytes]) -> None:
+    replies, connections = asyncio.run(_exchange(frames))
+    assert replies == sum(_expected_replies(f) for f in frames)
+    assert connections == 1
