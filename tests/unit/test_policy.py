@@ -30,7 +30,7 @@ def cset(component: str, *controls: dict[str, Any]) -> dict[str, Any]:
     return {"Name": component, "Controls": list(controls)}
 
 
-ZONE_RULE = {
+ZONE_RULE: dict[str, Any] = {
     "methods": ["Component.Set"],
     "components": ["Zone*"],
     "controls": ["gain", "mute"],
@@ -389,7 +389,7 @@ def test_decision_is_frozen() -> None:
 
 
 def test_typical_component_set_is_fast() -> None:
-    rules = [
+    rules: list[dict[str, Any]] = [
         {"methods": ["Control.Get", "Component.Get", "ChangeGroup.*", "StatusGet"]},
         {"methods": ["Snapshot.Load"], "components": ["Hall*"]},
         ZONE_RULE,
@@ -472,7 +472,7 @@ def test_unrelated_rules_do_not_allow_a_denied_target(
 ) -> None:
     raw = cset("Zone1", {"Name": control, "Value": value})
     base = call(policy(*rules), "Component.Set", raw)
-    unrelated = [
+    unrelated: list[dict[str, Any]] = [
         {"methods": ["Component.Get", "Snapshot.*", "StatusGet"]},
         {"methods": ["Component.Set"], "components": ["Other*"]},
         {"methods": ["Mixer.SetCrossPointGain"]},
