@@ -113,4 +113,8 @@ def load_design(path: str | Path | None = None) -> Design:
         text = (Path(__file__).parent / "default_design.yaml").read_text("utf-8")
     else:
         text = Path(path).read_text("utf-8")
-    return Design.model_validate(yaml.safe_load(text))
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{path}: not valid YAML: {exc}") from None
+    return Design.model_validate(data)

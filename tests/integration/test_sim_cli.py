@@ -100,9 +100,16 @@ def test_cli_loads_a_design_and_requires_logon(start_sim_process: Any, tmp_path:
     assert sim.stop() == 0
 
 
-def test_cli_rejects_a_bad_design(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("components: [{name: A, controls: [{name: g, min: 5, max: 1}]}]\n", "min is greater"),
+        ("components: [\n", "not valid YAML"),
+    ],
+)
+def test_cli_rejects_a_bad_design(tmp_path: Path, text: str, message: str) -> None:
     design = tmp_path / "bad.yaml"
-    design.write_text("components: [{name: A, controls: [{name: g, min: 5, max: 1}]}]\n")
+    design.write_text(text)
     cli = Path(sys.executable).parent / "qsys-core-sim"
     result = subprocess.run(
         [str(cli), "--port", "0", "--design", str(design)],
@@ -113,7 +120,7 @@ def test_cli_rejects_a_bad_design(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert "bad design" in result.stderr
-    assert "min is greater than max" in result.stderr
+    assert message in result.stderr
     assert "Traceback" not in result.stderr
 
 

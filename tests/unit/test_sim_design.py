@@ -80,6 +80,11 @@ def test_bad_designs_are_rejected_with_a_clear_error(
         load_design(write(tmp_path, text))
 
 
+def test_invalid_yaml_is_a_value_error(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="not valid YAML"):
+        load_design(write(tmp_path, "components: [\n  - {name: A\n"))
+
+
 def test_missing_design_file(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         load_design(tmp_path / "nope.yaml")
