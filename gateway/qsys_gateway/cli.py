@@ -1,15 +1,36 @@
-"""`qsys-gateway` entry point."""
+"""`qsys-gateway --config PATH`."""
+
+from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
+import os
 import sys
+
+from .config import ConfigError, load_config
+from .logs import setup_logging
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="qsys-gateway", description=__doc__)
+    parser = argparse.ArgumentParser(prog="qsys-gateway", description="Hardened QRC gateway")
     parser.add_argument("--config", required=True, help="path to gateway.yaml")
-    parser.parse_args(argv)
-    print("qsys-gateway: not implemented yet", file=sys.stderr)
-    return 2
+    parser.add_argument("--log-level", default=os.environ.get("QSYS_LOG_LEVEL", "INFO"))
+    args = parser.parse_args(argv)
+    setup_logging(args.log_level)
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"qsys-gateway: {exc}", file=sys.stderr)
+        return 2
+    with contextlib.suppress(ImportError):
+        import uvloop
+
+        uvloop.install()
+    from .app import run
+
+    asyncio.run(run(config, args.config))
+    return 0
 
 
 if __name__ == "__main__":

@@ -1,0 +1,144 @@
+"""Wiring: builds the runtime from a config file and runs every listener until SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import ssl
+from pathlib import Path
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from .audit import AuditLog
+from .clients import ClientRegistry
+from .config import GatewayConfig, TlsConfig
+from .metrics import GatewayMetrics
+from .pipeline import Pipeline
+from .ratelimit import RateLimiter
+from .reload import ConfigWatcher
+from .runtime import Runtime
+from .transports.common import Services
+from .transports.http import build_app
+from .transports.qrc_tcp import QrcServer
+from .transports.sessions import HttpSessions
+from .upstream import Upstream
+
+log = logging.getLogger("qsys_gateway")
+
+SHUTDOWN_GRACE = 20.0
+
+
+def tls_context(tls: TlsConfig | None) -> ssl.SSLContext | None:
+    if tls is None:
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(tls.certFile, tls.keyFile)
+    return ctx
+
+
+class Gateway:
+    def __init__(self, config: GatewayConfig, config_path: str | Path | None = None) -> None:
+        self.metrics = GatewayMetrics()
+        self.clients = ClientRegistry(self.metrics)
+        self.upstream = Upstream(
+            config.core, metrics=self.metrics, on_engine_status=self._engine_status
+        )
+        self.runtime = Runtime(
+            config,
+            metrics=self.metrics,
+            limiter=RateLimiter.create(config.limits.storage),
+            upstream=self.upstream,
+            audit=AuditLog(config.audit.path, self.metrics),
+        )
+        self.services = Services(self.runtime, Pipeline(self.runtime), self.clients)
+        self.sessions = HttpSessions(self.upstream)
+        self.watcher = (
+            ConfigWatcher(config_path, self.runtime.apply, self.metrics) if config_path else None
+        )
+        self._runner: web.AppRunner | None = None
+        self._metrics_runner: web.AppRunner | None = None
+        self._qrc: QrcServer | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def _engine_status(self, status: dict[str, object]) -> None:
+        self.clients.broadcast({"jsonrpc": "2.0", "method": "EngineStatus", "params": status})
+
+    async def start(self) -> None:
+        cfg = self.runtime.config
+        listen = cfg.listen
+        tls = tls_context(listen.tls)
+        await self.upstream.start()
+        self.sessions.start()
+        self._runner = web.AppRunner(
+            build_app(self.services, self.sessions), access_log=None, handle_signals=False
+        )
+        await self._runner.setup()
+        await web.TCPSite(
+            self._runner, listen.host, listen.http, ssl_context=tls, reuse_address=True
+        ).start()
+        metrics_app = web.Application()
+        metrics_app.router.add_get("/metrics", self._serve_metrics)
+        self._metrics_runner = web.AppRunner(metrics_app, access_log=None, handle_signals=False)
+        await self._metrics_runner.setup()
+        await web.TCPSite(
+            self._metrics_runner, listen.host, listen.metrics, reuse_address=True
+        ).start()
+        if listen.qrc is not None:
+            self._qrc = QrcServer(self.services, listen.host, listen.qrc, tls)
+            await self._qrc.start()
+        if self.watcher is not None:
+            self._tasks.append(asyncio.get_running_loop().create_task(self.watcher.run()))
+        log.info(
+            "gateway listening",
+            extra={"http": listen.http, "qrc": listen.qrc, "metrics": listen.metrics},
+        )
+
+    async def _serve_metrics(self, request: web.Request) -> web.Response:
+        body = generate_latest(self.metrics.registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def shutdown(self, grace: float = SHUTDOWN_GRACE) -> None:
+        """Readiness false, stop accepting, finish in-flight calls, close clients, exit."""
+        rt = self.runtime
+        rt.shutting_down = True
+        log.info("shutting down")
+        if self._qrc is not None:
+            self._qrc.stop_accepting()
+        if self._runner is not None:
+            for site in list(self._runner.sites):
+                await site.stop()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(rt.idle.wait(), grace)
+        await self.clients.close_all()
+        if self._qrc is not None:
+            await self._qrc.close_all(max(0.5, deadline - loop.time()))
+        for task in self._tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.sessions.close()
+        if self._runner is not None:
+            await self._runner.cleanup()
+        if self._metrics_runner is not None:
+            await self._metrics_runner.cleanup()
+        await self.upstream.stop()
+        await rt.limiter.close()
+        rt.audit.close()
+        log.info("stopped")
+
+
+async def run(config: GatewayConfig, config_path: str | Path | None) -> None:
+    gateway = Gateway(config, config_path)
+    await gateway.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await gateway.shutdown()

@@ -1,0 +1,87 @@
+"""The live, hot-swappable state of one gateway process.
+
+A config reload builds new policy/auth objects and swaps them in one
+assignment, so in-flight calls finish under the rules they started with.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+from .audit import AuditLog
+from .auth import Authenticator, FailureThrottle
+from .config import GatewayConfig, SubjectConfig
+from .metrics import GatewayMetrics
+from .policy import Policy
+from .ratelimit import RateLimiter
+from .upstream import Upstream
+
+log = logging.getLogger("qsys_gateway.runtime")
+
+
+@dataclass(frozen=True, slots=True)
+class Rules:
+    """Everything derived from one config generation."""
+
+    config: GatewayConfig
+    authenticator: Authenticator
+    policy: Policy
+    generation: int
+
+    @classmethod
+    def build(cls, config: GatewayConfig, generation: int) -> Rules:
+        return cls(config, Authenticator(config.subjects), Policy(config.subjects), generation)
+
+
+class Runtime:
+    def __init__(
+        self,
+        config: GatewayConfig,
+        *,
+        metrics: GatewayMetrics,
+        limiter: RateLimiter,
+        upstream: Upstream,
+        audit: AuditLog,
+    ) -> None:
+        self.rules = Rules.build(config, 1)
+        self.metrics = metrics
+        self.limiter = limiter
+        self.upstream = upstream
+        self.audit = audit
+        self.throttle = FailureThrottle()
+        self.shutting_down = False
+        self.in_flight = 0
+        self.idle = asyncio.Event()
+        self.idle.set()
+
+    def call_started(self) -> None:
+        self.in_flight += 1
+        self.idle.clear()
+
+    def call_finished(self) -> None:
+        self.in_flight -= 1
+        if self.in_flight == 0:
+            self.idle.set()
+
+    @property
+    def config(self) -> GatewayConfig:
+        return self.rules.config
+
+    def current_subject(self, name: str) -> SubjectConfig | None:
+        """A subject as the current config knows it (None once it was removed)."""
+        return self.rules.config.subject(name)
+
+    def apply(self, config: GatewayConfig) -> list[str]:
+        """Swap in a new config; returns the sections that only a restart applies."""
+        old = self.rules.config
+        pending = [
+            name for name in ("core", "listen") if getattr(old, name) != getattr(config, name)
+        ]
+        if old.limits.storage != config.limits.storage:
+            pending.append("limits.storage")
+        if old.audit.path != config.audit.path:
+            pending.append("audit.path")
+        self.rules = Rules.build(config, self.rules.generation + 1)
+        return pending

@@ -1,0 +1,1 @@
+"""Client-facing transports (HTTP, WebSocket, raw QRC TCP) over one pipeline."""

@@ -1,0 +1,168 @@
+"""Logon state and call handling shared by the long-lived transports (WebSocket, QRC TCP)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from ..clients import ClientHandle
+from ..config import SubjectConfig
+from ..pipeline import Caller
+from ..qrc import jsonrpc
+from ..qrc.errors import ErrorCode, QrcError
+from ..upstream import UpstreamSession
+from .common import Refusal, Services, authenticate, rate_limit, request_id
+
+log = logging.getLogger("qsys_gateway.connection")
+
+MAX_IN_FLIGHT = 32
+LOGON_TIMEOUT = 10.0
+
+
+class ClientConnection:
+    """One connected client. `send` must not block; transports bound their own queues."""
+
+    def __init__(
+        self,
+        svc: Services,
+        handle: ClientHandle,
+        *,
+        open_methods: frozenset[str],
+        pre_logon_error: int,
+    ) -> None:
+        self.svc = svc
+        self.handle = handle
+        self.caller: Caller | None = None
+        self._open_methods = open_methods
+        self._pre_logon_error = pre_logon_error
+        self._slots = asyncio.Semaphore(MAX_IN_FLIGHT)
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def send(self) -> Callable[[dict[str, Any]], None]:
+        return self.handle.send
+
+    @property
+    def logged_on(self) -> bool:
+        return self.caller is not None
+
+    def log_on(self, subject: SubjectConfig) -> None:
+        session: UpstreamSession = self.svc.runtime.upstream.open_session(self.send)
+        self.caller = Caller(subject, self.handle.transport, self.handle.source_ip, session)
+        self.handle.subject = subject.name
+        status = self.svc.runtime.upstream.engine_status
+        if status is not None:
+            self.send(jsonrpc.notification_message("EngineStatus", status))
+
+    async def handle_frame(self, data: bytes | str) -> None:
+        """One received message: a JSON-RPC object or (WebSocket/HTTP style) a batch array."""
+        try:
+            payload = jsonrpc.decode_json(data)
+        except jsonrpc.InvalidMessage as err:
+            self.send(jsonrpc.error_message(None, err))
+            return
+        calls = payload if isinstance(payload, list) else [payload]
+        if not calls:
+            self.send(jsonrpc.error_message(None, QrcError(ErrorCode.INVALID_REQUEST)))
+            return
+        if self.caller is None:
+            for obj in calls:
+                self._pre_logon(obj)
+            return
+        rid = request_id()
+        refused = await rate_limit(
+            self.svc, self.caller.subject, calls, self.handle.transport, self.handle.source_ip, rid
+        )
+        if refused is not None:
+            for obj in calls:
+                self._reply_error(obj, refused)
+            return
+        for obj in calls:
+            await self._slots.acquire()
+            task = asyncio.get_running_loop().create_task(self._call(obj, rid))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _call(self, obj: Any, rid: str) -> None:
+        try:
+            assert self.caller is not None
+            response = await self.svc.pipeline.call(self.caller, obj, rid)
+            if response is not None:
+                self.send(response)
+        except Exception:
+            log.exception("call failed", extra={"request_id": rid})
+            self._reply_error(obj, QrcError(ErrorCode.SERVER_ERROR, "Internal error"))
+        finally:
+            self._slots.release()
+
+    def _reply_error(self, obj: Any, err: QrcError) -> None:
+        rid = obj.get("id") if isinstance(obj, dict) else None
+        if isinstance(obj, dict) and "id" not in obj:
+            return
+        self.send(jsonrpc.error_message(rid if isinstance(rid, int | str) else None, err))
+
+    def _pre_logon(self, obj: Any) -> None:
+        try:
+            msg = jsonrpc.parse_object(obj)
+        except jsonrpc.InvalidMessage as err:
+            self.send(jsonrpc.error_message(err.request_id, err))
+            return
+        if not isinstance(msg, jsonrpc.Request):
+            return
+        result: Any
+        if msg.method == "Logon":
+            params = msg.params if isinstance(msg.params, dict) else {}
+            user, token = params.get("User"), params.get("Password")
+            try:
+                subject = authenticate(
+                    self.svc,
+                    token=token if isinstance(token, str) else None,
+                    user=user if isinstance(user, str) else "",
+                    source_ip=self.handle.source_ip,
+                    transport=self.handle.transport,
+                    rid=request_id(),
+                )
+            except Refusal as err:
+                self._answer(msg, error=err)
+                return
+            self.log_on(subject)
+            result = True
+        elif msg.method in self._open_methods and msg.method == "NoOp":
+            result = True
+        elif msg.method in self._open_methods and msg.method == "StatusGet":
+            status = self.svc.runtime.upstream.engine_status
+            if status is None:
+                self._answer(msg, error=QrcError(ErrorCode.CORE_UNAVAILABLE))
+                return
+            result = status
+        else:
+            self._answer(msg, error=QrcError(self._pre_logon_error))
+            return
+        self._answer(msg, result=result)
+
+    def _answer(
+        self, msg: jsonrpc.Request, *, result: Any = None, error: QrcError | None = None
+    ) -> None:
+        if msg.is_notification:
+            return
+        if error is not None:
+            self.send(jsonrpc.error_message(msg.id, error))
+        else:
+            self.send(jsonrpc.result_message(msg.id, result))
+
+    async def drain(self, timeout: float) -> None:
+        """Wait for this client's in-flight calls (bounded)."""
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=timeout)
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        if self.caller is not None:
+            try:
+                await asyncio.wait_for(self.caller.session.close(), 5.0)
+            except (TimeoutError, QrcError, OSError):
+                log.info("could not destroy change groups of a closed session")
+            self.caller = None

@@ -1,0 +1,247 @@
+"""HTTP: `POST /v1/rpc`, `GET /v1/status`, probes, and the middleware every response passes."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from .. import __version__
+from ..pipeline import Caller
+from ..qrc import jsonrpc
+from ..qrc.errors import ErrorCode, QrcError
+from .common import HTTP_STATUS, Refusal, Services, authenticate, rate_limit, request_id
+from .sessions import HttpSessions
+
+log = logging.getLogger("qsys_gateway.http")
+
+SERVICES: web.AppKey[Services] = web.AppKey("services", Services)
+SESSIONS: web.AppKey[HttpSessions] = web.AppKey("sessions", HttpSessions)
+MAX_BATCH = 100
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def json_response(
+    body: Any, status: int = 200, headers: dict[str, str] | None = None
+) -> web.Response:
+    return web.Response(
+        body=orjson.dumps(body), status=status, content_type="application/json", headers=headers
+    )
+
+
+def error_response(
+    err: QrcError, rid_in_body: Any = None, status: int | None = None
+) -> web.Response:
+    headers = {}
+    retry = getattr(err, "retry_after", 0.0) or 0.0
+    if err.code in (ErrorCode.RATE_LIMITED, ErrorCode.CORE_UNAVAILABLE):
+        headers["Retry-After"] = str(max(1, math.ceil(retry)))
+    return json_response(
+        jsonrpc.error_message(rid_in_body, err),
+        status or HTTP_STATUS.get(err.code, 200),
+        headers,
+    )
+
+
+def _source_ip(request: web.Request) -> str:
+    return request.remote or "-"
+
+
+@web.middleware
+async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Request id, CORS, security headers, and no stack trace ever."""
+    svc = request.app[SERVICES]
+    rid = request_id(request.headers.get("X-Request-ID"))
+    request["request_id"] = rid
+    origin = request.headers.get("Origin")
+    cors = svc.runtime.config.cors.allowedOrigins
+    response: web.StreamResponse
+    if origin is not None and origin not in cors:
+        response = error_response(QrcError(ErrorCode.FORBIDDEN, "Origin not allowed"), status=403)
+    elif origin is not None and request.method == "OPTIONS":
+        response = web.Response(status=204)
+    else:
+        try:
+            response = await handler(request)
+        except web.HTTPException as exc:
+            response = _http_error(exc)
+        except Exception:
+            log.exception("unhandled error", extra={"request_id": rid})
+            response = error_response(
+                QrcError(ErrorCode.SERVER_ERROR, "Internal error"), status=500
+            )
+    h = response.headers
+    if origin is not None and origin in cors:
+        h["Access-Control-Allow-Origin"] = origin
+        h["Vary"] = "Origin"
+        h["Access-Control-Allow-Methods"] = "GET, POST, OPTIONS"
+        h["Access-Control-Allow-Headers"] = "Authorization, Content-Type, X-Request-ID"
+        h["Access-Control-Expose-Headers"] = "X-Request-ID, Retry-After"
+        h["Access-Control-Max-Age"] = "600"
+    if not response.prepared:
+        h["X-Request-ID"] = rid
+        h["X-Content-Type-Options"] = "nosniff"
+        h["X-Frame-Options"] = "DENY"
+        h["Content-Security-Policy"] = "default-src 'none'; frame-ancestors 'none'"
+        h["Cache-Control"] = "no-store"
+        h["Referrer-Policy"] = "no-referrer"
+        if request.secure:
+            h["Strict-Transport-Security"] = "max-age=31536000; includeSubDomains"
+    return response
+
+
+def _http_error(exc: web.HTTPException) -> web.Response:
+    code = ErrorCode.METHOD_NOT_FOUND if exc.status == 404 else ErrorCode.INVALID_REQUEST
+    message = exc.reason or "Error"
+    return json_response(
+        jsonrpc.error_message(None, QrcError(code, message)),
+        exc.status,
+        {k: v for k, v in exc.headers.items() if k.lower() == "allow"},
+    )
+
+
+def _bearer(request: web.Request) -> str | None:
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return token.strip()
+
+
+async def _read_body(request: web.Request, limit: int) -> bytes:
+    if request.content_length is not None and request.content_length > limit:
+        raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length)
+    body = await request.content.read(limit + 1)
+    if len(body) > limit:
+        raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=len(body))
+    return body
+
+
+async def rpc(request: web.Request) -> web.Response:
+    svc = request.app[SERVICES]
+    rt = svc.runtime
+    rid: str = request["request_id"]
+    source = _source_ip(request)
+    if rt.shutting_down:
+        return error_response(QrcError(ErrorCode.CORE_UNAVAILABLE, "Gateway is shutting down"))
+    try:
+        subject = authenticate(
+            svc, token=_bearer(request), user=None, source_ip=source, transport="http", rid=rid
+        )
+    except Refusal as err:
+        return error_response(err)
+    body = await _read_body(request, rt.config.limits.maxMessageBytes)
+    try:
+        payload = jsonrpc.decode_json(body)
+    except jsonrpc.InvalidMessage as err:
+        return error_response(err)
+    batch = isinstance(payload, list)
+    calls = payload if batch else [payload]
+    if batch and not calls:
+        return error_response(QrcError(ErrorCode.INVALID_REQUEST, "Invalid request: empty batch"))
+    if len(calls) > MAX_BATCH:
+        return error_response(
+            QrcError(ErrorCode.INVALID_REQUEST, f"Invalid request: batch over {MAX_BATCH} calls")
+        )
+    refused = await rate_limit(svc, subject, calls, "http", source, rid)
+    if refused is not None:
+        return error_response(refused)
+    caller = Caller(subject, "http", source, request.app[SESSIONS].get(subject.name))
+    pipeline = svc.pipeline
+    responses = [await pipeline.call(caller, obj, rid) for obj in calls]
+    answered = [r for r in responses if r is not None]
+    if batch:
+        return json_response(answered) if answered else web.Response(status=204)
+    if not answered:
+        return web.Response(status=204)
+    resp = answered[0]
+    status = 200
+    error = resp.get("error")
+    if error is not None:
+        status = HTTP_STATUS.get(error.get("code", 0), 200)
+    headers = {}
+    if status in (429, 503):
+        headers["Retry-After"] = "1"
+    return json_response(resp, status, headers)
+
+
+async def status(request: web.Request) -> web.Response:
+    svc = request.app[SERVICES]
+    rid: str = request["request_id"]
+    try:
+        authenticate(
+            svc,
+            token=_bearer(request),
+            user=None,
+            source_ip=_source_ip(request),
+            transport="http",
+            rid=rid,
+            obj={"method": "StatusGet"},
+        )
+    except Refusal as err:
+        return error_response(err)
+    rt = svc.runtime
+    up = rt.upstream
+    return json_response(
+        {
+            "core": up.engine_status,
+            "upstream": {
+                "up": up.up,
+                "activeHost": up.active_host,
+                "circuit": up.circuit_state,
+            },
+            "gateway": {
+                "version": __version__,
+                "configGeneration": rt.rules.generation,
+                "clients": len(svc.clients),
+                "shuttingDown": rt.shutting_down,
+            },
+        }
+    )
+
+
+async def livez(request: web.Request) -> web.Response:
+    return json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    rt = request.app[SERVICES].runtime
+    if rt.shutting_down:
+        return json_response({"status": "shutting down"}, 503)
+    return json_response({"status": "ready"})
+
+
+async def healthz(request: web.Request) -> web.Response:
+    rt = request.app[SERVICES].runtime
+    upstream = "up" if rt.upstream.up else "down"
+    storage = "ok" if await rt.limiter.healthy() else "down"
+    components = {"upstream": upstream, "config": "ok", "rateLimitStorage": storage}
+    if rt.shutting_down:
+        overall = "unhealthy"
+    elif upstream == "up" and storage == "ok":
+        overall = "healthy"
+    else:
+        overall = "degraded"
+    return json_response(
+        {"status": overall, "components": components}, 503 if overall == "unhealthy" else 200
+    )
+
+
+def build_app(svc: Services, sessions: HttpSessions) -> web.Application:
+    from .websocket import websocket_handler
+
+    app = web.Application(middlewares=[middleware], client_max_size=16 * 1024 * 1024 + 1024)
+    app[SERVICES] = svc
+    app[SESSIONS] = sessions
+    app.router.add_post("/v1/rpc", rpc)
+    app.router.add_get("/v1/ws", websocket_handler)
+    app.router.add_get("/v1/status", status)
+    app.router.add_get("/livez", livez)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/healthz", healthz)
+    return app

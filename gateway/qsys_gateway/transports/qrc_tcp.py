@@ -1,0 +1,124 @@
+"""Raw QRC over TCP for existing control systems: Logon with subject + token, then QRC as usual."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+from typing import Any
+
+from ..clients import ClientHandle
+from ..qrc import jsonrpc
+from ..qrc.errors import ErrorCode, QrcError
+from ..qrc.framing import FRAME_TOO_LARGE, FrameDecoder, encode_frame
+from .common import Services
+from .connection import LOGON_TIMEOUT, ClientConnection
+
+log = logging.getLogger("qsys_gateway.qrc")
+
+IDLE_TIMEOUT = 60.0
+"""Like a Core: a socket silent for this long is closed (clients send NoOp)."""
+MAX_WRITE_BUFFER = 1024 * 1024
+_OPEN = frozenset({"Logon", "NoOp", "StatusGet"})
+
+
+class QrcServer:
+    def __init__(self, svc: Services, host: str, port: int, tls: ssl.SSLContext | None) -> None:
+        self.svc = svc
+        self.host = host
+        self.port = port
+        self.tls = tls
+        self._server: asyncio.Server | None = None
+        self._connections: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(
+            self._serve, self.host, self.port, ssl=self.tls, reuse_address=True
+        )
+
+    def stop_accepting(self) -> None:
+        if self._server is not None:
+            self._server.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._connections.add(task)
+        try:
+            await self._session(reader, writer)
+        except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError):
+            pass
+        finally:
+            self._connections.discard(task)
+            writer.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(writer.wait_closed(), 2.0)
+
+    async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        svc = self.svc
+        rt = svc.runtime
+        peer = writer.get_extra_info("peername")
+        source = str(peer[0]) if peer else "-"
+        if rt.shutting_down or len(svc.clients) >= rt.config.limits.maxClients:
+            err = QrcError(ErrorCode.CORE_UNAVAILABLE, "Too many clients")
+            writer.write(encode_frame(jsonrpc.error_message(None, err)))
+            return
+        closing = asyncio.Event()
+
+        def send(message: dict[str, Any]) -> None:
+            if writer.is_closing():
+                return
+            if writer.transport.get_write_buffer_size() > MAX_WRITE_BUFFER:
+                log.warning("closing a QRC client that does not read")
+                writer.transport.abort()
+                closing.set()
+                return
+            writer.write(encode_frame(message))
+
+        async def close() -> None:
+            closing.set()
+            if not writer.is_closing():
+                writer.close()
+
+        handle = ClientHandle("qrc", source, send, close)
+        conn = ClientConnection(
+            svc, handle, open_methods=_OPEN, pre_logon_error=ErrorCode.LOGON_REQUIRED
+        )
+        decoder = FrameDecoder(rt.config.limits.maxMessageBytes)
+        svc.clients.add(handle)
+        status = rt.upstream.engine_status
+        if status is not None:
+            send(jsonrpc.notification_message("EngineStatus", status))
+        try:
+            while not closing.is_set():
+                timeout = IDLE_TIMEOUT if conn.logged_on else LOGON_TIMEOUT
+                try:
+                    data = await asyncio.wait_for(reader.read(65536), timeout)
+                except TimeoutError:
+                    log.info("closing an idle QRC client")
+                    return
+                if not data:
+                    return
+                for frame in decoder.feed(data):
+                    if frame is FRAME_TOO_LARGE:
+                        err = QrcError(
+                            ErrorCode.INVALID_REQUEST, "Invalid request: message too large"
+                        )
+                        send(jsonrpc.error_message(None, err))
+                        continue
+                    assert isinstance(frame, bytes)
+                    await conn.handle_frame(frame)
+        finally:
+            svc.clients.remove(handle)
+            await conn.drain(5.0)
+            await conn.close()
+
+    async def close_all(self, timeout: float) -> None:
+        if self._connections:
+            await asyncio.wait(set(self._connections), timeout=timeout)
+        for task in list(self._connections):
+            task.cancel()
+        if self._server is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._server.wait_closed(), timeout)

@@ -1,0 +1,110 @@
+"""WebSocket transport: `GET /v1/ws`, JSON-RPC both ways, pushes EngineStatus and AutoPoll."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+import orjson
+from aiohttp import WSCloseCode, WSMsgType, web
+
+from ..clients import ClientHandle
+from ..qrc.errors import ErrorCode, QrcError
+from .common import Refusal, authenticate
+from .connection import LOGON_TIMEOUT, ClientConnection
+
+log = logging.getLogger("qsys_gateway.websocket")
+
+SEND_QUEUE = 256
+_OPEN = frozenset({"Logon"})
+
+
+async def websocket_handler(request: web.Request) -> web.StreamResponse:
+    from .http import SERVICES, _bearer, error_response
+
+    svc = request.app[SERVICES]
+    rt = svc.runtime
+    rid: str = request["request_id"]
+    source = request.remote or "-"
+    if rt.shutting_down:
+        return error_response(QrcError(ErrorCode.CORE_UNAVAILABLE, "Gateway is shutting down"))
+    if len(svc.clients) >= rt.config.limits.maxClients:
+        return error_response(QrcError(ErrorCode.CORE_UNAVAILABLE, "Too many clients"))
+    subject = None
+    token = _bearer(request)
+    if token is not None:
+        try:
+            subject = authenticate(
+                svc, token=token, user=None, source_ip=source, transport="ws", rid=rid
+            )
+        except Refusal as err:
+            return error_response(err)
+
+    ws = web.WebSocketResponse(
+        max_msg_size=rt.config.limits.maxMessageBytes, heartbeat=20.0, autoping=True
+    )
+    await ws.prepare(request)
+    queue: asyncio.Queue[bytes | None] = asyncio.Queue(SEND_QUEUE)
+    background: set[asyncio.Task[Any]] = set()
+
+    def send(message: dict[str, Any]) -> None:
+        if ws.closed:
+            return
+        try:
+            queue.put_nowait(orjson.dumps(message))
+        except asyncio.QueueFull:
+            log.warning("closing a WebSocket client that does not read", extra={"request_id": rid})
+            writer.cancel()
+            closer = asyncio.get_running_loop().create_task(
+                ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"client too slow")
+            )
+            background.add(closer)
+            closer.add_done_callback(background.discard)
+
+    async def close() -> None:
+        await ws.close(code=WSCloseCode.GOING_AWAY, message=b"gateway shutting down")
+
+    handle = ClientHandle("ws", source, send, close)
+    conn = ClientConnection(
+        svc, handle, open_methods=_OPEN, pre_logon_error=ErrorCode.UNAUTHENTICATED
+    )
+
+    async def write_loop() -> None:
+        while True:
+            data = await queue.get()
+            if data is None:
+                return
+            await ws.send_str(data.decode())
+
+    writer = asyncio.get_running_loop().create_task(write_loop())
+    svc.clients.add(handle)
+    try:
+        if subject is not None:
+            conn.log_on(subject)
+        async with asyncio.timeout(None) as deadline:
+            if subject is None:
+                deadline.reschedule(asyncio.get_running_loop().time() + LOGON_TIMEOUT)
+            async for msg in ws:
+                if msg.type == WSMsgType.TEXT:
+                    await conn.handle_frame(msg.data)
+                    if conn.logged_on:
+                        deadline.reschedule(None)
+                elif msg.type == WSMsgType.BINARY:
+                    await conn.handle_frame(msg.data)
+                elif msg.type == WSMsgType.ERROR:
+                    break
+    except TimeoutError:
+        await ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"logon timeout")
+    finally:
+        svc.clients.remove(handle)
+        await conn.drain(5.0)
+        await conn.close()
+        with contextlib.suppress(asyncio.QueueFull):
+            queue.put_nowait(None)
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await asyncio.wait_for(writer, 2.0)
+        if not ws.closed:
+            await ws.close()
+    return ws
