@@ -32,8 +32,8 @@ $(STAMP): pyproject.toml hack/install-system-deps.sh
 	touch $(STAMP)
 
 lint: install
-	$(BIN)/ruff check gateway operator simulator tests bench
-	$(BIN)/ruff format --check gateway operator simulator tests bench
+	$(BIN)/ruff check gateway operator simulator tests bench hack
+	$(BIN)/ruff format --check gateway operator simulator tests bench hack
 	$(BIN)/mypy
 
 test: install lint cluster-tools
@@ -49,3 +49,6 @@ clean:
 	rm -rf $(VENV) .cache .pytest_cache .mypy_cache .ruff_cache
 
 -include mk/*.mk
+
+demo: install
+	$(BIN)/python hack/demo.py
