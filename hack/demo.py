@@ -30,16 +30,18 @@ def free_port() -> int:
 def wait_http(url: str, timeout: float = 20.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        with contextlib.suppress(OSError):
-            with urllib.request.urlopen(url, timeout=1) as resp:  # noqa: S310 - loopback only
-                if resp.status == 200:
-                    return
+        with (
+            contextlib.suppress(OSError),
+            urllib.request.urlopen(url, timeout=1) as resp,  # noqa: S310 - loopback only
+        ):
+            if resp.status == 200:
+                return
         time.sleep(0.2)
     raise SystemExit(f"demo: {url} did not come up")
 
 
 def rpc(port: int, token: str, body: dict[str, object]) -> tuple[int, str]:
-    req = urllib.request.Request(  # noqa: S310 - loopback only
+    req = urllib.request.Request(
         f"http://127.0.0.1:{port}/v1/rpc",
         data=json.dumps(body).encode(),
         headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
