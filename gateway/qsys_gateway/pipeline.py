@@ -78,8 +78,8 @@ class Pipeline:
         method = msg.method
         label = method_label(method)
         subject = rt.current_subject(caller.subject.name)
-        if subject is None:
-            err = QrcError(ErrorCode.UNAUTHENTICATED, "Unauthenticated: subject no longer exists")
+        if subject is None or subject.tokenSha256 != caller.subject.tokenSha256:
+            err = QrcError(ErrorCode.UNAUTHENTICATED, "Unauthenticated: token revoked")
             self._count(label, caller, "unauthenticated", started)
             return None if msg.is_notification else jsonrpc.error_message(msg.id, err)
         caller.subject = subject
