@@ -79,3 +79,12 @@ class GatewayMetrics:
         self.change_groups = Gauge(
             f"{PREFIX}_change_groups", "Change groups held on behalf of clients", registry=r
         )
+        # Bounded label sets start at zero, so every series exists before its first event.
+        for transport in ("ws", "qrc"):
+            self.clients.labels(transport)
+        for transport in ("http", "ws", "qrc"):
+            self.auth_failures.labels(transport)
+        for result in ("success", "failure"):
+            self.config_reloads.labels(result)
+        for decision in ("allow", "deny"):
+            self.audit_events.labels(decision)
