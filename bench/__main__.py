@@ -12,7 +12,7 @@ import sys
 from .common import BenchContext, Result, format_table
 
 # Modules under bench/ with `async def run(ctx) -> list[Result]`, in table order.
-BENCHMARKS = ["sim"]
+BENCHMARKS = ["sim", "gateway"]
 
 
 async def _main(ctx: BenchContext, names: list[str]) -> list[Result]:
@@ -47,6 +47,9 @@ def main(argv: list[str] | None = None) -> int:
         f"{ctx.duration:g} s per scenario after {ctx.warmup:g} s warm-up\n"
     )
     print(format_table(results))
+    if ctx.notes:
+        print()
+        print("\n".join(ctx.notes))
     return 1 if any(r.errors for r in results) else 0
 
 

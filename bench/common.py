@@ -10,7 +10,6 @@ import socket
 import subprocess
 import sys
 import time
-from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +33,7 @@ class Result:
     errors: int
     seconds: float
     latencies: list[float] = field(repr=False, default_factory=list)
+    baseline: Result | None = field(repr=False, default=None)  # the direct row it compares to
 
     @property
     def rps(self) -> float:
@@ -52,10 +52,23 @@ class BenchContext:
     warmup: float = 0.5
     window: int = 16  # requests in flight per client
     max_requests: int = 2_000_000  # hard bound per scenario
+    notes: list[str] = field(default_factory=list)  # printed after the table (target checks)
+
+
+def _versus(r: Result) -> str:
+    b = r.baseline
+    if b is None or not b.rps:
+        return ""
+    extra = (r.percentile(99) - b.percentile(99)) * 1000
+    return f"{r.rps / b.rps:.2f}x req/s, p99 {extra:+.2f} ms"
 
 
 def format_table(results: list[Result]) -> str:
-    header = ("target", "scenario", "req/s", "p50 ms", "p99 ms", "requests", "errors")
+    header: tuple[str, ...] = ("target", "scenario", "req/s", "p50 ms", "p99 ms", "requests")
+    header += ("errors",)
+    compare = any(r.baseline is not None for r in results)
+    if compare:
+        header += ("vs direct",)
     rows = [
         (
             r.target,
@@ -66,17 +79,19 @@ def format_table(results: list[Result]) -> str:
             f"{r.requests:,}",
             str(r.errors),
         )
+        + ((_versus(r),) if compare else ())
         for r in results
     ]
     widths = [max(len(str(c)) for c in col) for col in zip(header, *rows, strict=True)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True))]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip()]
     lines.append("  ".join("-" * w for w in widths))
+    last = len(header) - 1
     for row in rows:
         cells = [
-            c.ljust(w) if i < 2 else c.rjust(w)
+            c.ljust(w) if i < 2 or (compare and i == last) else c.rjust(w)
             for i, (c, w) in enumerate(zip(row, widths, strict=True))
         ]
-        lines.append("  ".join(cells))
+        lines.append("  ".join(cells).rstrip())
     return "\n".join(lines)
 
 
@@ -115,17 +130,23 @@ def sim_process(*args: str) -> Iterator[int]:
                 proc.wait(5)
 
 
+LOGON_ID = 0
+
+
 class _PipelinedClient(asyncio.Protocol):
-    """Keeps `window` requests in flight on one QRC socket; replies arrive in order."""
+    """Keeps `window` requests in flight on one QRC socket; replies are matched by id
+    (a gateway may answer a connection's calls out of order)."""
 
     def __init__(self, load: QrcLoad) -> None:
         self.load = load
         self.decoder = FrameDecoder(2**20)
-        self.sent: deque[float] = deque()
+        self.sent: dict[int, float] = {}
         self.transport: asyncio.Transport | None = None
         self.next_id = 1
         self.greeted = asyncio.get_running_loop().create_future()
         self.done = asyncio.get_running_loop().create_future()
+        self.logged_on: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.logon_sent = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
@@ -136,12 +157,18 @@ class _PipelinedClient(asyncio.Protocol):
     def _request(self) -> bytes:
         rid = self.next_id
         self.next_id += 1
-        self.sent.append(time.perf_counter())
+        self.sent[rid] = time.perf_counter()
         return self.load.encode(rid)
 
     def transport_write(self, data: bytes) -> None:
         assert self.transport is not None
         self.transport.write(data)
+
+    def logon(self, user: str, password: str) -> None:
+        self.logon_sent = True
+        params = {"User": user, "Password": password}
+        msg = {"jsonrpc": "2.0", "method": "Logon", "params": params, "id": LOGON_ID}
+        self.transport_write(orjson.dumps(msg) + b"\x00")
 
     def data_received(self, data: bytes) -> None:
         load = self.load
@@ -153,8 +180,15 @@ class _PipelinedClient(asyncio.Protocol):
                 if not self.greeted.done():
                     self.greeted.set_result(None)
                 continue
+            rid = msg["id"]
+            if rid == LOGON_ID:
+                if "error" in msg:
+                    self.logged_on.set_exception(ConnectionError(f"Logon refused: {msg}"))
+                else:
+                    self.logged_on.set_result(None)
+                continue
             now = time.perf_counter()
-            sent = self.sent.popleft()
+            sent = self.sent.pop(rid)
             load.record(now - sent, "error" in msg)
             if load.running:
                 out.append(self._request())
@@ -168,6 +202,8 @@ class _PipelinedClient(asyncio.Protocol):
             self.done.set_exception(ConnectionError(f"connection lost: {exc}"))
         if not self.greeted.done():
             self.greeted.set_exception(ConnectionError("connection lost before EngineStatus"))
+        if self.logon_sent and not self.logged_on.done():
+            self.logged_on.set_exception(ConnectionError("connection lost before Logon"))
 
 
 class QrcLoad:
@@ -195,8 +231,17 @@ class QrcLoad:
             self.running = False
 
     async def run(
-        self, port: int, clients: int, ctx: BenchContext, target: str, scenario: str
+        self,
+        port: int,
+        clients: int,
+        ctx: BenchContext,
+        target: str,
+        scenario: str,
+        *,
+        window: int | None = None,
+        logon: tuple[str, str] | None = None,
     ) -> Result:
+        """`logon` = (user, password) is sent first (a gateway's QRC listener needs it)."""
         loop = asyncio.get_running_loop()
         protos: list[_PipelinedClient] = []
         try:
@@ -206,8 +251,12 @@ class QrcLoad:
                 )
                 protos.append(proto)
             await asyncio.wait_for(asyncio.gather(*(p.greeted for p in protos)), 10)
+            if logon is not None:
+                for p in protos:
+                    p.logon(*logon)
+                await asyncio.wait_for(asyncio.gather(*(p.logged_on for p in protos)), 10)
             for p in protos:
-                p.start(ctx.window)
+                p.start(window or ctx.window)
             await asyncio.sleep(ctx.warmup)
             self.measuring = True
             start = time.perf_counter()

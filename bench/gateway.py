@@ -1,0 +1,522 @@
+"""The gateway against its direct-to-simulator baseline, over HTTP, WebSocket and QRC.
+
+Every figure here comes from one run: a `qsys-core-sim` subprocess, measured
+directly, then through a `qsys-gateway` subprocess in front of it. Each gateway
+row carries the direct row with the same clients x in-flight requests as its
+baseline. Then the target checks of issue 3: the p99 the gateway adds at a fixed
+500 requests/s (open loop), throughput per transport, and the memory an idle
+connected WebSocket client costs (a fresh gateway, 1,000 clients).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+import resource
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, cast
+
+import aiohttp
+import orjson
+import yaml
+
+from qsys_gateway.qrc.framing import FrameDecoder
+
+from .common import LOOPBACK, VENV_BIN, BenchContext, QrcLoad, Result, free_port, sim_process
+
+SUBJECT = "bench"
+TOKEN = "bench-token-5f0c2a9e7d1b4c3a8e6f"
+METHOD = "Control.Get"
+PARAMS = ["MainGain"]
+
+WIDE_WINDOW = 8
+"""In flight per client with 50 clients: 400 in all, under what the gateway queues to the
+Core (2 upstream connections x 256 pending); more would be refused as Core-busy (503)."""
+
+OPEN_LOOP_RATE = 500.0
+OPEN_LOOP_CLIENTS = 10
+IDLE_CLIENTS = 1000
+
+# Targets of issue 3 (2-core machine).
+TARGET_ADDED_P99_MS = 2.0
+TARGET_HTTP_RPS = 2000.0
+TARGET_STREAM_RPS = 5000.0
+TARGET_IDLE_KIB = 50.0
+
+
+# ---- processes -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayProcess:
+    pid: int
+    http: int
+    qrc: int
+
+
+def _gateway_config(core_port: int) -> dict[str, Any]:
+    return {
+        "core": {"host": LOOPBACK, "port": core_port, "requestTimeoutSeconds": 5},
+        "listen": {
+            "host": LOOPBACK,
+            "http": free_port(),
+            "qrc": free_port(),
+            "metrics": free_port(),
+        },
+        "limits": {
+            "maxClients": IDLE_CLIENTS + 100,
+            # generous: the limiter must not throttle the benchmark
+            "rate": {"requestsPerSecond": 100000, "burst": 100000},
+            "storage": "memory",
+        },
+        "audit": {"logReads": False, "path": "-"},
+        "subjects": [
+            {
+                "name": SUBJECT,
+                "tokenSha256": hashlib.sha256(TOKEN.encode()).hexdigest(),
+                "rules": [{"methods": [METHOD]}],
+            }
+        ],
+    }
+
+
+def _healthy(port: int) -> bool:
+    with socket.create_connection((LOOPBACK, port), 0.5) as s:
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")
+        data = b""
+        while chunk := s.recv(4096):
+            data += chunk
+    return b'"healthy"' in data
+
+
+@contextlib.contextmanager
+def gateway_process(core_port: int) -> Iterator[GatewayProcess]:
+    """`qsys-gateway` in front of the simulator on `core_port`; waits until it is healthy
+    (upstream connected), always stops the process. Its output goes to files."""
+    with tempfile.TemporaryDirectory(prefix="qsys-bench-") as tmp:
+        config = _gateway_config(core_port)
+        path = Path(tmp) / "gateway.yaml"
+        path.write_text(yaml.safe_dump(config), "utf-8")
+        listen = config["listen"]
+        cmd = [str(VENV_BIN / "qsys-gateway"), "--config", str(path), "--log-level", "WARNING"]
+        with (
+            open(Path(tmp) / "stdout", "wb") as out,
+            open(Path(tmp) / "stderr", "wb") as err,
+        ):
+            proc = subprocess.Popen(cmd, stdout=out, stderr=err, env={**os.environ})
+        try:
+            deadline = time.monotonic() + 20
+            while True:
+                if proc.poll() is not None:
+                    tail = (Path(tmp) / "stderr").read_text("utf-8", "replace")[-2000:]
+                    raise RuntimeError(f"qsys-gateway exited with {proc.returncode}: {tail}")
+                with contextlib.suppress(OSError):
+                    if _healthy(listen["http"]):
+                        break
+                if time.monotonic() > deadline:
+                    raise TimeoutError("qsys-gateway did not become healthy")
+                time.sleep(0.1)
+            yield GatewayProcess(proc.pid, listen["http"], listen["qrc"])
+        finally:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(5)
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+def open_files_limit(pid: int) -> str:
+    for line in Path(f"/proc/{pid}/limits").read_text().splitlines():
+        if line.startswith("Max open files"):
+            soft, hard = line.split()[3:5]
+            return f"{soft}/{hard}"
+    return "?"
+
+
+def raise_nofile() -> int:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+# ---- closed-loop loads -----------------------------------------------------------
+
+
+class Recorder:
+    """Counts replies while measuring; `running` goes false at the end (or at the bound)."""
+
+    def __init__(self, max_requests: int) -> None:
+        self.max_requests = max_requests
+        self.measuring = False
+        self.running = True
+        self.requests = 0
+        self.errors = 0
+        self.latencies: list[float] = []
+
+    def record(self, latency: float, error: bool) -> None:
+        if not self.measuring:
+            return
+        self.requests += 1
+        self.errors += error
+        self.latencies.append(latency)
+        if self.requests >= self.max_requests:
+            self.running = False
+
+    async def measure(self, ctx: BenchContext, workers: list[asyncio.Task[None]]) -> float:
+        """Warm up, count for `ctx.duration`, stop the workers; returns the measured seconds."""
+        try:
+            await asyncio.sleep(ctx.warmup)
+            self._check(workers)
+            self.measuring = True
+            start = time.perf_counter()
+            deadline = start + ctx.duration
+            while self.running and time.perf_counter() < deadline:
+                await asyncio.sleep(0.05)
+                self._check(workers)
+            elapsed = time.perf_counter() - start
+            self.measuring = False
+            self.running = False
+            await asyncio.wait_for(asyncio.gather(*workers), 10)
+            return elapsed
+        finally:
+            for w in workers:
+                w.cancel()
+
+    @staticmethod
+    def _check(workers: list[asyncio.Task[None]]) -> None:
+        for w in workers:
+            if w.done() and not w.cancelled() and w.exception() is not None:
+                raise cast(BaseException, w.exception())
+
+
+_BODY = {"jsonrpc": "2.0", "method": METHOD, "params": PARAMS}
+
+
+async def http_load(
+    gw: GatewayProcess, clients: int, ctx: BenchContext, target: str, scenario: str
+) -> Result:
+    """`clients` keep-alive connections, each with one request in flight (HTTP/1.1)."""
+    rec = Recorder(ctx.max_requests)
+    url = f"http://{LOOPBACK}:{gw.http}/v1/rpc"
+    headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
+    connector = aiohttp.TCPConnector(limit=clients, force_close=False)
+    async with aiohttp.ClientSession(connector=connector, headers=headers) as session:
+
+        async def worker() -> None:
+            rid = 0
+            while rec.running:
+                rid += 1
+                body = orjson.dumps({**_BODY, "id": rid})
+                sent = time.perf_counter()
+                async with session.post(url, data=body) as resp:
+                    reply = orjson.loads(await resp.read())
+                    error = resp.status != 200 or "error" in reply
+                rec.record(time.perf_counter() - sent, error)
+
+        loop = asyncio.get_running_loop()
+        workers = [loop.create_task(worker()) for _ in range(clients)]
+        elapsed = await rec.measure(ctx, workers)
+    return Result(target, scenario, rec.requests, rec.errors, elapsed, rec.latencies)
+
+
+async def _ws_connect(
+    session: aiohttp.ClientSession, gw: GatewayProcess
+) -> aiohttp.ClientWebSocketResponse:
+    return await session.ws_connect(
+        f"http://{LOOPBACK}:{gw.http}/v1/ws",
+        headers={"Authorization": f"Bearer {TOKEN}"},
+        autoping=True,
+        heartbeat=None,
+    )
+
+
+async def ws_load(
+    gw: GatewayProcess, clients: int, window: int, ctx: BenchContext, target: str, scenario: str
+) -> Result:
+    """`clients` WebSocket connections, each with `window` requests in flight (by id)."""
+    rec = Recorder(ctx.max_requests)
+    prefix = orjson.dumps(_BODY)[:-1] + b',"id":'
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        sockets = [await _ws_connect(session, gw) for _ in range(clients)]
+
+        async def worker(ws: aiohttp.ClientWebSocketResponse) -> None:
+            sent: dict[int, float] = {}
+            next_id = 1
+
+            async def send_one() -> None:
+                nonlocal next_id
+                rid = next_id
+                next_id += 1
+                sent[rid] = time.perf_counter()
+                await ws.send_str((prefix + str(rid).encode() + b"}").decode())
+
+            for _ in range(window):
+                await send_one()
+            while sent:
+                msg = await ws.receive()
+                if msg.type != aiohttp.WSMsgType.TEXT:
+                    raise ConnectionError(f"WebSocket closed during the benchmark: {msg.type}")
+                reply = orjson.loads(msg.data)
+                rid = reply.get("id")
+                if rid is None:
+                    continue  # EngineStatus push
+                rec.record(time.perf_counter() - sent.pop(rid), "error" in reply)
+                if rec.running:
+                    await send_one()
+
+        loop = asyncio.get_running_loop()
+        try:
+            workers = [loop.create_task(worker(ws)) for ws in sockets]
+            elapsed = await rec.measure(ctx, workers)
+        finally:
+            await asyncio.gather(*(ws.close() for ws in sockets), return_exceptions=True)
+    return Result(target, scenario, rec.requests, rec.errors, elapsed, rec.latencies)
+
+
+# ---- open loop: a fixed request rate ---------------------------------------------
+
+
+class _RateClient(asyncio.Protocol):
+    def __init__(self, rec: Recorder) -> None:
+        self.rec = rec
+        self.decoder = FrameDecoder(2**20)
+        self.transport: asyncio.Transport | None = None
+        self.sent: dict[int, float] = {}
+        loop = asyncio.get_running_loop()
+        self.greeted: asyncio.Future[None] = loop.create_future()
+        self.logged_on: asyncio.Future[None] = loop.create_future()
+        self.lost: asyncio.Future[None] = loop.create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+
+    def send(self, msg: dict[str, Any]) -> None:
+        assert self.transport is not None
+        if msg.get("id"):
+            self.sent[msg["id"]] = time.perf_counter()
+        self.transport.write(orjson.dumps(msg) + b"\x00")
+
+    def data_received(self, data: bytes) -> None:
+        for frame in self.decoder.feed(data):
+            assert isinstance(frame, bytes)
+            msg: dict[str, Any] = orjson.loads(frame)
+            rid = msg.get("id")
+            if rid is None:
+                if not self.greeted.done():
+                    self.greeted.set_result(None)
+            elif rid == 0:
+                if "error" in msg:
+                    self.logged_on.set_exception(ConnectionError(f"Logon refused: {msg}"))
+                else:
+                    self.logged_on.set_result(None)
+            else:
+                self.rec.record(time.perf_counter() - self.sent.pop(rid), "error" in msg)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        for fut in (self.greeted, self.logged_on, self.lost):
+            if not fut.done():
+                fut.set_exception(ConnectionError(f"connection lost: {exc}"))
+                fut.exception()  # raised to whoever awaits it; not logged if nobody does
+
+
+async def rate_load(port: int, ctx: BenchContext, target: str, *, logon: bool) -> Result:
+    """Open loop over QRC: OPEN_LOOP_RATE requests/s spread round-robin over
+    OPEN_LOOP_CLIENTS sockets, sent on schedule whatever the replies do."""
+    rec = Recorder(ctx.max_requests)
+    loop = asyncio.get_running_loop()
+    protos: list[_RateClient] = []
+    try:
+        for _ in range(OPEN_LOOP_CLIENTS):
+            _, proto = await loop.create_connection(lambda: _RateClient(rec), LOOPBACK, port)
+            protos.append(proto)
+        await asyncio.wait_for(asyncio.gather(*(p.greeted for p in protos)), 10)
+        if logon:
+            logon_msg = {"method": "Logon", "params": {"User": SUBJECT, "Password": TOKEN}}
+            for p in protos:
+                p.send({"jsonrpc": "2.0", **logon_msg, "id": 0})
+            await asyncio.wait_for(asyncio.gather(*(p.logged_on for p in protos)), 10)
+
+        async def ticker() -> None:
+            start = loop.time()
+            n = 0
+            while rec.running:
+                n += 1
+                protos[n % len(protos)].send({**_BODY, "id": n})
+                delay = start + n / OPEN_LOOP_RATE - loop.time()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+
+        task = loop.create_task(ticker())
+        elapsed = await rec.measure(ctx, [task])
+        await asyncio.sleep(0.2)  # the last replies
+        for p in protos:
+            if p.lost.done():
+                p.lost.result()
+    finally:
+        for p in protos:
+            if p.transport is not None:
+                p.transport.close()
+    per_client = OPEN_LOOP_RATE / OPEN_LOOP_CLIENTS
+    scenario = f"open loop {OPEN_LOOP_RATE:g}/s: {OPEN_LOOP_CLIENTS} clients x {per_client:g}/s"
+    return Result(target, scenario, rec.requests, rec.errors, elapsed, rec.latencies)
+
+
+# ---- memory ----------------------------------------------------------------------
+
+
+async def idle_memory(gw: GatewayProcess, count: int) -> tuple[int, int]:
+    """RSS of the gateway (KiB) with one warm-up client, then with `count` more idle
+    authenticated WebSocket clients connected."""
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        sockets: list[aiohttp.ClientWebSocketResponse] = []
+        try:
+            sockets.append(await _ws_connect(session, gw))
+            await asyncio.sleep(1.0)
+            before = rss_kib(gw.pid)
+            gate = asyncio.Semaphore(50)
+
+            async def connect() -> None:
+                async with gate:
+                    sockets.append(await _ws_connect(session, gw))
+
+            await asyncio.gather(*(connect() for _ in range(count)))
+            await asyncio.sleep(2.0)  # settle: every handler has run its logon
+            for ws in sockets:
+                if ws.closed:
+                    raise ConnectionError("an idle WebSocket client was closed by the gateway")
+            after = rss_kib(gw.pid)
+        finally:
+            await asyncio.gather(*(ws.close() for ws in sockets), return_exceptions=True)
+    return before, after
+
+
+# ---- the table -------------------------------------------------------------------
+
+
+def _clients(n: int) -> str:
+    return f"{n} client{'s' if n > 1 else ''}"
+
+
+async def run(ctx: BenchContext) -> list[Result]:
+    nofile = raise_nofile()
+    results: list[Result] = []
+    direct: dict[tuple[int, int], Result] = {}
+    shapes = [(1, 1), (1, ctx.window), (50, 1), (50, WIDE_WINDOW)]
+    stream_shapes = [(1, ctx.window), (50, WIDE_WINDOW)]
+
+    def scenario(clients: int, window: int) -> str:
+        return f"{METHOD}, {_clients(clients)} x {window} in flight"
+
+    with sim_process("--idle-timeout", "600") as sim_port:
+        for clients, window in shapes:
+            load = QrcLoad(METHOD, PARAMS, ctx.max_requests)
+            r = await load.run(
+                sim_port, clients, ctx, "direct (QRC)", scenario(clients, window), window=window
+            )
+            direct[clients, window] = r
+            results.append(r)
+        direct_rate = await rate_load(sim_port, ctx, "direct (QRC)", logon=False)
+        results.append(direct_rate)
+
+        with gateway_process(sim_port) as gw:
+            gw_nofile = open_files_limit(gw.pid)
+            for clients in (1, 50):
+                r = await http_load(gw, clients, ctx, "gateway/http", scenario(clients, 1))
+                r.baseline = direct[clients, 1]
+                results.append(r)
+            for clients, window in stream_shapes:
+                r = await ws_load(gw, clients, window, ctx, "gateway/ws", scenario(clients, window))
+                r.baseline = direct[clients, window]
+                results.append(r)
+            for clients, window in stream_shapes:
+                load = QrcLoad(METHOD, PARAMS, ctx.max_requests)
+                r = await load.run(
+                    gw.qrc,
+                    clients,
+                    ctx,
+                    "gateway/qrc",
+                    scenario(clients, window),
+                    window=window,
+                    logon=(SUBJECT, TOKEN),
+                )
+                r.baseline = direct[clients, window]
+                results.append(r)
+            gw_rate = await rate_load(gw.qrc, ctx, "gateway/qrc", logon=True)
+            gw_rate.baseline = direct_rate
+            results.append(gw_rate)
+
+        with gateway_process(sim_port) as gw:
+            before, after = await idle_memory(gw, IDLE_CLIENTS)
+
+    _targets(ctx, results, direct_rate, gw_rate, before, after)
+    ctx.notes.append(
+        f"open files: bench process soft limit {nofile}, gateway process (soft/hard) {gw_nofile}"
+    )
+    return results
+
+
+def _verdict(ok: bool) -> str:
+    return "PASS" if ok else "FAIL"
+
+
+def _targets(
+    ctx: BenchContext,
+    results: list[Result],
+    direct_rate: Result,
+    gw_rate: Result,
+    before: int,
+    after: int,
+) -> None:
+    note = ctx.notes.append
+    d99, g99 = direct_rate.percentile(99) * 1000, gw_rate.percentile(99) * 1000
+    added = g99 - d99
+    note(
+        f"{_verdict(added <= TARGET_ADDED_P99_MS)}  added p99 at {OPEN_LOOP_RATE:g} req/s (QRC): "
+        f"direct {d99:.2f} ms, gateway {g99:.2f} ms, difference {added:+.2f} ms "
+        f"(target <= {TARGET_ADDED_P99_MS:g} ms)"
+    )
+
+    def best(prefixes: tuple[str, ...]) -> Result:
+        return max((r for r in results if r.target.startswith(prefixes)), key=lambda r: r.rps)
+
+    http = best(("gateway/http",))
+    note(
+        f"{_verdict(http.rps >= TARGET_HTTP_RPS)}  HTTP throughput: {http.rps:,.0f} req/s "
+        f"({http.scenario}; target >= {TARGET_HTTP_RPS:,.0f})"
+    )
+    stream = best(("gateway/ws", "gateway/qrc"))
+    for name in ("gateway/ws", "gateway/qrc"):
+        r = best((name,))
+        note(f"      {name}: {r.rps:,.0f} req/s ({r.scenario})")
+    note(
+        f"{_verdict(stream.rps >= TARGET_STREAM_RPS)}  WebSocket/QRC throughput: "
+        f"{stream.rps:,.0f} req/s ({stream.target}, {stream.scenario}; "
+        f"target >= {TARGET_STREAM_RPS:,.0f})"
+    )
+    per_client = (after - before) / IDLE_CLIENTS
+    note(
+        f"{_verdict(per_client < TARGET_IDLE_KIB)}  idle WebSocket clients: gateway RSS "
+        f"{before:,} KiB -> {after:,} KiB with {IDLE_CLIENTS:,} more clients = "
+        f"{per_client:.1f} KiB per client (target < {TARGET_IDLE_KIB:g} KiB)"
+    )
