@@ -1,0 +1,8 @@
+# CRDs generated from the pydantic models in operator/qsys_operator/api.
+.PHONY: crds crds-check
+
+crds: install
+	$(BIN)/python -m qsys_operator.crdgen
+
+crds-check: install
+	$(BIN)/python -m qsys_operator.crdgen --check

@@ -1,0 +1,175 @@
+"""QSysCore: one Q-SYS Core (or redundant pair) and the gateway in front of it."""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from qsys_gateway.config import HostName, Port
+
+from .common import (
+    API_VERSION,
+    PRESERVE_UNKNOWN,
+    Conditions,
+    Model,
+    ObjectMeta,
+    ObjectName,
+    SecretKey,
+    StatusModel,
+    Timestamp,
+    cel,
+    validations,
+)
+
+CIDR = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=64,
+        json_schema_extra=validations(cel("isCIDR(self)", "must be a CIDR, e.g. 192.0.2.0/28")),
+    ),
+]
+LabelMap = Annotated[dict[str, Annotated[str, Field(max_length=63)]], Field(max_length=64)]
+AnnotationMap = Annotated[dict[str, str], Field(max_length=128)]
+Duration = Annotated[str, Field(pattern=r"^([0-9]+(ms|s|m|h))+$", max_length=32)]
+StorageUri = Annotated[
+    str, Field(max_length=512, pattern=r"^(memory|rediss?://[^\s/]+(:[0-9]+)?(/[0-9]+)?)$")
+]
+Origin = Annotated[str, Field(min_length=1, max_length=512)]
+
+
+def is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+class CredentialsSecretRef(Model):
+    name: ObjectName
+    usernameKey: SecretKey = "username"
+    passwordKey: SecretKey = "password"
+
+
+class CoreSpec(Model):
+    host: HostName
+    port: Port = 1710
+    redundantHost: HostName | None = None
+    credentialsSecretRef: CredentialsSecretRef | None = None
+
+
+class GatewaySpec(Model):
+    replicas: Annotated[int, Field(ge=1, le=50)] = 2
+    image: Annotated[str, Field(min_length=1, max_length=512)] | None = None
+    resources: Annotated[dict[str, Any], Field(json_schema_extra=PRESERVE_UNKNOWN)] | None = None
+    tlsSecretName: ObjectName | None = None
+    allowedOrigins: Annotated[list[Origin], Field(max_length=64)] = []
+    nodeSelector: LabelMap = {}
+    tolerations: Annotated[
+        list[Annotated[dict[str, Any], Field(json_schema_extra=PRESERVE_UNKNOWN)]],
+        Field(max_length=64),
+    ] = []
+    affinity: Annotated[dict[str, Any], Field(json_schema_extra=PRESERVE_UNKNOWN)] | None = None
+    podAnnotations: AnnotationMap = {}
+
+
+class LimitsSpec(Model):
+    requestsPerSecond: Annotated[float, Field(gt=0, le=100000)] = 20
+    burst: Annotated[int, Field(ge=1, le=1000000)] = 40
+    maxClients: Annotated[int, Field(ge=1, le=100000)] = 1000
+    maxMessageBytes: Annotated[int, Field(ge=1024, le=16 * 1024 * 1024)] = 262144
+    requestTimeoutSeconds: Annotated[float, Field(gt=0, le=300)] = 5
+    storage: StorageUri = "memory"
+
+
+class NetworkPolicySpec(Model):
+    enabled: bool = True
+    allowedClients: (
+        Annotated[
+            list[Annotated[dict[str, Any], Field(json_schema_extra=PRESERVE_UNKNOWN)]],
+            Field(max_length=64),
+        ]
+        | None
+    ) = None
+    coreCIDRs: Annotated[list[CIDR], Field(max_length=32)] = []
+
+
+class ServiceMonitorSpec(Model):
+    enabled: bool = True
+    interval: Duration = "30s"
+    labels: LabelMap = {}
+
+
+class MonitoringSpec(Model):
+    serviceMonitor: ServiceMonitorSpec = ServiceMonitorSpec()
+
+
+class AuditSpec(Model):
+    logReads: bool = False
+
+
+CORE_ADDRESS_RULE = cel(
+    "!self.networkPolicy.enabled || size(self.networkPolicy.coreCIDRs) > 0 || "
+    "(isIP(self.core.host) && (!has(self.core.redundantHost) || isIP(self.core.redundantHost)))",
+    "networkPolicy.coreCIDRs must be set when core.host or core.redundantHost is a DNS name "
+    "and networkPolicy is enabled",
+    ".networkPolicy.coreCIDRs",
+)
+
+
+class QSysCoreSpec(Model):
+    model_config = ConfigDict(json_schema_extra=validations(CORE_ADDRESS_RULE))
+
+    core: CoreSpec
+    gateway: GatewaySpec = GatewaySpec()
+    limits: LimitsSpec = LimitsSpec()
+    networkPolicy: NetworkPolicySpec = NetworkPolicySpec()
+    monitoring: MonitoringSpec = MonitoringSpec()
+    audit: AuditSpec = AuditSpec()
+
+    @model_validator(mode="after")
+    def _core_addressable(self) -> QSysCoreSpec:
+        """The Python twin of CORE_ADDRESS_RULE."""
+        hosts = [self.core.host, self.core.redundantHost or self.core.host]
+        np = self.networkPolicy
+        if np.enabled and not np.coreCIDRs and not all(is_ip(h) for h in hosts):
+            raise ValueError(CORE_ADDRESS_RULE["message"])
+        return self
+
+
+class GatewayStatus(StatusModel):
+    readyReplicas: Annotated[int, Field(ge=0)] | None = None
+    service: str | None = None
+
+
+class CoreStatus(StatusModel):
+    state: str | None = None
+    designName: str | None = None
+    platform: str | None = None
+    lastSeen: Timestamp | None = None
+
+
+class QSysCoreStatus(StatusModel):
+    observedGeneration: int | None = None
+    conditions: Conditions = []
+    gateway: GatewayStatus | None = None
+    core: CoreStatus | None = None
+    subjects: Annotated[int, Field(ge=0)] | None = None
+
+
+class QSysCore(BaseModel):
+    """The whole resource as the API server returns it (e.g. a Kopf body)."""
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+    KIND: ClassVar[str] = "QSysCore"
+    PLURAL: ClassVar[str] = "qsyscores"
+
+    apiVersion: Literal["qsys.dev/v1alpha1"] = API_VERSION  # type: ignore[assignment]
+    kind: Literal["QSysCore"] = "QSysCore"
+    metadata: ObjectMeta
+    spec: QSysCoreSpec
+    status: QSysCoreStatus = QSysCoreStatus()

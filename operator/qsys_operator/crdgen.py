@@ -1,0 +1,224 @@
+"""Generate the CRDs in crds/ from the pydantic models: `python -m qsys_operator.crdgen [--check]`.
+
+Pydantic emits JSON Schema 2020-12; the API server wants a *structural*
+OpenAPI v3 schema. The conversion below inlines every `$ref`, turns optional
+(`X | None`) into plain optional (a null sent by a client is pruned by the
+server), drops titles and `additionalProperties: false`, rewrites numeric
+exclusive bounds to the OpenAPI 3.0 form, and replaces defaults of nested
+objects by `{}` so the server fills in the inner defaults itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel
+
+from .api import GROUP, VERSION, AccessPolicy, QSysCore
+
+REPO = Path(__file__).resolve().parents[2]
+CRD_DIR = REPO / "crds"
+CATEGORIES = ["qsys"]
+
+Schema = dict[str, Any]
+
+_DROP = {"title", "$defs", "description"}
+
+
+def _resolve(node: Any, defs: dict[str, Schema]) -> Any:
+    if isinstance(node, list):
+        return [_resolve(n, defs) for n in node]
+    if not isinstance(node, dict):
+        return node
+    if "$ref" in node:
+        target = copy.deepcopy(defs[node["$ref"].rsplit("/", 1)[-1]])
+        merged = {**target, **{k: v for k, v in node.items() if k != "$ref"}}
+        return _resolve(merged, defs)
+    return {k: _resolve(v, defs) for k, v in node.items()}
+
+
+def _without_null(node: Schema) -> Schema:
+    variants = node.get("anyOf")
+    if variants is None:
+        return node
+    rest = [v for v in variants if v.get("type") != "null"]
+    if len(rest) != 1:
+        raise ValueError(f"cannot express a union in a structural schema: {variants}")
+    merged = {**{k: v for k, v in node.items() if k != "anyOf"}, **rest[0]}
+    if merged.get("default", 0) is None:
+        del merged["default"]
+    return merged
+
+
+def _structural(node: Any) -> Any:
+    if isinstance(node, list):
+        return [_structural(n) for n in node]
+    if not isinstance(node, dict):
+        return node
+    node = _without_null(node)
+    out: Schema = {}
+    for key, value in node.items():
+        if key in _DROP:
+            continue
+        if key == "additionalProperties" and isinstance(value, bool):
+            continue
+        if key in ("exclusiveMinimum", "exclusiveMaximum") and not isinstance(value, bool):
+            out["minimum" if key == "exclusiveMinimum" else "maximum"] = value
+            out[key] = True
+            continue
+        if key in ("properties",):
+            out[key] = {name: _structural(sub) for name, sub in value.items()}
+            continue
+        if key == "const":
+            out["enum"] = [value]
+            continue
+        out[key] = _structural(value) if isinstance(value, (dict, list)) else value
+    if isinstance(out.get("default"), dict) and "properties" in out:
+        out["default"] = {}
+    if out.get("type") == "object" and not (
+        "properties" in out
+        or "additionalProperties" in out
+        or out.get("x-kubernetes-preserve-unknown-fields")
+    ):
+        out["x-kubernetes-preserve-unknown-fields"] = True
+    return out
+
+
+def openapi_schema(model: type[BaseModel]) -> Schema:
+    raw = model.model_json_schema(mode="validation")
+    resolved = _resolve(raw, raw.get("$defs", {}))
+    schema: Schema = _sorted(_structural(resolved))
+    return schema
+
+
+def _sorted(node: Any) -> Any:
+    if isinstance(node, dict):
+        return {k: _sorted(node[k]) for k in sorted(node)}
+    if isinstance(node, list):
+        return [_sorted(n) for n in node]
+    return node
+
+
+def _without_defaults(node: Any) -> Any:
+    if isinstance(node, dict):
+        return {k: _without_defaults(v) for k, v in node.items() if k != "default"}
+    if isinstance(node, list):
+        return [_without_defaults(n) for n in node]
+    return node
+
+
+def _resource_schema(model: type[BaseModel]) -> Schema:
+    schema = openapi_schema(model)
+    props = schema["properties"]
+    # The operator writes status whole; server-side defaults there would only add noise.
+    props["status"] = _without_defaults(props["status"])
+    props["apiVersion"] = {"type": "string"}
+    props["kind"] = {"type": "string"}
+    props["metadata"] = {"type": "object"}
+    schema["required"] = ["spec"]
+    result: Schema = _sorted(schema)
+    return result
+
+
+def _condition_column(name: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "type": "string",
+        "jsonPath": f'.status.conditions[?(@.type=="{name}")].status',
+    }
+
+
+AGE = {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}
+
+COLUMNS: dict[str, list[dict[str, Any]]] = {
+    QSysCore.KIND: [
+        {"name": "Host", "type": "string", "jsonPath": ".spec.core.host"},
+        _condition_column("Ready"),
+        {"name": "Replicas", "type": "integer", "jsonPath": ".spec.gateway.replicas"},
+        {"name": "Core State", "type": "string", "jsonPath": ".status.core.state"},
+        AGE,
+    ],
+    AccessPolicy.KIND: [
+        {"name": "Core", "type": "string", "jsonPath": ".spec.coreRef.name"},
+        _condition_column("Bound"),
+        _condition_column("Ready"),
+        AGE,
+    ],
+}
+
+SHORT_NAMES = {QSysCore.KIND: ["qcore"], AccessPolicy.KIND: ["qpol"]}
+
+
+def crd(model: type[QSysCore] | type[AccessPolicy]) -> dict[str, Any]:
+    kind, plural = model.KIND, model.PLURAL
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {
+            "name": f"{plural}.{GROUP}",
+            "labels": {"app.kubernetes.io/part-of": "qsys-operator"},
+        },
+        "spec": {
+            "group": GROUP,
+            "scope": "Namespaced",
+            "names": {
+                "kind": kind,
+                "listKind": f"{kind}List",
+                "plural": plural,
+                "singular": kind.lower(),
+                "shortNames": SHORT_NAMES[kind],
+                "categories": CATEGORIES,
+            },
+            "versions": [
+                {
+                    "name": VERSION,
+                    "served": True,
+                    "storage": True,
+                    "subresources": {"status": {}},
+                    "additionalPrinterColumns": COLUMNS[kind],
+                    "schema": {"openAPIV3Schema": _resource_schema(model)},
+                }
+            ],
+        },
+    }
+
+
+def rendered() -> dict[Path, str]:
+    """File path -> YAML text of every generated CRD."""
+    header = "# Generated by `make crds` (python -m qsys_operator.crdgen) — do not edit.\n"
+    out: dict[Path, str] = {}
+    for model in (QSysCore, AccessPolicy):
+        doc = crd(model)
+        path = CRD_DIR / f"{GROUP}_{model.PLURAL}.yaml"
+        out[path] = header + yaml.safe_dump(doc, sort_keys=False, width=100)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="qsys_operator.crdgen", description=__doc__)
+    parser.add_argument("--check", action="store_true", help="fail when crds/ is out of date")
+    args = parser.parse_args(argv)
+    stale = []
+    for path, text in rendered().items():
+        current = path.read_text("utf-8") if path.exists() else None
+        if current == text:
+            continue
+        if args.check:
+            stale.append(path.relative_to(REPO))
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text, "utf-8")
+            print(f"wrote {path.relative_to(REPO)}")
+    if stale:
+        print(f"out of date (run `make crds`): {', '.join(map(str, stale))}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

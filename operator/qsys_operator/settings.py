@@ -1,0 +1,64 @@
+"""Operator settings, read from the environment (the Helm chart sets them)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field
+
+DEFAULT_GATEWAY_IMAGE = "ghcr.io/qsys-operator/gateway:0.1.0"
+
+ENV = {
+    "gateway_image": "QSYS_GATEWAY_IMAGE",
+    "gateway_image_pull_policy": "QSYS_GATEWAY_IMAGE_PULL_POLICY",
+    "watch_namespaces": "QSYS_WATCH_NAMESPACES",
+    "monitoring_namespace": "QSYS_MONITORING_NAMESPACE",
+    "dns_namespace": "QSYS_DNS_NAMESPACE",
+    "dns_pod_labels": "QSYS_DNS_POD_LABELS",
+}
+
+
+def _split(value: str) -> list[str]:
+    return [part.strip() for part in value.replace(" ", ",").split(",") if part.strip()]
+
+
+def _labels(value: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in _split(value):
+        key, sep, val = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"expected key=value, got {item!r}")
+        out[key] = val
+    return out
+
+
+class OperatorSettings(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    gateway_image: Annotated[str, Field(min_length=1)] = DEFAULT_GATEWAY_IMAGE
+    gateway_image_pull_policy: str = "IfNotPresent"
+    watch_namespaces: tuple[str, ...] = ()
+    """Empty: every namespace."""
+    monitoring_namespace: Annotated[str, Field(min_length=1)] = "monitoring"
+    """Namespace of Prometheus; the only source allowed to reach the metrics port."""
+    dns_namespace: Annotated[str, Field(min_length=1)] = "kube-system"
+    dns_pod_labels: Mapping[str, str] = {"k8s-app": "kube-dns"}
+    """Labels of the cluster DNS pods, the gateway's only egress besides the Core."""
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> OperatorSettings:
+        env = os.environ if environ is None else environ
+        values: dict[str, object] = {}
+        for field, var in ENV.items():
+            raw = env.get(var, "").strip()
+            if not raw:
+                continue
+            if field == "watch_namespaces":
+                values[field] = tuple(_split(raw))
+            elif field == "dns_pod_labels":
+                values[field] = _labels(raw)
+            else:
+                values[field] = raw
+        return cls.model_validate(values)
