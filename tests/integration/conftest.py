@@ -73,3 +73,8 @@ def redis() -> Iterator[RedisServer]:
 async def http() -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
         yield session
+
+
+@pytest.fixture(scope="module")
+def module_sim_port(module_sim: SimProcess) -> int:
+    return module_sim.port
