@@ -34,6 +34,7 @@ class Result:
     seconds: float
     latencies: list[float] = field(repr=False, default_factory=list)
     baseline: Result | None = field(repr=False, default=None)  # the direct row it compares to
+    cpu_per_request: float | None = None  # CPU seconds the server process spent per reply
 
     @property
     def rps(self) -> float:
@@ -63,10 +64,17 @@ def _versus(r: Result) -> str:
     return f"{r.rps / b.rps:.2f}x req/s, p99 {extra:+.2f} ms"
 
 
+def _cpu(r: Result) -> str:
+    return "" if r.cpu_per_request is None else f"{r.cpu_per_request * 1e6:.0f}"
+
+
 def format_table(results: list[Result]) -> str:
     header: tuple[str, ...] = ("target", "scenario", "req/s", "p50 ms", "p99 ms", "requests")
     header += ("errors",)
     compare = any(r.baseline is not None for r in results)
+    cpu = any(r.cpu_per_request is not None for r in results)
+    if cpu:
+        header += ("CPU us/req",)
     if compare:
         header += ("vs direct",)
     rows = [
@@ -79,6 +87,7 @@ def format_table(results: list[Result]) -> str:
             f"{r.requests:,}",
             str(r.errors),
         )
+        + ((_cpu(r),) if cpu else ())
         + ((_versus(r),) if compare else ())
         for r in results
     ]
@@ -93,6 +102,13 @@ def format_table(results: list[Result]) -> str:
         ]
         lines.append("  ".join(cells).rstrip())
     return "\n".join(lines)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (from /proc/<pid>/stat)."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def free_port() -> int:
@@ -216,12 +232,14 @@ class QrcLoad:
         self.running = True
         self.requests = 0
         self.errors = 0
+        self.replies = 0  # warm-up included
         self.latencies: list[float] = []
 
     def encode(self, rid: int) -> bytes:
         return self._prefix + b',"id":' + str(rid).encode() + b"}\x00"
 
     def record(self, latency: float, error: bool) -> None:
+        self.replies += 1
         if not self.measuring:
             return
         self.requests += 1

@@ -31,7 +31,16 @@ import yaml
 
 from qsys_gateway.qrc.framing import FrameDecoder
 
-from .common import LOOPBACK, VENV_BIN, BenchContext, QrcLoad, Result, free_port, sim_process
+from .common import (
+    LOOPBACK,
+    VENV_BIN,
+    BenchContext,
+    QrcLoad,
+    Result,
+    cpu_seconds,
+    free_port,
+    sim_process,
+)
 
 SUBJECT = "bench"
 TOKEN = "bench-token-5f0c2a9e7d1b4c3a8e6f"
@@ -171,8 +180,10 @@ class Recorder:
         self.requests = 0
         self.errors = 0
         self.latencies: list[float] = []
+        self.replies = 0  # warm-up included
 
     def record(self, latency: float, error: bool) -> None:
+        self.replies += 1
         if not self.measuring:
             return
         self.requests += 1
@@ -216,6 +227,7 @@ async def http_load(
 ) -> Result:
     """`clients` keep-alive connections, each with one request in flight (HTTP/1.1)."""
     rec = Recorder(ctx.max_requests)
+    cpu = cpu_seconds(gw.pid)
     url = f"http://{LOOPBACK}:{gw.http}/v1/rpc"
     headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
     connector = aiohttp.TCPConnector(limit=clients, force_close=False)
@@ -235,7 +247,21 @@ async def http_load(
         loop = asyncio.get_running_loop()
         workers = [loop.create_task(worker()) for _ in range(clients)]
         elapsed = await rec.measure(ctx, workers)
-    return Result(target, scenario, rec.requests, rec.errors, elapsed, rec.latencies)
+    return _result(rec, target, scenario, elapsed, gw, cpu)
+
+
+def _result(
+    rec: Recorder | QrcLoad,
+    target: str,
+    scenario: str,
+    elapsed: float,
+    gw: GatewayProcess | None = None,
+    cpu: float = 0.0,
+) -> Result:
+    r = Result(target, scenario, rec.requests, rec.errors, elapsed, rec.latencies)
+    if gw is not None and rec.replies:
+        r.cpu_per_request = (cpu_seconds(gw.pid) - cpu) / rec.replies
+    return r
 
 
 async def _ws_connect(
@@ -254,6 +280,7 @@ async def ws_load(
 ) -> Result:
     """`clients` WebSocket connections, each with `window` requests in flight (by id)."""
     rec = Recorder(ctx.max_requests)
+    cpu = cpu_seconds(gw.pid)
     prefix = orjson.dumps(_BODY)[:-1] + b',"id":'
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=connector) as session:
@@ -290,7 +317,7 @@ async def ws_load(
             elapsed = await rec.measure(ctx, workers)
         finally:
             await asyncio.gather(*(ws.close() for ws in sockets), return_exceptions=True)
-    return Result(target, scenario, rec.requests, rec.errors, elapsed, rec.latencies)
+    return _result(rec, target, scenario, elapsed, gw, cpu)
 
 
 # ---- open loop: a fixed request rate ---------------------------------------------
@@ -339,10 +366,13 @@ class _RateClient(asyncio.Protocol):
                 fut.exception()  # raised to whoever awaits it; not logged if nobody does
 
 
-async def rate_load(port: int, ctx: BenchContext, target: str, *, logon: bool) -> Result:
+async def rate_load(
+    port: int, ctx: BenchContext, target: str, *, logon: bool, gw: GatewayProcess | None = None
+) -> Result:
     """Open loop over QRC: OPEN_LOOP_RATE requests/s spread round-robin over
     OPEN_LOOP_CLIENTS sockets, sent on schedule whatever the replies do."""
     rec = Recorder(ctx.max_requests)
+    cpu = cpu_seconds(gw.pid) if gw is not None else 0.0
     loop = asyncio.get_running_loop()
     protos: list[_RateClient] = []
     try:
@@ -378,7 +408,7 @@ async def rate_load(port: int, ctx: BenchContext, target: str, *, logon: bool) -
                 p.transport.close()
     per_client = OPEN_LOOP_RATE / OPEN_LOOP_CLIENTS
     scenario = f"open loop {OPEN_LOOP_RATE:g}/s: {OPEN_LOOP_CLIENTS} clients x {per_client:g}/s"
-    return Result(target, scenario, rec.requests, rec.errors, elapsed, rec.latencies)
+    return _result(rec, target, scenario, elapsed, gw, cpu)
 
 
 # ---- memory ----------------------------------------------------------------------
@@ -451,6 +481,7 @@ async def run(ctx: BenchContext) -> list[Result]:
                 results.append(r)
             for clients, window in stream_shapes:
                 load = QrcLoad(METHOD, PARAMS, ctx.max_requests)
+                cpu = cpu_seconds(gw.pid)
                 r = await load.run(
                     gw.qrc,
                     clients,
@@ -460,9 +491,11 @@ async def run(ctx: BenchContext) -> list[Result]:
                     window=window,
                     logon=(SUBJECT, TOKEN),
                 )
+                if load.replies:
+                    r.cpu_per_request = (cpu_seconds(gw.pid) - cpu) / load.replies
                 r.baseline = direct[clients, window]
                 results.append(r)
-            gw_rate = await rate_load(gw.qrc, ctx, "gateway/qrc", logon=True)
+            gw_rate = await rate_load(gw.qrc, ctx, "gateway/qrc", logon=True, gw=gw)
             gw_rate.baseline = direct_rate
             results.append(gw_rate)
 
