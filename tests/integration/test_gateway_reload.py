@@ -1,0 +1,79 @@
+"""Hot reload of gateway.yaml under an open WebSocket: good reloads apply, bad ones are refused."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import time
+from typing import Any
+
+import aiohttp
+from gateway_harness import PANEL_TOKEN, Gateway
+
+from conftest import GatewayFactory
+
+
+async def ws_call(ws: aiohttp.ClientWebSocketResponse, rid: int, method: str, params: Any) -> Any:
+    await ws.send_json({"jsonrpc": "2.0", "id": rid, "method": method, "params": params})
+    async with asyncio.timeout(10):
+        while True:
+            msg = await ws.receive_json()
+            if msg.get("id") == rid and "method" not in msg:
+                return msg
+
+
+async def wait_metric(gw: Gateway, result: str, value: float, timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = await asyncio.to_thread(gw.metric, "qsys_gateway_config_reloads_total", result=result)
+        if got >= value:
+            assert got == value
+            return
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"config_reloads_total{{result={result}}} did not reach {value}")
+
+
+async def test_reload_under_open_websocket(
+    module_sim_port: int, make_gateway: GatewayFactory, http: aiohttp.ClientSession
+) -> None:
+    gw = await asyncio.to_thread(make_gateway, module_sim_port)
+    headers = {"Authorization": f"Bearer {PANEL_TOKEN}"}
+    async with http.ws_connect(gw.ws_url, headers=headers) as ws:
+        ok = await ws_call(ws, 1, "Control.Get", ["LobbyMusicLevel"])
+        assert "result" in ok
+        # a good reload: the panel loses Control.Get, its open socket sees it at once
+        good = copy.deepcopy(gw.config)
+        good["subjects"][1]["rules"] = [
+            r for r in good["subjects"][1]["rules"] if r["methods"] != ["Control.Get"]
+        ]
+        gw.write_config(good)
+        await wait_metric(gw, "success", 1)
+        denied = await ws_call(ws, 2, "Control.Get", ["LobbyMusicLevel"])
+        assert denied["error"]["code"] == -32003
+        # a bad reload: refused, the previous (good) config stays in force
+        bad = copy.deepcopy(good)
+        bad["subjects"][1]["tokenSha256"] = "not-a-hash"
+        gw.write_config(bad)
+        await wait_metric(gw, "failure", 1)
+        assert (await ws_call(ws, 3, "NoOp", {}))["result"] is True
+        assert (await ws_call(ws, 4, "Control.Get", ["LobbyMusicLevel"]))["error"]["code"] == (
+            -32003
+        )
+        gw.write_config("core: [this is not: valid yaml")
+        await wait_metric(gw, "failure", 2)
+        assert not ws.closed
+        assert (await ws_call(ws, 5, "NoOp", {}))["result"] is True
+    assert await asyncio.to_thread(gw.metric, "qsys_gateway_config_reloads_total") == 3
+    refusals = [
+        line
+        for line in gw.log_lines()
+        if line["level"] == "ERROR" and "reload refused" in line["message"]
+    ]
+    assert len(refusals) == 2
+    assert "tokenSha256" in refusals[0]["message"]
+    async with http.post(
+        f"{gw.url}/v1/rpc",
+        json={"jsonrpc": "2.0", "id": 1, "method": "NoOp", "params": {}},
+        headers=headers,
+    ) as r:
+        assert r.status == 200
