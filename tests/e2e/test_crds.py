@@ -5,7 +5,6 @@ schema or by a CEL rule."""
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +32,7 @@ def _established(api: client.ApiextensionsV1Api, name: str) -> bool:
 
 
 @pytest.fixture(scope="module")
-def crds(cluster: Cluster) -> Iterator[None]:
+def crds(cluster: Cluster) -> None:
     ext = client.ApiextensionsV1Api(cluster.api)
     for path in CRD_FILES:
         body = _load(path)
@@ -47,7 +46,6 @@ def crds(cluster: Cluster) -> Iterator[None]:
                 raise
             utils.create_from_dict(cluster.api, body)
         wait_for(f"CRD {name} Established", lambda n=name: _established(ext, n), timeout=60)
-    yield
 
 
 @pytest.fixture
@@ -61,9 +59,7 @@ def _example(name: str) -> dict[str, Any]:
 
 def _create(api: client.CustomObjectsApi, ns: str, body: dict[str, Any]) -> dict[str, Any]:
     plural = {"QSysCore": "qsyscores", "AccessPolicy": "accesspolicies"}[body["kind"]]
-    created: dict[str, Any] = api.create_namespaced_custom_object(
-        GROUP, VERSION, ns, plural, body
-    )
+    created: dict[str, Any] = api.create_namespaced_custom_object(GROUP, VERSION, ns, plural, body)
     return created
 
 
@@ -158,9 +154,7 @@ def test_cel_dns_host_needs_core_cidrs(objects: client.CustomObjectsApi, namespa
     assert "coreCIDRs must be set" in message
     redundant = {"host": "192.0.2.10", "redundantHost": "core-b.av.example"}
     assert "coreCIDRs must be set" in _rejected(objects, namespace, _core(core=redundant))
-    ok = _core(
-        core={"host": "core-hall.av.example"}, networkPolicy={"coreCIDRs": ["192.0.2.0/28"]}
-    )
+    ok = _core(core={"host": "core-hall.av.example"}, networkPolicy={"coreCIDRs": ["192.0.2.0/28"]})
     _create(objects, namespace, ok)
     no_np = _core(core={"host": "core-b.av.example"}, networkPolicy={"enabled": False})
     no_np["metadata"]["name"] = "no-netpol"

@@ -1,0 +1,88 @@
+"""The `X-gateway-config` Secret: `gateway.yaml` built with the gateway's own model."""
+
+from __future__ import annotations
+
+from qsys_gateway.config import (
+    AuditConfig,
+    CoreConfig,
+    CorsConfig,
+    GatewayConfig,
+    LimitsConfig,
+    ListenConfig,
+    RateConfig,
+    SubjectConfig,
+    TlsConfig,
+    dump_config,
+)
+
+from ..api import QSysCore
+from .common import HTTP_PORT, METRICS_PORT, QRC_PORT, Manifest, b64, child_metadata, digest
+from .common import config_secret_name as secret_name
+
+CONFIG_DIR = "/etc/qsys-gateway"
+CONFIG_KEY = "gateway.yaml"
+CONFIG_PATH = f"{CONFIG_DIR}/{CONFIG_KEY}"
+CREDENTIALS_DIR = "/var/run/qsys/core-credentials"
+TLS_DIR = "/var/run/qsys/tls"
+
+
+def gateway_config(core: QSysCore, subjects: list[SubjectConfig]) -> GatewayConfig:
+    spec = core.spec
+    creds = spec.core.credentialsSecretRef
+    return GatewayConfig(
+        core=CoreConfig(
+            host=spec.core.host,
+            port=spec.core.port,
+            redundantHost=spec.core.redundantHost,
+            usernameFile=f"{CREDENTIALS_DIR}/username" if creds else None,
+            passwordFile=f"{CREDENTIALS_DIR}/password" if creds else None,
+            requestTimeoutSeconds=spec.limits.requestTimeoutSeconds,
+        ),
+        listen=ListenConfig(
+            http=HTTP_PORT,
+            qrc=QRC_PORT,
+            metrics=METRICS_PORT,
+            tls=(
+                TlsConfig(certFile=f"{TLS_DIR}/tls.crt", keyFile=f"{TLS_DIR}/tls.key")
+                if spec.gateway.tlsSecretName
+                else None
+            ),
+        ),
+        limits=LimitsConfig(
+            maxClients=spec.limits.maxClients,
+            maxMessageBytes=spec.limits.maxMessageBytes,
+            rate=RateConfig(
+                requestsPerSecond=spec.limits.requestsPerSecond, burst=spec.limits.burst
+            ),
+            storage=spec.limits.storage,
+        ),
+        audit=AuditConfig(logReads=spec.audit.logReads),
+        cors=CorsConfig(allowedOrigins=list(spec.gateway.allowedOrigins)),
+        subjects=subjects,
+    )
+
+
+def restart_hash(config: GatewayConfig) -> str:
+    """Hash of the config sections the gateway applies only at start-up.
+
+    Mirrors `qsys_gateway.runtime.Runtime.apply`: core, listen, limits.storage
+    and audit.path. Everything else (subjects, rules, rates) hot-reloads.
+    """
+    return digest(
+        {
+            "core": config.core.model_dump(mode="json"),
+            "listen": config.listen.model_dump(mode="json"),
+            "storage": config.limits.storage,
+            "auditPath": config.audit.path,
+        }
+    )
+
+
+def render_config_secret(core: QSysCore, config: GatewayConfig) -> Manifest:
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": child_metadata(core, secret_name(core.metadata.name)),
+        "type": "Opaque",
+        "data": {CONFIG_KEY: b64(dump_config(config))},
+    }

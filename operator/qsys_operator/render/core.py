@@ -1,0 +1,83 @@
+"""Everything the operator wants to exist for one QSysCore, as plain manifests."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from qsys_gateway.config import GatewayConfig
+
+from ..api import QSysCore
+from ..settings import OperatorSettings
+from .common import Manifest, gateway_name
+from .config import gateway_config, render_config_secret, restart_hash
+from .deployment import render_deployment
+from .networkpolicy import render_network_policy
+from .pdb import render_pdb
+from .service import render_service
+from .servicemonitor import render_service_monitor
+from .subjects import PolicyBinding, SubjectConflict, UnresolvedSubject, merge_subjects
+
+
+@dataclass(frozen=True, order=True)
+class ChildRef:
+    """A child the current spec does not want (the caller deletes it if it exists)."""
+
+    api_version: str
+    kind: str
+    name: str
+
+
+@dataclass(frozen=True)
+class RenderResult:
+    objects: list[Manifest]
+    """Secret, Deployment, Service, then NetworkPolicy and PodDisruptionBudget when wanted."""
+    service_monitor: Manifest | None
+    """None when spec.monitoring.serviceMonitor.enabled is false."""
+    absent: list[ChildRef]
+    """Optional children the spec turned off: NetworkPolicy, PDB, ServiceMonitor."""
+    conflicts: list[SubjectConflict]
+    unresolved: list[UnresolvedSubject]
+    """Subjects left out because the caller had no token hash for them."""
+    config: GatewayConfig
+    subjects: int
+    """Subjects in the rendered config (status.subjects)."""
+    restart_hash: str
+
+
+def render_core_children(
+    core: QSysCore, bindings: list[PolicyBinding], settings: OperatorSettings
+) -> RenderResult:
+    name = gateway_name(core.metadata.name)
+    merged = merge_subjects(
+        [b for b in bindings if b.policy.spec.coreRef.name == core.metadata.name]
+    )
+    config = gateway_config(core, merged.subjects)
+    rhash = restart_hash(config)
+    objects = [
+        render_config_secret(core, config),
+        render_deployment(core, settings, rhash),
+        render_service(core),
+    ]
+    absent: list[ChildRef] = []
+    optional = [
+        (render_network_policy(core, settings), "networking.k8s.io/v1", "NetworkPolicy"),
+        (render_pdb(core), "policy/v1", "PodDisruptionBudget"),
+    ]
+    for manifest, api_version, kind in optional:
+        if manifest is None:
+            absent.append(ChildRef(api_version, kind, name))
+        else:
+            objects.append(manifest)
+    service_monitor = render_service_monitor(core)
+    if service_monitor is None:
+        absent.append(ChildRef("monitoring.coreos.com/v1", "ServiceMonitor", name))
+    return RenderResult(
+        objects=objects,
+        service_monitor=service_monitor,
+        absent=absent,
+        conflicts=merged.conflicts,
+        unresolved=merged.unresolved,
+        config=config,
+        subjects=len(merged.subjects),
+        restart_hash=rhash,
+    )

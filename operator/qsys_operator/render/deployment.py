@@ -1,0 +1,170 @@
+"""The `X-gateway` Deployment: a hardened, spread-out gateway pod template."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..api import QSysCore
+from ..settings import OperatorSettings
+from .common import (
+    HTTP_PORT,
+    METRICS_PORT,
+    QRC_PORT,
+    RESTART_HASH_ANNOTATION,
+    Manifest,
+    child_metadata,
+    config_secret_name,
+    gateway_name,
+    labels,
+    selector_labels,
+)
+from .config import CONFIG_DIR, CONFIG_PATH, CREDENTIALS_DIR, TLS_DIR
+
+RUN_AS = 10001
+SECRET_MODE = 0o440  # owner and fsGroup may read; the gateway runs as a non-root UID
+DEFAULT_RESOURCES: dict[str, Any] = {
+    "requests": {"cpu": "50m", "memory": "64Mi"},
+    "limits": {"memory": "256Mi"},
+}
+
+
+def _probe(path: str, scheme: str, period: int, failures: int) -> dict[str, Any]:
+    return {
+        "httpGet": {"path": path, "port": "http", "scheme": scheme},
+        "periodSeconds": period,
+        "timeoutSeconds": 2,
+        "failureThreshold": failures,
+    }
+
+
+def _volumes(core: QSysCore) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(volumes, volumeMounts). Whole-directory Secret mounts: subPath would freeze updates."""
+    spec = core.spec
+    volumes: list[dict[str, Any]] = [
+        {
+            "name": "config",
+            "secret": {
+                "secretName": config_secret_name(core.metadata.name),
+                "defaultMode": SECRET_MODE,
+            },
+        },
+        {"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}},
+    ]
+    mounts: list[dict[str, Any]] = [
+        {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
+        {"name": "tmp", "mountPath": "/tmp"},  # noqa: S108 - an emptyDir, not the host's /tmp
+    ]
+    creds = spec.core.credentialsSecretRef
+    if creds:
+        volumes.append(
+            {
+                "name": "core-credentials",
+                "secret": {
+                    "secretName": creds.name,
+                    "defaultMode": SECRET_MODE,
+                    "items": [
+                        {"key": creds.usernameKey, "path": "username"},
+                        {"key": creds.passwordKey, "path": "password"},
+                    ],
+                },
+            }
+        )
+        mounts.append({"name": "core-credentials", "mountPath": CREDENTIALS_DIR, "readOnly": True})
+    if spec.gateway.tlsSecretName:
+        volumes.append(
+            {
+                "name": "tls",
+                "secret": {"secretName": spec.gateway.tlsSecretName, "defaultMode": SECRET_MODE},
+            }
+        )
+        mounts.append({"name": "tls", "mountPath": TLS_DIR, "readOnly": True})
+    return volumes, mounts
+
+
+def _container(core: QSysCore, settings: OperatorSettings) -> dict[str, Any]:
+    gw = core.spec.gateway
+    scheme = "HTTPS" if gw.tlsSecretName else "HTTP"
+    _, mounts = _volumes(core)
+    return {
+        "name": "gateway",
+        "image": gw.image or settings.gateway_image,
+        "imagePullPolicy": settings.gateway_image_pull_policy,
+        "command": ["qsys-gateway"],
+        "args": ["--config", CONFIG_PATH],
+        "ports": [
+            {"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"},
+            {"name": "qrc", "containerPort": QRC_PORT, "protocol": "TCP"},
+            {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"},
+        ],
+        "startupProbe": _probe("/livez", scheme, period=2, failures=30),
+        "livenessProbe": _probe("/livez", scheme, period=10, failures=3),
+        # /readyz means "this pod can serve"; it does not follow the Core's health.
+        "readinessProbe": _probe("/readyz", scheme, period=5, failures=2),
+        "resources": gw.resources if gw.resources is not None else DEFAULT_RESOURCES,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": RUN_AS,
+            "runAsGroup": RUN_AS,
+            "readOnlyRootFilesystem": True,
+            "allowPrivilegeEscalation": False,
+            "privileged": False,
+            "capabilities": {"drop": ["ALL"]},
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "volumeMounts": mounts,
+    }
+
+
+def render_deployment(core: QSysCore, settings: OperatorSettings, restart_hash: str) -> Manifest:
+    name = core.metadata.name
+    gw = core.spec.gateway
+    volumes, _ = _volumes(core)
+    spread = [
+        {
+            "maxSkew": 1,
+            "topologyKey": key,
+            "whenUnsatisfiable": "ScheduleAnyway",
+            "labelSelector": {"matchLabels": selector_labels(name)},
+        }
+        for key in ("kubernetes.io/hostname", "topology.kubernetes.io/zone")
+    ]
+    pod_spec: dict[str, Any] = {
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "terminationGracePeriodSeconds": 30,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": RUN_AS,
+            "runAsGroup": RUN_AS,
+            "fsGroup": RUN_AS,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "topologySpreadConstraints": spread,
+        "containers": [_container(core, settings)],
+        "volumes": volumes,
+    }
+    if gw.nodeSelector:
+        pod_spec["nodeSelector"] = dict(sorted(gw.nodeSelector.items()))
+    if gw.tolerations:
+        pod_spec["tolerations"] = list(gw.tolerations)
+    if gw.affinity:
+        pod_spec["affinity"] = gw.affinity
+    annotations = {**dict(sorted(gw.podAnnotations.items())), RESTART_HASH_ANNOTATION: restart_hash}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": child_metadata(core, gateway_name(name)),
+        "spec": {
+            "replicas": gw.replicas,
+            "revisionHistoryLimit": 5,
+            "selector": {"matchLabels": selector_labels(name)},
+            "strategy": {
+                "type": "RollingUpdate",
+                "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1},
+            },
+            "template": {
+                "metadata": {"labels": labels(name), "annotations": annotations},
+                "spec": pod_spec,
+            },
+        },
+    }

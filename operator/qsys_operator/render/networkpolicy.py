@@ -1,0 +1,101 @@
+"""The `X-gateway` NetworkPolicy: clients in, metrics from monitoring, out only to Core and DNS."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from typing import Any
+
+from ..api import QSysCore
+from ..settings import OperatorSettings
+from .common import (
+    HTTP_PORT,
+    METRICS_PORT,
+    QRC_PORT,
+    Manifest,
+    child_metadata,
+    gateway_name,
+    selector_labels,
+)
+
+NAMESPACE_LABEL = "kubernetes.io/metadata.name"
+REDIS_URI = re.compile(r"^rediss?://(?:[^@/\s]*@)?(\[[^\]]+\]|[^:/\s]+)(?::(\d+))?")
+
+
+def _host_cidr(host: str) -> str | None:
+    try:
+        ip = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return None
+    return f"{ip}/{ip.max_prefixlen}"
+
+
+def _tcp(port: int) -> dict[str, Any]:
+    return {"protocol": "TCP", "port": port}
+
+
+def core_cidrs(core: QSysCore) -> list[str]:
+    """ipBlocks for the Core(s): /32 (or /128) per IP host, plus coreCIDRs."""
+    hosts = [core.spec.core.host, core.spec.core.redundantHost]
+    cidrs = {c for c in (_host_cidr(h) for h in hosts if h) if c}
+    cidrs.update(core.spec.networkPolicy.coreCIDRs)
+    return sorted(cidrs)
+
+
+def _redis_egress(storage: str) -> dict[str, Any] | None:
+    """Redis rate-limit storage must stay reachable: its IP, or any in-cluster pod, on its port."""
+    match = REDIS_URI.match(storage)
+    if not match:
+        return None
+    host, port = match.group(1), int(match.group(2) or 6379)
+    cidr = _host_cidr(host)
+    peer = {"ipBlock": {"cidr": cidr}} if cidr else {"namespaceSelector": {}}
+    return {"to": [peer], "ports": [_tcp(port)]}
+
+
+def render_network_policy(core: QSysCore, settings: OperatorSettings) -> Manifest | None:
+    np = core.spec.networkPolicy
+    if not np.enabled:
+        return None
+    clients = np.allowedClients if np.allowedClients is not None else [{"podSelector": {}}]
+    egress: list[dict[str, Any]] = [
+        {
+            "to": [{"ipBlock": {"cidr": cidr}} for cidr in core_cidrs(core)],
+            "ports": [_tcp(core.spec.core.port)],
+        },
+        {
+            "to": [
+                {
+                    "namespaceSelector": {"matchLabels": {NAMESPACE_LABEL: settings.dns_namespace}},
+                    "podSelector": {"matchLabels": dict(sorted(settings.dns_pod_labels.items()))},
+                }
+            ],
+            "ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}],
+        },
+    ]
+    redis = _redis_egress(core.spec.limits.storage)
+    if redis:
+        egress.append(redis)
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": child_metadata(core, gateway_name(core.metadata.name)),
+        "spec": {
+            "podSelector": {"matchLabels": selector_labels(core.metadata.name)},
+            "policyTypes": ["Ingress", "Egress"],
+            "ingress": [
+                {"from": list(clients), "ports": [_tcp(HTTP_PORT), _tcp(QRC_PORT)]},
+                {
+                    "from": [
+                        {
+                            "namespaceSelector": {
+                                "matchLabels": {NAMESPACE_LABEL: settings.monitoring_namespace}
+                            }
+                        }
+                    ],
+                    "ports": [_tcp(METRICS_PORT)],
+                },
+            ],
+            "egress": egress,
+        },
+    }

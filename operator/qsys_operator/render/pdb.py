@@ -1,0 +1,20 @@
+"""The `X-gateway` PodDisruptionBudget (only with more than one replica)."""
+
+from __future__ import annotations
+
+from ..api import QSysCore
+from .common import Manifest, child_metadata, gateway_name, selector_labels
+
+
+def render_pdb(core: QSysCore) -> Manifest | None:
+    if core.spec.gateway.replicas <= 1:
+        return None  # a PDB on one replica would block node drains forever
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": child_metadata(core, gateway_name(core.metadata.name)),
+        "spec": {
+            "maxUnavailable": 1,
+            "selector": {"matchLabels": selector_labels(core.metadata.name)},
+        },
+    }

@@ -1,0 +1,24 @@
+"""The `X-gateway` ServiceMonitor (Prometheus Operator), rendered apart from the other children:
+the caller applies it only when the cluster serves monitoring.coreos.com/v1."""
+
+from __future__ import annotations
+
+from ..api import QSysCore
+from .common import Manifest, child_metadata, gateway_name, selector_labels
+
+
+def render_service_monitor(core: QSysCore) -> Manifest | None:
+    sm = core.spec.monitoring.serviceMonitor
+    if not sm.enabled:
+        return None
+    meta = child_metadata(core, gateway_name(core.metadata.name))
+    meta["labels"] = {**dict(sorted(sm.labels.items())), **meta["labels"]}
+    return {
+        "apiVersion": "monitoring.coreos.com/v1",
+        "kind": "ServiceMonitor",
+        "metadata": meta,
+        "spec": {
+            "selector": {"matchLabels": selector_labels(core.metadata.name)},
+            "endpoints": [{"port": "metrics", "path": "/metrics", "interval": sm.interval}],
+        },
+    }

@@ -1,0 +1,473 @@
+"""Renderers of the QSysCore children: names, labels, ownership, pod hardening, ports,
+NetworkPolicy, PDB, ServiceMonitor, config Secret, restart hash, determinism."""
+
+from __future__ import annotations
+
+import base64
+import copy
+import hashlib
+from typing import Any
+
+import pytest
+import yaml
+
+from qsys_gateway.config import GatewayConfig, load_config
+from qsys_operator.api import AccessPolicy, QSysCore
+from qsys_operator.render import (
+    RESTART_HASH_ANNOTATION,
+    ChildRef,
+    PolicyBinding,
+    RenderResult,
+    render_core_children,
+    render_token_secret,
+)
+from qsys_operator.settings import DEFAULT_GATEWAY_IMAGE, OperatorSettings
+
+SETTINGS = OperatorSettings()
+LABELS = {
+    "app.kubernetes.io/name": "qsys-gateway",
+    "app.kubernetes.io/instance": "hall",
+    "app.kubernetes.io/managed-by": "qsys-operator",
+}
+
+
+def sha(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def make_core(**spec: Any) -> QSysCore:
+    body: dict[str, Any] = {
+        "metadata": {"name": "hall", "namespace": "av", "uid": "core-uid", "generation": 1},
+        "spec": {"core": {"host": "192.0.2.10"}},
+    }
+    for key, value in spec.items():
+        body["spec"][key] = value
+    return QSysCore.model_validate(body)
+
+
+def make_policy(
+    name: str, subjects: list[str], created: str = "2024-01-01T00:00:00Z", **spec: Any
+) -> AccessPolicy:
+    return AccessPolicy.model_validate(
+        {
+            "metadata": {
+                "name": name,
+                "namespace": "av",
+                "uid": f"{name}-uid",
+                "creationTimestamp": created,
+            },
+            "spec": {
+                "coreRef": {"name": "hall"},
+                "subjects": [{"name": s} for s in subjects],
+                "rules": [{"methods": ["Control.Get"]}],
+                **spec,
+            },
+        }
+    )
+
+
+def binding(policy: AccessPolicy) -> PolicyBinding:
+    return PolicyBinding(
+        policy, {s.name: sha(f"{policy.metadata.name}/{s.name}") for s in policy.spec.subjects}
+    )
+
+
+def render(core: QSysCore | None = None, *policies: AccessPolicy) -> RenderResult:
+    return render_core_children(core or make_core(), [binding(p) for p in policies], SETTINGS)
+
+
+def by_kind(result: RenderResult) -> dict[str, dict[str, Any]]:
+    return {o["kind"]: o for o in result.objects}
+
+
+def pod_spec(result: RenderResult) -> dict[str, Any]:
+    spec: dict[str, Any] = by_kind(result)["Deployment"]["spec"]["template"]["spec"]
+    return spec
+
+
+def container(result: RenderResult) -> dict[str, Any]:
+    c: dict[str, Any] = pod_spec(result)["containers"][0]
+    return c
+
+
+def config_of(result: RenderResult) -> dict[str, Any]:
+    data = by_kind(result)["Secret"]["data"]["gateway.yaml"]
+    parsed: dict[str, Any] = yaml.safe_load(base64.b64decode(data))
+    return parsed
+
+
+def test_children_names_labels_and_owner() -> None:
+    result = render()
+    names = [(o["kind"], o["metadata"]["name"]) for o in result.objects]
+    assert names == [
+        ("Secret", "hall-gateway-config"),
+        ("Deployment", "hall-gateway"),
+        ("Service", "hall-gateway"),
+        ("NetworkPolicy", "hall-gateway"),
+        ("PodDisruptionBudget", "hall-gateway"),
+    ]
+    assert result.service_monitor is not None
+    for obj in [*result.objects, result.service_monitor]:
+        meta = obj["metadata"]
+        assert meta["namespace"] == "av"
+        assert LABELS.items() <= meta["labels"].items()
+        assert meta["ownerReferences"] == [
+            {
+                "apiVersion": "qsys.dev/v1alpha1",
+                "kind": "QSysCore",
+                "name": "hall",
+                "uid": "core-uid",
+                "controller": True,
+                "blockOwnerDeletion": True,
+            }
+        ]
+    assert result.absent == []
+
+
+def test_deployment_probes_and_ports() -> None:
+    result = render()
+    c = container(result)
+    assert c["image"] == DEFAULT_GATEWAY_IMAGE
+    assert c["args"] == ["--config", "/etc/qsys-gateway/gateway.yaml"]
+    assert {p["name"]: p["containerPort"] for p in c["ports"]} == {
+        "http": 8080,
+        "qrc": 1710,
+        "metrics": 9090,
+    }
+    assert c["startupProbe"]["httpGet"]["path"] == "/livez"
+    assert c["livenessProbe"]["httpGet"] == {"path": "/livez", "port": "http", "scheme": "HTTP"}
+    assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    deployment = by_kind(result)["Deployment"]
+    assert deployment["spec"]["replicas"] == 2
+    assert deployment["spec"]["selector"]["matchLabels"] == {
+        "app.kubernetes.io/name": "qsys-gateway",
+        "app.kubernetes.io/instance": "hall",
+    }
+    assert deployment["spec"]["template"]["metadata"]["labels"] == LABELS
+
+
+def test_pod_security_is_restricted() -> None:
+    result = render()
+    pod = pod_spec(result)
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] == 10001
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert pod["automountServiceAccountToken"] is False
+    sc = container(result)["securityContext"]
+    assert sc["runAsNonRoot"] is True
+    assert sc["readOnlyRootFilesystem"] is True
+    assert sc["allowPrivilegeEscalation"] is False
+    assert sc["capabilities"] == {"drop": ["ALL"]}
+    assert sc["seccompProfile"] == {"type": "RuntimeDefault"}
+
+
+def test_spread_across_nodes() -> None:
+    spread = pod_spec(render())["topologySpreadConstraints"]
+    host = next(s for s in spread if s["topologyKey"] == "kubernetes.io/hostname")
+    assert host["maxSkew"] == 1
+    assert host["labelSelector"]["matchLabels"]["app.kubernetes.io/instance"] == "hall"
+
+
+def test_config_mounted_as_directory_with_tmp() -> None:
+    result = render()
+    mounts = {m["name"]: m for m in container(result)["volumeMounts"]}
+    assert mounts["config"] == {
+        "name": "config",
+        "mountPath": "/etc/qsys-gateway",
+        "readOnly": True,
+    }
+    assert all("subPath" not in m for m in mounts.values())
+    assert mounts["tmp"]["mountPath"] == "/tmp"
+    volumes = {v["name"]: v for v in pod_spec(result)["volumes"]}
+    assert volumes["config"]["secret"]["secretName"] == "hall-gateway-config"
+    assert "emptyDir" in volumes["tmp"]
+    assert set(volumes) == {"config", "tmp"}
+
+
+def test_credentials_and_tls_mounted_and_referenced() -> None:
+    core = make_core(
+        core={
+            "host": "192.0.2.10",
+            "credentialsSecretRef": {"name": "qrc", "usernameKey": "user"},
+        },
+        gateway={"tlsSecretName": "hall-tls"},
+    )
+    result = render(core)
+    volumes = {v["name"]: v for v in pod_spec(result)["volumes"]}
+    assert volumes["core-credentials"]["secret"]["secretName"] == "qrc"
+    assert volumes["core-credentials"]["secret"]["items"] == [
+        {"key": "user", "path": "username"},
+        {"key": "password", "path": "password"},
+    ]
+    assert volumes["tls"]["secret"]["secretName"] == "hall-tls"
+    mounts = {m["name"]: m["mountPath"] for m in container(result)["volumeMounts"]}
+    cfg = config_of(result)
+    assert cfg["core"]["usernameFile"] == f"{mounts['core-credentials']}/username"
+    assert cfg["core"]["passwordFile"] == f"{mounts['core-credentials']}/password"
+    assert cfg["listen"]["tls"] == {
+        "certFile": f"{mounts['tls']}/tls.crt",
+        "keyFile": f"{mounts['tls']}/tls.key",
+    }
+    assert container(result)["readinessProbe"]["httpGet"]["scheme"] == "HTTPS"
+
+
+def test_pass_through_fields_and_image() -> None:
+    gateway = {
+        "image": "registry.local/gw:1",
+        "resources": {"limits": {"cpu": "1"}},
+        "nodeSelector": {"zone": "a"},
+        "tolerations": [{"key": "av", "operator": "Exists"}],
+        "affinity": {"nodeAffinity": {"x": 1}},
+        "podAnnotations": {"example.com/a": "b"},
+    }
+    result = render(make_core(gateway=gateway))
+    pod = pod_spec(result)
+    assert container(result)["image"] == "registry.local/gw:1"
+    assert container(result)["resources"] == {"limits": {"cpu": "1"}}
+    assert pod["nodeSelector"] == {"zone": "a"}
+    assert pod["tolerations"] == [{"key": "av", "operator": "Exists"}]
+    assert pod["affinity"] == {"nodeAffinity": {"x": 1}}
+    annotations = by_kind(result)["Deployment"]["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["example.com/a"] == "b"
+    assert RESTART_HASH_ANNOTATION in annotations
+
+
+def test_service_ports() -> None:
+    svc = by_kind(render())["Service"]
+    assert [(p["name"], p["port"], p["targetPort"]) for p in svc["spec"]["ports"]] == [
+        ("http", 8080, "http"),
+        ("qrc", 1710, "qrc"),
+        ("metrics", 9090, "metrics"),
+    ]
+    assert svc["spec"]["selector"]["app.kubernetes.io/instance"] == "hall"
+
+
+def _egress_cidrs(np: dict[str, Any]) -> list[str]:
+    return [peer["ipBlock"]["cidr"] for peer in np["spec"]["egress"][0]["to"]]
+
+
+def test_network_policy_ip_hosts() -> None:
+    core = make_core(core={"host": "192.0.2.10", "redundantHost": "192.0.2.11", "port": 1711})
+    np = by_kind(render(core))["NetworkPolicy"]
+    assert np["spec"]["policyTypes"] == ["Ingress", "Egress"]
+    assert _egress_cidrs(np) == ["192.0.2.10/32", "192.0.2.11/32"]
+    assert np["spec"]["egress"][0]["ports"] == [{"protocol": "TCP", "port": 1711}]
+    dns = np["spec"]["egress"][1]
+    assert dns["ports"] == [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]
+    assert dns["to"][0]["namespaceSelector"]["matchLabels"] == {
+        "kubernetes.io/metadata.name": "kube-system"
+    }
+    assert len(np["spec"]["egress"]) == 2
+    clients, metrics = np["spec"]["ingress"]
+    assert clients["from"] == [{"podSelector": {}}]
+    assert clients["ports"] == [
+        {"protocol": "TCP", "port": 8080},
+        {"protocol": "TCP", "port": 1710},
+    ]
+    assert metrics["from"] == [
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
+    ]
+    assert metrics["ports"] == [{"protocol": "TCP", "port": 9090}]
+
+
+def test_network_policy_dns_host_uses_core_cidrs_and_allowed_clients() -> None:
+    peers = [{"namespaceSelector": {"matchLabels": {"team": "av"}}}]
+    core = make_core(
+        core={"host": "core.av.example"},
+        networkPolicy={"coreCIDRs": ["192.0.2.0/28"], "allowedClients": peers},
+    )
+    settings = OperatorSettings(monitoring_namespace="prom")
+    result = render_core_children(core, [], settings)
+    np = by_kind(result)["NetworkPolicy"]
+    assert _egress_cidrs(np) == ["192.0.2.0/28"]
+    assert np["spec"]["ingress"][0]["from"] == peers
+    assert np["spec"]["ingress"][1]["from"][0]["namespaceSelector"]["matchLabels"] == {
+        "kubernetes.io/metadata.name": "prom"
+    }
+
+
+def test_network_policy_allows_redis_storage() -> None:
+    core = make_core(limits={"storage": "redis://redis.av.svc:6380/0"})
+    egress = by_kind(render(core))["NetworkPolicy"]["spec"]["egress"]
+    assert egress[2] == {
+        "to": [{"namespaceSelector": {}}],
+        "ports": [{"protocol": "TCP", "port": 6380}],
+    }
+
+
+def test_network_policy_disabled_is_absent() -> None:
+    core = make_core(core={"host": "core.av.example"}, networkPolicy={"enabled": False})
+    result = render(core)
+    assert "NetworkPolicy" not in by_kind(result)
+    assert ChildRef("networking.k8s.io/v1", "NetworkPolicy", "hall-gateway") in result.absent
+
+
+def test_pdb_only_with_more_than_one_replica() -> None:
+    assert by_kind(render())["PodDisruptionBudget"]["spec"]["maxUnavailable"] == 1
+    single = render(make_core(gateway={"replicas": 1}))
+    assert "PodDisruptionBudget" not in by_kind(single)
+    assert ChildRef("policy/v1", "PodDisruptionBudget", "hall-gateway") in single.absent
+
+
+def test_service_monitor() -> None:
+    core = make_core(monitoring={"serviceMonitor": {"interval": "15s", "labels": {"release": "p"}}})
+    sm = render(core).service_monitor
+    assert sm is not None
+    assert sm["apiVersion"] == "monitoring.coreos.com/v1"
+    assert sm["metadata"]["labels"]["release"] == "p"
+    assert sm["spec"]["endpoints"] == [{"port": "metrics", "path": "/metrics", "interval": "15s"}]
+    off = render(make_core(monitoring={"serviceMonitor": {"enabled": False}}))
+    assert off.service_monitor is None
+    assert off.absent == [ChildRef("monitoring.coreos.com/v1", "ServiceMonitor", "hall-gateway")]
+
+
+def test_config_secret_parses_and_holds_only_hashes(tmp_path: Any) -> None:
+    policy = make_policy("ops", ["panel", "agent"], rateLimit={"requestsPerSecond": 5, "burst": 10})
+    core = make_core(
+        limits={"maxClients": 10, "requestTimeoutSeconds": 2},
+        audit={"logReads": True},
+        gateway={"allowedOrigins": ["https://panel.example"]},
+    )
+    result = render(core, policy)
+    secret = by_kind(result)["Secret"]
+    assert secret["type"] == "Opaque"
+    text = base64.b64decode(secret["data"]["gateway.yaml"]).decode()
+    path = tmp_path / "gateway.yaml"
+    path.write_text(text)
+    cfg = load_config(path)
+    assert cfg == result.config
+    assert [s.name for s in cfg.subjects] == ["agent", "panel"]
+    assert cfg.subjects[0].tokenSha256 == sha("ops/agent")
+    assert "ops/agent" not in text
+    assert cfg.subjects[0].rate is not None
+    assert cfg.subjects[0].rate.requestsPerSecond == 5
+    assert cfg.subjects[0].rules[0].methods == ["Control.Get"]
+    assert cfg.core.host == "192.0.2.10"
+    assert cfg.core.requestTimeoutSeconds == 2
+    assert cfg.limits.maxClients == 10
+    assert cfg.audit.logReads is True
+    assert cfg.cors.allowedOrigins == ["https://panel.example"]
+    assert result.subjects == 2
+
+
+def test_policies_for_other_cores_are_ignored() -> None:
+    other = make_policy("elsewhere", ["x"], coreRef={"name": "other"})
+    assert render(None, other).subjects == 0
+
+
+def _restart_hash(result: RenderResult) -> str:
+    annotations = by_kind(result)["Deployment"]["spec"]["template"]["metadata"]["annotations"]
+    value: str = annotations[RESTART_HASH_ANNOTATION]
+    assert value == result.restart_hash
+    return value
+
+
+def test_restart_hash_follows_core_not_policy() -> None:
+    base = _restart_hash(render(None, make_policy("ops", ["panel"])))
+    assert base == _restart_hash(render(None, make_policy("ops", ["panel", "agent"])))
+    assert base == _restart_hash(
+        render(make_core(limits={"requestsPerSecond": 3}), make_policy("ops", ["panel"]))
+    )
+    for changed in (
+        make_core(core={"host": "192.0.2.99"}),
+        make_core(core={"host": "192.0.2.10", "port": 1711}),
+        make_core(gateway={"tlsSecretName": "tls"}),
+        make_core(limits={"storage": "redis://10.0.0.5:6379/0"}),
+        make_core(limits={"requestTimeoutSeconds": 9}),
+    ):
+        assert _restart_hash(render(changed, make_policy("ops", ["panel"]))) != base
+
+
+def test_policy_change_touches_only_config_secret() -> None:
+    before = render(None, make_policy("ops", ["panel"]))
+    after = render(None, make_policy("ops", ["panel", "agent"]))
+    changed = [a["kind"] for a, b in zip(after.objects, before.objects, strict=True) if a != b]
+    assert changed == ["Secret"]
+
+
+def test_duplicate_subjects_reported_oldest_policy_wins() -> None:
+    old = make_policy("zeta", ["panel", "agent"], created="2024-01-01T00:00:00Z")
+    new = make_policy("alpha", ["panel", "kiosk"], created="2024-06-01T00:00:00Z")
+    for order in ((old, new), (new, old)):
+        result = render(None, *order)
+        assert [(c.subject, c.policy, c.kept_by, c.reason) for c in result.conflicts] == [
+            ("panel", "alpha", "zeta", "duplicate-name")
+        ]
+        cfg = result.config
+        assert [s.name for s in cfg.subjects] == ["agent", "kiosk", "panel"]
+        panel = cfg.subject("panel")
+        assert panel is not None
+        assert panel.tokenSha256 == sha("zeta/panel")
+
+
+def test_same_timestamp_tie_broken_by_name() -> None:
+    a = make_policy("a", ["panel"])
+    b = make_policy("b", ["panel"])
+    assert render(None, b, a).conflicts[0].kept_by == "a"
+
+
+def test_shared_token_reported_and_unresolved_listed() -> None:
+    p1 = make_policy("p1", ["one"])
+    p2 = make_policy("p2", ["two", "three"], created="2025-01-01T00:00:00Z")
+    bindings = [
+        PolicyBinding(p1, {"one": sha("same")}),
+        PolicyBinding(p2, {"two": sha("same")}),
+    ]
+    result = render_core_children(make_core(), bindings, SETTINGS)
+    assert [(c.subject, c.reason, c.kept_by) for c in result.conflicts] == [
+        ("two", "duplicate-token", "p1")
+    ]
+    assert [(u.policy, u.subject) for u in result.unresolved] == [("p2", "three")]
+    assert result.subjects == 1
+    GatewayConfig.model_validate(result.config.model_dump())
+
+
+def test_deterministic() -> None:
+    policies = [make_policy("b", ["x", "y"]), make_policy("a", ["z"])]
+    core = make_core(
+        gateway={"podAnnotations": {"z": "1", "a": "2"}, "nodeSelector": {"b": "1", "a": "2"}}
+    )
+    first = render(core, *policies)
+    second = render(copy.deepcopy(core), *reversed(policies))
+    assert first.objects == second.objects
+    assert first.service_monitor == second.service_monitor
+    assert yaml.safe_dump(first.objects) == yaml.safe_dump(second.objects)
+    annotations = by_kind(first)["Deployment"]["spec"]["template"]["metadata"]["annotations"]
+    assert list(annotations) == ["a", "z", RESTART_HASH_ANNOTATION]
+
+
+def test_token_secret() -> None:
+    policy = make_policy("ops", ["agent"])
+    secret = render_token_secret(policy, "agent", "s3cret")
+    assert secret["metadata"]["name"] == "ops-agent-token"
+    assert secret["metadata"]["namespace"] == "av"
+    assert base64.b64decode(secret["data"]["token"]) == b"s3cret"
+    owner = secret["metadata"]["ownerReferences"][0]
+    assert owner["kind"] == "AccessPolicy"
+    assert owner["uid"] == "ops-uid"
+    assert owner["controller"] is True
+    assert owner["blockOwnerDeletion"] is True
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({}, OperatorSettings()),
+        (
+            {
+                "QSYS_GATEWAY_IMAGE": "r/gw:2",
+                "QSYS_WATCH_NAMESPACES": "a, b",
+                "QSYS_MONITORING_NAMESPACE": "prom",
+                "QSYS_DNS_POD_LABELS": "k8s-app=coredns",
+            },
+            OperatorSettings(
+                gateway_image="r/gw:2",
+                watch_namespaces=("a", "b"),
+                monitoring_namespace="prom",
+                dns_pod_labels={"k8s-app": "coredns"},
+            ),
+        ),
+    ],
+)
+def test_settings_from_env(env: dict[str, str], expected: OperatorSettings) -> None:
+    assert OperatorSettings.from_env(env) == expected
