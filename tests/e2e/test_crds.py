@@ -14,6 +14,10 @@ from kube_support import REPO, Cluster, api_error, wait_for
 from kubernetes import client, utils
 from kubernetes.client.exceptions import ApiException
 
+from qsys_operator.api import AccessPolicy, QSysCore
+from qsys_operator.render import PolicyBinding, render_core_children
+from qsys_operator.settings import OperatorSettings
+
 pytestmark = pytest.mark.e2e
 
 GROUP, VERSION = "qsys.dev", "v1alpha1"
@@ -197,3 +201,17 @@ def test_status_is_a_subresource(objects: client.CustomObjectsApi, namespace: st
         GROUP, VERSION, namespace, "qsyscores", "auditorium", {"status": {"subjects": 3}}
     )
     assert patched["status"]["subjects"] == 3
+
+
+def test_rendered_children_accepted_by_server(cluster: Cluster, namespace: str) -> None:
+    """The renderers' manifests pass the API server's own validation (server-side dry run)."""
+    core = QSysCore.model_validate(_example("qsyscore.yaml") | {"metadata": {"name": "hall"}})
+    core.spec.gateway.tlsSecretName = "hall-tls"
+    policy = AccessPolicy.model_validate(_example("accesspolicy.yaml"))
+    hashes = {"room-101-panel": "a" * 64, "ai-agent": "b" * 64}
+    result = render_core_children(core, [PolicyBinding(policy, hashes)], OperatorSettings())
+    for manifest in result.objects:
+        body = copy.deepcopy(manifest)
+        body["metadata"]["namespace"] = namespace
+        body["metadata"].pop("ownerReferences")  # the owner does not exist here
+        utils.create_from_dict(cluster.api, body, namespace=namespace, dry_run="All")
