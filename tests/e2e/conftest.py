@@ -64,7 +64,11 @@ def cluster() -> Iterator[Cluster]:
     kubeconfig = os.environ.get("KUBECONFIG", "")
     started = False
     if not kubeconfig:
-        started = _start_local()
+        try:
+            started = _start_local()
+        except BaseException:  # a timeout or Ctrl-C in the middle of up.sh
+            _stop_local()
+            raise
         kubeconfig = str(LOCAL_KUBECONFIG)
     try:
         try:
