@@ -8,9 +8,14 @@ from typing import Any
 
 import aiohttp
 import pytest
-from gateway_harness import Gateway, RedisServer, SimProcess, base_config, running_sim
-
-GatewayFactory = Callable[..., Gateway]
+from gateway_harness import (
+    Gateway,
+    GatewayFactory,
+    RedisServer,
+    SimProcess,
+    base_config,
+    running_sim,
+)
 
 
 @pytest.fixture(scope="module")

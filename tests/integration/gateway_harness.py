@@ -20,7 +20,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -444,3 +444,7 @@ def assert_no_tokens(*texts: str) -> None:
     for text in texts:
         for token in ALL_TOKENS:
             assert token not in text, "a token leaked into gateway output"
+
+
+GatewayFactory = Callable[..., Gateway]
+"""`make_gateway(core_port, edit=None, *, start=True, core_host=...)` of conftest.py."""

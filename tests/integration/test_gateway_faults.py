@@ -8,9 +8,8 @@ import time
 from typing import Any
 
 import aiohttp
-from gateway_harness import ADMIN_TOKEN, PANEL_TOKEN, Gateway
+from gateway_harness import ADMIN_TOKEN, PANEL_TOKEN, Gateway, GatewayFactory
 
-from conftest import GatewayFactory
 from qsys_core_sim.server import CoreSimulator
 
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}

@@ -8,9 +8,8 @@ from typing import Any
 
 import aiohttp
 import pytest
-from gateway_harness import PANEL_TOKEN, RedisServer
+from gateway_harness import PANEL_TOKEN, GatewayFactory, RedisServer
 
-from conftest import GatewayFactory
 from qsys_gateway.qrc.client import QrcClient
 
 RATE = 20.0

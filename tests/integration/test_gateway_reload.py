@@ -8,9 +8,7 @@ import time
 from typing import Any
 
 import aiohttp
-from gateway_harness import PANEL_TOKEN, Gateway
-
-from conftest import GatewayFactory
+from gateway_harness import PANEL_TOKEN, Gateway, GatewayFactory
 
 
 async def ws_call(ws: aiohttp.ClientWebSocketResponse, rid: int, method: str, params: Any) -> Any:

@@ -7,9 +7,8 @@ import time
 from typing import Any
 
 import aiohttp
-from gateway_harness import ADMIN_TOKEN, PANEL_TOKEN
+from gateway_harness import ADMIN_TOKEN, PANEL_TOKEN, GatewayFactory
 
-from conftest import GatewayFactory
 from qsys_core_sim.server import CoreSimulator
 from qsys_gateway.qrc.client import QrcClient
 
