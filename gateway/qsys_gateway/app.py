@@ -82,6 +82,7 @@ class Gateway:
         ).start()
         metrics_app = web.Application()
         metrics_app.router.add_get("/metrics", self._serve_metrics)
+        metrics_app.router.add_get("/corez", self._serve_corez)
         self._metrics_runner = web.AppRunner(metrics_app, access_log=None, handle_signals=False)
         await self._metrics_runner.setup()
         await web.TCPSite(
@@ -100,6 +101,16 @@ class Gateway:
     async def _serve_metrics(self, request: web.Request) -> web.Response:
         body = generate_latest(self.metrics.registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def _serve_corez(self, request: web.Request) -> web.Response:
+        """The gateway's view of the Core for the operator (no token: same exposure as metrics)."""
+        status = self.upstream.engine_status
+        engine = (
+            {k: status.get(k) for k in ("State", "DesignName", "Platform")}
+            if status is not None
+            else None
+        )
+        return web.json_response({"upstreamUp": self.upstream.up, "engineStatus": engine})
 
     async def shutdown(self, grace: float = SHUTDOWN_GRACE) -> None:
         """Readiness false, stop accepting, finish in-flight calls, close clients, exit."""
