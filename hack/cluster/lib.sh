@@ -1,4 +1,4 @@
-# shellcheck shell=bash
+# shellcheck shell=bash disable=SC2034 # variables used by the scripts sourcing this
 # Shared settings of the local control plane (sourced by up.sh and down.sh).
 # Every port is on 127.0.0.1 and can be overridden from the environment.
 set -euo pipefail
@@ -17,9 +17,10 @@ CONTROLLER_MANAGER_PORT=${QSYS_CONTROLLER_MANAGER_PORT:-16444}
 SCHEDULER_PORT=${QSYS_SCHEDULER_PORT:-16445}
 KWOK_PORT=${QSYS_KWOK_PORT:-16446}
 SERVICE_CIDR=${QSYS_SERVICE_CIDR:-10.96.0.0/16}
-# Fictitious pod addresses handed out by kwok: no pod really runs, so nothing
-# may connect to them.
-POD_CIDR=${QSYS_POD_CIDR:-10.244.0.0/16}
+# Pod addresses handed out by kwok. No pod really runs; the range is loopback
+# so that a test may stand in for a pod by binding a real process to its IP,
+# and so that nothing ever dials a non-loopback address.
+POD_CIDR=${QSYS_POD_CIDR:-127.77.0.1/16}
 FAKE_NODES=${QSYS_FAKE_NODES:-2}
 APISERVER_URL=https://127.0.0.1:$APISERVER_PORT
 
