@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Stops every process of the local control plane of this checkout, including
 # ones whose pid file is gone, and leaves none behind.
+# shellcheck source=hack/cluster/lib.sh
 source "$(dirname "$0")/lib.sh"
 
 stop_pids() { # SIGNAL PID...

@@ -3,20 +3,29 @@
 # service-account signing key into DIR, unless DIR already holds a full set.
 set -euo pipefail
 dir=$1
-[[ -f $dir/.complete ]] && exit 0
+# Bump the marker's number when this script adds files, so old sets are redone.
+[[ -f $dir/.complete.2 ]] && exit 0
 rm -rf "$dir"
 mkdir -p "$dir"
 cd "$dir"
 
 ec_key() { openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$1" 2>/dev/null; }
 
-ec_key ca.key
-openssl req -x509 -new -key ca.key -days 3650 -subj "/CN=qsys-local-ca" -out ca.crt \
-	-addext "basicConstraints=critical,CA:TRUE" \
-	-addext "keyUsage=critical,keyCertSign,cRLSign,digitalSignature"
+# ca NAME COMMON_NAME
+ca() {
+	ec_key "$1.key"
+	openssl req -x509 -new -key "$1.key" -days 3650 -subj "/CN=$2" -out "$1.crt" \
+		-addext "basicConstraints=critical,CA:TRUE" \
+		-addext "keyUsage=critical,keyCertSign,cRLSign,digitalSignature"
+}
+ca ca qsys-local-ca
+# The aggregation layer's own CA: the API server proves with
+# front-proxy-client that it forwards on behalf of an authenticated user.
+ca front-proxy-ca qsys-local-front-proxy-ca
 
-# leaf NAME SUBJECT EXTENDED_KEY_USAGE [SUBJECT_ALT_NAMES]
+# leaf NAME SUBJECT EXTENDED_KEY_USAGE [SUBJECT_ALT_NAMES] [CA]
 leaf() {
+	local ca=${5:-ca}
 	ec_key "$1.key"
 	openssl req -new -key "$1.key" -subj "$2" -out "$1.csr"
 	{
@@ -25,7 +34,7 @@ leaf() {
 		echo "extendedKeyUsage=$3"
 		if [[ -n ${4:-} ]]; then echo "subjectAltName=$4"; fi
 	} >"$1.ext"
-	openssl x509 -req -in "$1.csr" -CA ca.crt -CAkey ca.key -set_serial "0x$(openssl rand -hex 16)" \
+	openssl x509 -req -in "$1.csr" -CA "$ca.crt" -CAkey "$ca.key" -set_serial "0x$(openssl rand -hex 16)" \
 		-days 3650 -extfile "$1.ext" -out "$1.crt" 2>/dev/null
 	rm -f "$1.csr" "$1.ext"
 }
@@ -40,8 +49,9 @@ leaf kube-scheduler "/CN=system:kube-scheduler" clientAuth
 # kwok plays every kubelet (node and pod status of all fake nodes), which the
 # Node authorizer's per-node identities cannot express.
 leaf kwok "/O=system:masters/CN=kwok" clientAuth
+leaf front-proxy-client "/CN=front-proxy-client" clientAuth "" front-proxy-ca
 
 openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out sa.key 2>/dev/null
 openssl pkey -in sa.key -pubout -out sa.pub
 chmod 600 ./*.key
-touch .complete
+touch .complete.2

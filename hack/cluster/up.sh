@@ -4,6 +4,7 @@
 # kubeconfig to $STATE/kubeconfig. Prints "reused" on stdout when a healthy
 # control plane of this checkout was already running, "started" otherwise;
 # progress goes to stderr.
+# shellcheck source=hack/cluster/lib.sh
 source "$(dirname "$0")/lib.sh"
 
 for name in "${COMPONENTS[@]}"; do
@@ -118,6 +119,13 @@ start kube-apiserver \
 	--etcd-servers="http://127.0.0.1:$ETCD_PORT" \
 	--tls-cert-file="$PKI/apiserver.crt" --tls-private-key-file="$PKI/apiserver.key" \
 	--client-ca-file="$PKI/ca.crt" \
+	--requestheader-client-ca-file="$PKI/front-proxy-ca.crt" \
+	--requestheader-allowed-names=front-proxy-client \
+	--requestheader-username-headers=X-Remote-User \
+	--requestheader-group-headers=X-Remote-Group \
+	--requestheader-extra-headers-prefix=X-Remote-Extra- \
+	--proxy-client-cert-file="$PKI/front-proxy-client.crt" \
+	--proxy-client-key-file="$PKI/front-proxy-client.key" \
 	--authorization-mode=Node,RBAC --enable-admission-plugins=NodeRestriction \
 	--service-account-issuer=https://kubernetes.default.svc.cluster.local \
 	--service-account-key-file="$PKI/sa.pub" \
