@@ -92,6 +92,9 @@ async def test_concurrent_calls_share_connections(
     assert up.active_host == PRIMARY
     assert up.circuit_state == "closed"
     assert metrics.registry.get_sample_value("qsys_gateway_upstream_up") == 1
+    with pytest.raises(QrcError) as err:
+        await up.call("Logon", {"User": "someone", "Password": "x"})
+    assert err.value.code == ErrorCode.INVALID_REQUEST
     count = metrics.registry.get_sample_value(
         "qsys_gateway_upstream_request_duration_seconds_count", {"method": "Control.Get"}
     )
@@ -280,10 +283,23 @@ async def test_change_groups_per_session_are_bounded(
         await s.call("ChangeGroup.AddControl", {"Id": "c", "Controls": ["MainGain"]})
     assert err.value.code == ErrorCode.CHANGE_GROUPS_EXHAUSTED
     assert "per session" in err.value.message
-    # a failed add does not leave a group behind
+    # failed adds do not leave a group behind
     with pytest.raises(QrcError) as err:
         await s.call("ChangeGroup.Destroy", {"Id": "c"})
     assert err.value.code == ErrorCode.UNKNOWN_CHANGE_GROUP
+    assert await s.call("ChangeGroup.Destroy", {"Id": "b"}) is True
+    with pytest.raises(QrcError) as err:
+        await s.call("ChangeGroup.AddControl", {"Id": "d", "Controls": ["NoSuchControl"]})
+    assert err.value.code == ErrorCode.UNKNOWN_CONTROL
+    with pytest.raises(QrcError) as err:
+        await s.call("ChangeGroup.Poll", {"Id": "d"})
+    assert err.value.code == ErrorCode.UNKNOWN_CHANGE_GROUP
+    # a cleared group stays the client's, answered without the Core
+    assert await s.call("ChangeGroup.Clear", {"Id": "a"}) is True
+    assert await s.call("ChangeGroup.Poll", {"Id": "a"}) == {"Id": "a", "Changes": []}
+    with pytest.raises(QrcError) as err:
+        await s.call("ChangeGroup.AddControl", {"Id": "x"})
+    assert err.value.code == ErrorCode.INVALID_PARAMS
     await s.close()
     assert sim.engine.change_group_count == 0
 

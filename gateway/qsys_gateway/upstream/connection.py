@@ -72,17 +72,23 @@ class UpstreamConnection:
         self._loop = asyncio.get_running_loop()
         self._last_sent = self._loop.time()
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
 
     def start(self) -> None:
         if self._task is None:
             self._task = self._loop.create_task(self._run(), name=f"qsys-upstream-{self.index}")
 
     async def stop(self) -> None:
+        self._stopping = True
         task, self._task = self._task, None
-        if task is not None:
+        # Python 3.11's wait_for can swallow a cancellation that races with its inner
+        # future finishing, so cancel until the task is really gone.
+        while task is not None and not task.done():
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await asyncio.wait({task}, timeout=0.5)
+        if task is not None and not task.cancelled():
+            with contextlib.suppress(Exception):
+                task.result()
         client, self._client = self._client, None
         if client is not None:
             await client.close()
@@ -109,7 +115,7 @@ class UpstreamConnection:
     # ---- supervisor -----------------------------------------------------------
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopping:
             host = self._owner.choose_host()
             client = await self._connect(host)
             if client is not None:
@@ -188,7 +194,8 @@ class UpstreamConnection:
             wait = self._last_sent + interval - self._loop.time()
             if wait > 0:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(client.closed.wait(), wait)
+                    async with asyncio.timeout(wait):
+                        await client.closed.wait()
                 continue
             self._last_sent = self._loop.time()
             try:

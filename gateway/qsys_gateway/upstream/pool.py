@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import logging
 from collections.abc import Callable
@@ -102,10 +101,9 @@ class Upstream:
 
     async def stop(self) -> None:
         task, self._replay_task = self._replay_task, None
-        if task is not None:
+        while task is not None and not task.done():
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await asyncio.wait({task}, timeout=0.5)
         conns, self._conns = self._conns, []
         await asyncio.gather(*(c.stop() for c in conns))
         for rec in self._groups.values():
@@ -159,6 +157,9 @@ class Upstream:
         conn: UpstreamConnection | None = None,
     ) -> Any:
         """Send one call (on `conn` when pinned, else the least busy connection)."""
+        if method == "Logon":
+            # the shared sockets are logged on with the gateway's credentials only
+            raise QrcError(ErrorCode.INVALID_REQUEST, "Invalid request: Logon is not forwarded")
         budget = self._core.requestTimeoutSeconds if timeout is None else timeout
         loop = asyncio.get_running_loop()
         deadline = loop.time() + budget
@@ -287,7 +288,7 @@ class Upstream:
         elif msg.method == "EngineStatus" and isinstance(params, dict):
             if params.get("State") == "Standby" and conn.up and conn.host is not None:
                 self.host_standby(conn.host)
-            if conn.up and conn.host == self._hosts.active:
+            if conn.host == self._hosts.active:
                 self._set_status(params)
 
     def _set_status(self, status: dict[str, Any]) -> None:

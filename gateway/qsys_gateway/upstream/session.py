@@ -56,28 +56,32 @@ class UpstreamSession:
         assert parsed is not None
         gid = parsed.Id if isinstance(parsed, ChangeGroupIdParams) else getattr(parsed, "Id", None)
         assert isinstance(gid, str | int)
-        if method in _ADD_METHODS:
-            rec = self._groups.get(str(gid)) or self._new_group(gid)
-        else:
-            found = self._groups.get(str(gid))
-            if found is None:
-                raise QrcError(ErrorCode.UNKNOWN_CHANGE_GROUP, "Unknown change group")
-            rec = found
-        async with rec.lock:
-            if method == "ChangeGroup.Destroy":
-                await self._destroy(rec, timeout)
-                return True
-            try:
-                return await self._group_call(rec, method, parsed, timeout)
-            finally:
-                if rec.empty and rec.conn is None and method in _ADD_METHODS:
-                    self._forget(rec)
+        while True:
+            rec = self._groups.get(str(gid))
+            created = False
+            if rec is None:
+                if method not in _ADD_METHODS:
+                    raise QrcError(ErrorCode.UNKNOWN_CHANGE_GROUP, "Unknown change group")
+                rec, created = self._new_group(gid), True
+            async with rec.lock:
+                if self._groups.get(str(gid)) is not rec:
+                    continue  # destroyed (or its failed creation undone) while we waited
+                if method == "ChangeGroup.Destroy":
+                    await self._destroy(rec, timeout)
+                    return True
+                try:
+                    return await self._group_call(rec, method, parsed, timeout)
+                finally:
+                    if created and rec.empty:
+                        self._forget(rec)
 
     async def _group_call(
         self, rec: GroupRecord, method: str, parsed: Any, timeout: float | None
     ) -> Any:
         up = self._upstream
         was_empty = rec.empty
+        if was_empty and method not in _ADD_METHODS:
+            return self._answer_empty(rec, method, parsed)
         await self._ensure_placed(rec)
         params: dict[str, Any] = parsed.model_dump(mode="json", exclude_none=True)
         params["Id"] = rec.upstream_id
@@ -111,6 +115,16 @@ class UpstreamSession:
         elif method == "ChangeGroup.Poll" and isinstance(result, dict):
             result = {**result, "Id": rec.client_id}
         return result
+
+    @staticmethod
+    def _answer_empty(rec: GroupRecord, method: str, parsed: Any) -> Any:
+        """An empty group may not exist on the Core (QRC creates groups on the first add,
+        and replay skips empty ones), so its calls are answered here."""
+        if isinstance(parsed, ChangeGroupAutoPollParams):
+            rec.autopoll = parsed.Rate  # sent to the Core with the next add
+        if method == "ChangeGroup.Poll":
+            return {"Id": rec.client_id, "Changes": []}
+        return True
 
     def _new_group(self, gid: str | int) -> GroupRecord:
         up = self._upstream
