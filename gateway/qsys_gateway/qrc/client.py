@@ -41,6 +41,9 @@ class QrcClient:
         self._on_notification = on_notification
         self.closed = asyncio.Event()
         self.close_reason: BaseException | None = None
+        # Frames of `request` are written once per event-loop pass: one send for
+        # every call made in that pass instead of a syscall each.
+        self._out: list[bytes] = []
         self._reader_task = asyncio.get_running_loop().create_task(self._read_loop())
 
     @classmethod
@@ -104,7 +107,9 @@ class QrcClient:
         rid = next(self._ids)
         fut: asyncio.Future[jsonrpc.Response] = asyncio.get_running_loop().create_future()
         self._pending[rid] = fut
-        self._writer.write(encode_frame(jsonrpc.Request(method, params, rid).to_dict()))
+        if not self._out:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._out.append(encode_frame(jsonrpc.Request(method, params, rid).to_dict()))
         try:
             return await asyncio.wait_for(fut, timeout)
         finally:
@@ -120,11 +125,20 @@ class QrcClient:
             )
         return resp.result
 
+    def _flush(self) -> None:
+        if self._out:
+            data = b"".join(self._out)
+            self._out.clear()
+            if not self._writer.is_closing():
+                self._writer.write(data)
+
     async def notify(self, method: str, params: Any = None) -> None:
+        self._flush()
         self._writer.write(encode_frame(jsonrpc.Request(method, params).to_dict()))
         await self._writer.drain()
 
     async def send_raw(self, data: bytes) -> None:
+        self._flush()
         self._writer.write(data)
         await self._writer.drain()
 

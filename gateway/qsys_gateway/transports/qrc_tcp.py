@@ -65,8 +65,16 @@ class QrcServer:
             writer.write(encode_frame(jsonrpc.error_message(None, err)))
             return
         closing = asyncio.Event()
+        # Replies are written once per event-loop pass (one send for all the
+        # answers ready in that pass, not a syscall each).
+        out: list[bytes] = []
+        loop = asyncio.get_running_loop()
 
-        def send(message: dict[str, Any]) -> None:
+        def flush() -> None:
+            if not out:
+                return
+            data = b"".join(out)
+            out.clear()
             if writer.is_closing():
                 return
             if writer.transport.get_write_buffer_size() > MAX_WRITE_BUFFER:
@@ -74,9 +82,17 @@ class QrcServer:
                 writer.transport.abort()
                 closing.set()
                 return
-            writer.write(encode_frame(message))
+            writer.write(data)
+
+        def send(message: dict[str, Any]) -> None:
+            if writer.is_closing():
+                return
+            if not out:
+                loop.call_soon(flush)
+            out.append(encode_frame(message))
 
         async def close() -> None:
+            flush()
             closing.set()
             if not writer.is_closing():
                 writer.close()
@@ -113,6 +129,7 @@ class QrcServer:
             svc.clients.remove(handle)
             await conn.drain(5.0)
             await conn.close()
+            flush()
 
     async def close_all(self, timeout: float) -> None:
         if self._connections:
