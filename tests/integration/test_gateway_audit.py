@@ -8,8 +8,10 @@ every log line is a JSON object with ts, level, logger and message.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -167,3 +169,32 @@ async def test_every_write_and_denial_audited_once_and_no_token_anywhere(
     for line in logs:
         assert {"ts", "level", "logger", "message"} <= set(line), line
     assert any(line.get("request_id") == "d-http-3" for line in logs)
+
+
+async def test_reads_audited_when_log_reads(
+    module_sim_port: int, make_gateway: GatewayFactory, tmp_path: Path
+) -> None:
+    path = tmp_path / "audit.log"
+
+    def edit_path(c: dict[str, Any]) -> None:
+        c["audit"] = {"logReads": True, "path": str(path)}
+
+    gw = await asyncio.to_thread(make_gateway, module_sim_port, edit_path)
+    async with aiohttp.ClientSession() as http:
+        headers = {"Authorization": f"Bearer {PANEL_TOKEN}", "X-Request-ID": "read-1"}
+        body = msg("Control.Get", ["LobbyMusicLevel"])
+        async with http.post(f"{gw.url}/v1/rpc", json=body, headers=headers) as r:
+            assert r.status == 200
+    deadline = time.monotonic() + 10
+    lines: list[dict[str, Any]] = []
+    while time.monotonic() < deadline:
+        if path.exists():
+            lines = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+            if lines:
+                break
+        await asyncio.sleep(0.2)
+    assert [(x["requestId"], x["method"], x["decision"]) for x in lines] == [
+        ("read-1", "Control.Get", "allow")
+    ]
+    assert lines[0]["targets"] == ["LobbyMusicLevel"]
+    assert gw.audit_lines() == []  # the file, not stdout

@@ -8,7 +8,7 @@ import time
 from typing import Any
 
 import aiohttp
-from gateway_harness import ADMIN_TOKEN, PANEL_TOKEN, Gateway, GatewayFactory
+from gateway_harness import ADMIN_TOKEN, PANEL_TOKEN, Gateway, GatewayFactory, running_sim
 
 from qsys_core_sim.server import CoreSimulator
 
@@ -198,3 +198,24 @@ async def test_redundant_failover(
     backup.set_state("Standby")
     await until(ok, 30, 0.5, what="calls served by the primary after the backup went standby")
     assert await active_host() == "127.0.0.1"
+
+
+async def test_core_process_sigkilled_then_started_again(
+    make_gateway: GatewayFactory, http: aiohttp.ClientSession
+) -> None:
+    with running_sim() as sim:
+        gw = await asyncio.to_thread(make_gateway, sim.port)
+        assert (await post(http, gw, call("StatusGet")))[0] == 200
+        sim.kill()  # SIGKILL: no goodbye on the socket
+        status, body, headers = await post(http, gw, call("StatusGet"))
+        assert status == 503, body
+        assert body["error"]["code"] == -32050
+        assert "Retry-After" in headers
+        async with http.get(f"{gw.url}/readyz") as r:
+            assert r.status == 200
+        await asyncio.to_thread(sim.start)
+
+        async def ok() -> bool:
+            return (await post(http, gw, call("StatusGet")))[0] == 200
+
+        await until(ok, 30, 0.5, what="calls succeed after the Core process is back")

@@ -12,9 +12,9 @@ from gateway_harness import PANEL_TOKEN, GatewayFactory, RedisServer
 
 from qsys_gateway.qrc.client import QrcClient
 
-RATE = 20.0
+RATE = 10.0
 LOAD = 5 * RATE
-SECONDS = 5.0
+SECONDS = 6.0
 WARMUP = 1.0
 
 
