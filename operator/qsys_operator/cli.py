@@ -1,15 +1,171 @@
-"""`qsys-operator` entry point."""
+"""`qsys-operator`: runs the Kopf operator for QSysCore and AccessPolicy."""
+
+from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import socket
 import sys
+import uuid
+from typing import Any
+
+import kopf
+from kopf._core.engines.peering import Identity
+
+from .handlers import build_registry
+from .handlers.children import CHILD_RESOURCES, MANAGED_BY_SELECTOR, selector_key
+from .health import register as register_health
+from .k8s import Kube, load_api_client
+from .logs import setup_logging
+from .metrics import OperatorMetrics
+from .peering import Peering
+from .reconcile import Reconciler
+from .settings import OperatorSettings
+
+log = logging.getLogger("qsys_operator")
+
+DEFAULT_PEERING = "qsys-operator"
+
+
+def _address(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit():
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {value!r}")
+    return host or "0.0.0.0", int(port)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="qsys-operator", description=__doc__)
+    p.add_argument(
+        "--namespace",
+        action="append",
+        default=[],
+        help="namespace to watch (repeatable); default: QSYS_WATCH_NAMESPACES, else all",
+    )
+    p.add_argument("--metrics-address", type=_address, default=("0.0.0.0", 8000))
+    p.add_argument("--health-address", type=_address, default=("0.0.0.0", 8081))
+    p.add_argument("--peering", default=DEFAULT_PEERING, help="Kopf peering object name")
+    p.add_argument("--standalone", action="store_true", help="no peering (single replica)")
+    p.add_argument(
+        "--priority",
+        type=int,
+        default=None,
+        help="peering priority; default: random, so that exactly one replica is active",
+    )
+    p.add_argument("--log-level", default=os.environ.get("QSYS_LOG_LEVEL", "INFO"))
+    return p.parse_args(argv)
+
+
+def configure_kopf(
+    settings: kopf.OperatorSettings, opts: argparse.Namespace, priority: int
+) -> None:
+    settings.posting.level = logging.WARNING
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="qsys.dev")
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix="qsys.dev", key="last-handled-configuration"
+    )
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    settings.watching.connect_timeout = 10
+    settings.peering.name = opts.peering
+    settings.peering.priority = priority
+    settings.peering.standalone = opts.standalone
+    settings.peering.lifetime = 20
+    for group, version, plural in CHILD_RESOURCES:
+        settings.watching.label_selectors[selector_key(group, version, plural)] = (
+            MANAGED_BY_SELECTOR
+        )
+
+
+async def _resync_loop(reconciler: Reconciler, period: float) -> None:
+    while True:
+        await asyncio.sleep(period)
+        try:
+            await reconciler.resync()
+        except Exception as exc:
+            log.warning("resync failed", extra={"error": f"{type(exc).__name__}: {exc}"})
+
+
+async def run(opts: argparse.Namespace, settings: OperatorSettings) -> None:
+    namespaces = list(opts.namespace) or list(settings.watch_namespaces)
+    if namespaces:
+        settings = settings.model_copy(update={"watch_namespaces": tuple(namespaces)})
+    kube = Kube(load_api_client())
+    metrics = OperatorMetrics()
+    metrics.serve(*opts.metrics_address)
+    priority = opts.priority if opts.priority is not None else random.randint(1, 1_000_000)
+    identity = f"{socket.gethostname()}/{os.getpid()}/{uuid.uuid4().hex[:6]}"
+    peering = Peering(
+        kube,
+        name=opts.peering,
+        identity=Identity(identity),
+        priority=priority,
+        namespaces=namespaces,
+        standalone=opts.standalone,
+    )
+    if not opts.standalone:
+        try:
+            await peering.ensure()
+        except Exception as exc:
+            log.warning(
+                "peering unavailable (are the kopf.dev CRDs installed?); running standalone",
+                extra={"error": f"{type(exc).__name__}: {exc}"},
+            )
+            opts.standalone = peering.standalone = True
+    reconciler = Reconciler(kube, settings, metrics, peering)
+    registry = build_registry(reconciler)
+    register_health(registry, reconciler)
+
+    @kopf.on.login(registry=registry)
+    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        info: kopf.ConnectionInfo | None = kopf.login_with_service_account(**kwargs)
+        return info or kopf.login_with_kubeconfig(**kwargs)
+
+    @kopf.on.startup(registry=registry)
+    def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+        configure_kopf(settings, opts, priority)
+
+    health_host, health_port = opts.health_address
+    log.info(
+        "starting",
+        extra={
+            "namespaces": namespaces or "all",
+            "peering": None if opts.standalone else opts.peering,
+            "priority": priority,
+            "identity": identity,
+        },
+    )
+    resync = asyncio.create_task(_resync_loop(reconciler, settings.resync_seconds))
+    try:
+        await kopf.operator(
+            registry=registry,
+            clusterwide=not namespaces,
+            namespaces=namespaces,
+            standalone=opts.standalone,
+            identity=Identity(identity),
+            liveness_endpoint=f"http://{health_host}:{health_port}/healthz",
+        )
+    finally:
+        resync.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await resync
+        await reconciler.close()
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="qsys-operator", description=__doc__)
-    parser.add_argument("--namespace", action="append", default=[], help="namespace to watch")
-    parser.parse_args(argv)
-    print("qsys-operator: not implemented yet", file=sys.stderr)
-    return 2
+    opts = parse_args(argv)
+    setup_logging(opts.log_level)
+    try:
+        settings = OperatorSettings.from_env()
+    except ValueError as exc:
+        print(f"qsys-operator: invalid settings: {exc}", file=sys.stderr)
+        return 2
+    asyncio.run(run(opts, settings))
+    return 0
 
 
 if __name__ == "__main__":

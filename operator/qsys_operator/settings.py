@@ -17,6 +17,10 @@ ENV = {
     "monitoring_namespace": "QSYS_MONITORING_NAMESPACE",
     "dns_namespace": "QSYS_DNS_NAMESPACE",
     "dns_pod_labels": "QSYS_DNS_POD_LABELS",
+    "operator_namespace": "QSYS_OPERATOR_NAMESPACE",
+    "gateway_probe": "QSYS_GATEWAY_PROBE",
+    "gateway_probe_cidrs": "QSYS_GATEWAY_PROBE_CIDRS",
+    "resync_seconds": "QSYS_RESYNC_SECONDS",
 }
 
 
@@ -46,6 +50,14 @@ class OperatorSettings(BaseModel):
     dns_namespace: Annotated[str, Field(min_length=1)] = "kube-system"
     dns_pod_labels: Mapping[str, str] = {"k8s-app": "kube-dns"}
     """Labels of the cluster DNS pods, the gateway's only egress besides the Core."""
+    operator_namespace: Annotated[str, Field(min_length=1)] = "qsys-system"
+    """Where the operator runs: allowed to reach the gateways' metrics port (GET /corez)."""
+    gateway_probe: bool = True
+    """False: the operator never dials a gateway pod (CoreConnected stays Unknown)."""
+    gateway_probe_cidrs: tuple[str, ...] = ()
+    """When set, only pod IPs inside these CIDRs are probed; others are never dialled."""
+    resync_seconds: Annotated[float, Field(gt=0, le=3600)] = 30
+    """Period of the full resync: status refresh, Core probe, BYO token Secrets."""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> OperatorSettings:
@@ -55,7 +67,7 @@ class OperatorSettings(BaseModel):
             raw = env.get(var, "").strip()
             if not raw:
                 continue
-            if field == "watch_namespaces":
+            if field in ("watch_namespaces", "gateway_probe_cidrs"):
                 values[field] = tuple(_split(raw))
             elif field == "dns_pod_labels":
                 values[field] = _labels(raw)

@@ -265,7 +265,8 @@ def test_network_policy_ip_hosts() -> None:
         {"protocol": "TCP", "port": 1710},
     ]
     assert metrics["from"] == [
-        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}},
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "qsys-system"}}},
     ]
     assert metrics["ports"] == [{"protocol": "TCP", "port": 9090}]
 
@@ -276,14 +277,14 @@ def test_network_policy_dns_host_uses_core_cidrs_and_allowed_clients() -> None:
         core={"host": "core.av.example"},
         networkPolicy={"coreCIDRs": ["192.0.2.0/28"], "allowedClients": peers},
     )
-    settings = OperatorSettings(monitoring_namespace="prom")
+    settings = OperatorSettings(monitoring_namespace="prom", operator_namespace="prom")
     result = render_core_children(core, [], settings)
     np = by_kind(result)["NetworkPolicy"]
     assert _egress_cidrs(np) == ["192.0.2.0/28"]
     assert np["spec"]["ingress"][0]["from"] == peers
-    assert np["spec"]["ingress"][1]["from"][0]["namespaceSelector"]["matchLabels"] == {
-        "kubernetes.io/metadata.name": "prom"
-    }
+    assert np["spec"]["ingress"][1]["from"] == [
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "prom"}}}
+    ]
 
 
 def test_network_policy_allows_redis_storage() -> None:
@@ -459,12 +460,20 @@ def test_token_secret() -> None:
                 "QSYS_WATCH_NAMESPACES": "a, b",
                 "QSYS_MONITORING_NAMESPACE": "prom",
                 "QSYS_DNS_POD_LABELS": "k8s-app=coredns",
+                "QSYS_OPERATOR_NAMESPACE": "ops",
+                "QSYS_GATEWAY_PROBE": "false",
+                "QSYS_GATEWAY_PROBE_CIDRS": "127.0.0.0/8",
+                "QSYS_RESYNC_SECONDS": "2.5",
             },
             OperatorSettings(
                 gateway_image="r/gw:2",
                 watch_namespaces=("a", "b"),
                 monitoring_namespace="prom",
                 dns_pod_labels={"k8s-app": "coredns"},
+                operator_namespace="ops",
+                gateway_probe=False,
+                gateway_probe_cidrs=("127.0.0.0/8",),
+                resync_seconds=2.5,
             ),
         ),
     ],

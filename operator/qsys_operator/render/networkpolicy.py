@@ -1,4 +1,8 @@
-"""The `X-gateway` NetworkPolicy: clients in, metrics from monitoring, out only to Core and DNS."""
+"""The `X-gateway` NetworkPolicy: clients in, metrics from monitoring, out only to Core and DNS.
+
+The operator's namespace may reach the metrics port too: the operator reads the
+gateway's view of the Core there (GET /corez).
+"""
 
 from __future__ import annotations
 
@@ -87,11 +91,10 @@ def render_network_policy(core: QSysCore, settings: OperatorSettings) -> Manifes
                 {"from": list(clients), "ports": [_tcp(HTTP_PORT), _tcp(QRC_PORT)]},
                 {
                     "from": [
-                        {
-                            "namespaceSelector": {
-                                "matchLabels": {NAMESPACE_LABEL: settings.monitoring_namespace}
-                            }
-                        }
+                        {"namespaceSelector": {"matchLabels": {NAMESPACE_LABEL: ns}}}
+                        for ns in sorted(
+                            {settings.monitoring_namespace, settings.operator_namespace}
+                        )
                     ],
                     "ports": [_tcp(METRICS_PORT)],
                 },

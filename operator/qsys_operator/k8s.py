@@ -1,0 +1,299 @@
+"""Kubernetes API access: server-side apply and the few reads and writes the operator makes.
+
+The official client is synchronous; every call runs in a worker thread so the
+Kopf event loop never blocks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import json
+from collections.abc import Callable
+from typing import Any
+
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+
+from .api import GROUP, VERSION
+from .render import Manifest
+
+FIELD_MANAGER = "qsys-operator"
+
+# kind -> (API path prefix, plural) of everything the operator applies or deletes.
+RESOURCES: dict[tuple[str, str], tuple[str, str]] = {
+    ("v1", "Secret"): ("/api/v1", "secrets"),
+    ("v1", "Service"): ("/api/v1", "services"),
+    ("apps/v1", "Deployment"): ("/apis/apps/v1", "deployments"),
+    ("networking.k8s.io/v1", "NetworkPolicy"): ("/apis/networking.k8s.io/v1", "networkpolicies"),
+    ("policy/v1", "PodDisruptionBudget"): ("/apis/policy/v1", "poddisruptionbudgets"),
+    ("monitoring.coreos.com/v1", "ServiceMonitor"): (
+        "/apis/monitoring.coreos.com/v1",
+        "servicemonitors",
+    ),
+}
+
+
+def object_path(api_version: str, kind: str, namespace: str, name: str) -> str:
+    prefix, plural = RESOURCES[(api_version, kind)]
+    return f"{prefix}/namespaces/{namespace}/{plural}/{name}"
+
+
+def is_not_found(exc: BaseException) -> bool:
+    return isinstance(exc, ApiException) and exc.status == 404
+
+
+def is_permanent(exc: BaseException) -> bool:
+    """An API error that retrying cannot fix (the object itself is refused)."""
+    return isinstance(exc, ApiException) and exc.status in (400, 403, 422)
+
+
+def api_message(exc: ApiException) -> str:
+    try:
+        body = json.loads(exc.body or "{}")
+    except ValueError:
+        return str(exc.reason)
+    return str(body.get("message") or exc.reason)
+
+
+def now() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def load_api_client() -> client.ApiClient:
+    """From KUBECONFIG (or ~/.kube/config), else the in-cluster service account."""
+    try:
+        config.load_kube_config()  # type: ignore[no-untyped-call]
+    except config.ConfigException:
+        config.load_incluster_config()  # type: ignore[no-untyped-call]
+    return client.ApiClient()
+
+
+class Kube:
+    def __init__(self, api: client.ApiClient) -> None:
+        self.api = api
+        self.core = client.CoreV1Api(api)
+        self.apps = client.AppsV1Api(api)
+        self.custom = client.CustomObjectsApi(api)
+        self.ext = client.ApiextensionsV1Api(api)
+
+    async def _call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        kwargs.setdefault("_request_timeout", 30)
+        return await asyncio.to_thread(fn, *args, **kwargs)
+
+    def _raw(self, method: str, path: str, body: Any = None, **query: str) -> Any:
+        headers = {"Accept": "application/json"}
+        if method == "PATCH":
+            headers["Content-Type"] = "application/apply-patch+yaml"
+        _, url, headers, body, _ = self.api.param_serialize(
+            method,
+            path,
+            query_params=list(query.items()),
+            header_params=headers,
+            body=body,
+            auth_settings=["BearerToken"],
+        )
+        resp = self.api.call_api(method, url, header_params=headers, body=body, _request_timeout=30)
+        data: bytes = resp.read()  # type: ignore[no-untyped-call]
+        if not 200 <= resp.status < 300:
+            raise ApiException(status=resp.status, reason=resp.reason, body=data.decode())
+        return json.loads(data) if data else None
+
+    async def apply(self, manifest: Manifest) -> dict[str, Any]:
+        """Server-side apply with force: the operator owns every field it declares."""
+        meta = manifest["metadata"]
+        path = object_path(
+            manifest["apiVersion"], manifest["kind"], meta["namespace"], meta["name"]
+        )
+        result: dict[str, Any] = await asyncio.to_thread(
+            self._raw, "PATCH", path, manifest, fieldManager=FIELD_MANAGER, force="true"
+        )
+        return result
+
+    async def delete(self, api_version: str, kind: str, namespace: str, name: str) -> bool:
+        """True when something was deleted."""
+        path = object_path(api_version, kind, namespace, name)
+        try:
+            await asyncio.to_thread(self._raw, "DELETE", path, propagationPolicy="Background")
+        except ApiException as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return True
+
+    async def get_core(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            obj: dict[str, Any] = await self._call(
+                self.custom.get_namespaced_custom_object,
+                GROUP,
+                VERSION,
+                namespace,
+                "qsyscores",
+                name,
+            )
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return obj
+
+    async def get_policy(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            obj: dict[str, Any] = await self._call(
+                self.custom.get_namespaced_custom_object,
+                GROUP,
+                VERSION,
+                namespace,
+                "accesspolicies",
+                name,
+            )
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return obj
+
+    async def list_custom(self, plural: str, namespace: str | None) -> list[dict[str, Any]]:
+        if namespace:
+            result = await self._call(
+                self.custom.list_namespaced_custom_object, GROUP, VERSION, namespace, plural
+            )
+        else:
+            result = await self._call(
+                self.custom.list_cluster_custom_object, GROUP, VERSION, plural
+            )
+        items: list[dict[str, Any]] = result.get("items", [])
+        return items
+
+    async def patch_status(
+        self, plural: str, namespace: str, name: str, status: dict[str, Any]
+    ) -> None:
+        await self._call(
+            self.custom.patch_namespaced_custom_object_status,
+            GROUP,
+            VERSION,
+            namespace,
+            plural,
+            name,
+            {"status": status},
+        )
+
+    async def read_secret(self, namespace: str, name: str) -> client.V1Secret | None:
+        try:
+            secret: client.V1Secret = await self._call(
+                self.core.read_namespaced_secret, name, namespace
+            )
+            return secret
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    async def create(self, manifest: Manifest) -> bool:
+        """Create a core/v1 object; False when it exists already (never overwritten)."""
+        try:
+            await self._call(
+                self.core.create_namespaced_secret, manifest["metadata"]["namespace"], manifest
+            )
+        except ApiException as exc:
+            if exc.status == 409:
+                return False
+            raise
+        return True
+
+    async def read_deployment(self, namespace: str, name: str) -> client.V1Deployment | None:
+        try:
+            dep: client.V1Deployment = await self._call(
+                self.apps.read_namespaced_deployment, name, namespace
+            )
+            return dep
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    async def list_pods(self, namespace: str, selector: str) -> list[client.V1Pod]:
+        pods = await self._call(self.core.list_namespaced_pod, namespace, label_selector=selector)
+        items: list[client.V1Pod] = pods.items
+        return items
+
+    async def crd_served(self, name: str, version: str) -> bool:
+        try:
+            crd = await self._call(self.ext.read_custom_resource_definition, name)
+        except ApiException as exc:
+            if exc.status == 404:
+                return False
+            raise
+        served = any(v.name == version and v.served for v in crd.spec.versions)
+        conditions = (crd.status and crd.status.conditions) or []
+        established = any(c.type == "Established" and c.status == "True" for c in conditions)
+        return bool(served and established)
+
+    async def get_cluster_custom(
+        self, group: str, version: str, plural: str, name: str, namespace: str | None
+    ) -> dict[str, Any] | None:
+        try:
+            if namespace:
+                obj: dict[str, Any] = await self._call(
+                    self.custom.get_namespaced_custom_object,
+                    group,
+                    version,
+                    namespace,
+                    plural,
+                    name,
+                )
+            else:
+                obj = await self._call(
+                    self.custom.get_cluster_custom_object, group, version, plural, name
+                )
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return obj
+
+    async def create_custom(
+        self, group: str, version: str, plural: str, body: dict[str, Any], namespace: str | None
+    ) -> None:
+        try:
+            if namespace:
+                await self._call(
+                    self.custom.create_namespaced_custom_object,
+                    group,
+                    version,
+                    namespace,
+                    plural,
+                    body,
+                )
+            else:
+                await self._call(
+                    self.custom.create_cluster_custom_object, group, version, plural, body
+                )
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
+
+    async def event(self, obj: dict[str, Any], type_: str, reason: str, message: str) -> None:
+        """A core/v1 Event on obj (a custom resource body). Best effort."""
+        meta = obj["metadata"]
+        stamp = now()
+        body = {
+            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+            "involvedObject": {
+                "apiVersion": obj.get("apiVersion"),
+                "kind": obj.get("kind"),
+                "name": meta["name"],
+                "namespace": meta["namespace"],
+                "uid": meta.get("uid"),
+                "resourceVersion": meta.get("resourceVersion"),
+            },
+            "type": type_,
+            "reason": reason,
+            "message": message[:1024],
+            "source": {"component": FIELD_MANAGER},
+            "reportingComponent": FIELD_MANAGER,
+            "firstTimestamp": stamp,
+            "lastTimestamp": stamp,
+            "count": 1,
+        }
+        await self._call(self.core.create_namespaced_event, meta["namespace"], body)
