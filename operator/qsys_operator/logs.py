@@ -7,7 +7,6 @@ import sys
 
 from pythonjsonlogger.json import JsonFormatter
 
-
 DROPPED = ("settings", "k8s_skip")
 """Extras Kopf attaches for its own Event posting; not JSON-serialisable, not for logs."""
 
