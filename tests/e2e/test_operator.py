@@ -198,14 +198,15 @@ def test_policy_first_tokens_real_gateway_and_core_connection(
     assert condition(pol, "Bound")["reason"] == "CoreNotFound"
     assert "room" in condition(pol, "Bound")["message"]
     generated = wait_for("token", lambda: secret_text(cluster, ns, "panel-gen-token", "token"))
-    # A duplicate subject name in a second policy is reported, not merged.
-    create(cluster, ns, policy_body("dup", "room", [{"name": "gen"}]))
+    # A duplicate subject name in a later policy is reported, not merged (the older
+    # policy keeps it; "zdup" also sorts after "panel" should both share a second).
+    create(cluster, ns, policy_body("zdup", "room", [{"name": "gen"}]))
 
     with contextlib.ExitStack() as stack:
         sim = stack.enter_context(_sim())
         create(cluster, ns, core_body("room", sim.port))
         wait_condition(cluster, ns, "AccessPolicy", "panel", "Bound", "True")
-        dup = wait_condition(cluster, ns, "AccessPolicy", "dup", "Ready", "False")
+        dup = wait_condition(cluster, ns, "AccessPolicy", "zdup", "Ready", "False")
         assert condition(dup, "Ready")["reason"] == "SubjectConflict"
         assert "panel" in condition(dup, "Ready")["message"]
         assert secret_text(cluster, ns, "panel-gen-token", "token") == generated  # not regenerated
