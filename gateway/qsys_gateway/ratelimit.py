@@ -2,9 +2,9 @@
 
 The spec's token bucket (requestsPerSecond, burst) maps to a moving window of
 `amount` calls per `seconds` (see `plan_window` and docs/policy.md). When Redis
-cannot be reached the limiter fails open: calls are allowed and `healthy()`
-reports False, so a Redis outage degrades protection instead of taking every
-room offline.
+cannot be reached (or answers too slowly) the limiter falls back to per-replica
+in-memory windows and `healthy()` reports False: a Redis outage loosens limits
+to "per replica" instead of taking every room offline or lifting them entirely.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ MAX_WINDOW_SECONDS = 3600
 REDIS_TIMEOUT = 0.25
 """Seconds one Redis round trip (connect or command) may take before the call fails open."""
 RETRY_REDIS_AFTER = 1.0
-"""After a Redis failure, calls skip Redis (and are allowed) for this long before trying again."""
+"""After a Redis failure, calls use the in-memory fallback for this long before trying Redis."""
 EXPIRY_SWEEP_SECONDS = 1.0
 """How often the memory storage drops events that have left every window."""
 
@@ -100,6 +100,9 @@ class RateLimiter:
         self._storage = storage
         self._strategy = MovingWindowRateLimiter(storage)
         self._remote = isinstance(storage, RedisStorage)
+        self._fallback = (
+            MovingWindowRateLimiter(SweepingMemoryStorage()) if self._remote else self._strategy
+        )
         self._timeout = timeout
         self._retry_after_failure = retry_after_failure
         self._skip_until = 0.0
@@ -142,19 +145,29 @@ class RateLimiter:
         cost = max(1, cost)
         if cost > plan.amount:
             return RateDecision(False, float(plan.seconds))
-        if self._remote and time.monotonic() < self._skip_until:
-            return RateDecision(True, 0.0)
         item = self._item(plan)
+        if self._remote and time.monotonic() < self._skip_until:
+            return await self._decide(self._fallback, item, subject, cost, plan)
         try:
             async with asyncio.timeout(self._timeout * 2):
-                if await self._strategy.hit(item, subject, cost=cost):
-                    self._mark_healthy()
-                    return RateDecision(True, 0.0)
-                stats = await self._strategy.get_window_stats(item, subject)
-        except Exception as exc:  # storage trouble of any kind: fail open
+                decision = await self._decide(self._strategy, item, subject, cost, plan)
+        except Exception as exc:  # storage trouble of any kind: per-replica limits meanwhile
             self._mark_failed(exc)
-            return RateDecision(True, 0.0)
+            return await self._decide(self._fallback, item, subject, cost, plan)
         self._mark_healthy()
+        return decision
+
+    @staticmethod
+    async def _decide(
+        strategy: MovingWindowRateLimiter,
+        item: RateLimitItem,
+        subject: str,
+        cost: int,
+        plan: WindowPlan,
+    ) -> RateDecision:
+        if await strategy.hit(item, subject, cost=cost):
+            return RateDecision(True, 0.0)
+        stats = await strategy.get_window_stats(item, subject)
         wait = stats.reset_time - time.time()
         return RateDecision(False, min(float(plan.seconds), max(0.001, wait)))
 
@@ -180,7 +193,7 @@ class RateLimiter:
         if self._healthy:
             # The exception type only: messages may carry the storage URI.
             log.warning(
-                "rate-limit storage unreachable (%s); allowing calls until it is back",
+                "rate-limit storage unreachable (%s); per-replica limits until it is back",
                 type(exc).__name__ if exc is not None else "ping failed",
             )
         self._healthy = False
