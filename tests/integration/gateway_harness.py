@@ -418,6 +418,7 @@ class RedisServer:
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)  # in case a test paused it
             self.proc.kill()
             self.proc.wait(10)
 

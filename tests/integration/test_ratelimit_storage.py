@@ -7,16 +7,13 @@ skipping them, so a green run always means the shared limit was exercised.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import shutil
 import signal
-import socket
-import subprocess
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 
 import pytest
+from gateway_harness import RedisServer, free_port
 
 from qsys_gateway.config import RateConfig
 from qsys_gateway.ratelimit import RateDecision, RateLimiter, WindowPlan, plan_window
@@ -24,70 +21,6 @@ from qsys_gateway.ratelimit import RateDecision, RateLimiter, WindowPlan, plan_w
 LOOPBACK = "127.0.0.1"
 LOAD_FACTOR = 5
 MEASURE_SECONDS = 3.0
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind((LOOPBACK, 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-class RedisServer:
-    def __init__(self, binary: str) -> None:
-        self.binary = binary
-        self.port = _free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://{LOOPBACK}:{self.port}/0"
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [
-                self.binary,
-                "--bind",
-                LOOPBACK,
-                "--port",
-                str(self.port),
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--protected-mode",
-                "yes",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"redis-server exited with {self.proc.returncode}")
-            with contextlib.suppress(OSError), socket.create_connection((LOOPBACK, self.port), 0.2):
-                return
-            time.sleep(0.05)
-        raise TimeoutError("redis-server did not listen within 10 s")
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGCONT)  # in case a test paused it
-            self.proc.kill()
-            self.proc.wait(5)
-
-
-@pytest.fixture
-def redis_server() -> Iterator[RedisServer]:
-    binary = shutil.which("redis-server") or "/usr/bin/redis-server"
-    if not shutil.which(binary):
-        pytest.fail("redis-server is not installed: these tests need a real Redis (make install)")
-    server = RedisServer(binary)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.kill()
 
 
 LimiterFactory = Callable[[str], RateLimiter]
@@ -113,7 +46,7 @@ async def make_limiter() -> AsyncIterator[LimiterFactory]:
 def storage(request: pytest.FixtureRequest) -> str:
     if request.param == "memory":
         return "memory"
-    server: RedisServer = request.getfixturevalue("redis_server")
+    server: RedisServer = request.getfixturevalue("redis")
     return server.url
 
 
@@ -236,9 +169,9 @@ async def test_memory_storage_is_always_healthy(make_limiter: LimiterFactory) ->
 
 
 async def test_two_replicas_share_one_limit(
-    redis_server: RedisServer, make_limiter: LimiterFactory
+    redis: RedisServer, make_limiter: LimiterFactory
 ) -> None:
-    replicas = [make_limiter(redis_server.url), make_limiter(redis_server.url)]
+    replicas = [make_limiter(redis.url), make_limiter(redis.url)]
     assert all(r.shared for r in replicas)
     rate = RateConfig(requestsPerSecond=50, burst=50)
     accepted, _ = await offered_load(replicas, subject(), rate, MEASURE_SECONDS)
@@ -247,9 +180,9 @@ async def test_two_replicas_share_one_limit(
 
 
 async def test_replicas_see_each_others_burst(
-    redis_server: RedisServer, make_limiter: LimiterFactory
+    redis: RedisServer, make_limiter: LimiterFactory
 ) -> None:
-    one, two = make_limiter(redis_server.url), make_limiter(redis_server.url)
+    one, two = make_limiter(redis.url), make_limiter(redis.url)
     rate = RateConfig(requestsPerSecond=10, burst=10)
     name = subject()
     assert all([(await one.hit(name, rate)).allowed for _ in range(10)])
@@ -262,16 +195,16 @@ async def test_replicas_see_each_others_burst(
 
 
 async def test_redis_killed_mid_run_falls_back_to_local_limits(
-    redis_server: RedisServer, make_limiter: LimiterFactory
+    redis: RedisServer, make_limiter: LimiterFactory
 ) -> None:
-    limiter = make_limiter(redis_server.url)
+    limiter = make_limiter(redis.url)
     rate = RateConfig(requestsPerSecond=1, burst=1)
     name = subject()
     assert await limiter.healthy()
     assert (await limiter.hit(name, rate)).allowed
     assert not (await limiter.hit(name, rate)).allowed  # the limit is enforced by Redis
 
-    redis_server.kill()
+    redis.kill()
     during = subject()
     decisions = []
     for _ in range(20):
@@ -284,7 +217,7 @@ async def test_redis_killed_mid_run_falls_back_to_local_limits(
     assert time.perf_counter() - start < 1.0
 
     # Back again (same port): healthy, and limiting resumes.
-    redis_server.start()
+    redis.start()
     deadline = time.monotonic() + 10
     while not await limiter.healthy():
         assert time.monotonic() < deadline, "limiter did not recover after Redis came back"
@@ -294,13 +227,13 @@ async def test_redis_killed_mid_run_falls_back_to_local_limits(
 
 
 async def test_unresponsive_redis_does_not_hang_calls(
-    redis_server: RedisServer, make_limiter: LimiterFactory
+    redis: RedisServer, make_limiter: LimiterFactory
 ) -> None:
-    limiter = make_limiter(redis_server.url)
+    limiter = make_limiter(redis.url)
     rate = RateConfig(requestsPerSecond=1, burst=1)
     assert (await limiter.hit(subject(), rate)).allowed
-    assert redis_server.proc is not None
-    redis_server.proc.send_signal(signal.SIGSTOP)  # accepts TCP, never answers
+    assert redis.proc is not None
+    redis.proc.send_signal(signal.SIGSTOP)  # accepts TCP, never answers
     try:
         for _ in range(5):
             start = time.perf_counter()
@@ -311,11 +244,11 @@ async def test_unresponsive_redis_does_not_hang_calls(
         assert not await limiter.healthy()
         assert time.perf_counter() - start < 1.5
     finally:
-        redis_server.proc.send_signal(signal.SIGCONT)
+        redis.proc.send_signal(signal.SIGCONT)
 
 
 async def test_unreachable_redis_from_the_start(make_limiter: LimiterFactory) -> None:
-    limiter = make_limiter(f"redis://{LOOPBACK}:{_free_port()}/0")
+    limiter = make_limiter(f"redis://{LOOPBACK}:{free_port()}/0")
     start = time.perf_counter()
     decision = await limiter.hit(subject(), RateConfig(requestsPerSecond=1, burst=1))
     assert decision.allowed
