@@ -22,6 +22,11 @@ class ConnectionClosed(ConnectionError):
     pass
 
 
+def _expire(fut: asyncio.Future[Any]) -> None:
+    if not fut.done():
+        fut.set_exception(TimeoutError())
+
+
 class QrcClient:
     def __init__(
         self,
@@ -105,14 +110,20 @@ class QrcClient:
         if self.closed.is_set():
             raise ConnectionClosed("connection closed")
         rid = next(self._ids)
-        fut: asyncio.Future[jsonrpc.Response] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[jsonrpc.Response] = loop.create_future()
         self._pending[rid] = fut
         if not self._out:
-            asyncio.get_running_loop().call_soon(self._flush)
+            loop.call_soon(self._flush)
         self._out.append(encode_frame(jsonrpc.Request(method, params, rid).to_dict()))
+        # A timer on the future itself (what wait_for does, without its extra
+        # future and event-loop pass per call).
+        timer = loop.call_later(timeout, _expire, fut) if timeout is not None else None
         try:
-            return await asyncio.wait_for(fut, timeout)
+            return await fut
         finally:
+            if timer is not None:
+                timer.cancel()
             self._pending.pop(rid, None)
 
     async def call(self, method: str, params: Any = None, *, timeout: float | None = 10.0) -> Any:
