@@ -1,0 +1,119 @@
+{{/* Names, labels and shared fragments. Nothing here may be random or time-based:
+     Argo CD compares renders, and any drift shows as OutOfSync. */}}
+
+{{- define "qsys-operator.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "qsys-operator.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "qsys-operator.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "qsys-operator.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "qsys-operator.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "qsys-operator.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "qsys-operator.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+{{ include "qsys-operator.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/component: operator
+{{- end -}}
+
+{{- define "qsys-operator.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion (toString .Values.image.tag)) -}}
+{{- end -}}
+
+{{- define "qsys-operator.gatewayImage" -}}
+{{- printf "%s:%s" .Values.gatewayImage.repository (default .Chart.AppVersion (toString .Values.gatewayImage.tag)) -}}
+{{- end -}}
+
+{{/* "true" when an optional Prometheus Operator object is rendered, else "".
+     Called with (list VALUE ROOT); VALUE is auto, true or false. */}}
+{{- define "qsys-operator.monitoringEnabled" -}}
+{{- $value := index . 0 -}}
+{{- $root := index . 1 -}}
+{{- if eq (toString $value) "auto" -}}
+{{- if $root.Capabilities.APIVersions.Has "monitoring.coreos.com/v1" -}}true{{- end -}}
+{{- else if eq (toString $value) "true" -}}true
+{{- end -}}
+{{- end -}}
+
+{{- define "qsys-operator.peering" -}}
+{{- if gt (int .Values.replicas) 1 -}}true{{- end -}}
+{{- end -}}
+
+{{/* RBAC rules the operator needs in every namespace it watches. Exactly the
+     verbs its code uses (operator/qsys_operator/k8s.py and the Kopf handlers):
+     server-side apply = create + patch; Kopf watches = list + watch. */}}
+{{- define "qsys-operator.namespacedRules" -}}
+- apiGroups: ["qsys.dev"]
+  resources: ["qsyscores", "accesspolicies"]
+  verbs: ["get", "list", "watch"]
+- apiGroups: ["qsys.dev"]
+  resources: ["qsyscores/status", "accesspolicies/status"]
+  verbs: ["patch"]
+- apiGroups: [""]
+  resources: ["secrets", "services"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+- apiGroups: ["apps"]
+  resources: ["deployments"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+- apiGroups: ["networking.k8s.io"]
+  resources: ["networkpolicies"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+- apiGroups: ["policy"]
+  resources: ["poddisruptionbudgets"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+- apiGroups: ["monitoring.coreos.com"]
+  resources: ["servicemonitors"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["list"]
+- apiGroups: [""]
+  resources: ["events"]
+  verbs: ["create"]
+{{- end -}}
+
+{{/* Cluster-scoped reads needed in both modes: whether the ServiceMonitor CRD
+     is served (and Kopf's watch of it). */}}
+{{- define "qsys-operator.crdRules" -}}
+- apiGroups: ["apiextensions.k8s.io"]
+  resources: ["customresourcedefinitions"]
+  verbs: ["get", "list", "watch"]
+{{- end -}}
+
+{{- define "qsys-operator.peeringRules" -}}
+- apiGroups: ["kopf.dev"]
+  resources: [{{ . | quote }}]
+  verbs: ["get", "list", "watch", "create", "patch"]
+{{- end -}}
+
+{{/* QSYS_DNS_POD_LABELS: k=v,k=v in key order (sorted: deterministic). */}}
+{{- define "qsys-operator.dnsLabels" -}}
+{{- $out := list -}}
+{{- range $k := keys .Values.dns.podLabels | sortAlpha -}}
+{{- $out = append $out (printf "%s=%s" $k (index $.Values.dns.podLabels $k)) -}}
+{{- end -}}
+{{- join "," $out -}}
+{{- end -}}

@@ -1,0 +1,97 @@
+"""Running the pinned tools (helm, promtool, kubectl) on the chart; shared by the chart tests.
+
+A missing tool fails the test with the command that builds it; never a skip.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+CHART = REPO / "charts" / "qsys-operator"
+MONITORING_API = "monitoring.coreos.com/v1"
+
+
+def tool(group: str, name: str) -> Path:
+    """Path of a pinned tool from $QSYS_TOOLS_CACHE (hack/tools/GROUP); fails when not built."""
+    out = subprocess.run(
+        ["bash", str(REPO / "hack" / "tools" / "build.sh"), "--dir", group],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    path = Path(out.stdout.strip()) / name
+    if not path.is_file():
+        pytest.fail(
+            f"{name} is not built ({path} missing): run `make cluster-tools` "
+            f"(or `bash hack/tools/build.sh {group}`)",
+            pytrace=False,
+        )
+    return path
+
+
+def system_tool(name: str) -> Path:
+    found = shutil.which(name)
+    if not found:
+        pytest.fail(f"{name} is not installed: run `make install` (hack/install-system-deps.sh)")
+    return Path(found)
+
+
+def run(args: Sequence[str | Path], timeout: float = 60, **kwargs: Any) -> str:
+    """stdout of a command that must succeed; its stderr in the failure message otherwise."""
+    result = subprocess.run(
+        [str(a) for a in args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        **kwargs,
+    )
+    if result.returncode != 0:
+        pytest.fail(
+            f"{' '.join(str(a) for a in args)} exited {result.returncode}:\n"
+            f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+        )
+    out: str = result.stdout
+    return out
+
+
+def helm_template_args(
+    *,
+    namespace: str = "qsys-system",
+    release: str = "qsys",
+    monitoring: bool = False,
+    values: Sequence[str] = (),
+) -> list[str | Path]:
+    args: list[str | Path] = [
+        tool("helm", "helm"),
+        "template",
+        release,
+        CHART,
+        "--namespace",
+        namespace,
+    ]
+    if monitoring:
+        args += ["--api-versions", MONITORING_API]
+    for value in values:
+        args += ["--set", value]
+    return args
+
+
+def render(**kwargs: Any) -> str:
+    return run(helm_template_args(**kwargs))
+
+
+def manifests(text: str) -> list[dict[str, Any]]:
+    return [doc for doc in yaml.safe_load_all(text) if doc]
+
+
+def by_kind(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [doc for doc in docs if doc["kind"] == kind]

@@ -1,0 +1,217 @@
+"""charts/qsys-operator with the real (pinned) helm: lint, deterministic render,
+RBAC shape and least privilege, schema validation, CRD copies, image defaults."""
+
+from __future__ import annotations
+
+import subprocess
+from typing import Any
+
+import pytest
+import yaml
+from chart_support import (
+    CHART,
+    REPO,
+    by_kind,
+    helm_template_args,
+    manifests,
+    render,
+    run,
+    tool,
+)
+
+from qsys_operator.settings import DEFAULT_GATEWAY_IMAGE, ENV
+
+RBAC_KINDS = ("Role", "ClusterRole")
+
+
+def _rules(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [rule for doc in docs if doc["kind"] in RBAC_KINDS for rule in doc.get("rules", [])]
+
+
+def _env(docs: list[dict[str, Any]]) -> dict[str, str]:
+    (deployment,) = by_kind(docs, "Deployment")
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    return {e["name"]: e.get("value", "") for e in container["env"]}
+
+
+def test_helm_lint_passes_in_both_modes() -> None:
+    helm = tool("helm", "helm")
+    run([helm, "lint", CHART, "--strict"])
+    run([helm, "lint", CHART, "--strict", "--set", "watchNamespaces={team-a,team-b}"])
+
+
+def test_rendering_twice_gives_identical_output() -> None:
+    for kwargs in (
+        {},
+        {"monitoring": True, "values": ["replicas=2", "watchNamespaces={a,b}"]},
+    ):
+        first, second = render(**kwargs), render(**kwargs)
+        assert first == second
+        assert first.strip()
+
+
+def test_cluster_wide_install_uses_cluster_roles() -> None:
+    docs = manifests(render())
+    assert not by_kind(docs, "Role")
+    assert not by_kind(docs, "RoleBinding")
+    (role,) = by_kind(docs, "ClusterRole")
+    (binding,) = by_kind(docs, "ClusterRoleBinding")
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "qsys-qsys-operator", "namespace": "qsys-system"}
+    ]
+    resources = {r for rule in role["rules"] for r in rule["resources"]}
+    assert {"qsyscores", "accesspolicies", "deployments", "secrets"} <= resources
+    assert _env(docs)[ENV["watch_namespaces"]] == ""
+
+
+def test_namespaced_install_uses_roles_per_namespace() -> None:
+    docs = manifests(render(values=["watchNamespaces={team-a,team-b}"]))
+    roles = by_kind(docs, "Role")
+    bindings = by_kind(docs, "RoleBinding")
+    assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
+    assert sorted(b["metadata"]["namespace"] for b in bindings) == ["team-a", "team-b"]
+    # The only cluster-wide grant: reading CRDs (cluster-scoped, so no Role can hold it).
+    (cluster_role,) = by_kind(docs, "ClusterRole")
+    assert cluster_role["rules"] == [
+        {
+            "apiGroups": ["apiextensions.k8s.io"],
+            "resources": ["customresourcedefinitions"],
+            "verbs": ["get", "list", "watch"],
+        }
+    ]
+    assert _env(docs)[ENV["watch_namespaces"]] == "team-a,team-b"
+
+
+def test_peering_only_with_two_replicas() -> None:
+    single = manifests(render())
+    (dep,) = by_kind(single, "Deployment")
+    args = dep["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--standalone" in args
+    assert not by_kind(single, "PodDisruptionBudget")
+    assert not any("kopf.dev" in rule["apiGroups"] for rule in _rules(single))
+
+    for extra, plural in (([], "clusterkopfpeerings"), (["watchNamespaces={a}"], "kopfpeerings")):
+        docs = manifests(render(values=["replicas=2", *extra]))
+        (dep,) = by_kind(docs, "Deployment")
+        args = dep["spec"]["template"]["spec"]["containers"][0]["args"]
+        assert "--standalone" not in args
+        assert "--peering=qsys-qsys-operator" in args
+        assert dep["spec"]["replicas"] == 2
+        assert by_kind(docs, "PodDisruptionBudget")
+        peering = [r for r in _rules(docs) if "kopf.dev" in r["apiGroups"]]
+        assert [r["resources"] for r in peering] == [[plural]]
+
+
+@pytest.mark.parametrize(
+    "values",
+    [[], ["watchNamespaces={a,b}", "replicas=2"], ["replicas=3"]],
+    ids=["cluster-wide", "namespaced", "peering"],
+)
+def test_no_wildcards_and_no_escalation_verbs(values: list[str]) -> None:
+    rules = _rules(manifests(render(monitoring=True, values=values)))
+    assert rules
+    for rule in rules:
+        for field in ("apiGroups", "resources", "verbs"):
+            assert "*" not in rule[field], rule
+            assert all("*" not in item for item in rule[field]), rule
+        assert not set(rule["verbs"]) & {"escalate", "bind", "impersonate", "deletecollection"}
+        assert "nonResourceURLs" not in rule
+        # Secrets: the operator never updates or lists across the cluster beyond its watch.
+        assert "update" not in rule["verbs"], rule
+        assert not {"roles", "clusterroles", "rolebindings", "nodes", "namespaces"} & set(
+            rule["resources"]
+        ), rule
+
+
+def test_monitoring_objects_follow_capabilities_unless_forced() -> None:
+    def kinds(**kwargs: Any) -> set[str]:
+        return {doc["kind"] for doc in manifests(render(**kwargs))}
+
+    assert not {"ServiceMonitor", "PrometheusRule"} & kinds()
+    assert {"ServiceMonitor", "PrometheusRule"} <= kinds(monitoring=True)
+    assert {"ServiceMonitor", "PrometheusRule"} <= kinds(
+        values=["serviceMonitor.enabled=true", "prometheusRule.enabled=true"]
+    )
+    assert not {"ServiceMonitor", "PrometheusRule"} & kinds(
+        monitoring=True, values=["serviceMonitor.enabled=false", "prometheusRule.enabled=false"]
+    )
+
+
+def test_deployment_is_restricted_and_probed() -> None:
+    docs = manifests(render(values=["image.tag=1.2.3"]))
+    (dep,) = by_kind(docs, "Deployment")
+    pod = dep["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["image"] == "ghcr.io/qsys-operator/operator:1.2.3"
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    sc = container["securityContext"]
+    assert sc["allowPrivilegeEscalation"] is False
+    assert sc["readOnlyRootFilesystem"] is True
+    assert sc["capabilities"] == {"drop": ["ALL"]}
+    assert sc["runAsUser"] == 10001
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        assert container[probe]["httpGet"]["path"] == "/healthz"
+    assert container["resources"]["requests"]
+    assert pod["serviceAccountName"] == "qsys-qsys-operator"
+
+
+def test_env_names_are_the_ones_the_operator_reads() -> None:
+    env = _env(manifests(render()))
+    known = set(ENV.values())
+    unknown = {name for name in env if name.startswith("QSYS_")} - known
+    assert not unknown, f"the chart sets env the operator does not read: {unknown}"
+    assert env[ENV["operator_namespace"]] == "qsys-system"
+
+
+def test_gateway_image_default_matches_operator_default() -> None:
+    env = _env(manifests(render()))
+    assert env[ENV["gateway_image"]] == DEFAULT_GATEWAY_IMAGE
+    env = _env(
+        manifests(render(values=["gatewayImage.repository=r.example/gw", "gatewayImage.tag=9"]))
+    )
+    assert env[ENV["gateway_image"]] == "r.example/gw:9"
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "replicas=0",
+        "serviceMonitor.enabled=yes",
+        "prometheusRule.enabled=maybe",
+        "logLevel=LOUD",
+        "watchNamespaces={Not_A_Namespace}",
+        "image.pullPolicy=Sometimes",
+        "unknownKey=1",
+        "prometheusRule.errorRatio=2",
+    ],
+)
+def test_schema_rejects_bad_values(value: str) -> None:
+    result = subprocess.run(
+        [str(a) for a in helm_template_args(values=[value])],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode != 0, f"helm template accepted {value}"
+    assert "values don't meet the specifications of the schema" in result.stderr, result.stderr
+
+
+def test_chart_crds_are_copies_of_crds_dir() -> None:
+    source = sorted(p.name for p in (REPO / "crds").glob("*.yaml"))
+    copies = sorted(p.name for p in (CHART / "crds").glob("*.yaml"))
+    assert copies == source, "chart CRDs differ from crds/: run `make chart-crds`"
+    for name in source:
+        assert (CHART / "crds" / name).read_bytes() == (REPO / "crds" / name).read_bytes(), (
+            f"charts/qsys-operator/crds/{name} is stale: run `make chart-crds`"
+        )
+
+
+def test_every_template_renders_valid_yaml_objects() -> None:
+    text = render(monitoring=True, values=["replicas=2", "watchNamespaces={a}"])
+    for doc in manifests(text):
+        assert {"apiVersion", "kind", "metadata"} <= set(doc), doc
+        assert doc["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "Helm"
+    yaml.safe_load(run([tool("helm", "helm"), "show", "values", CHART]))
