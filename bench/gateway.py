@@ -450,6 +450,7 @@ def _clients(n: int) -> str:
 
 async def run(ctx: BenchContext) -> list[Result]:
     nofile = raise_nofile()
+    load_before = os.getloadavg()[0]
     results: list[Result] = []
     direct: dict[tuple[int, int], Result] = {}
     shapes = [(1, 1), (1, ctx.window), (50, 1), (50, WIDE_WINDOW)]
@@ -504,6 +505,11 @@ async def run(ctx: BenchContext) -> list[Result]:
 
     _targets(ctx, results, direct_rate, gw_rate, before, after)
     ctx.notes.append(
+        f"machine load average (1 min) {load_before:.1f} before the gateway benchmark, "
+        f"{os.getloadavg()[0]:.1f} after, on {os.cpu_count()} CPUs shared by load generator, "
+        "gateway and simulator"
+    )
+    ctx.notes.append(
         f"open files: bench process soft limit {nofile}, gateway process (soft/hard) {gw_nofile}"
     )
     return results
@@ -533,6 +539,12 @@ def _targets(
     def best(prefixes: tuple[str, ...]) -> Result:
         return max((r for r in results if r.target.startswith(prefixes)), key=lambda r: r.rps)
 
+    def capacity(name: str) -> str:
+        rows = [r for r in results if r.target == name and r.cpu_per_request]
+        cheapest = min(rows, key=lambda r: r.cpu_per_request or 0.0)
+        cpu = cheapest.cpu_per_request or 0.0
+        return f"{name} {1 / cpu:,.0f} req/s ({cpu * 1e6:.0f} us/req, {cheapest.scenario})"
+
     http = best(("gateway/http",))
     note(
         f"{_verdict(http.rps >= TARGET_HTTP_RPS)}  HTTP throughput: {http.rps:,.0f} req/s "
@@ -546,6 +558,10 @@ def _targets(
         f"{_verdict(stream.rps >= TARGET_STREAM_RPS)}  WebSocket/QRC throughput: "
         f"{stream.rps:,.0f} req/s ({stream.target}, {stream.scenario}; "
         f"target >= {TARGET_STREAM_RPS:,.0f})"
+    )
+    note(
+        "      gateway capacity per fully used core, from its CPU per call: "
+        + "; ".join(capacity(n) for n in ("gateway/http", "gateway/ws", "gateway/qrc"))
     )
     per_client = (after - before) / IDLE_CLIENTS
     note(
