@@ -1,0 +1,74 @@
+-- Argo CD health check for qsys.dev/QSysCore (resource.customizations.health.qsys.dev_QSysCore).
+-- Built on status.observedGeneration and the Ready, GatewayAvailable and CoreConnected conditions.
+local hs = {}
+
+local function condition(ctype)
+  if obj.status ~= nil and obj.status.conditions ~= nil then
+    for _, c in ipairs(obj.status.conditions) do
+      if c.type == ctype then
+        return c
+      end
+    end
+  end
+  return nil
+end
+
+local function text(c)
+  if c.message ~= nil and c.message ~= "" then
+    return c.reason .. ": " .. c.message
+  end
+  return c.reason or ""
+end
+
+if obj.status == nil then
+  hs.status = "Progressing"
+  hs.message = "Waiting for the operator to reconcile"
+  return hs
+end
+
+local generation = obj.metadata.generation or 0
+local observed = obj.status.observedGeneration or 0
+if observed < generation then
+  hs.status = "Progressing"
+  hs.message = "Waiting for the operator to observe generation " .. generation
+  return hs
+end
+
+local ready = condition("Ready")
+if ready == nil then
+  hs.status = "Progressing"
+  hs.message = "Waiting for the Ready condition"
+  return hs
+end
+
+if ready.status == "True" then
+  hs.status = "Healthy"
+  hs.message = ready.message or "Ready"
+  return hs
+end
+
+-- Not ready. A spec or apply the API server refused, and a Core the gateways
+-- cannot reach, need a human; anything else is still converging.
+if ready.reason == "InvalidSpec" or ready.reason == "ApplyRejected" then
+  hs.status = "Degraded"
+  hs.message = text(ready)
+  return hs
+end
+
+local connected = condition("CoreConnected")
+if connected ~= nil and connected.status == "False" then
+  hs.status = "Degraded"
+  hs.message = text(connected)
+  return hs
+end
+
+local gateway = condition("GatewayAvailable")
+if gateway ~= nil and gateway.status == "False" and gateway.reason == "DeploymentMissing" then
+  hs.status = "Degraded"
+  hs.message = text(gateway)
+  return hs
+end
+
+hs.status = "Progressing"
+hs.message = text(ready)
+return hs
