@@ -5,14 +5,15 @@
 #   build.sh GROUP...        build (if needed) and print nothing else
 #   build.sh --dir GROUP     print the bin directory (built or not)
 # To add a tool: a new GROUP directory (go.mod with a `tool` line, go.sum from
-# `go mod tidy`, build.env with VERSION, BINARIES, LDFLAGS) and add it to
-# TOOL_GROUPS in mk/cluster.mk.
+# `go mod tidy`, or from `go build -tags TAGS -mod=mod` when tidy cannot resolve
+# the untagged build), build.env with VERSION, BINARIES, LDFLAGS and optional
+# TAGS (Go build tags) and add it to TOOL_GROUPS in mk/cluster.mk.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 cache=${QSYS_TOOLS_CACHE:-$HOME/.cache/qsys-operator}
 
 load() {
-	VERSION='' LDFLAGS='' BINARIES=()
+	VERSION='' LDFLAGS='' TAGS='' BINARIES=()
 	# shellcheck source=/dev/null
 	source "$here/$1/build.env"
 }
@@ -46,7 +47,7 @@ build() {
 	echo "tools: building $group $VERSION into ${out%/bin} (cold builds take minutes)" >&2
 	(cd "$here/$group" &&
 		CGO_ENABLED=0 GOFLAGS="-trimpath -buildvcs=false -mod=readonly" \
-			go build -ldflags="-s -w $LDFLAGS" -o "$tmp/" "${pkgs[@]}")
+			go build -tags="$TAGS" -ldflags="-s -w $LDFLAGS" -o "$tmp/" "${pkgs[@]}")
 	for entry in "${BINARIES[@]}"; do
 		name=${entry%%=*} pkg=${entry#*=}
 		[[ $(default_name "$pkg") == "$name" ]] || mv "$tmp/$(default_name "$pkg")" "$tmp/$name"
