@@ -55,7 +55,10 @@ class Gateway:
             audit=AuditLog(config.audit.path, self.metrics),
         )
         self.services = Services(self.runtime, Pipeline(self.runtime), self.clients)
-        self.sessions = HttpSessions(self.upstream)
+        rt = self.runtime
+        self.sessions = HttpSessions(
+            self.upstream, can_read=lambda *target: rt.rules.policy.can_read(*target)
+        )
         self.watcher = (
             ConfigWatcher(config_path, self.runtime.apply, self.metrics) if config_path else None
         )

@@ -79,6 +79,16 @@ class GatewayMetrics:
         self.change_groups = Gauge(
             f"{PREFIX}_change_groups", "Change groups held on behalf of clients", registry=r
         )
+        self.core_change_groups = Gauge(
+            f"{PREFIX}_core_change_groups",
+            "Change groups the gateway holds on the Core (shared by every client group)",
+            registry=r,
+        )
+        self.core_polls = Counter(
+            f"{PREFIX}_core_polls",
+            "ChangeGroup.Poll calls the gateway made on the Core (rate() = Core polls per second)",
+            registry=r,
+        )
         # Bounded label sets start at zero, so every series exists before its first event.
         for transport in ("ws", "qrc"):
             self.clients.labels(transport)

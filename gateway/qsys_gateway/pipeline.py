@@ -8,16 +8,22 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from pydantic import BaseModel
 
 from .config import SubjectConfig
 from .metrics import method_label
+from .policy import Decision, Policy
 from .qrc import jsonrpc
 from .qrc.errors import ErrorCode, QrcError
-from .qrc.methods import METHODS, parse_params
+from .qrc.methods import (
+    METHODS,
+    ChangeGroupAddComponentControlParams,
+    ChangeGroupAddControlParams,
+    parse_params,
+)
 from .runtime import Runtime
 from .upstream import UpstreamSession
 
@@ -53,6 +59,25 @@ class Caller:
 def _is_write(method: str) -> bool:
     spec = METHODS.get(method)
     return spec is None or spec.kind == "write"
+
+
+_ADD_METHODS = frozenset({"ChangeGroup.AddControl", "ChangeGroup.AddComponentControl"})
+
+
+def _require_read(policy: Policy, subject: str, params: Any, decision: Decision) -> Decision:
+    """A change group delivers values, so adding a control also needs read permission."""
+    if isinstance(params, ChangeGroupAddComponentControlParams):
+        component = params.Component.Name
+        names = [c.Name for c in params.Component.Controls]
+    elif isinstance(params, ChangeGroupAddControlParams):
+        component, names = "", list(params.Controls)
+    else:
+        return decision
+    for name in names:
+        if not policy.can_read(subject, component, name):
+            target = f"{component}.{name}" if component else name
+            return replace(decision, allowed=False, reason=f"no rule allows reading {target}")
+    return decision
 
 
 def _method_of(obj: Any) -> str:
@@ -93,6 +118,8 @@ class Pipeline:
             return None if msg.is_notification else jsonrpc.error_message(msg.id, exc)
         rules = rt.rules
         decision = rules.policy.authorize(subject.name, method, params)
+        if decision.allowed and method in _ADD_METHODS:
+            decision = _require_read(rules.policy, subject.name, params, decision)
         write = _is_write(method)
         if not decision.allowed:
             err = QrcError(ErrorCode.FORBIDDEN, f"Forbidden by policy: {decision.reason}")

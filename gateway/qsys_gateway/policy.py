@@ -153,6 +153,23 @@ class Policy:
             return Decision(False, f"no rule allows method {method}", (), (), write)
         return _check(method, params, rules, write)
 
+    def can_read(self, subject: str, component: str, control: str) -> bool:
+        """Whether `subject` may read one control: what its rules for `Component.Get`
+        (or `Control.Get` for a Named Control, component "") allow. Change-group adds and
+        every poll or push of a value are checked with this (docs/changegroups.md)."""
+        compiled = self._subjects.get(subject)
+        if compiled is None:
+            return False
+        if component:
+            return any(
+                r.components.match(component) and r.controls.match(control)
+                for r in compiled.rules_for("Component.Get")
+            )
+        return any(
+            r.named_controls and r.controls.match(control)
+            for r in compiled.rules_for("Control.Get")
+        )
+
 
 def _check(method: str, params: Any, rules: tuple[_Rule, ...], write: bool) -> Decision:
     if isinstance(params, ComponentSetParams):

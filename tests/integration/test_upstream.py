@@ -251,7 +251,9 @@ async def test_sessions_with_the_same_group_id_do_not_collide(
     await a.call("ChangeGroup.AddControl", {"Id": "1", "Controls": ["MainGain"]})
     await b.call("ChangeGroup.AddControl", {"Id": "1", "Controls": ["WelcomeText"]})
     await b.call("ChangeGroup.AddControl", {"Id": 7, "Controls": ["LobbyMusicOn"]})
-    assert sim.engine.change_group_count == 3
+    # client groups live in the gateway; the Core holds one shared hub group
+    assert up.change_group_count == 3
+    assert sim.engine.change_group_count == 1
     pa = await a.call("ChangeGroup.Poll", {"Id": "1"})
     pb = await b.call("ChangeGroup.Poll", {"Id": "1"})
     assert pa["Id"] == "1"
@@ -264,7 +266,8 @@ async def test_sessions_with_the_same_group_id_do_not_collide(
         await a.call("ChangeGroup.Poll", {"Id": 7})
     assert err.value.code == ErrorCode.UNKNOWN_CHANGE_GROUP
     assert await a.call("ChangeGroup.Destroy", {"Id": "1"}) is True
-    assert sim.engine.change_group_count == 2
+    assert up.change_group_count == 2
+    assert sim.engine.change_group_count == 1
     assert (await b.call("ChangeGroup.Poll", {"Id": "1"}))["Id"] == "1"
     await b.close()
     assert sim.engine.change_group_count == 0

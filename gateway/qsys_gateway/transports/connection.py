@@ -49,7 +49,11 @@ class ClientConnection:
         return self.caller is not None
 
     def log_on(self, subject: SubjectConfig) -> None:
-        session: UpstreamSession = self.svc.runtime.upstream.open_session(self.send)
+        rt = self.svc.runtime
+        name = subject.name
+        session: UpstreamSession = rt.upstream.open_session(
+            self.send, lambda component, control: rt.rules.policy.can_read(name, component, control)
+        )
         self.caller = Caller(subject, self.handle.transport, self.handle.source_ip, session)
         self.handle.subject = subject.name
         status = self.svc.runtime.upstream.engine_status

@@ -9,22 +9,37 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Callable
 
 from ..upstream import Upstream, UpstreamSession
 
 
 class HttpSessions:
-    def __init__(self, upstream: Upstream, idle_seconds: float = 300.0) -> None:
+    def __init__(
+        self,
+        upstream: Upstream,
+        idle_seconds: float = 300.0,
+        can_read: Callable[[str, str, str], bool] | None = None,
+    ) -> None:
         self._upstream = upstream
+        self._can_read = can_read
         self._idle = idle_seconds
         self._sessions: dict[str, tuple[UpstreamSession, float]] = {}
         self._reaper: asyncio.Task[None] | None = None
 
     def get(self, subject: str) -> UpstreamSession:
         entry = self._sessions.get(subject)
-        session = entry[0] if entry else self._upstream.open_session(lambda _msg: None)
+        session = entry[0] if entry else self._open(subject)
         self._sessions[subject] = (session, time.monotonic())
         return session
+
+    def _open(self, subject: str) -> UpstreamSession:
+        check = self._can_read
+        if check is None:
+            return self._upstream.open_session(lambda _msg: None)
+        return self._upstream.open_session(
+            lambda _msg: None, lambda component, control: check(subject, component, control)
+        )
 
     def start(self) -> None:
         self._reaper = asyncio.get_running_loop().create_task(self._reap())

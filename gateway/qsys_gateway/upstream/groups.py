@@ -1,4 +1,5 @@
-"""Change groups held on behalf of client sessions, and their (re)creation on the Core."""
+"""A client's change group, held by the gateway: which controls it watches and which
+version of each it has been given. Values come from the `SubscriptionHub` cache."""
 
 from __future__ import annotations
 
@@ -7,79 +8,55 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..qrc.errors import QrcError
-from ..qrc.methods import MAX_ITEMS
-from .connection import UpstreamConnection
+from .hub import Key, SubscriptionHub, change_of
 
 GroupId = str | int
 
+ReadCheck = Callable[[str, str], bool]
+"""`can_read(component, control)` under the current policy ("" for a Named Control)."""
+
 
 @dataclass(eq=False, slots=True)
-class GroupRecord:
-    """What a client's change group contains, so it can be replayed on any connection.
-
-    `upstream_id` is what the Core sees; `client_id` is what the client chose. `conn`
-    is the socket the group currently lives on (change groups belong to a socket on
-    the Core); None means it must be (re)created before use.
-    """
+class ClientGroup:
+    """`delivered` maps each control to the hub version last given to this client
+    (-1: never, so the next poll returns its current value, as a Core's first poll does)."""
 
     client_id: GroupId
-    upstream_id: str
-    push: Callable[[dict[str, Any]], None]
-    named: dict[str, None] = field(default_factory=dict)
-    components: dict[str, dict[str, None]] = field(default_factory=dict)
+    delivered: dict[Key, int] = field(default_factory=dict)
     autopoll: float | None = None
-    conn: UpstreamConnection | None = None
+    autopoll_task: asyncio.Task[None] | None = None
+    seen: int = -1  # hub.version at the last poll that found nothing newer (fast path)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
-    @property
-    def empty(self) -> bool:
-        return not self.named and not any(self.components.values())
+    def invalidate(self) -> None:
+        for key in self.delivered:
+            self.delivered[key] = -1
+        self.seen = -1
 
-    @property
-    def placed(self) -> bool:
-        return self.conn is not None and self.conn.up
+    def poll(self, hub: SubscriptionHub, can_read: ReadCheck | None) -> list[dict[str, Any]]:
+        """The changes of this group's controls since its previous poll, in the order the
+        controls were added. Controls the client may no longer read are left out (and
+        stay undelivered: a config that allows them again delivers their value)."""
+        if self.seen == hub.version:
+            return []
+        hub_version = hub.version
+        changes: list[dict[str, Any]] = []
+        pending = False
+        for key, delivered in self.delivered.items():
+            entry = hub.state(key)
+            if entry is None or entry.state is None or entry.version <= delivered:
+                if entry is None or entry.state is None:
+                    pending = True
+                continue
+            if can_read is not None and not can_read(*key):
+                pending = True
+                continue
+            changes.append(change_of(key, entry.state))
+            self.delivered[key] = entry.version
+        self.seen = -1 if pending else hub_version
+        return changes
 
-    def clear(self) -> None:
-        self.named.clear()
-        self.components.clear()
-
-    def replay_calls(self) -> list[tuple[str, dict[str, Any]]]:
-        """The calls that rebuild this group on a fresh socket."""
-        calls: list[tuple[str, dict[str, Any]]] = []
-        names = list(self.named)
-        for i in range(0, len(names), MAX_ITEMS):
-            calls.append(
-                (
-                    "ChangeGroup.AddControl",
-                    {"Id": self.upstream_id, "Controls": names[i : i + MAX_ITEMS]},
-                )
-            )
-        for component, controls in self.components.items():
-            refs = [{"Name": n} for n in controls]
-            for i in range(0, len(refs), MAX_ITEMS):
-                calls.append(
-                    (
-                        "ChangeGroup.AddComponentControl",
-                        {
-                            "Id": self.upstream_id,
-                            "Component": {"Name": component, "Controls": refs[i : i + MAX_ITEMS]},
-                        },
-                    )
-                )
-        if self.autopoll is not None and calls:
-            calls.append(("ChangeGroup.AutoPoll", {"Id": self.upstream_id, "Rate": self.autopoll}))
-        return calls
-
-
-async def place(rec: GroupRecord, conn: UpstreamConnection, timeout: float) -> None:
-    """Create `rec` on `conn` from its recorded state; raises on any failure."""
-    rec.conn = None
-    for method, params in rec.replay_calls():
-        resp = await conn.request(method, params, timeout)
-        if resp.error is not None:
-            code = resp.error.get("code")
-            raise QrcError(
-                code if isinstance(code, int) else -32603, str(resp.error.get("message"))
-            )
-    rec.conn = conn
+    def stop_autopoll(self) -> None:
+        task, self.autopoll_task = self.autopoll_task, None
+        if task is not None:
+            task.cancel()

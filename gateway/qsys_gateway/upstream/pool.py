@@ -18,7 +18,8 @@ from .circuit import STATE_VALUES, CircuitBreaker, CircuitState
 from .connection import Busy, ConnectionSettings, NotConnected, UpstreamConnection
 from .errors import CoreTimeout, CoreUnavailable
 from .failover import HostSelector
-from .groups import GroupRecord, place
+from .groups import ClientGroup, ReadCheck
+from .hub import CORE_GROUP_PREFIX, POLL_INTERVAL, SubscriptionHub
 
 if TYPE_CHECKING:
     from .session import UpstreamSession
@@ -48,7 +49,8 @@ class Upstream:
         circuit_reset_seconds: float = 10.0,
         max_pending_per_connection: int = 256,
         max_groups_per_session: int = 64,
-        max_change_groups: int = 256,
+        max_change_groups: int = 10_000,
+        hub_poll_interval: float = POLL_INTERVAL,
     ) -> None:
         if connections < 1:
             raise ValueError("connections must be at least 1")
@@ -77,11 +79,10 @@ class Upstream:
         self._engine_status: dict[str, Any] | None = None
         self.max_groups_per_session = max_groups_per_session
         self.max_change_groups = max_change_groups
-        self._groups: dict[str, GroupRecord] = {}
+        self._groups: set[ClientGroup] = set()
         self._session_ids = itertools.count(1)
         self._sessions: set[UpstreamSession] = set()
-        self._replay_wanted = asyncio.Event()
-        self._replay_task: asyncio.Task[None] | None = None
+        self.hub = SubscriptionHub(self, poll_interval=hub_poll_interval)
         self._was_up = False
 
     # ---- lifecycle --------------------------------------------------------------
@@ -94,20 +95,17 @@ class Upstream:
         ]
         for conn in self._conns:
             conn.start()
-        self._replay_task = asyncio.get_running_loop().create_task(
-            self._replay_loop(), name="qsys-upstream-replay"
-        )
+        self.hub.start()
         self._update_up()
 
     async def stop(self) -> None:
-        task, self._replay_task = self._replay_task, None
-        while task is not None and not task.done():
-            task.cancel()
-            await asyncio.wait({task}, timeout=0.5)
+        for session in list(self._sessions):
+            session.closed = True
+            for group in session._groups.values():
+                group.stop_autopoll()
+        await self.hub.stop()
         conns, self._conns = self._conns, []
         await asyncio.gather(*(c.stop() for c in conns))
-        for rec in self._groups.values():
-            rec.conn = None
         self._update_up()
 
     # ---- state ------------------------------------------------------------------
@@ -134,12 +132,19 @@ class Upstream:
 
     @property
     def change_group_count(self) -> int:
+        """Client change groups held by the gateway (the Core holds `core_change_group_count`)."""
         return len(self._groups)
 
-    def open_session(self, push: Callable[[dict[str, Any]], None]) -> UpstreamSession:
+    @property
+    def core_change_group_count(self) -> int:
+        return self.hub.core_group_count
+
+    def open_session(
+        self, push: Callable[[dict[str, Any]], None], can_read: ReadCheck | None = None
+    ) -> UpstreamSession:
         from .session import UpstreamSession
 
-        session = UpstreamSession(self, next(self._session_ids), push)
+        session = UpstreamSession(self, next(self._session_ids), push, can_read)
         self._sessions.add(session)
         return session
 
@@ -227,12 +232,8 @@ class Upstream:
             return None
         offset = next(self._rr) % len(up)
         rotated = up[offset:] + up[:offset]
-        if by_groups:
-            counts = {c: 0 for c in up}
-            for rec in self._groups.values():
-                if rec.conn in counts:
-                    counts[rec.conn] += 1
-            return min(rotated, key=lambda c: counts[c])
+        if by_groups:  # the hub's groups go where the fewest calls wait
+            return min(rotated, key=lambda c: c.pending)
         return min(rotated, key=lambda c: c.pending)
 
     def _reconnect_eta(self) -> float:
@@ -265,26 +266,25 @@ class Upstream:
             self._metrics.upstream_reconnects.inc()
         self._set_status(status)
         self._update_up()
-        self._replay_wanted.set()
+        self.hub.connection_changed()
 
     def connection_down(self, conn: UpstreamConnection) -> None:
-        for rec in self._groups.values():
-            if rec.conn is conn:
-                rec.conn = None
         self._update_up()
-        self._replay_wanted.set()
+        self.hub.connection_changed()
 
     def notification(self, conn: UpstreamConnection, msg: jsonrpc.Request) -> None:
         params = msg.params
         if msg.method == "ChangeGroup.Poll" and isinstance(params, dict):
-            rec = self._groups.get(str(params.get("Id")))
-            if rec is not None and rec.conn is conn:
-                changes = params.get("Changes", [])
-                rec.push(
-                    jsonrpc.notification_message(
-                        "ChangeGroup.Poll", {"Id": rec.client_id, "Changes": changes}
-                    )
-                )
+            # the hub polls explicitly; an AutoPoll push of its groups is still good news
+            gid = params.get("Id")
+            changes = params.get("Changes")
+            if (
+                conn is self.hub.conn
+                and isinstance(gid, str)
+                and gid.startswith(CORE_GROUP_PREFIX)
+                and isinstance(changes, list)
+            ):
+                self.hub.apply(changes)
         elif msg.method == "EngineStatus" and isinstance(params, dict):
             if params.get("State") == "Standby" and conn.up and conn.host is not None:
                 self.host_standby(conn.host)
@@ -316,12 +316,12 @@ class Upstream:
 
     # ---- change groups ----------------------------------------------------------
 
-    def register_group(self, rec: GroupRecord) -> None:
-        self._groups[rec.upstream_id] = rec
+    def register_group(self, group: ClientGroup) -> None:
+        self._groups.add(group)
         self._groups_changed()
 
-    def unregister_group(self, rec: GroupRecord) -> None:
-        self._groups.pop(rec.upstream_id, None)
+    def unregister_group(self, group: ClientGroup) -> None:
+        self._groups.discard(group)
         self._groups_changed()
 
     def session_closed(self, session: UpstreamSession) -> None:
@@ -331,21 +331,9 @@ class Upstream:
         if self._metrics is not None:
             self._metrics.change_groups.set(len(self._groups))
 
-    async def _replay_loop(self) -> None:
-        """Re-create groups whose socket went away on whichever connection is up."""
-        while True:
-            await self._replay_wanted.wait()
-            self._replay_wanted.clear()
-            for rec in list(self._groups.values()):
-                if rec.placed or rec.empty or self._groups.get(rec.upstream_id) is not rec:
-                    continue
-                target = self.pick(by_groups=True)
-                if target is None:
-                    break
-                async with rec.lock:
-                    if rec.placed or self._groups.get(rec.upstream_id) is not rec:
-                        continue
-                    try:
-                        await place(rec, target, self._settings.request_timeout)
-                    except (QrcError, NotConnected, Busy, TimeoutError, ConnectionClosed) as exc:
-                        log.warning("could not re-create change group %s: %s", rec.upstream_id, exc)
+    def hub_changed(self, core_groups: int, polls: int) -> None:
+        """The hub's Core groups changed or it polled them (`polls` Core polls)."""
+        if self._metrics is not None:
+            self._metrics.core_change_groups.set(core_groups)
+            if polls:
+                self._metrics.core_polls.inc(polls)

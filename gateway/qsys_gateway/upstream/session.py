@@ -1,26 +1,25 @@
-"""`UpstreamSession`: one client's view of the shared upstream, with its change groups renamed."""
+"""`UpstreamSession`: one client's view of the shared upstream. Its change groups live
+in the gateway and are answered from the `SubscriptionHub` (docs/changegroups.md)."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-import itertools
 import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from ..qrc.client import ConnectionClosed
+from ..qrc import jsonrpc
 from ..qrc.errors import ErrorCode, QrcError
 from ..qrc.methods import (
     ChangeGroupAddComponentControlParams,
     ChangeGroupAddControlParams,
     ChangeGroupAutoPollParams,
-    ChangeGroupIdParams,
     ChangeGroupRemoveParams,
     parse_params,
 )
-from .connection import Busy, NotConnected
-from .errors import CoreUnavailable
-from .groups import GroupRecord, place
+from .groups import ClientGroup, ReadCheck
+from .hub import Key
 
 if TYPE_CHECKING:
     from .pool import Upstream
@@ -31,21 +30,28 @@ _ADD_METHODS = frozenset({"ChangeGroup.AddControl", "ChangeGroup.AddComponentCon
 
 
 class UpstreamSession:
-    """Created by `Upstream.open_session`; close it when the client goes away."""
+    """Created by `Upstream.open_session`; close it when the client goes away.
+
+    `can_read(component, control)`, when given, is asked on every poll and push so that
+    values of controls the client may not (or may no longer) read never reach it."""
 
     def __init__(
-        self, upstream: Upstream, sid: int, push: Callable[[dict[str, Any]], None]
+        self,
+        upstream: Upstream,
+        sid: int,
+        push: Callable[[dict[str, Any]], None],
+        can_read: ReadCheck | None = None,
     ) -> None:
         self._upstream = upstream
         self.id = sid
         self._push = push
-        self._groups: dict[str, GroupRecord] = {}
-        self._group_seq = itertools.count(1)
+        self.can_read = can_read
+        self._groups: dict[str, ClientGroup] = {}
         self.closed = False
 
     @property
     def group_ids(self) -> list[str | int]:
-        return [rec.client_id for rec in self._groups.values()]
+        return [g.client_id for g in self._groups.values()]
 
     async def call(self, method: str, params: Any, *, timeout: float | None = None) -> Any:
         if self.closed:
@@ -54,79 +60,83 @@ class UpstreamSession:
             return await self._upstream.call(method, params, timeout=timeout)
         parsed = parse_params(method, params)
         assert parsed is not None
-        gid = parsed.Id if isinstance(parsed, ChangeGroupIdParams) else getattr(parsed, "Id", None)
+        gid = getattr(parsed, "Id", None)
         assert isinstance(gid, str | int)
         while True:
-            rec = self._groups.get(str(gid))
+            group = self._groups.get(str(gid))
             created = False
-            if rec is None:
+            if group is None:
                 if method not in _ADD_METHODS:
                     raise QrcError(ErrorCode.UNKNOWN_CHANGE_GROUP, "Unknown change group")
-                rec, created = self._new_group(gid), True
-            async with rec.lock:
-                if self._groups.get(str(gid)) is not rec:
+                group, created = self._new_group(gid), True
+            async with group.lock:
+                if self._groups.get(str(gid)) is not group:
                     continue  # destroyed (or its failed creation undone) while we waited
-                if method == "ChangeGroup.Destroy":
-                    await self._destroy(rec, timeout)
-                    return True
                 try:
-                    return await self._group_call(rec, method, parsed, timeout)
+                    return await self._group_call(group, method, parsed)
                 finally:
-                    if created and rec.empty:
-                        self._forget(rec)
+                    if created and not group.delivered:
+                        self._forget(group)
 
-    async def _group_call(
-        self, rec: GroupRecord, method: str, parsed: Any, timeout: float | None
-    ) -> Any:
-        up = self._upstream
-        was_empty = rec.empty
-        if was_empty and method not in _ADD_METHODS:
-            return self._answer_empty(rec, method, parsed)
-        await self._ensure_placed(rec)
-        params: dict[str, Any] = parsed.model_dump(mode="json", exclude_none=True)
-        params["Id"] = rec.upstream_id
-        result = await up.forward(method, params, timeout=timeout, conn=rec.conn)
-        if isinstance(parsed, ChangeGroupAddControlParams):
-            rec.named.update(dict.fromkeys(parsed.Controls))
-            if was_empty and rec.autopoll is not None:
-                await up.forward(
-                    "ChangeGroup.AutoPoll",
-                    {"Id": rec.upstream_id, "Rate": rec.autopoll},
-                    timeout=timeout,
-                    conn=rec.conn,
-                )
-        elif isinstance(parsed, ChangeGroupAddComponentControlParams):
-            comp = rec.components.setdefault(parsed.Component.Name, {})
-            comp.update(dict.fromkeys(c.Name for c in parsed.Component.Controls))
-            if was_empty and rec.autopoll is not None:
-                await up.forward(
-                    "ChangeGroup.AutoPoll",
-                    {"Id": rec.upstream_id, "Rate": rec.autopoll},
-                    timeout=timeout,
-                    conn=rec.conn,
-                )
-        elif isinstance(parsed, ChangeGroupRemoveParams):
-            for name in parsed.Controls:
-                rec.named.pop(name, None)
-        elif isinstance(parsed, ChangeGroupAutoPollParams):
-            rec.autopoll = parsed.Rate
-        elif method == "ChangeGroup.Clear":
-            rec.clear()
-        elif method == "ChangeGroup.Poll" and isinstance(result, dict):
-            result = {**result, "Id": rec.client_id}
-        return result
-
-    @staticmethod
-    def _answer_empty(rec: GroupRecord, method: str, parsed: Any) -> Any:
-        """An empty group may not exist on the Core (QRC creates groups on the first add,
-        and replay skips empty ones), so its calls are answered here."""
+    async def _group_call(self, group: ClientGroup, method: str, parsed: Any) -> Any:
+        hub = self._upstream.hub
+        if isinstance(parsed, ChangeGroupAddControlParams | ChangeGroupAddComponentControlParams):
+            if isinstance(parsed, ChangeGroupAddControlParams):
+                keys: list[Key] = [("", n) for n in parsed.Controls]
+            else:
+                comp = parsed.Component
+                keys = [(comp.Name, c.Name) for c in comp.Controls]
+            new = [k for k in dict.fromkeys(keys) if k not in group.delivered]
+            if new:
+                await hub.subscribe(new)
+                for k in new:
+                    group.delivered[k] = -1
+                group.seen = -1
+            return True
+        if isinstance(parsed, ChangeGroupRemoveParams):
+            gone = [("", n) for n in dict.fromkeys(parsed.Controls) if ("", n) in group.delivered]
+            for k in gone:
+                del group.delivered[k]
+            await hub.release(gone)
+            return True
         if isinstance(parsed, ChangeGroupAutoPollParams):
-            rec.autopoll = parsed.Rate  # sent to the Core with the next add
+            group.autopoll = parsed.Rate
+            group.stop_autopoll()
+            group.autopoll_task = asyncio.get_running_loop().create_task(
+                self._autopoll(group, parsed.Rate), name=f"qsys-autopoll-{self.id}"
+            )
+            return True
         if method == "ChangeGroup.Poll":
-            return {"Id": rec.client_id, "Changes": []}
-        return True
+            return {"Id": group.client_id, "Changes": group.poll(hub, self.can_read)}
+        if method == "ChangeGroup.Invalidate":
+            group.invalidate()
+            return True
+        if method == "ChangeGroup.Clear":
+            keys = list(group.delivered)
+            group.delivered.clear()
+            await hub.release(keys)
+            return True
+        if method == "ChangeGroup.Destroy":
+            await self._destroy(group)
+            return True
+        raise QrcError(ErrorCode.METHOD_NOT_FOUND, f"Method not found: {method[:64]}")
 
-    def _new_group(self, gid: str | int) -> GroupRecord:
+    async def _autopoll(self, group: ClientGroup, rate: float) -> None:
+        """Push this group's changes every `rate` seconds when there are any."""
+        hub = self._upstream.hub
+        while not self.closed:
+            await asyncio.sleep(rate)
+            if self._groups.get(str(group.client_id)) is not group:
+                return
+            changes = group.poll(hub, self.can_read)
+            if changes:
+                self._deliver(
+                    jsonrpc.notification_message(
+                        "ChangeGroup.Poll", {"Id": group.client_id, "Changes": changes}
+                    )
+                )
+
+    def _new_group(self, gid: str | int) -> ClientGroup:
         up = self._upstream
         if len(self._groups) >= up.max_groups_per_session:
             raise QrcError(
@@ -138,51 +148,22 @@ class UpstreamSession:
                 ErrorCode.CHANGE_GROUPS_EXHAUSTED,
                 f"Change groups exhausted: the gateway holds its maximum of {up.max_change_groups}",
             )
-        rec = GroupRecord(
-            client_id=gid,
-            upstream_id=f"gw.s{self.id}.g{next(self._group_seq)}",
-            push=self._deliver,
-        )
-        self._groups[str(gid)] = rec
-        up.register_group(rec)
-        return rec
+        group = ClientGroup(client_id=gid)
+        self._groups[str(gid)] = group
+        up.register_group(group)
+        return group
 
-    def _forget(self, rec: GroupRecord) -> None:
-        if self._groups.get(str(rec.client_id)) is rec:
-            del self._groups[str(rec.client_id)]
-        self._upstream.unregister_group(rec)
+    def _forget(self, group: ClientGroup) -> None:
+        group.stop_autopoll()
+        if self._groups.get(str(group.client_id)) is group:
+            del self._groups[str(group.client_id)]
+        self._upstream.unregister_group(group)
 
-    async def _ensure_placed(self, rec: GroupRecord) -> None:
-        """Make sure the group exists on a live socket (re-creating it if its socket went away)."""
-        if rec.placed:
-            return
-        up = self._upstream
-        conn = up.pick(by_groups=True)
-        if conn is None:
-            raise CoreUnavailable("no connection to the Core", 1.0)
-        if rec.empty:
-            rec.conn = conn
-            return
-        try:
-            await place(rec, conn, up.request_timeout)
-        except (NotConnected, Busy, ConnectionClosed):
-            raise CoreUnavailable("no connection to the Core", 1.0) from None
-        except TimeoutError:
-            raise CoreUnavailable("could not re-create the change group in time", 1.0) from None
-
-    async def _destroy(self, rec: GroupRecord, timeout: float | None) -> None:
-        try:
-            if rec.placed:
-                with contextlib.suppress(QrcError):
-                    await self._upstream.forward(
-                        "ChangeGroup.Destroy",
-                        {"Id": rec.upstream_id},
-                        timeout=timeout,
-                        conn=rec.conn,
-                    )
-        finally:
-            rec.conn = None
-            self._forget(rec)
+    async def _destroy(self, group: ClientGroup) -> None:
+        keys = list(group.delivered)
+        group.delivered.clear()
+        self._forget(group)
+        await self._upstream.hub.release(keys)
 
     def _deliver(self, message: dict[str, Any]) -> None:
         if self.closed:
@@ -193,13 +174,12 @@ class UpstreamSession:
             log.exception("push to client session %d failed", self.id)
 
     async def close(self) -> None:
-        """Destroy this session's groups on the Core (best effort: they die with the socket)."""
+        """Drop this session's groups (and their references in the hub)."""
         if self.closed:
             return
         self.closed = True
-        timeout = min(2.0, self._upstream.request_timeout)
-        for rec in list(self._groups.values()):
-            async with rec.lock:
+        for group in list(self._groups.values()):
+            async with group.lock:
                 with contextlib.suppress(QrcError):
-                    await self._destroy(rec, timeout)
+                    await self._destroy(group)
         self._upstream.session_closed(self)

@@ -1,0 +1,429 @@
+"""`SubscriptionHub`: the union of every client's change-group controls, held on the Core
+in a few shared change groups and polled at a rate the gateway controls.
+
+Clients' groups never reach the Core (see `groups.ClientGroup`); they diff against
+the hub's latest-state cache, which carries a version per control (docs/changegroups.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from ..qrc.client import ConnectionClosed
+from ..qrc.errors import ErrorCode, QrcError
+from ..qrc.methods import MAX_ITEMS
+from .connection import Busy, NotConnected, UpstreamConnection
+from .errors import CoreUnavailable
+
+log = logging.getLogger("qsys_gateway.upstream")
+
+Key = tuple[str, str]
+"""(component name, control name); the component is "" for a Named Control."""
+
+POLL_INTERVAL = 0.05
+"""Seconds between the hub's polls of its Core groups (the Core-side poll rate)."""
+CONTROLS_PER_CORE_GROUP = MAX_ITEMS
+MAX_CORE_GROUPS = 4
+"""Core change groups the hub may hold, all on one upstream connection."""
+CORE_GROUP_PREFIX = "gw.hub."
+
+_LINK_ERRORS = (NotConnected, Busy, ConnectionClosed, TimeoutError)
+
+
+class HubOwner(Protocol):
+    """What the hub asks of the pool."""
+
+    def pick(self, *, by_groups: bool = False) -> UpstreamConnection | None: ...
+    @property
+    def request_timeout(self) -> float: ...
+    def hub_changed(self, core_groups: int, polls: int) -> None: ...
+
+
+@dataclass(slots=True)
+class Entry:
+    """One subscribed control: its latest state from the Core and how many client
+    groups hold it. `state` holds the Core's fields except Name/Component."""
+
+    key: Key
+    refs: int = 0
+    state: dict[str, Any] | None = None
+    version: int = 0
+    slot: int = -1  # index of the Core group it is in; -1: not on the Core yet
+    initial: bool = True  # the next report is a (re)subscription dump: deliver only if different
+
+
+def change_of(key: Key, state: dict[str, Any]) -> dict[str, Any]:
+    """A change in the Core's result shape."""
+    component, name = key
+    out: dict[str, Any] = {"Name": name}
+    if component:
+        out["Component"] = component
+    out.update(state)
+    return out
+
+
+def key_of(change: Any) -> Key | None:
+    if not isinstance(change, dict):
+        return None
+    name = change.get("Name")
+    component = change.get("Component") or ""
+    if not isinstance(name, str) or not isinstance(component, str):
+        return None
+    return (component, name)
+
+
+def state_of(change: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in change.items() if k not in ("Name", "Component")}
+
+
+@dataclass(slots=True)
+class _CoreGroup:
+    slot: int
+    keys: set[Key] = field(default_factory=set)
+
+    @property
+    def id(self) -> str:
+        return f"{CORE_GROUP_PREFIX}{self.slot}"
+
+
+class SubscriptionHub:
+    """Refcounted union of subscribed controls, packed into at most `MAX_CORE_GROUPS`
+    Core groups on one connection, polled every `POLL_INTERVAL` seconds."""
+
+    def __init__(
+        self,
+        owner: HubOwner,
+        *,
+        poll_interval: float = POLL_INTERVAL,
+        max_core_groups: int = MAX_CORE_GROUPS,
+        controls_per_group: int = CONTROLS_PER_CORE_GROUP,
+    ) -> None:
+        self._owner = owner
+        self.poll_interval = poll_interval
+        self.max_core_groups = max_core_groups
+        self.controls_per_group = controls_per_group
+        self.entries: dict[Key, Entry] = {}
+        self._groups: list[_CoreGroup] = []
+        self.conn: UpstreamConnection | None = None
+        self._versions = itertools.count(1)
+        self.version = 0  # the highest version handed out (cheap "anything new?" test)
+        self.polls = 0
+        self._lock = asyncio.Lock()
+        self._wake = asyncio.Event()
+        self._compact = False
+        self._task: asyncio.Task[None] | None = None
+
+    # ---- lifecycle ----------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(
+                self._run(), name="qsys-upstream-hub"
+            )
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        while task is not None and not task.done():
+            task.cancel()
+            await asyncio.wait({task}, timeout=0.5)
+        self._unplace()
+
+    @property
+    def placed(self) -> bool:
+        return self.conn is not None and self.conn.up
+
+    @property
+    def core_group_count(self) -> int:
+        return len(self._groups) if self.placed else 0
+
+    @property
+    def live(self) -> int:
+        return sum(1 for e in self.entries.values() if e.refs > 0)
+
+    def connection_changed(self) -> None:
+        """A connection came up or went down: re-place the groups if theirs is gone."""
+        if self.conn is not None and not self.conn.up:
+            self._unplace()
+        self._wake.set()
+
+    # ---- subscriptions --------------------------------------------------------------
+
+    async def subscribe(self, keys: Iterable[Key]) -> None:
+        """Add one reference to each key; new keys are validated by the Core (its
+        AddControl / AddComponentControl on a hub group) and their values fetched.
+        Raises the Core's error (7 / 8) and changes nothing when any key is unknown."""
+        wanted = list(dict.fromkeys(keys))
+        async with self._lock:
+            new = [k for k in wanted if k not in self.entries]
+            if new:
+                await self._add_new(new)
+            for k in wanted:
+                self.entries[k].refs += 1
+        self._wake.set()
+
+    async def release(self, keys: Iterable[Key]) -> None:
+        """Drop one reference from each key. Unreferenced controls stay on the Core until
+        nothing is referenced (then the hub's groups are destroyed) or they outnumber the
+        live ones (then the groups are rebuilt with the live ones only)."""
+        for k in keys:
+            entry = self.entries.get(k)
+            if entry is not None and entry.refs > 0:
+                entry.refs -= 1
+        live = self.live
+        if live == 0 and self.entries:
+            async with self._lock:
+                if self.live == 0:
+                    await self._teardown()
+        elif len(self.entries) - live > max(64, live):
+            self._compact = True
+            self._wake.set()
+
+    def state(self, key: Key) -> Entry | None:
+        return self.entries.get(key)
+
+    async def _add_new(self, new: list[Key]) -> None:
+        conn = await self._ensure_placed()
+        free = (
+            sum(self.controls_per_group - len(g.keys) for g in self._groups)
+            + (self.max_core_groups - len(self._groups)) * self.controls_per_group
+        )
+        if len(new) > free:
+            self._compact = True
+            self._wake.set()
+            raise QrcError(
+                ErrorCode.CHANGE_GROUPS_EXHAUSTED,
+                "Change groups exhausted: the gateway subscribes at most "
+                f"{self.max_core_groups * self.controls_per_group} controls on the Core",
+            )
+        for k in new:
+            self.entries[k] = Entry(k)
+        try:
+            placed = await self._add_to_core(conn, new)
+        except BaseException:
+            for k in new:
+                entry = self.entries.get(k)
+                if entry is not None and entry.refs == 0 and entry.slot < 0:
+                    del self.entries[k]
+            raise
+        for group, keys in placed:
+            for k in keys:
+                self.entries[k].slot = group.slot
+        self._report()
+        await self._fetch(conn, new)
+
+    async def _add_to_core(
+        self, conn: UpstreamConnection, keys: list[Key]
+    ) -> list[tuple[_CoreGroup, list[Key]]]:
+        """Pack `keys` into groups with room (creating groups as needed); each chunk is
+        one AddControl / AddComponentControl per component. Chunks the Core accepted
+        count in their group even when a later chunk fails. Returns what went where."""
+        placed: list[tuple[_CoreGroup, list[Key]]] = []
+        pending = list(keys)
+        slot = 0
+        try:
+            while pending:
+                if slot == len(self._groups):
+                    self._groups.append(_CoreGroup(slot))
+                group = self._groups[slot]
+                room = max(0, self.controls_per_group - len(group.keys))
+                chunk, pending = pending[:room], pending[room:]
+                slot += 1
+                if not chunk:
+                    continue
+                for method, params in _add_calls(group.id, chunk):
+                    await self._request(conn, method, params)
+                group.keys.update(chunk)
+                placed.append((group, chunk))
+        finally:
+            while self._groups and not self._groups[-1].keys:
+                self._groups.pop()  # created for nothing: never reached the Core
+        return placed
+
+    async def _fetch(self, conn: UpstreamConnection, keys: list[Key]) -> None:
+        """Current values of newly subscribed controls, so a client's first poll after
+        adding them has them at once (the hub's next poll reports them again; equal
+        values are not delivered twice)."""
+        by_component: dict[str, list[str]] = {}
+        for component, name in keys:
+            by_component.setdefault(component, []).append(name)
+        try:
+            for component, names in by_component.items():
+                for i in range(0, len(names), MAX_ITEMS):
+                    chunk = names[i : i + MAX_ITEMS]
+                    if component:
+                        result = await self._request(
+                            conn,
+                            "Component.Get",
+                            {"Name": component, "Controls": [{"Name": n} for n in chunk]},
+                        )
+                        controls = result.get("Controls", []) if isinstance(result, dict) else []
+                        self.apply(
+                            [
+                                {**c, "Component": component}
+                                for c in controls
+                                if isinstance(c, dict)
+                            ],
+                            fetched=True,
+                        )
+                    else:
+                        result = await self._request(conn, "Control.Get", chunk)
+                        self.apply(result if isinstance(result, list) else [], fetched=True)
+        except (QrcError, CoreUnavailable) as exc:
+            # the values arrive with the hub's next poll instead
+            log.info("could not fetch values of new subscriptions: %s", exc)
+
+    # ---- Core side --------------------------------------------------------------------
+
+    async def _request(self, conn: UpstreamConnection, method: str, params: Any) -> Any:
+        try:
+            resp = await conn.request(method, params, self._owner.request_timeout)
+        except _LINK_ERRORS:
+            if self.conn is conn:
+                self._unplace()
+            raise CoreUnavailable("no connection to the Core", 1.0) from None
+        if resp.error is not None:
+            code = resp.error.get("code")
+            message = resp.error.get("message")
+            raise QrcError(
+                code if isinstance(code, int) and not isinstance(code, bool) else -32603,
+                str(message) if message is not None else None,
+            )
+        return resp.result
+
+    async def _ensure_placed(self) -> UpstreamConnection:
+        """The connection the hub's groups live on, (re)creating them there if needed.
+        Must be called with the lock held."""
+        if self.placed and not self._compact:
+            assert self.conn is not None
+            return self.conn
+        conn = self.conn if self.placed else self._owner.pick(by_groups=True)
+        if conn is None:
+            raise CoreUnavailable("no connection to the Core", 1.0)
+        if self.conn is conn:  # compaction: rebuild on the same socket
+            for group in self._groups:
+                with contextlib.suppress(QrcError, CoreUnavailable):
+                    await self._request(conn, "ChangeGroup.Destroy", {"Id": group.id})
+        self._compact = False
+        self._unplace()
+        for k in [k for k, e in self.entries.items() if e.refs == 0]:
+            del self.entries[k]
+        for entry in self.entries.values():
+            entry.initial = True
+        try:
+            placed = await self._add_to_core(conn, list(self.entries))
+        except (QrcError, CoreUnavailable):
+            self._groups.clear()
+            raise
+        for group, keys in placed:
+            for k in keys:
+                self.entries[k].slot = group.slot
+        self.conn = conn
+        self._report()
+        return conn
+
+    def _unplace(self) -> None:
+        self.conn = None
+        self._groups.clear()
+        for entry in self.entries.values():
+            entry.slot = -1
+        self._report()
+
+    async def _teardown(self) -> None:
+        conn = self.conn
+        groups = list(self._groups)
+        self.entries.clear()
+        self._unplace()
+        if conn is not None and conn.up:
+            for group in groups:
+                with contextlib.suppress(QrcError, CoreUnavailable):
+                    await self._request(conn, "ChangeGroup.Destroy", {"Id": group.id})
+
+    def apply(self, changes: list[Any], *, fetched: bool = False) -> None:
+        """Take changes reported by the Core (a hub poll or a fetch) into the cache."""
+        for change in changes:
+            key = key_of(change)
+            entry = self.entries.get(key) if key is not None else None
+            if entry is None:
+                continue
+            state = state_of(change)
+            if entry.initial or fetched:
+                # a dump of current values: only a different value is a change
+                if not fetched:
+                    entry.initial = False
+                if entry.state == state:
+                    continue
+            entry.state = state
+            entry.version = self.version = next(self._versions)
+
+    async def _poll_once(self) -> None:
+        async with self._lock:
+            try:
+                conn = await self._ensure_placed()
+            except (QrcError, CoreUnavailable) as exc:
+                log.warning("could not place the change-group hub on the Core: %s", exc)
+                raise CoreUnavailable("hub not placed", 1.0) from None
+            groups = list(self._groups)
+        results = await asyncio.gather(
+            *(self._request(conn, "ChangeGroup.Poll", {"Id": g.id}) for g in groups),
+            return_exceptions=True,
+        )
+        self.polls += len(groups)
+        self._owner.hub_changed(self.core_group_count, len(groups))
+        for group, result in zip(groups, results, strict=True):
+            if isinstance(result, QrcError) and result.code == ErrorCode.UNKNOWN_CHANGE_GROUP:
+                log.warning("the Core lost change group %s; re-creating the hub", group.id)
+                if self.conn is conn:
+                    self._unplace()
+            elif isinstance(result, dict):
+                changes = result.get("Changes")
+                self.apply(changes if isinstance(changes, list) else [])
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self.entries:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            started = loop.time()
+            try:
+                await self._poll_once()
+            except (QrcError, CoreUnavailable):
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(0.5):
+                        await self._wake.wait()
+                continue
+            await asyncio.sleep(max(0.0, started + self.poll_interval - loop.time()))
+
+    def _report(self) -> None:
+        self._owner.hub_changed(self.core_group_count, 0)
+
+
+def _add_calls(group_id: str, keys: list[Key]) -> list[tuple[str, dict[str, Any]]]:
+    named = [n for c, n in keys if not c]
+    by_component: dict[str, list[str]] = {}
+    for component, name in keys:
+        if component:
+            by_component.setdefault(component, []).append(name)
+    calls: list[tuple[str, dict[str, Any]]] = []
+    for i in range(0, len(named), MAX_ITEMS):
+        calls.append(
+            ("ChangeGroup.AddControl", {"Id": group_id, "Controls": named[i : i + MAX_ITEMS]})
+        )
+    for component, names in by_component.items():
+        for i in range(0, len(names), MAX_ITEMS):
+            refs = [{"Name": n} for n in names[i : i + MAX_ITEMS]]
+            calls.append(
+                (
+                    "ChangeGroup.AddComponentControl",
+                    {"Id": group_id, "Component": {"Name": component, "Controls": refs}},
+                )
+            )
+    return calls
