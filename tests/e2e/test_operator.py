@@ -137,14 +137,15 @@ def test_children_drift_update_and_cascade(
         timeout=30,
     )
 
-    # Idempotent: nothing is rewritten while nothing changes.
+    # Idempotent: nothing is rewritten while nothing changes (the Deployment's status
+    # is the controllers' to update, so its spec generation is compared).
     rv = {
-        "dep": apps.read_namespaced_deployment("hall-gateway", ns).metadata.resource_version,
+        "dep": apps.read_namespaced_deployment("hall-gateway", ns).metadata.generation,
         "cfg": v1.read_namespaced_secret("hall-gateway-config", ns).metadata.resource_version,
     }
     time.sleep(3)  # three resyncs
     assert rv == {
-        "dep": apps.read_namespaced_deployment("hall-gateway", ns).metadata.resource_version,
+        "dep": apps.read_namespaced_deployment("hall-gateway", ns).metadata.generation,
         "cfg": v1.read_namespaced_secret("hall-gateway-config", ns).metadata.resource_version,
     }
 
@@ -206,8 +207,14 @@ def test_policy_first_tokens_real_gateway_and_core_connection(
         sim = stack.enter_context(_sim())
         create(cluster, ns, core_body("room", sim.port))
         wait_condition(cluster, ns, "AccessPolicy", "panel", "Bound", "True")
-        dup = wait_condition(cluster, ns, "AccessPolicy", "zdup", "Ready", "False")
-        assert condition(dup, "Ready")["reason"] == "SubjectConflict"
+
+        def conflict() -> dict[str, object] | None:
+            d = get(cluster, ns, "AccessPolicy", "zdup")
+            return d if condition(d, "Ready").get("reason") == "SubjectConflict" else None
+
+        dup = wait_for("zdup Ready=False SubjectConflict", conflict)
+        assert condition(dup, "Ready")["status"] == "False"
+        assert condition(dup, "Bound")["status"] == "True"
         assert "panel" in condition(dup, "Ready")["message"]
         assert secret_text(cluster, ns, "panel-gen-token", "token") == generated  # not regenerated
         pol = get(cluster, ns, "AccessPolicy", "panel")
