@@ -16,7 +16,12 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "qsys-operator"
-MONITORING_API = "monitoring.coreos.com/v1"
+# What a cluster with the Prometheus Operator CRDs reports (helm --api-versions).
+MONITORING_APIS = (
+    "monitoring.coreos.com/v1",
+    "monitoring.coreos.com/v1/ServiceMonitor",
+    "monitoring.coreos.com/v1/PrometheusRule",
+)
 
 
 def tool(group: str, name: str) -> Path:
@@ -68,6 +73,7 @@ def helm_template_args(
     namespace: str = "qsys-system",
     release: str = "qsys",
     monitoring: bool = False,
+    api_versions: Sequence[str] = (),
     values: Sequence[str] = (),
 ) -> list[str | Path]:
     args: list[str | Path] = [
@@ -78,8 +84,8 @@ def helm_template_args(
         "--namespace",
         namespace,
     ]
-    if monitoring:
-        args += ["--api-versions", MONITORING_API]
+    for api in (*(MONITORING_APIS if monitoring else ()), *api_versions):
+        args += ["--api-versions", api]
     for value in values:
         args += ["--set", value]
     return args

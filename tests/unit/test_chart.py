@@ -133,6 +133,12 @@ def test_monitoring_objects_follow_capabilities_unless_forced() -> None:
     assert {"ServiceMonitor", "PrometheusRule"} <= kinds(
         values=["serviceMonitor.enabled=true", "prometheusRule.enabled=true"]
     )
+    # Only the ServiceMonitor CRD installed: no PrometheusRule (the install would fail).
+    only_sm = kinds(
+        api_versions=["monitoring.coreos.com/v1", "monitoring.coreos.com/v1/ServiceMonitor"]
+    )
+    assert "ServiceMonitor" in only_sm
+    assert "PrometheusRule" not in only_sm
     assert not {"ServiceMonitor", "PrometheusRule"} & kinds(
         monitoring=True, values=["serviceMonitor.enabled=false", "prometheusRule.enabled=false"]
     )

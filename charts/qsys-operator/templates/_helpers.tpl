@@ -48,12 +48,15 @@ app.kubernetes.io/component: operator
 {{- end -}}
 
 {{/* "true" when an optional Prometheus Operator object is rendered, else "".
-     Called with (list VALUE ROOT); VALUE is auto, true or false. */}}
+     Called with (list VALUE ROOT KIND); VALUE is auto, true or false. auto:
+     the cluster serves monitoring.coreos.com/v1 with that kind (a cluster with
+     only the ServiceMonitor CRD gets no PrometheusRule, instead of a failed install). */}}
 {{- define "qsys-operator.monitoringEnabled" -}}
 {{- $value := index . 0 -}}
 {{- $root := index . 1 -}}
+{{- $kind := index . 2 -}}
 {{- if eq (toString $value) "auto" -}}
-{{- if $root.Capabilities.APIVersions.Has "monitoring.coreos.com/v1" -}}true{{- end -}}
+{{- if $root.Capabilities.APIVersions.Has (printf "monitoring.coreos.com/v1/%s" $kind) -}}true{{- end -}}
 {{- else if eq (toString $value) "true" -}}true
 {{- end -}}
 {{- end -}}
