@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextvars
 import logging
 import sys
+from collections.abc import Sequence
 
 from pythonjsonlogger.json import JsonFormatter
 
@@ -25,7 +26,13 @@ class _ContextFilter(logging.Filter):
         return True
 
 
-def setup_logging(level: str = "INFO") -> None:
+def setup_logging(
+    level: str = "INFO",
+    *,
+    filters: Sequence[logging.Filter] = (),
+    quiet: Sequence[str] = ("aiohttp.access",),
+) -> None:
+    """JSON lines on stderr for the whole process; `quiet` loggers only say warnings."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(
         JsonFormatter(
@@ -35,7 +42,10 @@ def setup_logging(level: str = "INFO") -> None:
         )
     )
     handler.addFilter(_ContextFilter())
+    for extra in filters:
+        handler.addFilter(extra)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    for name in quiet:
+        logging.getLogger(name).setLevel(logging.WARNING)

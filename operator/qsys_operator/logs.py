@@ -1,14 +1,14 @@
-"""JSON logs: one object per line with ts, level, logger, message."""
+"""JSON logs: the gateway's format (ts, level, logger, message), minus Kopf's internal extras."""
 
 from __future__ import annotations
 
 import logging
-import sys
 
-from pythonjsonlogger.json import JsonFormatter
+from qsys_gateway.logs import setup_logging as _setup_json_logging
 
 DROPPED = ("settings", "k8s_skip")
 """Extras Kopf attaches for its own Event posting; not JSON-serialisable, not for logs."""
+QUIET = ("kubernetes.client.rest", "urllib3", "aiohttp.access", "kopf.objects")
 
 
 class _DropKopfExtras(logging.Filter):
@@ -19,17 +19,4 @@ class _DropKopfExtras(logging.Filter):
 
 
 def setup_logging(level: str = "INFO") -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(
-        JsonFormatter(
-            "%(asctime)s %(levelname)s %(name)s %(message)s",
-            rename_fields={"asctime": "ts", "levelname": "level", "name": "logger"},
-            datefmt="%Y-%m-%dT%H:%M:%S%z",
-        )
-    )
-    handler.addFilter(_DropKopfExtras())
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
-    for noisy in ("kubernetes.client.rest", "urllib3", "aiohttp.access", "kopf.objects"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    _setup_json_logging(level, filters=[_DropKopfExtras()], quiet=QUIET)
