@@ -71,14 +71,16 @@ def test_namespaced_install_uses_roles_per_namespace() -> None:
     bindings = by_kind(docs, "RoleBinding")
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
     assert sorted(b["metadata"]["namespace"] for b in bindings) == ["team-a", "team-b"]
-    # The only cluster-wide grant: reading CRDs (cluster-scoped, so no Role can hold it).
+    # The only cluster-wide grants: reading CRDs, and listing/watching namespaces (Kopf
+    # follows the watched namespaces); cluster-scoped, so no Role can hold them.
     (cluster_role,) = by_kind(docs, "ClusterRole")
     assert cluster_role["rules"] == [
         {
             "apiGroups": ["apiextensions.k8s.io"],
             "resources": ["customresourcedefinitions"],
             "verbs": ["get", "list", "watch"],
-        }
+        },
+        {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["list", "watch"]},
     ]
     assert _env(docs)[ENV["watch_namespaces"]] == "team-a,team-b"
 
@@ -119,9 +121,9 @@ def test_no_wildcards_and_no_escalation_verbs(values: list[str]) -> None:
         assert "nonResourceURLs" not in rule
         # Secrets: the operator never updates or lists across the cluster beyond its watch.
         assert "update" not in rule["verbs"], rule
-        assert not {"roles", "clusterroles", "rolebindings", "nodes", "namespaces"} & set(
-            rule["resources"]
-        ), rule
+        assert not {"roles", "clusterroles", "rolebindings", "nodes"} & set(rule["resources"])
+        if "namespaces" in rule["resources"]:
+            assert rule["verbs"] == ["list", "watch"], rule
 
 
 def test_monitoring_objects_follow_capabilities_unless_forced() -> None:

@@ -1,0 +1,437 @@
+"""The Helm chart on a real API server: `helm install` (pinned helm) in namespaced mode
+with peering, the operator Deployment becomes available, then the operator process
+runs with the chart's own ServiceAccount (a TokenRequest token) and the chart's own
+args and env, and reconciles a QSysCore and an AccessPolicy: the RBAC is sufficient.
+`kubectl auth can-i` (pinned kubectl) with the same token shows it is not excessive.
+A cluster-wide install is checked with can-i too.
+
+Everything is removed afterwards (helm uninstall, namespaces, processes), also on
+failure; the CRDs stay, as Helm leaves them.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from kube_support import REPO, Cluster, must, tool_dir, wait_for
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+from operator_support import (
+    condition,
+    core_body,
+    create,
+    free_port,
+    get,
+    policy_body,
+    wait_condition,
+)
+
+pytestmark = pytest.mark.e2e
+
+CHART = REPO / "charts" / "qsys-operator"
+VENV_BIN = Path(sys.executable).parent
+TIMEOUT_S = 120
+
+
+def _tool(group: str, name: str) -> Path:
+    path = tool_dir(group) / name
+    if not path.is_file():
+        pytest.fail(f"{name} is not built ({path}): run `make cluster-tools`", pytrace=False)
+    return path
+
+
+def _run(
+    args: list[str | Path], env: dict[str, str], check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        [str(a) for a in args],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_S + 60,
+        check=False,
+        env=env,
+    )
+    if check and result.returncode != 0:
+        pytest.fail(
+            f"{' '.join(map(str, args))} exited {result.returncode}:\n{result.stderr[-4000:]}"
+        )
+    return result
+
+
+def _create_namespace(cluster: Cluster, name: str) -> None:
+    client.CoreV1Api(cluster.api).create_namespace(
+        client.V1Namespace(metadata=client.V1ObjectMeta(name=name))
+    )
+
+
+def _delete_namespace(cluster: Cluster, name: str) -> None:
+    try:
+        client.CoreV1Api(cluster.api).delete_namespace(name)
+    except ApiException as exc:
+        if exc.status != 404:
+            raise
+
+
+class Release:
+    """A helm release of the chart; uninstalled (and its namespace deleted) on exit."""
+
+    def __init__(self, cluster: Cluster, values: list[str]) -> None:
+        self.cluster = cluster
+        suffix = uuid.uuid4().hex[:6]
+        self.name = f"qsys-{suffix}"
+        self.namespace = f"qsys-system-{suffix}"
+        self.fullname = f"{self.name}-qsys-operator"
+        self.values = values
+        self.env = {**os.environ, "KUBECONFIG": cluster.kubeconfig}
+        self.helm = _tool("helm", "helm")
+
+    def __enter__(self) -> Release:
+        _create_namespace(self.cluster, self.namespace)
+        args: list[str | Path] = [
+            self.helm,
+            "install",
+            self.name,
+            CHART,
+            "--namespace",
+            self.namespace,
+            "--wait",
+            "--timeout",
+            f"{TIMEOUT_S}s",
+        ]
+        for value in self.values:
+            args += ["--set", value]
+        _run(args, self.env)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            _run(
+                [
+                    self.helm,
+                    "uninstall",
+                    self.name,
+                    "--namespace",
+                    self.namespace,
+                    "--wait",
+                    "--timeout",
+                    f"{TIMEOUT_S}s",
+                ],
+                self.env,
+                check=False,
+            )
+        finally:
+            _delete_namespace(self.cluster, self.namespace)
+
+    def deployment(self) -> client.V1Deployment:
+        dep: client.V1Deployment = client.AppsV1Api(self.cluster.api).read_namespaced_deployment(
+            self.fullname, self.namespace
+        )
+        return dep
+
+    def token_kubeconfig(self, directory: Path) -> Path:
+        """A kubeconfig holding a TokenRequest token of the chart's ServiceAccount."""
+        request = client.CoreV1Api(self.cluster.api).create_namespaced_service_account_token(
+            self.fullname,
+            self.namespace,
+            client.AuthenticationV1TokenRequest(
+                spec=client.V1TokenRequestSpec(audiences=[], expiration_seconds=3600)
+            ),
+        )
+        token = must(must(request.status).token)
+        cfg = self.cluster.configuration()
+        path = directory / f"{self.name}.kubeconfig"
+        path.write_text(
+            yaml.safe_dump(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Config",
+                    "clusters": [
+                        {
+                            "name": "c",
+                            "cluster": {
+                                "server": cfg.host,
+                                "certificate-authority": cfg.ssl_ca_cert,
+                            },
+                        }
+                    ],
+                    "users": [{"name": "sa", "user": {"token": token}}],
+                    "contexts": [{"name": "sa", "context": {"cluster": "c", "user": "sa"}}],
+                    "current-context": "sa",
+                }
+            )
+        )
+        path.chmod(0o600)
+        return path
+
+
+def _can_i(kubeconfig: Path, *args: str) -> bool:
+    """`kubectl auth can-i` as the token's identity: yes (exit 0) or no (exit 1)."""
+    result = subprocess.run(
+        [str(_tool("kube", "kubectl")), "--kubeconfig", str(kubeconfig), "auth", "can-i", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode in (0, 1), result.stderr
+    assert result.stdout.strip() in ("yes", "no"), result.stdout + result.stderr
+    return result.returncode == 0
+
+
+def _chart_process(
+    dep: client.V1Deployment, kubeconfig: Path, log: Path
+) -> tuple[list[str], dict[str, str], int, int]:
+    """The operator command line and environment of the chart's Deployment, on loopback."""
+    (container,) = dep.spec.template.spec.containers
+    health, metrics = free_port(), free_port()
+    args = []
+    for arg in container.args:
+        if arg.startswith("--metrics-address="):
+            arg = f"--metrics-address=127.0.0.1:{metrics}"
+        elif arg.startswith("--health-address="):
+            arg = f"--health-address=127.0.0.1:{health}"
+        args.append(arg)
+    env = {e.name: e.value or "" for e in container.env}
+    full_env = {
+        "PATH": os.environ.get("PATH", ""),
+        "HOME": os.environ.get("HOME", "/tmp"),
+        **env,
+        "KUBECONFIG": str(kubeconfig),
+        "PYTHONUNBUFFERED": "1",
+        # Stand-in for the pod network: kwok pod IPs are loopback addresses.
+        "QSYS_RESYNC_SECONDS": "2",
+    }
+    return [str(VENV_BIN / "qsys-operator"), *args], full_env, health, metrics
+
+
+class OperatorProcess:
+    def __init__(self, argv: list[str], env: dict[str, str], health: int, log: Path) -> None:
+        self.argv, self.env, self.health, self.log = argv, env, health, log
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> OperatorProcess:
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                self.argv, stdout=out, stderr=subprocess.STDOUT, env=self.env, cwd=REPO
+            )
+        wait_for("operator liveness", self._alive, timeout=60)
+        return self
+
+    def _alive(self) -> bool:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"operator exited {self.proc.returncode}: {self.output()[-3000:]}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.health}/healthz", timeout=1) as r:
+                return r.status == 200
+        except OSError:
+            return False
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+@pytest.fixture
+def watched(cluster: Cluster) -> Iterator[str]:
+    name = f"e2e-chart-{uuid.uuid4().hex[:6]}"
+    _create_namespace(cluster, name)
+    try:
+        yield name
+    finally:
+        _delete_namespace(cluster, name)
+
+
+@pytest.fixture
+def other(cluster: Cluster) -> Iterator[str]:
+    name = f"e2e-other-{uuid.uuid4().hex[:6]}"
+    _create_namespace(cluster, name)
+    try:
+        yield name
+    finally:
+        _delete_namespace(cluster, name)
+
+
+def _available(release: Release, replicas: int) -> client.V1Deployment:
+    def probe() -> client.V1Deployment | None:
+        dep = release.deployment()
+        return dep if (dep.status.available_replicas or 0) >= replicas else None
+
+    return wait_for("operator Deployment available", probe, timeout=TIMEOUT_S)
+
+
+def test_namespaced_install_rbac_is_sufficient_and_not_excessive(
+    cluster: Cluster, watched: str, other: str, tmp_path: Path
+) -> None:
+    values = [f"watchNamespaces={{{watched}}}", "replicas=2"]
+    with Release(cluster, values) as release:
+        dep = _available(release, 2)
+        # With kwok no container runs; the pods are scheduled and count as available.
+        assert dep.spec.replicas == 2
+        assert dep.spec.template.spec.service_account_name == release.fullname
+
+        kubeconfig = release.token_kubeconfig(tmp_path)
+        argv, env, health, _ = _chart_process(dep, kubeconfig, tmp_path / "op.log")
+        assert f"--peering={release.fullname}" in argv
+        assert env["QSYS_WATCH_NAMESPACES"] == watched
+        assert env["QSYS_OPERATOR_NAMESPACE"] == release.namespace
+
+        with OperatorProcess(argv, env, health, tmp_path / "op.log") as op:
+            create(cluster, watched, core_body("hall", 1710, replicas=2))
+            create(cluster, watched, policy_body("ops", "hall", [{"name": "agent"}]))
+
+            apps, v1 = client.AppsV1Api(cluster.api), client.CoreV1Api(cluster.api)
+            net, pol = client.NetworkingV1Api(cluster.api), client.PolicyV1Api(cluster.api)
+            wait_for(
+                "gateway Deployment",
+                lambda: _exists(apps.read_namespaced_deployment, "hall-gateway", watched),
+            )
+            wait_for(
+                "Service", lambda: _exists(v1.read_namespaced_service, "hall-gateway", watched)
+            )
+            wait_for(
+                "config Secret",
+                lambda: _exists(v1.read_namespaced_secret, "hall-gateway-config", watched),
+            )
+            wait_for(
+                "NetworkPolicy",
+                lambda: _exists(net.read_namespaced_network_policy, "hall-gateway", watched),
+            )
+            wait_for(
+                "PDB",
+                lambda: _exists(pol.read_namespaced_pod_disruption_budget, "hall-gateway", watched),
+            )
+            wait_for(
+                "token Secret",
+                lambda: _exists(v1.read_namespaced_secret, "ops-agent-token", watched),
+            )
+
+            policy = wait_condition(
+                cluster, watched, "AccessPolicy", "ops", "Ready", "True", timeout=TIMEOUT_S
+            )
+            assert condition(policy, "Bound")["status"] == "True"
+            core = wait_condition(
+                cluster, watched, "QSysCore", "hall", "GatewayAvailable", "True", timeout=TIMEOUT_S
+            )
+
+            # The status probe listed the gateway pods (RBAC: pods list) and dialled them;
+            # no gateway process listens on the kwok pod IPs, so the answer is "no answer".
+            def probed() -> dict[str, Any] | None:
+                obj = get(cluster, watched, "QSysCore", "hall")
+                return (
+                    obj
+                    if condition(obj, "CoreConnected").get("reason") == "GatewayUnreachable"
+                    else None
+                )
+
+            core = wait_for("CoreConnected probed", probed, timeout=TIMEOUT_S)
+            assert core["status"]["observedGeneration"] == core["metadata"]["generation"]
+            assert core["status"]["subjects"] == 1
+
+            # Peering under the chart's RBAC: the KopfPeering of the watched namespace exists.
+            peering = client.CustomObjectsApi(cluster.api).get_namespaced_custom_object(
+                "kopf.dev", "v1", watched, "kopfpeerings", release.fullname
+            )
+            assert peering["metadata"]["name"] == release.fullname
+            log = op.output()
+            assert "403" not in log, log[-4000:]
+            assert "Forbidden" not in log, log[-4000:]
+
+        # Sufficient (the verbs the operator uses), and nothing more.
+        sa = kubeconfig
+        for verb_resource in (
+            ("list", "qsyscores.qsys.dev"),
+            ("watch", "accesspolicies.qsys.dev"),
+            ("patch", "qsyscores.qsys.dev", "--subresource=status"),
+            ("patch", "deployments.apps"),
+            ("create", "secrets"),
+            ("delete", "networkpolicies.networking.k8s.io"),
+            ("list", "pods"),
+            ("create", "events"),
+            ("patch", "kopfpeerings.kopf.dev"),
+        ):
+            assert _can_i(sa, *verb_resource, "-n", watched), verb_resource
+        assert _can_i(sa, "list", "customresourcedefinitions.apiextensions.k8s.io")
+        assert _can_i(sa, "watch", "namespaces")  # Kopf follows the watched namespaces
+        denied = [
+            ("delete", "nodes"),
+            ("list", "nodes"),
+            ("get", "secrets", "-n", other),
+            ("list", "secrets", "--all-namespaces"),
+            ("get", "secrets", "-n", release.namespace),
+            ("create", "deployments.apps", "-n", other),
+            ("list", "qsyscores.qsys.dev", "-n", other),
+            ("create", "clusterroles.rbac.authorization.k8s.io"),
+            ("create", "rolebindings.rbac.authorization.k8s.io", "-n", watched),
+            ("escalate", "roles.rbac.authorization.k8s.io", "-n", watched),
+            ("impersonate", "serviceaccounts", "-n", watched),
+            ("*", "*", "-n", watched),
+            ("*", "*", "--all-namespaces"),
+            ("create", "pods", "-n", watched),
+            ("create", "pods/exec", "-n", watched),
+            ("update", "secrets", "-n", watched),
+            ("patch", "qsyscores.qsys.dev", "-n", watched),
+            ("delete", "qsyscores.qsys.dev", "-n", watched),
+            ("get", f"namespaces/{other}"),
+            ("delete", f"namespaces/{other}"),
+            ("create", "namespaces"),
+            ("delete", "customresourcedefinitions.apiextensions.k8s.io"),
+            ("patch", "clusterkopfpeerings.kopf.dev"),
+        ]
+        allowed = [d for d in denied if _can_i(sa, *d)]
+        assert not allowed, f"the chart's ServiceAccount may do more than it needs: {allowed}"
+
+
+def test_cluster_wide_install_grants_only_the_operator_verbs(
+    cluster: Cluster, other: str, tmp_path: Path
+) -> None:
+    with Release(cluster, []) as release:
+        dep = _available(release, 1)
+        assert "--standalone" in dep.spec.template.spec.containers[0].args
+        sa = release.token_kubeconfig(tmp_path)
+        for d in (
+            ("list", "qsyscores.qsys.dev", "--all-namespaces"),
+            ("patch", "deployments.apps", "-n", other),
+            ("create", "secrets", "-n", other),
+        ):
+            assert _can_i(sa, *d), d
+        denied = [
+            ("delete", "nodes"),
+            ("create", "clusterroles.rbac.authorization.k8s.io"),
+            ("*", "*", "--all-namespaces"),
+            ("update", "secrets", "-n", other),
+            ("create", "pods", "-n", other),
+            ("list", "namespaces"),
+            ("patch", "clusterkopfpeerings.kopf.dev"),  # standalone: no peering rights
+        ]
+        allowed = [d for d in denied if _can_i(sa, *d)]
+        assert not allowed, allowed
+
+
+def _exists(read: Any, name: str, namespace: str) -> bool:
+    try:
+        read(name, namespace)
+    except ApiException as exc:
+        if exc.status == 404:
+            return False
+        raise
+    return True
