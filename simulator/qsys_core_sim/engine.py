@@ -203,6 +203,7 @@ class Engine:
         self.design = design
         self.state = "Active"
         self.max_change_groups = max_change_groups
+        self.polls = 0  # change-group polls served (explicit and AutoPoll)
         self._versions = itertools.count(1)
         self.components: dict[str, dict[str, Control]] = {}
         self._component_defs: dict[str, ComponentDef] = {c.name: c for c in design.components}
@@ -276,6 +277,7 @@ class Engine:
 
     def poll(self, session: Session, group_id: str | int) -> dict[str, Any]:
         group = self.group(session, group_id)
+        self.polls += 1
         return {"Id": group.id, "Changes": group.poll()}
 
     def find_control(self, name: str, component: str | None = None) -> Control:

@@ -164,6 +164,7 @@ class _Connection(asyncio.Protocol):
             await asyncio.sleep(rate)
             if session.change_groups.get(key) is not group:
                 return  # destroyed (a new group with the same Id is not on AutoPoll)
+            self.sim.engine.polls += 1
             changes = group.poll()
             if changes:
                 self.send(
