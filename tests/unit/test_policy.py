@@ -485,3 +485,19 @@ def test_rule_model_is_used_as_is() -> None:
     p = Policy([SubjectConfig(name="x", tokenSha256="0" * 64, rules=[rule])])
     assert call(p, "Control.Set", {"Name": "G", "Value": 1}, subject="x").allowed
     assert not call(p, "Control.Set", {"Name": "G", "Value": 2}, subject="x").allowed
+
+
+def test_can_read_follows_the_get_rules() -> None:
+    p = policy(
+        {"methods": ["ChangeGroup.*"]},
+        {"methods": ["Component.Get"], "components": ["Zone*"], "controls": ["gain"]},
+        {"methods": ["Control.Get"], "components": [""], "controls": ["Lobby*"]},
+    )
+    assert p.can_read("panel", "Zone1", "gain")
+    assert not p.can_read("panel", "Zone1", "mute")
+    assert not p.can_read("panel", "Lobby", "gain")
+    assert p.can_read("panel", "", "LobbyMusicLevel")
+    assert not p.can_read("panel", "", "MainGain")
+    assert not p.can_read("nobody", "Zone1", "gain")
+    # the ChangeGroup.* rule alone grants no read
+    assert not policy({"methods": ["ChangeGroup.*"]}).can_read("panel", "Zone1", "gain")
