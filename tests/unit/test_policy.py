@@ -491,7 +491,7 @@ def test_can_read_follows_the_get_rules() -> None:
     p = policy(
         {"methods": ["ChangeGroup.*"]},
         {"methods": ["Component.Get"], "components": ["Zone*"], "controls": ["gain"]},
-        {"methods": ["Control.Get"], "components": [""], "controls": ["Lobby*"]},
+        {"methods": ["Control.Get"], "components": ["*"], "controls": ["Lobby*"]},
     )
     assert p.can_read("panel", "Zone1", "gain")
     assert not p.can_read("panel", "Zone1", "mute")
