@@ -50,5 +50,5 @@ clean:
 
 -include mk/*.mk
 
-demo: install
+demo: install cluster-tools
 	$(BIN)/python hack/demo.py

@@ -1,0 +1,43 @@
+"""`make demo` end to end: hack/demo.py as a subprocess on the e2e cluster.
+
+With KUBECONFIG set the demo neither starts nor stops a control plane, so it runs on the
+session's cluster (local or kind) and leaves it as it found it.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+from kube_support import REPO, Cluster
+
+pytestmark = pytest.mark.e2e
+
+DEMO_TIMEOUT_S = 240
+
+
+def test_demo_shows_one_allowed_and_one_denied_call(cluster: Cluster) -> None:
+    result = subprocess.run(
+        [sys.executable, str(REPO / "hack" / "demo.py")],
+        env={**os.environ, "KUBECONFIG": cluster.kubeconfig},
+        capture_output=True,
+        text=True,
+        timeout=DEMO_TIMEOUT_S,
+        check=False,
+        cwd=REPO,
+    )
+    out = result.stdout
+    assert result.returncode == 0, out[-4000:] + result.stderr[-4000:]
+    assert "not started or stopped by the demo" in out
+    allowed = out.split("The allowed call", 1)[1].split("==>", 1)[0]
+    denied = out.split("The denied call", 1)[1].split("==>", 1)[0]
+    assert "HTTP 200" in allowed
+    assert "HTTP 403" in denied
+    assert "Forbidden by policy" in denied
+    assert '"decision":"allow"' in out
+    assert '"decision":"deny"' in out
+    assert "CoreConnected    True" in out
+    for name in ("gateway", "operator", "simulator"):
+        assert f"stopped {name}" in out
