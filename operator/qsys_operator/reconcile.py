@@ -65,6 +65,7 @@ class Reconciler:
         self._cores: set[Key] = set()
         self._sm_served: bool | None = None
         self._session: aiohttp.ClientSession | None = None
+        self._policy_lists: dict[str, tuple[int, asyncio.Task[list[dict[str, Any]]]]] = {}
 
     # ---- triggers ------------------------------------------------------------
 
@@ -160,8 +161,9 @@ class Reconciler:
 
     async def reconcile(self, namespace: str, name: str) -> None:
         started = time.monotonic()
+        since = time.monotonic_ns()
         body = await self.kube.get_core(namespace, name)
-        policies = await self._policies(namespace, name)
+        policies = await self._policies(namespace, name, since)
         outcome = Outcome()
         for policy in policies:
             outcome.tokens[policy.metadata.name] = await resolve_tokens(self.kube, policy)
@@ -190,9 +192,25 @@ class Reconciler:
         self.metrics.reconcile_total.labels("QSysCore", result).inc()
         self.metrics.reconcile_duration.labels("QSysCore").observe(time.monotonic() - started)
 
-    async def _policies(self, namespace: str, core: str) -> list[AccessPolicy]:
+    async def _list_policies(self, namespace: str, since: int) -> list[dict[str, Any]]:
+        """The namespace's AccessPolicies as listed by a call sent after `since`.
+
+        Reconciles running at once share one list call (instead of one each, which is
+        quadratic with many cores and policies), but only a call sent after the reconcile
+        started, so none reads data older than what triggered it.
+        """
+        entry = self._policy_lists.get(namespace)
+        if entry is None or entry[0] <= since:
+            task = asyncio.get_running_loop().create_task(
+                self.kube.list_custom("accesspolicies", namespace)
+            )
+            entry = (time.monotonic_ns(), task)
+            self._policy_lists[namespace] = entry
+        return await asyncio.shield(entry[1])
+
+    async def _policies(self, namespace: str, core: str, since: int) -> list[AccessPolicy]:
         out = []
-        for raw in await self.kube.list_custom("accesspolicies", namespace):
+        for raw in await self._list_policies(namespace, since):
             if ((raw.get("spec") or {}).get("coreRef") or {}).get("name") != core:
                 continue
             try:
