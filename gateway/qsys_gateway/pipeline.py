@@ -88,6 +88,9 @@ def _method_of(obj: Any) -> str:
 class Pipeline:
     def __init__(self, runtime: Runtime) -> None:
         self.rt = runtime
+        # Labelled children, looked up once: label values are bounded (see metrics.py).
+        self._counters: dict[tuple[str, str, str, str], Any] = {}
+        self._timers: dict[tuple[str, str], Any] = {}
 
     async def call(self, caller: Caller, obj: Any, request_id: str) -> dict[str, Any] | None:
         """Handle one decoded JSON-RPC message; returns the response (None for notifications)."""
@@ -222,6 +225,13 @@ class Pipeline:
         )
 
     def _count(self, label: str, caller: Caller, outcome: str, started: float) -> None:
-        m = self.rt.metrics
-        m.requests.labels(label, caller.subject.name, caller.transport, outcome).inc()
-        m.request_duration.labels(label, caller.transport).observe(time.perf_counter() - started)
+        key = (label, caller.subject.name, caller.transport, outcome)
+        counter = self._counters.get(key)
+        if counter is None:
+            counter = self._counters[key] = self.rt.metrics.requests.labels(*key)
+        counter.inc()
+        tkey = (label, caller.transport)
+        timer = self._timers.get(tkey)
+        if timer is None:
+            timer = self._timers[tkey] = self.rt.metrics.request_duration.labels(*tkey)
+        timer.observe(time.perf_counter() - started)

@@ -106,25 +106,28 @@ class QrcServer:
         status = rt.upstream.engine_status
         if status is not None:
             send(jsonrpc.notification_message("EngineStatus", status))
+        loop = asyncio.get_running_loop()
         try:
-            while not closing.is_set():
-                timeout = IDLE_TIMEOUT if conn.logged_on else LOGON_TIMEOUT
-                try:
-                    data = await asyncio.wait_for(reader.read(65536), timeout)
-                except TimeoutError:
-                    log.info("closing an idle QRC client")
-                    return
-                if not data:
-                    return
-                for frame in decoder.feed(data):
-                    if frame is FRAME_TOO_LARGE:
-                        err = QrcError(
-                            ErrorCode.INVALID_REQUEST, "Invalid request: message too large"
-                        )
-                        send(jsonrpc.error_message(None, err))
-                        continue
-                    assert isinstance(frame, bytes)
-                    await conn.handle_frame(frame)
+            # One deadline, moved before each read, instead of a wait_for task per read.
+            async with asyncio.timeout(None) as deadline:
+                while not closing.is_set():
+                    timeout = IDLE_TIMEOUT if conn.logged_on else LOGON_TIMEOUT
+                    deadline.reschedule(loop.time() + timeout)
+                    data = await reader.read(65536)
+                    deadline.reschedule(None)
+                    if not data:
+                        return
+                    for frame in decoder.feed(data):
+                        if frame is FRAME_TOO_LARGE:
+                            err = QrcError(
+                                ErrorCode.INVALID_REQUEST, "Invalid request: message too large"
+                            )
+                            send(jsonrpc.error_message(None, err))
+                            continue
+                        assert isinstance(frame, bytes)
+                        await conn.handle_frame(frame)
+        except TimeoutError:
+            log.info("closing an idle QRC client")
         finally:
             svc.clients.remove(handle)
             await conn.drain(5.0)
