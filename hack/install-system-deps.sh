@@ -7,6 +7,8 @@ command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 # Lua 5.1: Argo CD runs health checks with gopher-lua (Lua 5.1 semantics);
 # tests/unit/test_argocd_health.py runs docs/argocd/*.lua under it.
 command -v lua5.1 >/dev/null 2>&1 || need+=(lua5.1)
+# openssl: hack/cluster/pki.sh makes the control plane's certificates.
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
 if [ ${#need[@]} -eq 0 ]; then exit 0; fi
 sudo=""
 [ "$(id -u)" -eq 0 ] || sudo="sudo"
