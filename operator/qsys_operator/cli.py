@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ctypes
 import logging
 import os
 import random
@@ -156,7 +157,22 @@ async def run(opts: argparse.Namespace, settings: OperatorSettings) -> None:
         await reconciler.close()
 
 
+M_ARENA_MAX = -8
+
+
+def limit_malloc_arenas(arenas: int = 2) -> None:
+    """Cap glibc's malloc arenas before any worker thread starts.
+
+    Every Kubernetes API call runs in a worker thread, and glibc gives each thread
+    its own arena that keeps freed memory; with the default (8 per core) the
+    operator's RSS grows by tens of MiB at scale for no gain. No-op off glibc.
+    """
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").mallopt(M_ARENA_MAX, arenas)
+
+
 def main(argv: list[str] | None = None) -> int:
+    limit_malloc_arenas()
     opts = parse_args(argv)
     setup_logging(opts.log_level)
     try:

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import functools
 import json
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from kubernetes import client, config
@@ -19,6 +21,9 @@ from .api import GROUP, VERSION
 from .render import Manifest
 
 FIELD_MANAGER = "qsys-operator"
+API_THREADS = 12
+"""Worker threads (and pooled connections) for the blocking client: enough to keep a
+burst of reconciles moving, few enough to stay small."""
 
 # kind -> (API path prefix, plural) of everything the operator applies or deletes.
 RESOURCES: dict[tuple[str, str], tuple[str, str]] = {
@@ -66,7 +71,9 @@ def load_api_client() -> client.ApiClient:
         config.load_kube_config()  # type: ignore[no-untyped-call]
     except config.ConfigException:
         config.load_incluster_config()  # type: ignore[no-untyped-call]
-    return client.ApiClient()
+    cfg = client.Configuration.get_default_copy()
+    cfg.connection_pool_maxsize = API_THREADS
+    return client.ApiClient(cfg)
 
 
 class Kube:
@@ -76,10 +83,16 @@ class Kube:
         self.apps = client.AppsV1Api(api)
         self.custom = client.CustomObjectsApi(api)
         self.ext = client.ApiextensionsV1Api(api)
+        self._pool = ThreadPoolExecutor(API_THREADS, thread_name_prefix="k8s-api")
+
+    async def _thread(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(
+            self._pool, functools.partial(fn, *args, **kwargs)
+        )
 
     async def _call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         kwargs.setdefault("_request_timeout", 30)
-        return await asyncio.to_thread(fn, *args, **kwargs)
+        return await self._thread(fn, *args, **kwargs)
 
     def _raw(self, method: str, path: str, body: Any = None, **query: str) -> Any:
         headers = {"Accept": "application/json"}
@@ -105,7 +118,7 @@ class Kube:
         path = object_path(
             manifest["apiVersion"], manifest["kind"], meta["namespace"], meta["name"]
         )
-        result: dict[str, Any] = await asyncio.to_thread(
+        result: dict[str, Any] = await self._thread(
             self._raw, "PATCH", path, manifest, fieldManager=FIELD_MANAGER, force="true"
         )
         return result
@@ -114,7 +127,7 @@ class Kube:
         """True when something was deleted."""
         path = object_path(api_version, kind, namespace, name)
         try:
-            await asyncio.to_thread(self._raw, "DELETE", path, propagationPolicy="Background")
+            await self._thread(self._raw, "DELETE", path, propagationPolicy="Background")
         except ApiException as exc:
             if exc.status == 404:
                 return False

@@ -34,6 +34,7 @@ log = logging.getLogger("qsys_operator.reconcile")
 Key = tuple[str, str]
 SERVICE_MONITOR_CRD = "servicemonitors.monitoring.coreos.com"
 MAX_BACKOFF_S = 60.0
+MAX_CONCURRENT_RECONCILES = 12
 
 
 @dataclass
@@ -66,6 +67,10 @@ class Reconciler:
         self._sm_served: bool | None = None
         self._session: aiohttp.ClientSession | None = None
         self._policy_lists: dict[str, tuple[int, asyncio.Task[list[dict[str, Any]]]]] = {}
+        # API calls run on a handful of worker threads anyway; bounding reconciles in
+        # flight keeps a burst of hundreds of cores from holding hundreds of half-done
+        # renders and responses in memory at once.
+        self._slots = asyncio.Semaphore(MAX_CONCURRENT_RECONCILES)
 
     # ---- triggers ------------------------------------------------------------
 
@@ -137,7 +142,8 @@ class Reconciler:
             try:
                 if not await self.peering.active():
                     continue
-                await self.reconcile(*key)
+                async with self._slots:
+                    await self.reconcile(*key)
                 self._backoff.pop(key, None)
             except asyncio.CancelledError:
                 raise
