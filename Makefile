@@ -35,6 +35,13 @@ lint: install
 	$(BIN)/ruff check gateway operator simulator tests bench hack
 	$(BIN)/ruff format --check gateway operator simulator tests bench hack
 	$(BIN)/mypy
+	$(BIN)/mypy --explicit-package-bases --cache-dir .mypy_cache/scripts tests/conftest.py bench hack/*.py
+	@# Tests import their directory's helpers by bare name (pytest puts each test directory
+	@# on sys.path) and the directories share basenames (conftest.py): one run per directory.
+	for dir in unit integration e2e; do \
+		MYPYPATH=tests/$$dir $(BIN)/mypy --explicit-package-bases \
+			--cache-dir .mypy_cache/tests-$$dir tests/$$dir || exit 1; \
+	done
 
 test: install lint cluster-tools
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

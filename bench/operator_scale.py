@@ -30,7 +30,7 @@ import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import yaml
 from kubernetes import client, config, utils
@@ -154,6 +154,11 @@ class _Operator:
 # ---- resources -----------------------------------------------------------------------------
 
 
+def _available_replicas(dep: client.V1Deployment) -> int:
+    assert dep.status is not None
+    return dep.status.available_replicas or 0
+
+
 def _apply_crds(api: client.ApiClient) -> None:
     ext = client.ApiextensionsV1Api(api)
     for path in sorted((REPO / "crds").glob("*.yaml")):
@@ -161,12 +166,13 @@ def _apply_crds(api: client.ApiClient) -> None:
         name = body["metadata"]["name"]
         try:
             current = ext.read_custom_resource_definition(name)
+            assert current.metadata is not None
             body["metadata"]["resourceVersion"] = current.metadata.resource_version
             ext.replace_custom_resource_definition(name, body)
         except ApiException as exc:
             if exc.status != 404:
                 raise
-            utils.create_from_dict(api, body)
+            utils.create_from_dict(api, body)  # type: ignore[no-untyped-call]
         deadline = time.monotonic() + 60
         while True:
             crd = ext.read_custom_resource_definition(name)
@@ -216,7 +222,7 @@ def _measure(ctx: BenchContext) -> list[Result]:
         net, custom = client.NetworkingV1Api(api), client.CustomObjectsApi(api)
         _apply_crds(api)
         ns = f"bench-opscale-{uuid.uuid4().hex[:6]}"
-        v1.create_namespace({"metadata": {"name": ns}})
+        v1.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=ns)))
         work = Path(tempfile.mkdtemp(prefix="qsys-bench-operator-"))
         operator: _Operator | None = None
         try:
@@ -243,14 +249,17 @@ def _measure(ctx: BenchContext) -> list[Result]:
             while True:
                 operator.check()
                 now = time.monotonic() - start
-                cores = custom.list_namespaced_custom_object(GROUP, VERSION, ns, "qsyscores")
+                cores = cast(
+                    dict[str, Any],
+                    custom.list_namespaced_custom_object(GROUP, VERSION, ns, "qsyscores"),
+                )
                 for obj in cores["items"]:
                     conds = (obj.get("status") or {}).get("conditions") or []
                     if any(c["type"] == "Ready" and c["status"] == "True" for c in conds):
                         ready_at.setdefault(obj["metadata"]["name"], now)
                 if available_at is None:
                     deps = apps.list_namespaced_deployment(ns).items
-                    available = [d for d in deps if (d.status.available_replicas or 0) >= 1]
+                    available = [d for d in deps if _available_replicas(d) >= 1]
                     if len(available) == CORES:
                         available_at = now
                 if len(ready_at) == CORES:
@@ -274,7 +283,7 @@ def _measure(ctx: BenchContext) -> list[Result]:
                 v1.delete_namespace(ns)
             if operator is not None:
                 operator.stop()
-            api.close()
+            api.close()  # type: ignore[no-untyped-call]
 
     total = sum(counts.values())
     failed = sum(v for (_, result), v in counts.items() if result != "success")

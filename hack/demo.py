@@ -35,7 +35,7 @@ import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import yaml
 from kubernetes import client, config, utils
@@ -181,12 +181,13 @@ def apply_crds(api: client.ApiClient) -> None:
         name = body["metadata"]["name"]
         try:
             current = ext.read_custom_resource_definition(name)
+            assert current.metadata is not None
             body["metadata"]["resourceVersion"] = current.metadata.resource_version
             ext.replace_custom_resource_definition(name, body)
         except ApiException as exc:
             if exc.status != 404:
                 raise
-            utils.create_from_dict(api, body)
+            utils.create_from_dict(api, body)  # type: ignore[no-untyped-call]
 
         def established(n: str = name) -> bool:
             crd = ext.read_custom_resource_definition(n)
@@ -252,7 +253,7 @@ def demo(kubeconfig: str, work: Path, procs: Processes) -> None:
 
     ns = f"qsys-demo-{uuid.uuid4().hex[:6]}"
     step(f"Creating namespace {ns}")
-    v1.create_namespace({"metadata": {"name": ns}})
+    v1.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=ns)))
     try:
         run_in_namespace(api, v1, custom, ns, core_doc, policy_doc, work, procs, kubeconfig)
     finally:
@@ -269,7 +270,8 @@ def _gone(v1: client.CoreV1Api, ns: str) -> bool:
     try:
         v1.read_namespace(ns)
     except ApiException as exc:
-        return exc.status == 404
+        gone: bool = exc.status == 404
+        return gone
     return False
 
 
@@ -344,7 +346,10 @@ def run_in_namespace(
     panel_token = secrets.token_urlsafe(24)
     v1.create_namespaced_secret(
         ns,
-        {"metadata": {"name": "room-101-panel-token"}, "stringData": {"token": panel_token}},
+        client.V1Secret(
+            metadata=client.V1ObjectMeta(name="room-101-panel-token"),
+            string_data={"token": panel_token},
+        ),
     )
     info("Secret room-101-panel-token (the room panel's own token, as the example expects)")
     core_doc["spec"]["core"]["port"] = sim_port
@@ -373,7 +378,11 @@ def run_in_namespace(
         ("NetworkPolicy", net.read_namespaced_network_policy, gateway),
         ("PodDisruptionBudget", pdb.read_namespaced_pod_disruption_budget, gateway),
     ):
-        wait_for(f"{kind} {child}", lambda f=fn, c=child: _read(f, c), timeout=60)
+
+        def present(f: Callable[..., Any] = fn, c: str = child) -> Any:
+            return _read(f, c)
+
+        wait_for(f"{kind} {child}", present, timeout=60)
         info(f"{kind} {child}")
     token_secret = f"{policy_name}-ai-agent-token"
     token = wait_for(
@@ -421,16 +430,18 @@ def run_in_namespace(
 
     def core_ready() -> dict[str, Any] | None:
         check_running("qsys-operator", operator, op_log)
-        obj: dict[str, Any] = custom.get_namespaced_custom_object(
-            GROUP, VERSION, ns, "qsyscores", core_name
+        obj = cast(
+            dict[str, Any],
+            custom.get_namespaced_custom_object(GROUP, VERSION, ns, "qsyscores", core_name),
         )
         return obj if conditions(obj).get("Ready", {}).get("status") == "True" else None
 
     core = wait_for(f"QSysCore {core_name} Ready", core_ready, timeout=90)
 
     def policy_ready() -> dict[str, Any] | None:
-        obj: dict[str, Any] = custom.get_namespaced_custom_object(
-            GROUP, VERSION, ns, "accesspolicies", policy_name
+        obj = cast(
+            dict[str, Any],
+            custom.get_namespaced_custom_object(GROUP, VERSION, ns, "accesspolicies", policy_name),
         )
         return obj if conditions(obj).get("Ready", {}).get("status") == "True" else None
 

@@ -18,10 +18,10 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import yaml
-from kube_support import REPO, Cluster, wait_for
+from kube_support import REPO, Cluster, must, wait_for
 from kubernetes import client, utils
 from kubernetes.client.exceptions import ApiException
 
@@ -44,12 +44,12 @@ def apply_crds(cluster: Cluster, paths: list[Path] | None = None) -> None:
         name = body["metadata"]["name"]
         try:
             current = ext.read_custom_resource_definition(name)
-            body["metadata"]["resourceVersion"] = current.metadata.resource_version
+            body["metadata"]["resourceVersion"] = must(current.metadata).resource_version
             ext.replace_custom_resource_definition(name, body)
         except ApiException as exc:
             if exc.status != 404:
                 raise
-            utils.create_from_dict(cluster.api, body)
+            utils.create_from_dict(cluster.api, body)  # type: ignore[no-untyped-call]
 
         def established(n: str = name) -> bool:
             crd = ext.read_custom_resource_definition(n)
@@ -108,7 +108,8 @@ class Operator:
             with urllib.request.urlopen(
                 f"http://127.0.0.1:{self.health_port}/healthz", timeout=1
             ) as r:
-                return r.status == 200
+                ok: bool = r.status == 200
+                return ok
         except OSError:
             return False
 
@@ -116,7 +117,8 @@ class Operator:
         with urllib.request.urlopen(
             f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5
         ) as r:
-            return r.read().decode()
+            text: str = r.read().decode()
+            return text
 
     def output(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
@@ -179,7 +181,8 @@ class StandInGateway:
                 raise RuntimeError(f"gateway exited: {self.stderr.read_text()[-2000:]}")
             try:
                 with urllib.request.urlopen(f"{self.url}/readyz", timeout=1) as r:
-                    return r.status == 200
+                    ok: bool = r.status == 200
+                    return ok
             except OSError:
                 return False
 
@@ -214,15 +217,18 @@ class StandInGateway:
 
 def create(cluster: Cluster, ns: str, body: dict[str, Any]) -> dict[str, Any]:
     api = client.CustomObjectsApi(cluster.api)
-    out: dict[str, Any] = api.create_namespaced_custom_object(
-        GROUP, VERSION, ns, PLURALS[body["kind"]], body
+    out = cast(
+        dict[str, Any],
+        api.create_namespaced_custom_object(GROUP, VERSION, ns, PLURALS[body["kind"]], body),
     )
     return out
 
 
 def get(cluster: Cluster, ns: str, kind: str, name: str) -> dict[str, Any]:
     api = client.CustomObjectsApi(cluster.api)
-    out: dict[str, Any] = api.get_namespaced_custom_object(GROUP, VERSION, ns, PLURALS[kind], name)
+    out = cast(
+        dict[str, Any], api.get_namespaced_custom_object(GROUP, VERSION, ns, PLURALS[kind], name)
+    )
     return out
 
 

@@ -19,7 +19,7 @@ import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import yaml
@@ -192,16 +192,16 @@ def _chart_process(
     dep: client.V1Deployment, kubeconfig: Path, log: Path
 ) -> tuple[list[str], dict[str, str], int, int]:
     """The operator command line and environment of the chart's Deployment, on loopback."""
-    (container,) = dep.spec.template.spec.containers
+    (container,) = must(dep.spec.template.spec).containers
     health, metrics = free_port(), free_port()
     args = []
-    for arg in container.args:
+    for arg in must(container.args):
         if arg.startswith("--metrics-address="):
             arg = f"--metrics-address=127.0.0.1:{metrics}"
         elif arg.startswith("--health-address="):
             arg = f"--health-address=127.0.0.1:{health}"
         args.append(arg)
-    env = {e.name: e.value or "" for e in container.env}
+    env = {e.name: e.value or "" for e in must(container.env)}
     full_env = {
         "PATH": os.environ.get("PATH", ""),
         "HOME": os.environ.get("HOME", "/tmp"),
@@ -233,7 +233,8 @@ class OperatorProcess:
             raise RuntimeError(f"operator exited {self.proc.returncode}: {self.output()[-3000:]}")
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{self.health}/healthz", timeout=1) as r:
-                return r.status == 200
+                ok: bool = r.status == 200
+                return ok
         except OSError:
             return False
 
@@ -274,7 +275,7 @@ def other(cluster: Cluster) -> Iterator[str]:
 def _available(release: Release, replicas: int) -> client.V1Deployment:
     def probe() -> client.V1Deployment | None:
         dep = release.deployment()
-        return dep if (dep.status.available_replicas or 0) >= replicas else None
+        return dep if (must(dep.status).available_replicas or 0) >= replicas else None
 
     return wait_for("operator Deployment available", probe, timeout=TIMEOUT_S)
 
@@ -287,7 +288,7 @@ def test_namespaced_install_rbac_is_sufficient_and_not_excessive(
         dep = _available(release, 2)
         # With kwok no container runs; the pods are scheduled and count as available.
         assert dep.spec.replicas == 2
-        assert dep.spec.template.spec.service_account_name == release.fullname
+        assert must(dep.spec.template.spec).service_account_name == release.fullname
 
         kubeconfig = release.token_kubeconfig(tmp_path)
         argv, env, health, _ = _chart_process(dep, kubeconfig, tmp_path / "op.log")
@@ -348,8 +349,11 @@ def test_namespaced_install_rbac_is_sufficient_and_not_excessive(
             assert core["status"]["subjects"] == 1
 
             # Peering under the chart's RBAC: the KopfPeering of the watched namespace exists.
-            peering = client.CustomObjectsApi(cluster.api).get_namespaced_custom_object(
-                "kopf.dev", "v1", watched, "kopfpeerings", release.fullname
+            peering = cast(
+                dict[str, Any],
+                client.CustomObjectsApi(cluster.api).get_namespaced_custom_object(
+                    "kopf.dev", "v1", watched, "kopfpeerings", release.fullname
+                ),
             )
             assert peering["metadata"]["name"] == release.fullname
             log = op.output()
@@ -406,7 +410,7 @@ def test_cluster_wide_install_grants_only_the_operator_verbs(
 ) -> None:
     with Release(cluster, []) as release:
         dep = _available(release, 1)
-        assert "--standalone" in dep.spec.template.spec.containers[0].args
+        assert "--standalone" in must(must(dep.spec.template.spec).containers[0].args)
         sa = release.token_kubeconfig(tmp_path)
         for d in (
             ("list", "qsyscores.qsys.dev", "--all-namespaces"),

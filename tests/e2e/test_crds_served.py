@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import yaml
-from kube_support import REPO, Cluster, api_error, wait_for
+from kube_support import REPO, Cluster, api_error, must, wait_for
 from kubernetes import client, utils
 from kubernetes.client.exceptions import ApiException
 
@@ -43,13 +43,18 @@ def crds(cluster: Cluster) -> None:
         name = body["metadata"]["name"]
         try:
             current = ext.read_custom_resource_definition(name)
-            body["metadata"]["resourceVersion"] = current.metadata.resource_version
-            ext.replace_custom_resource_definition(name, body)
+            body["metadata"]["resourceVersion"] = must(current.metadata).resource_version
+            # The client serialises a plain-dict body as is; its annotation names only the model.
+            ext.replace_custom_resource_definition(name, body)  # type: ignore[arg-type]
         except ApiException as exc:
             if exc.status != 404:
                 raise
-            utils.create_from_dict(cluster.api, body)
-        wait_for(f"CRD {name} Established", lambda n=name: _established(ext, n), timeout=60)
+            utils.create_from_dict(cluster.api, body)  # type: ignore[no-untyped-call]
+
+        def established(n: str = name) -> bool:
+            return _established(ext, n)
+
+        wait_for(f"CRD {name} Established", established, timeout=60)
 
 
 @pytest.fixture
@@ -63,7 +68,9 @@ def _example(name: str) -> dict[str, Any]:
 
 def _create(api: client.CustomObjectsApi, ns: str, body: dict[str, Any]) -> dict[str, Any]:
     plural = {"QSysCore": "qsyscores", "AccessPolicy": "accesspolicies"}[body["kind"]]
-    created: dict[str, Any] = api.create_namespaced_custom_object(GROUP, VERSION, ns, plural, body)
+    created = cast(
+        dict[str, Any], api.create_namespaced_custom_object(GROUP, VERSION, ns, plural, body)
+    )
     return created
 
 
@@ -77,7 +84,7 @@ def test_crds_established_with_names(cluster: Cluster, crds: None) -> None:
     ext = client.ApiextensionsV1Api(cluster.api)
     core = ext.read_custom_resource_definition("qsyscores.qsys.dev")
     assert core.spec.names.short_names == ["qcore"]
-    assert "qsys" in core.spec.names.categories
+    assert "qsys" in must(core.spec.names.categories)
     policy = ext.read_custom_resource_definition("accesspolicies.qsys.dev")
     assert policy.spec.names.short_names == ["qpol"]
 
@@ -197,8 +204,11 @@ def test_status_is_a_subresource(objects: client.CustomObjectsApi, namespace: st
     core["status"] = {"subjects": 7}
     created = _create(objects, namespace, core)
     assert "subjects" not in created.get("status", {})
-    patched = objects.patch_namespaced_custom_object_status(
-        GROUP, VERSION, namespace, "qsyscores", "auditorium", {"status": {"subjects": 3}}
+    patched = cast(
+        dict[str, Any],
+        objects.patch_namespaced_custom_object_status(
+            GROUP, VERSION, namespace, "qsyscores", "auditorium", {"status": {"subjects": 3}}
+        ),
     )
     assert patched["status"]["subjects"] == 3
 
@@ -214,4 +224,6 @@ def test_rendered_children_accepted_by_server(cluster: Cluster, namespace: str) 
         body = copy.deepcopy(manifest)
         body["metadata"]["namespace"] = namespace
         body["metadata"].pop("ownerReferences")  # the owner does not exist here
-        utils.create_from_dict(cluster.api, body, namespace=namespace, dry_run="All")
+        utils.create_from_dict(  # type: ignore[no-untyped-call]
+            cluster.api, body, namespace=namespace, dry_run="All"
+        )

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
-from kube_support import Cluster, wait_for
+from kube_support import Cluster, must, wait_for
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from operator_support import (
@@ -106,7 +107,7 @@ def test_children_drift_update_and_cascade(
     }
 
     # Status: available replicas reflected, subjects counted, ServiceMonitor absence explained.
-    def gateway_ready() -> dict[str, object] | None:
+    def gateway_ready() -> dict[str, Any] | None:
         obj = get(cluster, ns, "QSysCore", "hall")
         status = obj.get("status") or {}
         return obj if (status.get("gateway") or {}).get("readyReplicas") == 2 else None
@@ -140,13 +141,13 @@ def test_children_drift_update_and_cascade(
     # Idempotent: nothing is rewritten while nothing changes (the Deployment's status
     # is the controllers' to update, so its spec generation is compared).
     rv = {
-        "dep": apps.read_namespaced_deployment("hall-gateway", ns).metadata.generation,
-        "cfg": v1.read_namespaced_secret("hall-gateway-config", ns).metadata.resource_version,
+        "dep": must(apps.read_namespaced_deployment("hall-gateway", ns).metadata).generation,
+        "cfg": _rv(v1.read_namespaced_secret("hall-gateway-config", ns)),
     }
     time.sleep(3)  # three resyncs
     assert rv == {
-        "dep": apps.read_namespaced_deployment("hall-gateway", ns).metadata.generation,
-        "cfg": v1.read_namespaced_secret("hall-gateway-config", ns).metadata.resource_version,
+        "dep": must(apps.read_namespaced_deployment("hall-gateway", ns).metadata).generation,
+        "cfg": _rv(v1.read_namespaced_secret("hall-gateway-config", ns)),
     }
 
     # A policy change re-renders the config but does not restart pods.
@@ -154,7 +155,7 @@ def test_children_drift_update_and_cascade(
     patch(cluster, ns, "AccessPolicy", "ops", {"spec": {"rules": [{"methods": ["NoOp"]}]}})
     wait_for("config re-rendered", lambda: "NoOp" in (_config(cluster, ns, "hall") or ""))
     dep2 = apps.read_namespaced_deployment("hall-gateway", ns)
-    assert dep2.spec.template.metadata.annotations["qsys.dev/restart-hash"] == restart
+    assert must(must(dep2.spec.template.metadata).annotations)["qsys.dev/restart-hash"] == restart
 
     # A spec change rolls out; replicas 1 drops the PDB.
     patch(cluster, ns, "QSysCore", "hall", {"spec": {"gateway": {"replicas": 1}}})
@@ -186,7 +187,11 @@ def test_policy_first_tokens_real_gateway_and_core_connection(
     ns = namespace
     v1 = client.CoreV1Api(cluster.api)
     v1.create_namespaced_secret(
-        ns, {"metadata": {"name": "byo"}, "stringData": {"token": "byo-token-one-0123456789"}}
+        ns,
+        client.V1Secret(
+            metadata=client.V1ObjectMeta(name="byo"),
+            string_data={"token": "byo-token-one-0123456789"},
+        ),
     )
     create(
         cluster,
@@ -250,6 +255,7 @@ def test_policy_first_tokens_real_gateway_and_core_connection(
             lambda: (c := _config(cluster, ns, "room")) != config and c,
             timeout=30,
         )
+        assert isinstance(new, str)
         gw.write(new)
         wait_for("new BYO token", lambda: gw.rpc("byo-two-987654", "StatusGet")[0] == 200)
         assert gw.rpc("byo-token-one-0123456789", "StatusGet")[0] == 401
@@ -314,17 +320,15 @@ def test_restart_mid_work_and_two_replicas(
         tokens = [
             s
             for s in v1.list_namespaced_secret(ns).items
-            if s.metadata.name.startswith("p-") and s.metadata.name.endswith("-token")
+            if _name(s).startswith("p-") and _name(s).endswith("-token")
         ]
-        assert sorted(s.metadata.name for s in tokens) == [f"p-s{i}-token" for i in range(6)]
-        before = {s.metadata.name: s.metadata.resource_version for s in tokens}
-        cfg = v1.read_namespaced_secret("pair-gateway-config", ns).metadata.resource_version
+        assert sorted(_name(s) for s in tokens) == [f"p-s{i}-token" for i in range(6)]
+        before = {_name(s): _rv(s) for s in tokens}
+        cfg = _rv(v1.read_namespaced_secret("pair-gateway-config", ns))
         time.sleep(4)  # both replicas alive: nothing flaps
-        assert v1.read_namespaced_secret("pair-gateway-config", ns).metadata.resource_version == cfg
+        assert _rv(v1.read_namespaced_secret("pair-gateway-config", ns)) == cfg
         after = {
-            s.metadata.name: s.metadata.resource_version
-            for s in v1.list_namespaced_secret(ns).items
-            if s.metadata.name in before
+            _name(s): _rv(s) for s in v1.list_namespaced_secret(ns).items if _name(s) in before
         }
         assert after == before
         logs = b.output() + c.output()
@@ -334,9 +338,18 @@ def test_restart_mid_work_and_two_replicas(
 _NONE = type("_None", (), {"metadata": type("_M", (), {"uid": None})()})()
 
 
-def _get(fn: object, *args: object) -> object | None:
+def _name(obj: client.V1Secret) -> str:
+    return must(must(obj.metadata).name)
+
+
+def _rv(obj: client.V1Secret) -> str | None:
+    return must(obj.metadata).resource_version
+
+
+def _get(fn: Callable[..., Any], *args: object) -> Any:
+    """fn(*args), or None on 404: an API model or, for custom objects, a JSON-like dict."""
     try:
-        return fn(*args)  # type: ignore[operator]
+        return fn(*args)
     except ApiException as exc:
         if exc.status == 404:
             return None
@@ -347,7 +360,7 @@ def _pod_ip(cluster: Cluster, ns: str, core: str) -> str | None:
     pods = client.CoreV1Api(cluster.api).list_namespaced_pod(
         ns, label_selector=f"app.kubernetes.io/instance={core}"
     )
-    ready = [p.status.pod_ip for p in pods.items if p.status.pod_ip]
+    ready = [must(p.status).pod_ip for p in pods.items if must(p.status).pod_ip]
     return ready[0] if ready else None
 
 

@@ -117,6 +117,7 @@ async def test_every_write_and_denial_audited_once_and_no_token_anywhere(
         await qrc.call("Logon", {"User": "admin", "Password": ADMIN_TOKEN})
         await qrc.call("Control.Set", {"Name": "LobbyMusicOn", "Value": 0})
         denied = await qrc.request("PA.PageSubmit", {})
+        assert denied.error is not None
         assert denied.error["code"] == -32003
         await qrc.call("Control.Get", ["LobbyMusicOn"])  # a read: not audited
     finally:

@@ -42,12 +42,15 @@ async def test_logon(shared_gateway: Gateway) -> None:
         bad = await client.request("Logon", {"User": "panel", "Password": ADMIN_TOKEN})
         assert bad.error is not None
         assert bad.error["code"] == -32001
-        assert (await client.request("Control.Get", ["LobbyMusicLevel"])).error["code"] == 10
+        locked = await client.request("Control.Get", ["LobbyMusicLevel"])
+        assert locked.error is not None
+        assert locked.error["code"] == 10
         ok = await client.request("Logon", {"User": "panel", "Password": PANEL_TOKEN})
         assert ok.result is True
         got = await client.call("Control.Get", ["LobbyMusicLevel"])
         assert got[0]["Name"] == "LobbyMusicLevel"
         denied = await client.request("Control.Get", ["MainGain"])
+        assert denied.error is not None
         assert denied.error["code"] == -32003
         again = await client.request("Logon", {"User": "panel", "Password": PANEL_TOKEN})
         assert again.error is not None
@@ -56,7 +59,7 @@ async def test_logon(shared_gateway: Gateway) -> None:
 
 
 async def _read_frames(reader: asyncio.StreamReader, n: int, timeout: float = 10) -> list[bytes]:
-    frames = []
+    frames: list[bytes] = []
     async with asyncio.timeout(timeout):
         while len(frames) < n:
             frame = await reader.readuntil(b"\x00")

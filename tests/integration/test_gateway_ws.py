@@ -99,7 +99,7 @@ async def test_bad_input_on_websocket(shared_gateway: Gateway, http: aiohttp.Cli
         await ws.send_json(call("Component.Set", {"Name": 1}, 5))
         assert (await reply(ws, 5))["error"]["code"] == -32602
         await ws.send_json([call("NoOp", {}, 10), call("Snapshot.Bogus", {}, 11)])
-        got = {}
+        got: dict[int, Any] = {}
         async with asyncio.timeout(10):
             while len(got) < 2:
                 msg = await recv(ws)
