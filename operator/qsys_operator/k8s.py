@@ -134,15 +134,11 @@ class Kube:
             raise
         return True
 
-    async def get_core(self, namespace: str, name: str) -> dict[str, Any] | None:
+    async def get_custom(self, plural: str, namespace: str, name: str) -> dict[str, Any] | None:
+        """One of our own resources, or None when it does not exist."""
         try:
             obj: dict[str, Any] = await self._call(
-                self.custom.get_namespaced_custom_object,
-                GROUP,
-                VERSION,
-                namespace,
-                "qsyscores",
-                name,
+                self.custom.get_namespaced_custom_object, GROUP, VERSION, namespace, plural, name
             )
         except ApiException as exc:
             if exc.status == 404:
@@ -150,21 +146,11 @@ class Kube:
             raise
         return obj
 
+    async def get_core(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return await self.get_custom("qsyscores", namespace, name)
+
     async def get_policy(self, namespace: str, name: str) -> dict[str, Any] | None:
-        try:
-            obj: dict[str, Any] = await self._call(
-                self.custom.get_namespaced_custom_object,
-                GROUP,
-                VERSION,
-                namespace,
-                "accesspolicies",
-                name,
-            )
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
-        return obj
+        return await self.get_custom("accesspolicies", namespace, name)
 
     async def list_custom(self, plural: str, namespace: str | None) -> list[dict[str, Any]]:
         if namespace:
