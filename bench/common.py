@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import os
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
 import orjson
+import yaml
 
 from qsys_gateway.qrc.framing import FrameDecoder
 
@@ -144,6 +147,80 @@ def sim_process(*args: str) -> Iterator[int]:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(5)
+
+
+def gateway_config(
+    core_port: int, *, token: str, methods: list[str], max_clients: int
+) -> dict[str, Any]:
+    """A gateway config on free loopback ports with one subject and a limiter too generous
+    to throttle a benchmark."""
+    return {
+        "core": {"host": LOOPBACK, "port": core_port, "requestTimeoutSeconds": 5},
+        "listen": {
+            "host": LOOPBACK,
+            "http": free_port(),
+            "qrc": free_port(),
+            "metrics": free_port(),
+        },
+        "limits": {
+            "maxClients": max_clients,
+            "rate": {"requestsPerSecond": 100000, "burst": 100000},
+            "storage": "memory",
+        },
+        "audit": {"logReads": False, "path": "-"},
+        "subjects": [
+            {
+                "name": "bench",
+                "tokenSha256": hashlib.sha256(token.encode()).hexdigest(),
+                "rules": [{"methods": methods}],
+            }
+        ],
+    }
+
+
+@contextlib.contextmanager
+def gateway_process(
+    config: dict[str, Any], ready: Callable[[dict[str, Any]], bool] | None = None
+) -> Iterator[int]:
+    """`qsys-gateway` with `config`; yields its pid once `ready(config)` holds (at once when
+    None), always stops the process. Its output goes to files in a temporary directory."""
+    with tempfile.TemporaryDirectory(prefix="qsys-bench-") as tmp:
+        path = Path(tmp) / "gateway.yaml"
+        path.write_text(yaml.safe_dump(config), "utf-8")
+        cmd = [str(VENV_BIN / "qsys-gateway"), "--config", str(path), "--log-level", "WARNING"]
+        with (
+            open(Path(tmp) / "stdout", "wb") as out,
+            open(Path(tmp) / "stderr", "wb") as err,
+        ):
+            proc = subprocess.Popen(cmd, stdout=out, stderr=err, env={**os.environ})
+        try:
+            deadline = time.monotonic() + 20
+            while ready is not None:
+                if proc.poll() is not None:
+                    tail = (Path(tmp) / "stderr").read_text("utf-8", "replace")[-2000:]
+                    raise RuntimeError(f"qsys-gateway exited with {proc.returncode}: {tail}")
+                with contextlib.suppress(OSError):
+                    if ready(config):
+                        break
+                if time.monotonic() > deadline:
+                    raise TimeoutError("qsys-gateway did not become ready")
+                time.sleep(0.1)
+            yield proc.pid
+        finally:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(5)
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for pid {pid}")
 
 
 LOGON_ID = 0

@@ -6,26 +6,27 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import itertools
 import os
 import resource
-import signal
-import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
-
-import yaml
 
 from qsys_core_sim.server import CoreSimulator
 from qsys_gateway.qrc import jsonrpc
 from qsys_gateway.qrc.client import QrcClient
 from qsys_gateway.qrc.errors import QrcError
 
-from .common import LOOPBACK, VENV_BIN, BenchContext, Result, cpu_seconds, free_port
+from .common import (
+    LOOPBACK,
+    BenchContext,
+    Result,
+    cpu_seconds,
+    gateway_config,
+    gateway_process,
+    rss_kib,
+)
 
 TOKEN = "fanout-token-3b7e1d9c5a2f4e6b8d0c"
 MIXERS = ["Room101 Mixer", "Room102 Mixer", "Auditorium Mixer"]
@@ -35,57 +36,18 @@ CLIENT_COUNTS = (10, 100, 1000)
 TARGET_P99_MS = 100.0 + AUTOPOLL_RATE * 1000
 
 
-def _config(core_port: int) -> dict[str, Any]:
-    return {
-        "core": {"host": LOOPBACK, "port": core_port, "requestTimeoutSeconds": 5},
-        "listen": {
-            "host": LOOPBACK,
-            "http": free_port(),
-            "qrc": free_port(),
-            "metrics": free_port(),
-        },
-        "limits": {
-            "maxClients": 1500,
-            "rate": {"requestsPerSecond": 100000, "burst": 100000},
-            "storage": "memory",
-        },
-        "audit": {"logReads": False, "path": "-"},
-        "subjects": [
-            {
-                "name": "bench",
-                "tokenSha256": hashlib.sha256(TOKEN.encode()).hexdigest(),
-                "rules": [{"methods": ["NoOp", "ChangeGroup.*", "Component.Get"]}],
-            }
-        ],
-    }
-
-
 @contextlib.contextmanager
 def _gateway(core_port: int) -> Iterator[tuple[int, int]]:
-    """A gateway process; yields (pid, qrc port) once its QRC listener accepts."""
-    with tempfile.TemporaryDirectory(prefix="qsys-fanout-") as tmp:
-        config = _config(core_port)
-        path = Path(tmp) / "gateway.yaml"
-        path.write_text(yaml.safe_dump(config), "utf-8")
-        cmd = [str(VENV_BIN / "qsys-gateway"), "--config", str(path), "--log-level", "WARNING"]
-        with open(Path(tmp) / "out", "wb") as out:
-            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
-        try:
-            yield proc.pid, config["listen"]["qrc"]
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
-
-
-def _rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
+    """A gateway process; yields (pid, qrc port) at once (clients retry until it listens:
+    the simulator runs on this process's event loop, so a blocking wait would starve it)."""
+    config = gateway_config(
+        core_port,
+        token=TOKEN,
+        methods=["NoOp", "ChangeGroup.*", "Component.Get"],
+        max_clients=1500,
+    )
+    with gateway_process(config) as pid:
+        yield pid, config["listen"]["qrc"]
 
 
 def _controls(sim: CoreSimulator, mixer: str) -> list[str]:
@@ -176,7 +138,7 @@ async def _scenario(ctx: BenchContext, n: int) -> tuple[Result, str]:
             core_polls = (sim.engine.polls - polls0) / seconds
             cpu = (cpu_seconds(pid) - cpu0) / seconds
             groups = sim.engine.change_group_count
-            rss = _rss_kib(pid)
+            rss = rss_kib(pid)
             for c in clients:
                 c.measuring = False
             await asyncio.gather(

@@ -12,13 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import os
 import resource
-import signal
 import socket
-import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -27,20 +23,20 @@ from typing import Any, cast
 
 import aiohttp
 import orjson
-import yaml
 
 from qsys_gateway.qrc.framing import FrameDecoder
 
 from .common import (
     LOOPBACK,
-    VENV_BIN,
     BenchContext,
     QrcLoad,
     Result,
     cpu_seconds,
-    free_port,
+    rss_kib,
     sim_process,
 )
+from .common import gateway_config as common_gateway_config
+from .common import gateway_process as common_gateway_process
 
 SUBJECT = "bench"
 TOKEN = "bench-token-5f0c2a9e7d1b4c3a8e6f"
@@ -72,33 +68,8 @@ class GatewayProcess:
     qrc: int
 
 
-def _gateway_config(core_port: int) -> dict[str, Any]:
-    return {
-        "core": {"host": LOOPBACK, "port": core_port, "requestTimeoutSeconds": 5},
-        "listen": {
-            "host": LOOPBACK,
-            "http": free_port(),
-            "qrc": free_port(),
-            "metrics": free_port(),
-        },
-        "limits": {
-            "maxClients": IDLE_CLIENTS + 100,
-            # generous: the limiter must not throttle the benchmark
-            "rate": {"requestsPerSecond": 100000, "burst": 100000},
-            "storage": "memory",
-        },
-        "audit": {"logReads": False, "path": "-"},
-        "subjects": [
-            {
-                "name": SUBJECT,
-                "tokenSha256": hashlib.sha256(TOKEN.encode()).hexdigest(),
-                "rules": [{"methods": [METHOD]}],
-            }
-        ],
-    }
-
-
-def _healthy(port: int) -> bool:
+def _healthy(config: dict[str, Any]) -> bool:
+    port = config["listen"]["http"]
     with socket.create_connection((LOOPBACK, port), 0.5) as s:
         s.sendall(b"GET /healthz HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")
         data = b""
@@ -109,47 +80,12 @@ def _healthy(port: int) -> bool:
 
 @contextlib.contextmanager
 def gateway_process(core_port: int) -> Iterator[GatewayProcess]:
-    """`qsys-gateway` in front of the simulator on `core_port`; waits until it is healthy
-    (upstream connected), always stops the process. Its output goes to files."""
-    with tempfile.TemporaryDirectory(prefix="qsys-bench-") as tmp:
-        config = _gateway_config(core_port)
-        path = Path(tmp) / "gateway.yaml"
-        path.write_text(yaml.safe_dump(config), "utf-8")
-        listen = config["listen"]
-        cmd = [str(VENV_BIN / "qsys-gateway"), "--config", str(path), "--log-level", "WARNING"]
-        with (
-            open(Path(tmp) / "stdout", "wb") as out,
-            open(Path(tmp) / "stderr", "wb") as err,
-        ):
-            proc = subprocess.Popen(cmd, stdout=out, stderr=err, env={**os.environ})
-        try:
-            deadline = time.monotonic() + 20
-            while True:
-                if proc.poll() is not None:
-                    tail = (Path(tmp) / "stderr").read_text("utf-8", "replace")[-2000:]
-                    raise RuntimeError(f"qsys-gateway exited with {proc.returncode}: {tail}")
-                with contextlib.suppress(OSError):
-                    if _healthy(listen["http"]):
-                        break
-                if time.monotonic() > deadline:
-                    raise TimeoutError("qsys-gateway did not become healthy")
-                time.sleep(0.1)
-            yield GatewayProcess(proc.pid, listen["http"], listen["qrc"])
-        finally:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(5)
-
-
-def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise RuntimeError(f"no VmRSS for pid {pid}")
+    """`qsys-gateway` in front of the simulator on `core_port`, once healthy (upstream up)."""
+    config = common_gateway_config(
+        core_port, token=TOKEN, methods=[METHOD], max_clients=IDLE_CLIENTS + 100
+    )
+    with common_gateway_process(config, _healthy) as pid:
+        yield GatewayProcess(pid, config["listen"]["http"], config["listen"]["qrc"])
 
 
 def open_files_limit(pid: int) -> str:
