@@ -76,13 +76,6 @@ class Gateway:
         tls = tls_context(listen.tls)
         await self.upstream.start()
         self.sessions.start()
-        self._runner = web.AppRunner(
-            build_app(self.services, self.sessions), access_log=None, handle_signals=False
-        )
-        await self._runner.setup()
-        await web.TCPSite(
-            self._runner, listen.host, listen.http, ssl_context=tls, reuse_address=True
-        ).start()
         metrics_app = web.Application()
         metrics_app.router.add_get("/metrics", self._serve_metrics)
         metrics_app.router.add_get("/corez", self._serve_corez)
@@ -94,6 +87,14 @@ class Gateway:
         if listen.qrc is not None:
             self._qrc = QrcServer(self.services, listen.host, listen.qrc, tls)
             await self._qrc.start()
+        # HTTP last: once /readyz answers, every listener is up.
+        self._runner = web.AppRunner(
+            build_app(self.services, self.sessions), access_log=None, handle_signals=False
+        )
+        await self._runner.setup()
+        await web.TCPSite(
+            self._runner, listen.host, listen.http, ssl_context=tls, reuse_address=True
+        ).start()
         if self.watcher is not None:
             self._tasks.append(asyncio.get_running_loop().create_task(self.watcher.run()))
         log.info(
