@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from .metrics import GatewayMetrics
@@ -16,7 +16,6 @@ class ClientHandle:
     send: Callable[[dict[str, Any]], None]
     close: Callable[[], Awaitable[None]]
     subject: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class ClientRegistry:

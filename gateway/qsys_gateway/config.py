@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import yaml
 from pydantic import (
@@ -184,6 +184,3 @@ def load_config(path: str | Path) -> GatewayConfig:
 def dump_config(config: GatewayConfig) -> str:
     """Serialise for `gateway.yaml` (the operator writes this into the config Secret)."""
     return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
-
-
-Transport = Literal["http", "ws", "qrc"]

@@ -134,16 +134,20 @@ class Kube:
             raise
         return True
 
-    async def get_custom(self, plural: str, namespace: str, name: str) -> dict[str, Any] | None:
-        """One of our own resources, or None when it does not exist."""
+    async def _read(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """A read that answers None when the object does not exist."""
         try:
-            obj: dict[str, Any] = await self._call(
-                self.custom.get_namespaced_custom_object, GROUP, VERSION, namespace, plural, name
-            )
+            return await self._call(fn, *args)
         except ApiException as exc:
             if exc.status == 404:
                 return None
             raise
+
+    async def get_custom(self, plural: str, namespace: str, name: str) -> dict[str, Any] | None:
+        """One of our own resources, or None when it does not exist."""
+        obj: dict[str, Any] | None = await self._read(
+            self.custom.get_namespaced_custom_object, GROUP, VERSION, namespace, plural, name
+        )
         return obj
 
     async def get_core(self, namespace: str, name: str) -> dict[str, Any] | None:
@@ -178,15 +182,10 @@ class Kube:
         )
 
     async def read_secret(self, namespace: str, name: str) -> client.V1Secret | None:
-        try:
-            secret: client.V1Secret = await self._call(
-                self.core.read_namespaced_secret, name, namespace
-            )
-            return secret
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
+        secret: client.V1Secret | None = await self._read(
+            self.core.read_namespaced_secret, name, namespace
+        )
+        return secret
 
     async def create(self, manifest: Manifest) -> bool:
         """Create a core/v1 object; False when it exists already (never overwritten)."""
@@ -201,15 +200,10 @@ class Kube:
         return True
 
     async def read_deployment(self, namespace: str, name: str) -> client.V1Deployment | None:
-        try:
-            dep: client.V1Deployment = await self._call(
-                self.apps.read_namespaced_deployment, name, namespace
-            )
-            return dep
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
+        dep: client.V1Deployment | None = await self._read(
+            self.apps.read_namespaced_deployment, name, namespace
+        )
+        return dep
 
     async def list_pods(self, namespace: str, selector: str) -> list[client.V1Pod]:
         pods = await self._call(self.core.list_namespaced_pod, namespace, label_selector=selector)

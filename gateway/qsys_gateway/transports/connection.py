@@ -29,13 +29,13 @@ class ClientConnection:
         svc: Services,
         handle: ClientHandle,
         *,
-        open_methods: frozenset[str],
+        answers_before_logon: bool,
         pre_logon_error: int,
     ) -> None:
         self.svc = svc
         self.handle = handle
         self.caller: Caller | None = None
-        self._open_methods = open_methods
+        self._answers_before_logon = answers_before_logon
         self._pre_logon_error = pre_logon_error
         self._slots = asyncio.Semaphore(MAX_IN_FLIGHT)
         self._tasks: set[asyncio.Task[None]] = set()
@@ -133,9 +133,9 @@ class ClientConnection:
                 return
             self.log_on(subject)
             result = True
-        elif msg.method in self._open_methods and msg.method == "NoOp":
+        elif self._answers_before_logon and msg.method == "NoOp":
             result = True
-        elif msg.method in self._open_methods and msg.method == "StatusGet":
+        elif self._answers_before_logon and msg.method == "StatusGet":
             status = self.svc.runtime.upstream.engine_status
             if status is None:
                 self._answer(msg, error=QrcError(ErrorCode.CORE_UNAVAILABLE))

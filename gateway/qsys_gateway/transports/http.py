@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Awaitable, Callable
-from typing import Any
 
-import orjson
 from aiohttp import web
 
 from .. import __version__
@@ -15,41 +12,22 @@ from ..pipeline import Caller
 from ..qrc import jsonrpc
 from ..qrc.errors import ErrorCode, QrcError
 from .common import HTTP_STATUS, Refusal, Services, authenticate, rate_limit, request_id
+from .responses import (
+    SERVICES,
+    SESSIONS,
+    bearer,
+    error_response,
+    json_response,
+    source_ip,
+)
 from .sessions import HttpSessions
+from .websocket import websocket_handler
 
 log = logging.getLogger("qsys_gateway.http")
 
-SERVICES: web.AppKey[Services] = web.AppKey("services", Services)
-SESSIONS: web.AppKey[HttpSessions] = web.AppKey("sessions", HttpSessions)
 MAX_BATCH = 100
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def json_response(
-    body: Any, status: int = 200, headers: dict[str, str] | None = None
-) -> web.Response:
-    return web.Response(
-        body=orjson.dumps(body), status=status, content_type="application/json", headers=headers
-    )
-
-
-def error_response(
-    err: QrcError, rid_in_body: Any = None, status: int | None = None
-) -> web.Response:
-    headers = {}
-    retry = getattr(err, "retry_after", 0.0) or 0.0
-    if err.code in (ErrorCode.RATE_LIMITED, ErrorCode.CORE_UNAVAILABLE):
-        headers["Retry-After"] = str(max(1, math.ceil(retry)))
-    return json_response(
-        jsonrpc.error_message(rid_in_body, err),
-        status or HTTP_STATUS.get(err.code, 200),
-        headers,
-    )
-
-
-def _source_ip(request: web.Request) -> str:
-    return request.remote or "-"
 
 
 @web.middleware
@@ -105,14 +83,6 @@ def _http_error(exc: web.HTTPException) -> web.Response:
     )
 
 
-def _bearer(request: web.Request) -> str | None:
-    header = request.headers.get("Authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        return None
-    return token.strip()
-
-
 async def _read_body(request: web.Request, limit: int) -> bytes:
     if request.content_length is not None and request.content_length > limit:
         raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length)
@@ -126,12 +96,12 @@ async def rpc(request: web.Request) -> web.Response:
     svc = request.app[SERVICES]
     rt = svc.runtime
     rid: str = request["request_id"]
-    source = _source_ip(request)
+    source = source_ip(request)
     if rt.shutting_down:
         return error_response(QrcError(ErrorCode.CORE_UNAVAILABLE, "Gateway is shutting down"))
     try:
         subject = authenticate(
-            svc, token=_bearer(request), user=None, source_ip=source, transport="http", rid=rid
+            svc, token=bearer(request), user=None, source_ip=source, transport="http", rid=rid
         )
     except Refusal as err:
         return error_response(err)
@@ -176,9 +146,9 @@ async def status(request: web.Request) -> web.Response:
     try:
         authenticate(
             svc,
-            token=_bearer(request),
+            token=bearer(request),
             user=None,
-            source_ip=_source_ip(request),
+            source_ip=source_ip(request),
             transport="http",
             rid=rid,
             obj={"method": "StatusGet"},
@@ -233,8 +203,6 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 def build_app(svc: Services, sessions: HttpSessions) -> web.Application:
-    from .websocket import websocket_handler
-
     app = web.Application(middlewares=[middleware], client_max_size=16 * 1024 * 1024 + 1024)
     app[SERVICES] = svc
     app[SESSIONS] = sessions

@@ -20,7 +20,6 @@ log = logging.getLogger("qsys_gateway.qrc")
 IDLE_TIMEOUT = 60.0
 """Like a Core: a socket silent for this long is closed (clients send NoOp)."""
 MAX_WRITE_BUFFER = 1024 * 1024
-_OPEN = frozenset({"Logon", "NoOp", "StatusGet"})
 
 
 class QrcServer:
@@ -99,7 +98,7 @@ class QrcServer:
 
         handle = ClientHandle("qrc", source, send, close)
         conn = ClientConnection(
-            svc, handle, open_methods=_OPEN, pre_logon_error=ErrorCode.LOGON_REQUIRED
+            svc, handle, answers_before_logon=True, pre_logon_error=ErrorCode.LOGON_REQUIRED
         )
         decoder = FrameDecoder(rt.config.limits.maxMessageBytes)
         svc.clients.add(handle)

@@ -14,26 +14,24 @@ from ..clients import ClientHandle
 from ..qrc.errors import ErrorCode, QrcError
 from .common import Refusal, authenticate
 from .connection import LOGON_TIMEOUT, ClientConnection
+from .responses import SERVICES, bearer, error_response, source_ip
 
 log = logging.getLogger("qsys_gateway.websocket")
 
 SEND_QUEUE = 256
-_OPEN = frozenset({"Logon"})
 
 
 async def websocket_handler(request: web.Request) -> web.StreamResponse:
-    from .http import SERVICES, _bearer, error_response
-
     svc = request.app[SERVICES]
     rt = svc.runtime
     rid: str = request["request_id"]
-    source = request.remote or "-"
+    source = source_ip(request)
     if rt.shutting_down:
         return error_response(QrcError(ErrorCode.CORE_UNAVAILABLE, "Gateway is shutting down"))
     if len(svc.clients) >= rt.config.limits.maxClients:
         return error_response(QrcError(ErrorCode.CORE_UNAVAILABLE, "Too many clients"))
     subject = None
-    token = _bearer(request)
+    token = bearer(request)
     if token is not None:
         try:
             subject = authenticate(
@@ -68,7 +66,7 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
 
     handle = ClientHandle("ws", source, send, close)
     conn = ClientConnection(
-        svc, handle, open_methods=_OPEN, pre_logon_error=ErrorCode.UNAUTHENTICATED
+        svc, handle, answers_before_logon=False, pre_logon_error=ErrorCode.UNAUTHENTICATED
     )
 
     async def write_loop() -> None:

@@ -132,12 +132,8 @@ class Upstream:
 
     @property
     def change_group_count(self) -> int:
-        """Client change groups held by the gateway (the Core holds `core_change_group_count`)."""
+        """Client change groups held by the gateway (the Core holds `hub.core_group_count`)."""
         return len(self._groups)
-
-    @property
-    def core_change_group_count(self) -> int:
-        return self.hub.core_group_count
 
     def open_session(
         self, push: Callable[[dict[str, Any]], None], can_read: ReadCheck | None = None

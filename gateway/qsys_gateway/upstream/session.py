@@ -49,10 +49,6 @@ class UpstreamSession:
         self._groups: dict[str, ClientGroup] = {}
         self.closed = False
 
-    @property
-    def group_ids(self) -> list[str | int]:
-        return [g.client_id for g in self._groups.values()]
-
     async def call(self, method: str, params: Any, *, timeout: float | None = None) -> Any:
         if self.closed:
             raise QrcError(ErrorCode.INVALID_REQUEST, "Invalid request: session closed")
