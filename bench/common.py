@@ -12,7 +12,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -299,21 +299,17 @@ class _PipelinedClient(asyncio.Protocol):
             self.logged_on.set_exception(ConnectionError("connection lost before Logon"))
 
 
-class QrcLoad:
-    """Closed-loop pipelined load: `clients` sockets x `window` requests in flight each."""
+class Recorder:
+    """Counts replies while measuring; `running` goes false at the end (or at the bound)."""
 
-    def __init__(self, method: str, params: Any, max_requests: int) -> None:
-        self._prefix = orjson.dumps({"jsonrpc": "2.0", "method": method, "params": params})[:-1]
+    def __init__(self, max_requests: int) -> None:
         self.max_requests = max_requests
         self.measuring = False
         self.running = True
         self.requests = 0
         self.errors = 0
-        self.replies = 0  # warm-up included
         self.latencies: list[float] = []
-
-    def encode(self, rid: int) -> bytes:
-        return self._prefix + b',"id":' + str(rid).encode() + b"}\x00"
+        self.replies = 0  # warm-up included
 
     def record(self, latency: float, error: bool) -> None:
         self.replies += 1
@@ -324,6 +320,43 @@ class QrcLoad:
         self.latencies.append(latency)
         if self.requests >= self.max_requests:
             self.running = False
+
+    async def measure(self, ctx: BenchContext, workers: Sequence[asyncio.Future[None]]) -> float:
+        """Warm up, count for `ctx.duration`, stop the workers; returns the measured seconds."""
+        try:
+            await asyncio.sleep(ctx.warmup)
+            self._check(workers)
+            self.measuring = True
+            start = time.perf_counter()
+            deadline = start + ctx.duration
+            while self.running and time.perf_counter() < deadline:
+                await asyncio.sleep(0.05)
+                self._check(workers)
+            elapsed = time.perf_counter() - start
+            self.measuring = False
+            self.running = False
+            await asyncio.wait_for(asyncio.gather(*workers), 10)
+            return elapsed
+        finally:
+            for w in workers:
+                w.cancel()
+
+    @staticmethod
+    def _check(workers: Sequence[asyncio.Future[None]]) -> None:
+        for w in workers:
+            if w.done() and not w.cancelled() and w.exception() is not None:
+                raise cast(BaseException, w.exception())
+
+
+class QrcLoad(Recorder):
+    """Closed-loop pipelined load: `clients` sockets x `window` requests in flight each."""
+
+    def __init__(self, method: str, params: Any, max_requests: int) -> None:
+        super().__init__(max_requests)
+        self._prefix = orjson.dumps({"jsonrpc": "2.0", "method": method, "params": params})[:-1]
+
+    def encode(self, rid: int) -> bytes:
+        return self._prefix + b',"id":' + str(rid).encode() + b"}\x00"
 
     async def run(
         self,
@@ -352,17 +385,7 @@ class QrcLoad:
                 await asyncio.wait_for(asyncio.gather(*(p.logged_on for p in protos)), 10)
             for p in protos:
                 p.start(window or ctx.window)
-            await asyncio.sleep(ctx.warmup)
-            self.measuring = True
-            start = time.perf_counter()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(ctx.duration):
-                    while self.running:
-                        await asyncio.sleep(0.05)
-            elapsed = time.perf_counter() - start
-            self.measuring = False
-            self.running = False
-            await asyncio.wait_for(asyncio.gather(*(p.done for p in protos)), 10)
+            elapsed = await self.measure(ctx, [p.done for p in protos])
         finally:
             for p in protos:
                 if p.transport is not None:

@@ -30,6 +30,7 @@ from .common import (
     LOOPBACK,
     BenchContext,
     QrcLoad,
+    Recorder,
     Result,
     cpu_seconds,
     rss_kib,
@@ -104,55 +105,6 @@ def raise_nofile() -> int:
 
 
 # ---- closed-loop loads -----------------------------------------------------------
-
-
-class Recorder:
-    """Counts replies while measuring; `running` goes false at the end (or at the bound)."""
-
-    def __init__(self, max_requests: int) -> None:
-        self.max_requests = max_requests
-        self.measuring = False
-        self.running = True
-        self.requests = 0
-        self.errors = 0
-        self.latencies: list[float] = []
-        self.replies = 0  # warm-up included
-
-    def record(self, latency: float, error: bool) -> None:
-        self.replies += 1
-        if not self.measuring:
-            return
-        self.requests += 1
-        self.errors += error
-        self.latencies.append(latency)
-        if self.requests >= self.max_requests:
-            self.running = False
-
-    async def measure(self, ctx: BenchContext, workers: list[asyncio.Task[None]]) -> float:
-        """Warm up, count for `ctx.duration`, stop the workers; returns the measured seconds."""
-        try:
-            await asyncio.sleep(ctx.warmup)
-            self._check(workers)
-            self.measuring = True
-            start = time.perf_counter()
-            deadline = start + ctx.duration
-            while self.running and time.perf_counter() < deadline:
-                await asyncio.sleep(0.05)
-                self._check(workers)
-            elapsed = time.perf_counter() - start
-            self.measuring = False
-            self.running = False
-            await asyncio.wait_for(asyncio.gather(*workers), 10)
-            return elapsed
-        finally:
-            for w in workers:
-                w.cancel()
-
-    @staticmethod
-    def _check(workers: list[asyncio.Task[None]]) -> None:
-        for w in workers:
-            if w.done() and not w.cancelled() and w.exception() is not None:
-                raise cast(BaseException, w.exception())
 
 
 _BODY = {"jsonrpc": "2.0", "method": METHOD, "params": PARAMS}
