@@ -18,7 +18,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Self, cast
 
 import yaml
 from kube_support import REPO, Cluster, must, wait_for
@@ -59,45 +59,19 @@ def apply_crds(cluster: Cluster, paths: list[Path] | None = None) -> None:
         wait_for(f"CRD {name} Established", established, timeout=60)
 
 
-class Operator:
-    """A `qsys-operator` subprocess watching one namespace; logs go to a file."""
+class OperatorProcess:
+    """A `qsys-operator` subprocess with a given command line; logs go to a file."""
 
-    def __init__(self, cluster: Cluster, namespace: str, log: Path, *args: str) -> None:
-        self.cluster = cluster
-        self.namespace = namespace
-        self.log = log
-        self.args = args
-        self.health_port = free_port()
-        self.metrics_port = free_port()
+    def __init__(self, argv: list[str], env: dict[str, str], health_port: int, log: Path) -> None:
+        self.argv, self.env, self.health_port, self.log = argv, env, health_port, log
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> Operator:
-        env = {
-            **os.environ,
-            "KUBECONFIG": self.cluster.kubeconfig,
-            "QSYS_RESYNC_SECONDS": "1",
-            "QSYS_GATEWAY_PROBE_CIDRS": "127.0.0.0/8",
-            "QSYS_OPERATOR_NAMESPACE": self.namespace,
-            "PYTHONUNBUFFERED": "1",
-        }
+    def start(self) -> Self:
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
-                [
-                    str(VENV_BIN / "qsys-operator"),
-                    "--namespace",
-                    self.namespace,
-                    "--health-address",
-                    f"127.0.0.1:{self.health_port}",
-                    "--metrics-address",
-                    f"127.0.0.1:{self.metrics_port}",
-                    *self.args,
-                ],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env=env,
-                cwd=REPO,
+                self.argv, stdout=out, stderr=subprocess.STDOUT, env=self.env, cwd=REPO
             )
-        wait_for("operator liveness", self._alive, timeout=30)
+        wait_for("operator liveness", self._alive, timeout=60)
         return self
 
     def _alive(self) -> bool:
@@ -113,13 +87,6 @@ class Operator:
         except OSError:
             return False
 
-    def metrics(self) -> str:
-        with urllib.request.urlopen(
-            f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5
-        ) as r:
-            text: str = r.read().decode()
-            return text
-
     def output(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 
@@ -132,6 +99,47 @@ class Operator:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(10)
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class Operator(OperatorProcess):
+    """`qsys-operator` watching one namespace, set up the way the e2e tests need."""
+
+    def __init__(self, cluster: Cluster, namespace: str, log: Path, *args: str) -> None:
+        self.namespace = namespace
+        self.metrics_port = free_port()
+        health_port = free_port()
+        env = {
+            **os.environ,
+            "KUBECONFIG": cluster.kubeconfig,
+            "QSYS_RESYNC_SECONDS": "1",
+            "QSYS_GATEWAY_PROBE_CIDRS": "127.0.0.0/8",
+            "QSYS_OPERATOR_NAMESPACE": namespace,
+            "PYTHONUNBUFFERED": "1",
+        }
+        argv = [
+            str(VENV_BIN / "qsys-operator"),
+            "--namespace",
+            namespace,
+            "--health-address",
+            f"127.0.0.1:{health_port}",
+            "--metrics-address",
+            f"127.0.0.1:{self.metrics_port}",
+            *args,
+        ]
+        super().__init__(argv, env, health_port, log)
+
+    def metrics(self) -> str:
+        with urllib.request.urlopen(
+            f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5
+        ) as r:
+            text: str = r.read().decode()
+            return text
 
 
 @contextlib.contextmanager

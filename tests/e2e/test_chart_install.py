@@ -12,10 +12,8 @@ failure; the CRDs stay, as Helm leaves them.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,6 +25,7 @@ from kube_support import REPO, Cluster, must, tool_dir, wait_for
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from operator_support import (
+    OperatorProcess,
     condition,
     core_body,
     create,
@@ -212,44 +211,6 @@ def _chart_process(
         "QSYS_RESYNC_SECONDS": "2",
     }
     return [str(VENV_BIN / "qsys-operator"), *args], full_env, health, metrics
-
-
-class OperatorProcess:
-    def __init__(self, argv: list[str], env: dict[str, str], health: int, log: Path) -> None:
-        self.argv, self.env, self.health, self.log = argv, env, health, log
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def __enter__(self) -> OperatorProcess:
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(
-                self.argv, stdout=out, stderr=subprocess.STDOUT, env=self.env, cwd=REPO
-            )
-        wait_for("operator liveness", self._alive, timeout=60)
-        return self
-
-    def _alive(self) -> bool:
-        assert self.proc is not None
-        if self.proc.poll() is not None:
-            raise RuntimeError(f"operator exited {self.proc.returncode}: {self.output()[-3000:]}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.health}/healthz", timeout=1) as r:
-                ok: bool = r.status == 200
-                return ok
-        except OSError:
-            return False
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace") if self.log.exists() else ""
-
-    def __exit__(self, *exc: object) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(10)
 
 
 @pytest.fixture
