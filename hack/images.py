@@ -66,6 +66,8 @@ PLATFORMS = (
     "manylinux1_x86_64",
 )
 PAUSE_VERSION = "3.10.2"
+# Outputs kept per step: the current one and a few for other worktrees of the same clone.
+KEEP = 3
 PAUSE_RUN_AS = "65535:65535"
 
 
@@ -79,7 +81,7 @@ class Component:
     ports: tuple[int, ...]
 
 
-# The same as operator/Dockerfile and gateway/Dockerfile (tests/unit/test_images.py).
+# The same as operator/Dockerfile and gateway/Dockerfile (tests/integration/test_images.py).
 COMPONENTS = (
     Component("operator", "qsys-operator", (), (8000, 8081)),
     Component(
@@ -325,6 +327,16 @@ def build_app(work: Path, out: Path) -> None:
             str(src),
         ]
     )
+    # direct_url.json records the temporary source directory: drop it, and its RECORD line.
+    for record in site.glob("*.dist-info/RECORD"):
+        direct_url = record.parent / "direct_url.json"
+        direct_url.unlink(missing_ok=True)
+        lines = record.read_text("utf-8").splitlines(keepends=True)
+        record.write_text(
+            "".join(
+                ln for ln in lines if not ln.startswith(f"{record.parent.name}/direct_url.json,")
+            )
+        )
     scripts = tomllib.loads((src / "pyproject.toml").read_text("utf-8"))["project"]["scripts"]
     bindir = layer / VENV.lstrip("/") / "bin"
     bindir.mkdir(parents=True)
@@ -443,9 +455,19 @@ def code(*funcs: Callable[..., object]) -> str:
     return "".join(inspect.getsource(f) for f in funcs)
 
 
+def apt_sources() -> str:
+    """The machine's apt sources as configured (cheap to read; `apt-get indextargets`,
+    which resolves them, takes seconds)."""
+    files = [Path("/etc/apt/sources.list"), *sorted(Path("/etc/apt/sources.list.d").glob("*"))]
+    return "".join(f"{f}\n{f.read_text('utf-8', 'replace')}" for f in files if f.is_file())
+
+
 def base_step() -> Step:
-    argv = mmdebstrap_argv(Path("/rootfs"))
-    key = digest(json.dumps(argv), code(build_base, pack, compile_bytecode), str(EPOCH))
+    key = digest(
+        apt_sources(),
+        code(mmdebstrap_argv, debian_mirrors, build_base, pack, compile_bytecode),
+        json.dumps([SUITE, DEBIAN_PACKAGES, EPOCH]),
+    )
     return Step("debian", key, "layer.tar")
 
 
@@ -488,14 +510,28 @@ def ensure(step: Step, build: Callable[[Path, Path], None]) -> Path:
         return step.path
     start = time.monotonic()
     log(f"building {step.name} ({step.path.parent})")
-    step.path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=step.path.parent.parent, prefix=f".{step.name}.") as tmp:
+    cache_root().mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=cache_root(), prefix=f".{step.name}.") as tmp:
         partial = Path(tmp) / step.file
         build(Path(tmp), partial)
+        step.path.parent.mkdir(exist_ok=True)
         partial.rename(step.path)
     size = step.path.stat().st_size >> 20
     log(f"built {step.name} in {time.monotonic() - start:.0f}s ({size} MiB)")
+    prune(step)
     return step.path
+
+
+def prune(step: Step, keep: int = KEEP) -> None:
+    """Drop all but the KEEP newest outputs of STEP (other worktrees may use the older ones)."""
+    outputs = [
+        p
+        for p in cache_root().glob(f"{step.name}-*")
+        if re.fullmatch(r"[0-9a-f]{12}", p.name[len(step.name) + 1 :])
+    ]
+    outputs.sort(key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in outputs[keep:]:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def qsys_steps() -> tuple[Step, Step, Step, Step]:
