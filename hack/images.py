@@ -252,29 +252,31 @@ def build_base(work: Path, out: Path) -> None:
     pack(rootfs, out, root_owned=False)
 
 
+def pip_install(*args: str) -> None:
+    run([sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", *args])
+
+
+def image_wheels() -> list[str]:
+    """pip options that pick wheels for the image's Python and platform, not the build host's."""
+    return [
+        "--only-binary=:all:",
+        *(f"--platform={p}" for p in PLATFORMS),
+        f"--python-version={PYTHON}",
+        "--implementation=cp",
+        f"--abi=cp{PYTHON.replace('.', '')}",
+    ]
+
+
 def build_deps(work: Path, out: Path) -> None:
     layer = work / "layer"
     site = layer / SITE_PACKAGES.lstrip("/")
-    run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-            "--no-deps",
-            "--require-hashes",
-            "--no-compile",
-            "--only-binary=:all:",
-            *(f"--platform={p}" for p in PLATFORMS),
-            f"--python-version={PYTHON}",
-            "--implementation=cp",
-            f"--abi=cp{PYTHON.replace('.', '')}",
-            f"--target={site}",
-            "--requirement",
-            str(LOCK),
-        ]
+    pip_install(
+        "--no-deps",
+        "--require-hashes",
+        "--no-compile",
+        *image_wheels(),
+        f"--target={site}",
+        f"--requirement={LOCK}",
     )
     # Console scripts written by pip point at the build host's interpreter.
     shutil.rmtree(site / "bin", ignore_errors=True)
@@ -313,20 +315,7 @@ def build_app(work: Path, out: Path) -> None:
         else:
             dest.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO / name, dest)
-    run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-            "--no-deps",
-            "--no-compile",
-            f"--target={site}",
-            str(src),
-        ]
-    )
+    pip_install("--no-deps", "--no-compile", f"--target={site}", str(src))
     # direct_url.json records the temporary source directory: drop it, and its RECORD line.
     for record in site.glob("*.dist-info/RECORD"):
         direct_url = record.parent / "direct_url.json"
@@ -472,13 +461,22 @@ def base_step() -> Step:
 
 
 def deps_step(base: Step) -> Step:
-    key = digest(base.key, LOCK.read_bytes(), json.dumps(PLATFORMS), code(build_deps))
+    key = digest(
+        base.key,
+        LOCK.read_bytes(),
+        json.dumps(PLATFORMS),
+        code(pip_install, image_wheels, build_deps),
+    )
     return Step("pydeps", key, "layer.tar")
 
 
 def app_step(deps: Step) -> Step:
     sources = tree_digest([REPO / p for p in (*SOURCES, *PROJECT_FILES)])
-    return Step("app", digest(deps.key, sources, code(build_app, entry_point_script)), "layer.tar")
+    return Step(
+        "app",
+        digest(deps.key, sources, code(pip_install, build_app, entry_point_script)),
+        "layer.tar",
+    )
 
 
 def qsys_step(layers: list[Step]) -> Step:
@@ -580,25 +578,13 @@ def lock() -> None:
     deps = tomllib.loads((REPO / "pyproject.toml").read_text("utf-8"))["project"]["dependencies"]
     with tempfile.TemporaryDirectory() as tmp:
         report = Path(tmp) / "report.json"
-        run(
-            [
-                sys.executable,
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
-                "--dry-run",
-                "--ignore-installed",
-                f"--report={report}",
-                "--only-binary=:all:",
-                *(f"--platform={p}" for p in PLATFORMS),
-                f"--python-version={PYTHON}",
-                "--implementation=cp",
-                f"--abi=cp{PYTHON.replace('.', '')}",
-                f"--target={tmp}/target",
-                *deps,
-            ]
+        pip_install(
+            "--dry-run",
+            "--ignore-installed",
+            f"--report={report}",
+            *image_wheels(),
+            f"--target={tmp}/target",
+            *deps,
         )
         installs = json.loads(report.read_text("utf-8"))["install"]
     lines = [
