@@ -65,10 +65,10 @@ PLATFORMS = (
     "manylinux2010_x86_64",
     "manylinux1_x86_64",
 )
-PAUSE_VERSION = "3.10.2"
+PAUSE_VERSION = "3.10.2"  # PauseVersion of the pinned Kubernetes release
+PAUSE_RUN_AS = "65535:65535"  # as the upstream image
 # Outputs kept per step: the current one and a few for other worktrees of the same clone.
 KEEP = 3
-PAUSE_RUN_AS = "65535:65535"
 
 
 @dataclass(frozen=True)
@@ -413,9 +413,7 @@ def oci_archive(
             entry["platform"] = {"architecture": "amd64", "os": "linux"}
         index["manifests"].sort(key=lambda e: e["annotations"]["io.containerd.image.name"])
         index_path.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
-        partial = out.with_suffix(".partial")
-        pack(layout, partial, root_owned=True)
-        partial.rename(out)
+        pack(layout, out, root_owned=True)
 
 
 def component_config(c: Component) -> list[str]:
