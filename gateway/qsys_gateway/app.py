@@ -12,9 +12,10 @@ from pathlib import Path
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from qsys_protocol.config import GatewayConfig, TlsConfig
+
 from .audit import AuditLog
 from .clients import ClientRegistry
-from .config import GatewayConfig, TlsConfig
 from .metrics import GatewayMetrics
 from .pipeline import Pipeline
 from .ratelimit import RateLimiter

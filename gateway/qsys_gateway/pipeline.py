@@ -13,17 +13,18 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from .config import SubjectConfig
-from .metrics import method_label
-from .policy import Decision, Policy
-from .qrc import jsonrpc
-from .qrc.errors import ErrorCode, QrcError
-from .qrc.methods import (
+from qsys_protocol.config import SubjectConfig
+from qsys_protocol.qrc import jsonrpc
+from qsys_protocol.qrc.errors import ErrorCode, QrcError
+from qsys_protocol.qrc.methods import (
     METHODS,
     ChangeGroupAddComponentControlParams,
     ChangeGroupAddControlParams,
     parse_params,
 )
+
+from .metrics import method_label
+from .policy import Decision, Policy
 from .runtime import Runtime
 from .upstream import UpstreamSession
 

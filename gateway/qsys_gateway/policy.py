@@ -14,9 +14,9 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from .config import Rule, SubjectConfig
-from .qrc.errors import QrcError
-from .qrc.methods import (
+from qsys_protocol.config import Rule, SubjectConfig
+from qsys_protocol.qrc.errors import QrcError
+from qsys_protocol.qrc.methods import (
     METHODS,
     ChangeGroupAddComponentControlParams,
     ChangeGroupAddControlParams,

@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from qsys_gateway.config import Rule, SubjectConfig, ValueRange
 from qsys_gateway.policy import Decision, Policy
-from qsys_gateway.qrc.methods import METHODS, parse_params
+from qsys_protocol.config import Rule, SubjectConfig, ValueRange
+from qsys_protocol.qrc.methods import METHODS, parse_params
 
 
 def policy(*rules: dict[str, Any], name: str = "panel") -> Policy:

@@ -8,10 +8,11 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from qsys_protocol.config import SubjectConfig
+from qsys_protocol.qrc.errors import ErrorCode, QrcError
+
 from ..clients import ClientRegistry
-from ..config import SubjectConfig
 from ..pipeline import Pipeline
-from ..qrc.errors import ErrorCode, QrcError
 from ..runtime import Runtime
 
 log = logging.getLogger("qsys_gateway.auth")

@@ -7,11 +7,12 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from qsys_protocol.config import SubjectConfig
+from qsys_protocol.qrc import jsonrpc
+from qsys_protocol.qrc.errors import ErrorCode, QrcError
+
 from ..clients import ClientHandle
-from ..config import SubjectConfig
 from ..pipeline import Caller
-from ..qrc import jsonrpc
-from ..qrc.errors import ErrorCode, QrcError
 from ..upstream import UpstreamSession
 from .common import Refusal, Services, authenticate, rate_limit, request_id
 

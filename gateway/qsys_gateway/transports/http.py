@@ -7,10 +7,11 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
+from qsys_protocol.qrc import jsonrpc
+from qsys_protocol.qrc.errors import ErrorCode, QrcError
+
 from .. import __version__
 from ..pipeline import Caller
-from ..qrc import jsonrpc
-from ..qrc.errors import ErrorCode, QrcError
 from .common import HTTP_STATUS, Refusal, Services, authenticate, rate_limit, request_id
 from .responses import (
     SERVICES,

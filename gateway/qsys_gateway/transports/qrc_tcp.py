@@ -8,14 +8,15 @@ import logging
 import ssl
 from typing import Any
 
+from qsys_protocol.qrc import jsonrpc
+from qsys_protocol.qrc.errors import ErrorCode, QrcError
+from qsys_protocol.qrc.framing import FRAME_TOO_LARGE, FrameDecoder, encode_frame
+
 from ..clients import ClientHandle
-from ..qrc import jsonrpc
-from ..qrc.errors import ErrorCode, QrcError
-from ..qrc.framing import FRAME_TOO_LARGE, FrameDecoder, encode_frame
 from .common import Services
 from .connection import LOGON_TIMEOUT, ClientConnection
 
-log = logging.getLogger("qsys_gateway.qrc")
+log = logging.getLogger("qsys_protocol.qrc")
 
 IDLE_TIMEOUT = 60.0
 """Like a Core: a socket silent for this long is closed (clients send NoOp)."""

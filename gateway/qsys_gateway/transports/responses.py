@@ -8,8 +8,9 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from ..qrc import jsonrpc
-from ..qrc.errors import ErrorCode, QrcError
+from qsys_protocol.qrc import jsonrpc
+from qsys_protocol.qrc.errors import ErrorCode, QrcError
+
 from .common import HTTP_STATUS, Services
 from .sessions import HttpSessions
 

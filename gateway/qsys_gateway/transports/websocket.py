@@ -10,8 +10,9 @@ from typing import Any
 import orjson
 from aiohttp import WSCloseCode, WSMsgType, web
 
+from qsys_protocol.qrc.errors import ErrorCode, QrcError
+
 from ..clients import ClientHandle
-from ..qrc.errors import ErrorCode, QrcError
 from .common import Refusal, authenticate
 from .connection import LOGON_TIMEOUT, ClientConnection
 from .responses import SERVICES, bearer, error_response, source_ip

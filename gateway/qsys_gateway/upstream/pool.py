@@ -8,12 +8,13 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from ..config import CoreConfig
+from qsys_protocol.config import CoreConfig
+from qsys_protocol.qrc import jsonrpc
+from qsys_protocol.qrc.client import ConnectionClosed
+from qsys_protocol.qrc.errors import ErrorCode, QrcError
+from qsys_protocol.qrc.methods import METHODS
+
 from ..metrics import GatewayMetrics, method_label
-from ..qrc import jsonrpc
-from ..qrc.client import ConnectionClosed
-from ..qrc.errors import ErrorCode, QrcError
-from ..qrc.methods import METHODS
 from .circuit import STATE_VALUES, CircuitBreaker, CircuitState
 from .connection import Busy, ConnectionSettings, NotConnected, UpstreamConnection
 from .errors import CoreTimeout, CoreUnavailable

@@ -9,15 +9,16 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from ..qrc import jsonrpc
-from ..qrc.errors import ErrorCode, QrcError
-from ..qrc.methods import (
+from qsys_protocol.qrc import jsonrpc
+from qsys_protocol.qrc.errors import ErrorCode, QrcError
+from qsys_protocol.qrc.methods import (
     ChangeGroupAddComponentControlParams,
     ChangeGroupAddControlParams,
     ChangeGroupAutoPollParams,
     ChangeGroupRemoveParams,
     parse_params,
 )
+
 from .groups import ClientGroup, ReadCheck
 from .hub import Key
 
