@@ -12,10 +12,8 @@ from qsys_protocol.qrc import jsonrpc
 from qsys_protocol.qrc.errors import ErrorCode, QrcError
 
 from .common import HTTP_STATUS, Services
-from .sessions import HttpSessions
 
 SERVICES: web.AppKey[Services] = web.AppKey("services", Services)
-SESSIONS: web.AppKey[HttpSessions] = web.AppKey("sessions", HttpSessions)
 
 
 def json_response(

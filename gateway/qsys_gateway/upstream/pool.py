@@ -12,7 +12,7 @@ from qsys_protocol.config import CoreConfig
 from qsys_protocol.qrc import jsonrpc
 from qsys_protocol.qrc.client import ConnectionClosed
 from qsys_protocol.qrc.errors import ErrorCode, QrcError
-from qsys_protocol.qrc.methods import METHODS
+from qsys_protocol.qrc.methods import traits_of
 
 from ..metrics import GatewayMetrics, method_label
 from .circuit import STATE_VALUES, CircuitBreaker, CircuitState
@@ -26,12 +26,6 @@ if TYPE_CHECKING:
     from .session import UpstreamSession
 
 log = logging.getLogger("qsys_gateway.upstream")
-
-RETRYABLE_METHODS = frozenset(
-    {"NoOp", "StatusGet"} | {name for name, spec in METHODS.items() if spec.kind == "read"}
-)
-"""Reads a Core answers without side effects: retried once on another connection when
-the socket they were sent on drops before the answer came."""
 
 
 class Upstream:
@@ -189,7 +183,7 @@ class Upstream:
                 if (
                     conn is None
                     and not retried
-                    and method in RETRYABLE_METHODS
+                    and traits_of(method).retryable
                     and loop.time() < deadline
                     and any(c.up and c is not target for c in self._conns)
                 ):
