@@ -40,7 +40,6 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 LOCK = REPO / "hack" / "images" / "requirements.txt"
-SOURCES = ("gateway/qsys_gateway", "operator/qsys_operator", "simulator/qsys_core_sim")
 PROJECT_FILES = ("pyproject.toml", "README.md")
 
 # Every file in every layer carries this mtime (2024-01-01T00:00:00Z): layers
@@ -93,6 +92,19 @@ COMPONENTS = (
     Component("core-sim", "qsys-core-sim", (), (1710,)),
 )
 REGISTRY = "ghcr.io/qsys-operator"
+
+
+def project_sources() -> list[str]:
+    """The package directories setuptools installs (pyproject's packages.find)."""
+    find = tomllib.loads((REPO / "pyproject.toml").read_text("utf-8"))["tool"]["setuptools"]
+    find = find["packages"]["find"]
+    return sorted(
+        str(pkg.relative_to(REPO))
+        for where in find["where"]
+        for pattern in find["include"]
+        for pkg in (REPO / where).glob(pattern)
+        if (pkg / "__init__.py").is_file()
+    )
 
 
 def project_version() -> str:
@@ -308,7 +320,7 @@ def build_app(work: Path, out: Path) -> None:
     site = layer / SITE_PACKAGES.lstrip("/")
     src = work / "src"
     src.mkdir()
-    for name in (*SOURCES, *PROJECT_FILES):
+    for name in (*project_sources(), *PROJECT_FILES):
         dest = src / name
         if (REPO / name).is_dir():
             shutil.copytree(REPO / name, dest, ignore=shutil.ignore_patterns("__pycache__"))
@@ -469,7 +481,7 @@ def deps_step(base: Step) -> Step:
 
 
 def app_step(deps: Step) -> Step:
-    sources = tree_digest([REPO / p for p in (*SOURCES, *PROJECT_FILES)])
+    sources = tree_digest([REPO / p for p in (*project_sources(), *PROJECT_FILES)])
     return Step(
         "app",
         digest(deps.key, sources, code(pip_install, build_app, entry_point_script)),
