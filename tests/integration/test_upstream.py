@@ -109,7 +109,8 @@ async def test_core_errors_pass_through(sim: CoreSimulator, make_upstream: Upstr
     with pytest.raises(QrcError) as err:
         await up.call("Component.GetControls", {"Name": "Nope"})
     assert err.value.code == ErrorCode.UNKNOWN_COMPONENT
-    assert await up.call("Control.Set", {"Name": "LobbyMusicLevel", "Value": -12}) is True
+    state = await up.call("Control.Set", {"Name": "LobbyMusicLevel", "Value": -12})
+    assert (state["Value"], state["String"]) == (-12.0, "-12.0dB")
     assert sim.get_control("LobbyMusicLevel")["Value"] == -12
     assert up.circuit_state == "closed"
 
