@@ -118,6 +118,9 @@ class SubscriptionHub:
         self._wake = asyncio.Event()
         self._compact = False
         self._task: asyncio.Task[None] | None = None
+        self._refresh_waiters: list[asyncio.Future[None]] = []
+        self._refresh_wake = asyncio.Event()
+        self.refreshes = 0  # polls made early because a write passed through
 
     # ---- lifecycle ----------------------------------------------------------------
 
@@ -132,6 +135,8 @@ class SubscriptionHub:
         while task is not None and not task.done():
             task.cancel()
             await asyncio.wait({task}, timeout=0.5)
+        self._release_waiters(self._refresh_waiters)
+        self._refresh_waiters = []
         self._unplace()
 
     @property
@@ -186,6 +191,26 @@ class SubscriptionHub:
 
     def state(self, key: Key) -> Entry | None:
         return self.entries.get(key)
+
+    async def refresh(self) -> None:
+        """Return after a hub poll that began after this call: a write that passed through
+        is then in the cache, so every client group holding the control (the writer's
+        and everyone else's) sees it at its next poll. Concurrent callers share that
+        poll, so a burst of writes costs about one extra Core poll, not one each.
+        Bounded by the request timeout; a poll that fails releases its waiters too."""
+        if not self.entries or self._task is None or self._task.done():
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._refresh_waiters.append(waiter)
+        self._refresh_wake.set()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(waiter), self._owner.request_timeout)
+
+    @staticmethod
+    def _release_waiters(waiters: list[asyncio.Future[None]]) -> None:
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
 
     async def _add_new(self, new: list[Key]) -> None:
         conn = await self._ensure_placed()
@@ -362,6 +387,15 @@ class SubscriptionHub:
             entry.version = self.version = next(self._versions)
 
     async def _poll_once(self) -> None:
+        waiters, self._refresh_waiters = self._refresh_waiters, []
+        if waiters:
+            self.refreshes += 1
+        try:
+            await self._poll_groups()
+        finally:
+            self._release_waiters(waiters)
+
+    async def _poll_groups(self) -> None:
         async with self._lock:
             try:
                 conn = await self._ensure_placed()
@@ -388,6 +422,8 @@ class SubscriptionHub:
         loop = asyncio.get_running_loop()
         while True:
             if not self.entries:
+                self._release_waiters(self._refresh_waiters)
+                self._refresh_waiters = []
                 self._wake.clear()
                 await self._wake.wait()
                 continue
@@ -400,7 +436,12 @@ class SubscriptionHub:
                     async with asyncio.timeout(0.5):
                         await self._wake.wait()
                 continue
-            await asyncio.sleep(max(0.0, started + self.poll_interval - loop.time()))
+            if self._refresh_waiters:
+                continue  # a write is waiting: poll again now
+            self._refresh_wake.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(0.0, started + self.poll_interval - loop.time())):
+                    await self._refresh_wake.wait()
 
     def _report(self) -> None:
         self._owner.hub_changed(self.core_group_count, 0)

@@ -26,6 +26,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("qsys_gateway.upstream")
 
+_NON_WRITES = frozenset(name for name, spec in METHODS.items() if spec.kind != "write")
+"""Every other method may change controls (Control.Set, Component.Set, Snapshot.Load, and
+the unmodelled Mixer.*, LoopPlayer.*, PA.* that a policy may allow)."""
+
 RETRYABLE_METHODS = frozenset(
     {"NoOp", "StatusGet"} | {name for name, spec in METHODS.items() if spec.kind == "read"}
 )
@@ -147,7 +151,12 @@ class Upstream:
     # ---- calls ------------------------------------------------------------------
 
     async def call(self, method: str, params: Any, *, timeout: float | None = None) -> Any:
-        return await self.forward(method, params, timeout=timeout)
+        """Forward one call; a write returns once the hub has polled the Core after it
+        (docs/changegroups.md, "Set, then poll")."""
+        result = await self.forward(method, params, timeout=timeout)
+        if method not in _NON_WRITES:
+            await self.hub.refresh()
+        return result
 
     async def forward(
         self,
