@@ -380,3 +380,17 @@ async def test_failover_away_from_standby_unit(
     poll = await session.call("ChangeGroup.Poll", {"Id": "g"})
     assert poll["Id"] == "g"
     await session.close()
+
+
+async def test_a_pushed_engine_status_keeps_platform_and_status(
+    make_upstream: UpstreamFactory,
+) -> None:
+    """A Core's EngineStatus has no Platform/Status; the gateway keeps StatusGet's."""
+    async with CoreSimulator() as sim:
+        up = await make_upstream(sim.port)
+        sim.set_state("Idle")
+        await wait_until(lambda: (up.engine_status or {}).get("State") == "Idle")
+        status = up.engine_status
+        assert status is not None
+        assert status["Platform"] == "Core 110f"
+        assert status["Status"] == {"Code": 0, "String": "OK"}

@@ -294,7 +294,8 @@ class Upstream:
             if params.get("State") == "Standby" and conn.up and conn.host is not None:
                 self.host_standby(conn.host)
             if conn.host == self._hosts.active:
-                self._set_status(params)
+                # a Core's EngineStatus carries no Platform/Status: keep StatusGet's
+                self._set_status({**(self._engine_status or {}), **params})
 
     def _set_status(self, status: dict[str, Any]) -> None:
         if status == self._engine_status:
