@@ -56,6 +56,7 @@ class Entry:
     version: int = 0
     slot: int = -1  # index of the Core group it is in; -1: not on the Core yet
     initial: bool = True  # the next report is a (re)subscription dump: deliver only if different
+    stale: bool = False  # the hub's groups were lost since the Core last reported this control
 
 
 def change_of(key: Key, state: dict[str, Any]) -> dict[str, Any]:
@@ -168,9 +169,27 @@ class SubscriptionHub:
             new = [k for k in wanted if k not in self.entries]
             if new:
                 await self._add_new(new)
+            stale = [k for k in wanted if k not in new and self._stale(k)]
+            if stale:
+                await self._refetch(stale)
             for k in wanted:
                 self.entries[k].refs += 1
         self._wake.set()
+
+    def _stale(self, key: Key) -> bool:
+        """The cached value may predate an outage: the groups were lost and the Core has
+        not reported this control since."""
+        return self.entries[key].stale
+
+    async def _refetch(self, keys: list[Key]) -> None:
+        """Current values for already subscribed keys a new group adds right after an
+        outage, so its first poll returns what the Core holds now (as a Core's does).
+        While the Core is away the cached values stand; the next poll corrects them."""
+        try:
+            conn = await self._ensure_placed()
+        except (QrcError, CoreUnavailable):
+            return
+        await self._fetch(conn, keys)
 
     async def release(self, keys: Iterable[Key]) -> None:
         """Drop one reference from each key. Unreferenced controls stay on the Core until
@@ -357,6 +376,7 @@ class SubscriptionHub:
         self._groups.clear()
         for entry in self.entries.values():
             entry.slot = -1
+            entry.stale = True
         self._report()
 
     async def _teardown(self) -> None:
@@ -377,6 +397,7 @@ class SubscriptionHub:
             if entry is None:
                 continue
             state = state_of(change)
+            entry.stale = False
             if entry.initial or fetched:
                 # a dump of current values: only a different value is a change
                 if not fetched:
