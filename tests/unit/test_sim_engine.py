@@ -210,6 +210,7 @@ def test_boolean_strings_follow_the_control_kind(engine: Engine, session: Sessio
     controls = call(engine, session, "Component.GetControls", {"Name": "Room101 Zone1 Gain"})
     by_name = {c["Name"]: c for c in controls["Controls"]}
     assert by_name["invert"]["String"] == "normal"
+    assert by_name["bypass"]["String"] == "no"
     assert (by_name["mute"]["StringMin"], by_name["mute"]["StringMax"]) == ("unmuted", "muted")
     assert by_name["gain"]["StringMin"] == "-100dB"
     (custom,) = call(engine, session, "Control.Get", ["LobbyMusicOn"])
