@@ -11,7 +11,7 @@ import pytest
 from gateway_harness import ADMIN_TOKEN, GatewayFactory
 
 from qsys_core_sim.server import CoreSimulator
-from qsys_gateway.qrc.client import QrcClient
+from qsys_protocol.qrc.client import QrcClient
 
 pytestmark = pytest.mark.timeout(120)
 
