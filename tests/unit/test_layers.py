@@ -14,6 +14,7 @@ PACKAGES = {
     "qsys_gateway": REPO / "gateway" / "qsys_gateway",
     "qsys_operator": REPO / "operator" / "qsys_operator",
     "qsys_core_sim": REPO / "simulator" / "qsys_core_sim",
+    "qsys_kubectl": REPO / "plugin" / "qsys_kubectl",
 }
 # What each program may import of the others (qsys_protocol is the shared bottom).
 ALLOWED_PACKAGES = {
@@ -21,6 +22,13 @@ ALLOWED_PACKAGES = {
     "qsys_core_sim": {"qsys_protocol"},
     "qsys_gateway": {"qsys_protocol"},
     "qsys_operator": {"qsys_protocol", "qsys_gateway.logs"},
+    # The kubectl plugin: the operator's models and names, the gateway's own policy code.
+    "qsys_kubectl": {
+        "qsys_protocol",
+        "qsys_operator.api",
+        "qsys_operator.render",
+        "qsys_gateway.policy",
+    },
 }
 # The gateway's layers, bottom first; a module may import its own layer and those below.
 GATEWAY_LAYERS = [
