@@ -23,7 +23,6 @@ from qsys_operator.render import (
     CONFIG_KEY,
     TOKEN_KEY,
     config_secret_name,
-    gateway_name,
     selector_labels,
     token_secret_name,
 )
@@ -81,7 +80,6 @@ class Cluster:
         self.target = target
         self.custom = client.CustomObjectsApi(self.api)
         self.core = client.CoreV1Api(self.api)
-        self.discovery = client.DiscoveryV1Api(self.api)
 
     def close(self) -> None:
         self.api.close()
@@ -203,25 +201,7 @@ class Cluster:
 
     # ---- gateway pods ------------------------------------------------------------------
 
-    def ready_gateways(self, core_name: str) -> list[Endpoint]:
-        """Ready endpoints of the core's gateway Service (EndpointSlices), sorted by pod."""
-        service = gateway_name(core_name)
-        slices = self._call(
-            f'EndpointSlices of Service "{service}"',
-            self.discovery.list_namespaced_endpoint_slice,
-            self.namespace,
-            label_selector=f"kubernetes.io/service-name={service}",
-        )
-        out = []
-        for es in slices.items:
-            for ep in es.endpoints or []:
-                ready = ep.conditions is None or ep.conditions.ready is not False
-                pod = ep.target_ref.name if ep.target_ref else ""
-                if ready and ep.addresses:
-                    out.append(Endpoint(pod=pod, ip=ep.addresses[0]))
-        return sorted(out, key=lambda e: e.pod)
-
-    def gateway_pods(self, core_name: str) -> list[str]:
+    def _gateway_pods(self, core_name: str) -> list[Any]:
         selector = ",".join(f"{k}={v}" for k, v in selector_labels(core_name).items())
         pods = self._call(
             f'gateway pods of QSysCore "{core_name}"',
@@ -229,7 +209,22 @@ class Cluster:
             self.namespace,
             label_selector=selector,
         )
-        return sorted(p.metadata.name for p in pods.items)
+        return sorted(pods.items, key=lambda p: p.metadata.name)
+
+    def ready_gateways(self, core_name: str) -> list[Endpoint]:
+        """Ready, not terminating gateway pods with an IP (the pods `kubectl port-forward svc/`
+        picks from, read from the pods since EndpointSlices may not list every address)."""
+        out = []
+        for pod in self._gateway_pods(core_name):
+            status = pod.status
+            conditions = (status and status.conditions) or []
+            ready = any(c.type == "Ready" and c.status == "True" for c in conditions)
+            if ready and status.pod_ip and pod.metadata.deletion_timestamp is None:
+                out.append(Endpoint(pod=pod.metadata.name, ip=status.pod_ip))
+        return out
+
+    def gateway_pods(self, core_name: str) -> list[str]:
+        return [p.metadata.name for p in self._gateway_pods(core_name)]
 
     def pod_log(self, pod: str, *, follow: bool, tail: int | None) -> Iterator[str]:
         what = f'logs of pod "{pod}"'

@@ -306,3 +306,33 @@ def events(cluster: Cluster, ns: str, name: str) -> list[str]:
 
 def now() -> float:
     return time.monotonic()
+
+
+class CoreSim:
+    """A `qsys-core-sim` process on 127.0.0.1 and a free port (stopped on exit)."""
+
+    def __enter__(self) -> Self:
+        self.port = free_port()
+        self.proc = subprocess.Popen(
+            [str(VENV_BIN / "qsys-core-sim"), "--host", "127.0.0.1", "--port", str(self.port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+        def listening() -> bool:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), 0.2).close()
+            except OSError:
+                return False
+            return True
+
+        wait_for("simulator", listening, timeout=15)
+        return self
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
