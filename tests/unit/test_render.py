@@ -13,6 +13,7 @@ import yaml
 
 from qsys_gateway.config import GatewayConfig, load_config
 from qsys_operator.api import AccessPolicy, QSysCore
+from qsys_operator.kinds import NETWORK_POLICY, PDB, SERVICE_MONITOR
 from qsys_operator.render import (
     RESTART_HASH_ANNOTATION,
     ChildRef,
@@ -300,14 +301,14 @@ def test_network_policy_disabled_is_absent() -> None:
     core = make_core(core={"host": "core.av.example"}, networkPolicy={"enabled": False})
     result = render(core)
     assert "NetworkPolicy" not in by_kind(result)
-    assert ChildRef("networking.k8s.io/v1", "NetworkPolicy", "hall-gateway") in result.absent
+    assert ChildRef(NETWORK_POLICY, "hall-gateway") in result.absent
 
 
 def test_pdb_only_with_more_than_one_replica() -> None:
     assert by_kind(render())["PodDisruptionBudget"]["spec"]["maxUnavailable"] == 1
     single = render(make_core(gateway={"replicas": 1}))
     assert "PodDisruptionBudget" not in by_kind(single)
-    assert ChildRef("policy/v1", "PodDisruptionBudget", "hall-gateway") in single.absent
+    assert ChildRef(PDB, "hall-gateway") in single.absent
 
 
 def test_service_monitor() -> None:
@@ -319,7 +320,7 @@ def test_service_monitor() -> None:
     assert sm["spec"]["endpoints"] == [{"port": "metrics", "path": "/metrics", "interval": "15s"}]
     off = render(make_core(monitoring={"serviceMonitor": {"enabled": False}}))
     assert off.service_monitor is None
-    assert off.absent == [ChildRef("monitoring.coreos.com/v1", "ServiceMonitor", "hall-gateway")]
+    assert off.absent == [ChildRef(SERVICE_MONITOR, "hall-gateway")]
 
 
 def test_config_secret_parses_and_holds_only_hashes(tmp_path: Any) -> None:

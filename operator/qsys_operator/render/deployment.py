@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..api import QSysCore
+from ..kinds import DEPLOYMENT
 from ..settings import OperatorSettings
 from .common import (
     HTTP_PORT,
@@ -151,8 +152,8 @@ def render_deployment(core: QSysCore, settings: OperatorSettings, restart_hash: 
         pod_spec["affinity"] = gw.affinity
     annotations = {**dict(sorted(gw.podAnnotations.items())), RESTART_HASH_ANNOTATION: restart_hash}
     return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
+        "apiVersion": DEPLOYMENT.api_version,
+        "kind": DEPLOYMENT.kind,
         "metadata": child_metadata(core, gateway_name(name)),
         "spec": {
             "replicas": gw.replicas,
