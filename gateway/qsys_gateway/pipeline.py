@@ -106,7 +106,7 @@ class Pipeline:
         method = msg.method
         label = method_label(method)
         subject = rt.current_subject(caller.subject.name)
-        if subject is None or subject.tokenSha256 != caller.subject.tokenSha256:
+        if subject is None or subject.token_hash != caller.subject.token_hash:
             err = QrcError(ErrorCode.UNAUTHENTICATED, "Unauthenticated: token revoked")
             self._count(label, caller, "unauthenticated", started)
             return None if msg.is_notification else jsonrpc.error_message(msg.id, err)
