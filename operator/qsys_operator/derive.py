@@ -45,6 +45,8 @@ class CoreFindings:
     subjects: int = 0
     apply_error: str | None = None
     service_monitor_note: str | None = None
+    secret_problem: str | None = None
+    """A Secret the core names (credentials, or its token key) the operator may not use."""
 
 
 def gateway_condition(name: str, replicas: Replicas, wanted: int) -> Cond:
@@ -60,9 +62,17 @@ def gateway_condition(name: str, replicas: Replicas, wanted: int) -> Cond:
     return Cond("GatewayAvailable", "False", "NoReplicaAvailable", f"0/{wanted} available")
 
 
+def secrets_condition(found: CoreFindings) -> Cond:
+    if found.secret_problem:
+        return Cond("SecretsAccepted", "False", "SecretNotAccepted", found.secret_problem)
+    return Cond("SecretsAccepted", "True", "Accepted", "every Secret the core uses is allowed")
+
+
 def ready_condition(found: CoreFindings, gateway: Cond) -> Cond:
     core = found.connected
     note = f"; {found.service_monitor_note}" if found.service_monitor_note else ""
+    if found.secret_problem:
+        return Cond("Ready", "False", "SecretNotAccepted", found.secret_problem + note)
     if found.apply_error:
         return Cond("Ready", "False", "ApplyRejected", found.apply_error + note)
     if gateway.status != "True":
@@ -102,7 +112,10 @@ def core_status(
         core["state"] = "Unreachable"
     ready = ready_condition(found, gw_cond)
     conds, transitions = merge_conditions(
-        old.get("conditions") or [], [ready, gw_cond, found.connected], generation, stamp
+        old.get("conditions") or [],
+        [ready, gw_cond, found.connected, secrets_condition(found)],
+        generation,
+        stamp,
     )
     status = {
         "observedGeneration": generation,

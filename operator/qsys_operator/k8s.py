@@ -18,10 +18,13 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from .api import GROUP, VERSION, AccessPolicy, QSysCore
-from .kinds import Kind, kind_of
+from .kinds import SECRET, Kind, kind_of
 from .render import Manifest
 
 FIELD_MANAGER = "qsys-operator"
+JSON = "application/json"
+METADATA_ONLY = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1"
+"""Accept header of a metadata-only read: the API server never sends the object's data."""
 API_THREADS = 12
 """Worker threads (and pooled connections) for the blocking client: enough to keep a
 burst of reconciles moving, few enough to stay small."""
@@ -81,8 +84,10 @@ class Kube:
         kwargs.setdefault("_request_timeout", 30)
         return await self._thread(fn, *args, **kwargs)
 
-    def _raw(self, method: str, path: str, body: Any = None, **query: str) -> Any:
-        headers = {"Accept": "application/json"}
+    def _raw(
+        self, method: str, path: str, body: Any = None, accept: str = JSON, **query: str
+    ) -> Any:
+        headers = {"Accept": accept}
         if method == "PATCH":
             headers["Content-Type"] = "application/apply-patch+yaml"
         _, url, headers, body, _ = self.api.param_serialize(
@@ -173,6 +178,18 @@ class Kube:
             self.core.read_namespaced_secret, name, namespace
         )
         return secret
+
+    async def read_secret_metadata(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """A Secret's metadata only (PartialObjectMetadata): labels, annotations, owners."""
+        path = object_path(SECRET, namespace, name)
+        try:
+            obj: dict[str, Any] = await self._thread(self._raw, "GET", path, accept=METADATA_ONLY)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        meta: dict[str, Any] = obj.get("metadata") or {}
+        return meta
 
     async def create(self, manifest: Manifest) -> bool:
         """Create a core/v1 object; False when it exists already (never overwritten)."""

@@ -18,7 +18,7 @@ import aiohttp
 from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
-from .api import AccessPolicy, QSysCore
+from .api import CORE_CREDENTIALS, AccessPolicy, QSysCore
 from .derive import (
     CoreFindings,
     PolicyFindings,
@@ -36,8 +36,9 @@ from .probe import CoreView, probe_core
 from .queueing import WorkQueue
 from .render import PolicyBinding, RenderResult, gateway_name, render_core_children
 from .render.common import selector_labels
+from .secretrefs import host_problem, marker_problem
 from .settings import OperatorSettings
-from .tokens import PolicyTokens, resolve_tokens
+from .tokens import PolicyTokens, resolve_tokens, token_key
 
 log = logging.getLogger("qsys_operator.reconcile")
 
@@ -156,11 +157,11 @@ class Reconciler:
         since = time.monotonic_ns()
         body = await self.kube.get_core(namespace, name)
         policies = await self._policies(namespace, name, since)
-        tokens = {p.metadata.name: await resolve_tokens(self.kube, p) for p in policies}
         if body is None:
             self._managed(namespace, name, False)
             for policy in policies:
-                await self._write_policy(policy, None, None, tokens[policy.metadata.name])
+                checked = await resolve_tokens(self.kube, policy, None)
+                await self._write_policy(policy, None, None, checked)
             return
         self._managed(namespace, name, True)
         try:
@@ -175,9 +176,19 @@ class Reconciler:
             await self._write(body, QSysCore.PLURAL, update)
             self.metrics.reconcile_total.labels(QSysCore.KIND, "permanent_error").inc()
             return
+        key = await token_key(self.kube, core)
+        key_bytes = key if isinstance(key, bytes) else None
+        tokens = {p.metadata.name: await resolve_tokens(self.kube, p, key_bytes) for p in policies}
+        creds_problem = await self._credentials_problem(core)
+        secret_problem = key if isinstance(key, str) else creds_problem
         bindings = [PolicyBinding(p, tokens[p.metadata.name].hashes) for p in policies]
-        result = render_core_children(core, bindings, self.settings)
-        apply_error, sm_note = await self._apply(core, result)
+        # Refused credentials are left out of the pods, never mounted.
+        renderable = core if creds_problem is None else _without_credentials(core)
+        result = render_core_children(renderable, bindings, self.settings)
+        if key_bytes is None:
+            apply_error, sm_note = None, None  # nothing is applied without a usable token key
+        else:
+            apply_error, sm_note = await self._apply(core, result)
         view = await self._probe(core)
         found = CoreFindings(
             gateway_name=gateway_name(name),
@@ -187,6 +198,7 @@ class Reconciler:
             subjects=result.subjects,
             apply_error=apply_error,
             service_monitor_note=sm_note,
+            secret_problem=secret_problem,
         )
         update = core_status(
             core.metadata.generation,
@@ -269,6 +281,18 @@ class Reconciler:
             return f"{what} refused by the API server: {api_message(exc)}", note
         return None, note
 
+    async def _credentials_problem(self, core: QSysCore) -> str | None:
+        ref = core.spec.core.credentialsSecretRef
+        if ref is None:
+            return None
+        meta = await self.kube.read_secret_metadata(core.metadata.namespace, ref.name)
+        what = "spec.core.credentialsSecretRef"
+        problem = marker_problem(ref.name, meta, CORE_CREDENTIALS, what)
+        if problem is None and meta is not None:
+            hosts = [h for h in (core.spec.core.host, core.spec.core.redundantHost) if h]
+            problem = host_problem(ref.name, meta, hosts)
+        return problem
+
     async def _replicas(self, namespace: str, name: str) -> Replicas:
         deployment = await self.kube.read_deployment(namespace, name)
         if deployment is None:
@@ -330,6 +354,13 @@ class Reconciler:
             except Exception as exc:  # Events are best effort
                 log.warning("could not post an Event", extra={"error": _describe(exc)})
         return written
+
+
+def _without_credentials(core: QSysCore) -> QSysCore:
+    spec = core.spec.model_copy(
+        update={"core": core.spec.core.model_copy(update={"credentialsSecretRef": None})}
+    )
+    return core.model_copy(update={"spec": spec})
 
 
 def _describe(exc: BaseException) -> str:

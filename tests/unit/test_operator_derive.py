@@ -61,6 +61,11 @@ GW_DOWN = Cond("GatewayAvailable", "False", "NoReplicaAvailable", "0/2 available
     ("found", "gateway", "reason"),
     [
         (
+            findings(secret_problem="Secret db is not marked", apply_error="also"),
+            GW_DOWN,
+            "SecretNotAccepted",
+        ),
+        (
             findings(apply_error="Deployment x refused by the API server: no"),
             GW_OK,
             "ApplyRejected",
@@ -102,6 +107,7 @@ def test_core_status_first_write_and_events() -> None:
         "Ready": ("True", "Ready"),
         "GatewayAvailable": ("True", "ReplicasAvailable"),
         "CoreConnected": ("True", "Connected"),
+        "SecretsAccepted": ("True", "Accepted"),
     }
     assert update.status["observedGeneration"] == 4
     assert update.status["gateway"] == {"readyReplicas": 2, "service": "hall-gateway"}
@@ -116,6 +122,7 @@ def test_core_status_first_write_and_events() -> None:
         ("Normal", "Ready"),
         ("Normal", "ReplicasAvailable"),
         ("Normal", "Connected"),
+        ("Normal", "Accepted"),
     ]
 
 
@@ -217,3 +224,17 @@ def test_policy_token_problem() -> None:
     assert (ready["status"], ready["reason"]) == ("False", "TokenProblem")
     assert ready["message"] == "subject a: Secret x not found"
     assert update.events[0][:2] == ("Warning", "TokenProblem")
+
+
+def test_secret_not_accepted_condition_and_event() -> None:
+    problem = (
+        "Secret db (spec.core.credentialsSecretRef) is not marked for this use: its owner must "
+        "label it qsys.dev/secret-type=core-credentials; its data was not read"
+    )
+    update = core_status(2, 2, {}, findings(secret_problem=problem), T0)
+    assert update.status is not None
+    assert conds(update.status)["SecretsAccepted"] == ("False", "SecretNotAccepted")
+    assert conds(update.status)["Ready"] == ("False", "SecretNotAccepted")
+    warnings = [m for t, r, m in update.events if t == "Warning" and r == "SecretNotAccepted"]
+    assert len(warnings) == 2  # Ready and SecretsAccepted
+    assert all("Secret db" in m and "qsys.dev/secret-type=core-credentials" in m for m in warnings)

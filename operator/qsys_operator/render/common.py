@@ -28,6 +28,10 @@ def config_secret_name(core_name: str) -> str:
     return f"{core_name}-gateway-config"
 
 
+def token_key_secret_name(core_name: str) -> str:
+    return f"{core_name}-gateway-token-key"
+
+
 def token_secret_name(policy_name: str, subject_name: str) -> str:
     return f"{policy_name}-{subject_name}-token"
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from qsys_gateway.config import (
     AuditConfig,
+    AuthConfig,
     CoreConfig,
     CorsConfig,
     GatewayConfig,
@@ -23,6 +24,8 @@ from .common import config_secret_name as secret_name
 CONFIG_DIR = "/etc/qsys-gateway"
 CONFIG_KEY = "gateway.yaml"
 CONFIG_PATH = f"{CONFIG_DIR}/{CONFIG_KEY}"
+TOKEN_KEY_FILE = "token-key"  # noqa: S105 - a file name
+"""In the config directory: one projected volume, so kubelet swaps config and key together."""
 CREDENTIALS_DIR = "/var/run/qsys/core-credentials"
 TLS_DIR = "/var/run/qsys/tls"
 
@@ -59,6 +62,7 @@ def gateway_config(core: QSysCore, subjects: list[SubjectConfig]) -> GatewayConf
         ),
         audit=AuditConfig(logReads=spec.audit.logReads),
         cors=CorsConfig(allowedOrigins=list(spec.gateway.allowedOrigins)),
+        auth=AuthConfig(tokenKeyFile=f"{CONFIG_DIR}/{TOKEN_KEY_FILE}"),
         subjects=subjects,
     )
 
