@@ -120,6 +120,18 @@ CORE_ADDRESS_RULE = cel(
 )
 
 
+OWN_SECRETS_RULES = [
+    cel(
+        f"!has(self.spec.{field}) || !(self.spec.{field} in "
+        "[self.metadata.name + '-gateway-config', self.metadata.name + '-gateway-token-key'])",
+        f"spec.{field} must not name the operator's own Secrets of this QSysCore "
+        "(<name>-gateway-config, <name>-gateway-token-key)",
+    )
+    for field in ("core.credentialsSecretRef.name", "gateway.tlsSecretName")
+]
+"""A tenant cannot point the gateway at the Secrets the operator writes for it."""
+
+
 class QSysCoreSpec(Model):
     model_config = ConfigDict(json_schema_extra=validations(CORE_ADDRESS_RULE))
 
@@ -163,7 +175,11 @@ class QSysCoreStatus(StatusModel):
 class QSysCore(BaseModel):
     """The whole resource as the API server returns it (e.g. a Kopf body)."""
 
-    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+    model_config = ConfigDict(
+        extra="ignore",
+        populate_by_name=True,
+        json_schema_extra=validations(*OWN_SECRETS_RULES),
+    )
 
     KIND: ClassVar[str] = "QSysCore"
     PLURAL: ClassVar[str] = "qsyscores"
