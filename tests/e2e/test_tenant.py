@@ -83,7 +83,7 @@ def tenant_roles(cluster: Cluster) -> Iterator[str]:
     assert len(docs) == 2
     rbac = client.RbacAuthorizationV1Api(cluster.api)
     for doc in docs:
-        rbac.create_cluster_role(doc)
+        utils.create_from_dict(cluster.api, doc)  # type: ignore[no-untyped-call]
     try:
         yield f"{release}-qsys-operator"
     finally:
@@ -92,9 +92,9 @@ def tenant_roles(cluster: Cluster) -> Iterator[str]:
 
 
 def _account(cluster: Cluster, ns: str, name: str, roles: list[str], tmp: Path) -> Path:
-    v1 = client.CoreV1Api(cluster.api)
-    rbac = client.RbacAuthorizationV1Api(cluster.api)
-    v1.create_namespaced_service_account(ns, {"metadata": {"name": name}})
+    client.CoreV1Api(cluster.api).create_namespaced_service_account(
+        ns, client.V1ServiceAccount(metadata=client.V1ObjectMeta(name=name))
+    )
     for role in roles:
         binding: dict[str, Any] = {
             "metadata": {"name": f"{name}-{role}"[:63]},
