@@ -191,21 +191,17 @@ def test_tenant_cannot_borrow_secrets(
     _secret(cluster, ns, "weak", {"token": WEAK_TOKEN}, "client-token")
     _secret(cluster, ns, "plain", {"token": UNMARKED_TOKEN})
 
-    # Admission (CEL in the CRD): a subject may not name a token Secret the operator
-    # generates for the policy.
-    own_generated = policy_body(
-        "p", "hall", [{"name": "gen"}, {"name": "x", "tokenSecretRef": {"name": "p-gen-token"}}]
-    )
+    # Admission (CEL in the CRD): a core may not name its own generated Secrets.
+    own = core_body("hall", 1710)
+    own["spec"]["core"] = {
+        "host": "192.0.2.10",
+        "credentialsSecretRef": {"name": "hall-gateway-config"},
+    }
     refused = api_error(
-        as_tenant.create_namespaced_custom_object,
-        GROUP,
-        VERSION,
-        ns,
-        "accesspolicies",
-        own_generated,
+        as_tenant.create_namespaced_custom_object, GROUP, VERSION, ns, "qsyscores", own
     )
     assert refused.status == 422
-    assert "must not name a token Secret the operator generates" in str(refused.body)
+    assert "must not name the operator's own Secrets" in str(refused.body)
 
     log = tmp_path / "operator.log"
     with running_operator(cluster, ns, log) as operator:

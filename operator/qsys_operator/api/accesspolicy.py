@@ -41,20 +41,6 @@ TOKEN_SECRET_NAME_RULE = cel(
 )
 
 
-GENERATED_TOKEN_REF_RULE = cel(
-    "self.spec.subjects.all(s, !has(s.tokenSecretRef) || !self.spec.subjects.exists(t, "
-    "s.tokenSecretRef.name == self.metadata.name + '-' + t.name + '-token'))",
-    "a tokenSecretRef must not name a token Secret the operator generates for this policy "
-    "(<policy>-<subject>-token)",
-)
-SHARED_TOKEN_REF_RULE = cel(
-    "self.all(s, !has(s.tokenSecretRef) || self.exists_one(t, has(t.tokenSecretRef) && "
-    "t.tokenSecretRef.name == s.tokenSecretRef.name && "
-    "t.tokenSecretRef.key == s.tokenSecretRef.key))",
-    "two subjects must not use the same tokenSecretRef (name and key)",
-)
-
-
 class TokenSecretRef(Model):
     name: ObjectName
     key: SecretKey = "token"
@@ -69,11 +55,7 @@ class AccessPolicySpec(Model):
     coreRef: LocalObjectReference
     subjects: Annotated[
         list[Subject],
-        Field(
-            min_length=1,
-            max_length=MAX_SUBJECTS,
-            json_schema_extra={**list_map("name"), **validations(SHARED_TOKEN_REF_RULE)},
-        ),
+        Field(min_length=1, max_length=MAX_SUBJECTS, json_schema_extra=list_map("name")),
     ]
     rules: Annotated[
         list[Rule], Field(max_length=MAX_RULES, json_schema_extra=validations(VALUE_RANGE_RULE))
@@ -93,7 +75,7 @@ class AccessPolicy(BaseModel):
     model_config = ConfigDict(
         extra="ignore",
         populate_by_name=True,
-        json_schema_extra=validations(TOKEN_SECRET_NAME_RULE, GENERATED_TOKEN_REF_RULE),
+        json_schema_extra=validations(TOKEN_SECRET_NAME_RULE),
     )
 
     KIND: ClassVar[str] = "AccessPolicy"

@@ -120,14 +120,22 @@ CORE_ADDRESS_RULE = cel(
 )
 
 
+_OWN_SECRETS = "[self.metadata.name + '-gateway-config', self.metadata.name + '-gateway-token-key']"
+_OWN_SECRETS_MESSAGE = (
+    "must not name the operator's own Secrets of this QSysCore "
+    "(<name>-gateway-config, <name>-gateway-token-key)"
+)
 OWN_SECRETS_RULES = [
     cel(
-        f"!has(self.spec.{field}) || !(self.spec.{field} in "
-        "[self.metadata.name + '-gateway-config', self.metadata.name + '-gateway-token-key'])",
-        f"spec.{field} must not name the operator's own Secrets of this QSysCore "
-        "(<name>-gateway-config, <name>-gateway-token-key)",
-    )
-    for field in ("core.credentialsSecretRef.name", "gateway.tlsSecretName")
+        "!has(self.spec.core.credentialsSecretRef) || "
+        f"!(self.spec.core.credentialsSecretRef.name in {_OWN_SECRETS})",
+        f"spec.core.credentialsSecretRef {_OWN_SECRETS_MESSAGE}",
+    ),
+    cel(
+        "!has(self.spec.gateway) || !has(self.spec.gateway.tlsSecretName) || "
+        f"!(self.spec.gateway.tlsSecretName in {_OWN_SECRETS})",
+        f"spec.gateway.tlsSecretName {_OWN_SECRETS_MESSAGE}",
+    ),
 ]
 """A tenant cannot point the gateway at the Secrets the operator writes for it."""
 
