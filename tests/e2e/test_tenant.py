@@ -170,6 +170,9 @@ def test_tenant_cannot_borrow_secrets(
     tenant = config.new_client_from_config(config_file=str(tenant_cfg))  # type: ignore[no-untyped-call]
     as_tenant = client.CustomObjectsApi(tenant)
 
+    def tenant_policy(body: dict[str, Any]) -> None:
+        as_tenant.create_namespaced_custom_object(GROUP, VERSION, ns, "accesspolicies", body)
+
     # The tenant may manage the resources but not read, list or create Secrets.
     assert can_i(tenant_cfg, "create", "qsyscores.qsys.dev", "-n", ns)
     assert can_i(tenant_cfg, "delete", "accesspolicies.qsys.dev", "-n", ns)
@@ -255,11 +258,7 @@ def test_tenant_cannot_borrow_secrets(
         )
 
         # Tokens: generated, marked BYO, and refused ones (unmarked, weak, another's).
-        as_tenant.create_namespaced_custom_object(
-            GROUP,
-            VERSION,
-            ns,
-            "accesspolicies",
+        tenant_policy(
             policy_body(
                 "p",
                 "hall",
@@ -272,14 +271,10 @@ def test_tenant_cannot_borrow_secrets(
             ),
         )
         generated = wait_for("token", lambda: secret_text(cluster, ns, "p-gen-token", "token"))
-        as_tenant.create_namespaced_custom_object(
-            GROUP,
-            VERSION,
-            ns,
-            "accesspolicies",
+        tenant_policy(
             policy_body(
                 "q", "hall", [{"name": "borrow", "tokenSecretRef": {"name": "p-gen-token"}}]
-            ),
+            )
         )
 
         def problems(name: str, *needles: str) -> dict[str, Any] | None:

@@ -9,6 +9,7 @@ from typing import Any
 
 from ..api import QSysCore
 from ..api.common import ObjectMeta
+from ..kinds import SECRET
 
 Manifest = dict[str, Any]
 
@@ -61,6 +62,17 @@ def child_metadata(core: QSysCore, name: str) -> dict[str, Any]:
         "namespace": core.metadata.namespace,
         "labels": labels(core.metadata.name),
         "ownerReferences": [owner_reference(core.apiVersion, core.kind, core.metadata)],
+    }
+
+
+def opaque_secret(metadata: dict[str, Any], data: dict[str, str]) -> Manifest:
+    """A core/v1 Secret of type Opaque; data values are plain text (encoded here)."""
+    return {
+        "apiVersion": SECRET.api_version,
+        "kind": SECRET.kind,
+        "metadata": metadata,
+        "type": "Opaque",
+        "data": {k: b64(v) for k, v in data.items()},
     }
 
 

@@ -17,8 +17,15 @@ from qsys_gateway.config import (
 )
 
 from ..api import QSysCore
-from ..kinds import SECRET
-from .common import HTTP_PORT, METRICS_PORT, QRC_PORT, Manifest, b64, child_metadata, digest
+from .common import (
+    HTTP_PORT,
+    METRICS_PORT,
+    QRC_PORT,
+    Manifest,
+    child_metadata,
+    digest,
+    opaque_secret,
+)
 from .common import config_secret_name as secret_name
 
 CONFIG_DIR = "/etc/qsys-gateway"
@@ -84,10 +91,5 @@ def restart_hash(config: GatewayConfig) -> str:
 
 
 def render_config_secret(core: QSysCore, config: GatewayConfig) -> Manifest:
-    return {
-        "apiVersion": SECRET.api_version,
-        "kind": SECRET.kind,
-        "metadata": child_metadata(core, secret_name(core.metadata.name)),
-        "type": "Opaque",
-        "data": {CONFIG_KEY: b64(dump_config(config))},
-    }
+    metadata = child_metadata(core, secret_name(core.metadata.name))
+    return opaque_secret(metadata, {CONFIG_KEY: dump_config(config)})
