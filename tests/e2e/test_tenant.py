@@ -97,6 +97,8 @@ def _account(cluster: Cluster, ns: str, name: str, roles: list[str], tmp: Path) 
     )
     for role in roles:
         binding: dict[str, Any] = {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "RoleBinding",
             "metadata": {"name": f"{name}-{role}"[:63]},
             "roleRef": {
                 "apiGroup": "rbac.authorization.k8s.io",
