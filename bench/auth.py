@@ -11,7 +11,7 @@ import secrets
 import time
 
 from qsys_gateway.auth import Authenticator, hash_token
-from qsys_gateway.config import SubjectConfig, token_hmac
+from qsys_protocol.config import SubjectConfig, token_hmac
 
 from .common import BenchContext, Result
 

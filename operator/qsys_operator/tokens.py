@@ -18,7 +18,7 @@ from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from qsys_gateway.config import MIN_TOKEN_KEY_BYTES, token_hmac
+from qsys_protocol.config import MIN_TOKEN_KEY_BYTES, token_hmac
 
 from .api import CLIENT_TOKEN, AccessPolicy, QSysCore, Subject
 from .k8s import Kube

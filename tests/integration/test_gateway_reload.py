@@ -10,7 +10,7 @@ from typing import Any
 import aiohttp
 from gateway_harness import PANEL_TOKEN, Gateway, GatewayFactory
 
-from qsys_gateway.config import token_hmac
+from qsys_protocol.config import token_hmac
 
 
 async def ws_call(ws: aiohttp.ClientWebSocketResponse, rid: int, method: str, params: Any) -> Any:

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from qsys_gateway.auth import MAX_TOKEN_BYTES, Authenticator, FailureThrottle, hash_token
-from qsys_gateway.config import SubjectConfig, token_hmac
+from qsys_protocol.config import SubjectConfig, token_hmac
 
 TOKENS = {"room-101-panel": "panel-token-1", "ai-agent": "agent-token-2", "ops": "ops-token-3"}
 

@@ -11,7 +11,6 @@ from typing import Any
 import pytest
 import yaml
 
-from qsys_gateway.config import GatewayConfig, parse_config
 from qsys_operator.api import AccessPolicy, QSysCore
 from qsys_operator.kinds import NETWORK_POLICY, PDB, SERVICE_MONITOR
 from qsys_operator.render import (
@@ -24,6 +23,7 @@ from qsys_operator.render import (
     render_token_secret,
 )
 from qsys_operator.settings import DEFAULT_GATEWAY_IMAGE, OperatorSettings
+from qsys_protocol.config import GatewayConfig, parse_config
 
 SETTINGS = OperatorSettings()
 LABELS = {
