@@ -34,10 +34,11 @@ from .secretrefs import marker_problem, owner_problem
 
 TOKEN_BYTES = 32
 MIN_TOKEN_CHARS = 32
-MIN_TOKEN_BITS = 90.0
-"""Floor of `estimated_bits` for a bring-your-own token. 32 random hex digits score 92 or
-more, 43 base64 characters (`openssl rand -base64 32`) about 180; repeated phrases and
-runs far less. A heuristic floor against obviously weak values, not a strength proof."""
+MIN_TOKEN_BITS = 80.0
+"""Floor of `estimated_bits` for a bring-your-own token. 32 random hex digits (128 bits)
+scored 88.6 at the lowest in 100,000 draws, 43 base64 characters (`openssl rand -base64
+32`) about 180; a repeated phrase or run scores far less ("password1234" three times: 43).
+A heuristic floor against obviously weak values, not a strength proof."""
 
 
 @dataclass
