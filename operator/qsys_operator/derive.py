@@ -159,6 +159,8 @@ class PolicyFindings:
     token_problems: Mapping[str, str] = field(default_factory=dict)
     """subject -> what to fix (never token text)."""
     token_secrets: Mapping[str, str] = field(default_factory=dict)
+    not_rendered: str | None = None
+    """Why the bound core rendered no subject at all (its token key is unusable)."""
 
 
 def policy_status(
@@ -187,6 +189,8 @@ def policy_status(
     problems.extend(f"subject {s}: {msg}" for s, msg in sorted(found.token_problems.items()))
     if found.bound_core is None:
         ready = Cond("Ready", "False", "CoreNotFound", bound.message)
+    elif found.not_rendered:
+        ready = Cond("Ready", "False", "NotRendered", found.not_rendered)
     elif problems:
         reason = "SubjectConflict" if any("left out" in p for p in problems) else "TokenProblem"
         ready = Cond("Ready", "False", reason, "; ".join(problems))

@@ -208,8 +208,10 @@ class Reconciler:
             now(),
         )
         await self._write(body, QSysCore.PLURAL, update)
+        not_rendered = f"QSysCore {name} is not rendered: {key}" if isinstance(key, str) else None
         for policy in policies:
-            await self._write_policy(policy, core, result, tokens[policy.metadata.name])
+            checked = tokens[policy.metadata.name]
+            await self._write_policy(policy, core, result, checked, not_rendered)
         outcome = "permanent_error" if apply_error else "success"
         self.metrics.reconcile_total.labels(QSysCore.KIND, outcome).inc()
         self.metrics.reconcile_duration.labels(QSysCore.KIND).observe(time.monotonic() - started)
@@ -317,6 +319,7 @@ class Reconciler:
         core: QSysCore | None,
         result: RenderResult | None,
         tokens: PolicyTokens,
+        not_rendered: str | None = None,
     ) -> None:
         found = PolicyFindings(
             core_ref=policy.spec.coreRef.name,
@@ -326,6 +329,7 @@ class Reconciler:
             conflicts=result.conflicts if result else (),
             token_problems=tokens.problems,
             token_secrets=tokens.secrets,
+            not_rendered=not_rendered,
         )
         update = policy_status(
             policy.metadata.name,

@@ -238,3 +238,13 @@ def test_secret_not_accepted_condition_and_event() -> None:
     warnings = [m for t, r, m in update.events if t == "Warning" and r == "SecretNotAccepted"]
     assert len(warnings) == 2  # Ready and SecretsAccepted
     assert all("Secret db" in m and "qsys.dev/secret-type=core-credentials" in m for m in warnings)
+
+
+def test_policy_not_rendered_when_the_core_has_no_usable_token_key() -> None:
+    why = (
+        "QSysCore hall is not rendered: Secret hall-gateway-token-key exists but was not generated"
+    )
+    update = policy_status("ops", 1, {}, pfound(not_rendered=why), T0)
+    assert update.status is not None
+    ready = update.status["conditions"][0]
+    assert (ready["status"], ready["reason"], ready["message"]) == ("False", "NotRendered", why)
