@@ -394,3 +394,50 @@ def test_admission_policy_keeps_cores_inside_the_allowed_networks(
     finally:
         adm.delete_validating_admission_policy_binding(binding["metadata"]["name"])
         adm.delete_validating_admission_policy(policy["metadata"]["name"])
+
+
+def test_fixed_name_secrets_are_not_taken_over(
+    cluster: Cluster, namespace: str, tmp_path: Path
+) -> None:
+    """A tenant cannot name resources so that the operator adopts an existing Secret as a
+    core's token key or a subject's generated token."""
+    ns = namespace
+    apply_crds(cluster)
+    _secret(cluster, ns, "lobby-gateway-token-key", {"key": "k" * 40})
+    _secret(cluster, ns, "ops-admin-token", {"token": DB_PASSWORD})
+    with running_operator(cluster, ns, tmp_path / "operator.log") as operator:
+        custom = client.CustomObjectsApi(cluster.api)
+        core = core_body("lobby", 1710)
+        core["spec"]["core"] = {"host": "192.0.2.10"}
+        custom.create_namespaced_custom_object(GROUP, VERSION, ns, "qsyscores", core)
+        policy = policy_body("ops", "lobby", [{"name": "admin"}, {"name": "panel"}])
+        custom.create_namespaced_custom_object(GROUP, VERSION, ns, "accesspolicies", policy)
+
+        lobby = wait_condition(cluster, ns, "QSysCore", "lobby", "SecretsAccepted", "False")
+        message = condition(lobby, "SecretsAccepted")["message"]
+        assert "lobby-gateway-token-key exists but was not generated for QSysCore lobby" in message
+        ops = wait_condition(cluster, ns, "AccessPolicy", "ops", "Ready", "False")
+        assert condition(ops, "Ready")["reason"] == "NotRendered"
+        apps = client.AppsV1Api(cluster.api)
+        assert api_error(apps.read_namespaced_deployment, "lobby-gateway", ns).status == 404
+
+        # Without the foreign Secret the operator makes its own key; the foreign token
+        # Secret is still refused for subject admin, and its value goes nowhere.
+        client.CoreV1Api(cluster.api).delete_namespaced_secret("lobby-gateway-token-key", ns)
+        wait_condition(cluster, ns, "QSysCore", "lobby", "SecretsAccepted", "True")
+
+        def admin_refused() -> dict[str, Any] | None:
+            ready = condition(get(cluster, ns, "AccessPolicy", "ops"), "Ready")
+            text = ready.get("message", "")
+            return ready if "subject admin" in text and "not generated for" in text else None
+
+        wait_for("ops-admin-token refused", admin_refused, timeout=30)
+
+        def panel_only() -> str | None:
+            text = secret_text(cluster, ns, "lobby-gateway-config", "gateway.yaml")
+            return text if text and "name: panel" in text else None
+
+        text = wait_for("config with panel only", panel_only)
+        assert "name: admin" not in text
+        assert DB_PASSWORD not in text + operator.output()
+        assert secret_text(cluster, ns, "ops-admin-token", "token") == DB_PASSWORD  # untouched
