@@ -19,6 +19,7 @@ from chart_support import (
     tool,
 )
 
+from qsys_operator.kinds import CHILDREN
 from qsys_operator.settings import DEFAULT_GATEWAY_IMAGE, ENV
 
 RBAC_KINDS = ("Role", "ClusterRole")
@@ -262,3 +263,19 @@ def test_core_network_admission_policy_only_when_networks_are_set() -> None:
     assert variables["networks"] == "['198.18.0.0/15', '192.0.2.0/24']"
     messages = [v["message"] for v in policy["spec"]["validations"]]
     assert "inside 198.18.0.0/15, 192.0.2.0/24" in messages[0]
+
+
+def test_operator_rbac_covers_every_child_kind() -> None:
+    """kinds.CHILDREN is the one catalogue: each kind the operator applies, deletes and
+    watches needs exactly those verbs in the chart, in both modes."""
+    needed = {"get", "list", "watch", "create", "patch", "delete"}
+    for values in ([], ["watchNamespaces={a}"]):
+        rules = _rules(manifests(render(values=values)))
+        for kind in CHILDREN:
+            granted = {
+                verb
+                for rule in rules
+                if kind.group in rule["apiGroups"] and kind.plural in rule["resources"]
+                for verb in rule["verbs"]
+            }
+            assert needed <= granted, (kind.kind, values)
