@@ -32,12 +32,16 @@ Glob = Annotated[str, Field(min_length=1, max_length=256)]
 
 
 class Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, frozen=True)
+    model_config = ConfigDict(
+        extra="forbid", allow_inf_nan=False, frozen=True, use_attribute_docstrings=True
+    )
 
 
 class RateConfig(Model):
     requestsPerSecond: Annotated[float, Field(gt=0, le=100000)] = 20
+    """Sustained calls per second per subject (> 0, max 100000)."""
     burst: Annotated[int, Field(ge=1, le=1000000)] = 40
+    """Calls per subject allowed at once (1-1000000)."""
 
 
 class TlsConfig(Model):
@@ -104,7 +108,9 @@ class CorsConfig(Model):
 
 class ValueRange(Model):
     min: float | None = None
+    """Smallest value a write may set (inclusive). Unset: no lower bound."""
     max: float | None = None
+    """Largest value a write may set (inclusive). Unset: no upper bound."""
 
     @model_validator(mode="after")
     def _ordered(self) -> ValueRange:
@@ -117,9 +123,14 @@ class Rule(Model):
     """One allow rule: a call passes when some rule matches every target it touches."""
 
     methods: Annotated[list[Glob], Field(min_length=1)]
+    """QRC methods this rule allows, globs, e.g. `Component.Get*`, `StatusGet`."""
     components: Annotated[list[Glob], Field(min_length=1)] = ["*"]
+    """Component names (globs) the rule covers; `*` also covers Named Controls."""
     controls: Annotated[list[Glob], Field(min_length=1)] = ["*"]
+    """Control names (globs) the rule covers within those components."""
     valueRange: ValueRange | None = None
+    """Writes must set a numeric Value within this range (Position and String writes are
+    refused). Unset: any value."""
 
 
 HexDigest = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]

@@ -196,7 +196,8 @@ def test_every_command_against_the_operator(
         _fails(forwarded, "port-forward to svc/room-gateway failed")
 
         # --direct to the pod IP, served by a real gateway from the rendered config.
-        gw = StandInGateway(tmp_path, _config(cluster, ns, "room"), pod_ip)
+        key = must(secret_text(cluster, ns, "room-gateway-token-key", "key"))
+        gw = StandInGateway(tmp_path, _config(cluster, ns, "room"), pod_ip, key)
         stack.callback(gw.stop)
         gw.start()
         status_call = qsys("call", "room", "StatusGet", "--as", "gen", "--direct")
