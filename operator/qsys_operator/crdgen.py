@@ -126,7 +126,6 @@ def _without_defaults(node: Any) -> Any:
 
 API_VERSION_DESCRIPTION = "The versioned schema of this object: qsys.dev/v1alpha1."
 KIND_DESCRIPTION = "The REST resource this object represents."
-METADATA_DESCRIPTION = "Standard object metadata (name, namespace, labels, annotations)."
 
 
 def _resource_schema(model: type[QSysCore] | type[AccessPolicy]) -> Schema:
@@ -136,7 +135,8 @@ def _resource_schema(model: type[QSysCore] | type[AccessPolicy]) -> Schema:
     props["status"] = _without_defaults(props["status"])
     props["apiVersion"] = {"type": "string", "description": API_VERSION_DESCRIPTION}
     props["kind"] = {"type": "string", "description": KIND_DESCRIPTION}
-    props["metadata"] = {"type": "object", "description": METADATA_DESCRIPTION}
+    # The server refuses anything but `type` here; it documents ObjectMeta itself.
+    props["metadata"] = {"type": "object"}
     schema["required"] = ["spec"]
     schema["description"] = model.DESCRIPTION
     result: Schema = _sorted(schema)
