@@ -23,9 +23,11 @@ What each method is (write, retryable, change-group add, answered before logon) 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,6 +61,10 @@ def outcome_of(code: int) -> str:
     return _OUTCOME_BY_CODE.get(code, "error")
 
 
+SWEEP_SECONDS = 1.0
+"""How often connections are checked for a token past its rotation grace period."""
+
+
 class Refusal(QrcError):
     """A request refused before any call ran (authentication, throttling, rate limit)."""
 
@@ -76,6 +82,8 @@ class Caller:
     subject: SubjectConfig | None = None
     session: UpstreamSession | None = None
     owns_session: bool = False
+    token_hash: str = ""
+    """The configured hash the caller's token matched (current or, in a grace, previous)."""
 
     @property
     def subject_name(self) -> str:
@@ -98,11 +106,18 @@ class Admission:
         # Labelled children, looked up once: label values are bounded (see metrics.py).
         self._counters: dict[tuple[str, str, str, str], Any] = {}
         self._timers: dict[tuple[str, str], Any] = {}
+        self._watched: dict[int, tuple[Caller, Callable[[], Awaitable[None]]]] = {}
+        self._sweeper: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         self.shared.start()
+        self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
 
     async def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
         await self.shared.close()
 
     # ---- who ----------------------------------------------------------------------
@@ -129,18 +144,39 @@ class Admission:
             )
             self._auth_failed(caller, method, err, request_id, "auth throttled")
             raise err
-        subject = None
+        found = None
         if token:
-            auth = rt.rules.authenticator
-            subject = auth.authenticate(token) if user is None else auth.logon(user, token)
-        if subject is None:
+            found = rt.rules.authenticator.match(token, user, logon=user is not None)
+        if found is None:
             rt.throttle.failure(source)
             err = Refusal(ErrorCode.UNAUTHENTICATED, "Unauthenticated")
             self._auth_failed(caller, method, err, request_id, "invalid or missing token")
             raise err
         rt.throttle.success(source)
-        caller.subject = subject
-        return subject
+        caller.subject, caller.token_hash = found.subject, found.token_hash
+        return found.subject
+
+    def credential(self, caller: Caller) -> str | None:
+        """ "current" or "previous": the token the caller logged on with, as the current
+        config judges it now; None once it no longer admits it (rotated past the grace
+        period, or the subject removed)."""
+        known = caller.subject
+        subject = self.rt.current_subject(known.name) if known is not None else None
+        if subject is None:
+            return None
+        return subject.credential(caller.token_hash, time.time())
+
+    def watch(self, caller: Caller, close: Callable[[], Awaitable[None]]) -> None:
+        """Close this connection once its token is no longer admitted (end of a grace period)."""
+        self._watched[id(caller)] = (caller, close)
+
+    async def _sweep(self) -> None:
+        while True:
+            await asyncio.sleep(SWEEP_SECONDS)
+            for key, (caller, close) in list(self._watched.items()):
+                if caller.subject is not None and self.credential(caller) is None:
+                    del self._watched[key]
+                    await close()
 
     def _auth_failed(
         self, caller: Caller, method: str, err: QrcError, request_id: str, reason: str
@@ -173,6 +209,7 @@ class Admission:
         session, caller.session = caller.session, None
         if session is not None and caller.owns_session:
             await session.close()
+        self._watched.pop(id(caller), None)
         caller.subject = None
 
     # ---- how much -----------------------------------------------------------------
@@ -209,7 +246,7 @@ class Admission:
         label = method_label(method)
         known = caller.subject
         subject = rt.current_subject(known.name) if known is not None else None
-        if subject is None or known is None or subject.token_hash != known.token_hash:
+        if subject is None or self.credential(caller) is None:
             err = QrcError(ErrorCode.UNAUTHENTICATED, "Unauthenticated: token revoked")
             self._count(label, caller, "unauthenticated", started)
             return None if msg.is_notification else jsonrpc.error_message(msg.id, err)
@@ -293,6 +330,7 @@ class Admission:
             reason=decision.reason,
             outcome=outcome,
             duration_ms=(time.perf_counter() - started) * 1000,
+            token=self.credential(caller) if caller.subject is not None else None,
         )
 
     def _count(self, label: str, caller: Caller, outcome: str, started: float) -> None:

@@ -33,7 +33,10 @@ class AuditLog:
         reason: str,
         outcome: str,
         duration_ms: float,
+        token: str | None = None,
     ) -> None:
+        """`token`: which of the subject's tokens the call used, "current" or "previous"
+        (during a rotation grace period); never the token itself."""
         line = {
             "type": "audit",
             "ts": dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds"),
@@ -49,6 +52,8 @@ class AuditLog:
             "outcome": outcome,
             "durationMs": round(duration_ms, 3),
         }
+        if token is not None:
+            line["token"] = token
         self._stream.write(orjson.dumps(line, default=str) + b"\n")
         if self.path == "-":
             self._stream.flush()

@@ -6,6 +6,7 @@ validates what the operator renders and what the gateway loads.
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import hmac
 import os
@@ -169,6 +170,11 @@ class SubjectConfig(Model):
     tokenHmacSha256: HexDigest | None = None
     tokenSha256: HexDigest | None = None
     """Unkeyed SHA-256, accepted until v1beta1; the operator re-renders it as tokenHmacSha256."""
+    previousTokenHmacSha256: HexDigest | None = None
+    """The token before the last rotation, still admitted until `previousTokenUntil`."""
+    previousTokenUntil: dt.datetime | None = None
+    """End of the rotation grace period (RFC 3339, with a zone); connections that
+    authenticated with the previous token are closed then."""
     rate: RateConfig | None = None
     rules: list[Rule] = []
 
@@ -176,7 +182,21 @@ class SubjectConfig(Model):
     def _one_hash(self) -> SubjectConfig:
         if (self.tokenHmacSha256 is None) == (self.tokenSha256 is None):
             raise ValueError("set exactly one of tokenHmacSha256 and tokenSha256")
+        if (self.previousTokenHmacSha256 is None) != (self.previousTokenUntil is None):
+            raise ValueError("previousTokenHmacSha256 and previousTokenUntil go together")
+        if self.previousTokenUntil is not None and self.previousTokenUntil.tzinfo is None:
+            raise ValueError("previousTokenUntil needs a time zone")
         return self
+
+    def credential(self, token_hash: str, now: float) -> str | None:
+        """Which of this subject's tokens `token_hash` is at `now` (Unix seconds):
+        "current", "previous" (within the grace period) or None."""
+        if token_hash == self.token_hash:
+            return "current"
+        until = self.previousTokenUntil
+        if token_hash == self.previousTokenHmacSha256 and until and now < until.timestamp():
+            return "previous"
+        return None
 
     @property
     def token_hash(self) -> str:

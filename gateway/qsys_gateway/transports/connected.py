@@ -53,6 +53,7 @@ class ConnectedClient:
     def log_on(self, subject: SubjectConfig) -> None:
         """After `admission.authenticate` succeeded for `self.caller`."""
         self.admission.open_session(self.caller, self.send)
+        self.admission.watch(self.caller, self.handle.close)
         self.handle.subject = subject.name
         status = self.svc.runtime.upstream.engine_status
         if status is not None:
