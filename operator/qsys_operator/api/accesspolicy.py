@@ -18,6 +18,7 @@ from .common import (
     ObjectName,
     SecretKey,
     StatusModel,
+    Timestamp,
     cel,
     list_map,
     validations,
@@ -73,6 +74,10 @@ class AccessPolicySpec(Model):
     """Allow rules shared by every subject of this policy (max 128). Empty: every call is denied."""
     rateLimit: RateConfig | None = None
     """Per-subject rate for these subjects. Unset: the QSysCore's `limits`."""
+    tokenGracePeriodSeconds: Annotated[int, Field(ge=0, le=86400)] = 300
+    """Seconds a subject's previous token stays valid after its token changes (rotation),
+    so connected panels keep working while they are re-keyed; their connections are
+    closed when it ends. 0: the old token is refused at once."""
 
 
 class AccessPolicyStatus(StatusModel):
@@ -83,6 +88,9 @@ class AccessPolicyStatus(StatusModel):
     metav1.Condition."""
     tokenSecrets: dict[str, str] = {}
     """Subject name to the name of the Secret holding its token (never the token)."""
+    tokensInGrace: dict[str, Timestamp] = {}
+    """Subjects whose previous token is still admitted after a rotation, and until when
+    (RFC 3339)."""
 
 
 class AccessPolicy(BaseModel):
