@@ -176,7 +176,17 @@ class StandInGateway:
         config: dict[str, Any] = yaml.safe_load(config_yaml)
         config["listen"]["host"] = self.pod_ip  # ports stay as rendered
         config["auth"]["tokenKeyFile"] = str(self.key_path)
+        config.setdefault("audit", {})["path"] = str(self.audit_path)
         return config
+
+    @property
+    def audit_path(self) -> Path:
+        return self.key_path.parent / f"audit-{self.pod_ip}.jsonl"
+
+    def audit_lines(self) -> list[dict[str, Any]]:
+        if not self.audit_path.exists():
+            return []
+        return [json.loads(line) for line in self.audit_path.read_text().splitlines() if line]
 
     def write(self, config_yaml: str) -> None:
         config = self._local(config_yaml)
