@@ -100,6 +100,14 @@ def cmd_status(kube: Cluster, args: argparse.Namespace) -> int:
         ]
         if problems:
             out += ["", "Conditions not True:", *problems]
+        grace = [
+            f"  {s['name']}/{pol['name']}: subject {subject} until {until}"
+            for s in summaries
+            for pol in s["policies"]
+            for subject, until in sorted(pol["tokensInGrace"].items())
+        ]
+        if grace:
+            out += ["", "Previous tokens still admitted (rotation grace):", *grace]
         return "\n".join(out)
 
     _emit({"items": summaries}, args.output, text)
@@ -108,6 +116,7 @@ def cmd_status(kube: Cluster, args: argparse.Namespace) -> int:
 
 def cmd_token(kube: Cluster, args: argparse.Namespace) -> int:
     ref = kube.token_ref(args.policy, args.subject)
+    grace = kube.policy(args.policy).spec.tokenGracePeriodSeconds
     if args.action == "show":
         token = kube.token(ref)
     else:
@@ -120,13 +129,18 @@ def cmd_token(kube: Cluster, args: argparse.Namespace) -> int:
         "key": ref.key,
         "generated": ref.generated,
     }
+    if args.action == "rotate":
+        data["gracePeriodSeconds"] = grace
     if args.action == "show" or args.show:
         data["token"] = token
 
     def text() -> str:
         if args.action == "show":
             return token
-        line = f'token of subject "{ref.subject}" rotated (Secret {ref.secret}, key {ref.key})'
+        line = (
+            f'token of subject "{ref.subject}" rotated (Secret {ref.secret}, key {ref.key}); '
+            f"the previous token is admitted for {grace} s more (spec.tokenGracePeriodSeconds)"
+        )
         return f"{line}\n{token}" if args.show else line
 
     _emit(data, args.output, text)

@@ -70,6 +70,7 @@ def core_summary(core: Mapping[str, Any], policies: Sequence[Mapping[str, Any]])
                 "name": (p.get("metadata") or {}).get("name"),
                 "subjects": [s.get("name") for s in (p.get("spec") or {}).get("subjects") or []],
                 "ready": condition_status(p, "Ready"),
+                "tokensInGrace": dict((p.get("status") or {}).get("tokensInGrace") or {}),
                 "problems": _not_true(p),
             }
             for p in sorted(bound, key=lambda p: str((p.get("metadata") or {}).get("name")))
