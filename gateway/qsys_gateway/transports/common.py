@@ -8,6 +8,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from ..auth import MAX_USER_CHARS
 from ..clients import ClientRegistry
 from ..config import SubjectConfig
 from ..pipeline import Pipeline
@@ -63,24 +64,36 @@ def authenticate(
     rid: str,
     obj: Any = None,
 ) -> SubjectConfig:
-    """Check a bearer token (or a Logon user + token); throttles repeated failures per source."""
+    """Check a bearer token (or a Logon user + token).
+
+    Failures are throttled per source and presented subject (`throttle_key`); a valid
+    token is always admitted, so one guessing client behind a NAT or an ingress never
+    locks out the correct tokens of the room."""
     rt = svc.runtime
-    wait = rt.throttle.retry_after(source_ip)
-    if wait > 0:
-        err = Refusal(ErrorCode.RATE_LIMITED, "Too many failed authentications; retry later", wait)
-        _fail(svc, source_ip, transport, rid, obj, err, "auth throttled")
-        raise err
     subject = None
     if token:
         auth = rt.rules.authenticator
         subject = auth.authenticate(token) if user is None else auth.logon(user, token)
-    if subject is None:
-        rt.throttle.failure(source_ip)
-        err = Refusal(ErrorCode.UNAUTHENTICATED, "Unauthenticated")
-        _fail(svc, source_ip, transport, rid, obj, err, "invalid or missing token")
+    key = throttle_key(source_ip, user)
+    if subject is not None:
+        rt.throttle.success(key)
+        return subject
+    wait = rt.throttle.retry_after(key)
+    if wait > 0:
+        err = Refusal(ErrorCode.RATE_LIMITED, "Too many failed authentications; retry later", wait)
+        _fail(svc, source_ip, transport, rid, obj, err, "auth throttled")
         raise err
-    rt.throttle.success(source_ip)
-    return subject
+    rt.throttle.failure(key)
+    err = Refusal(ErrorCode.UNAUTHENTICATED, "Unauthenticated")
+    _fail(svc, source_ip, transport, rid, obj, err, "invalid or missing token")
+    raise err
+
+
+def throttle_key(source_ip: str, user: str | None) -> str:
+    """Failed logons are counted per source and presented subject name (bearer: none)."""
+    if not user:
+        return source_ip
+    return f"{source_ip}\x00{user[:MAX_USER_CHARS]}"
 
 
 def _fail(
