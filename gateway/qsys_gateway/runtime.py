@@ -13,9 +13,11 @@ from dataclasses import dataclass
 from .audit import AuditLog
 from .auth import Authenticator, FailureThrottle
 from .config import GatewayConfig, SubjectConfig
+from .inflight import TOTAL, WeightedGate
 from .metrics import GatewayMetrics
 from .policy import Policy
 from .ratelimit import RateLimiter
+from .sendbudget import SendBudget
 from .upstream import Upstream
 
 log = logging.getLogger("qsys_gateway.runtime")
@@ -51,6 +53,9 @@ class Runtime:
         self.upstream = upstream
         self.audit = audit
         self.throttle = FailureThrottle()
+        self.send_budget = SendBudget()
+        self.in_flight_gate = WeightedGate(TOTAL)
+        metrics.send_queue_bytes.set_function(lambda: self.send_budget.used)
         self.shutting_down = False
         self.in_flight = 0
         self.idle = asyncio.Event()

@@ -148,7 +148,7 @@ async def test_failed_logons_never_lock_out_a_correct_token(shared_gateway: Gate
     results: list[dict[str, Any]] = []
     for i in range(12):
         reader, writer = await asyncio.open_connection(
-            "127.0.0.1", shared_gateway.qrc_port, local_addr=("127.0.0.31", 0)
+            "127.0.0.1", shared_gateway.qrc_port, local_addr=("127.0.0.33", 0)
         )
         try:
             logon = {"User": "panel", "Password": f"guess-{i}"}
@@ -164,7 +164,7 @@ async def test_failed_logons_never_lock_out_a_correct_token(shared_gateway: Gate
     assert codes[-1] == -32029
     for user, token in (("panel", PANEL_TOKEN), ("admin", ADMIN_TOKEN)):
         reader, writer = await asyncio.open_connection(
-            "127.0.0.1", shared_gateway.qrc_port, local_addr=("127.0.0.31", 0)
+            "127.0.0.1", shared_gateway.qrc_port, local_addr=("127.0.0.33", 0)
         )
         try:
             logon = {"User": user, "Password": token}

@@ -9,6 +9,7 @@ from typing import Any
 
 from ..clients import ClientHandle
 from ..config import SubjectConfig
+from ..inflight import PER_CONNECTION, WeightedGate, call_weight
 from ..pipeline import Caller
 from ..qrc import jsonrpc
 from ..qrc.errors import ErrorCode, QrcError
@@ -38,6 +39,7 @@ class ClientConnection:
         self._answers_before_logon = answers_before_logon
         self._pre_logon_error = pre_logon_error
         self._slots = asyncio.Semaphore(MAX_IN_FLIGHT)
+        self._weight = WeightedGate(PER_CONNECTION)
         self._tasks: set[asyncio.Task[None]] = set()
 
     @property
@@ -83,13 +85,29 @@ class ClientConnection:
             for obj in calls:
                 self._reply_error(obj, refused)
             return
+        gate = self.svc.runtime.in_flight_gate
         for obj in calls:
+            weight = call_weight(obj)
             await self._slots.acquire()
-            task = asyncio.get_running_loop().create_task(self._call(obj, rid))
+            mine = theirs = 0
+            try:
+                mine = await self._weight.acquire(weight)
+                theirs = await gate.acquire(weight)
+            except BaseException:
+                self._release(mine, theirs)
+                raise
+            task = asyncio.get_running_loop().create_task(self._call(obj, rid, mine, theirs))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    async def _call(self, obj: Any, rid: str) -> None:
+    def _release(self, mine: int, theirs: int) -> None:
+        if mine:
+            self._weight.release(mine)
+        if theirs:
+            self.svc.runtime.in_flight_gate.release(theirs)
+        self._slots.release()
+
+    async def _call(self, obj: Any, rid: str, mine: int, theirs: int) -> None:
         try:
             assert self.caller is not None
             response = await self.svc.pipeline.call(self.caller, obj, rid)
@@ -99,7 +117,7 @@ class ClientConnection:
             log.exception("call failed", extra={"request_id": rid})
             self._reply_error(obj, QrcError(ErrorCode.SERVER_ERROR, "Internal error"))
         finally:
-            self._slots.release()
+            self._release(mine, theirs)
 
     def _reply_error(self, obj: Any, err: QrcError) -> None:
         rid = obj.get("id") if isinstance(obj, dict) else None

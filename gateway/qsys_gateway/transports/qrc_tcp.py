@@ -78,6 +78,7 @@ class QrcServer:
                 return
             if writer.transport.get_write_buffer_size() > MAX_WRITE_BUFFER:
                 log.warning("closing a QRC client that does not read")
+                rt.metrics.slow_clients.labels("qrc").inc()
                 writer.transport.abort()
                 closing.set()
                 return
