@@ -18,6 +18,7 @@ from .responses import SERVICES, bearer, error_response, source_ip
 
 log = logging.getLogger("qsys_gateway.websocket")
 
+
 async def websocket_handler(request: web.Request) -> web.StreamResponse:
     svc = request.app[SERVICES]
     rt = svc.runtime
