@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import resource
 import signal
 import ssl
 from pathlib import Path
@@ -15,6 +16,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from .audit import AuditLog
 from .clients import ClientRegistry
 from .config import GatewayConfig, TlsConfig
+from .connlimit import HttpConnections, LimitedTCPSite
 from .metrics import GatewayMetrics
 from .pipeline import Pipeline
 from .ratelimit import RateLimiter
@@ -56,6 +58,12 @@ class Gateway:
         )
         self.services = Services(self.runtime, Pipeline(self.runtime), self.clients)
         rt = self.runtime
+        self.http_connections = HttpConnections(
+            self.metrics,
+            lambda: rt.config.limits,
+            fd_budget=_fd_budget(config.limits.maxClients),
+        )
+        rt = self.runtime
         self.sessions = HttpSessions(
             self.upstream, can_read=lambda *target: rt.rules.policy.can_read(*target)
         )
@@ -89,11 +97,18 @@ class Gateway:
             await self._qrc.start()
         # HTTP last: once /readyz answers, every listener is up.
         self._runner = web.AppRunner(
-            build_app(self.services, self.sessions), access_log=None, handle_signals=False
+            build_app(self.services, self.sessions, self.http_connections),
+            access_log=None,
+            handle_signals=False,
         )
         await self._runner.setup()
-        await web.TCPSite(
-            self._runner, listen.host, listen.http, ssl_context=tls, reuse_address=True
+        await LimitedTCPSite(
+            self._runner,
+            self.http_connections,
+            host=listen.host,
+            port=listen.http,
+            ssl_context=tls,
+            reuse_address=True,
         ).start()
         if self.watcher is not None:
             self._tasks.append(asyncio.get_running_loop().create_task(self.watcher.run()))
@@ -146,6 +161,26 @@ class Gateway:
         await rt.limiter.close()
         rt.audit.close()
         log.info("stopped")
+
+
+FD_RESERVE = 64
+"""Descriptors kept for the Core connections, Redis, config files, metrics and logs."""
+
+
+def _fd_budget(max_clients: int) -> int:
+    """HTTP connections the descriptor limit leaves room for, after `maxClients` QRC and
+    WebSocket clients: the soft limit is raised to the hard one first."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or hard > soft):
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass
+    if soft == resource.RLIM_INFINITY:
+        return 1 << 30
+    budget = max(16, soft - max_clients - FD_RESERVE)
+    return budget
 
 
 async def run(config: GatewayConfig, config_path: str | Path | None) -> None:

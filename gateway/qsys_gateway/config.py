@@ -77,6 +77,13 @@ class LimitsConfig(Model):
     maxMessageBytes: Annotated[int, Field(ge=1024, le=16 * 1024 * 1024)] = 262144
     rate: RateConfig = RateConfig()
     storage: str = "memory"
+    maxHttpConnections: Annotated[int, Field(ge=16, le=100000)] = 4096
+    """Open connections on the HTTP listener (WebSocket included); see docs/security.md."""
+    maxPendingConnectionsPerSource: Annotated[int, Field(ge=1, le=100000)] = 64
+    """HTTP connections of one source address that have not sent a request head yet."""
+    headerTimeoutSeconds: Annotated[float, Field(gt=0, le=300)] = 10
+    """A request head must be complete this long after connect or the previous response."""
+    bodyTimeoutSeconds: Annotated[float, Field(gt=0, le=300)] = 10
 
     @field_validator("storage")
     @classmethod

@@ -9,8 +9,11 @@ import socket
 import time
 from typing import Any
 
+import aiohttp
 from gateway_harness import ADMIN_TOKEN, GatewayFactory
 from rawclients import rss_bytes, ws_close_code, ws_connect, ws_send_json
+
+from qsys_gateway.connlimit import BUSY
 
 MiB = 1024 * 1024
 
@@ -73,3 +76,139 @@ async def test_websocket_clients_that_never_read_are_closed_and_memory_stays_bou
     assert all(c in (1008, None) for c in codes), codes
     assert gw.metric("qsys_gateway_slow_clients_closed_total", transport="ws") == len(socks)
     assert gw.metric("qsys_gateway_send_queue_bytes") == 0
+
+
+def _slowloris_limits(config: dict[str, Any]) -> None:
+    config["limits"].update(
+        maxHttpConnections=60,
+        maxPendingConnectionsPerSource=10,
+        headerTimeoutSeconds=2,
+        bodyTimeoutSeconds=2,
+    )
+
+
+async def _open_trickling(port: int, source: str) -> tuple[asyncio.StreamReader, Any]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0))
+    writer.write(b"POST /v1/rpc HTTP/1.1\r\nHost: x\r\n")
+    return reader, writer
+
+
+async def _closed_within(reader: asyncio.StreamReader, seconds: float) -> bytes | None:
+    """What the server sent before closing, or None if it is still open after `seconds`."""
+    data = b""
+    try:
+        async with asyncio.timeout(seconds):
+            while chunk := await reader.read(4096):
+                data += chunk
+    except TimeoutError:
+        return None
+    except ConnectionError:
+        pass
+    return data
+
+
+async def _noop_status(gw_url: str, source: str = "127.0.0.1") -> int:
+    connector = aiohttp.TCPConnector(local_addr=(source, 0), force_close=True)
+    async with (
+        aiohttp.ClientSession(connector=connector) as http,
+        http.post(
+            f"{gw_url}/v1/rpc",
+            json={"jsonrpc": "2.0", "id": 1, "method": "NoOp", "params": {}},
+            headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+            timeout=aiohttp.ClientTimeout(total=10),
+        ) as r,
+    ):
+        return r.status
+
+
+async def test_http_header_trickle_is_cut_off(
+    module_sim_port: int, make_gateway: GatewayFactory
+) -> None:
+    gw = make_gateway(module_sim_port, _slowloris_limits)
+    reader, writer = await _open_trickling(gw.http_port, "127.0.0.51")
+    started = time.monotonic()
+    try:
+
+        async def trickle() -> None:
+            for i in range(20):
+                await asyncio.sleep(0.5)
+                writer.write(f"X-Slow-{i}: a\r\n".encode())
+
+        feeder = asyncio.create_task(trickle())
+        got = await _closed_within(reader, 8)
+        feeder.cancel()
+    finally:
+        writer.close()
+    assert got is not None, "a header trickle kept the connection open"
+    assert 1.5 < time.monotonic() - started < 6
+    assert gw.metric("qsys_gateway_connections_refused_total", reason="header_timeout") >= 1
+
+
+async def test_http_body_trickle_gets_408(
+    module_sim_port: int, make_gateway: GatewayFactory
+) -> None:
+    gw = make_gateway(module_sim_port, _slowloris_limits)
+    reader, writer = await asyncio.open_connection("127.0.0.1", gw.http_port)
+    try:
+        writer.write(
+            b"POST /v1/rpc HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Authorization: Bearer " + ADMIN_TOKEN.encode() + b"\r\n"
+            b"Content-Length: 100\r\n\r\n{"
+        )
+        got = await _closed_within(reader, 8)
+    finally:
+        writer.close()
+    assert got is not None
+    assert got.startswith(b"HTTP/1.1 408"), got
+
+
+async def test_http_connection_caps_keep_room_for_real_clients(
+    module_sim_port: int, make_gateway: GatewayFactory
+) -> None:
+    gw = make_gateway(module_sim_port, _slowloris_limits)
+    held: list[tuple[asyncio.StreamReader, Any]] = []
+    try:
+        # One source: only 10 unproven connections; the rest are refused at once.
+        for _ in range(20):
+            held.append(await _open_trickling(gw.http_port, "127.0.0.52"))
+        refused = [await _closed_within(r, 0.5) for r, _ in held[10:]]
+        # closed at once: a 503, or a reset that loses it (the head we sent was unread)
+        assert all(r is not None and r in (b"", BUSY) for r in refused), refused
+        assert BUSY in refused
+        # Many sources up to the total cap: a real client still gets through (it takes
+        # the slot of the connection idle longest), from a fresh source and from one
+        # that is at its own cap.
+        for i in range(10):
+            for _ in range(8):
+                held.append(await _open_trickling(gw.http_port, f"127.0.1.{i + 1}"))
+        await asyncio.sleep(0.2)
+        assert gw.metric("qsys_gateway_http_connections") <= 60
+        assert await _noop_status(gw.url, "127.0.0.53") == 200
+        assert await _noop_status(gw.url, "127.0.0.1") == 200
+    finally:
+        for _, w in held:
+            w.close()
+    assert gw.metric("qsys_gateway_connections_refused_total", reason="per_source") >= 10
+    assert gw.metric("qsys_gateway_connections_refused_total", reason="evicted") >= 1
+
+
+async def test_http_body_in_several_segments_is_read_whole(
+    module_sim_port: int, make_gateway: GatewayFactory
+) -> None:
+    gw = make_gateway(module_sim_port, _slowloris_limits)
+    body = b'{"jsonrpc": "2.0", "id": 5, "method": "NoOp", "params": {}}'
+    reader, writer = await asyncio.open_connection("127.0.0.1", gw.http_port)
+    try:
+        writer.write(
+            b"POST /v1/rpc HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Authorization: Bearer " + ADMIN_TOKEN.encode() + b"\r\nConnection: close\r\n"
+            b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body[:10]
+        )
+        await writer.drain()
+        await asyncio.sleep(0.3)
+        writer.write(body[10:])
+        got = await _closed_within(reader, 8)
+    finally:
+        writer.close()
+    assert got is not None
+    assert got.startswith(b"HTTP/1.1 200"), got

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
 from .. import __version__
+from ..connlimit import HttpConnections
 from ..pipeline import Caller
 from ..qrc import jsonrpc
 from ..qrc.errors import ErrorCode, QrcError
@@ -26,6 +28,7 @@ from .websocket import websocket_handler
 log = logging.getLogger("qsys_gateway.http")
 
 MAX_BATCH = 100
+HTTP_CONNECTIONS = web.AppKey("http_connections", HttpConnections)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -44,6 +47,8 @@ async def middleware(request: web.Request, handler: Handler) -> web.StreamRespon
     elif origin is not None and request.method == "OPTIONS":
         response = web.Response(status=204)
     else:
+        conns = request.app[HTTP_CONNECTIONS]
+        conns.started(request.transport)
         try:
             response = await handler(request)
         except web.HTTPException as exc:
@@ -53,6 +58,8 @@ async def middleware(request: web.Request, handler: Handler) -> web.StreamRespon
             response = error_response(
                 QrcError(ErrorCode.SERVER_ERROR, "Internal error"), status=500
             )
+        finally:
+            conns.finished(request.transport)
     h = response.headers
     if origin is not None and origin in cors:
         h["Access-Control-Allow-Origin"] = origin
@@ -86,10 +93,23 @@ def _http_error(exc: web.HTTPException) -> web.Response:
 async def _read_body(request: web.Request, limit: int) -> bytes:
     if request.content_length is not None and request.content_length > limit:
         raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length)
-    body = await request.content.read(limit + 1)
-    if len(body) > limit:
-        raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=len(body))
-    return body
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        # The whole body within the body timeout: `read(n)` returns what has arrived so
+        # far, so a body split over several segments needs the loop.
+        async with asyncio.timeout(request.app[HTTP_CONNECTIONS].body_timeout):
+            while size <= limit:
+                chunk = await request.content.read(limit + 1 - size)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                size += len(chunk)
+    except TimeoutError:
+        raise web.HTTPRequestTimeout() from None
+    if size > limit:
+        raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=size)
+    return b"".join(chunks)
 
 
 async def rpc(request: web.Request) -> web.Response:
@@ -202,9 +222,12 @@ async def healthz(request: web.Request) -> web.Response:
     )
 
 
-def build_app(svc: Services, sessions: HttpSessions) -> web.Application:
+def build_app(
+    svc: Services, sessions: HttpSessions, connections: HttpConnections
+) -> web.Application:
     app = web.Application(middlewares=[middleware], client_max_size=16 * 1024 * 1024 + 1024)
     app[SERVICES] = svc
+    app[HTTP_CONNECTIONS] = connections
     app[SESSIONS] = sessions
     app.router.add_post("/v1/rpc", rpc)
     app.router.add_get("/v1/ws", websocket_handler)
