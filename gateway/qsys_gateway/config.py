@@ -84,6 +84,10 @@ class LimitsConfig(Model):
     headerTimeoutSeconds: Annotated[float, Field(gt=0, le=300)] = 10
     """A request head must be complete this long after connect or the previous response."""
     bodyTimeoutSeconds: Annotated[float, Field(gt=0, le=300)] = 10
+    maxChangeGroupsPerConnection: Annotated[int, Field(ge=1, le=10000)] = 64
+    """Change groups one WebSocket/QRC connection (or one subject's HTTP session) may hold."""
+    maxChangeGroupsPerSubject: Annotated[int, Field(ge=1, le=100000)] = 5000
+    """Change groups all connections of one subject may hold together (the gateway: 10,000)."""
 
     @field_validator("storage")
     @classmethod

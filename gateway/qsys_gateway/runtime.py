@@ -51,6 +51,7 @@ class Runtime:
         self.metrics = metrics
         self.limiter = limiter
         self.upstream = upstream
+        self._apply_limits(config)
         self.audit = audit
         self.throttle = FailureThrottle()
         self.send_budget = SendBudget()
@@ -89,4 +90,9 @@ class Runtime:
         if old.audit.path != config.audit.path:
             pending.append("audit.path")
         self.rules = Rules.build(config, self.rules.generation + 1)
+        self._apply_limits(config)
         return pending
+
+    def _apply_limits(self, config: GatewayConfig) -> None:
+        self.upstream.max_groups_per_session = config.limits.maxChangeGroupsPerConnection
+        self.upstream.max_groups_per_subject = config.limits.maxChangeGroupsPerSubject

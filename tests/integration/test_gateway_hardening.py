@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import socket
 import time
+from pathlib import Path
 from typing import Any
 
 import aiohttp
-from gateway_harness import ADMIN_TOKEN, GatewayFactory
+from gateway_harness import ADMIN_TOKEN, PANEL_TOKEN, GatewayFactory
 from rawclients import rss_bytes, ws_close_code, ws_connect, ws_send_json
 
 from qsys_gateway.connlimit import BUSY
@@ -212,3 +214,84 @@ async def test_http_body_in_several_segments_is_read_whole(
         writer.close()
     assert got is not None
     assert got.startswith(b"HTTP/1.1 200"), got
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def _ws_call(ws: aiohttp.ClientWebSocketResponse, rid: int, method: str, params: Any) -> Any:
+    await ws.send_json({"jsonrpc": "2.0", "id": rid, "method": method, "params": params})
+    async with asyncio.timeout(10):
+        while True:
+            msg = await ws.receive_json()
+            if isinstance(msg, dict) and msg.get("id") == rid and "method" not in msg:
+                return msg
+
+
+async def test_autopoll_has_a_floor_and_costs_the_same_for_many_groups(
+    module_sim_port: int, make_gateway: GatewayFactory
+) -> None:
+    gw = make_gateway(module_sim_port, _fast)
+    assert gw.proc is not None
+    headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    async with aiohttp.ClientSession() as http, http.ws_connect(gw.ws_url, headers=headers) as ws:
+        rid = 0
+        for g in range(64):
+            rid += 1
+            add = {"Id": f"g{g}", "Controls": ["LobbyMusicLevel"]}
+            assert (await _ws_call(ws, rid, "ChangeGroup.AddControl", add))["result"] is True
+            rid += 1
+            poll = {"Id": f"g{g}", "Rate": 1e-9}
+            assert (await _ws_call(ws, rid, "ChangeGroup.AutoPoll", poll))["result"] is True
+        await asyncio.sleep(0.5)
+        before = _cpu_seconds(gw.proc.pid)
+        started = time.monotonic()
+        pushes = 0
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(3):
+                while True:
+                    msg = await ws.receive_json()
+                    pushes += msg.get("method") == "ChangeGroup.Poll"
+        used = (_cpu_seconds(gw.proc.pid) - before) / (time.monotonic() - started)
+    # Each group delivers its first value once; nothing changes afterwards, so an idle
+    # gateway must stay idle: a busy loop per group would burn a whole core.
+    assert pushes <= 64
+    assert used < 0.25, f"gateway used {used:.0%} of a core with 64 idle AutoPoll groups"
+
+
+def _group_quotas(config: dict[str, Any]) -> None:
+    config["limits"].update(maxChangeGroupsPerConnection=4, maxChangeGroupsPerSubject=10)
+
+
+async def test_change_group_quotas_per_connection_and_per_subject(
+    module_sim_port: int, make_gateway: GatewayFactory
+) -> None:
+    gw = make_gateway(module_sim_port, _group_quotas)
+    admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    panel = {"Authorization": f"Bearer {PANEL_TOKEN}"}
+    results: list[list[Any]] = []
+    async with aiohttp.ClientSession() as http:
+        sockets = [await http.ws_connect(gw.ws_url, headers=admin) for _ in range(3)]
+        try:
+            for ws in sockets:
+                codes: list[Any] = []
+                for g in range(5):
+                    add = {"Id": f"g{g}", "Controls": ["LobbyMusicLevel"]}
+                    reply = await _ws_call(ws, g + 1, "ChangeGroup.AddControl", add)
+                    codes.append(reply.get("result", reply.get("error", {}).get("code")))
+                results.append(codes)
+            async with http.ws_connect(gw.ws_url, headers=panel) as other:
+                add = {
+                    "Id": "p",
+                    "Component": {"Name": "Room101 Zone1 Gain", "Controls": [{"Name": "gain"}]},
+                }
+                theirs = await _ws_call(other, 1, "ChangeGroup.AddComponentControl", add)
+        finally:
+            for ws in sockets:
+                await ws.close()
+    assert results[0] == [True] * 4 + [5]  # per connection
+    assert results[1] == [True] * 4 + [5]
+    assert results[2] == [True] * 2 + [5] * 3  # per subject: 10 in all
+    assert theirs.get("result") is True, theirs  # another subject is unaffected

@@ -54,7 +54,9 @@ class ClientConnection:
         rt = self.svc.runtime
         name = subject.name
         session: UpstreamSession = rt.upstream.open_session(
-            self.send, lambda component, control: rt.rules.policy.can_read(name, component, control)
+            self.send,
+            lambda component, control: rt.rules.policy.can_read(name, component, control),
+            owner=name,
         )
         self.caller = Caller(subject, self.handle.transport, self.handle.source_ip, session)
         self.handle.subject = subject.name

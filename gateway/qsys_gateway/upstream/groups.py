@@ -24,7 +24,7 @@ class ClientGroup:
     client_id: GroupId
     delivered: dict[Key, int] = field(default_factory=dict)
     autopoll: float | None = None
-    autopoll_task: asyncio.Task[None] | None = None
+    next_push: float = 0.0
     seen: int = -1  # hub.version at the last poll that found nothing newer (fast path)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
@@ -57,6 +57,4 @@ class ClientGroup:
         return changes
 
     def stop_autopoll(self) -> None:
-        task, self.autopoll_task = self.autopoll_task, None
-        if task is not None:
-            task.cancel()
+        self.autopoll = None

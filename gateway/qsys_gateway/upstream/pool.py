@@ -50,6 +50,7 @@ class Upstream:
         max_pending_per_connection: int = 256,
         max_groups_per_session: int = 64,
         max_change_groups: int = 10_000,
+        max_groups_per_subject: int = 5_000,
         hub_poll_interval: float = POLL_INTERVAL,
     ) -> None:
         if connections < 1:
@@ -79,7 +80,9 @@ class Upstream:
         self._engine_status: dict[str, Any] | None = None
         self.max_groups_per_session = max_groups_per_session
         self.max_change_groups = max_change_groups
+        self.max_groups_per_subject = max_groups_per_subject
         self._groups: set[ClientGroup] = set()
+        self._groups_by_owner: dict[str, int] = {}
         self._session_ids = itertools.count(1)
         self._sessions: set[UpstreamSession] = set()
         self.hub = SubscriptionHub(self, poll_interval=hub_poll_interval)
@@ -101,8 +104,7 @@ class Upstream:
     async def stop(self) -> None:
         for session in list(self._sessions):
             session.closed = True
-            for group in session._groups.values():
-                group.stop_autopoll()
+            session.stop_autopoll()
         await self.hub.stop()
         conns, self._conns = self._conns, []
         await asyncio.gather(*(c.stop() for c in conns))
@@ -136,11 +138,15 @@ class Upstream:
         return len(self._groups)
 
     def open_session(
-        self, push: Callable[[dict[str, Any]], None], can_read: ReadCheck | None = None
+        self,
+        push: Callable[[dict[str, Any]], None],
+        can_read: ReadCheck | None = None,
+        owner: str = "",
     ) -> UpstreamSession:
+        """`owner` (the subject) is what the per-subject change-group quota counts by."""
         from .session import UpstreamSession
 
-        session = UpstreamSession(self, next(self._session_ids), push, can_read)
+        session = UpstreamSession(self, next(self._session_ids), push, can_read, owner)
         self._sessions.add(session)
         return session
 
@@ -312,12 +318,23 @@ class Upstream:
 
     # ---- change groups ----------------------------------------------------------
 
-    def register_group(self, group: ClientGroup) -> None:
-        self._groups.add(group)
+    def groups_of(self, owner: str) -> int:
+        return self._groups_by_owner.get(owner, 0)
+
+    def register_group(self, group: ClientGroup, owner: str = "") -> None:
+        if group not in self._groups:
+            self._groups.add(group)
+            self._groups_by_owner[owner] = self._groups_by_owner.get(owner, 0) + 1
         self._groups_changed()
 
-    def unregister_group(self, group: ClientGroup) -> None:
-        self._groups.discard(group)
+    def unregister_group(self, group: ClientGroup, owner: str = "") -> None:
+        if group in self._groups:
+            self._groups.discard(group)
+            left = self._groups_by_owner.get(owner, 0) - 1
+            if left > 0:
+                self._groups_by_owner[owner] = left
+            else:
+                self._groups_by_owner.pop(owner, None)
         self._groups_changed()
 
     def session_closed(self, session: UpstreamSession) -> None:
