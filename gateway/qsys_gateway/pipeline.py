@@ -15,7 +15,7 @@ from pydantic import BaseModel
 
 from .config import SubjectConfig
 from .metrics import method_label
-from .policy import Decision, Policy
+from .policy import Decision, Policy, needs_control_types
 from .qrc import jsonrpc
 from .qrc.errors import ErrorCode, QrcError
 from .qrc.methods import (
@@ -121,6 +121,12 @@ class Pipeline:
             return None if msg.is_notification else jsonrpc.error_message(msg.id, exc)
         rules = rt.rules
         decision = rules.policy.authorize(subject.name, method, params)
+        typed = None if decision.allowed else needs_control_types(method, params)
+        if typed is not None:
+            # Unknown types are judged strictest; a Boolean control may relax the verdict.
+            types = await rt.upstream.control_types.get(typed)
+            if types:
+                decision = rules.policy.authorize(subject.name, method, params, types)
         if decision.allowed and method in _ADD_METHODS:
             decision = _require_read(rules.policy, subject.name, params, decision)
         write = _is_write(method)

@@ -295,3 +295,51 @@ async def test_change_group_quotas_per_connection_and_per_subject(
     assert results[1] == [True] * 4 + [5]
     assert results[2] == [True] * 2 + [5] * 3  # per subject: 10 in all
     assert theirs.get("result") is True, theirs  # another subject is unaffected
+
+
+async def _rpc(gw_url: str, token: str, method: str, params: Any) -> tuple[int, Any]:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(
+            f"{gw_url}/v1/rpc",
+            json={"jsonrpc": "2.0", "id": 1, "method": method, "params": params},
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=aiohttp.ClientTimeout(total=10),
+        ) as r,
+    ):
+        return r.status, await r.json()
+
+
+async def test_value_range_judges_booleans_as_the_core_applies_them(
+    module_sim_port: int, make_gateway: GatewayFactory
+) -> None:
+    """panel may set Room101 Zone* gain/mute within -60..0 dB. `Value: true` on the gain
+    would be applied as +1 dB; on the (Boolean) mute it is a mute."""
+    gw = make_gateway(module_sim_port)
+    zone = "Room101 Zone2 Gain"
+    status, _ = await _rpc(
+        gw.url,
+        PANEL_TOKEN,
+        "Component.Set",
+        {"Name": zone, "Controls": [{"Name": "gain", "Value": -30}]},
+    )
+    assert status == 200
+    status, body = await _rpc(
+        gw.url,
+        PANEL_TOKEN,
+        "Component.Set",
+        {"Name": zone, "Controls": [{"Name": "gain", "Value": True}]},
+    )
+    assert status == 403, body
+    _, got = await _rpc(
+        gw.url, PANEL_TOKEN, "Component.Get", {"Name": zone, "Controls": [{"Name": "gain"}]}
+    )
+    assert got["result"]["Controls"][0]["Value"] == -30
+    for value in (True, False):
+        status, body = await _rpc(
+            gw.url,
+            PANEL_TOKEN,
+            "Component.Set",
+            {"Name": zone, "Controls": [{"Name": "mute", "Value": value}]},
+        )
+        assert status == 200, body

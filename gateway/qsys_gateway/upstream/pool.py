@@ -16,6 +16,7 @@ from ..qrc.errors import ErrorCode, QrcError
 from ..qrc.methods import METHODS
 from .circuit import STATE_VALUES, CircuitBreaker, CircuitState
 from .connection import Busy, ConnectionSettings, NotConnected, UpstreamConnection
+from .controltypes import ControlTypes
 from .errors import CoreTimeout, CoreUnavailable
 from .failover import HostSelector
 from .groups import ClientGroup, ReadCheck
@@ -86,6 +87,7 @@ class Upstream:
         self._session_ids = itertools.count(1)
         self._sessions: set[UpstreamSession] = set()
         self.hub = SubscriptionHub(self, poll_interval=hub_poll_interval)
+        self.control_types = ControlTypes(self.call)
         self._was_up = False
 
     # ---- lifecycle --------------------------------------------------------------
@@ -296,6 +298,9 @@ class Upstream:
     def _set_status(self, status: dict[str, Any]) -> None:
         if status == self._engine_status:
             return
+        previous = self._engine_status or {}
+        if any(previous.get(k) != status.get(k) for k in ("DesignName", "DesignCode")):
+            self.control_types.clear()
         self._engine_status = status
         if self._on_engine_status is not None:
             try:
