@@ -343,3 +343,19 @@ async def test_value_range_judges_booleans_as_the_core_applies_them(
             {"Name": zone, "Controls": [{"Name": "mute", "Value": value}]},
         )
         assert status == 200, body
+
+
+async def test_invisible_characters_in_names_never_reach_the_core(
+    module_sim_port: int, make_gateway: GatewayFactory
+) -> None:
+    gw = make_gateway(module_sim_port)
+    for ch in ("\x00", "\n", "\u200b", "\u202e"):
+        for component, control in (
+            ("Room101 Zone1 Gain" + ch, "gain"),
+            ("Room101 Zone1 Gain", ch + "gain"),
+        ):
+            params = {"Name": component, "Controls": [{"Name": control, "Value": -10}]}
+            status, body = await _rpc(gw.url, ADMIN_TOKEN, "Component.Set", params)
+            assert status == 400, body
+            assert body["error"]["code"] == -32602  # the gateway's verdict, not the Core's 8
+    assert "\\u0000" not in gw.stdout() + gw.stderr()
