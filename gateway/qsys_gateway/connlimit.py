@@ -27,7 +27,8 @@ from typing import Any, cast
 
 from aiohttp import web
 
-from .config import LimitsConfig
+from qsys_protocol.config import LimitsConfig
+
 from .metrics import GatewayMetrics
 
 log = logging.getLogger("qsys_gateway.http")

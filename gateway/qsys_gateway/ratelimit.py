@@ -24,7 +24,7 @@ from typing import Any
 import coredis
 from coredis.retry import NoRetryPolicy
 
-from .config import RateConfig
+from qsys_protocol.config import RateConfig
 
 log = logging.getLogger(__name__)
 

@@ -10,15 +10,16 @@ import asyncio
 import logging
 from dataclasses import dataclass
 
+from qsys_protocol.config import GatewayConfig, SubjectConfig
+
 from .audit import AuditLog
 from .auth import Authenticator, FailureThrottle
-from .config import GatewayConfig, SubjectConfig
 from .inflight import TOTAL, WeightedGate
 from .metrics import GatewayMetrics
 from .policy import Policy
 from .ratelimit import RateLimiter
 from .sendbudget import SendBudget
-from .upstream import Upstream
+from .upstream import UpstreamPool
 
 log = logging.getLogger("qsys_gateway.runtime")
 
@@ -44,7 +45,7 @@ class Runtime:
         *,
         metrics: GatewayMetrics,
         limiter: RateLimiter,
-        upstream: Upstream,
+        upstream: UpstreamPool,
         audit: AuditLog,
     ) -> None:
         self.rules = Rules.build(config, 1)
@@ -94,5 +95,5 @@ class Runtime:
         return pending
 
     def _apply_limits(self, config: GatewayConfig) -> None:
-        self.upstream.max_groups_per_session = config.limits.maxChangeGroupsPerConnection
-        self.upstream.max_groups_per_subject = config.limits.maxChangeGroupsPerSubject
+        self.upstream.groups.per_session = config.limits.maxChangeGroupsPerConnection
+        self.upstream.groups.per_subject = config.limits.maxChangeGroupsPerSubject

@@ -7,9 +7,9 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from qsys_gateway.qrc import methods as m
-from qsys_gateway.qrc.errors import ErrorCode, QrcError
-from qsys_gateway.qrc.methods import parse_params
+from qsys_protocol.qrc import methods as m
+from qsys_protocol.qrc.errors import ErrorCode, QrcError
+from qsys_protocol.qrc.methods import parse_params
 
 QRC_METHODS = {
     "Logon",
@@ -148,7 +148,7 @@ def _invisible_code_points() -> list[str]:
 
 
 def test_every_control_format_and_separator_character_is_refused_in_names() -> None:
-    from qsys_gateway.qrc.methods import _visible
+    from qsys_protocol.qrc.methods import _visible
 
     chars = _invisible_code_points()
     assert len(chars) > 150

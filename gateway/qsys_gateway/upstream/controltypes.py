@@ -9,7 +9,8 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from ..qrc.errors import QrcError
+from qsys_protocol.qrc.errors import QrcError
+
 from .errors import CoreUnavailable
 
 log = logging.getLogger("qsys_gateway.upstream")

@@ -1,4 +1,4 @@
-"""`Upstream`: a small pool of connections to the Core shared by every client session."""
+"""`UpstreamPool`: a small pool of connections to the Core shared by every client session."""
 
 from __future__ import annotations
 
@@ -6,35 +6,28 @@ import asyncio
 import itertools
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from ..config import CoreConfig
+from qsys_protocol.config import CoreConfig
+from qsys_protocol.qrc import jsonrpc
+from qsys_protocol.qrc.client import ConnectionClosed
+from qsys_protocol.qrc.errors import ErrorCode, QrcError
+from qsys_protocol.qrc.methods import traits_of
+
 from ..metrics import GatewayMetrics, method_label
-from ..qrc import jsonrpc
-from ..qrc.client import ConnectionClosed
-from ..qrc.errors import ErrorCode, QrcError
-from ..qrc.methods import METHODS
 from .circuit import STATE_VALUES, CircuitBreaker, CircuitState
 from .connection import Busy, ConnectionSettings, NotConnected, UpstreamConnection
 from .controltypes import ControlTypes
 from .errors import CoreTimeout, CoreUnavailable
 from .failover import HostSelector
-from .groups import ClientGroup, ReadCheck
+from .groups import GroupLedger, ReadCheck
 from .hub import CORE_GROUP_PREFIX, POLL_INTERVAL, SubscriptionHub
-
-if TYPE_CHECKING:
-    from .session import UpstreamSession
+from .session import UpstreamSession
 
 log = logging.getLogger("qsys_gateway.upstream")
 
-RETRYABLE_METHODS = frozenset(
-    {"NoOp", "StatusGet"} | {name for name, spec in METHODS.items() if spec.kind == "read"}
-)
-"""Reads a Core answers without side effects: retried once on another connection when
-the socket they were sent on drops before the answer came."""
 
-
-class Upstream:
+class UpstreamPool:
     def __init__(
         self,
         core: CoreConfig,
@@ -51,7 +44,6 @@ class Upstream:
         max_pending_per_connection: int = 256,
         max_groups_per_session: int = 64,
         max_change_groups: int = 10_000,
-        max_groups_per_subject: int = 5_000,
         hub_poll_interval: float = POLL_INTERVAL,
     ) -> None:
         if connections < 1:
@@ -79,15 +71,13 @@ class Upstream:
         self._conns: list[UpstreamConnection] = []
         self._rr = itertools.count()
         self._engine_status: dict[str, Any] | None = None
-        self.max_groups_per_session = max_groups_per_session
-        self.max_change_groups = max_change_groups
-        self.max_groups_per_subject = max_groups_per_subject
-        self._groups: set[ClientGroup] = set()
-        self._groups_by_owner: dict[str, int] = {}
+        self.groups = GroupLedger(
+            max_groups_per_session, max_change_groups, on_change=self._groups_changed
+        )
         self._session_ids = itertools.count(1)
         self._sessions: set[UpstreamSession] = set()
         self.hub = SubscriptionHub(self, poll_interval=hub_poll_interval)
-        self.control_types = ControlTypes(self.call)
+        self.control_types = ControlTypes(self.forward)
         self._was_up = False
 
     # ---- lifecycle --------------------------------------------------------------
@@ -105,8 +95,7 @@ class Upstream:
 
     async def stop(self) -> None:
         for session in list(self._sessions):
-            session.closed = True
-            session.stop_autopoll()
+            session.halt()
         await self.hub.stop()
         conns, self._conns = self._conns, []
         await asyncio.gather(*(c.stop() for c in conns))
@@ -137,7 +126,7 @@ class Upstream:
     @property
     def change_group_count(self) -> int:
         """Client change groups held by the gateway (the Core holds `hub.core_group_count`)."""
-        return len(self._groups)
+        return len(self.groups)
 
     def open_session(
         self,
@@ -146,16 +135,11 @@ class Upstream:
         owner: str = "",
     ) -> UpstreamSession:
         """`owner` (the subject) is what the per-subject change-group quota counts by."""
-        from .session import UpstreamSession
-
         session = UpstreamSession(self, next(self._session_ids), push, can_read, owner)
         self._sessions.add(session)
         return session
 
     # ---- calls ------------------------------------------------------------------
-
-    async def call(self, method: str, params: Any, *, timeout: float | None = None) -> Any:
-        return await self.forward(method, params, timeout=timeout)
 
     async def forward(
         self,
@@ -196,7 +180,7 @@ class Upstream:
                 if (
                     conn is None
                     and not retried
-                    and method in RETRYABLE_METHODS
+                    and traits_of(method).retryable
                     and loop.time() < deadline
                     and any(c.up and c is not target for c in self._conns)
                 ):
@@ -229,15 +213,13 @@ class Upstream:
             resp.error.get("data"),
         )
 
-    def pick(self, *, by_groups: bool = False) -> UpstreamConnection | None:
-        """The up connection with fewest pending calls (or groups); ties go round-robin."""
+    def pick(self) -> UpstreamConnection | None:
+        """The up connection with fewest pending calls; ties go round-robin."""
         up = [c for c in self._conns if c.up]
         if not up:
             return None
         offset = next(self._rr) % len(up)
         rotated = up[offset:] + up[:offset]
-        if by_groups:  # the hub's groups go where the fewest calls wait
-            return min(rotated, key=lambda c: c.pending)
         return min(rotated, key=lambda c: c.pending)
 
     def _reconnect_eta(self) -> float:
@@ -323,31 +305,12 @@ class Upstream:
 
     # ---- change groups ----------------------------------------------------------
 
-    def groups_of(self, owner: str) -> int:
-        return self._groups_by_owner.get(owner, 0)
-
-    def register_group(self, group: ClientGroup, owner: str = "") -> None:
-        if group not in self._groups:
-            self._groups.add(group)
-            self._groups_by_owner[owner] = self._groups_by_owner.get(owner, 0) + 1
-        self._groups_changed()
-
-    def unregister_group(self, group: ClientGroup, owner: str = "") -> None:
-        if group in self._groups:
-            self._groups.discard(group)
-            left = self._groups_by_owner.get(owner, 0) - 1
-            if left > 0:
-                self._groups_by_owner[owner] = left
-            else:
-                self._groups_by_owner.pop(owner, None)
-        self._groups_changed()
-
     def session_closed(self, session: UpstreamSession) -> None:
         self._sessions.discard(session)
 
-    def _groups_changed(self) -> None:
+    def _groups_changed(self, count: int) -> None:
         if self._metrics is not None:
-            self._metrics.change_groups.set(len(self._groups))
+            self._metrics.change_groups.set(count)
 
     def hub_changed(self, core_groups: int, polls: int) -> None:
         """The hub's Core groups changed or it polled them (`polls` Core polls)."""
