@@ -227,9 +227,9 @@ class Admission:
             return None if msg.is_notification else jsonrpc.error_message(msg.id, err)
         caller.subject = subject
         params: Any
+        if method == "Logon":
+            return self._logon_again(caller, subject, msg, request_id, label, started)
         try:
-            if method == "Logon":
-                raise QrcError(ErrorCode.INVALID_REQUEST, "Invalid request: already logged on")
             params = parse_params(method, msg.params) if method in METHODS else msg.params
         except QrcError as exc:
             self._count(label, caller, "invalid", started)
@@ -265,6 +265,43 @@ class Admission:
             self._audit(caller, request_id, method, decision, outcome, started)
         self._count(label, caller, outcome, started)
         return None if msg.is_notification else response
+
+    def _logon_again(
+        self,
+        caller: Caller,
+        subject: SubjectConfig,
+        msg: jsonrpc.Request,
+        request_id: str,
+        label: str,
+        started: float,
+    ) -> dict[str, Any] | None:
+        """A connection keeps its one subject for life (issue 11 #1): `true` when the
+        Logon names that subject with its token, refused otherwise; either way nothing
+        changes (no new session, no throttle count) and nothing tells whether other
+        credentials would have been valid."""
+        params = msg.params if isinstance(msg.params, dict) else {}
+        user, token = params.get("User"), params.get("Password")
+        found = None
+        if isinstance(user, str) and isinstance(token, str):
+            found = self.rt.rules.authenticator.logon(user, token)
+        if found is not None and found.name == subject.name:
+            self._count(label, caller, "ok", started)
+            return None if msg.is_notification else jsonrpc.result_message(msg.id, True)
+        reason = "already logged on as another subject"
+        self.rt.audit.record(
+            request_id=request_id,
+            subject=subject.name,
+            source_ip=caller.source_ip,
+            transport=caller.transport,
+            method="Logon",
+            decision="deny",
+            reason=reason,
+            outcome="invalid",
+            duration_ms=(time.perf_counter() - started) * 1000,
+        )
+        self._count(label, caller, "invalid", started)
+        err = QrcError(ErrorCode.INVALID_REQUEST, f"Invalid request: {reason}")
+        return None if msg.is_notification else jsonrpc.error_message(msg.id, err)
 
     # ---- records ------------------------------------------------------------------
 

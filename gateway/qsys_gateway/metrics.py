@@ -89,6 +89,12 @@ class GatewayMetrics:
             "ChangeGroup.Poll calls the gateway made on the Core (rate() = Core polls per second)",
             registry=r,
         )
+        self.upstream_sessions = Gauge(
+            f"{PREFIX}_upstream_sessions",
+            "Client sessions on the shared upstream (one per logged-on connection, one per "
+            "subject for HTTP)",
+            registry=r,
+        )
         self.slow_clients = Counter(
             f"{PREFIX}_slow_clients_closed_total",
             "Clients closed because replies piled up unread (send queue over its bound)",

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import orjson
 from gateway_harness import ADMIN_TOKEN, PANEL_TOKEN, GatewayFactory
 from rawclients import rss_bytes, ws_close_code, ws_connect, ws_send_json
 
@@ -359,3 +360,95 @@ async def test_invisible_characters_in_names_never_reach_the_core(
             assert status == 400, body
             assert body["error"]["code"] == -32602  # the gateway's verdict, not the Core's 8
     assert "\\u0000" not in gw.stdout() + gw.stderr()
+
+
+def _logon(rid: int, user: str, token: str) -> dict[str, Any]:
+    return {
+        "jsonrpc": "2.0",
+        "id": rid,
+        "method": "Logon",
+        "params": {"User": user, "Password": token},
+    }
+
+
+async def _qrc_frames(reader: asyncio.StreamReader, n: int) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    async with asyncio.timeout(10):
+        while len(out) < n:
+            out.append(orjson.loads((await reader.readuntil(b"\x00"))[:-1]))
+    return out
+
+
+async def test_a_connection_keeps_one_subject_for_life_on_qrc(
+    module_sim_port: int, make_gateway: GatewayFactory
+) -> None:
+    gw = make_gateway(module_sim_port)
+    reader, writer = await asyncio.open_connection("127.0.0.1", gw.qrc_port)
+    try:
+        hello = await _qrc_frames(reader, 1)
+        assert hello[0]["method"] == "EngineStatus"
+        # Logon as panel, then as admin in the same batch: the switch must not happen.
+        batch = [
+            _logon(1, "panel", PANEL_TOKEN),
+            _logon(2, "admin", ADMIN_TOKEN),
+            {"jsonrpc": "2.0", "id": 3, "method": "Control.Get", "params": ["MainGain"]},
+        ]
+        writer.write(orjson.dumps(batch) + b"\x00")
+        got = {f["id"]: f for f in await _qrc_frames(reader, 3)}
+        assert got[1]["result"] is True
+        assert got[2]["error"]["code"] == -32600
+        assert got[3]["error"]["code"] == -32003  # still panel
+        # A later frame: the same subject and token is fine, another is refused.
+        for rid, (user, token, ok) in enumerate(
+            [("panel", PANEL_TOKEN, True), ("admin", ADMIN_TOKEN, False), ("panel", "x", False)],
+            start=10,
+        ):
+            writer.write(orjson.dumps(_logon(rid, user, token)) + b"\x00")
+            (reply,) = await _qrc_frames(reader, 1)
+            assert ("result" in reply) is ok, reply
+        # Thousands of Logons never open another upstream session.
+        many = [_logon(100 + i, "panel", PANEL_TOKEN) for i in range(200)]
+        for _ in range(4):
+            writer.write(orjson.dumps(many) + b"\x00")
+            replies = await _qrc_frames(reader, 200)
+            assert all(r.get("result") is True for r in replies)
+        assert await asyncio.to_thread(gw.metric, "qsys_gateway_upstream_sessions") == 1
+    finally:
+        writer.close()
+
+
+async def test_raw_qrc_logon_result_is_not_preceded_by_another_engine_status(
+    module_sim_port: int, make_gateway: GatewayFactory
+) -> None:
+    gw = make_gateway(module_sim_port)
+    reader, writer = await asyncio.open_connection("127.0.0.1", gw.qrc_port)
+    try:
+        (hello,) = await _qrc_frames(reader, 1)
+        assert hello["method"] == "EngineStatus"
+        writer.write(orjson.dumps(_logon(1, "panel", PANEL_TOKEN)) + b"\x00")
+        (first,) = await _qrc_frames(reader, 1)
+        assert first == {"jsonrpc": "2.0", "id": 1, "result": True}
+        writer.write(b'{"jsonrpc":"2.0","id":2,"method":"NoOp","params":{}}\x00')
+        (second,) = await _qrc_frames(reader, 1)
+        assert second["id"] == 2
+    finally:
+        writer.close()
+
+
+async def test_a_websocket_keeps_one_subject_for_life(
+    module_sim_port: int, make_gateway: GatewayFactory
+) -> None:
+    gw = make_gateway(module_sim_port)
+    async with aiohttp.ClientSession() as http, http.ws_connect(gw.ws_url) as ws:
+        await ws.send_json([_logon(1, "panel", PANEL_TOKEN), _logon(2, "admin", ADMIN_TOKEN)])
+        replies: dict[int, Any] = {}
+        async with asyncio.timeout(10):
+            while len(replies) < 2:
+                msg = await ws.receive_json()
+                if "id" in msg:
+                    replies[msg["id"]] = msg
+        assert replies[1]["result"] is True
+        assert replies[2]["error"]["code"] == -32600
+        reply = await _ws_call(ws, 3, "Control.Get", ["MainGain"])
+        assert reply["error"]["code"] == -32003
+    assert await asyncio.to_thread(gw.metric, "qsys_gateway_upstream_sessions") == 0

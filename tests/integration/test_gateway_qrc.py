@@ -52,8 +52,12 @@ async def test_logon(shared_gateway: Gateway) -> None:
         denied = await client.request("Control.Get", ["MainGain"])
         assert denied.error is not None
         assert denied.error["code"] == -32003
+        # One subject for life: the same Logon again is `true`, another is refused.
         again = await client.request("Logon", {"User": "panel", "Password": PANEL_TOKEN})
-        assert again.error is not None
+        assert again.result is True
+        other = await client.request("Logon", {"User": "admin", "Password": ADMIN_TOKEN})
+        assert other.error is not None
+        assert other.error["code"] == -32600
     finally:
         await client.close()
 

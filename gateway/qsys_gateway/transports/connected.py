@@ -53,9 +53,15 @@ class ConnectedClient:
         return self.caller.session is not None
 
     def log_on(self, subject: SubjectConfig) -> None:
-        """After `admission.authenticate` succeeded for `self.caller`."""
+        """After `admission.authenticate` succeeded for `self.caller`: the connection's
+        one subject and one upstream session for life (a later Logon opens nothing)."""
+        assert not self.logged_on, "one logon per connection"
         self.admission.open_session(self.caller, self.send)
         self.handle.subject = subject.name
+
+    def announce(self) -> None:
+        """WebSocket: the current EngineStatus once logged on. (A raw QRC client got it on
+        connect, as from a Core, which sends it then and on status change only.)"""
         status = self.svc.runtime.upstream.engine_status
         if status is not None:
             self.send(jsonrpc.notification_message("EngineStatus", status))
@@ -72,9 +78,15 @@ class ConnectedClient:
             self.send(jsonrpc.error_message(None, QrcError(ErrorCode.INVALID_REQUEST)))
             return
         if not self.logged_on:
-            for obj in calls:
+            # In order, as a Core would: once a Logon in the batch succeeded, the rest of
+            # it (a second Logon included) takes the logged-on path.
+            for i, obj in enumerate(calls):
                 self._pre_logon(obj)
-            return
+                if self.logged_on:
+                    calls = calls[i + 1 :]
+                    break
+            if not calls or not self.logged_on:
+                return
         rid = request_id()
         refused = await self.admission.rate_limit(self.caller, calls, rid)
         if refused is not None:
@@ -143,7 +155,10 @@ class ConnectedClient:
                 self._answer(msg, error=err)
                 return
             self.log_on(subject)
-            result = True
+            self._answer(msg, result=True)
+            if not self._answers_before_logon:
+                self.announce()
+            return
         elif self._answers_before_logon and traits_of(msg.method).before_logon:
             result = self._before_logon(msg.method)
             if result is None:

@@ -110,6 +110,7 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
     try:
         if subject is not None:
             conn.log_on(subject)
+            conn.announce()
         async with asyncio.timeout(None) as deadline:
             if subject is None:
                 deadline.reschedule(asyncio.get_running_loop().time() + LOGON_TIMEOUT)

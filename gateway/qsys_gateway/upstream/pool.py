@@ -137,6 +137,8 @@ class UpstreamPool:
         """`owner` (the subject) is what the per-subject change-group quota counts by."""
         session = UpstreamSession(self, next(self._session_ids), push, can_read, owner)
         self._sessions.add(session)
+        if self._metrics is not None:
+            self._metrics.upstream_sessions.set(len(self._sessions))
         return session
 
     # ---- calls ------------------------------------------------------------------
@@ -307,6 +309,8 @@ class UpstreamPool:
 
     def session_closed(self, session: UpstreamSession) -> None:
         self._sessions.discard(session)
+        if self._metrics is not None:
+            self._metrics.upstream_sessions.set(len(self._sessions))
 
     def _groups_changed(self, count: int) -> None:
         if self._metrics is not None:
