@@ -62,7 +62,9 @@ class Gateway:
         self.http_connections = HttpConnections(
             self.metrics,
             lambda: rt.config.limits,
-            fd_budget=_fd_budget(config.limits.maxClients),
+            fd_budget=_fd_budget(
+                config.limits.maxClients + config.limits.maxUnauthenticatedClients
+            ),
         )
         self.watcher = (
             ConfigWatcher(config_path, self.runtime.apply, self.metrics) if config_path else None
@@ -165,8 +167,8 @@ FD_RESERVE = 64
 
 
 def _fd_budget(max_clients: int) -> int:
-    """HTTP connections the descriptor limit leaves room for, after `maxClients` QRC and
-    WebSocket clients: the soft limit is raised to the hard one first."""
+    """HTTP connections the descriptor limit leaves room for, after `max_clients` QRC and
+    WebSocket clients (logged on or not): the soft limit is raised to the hard one first."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or hard > soft):
         try:

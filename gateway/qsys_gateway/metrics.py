@@ -89,6 +89,11 @@ class GatewayMetrics:
             "ChangeGroup.Poll calls the gateway made on the Core (rate() = Core polls per second)",
             registry=r,
         )
+        self.unauthenticated_clients = Gauge(
+            f"{PREFIX}_unauthenticated_clients",
+            "WebSocket and QRC connections not logged on yet",
+            registry=r,
+        )
         self.upstream_sessions = Gauge(
             f"{PREFIX}_upstream_sessions",
             "Client sessions on the shared upstream (one per logged-on connection, one per "

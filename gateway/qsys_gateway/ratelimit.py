@@ -33,6 +33,7 @@ REDIS_TIMEOUT = 0.25
 """Seconds one Redis round trip (connect or command) may take before the call fails open."""
 RETRY_REDIS_AFTER = 1.0
 """After a Redis failure, calls use the in-memory fallback for this long before trying Redis."""
+REDIS_CONNECTIONS = 16
 MAX_MEMORY_BUCKETS = 100_000
 """Buckets the memory store holds; full buckets (TAT in the past) are dropped first."""
 
@@ -116,6 +117,7 @@ class RateLimiter:
         self._redis = redis
         self._script = redis.register_script(GCRA_SCRIPT) if redis is not None else None
         self._memory = MemoryBuckets()
+        self._script_loaded = False
         self._timeout = timeout
         self._retry_after_failure = retry_after_failure
         self._skip_until = 0.0
@@ -127,12 +129,17 @@ class RateLimiter:
         if storage == "memory":
             return cls(None, timeout=timeout)
         if storage.startswith(("redis://", "rediss://")):
-            client: coredis.Redis[Any] = coredis.Redis.from_url(
+            # A few connections shared by every call (a burst queues for one instead of
+            # opening a connection per call, which times out under load).
+            pool = coredis.BlockingConnectionPool.from_url(
                 storage,
                 connect_timeout=timeout,
                 stream_timeout=timeout,
-                retry_policy=NoRetryPolicy(),
-                verify_version=False,
+                max_connections=REDIS_CONNECTIONS,
+                timeout=timeout * 2,
+            )
+            client: coredis.Redis[Any] = coredis.Redis(
+                connection_pool=pool, retry_policy=NoRetryPolicy(), verify_version=False
             )
             return cls(client, timeout=timeout)
         raise ValueError('rate-limit storage must be "memory" or redis://host:port/db')
@@ -151,6 +158,9 @@ class RateLimiter:
         interval, burst = bucket_params(rate)
         try:
             async with asyncio.timeout(self._timeout * 2):
+                if not self._script_loaded:  # else every first call pays a NOSCRIPT round
+                    await self._redis.script_load(GCRA_SCRIPT)  # type: ignore[union-attr]
+                    self._script_loaded = True
                 reply = await self._script(
                     keys=[KEY_PREFIX + subject],
                     args=[f"{interval * 1e6:.3f}", int(burst), cost],
@@ -177,6 +187,7 @@ class RateLimiter:
         return True
 
     def _mark_failed(self, exc: BaseException) -> None:
+        self._script_loaded = False  # a restarted Redis has lost it
         self._skip_until = time.monotonic() + self._retry_after_failure
         if self._healthy:
             # The exception type only: messages may carry the storage URI.

@@ -84,6 +84,11 @@ class LimitsConfig(Model):
     headerTimeoutSeconds: Annotated[float, Field(gt=0, le=300)] = 10
     """A request head must be complete this long after connect or the previous response."""
     bodyTimeoutSeconds: Annotated[float, Field(gt=0, le=300)] = 10
+    maxUnauthenticatedClients: Annotated[int, Field(ge=1, le=100000)] = 256
+    """WebSocket/QRC connections not logged on yet, besides the `maxClients` logged-on ones."""
+    maxUnauthenticatedClientsPerSource: Annotated[int, Field(ge=1, le=100000)] = 64
+    logonTimeoutSeconds: Annotated[float, Field(gt=0, le=300)] = 10
+    """A connection must log on within this long of connecting (absolute, not per byte)."""
     maxChangeGroupsPerConnection: Annotated[int, Field(ge=1, le=10000)] = 64
     """Change groups one WebSocket/QRC connection (or one subject's HTTP session) may hold."""
     maxChangeGroupsPerSubject: Annotated[int, Field(ge=1, le=100000)] = 5000

@@ -17,6 +17,7 @@ from gateway_harness import ADMIN_TOKEN, PANEL_TOKEN, GatewayFactory
 from rawclients import rss_bytes, ws_close_code, ws_connect, ws_send_json
 
 from qsys_gateway.connlimit import BUSY
+from qsys_protocol.qrc.errors import ErrorCode
 
 MiB = 1024 * 1024
 
@@ -452,3 +453,98 @@ async def test_a_websocket_keeps_one_subject_for_life(
         reply = await _ws_call(ws, 3, "Control.Get", ["MainGain"])
         assert reply["error"]["code"] == -32003
     assert await asyncio.to_thread(gw.metric, "qsys_gateway_upstream_sessions") == 0
+
+
+def _unauth_budget(config: dict[str, Any]) -> None:
+    config["limits"].update(
+        maxClients=5,
+        maxUnauthenticatedClients=6,
+        maxUnauthenticatedClientsPerSource=2,
+        logonTimeoutSeconds=3,
+    )
+
+
+async def test_qrc_logon_deadline_is_absolute(
+    module_sim_port: int, make_gateway: GatewayFactory
+) -> None:
+    gw = make_gateway(module_sim_port, _unauth_budget)
+    reader, writer = await asyncio.open_connection("127.0.0.1", gw.qrc_port)
+    started = time.monotonic()
+
+    async def trickle() -> None:
+        for _ in range(30):
+            await asyncio.sleep(0.5)
+            writer.write(b" ")
+
+    feeder = asyncio.create_task(trickle())
+    try:
+        got = await _closed_within(reader, 10)
+    finally:
+        feeder.cancel()
+        writer.close()
+    assert got is not None, "a byte every 0.5 s kept an unauthenticated socket open"
+    assert 2.5 < time.monotonic() - started < 6
+
+
+async def _qrc_logon(
+    port: int, source: str, user: str, token: str
+) -> tuple[Any, Any, dict[str, Any]]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0))
+    writer.write(orjson.dumps(_logon(1, user, token)) + b"\x00")
+    async with asyncio.timeout(10):
+        while True:
+            frame = orjson.loads((await reader.readuntil(b"\x00"))[:-1])
+            if frame.get("id", "x") in (1, None):
+                return reader, writer, frame
+
+
+async def test_unauthenticated_sockets_never_take_the_slots_of_clients_that_log_on(
+    module_sim_port: int, make_gateway: GatewayFactory
+) -> None:
+    gw = make_gateway(module_sim_port, _unauth_budget)
+    idle: list[Any] = []
+    clients: list[Any] = []
+    try:
+        # Three sources hold the whole unauthenticated budget (2 each), a fourth is refused
+        # per source once it has 2; nobody logs on.
+        for i in range(4):
+            for _ in range(3):
+                idle.append(
+                    await asyncio.open_connection(
+                        "127.0.0.1", gw.qrc_port, local_addr=(f"127.0.2.{i + 1}", 0)
+                    )
+                )
+        async with aiohttp.ClientSession() as http:
+            for _ in range(2):  # WebSocket without a token: unauthenticated too
+                with contextlib.suppress(aiohttp.WSServerHandshakeError):
+                    idle.append(await http.ws_connect(gw.ws_url))
+            # Real clients still get in: raw QRC that logs on, and WebSocket with a token.
+            for n in range(4):
+                _, writer, reply = await _qrc_logon(
+                    gw.qrc_port, f"127.0.3.{n + 1}", "panel", PANEL_TOKEN
+                )
+                clients.append(writer)
+                assert reply.get("result") is True, reply
+            ws = await http.ws_connect(
+                gw.ws_url, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}
+            )
+            assert (await _ws_call(ws, 1, "NoOp", {}))["result"] is True
+            # maxClients (5) logged-on clients: the next Logon is refused.
+            _, writer, reply = await _qrc_logon(gw.qrc_port, "127.0.3.9", "panel", PANEL_TOKEN)
+            clients.append(writer)
+            assert reply["error"]["code"] == ErrorCode.CORE_UNAVAILABLE, reply
+            await ws.close()
+            for conn in idle:
+                if isinstance(conn, aiohttp.ClientWebSocketResponse):
+                    await conn.close()
+    finally:
+        for conn in idle:
+            if isinstance(conn, tuple):
+                conn[1].close()
+        for writer in clients:
+            writer.close()
+    assert (
+        gw.metric("qsys_gateway_connections_refused_total", reason="unauthenticated_per_source")
+        >= 4
+    )
+    assert gw.metric("qsys_gateway_connections_refused_total", reason="evicted") >= 1

@@ -20,7 +20,6 @@ from .common import Services, request_id
 log = logging.getLogger("qsys_gateway.connected")
 
 MAX_IN_FLIGHT = 32
-LOGON_TIMEOUT = 10.0
 
 
 class ConnectedClient:
@@ -56,8 +55,13 @@ class ConnectedClient:
         """After `admission.authenticate` succeeded for `self.caller`: the connection's
         one subject and one upstream session for life (a later Logon opens nothing)."""
         assert not self.logged_on, "one logon per connection"
+        limits = self.svc.runtime.config.limits
+        if not self.svc.clients.promote(self.handle, subject.name, limits.maxClients):
+            self.svc.runtime.metrics.connections_refused.labels(
+                self.handle.transport, "max_clients"
+            ).inc()
+            raise Refusal(ErrorCode.CORE_UNAVAILABLE, "Too many clients")
         self.admission.open_session(self.caller, self.send)
-        self.handle.subject = subject.name
 
     def announce(self) -> None:
         """WebSocket: the current EngineStatus once logged on. (A raw QRC client got it on
@@ -151,10 +155,10 @@ class ConnectedClient:
                     user=user if isinstance(user, str) else "",
                     request_id=request_id(),
                 )
+                self.log_on(subject)
             except Refusal as err:
                 self._answer(msg, error=err)
                 return
-            self.log_on(subject)
             self._answer(msg, result=True)
             if not self._answers_before_logon:
                 self.announce()

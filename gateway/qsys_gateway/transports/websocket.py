@@ -14,7 +14,7 @@ from qsys_protocol.qrc.errors import ErrorCode, QrcError
 
 from ..admission import Refusal
 from ..client_registry import ClientHandle
-from .connected import LOGON_TIMEOUT, ConnectedClient
+from .connected import ConnectedClient
 from .responses import SERVICES, bearer, error_response, source_ip
 
 log = logging.getLogger("qsys_gateway.websocket")
@@ -27,8 +27,6 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
     source = source_ip(request)
     if rt.shutting_down:
         return error_response(QrcError(ErrorCode.CORE_UNAVAILABLE, "Gateway is shutting down"))
-    if len(svc.clients) >= rt.config.limits.maxClients:
-        return error_response(QrcError(ErrorCode.CORE_UNAVAILABLE, "Too many clients"))
     queue: asyncio.Queue[bytes | None] = asyncio.Queue()
     budget = rt.send_budget
     backlog = 0
@@ -91,6 +89,10 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
             subject = svc.admission.authenticate(conn.caller, token, request_id=rid)
         except Refusal as err:
             return error_response(err)
+    refused = svc.clients.refusal(source, rt.config.limits, authenticated=subject is not None)
+    if refused is not None:
+        rt.metrics.connections_refused.labels("ws", refused).inc()
+        return error_response(QrcError(ErrorCode.CORE_UNAVAILABLE, "Too many clients"))
 
     await ws.prepare(request)
 
@@ -112,8 +114,9 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
             conn.log_on(subject)
             conn.announce()
         async with asyncio.timeout(None) as deadline:
-            if subject is None:
-                deadline.reschedule(asyncio.get_running_loop().time() + LOGON_TIMEOUT)
+            if subject is None:  # absolute: frames do not extend it
+                logon_timeout = rt.config.limits.logonTimeoutSeconds
+                deadline.reschedule(asyncio.get_running_loop().time() + logon_timeout)
             async for msg in ws:
                 if msg.type == WSMsgType.TEXT:
                     await conn.handle_frame(msg.data)
