@@ -36,7 +36,7 @@ from qsys_protocol.qrc.methods import METHODS, parse_params, traits_of
 
 from .auth import MAX_USER_CHARS
 from .metrics import method_label
-from .policy import Decision, needs_control_types
+from .policy import Decision, describe, needs_control_types
 from .runtime import Runtime
 from .subject_sessions import SubjectSessions
 from .upstream import UpstreamSession
@@ -156,18 +156,18 @@ class Admission:
         self, caller: Caller, method: str, err: QrcError, request_id: str, reason: str
     ) -> None:
         self.rt.metrics.auth_failures.labels(caller.transport).inc()
-        log.warning(
-            "authentication failed",
-            extra={
-                "request_id": request_id,
-                "source_ip": caller.source_ip,
-                "transport": caller.transport,
-                "reason": reason,
-            },
-        )
-        self.refuse(
-            Caller(caller.transport, caller.source_ip), {"method": method}, err, request_id, reason
-        )
+        anonymous = Caller(caller.transport, caller.source_ip)
+        if self.refuse(anonymous, {"method": method}, err, request_id, reason):
+            # logged with its audit line: repeats in a burst are counted there, not logged
+            log.warning(
+                "authentication failed",
+                extra={
+                    "request_id": request_id,
+                    "source_ip": caller.source_ip,
+                    "transport": caller.transport,
+                    "reason": reason,
+                },
+            )
 
     def open_session(self, caller: Caller, push: Callable[[dict[str, Any]], None]) -> None:
         """Give a logged-on connection its own upstream session (pushes go to `push`)."""
@@ -244,7 +244,7 @@ class Admission:
                 decision = rules.policy.authorize(subject.name, method, params, types)
         if not decision.allowed:
             err = QrcError(ErrorCode.FORBIDDEN, f"Forbidden by policy: {decision.reason}")
-            self._audit(caller, request_id, method, decision, "denied", started)
+            self._audit(caller, request_id, method, decision, "denied", started, msg.id)
             self._count(label, caller, "denied", started)
             return None if msg.is_notification else jsonrpc.error_message(msg.id, err)
         session = caller.session
@@ -262,7 +262,7 @@ class Admission:
         finally:
             rt.call_finished()
         if traits_of(method).write or rules.config.audit.logReads:
-            self._audit(caller, request_id, method, decision, outcome, started)
+            self._audit(caller, request_id, method, decision, outcome, started, msg.id)
         self._count(label, caller, outcome, started)
         return None if msg.is_notification else response
 
@@ -288,16 +288,15 @@ class Admission:
             self._count(label, caller, "ok", started)
             return None if msg.is_notification else jsonrpc.result_message(msg.id, True)
         reason = "already logged on as another subject"
-        self.rt.audit.record(
+        self.rt.audit.refused(
             request_id=request_id,
             subject=subject.name,
             source_ip=caller.source_ip,
             transport=caller.transport,
             method="Logon",
-            decision="deny",
             reason=reason,
             outcome="invalid",
-            duration_ms=(time.perf_counter() - started) * 1000,
+            call_id=msg.id,
         )
         self._count(label, caller, "invalid", started)
         err = QrcError(ErrorCode.INVALID_REQUEST, f"Invalid request: {reason}")
@@ -307,25 +306,58 @@ class Admission:
 
     def refuse(
         self, caller: Caller, obj: Any, error: QrcError, request_id: str, reason: str
-    ) -> None:
-        """Audit and count one call refused before `handle` (authentication, rate limit)."""
+    ) -> bool:
+        """Audit and count one call refused before `handle` (authentication, rate limit):
+        with its call id, targets and values; identical refusals in a burst are written
+        once with a count (`AuditLog.refused`). True when a line was written now."""
         method = _method_of(obj)
         subject = caller.subject_name
         outcome = outcome_of(error.code)
-        self.rt.audit.record(
+        call_id = obj.get("id") if isinstance(obj, dict) else None
+        targets: tuple[str, ...] = ()
+        values: tuple[Any, ...] = ()
+        if method != "Logon" and isinstance(obj, dict):
+            targets, values = describe(method, obj.get("params"))
+        written = self.rt.audit.refused(
             request_id=request_id,
             subject=subject,
             source_ip=caller.source_ip,
             transport=caller.transport,
             method=method[:128],
-            decision="deny",
+            targets=targets,
+            values=values,
             reason=reason,
             outcome=outcome,
-            duration_ms=0.0,
+            call_id=call_id if isinstance(call_id, int | str) else None,
         )
         self.rt.metrics.requests.labels(
             method_label(method), subject, caller.transport, outcome
         ).inc()
+        return written
+
+    def check_batch(self, caller: Caller, calls: Sequence[Any], request_id: str) -> Refusal | None:
+        """One batch limit for every transport (`limits.maxBatchCalls`): a bigger batch is
+        refused whole, with one audit line counting its calls (issue 11 #5)."""
+        limit = self.rt.config.limits.maxBatchCalls
+        if len(calls) <= limit:
+            return None
+        err = Refusal(ErrorCode.INVALID_REQUEST, f"Invalid request: batch over {limit} calls")
+        self.rt.audit.record(
+            request_id=request_id,
+            subject=caller.subject_name,
+            source_ip=caller.source_ip,
+            transport=caller.transport,
+            method="batch",
+            decision="deny",
+            reason=f"batch over {limit} calls",
+            outcome="invalid",
+            duration_ms=0.0,
+            count=len(calls),
+        )
+        self.rt.metrics.requests.labels(
+            "other", caller.subject_name, caller.transport, "invalid"
+        ).inc()
+        return err
 
     def _audit(
         self,
@@ -335,6 +367,7 @@ class Admission:
         decision: Decision,
         outcome: str,
         started: float,
+        call_id: Any = None,
     ) -> None:
         self.rt.audit.record(
             request_id=request_id,
@@ -344,6 +377,7 @@ class Admission:
             method=method[:128],
             targets=decision.targets,
             values=decision.values,
+            call_id=call_id,
             decision="allow" if decision.allowed else "deny",
             reason=decision.reason,
             outcome=outcome,

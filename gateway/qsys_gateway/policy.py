@@ -112,6 +112,38 @@ BOOLEAN_TYPES = frozenset({"Boolean"})
 """`Type` values of `Component.GetControls` whose controls hold only 0 and 1."""
 
 
+def describe(method: str, raw: Any) -> tuple[tuple[str, ...], tuple[Any, ...]]:
+    """The targets and written values of a call, for the audit line of a call refused
+    before authorisation (rate limit); ((), ()) when its params do not validate."""
+    if method not in METHODS:
+        return (), ()
+    try:
+        params = parse_params(method, raw)
+    except QrcError:
+        return (), ()
+    if isinstance(params, ComponentSetParams):
+        return (
+            tuple(_target(params.Name, c.Name) for c in params.Controls),
+            tuple(_written(c) for c in params.Controls),
+        )
+    if isinstance(params, ControlSetParams):
+        return (params.Name,), (_written(params),)
+    if isinstance(params, ComponentGetParams):
+        return tuple(_target(params.Name, c.Name) for c in params.Controls), ()
+    if isinstance(params, ChangeGroupAddComponentControlParams):
+        comp = params.Component
+        return tuple(_target(comp.Name, c.Name) for c in comp.Controls), ()
+    if isinstance(params, ControlGetParams):
+        return tuple(params.root), ()
+    if isinstance(params, ChangeGroupAddControlParams | ChangeGroupRemoveParams):
+        return tuple(params.Controls), ()
+    if isinstance(params, SnapshotLoadParams | SnapshotSaveParams):
+        return (params.Name,), ({"Bank": params.Bank},)
+    if isinstance(params, ComponentRef):
+        return (params.Name,), ()
+    return (), ()
+
+
 def needs_control_types(method: str, params: Any) -> str | None:
     """The component whose control types judging `params` needs: a Component.Set
     writing a boolean (judged differently on Boolean controls). None otherwise."""

@@ -84,6 +84,8 @@ class LimitsConfig(Model):
     headerTimeoutSeconds: Annotated[float, Field(gt=0, le=300)] = 10
     """A request head must be complete this long after connect or the previous response."""
     bodyTimeoutSeconds: Annotated[float, Field(gt=0, le=300)] = 10
+    maxBatchCalls: Annotated[int, Field(ge=1, le=10000)] = 100
+    """Calls in one batch, on every transport; a batch costs its size in rate budget."""
     maxUnauthenticatedClients: Annotated[int, Field(ge=1, le=100000)] = 256
     """WebSocket/QRC connections not logged on yet, besides the `maxClients` logged-on ones."""
     maxUnauthenticatedClientsPerSource: Annotated[int, Field(ge=1, le=100000)] = 64

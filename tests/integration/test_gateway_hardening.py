@@ -13,7 +13,7 @@ from typing import Any
 
 import aiohttp
 import orjson
-from gateway_harness import ADMIN_TOKEN, PANEL_TOKEN, GatewayFactory
+from gateway_harness import ADMIN_TOKEN, PANEL_TOKEN, SLOW_TOKEN, GatewayFactory
 from rawclients import rss_bytes, ws_close_code, ws_connect, ws_send_json
 
 from qsys_gateway.connlimit import BUSY
@@ -548,3 +548,87 @@ async def test_unauthenticated_sockets_never_take_the_slots_of_clients_that_log_
         >= 4
     )
     assert gw.metric("qsys_gateway_connections_refused_total", reason="evicted") >= 1
+
+
+def _noop_batch(n: int, start: int = 0) -> list[dict[str, Any]]:
+    return [{"jsonrpc": "2.0", "id": start + i, "method": "NoOp", "params": {}} for i in range(n)]
+
+
+async def test_huge_batches_are_refused_whole_and_refusals_are_counted_not_repeated(
+    module_sim_port: int, make_gateway: GatewayFactory
+) -> None:
+    gw = make_gateway(module_sim_port)
+    headers = {"Authorization": f"Bearer {SLOW_TOKEN}"}  # 2 calls/s, burst 2
+    async with aiohttp.ClientSession() as http, http.ws_connect(gw.ws_url, headers=headers) as ws:
+        # Over the batch limit (100): one error, one audit line counting the calls.
+        await ws.send_json(_noop_batch(1000))
+        async with asyncio.timeout(10):
+            while True:
+                reply = await ws.receive_json()
+                if "error" in reply or "result" in reply:
+                    break
+        assert reply["error"]["code"] == -32600
+        assert "batch over 100" in reply["error"]["message"]
+        # At the limit, refused by the rate limiter: every call answered, the audit
+        # trail holds a few lines with counts, not one line per call.
+        for b in range(20):
+            await ws.send_json(_noop_batch(100, 1000 * (b + 1)))
+        errors = 0
+        async with asyncio.timeout(20):
+            while errors < 2000:
+                reply = await ws.receive_json()
+                errors += "error" in reply
+    # QRC before logon: wrong Logons in bulk.
+    reader, writer = await asyncio.open_connection("127.0.0.1", gw.qrc_port)
+    try:
+        await _qrc_frames(reader, 1)  # EngineStatus
+        wrong = [_logon(i, "panel", f"guess-{i}") for i in range(600)]  # < maxMessageBytes
+        writer.write(orjson.dumps(wrong) + b"\x00")
+        (too_big,) = await _qrc_frames(reader, 1)
+        assert too_big["error"]["code"] == -32600
+        writer.write(orjson.dumps(wrong[:100]) + b"\x00")
+        replies = await _qrc_frames(reader, 100)
+        assert all("error" in r for r in replies)
+    finally:
+        writer.close()
+    await asyncio.sleep(1.5)  # the counted lines are written when their window closes
+    lines = gw.audit_lines()
+    batch = [x for x in lines if x["method"] == "batch"]
+    assert sorted(x["count"] for x in batch) == [600, 1000]
+    limited = [x for x in lines if x["reason"] == "rate limit exceeded"]
+    assert sum(x.get("count", 1) for x in limited) >= 1990  # every refused call accounted
+    assert len(limited) < 60, len(limited)
+    assert all(x["callId"] is not None or x.get("callIds") for x in limited)
+    logons = [x for x in lines if x["method"] == "Logon"]
+    assert sum(x.get("count", 1) for x in logons) == 100
+    assert len(logons) < 10, len(logons)
+    failures_logged = [x for x in gw.log_lines() if x.get("message") == "authentication failed"]
+    assert len(failures_logged) < 10
+
+
+async def test_rate_limit_audit_lines_name_the_call(
+    module_sim_port: int, make_gateway: GatewayFactory
+) -> None:
+    gw = make_gateway(module_sim_port)
+    headers = {"Authorization": f"Bearer {SLOW_TOKEN}"}
+    calls = [
+        {
+            "jsonrpc": "2.0",
+            "id": 7 + i,
+            "method": "Control.Set",
+            "params": {"Name": f"Lobby{i}", "Value": i},
+        }
+        for i in range(3)
+    ]
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(f"{gw.url}/v1/rpc", json=calls, headers=headers) as r,
+    ):
+        assert r.status == 429
+    await asyncio.sleep(0.3)
+    limited = [x for x in gw.audit_lines() if x["reason"] == "rate limit exceeded"]
+    assert [(x["callId"], x["targets"], x["values"]) for x in limited] == [
+        (7, ["Lobby0"], [0]),
+        (8, ["Lobby1"], [1]),
+        (9, ["Lobby2"], [2]),
+    ]

@@ -81,6 +81,10 @@ class ConnectedClient:
         if not calls:
             self.send(jsonrpc.error_message(None, QrcError(ErrorCode.INVALID_REQUEST)))
             return
+        too_big = self.admission.check_batch(self.caller, calls, request_id())
+        if too_big is not None:
+            self.send(jsonrpc.error_message(None, too_big))
+            return
         if not self.logged_on:
             # In order, as a Core would: once a Logon in the batch succeeded, the rest of
             # it (a second Logon included) takes the logged-on path.

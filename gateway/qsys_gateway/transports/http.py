@@ -20,7 +20,6 @@ from .websocket import websocket_handler
 
 log = logging.getLogger("qsys_gateway.http")
 
-MAX_BATCH = 100
 HTTP_CONNECTIONS = web.AppKey("http_connections", HttpConnections)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -127,10 +126,9 @@ async def rpc(request: web.Request) -> web.Response:
     calls = payload if batch else [payload]
     if batch and not calls:
         return error_response(QrcError(ErrorCode.INVALID_REQUEST, "Invalid request: empty batch"))
-    if len(calls) > MAX_BATCH:
-        return error_response(
-            QrcError(ErrorCode.INVALID_REQUEST, f"Invalid request: batch over {MAX_BATCH} calls")
-        )
+    too_big = svc.admission.check_batch(caller, calls, rid)
+    if too_big is not None:
+        return error_response(too_big)
     refused = await admission.rate_limit(caller, calls, rid)
     if refused is not None:
         return error_response(refused)
