@@ -408,10 +408,10 @@ async def test_a_connection_keeps_one_subject_for_life_on_qrc(
             (reply,) = await _qrc_frames(reader, 1)
             assert ("result" in reply) is ok, reply
         # Thousands of Logons never open another upstream session.
-        many = [_logon(100 + i, "panel", PANEL_TOKEN) for i in range(200)]
-        for _ in range(4):
+        many = [_logon(100 + i, "panel", PANEL_TOKEN) for i in range(100)]  # maxBatchCalls
+        for _ in range(8):
             writer.write(orjson.dumps(many) + b"\x00")
-            replies = await _qrc_frames(reader, 200)
+            replies = await _qrc_frames(reader, 100)
             assert all(r.get("result") is True for r in replies)
         assert await asyncio.to_thread(gw.metric, "qsys_gateway_upstream_sessions") == 1
     finally:
@@ -632,3 +632,181 @@ async def test_rate_limit_audit_lines_name_the_call(
         (8, ["Lobby1"], [1]),
         (9, ["Lobby2"], [2]),
     ]
+
+
+# ---- everything at once ------------------------------------------------------------------
+
+MEMORY_LIMIT = 256 * MiB  # the chart's default memory limit for a gateway pod
+
+
+async def _flood(deadline: float, coro_factory: Any) -> int:
+    """Run `coro_factory()` again and again until `deadline`; count the rounds."""
+    rounds = 0
+    while time.monotonic() < deadline:
+        with contextlib.suppress(
+            OSError, TimeoutError, asyncio.IncompleteReadError, aiohttp.ClientError
+        ):
+            await coro_factory()
+        rounds += 1
+        await asyncio.sleep(0)
+    return rounds
+
+
+async def test_all_attacks_together_stay_within_memory_and_keep_latency(
+    module_sim_port: int, make_gateway: GatewayFactory
+) -> None:
+    """A bounded mix of every attack class at once (loopback, ~12 s) while a well-behaved
+    client keeps calling: the gateway's RSS stays under the pod limit and the good
+    client's latency stays normal. `make bench` has the longer run (`bench/attacks.py`)."""
+    gw = make_gateway(module_sim_port, _unauth_budget_large)
+    assert gw.proc is not None
+    baseline_rss = rss_bytes(gw.proc.pid)
+    duration = 12.0
+    deadline = time.monotonic() + duration
+    held: list[Any] = []
+    latencies: list[float] = []
+
+    async def good_client() -> None:
+        async with aiohttp.ClientSession() as http:
+            while time.monotonic() < deadline:
+                started = time.perf_counter()
+                status, _ = await _post(http, gw.url, PANEL_TOKEN, "NoOp", {})
+                latencies.append(time.perf_counter() - started)
+                assert status == 200
+                await asyncio.sleep(0.1)
+
+    async def logon_storm() -> None:  # Critical 1: Logon after Logon on one socket
+        reader, writer = await asyncio.open_connection("127.0.0.1", gw.qrc_port)
+        held.append(writer)
+        many = orjson.dumps([_logon(i, "admin", ADMIN_TOKEN) for i in range(100)]) + b"\x00"
+        with contextlib.suppress(OSError):
+            while time.monotonic() < deadline:
+                writer.write(many)
+                await writer.drain()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(0.01):
+                        while await reader.read(1 << 20):
+                            pass
+
+    async def qrc_trickle() -> None:  # High 3: unauthenticated sockets, a byte at a time
+        async def one() -> None:
+            _, writer = await asyncio.open_connection("127.0.0.1", gw.qrc_port)
+            held.append(writer)
+            writer.write(b" ")
+
+        await _flood(deadline, one)
+
+    async def http_slowloris() -> None:  # High 4
+        async def one() -> None:
+            _, writer = await _open_trickling(gw.http_port, "127.0.0.71")
+            held.append(writer)
+            await asyncio.sleep(0.01)
+
+        await _flood(deadline, one)
+
+    async def huge_batches() -> None:  # High 5, over the limit and at it
+        headers = {"Authorization": f"Bearer {SLOW_TOKEN}"}
+        async with (
+            aiohttp.ClientSession() as http,
+            http.ws_connect(gw.ws_url, headers=headers) as ws,
+        ):
+            while time.monotonic() < deadline:
+                await ws.send_json(_noop_batch(1000))
+                await ws.send_json(_noop_batch(100))
+                with contextlib.suppress(TimeoutError):
+                    while True:
+                        await ws.receive(timeout=0.01)
+
+    async def non_reader() -> None:  # Medium 9
+        sock = await asyncio.to_thread(ws_connect, gw.http_port, ADMIN_TOKEN, rcvbuf=4096)
+        held.append(sock)
+        for batch in _big_reply_batches(60, 1):
+            if time.monotonic() > deadline:
+                break
+            with contextlib.suppress(OSError):
+                await asyncio.to_thread(ws_send_json, sock, batch)
+
+    async def autopoll_and_groups() -> None:  # Medium 8 and High 7
+        headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+        async with (
+            aiohttp.ClientSession() as http,
+            http.ws_connect(gw.ws_url, headers=headers) as ws,
+        ):
+            for g in range(80):
+                add = {"Id": f"g{g}", "Controls": ["LobbyMusicLevel"]}
+                await ws.send_json(
+                    {
+                        "jsonrpc": "2.0",
+                        "id": 2 * g,
+                        "method": "ChangeGroup.AddControl",
+                        "params": add,
+                    }
+                )
+                poll = {"Id": f"g{g}", "Rate": 1e-9}
+                await ws.send_json(
+                    {
+                        "jsonrpc": "2.0",
+                        "id": 2 * g + 1,
+                        "method": "ChangeGroup.AutoPoll",
+                        "params": poll,
+                    }
+                )
+            while time.monotonic() < deadline:
+                with contextlib.suppress(TimeoutError):
+                    await ws.receive(timeout=0.2)
+
+    async def wrong_tokens() -> None:  # High 6 (from the good client's own address)
+        async with aiohttp.ClientSession() as http:
+
+            async def one() -> None:
+                await _post(http, gw.url, "wrong-token", "NoOp", {})
+
+            await _flood(deadline, one)
+
+    peak = baseline_rss
+
+    async def watch() -> None:
+        nonlocal peak
+        while time.monotonic() < deadline + 1:
+            peak = max(peak, rss_bytes(gw.proc.pid))  # type: ignore[union-attr]
+            await asyncio.sleep(0.1)
+
+    try:
+        await asyncio.gather(
+            good_client(),
+            logon_storm(),
+            qrc_trickle(),
+            http_slowloris(),
+            huge_batches(),
+            non_reader(),
+            autopoll_and_groups(),
+            wrong_tokens(),
+            watch(),
+        )
+    finally:
+        for item in held:
+            item.close()
+    assert gw.proc.poll() is None, "the gateway died"
+    assert peak < MEMORY_LIMIT, f"RSS {peak / MiB:.0f} MiB"
+    assert peak - baseline_rss < 120 * MiB, f"RSS grew {(peak - baseline_rss) / MiB:.0f} MiB"
+    latencies.sort()
+    assert len(latencies) > 20
+    p95 = latencies[int(len(latencies) * 0.95)]
+    assert p95 < 1.0, f"p95 latency of a normal client {p95:.3f} s under attack"
+    assert gw.metric("qsys_gateway_upstream_sessions") <= 10
+
+
+def _unauth_budget_large(config: dict[str, Any]) -> None:
+    config["limits"].update(maxUnauthenticatedClients=64, maxUnauthenticatedClientsPerSource=16)
+
+
+async def _post(
+    http: aiohttp.ClientSession, url: str, token: str, method: str, params: Any
+) -> tuple[int, Any]:
+    async with http.post(
+        f"{url}/v1/rpc",
+        json={"jsonrpc": "2.0", "id": 1, "method": method, "params": params},
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=aiohttp.ClientTimeout(total=10),
+    ) as r:
+        return r.status, await r.read()
