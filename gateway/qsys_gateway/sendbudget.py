@@ -26,10 +26,10 @@ class SendBudget:
     def admits(self, backlog: int, size: int) -> bool:
         """May a client holding `backlog` queued bytes queue `size` more?
 
-        One message is always accepted into an empty queue (a reply may be larger
-        than the per-client bound, never larger than the listener's frame limits)."""
+        One message is always accepted into an empty queue: a client that reads is
+        never closed, however large one reply or push is."""
         if backlog == 0:
-            return self.used + size <= self.total or size <= SMALL_BACKLOG
+            return True
         if backlog + size > self.per_client:
             return False
         return self.used + size <= self.total or backlog + size < SMALL_BACKLOG
