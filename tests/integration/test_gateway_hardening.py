@@ -319,31 +319,20 @@ async def test_value_range_judges_booleans_as_the_core_applies_them(
     would be applied as +1 dB; on the (Boolean) mute it is a mute."""
     gw = make_gateway(module_sim_port)
     zone = "Room101 Zone2 Gain"
-    status, _ = await _rpc(
-        gw.url,
-        PANEL_TOKEN,
-        "Component.Set",
-        {"Name": zone, "Controls": [{"Name": "gain", "Value": -30}]},
-    )
-    assert status == 200
-    status, body = await _rpc(
-        gw.url,
-        PANEL_TOKEN,
-        "Component.Set",
-        {"Name": zone, "Controls": [{"Name": "gain", "Value": True}]},
-    )
+
+    async def set_zone(control: str, value: Any) -> tuple[int, Any]:
+        params = {"Name": zone, "Controls": [{"Name": control, "Value": value}]}
+        return await _rpc(gw.url, PANEL_TOKEN, "Component.Set", params)
+
+    assert (await set_zone("gain", -30))[0] == 200
+    status, body = await set_zone("gain", True)
     assert status == 403, body
     _, got = await _rpc(
         gw.url, PANEL_TOKEN, "Component.Get", {"Name": zone, "Controls": [{"Name": "gain"}]}
     )
     assert got["result"]["Controls"][0]["Value"] == -30
     for value in (True, False):
-        status, body = await _rpc(
-            gw.url,
-            PANEL_TOKEN,
-            "Component.Set",
-            {"Name": zone, "Controls": [{"Name": "mute", "Value": value}]},
-        )
+        status, body = await set_zone("mute", value)
         assert status == 200, body
 
 
