@@ -14,6 +14,7 @@ from qsys_protocol.qrc.errors import ErrorCode, QrcError
 from .. import __version__
 from ..admission import Caller, Refusal
 from ..connlimit import HttpConnections
+from ..inflight import call_weight
 from .common import HTTP_STATUS, Services, request_id
 from .responses import SERVICES, bearer, error_response, json_response, source_ip
 from .websocket import websocket_handler
@@ -132,7 +133,14 @@ async def rpc(request: web.Request) -> web.Response:
     refused = await admission.rate_limit(caller, calls, rid)
     if refused is not None:
         return error_response(refused)
-    responses = [await admission.handle(caller, obj, rid) for obj in calls]
+    gate = rt.in_flight_gate  # HTTP calls share the gateway's in-flight weight bound
+    responses = []
+    for obj in calls:
+        weight = await gate.acquire(call_weight(obj))
+        try:
+            responses.append(await admission.handle(caller, obj, rid))
+        finally:
+            gate.release(weight)
     answered = [r for r in responses if r is not None]
     if batch:
         return json_response(answered) if answered else web.Response(status=204)
