@@ -135,8 +135,8 @@ async def test_every_write_and_denial_audited_once_and_no_token_anywhere(
 
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
-        seen = {rid for line in gw.audit_lines() for rid in rids(line)}
-        if set(expected) <= seen:
+        audited = {rid for line in gw.audit_lines() for rid in rids(line)}
+        if set(expected) <= audited:
             break
         await asyncio.sleep(0.2)
     await asyncio.sleep(1.2)  # anything else (that should not be there) has arrived too

@@ -285,11 +285,10 @@ async def test_change_group_quotas_per_connection_and_per_subject(
                     codes.append(reply.get("result", reply.get("error", {}).get("code")))
                 results.append(codes)
             async with http.ws_connect(gw.ws_url, headers=panel) as other:
-                add = {
-                    "Id": "p",
-                    "Component": {"Name": "Room101 Zone1 Gain", "Controls": [{"Name": "gain"}]},
-                }
-                theirs = await _ws_call(other, 1, "ChangeGroup.AddComponentControl", add)
+                component = {"Name": "Room101 Zone1 Gain", "Controls": [{"Name": "gain"}]}
+                theirs = await _ws_call(
+                    other, 1, "ChangeGroup.AddComponentControl", {"Id": "p", "Component": component}
+                )
         finally:
             for ws in sockets:
                 await ws.close()
