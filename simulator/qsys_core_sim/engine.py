@@ -350,7 +350,8 @@ class Engine:
         for control, raw in plan:
             self.set_value(control, raw)
         if p.ResponseValues:
-            return {"Name": p.Name, "Controls": [c.state() for c, _ in plan]}
+            # As a Core answers the vendor's QRWC SDK: one change per control written.
+            return [{"Component": p.Name, **c.state()} for c, _ in plan]
         return True
 
     def group(self, session: Session, group_id: str | int) -> ChangeGroup:

@@ -120,7 +120,11 @@ async def test_component_set_and_get(qrc_client: QrcClient) -> None:
         "Component.Set",
         {"Name": ZONE, "Controls": [{"Name": "gain", "Position": 1.0}], "ResponseValues": True},
     )
-    assert echoed["Controls"][0]["Value"] == 20.0
+    # A list of changes, as the vendor's QRWC SDK reads it (`const [change] = result`).
+    assert [{k: v for k, v in c.items() if k != "String"} for c in echoed] == [
+        {"Component": ZONE, "Name": "gain", "Value": 20.0, "Position": 1.0}
+    ]
+    assert echoed[0]["String"].endswith("dB")
 
 
 async def test_snapshot_really_stores_and_recalls(qrc_client: QrcClient) -> None:

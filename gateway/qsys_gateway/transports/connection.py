@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -31,12 +33,16 @@ class ClientConnection:
         *,
         answers_before_logon: bool,
         pre_logon_error: int,
+        api_key: bool = False,
     ) -> None:
         self.svc = svc
         self.handle = handle
         self.caller: Caller | None = None
         self._answers_before_logon = answers_before_logon
         self._pre_logon_error = pre_logon_error
+        self._api_key = api_key
+        self._key_digest: bytes | None = None
+        """SHA-256 of the last apiKey accepted (the key itself is not kept)."""
         self._slots = asyncio.Semaphore(MAX_IN_FLIGHT)
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -71,6 +77,10 @@ class ClientConnection:
         if not calls:
             self.send(jsonrpc.error_message(None, QrcError(ErrorCode.INVALID_REQUEST)))
             return
+        if self._api_key:
+            calls = [obj for obj in calls if self._take_api_key(obj)]
+            if not calls:
+                return
         if self.caller is None:
             for obj in calls:
                 self._pre_logon(obj)
@@ -88,6 +98,56 @@ class ClientConnection:
             task = asyncio.get_running_loop().create_task(self._call(obj, rid))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+
+    def _take_api_key(self, obj: Any) -> bool:
+        """Remove a QRWC `apiKey` from one call and check it; False if the call was refused.
+
+        A first valid key logs the connection on; later keys must name the same subject
+        (a connection has one subject for its life).
+        """
+        if not isinstance(obj, dict) or obj.get("apiKey") is None:
+            return True
+        key = obj.pop("apiKey")
+        digest = (
+            hashlib.sha256(key.encode("utf-8", "replace")).digest() if isinstance(key, str) else b""
+        )
+        if self._key_digest is not None and hmac.compare_digest(digest, self._key_digest):
+            return True
+        transport, source = self.handle.transport, self.handle.source_ip
+        rid = request_id()
+        try:
+            subject = authenticate(
+                self.svc,
+                token=key if isinstance(key, str) else None,
+                user=None,
+                source_ip=source,
+                transport=transport,
+                rid=rid,
+                obj=obj,
+            )
+        except Refusal as refused:
+            self._reply_error(obj, refused)
+            return False
+        if self.caller is None:
+            self.log_on(subject)
+        elif subject.name != self.caller.subject.name:
+            err = Refusal(
+                ErrorCode.UNAUTHENTICATED,
+                "Unauthenticated: apiKey names another subject than this connection's",
+            )
+            self.svc.pipeline.reject(
+                self.caller.subject.name,
+                transport,
+                source,
+                obj,
+                err,
+                rid,
+                "apiKey of another subject",
+            )
+            self._reply_error(obj, err)
+            return False
+        self._key_digest = digest
+        return True
 
     async def _call(self, obj: Any, rid: str) -> None:
         try:

@@ -21,7 +21,7 @@ from .responses import (
     source_ip,
 )
 from .sessions import HttpSessions
-from .websocket import websocket_handler
+from .websocket import qrwc_handler, websocket_handler
 
 log = logging.getLogger("qsys_gateway.http")
 
@@ -208,6 +208,7 @@ def build_app(svc: Services, sessions: HttpSessions) -> web.Application:
     app[SESSIONS] = sessions
     app.router.add_post("/v1/rpc", rpc)
     app.router.add_get("/v1/ws", websocket_handler)
+    app.router.add_get("/qrc-public-api/v0", qrwc_handler)
     app.router.add_get("/v1/status", status)
     app.router.add_get("/livez", livez)
     app.router.add_get("/readyz", readyz)
