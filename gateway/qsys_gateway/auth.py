@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -40,8 +41,34 @@ class Authenticator:
 
     def __init__(self, subjects: Sequence[SubjectConfig]) -> None:
         self._entries: tuple[tuple[bytes, bytes, SubjectConfig], ...] = tuple(
-            (bytes.fromhex(s.tokenSha256), s.name.encode("utf-8"), s) for s in subjects
+            (bytes.fromhex(s.tokenSha256), s.name.encode("utf-8"), s)
+            for s in subjects
+            if s.tokenSha256 is not None
         )
+        self._sources: tuple[
+            tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, SubjectConfig], ...
+        ]
+        self._sources = tuple(
+            (ipaddress.ip_network(cidr), s) for s in subjects for cidr in s.sourceCIDRs
+        )
+
+    def by_source(self, address: str) -> SubjectConfig | None:
+        """The source-bound subject whose sourceCIDRs hold `address` (raw QRC only).
+
+        The config guarantees that no two subjects' networks overlap.
+        """
+        if not self._sources:
+            return None
+        try:
+            ip = ipaddress.ip_address(address.split("%", 1)[0])
+        except ValueError:
+            return None
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        for network, subject in self._sources:
+            if ip in network:
+                return subject
+        return None
 
     def authenticate(self, token: str) -> SubjectConfig | None:
         digest = _digest(token)

@@ -6,6 +6,7 @@ validates what the operator renders and what the gateway loads.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from pathlib import Path
@@ -13,6 +14,7 @@ from typing import Annotated, Any
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -115,11 +117,41 @@ class Rule(Model):
     valueRange: ValueRange | None = None
 
 
+def _source_cidr(value: str) -> str:
+    try:
+        network = ipaddress.ip_network(value, strict=True)
+    except ValueError:
+        raise ValueError(
+            "must be an IPv4 or IPv6 network with no host bits set, e.g. 192.0.2.0/28"
+        ) from None
+    if network.prefixlen == 0:
+        raise ValueError("must not be a default route (/0): that would admit every address")
+    return str(network)
+
+
+SourceCIDR = Annotated[str, Field(min_length=1, max_length=64), AfterValidator(_source_cidr)]
+"""A network a source-bound subject's legacy clients connect from (written canonically)."""
+MAX_SOURCE_CIDRS = 32
+
+
 class SubjectConfig(Model):
+    """A token holder, or (raw QRC only) a subject admitted by its source address."""
+
     name: Annotated[str, Field(pattern=SUBJECT_NAME_PATTERN)]
-    tokenSha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+    tokenSha256: Annotated[
+        str | None, Field(pattern=r"^[0-9a-f]{64}$", exclude_if=lambda v: v is None)
+    ] = None
+    sourceCIDRs: Annotated[
+        list[SourceCIDR], Field(max_length=MAX_SOURCE_CIDRS, exclude_if=lambda v: not v)
+    ] = []
     rate: RateConfig | None = None
     rules: list[Rule] = []
+
+    @model_validator(mode="after")
+    def _token_or_sources(self) -> SubjectConfig:
+        if (self.tokenSha256 is None) == (not self.sourceCIDRs):
+            raise ValueError(f"subject {self.name!r}: set exactly one of tokenSha256, sourceCIDRs")
+        return self
 
 
 class GatewayConfig(Model):
@@ -137,10 +169,17 @@ class GatewayConfig(Model):
         for s in self.subjects:
             if s.name in seen:
                 raise ValueError(f"subjects: duplicate subject name {s.name!r}")
-            if s.tokenSha256 in hashes:
+            if s.tokenSha256 is not None and s.tokenSha256 in hashes:
                 raise ValueError(f"subjects: subject {s.name!r} shares its token with another")
             seen.add(s.name)
-            hashes.add(s.tokenSha256)
+            if s.tokenSha256 is not None:
+                hashes.add(s.tokenSha256)
+        overlap = overlapping_sources(self.subjects)
+        if overlap is not None:
+            raise ValueError(
+                f"subjects: sourceCIDRs of {overlap[0]!r} and {overlap[1]!r} overlap "
+                "(a source address must name one subject)"
+            )
         return self
 
     def subject(self, name: str) -> SubjectConfig | None:
@@ -148,6 +187,19 @@ class GatewayConfig(Model):
 
     def rate_for(self, subject: SubjectConfig) -> RateConfig:
         return subject.rate or self.limits.rate
+
+
+def overlapping_sources(subjects: list[SubjectConfig]) -> tuple[str, str] | None:
+    """The first two subjects whose sourceCIDRs share an address, if any."""
+    owned: list[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, str]] = []
+    for s in subjects:
+        for cidr in s.sourceCIDRs:
+            net = ipaddress.ip_network(cidr)
+            for other, name in owned:
+                if name != s.name and net.version == other.version and net.overlaps(other):
+                    return (name, s.name)
+            owned.append((net, s.name))
+    return None
 
 
 class ConfigError(ValueError):

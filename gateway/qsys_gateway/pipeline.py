@@ -106,8 +106,14 @@ class Pipeline:
         method = msg.method
         label = method_label(method)
         subject = rt.current_subject(caller.subject.name)
-        if subject is None or subject.tokenSha256 != caller.subject.tokenSha256:
-            err = QrcError(ErrorCode.UNAUTHENTICATED, "Unauthenticated: token revoked")
+        if (
+            subject is None
+            or subject.tokenSha256 != caller.subject.tokenSha256
+            or subject.sourceCIDRs != caller.subject.sourceCIDRs
+        ):
+            err = QrcError(
+                ErrorCode.UNAUTHENTICATED, "Unauthenticated: credentials revoked or changed"
+            )
             self._count(label, caller, "unauthenticated", started)
             return None if msg.is_notification else jsonrpc.error_message(msg.id, err)
         caller.subject = subject

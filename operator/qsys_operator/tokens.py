@@ -88,6 +88,8 @@ async def _referenced(
 async def resolve_tokens(kube: Kube, policy: AccessPolicy) -> PolicyTokens:
     out = PolicyTokens()
     for subject in policy.spec.subjects:
+        if subject.sourceCIDRs:
+            continue  # admitted by source address: no token
         if subject.tokenSecretRef is None:
             await _generated(kube, policy, subject, out)
         else:

@@ -168,7 +168,8 @@ async def test_sdk_reads_writes_and_receives_updates(
     ) as run:
         connected = await run.until("connected")
         status = connected["engineStatus"]
-        assert status["State"] == "Active" and status["DesignName"]
+        assert status["State"] == "Active"
+        assert status["DesignName"]
         components = connected["components"]
         # Controls (with their types and ranges) of every component the policy lets it read.
         assert set(components[ZONE1]) == {"gain", "mute", "invert"}
@@ -185,18 +186,21 @@ async def test_sdk_reads_writes_and_receives_updates(
         assert written["state"]["Component"] == ZONE1
 
         denied = await run.until("denied")
-        assert len(denied["errors"]) == 1 and "-32003" in denied["errors"][0]
+        assert len(denied["errors"]) == 1
+        assert "-32003" in denied["errors"][0]
         assert denied["state"]["Value"] != -6
 
         await run.until("ready")
         await admin_set(http, gw, ZONE1, "mute", 1)
         update = await run.until("update")
-        assert update["state"]["Value"] == 1 and update["state"]["Bool"] is True
+        assert update["state"]["Value"] == 1
+        assert update["state"]["Bool"] is True
         done = await run.until("done")
         # The only errors the SDK saw: the components it may not read, and the refused write.
         # (Qrwc logs its 'error' events too, so the refusal may appear twice.)
         refused = {e for e in done["errors"] if "Failed to fetch controls" not in e}
-        assert len(refused) == 1 and "-32003" in refused.pop()
+        assert len(refused) == 1
+        assert "-32003" in refused.pop()
         assert await run.proc.wait() == 0
 
     # The write went to the Core, and both it and the refusal are audited as `qrwc`.
@@ -243,7 +247,8 @@ async def test_sdk_with_api_key_or_first_logon(qrwc_gateway: Gateway, auth: str)
         connected = await run.until("connected")
         assert set(connected["components"][ZONE1]) == {"gain", "mute", "invert"}
         written = await run.until("write")
-        assert written["errors"] == [] and written["state"]["Value"] == 1
+        assert written["errors"] == []
+        assert written["state"]["Value"] == 1
         await run.until("done")
         assert await run.proc.wait() == 0
     assert QRWC_TOKEN not in qrwc_gateway.stdout() + qrwc_gateway.stderr()

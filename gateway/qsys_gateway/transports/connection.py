@@ -34,6 +34,7 @@ class ClientConnection:
         answers_before_logon: bool,
         pre_logon_error: int,
         api_key: bool = False,
+        source_bound: bool = False,
     ) -> None:
         self.svc = svc
         self.handle = handle
@@ -41,6 +42,7 @@ class ClientConnection:
         self._answers_before_logon = answers_before_logon
         self._pre_logon_error = pre_logon_error
         self._api_key = api_key
+        self._source_bound = source_bound
         self._key_digest: bytes | None = None
         """SHA-256 of the last apiKey accepted (the key itself is not kept)."""
         self._slots = asyncio.Semaphore(MAX_IN_FLIGHT)
@@ -54,7 +56,7 @@ class ClientConnection:
     def logged_on(self) -> bool:
         return self.caller is not None
 
-    def log_on(self, subject: SubjectConfig) -> None:
+    def log_on(self, subject: SubjectConfig, *, push_status: bool = True) -> None:
         rt = self.svc.runtime
         name = subject.name
         session: UpstreamSession = rt.upstream.open_session(
@@ -63,7 +65,7 @@ class ClientConnection:
         self.caller = Caller(subject, self.handle.transport, self.handle.source_ip, session)
         self.handle.subject = subject.name
         status = self.svc.runtime.upstream.engine_status
-        if status is not None:
+        if push_status and status is not None:
             self.send(jsonrpc.notification_message("EngineStatus", status))
 
     async def handle_frame(self, data: bytes | str) -> None:
@@ -81,6 +83,8 @@ class ClientConnection:
             calls = [obj for obj in calls if self._take_api_key(obj)]
             if not calls:
                 return
+        if self.caller is None and self._source_bound:
+            self._admit_by_source(calls)
         if self.caller is None:
             for obj in calls:
                 self._pre_logon(obj)
@@ -98,6 +102,31 @@ class ClientConnection:
             task = asyncio.get_running_loop().create_task(self._call(obj, rid))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+
+    def _admit_by_source(self, calls: list[Any]) -> None:
+        """Raw QRC clients that cannot Logon: a source-bound subject by peer address.
+
+        Only once a call needs a subject (not Logon, nor NoOp/StatusGet, which are
+        answered before logon anyway), so a client that logs on keeps its token subject.
+        """
+        methods = {obj.get("method") for obj in calls if isinstance(obj, dict)}
+        if not methods - {"Logon", "NoOp", "StatusGet"} or "Logon" in methods:
+            return
+        subject = self.svc.runtime.rules.authenticator.by_source(self.handle.source_ip)
+        if subject is None:
+            return
+        self.log_on(subject, push_status=False)
+        self.svc.runtime.audit.record(
+            request_id=request_id(),
+            subject=subject.name,
+            source_ip=self.handle.source_ip,
+            transport=self.handle.transport,
+            method="Logon",
+            decision="allow",
+            reason="source address in the subject's sourceCIDRs",
+            outcome="ok",
+            duration_ms=0.0,
+        )
 
     def _take_api_key(self, obj: Any) -> bool:
         """Remove a QRWC `apiKey` from one call and check it; False if the call was refused.

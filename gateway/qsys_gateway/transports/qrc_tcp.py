@@ -98,7 +98,11 @@ class QrcServer:
 
         handle = ClientHandle("qrc", source, send, close)
         conn = ClientConnection(
-            svc, handle, answers_before_logon=True, pre_logon_error=ErrorCode.LOGON_REQUIRED
+            svc,
+            handle,
+            answers_before_logon=True,
+            pre_logon_error=ErrorCode.LOGON_REQUIRED,
+            source_bound=True,
         )
         decoder = FrameDecoder(rt.config.limits.maxMessageBytes)
         svc.clients.add(handle)

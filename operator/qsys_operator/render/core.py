@@ -60,7 +60,13 @@ def render_core_children(
     ]
     absent: list[ChildRef] = []
     optional = [
-        (render_network_policy(core, settings), "networking.k8s.io/v1", "NetworkPolicy"),
+        (
+            render_network_policy(
+                core, settings, [c for s in merged.subjects for c in s.sourceCIDRs]
+            ),
+            "networking.k8s.io/v1",
+            "NetworkPolicy",
+        ),
         (render_pdb(core), "policy/v1", "PodDisruptionBudget"),
     ]
     for manifest, api_version, kind in optional:
