@@ -208,33 +208,17 @@ def test_source_bound_subject_needs_no_token_and_reaches_the_config() -> None:
     )
     assert result.unresolved == []
     assert result.conflicts == []
+    rules = [
+        {"methods": ["Component.Get"], "components": ["*"], "controls": ["*"], "valueRange": None}
+    ]
     assert gateway_subjects(result) == [
         {
             "name": "dsp",
             "sourceCIDRs": ["192.0.2.32/28", "2001:db8::7/128"],
             "rate": None,
-            "rules": [
-                {
-                    "methods": ["Component.Get"],
-                    "components": ["*"],
-                    "controls": ["*"],
-                    "valueRange": None,
-                }
-            ],
+            "rules": rules,
         },
-        {
-            "name": "panel",
-            "tokenSha256": TOKEN_SHA,
-            "rate": None,
-            "rules": [
-                {
-                    "methods": ["Component.Get"],
-                    "components": ["*"],
-                    "controls": ["*"],
-                    "valueRange": None,
-                }
-            ],
-        },
+        {"name": "panel", "tokenSha256": TOKEN_SHA, "rate": None, "rules": rules},
     ]
 
 
