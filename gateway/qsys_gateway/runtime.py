@@ -10,9 +10,10 @@ import asyncio
 import logging
 from dataclasses import dataclass
 
+from qsys_protocol.config import GatewayConfig, SubjectConfig
+
 from .audit import AuditLog
 from .auth import Authenticator, FailureThrottle
-from .config import GatewayConfig, SubjectConfig
 from .metrics import GatewayMetrics
 from .policy import Policy
 from .ratelimit import RateLimiter

@@ -14,7 +14,7 @@ from typing import Any
 import aiohttp
 from gateway_harness import ADMIN_TOKEN, Gateway, GatewayFactory
 
-from qsys_gateway.qrc.client import QrcClient
+from qsys_protocol.qrc.client import QrcClient
 
 ZONE = "Room101 Zone1 Gain"
 LEGACY: dict[str, Any] = {

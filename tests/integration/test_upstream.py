@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 
 from qsys_core_sim.server import CoreSimulator
-from qsys_gateway.config import CoreConfig
 from qsys_gateway.metrics import GatewayMetrics
-from qsys_gateway.qrc.errors import ErrorCode, QrcError
 from qsys_gateway.upstream import CircuitState, Upstream, UpstreamSession
+from qsys_protocol.config import CoreConfig
+from qsys_protocol.qrc.errors import ErrorCode, QrcError
 
 pytestmark = pytest.mark.timeout(30)
 

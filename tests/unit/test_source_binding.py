@@ -12,11 +12,11 @@ import yaml
 from pydantic import ValidationError
 
 from qsys_gateway.auth import Authenticator
-from qsys_gateway.config import ConfigError, SubjectConfig, parse_config
 from qsys_operator.api import AccessPolicy, QSysCore
 from qsys_operator.crdgen import openapi_schema
 from qsys_operator.render import PolicyBinding, render_core_children
 from qsys_operator.settings import OperatorSettings
+from qsys_protocol.config import ConfigError, SubjectConfig, parse_config
 
 SETTINGS = OperatorSettings()
 TOKEN_SHA = hashlib.sha256(b"panel-token").hexdigest()

@@ -15,9 +15,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from ..qrc.client import ConnectionClosed
-from ..qrc.errors import ErrorCode, QrcError
-from ..qrc.methods import MAX_ITEMS
+from qsys_protocol.qrc.client import ConnectionClosed
+from qsys_protocol.qrc.errors import ErrorCode, QrcError
+from qsys_protocol.qrc.methods import MAX_ITEMS
+
 from .connection import Busy, NotConnected, UpstreamConnection
 from .errors import CoreUnavailable
 

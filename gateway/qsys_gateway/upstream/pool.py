@@ -8,12 +8,13 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from ..config import CoreConfig
+from qsys_protocol.config import CoreConfig
+from qsys_protocol.qrc import jsonrpc
+from qsys_protocol.qrc.client import ConnectionClosed
+from qsys_protocol.qrc.errors import ErrorCode, QrcError
+from qsys_protocol.qrc.methods import traits_of
+
 from ..metrics import GatewayMetrics, method_label
-from ..qrc import jsonrpc
-from ..qrc.client import ConnectionClosed
-from ..qrc.errors import ErrorCode, QrcError
-from ..qrc.methods import METHODS
 from .circuit import STATE_VALUES, CircuitBreaker, CircuitState
 from .connection import Busy, ConnectionSettings, NotConnected, UpstreamConnection
 from .errors import CoreTimeout, CoreUnavailable
@@ -25,12 +26,6 @@ if TYPE_CHECKING:
     from .session import UpstreamSession
 
 log = logging.getLogger("qsys_gateway.upstream")
-
-RETRYABLE_METHODS = frozenset(
-    {"NoOp", "StatusGet"} | {name for name, spec in METHODS.items() if spec.kind == "read"}
-)
-"""Reads a Core answers without side effects: retried once on another connection when
-the socket they were sent on drops before the answer came."""
 
 
 class Upstream:
@@ -188,7 +183,7 @@ class Upstream:
                 if (
                     conn is None
                     and not retried
-                    and method in RETRYABLE_METHODS
+                    and traits_of(method).retryable
                     and loop.time() < deadline
                     and any(c.up and c is not target for c in self._conns)
                 ):

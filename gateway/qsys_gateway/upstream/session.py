@@ -9,15 +9,19 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from ..qrc import jsonrpc
-from ..qrc.errors import ErrorCode, QrcError
-from ..qrc.methods import (
+from pydantic import BaseModel
+
+from qsys_protocol.qrc import jsonrpc
+from qsys_protocol.qrc.errors import ErrorCode, QrcError
+from qsys_protocol.qrc.methods import (
     ChangeGroupAddComponentControlParams,
     ChangeGroupAddControlParams,
     ChangeGroupAutoPollParams,
     ChangeGroupRemoveParams,
     parse_params,
+    traits_of,
 )
+
 from .groups import ClientGroup, ReadCheck
 from .hub import Key
 
@@ -25,8 +29,6 @@ if TYPE_CHECKING:
     from .pool import Upstream
 
 log = logging.getLogger("qsys_gateway.upstream")
-
-_ADD_METHODS = frozenset({"ChangeGroup.AddControl", "ChangeGroup.AddComponentControl"})
 
 
 class UpstreamSession:
@@ -50,11 +52,17 @@ class UpstreamSession:
         self.closed = False
 
     async def call(self, method: str, params: Any, *, timeout: float | None = None) -> Any:
+        """One call: `params` is the model `parse_params` returned (raw JSON is validated
+        here). Change-group methods are answered by the gateway, the rest go to the Core
+        re-serialised from the model, so unknown fields never reach it."""
         if self.closed:
             raise QrcError(ErrorCode.INVALID_REQUEST, "Invalid request: session closed")
-        if not method.startswith("ChangeGroup."):
-            return await self._upstream.call(method, params, timeout=timeout)
-        parsed = parse_params(method, params)
+        traits = traits_of(method)
+        if not traits.change_group:
+            if isinstance(params, BaseModel):
+                params = params.model_dump(mode="json", exclude_none=True)
+            return await self._upstream.forward(method, params, timeout=timeout)
+        parsed = params if isinstance(params, BaseModel) else parse_params(method, params)
         assert parsed is not None
         gid = getattr(parsed, "Id", None)
         assert isinstance(gid, str | int)
@@ -62,7 +70,7 @@ class UpstreamSession:
             group = self._groups.get(str(gid))
             created = False
             if group is None:
-                if method not in _ADD_METHODS:
+                if not traits.group_add:
                     raise QrcError(ErrorCode.UNKNOWN_CHANGE_GROUP, "Unknown change group")
                 group, created = self._new_group(gid), True
             async with group.lock:

@@ -6,8 +6,8 @@ from typing import Annotated, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from qsys_gateway.config import MAX_SOURCE_CIDRS, RateConfig, Rule
-from qsys_gateway.config import SourceCIDR as GatewaySourceCIDR
+from qsys_protocol.config import MAX_SOURCE_CIDRS, RateConfig, Rule
+from qsys_protocol.config import SourceCIDR as GatewaySourceCIDR
 
 from .common import (
     API_VERSION,

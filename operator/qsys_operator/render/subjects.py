@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
-from qsys_gateway.config import SubjectConfig, overlapping_sources
+from qsys_protocol.config import SubjectConfig, overlapping_sources
 
 from ..api import AccessPolicy
 

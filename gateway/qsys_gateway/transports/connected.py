@@ -9,21 +9,22 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from ..clients import ClientHandle
-from ..config import SubjectConfig
-from ..pipeline import Caller
-from ..qrc import jsonrpc
-from ..qrc.errors import ErrorCode, QrcError
-from ..upstream import UpstreamSession
-from .common import Refusal, Services, authenticate, rate_limit, request_id
+from qsys_protocol.config import SubjectConfig
+from qsys_protocol.qrc import jsonrpc
+from qsys_protocol.qrc.errors import ErrorCode, QrcError
+from qsys_protocol.qrc.methods import traits_of
 
-log = logging.getLogger("qsys_gateway.connection")
+from ..admission import Caller, Refusal
+from ..client_registry import ClientHandle
+from .common import Services, request_id
+
+log = logging.getLogger("qsys_gateway.connected")
 
 MAX_IN_FLIGHT = 32
 LOGON_TIMEOUT = 10.0
 
 
-class ClientConnection:
+class ConnectedClient:
     """One connected client. `send` must not block; transports bound their own queues."""
 
     def __init__(
@@ -37,8 +38,9 @@ class ClientConnection:
         source_bound: bool = False,
     ) -> None:
         self.svc = svc
+        self.admission = svc.admission
         self.handle = handle
-        self.caller: Caller | None = None
+        self.caller = Caller(handle.transport, handle.source_ip)
         self._answers_before_logon = answers_before_logon
         self._pre_logon_error = pre_logon_error
         self._api_key = api_key
@@ -54,15 +56,11 @@ class ClientConnection:
 
     @property
     def logged_on(self) -> bool:
-        return self.caller is not None
+        return self.caller.session is not None
 
     def log_on(self, subject: SubjectConfig, *, push_status: bool = True) -> None:
-        rt = self.svc.runtime
-        name = subject.name
-        session: UpstreamSession = rt.upstream.open_session(
-            self.send, lambda component, control: rt.rules.policy.can_read(name, component, control)
-        )
-        self.caller = Caller(subject, self.handle.transport, self.handle.source_ip, session)
+        """After `admission.authenticate` succeeded for `self.caller`."""
+        self.admission.open_session(self.caller, self.send)
         self.handle.subject = subject.name
         status = self.svc.runtime.upstream.engine_status
         if push_status and status is not None:
@@ -83,16 +81,14 @@ class ClientConnection:
             calls = [obj for obj in calls if self._take_api_key(obj)]
             if not calls:
                 return
-        if self.caller is None and self._source_bound:
+        if not self.logged_on and self._source_bound:
             self._admit_by_source(calls)
-        if self.caller is None:
+        if not self.logged_on:
             for obj in calls:
                 self._pre_logon(obj)
             return
         rid = request_id()
-        refused = await rate_limit(
-            self.svc, self.caller.subject, calls, self.handle.transport, self.handle.source_ip, rid
-        )
+        refused = await self.admission.rate_limit(self.caller, calls, rid)
         if refused is not None:
             for obj in calls:
                 self._reply_error(obj, refused)
@@ -106,27 +102,17 @@ class ClientConnection:
     def _admit_by_source(self, calls: list[Any]) -> None:
         """Raw QRC clients that cannot Logon: a source-bound subject by peer address.
 
-        Only once a call needs a subject (not Logon, nor NoOp/StatusGet, which are
-        answered before logon anyway), so a client that logs on keeps its token subject.
+        Only once a call needs a subject (not Logon, nor what is answered before logon),
+        so a client that logs on keeps its token's subject.
         """
-        methods = {obj.get("method") for obj in calls if isinstance(obj, dict)}
-        if not methods - {"Logon", "NoOp", "StatusGet"} or "Logon" in methods:
+        methods = [obj.get("method") for obj in calls if isinstance(obj, dict)]
+        if "Logon" in methods or all(
+            not isinstance(m, str) or traits_of(m).before_logon for m in methods
+        ):
             return
-        subject = self.svc.runtime.rules.authenticator.by_source(self.handle.source_ip)
-        if subject is None:
-            return
-        self.log_on(subject, push_status=False)
-        self.svc.runtime.audit.record(
-            request_id=request_id(),
-            subject=subject.name,
-            source_ip=self.handle.source_ip,
-            transport=self.handle.transport,
-            method="Logon",
-            decision="allow",
-            reason="source address in the subject's sourceCIDRs",
-            outcome="ok",
-            duration_ms=0.0,
-        )
+        subject = self.admission.authenticate_source(self.caller, request_id=request_id())
+        if subject is not None:
+            self.log_on(subject, push_status=False)
 
     def _take_api_key(self, obj: Any) -> bool:
         """Remove a QRWC `apiKey` from one call and check it; False if the call was refused.
@@ -142,37 +128,28 @@ class ClientConnection:
         )
         if self._key_digest is not None and hmac.compare_digest(digest, self._key_digest):
             return True
-        transport, source = self.handle.transport, self.handle.source_ip
         rid = request_id()
+        method = obj.get("method")
+        probe = Caller(self.caller.transport, self.caller.source_ip)
         try:
-            subject = authenticate(
-                self.svc,
-                token=key if isinstance(key, str) else None,
-                user=None,
-                source_ip=source,
-                transport=transport,
-                rid=rid,
-                obj=obj,
+            subject = self.admission.authenticate(
+                probe,
+                key if isinstance(key, str) else None,
+                request_id=rid,
+                method=method if isinstance(method, str) else "invalid",
             )
         except Refusal as refused:
             self._reply_error(obj, refused)
             return False
-        if self.caller is None:
+        if not self.logged_on:
+            self.caller.subject = subject
             self.log_on(subject)
-        elif subject.name != self.caller.subject.name:
+        elif self.caller.subject is None or subject.name != self.caller.subject.name:
             err = Refusal(
                 ErrorCode.UNAUTHENTICATED,
                 "Unauthenticated: apiKey names another subject than this connection's",
             )
-            self.svc.pipeline.reject(
-                self.caller.subject.name,
-                transport,
-                source,
-                obj,
-                err,
-                rid,
-                "apiKey of another subject",
-            )
+            self.admission.refuse(self.caller, obj, err, rid, "apiKey of another subject")
             self._reply_error(obj, err)
             return False
         self._key_digest = digest
@@ -180,8 +157,7 @@ class ClientConnection:
 
     async def _call(self, obj: Any, rid: str) -> None:
         try:
-            assert self.caller is not None
-            response = await self.svc.pipeline.call(self.caller, obj, rid)
+            response = await self.admission.handle(self.caller, obj, rid)
             if response is not None:
                 self.send(response)
         except Exception:
@@ -209,31 +185,32 @@ class ClientConnection:
             params = msg.params if isinstance(msg.params, dict) else {}
             user, token = params.get("User"), params.get("Password")
             try:
-                subject = authenticate(
-                    self.svc,
-                    token=token if isinstance(token, str) else None,
+                subject = self.admission.authenticate(
+                    self.caller,
+                    token if isinstance(token, str) else None,
                     user=user if isinstance(user, str) else "",
-                    source_ip=self.handle.source_ip,
-                    transport=self.handle.transport,
-                    rid=request_id(),
+                    request_id=request_id(),
                 )
             except Refusal as err:
                 self._answer(msg, error=err)
                 return
             self.log_on(subject)
             result = True
-        elif self._answers_before_logon and msg.method == "NoOp":
-            result = True
-        elif self._answers_before_logon and msg.method == "StatusGet":
-            status = self.svc.runtime.upstream.engine_status
-            if status is None:
+        elif self._answers_before_logon and traits_of(msg.method).before_logon:
+            result = self._before_logon(msg.method)
+            if result is None:
                 self._answer(msg, error=QrcError(ErrorCode.CORE_UNAVAILABLE))
                 return
-            result = status
         else:
             self._answer(msg, error=QrcError(self._pre_logon_error))
             return
         self._answer(msg, result=result)
+
+    def _before_logon(self, method: str) -> Any:
+        """A Core's answer to NoOp / StatusGet on a socket not logged on (None: unknown)."""
+        if method == "StatusGet":
+            return self.svc.runtime.upstream.engine_status
+        return True
 
     def _answer(
         self, msg: jsonrpc.Request, *, result: Any = None, error: QrcError | None = None
@@ -253,9 +230,7 @@ class ClientConnection:
     async def close(self) -> None:
         for task in list(self._tasks):
             task.cancel()
-        if self.caller is not None:
-            try:
-                await asyncio.wait_for(self.caller.session.close(), 5.0)
-            except (TimeoutError, QrcError, OSError):
-                log.info("could not destroy change groups of a closed session")
-            self.caller = None
+        try:
+            await asyncio.wait_for(self.admission.release(self.caller), 5.0)
+        except (TimeoutError, QrcError, OSError):
+            log.info("could not destroy change groups of a closed session")
