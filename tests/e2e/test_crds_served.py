@@ -236,12 +236,17 @@ def test_rendered_children_accepted_by_server(cluster: Cluster, namespace: str) 
     core = QSysCore.model_validate(_example("qsyscore.yaml") | {"metadata": {"name": "hall"}})
     core.spec.gateway.tlsSecretName = "hall-tls"
     body = _example("accesspolicy.yaml")
+    body["spec"]["coreRef"]["name"] = "hall"
     body["spec"]["subjects"].append({"name": "legacy-dsp", "sourceCIDRs": ["192.0.2.32/28"]})
     policy = AccessPolicy.model_validate(body)
     hashes = {"room-101-panel": "a" * 64, "ai-agent": "b" * 64}
     result = render_core_children(core, [PolicyBinding(policy, hashes)], OperatorSettings())
     netpol = next(o for o in result.objects if o["kind"] == "NetworkPolicy")
-    assert {"ipBlock": {"cidr": "192.0.2.32/28"}} in netpol["spec"]["ingress"][1]["from"]
+    assert result.subjects == 3
+    assert {
+        "from": [{"ipBlock": {"cidr": "192.0.2.32/28"}}],
+        "ports": [{"protocol": "TCP", "port": 1710}],
+    } in netpol["spec"]["ingress"]
     for manifest in result.objects:
         body = copy.deepcopy(manifest)
         body["metadata"]["namespace"] = namespace
