@@ -322,6 +322,7 @@ class Engine:
         return [
             {
                 "Name": c.name,
+                "ID": c.name,  # a Core (QDS 10+) returns it; @q-sys/qrwc keeps it in state
                 "Type": c.type,
                 "Properties": [
                     {"Name": k, "Value": v, "PrettyName": k} for k, v in c.properties.items()
