@@ -26,6 +26,7 @@ from gateway_harness import (
     Gateway,
     SimProcess,
     base_config,
+    self_signed_cert,
     sha,
 )
 
@@ -67,7 +68,8 @@ def node() -> str:
 
 
 def qrwc_url(gw: Gateway) -> str:
-    return f"ws://{LOOPBACK}:{gw.http_port}/qrc-public-api/v0"
+    scheme = "wss" if gw.tls else "ws"
+    return f"{scheme}://{LOOPBACK}:{gw.http_port}/qrc-public-api/v0"
 
 
 class SdkRun:
@@ -97,9 +99,12 @@ class SdkRun:
 
 
 @contextlib.asynccontextmanager
-async def sdk(gw: Gateway, auth: str, token: str, **settings: Any) -> AsyncIterator[SdkRun]:
+async def sdk(
+    gw: Gateway, auth: str, token: str, node_env: dict[str, str] | None = None, **settings: Any
+) -> AsyncIterator[SdkRun]:
     env = {
         **os.environ,
+        **(node_env or {}),
         "QRWC_AUTH": auth,
         "QRWC_TOKEN": token,
         **{
@@ -311,3 +316,33 @@ async def test_bad_authorization_header_is_refused_at_handshake(qrwc_gateway: Ga
             await http.ws_connect(qrwc_url(qrwc_gateway), headers={"Authorization": "Bearer nope"})
         assert err.value.status == 401
     assert qrwc_gateway.metric("qsys_gateway_auth_failures_total", transport="qrwc") >= 1
+
+
+async def test_sdk_over_tls(
+    module_sim: SimProcess, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """wss://, as the SDK reaches a Core on 443; Node trusts the test CA via NODE_EXTRA_CA_CERTS."""
+    directory = tmp_path_factory.mktemp("qrwc-tls")
+    cert, key = self_signed_cert(directory)
+    config = base_config(module_sim.port)
+    config["listen"]["tls"] = {"certFile": str(cert), "keyFile": str(key)}
+    with_qrwc_subject(config)
+    gw = Gateway(directory, config)
+    try:
+        await asyncio.to_thread(gw.start)
+        async with sdk(
+            gw,
+            "header",
+            QRWC_TOKEN,
+            node_env={"NODE_EXTRA_CA_CERTS": str(cert)},
+            write={"component": ZONE1, "control": "gain", "value": -9},
+        ) as run:
+            connected = await run.until("connected")
+            assert set(connected["components"][ZONE1]) == {"gain", "mute", "invert"}
+            written = await run.until("write")
+            assert written["errors"] == []
+            assert written["state"]["Value"] == -9
+            await run.until("done")
+            assert await run.proc.wait() == 0
+    finally:
+        await asyncio.to_thread(gw.stop)
