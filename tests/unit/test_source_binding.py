@@ -16,6 +16,7 @@ from qsys_operator.api import AccessPolicy, QSysCore
 from qsys_operator.crdgen import openapi_schema
 from qsys_operator.render import PolicyBinding, render_core_children
 from qsys_operator.settings import OperatorSettings
+from qsys_operator.tokens import resolve_tokens
 from qsys_protocol.config import ConfigError, SubjectConfig, parse_config
 
 SETTINGS = OperatorSettings()
@@ -264,3 +265,24 @@ def test_disabled_network_policy_stays_absent() -> None:
         networkPolicy={"enabled": False},
     )
     assert all(o["kind"] != "NetworkPolicy" for o in result.objects)
+
+
+class NoSecrets:
+    """A Kube stand-in that records Secret reads and creations."""
+
+    def __init__(self) -> None:
+        self.touched: list[str] = []
+
+    async def read_secret(self, namespace: str, name: str) -> None:
+        self.touched.append(f"read {name}")
+
+    async def create(self, manifest: dict[str, Any]) -> bool:
+        self.touched.append(f"create {manifest['metadata']['name']}")
+        return True
+
+
+async def test_no_token_secret_is_made_or_read_for_a_source_bound_subject() -> None:
+    kube = NoSecrets()
+    tokens = await resolve_tokens(kube, policy({"name": "dsp", "sourceCIDRs": ["192.0.2.7/32"]}))  # type: ignore[arg-type]
+    assert kube.touched == []
+    assert (tokens.hashes, tokens.secrets, tokens.problems) == ({}, {}, {})
