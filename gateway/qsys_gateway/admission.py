@@ -35,6 +35,7 @@ from qsys_protocol.qrc.errors import ErrorCode, QrcError
 from qsys_protocol.qrc.methods import METHODS, parse_params, traits_of
 
 from .metrics import method_label
+from .policy import Decision
 from .runtime import Runtime
 from .subject_sessions import SubjectSessions
 from .upstream import UpstreamSession
@@ -252,17 +253,7 @@ class Admission:
         decision = rules.policy.authorize(subject.name, method, params)
         if not decision.allowed:
             err = QrcError(ErrorCode.FORBIDDEN, f"Forbidden by policy: {decision.reason}")
-            self._audit(
-                caller,
-                request_id,
-                method,
-                decision.targets,
-                decision.values,
-                "deny",
-                decision.reason,
-                "denied",
-                started,
-            )
+            self._audit(caller, request_id, method, decision, "denied", started)
             self._count(label, caller, "denied", started)
             return None if msg.is_notification else jsonrpc.error_message(msg.id, err)
         session = caller.session
@@ -280,17 +271,7 @@ class Admission:
         finally:
             rt.call_finished()
         if traits_of(method).write or rules.config.audit.logReads:
-            self._audit(
-                caller,
-                request_id,
-                method,
-                decision.targets,
-                decision.values,
-                "allow",
-                decision.reason,
-                outcome,
-                started,
-            )
+            self._audit(caller, request_id, method, decision, outcome, started)
         self._count(label, caller, outcome, started)
         return None if msg.is_notification else response
 
@@ -323,10 +304,7 @@ class Admission:
         caller: Caller,
         request_id: str,
         method: str,
-        targets: tuple[str, ...],
-        values: tuple[Any, ...],
-        decision: str,
-        reason: str,
+        decision: Decision,
         outcome: str,
         started: float,
     ) -> None:
@@ -336,10 +314,10 @@ class Admission:
             source_ip=caller.source_ip,
             transport=caller.transport,
             method=method[:128],
-            targets=targets,
-            values=values,
-            decision=decision,
-            reason=reason,
+            targets=decision.targets,
+            values=decision.values,
+            decision="allow" if decision.allowed else "deny",
+            reason=decision.reason,
             outcome=outcome,
             duration_ms=(time.perf_counter() - started) * 1000,
         )

@@ -24,7 +24,7 @@ from .runtime import Runtime
 from .transports.common import Services
 from .transports.http import build_app
 from .transports.qrc_tcp import QrcServer
-from .upstream import Upstream
+from .upstream import UpstreamPool
 
 log = logging.getLogger("qsys_gateway")
 
@@ -44,7 +44,7 @@ class Gateway:
     def __init__(self, config: GatewayConfig, config_path: str | Path | None = None) -> None:
         self.metrics = GatewayMetrics()
         self.clients = ClientRegistry(self.metrics)
-        self.upstream = Upstream(
+        self.upstream = UpstreamPool(
             config.core, metrics=self.metrics, on_engine_status=self._engine_status
         )
         self.runtime = Runtime(

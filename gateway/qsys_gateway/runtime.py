@@ -17,7 +17,7 @@ from .auth import Authenticator, FailureThrottle
 from .metrics import GatewayMetrics
 from .policy import Policy
 from .ratelimit import RateLimiter
-from .upstream import Upstream
+from .upstream import UpstreamPool
 
 log = logging.getLogger("qsys_gateway.runtime")
 
@@ -43,7 +43,7 @@ class Runtime:
         *,
         metrics: GatewayMetrics,
         limiter: RateLimiter,
-        upstream: Upstream,
+        upstream: UpstreamPool,
         audit: AuditLog,
     ) -> None:
         self.rules = Rules.build(config, 1)

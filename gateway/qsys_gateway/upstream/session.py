@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from pydantic import BaseModel
 
@@ -22,24 +22,32 @@ from qsys_protocol.qrc.methods import (
     traits_of,
 )
 
-from .groups import ClientGroup, ReadCheck
-from .hub import Key
-
-if TYPE_CHECKING:
-    from .pool import Upstream
+from .groups import ClientGroup, GroupLedger, ReadCheck
+from .hub import Key, SubscriptionHub
 
 log = logging.getLogger("qsys_gateway.upstream")
 
 
+class SessionOwner(Protocol):
+    """What a session needs from the pool that opened it (`UpstreamPool`)."""
+
+    @property
+    def hub(self) -> SubscriptionHub: ...
+    @property
+    def groups(self) -> GroupLedger: ...
+    async def forward(self, method: str, params: Any, *, timeout: float | None = None) -> Any: ...
+    def session_closed(self, session: UpstreamSession) -> None: ...
+
+
 class UpstreamSession:
-    """Created by `Upstream.open_session`; close it when the client goes away.
+    """Created by `UpstreamPool.open_session`; close it when the client goes away.
 
     `can_read(component, control)`, when given, is asked on every poll and push so that
     values of controls the client may not (or may no longer) read never reach it."""
 
     def __init__(
         self,
-        upstream: Upstream,
+        upstream: SessionOwner,
         sid: int,
         push: Callable[[dict[str, Any]], None],
         can_read: ReadCheck | None = None,
@@ -141,27 +149,15 @@ class UpstreamSession:
                 )
 
     def _new_group(self, gid: str | int) -> ClientGroup:
-        up = self._upstream
-        if len(self._groups) >= up.max_groups_per_session:
-            raise QrcError(
-                ErrorCode.CHANGE_GROUPS_EXHAUSTED,
-                f"Change groups exhausted: at most {up.max_groups_per_session} per session",
-            )
-        if up.change_group_count >= up.max_change_groups:
-            raise QrcError(
-                ErrorCode.CHANGE_GROUPS_EXHAUSTED,
-                f"Change groups exhausted: the gateway holds its maximum of {up.max_change_groups}",
-            )
-        group = ClientGroup(client_id=gid)
+        group = self._upstream.groups.create(gid, len(self._groups))
         self._groups[str(gid)] = group
-        up.register_group(group)
         return group
 
     def _forget(self, group: ClientGroup) -> None:
         group.stop_autopoll()
         if self._groups.get(str(group.client_id)) is group:
             del self._groups[str(group.client_id)]
-        self._upstream.unregister_group(group)
+        self._upstream.groups.discard(group)
 
     async def _destroy(self, group: ClientGroup) -> None:
         keys = list(group.delivered)
@@ -176,6 +172,12 @@ class UpstreamSession:
             self._push(message)
         except Exception:
             log.exception("push to client session %d failed", self.id)
+
+    def halt(self) -> None:
+        """Stop at once (gateway shutdown): no more calls, pushes or AutoPolls."""
+        self.closed = True
+        for group in self._groups.values():
+            group.stop_autopoll()
 
     async def close(self) -> None:
         """Drop this session's groups (and their references in the hub)."""

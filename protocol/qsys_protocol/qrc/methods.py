@@ -280,25 +280,14 @@ def _spec(
 
 
 _GROUP_ADD = MethodTraits(change_group=True, group_add=True)
+_BEFORE_LOGON = MethodTraits(retryable=True, before_logon=True)
 
 METHODS: dict[str, MethodSpec] = {
     s.name: s
     for s in (
         _spec("Logon", "session", LogonParams, Literal[True]),
-        _spec(
-            "NoOp",
-            "session",
-            EmptyParams,
-            Literal[True],
-            MethodTraits(retryable=True, before_logon=True),
-        ),
-        _spec(
-            "StatusGet",
-            "read",
-            None,
-            StatusResult,
-            MethodTraits(retryable=True, before_logon=True),
-        ),
+        _spec("NoOp", "session", EmptyParams, Literal[True], _BEFORE_LOGON),
+        _spec("StatusGet", "read", None, StatusResult, _BEFORE_LOGON),
         _spec("Control.Get", "read", ControlGetParams, list[ControlState]),
         _spec("Control.Set", "write", ControlSetParams, bool | ControlState),
         _spec("Component.GetComponents", "read", GetComponentsParams, list[ComponentInfo]),
@@ -311,11 +300,7 @@ METHODS: dict[str, MethodSpec] = {
             bool | ComponentValuesResult | list[Change],
         ),
         _spec(
-            "ChangeGroup.AddControl",
-            "change_group",
-            ChangeGroupAddControlParams,
-            bool,
-            _GROUP_ADD,
+            "ChangeGroup.AddControl", "change_group", ChangeGroupAddControlParams, bool, _GROUP_ADD
         ),
         _spec(
             "ChangeGroup.AddComponentControl",
