@@ -5,7 +5,10 @@ Contract for transport authors (HTTP, WebSocket, raw QRC, QRWC, MCP, ...):
 1. Make one `Caller(transport, source_ip)` per connection (per request for HTTP).
 2. `admission.authenticate(caller, token, user=..., request_id=...)` once (per request
    for HTTP): returns the subject or raises `Refusal`, already audited and counted;
-   answer `Refusal.code` / `.retry_after` in the transport's own way.
+   answer `Refusal.code` / `.retry_after` in the transport's own way. Raw QRC alone may
+   instead call `admission.authenticate_source(caller, request_id=...)` for a client that
+   never sends Logon (source-bound subjects, docs/policy.md); QRWC authenticates each new
+   `apiKey` on a fresh `Caller` and keeps the connection's subject (transports/connected.py).
 3. A transport with a connection that can take pushes calls
    `admission.open_session(caller, push)` after logon and `await admission.release(caller)`
    when the client goes; change groups then live as long as the connection. Without it,
