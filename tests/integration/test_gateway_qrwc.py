@@ -346,3 +346,42 @@ async def test_sdk_over_tls(
             assert await run.proc.wait() == 0
     finally:
         await asyncio.to_thread(gw.stop)
+
+
+async def test_bad_input_on_qrwc(qrwc_gateway: Gateway) -> None:
+    gw = qrwc_gateway
+    connector = aiohttp.TCPConnector(local_addr=("127.0.0.43", 0))
+    async with (
+        aiohttp.ClientSession(connector=connector) as http,
+        http.ws_connect(qrwc_url(gw)) as ws,
+    ):
+        await ws.send_str("{not json")
+        assert json.loads((await ws.receive(10)).data)["error"]["code"] == -32700
+        # A key that is not a string is refused like a wrong one.
+        refused = await ws_call(ws, {"jsonrpc": "2.0", "id": 1, "method": "NoOp", "apiKey": 7})
+        assert refused["error"]["code"] == -32001
+        # A batch whose calls each carry the key: each is checked, all run.
+        batch = [
+            {"jsonrpc": "2.0", "id": i, "method": "NoOp", "params": {}, "apiKey": QRWC_TOKEN}
+            for i in (10, 11)
+        ]
+        await ws.send_json(batch)
+        got: dict[int, Any] = {}
+        async with asyncio.timeout(10):
+            while len(got) < 2:
+                msg = json.loads((await ws.receive()).data)
+                if msg.get("id") in (10, 11):
+                    got[msg["id"]] = msg
+        assert got[10]["result"] is True
+        assert got[11]["result"] is True
+        # A frame over maxMessageBytes closes the socket (1009), as on /v1/ws.
+        await ws.send_str(
+            json.dumps({"jsonrpc": "2.0", "id": 9, "method": "NoOp", "pad": "z" * 70000})
+        )
+        msg = await ws.receive(10)
+        while msg.type == aiohttp.WSMsgType.TEXT:
+            msg = await ws.receive(10)
+        assert msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
+        assert ws.close_code == 1009
+    async with aiohttp.ClientSession() as http, http.get(f"{gw.url}/readyz") as r:
+        assert r.status == 200
