@@ -361,7 +361,7 @@ async def test_bad_input_on_qrwc(qrwc_gateway: Gateway) -> None:
         refused = await ws_call(ws, {"jsonrpc": "2.0", "id": 1, "method": "NoOp", "apiKey": 7})
         assert refused["error"]["code"] == -32001
         # A batch whose calls each carry the key: each is checked, all run.
-        batch = [
+        batch: list[dict[str, Any]] = [
             {"jsonrpc": "2.0", "id": i, "method": "NoOp", "params": {}, "apiKey": QRWC_TOKEN}
             for i in (10, 11)
         ]
