@@ -177,7 +177,7 @@ async def test_sdk_reads_writes_and_receives_updates(
         assert status["DesignName"]
         components = connected["components"]
         # Controls (with their types and ranges) of every component the policy lets it read.
-        assert set(components[ZONE1]) == {"gain", "mute", "invert"}
+        assert set(components[ZONE1]) == {"gain", "mute", "invert", "bypass"}
         gain = components[ZONE1]["gain"]
         assert (gain["Type"], gain["ValueMin"], gain["ValueMax"]) == ("Float", -100, 20)
         assert gain["Direction"] == "Read/Write"
@@ -250,7 +250,7 @@ async def test_sdk_with_api_key_or_first_logon(qrwc_gateway: Gateway, auth: str)
         if auth == "logon":
             assert (await run.until("logon"))["ok"] is True
         connected = await run.until("connected")
-        assert set(connected["components"][ZONE1]) == {"gain", "mute", "invert"}
+        assert set(connected["components"][ZONE1]) == {"gain", "mute", "invert", "bypass"}
         written = await run.until("write")
         assert written["errors"] == []
         assert written["state"]["Value"] == 1
@@ -338,7 +338,7 @@ async def test_sdk_over_tls(
             write={"component": ZONE1, "control": "gain", "value": -9},
         ) as run:
             connected = await run.until("connected")
-            assert set(connected["components"][ZONE1]) == {"gain", "mute", "invert"}
+            assert set(connected["components"][ZONE1]) == {"gain", "mute", "invert", "bypass"}
             written = await run.until("write")
             assert written["errors"] == []
             assert written["state"]["Value"] == -9
