@@ -278,13 +278,20 @@ async def ws_call(ws: aiohttp.ClientWebSocketResponse, msg: dict[str, Any]) -> d
                 return dict(got)
 
 
-async def test_api_key_is_checked_on_every_request(qrwc_gateway: Gateway) -> None:
-    gw = qrwc_gateway
-    connector = aiohttp.TCPConnector(local_addr=("127.0.0.41", 0))
+@contextlib.asynccontextmanager
+async def raw_qrwc(gw: Gateway, source: str) -> AsyncIterator[aiohttp.ClientWebSocketResponse]:
+    """A plain WebSocket to the QRWC path from its own loopback address (own auth throttle)."""
+    connector = aiohttp.TCPConnector(local_addr=(source, 0))
     async with (
         aiohttp.ClientSession(connector=connector) as http,
         http.ws_connect(qrwc_url(gw)) as ws,
     ):
+        yield ws
+
+
+async def test_api_key_is_checked_on_every_request(qrwc_gateway: Gateway) -> None:
+    gw = qrwc_gateway
+    async with raw_qrwc(gw, "127.0.0.41") as ws:
         req = {"jsonrpc": "2.0", "method": "StatusGet"}
         # No key, no Logon yet: refused.
         assert (await ws_call(ws, {**req, "id": 1}))["error"]["code"] == -32001
@@ -350,11 +357,7 @@ async def test_sdk_over_tls(
 
 async def test_bad_input_on_qrwc(qrwc_gateway: Gateway) -> None:
     gw = qrwc_gateway
-    connector = aiohttp.TCPConnector(local_addr=("127.0.0.43", 0))
-    async with (
-        aiohttp.ClientSession(connector=connector) as http,
-        http.ws_connect(qrwc_url(gw)) as ws,
-    ):
+    async with raw_qrwc(gw, "127.0.0.43") as ws:
         await ws.send_str("{not json")
         assert json.loads((await ws.receive(10)).data)["error"]["code"] == -32700
         # A key that is not a string is refused like a wrong one.
