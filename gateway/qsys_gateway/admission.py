@@ -237,7 +237,7 @@ class Admission:
         if (
             subject is None
             or known is None
-            or subject.tokenSha256 != known.tokenSha256
+            or subject.token_hash != known.token_hash
             or subject.sourceCIDRs != known.sourceCIDRs
         ):
             err = QrcError(ErrorCode.UNAUTHENTICATED, "Unauthenticated: credentials revoked")
