@@ -38,7 +38,9 @@ def test_a_subject_has_a_token_or_sources_never_both_nor_neither() -> None:
         {"name": "x", "tokenSha256": TOKEN_SHA, "sourceCIDRs": ["192.0.2.7/32"]},
         {"name": "x", "sourceCIDRs": []},
     ):
-        with pytest.raises(ValidationError, match="exactly one of tokenSha256, sourceCIDRs"):
+        with pytest.raises(
+            ValidationError, match="exactly one of tokenHmacSha256, tokenSha256 and sourceCIDRs"
+        ):
             SubjectConfig.model_validate(bad)
 
 
@@ -57,7 +59,7 @@ def test_bad_source_cidrs_are_refused(cidr: str, message: str) -> None:
         parse_config(config({"name": "dsp", "sourceCIDRs": [cidr]}))
 
 
-def test_source_cidrs_are_written_canonically_and_tokens_stay_out() -> None:
+def test_source_cidrs_are_written_canonically() -> None:
     cfg = parse_config(
         config(
             {"name": "dsp", "sourceCIDRs": ["192.0.2.7", "2001:DB8::/64"]},
@@ -66,7 +68,7 @@ def test_source_cidrs_are_written_canonically_and_tokens_stay_out() -> None:
     )
     assert cfg.subjects[0].sourceCIDRs == ["192.0.2.7/32", "2001:db8::/64"]
     dumped = cfg.model_dump(mode="json")["subjects"]
-    assert "tokenSha256" not in dumped[0]
+    assert (dumped[0]["tokenHmacSha256"], dumped[0]["tokenSha256"]) == (None, None)
     assert "sourceCIDRs" not in dumped[1]
     assert parse_config(cfg.model_dump(mode="json")) == cfg
 
@@ -215,11 +217,19 @@ def test_source_bound_subject_needs_no_token_and_reaches_the_config() -> None:
     assert gateway_subjects(result) == [
         {
             "name": "dsp",
+            "tokenHmacSha256": None,
+            "tokenSha256": None,
             "sourceCIDRs": ["192.0.2.32/28", "2001:db8::7/128"],
             "rate": None,
             "rules": rules,
         },
-        {"name": "panel", "tokenSha256": TOKEN_SHA, "rate": None, "rules": rules},
+        {
+            "name": "panel",
+            "tokenHmacSha256": TOKEN_SHA,
+            "tokenSha256": None,
+            "rate": None,
+            "rules": rules,
+        },
     ]
 
 
@@ -283,6 +293,7 @@ class NoSecrets:
 
 async def test_no_token_secret_is_made_or_read_for_a_source_bound_subject() -> None:
     kube = NoSecrets()
-    tokens = await resolve_tokens(kube, policy({"name": "dsp", "sourceCIDRs": ["192.0.2.7/32"]}))  # type: ignore[arg-type]
+    bound = policy({"name": "dsp", "sourceCIDRs": ["192.0.2.7/32"]})
+    tokens = await resolve_tokens(kube, bound, None)  # type: ignore[arg-type]
     assert kube.touched == []
     assert (tokens.hashes, tokens.secrets, tokens.problems) == ({}, {}, {})
