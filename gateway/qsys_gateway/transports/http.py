@@ -17,7 +17,7 @@ from ..connlimit import HttpConnections
 from ..inflight import call_weight
 from .common import HTTP_STATUS, Services, request_id
 from .responses import SERVICES, bearer, error_response, json_response, source_ip
-from .websocket import websocket_handler
+from .websocket import qrwc_handler, websocket_handler
 
 log = logging.getLogger("qsys_gateway.http")
 
@@ -219,6 +219,7 @@ def build_app(svc: Services, connections: HttpConnections) -> web.Application:
     app[HTTP_CONNECTIONS] = connections
     app.router.add_post("/v1/rpc", rpc)
     app.router.add_get("/v1/ws", websocket_handler)
+    app.router.add_get("/qrc-public-api/v0", qrwc_handler)
     app.router.add_get("/v1/status", status)
     app.router.add_get("/livez", livez)
     app.router.add_get("/readyz", readyz)

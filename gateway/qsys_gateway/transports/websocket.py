@@ -1,4 +1,9 @@
-"""WebSocket transport: `GET /v1/ws`, JSON-RPC both ways, pushes EngineStatus and AutoPoll."""
+"""WebSocket transports, JSON-RPC both ways, pushing EngineStatus and AutoPoll.
+
+`GET /v1/ws` is the gateway's own; `GET /qrc-public-api/v0` is the vendor's QRWC
+path (what `@q-sys/qrwc` and the seeds' web panels dial on a Core), which also takes
+the token from an `apiKey` field in each request. Both run the same code.
+"""
 
 from __future__ import annotations
 
@@ -21,6 +26,14 @@ log = logging.getLogger("qsys_gateway.websocket")
 
 
 async def websocket_handler(request: web.Request) -> web.StreamResponse:
+    return await _serve(request, "ws", api_key=False)
+
+
+async def qrwc_handler(request: web.Request) -> web.StreamResponse:
+    return await _serve(request, "qrwc", api_key=True)
+
+
+async def _serve(request: web.Request, transport: str, *, api_key: bool) -> web.StreamResponse:
     svc = request.app[SERVICES]
     rt = svc.runtime
     rid: str = request["request_id"]
@@ -52,7 +65,7 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
         nonlocal dead
         dead = True
         log.warning("closing a WebSocket client that does not read", extra={"request_id": rid})
-        rt.metrics.slow_clients.labels("ws").inc()
+        rt.metrics.slow_clients.labels(transport).inc()
         writer.cancel()
         release_queue()
         closer = asyncio.get_running_loop().create_task(slow_close())
@@ -78,9 +91,13 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
     async def close() -> None:
         await ws.close(code=WSCloseCode.GOING_AWAY, message=b"gateway shutting down")
 
-    handle = ClientHandle("ws", source, send, close)
+    handle = ClientHandle(transport, source, send, close)
     conn = ConnectedClient(
-        svc, handle, answers_before_logon=False, pre_logon_error=ErrorCode.UNAUTHENTICATED
+        svc,
+        handle,
+        answers_before_logon=False,
+        pre_logon_error=ErrorCode.UNAUTHENTICATED,
+        api_key=api_key,
     )
     subject = None
     token = bearer(request)
@@ -91,7 +108,7 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
             return error_response(err)
     refused = svc.clients.refusal(source, rt.config.limits, authenticated=subject is not None)
     if refused is not None:
-        rt.metrics.connections_refused.labels("ws", refused).inc()
+        rt.metrics.connections_refused.labels(transport, refused).inc()
         return error_response(QrcError(ErrorCode.CORE_UNAVAILABLE, "Too many clients"))
 
     await ws.prepare(request)
