@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import hmac
+import ipaddress
 import os
 import re
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -84,7 +86,35 @@ class ListenConfig(Model):
     answers -32050. WebSocket and HTTP clients always get -32050 (docs/gateway.md)."""
 
 
-class LimitsConfig(Model):
+class AttackLimits(BaseModel):
+    """Bounds against abusive clients (docs/security.md has each one's attack and the
+    arithmetic behind its default). Shared by the gateway config (`limits`) and the
+    QSysCore spec (`spec.limits`), which passes them through unchanged."""
+
+    maxHttpConnections: Annotated[int, Field(ge=16, le=100000)] = 4096
+    """Open connections on the HTTP listener (WebSocket included); see docs/security.md."""
+    maxPendingConnectionsPerSource: Annotated[int, Field(ge=1, le=100000)] = 64
+    """HTTP connections of one source address that have not sent a request head yet."""
+    headerTimeoutSeconds: Annotated[float, Field(gt=0, le=300)] = 10
+    """A request head must be complete this long after connect or the previous response."""
+    bodyTimeoutSeconds: Annotated[float, Field(gt=0, le=300)] = 10
+    maxBatchCalls: Annotated[int, Field(ge=1, le=10000)] = 100
+    """Calls in one batch, on every transport; a batch costs its size in rate budget."""
+    maxUnauthenticatedClients: Annotated[int, Field(ge=1, le=100000)] = 256
+    """WebSocket/QRC connections not logged on yet, besides the `maxClients` logged-on ones."""
+    maxUnauthenticatedClientsPerSource: Annotated[int, Field(ge=1, le=100000)] = 64
+    logonTimeoutSeconds: Annotated[float, Field(gt=0, le=300)] = 10
+    """A connection must log on within this long of connecting (absolute, not per byte)."""
+    maxChangeGroupsPerConnection: Annotated[int, Field(ge=1, le=10000)] = 64
+    """Change groups one WebSocket/QRC connection (or one subject's HTTP session) may hold."""
+    maxChangeGroupsPerSubject: Annotated[int, Field(ge=1, le=100000)] = 5000
+    """Change groups all connections of one subject may hold together (the gateway: 10,000)."""
+
+    def attack_limits(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in AttackLimits.model_fields}
+
+
+class LimitsConfig(Model, AttackLimits):
     maxClients: Annotated[int, Field(ge=1, le=100000)] = 1000
     maxMessageBytes: Annotated[int, Field(ge=1024, le=16 * 1024 * 1024)] = 262144
     rate: RateConfig = RateConfig()
@@ -134,6 +164,23 @@ class Rule(Model):
     refused). Unset: any value."""
 
 
+def _source_cidr(value: str) -> str:
+    try:
+        network = ipaddress.ip_network(value, strict=True)
+    except ValueError:
+        raise ValueError(
+            "must be an IPv4 or IPv6 network with no host bits set, e.g. 192.0.2.0/28"
+        ) from None
+    if network.prefixlen == 0:
+        raise ValueError("must not be a default route (/0): that would admit every address")
+    return str(network)
+
+
+SourceCIDR = Annotated[str, Field(min_length=1, max_length=64), AfterValidator(_source_cidr)]
+"""A network a source-bound subject's legacy clients connect from (written canonically)."""
+MAX_SOURCE_CIDRS = 32
+
+
 HexDigest = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 
 
@@ -164,7 +211,8 @@ class AuthConfig(Model):
 
 
 class SubjectConfig(Model):
-    """A token holder. Exactly one of tokenHmacSha256 (keyed) and tokenSha256 (deprecated)."""
+    """A token holder (tokenHmacSha256, keyed; or tokenSha256, deprecated), or, on the raw
+    QRC port only, a subject admitted by its source address (sourceCIDRs): exactly one."""
 
     name: Annotated[str, Field(pattern=SUBJECT_NAME_PATTERN)]
     tokenHmacSha256: HexDigest | None = None
@@ -175,17 +223,23 @@ class SubjectConfig(Model):
     previousTokenUntil: dt.datetime | None = None
     """End of the rotation grace period (RFC 3339, with a zone); connections that
     authenticated with the previous token are closed then."""
+    sourceCIDRs: Annotated[
+        list[SourceCIDR], Field(max_length=MAX_SOURCE_CIDRS, exclude_if=lambda v: not v)
+    ] = []
     rate: RateConfig | None = None
     rules: list[Rule] = []
 
     @model_validator(mode="after")
-    def _one_hash(self) -> SubjectConfig:
-        if (self.tokenHmacSha256 is None) == (self.tokenSha256 is None):
-            raise ValueError("set exactly one of tokenHmacSha256 and tokenSha256")
+    def _one_credential(self) -> SubjectConfig:
+        given = (self.tokenHmacSha256, self.tokenSha256, self.sourceCIDRs or None)
+        if sum(g is not None for g in given) != 1:
+            raise ValueError("set exactly one of tokenHmacSha256, tokenSha256 and sourceCIDRs")
         if (self.previousTokenHmacSha256 is None) != (self.previousTokenUntil is None):
             raise ValueError("previousTokenHmacSha256 and previousTokenUntil go together")
         if self.previousTokenUntil is not None and self.previousTokenUntil.tzinfo is None:
             raise ValueError("previousTokenUntil needs a time zone")
+        if self.previousTokenHmacSha256 is not None and self.tokenHmacSha256 is None:
+            raise ValueError("previousTokenHmacSha256 needs tokenHmacSha256")
         return self
 
     def credential(self, token_hash: str, now: float) -> str | None:
@@ -219,7 +273,7 @@ class GatewayConfig(Model):
         for s in self.subjects:
             if s.name in seen:
                 raise ValueError(f"subjects: duplicate subject name {s.name!r}")
-            if s.token_hash in hashes:
+            if s.token_hash and s.token_hash in hashes:
                 raise ValueError(f"subjects: subject {s.name!r} shares its token with another")
             if s.tokenHmacSha256 is not None and not self.auth.tokenKeyFile:
                 raise ValueError(
@@ -227,7 +281,14 @@ class GatewayConfig(Model):
                     "auth.tokenKeyFile is not set"
                 )
             seen.add(s.name)
-            hashes.add(s.token_hash)
+            if s.token_hash:
+                hashes.add(s.token_hash)
+        overlap = overlapping_sources(self.subjects)
+        if overlap is not None:
+            raise ValueError(
+                f"subjects: sourceCIDRs of {overlap[0]!r} and {overlap[1]!r} overlap "
+                "(a source address must name one subject)"
+            )
         return self
 
     def subject(self, name: str) -> SubjectConfig | None:
@@ -235,6 +296,19 @@ class GatewayConfig(Model):
 
     def rate_for(self, subject: SubjectConfig) -> RateConfig:
         return subject.rate or self.limits.rate
+
+
+def overlapping_sources(subjects: list[SubjectConfig]) -> tuple[str, str] | None:
+    """The first two subjects whose sourceCIDRs share an address, if any."""
+    owned: list[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, str]] = []
+    for s in subjects:
+        for cidr in s.sourceCIDRs:
+            net = ipaddress.ip_network(cidr)
+            for other, name in owned:
+                if name != s.name and net.version == other.version and net.overlaps(other):
+                    return (name, s.name)
+            owned.append((net, s.name))
+    return None
 
 
 class ConfigError(ValueError):

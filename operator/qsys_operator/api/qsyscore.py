@@ -7,7 +7,7 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from qsys_protocol.config import HostName, Port
+from qsys_protocol.config import AttackLimits, HostName, Port
 
 from .common import (
     API_VERSION,
@@ -99,7 +99,7 @@ class GatewaySpec(Model):
     would (default), or `keep` them and answer -32050."""
 
 
-class LimitsSpec(Model):
+class LimitsSpec(Model, AttackLimits):
     requestsPerSecond: Annotated[float, Field(gt=0, le=100000)] = 20
     """Sustained calls per second per subject (> 0) unless its AccessPolicy sets
     `rateLimit`. See docs/policy.md for the windows."""
