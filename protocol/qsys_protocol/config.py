@@ -91,6 +91,8 @@ class AttackLimits(BaseModel):
     arithmetic behind its default). Shared by the gateway config (`limits`) and the
     QSysCore spec (`spec.limits`), which passes them through unchanged."""
 
+    model_config = ConfigDict(use_attribute_docstrings=True)
+
     maxHttpConnections: Annotated[int, Field(ge=16, le=100000)] = 4096
     """Open connections on the HTTP listener (WebSocket included); see docs/security.md."""
     maxPendingConnectionsPerSource: Annotated[int, Field(ge=1, le=100000)] = 64
@@ -98,11 +100,14 @@ class AttackLimits(BaseModel):
     headerTimeoutSeconds: Annotated[float, Field(gt=0, le=300)] = 10
     """A request head must be complete this long after connect or the previous response."""
     bodyTimeoutSeconds: Annotated[float, Field(gt=0, le=300)] = 10
+    """Seconds a request body may take to arrive once its head is in."""
     maxBatchCalls: Annotated[int, Field(ge=1, le=10000)] = 100
     """Calls in one batch, on every transport; a batch costs its size in rate budget."""
     maxUnauthenticatedClients: Annotated[int, Field(ge=1, le=100000)] = 256
     """WebSocket/QRC connections not logged on yet, besides the `maxClients` logged-on ones."""
     maxUnauthenticatedClientsPerSource: Annotated[int, Field(ge=1, le=100000)] = 64
+    """Connections not logged on yet from one source address; the oldest is evicted for a
+    newcomer."""
     logonTimeoutSeconds: Annotated[float, Field(gt=0, le=300)] = 10
     """A connection must log on within this long of connecting (absolute, not per byte)."""
     maxChangeGroupsPerConnection: Annotated[int, Field(ge=1, le=10000)] = 64
@@ -218,9 +223,11 @@ class SubjectConfig(Model):
     tokenHmacSha256: HexDigest | None = None
     tokenSha256: HexDigest | None = None
     """Unkeyed SHA-256, accepted until v1beta1; the operator re-renders it as tokenHmacSha256."""
-    previousTokenHmacSha256: HexDigest | None = None
+    previousTokenHmacSha256: Annotated[HexDigest | None, Field(exclude_if=lambda v: v is None)] = (
+        None
+    )
     """The token before the last rotation, still admitted until `previousTokenUntil`."""
-    previousTokenUntil: dt.datetime | None = None
+    previousTokenUntil: Annotated[dt.datetime | None, Field(exclude_if=lambda v: v is None)] = None
     """End of the rotation grace period (RFC 3339, with a zone); connections that
     authenticated with the previous token are closed then."""
     sourceCIDRs: Annotated[
