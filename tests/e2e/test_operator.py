@@ -15,6 +15,7 @@ from kube_support import Cluster, must, wait_for
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from operator_support import (
+    CoreSim,
     Operator,
     StandInGateway,
     apply_crds,
@@ -22,7 +23,6 @@ from operator_support import (
     core_body,
     create,
     events,
-    free_port,
     get,
     patch,
     policy_body,
@@ -216,7 +216,7 @@ def test_policy_first_tokens_real_gateway_and_core_connection(
     create(cluster, ns, policy_body("zdup", "room", [{"name": "gen"}]))
 
     with contextlib.ExitStack() as stack:
-        sim = stack.enter_context(_sim())
+        sim = stack.enter_context(CoreSim())
         create(cluster, ns, core_body("room", sim.port))
         wait_condition(cluster, ns, "AccessPolicy", "panel", "Bound", "True")
 
@@ -370,43 +370,3 @@ def _pod_ip(cluster: Cluster, ns: str, core: str) -> str | None:
     )
     ready = [must(p.status).pod_ip for p in pods.items if must(p.status).pod_ip]
     return ready[0] if ready else None
-
-
-class _sim:
-    """A `qsys-core-sim` process on 127.0.0.1 (stopped on exit)."""
-
-    def __enter__(self) -> _sim:
-        import socket
-        import subprocess
-        import sys
-
-        self.port = free_port()
-        self.proc = subprocess.Popen(
-            [
-                str(Path(sys.executable).parent / "qsys-core-sim"),
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-
-        def listening() -> bool:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), 0.2).close()
-            except OSError:
-                return False
-            return True
-
-        wait_for("simulator", listening, timeout=15)
-        return self
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
