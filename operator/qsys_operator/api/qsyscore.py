@@ -61,6 +61,10 @@ class CoreSpec(Model):
     credentialsSecretRef: CredentialsSecretRef | None = None
 
 
+class McpSpec(Model):
+    enabled: bool = False
+
+
 class GatewaySpec(Model):
     replicas: Annotated[int, Field(ge=1, le=50)] = 2
     image: Annotated[str, Field(min_length=1, max_length=512)] | None = None
@@ -74,6 +78,7 @@ class GatewaySpec(Model):
     ] = []
     affinity: Annotated[dict[str, Any], Field(json_schema_extra=PRESERVE_UNKNOWN)] | None = None
     podAnnotations: AnnotationMap = {}
+    mcp: McpSpec = McpSpec()
 
 
 class LimitsSpec(Model):

@@ -9,6 +9,7 @@ from qsys_gateway.config import (
     GatewayConfig,
     LimitsConfig,
     ListenConfig,
+    McpConfig,
     RateConfig,
     SubjectConfig,
     TlsConfig,
@@ -58,6 +59,7 @@ def gateway_config(core: QSysCore, subjects: list[SubjectConfig]) -> GatewayConf
         ),
         audit=AuditConfig(logReads=spec.audit.logReads),
         cors=CorsConfig(allowedOrigins=list(spec.gateway.allowedOrigins)),
+        mcp=McpConfig(enabled=spec.gateway.mcp.enabled),
         subjects=subjects,
     )
 
