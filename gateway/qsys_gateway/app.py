@@ -15,6 +15,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from .audit import AuditLog
 from .clients import ClientRegistry
 from .config import GatewayConfig, TlsConfig
+from .mcp.server import McpEndpoint
 from .metrics import GatewayMetrics
 from .pipeline import Pipeline
 from .ratelimit import RateLimiter
@@ -59,6 +60,7 @@ class Gateway:
         self.sessions = HttpSessions(
             self.upstream, can_read=lambda *target: rt.rules.policy.can_read(*target)
         )
+        self.mcp = McpEndpoint(self.services, self.sessions)
         self.watcher = (
             ConfigWatcher(config_path, self.runtime.apply, self.metrics) if config_path else None
         )
@@ -87,10 +89,11 @@ class Gateway:
         if listen.qrc is not None:
             self._qrc = QrcServer(self.services, listen.host, listen.qrc, tls)
             await self._qrc.start()
+        await self.mcp.start()
         # HTTP last: once /readyz answers, every listener is up.
-        self._runner = web.AppRunner(
-            build_app(self.services, self.sessions), access_log=None, handle_signals=False
-        )
+        http_app = build_app(self.services, self.sessions)
+        self.mcp.mount(http_app)
+        self._runner = web.AppRunner(http_app, access_log=None, handle_signals=False)
         await self._runner.setup()
         await web.TCPSite(
             self._runner, listen.host, listen.http, ssl_context=tls, reuse_address=True
@@ -137,6 +140,7 @@ class Gateway:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await self.mcp.stop()
         await self.sessions.close()
         if self._runner is not None:
             await self._runner.cleanup()

@@ -1,0 +1,1 @@
+"""The gateway as an MCP server on `/v1/mcp` (docs/mcp.md)."""
