@@ -86,14 +86,17 @@ async def serve(
         elif kind == "http.response.body":
             if response is None or done.is_set():
                 return
-            if not response.prepared:
-                await response.prepare(request)
-            chunk = message.get("body", b"")
-            if chunk:
-                await response.write(chunk)
-            if not message.get("more_body", False):
-                await response.write_eof()
-                done.set()
+            try:
+                if not response.prepared:
+                    await response.prepare(request)
+                chunk = message.get("body", b"")
+                if chunk:
+                    await response.write(chunk)
+                if not message.get("more_body", False):
+                    await response.write_eof()
+                    done.set()
+            except ConnectionError:
+                done.set()  # the client went away: the app sees http.disconnect
 
     try:
         await app(scope_of(request, extra), receive, send)
@@ -102,6 +105,7 @@ async def serve(
     if response is None:
         return web.Response(status=500, text="no response")
     if not response.prepared:
-        await response.prepare(request)
-        await response.write_eof()
+        with contextlib.suppress(ConnectionError):
+            await response.prepare(request)
+            await response.write_eof()
     return response

@@ -514,7 +514,7 @@ class McpEndpoint:
             if c.name in ranges:
                 low, high = ranges[c.name]
                 entry["writable"] = True
-                if low is not None or high is not None:
+                if c.type in ("Float", "Integer", "Time") and (low is not None or high is not None):
                     entry["allowedRange"] = [low, high]
             else:
                 entry["writable"] = False
