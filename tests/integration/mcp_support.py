@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 from gateway_harness import Gateway
-from mcp.client.session import ClientSession
+from mcp.client.session import ClientSession, MessageHandlerFnT
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
 
-MessageHandler = Callable[[Any], Awaitable[None]]
 ACCEPT = "application/json, text/event-stream"
 PROTOCOL = "2025-11-25"
 
@@ -24,7 +23,7 @@ def enable_mcp(config: dict[str, Any], **extra: Any) -> None:
 
 @contextlib.asynccontextmanager
 async def mcp_session(
-    gw: Gateway, token: str, message_handler: MessageHandler | None = None
+    gw: Gateway, token: str, message_handler: MessageHandlerFnT | None = None
 ) -> AsyncIterator[ClientSession]:
     """An initialised MCP session of the official Python SDK (Streamable HTTP)."""
     http = create_mcp_http_client(headers={"Authorization": f"Bearer {token}"})

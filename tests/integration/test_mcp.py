@@ -95,7 +95,8 @@ async def test_tools_differ_by_subject_with_effective_ranges(
     # only the components and controls the rule names
     assert set(panel_set) == {"Room101 Zone1 Gain", "Room101 Zone2 Gain"}
     assert set(panel_set[ZONE1]) == {"gain", "mute"}
-    assert ROOM102 in admin_set and "invert" in admin_set[ZONE1]
+    assert ROOM102 in admin_set
+    assert "invert" in admin_set[ZONE1]
     assert panel_tools["load_snapshot"].input_schema["properties"]["name"]["enum"] == [
         "Room Presets"
     ]
@@ -130,10 +131,12 @@ async def test_read_write_and_refusals_with_audit(
         assert other.is_error
         message = text(other)
         assert f"no rule allows {ROOM102}.gain" in message
-        assert "methods [Component.Set]" in message and "Traceback" not in message
+        assert "methods [Component.Set]" in message
+        assert "Traceback" not in message
 
         hidden = await panel.call_tool("get_component", {"component": ROOM102})
-        assert hidden.is_error and "no rule allows" in text(hidden)
+        assert hidden.is_error
+        assert "no rule allows" in text(hidden)
 
     writes = await audit_where(
         gw, lambda a: a["transport"] == "mcp" and a["method"] == "Component.Set"
@@ -141,7 +144,8 @@ async def test_read_write_and_refusals_with_audit(
     by_outcome = {(a["decision"], tuple(a["targets"])): a for a in writes}
     assert ("allow", (f"{ZONE1}.gain",)) in by_outcome
     denied_range = by_outcome[("deny", (f"{ZONE1}.gain",))]
-    assert denied_range["values"] == [6] and denied_range["subject"] == "panel"
+    assert denied_range["values"] == [6]
+    assert denied_range["subject"] == "panel"
     assert ("deny", (f"{ROOM102}.gain",)) in by_outcome
     assert all(a["requestId"] for a in writes)
     assert_no_tokens(gw.stdout(), gw.stderr())
@@ -204,7 +208,8 @@ async def test_rate_limited_call_says_when_to_retry(
     audited = await audit_where(
         gw, lambda a: a["transport"] == "mcp" and a["outcome"] == "rate_limited"
     )
-    assert audited and audited[0]["reason"] == "rate limit exceeded"
+    assert audited
+    assert audited[0]["reason"] == "rate limit exceeded"
 
 
 async def test_reconnect_with_session_id_after_config_reload(
@@ -236,7 +241,8 @@ async def test_reconnect_with_session_id_after_config_reload(
     status, _, body = await raw_post(http, gw, {**listed, "id": 3}, PANEL_TOKEN, sid)
     assert status == 200
     after = [t["name"] for t in sse_messages(body)[0]["result"]["tools"]]
-    assert "set_controls" not in after and "get_component" in after
+    assert "set_controls" not in after
+    assert "get_component" in after
     # another subject cannot use the session id
     status, _, _ = await raw_post(http, gw, {**listed, "id": 4}, ADMIN_TOKEN, sid)
     assert status == 404
@@ -254,10 +260,12 @@ async def test_authentication_and_bad_input_never_500(
         assert json.loads(body)["error"]["code"] == -32001
 
     status, _, body = await raw_post(http, gw, b'{"jsonrpc": "2.0", "id": 1, "meth', PANEL_TOKEN)
-    assert status == 400 and json.loads(body)["error"]["code"] == -32700
+    assert status == 400
+    assert json.loads(body)["error"]["code"] == -32700
 
     status, _, body = await raw_post(http, gw, b"x" * 70000, PANEL_TOKEN)
-    assert status == 413 and "over 65536 bytes" in json.loads(body)["error"]["message"]
+    assert status == 413
+    assert "over 65536 bytes" in json.loads(body)["error"]["message"]
 
     async with http.put(
         f"{gw.url}/v1/mcp", headers={"Authorization": f"Bearer {PANEL_TOKEN}"}
@@ -268,21 +276,26 @@ async def test_authentication_and_bad_input_never_500(
     status, _, body = await raw_post(
         http, gw, {"jsonrpc": "2.0", "id": 2, "method": "no/such"}, PANEL_TOKEN, sid
     )
-    assert status == 200 and sse_messages(body)[0]["error"]["code"] == -32601
+    assert status == 200
+    assert sse_messages(body)[0]["error"]["code"] == -32601
     status, _, body = await raw_post(
         http, gw, {"jsonrpc": "2.0", "id": 3, "method": "tools/call"}, PANEL_TOKEN, sid
     )
-    assert status == 200 and sse_messages(body)[0]["error"]["code"] == -32602
+    assert status == 200
+    assert sse_messages(body)[0]["error"]["code"] == -32602
 
     async with mcp_session(gw, PANEL_TOKEN) as panel:
         with pytest.raises(MCPError, match="Unknown tool"):
             await panel.call_tool("drop_tables", {})
         wrong = await panel.call_tool("set_controls", {"component": ZONE1, "values": "loud"})
-        assert wrong.is_error and "Invalid arguments: values" in text(wrong)
+        assert wrong.is_error
+        assert "Invalid arguments: values" in text(wrong)
         typed = await panel.call_tool("set_controls", {"component": ZONE1, "values": {"gain": "x"}})
-        assert typed.is_error and "gain: expects a number in dB" in text(typed)
+        assert typed.is_error
+        assert "gain: expects a number in dB" in text(typed)
         unknown = await panel.call_tool("get_component", {"component": "No Such Thing"})
-        assert unknown.is_error and "no rule allows" in text(unknown)
+        assert unknown.is_error
+        assert "no rule allows" in text(unknown)
         with pytest.raises(MCPError, match="Unknown resource"):
             await panel.read_resource("file:///etc/passwd")
 
@@ -303,7 +316,8 @@ async def test_authentication_and_bad_input_never_500(
         },
         PANEL_TOKEN,
     )
-    assert status == 429 and "Too many MCP sessions" in json.loads(body)["error"]["message"]
+    assert status == 429
+    assert "Too many MCP sessions" in json.loads(body)["error"]["message"]
     assert headers["Retry-After"]
     assert "Traceback" not in gw.stderr()
     assert_no_tokens(gw.stdout(), gw.stderr())
