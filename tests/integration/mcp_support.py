@@ -9,6 +9,7 @@ from typing import Any
 
 import aiohttp
 from gateway_harness import Gateway
+from mcp.client import Client
 from mcp.client.session import ClientSession, MessageHandlerFnT
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
@@ -94,3 +95,14 @@ async def raw_initialize(http: aiohttp.ClientSession, gw: Gateway, token: str) -
     )
     assert status == 202, status
     return sid
+
+
+@contextlib.asynccontextmanager
+async def mcp_client(gw: Gateway, token: str) -> AsyncIterator[Client]:
+    """The SDK's high-level `Client`, negotiating the newest protocol (2026-07-28)."""
+    http = create_mcp_http_client(headers={"Authorization": f"Bearer {token}"})
+    async with (
+        http,
+        Client(streamable_http_client(f"{gw.url}/v1/mcp", http_client=http)) as client,
+    ):
+        yield client

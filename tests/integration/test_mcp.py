@@ -22,7 +22,15 @@ from gateway_harness import (
     assert_no_tokens,
 )
 from mcp.shared.exceptions import MCPError
-from mcp_support import enable_mcp, mcp_session, raw_initialize, raw_post, sse_messages
+from mcp.shared.subscriptions import ResourceUpdated
+from mcp_support import (
+    enable_mcp,
+    mcp_client,
+    mcp_session,
+    raw_initialize,
+    raw_post,
+    sse_messages,
+)
 
 ZONE1 = "Room101 Zone1 Gain"
 ZONE1_URI = "qsys://component/Room101%20Zone1%20Gain"
@@ -151,6 +159,7 @@ async def test_read_write_and_refusals_with_audit(
     assert_no_tokens(gw.stdout(), gw.stderr())
 
 
+@pytest.mark.filterwarnings("ignore:resources/subscribe is removed")
 async def test_subscription_notified_when_another_client_writes(
     module_sim_port: int, make_gateway: GatewayFactory, http: aiohttp.ClientSession
 ) -> None:
@@ -174,21 +183,52 @@ async def test_subscription_notified_when_another_client_writes(
         await asyncio.sleep(0.5)
         while not updated.empty():
             updated.get_nowait()
-        body = {
-            "jsonrpc": "2.0",
-            "id": 1,
-            "method": "Component.Set",
-            "params": {"Name": ZONE1, "Controls": [{"Name": "gain", "Value": -41}]},
-        }
-        headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
-        async with http.post(f"{gw.url}/v1/rpc", json=body, headers=headers) as r:
-            assert r.status == 200
+        await rpc_set_gain(http, gw, -41)
         async with asyncio.timeout(10):
             assert await updated.get() == ZONE1_URI
         again = await panel.read_resource(ZONE1_URI)
         block = again.contents[0]
         assert isinstance(block, types.TextResourceContents)
         assert json.loads(block.text)["controls"]["gain"]["value"] == -41
+
+
+async def rpc_set_gain(http: aiohttp.ClientSession, gw: Gateway, value: float) -> None:
+    body = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "Component.Set",
+        "params": {"Name": ZONE1, "Controls": [{"Name": "gain", "Value": value}]},
+    }
+    headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    async with http.post(f"{gw.url}/v1/rpc", json=body, headers=headers) as r:
+        assert r.status == 200
+
+
+async def test_current_protocol_tools_and_listen(
+    module_sim_port: int, make_gateway: GatewayFactory, http: aiohttp.ClientSession
+) -> None:
+    """The 2026-07-28 revision (no session; `subscriptions/listen` streams)."""
+    gw = await start(make_gateway, module_sim_port)
+    async with mcp_client(gw, PANEL_TOKEN) as client:
+        assert client.protocol_version == "2026-07-28"
+        assert "set_controls" in tool_map(await client.list_tools())
+        ok = await client.call_tool("set_controls", {"component": ZONE1, "values": {"gain": -12}})
+        assert not ok.is_error, text(ok)
+        with pytest.raises(MCPError, match="no rule allows"):
+            async with client.listen(resource_subscriptions=[f"qsys://component/{ROOM102}"]):
+                pass
+        async with client.listen(resource_subscriptions=[ZONE1_URI]) as sub:
+            await asyncio.sleep(0.5)
+            await rpc_set_gain(http, gw, -44)
+            async with asyncio.timeout(10):
+                async for event in sub:
+                    assert isinstance(event, ResourceUpdated)
+                    assert event.uri == ZONE1_URI
+                    break
+    audited = await audit_where(
+        gw, lambda a: a["transport"] == "mcp" and a["method"] == "Component.Set"
+    )
+    assert [a["decision"] for a in audited] == ["allow"]
 
 
 async def test_rate_limited_call_says_when_to_retry(

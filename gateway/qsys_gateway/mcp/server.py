@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import math
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from typing import Annotated, Any
@@ -23,8 +24,8 @@ from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
 from mcp.server.auth.provider import AccessToken
 from mcp.server.context import ServerRequestContext
 from mcp.server.lowlevel.server import Server
-from mcp.server.session import ServerSession
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
+from mcp.server.subscriptions import InMemorySubscriptionBus, ListenHandler, ResourceUpdated
 from mcp.shared.exceptions import MCPError
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
 from pydantic import ValidationError as PydanticValidationError
@@ -47,6 +48,7 @@ PATH = "/v1/mcp"
 URI_PREFIX = "qsys://component/"
 SESSION_HEADER = "mcp-session-id"
 CALLER_KEY = "qsys.caller"
+GROUP_ID = "mcp"
 MAX_SUBSCRIPTIONS = 256
 """Components one MCP session may subscribe to."""
 SUBSCRIPTION_POLL = 0.2
@@ -160,12 +162,15 @@ def explain(
     return message
 
 
+Notify = Callable[[str], Awaitable[None]]
+
+
 @dataclass(eq=False)
 class _SessionState:
-    """Resource subscriptions of one MCP session: one gateway change group, fed by the hub."""
+    """Resource subscriptions of one subscriber: one gateway change group, fed by the hub."""
 
     upstream: UpstreamSession
-    server_session: ServerSession | None = None
+    notify: Notify
     uris: set[str] = field(default_factory=set)
     pending: set[str] = field(default_factory=set)
     autopoll: bool = False
@@ -189,6 +194,7 @@ class McpEndpoint:
             on_read_resource=self._read_resource,
             on_subscribe_resource=self._subscribe,
             on_unsubscribe_resource=self._unsubscribe,
+            on_subscriptions_listen=self._listen,
         )
         self.manager = StreamableHTTPSessionManager(
             self.server,
@@ -634,54 +640,19 @@ class McpEndpoint:
     async def _subscribe(
         self, ctx: ServerRequestContext[Any, Any], params: types.SubscribeRequestParams
     ) -> types.EmptyResult:
+        """Handshake-era subscription: lives as long as the MCP session."""
         caller = self._caller(ctx)
         uri = str(params.uri)
-        component = component_of(uri)
         sid = _session_id(ctx)
         if sid is None:
             raise MCPError(
                 ErrorCode.INVALID_REQUEST, "Subscriptions need a session: initialize first"
             )
-        state = self._state(sid, caller)
-        state.server_session = ctx.session
-        if uri in state.uris:
-            return types.EmptyResult()
-        if len(state.uris) >= MAX_SUBSCRIPTIONS:
-            raise MCPError(
-                ErrorCode.INVALID_REQUEST,
-                f"At most {MAX_SUBSCRIPTIONS} subscriptions per session; unsubscribe first",
-            )
-        policy = self.admission.policy
-        subject = caller.subject.name
-        try:
-            await self.admission.admit(caller, "ChangeGroup.AddComponentControl")
-            specs = await self._controls(component)
-            names = [c.name for c in readable(policy, subject, component, specs)]
-            if not names:
-                names = [c.name for c in specs.values() if c.readable][:1] or ["*"]
-            await self.admission.call(
-                caller,
-                state.upstream,
-                "ChangeGroup.AddComponentControl",
-                {
-                    "Id": "mcp",
-                    "Component": {"Name": component, "Controls": [{"Name": n} for n in names]},
-                },
-            )
-            if not state.autopoll:
-                await state.upstream.call(
-                    "ChangeGroup.AutoPoll", {"Id": "mcp", "Rate": SUBSCRIPTION_POLL}
-                )
-                state.autopoll = True
-        except Denied as err:
-            raise MCPError(
-                _mcp_code(err),
-                explain(err, "ChangeGroup.AddComponentControl", component),
-                _retry(err),
-            ) from None
-        except QrcError as exc:
-            raise MCPError(exc.code, exc.message) from None
-        state.uris.add(uri)
+        state = self._states.get(sid)
+        if state is None:
+            session = ctx.session
+            state = self._states[sid] = self._watcher(caller, session.send_resource_updated)
+        await self._watch(caller, state, uri)
         return types.EmptyResult()
 
     async def _unsubscribe(
@@ -696,27 +667,93 @@ class McpEndpoint:
             state.pending.discard(uri)
         return types.EmptyResult()
 
-    def _state(self, sid: str, caller: McpCaller) -> _SessionState:
-        state = self._states.get(sid)
-        if state is None:
-            rt = self.svc.runtime
-            subject = caller.subject.name
-            holder: list[_SessionState] = []
-            upstream = rt.upstream.open_session(
-                lambda msg: self._changed(holder[0], msg) if holder else None,
-                lambda component, control: rt.rules.policy.can_read(subject, component, control),
+    async def _listen(
+        self,
+        ctx: ServerRequestContext[Any, Any],
+        params: types.SubscriptionsListenRequestParams,
+    ) -> types.SubscriptionsListenResult:
+        """2026-07-28 `subscriptions/listen`: the subscription lives as long as this stream."""
+        caller = self._caller(ctx)
+        uris = list(dict.fromkeys(params.notifications.resource_subscriptions or []))
+        if len(uris) > MAX_SUBSCRIPTIONS:
+            raise MCPError(
+                ErrorCode.INVALID_PARAMS, f"At most {MAX_SUBSCRIPTIONS} resources per stream"
             )
-            state = _SessionState(upstream)
-            holder.append(state)
-            self._states[sid] = state
-        return state
+        bus = InMemorySubscriptionBus()
+
+        async def publish(uri: str) -> None:
+            await bus.publish(ResourceUpdated(uri))
+
+        state = self._watcher(caller, publish)
+        try:
+            for uri in uris:
+                await self._watch(caller, state, uri)
+            return await ListenHandler(bus, max_subscriptions=1, max_buffered_events=256)(
+                ctx, params
+            )
+        finally:
+            await state.upstream.close()
+
+    def _watcher(self, caller: McpCaller, notify: Notify) -> _SessionState:
+        """A gateway change group for one subscriber, pushing under the current policy."""
+        rt = self.svc.runtime
+        subject = caller.subject.name
+        holder: list[_SessionState] = []
+        upstream = rt.upstream.open_session(
+            lambda msg: self._changed(holder[0], msg) if holder else None,
+            lambda component, control: rt.rules.policy.can_read(subject, component, control),
+        )
+        holder.append(_SessionState(upstream, notify))
+        return holder[0]
+
+    async def _watch(self, caller: McpCaller, state: _SessionState, uri: str) -> None:
+        """Add a component's readable controls to the subscriber's change group through the
+        pipeline (policy, audit); the hub shares them with every other subscriber."""
+        component = component_of(uri)
+        if uri in state.uris:
+            return
+        if len(state.uris) >= MAX_SUBSCRIPTIONS:
+            raise MCPError(
+                ErrorCode.INVALID_REQUEST,
+                f"At most {MAX_SUBSCRIPTIONS} subscriptions per session; unsubscribe first",
+            )
+        policy = self.admission.policy
+        try:
+            await self.admission.admit(caller, "ChangeGroup.AddComponentControl")
+            specs = await self._controls(component)
+            names = [c.name for c in readable(policy, caller.subject.name, component, specs)]
+            if not names:
+                names = [c.name for c in specs.values() if c.readable][:1] or ["*"]
+            await self.admission.call(
+                caller,
+                state.upstream,
+                "ChangeGroup.AddComponentControl",
+                {
+                    "Id": GROUP_ID,
+                    "Component": {"Name": component, "Controls": [{"Name": n} for n in names]},
+                },
+            )
+            if not state.autopoll:
+                await state.upstream.call(
+                    "ChangeGroup.AutoPoll", {"Id": GROUP_ID, "Rate": SUBSCRIPTION_POLL}
+                )
+                state.autopoll = True
+        except Denied as err:
+            raise MCPError(
+                _mcp_code(err),
+                explain(err, "ChangeGroup.AddComponentControl", component),
+                _retry(err),
+            ) from None
+        except QrcError as exc:
+            raise MCPError(exc.code, exc.message) from None
+        state.uris.add(uri)
 
     def _changed(self, state: _SessionState, message: dict[str, Any]) -> None:
-        """An AutoPoll push of the session's change group: notify each changed resource once
-        until its notification is sent."""
+        """An AutoPoll push of the subscriber's change group: one notification per changed
+        resource until it is sent."""
         params = message.get("params")
         changes = params.get("Changes") if isinstance(params, dict) else None
-        if not isinstance(changes, list) or state.server_session is None:
+        if not isinstance(changes, list):
             return
         for change in changes:
             component = change.get("Component") if isinstance(change, dict) else None
@@ -731,8 +768,7 @@ class McpEndpoint:
 
     async def _notify(self, state: _SessionState, uri: str) -> None:
         try:
-            if state.server_session is not None:
-                await state.server_session.send_resource_updated(uri)
+            await state.notify(uri)
         except Exception as exc:
             log.info("could not notify an MCP client of %s: %s", uri, type(exc).__name__)
         finally:
