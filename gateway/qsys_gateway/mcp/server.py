@@ -198,6 +198,7 @@ class McpEndpoint:
         )
         self.manager = StreamableHTTPSessionManager(
             self.server,
+            json_response=True,
             session_idle_timeout=cfg.mcp.sessionIdleSeconds,
             max_request_body_size=cfg.limits.maxMessageBytes,
             max_sessions=cfg.limits.maxClients,
