@@ -43,7 +43,7 @@ lint: install
 			--cache-dir .mypy_cache/tests-$$dir tests/$$dir || exit 1; \
 	done
 
-test: install lint cluster-tools
+test: install lint cluster-tools mcp-inspector
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 unit: install

@@ -9,6 +9,8 @@ command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 command -v lua5.1 >/dev/null 2>&1 || need+=(lua5.1)
 # openssl: hack/cluster/pki.sh makes the control plane's certificates.
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
+# Node.js + npm: the MCP Inspector test (tests/mcp-inspector, make mcp-inspector).
+command -v npm >/dev/null 2>&1 || need+=(nodejs npm)
 if [ ${#need[@]} -eq 0 ]; then exit 0; fi
 sudo=""
 [ "$(id -u)" -eq 0 ] || sudo="sudo"
