@@ -12,7 +12,14 @@ from mcp.shared.exceptions import MCPError
 
 from qsys_gateway.config import GatewayConfig, McpConfig, Rule, SubjectConfig
 from qsys_gateway.mcp import tools as T
-from qsys_gateway.mcp.design import ControlSpec, control_spec, effective_range, units_of, writable
+from qsys_gateway.mcp.design import (
+    ControlSpec,
+    Writable,
+    control_spec,
+    effective_range,
+    units_of,
+    writable,
+)
 from qsys_gateway.mcp.server import _type_problem, component_of, uri_of
 from qsys_gateway.policy import Policy
 from qsys_operator.api import QSysCore
@@ -115,7 +122,8 @@ def test_tools_follow_the_rules() -> None:
 
 
 def test_set_schema_spells_out_at_most_max_components() -> None:
-    many = [(f"C{i:03}", [(GAIN, -1.0, 1.0)]) for i in range(T.MAX_SCHEMA_COMPONENTS + 1)]
+    row: Writable = [(GAIN, -1.0, 1.0)]
+    many = [(f"C{i:03}", row) for i in range(T.MAX_SCHEMA_COMPONENTS + 1)]
     writer = subject("w", {"methods": ["Component.Set"]})
     tool = next(t for t in T.tools_for(Policy([writer]), writer, many) if t.name == T.SET)
     variants = tool.input_schema["oneOf"]

@@ -128,11 +128,14 @@ def readable(
     ]
 
 
+Writable = list[tuple[ControlSpec, float | None, float | None]]
+"""Controls a subject may write, each with its effective range."""
+
+
 def writable(
     policy: Policy, subject: str, component: str, controls: dict[str, ControlSpec]
-) -> list[tuple[ControlSpec, float | None, float | None]]:
-    """Controls the subject may write, each with its effective range."""
-    out = []
+) -> Writable:
+    out: Writable = []
     for c in controls.values():
         if not c.writable:
             continue

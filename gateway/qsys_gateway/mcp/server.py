@@ -40,7 +40,7 @@ from ..upstream import UpstreamSession
 from . import tools as T
 from .admission import Admission, Denied, McpCaller
 from .bridge import serve
-from .design import ControlSpec, Design, readable, writable
+from .design import ControlSpec, Design, Writable, readable, writable
 
 log = logging.getLogger("qsys_gateway.mcp")
 
@@ -361,7 +361,7 @@ class McpEndpoint:
         caller = self._caller(ctx)
         subject = self.admission.current(caller)
         policy = self.admission.policy
-        writes: list[tuple[str, list[tuple[ControlSpec, float | None, float | None]]]] = []
+        writes: list[tuple[str, Writable]] = []
         if policy.has_rule_for(subject.name, "Component.Set"):
             for comp in await self._design_components():
                 if len(writes) > T.MAX_SCHEMA_COMPONENTS:

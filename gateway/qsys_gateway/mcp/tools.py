@@ -10,7 +10,7 @@ import mcp_types as types
 
 from ..config import SubjectConfig
 from ..policy import Policy
-from .design import ControlSpec
+from .design import ControlSpec, Writable
 
 STATUS = "core_status"
 LIST = "list_components"
@@ -64,7 +64,7 @@ def snapshot_names(subject: SubjectConfig) -> list[str]:
 def tools_for(
     policy: Policy,
     subject: SubjectConfig,
-    writable: list[tuple[str, list[tuple[ControlSpec, float | None, float | None]]]],
+    writable: list[tuple[str, Writable]],
 ) -> list[types.Tool]:
     name = subject.name
     out: list[types.Tool] = []
@@ -162,7 +162,7 @@ def tools_for(
 
 
 def _set_tool(
-    writable: list[tuple[str, list[tuple[ControlSpec, float | None, float | None]]]],
+    writable: list[tuple[str, Writable]],
 ) -> types.Tool:
     variants: list[dict[str, Any]] = []
     for component, controls in writable[:MAX_SCHEMA_COMPONENTS]:
