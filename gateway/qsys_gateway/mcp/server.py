@@ -49,6 +49,7 @@ URI_PREFIX = "qsys://component/"
 SESSION_HEADER = "mcp-session-id"
 CALLER_KEY = "qsys.caller"
 GROUP_ID = "mcp"
+EXPOSED = "Mcp-Session-Id, X-Request-ID, Retry-After, WWW-Authenticate"
 MAX_SUBSCRIPTIONS = 256
 """Components one MCP session may subscribe to."""
 SUBSCRIPTION_POLL = 0.2
@@ -322,6 +323,11 @@ class McpEndpoint:
             "X-Content-Type-Options": "nosniff",
             "Cache-Control": "no-store",
         }
+        origin = request.headers.get("Origin")
+        if origin is not None:  # the middleware refused origins outside cors.allowedOrigins
+            headers["Access-Control-Allow-Origin"] = origin
+            headers["Vary"] = "Origin"
+            headers["Access-Control-Expose-Headers"] = EXPOSED
         self._streams[name] = self._streams.get(name, 0) + 1
         try:
             response = await serve(
@@ -368,7 +374,10 @@ class McpEndpoint:
                     break
                 if not _may_write_component(subject.rules, comp):
                     continue
-                specs = await self._controls(comp)
+                try:
+                    specs = await self._controls(comp)
+                except Denied:
+                    continue  # gone from the design since it was listed
                 allowed = writable(policy, subject.name, comp, specs)
                 if allowed:
                     writes.append((comp, allowed))
@@ -859,7 +868,11 @@ def _too_large(limit: int) -> QrcError:
 
 def _opens_session(body: bytes) -> bool:
     """An `initialize` request (the only POST that opens a session)."""
-    return b'"initialize"' in body
+    try:
+        message = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return False
+    return isinstance(message, dict) and message.get("method") == "initialize"
 
 
 def _error(
