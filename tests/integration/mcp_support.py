@@ -18,6 +18,18 @@ ACCEPT = "application/json, text/event-stream"
 PROTOCOL = "2025-11-25"
 
 
+INITIALIZE = {
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "initialize",
+    "params": {
+        "protocolVersion": PROTOCOL,
+        "capabilities": {},
+        "clientInfo": {"name": "raw-test", "version": "1"},
+    },
+}
+
+
 def enable_mcp(config: dict[str, Any], **extra: Any) -> None:
     config["mcp"] = {"enabled": True, **extra}
 
@@ -73,21 +85,7 @@ async def raw_post(
 
 async def raw_initialize(http: aiohttp.ClientSession, gw: Gateway, token: str) -> str:
     """Open a session with raw HTTP; returns its Mcp-Session-Id."""
-    status, headers, _ = await raw_post(
-        http,
-        gw,
-        {
-            "jsonrpc": "2.0",
-            "id": 1,
-            "method": "initialize",
-            "params": {
-                "protocolVersion": PROTOCOL,
-                "capabilities": {},
-                "clientInfo": {"name": "raw-test", "version": "1"},
-            },
-        },
-        token,
-    )
+    status, headers, _ = await raw_post(http, gw, INITIALIZE, token)
     assert status == 200, status
     sid = headers["mcp-session-id"]
     status, _, _ = await raw_post(

@@ -24,6 +24,7 @@ from gateway_harness import (
 from mcp.shared.exceptions import MCPError
 from mcp.shared.subscriptions import ResourceUpdated
 from mcp_support import (
+    INITIALIZE,
     enable_mcp,
     mcp_client,
     mcp_session,
@@ -341,21 +342,7 @@ async def test_authentication_and_bad_input_never_500(
 
     # per-subject session bound: two open, the third is refused until one ends
     await raw_initialize(http, gw, PANEL_TOKEN)
-    status, headers, body = await raw_post(
-        http,
-        gw,
-        {
-            "jsonrpc": "2.0",
-            "id": 1,
-            "method": "initialize",
-            "params": {
-                "protocolVersion": "2025-11-25",
-                "capabilities": {},
-                "clientInfo": {"name": "x", "version": "1"},
-            },
-        },
-        PANEL_TOKEN,
-    )
+    status, headers, body = await raw_post(http, gw, INITIALIZE, PANEL_TOKEN)
     assert status == 429
     assert "Too many MCP sessions" in json.loads(body)["error"]["message"]
     assert headers["Retry-After"]

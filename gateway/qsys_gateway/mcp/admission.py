@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..config import SubjectConfig
-from ..pipeline import Caller
+from ..pipeline import Caller, outcome_of
 from ..policy import Policy
 from ..qrc.errors import ErrorCode, QrcError
 from ..runtime import Runtime
@@ -20,6 +20,7 @@ from ..transports.common import Refusal, Services, authenticate, rate_limit
 from ..upstream import UpstreamSession
 
 TRANSPORT = "mcp"
+__all__ = ["TRANSPORT", "Admission", "Denied", "McpCaller", "outcome_of"]
 
 
 class Denied(Exception):

@@ -38,7 +38,7 @@ from ..transports.responses import bearer, source_ip
 from ..transports.sessions import HttpSessions
 from ..upstream import UpstreamSession
 from . import tools as T
-from .admission import Admission, Denied, McpCaller
+from .admission import Admission, Denied, McpCaller, outcome_of
 from .bridge import serve
 from .design import ControlSpec, Design, Writable, readable, writable
 
@@ -418,7 +418,7 @@ class McpEndpoint:
             controls = list(getattr(args, "values", {}) or getattr(args, "controls", []) or [])
             return _tool_error(
                 explain(err, _REQUIRED_METHOD[name], component, controls),
-                error=_kind(err.error.code),
+                error=outcome_of(err.error.code),
                 **({"retryAfterSeconds": round(err.retry_after, 3)} if err.retry_after else {}),
             )
         except ToolError as err:
@@ -818,21 +818,6 @@ def _cursor(cursor: str | None) -> int:
     if not cursor.isdigit() or len(cursor) > 9:
         raise MCPError(ErrorCode.INVALID_PARAMS, "Invalid cursor")
     return int(cursor)
-
-
-_KINDS: dict[int, str] = {
-    ErrorCode.FORBIDDEN: "denied",
-    ErrorCode.RATE_LIMITED: "rate_limited",
-    ErrorCode.UNAUTHENTICATED: "unauthenticated",
-    ErrorCode.CORE_UNAVAILABLE: "core_unavailable",
-    ErrorCode.CORE_TIMEOUT: "core_timeout",
-    ErrorCode.UNKNOWN_COMPONENT: "unknown_component",
-    ErrorCode.UNKNOWN_CONTROL: "unknown_control",
-}
-
-
-def _kind(code: int) -> str:
-    return _KINDS.get(code, "error")
 
 
 def _mcp_code(err: Denied) -> int:
