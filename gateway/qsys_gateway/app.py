@@ -15,7 +15,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from .audit import AuditLog
 from .clients import ClientRegistry
 from .config import GatewayConfig, TlsConfig
-from .mcp.server import McpEndpoint
+from .mcp import Mcp
 from .metrics import GatewayMetrics
 from .pipeline import Pipeline
 from .ratelimit import RateLimiter
@@ -60,7 +60,7 @@ class Gateway:
         self.sessions = HttpSessions(
             self.upstream, can_read=lambda *target: rt.rules.policy.can_read(*target)
         )
-        self.mcp = McpEndpoint(self.services, self.sessions)
+        self.mcp = Mcp(self.services, self.sessions)
         self.watcher = (
             ConfigWatcher(config_path, self.runtime.apply, self.metrics) if config_path else None
         )

@@ -271,14 +271,7 @@ async def test_reconnect_with_session_id_after_config_reload(
     ]
     config["subjects"][1]["rules"].append({"methods": ["Component.Get"], "components": ["*"]})
     gw.write_config(config)
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        got = await asyncio.to_thread(
-            gw.metric, "qsys_gateway_config_reloads_total", result="success"
-        )
-        if got >= 1:
-            break
-        await asyncio.sleep(0.2)
+    await wait_reloads(gw, 1)
     status, _, body = await raw_post(http, gw, {**listed, "id": 3}, PANEL_TOKEN, sid)
     assert status == 200
     after = [t["name"] for t in sse_messages(body)[0]["result"]["tools"]]
@@ -350,9 +343,27 @@ async def test_authentication_and_bad_input_never_500(
     assert_no_tokens(gw.stdout(), gw.stderr())
 
 
-async def test_disabled_by_default(
+async def wait_reloads(gw: Gateway, count: int) -> None:
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        got = await asyncio.to_thread(
+            gw.metric, "qsys_gateway_config_reloads_total", result="success"
+        )
+        if got >= count:
+            return
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"no {count} successful config reloads")
+
+
+async def test_off_by_default_and_switched_on_by_a_reload(
     module_sim_port: int, make_gateway: GatewayFactory, http: aiohttp.ClientSession
 ) -> None:
     gw = await asyncio.to_thread(make_gateway, module_sim_port)
-    status, _, _ = await raw_post(http, gw, {"jsonrpc": "2.0", "id": 1}, PANEL_TOKEN)
+    status, _, _ = await raw_post(http, gw, INITIALIZE, PANEL_TOKEN)
     assert status == 404
+    config = copy.deepcopy(gw.config)
+    enable_mcp(config)
+    gw.write_config(config)
+    await wait_reloads(gw, 1)
+    async with mcp_session(gw, PANEL_TOKEN) as panel:
+        assert "get_component" in tool_map(await panel.list_tools())

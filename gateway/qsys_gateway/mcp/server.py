@@ -44,7 +44,6 @@ from .design import ControlSpec, Design, Writable, readable, writable
 
 log = logging.getLogger("qsys_gateway.mcp")
 
-PATH = "/v1/mcp"
 URI_PREFIX = "qsys://component/"
 SESSION_HEADER = "mcp-session-id"
 CALLER_KEY = "qsys.caller"
@@ -238,9 +237,6 @@ class McpEndpoint:
         for sid in list(self._states):
             await self._drop_state(sid)
 
-    def mount(self, app: web.Application) -> None:
-        app.router.add_route("*", PATH, self.handle)
-
     def _live(self, sid: str) -> bool:
         # The SDK keeps no public view of its open sessions.
         return sid in self.manager._server_instances
@@ -269,8 +265,6 @@ class McpEndpoint:
         rt = self.svc.runtime
         cfg = rt.config
         rid: str = request.get("request_id") or request_id(request.headers.get("X-Request-ID"))
-        if not cfg.mcp.enabled:
-            return _error(QrcError(ErrorCode.METHOD_NOT_FOUND, "MCP is not enabled"), 404)
         if rt.shutting_down:
             return _error(QrcError(ErrorCode.CORE_UNAVAILABLE, "Gateway is shutting down"), 503)
         if request.method not in ("GET", "POST", "DELETE"):
