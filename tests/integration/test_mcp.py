@@ -65,11 +65,14 @@ def text(result: types.CallToolResult) -> str:
     return block.text
 
 
-async def audit_where(gw: Gateway, pred: Any, timeout: float = 5.0) -> list[dict[str, Any]]:
+async def audit_where(
+    gw: Gateway, pred: Any, count: int = 1, timeout: float = 30.0
+) -> list[dict[str, Any]]:
+    """The audit lines matching `pred`, once there are at least `count` (or the timeout)."""
     deadline = time.monotonic() + timeout
     while True:
         lines = [a for a in gw.audit_lines() if pred(a)]
-        if lines or time.monotonic() > deadline:
+        if len(lines) >= count or time.monotonic() > deadline:
             return lines
         await asyncio.sleep(0.1)
 
@@ -148,7 +151,7 @@ async def test_read_write_and_refusals_with_audit(
         assert "no rule allows" in text(hidden)
 
     writes = await audit_where(
-        gw, lambda a: a["transport"] == "mcp" and a["method"] == "Component.Set"
+        gw, lambda a: a["transport"] == "mcp" and a["method"] == "Component.Set", count=3
     )
     by_outcome = {(a["decision"], tuple(a["targets"])): a for a in writes}
     assert ("allow", (f"{ZONE1}.gain",)) in by_outcome
@@ -344,7 +347,7 @@ async def test_authentication_and_bad_input_never_500(
 
 
 async def wait_reloads(gw: Gateway, count: int) -> None:
-    deadline = time.monotonic() + 15
+    deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         got = await asyncio.to_thread(
             gw.metric, "qsys_gateway_config_reloads_total", result="success"
