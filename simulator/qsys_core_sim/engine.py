@@ -14,8 +14,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from qsys_gateway.qrc import methods as m
-from qsys_gateway.qrc.errors import ErrorCode, QrcError
+from qsys_protocol.qrc import methods as m
+from qsys_protocol.qrc.errors import ErrorCode, QrcError
 
 from .design import ComponentDef, ControlDef, Design
 

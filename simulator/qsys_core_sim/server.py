@@ -12,10 +12,10 @@ import hmac
 import logging
 from typing import Any, cast
 
-from qsys_gateway.qrc import jsonrpc
-from qsys_gateway.qrc.errors import ErrorCode, QrcError
-from qsys_gateway.qrc.framing import FRAME_TOO_LARGE, FrameDecoder, encode_frame
-from qsys_gateway.qrc.methods import ChangeGroupAutoPollParams, LogonParams, parse_params
+from qsys_protocol.qrc import jsonrpc
+from qsys_protocol.qrc.errors import ErrorCode, QrcError
+from qsys_protocol.qrc.framing import FRAME_TOO_LARGE, FrameDecoder, encode_frame
+from qsys_protocol.qrc.methods import ChangeGroupAutoPollParams, LogonParams, parse_params
 
 from .design import Design, load_design
 from .engine import ChangeGroup, Engine, Session

@@ -16,8 +16,8 @@ import pytest
 from gateway_harness import ADMIN_TOKEN, LOOPBACK, Gateway, GatewayFactory, sha
 
 from qsys_core_sim.server import CoreSimulator
-from qsys_gateway.qrc.client import QrcClient
-from qsys_gateway.qrc.errors import QrcError
+from qsys_protocol.qrc.client import QrcClient
+from qsys_protocol.qrc.errors import QrcError
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 import pytest
 
-from qsys_gateway.qrc.methods import METHODS
+from qsys_protocol.qrc.methods import METHODS
 
 pytestmark = pytest.mark.timeout(60)
 

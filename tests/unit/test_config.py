@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
-from qsys_gateway.config import (
+from qsys_protocol.config import (
     ConfigError,
     GatewayConfig,
     RateConfig,

@@ -10,7 +10,6 @@ import pytest
 import yaml
 from mcp.shared.exceptions import MCPError
 
-from qsys_gateway.config import GatewayConfig, McpConfig, Rule, SubjectConfig
 from qsys_gateway.mcp import tools as T
 from qsys_gateway.mcp.design import (
     ControlSpec,
@@ -25,6 +24,7 @@ from qsys_gateway.policy import Policy
 from qsys_operator.api import QSysCore
 from qsys_operator.render import render_core_children
 from qsys_operator.settings import OperatorSettings
+from qsys_protocol.config import GatewayConfig, McpConfig, Rule, SubjectConfig
 
 GAIN_INFO = {
     "Name": "gain",

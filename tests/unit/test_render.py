@@ -11,7 +11,6 @@ from typing import Any
 import pytest
 import yaml
 
-from qsys_gateway.config import GatewayConfig, load_config
 from qsys_operator.api import AccessPolicy, QSysCore
 from qsys_operator.render import (
     RESTART_HASH_ANNOTATION,
@@ -22,6 +21,7 @@ from qsys_operator.render import (
     render_token_secret,
 )
 from qsys_operator.settings import DEFAULT_GATEWAY_IMAGE, OperatorSettings
+from qsys_protocol.config import GatewayConfig, load_config
 
 SETTINGS = OperatorSettings()
 LABELS = {

@@ -8,8 +8,8 @@ import pytest
 
 from qsys_core_sim.design import load_design
 from qsys_core_sim.engine import Engine, Session
-from qsys_gateway.qrc.errors import ErrorCode, QrcError
-from qsys_gateway.qrc.methods import METHODS, parse_params
+from qsys_protocol.qrc.errors import ErrorCode, QrcError
+from qsys_protocol.qrc.methods import METHODS, parse_params
 
 
 @pytest.fixture

@@ -12,10 +12,10 @@ from typing import TYPE_CHECKING
 import orjson
 from aiohttp import web
 
-from ..qrc import jsonrpc
-from ..qrc.errors import ErrorCode, QrcError
+from qsys_protocol.qrc import jsonrpc
+from qsys_protocol.qrc.errors import ErrorCode, QrcError
+
 from ..transports.common import Services
-from ..transports.sessions import HttpSessions
 
 if TYPE_CHECKING:
     from .server import McpEndpoint
@@ -26,9 +26,8 @@ PATH = "/v1/mcp"
 class Mcp:
     """Mounts `/v1/mcp` and starts the endpoint once MCP is enabled."""
 
-    def __init__(self, svc: Services, http_sessions: HttpSessions) -> None:
+    def __init__(self, svc: Services) -> None:
         self._svc = svc
-        self._http_sessions = http_sessions
         self._endpoint: McpEndpoint | None = None
         self._lock = asyncio.Lock()
 
@@ -41,7 +40,7 @@ class Mcp:
             if self._endpoint is None:
                 from .server import McpEndpoint
 
-                endpoint = McpEndpoint(self._svc, self._http_sessions)
+                endpoint = McpEndpoint(self._svc)
                 await endpoint.start()
                 self._endpoint = endpoint
             return self._endpoint

@@ -1,23 +1,26 @@
-"""The one seam between MCP and the gateway's request path.
+"""The one seam between MCP and the gateway's admission layer (`..admission`).
 
-Everything the MCP endpoint asks of authentication, rate limiting, policy,
-audit, metrics and the upstream goes through `Admission`, so that moving to a
-different admission layer changes this module only.
+MCP follows the transport contract of `qsys_gateway.admission` like every other
+transport: one `Caller` per HTTP request, `authenticate` once per request,
+`rate_limit` per tool call, `handle` per QRC call (policy, audit, metrics, upstream),
+`open_session` / `release` for a subscriber that takes pushes. Only the translation
+between MCP and QRC lives in the rest of this package.
 """
 
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
-from ..config import SubjectConfig
-from ..pipeline import Caller, outcome_of
+from qsys_protocol.config import SubjectConfig
+from qsys_protocol.qrc.errors import ErrorCode, QrcError
+
+from ..admission import Caller, Refusal, outcome_of
 from ..policy import Policy
-from ..qrc.errors import ErrorCode, QrcError
 from ..runtime import Runtime
-from ..transports.common import Refusal, Services, authenticate, rate_limit
-from ..upstream import UpstreamSession
+from ..transports.common import Services
 
 TRANSPORT = "mcp"
 __all__ = ["TRANSPORT", "Admission", "Denied", "McpCaller", "outcome_of"]
@@ -34,79 +37,79 @@ class Denied(Exception):
 
 @dataclass(slots=True)
 class McpCaller:
-    """One authenticated MCP HTTP request."""
+    """One authenticated MCP HTTP request: the admission `Caller` and its request id."""
 
-    subject: SubjectConfig
-    source_ip: str
+    caller: Caller
     request_id: str
+    subject: SubjectConfig = field(init=False)
+
+    def __post_init__(self) -> None:
+        assert self.caller.subject is not None, "authenticate first"
+        self.subject = self.caller.subject
 
 
 class Admission:
     def __init__(self, svc: Services) -> None:
         self._svc = svc
+        self._admission = svc.admission
         self._ids = itertools.count(1)
 
     @property
     def runtime(self) -> Runtime:
         return self._svc.runtime
 
-    def authenticate(self, token: str | None, source_ip: str, request_id: str) -> SubjectConfig:
-        """The subject of a bearer token; raises `Denied` (401 / throttled) otherwise."""
+    @property
+    def policy(self) -> Policy:
+        return self._svc.runtime.rules.policy
+
+    def authenticate(self, token: str | None, source_ip: str, request_id: str) -> McpCaller:
+        """The caller of a bearer token; raises `Denied` (401 / throttled) otherwise."""
+        caller = Caller(TRANSPORT, source_ip)
         try:
-            return authenticate(
-                self._svc,
-                token=token,
-                user=None,
-                source_ip=source_ip,
-                transport=TRANSPORT,
-                rid=request_id,
-                obj={"method": "mcp"},
-            )
+            self._admission.authenticate(caller, token, request_id=request_id, method="mcp")
         except Refusal as err:
             raise Denied(err, err.retry_after) from None
+        return McpCaller(caller, request_id)
 
-    def current(self, caller: McpCaller) -> SubjectConfig:
+    def current(self, mc: McpCaller) -> SubjectConfig:
         """The caller's subject under the current config (rules may have been reloaded)."""
-        subject = self._svc.runtime.current_subject(caller.subject.name)
-        if subject is None or subject.tokenSha256 != caller.subject.tokenSha256:
+        subject = self._svc.runtime.current_subject(mc.subject.name)
+        if subject is None or subject.tokenSha256 != mc.subject.tokenSha256:
             raise Denied(QrcError(ErrorCode.UNAUTHENTICATED, "Unauthenticated: token revoked"))
         return subject
 
-    async def admit(self, caller: McpCaller, method: str) -> None:
+    async def admit(self, mc: McpCaller, method: str) -> None:
         """Charge one call to the subject's rate limit; raises `Denied` with a retry time."""
-        refused = await rate_limit(
-            self._svc,
-            self.current(caller),
-            [{"method": method}],
-            TRANSPORT,
-            caller.source_ip,
-            caller.request_id,
-        )
+        self.current(mc)
+        refused = await self._admission.rate_limit(mc.caller, [{"method": method}], mc.request_id)
         if refused is not None:
-            raise Denied(refused, getattr(refused, "retry_after", 1.0))
+            raise Denied(refused, refused.retry_after)
 
     async def call(
-        self, caller: McpCaller, session: UpstreamSession, method: str, params: Any
+        self, mc: McpCaller, method: str, params: Any, subscriber: Caller | None = None
     ) -> Any:
-        """One QRC call through the pipeline (policy, audit, metrics, upstream pool)."""
-        subject = self.current(caller)
+        """One QRC call through admission (policy, audit, metrics, upstream pool); on the
+        subscriber's own session when given, else on the subject's shared one."""
+        caller = subscriber if subscriber is not None else mc.caller
         msg: dict[str, Any] = {"jsonrpc": "2.0", "id": next(self._ids), "method": method}
         if params is not None:
             msg["params"] = params
-        qrc_caller = Caller(subject, TRANSPORT, caller.source_ip, session)
-        response = await self._svc.pipeline.call(qrc_caller, msg, caller.request_id)
+        response = await self._admission.handle(caller, msg, mc.request_id)
         assert response is not None
         error = response.get("error")
         if error is not None:
             raise Denied(QrcError(int(error.get("code", -32603)), str(error.get("message"))))
         return response.get("result")
 
-    def count(self, caller: McpCaller, method: str, outcome: str) -> None:
-        """Count a call answered without the Core (e.g. from the design cache)."""
-        self._svc.runtime.metrics.requests.labels(
-            method, caller.subject.name, TRANSPORT, outcome
-        ).inc()
+    def subscriber(self, mc: McpCaller, push: Callable[[dict[str, Any]], None]) -> Caller:
+        """A caller with its own upstream session, whose change-group pushes go to `push`."""
+        caller = Caller(TRANSPORT, mc.caller.source_ip, subject=mc.subject)
+        self._admission.open_session(caller, push)
+        return caller
 
-    @property
-    def policy(self) -> Policy:
-        return self._svc.runtime.rules.policy
+    async def release(self, caller: Caller) -> None:
+        await self._admission.release(caller)
+
+    def count(self, mc: McpCaller, method: str, outcome: str) -> None:
+        """Count a call answered without the Core (e.g. from the design cache)."""
+        self._svc.runtime.metrics.requests.labels(method, mc.subject.name, TRANSPORT, outcome).inc()

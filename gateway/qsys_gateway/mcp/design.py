@@ -10,9 +10,10 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
+from qsys_protocol.qrc.methods import ComponentControlsResult, ComponentInfo
+
 from ..policy import Policy
-from ..qrc.methods import ComponentControlsResult, ComponentInfo
-from ..upstream import Upstream
+from ..upstream import UpstreamPool
 
 MAX_CACHED_COMPONENTS = 4096
 _NUMBER = re.compile(r"^\s*[-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?")
@@ -79,7 +80,7 @@ class Design:
     """Components (one call) and each component's controls (one call each, on first use),
     kept until the Core reports a different `DesignCode`."""
 
-    def __init__(self, upstream: Upstream) -> None:
+    def __init__(self, upstream: UpstreamPool) -> None:
         self._upstream = upstream
         self._code: object = None
         self._components: list[ComponentInfo] | None = None
@@ -99,7 +100,7 @@ class Design:
         if self._components is None:
             async with self._lock:
                 if self._components is None:
-                    raw = await self._upstream.call("Component.GetComponents", {})
+                    raw = await self._upstream.forward("Component.GetComponents", {})
                     items = raw if isinstance(raw, list) else []
                     self._components = [ComponentInfo.model_validate(c) for c in items]
         return self._components
@@ -111,7 +112,7 @@ class Design:
         if cached is not None:
             self._controls.move_to_end(component)
             return cached
-        raw = await self._upstream.call("Component.GetControls", {"Name": component})
+        raw = await self._upstream.forward("Component.GetControls", {"Name": component})
         result = ComponentControlsResult.model_validate(raw)
         specs = {c.Name: control_spec(c.model_dump()) for c in result.Controls}
         self._controls[component] = specs

@@ -30,13 +30,13 @@ from mcp.shared.exceptions import MCPError
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
 from pydantic import ValidationError as PydanticValidationError
 
+from qsys_protocol.qrc import jsonrpc
+from qsys_protocol.qrc.errors import ErrorCode, QrcError
+
 from .. import __version__
-from ..qrc import jsonrpc
-from ..qrc.errors import ErrorCode, QrcError
+from ..admission import Caller
 from ..transports.common import HTTP_STATUS, Services, request_id
 from ..transports.responses import bearer, source_ip
-from ..transports.sessions import HttpSessions
-from ..upstream import UpstreamSession
 from . import tools as T
 from .admission import Admission, Denied, McpCaller, outcome_of
 from .bridge import serve
@@ -169,7 +169,7 @@ Notify = Callable[[str], Awaitable[None]]
 class _SessionState:
     """Resource subscriptions of one subscriber: one gateway change group, fed by the hub."""
 
-    upstream: UpstreamSession
+    subscriber: Caller
     notify: Notify
     uris: set[str] = field(default_factory=set)
     pending: set[str] = field(default_factory=set)
@@ -177,11 +177,10 @@ class _SessionState:
 
 
 class McpEndpoint:
-    def __init__(self, svc: Services, http_sessions: HttpSessions) -> None:
+    def __init__(self, svc: Services) -> None:
         self.svc = svc
         self.admission = Admission(svc)
         self.design = Design(svc.runtime.upstream)
-        self._http_sessions = http_sessions
         cfg = svc.runtime.config
         self.server: Server[Any] = Server(
             "qsys-gateway",
@@ -257,7 +256,7 @@ class McpEndpoint:
     async def _drop_state(self, sid: str) -> None:
         state = self._states.pop(sid, None)
         if state is not None:
-            await state.upstream.close()
+            await self.admission.release(state.subscriber)
 
     # ---- HTTP -------------------------------------------------------------------------
 
@@ -275,7 +274,7 @@ class McpEndpoint:
             )
         source = source_ip(request)
         try:
-            subject = self.admission.authenticate(bearer(request), source, rid)
+            caller = self.admission.authenticate(bearer(request), source, rid)
         except Denied as err:
             return _error(err.error, retry_after=err.retry_after)
         limit = cfg.limits.maxMessageBytes
@@ -286,7 +285,7 @@ class McpEndpoint:
             body = await request.content.read(limit + 1)
             if len(body) > limit:
                 return _error(_too_large(limit), 413)
-        name = subject.name
+        name = caller.subject.name
         if self._streams.get(name, 0) >= cfg.mcp.maxStreamsPerSubject:
             return _error(
                 QrcError(
@@ -310,7 +309,6 @@ class McpEndpoint:
                     ),
                     retry_after=5.0,
                 )
-        caller = McpCaller(subject, source, rid)
         user = AuthenticatedUser(AccessToken(token="-", client_id=name, scopes=[]))  # noqa: S106
         headers = {
             "X-Request-ID": rid,
@@ -423,9 +421,8 @@ class McpEndpoint:
         )
 
     async def _run_tool(self, caller: McpCaller, args: _Args) -> dict[str, Any]:
-        session = self._http_sessions.get(caller.subject.name)
         if isinstance(args, StatusArgs):
-            status = await self.admission.call(caller, session, "StatusGet", None)
+            status = await self.admission.call(caller, "StatusGet", None)
             up = self.svc.runtime.upstream
             return {"core": status, "gatewayReachesCore": up.up}
         if isinstance(args, ListArgs):
@@ -433,12 +430,12 @@ class McpEndpoint:
         if isinstance(args, GetArgs):
             return {"component": args.component, "controls": await self._read(caller, args)}
         if isinstance(args, SetArgs):
-            return await self._set(caller, session, args)
+            return await self._set(caller, args)
         assert isinstance(args, SnapshotArgs)
         p: dict[str, Any] = {"Name": args.name, "Bank": args.bank}
         if args.ramp is not None:
             p["Ramp"] = args.ramp
-        await self.admission.call(caller, session, "Snapshot.Load", p)
+        await self.admission.call(caller, "Snapshot.Load", p)
         return {"loaded": args.name, "bank": args.bank}
 
     async def _list(self, caller: McpCaller, args: ListArgs) -> dict[str, Any]:
@@ -474,12 +471,11 @@ class McpEndpoint:
         """The readable controls of a component, with type, range and writability."""
         policy = self.admission.policy
         subject = caller.subject.name
-        session = self._http_sessions.get(subject)
         wanted = list(dict.fromkeys(args.controls or []))
         if not policy.component_readable(subject, args.component):
             ref = [{"Name": c} for c in wanted or ["*"]]
             await self.admission.call(
-                caller, session, "Component.Get", {"Name": args.component, "Controls": ref}
+                caller, "Component.Get", {"Name": args.component, "Controls": ref}
             )
         specs = await self._controls(args.component)
         unknown = [c for c in wanted if c not in specs]
@@ -498,7 +494,6 @@ class McpEndpoint:
             chosen = [s for s in specs.values() if s.readable][:1]
         result = await self.admission.call(
             caller,
-            session,
             "Component.Get",
             {"Name": args.component, "Controls": [{"Name": c.name} for c in chosen]},
         )
@@ -531,9 +526,7 @@ class McpEndpoint:
             out[c.name] = entry
         return out
 
-    async def _set(
-        self, caller: McpCaller, session: UpstreamSession, args: SetArgs
-    ) -> dict[str, Any]:
+    async def _set(self, caller: McpCaller, args: SetArgs) -> dict[str, Any]:
         specs = await self._controls(args.component)
         controls: list[dict[str, Any]] = []
         for name, value in args.values.items():
@@ -552,7 +545,7 @@ class McpEndpoint:
             controls.append(write)
         try:
             await self.admission.call(
-                caller, session, "Component.Set", {"Name": args.component, "Controls": controls}
+                caller, "Component.Set", {"Name": args.component, "Controls": controls}
             )
         except Denied as err:
             if err.error.code == ErrorCode.FORBIDDEN:
@@ -696,18 +689,15 @@ class McpEndpoint:
                 ctx, params
             )
         finally:
-            await state.upstream.close()
+            await self.admission.release(state.subscriber)
 
     def _watcher(self, caller: McpCaller, notify: Notify) -> _SessionState:
         """A gateway change group for one subscriber, pushing under the current policy."""
-        rt = self.svc.runtime
-        subject = caller.subject.name
         holder: list[_SessionState] = []
-        upstream = rt.upstream.open_session(
-            lambda msg: self._changed(holder[0], msg) if holder else None,
-            lambda component, control: rt.rules.policy.can_read(subject, component, control),
+        subscriber = self.admission.subscriber(
+            caller, lambda msg: self._changed(holder[0], msg) if holder else None
         )
-        holder.append(_SessionState(upstream, notify))
+        holder.append(_SessionState(subscriber, notify))
         return holder[0]
 
     async def _watch(self, caller: McpCaller, state: _SessionState, uri: str) -> None:
@@ -730,15 +720,17 @@ class McpEndpoint:
                 names = [c.name for c in specs.values() if c.readable][:1] or ["*"]
             await self.admission.call(
                 caller,
-                state.upstream,
                 "ChangeGroup.AddComponentControl",
                 {
                     "Id": GROUP_ID,
                     "Component": {"Name": component, "Controls": [{"Name": n} for n in names]},
                 },
+                subscriber=state.subscriber,
             )
-            if not state.autopoll:
-                await state.upstream.call(
+            session = state.subscriber.session
+            if not state.autopoll and session is not None:
+                # gateway plumbing, not a Core call: the hub already polls the Core
+                await session.call(
                     "ChangeGroup.AutoPoll", {"Id": GROUP_ID, "Rate": SUBSCRIPTION_POLL}
                 )
                 state.autopoll = True

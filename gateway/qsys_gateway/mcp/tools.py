@@ -8,7 +8,8 @@ from typing import Any
 
 import mcp_types as types
 
-from ..config import SubjectConfig
+from qsys_protocol.config import SubjectConfig
+
 from ..policy import Policy
 from .design import ControlSpec, Writable
 

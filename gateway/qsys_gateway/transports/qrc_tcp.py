@@ -8,14 +8,15 @@ import logging
 import ssl
 from typing import Any
 
-from ..clients import ClientHandle
-from ..qrc import jsonrpc
-from ..qrc.errors import ErrorCode, QrcError
-from ..qrc.framing import FRAME_TOO_LARGE, FrameDecoder, encode_frame
-from .common import Services
-from .connection import LOGON_TIMEOUT, ClientConnection
+from qsys_protocol.qrc import jsonrpc
+from qsys_protocol.qrc.errors import ErrorCode, QrcError
+from qsys_protocol.qrc.framing import FRAME_TOO_LARGE, FrameDecoder, encode_frame
 
-log = logging.getLogger("qsys_gateway.qrc")
+from ..client_registry import ClientHandle
+from .common import Services
+from .connected import LOGON_TIMEOUT, ConnectedClient
+
+log = logging.getLogger("qsys_gateway.qrc_tcp")
 
 IDLE_TIMEOUT = 60.0
 """Like a Core: a socket silent for this long is closed (clients send NoOp)."""
@@ -97,7 +98,7 @@ class QrcServer:
                 writer.close()
 
         handle = ClientHandle("qrc", source, send, close)
-        conn = ClientConnection(
+        conn = ConnectedClient(
             svc, handle, answers_before_logon=True, pre_logon_error=ErrorCode.LOGON_REQUIRED
         )
         decoder = FrameDecoder(rt.config.limits.maxMessageBytes)

@@ -15,9 +15,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from ..qrc.client import ConnectionClosed
-from ..qrc.errors import ErrorCode, QrcError
-from ..qrc.methods import MAX_ITEMS
+from qsys_protocol.qrc.client import ConnectionClosed
+from qsys_protocol.qrc.errors import ErrorCode, QrcError
+from qsys_protocol.qrc.methods import MAX_ITEMS
+
 from .connection import Busy, NotConnected, UpstreamConnection
 from .errors import CoreUnavailable
 
@@ -39,7 +40,7 @@ _LINK_ERRORS = (NotConnected, Busy, ConnectionClosed, TimeoutError)
 class HubOwner(Protocol):
     """What the hub asks of the pool."""
 
-    def pick(self, *, by_groups: bool = False) -> UpstreamConnection | None: ...
+    def pick(self) -> UpstreamConnection | None: ...
     @property
     def request_timeout(self) -> float: ...
     def hub_changed(self, core_groups: int, polls: int) -> None: ...
@@ -302,7 +303,7 @@ class SubscriptionHub:
         if self.placed and not self._compact:
             assert self.conn is not None
             return self.conn
-        conn = self.conn if self.placed else self._owner.pick(by_groups=True)
+        conn = self.conn if self.placed else self._owner.pick()
         if conn is None:
             raise CoreUnavailable("no connection to the Core", 1.0)
         if self.conn is conn:  # compaction: rebuild on the same socket

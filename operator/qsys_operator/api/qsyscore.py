@@ -7,7 +7,7 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from qsys_gateway.config import HostName, Port
+from qsys_protocol.config import HostName, Port
 
 from .common import (
     API_VERSION,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from qsys_gateway.config import (
+from qsys_protocol.config import (
     AuditConfig,
     CoreConfig,
     CorsConfig,
