@@ -48,6 +48,8 @@ URI_PREFIX = "qsys://component/"
 SESSION_HEADER = "mcp-session-id"
 CALLER_KEY = "qsys.caller"
 GROUP_ID = "mcp"
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+"""The SDK's own body limit: the largest `limits.maxMessageBytes` a config may set."""
 EXPOSED = "Mcp-Session-Id, X-Request-ID, Retry-After, WWW-Authenticate"
 MAX_SUBSCRIPTIONS = 256
 """Components one MCP session may subscribe to."""
@@ -199,7 +201,8 @@ class McpEndpoint:
             self.server,
             json_response=True,
             session_idle_timeout=cfg.mcp.sessionIdleSeconds,
-            max_request_body_size=cfg.limits.maxMessageBytes,
+            # the gateway applies the (reloadable) maxMessageBytes before the SDK runs
+            max_request_body_size=MAX_MESSAGE_BYTES,
             max_sessions=cfg.limits.maxClients,
         )
         self._by_subject: dict[str, set[str]] = {}
@@ -222,8 +225,13 @@ class McpEndpoint:
 
         loop = asyncio.get_running_loop()
         self._runner = loop.create_task(run(), name="qsys-mcp")
+        waiter = loop.create_task(started.wait())
+        await asyncio.wait({self._runner, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        if not started.is_set():
+            waiter.cancel()
+            self._runner.result()  # the SDK's start-up error
+            raise RuntimeError("the MCP session manager stopped at start-up")
         self._reaper = loop.create_task(self._reap(), name="qsys-mcp-reaper")
-        await started.wait()
 
     async def stop(self) -> None:
         self._stop.set()
