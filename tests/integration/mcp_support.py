@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -104,3 +106,14 @@ async def mcp_client(gw: Gateway, token: str) -> AsyncIterator[Client]:
         Client(streamable_http_client(f"{gw.url}/v1/mcp", http_client=http)) as client,
     ):
         yield client
+
+
+async def wait_healthy(gw: Gateway) -> None:
+    deadline = time.monotonic() + 30
+    async with aiohttp.ClientSession() as http:
+        while time.monotonic() < deadline:
+            async with http.get(f"{gw.url}/healthz") as r:
+                if (await r.json())["status"] == "healthy":
+                    return
+            await asyncio.sleep(0.1)
+    raise AssertionError("the gateway's upstream did not come up")

@@ -31,6 +31,7 @@ from mcp_support import (
     raw_initialize,
     raw_post,
     sse_messages,
+    wait_healthy,
 )
 
 ZONE1 = "Room101 Zone1 Gain"
@@ -43,7 +44,10 @@ def _gateway(make_gateway: GatewayFactory, port: int, **mcp: Any) -> Gateway:
 
 
 async def start(make_gateway: GatewayFactory, port: int, **mcp: Any) -> Gateway:
-    return await asyncio.to_thread(_gateway, make_gateway, port, **mcp)
+    """A gateway with MCP on, once its upstream is up (/readyz only says it listens)."""
+    gw = await asyncio.to_thread(_gateway, make_gateway, port, **mcp)
+    await wait_healthy(gw)
+    return gw
 
 
 def tool_map(result: types.ListToolsResult) -> dict[str, types.Tool]:
@@ -266,7 +270,9 @@ async def test_reconnect_with_session_id_after_config_reload(
     listed = {"jsonrpc": "2.0", "id": 2, "method": "tools/list"}
     status, _, body = await raw_post(http, gw, listed, PANEL_TOKEN, sid)
     assert status == 200
-    before = sse_messages(body)[0]["result"]["tools"]
+    reply = sse_messages(body)[0]
+    assert "result" in reply, reply
+    before = reply["result"]["tools"]
     assert "set_controls" in [t["name"] for t in before]
 
     # the panel loses its write rules; the same session continues under the new rules
@@ -364,6 +370,7 @@ async def test_off_by_default_and_switched_on_by_a_reload(
     module_sim_port: int, make_gateway: GatewayFactory, http: aiohttp.ClientSession
 ) -> None:
     gw = await asyncio.to_thread(make_gateway, module_sim_port)
+    await wait_healthy(gw)
     status, _, _ = await raw_post(http, gw, INITIALIZE, PANEL_TOKEN)
     assert status == 404
     config = copy.deepcopy(gw.config)

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from gateway_harness import PANEL_TOKEN, REPO, Gateway, GatewayFactory
-from mcp_support import enable_mcp
+from mcp_support import enable_mcp, wait_healthy
 
 INSPECTOR = REPO / "tests" / "mcp-inspector" / "node_modules" / ".bin" / "mcp-inspector"
 
@@ -38,6 +38,7 @@ async def test_inspector_cli_lists_calls_and_is_refused(
     module_sim_port: int, make_gateway: GatewayFactory
 ) -> None:
     gw = await asyncio.to_thread(make_gateway, module_sim_port, enable_mcp)
+    await wait_healthy(gw)
     code, listed, err = await asyncio.to_thread(
         inspector, gw, PANEL_TOKEN, "--method", "tools/list"
     )

@@ -387,7 +387,7 @@ class McpEndpoint:
         try:
             return sorted(c.Name for c in await self.design.components())
         except QrcError as exc:
-            raise MCPError(exc.code, exc.message) from None
+            raise MCPError(exc.code, explain(Denied(exc), "Component.GetComponents")) from None
 
     async def _controls(self, component: str) -> dict[str, ControlSpec]:
         try:
