@@ -54,9 +54,13 @@ async def serve(
     headers: dict[str, str],
 ) -> web.StreamResponse:
     """Run `app` for `request` (whose `body` was already read); `headers` are added to
-    the response. Returns the prepared response."""
+    the response. A response sent in one message comes back as an unprepared
+    `web.Response` (one write, the app's middleware still applies); a streamed one
+    (Server-Sent Events) is written as it comes and comes back prepared."""
     done = asyncio.Event()
     sent_body = False
+    status = 500
+    head: list[tuple[str, str]] = []
     response: web.StreamResponse | None = None
 
     async def receive() -> Message:
@@ -72,40 +76,48 @@ async def serve(
                 await asyncio.wait_for(done.wait(), DISCONNECT_CHECK)
         return {"type": "http.disconnect"}
 
+    def build(cls: type[web.StreamResponse], **kwargs: Any) -> web.StreamResponse:
+        out = cls(status=status, **kwargs)
+        for name, value in head:
+            out.headers.add(name, value)
+        out.headers.update(headers)
+        return out
+
     async def send(message: Message) -> None:
-        nonlocal response
+        nonlocal response, status
         kind = message["type"]
         if kind == "http.response.start":
-            response = web.StreamResponse(status=int(message["status"]))
-            for raw_name, raw_value in message.get("headers", []):
-                name = raw_name.decode("latin-1")
-                if name.lower() not in _SKIPPED_HEADERS:
-                    response.headers.add(name, raw_value.decode("latin-1"))
-            for name, value in headers.items():
-                response.headers[name] = value
-        elif kind == "http.response.body":
-            if response is None or done.is_set():
-                return
-            try:
-                if not response.prepared:
-                    await response.prepare(request)
-                chunk = message.get("body", b"")
-                if chunk:
-                    await response.write(chunk)
-                if not message.get("more_body", False):
-                    await response.write_eof()
-                    done.set()
-            except ConnectionError:
-                done.set()  # the client went away: the app sees http.disconnect
+            status = int(message["status"])
+            head[:] = [
+                (n.decode("latin-1"), v.decode("latin-1"))
+                for n, v in message.get("headers", [])
+                if n.decode("latin-1").lower() not in _SKIPPED_HEADERS
+            ]
+            return
+        if kind != "http.response.body" or done.is_set():
+            return
+        chunk = message.get("body", b"")
+        more = message.get("more_body", False)
+        if response is None and not more:
+            response = build(web.Response, body=chunk)
+            done.set()
+            return
+        try:
+            if response is None:
+                response = build(web.StreamResponse)
+                await response.prepare(request)
+            if chunk:
+                await response.write(chunk)
+            if not more:
+                await response.write_eof()
+                done.set()
+        except ConnectionError:
+            done.set()  # the client went away: the app sees http.disconnect
 
     try:
         await app(scope_of(request, extra), receive, send)
     finally:
         done.set()
-    if response is None:
-        return web.Response(status=500, text="no response")
-    if not response.prepared:
-        with contextlib.suppress(ConnectionError):
-            await response.prepare(request)
-            await response.write_eof()
+    if response is None:  # the app sent no body: answer its status with an empty one
+        response = build(web.Response)
     return response

@@ -54,7 +54,7 @@ async def middleware(request: web.Request, handler: Handler) -> web.StreamRespon
         h["Access-Control-Allow-Headers"] = (
             "Authorization, Content-Type, X-Request-ID, Mcp-Session-Id, MCP-Protocol-Version"
         )
-        h["Access-Control-Expose-Headers"] = "X-Request-ID, Retry-After"
+        h["Access-Control-Expose-Headers"] = "X-Request-ID, Retry-After, Mcp-Session-Id"
         h["Access-Control-Max-Age"] = "600"
     if not response.prepared:
         h["X-Request-ID"] = rid
