@@ -166,6 +166,17 @@ async def test_read_write_and_refusals_with_audit(
     assert denied_range["subject"] == "panel"
     assert ("deny", (f"{ROOM102}.gain",)) in by_outcome
     assert all(a["requestId"] for a in writes)
+    counted = {
+        outcome: await asyncio.to_thread(
+            gw.metric,
+            "qsys_gateway_requests_total",
+            transport="mcp",
+            method="Component.Set",
+            outcome=outcome,
+        )
+        for outcome in ("ok", "denied")
+    }
+    assert counted == {"ok": 1, "denied": 2}
     assert_no_tokens(gw.stdout(), gw.stderr())
 
 

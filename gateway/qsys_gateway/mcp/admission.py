@@ -18,6 +18,7 @@ from qsys_protocol.config import SubjectConfig
 from qsys_protocol.qrc.errors import ErrorCode, QrcError
 
 from ..admission import Caller, Refusal, outcome_of
+from ..metrics import method_label
 from ..policy import Policy
 from ..runtime import Runtime
 from ..transports.common import Services
@@ -112,4 +113,6 @@ class Admission:
 
     def count(self, mc: McpCaller, method: str, outcome: str) -> None:
         """Count a call answered without the Core (e.g. from the design cache)."""
-        self._svc.runtime.metrics.requests.labels(method, mc.subject.name, TRANSPORT, outcome).inc()
+        self._svc.runtime.metrics.requests.labels(
+            method_label(method), mc.subject.name, TRANSPORT, outcome
+        ).inc()
