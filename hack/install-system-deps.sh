@@ -11,6 +11,13 @@ command -v lua5.1 >/dev/null 2>&1 || need+=(lua5.1)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
 # Node.js + npm: the MCP Inspector test (tests/mcp-inspector, make mcp-inspector).
 command -v npm >/dev/null 2>&1 || need+=(nodejs npm)
+# Images without Docker (hack/images/build.sh, docs/images.md): a Debian root
+# filesystem, OCI packing, and a static C build of the pause image.
+command -v mmdebstrap >/dev/null 2>&1 || need+=(mmdebstrap)
+command -v arch-test >/dev/null 2>&1 || need+=(arch-test)
+command -v umoci >/dev/null 2>&1 || need+=(umoci)
+command -v gcc >/dev/null 2>&1 || need+=(gcc)
+compgen -G "/usr/lib/*/libc.a" >/dev/null || need+=(libc6-dev) # gcc -static
 if [ ${#need[@]} -eq 0 ]; then exit 0; fi
 sudo=""
 [ "$(id -u)" -eq 0 ] || sudo="sudo"
