@@ -75,7 +75,7 @@ class Admission:
     def current(self, mc: McpCaller) -> SubjectConfig:
         """The caller's subject under the current config (rules may have been reloaded)."""
         subject = self._svc.runtime.current_subject(mc.subject.name)
-        if subject is None or subject.tokenSha256 != mc.subject.tokenSha256:
+        if subject is None or subject.token_hash != mc.subject.token_hash:
             raise Denied(QrcError(ErrorCode.UNAUTHENTICATED, "Unauthenticated: token revoked"))
         return subject
 
