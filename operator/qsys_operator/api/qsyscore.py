@@ -69,6 +69,12 @@ class CoreSpec(Model):
     """QRC Logon credentials, when the Core's design requires them. Unset: no Logon."""
 
 
+class McpSpec(Model):
+    enabled: bool = False
+    """Serve `/v1/mcp` (Model Context Protocol) so AI agents call the Core through the same
+    subjects, rules, limits and audit (docs/mcp.md)."""
+
+
 class GatewaySpec(Model):
     replicas: Annotated[int, Field(ge=1, le=50)] = 2
     """Gateway pods (1-50). Each pod enforces limits for itself unless `limits.storage` is Redis."""
@@ -97,6 +103,8 @@ class GatewaySpec(Model):
     qrcOnCoreLoss: Literal["keep", "close"] = "close"
     """Raw QRC clients while the Core is unreachable: `close` their sockets as the Core's
     would (default), or `keep` them and answer -32050."""
+    mcp: McpSpec = McpSpec()
+    """The MCP endpoint for AI agents."""
 
 
 class LimitsSpec(Model, AttackLimits):
