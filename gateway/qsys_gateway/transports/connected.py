@@ -184,7 +184,7 @@ class ConnectedClient:
             self._reply_error(obj, refused)
             return False
         if not self.logged_on:
-            self.caller.subject = subject
+            self.caller.subject, self.caller.token_hash = subject, probe.token_hash
             try:
                 self.log_on(subject)
             except Refusal as full:
