@@ -9,6 +9,16 @@ command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 command -v lua5.1 >/dev/null 2>&1 || need+=(lua5.1)
 # openssl: hack/cluster/pki.sh makes the control plane's certificates.
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
+# The local cluster's real node (hack/cluster/node.sh): container runtime, CNI
+# plugins (/usr/lib/cni), and what kubelet, kube-proxy, kube-router and the
+# teardown call (iptables, ipset, conntrack, nft).
+command -v containerd >/dev/null 2>&1 || need+=(containerd)
+command -v runc >/dev/null 2>&1 || need+=(runc)
+[ -x /usr/lib/cni/bridge ] || need+=(containernetworking-plugins)
+command -v iptables >/dev/null 2>&1 || need+=(iptables)
+command -v ipset >/dev/null 2>&1 || need+=(ipset)
+command -v conntrack >/dev/null 2>&1 || need+=(conntrack)
+command -v nft >/dev/null 2>&1 || need+=(nftables)
 if [ ${#need[@]} -eq 0 ]; then exit 0; fi
 sudo=""
 [ "$(id -u)" -eq 0 ] || sudo="sudo"
