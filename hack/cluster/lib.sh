@@ -36,7 +36,6 @@ KUBELET_PORT=${QSYS_KUBELET_PORT:-16447}
 KUBELET_HEALTHZ_PORT=${QSYS_KUBELET_HEALTHZ_PORT:-16448}
 KUBE_PROXY_HEALTHZ_PORT=${QSYS_KUBE_PROXY_HEALTHZ_PORT:-16449}
 KUBE_PROXY_METRICS_PORT=${QSYS_KUBE_PROXY_METRICS_PORT:-16450}
-DNS_PORT=${QSYS_DNS_PORT:-16451}
 # Pod addresses handed out by kwok. No pod really runs; the range is loopback
 # so that a test may stand in for a pod by binding a real process to its IP,
 # and so that nothing ever dials a non-loopback address.
@@ -50,7 +49,7 @@ APISERVER_URL=https://$APISERVER_HOST:$APISERVER_PORT
 # Start order; down.sh stops in reverse.
 COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok)
 # The real node's processes, in start order (hack/cluster/node.sh).
-NODE_COMPONENTS=(containerd coredns kube-router kube-proxy kubelet)
+NODE_COMPONENTS=(containerd kube-router kube-proxy kubelet)
 
 KUBE_BIN=$(bash "$REPO/hack/tools/build.sh" --dir kube)
 NODE_BIN=$(bash "$REPO/hack/tools/build.sh" --dir node)
@@ -67,7 +66,6 @@ bin_path() {
 	case $1 in
 	containerd) echo /usr/bin/containerd ;;
 	kubelet | kube-proxy) echo "$NODE_BIN/$1" ;;
-	coredns) echo "$COREDNS_BIN/coredns" ;;
 	kube-router) echo "$KUBE_ROUTER_BIN/kube-router" ;;
 	*) echo "$KUBE_BIN/$1" ;;
 	esac

@@ -5,6 +5,7 @@
 #   node.sh record    snapshot the host state the node changes (kept if present)
 #   node.sh net-up    the bridge and its address (before the apiserver binds it)
 #   node.sh up        start the node's processes and wait until the node is Ready
+#   node.sh import-images   import the OCI tarballs of `make images` (if changed)
 #   node.sh down      stop everything and put the host back as recorded
 #   node.sh snapshot  print the host state the teardown test compares
 # shellcheck source=hack/cluster/lib.sh
@@ -20,7 +21,7 @@ FIXED_PATHS=(/run/containerd /var/lib/cni /var/lib/kubelet /var/log/containers /
 	/run/netns /var/run/netns /etc/cni /opt/cni /opt/containerd /etc/kubernetes
 	/usr/libexec/kubernetes /var/lib/containerd /etc/containerd)
 # The pause image of every pod sandbox; imported by `make images`.
-PAUSE_IMAGE=${QSYS_PAUSE_IMAGE:-docker.io/library/qsys-pause:latest}
+PAUSE_IMAGE=${QSYS_PAUSE_IMAGE:-registry.k8s.io/pause:3.10.2}
 # Sysctls that change by themselves; never restored nor compared.
 VOLATILE_SYSCTLS='^(fs\.(dentry-state|file-nr|inode-nr|inode-state|quota\.)|kernel\.(ns_last_pid|random\.|pty\.nr|tainted|sched_domain)|net\.netfilter\.nf_conntrack_count|net\.ipv[46]\.(conf|neigh)\.[^.]*(veth|qsys0|cni)|net\.ipv6\.conf\.[^.]+\.stable_secret|net\.ipv4\.route\.|net\.ipv6\.route\.|vm\.(stat_refresh|drop_caches|compact_memory)|fs\.binfmt_misc\.|dev\.cdrom|kernel\.(perf_event_max|usermodehelper)|net\.core\.bpf_jit)'
 RULE_CHAINS='^(KUBE-|CNI-)'
@@ -191,24 +192,112 @@ write_configs() {
 		iptables: {localhostNodePorts: false}
 		conntrack: {maxPerCore: 0, min: 0, tcpEstablishedTimeout: 0s, tcpCloseWaitTimeout: 0s, udpTimeout: 0s, udpStreamTimeout: 0s}
 	EOF
-	# Cluster names only: no forward plugin, nothing outside the cluster is resolved.
-	cat >"$NODE/Corefile" <<-EOF
-		.:$DNS_PORT {
-		    bind $NODE_IP
-		    errors
-		    kubernetes cluster.local in-addr.arpa {
-		        kubeconfig $NODE/node-addons.kubeconfig
-		        pods insecure
-		        ttl 5
-		    }
-		    cache 5
-		    loadbalance
-		}
-	EOF
 }
 
-dns_service() {
+# CoreDNS runs as a pod, as in any cluster, so that NetworkPolicies that admit
+# DNS by its pod labels (the gateways') mean here what they mean elsewhere. Its
+# image is its binary alone (packed from the coredns tool group with umoci).
+COREDNS_IMAGE=qsys.local/coredns:v1.15.0
+coredns_image_tarball() {
+	local out=$COREDNS_BIN/../coredns-image.tar work
+	if [[ ! -f $out ]]; then
+		work=$(mktemp -d)
+		mkdir -p "$work/rootfs"
+		cp "$COREDNS_BIN/coredns" "$work/rootfs/coredns"
+		umoci init --layout "$work/layout" >/dev/null
+		umoci new --image "$work/layout:v1.15.0"
+		tar -C "$work/rootfs" --numeric-owner --owner=0 --group=0 --mtime=@0 -cf "$work/layer.tar" .
+		umoci raw add-layer --image "$work/layout:v1.15.0" "$work/layer.tar"
+		umoci config --image "$work/layout:v1.15.0" --config.entrypoint /coredns --config.user 65532:65532
+		umoci gc --layout "$work/layout"
+		tar -C "$work/layout" -cf "$out.tmp" .
+		mv "$out.tmp" "$out"
+		rm -rf "$work"
+	fi
+	echo "$out"
+}
+
+coredns_manifests() {
 	cat <<-EOF
+		apiVersion: v1
+		kind: ServiceAccount
+		metadata: {name: coredns, namespace: kube-system}
+		---
+		apiVersion: rbac.authorization.k8s.io/v1
+		kind: ClusterRole
+		metadata: {name: "system:coredns"}
+		rules:
+		- apiGroups: [""]
+		  resources: [endpoints, services, pods, namespaces]
+		  verbs: [list, watch]
+		- apiGroups: [discovery.k8s.io]
+		  resources: [endpointslices]
+		  verbs: [list, watch]
+		---
+		apiVersion: rbac.authorization.k8s.io/v1
+		kind: ClusterRoleBinding
+		metadata: {name: "system:coredns"}
+		roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: "system:coredns"}
+		subjects: [{kind: ServiceAccount, name: coredns, namespace: kube-system}]
+		---
+		apiVersion: v1
+		kind: ConfigMap
+		metadata: {name: coredns, namespace: kube-system}
+		data:
+		  # Cluster names only: no forward plugin, nothing outside the cluster is resolved.
+		  Corefile: |
+		    .:53 {
+		        errors
+		        health :8080
+		        ready :8181
+		        kubernetes cluster.local in-addr.arpa {
+		            pods insecure
+		            ttl 5
+		        }
+		        cache 5
+		        loadbalance
+		    }
+		---
+		apiVersion: apps/v1
+		kind: Deployment
+		metadata:
+		  name: coredns
+		  namespace: kube-system
+		  labels: {k8s-app: kube-dns}
+		spec:
+		  replicas: 1
+		  selector: {matchLabels: {k8s-app: kube-dns}}
+		  template:
+		    metadata: {labels: {k8s-app: kube-dns}}
+		    spec:
+		      serviceAccountName: coredns
+		      priorityClassName: system-cluster-critical
+		      nodeSelector: {qsys.io/node: real}
+		      tolerations: [{key: qsys.io/node, operator: Equal, value: real, effect: NoSchedule}]
+		      dnsPolicy: Default
+		      securityContext:
+		        runAsNonRoot: true
+		        runAsUser: 65532
+		        seccompProfile: {type: RuntimeDefault}
+		        sysctls: [{name: net.ipv4.ip_unprivileged_port_start, value: "53"}]
+		      containers:
+		      - name: coredns
+		        image: $COREDNS_IMAGE
+		        imagePullPolicy: Never
+		        args: [-conf, /etc/coredns/Corefile]
+		        ports:
+		        - {name: dns, containerPort: 53, protocol: UDP}
+		        - {name: dns-tcp, containerPort: 53, protocol: TCP}
+		        readinessProbe: {httpGet: {path: /ready, port: 8181}, periodSeconds: 1}
+		        livenessProbe: {httpGet: {path: /health, port: 8080}, periodSeconds: 10}
+		        resources: {limits: {memory: 100Mi}, requests: {cpu: 10m, memory: 30Mi}}
+		        securityContext:
+		          allowPrivilegeEscalation: false
+		          readOnlyRootFilesystem: true
+		          capabilities: {drop: [ALL]}
+		        volumeMounts: [{name: config, mountPath: /etc/coredns, readOnly: true}]
+		      volumes: [{name: config, configMap: {name: coredns}}]
+		---
 		apiVersion: v1
 		kind: Service
 		metadata:
@@ -217,24 +306,41 @@ dns_service() {
 		  labels: {k8s-app: kube-dns}
 		spec:
 		  clusterIP: $DNS_SERVICE_IP
+		  selector: {k8s-app: kube-dns}
 		  ports:
-		  - {name: dns, port: 53, targetPort: $DNS_PORT, protocol: UDP}
-		  - {name: dns-tcp, port: 53, targetPort: $DNS_PORT, protocol: TCP}
-		---
-		apiVersion: discovery.k8s.io/v1
-		kind: EndpointSlice
-		metadata:
-		  name: kube-dns-host
-		  namespace: kube-system
-		  labels: {kubernetes.io/service-name: kube-dns, endpointslice.kubernetes.io/managed-by: qsys-node}
-		addressType: IPv4
-		endpoints:
-		- addresses: [$NODE_IP]
-		  conditions: {ready: true}
-		ports:
-		- {name: dns, port: $DNS_PORT, protocol: UDP}
-		- {name: dns-tcp, port: $DNS_PORT, protocol: TCP}
+		  - {name: dns, port: 53, protocol: UDP}
+		  - {name: dns-tcp, port: 53, protocol: TCP}
 	EOF
+}
+
+coredns_ready() {
+	[[ $(kubectl -n kube-system get deployment coredns -o jsonpath='{.status.readyReplicas}' 2>/dev/null) == 1 ]]
+}
+
+# The OCI tarballs to import: QSYS_IMAGE_TARBALLS (space-separated), else
+# those `make images` builds (hack/images.py paths).
+image_tarballs() {
+	if [[ -n ${QSYS_IMAGE_TARBALLS:-} ]]; then
+		tr ' ' '\n' <<<"$QSYS_IMAGE_TARBALLS"
+	elif [[ -f $REPO/hack/images.py && -x $REPO/.venv/bin/python ]]; then
+		"$REPO/.venv/bin/python" "$REPO/hack/images.py" paths
+	fi
+}
+
+# Imports each tarball unless this containerd root already holds that exact
+# file (kept across cluster-down: warm starts do not import again).
+cmd_import_images() {
+	local tarball key stamp=$NODE/containerd/root/.imported
+	touch "$stamp"
+	while read -r tarball; do
+		[[ -n $tarball ]] || continue
+		[[ -f $tarball ]] || die "image tarball $tarball is missing: run 'make images'"
+		key=$(stat -c '%n %s %Y' "$tarball" | sha256sum | cut -c1-16)
+		grep -qxF "$key" "$stamp" && continue
+		log "importing $tarball"
+		ctr images import --base-name "$(basename "$tarball" .tar)" "$tarball" >/dev/null
+		echo "$key" >>"$stamp"
+	done < <(image_tarballs)
 }
 
 node_ready() {
@@ -252,11 +358,11 @@ cmd_up() {
 	start containerd --config "$NODE/containerd.toml" --log-level warn
 	wait_for "containerd" 30 containerd test -S "$CONTAINERD_SOCK"
 	wait_for "containerd's API" 30 containerd ctr version
+	cmd_import_images
 	if ! ctr images check "name==$PAUSE_IMAGE" 2>/dev/null | grep -q .; then
 		die "the pause image $PAUSE_IMAGE is not imported: run 'make images' (QSYS_PAUSE_IMAGE names another one)"
 	fi
-	dns_service | kubectl apply -f - >/dev/null
-	start coredns -conf "$NODE/Corefile"
+	ctr images import --base-name qsys.local/coredns "$(coredns_image_tarball)" >/dev/null
 	start kube-router --kubeconfig="$NODE/node-addons.kubeconfig" \
 		--run-firewall=true --run-router=false --run-service-proxy=false \
 		--service-cluster-ip-range="$SERVICE_CIDR" --hostname-override="$NODE_NAME" \
@@ -267,6 +373,8 @@ cmd_up() {
 		--hostname-override="$NODE_NAME" --node-ip="$NODE_IP" \
 		--node-labels="qsys.io/node=real"
 	wait_for "node $NODE_NAME Ready" 120 kubelet node_ready
+	coredns_manifests | kubectl apply -f - >/dev/null
+	wait_for "CoreDNS Ready" 120 kubelet coredns_ready
 	for name in "${NODE_COMPONENTS[@]}"; do
 		[[ -n $(component_pid "$name") ]] || die "$name exited (log: $LOGS/$name.log)"
 	done
@@ -422,7 +530,6 @@ cmd_down() {
 	stop_component kubelet
 	stop_component kube-proxy
 	stop_component kube-router
-	stop_component coredns
 	remove_containers
 	stop_component containerd
 	kill_leftovers
@@ -463,7 +570,10 @@ cmd_snapshot() {
 	echo "## netns"
 	ip netns list | sort
 	echo "## mounts"
-	awk '{print $5, $9}' /proc/self/mountinfo | sort
+	# Ours, and every overlay or namespace mount (others' bind mounts, such as an
+	# image build's chroot, come and go).
+	awk -v node="$NODE" '$5 ~ "^(/run/containerd|/var/lib/kubelet|/run/netns|/var/run/netns)" ||
+		index($5, node) == 1 || $9 ~ /^(overlay|nsfs|shm)$/ {print $5, $9}' /proc/self/mountinfo | sort
 	echo "## cgroups"
 	find /sys/fs/cgroup -mindepth 1 -maxdepth 2 -type d | sort
 	echo "## paths"
@@ -477,6 +587,7 @@ case ${1:-} in
 record) cmd_record ;;
 net-up) cmd_net_up ;;
 up) cmd_up ;;
+import-images) cmd_import_images ;;
 down) cmd_down ;;
 snapshot) cmd_snapshot ;;
 *) die "usage: node.sh record|net-up|up|down|snapshot" ;;
