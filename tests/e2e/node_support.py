@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 from kube_support import REPO, Cluster, must, wait_for
-from kubernetes import client
+from kubernetes import client, utils
 from kubernetes.client.exceptions import ApiException
 
 NODE_NAME = "qsys-node"
@@ -31,13 +31,20 @@ SERVICE_CIDR_PREFIX = "198.19."
 REAL_NODE_ANNOTATIONS = {
     "scheduler.alpha.kubernetes.io/node-selector": f"{NODE_LABEL[0]}={NODE_LABEL[1]}",
     "scheduler.alpha.kubernetes.io/defaultTolerations": json.dumps(
-        [{"key": NODE_LABEL[0], "operator": "Equal", "value": NODE_LABEL[1], "effect": "NoSchedule"}]
+        [
+            {
+                "key": NODE_LABEL[0],
+                "operator": "Equal",
+                "value": NODE_LABEL[1],
+                "effect": "NoSchedule",
+            }
+        ]
     ),
 }
 
 
 def images() -> dict[str, str]:
-    """Component (operator, gateway, core-sim, pause) -> image reference, as `make images` names them."""
+    """Component (operator, gateway, core-sim, pause) -> image reference (`make images`)."""
     out = subprocess.run(
         [sys.executable, str(REPO / "hack" / "images.py"), "names"],
         check=True,
@@ -60,8 +67,8 @@ def require_real_node(cluster: Cluster) -> client.V1Node:
             "(unless QSYS_REAL_NODE=0; it needs root)",
             pytrace=False,
         )
-    ready = [c for c in must(node.status).conditions or [] if c.type == "Ready"]
-    assert ready and ready[0].status == "True", f"node {NODE_NAME} is not Ready: {ready}"
+    ready = [c.status for c in must(node.status).conditions or [] if c.type == "Ready"]
+    assert ready == ["True"], f"node {NODE_NAME} is not Ready: {ready}"
     return node
 
 
@@ -89,6 +96,18 @@ def real_namespace(cluster: Cluster) -> Iterator[str]:
             return False
 
         wait_for(f"namespace {name} deleted", gone, timeout=120)
+
+
+def create(cluster: Cluster, ns: str, body: dict[str, Any]) -> None:
+    """Create any object from its manifest in namespace ns."""
+    utils.create_from_dict(cluster.api, body, namespace=ns)  # type: ignore[no-untyped-call]
+
+
+def is_ready(pod: client.V1Pod) -> bool:
+    conditions = must(pod.status).conditions or []
+    return must(pod.metadata).deletion_timestamp is None and any(
+        c.type == "Ready" and c.status == "True" for c in conditions
+    )
 
 
 def restricted_container(name: str, image: str, command: list[str], **extra: Any) -> dict[str, Any]:
@@ -131,7 +150,7 @@ def run_pod(
             "containers": [restricted_container("main", image, ["python3", "-c", script])],
         },
     }
-    core.create_namespaced_pod(ns, body)
+    create(cluster, ns, body)
 
     def finished() -> client.V1ContainerStateTerminated | None:
         pod = core.read_namespaced_pod(name, ns)
@@ -145,17 +164,14 @@ def run_pod(
     return int(term.exit_code), str(log)
 
 
-def wait_pods_ready(cluster: Cluster, ns: str, selector: str, count: int, timeout: float = 120) -> list[client.V1Pod]:
+def wait_pods_ready(
+    cluster: Cluster, ns: str, selector: str, count: int, timeout: float = 120
+) -> list[client.V1Pod]:
     core = client.CoreV1Api(cluster.api)
 
     def ready() -> list[client.V1Pod] | None:
         pods = core.list_namespaced_pod(ns, label_selector=selector).items
-        good = [
-            p
-            for p in pods
-            if p.metadata.deletion_timestamp is None
-            and any(c.type == "Ready" and c.status == "True" for c in (p.status.conditions or []))
-        ]
+        good = [p for p in pods if is_ready(p)]
         return good if len(good) == count else None
 
     return wait_for(f"{count} Ready pods {selector} in {ns}", ready, timeout=timeout)

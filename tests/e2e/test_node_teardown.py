@@ -20,12 +20,19 @@ from pathlib import Path
 import pytest
 from kube_support import REPO, Cluster, must
 from kubernetes import client
-from node_support import images, real_namespace, restricted_container, wait_pods_ready
+from node_support import create, images, real_namespace, restricted_container, wait_pods_ready
 
 pytestmark = pytest.mark.e2e
 
 NODE_SH = REPO / "hack" / "cluster" / "node.sh"
-NODE_PROCESSES = ("containerd", "containerd-shim-runc-v2", "kubelet", "kube-proxy", "kube-router", "coredns")
+NODE_PROCESSES = (
+    "containerd",
+    "containerd-shim-runc-v2",
+    "kubelet",
+    "kube-proxy",
+    "kube-router",
+    "coredns",
+)
 
 
 def _node(*args: str) -> str:
@@ -62,7 +69,7 @@ def test_teardown_restores_the_host_after_a_killed_run(cluster: Cluster) -> None
         pytest.fail("the real node belongs to the local cluster (hack/cluster); unset KUBECONFIG")
     _node("down")
     before = _node("snapshot")
-    assert "## processes\n" in before and before.endswith("## processes\n"), "node processes left"
+    assert before.endswith("## processes\n"), "node processes left after node.sh down"
     _up()
     with real_namespace(cluster) as ns:
         try:
@@ -91,11 +98,14 @@ def _exercise_kill_and_compare(cluster: Cluster, ns: str, before: str) -> None:
             "template": {"metadata": {"labels": labels}, "spec": {"containers": [container]}},
         },
     }
-    client.AppsV1Api(cluster.api).create_namespaced_deployment(ns, body)
-    service = {"metadata": {"name": "sleeper"}, "spec": {"selector": labels, "ports": [{"port": 80}]}}
-    client.CoreV1Api(cluster.api).create_namespaced_service(ns, service)
+    create(cluster, ns, body)
+    service = {
+        "metadata": {"name": "sleeper"},
+        "spec": {"selector": labels, "ports": [{"port": 80}]},
+    }
+    create(cluster, ns, service)
     policy = {"metadata": {"name": "deny"}, "spec": {"podSelector": {}, "policyTypes": ["Ingress"]}}
-    client.NetworkingV1Api(cluster.api).create_namespaced_network_policy(ns, policy)
+    create(cluster, ns, policy)
     wait_pods_ready(cluster, ns, "app=sleeper", 2)
     during = _node("snapshot")
     for marker in ("qsys0", "KUBE-SERVICES", "KUBE-ROUTER-INPUT", "kubepods", "kubelet", "nsfs"):
@@ -103,5 +113,7 @@ def _exercise_kill_and_compare(cluster: Cluster, ns: str, before: str) -> None:
     assert _kill_node_processes()
     _node("down")
     after = _node("snapshot")
-    diff = difflib.unified_diff(before.splitlines(), after.splitlines(), "before", "after", lineterm="")
+    diff = difflib.unified_diff(
+        before.splitlines(), after.splitlines(), "before", "after", lineterm=""
+    )
     assert after == before, "\n".join(diff)

@@ -28,9 +28,18 @@ import pytest
 import yaml
 from kube_support import REPO, Cluster, must, tool_dir, wait_for
 from kubernetes import client
-from node_support import NODE_NAME, images, real_namespace, restricted_container, run_pod
-from node_support import wait_pods_ready
+from node_support import (
+    NODE_NAME,
+    create,
+    images,
+    is_ready,
+    real_namespace,
+    restricted_container,
+    run_pod,
+    wait_pods_ready,
+)
 from operator_support import apply_crds, condition, get, patch, secret_text, wait_condition
+
 from qsys_gateway.qrc.client import QrcClient
 
 pytestmark = pytest.mark.e2e
@@ -121,11 +130,12 @@ def _simulator(cluster: Cluster, ns: str, image: str) -> None:
     container = restricted_container(
         "core-sim",
         image,
-        ["qsys-core-sim", "--host", "0.0.0.0", "--port", "1710"],  # noqa: S104 - the pod's own address
+        ["qsys-core-sim", "--host", "0.0.0.0", "--port", "1710"],
         ports=[{"containerPort": 1710, "name": "qrc"}],
         readinessProbe={"tcpSocket": {"port": 1710}, "periodSeconds": 1},
     )
-    client.AppsV1Api(cluster.api).create_namespaced_deployment(
+    create(
+        cluster,
         ns,
         {
             "apiVersion": "apps/v1",
@@ -138,7 +148,8 @@ def _simulator(cluster: Cluster, ns: str, image: str) -> None:
             },
         },
     )
-    client.CoreV1Api(cluster.api).create_namespaced_service(
+    create(
+        cluster,
         ns,
         {
             "metadata": {"name": "core-sim"},
@@ -197,7 +208,9 @@ def stack(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterato
             qsyscore["spec"]["monitoring"] = {"serviceMonitor": {"enabled": False}}
             custom = client.CustomObjectsApi(cluster.api)
             started = time.monotonic()
-            custom.create_namespaced_custom_object("qsys.dev", "v1alpha1", ns, "qsyscores", qsyscore)
+            custom.create_namespaced_custom_object(
+                "qsys.dev", "v1alpha1", ns, "qsyscores", qsyscore
+            )
             custom.create_namespaced_custom_object(
                 "qsys.dev", "v1alpha1", ns, "accesspolicies", _example("accesspolicy.yaml")
             )
@@ -205,7 +218,9 @@ def stack(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterato
             print(f"QSysCore applied -> 2 Ready gateway pods: {time.monotonic() - started:.1f}s")
             svc = core.read_namespaced_service(GATEWAY, ns)
             stack = Stack(cluster, ns, release, must(must(svc.spec).cluster_ip))
-            wait_condition(cluster, ns, "QSysCore", CORE, "CoreConnected", "True", timeout=TIMEOUT_S)
+            wait_condition(
+                cluster, ns, "QSysCore", CORE, "CoreConnected", "True", timeout=TIMEOUT_S
+            )
             yield stack
         finally:
             subprocess.run(
@@ -249,7 +264,8 @@ def test_gateway_pods_run_non_root_read_only_without_capabilities(stack: Stack) 
         assert not must(sc.capabilities).add
         # Ready through the kubelet's own probes.
         (status,) = must(pod.status).container_statuses or []
-        assert status.ready and status.restart_count == 0
+        assert status.ready
+        assert status.restart_count == 0
         # From inside: the container's first process, as the kernel sees it.
         pid = _container_pid(stack.cluster, pod)
         proc = Path(f"/proc/{pid}")
@@ -257,7 +273,8 @@ def test_gateway_pods_run_non_root_read_only_without_capabilities(stack: Stack) 
             line.split(":", 1) for line in (proc / "status").read_text().splitlines() if ":" in line
         )
         uids = fields["Uid"].split()
-        assert uids[0] != "0" and len(set(uids)) == 1, fields["Uid"]
+        assert uids[0] != "0", fields["Uid"]
+        assert len(set(uids)) == 1, fields["Uid"]
         for cap in ("CapPrm", "CapEff", "CapBnd", "CapAmb"):
             assert int(fields[cap], 16) == 0, (cap, fields[cap])
         assert fields["NoNewPrivs"].strip() == "1"
@@ -266,7 +283,8 @@ def test_gateway_pods_run_non_root_read_only_without_capabilities(stack: Stack) 
             for line in (proc / "mountinfo").read_text().splitlines()
             if line.split()[4] == "/"
         ]
-        assert root and "ro" in root[0][5].split(","), root
+        assert root, "no root mount"
+        assert "ro" in root[0][5].split(","), root
 
 
 def test_host_clients_reach_the_gateway_service_over_http_websocket_and_qrc(
@@ -279,14 +297,16 @@ def test_host_clients_reach_the_gateway_service_over_http_websocket_and_qrc(
 
     async def ws_and_qrc() -> tuple[Any, Any]:
         headers = {"Authorization": f"Bearer {stack.token()}"}
-        async with aiohttp.ClientSession() as http:
-            async with http.ws_connect(f"ws://{stack.gateway_ip}:8080/v1/ws", headers=headers) as ws:
-                await ws.send_json({"jsonrpc": "2.0", "id": 7, "method": "StatusGet", "params": {}})
-                async with asyncio.timeout(10):
-                    while True:
-                        msg = await ws.receive_json()
-                        if msg.get("id") == 7:
-                            break
+        async with (
+            aiohttp.ClientSession() as http,
+            http.ws_connect(f"ws://{stack.gateway_ip}:8080/v1/ws", headers=headers) as ws,
+        ):
+            await ws.send_json({"jsonrpc": "2.0", "id": 7, "method": "StatusGet", "params": {}})
+            async with asyncio.timeout(10):
+                while True:
+                    msg = await ws.receive_json()
+                    if msg.get("id") == 7:
+                        break
         qrc = await QrcClient.connect(stack.gateway_ip, 1710)
         try:
             logon = await qrc.call("Logon", {"User": "ai-agent", "Password": stack.token()})
@@ -331,9 +351,7 @@ def test_core_outage_degrades_and_recovers(stack: Stack) -> None:
     endpoints = client.DiscoveryV1Api(stack.cluster.api).list_namespaced_endpoint_slice(
         stack.ns, label_selector=f"kubernetes.io/service-name={GATEWAY}"
     )
-    ready = [
-        e for s in endpoints.items for e in s.endpoints or [] if must(e.conditions).ready
-    ]
+    ready = [e for s in endpoints.items for e in s.endpoints or [] if must(e.conditions).ready]
     assert len(ready) == 2, ready
     apps.patch_namespaced_deployment_scale("core-sim", stack.ns, {"spec": {"replicas": 1}})
     wait_condition(stack.cluster, stack.ns, "QSysCore", CORE, "CoreConnected", "True", timeout=120)
@@ -369,11 +387,7 @@ def test_rollout_while_a_client_keeps_calling_fails_no_call(stack: Stack) -> Non
         def rolled() -> bool:
             pods = stack.gateway_pods()
             names = {must(p.metadata).name for p in pods}
-            ready = [
-                p
-                for p in pods
-                if any(c.type == "Ready" and c.status == "True" for c in must(p.status).conditions or [])
-            ]
+            ready = [p for p in pods if is_ready(p)]
             return len(pods) == 2 and len(ready) == 2 and not names & before
 
         wait_for("the rollout to finish", rolled, timeout=TIMEOUT_S)
@@ -418,7 +432,7 @@ def test_operator_pod_restart_mid_reconcile(stack: Stack) -> None:
     client.CustomObjectsApi(stack.cluster.api).create_namespaced_custom_object(
         "qsys.dev", "v1alpha1", stack.ns, "qsyscores", second
     )
-    core.delete_namespaced_pod(must(op.metadata).name, stack.ns, grace_period_seconds=0)
+    core.delete_namespaced_pod(must(must(op.metadata).name), stack.ns, grace_period_seconds=0)
     wait_pods_ready(stack.cluster, stack.ns, selector, 1, timeout=TIMEOUT_S)
     wait_pods_ready(
         stack.cluster,
@@ -462,11 +476,7 @@ def test_drain_respects_the_pod_disruption_budget(stack: Stack) -> None:
         # stop the drain before the last Ready gateway pod is evicted.
         assert result.returncode != 0, result.stdout + result.stderr
         assert "disruption budget" in result.stderr, result.stderr[-3000:]
-        ready = [
-            p
-            for p in stack.gateway_pods()
-            if any(c.type == "Ready" and c.status == "True" for c in must(p.status).conditions or [])
-        ]
+        ready = [p for p in stack.gateway_pods() if is_ready(p)]
         assert ready, "the drain evicted every gateway pod"
     finally:
         subprocess.run(
@@ -478,4 +488,3 @@ def test_drain_respects_the_pod_disruption_budget(stack: Stack) -> None:
         )
     wait_pods_ready(stack.cluster, stack.ns, GATEWAY_SELECTOR, 2, timeout=TIMEOUT_S)
     assert stack.rpc("StatusGet")[0] == 200
-

@@ -19,6 +19,7 @@ from node_support import (
     NODE_NAME,
     POD_CIDR_PREFIX,
     SERVICE_CIDR_PREFIX,
+    create,
     images,
     real_namespace,
     require_real_node,
@@ -78,11 +79,13 @@ def ns(cluster: Cluster) -> Iterator[str]:
 
 
 def _server(cluster: Cluster, ns: str, image: str) -> client.V1Service:
-    apps = client.AppsV1Api(cluster.api)
     labels = {"app": "echo"}
     probe = {"httpGet": {"path": "/", "port": 8080}, "periodSeconds": 1}
     container = restricted_container(
-        "echo", image, ["python3", "-c", SERVER], readinessProbe=probe,
+        "echo",
+        image,
+        ["python3", "-c", SERVER],
+        readinessProbe=probe,
         ports=[{"containerPort": 8080}],
     )
     deployment: dict[str, Any] = {
@@ -95,16 +98,16 @@ def _server(cluster: Cluster, ns: str, image: str) -> client.V1Service:
             "template": {"metadata": {"labels": labels}, "spec": {"containers": [container]}},
         },
     }
-    apps.create_namespaced_deployment(ns, deployment)
+    create(cluster, ns, deployment)
     service = {
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": {"name": "echo"},
         "spec": {"selector": labels, "ports": [{"port": 80, "targetPort": 8080}]},
     }
-    svc = client.CoreV1Api(cluster.api).create_namespaced_service(ns, service)
+    create(cluster, ns, service)
     wait_pods_ready(cluster, ns, "app=echo", 1)
-    return svc
+    return client.CoreV1Api(cluster.api).read_namespaced_service("echo", ns)
 
 
 def _get(url: str) -> str:
@@ -117,13 +120,13 @@ def test_real_node_is_ready_beside_the_fake_ones(cluster: Cluster) -> None:
     node = require_real_node(cluster)
     info = must(must(node.status).node_info)
     assert info.kubelet_version == "v1.36.3"
-    assert info.container_runtime_version.startswith("containerd://1.")
-    assert must(node.metadata).labels[NODE_LABEL[0]] == NODE_LABEL[1]
+    assert must(info.container_runtime_version).startswith("containerd://1.")
+    assert (must(node.metadata).labels or {})[NODE_LABEL[0]] == NODE_LABEL[1]
     taints = [(t.key, t.value, t.effect) for t in must(node.spec).taints or []]
     assert (*NODE_LABEL, "NoSchedule") in taints
     addresses = {a.type: a.address for a in must(node.status).addresses or []}
     assert addresses["InternalIP"] == "198.18.0.1"
-    names = [must(n.metadata).name for n in client.CoreV1Api(cluster.api).list_node().items]
+    names = [must(must(n.metadata).name) for n in client.CoreV1Api(cluster.api).list_node().items]
     assert any(n.startswith("kwok-node-") for n in names), names
 
 
@@ -166,7 +169,7 @@ def test_network_policy_admits_the_allowed_pod_and_refuses_another(
             "ingress": [{"from": [{"podSelector": {"matchLabels": {"access": "yes"}}}]}],
         },
     }
-    client.NetworkingV1Api(cluster.api).create_namespaced_network_policy(ns, policy)
+    create(cluster, ns, policy)
     url = f"http://echo.{ns}.svc.cluster.local/"
 
     # kube-router applies a policy within a second or so; the allowed pod proves it
@@ -179,7 +182,9 @@ def test_network_policy_admits_the_allowed_pod_and_refuses_another(
         return code == 0
 
     wait_for("the allowed pod admitted", allowed, timeout=120)
-    code, log = run_pod(cluster, ns, "refused", image, FETCH.format(url=url), labels={"access": "no"})
+    code, log = run_pod(
+        cluster, ns, "refused", image, FETCH.format(url=url), labels={"access": "no"}
+    )
     assert code == 3, log
     assert "failed:" in log
     # The host (the node itself) is always admitted.
