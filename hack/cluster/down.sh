@@ -12,7 +12,7 @@ stop_pids() { # SIGNAL PID...
 
 # The real node first (its teardown needs no apiserver); also after a failed or
 # killed run, whenever this checkout has node state on the host.
-if [[ -f $STATE/host-before/.complete || -d $NODE || -n $(all_our_pids "${NODE_COMPONENTS[@]}") ]]; then
+if [[ -f $STATE/host-before/.complete || -n $(all_our_pids "${NODE_COMPONENTS[@]}") ]]; then
 	bash "$REPO/hack/cluster/node.sh" down
 fi
 

@@ -18,8 +18,7 @@ CONTAINERD_SOCK=$NODE/containerd/containerd.sock
 # Paths the node's programs use whatever they are told; removed by down only
 # when they did not exist before.
 FIXED_PATHS=(/run/containerd /var/lib/cni /var/lib/kubelet /var/log/containers /var/log/pods
-	/run/netns /var/run/netns /etc/cni /opt/cni /opt/containerd /etc/kubernetes
-	/usr/libexec/kubernetes /var/lib/containerd /etc/containerd)
+	/run/netns /etc/cni /opt/cni /etc/kubernetes)
 # The pause image of every pod sandbox; imported by `make images`.
 PAUSE_IMAGE=${QSYS_PAUSE_IMAGE:-registry.k8s.io/pause:3.10.2}
 # Sysctls that change by themselves; never restored nor compared.
@@ -338,7 +337,7 @@ cmd_import_images() {
 		key=$(stat -c '%n %s %Y' "$tarball" | sha256sum | cut -c1-16)
 		grep -qxF "$key" "$stamp" && continue
 		log "importing $tarball"
-		ctr images import --base-name "$(basename "$tarball" .tar)" "$tarball" >/dev/null
+		ctr images import "$tarball" >/dev/null
 		echo "$key" >>"$stamp"
 	done < <(image_tarballs)
 }
@@ -359,7 +358,7 @@ cmd_up() {
 	wait_for "containerd" 30 containerd test -S "$CONTAINERD_SOCK"
 	wait_for "containerd's API" 30 containerd ctr version
 	cmd_import_images
-	if ! ctr images check "name==$PAUSE_IMAGE" 2>/dev/null | grep -q .; then
+	if ! ctr images ls -q | grep -qxF "$PAUSE_IMAGE"; then
 		die "the pause image $PAUSE_IMAGE is not imported: run 'make images' (QSYS_PAUSE_IMAGE names another one)"
 	fi
 	ctr images import --base-name qsys.local/coredns "$(coredns_image_tarball)" >/dev/null
@@ -398,7 +397,10 @@ stop_component() { # NAME: TERM, wait up to 10 s, then KILL
 }
 
 # Processes in the node's pod cgroups (containers, whatever started them).
-pod_pids() { cat /sys/fs/cgroup/*/kubepods/cgroup.procs /sys/fs/cgroup/*/kubepods/**/cgroup.procs 2>/dev/null | sort -u; }
+pod_pids() {
+	find /sys/fs/cgroup/*/kubepods /sys/fs/cgroup/kubepods -name cgroup.procs -exec cat {} + 2>/dev/null | sort -u
+	return 0
+}
 # containerd shims serving our containerd.
 shim_pids() {
 	local dir args=()
@@ -428,7 +430,8 @@ kill_leftovers() {
 		kill -KILL "${pids[@]}" 2>/dev/null || true
 		sleep 0.2
 	done
-	die "processes of the real node's pods would not die: ${pids[*]}"
+	log "processes of the real node's pods would not die: ${pids[*]}"
+	return 1
 }
 
 unmount_all() {
@@ -439,7 +442,10 @@ unmount_all() {
 		for m in "${mounts[@]}"; do umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || true; done
 	done
 	mapfile -t mounts < <(node_mounts)
-	((${#mounts[@]} == 0)) || die "could not unmount: ${mounts[*]}"
+	((${#mounts[@]} == 0)) || {
+		log "could not unmount: ${mounts[*]}"
+		return 1
+	}
 }
 
 remove_cgroups() {
@@ -447,7 +453,10 @@ remove_cgroups() {
 	for top in /sys/fs/cgroup/*/kubepods /sys/fs/cgroup/kubepods; do
 		[[ -d $top ]] || continue
 		find "$top" -depth -type d -exec rmdir {} + 2>/dev/null || true
-		[[ ! -d $top ]] || die "could not remove the cgroup $top"
+		[[ ! -d $top ]] || {
+			log "could not remove the cgroup $top"
+			return 1
+		}
 	done
 }
 
@@ -471,9 +480,10 @@ remove_rules() {
 			done < <(grep -E '^:(KUBE-|CNI-)' <<<"$rules" | cut -d' ' -f1 | tr -d :)
 		done
 	done
-	local before
-	before=$(cat "$RECORD/nft-tables" 2>/dev/null || true)
-	local words
+	# Without a record nothing tells what was there before: leave tables and sets.
+	[[ -f $RECORD/.complete ]] || return 0
+	local before words
+	before=$(cat "$RECORD/nft-tables")
 	while read -r table; do
 		[[ -n $table ]] || continue
 		grep -qxF "$table" <<<"$before" && continue
@@ -488,6 +498,10 @@ remove_rules() {
 
 remove_links() {
 	local link
+	[[ -f $RECORD/.complete ]] || {
+		ip link delete "$BRIDGE" 2>/dev/null || true
+		return 0
+	}
 	while read -r link; do
 		[[ -n $link ]] || continue
 		grep -qxF "$link" "$RECORD/links" 2>/dev/null && continue
@@ -498,12 +512,13 @@ remove_links() {
 		grep -qxF "$ns" "$RECORD/netns" 2>/dev/null || ip netns delete "$ns" 2>/dev/null || true
 	done < <(ip netns list | awk '{print $1}')
 	if ip link show "$BRIDGE" >/dev/null 2>&1 && ! grep -qxF "$BRIDGE" "$RECORD/links" 2>/dev/null; then
-		die "could not delete the bridge $BRIDGE"
+		log "could not delete the bridge $BRIDGE"
+		return 1
 	fi
 }
 
 restore_sysctls() {
-	[[ -f $RECORD/sysctl ]] || return 0
+	[[ -f $RECORD/.complete ]] || return 0
 	local key value
 	while IFS= read -r line; do
 		key=${line%% = *} value=${line#* = }
@@ -513,6 +528,7 @@ restore_sysctls() {
 
 remove_paths() {
 	local path m
+	[[ -f $RECORD/.complete ]] || return 0
 	for path in "${FIXED_PATHS[@]}"; do
 		[[ -e $path || -L $path ]] || continue
 		grep -qxF "$path" "$RECORD/paths" 2>/dev/null && continue
@@ -522,31 +538,35 @@ remove_paths() {
 	done
 }
 
+remove_conntrack() {
+	command -v conntrack >/dev/null || return 0
+	conntrack -D -s 198.18.0.0/15 >/dev/null 2>&1 || true
+	conntrack -D -d 198.18.0.0/15 >/dev/null 2>&1 || true
+}
+
 cmd_down() {
 	if [[ -f $OWNER && $(cat "$OWNER") != "$STATE" ]]; then
 		log "the real node belongs to $(cat "$OWNER"); not touching it"
 		return 0
 	fi
-	stop_component kubelet
-	stop_component kube-proxy
-	stop_component kube-router
-	remove_containers
-	stop_component containerd
-	kill_leftovers
-	unmount_all
-	remove_cgroups
-	remove_rules
-	remove_links
-	if command -v conntrack >/dev/null; then
-		conntrack -D -s 198.18.0.0/15 >/dev/null 2>&1 || true
-		conntrack -D -d 198.18.0.0/15 >/dev/null 2>&1 || true
-	fi
-	restore_sysctls
-	remove_paths
+	local step failed=0
+	# Best effort, step after step (a failing step must not leave the rest
+	# undone); die stops only where going on would be unsafe.
+	for step in "stop_component kubelet" "stop_component kube-proxy" "stop_component kube-router" \
+		remove_containers "stop_component containerd" kill_leftovers unmount_all remove_cgroups \
+		remove_rules remove_links remove_conntrack restore_sysctls remove_paths; do
+		$step || {
+			log "teardown: '$step' failed; going on"
+			failed=1
+		}
+	done
+	[[ -z $(node_mounts) ]] || die "still mounted under the node's directories: $(node_mounts | tr '\n' ' ')"
 	# containerd's root (the imported images, no container) is kept for the
 	# next start; everything else of the node goes.
 	find "$NODE" -mindepth 1 -maxdepth 1 ! -name containerd -exec rm -rf {} + 2>/dev/null || true
 	find "$NODE/containerd" -mindepth 1 -maxdepth 1 ! -name root -exec rm -rf {} + 2>/dev/null || true
+	# The record stays until a teardown has gone through without a failure.
+	((failed == 0)) || die "teardown incomplete; run it again (hack/cluster/node.sh down)"
 	rm -rf "$RECORD"
 	rm -f "$OWNER"
 }
