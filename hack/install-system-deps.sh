@@ -19,8 +19,14 @@ command -v iptables >/dev/null 2>&1 || need+=(iptables)
 command -v ipset >/dev/null 2>&1 || need+=(ipset)
 command -v conntrack >/dev/null 2>&1 || need+=(conntrack)
 command -v nft >/dev/null 2>&1 || need+=(nftables)
-# umoci: the CoreDNS pod's image is packed from the coredns tool group.
+# Images without Docker (hack/images/build.sh, docs/images.md): a Debian root
+# filesystem, OCI packing (also of the CoreDNS pod image, hack/cluster/node.sh),
+# and a static C build of the pause image.
+command -v mmdebstrap >/dev/null 2>&1 || need+=(mmdebstrap)
+command -v arch-test >/dev/null 2>&1 || need+=(arch-test)
 command -v umoci >/dev/null 2>&1 || need+=(umoci)
+command -v gcc >/dev/null 2>&1 || need+=(gcc)
+[ -f /usr/lib/x86_64-linux-gnu/libc.a ] || [ -n "$(ls /usr/lib/*/libc.a 2>/dev/null)" ] || need+=(libc6-dev)
 if [ ${#need[@]} -eq 0 ]; then exit 0; fi
 sudo=""
 [ "$(id -u)" -eq 0 ] || sudo="sudo"
