@@ -59,5 +59,5 @@ clean:
 -include mk/*.mk
 
 # KEEP=1: leave the cluster and the demo running (`make cluster-down` ends it).
-demo: install cluster-tools
+demo: install cluster-tools images
 	KEEP=$(KEEP) $(BIN)/python hack/demo.py

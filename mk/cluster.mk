@@ -16,7 +16,7 @@ tool_dir = $(shell bash hack/tools/build.sh --dir $(1))
 cluster-tools:
 	@bash hack/tools/build.sh $(TOOL_GROUPS)
 
-cluster-up: cluster-tools
+cluster-up: cluster-tools images
 	@bash hack/cluster/up.sh >/dev/null
 
 cluster-down:
@@ -29,7 +29,7 @@ cluster-env:
 
 # The e2e suite alone; brings the local control plane up (and down) unless
 # KUBECONFIG is set.
-e2e: install cluster-tools
+e2e: install cluster-tools images
 	$(BIN)/python -m pytest tests/e2e $(PYTEST_ARGS)
 
 # --- kind (needs a Docker engine) -------------------------------------------
