@@ -321,19 +321,47 @@ def test_host_clients_reach_the_gateway_service_over_http_websocket_and_qrc(
     assert qrc_status["State"], qrc_status
 
 
+GAIN = {"Name": "Room101 Zone1 Gain", "Controls": [{"Name": "gain"}]}
+
+
 def test_access_policy_edit_is_enforced_without_restart(stack: Stack) -> None:
+    """The edit reaches running pods through the Secret volume and the gateway's reload:
+    a WebSocket opened before it stays open and is refused afterwards; no pod restarts."""
     before = {must(p.metadata).name for p in stack.gateway_pods()}
-    assert stack.rpc("Component.Get", {"Name": "Room101 Zone1 Gain", "Controls": []})[0] == 200
-    policy = get(stack.cluster, stack.ns, "AccessPolicy", POLICY)
-    rules = [r for r in policy["spec"]["rules"] if "Component.Get" not in r["methods"]]
-    rules.append({"methods": ["StatusGet"], "components": ["*"], "controls": ["*"]})
-    patch(stack.cluster, stack.ns, "AccessPolicy", POLICY, {"spec": {"rules": rules}})
+    assert stack.rpc("Component.Get", GAIN)[0] == 200
 
-    def denied() -> bool:
-        return stack.rpc("Component.Get", {"Name": "Room101 Zone1 Gain", "Controls": []})[0] == 403
+    async def across_the_edit() -> tuple[Any, Any]:
+        headers = {"Authorization": f"Bearer {stack.token()}"}
+        url = f"ws://{stack.gateway_ip}:8080/v1/ws"
+        async with aiohttp.ClientSession() as http, http.ws_connect(url, headers=headers) as ws:
 
-    # Through the Secret volume (kubelet sync) and the gateway's reload.
-    wait_for("the edited policy enforced", denied, timeout=120)
+            async def call(rid: int) -> Any:
+                await ws.send_json(
+                    {"jsonrpc": "2.0", "id": rid, "method": "Component.Get", "params": GAIN}
+                )
+                async with asyncio.timeout(10):
+                    while True:
+                        msg = await ws.receive_json()
+                        if msg.get("id") == rid:
+                            return msg
+
+            first = await call(1)
+            policy = get(stack.cluster, stack.ns, "AccessPolicy", POLICY)
+            rules = [r for r in policy["spec"]["rules"] if "Component.Get" not in r["methods"]]
+            rules.append({"methods": ["StatusGet"], "components": ["*"], "controls": ["*"]})
+            patch(stack.cluster, stack.ns, "AccessPolicy", POLICY, {"spec": {"rules": rules}})
+            deadline = time.monotonic() + 120
+            rid = 2
+            while "error" not in (last := await call(rid)) and time.monotonic() < deadline:
+                rid += 1
+                await asyncio.sleep(0.5)
+            assert not ws.closed
+            return first, last
+
+    first, last = asyncio.run(across_the_edit())
+    assert "result" in first, first
+    assert "error" in last, last
+    assert stack.rpc("Component.Get", GAIN)[0] == 403
     assert stack.rpc("StatusGet")[0] == 200
     after = stack.gateway_pods()
     assert {must(p.metadata).name for p in after} == before
