@@ -49,7 +49,7 @@ APISERVER_URL=https://$APISERVER_HOST:$APISERVER_PORT
 # Start order; down.sh stops in reverse.
 COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok)
 # The real node's processes, in start order (hack/cluster/node.sh).
-NODE_COMPONENTS=(containerd kube-router kube-proxy kubelet)
+NODE_COMPONENTS=(containerd kube-proxy kubelet kube-router)
 
 KUBE_BIN=$(bash "$REPO/hack/tools/build.sh" --dir kube)
 NODE_BIN=$(bash "$REPO/hack/tools/build.sh" --dir node)

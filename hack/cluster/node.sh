@@ -342,6 +342,8 @@ cmd_import_images() {
 	done < <(image_tarballs)
 }
 
+ctr_answers() { ctr version >/dev/null 2>&1; }
+
 node_ready() {
 	[[ $(kubectl get node "$NODE_NAME" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null) == True ]]
 }
@@ -356,22 +358,23 @@ cmd_up() {
 	write_configs
 	start containerd --config "$NODE/containerd.toml" --log-level warn
 	wait_for "containerd" 30 containerd test -S "$CONTAINERD_SOCK"
-	wait_for "containerd's API" 30 containerd ctr version
+	wait_for "containerd's API" 30 containerd ctr_answers
 	cmd_import_images
 	if ! ctr images ls -q | grep -qxF "$PAUSE_IMAGE"; then
 		die "the pause image $PAUSE_IMAGE is not imported: run 'make images' (QSYS_PAUSE_IMAGE names another one)"
 	fi
 	ctr images import --base-name qsys.local/coredns "$(coredns_image_tarball)" >/dev/null
-	start kube-router --kubeconfig="$NODE/node-addons.kubeconfig" \
-		--run-firewall=true --run-router=false --run-service-proxy=false \
-		--service-cluster-ip-range="$SERVICE_CIDR" --hostname-override="$NODE_NAME" \
-		--health-port=0 --metrics-port=0
 	start kube-proxy --config="$NODE/kube-proxy.yaml"
 	start kubelet --config="$NODE/kubelet.yaml" --kubeconfig="$NODE/kubelet.kubeconfig" \
 		--root-dir="$NODE/kubelet" --cert-dir="$NODE/kubelet/pki" \
 		--hostname-override="$NODE_NAME" --node-ip="$NODE_IP" \
 		--node-labels="qsys.io/node=real"
 	wait_for "node $NODE_NAME Ready" 120 kubelet node_ready
+	# kube-router finds its node (and its address) in the API: after registration.
+	start kube-router --kubeconfig="$NODE/node-addons.kubeconfig" \
+		--run-firewall=true --run-router=false --run-service-proxy=false \
+		--service-cluster-ip-range="$SERVICE_CIDR" --hostname-override="$NODE_NAME" \
+		--health-port=0
 	coredns_manifests | kubectl apply -f - >/dev/null
 	wait_for "CoreDNS Ready" 120 kubelet coredns_ready
 	for name in "${NODE_COMPONENTS[@]}"; do
