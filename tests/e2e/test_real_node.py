@@ -7,6 +7,7 @@ enforced (kube-router). Every address dialled is a pod's or a Service's.
 from __future__ import annotations
 
 import itertools
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from typing import Any
@@ -34,7 +35,7 @@ SERVER = """
 import http.server
 class H(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
-        body = b"hello from " + self.server.server_address[0].encode()
+        body = b"hello from " + self.connection.getsockname()[0].encode()
         self.send_response(200)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
@@ -111,9 +112,22 @@ def _server(cluster: Cluster, ns: str, image: str) -> client.V1Service:
 
 
 def _get(url: str) -> str:
-    with urllib.request.urlopen(url, timeout=5) as r:
-        assert r.status == 200
-        return str(r.read().decode())
+    """GET url; retried while kube-proxy has not yet programmed a new Service's
+    endpoints (until then the ClusterIP answers with a reset)."""
+
+    def fetch() -> str | None:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as r:
+                assert r.status == 200
+                return str(r.read().decode())
+        except ConnectionRefusedError:
+            return None
+        except urllib.error.URLError as exc:
+            if isinstance(exc.reason, ConnectionRefusedError):
+                return None
+            raise
+
+    return wait_for(f"GET {url}", fetch, timeout=30)
 
 
 def test_real_node_is_ready_beside_the_fake_ones(cluster: Cluster) -> None:
