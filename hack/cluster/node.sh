@@ -360,7 +360,7 @@ cmd_up() {
 	wait_for "containerd" 30 containerd test -S "$CONTAINERD_SOCK"
 	wait_for "containerd's API" 30 containerd ctr_answers
 	cmd_import_images
-	if ! ctr images ls -q | grep -qxF "$PAUSE_IMAGE"; then
+	if ! grep -qxF "$PAUSE_IMAGE" <<<"$(ctr images ls -q)"; then
 		die "the pause image $PAUSE_IMAGE is not imported: run 'make images' (QSYS_PAUSE_IMAGE names another one)"
 	fi
 	ctr images import --base-name qsys.local/coredns "$(coredns_image_tarball)" >/dev/null

@@ -70,14 +70,20 @@ def test_teardown_restores_the_host_after_a_killed_run(cluster: Cluster) -> None
     _node("down")
     before = _node("snapshot")
     assert before.endswith("## processes\n"), "node processes left after node.sh down"
-    _up()
-    with real_namespace(cluster) as ns:
-        try:
-            _exercise_kill_and_compare(cluster, ns, before)
-        finally:
-            # Back for the tests after this one (and for the namespace's deletion).
-            _node("down")
-            _up()
+    try:
+        _up()
+        with real_namespace(cluster) as ns:
+            try:
+                _exercise_kill_and_compare(cluster, ns, before)
+            finally:
+                # Back for the namespace's deletion.
+                _node("down")
+                _up()
+    except BaseException:
+        # Back for the tests after this one, whatever failed.
+        _node("down")
+        _up()
+        raise
     node = client.CoreV1Api(cluster.api).read_node("qsys-node")
     assert must(node.metadata).name == "qsys-node"
 
@@ -100,11 +106,18 @@ def _exercise_kill_and_compare(cluster: Cluster, ns: str, before: str) -> None:
     }
     create(cluster, ns, body)
     service = {
+        "apiVersion": "v1",
+        "kind": "Service",
         "metadata": {"name": "sleeper"},
         "spec": {"selector": labels, "ports": [{"port": 80}]},
     }
     create(cluster, ns, service)
-    policy = {"metadata": {"name": "deny"}, "spec": {"podSelector": {}, "policyTypes": ["Ingress"]}}
+    policy = {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {"name": "deny"},
+        "spec": {"podSelector": {}, "policyTypes": ["Ingress"]},
+    }
     create(cluster, ns, policy)
     wait_pods_ready(cluster, ns, "app=sleeper", 2)
     during = _node("snapshot")
