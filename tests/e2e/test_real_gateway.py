@@ -152,6 +152,8 @@ def _simulator(cluster: Cluster, ns: str, image: str) -> None:
         cluster,
         ns,
         {
+            "apiVersion": "v1",
+            "kind": "Service",
             "metadata": {"name": "core-sim"},
             "spec": {"selector": labels, "ports": [{"name": "qrc", "port": 1710}]},
         },
@@ -293,7 +295,7 @@ def test_host_clients_reach_the_gateway_service_over_http_websocket_and_qrc(
     code, reply = stack.rpc("StatusGet")
     assert code == 200, reply
     assert reply["result"]["State"]
-    assert stack.health()["status"] == "ok"
+    assert stack.health()["status"] == "healthy"
 
     async def ws_and_qrc() -> tuple[Any, Any]:
         headers = {"Authorization": f"Bearer {stack.token()}"}
@@ -383,7 +385,7 @@ def test_core_outage_degrades_and_recovers(stack: Stack) -> None:
     assert len(ready) == 2, ready
     apps.patch_namespaced_deployment_scale("core-sim", stack.ns, {"spec": {"replicas": 1}})
     wait_condition(stack.cluster, stack.ns, "QSysCore", CORE, "CoreConnected", "True", timeout=120)
-    wait_for("gateway health ok", lambda: stack.health().get("status") == "ok", 60)
+    wait_for("gateway health healthy", lambda: stack.health().get("status") == "healthy", 60)
     assert stack.rpc("StatusGet")[0] == 200
 
 
@@ -398,7 +400,7 @@ def test_rollout_while_a_client_keeps_calling_fails_no_call(stack: Stack) -> Non
                 results.append(stack.rpc("StatusGet", token=token)[0])
             except OSError:
                 results.append(-1)
-            time.sleep(0.02)
+            time.sleep(0.2)  # 5 calls/s: inside the example policy's rate limit
 
     before = {must(p.metadata).name for p in stack.gateway_pods()}
     thread = threading.Thread(target=caller)
@@ -424,7 +426,7 @@ def test_rollout_while_a_client_keeps_calling_fails_no_call(stack: Stack) -> Non
         stop.set()
         thread.join(30)
     failed = [r for r in results if r != 200]
-    assert len(results) > 50, len(results)
+    assert len(results) > 20, len(results)
     assert not failed, f"{len(failed)} of {len(results)} calls failed: {sorted(set(failed))}"
 
 
