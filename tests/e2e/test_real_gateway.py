@@ -11,6 +11,7 @@ change it (policy edit, Core outage, rollout, operator restart, drain).
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import subprocess
@@ -442,8 +443,14 @@ except Exception as exc:
     print("failed:", exc)
     sys.exit(3)
 """
-    code, log = run_pod(stack.cluster, stack.ns, "allowed-client", image, script)
-    assert code == 0, log
+    attempts = itertools.count()
+
+    def allowed() -> bool:
+        # kube-router programs a new pod's rules (the rollout's) within seconds.
+        code, _ = run_pod(stack.cluster, stack.ns, f"allowed-{next(attempts)}", image, script)
+        return code == 0
+
+    wait_for("a pod of the gateway's namespace admitted", allowed, timeout=120)
     with real_namespace(stack.cluster) as other:
         code, log = run_pod(stack.cluster, other, "outside-client", image, script)
         assert code == 3, log
