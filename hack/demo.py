@@ -290,14 +290,18 @@ def demo(kubeconfig: str, keep: bool) -> None:
     step(f"Creating namespace {ns} (its pods run on the real node)")
     meta = client.V1ObjectMeta(name=ns, annotations=REAL_NODE_ANNOTATIONS)
     v1.create_namespace(client.V1Namespace(metadata=meta))
+    release = f"qsys-{ns.rsplit('-', 1)[1]}"
     try:
-        run_in_namespace(api, ns, refs, kubeconfig, keep)
+        run_in_namespace(api, ns, release, refs, kubeconfig, keep)
     except BaseException:
         keep = False
         raise
     finally:
         if not keep:
-            step(f"Cleaning up: namespace {ns}")
+            step(f"Cleaning up: release {release} and namespace {ns}")
+            helm = [tool("helm", "helm"), "uninstall", release, "--namespace", ns, "--wait"]
+            with contextlib.suppress(RuntimeError, subprocess.TimeoutExpired):
+                run([*helm, "--timeout", "60s"], kubeconfig, timeout=90)
             with contextlib.suppress(ApiException):
                 v1.delete_namespace(ns)
                 with contextlib.suppress(RuntimeError):
@@ -330,7 +334,7 @@ def _deployment(name: str, container: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_in_namespace(
-    api: client.ApiClient, ns: str, refs: dict[str, str], kubeconfig: str, keep: bool
+    api: client.ApiClient, ns: str, release: str, refs: dict[str, str], kubeconfig: str, keep: bool
 ) -> None:
     v1, custom = client.CoreV1Api(api), client.CustomObjectsApi(api)
     core_doc = yaml.safe_load((REPO / "examples" / "qsyscore.yaml").read_text("utf-8"))
@@ -350,12 +354,12 @@ def run_in_namespace(
         "serviceMonitor.enabled": "false",
         "prometheusRule.enabled": "false",
     }
-    args = [tool("helm", "helm"), "install", "qsys", str(REPO / "charts" / "qsys-operator")]
+    args = [tool("helm", "helm"), "install", release, str(REPO / "charts" / "qsys-operator")]
     args += ["--namespace", ns, "--wait", "--timeout", "180s"]
     for key, value in values.items():
         args += ["--set", f"{key}={value}"]
     run(args, kubeconfig)
-    info(f"release qsys: operator {refs['operator']}, ServiceAccount qsys-qsys-operator")
+    info(f"release {release}: operator {refs['operator']}, ServiceAccount {release}-qsys-operator")
 
     step("Starting the Core simulator as a pod behind the Service core-sim (qsys-core-sim)")
     sim = {
@@ -432,6 +436,8 @@ def run_in_namespace(
     policy = wait_for(
         f"AccessPolicy {policy_name} Ready", lambda: ready("accesspolicies", policy_name), 60
     )
+    # kube-proxy programs a new Service's endpoints a moment after they are ready.
+    wait_for(f"the Service answering at {url}", lambda: http_ok(f"{url}/livez"), timeout=60)
     step("Status (as `kubectl get -o yaml` would show it)")
     show_status(core)
     show_status(policy)

@@ -173,7 +173,7 @@ def stack(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     helm = _tool("helm", "helm")
     with real_namespace(cluster) as ns:
         apply_crds(cluster)
-        release = "qsys"
+        release = f"qsys-{ns.rsplit('-', 1)[1]}"
         op_repo, op_tag = _split(refs["operator"])
         gw_repo, gw_tag = _split(refs["gateway"])
         values = [
