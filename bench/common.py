@@ -20,7 +20,7 @@ from typing import Any, cast
 import orjson
 import yaml
 
-from qsys_gateway.qrc.framing import FrameDecoder
+from qsys_protocol.qrc.framing import FrameDecoder
 
 LOOPBACK = "127.0.0.1"
 VENV_BIN = Path(sys.executable).parent

@@ -14,9 +14,9 @@ from collections.abc import Iterator
 from typing import Any
 
 from qsys_core_sim.server import CoreSimulator
-from qsys_gateway.qrc import jsonrpc
-from qsys_gateway.qrc.client import QrcClient
-from qsys_gateway.qrc.errors import QrcError
+from qsys_protocol.qrc import jsonrpc
+from qsys_protocol.qrc.client import QrcClient
+from qsys_protocol.qrc.errors import QrcError
 
 from .common import (
     LOOPBACK,

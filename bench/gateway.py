@@ -24,7 +24,7 @@ from typing import Any, cast
 import aiohttp
 import orjson
 
-from qsys_gateway.qrc.framing import FrameDecoder
+from qsys_protocol.qrc.framing import FrameDecoder
 
 from .common import (
     LOOPBACK,

@@ -40,7 +40,6 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 LOCK = REPO / "hack" / "images" / "requirements.txt"
-SOURCES = ("gateway/qsys_gateway", "operator/qsys_operator", "simulator/qsys_core_sim")
 PROJECT_FILES = ("pyproject.toml", "README.md")
 
 # Every file in every layer carries this mtime (2024-01-01T00:00:00Z): layers
@@ -65,8 +64,10 @@ PLATFORMS = (
     "manylinux2010_x86_64",
     "manylinux1_x86_64",
 )
-PAUSE_VERSION = "3.10.2"
-PAUSE_RUN_AS = "65535:65535"
+PAUSE_VERSION = "3.10.2"  # PauseVersion of the pinned Kubernetes release
+PAUSE_RUN_AS = "65535:65535"  # as the upstream image
+# Outputs kept per step: the current one and a few for other worktrees of the same clone.
+KEEP = 3
 
 
 @dataclass(frozen=True)
@@ -79,7 +80,7 @@ class Component:
     ports: tuple[int, ...]
 
 
-# The same as operator/Dockerfile and gateway/Dockerfile (tests/unit/test_images.py).
+# The same as operator/Dockerfile and gateway/Dockerfile (tests/integration/test_images.py).
 COMPONENTS = (
     Component("operator", "qsys-operator", (), (8000, 8081)),
     Component(
@@ -91,6 +92,19 @@ COMPONENTS = (
     Component("core-sim", "qsys-core-sim", (), (1710,)),
 )
 REGISTRY = "ghcr.io/qsys-operator"
+
+
+def project_sources() -> list[str]:
+    """The package directories setuptools installs (pyproject's packages.find)."""
+    find = tomllib.loads((REPO / "pyproject.toml").read_text("utf-8"))["tool"]["setuptools"]
+    find = find["packages"]["find"]
+    return sorted(
+        str(pkg.relative_to(REPO))
+        for where in find["where"]
+        for pattern in find["include"]
+        for pkg in (REPO / where).glob(pattern)
+        if (pkg / "__init__.py").is_file()
+    )
 
 
 def project_version() -> str:
@@ -250,29 +264,31 @@ def build_base(work: Path, out: Path) -> None:
     pack(rootfs, out, root_owned=False)
 
 
+def pip_install(*args: str) -> None:
+    run([sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", *args])
+
+
+def image_wheels() -> list[str]:
+    """pip options that pick wheels for the image's Python and platform, not the build host's."""
+    return [
+        "--only-binary=:all:",
+        *(f"--platform={p}" for p in PLATFORMS),
+        f"--python-version={PYTHON}",
+        "--implementation=cp",
+        f"--abi=cp{PYTHON.replace('.', '')}",
+    ]
+
+
 def build_deps(work: Path, out: Path) -> None:
     layer = work / "layer"
     site = layer / SITE_PACKAGES.lstrip("/")
-    run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-            "--no-deps",
-            "--require-hashes",
-            "--no-compile",
-            "--only-binary=:all:",
-            *(f"--platform={p}" for p in PLATFORMS),
-            f"--python-version={PYTHON}",
-            "--implementation=cp",
-            f"--abi=cp{PYTHON.replace('.', '')}",
-            f"--target={site}",
-            "--requirement",
-            str(LOCK),
-        ]
+    pip_install(
+        "--no-deps",
+        "--require-hashes",
+        "--no-compile",
+        *image_wheels(),
+        f"--target={site}",
+        f"--requirement={LOCK}",
     )
     # Console scripts written by pip point at the build host's interpreter.
     shutil.rmtree(site / "bin", ignore_errors=True)
@@ -304,27 +320,24 @@ def build_app(work: Path, out: Path) -> None:
     site = layer / SITE_PACKAGES.lstrip("/")
     src = work / "src"
     src.mkdir()
-    for name in (*SOURCES, *PROJECT_FILES):
+    for name in (*project_sources(), *PROJECT_FILES):
         dest = src / name
         if (REPO / name).is_dir():
             shutil.copytree(REPO / name, dest, ignore=shutil.ignore_patterns("__pycache__"))
         else:
             dest.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO / name, dest)
-    run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-            "--no-deps",
-            "--no-compile",
-            f"--target={site}",
-            str(src),
-        ]
-    )
+    pip_install("--no-deps", "--no-compile", f"--target={site}", str(src))
+    # direct_url.json records the temporary source directory: drop it, and its RECORD line.
+    for record in site.glob("*.dist-info/RECORD"):
+        direct_url = record.parent / "direct_url.json"
+        direct_url.unlink(missing_ok=True)
+        lines = record.read_text("utf-8").splitlines(keepends=True)
+        record.write_text(
+            "".join(
+                ln for ln in lines if not ln.startswith(f"{record.parent.name}/direct_url.json,")
+            )
+        )
     scripts = tomllib.loads((src / "pyproject.toml").read_text("utf-8"))["project"]["scripts"]
     bindir = layer / VENV.lstrip("/") / "bin"
     bindir.mkdir(parents=True)
@@ -412,9 +425,7 @@ def oci_archive(
             entry["platform"] = {"architecture": "amd64", "os": "linux"}
         index["manifests"].sort(key=lambda e: e["annotations"]["io.containerd.image.name"])
         index_path.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
-        partial = out.with_suffix(".partial")
-        pack(layout, partial, root_owned=True)
-        partial.rename(out)
+        pack(layout, out, root_owned=True)
 
 
 def component_config(c: Component) -> list[str]:
@@ -443,20 +454,39 @@ def code(*funcs: Callable[..., object]) -> str:
     return "".join(inspect.getsource(f) for f in funcs)
 
 
+def apt_sources() -> str:
+    """The machine's apt sources as configured (cheap to read; `apt-get indextargets`,
+    which resolves them, takes seconds)."""
+    files = [Path("/etc/apt/sources.list"), *sorted(Path("/etc/apt/sources.list.d").glob("*"))]
+    return "".join(f"{f}\n{f.read_text('utf-8', 'replace')}" for f in files if f.is_file())
+
+
 def base_step() -> Step:
-    argv = mmdebstrap_argv(Path("/rootfs"))
-    key = digest(json.dumps(argv), code(build_base, pack, compile_bytecode), str(EPOCH))
+    key = digest(
+        apt_sources(),
+        code(mmdebstrap_argv, debian_mirrors, build_base, pack, compile_bytecode),
+        json.dumps([SUITE, DEBIAN_PACKAGES, EPOCH]),
+    )
     return Step("debian", key, "layer.tar")
 
 
 def deps_step(base: Step) -> Step:
-    key = digest(base.key, LOCK.read_bytes(), json.dumps(PLATFORMS), code(build_deps))
+    key = digest(
+        base.key,
+        LOCK.read_bytes(),
+        json.dumps(PLATFORMS),
+        code(pip_install, image_wheels, build_deps),
+    )
     return Step("pydeps", key, "layer.tar")
 
 
 def app_step(deps: Step) -> Step:
-    sources = tree_digest([REPO / p for p in (*SOURCES, *PROJECT_FILES)])
-    return Step("app", digest(deps.key, sources, code(build_app, entry_point_script)), "layer.tar")
+    sources = tree_digest([REPO / p for p in (*project_sources(), *PROJECT_FILES)])
+    return Step(
+        "app",
+        digest(deps.key, sources, code(pip_install, build_app, entry_point_script)),
+        "layer.tar",
+    )
 
 
 def qsys_step(layers: list[Step]) -> Step:
@@ -488,14 +518,28 @@ def ensure(step: Step, build: Callable[[Path, Path], None]) -> Path:
         return step.path
     start = time.monotonic()
     log(f"building {step.name} ({step.path.parent})")
-    step.path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=step.path.parent.parent, prefix=f".{step.name}.") as tmp:
+    cache_root().mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=cache_root(), prefix=f".{step.name}.") as tmp:
         partial = Path(tmp) / step.file
         build(Path(tmp), partial)
+        step.path.parent.mkdir(exist_ok=True)
         partial.rename(step.path)
     size = step.path.stat().st_size >> 20
     log(f"built {step.name} in {time.monotonic() - start:.0f}s ({size} MiB)")
+    prune(step)
     return step.path
+
+
+def prune(step: Step, keep: int = KEEP) -> None:
+    """Drop all but the KEEP newest outputs of STEP (other worktrees may use the older ones)."""
+    outputs = [
+        p
+        for p in cache_root().glob(f"{step.name}-*")
+        if re.fullmatch(r"[0-9a-f]{12}", p.name[len(step.name) + 1 :])
+    ]
+    outputs.sort(key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in outputs[keep:]:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def qsys_steps() -> tuple[Step, Step, Step, Step]:
@@ -544,25 +588,13 @@ def lock() -> None:
     deps = tomllib.loads((REPO / "pyproject.toml").read_text("utf-8"))["project"]["dependencies"]
     with tempfile.TemporaryDirectory() as tmp:
         report = Path(tmp) / "report.json"
-        run(
-            [
-                sys.executable,
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
-                "--dry-run",
-                "--ignore-installed",
-                f"--report={report}",
-                "--only-binary=:all:",
-                *(f"--platform={p}" for p in PLATFORMS),
-                f"--python-version={PYTHON}",
-                "--implementation=cp",
-                f"--abi=cp{PYTHON.replace('.', '')}",
-                f"--target={tmp}/target",
-                *deps,
-            ]
+        pip_install(
+            "--dry-run",
+            "--ignore-installed",
+            f"--report={report}",
+            *image_wheels(),
+            f"--target={tmp}/target",
+            *deps,
         )
         installs = json.loads(report.read_text("utf-8"))["install"]
     lines = [

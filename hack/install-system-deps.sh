@@ -26,7 +26,7 @@ command -v mmdebstrap >/dev/null 2>&1 || need+=(mmdebstrap)
 command -v arch-test >/dev/null 2>&1 || need+=(arch-test)
 command -v umoci >/dev/null 2>&1 || need+=(umoci)
 command -v gcc >/dev/null 2>&1 || need+=(gcc)
-[ -f /usr/lib/x86_64-linux-gnu/libc.a ] || [ -n "$(ls /usr/lib/*/libc.a 2>/dev/null)" ] || need+=(libc6-dev)
+compgen -G "/usr/lib/*/libc.a" >/dev/null || need+=(libc6-dev) # gcc -static
 if [ ${#need[@]} -eq 0 ]; then exit 0; fi
 sudo=""
 [ "$(id -u)" -eq 0 ] || sudo="sudo"

@@ -22,7 +22,7 @@ import orjson
 import pytest
 
 from qsys_core_sim.server import CoreSimulator
-from qsys_gateway.qrc.client import QrcClient
+from qsys_protocol.qrc.client import QrcClient
 
 REPO = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent

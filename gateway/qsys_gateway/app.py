@@ -12,19 +12,19 @@ from pathlib import Path
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from qsys_protocol.config import GatewayConfig, TlsConfig
+
+from .admission import Admission
 from .audit import AuditLog
-from .clients import ClientRegistry
-from .config import GatewayConfig, TlsConfig
+from .client_registry import ClientRegistry
 from .metrics import GatewayMetrics
-from .pipeline import Pipeline
 from .ratelimit import RateLimiter
 from .reload import ConfigWatcher
 from .runtime import Runtime
 from .transports.common import Services
 from .transports.http import build_app
 from .transports.qrc_tcp import QrcServer
-from .transports.sessions import HttpSessions
-from .upstream import Upstream
+from .upstream import UpstreamPool
 
 log = logging.getLogger("qsys_gateway")
 
@@ -44,7 +44,7 @@ class Gateway:
     def __init__(self, config: GatewayConfig, config_path: str | Path | None = None) -> None:
         self.metrics = GatewayMetrics()
         self.clients = ClientRegistry(self.metrics)
-        self.upstream = Upstream(
+        self.upstream = UpstreamPool(
             config.core, metrics=self.metrics, on_engine_status=self._engine_status
         )
         self.runtime = Runtime(
@@ -54,11 +54,8 @@ class Gateway:
             upstream=self.upstream,
             audit=AuditLog(config.audit.path, self.metrics),
         )
-        self.services = Services(self.runtime, Pipeline(self.runtime), self.clients)
-        rt = self.runtime
-        self.sessions = HttpSessions(
-            self.upstream, can_read=lambda *target: rt.rules.policy.can_read(*target)
-        )
+        self.admission = Admission(self.runtime)
+        self.services = Services(self.runtime, self.admission, self.clients)
         self.watcher = (
             ConfigWatcher(config_path, self.runtime.apply, self.metrics) if config_path else None
         )
@@ -75,7 +72,7 @@ class Gateway:
         listen = cfg.listen
         tls = tls_context(listen.tls)
         await self.upstream.start()
-        self.sessions.start()
+        self.admission.start()
         metrics_app = web.Application()
         metrics_app.router.add_get("/metrics", self._serve_metrics)
         metrics_app.router.add_get("/corez", self._serve_corez)
@@ -86,10 +83,11 @@ class Gateway:
         ).start()
         if listen.qrc is not None:
             self._qrc = QrcServer(self.services, listen.host, listen.qrc, tls)
+            self.upstream.add_up_listener(self._qrc.core_changed)
             await self._qrc.start()
         # HTTP last: once /readyz answers, every listener is up.
         self._runner = web.AppRunner(
-            build_app(self.services, self.sessions), access_log=None, handle_signals=False
+            build_app(self.services), access_log=None, handle_signals=False
         )
         await self._runner.setup()
         await web.TCPSite(
@@ -137,7 +135,7 @@ class Gateway:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        await self.sessions.close()
+        await self.admission.close()
         if self._runner is not None:
             await self._runner.cleanup()
         if self._metrics_runner is not None:

@@ -12,7 +12,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from .config import SubjectConfig
+from qsys_protocol.config import SubjectConfig
 
 MAX_TOKEN_BYTES = 4096
 MAX_USER_CHARS = 256

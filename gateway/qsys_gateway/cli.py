@@ -8,7 +8,8 @@ import contextlib
 import os
 import sys
 
-from .config import ConfigError, load_config
+from qsys_protocol.config import ConfigError, load_config
+
 from .logs import setup_logging
 
 

@@ -15,7 +15,7 @@ from prometheus_client import (
     ProcessCollector,
 )
 
-from .qrc.methods import METHODS
+from qsys_protocol.qrc.methods import METHODS
 
 PREFIX = "qsys_gateway"
 _BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)

@@ -8,15 +8,15 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from fnmatch import translate
 from typing import Any
 
 from pydantic import BaseModel
 
-from .config import Rule, SubjectConfig
-from .qrc.errors import QrcError
-from .qrc.methods import (
+from qsys_protocol.config import Rule, SubjectConfig
+from qsys_protocol.qrc.errors import QrcError
+from qsys_protocol.qrc.methods import (
     METHODS,
     ChangeGroupAddComponentControlParams,
     ChangeGroupAddControlParams,
@@ -30,6 +30,7 @@ from .qrc.methods import (
     SnapshotLoadParams,
     SnapshotSaveParams,
     parse_params,
+    traits_of,
 )
 
 
@@ -134,16 +135,18 @@ class Policy:
         self._subjects = {s.name: _SubjectPolicy(s.rules) for s in subjects}
 
     def authorize(self, subject: str, method: str, params: BaseModel | Any | None) -> Decision:
+        """The decision for one call (raw params are validated first)."""
         spec = METHODS.get(method)
-        write = spec is None or spec.kind == "write"
+        traits = traits_of(method)
+        write = traits.write
         compiled = self._subjects.get(subject)
         if compiled is None:
             return Decision(False, "unknown subject", (), (), write)
         rules = compiled.rules_for(method)
         if spec is None:
             if rules:
-                return Decision(True, f"allowed by rule {rules[0].index}", (), (), True)
-            return Decision(False, f"no rule allows method {method[:64]}", (), (), True)
+                return Decision(True, f"allowed by rule {rules[0].index}", (), (), write)
+            return Decision(False, f"no rule allows method {method[:64]}", (), (), write)
         if spec.params is not None and not isinstance(params, spec.params):
             try:
                 params = parse_params(method, params)
@@ -151,7 +154,25 @@ class Policy:
                 return Decision(False, "invalid params", (), (), write)
         if not rules:
             return Decision(False, f"no rule allows method {method}", (), (), write)
-        return _check(method, params, rules, write)
+        decision = _check(method, params, rules, write)
+        if decision.allowed and traits.group_add:
+            return self._require_read(subject, params, decision)
+        return decision
+
+    def _require_read(self, subject: str, params: Any, decision: Decision) -> Decision:
+        """A change group delivers values, so adding a control also needs read permission."""
+        if isinstance(params, ChangeGroupAddComponentControlParams):
+            component = params.Component.Name
+            names = [c.Name for c in params.Component.Controls]
+        elif isinstance(params, ChangeGroupAddControlParams):
+            component, names = "", list(params.Controls)
+        else:
+            return decision
+        for name in names:
+            if not self.can_read(subject, component, name):
+                target = _target(component, name)
+                return replace(decision, allowed=False, reason=f"no rule allows reading {target}")
+        return decision
 
     def can_read(self, subject: str, component: str, control: str) -> bool:
         """Whether `subject` may read one control: what its rules for `Component.Get`

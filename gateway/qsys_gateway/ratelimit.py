@@ -20,7 +20,7 @@ from limits import RateLimitItem, RateLimitItemPerSecond
 from limits.aio.storage import MemoryStorage, RedisStorage
 from limits.aio.strategies import MovingWindowRateLimiter
 
-from .config import RateConfig
+from qsys_protocol.config import RateConfig
 
 log = logging.getLogger(__name__)
 

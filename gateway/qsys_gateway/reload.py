@@ -12,7 +12,8 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
-from .config import ConfigError, GatewayConfig, load_config
+from qsys_protocol.config import ConfigError, GatewayConfig, load_config
+
 from .metrics import GatewayMetrics
 
 log = logging.getLogger("qsys_gateway.reload")

@@ -10,13 +10,14 @@ import asyncio
 import logging
 from dataclasses import dataclass
 
+from qsys_protocol.config import GatewayConfig, SubjectConfig
+
 from .audit import AuditLog
 from .auth import Authenticator, FailureThrottle
-from .config import GatewayConfig, SubjectConfig
 from .metrics import GatewayMetrics
 from .policy import Policy
 from .ratelimit import RateLimiter
-from .upstream import Upstream
+from .upstream import UpstreamPool
 
 log = logging.getLogger("qsys_gateway.runtime")
 
@@ -42,7 +43,7 @@ class Runtime:
         *,
         metrics: GatewayMetrics,
         limiter: RateLimiter,
-        upstream: Upstream,
+        upstream: UpstreamPool,
         audit: AuditLog,
     ) -> None:
         self.rules = Rules.build(config, 1)

@@ -16,8 +16,8 @@ import pytest
 from gateway_harness import ADMIN_TOKEN, LOOPBACK, Gateway, GatewayFactory, sha
 
 from qsys_core_sim.server import CoreSimulator
-from qsys_gateway.qrc.client import QrcClient
-from qsys_gateway.qrc.errors import QrcError
+from qsys_protocol.qrc.client import QrcClient
+from qsys_protocol.qrc.errors import QrcError
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -83,6 +83,9 @@ async def sim() -> Any:
 
 def fanout_config(config: dict[str, Any]) -> None:
     config["limits"]["maxClients"] = 2000
+    # QRC clients keep their sockets through the Core restart below (the default, `close`,
+    # is covered by test_qrc_core_loss.py)
+    config["listen"]["qrcOnCoreLoss"] = "keep"
     config["limits"]["rate"] = {"requestsPerSecond": 100000, "burst": 100000}
     config["subjects"].append(
         {

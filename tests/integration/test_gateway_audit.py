@@ -24,7 +24,7 @@ from gateway_harness import (
     assert_no_tokens,
 )
 
-from qsys_gateway.qrc.client import QrcClient
+from qsys_protocol.qrc.client import QrcClient
 
 FIELDS = {
     "type",

@@ -10,7 +10,7 @@ import aiohttp
 import pytest
 from gateway_harness import PANEL_TOKEN, GatewayFactory, RedisServer
 
-from qsys_gateway.qrc.client import QrcClient
+from qsys_protocol.qrc.client import QrcClient
 
 RATE = 10.0
 LOAD = 5 * RATE

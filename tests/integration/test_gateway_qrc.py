@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 from gateway_harness import ADMIN_TOKEN, PANEL_TOKEN, Gateway
 
-from qsys_gateway.qrc.client import QrcClient
+from qsys_protocol.qrc.client import QrcClient
 
 
 async def connect(gw: Gateway) -> QrcClient:

@@ -10,7 +10,7 @@ import aiohttp
 from gateway_harness import ADMIN_TOKEN, PANEL_TOKEN, GatewayFactory
 
 from qsys_core_sim.server import CoreSimulator
-from qsys_gateway.qrc.client import QrcClient
+from qsys_protocol.qrc.client import QrcClient
 
 
 async def test_sigterm_with_calls_in_flight(make_sim: Any, make_gateway: GatewayFactory) -> None:

@@ -18,7 +18,7 @@ from gateway_harness import (
     self_signed_cert,
 )
 
-from qsys_gateway.qrc.client import QrcClient
+from qsys_protocol.qrc.client import QrcClient
 
 
 @pytest.fixture(scope="module")

@@ -290,8 +290,16 @@ def test_all_bytecode_is_prebuilt_and_every_package_imports(
 ) -> None:
     """`python -v` reports each module it has to compile; on a read-only root that
     would happen at every start. None may: every module loads from its .pyc."""
-    modules = (
-        "qsys_gateway.app, qsys_operator.handlers, qsys_core_sim.server, kopf, kubernetes, uvloop"
+    modules = ", ".join(
+        [
+            "qsys_protocol.qrc.client",
+            "qsys_gateway.app",
+            "qsys_operator.handlers",
+            "qsys_core_sim.server",
+            "kopf",
+            "kubernetes",
+            "uvloop",
+        ]
     )
     probe = f"import os, {modules}; print(os.getuid(), os.getgid())"
     code, out, err = finish(in_image(archive, rootfs, "python3", "-v", "-c", probe))

@@ -15,8 +15,8 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 from gateway_harness import RedisServer, free_port
 
-from qsys_gateway.config import RateConfig
 from qsys_gateway.ratelimit import RateDecision, RateLimiter, WindowPlan, plan_window
+from qsys_protocol.config import RateConfig
 
 LOOPBACK = "127.0.0.1"
 LOAD_FACTOR = 5

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 
 from qsys_core_sim.server import CoreSimulator
-from qsys_gateway.qrc.client import ConnectionClosed, QrcClient
-from qsys_gateway.qrc.errors import ErrorCode, QrcError
+from qsys_protocol.qrc.client import ConnectionClosed, QrcClient
+from qsys_protocol.qrc.errors import ErrorCode, QrcError
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -12,9 +12,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from qsys_core_sim.server import CoreSimulator
-from qsys_gateway.qrc import jsonrpc
-from qsys_gateway.qrc.errors import ErrorCode
-from qsys_gateway.qrc.methods import METHODS
+from qsys_protocol.qrc import jsonrpc
+from qsys_protocol.qrc.errors import ErrorCode
+from qsys_protocol.qrc.methods import METHODS
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 
 from qsys_core_sim.server import CoreSimulator
-from qsys_gateway.config import CoreConfig
 from qsys_gateway.metrics import GatewayMetrics
-from qsys_gateway.qrc.errors import ErrorCode, QrcError
-from qsys_gateway.upstream import CircuitState, Upstream, UpstreamSession
+from qsys_gateway.upstream import CircuitState, UpstreamPool, UpstreamSession
+from qsys_protocol.config import CoreConfig
+from qsys_protocol.qrc.errors import ErrorCode, QrcError
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -22,7 +22,7 @@ PRIMARY = "127.0.0.1"
 SECONDARY = "127.0.0.2"
 FAST: dict[str, Any] = {"backoff_base": 0.05, "backoff_cap": 0.3}
 
-UpstreamFactory = Callable[..., Awaitable[Upstream]]
+UpstreamFactory = Callable[..., Awaitable[UpstreamPool]]
 
 
 async def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
@@ -31,10 +31,12 @@ async def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> Non
             await asyncio.sleep(0.02)
 
 
-async def call_until_ok(up: Upstream | UpstreamSession, method: str, params: Any) -> Any:
+async def call_until_ok(up: UpstreamPool | UpstreamSession, method: str, params: Any) -> Any:
     """Retry a call until the Core answers it (bounded by the test timeout)."""
     while True:
         try:
+            if isinstance(up, UpstreamPool):
+                return await up.forward(method, params)
             return await up.call(method, params)
         except QrcError:
             await asyncio.sleep(0.1)
@@ -42,11 +44,11 @@ async def call_until_ok(up: Upstream | UpstreamSession, method: str, params: Any
 
 @pytest.fixture
 async def make_upstream() -> AsyncIterator[UpstreamFactory]:
-    started: list[Upstream] = []
+    started: list[UpstreamPool] = []
 
     async def factory(
         port: int, *, host: str = PRIMARY, wait_up: bool = True, **kwargs: Any
-    ) -> Upstream:
+    ) -> UpstreamPool:
         core_fields = {
             k: kwargs.pop(k)
             for k in ("redundantHost", "usernameFile", "passwordFile", "requestTimeoutSeconds")
@@ -54,7 +56,7 @@ async def make_upstream() -> AsyncIterator[UpstreamFactory]:
         }
         core_fields.setdefault("requestTimeoutSeconds", 2.0)
         core = CoreConfig(host=host, port=port, **core_fields)
-        up = Upstream(core, **{**FAST, **kwargs})
+        up = UpstreamPool(core, **{**FAST, **kwargs})
         started.append(up)
         await up.start()
         if wait_up:
@@ -83,7 +85,7 @@ async def test_concurrent_calls_share_connections(
     names = ["MainGain", "MainMute", "LobbyMusicLevel", "LobbyMusicOn", "WelcomeText"]
     sim.faults.latency = 0.05
     results = await asyncio.wait_for(
-        asyncio.gather(*(up.call("Control.Get", [names[i % 5]]) for i in range(300))), 10
+        asyncio.gather(*(up.forward("Control.Get", [names[i % 5]]) for i in range(300))), 10
     )
     assert [r[0]["Name"] for r in results] == [names[i % 5] for i in range(300)]
     assert len(sim.connections) == 2
@@ -93,7 +95,7 @@ async def test_concurrent_calls_share_connections(
     assert up.circuit_state == "closed"
     assert metrics.registry.get_sample_value("qsys_gateway_upstream_up") == 1
     with pytest.raises(QrcError) as err:
-        await up.call("Logon", {"User": "someone", "Password": "x"})
+        await up.forward("Logon", {"User": "someone", "Password": "x"})
     assert err.value.code == ErrorCode.INVALID_REQUEST
     count = metrics.registry.get_sample_value(
         "qsys_gateway_upstream_request_duration_seconds_count", {"method": "Control.Get"}
@@ -104,12 +106,13 @@ async def test_concurrent_calls_share_connections(
 async def test_core_errors_pass_through(sim: CoreSimulator, make_upstream: UpstreamFactory) -> None:
     up = await make_upstream(sim.port)
     with pytest.raises(QrcError) as err:
-        await up.call("Control.Get", ["NoSuchControl"])
+        await up.forward("Control.Get", ["NoSuchControl"])
     assert err.value.code == ErrorCode.UNKNOWN_CONTROL
     with pytest.raises(QrcError) as err:
-        await up.call("Component.GetControls", {"Name": "Nope"})
+        await up.forward("Component.GetControls", {"Name": "Nope"})
     assert err.value.code == ErrorCode.UNKNOWN_COMPONENT
-    assert await up.call("Control.Set", {"Name": "LobbyMusicLevel", "Value": -12}) is True
+    state = await up.forward("Control.Set", {"Name": "LobbyMusicLevel", "Value": -12})
+    assert (state["Value"], state["String"]) == (-12.0, "-12.0dB")
     assert sim.get_control("LobbyMusicLevel")["Value"] == -12
     assert up.circuit_state == "closed"
 
@@ -123,7 +126,7 @@ async def test_logon_with_credentials(
     up = await make_upstream(
         sim.port, usernameFile=str(tmp_path / "user"), passwordFile=str(tmp_path / "pass")
     )
-    result = await up.call("Control.Get", ["MainGain"])
+    result = await up.forward("Control.Get", ["MainGain"])
     assert result[0]["Name"] == "MainGain"
 
 
@@ -146,7 +149,7 @@ async def test_refused_logon_is_not_up(
     await wait_until(lambda: sim.requests >= 4)
     assert not up.up
     with pytest.raises(QrcError) as err:
-        await up.call("Control.Get", ["MainGain"])
+        await up.forward("Control.Get", ["MainGain"])
     assert err.value.code == ErrorCode.CORE_UNAVAILABLE
     assert getattr(err.value, "retry_after", 0) > 0
     assert "wrong-pw-xyzzy" not in str(err.value)
@@ -175,8 +178,8 @@ async def test_core_killed_mid_call_fails_fast(
     up = await make_upstream(sim.port, requestTimeoutSeconds=10.0)
     sim.faults.latency = 5.0
     loop = asyncio.get_running_loop()
-    write = asyncio.create_task(up.call("Control.Set", {"Name": "LobbyMusicOn", "Value": 0}))
-    read = asyncio.create_task(up.call("Control.Get", ["MainGain"]))
+    write = asyncio.create_task(up.forward("Control.Set", {"Name": "LobbyMusicOn", "Value": 0}))
+    read = asyncio.create_task(up.forward("Control.Get", ["MainGain"]))
     await asyncio.sleep(0.2)
     start = loop.time()
     await sim.stop()
@@ -187,7 +190,7 @@ async def test_core_killed_mid_call_fails_fast(
     assert loop.time() - start < 2
     await wait_until(lambda: not up.up)
     with pytest.raises(QrcError) as err:
-        await up.call("NoOp", {})
+        await up.forward("NoOp", {})
     assert err.value.code == ErrorCode.CORE_UNAVAILABLE
 
 
@@ -198,7 +201,7 @@ async def test_core_down_at_start(unused_port: int, make_upstream: UpstreamFacto
     assert up.active_host is None
     assert up.engine_status is None
     with pytest.raises(QrcError) as err:
-        await up.call("StatusGet", 0)
+        await up.forward("StatusGet", 0)
     assert err.value.code == ErrorCode.CORE_UNAVAILABLE
     assert getattr(err.value, "retry_after", -1) > 0
 
@@ -309,7 +312,7 @@ async def test_change_groups_per_session_are_bounded(
     assert sim.engine.change_group_count == 0
 
 
-def _circuit_state(up: Upstream) -> CircuitState:
+def _circuit_state(up: UpstreamPool) -> CircuitState:
     """Read the property afresh: mypy would keep an asserted value narrowed across awaits."""
     return up.circuit_state
 
@@ -328,14 +331,14 @@ async def test_hung_core_times_out_then_circuit_opens_and_recovers(
     sim.faults.swallow_replies = -1
     for _ in range(3):
         with pytest.raises(QrcError) as err:
-            await up.call("Control.Get", ["MainGain"])
+            await up.forward("Control.Get", ["MainGain"])
         assert err.value.code == ErrorCode.CORE_TIMEOUT
     assert _circuit_state(up) == "open"
     assert metrics.registry.get_sample_value("qsys_gateway_circuit_state") == 2
     loop = asyncio.get_running_loop()
     start = loop.time()
     with pytest.raises(QrcError) as err:
-        await up.call("Control.Get", ["MainGain"])
+        await up.forward("Control.Get", ["MainGain"])
     assert loop.time() - start < 0.1
     assert err.value.code == ErrorCode.CORE_UNAVAILABLE
     assert 0 < getattr(err.value, "retry_after", 0) <= 1.0
@@ -352,7 +355,7 @@ async def test_failover_when_primary_unreachable(
     backup = await make_sim(host=SECONDARY)
     up = await make_upstream(backup.port, redundantHost=SECONDARY)
     assert up.active_host == SECONDARY
-    assert (await up.call("Control.Get", ["MainGain"]))[0]["Name"] == "MainGain"
+    assert (await up.forward("Control.Get", ["MainGain"]))[0]["Name"] == "MainGain"
 
 
 async def test_failover_away_from_standby_unit(
@@ -379,3 +382,17 @@ async def test_failover_away_from_standby_unit(
     poll = await session.call("ChangeGroup.Poll", {"Id": "g"})
     assert poll["Id"] == "g"
     await session.close()
+
+
+async def test_a_pushed_engine_status_keeps_platform_and_status(
+    make_upstream: UpstreamFactory,
+) -> None:
+    """A Core's EngineStatus has no Platform/Status; the gateway keeps StatusGet's."""
+    async with CoreSimulator() as sim:
+        up = await make_upstream(sim.port)
+        sim.set_state("Idle")
+        await wait_until(lambda: (up.engine_status or {}).get("State") == "Idle")
+        status = up.engine_status
+        assert status is not None
+        assert status["Platform"] == "Core 110f"
+        assert status["Status"] == {"Code": 0, "String": "OK"}

@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from qsys_gateway.auth import MAX_TOKEN_BYTES, Authenticator, FailureThrottle, hash_token
-from qsys_gateway.config import SubjectConfig
+from qsys_protocol.config import SubjectConfig
 
 TOKENS = {"room-101-panel": "panel-token-1", "ai-agent": "agent-token-2", "ops": "ops-token-3"}
 

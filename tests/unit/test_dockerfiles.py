@@ -114,6 +114,7 @@ def test_dockerignore_keeps_the_context_small() -> None:
     assert allowed == {
         "pyproject.toml",
         "README.md",
+        "protocol/qsys_protocol",
         "gateway/qsys_gateway",
         "operator/qsys_operator",
         "simulator/qsys_core_sim",

@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from qsys_gateway.config import Rule, SubjectConfig, ValueRange
 from qsys_gateway.policy import Decision, Policy
-from qsys_gateway.qrc.methods import METHODS, parse_params
+from qsys_protocol.config import Rule, SubjectConfig, ValueRange
+from qsys_protocol.qrc.methods import METHODS, parse_params
 
 
 def policy(*rules: dict[str, Any], name: str = "panel") -> Policy:
@@ -228,8 +228,12 @@ def test_component_get_checks_each_control() -> None:
 
 
 def test_change_group_add_component_control() -> None:
-    p = policy({"methods": ["ChangeGroup.*"], "components": ["Zone*"], "controls": ["gain"]})
+    rule = {"methods": ["ChangeGroup.*"], "components": ["Zone*"], "controls": ["gain"]}
     raw = {"Id": "g", "Component": {"Name": "Zone1", "Controls": [{"Name": "gain"}]}}
+    d = call(policy(rule), "ChangeGroup.AddComponentControl", raw)
+    assert not d.allowed, "a change group delivers values: adding needs read permission"
+    assert d.reason == "no rule allows reading Zone1.gain"
+    p = policy({**rule, "methods": ["ChangeGroup.*", "Component.Get"]})
     d = call(p, "ChangeGroup.AddComponentControl", raw)
     assert d.allowed
     assert d.targets == ("Zone1.gain",)
@@ -265,7 +269,10 @@ def test_control_set_named_control() -> None:
 
 
 def test_change_group_add_control_and_remove_are_named_controls() -> None:
-    p = policy({"methods": ["ChangeGroup.*"], "controls": ["Main*"]})
+    no_read = policy({"methods": ["ChangeGroup.*"], "controls": ["Main*"]})
+    assert not call(no_read, "ChangeGroup.AddControl", {"Id": 1, "Controls": ["MainGain"]}).allowed
+    assert call(no_read, "ChangeGroup.Remove", {"Id": 1, "Controls": ["MainGain"]}).allowed
+    p = policy({"methods": ["ChangeGroup.*", "Control.Get"], "controls": ["Main*"]})
     for method in ("ChangeGroup.AddControl", "ChangeGroup.Remove"):
         assert call(p, method, {"Id": 1, "Controls": ["MainGain"]}).allowed
         d = call(p, method, {"Id": 1, "Controls": ["MainGain", "Secret"]})

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from qsys_gateway.qrc.framing import FRAME_TOO_LARGE, FrameDecoder, encode_frame
+from qsys_protocol.qrc.framing import FRAME_TOO_LARGE, FrameDecoder, encode_frame
 
 # JSON values orjson can round-trip exactly (no NaN/inf, ints within 64 bits).
 json_values = st.recursive(

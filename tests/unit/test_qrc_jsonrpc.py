@@ -7,9 +7,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from qsys_gateway.qrc import jsonrpc
-from qsys_gateway.qrc.errors import DEFAULT_MESSAGES, ErrorCode, QrcError
-from qsys_gateway.qrc.framing import FrameDecoder, encode_frame
+from qsys_protocol.qrc import jsonrpc
+from qsys_protocol.qrc.errors import DEFAULT_MESSAGES, ErrorCode, QrcError
+from qsys_protocol.qrc.framing import FrameDecoder, encode_frame
 
 ids = st.integers(min_value=-(2**53), max_value=2**53) | st.text(max_size=jsonrpc.MAX_ID_LENGTH)
 int64 = st.integers(min_value=-(2**63), max_value=2**63 - 1)

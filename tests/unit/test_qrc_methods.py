@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from qsys_gateway.qrc import methods as m
-from qsys_gateway.qrc.errors import ErrorCode, QrcError
+from qsys_protocol.qrc import methods as m
+from qsys_protocol.qrc.errors import ErrorCode, QrcError
 
 QRC_METHODS = {
     "Logon",

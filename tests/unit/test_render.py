@@ -11,7 +11,6 @@ from typing import Any
 import pytest
 import yaml
 
-from qsys_gateway.config import GatewayConfig, load_config
 from qsys_operator.api import AccessPolicy, QSysCore
 from qsys_operator.render import (
     RESTART_HASH_ANNOTATION,
@@ -22,6 +21,7 @@ from qsys_operator.render import (
     render_token_secret,
 )
 from qsys_operator.settings import DEFAULT_GATEWAY_IMAGE, OperatorSettings
+from qsys_protocol.config import GatewayConfig, load_config
 
 SETTINGS = OperatorSettings()
 LABELS = {
@@ -328,7 +328,7 @@ def test_config_secret_parses_and_holds_only_hashes(tmp_path: Any) -> None:
     core = make_core(
         limits={"maxClients": 10, "requestTimeoutSeconds": 2},
         audit={"logReads": True},
-        gateway={"allowedOrigins": ["https://panel.example"]},
+        gateway={"allowedOrigins": ["https://panel.example"], "qrcOnCoreLoss": "keep"},
     )
     result = render(core, policy)
     secret = by_kind(result)["Secret"]
@@ -349,6 +349,8 @@ def test_config_secret_parses_and_holds_only_hashes(tmp_path: Any) -> None:
     assert cfg.limits.maxClients == 10
     assert cfg.audit.logReads is True
     assert cfg.cors.allowedOrigins == ["https://panel.example"]
+    assert cfg.listen.qrcOnCoreLoss == "keep"
+    assert render(make_core(), policy).config.listen.qrcOnCoreLoss == "close"
     assert result.subjects == 2
 
 

@@ -1,1 +1,1 @@
-"""Client-facing transports (HTTP, WebSocket, raw QRC TCP) over one pipeline."""
+"""Client-facing transports (HTTP, WebSocket, raw QRC TCP) over one admission path."""

@@ -1,20 +1,18 @@
-"""What every transport shares: request ids, authentication, rate limiting, error statuses."""
+"""What every transport shares: request ids, error statuses, the services it is given.
+
+Admission (authentication, rate limit, policy, audit) is `..admission`."""
 
 from __future__ import annotations
 
-import logging
 import re
 import uuid
 from dataclasses import dataclass
-from typing import Any
 
-from ..clients import ClientRegistry
-from ..config import SubjectConfig
-from ..pipeline import Pipeline
-from ..qrc.errors import ErrorCode, QrcError
+from qsys_protocol.qrc.errors import ErrorCode
+
+from ..admission import Admission
+from ..client_registry import ClientRegistry
 from ..runtime import Runtime
-
-log = logging.getLogger("qsys_gateway.auth")
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 
@@ -43,74 +41,5 @@ class Services:
     """Everything a transport needs, built once by the app."""
 
     runtime: Runtime
-    pipeline: Pipeline
+    admission: Admission
     clients: ClientRegistry
-
-
-class Refusal(QrcError):
-    def __init__(self, code: int, message: str, retry_after: float = 0.0) -> None:
-        super().__init__(code, message)
-        self.retry_after = retry_after
-
-
-def authenticate(
-    svc: Services,
-    *,
-    token: str | None,
-    user: str | None,
-    source_ip: str,
-    transport: str,
-    rid: str,
-    obj: Any = None,
-) -> SubjectConfig:
-    """Check a bearer token (or a Logon user + token); throttles repeated failures per source."""
-    rt = svc.runtime
-    wait = rt.throttle.retry_after(source_ip)
-    if wait > 0:
-        err = Refusal(ErrorCode.RATE_LIMITED, "Too many failed authentications; retry later", wait)
-        _fail(svc, source_ip, transport, rid, obj, err, "auth throttled")
-        raise err
-    subject = None
-    if token:
-        auth = rt.rules.authenticator
-        subject = auth.authenticate(token) if user is None else auth.logon(user, token)
-    if subject is None:
-        rt.throttle.failure(source_ip)
-        err = Refusal(ErrorCode.UNAUTHENTICATED, "Unauthenticated")
-        _fail(svc, source_ip, transport, rid, obj, err, "invalid or missing token")
-        raise err
-    rt.throttle.success(source_ip)
-    return subject
-
-
-def _fail(
-    svc: Services, source_ip: str, transport: str, rid: str, obj: Any, err: QrcError, reason: str
-) -> None:
-    svc.runtime.metrics.auth_failures.labels(transport).inc()
-    log.warning(
-        "authentication failed",
-        extra={"request_id": rid, "source_ip": source_ip, "transport": transport, "reason": reason},
-    )
-    svc.pipeline.reject("-", transport, source_ip, obj or {"method": "Logon"}, err, rid, reason)
-
-
-async def rate_limit(
-    svc: Services,
-    subject: SubjectConfig,
-    calls: list[Any],
-    transport: str,
-    source_ip: str,
-    rid: str,
-) -> QrcError | None:
-    """Charge one token per call; on refusal audit each call and return the error."""
-    rt = svc.runtime
-    rate = rt.config.rate_for(subject)
-    decision = await rt.limiter.hit(subject.name, rate, max(1, len(calls)))
-    if decision.allowed:
-        return None
-    err = Refusal(ErrorCode.RATE_LIMITED, "Rate limited", decision.retry_after)
-    for obj in calls or [{}]:
-        svc.pipeline.reject(
-            subject.name, transport, source_ip, obj, err, rid, "rate limit exceeded"
-        )
-    return err

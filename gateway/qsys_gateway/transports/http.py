@@ -7,20 +7,13 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
+from qsys_protocol.qrc import jsonrpc
+from qsys_protocol.qrc.errors import ErrorCode, QrcError
+
 from .. import __version__
-from ..pipeline import Caller
-from ..qrc import jsonrpc
-from ..qrc.errors import ErrorCode, QrcError
-from .common import HTTP_STATUS, Refusal, Services, authenticate, rate_limit, request_id
-from .responses import (
-    SERVICES,
-    SESSIONS,
-    bearer,
-    error_response,
-    json_response,
-    source_ip,
-)
-from .sessions import HttpSessions
+from ..admission import Caller, Refusal
+from .common import HTTP_STATUS, Services, request_id
+from .responses import SERVICES, bearer, error_response, json_response, source_ip
 from .websocket import websocket_handler
 
 log = logging.getLogger("qsys_gateway.http")
@@ -99,10 +92,10 @@ async def rpc(request: web.Request) -> web.Response:
     source = source_ip(request)
     if rt.shutting_down:
         return error_response(QrcError(ErrorCode.CORE_UNAVAILABLE, "Gateway is shutting down"))
+    admission = svc.admission
+    caller = Caller("http", source)
     try:
-        subject = authenticate(
-            svc, token=bearer(request), user=None, source_ip=source, transport="http", rid=rid
-        )
+        admission.authenticate(caller, bearer(request), request_id=rid)
     except Refusal as err:
         return error_response(err)
     body = await _read_body(request, rt.config.limits.maxMessageBytes)
@@ -118,12 +111,10 @@ async def rpc(request: web.Request) -> web.Response:
         return error_response(
             QrcError(ErrorCode.INVALID_REQUEST, f"Invalid request: batch over {MAX_BATCH} calls")
         )
-    refused = await rate_limit(svc, subject, calls, "http", source, rid)
+    refused = await admission.rate_limit(caller, calls, rid)
     if refused is not None:
         return error_response(refused)
-    caller = Caller(subject, "http", source, request.app[SESSIONS].get(subject.name))
-    pipeline = svc.pipeline
-    responses = [await pipeline.call(caller, obj, rid) for obj in calls]
+    responses = [await admission.handle(caller, obj, rid) for obj in calls]
     answered = [r for r in responses if r is not None]
     if batch:
         return json_response(answered) if answered else web.Response(status=204)
@@ -144,14 +135,8 @@ async def status(request: web.Request) -> web.Response:
     svc = request.app[SERVICES]
     rid: str = request["request_id"]
     try:
-        authenticate(
-            svc,
-            token=bearer(request),
-            user=None,
-            source_ip=source_ip(request),
-            transport="http",
-            rid=rid,
-            obj={"method": "StatusGet"},
+        svc.admission.authenticate(
+            Caller("http", source_ip(request)), bearer(request), request_id=rid, method="StatusGet"
         )
     except Refusal as err:
         return error_response(err)
@@ -202,10 +187,9 @@ async def healthz(request: web.Request) -> web.Response:
     )
 
 
-def build_app(svc: Services, sessions: HttpSessions) -> web.Application:
+def build_app(svc: Services) -> web.Application:
     app = web.Application(middlewares=[middleware], client_max_size=16 * 1024 * 1024 + 1024)
     app[SERVICES] = svc
-    app[SESSIONS] = sessions
     app.router.add_post("/v1/rpc", rpc)
     app.router.add_get("/v1/ws", websocket_handler)
     app.router.add_get("/v1/status", status)

@@ -8,13 +8,12 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from ..qrc import jsonrpc
-from ..qrc.errors import ErrorCode, QrcError
+from qsys_protocol.qrc import jsonrpc
+from qsys_protocol.qrc.errors import ErrorCode, QrcError
+
 from .common import HTTP_STATUS, Services
-from .sessions import HttpSessions
 
 SERVICES: web.AppKey[Services] = web.AppKey("services", Services)
-SESSIONS: web.AppKey[HttpSessions] = web.AppKey("sessions", HttpSessions)
 
 
 def json_response(

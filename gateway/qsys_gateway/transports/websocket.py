@@ -10,10 +10,11 @@ from typing import Any
 import orjson
 from aiohttp import WSCloseCode, WSMsgType, web
 
-from ..clients import ClientHandle
-from ..qrc.errors import ErrorCode, QrcError
-from .common import Refusal, authenticate
-from .connection import LOGON_TIMEOUT, ClientConnection
+from qsys_protocol.qrc.errors import ErrorCode, QrcError
+
+from ..admission import Refusal
+from ..client_registry import ClientHandle
+from .connected import LOGON_TIMEOUT, ConnectedClient
 from .responses import SERVICES, bearer, error_response, source_ip
 
 log = logging.getLogger("qsys_gateway.websocket")
@@ -30,22 +31,11 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
         return error_response(QrcError(ErrorCode.CORE_UNAVAILABLE, "Gateway is shutting down"))
     if len(svc.clients) >= rt.config.limits.maxClients:
         return error_response(QrcError(ErrorCode.CORE_UNAVAILABLE, "Too many clients"))
-    subject = None
-    token = bearer(request)
-    if token is not None:
-        try:
-            subject = authenticate(
-                svc, token=token, user=None, source_ip=source, transport="ws", rid=rid
-            )
-        except Refusal as err:
-            return error_response(err)
-
+    queue: asyncio.Queue[bytes | None] = asyncio.Queue(SEND_QUEUE)
+    background: set[asyncio.Task[Any]] = set()
     ws = web.WebSocketResponse(
         max_msg_size=rt.config.limits.maxMessageBytes, heartbeat=20.0, autoping=True
     )
-    await ws.prepare(request)
-    queue: asyncio.Queue[bytes | None] = asyncio.Queue(SEND_QUEUE)
-    background: set[asyncio.Task[Any]] = set()
 
     def send(message: dict[str, Any]) -> None:
         if ws.closed:
@@ -65,9 +55,18 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
         await ws.close(code=WSCloseCode.GOING_AWAY, message=b"gateway shutting down")
 
     handle = ClientHandle("ws", source, send, close)
-    conn = ClientConnection(
+    conn = ConnectedClient(
         svc, handle, answers_before_logon=False, pre_logon_error=ErrorCode.UNAUTHENTICATED
     )
+    subject = None
+    token = bearer(request)
+    if token is not None:
+        try:
+            subject = svc.admission.authenticate(conn.caller, token, request_id=rid)
+        except Refusal as err:
+            return error_response(err)
+
+    await ws.prepare(request)
 
     async def write_loop() -> None:
         while True:

@@ -1,11 +1,11 @@
 """The gateway's side of the Core: a few persistent connections shared by every client.
 
-Sits above `qrc` and below policy and transports (it imports nothing from them).
+Sits above `qsys_protocol` and below policy and transports (it imports nothing from them).
 """
 
 from .circuit import CircuitBreaker, CircuitState
 from .errors import CoreTimeout, CoreUnavailable
-from .pool import Upstream
+from .pool import UpstreamPool
 from .session import UpstreamSession
 
 __all__ = [
@@ -13,6 +13,6 @@ __all__ = [
     "CircuitState",
     "CoreTimeout",
     "CoreUnavailable",
-    "Upstream",
+    "UpstreamPool",
     "UpstreamSession",
 ]

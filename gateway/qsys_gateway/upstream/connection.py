@@ -10,9 +10,10 @@ from typing import Any, Protocol
 
 from pydantic import SecretStr
 
-from ..qrc import jsonrpc
-from ..qrc.client import ConnectionClosed, QrcClient
-from ..qrc.errors import ErrorCode, QrcError
+from qsys_protocol.qrc import jsonrpc
+from qsys_protocol.qrc.client import ConnectionClosed, QrcClient
+from qsys_protocol.qrc.errors import ErrorCode, QrcError
+
 from .backoff import Backoff
 
 log = logging.getLogger("qsys_gateway.upstream")

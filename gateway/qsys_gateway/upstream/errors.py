@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..qrc.errors import ErrorCode, QrcError
+from qsys_protocol.qrc.errors import ErrorCode, QrcError
 
 
 class CoreUnavailable(QrcError):

@@ -1,5 +1,6 @@
-"""A client's change group, held by the gateway: which controls it watches and which
-version of each it has been given. Values come from the `SubscriptionHub` cache."""
+"""Client change groups, held by the gateway: which controls each watches and which
+version of each it has been given (`ClientGroup`), and how many the gateway holds within
+its bounds (`GroupLedger`). Values come from the `SubscriptionHub` cache."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+from qsys_protocol.qrc.errors import ErrorCode, QrcError
 
 from .hub import Key, SubscriptionHub, change_of
 
@@ -60,3 +63,44 @@ class ClientGroup:
         task, self.autopoll_task = self.autopoll_task, None
         if task is not None:
             task.cancel()
+
+
+class GroupLedger:
+    """Every client change group of the gateway, at most `per_session` per session and
+    `total` in all; `on_change(count)` hears each change of the count (for the gauge)."""
+
+    def __init__(
+        self, per_session: int, total: int, on_change: Callable[[int], None] | None = None
+    ) -> None:
+        self.per_session = per_session
+        self.total = total
+        self._on_change = on_change
+        self._groups: set[ClientGroup] = set()
+
+    def __len__(self) -> int:
+        return len(self._groups)
+
+    def create(self, client_id: GroupId, session_groups: int) -> ClientGroup:
+        """A new group for a session that holds `session_groups`; error 5 beyond a bound."""
+        if session_groups >= self.per_session:
+            raise QrcError(
+                ErrorCode.CHANGE_GROUPS_EXHAUSTED,
+                f"Change groups exhausted: at most {self.per_session} per session",
+            )
+        if len(self._groups) >= self.total:
+            raise QrcError(
+                ErrorCode.CHANGE_GROUPS_EXHAUSTED,
+                f"Change groups exhausted: the gateway holds its maximum of {self.total}",
+            )
+        group = ClientGroup(client_id=client_id)
+        self._groups.add(group)
+        self._changed()
+        return group
+
+    def discard(self, group: ClientGroup) -> None:
+        self._groups.discard(group)
+        self._changed()
+
+    def _changed(self) -> None:
+        if self._on_change is not None:
+            self._on_change(len(self._groups))

@@ -1,39 +1,33 @@
-"""`Upstream`: a small pool of connections to the Core shared by every client session."""
+"""`UpstreamPool`: a small pool of connections to the Core shared by every client session."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from ..config import CoreConfig
+from qsys_protocol.config import CoreConfig
+from qsys_protocol.qrc import jsonrpc
+from qsys_protocol.qrc.client import ConnectionClosed
+from qsys_protocol.qrc.errors import ErrorCode, QrcError
+from qsys_protocol.qrc.methods import traits_of
+
 from ..metrics import GatewayMetrics, method_label
-from ..qrc import jsonrpc
-from ..qrc.client import ConnectionClosed
-from ..qrc.errors import ErrorCode, QrcError
-from ..qrc.methods import METHODS
 from .circuit import STATE_VALUES, CircuitBreaker, CircuitState
 from .connection import Busy, ConnectionSettings, NotConnected, UpstreamConnection
 from .errors import CoreTimeout, CoreUnavailable
 from .failover import HostSelector
-from .groups import ClientGroup, ReadCheck
+from .groups import GroupLedger, ReadCheck
 from .hub import CORE_GROUP_PREFIX, POLL_INTERVAL, SubscriptionHub
-
-if TYPE_CHECKING:
-    from .session import UpstreamSession
+from .session import UpstreamSession
 
 log = logging.getLogger("qsys_gateway.upstream")
 
-RETRYABLE_METHODS = frozenset(
-    {"NoOp", "StatusGet"} | {name for name, spec in METHODS.items() if spec.kind == "read"}
-)
-"""Reads a Core answers without side effects: retried once on another connection when
-the socket they were sent on drops before the answer came."""
 
-
-class Upstream:
+class UpstreamPool:
     def __init__(
         self,
         core: CoreConfig,
@@ -77,13 +71,15 @@ class Upstream:
         self._conns: list[UpstreamConnection] = []
         self._rr = itertools.count()
         self._engine_status: dict[str, Any] | None = None
-        self.max_groups_per_session = max_groups_per_session
-        self.max_change_groups = max_change_groups
-        self._groups: set[ClientGroup] = set()
+        self.groups = GroupLedger(
+            max_groups_per_session, max_change_groups, on_change=self._groups_changed
+        )
         self._session_ids = itertools.count(1)
         self._sessions: set[UpstreamSession] = set()
         self.hub = SubscriptionHub(self, poll_interval=hub_poll_interval)
         self._was_up = False
+        self._up_event = asyncio.Event()
+        self._up_listeners: list[Callable[[bool], None]] = []
 
     # ---- lifecycle --------------------------------------------------------------
 
@@ -100,9 +96,7 @@ class Upstream:
 
     async def stop(self) -> None:
         for session in list(self._sessions):
-            session.closed = True
-            for group in session._groups.values():
-                group.stop_autopoll()
+            session.halt()
         await self.hub.stop()
         conns, self._conns = self._conns, []
         await asyncio.gather(*(c.stop() for c in conns))
@@ -113,6 +107,17 @@ class Upstream:
     @property
     def up(self) -> bool:
         return any(c.up for c in self._conns)
+
+    def add_up_listener(self, listener: Callable[[bool], None]) -> None:
+        """Call `listener(up)` whenever the Core becomes reachable or is lost."""
+        self._up_listeners.append(listener)
+
+    async def wait_up(self, timeout: float) -> bool:
+        """Whether the Core is reachable, waiting up to `timeout` seconds for it."""
+        if not self.up:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._up_event.wait(), timeout)
+        return self.up
 
     @property
     def engine_status(self) -> dict[str, Any] | None:
@@ -133,21 +138,16 @@ class Upstream:
     @property
     def change_group_count(self) -> int:
         """Client change groups held by the gateway (the Core holds `hub.core_group_count`)."""
-        return len(self._groups)
+        return len(self.groups)
 
     def open_session(
         self, push: Callable[[dict[str, Any]], None], can_read: ReadCheck | None = None
     ) -> UpstreamSession:
-        from .session import UpstreamSession
-
         session = UpstreamSession(self, next(self._session_ids), push, can_read)
         self._sessions.add(session)
         return session
 
     # ---- calls ------------------------------------------------------------------
-
-    async def call(self, method: str, params: Any, *, timeout: float | None = None) -> Any:
-        return await self.forward(method, params, timeout=timeout)
 
     async def forward(
         self,
@@ -188,7 +188,7 @@ class Upstream:
                 if (
                     conn is None
                     and not retried
-                    and method in RETRYABLE_METHODS
+                    and traits_of(method).retryable
                     and loop.time() < deadline
                     and any(c.up and c is not target for c in self._conns)
                 ):
@@ -221,15 +221,13 @@ class Upstream:
             resp.error.get("data"),
         )
 
-    def pick(self, *, by_groups: bool = False) -> UpstreamConnection | None:
-        """The up connection with fewest pending calls (or groups); ties go round-robin."""
+    def pick(self) -> UpstreamConnection | None:
+        """The up connection with fewest pending calls; ties go round-robin."""
         up = [c for c in self._conns if c.up]
         if not up:
             return None
         offset = next(self._rr) % len(up)
         rotated = up[offset:] + up[:offset]
-        if by_groups:  # the hub's groups go where the fewest calls wait
-            return min(rotated, key=lambda c: c.pending)
         return min(rotated, key=lambda c: c.pending)
 
     def _reconnect_eta(self) -> float:
@@ -285,7 +283,8 @@ class Upstream:
             if params.get("State") == "Standby" and conn.up and conn.host is not None:
                 self.host_standby(conn.host)
             if conn.host == self._hosts.active:
-                self._set_status(params)
+                # a Core's EngineStatus carries no Platform/Status: keep StatusGet's
+                self._set_status({**(self._engine_status or {}), **params})
 
     def _set_status(self, status: dict[str, Any]) -> None:
         if status == self._engine_status:
@@ -304,6 +303,15 @@ class Upstream:
         if up != self._was_up:
             self._was_up = up
             log.info("upstream %s", "up" if up else "down")
+            if up:
+                self._up_event.set()
+            else:
+                self._up_event.clear()
+            for listener in list(self._up_listeners):
+                try:
+                    listener(up)
+                except Exception:
+                    log.exception("upstream state listener failed")
 
     def _circuit_changed(self, state: CircuitState) -> None:
         log.warning("circuit to the core is %s", state)
@@ -312,20 +320,12 @@ class Upstream:
 
     # ---- change groups ----------------------------------------------------------
 
-    def register_group(self, group: ClientGroup) -> None:
-        self._groups.add(group)
-        self._groups_changed()
-
-    def unregister_group(self, group: ClientGroup) -> None:
-        self._groups.discard(group)
-        self._groups_changed()
-
     def session_closed(self, session: UpstreamSession) -> None:
         self._sessions.discard(session)
 
-    def _groups_changed(self) -> None:
+    def _groups_changed(self, count: int) -> None:
         if self._metrics is not None:
-            self._metrics.change_groups.set(len(self._groups))
+            self._metrics.change_groups.set(count)
 
     def hub_changed(self, core_groups: int, polls: int) -> None:
         """The hub's Core groups changed or it polled them (`polls` Core polls)."""

@@ -7,37 +7,47 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from ..qrc import jsonrpc
-from ..qrc.errors import ErrorCode, QrcError
-from ..qrc.methods import (
+from pydantic import BaseModel
+
+from qsys_protocol.qrc import jsonrpc
+from qsys_protocol.qrc.errors import ErrorCode, QrcError
+from qsys_protocol.qrc.methods import (
     ChangeGroupAddComponentControlParams,
     ChangeGroupAddControlParams,
     ChangeGroupAutoPollParams,
     ChangeGroupRemoveParams,
     parse_params,
+    traits_of,
 )
-from .groups import ClientGroup, ReadCheck
-from .hub import Key
 
-if TYPE_CHECKING:
-    from .pool import Upstream
+from .groups import ClientGroup, GroupLedger, ReadCheck
+from .hub import Key, SubscriptionHub
 
 log = logging.getLogger("qsys_gateway.upstream")
 
-_ADD_METHODS = frozenset({"ChangeGroup.AddControl", "ChangeGroup.AddComponentControl"})
+
+class SessionOwner(Protocol):
+    """What a session needs from the pool that opened it (`UpstreamPool`)."""
+
+    @property
+    def hub(self) -> SubscriptionHub: ...
+    @property
+    def groups(self) -> GroupLedger: ...
+    async def forward(self, method: str, params: Any, *, timeout: float | None = None) -> Any: ...
+    def session_closed(self, session: UpstreamSession) -> None: ...
 
 
 class UpstreamSession:
-    """Created by `Upstream.open_session`; close it when the client goes away.
+    """Created by `UpstreamPool.open_session`; close it when the client goes away.
 
     `can_read(component, control)`, when given, is asked on every poll and push so that
     values of controls the client may not (or may no longer) read never reach it."""
 
     def __init__(
         self,
-        upstream: Upstream,
+        upstream: SessionOwner,
         sid: int,
         push: Callable[[dict[str, Any]], None],
         can_read: ReadCheck | None = None,
@@ -50,11 +60,22 @@ class UpstreamSession:
         self.closed = False
 
     async def call(self, method: str, params: Any, *, timeout: float | None = None) -> Any:
+        """One call: `params` is the model `parse_params` returned (raw JSON is validated
+        here). Change-group methods are answered by the gateway, the rest go to the Core
+        re-serialised from the model, so unknown fields never reach it."""
         if self.closed:
             raise QrcError(ErrorCode.INVALID_REQUEST, "Invalid request: session closed")
-        if not method.startswith("ChangeGroup."):
-            return await self._upstream.call(method, params, timeout=timeout)
-        parsed = parse_params(method, params)
+        traits = traits_of(method)
+        if not traits.change_group:
+            if isinstance(params, BaseModel):
+                params = params.model_dump(mode="json", exclude_none=True)
+            result = await self._upstream.forward(method, params, timeout=timeout)
+            if traits.write:
+                # Set, then poll: answer a write once the hub has polled the Core after it,
+                # so every group holding the control has it (docs/changegroups.md)
+                await self._upstream.hub.refresh()
+            return result
+        parsed = params if isinstance(params, BaseModel) else parse_params(method, params)
         assert parsed is not None
         gid = getattr(parsed, "Id", None)
         assert isinstance(gid, str | int)
@@ -62,7 +83,7 @@ class UpstreamSession:
             group = self._groups.get(str(gid))
             created = False
             if group is None:
-                if method not in _ADD_METHODS:
+                if not traits.group_add:
                     raise QrcError(ErrorCode.UNKNOWN_CHANGE_GROUP, "Unknown change group")
                 group, created = self._new_group(gid), True
             async with group.lock:
@@ -133,27 +154,15 @@ class UpstreamSession:
                 )
 
     def _new_group(self, gid: str | int) -> ClientGroup:
-        up = self._upstream
-        if len(self._groups) >= up.max_groups_per_session:
-            raise QrcError(
-                ErrorCode.CHANGE_GROUPS_EXHAUSTED,
-                f"Change groups exhausted: at most {up.max_groups_per_session} per session",
-            )
-        if up.change_group_count >= up.max_change_groups:
-            raise QrcError(
-                ErrorCode.CHANGE_GROUPS_EXHAUSTED,
-                f"Change groups exhausted: the gateway holds its maximum of {up.max_change_groups}",
-            )
-        group = ClientGroup(client_id=gid)
+        group = self._upstream.groups.create(gid, len(self._groups))
         self._groups[str(gid)] = group
-        up.register_group(group)
         return group
 
     def _forget(self, group: ClientGroup) -> None:
         group.stop_autopoll()
         if self._groups.get(str(group.client_id)) is group:
             del self._groups[str(group.client_id)]
-        self._upstream.unregister_group(group)
+        self._upstream.groups.discard(group)
 
     async def _destroy(self, group: ClientGroup) -> None:
         keys = list(group.delivered)
@@ -168,6 +177,12 @@ class UpstreamSession:
             self._push(message)
         except Exception:
             log.exception("push to client session %d failed", self.id)
+
+    def halt(self) -> None:
+        """Stop at once (gateway shutdown): no more calls, pushes or AutoPolls."""
+        self.closed = True
+        for group in self._groups.values():
+            group.stop_autopoll()
 
     async def close(self) -> None:
         """Drop this session's groups (and their references in the hub)."""

@@ -6,7 +6,7 @@ from typing import Annotated, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from qsys_gateway.config import RateConfig, Rule
+from qsys_protocol.config import RateConfig, Rule
 
 from .common import (
     API_VERSION,

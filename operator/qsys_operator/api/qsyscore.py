@@ -7,7 +7,7 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from qsys_gateway.config import HostName, Port
+from qsys_protocol.config import HostName, Port
 
 from .common import (
     API_VERSION,
@@ -74,6 +74,9 @@ class GatewaySpec(Model):
     ] = []
     affinity: Annotated[dict[str, Any], Field(json_schema_extra=PRESERVE_UNKNOWN)] | None = None
     podAnnotations: AnnotationMap = {}
+    qrcOnCoreLoss: Literal["keep", "close"] = "close"
+    """Raw QRC clients while the Core is unreachable: `close` their sockets as the Core's
+    would (default), or `keep` them and answer -32050."""
 
 
 class LimitsSpec(Model):

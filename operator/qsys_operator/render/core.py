@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from qsys_gateway.config import GatewayConfig
+from qsys_protocol.config import GatewayConfig
 
 from ..api import QSysCore
 from ..settings import OperatorSettings

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
-from qsys_gateway.config import SubjectConfig
+from qsys_protocol.config import SubjectConfig
 
 from ..api import AccessPolicy
 

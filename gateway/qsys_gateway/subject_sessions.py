@@ -1,4 +1,4 @@
-"""Upstream sessions for HTTP callers: one per subject, closed after it sits idle.
+"""UpstreamPool sessions for connectionless callers (HTTP): one per subject, closed when idle.
 
 HTTP has no connection to hang change groups on, so a subject's HTTP calls
 share one session; its change groups live until it is idle for `idle_seconds`.
@@ -11,13 +11,13 @@ import contextlib
 import time
 from collections.abc import Callable
 
-from ..upstream import Upstream, UpstreamSession
+from .upstream import UpstreamPool, UpstreamSession
 
 
-class HttpSessions:
+class SubjectSessions:
     def __init__(
         self,
-        upstream: Upstream,
+        upstream: UpstreamPool,
         idle_seconds: float = 300.0,
         can_read: Callable[[str, str, str], bool] | None = None,
     ) -> None:

@@ -7,21 +7,22 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from ..clients import ClientHandle
-from ..config import SubjectConfig
-from ..pipeline import Caller
-from ..qrc import jsonrpc
-from ..qrc.errors import ErrorCode, QrcError
-from ..upstream import UpstreamSession
-from .common import Refusal, Services, authenticate, rate_limit, request_id
+from qsys_protocol.config import SubjectConfig
+from qsys_protocol.qrc import jsonrpc
+from qsys_protocol.qrc.errors import ErrorCode, QrcError
+from qsys_protocol.qrc.methods import traits_of
 
-log = logging.getLogger("qsys_gateway.connection")
+from ..admission import Caller, Refusal
+from ..client_registry import ClientHandle
+from .common import Services, request_id
+
+log = logging.getLogger("qsys_gateway.connected")
 
 MAX_IN_FLIGHT = 32
 LOGON_TIMEOUT = 10.0
 
 
-class ClientConnection:
+class ConnectedClient:
     """One connected client. `send` must not block; transports bound their own queues."""
 
     def __init__(
@@ -33,8 +34,9 @@ class ClientConnection:
         pre_logon_error: int,
     ) -> None:
         self.svc = svc
+        self.admission = svc.admission
         self.handle = handle
-        self.caller: Caller | None = None
+        self.caller = Caller(handle.transport, handle.source_ip)
         self._answers_before_logon = answers_before_logon
         self._pre_logon_error = pre_logon_error
         self._slots = asyncio.Semaphore(MAX_IN_FLIGHT)
@@ -46,15 +48,11 @@ class ClientConnection:
 
     @property
     def logged_on(self) -> bool:
-        return self.caller is not None
+        return self.caller.session is not None
 
     def log_on(self, subject: SubjectConfig) -> None:
-        rt = self.svc.runtime
-        name = subject.name
-        session: UpstreamSession = rt.upstream.open_session(
-            self.send, lambda component, control: rt.rules.policy.can_read(name, component, control)
-        )
-        self.caller = Caller(subject, self.handle.transport, self.handle.source_ip, session)
+        """After `admission.authenticate` succeeded for `self.caller`."""
+        self.admission.open_session(self.caller, self.send)
         self.handle.subject = subject.name
         status = self.svc.runtime.upstream.engine_status
         if status is not None:
@@ -71,14 +69,12 @@ class ClientConnection:
         if not calls:
             self.send(jsonrpc.error_message(None, QrcError(ErrorCode.INVALID_REQUEST)))
             return
-        if self.caller is None:
+        if not self.logged_on:
             for obj in calls:
                 self._pre_logon(obj)
             return
         rid = request_id()
-        refused = await rate_limit(
-            self.svc, self.caller.subject, calls, self.handle.transport, self.handle.source_ip, rid
-        )
+        refused = await self.admission.rate_limit(self.caller, calls, rid)
         if refused is not None:
             for obj in calls:
                 self._reply_error(obj, refused)
@@ -91,8 +87,7 @@ class ClientConnection:
 
     async def _call(self, obj: Any, rid: str) -> None:
         try:
-            assert self.caller is not None
-            response = await self.svc.pipeline.call(self.caller, obj, rid)
+            response = await self.admission.handle(self.caller, obj, rid)
             if response is not None:
                 self.send(response)
         except Exception:
@@ -120,31 +115,32 @@ class ClientConnection:
             params = msg.params if isinstance(msg.params, dict) else {}
             user, token = params.get("User"), params.get("Password")
             try:
-                subject = authenticate(
-                    self.svc,
-                    token=token if isinstance(token, str) else None,
+                subject = self.admission.authenticate(
+                    self.caller,
+                    token if isinstance(token, str) else None,
                     user=user if isinstance(user, str) else "",
-                    source_ip=self.handle.source_ip,
-                    transport=self.handle.transport,
-                    rid=request_id(),
+                    request_id=request_id(),
                 )
             except Refusal as err:
                 self._answer(msg, error=err)
                 return
             self.log_on(subject)
             result = True
-        elif self._answers_before_logon and msg.method == "NoOp":
-            result = True
-        elif self._answers_before_logon and msg.method == "StatusGet":
-            status = self.svc.runtime.upstream.engine_status
-            if status is None:
+        elif self._answers_before_logon and traits_of(msg.method).before_logon:
+            result = self._before_logon(msg.method)
+            if result is None:
                 self._answer(msg, error=QrcError(ErrorCode.CORE_UNAVAILABLE))
                 return
-            result = status
         else:
             self._answer(msg, error=QrcError(self._pre_logon_error))
             return
         self._answer(msg, result=result)
+
+    def _before_logon(self, method: str) -> Any:
+        """A Core's answer to NoOp / StatusGet on a socket not logged on (None: unknown)."""
+        if method == "StatusGet":
+            return self.svc.runtime.upstream.engine_status
+        return True
 
     def _answer(
         self, msg: jsonrpc.Request, *, result: Any = None, error: QrcError | None = None
@@ -164,9 +160,7 @@ class ClientConnection:
     async def close(self) -> None:
         for task in list(self._tasks):
             task.cancel()
-        if self.caller is not None:
-            try:
-                await asyncio.wait_for(self.caller.session.close(), 5.0)
-            except (TimeoutError, QrcError, OSError):
-                log.info("could not destroy change groups of a closed session")
-            self.caller = None
+        try:
+            await asyncio.wait_for(self.admission.release(self.caller), 5.0)
+        except (TimeoutError, QrcError, OSError):
+            log.info("could not destroy change groups of a closed session")

@@ -34,7 +34,6 @@ Name = Annotated[StrictStr, Field(min_length=1, max_length=MAX_NAME)]
 ChangeGroupId = Annotated[StrictStr, Field(min_length=1, max_length=MAX_NAME)] | StrictInt
 ControlValue = StrictBool | StrictInt | StrictFloat | Annotated[StrictStr, Field(max_length=4096)]
 Seconds = Annotated[float, Field(ge=0, le=3600)]
-ControlType = Literal["Boolean", "Integer", "Float", "Text", "Trigger", "Time"]
 
 
 class Model(BaseModel):
@@ -162,10 +161,12 @@ class StatusResult(ResultModel):
 
 
 class ControlState(ResultModel):
+    """A Core may leave out Position (and Value for some Text controls)."""
+
     Name: str
-    Value: bool | int | float | str
+    Value: bool | int | float | str | None = None
     String: str
-    Position: float
+    Position: float | None = None
 
 
 class Change(ControlState):
@@ -174,27 +175,31 @@ class Change(ControlState):
 
 class ComponentProperty(ResultModel):
     Name: str
-    Value: str
+    Value: str | int | float | bool
     PrettyName: str | None = None
 
 
 class ComponentInfo(ResultModel):
     Name: str
     Type: str
-    Properties: list[ComponentProperty]
+    Properties: list[ComponentProperty] = []
 
 
 class ControlInfo(ResultModel):
+    """The vendor's help shows Booleans without the Min/Max fields; an emulator also
+    reports types beyond Boolean/Integer/Float/Text/Trigger/Time (State Trigger, Array, ...)."""
+
     Name: str
-    Type: ControlType
-    Value: bool | int | float | str
-    ValueMin: int | float
-    ValueMax: int | float
-    StringMin: str
-    StringMax: str
+    Type: str
+    Value: bool | int | float | str | None = None
+    ValueMin: int | float | None = None
+    ValueMax: int | float | None = None
+    StringMin: str | None = None
+    StringMax: str | None = None
     String: str
-    Position: float
+    Position: float | None = None
     Direction: Literal["Read/Write", "Read Only", "Write Only"]
+    Choices: list[str] | None = None
 
 
 class ComponentControlsResult(ResultModel):
@@ -218,35 +223,81 @@ MethodKind = Literal["session", "read", "write", "change_group"]
 
 
 @dataclass(frozen=True, slots=True)
+class MethodTraits:
+    """What the gateway needs to know about a method, in one place.
+
+    `write`: changes the Core (always audited; methods the product does not model count
+    as writes). `retryable`: has no side effect, so it may be sent again on another
+    connection when the socket it went out on dropped. `change_group`: answered by the
+    gateway's own change groups, never forwarded. `group_add`: adds controls to a change
+    group, so each control also needs read permission. `before_logon`: a Core answers it
+    on a socket that has not logged on.
+    """
+
+    write: bool = False
+    retryable: bool = False
+    change_group: bool = False
+    group_add: bool = False
+    before_logon: bool = False
+
+
+UNMODELLED = MethodTraits(write=True)
+"""Traits of a method the product does not model (forwarded only when a rule names it)."""
+UNMODELLED_CHANGE_GROUP = MethodTraits(write=True, change_group=True)
+"""An unknown `ChangeGroup.*` method: the gateway's change groups refuse it."""
+
+_TRAITS_OF_KIND: dict[str, MethodTraits] = {
+    "read": MethodTraits(retryable=True),
+    "write": MethodTraits(write=True),
+    "change_group": MethodTraits(change_group=True),
+}
+
+
+@dataclass(frozen=True, slots=True)
 class MethodSpec:
     name: str
     kind: MethodKind
     params: type[BaseModel] | None
     result: TypeAdapter[Any]
+    traits: MethodTraits
 
 
-def _spec(name: str, kind: MethodKind, params: type[BaseModel] | None, result: Any) -> MethodSpec:
-    return MethodSpec(name, kind, params, TypeAdapter(result))
+def _spec(
+    name: str,
+    kind: MethodKind,
+    params: type[BaseModel] | None,
+    result: Any,
+    traits: MethodTraits | None = None,
+) -> MethodSpec:
+    return MethodSpec(
+        name, kind, params, TypeAdapter(result), traits or _TRAITS_OF_KIND.get(kind, MethodTraits())
+    )
 
+
+_GROUP_ADD = MethodTraits(change_group=True, group_add=True)
+_BEFORE_LOGON = MethodTraits(retryable=True, before_logon=True)
 
 METHODS: dict[str, MethodSpec] = {
     s.name: s
     for s in (
         _spec("Logon", "session", LogonParams, Literal[True]),
-        _spec("NoOp", "session", EmptyParams, Literal[True]),
-        _spec("StatusGet", "read", None, StatusResult),
+        _spec("NoOp", "session", EmptyParams, Literal[True], _BEFORE_LOGON),
+        _spec("StatusGet", "read", None, StatusResult, _BEFORE_LOGON),
         _spec("Control.Get", "read", ControlGetParams, list[ControlState]),
         _spec("Control.Set", "write", ControlSetParams, bool | ControlState),
         _spec("Component.GetComponents", "read", EmptyParams, list[ComponentInfo]),
         _spec("Component.GetControls", "read", ComponentRef, ComponentControlsResult),
         _spec("Component.Get", "read", ComponentGetParams, ComponentValuesResult),
-        _spec("Component.Set", "write", ComponentSetParams, bool | ComponentValuesResult),
-        _spec("ChangeGroup.AddControl", "change_group", ChangeGroupAddControlParams, bool),
+        _spec("Component.Set", "write", ComponentSetParams, bool | list[Change]),
+        _spec(
+            "ChangeGroup.AddControl", "change_group", ChangeGroupAddControlParams, bool, _GROUP_ADD
+        ),
         _spec(
             "ChangeGroup.AddComponentControl",
             "change_group",
             ChangeGroupAddComponentControlParams,
             bool,
+            _GROUP_ADD,
         ),
         _spec("ChangeGroup.Remove", "change_group", ChangeGroupRemoveParams, bool),
         _spec("ChangeGroup.Poll", "change_group", ChangeGroupIdParams, ChangeGroupPollResult),
@@ -258,6 +309,13 @@ METHODS: dict[str, MethodSpec] = {
         _spec("Snapshot.Save", "write", SnapshotSaveParams, bool),
     )
 }
+
+
+def traits_of(method: str) -> MethodTraits:
+    spec = METHODS.get(method)
+    if spec is not None:
+        return spec.traits
+    return UNMODELLED_CHANGE_GROUP if method.startswith("ChangeGroup.") else UNMODELLED
 
 
 def _describe(exc: ValidationError) -> str:

@@ -1,0 +1,308 @@
+"""Admission: the one path every client call takes, whatever transport carried it.
+
+Contract for transport authors (HTTP, WebSocket, raw QRC, QRWC, MCP, ...):
+
+1. Make one `Caller(transport, source_ip)` per connection (per request for HTTP).
+2. `admission.authenticate(caller, token, user=..., request_id=...)` once (per request
+   for HTTP): returns the subject or raises `Refusal`, already audited and counted;
+   answer `Refusal.code` / `.retry_after` in the transport's own way.
+3. A transport with a connection that can take pushes calls
+   `admission.open_session(caller, push)` after logon and `await admission.release(caller)`
+   when the client goes; change groups then live as long as the connection. Without it,
+   calls share the subject's idle-closed session (`SubjectSessions`).
+4. Per received request (one call or a batch): `await admission.rate_limit(caller, calls,
+   request_id)`; a returned `Refusal` refuses the whole batch (each call already audited).
+5. Per call: `await admission.handle(caller, obj, request_id)` with the decoded JSON-RPC
+   object; it returns the JSON-RPC reply (None for notifications and responses). It
+   re-checks the subject against the current config, validates params, asks the
+   policy, forwards through the caller's upstream session, audits and counts.
+
+What each method is (write, retryable, change-group add, answered before logon) is
+`qsys_protocol.qrc.methods.traits_of`; nothing here decides that on its own.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from qsys_protocol.config import SubjectConfig
+from qsys_protocol.qrc import jsonrpc
+from qsys_protocol.qrc.errors import ErrorCode, QrcError
+from qsys_protocol.qrc.methods import METHODS, parse_params, traits_of
+
+from .metrics import method_label
+from .policy import Decision
+from .runtime import Runtime
+from .subject_sessions import SubjectSessions
+from .upstream import UpstreamSession
+
+log = logging.getLogger("qsys_gateway.admission")
+
+_OUTCOME_BY_CODE: dict[int, str] = {
+    ErrorCode.CORE_UNAVAILABLE: "unavailable",
+    ErrorCode.CORE_TIMEOUT: "timeout",
+    ErrorCode.FORBIDDEN: "denied",
+    ErrorCode.RATE_LIMITED: "rate_limited",
+    ErrorCode.UNAUTHENTICATED: "unauthenticated",
+    ErrorCode.PARSE_ERROR: "invalid",
+    ErrorCode.INVALID_REQUEST: "invalid",
+    ErrorCode.INVALID_PARAMS: "invalid",
+    ErrorCode.METHOD_NOT_FOUND: "invalid",
+}
+
+
+def outcome_of(code: int) -> str:
+    return _OUTCOME_BY_CODE.get(code, "error")
+
+
+class Refusal(QrcError):
+    """A request refused before any call ran (authentication, throttling, rate limit)."""
+
+    def __init__(self, code: int, message: str, retry_after: float = 0.0) -> None:
+        super().__init__(code, message)
+        self.retry_after = retry_after
+
+
+@dataclass(slots=True)
+class Caller:
+    """One client connection (or one HTTP request) as admission sees it."""
+
+    transport: str
+    source_ip: str
+    subject: SubjectConfig | None = None
+    session: UpstreamSession | None = None
+    owns_session: bool = False
+
+    @property
+    def subject_name(self) -> str:
+        return self.subject.name if self.subject is not None else "-"
+
+
+def _method_of(obj: Any) -> str:
+    method = obj.get("method") if isinstance(obj, dict) else None
+    return method if isinstance(method, str) else "invalid"
+
+
+class Admission:
+    def __init__(self, runtime: Runtime, *, shared_idle_seconds: float = 300.0) -> None:
+        self.rt = runtime
+        self.shared = SubjectSessions(
+            runtime.upstream,
+            shared_idle_seconds,
+            can_read=lambda *target: runtime.rules.policy.can_read(*target),
+        )
+        # Labelled children, looked up once: label values are bounded (see metrics.py).
+        self._counters: dict[tuple[str, str, str, str], Any] = {}
+        self._timers: dict[tuple[str, str], Any] = {}
+
+    def start(self) -> None:
+        self.shared.start()
+
+    async def close(self) -> None:
+        await self.shared.close()
+
+    # ---- who ----------------------------------------------------------------------
+
+    def authenticate(
+        self,
+        caller: Caller,
+        token: str | None,
+        *,
+        user: str | None = None,
+        request_id: str,
+        method: str = "Logon",
+    ) -> SubjectConfig:
+        """A bearer token (or a Logon `user` + token) → the subject, set on `caller`.
+
+        Repeated failures from one source address are throttled. A refusal is audited as
+        a call of `method` and raised as `Refusal`."""
+        rt = self.rt
+        source = caller.source_ip
+        wait = rt.throttle.retry_after(source)
+        if wait > 0:
+            err = Refusal(
+                ErrorCode.RATE_LIMITED, "Too many failed authentications; retry later", wait
+            )
+            self._auth_failed(caller, method, err, request_id, "auth throttled")
+            raise err
+        subject = None
+        if token:
+            auth = rt.rules.authenticator
+            subject = auth.authenticate(token) if user is None else auth.logon(user, token)
+        if subject is None:
+            rt.throttle.failure(source)
+            err = Refusal(ErrorCode.UNAUTHENTICATED, "Unauthenticated")
+            self._auth_failed(caller, method, err, request_id, "invalid or missing token")
+            raise err
+        rt.throttle.success(source)
+        caller.subject = subject
+        return subject
+
+    def _auth_failed(
+        self, caller: Caller, method: str, err: QrcError, request_id: str, reason: str
+    ) -> None:
+        self.rt.metrics.auth_failures.labels(caller.transport).inc()
+        log.warning(
+            "authentication failed",
+            extra={
+                "request_id": request_id,
+                "source_ip": caller.source_ip,
+                "transport": caller.transport,
+                "reason": reason,
+            },
+        )
+        self.refuse(
+            Caller(caller.transport, caller.source_ip), {"method": method}, err, request_id, reason
+        )
+
+    def open_session(self, caller: Caller, push: Callable[[dict[str, Any]], None]) -> None:
+        """Give a logged-on connection its own upstream session (pushes go to `push`)."""
+        assert caller.subject is not None, "authenticate first"
+        rt, name = self.rt, caller.subject.name
+        caller.session = rt.upstream.open_session(
+            push, lambda component, control: rt.rules.policy.can_read(name, component, control)
+        )
+        caller.owns_session = True
+
+    async def release(self, caller: Caller) -> None:
+        """The client went away: drop its own session's change groups."""
+        session, caller.session = caller.session, None
+        if session is not None and caller.owns_session:
+            await session.close()
+        caller.subject = None
+
+    # ---- how much -----------------------------------------------------------------
+
+    async def rate_limit(
+        self, caller: Caller, calls: Sequence[Any], request_id: str
+    ) -> Refusal | None:
+        """Charge one token per call; on refusal audit each call and return the error."""
+        assert caller.subject is not None, "authenticate first"
+        rt = self.rt
+        rate = rt.config.rate_for(caller.subject)
+        decision = await rt.limiter.hit(caller.subject.name, rate, max(1, len(calls)))
+        if decision.allowed:
+            return None
+        err = Refusal(ErrorCode.RATE_LIMITED, "Rate limited", decision.retry_after)
+        for obj in calls or [{}]:
+            self.refuse(caller, obj, err, request_id, "rate limit exceeded")
+        return err
+
+    # ---- what ---------------------------------------------------------------------
+
+    async def handle(self, caller: Caller, obj: Any, request_id: str) -> dict[str, Any] | None:
+        """One decoded JSON-RPC message → its reply (None for notifications)."""
+        started = time.perf_counter()
+        rt = self.rt
+        try:
+            msg = jsonrpc.parse_object(obj)
+        except jsonrpc.InvalidMessage as exc:
+            self._count("other", caller, "invalid", started)
+            return jsonrpc.error_message(exc.request_id, exc)
+        if isinstance(msg, jsonrpc.Response):
+            return None
+        method = msg.method
+        label = method_label(method)
+        known = caller.subject
+        subject = rt.current_subject(known.name) if known is not None else None
+        if subject is None or known is None or subject.tokenSha256 != known.tokenSha256:
+            err = QrcError(ErrorCode.UNAUTHENTICATED, "Unauthenticated: token revoked")
+            self._count(label, caller, "unauthenticated", started)
+            return None if msg.is_notification else jsonrpc.error_message(msg.id, err)
+        caller.subject = subject
+        params: Any
+        try:
+            if method == "Logon":
+                raise QrcError(ErrorCode.INVALID_REQUEST, "Invalid request: already logged on")
+            params = parse_params(method, msg.params) if method in METHODS else msg.params
+        except QrcError as exc:
+            self._count(label, caller, "invalid", started)
+            return None if msg.is_notification else jsonrpc.error_message(msg.id, exc)
+        rules = rt.rules
+        decision = rules.policy.authorize(subject.name, method, params)
+        if not decision.allowed:
+            err = QrcError(ErrorCode.FORBIDDEN, f"Forbidden by policy: {decision.reason}")
+            self._audit(caller, request_id, method, decision, "denied", started)
+            self._count(label, caller, "denied", started)
+            return None if msg.is_notification else jsonrpc.error_message(msg.id, err)
+        session = caller.session
+        if session is None:
+            session = caller.session = self.shared.get(subject.name)
+        rt.call_started()
+        try:
+            result = await session.call(method, params)
+        except QrcError as exc:
+            outcome = outcome_of(exc.code)
+            response = jsonrpc.error_message(msg.id, exc)
+        else:
+            outcome = "ok"
+            response = jsonrpc.result_message(msg.id, result)
+        finally:
+            rt.call_finished()
+        if traits_of(method).write or rules.config.audit.logReads:
+            self._audit(caller, request_id, method, decision, outcome, started)
+        self._count(label, caller, outcome, started)
+        return None if msg.is_notification else response
+
+    # ---- records ------------------------------------------------------------------
+
+    def refuse(
+        self, caller: Caller, obj: Any, error: QrcError, request_id: str, reason: str
+    ) -> None:
+        """Audit and count one call refused before `handle` (authentication, rate limit)."""
+        method = _method_of(obj)
+        subject = caller.subject_name
+        outcome = outcome_of(error.code)
+        self.rt.audit.record(
+            request_id=request_id,
+            subject=subject,
+            source_ip=caller.source_ip,
+            transport=caller.transport,
+            method=method[:128],
+            decision="deny",
+            reason=reason,
+            outcome=outcome,
+            duration_ms=0.0,
+        )
+        self.rt.metrics.requests.labels(
+            method_label(method), subject, caller.transport, outcome
+        ).inc()
+
+    def _audit(
+        self,
+        caller: Caller,
+        request_id: str,
+        method: str,
+        decision: Decision,
+        outcome: str,
+        started: float,
+    ) -> None:
+        self.rt.audit.record(
+            request_id=request_id,
+            subject=caller.subject_name,
+            source_ip=caller.source_ip,
+            transport=caller.transport,
+            method=method[:128],
+            targets=decision.targets,
+            values=decision.values,
+            decision="allow" if decision.allowed else "deny",
+            reason=decision.reason,
+            outcome=outcome,
+            duration_ms=(time.perf_counter() - started) * 1000,
+        )
+
+    def _count(self, label: str, caller: Caller, outcome: str, started: float) -> None:
+        key = (label, caller.subject_name, caller.transport, outcome)
+        counter = self._counters.get(key)
+        if counter is None:
+            counter = self._counters[key] = self.rt.metrics.requests.labels(*key)
+        counter.inc()
+        tkey = (label, caller.transport)
+        timer = self._timers.get(tkey)
+        if timer is None:
+            timer = self._timers[tkey] = self.rt.metrics.request_duration.labels(*tkey)
+        timer.observe(time.perf_counter() - started)

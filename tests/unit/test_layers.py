@@ -1,0 +1,106 @@
+"""Lower layers never import upper ones (docs/gateway.md, docs/architecture.md).
+
+Read from the source with `ast`, so a violation fails here before it becomes a cycle.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+PACKAGES = {
+    "qsys_protocol": REPO / "protocol" / "qsys_protocol",
+    "qsys_gateway": REPO / "gateway" / "qsys_gateway",
+    "qsys_operator": REPO / "operator" / "qsys_operator",
+    "qsys_core_sim": REPO / "simulator" / "qsys_core_sim",
+}
+# What each program may import of the others (qsys_protocol is the shared bottom).
+ALLOWED_PACKAGES = {
+    "qsys_protocol": set(),
+    "qsys_core_sim": {"qsys_protocol"},
+    "qsys_gateway": {"qsys_protocol"},
+    "qsys_operator": {"qsys_protocol", "qsys_gateway.logs"},
+}
+# The gateway's layers, bottom first; a module may import its own layer and those below.
+GATEWAY_LAYERS = [
+    {"logs", "metrics"},
+    {"upstream"},
+    {"auth", "policy", "ratelimit", "audit", "reload", "client_registry"},
+    {"runtime"},
+    {"subject_sessions"},
+    {"admission"},
+    {"transports"},
+    {"app"},
+    {"cli"},
+]
+
+
+def _modules(package: str) -> dict[str, Path]:
+    root = PACKAGES[package]
+    found = {}
+    for path in root.rglob("*.py"):
+        parts = (package, *path.relative_to(root).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        found[".".join(parts)] = path
+    return found
+
+
+def _imports(module: str, path: Path) -> set[str]:
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    out: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text("utf-8"))):
+        if isinstance(node, ast.Import):
+            out.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                target = ".".join([*base, node.module] if node.module else base)
+            else:
+                target = node.module or ""
+            out.add(target)
+            out.update(f"{target}.{a.name}" for a in node.names)
+    return {name for name in out if name.startswith("qsys_")}
+
+
+def _allowed(name: str, allowed: set[str]) -> bool:
+    return any(name == a or name.startswith(a + ".") for a in allowed)
+
+
+def test_programs_import_only_the_shared_bottom() -> None:
+    wrong = []
+    for package, allowed in ALLOWED_PACKAGES.items():
+        for module, path in _modules(package).items():
+            for name in _imports(module, path):
+                if name.split(".")[0] != package and not _allowed(name, allowed):
+                    wrong.append(f"{module} imports {name}")
+    assert wrong == []
+
+
+def _layer(module: str) -> int:
+    first = module.split(".")[1] if "." in module else ""
+    for index, layer in enumerate(GATEWAY_LAYERS):
+        if first in layer:
+            return index
+    raise AssertionError(f"{module}: add it to GATEWAY_LAYERS in {Path(__file__).name}")
+
+
+def test_gateway_layers_import_only_downwards() -> None:
+    wrong = []
+    for module, path in _modules("qsys_gateway").items():
+        if module == "qsys_gateway":
+            continue
+        mine = _layer(module)
+        for name in _imports(module, path):
+            if not name.startswith("qsys_gateway.") or name == "qsys_gateway.__version__":
+                continue
+            if _layer(name) > mine:
+                wrong.append(f"{module} (layer {mine}) imports {name} (layer {_layer(name)})")
+    assert wrong == []
+
+
+def test_the_layer_check_sees_a_violation() -> None:
+    assert _layer("qsys_gateway.upstream.pool") < _layer("qsys_gateway.admission")
+    imports = _imports("qsys_gateway.policy", PACKAGES["qsys_gateway"] / "policy.py")
+    assert "qsys_protocol.qrc.methods" in imports
