@@ -41,7 +41,7 @@ from node_support import (
 )
 from operator_support import apply_crds, condition, get, patch, secret_text, wait_condition
 
-from qsys_gateway.qrc.client import QrcClient
+from qsys_protocol.qrc.client import QrcClient
 
 pytestmark = pytest.mark.e2e
 
