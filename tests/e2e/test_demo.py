@@ -42,5 +42,5 @@ def test_demo_shows_one_allowed_and_one_denied_call(cluster: Cluster) -> None:
     assert "CoreConnected    True" in out
     assert "2 pods Ready" in out
     assert "on qsys-node" in out
-    assert "Cleaning up: namespace qsys-demo-" in out
+    assert "Cleaning up: release qsys-" in out
     assert "deleted" in out.split("Cleaning up:", 1)[1]

@@ -112,18 +112,16 @@ def _server(cluster: Cluster, ns: str, image: str) -> client.V1Service:
 
 
 def _get(url: str) -> str:
-    """GET url; retried while kube-proxy has not yet programmed a new Service's
-    endpoints (until then the ClusterIP answers with a reset)."""
+    """GET url; retried while kube-proxy has not yet programmed a new Service (until
+    then its ClusterIP answers with a reset, or not at all: no route to host)."""
 
     def fetch() -> str | None:
         try:
             with urllib.request.urlopen(url, timeout=5) as r:
                 assert r.status == 200
                 return str(r.read().decode())
-        except ConnectionRefusedError:
-            return None
         except urllib.error.URLError as exc:
-            if isinstance(exc.reason, ConnectionRefusedError):
+            if isinstance(exc.reason, OSError):
                 return None
             raise
 
