@@ -383,11 +383,14 @@ def run_in_namespace(
     info("Ready")
 
     step("Applying examples/qsyscore.yaml and examples/accesspolicy.yaml")
-    panel_token = secrets.token_urlsafe(24)
+    panel_token = secrets.token_urlsafe(32)
     v1.create_namespaced_secret(
         ns,
         client.V1Secret(
-            metadata=client.V1ObjectMeta(name="room-101-panel-token"),
+            # The opt-in marker: the operator uses only Secrets labelled for the use.
+            metadata=client.V1ObjectMeta(
+                name="room-101-panel-token", labels={"qsys.dev/secret-type": "client-token"}
+            ),
             string_data={"token": panel_token},
         ),
     )

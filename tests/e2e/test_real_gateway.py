@@ -11,6 +11,7 @@ change it (policy edit, Core outage, rollout, operator restart, drain).
 from __future__ import annotations
 
 import asyncio
+import secrets
 import itertools
 import json
 import os
@@ -50,7 +51,7 @@ CORE = "auditorium"
 POLICY = "auditorium-operators"
 GATEWAY = f"{CORE}-gateway"
 GATEWAY_SELECTOR = f"app.kubernetes.io/instance={CORE},app.kubernetes.io/name=qsys-gateway"
-PANEL_TOKEN = "panel-token-0123456789abcdef0123456789abcdef"
+PANEL_TOKEN = secrets.token_hex(32)
 TIMEOUT_S = 180
 
 
@@ -200,7 +201,10 @@ def stack(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterato
             core.create_namespaced_secret(
                 ns,
                 client.V1Secret(
-                    metadata=client.V1ObjectMeta(name="room-101-panel-token"),
+                    metadata=client.V1ObjectMeta(
+                        name="room-101-panel-token",
+                        labels={"qsys.dev/secret-type": "client-token"},
+                    ),
                     string_data={"token": PANEL_TOKEN},
                 ),
             )
