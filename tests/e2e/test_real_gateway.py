@@ -11,10 +11,10 @@ change it (policy edit, Core outage, rollout, operator restart, drain).
 from __future__ import annotations
 
 import asyncio
-import secrets
 import itertools
 import json
 import os
+import secrets
 import subprocess
 import threading
 import time
