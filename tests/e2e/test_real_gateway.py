@@ -228,6 +228,20 @@ def stack(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterato
             wait_condition(
                 cluster, ns, "QSysCore", CORE, "CoreConnected", "True", timeout=TIMEOUT_S
             )
+            streak = [0]
+
+            def answers() -> bool:
+                # kube-proxy and kube-router program new pods a moment after they are
+                # Ready; until then a connection may be refused. 10 answers in a row.
+                try:
+                    ok = stack.rpc("StatusGet")[0] == 200
+                except OSError:
+                    ok = False
+                streak[0] = streak[0] + 1 if ok else 0
+                time.sleep(0.1)
+                return streak[0] >= 10
+
+            wait_for("the gateway Service answering steadily", answers, timeout=60)
             yield stack
         finally:
             subprocess.run(
