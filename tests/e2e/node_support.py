@@ -110,6 +110,29 @@ def is_ready(pod: client.V1Pod) -> bool:
     )
 
 
+def deploy(
+    cluster: Cluster, ns: str, container: dict[str, Any], replicas: int = 1, port: int = 0
+) -> None:
+    """A Deployment of container named after it (pods labelled app=NAME), and a Service
+    of the same name in front of it when port is set."""
+    name = container["name"]
+    labels = {"app": name}
+    template = {"metadata": {"labels": labels}, "spec": {"containers": [container]}}
+    spec = {"replicas": replicas, "selector": {"matchLabels": labels}, "template": template}
+    body = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name}, "spec": spec}
+    create(cluster, ns, body)
+    if port:
+        ports = [
+            {"name": "main", "port": port, "targetPort": container["ports"][0]["containerPort"]}
+        ]
+        service = {"selector": labels, "ports": ports}
+        create(
+            cluster,
+            ns,
+            {"apiVersion": "v1", "kind": "Service", "metadata": {"name": name}, "spec": service},
+        )
+
+
 def restricted_container(name: str, image: str, command: list[str], **extra: Any) -> dict[str, Any]:
     """A container under the restricted Pod Security profile (as the gateway runs)."""
     return {

@@ -20,7 +20,14 @@ from pathlib import Path
 import pytest
 from kube_support import REPO, Cluster, must
 from kubernetes import client
-from node_support import create, images, real_namespace, restricted_container, wait_pods_ready
+from node_support import (
+    create,
+    deploy,
+    images,
+    real_namespace,
+    restricted_container,
+    wait_pods_ready,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -90,28 +97,13 @@ def test_teardown_restores_the_host_after_a_killed_run(cluster: Cluster) -> None
 
 def _exercise_kill_and_compare(cluster: Cluster, ns: str, before: str) -> None:
     image = images()["gateway"]
-    labels = {"app": "sleeper"}
     container = restricted_container(
-        "main", image, ["python3", "-c", "import time; time.sleep(3600)"]
+        "sleeper",
+        image,
+        ["python3", "-c", "import time; time.sleep(3600)"],
+        ports=[{"containerPort": 8080}],
     )
-    body = {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": "sleeper"},
-        "spec": {
-            "replicas": 2,
-            "selector": {"matchLabels": labels},
-            "template": {"metadata": {"labels": labels}, "spec": {"containers": [container]}},
-        },
-    }
-    create(cluster, ns, body)
-    service = {
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": {"name": "sleeper"},
-        "spec": {"selector": labels, "ports": [{"port": 80}]},
-    }
-    create(cluster, ns, service)
+    deploy(cluster, ns, container, replicas=2, port=80)
     policy = {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",

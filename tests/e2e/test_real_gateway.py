@@ -32,7 +32,7 @@ from kube_support import REPO, Cluster, must, tool_dir, wait_for
 from kubernetes import client
 from node_support import (
     NODE_NAME,
-    create,
+    deploy,
     images,
     is_ready,
     real_namespace,
@@ -128,7 +128,6 @@ def _split(ref: str) -> tuple[str, str]:
 
 
 def _simulator(cluster: Cluster, ns: str, image: str) -> None:
-    labels = {"app": "core-sim"}
     container = restricted_container(
         "core-sim",
         image,
@@ -136,30 +135,7 @@ def _simulator(cluster: Cluster, ns: str, image: str) -> None:
         ports=[{"containerPort": 1710, "name": "qrc"}],
         readinessProbe={"tcpSocket": {"port": 1710}, "periodSeconds": 1},
     )
-    create(
-        cluster,
-        ns,
-        {
-            "apiVersion": "apps/v1",
-            "kind": "Deployment",
-            "metadata": {"name": "core-sim"},
-            "spec": {
-                "replicas": 1,
-                "selector": {"matchLabels": labels},
-                "template": {"metadata": {"labels": labels}, "spec": {"containers": [container]}},
-            },
-        },
-    )
-    create(
-        cluster,
-        ns,
-        {
-            "apiVersion": "v1",
-            "kind": "Service",
-            "metadata": {"name": "core-sim"},
-            "spec": {"selector": labels, "ports": [{"name": "qrc", "port": 1710}]},
-        },
-    )
+    deploy(cluster, ns, container, port=1710)
     wait_pods_ready(cluster, ns, "app=core-sim", 1)
 
 

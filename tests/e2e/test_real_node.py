@@ -10,7 +10,6 @@ import itertools
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 from kube_support import Cluster, must, wait_for
@@ -21,6 +20,7 @@ from node_support import (
     POD_CIDR_PREFIX,
     SERVICE_CIDR_PREFIX,
     create,
+    deploy,
     images,
     real_namespace,
     require_real_node,
@@ -80,7 +80,6 @@ def ns(cluster: Cluster) -> Iterator[str]:
 
 
 def _server(cluster: Cluster, ns: str, image: str) -> client.V1Service:
-    labels = {"app": "echo"}
     probe = {"httpGet": {"path": "/", "port": 8080}, "periodSeconds": 1}
     container = restricted_container(
         "echo",
@@ -89,24 +88,7 @@ def _server(cluster: Cluster, ns: str, image: str) -> client.V1Service:
         readinessProbe=probe,
         ports=[{"containerPort": 8080}],
     )
-    deployment: dict[str, Any] = {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": "echo"},
-        "spec": {
-            "replicas": 1,
-            "selector": {"matchLabels": labels},
-            "template": {"metadata": {"labels": labels}, "spec": {"containers": [container]}},
-        },
-    }
-    create(cluster, ns, deployment)
-    service = {
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": {"name": "echo"},
-        "spec": {"selector": labels, "ports": [{"port": 80, "targetPort": 8080}]},
-    }
-    create(cluster, ns, service)
+    deploy(cluster, ns, container, port=80)
     wait_pods_ready(cluster, ns, "app=echo", 1)
     return client.CoreV1Api(cluster.api).read_namespaced_service("echo", ns)
 
