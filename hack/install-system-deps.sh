@@ -19,6 +19,10 @@ command -v iptables >/dev/null 2>&1 || need+=(iptables)
 command -v ipset >/dev/null 2>&1 || need+=(ipset)
 command -v conntrack >/dev/null 2>&1 || need+=(conntrack)
 command -v nft >/dev/null 2>&1 || need+=(nftables)
+# Node and npm: tests/js runs the vendor's QRWC SDK (@q-sys/qrwc) against the gateway;
+# tests/mcp-inspector the MCP Inspector (make mcp-inspector).
+command -v node >/dev/null 2>&1 || need+=(nodejs)
+command -v npm >/dev/null 2>&1 || need+=(npm)
 # Images without Docker (hack/images/build.sh, docs/images.md): a Debian root
 # filesystem, OCI packing (also of the CoreDNS pod image, hack/cluster/node.sh),
 # and a static C build of the pause image.
