@@ -15,10 +15,11 @@ import difflib
 import os
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
-from kube_support import REPO, Cluster, must
+from kube_support import REPO, Cluster, must, wait_for
 from kubernetes import client
 from node_support import (
     create,
@@ -93,6 +94,20 @@ def test_teardown_restores_the_host_after_a_killed_run(cluster: Cluster) -> None
         raise
     node = client.CoreV1Api(cluster.api).read_node("qsys-node")
     assert must(node.metadata).name == "qsys-node"
+    # The apiserver listens on the bridge's address, which went away and came back:
+    # let its clients settle before the next test (10 good /readyz in a row).
+    streak = [0]
+
+    def settled() -> bool:
+        try:
+            cluster.api.call_api("/readyz", "GET", _request_timeout=2)
+            streak[0] += 1
+        except Exception:
+            streak[0] = 0
+        time.sleep(0.5)
+        return streak[0] >= 10
+
+    wait_for("the apiserver settled", settled, timeout=60)
 
 
 def _exercise_kill_and_compare(cluster: Cluster, ns: str, before: str) -> None:
