@@ -95,12 +95,12 @@ def test_teardown_restores_the_host_after_a_killed_run(cluster: Cluster) -> None
     node = client.CoreV1Api(cluster.api).read_node("qsys-node")
     assert must(node.metadata).name == "qsys-node"
     # The apiserver listens on the bridge's address, which went away and came back:
-    # let its clients settle before the next test (10 good /readyz in a row).
+    # let its clients settle before the next test (10 good answers in a row).
     streak = [0]
 
     def settled() -> bool:
         try:
-            cluster.api.call_api("/readyz", "GET", _request_timeout=2)
+            client.VersionApi(cluster.api).get_code(_request_timeout=2)
             streak[0] += 1
         except Exception:
             streak[0] = 0
