@@ -101,6 +101,9 @@ class Gateway:
         )
 
     async def _serve_metrics(self, request: web.Request) -> web.Response:
+        # Probed per scrape: without traffic no call would notice Redis going away.
+        storage_up = await self.runtime.limiter.healthy()
+        self.metrics.ratelimit_storage_up.set(1 if storage_up else 0)
         body = generate_latest(self.metrics.registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 

@@ -89,6 +89,12 @@ class GatewayMetrics:
             "ChangeGroup.Poll calls the gateway made on the Core (rate() = Core polls per second)",
             registry=r,
         )
+        self.ratelimit_storage_up = Gauge(
+            f"{PREFIX}_ratelimit_storage_up",
+            "1 when the rate-limit storage answers (always 1 for memory storage)",
+            registry=r,
+        )
+        self.ratelimit_storage_up.set(1)
         # Bounded label sets start at zero, so every series exists before its first event.
         for transport in ("ws", "qrc"):
             self.clients.labels(transport)
