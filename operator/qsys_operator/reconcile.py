@@ -290,6 +290,9 @@ class Reconciler:
             available = deployment.status.available_replicas or 0
             ready = deployment.status.ready_replicas or 0
         wanted = core.spec.gateway.replicas
+        if core.spec.gateway.autoscaling is not None:  # the HPA's current choice
+            live = deployment.spec.replicas if deployment and deployment.spec else None
+            wanted = live or core.spec.gateway.min_replicas
         if deployment is None:
             gw_cond = Cond("GatewayAvailable", "False", "DeploymentMissing", f"{gw_name} not found")
         elif available >= 1:

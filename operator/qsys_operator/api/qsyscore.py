@@ -61,6 +61,28 @@ class CoreSpec(Model):
     credentialsSecretRef: CredentialsSecretRef | None = None
 
 
+AUTOSCALING_RANGE_RULE = cel(
+    "self.minReplicas <= self.maxReplicas", "minReplicas must not exceed maxReplicas"
+)
+
+
+class AutoscalingSpec(Model):
+    """A HorizontalPodAutoscaler `X-gateway` on CPU; `replicas` is then ignored (the HPA
+    owns the Deployment's replica count, between minReplicas and maxReplicas)."""
+
+    model_config = ConfigDict(json_schema_extra=validations(AUTOSCALING_RANGE_RULE))
+
+    minReplicas: Annotated[int, Field(ge=1, le=50)] = 2
+    maxReplicas: Annotated[int, Field(ge=1, le=50)] = 10
+    targetCPUUtilizationPercentage: Annotated[int, Field(ge=1, le=100)] = 70
+
+    @model_validator(mode="after")
+    def _range(self) -> AutoscalingSpec:
+        if self.minReplicas > self.maxReplicas:
+            raise ValueError(AUTOSCALING_RANGE_RULE["message"])
+        return self
+
+
 class GatewaySpec(Model):
     replicas: Annotated[int, Field(ge=1, le=50)] = 2
     image: Annotated[str, Field(min_length=1, max_length=512)] | None = None
@@ -77,6 +99,12 @@ class GatewaySpec(Model):
     qrcOnCoreLoss: Literal["keep", "close"] = "close"
     """Raw QRC clients while the Core is unreachable: `close` their sockets as the Core's
     would (default), or `keep` them and answer -32050."""
+    autoscaling: AutoscalingSpec | None = None
+
+    @property
+    def min_replicas(self) -> int:
+        """The replicas the gateway keeps at least: `replicas`, or the HPA's minimum."""
+        return self.autoscaling.minReplicas if self.autoscaling else self.replicas
 
 
 class LimitsSpec(Model):

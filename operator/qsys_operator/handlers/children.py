@@ -20,6 +20,7 @@ CHILD_RESOURCES: list[tuple[str, str, str]] = [
     ("apps", "v1", "deployments"),
     ("networking.k8s.io", "v1", "networkpolicies"),
     ("policy", "v1", "poddisruptionbudgets"),
+    ("autoscaling", "v2", "horizontalpodautoscalers"),
     ("monitoring.coreos.com", "v1", "servicemonitors"),
 ]
 

@@ -150,12 +150,15 @@ def render_deployment(core: QSysCore, settings: OperatorSettings, restart_hash: 
     if gw.affinity:
         pod_spec["affinity"] = gw.affinity
     annotations = {**dict(sorted(gw.podAnnotations.items())), RESTART_HASH_ANNOTATION: restart_hash}
+    spec: dict[str, Any] = {} if gw.autoscaling else {"replicas": gw.replicas}
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
         "metadata": child_metadata(core, gateway_name(name)),
         "spec": {
-            "replicas": gw.replicas,
+            # With autoscaling the HPA owns replicas: leaving the field out of the apply
+            # keeps server-side apply from resetting what the HPA set (docs/autoscaling.md).
+            **spec,
             "revisionHistoryLimit": 5,
             "selector": {"matchLabels": selector_labels(name)},
             "strategy": {
