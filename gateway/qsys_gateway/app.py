@@ -14,6 +14,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from qsys_protocol.config import GatewayConfig, TlsConfig
 
+from . import tracing
 from .admission import Admission
 from .audit import AuditLog
 from .client_registry import ClientRegistry
@@ -146,6 +147,7 @@ class Gateway:
         await self.upstream.stop()
         await rt.limiter.close()
         rt.audit.close()
+        tracing.shutdown()
         log.info("stopped")
 
 

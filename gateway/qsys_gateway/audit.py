@@ -33,6 +33,7 @@ class AuditLog:
         reason: str,
         outcome: str,
         duration_ms: float,
+        trace_id: str | None = None,
     ) -> None:
         line = {
             "type": "audit",
@@ -49,6 +50,8 @@ class AuditLog:
             "outcome": outcome,
             "durationMs": round(duration_ms, 3),
         }
+        if trace_id is not None:
+            line["traceId"] = trace_id
         self._stream.write(orjson.dumps(line, default=str) + b"\n")
         if self.path == "-":
             self._stream.flush()

@@ -183,8 +183,11 @@ def client_tls(cert: Path) -> ssl.SSLContext:
 class Gateway:
     """A `qsys-gateway` subprocess; `stop()` SIGTERMs it and returns the exit code."""
 
-    def __init__(self, directory: Path, config: dict[str, Any]) -> None:
+    def __init__(
+        self, directory: Path, config: dict[str, Any], env: dict[str, str] | None = None
+    ) -> None:
         self.dir = directory
+        self.env = env or {}
         self.config = copy.deepcopy(config)
         self.config_path = directory / "gateway.yaml"
         self.stdout_path = directory / "gateway.stdout"
@@ -233,7 +236,7 @@ class Gateway:
                 stdout=out,
                 stderr=err,
                 cwd=REPO,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env},
             )
         self.wait_ready(timeout)
         return self
