@@ -83,6 +83,25 @@ class AutoscalingSpec(Model):
         return self
 
 
+OtlpEndpoint = Annotated[
+    str,
+    Field(
+        max_length=512,
+        pattern=r"^https?://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(:[0-9]{1,5})?/?$",
+    ),
+]
+
+
+class TracingSpec(Model):
+    """OpenTelemetry export of the gateway's traces (OTLP over HTTP), set on the pods as the
+    standard OTEL_* variables; the NetworkPolicy lets the pods reach the endpoint."""
+
+    otlpEndpoint: OtlpEndpoint
+    """e.g. http://otel-collector.monitoring:4318 (OTLP/HTTP; /v1/traces is appended)."""
+    samplingRatio: Annotated[float, Field(ge=0, le=1)] = 1.0
+    """Share of new traces recorded; a client's sampled traceparent is always followed."""
+
+
 class GatewaySpec(Model):
     replicas: Annotated[int, Field(ge=1, le=50)] = 2
     image: Annotated[str, Field(min_length=1, max_length=512)] | None = None
@@ -100,6 +119,7 @@ class GatewaySpec(Model):
     """Raw QRC clients while the Core is unreachable: `close` their sockets as the Core's
     would (default), or `keep` them and answer -32050."""
     autoscaling: AutoscalingSpec | None = None
+    tracing: TracingSpec | None = None
 
     @property
     def min_replicas(self) -> int:

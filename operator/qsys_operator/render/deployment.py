@@ -81,11 +81,31 @@ def _volumes(core: QSysCore) -> tuple[list[dict[str, Any]], list[dict[str, Any]]
     return volumes, mounts
 
 
+def tracing_env(core: QSysCore) -> list[dict[str, str]]:
+    """spec.gateway.tracing as the standard OTEL_* variables (docs/tracing.md)."""
+    tracing = core.spec.gateway.tracing
+    if tracing is None:
+        return []
+    name, ns = core.metadata.name, core.metadata.namespace
+    values = {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": tracing.otlpEndpoint.rstrip("/"),
+        "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+        "OTEL_TRACES_EXPORTER": "otlp",
+        "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+        "OTEL_TRACES_SAMPLER_ARG": f"{tracing.samplingRatio:g}",
+        "OTEL_SERVICE_NAME": gateway_name(name),
+        "OTEL_RESOURCE_ATTRIBUTES": f"k8s.namespace.name={ns},qsys.core={name}",
+    }
+    return [{"name": k, "value": v} for k, v in values.items()]
+
+
 def _container(core: QSysCore, settings: OperatorSettings) -> dict[str, Any]:
     gw = core.spec.gateway
     scheme = "HTTPS" if gw.tlsSecretName else "HTTP"
     _, mounts = _volumes(core)
+    env = tracing_env(core)
     return {
+        **({"env": env} if env else {}),
         "name": "gateway",
         "image": gw.image or settings.gateway_image,
         "imagePullPolicy": settings.gateway_image_pull_policy,
