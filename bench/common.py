@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import os
 import signal
 import socket
@@ -20,9 +19,12 @@ from typing import Any, cast
 import orjson
 import yaml
 
+from qsys_protocol.config import token_hmac
 from qsys_protocol.qrc.framing import FrameDecoder
 
 LOOPBACK = "127.0.0.1"
+BENCH_TOKEN_KEY = b"bench-token-key-0123456789abcdefghijklmnop"
+TOKEN_KEY_FILE = "token-key"
 VENV_BIN = Path(sys.executable).parent
 
 
@@ -168,10 +170,12 @@ def gateway_config(
             "storage": "memory",
         },
         "audit": {"logReads": False, "path": "-"},
+        # The format the operator renders: a keyed hash; gateway_process writes the key.
+        "auth": {"tokenKeyFile": TOKEN_KEY_FILE},
         "subjects": [
             {
                 "name": "bench",
-                "tokenSha256": hashlib.sha256(token.encode()).hexdigest(),
+                "tokenHmacSha256": token_hmac(BENCH_TOKEN_KEY, token),
                 "rules": [{"methods": methods}],
             }
         ],
@@ -186,6 +190,10 @@ def gateway_process(
     None), always stops the process. Its output goes to files in a temporary directory."""
     with tempfile.TemporaryDirectory(prefix="qsys-bench-") as tmp:
         path = Path(tmp) / "gateway.yaml"
+        if (config.get("auth") or {}).get("tokenKeyFile") == TOKEN_KEY_FILE:
+            key_file = Path(tmp) / TOKEN_KEY_FILE
+            key_file.write_bytes(BENCH_TOKEN_KEY)
+            config = {**config, "auth": {"tokenKeyFile": str(key_file)}}
         path.write_text(yaml.safe_dump(config), "utf-8")
         cmd = [str(VENV_BIN / "qsys-gateway"), "--config", str(path), "--log-level", "WARNING"]
         with (

@@ -154,11 +154,14 @@ def running_operator(cluster: Cluster, namespace: str, log: Path, *args: str) ->
 class StandInGateway:
     """A real `qsys-gateway` started from the operator-rendered config, bound to a pod's IP."""
 
-    def __init__(self, directory: Path, config_yaml: str, pod_ip: str) -> None:
-        config = yaml.safe_load(config_yaml)
-        config["listen"]["host"] = pod_ip  # the only change: ports stay as rendered
-        self.config = config
+    def __init__(self, directory: Path, config_yaml: str, pod_ip: str, token_key: str) -> None:
+        """token_key: the core's token key Secret, which the pod would get beside the config."""
         self.pod_ip = pod_ip
+        self.key_path = directory / f"token-key-{pod_ip}"
+        self.key_path.write_text(token_key)
+        self.key_path.chmod(0o600)
+        config = self._local(config_yaml)
+        self.config = config
         self.path = directory / f"gateway-{pod_ip}.yaml"
         self.path.write_text(yaml.safe_dump(config))
         self.stderr = directory / f"gateway-{pod_ip}.log"
@@ -168,9 +171,15 @@ class StandInGateway:
     def url(self) -> str:
         return f"http://{self.pod_ip}:{self.config['listen']['http']}"
 
+    def _local(self, config_yaml: str) -> dict[str, Any]:
+        """The rendered config with the pod's paths and address replaced by local ones."""
+        config: dict[str, Any] = yaml.safe_load(config_yaml)
+        config["listen"]["host"] = self.pod_ip  # ports stay as rendered
+        config["auth"]["tokenKeyFile"] = str(self.key_path)
+        return config
+
     def write(self, config_yaml: str) -> None:
-        config = yaml.safe_load(config_yaml)
-        config["listen"]["host"] = self.pod_ip
+        config = self._local(config_yaml)
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text(yaml.safe_dump(config))
         os.replace(tmp, self.path)

@@ -9,10 +9,11 @@ import pytest
 from pydantic import ValidationError
 from test_render import by_kind, make_core, render
 
+from qsys_operator.kinds import HPA
 from qsys_operator.k8s import FIELD_MANAGER, HANDOVER_MANAGER, applies_replicas
 from qsys_operator.render import ChildRef
 
-HPA = ChildRef("autoscaling/v2", "HorizontalPodAutoscaler", "hall-gateway")
+HPA_REF = ChildRef(HPA, "hall-gateway")
 
 
 def scaled(**autoscaling: Any) -> dict[str, Any]:
@@ -48,7 +49,7 @@ def test_defaults_and_no_hpa_without_autoscaling() -> None:
     assert hpa["spec"]["metrics"][0]["resource"]["target"]["averageUtilization"] == 70
     plain = render(make_core(gateway={"replicas": 3}))
     assert "HorizontalPodAutoscaler" not in by_kind(plain)
-    assert HPA in plain.absent
+    assert HPA_REF in plain.absent
     assert by_kind(plain)["Deployment"]["spec"]["replicas"] == 3
 
 
