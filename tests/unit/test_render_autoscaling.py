@@ -9,8 +9,8 @@ import pytest
 from pydantic import ValidationError
 from test_render import by_kind, make_core, render
 
-from qsys_operator.kinds import HPA
 from qsys_operator.k8s import FIELD_MANAGER, HANDOVER_MANAGER, applies_replicas
+from qsys_operator.kinds import HPA
 from qsys_operator.render import ChildRef
 
 HPA_REF = ChildRef(HPA, "hall-gateway")
