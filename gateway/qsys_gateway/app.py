@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import resource
 import signal
 import ssl
 from pathlib import Path
@@ -18,6 +19,8 @@ from . import tracing
 from .admission import Admission
 from .audit import AuditLog
 from .client_registry import ClientRegistry
+from .connlimit import HttpConnections, LimitedTCPSite
+from .mcp import Mcp
 from .metrics import GatewayMetrics
 from .ratelimit import RateLimiter
 from .reload import ConfigWatcher
@@ -57,6 +60,15 @@ class Gateway:
         )
         self.admission = Admission(self.runtime)
         self.services = Services(self.runtime, self.admission, self.clients)
+        rt = self.runtime
+        self.http_connections = HttpConnections(
+            self.metrics,
+            lambda: rt.config.limits,
+            fd_budget=_fd_budget(
+                config.limits.maxClients + config.limits.maxUnauthenticatedClients
+            ),
+        )
+        self.mcp = Mcp(self.services)
         self.watcher = (
             ConfigWatcher(config_path, self.runtime.apply, self.metrics) if config_path else None
         )
@@ -86,13 +98,19 @@ class Gateway:
             self._qrc = QrcServer(self.services, listen.host, listen.qrc, tls)
             self.upstream.add_up_listener(self._qrc.core_changed)
             await self._qrc.start()
+        await self.mcp.start()
         # HTTP last: once /readyz answers, every listener is up.
-        self._runner = web.AppRunner(
-            build_app(self.services), access_log=None, handle_signals=False
-        )
+        http_app = build_app(self.services, self.http_connections)
+        self.mcp.mount(http_app)
+        self._runner = web.AppRunner(http_app, access_log=None, handle_signals=False)
         await self._runner.setup()
-        await web.TCPSite(
-            self._runner, listen.host, listen.http, ssl_context=tls, reuse_address=True
+        await LimitedTCPSite(
+            self._runner,
+            self.http_connections,
+            host=listen.host,
+            port=listen.http,
+            ssl_context=tls,
+            reuse_address=True,
         ).start()
         if self.watcher is not None:
             self._tasks.append(asyncio.get_running_loop().create_task(self.watcher.run()))
@@ -139,6 +157,7 @@ class Gateway:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await self.mcp.stop()
         await self.admission.close()
         if self._runner is not None:
             await self._runner.cleanup()
@@ -149,6 +168,26 @@ class Gateway:
         rt.audit.close()
         tracing.shutdown()
         log.info("stopped")
+
+
+FD_RESERVE = 64
+"""Descriptors kept for the Core connections, Redis, config files, metrics and logs."""
+
+
+def _fd_budget(max_clients: int) -> int:
+    """HTTP connections the descriptor limit leaves room for, after `max_clients` QRC and
+    WebSocket clients (logged on or not): the soft limit is raised to the hard one first."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or hard > soft):
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass
+    if soft == resource.RLIM_INFINITY:
+        return 1 << 30
+    budget = max(16, soft - max_clients - FD_RESERVE)
+    return budget
 
 
 async def run(config: GatewayConfig, config_path: str | Path | None) -> None:

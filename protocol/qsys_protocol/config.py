@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import os
 import re
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -79,7 +81,35 @@ class ListenConfig(Model):
     answers -32050. WebSocket and HTTP clients always get -32050 (docs/gateway.md)."""
 
 
-class LimitsConfig(Model):
+class AttackLimits(BaseModel):
+    """Bounds against abusive clients (docs/security.md has each one's attack and the
+    arithmetic behind its default). Shared by the gateway config (`limits`) and the
+    QSysCore spec (`spec.limits`), which passes them through unchanged."""
+
+    maxHttpConnections: Annotated[int, Field(ge=16, le=100000)] = 4096
+    """Open connections on the HTTP listener (WebSocket included); see docs/security.md."""
+    maxPendingConnectionsPerSource: Annotated[int, Field(ge=1, le=100000)] = 64
+    """HTTP connections of one source address that have not sent a request head yet."""
+    headerTimeoutSeconds: Annotated[float, Field(gt=0, le=300)] = 10
+    """A request head must be complete this long after connect or the previous response."""
+    bodyTimeoutSeconds: Annotated[float, Field(gt=0, le=300)] = 10
+    maxBatchCalls: Annotated[int, Field(ge=1, le=10000)] = 100
+    """Calls in one batch, on every transport; a batch costs its size in rate budget."""
+    maxUnauthenticatedClients: Annotated[int, Field(ge=1, le=100000)] = 256
+    """WebSocket/QRC connections not logged on yet, besides the `maxClients` logged-on ones."""
+    maxUnauthenticatedClientsPerSource: Annotated[int, Field(ge=1, le=100000)] = 64
+    logonTimeoutSeconds: Annotated[float, Field(gt=0, le=300)] = 10
+    """A connection must log on within this long of connecting (absolute, not per byte)."""
+    maxChangeGroupsPerConnection: Annotated[int, Field(ge=1, le=10000)] = 64
+    """Change groups one WebSocket/QRC connection (or one subject's HTTP session) may hold."""
+    maxChangeGroupsPerSubject: Annotated[int, Field(ge=1, le=100000)] = 5000
+    """Change groups all connections of one subject may hold together (the gateway: 10,000)."""
+
+    def attack_limits(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in AttackLimits.model_fields}
+
+
+class LimitsConfig(Model, AttackLimits):
     maxClients: Annotated[int, Field(ge=1, le=100000)] = 1000
     maxMessageBytes: Annotated[int, Field(ge=1024, le=16 * 1024 * 1024)] = 262144
     rate: RateConfig = RateConfig()
@@ -102,6 +132,15 @@ class CorsConfig(Model):
     allowedOrigins: list[Annotated[str, Field(min_length=1, max_length=512)]] = []
 
 
+class McpConfig(Model):
+    """`/v1/mcp` (docs/mcp.md); off by default, switched on and off by a reload."""
+
+    enabled: bool = False
+    maxSessionsPerSubject: Annotated[int, Field(ge=1, le=1000)] = 8
+    maxStreamsPerSubject: Annotated[int, Field(ge=1, le=1000)] = 16
+    sessionIdleSeconds: Annotated[float, Field(ge=10, le=86400)] = 1800
+
+
 class ValueRange(Model):
     min: float | None = None
     max: float | None = None
@@ -120,6 +159,23 @@ class Rule(Model):
     components: Annotated[list[Glob], Field(min_length=1)] = ["*"]
     controls: Annotated[list[Glob], Field(min_length=1)] = ["*"]
     valueRange: ValueRange | None = None
+
+
+def _source_cidr(value: str) -> str:
+    try:
+        network = ipaddress.ip_network(value, strict=True)
+    except ValueError:
+        raise ValueError(
+            "must be an IPv4 or IPv6 network with no host bits set, e.g. 192.0.2.0/28"
+        ) from None
+    if network.prefixlen == 0:
+        raise ValueError("must not be a default route (/0): that would admit every address")
+    return str(network)
+
+
+SourceCIDR = Annotated[str, Field(min_length=1, max_length=64), AfterValidator(_source_cidr)]
+"""A network a source-bound subject's legacy clients connect from (written canonically)."""
+MAX_SOURCE_CIDRS = 32
 
 
 HexDigest = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
@@ -152,19 +208,24 @@ class AuthConfig(Model):
 
 
 class SubjectConfig(Model):
-    """A token holder. Exactly one of tokenHmacSha256 (keyed) and tokenSha256 (deprecated)."""
+    """A token holder (tokenHmacSha256, keyed; or tokenSha256, deprecated), or, on the raw
+    QRC port only, a subject admitted by its source address (sourceCIDRs): exactly one."""
 
     name: Annotated[str, Field(pattern=SUBJECT_NAME_PATTERN)]
     tokenHmacSha256: HexDigest | None = None
     tokenSha256: HexDigest | None = None
     """Unkeyed SHA-256, accepted until v1beta1; the operator re-renders it as tokenHmacSha256."""
+    sourceCIDRs: Annotated[
+        list[SourceCIDR], Field(max_length=MAX_SOURCE_CIDRS, exclude_if=lambda v: not v)
+    ] = []
     rate: RateConfig | None = None
     rules: list[Rule] = []
 
     @model_validator(mode="after")
-    def _one_hash(self) -> SubjectConfig:
-        if (self.tokenHmacSha256 is None) == (self.tokenSha256 is None):
-            raise ValueError("set exactly one of tokenHmacSha256 and tokenSha256")
+    def _one_credential(self) -> SubjectConfig:
+        given = (self.tokenHmacSha256, self.tokenSha256, self.sourceCIDRs or None)
+        if sum(g is not None for g in given) != 1:
+            raise ValueError("set exactly one of tokenHmacSha256, tokenSha256 and sourceCIDRs")
         return self
 
     @property
@@ -179,6 +240,7 @@ class GatewayConfig(Model):
     audit: AuditConfig = AuditConfig()
     cors: CorsConfig = CorsConfig()
     auth: AuthConfig = AuthConfig()
+    mcp: McpConfig = McpConfig()
     subjects: list[SubjectConfig] = []
 
     @model_validator(mode="after")
@@ -188,7 +250,7 @@ class GatewayConfig(Model):
         for s in self.subjects:
             if s.name in seen:
                 raise ValueError(f"subjects: duplicate subject name {s.name!r}")
-            if s.token_hash in hashes:
+            if s.token_hash and s.token_hash in hashes:
                 raise ValueError(f"subjects: subject {s.name!r} shares its token with another")
             if s.tokenHmacSha256 is not None and not self.auth.tokenKeyFile:
                 raise ValueError(
@@ -196,7 +258,14 @@ class GatewayConfig(Model):
                     "auth.tokenKeyFile is not set"
                 )
             seen.add(s.name)
-            hashes.add(s.token_hash)
+            if s.token_hash:
+                hashes.add(s.token_hash)
+        overlap = overlapping_sources(self.subjects)
+        if overlap is not None:
+            raise ValueError(
+                f"subjects: sourceCIDRs of {overlap[0]!r} and {overlap[1]!r} overlap "
+                "(a source address must name one subject)"
+            )
         return self
 
     def subject(self, name: str) -> SubjectConfig | None:
@@ -204,6 +273,19 @@ class GatewayConfig(Model):
 
     def rate_for(self, subject: SubjectConfig) -> RateConfig:
         return subject.rate or self.limits.rate
+
+
+def overlapping_sources(subjects: list[SubjectConfig]) -> tuple[str, str] | None:
+    """The first two subjects whose sourceCIDRs share an address, if any."""
+    owned: list[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, str]] = []
+    for s in subjects:
+        for cidr in s.sourceCIDRs:
+            net = ipaddress.ip_network(cidr)
+            for other, name in owned:
+                if name != s.name and net.version == other.version and net.overlaps(other):
+                    return (name, s.name)
+            owned.append((net, s.name))
+    return None
 
 
 class ConfigError(ValueError):

@@ -26,11 +26,12 @@ ALLOWED_PACKAGES = {
 GATEWAY_LAYERS = [
     {"logs", "metrics", "tracing"},
     {"upstream"},
-    {"auth", "policy", "ratelimit", "audit", "reload", "client_registry"},
+    {"auth", "policy", "ratelimit", "audit", "reload", "client_registry"}
+    | {"inflight", "sendbudget", "connlimit"},
     {"runtime"},
     {"subject_sessions"},
     {"admission"},
-    {"transports"},
+    {"transports", "mcp"},
     {"app"},
     {"cli"},
 ]

@@ -7,7 +7,7 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from qsys_protocol.config import HostName, Port
+from qsys_protocol.config import AttackLimits, HostName, Port
 
 from .common import (
     API_VERSION,
@@ -102,6 +102,10 @@ class TracingSpec(Model):
     """Share of new traces recorded; a client's sampled traceparent is always followed."""
 
 
+class McpSpec(Model):
+    enabled: bool = False
+
+
 class GatewaySpec(Model):
     replicas: Annotated[int, Field(ge=1, le=50)] = 2
     image: Annotated[str, Field(min_length=1, max_length=512)] | None = None
@@ -118,6 +122,7 @@ class GatewaySpec(Model):
     qrcOnCoreLoss: Literal["keep", "close"] = "close"
     """Raw QRC clients while the Core is unreachable: `close` their sockets as the Core's
     would (default), or `keep` them and answer -32050."""
+    mcp: McpSpec = McpSpec()
     autoscaling: AutoscalingSpec | None = None
     tracing: TracingSpec | None = None
 
@@ -127,7 +132,7 @@ class GatewaySpec(Model):
         return self.autoscaling.minReplicas if self.autoscaling else self.replicas
 
 
-class LimitsSpec(Model):
+class LimitsSpec(Model, AttackLimits):
     requestsPerSecond: Annotated[float, Field(gt=0, le=100000)] = 20
     burst: Annotated[int, Field(ge=1, le=1000000)] = 40
     maxClients: Annotated[int, Field(ge=1, le=100000)] = 1000

@@ -10,6 +10,7 @@ from qsys_protocol.config import (
     GatewayConfig,
     LimitsConfig,
     ListenConfig,
+    McpConfig,
     RateConfig,
     SubjectConfig,
     TlsConfig,
@@ -67,10 +68,12 @@ def gateway_config(core: QSysCore, subjects: list[SubjectConfig]) -> GatewayConf
                 requestsPerSecond=spec.limits.requestsPerSecond, burst=spec.limits.burst
             ),
             storage=spec.limits.storage,
+            **spec.limits.attack_limits(),
         ),
         audit=AuditConfig(logReads=spec.audit.logReads),
         cors=CorsConfig(allowedOrigins=list(spec.gateway.allowedOrigins)),
         auth=AuthConfig(tokenKeyFile=f"{CONFIG_DIR}/{TOKEN_KEY_FILE}"),
+        mcp=McpConfig(enabled=spec.gateway.mcp.enabled),
         subjects=subjects,
     )
 

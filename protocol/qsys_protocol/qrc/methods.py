@@ -7,10 +7,12 @@ names the bad field but never echoes the offending value (it may be a secret).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -30,8 +32,28 @@ from .errors import ErrorCode, QrcError
 MAX_NAME = 256
 MAX_ITEMS = 1024
 
-Name = Annotated[StrictStr, Field(min_length=1, max_length=MAX_NAME)]
-ChangeGroupId = Annotated[StrictStr, Field(min_length=1, max_length=MAX_NAME)] | StrictInt
+# Unicode Cc (C0/C1 controls, NUL, newlines), Zl/Zp (line/paragraph separators) and Cf
+# (zero-width and bidi controls, BOM, tags): invisible or line-breaking, so a name holding
+# one reads as another in logs and audit lines; no Core design uses them.
+_INVISIBLE = re.compile(
+    "[\x00-\x1f\x7f-\x9f\xad\u0600-\u0605\u061c\u06dd\u070f\u0890\u0891\u08e2"
+    "\u180e\u200b-\u200f\u2028-\u202e\u2060-\u2064\u2066-\u206f\ufeff\ufff9-\ufffb"
+    "\U000110bd\U000110cd\U00013430-\U0001343f\U0001bca0-\U0001bca3"
+    "\U0001d173-\U0001d17a\U000e0001\U000e0020-\U000e007f]"
+)
+
+
+def _visible(name: str) -> str:
+    if _INVISIBLE.search(name):
+        raise ValueError("control characters (NUL, newlines, zero-width, bidi) are not allowed")
+    return name
+
+
+Name = Annotated[StrictStr, Field(min_length=1, max_length=MAX_NAME), AfterValidator(_visible)]
+ChangeGroupId = (
+    Annotated[StrictStr, Field(min_length=1, max_length=MAX_NAME), AfterValidator(_visible)]
+    | StrictInt
+)
 ControlValue = StrictBool | StrictInt | StrictFloat | Annotated[StrictStr, Field(max_length=4096)]
 Seconds = Annotated[float, Field(ge=0, le=3600)]
 
@@ -56,6 +78,14 @@ class EmptyParams(Model):
 class LogonParams(Model):
     User: Annotated[StrictStr, Field(max_length=MAX_NAME)]
     Password: SecretStr = Field(max_length=4096)
+
+
+class GetComponentsParams(
+    RootModel[Annotated[StrictStr, Field(max_length=MAX_NAME)] | EmptyParams]
+):
+    """None, `{}`, or a string: the vendor's QRWC SDK sends `"test"`, which a Core accepts."""
+
+    root: Annotated[StrictStr, Field(max_length=MAX_NAME)] | EmptyParams = EmptyParams()
 
 
 class ControlGetParams(RootModel[list[Name]]):
@@ -89,6 +119,8 @@ class ControlRef(Model):
 
 class ControlWrite(_ValueWrite):
     Name: Name
+    Bool: Annotated[StrictBool | None, Field(exclude=True)] = None
+    """Sent by the vendor's QRWC SDK beside `Value` (1 or 0); not forwarded."""
 
 
 class ComponentRef(Model):
@@ -289,7 +321,7 @@ METHODS: dict[str, MethodSpec] = {
         _spec("StatusGet", "read", None, StatusResult, _BEFORE_LOGON),
         _spec("Control.Get", "read", ControlGetParams, list[ControlState]),
         _spec("Control.Set", "write", ControlSetParams, bool | ControlState),
-        _spec("Component.GetComponents", "read", EmptyParams, list[ComponentInfo]),
+        _spec("Component.GetComponents", "read", GetComponentsParams, list[ComponentInfo]),
         _spec("Component.GetControls", "read", ComponentRef, ComponentControlsResult),
         _spec("Component.Get", "read", ComponentGetParams, ComponentValuesResult),
         _spec("Component.Set", "write", ComponentSetParams, bool | list[Change]),
@@ -339,7 +371,7 @@ def parse_params(method: str, raw: Any) -> BaseModel | None:
         if raw in (None, 0, {}, []):
             return None
         raise QrcError(ErrorCode.INVALID_PARAMS, "Invalid params: expected none")
-    if raw is None and spec.params is EmptyParams:
+    if raw is None and spec.params in (EmptyParams, GetComponentsParams):
         raw = {}
     try:
         return spec.params.model_validate(raw)
