@@ -116,14 +116,29 @@ def label_var(name: str, label: str, query: str) -> QueryVariable:
     )
 
 
-def quantiles(metric: str, by: str, legend: str) -> list[Dataquery]:
+def quantiles(metric: str, by: str, legend: str, selector: str = GW) -> list[Dataquery]:
     return [
         q(
-            f"histogram_quantile({p}, sum by ({by}, le) (rate({metric}{{{GW}}}[{RATE}])))",
+            f"histogram_quantile({p}, sum by ({by}, le) (rate({metric}{{{selector}}}[{RATE}])))",
             f"p{int(p * 100)} {legend}",
         )
         for p in (0.5, 0.95, 0.99)
     ]
+
+
+def board(title: str, uid: str, description: str) -> DashboardBuilder:
+    """What both dashboards share: tags, refresh, time range, the data source variable."""
+    return (
+        DashboardBuilder(title)
+        .uid(uid)
+        .description(description)
+        .tags(["qsys", uid])
+        .editable()
+        .tooltip(DashboardCursorSync.CROSSHAIR)
+        .refresh("30s")
+        .time("now-3h", "now")
+        .with_variable(datasource_var())
+    )
 
 
 def gateway() -> DashboardBuilder:
@@ -150,18 +165,12 @@ def gateway() -> DashboardBuilder:
         .steps([Threshold(value=None, color="red"), Threshold(value=1, color="green")])
     )
     return (
-        DashboardBuilder("Q-SYS gateways")
-        .uid("qsys-gateway")
-        .description(
+        board(
+            "Q-SYS gateways",
+            "qsys-gateway",
             "Gateways in front of Q-SYS Cores: the whole fleet, or one core with the "
-            "namespace and service (<core>-gateway) variables."
+            "namespace and service (<core>-gateway) variables.",
         )
-        .tags(["qsys", "qsys-gateway"])
-        .editable()
-        .tooltip(DashboardCursorSync.CROSSHAIR)
-        .refresh("30s")
-        .time("now-3h", "now")
-        .with_variable(datasource_var())
         .with_variable(
             label_var("namespace", "Namespace", "label_values(qsys_gateway_upstream_up, namespace)")
         )
@@ -403,15 +412,11 @@ def gateway() -> DashboardBuilder:
 
 def operator() -> DashboardBuilder:
     return (
-        DashboardBuilder("Q-SYS operator")
-        .uid("qsys-operator")
-        .description("The qsys-operator: reconciles, failures, durations, managed cores.")
-        .tags(["qsys", "qsys-operator"])
-        .editable()
-        .tooltip(DashboardCursorSync.CROSSHAIR)
-        .refresh("30s")
-        .time("now-3h", "now")
-        .with_variable(datasource_var())
+        board(
+            "Q-SYS operator",
+            "qsys-operator",
+            "The qsys-operator: reconciles, failures, durations, managed cores.",
+        )
         .with_variable(
             label_var(
                 "namespace", "Namespace", "label_values(qsys_operator_managed_cores, namespace)"
@@ -473,14 +478,9 @@ def operator() -> DashboardBuilder:
                 "Reconcile duration",
                 "s",
                 "p50/p95/p99 of a reconcile, per kind.",
-                *[
-                    q(
-                        f"histogram_quantile({p}, sum by (kind, le) "
-                        f"(rate(qsys_operator_reconcile_duration_seconds_bucket{{{OP}}}[{RATE}])))",
-                        f"p{int(p * 100)} {{{{kind}}}}",
-                    )
-                    for p in (0.5, 0.95, 0.99)
-                ],
+                *quantiles(
+                    "qsys_operator_reconcile_duration_seconds_bucket", "kind", "{{kind}}", OP
+                ),
             )
         )
         .with_panel(

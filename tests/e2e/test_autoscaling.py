@@ -8,13 +8,12 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from kube_support import Cluster, must, wait_for
 from kubernetes import client
-from kubernetes.client.exceptions import ApiException
 from operator_support import Operator, apply_crds, core_body, create, patch, running_operator
+from test_operator import _get
 
 pytestmark = pytest.mark.e2e
 
@@ -26,15 +25,6 @@ def operator(cluster: Cluster, namespace: str, tmp_path: Path) -> Iterator[Opera
     apply_crds(cluster)
     with running_operator(cluster, namespace, tmp_path / "operator.log") as op:
         yield op
-
-
-def _read(call: Any, *args: Any) -> Any:
-    try:
-        return call(*args)
-    except ApiException as exc:
-        if exc.status == 404:
-            return None
-        raise
 
 
 def _replicas_managers(dep: client.V1Deployment) -> set[str]:
@@ -55,11 +45,11 @@ def test_hpa_lifecycle_and_replicas_ownership(
     create(cluster, ns, core_body("hall", 1710, replicas=3))
 
     def replicas() -> int | None:
-        dep = _read(apps.read_namespaced_deployment, NAME, ns)
+        dep = _get(apps.read_namespaced_deployment, NAME, ns)
         return None if dep is None else int(dep.spec.replicas)
 
     wait_for("Deployment with 3 replicas", lambda: replicas() == 3)
-    assert _read(hpas.read_namespaced_horizontal_pod_autoscaler, NAME, ns) is None
+    assert _get(hpas.read_namespaced_horizontal_pod_autoscaler, NAME, ns) is None
 
     # Autoscaling on: an HPA appears; replicas stay at 3 (no reset to 1) and the operator
     # no longer applies them.
@@ -71,7 +61,7 @@ def test_hpa_lifecycle_and_replicas_ownership(
         {"spec": {"gateway": {"autoscaling": {"minReplicas": 2, "maxReplicas": 4}}}},
     )
     hpa = wait_for(
-        "HPA", lambda: _read(hpas.read_namespaced_horizontal_pod_autoscaler, NAME, ns), 60
+        "HPA", lambda: _get(hpas.read_namespaced_horizontal_pod_autoscaler, NAME, ns), 60
     )
     assert (hpa.spec.min_replicas, hpa.spec.max_replicas) == (2, 4)
     assert hpa.spec.scale_target_ref.name == NAME
@@ -103,7 +93,7 @@ def test_hpa_lifecycle_and_replicas_ownership(
         lambda: replicas() == 5,
         90,
     )
-    assert _read(pdbs.read_namespaced_pod_disruption_budget, NAME, ns) is not None
+    assert _get(pdbs.read_namespaced_pod_disruption_budget, NAME, ns) is not None
 
     # Autoscaling off with replicas 1: HPA and PDB removed, the operator owns replicas again.
     patch(
@@ -115,7 +105,7 @@ def test_hpa_lifecycle_and_replicas_ownership(
     )
     wait_for(
         "HPA removed",
-        lambda: _read(hpas.read_namespaced_horizontal_pod_autoscaler, NAME, ns) is None,
+        lambda: _get(hpas.read_namespaced_horizontal_pod_autoscaler, NAME, ns) is None,
         60,
     )
     wait_for(
@@ -126,6 +116,6 @@ def test_hpa_lifecycle_and_replicas_ownership(
     assert "qsys-operator" in _replicas_managers(apps.read_namespaced_deployment(NAME, ns))
     wait_for(
         "PDB removed",
-        lambda: _read(pdbs.read_namespaced_pod_disruption_budget, NAME, ns) is None,
+        lambda: _get(pdbs.read_namespaced_pod_disruption_budget, NAME, ns) is None,
         60,
     )

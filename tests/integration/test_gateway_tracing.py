@@ -21,33 +21,16 @@ from gateway_harness import (
     LOOPBACK,
     NORULES_TOKEN,
     PANEL_TOKEN,
-    REPO,
     Gateway,
     SimProcess,
     base_config,
     free_port,
+    pinned_tool,
 )
 
 TRACE_A = "4bf92f3577b34da6a3ce929d0e0e4736"
 TRACE_B = "0af7651916cd43dd8448eb211c80319c"
 PARENT = "00f067aa0ba902b7"
-
-
-def otelcol_binary() -> Path:
-    out = subprocess.run(
-        ["bash", str(REPO / "hack" / "tools" / "build.sh"), "--dir", "otelcol"],
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    path = Path(out.stdout.strip()) / "otelcol"
-    if not path.is_file():
-        pytest.fail(
-            f"otelcol is not built ({path} missing): run `make cluster-tools` "
-            "(or `bash hack/tools/build.sh otelcol`)",
-            pytrace=False,
-        )
-    return path
 
 
 class Collector:
@@ -81,7 +64,7 @@ service:
     def start(self) -> Collector:
         with self.output.open("ab") as out:
             self.proc = subprocess.Popen(
-                [str(otelcol_binary()), "--config", f"file:{self.config}"],
+                [str(pinned_tool("otelcol", "otelcol")), "--config", f"file:{self.config}"],
                 stdout=out,
                 stderr=subprocess.STDOUT,
             )

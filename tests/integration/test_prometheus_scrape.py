@@ -24,6 +24,7 @@ from gateway_harness import (
     Gateway,
     base_config,
     free_port,
+    pinned_tool,
     running_sim,
 )
 
@@ -31,28 +32,11 @@ CHART = REPO / "charts" / "qsys-operator"
 LABELS = {"namespace": "av", "service": "hall-gateway", "pod": "hall-gateway-a"}
 
 
-def tool(group: str, name: str) -> Path:
-    out = subprocess.run(
-        ["bash", str(REPO / "hack" / "tools" / "build.sh"), "--dir", group],
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    path = Path(out.stdout.strip()) / name
-    if not path.is_file():
-        pytest.fail(
-            f"{name} is not built: run `make cluster-tools` "
-            f"(or `bash hack/tools/build.sh {group}`)",
-            pytrace=False,
-        )
-    return path
-
-
 def chart_rules(path: Path) -> None:
     """The chart's PrometheusRule groups, with a short `for` so the test need not wait 2m."""
     out = subprocess.run(
         [
-            str(tool("helm", "helm")),
+            str(pinned_tool("helm", "helm")),
             "template",
             "qsys",
             str(CHART),
@@ -102,7 +86,7 @@ def prometheus(tmp_path: Path) -> Iterator[tuple[int, Path]]:
     with log.open("ab") as out:
         proc = subprocess.Popen(
             [
-                str(tool("prometheus", "prometheus")),
+                str(pinned_tool("prometheus", "prometheus")),
                 f"--config.file={config}",
                 f"--storage.tsdb.path={tmp_path / 'data'}",
                 f"--web.listen-address={LOOPBACK}:{port}",
