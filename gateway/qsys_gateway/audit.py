@@ -58,6 +58,7 @@ class AuditLog:
         call_ids: list[Any] | None = None,
         request_ids: list[str] | None = None,
         token: str | None = None,
+        trace_id: str | None = None,
     ) -> None:
         """`token`: which of the subject's tokens the call used, "current" or "previous"
         (during a rotation grace period); never the token itself."""
@@ -83,6 +84,8 @@ class AuditLog:
             line["requestIds"] = request_ids or [request_id]
         if token is not None:
             line["token"] = token
+        if trace_id is not None:
+            line["traceId"] = trace_id
         self._stream.write(orjson.dumps(line, default=str) + b"\n")
         if self.path == "-":
             self._stream.flush()
@@ -101,9 +104,11 @@ class AuditLog:
         reason: str,
         outcome: str,
         call_id: Any = None,
+        trace_id: str | None = None,
     ) -> bool:
         """A refusal before the call ran; identical ones in a window become one line.
-        True when this one was written now (the first of its kind in the window)."""
+        True when this one was written now (the first of its kind in the window).
+        `trace_id` goes on that line only (it is not part of what makes refusals alike)."""
         fields: dict[str, Any] = {
             "subject": subject,
             "source_ip": source_ip,
@@ -136,6 +141,7 @@ class AuditLog:
             decision="deny",
             duration_ms=0.0,
             call_id=call_id,
+            trace_id=trace_id,
             **fields,
         )
         if key is None or len(self._repeats) >= MAX_REPEAT_KEYS:

@@ -183,8 +183,11 @@ def client_tls(cert: Path) -> ssl.SSLContext:
 class Gateway:
     """A `qsys-gateway` subprocess; `stop()` SIGTERMs it and returns the exit code."""
 
-    def __init__(self, directory: Path, config: dict[str, Any]) -> None:
+    def __init__(
+        self, directory: Path, config: dict[str, Any], env: dict[str, str] | None = None
+    ) -> None:
         self.dir = directory
+        self.env = env or {}
         self.config = copy.deepcopy(config)
         self.config_path = directory / "gateway.yaml"
         self.stdout_path = directory / "gateway.stdout"
@@ -233,7 +236,7 @@ class Gateway:
                 stdout=out,
                 stderr=err,
                 cwd=REPO,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env},
             )
         self.wait_ready(timeout)
         return self
@@ -449,3 +452,21 @@ def assert_no_tokens(*texts: str) -> None:
 
 GatewayFactory = Callable[..., Gateway]
 """`make_gateway(core_port, edit=None, *, start=True, core_host=...)` of conftest.py."""
+
+
+def pinned_tool(group: str, name: str) -> Path:
+    """A binary of hack/tools/GROUP from $QSYS_TOOLS_CACHE; fails (never skips) when not built."""
+    out = subprocess.run(
+        ["bash", str(REPO / "hack" / "tools" / "build.sh"), "--dir", group],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    path = Path(out.stdout.strip()) / name
+    if not path.is_file():
+        pytest.fail(
+            f"{name} is not built ({path} missing): run `make cluster-tools` "
+            f"(or `bash hack/tools/build.sh {group}`)",
+            pytrace=False,
+        )
+    return path

@@ -69,6 +69,51 @@ class CoreSpec(Model):
     """QRC Logon credentials, when the Core's design requires them. Unset: no Logon."""
 
 
+AUTOSCALING_RANGE_RULE = cel(
+    "self.minReplicas <= self.maxReplicas", "minReplicas must not exceed maxReplicas"
+)
+
+
+class AutoscalingSpec(Model):
+    """A HorizontalPodAutoscaler `X-gateway` on CPU; `replicas` is then ignored (the HPA
+    owns the Deployment's replica count, between minReplicas and maxReplicas)."""
+
+    model_config = ConfigDict(json_schema_extra=validations(AUTOSCALING_RANGE_RULE))
+
+    minReplicas: Annotated[int, Field(ge=1, le=50)] = 2
+    """Fewest gateway pods the HorizontalPodAutoscaler keeps (1-50)."""
+    maxReplicas: Annotated[int, Field(ge=1, le=50)] = 10
+    """Most gateway pods the HorizontalPodAutoscaler may run (1-50, >= minReplicas)."""
+    targetCPUUtilizationPercentage: Annotated[int, Field(ge=1, le=100)] = 70
+    """Average CPU use of the gateway pods, in percent of their request, the autoscaler
+    aims for."""
+
+    @model_validator(mode="after")
+    def _range(self) -> AutoscalingSpec:
+        if self.minReplicas > self.maxReplicas:
+            raise ValueError(AUTOSCALING_RANGE_RULE["message"])
+        return self
+
+
+OtlpEndpoint = Annotated[
+    str,
+    Field(
+        max_length=512,
+        pattern=r"^https?://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(:[0-9]{1,5})?/?$",
+    ),
+]
+
+
+class TracingSpec(Model):
+    """OpenTelemetry export of the gateway's traces (OTLP over HTTP), set on the pods as the
+    standard OTEL_* variables; the NetworkPolicy lets the pods reach the endpoint."""
+
+    otlpEndpoint: OtlpEndpoint
+    """e.g. http://otel-collector.monitoring:4318 (OTLP/HTTP; /v1/traces is appended)."""
+    samplingRatio: Annotated[float, Field(ge=0, le=1)] = 1.0
+    """Share of new traces recorded; a client's sampled traceparent is always followed."""
+
+
 class McpSpec(Model):
     enabled: bool = False
     """Serve `/v1/mcp` (Model Context Protocol) so AI agents call the Core through the same
@@ -105,6 +150,15 @@ class GatewaySpec(Model):
     would (default), or `keep` them and answer -32050."""
     mcp: McpSpec = McpSpec()
     """The MCP endpoint for AI agents."""
+    autoscaling: AutoscalingSpec | None = None
+    """Scale the gateway with a HorizontalPodAutoscaler instead of fixed `replicas`."""
+    tracing: TracingSpec | None = None
+    """OpenTelemetry traces of the gateway's calls. Unset: no tracing."""
+
+    @property
+    def min_replicas(self) -> int:
+        """The replicas the gateway keeps at least: `replicas`, or the HPA's minimum."""
+        return self.autoscaling.minReplicas if self.autoscaling else self.replicas
 
 
 class LimitsSpec(Model, AttackLimits):
