@@ -11,25 +11,25 @@ from typing import Any
 
 import pytest
 import yaml
-from kube_support import Cluster, must, wait_for
+from kube_support import REPO, Cluster, must, wait_for
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from operator_support import (
     Operator,
     StandInGateway,
-    apply_crds,
     condition,
     core_body,
     create,
     events,
-    free_port,
     get,
     patch,
     policy_body,
     running_operator,
-    secret_text,
     wait_condition,
 )
+
+from qsys_testkit import SimulatorProcess
+from qsys_testkit.kube import apply_crds, secret_text
 
 pytestmark = pytest.mark.e2e
 
@@ -56,7 +56,7 @@ spec:
 
 @pytest.fixture(scope="module")
 def crds(cluster: Cluster) -> None:
-    apply_crds(cluster)
+    apply_crds(cluster.api, REPO / "crds")
 
 
 @pytest.fixture
@@ -66,7 +66,7 @@ def operator(cluster: Cluster, crds: None, namespace: str, tmp_path: Path) -> It
 
 
 def _config(cluster: Cluster, ns: str, core: str) -> str | None:
-    return secret_text(cluster, ns, f"{core}-gateway-config", "gateway.yaml")
+    return secret_text(cluster.api, ns, f"{core}-gateway-config", "gateway.yaml")
 
 
 def test_children_drift_update_and_cascade(
@@ -203,13 +203,13 @@ def test_policy_first_tokens_real_gateway_and_core_connection(
     pol = wait_condition(cluster, ns, "AccessPolicy", "panel", "Bound", "False")
     assert condition(pol, "Bound")["reason"] == "CoreNotFound"
     assert "room" in condition(pol, "Bound")["message"]
-    generated = wait_for("token", lambda: secret_text(cluster, ns, "panel-gen-token", "token"))
+    generated = wait_for("token", lambda: secret_text(cluster.api, ns, "panel-gen-token", "token"))
     # A duplicate subject name in a later policy is reported, not merged (the older
     # policy keeps it; "zdup" also sorts after "panel" should both share a second).
     create(cluster, ns, policy_body("zdup", "room", [{"name": "gen"}]))
 
     with contextlib.ExitStack() as stack:
-        sim = stack.enter_context(_sim())
+        sim = stack.enter_context(SimulatorProcess())
         create(cluster, ns, core_body("room", sim.port))
         wait_condition(cluster, ns, "AccessPolicy", "panel", "Bound", "True")
 
@@ -221,7 +221,9 @@ def test_policy_first_tokens_real_gateway_and_core_connection(
         assert condition(dup, "Ready")["status"] == "False"
         assert condition(dup, "Bound")["status"] == "True"
         assert "panel" in condition(dup, "Ready")["message"]
-        assert secret_text(cluster, ns, "panel-gen-token", "token") == generated  # not regenerated
+        assert (
+            secret_text(cluster.api, ns, "panel-gen-token", "token") == generated
+        )  # not regenerated
         pol = get(cluster, ns, "AccessPolicy", "panel")
         assert pol["status"]["tokenSecrets"] == {"gen": "panel-gen-token", "own": "byo"}
 
@@ -261,7 +263,7 @@ def test_policy_first_tokens_real_gateway_and_core_connection(
         assert gw.rpc("byo-token-one-0123456789", "StatusGet")[0] == 401
 
         # The Core goes away: the gateway reports it, the status follows.
-        sim.stop()
+        sim.kill()
         core = wait_condition(cluster, ns, "QSysCore", "room", "CoreConnected", "False", timeout=45)
         assert condition(core, "CoreConnected")["reason"] == "CoreUnreachable"
         assert condition(core, "Ready")["status"] == "False"
@@ -310,7 +312,7 @@ def test_restart_mid_work_and_two_replicas(
         create(cluster, ns, policy_body("p", "pair", [{"name": f"s{i}"} for i in range(6)]))
         time.sleep(0.5)
     finally:
-        first.stop(kill=True)  # in the middle of the work
+        first.kill()  # in the middle of the work
     with (
         running_operator(cluster, ns, tmp_path / "b.log") as b,
         running_operator(cluster, ns, tmp_path / "c.log") as c,
@@ -362,43 +364,3 @@ def _pod_ip(cluster: Cluster, ns: str, core: str) -> str | None:
     )
     ready = [must(p.status).pod_ip for p in pods.items if must(p.status).pod_ip]
     return ready[0] if ready else None
-
-
-class _sim:
-    """A `qsys-core-sim` process on 127.0.0.1 (stopped on exit)."""
-
-    def __enter__(self) -> _sim:
-        import socket
-        import subprocess
-        import sys
-
-        self.port = free_port()
-        self.proc = subprocess.Popen(
-            [
-                str(Path(sys.executable).parent / "qsys-core-sim"),
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-
-        def listening() -> bool:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), 0.2).close()
-            except OSError:
-                return False
-            return True
-
-        wait_for("simulator", listening, timeout=15)
-        return self
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()

@@ -8,7 +8,9 @@ import time
 from typing import Any
 
 import aiohttp
-from gateway_harness import PANEL_TOKEN, Gateway, GatewayFactory
+from gateway_harness import PANEL_TOKEN, GatewayFactory
+
+from qsys_testkit import GatewayProcess
 
 
 async def ws_call(ws: aiohttp.ClientWebSocketResponse, rid: int, method: str, params: Any) -> Any:
@@ -20,7 +22,7 @@ async def ws_call(ws: aiohttp.ClientWebSocketResponse, rid: int, method: str, pa
                 return msg
 
 
-async def wait_metric(gw: Gateway, result: str, value: float, timeout: float = 15) -> None:
+async def wait_metric(gw: GatewayProcess, result: str, value: float, timeout: float = 15) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         got = await asyncio.to_thread(gw.metric, "qsys_gateway_config_reloads_total", result=result)
