@@ -83,6 +83,7 @@ class Gateway:
         ).start()
         if listen.qrc is not None:
             self._qrc = QrcServer(self.services, listen.host, listen.qrc, tls)
+            self.upstream.add_up_listener(self._qrc.core_changed)
             await self._qrc.start()
         # HTTP last: once /readyz answers, every listener is up.
         self._runner = web.AppRunner(

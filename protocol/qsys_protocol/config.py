@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -70,6 +70,10 @@ class ListenConfig(Model):
     qrc: Port | None = 1710
     metrics: Port = 9090
     tls: TlsConfig | None = None
+    qrcOnCoreLoss: Literal["keep", "close"] = "close"
+    """What raw QRC clients see while the Core is unreachable: `close` mirrors a Core
+    (their sockets close, new ones are refused until it is back); `keep` holds them and
+    answers -32050. WebSocket and HTTP clients always get -32050 (docs/gateway.md)."""
 
 
 class LimitsConfig(Model):

@@ -28,6 +28,11 @@ class ControlDef(_Model):
     max: float = 1.0
     units: str = ""
     direction: Direction = "Read/Write"
+    strings: tuple[Name, Name] = ("false", "true")
+    """A Boolean's String when off and on, per control kind: a mute reads `unmuted`/`muted`,
+    a bypass `no`/`yes`, an invert `normal`/`inverted`, a custom toggle `false`/`true`."""
+    choices: Annotated[list[Name], Field(max_length=1024)] | None = None
+    """A combo box: a Text control whose String is one of these (reported as `Choices`)."""
 
     @model_validator(mode="after")
     def _check_range(self) -> ControlDef:
@@ -41,6 +46,11 @@ class ControlDef(_Model):
             self.value = str(self.value)
         if self.type != "Text" and isinstance(self.value, str):
             raise ValueError(f"control {self.name}: value must be a number")
+        if self.choices is not None:
+            if self.type != "Text":
+                raise ValueError(f"control {self.name}: only Text controls have choices")
+            if self.value not in self.choices:
+                raise ValueError(f"control {self.name}: value is not one of its choices")
         return self
 
 

@@ -8,6 +8,8 @@ in `server.py`.
 from __future__ import annotations
 
 import itertools
+import math
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,21 +24,42 @@ from .design import ComponentDef, ControlDef, Design
 MAX_CHANGE_GROUPS = 512
 
 
-def _fmt(value: float) -> str:
-    return f"{value:.1f}"
+def format_number(value: float) -> str:
+    """A number as a Core displays it: three significant digits, and zero as `0`.
+
+    A Designer emulator answers `-100dB`, `20.0dB`, `-10.0dB` and `0dB` (recorded in the
+    vendor's QRC help and public clients' emulator tests), which is this rule."""
+    if value == 0:
+        return "0"
+    magnitude = math.floor(math.log10(abs(value)))
+    decimals = max(0, 2 - magnitude)
+    if abs(round(value, decimals)) >= 10 ** (magnitude + 1):
+        decimals = max(0, decimals - 1)  # rounding carried into the next digit (9.996 -> 10.0)
+    return f"{value:.{decimals}f}"
+
+
+@dataclass(slots=True)
+class _Ramp:
+    start: float
+    target: float
+    began: float
+    seconds: float
 
 
 class Control:
     """One control of the running design; Named Controls may alias a component's control."""
 
     __slots__ = (
+        "choices",
         "component",
         "direction",
         "max",
         "min",
         "name",
         "position",
+        "ramp",
         "string",
+        "strings",
         "type",
         "units",
         "value",
@@ -51,15 +74,22 @@ class Control:
         self.max = definition.max
         self.units = definition.units
         self.direction = definition.direction
+        self.strings = definition.strings
+        self.choices = definition.choices
         self.value: float | int | str = 0
         self.string = ""
         self.position = 0.0
         self.version = 0
+        self.ramp: _Ramp | None = None
         self._assign(definition.value)
 
     @property
     def key(self) -> tuple[str | None, str]:
         return (self.component, self.name)
+
+    @property
+    def rampable(self) -> bool:
+        return self.type in ("Float", "Integer", "Time")
 
     def state(self) -> dict[str, Any]:
         return {
@@ -70,7 +100,7 @@ class Control:
         }
 
     def info(self) -> dict[str, Any]:
-        return {
+        info: dict[str, Any] = {
             "Name": self.name,
             "Type": self.type,
             "Value": self.value,
@@ -82,18 +112,21 @@ class Control:
             "Position": self.position,
             "Direction": self.direction,
         }
+        if self.choices is not None:
+            info["Choices"] = list(self.choices)
+        return info
 
     def _number(self, v: float) -> int | float:
         return int(v) if self.type in ("Integer", "Boolean", "Trigger") else v
 
     def _render(self, v: float) -> str:
         if self.type == "Boolean":
-            return "true" if v else "false"
+            return self.strings[1] if v else self.strings[0]
         if self.type == "Integer":
             return f"{int(v)}{self.units}"
         if self.type in ("Text", "Trigger"):
             return ""
-        return f"{_fmt(v)}{self.units}"
+        return f"{format_number(v)}{self.units}"
 
     def _assign(self, raw: float | str) -> None:
         if self.type == "Text":
@@ -111,10 +144,18 @@ class Control:
         """The new raw value for a write, or -32602 when it does not fit the control type."""
         if self.type == "Text":
             if write.String is not None:
-                return write.String
-            if isinstance(write.Value, str):
-                return write.Value
-            raise QrcError(ErrorCode.INVALID_PARAMS, f"Invalid params: {self.name} takes a string")
+                text = write.String
+            elif isinstance(write.Value, str):
+                text = write.Value
+            else:
+                raise QrcError(
+                    ErrorCode.INVALID_PARAMS, f"Invalid params: {self.name} takes a string"
+                )
+            if self.choices is not None and text not in self.choices:
+                raise QrcError(
+                    ErrorCode.INVALID_PARAMS, f"Invalid params: not one of {self.name}'s Choices"
+                )
+            return text
         if write.Value is not None:
             if isinstance(write.Value, str):
                 raise QrcError(
@@ -125,8 +166,11 @@ class Control:
             return self.min + write.Position * (self.max - self.min)
         assert write.String is not None
         text = write.String.strip().lower()
-        if self.type == "Boolean" and text in ("true", "false", "on", "off"):
-            return 1.0 if text in ("true", "on") else 0.0
+        if self.type == "Boolean":
+            words = {"true": 1.0, "on": 1.0, "false": 0.0, "off": 0.0}
+            words.update({self.strings[0].lower(): 0.0, self.strings[1].lower(): 1.0})
+            if text in words:
+                return words[text]
         if self.units and text.endswith(self.units.lower()):
             text = text[: -len(self.units)]
         try:
@@ -199,8 +243,19 @@ Handler = Callable[[Session, Any], Any]
 
 
 class Engine:
-    def __init__(self, design: Design, *, max_change_groups: int = MAX_CHANGE_GROUPS) -> None:
+    """`clock` (seconds, monotonic) drives ramps: a ramping control's value is brought up
+    to date whenever a call or a poll reads the engine, so no timer is needed."""
+
+    def __init__(
+        self,
+        design: Design,
+        *,
+        max_change_groups: int = MAX_CHANGE_GROUPS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.design = design
+        self.clock = clock
+        self._ramping: set[Control] = set()
         self.state = "Active"
         self.max_change_groups = max_change_groups
         self.polls = 0  # change-group polls served (explicit and AutoPoll)
@@ -250,14 +305,21 @@ class Engine:
         return sum(len(s.change_groups) for s in self.sessions)
 
     def status(self) -> dict[str, Any]:
+        """The StatusGet result."""
         return {
             "Platform": self.design.platform,
+            **self.engine_status(),
+            "Status": {"Code": 0, "String": "OK"},
+        }
+
+    def engine_status(self) -> dict[str, Any]:
+        """The params of a pushed EngineStatus (the vendor's help lists exactly these)."""
+        return {
             "State": self.state,
             "DesignName": self.design.name,
             "DesignCode": self.design.code,
             "IsRedundant": self.design.redundant,
             "IsEmulator": True,
-            "Status": {"Code": 0, "String": "OK - 1 OK"},
         }
 
     def open_session(self) -> Session:
@@ -273,12 +335,34 @@ class Engine:
         handler = self._handlers.get(method)
         if handler is None:
             raise QrcError(ErrorCode.METHOD_NOT_FOUND, f"Method not found: {method[:64]}")
+        self.advance_ramps()
         return handler(session, params)
 
     def poll(self, session: Session, group_id: str | int) -> dict[str, Any]:
         group = self.group(session, group_id)
+        return {"Id": group.id, "Changes": self.poll_group(group)}
+
+    def poll_group(self, group: ChangeGroup) -> list[dict[str, Any]]:
+        """A poll (explicit or AutoPoll): what changed since the group's previous poll."""
+        self.advance_ramps()
         self.polls += 1
-        return {"Id": group.id, "Changes": group.poll()}
+        return group.poll()
+
+    def advance_ramps(self) -> None:
+        """Move every ramping control to where its ramp is now."""
+        if not self._ramping:
+            return
+        now = self.clock()
+        for control in list(self._ramping):
+            ramp = control.ramp
+            assert ramp is not None
+            done = (now - ramp.began) / ramp.seconds
+            if done >= 1.0:
+                self._stop_ramp(control)
+                control.write(ramp.target, next(self._versions))
+            else:
+                raw = ramp.start + (ramp.target - ramp.start) * max(0.0, done)
+                control.write(raw, next(self._versions))
 
     def find_control(self, name: str, component: str | None = None) -> Control:
         if component is None:
@@ -294,9 +378,23 @@ class Engine:
             raise QrcError(ErrorCode.UNKNOWN_CONTROL, f"Unknown control: {name[:64]}")
         return control
 
-    def set_value(self, control: Control, raw: float | str) -> bool:
-        """Change a control as someone at the Core would (no direction check)."""
+    def set_value(self, control: Control, raw: float | str, ramp: float | None = None) -> bool:
+        """Change a control as someone at the Core would (no direction check); with `ramp`
+        seconds a numeric control moves there linearly, starting now."""
+        self._stop_ramp(control)
+        if ramp and ramp > 0 and control.rampable and not isinstance(raw, str):
+            start = float(control.value)
+            target = min(max(float(raw), control.min), control.max)
+            if target != start:
+                control.ramp = _Ramp(start, target, self.clock(), ramp)
+                self._ramping.add(control)
+                return False
         return control.write(raw, next(self._versions))
+
+    def _stop_ramp(self, control: Control) -> None:
+        if control.ramp is not None:
+            control.ramp = None
+            self._ramping.discard(control)
 
     # ---- handlers -----------------------------------------------------------
 
@@ -313,19 +411,25 @@ class Engine:
             states.append(state)
         return states
 
-    def _control_set(self, session: Session, p: m.ControlSetParams) -> bool:
+    def _control_set(self, session: Session, p: m.ControlSetParams) -> dict[str, Any]:
+        """A Designer emulator answers with the control's state (a ramp has only begun)."""
         control = self._writable(self.find_control(p.Name))
-        self.set_value(control, control.coerce(p))
-        return True
+        self.set_value(control, control.coerce(p), p.Ramp)
+        state = control.state()
+        state["Name"] = p.Name
+        return state
 
     def _get_components(self) -> list[dict[str, Any]]:
         return [
             {
+                "ID": c.name,
                 "Name": c.name,
                 "Type": c.type,
                 "Properties": [
                     {"Name": k, "Value": v, "PrettyName": k} for k, v in c.properties.items()
                 ],
+                "Controls": None,
+                "ControlSource": 2,
             }
             for c in self._component_defs.values()
         ]
@@ -347,10 +451,19 @@ class Engine:
         for write in p.Controls:
             control = self._writable(self.find_control(write.Name, p.Name))
             plan.append((control, control.coerce(write)))
-        for control, raw in plan:
-            self.set_value(control, raw)
+        for (control, raw), write in zip(plan, p.Controls, strict=True):
+            self.set_value(control, raw, write.Ramp)
         if p.ResponseValues:
-            return {"Name": p.Name, "Controls": [c.state() for c, _ in plan]}
+            return [
+                {
+                    "Component": p.Name,
+                    "Name": c.name,
+                    "String": c.string,
+                    "Value": c.value,
+                    "Position": c.position,
+                }
+                for c, _ in plan
+            ]
         return True
 
     def group(self, session: Session, group_id: str | int) -> ChangeGroup:
@@ -425,5 +538,5 @@ class Engine:
         if values is None:
             raise QrcError(ErrorCode.INVALID_PARAMS, f"Invalid params: bank {p.Bank} is empty")
         for control, raw in zip(snap.controls, values, strict=True):
-            self.set_value(control, raw)
+            self.set_value(control, raw, p.Ramp)
         return True

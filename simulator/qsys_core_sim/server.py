@@ -49,7 +49,7 @@ class _Connection(asyncio.Protocol):
         self.session = self.sim.engine.open_session()
         self.session.logged_on = not self.sim.requires_logon
         self.sim.connections.add(self)
-        self.send(jsonrpc.notification_message("EngineStatus", self.sim.engine.status()))
+        self.send(jsonrpc.notification_message("EngineStatus", self.sim.engine.engine_status()))
         self._arm_idle()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -164,8 +164,7 @@ class _Connection(asyncio.Protocol):
             await asyncio.sleep(rate)
             if session.change_groups.get(key) is not group:
                 return  # destroyed (a new group with the same Id is not on AutoPoll)
-            self.sim.engine.polls += 1
-            changes = group.poll()
+            changes = self.sim.engine.poll_group(group)
             if changes:
                 self.send(
                     jsonrpc.notification_message(
@@ -291,7 +290,7 @@ class CoreSimulator:
     def set_state(self, state: str) -> None:
         """Switch between Active, Standby and Idle; clients get a pushed EngineStatus."""
         self.engine.state = state
-        status = jsonrpc.notification_message("EngineStatus", self.engine.status())
+        status = jsonrpc.notification_message("EngineStatus", self.engine.engine_status())
         for conn in list(self.connections):
             conn.send(status)
 
@@ -300,4 +299,5 @@ class CoreSimulator:
         self.engine.set_value(self.engine.find_control(name, component), value)
 
     def get_control(self, name: str, component: str | None = None) -> dict[str, Any]:
+        self.engine.advance_ramps()
         return self.engine.find_control(name, component).state()

@@ -84,6 +84,9 @@ async def sim() -> Any:
 
 def fanout_config(config: dict[str, Any]) -> None:
     config["limits"]["maxClients"] = 2000
+    # QRC clients keep their sockets through the Core restart below (the default, `close`,
+    # is covered by test_qrc_core_loss.py)
+    config["listen"]["qrcOnCoreLoss"] = "keep"
     config["limits"]["rate"] = {"requestsPerSecond": 100000, "burst": 100000}
     config["subjects"].append(
         {

@@ -73,7 +73,7 @@ def test_cli_serves_qrc_and_stops_on_sigterm(start_sim_process: Any) -> None:
             "Component.Get", {"Name": "Room101 Zone1 Gain", "Controls": [{"Name": "gain"}]}
         )
         assert got["Controls"][0]["Value"] == -8.5
-        assert got["Controls"][0]["String"] == "-8.5dB"
+        assert got["Controls"][0]["String"] == "-8.50dB"
     finally:
         client.close()
     sim.terminate()

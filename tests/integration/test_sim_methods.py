@@ -31,7 +31,8 @@ async def fails(client: QrcClient, method: str, params: Any = None) -> QrcError:
 
 async def test_engine_status_is_pushed_on_connect(qrc_client: QrcClient) -> None:
     msg = await qrc_client.next_notification("EngineStatus", timeout=5)
-    METHODS["StatusGet"].result.validate_python(msg.params)
+    # the vendor's help: EngineStatus carries these, StatusGet adds Platform and Status
+    assert set(msg.params) == {"State", "DesignName", "DesignCode", "IsRedundant", "IsEmulator"}
     assert msg.params["State"] == "Active"
     assert msg.params["DesignName"] == "Demo Venue"
 
@@ -40,13 +41,19 @@ async def test_status_get_and_noop(qrc_client: QrcClient) -> None:
     status = await ok(qrc_client, "StatusGet")
     assert status["DesignCode"] == "SIMdemo0001"
     assert status["IsEmulator"] is True
+    assert status["Status"] == {"Code": 0, "String": "OK"}
     assert await ok(qrc_client, "StatusGet", 0) == status
     assert await ok(qrc_client, "NoOp", {}) is True
     assert await ok(qrc_client, "NoOp") is True
 
 
 async def test_control_get_and_set(qrc_client: QrcClient) -> None:
-    assert await ok(qrc_client, "Control.Set", {"Name": "LobbyMusicLevel", "Value": -12}) is True
+    assert await ok(qrc_client, "Control.Set", {"Name": "LobbyMusicLevel", "Value": -12}) == {
+        "Name": "LobbyMusicLevel",
+        "Value": -12.0,
+        "String": "-12.0dB",
+        "Position": 0.88,
+    }
     states = await ok(qrc_client, "Control.Get", ["LobbyMusicLevel", "WelcomeText", "MainMute"])
     assert states[0] == {
         "Name": "LobbyMusicLevel",
@@ -74,7 +81,7 @@ async def test_value_is_clamped_to_the_range(qrc_client: QrcClient) -> None:
     assert (state["Value"], state["Position"]) == (0.0, 1.0)
     await ok(qrc_client, "Control.Set", {"Name": "LobbyMusicLevel", "Value": -1e9})
     (state,) = await ok(qrc_client, "Control.Get", ["LobbyMusicLevel"])
-    assert (state["Value"], state["String"], state["Position"]) == (-100.0, "-100.0dB", 0.0)
+    assert (state["Value"], state["String"], state["Position"]) == (-100.0, "-100dB", 0.0)
 
 
 async def test_components(qrc_client: QrcClient) -> None:
@@ -88,7 +95,7 @@ async def test_components(qrc_client: QrcClient) -> None:
     gain = next(c for c in controls["Controls"] if c["Name"] == "gain")
     assert gain["Type"] == "Float"
     assert (gain["ValueMin"], gain["ValueMax"]) == (-100.0, 20.0)
-    assert (gain["StringMin"], gain["StringMax"]) == ("-100.0dB", "20.0dB")
+    assert (gain["StringMin"], gain["StringMax"]) == ("-100dB", "20.0dB")
     assert gain["Direction"] == "Read/Write"
 
 
@@ -109,10 +116,10 @@ async def test_component_set_and_get(qrc_client: QrcClient) -> None:
             {
                 "Name": "gain",
                 "Value": -3.5,
-                "String": "-3.5dB",
+                "String": "-3.50dB",
                 "Position": pytest.approx(0.8041666),
             },
-            {"Name": "mute", "Value": 1, "String": "true", "Position": 1.0},
+            {"Name": "mute", "Value": 1, "String": "muted", "Position": 1.0},
         ],
     }
     echoed = await ok(
@@ -120,7 +127,9 @@ async def test_component_set_and_get(qrc_client: QrcClient) -> None:
         "Component.Set",
         {"Name": ZONE, "Controls": [{"Name": "gain", "Position": 1.0}], "ResponseValues": True},
     )
-    assert echoed["Controls"][0]["Value"] == 20.0
+    assert echoed == [
+        {"Component": ZONE, "Name": "gain", "String": "20.0dB", "Value": 20.0, "Position": 1.0}
+    ]
 
 
 async def test_snapshot_really_stores_and_recalls(qrc_client: QrcClient) -> None:
@@ -164,7 +173,7 @@ async def test_change_group_poll_invalidate_clear_destroy(qrc_client: QrcClient)
     await ok(c, "Control.Set", {"Name": "MainGain", "Value": -1})
     await ok(c, "Control.Set", {"Name": "MainGain", "Value": -1})  # unchanged: reported once
     changes = (await ok(c, "ChangeGroup.Poll", {"Id": "g"}))["Changes"]
-    assert changes == [{"Name": "MainGain", "Value": -1.0, "String": "-1.0dB", "Position": 0.825}]
+    assert changes == [{"Name": "MainGain", "Value": -1.0, "String": "-1.00dB", "Position": 0.825}]
     assert await ok(c, "ChangeGroup.Invalidate", {"Id": "g"}) is True
     assert len((await ok(c, "ChangeGroup.Poll", {"Id": "g"}))["Changes"]) == 3
     assert await ok(c, "ChangeGroup.Remove", {"Id": "g", "Controls": ["MainMute"]}) is True
@@ -357,3 +366,22 @@ async def test_autopoll_ends_with_its_group(sim: CoreSimulator, qrc_client: QrcC
         await c.next_notification("ChangeGroup.Poll", timeout=0.4)
     changes = (await ok(c, "ChangeGroup.Poll", {"Id": "r"}))["Changes"]
     assert [(ch["Name"], ch["Value"]) for ch in changes] == [("MainGain", -13.0)]
+
+
+async def test_ramp_is_honoured_over_time(qrc_client: QrcClient) -> None:
+    await ok(qrc_client, "Control.Set", {"Name": "LobbyMusicLevel", "Value": -100})
+    await ok(qrc_client, "ChangeGroup.AddControl", {"Id": "ramp", "Controls": ["LobbyMusicLevel"]})
+    await ok(qrc_client, "ChangeGroup.Poll", {"Id": "ramp"})
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    await ok(qrc_client, "Control.Set", {"Name": "LobbyMusicLevel", "Value": 0, "Ramp": 1.0})
+    await asyncio.sleep(0.4)
+    (state,) = await ok(qrc_client, "Control.Get", ["LobbyMusicLevel"])
+    elapsed = loop.time() - began
+    assert -100.0 < state["Value"] < 0.0
+    assert state["Value"] == pytest.approx(-100 + 100 * elapsed, abs=15)
+    (seen,) = (await ok(qrc_client, "ChangeGroup.Poll", {"Id": "ramp"}))["Changes"]
+    assert -100.0 < seen["Value"] < 0.0
+    await asyncio.sleep(1.0)
+    (final,) = (await ok(qrc_client, "ChangeGroup.Poll", {"Id": "ramp"}))["Changes"]
+    assert (final["Value"], final["String"]) == (0.0, "0dB")

@@ -111,7 +111,8 @@ async def test_core_errors_pass_through(sim: CoreSimulator, make_upstream: Upstr
     with pytest.raises(QrcError) as err:
         await up.forward("Component.GetControls", {"Name": "Nope"})
     assert err.value.code == ErrorCode.UNKNOWN_COMPONENT
-    assert await up.forward("Control.Set", {"Name": "LobbyMusicLevel", "Value": -12}) is True
+    state = await up.forward("Control.Set", {"Name": "LobbyMusicLevel", "Value": -12})
+    assert (state["Value"], state["String"]) == (-12.0, "-12.0dB")
     assert sim.get_control("LobbyMusicLevel")["Value"] == -12
     assert up.circuit_state == "closed"
 
@@ -381,3 +382,17 @@ async def test_failover_away_from_standby_unit(
     poll = await session.call("ChangeGroup.Poll", {"Id": "g"})
     assert poll["Id"] == "g"
     await session.close()
+
+
+async def test_a_pushed_engine_status_keeps_platform_and_status(
+    make_upstream: UpstreamFactory,
+) -> None:
+    """A Core's EngineStatus has no Platform/Status; the gateway keeps StatusGet's."""
+    async with CoreSimulator() as sim:
+        up = await make_upstream(sim.port)
+        sim.set_state("Idle")
+        await wait_until(lambda: (up.engine_status or {}).get("State") == "Idle")
+        status = up.engine_status
+        assert status is not None
+        assert status["Platform"] == "Core 110f"
+        assert status["Status"] == {"Code": 0, "String": "OK"}

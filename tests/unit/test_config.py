@@ -98,6 +98,7 @@ def test_defaults_match_the_spec() -> None:
         9090,
     )
     assert cfg.listen.tls is None
+    assert cfg.listen.qrcOnCoreLoss == "close"
     assert cfg.limits.maxClients == 1000
     assert cfg.limits.maxMessageBytes == 262144
     assert cfg.limits.rate == RateConfig(requestsPerSecond=20, burst=40)
@@ -142,6 +143,7 @@ def test_full_config_parses() -> None:
         ("listen.qrc", 70000, "listen.qrc"),
         ("listen.metrics", "x", "listen.metrics"),
         ("listen.tls", {"certFile": "c"}, "listen.tls.keyFile"),
+        ("listen.qrcOnCoreLoss", "drop", "listen.qrcOnCoreLoss"),
         ("limits.maxClients", 0, "limits.maxClients"),
         ("limits.maxMessageBytes", 100, "limits.maxMessageBytes"),
         ("limits.maxMessageBytes", 32 * 1024 * 1024, "limits.maxMessageBytes"),

@@ -327,7 +327,7 @@ def test_config_secret_parses_and_holds_only_hashes(tmp_path: Any) -> None:
     core = make_core(
         limits={"maxClients": 10, "requestTimeoutSeconds": 2},
         audit={"logReads": True},
-        gateway={"allowedOrigins": ["https://panel.example"]},
+        gateway={"allowedOrigins": ["https://panel.example"], "qrcOnCoreLoss": "keep"},
     )
     result = render(core, policy)
     secret = by_kind(result)["Secret"]
@@ -348,6 +348,8 @@ def test_config_secret_parses_and_holds_only_hashes(tmp_path: Any) -> None:
     assert cfg.limits.maxClients == 10
     assert cfg.audit.logReads is True
     assert cfg.cors.allowedOrigins == ["https://panel.example"]
+    assert cfg.listen.qrcOnCoreLoss == "keep"
+    assert render(make_core(), policy).config.listen.qrcOnCoreLoss == "close"
     assert result.subjects == 2
 
 

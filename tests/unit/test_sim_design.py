@@ -107,3 +107,16 @@ def test_boolean_and_text_ranges_are_normalised() -> None:
     b, t = design.components[0].controls
     assert (b.min, b.max) == (0.0, 1.0)
     assert t.value == "12"
+
+
+@pytest.mark.parametrize(
+    ("control", "message"),
+    [
+        ({"name": "x", "type": "Float", "choices": ["a"]}, "only Text controls have choices"),
+        ({"name": "x", "type": "Text", "value": "c", "choices": ["a", "b"]}, "not one of"),
+        ({"name": "x", "type": "Boolean", "strings": ["off"]}, "strings"),
+    ],
+)
+def test_bad_strings_and_choices_are_refused(control: dict[str, object], message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        Design.model_validate({"components": [{"name": "C", "controls": [control]}]})

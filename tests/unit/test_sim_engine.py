@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from qsys_core_sim.design import load_design
-from qsys_core_sim.engine import Engine, Session
+from qsys_core_sim.engine import Engine, Session, format_number
 from qsys_protocol.qrc.errors import ErrorCode, QrcError
 from qsys_protocol.qrc.methods import METHODS, parse_params
 
@@ -37,9 +37,9 @@ def error(engine: Engine, session: Session, method: str, params: Any = None) -> 
 @pytest.mark.parametrize(
     ("value", "expected", "string", "position"),
     [
-        (-6, -6.0, "-6.0dB", 0.0),
-        (500, 0.0, "0.0dB", 1.0),
-        (-1000, -100.0, "-100.0dB", 0.0),
+        (-6, -6.0, "-6.00dB", 0.0),
+        (500, 0.0, "0dB", 1.0),
+        (-1000, -100.0, "-100dB", 0.0),
     ],
 )
 def test_float_clamped_to_range(
@@ -169,3 +169,144 @@ def test_snapshot_restores_only_its_components(engine: Engine, session: Session)
     call(engine, session, "Snapshot.Load", {"Name": "Room Presets", "Bank": 3})
     assert engine.find_control(*zone).value == -30.0
     assert engine.find_control(*mixer).value == 5.0
+
+
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [
+        (-100, "-100"),
+        (20, "20.0"),
+        (-10, "-10.0"),
+        (0, "0"),
+        (-6.5, "-6.50"),
+        (41.5, "41.5"),
+        (9.996, "10.0"),
+        (-0.25, "-0.250"),
+        (123.4, "123"),
+    ],
+)
+def test_numbers_read_as_a_core_formats_them(value: float, text: str) -> None:
+    assert format_number(value) == text
+
+
+def test_control_set_answers_with_the_control_state(engine: Engine, session: Session) -> None:
+    assert call(engine, session, "Control.Set", {"Name": "MainGain", "Value": 20}) == {
+        "Name": "MainGain",
+        "Value": 20.0,
+        "String": "20.0dB",
+        "Position": 1.0,
+    }
+    state = call(engine, session, "Control.Set", {"Name": "MainGain", "Position": 0.5})
+    assert (state["Value"], state["Position"]) == (-40.0, 0.5)
+
+
+def test_boolean_strings_follow_the_control_kind(engine: Engine, session: Session) -> None:
+    (mute,) = call(engine, session, "Control.Get", ["MainMute"])
+    assert (mute["Value"], mute["String"]) == (0, "unmuted")
+    assert (
+        call(engine, session, "Control.Set", {"Name": "MainMute", "String": "muted"})["String"]
+        == "muted"
+    )
+    controls = call(engine, session, "Component.GetControls", {"Name": "Room101 Zone1 Gain"})
+    by_name = {c["Name"]: c for c in controls["Controls"]}
+    assert by_name["invert"]["String"] == "normal"
+    assert by_name["bypass"]["String"] == "no"
+    assert (by_name["mute"]["StringMin"], by_name["mute"]["StringMax"]) == ("unmuted", "muted")
+    assert by_name["gain"]["StringMin"] == "-100dB"
+    (custom,) = call(engine, session, "Control.Get", ["LobbyMusicOn"])
+    assert custom["String"] == "true"
+
+
+def test_combo_box_carries_its_choices(engine: Engine, session: Session) -> None:
+    comp = "Room101 Status"
+    controls = call(engine, session, "Component.GetControls", {"Name": comp})
+    source = next(c for c in controls["Controls"] if c["Name"] == "source")
+    assert source["Choices"] == ["Mic", "HDMI", "Bluetooth", "Off"]
+    assert source["String"] == "Mic"
+    call(
+        engine,
+        session,
+        "Component.Set",
+        {"Name": comp, "Controls": [{"Name": "source", "String": "HDMI"}]},
+    )
+    assert engine.find_control("source", comp).string == "HDMI"
+    err = error(
+        engine,
+        session,
+        "Component.Set",
+        {"Name": comp, "Controls": [{"Name": "source", "String": "VGA"}]},
+    )
+    assert err.code == ErrorCode.INVALID_PARAMS
+
+
+def test_status_and_components_in_the_core_shape(engine: Engine, session: Session) -> None:
+    status = call(engine, session, "StatusGet")
+    assert status["Status"] == {"Code": 0, "String": "OK"}
+    assert set(engine.engine_status()) == {
+        "State",
+        "DesignName",
+        "DesignCode",
+        "IsRedundant",
+        "IsEmulator",
+    }
+    (first, *_) = call(engine, session, "Component.GetComponents")
+    assert first["ID"] == first["Name"]
+    assert (first["Controls"], first["ControlSource"]) == (None, 2)
+
+
+def test_component_set_response_values_is_a_list_of_changes(
+    engine: Engine, session: Session
+) -> None:
+    comp = "Room101 Zone1 Gain"
+    result = call(
+        engine,
+        session,
+        "Component.Set",
+        {"Name": comp, "Controls": [{"Name": "gain", "Value": -10}], "ResponseValues": True},
+    )
+    assert result == [
+        {"Component": comp, "Name": "gain", "String": "-10.0dB", "Value": -10.0, "Position": 0.75}
+    ]
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_ramp_moves_over_time_and_change_groups_see_it() -> None:
+    clock = FakeClock()
+    engine = Engine(load_design(), clock=clock)
+    session = engine.open_session()
+    call(engine, session, "ChangeGroup.AddControl", {"Id": "r", "Controls": ["MainGain"]})
+    call(engine, session, "Control.Set", {"Name": "MainGain", "Value": -100})
+    call(engine, session, "ChangeGroup.Poll", {"Id": "r"})
+    started = call(engine, session, "Control.Set", {"Name": "MainGain", "Value": 0, "Ramp": 2})
+    assert started["Value"] == -100.0  # the ramp has only begun
+    clock.now += 1.0
+    (half,) = call(engine, session, "Control.Get", ["MainGain"])
+    assert half["Value"] == pytest.approx(-50.0)
+    assert half["String"] == "-50.0dB"
+    clock.now += 0.5
+    (changed,) = call(engine, session, "ChangeGroup.Poll", {"Id": "r"})["Changes"]
+    assert changed["Value"] == pytest.approx(-25.0)
+    clock.now += 5
+    (done,) = call(engine, session, "ChangeGroup.Poll", {"Id": "r"})["Changes"]
+    assert (done["Value"], done["String"]) == (0.0, "0dB")
+    assert call(engine, session, "ChangeGroup.Poll", {"Id": "r"})["Changes"] == []
+
+
+def test_a_new_write_cancels_a_ramp() -> None:
+    clock = FakeClock()
+    engine = Engine(load_design(), clock=clock)
+    session = engine.open_session()
+    call(engine, session, "Control.Set", {"Name": "LobbyMusicLevel", "Value": -100})
+    call(engine, session, "Control.Set", {"Name": "LobbyMusicLevel", "Value": 0, "Ramp": 10})
+    clock.now += 1
+    call(engine, session, "Control.Set", {"Name": "LobbyMusicLevel", "Value": -60})
+    clock.now += 20
+    (state,) = call(engine, session, "Control.Get", ["LobbyMusicLevel"])
+    assert state["Value"] == -60.0

@@ -21,6 +21,12 @@ log = logging.getLogger("qsys_gateway.qrc_tcp")
 IDLE_TIMEOUT = 60.0
 """Like a Core: a socket silent for this long is closed (clients send NoOp)."""
 MAX_WRITE_BUFFER = 1024 * 1024
+ADMIT_WAIT = 2.0
+"""`qrcOnCoreLoss: close`: how long a new client waits for the Core before it is refused."""
+
+
+async def _close(client: ClientHandle) -> None:
+    await client.close()
 
 
 class QrcServer:
@@ -31,11 +37,24 @@ class QrcServer:
         self.tls = tls
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.Task[None]] = set()
+        self._closing: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(
             self._serve, self.host, self.port, ssl=self.tls, reuse_address=True
         )
+
+    def core_changed(self, up: bool) -> None:
+        """`qrcOnCoreLoss: close`: the Core was lost, so close every raw QRC client, as the
+        Core's own sockets would close. Their sessions end; their groups go with them."""
+        if up or self.svc.runtime.config.listen.qrcOnCoreLoss != "close":
+            return
+        loop = asyncio.get_running_loop()
+        for client in list(self.svc.clients.clients):
+            if client.transport == "qrc":
+                task = loop.create_task(_close(client))
+                self._closing.add(task)
+                task.add_done_callback(self._closing.discard)
 
     def stop_accepting(self) -> None:
         if self._server is not None:
@@ -103,6 +122,11 @@ class QrcServer:
         )
         decoder = FrameDecoder(rt.config.limits.maxMessageBytes)
         svc.clients.add(handle)
+        if rt.config.listen.qrcOnCoreLoss == "close" and not await rt.upstream.wait_up(ADMIT_WAIT):
+            err = QrcError(ErrorCode.CORE_UNAVAILABLE, "Core unavailable")
+            writer.write(encode_frame(jsonrpc.error_message(None, err)))
+            svc.clients.remove(handle)
+            return
         status = rt.upstream.engine_status
         if status is not None:
             send(jsonrpc.notification_message("EngineStatus", status))

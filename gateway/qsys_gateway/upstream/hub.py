@@ -57,6 +57,7 @@ class Entry:
     version: int = 0
     slot: int = -1  # index of the Core group it is in; -1: not on the Core yet
     initial: bool = True  # the next report is a (re)subscription dump: deliver only if different
+    stale: bool = False  # the hub's groups were lost since the Core last reported this control
 
 
 def change_of(key: Key, state: dict[str, Any]) -> dict[str, Any]:
@@ -119,6 +120,9 @@ class SubscriptionHub:
         self._wake = asyncio.Event()
         self._compact = False
         self._task: asyncio.Task[None] | None = None
+        self._refresh_waiters: list[asyncio.Future[None]] = []
+        self._refresh_wake = asyncio.Event()
+        self.refreshes = 0  # polls made early because a write passed through
 
     # ---- lifecycle ----------------------------------------------------------------
 
@@ -133,6 +137,8 @@ class SubscriptionHub:
         while task is not None and not task.done():
             task.cancel()
             await asyncio.wait({task}, timeout=0.5)
+        self._release_waiters(self._refresh_waiters)
+        self._refresh_waiters = []
         self._unplace()
 
     @property
@@ -164,9 +170,27 @@ class SubscriptionHub:
             new = [k for k in wanted if k not in self.entries]
             if new:
                 await self._add_new(new)
+            stale = [k for k in wanted if k not in new and self._stale(k)]
+            if stale:
+                await self._refetch(stale)
             for k in wanted:
                 self.entries[k].refs += 1
         self._wake.set()
+
+    def _stale(self, key: Key) -> bool:
+        """The cached value may predate an outage: the groups were lost and the Core has
+        not reported this control since."""
+        return self.entries[key].stale
+
+    async def _refetch(self, keys: list[Key]) -> None:
+        """Current values for already subscribed keys a new group adds right after an
+        outage, so its first poll returns what the Core holds now (as a Core's does).
+        While the Core is away the cached values stand; the next poll corrects them."""
+        try:
+            conn = await self._ensure_placed()
+        except (QrcError, CoreUnavailable):
+            return
+        await self._fetch(conn, keys)
 
     async def release(self, keys: Iterable[Key]) -> None:
         """Drop one reference from each key. Unreferenced controls stay on the Core until
@@ -187,6 +211,26 @@ class SubscriptionHub:
 
     def state(self, key: Key) -> Entry | None:
         return self.entries.get(key)
+
+    async def refresh(self) -> None:
+        """Return after a hub poll that began after this call: a write that passed through
+        is then in the cache, so every client group holding the control (the writer's
+        and everyone else's) sees it at its next poll. Concurrent callers share that
+        poll, so a burst of writes costs about one extra Core poll, not one each.
+        Bounded by the request timeout; a poll that fails releases its waiters too."""
+        if not self.entries or self._task is None or self._task.done():
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._refresh_waiters.append(waiter)
+        self._refresh_wake.set()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(waiter), self._owner.request_timeout)
+
+    @staticmethod
+    def _release_waiters(waiters: list[asyncio.Future[None]]) -> None:
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
 
     async def _add_new(self, new: list[Key]) -> None:
         conn = await self._ensure_placed()
@@ -333,6 +377,7 @@ class SubscriptionHub:
         self._groups.clear()
         for entry in self.entries.values():
             entry.slot = -1
+            entry.stale = True
         self._report()
 
     async def _teardown(self) -> None:
@@ -353,6 +398,7 @@ class SubscriptionHub:
             if entry is None:
                 continue
             state = state_of(change)
+            entry.stale = False
             if entry.initial or fetched:
                 # a dump of current values: only a different value is a change
                 if not fetched:
@@ -363,6 +409,15 @@ class SubscriptionHub:
             entry.version = self.version = next(self._versions)
 
     async def _poll_once(self) -> None:
+        waiters, self._refresh_waiters = self._refresh_waiters, []
+        if waiters:
+            self.refreshes += 1
+        try:
+            await self._poll_groups()
+        finally:
+            self._release_waiters(waiters)
+
+    async def _poll_groups(self) -> None:
         async with self._lock:
             try:
                 conn = await self._ensure_placed()
@@ -389,6 +444,8 @@ class SubscriptionHub:
         loop = asyncio.get_running_loop()
         while True:
             if not self.entries:
+                self._release_waiters(self._refresh_waiters)
+                self._refresh_waiters = []
                 self._wake.clear()
                 await self._wake.wait()
                 continue
@@ -401,7 +458,12 @@ class SubscriptionHub:
                     async with asyncio.timeout(0.5):
                         await self._wake.wait()
                 continue
-            await asyncio.sleep(max(0.0, started + self.poll_interval - loop.time()))
+            if self._refresh_waiters:
+                continue  # a write is waiting: poll again now
+            self._refresh_wake.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(0.0, started + self.poll_interval - loop.time())):
+                    await self._refresh_wake.wait()
 
     def _report(self) -> None:
         self._owner.hub_changed(self.core_group_count, 0)

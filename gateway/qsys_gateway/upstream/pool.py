@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 from collections.abc import Callable
@@ -77,6 +78,8 @@ class UpstreamPool:
         self._sessions: set[UpstreamSession] = set()
         self.hub = SubscriptionHub(self, poll_interval=hub_poll_interval)
         self._was_up = False
+        self._up_event = asyncio.Event()
+        self._up_listeners: list[Callable[[bool], None]] = []
 
     # ---- lifecycle --------------------------------------------------------------
 
@@ -104,6 +107,17 @@ class UpstreamPool:
     @property
     def up(self) -> bool:
         return any(c.up for c in self._conns)
+
+    def add_up_listener(self, listener: Callable[[bool], None]) -> None:
+        """Call `listener(up)` whenever the Core becomes reachable or is lost."""
+        self._up_listeners.append(listener)
+
+    async def wait_up(self, timeout: float) -> bool:
+        """Whether the Core is reachable, waiting up to `timeout` seconds for it."""
+        if not self.up:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._up_event.wait(), timeout)
+        return self.up
 
     @property
     def engine_status(self) -> dict[str, Any] | None:
@@ -269,7 +283,8 @@ class UpstreamPool:
             if params.get("State") == "Standby" and conn.up and conn.host is not None:
                 self.host_standby(conn.host)
             if conn.host == self._hosts.active:
-                self._set_status(params)
+                # a Core's EngineStatus carries no Platform/Status: keep StatusGet's
+                self._set_status({**(self._engine_status or {}), **params})
 
     def _set_status(self, status: dict[str, Any]) -> None:
         if status == self._engine_status:
@@ -288,6 +303,15 @@ class UpstreamPool:
         if up != self._was_up:
             self._was_up = up
             log.info("upstream %s", "up" if up else "down")
+            if up:
+                self._up_event.set()
+            else:
+                self._up_event.clear()
+            for listener in list(self._up_listeners):
+                try:
+                    listener(up)
+                except Exception:
+                    log.exception("upstream state listener failed")
 
     def _circuit_changed(self, state: CircuitState) -> None:
         log.warning("circuit to the core is %s", state)

@@ -69,7 +69,12 @@ class UpstreamSession:
         if not traits.change_group:
             if isinstance(params, BaseModel):
                 params = params.model_dump(mode="json", exclude_none=True)
-            return await self._upstream.forward(method, params, timeout=timeout)
+            result = await self._upstream.forward(method, params, timeout=timeout)
+            if traits.write:
+                # Set, then poll: answer a write once the hub has polled the Core after it,
+                # so every group holding the control has it (docs/changegroups.md)
+                await self._upstream.hub.refresh()
+            return result
         parsed = params if isinstance(params, BaseModel) else parse_params(method, params)
         assert parsed is not None
         gid = getattr(parsed, "Id", None)

@@ -74,6 +74,9 @@ class GatewaySpec(Model):
     ] = []
     affinity: Annotated[dict[str, Any], Field(json_schema_extra=PRESERVE_UNKNOWN)] | None = None
     podAnnotations: AnnotationMap = {}
+    qrcOnCoreLoss: Literal["keep", "close"] = "close"
+    """Raw QRC clients while the Core is unreachable: `close` their sockets as the Core's
+    would (default), or `keep` them and answer -32050."""
 
 
 class LimitsSpec(Model):

@@ -42,6 +42,7 @@ def gateway_config(core: QSysCore, subjects: list[SubjectConfig]) -> GatewayConf
             http=HTTP_PORT,
             qrc=QRC_PORT,
             metrics=METRICS_PORT,
+            qrcOnCoreLoss=spec.gateway.qrcOnCoreLoss,
             tls=(
                 TlsConfig(certFile=f"{TLS_DIR}/tls.crt", keyFile=f"{TLS_DIR}/tls.key")
                 if spec.gateway.tlsSecretName

@@ -34,7 +34,6 @@ Name = Annotated[StrictStr, Field(min_length=1, max_length=MAX_NAME)]
 ChangeGroupId = Annotated[StrictStr, Field(min_length=1, max_length=MAX_NAME)] | StrictInt
 ControlValue = StrictBool | StrictInt | StrictFloat | Annotated[StrictStr, Field(max_length=4096)]
 Seconds = Annotated[float, Field(ge=0, le=3600)]
-ControlType = Literal["Boolean", "Integer", "Float", "Text", "Trigger", "Time"]
 
 
 class Model(BaseModel):
@@ -162,10 +161,12 @@ class StatusResult(ResultModel):
 
 
 class ControlState(ResultModel):
+    """A Core may leave out Position (and Value for some Text controls)."""
+
     Name: str
-    Value: bool | int | float | str
+    Value: bool | int | float | str | None = None
     String: str
-    Position: float
+    Position: float | None = None
 
 
 class Change(ControlState):
@@ -174,27 +175,31 @@ class Change(ControlState):
 
 class ComponentProperty(ResultModel):
     Name: str
-    Value: str
+    Value: str | int | float | bool
     PrettyName: str | None = None
 
 
 class ComponentInfo(ResultModel):
     Name: str
     Type: str
-    Properties: list[ComponentProperty]
+    Properties: list[ComponentProperty] = []
 
 
 class ControlInfo(ResultModel):
+    """The vendor's help shows Booleans without the Min/Max fields; an emulator also
+    reports types beyond Boolean/Integer/Float/Text/Trigger/Time (State Trigger, Array, ...)."""
+
     Name: str
-    Type: ControlType
-    Value: bool | int | float | str
-    ValueMin: int | float
-    ValueMax: int | float
-    StringMin: str
-    StringMax: str
+    Type: str
+    Value: bool | int | float | str | None = None
+    ValueMin: int | float | None = None
+    ValueMax: int | float | None = None
+    StringMin: str | None = None
+    StringMax: str | None = None
     String: str
-    Position: float
+    Position: float | None = None
     Direction: Literal["Read/Write", "Read Only", "Write Only"]
+    Choices: list[str] | None = None
 
 
 class ComponentControlsResult(ResultModel):
@@ -283,7 +288,7 @@ METHODS: dict[str, MethodSpec] = {
         _spec("Component.GetComponents", "read", EmptyParams, list[ComponentInfo]),
         _spec("Component.GetControls", "read", ComponentRef, ComponentControlsResult),
         _spec("Component.Get", "read", ComponentGetParams, ComponentValuesResult),
-        _spec("Component.Set", "write", ComponentSetParams, bool | ComponentValuesResult),
+        _spec("Component.Set", "write", ComponentSetParams, bool | list[Change]),
         _spec(
             "ChangeGroup.AddControl", "change_group", ChangeGroupAddControlParams, bool, _GROUP_ADD
         ),
