@@ -207,16 +207,22 @@ class GatewayProcess(ManagedProcess):
 
     def rpc(self, token: str, method: str, params: Any = None) -> tuple[int, dict[str, Any]]:
         """One JSON-RPC call over HTTP (POST /v1/rpc): (HTTP status, decoded body)."""
-        body = {"jsonrpc": "2.0", "id": 1, "method": method}
-        if params is not None:
-            body["params"] = params
-        req = urllib.request.Request(  # noqa: S310 - the gateway's own address
-            f"{self.url}/v1/rpc",
-            data=json.dumps(body).encode(),
-            headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
-        )
-        try:
-            with urllib.request.urlopen(req, timeout=10) as r:  # noqa: S310
-                return int(r.status), json.loads(r.read())
-        except urllib.error.HTTPError as exc:
-            return exc.code, json.loads(exc.read() or b"{}")
+        return rpc(self.url, token, method, params)
+
+
+def rpc(url: str, token: str, method: str, params: Any = None) -> tuple[int, dict[str, Any]]:
+    """One JSON-RPC call to the gateway at `url` (POST /v1/rpc, bearer token):
+    (HTTP status, decoded body)."""
+    body = {"jsonrpc": "2.0", "id": 1, "method": method}
+    if params is not None:
+        body["params"] = params
+    req = urllib.request.Request(  # noqa: S310 - the gateway's own address
+        f"{url}/v1/rpc",
+        data=json.dumps(body).encode(),
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:  # noqa: S310
+            return int(r.status), json.loads(r.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"{}")
