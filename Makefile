@@ -19,6 +19,7 @@ help:
 	@echo "make demo      control plane, operator, simulator, gateway: one allowed and one denied call"
 	@echo "make lint      ruff + mypy"
 	@echo "make bench     benchmarks, printed beside their baselines"
+	@echo "make images    operator, gateway, Core simulator and pause images, without Docker"
 	@echo "make cluster-up / cluster-down   local Kubernetes control plane built from source"
 	@echo "make kind-up / e2e-kind          the same e2e suite on kind (needs Docker)"
 

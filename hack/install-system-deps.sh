@@ -9,6 +9,13 @@ command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 command -v lua5.1 >/dev/null 2>&1 || need+=(lua5.1)
 # openssl: hack/cluster/pki.sh makes the control plane's certificates.
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
+# Images without Docker (hack/images/build.sh, docs/images.md): a Debian root
+# filesystem, OCI packing, and a static C build of the pause image.
+command -v mmdebstrap >/dev/null 2>&1 || need+=(mmdebstrap)
+command -v arch-test >/dev/null 2>&1 || need+=(arch-test)
+command -v umoci >/dev/null 2>&1 || need+=(umoci)
+command -v gcc >/dev/null 2>&1 || need+=(gcc)
+compgen -G "/usr/lib/*/libc.a" >/dev/null || need+=(libc6-dev) # gcc -static
 if [ ${#need[@]} -eq 0 ]; then exit 0; fi
 sudo=""
 [ "$(id -u)" -eq 0 ] || sudo="sudo"
