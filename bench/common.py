@@ -17,6 +17,8 @@ from qsys_protocol.qrc.framing import FrameDecoder
 from qsys_testkit import LOOPBACK, GatewayProcess, SimulatorProcess, gateway_config, subject
 from qsys_testkit.gateway import Readiness
 
+BENCH_TOKEN_KEY = b"bench-token-key-0123456789abcdefghijklmnop"
+
 
 @dataclass(slots=True)
 class Result:
@@ -115,16 +117,18 @@ def gateway(
     core_port: int, *, token: str, methods: list[str], max_clients: int, ready: Readiness = None
 ) -> GatewayProcess:
     """`qsys-gateway` (start it with `with`) on free loopback ports with one subject "bench"
-    and a limiter too generous to throttle a benchmark."""
+    and a limiter too generous to throttle a benchmark. The token is stored as the operator
+    renders it (keyed hash)."""
     config = gateway_config(
         core_port,
-        [subject("bench", token, methods=methods)],
+        [subject("bench", token, methods=methods, key=BENCH_TOKEN_KEY)],
         max_clients=max_clients,
         requests_per_second=100_000,
         burst=100_000,
         request_timeout=5,
     )
-    return GatewayProcess(config, ready=ready, args=("--log-level", "WARNING"))
+    args = ("--log-level", "WARNING")
+    return GatewayProcess(config, ready=ready, args=args, token_key=BENCH_TOKEN_KEY)
 
 
 def rss_kib(pid: int) -> int:

@@ -343,11 +343,14 @@ def run_in_namespace(
     info(f"healthy; log: {op_log}")
 
     step("Applying examples/qsyscore.yaml and examples/accesspolicy.yaml")
-    panel_token = secrets.token_urlsafe(24)
+    panel_token = secrets.token_urlsafe(32)
     v1.create_namespaced_secret(
         ns,
         client.V1Secret(
-            metadata=client.V1ObjectMeta(name="room-101-panel-token"),
+            # The opt-in marker: the operator uses only Secrets labelled for the use.
+            metadata=client.V1ObjectMeta(
+                name="room-101-panel-token", labels={"qsys.dev/secret-type": "client-token"}
+            ),
             string_data={"token": panel_token},
         ),
     )
@@ -405,7 +408,11 @@ def run_in_namespace(
 
     step(f"Starting qsys-gateway from Secret {core_name}-gateway-config, on pod IP {ip}")
     gw_config = yaml.safe_load(gateway_yaml)
-    gw_config["listen"]["host"] = ip  # the only change: ports and policy stay as rendered
+    gw_config["listen"]["host"] = ip  # ports and policy stay as rendered
+    key_path = work / "token-key"  # the pod gets it beside gateway.yaml
+    key_path.write_text(secret_text(v1, ns, f"{core_name}-gateway-token-key", "key") or "")
+    key_path.chmod(0o600)
+    gw_config["auth"]["tokenKeyFile"] = str(key_path)
     gw_path = work / "gateway.yaml"
     gw_path.write_text(yaml.safe_dump(gw_config))
     audit_log, gw_log = work / "gateway-audit.log", work / "gateway.log"

@@ -209,7 +209,7 @@ class Admission:
         label = method_label(method)
         known = caller.subject
         subject = rt.current_subject(known.name) if known is not None else None
-        if subject is None or known is None or subject.tokenSha256 != known.tokenSha256:
+        if subject is None or known is None or subject.token_hash != known.token_hash:
             err = QrcError(ErrorCode.UNAUTHENTICATED, "Unauthenticated: token revoked")
             self._count(label, caller, "unauthenticated", started)
             return None if msg.is_notification else jsonrpc.error_message(msg.id, err)

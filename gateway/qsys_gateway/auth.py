@@ -1,6 +1,9 @@
-"""Client authentication: bearer tokens checked against the SHA-256 hashes of the config.
+"""Client authentication: bearer tokens checked against the token hashes of the config.
 
-Tokens are never stored, logged or returned; only their hashes are held in memory.
+A subject's hash is HMAC-SHA256 under the core's token key (kept in its own
+Secret, so the config alone does not allow offline guessing), or, deprecated,
+a plain SHA-256. Tokens are never stored, logged or returned; only their
+hashes are held in memory.
 """
 
 from __future__ import annotations
@@ -19,54 +22,67 @@ MAX_USER_CHARS = 256
 
 
 def hash_token(token: str) -> str:
-    """SHA-256 hex digest of a token, as stored in `subjects[].tokenSha256`."""
+    """SHA-256 hex digest of a token, as stored in the deprecated `subjects[].tokenSha256`."""
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
 
 
-def _digest(token: str) -> bytes | None:
+def _encode(token: str) -> bytes | None:
     if not isinstance(token, str) or not token or len(token) > MAX_TOKEN_BYTES:
         return None
     try:
         raw = token.encode("utf-8")
     except UnicodeEncodeError:  # lone surrogates
         return None
-    if len(raw) > MAX_TOKEN_BYTES:
-        return None
-    return hashlib.sha256(raw).digest()
+    return raw if len(raw) <= MAX_TOKEN_BYTES else None
 
 
 class Authenticator:
     """Maps presented tokens to subjects; rebuilt on every config reload."""
 
-    def __init__(self, subjects: Sequence[SubjectConfig]) -> None:
-        self._entries: tuple[tuple[bytes, bytes, SubjectConfig], ...] = tuple(
-            (bytes.fromhex(s.tokenSha256), s.name.encode("utf-8"), s) for s in subjects
+    def __init__(self, subjects: Sequence[SubjectConfig], key: bytes | None = None) -> None:
+        if key is None and any(s.tokenHmacSha256 for s in subjects):
+            raise ValueError("subjects with tokenHmacSha256 need the token key")
+        self._key = key
+        self._plain = any(s.tokenSha256 for s in subjects)
+        # (keyed?, expected digest, name, subject)
+        self._entries: tuple[tuple[bool, bytes, bytes, SubjectConfig], ...] = tuple(
+            (s.tokenHmacSha256 is not None, bytes.fromhex(s.token_hash), s.name.encode(), s)
+            for s in subjects
         )
 
+    def _digests(self, token: str) -> tuple[bytes, bytes] | None:
+        """(keyed, plain) digests of a presented token; each is b"" when no subject uses it."""
+        raw = _encode(token)
+        if raw is None:
+            return None
+        keyed = hmac.digest(self._key, raw, "sha256") if self._key is not None else b""
+        plain = hashlib.sha256(raw).digest() if self._plain else b""
+        return keyed, plain
+
     def authenticate(self, token: str) -> SubjectConfig | None:
-        digest = _digest(token)
-        if digest is None:
+        digests = self._digests(token)
+        if digests is None:
             return None
         found: SubjectConfig | None = None
         # Compare with every subject, no early exit: the time taken does not
         # depend on which subject (if any) matched.
-        for expected, _name, subject in self._entries:
-            if hmac.compare_digest(digest, expected):
+        for keyed, expected, _name, subject in self._entries:
+            if hmac.compare_digest(digests[0] if keyed else digests[1], expected):
                 found = subject
         return found
 
     def logon(self, user: str, token: str) -> SubjectConfig | None:
         """QRC / WebSocket `Logon`: the subject name and its token must both match."""
-        digest = _digest(token)
-        if digest is None or not isinstance(user, str) or len(user) > MAX_USER_CHARS:
+        digests = self._digests(token)
+        if digests is None or not isinstance(user, str) or len(user) > MAX_USER_CHARS:
             return None
         try:
             user_raw = user.encode("utf-8")
         except UnicodeEncodeError:
             return None
         found: SubjectConfig | None = None
-        for expected, name, subject in self._entries:
-            token_ok = hmac.compare_digest(digest, expected)
+        for keyed, expected, name, subject in self._entries:
+            token_ok = hmac.compare_digest(digests[0] if keyed else digests[1], expected)
             name_ok = hmac.compare_digest(user_raw, name)
             if token_ok & name_ok:
                 found = subject

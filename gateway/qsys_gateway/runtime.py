@@ -33,7 +33,15 @@ class Rules:
 
     @classmethod
     def build(cls, config: GatewayConfig, generation: int) -> Rules:
-        return cls(config, Authenticator(config.subjects), Policy(config.subjects), generation)
+        legacy = [s.name for s in config.subjects if s.tokenSha256]
+        if legacy:
+            log.warning(
+                "subjects %s use the deprecated unkeyed tokenSha256; re-render the config "
+                "with tokenHmacSha256 (the operator does so on its next reconcile)",
+                ", ".join(legacy[:10]),
+            )
+        auth = Authenticator(config.subjects, config.auth.token_key())
+        return cls(config, auth, Policy(config.subjects), generation)
 
 
 class Runtime:

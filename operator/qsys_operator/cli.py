@@ -15,12 +15,12 @@ import uuid
 from typing import Any
 
 import kopf
-from kopf._core.engines.peering import Identity
 
 from .handlers import build_registry
-from .handlers.children import CHILD_RESOURCES, MANAGED_BY_SELECTOR, selector_key
+from .handlers.children import MANAGED_BY_SELECTOR
 from .health import register as register_health
 from .k8s import Kube, load_api_client
+from .kinds import CHILDREN
 from .logs import setup_logging
 from .metrics import OperatorMetrics
 from .peering import Peering
@@ -76,10 +76,8 @@ def configure_kopf(
     settings.peering.priority = priority
     settings.peering.standalone = opts.standalone
     settings.peering.lifetime = 20
-    for group, version, plural in CHILD_RESOURCES:
-        settings.watching.label_selectors[selector_key(group, version, plural)] = (
-            MANAGED_BY_SELECTOR
-        )
+    for kind in CHILDREN:
+        settings.watching.label_selectors[kind.resource] = MANAGED_BY_SELECTOR
 
 
 async def _resync_loop(reconciler: Reconciler, period: float) -> None:
@@ -103,7 +101,7 @@ async def run(opts: argparse.Namespace, settings: OperatorSettings) -> None:
     peering = Peering(
         kube,
         name=opts.peering,
-        identity=Identity(identity),
+        identity=identity,
         priority=priority,
         namespaces=namespaces,
         standalone=opts.standalone,
@@ -140,6 +138,8 @@ async def run(opts: argparse.Namespace, settings: OperatorSettings) -> None:
             "identity": identity,
         },
     )
+    # Kopf's Identity is a NewType of str that Kopf does not export.
+    peer_identity: dict[str, Any] = {"identity": identity}
     resync = asyncio.create_task(_resync_loop(reconciler, settings.resync_seconds))
     try:
         await kopf.operator(
@@ -147,7 +147,7 @@ async def run(opts: argparse.Namespace, settings: OperatorSettings) -> None:
             clusterwide=not namespaces,
             namespaces=namespaces,
             standalone=opts.standalone,
-            identity=Identity(identity),
+            **peer_identity,
             liveness_endpoint=f"http://{health_host}:{health_port}/healthz",
         )
     finally:

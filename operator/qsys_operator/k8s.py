@@ -17,31 +17,21 @@ from typing import Any
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
-from .api import GROUP, VERSION
+from .api import GROUP, VERSION, AccessPolicy, QSysCore
+from .kinds import SECRET, Kind, kind_of
 from .render import Manifest
 
 FIELD_MANAGER = "qsys-operator"
+JSON = "application/json"
+METADATA_ONLY = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1"
+"""Accept header of a metadata-only read: the API server never sends the object's data."""
 API_THREADS = 12
 """Worker threads (and pooled connections) for the blocking client: enough to keep a
 burst of reconciles moving, few enough to stay small."""
 
-# kind -> (API path prefix, plural) of everything the operator applies or deletes.
-RESOURCES: dict[tuple[str, str], tuple[str, str]] = {
-    ("v1", "Secret"): ("/api/v1", "secrets"),
-    ("v1", "Service"): ("/api/v1", "services"),
-    ("apps/v1", "Deployment"): ("/apis/apps/v1", "deployments"),
-    ("networking.k8s.io/v1", "NetworkPolicy"): ("/apis/networking.k8s.io/v1", "networkpolicies"),
-    ("policy/v1", "PodDisruptionBudget"): ("/apis/policy/v1", "poddisruptionbudgets"),
-    ("monitoring.coreos.com/v1", "ServiceMonitor"): (
-        "/apis/monitoring.coreos.com/v1",
-        "servicemonitors",
-    ),
-}
 
-
-def object_path(api_version: str, kind: str, namespace: str, name: str) -> str:
-    prefix, plural = RESOURCES[(api_version, kind)]
-    return f"{prefix}/namespaces/{namespace}/{plural}/{name}"
+def object_path(kind: Kind, namespace: str, name: str) -> str:
+    return f"{kind.path_prefix}/namespaces/{namespace}/{kind.plural}/{name}"
 
 
 def is_not_found(exc: BaseException) -> bool:
@@ -94,8 +84,10 @@ class Kube:
         kwargs.setdefault("_request_timeout", 30)
         return await self._thread(fn, *args, **kwargs)
 
-    def _raw(self, method: str, path: str, body: Any = None, **query: str) -> Any:
-        headers = {"Accept": "application/json"}
+    def _raw(
+        self, method: str, path: str, body: Any = None, accept: str = JSON, **query: str
+    ) -> Any:
+        headers = {"Accept": accept}
         if method == "PATCH":
             headers["Content-Type"] = "application/apply-patch+yaml"
         _, url, headers, body, _ = self.api.param_serialize(
@@ -116,16 +108,16 @@ class Kube:
         """Server-side apply with force: the operator owns every field it declares."""
         meta = manifest["metadata"]
         path = object_path(
-            manifest["apiVersion"], manifest["kind"], meta["namespace"], meta["name"]
+            kind_of(manifest["apiVersion"], manifest["kind"]), meta["namespace"], meta["name"]
         )
         result: dict[str, Any] = await self._thread(
             self._raw, "PATCH", path, manifest, fieldManager=FIELD_MANAGER, force="true"
         )
         return result
 
-    async def delete(self, api_version: str, kind: str, namespace: str, name: str) -> bool:
+    async def delete(self, kind: Kind, namespace: str, name: str) -> bool:
         """True when something was deleted."""
-        path = object_path(api_version, kind, namespace, name)
+        path = object_path(kind, namespace, name)
         try:
             await self._thread(self._raw, "DELETE", path, propagationPolicy="Background")
         except ApiException as exc:
@@ -151,10 +143,10 @@ class Kube:
         return obj
 
     async def get_core(self, namespace: str, name: str) -> dict[str, Any] | None:
-        return await self.get_custom("qsyscores", namespace, name)
+        return await self.get_custom(QSysCore.PLURAL, namespace, name)
 
     async def get_policy(self, namespace: str, name: str) -> dict[str, Any] | None:
-        return await self.get_custom("accesspolicies", namespace, name)
+        return await self.get_custom(AccessPolicy.PLURAL, namespace, name)
 
     async def list_custom(self, plural: str, namespace: str | None) -> list[dict[str, Any]]:
         if namespace:
@@ -186,6 +178,18 @@ class Kube:
             self.core.read_namespaced_secret, name, namespace
         )
         return secret
+
+    async def read_secret_metadata(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """A Secret's metadata only (PartialObjectMetadata): labels, annotations, owners."""
+        path = object_path(SECRET, namespace, name)
+        try:
+            obj: dict[str, Any] = await self._thread(self._raw, "GET", path, accept=METADATA_ONLY)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        meta: dict[str, Any] = obj.get("metadata") or {}
+        return meta
 
     async def create(self, manifest: Manifest) -> bool:
         """Create a core/v1 object; False when it exists already (never overwritten)."""

@@ -6,6 +6,8 @@ validates what the operator renders and what the gateway loads.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
 import re
 from pathlib import Path
@@ -22,6 +24,7 @@ from pydantic import (
     model_validator,
 )
 
+MIN_TOKEN_KEY_BYTES = 32
 SUBJECT_NAME_PATTERN = r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$"
 HostName = Annotated[str, Field(min_length=1, max_length=253, pattern=r"^[A-Za-z0-9.:_\[\]-]+$")]
 Port = Annotated[int, Field(ge=1, le=65535)]
@@ -119,11 +122,54 @@ class Rule(Model):
     valueRange: ValueRange | None = None
 
 
+HexDigest = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+
+
+def token_hmac(key: bytes, token: str) -> str:
+    """`subjects[].tokenHmacSha256`: HMAC-SHA256 of the token under the core's token key."""
+    return hmac.new(key, token.encode("utf-8"), hashlib.sha256).hexdigest()
+
+
+class AuthConfig(Model):
+    tokenKeyFile: str | None = None
+    """The key of `subjects[].tokenHmacSha256`, kept apart from this file (see docs/security.md)."""
+
+    def token_key(self) -> bytes | None:
+        if not self.tokenKeyFile:
+            return None
+        try:
+            key = Path(self.tokenKeyFile).read_bytes().strip()
+        except OSError as exc:
+            raise ConfigError(
+                f"auth.tokenKeyFile: cannot read {self.tokenKeyFile}: {exc.strerror}"
+            ) from None
+        if len(key) < MIN_TOKEN_KEY_BYTES:
+            raise ConfigError(
+                f"auth.tokenKeyFile: {self.tokenKeyFile} holds fewer than "
+                f"{MIN_TOKEN_KEY_BYTES} bytes"
+            )
+        return key
+
+
 class SubjectConfig(Model):
+    """A token holder. Exactly one of tokenHmacSha256 (keyed) and tokenSha256 (deprecated)."""
+
     name: Annotated[str, Field(pattern=SUBJECT_NAME_PATTERN)]
-    tokenSha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+    tokenHmacSha256: HexDigest | None = None
+    tokenSha256: HexDigest | None = None
+    """Unkeyed SHA-256, accepted until v1beta1; the operator re-renders it as tokenHmacSha256."""
     rate: RateConfig | None = None
     rules: list[Rule] = []
+
+    @model_validator(mode="after")
+    def _one_hash(self) -> SubjectConfig:
+        if (self.tokenHmacSha256 is None) == (self.tokenSha256 is None):
+            raise ValueError("set exactly one of tokenHmacSha256 and tokenSha256")
+        return self
+
+    @property
+    def token_hash(self) -> str:
+        return self.tokenHmacSha256 or self.tokenSha256 or ""
 
 
 class GatewayConfig(Model):
@@ -132,6 +178,7 @@ class GatewayConfig(Model):
     limits: LimitsConfig = LimitsConfig()
     audit: AuditConfig = AuditConfig()
     cors: CorsConfig = CorsConfig()
+    auth: AuthConfig = AuthConfig()
     subjects: list[SubjectConfig] = []
 
     @model_validator(mode="after")
@@ -141,10 +188,15 @@ class GatewayConfig(Model):
         for s in self.subjects:
             if s.name in seen:
                 raise ValueError(f"subjects: duplicate subject name {s.name!r}")
-            if s.tokenSha256 in hashes:
+            if s.token_hash in hashes:
                 raise ValueError(f"subjects: subject {s.name!r} shares its token with another")
+            if s.tokenHmacSha256 is not None and not self.auth.tokenKeyFile:
+                raise ValueError(
+                    f"subjects: subject {s.name!r} has tokenHmacSha256 but "
+                    "auth.tokenKeyFile is not set"
+                )
             seen.add(s.name)
-            hashes.add(s.tokenSha256)
+            hashes.add(s.token_hash)
         return self
 
     def subject(self, name: str) -> SubjectConfig | None:
@@ -182,7 +234,9 @@ def load_config(path: str | Path) -> GatewayConfig:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"config {path} is not valid YAML: {exc}") from None
-    return parse_config(data)
+    config = parse_config(data)
+    config.auth.token_key()  # refuse the config now if its key file is unusable
+    return config
 
 
 def dump_config(config: GatewayConfig) -> str:

@@ -17,6 +17,8 @@ from typing import Any, Literal, Self
 
 import yaml
 
+from qsys_protocol.config import token_hmac
+
 from .net import LOOPBACK, free_port, http_get
 from .process import ManagedProcess, executable
 
@@ -34,12 +36,19 @@ def subject(
     rules: list[dict[str, Any]] | None = None,
     *,
     methods: list[str] | None = None,
+    key: bytes | None = None,
     **extra: Any,
 ) -> dict[str, Any]:
-    """One `subjects[]` entry: `rules`, or a single rule allowing `methods`."""
+    """One `subjects[]` entry: `rules`, or a single rule allowing `methods`. With `key`, the
+    token is stored as the operator renders it (`tokenHmacSha256`; give the gateway the same
+    `token_key`), else as the older unkeyed `tokenSha256`."""
     if rules is None:
         rules = [{"methods": methods}] if methods is not None else []
-    return {"name": name, "tokenSha256": token_sha256(token), **extra, "rules": rules}
+    if key is not None:
+        hashed = {"tokenHmacSha256": token_hmac(key, token)}
+    else:
+        hashed = {"tokenSha256": token_sha256(token)}
+    return {"name": name, **hashed, **extra, "rules": rules}
 
 
 def gateway_config(
@@ -79,7 +88,8 @@ class GatewayProcess(ManagedProcess):
 
     `directory` None: a temporary one, removed when the `with` block ends. `ready`: what
     `start()` waits for: "readyz" (every listener up), "healthz" (also connected to the
-    Core) or None (nothing: for a caller whose event loop must keep running).
+    Core) or None (nothing: for a caller whose event loop must keep running). `token_key`:
+    written to DIR/token-key and named in `auth.tokenKeyFile` (for keyed subjects).
     """
 
     name = "qsys-gateway"
@@ -92,6 +102,7 @@ class GatewayProcess(ManagedProcess):
         *,
         ready: Readiness = "readyz",
         args: Iterable[str] = (),
+        token_key: bytes | None = None,
     ) -> None:
         super().__init__()
         self._own_dir = directory is None
@@ -104,10 +115,19 @@ class GatewayProcess(ManagedProcess):
         self.config_path = self.dir / "gateway.yaml"
         self.stdout_path = self.dir / "gateway.stdout"
         self.stderr_path = self.dir / "gateway.stderr"
+        self.token_key_file: Path | None = None
+        if token_key is not None:
+            self.token_key_file = self.dir / "token-key"
+            self.token_key_file.touch(0o600)
+            self.token_key_file.write_bytes(token_key)
         self.write_config(self.config)
 
     def write_config(self, config: dict[str, Any] | str) -> None:
-        """Replace the config file at once (a running gateway reloads it)."""
+        """Replace the config file at once (a running gateway reloads it); a dict gets the
+        `token_key` file in `auth.tokenKeyFile`."""
+        if isinstance(config, dict) and self.token_key_file is not None:
+            auth = {**(config.get("auth") or {}), "tokenKeyFile": str(self.token_key_file)}
+            config["auth"] = auth
         text = config if isinstance(config, str) else yaml.safe_dump(config, sort_keys=False)
         tmp = self.config_path.with_suffix(".tmp")
         tmp.write_text(text, "utf-8")

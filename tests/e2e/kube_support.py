@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import pytest
+import yaml
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
@@ -48,6 +49,28 @@ def tool_dir(group: str) -> Path:
     return Path(out.stdout.strip())
 
 
+def pinned_tool(group: str, name: str) -> Path:
+    path = tool_dir(group) / name
+    if not path.is_file():
+        pytest.fail(f"{name} is not built ({path}): run `make cluster-tools`", pytrace=False)
+    return path
+
+
+def can_i(kubeconfig: Path, *args: str) -> bool:
+    """`kubectl auth can-i` (pinned kubectl) as the kubeconfig's identity: yes or no."""
+    kubectl = pinned_tool("kube", "kubectl")
+    result = subprocess.run(
+        [str(kubectl), "--kubeconfig", str(kubeconfig), "auth", "can-i", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode in (0, 1), result.stderr
+    assert result.stdout.strip() in ("yes", "no"), result.stdout + result.stderr
+    return result.returncode == 0
+
+
 def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 120.0) -> T:
     """The test kit's `wait_for` with the e2e default bound (the API server can be slow)."""
     return testkit.wait_for(what, probe, timeout)
@@ -73,3 +96,35 @@ def status_of(call: Callable[[], object]) -> int:
     except ApiException as exc:
         return int(exc.status or 0)
     return 200
+
+
+def token_kubeconfig(cluster: Cluster, account: str, namespace: str, path: Path) -> Path:
+    """A kubeconfig at path holding a TokenRequest token of a ServiceAccount."""
+    request = client.CoreV1Api(cluster.api).create_namespaced_service_account_token(
+        account,
+        namespace,
+        client.AuthenticationV1TokenRequest(
+            spec=client.V1TokenRequestSpec(audiences=[], expiration_seconds=3600)
+        ),
+    )
+    token = must(must(request.status).token)
+    cfg = cluster.configuration()
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [
+                    {
+                        "name": "c",
+                        "cluster": {"server": cfg.host, "certificate-authority": cfg.ssl_ca_cert},
+                    }
+                ],
+                "users": [{"name": "sa", "user": {"token": token}}],
+                "contexts": [{"name": "sa", "context": {"cluster": "c", "user": "sa"}}],
+                "current-context": "sa",
+            }
+        )
+    )
+    path.chmod(0o600)
+    return path

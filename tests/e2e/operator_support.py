@@ -48,14 +48,16 @@ class StandInGateway(GatewayProcess):
     """A real `qsys-gateway` started from the operator-rendered config, bound to a pod's IP
     (its files in DIRECTORY/gateway-POD_IP/)."""
 
-    def __init__(self, directory: Path, config_yaml: str, pod_ip: str) -> None:
+    def __init__(self, directory: Path, config_yaml: str, pod_ip: str, token_key: str) -> None:
+        """token_key: the core's token key Secret, which the pod would get beside the config."""
         self.pod_ip = pod_ip
         own = directory / f"gateway-{pod_ip}"
         own.mkdir(exist_ok=True)
-        super().__init__(self._local(config_yaml), own)
+        super().__init__(self._local(config_yaml), own, token_key=token_key.encode())
 
     def _local(self, config_yaml: str) -> dict[str, Any]:
-        """The rendered config with the pod's address replaced by the stand-in's."""
+        """The rendered config with the pod's address replaced by the stand-in's (its token
+        key file is set by `write_config`)."""
         config: dict[str, Any] = yaml.safe_load(config_yaml)
         config["listen"]["host"] = self.pod_ip  # ports stay as rendered
         return config

@@ -19,8 +19,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import pytest
-import yaml
-from kube_support import REPO, Cluster, must, tool_dir, wait_for
+from kube_support import REPO, Cluster, can_i, must, pinned_tool, token_kubeconfig, wait_for
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from operator_support import (
@@ -38,13 +37,6 @@ pytestmark = pytest.mark.e2e
 
 CHART = REPO / "charts" / "qsys-operator"
 TIMEOUT_S = 120
-
-
-def _tool(group: str, name: str) -> Path:
-    path = tool_dir(group) / name
-    if not path.is_file():
-        pytest.fail(f"{name} is not built ({path}): run `make cluster-tools`", pytrace=False)
-    return path
 
 
 def _run(
@@ -90,7 +82,7 @@ class Release:
         self.fullname = f"{self.name}-qsys-operator"
         self.values = values
         self.env = {**os.environ, "KUBECONFIG": cluster.kubeconfig}
-        self.helm = _tool("helm", "helm")
+        self.helm = pinned_tool("helm", "helm")
 
     def __enter__(self) -> Release:
         _create_namespace(self.cluster, self.namespace)
@@ -137,52 +129,8 @@ class Release:
 
     def token_kubeconfig(self, directory: Path) -> Path:
         """A kubeconfig holding a TokenRequest token of the chart's ServiceAccount."""
-        request = client.CoreV1Api(self.cluster.api).create_namespaced_service_account_token(
-            self.fullname,
-            self.namespace,
-            client.AuthenticationV1TokenRequest(
-                spec=client.V1TokenRequestSpec(audiences=[], expiration_seconds=3600)
-            ),
-        )
-        token = must(must(request.status).token)
-        cfg = self.cluster.configuration()
         path = directory / f"{self.name}.kubeconfig"
-        path.write_text(
-            yaml.safe_dump(
-                {
-                    "apiVersion": "v1",
-                    "kind": "Config",
-                    "clusters": [
-                        {
-                            "name": "c",
-                            "cluster": {
-                                "server": cfg.host,
-                                "certificate-authority": cfg.ssl_ca_cert,
-                            },
-                        }
-                    ],
-                    "users": [{"name": "sa", "user": {"token": token}}],
-                    "contexts": [{"name": "sa", "context": {"cluster": "c", "user": "sa"}}],
-                    "current-context": "sa",
-                }
-            )
-        )
-        path.chmod(0o600)
-        return path
-
-
-def _can_i(kubeconfig: Path, *args: str) -> bool:
-    """`kubectl auth can-i` as the token's identity: yes (exit 0) or no (exit 1)."""
-    result = subprocess.run(
-        [str(_tool("kube", "kubectl")), "--kubeconfig", str(kubeconfig), "auth", "can-i", *args],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
-    assert result.returncode in (0, 1), result.stderr
-    assert result.stdout.strip() in ("yes", "no"), result.stdout + result.stderr
-    return result.returncode == 0
+        return token_kubeconfig(self.cluster, self.fullname, self.namespace, path)
 
 
 def _chart_process(dep: client.V1Deployment, kubeconfig: Path, log: Path) -> OperatorProcess:
@@ -321,9 +269,9 @@ def test_namespaced_install_rbac_is_sufficient_and_not_excessive(
             ("create", "events"),
             ("patch", "kopfpeerings.kopf.dev"),
         ):
-            assert _can_i(sa, *verb_resource, "-n", watched), verb_resource
-        assert _can_i(sa, "list", "customresourcedefinitions.apiextensions.k8s.io")
-        assert _can_i(sa, "watch", "namespaces")  # Kopf follows the watched namespaces
+            assert can_i(sa, *verb_resource, "-n", watched), verb_resource
+        assert can_i(sa, "list", "customresourcedefinitions.apiextensions.k8s.io")
+        assert can_i(sa, "watch", "namespaces")  # Kopf follows the watched namespaces
         denied = [
             ("delete", "nodes"),
             ("list", "nodes"),
@@ -349,7 +297,7 @@ def test_namespaced_install_rbac_is_sufficient_and_not_excessive(
             ("delete", "customresourcedefinitions.apiextensions.k8s.io"),
             ("patch", "clusterkopfpeerings.kopf.dev"),
         ]
-        allowed = [d for d in denied if _can_i(sa, *d)]
+        allowed = [d for d in denied if can_i(sa, *d)]
         assert not allowed, f"the chart's ServiceAccount may do more than it needs: {allowed}"
 
 
@@ -365,7 +313,7 @@ def test_cluster_wide_install_grants_only_the_operator_verbs(
             ("patch", "deployments.apps", "-n", other),
             ("create", "secrets", "-n", other),
         ):
-            assert _can_i(sa, *d), d
+            assert can_i(sa, *d), d
         denied = [
             ("delete", "nodes"),
             ("create", "clusterroles.rbac.authorization.k8s.io"),
@@ -375,7 +323,7 @@ def test_cluster_wide_install_grants_only_the_operator_verbs(
             ("list", "namespaces"),
             ("patch", "clusterkopfpeerings.kopf.dev"),  # standalone: no peering rights
         ]
-        allowed = [d for d in denied if _can_i(sa, *d)]
+        allowed = [d for d in denied if can_i(sa, *d)]
         assert not allowed, allowed
 
 

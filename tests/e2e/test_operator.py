@@ -33,6 +33,8 @@ from qsys_testkit.kube import apply_crds, secret_text
 
 pytestmark = pytest.mark.e2e
 
+BYO_ONE = "byo-token-one-Jq3vX8wLr2Tz7KpN4sYd"
+BYO_TWO = "byo-token-two-Hm6cR9eWq1Ub5GfA8tZx"
 LABELS = {
     "app.kubernetes.io/name": "qsys-gateway",
     "app.kubernetes.io/managed-by": "qsys-operator",
@@ -189,8 +191,10 @@ def test_policy_first_tokens_real_gateway_and_core_connection(
     v1.create_namespaced_secret(
         ns,
         client.V1Secret(
-            metadata=client.V1ObjectMeta(name="byo"),
-            string_data={"token": "byo-token-one-0123456789"},
+            metadata=client.V1ObjectMeta(
+                name="byo", labels={"qsys.dev/secret-type": "client-token"}
+            ),
+            string_data={"token": BYO_ONE},
         ),
     )
     create(
@@ -229,15 +233,16 @@ def test_policy_first_tokens_real_gateway_and_core_connection(
 
         config = wait_for("config", lambda: _config(cluster, ns, "room"))
         assert generated not in config
-        assert "byo-token-one" not in config
+        assert BYO_ONE not in config
         pod_ip = wait_for("pod IP", lambda: _pod_ip(cluster, ns, "room"))
         assert pod_ip.startswith("127.")
-        gw = StandInGateway(tmp_path, config, pod_ip)
+        key = must(secret_text(cluster.api, ns, "room-gateway-token-key", "key"))
+        gw = StandInGateway(tmp_path, config, pod_ip, key)
         stack.callback(gw.stop)
         gw.start()
         status, body = gw.rpc(generated, "StatusGet")
         assert status == 200, body
-        status, body = gw.rpc("byo-token-one-0123456789", "StatusGet")
+        status, body = gw.rpc(BYO_ONE, "StatusGet")
         assert status == 200, body
         status, body = gw.rpc(generated, "Control.Set", {"Name": "gain", "Value": 1})
         assert status == 403
@@ -251,7 +256,7 @@ def test_policy_first_tokens_real_gateway_and_core_connection(
         assert condition(core, "Ready")["status"] == "True"
 
         # BYO Secret change followed: the config changes and the gateway reloads it.
-        v1.patch_namespaced_secret("byo", ns, {"stringData": {"token": "byo-two-987654"}})
+        v1.patch_namespaced_secret("byo", ns, {"stringData": {"token": BYO_TWO}})
         new = wait_for(
             "BYO change followed",
             lambda: (c := _config(cluster, ns, "room")) != config and c,
@@ -259,8 +264,8 @@ def test_policy_first_tokens_real_gateway_and_core_connection(
         )
         assert isinstance(new, str)
         gw.write(new)
-        wait_for("new BYO token", lambda: gw.rpc("byo-two-987654", "StatusGet")[0] == 200)
-        assert gw.rpc("byo-token-one-0123456789", "StatusGet")[0] == 401
+        wait_for("new BYO token", lambda: gw.rpc(BYO_TWO, "StatusGet")[0] == 200)
+        assert gw.rpc(BYO_ONE, "StatusGet")[0] == 401
 
         # The Core goes away: the gateway reports it, the status follows.
         sim.kill()

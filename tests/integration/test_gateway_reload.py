@@ -10,6 +10,7 @@ from typing import Any
 import aiohttp
 from gateway_harness import PANEL_TOKEN, GatewayFactory
 
+from qsys_protocol.config import token_hmac
 from qsys_testkit import GatewayProcess
 
 
@@ -77,3 +78,41 @@ async def test_reload_under_open_websocket(
         headers=headers,
     ) as r:
         assert r.status == 200
+
+
+async def test_reload_to_keyed_hashes_and_key_rotation(
+    module_sim_port: int, make_gateway: GatewayFactory, http: aiohttp.ClientSession
+) -> None:
+    """The migration: a legacy tokenSha256 config reloads into tokenHmacSha256 under a key
+    file; the same token keeps working, its plain SHA-256 no longer does, and a config
+    whose key file is missing is refused with the previous one kept."""
+    gw = await asyncio.to_thread(make_gateway, module_sim_port)
+
+    async def status(token: str) -> int:
+        body = {"jsonrpc": "2.0", "id": 1, "method": "NoOp", "params": {}}
+        headers = {"Authorization": f"Bearer {token}"}
+        async with http.post(f"{gw.url}/v1/rpc", json=body, headers=headers) as r:
+            return r.status
+
+    assert await status(PANEL_TOKEN) == 200
+    key = b"k" * 22 + b"Zq8Lm3Tx0Wv5"
+    key_file = gw.dir / "token-key"
+    key_file.write_bytes(key + b"\n")
+    keyed = copy.deepcopy(gw.config)
+    keyed["auth"] = {"tokenKeyFile": str(key_file)}
+    panel = keyed["subjects"][1]
+    plain = panel.pop("tokenSha256")
+    panel["tokenHmacSha256"] = token_hmac(key, PANEL_TOKEN)
+    gw.write_config(keyed)
+    await wait_metric(gw, "success", 1)
+    assert await status(PANEL_TOKEN) == 200
+    assert await status(plain) == 401
+    moved = copy.deepcopy(keyed)
+    moved["auth"]["tokenKeyFile"] = str(gw.dir / "missing-key")
+    gw.write_config(moved)
+    await wait_metric(gw, "failure", 1)
+    assert await status(PANEL_TOKEN) == 200
+    warnings = [
+        line for line in gw.log_lines() if "deprecated unkeyed tokenSha256" in line["message"]
+    ]
+    assert warnings

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import hashlib
+import hmac
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from qsys_gateway.auth import MAX_TOKEN_BYTES, Authenticator, FailureThrottle, hash_token
-from qsys_protocol.config import SubjectConfig
+from qsys_protocol.config import SubjectConfig, token_hmac
 
 TOKENS = {"room-101-panel": "panel-token-1", "ai-agent": "agent-token-2", "ops": "ops-token-3"}
 
@@ -163,3 +166,52 @@ def test_throttle_stores_no_tokens() -> None:
     throttle = FailureThrottle()
     throttle.failure("192.0.2.1")
     assert "panel-token-1" not in repr(vars(throttle))
+
+
+KEY = b"k" * 16 + b"0123456789abcdef"
+
+
+def keyed_subjects() -> list[SubjectConfig]:
+    return [SubjectConfig(name=n, tokenHmacSha256=token_hmac(KEY, t)) for n, t in TOKENS.items()]
+
+
+def test_keyed_hashes_authenticate_only_under_their_key() -> None:
+    auth = Authenticator(keyed_subjects(), KEY)
+    for name, token in TOKENS.items():
+        found = auth.authenticate(token)
+        assert found is not None
+        assert found.name == name
+        logged = auth.logon(name, token)
+        assert logged is not None
+        assert logged.name == name
+    assert auth.authenticate(token_hmac(KEY, "panel-token-1")) is None
+    other = Authenticator(keyed_subjects(), b"x" * 32)
+    assert all(other.authenticate(t) is None for t in TOKENS.values())
+
+
+def test_keyed_hash_is_not_the_plain_sha256() -> None:
+    assert token_hmac(KEY, "abc") != hash_token("abc")
+    assert token_hmac(KEY, "abc") == hmac.new(KEY, b"abc", hashlib.sha256).hexdigest()
+
+
+def test_keyed_and_legacy_subjects_side_by_side() -> None:
+    """The deprecation period: an old config's subjects keep working next to new ones."""
+    mixed = [
+        SubjectConfig(name="new", tokenHmacSha256=token_hmac(KEY, "new-token")),
+        SubjectConfig(name="old", tokenSha256=hash_token("old-token")),
+    ]
+    auth = Authenticator(mixed, KEY)
+    assert [auth.authenticate(t).name for t in ("new-token", "old-token")] == ["new", "old"]  # type: ignore[union-attr]
+    assert auth.authenticate(hash_token("new-token")) is None
+
+
+def test_keyed_subjects_without_a_key_are_refused() -> None:
+    with pytest.raises(ValueError, match="token key"):
+        Authenticator(keyed_subjects(), None)
+
+
+def test_subject_needs_exactly_one_hash() -> None:
+    with pytest.raises(ValidationError, match="exactly one"):
+        SubjectConfig(name="a")
+    with pytest.raises(ValidationError, match="exactly one"):
+        SubjectConfig(name="a", tokenSha256="0" * 64, tokenHmacSha256="1" * 64)

@@ -19,13 +19,20 @@ from chart_support import (
     tool,
 )
 
+from qsys_operator.kinds import CHILDREN
 from qsys_operator.settings import DEFAULT_GATEWAY_IMAGE, ENV
 
 RBAC_KINDS = ("Role", "ClusterRole")
+TENANT_ROLES = ("qsys-qsys-operator-view", "qsys-qsys-operator-edit")
+
+
+def _operator_roles(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [d for d in by_kind(docs, kind) if d["metadata"]["name"] not in TENANT_ROLES]
 
 
 def _rules(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [rule for doc in docs if doc["kind"] in RBAC_KINDS for rule in doc.get("rules", [])]
+    """The operator's own grants (the tenant roles are checked apart)."""
+    return [rule for kind in RBAC_KINDS for d in _operator_roles(docs, kind) for rule in d["rules"]]
 
 
 def _env(docs: list[dict[str, Any]]) -> dict[str, str]:
@@ -54,7 +61,7 @@ def test_cluster_wide_install_uses_cluster_roles() -> None:
     docs = manifests(render())
     assert not by_kind(docs, "Role")
     assert not by_kind(docs, "RoleBinding")
-    (role,) = by_kind(docs, "ClusterRole")
+    (role,) = _operator_roles(docs, "ClusterRole")
     (binding,) = by_kind(docs, "ClusterRoleBinding")
     assert binding["roleRef"]["name"] == role["metadata"]["name"]
     assert binding["subjects"] == [
@@ -73,7 +80,7 @@ def test_namespaced_install_uses_roles_per_namespace() -> None:
     assert sorted(b["metadata"]["namespace"] for b in bindings) == ["team-a", "team-b"]
     # The only cluster-wide grants: reading CRDs, and listing/watching namespaces (Kopf
     # follows the watched namespaces); cluster-scoped, so no Role can hold them.
-    (cluster_role,) = by_kind(docs, "ClusterRole")
+    (cluster_role,) = _operator_roles(docs, "ClusterRole")
     assert cluster_role["rules"] == [
         {
             "apiGroups": ["apiextensions.k8s.io"],
@@ -223,3 +230,52 @@ def test_every_template_renders_valid_yaml_objects() -> None:
         assert {"apiVersion", "kind", "metadata"} <= set(doc), doc
         assert doc["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "Helm"
     yaml.safe_load(run([tool("helm", "helm"), "show", "values", CHART]))
+
+
+def test_tenant_roles_aggregate_and_grant_no_secrets() -> None:
+    docs = manifests(render())
+    roles = {d["metadata"]["name"]: d for d in by_kind(docs, "ClusterRole")}
+    view, edit = (roles[name] for name in TENANT_ROLES)
+    assert view["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-view"] == "true"
+    for label in ("aggregate-to-edit", "aggregate-to-admin"):
+        assert edit["metadata"]["labels"][f"rbac.authorization.k8s.io/{label}"] == "true"
+    for role in (view, edit):
+        for rule in role["rules"]:
+            assert rule["apiGroups"] == ["qsys.dev"]
+            if any(r.endswith("/status") for r in rule["resources"]):
+                assert rule["verbs"] == ["get", "list", "watch"], rule
+    assert {"create", "update", "patch", "delete"} <= set(edit["rules"][0]["verbs"])
+    plain = manifests(render(values=["tenantRoles.aggregate=false"]))
+    for role in by_kind(plain, "ClusterRole"):
+        assert not any("aggregate-to" in k for k in role["metadata"]["labels"])
+    off = manifests(render(values=["tenantRoles.enabled=false"]))
+    assert not {d["metadata"]["name"] for d in by_kind(off, "ClusterRole")} & set(TENANT_ROLES)
+
+
+def test_core_network_admission_policy_only_when_networks_are_set() -> None:
+    assert not by_kind(manifests(render()), "ValidatingAdmissionPolicy")
+    docs = manifests(render(values=["admission.allowedCoreCIDRs={198.18.0.0/15,192.0.2.0/24}"]))
+    (policy,) = by_kind(docs, "ValidatingAdmissionPolicy")
+    (binding,) = by_kind(docs, "ValidatingAdmissionPolicyBinding")
+    assert binding["spec"]["policyName"] == policy["metadata"]["name"]
+    assert binding["spec"]["validationActions"] == ["Deny"]
+    variables = {v["name"]: v["expression"] for v in policy["spec"]["variables"]}
+    assert variables["networks"] == "['198.18.0.0/15', '192.0.2.0/24']"
+    messages = [v["message"] for v in policy["spec"]["validations"]]
+    assert "inside 198.18.0.0/15, 192.0.2.0/24" in messages[0]
+
+
+def test_operator_rbac_covers_every_child_kind() -> None:
+    """kinds.CHILDREN is the one catalogue: each kind the operator applies, deletes and
+    watches needs exactly those verbs in the chart, in both modes."""
+    needed = {"get", "list", "watch", "create", "patch", "delete"}
+    for values in ([], ["watchNamespaces={a}"]):
+        rules = _rules(manifests(render(values=values)))
+        for kind in CHILDREN:
+            granted = {
+                verb
+                for rule in rules
+                if kind.group in rule["apiGroups"] and kind.plural in rule["resources"]
+                for verb in rule["verbs"]
+            }
+            assert needed <= granted, (kind.kind, values)

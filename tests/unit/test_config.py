@@ -304,3 +304,22 @@ def test_no_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_json_schema_is_available_for_the_operator() -> None:
     schema = GatewayConfig.model_json_schema()
     assert "core" in schema["required"]
+
+
+def test_keyed_subjects_need_a_readable_key_file(tmp_path: Path) -> None:
+    data = minimal()
+    data["subjects"] = [{"name": "s", "tokenHmacSha256": HASH_A}]
+    with pytest.raises(ConfigError, match=r"auth\.tokenKeyFile is not set"):
+        parse_config(data)
+    data["auth"] = {"tokenKeyFile": str(tmp_path / "token-key")}
+    path = tmp_path / "gateway.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError, match=r"auth\.tokenKeyFile: cannot read"):
+        load_config(path)
+    (tmp_path / "token-key").write_text("short\n")
+    with pytest.raises(ConfigError, match="fewer than 32 bytes"):
+        load_config(path)
+    (tmp_path / "token-key").write_text("k" * 43 + "\n")
+    config = load_config(path)
+    assert config.auth.token_key() == b"k" * 43
+    assert config.subjects[0].token_hash == HASH_A

@@ -12,16 +12,18 @@ import pytest
 import yaml
 
 from qsys_operator.api import AccessPolicy, QSysCore
+from qsys_operator.kinds import NETWORK_POLICY, PDB, SERVICE_MONITOR
 from qsys_operator.render import (
     RESTART_HASH_ANNOTATION,
     ChildRef,
     PolicyBinding,
     RenderResult,
     render_core_children,
+    render_token_key_secret,
     render_token_secret,
 )
 from qsys_operator.settings import DEFAULT_GATEWAY_IMAGE, OperatorSettings
-from qsys_protocol.config import GatewayConfig, load_config
+from qsys_protocol.config import GatewayConfig, parse_config
 
 SETTINGS = OperatorSettings()
 LABELS = {
@@ -179,7 +181,21 @@ def test_config_mounted_as_directory_with_tmp() -> None:
     assert all("subPath" not in m for m in mounts.values())
     assert mounts["tmp"]["mountPath"] == "/tmp"
     volumes = {v["name"]: v for v in pod_spec(result)["volumes"]}
-    assert volumes["config"]["secret"]["secretName"] == "hall-gateway-config"
+    # One projected volume: kubelet swaps the config and the token key in one step.
+    assert volumes["config"]["projected"]["sources"] == [
+        {
+            "secret": {
+                "name": "hall-gateway-config",
+                "items": [{"key": "gateway.yaml", "path": "gateway.yaml"}],
+            }
+        },
+        {
+            "secret": {
+                "name": "hall-gateway-token-key",
+                "items": [{"key": "key", "path": "token-key"}],
+            }
+        },
+    ]
     assert "emptyDir" in volumes["tmp"]
     assert set(volumes) == {"config", "tmp"}
 
@@ -300,14 +316,14 @@ def test_network_policy_disabled_is_absent() -> None:
     core = make_core(core={"host": "core.av.example"}, networkPolicy={"enabled": False})
     result = render(core)
     assert "NetworkPolicy" not in by_kind(result)
-    assert ChildRef("networking.k8s.io/v1", "NetworkPolicy", "hall-gateway") in result.absent
+    assert ChildRef(NETWORK_POLICY, "hall-gateway") in result.absent
 
 
 def test_pdb_only_with_more_than_one_replica() -> None:
     assert by_kind(render())["PodDisruptionBudget"]["spec"]["maxUnavailable"] == 1
     single = render(make_core(gateway={"replicas": 1}))
     assert "PodDisruptionBudget" not in by_kind(single)
-    assert ChildRef("policy/v1", "PodDisruptionBudget", "hall-gateway") in single.absent
+    assert ChildRef(PDB, "hall-gateway") in single.absent
 
 
 def test_service_monitor() -> None:
@@ -319,7 +335,7 @@ def test_service_monitor() -> None:
     assert sm["spec"]["endpoints"] == [{"port": "metrics", "path": "/metrics", "interval": "15s"}]
     off = render(make_core(monitoring={"serviceMonitor": {"enabled": False}}))
     assert off.service_monitor is None
-    assert off.absent == [ChildRef("monitoring.coreos.com/v1", "ServiceMonitor", "hall-gateway")]
+    assert off.absent == [ChildRef(SERVICE_MONITOR, "hall-gateway")]
 
 
 def test_config_secret_parses_and_holds_only_hashes(tmp_path: Any) -> None:
@@ -335,10 +351,12 @@ def test_config_secret_parses_and_holds_only_hashes(tmp_path: Any) -> None:
     text = base64.b64decode(secret["data"]["gateway.yaml"]).decode()
     path = tmp_path / "gateway.yaml"
     path.write_text(text)
-    cfg = load_config(path)
+    cfg = parse_config(yaml.safe_load(path.read_text()))
     assert cfg == result.config
+    assert cfg.auth.tokenKeyFile == "/etc/qsys-gateway/token-key"
     assert [s.name for s in cfg.subjects] == ["agent", "panel"]
-    assert cfg.subjects[0].tokenSha256 == sha("ops/agent")
+    assert cfg.subjects[0].tokenHmacSha256 == sha("ops/agent")
+    assert cfg.subjects[0].tokenSha256 is None
     assert "ops/agent" not in text
     assert cfg.subjects[0].rate is not None
     assert cfg.subjects[0].rate.requestsPerSecond == 5
@@ -400,7 +418,7 @@ def test_duplicate_subjects_reported_oldest_policy_wins() -> None:
         assert [s.name for s in cfg.subjects] == ["agent", "kiosk", "panel"]
         panel = cfg.subject("panel")
         assert panel is not None
-        assert panel.tokenSha256 == sha("zeta/panel")
+        assert panel.tokenHmacSha256 == sha("zeta/panel")
 
 
 def test_same_timestamp_tie_broken_by_name() -> None:
@@ -450,6 +468,15 @@ def test_token_secret() -> None:
     assert owner["uid"] == "ops-uid"
     assert owner["controller"] is True
     assert owner["blockOwnerDeletion"] is True
+    assert secret["metadata"]["labels"]["qsys.dev/secret-type"] == "client-token"
+
+
+def test_token_key_secret_is_owned_by_the_core() -> None:
+    secret = render_token_key_secret(make_core(), "k" * 43)
+    assert secret["metadata"]["name"] == "hall-gateway-token-key"
+    assert LABELS.items() <= secret["metadata"]["labels"].items()
+    assert secret["metadata"]["ownerReferences"][0]["uid"] == "core-uid"
+    assert base64.b64decode(secret["data"]["key"]) == b"k" * 43
 
 
 @pytest.mark.parametrize(

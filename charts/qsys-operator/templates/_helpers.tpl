@@ -120,3 +120,10 @@ app.kubernetes.io/component: operator
 {{- end -}}
 {{- join "," $out -}}
 {{- end -}}
+
+{{/* A list of strings as the items of a CEL list literal: 'a', 'b'. */}}
+{{- define "qsys-operator.celStrings" -}}
+{{- $items := list -}}
+{{- range . -}}{{- $items = append $items (printf "'%s'" .) -}}{{- end -}}
+{{- join ", " $items -}}
+{{- end }}

@@ -11,7 +11,18 @@ from .accesspolicy import (
     Subject,
     TokenSecretRef,
 )
-from .common import API_VERSION, GROUP, VERSION, Condition, LocalObjectReference, ObjectMeta
+from .common import (
+    API_VERSION,
+    CLIENT_TOKEN,
+    CORE_CREDENTIALS,
+    CORE_HOSTS_ANNOTATION,
+    GROUP,
+    SECRET_TYPE_LABEL,
+    VERSION,
+    Condition,
+    LocalObjectReference,
+    ObjectMeta,
+)
 from .qsyscore import (
     AuditSpec,
     CoreSpec,
@@ -30,7 +41,11 @@ from .qsyscore import (
 
 __all__ = [
     "API_VERSION",
+    "CLIENT_TOKEN",
+    "CORE_CREDENTIALS",
+    "CORE_HOSTS_ANNOTATION",
     "GROUP",
+    "SECRET_TYPE_LABEL",
     "VERSION",
     "AccessPolicy",
     "AccessPolicySpec",

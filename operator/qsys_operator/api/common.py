@@ -10,6 +10,14 @@ GROUP = "qsys.dev"
 VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
 
+SECRET_TYPE_LABEL = f"{GROUP}/secret-type"
+"""The opt-in marker: the operator uses a Secret a resource names only when its owner set
+this label to the use (see docs/security.md), as Argo CD does with its secret-type label."""
+CORE_CREDENTIALS = "core-credentials"
+CLIENT_TOKEN = "client-token"  # noqa: S105 - a label value
+CORE_HOSTS_ANNOTATION = f"{GROUP}/core-hosts"
+"""Optional on a credentials Secret: the only core.host values it may be sent to."""
+
 DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 

@@ -123,6 +123,26 @@ CORE_ADDRESS_RULE = cel(
 )
 
 
+_OWN_SECRETS = "[self.metadata.name + '-gateway-config', self.metadata.name + '-gateway-token-key']"
+_OWN_SECRETS_MESSAGE = (
+    "must not name the operator's own Secrets of this QSysCore "
+    "(<name>-gateway-config, <name>-gateway-token-key)"
+)
+OWN_SECRETS_RULES = [
+    cel(
+        "!has(self.spec.core.credentialsSecretRef) || "
+        f"!(self.spec.core.credentialsSecretRef.name in {_OWN_SECRETS})",
+        f"spec.core.credentialsSecretRef {_OWN_SECRETS_MESSAGE}",
+    ),
+    cel(
+        "!has(self.spec.gateway) || !has(self.spec.gateway.tlsSecretName) || "
+        f"!(self.spec.gateway.tlsSecretName in {_OWN_SECRETS})",
+        f"spec.gateway.tlsSecretName {_OWN_SECRETS_MESSAGE}",
+    ),
+]
+"""A tenant cannot point the gateway at the Secrets the operator writes for it."""
+
+
 class QSysCoreSpec(Model):
     model_config = ConfigDict(json_schema_extra=validations(CORE_ADDRESS_RULE))
 
@@ -166,7 +186,11 @@ class QSysCoreStatus(StatusModel):
 class QSysCore(BaseModel):
     """The whole resource as the API server returns it (e.g. a Kopf body)."""
 
-    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+    model_config = ConfigDict(
+        extra="ignore",
+        populate_by_name=True,
+        json_schema_extra=validations(*OWN_SECRETS_RULES),
+    )
 
     KIND: ClassVar[str] = "QSysCore"
     PLURAL: ClassVar[str] = "qsyscores"

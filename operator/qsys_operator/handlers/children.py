@@ -7,25 +7,12 @@ from typing import Any
 
 import kopf
 
+from ..kinds import CHILDREN
 from ..reconcile import Reconciler
 from ..render.common import APP_NAME, MANAGED_BY
 
 MANAGED_BY_SELECTOR = f"app.kubernetes.io/managed-by={MANAGED_BY}"
 TOKEN_APP = "qsys-gateway-token"  # noqa: S105 - a label value
-
-# (group, version, plural) of every kind the operator creates.
-CHILD_RESOURCES: list[tuple[str, str, str]] = [
-    ("", "v1", "secrets"),
-    ("", "v1", "services"),
-    ("apps", "v1", "deployments"),
-    ("networking.k8s.io", "v1", "networkpolicies"),
-    ("policy", "v1", "poddisruptionbudgets"),
-    ("monitoring.coreos.com", "v1", "servicemonitors"),
-]
-
-
-def selector_key(group: str, version: str, plural: str) -> tuple[str, str] | tuple[str, str, str]:
-    return (version, plural) if not group else (group, version, plural)
 
 
 def register(registry: kopf.OperatorRegistry, reconciler: Reconciler) -> None:
@@ -39,10 +26,10 @@ def register(registry: kopf.OperatorRegistry, reconciler: Reconciler) -> None:
         elif app == TOKEN_APP:
             await reconciler.token_secret_changed(namespace, instance)
 
-    for group, version, plural in CHILD_RESOURCES:
+    for kind in CHILDREN:
         kopf.on.event(
-            *selector_key(group, version, plural),
+            *kind.resource,
             labels={"app.kubernetes.io/managed-by": MANAGED_BY},
             registry=registry,
-            id=f"child-{plural}",
+            id=f"child-{kind.plural}",
         )(child_event)

@@ -6,12 +6,12 @@ from typing import Any
 
 import kopf
 
-from ..api import GROUP, VERSION
+from ..api import GROUP, VERSION, QSysCore
 from ..reconcile import Reconciler
 
 
 def register(registry: kopf.OperatorRegistry, reconciler: Reconciler) -> None:
-    @kopf.on.event(GROUP, VERSION, "qsyscores", registry=registry)
+    @kopf.on.event(GROUP, VERSION, QSysCore.PLURAL, registry=registry)
     async def core_event(type: str, name: str, namespace: str | None, **_: Any) -> None:
         if namespace is None:
             return

@@ -6,7 +6,8 @@ from typing import Any
 
 import kopf
 
-from ..reconcile import SERVICE_MONITOR_CRD, Reconciler
+from ..kinds import SERVICE_MONITOR
+from ..reconcile import Reconciler
 
 
 def register(registry: kopf.OperatorRegistry, reconciler: Reconciler) -> None:
@@ -15,7 +16,7 @@ def register(registry: kopf.OperatorRegistry, reconciler: Reconciler) -> None:
         "v1",
         "customresourcedefinitions",
         field="metadata.name",
-        value=SERVICE_MONITOR_CRD,
+        value=SERVICE_MONITOR.crd_name,
         registry=registry,
     )
     async def service_monitor_crd(**_: Any) -> None:

@@ -6,12 +6,12 @@ from typing import Any
 
 import kopf
 
-from ..api import GROUP, VERSION
+from ..api import GROUP, VERSION, AccessPolicy
 from ..reconcile import Reconciler
 
 
 def register(registry: kopf.OperatorRegistry, reconciler: Reconciler) -> None:
-    @kopf.on.event(GROUP, VERSION, "accesspolicies", registry=registry)
+    @kopf.on.event(GROUP, VERSION, AccessPolicy.PLURAL, registry=registry)
     async def policy_event(
         type: str, name: str, namespace: str | None, spec: kopf.Spec, **_: Any
     ) -> None:

@@ -11,17 +11,19 @@ from .common import (
     gateway_name,
     labels,
     selector_labels,
+    token_key_secret_name,
     token_secret_name,
 )
 from .config import CONFIG_KEY, gateway_config, restart_hash
 from .core import ChildRef, RenderResult, render_core_children
 from .subjects import PolicyBinding, SubjectConflict, UnresolvedSubject, merge_subjects
-from .tokens import TOKEN_KEY, render_token_secret
+from .tokens import TOKEN_KEY, TOKEN_KEY_KEY, render_token_key_secret, render_token_secret
 
 __all__ = [
     "CONFIG_KEY",
     "RESTART_HASH_ANNOTATION",
     "TOKEN_KEY",
+    "TOKEN_KEY_KEY",
     "ChildRef",
     "Manifest",
     "PolicyBinding",
@@ -34,8 +36,10 @@ __all__ = [
     "labels",
     "merge_subjects",
     "render_core_children",
+    "render_token_key_secret",
     "render_token_secret",
     "restart_hash",
     "selector_labels",
+    "token_key_secret_name",
     "token_secret_name",
 ]

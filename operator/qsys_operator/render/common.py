@@ -9,6 +9,7 @@ from typing import Any
 
 from ..api import QSysCore
 from ..api.common import ObjectMeta
+from ..kinds import SECRET
 
 Manifest = dict[str, Any]
 
@@ -26,6 +27,10 @@ def gateway_name(core_name: str) -> str:
 
 def config_secret_name(core_name: str) -> str:
     return f"{core_name}-gateway-config"
+
+
+def token_key_secret_name(core_name: str) -> str:
+    return f"{core_name}-gateway-token-key"
 
 
 def token_secret_name(policy_name: str, subject_name: str) -> str:
@@ -57,6 +62,17 @@ def child_metadata(core: QSysCore, name: str) -> dict[str, Any]:
         "namespace": core.metadata.namespace,
         "labels": labels(core.metadata.name),
         "ownerReferences": [owner_reference(core.apiVersion, core.kind, core.metadata)],
+    }
+
+
+def opaque_secret(metadata: dict[str, Any], data: dict[str, str]) -> Manifest:
+    """A core/v1 Secret of type Opaque; data values are plain text (encoded here)."""
+    return {
+        "apiVersion": SECRET.api_version,
+        "kind": SECRET.kind,
+        "metadata": metadata,
+        "type": "Opaque",
+        "data": {k: b64(v) for k, v in data.items()},
     }
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from qsys_protocol.config import (
     AuditConfig,
+    AuthConfig,
     CoreConfig,
     CorsConfig,
     GatewayConfig,
@@ -16,12 +17,22 @@ from qsys_protocol.config import (
 )
 
 from ..api import QSysCore
-from .common import HTTP_PORT, METRICS_PORT, QRC_PORT, Manifest, b64, child_metadata, digest
+from .common import (
+    HTTP_PORT,
+    METRICS_PORT,
+    QRC_PORT,
+    Manifest,
+    child_metadata,
+    digest,
+    opaque_secret,
+)
 from .common import config_secret_name as secret_name
 
 CONFIG_DIR = "/etc/qsys-gateway"
 CONFIG_KEY = "gateway.yaml"
 CONFIG_PATH = f"{CONFIG_DIR}/{CONFIG_KEY}"
+TOKEN_KEY_FILE = "token-key"  # noqa: S105 - a file name
+"""In the config directory: one projected volume, so kubelet swaps config and key together."""
 CREDENTIALS_DIR = "/var/run/qsys/core-credentials"
 TLS_DIR = "/var/run/qsys/tls"
 
@@ -59,6 +70,7 @@ def gateway_config(core: QSysCore, subjects: list[SubjectConfig]) -> GatewayConf
         ),
         audit=AuditConfig(logReads=spec.audit.logReads),
         cors=CorsConfig(allowedOrigins=list(spec.gateway.allowedOrigins)),
+        auth=AuthConfig(tokenKeyFile=f"{CONFIG_DIR}/{TOKEN_KEY_FILE}"),
         subjects=subjects,
     )
 
@@ -80,10 +92,5 @@ def restart_hash(config: GatewayConfig) -> str:
 
 
 def render_config_secret(core: QSysCore, config: GatewayConfig) -> Manifest:
-    return {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": child_metadata(core, secret_name(core.metadata.name)),
-        "type": "Opaque",
-        "data": {CONFIG_KEY: b64(dump_config(config))},
-    }
+    metadata = child_metadata(core, secret_name(core.metadata.name))
+    return opaque_secret(metadata, {CONFIG_KEY: dump_config(config)})

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from qsys_protocol.config import GatewayConfig
 
 from ..api import QSysCore
+from ..kinds import NETWORK_POLICY, PDB, SERVICE_MONITOR, Kind
 from ..settings import OperatorSettings
 from .common import Manifest, gateway_name
 from .config import gateway_config, render_config_secret, restart_hash
@@ -22,8 +23,7 @@ from .subjects import PolicyBinding, SubjectConflict, UnresolvedSubject, merge_s
 class ChildRef:
     """A child the current spec does not want (the caller deletes it if it exists)."""
 
-    api_version: str
-    kind: str
+    kind: Kind
     name: str
 
 
@@ -60,17 +60,17 @@ def render_core_children(
     ]
     absent: list[ChildRef] = []
     optional = [
-        (render_network_policy(core, settings), "networking.k8s.io/v1", "NetworkPolicy"),
-        (render_pdb(core), "policy/v1", "PodDisruptionBudget"),
+        (render_network_policy(core, settings), NETWORK_POLICY),
+        (render_pdb(core), PDB),
     ]
-    for manifest, api_version, kind in optional:
+    for manifest, kind in optional:
         if manifest is None:
-            absent.append(ChildRef(api_version, kind, name))
+            absent.append(ChildRef(kind, name))
         else:
             objects.append(manifest)
     service_monitor = render_service_monitor(core)
     if service_monitor is None:
-        absent.append(ChildRef("monitoring.coreos.com/v1", "ServiceMonitor", name))
+        absent.append(ChildRef(SERVICE_MONITOR, name))
     return RenderResult(
         objects=objects,
         service_monitor=service_monitor,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..api import QSysCore
+from ..kinds import DEPLOYMENT
 from ..settings import OperatorSettings
 from .common import (
     HTTP_PORT,
@@ -17,8 +18,17 @@ from .common import (
     gateway_name,
     labels,
     selector_labels,
+    token_key_secret_name,
 )
-from .config import CONFIG_DIR, CONFIG_PATH, CREDENTIALS_DIR, TLS_DIR
+from .config import (
+    CONFIG_DIR,
+    CONFIG_KEY,
+    CONFIG_PATH,
+    CREDENTIALS_DIR,
+    TLS_DIR,
+    TOKEN_KEY_FILE,
+)
+from .tokens import TOKEN_KEY_KEY
 
 RUN_AS = 10001
 SECRET_MODE = 0o440  # owner and fsGroup may read; the gateway runs as a non-root UID
@@ -43,9 +53,22 @@ def _volumes(core: QSysCore) -> tuple[list[dict[str, Any]], list[dict[str, Any]]
     volumes: list[dict[str, Any]] = [
         {
             "name": "config",
-            "secret": {
-                "secretName": config_secret_name(core.metadata.name),
+            "projected": {
                 "defaultMode": SECRET_MODE,
+                "sources": [
+                    {
+                        "secret": {
+                            "name": config_secret_name(core.metadata.name),
+                            "items": [{"key": CONFIG_KEY, "path": CONFIG_KEY}],
+                        }
+                    },
+                    {
+                        "secret": {
+                            "name": token_key_secret_name(core.metadata.name),
+                            "items": [{"key": TOKEN_KEY_KEY, "path": TOKEN_KEY_FILE}],
+                        }
+                    },
+                ],
             },
         },
         {"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}},
@@ -151,8 +174,8 @@ def render_deployment(core: QSysCore, settings: OperatorSettings, restart_hash: 
         pod_spec["affinity"] = gw.affinity
     annotations = {**dict(sorted(gw.podAnnotations.items())), RESTART_HASH_ANNOTATION: restart_hash}
     return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
+        "apiVersion": DEPLOYMENT.api_version,
+        "kind": DEPLOYMENT.kind,
         "metadata": child_metadata(core, gateway_name(name)),
         "spec": {
             "replicas": gw.replicas,

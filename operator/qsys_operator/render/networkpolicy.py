@@ -11,6 +11,7 @@ import re
 from typing import Any
 
 from ..api import QSysCore
+from ..kinds import NETWORK_POLICY
 from ..settings import OperatorSettings
 from .common import (
     HTTP_PORT,
@@ -81,8 +82,8 @@ def render_network_policy(core: QSysCore, settings: OperatorSettings) -> Manifes
     if redis:
         egress.append(redis)
     return {
-        "apiVersion": "networking.k8s.io/v1",
-        "kind": "NetworkPolicy",
+        "apiVersion": NETWORK_POLICY.api_version,
+        "kind": NETWORK_POLICY.kind,
         "metadata": child_metadata(core, gateway_name(core.metadata.name)),
         "spec": {
             "podSelector": {"matchLabels": selector_labels(core.metadata.name)},

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ..api import QSysCore
+from ..kinds import PDB
 from .common import Manifest, child_metadata, gateway_name, selector_labels
 
 
@@ -10,8 +11,8 @@ def render_pdb(core: QSysCore) -> Manifest | None:
     if core.spec.gateway.replicas <= 1:
         return None  # a PDB on one replica would block node drains forever
     return {
-        "apiVersion": "policy/v1",
-        "kind": "PodDisruptionBudget",
+        "apiVersion": PDB.api_version,
+        "kind": PDB.kind,
         "metadata": child_metadata(core, gateway_name(core.metadata.name)),
         "spec": {
             "maxUnavailable": 1,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ..api import QSysCore
+from ..kinds import SERVICE
 from .common import (
     HTTP_PORT,
     METRICS_PORT,
@@ -18,8 +19,8 @@ PORTS = (("http", HTTP_PORT), ("qrc", QRC_PORT), ("metrics", METRICS_PORT))
 
 def render_service(core: QSysCore) -> Manifest:
     return {
-        "apiVersion": "v1",
-        "kind": "Service",
+        "apiVersion": SERVICE.api_version,
+        "kind": SERVICE.kind,
         "metadata": child_metadata(core, gateway_name(core.metadata.name)),
         "spec": {
             "type": "ClusterIP",

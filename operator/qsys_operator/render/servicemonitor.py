@@ -4,6 +4,7 @@ the caller applies it only when the cluster serves monitoring.coreos.com/v1."""
 from __future__ import annotations
 
 from ..api import QSysCore
+from ..kinds import SERVICE_MONITOR
 from .common import Manifest, child_metadata, gateway_name, selector_labels
 
 
@@ -14,8 +15,8 @@ def render_service_monitor(core: QSysCore) -> Manifest | None:
     meta = child_metadata(core, gateway_name(core.metadata.name))
     meta["labels"] = {**dict(sorted(sm.labels.items())), **meta["labels"]}
     return {
-        "apiVersion": "monitoring.coreos.com/v1",
-        "kind": "ServiceMonitor",
+        "apiVersion": SERVICE_MONITOR.api_version,
+        "kind": SERVICE_MONITOR.kind,
         "metadata": meta,
         "spec": {
             "selector": {"matchLabels": selector_labels(core.metadata.name)},

@@ -22,8 +22,9 @@ class PolicyBinding:
     """An AccessPolicy bound to the Core, with its subjects' token hashes resolved by the caller."""
 
     policy: AccessPolicy
-    token_sha256: Mapping[str, str] = field(default_factory=dict)
-    """subject name -> SHA-256 hex digest of its token; a subject missing here is left out."""
+    token_hashes: Mapping[str, str] = field(default_factory=dict)
+    """subject name -> HMAC-SHA256 hex of its token (under the core's token key); a subject
+    missing here is left out."""
 
 
 @dataclass(frozen=True, order=True)
@@ -70,7 +71,7 @@ def merge_subjects(bindings: list[PolicyBinding]) -> MergedSubjects:
                     SubjectConflict(subject.name, pname, names[subject.name], "duplicate-name")
                 )
                 continue
-            token = binding.token_sha256.get(subject.name)
+            token = binding.token_hashes.get(subject.name)
             if token is None:
                 unresolved.append(UnresolvedSubject(pname, subject.name))
                 continue
@@ -84,7 +85,7 @@ def merge_subjects(bindings: list[PolicyBinding]) -> MergedSubjects:
             subjects.append(
                 SubjectConfig(
                     name=subject.name,
-                    tokenSha256=token,
+                    tokenHmacSha256=token,
                     rate=policy.spec.rateLimit,
                     rules=list(policy.spec.rules),
                 )

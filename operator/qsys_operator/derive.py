@@ -1,0 +1,230 @@
+"""The status of a QSysCore or an AccessPolicy, derived from what one reconcile found. Pure.
+
+Each function answers the status to write (None when nothing but core.lastSeen
+changed, which is not worth a write on its own) and the Events to post.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .render import SubjectConflict
+from .status import Cond, event_message, event_type, merge_conditions
+
+Event = tuple[str, str, str]
+"""(type, reason, message) of a core/v1 Event."""
+
+
+@dataclass(frozen=True)
+class StatusUpdate:
+    status: dict[str, Any] | None
+    """The status to write; None when the stored one is already current."""
+    events: list[Event] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Replicas:
+    """The gateway Deployment as read back: None when it does not exist."""
+
+    available: int | None
+    ready: int = 0
+
+
+@dataclass(frozen=True)
+class CoreFindings:
+    """What a reconcile of one valid QSysCore found besides its spec."""
+
+    gateway_name: str
+    replicas: Replicas
+    connected: Cond
+    """CoreConnected, from the gateway's own view."""
+    engine: dict[str, Any] | None = None
+    """EngineStatus (State, DesignName, Platform) when a gateway is connected."""
+    subjects: int = 0
+    apply_error: str | None = None
+    service_monitor_note: str | None = None
+    secret_problem: str | None = None
+    """A Secret the core names (credentials, or its token key) the operator may not use."""
+
+
+def gateway_condition(name: str, replicas: Replicas, wanted: int) -> Cond:
+    if replicas.available is None:
+        return Cond("GatewayAvailable", "False", "DeploymentMissing", f"{name} not found")
+    if replicas.available >= 1:
+        return Cond(
+            "GatewayAvailable",
+            "True",
+            "ReplicasAvailable",
+            f"{replicas.available}/{wanted} available",
+        )
+    return Cond("GatewayAvailable", "False", "NoReplicaAvailable", f"0/{wanted} available")
+
+
+def secrets_condition(found: CoreFindings) -> Cond:
+    if found.secret_problem:
+        return Cond("SecretsAccepted", "False", "SecretNotAccepted", found.secret_problem)
+    return Cond("SecretsAccepted", "True", "Accepted", "every Secret the core uses is allowed")
+
+
+def ready_condition(found: CoreFindings, gateway: Cond) -> Cond:
+    core = found.connected
+    note = f"; {found.service_monitor_note}" if found.service_monitor_note else ""
+    if found.secret_problem:
+        return Cond("Ready", "False", "SecretNotAccepted", found.secret_problem + note)
+    if found.apply_error:
+        return Cond("Ready", "False", "ApplyRejected", found.apply_error + note)
+    if gateway.status != "True":
+        return Cond("Ready", "False", "GatewayUnavailable", gateway.message + note)
+    if core.status == "False" or (core.status == "Unknown" and core.reason != "ProbeDisabled"):
+        return Cond("Ready", "False", "CoreNotConnected", core.message + note)
+    return Cond("Ready", "True", "Ready", "gateway available and connected to the Core" + note)
+
+
+def _events(transitions: Sequence[Any]) -> list[Event]:
+    return [(event_type(t), t.new.reason, event_message(t)) for t in transitions]
+
+
+def core_status(
+    generation: int | None,
+    wanted_replicas: int,
+    old: Mapping[str, Any],
+    found: CoreFindings,
+    stamp: str,
+) -> StatusUpdate:
+    gw_cond = gateway_condition(found.gateway_name, found.replicas, wanted_replicas)
+    old_core = old.get("core") or {}
+    core: dict[str, Any] = {
+        "state": None,
+        "designName": old_core.get("designName"),
+        "platform": old_core.get("platform"),
+        "lastSeen": old_core.get("lastSeen"),
+    }
+    if found.engine is not None:
+        core = {
+            "state": found.engine.get("State"),
+            "designName": found.engine.get("DesignName"),
+            "platform": found.engine.get("Platform"),
+            "lastSeen": stamp,
+        }
+    elif found.connected.status == "False":
+        core["state"] = "Unreachable"
+    ready = ready_condition(found, gw_cond)
+    conds, transitions = merge_conditions(
+        old.get("conditions") or [],
+        [ready, gw_cond, found.connected, secrets_condition(found)],
+        generation,
+        stamp,
+    )
+    status = {
+        "observedGeneration": generation,
+        "conditions": conds,
+        "gateway": {"readyReplicas": found.replicas.ready, "service": found.gateway_name},
+        "core": core,
+        "subjects": found.subjects,
+    }
+    events = _events(transitions)
+    old_ready: Mapping[str, Any] = next(
+        (c for c in old.get("conditions") or [] if c.get("type") == "Ready"), {}
+    )
+    note = found.service_monitor_note
+    if note and note not in str(old_ready.get("message", "")):
+        events.append(("Normal", "ServiceMonitorSkipped", note))
+    changed = _without_seen(status) != _without_seen(old)
+    return StatusUpdate(status if changed else None, events)
+
+
+def invalid_core_status(
+    generation: int | None, old: Mapping[str, Any], problem: str, stamp: str
+) -> StatusUpdate:
+    """A QSysCore the models refuse (the CRD schema should have): say what to fix."""
+    conds, transitions = merge_conditions(
+        old.get("conditions") or [],
+        [Cond("Ready", "False", "InvalidSpec", f"fix the spec: {problem}")],
+        generation,
+        stamp,
+    )
+    return StatusUpdate({"conditions": conds}, _events(transitions))
+
+
+@dataclass(frozen=True)
+class PolicyFindings:
+    core_ref: str
+    namespace: str
+    subjects: int
+    bound_core: str | None
+    """The QSysCore the policy is bound to; None when it does not exist."""
+    conflicts: Sequence[SubjectConflict] = ()
+    token_problems: Mapping[str, str] = field(default_factory=dict)
+    """subject -> what to fix (never token text)."""
+    token_secrets: Mapping[str, str] = field(default_factory=dict)
+    not_rendered: str | None = None
+    """Why the bound core rendered no subject at all (its token key is unusable)."""
+
+
+def policy_status(
+    policy_name: str,
+    generation: int | None,
+    old: Mapping[str, Any],
+    found: PolicyFindings,
+    stamp: str,
+) -> StatusUpdate:
+    problems: list[str] = []
+    if found.bound_core is None:
+        bound = Cond(
+            "Bound",
+            "False",
+            "CoreNotFound",
+            f"QSysCore {found.core_ref} not found in namespace {found.namespace}; "
+            "create it or fix spec.coreRef.name",
+        )
+    else:
+        bound = Cond("Bound", "True", "CoreFound", f"bound to QSysCore {found.bound_core}")
+        problems.extend(
+            f"subject {c.subject} left out: {c.reason} (kept by AccessPolicy {c.kept_by})"
+            for c in found.conflicts
+            if c.policy == policy_name
+        )
+    problems.extend(f"subject {s}: {msg}" for s, msg in sorted(found.token_problems.items()))
+    if found.bound_core is None:
+        ready = Cond("Ready", "False", "CoreNotFound", bound.message)
+    elif found.not_rendered:
+        ready = Cond("Ready", "False", "NotRendered", found.not_rendered)
+    elif problems:
+        reason = "SubjectConflict" if any("left out" in p for p in problems) else "TokenProblem"
+        ready = Cond("Ready", "False", reason, "; ".join(problems))
+    else:
+        ready = Cond("Ready", "True", "Rendered", f"{found.subjects} subject(s) active")
+    conds, transitions = merge_conditions(
+        old.get("conditions") or [], [ready, bound], generation, stamp
+    )
+    status = {
+        "observedGeneration": generation,
+        "conditions": conds,
+        "tokenSecrets": dict(sorted(found.token_secrets.items())),
+    }
+    changed = _strip_none(status) != _strip_none(
+        {k: old.get(k) for k in ("observedGeneration", "conditions", "tokenSecrets")}
+    )
+    return StatusUpdate(status if changed else None, _events(transitions))
+
+
+def _strip_none(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _strip_none(v) for k, v in value.items() if v is not None and v != {}}
+    if isinstance(value, list):
+        return [_strip_none(v) for v in value]
+    return value
+
+
+def _without_seen(status: Mapping[str, Any]) -> Any:
+    out = _strip_none(
+        {
+            k: status.get(k)
+            for k in ("observedGeneration", "conditions", "gateway", "core", "subjects")
+        }
+    )
+    if isinstance(out.get("core"), dict):
+        out["core"] = {k: v for k, v in out["core"].items() if k != "lastSeen"}
+    return out

@@ -1,0 +1,250 @@
+"""Pure status derivation (derive.py): every condition of QSysCore and AccessPolicy."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from qsys_operator.derive import (
+    CoreFindings,
+    PolicyFindings,
+    Replicas,
+    core_status,
+    gateway_condition,
+    invalid_core_status,
+    policy_status,
+    ready_condition,
+)
+from qsys_operator.render import SubjectConflict
+from qsys_operator.status import Cond
+
+T0 = "2026-11-30T10:00:00Z"
+T1 = "2026-11-30T10:05:00Z"
+CONNECTED = Cond("CoreConnected", "True", "Connected", "Core 192.0.2.10:1710 is Active")
+ENGINE = {"State": "Active", "DesignName": "Hall", "Platform": "Core 110f"}
+
+
+def findings(**kw: Any) -> CoreFindings:
+    base: dict[str, Any] = {
+        "gateway_name": "hall-gateway",
+        "replicas": Replicas(2, 2),
+        "connected": CONNECTED,
+        "engine": ENGINE,
+        "subjects": 3,
+    }
+    return CoreFindings(**{**base, **kw})
+
+
+def conds(status: dict[str, Any]) -> dict[str, tuple[str, str]]:
+    return {c["type"]: (c["status"], c["reason"]) for c in status["conditions"]}
+
+
+@pytest.mark.parametrize(
+    ("replicas", "expected"),
+    [
+        (Replicas(None), ("False", "DeploymentMissing", "hall-gateway not found")),
+        (Replicas(0), ("False", "NoReplicaAvailable", "0/2 available")),
+        (Replicas(1, 1), ("True", "ReplicasAvailable", "1/2 available")),
+    ],
+)
+def test_gateway_available(replicas: Replicas, expected: tuple[str, str, str]) -> None:
+    c = gateway_condition("hall-gateway", replicas, 2)
+    assert (c.status, c.reason, c.message) == expected
+
+
+GW_OK = Cond("GatewayAvailable", "True", "ReplicasAvailable", "2/2 available")
+GW_DOWN = Cond("GatewayAvailable", "False", "NoReplicaAvailable", "0/2 available")
+
+
+@pytest.mark.parametrize(
+    ("found", "gateway", "reason"),
+    [
+        (
+            findings(secret_problem="Secret db is not marked", apply_error="also"),
+            GW_DOWN,
+            "SecretNotAccepted",
+        ),
+        (
+            findings(apply_error="Deployment x refused by the API server: no"),
+            GW_OK,
+            "ApplyRejected",
+        ),
+        (findings(), GW_DOWN, "GatewayUnavailable"),
+        (
+            findings(connected=Cond("CoreConnected", "False", "CoreUnreachable", "down")),
+            GW_OK,
+            "CoreNotConnected",
+        ),
+        (
+            findings(connected=Cond("CoreConnected", "Unknown", "NoReadyGateway", "none")),
+            GW_OK,
+            "CoreNotConnected",
+        ),
+        (
+            findings(connected=Cond("CoreConnected", "Unknown", "ProbeDisabled", "off")),
+            GW_OK,
+            "Ready",
+        ),
+        (findings(), GW_OK, "Ready"),
+    ],
+)
+def test_ready_reasons(found: CoreFindings, gateway: Cond, reason: str) -> None:
+    ready = ready_condition(found, gateway)
+    assert ready.reason == reason
+    assert ready.status == ("True" if reason == "Ready" else "False")
+
+
+def test_ready_carries_the_service_monitor_note() -> None:
+    ready = ready_condition(findings(service_monitor_note="no SM CRD"), GW_OK)
+    assert ready.message.endswith("; no SM CRD")
+
+
+def test_core_status_first_write_and_events() -> None:
+    update = core_status(4, 2, {}, findings(), T0)
+    assert update.status is not None
+    assert conds(update.status) == {
+        "Ready": ("True", "Ready"),
+        "GatewayAvailable": ("True", "ReplicasAvailable"),
+        "CoreConnected": ("True", "Connected"),
+        "SecretsAccepted": ("True", "Accepted"),
+    }
+    assert update.status["observedGeneration"] == 4
+    assert update.status["gateway"] == {"readyReplicas": 2, "service": "hall-gateway"}
+    assert update.status["core"] == {
+        "state": "Active",
+        "designName": "Hall",
+        "platform": "Core 110f",
+        "lastSeen": T0,
+    }
+    assert update.status["subjects"] == 3
+    assert [(t, r) for t, r, _ in update.events] == [
+        ("Normal", "Ready"),
+        ("Normal", "ReplicasAvailable"),
+        ("Normal", "Connected"),
+        ("Normal", "Accepted"),
+    ]
+
+
+def test_core_status_unchanged_but_last_seen_is_no_write() -> None:
+    first = core_status(4, 2, {}, findings(), T0).status
+    assert first is not None
+    again = core_status(4, 2, first, findings(), T1)
+    assert again.status is None
+    assert again.events == []
+
+
+def test_core_unreachable_keeps_the_last_design_and_warns() -> None:
+    first = core_status(4, 2, {}, findings(), T0).status
+    assert first is not None
+    down = Cond("CoreConnected", "False", "CoreUnreachable", "cannot reach")
+    update = core_status(4, 2, first, findings(connected=down, engine=None), T1)
+    assert update.status is not None
+    assert update.status["core"] == {
+        "state": "Unreachable",
+        "designName": "Hall",
+        "platform": "Core 110f",
+        "lastSeen": T0,
+    }
+    assert ("Warning", "CoreNotConnected") in [(t, r) for t, r, _ in update.events]
+    assert ("Warning", "CoreUnreachable") in [(t, r) for t, r, _ in update.events]
+
+
+def test_service_monitor_skipped_event_once() -> None:
+    note = "ServiceMonitor not created"
+    first = core_status(1, 2, {}, findings(service_monitor_note=note), T0)
+    assert ("Normal", "ServiceMonitorSkipped", note) in first.events
+    assert first.status is not None
+    again = core_status(1, 2, first.status, findings(service_monitor_note=note), T1)
+    assert all(r != "ServiceMonitorSkipped" for _, r, _ in again.events)
+
+
+def test_invalid_core() -> None:
+    update = invalid_core_status(7, {}, "core.host: bad", T0)
+    assert update.status is not None
+    [ready] = update.status["conditions"]
+    assert (ready["status"], ready["reason"], ready["observedGeneration"]) == (
+        "False",
+        "InvalidSpec",
+        7,
+    )
+    assert "fix the spec: core.host: bad" in ready["message"]
+    assert update.events[0][:2] == ("Warning", "InvalidSpec")
+
+
+def pfound(**kw: Any) -> PolicyFindings:
+    base: dict[str, Any] = {
+        "core_ref": "hall",
+        "namespace": "av",
+        "subjects": 2,
+        "bound_core": "hall",
+        "token_secrets": {"b": "ops-b-token", "a": "ops-a-token"},
+    }
+    return PolicyFindings(**{**base, **kw})
+
+
+def test_policy_rendered() -> None:
+    update = policy_status("ops", 3, {}, pfound(), T0)
+    assert update.status is not None
+    assert conds(update.status) == {"Ready": ("True", "Rendered"), "Bound": ("True", "CoreFound")}
+    assert update.status["tokenSecrets"] == {"a": "ops-a-token", "b": "ops-b-token"}
+    assert list(update.status["tokenSecrets"]) == ["a", "b"]
+    assert "2 subject(s) active" in update.status["conditions"][0]["message"]
+    again = policy_status("ops", 3, update.status, pfound(), T1)
+    assert again.status is None
+    assert again.events == []
+
+
+def test_policy_core_not_found() -> None:
+    update = policy_status("ops", 1, {}, pfound(bound_core=None), T0)
+    assert update.status is not None
+    assert conds(update.status) == {
+        "Ready": ("False", "CoreNotFound"),
+        "Bound": ("False", "CoreNotFound"),
+    }
+    assert "QSysCore hall not found in namespace av" in update.status["conditions"][0]["message"]
+
+
+def test_policy_subject_conflict_only_for_the_losing_policy() -> None:
+    conflict = SubjectConflict("panel", "ops", "older", "duplicate-name")
+    update = policy_status("ops", 1, {}, pfound(conflicts=[conflict]), T0)
+    assert update.status is not None
+    ready = update.status["conditions"][0]
+    assert (ready["status"], ready["reason"]) == ("False", "SubjectConflict")
+    assert "subject panel left out: duplicate-name (kept by AccessPolicy older)" in ready["message"]
+    other = policy_status("older", 1, {}, pfound(conflicts=[conflict]), T0)
+    assert other.status is not None
+    assert other.status["conditions"][0]["reason"] == "Rendered"
+
+
+def test_policy_token_problem() -> None:
+    update = policy_status("ops", 1, {}, pfound(token_problems={"a": "Secret x not found"}), T0)
+    assert update.status is not None
+    ready = update.status["conditions"][0]
+    assert (ready["status"], ready["reason"]) == ("False", "TokenProblem")
+    assert ready["message"] == "subject a: Secret x not found"
+    assert update.events[0][:2] == ("Warning", "TokenProblem")
+
+
+def test_secret_not_accepted_condition_and_event() -> None:
+    problem = (
+        "Secret db (spec.core.credentialsSecretRef) is not marked for this use: its owner must "
+        "label it qsys.dev/secret-type=core-credentials; its data was not read"
+    )
+    update = core_status(2, 2, {}, findings(secret_problem=problem), T0)
+    assert update.status is not None
+    assert conds(update.status)["SecretsAccepted"] == ("False", "SecretNotAccepted")
+    assert conds(update.status)["Ready"] == ("False", "SecretNotAccepted")
+    warnings = [m for t, r, m in update.events if t == "Warning" and r == "SecretNotAccepted"]
+    assert len(warnings) == 2  # Ready and SecretsAccepted
+    assert all("Secret db" in m and "qsys.dev/secret-type=core-credentials" in m for m in warnings)
+
+
+def test_policy_not_rendered_when_the_core_has_no_usable_token_key() -> None:
+    why = (
+        "QSysCore hall is not rendered: Secret hall-gateway-token-key exists but was not generated"
+    )
+    update = policy_status("ops", 1, {}, pfound(not_rendered=why), T0)
+    assert update.status is not None
+    ready = update.status["conditions"][0]
+    assert (ready["status"], ready["reason"], ready["message"]) == ("False", "NotRendered", why)
