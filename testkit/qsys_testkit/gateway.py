@@ -127,7 +127,7 @@ class GatewayProcess(ManagedProcess):
         `token_key` file in `auth.tokenKeyFile`."""
         if isinstance(config, dict) and self.token_key_file is not None:
             auth = {**(config.get("auth") or {}), "tokenKeyFile": str(self.token_key_file)}
-            config["auth"] = auth
+            config = {**config, "auth": auth}
         text = config if isinstance(config, str) else yaml.safe_dump(config, sort_keys=False)
         tmp = self.config_path.with_suffix(".tmp")
         tmp.write_text(text, "utf-8")

@@ -3,6 +3,7 @@ gateway in front of it, and everything it started is gone afterwards, also on fa
 
 from __future__ import annotations
 
+import copy
 import subprocess
 import sys
 import time
@@ -21,19 +22,41 @@ from qsys_testkit import (
 )
 
 TOKEN = "ci-3c1f5e7a9b2d4f6081a3c5e7f9b1d3e5"
+OTHER = "ci-8e6c4a2f0d9b7e5c3a1f8d6b4e2c0a97"
+KEY = b"testkit-token-key-0123456789abcdef0123"
 
 
 def test_simulator_and_gateway_in_one_statement() -> None:
-    config = gateway_config(0, [subject("ci", TOKEN, methods=["StatusGet"])])
+    with (
+        SimulatorProcess() as sim,
+        GatewayProcess(
+            gateway_config(sim.port, [subject("ci", TOKEN, methods=["StatusGet"])])
+        ) as gw,
+    ):
+        assert gw.rpc(TOKEN, "StatusGet")[0] == 200
+    assert sim.proc is not None
+    assert sim.proc.poll() is not None
+    assert not port_open(sim.port)
+
+
+def test_keyed_tokens_and_everything_stopped_afterwards() -> None:
+    """The token stored as the operator renders it (HMAC under a key file); a reload
+    keeps the key file."""
+    config = gateway_config(0, [subject("ci", TOKEN, methods=["StatusGet"], key=KEY)])
+    assert "tokenSha256" not in config["subjects"][0]
     with SimulatorProcess() as sim:
         config["core"]["port"] = sim.port
-        with GatewayProcess(config) as gw:
+        with GatewayProcess(config, token_key=KEY) as gw:
             status, body = gw.rpc(TOKEN, "StatusGet")
             assert status == 200, body
             assert body["result"]["State"] == "Active"
             assert gw.rpc(TOKEN, "Component.GetComponents")[0] == 403
             assert gw.rpc("not-the-token", "StatusGet")[0] == 401
             assert "Component.GetComponents" in {line.get("method") for line in gw.audit_lines()}
+            again = copy.deepcopy(config)
+            again["subjects"].append(subject("ci2", OTHER, methods=["StatusGet"], key=KEY))
+            gw.write_config(again)
+            wait_for("the reload", lambda: gw.rpc(OTHER, "StatusGet")[0] == 200, timeout=20)
             directory, ports = gw.dir, (gw.http_port, gw.qrc_port, gw.metrics_port)
         assert gw.proc is not None
         assert gw.proc.returncode == 0
