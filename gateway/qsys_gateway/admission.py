@@ -5,7 +5,10 @@ Contract for transport authors (HTTP, WebSocket, raw QRC, QRWC, MCP, ...):
 1. Make one `Caller(transport, source_ip)` per connection (per request for HTTP).
 2. `admission.authenticate(caller, token, user=..., request_id=...)` once (per request
    for HTTP): returns the subject or raises `Refusal`, already audited and counted;
-   answer `Refusal.code` / `.retry_after` in the transport's own way.
+   answer `Refusal.code` / `.retry_after` in the transport's own way. Raw QRC alone may
+   instead call `admission.authenticate_source(caller, request_id=...)` for a client that
+   never sends Logon (source-bound subjects, docs/policy.md); QRWC authenticates each new
+   `apiKey` on a fresh `Caller` and keeps the connection's subject (transports/connected.py).
 3. A transport with a connection that can take pushes calls
    `admission.open_session(caller, push)` after logon and `await admission.release(caller)`
    when the client goes; change groups then live as long as the connection. Without it,
@@ -142,6 +145,28 @@ class Admission:
         caller.subject = subject
         return subject
 
+    def authenticate_source(self, caller: Caller, *, request_id: str) -> SubjectConfig | None:
+        """Raw QRC clients that cannot Logon: the source-bound subject whose sourceCIDRs
+        hold the caller's address, set on `caller` and audited with the source; else None.
+
+        Only the raw QRC transport may call this (docs/policy.md)."""
+        subject = self.rt.rules.authenticator.by_source(caller.source_ip)
+        if subject is None:
+            return None
+        caller.subject = subject
+        self.rt.audit.record(
+            request_id=request_id,
+            subject=subject.name,
+            source_ip=caller.source_ip,
+            transport=caller.transport,
+            method="Logon",
+            decision="allow",
+            reason="source address in the subject's sourceCIDRs",
+            outcome="ok",
+            duration_ms=0.0,
+        )
+        return subject
+
     def _auth_failed(
         self, caller: Caller, method: str, err: QrcError, request_id: str, reason: str
     ) -> None:
@@ -209,8 +234,13 @@ class Admission:
         label = method_label(method)
         known = caller.subject
         subject = rt.current_subject(known.name) if known is not None else None
-        if subject is None or known is None or subject.token_hash != known.token_hash:
-            err = QrcError(ErrorCode.UNAUTHENTICATED, "Unauthenticated: token revoked")
+        if (
+            subject is None
+            or known is None
+            or subject.token_hash != known.token_hash
+            or subject.sourceCIDRs != known.sourceCIDRs
+        ):
+            err = QrcError(ErrorCode.UNAUTHENTICATED, "Unauthenticated: credentials revoked")
             self._count(label, caller, "unauthenticated", started)
             return None if msg.is_notification else jsonrpc.error_message(msg.id, err)
         caller.subject = subject

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -48,7 +49,32 @@ class Authenticator:
         self._entries: tuple[tuple[bool, bytes, bytes, SubjectConfig], ...] = tuple(
             (s.tokenHmacSha256 is not None, bytes.fromhex(s.token_hash), s.name.encode(), s)
             for s in subjects
+            if s.token_hash
         )
+        self._sources: tuple[
+            tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, SubjectConfig], ...
+        ]
+        self._sources = tuple(
+            (ipaddress.ip_network(cidr), s) for s in subjects for cidr in s.sourceCIDRs
+        )
+
+    def by_source(self, address: str) -> SubjectConfig | None:
+        """The source-bound subject whose sourceCIDRs hold `address` (raw QRC only).
+
+        The config guarantees that no two subjects' networks overlap.
+        """
+        if not self._sources:
+            return None
+        try:
+            ip = ipaddress.ip_address(address.split("%", 1)[0])
+        except ValueError:
+            return None
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        for network, subject in self._sources:
+            if ip in network:
+                return subject
+        return None
 
     def _digests(self, token: str) -> tuple[bytes, bytes] | None:
         """(keyed, plain) digests of a presented token; each is b"" when no subject uses it."""

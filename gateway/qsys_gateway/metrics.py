@@ -90,9 +90,9 @@ class GatewayMetrics:
             registry=r,
         )
         # Bounded label sets start at zero, so every series exists before its first event.
-        for transport in ("ws", "qrc"):
+        for transport in ("ws", "qrwc", "qrc"):
             self.clients.labels(transport)
-        for transport in ("http", "ws", "qrc"):
+        for transport in ("http", "ws", "qrwc", "qrc"):
             self.auth_failures.labels(transport)
         for result in ("success", "failure"):
             self.config_reloads.labels(result)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import os
 import re
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -122,6 +124,23 @@ class Rule(Model):
     valueRange: ValueRange | None = None
 
 
+def _source_cidr(value: str) -> str:
+    try:
+        network = ipaddress.ip_network(value, strict=True)
+    except ValueError:
+        raise ValueError(
+            "must be an IPv4 or IPv6 network with no host bits set, e.g. 192.0.2.0/28"
+        ) from None
+    if network.prefixlen == 0:
+        raise ValueError("must not be a default route (/0): that would admit every address")
+    return str(network)
+
+
+SourceCIDR = Annotated[str, Field(min_length=1, max_length=64), AfterValidator(_source_cidr)]
+"""A network a source-bound subject's legacy clients connect from (written canonically)."""
+MAX_SOURCE_CIDRS = 32
+
+
 HexDigest = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 
 
@@ -152,19 +171,24 @@ class AuthConfig(Model):
 
 
 class SubjectConfig(Model):
-    """A token holder. Exactly one of tokenHmacSha256 (keyed) and tokenSha256 (deprecated)."""
+    """A token holder (tokenHmacSha256, keyed; or tokenSha256, deprecated), or, on the raw
+    QRC port only, a subject admitted by its source address (sourceCIDRs): exactly one."""
 
     name: Annotated[str, Field(pattern=SUBJECT_NAME_PATTERN)]
     tokenHmacSha256: HexDigest | None = None
     tokenSha256: HexDigest | None = None
     """Unkeyed SHA-256, accepted until v1beta1; the operator re-renders it as tokenHmacSha256."""
+    sourceCIDRs: Annotated[
+        list[SourceCIDR], Field(max_length=MAX_SOURCE_CIDRS, exclude_if=lambda v: not v)
+    ] = []
     rate: RateConfig | None = None
     rules: list[Rule] = []
 
     @model_validator(mode="after")
-    def _one_hash(self) -> SubjectConfig:
-        if (self.tokenHmacSha256 is None) == (self.tokenSha256 is None):
-            raise ValueError("set exactly one of tokenHmacSha256 and tokenSha256")
+    def _one_credential(self) -> SubjectConfig:
+        given = (self.tokenHmacSha256, self.tokenSha256, self.sourceCIDRs or None)
+        if sum(g is not None for g in given) != 1:
+            raise ValueError("set exactly one of tokenHmacSha256, tokenSha256 and sourceCIDRs")
         return self
 
     @property
@@ -188,7 +212,7 @@ class GatewayConfig(Model):
         for s in self.subjects:
             if s.name in seen:
                 raise ValueError(f"subjects: duplicate subject name {s.name!r}")
-            if s.token_hash in hashes:
+            if s.token_hash and s.token_hash in hashes:
                 raise ValueError(f"subjects: subject {s.name!r} shares its token with another")
             if s.tokenHmacSha256 is not None and not self.auth.tokenKeyFile:
                 raise ValueError(
@@ -196,7 +220,14 @@ class GatewayConfig(Model):
                     "auth.tokenKeyFile is not set"
                 )
             seen.add(s.name)
-            hashes.add(s.token_hash)
+            if s.token_hash:
+                hashes.add(s.token_hash)
+        overlap = overlapping_sources(self.subjects)
+        if overlap is not None:
+            raise ValueError(
+                f"subjects: sourceCIDRs of {overlap[0]!r} and {overlap[1]!r} overlap "
+                "(a source address must name one subject)"
+            )
         return self
 
     def subject(self, name: str) -> SubjectConfig | None:
@@ -204,6 +235,19 @@ class GatewayConfig(Model):
 
     def rate_for(self, subject: SubjectConfig) -> RateConfig:
         return subject.rate or self.limits.rate
+
+
+def overlapping_sources(subjects: list[SubjectConfig]) -> tuple[str, str] | None:
+    """The first two subjects whose sourceCIDRs share an address, if any."""
+    owned: list[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, str]] = []
+    for s in subjects:
+        for cidr in s.sourceCIDRs:
+            net = ipaddress.ip_network(cidr)
+            for other, name in owned:
+                if name != s.name and net.version == other.version and net.overlaps(other):
+                    return (name, s.name)
+            owned.append((net, s.name))
+    return None
 
 
 class ConfigError(ValueError):

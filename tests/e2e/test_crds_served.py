@@ -199,6 +199,24 @@ def test_cel_generated_secret_name_fits(objects: client.CustomObjectsApi, namesp
     _create(objects, namespace, with_ref)
 
 
+def test_cel_source_cidrs(objects: client.CustomObjectsApi, namespace: str) -> None:
+    def sources(*cidrs: str, ref: bool = False) -> dict[str, Any]:
+        subject: dict[str, Any] = {"name": "legacy-dsp", "sourceCIDRs": list(cidrs)}
+        if ref:
+            subject["tokenSecretRef"] = {"name": "mine"}
+        return _policy(lambda s: s.update(subjects=[subject]))
+
+    assert "must be a CIDR" in _rejected(objects, namespace, sources("192.0.2.300/32"))
+    assert "no host bits set" in _rejected(objects, namespace, sources("192.0.2.7/24"))
+    assert "default route" in _rejected(objects, namespace, sources("0.0.0.0/0"))
+    both = sources("192.0.2.7/32", ref=True)
+    assert "a token or by sourceCIDRs, not both" in _rejected(objects, namespace, both)
+    ok = sources("192.0.2.7/32", "2001:db8::/64")
+    ok["metadata"]["name"] = "legacy"
+    created = _create(objects, namespace, ok)
+    assert created["spec"]["subjects"][0]["sourceCIDRs"] == ["192.0.2.7/32", "2001:db8::/64"]
+
+
 def test_status_is_a_subresource(objects: client.CustomObjectsApi, namespace: str) -> None:
     core = _example("qsyscore.yaml")
     core["status"] = {"subjects": 7}
@@ -217,9 +235,18 @@ def test_rendered_children_accepted_by_server(cluster: Cluster, namespace: str) 
     """The renderers' manifests pass the API server's own validation (server-side dry run)."""
     core = QSysCore.model_validate(_example("qsyscore.yaml") | {"metadata": {"name": "hall"}})
     core.spec.gateway.tlsSecretName = "hall-tls"
-    policy = AccessPolicy.model_validate(_example("accesspolicy.yaml"))
+    body = _example("accesspolicy.yaml")
+    body["spec"]["coreRef"]["name"] = "hall"
+    body["spec"]["subjects"].append({"name": "legacy-dsp", "sourceCIDRs": ["192.0.2.32/28"]})
+    policy = AccessPolicy.model_validate(body)
     hashes = {"room-101-panel": "a" * 64, "ai-agent": "b" * 64}
     result = render_core_children(core, [PolicyBinding(policy, hashes)], OperatorSettings())
+    netpol = next(o for o in result.objects if o["kind"] == "NetworkPolicy")
+    assert result.subjects == 3
+    assert {
+        "from": [{"ipBlock": {"cidr": "192.0.2.32/28"}}],
+        "ports": [{"protocol": "TCP", "port": 1710}],
+    } in netpol["spec"]["ingress"]
     for manifest in result.objects:
         body = copy.deepcopy(manifest)
         body["metadata"]["namespace"] = namespace

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -32,6 +34,8 @@ class ConnectedClient:
         *,
         answers_before_logon: bool,
         pre_logon_error: int,
+        api_key: bool = False,
+        source_bound: bool = False,
     ) -> None:
         self.svc = svc
         self.admission = svc.admission
@@ -39,6 +43,10 @@ class ConnectedClient:
         self.caller = Caller(handle.transport, handle.source_ip)
         self._answers_before_logon = answers_before_logon
         self._pre_logon_error = pre_logon_error
+        self._api_key = api_key
+        self._source_bound = source_bound
+        self._key_digest: bytes | None = None
+        """SHA-256 of the last apiKey accepted (the key itself is not kept)."""
         self._slots = asyncio.Semaphore(MAX_IN_FLIGHT)
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -50,12 +58,12 @@ class ConnectedClient:
     def logged_on(self) -> bool:
         return self.caller.session is not None
 
-    def log_on(self, subject: SubjectConfig) -> None:
+    def log_on(self, subject: SubjectConfig, *, push_status: bool = True) -> None:
         """After `admission.authenticate` succeeded for `self.caller`."""
         self.admission.open_session(self.caller, self.send)
         self.handle.subject = subject.name
         status = self.svc.runtime.upstream.engine_status
-        if status is not None:
+        if push_status and status is not None:
             self.send(jsonrpc.notification_message("EngineStatus", status))
 
     async def handle_frame(self, data: bytes | str) -> None:
@@ -69,6 +77,12 @@ class ConnectedClient:
         if not calls:
             self.send(jsonrpc.error_message(None, QrcError(ErrorCode.INVALID_REQUEST)))
             return
+        if self._api_key:
+            calls = [obj for obj in calls if self._take_api_key(obj)]
+            if not calls:
+                return
+        if not self.logged_on and self._source_bound:
+            self._admit_by_source(calls)
         if not self.logged_on:
             for obj in calls:
                 self._pre_logon(obj)
@@ -84,6 +98,62 @@ class ConnectedClient:
             task = asyncio.get_running_loop().create_task(self._call(obj, rid))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+
+    def _admit_by_source(self, calls: list[Any]) -> None:
+        """Raw QRC clients that cannot Logon: a source-bound subject by peer address.
+
+        Only once a call needs a subject (not Logon, nor what is answered before logon),
+        so a client that logs on keeps its token's subject.
+        """
+        methods = [obj.get("method") for obj in calls if isinstance(obj, dict)]
+        if "Logon" in methods or all(
+            not isinstance(m, str) or traits_of(m).before_logon for m in methods
+        ):
+            return
+        subject = self.admission.authenticate_source(self.caller, request_id=request_id())
+        if subject is not None:
+            self.log_on(subject, push_status=False)
+
+    def _take_api_key(self, obj: Any) -> bool:
+        """Remove a QRWC `apiKey` from one call and check it; False if the call was refused.
+
+        A first valid key logs the connection on; later keys must name the same subject
+        (a connection has one subject for its life).
+        """
+        if not isinstance(obj, dict) or obj.get("apiKey") is None:
+            return True
+        key = obj.pop("apiKey")
+        digest = (
+            hashlib.sha256(key.encode("utf-8", "replace")).digest() if isinstance(key, str) else b""
+        )
+        if self._key_digest is not None and hmac.compare_digest(digest, self._key_digest):
+            return True
+        rid = request_id()
+        method = obj.get("method")
+        probe = Caller(self.caller.transport, self.caller.source_ip)
+        try:
+            subject = self.admission.authenticate(
+                probe,
+                key if isinstance(key, str) else None,
+                request_id=rid,
+                method=method if isinstance(method, str) else "invalid",
+            )
+        except Refusal as refused:
+            self._reply_error(obj, refused)
+            return False
+        if not self.logged_on:
+            self.caller.subject = subject
+            self.log_on(subject)
+        elif self.caller.subject is None or subject.name != self.caller.subject.name:
+            err = Refusal(
+                ErrorCode.UNAUTHENTICATED,
+                "Unauthenticated: apiKey names another subject than this connection's",
+            )
+            self.admission.refuse(self.caller, obj, err, rid, "apiKey of another subject")
+            self._reply_error(obj, err)
+            return False
+        self._key_digest = digest
+        return True
 
     async def _call(self, obj: Any, rid: str) -> None:
         try:

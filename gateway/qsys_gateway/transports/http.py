@@ -14,7 +14,7 @@ from .. import __version__
 from ..admission import Caller, Refusal
 from .common import HTTP_STATUS, Services, request_id
 from .responses import SERVICES, bearer, error_response, json_response, source_ip
-from .websocket import websocket_handler
+from .websocket import qrwc_handler, websocket_handler
 
 log = logging.getLogger("qsys_gateway.http")
 
@@ -192,6 +192,7 @@ def build_app(svc: Services) -> web.Application:
     app[SERVICES] = svc
     app.router.add_post("/v1/rpc", rpc)
     app.router.add_get("/v1/ws", websocket_handler)
+    app.router.add_get("/qrc-public-api/v0", qrwc_handler)
     app.router.add_get("/v1/status", status)
     app.router.add_get("/livez", livez)
     app.router.add_get("/readyz", readyz)

@@ -118,7 +118,11 @@ class QrcServer:
 
         handle = ClientHandle("qrc", source, send, close)
         conn = ConnectedClient(
-            svc, handle, answers_before_logon=True, pre_logon_error=ErrorCode.LOGON_REQUIRED
+            svc,
+            handle,
+            answers_before_logon=True,
+            pre_logon_error=ErrorCode.LOGON_REQUIRED,
+            source_bound=True,
         )
         decoder = FrameDecoder(rt.config.limits.maxMessageBytes)
         svc.clients.add(handle)

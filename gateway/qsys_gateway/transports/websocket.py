@@ -1,4 +1,9 @@
-"""WebSocket transport: `GET /v1/ws`, JSON-RPC both ways, pushes EngineStatus and AutoPoll."""
+"""WebSocket transports, JSON-RPC both ways, pushing EngineStatus and AutoPoll.
+
+`GET /v1/ws` is the gateway's own; `GET /qrc-public-api/v0` is the vendor's QRWC
+path (what `@q-sys/qrwc` and the seeds' web panels dial on a Core), which also takes
+the token from an `apiKey` field in each request. Both run the same code.
+"""
 
 from __future__ import annotations
 
@@ -23,6 +28,14 @@ SEND_QUEUE = 256
 
 
 async def websocket_handler(request: web.Request) -> web.StreamResponse:
+    return await _serve(request, "ws", api_key=False)
+
+
+async def qrwc_handler(request: web.Request) -> web.StreamResponse:
+    return await _serve(request, "qrwc", api_key=True)
+
+
+async def _serve(request: web.Request, transport: str, *, api_key: bool) -> web.StreamResponse:
     svc = request.app[SERVICES]
     rt = svc.runtime
     rid: str = request["request_id"]
@@ -54,9 +67,13 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
     async def close() -> None:
         await ws.close(code=WSCloseCode.GOING_AWAY, message=b"gateway shutting down")
 
-    handle = ClientHandle("ws", source, send, close)
+    handle = ClientHandle(transport, source, send, close)
     conn = ConnectedClient(
-        svc, handle, answers_before_logon=False, pre_logon_error=ErrorCode.UNAUTHENTICATED
+        svc,
+        handle,
+        answers_before_logon=False,
+        pre_logon_error=ErrorCode.UNAUTHENTICATED,
+        api_key=api_key,
     )
     subject = None
     token = bearer(request)

@@ -6,7 +6,8 @@ from typing import Annotated, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from qsys_protocol.config import RateConfig, Rule
+from qsys_protocol.config import MAX_SOURCE_CIDRS, RateConfig, Rule
+from qsys_protocol.config import SourceCIDR as GatewaySourceCIDR
 
 from .common import (
     API_VERSION,
@@ -41,14 +42,46 @@ TOKEN_SECRET_NAME_RULE = cel(
 )
 
 
+SourceCIDR = Annotated[
+    GatewaySourceCIDR,
+    Field(
+        json_schema_extra=validations(
+            cel("isCIDR(self)", "must be a CIDR, e.g. 192.0.2.10/32"),
+            cel(
+                "!isCIDR(self) || cidr(self) == cidr(self).masked()",
+                "must have no host bits set, e.g. 192.0.2.0/28 rather than 192.0.2.1/28",
+            ),
+            cel(
+                "!isCIDR(self) || cidr(self).prefixLength() > 0",
+                "must not be a default route (/0): that would admit every address",
+            ),
+        )
+    ),
+]
+"""Validated twice: by the API server (CEL) and by the model (ipaddress), so a bad
+value is refused at `kubectl apply` and can never reach a gateway config."""
+
+SUBJECT_CREDENTIAL_RULE = cel(
+    "!(has(self.tokenSecretRef) && has(self.sourceCIDRs))",
+    "a subject authenticates with a token or by sourceCIDRs, not both",
+)
+
+
 class TokenSecretRef(Model):
     name: ObjectName
     key: SecretKey = "token"
 
 
 class Subject(Model):
+    model_config = ConfigDict(json_schema_extra=validations(SUBJECT_CREDENTIAL_RULE))
+
     name: SubjectName
     tokenSecretRef: TokenSecretRef | None = None
+    sourceCIDRs: (
+        Annotated[list[SourceCIDR], Field(min_length=1, max_length=MAX_SOURCE_CIDRS)] | None
+    ) = None
+    """Raw QRC clients that cannot Logon: admitted as this subject by their source
+    address (no token is generated). See docs/policy.md for the spoofing risk."""
 
 
 class AccessPolicySpec(Model):

@@ -60,7 +60,12 @@ def render_core_children(
     ]
     absent: list[ChildRef] = []
     optional = [
-        (render_network_policy(core, settings), NETWORK_POLICY),
+        (
+            render_network_policy(
+                core, settings, [c for s in merged.subjects for c in s.sourceCIDRs]
+            ),
+            NETWORK_POLICY,
+        ),
         (render_pdb(core), PDB),
     ]
     for manifest, kind in optional:

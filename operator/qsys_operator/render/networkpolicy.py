@@ -1,7 +1,8 @@
 """The `X-gateway` NetworkPolicy: clients in, metrics from monitoring, out only to Core and DNS.
 
 The operator's namespace may reach the metrics port too: the operator reads the
-gateway's view of the Core there (GET /corez).
+gateway's view of the Core there (GET /corez). The sourceCIDRs of source-bound
+subjects (legacy QRC clients without Logon) may reach the QRC port, and only it.
 """
 
 from __future__ import annotations
@@ -58,7 +59,17 @@ def _redis_egress(storage: str) -> dict[str, Any] | None:
     return {"to": [peer], "ports": [_tcp(port)]}
 
 
-def render_network_policy(core: QSysCore, settings: OperatorSettings) -> Manifest | None:
+def source_bound_ingress(source_cidrs: list[str]) -> list[dict[str, Any]]:
+    """Exactly the source-bound subjects' networks, on the raw QRC port only."""
+    if not source_cidrs:
+        return []
+    peers = [{"ipBlock": {"cidr": cidr}} for cidr in sorted(set(source_cidrs))]
+    return [{"from": peers, "ports": [_tcp(QRC_PORT)]}]
+
+
+def render_network_policy(
+    core: QSysCore, settings: OperatorSettings, source_cidrs: list[str] | None = None
+) -> Manifest | None:
     np = core.spec.networkPolicy
     if not np.enabled:
         return None
@@ -90,6 +101,7 @@ def render_network_policy(core: QSysCore, settings: OperatorSettings) -> Manifes
             "policyTypes": ["Ingress", "Egress"],
             "ingress": [
                 {"from": list(clients), "ports": [_tcp(HTTP_PORT), _tcp(QRC_PORT)]},
+                *source_bound_ingress(source_cidrs or []),
                 {
                     "from": [
                         {"namespaceSelector": {"matchLabels": {NAMESPACE_LABEL: ns}}}

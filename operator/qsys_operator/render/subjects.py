@@ -3,7 +3,8 @@
 Precedence: policies are ordered by creationTimestamp (oldest first), then by
 name. The first policy to declare a subject name keeps it; a later policy's
 subject of the same name is left out and reported. The same holds for a token
-hash that two subjects share (the gateway could not tell them apart).
+hash that two subjects share, and for a source-bound subject whose sourceCIDRs
+overlap an earlier one's (the gateway could not tell them apart).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
-from qsys_protocol.config import SubjectConfig
+from qsys_protocol.config import SubjectConfig, overlapping_sources
 
 from ..api import AccessPolicy
 
@@ -34,7 +35,7 @@ class SubjectConflict:
     """The policy whose subject was left out."""
     kept_by: str
     """The policy that keeps the name (or the token)."""
-    reason: Literal["duplicate-name", "duplicate-token"]
+    reason: Literal["duplicate-name", "duplicate-token", "overlapping-source"]
 
 
 @dataclass(frozen=True, order=True)
@@ -70,6 +71,22 @@ def merge_subjects(bindings: list[PolicyBinding]) -> MergedSubjects:
                 conflicts.append(
                     SubjectConflict(subject.name, pname, names[subject.name], "duplicate-name")
                 )
+                continue
+            if subject.sourceCIDRs:
+                bound = SubjectConfig(
+                    name=subject.name,
+                    sourceCIDRs=subject.sourceCIDRs,
+                    rate=policy.spec.rateLimit,
+                    rules=list(policy.spec.rules),
+                )
+                clash = overlapping_sources([*subjects, bound])
+                if clash is not None:
+                    conflicts.append(
+                        SubjectConflict(subject.name, pname, names[clash[0]], "overlapping-source")
+                    )
+                    continue
+                names[subject.name] = pname
+                subjects.append(bound)
                 continue
             token = binding.token_hashes.get(subject.name)
             if token is None:

@@ -58,6 +58,14 @@ class LogonParams(Model):
     Password: SecretStr = Field(max_length=4096)
 
 
+class GetComponentsParams(
+    RootModel[Annotated[StrictStr, Field(max_length=MAX_NAME)] | EmptyParams]
+):
+    """None, `{}`, or a string: the vendor's QRWC SDK sends `"test"`, which a Core accepts."""
+
+    root: Annotated[StrictStr, Field(max_length=MAX_NAME)] | EmptyParams = EmptyParams()
+
+
 class ControlGetParams(RootModel[list[Name]]):
     root: Annotated[list[Name], Field(min_length=1, max_length=MAX_ITEMS)]
 
@@ -85,6 +93,8 @@ class ControlRef(Model):
 
 class ControlWrite(_ValueWrite):
     Name: Name
+    Bool: Annotated[StrictBool | None, Field(exclude=True)] = None
+    """Sent by the vendor's QRWC SDK beside `Value` (1 or 0); not forwarded."""
 
 
 class ComponentRef(Model):
@@ -285,7 +295,7 @@ METHODS: dict[str, MethodSpec] = {
         _spec("StatusGet", "read", None, StatusResult, _BEFORE_LOGON),
         _spec("Control.Get", "read", ControlGetParams, list[ControlState]),
         _spec("Control.Set", "write", ControlSetParams, bool | ControlState),
-        _spec("Component.GetComponents", "read", EmptyParams, list[ComponentInfo]),
+        _spec("Component.GetComponents", "read", GetComponentsParams, list[ComponentInfo]),
         _spec("Component.GetControls", "read", ComponentRef, ComponentControlsResult),
         _spec("Component.Get", "read", ComponentGetParams, ComponentValuesResult),
         _spec("Component.Set", "write", ComponentSetParams, bool | list[Change]),
@@ -335,7 +345,7 @@ def parse_params(method: str, raw: Any) -> BaseModel | None:
         if raw in (None, 0, {}, []):
             return None
         raise QrcError(ErrorCode.INVALID_PARAMS, "Invalid params: expected none")
-    if raw is None and spec.params is EmptyParams:
+    if raw is None and spec.params in (EmptyParams, GetComponentsParams):
         raw = {}
     try:
         return spec.params.model_validate(raw)
