@@ -37,8 +37,9 @@ from qsys_protocol.qrc import jsonrpc
 from qsys_protocol.qrc.errors import ErrorCode, QrcError
 from qsys_protocol.qrc.methods import METHODS, parse_params, traits_of
 
+from .auth import MAX_USER_CHARS
 from .metrics import method_label
-from .policy import Decision
+from .policy import Decision, describe, needs_control_types
 from .runtime import Runtime
 from .subject_sessions import SubjectSessions
 from .upstream import UpstreamSession
@@ -85,6 +86,13 @@ class Caller:
         return self.subject.name if self.subject is not None else "-"
 
 
+def throttle_key(source_ip: str, user: str | None) -> str:
+    """Failed logons are counted per source and presented subject name (bearer: none)."""
+    if not user:
+        return source_ip
+    return f"{source_ip}\x00{user[:MAX_USER_CHARS]}"
+
+
 def _method_of(obj: Any) -> str:
     method = obj.get("method") if isinstance(obj, dict) else None
     return method if isinstance(method, str) else "invalid"
@@ -121,29 +129,31 @@ class Admission:
     ) -> SubjectConfig:
         """A bearer token (or a Logon `user` + token) → the subject, set on `caller`.
 
-        Repeated failures from one source address are throttled. A refusal is audited as
-        a call of `method` and raised as `Refusal`."""
+        Failures are throttled per source and presented subject (`throttle_key`); a valid
+        token is always admitted, so one guessing client behind a NAT or an ingress never
+        locks out the correct tokens of the room. A refusal is audited as a call of
+        `method` and raised as `Refusal`."""
         rt = self.rt
-        source = caller.source_ip
-        wait = rt.throttle.retry_after(source)
+        subject = None
+        if token:
+            auth = rt.rules.authenticator
+            subject = auth.authenticate(token) if user is None else auth.logon(user, token)
+        key = throttle_key(caller.source_ip, user)
+        if subject is not None:
+            rt.throttle.success(key)
+            caller.subject = subject
+            return subject
+        wait = rt.throttle.retry_after(key)
         if wait > 0:
             err = Refusal(
                 ErrorCode.RATE_LIMITED, "Too many failed authentications; retry later", wait
             )
             self._auth_failed(caller, method, err, request_id, "auth throttled")
             raise err
-        subject = None
-        if token:
-            auth = rt.rules.authenticator
-            subject = auth.authenticate(token) if user is None else auth.logon(user, token)
-        if subject is None:
-            rt.throttle.failure(source)
-            err = Refusal(ErrorCode.UNAUTHENTICATED, "Unauthenticated")
-            self._auth_failed(caller, method, err, request_id, "invalid or missing token")
-            raise err
-        rt.throttle.success(source)
-        caller.subject = subject
-        return subject
+        rt.throttle.failure(key)
+        err = Refusal(ErrorCode.UNAUTHENTICATED, "Unauthenticated")
+        self._auth_failed(caller, method, err, request_id, "invalid or missing token")
+        raise err
 
     def authenticate_source(self, caller: Caller, *, request_id: str) -> SubjectConfig | None:
         """Raw QRC clients that cannot Logon: the source-bound subject whose sourceCIDRs
@@ -171,25 +181,27 @@ class Admission:
         self, caller: Caller, method: str, err: QrcError, request_id: str, reason: str
     ) -> None:
         self.rt.metrics.auth_failures.labels(caller.transport).inc()
-        log.warning(
-            "authentication failed",
-            extra={
-                "request_id": request_id,
-                "source_ip": caller.source_ip,
-                "transport": caller.transport,
-                "reason": reason,
-            },
-        )
-        self.refuse(
-            Caller(caller.transport, caller.source_ip), {"method": method}, err, request_id, reason
-        )
+        anonymous = Caller(caller.transport, caller.source_ip)
+        if self.refuse(anonymous, {"method": method}, err, request_id, reason):
+            # logged with its audit line: repeats in a burst are counted there, not logged
+            log.warning(
+                "authentication failed",
+                extra={
+                    "request_id": request_id,
+                    "source_ip": caller.source_ip,
+                    "transport": caller.transport,
+                    "reason": reason,
+                },
+            )
 
     def open_session(self, caller: Caller, push: Callable[[dict[str, Any]], None]) -> None:
         """Give a logged-on connection its own upstream session (pushes go to `push`)."""
         assert caller.subject is not None, "authenticate first"
         rt, name = self.rt, caller.subject.name
         caller.session = rt.upstream.open_session(
-            push, lambda component, control: rt.rules.policy.can_read(name, component, control)
+            push,
+            lambda component, control: rt.rules.policy.can_read(name, component, control),
+            owner=name,
         )
         caller.owns_session = True
 
@@ -245,18 +257,24 @@ class Admission:
             return None if msg.is_notification else jsonrpc.error_message(msg.id, err)
         caller.subject = subject
         params: Any
+        if method == "Logon":
+            return self._logon_again(caller, subject, msg, request_id, label, started)
         try:
-            if method == "Logon":
-                raise QrcError(ErrorCode.INVALID_REQUEST, "Invalid request: already logged on")
             params = parse_params(method, msg.params) if method in METHODS else msg.params
         except QrcError as exc:
             self._count(label, caller, "invalid", started)
             return None if msg.is_notification else jsonrpc.error_message(msg.id, exc)
         rules = rt.rules
         decision = rules.policy.authorize(subject.name, method, params)
+        typed = None if decision.allowed else needs_control_types(method, params)
+        if typed is not None:
+            # Unknown types are judged strictest; a Boolean control may relax the verdict.
+            types = await rt.upstream.control_types.get(typed)
+            if types:
+                decision = rules.policy.authorize(subject.name, method, params, types)
         if not decision.allowed:
             err = QrcError(ErrorCode.FORBIDDEN, f"Forbidden by policy: {decision.reason}")
-            self._audit(caller, request_id, method, decision, "denied", started)
+            self._audit(caller, request_id, method, decision, "denied", started, msg.id)
             self._count(label, caller, "denied", started)
             return None if msg.is_notification else jsonrpc.error_message(msg.id, err)
         session = caller.session
@@ -274,33 +292,102 @@ class Admission:
         finally:
             rt.call_finished()
         if traits_of(method).write or rules.config.audit.logReads:
-            self._audit(caller, request_id, method, decision, outcome, started)
+            self._audit(caller, request_id, method, decision, outcome, started, msg.id)
         self._count(label, caller, outcome, started)
         return None if msg.is_notification else response
+
+    def _logon_again(
+        self,
+        caller: Caller,
+        subject: SubjectConfig,
+        msg: jsonrpc.Request,
+        request_id: str,
+        label: str,
+        started: float,
+    ) -> dict[str, Any] | None:
+        """A connection keeps its one subject for life (issue 11 #1): `true` when the
+        Logon names that subject with its token, refused otherwise; either way nothing
+        changes (no new session, no throttle count) and nothing tells whether other
+        credentials would have been valid."""
+        params = msg.params if isinstance(msg.params, dict) else {}
+        user, token = params.get("User"), params.get("Password")
+        found = None
+        if isinstance(user, str) and isinstance(token, str):
+            found = self.rt.rules.authenticator.logon(user, token)
+        if found is not None and found.name == subject.name:
+            self._count(label, caller, "ok", started)
+            return None if msg.is_notification else jsonrpc.result_message(msg.id, True)
+        reason = "already logged on as another subject"
+        self.rt.audit.refused(
+            request_id=request_id,
+            subject=subject.name,
+            source_ip=caller.source_ip,
+            transport=caller.transport,
+            method="Logon",
+            reason=reason,
+            outcome="invalid",
+            call_id=msg.id,
+        )
+        self._count(label, caller, "invalid", started)
+        err = QrcError(ErrorCode.INVALID_REQUEST, f"Invalid request: {reason}")
+        return None if msg.is_notification else jsonrpc.error_message(msg.id, err)
 
     # ---- records ------------------------------------------------------------------
 
     def refuse(
         self, caller: Caller, obj: Any, error: QrcError, request_id: str, reason: str
-    ) -> None:
-        """Audit and count one call refused before `handle` (authentication, rate limit)."""
+    ) -> bool:
+        """Audit and count one call refused before `handle` (authentication, rate limit):
+        with its call id, targets and values; identical refusals in a burst are written
+        once with a count (`AuditLog.refused`). True when a line was written now."""
         method = _method_of(obj)
         subject = caller.subject_name
         outcome = outcome_of(error.code)
-        self.rt.audit.record(
+        call_id = obj.get("id") if isinstance(obj, dict) else None
+        targets: tuple[str, ...] = ()
+        values: tuple[Any, ...] = ()
+        if method != "Logon" and isinstance(obj, dict):
+            targets, values = describe(method, obj.get("params"))
+        written = self.rt.audit.refused(
             request_id=request_id,
             subject=subject,
             source_ip=caller.source_ip,
             transport=caller.transport,
             method=method[:128],
-            decision="deny",
+            targets=targets,
+            values=values,
             reason=reason,
             outcome=outcome,
-            duration_ms=0.0,
+            call_id=call_id if isinstance(call_id, int | str) else None,
         )
         self.rt.metrics.requests.labels(
             method_label(method), subject, caller.transport, outcome
         ).inc()
+        return written
+
+    def check_batch(self, caller: Caller, calls: Sequence[Any], request_id: str) -> Refusal | None:
+        """One batch limit for every transport (`limits.maxBatchCalls`): a bigger batch is
+        refused whole, with one audit line counting its calls (issue 11 #5)."""
+        limit = self.rt.config.limits.maxBatchCalls
+        if len(calls) <= limit:
+            return None
+        err = Refusal(ErrorCode.INVALID_REQUEST, f"Invalid request: batch over {limit} calls")
+        self.rt.audit.record(
+            request_id=request_id,
+            subject=caller.subject_name,
+            source_ip=caller.source_ip,
+            transport=caller.transport,
+            method="batch",
+            decision="deny",
+            reason=f"batch over {limit} calls",
+            outcome="invalid",
+            duration_ms=0.0,
+            count=len(calls),
+        )
+        self.rt.metrics.requests.labels(
+            "other", caller.subject_name, caller.transport, "invalid"
+        ).inc()
+        return err
 
     def _audit(
         self,
@@ -310,6 +397,7 @@ class Admission:
         decision: Decision,
         outcome: str,
         started: float,
+        call_id: Any = None,
     ) -> None:
         self.rt.audit.record(
             request_id=request_id,
@@ -319,6 +407,7 @@ class Admission:
             method=method[:128],
             targets=decision.targets,
             values=decision.values,
+            call_id=call_id,
             decision="allow" if decision.allowed else "deny",
             reason=decision.reason,
             outcome=outcome,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import resource
 import signal
 import ssl
 from pathlib import Path
@@ -17,6 +18,7 @@ from qsys_protocol.config import GatewayConfig, TlsConfig
 from .admission import Admission
 from .audit import AuditLog
 from .client_registry import ClientRegistry
+from .connlimit import HttpConnections, LimitedTCPSite
 from .metrics import GatewayMetrics
 from .ratelimit import RateLimiter
 from .reload import ConfigWatcher
@@ -56,6 +58,14 @@ class Gateway:
         )
         self.admission = Admission(self.runtime)
         self.services = Services(self.runtime, self.admission, self.clients)
+        rt = self.runtime
+        self.http_connections = HttpConnections(
+            self.metrics,
+            lambda: rt.config.limits,
+            fd_budget=_fd_budget(
+                config.limits.maxClients + config.limits.maxUnauthenticatedClients
+            ),
+        )
         self.watcher = (
             ConfigWatcher(config_path, self.runtime.apply, self.metrics) if config_path else None
         )
@@ -87,11 +97,18 @@ class Gateway:
             await self._qrc.start()
         # HTTP last: once /readyz answers, every listener is up.
         self._runner = web.AppRunner(
-            build_app(self.services), access_log=None, handle_signals=False
+            build_app(self.services, self.http_connections),
+            access_log=None,
+            handle_signals=False,
         )
         await self._runner.setup()
-        await web.TCPSite(
-            self._runner, listen.host, listen.http, ssl_context=tls, reuse_address=True
+        await LimitedTCPSite(
+            self._runner,
+            self.http_connections,
+            host=listen.host,
+            port=listen.http,
+            ssl_context=tls,
+            reuse_address=True,
         ).start()
         if self.watcher is not None:
             self._tasks.append(asyncio.get_running_loop().create_task(self.watcher.run()))
@@ -144,6 +161,26 @@ class Gateway:
         await rt.limiter.close()
         rt.audit.close()
         log.info("stopped")
+
+
+FD_RESERVE = 64
+"""Descriptors kept for the Core connections, Redis, config files, metrics and logs."""
+
+
+def _fd_budget(max_clients: int) -> int:
+    """HTTP connections the descriptor limit leaves room for, after `max_clients` QRC and
+    WebSocket clients (logged on or not): the soft limit is raised to the hard one first."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or hard > soft):
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass
+    if soft == resource.RLIM_INFINITY:
+        return 1 << 30
+    budget = max(16, soft - max_clients - FD_RESERVE)
+    return budget
 
 
 async def run(config: GatewayConfig, config_path: str | Path | None) -> None:

@@ -1,20 +1,40 @@
-"""Audit trail: one JSON line per audited call (`"type": "audit"`)."""
+"""Audit trail: one JSON line per audited call (`"type": "audit"`).
+
+Refusals made before a call runs (authentication, throttling, rate limit, batch size)
+go through `refused`: the first of a kind is written at once; identical ones within
+`REPEAT_WINDOW` seconds are counted and written as one line with `count` and their
+`callIds` when the window closes, so a flood costs a few lines, never a silent drop."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import sys
+from dataclasses import dataclass, field
 from typing import IO, Any
 
 import orjson
 
 from .metrics import GatewayMetrics
 
+REPEAT_WINDOW = 1.0
+MAX_REPEAT_KEYS = 4096
+MAX_CALL_IDS = 16
+
+
+@dataclass(slots=True)
+class _Repeats:
+    fields: dict[str, Any]
+    count: int = 0
+    call_ids: list[Any] = field(default_factory=list)
+    request_ids: list[str] = field(default_factory=list)
+
 
 class AuditLog:
     def __init__(self, path: str, metrics: GatewayMetrics) -> None:
         self.path = path
         self._metrics = metrics
+        self._repeats: dict[tuple[Any, ...], _Repeats] = {}
         self._stream: IO[bytes] = (
             sys.stdout.buffer if path == "-" else open(path, "ab", buffering=0)  # noqa: SIM115
         )
@@ -33,8 +53,12 @@ class AuditLog:
         reason: str,
         outcome: str,
         duration_ms: float,
+        call_id: Any = None,
+        count: int | None = None,
+        call_ids: list[Any] | None = None,
+        request_ids: list[str] | None = None,
     ) -> None:
-        line = {
+        line: dict[str, Any] = {
             "type": "audit",
             "ts": dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds"),
             "requestId": request_id,
@@ -48,12 +72,96 @@ class AuditLog:
             "reason": reason,
             "outcome": outcome,
             "durationMs": round(duration_ms, 3),
+            "callId": call_id,
         }
+        if count is not None:
+            line["count"] = count
+            line["callIds"] = call_ids or []
+            line["requestIds"] = request_ids or [request_id]
         self._stream.write(orjson.dumps(line, default=str) + b"\n")
         if self.path == "-":
             self._stream.flush()
         self._metrics.audit_events.labels(decision).inc()
 
+    def refused(
+        self,
+        *,
+        request_id: str,
+        subject: str,
+        source_ip: str,
+        transport: str,
+        method: str,
+        targets: tuple[str, ...] = (),
+        values: tuple[Any, ...] = (),
+        reason: str,
+        outcome: str,
+        call_id: Any = None,
+    ) -> bool:
+        """A refusal before the call ran; identical ones in a window become one line.
+        True when this one was written now (the first of its kind in the window)."""
+        fields: dict[str, Any] = {
+            "subject": subject,
+            "source_ip": source_ip,
+            "transport": transport,
+            "method": method,
+            "targets": targets,
+            "values": values,
+            "reason": reason,
+            "outcome": outcome,
+        }
+        try:
+            key: tuple[Any, ...] | None = tuple(
+                (k, v if not isinstance(v, tuple) else orjson.dumps(v, default=str))
+                for k, v in fields.items()
+            )
+        except TypeError:
+            key = None
+        repeats = self._repeats.get(key) if key is not None else None
+        if repeats is not None:
+            if repeats.count == 0:
+                repeats.fields["request_id"] = request_id
+            repeats.count += 1
+            if len(repeats.call_ids) < MAX_CALL_IDS:
+                repeats.call_ids.append(call_id)
+            if request_id not in repeats.request_ids and len(repeats.request_ids) < MAX_CALL_IDS:
+                repeats.request_ids.append(request_id)
+            return False
+        self.record(
+            request_id=request_id,
+            decision="deny",
+            duration_ms=0.0,
+            call_id=call_id,
+            **fields,
+        )
+        if key is None or len(self._repeats) >= MAX_REPEAT_KEYS:
+            return True
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return True
+        self._repeats[key] = _Repeats({"request_id": request_id, **fields})
+        loop.call_later(REPEAT_WINDOW, self._flush_repeats, key)
+        return True
+
+    def _flush_repeats(self, key: tuple[Any, ...]) -> None:
+        repeats = self._repeats.pop(key, None)
+        if repeats is None or repeats.count == 0:
+            return
+        self.record(
+            decision="deny",
+            duration_ms=0.0,
+            count=repeats.count,
+            call_ids=repeats.call_ids,
+            request_ids=repeats.request_ids,
+            **repeats.fields,
+        )
+
+    def flush(self) -> None:
+        """Write every pending count (shutdown)."""
+        for key in list(self._repeats):
+            self._flush_repeats(key)
+
     def close(self) -> None:
+        self.flush()
         if self.path != "-":
             self._stream.close()

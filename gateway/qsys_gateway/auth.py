@@ -123,9 +123,10 @@ class _Source:
 
 
 class FailureThrottle:
-    """Blocks a source address for `block` seconds after `max_failures` failures in `window`.
+    """Blocks a key (source, or source + presented subject) for `block` seconds after
+    `max_failures` failures in `window`; callers admit valid tokens regardless.
 
-    Keyed by source address only; holds at most `max_sources` addresses (the
+    Holds at most `max_sources` keys (the
     least recently failing are forgotten first), so a flood of spoofed or
     rotating addresses cannot grow memory without bound.
     """

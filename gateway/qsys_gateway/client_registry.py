@@ -1,10 +1,18 @@
-"""Connected WebSocket and QRC clients: `maxClients` accounting, broadcast, shutdown."""
+"""Connected WebSocket and QRC clients: admission by budget, broadcast, shutdown.
+
+Logged-on clients count against `maxClients`; connections not logged on yet against
+their own, smaller budget (`maxUnauthenticatedClients`, and per source address
+`maxUnauthenticatedClientsPerSource`), so sockets that never log on cannot take
+the slots of clients that do (issue 11 #3)."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
+
+from qsys_protocol.config import LimitsConfig
 
 from .metrics import GatewayMetrics
 
@@ -21,19 +29,77 @@ class ClientHandle:
 class ClientRegistry:
     def __init__(self, metrics: GatewayMetrics) -> None:
         self._metrics = metrics
-        self.clients: set[ClientHandle] = set()
+        self.clients: dict[ClientHandle, None] = {}  # insertion order: oldest first
+        self.authenticated = 0
+        self._closing: set[asyncio.Future[None]] = set()
+        self._unauthenticated: dict[str, int] = {}
 
     def __len__(self) -> int:
         return len(self.clients)
 
+    @property
+    def unauthenticated(self) -> int:
+        return len(self.clients) - self.authenticated
+
+    def refusal(self, source: str, limits: LimitsConfig, *, authenticated: bool) -> str | None:
+        """Why a new connection from `source` may not be added (None: it may)."""
+        if self.authenticated >= limits.maxClients:
+            return "max_clients"
+        if authenticated:
+            return None
+        if self._unauthenticated.get(source, 0) >= limits.maxUnauthenticatedClientsPerSource:
+            return "unauthenticated_per_source"
+        if self.unauthenticated >= limits.maxUnauthenticatedClients:
+            # Make room by closing the connection waiting longest for its Logon: a client
+            # that logs on at once always gets in, sockets that never do are cycled out.
+            oldest = next((c for c in self.clients if c.subject is None), None)
+            if oldest is None:
+                return "unauthenticated_total"
+            self.remove(oldest)
+            self._metrics.connections_refused.labels(oldest.transport, "evicted").inc()
+            closer = asyncio.ensure_future(oldest.close())
+            self._closing.add(closer)
+            closer.add_done_callback(self._closing.discard)
+        return None
+
     def add(self, client: ClientHandle) -> None:
-        self.clients.add(client)
+        """Register a connection; not logged on yet unless `client.subject` is set."""
+        self.clients[client] = None
+        if client.subject is None:
+            self._count_unauthenticated(client.source_ip, 1)
+        else:
+            self.authenticated += 1
         self._metrics.clients.labels(client.transport).inc()
+
+    def promote(self, client: ClientHandle, subject: str, max_clients: int) -> bool:
+        """`client` logged on as `subject`: False (nothing changed) when `max_clients`
+        logged-on clients are connected already."""
+        if client.subject is not None:
+            return True
+        if self.authenticated >= max_clients:
+            return False
+        client.subject = subject
+        if client in self.clients:
+            self._count_unauthenticated(client.source_ip, -1)
+            self.authenticated += 1
+        return True
 
     def remove(self, client: ClientHandle) -> None:
         if client in self.clients:
-            self.clients.discard(client)
+            del self.clients[client]
+            if client.subject is None:
+                self._count_unauthenticated(client.source_ip, -1)
+            else:
+                self.authenticated -= 1
             self._metrics.clients.labels(client.transport).dec()
+
+    def _count_unauthenticated(self, source: str, delta: int) -> None:
+        left = self._unauthenticated.get(source, 0) + delta
+        if left > 0:
+            self._unauthenticated[source] = left
+        else:
+            self._unauthenticated.pop(source, None)
+        self._metrics.unauthenticated_clients.set(self.unauthenticated)
 
     def broadcast(self, message: dict[str, Any]) -> None:
         for client in list(self.clients):

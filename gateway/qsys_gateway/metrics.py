@@ -89,8 +89,38 @@ class GatewayMetrics:
             "ChangeGroup.Poll calls the gateway made on the Core (rate() = Core polls per second)",
             registry=r,
         )
+        self.unauthenticated_clients = Gauge(
+            f"{PREFIX}_unauthenticated_clients",
+            "WebSocket and QRC connections not logged on yet",
+            registry=r,
+        )
+        self.upstream_sessions = Gauge(
+            f"{PREFIX}_upstream_sessions",
+            "Client sessions on the shared upstream (one per logged-on connection, one per "
+            "subject for HTTP)",
+            registry=r,
+        )
+        self.slow_clients = Counter(
+            f"{PREFIX}_slow_clients_closed_total",
+            "Clients closed because replies piled up unread (send queue over its bound)",
+            ["transport"],
+            registry=r,
+        )
+        self.send_queue_bytes = Gauge(
+            f"{PREFIX}_send_queue_bytes", "Bytes queued for clients, all connections", registry=r
+        )
+        self.http_connections = Gauge(
+            f"{PREFIX}_http_connections", "Open connections on the HTTP listener", registry=r
+        )
+        self.connections_refused = Counter(
+            f"{PREFIX}_connections_refused_total",
+            "Connections refused or closed by a connection limit or read timeout",
+            ["listener", "reason"],
+            registry=r,
+        )
         # Bounded label sets start at zero, so every series exists before its first event.
         for transport in ("ws", "qrwc", "qrc"):
+            self.slow_clients.labels(transport)
             self.clients.labels(transport)
         for transport in ("http", "ws", "qrwc", "qrc"):
             self.auth_failures.labels(transport)

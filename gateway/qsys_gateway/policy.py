@@ -7,7 +7,7 @@ the subject allows that target. Globs are compiled once per config.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from fnmatch import translate
 from typing import Any
@@ -81,19 +81,77 @@ class _Rule:
             high=vr.max if vr is not None else None,
         )
 
-    def value_ok(self, write: ControlSetParams | ControlWrite | None) -> bool:
+    def value_ok(
+        self, write: ControlSetParams | ControlWrite | None, control_type: str | None = None
+    ) -> bool:
+        """Judge the value the Core will apply (docs/policy.md, "Value ranges").
+
+        A Core applies a boolean Value as 1.0 / 0.0, so a boolean is judged as that
+        number, except on a control of type Boolean (its whole domain is 0/1: a mute
+        passes a range meant for gains). Unknown type: judged as the number, so only
+        what is provably in range passes."""
         if not self.ranged or write is None:
             return True
         if write.Position is not None or write.String is not None:
             return False  # cannot be range-checked
         value = write.Value
         if isinstance(value, bool):
-            return True
+            if control_type in BOOLEAN_TYPES:
+                return True
+            value = 1.0 if value else 0.0
         if not isinstance(value, int | float):
             return False
+        if control_type in BOOLEAN_TYPES and value in (0, 1):
+            return True
         if self.low is not None and value < self.low:
             return False
         return not (self.high is not None and value > self.high)
+
+
+BOOLEAN_TYPES = frozenset({"Boolean"})
+"""`Type` values of `Component.GetControls` whose controls hold only 0 and 1."""
+
+
+def describe(method: str, raw: Any) -> tuple[tuple[str, ...], tuple[Any, ...]]:
+    """The targets and written values of a call, for the audit line of a call refused
+    before authorisation (rate limit); ((), ()) when its params do not validate."""
+    if method not in METHODS:
+        return (), ()
+    try:
+        params = parse_params(method, raw)
+    except QrcError:
+        return (), ()
+    if isinstance(params, ComponentSetParams):
+        return (
+            tuple(_target(params.Name, c.Name) for c in params.Controls),
+            tuple(_written(c) for c in params.Controls),
+        )
+    if isinstance(params, ControlSetParams):
+        return (params.Name,), (_written(params),)
+    if isinstance(params, ComponentGetParams):
+        return tuple(_target(params.Name, c.Name) for c in params.Controls), ()
+    if isinstance(params, ChangeGroupAddComponentControlParams):
+        comp = params.Component
+        return tuple(_target(comp.Name, c.Name) for c in comp.Controls), ()
+    if isinstance(params, ControlGetParams):
+        return tuple(params.root), ()
+    if isinstance(params, ChangeGroupAddControlParams | ChangeGroupRemoveParams):
+        return tuple(params.Controls), ()
+    if isinstance(params, SnapshotLoadParams | SnapshotSaveParams):
+        return (params.Name,), ({"Bank": params.Bank},)
+    if isinstance(params, ComponentRef):
+        return (params.Name,), ()
+    return (), ()
+
+
+def needs_control_types(method: str, params: Any) -> str | None:
+    """The component whose control types judging `params` needs: a Component.Set
+    writing a boolean (judged differently on Boolean controls). None otherwise."""
+    if method != "Component.Set" or not isinstance(params, ComponentSetParams):
+        return None
+    if any(isinstance(c.Value, bool) for c in params.Controls):
+        return params.Name
+    return None
 
 
 def _written(write: ControlSetParams | ControlWrite) -> Any:
@@ -134,8 +192,16 @@ class Policy:
     def __init__(self, subjects: Sequence[SubjectConfig]) -> None:
         self._subjects = {s.name: _SubjectPolicy(s.rules) for s in subjects}
 
-    def authorize(self, subject: str, method: str, params: BaseModel | Any | None) -> Decision:
-        """The decision for one call (raw params are validated first)."""
+    def authorize(
+        self,
+        subject: str,
+        method: str,
+        params: BaseModel | Any | None,
+        control_types: Mapping[str, str] | None = None,
+    ) -> Decision:
+        """The decision for one call (raw params are validated first). `control_types`
+        (control name -> Core `Type`) of the component written, when known; see
+        `needs_control_types`."""
         spec = METHODS.get(method)
         traits = traits_of(method)
         write = traits.write
@@ -154,7 +220,7 @@ class Policy:
                 return Decision(False, "invalid params", (), (), write)
         if not rules:
             return Decision(False, f"no rule allows method {method}", (), (), write)
-        decision = _check(method, params, rules, write)
+        decision = _check(method, params, rules, write, control_types or {})
         if decision.allowed and traits.group_add:
             return self._require_read(subject, params, decision)
         return decision
@@ -192,9 +258,15 @@ class Policy:
         )
 
 
-def _check(method: str, params: Any, rules: tuple[_Rule, ...], write: bool) -> Decision:
+def _check(
+    method: str,
+    params: Any,
+    rules: tuple[_Rule, ...],
+    write: bool,
+    control_types: Mapping[str, str],
+) -> Decision:
     if isinstance(params, ComponentSetParams):
-        return _controls(params.Name, params.Controls, rules, True)
+        return _controls(params.Name, params.Controls, rules, True, control_types)
     if isinstance(params, ControlSetParams):
         return _controls("", [params], rules, True)
     if isinstance(params, ComponentGetParams):
@@ -233,6 +305,7 @@ def _controls(
     controls: Sequence[Any],
     rules: tuple[_Rule, ...],
     write: bool,
+    control_types: Mapping[str, str] | None = None,
 ) -> Decision:
     """Every control of one component (or Named Controls when component is "")."""
     if component:
@@ -245,8 +318,9 @@ def _controls(
     for target, control in zip(targets, controls, strict=True):
         name = control.Name
         w = control if write else None
+        ctype = control_types.get(name) if control_types else None
         for r in candidates:
-            if r.controls.match(name) and r.value_ok(w):
+            if r.controls.match(name) and r.value_ok(w, ctype):
                 if first_rule < 0:
                     first_rule = r.index
                 break

@@ -1,55 +1,60 @@
-"""Per-subject rate limiting on the `limits` library, shared by replicas through Redis.
+"""Per-subject rate limiting: a token bucket in its exact form, GCRA, shared by replicas
+through Redis.
 
-The spec's token bucket (requestsPerSecond, burst) maps to a moving window of
-`amount` calls per `seconds` (see `plan_window` and docs/policy.md). When Redis
-cannot be reached (or answers too slowly) the limiter falls back to per-replica
-in-memory windows and `healthy()` reports False: a Redis outage loosens limits
-to "per replica" instead of taking every room offline or lifting them entirely.
+A bucket of `burst` tokens refilled at `requestsPerSecond` is kept as one number per
+subject, its theoretical arrival time (TAT): a call of cost *c* passes when
+`max(TAT, now) + c*T - burst*T <= now` (T = 1/rate) and moves TAT to `max(TAT, now) + c*T`.
+With Redis the check-and-set is one Lua script (atomic, on the Redis clock, so replicas
+share one bucket); with `memory` it is a dict in this replica. The `limits` library has
+no token-bucket strategy, hence the script (docs/policy.md).
+
+When Redis cannot be reached (or answers too slowly) the limiter falls back to
+per-replica in-memory buckets and `healthy()` reports False: a Redis outage loosens
+limits to "per replica" instead of taking every room offline or lifting them entirely.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
 from dataclasses import dataclass
-from functools import lru_cache
+from typing import Any
 
-from limits import RateLimitItem, RateLimitItemPerSecond
-from limits.aio.storage import MemoryStorage, RedisStorage
-from limits.aio.strategies import MovingWindowRateLimiter
+import coredis
+from coredis.retry import NoRetryPolicy
 
 from qsys_protocol.config import RateConfig
 
 log = logging.getLogger(__name__)
 
-KEY_PREFIX = "qsys-gateway"
-NAMESPACE = "rate"
-MAX_WINDOW_SECONDS = 3600
+KEY_PREFIX = "qsys-gateway:gcra:"
 REDIS_TIMEOUT = 0.25
 """Seconds one Redis round trip (connect or command) may take before the call fails open."""
 RETRY_REDIS_AFTER = 1.0
 """After a Redis failure, calls use the in-memory fallback for this long before trying Redis."""
-EXPIRY_SWEEP_SECONDS = 1.0
-"""How often the memory storage drops events that have left every window."""
+REDIS_CONNECTIONS = 16
+MAX_MEMORY_BUCKETS = 100_000
+"""Buckets the memory store holds; full buckets (TAT in the past) are dropped first."""
 
-
-class SweepingMemoryStorage(MemoryStorage):
-    """`limits`' MemoryStorage starts a sweep of expired events (a task, a hop to a worker
-    thread, holding the key's lock) on every hit that finds the previous sweep finished,
-    i.e. about once per call at a few hundred calls/s. The sweep only frees memory (the
-    moving window counts by timestamp), so it runs here at most every
-    EXPIRY_SWEEP_SECONDS: the same decisions at a fraction of the CPU and latency."""
-
-    _next_sweep = 0.0
-
-    async def _MemoryStorage__schedule_expiry(self) -> None:
-        now = time.monotonic()
-        if now < self._next_sweep:
-            return
-        self._next_sweep = now + EXPIRY_SWEEP_SECONDS
-        await super()._MemoryStorage__schedule_expiry()  # type: ignore[misc]
+# KEYS[1]: the bucket; ARGV: interval (µs per token), burst, cost. TAT in µs on the Redis
+# clock, kept with a TTL of "until the bucket is full again" (a missing key == full).
+GCRA_SCRIPT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local interval = tonumber(ARGV[1])
+local tolerance = interval * tonumber(ARGV[2])
+local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+if tat < now then tat = now end
+local new_tat = tat + interval * tonumber(ARGV[3])
+local wait = new_tat - tolerance - now
+if wait > 0 then
+  return {0, string.format('%.0f', wait)}
+end
+redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX',
+  math.max(1, math.ceil((new_tat - now) / 1000)))
+return {1, '0'}
+"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,143 +63,137 @@ class RateDecision:
     retry_after: float
 
 
-@dataclass(frozen=True, slots=True)
-class WindowPlan:
-    amount: int
-    seconds: int
-
-    @property
-    def rate(self) -> float:
-        return self.amount / self.seconds
+def bucket_params(rate: RateConfig) -> tuple[float, float]:
+    """(seconds per token, bucket size in tokens)."""
+    return 1.0 / float(rate.requestsPerSecond), float(rate.burst)
 
 
-@lru_cache(maxsize=1024)
-def _plan(rps: float, burst: int) -> WindowPlan:
-    # The library's windows are whole seconds. The ideal window is burst/rps
-    # seconds; take the whole-second window W <= burst/rps (at least 1) whose
-    # round(rps*W)/W is closest to rps, preferring the longest (closest to burst).
-    longest = max(1, min(MAX_WINDOW_SECONDS, math.floor(burst / rps)))
-    best = WindowPlan(max(1, round(rps)), 1)
-    best_error = abs(best.rate - rps)
-    for seconds in range(2, longest + 1):
-        candidate = WindowPlan(max(1, round(rps * seconds)), seconds)
-        error = abs(candidate.rate - rps)
-        if error <= best_error + 1e-12:
-            best, best_error = candidate, error
-    return best
+def refusal_for_oversize(rate: RateConfig, cost: int) -> RateDecision:
+    """A cost above the bucket size never passes: refuse, telling when the bucket is full."""
+    interval, burst = bucket_params(rate)
+    return RateDecision(False, max(0.001, burst * interval))
 
 
-def plan_window(rate: RateConfig) -> WindowPlan:
-    """The moving window enforcing `rate`: `amount` calls in any `seconds`-long interval."""
-    return _plan(float(rate.requestsPerSecond), int(rate.burst))
+class MemoryBuckets:
+    """GCRA buckets of one replica. Synchronous: no await, so never a timeout to misreport."""
+
+    def __init__(self, max_buckets: int = MAX_MEMORY_BUCKETS) -> None:
+        self._tat: dict[str, float] = {}
+        self._max = max_buckets
+
+    def __len__(self) -> int:
+        return len(self._tat)
+
+    def hit(self, key: str, rate: RateConfig, cost: int, now: float | None = None) -> RateDecision:
+        interval, burst = bucket_params(rate)
+        now = time.monotonic() if now is None else now
+        tat = max(self._tat.get(key, now), now)
+        new_tat = tat + interval * cost
+        wait = new_tat - burst * interval - now
+        if wait > 1e-9:
+            return RateDecision(False, wait)
+        if key not in self._tat and len(self._tat) >= self._max:
+            self._sweep(now)
+        self._tat[key] = new_tat
+        return RateDecision(True, 0.0)
+
+    def _sweep(self, now: float) -> None:
+        """Forget full buckets (indistinguishable from absent ones); if none, the oldest."""
+        full = [k for k, tat in self._tat.items() if tat <= now]
+        for k in full:
+            del self._tat[k]
+        if len(self._tat) >= self._max:
+            del self._tat[next(iter(self._tat))]
 
 
 class RateLimiter:
     def __init__(
         self,
-        storage: MemoryStorage | RedisStorage,
+        redis: coredis.Redis[Any] | None = None,
         *,
         timeout: float = REDIS_TIMEOUT,
         retry_after_failure: float = RETRY_REDIS_AFTER,
     ) -> None:
-        self._storage = storage
-        self._strategy = MovingWindowRateLimiter(storage)
-        self._remote = isinstance(storage, RedisStorage)
-        self._fallback = (
-            MovingWindowRateLimiter(SweepingMemoryStorage()) if self._remote else self._strategy
-        )
+        self._redis = redis
+        self._script = redis.register_script(GCRA_SCRIPT) if redis is not None else None
+        self._memory = MemoryBuckets()
+        self._script_loaded = False
         self._timeout = timeout
         self._retry_after_failure = retry_after_failure
         self._skip_until = 0.0
         self._healthy = True
-        self._items: dict[WindowPlan, RateLimitItem] = {}
 
     @classmethod
     def create(cls, storage: str, *, timeout: float = REDIS_TIMEOUT) -> RateLimiter:
         """`memory` (per replica) or `redis://host:port/db` / `rediss://...` (shared)."""
         if storage == "memory":
-            return cls(SweepingMemoryStorage(), timeout=timeout)
+            return cls(None, timeout=timeout)
         if storage.startswith(("redis://", "rediss://")):
-            return cls(
-                RedisStorage(
-                    "async+" + storage,
-                    wrap_exceptions=True,
-                    key_prefix=KEY_PREFIX,
-                    connect_timeout=timeout,
-                    stream_timeout=timeout,
-                ),
-                timeout=timeout,
+            # A few connections shared by every call (a burst queues for one instead of
+            # opening a connection per call, which times out under load).
+            pool = coredis.BlockingConnectionPool.from_url(
+                storage,
+                connect_timeout=timeout,
+                stream_timeout=timeout,
+                max_connections=REDIS_CONNECTIONS,
+                timeout=timeout * 2,
             )
+            client: coredis.Redis[Any] = coredis.Redis(
+                connection_pool=pool, retry_policy=NoRetryPolicy(), verify_version=False
+            )
+            return cls(client, timeout=timeout)
         raise ValueError('rate-limit storage must be "memory" or redis://host:port/db')
 
     @property
     def shared(self) -> bool:
-        return self._remote
-
-    def _item(self, plan: WindowPlan) -> RateLimitItem:
-        item = self._items.get(plan)
-        if item is None:
-            item = RateLimitItemPerSecond(plan.amount, plan.seconds, namespace=NAMESPACE)
-            if len(self._items) < 1024:
-                self._items[plan] = item
-        return item
+        return self._redis is not None
 
     async def hit(self, subject: str, rate: RateConfig, cost: int = 1) -> RateDecision:
-        """Take `cost` calls from `subject`'s allowance. Never raises for storage trouble."""
-        plan = plan_window(rate)
+        """Take `cost` tokens from `subject`'s bucket. Never raises for storage trouble."""
         cost = max(1, cost)
-        if cost > plan.amount:
-            return RateDecision(False, float(plan.seconds))
-        item = self._item(plan)
-        if self._remote and time.monotonic() < self._skip_until:
-            return await self._decide(self._fallback, item, subject, cost, plan)
+        if cost > rate.burst:
+            return refusal_for_oversize(rate, cost)
+        if self._script is None or time.monotonic() < self._skip_until:
+            return self._memory.hit(subject, rate, cost)
+        interval, burst = bucket_params(rate)
         try:
             async with asyncio.timeout(self._timeout * 2):
-                decision = await self._decide(self._strategy, item, subject, cost, plan)
+                if not self._script_loaded:  # else every first call pays a NOSCRIPT round
+                    await self._redis.script_load(GCRA_SCRIPT)  # type: ignore[union-attr]
+                    self._script_loaded = True
+                reply = await self._script(
+                    keys=[KEY_PREFIX + subject],
+                    args=[f"{interval * 1e6:.3f}", int(burst), cost],
+                )
+            allowed, wait = _parse_reply(reply)
         except Exception as exc:  # storage trouble of any kind: per-replica limits meanwhile
             self._mark_failed(exc)
-            return await self._decide(self._fallback, item, subject, cost, plan)
+            return self._memory.hit(subject, rate, cost)
         self._mark_healthy()
-        return decision
-
-    @staticmethod
-    async def _decide(
-        strategy: MovingWindowRateLimiter,
-        item: RateLimitItem,
-        subject: str,
-        cost: int,
-        plan: WindowPlan,
-    ) -> RateDecision:
-        if await strategy.hit(item, subject, cost=cost):
-            return RateDecision(True, 0.0)
-        stats = await strategy.get_window_stats(item, subject)
-        wait = stats.reset_time - time.time()
-        return RateDecision(False, min(float(plan.seconds), max(0.001, wait)))
+        return RateDecision(allowed, 0.0 if allowed else max(0.001, wait / 1e6))
 
     async def healthy(self) -> bool:
         """Memory: always True. Redis: a PING answered within the timeout."""
-        if not self._remote:
+        if self._redis is None:
             return True
         try:
             async with asyncio.timeout(self._timeout * 2):
-                ok = await self._storage.check()
+                await self._redis.ping()
         except Exception as exc:
             self._mark_failed(exc)
             return False
-        if ok:
-            self._mark_healthy()
-            self._skip_until = 0.0
-        else:
-            self._mark_failed(None)
-        return ok
+        self._mark_healthy()
+        self._skip_until = 0.0
+        return True
 
-    def _mark_failed(self, exc: BaseException | None) -> None:
+    def _mark_failed(self, exc: BaseException) -> None:
+        self._script_loaded = False  # a restarted Redis has lost it
         self._skip_until = time.monotonic() + self._retry_after_failure
         if self._healthy:
             # The exception type only: messages may carry the storage URI.
             log.warning(
                 "rate-limit storage unreachable (%s); per-replica limits until it is back",
-                type(exc).__name__ if exc is not None else "ping failed",
+                type(exc).__name__,
             )
         self._healthy = False
 
@@ -204,12 +203,13 @@ class RateLimiter:
         self._healthy = True
 
     async def close(self) -> None:
-        if isinstance(self._storage, RedisStorage):
-            client = getattr(self._storage.bridge, "storage", None)
-            pool = getattr(client, "connection_pool", None)
-            if pool is not None:
-                pool.disconnect()
-        else:
-            timer = self._storage.timer
-            if timer is not None and not timer.done():
-                timer.cancel()
+        if self._redis is not None:
+            self._redis.connection_pool.disconnect()
+
+
+def _parse_reply(reply: Any) -> tuple[bool, float]:
+    if not isinstance(reply, list | tuple) or len(reply) != 2:
+        raise ValueError("unexpected reply from the rate-limit script")
+    flag, wait = reply
+    wait_text = wait.decode() if isinstance(wait, bytes) else str(wait)
+    return int(flag) == 1, float(wait_text)

@@ -14,9 +14,11 @@ from qsys_protocol.config import GatewayConfig, SubjectConfig
 
 from .audit import AuditLog
 from .auth import Authenticator, FailureThrottle
+from .inflight import TOTAL, WeightedGate
 from .metrics import GatewayMetrics
 from .policy import Policy
 from .ratelimit import RateLimiter
+from .sendbudget import SendBudget
 from .upstream import UpstreamPool
 
 log = logging.getLogger("qsys_gateway.runtime")
@@ -58,8 +60,12 @@ class Runtime:
         self.metrics = metrics
         self.limiter = limiter
         self.upstream = upstream
+        self._apply_limits(config)
         self.audit = audit
         self.throttle = FailureThrottle()
+        self.send_budget = SendBudget()
+        self.in_flight_gate = WeightedGate(TOTAL)
+        metrics.send_queue_bytes.set_function(lambda: self.send_budget.used)
         self.shutting_down = False
         self.in_flight = 0
         self.idle = asyncio.Event()
@@ -93,4 +99,9 @@ class Runtime:
         if old.audit.path != config.audit.path:
             pending.append("audit.path")
         self.rules = Rules.build(config, self.rules.generation + 1)
+        self._apply_limits(config)
         return pending
+
+    def _apply_limits(self, config: GatewayConfig) -> None:
+        self.upstream.groups.per_session = config.limits.maxChangeGroupsPerConnection
+        self.upstream.groups.per_subject = config.limits.maxChangeGroupsPerSubject

@@ -36,9 +36,11 @@ class SubjectSessions:
     def _open(self, subject: str) -> UpstreamSession:
         check = self._can_read
         if check is None:
-            return self._upstream.open_session(lambda _msg: None)
+            return self._upstream.open_session(lambda _msg: None, owner=subject)
         return self._upstream.open_session(
-            lambda _msg: None, lambda component, control: check(subject, component, control)
+            lambda _msg: None,
+            lambda component, control: check(subject, component, control),
+            owner=subject,
         )
 
     def start(self) -> None:

@@ -81,7 +81,35 @@ class ListenConfig(Model):
     answers -32050. WebSocket and HTTP clients always get -32050 (docs/gateway.md)."""
 
 
-class LimitsConfig(Model):
+class AttackLimits(BaseModel):
+    """Bounds against abusive clients (docs/security.md has each one's attack and the
+    arithmetic behind its default). Shared by the gateway config (`limits`) and the
+    QSysCore spec (`spec.limits`), which passes them through unchanged."""
+
+    maxHttpConnections: Annotated[int, Field(ge=16, le=100000)] = 4096
+    """Open connections on the HTTP listener (WebSocket included); see docs/security.md."""
+    maxPendingConnectionsPerSource: Annotated[int, Field(ge=1, le=100000)] = 64
+    """HTTP connections of one source address that have not sent a request head yet."""
+    headerTimeoutSeconds: Annotated[float, Field(gt=0, le=300)] = 10
+    """A request head must be complete this long after connect or the previous response."""
+    bodyTimeoutSeconds: Annotated[float, Field(gt=0, le=300)] = 10
+    maxBatchCalls: Annotated[int, Field(ge=1, le=10000)] = 100
+    """Calls in one batch, on every transport; a batch costs its size in rate budget."""
+    maxUnauthenticatedClients: Annotated[int, Field(ge=1, le=100000)] = 256
+    """WebSocket/QRC connections not logged on yet, besides the `maxClients` logged-on ones."""
+    maxUnauthenticatedClientsPerSource: Annotated[int, Field(ge=1, le=100000)] = 64
+    logonTimeoutSeconds: Annotated[float, Field(gt=0, le=300)] = 10
+    """A connection must log on within this long of connecting (absolute, not per byte)."""
+    maxChangeGroupsPerConnection: Annotated[int, Field(ge=1, le=10000)] = 64
+    """Change groups one WebSocket/QRC connection (or one subject's HTTP session) may hold."""
+    maxChangeGroupsPerSubject: Annotated[int, Field(ge=1, le=100000)] = 5000
+    """Change groups all connections of one subject may hold together (the gateway: 10,000)."""
+
+    def attack_limits(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in AttackLimits.model_fields}
+
+
+class LimitsConfig(Model, AttackLimits):
     maxClients: Annotated[int, Field(ge=1, le=100000)] = 1000
     maxMessageBytes: Annotated[int, Field(ge=1024, le=16 * 1024 * 1024)] = 262144
     rate: RateConfig = RateConfig()

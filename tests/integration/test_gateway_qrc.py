@@ -53,8 +53,12 @@ async def test_logon(shared_gateway: GatewayProcess) -> None:
         denied = await client.request("Control.Get", ["MainGain"])
         assert denied.error is not None
         assert denied.error["code"] == -32003
+        # One subject for life: the same Logon again is `true`, another is refused.
         again = await client.request("Logon", {"User": "panel", "Password": PANEL_TOKEN})
-        assert again.error is not None
+        assert again.result is True
+        other = await client.request("Logon", {"User": "admin", "Password": ADMIN_TOKEN})
+        assert other.error is not None
+        assert other.error["code"] == -32600
     finally:
         await client.close()
 
@@ -130,3 +134,48 @@ async def test_batch_over_qrc(shared_gateway: GatewayProcess) -> None:
         assert replies[102].error["code"] == -32003
     finally:
         await client.close()
+
+
+async def _exchange(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, msg: dict[str, Any]
+) -> dict[str, Any]:
+    writer.write(orjson.dumps(msg) + b"\x00")
+    async with asyncio.timeout(10):
+        while True:
+            frame: dict[str, Any] = orjson.loads((await reader.readuntil(b"\x00"))[:-1])
+            if frame.get("id") == msg["id"]:
+                return frame
+
+
+async def test_failed_logons_never_lock_out_a_correct_token(shared_gateway: Gateway) -> None:
+    """Guessing a subject's token from one address (a NAT, an ingress) is throttled for that
+    address and subject; the right token from the same address still logs on."""
+    results: list[dict[str, Any]] = []
+    for i in range(12):
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", shared_gateway.qrc_port, local_addr=("127.0.0.33", 0)
+        )
+        try:
+            logon = {"User": "panel", "Password": f"guess-{i}"}
+            results.append(
+                await _exchange(
+                    reader, writer, {"jsonrpc": "2.0", "id": i, "method": "Logon", "params": logon}
+                )
+            )
+        finally:
+            writer.close()
+    codes = [r["error"]["code"] for r in results]
+    assert codes[:10] == [-32001] * 10
+    assert codes[-1] == -32029
+    for user, token in (("panel", PANEL_TOKEN), ("admin", ADMIN_TOKEN)):
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", shared_gateway.qrc_port, local_addr=("127.0.0.33", 0)
+        )
+        try:
+            logon = {"User": user, "Password": token}
+            ok = await _exchange(
+                reader, writer, {"jsonrpc": "2.0", "id": 1, "method": "Logon", "params": logon}
+            )
+        finally:
+            writer.close()
+        assert ok.get("result") is True, ok

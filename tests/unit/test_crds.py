@@ -87,6 +87,17 @@ def test_defaults_present() -> None:
         "requestTimeoutSeconds": 5,
         "requestsPerSecond": 20,
         "storage": "memory",
+        # bounds against abuse (issue 11, docs/security.md), passed to the gateway as is
+        "maxHttpConnections": 4096,
+        "maxPendingConnectionsPerSource": 64,
+        "headerTimeoutSeconds": 10,
+        "bodyTimeoutSeconds": 10,
+        "maxBatchCalls": 100,
+        "maxUnauthenticatedClients": 256,
+        "maxUnauthenticatedClientsPerSource": 64,
+        "logonTimeoutSeconds": 10,
+        "maxChangeGroupsPerConnection": 64,
+        "maxChangeGroupsPerSubject": 5000,
     }
     sm = spec["monitoring"]["properties"]["serviceMonitor"]["properties"]
     assert sm["enabled"]["default"] is True

@@ -29,7 +29,8 @@ ALLOWED_PACKAGES = {
 GATEWAY_LAYERS = [
     {"logs", "metrics"},
     {"upstream"},
-    {"auth", "policy", "ratelimit", "audit", "reload", "client_registry"},
+    {"auth", "policy", "ratelimit", "audit", "reload", "client_registry"}
+    | {"inflight", "sendbudget", "connlimit"},
     {"runtime"},
     {"subject_sessions"},
     {"admission"},

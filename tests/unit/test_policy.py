@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from qsys_gateway.policy import Decision, Policy
+from qsys_gateway.policy import Decision, Policy, needs_control_types
 from qsys_protocol.config import Rule, SubjectConfig, ValueRange
 from qsys_protocol.qrc.methods import METHODS, parse_params
 
@@ -167,8 +167,8 @@ def test_component_set_every_control_must_be_allowed() -> None:
     assert ok.write
     assert ok.targets == ("Zone1.gain",)
     assert ok.values == (-6,)
-    d = call(
-        p,
+    d = p.authorize(
+        "panel",
         "Component.Set",
         cset(
             "Zone1",
@@ -177,6 +177,7 @@ def test_component_set_every_control_must_be_allowed() -> None:
             {"Name": "eq.bypass", "Value": 1},
             {"Name": "delay", "Value": 1},
         ),
+        {"mute": "Boolean"},
     )
     assert not d.allowed
     assert d.reason == "no rule allows Zone1.eq.bypass"
@@ -324,8 +325,8 @@ def test_snapshots_match_the_snapshot_name_as_component() -> None:
         (0.0001, False),
         (1, False),
         (-1000, False),
-        (True, True),
-        (False, True),
+        (True, False),  # the Core applies 1.0: outside -60..0 (issue 11 #2)
+        (False, True),  # 0.0
         ("-6", False),
     ],
 )
@@ -333,6 +334,41 @@ def test_value_range_boundaries(value: Any, allowed: bool) -> None:
     d = call(policy(ZONE_RULE), "Component.Set", cset("Zone1", {"Name": "gain", "Value": value}))
     assert d.allowed is allowed
     assert d.values == (value,)
+
+
+@pytest.mark.parametrize(
+    ("control_type", "value", "low", "high", "allowed"),
+    [
+        ("Float", True, -60, 0, False),  # +1 dB through a -60..0 rule
+        ("Float", False, -60, 0, True),
+        ("Float", False, -60, -20, False),  # 0 dB through -60..-20
+        ("Integer", True, 0, 4, True),
+        ("Boolean", True, -60, 0, True),  # a mute toggle under a gain range
+        ("Boolean", False, -60, -20, True),
+        ("Boolean", 1, -60, -20, True),
+        ("Boolean", 5, -60, -20, False),
+        (None, True, -60, 0, False),  # unknown type: only what is provably in range
+        (None, False, -60, 0, True),
+        (None, True, 0, 1, True),
+    ],
+)
+def test_booleans_are_judged_as_the_value_the_core_applies(
+    control_type: str | None, value: Any, low: float, high: float, allowed: bool
+) -> None:
+    rule = {
+        "methods": ["Component.Set"],
+        "components": ["Zone*"],
+        "controls": ["gain", "mute"],
+        "valueRange": {"min": low, "max": high},
+    }
+    p = policy(rule)
+    types = {"gain": control_type} if control_type is not None else None
+    params = cset("Zone1", {"Name": "gain", "Value": value})
+    assert needs_control_types("Component.Set", parse_params("Component.Set", params)) == (
+        "Zone1" if isinstance(value, bool) else None
+    )
+    d = p.authorize("panel", "Component.Set", params, types)
+    assert d.allowed is allowed
 
 
 def test_position_and_string_do_not_match_a_ranged_rule() -> None:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from pydantic import ValidationError
 
 from qsys_protocol.qrc import methods as m
 from qsys_protocol.qrc.errors import ErrorCode, QrcError
+from qsys_protocol.qrc.methods import parse_params
 
 QRC_METHODS = {
     "Logon",
@@ -129,3 +132,53 @@ def test_result_models_accept_core_shapes_and_reject_wrong_ones() -> None:
     )
     assert isinstance(poll, m.ChangeGroupPollResult)
     assert poll.Changes[0].Component == "C"
+
+
+# ---- invisible characters in names (issue 11) ------------------------------------------
+
+
+def _invisible_code_points() -> list[str]:
+    import unicodedata
+
+    return [
+        chr(cp)
+        for cp in range(0x110000)
+        if not 0xD800 <= cp <= 0xDFFF and unicodedata.category(chr(cp)) in ("Cc", "Cf", "Zl", "Zp")
+    ]
+
+
+def test_every_control_format_and_separator_character_is_refused_in_names() -> None:
+    from qsys_protocol.qrc.methods import _visible
+
+    chars = _invisible_code_points()
+    assert len(chars) > 150
+    for ch in chars:
+        with pytest.raises(ValueError, match="control characters"):
+            _visible(f"Zone{ch}1")
+    names = ("Room101 Zone1 Gain", "input.1.gain", "Salle \u00c9t\u00e9 \u2013 Gain", "会議室 1")
+    for ok in (*names, "a_b-c/d"):
+        assert _visible(ok) == ok
+
+
+@pytest.mark.parametrize(
+    "bad", ["Zone1\x00", "Zone1\nGain", "Zo\u200bne1", "\u202eniaG", "Z\ufeff"]
+)
+@pytest.mark.parametrize(
+    ("method", "params"),
+    [
+        ("Component.Set", lambda n: {"Name": n, "Controls": [{"Name": "gain", "Value": 0}]}),
+        ("Component.Set", lambda n: {"Name": "Zone1", "Controls": [{"Name": n, "Value": 0}]}),
+        ("Component.Get", lambda n: {"Name": n, "Controls": [{"Name": "gain"}]}),
+        ("Control.Set", lambda n: {"Name": n, "Value": 0}),
+        ("Control.Get", lambda n: [n]),
+        ("ChangeGroup.AddControl", lambda n: {"Id": n, "Controls": ["x"]}),
+        ("Snapshot.Load", lambda n: {"Name": n, "Bank": 1}),
+    ],
+)
+def test_names_with_invisible_characters_are_invalid_params(
+    bad: str, method: str, params: Any
+) -> None:
+    with pytest.raises(QrcError) as info:
+        parse_params(method, params(bad))
+    assert info.value.code == -32602
+    assert bad not in str(info.value)

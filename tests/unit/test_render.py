@@ -341,7 +341,13 @@ def test_service_monitor() -> None:
 def test_config_secret_parses_and_holds_only_hashes(tmp_path: Any) -> None:
     policy = make_policy("ops", ["panel", "agent"], rateLimit={"requestsPerSecond": 5, "burst": 10})
     core = make_core(
-        limits={"maxClients": 10, "requestTimeoutSeconds": 2},
+        limits={
+            "maxClients": 10,
+            "requestTimeoutSeconds": 2,
+            "maxBatchCalls": 7,
+            "maxUnauthenticatedClientsPerSource": 3,
+            "headerTimeoutSeconds": 4.5,
+        },
         audit={"logReads": True},
         gateway={"allowedOrigins": ["https://panel.example"], "qrcOnCoreLoss": "keep"},
     )
@@ -364,6 +370,11 @@ def test_config_secret_parses_and_holds_only_hashes(tmp_path: Any) -> None:
     assert cfg.core.host == "192.0.2.10"
     assert cfg.core.requestTimeoutSeconds == 2
     assert cfg.limits.maxClients == 10
+    # the abuse bounds pass through as they are (docs/security.md)
+    assert cfg.limits.maxBatchCalls == 7
+    assert cfg.limits.maxUnauthenticatedClientsPerSource == 3
+    assert cfg.limits.headerTimeoutSeconds == 4.5
+    assert cfg.limits.maxChangeGroupsPerSubject == 5000
     assert cfg.audit.logReads is True
     assert cfg.cors.allowedOrigins == ["https://panel.example"]
     assert cfg.listen.qrcOnCoreLoss == "keep"

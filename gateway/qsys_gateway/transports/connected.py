@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import logging
@@ -16,12 +17,12 @@ from qsys_protocol.qrc.methods import traits_of
 
 from ..admission import Caller, Refusal
 from ..client_registry import ClientHandle
+from ..inflight import PER_CONNECTION, WeightedGate, call_weight
 from .common import Services, request_id
 
 log = logging.getLogger("qsys_gateway.connected")
 
 MAX_IN_FLIGHT = 32
-LOGON_TIMEOUT = 10.0
 
 
 class ConnectedClient:
@@ -48,6 +49,7 @@ class ConnectedClient:
         self._key_digest: bytes | None = None
         """SHA-256 of the last apiKey accepted (the key itself is not kept)."""
         self._slots = asyncio.Semaphore(MAX_IN_FLIGHT)
+        self._weight = WeightedGate(PER_CONNECTION)
         self._tasks: set[asyncio.Task[None]] = set()
 
     @property
@@ -58,12 +60,24 @@ class ConnectedClient:
     def logged_on(self) -> bool:
         return self.caller.session is not None
 
-    def log_on(self, subject: SubjectConfig, *, push_status: bool = True) -> None:
-        """After `admission.authenticate` succeeded for `self.caller`."""
+    def log_on(self, subject: SubjectConfig) -> None:
+        """After `admission.authenticate` succeeded for `self.caller`: the connection's
+        one subject and one upstream session for life (a later Logon opens nothing).
+        Raises `Refusal` when `maxClients` logged-on clients are connected already."""
+        assert not self.logged_on, "one logon per connection"
+        limits = self.svc.runtime.config.limits
+        if not self.svc.clients.promote(self.handle, subject.name, limits.maxClients):
+            self.svc.runtime.metrics.connections_refused.labels(
+                self.handle.transport, "max_clients"
+            ).inc()
+            raise Refusal(ErrorCode.CORE_UNAVAILABLE, "Too many clients")
         self.admission.open_session(self.caller, self.send)
-        self.handle.subject = subject.name
+
+    def announce(self) -> None:
+        """WebSocket: the current EngineStatus once logged on. (A raw QRC client got it on
+        connect, as from a Core, which sends it then and on status change only.)"""
         status = self.svc.runtime.upstream.engine_status
-        if push_status and status is not None:
+        if status is not None:
             self.send(jsonrpc.notification_message("EngineStatus", status))
 
     async def handle_frame(self, data: bytes | str) -> None:
@@ -77,6 +91,10 @@ class ConnectedClient:
         if not calls:
             self.send(jsonrpc.error_message(None, QrcError(ErrorCode.INVALID_REQUEST)))
             return
+        too_big = self.admission.check_batch(self.caller, calls, request_id())
+        if too_big is not None:
+            self.send(jsonrpc.error_message(None, too_big))
+            return
         if self._api_key:
             calls = [obj for obj in calls if self._take_api_key(obj)]
             if not calls:
@@ -84,20 +102,42 @@ class ConnectedClient:
         if not self.logged_on and self._source_bound:
             self._admit_by_source(calls)
         if not self.logged_on:
-            for obj in calls:
+            # In order, as a Core would: once a Logon in the batch succeeded, the rest of
+            # it (a second Logon included) takes the logged-on path.
+            for i, obj in enumerate(calls):
                 self._pre_logon(obj)
-            return
+                if self.logged_on:
+                    calls = calls[i + 1 :]
+                    break
+            if not calls or not self.logged_on:
+                return
         rid = request_id()
         refused = await self.admission.rate_limit(self.caller, calls, rid)
         if refused is not None:
             for obj in calls:
                 self._reply_error(obj, refused)
             return
+        gate = self.svc.runtime.in_flight_gate
         for obj in calls:
+            weight = call_weight(obj)
             await self._slots.acquire()
-            task = asyncio.get_running_loop().create_task(self._call(obj, rid))
+            mine = theirs = 0
+            try:
+                mine = await self._weight.acquire(weight)
+                theirs = await gate.acquire(weight)
+            except BaseException:
+                self._release(mine, theirs)
+                raise
+            task = asyncio.get_running_loop().create_task(self._call(obj, rid, mine, theirs))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+
+    def _release(self, mine: int, theirs: int) -> None:
+        if mine:
+            self._weight.release(mine)
+        if theirs:
+            self.svc.runtime.in_flight_gate.release(theirs)
+        self._slots.release()
 
     def _admit_by_source(self, calls: list[Any]) -> None:
         """Raw QRC clients that cannot Logon: a source-bound subject by peer address.
@@ -112,7 +152,8 @@ class ConnectedClient:
             return
         subject = self.admission.authenticate_source(self.caller, request_id=request_id())
         if subject is not None:
-            self.log_on(subject, push_status=False)
+            with contextlib.suppress(Refusal):  # full: its calls get error 10, as unbound
+                self.log_on(subject)
 
     def _take_api_key(self, obj: Any) -> bool:
         """Remove a QRWC `apiKey` from one call and check it; False if the call was refused.
@@ -143,7 +184,12 @@ class ConnectedClient:
             return False
         if not self.logged_on:
             self.caller.subject = subject
-            self.log_on(subject)
+            try:
+                self.log_on(subject)
+            except Refusal as full:
+                self._reply_error(obj, full)
+                return False
+            self.announce()
         elif self.caller.subject is None or subject.name != self.caller.subject.name:
             err = Refusal(
                 ErrorCode.UNAUTHENTICATED,
@@ -155,7 +201,7 @@ class ConnectedClient:
         self._key_digest = digest
         return True
 
-    async def _call(self, obj: Any, rid: str) -> None:
+    async def _call(self, obj: Any, rid: str, mine: int, theirs: int) -> None:
         try:
             response = await self.admission.handle(self.caller, obj, rid)
             if response is not None:
@@ -164,7 +210,7 @@ class ConnectedClient:
             log.exception("call failed", extra={"request_id": rid})
             self._reply_error(obj, QrcError(ErrorCode.SERVER_ERROR, "Internal error"))
         finally:
-            self._slots.release()
+            self._release(mine, theirs)
 
     def _reply_error(self, obj: Any, err: QrcError) -> None:
         rid = obj.get("id") if isinstance(obj, dict) else None
@@ -191,11 +237,14 @@ class ConnectedClient:
                     user=user if isinstance(user, str) else "",
                     request_id=request_id(),
                 )
+                self.log_on(subject)
             except Refusal as err:
                 self._answer(msg, error=err)
                 return
-            self.log_on(subject)
-            result = True
+            self._answer(msg, result=True)
+            if not self._answers_before_logon:
+                self.announce()
+            return
         elif self._answers_before_logon and traits_of(msg.method).before_logon:
             result = self._before_logon(msg.method)
             if result is None:

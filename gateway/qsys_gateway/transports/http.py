@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -12,13 +13,15 @@ from qsys_protocol.qrc.errors import ErrorCode, QrcError
 
 from .. import __version__
 from ..admission import Caller, Refusal
+from ..connlimit import HttpConnections
+from ..inflight import call_weight
 from .common import HTTP_STATUS, Services, request_id
 from .responses import SERVICES, bearer, error_response, json_response, source_ip
 from .websocket import qrwc_handler, websocket_handler
 
 log = logging.getLogger("qsys_gateway.http")
 
-MAX_BATCH = 100
+HTTP_CONNECTIONS = web.AppKey("http_connections", HttpConnections)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -37,6 +40,8 @@ async def middleware(request: web.Request, handler: Handler) -> web.StreamRespon
     elif origin is not None and request.method == "OPTIONS":
         response = web.Response(status=204)
     else:
+        conns = request.app[HTTP_CONNECTIONS]
+        conns.started(request.transport)
         try:
             response = await handler(request)
         except web.HTTPException as exc:
@@ -46,6 +51,8 @@ async def middleware(request: web.Request, handler: Handler) -> web.StreamRespon
             response = error_response(
                 QrcError(ErrorCode.SERVER_ERROR, "Internal error"), status=500
             )
+        finally:
+            conns.finished(request.transport)
     h = response.headers
     if origin is not None and origin in cors:
         h["Access-Control-Allow-Origin"] = origin
@@ -79,10 +86,23 @@ def _http_error(exc: web.HTTPException) -> web.Response:
 async def _read_body(request: web.Request, limit: int) -> bytes:
     if request.content_length is not None and request.content_length > limit:
         raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length)
-    body = await request.content.read(limit + 1)
-    if len(body) > limit:
-        raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=len(body))
-    return body
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        # The whole body within the body timeout: `read(n)` returns what has arrived so
+        # far, so a body split over several segments needs the loop.
+        async with asyncio.timeout(request.app[HTTP_CONNECTIONS].body_timeout):
+            while size <= limit:
+                chunk = await request.content.read(limit + 1 - size)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                size += len(chunk)
+    except TimeoutError:
+        raise web.HTTPRequestTimeout() from None
+    if size > limit:
+        raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=size)
+    return b"".join(chunks)
 
 
 async def rpc(request: web.Request) -> web.Response:
@@ -107,14 +127,20 @@ async def rpc(request: web.Request) -> web.Response:
     calls = payload if batch else [payload]
     if batch and not calls:
         return error_response(QrcError(ErrorCode.INVALID_REQUEST, "Invalid request: empty batch"))
-    if len(calls) > MAX_BATCH:
-        return error_response(
-            QrcError(ErrorCode.INVALID_REQUEST, f"Invalid request: batch over {MAX_BATCH} calls")
-        )
+    too_big = svc.admission.check_batch(caller, calls, rid)
+    if too_big is not None:
+        return error_response(too_big)
     refused = await admission.rate_limit(caller, calls, rid)
     if refused is not None:
         return error_response(refused)
-    responses = [await admission.handle(caller, obj, rid) for obj in calls]
+    gate = rt.in_flight_gate  # HTTP calls share the gateway's in-flight weight bound
+    responses = []
+    for obj in calls:
+        weight = await gate.acquire(call_weight(obj))
+        try:
+            responses.append(await admission.handle(caller, obj, rid))
+        finally:
+            gate.release(weight)
     answered = [r for r in responses if r is not None]
     if batch:
         return json_response(answered) if answered else web.Response(status=204)
@@ -187,9 +213,10 @@ async def healthz(request: web.Request) -> web.Response:
     )
 
 
-def build_app(svc: Services) -> web.Application:
+def build_app(svc: Services, connections: HttpConnections) -> web.Application:
     app = web.Application(middlewares=[middleware], client_max_size=16 * 1024 * 1024 + 1024)
     app[SERVICES] = svc
+    app[HTTP_CONNECTIONS] = connections
     app.router.add_post("/v1/rpc", rpc)
     app.router.add_get("/v1/ws", websocket_handler)
     app.router.add_get("/qrc-public-api/v0", qrwc_handler)

@@ -14,7 +14,7 @@ from qsys_protocol.qrc.framing import FRAME_TOO_LARGE, FrameDecoder, encode_fram
 
 from ..client_registry import ClientHandle
 from .common import Services
-from .connected import LOGON_TIMEOUT, ConnectedClient
+from .connected import ConnectedClient
 
 log = logging.getLogger("qsys_gateway.qrc_tcp")
 
@@ -79,7 +79,13 @@ class QrcServer:
         rt = svc.runtime
         peer = writer.get_extra_info("peername")
         source = str(peer[0]) if peer else "-"
-        if rt.shutting_down or len(svc.clients) >= rt.config.limits.maxClients:
+        refused = (
+            "shutting_down"
+            if rt.shutting_down
+            else svc.clients.refusal(source, rt.config.limits, authenticated=False)
+        )
+        if refused is not None:
+            rt.metrics.connections_refused.labels("qrc", refused).inc()
             err = QrcError(ErrorCode.CORE_UNAVAILABLE, "Too many clients")
             writer.write(encode_frame(jsonrpc.error_message(None, err)))
             return
@@ -98,6 +104,7 @@ class QrcServer:
                 return
             if writer.transport.get_write_buffer_size() > MAX_WRITE_BUFFER:
                 log.warning("closing a QRC client that does not read")
+                rt.metrics.slow_clients.labels("qrc").inc()
                 writer.transport.abort()
                 closing.set()
                 return
@@ -135,12 +142,16 @@ class QrcServer:
         if status is not None:
             send(jsonrpc.notification_message("EngineStatus", status))
         loop = asyncio.get_running_loop()
+        # Absolute: bytes before the Logon (a space every few seconds) do not extend it.
+        logon_deadline = loop.time() + rt.config.limits.logonTimeoutSeconds
         try:
             # One deadline, moved before each read, instead of a wait_for task per read.
             async with asyncio.timeout(None) as deadline:
                 while not closing.is_set():
-                    timeout = IDLE_TIMEOUT if conn.logged_on else LOGON_TIMEOUT
-                    deadline.reschedule(loop.time() + timeout)
+                    if conn.logged_on:
+                        deadline.reschedule(loop.time() + IDLE_TIMEOUT)
+                    else:
+                        deadline.reschedule(logon_deadline)
                     data = await reader.read(65536)
                     deadline.reschedule(None)
                     if not data:

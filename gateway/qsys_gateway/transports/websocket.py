@@ -19,12 +19,10 @@ from qsys_protocol.qrc.errors import ErrorCode, QrcError
 
 from ..admission import Refusal
 from ..client_registry import ClientHandle
-from .connected import LOGON_TIMEOUT, ConnectedClient
+from .connected import ConnectedClient
 from .responses import SERVICES, bearer, error_response, source_ip
 
 log = logging.getLogger("qsys_gateway.websocket")
-
-SEND_QUEUE = 256
 
 
 async def websocket_handler(request: web.Request) -> web.StreamResponse:
@@ -42,27 +40,53 @@ async def _serve(request: web.Request, transport: str, *, api_key: bool) -> web.
     source = source_ip(request)
     if rt.shutting_down:
         return error_response(QrcError(ErrorCode.CORE_UNAVAILABLE, "Gateway is shutting down"))
-    if len(svc.clients) >= rt.config.limits.maxClients:
-        return error_response(QrcError(ErrorCode.CORE_UNAVAILABLE, "Too many clients"))
-    queue: asyncio.Queue[bytes | None] = asyncio.Queue(SEND_QUEUE)
+    queue: asyncio.Queue[bytes | None] = asyncio.Queue()
+    budget = rt.send_budget
+    backlog = 0
+    dead = False  # closed for being slow, or finished: nothing more is queued
     background: set[asyncio.Task[Any]] = set()
     ws = web.WebSocketResponse(
         max_msg_size=rt.config.limits.maxMessageBytes, heartbeat=20.0, autoping=True
     )
 
     def send(message: dict[str, Any]) -> None:
-        if ws.closed:
+        nonlocal backlog
+        if dead or ws.closed:
             return
+        data = orjson.dumps(message)
+        if not budget.admits(backlog, len(data)):
+            close_slow()
+            return
+        backlog += len(data)
+        budget.take(len(data))
+        queue.put_nowait(data)
+
+    def close_slow() -> None:
+        nonlocal dead
+        dead = True
+        log.warning("closing a WebSocket client that does not read", extra={"request_id": rid})
+        rt.metrics.slow_clients.labels(transport).inc()
+        writer.cancel()
+        release_queue()
+        closer = asyncio.get_running_loop().create_task(slow_close())
+        background.add(closer)
+        closer.add_done_callback(background.discard)
+
+    async def slow_close() -> None:
         try:
-            queue.put_nowait(orjson.dumps(message))
-        except asyncio.QueueFull:
-            log.warning("closing a WebSocket client that does not read", extra={"request_id": rid})
-            writer.cancel()
-            closer = asyncio.get_running_loop().create_task(
-                ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"client too slow")
-            )
-            background.add(closer)
-            closer.add_done_callback(background.discard)
+            async with asyncio.timeout(2.0):
+                await ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"client too slow")
+        except TimeoutError:
+            transport = request.transport
+            if transport is not None:
+                transport.abort()
+
+    def release_queue() -> None:
+        nonlocal backlog
+        while not queue.empty():
+            queue.get_nowait()
+        budget.give(backlog)
+        backlog = 0
 
     async def close() -> None:
         await ws.close(code=WSCloseCode.GOING_AWAY, message=b"gateway shutting down")
@@ -82,24 +106,34 @@ async def _serve(request: web.Request, transport: str, *, api_key: bool) -> web.
             subject = svc.admission.authenticate(conn.caller, token, request_id=rid)
         except Refusal as err:
             return error_response(err)
+    refused = svc.clients.refusal(source, rt.config.limits, authenticated=subject is not None)
+    if refused is not None:
+        rt.metrics.connections_refused.labels(transport, refused).inc()
+        return error_response(QrcError(ErrorCode.CORE_UNAVAILABLE, "Too many clients"))
 
     await ws.prepare(request)
 
     async def write_loop() -> None:
+        nonlocal backlog
         while True:
             data = await queue.get()
             if data is None:
                 return
             await ws.send_str(data.decode())
+            if not dead:  # else release_queue() gave it back already
+                backlog -= len(data)
+                budget.give(len(data))
 
     writer = asyncio.get_running_loop().create_task(write_loop())
     svc.clients.add(handle)
     try:
         if subject is not None:
             conn.log_on(subject)
+            conn.announce()
         async with asyncio.timeout(None) as deadline:
-            if subject is None:
-                deadline.reschedule(asyncio.get_running_loop().time() + LOGON_TIMEOUT)
+            if subject is None:  # absolute: frames do not extend it
+                logon_timeout = rt.config.limits.logonTimeoutSeconds
+                deadline.reschedule(asyncio.get_running_loop().time() + logon_timeout)
             async for msg in ws:
                 if msg.type == WSMsgType.TEXT:
                     await conn.handle_frame(msg.data)
@@ -115,10 +149,11 @@ async def _serve(request: web.Request, transport: str, *, api_key: bool) -> web.
         svc.clients.remove(handle)
         await conn.drain(5.0)
         await conn.close()
-        with contextlib.suppress(asyncio.QueueFull):
-            queue.put_nowait(None)
+        queue.put_nowait(None)
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await asyncio.wait_for(writer, 2.0)
+        dead = True
+        release_queue()
         if not ws.closed:
             await ws.close()
     return ws

@@ -26,8 +26,9 @@ class ClientGroup:
 
     client_id: GroupId
     delivered: dict[Key, int] = field(default_factory=dict)
+    owner: str = ""  # the subject whose quota it counts against
     autopoll: float | None = None
-    autopoll_task: asyncio.Task[None] | None = None
+    next_push: float = 0.0  # loop time of its next AutoPoll push (see UpstreamSession)
     seen: int = -1  # hub.version at the last poll that found nothing newer (fast path)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
@@ -60,45 +61,65 @@ class ClientGroup:
         return changes
 
     def stop_autopoll(self) -> None:
-        task, self.autopoll_task = self.autopoll_task, None
-        if task is not None:
-            task.cancel()
+        self.autopoll = None
 
 
 class GroupLedger:
-    """Every client change group of the gateway, at most `per_session` per session and
-    `total` in all; `on_change(count)` hears each change of the count (for the gauge)."""
+    """Every client change group of the gateway, at most `per_session` per session,
+    `per_subject` per owner (subject) and `total` in all; `on_change(count)` hears each
+    change of the count (for the gauge)."""
 
     def __init__(
-        self, per_session: int, total: int, on_change: Callable[[int], None] | None = None
+        self,
+        per_session: int,
+        total: int,
+        on_change: Callable[[int], None] | None = None,
+        per_subject: int | None = None,
     ) -> None:
         self.per_session = per_session
+        self.per_subject = per_subject if per_subject is not None else total
         self.total = total
         self._on_change = on_change
         self._groups: set[ClientGroup] = set()
+        self._by_owner: dict[str, int] = {}
+
+    def of(self, owner: str) -> int:
+        return self._by_owner.get(owner, 0)
 
     def __len__(self) -> int:
         return len(self._groups)
 
-    def create(self, client_id: GroupId, session_groups: int) -> ClientGroup:
+    def create(self, client_id: GroupId, session_groups: int, owner: str = "") -> ClientGroup:
         """A new group for a session that holds `session_groups`; error 5 beyond a bound."""
         if session_groups >= self.per_session:
             raise QrcError(
                 ErrorCode.CHANGE_GROUPS_EXHAUSTED,
                 f"Change groups exhausted: at most {self.per_session} per session",
             )
+        if self.of(owner) >= self.per_subject:
+            raise QrcError(
+                ErrorCode.CHANGE_GROUPS_EXHAUSTED,
+                f"Change groups exhausted: at most {self.per_subject} per subject",
+            )
         if len(self._groups) >= self.total:
             raise QrcError(
                 ErrorCode.CHANGE_GROUPS_EXHAUSTED,
                 f"Change groups exhausted: the gateway holds its maximum of {self.total}",
             )
-        group = ClientGroup(client_id=client_id)
+        group = ClientGroup(client_id=client_id, owner=owner)
         self._groups.add(group)
+        self._by_owner[owner] = self.of(owner) + 1
         self._changed()
         return group
 
     def discard(self, group: ClientGroup) -> None:
-        self._groups.discard(group)
+        if group in self._groups:
+            self._groups.discard(group)
+            left = self.of(group.owner) - 1
+            if left > 0:
+                self._by_owner[group.owner] = left
+            else:
+                self._by_owner.pop(group.owner, None)
         self._changed()
 
     def _changed(self) -> None:

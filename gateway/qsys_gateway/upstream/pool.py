@@ -18,6 +18,7 @@ from qsys_protocol.qrc.methods import traits_of
 from ..metrics import GatewayMetrics, method_label
 from .circuit import STATE_VALUES, CircuitBreaker, CircuitState
 from .connection import Busy, ConnectionSettings, NotConnected, UpstreamConnection
+from .controltypes import ControlTypes
 from .errors import CoreTimeout, CoreUnavailable
 from .failover import HostSelector
 from .groups import GroupLedger, ReadCheck
@@ -77,6 +78,7 @@ class UpstreamPool:
         self._session_ids = itertools.count(1)
         self._sessions: set[UpstreamSession] = set()
         self.hub = SubscriptionHub(self, poll_interval=hub_poll_interval)
+        self.control_types = ControlTypes(self.forward)
         self._was_up = False
         self._up_event = asyncio.Event()
         self._up_listeners: list[Callable[[bool], None]] = []
@@ -141,10 +143,16 @@ class UpstreamPool:
         return len(self.groups)
 
     def open_session(
-        self, push: Callable[[dict[str, Any]], None], can_read: ReadCheck | None = None
+        self,
+        push: Callable[[dict[str, Any]], None],
+        can_read: ReadCheck | None = None,
+        owner: str = "",
     ) -> UpstreamSession:
-        session = UpstreamSession(self, next(self._session_ids), push, can_read)
+        """`owner` (the subject) is what the per-subject change-group quota counts by."""
+        session = UpstreamSession(self, next(self._session_ids), push, can_read, owner)
         self._sessions.add(session)
+        if self._metrics is not None:
+            self._metrics.upstream_sessions.set(len(self._sessions))
         return session
 
     # ---- calls ------------------------------------------------------------------
@@ -289,6 +297,9 @@ class UpstreamPool:
     def _set_status(self, status: dict[str, Any]) -> None:
         if status == self._engine_status:
             return
+        previous = self._engine_status or {}
+        if any(previous.get(k) != status.get(k) for k in ("DesignName", "DesignCode")):
+            self.control_types.clear()
         self._engine_status = status
         if self._on_engine_status is not None:
             try:
@@ -322,6 +333,8 @@ class UpstreamPool:
 
     def session_closed(self, session: UpstreamSession) -> None:
         self._sessions.discard(session)
+        if self._metrics is not None:
+            self._metrics.upstream_sessions.set(len(self._sessions))
 
     def _groups_changed(self, count: int) -> None:
         if self._metrics is not None:

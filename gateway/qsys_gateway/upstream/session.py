@@ -27,6 +27,10 @@ from .hub import Key, SubscriptionHub
 
 log = logging.getLogger("qsys_gateway.upstream")
 
+MIN_AUTOPOLL_SECONDS = 0.05
+"""AutoPoll's floor: the hub learns the Core's changes no faster (`hub.POLL_INTERVAL`);
+a smaller Rate is raised to it, as a Core answers `true` and polls at its own pace."""
+
 
 class SessionOwner(Protocol):
     """What a session needs from the pool that opened it (`UpstreamPool`)."""
@@ -51,12 +55,16 @@ class UpstreamSession:
         sid: int,
         push: Callable[[dict[str, Any]], None],
         can_read: ReadCheck | None = None,
+        owner: str = "",
     ) -> None:
         self._upstream = upstream
         self.id = sid
         self._push = push
         self.can_read = can_read
+        self.owner = owner
         self._groups: dict[str, ClientGroup] = {}
+        self._autopoll_task: asyncio.Task[None] | None = None
+        self._autopoll_wake = asyncio.Event()
         self.closed = False
 
     async def call(self, method: str, params: Any, *, timeout: float | None = None) -> Any:
@@ -117,11 +125,9 @@ class UpstreamSession:
             await hub.release(gone)
             return True
         if isinstance(parsed, ChangeGroupAutoPollParams):
-            group.autopoll = parsed.Rate
-            group.stop_autopoll()
-            group.autopoll_task = asyncio.get_running_loop().create_task(
-                self._autopoll(group, parsed.Rate), name=f"qsys-autopoll-{self.id}"
-            )
+            group.autopoll = max(MIN_AUTOPOLL_SECONDS, parsed.Rate)
+            group.next_push = 0.0
+            self._start_autopoll()
             return True
         if method == "ChangeGroup.Poll":
             return {"Id": group.client_id, "Changes": group.poll(hub, self.can_read)}
@@ -138,23 +144,57 @@ class UpstreamSession:
             return True
         raise QrcError(ErrorCode.METHOD_NOT_FOUND, f"Method not found: {method[:64]}")
 
-    async def _autopoll(self, group: ClientGroup, rate: float) -> None:
-        """Push this group's changes every `rate` seconds when there are any."""
+    def _start_autopoll(self) -> None:
+        self._autopoll_wake.set()
+        if self._autopoll_task is None or self._autopoll_task.done():
+            self._autopoll_task = asyncio.get_running_loop().create_task(
+                self._autopoll(), name=f"qsys-autopoll-{self.id}"
+            )
+
+    async def _autopoll(self) -> None:
+        """One loop per session pushes every AutoPoll group's changes when it is due.
+
+        It wakes at most every MIN_AUTOPOLL_SECONDS and, when the hub has nothing new
+        since its last pass, does nothing else: the cost does not grow with the number
+        of groups (issue 11 #8)."""
         hub = self._upstream.hub
+        loop = asyncio.get_running_loop()
+        seen = -1
         while not self.closed:
-            await asyncio.sleep(rate)
-            if self._groups.get(str(group.client_id)) is not group:
-                return
-            changes = group.poll(hub, self.can_read)
-            if changes:
-                self._deliver(
-                    jsonrpc.notification_message(
-                        "ChangeGroup.Poll", {"Id": group.client_id, "Changes": changes}
-                    )
-                )
+            due = [g for g in self._groups.values() if g.autopoll is not None]
+            if not due:
+                self._autopoll_wake.clear()
+                await self._autopoll_wake.wait()
+                continue
+            now = loop.time()
+            if hub.version != seen or any(g.seen == -1 for g in due):
+                seen = hub.version
+                for group in due:
+                    if now < group.next_push:
+                        seen = -1  # not due yet: look again on the next pass
+                        continue
+                    assert group.autopoll is not None
+                    group.next_push = now + group.autopoll
+                    changes = group.poll(hub, self.can_read)
+                    if changes:
+                        self._deliver(
+                            jsonrpc.notification_message(
+                                "ChangeGroup.Poll", {"Id": group.client_id, "Changes": changes}
+                            )
+                        )
+            wake = min(g.next_push for g in due)
+            self._autopoll_wake.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(MIN_AUTOPOLL_SECONDS, wake - loop.time())):
+                    await self._autopoll_wake.wait()
+
+    def stop_autopoll(self) -> None:
+        task, self._autopoll_task = self._autopoll_task, None
+        if task is not None:
+            task.cancel()
 
     def _new_group(self, gid: str | int) -> ClientGroup:
-        group = self._upstream.groups.create(gid, len(self._groups))
+        group = self._upstream.groups.create(gid, len(self._groups), self.owner)
         self._groups[str(gid)] = group
         return group
 
@@ -181,14 +221,14 @@ class UpstreamSession:
     def halt(self) -> None:
         """Stop at once (gateway shutdown): no more calls, pushes or AutoPolls."""
         self.closed = True
-        for group in self._groups.values():
-            group.stop_autopoll()
+        self.stop_autopoll()
 
     async def close(self) -> None:
         """Drop this session's groups (and their references in the hub)."""
         if self.closed:
             return
         self.closed = True
+        self.stop_autopoll()
         for group in list(self._groups.values()):
             async with group.lock:
                 with contextlib.suppress(QrcError):

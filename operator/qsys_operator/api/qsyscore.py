@@ -7,7 +7,7 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from qsys_protocol.config import HostName, Port
+from qsys_protocol.config import AttackLimits, HostName, Port
 
 from .common import (
     API_VERSION,
@@ -79,7 +79,7 @@ class GatewaySpec(Model):
     would (default), or `keep` them and answer -32050."""
 
 
-class LimitsSpec(Model):
+class LimitsSpec(Model, AttackLimits):
     requestsPerSecond: Annotated[float, Field(gt=0, le=100000)] = 20
     burst: Annotated[int, Field(ge=1, le=1000000)] = 40
     maxClients: Annotated[int, Field(ge=1, le=100000)] = 1000

@@ -67,6 +67,7 @@ def gateway_config(core: QSysCore, subjects: list[SubjectConfig]) -> GatewayConf
                 requestsPerSecond=spec.limits.requestsPerSecond, burst=spec.limits.burst
             ),
             storage=spec.limits.storage,
+            **spec.limits.attack_limits(),
         ),
         audit=AuditConfig(logReads=spec.audit.logReads),
         cors=CorsConfig(allowedOrigins=list(spec.gateway.allowedOrigins)),

@@ -7,10 +7,12 @@ names the bad field but never echoes the offending value (it may be a secret).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -30,8 +32,28 @@ from .errors import ErrorCode, QrcError
 MAX_NAME = 256
 MAX_ITEMS = 1024
 
-Name = Annotated[StrictStr, Field(min_length=1, max_length=MAX_NAME)]
-ChangeGroupId = Annotated[StrictStr, Field(min_length=1, max_length=MAX_NAME)] | StrictInt
+# Unicode Cc (C0/C1 controls, NUL, newlines), Zl/Zp (line/paragraph separators) and Cf
+# (zero-width and bidi controls, BOM, tags): invisible or line-breaking, so a name holding
+# one reads as another in logs and audit lines; no Core design uses them.
+_INVISIBLE = re.compile(
+    "[\x00-\x1f\x7f-\x9f\xad\u0600-\u0605\u061c\u06dd\u070f\u0890\u0891\u08e2"
+    "\u180e\u200b-\u200f\u2028-\u202e\u2060-\u2064\u2066-\u206f\ufeff\ufff9-\ufffb"
+    "\U000110bd\U000110cd\U00013430-\U0001343f\U0001bca0-\U0001bca3"
+    "\U0001d173-\U0001d17a\U000e0001\U000e0020-\U000e007f]"
+)
+
+
+def _visible(name: str) -> str:
+    if _INVISIBLE.search(name):
+        raise ValueError("control characters (NUL, newlines, zero-width, bidi) are not allowed")
+    return name
+
+
+Name = Annotated[StrictStr, Field(min_length=1, max_length=MAX_NAME), AfterValidator(_visible)]
+ChangeGroupId = (
+    Annotated[StrictStr, Field(min_length=1, max_length=MAX_NAME), AfterValidator(_visible)]
+    | StrictInt
+)
 ControlValue = StrictBool | StrictInt | StrictFloat | Annotated[StrictStr, Field(max_length=4096)]
 Seconds = Annotated[float, Field(ge=0, le=3600)]
 

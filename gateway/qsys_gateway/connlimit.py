@@ -1,0 +1,236 @@
+"""Connection limits and header deadlines for the HTTP listener (aiohttp has no header
+timeout and no connection cap).
+
+Every accepted socket passes through `HttpConnections.admit`:
+
+- at most `max_total` open connections (WebSocket included). At the cap a new
+  connection evicts the connection idle longest (waiting for a request head: a new
+  socket or a keep-alive one between requests; clients retry those); only when
+  every connection is inside a request is the new one refused (503);
+- at most `max_pending_per_source` connections per source address that have not yet
+  sent a complete request head, so one host cannot hold the unproven slots;
+- a request head must be complete within `header_timeout` seconds of the connection
+  opening or of the previous response ending (idle keep-alive included); otherwise
+  the socket is closed.
+
+The request middleware reports when a request's head has arrived (`started`) and
+when its response is done (`finished`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any, cast
+
+from aiohttp import web
+
+from qsys_protocol.config import LimitsConfig
+
+from .metrics import GatewayMetrics
+
+log = logging.getLogger("qsys_gateway.http")
+
+BUSY = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+
+
+class _Conn:
+    __slots__ = ("in_request", "proven", "source", "timer", "transport")
+
+    def __init__(self, transport: asyncio.Transport, source: str) -> None:
+        self.transport = transport
+        self.source = source
+        self.proven = False
+        self.in_request = 0
+        self.timer: asyncio.TimerHandle | None = None
+
+
+class HttpConnections:
+    def __init__(
+        self,
+        metrics: GatewayMetrics,
+        settings: Callable[[], LimitsConfig],
+        *,
+        fd_budget: int = 1 << 30,
+    ) -> None:
+        self.metrics = metrics
+        self._settings = settings
+        self.fd_budget = fd_budget
+        self._conns: dict[asyncio.BaseTransport, _Conn] = {}
+        self._idle: OrderedDict[asyncio.BaseTransport, _Conn] = OrderedDict()
+        self._pending_by_source: dict[str, int] = {}
+
+    def __len__(self) -> int:
+        return len(self._conns)
+
+    @property
+    def max_total(self) -> int:
+        return min(self._settings().maxHttpConnections, self.fd_budget)
+
+    @property
+    def header_timeout(self) -> float:
+        return self._settings().headerTimeoutSeconds
+
+    @property
+    def body_timeout(self) -> float:
+        return self._settings().bodyTimeoutSeconds
+
+    def admit(self, transport: asyncio.Transport) -> bool:
+        peer = transport.get_extra_info("peername")
+        source = str(peer[0]) if peer else "-"
+        if (
+            self._pending_by_source.get(source, 0)
+            >= self._settings().maxPendingConnectionsPerSource
+        ):
+            self._refuse(transport, "per_source")
+            return False
+        if len(self._conns) >= self.max_total:
+            if not self._idle:
+                self._refuse(transport, "total")
+                return False
+            _, oldest = self._idle.popitem(last=False)
+            self.metrics.connections_refused.labels("http", "evicted").inc()
+            self.lost(oldest.transport)
+            oldest.transport.abort()
+        conn = _Conn(transport, source)
+        self._conns[transport] = conn
+        self._idle[transport] = conn
+        self._pending_by_source[source] = self._pending_by_source.get(source, 0) + 1
+        self._arm(conn)
+        self.metrics.http_connections.set(len(self._conns))
+        return True
+
+    def lost(self, transport: asyncio.BaseTransport) -> None:
+        conn = self._conns.pop(transport, None)
+        if conn is None:
+            return
+        self._idle.pop(transport, None)
+        if not conn.proven:
+            self._unpend(conn)
+        if conn.timer is not None:
+            conn.timer.cancel()
+        self.metrics.http_connections.set(len(self._conns))
+
+    def started(self, transport: asyncio.BaseTransport | None) -> None:
+        """A request head arrived on `transport`: its header deadline is met."""
+        conn = self._conns.get(transport) if transport is not None else None
+        if conn is None:
+            return
+        conn.in_request += 1
+        self._idle.pop(conn.transport, None)
+        if conn.timer is not None:
+            conn.timer.cancel()
+            conn.timer = None
+        if not conn.proven:
+            conn.proven = True
+            self._unpend(conn)
+
+    def finished(self, transport: asyncio.BaseTransport | None) -> None:
+        """A response was sent: the next request head is due within the header timeout."""
+        conn = self._conns.get(transport) if transport is not None else None
+        if conn is None:
+            return
+        conn.in_request -= 1
+        if conn.in_request <= 0:
+            conn.in_request = 0
+            self._idle[conn.transport] = conn
+            self._arm(conn)
+
+    def _arm(self, conn: _Conn) -> None:
+        if conn.timer is not None:
+            conn.timer.cancel()
+        conn.timer = asyncio.get_running_loop().call_later(self.header_timeout, self._expire, conn)
+
+    def _expire(self, conn: _Conn) -> None:
+        conn.timer = None
+        if conn.in_request or conn.transport.is_closing():
+            return
+        self.metrics.connections_refused.labels("http", "header_timeout").inc()
+        conn.transport.abort()
+
+    def _unpend(self, conn: _Conn) -> None:
+        left = self._pending_by_source.get(conn.source, 0) - 1
+        if left > 0:
+            self._pending_by_source[conn.source] = left
+        else:
+            self._pending_by_source.pop(conn.source, None)
+
+    def _refuse(self, transport: asyncio.Transport, reason: str) -> None:
+        self.metrics.connections_refused.labels("http", reason).inc()
+        transport.write(BUSY)
+        transport.close()
+
+    def protocol_factory(
+        self, inner: Callable[[], asyncio.BaseProtocol]
+    ) -> Callable[[], asyncio.BaseProtocol]:
+        def make() -> asyncio.BaseProtocol:
+            return _Guarded(self, inner)
+
+        return make
+
+
+class _Guarded(asyncio.Protocol):
+    """Passes everything to aiohttp's protocol, once the connection was admitted."""
+
+    def __init__(self, limits: HttpConnections, inner: Callable[[], asyncio.BaseProtocol]) -> None:
+        self._limits = limits
+        self._make_inner = inner
+        self._inner: Any = None
+        self._transport: asyncio.BaseTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        if not self._limits.admit(transport):
+            return
+        self._transport = transport
+        self._inner = self._make_inner()
+        self._inner.connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        if self._inner is not None:
+            self._inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        if self._inner is not None:
+            result: bool | None = self._inner.eof_received()
+            return result
+        return None
+
+    def pause_writing(self) -> None:
+        if self._inner is not None:
+            self._inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        if self._inner is not None:
+            self._inner.resume_writing()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._transport is not None:
+            self._limits.lost(self._transport)
+        if self._inner is not None:
+            self._inner.connection_lost(exc)
+
+
+class LimitedTCPSite(web.TCPSite):
+    """`web.TCPSite` whose connections pass through `HttpConnections`."""
+
+    def __init__(self, runner: web.BaseRunner, limits: HttpConnections, **kwargs: Any) -> None:
+        super().__init__(runner, **kwargs)
+        self._limits = limits
+
+    async def start(self) -> None:
+        self._runner._reg_site(self)  # what BaseSite.start does
+        server = self._runner.server
+        assert server is not None
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            self._limits.protocol_factory(server),
+            self._host,
+            self._port,
+            ssl=self._ssl_context,
+            backlog=self._backlog,
+            reuse_address=self._reuse_address,
+            reuse_port=self._reuse_port,
+        )
