@@ -147,7 +147,7 @@ async def _exchange(
                 return frame
 
 
-async def test_failed_logons_never_lock_out_a_correct_token(shared_gateway: Gateway) -> None:
+async def test_failed_logons_never_lock_out_a_correct_token(shared_gateway: GatewayProcess) -> None:
     """Guessing a subject's token from one address (a NAT, an ingress) is throttled for that
     address and subject; the right token from the same address still logs on."""
     results: list[dict[str, Any]] = []
