@@ -44,7 +44,7 @@ lint: install
 			--cache-dir .mypy_cache/tests-$$dir tests/$$dir || exit 1; \
 	done
 
-test: install lint cluster-tools js-deps
+test: install lint cluster-tools js-deps mcp-inspector
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 unit: install

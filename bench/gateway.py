@@ -87,7 +87,14 @@ _BODY = {"jsonrpc": "2.0", "method": METHOD, "params": PARAMS}
 
 
 async def http_load(
-    gw: GatewayProcess, clients: int, ctx: BenchContext, target: str, scenario: str
+    gw: GatewayProcess,
+    clients: int,
+    ctx: BenchContext,
+    target: str,
+    scenario: str,
+    *,
+    method: str = METHOD,
+    params: Any = PARAMS,
 ) -> Result:
     """`clients` keep-alive connections, each with one request in flight (HTTP/1.1)."""
     rec = Recorder(ctx.max_requests)
@@ -101,7 +108,9 @@ async def http_load(
             rid = 0
             while rec.running:
                 rid += 1
-                body = orjson.dumps({**_BODY, "id": rid})
+                body = orjson.dumps(
+                    {"jsonrpc": "2.0", "method": method, "params": params, "id": rid}
+                )
                 sent = time.perf_counter()
                 async with session.post(url, data=body) as resp:
                     reply = orjson.loads(await resp.read())

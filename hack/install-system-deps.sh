@@ -9,7 +9,8 @@ command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 command -v lua5.1 >/dev/null 2>&1 || need+=(lua5.1)
 # openssl: hack/cluster/pki.sh makes the control plane's certificates.
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
-# Node and npm: tests/js runs the vendor's QRWC SDK (@q-sys/qrwc) against the gateway.
+# Node and npm: tests/js runs the vendor's QRWC SDK (@q-sys/qrwc) against the gateway;
+# tests/mcp-inspector the MCP Inspector (make mcp-inspector).
 command -v node >/dev/null 2>&1 || need+=(nodejs)
 command -v npm >/dev/null 2>&1 || need+=(npm)
 # Images without Docker (hack/images/build.sh, docs/images.md): a Debian root

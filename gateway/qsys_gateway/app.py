@@ -19,6 +19,7 @@ from .admission import Admission
 from .audit import AuditLog
 from .client_registry import ClientRegistry
 from .connlimit import HttpConnections, LimitedTCPSite
+from .mcp import Mcp
 from .metrics import GatewayMetrics
 from .ratelimit import RateLimiter
 from .reload import ConfigWatcher
@@ -66,6 +67,7 @@ class Gateway:
                 config.limits.maxClients + config.limits.maxUnauthenticatedClients
             ),
         )
+        self.mcp = Mcp(self.services)
         self.watcher = (
             ConfigWatcher(config_path, self.runtime.apply, self.metrics) if config_path else None
         )
@@ -95,12 +97,11 @@ class Gateway:
             self._qrc = QrcServer(self.services, listen.host, listen.qrc, tls)
             self.upstream.add_up_listener(self._qrc.core_changed)
             await self._qrc.start()
+        await self.mcp.start()
         # HTTP last: once /readyz answers, every listener is up.
-        self._runner = web.AppRunner(
-            build_app(self.services, self.http_connections),
-            access_log=None,
-            handle_signals=False,
-        )
+        http_app = build_app(self.services, self.http_connections)
+        self.mcp.mount(http_app)
+        self._runner = web.AppRunner(http_app, access_log=None, handle_signals=False)
         await self._runner.setup()
         await LimitedTCPSite(
             self._runner,
@@ -152,6 +153,7 @@ class Gateway:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await self.mcp.stop()
         await self.admission.close()
         if self._runner is not None:
             await self._runner.cleanup()

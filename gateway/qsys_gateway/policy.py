@@ -257,6 +257,42 @@ class Policy:
             for r in compiled.rules_for("Control.Get")
         )
 
+    def has_rule_for(self, subject: str, method: str) -> bool:
+        """Whether some rule of `subject` names `method` (targets aside)."""
+        compiled = self._subjects.get(subject)
+        return compiled is not None and bool(compiled.rules_for(method))
+
+    def component_readable(self, subject: str, component: str) -> bool:
+        """Whether some `Component.Get` rule of `subject` names `component`."""
+        compiled = self._subjects.get(subject)
+        return compiled is not None and any(
+            r.components.match(component) for r in compiled.rules_for("Component.Get")
+        )
+
+    def write_range(
+        self, subject: str, component: str, control: str
+    ) -> tuple[bool, float | None, float | None]:
+        """Whether some `Component.Set` rule lets `subject` write the control, and the
+        widest `valueRange` those rules allow (None: unbounded on that side)."""
+        compiled = self._subjects.get(subject)
+        if compiled is None:
+            return (False, None, None)
+        found = False
+        low: float | None = None
+        high: float | None = None
+        unbounded_low = unbounded_high = False
+        for r in compiled.rules_for("Component.Set"):
+            if not (r.components.match(component) and r.controls.match(control)):
+                continue
+            found = True
+            unbounded_low |= r.low is None
+            unbounded_high |= r.high is None
+            if r.low is not None:
+                low = r.low if low is None else min(low, r.low)
+            if r.high is not None:
+                high = r.high if high is None else max(high, r.high)
+        return (found, None if unbounded_low else low, None if unbounded_high else high)
+
 
 def _check(
     method: str,

@@ -132,6 +132,15 @@ class CorsConfig(Model):
     allowedOrigins: list[Annotated[str, Field(min_length=1, max_length=512)]] = []
 
 
+class McpConfig(Model):
+    """`/v1/mcp` (docs/mcp.md); off by default, switched on and off by a reload."""
+
+    enabled: bool = False
+    maxSessionsPerSubject: Annotated[int, Field(ge=1, le=1000)] = 8
+    maxStreamsPerSubject: Annotated[int, Field(ge=1, le=1000)] = 16
+    sessionIdleSeconds: Annotated[float, Field(ge=10, le=86400)] = 1800
+
+
 class ValueRange(Model):
     min: float | None = None
     max: float | None = None
@@ -231,6 +240,7 @@ class GatewayConfig(Model):
     audit: AuditConfig = AuditConfig()
     cors: CorsConfig = CorsConfig()
     auth: AuthConfig = AuthConfig()
+    mcp: McpConfig = McpConfig()
     subjects: list[SubjectConfig] = []
 
     @model_validator(mode="after")

@@ -34,7 +34,7 @@ GATEWAY_LAYERS = [
     {"runtime"},
     {"subject_sessions"},
     {"admission"},
-    {"transports"},
+    {"transports", "mcp"},
     {"app"},
     {"cli"},
 ]

@@ -57,9 +57,11 @@ async def middleware(request: web.Request, handler: Handler) -> web.StreamRespon
     if origin is not None and origin in cors:
         h["Access-Control-Allow-Origin"] = origin
         h["Vary"] = "Origin"
-        h["Access-Control-Allow-Methods"] = "GET, POST, OPTIONS"
-        h["Access-Control-Allow-Headers"] = "Authorization, Content-Type, X-Request-ID"
-        h["Access-Control-Expose-Headers"] = "X-Request-ID, Retry-After"
+        h["Access-Control-Allow-Methods"] = "GET, POST, DELETE, OPTIONS"
+        h["Access-Control-Allow-Headers"] = (
+            "Authorization, Content-Type, X-Request-ID, Mcp-Session-Id, MCP-Protocol-Version"
+        )
+        h["Access-Control-Expose-Headers"] = "X-Request-ID, Retry-After, Mcp-Session-Id"
         h["Access-Control-Max-Age"] = "600"
     if not response.prepared:
         h["X-Request-ID"] = rid

@@ -61,6 +61,10 @@ class CoreSpec(Model):
     credentialsSecretRef: CredentialsSecretRef | None = None
 
 
+class McpSpec(Model):
+    enabled: bool = False
+
+
 class GatewaySpec(Model):
     replicas: Annotated[int, Field(ge=1, le=50)] = 2
     image: Annotated[str, Field(min_length=1, max_length=512)] | None = None
@@ -77,6 +81,7 @@ class GatewaySpec(Model):
     qrcOnCoreLoss: Literal["keep", "close"] = "close"
     """Raw QRC clients while the Core is unreachable: `close` their sockets as the Core's
     would (default), or `keep` them and answer -32050."""
+    mcp: McpSpec = McpSpec()
 
 
 class LimitsSpec(Model, AttackLimits):

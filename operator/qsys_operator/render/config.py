@@ -10,6 +10,7 @@ from qsys_protocol.config import (
     GatewayConfig,
     LimitsConfig,
     ListenConfig,
+    McpConfig,
     RateConfig,
     SubjectConfig,
     TlsConfig,
@@ -72,6 +73,7 @@ def gateway_config(core: QSysCore, subjects: list[SubjectConfig]) -> GatewayConf
         audit=AuditConfig(logReads=spec.audit.logReads),
         cors=CorsConfig(allowedOrigins=list(spec.gateway.allowedOrigins)),
         auth=AuthConfig(tokenKeyFile=f"{CONFIG_DIR}/{TOKEN_KEY_FILE}"),
+        mcp=McpConfig(enabled=spec.gateway.mcp.enabled),
         subjects=subjects,
     )
 

@@ -1,0 +1,118 @@
+"""The one seam between MCP and the gateway's admission layer (`..admission`).
+
+MCP follows the transport contract of `qsys_gateway.admission` like every other
+transport: one `Caller` per HTTP request, `authenticate` once per request,
+`rate_limit` per tool call, `handle` per QRC call (policy, audit, metrics, upstream),
+`open_session` / `release` for a subscriber that takes pushes. Only the translation
+between MCP and QRC lives in the rest of this package.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from qsys_protocol.config import SubjectConfig
+from qsys_protocol.qrc.errors import ErrorCode, QrcError
+
+from ..admission import Caller, Refusal, outcome_of
+from ..metrics import method_label
+from ..policy import Policy
+from ..runtime import Runtime
+from ..transports.common import Services
+
+TRANSPORT = "mcp"
+__all__ = ["TRANSPORT", "Admission", "Denied", "McpCaller", "outcome_of"]
+
+
+class Denied(Exception):
+    """A call refused before or by the pipeline; `error` is the gateway's QRC error."""
+
+    def __init__(self, error: QrcError, retry_after: float = 0.0) -> None:
+        super().__init__(error.message)
+        self.error = error
+        self.retry_after = retry_after
+
+
+@dataclass(slots=True)
+class McpCaller:
+    """One authenticated MCP HTTP request: the admission `Caller` and its request id."""
+
+    caller: Caller
+    request_id: str
+    subject: SubjectConfig = field(init=False)
+
+    def __post_init__(self) -> None:
+        assert self.caller.subject is not None, "authenticate first"
+        self.subject = self.caller.subject
+
+
+class Admission:
+    def __init__(self, svc: Services) -> None:
+        self._svc = svc
+        self._admission = svc.admission
+        self._ids = itertools.count(1)
+
+    @property
+    def runtime(self) -> Runtime:
+        return self._svc.runtime
+
+    @property
+    def policy(self) -> Policy:
+        return self._svc.runtime.rules.policy
+
+    def authenticate(self, token: str | None, source_ip: str, request_id: str) -> McpCaller:
+        """The caller of a bearer token; raises `Denied` (401 / throttled) otherwise."""
+        caller = Caller(TRANSPORT, source_ip)
+        try:
+            self._admission.authenticate(caller, token, request_id=request_id, method="mcp")
+        except Refusal as err:
+            raise Denied(err, err.retry_after) from None
+        return McpCaller(caller, request_id)
+
+    def current(self, mc: McpCaller) -> SubjectConfig:
+        """The caller's subject under the current config (rules may have been reloaded)."""
+        subject = self._svc.runtime.current_subject(mc.subject.name)
+        if subject is None or subject.token_hash != mc.subject.token_hash:
+            raise Denied(QrcError(ErrorCode.UNAUTHENTICATED, "Unauthenticated: token revoked"))
+        return subject
+
+    async def admit(self, mc: McpCaller, method: str) -> None:
+        """Charge one call to the subject's rate limit; raises `Denied` with a retry time."""
+        self.current(mc)
+        refused = await self._admission.rate_limit(mc.caller, [{"method": method}], mc.request_id)
+        if refused is not None:
+            raise Denied(refused, refused.retry_after)
+
+    async def call(
+        self, mc: McpCaller, method: str, params: Any, subscriber: Caller | None = None
+    ) -> Any:
+        """One QRC call through admission (policy, audit, metrics, upstream pool); on the
+        subscriber's own session when given, else on the subject's shared one."""
+        caller = subscriber if subscriber is not None else mc.caller
+        msg: dict[str, Any] = {"jsonrpc": "2.0", "id": next(self._ids), "method": method}
+        if params is not None:
+            msg["params"] = params
+        response = await self._admission.handle(caller, msg, mc.request_id)
+        assert response is not None
+        error = response.get("error")
+        if error is not None:
+            raise Denied(QrcError(int(error.get("code", -32603)), str(error.get("message"))))
+        return response.get("result")
+
+    def subscriber(self, mc: McpCaller, push: Callable[[dict[str, Any]], None]) -> Caller:
+        """A caller with its own upstream session, whose change-group pushes go to `push`."""
+        caller = Caller(TRANSPORT, mc.caller.source_ip, subject=mc.subject)
+        self._admission.open_session(caller, push)
+        return caller
+
+    async def release(self, caller: Caller) -> None:
+        await self._admission.release(caller)
+
+    def count(self, mc: McpCaller, method: str, outcome: str) -> None:
+        """Count a call answered without the Core (e.g. from the design cache)."""
+        self._svc.runtime.metrics.requests.labels(
+            method_label(method), mc.subject.name, TRANSPORT, outcome
+        ).inc()
