@@ -3,24 +3,62 @@
 from __future__ import annotations
 
 import contextlib
+import random
 import socket
 import ssl
+import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
+from pathlib import Path
 from typing import TypeVar
 
 LOOPBACK = "127.0.0.1"
 T = TypeVar("T")
 
 
+_RECENT = 4096
+_recent: dict[int, None] = {}  # ports handed out, oldest first
+_lock = threading.Lock()
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    """The ports the kernel hands out as source ports of outgoing connections."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
+
+
 def free_port(host: str = LOOPBACK) -> int:
-    """A TCP port on `host` that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        port: int = s.getsockname()[1]
+    """A TCP port on `host` that nothing listens on right now, outside the kernel's
+    ephemeral range, so that no client socket (of this test or another) takes it as its
+    source port before the server binds it. Random start, checked by binding; never one
+    this process was given recently (three free_port() calls give three ports)."""
+    low, high = _ephemeral_range()
+    candidates = range(20000, low) if low - 20000 >= 1000 else range(high + 1, 65536)
+    with _lock:
+        return _pick(host, candidates)
+
+
+def _pick(host: str, candidates: range) -> int:
+    start = random.randrange(len(candidates))
+    for i in range(len(candidates)):
+        port = candidates[(start + i) % len(candidates)]
+        if port in _recent:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+        _recent[port] = None
+        if len(_recent) > _RECENT:
+            del _recent[next(iter(_recent))]
         return port
+    raise OSError(f"no free port on {host} in {candidates.start}-{candidates.stop - 1}")
 
 
 def wait_for(
