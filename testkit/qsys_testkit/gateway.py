@@ -225,6 +225,15 @@ class GatewayProcess(ManagedProcess):
                     total += sample.value
         return total
 
+    def wait_metric(self, name: str, value: float, timeout: float = 30.0, **labels: str) -> float:
+        """Wait until `metric(name, **labels)` reaches `value`; the sum it reached."""
+
+        def reached() -> float | None:
+            got = self.metric(name, **labels)
+            return got if got >= value else None
+
+        return self.wait_until(f"{name}{labels or ''} >= {value}", reached, timeout)
+
     def rpc(self, token: str, method: str, params: Any = None) -> tuple[int, dict[str, Any]]:
         """One JSON-RPC call over HTTP (POST /v1/rpc): (HTTP status, decoded body)."""
         return rpc(self.url, token, method, params)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import time
 from typing import Any
 
 import aiohttp
@@ -24,14 +23,9 @@ async def ws_call(ws: aiohttp.ClientWebSocketResponse, rid: int, method: str, pa
 
 
 async def wait_metric(gw: GatewayProcess, result: str, value: float, timeout: float = 15) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = await asyncio.to_thread(gw.metric, "qsys_gateway_config_reloads_total", result=result)
-        if got >= value:
-            assert got == value
-            return
-        await asyncio.sleep(0.2)
-    raise AssertionError(f"config_reloads_total{{result={result}}} did not reach {value}")
+    name = "qsys_gateway_config_reloads_total"
+    got = await asyncio.to_thread(gw.wait_metric, name, value, timeout, result=result)
+    assert got == value
 
 
 async def test_reload_under_open_websocket(

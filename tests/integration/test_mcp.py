@@ -367,15 +367,8 @@ async def test_authentication_and_bad_input_never_500(
 
 
 async def wait_reloads(gw: GatewayProcess, count: int) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        got = await asyncio.to_thread(
-            gw.metric, "qsys_gateway_config_reloads_total", result="success"
-        )
-        if got >= count:
-            return
-        await asyncio.sleep(0.2)
-    raise AssertionError(f"no {count} successful config reloads")
+    name = "qsys_gateway_config_reloads_total"
+    await asyncio.to_thread(gw.wait_metric, name, count, 30, result="success")
 
 
 async def test_off_by_default_and_switched_on_by_a_reload(
