@@ -16,7 +16,7 @@ PYTEST_ARGS ?=
 help:
 	@echo "make install   virtualenv (.venv) with every entry point, and system packages"
 	@echo "make test      lint + the whole test suite (what CI runs)"
-	@echo "make demo      control plane, operator, simulator, gateway: one allowed and one denied call"
+	@echo "make demo      cluster with a real node, operator, simulator, gateway pods: an allowed and a denied call (KEEP=1 leaves it running)"
 	@echo "make lint      ruff + mypy"
 	@echo "make bench     benchmarks, printed beside their baselines"
 	@echo "make images    operator, gateway, Core simulator and pause images, without Docker"
@@ -58,5 +58,6 @@ clean:
 
 -include mk/*.mk
 
-demo: install cluster-tools
-	$(BIN)/python hack/demo.py
+# KEEP=1: leave the cluster and the demo running (`make cluster-down` ends it).
+demo: install cluster-tools images
+	KEEP=$(KEEP) $(BIN)/python hack/demo.py

@@ -1,20 +1,21 @@
-"""`make demo`: the whole loop on one machine, with the examples in examples/.
+"""`make demo`: the whole loop on one machine, on real pods, with the examples in examples/.
 
-1. the local Kubernetes control plane (hack/cluster/up.sh), unless KUBECONFIG is set;
-2. the CRDs of crds/ and a fresh namespace;
-3. the Core simulator (`qsys-core-sim`) on 127.0.0.1;
-4. the operator (`qsys-operator`) watching that namespace;
-5. examples/qsyscore.yaml and examples/accesspolicy.yaml (the Core's port set to the
-   simulator's);
-6. a real `qsys-gateway` started from the config Secret the operator rendered, listening
-   on a gateway pod's address (kwok hands out loopback pod IPs, 127.77.x.x), so the
-   operator's CoreConnected probe reaches it;
-7. the resources' status, one allowed and one denied call with the token the operator
-   generated, and the gateway's audit lines.
+1. the local Kubernetes cluster (hack/cluster/up.sh: control plane and the real node),
+   unless KUBECONFIG is set; the images of `make images`, imported into the node;
+2. the CRDs of crds/ and a fresh namespace whose pods run on the real node;
+3. the operator, installed by the Helm chart (its image, its ServiceAccount);
+4. the Core simulator as a pod behind the Service `core-sim` (the same image,
+   `qsys-core-sim`);
+5. examples/qsyscore.yaml and examples/accesspolicy.yaml, the Core being `core-sim`;
+6. the gateway pods the operator renders, started by the kubelet;
+7. the resources' status, one allowed and one denied call from this host to the
+   gateway Service's ClusterIP with the token the operator generated, and the
+   gateway's audit lines (its pod log).
 
-Everything listens on, and dials, loopback only. Whatever happens (failure, Ctrl-C),
-every process the demo started is stopped, and the control plane too if the demo
-started it. Logs stay in the printed work directory.
+Every address dialled is a Service's or a pod's (198.18.0.0/15, inside this machine).
+With KEEP=1 everything stays up and the demo prints the kubectl and curl lines to
+keep playing; `make cluster-down` ends it. Otherwise (and on failure or Ctrl-C) the
+namespace is deleted, and the cluster stopped if the demo started it.
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -82,43 +82,6 @@ def http_ok(url: str) -> bool:
         return False
 
 
-# ---- processes -------------------------------------------------------------------------
-
-
-class Processes:
-    """Subprocesses in their own sessions (Ctrl-C reaches only the demo, which stops them
-    in reverse start order)."""
-
-    def __init__(self) -> None:
-        self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
-
-    def start(self, name: str, cmd: list[str], log: Path, **kw: Any) -> subprocess.Popen[bytes]:
-        with log.open("ab") as out:
-            proc = subprocess.Popen(
-                cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, **kw
-            )
-        self.procs.append((name, proc))
-        return proc
-
-    def stop_all(self) -> None:
-        for name, proc in reversed(self.procs):
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(20)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(10)
-            info(f"stopped {name}")
-        self.procs.clear()
-
-
-def check_running(name: str, proc: subprocess.Popen[bytes], log: Path) -> None:
-    if proc.poll() is not None:
-        tail = log.read_text(errors="replace")[-3000:]
-        raise RuntimeError(f"{name} exited with {proc.returncode}:\n{tail}")
-
-
 # ---- the control plane -----------------------------------------------------------------
 
 
@@ -139,9 +102,9 @@ def cluster_script(name: str) -> subprocess.CompletedProcess[str]:
 
 
 @contextlib.contextmanager
-def control_plane() -> Iterator[str]:
-    """Yields a kubeconfig path: $KUBECONFIG when set (left alone), else the local control
-    plane, started when not running and then stopped at the end."""
+def control_plane(keep: bool) -> Iterator[str]:
+    """Yields a kubeconfig path: $KUBECONFIG when set (left alone), else the local cluster,
+    started when not running and then stopped at the end (unless keep)."""
     given = os.environ.get("KUBECONFIG", "")
     if given:
         step(f"Using the cluster of KUBECONFIG={given} (not started or stopped by the demo)")
@@ -165,7 +128,7 @@ def control_plane() -> Iterator[str]:
         info(f"KUBECONFIG={local_kubeconfig()}")
         yield str(local_kubeconfig())
     finally:
-        if started:
+        if started and not keep:
             step("Stopping the local control plane (hack/cluster/down.sh)")
             done = cluster_script("down.sh")
             info("stopped" if done.returncode == 0 else done.stderr[-2000:])
@@ -241,28 +204,109 @@ def rpc(url: str, token: str, method: str, params: Any) -> tuple[int, str]:
 
 # ---- the demo --------------------------------------------------------------------------
 
+REAL_NODE_ANNOTATIONS = {
+    "scheduler.alpha.kubernetes.io/node-selector": "qsys.io/node=real",
+    "scheduler.alpha.kubernetes.io/defaultTolerations": json.dumps(
+        [{"key": "qsys.io/node", "operator": "Equal", "value": "real", "effect": "NoSchedule"}]
+    ),
+}
+RESTRICTED = {
+    "runAsNonRoot": True,
+    "runAsUser": 10001,
+    "allowPrivilegeEscalation": False,
+    "readOnlyRootFilesystem": True,
+    "capabilities": {"drop": ["ALL"]},
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
 
-def demo(kubeconfig: str, work: Path, procs: Processes) -> None:
+
+def image_names() -> dict[str, str]:
+    out = subprocess.run(
+        [sys.executable, str(REPO / "hack" / "images.py"), "names"],
+        check=True,
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    ).stdout.split()
+    return {ref.rsplit("/", 1)[-1].split(":", 1)[0]: ref for ref in out}
+
+
+def tool(group: str, name: str) -> str:
+    out = subprocess.run(
+        ["bash", str(REPO / "hack" / "tools" / "build.sh"), "--dir", group],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return str(Path(out.stdout.strip()) / name)
+
+
+def run(args: list[str], kubeconfig: str, timeout: float = 240) -> str:
+    result = subprocess.run(
+        args,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        env={**os.environ, "KUBECONFIG": kubeconfig},
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"{' '.join(args[:3])} failed:\n{result.stderr[-3000:]}")
+    return result.stdout
+
+
+def ready_pods(v1: client.CoreV1Api, ns: str, selector: str) -> list[Any]:
+    pods: list[Any] = v1.list_namespaced_pod(ns, label_selector=selector).items
+    return [
+        p
+        for p in pods
+        if p.metadata.deletion_timestamp is None
+        and any(c.type == "Ready" and c.status == "True" for c in p.status.conditions or [])
+    ]
+
+
+def demo(kubeconfig: str, keep: bool) -> None:
     api = config.new_client_from_config(config_file=kubeconfig)  # type: ignore[no-untyped-call]
-    v1, custom = client.CoreV1Api(api), client.CustomObjectsApi(api)
-    core_doc = yaml.safe_load((REPO / "examples" / "qsyscore.yaml").read_text("utf-8"))
-    policy_doc = yaml.safe_load((REPO / "examples" / "accesspolicy.yaml").read_text("utf-8"))
+    v1 = client.CoreV1Api(api)
+    refs = image_names()
+    if not os.environ.get("KUBECONFIG"):
+        step("Importing the images of `make images` into the node (hack/cluster/node.sh)")
+        result = subprocess.run(
+            ["bash", str(REPO / "hack" / "cluster" / "node.sh"), "import-images"],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        if result.returncode != 0:
+            raise RuntimeError(f"importing the images failed:\n{result.stderr[-3000:]}")
+        for ref in refs.values():
+            info(ref)
 
     step("Installing the CRDs (crds/)")
     apply_crds(api)
 
     ns = f"qsys-demo-{uuid.uuid4().hex[:6]}"
-    step(f"Creating namespace {ns}")
-    v1.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=ns)))
+    step(f"Creating namespace {ns} (its pods run on the real node)")
+    meta = client.V1ObjectMeta(name=ns, annotations=REAL_NODE_ANNOTATIONS)
+    v1.create_namespace(client.V1Namespace(metadata=meta))
+    release = f"qsys-{ns.rsplit('-', 1)[1]}"
     try:
-        run_in_namespace(api, v1, custom, ns, core_doc, policy_doc, work, procs, kubeconfig)
+        run_in_namespace(api, ns, release, refs, kubeconfig, keep)
+    except BaseException:
+        keep = False
+        raise
     finally:
-        step(f"Cleaning up: namespace {ns} and the processes the demo started")
-        with contextlib.suppress(ApiException):
-            v1.delete_namespace(ns)
-            with contextlib.suppress(RuntimeError):  # bounded: the operator is still running
-                wait_for(f"namespace {ns} gone", lambda: _gone(v1, ns), timeout=30)
-        procs.stop_all()
+        if not keep:
+            step(f"Cleaning up: release {release} and namespace {ns}")
+            helm = [tool("helm", "helm"), "uninstall", release, "--namespace", ns, "--wait"]
+            with contextlib.suppress(RuntimeError, subprocess.TimeoutExpired):
+                run([*helm, "--timeout", "60s"], kubeconfig, timeout=90)
+            with contextlib.suppress(ApiException):
+                v1.delete_namespace(ns)
+                with contextlib.suppress(RuntimeError):
+                    wait_for(f"namespace {ns} gone", lambda: _gone(v1, ns), timeout=90)
+                info("deleted")
         api.close()
 
 
@@ -275,72 +319,68 @@ def _gone(v1: client.CoreV1Api, ns: str) -> bool:
     return False
 
 
+def _deployment(name: str, container: dict[str, Any]) -> dict[str, Any]:
+    labels = {"app": name}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": labels},
+            "template": {"metadata": {"labels": labels}, "spec": {"containers": [container]}},
+        },
+    }
+
+
 def run_in_namespace(
-    api: client.ApiClient,
-    v1: client.CoreV1Api,
-    custom: client.CustomObjectsApi,
-    ns: str,
-    core_doc: dict[str, Any],
-    policy_doc: dict[str, Any],
-    work: Path,
-    procs: Processes,
-    kubeconfig: str,
+    api: client.ApiClient, ns: str, release: str, refs: dict[str, str], kubeconfig: str, keep: bool
 ) -> None:
+    v1, custom = client.CoreV1Api(api), client.CustomObjectsApi(api)
+    core_doc = yaml.safe_load((REPO / "examples" / "qsyscore.yaml").read_text("utf-8"))
+    policy_doc = yaml.safe_load((REPO / "examples" / "accesspolicy.yaml").read_text("utf-8"))
     core_name, policy_name = core_doc["metadata"]["name"], policy_doc["metadata"]["name"]
 
-    sim_port = free_port()
-    step(f"Starting the Core simulator on 127.0.0.1:{sim_port} (qsys-core-sim)")
-    sim_log = work / "simulator.log"
-    sim = procs.start(
-        "simulator",
-        [str(BIN / "qsys-core-sim"), "--host", "127.0.0.1", "--port", str(sim_port)],
-        sim_log,
-    )
-
-    def sim_up() -> bool:
-        check_running("qsys-core-sim", sim, sim_log)
-        try:
-            with socket.create_connection(("127.0.0.1", sim_port), 0.5):
-                return True
-        except OSError:
-            return False
-
-    wait_for("the simulator", sim_up, timeout=20)
-
-    step(f"Starting the operator (qsys-operator --namespace {ns})")
-    health, metrics = free_port(), free_port()
-    op_log = work / "operator.log"
-    env = {
-        **os.environ,
-        "KUBECONFIG": kubeconfig,
-        "QSYS_RESYNC_SECONDS": "2",  # a quick status refresh for the demo (default 30)
-        "QSYS_GATEWAY_PROBE_CIDRS": "127.0.0.0/8",  # the probe dials loopback pod IPs only
-        "QSYS_OPERATOR_NAMESPACE": ns,
-        "PYTHONUNBUFFERED": "1",
+    step("Installing the operator with the Helm chart (charts/qsys-operator)")
+    op_repo, _, op_tag = refs["operator"].rpartition(":")
+    gw_repo, _, gw_tag = refs["gateway"].rpartition(":")
+    values = {
+        "image.repository": op_repo,
+        "image.tag": op_tag,
+        "gatewayImage.repository": gw_repo,
+        "gatewayImage.tag": gw_tag,
+        "watchNamespaces": f"{{{ns}}}",
+        "resyncSeconds": "2",  # a quick status refresh for the demo (default 30)
+        "serviceMonitor.enabled": "false",
+        "prometheusRule.enabled": "false",
     }
-    operator = procs.start(
-        "operator",
-        [
-            str(BIN / "qsys-operator"),
-            "--namespace",
-            ns,
-            "--standalone",
-            "--health-address",
-            f"127.0.0.1:{health}",
-            "--metrics-address",
-            f"127.0.0.1:{metrics}",
-        ],
-        op_log,
-        env=env,
-        cwd=REPO,
-    )
+    args = [tool("helm", "helm"), "install", release, str(REPO / "charts" / "qsys-operator")]
+    args += ["--namespace", ns, "--wait", "--timeout", "180s"]
+    for key, value in values.items():
+        args += ["--set", f"{key}={value}"]
+    run(args, kubeconfig)
+    info(f"release {release}: operator {refs['operator']}, ServiceAccount {release}-qsys-operator")
 
-    def operator_alive() -> bool:
-        check_running("qsys-operator", operator, op_log)
-        return http_ok(f"http://127.0.0.1:{health}/healthz")
-
-    wait_for("operator liveness", operator_alive, timeout=30)
-    info(f"healthy; log: {op_log}")
+    step("Starting the Core simulator as a pod behind the Service core-sim (qsys-core-sim)")
+    sim = {
+        "name": "core-sim",
+        "image": refs["core-sim"],
+        "imagePullPolicy": "IfNotPresent",
+        "command": ["qsys-core-sim", "--host", "0.0.0.0", "--port", "1710"],
+        "ports": [{"name": "qrc", "containerPort": 1710}],
+        "readinessProbe": {"tcpSocket": {"port": 1710}, "periodSeconds": 1},
+        "securityContext": RESTRICTED,
+    }
+    utils.create_from_dict(api, _deployment("core-sim", sim), namespace=ns)  # type: ignore[no-untyped-call]
+    service = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "core-sim"},
+        "spec": {"selector": {"app": "core-sim"}, "ports": [{"name": "qrc", "port": 1710}]},
+    }
+    utils.create_from_dict(api, service, namespace=ns)  # type: ignore[no-untyped-call]
+    wait_for("the simulator pod Ready", lambda: ready_pods(v1, ns, "app=core-sim"), timeout=120)
+    info("Ready")
 
     step("Applying examples/qsyscore.yaml and examples/accesspolicy.yaml")
     panel_token = secrets.token_urlsafe(32)
@@ -355,104 +395,52 @@ def run_in_namespace(
         ),
     )
     info("Secret room-101-panel-token (the room panel's own token, as the example expects)")
-    core_doc["spec"]["core"]["port"] = sim_port
+    core_doc["spec"]["core"] = {"host": "core-sim", "port": 1710}
+    # The Core is a pod: after the Service's address translation, a pod address.
+    core_doc["spec"]["networkPolicy"] = {"coreCIDRs": ["198.18.0.0/16"]}
+    core_doc["spec"]["monitoring"] = {"serviceMonitor": {"enabled": False}}
+    started = time.monotonic()
     custom.create_namespaced_custom_object(GROUP, VERSION, ns, "qsyscores", core_doc)
-    info(f"QSysCore {core_name} (core 127.0.0.1:{sim_port}, the simulator)")
+    info(f"QSysCore {core_name} (core: the Service core-sim, port 1710)")
     custom.create_namespaced_custom_object(GROUP, VERSION, ns, "accesspolicies", policy_doc)
     info(f"AccessPolicy {policy_name}")
 
-    step("Waiting for the operator's children and the generated token")
-    apps = client.AppsV1Api(api)
-    net, pdb = client.NetworkingV1Api(api), client.PolicyV1Api(api)
-
-    def _read(fn: Callable[..., Any], name: str) -> Any:
-        try:
-            return fn(name, ns)
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
-
-    gateway, config_secret = f"{core_name}-gateway", f"{core_name}-gateway-config"
-    for kind, fn, child in (
-        ("Deployment", apps.read_namespaced_deployment, gateway),
-        ("Service", v1.read_namespaced_service, gateway),
-        ("Secret", v1.read_namespaced_secret, config_secret),
-        ("NetworkPolicy", net.read_namespaced_network_policy, gateway),
-        ("PodDisruptionBudget", pdb.read_namespaced_pod_disruption_budget, gateway),
-    ):
-
-        def present(f: Callable[..., Any] = fn, c: str = child) -> Any:
-            return _read(f, c)
-
-        wait_for(f"{kind} {child}", present, timeout=60)
-        info(f"{kind} {child}")
+    step("Waiting for the gateway pods (started by the kubelet, Ready by its probes)")
+    selector = f"app.kubernetes.io/instance={core_name},app.kubernetes.io/name=qsys-gateway"
+    replicas = int(core_doc["spec"]["gateway"]["replicas"])
+    pods = wait_for(
+        "gateway pods Ready",
+        lambda: p if len(p := ready_pods(v1, ns, selector)) == replicas else None,
+        timeout=180,
+    )
+    info(f"{replicas} pods Ready {time.monotonic() - started:.1f}s after the apply:")
+    for pod in pods:
+        info(f"  {pod.metadata.name} {pod.status.pod_ip} on {pod.spec.node_name}")
     token_secret = f"{policy_name}-ai-agent-token"
     token = wait_for(
         f"Secret {token_secret}", lambda: secret_text(v1, ns, token_secret, "token"), timeout=60
     )
     info(f"Secret {token_secret} (generated token for subject ai-agent)")
-    gateway_yaml = wait_for(
-        "rendered gateway.yaml",
-        lambda: secret_text(v1, ns, f"{core_name}-gateway-config", "gateway.yaml"),
-    )
-
-    def pod_ip() -> str | None:
-        pods = v1.list_namespaced_pod(ns, label_selector=f"app.kubernetes.io/instance={core_name}")
-        ips = sorted(p.status.pod_ip for p in pods.items if p.status and p.status.pod_ip)
-        return ips[0] if ips else None
-
-    ip = wait_for("a gateway pod IP", pod_ip, timeout=60)
-    if not ip.startswith("127."):
-        raise RuntimeError(f"pod IP {ip} is not loopback; the demo only dials loopback")
-
-    step(f"Starting qsys-gateway from Secret {core_name}-gateway-config, on pod IP {ip}")
-    gw_config = yaml.safe_load(gateway_yaml)
-    gw_config["listen"]["host"] = ip  # ports and policy stay as rendered
-    key_path = work / "token-key"  # the pod gets it beside gateway.yaml
-    key_path.write_text(secret_text(v1, ns, f"{core_name}-gateway-token-key", "key") or "")
-    key_path.chmod(0o600)
-    gw_config["auth"]["tokenKeyFile"] = str(key_path)
-    gw_path = work / "gateway.yaml"
-    gw_path.write_text(yaml.safe_dump(gw_config))
-    audit_log, gw_log = work / "gateway-audit.log", work / "gateway.log"
-    with gw_log.open("ab") as err, audit_log.open("ab") as out:
-        gw_proc = subprocess.Popen(
-            [str(BIN / "qsys-gateway"), "--config", str(gw_path)],
-            stdout=out,  # the audit trail (audit.path "-")
-            stderr=err,
-            start_new_session=True,
-        )
-    procs.procs.append(("gateway", gw_proc))
-    url = f"http://{ip}:{gw_config['listen']['http']}"
-
-    def gateway_ready() -> bool:
-        check_running("qsys-gateway", gw_proc, gw_log)
-        return http_ok(f"{url}/readyz")
-
-    wait_for("gateway ready", gateway_ready, timeout=30)
-    info(f"ready at {url} (config: {gw_path})")
+    gateway = f"{core_name}-gateway"
+    svc: Any = v1.read_namespaced_service(gateway, ns)
+    cluster_ip = svc.spec.cluster_ip
+    url = f"http://{cluster_ip}:8080"
+    info(f"Service {gateway}: ClusterIP {cluster_ip} (http 8080, qrc 1710, metrics 9090)")
 
     step(f"Waiting for QSysCore {core_name} Ready (the operator asks the gateway about the Core)")
 
-    def core_ready() -> dict[str, Any] | None:
-        check_running("qsys-operator", operator, op_log)
+    def ready(plural: str, name: str) -> dict[str, Any] | None:
         obj = cast(
-            dict[str, Any],
-            custom.get_namespaced_custom_object(GROUP, VERSION, ns, "qsyscores", core_name),
+            dict[str, Any], custom.get_namespaced_custom_object(GROUP, VERSION, ns, plural, name)
         )
         return obj if conditions(obj).get("Ready", {}).get("status") == "True" else None
 
-    core = wait_for(f"QSysCore {core_name} Ready", core_ready, timeout=90)
-
-    def policy_ready() -> dict[str, Any] | None:
-        obj = cast(
-            dict[str, Any],
-            custom.get_namespaced_custom_object(GROUP, VERSION, ns, "accesspolicies", policy_name),
-        )
-        return obj if conditions(obj).get("Ready", {}).get("status") == "True" else None
-
-    policy = wait_for(f"AccessPolicy {policy_name} Ready", policy_ready, timeout=60)
+    core = wait_for(f"QSysCore {core_name} Ready", lambda: ready("qsyscores", core_name), 120)
+    policy = wait_for(
+        f"AccessPolicy {policy_name} Ready", lambda: ready("accesspolicies", policy_name), 60
+    )
+    # kube-proxy programs a new Service's endpoints a moment after they are ready.
+    wait_for(f"the Service answering at {url}", lambda: http_ok(f"{url}/livez"), timeout=60)
     step("Status (as `kubectl get -o yaml` would show it)")
     show_status(core)
     show_status(policy)
@@ -472,15 +460,40 @@ def run_in_namespace(
         ),
     ]
     for title, method, params, why in calls:
-        step(f"The {title} call: ai-agent -> {method} {json.dumps(params)}")
+        step(f"The {title} call: ai-agent -> {method} {json.dumps(params)} via {url}")
         info(f"({why})")
         status, text = rpc(url, token, method, params)
         info(f"HTTP {status} {text.strip()}")
 
-    step("The gateway's audit lines")
-    wait_for("two audit lines", lambda: len(audit_log.read_text().splitlines()) >= 2, timeout=10)
-    for line in audit_log.read_text().splitlines():
+    step("The gateway's audit lines (its pods' logs)")
+
+    def audit_lines() -> list[str] | None:
+        lines = []
+        for pod in ready_pods(v1, ns, selector):
+            log = v1.read_namespaced_pod_log(pod.metadata.name, ns)
+            lines += [line for line in log.splitlines() if '"decision"' in line]
+        return lines if len(lines) >= 2 else None
+
+    for line in wait_for("two audit lines", audit_lines, timeout=30):
         info(line)
+
+    if keep:
+        kubectl = tool("kube", "kubectl")
+        step("Left running (KEEP=1). To keep playing:")
+        info(f"export KUBECONFIG={kubeconfig}")
+        info(f"{kubectl} -n {ns} get qsyscores,accesspolicies,pods,services")
+        info(f"{kubectl} -n {ns} logs -l {selector} --tail=20")
+        info(
+            f"TOKEN=$({kubectl} -n {ns} get secret {token_secret} "
+            "-o jsonpath='{.data.token}' | base64 -d)"
+        )
+        info(
+            f'curl -s {url}/v1/rpc -H "Authorization: Bearer $TOKEN" '
+            '-d \'{"jsonrpc":"2.0","id":1,"method":"StatusGet","params":{}}\''
+        )
+        info(f"curl -s {url}/healthz")
+        info(f"{kubectl} -n {ns} edit accesspolicy {policy_name}   # enforced without a restart")
+        info("make cluster-down   # ends it all")
 
 
 def main() -> int:
@@ -488,22 +501,21 @@ def main() -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_sigterm)
-    work = Path(tempfile.mkdtemp(prefix="qsys-demo-"))
-    procs = Processes()
-    print(f"qsys-operator demo (logs in {work})", flush=True)
+    keep = os.environ.get("KEEP", "") not in ("", "0")
+    print("qsys-operator demo, on real pods", flush=True)
     try:
-        with control_plane() as kubeconfig:
-            try:
-                demo(kubeconfig, work, procs)
-            finally:
-                procs.stop_all()
+        with control_plane(keep) as kubeconfig:
+            demo(kubeconfig, keep)
     except KeyboardInterrupt:
         print("\ndemo: interrupted; everything it started is stopped", file=sys.stderr)
         return 130
     except Exception as exc:
-        print(f"\ndemo: FAILED: {exc}\nlogs: {work}", file=sys.stderr)
+        print(f"\ndemo: FAILED: {exc}", file=sys.stderr)
         return 1
-    print(f"\nDone: everything the demo started is stopped. Logs: {work}", flush=True)
+    if keep:
+        print("\nDone: left running (KEEP=1); `make cluster-down` ends it.", flush=True)
+    else:
+        print("\nDone: everything the demo started is stopped.", flush=True)
     return 0
 
 

@@ -9,12 +9,23 @@ command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 command -v lua5.1 >/dev/null 2>&1 || need+=(lua5.1)
 # openssl: hack/cluster/pki.sh makes the control plane's certificates.
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
+# The local cluster's real node (hack/cluster/node.sh): container runtime, CNI
+# plugins (/usr/lib/cni), and what kubelet, kube-proxy, kube-router and the
+# teardown call (iptables, ipset, conntrack, nft).
+command -v containerd >/dev/null 2>&1 || need+=(containerd)
+command -v runc >/dev/null 2>&1 || need+=(runc)
+[ -x /usr/lib/cni/bridge ] || need+=(containernetworking-plugins)
+command -v iptables >/dev/null 2>&1 || need+=(iptables)
+command -v ipset >/dev/null 2>&1 || need+=(ipset)
+command -v conntrack >/dev/null 2>&1 || need+=(conntrack)
+command -v nft >/dev/null 2>&1 || need+=(nftables)
 # Node and npm: tests/js runs the vendor's QRWC SDK (@q-sys/qrwc) against the gateway;
 # tests/mcp-inspector the MCP Inspector (make mcp-inspector).
 command -v node >/dev/null 2>&1 || need+=(nodejs)
 command -v npm >/dev/null 2>&1 || need+=(npm)
 # Images without Docker (hack/images/build.sh, docs/images.md): a Debian root
-# filesystem, OCI packing, and a static C build of the pause image.
+# filesystem, OCI packing (also of the CoreDNS pod image, hack/cluster/node.sh),
+# and a static C build of the pause image.
 command -v mmdebstrap >/dev/null 2>&1 || need+=(mmdebstrap)
 command -v arch-test >/dev/null 2>&1 || need+=(arch-test)
 command -v umoci >/dev/null 2>&1 || need+=(umoci)

@@ -2,7 +2,7 @@
 # See docs/testing.md. Binaries: $(QSYS_TOOLS_CACHE)/GROUP-VERSION-KEY/bin.
 
 # Pinned tool groups built for `make test` (hack/tools/GROUP); add new ones here.
-TOOL_GROUPS ?= kube helm promtool
+TOOL_GROUPS ?= kube helm promtool node coredns kube-router
 KIND_CLUSTER ?= qsys-e2e
 KIND_KUBECONFIG := .cache/kind/kubeconfig
 IMAGE_TAG ?= e2e
@@ -16,7 +16,7 @@ tool_dir = $(shell bash hack/tools/build.sh --dir $(1))
 cluster-tools:
 	@bash hack/tools/build.sh $(TOOL_GROUPS)
 
-cluster-up: cluster-tools
+cluster-up: cluster-tools images
 	@bash hack/cluster/up.sh >/dev/null
 
 cluster-down:
@@ -29,7 +29,7 @@ cluster-env:
 
 # The e2e suite alone; brings the local control plane up (and down) unless
 # KUBECONFIG is set.
-e2e: install cluster-tools
+e2e: install cluster-tools images
 	$(BIN)/python -m pytest tests/e2e $(PYTEST_ARGS)
 
 # --- kind (needs a Docker engine) -------------------------------------------

@@ -10,6 +10,12 @@ stop_pids() { # SIGNAL PID...
 	for pid in "$@"; do kill "-$sig" "$pid" 2>/dev/null || true; done
 }
 
+# The real node first (its teardown needs no apiserver); also after a failed or
+# killed run, whenever this checkout has node state on the host.
+if [[ -f $STATE/host-before/.complete || -n $(all_our_pids "${NODE_COMPONENTS[@]}") ]]; then
+	bash "$REPO/hack/cluster/node.sh" down
+fi
+
 # Reverse start order: clients first, etcd last.
 for ((i = ${#COMPONENTS[@]} - 1; i >= 0; i--)); do
 	pid=$(component_pid "${COMPONENTS[i]}")

@@ -16,23 +16,59 @@ APISERVER_PORT=${QSYS_APISERVER_PORT:-16443}
 CONTROLLER_MANAGER_PORT=${QSYS_CONTROLLER_MANAGER_PORT:-16444}
 SCHEDULER_PORT=${QSYS_SCHEDULER_PORT:-16445}
 KWOK_PORT=${QSYS_KWOK_PORT:-16446}
-SERVICE_CIDR=${QSYS_SERVICE_CIDR:-10.96.0.0/16}
+# Address plan (docs/testing.md): everything the cluster addresses lies in
+# 198.18.0.0/15. Pods of the real node in 198.18.0.0/16 (the bridge's own
+# address, NODE_IP, is the node's and the apiserver's address for pods),
+# Services in 198.19.0.0/16.
+SERVICE_CIDR=198.19.0.0/16
+KUBERNETES_SERVICE_IP=198.19.0.1
+DNS_SERVICE_IP=198.19.0.10
+NODE_POD_CIDR=198.18.0.0/16
+NODE_IP=198.18.0.1
+# One real node (containerd, kubelet, kube-proxy, CoreDNS, kube-router) beside
+# the fake ones; hack/cluster/node.sh. QSYS_REAL_NODE=0 leaves it out (for a
+# second control plane on the same machine: the node's host state is
+# machine-wide, so only one checkout can run it at a time).
+REAL_NODE=${QSYS_REAL_NODE:-1}
+NODE_NAME=qsys-node
+NODE=$STATE/node
+KUBELET_PORT=${QSYS_KUBELET_PORT:-16447}
+KUBELET_HEALTHZ_PORT=${QSYS_KUBELET_HEALTHZ_PORT:-16448}
+KUBE_PROXY_HEALTHZ_PORT=${QSYS_KUBE_PROXY_HEALTHZ_PORT:-16449}
+KUBE_PROXY_METRICS_PORT=${QSYS_KUBE_PROXY_METRICS_PORT:-16450}
 # Pod addresses handed out by kwok. No pod really runs; the range is loopback
 # so that a test may stand in for a pod by binding a real process to its IP,
 # and so that nothing ever dials a non-loopback address.
 POD_CIDR=${QSYS_POD_CIDR:-127.77.0.1/16}
 FAKE_NODES=${QSYS_FAKE_NODES:-2}
-APISERVER_URL=https://127.0.0.1:$APISERVER_PORT
+# With the real node the apiserver listens on NODE_IP (inside the cluster's
+# range, reachable from pods as the "kubernetes" Service) instead of loopback.
+if [[ $REAL_NODE == 1 ]]; then APISERVER_HOST=$NODE_IP; else APISERVER_HOST=127.0.0.1; fi
+APISERVER_URL=https://$APISERVER_HOST:$APISERVER_PORT
 
 # Start order; down.sh stops in reverse.
 COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok)
+# The real node's processes, in start order (hack/cluster/node.sh).
+NODE_COMPONENTS=(containerd kube-proxy kubelet kube-router)
 
 KUBE_BIN=$(bash "$REPO/hack/tools/build.sh" --dir kube)
+NODE_BIN=$(bash "$REPO/hack/tools/build.sh" --dir node)
+COREDNS_BIN=$(bash "$REPO/hack/tools/build.sh" --dir coredns)
+KUBE_ROUTER_BIN=$(bash "$REPO/hack/tools/build.sh" --dir kube-router)
 
 log() { echo "cluster: $*" >&2; }
 die() {
 	log "ERROR: $*"
 	exit 1
+}
+
+bin_path() {
+	case $1 in
+	containerd) echo /usr/bin/containerd ;;
+	kubelet | kube-proxy) echo "$NODE_BIN/$1" ;;
+	kube-router) echo "$KUBE_ROUTER_BIN/kube-router" ;;
+	*) echo "$KUBE_BIN/$1" ;;
+	esac
 }
 
 # Pid of a running component we started, or nothing. A pid only counts when
@@ -46,18 +82,23 @@ component_pid() {
 
 is_ours() {
 	local pid=$1 name=$2 args=()
-	# Builtins only: all_our_pids runs this for every process on the machine.
 	{ mapfile -d '' -t args <"/proc/$pid/cmdline"; } 2>/dev/null || return 1
-	[[ ${args[0]:-} == "$KUBE_BIN/$name" && ${args[*]} == *"$STATE"* ]]
+	[[ ${args[0]:-} == "$(bin_path "$name")" && ${args[*]} == *"$STATE"* ]]
 }
 
 # Every process running one of our binaries with our state directory in its
-# arguments, whether or not a pid file still names it.
+# arguments, whether or not a pid file still names it. NAMES: component names
+# (default: all).
 all_our_pids() {
-	local dir name
+	local dir name args=() names=("$@") paths=()
+	((${#names[@]})) || names=("${COMPONENTS[@]}" "${NODE_COMPONENTS[@]}")
+	for name in "${names[@]}"; do paths+=("$(bin_path "$name")"); done
+	# Builtins only in the loop: it runs for every process on the machine.
 	for dir in /proc/[0-9]*; do
-		for name in "${COMPONENTS[@]}"; do
-			if is_ours "${dir#/proc/}" "$name"; then echo "${dir#/proc/}"; fi
+		{ mapfile -d '' -t args <"$dir/cmdline"; } 2>/dev/null || continue
+		[[ ${args[*]} == *"$STATE"* ]] || continue
+		for name in "${paths[@]}"; do
+			if [[ ${args[0]:-} == "$name" ]]; then echo "${dir#/proc/}"; fi
 		done
 	done
 }
@@ -65,4 +106,61 @@ all_our_pids() {
 readyz() {
 	curl -sf --max-time 2 --cacert "$PKI/ca.crt" --cert "$PKI/admin.crt" --key "$PKI/admin.key" \
 		"$APISERVER_URL/readyz" >/dev/null 2>&1
+}
+
+# kubeconfig FILE USER: a kubeconfig for USER's client certificate.
+kubeconfig() {
+	local tmp
+	tmp=$(mktemp "$1.XXXXXX")
+	cat >"$tmp" <<KUBECONFIG
+apiVersion: v1
+kind: Config
+clusters:
+- name: qsys-local
+  cluster:
+    server: $APISERVER_URL
+    certificate-authority-data: $(base64 -w0 "$PKI/ca.crt")
+users:
+- name: $2
+  user:
+    client-certificate-data: $(base64 -w0 "$PKI/$2.crt")
+    client-key-data: $(base64 -w0 "$PKI/$2.key")
+contexts:
+- name: qsys-local
+  context:
+    cluster: qsys-local
+    user: $2
+current-context: qsys-local
+KUBECONFIG
+	chmod 600 "$tmp"
+	mv "$tmp" "$1"
+}
+start() {
+	local name=$1
+	shift
+	# setsid: a Ctrl-C in the terminal that ran this script must not reach the
+	# components; down.sh stops them.
+	setsid "$(bin_path "$name")" "$@" >"$LOGS/$name.log" 2>&1 </dev/null &
+	echo $! >"$PIDS/$name.pid"
+}
+
+# wait_for WHAT SECONDS COMPONENT CMD...: poll CMD until it succeeds, failing
+# early (with the log's tail) when COMPONENT exits.
+wait_for() {
+	local what=$1 timeout=$2 name=$3 deadline
+	shift 3
+	deadline=$(($(date +%s) + timeout))
+	until "$@"; do
+		# kill -0, not component_pid: right after start the pid may still be
+		# setsid's, before it execs the component.
+		if ! kill -0 "$(cat "$PIDS/$name.pid")" 2>/dev/null; then
+			tail -n 30 "$LOGS/$name.log" >&2 || true
+			die "$name exited while waiting for $what (log: $LOGS/$name.log)"
+		fi
+		if (($(date +%s) > deadline)); then
+			tail -n 30 "$LOGS/$name.log" >&2 || true
+			die "timed out after ${timeout}s waiting for $what (log: $LOGS/$name.log)"
+		fi
+		sleep 0.2
+	done
 }

@@ -4,7 +4,7 @@
 set -euo pipefail
 dir=$1
 # Bump the marker's number when this script adds files, so old sets are redone.
-[[ -f $dir/.complete.2 ]] && exit 0
+[[ -f $dir/.complete.3 ]] && exit 0
 rm -rf "$dir"
 mkdir -p "$dir"
 cd "$dir"
@@ -39,19 +39,28 @@ leaf() {
 	rm -f "$1.csr" "$1.ext"
 }
 
-# The first address of the default service CIDR (10.96.0.1) is the
-# "kubernetes" Service's ClusterIP.
+# 198.18.0.1: the real node's bridge address, where the apiserver listens when
+# the node runs; 198.19.0.1: the first address of the Service range, the
+# "kubernetes" Service's ClusterIP (hack/cluster/lib.sh).
 leaf apiserver "/CN=kube-apiserver" serverAuth \
-	"IP:127.0.0.1,DNS:localhost,IP:10.96.0.1,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
+	"IP:127.0.0.1,DNS:localhost,IP:198.18.0.1,IP:198.19.0.1,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
 leaf admin "/O=system:masters/CN=qsys-admin" clientAuth
 leaf kube-controller-manager "/CN=system:kube-controller-manager" clientAuth
 leaf kube-scheduler "/CN=system:kube-scheduler" clientAuth
 # kwok plays every kubelet (node and pod status of all fake nodes), which the
 # Node authorizer's per-node identities cannot express.
 leaf kwok "/O=system:masters/CN=kwok" clientAuth
+# The real node (hack/cluster/node.sh): the kubelet's identity under the Node
+# authorizer, the apiserver's client certificate for the kubelet's API,
+# kube-proxy's default identity (bound to system:node-proxier), and one
+# cluster-admin identity for the node's add-ons (CoreDNS, kube-router).
+leaf kubelet "/O=system:nodes/CN=system:node:qsys-node" clientAuth
+leaf apiserver-kubelet-client "/O=system:masters/CN=kube-apiserver-kubelet-client" clientAuth
+leaf kube-proxy "/CN=system:kube-proxy" clientAuth
+leaf node-addons "/O=system:masters/CN=qsys-node-addons" clientAuth
 leaf front-proxy-client "/CN=front-proxy-client" clientAuth "" front-proxy-ca
 
 openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out sa.key 2>/dev/null
 openssl pkey -in sa.key -pubout -out sa.pub
 chmod 600 ./*.key
-touch .complete.2
+touch .complete.3

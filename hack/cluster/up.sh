@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Starts the local control plane (etcd, kube-apiserver, kube-controller-manager,
-# kube-scheduler, kwok as fake kubelet) on 127.0.0.1 and writes the admin
+# kube-scheduler, kwok as fake kubelet) on 127.0.0.1, and the real node
+# (hack/cluster/node.sh; not with QSYS_REAL_NODE=0), and writes the admin
 # kubeconfig to $STATE/kubeconfig. Prints "reused" on stdout when a healthy
 # control plane of this checkout was already running, "started" otherwise;
 # progress goes to stderr.
@@ -11,11 +12,13 @@ for name in "${COMPONENTS[@]}"; do
 	[[ -x $KUBE_BIN/$name ]] || die "$KUBE_BIN/$name is missing: run 'make cluster-tools' first"
 done
 
+wanted=("${COMPONENTS[@]}")
+if [[ $REAL_NODE == 1 ]]; then wanted+=("${NODE_COMPONENTS[@]}"); fi
 running=0
-for name in "${COMPONENTS[@]}"; do
+for name in "${wanted[@]}"; do
 	if [[ -n $(component_pid "$name") ]]; then running=$((running + 1)); fi
 done
-if ((running == ${#COMPONENTS[@]})) && [[ -f $KUBECONFIG_OUT ]] && readyz; then
+if ((running == ${#wanted[@]})) && [[ -f $KUBECONFIG_OUT ]] && readyz; then
 	log "already running at $APISERVER_URL; reusing it (kubeconfig: $KUBECONFIG_OUT)"
 	echo reused
 	exit 0
@@ -26,7 +29,7 @@ if [[ -n $(all_our_pids) ]]; then
 fi
 
 for port in "$ETCD_PORT" "$ETCD_PEER_PORT" "$APISERVER_PORT" "$CONTROLLER_MANAGER_PORT" \
-	"$SCHEDULER_PORT" "$KWOK_PORT"; do
+	"$SCHEDULER_PORT" "$KWOK_PORT" "$KUBELET_HEALTHZ_PORT" "$KUBE_PROXY_HEALTHZ_PORT" "$KUBE_PROXY_METRICS_PORT"; do
 	if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
 		die "127.0.0.1:$port is already in use by another program; set the QSYS_*_PORT variables (see hack/cluster/lib.sh)"
 	fi
@@ -44,65 +47,19 @@ elapsed() {
 rm -rf "$STATE/etcd" "$LOGS" "$PIDS" "$KUBECONFIG_OUT"
 mkdir -p "$STATE" "$LOGS" "$PIDS"
 bash "$REPO/hack/cluster/pki.sh" "$PKI"
+if [[ $REAL_NODE == 1 ]]; then
+	# Host state first, before anything changes it; then the bridge whose
+	# address the apiserver binds.
+	bash "$REPO/hack/cluster/node.sh" record
+	bash "$REPO/hack/cluster/node.sh" net-up
+	endpoint_reconciler=lease
+else
+	endpoint_reconciler=none
+fi
 
-# kubeconfig FILE USER: a kubeconfig for USER's client certificate.
-kubeconfig() {
-	local tmp
-	tmp=$(mktemp "$1.XXXXXX")
-	cat >"$tmp" <<KUBECONFIG
-apiVersion: v1
-kind: Config
-clusters:
-- name: qsys-local
-  cluster:
-    server: $APISERVER_URL
-    certificate-authority-data: $(base64 -w0 "$PKI/ca.crt")
-users:
-- name: $2
-  user:
-    client-certificate-data: $(base64 -w0 "$PKI/$2.crt")
-    client-key-data: $(base64 -w0 "$PKI/$2.key")
-contexts:
-- name: qsys-local
-  context:
-    cluster: qsys-local
-    user: $2
-current-context: qsys-local
-KUBECONFIG
-	chmod 600 "$tmp"
-	mv "$tmp" "$1"
-}
 for user in kube-controller-manager kube-scheduler kwok; do
 	kubeconfig "$STATE/$user.kubeconfig" "$user"
 done
-
-start() {
-	local name=$1
-	shift
-	# setsid: a Ctrl-C in the terminal that ran this script must not reach the
-	# components; down.sh stops them.
-	setsid "$KUBE_BIN/$name" "$@" >"$LOGS/$name.log" 2>&1 </dev/null &
-	echo $! >"$PIDS/$name.pid"
-}
-
-# wait_for WHAT SECONDS COMPONENT CMD...: poll CMD until it succeeds, failing
-# early (with the log's tail) when COMPONENT exits.
-wait_for() {
-	local what=$1 timeout=$2 name=$3 deadline
-	shift 3
-	deadline=$(($(date +%s) + timeout))
-	until "$@"; do
-		if [[ -z $(component_pid "$name") ]]; then
-			tail -n 30 "$LOGS/$name.log" >&2 || true
-			die "$name exited while waiting for $what (log: $LOGS/$name.log)"
-		fi
-		if (($(date +%s) > deadline)); then
-			tail -n 30 "$LOGS/$name.log" >&2 || true
-			die "timed out after ${timeout}s waiting for $what (log: $LOGS/$name.log)"
-		fi
-		sleep 0.2
-	done
-}
 
 start etcd \
 	--name=qsys --data-dir="$STATE/etcd" \
@@ -115,7 +72,7 @@ start etcd \
 wait_for "etcd" 30 etcd curl -sf --max-time 2 -o /dev/null "http://127.0.0.1:$ETCD_PORT/health"
 
 start kube-apiserver \
-	--bind-address=127.0.0.1 --advertise-address=127.0.0.1 --secure-port="$APISERVER_PORT" \
+	--bind-address="$APISERVER_HOST" --advertise-address="$APISERVER_HOST" --secure-port="$APISERVER_PORT" \
 	--etcd-servers="http://127.0.0.1:$ETCD_PORT" \
 	--tls-cert-file="$PKI/apiserver.crt" --tls-private-key-file="$PKI/apiserver.key" \
 	--client-ca-file="$PKI/ca.crt" \
@@ -126,12 +83,16 @@ start kube-apiserver \
 	--requestheader-extra-headers-prefix=X-Remote-Extra- \
 	--proxy-client-cert-file="$PKI/front-proxy-client.crt" \
 	--proxy-client-key-file="$PKI/front-proxy-client.key" \
-	--authorization-mode=Node,RBAC --enable-admission-plugins=NodeRestriction \
+	--kubelet-client-certificate="$PKI/apiserver-kubelet-client.crt" \
+	--kubelet-client-key="$PKI/apiserver-kubelet-client.key" \
+	--kubelet-preferred-address-types=InternalIP \
+	--authorization-mode=Node,RBAC \
+	--enable-admission-plugins=NodeRestriction,PodNodeSelector,PodTolerationRestriction \
 	--service-account-issuer=https://kubernetes.default.svc.cluster.local \
 	--service-account-key-file="$PKI/sa.pub" \
 	--service-account-signing-key-file="$PKI/sa.key" \
 	--service-cluster-ip-range="$SERVICE_CIDR" \
-	--endpoint-reconciler-type=none \
+	--endpoint-reconciler-type="$endpoint_reconciler" \
 	--allow-privileged=true --profiling=false
 wait_for "kube-apiserver /readyz" 60 kube-apiserver readyz
 log "kube-apiserver /readyz ok after $(elapsed)s"
@@ -197,6 +158,10 @@ wait_for "the default ServiceAccount" 60 kube-controller-manager default_service
 for name in "${COMPONENTS[@]}"; do
 	[[ -n $(component_pid "$name") ]] || die "$name exited (log: $LOGS/$name.log)"
 done
+if [[ $REAL_NODE == 1 ]]; then
+	bash "$REPO/hack/cluster/node.sh" up
+	log "real node $NODE_NAME Ready after $(elapsed)s"
+fi
 
 cp "$STATE/admin.kubeconfig" "$KUBECONFIG_OUT.tmp"
 mv "$KUBECONFIG_OUT.tmp" "$KUBECONFIG_OUT"

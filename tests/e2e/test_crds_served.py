@@ -17,6 +17,7 @@ from kubernetes.client.exceptions import ApiException
 from qsys_operator.api import AccessPolicy, QSysCore
 from qsys_operator.render import PolicyBinding, render_core_children
 from qsys_operator.settings import OperatorSettings
+from qsys_protocol.config import AttackLimits
 
 pytestmark = pytest.mark.e2e
 
@@ -96,6 +97,7 @@ def test_examples_apply_and_server_fills_defaults(
     spec = core["spec"]
     assert spec["core"]["port"] == 1710
     assert spec["gateway"]["replicas"] == 2
+    attack_defaults = AttackLimits().model_dump()
     assert spec["limits"] == {
         "requestsPerSecond": 20,
         "burst": 40,
@@ -103,6 +105,7 @@ def test_examples_apply_and_server_fills_defaults(
         "maxMessageBytes": 262144,
         "requestTimeoutSeconds": 5,
         "storage": "memory",
+        **attack_defaults,
     }
     assert spec["networkPolicy"]["enabled"] is True
     assert spec["monitoring"]["serviceMonitor"]["interval"] == "30s"

@@ -139,6 +139,7 @@ def test_deployment_probes_and_ports() -> None:
     assert c["startupProbe"]["httpGet"]["path"] == "/livez"
     assert c["livenessProbe"]["httpGet"] == {"path": "/livez", "port": "http", "scheme": "HTTP"}
     assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert c["lifecycle"] == {"preStop": {"sleep": {"seconds": 5}}}
     deployment = by_kind(result)["Deployment"]
     assert deployment["spec"]["replicas"] == 2
     assert deployment["spec"]["selector"]["matchLabels"] == {

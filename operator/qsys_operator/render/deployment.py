@@ -104,6 +104,9 @@ def _volumes(core: QSysCore) -> tuple[list[dict[str, Any]], list[dict[str, Any]]
     return volumes, mounts
 
 
+PRE_STOP_SLEEP_S = 5
+
+
 def _container(core: QSysCore, settings: OperatorSettings) -> dict[str, Any]:
     gw = core.spec.gateway
     scheme = "HTTPS" if gw.tlsSecretName else "HTTP"
@@ -123,6 +126,11 @@ def _container(core: QSysCore, settings: OperatorSettings) -> dict[str, Any]:
         "livenessProbe": _probe("/livez", scheme, period=10, failures=3),
         # /readyz means "this pod can serve"; it does not follow the Core's health.
         "readinessProbe": _probe("/readyz", scheme, period=5, failures=2),
+        # Keep serving while the pod leaves the Service: kube-proxy on every node
+        # drops it a moment after it turns Terminating, and a SIGTERM at once
+        # would refuse the connections routed to it meanwhile (seen on real pods
+        # during a rollout).
+        "lifecycle": {"preStop": {"sleep": {"seconds": PRE_STOP_SLEEP_S}}},
         "resources": gw.resources if gw.resources is not None else DEFAULT_RESOURCES,
         "securityContext": {
             "runAsNonRoot": True,

@@ -1,0 +1,521 @@
+"""The product on real pods: the operator installed by the Helm chart (its image, its
+ServiceAccount), the Core simulator as a pod behind a Service, the example QSysCore
+and AccessPolicy pointing at that Service by name, and the gateway pods the operator
+renders, started by the kubelet from the built image. Clients on the host call the
+gateway Service's ClusterIP (198.19.0.0/16) over HTTP, WebSocket and raw QRC.
+
+The tests share one installation (module scope) and run in file order: later ones
+change it (policy edit, Core outage, rollout, operator restart, drain).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import os
+import secrets
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import yaml
+from kube_support import REPO, Cluster, must, tool_dir, wait_for
+from kubernetes import client
+from node_support import (
+    NODE_NAME,
+    deploy,
+    images,
+    is_ready,
+    real_namespace,
+    restricted_container,
+    run_pod,
+    wait_pods_ready,
+)
+from operator_support import apply_crds, condition, get, patch, secret_text, wait_condition
+
+from qsys_protocol.qrc.client import QrcClient
+
+pytestmark = pytest.mark.e2e
+
+CHART = REPO / "charts" / "qsys-operator"
+CORE = "auditorium"
+POLICY = "auditorium-operators"
+GATEWAY = f"{CORE}-gateway"
+GATEWAY_SELECTOR = f"app.kubernetes.io/instance={CORE},app.kubernetes.io/name=qsys-gateway"
+PANEL_TOKEN = secrets.token_hex(32)
+TIMEOUT_S = 180
+
+
+@dataclass
+class Stack:
+    cluster: Cluster
+    ns: str
+    release: str
+    gateway_ip: str
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.gateway_ip}:8080"
+
+    def token(self) -> str:
+        token = secret_text(self.cluster, self.ns, f"{POLICY}-ai-agent-token", "token")
+        assert token
+        return token
+
+    def rpc(self, method: str, params: Any = None, token: str | None = None) -> tuple[int, Any]:
+        body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": method, "params": params or {}})
+        req = urllib.request.Request(
+            f"{self.url}/v1/rpc",
+            data=body.encode(),
+            headers={
+                "Authorization": f"Bearer {token or self.token()}",
+                "Content-Type": "application/json",
+            },
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=10) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read() or b"{}")
+
+    def health(self) -> dict[str, Any]:
+        try:
+            with urllib.request.urlopen(f"{self.url}/healthz", timeout=5) as r:
+                out: dict[str, Any] = json.loads(r.read())
+        except urllib.error.HTTPError as exc:
+            out = json.loads(exc.read() or b"{}")
+        return out
+
+    def gateway_pods(self) -> list[client.V1Pod]:
+        pods = client.CoreV1Api(self.cluster.api).list_namespaced_pod(
+            self.ns, label_selector=GATEWAY_SELECTOR
+        )
+        return [p for p in pods.items if must(p.metadata).deletion_timestamp is None]
+
+
+def _tool(group: str, name: str) -> Path:
+    path = tool_dir(group) / name
+    if not path.is_file():
+        pytest.fail(f"{name} is not built ({path}): run `make cluster-tools`", pytrace=False)
+    return path
+
+
+def _run(args: list[str | Path], cluster: Cluster, timeout: float = TIMEOUT_S) -> str:
+    result = subprocess.run(
+        [str(a) for a in args],
+        capture_output=True,
+        text=True,
+        timeout=timeout + 30,
+        check=False,
+        env={**os.environ, "KUBECONFIG": cluster.kubeconfig},
+    )
+    assert result.returncode == 0, f"{args} exited {result.returncode}:\n{result.stderr[-4000:]}"
+    return result.stdout
+
+
+def _split(ref: str) -> tuple[str, str]:
+    repo, _, tag = ref.rpartition(":")
+    return repo, tag
+
+
+def _simulator(cluster: Cluster, ns: str, image: str) -> None:
+    container = restricted_container(
+        "core-sim",
+        image,
+        ["qsys-core-sim", "--host", "0.0.0.0", "--port", "1710"],
+        ports=[{"containerPort": 1710, "name": "qrc"}],
+        readinessProbe={"tcpSocket": {"port": 1710}, "periodSeconds": 1},
+    )
+    deploy(cluster, ns, container, port=1710)
+    wait_pods_ready(cluster, ns, "app=core-sim", 1)
+
+
+def _example(name: str) -> dict[str, Any]:
+    body: dict[str, Any] = yaml.safe_load((REPO / "examples" / name).read_text("utf-8"))
+    return body
+
+
+@pytest.fixture(scope="module")
+def stack(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    refs = images()
+    helm = _tool("helm", "helm")
+    with real_namespace(cluster) as ns:
+        apply_crds(cluster)
+        release = f"qsys-{ns.rsplit('-', 1)[1]}"
+        op_repo, op_tag = _split(refs["operator"])
+        gw_repo, gw_tag = _split(refs["gateway"])
+        values = [
+            f"image.repository={op_repo}",
+            f"image.tag={op_tag}",
+            "image.pullPolicy=Never",
+            f"gatewayImage.repository={gw_repo}",
+            f"gatewayImage.tag={gw_tag}",
+            "gatewayImage.pullPolicy=Never",
+            f"watchNamespaces={{{ns}}}",
+            "resyncSeconds=2",
+            "serviceMonitor.enabled=false",
+            "prometheusRule.enabled=false",
+            "gatewayProbe.cidrs={198.18.0.0/16}",
+        ]
+        args: list[str | Path] = [helm, "install", release, CHART, "--namespace", ns, "--wait"]
+        args += ["--timeout", f"{TIMEOUT_S}s"]
+        for value in values:
+            args += ["--set", value]
+        _run(args, cluster)
+        try:
+            _simulator(cluster, ns, refs["core-sim"])
+            core = client.CoreV1Api(cluster.api)
+            core.create_namespaced_secret(
+                ns,
+                client.V1Secret(
+                    metadata=client.V1ObjectMeta(
+                        name="room-101-panel-token",
+                        labels={"qsys.dev/secret-type": "client-token"},
+                    ),
+                    string_data={"token": PANEL_TOKEN},
+                ),
+            )
+            qsyscore = _example("qsyscore.yaml")
+            qsyscore["spec"]["core"] = {"host": "core-sim", "port": 1710}
+            # The Core is a pod: its address (after the Service's DNAT) is in the pod range.
+            qsyscore["spec"]["networkPolicy"] = {"coreCIDRs": ["198.18.0.0/16"]}
+            qsyscore["spec"]["monitoring"] = {"serviceMonitor": {"enabled": False}}
+            custom = client.CustomObjectsApi(cluster.api)
+            started = time.monotonic()
+            custom.create_namespaced_custom_object(
+                "qsys.dev", "v1alpha1", ns, "qsyscores", qsyscore
+            )
+            custom.create_namespaced_custom_object(
+                "qsys.dev", "v1alpha1", ns, "accesspolicies", _example("accesspolicy.yaml")
+            )
+            wait_pods_ready(cluster, ns, GATEWAY_SELECTOR, 2, timeout=TIMEOUT_S)
+            print(f"QSysCore applied -> 2 Ready gateway pods: {time.monotonic() - started:.1f}s")
+            svc = core.read_namespaced_service(GATEWAY, ns)
+            stack = Stack(cluster, ns, release, must(must(svc.spec).cluster_ip))
+            wait_condition(
+                cluster, ns, "QSysCore", CORE, "CoreConnected", "True", timeout=TIMEOUT_S
+            )
+            streak = [0]
+
+            def answers() -> bool:
+                # kube-proxy and kube-router program new pods a moment after they are
+                # Ready; until then a connection may be refused. 10 answers in a row.
+                try:
+                    ok = stack.rpc("StatusGet")[0] == 200
+                except OSError:
+                    ok = False
+                streak[0] = streak[0] + 1 if ok else 0
+                time.sleep(0.1)
+                return streak[0] >= 10
+
+            wait_for("the gateway Service answering steadily", answers, timeout=60)
+            yield stack
+        finally:
+            subprocess.run(
+                [str(helm), "uninstall", release, "--namespace", ns, "--wait", "--timeout", "60s"],
+                env={**os.environ, "KUBECONFIG": cluster.kubeconfig},
+                capture_output=True,
+                timeout=120,
+                check=False,
+            )
+
+
+def _container_pid(cluster: Cluster, pod: client.V1Pod) -> int:
+    (status,) = must(pod.status).container_statuses or []
+    container_id = must(status.container_id).split("://", 1)[1]
+    sock = REPO / ".cache" / "cluster" / "node" / "containerd" / "containerd.sock"
+    out = subprocess.run(
+        ["ctr", "--address", str(sock), "-n", "k8s.io", "tasks", "ls"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    ).stdout
+    for line in out.splitlines():
+        fields = line.split()
+        if fields and fields[0] == container_id:
+            return int(fields[1])
+    raise AssertionError(f"no containerd task {container_id}:\n{out}")
+
+
+def test_gateway_pods_run_non_root_read_only_without_capabilities(stack: Stack) -> None:
+    pods = stack.gateway_pods()
+    assert len(pods) == 2
+    for pod in pods:
+        spec = must(pod.spec)
+        assert spec.node_name == NODE_NAME
+        (container,) = spec.containers
+        sc = must(container.security_context)
+        assert sc.read_only_root_filesystem is True
+        assert sc.allow_privilege_escalation is False
+        assert must(sc.capabilities).drop == ["ALL"]
+        assert not must(sc.capabilities).add
+        # Ready through the kubelet's own probes.
+        (status,) = must(pod.status).container_statuses or []
+        assert status.ready
+        assert status.restart_count == 0
+        # From inside: the container's first process, as the kernel sees it.
+        pid = _container_pid(stack.cluster, pod)
+        proc = Path(f"/proc/{pid}")
+        fields = dict(
+            line.split(":", 1) for line in (proc / "status").read_text().splitlines() if ":" in line
+        )
+        uids = fields["Uid"].split()
+        assert uids[0] != "0", fields["Uid"]
+        assert len(set(uids)) == 1, fields["Uid"]
+        for cap in ("CapPrm", "CapEff", "CapBnd", "CapAmb"):
+            assert int(fields[cap], 16) == 0, (cap, fields[cap])
+        assert fields["NoNewPrivs"].strip() == "1"
+        root = [
+            line.split()
+            for line in (proc / "mountinfo").read_text().splitlines()
+            if line.split()[4] == "/"
+        ]
+        assert root, "no root mount"
+        assert "ro" in root[0][5].split(","), root
+
+
+def test_host_clients_reach_the_gateway_service_over_http_websocket_and_qrc(
+    stack: Stack,
+) -> None:
+    code, reply = stack.rpc("StatusGet")
+    assert code == 200, reply
+    assert reply["result"]["State"]
+    assert stack.health()["status"] == "healthy"
+
+    async def ws_and_qrc() -> tuple[Any, Any]:
+        headers = {"Authorization": f"Bearer {stack.token()}"}
+        async with (
+            aiohttp.ClientSession() as http,
+            http.ws_connect(f"ws://{stack.gateway_ip}:8080/v1/ws", headers=headers) as ws,
+        ):
+            await ws.send_json({"jsonrpc": "2.0", "id": 7, "method": "StatusGet", "params": {}})
+            async with asyncio.timeout(10):
+                while True:
+                    msg = await ws.receive_json()
+                    if msg.get("id") == 7:
+                        break
+        qrc = await QrcClient.connect(stack.gateway_ip, 1710)
+        try:
+            logon = await qrc.call("Logon", {"User": "ai-agent", "Password": stack.token()})
+            status = await qrc.call("StatusGet", {})
+        finally:
+            await qrc.close()
+        assert logon is True
+        return msg, status
+
+    ws_reply, qrc_status = asyncio.run(ws_and_qrc())
+    assert ws_reply["result"]["State"], ws_reply
+    assert qrc_status["State"], qrc_status
+
+
+GAIN = {"Name": "Room101 Zone1 Gain", "Controls": [{"Name": "gain"}]}
+
+
+def test_access_policy_edit_is_enforced_without_restart(stack: Stack) -> None:
+    """The edit reaches running pods through the Secret volume and the gateway's reload:
+    a WebSocket opened before it stays open and is refused afterwards; no pod restarts."""
+    before = {must(p.metadata).name for p in stack.gateway_pods()}
+    assert stack.rpc("Component.Get", GAIN)[0] == 200
+
+    async def across_the_edit() -> tuple[Any, Any]:
+        headers = {"Authorization": f"Bearer {stack.token()}"}
+        url = f"ws://{stack.gateway_ip}:8080/v1/ws"
+        async with aiohttp.ClientSession() as http, http.ws_connect(url, headers=headers) as ws:
+
+            async def call(rid: int) -> Any:
+                await ws.send_json(
+                    {"jsonrpc": "2.0", "id": rid, "method": "Component.Get", "params": GAIN}
+                )
+                async with asyncio.timeout(10):
+                    while True:
+                        msg = await ws.receive_json()
+                        if msg.get("id") == rid:
+                            return msg
+
+            first = await call(1)
+            policy = get(stack.cluster, stack.ns, "AccessPolicy", POLICY)
+            rules = [r for r in policy["spec"]["rules"] if "Component.Get" not in r["methods"]]
+            rules.append({"methods": ["StatusGet"], "components": ["*"], "controls": ["*"]})
+            patch(stack.cluster, stack.ns, "AccessPolicy", POLICY, {"spec": {"rules": rules}})
+            deadline = time.monotonic() + 120
+            rid = 2
+            while "error" not in (last := await call(rid)) and time.monotonic() < deadline:
+                rid += 1
+                await asyncio.sleep(0.5)
+            assert not ws.closed
+            return first, last
+
+    first, last = asyncio.run(across_the_edit())
+    assert "result" in first, first
+    assert "error" in last, last
+    assert stack.rpc("Component.Get", GAIN)[0] == 403
+    assert stack.rpc("StatusGet")[0] == 200
+    after = stack.gateway_pods()
+    assert {must(p.metadata).name for p in after} == before
+    for pod in after:
+        (status,) = must(pod.status).container_statuses or []
+        assert status.restart_count == 0
+
+
+def test_core_outage_degrades_and_recovers(stack: Stack) -> None:
+    apps = client.AppsV1Api(stack.cluster.api)
+    apps.patch_namespaced_deployment_scale("core-sim", stack.ns, {"spec": {"replicas": 0}})
+    wait_condition(stack.cluster, stack.ns, "QSysCore", CORE, "CoreConnected", "False", timeout=120)
+    wait_for("gateway health degraded", lambda: stack.health().get("status") == "degraded", 60)
+    # The gateway pods stay Ready, in the Service.
+    endpoints = client.DiscoveryV1Api(stack.cluster.api).list_namespaced_endpoint_slice(
+        stack.ns, label_selector=f"kubernetes.io/service-name={GATEWAY}"
+    )
+    ready = [e for s in endpoints.items for e in s.endpoints or [] if must(e.conditions).ready]
+    assert len(ready) == 2, ready
+    apps.patch_namespaced_deployment_scale("core-sim", stack.ns, {"spec": {"replicas": 1}})
+    wait_condition(stack.cluster, stack.ns, "QSysCore", CORE, "CoreConnected", "True", timeout=120)
+    wait_for("gateway health healthy", lambda: stack.health().get("status") == "healthy", 60)
+    assert stack.rpc("StatusGet")[0] == 200
+
+
+def test_rollout_while_a_client_keeps_calling_fails_no_call(stack: Stack) -> None:
+    token = stack.token()
+    results: list[int] = []
+    stop = threading.Event()
+
+    def caller() -> None:
+        while not stop.is_set() and len(results) < 20000:
+            try:
+                results.append(stack.rpc("StatusGet", token=token)[0])
+            except OSError:
+                results.append(-1)
+            time.sleep(0.2)  # 5 calls/s: inside the example policy's rate limit
+
+    before = {must(p.metadata).name for p in stack.gateway_pods()}
+    thread = threading.Thread(target=caller)
+    thread.start()
+    try:
+        patch(
+            stack.cluster,
+            stack.ns,
+            "QSysCore",
+            CORE,
+            {"spec": {"gateway": {"podAnnotations": {"e2e/rollout": str(time.time())}}}},
+        )
+
+        def rolled() -> bool:
+            pods = stack.gateway_pods()
+            names = {must(p.metadata).name for p in pods}
+            ready = [p for p in pods if is_ready(p)]
+            return len(pods) == 2 and len(ready) == 2 and not names & before
+
+        wait_for("the rollout to finish", rolled, timeout=TIMEOUT_S)
+        time.sleep(2)
+    finally:
+        stop.set()
+        thread.join(30)
+    failed = [r for r in results if r != 200]
+    assert len(results) > 20, len(results)
+    assert not failed, f"{len(failed)} of {len(results)} calls failed: {sorted(set(failed))}"
+
+
+def test_network_policy_admits_pods_of_its_namespace_only(stack: Stack) -> None:
+    image = images()["gateway"]
+    script = f"""
+import json, sys, urllib.request
+req = urllib.request.Request("http://{GATEWAY}.{stack.ns}.svc.cluster.local:8080/livez")
+try:
+    with urllib.request.urlopen(req, timeout=5) as r:
+        print(r.status)
+except Exception as exc:
+    print("failed:", exc)
+    sys.exit(3)
+"""
+    attempts = itertools.count()
+
+    def allowed() -> bool:
+        # kube-router programs a new pod's rules (the rollout's) within seconds.
+        code, _ = run_pod(stack.cluster, stack.ns, f"allowed-{next(attempts)}", image, script)
+        return code == 0
+
+    wait_for("a pod of the gateway's namespace admitted", allowed, timeout=120)
+    with real_namespace(stack.cluster) as other:
+        code, log = run_pod(stack.cluster, other, "outside-client", image, script)
+        assert code == 3, log
+
+
+def test_operator_pod_restart_mid_reconcile(stack: Stack) -> None:
+    core = client.CoreV1Api(stack.cluster.api)
+    selector = "app.kubernetes.io/name=qsys-operator"
+    (op,) = core.list_namespaced_pod(stack.ns, label_selector=selector).items
+    second = _example("qsyscore.yaml")
+    second["metadata"]["name"] = "second"
+    second["spec"]["core"] = {"host": "core-sim", "port": 1710}
+    second["spec"]["networkPolicy"] = {"coreCIDRs": ["198.18.0.0/16"]}
+    second["spec"]["monitoring"] = {"serviceMonitor": {"enabled": False}}
+    second["spec"]["gateway"] = {"replicas": 1}
+    client.CustomObjectsApi(stack.cluster.api).create_namespaced_custom_object(
+        "qsys.dev", "v1alpha1", stack.ns, "qsyscores", second
+    )
+    core.delete_namespaced_pod(must(must(op.metadata).name), stack.ns, grace_period_seconds=0)
+    wait_pods_ready(stack.cluster, stack.ns, selector, 1, timeout=TIMEOUT_S)
+    wait_pods_ready(
+        stack.cluster,
+        stack.ns,
+        "app.kubernetes.io/instance=second,app.kubernetes.io/name=qsys-gateway",
+        1,
+        timeout=TIMEOUT_S,
+    )
+    obj = wait_condition(stack.cluster, stack.ns, "QSysCore", "second", "Ready", "True", TIMEOUT_S)
+    assert condition(obj, "Ready")["status"] == "True"
+    client.CustomObjectsApi(stack.cluster.api).delete_namespaced_custom_object(
+        "qsys.dev", "v1alpha1", stack.ns, "qsyscores", "second"
+    )
+
+
+def test_drain_respects_the_pod_disruption_budget(stack: Stack) -> None:
+    kubectl = _tool("kube", "kubectl")
+    pdb = client.PolicyV1Api(stack.cluster.api).read_namespaced_pod_disruption_budget(
+        GATEWAY, stack.ns
+    )
+    assert must(pdb.spec).min_available is not None or must(pdb.spec).max_unavailable is not None
+    result = subprocess.run(
+        [
+            str(kubectl),
+            "drain",
+            NODE_NAME,
+            "--pod-selector",
+            GATEWAY_SELECTOR,
+            "--ignore-daemonsets",
+            "--delete-emptydir-data",
+            "--timeout=20s",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=False,
+        env={**os.environ, "KUBECONFIG": stack.cluster.kubeconfig},
+    )
+    try:
+        # One real node: an evicted gateway pod has nowhere to go, so the budget must
+        # stop the drain before the last Ready gateway pod is evicted.
+        assert result.returncode != 0, result.stdout + result.stderr
+        assert "disruption budget" in result.stderr, result.stderr[-3000:]
+        ready = [p for p in stack.gateway_pods() if is_ready(p)]
+        assert ready, "the drain evicted every gateway pod"
+    finally:
+        subprocess.run(
+            [str(kubectl), "uncordon", NODE_NAME],
+            capture_output=True,
+            timeout=60,
+            check=True,
+            env={**os.environ, "KUBECONFIG": stack.cluster.kubeconfig},
+        )
+    wait_pods_ready(stack.cluster, stack.ns, GATEWAY_SELECTOR, 2, timeout=TIMEOUT_S)
+    assert stack.rpc("StatusGet")[0] == 200
