@@ -42,9 +42,8 @@ from node_support import (
 )
 from operator_support import condition, get, patch, wait_condition
 
-from qsys_testkit.kube import apply_crds, secret_text
-
 from qsys_protocol.qrc.client import QrcClient
+from qsys_testkit.kube import apply_crds, secret_text
 
 pytestmark = pytest.mark.e2e
 
