@@ -34,10 +34,16 @@ TARGET_P99_MS = 100.0 + AUTOPOLL_RATE * 1000
 
 
 def _gateway(core_port: int) -> GatewayProcess:
-    """A gateway process; `with` does not wait for it (clients retry until it listens: the
-    simulator runs on this process's event loop, so a blocking wait would starve it)."""
+    """A gateway process, started once healthy (connected to the Core: a raw QRC client
+    of a gateway without its Core is closed). `async with` waits in a thread: the
+    simulator runs on this process's event loop, which a blocking wait would starve."""
     methods = ["NoOp", "ChangeGroup.*", "Component.Get"]
-    return gateway(core_port, token=TOKEN, methods=methods, max_clients=1500)
+    gw = gateway(core_port, token=TOKEN, methods=methods, max_clients=1500, ready="healthz")
+    # Every client comes from 127.0.0.1 and logs on in batches of 100; real panels have
+    # addresses of their own (the default per-source bound is 64).
+    gw.config["limits"]["maxUnauthenticatedClientsPerSource"] = 200
+    gw.write_config(gw.config)
+    return gw
 
 
 def _controls(sim: CoreSimulator, mixer: str) -> list[str]:
@@ -98,7 +104,7 @@ async def _scenario(ctx: BenchContext, n: int) -> tuple[Result, str]:
     delays: list[float] = []
     clients = [_Client(set_at, delays) for _ in range(n)]
     try:
-        with _gateway(sim.port) as gw:
+        async with _gateway(sim.port) as gw:
             pid, port = gw.pid, gw.qrc_port
             for i in range(0, n, 100):
                 await asyncio.gather(

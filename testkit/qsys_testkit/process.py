@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import signal
@@ -44,7 +45,8 @@ def executable(name: str) -> str:
 
 
 class ManagedProcess:
-    """A subprocess with its output in files (or discarded); `with` stops it on the way out.
+    """A subprocess with its output in files (or discarded); `with` (or `async with`)
+    starts it and stops it on the way out.
 
     Subclasses define `start()`: launch with `_launch` and wait until the program serves.
     """
@@ -149,3 +151,11 @@ class ManagedProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+    async def __aenter__(self) -> Self:
+        """`async with`: start and stop in a thread, so this event loop (an in-process
+        simulator, clients) keeps running meanwhile."""
+        return await asyncio.to_thread(self.__enter__)
+
+    async def __aexit__(self, *exc: object) -> None:
+        await asyncio.to_thread(self.__exit__, *exc)

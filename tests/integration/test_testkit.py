@@ -3,6 +3,7 @@ gateway in front of it, and everything it started is gone afterwards, also on fa
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import subprocess
 import sys
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from qsys_testkit import (
+    CoreSimulator,
     GatewayProcess,
     SimulatorProcess,
     gateway_config,
@@ -109,3 +111,14 @@ def test_wait_for_is_bounded_and_returns_the_value() -> None:
     assert wait_for("a value", lambda: "x", timeout=1) == "x"
     with pytest.raises(TimeoutError, match="never"):
         wait_for("never", lambda: None, timeout=0.3, interval=0.05)
+
+
+async def test_async_with_keeps_the_event_loop_running() -> None:
+    """The in-process simulator answers on this loop while the gateway waits for /healthz
+    (connected to the Core) in a thread."""
+    async with CoreSimulator(port=0) as sim:
+        config = gateway_config(sim.port, [subject("ci", TOKEN, methods=["StatusGet"])])
+        async with GatewayProcess(config, ready="healthz") as gw:
+            assert (await asyncio.to_thread(gw.rpc, TOKEN, "StatusGet"))[0] == 200
+        assert gw.proc is not None
+        assert gw.proc.returncode == 0
