@@ -37,6 +37,7 @@ from qsys_protocol.qrc import jsonrpc
 from qsys_protocol.qrc.errors import ErrorCode, QrcError
 from qsys_protocol.qrc.methods import METHODS, parse_params, traits_of
 
+from . import tracing
 from .auth import MAX_USER_CHARS
 from .metrics import method_label
 from .policy import Decision, describe, needs_control_types
@@ -233,6 +234,12 @@ class Admission:
 
     async def handle(self, caller: Caller, obj: Any, request_id: str) -> dict[str, Any] | None:
         """One decoded JSON-RPC message → its reply (None for notifications)."""
+        if not tracing.ENABLED:
+            return await self._handle(caller, obj, request_id)
+        with tracing.call_span(caller.transport, request_id):
+            return await self._handle(caller, obj, request_id)
+
+    async def _handle(self, caller: Caller, obj: Any, request_id: str) -> dict[str, Any] | None:
         started = time.perf_counter()
         rt = self.rt
         try:
@@ -272,6 +279,7 @@ class Admission:
             types = await rt.upstream.control_types.get(typed)
             if types:
                 decision = rules.policy.authorize(subject.name, method, params, types)
+        tracing.annotate({"qsys.decision": "allow" if decision.allowed else "deny"})
         if not decision.allowed:
             err = QrcError(ErrorCode.FORBIDDEN, f"Forbidden by policy: {decision.reason}")
             self._audit(caller, request_id, method, decision, "denied", started, msg.id)
@@ -282,7 +290,8 @@ class Admission:
             session = caller.session = self.shared.get(subject.name)
         rt.call_started()
         try:
-            result = await session.call(method, params)
+            with tracing.upstream_span(label):
+                result = await session.call(method, params)
         except QrcError as exc:
             outcome = outcome_of(exc.code)
             response = jsonrpc.error_message(msg.id, exc)
@@ -359,6 +368,7 @@ class Admission:
             reason=reason,
             outcome=outcome,
             call_id=call_id if isinstance(call_id, int | str) else None,
+            trace_id=tracing.trace_id(),
         )
         self.rt.metrics.requests.labels(
             method_label(method), subject, caller.transport, outcome
@@ -383,6 +393,7 @@ class Admission:
             outcome="invalid",
             duration_ms=0.0,
             count=len(calls),
+            trace_id=tracing.trace_id(),
         )
         self.rt.metrics.requests.labels(
             "other", caller.subject_name, caller.transport, "invalid"
@@ -412,10 +423,13 @@ class Admission:
             reason=decision.reason,
             outcome=outcome,
             duration_ms=(time.perf_counter() - started) * 1000,
+            trace_id=tracing.trace_id(),
         )
 
     def _count(self, label: str, caller: Caller, outcome: str, started: float) -> None:
         key = (label, caller.subject_name, caller.transport, outcome)
+        if tracing.ENABLED:
+            tracing.annotate({"rpc.method": label, "qsys.subject": key[1], "qsys.outcome": outcome})
         counter = self._counters.get(key)
         if counter is None:
             counter = self._counters[key] = self.rt.metrics.requests.labels(*key)

@@ -15,6 +15,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from qsys_protocol.config import GatewayConfig, TlsConfig
 
+from . import tracing
 from .admission import Admission
 from .audit import AuditLog
 from .client_registry import ClientRegistry
@@ -119,6 +120,9 @@ class Gateway:
         )
 
     async def _serve_metrics(self, request: web.Request) -> web.Response:
+        # Probed per scrape: without traffic no call would notice Redis going away.
+        storage_up = await self.runtime.limiter.healthy()
+        self.metrics.ratelimit_storage_up.set(1 if storage_up else 0)
         body = generate_latest(self.metrics.registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
@@ -162,6 +166,7 @@ class Gateway:
         await self.upstream.stop()
         await rt.limiter.close()
         rt.audit.close()
+        tracing.shutdown()
         log.info("stopped")
 
 

@@ -57,6 +57,7 @@ class AuditLog:
         count: int | None = None,
         call_ids: list[Any] | None = None,
         request_ids: list[str] | None = None,
+        trace_id: str | None = None,
     ) -> None:
         line: dict[str, Any] = {
             "type": "audit",
@@ -78,6 +79,8 @@ class AuditLog:
             line["count"] = count
             line["callIds"] = call_ids or []
             line["requestIds"] = request_ids or [request_id]
+        if trace_id is not None:
+            line["traceId"] = trace_id
         self._stream.write(orjson.dumps(line, default=str) + b"\n")
         if self.path == "-":
             self._stream.flush()
@@ -96,9 +99,11 @@ class AuditLog:
         reason: str,
         outcome: str,
         call_id: Any = None,
+        trace_id: str | None = None,
     ) -> bool:
         """A refusal before the call ran; identical ones in a window become one line.
-        True when this one was written now (the first of its kind in the window)."""
+        True when this one was written now (the first of its kind in the window).
+        `trace_id` goes on that line only (it is not part of what makes refusals alike)."""
         fields: dict[str, Any] = {
             "subject": subject,
             "source_ip": source_ip,
@@ -131,6 +136,7 @@ class AuditLog:
             decision="deny",
             duration_ms=0.0,
             call_id=call_id,
+            trace_id=trace_id,
             **fields,
         )
         if key is None or len(self._repeats) >= MAX_REPEAT_KEYS:

@@ -10,6 +10,7 @@ import sys
 
 from qsys_protocol.config import ConfigError, load_config
 
+from . import tracing
 from .logs import setup_logging
 
 
@@ -18,7 +19,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", required=True, help="path to gateway.yaml")
     parser.add_argument("--log-level", default=os.environ.get("QSYS_LOG_LEVEL", "INFO"))
     args = parser.parse_args(argv)
-    setup_logging(args.log_level)
+    setup_logging(args.log_level, filters=[tracing.TraceLogFilter()])
+    tracing.setup()
     try:
         config = load_config(args.config)
     except ConfigError as exc:

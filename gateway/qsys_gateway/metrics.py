@@ -89,6 +89,12 @@ class GatewayMetrics:
             "ChangeGroup.Poll calls the gateway made on the Core (rate() = Core polls per second)",
             registry=r,
         )
+        self.ratelimit_storage_up = Gauge(
+            f"{PREFIX}_ratelimit_storage_up",
+            "1 when the rate-limit storage answers (always 1 for memory storage)",
+            registry=r,
+        )
+        self.ratelimit_storage_up.set(1)
         self.unauthenticated_clients = Gauge(
             f"{PREFIX}_unauthenticated_clients",
             "WebSocket and QRC connections not logged on yet",

@@ -20,7 +20,12 @@ load() {
 
 bin_dir() {
 	local key
-	key=$({ cat "$here/$1/go.mod" "$here/$1/go.sum" "$here/$1/build.env"; go env GOVERSION; } |
+	key=$({
+		cat "$here/$1/go.mod" "$here/$1/go.sum" "$here/$1/build.env"
+		# A group may carry its own main package (otelcol): its source is part of the pin.
+		find "$here/$1" -maxdepth 1 -name '*.go' -print0 | sort -z | xargs -0 -r cat
+		go env GOVERSION
+	} |
 		sha256sum | cut -c1-12)
 	echo "$cache/$1-$VERSION-$key/bin"
 }

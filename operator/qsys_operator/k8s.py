@@ -22,6 +22,8 @@ from .kinds import SECRET, Kind, kind_of
 from .render import Manifest
 
 FIELD_MANAGER = "qsys-operator"
+HANDOVER_MANAGER = "qsys-operator-replicas-handover"
+"""Holds a Deployment's replicas for a moment when autoscaling takes them over."""
 JSON = "application/json"
 METADATA_ONLY = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1"
 """Accept header of a metadata-only read: the API server never sends the object's data."""
@@ -32,6 +34,16 @@ burst of reconciles moving, few enough to stay small."""
 
 def object_path(kind: Kind, namespace: str, name: str) -> str:
     return f"{kind.path_prefix}/namespaces/{namespace}/{kind.plural}/{name}"
+
+
+def applies_replicas(live: dict[str, Any], manager: str = FIELD_MANAGER) -> bool:
+    """Whether `manager` holds spec.replicas of a live object through server-side apply."""
+    return any(
+        entry.get("manager") == manager
+        and entry.get("operation") == "Apply"
+        and "f:replicas" in (entry.get("fieldsV1") or {}).get("f:spec", {})
+        for entry in live.get("metadata", {}).get("managedFields") or []
+    )
 
 
 def is_not_found(exc: BaseException) -> bool:
@@ -110,10 +122,38 @@ class Kube:
         path = object_path(
             kind_of(manifest["apiVersion"], manifest["kind"]), meta["namespace"], meta["name"]
         )
+        if manifest["kind"] == "Deployment" and "replicas" not in manifest["spec"]:
+            await self._hand_over_replicas(path, manifest)
         result: dict[str, Any] = await self._thread(
             self._raw, "PATCH", path, manifest, fieldManager=FIELD_MANAGER, force="true"
         )
         return result
+
+    async def _hand_over_replicas(self, path: str, manifest: Manifest) -> None:
+        """Before an apply that leaves replicas out (autoscaling): if the operator applied
+        them so far, another manager first co-owns the current value. Dropping a field the
+        applier alone owned would reset it to the default (1 replica) until the HPA acts;
+        with a co-owner it stays, and the HPA's next scale takes it over."""
+        try:
+            live = await self._thread(self._raw, "GET", path)
+        except ApiException as exc:
+            if exc.status == 404:
+                return
+            raise
+        if not applies_replicas(live):
+            return
+        hold = {
+            "apiVersion": manifest["apiVersion"],
+            "kind": manifest["kind"],
+            "metadata": {
+                "name": live["metadata"]["name"],
+                "namespace": live["metadata"]["namespace"],
+            },
+            "spec": {"replicas": live["spec"]["replicas"]},
+        }
+        await self._thread(
+            self._raw, "PATCH", path, hold, fieldManager=HANDOVER_MANAGER, force="true"
+        )
 
     async def delete(self, kind: Kind, namespace: str, name: str) -> bool:
         """True when something was deleted."""

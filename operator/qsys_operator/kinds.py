@@ -43,11 +43,20 @@ SERVICE = Kind("", "v1", "Service", "services")
 DEPLOYMENT = Kind("apps", "v1", "Deployment", "deployments")
 NETWORK_POLICY = Kind("networking.k8s.io", "v1", "NetworkPolicy", "networkpolicies")
 PDB = Kind("policy", "v1", "PodDisruptionBudget", "poddisruptionbudgets")
+HPA = Kind("autoscaling", "v2", "HorizontalPodAutoscaler", "horizontalpodautoscalers")
 SERVICE_MONITOR = Kind(
     "monitoring.coreos.com", "v1", "ServiceMonitor", "servicemonitors", optional=True
 )
 
-CHILDREN: tuple[Kind, ...] = (SECRET, SERVICE, DEPLOYMENT, NETWORK_POLICY, PDB, SERVICE_MONITOR)
+CHILDREN: tuple[Kind, ...] = (
+    SECRET,
+    SERVICE,
+    DEPLOYMENT,
+    NETWORK_POLICY,
+    PDB,
+    HPA,
+    SERVICE_MONITOR,
+)
 """Every kind the operator applies, deletes or watches (by its managed-by label)."""
 
 _BY_TYPE = {(k.api_version, k.kind): k for k in CHILDREN}

@@ -202,7 +202,7 @@ class Reconciler:
         )
         update = core_status(
             core.metadata.generation,
-            core.spec.gateway.replicas,
+            core.spec.gateway.min_replicas,
             body.get("status") or {},
             found,
             now(),

@@ -11,7 +11,7 @@ import ssl
 import tempfile
 import urllib.error
 import urllib.request
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal, Self
 
@@ -89,7 +89,8 @@ class GatewayProcess(ManagedProcess):
     `directory` None: a temporary one, removed when the `with` block ends. `ready`: what
     `start()` waits for: "readyz" (every listener up), "healthz" (also connected to the
     Core) or None (nothing: for a caller whose event loop must keep running). `token_key`:
-    written to DIR/token-key and named in `auth.tokenKeyFile` (for keyed subjects).
+    written to DIR/token-key and named in `auth.tokenKeyFile` (for keyed subjects). `env`:
+    variables added to this process's environment (e.g. OTEL_*).
     """
 
     name = "qsys-gateway"
@@ -103,6 +104,7 @@ class GatewayProcess(ManagedProcess):
         ready: Readiness = "readyz",
         args: Iterable[str] = (),
         token_key: bytes | None = None,
+        env: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__()
         self._own_dir = directory is None
@@ -112,6 +114,7 @@ class GatewayProcess(ManagedProcess):
         self.config = copy.deepcopy(config)
         self.ready = ready
         self.args = list(args)
+        self.env = dict(env or {})
         self.config_path = self.dir / "gateway.yaml"
         self.stdout_path = self.dir / "gateway.stdout"
         self.stderr_path = self.dir / "gateway.stderr"
@@ -165,7 +168,7 @@ class GatewayProcess(ManagedProcess):
     # -- process ---------------------------------------------------------------------
     def start(self, timeout: float = 20.0) -> Self:
         argv = [executable("qsys-gateway"), "--config", str(self.config_path), *self.args]
-        self._launch(argv, self.stdout_path, self.stderr_path)
+        self._launch(argv, self.stdout_path, self.stderr_path, env={**os.environ, **self.env})
         if self.ready is not None:
             self.wait_ready(timeout, self.ready)
         return self

@@ -27,7 +27,7 @@ ALLOWED_PACKAGES = {
 }
 # The gateway's layers, bottom first; a module may import its own layer and those below.
 GATEWAY_LAYERS = [
-    {"logs", "metrics"},
+    {"logs", "metrics", "tracing"},
     {"upstream"},
     {"auth", "policy", "ratelimit", "audit", "reload", "client_registry"}
     | {"inflight", "sendbudget", "connlimit"},

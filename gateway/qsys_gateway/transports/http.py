@@ -16,6 +16,15 @@ from ..admission import Caller, Refusal
 from ..connlimit import HttpConnections
 from ..inflight import call_weight
 from .common import HTTP_STATUS, Services, request_id
+from .openapi import (
+    GatewayStatus,
+    HealthComponents,
+    HealthResponse,
+    ProbeResponse,
+    StatusResponse,
+    UpstreamStatus,
+    document,
+)
 from .responses import SERVICES, bearer, error_response, json_response, source_ip
 from .websocket import qrwc_handler, websocket_handler
 
@@ -170,49 +179,48 @@ async def status(request: web.Request) -> web.Response:
         return error_response(err)
     rt = svc.runtime
     up = rt.upstream
-    return json_response(
-        {
-            "core": up.engine_status,
-            "upstream": {
-                "up": up.up,
-                "activeHost": up.active_host,
-                "circuit": up.circuit_state,
-            },
-            "gateway": {
-                "version": __version__,
-                "configGeneration": rt.rules.generation,
-                "clients": len(svc.clients),
-                "shuttingDown": rt.shutting_down,
-            },
-        }
+    body = StatusResponse(
+        core=None,
+        upstream=UpstreamStatus(up=up.up, activeHost=up.active_host, circuit=up.circuit_state),
+        gateway=GatewayStatus(
+            version=__version__,
+            configGeneration=rt.rules.generation,
+            clients=len(svc.clients),
+            shuttingDown=rt.shutting_down,
+        ),
     )
+    # The Core's EngineStatus goes out as received: a Core may add fields or leave some out.
+    return json_response({**body.model_dump(), "core": up.engine_status})
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return json_response(document())
 
 
 async def livez(request: web.Request) -> web.Response:
-    return json_response({"status": "ok"})
+    return json_response(ProbeResponse(status="ok").model_dump())
 
 
 async def readyz(request: web.Request) -> web.Response:
     rt = request.app[SERVICES].runtime
     if rt.shutting_down:
-        return json_response({"status": "shutting down"}, 503)
-    return json_response({"status": "ready"})
+        return json_response(ProbeResponse(status="shutting down").model_dump(), 503)
+    return json_response(ProbeResponse(status="ready").model_dump())
 
 
 async def healthz(request: web.Request) -> web.Response:
     rt = request.app[SERVICES].runtime
     upstream = "up" if rt.upstream.up else "down"
     storage = "ok" if await rt.limiter.healthy() else "down"
-    components = {"upstream": upstream, "config": "ok", "rateLimitStorage": storage}
+    components = HealthComponents(upstream=upstream, config="ok", rateLimitStorage=storage)
     if rt.shutting_down:
         overall = "unhealthy"
     elif upstream == "up" and storage == "ok":
         overall = "healthy"
     else:
         overall = "degraded"
-    return json_response(
-        {"status": overall, "components": components}, 503 if overall == "unhealthy" else 200
-    )
+    body = HealthResponse(status=overall, components=components)
+    return json_response(body.model_dump(), 503 if overall == "unhealthy" else 200)
 
 
 def build_app(svc: Services, connections: HttpConnections) -> web.Application:
@@ -223,6 +231,7 @@ def build_app(svc: Services, connections: HttpConnections) -> web.Application:
     app.router.add_get("/v1/ws", websocket_handler)
     app.router.add_get("/qrc-public-api/v0", qrwc_handler)
     app.router.add_get("/v1/status", status)
+    app.router.add_get("/v1/openapi.json", openapi)
     app.router.add_get("/livez", livez)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/healthz", healthz)

@@ -61,6 +61,47 @@ class CoreSpec(Model):
     credentialsSecretRef: CredentialsSecretRef | None = None
 
 
+AUTOSCALING_RANGE_RULE = cel(
+    "self.minReplicas <= self.maxReplicas", "minReplicas must not exceed maxReplicas"
+)
+
+
+class AutoscalingSpec(Model):
+    """A HorizontalPodAutoscaler `X-gateway` on CPU; `replicas` is then ignored (the HPA
+    owns the Deployment's replica count, between minReplicas and maxReplicas)."""
+
+    model_config = ConfigDict(json_schema_extra=validations(AUTOSCALING_RANGE_RULE))
+
+    minReplicas: Annotated[int, Field(ge=1, le=50)] = 2
+    maxReplicas: Annotated[int, Field(ge=1, le=50)] = 10
+    targetCPUUtilizationPercentage: Annotated[int, Field(ge=1, le=100)] = 70
+
+    @model_validator(mode="after")
+    def _range(self) -> AutoscalingSpec:
+        if self.minReplicas > self.maxReplicas:
+            raise ValueError(AUTOSCALING_RANGE_RULE["message"])
+        return self
+
+
+OtlpEndpoint = Annotated[
+    str,
+    Field(
+        max_length=512,
+        pattern=r"^https?://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(:[0-9]{1,5})?/?$",
+    ),
+]
+
+
+class TracingSpec(Model):
+    """OpenTelemetry export of the gateway's traces (OTLP over HTTP), set on the pods as the
+    standard OTEL_* variables; the NetworkPolicy lets the pods reach the endpoint."""
+
+    otlpEndpoint: OtlpEndpoint
+    """e.g. http://otel-collector.monitoring:4318 (OTLP/HTTP; /v1/traces is appended)."""
+    samplingRatio: Annotated[float, Field(ge=0, le=1)] = 1.0
+    """Share of new traces recorded; a client's sampled traceparent is always followed."""
+
+
 class McpSpec(Model):
     enabled: bool = False
 
@@ -82,6 +123,13 @@ class GatewaySpec(Model):
     """Raw QRC clients while the Core is unreachable: `close` their sockets as the Core's
     would (default), or `keep` them and answer -32050."""
     mcp: McpSpec = McpSpec()
+    autoscaling: AutoscalingSpec | None = None
+    tracing: TracingSpec | None = None
+
+    @property
+    def min_replicas(self) -> int:
+        """The replicas the gateway keeps at least: `replicas`, or the HPA's minimum."""
+        return self.autoscaling.minReplicas if self.autoscaling else self.replicas
 
 
 class LimitsSpec(Model, AttackLimits):

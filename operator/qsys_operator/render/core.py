@@ -7,11 +7,12 @@ from dataclasses import dataclass
 from qsys_protocol.config import GatewayConfig
 
 from ..api import QSysCore
-from ..kinds import NETWORK_POLICY, PDB, SERVICE_MONITOR, Kind
+from ..kinds import HPA, NETWORK_POLICY, PDB, SERVICE_MONITOR, Kind
 from ..settings import OperatorSettings
 from .common import Manifest, gateway_name
 from .config import gateway_config, render_config_secret, restart_hash
 from .deployment import render_deployment
+from .hpa import render_hpa
 from .networkpolicy import render_network_policy
 from .pdb import render_pdb
 from .service import render_service
@@ -30,11 +31,12 @@ class ChildRef:
 @dataclass(frozen=True)
 class RenderResult:
     objects: list[Manifest]
-    """Secret, Deployment, Service, then NetworkPolicy and PodDisruptionBudget when wanted."""
+    """Secret, Deployment, Service, then NetworkPolicy, PodDisruptionBudget and
+    HorizontalPodAutoscaler when wanted."""
     service_monitor: Manifest | None
     """None when spec.monitoring.serviceMonitor.enabled is false."""
     absent: list[ChildRef]
-    """Optional children the spec turned off: NetworkPolicy, PDB, ServiceMonitor."""
+    """Optional children the spec turned off: NetworkPolicy, PDB, HPA, ServiceMonitor."""
     conflicts: list[SubjectConflict]
     unresolved: list[UnresolvedSubject]
     """Subjects left out because the caller had no token hash for them."""
@@ -67,6 +69,7 @@ def render_core_children(
             NETWORK_POLICY,
         ),
         (render_pdb(core), PDB),
+        (render_hpa(core), HPA),
     ]
     for manifest, kind in optional:
         if manifest is None:

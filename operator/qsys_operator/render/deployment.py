@@ -104,6 +104,24 @@ def _volumes(core: QSysCore) -> tuple[list[dict[str, Any]], list[dict[str, Any]]
     return volumes, mounts
 
 
+def tracing_env(core: QSysCore) -> list[dict[str, str]]:
+    """spec.gateway.tracing as the standard OTEL_* variables (docs/tracing.md)."""
+    tracing = core.spec.gateway.tracing
+    if tracing is None:
+        return []
+    name, ns = core.metadata.name, core.metadata.namespace
+    values = {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": tracing.otlpEndpoint.rstrip("/"),
+        "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+        "OTEL_TRACES_EXPORTER": "otlp",
+        "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+        "OTEL_TRACES_SAMPLER_ARG": f"{tracing.samplingRatio:g}",
+        "OTEL_SERVICE_NAME": gateway_name(name),
+        "OTEL_RESOURCE_ATTRIBUTES": f"k8s.namespace.name={ns},qsys.core={name}",
+    }
+    return [{"name": k, "value": v} for k, v in values.items()]
+
+
 PRE_STOP_SLEEP_S = 5
 
 
@@ -111,7 +129,9 @@ def _container(core: QSysCore, settings: OperatorSettings) -> dict[str, Any]:
     gw = core.spec.gateway
     scheme = "HTTPS" if gw.tlsSecretName else "HTTP"
     _, mounts = _volumes(core)
+    env = tracing_env(core)
     return {
+        **({"env": env} if env else {}),
         "name": "gateway",
         "image": gw.image or settings.gateway_image,
         "imagePullPolicy": settings.gateway_image_pull_policy,
@@ -181,12 +201,15 @@ def render_deployment(core: QSysCore, settings: OperatorSettings, restart_hash: 
     if gw.affinity:
         pod_spec["affinity"] = gw.affinity
     annotations = {**dict(sorted(gw.podAnnotations.items())), RESTART_HASH_ANNOTATION: restart_hash}
+    spec: dict[str, Any] = {} if gw.autoscaling else {"replicas": gw.replicas}
     return {
         "apiVersion": DEPLOYMENT.api_version,
         "kind": DEPLOYMENT.kind,
         "metadata": child_metadata(core, gateway_name(name)),
         "spec": {
-            "replicas": gw.replicas,
+            # With autoscaling the HPA owns replicas: leaving the field out of the apply
+            # keeps server-side apply from resetting what the HPA set (docs/autoscaling.md).
+            **spec,
             "revisionHistoryLimit": 5,
             "selector": {"matchLabels": selector_labels(name)},
             "strategy": {

@@ -25,6 +25,7 @@ from .common import (
 )
 
 NAMESPACE_LABEL = "kubernetes.io/metadata.name"
+OTLP_URI = re.compile(r"^(https?)://(\[[^\]]+\]|[^:/\s]+)(?::(\d+))?")
 REDIS_URI = re.compile(r"^rediss?://(?:[^@/\s]*@)?(\[[^\]]+\]|[^:/\s]+)(?::(\d+))?")
 
 
@@ -57,6 +58,17 @@ def _redis_egress(storage: str) -> dict[str, Any] | None:
     cidr = _host_cidr(host)
     peer = {"ipBlock": {"cidr": cidr}} if cidr else {"namespaceSelector": {}}
     return {"to": [peer], "ports": [_tcp(port)]}
+
+
+def _otlp_egress(endpoint: str) -> dict[str, Any] | None:
+    """The OTLP trace endpoint: its IP, or any in-cluster pod, on its port."""
+    match = OTLP_URI.match(endpoint)
+    if not match:
+        return None
+    scheme, host, port = match.group(1), match.group(2), match.group(3)
+    cidr = _host_cidr(host)
+    peer = {"ipBlock": {"cidr": cidr}} if cidr else {"namespaceSelector": {}}
+    return {"to": [peer], "ports": [_tcp(int(port or (443 if scheme == "https" else 80)))]}
 
 
 def source_bound_ingress(source_cidrs: list[str]) -> list[dict[str, Any]]:
@@ -92,6 +104,10 @@ def render_network_policy(
     redis = _redis_egress(core.spec.limits.storage)
     if redis:
         egress.append(redis)
+    tracing = core.spec.gateway.tracing
+    otlp = _otlp_egress(tracing.otlpEndpoint) if tracing else None
+    if otlp:
+        egress.append(otlp)
     return {
         "apiVersion": NETWORK_POLICY.api_version,
         "kind": NETWORK_POLICY.kind,

@@ -1,4 +1,5 @@
-"""The `X-gateway` PodDisruptionBudget (only with more than one replica)."""
+"""The `X-gateway` PodDisruptionBudget (only when the gateway keeps more than one replica:
+`replicas`, or `autoscaling.minReplicas`)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from .common import Manifest, child_metadata, gateway_name, selector_labels
 
 
 def render_pdb(core: QSysCore) -> Manifest | None:
-    if core.spec.gateway.replicas <= 1:
+    if core.spec.gateway.min_replicas <= 1:
         return None  # a PDB on one replica would block node drains forever
     return {
         "apiVersion": PDB.api_version,

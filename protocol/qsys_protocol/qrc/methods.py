@@ -93,6 +93,10 @@ class ControlGetParams(RootModel[list[Name]]):
 
 
 class _ValueWrite(Model):
+    # The validator below, for JSON Schema readers (the gateway's OpenAPI document).
+    model_config = ConfigDict(
+        json_schema_extra={"anyOf": [{"required": [k]} for k in ("Value", "Position", "String")]}
+    )
     Value: ControlValue | None = None
     Position: Annotated[float, Field(ge=0, le=1)] | None = None
     String: Annotated[StrictStr, Field(max_length=4096)] | None = None
