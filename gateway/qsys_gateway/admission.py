@@ -26,9 +26,11 @@ What each method is (write, retryable, change-group add, answered before logon) 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,6 +66,10 @@ def outcome_of(code: int) -> str:
     return _OUTCOME_BY_CODE.get(code, "error")
 
 
+SWEEP_SECONDS = 1.0
+"""How often connections are checked for a token past its rotation grace period."""
+
+
 class Refusal(QrcError):
     """A request refused before any call ran (authentication, throttling, rate limit)."""
 
@@ -81,6 +87,8 @@ class Caller:
     subject: SubjectConfig | None = None
     session: UpstreamSession | None = None
     owns_session: bool = False
+    token_hash: str = ""
+    """The configured hash the caller's token matched (current or, in a grace, previous)."""
 
     @property
     def subject_name(self) -> str:
@@ -110,11 +118,18 @@ class Admission:
         # Labelled children, looked up once: label values are bounded (see metrics.py).
         self._counters: dict[tuple[str, str, str, str], Any] = {}
         self._timers: dict[tuple[str, str], Any] = {}
+        self._watched: dict[int, tuple[Caller, Callable[[], Awaitable[None]]]] = {}
+        self._sweeper: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         self.shared.start()
+        self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
 
     async def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
         await self.shared.close()
 
     # ---- who ----------------------------------------------------------------------
@@ -135,15 +150,14 @@ class Admission:
         locks out the correct tokens of the room. A refusal is audited as a call of
         `method` and raised as `Refusal`."""
         rt = self.rt
-        subject = None
+        found = None
         if token:
-            auth = rt.rules.authenticator
-            subject = auth.authenticate(token) if user is None else auth.logon(user, token)
+            found = rt.rules.authenticator.match(token, user, logon=user is not None)
         key = throttle_key(caller.source_ip, user)
-        if subject is not None:
+        if found is not None:
             rt.throttle.success(key)
-            caller.subject = subject
-            return subject
+            caller.subject, caller.token_hash = found.subject, found.token_hash
+            return found.subject
         wait = rt.throttle.retry_after(key)
         if wait > 0:
             err = Refusal(
@@ -178,6 +192,28 @@ class Admission:
         )
         return subject
 
+    def credential(self, caller: Caller) -> str | None:
+        """ "current" or "previous": the token the caller logged on with, as the current
+        config judges it now; None once it no longer admits it (rotated past the grace
+        period, or the subject removed)."""
+        known = caller.subject
+        subject = self.rt.current_subject(known.name) if known is not None else None
+        if subject is None:
+            return None
+        return subject.credential(caller.token_hash, time.time())
+
+    def watch(self, caller: Caller, close: Callable[[], Awaitable[None]]) -> None:
+        """Close this connection once its token is no longer admitted (end of a grace period)."""
+        self._watched[id(caller)] = (caller, close)
+
+    async def _sweep(self) -> None:
+        while True:
+            await asyncio.sleep(SWEEP_SECONDS)
+            for key, (caller, close) in list(self._watched.items()):
+                if caller.subject is not None and self.credential(caller) is None:
+                    del self._watched[key]
+                    await close()
+
     def _auth_failed(
         self, caller: Caller, method: str, err: QrcError, request_id: str, reason: str
     ) -> None:
@@ -211,6 +247,7 @@ class Admission:
         session, caller.session = caller.session, None
         if session is not None and caller.owns_session:
             await session.close()
+        self._watched.pop(id(caller), None)
         caller.subject = None
 
     # ---- how much -----------------------------------------------------------------
@@ -256,7 +293,7 @@ class Admission:
         if (
             subject is None
             or known is None
-            or subject.token_hash != known.token_hash
+            or self.credential(caller) is None
             or subject.sourceCIDRs != known.sourceCIDRs
         ):
             err = QrcError(ErrorCode.UNAUTHENTICATED, "Unauthenticated: credentials revoked")
@@ -423,6 +460,7 @@ class Admission:
             reason=decision.reason,
             outcome=outcome,
             duration_ms=(time.perf_counter() - started) * 1000,
+            token=self.credential(caller) if caller.token_hash else None,
             trace_id=tracing.trace_id(),
         )
 

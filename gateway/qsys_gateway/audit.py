@@ -57,8 +57,11 @@ class AuditLog:
         count: int | None = None,
         call_ids: list[Any] | None = None,
         request_ids: list[str] | None = None,
+        token: str | None = None,
         trace_id: str | None = None,
     ) -> None:
+        """`token`: which of the subject's tokens the call used, "current" or "previous"
+        (during a rotation grace period); never the token itself."""
         line: dict[str, Any] = {
             "type": "audit",
             "ts": dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds"),
@@ -79,6 +82,8 @@ class AuditLog:
             line["count"] = count
             line["callIds"] = call_ids or []
             line["requestIds"] = request_ids or [request_id]
+        if token is not None:
+            line["token"] = token
         if trace_id is not None:
             line["traceId"] = trace_id
         self._stream.write(orjson.dumps(line, default=str) + b"\n")

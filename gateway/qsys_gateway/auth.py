@@ -37,20 +37,52 @@ def _encode(token: str) -> bytes | None:
     return raw if len(raw) <= MAX_TOKEN_BYTES else None
 
 
+@dataclass(frozen=True, slots=True)
+class Match:
+    subject: SubjectConfig
+    token_hash: str
+    """The configured hash the token matched: the subject's current one or, within a
+    rotation grace period, its previous one (see `SubjectConfig.credential`)."""
+
+
 class Authenticator:
     """Maps presented tokens to subjects; rebuilt on every config reload."""
 
-    def __init__(self, subjects: Sequence[SubjectConfig], key: bytes | None = None) -> None:
+    def __init__(
+        self,
+        subjects: Sequence[SubjectConfig],
+        key: bytes | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         if key is None and any(s.tokenHmacSha256 for s in subjects):
             raise ValueError("subjects with tokenHmacSha256 need the token key")
         self._key = key
+        self._clock = clock
         self._plain = any(s.tokenSha256 for s in subjects)
-        # (keyed?, expected digest, name, subject)
-        self._entries: tuple[tuple[bool, bytes, bytes, SubjectConfig], ...] = tuple(
-            (s.tokenHmacSha256 is not None, bytes.fromhex(s.token_hash), s.name.encode(), s)
+        # (keyed?, expected digest, name, subject, hex of the digest)
+        entries = [
+            (
+                s.tokenHmacSha256 is not None,
+                bytes.fromhex(s.token_hash),
+                s.name.encode(),
+                s,
+                s.token_hash,
+            )
             for s in subjects
             if s.token_hash
-        )
+        ]
+        entries += [
+            (
+                True,
+                bytes.fromhex(s.previousTokenHmacSha256),
+                s.name.encode(),
+                s,
+                s.previousTokenHmacSha256,
+            )
+            for s in subjects
+            if s.previousTokenHmacSha256 is not None
+        ]
+        self._entries: tuple[tuple[bool, bytes, bytes, SubjectConfig, str], ...] = tuple(entries)
         self._sources: tuple[
             tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, SubjectConfig], ...
         ]
@@ -85,34 +117,42 @@ class Authenticator:
         plain = hashlib.sha256(raw).digest() if self._plain else b""
         return keyed, plain
 
-    def authenticate(self, token: str) -> SubjectConfig | None:
+    def _valid(self, found: Match | None) -> Match | None:
+        if found is None or found.subject.credential(found.token_hash, self._clock()) is None:
+            return None  # a previous token after its grace period
+        return found
+
+    def match(self, token: str, user: str | None = None, *, logon: bool = False) -> Match | None:
+        """The subject a bearer token (with `logon`: a Logon `user` and token) belongs to."""
         digests = self._digests(token)
         if digests is None:
             return None
-        found: SubjectConfig | None = None
-        # Compare with every subject, no early exit: the time taken does not
+        user_raw = b""
+        if logon:
+            if not isinstance(user, str) or len(user) > MAX_USER_CHARS:
+                return None
+            try:
+                user_raw = user.encode("utf-8")
+            except UnicodeEncodeError:
+                return None
+        found: Match | None = None
+        # Compare with every entry, no early exit: the time taken does not
         # depend on which subject (if any) matched.
-        for keyed, expected, _name, subject in self._entries:
-            if hmac.compare_digest(digests[0] if keyed else digests[1], expected):
-                found = subject
-        return found
+        for keyed, expected, name, subject, hex_digest in self._entries:
+            token_ok = hmac.compare_digest(digests[0] if keyed else digests[1], expected)
+            name_ok = not logon or hmac.compare_digest(user_raw, name)
+            if token_ok & name_ok:
+                found = Match(subject, hex_digest)
+        return self._valid(found)
+
+    def authenticate(self, token: str) -> SubjectConfig | None:
+        found = self.match(token)
+        return found.subject if found else None
 
     def logon(self, user: str, token: str) -> SubjectConfig | None:
         """QRC / WebSocket `Logon`: the subject name and its token must both match."""
-        digests = self._digests(token)
-        if digests is None or not isinstance(user, str) or len(user) > MAX_USER_CHARS:
-            return None
-        try:
-            user_raw = user.encode("utf-8")
-        except UnicodeEncodeError:
-            return None
-        found: SubjectConfig | None = None
-        for keyed, expected, name, subject in self._entries:
-            token_ok = hmac.compare_digest(digests[0] if keyed else digests[1], expected)
-            name_ok = hmac.compare_digest(user_raw, name)
-            if token_ok & name_ok:
-                found = subject
-        return found
+        found = self.match(token, user, logon=True)
+        return found.subject if found else None
 
 
 @dataclass(slots=True)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ CATEGORIES = ["qsys"]
 
 Schema = dict[str, Any]
 
-_DROP = {"title", "$defs", "description"}
+_DROP = {"title", "$defs"}
 
 
 def _resolve(node: Any, defs: dict[str, Schema]) -> Any:
@@ -80,6 +81,9 @@ def _structural(node: Any) -> Any:
         out[key] = _structural(value) if isinstance(value, (dict, list)) else value
     if isinstance(out.get("default"), dict) and "properties" in out:
         out["default"] = {}
+    if "description" in out:
+        text = " ".join(str(out["description"]).split())
+        out["description"] = _with_default(text, out.get("default"))
     if out.get("type") == "object" and not (
         "properties" in out
         or "additionalProperties" in out
@@ -87,6 +91,14 @@ def _structural(node: Any) -> Any:
     ):
         out["x-kubernetes-preserve-unknown-fields"] = True
     return out
+
+
+def _with_default(description: str, default: Any) -> str:
+    """A field's description, ending with its default so `kubectl explain` shows it."""
+    if default in (None, {}, [], "") or "default" in description.lower():
+        return description
+    shown = json.dumps(default) if not isinstance(default, str) else f"`{default}`"
+    return f"{description.rstrip()} Default: {shown}."
 
 
 def openapi_schema(model: type[BaseModel]) -> Schema:
@@ -112,15 +124,21 @@ def _without_defaults(node: Any) -> Any:
     return node
 
 
-def _resource_schema(model: type[BaseModel]) -> Schema:
+API_VERSION_DESCRIPTION = "The versioned schema of this object: qsys.dev/v1alpha1."
+KIND_DESCRIPTION = "The REST resource this object represents."
+
+
+def _resource_schema(model: type[QSysCore] | type[AccessPolicy]) -> Schema:
     schema = openapi_schema(model)
     props = schema["properties"]
     # The operator writes status whole; server-side defaults there would only add noise.
     props["status"] = _without_defaults(props["status"])
-    props["apiVersion"] = {"type": "string"}
-    props["kind"] = {"type": "string"}
+    props["apiVersion"] = {"type": "string", "description": API_VERSION_DESCRIPTION}
+    props["kind"] = {"type": "string", "description": KIND_DESCRIPTION}
+    # The server refuses anything but `type` here; it documents ObjectMeta itself.
     props["metadata"] = {"type": "object"}
     schema["required"] = ["spec"]
+    schema["description"] = model.DESCRIPTION
     result: Schema = _sorted(schema)
     return result
 
@@ -188,14 +206,96 @@ def crd(model: type[QSysCore] | type[AccessPolicy]) -> dict[str, Any]:
     }
 
 
+# ---- docs/resources.md: the field reference, from the same schema ----------------------
+
+REFERENCE_DOC = REPO / "docs" / "resources.md"
+BEGIN = "<!-- BEGIN GENERATED FIELD REFERENCE (make crds) -->"
+END = "<!-- END GENERATED FIELD REFERENCE -->"
+
+
+def _type(node: Schema) -> str:
+    kind = node.get("type", "any")
+    if kind == "array":
+        return f"[]{_type(node.get('items') or {})}"
+    if kind == "object" and isinstance(node.get("additionalProperties"), dict):
+        return f"map[string]{_type(node['additionalProperties'])}"
+    if kind == "object" and "properties" not in node:
+        return "object (Kubernetes type)"
+    return str(kind)
+
+
+def _limits(node: Schema) -> str:
+    parts = []
+    if "enum" in node:
+        parts.append(" \\| ".join(f"`{v}`" for v in node["enum"]))
+    low, high = node.get("minimum"), node.get("maximum")
+    if low is not None:
+        parts.append(f"{'>' if node.get('exclusiveMinimum') else '≥'} {low}")
+    if high is not None:
+        parts.append(f"≤ {high}")
+    for key, label in (("minLength", "min length"), ("maxLength", "max length")):
+        if key in node:
+            parts.append(f"{label} {node[key]}")
+    for key, label in (("minItems", "min items"), ("maxItems", "max items")):
+        if key in node:
+            parts.append(f"{label} {node[key]}")
+    if "pattern" in node:
+        parts.append(f"pattern `{node['pattern']}`".replace("|", "\\|"))
+    return ", ".join(parts)
+
+
+def field_rows(node: Schema, path: str, required: bool = False) -> list[tuple[str, ...]]:
+    """(field, type, default, limits, description) of `node` and every field below it."""
+    rows: list[tuple[str, ...]] = []
+    default = node.get("default")
+    shown = "required" if required else ("-" if default in (None, {}, []) else json.dumps(default))
+    description = str(node.get("description", ""))
+    rows.append((f"`{path}`", _type(node), shown, _limits(node), description))
+    child = node
+    suffix = ""
+    if node.get("type") == "array" and isinstance(node.get("items"), dict):
+        child, suffix = node["items"], "[]"
+    needed = set(child.get("required") or [])
+    for name, sub in (child.get("properties") or {}).items():
+        rows += field_rows(sub, f"{path}{suffix}.{name}", name in needed)
+    return rows
+
+
+def reference_markdown() -> str:
+    out = [
+        BEGIN,
+        "",
+        "Generated by `make crds` from the models' field descriptions (what `kubectl explain`",
+        "shows); `tests/unit/test_crds.py` fails when this section drifts.",
+    ]
+    for model in (QSysCore, AccessPolicy):
+        schema = _resource_schema(model)
+        out += ["", f"### {model.KIND} fields", "", model.DESCRIPTION, ""]
+        out += ["| field | type | default | limits | description |", "|---|---|---|---|---|"]
+        for part in ("spec", "status"):
+            for row in field_rows(schema["properties"][part], part, part == "spec"):
+                out.append("| " + " | ".join(row) + " |")
+    out += ["", END]
+    return "\n".join(out)
+
+
+def _reference_doc() -> str:
+    current = REFERENCE_DOC.read_text("utf-8")
+    start, stop = current.find(BEGIN), current.find(END)
+    if start < 0 or stop < 0:
+        raise ValueError(f"{REFERENCE_DOC}: markers {BEGIN!r} / {END!r} not found")
+    return current[:start] + reference_markdown() + current[stop + len(END) :]
+
+
 def rendered() -> dict[Path, str]:
-    """File path -> YAML text of every generated CRD."""
+    """File path -> text of every generated file: the CRDs and the field reference."""
     header = "# Generated by `make crds` (python -m qsys_operator.crdgen) — do not edit.\n"
     out: dict[Path, str] = {}
     for model in (QSysCore, AccessPolicy):
         doc = crd(model)
         path = CRD_DIR / f"{GROUP}_{model.PLURAL}.yaml"
         out[path] = header + yaml.safe_dump(doc, sort_keys=False, width=100)
+    out[REFERENCE_DOC] = _reference_doc()
     return out
 
 

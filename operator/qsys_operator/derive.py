@@ -159,6 +159,8 @@ class PolicyFindings:
     token_problems: Mapping[str, str] = field(default_factory=dict)
     """subject -> what to fix (never token text)."""
     token_secrets: Mapping[str, str] = field(default_factory=dict)
+    tokens_in_grace: Mapping[str, str] = field(default_factory=dict)
+    """subject -> end of its previous token's grace period (RFC 3339)."""
     not_rendered: str | None = None
     """Why the bound core rendered no subject at all (its token key is unusable)."""
 
@@ -203,10 +205,12 @@ def policy_status(
         "observedGeneration": generation,
         "conditions": conds,
         "tokenSecrets": dict(sorted(found.token_secrets.items())),
+        # A merge patch: subjects whose grace period ended are removed with null.
+        "tokensInGrace": {k: None for k in old.get("tokensInGrace") or {}}
+        | dict(sorted(found.tokens_in_grace.items())),
     }
-    changed = _strip_none(status) != _strip_none(
-        {k: old.get(k) for k in ("observedGeneration", "conditions", "tokenSecrets")}
-    )
+    keys = ("observedGeneration", "conditions", "tokenSecrets", "tokensInGrace")
+    changed = _strip_none(status) != _strip_none({k: old.get(k) for k in keys})
     return StatusUpdate(status if changed else None, _events(transitions))
 
 

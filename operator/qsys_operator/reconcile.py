@@ -10,13 +10,19 @@ there with its message instead of being retried.
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
+import datetime as dt
 import logging
 import time
 from typing import Any
 
 import aiohttp
+import yaml
 from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
+
+from qsys_protocol.config import ConfigError, SubjectConfig, parse_config
 
 from .api import CORE_CREDENTIALS, AccessPolicy, QSysCore
 from .derive import (
@@ -34,7 +40,15 @@ from .metrics import OperatorMetrics
 from .peering import Peering
 from .probe import CoreView, probe_core
 from .queueing import WorkQueue
-from .render import PolicyBinding, RenderResult, gateway_name, render_core_children
+from .render import (
+    CONFIG_KEY,
+    PolicyBinding,
+    RenderResult,
+    config_secret_name,
+    gateway_name,
+    grace_periods,
+    render_core_children,
+)
 from .render.common import selector_labels
 from .secretrefs import host_problem, marker_problem
 from .settings import OperatorSettings
@@ -181,7 +195,16 @@ class Reconciler:
         tokens = {p.metadata.name: await resolve_tokens(self.kube, p, key_bytes) for p in policies}
         creds_problem = await self._credentials_problem(core)
         secret_problem = key if isinstance(key, str) else creds_problem
-        bindings = [PolicyBinding(p, tokens[p.metadata.name].hashes) for p in policies]
+        rendered = await self._rendered_subjects(namespace, name)
+        stamp = dt.datetime.now(dt.UTC)
+        bindings = [
+            PolicyBinding(
+                p,
+                tokens[p.metadata.name].hashes,
+                grace_periods(p, tokens[p.metadata.name].hashes, rendered, stamp),
+            )
+            for p in policies
+        ]
         # Refused credentials are left out of the pods, never mounted.
         renderable = core if creds_problem is None else _without_credentials(core)
         result = render_core_children(renderable, bindings, self.settings)
@@ -215,6 +238,18 @@ class Reconciler:
         outcome = "permanent_error" if apply_error else "success"
         self.metrics.reconcile_total.labels(QSysCore.KIND, outcome).inc()
         self.metrics.reconcile_duration.labels(QSysCore.KIND).observe(time.monotonic() - started)
+
+    async def _rendered_subjects(self, namespace: str, core: str) -> list[SubjectConfig]:
+        """The subjects of the config the gateways run now (for rotation grace periods)."""
+        secret = await self.kube.read_secret(namespace, config_secret_name(core))
+        raw = ((secret.data if secret else None) or {}).get(CONFIG_KEY)
+        if not raw:
+            return []
+        try:
+            return parse_config(yaml.safe_load(base64.b64decode(raw))).subjects
+        except (ConfigError, yaml.YAMLError, binascii.Error, ValueError) as exc:
+            log.warning("rendered config unreadable", extra={"error": _describe(exc)})
+            return []
 
     async def _list_policies(self, namespace: str, since: int) -> list[dict[str, Any]]:
         """The namespace's AccessPolicies as listed by a call sent after `since`.
@@ -329,6 +364,7 @@ class Reconciler:
             conflicts=result.conflicts if result else (),
             token_problems=tokens.problems,
             token_secrets=tokens.secrets,
+            tokens_in_grace=_grace_of(policy, result),
             not_rendered=not_rendered,
         )
         update = policy_status(
@@ -358,6 +394,18 @@ class Reconciler:
             except Exception as exc:  # Events are best effort
                 log.warning("could not post an Event", extra={"error": _describe(exc)})
         return written
+
+
+def _grace_of(policy: AccessPolicy, result: RenderResult | None) -> dict[str, str]:
+    """subject -> end of its grace period, for the policy's subjects the config admits."""
+    if result is None:
+        return {}
+    mine = {s.name for s in policy.spec.subjects}
+    return {
+        s.name: s.previousTokenUntil.isoformat().replace("+00:00", "Z")
+        for s in result.config.subjects
+        if s.name in mine and s.previousTokenUntil is not None
+    }
 
 
 def _without_credentials(core: QSysCore) -> QSysCore:

@@ -6,6 +6,7 @@ validates what the operator renders and what the gateway loads.
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import hmac
 import ipaddress
@@ -34,12 +35,16 @@ Glob = Annotated[str, Field(min_length=1, max_length=256)]
 
 
 class Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, frozen=True)
+    model_config = ConfigDict(
+        extra="forbid", allow_inf_nan=False, frozen=True, use_attribute_docstrings=True
+    )
 
 
 class RateConfig(Model):
     requestsPerSecond: Annotated[float, Field(gt=0, le=100000)] = 20
+    """Sustained calls per second per subject (> 0, max 100000)."""
     burst: Annotated[int, Field(ge=1, le=1000000)] = 40
+    """Calls per subject allowed at once (1-1000000)."""
 
 
 class TlsConfig(Model):
@@ -86,6 +91,8 @@ class AttackLimits(BaseModel):
     arithmetic behind its default). Shared by the gateway config (`limits`) and the
     QSysCore spec (`spec.limits`), which passes them through unchanged."""
 
+    model_config = ConfigDict(use_attribute_docstrings=True)
+
     maxHttpConnections: Annotated[int, Field(ge=16, le=100000)] = 4096
     """Open connections on the HTTP listener (WebSocket included); see docs/security.md."""
     maxPendingConnectionsPerSource: Annotated[int, Field(ge=1, le=100000)] = 64
@@ -93,11 +100,14 @@ class AttackLimits(BaseModel):
     headerTimeoutSeconds: Annotated[float, Field(gt=0, le=300)] = 10
     """A request head must be complete this long after connect or the previous response."""
     bodyTimeoutSeconds: Annotated[float, Field(gt=0, le=300)] = 10
+    """Seconds a request body may take to arrive once its head is in."""
     maxBatchCalls: Annotated[int, Field(ge=1, le=10000)] = 100
     """Calls in one batch, on every transport; a batch costs its size in rate budget."""
     maxUnauthenticatedClients: Annotated[int, Field(ge=1, le=100000)] = 256
     """WebSocket/QRC connections not logged on yet, besides the `maxClients` logged-on ones."""
     maxUnauthenticatedClientsPerSource: Annotated[int, Field(ge=1, le=100000)] = 64
+    """Connections not logged on yet from one source address; the oldest is evicted for a
+    newcomer."""
     logonTimeoutSeconds: Annotated[float, Field(gt=0, le=300)] = 10
     """A connection must log on within this long of connecting (absolute, not per byte)."""
     maxChangeGroupsPerConnection: Annotated[int, Field(ge=1, le=10000)] = 64
@@ -143,7 +153,9 @@ class McpConfig(Model):
 
 class ValueRange(Model):
     min: float | None = None
+    """Smallest value a write may set (inclusive). Unset: no lower bound."""
     max: float | None = None
+    """Largest value a write may set (inclusive). Unset: no upper bound."""
 
     @model_validator(mode="after")
     def _ordered(self) -> ValueRange:
@@ -156,9 +168,14 @@ class Rule(Model):
     """One allow rule: a call passes when some rule matches every target it touches."""
 
     methods: Annotated[list[Glob], Field(min_length=1)]
+    """QRC methods this rule allows, globs, e.g. `Component.Get*`, `StatusGet`."""
     components: Annotated[list[Glob], Field(min_length=1)] = ["*"]
+    """Component names (globs) the rule covers; `*` also covers Named Controls."""
     controls: Annotated[list[Glob], Field(min_length=1)] = ["*"]
+    """Control names (globs) the rule covers within those components."""
     valueRange: ValueRange | None = None
+    """Writes must set a numeric Value within this range (Position and String writes are
+    refused). Unset: any value."""
 
 
 def _source_cidr(value: str) -> str:
@@ -215,6 +232,13 @@ class SubjectConfig(Model):
     tokenHmacSha256: HexDigest | None = None
     tokenSha256: HexDigest | None = None
     """Unkeyed SHA-256, accepted until v1beta1; the operator re-renders it as tokenHmacSha256."""
+    previousTokenHmacSha256: Annotated[HexDigest | None, Field(exclude_if=lambda v: v is None)] = (
+        None
+    )
+    """The token before the last rotation, still admitted until `previousTokenUntil`."""
+    previousTokenUntil: Annotated[dt.datetime | None, Field(exclude_if=lambda v: v is None)] = None
+    """End of the rotation grace period (RFC 3339, with a zone); connections that
+    authenticated with the previous token are closed then."""
     sourceCIDRs: Annotated[
         list[SourceCIDR], Field(max_length=MAX_SOURCE_CIDRS, exclude_if=lambda v: not v)
     ] = []
@@ -226,7 +250,23 @@ class SubjectConfig(Model):
         given = (self.tokenHmacSha256, self.tokenSha256, self.sourceCIDRs or None)
         if sum(g is not None for g in given) != 1:
             raise ValueError("set exactly one of tokenHmacSha256, tokenSha256 and sourceCIDRs")
+        if (self.previousTokenHmacSha256 is None) != (self.previousTokenUntil is None):
+            raise ValueError("previousTokenHmacSha256 and previousTokenUntil go together")
+        if self.previousTokenUntil is not None and self.previousTokenUntil.tzinfo is None:
+            raise ValueError("previousTokenUntil needs a time zone")
+        if self.previousTokenHmacSha256 is not None and self.tokenHmacSha256 is None:
+            raise ValueError("previousTokenHmacSha256 needs tokenHmacSha256")
         return self
+
+    def credential(self, token_hash: str, now: float) -> str | None:
+        """Which of this subject's tokens `token_hash` is at `now` (Unix seconds):
+        "current", "previous" (within the grace period) or None."""
+        if token_hash == self.token_hash:
+            return "current"
+        until = self.previousTokenUntil
+        if token_hash == self.previousTokenHmacSha256 and until and now < until.timestamp():
+            return "previous"
+        return None
 
     @property
     def token_hash(self) -> str:

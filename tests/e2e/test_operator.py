@@ -201,7 +201,10 @@ def test_policy_first_tokens_real_gateway_and_core_connection(
         cluster,
         ns,
         policy_body(
-            "panel", "room", [{"name": "gen"}, {"name": "own", "tokenSecretRef": {"name": "byo"}}]
+            "panel",
+            "room",
+            [{"name": "gen"}, {"name": "own", "tokenSecretRef": {"name": "byo"}}],
+            tokenGracePeriodSeconds=0,  # the old BYO token is refused at once (below)
         ),
     )
     pol = wait_condition(cluster, ns, "AccessPolicy", "panel", "Bound", "False")

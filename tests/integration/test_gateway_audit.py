@@ -142,7 +142,8 @@ async def test_every_write_and_denial_audited_once_and_no_token_anywhere(
     await asyncio.sleep(1.2)  # anything else (that should not be there) has arrived too
     lines = gw.audit_lines()
     for line in lines:
-        assert FIELDS <= set(line) <= FIELDS | REPEAT_FIELDS, line
+        assert FIELDS <= set(line) <= FIELDS | REPEAT_FIELDS | {"token"}, line
+        assert line.get("token", "current") == "current"  # no rotation here
         assert line["decision"] in ("allow", "deny")
     by_rid = Counter(rid for line in lines for rid in rids(line))
     for rid, (decision, method, transport) in expected.items():

@@ -15,6 +15,7 @@ PACKAGES = {
     "qsys_operator": REPO / "operator" / "qsys_operator",
     "qsys_core_sim": REPO / "simulator" / "qsys_core_sim",
     "qsys_testkit": REPO / "testkit" / "qsys_testkit",
+    "qsys_kubectl": REPO / "plugin" / "qsys_kubectl",
 }
 # What each program may import of the others (qsys_protocol is the shared bottom). The test
 # kit sits above the programs: it starts them and may import them; none of them imports it.
@@ -23,6 +24,13 @@ ALLOWED_PACKAGES = {
     "qsys_core_sim": {"qsys_protocol"},
     "qsys_gateway": {"qsys_protocol"},
     "qsys_operator": {"qsys_protocol", "qsys_gateway.logs"},
+    # The kubectl plugin: the operator's models and names, the gateway's own policy code.
+    "qsys_kubectl": {
+        "qsys_protocol",
+        "qsys_operator.api",
+        "qsys_operator.render",
+        "qsys_gateway.policy",
+    },
     "qsys_testkit": {"qsys_protocol", "qsys_core_sim", "qsys_gateway", "qsys_operator"},
 }
 # The gateway's layers, bottom first; a module may import its own layer and those below.

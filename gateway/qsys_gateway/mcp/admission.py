@@ -104,7 +104,9 @@ class Admission:
 
     def subscriber(self, mc: McpCaller, push: Callable[[dict[str, Any]], None]) -> Caller:
         """A caller with its own upstream session, whose change-group pushes go to `push`."""
-        caller = Caller(TRANSPORT, mc.caller.source_ip, subject=mc.subject)
+        caller = Caller(
+            TRANSPORT, mc.caller.source_ip, subject=mc.subject, token_hash=mc.caller.token_hash
+        )
         self._admission.open_session(caller, push)
         return caller
 

@@ -72,6 +72,7 @@ class ConnectedClient:
             ).inc()
             raise Refusal(ErrorCode.CORE_UNAVAILABLE, "Too many clients")
         self.admission.open_session(self.caller, self.send)
+        self.admission.watch(self.caller, self.handle.close)
 
     def announce(self) -> None:
         """WebSocket: the current EngineStatus once logged on. (A raw QRC client got it on
@@ -183,7 +184,7 @@ class ConnectedClient:
             self._reply_error(obj, refused)
             return False
         if not self.logged_on:
-            self.caller.subject = subject
+            self.caller.subject, self.caller.token_hash = subject, probe.token_hash
             try:
                 self.log_on(subject)
             except Refusal as full:

@@ -19,6 +19,7 @@ from .common import (
     ObjectName,
     SecretKey,
     StatusModel,
+    Timestamp,
     cel,
     list_map,
     validations,
@@ -69,14 +70,21 @@ SUBJECT_CREDENTIAL_RULE = cel(
 
 class TokenSecretRef(Model):
     name: ObjectName
+    """Secret (same namespace) holding the token; it must carry the label
+    `qsys.dev/secret-type: client-token`."""
     key: SecretKey = "token"
+    """Key of the token in the Secret."""
 
 
 class Subject(Model):
     model_config = ConfigDict(json_schema_extra=validations(SUBJECT_CREDENTIAL_RULE))
 
     name: SubjectName
+    """Subject name (DNS label, max 63): appears in audit lines and metrics and names the
+    generated Secret `<policy>-<subject>-token`."""
     tokenSecretRef: TokenSecretRef | None = None
+    """Bring your own token (at least 32 characters). Unset (and no `sourceCIDRs`): the
+    operator generates one into `<policy>-<subject>-token`, key `token`."""
     sourceCIDRs: (
         Annotated[list[SourceCIDR], Field(min_length=1, max_length=MAX_SOURCE_CIDRS)] | None
     ) = None
@@ -86,26 +94,43 @@ class Subject(Model):
 
 class AccessPolicySpec(Model):
     coreRef: LocalObjectReference
+    """The QSysCore (same namespace) whose gateways admit these subjects."""
     subjects: Annotated[
         list[Subject],
         Field(min_length=1, max_length=MAX_SUBJECTS, json_schema_extra=list_map("name")),
     ]
+    """Token holders (1-128, unique by name across every policy of the Core; the oldest
+    policy keeps a name)."""
     rules: Annotated[
         list[Rule], Field(max_length=MAX_RULES, json_schema_extra=validations(VALUE_RANGE_RULE))
     ] = []
+    """Allow rules shared by every subject of this policy (max 128). Empty: every call is denied."""
     rateLimit: RateConfig | None = None
+    """Per-subject rate for these subjects. Unset: the QSysCore's `limits`."""
+    tokenGracePeriodSeconds: Annotated[int, Field(ge=0, le=86400)] = 300
+    """Seconds a subject's previous token stays valid after its token changes (rotation),
+    so connected panels keep working while they are re-keyed; their connections are
+    closed when it ends. 0: the old token is refused at once."""
 
 
 class AccessPolicyStatus(StatusModel):
     observedGeneration: int | None = None
+    """The `metadata.generation` this status describes."""
     conditions: Conditions = []
+    """Bound (the core exists) and Ready (every subject is in the gateway config),
+    metav1.Condition."""
     tokenSecrets: dict[str, str] = {}
+    """Subject name to the name of the Secret holding its token (never the token)."""
+    tokensInGrace: dict[str, Timestamp] = {}
+    """Subjects whose previous token is still admitted after a rotation, and until when
+    (RFC 3339)."""
 
 
 class AccessPolicy(BaseModel):
     """The whole resource as the API server returns it (e.g. a Kopf body)."""
 
     model_config = ConfigDict(
+        use_attribute_docstrings=True,
         extra="ignore",
         populate_by_name=True,
         json_schema_extra=validations(TOKEN_SECRET_NAME_RULE),
@@ -113,9 +138,15 @@ class AccessPolicy(BaseModel):
 
     KIND: ClassVar[str] = "AccessPolicy"
     PLURAL: ClassVar[str] = "accesspolicies"
+    DESCRIPTION: ClassVar[str] = (
+        "Subjects (token holders) and the calls they may make on one QSysCore: deny by "
+        "default, allow rules by method, component, control and value range."
+    )
 
     apiVersion: Literal["qsys.dev/v1alpha1"] = API_VERSION  # type: ignore[assignment]
     kind: Literal["AccessPolicy"] = "AccessPolicy"
     metadata: ObjectMeta
     spec: AccessPolicySpec
+    """The subjects, the Core they may use and their rules."""
     status: AccessPolicyStatus = AccessPolicyStatus()
+    """Written by the operator: binding to the Core, subjects admitted, token Secrets."""

@@ -50,26 +50,35 @@ def list_map(*keys: str) -> dict[str, Any]:
 class Model(BaseModel):
     """Spec models reject unknown fields, as the structural schema prunes them."""
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True, allow_inf_nan=False)
+    model_config = ConfigDict(
+        extra="forbid", populate_by_name=True, allow_inf_nan=False, use_attribute_docstrings=True
+    )
 
 
 class StatusModel(BaseModel):
-    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+    model_config = ConfigDict(extra="ignore", populate_by_name=True, use_attribute_docstrings=True)
 
 
 class LocalObjectReference(Model):
     name: ObjectName
+    """Name of an object in the same namespace."""
 
 
 class Condition(StatusModel):
     """metav1.Condition."""
 
     type: Annotated[str, Field(min_length=1, max_length=316)]
+    """Condition type, e.g. Ready."""
     status: Literal["True", "False", "Unknown"]
+    """True, False or Unknown."""
     observedGeneration: Annotated[int, Field(ge=0)] | None = None
+    """The `metadata.generation` the condition was set for."""
     lastTransitionTime: Timestamp
+    """When `status` last changed (RFC 3339)."""
     reason: Annotated[str, Field(min_length=1, max_length=1024)]
+    """One CamelCase word for machines, e.g. CoreUnreachable."""
     message: Annotated[str, Field(max_length=32768)] = ""
+    """What happened and what to do, for humans."""
 
 
 Conditions = Annotated[list[Condition], Field(max_length=16, json_schema_extra=list_map("type"))]

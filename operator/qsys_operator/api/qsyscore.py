@@ -50,15 +50,23 @@ def is_ip(host: str) -> bool:
 
 class CredentialsSecretRef(Model):
     name: ObjectName
+    """Secret (same namespace) with the Core's QRC Logon user and PIN; it must carry the
+    label `qsys.dev/secret-type: core-credentials`."""
     usernameKey: SecretKey = "username"
+    """Key of the user name in the Secret."""
     passwordKey: SecretKey = "password"
+    """Key of the password (PIN) in the Secret."""
 
 
 class CoreSpec(Model):
     host: HostName
+    """IP address or DNS name of the Core (1-253 characters), e.g. `192.0.2.10`."""
     port: Port = 1710
+    """QRC TCP port of the Core (1-65535)."""
     redundantHost: HostName | None = None
+    """Backup Core of a redundant pair; the gateway fails over to it."""
     credentialsSecretRef: CredentialsSecretRef | None = None
+    """QRC Logon credentials, when the Core's design requires them. Unset: no Logon."""
 
 
 AUTOSCALING_RANGE_RULE = cel(
@@ -73,8 +81,12 @@ class AutoscalingSpec(Model):
     model_config = ConfigDict(json_schema_extra=validations(AUTOSCALING_RANGE_RULE))
 
     minReplicas: Annotated[int, Field(ge=1, le=50)] = 2
+    """Fewest gateway pods the HorizontalPodAutoscaler keeps (1-50)."""
     maxReplicas: Annotated[int, Field(ge=1, le=50)] = 10
+    """Most gateway pods the HorizontalPodAutoscaler may run (1-50, >= minReplicas)."""
     targetCPUUtilizationPercentage: Annotated[int, Field(ge=1, le=100)] = 70
+    """Average CPU use of the gateway pods, in percent of their request, the autoscaler
+    aims for."""
 
     @model_validator(mode="after")
     def _range(self) -> AutoscalingSpec:
@@ -104,27 +116,44 @@ class TracingSpec(Model):
 
 class McpSpec(Model):
     enabled: bool = False
+    """Serve `/v1/mcp` (Model Context Protocol) so AI agents call the Core through the same
+    subjects, rules, limits and audit (docs/mcp.md)."""
 
 
 class GatewaySpec(Model):
     replicas: Annotated[int, Field(ge=1, le=50)] = 2
+    """Gateway pods (1-50). Each pod enforces limits for itself unless `limits.storage` is Redis."""
     image: Annotated[str, Field(min_length=1, max_length=512)] | None = None
+    """Gateway container image. Default: the operator's `QSYS_GATEWAY_IMAGE` setting."""
     resources: Annotated[dict[str, Any], Field(json_schema_extra=PRESERVE_UNKNOWN)] | None = None
+    """core/v1 ResourceRequirements of the gateway container, passed through. Default:
+    requests 50m CPU / 64Mi, limit 256Mi memory."""
     tlsSecretName: ObjectName | None = None
+    """kubernetes.io/tls Secret (`tls.crt`, `tls.key`): HTTPS/WSS and TLS on the QRC port;
+    probes switch to HTTPS. Unset: plain text."""
     allowedOrigins: Annotated[list[Origin], Field(max_length=64)] = []
+    """Browser origins allowed by CORS (max 64), e.g. `https://panel.example.org`. Empty: no
+    cross-origin requests."""
     nodeSelector: LabelMap = {}
+    """Node labels the gateway pods must match, passed to the pod spec."""
     tolerations: Annotated[
         list[Annotated[dict[str, Any], Field(json_schema_extra=PRESERVE_UNKNOWN)]],
         Field(max_length=64),
     ] = []
+    """core/v1 Tolerations of the gateway pods, passed through (max 64)."""
     affinity: Annotated[dict[str, Any], Field(json_schema_extra=PRESERVE_UNKNOWN)] | None = None
+    """core/v1 Affinity of the gateway pods, passed through."""
     podAnnotations: AnnotationMap = {}
+    """Extra annotations on the gateway pods (max 128)."""
     qrcOnCoreLoss: Literal["keep", "close"] = "close"
     """Raw QRC clients while the Core is unreachable: `close` their sockets as the Core's
     would (default), or `keep` them and answer -32050."""
     mcp: McpSpec = McpSpec()
+    """The MCP endpoint for AI agents."""
     autoscaling: AutoscalingSpec | None = None
+    """Scale the gateway with a HorizontalPodAutoscaler instead of fixed `replicas`."""
     tracing: TracingSpec | None = None
+    """OpenTelemetry traces of the gateway's calls. Unset: no tracing."""
 
     @property
     def min_replicas(self) -> int:
@@ -134,15 +163,27 @@ class GatewaySpec(Model):
 
 class LimitsSpec(Model, AttackLimits):
     requestsPerSecond: Annotated[float, Field(gt=0, le=100000)] = 20
+    """Sustained calls per second per subject (> 0) unless its AccessPolicy sets
+    `rateLimit`. See docs/policy.md for the windows."""
     burst: Annotated[int, Field(ge=1, le=1000000)] = 40
+    """Calls per subject allowed at once unless its AccessPolicy sets `rateLimit`; raised to
+    one second's worth when below `requestsPerSecond`."""
     maxClients: Annotated[int, Field(ge=1, le=100000)] = 1000
+    """Connected, logged-on clients per gateway pod; further ones are refused."""
     maxMessageBytes: Annotated[int, Field(ge=1024, le=16 * 1024 * 1024)] = 262144
+    """Largest request message in bytes (1024 - 16777216); larger ones are refused before
+    parsing."""
     requestTimeoutSeconds: Annotated[float, Field(gt=0, le=300)] = 5
+    """Seconds the gateway waits for the Core's answer to one call (> 0, max 300)."""
     storage: StorageUri = "memory"
+    """Where rate-limit counters live: `memory` (per pod) or `redis://host:port/db` /
+    `rediss://...` so all replicas share one limit."""
 
 
 class NetworkPolicySpec(Model):
     enabled: bool = True
+    """Render a NetworkPolicy: ingress only from `allowedClients`, egress only to the Core
+    and DNS."""
     allowedClients: (
         Annotated[
             list[Annotated[dict[str, Any], Field(json_schema_extra=PRESERVE_UNKNOWN)]],
@@ -150,21 +191,30 @@ class NetworkPolicySpec(Model):
         ]
         | None
     ) = None
+    """networking/v1 NetworkPolicyPeers allowed to reach the gateway (max 64). Unset: pods
+    of the same namespace."""
     coreCIDRs: Annotated[list[CIDR], Field(max_length=32)] = []
+    """CIDRs of the Core(s) for the egress rule (max 32), e.g. `192.0.2.0/28`. Needed when
+    `core.host` is a DNS name."""
 
 
 class ServiceMonitorSpec(Model):
     enabled: bool = True
+    """Render a prometheus-operator ServiceMonitor (only when its CRD is installed)."""
     interval: Duration = "30s"
+    """Scrape interval, a Prometheus duration such as `30s` or `1m30s`."""
     labels: LabelMap = {}
+    """Extra labels on the ServiceMonitor, e.g. to match a Prometheus `serviceMonitorSelector`."""
 
 
 class MonitoringSpec(Model):
     serviceMonitor: ServiceMonitorSpec = ServiceMonitorSpec()
+    """Prometheus scraping of the gateway's metrics port."""
 
 
 class AuditSpec(Model):
     logReads: bool = False
+    """Audit reads (Get, Poll) too, not only writes and refusals. Raises log volume."""
 
 
 CORE_ADDRESS_RULE = cel(
@@ -200,11 +250,17 @@ class QSysCoreSpec(Model):
     model_config = ConfigDict(json_schema_extra=validations(CORE_ADDRESS_RULE))
 
     core: CoreSpec
+    """The Q-SYS Core (or redundant pair) the gateway connects to."""
     gateway: GatewaySpec = GatewaySpec()
+    """The gateway Deployment in front of the Core."""
     limits: LimitsSpec = LimitsSpec()
+    """Per-subject rate and per-pod connection and message limits."""
     networkPolicy: NetworkPolicySpec = NetworkPolicySpec()
+    """The NetworkPolicy around the gateway pods."""
     monitoring: MonitoringSpec = MonitoringSpec()
+    """Prometheus integration."""
     audit: AuditSpec = AuditSpec()
+    """Audit log settings."""
 
     @model_validator(mode="after")
     def _core_addressable(self) -> QSysCoreSpec:
@@ -218,28 +274,40 @@ class QSysCoreSpec(Model):
 
 class GatewayStatus(StatusModel):
     readyReplicas: Annotated[int, Field(ge=0)] | None = None
+    """Gateway pods that are Ready."""
     service: str | None = None
+    """Name of the gateway Service clients connect to."""
 
 
 class CoreStatus(StatusModel):
     state: str | None = None
+    """Core state as the gateways report it: Active, Standby, Idle, or Unreachable."""
     designName: str | None = None
+    """Name of the design running on the Core."""
     platform: str | None = None
+    """Core model, e.g. `Core 110f`."""
     lastSeen: Timestamp | None = None
+    """When a gateway last reached the Core (RFC 3339)."""
 
 
 class QSysCoreStatus(StatusModel):
     observedGeneration: int | None = None
+    """The `metadata.generation` this status describes."""
     conditions: Conditions = []
+    """Ready, GatewayAvailable, CoreConnected (and more), metav1.Condition."""
     gateway: GatewayStatus | None = None
+    """The gateway Deployment and Service."""
     core: CoreStatus | None = None
+    """The Core as the gateways see it."""
     subjects: Annotated[int, Field(ge=0)] | None = None
+    """Subjects (from every bound AccessPolicy) in the gateway config."""
 
 
 class QSysCore(BaseModel):
     """The whole resource as the API server returns it (e.g. a Kopf body)."""
 
     model_config = ConfigDict(
+        use_attribute_docstrings=True,
         extra="ignore",
         populate_by_name=True,
         json_schema_extra=validations(*OWN_SECRETS_RULES),
@@ -247,9 +315,16 @@ class QSysCore(BaseModel):
 
     KIND: ClassVar[str] = "QSysCore"
     PLURAL: ClassVar[str] = "qsyscores"
+    DESCRIPTION: ClassVar[str] = (
+        "One Q-SYS Core (or redundant pair) and the hardened QRC gateway in front of it: "
+        "the operator runs gateway pods that admit the subjects of the AccessPolicies bound "
+        "to this Core, with their rules, rate limits and audit."
+    )
 
     apiVersion: Literal["qsys.dev/v1alpha1"] = API_VERSION  # type: ignore[assignment]
     kind: Literal["QSysCore"] = "QSysCore"
     metadata: ObjectMeta
     spec: QSysCoreSpec
+    """The Core and how its gateway runs."""
     status: QSysCoreStatus = QSysCoreStatus()
+    """Written by the operator: gateway readiness, the Core as the gateways see it."""

@@ -16,7 +16,14 @@ from .common import (
 )
 from .config import CONFIG_KEY, gateway_config, restart_hash
 from .core import ChildRef, RenderResult, render_core_children
-from .subjects import PolicyBinding, SubjectConflict, UnresolvedSubject, merge_subjects
+from .subjects import (
+    Grace,
+    PolicyBinding,
+    SubjectConflict,
+    UnresolvedSubject,
+    grace_periods,
+    merge_subjects,
+)
 from .tokens import TOKEN_KEY, TOKEN_KEY_KEY, render_token_key_secret, render_token_secret
 
 __all__ = [
@@ -25,6 +32,7 @@ __all__ = [
     "TOKEN_KEY",
     "TOKEN_KEY_KEY",
     "ChildRef",
+    "Grace",
     "Manifest",
     "PolicyBinding",
     "RenderResult",
@@ -33,6 +41,7 @@ __all__ = [
     "config_secret_name",
     "gateway_config",
     "gateway_name",
+    "grace_periods",
     "labels",
     "merge_subjects",
     "render_core_children",

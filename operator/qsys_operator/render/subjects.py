@@ -9,7 +9,8 @@ overlap an earlier one's (the gateway could not tell them apart).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import datetime as dt
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -24,8 +25,49 @@ class PolicyBinding:
 
     policy: AccessPolicy
     token_hashes: Mapping[str, str] = field(default_factory=dict)
+    previous: Mapping[str, Grace] = field(default_factory=dict)
+    """subject name -> its previous token hash and the end of its grace period."""
     """subject name -> HMAC-SHA256 hex of its token (under the core's token key); a subject
     missing here is left out."""
+
+
+@dataclass(frozen=True)
+class Grace:
+    token_hash: str
+    until: dt.datetime
+
+
+def grace_periods(
+    policy: AccessPolicy,
+    token_hashes: Mapping[str, str],
+    rendered: Sequence[SubjectConfig],
+    now: dt.datetime,
+) -> dict[str, Grace]:
+    """Rotation grace periods of the policy's subjects, from what the gateways run now.
+
+    A subject whose keyed hash differs from the rendered one was just rotated: its
+    rendered hash stays admitted for `tokenGracePeriodSeconds` from `now`. A grace
+    period already rendered for an unchanged token is kept until it ends, so rendering
+    again gives the same config."""
+    seconds = policy.spec.tokenGracePeriodSeconds
+    before = {s.name: s for s in rendered}
+    out: dict[str, Grace] = {}
+    for subject in policy.spec.subjects:
+        new, old = token_hashes.get(subject.name), before.get(subject.name)
+        if new is None or old is None or old.tokenHmacSha256 is None:
+            continue
+        if old.tokenHmacSha256 != new:
+            if seconds > 0:
+                until = now + dt.timedelta(seconds=seconds)
+                out[subject.name] = Grace(old.tokenHmacSha256, until.replace(microsecond=0))
+        elif (
+            old.previousTokenHmacSha256
+            and old.previousTokenUntil
+            and old.previousTokenUntil > now
+            and seconds > 0
+        ):
+            out[subject.name] = Grace(old.previousTokenHmacSha256, old.previousTokenUntil)
+    return out
 
 
 @dataclass(frozen=True, order=True)
@@ -99,10 +141,13 @@ def merge_subjects(bindings: list[PolicyBinding]) -> MergedSubjects:
                 continue
             names[subject.name] = pname
             hashes[token] = pname
+            grace = binding.previous.get(subject.name)
             subjects.append(
                 SubjectConfig(
                     name=subject.name,
                     tokenHmacSha256=token,
+                    previousTokenHmacSha256=grace.token_hash if grace else None,
+                    previousTokenUntil=grace.until if grace else None,
                     rate=policy.spec.rateLimit,
                     rules=list(policy.spec.rules),
                 )

@@ -1,0 +1,275 @@
+"""`kubectl qsys` run by the real kubectl (plugin discovery on PATH) against the real
+control plane and the real operator: every command, its output formats and its errors."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from kube_support import Cluster, must, tool_dir, wait_for
+from kubernetes import client
+from operator_support import (
+    VENV_BIN,
+    Operator,
+    StandInGateway,
+    apply_crds,
+    core_body,
+    create,
+    policy_body,
+    running_operator,
+    secret_text,
+    wait_condition,
+)
+
+from qsys_testkit import SimulatorProcess
+
+pytestmark = pytest.mark.e2e
+
+RULES = [
+    {"methods": ["StatusGet", "Component.Get*"]},
+    {
+        "methods": ["Component.Set"],
+        "components": ["gain*"],
+        "controls": ["gain"],
+        "valueRange": {"min": -100, "max": 0},
+    },
+]
+
+
+@pytest.fixture(scope="module")
+def crds(cluster: Cluster) -> None:
+    apply_crds(cluster)
+
+
+@pytest.fixture
+def operator(cluster: Cluster, crds: None, namespace: str, tmp_path: Path) -> Iterator[Operator]:
+    with running_operator(cluster, namespace, tmp_path / "operator.log") as op:
+        yield op
+
+
+class Plugin:
+    """`kubectl qsys ...` through the real kubectl binary, which finds `kubectl-qsys` on PATH."""
+
+    def __init__(self, cluster: Cluster, namespace: str) -> None:
+        self.kubectl = str(tool_dir("kube") / "kubectl")
+        self.namespace = namespace
+        self.env = {
+            **os.environ,
+            "KUBECONFIG": cluster.kubeconfig,
+            "PATH": f"{VENV_BIN}:{tool_dir('kube')}:{os.environ.get('PATH', '')}",
+        }
+
+    def __call__(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [self.kubectl, "qsys", *args, "-n", self.namespace],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+
+    def json(self, *args: str) -> Any:
+        out = self(*args, "-o", "json")
+        assert out.returncode == 0, out.stderr
+        return json.loads(out.stdout)
+
+
+def _fails(result: subprocess.CompletedProcess[str], *words: str) -> None:
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert result.stderr.startswith("error: "), result.stderr
+    for word in words:
+        assert word in result.stderr
+
+
+def test_errors_without_resources(cluster: Cluster, crds: None, namespace: str) -> None:
+    qsys = Plugin(cluster, namespace)
+    empty = qsys("status")
+    assert empty.returncode == 0, empty.stderr
+    assert f'No QSysCores found in namespace "{namespace}"' in empty.stdout
+    assert qsys.json("status") == {"items": []}
+    _fails(qsys("status", "room"), 'QSysCore "room"', "not found")
+    _fails(qsys("token", "show", "nope", "panel"), 'AccessPolicy "nope"', "not found")
+    _fails(qsys("token", "rotate", "nope", "panel"), 'AccessPolicy "nope"', "not found")
+    _fails(qsys("can-i", "nope", "panel", "StatusGet"), 'AccessPolicy "nope"', "not found")
+    _fails(qsys("call", "nope", "StatusGet", "--as", "panel"), 'QSysCore "nope"', "not found")
+    _fails(qsys("audit", "nope"), 'QSysCore "nope"', "not found")
+    _fails(qsys("status", "--context", "no-such-context"), "kubeconfig", "no-such-context")
+    usage = qsys("can-i")
+    assert usage.returncode == 2
+    assert "usage: kubectl qsys" in usage.stderr
+
+
+def test_every_command_against_the_operator(
+    cluster: Cluster, operator: Operator, namespace: str, tmp_path: Path
+) -> None:
+    ns = namespace
+    qsys = Plugin(cluster, ns)
+    create(
+        cluster, ns, policy_body("panel", "room", [{"name": "gen"}, {"name": "ops"}], rules=RULES)
+    )
+    generated = wait_for("token", lambda: secret_text(cluster, ns, "panel-gen-token", "token"))
+
+    # The token, as text and as JSON; an unknown subject is named in the error.
+    shown = qsys("token", "show", "panel", "gen")
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.strip() == generated
+    data = qsys.json("token", "show", "panel", "gen")
+    assert data | {"token": "-"} == {
+        "policy": "panel",
+        "subject": "gen",
+        "secret": "panel-gen-token",
+        "key": "token",
+        "generated": True,
+        "token": "-",
+    }
+    assert data["token"] == generated
+    _fails(qsys("token", "show", "panel", "nobody"), 'subject "nobody" not found', "gen, ops")
+    # No core yet: nothing rendered for can-i to read.
+    _fails(qsys("can-i", "panel", "gen", "StatusGet"), "room-gateway-config", "not found")
+    _fails(qsys("can-i", "panel", "nobody", "StatusGet"), 'subject "nobody" not found')
+
+    with contextlib.ExitStack() as stack:
+        sim = stack.enter_context(SimulatorProcess())
+        create(cluster, ns, core_body("room", sim.port))
+        wait_condition(cluster, ns, "AccessPolicy", "panel", "Bound", "True")
+
+        # can-i: the rendered config, judged by the gateway's policy code.
+        def can_i(*call: str) -> subprocess.CompletedProcess[str]:
+            return qsys("can-i", "panel", "gen", *call)
+
+        wait_for("config rendered", lambda: can_i("StatusGet").returncode == 0, timeout=30)
+        assert can_i("StatusGet").stdout.startswith("yes (allowed by rule 0)")
+        assert can_i("Component.Get", "gain1.gain").returncode == 0
+        allowed = can_i("Component.Set", "gain1.gain", "-6")
+        assert (allowed.returncode, allowed.stdout.split()[0]) == (0, "yes"), allowed.stderr
+        too_loud = can_i("Component.Set", "gain1.gain", "5")
+        assert (too_loud.returncode, too_loud.stdout.strip()) == (
+            1,
+            "no (no rule allows gain1.gain)",
+        )
+        other = can_i("Component.Set", "mixer.gain", "-6")
+        assert other.returncode == 1
+        assert can_i("Control.Set", "MasterGain", "0").returncode == 1
+        assert can_i("Snapshot.Load", "scenes", "1").returncode == 1
+        verdict = qsys.json("can-i", "panel", "gen", "StatusGet")
+        assert verdict["allowed"] is True
+        assert verdict["core"] == "room"
+        denied = qsys("can-i", "panel", "gen", "Component.Set", "gain1.gain", "5", "-o", "yaml")
+        assert denied.returncode == 1
+        assert yaml.safe_load(denied.stdout)["allowed"] is False
+        _fails(can_i("Component.Set", "gain1"), "needs COMPONENT.CONTROL")
+
+        # status: the table and both structured forms.
+        def summary() -> dict[str, Any] | None:
+            items = qsys.json("status")["items"]
+            return items[0] if items and items[0]["subjects"] == 2 else None
+
+        room = wait_for("status with two subjects", summary, timeout=30)
+        assert room["name"] == "room"
+        assert room["host"] == "127.0.0.1"
+        assert [p["name"] for p in room["policies"]] == ["panel"]
+        assert room["policies"][0]["subjects"] == ["gen", "ops"]
+        assert {c["type"] for c in room["conditions"]} >= {"Ready", "GatewayAvailable"}
+        as_yaml = qsys("status", "room", "-o", "yaml")
+        assert yaml.safe_load(as_yaml.stdout)["items"][0]["name"] == "room"
+        text = qsys("status")
+        assert text.returncode == 0
+        header, row = text.stdout.splitlines()[:2]
+        assert header.split()[:3] == ["CORE", "READY", "GATEWAYS"]
+        assert row.split()[0] == "room"
+        assert "panel" in row
+        everywhere = qsys("status", "-A")
+        assert everywhere.stdout.split()[0] == "NAMESPACE"
+        assert ns in everywhere.stdout
+
+        # call through a port-forward: kwok runs no kubelet streaming, so the forward
+        # fails, and says so.
+        pod_ip = wait_for("pod IP", lambda: _pod_ip(cluster, ns, "room"))
+        forwarded = qsys("call", "room", "StatusGet", "--as", "gen", timeout=90)
+        _fails(forwarded, "port-forward to svc/room-gateway failed")
+
+        # --direct to the pod IP, served by a real gateway from the rendered config.
+        key = must(secret_text(cluster, ns, "room-gateway-token-key", "key"))
+        gw = StandInGateway(tmp_path, _config(cluster, ns, "room"), pod_ip, key)
+        stack.callback(gw.stop)
+        gw.start()
+        status_call = qsys("call", "room", "StatusGet", "--as", "gen", "--direct")
+        assert status_call.returncode == 0, status_call.stderr
+        assert json.loads(status_call.stdout)["result"]["State"] == "Active"
+        refused = qsys(
+            "call",
+            "room",
+            "Component.Set",
+            '{"Name": "gain1", "Controls": [{"Name": "gain", "Value": 5}]}',
+            "--as",
+            "gen",
+            "--direct",
+        )
+        assert refused.returncode == 1, refused.stderr
+        assert json.loads(refused.stdout)["error"]["code"] == -32003
+        _fails(qsys("call", "room", "StatusGet", "--as", "nobody", "--direct"), '"nobody"')
+        _fails(qsys("call", "room", "StatusGet", "{bad", "--as", "gen"), "PARAMS is not JSON")
+
+        # audit: kwok serves no pod logs; the error names the pod and the API's answer.
+        _fails(qsys("audit", "room"), "logs of pod")
+        _fails(qsys("audit", "room", "--pod", "other"), '"other" is not a gateway')
+
+        # rotate: a new token in the Secret, the operator renders it, the gateway takes it.
+        old_config = _config(cluster, ns, "room")
+        rotated = qsys.json("token", "rotate", "panel", "gen", "--show")
+        new_token = rotated["token"]
+        assert new_token != generated
+        assert secret_text(cluster, ns, "panel-gen-token", "token") == new_token
+        quiet = qsys("token", "rotate", "panel", "ops")
+        assert quiet.returncode == 0
+        assert "rotated" in quiet.stdout
+        ops_token = must(secret_text(cluster, ns, "panel-ops-token", "token"))
+        assert ops_token not in quiet.stdout
+        new_config = wait_for(
+            "rotation rendered", lambda: (c := _config(cluster, ns, "room")) != old_config and c
+        )
+        assert isinstance(new_config, str)
+        gw.write(new_config)
+        wait_for("new token admitted", lambda: gw.rpc(new_token, "StatusGet")[0] == 200)
+        assert qsys("call", "room", "StatusGet", "--as", "gen", "--direct").returncode == 0
+
+    # No gateway ready: pods that cannot be scheduled never become endpoints.
+    create(
+        cluster,
+        ns,
+        core_body("dark", 1710, gateway={"replicas": 1, "nodeSelector": {"qsys.dev/none": "x"}}),
+    )
+    create(cluster, ns, policy_body("dark-panel", "dark", [{"name": "late"}]))
+    wait_for("dark token", lambda: secret_text(cluster, ns, "dark-panel-late-token", "token"))
+    wait_for("dark Service", lambda: _service(cluster, ns, "dark-gateway"))
+    _fails(
+        qsys("call", "dark", "StatusGet", "--as", "late"), 'no gateway ready for QSysCore "dark"'
+    )
+    assert generated not in operator.output()
+
+
+def _config(cluster: Cluster, ns: str, core: str) -> str:
+    return must(secret_text(cluster, ns, f"{core}-gateway-config", "gateway.yaml"))
+
+
+def _pod_ip(cluster: Cluster, ns: str, core: str) -> str | None:
+    pods = client.CoreV1Api(cluster.api).list_namespaced_pod(
+        ns, label_selector=f"app.kubernetes.io/instance={core}"
+    )
+    ips = [must(p.status).pod_ip for p in pods.items if must(p.status).pod_ip]
+    return ips[0] if ips else None
+
+
+def _service(cluster: Cluster, ns: str, name: str) -> bool:
+    return any(
+        must(s.metadata).name == name
+        for s in client.CoreV1Api(cluster.api).list_namespaced_service(ns).items
+    )
