@@ -33,8 +33,8 @@ $(STAMP): pyproject.toml hack/install-system-deps.sh
 	touch $(STAMP)
 
 lint: install
-	$(BIN)/ruff check protocol gateway operator simulator plugin tests bench hack
-	$(BIN)/ruff format --check protocol gateway operator simulator plugin tests bench hack
+	$(BIN)/ruff check protocol gateway operator simulator plugin testkit tests bench hack
+	$(BIN)/ruff format --check protocol gateway operator simulator plugin testkit tests bench hack
 	$(BIN)/mypy
 	$(BIN)/mypy --explicit-package-bases --cache-dir .mypy_cache/scripts tests/conftest.py bench hack/*.py
 	@# Tests import their directory's helpers by bare name (pytest puts each test directory

@@ -1,31 +1,23 @@
-"""Shared pieces of the benchmarks: results table, simulator subprocess, a pipelined QRC load."""
+"""Shared pieces of the benchmarks: results table, the processes under test (from the test kit,
+qsys_testkit), a pipelined QRC load."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
-import signal
-import socket
-import subprocess
-import sys
-import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
 import orjson
-import yaml
 
-from qsys_protocol.config import token_hmac
 from qsys_protocol.qrc.framing import FrameDecoder
+from qsys_testkit import LOOPBACK, GatewayProcess, SimulatorProcess, gateway_config, subject
+from qsys_testkit.gateway import Readiness
 
-LOOPBACK = "127.0.0.1"
 BENCH_TOKEN_KEY = b"bench-token-key-0123456789abcdefghijklmnop"
-TOKEN_KEY_FILE = "token-key"
-VENV_BIN = Path(sys.executable).parent
 
 
 @dataclass(slots=True)
@@ -116,112 +108,27 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((LOOPBACK, 0))
-        port: int = s.getsockname()[1]
-        return port
+def simulator() -> SimulatorProcess:
+    """`qsys-core-sim` for a benchmark (start it with `with`): quiet, never idles out."""
+    return SimulatorProcess("--idle-timeout", "600", "--log-level", "WARNING")
 
 
-@contextlib.contextmanager
-def sim_process(*args: str) -> Iterator[int]:
-    """Run `qsys-core-sim` on a free loopback port; yields the port, always stops the process."""
-    port = free_port()
-    cmd = [str(VENV_BIN / "qsys-core-sim"), "--host", LOOPBACK, "--port", str(port)]
-    cmd += ["--log-level", "WARNING", *args]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, env={**os.environ})
-    try:
-        deadline = time.monotonic() + 15
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"qsys-core-sim exited with {proc.returncode}")
-            with contextlib.suppress(OSError), socket.create_connection((LOOPBACK, port), 0.2):
-                break
-            if time.monotonic() > deadline:
-                raise TimeoutError("qsys-core-sim did not start listening")
-            time.sleep(0.05)
-        yield port
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
-
-
-def gateway_config(
-    core_port: int, *, token: str, methods: list[str], max_clients: int
-) -> dict[str, Any]:
-    """A gateway config on free loopback ports with one subject and a limiter too generous
-    to throttle a benchmark."""
-    return {
-        "core": {"host": LOOPBACK, "port": core_port, "requestTimeoutSeconds": 5},
-        "listen": {
-            "host": LOOPBACK,
-            "http": free_port(),
-            "qrc": free_port(),
-            "metrics": free_port(),
-        },
-        "limits": {
-            "maxClients": max_clients,
-            "rate": {"requestsPerSecond": 100000, "burst": 100000},
-            "storage": "memory",
-        },
-        "audit": {"logReads": False, "path": "-"},
-        # The format the operator renders: a keyed hash; gateway_process writes the key.
-        "auth": {"tokenKeyFile": TOKEN_KEY_FILE},
-        "subjects": [
-            {
-                "name": "bench",
-                "tokenHmacSha256": token_hmac(BENCH_TOKEN_KEY, token),
-                "rules": [{"methods": methods}],
-            }
-        ],
-    }
-
-
-@contextlib.contextmanager
-def gateway_process(
-    config: dict[str, Any], ready: Callable[[dict[str, Any]], bool] | None = None
-) -> Iterator[int]:
-    """`qsys-gateway` with `config`; yields its pid once `ready(config)` holds (at once when
-    None), always stops the process. Its output goes to files in a temporary directory."""
-    with tempfile.TemporaryDirectory(prefix="qsys-bench-") as tmp:
-        path = Path(tmp) / "gateway.yaml"
-        if (config.get("auth") or {}).get("tokenKeyFile") == TOKEN_KEY_FILE:
-            key_file = Path(tmp) / TOKEN_KEY_FILE
-            key_file.write_bytes(BENCH_TOKEN_KEY)
-            config = {**config, "auth": {"tokenKeyFile": str(key_file)}}
-        path.write_text(yaml.safe_dump(config), "utf-8")
-        cmd = [str(VENV_BIN / "qsys-gateway"), "--config", str(path), "--log-level", "WARNING"]
-        with (
-            open(Path(tmp) / "stdout", "wb") as out,
-            open(Path(tmp) / "stderr", "wb") as err,
-        ):
-            proc = subprocess.Popen(cmd, stdout=out, stderr=err, env={**os.environ})
-        try:
-            deadline = time.monotonic() + 20
-            while ready is not None:
-                if proc.poll() is not None:
-                    tail = (Path(tmp) / "stderr").read_text("utf-8", "replace")[-2000:]
-                    raise RuntimeError(f"qsys-gateway exited with {proc.returncode}: {tail}")
-                with contextlib.suppress(OSError):
-                    if ready(config):
-                        break
-                if time.monotonic() > deadline:
-                    raise TimeoutError("qsys-gateway did not become ready")
-                time.sleep(0.1)
-            yield proc.pid
-        finally:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(5)
+def gateway(
+    core_port: int, *, token: str, methods: list[str], max_clients: int, ready: Readiness = None
+) -> GatewayProcess:
+    """`qsys-gateway` (start it with `with`) on free loopback ports with one subject "bench"
+    and a limiter too generous to throttle a benchmark. The token is stored as the operator
+    renders it (keyed hash)."""
+    config = gateway_config(
+        core_port,
+        [subject("bench", token, methods=methods, key=BENCH_TOKEN_KEY)],
+        max_clients=max_clients,
+        requests_per_second=100_000,
+        burst=100_000,
+        request_timeout=5,
+    )
+    args = ("--log-level", "WARNING")
+    return GatewayProcess(config, ready=ready, args=args, token_key=BENCH_TOKEN_KEY)
 
 
 def rss_kib(pid: int) -> int:

@@ -5,26 +5,23 @@ and memory, and the delay from a change on the Core to each client's push."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import os
 import resource
 import time
-from collections.abc import Iterator
 from typing import Any
 
 from qsys_core_sim.server import CoreSimulator
 from qsys_protocol.qrc import jsonrpc
 from qsys_protocol.qrc.client import QrcClient
 from qsys_protocol.qrc.errors import QrcError
+from qsys_testkit import LOOPBACK, GatewayProcess
 
 from .common import (
-    LOOPBACK,
     BenchContext,
     Result,
     cpu_seconds,
-    gateway_config,
-    gateway_process,
+    gateway,
     rss_kib,
 )
 
@@ -36,18 +33,17 @@ CLIENT_COUNTS = (10, 100, 1000)
 TARGET_P99_MS = 100.0 + AUTOPOLL_RATE * 1000
 
 
-@contextlib.contextmanager
-def _gateway(core_port: int) -> Iterator[tuple[int, int]]:
-    """A gateway process; yields (pid, qrc port) at once (clients retry until it listens:
-    the simulator runs on this process's event loop, so a blocking wait would starve it)."""
-    config = gateway_config(
-        core_port,
-        token=TOKEN,
-        methods=["NoOp", "ChangeGroup.*", "Component.Get"],
-        max_clients=1500,
-    )
-    with gateway_process(config) as pid:
-        yield pid, config["listen"]["qrc"]
+def _gateway(core_port: int) -> GatewayProcess:
+    """A gateway process, started once healthy (connected to the Core: a raw QRC client
+    of a gateway without its Core is closed). `async with` waits in a thread: the
+    simulator runs on this process's event loop, which a blocking wait would starve."""
+    methods = ["NoOp", "ChangeGroup.*", "Component.Get"]
+    gw = gateway(core_port, token=TOKEN, methods=methods, max_clients=1500, ready="healthz")
+    # Every client comes from 127.0.0.1 and logs on in batches of 100; real panels have
+    # addresses of their own (the default per-source bound is 64).
+    gw.config["limits"]["maxUnauthenticatedClientsPerSource"] = 200
+    gw.write_config(gw.config)
+    return gw
 
 
 def _controls(sim: CoreSimulator, mixer: str) -> list[str]:
@@ -108,7 +104,8 @@ async def _scenario(ctx: BenchContext, n: int) -> tuple[Result, str]:
     delays: list[float] = []
     clients = [_Client(set_at, delays) for _ in range(n)]
     try:
-        with _gateway(sim.port) as (pid, port):
+        async with _gateway(sim.port) as gw:
+            pid, port = gw.pid, gw.qrc_port
             for i in range(0, n, 100):
                 await asyncio.gather(
                     *(

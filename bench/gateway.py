@@ -11,13 +11,9 @@ connected WebSocket client costs (a fresh gateway, 1,000 clients).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import resource
-import socket
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
@@ -25,19 +21,18 @@ import aiohttp
 import orjson
 
 from qsys_protocol.qrc.framing import FrameDecoder
+from qsys_testkit import LOOPBACK, GatewayProcess
 
 from .common import (
-    LOOPBACK,
     BenchContext,
     QrcLoad,
     Recorder,
     Result,
     cpu_seconds,
+    gateway,
     rss_kib,
-    sim_process,
+    simulator,
 )
-from .common import gateway_config as common_gateway_config
-from .common import gateway_process as common_gateway_process
 
 SUBJECT = "bench"
 TOKEN = "bench-token-5f0c2a9e7d1b4c3a8e6f"
@@ -62,31 +57,12 @@ TARGET_IDLE_KIB = 50.0
 # ---- processes -------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class GatewayProcess:
-    pid: int
-    http: int
-    qrc: int
-
-
-def _healthy(config: dict[str, Any]) -> bool:
-    port = config["listen"]["http"]
-    with socket.create_connection((LOOPBACK, port), 0.5) as s:
-        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")
-        data = b""
-        while chunk := s.recv(4096):
-            data += chunk
-    return b'"healthy"' in data
-
-
-@contextlib.contextmanager
-def gateway_process(core_port: int) -> Iterator[GatewayProcess]:
-    """`qsys-gateway` in front of the simulator on `core_port`, once healthy (upstream up)."""
-    config = common_gateway_config(
-        core_port, token=TOKEN, methods=[METHOD], max_clients=IDLE_CLIENTS + 100
+def _gateway(core_port: int) -> GatewayProcess:
+    """`qsys-gateway` in front of the simulator on `core_port`; `with` starts it and waits
+    until it is healthy (connected to the Core)."""
+    return gateway(
+        core_port, token=TOKEN, methods=[METHOD], max_clients=IDLE_CLIENTS + 100, ready="healthz"
     )
-    with common_gateway_process(config, _healthy) as pid:
-        yield GatewayProcess(pid, config["listen"]["http"], config["listen"]["qrc"])
 
 
 def open_files_limit(pid: int) -> str:
@@ -123,7 +99,7 @@ async def http_load(
     """`clients` keep-alive connections, each with one request in flight (HTTP/1.1)."""
     rec = Recorder(ctx.max_requests)
     cpu = cpu_seconds(gw.pid)
-    url = f"http://{LOOPBACK}:{gw.http}/v1/rpc"
+    url = f"http://{LOOPBACK}:{gw.http_port}/v1/rpc"
     headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
     connector = aiohttp.TCPConnector(limit=clients, force_close=False)
     async with aiohttp.ClientSession(connector=connector, headers=headers) as session:
@@ -165,7 +141,7 @@ async def _ws_connect(
     session: aiohttp.ClientSession, gw: GatewayProcess
 ) -> aiohttp.ClientWebSocketResponse:
     return await session.ws_connect(
-        f"http://{LOOPBACK}:{gw.http}/v1/ws",
+        f"http://{LOOPBACK}:{gw.http_port}/v1/ws",
         headers={"Authorization": f"Bearer {TOKEN}"},
         autoping=True,
         heartbeat=None,
@@ -356,7 +332,8 @@ async def run(ctx: BenchContext) -> list[Result]:
     def scenario(clients: int, window: int) -> str:
         return f"{METHOD}, {_clients(clients)} x {window} in flight"
 
-    with sim_process("--idle-timeout", "600") as sim_port:
+    with simulator() as sim:
+        sim_port = sim.port
         for clients, window in shapes:
             load = QrcLoad(METHOD, PARAMS, ctx.max_requests)
             r = await load.run(
@@ -367,7 +344,7 @@ async def run(ctx: BenchContext) -> list[Result]:
         direct_rate = await rate_load(sim_port, ctx, "direct (QRC)", logon=False)
         results.append(direct_rate)
 
-        with gateway_process(sim_port) as gw:
+        with _gateway(sim_port) as gw:
             gw_nofile = open_files_limit(gw.pid)
             for clients in (1, 50):
                 r = await http_load(gw, clients, ctx, "gateway/http", scenario(clients, 1))
@@ -381,7 +358,7 @@ async def run(ctx: BenchContext) -> list[Result]:
                 load = QrcLoad(METHOD, PARAMS, ctx.max_requests)
                 cpu = cpu_seconds(gw.pid)
                 r = await load.run(
-                    gw.qrc,
+                    gw.qrc_port,
                     clients,
                     ctx,
                     "gateway/qrc",
@@ -393,11 +370,11 @@ async def run(ctx: BenchContext) -> list[Result]:
                     r.cpu_per_request = (cpu_seconds(gw.pid) - cpu) / load.replies
                 r.baseline = direct[clients, window]
                 results.append(r)
-            gw_rate = await rate_load(gw.qrc, ctx, "gateway/qrc", logon=True, gw=gw)
+            gw_rate = await rate_load(gw.qrc_port, ctx, "gateway/qrc", logon=True, gw=gw)
             gw_rate.baseline = direct_rate
             results.append(gw_rate)
 
-        with gateway_process(sim_port) as gw:
+        with _gateway(sim_port) as gw:
             before, after = await idle_memory(gw, IDLE_CLIENTS)
 
     _targets(ctx, results, direct_rate, gw_rate, before, after)

@@ -18,10 +18,10 @@ from mcp.client.session import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
 
-from .common import LOOPBACK, BenchContext, Recorder, Result, cpu_seconds, sim_process
-from .common import gateway_config as common_gateway_config
-from .common import gateway_process as common_gateway_process
-from .gateway import TOKEN, GatewayProcess, _healthy, http_load
+from qsys_testkit import LOOPBACK, GatewayProcess
+
+from .common import BenchContext, Recorder, Result, cpu_seconds, gateway, simulator
+from .gateway import TOKEN, http_load
 
 COMPONENT = "Room101 Zone1 Gain"
 TOOL_ARGS = {"component": COMPONENT, "controls": ["gain"]}
@@ -43,7 +43,7 @@ async def _agent(url: str) -> AsyncIterator[ClientSession]:
 
 async def mcp_load(gw: GatewayProcess, agents: int, ctx: BenchContext) -> Result:
     rec = Recorder(ctx.max_requests)
-    url = f"http://{LOOPBACK}:{gw.http}/v1/mcp"
+    url = f"http://{LOOPBACK}:{gw.http_port}/v1/mcp"
     async with contextlib.AsyncExitStack() as stack:
         sessions = [await stack.enter_async_context(_agent(url)) for _ in range(agents)]
         cpu = cpu_seconds(gw.pid)
@@ -72,13 +72,16 @@ async def mcp_load(gw: GatewayProcess, agents: int, ctx: BenchContext) -> Result
 
 async def run(ctx: BenchContext) -> list[Result]:
     results: list[Result] = []
-    with sim_process("--idle-timeout", "600") as sim_port:
-        config = common_gateway_config(
-            sim_port, token=TOKEN, methods=["Component.Get", "Component.Set"], max_clients=100
-        )
-        config["mcp"] = {"enabled": True, "maxStreamsPerSubject": 64, "maxSessionsPerSubject": 64}
-        with common_gateway_process(config, _healthy) as pid:
-            gw = GatewayProcess(pid, config["listen"]["http"], config["listen"]["qrc"])
+    with simulator() as sim:
+        methods = ["Component.Get", "Component.Set"]
+        gw = gateway(sim.port, token=TOKEN, methods=methods, max_clients=100, ready="healthz")
+        gw.config["mcp"] = {
+            "enabled": True,
+            "maxStreamsPerSubject": 64,
+            "maxSessionsPerSubject": 64,
+        }
+        gw.write_config(gw.config)
+        with gw:
             for agents in AGENTS:
                 rpc = await http_rpc_load(gw, agents, ctx)
                 results.append(rpc)

@@ -21,22 +21,22 @@ import asyncio
 import contextlib
 import os
 import re
-import signal
 import subprocess
 import tempfile
 import time
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, cast
 
-import yaml
-from kubernetes import client, config, utils
+from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
-from .common import LOOPBACK, VENV_BIN, BenchContext, Result, free_port
+from qsys_testkit import LOOPBACK, OperatorProcess
+from qsys_testkit.kube import apply_crds
+
+from .common import BenchContext, Result
 
 REPO = Path(__file__).resolve().parents[1]
 GROUP, VERSION = "qsys.dev", "v1alpha1"
@@ -88,67 +88,30 @@ def _cluster() -> Iterator[str]:
             _script("down.sh")
 
 
-class _Operator:
+class _Operator(OperatorProcess):
+    """The operator with the gateway probe off, watching `namespace`."""
+
     def __init__(self, kubeconfig: str, namespace: str, log: Path) -> None:
-        self.health, self.metrics_port = free_port(), free_port()
-        self.log = log
         env = {
-            **os.environ,
-            "KUBECONFIG": kubeconfig,
             "QSYS_GATEWAY_PROBE": "false",
             "QSYS_GATEWAY_PROBE_CIDRS": "127.0.0.0/8",
             "QSYS_OPERATOR_NAMESPACE": namespace,
-            "PYTHONUNBUFFERED": "1",
         }
-        cmd = [str(VENV_BIN / "qsys-operator"), "--namespace", namespace, "--standalone"]
-        cmd += ["--health-address", f"{LOOPBACK}:{self.health}"]
-        cmd += ["--metrics-address", f"{LOOPBACK}:{self.metrics_port}"]
-        with log.open("ab") as out:
-            self.proc = subprocess.Popen(
-                cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
-            )
-        deadline = time.monotonic() + 30
-        while not self._get(f"http://{LOOPBACK}:{self.health}/healthz"):
-            self.check()
-            if time.monotonic() > deadline:
-                raise TimeoutError("operator not healthy within 30 s")
-            time.sleep(0.2)
-
-    @staticmethod
-    def _get(url: str) -> str | None:
-        try:
-            with urllib.request.urlopen(url, timeout=5) as r:
-                return str(r.read().decode())
-        except OSError:
-            return None
-
-    def check(self) -> None:
-        if self.proc.poll() is not None:
-            tail = self.log.read_text(errors="replace")[-3000:]
-            raise RuntimeError(f"operator exited {self.proc.returncode}: {tail}")
+        args = ["--namespace", namespace, "--standalone"]
+        super().__init__(kubeconfig, args, env=env, log=log, start_new_session=True)
 
     def reconciles(self) -> dict[tuple[str, str], float]:
-        text = self._get(f"http://{LOOPBACK}:{self.metrics_port}/metrics") or ""
         out: dict[tuple[str, str], float] = {}
         pattern = r'^qsys_operator_reconcile_total\{kind="(\w+)",result="(\w+)"\} (\S+)$'
-        for kind, result, value in re.findall(pattern, text, re.M):
+        for kind, result, value in re.findall(pattern, self.metrics(), re.M):
             out[(kind, result)] = float(value)
         return out
 
     def peak_rss_mib(self) -> float:
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) / 1024
         return float("nan")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
 
 
 # ---- resources -----------------------------------------------------------------------------
@@ -157,31 +120,6 @@ class _Operator:
 def _available_replicas(dep: client.V1Deployment) -> int:
     assert dep.status is not None
     return dep.status.available_replicas or 0
-
-
-def _apply_crds(api: client.ApiClient) -> None:
-    ext = client.ApiextensionsV1Api(api)
-    for path in sorted((REPO / "crds").glob("*.yaml")):
-        body = yaml.safe_load(path.read_text("utf-8"))
-        name = body["metadata"]["name"]
-        try:
-            current = ext.read_custom_resource_definition(name)
-            assert current.metadata is not None
-            body["metadata"]["resourceVersion"] = current.metadata.resource_version
-            ext.replace_custom_resource_definition(name, body)
-        except ApiException as exc:
-            if exc.status != 404:
-                raise
-            utils.create_from_dict(api, body)  # type: ignore[no-untyped-call]
-        deadline = time.monotonic() + 60
-        while True:
-            crd = ext.read_custom_resource_definition(name)
-            conds = (crd.status and crd.status.conditions) or []
-            if any(c.type == "Established" and c.status == "True" for c in conds):
-                break
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"CRD {name} not Established")
-            time.sleep(0.2)
 
 
 def _core(i: int) -> dict[str, Any]:
@@ -220,13 +158,13 @@ def _measure(ctx: BenchContext) -> list[Result]:
         api = client.ApiClient(cfg)
         v1, apps = client.CoreV1Api(api), client.AppsV1Api(api)
         net, custom = client.NetworkingV1Api(api), client.CustomObjectsApi(api)
-        _apply_crds(api)
+        apply_crds(api, REPO / "crds")
         ns = f"bench-opscale-{uuid.uuid4().hex[:6]}"
         v1.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=ns)))
         work = Path(tempfile.mkdtemp(prefix="qsys-bench-operator-"))
         operator: _Operator | None = None
         try:
-            operator = _Operator(kubeconfig, ns, work / "operator.log")
+            operator = _Operator(kubeconfig, ns, work / "operator.log").start()
             bodies = [("qsyscores", _core(i)) for i in range(CORES)]
             bodies += [
                 ("accesspolicies", _policy(i, j))

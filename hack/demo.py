@@ -20,32 +20,29 @@ namespace is deleted, and the cluster stopped if the demo started it.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import json
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any, cast
 
 import yaml
 from kubernetes import client, config, utils
 from kubernetes.client.exceptions import ApiException
 
+from qsys_testkit import http_ok, rpc, wait_for
+from qsys_testkit.kube import apply_crds, secret_text
+
 REPO = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
 GROUP, VERSION = "qsys.dev", "v1alpha1"
 CLUSTER_UP_TIMEOUT_S = 240
-T = TypeVar("T")
 
 
 def step(text: str) -> None:
@@ -54,32 +51,6 @@ def step(text: str) -> None:
 
 def info(text: str) -> None:
     print(f"    {text}", flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 60.0) -> T:
-    """Poll probe until it returns something other than None or False (bounded)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value is not None and value is not False:
-            return value
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(0.25)
-
-
-def http_ok(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=1) as resp:  # noqa: S310 - loopback only
-            return bool(resp.status == 200)
-    except OSError:
-        return False
 
 
 # ---- the control plane -----------------------------------------------------------------
@@ -137,41 +108,6 @@ def control_plane(keep: bool) -> Iterator[str]:
 # ---- Kubernetes helpers ----------------------------------------------------------------
 
 
-def apply_crds(api: client.ApiClient) -> None:
-    ext = client.ApiextensionsV1Api(api)
-    for path in sorted((REPO / "crds").glob("*.yaml")):
-        body = yaml.safe_load(path.read_text("utf-8"))
-        name = body["metadata"]["name"]
-        try:
-            current = ext.read_custom_resource_definition(name)
-            assert current.metadata is not None
-            body["metadata"]["resourceVersion"] = current.metadata.resource_version
-            ext.replace_custom_resource_definition(name, body)
-        except ApiException as exc:
-            if exc.status != 404:
-                raise
-            utils.create_from_dict(api, body)  # type: ignore[no-untyped-call]
-
-        def established(n: str = name) -> bool:
-            crd = ext.read_custom_resource_definition(n)
-            conds = (crd.status and crd.status.conditions) or []
-            return any(c.type == "Established" and c.status == "True" for c in conds)
-
-        wait_for(f"CRD {name} Established", established)
-        info(f"{path.relative_to(REPO)}: {name} established")
-
-
-def secret_text(v1: client.CoreV1Api, ns: str, name: str, key: str) -> str | None:
-    try:
-        secret = v1.read_namespaced_secret(name, ns)
-    except ApiException as exc:
-        if exc.status == 404:
-            return None
-        raise
-    raw = (secret.data or {}).get(key)
-    return base64.b64decode(raw).decode() if raw else None
-
-
 def conditions(obj: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {c["type"]: c for c in (obj.get("status") or {}).get("conditions") or []}
 
@@ -186,20 +122,6 @@ def show_status(obj: dict[str, Any]) -> None:
     for cond in conditions(obj).values():
         line = f"  {cond['type']:<16} {cond['status']:<8} {cond.get('reason', ''):<20} "
         info(line + cond.get("message", ""))
-
-
-def rpc(url: str, token: str, method: str, params: Any) -> tuple[int, str]:
-    body = {"jsonrpc": "2.0", "id": 1, "method": method, "params": params}
-    req = urllib.request.Request(  # noqa: S310 - loopback only
-        f"{url}/v1/rpc",
-        data=json.dumps(body).encode(),
-        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
-    )
-    try:
-        with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310 - loopback only
-            return resp.status, resp.read().decode()
-    except urllib.error.HTTPError as err:
-        return err.code, err.read().decode()
 
 
 # ---- the demo --------------------------------------------------------------------------
@@ -284,7 +206,8 @@ def demo(kubeconfig: str, keep: bool) -> None:
             info(ref)
 
     step("Installing the CRDs (crds/)")
-    apply_crds(api)
+    apply_crds(api, REPO / "crds")
+    info("every CRD of crds/ established")
 
     ns = f"qsys-demo-{uuid.uuid4().hex[:6]}"
     step(f"Creating namespace {ns} (its pods run on the real node)")
@@ -304,7 +227,7 @@ def demo(kubeconfig: str, keep: bool) -> None:
                 run([*helm, "--timeout", "60s"], kubeconfig, timeout=90)
             with contextlib.suppress(ApiException):
                 v1.delete_namespace(ns)
-                with contextlib.suppress(RuntimeError):
+                with contextlib.suppress(TimeoutError):
                     wait_for(f"namespace {ns} gone", lambda: _gone(v1, ns), timeout=90)
                 info("deleted")
         api.close()
@@ -418,7 +341,7 @@ def run_in_namespace(
         info(f"  {pod.metadata.name} {pod.status.pod_ip} on {pod.spec.node_name}")
     token_secret = f"{policy_name}-ai-agent-token"
     token = wait_for(
-        f"Secret {token_secret}", lambda: secret_text(v1, ns, token_secret, "token"), timeout=60
+        f"Secret {token_secret}", lambda: secret_text(api, ns, token_secret, "token"), timeout=60
     )
     info(f"Secret {token_secret} (generated token for subject ai-agent)")
     gateway = f"{core_name}-gateway"
@@ -462,8 +385,8 @@ def run_in_namespace(
     for title, method, params, why in calls:
         step(f"The {title} call: ai-agent -> {method} {json.dumps(params)} via {url}")
         info(f"({why})")
-        status, text = rpc(url, token, method, params)
-        info(f"HTTP {status} {text.strip()}")
+        status, body = rpc(url, token, method, params)
+        info(f"HTTP {status} {json.dumps(body)}")
 
     step("The gateway's audit lines (its pods' logs)")
 

@@ -8,59 +8,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from pathlib import Path
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TYPE_CHECKING, Any
 
 import orjson
 import pytest
 
 from qsys_core_sim.server import CoreSimulator
 from qsys_protocol.qrc.client import QrcClient
+from qsys_testkit import LOOPBACK, free_port
 
-REPO = Path(__file__).resolve().parent.parent
-VENV_BIN = Path(sys.executable).parent
-LOOPBACK = "127.0.0.1"
+if TYPE_CHECKING:
+    from qsys_testkit.pytest_plugin import SimulatorFactory, SimulatorProcessFactory
 
-
-def free_port() -> int:
-    """A TCP port on loopback that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((LOOPBACK, 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def wait_for_port(
-    port: int, timeout: float = 10.0, proc: subprocess.Popen[Any] | None = None
-) -> None:
-    """Block until something accepts TCP connections on loopback `port`."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"process exited with {proc.returncode} before listening")
-        with contextlib.suppress(OSError), socket.create_connection((LOOPBACK, port), 0.2):
-            return
-        time.sleep(0.05)
-    raise TimeoutError(f"nothing listening on {LOOPBACK}:{port} after {timeout}s")
-
-
-def stop_process(proc: subprocess.Popen[Any], timeout: float = 5.0) -> int:
-    """SIGTERM, then SIGKILL if it does not exit in `timeout`; returns the exit code."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout)
-    return proc.returncode
+pytest_plugins = ["qsys_testkit.pytest_plugin"]
 
 
 class RawClient:
@@ -123,32 +84,18 @@ class RawClient:
             await self.writer.wait_closed()
 
 
-SimFactory = Callable[..., Awaitable[CoreSimulator]]
 ClientFactory = Callable[..., Awaitable[QrcClient]]
 RawFactory = Callable[..., Awaitable[RawClient]]
 
 
 @pytest.fixture
-async def make_sim() -> AsyncIterator[SimFactory]:
+def make_sim(qsys_simulator: SimulatorFactory) -> SimulatorFactory:
     """Start in-process simulators with any CoreSimulator options; all are stopped afterwards."""
-    started: list[CoreSimulator] = []
-
-    async def factory(**kwargs: Any) -> CoreSimulator:
-        kwargs.setdefault("host", LOOPBACK)
-        kwargs.setdefault("port", 0)
-        sim = CoreSimulator(**kwargs)
-        started.append(sim)
-        return await sim.start()
-
-    try:
-        yield factory
-    finally:
-        for sim in started:
-            await sim.stop()
+    return qsys_simulator
 
 
 @pytest.fixture
-async def sim(make_sim: SimFactory) -> CoreSimulator:
+async def sim(make_sim: SimulatorFactory) -> CoreSimulator:
     """A started simulator with the built-in design on an ephemeral loopback port."""
     return await make_sim(idle_timeout=30.0)
 
@@ -203,55 +150,11 @@ async def raw_client(sim: CoreSimulator, make_raw: RawFactory) -> RawClient:
 
 
 @pytest.fixture
-def run_process() -> Iterator[Callable[..., subprocess.Popen[str]]]:
-    """Start subprocesses (text mode, stdout/stderr piped); each is SIGTERMed/killed afterwards."""
-    procs: list[subprocess.Popen[str]] = []
-
-    def factory(args: list[str], **kwargs: Any) -> subprocess.Popen[str]:
-        kwargs.setdefault("stdout", subprocess.PIPE)
-        kwargs.setdefault("stderr", subprocess.PIPE)
-        kwargs.setdefault("text", True)
-        kwargs.setdefault("cwd", REPO)
-        kwargs.setdefault("env", {**os.environ, "PYTHONUNBUFFERED": "1"})
-        proc = subprocess.Popen(args, **kwargs)
-        procs.append(proc)
-        return proc
-
-    try:
-        yield factory
-    finally:
-        for proc in procs:
-            stop_process(proc)
-            for stream in (proc.stdout, proc.stderr):
-                if stream is not None:
-                    stream.close()
-
-
-class SimProcess:
-    """A `qsys-core-sim` subprocess listening on loopback `port`."""
-
-    def __init__(self, proc: subprocess.Popen[str], port: int) -> None:
-        self.proc = proc
-        self.port = port
-
-    def stop(self, timeout: float = 5.0) -> int:
-        return stop_process(self.proc, timeout)
-
-
-@pytest.fixture
 def start_sim_process(
-    run_process: Callable[..., subprocess.Popen[str]],
-) -> Callable[..., SimProcess]:
+    qsys_simulator_process: SimulatorProcessFactory,
+) -> SimulatorProcessFactory:
     """Run the `qsys-core-sim` CLI (extra args allowed) on a free loopback port; waits for it."""
-
-    def factory(*args: str, timeout: float = 15.0) -> SimProcess:
-        port = free_port()
-        cmd = [str(VENV_BIN / "qsys-core-sim"), "--host", LOOPBACK, "--port", str(port), *args]
-        proc = run_process(cmd)
-        wait_for_port(port, timeout, proc)
-        return SimProcess(proc, port)
-
-    return factory
+    return qsys_simulator_process
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ them without importing a conftest)."""
 from __future__ import annotations
 
 import subprocess
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +13,8 @@ import pytest
 import yaml
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
+
+import qsys_testkit as testkit
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -71,15 +72,8 @@ def can_i(kubeconfig: Path, *args: str) -> bool:
 
 
 def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 120.0) -> T:
-    """Poll probe until it returns something other than None or False."""
-    deadline = time.monotonic() + timeout
-    last: T | None = None
-    while time.monotonic() < deadline:
-        last = probe()
-        if last is not None and last is not False:
-            return last
-        time.sleep(0.25)
-    pytest.fail(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
+    """The test kit's `wait_for` with the e2e default bound (the API server can be slow)."""
+    return testkit.wait_for(what, probe, timeout)
 
 
 def must(value: T | None) -> T:

@@ -1,4 +1,5 @@
-"""The real `qsys-operator` process, stand-in gateway processes and small API helpers for e2e.
+"""The real `qsys-operator` process, stand-in gateway processes (both the test kit's,
+qsys_testkit) and small API helpers for e2e.
 
 Every process started here is stopped by its owner, whether the test passed or
 not; every address dialled is loopback (kwok pod IPs are 127.77.0.0/16).
@@ -6,105 +7,20 @@ not; every address dialled is loopback (kwok pod IPs are 127.77.0.0/16).
 
 from __future__ import annotations
 
-import base64
 import contextlib
-import json
-import os
-import signal
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Self, cast
+from typing import Any, cast
 
 import yaml
-from kube_support import REPO, Cluster, must, wait_for
-from kubernetes import client, utils
-from kubernetes.client.exceptions import ApiException
+from kube_support import REPO, Cluster, wait_for
+from kubernetes import client
 
-VENV_BIN = Path(sys.executable).parent
+from qsys_testkit import GatewayProcess, OperatorProcess
+
 GROUP, VERSION = "qsys.dev", "v1alpha1"
 PLURALS = {"QSysCore": "qsyscores", "AccessPolicy": "accesspolicies"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def apply_crds(cluster: Cluster, paths: list[Path] | None = None) -> None:
-    ext = client.ApiextensionsV1Api(cluster.api)
-    for path in paths or sorted((REPO / "crds").glob("*.yaml")):
-        body = yaml.safe_load(path.read_text("utf-8"))
-        name = body["metadata"]["name"]
-        try:
-            current = ext.read_custom_resource_definition(name)
-            body["metadata"]["resourceVersion"] = must(current.metadata).resource_version
-            ext.replace_custom_resource_definition(name, body)
-        except ApiException as exc:
-            if exc.status != 404:
-                raise
-            utils.create_from_dict(cluster.api, body)  # type: ignore[no-untyped-call]
-
-        def established(n: str = name) -> bool:
-            crd = ext.read_custom_resource_definition(n)
-            conds = (crd.status and crd.status.conditions) or []
-            return any(c.type == "Established" and c.status == "True" for c in conds)
-
-        wait_for(f"CRD {name} Established", established, timeout=60)
-
-
-class OperatorProcess:
-    """A `qsys-operator` subprocess with a given command line; logs go to a file."""
-
-    def __init__(self, argv: list[str], env: dict[str, str], health_port: int, log: Path) -> None:
-        self.argv, self.env, self.health_port, self.log = argv, env, health_port, log
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> Self:
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(
-                self.argv, stdout=out, stderr=subprocess.STDOUT, env=self.env, cwd=REPO
-            )
-        wait_for("operator liveness", self._alive, timeout=60)
-        return self
-
-    def _alive(self) -> bool:
-        assert self.proc is not None
-        if self.proc.poll() is not None:
-            raise RuntimeError(f"operator exited {self.proc.returncode}: {self.output()[-3000:]}")
-        try:
-            with urllib.request.urlopen(
-                f"http://127.0.0.1:{self.health_port}/healthz", timeout=1
-            ) as r:
-                ok: bool = r.status == 200
-                return ok
-        except OSError:
-            return False
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace") if self.log.exists() else ""
-
-    def stop(self, kill: bool = False) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
-        try:
-            self.proc.wait(20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(10)
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 class Operator(OperatorProcess):
@@ -112,131 +28,42 @@ class Operator(OperatorProcess):
 
     def __init__(self, cluster: Cluster, namespace: str, log: Path, *args: str) -> None:
         self.namespace = namespace
-        self.metrics_port = free_port()
-        health_port = free_port()
         env = {
-            **os.environ,
-            "KUBECONFIG": cluster.kubeconfig,
             "QSYS_RESYNC_SECONDS": "1",
             "QSYS_GATEWAY_PROBE_CIDRS": "127.0.0.0/8",
             "QSYS_OPERATOR_NAMESPACE": namespace,
-            "PYTHONUNBUFFERED": "1",
         }
-        argv = [
-            str(VENV_BIN / "qsys-operator"),
-            "--namespace",
-            namespace,
-            "--health-address",
-            f"127.0.0.1:{health_port}",
-            "--metrics-address",
-            f"127.0.0.1:{self.metrics_port}",
-            *args,
-        ]
-        super().__init__(argv, env, health_port, log)
-
-    def metrics(self) -> str:
-        with urllib.request.urlopen(
-            f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5
-        ) as r:
-            text: str = r.read().decode()
-            return text
+        super().__init__(
+            cluster.kubeconfig, ["--namespace", namespace, *args], env=env, log=log, cwd=REPO
+        )
 
 
 @contextlib.contextmanager
 def running_operator(cluster: Cluster, namespace: str, log: Path, *args: str) -> Iterator[Operator]:
-    op = Operator(cluster, namespace, log, *args)
-    try:
-        yield op.start()
-    finally:
-        op.stop()
+    with Operator(cluster, namespace, log, *args) as op:
+        yield op
 
 
-class StandInGateway:
-    """A real `qsys-gateway` started from the operator-rendered config, bound to a pod's IP."""
+class StandInGateway(GatewayProcess):
+    """A real `qsys-gateway` started from the operator-rendered config, bound to a pod's IP
+    (its files in DIRECTORY/gateway-POD_IP/)."""
 
     def __init__(self, directory: Path, config_yaml: str, pod_ip: str, token_key: str) -> None:
         """token_key: the core's token key Secret, which the pod would get beside the config."""
         self.pod_ip = pod_ip
-        self.key_path = directory / f"token-key-{pod_ip}"
-        self.key_path.write_text(token_key)
-        self.key_path.chmod(0o600)
-        config = self._local(config_yaml)
-        self.config = config
-        self.path = directory / f"gateway-{pod_ip}.yaml"
-        self.path.write_text(yaml.safe_dump(config))
-        self.stderr = directory / f"gateway-{pod_ip}.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.pod_ip}:{self.config['listen']['http']}"
+        own = directory / f"gateway-{pod_ip}"
+        own.mkdir(exist_ok=True)
+        super().__init__(self._local(config_yaml), own, token_key=token_key.encode())
 
     def _local(self, config_yaml: str) -> dict[str, Any]:
-        """The rendered config with the pod's paths and address replaced by local ones."""
+        """The rendered config with the pod's address replaced by the stand-in's (its token
+        key file is set by `write_config`)."""
         config: dict[str, Any] = yaml.safe_load(config_yaml)
         config["listen"]["host"] = self.pod_ip  # ports stay as rendered
-        config["auth"]["tokenKeyFile"] = str(self.key_path)
-        config.setdefault("audit", {})["path"] = str(self.audit_path)
         return config
 
-    @property
-    def audit_path(self) -> Path:
-        return self.key_path.parent / f"audit-{self.pod_ip}.jsonl"
-
-    def audit_lines(self) -> list[dict[str, Any]]:
-        if not self.audit_path.exists():
-            return []
-        return [json.loads(line) for line in self.audit_path.read_text().splitlines() if line]
-
     def write(self, config_yaml: str) -> None:
-        config = self._local(config_yaml)
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(yaml.safe_dump(config))
-        os.replace(tmp, self.path)
-
-    def start(self) -> StandInGateway:
-        with self.stderr.open("ab") as err:
-            self.proc = subprocess.Popen(
-                [str(VENV_BIN / "qsys-gateway"), "--config", str(self.path)],
-                stdout=subprocess.DEVNULL,
-                stderr=err,
-            )
-
-        def ready() -> bool:
-            assert self.proc is not None
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"gateway exited: {self.stderr.read_text()[-2000:]}")
-            try:
-                with urllib.request.urlopen(f"{self.url}/readyz", timeout=1) as r:
-                    ok: bool = r.status == 200
-                    return ok
-            except OSError:
-                return False
-
-        wait_for("stand-in gateway ready", ready, timeout=20)
-        return self
-
-    def rpc(self, token: str, method: str, params: Any = None) -> tuple[int, dict[str, Any]]:
-        body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": method, "params": params or {}})
-        req = urllib.request.Request(
-            f"{self.url}/v1/rpc",
-            data=body.encode(),
-            headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
-        )
-        try:
-            with urllib.request.urlopen(req, timeout=10) as r:
-                return r.status, json.loads(r.read())
-        except urllib.error.HTTPError as exc:
-            return exc.code, json.loads(exc.read() or b"{}")
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        self.write_config(self._local(config_yaml))
 
 
 # ---- API helpers ---------------------------------------------------------------
@@ -269,17 +96,6 @@ def condition(obj: dict[str, Any], type_: str) -> dict[str, Any]:
         if cond["type"] == type_:
             return dict(cond)
     return {}
-
-
-def secret_text(cluster: Cluster, ns: str, name: str, key: str) -> str | None:
-    try:
-        secret = client.CoreV1Api(cluster.api).read_namespaced_secret(name, ns)
-    except ApiException as exc:
-        if exc.status == 404:
-            return None
-        raise
-    raw = (secret.data or {}).get(key)
-    return base64.b64decode(raw).decode() if raw else None
 
 
 def wait_condition(
@@ -325,33 +141,3 @@ def events(cluster: Cluster, ns: str, name: str) -> list[str]:
 
 def now() -> float:
     return time.monotonic()
-
-
-class CoreSim:
-    """A `qsys-core-sim` process on 127.0.0.1 and a free port (stopped on exit)."""
-
-    def __enter__(self) -> Self:
-        self.port = free_port()
-        self.proc = subprocess.Popen(
-            [str(VENV_BIN / "qsys-core-sim"), "--host", "127.0.0.1", "--port", str(self.port)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-
-        def listening() -> bool:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), 0.2).close()
-            except OSError:
-                return False
-            return True
-
-        wait_for("simulator", listening, timeout=15)
-        return self
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()

@@ -10,10 +10,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from kube_support import Cluster, must, wait_for
+from kube_support import REPO, Cluster, must, wait_for
 from kubernetes import client
-from operator_support import Operator, apply_crds, core_body, create, patch, running_operator
+from operator_support import Operator, core_body, create, patch, running_operator
 from test_operator import _get
+
+from qsys_testkit.kube import apply_crds
 
 pytestmark = pytest.mark.e2e
 
@@ -22,7 +24,7 @@ NAME = "hall-gateway"
 
 @pytest.fixture
 def operator(cluster: Cluster, namespace: str, tmp_path: Path) -> Iterator[Operator]:
-    apply_crds(cluster)
+    apply_crds(cluster.api, REPO / "crds")
     with running_operator(cluster, namespace, tmp_path / "operator.log") as op:
         yield op
 

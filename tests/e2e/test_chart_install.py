@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,20 +23,19 @@ from kube_support import REPO, Cluster, can_i, must, pinned_tool, token_kubeconf
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from operator_support import (
-    OperatorProcess,
     condition,
     core_body,
     create,
-    free_port,
     get,
     policy_body,
     wait_condition,
 )
 
+from qsys_testkit import OperatorProcess
+
 pytestmark = pytest.mark.e2e
 
 CHART = REPO / "charts" / "qsys-operator"
-VENV_BIN = Path(sys.executable).parent
 TIMEOUT_S = 120
 
 
@@ -135,30 +133,19 @@ class Release:
         return token_kubeconfig(self.cluster, self.fullname, self.namespace, path)
 
 
-def _chart_process(
-    dep: client.V1Deployment, kubeconfig: Path, log: Path
-) -> tuple[list[str], dict[str, str], int, int]:
-    """The operator command line and environment of the chart's Deployment, on loopback."""
+def _chart_process(dep: client.V1Deployment, kubeconfig: Path, log: Path) -> OperatorProcess:
+    """The operator with the command line and environment of the chart's Deployment (its
+    probe addresses moved to free loopback ports); not started."""
     (container,) = must(dep.spec.template.spec).containers
-    health, metrics = free_port(), free_port()
-    args = []
-    for arg in must(container.args):
-        if arg.startswith("--metrics-address="):
-            arg = f"--metrics-address=127.0.0.1:{metrics}"
-        elif arg.startswith("--health-address="):
-            arg = f"--health-address=127.0.0.1:{health}"
-        args.append(arg)
     env = {e.name: e.value or "" for e in must(container.env)}
-    full_env = {
+    base = {
         "PATH": os.environ.get("PATH", ""),
         "HOME": os.environ.get("HOME", "/tmp"),
         **env,
-        "KUBECONFIG": str(kubeconfig),
-        "PYTHONUNBUFFERED": "1",
         # Stand-in for the pod network: kwok pod IPs are loopback addresses.
         "QSYS_RESYNC_SECONDS": "2",
     }
-    return [str(VENV_BIN / "qsys-operator"), *args], full_env, health, metrics
+    return OperatorProcess(kubeconfig, must(container.args), base_env=base, log=log)
 
 
 @pytest.fixture
@@ -200,12 +187,12 @@ def test_namespaced_install_rbac_is_sufficient_and_not_excessive(
         assert must(dep.spec.template.spec).service_account_name == release.fullname
 
         kubeconfig = release.token_kubeconfig(tmp_path)
-        argv, env, health, _ = _chart_process(dep, kubeconfig, tmp_path / "op.log")
-        assert f"--peering={release.fullname}" in argv
-        assert env["QSYS_WATCH_NAMESPACES"] == watched
-        assert env["QSYS_OPERATOR_NAMESPACE"] == release.namespace
+        op = _chart_process(dep, kubeconfig, tmp_path / "op.log")
+        assert f"--peering={release.fullname}" in op.argv
+        assert op.env["QSYS_WATCH_NAMESPACES"] == watched
+        assert op.env["QSYS_OPERATOR_NAMESPACE"] == release.namespace
 
-        with OperatorProcess(argv, env, health, tmp_path / "op.log") as op:
+        with op:
             create(cluster, watched, core_body("hall", 1710, replicas=2))
             create(cluster, watched, policy_body("ops", "hall", [{"name": "agent"}]))
 

@@ -6,10 +6,10 @@ import os
 import subprocess
 
 import pytest
-from kube_support import Cluster, tool_dir, wait_for
-from operator_support import apply_crds
+from kube_support import REPO, Cluster, tool_dir, wait_for
 
 from qsys_operator.api import AccessPolicy, LimitsSpec, QSysCoreSpec, Subject
+from qsys_testkit.kube import apply_crds
 
 pytestmark = pytest.mark.e2e
 
@@ -30,7 +30,7 @@ def _words(text: str) -> str:
 
 
 def test_explain_shows_field_descriptions(cluster: Cluster) -> None:
-    apply_crds(cluster)
+    apply_crds(cluster.api, REPO / "crds")
 
     def published() -> str | None:
         out = _explain(cluster, "qsyscore.spec.limits")

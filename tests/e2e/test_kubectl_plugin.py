@@ -13,21 +13,21 @@ from typing import Any
 
 import pytest
 import yaml
-from kube_support import Cluster, must, tool_dir, wait_for
+from kube_support import REPO, Cluster, must, tool_dir, wait_for
 from kubernetes import client
 from operator_support import (
-    VENV_BIN,
-    CoreSim,
     Operator,
     StandInGateway,
-    apply_crds,
     core_body,
     create,
     policy_body,
     running_operator,
-    secret_text,
     wait_condition,
 )
+
+from qsys_testkit import SimulatorProcess
+from qsys_testkit.kube import apply_crds, secret_text
+from qsys_testkit.process import executable
 
 pytestmark = pytest.mark.e2e
 
@@ -44,7 +44,7 @@ RULES = [
 
 @pytest.fixture(scope="module")
 def crds(cluster: Cluster) -> None:
-    apply_crds(cluster)
+    apply_crds(cluster.api, REPO / "crds")
 
 
 @pytest.fixture
@@ -62,7 +62,13 @@ class Plugin:
         self.env = {
             **os.environ,
             "KUBECONFIG": cluster.kubeconfig,
-            "PATH": f"{VENV_BIN}:{tool_dir('kube')}:{os.environ.get('PATH', '')}",
+            "PATH": os.pathsep.join(
+                [
+                    str(Path(executable("qsys-gateway")).parent),
+                    str(tool_dir("kube")),
+                    os.environ.get("PATH", ""),
+                ]
+            ),
         }
 
     def __call__(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -114,7 +120,7 @@ def test_every_command_against_the_operator(
     create(
         cluster, ns, policy_body("panel", "room", [{"name": "gen"}, {"name": "ops"}], rules=RULES)
     )
-    generated = wait_for("token", lambda: secret_text(cluster, ns, "panel-gen-token", "token"))
+    generated = wait_for("token", lambda: secret_text(cluster.api, ns, "panel-gen-token", "token"))
 
     # The token, as text and as JSON; an unknown subject is named in the error.
     shown = qsys("token", "show", "panel", "gen")
@@ -136,7 +142,7 @@ def test_every_command_against_the_operator(
     _fails(qsys("can-i", "panel", "nobody", "StatusGet"), 'subject "nobody" not found')
 
     with contextlib.ExitStack() as stack:
-        sim = stack.enter_context(CoreSim())
+        sim = stack.enter_context(SimulatorProcess())
         create(cluster, ns, core_body("room", sim.port))
         wait_condition(cluster, ns, "AccessPolicy", "panel", "Bound", "True")
 
@@ -196,7 +202,7 @@ def test_every_command_against_the_operator(
         _fails(forwarded, "port-forward to svc/room-gateway failed")
 
         # --direct to the pod IP, served by a real gateway from the rendered config.
-        key = must(secret_text(cluster, ns, "room-gateway-token-key", "key"))
+        key = must(secret_text(cluster.api, ns, "room-gateway-token-key", "key"))
         gw = StandInGateway(tmp_path, _config(cluster, ns, "room"), pod_ip, key)
         stack.callback(gw.stop)
         gw.start()
@@ -226,11 +232,11 @@ def test_every_command_against_the_operator(
         rotated = qsys.json("token", "rotate", "panel", "gen", "--show")
         new_token = rotated["token"]
         assert new_token != generated
-        assert secret_text(cluster, ns, "panel-gen-token", "token") == new_token
+        assert secret_text(cluster.api, ns, "panel-gen-token", "token") == new_token
         quiet = qsys("token", "rotate", "panel", "ops")
         assert quiet.returncode == 0
         assert "rotated" in quiet.stdout
-        ops_token = must(secret_text(cluster, ns, "panel-ops-token", "token"))
+        ops_token = must(secret_text(cluster.api, ns, "panel-ops-token", "token"))
         assert ops_token not in quiet.stdout
         new_config = wait_for(
             "rotation rendered", lambda: (c := _config(cluster, ns, "room")) != old_config and c
@@ -247,7 +253,7 @@ def test_every_command_against_the_operator(
         core_body("dark", 1710, gateway={"replicas": 1, "nodeSelector": {"qsys.dev/none": "x"}}),
     )
     create(cluster, ns, policy_body("dark-panel", "dark", [{"name": "late"}]))
-    wait_for("dark token", lambda: secret_text(cluster, ns, "dark-panel-late-token", "token"))
+    wait_for("dark token", lambda: secret_text(cluster.api, ns, "dark-panel-late-token", "token"))
     wait_for("dark Service", lambda: _service(cluster, ns, "dark-gateway"))
     _fails(
         qsys("call", "dark", "StatusGet", "--as", "late"), 'no gateway ready for QSysCore "dark"'
@@ -256,7 +262,7 @@ def test_every_command_against_the_operator(
 
 
 def _config(cluster: Cluster, ns: str, core: str) -> str:
-    return must(secret_text(cluster, ns, f"{core}-gateway-config", "gateway.yaml"))
+    return must(secret_text(cluster.api, ns, f"{core}-gateway-config", "gateway.yaml"))
 
 
 def _pod_ip(cluster: Cluster, ns: str, core: str) -> str | None:

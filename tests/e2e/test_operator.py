@@ -11,14 +11,12 @@ from typing import Any
 
 import pytest
 import yaml
-from kube_support import Cluster, must, wait_for
+from kube_support import REPO, Cluster, must, wait_for
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from operator_support import (
-    CoreSim,
     Operator,
     StandInGateway,
-    apply_crds,
     condition,
     core_body,
     create,
@@ -27,9 +25,11 @@ from operator_support import (
     patch,
     policy_body,
     running_operator,
-    secret_text,
     wait_condition,
 )
+
+from qsys_testkit import SimulatorProcess
+from qsys_testkit.kube import apply_crds, secret_text
 
 pytestmark = pytest.mark.e2e
 
@@ -58,7 +58,7 @@ spec:
 
 @pytest.fixture(scope="module")
 def crds(cluster: Cluster) -> None:
-    apply_crds(cluster)
+    apply_crds(cluster.api, REPO / "crds")
 
 
 @pytest.fixture
@@ -68,7 +68,7 @@ def operator(cluster: Cluster, crds: None, namespace: str, tmp_path: Path) -> It
 
 
 def _config(cluster: Cluster, ns: str, core: str) -> str | None:
-    return secret_text(cluster, ns, f"{core}-gateway-config", "gateway.yaml")
+    return secret_text(cluster.api, ns, f"{core}-gateway-config", "gateway.yaml")
 
 
 def test_children_drift_update_and_cascade(
@@ -210,13 +210,13 @@ def test_policy_first_tokens_real_gateway_and_core_connection(
     pol = wait_condition(cluster, ns, "AccessPolicy", "panel", "Bound", "False")
     assert condition(pol, "Bound")["reason"] == "CoreNotFound"
     assert "room" in condition(pol, "Bound")["message"]
-    generated = wait_for("token", lambda: secret_text(cluster, ns, "panel-gen-token", "token"))
+    generated = wait_for("token", lambda: secret_text(cluster.api, ns, "panel-gen-token", "token"))
     # A duplicate subject name in a later policy is reported, not merged (the older
     # policy keeps it; "zdup" also sorts after "panel" should both share a second).
     create(cluster, ns, policy_body("zdup", "room", [{"name": "gen"}]))
 
     with contextlib.ExitStack() as stack:
-        sim = stack.enter_context(CoreSim())
+        sim = stack.enter_context(SimulatorProcess())
         create(cluster, ns, core_body("room", sim.port))
         wait_condition(cluster, ns, "AccessPolicy", "panel", "Bound", "True")
 
@@ -228,7 +228,9 @@ def test_policy_first_tokens_real_gateway_and_core_connection(
         assert condition(dup, "Ready")["status"] == "False"
         assert condition(dup, "Bound")["status"] == "True"
         assert "panel" in condition(dup, "Ready")["message"]
-        assert secret_text(cluster, ns, "panel-gen-token", "token") == generated  # not regenerated
+        assert (
+            secret_text(cluster.api, ns, "panel-gen-token", "token") == generated
+        )  # not regenerated
         pol = get(cluster, ns, "AccessPolicy", "panel")
         assert pol["status"]["tokenSecrets"] == {"gen": "panel-gen-token", "own": "byo"}
 
@@ -237,7 +239,7 @@ def test_policy_first_tokens_real_gateway_and_core_connection(
         assert BYO_ONE not in config
         pod_ip = wait_for("pod IP", lambda: _pod_ip(cluster, ns, "room"))
         assert pod_ip.startswith("127.")
-        key = must(secret_text(cluster, ns, "room-gateway-token-key", "key"))
+        key = must(secret_text(cluster.api, ns, "room-gateway-token-key", "key"))
         gw = StandInGateway(tmp_path, config, pod_ip, key)
         stack.callback(gw.stop)
         gw.start()
@@ -269,7 +271,7 @@ def test_policy_first_tokens_real_gateway_and_core_connection(
         assert gw.rpc(BYO_ONE, "StatusGet")[0] == 401
 
         # The Core goes away: the gateway reports it, the status follows.
-        sim.stop()
+        sim.kill()
         core = wait_condition(cluster, ns, "QSysCore", "room", "CoreConnected", "False", timeout=45)
         assert condition(core, "CoreConnected")["reason"] == "CoreUnreachable"
         assert condition(core, "Ready")["status"] == "False"
@@ -318,7 +320,7 @@ def test_restart_mid_work_and_two_replicas(
         create(cluster, ns, policy_body("p", "pair", [{"name": f"s{i}"} for i in range(6)]))
         time.sleep(0.5)
     finally:
-        first.stop(kill=True)  # in the middle of the work
+        first.kill()  # in the middle of the work
     with (
         running_operator(cluster, ns, tmp_path / "b.log") as b,
         running_operator(cluster, ns, tmp_path / "c.log") as c,

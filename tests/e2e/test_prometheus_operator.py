@@ -28,12 +28,13 @@ from kube_support import REPO, Cluster, must, tool_dir, wait_for
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from operator_support import (
-    apply_crds,
     core_body,
     create,
-    free_port,
     running_operator,
 )
+
+from qsys_testkit import free_port
+from qsys_testkit.kube import apply_crds
 
 pytestmark = pytest.mark.e2e
 
@@ -184,7 +185,7 @@ def test_prometheus_operator_renders_gateway_scrape_job_and_chart_rules(
     cluster: Cluster, namespace: str, tmp_path: Path, po_crds_installed: None
 ) -> None:
     ns = namespace
-    apply_crds(cluster)
+    apply_crds(cluster.api, REPO / "crds")
     custom = client.CustomObjectsApi(cluster.api)
     v1 = client.CoreV1Api(cluster.api)
     web = free_port()

@@ -40,9 +40,10 @@ from node_support import (
     run_pod,
     wait_pods_ready,
 )
-from operator_support import apply_crds, condition, get, patch, secret_text, wait_condition
+from operator_support import condition, get, patch, wait_condition
 
 from qsys_protocol.qrc.client import QrcClient
+from qsys_testkit.kube import apply_crds, secret_text
 
 pytestmark = pytest.mark.e2e
 
@@ -67,7 +68,7 @@ class Stack:
         return f"http://{self.gateway_ip}:8080"
 
     def token(self) -> str:
-        token = secret_text(self.cluster, self.ns, f"{POLICY}-ai-agent-token", "token")
+        token = secret_text(self.cluster.api, self.ns, f"{POLICY}-ai-agent-token", "token")
         assert token
         return token
 
@@ -149,7 +150,7 @@ def stack(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     refs = images()
     helm = _tool("helm", "helm")
     with real_namespace(cluster) as ns:
-        apply_crds(cluster)
+        apply_crds(cluster.api, REPO / "crds")
         release = f"qsys-{ns.rsplit('-', 1)[1]}"
         op_repo, op_tag = _split(refs["operator"])
         gw_repo, gw_tag = _split(refs["gateway"])

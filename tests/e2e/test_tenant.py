@@ -41,16 +41,16 @@ from operator_support import (
     GROUP,
     VERSION,
     Operator,
-    apply_crds,
     condition,
     core_body,
     events,
     get,
     policy_body,
     running_operator,
-    secret_text,
     wait_condition,
 )
+
+from qsys_testkit.kube import apply_crds, secret_text
 
 pytestmark = pytest.mark.e2e
 
@@ -167,7 +167,7 @@ def test_tenant_cannot_borrow_secrets(
     cluster: Cluster, namespace: str, tenant_roles: str, tmp_path: Path
 ) -> None:
     ns = namespace
-    apply_crds(cluster)
+    apply_crds(cluster.api, REPO / "crds")
     tenant_cfg = _account(cluster, ns, "tenant", [f"{tenant_roles}-edit", "view"], tmp_path)
     tenant = config.new_client_from_config(config_file=str(tenant_cfg))  # type: ignore[no-untyped-call]
     as_tenant = client.CustomObjectsApi(tenant)
@@ -272,7 +272,7 @@ def test_tenant_cannot_borrow_secrets(
                 ],
             ),
         )
-        generated = wait_for("token", lambda: secret_text(cluster, ns, "p-gen-token", "token"))
+        generated = wait_for("token", lambda: secret_text(cluster.api, ns, "p-gen-token", "token"))
         tenant_policy(
             policy_body(
                 "q", "hall", [{"name": "borrow", "tokenSecretRef": {"name": "p-gen-token"}}]
@@ -300,13 +300,13 @@ def test_tenant_cannot_borrow_secrets(
         assert "p-gen-token" in borrowed["message"]
 
         def rendered() -> dict[str, Any] | None:
-            text = secret_text(cluster, ns, "hall-gateway-config", "gateway.yaml")
+            text = secret_text(cluster.api, ns, "hall-gateway-config", "gateway.yaml")
             cfg = yaml.safe_load(text) if text else None
             names = [s["name"] for s in (cfg or {}).get("subjects", [])]
             return cfg if names == ["gen", "good"] else None
 
         cfg = wait_for("config with the accepted subjects", rendered, timeout=30)
-        key = must(secret_text(cluster, ns, "hall-gateway-token-key", "key")).encode()
+        key = must(secret_text(cluster.api, ns, "hall-gateway-token-key", "key")).encode()
         hashes = {s["name"]: s["tokenHmacSha256"] for s in cfg["subjects"]}
         assert all(s.get("tokenSha256") is None for s in cfg["subjects"])
         assert hashes["good"] == hmac.new(key, GOOD_TOKEN.encode(), hashlib.sha256).hexdigest()
@@ -349,7 +349,7 @@ def test_admission_policy_keeps_cores_inside_the_allowed_networks(
     cluster: Cluster, namespace: str
 ) -> None:
     ns = namespace
-    apply_crds(cluster)
+    apply_crds(cluster.api, REPO / "crds")
     release = f"a{uuid.uuid4().hex[:6]}"
     docs = _helm_template(release, "admission.allowedCoreCIDRs={192.0.2.0/24}")
     (policy,) = [d for d in docs if d["kind"] == "ValidatingAdmissionPolicy"]
@@ -402,7 +402,7 @@ def test_fixed_name_secrets_are_not_taken_over(
     """A tenant cannot name resources so that the operator adopts an existing Secret as a
     core's token key or a subject's generated token."""
     ns = namespace
-    apply_crds(cluster)
+    apply_crds(cluster.api, REPO / "crds")
     _secret(cluster, ns, "lobby-gateway-token-key", {"key": "k" * 40})
     _secret(cluster, ns, "ops-admin-token", {"token": DB_PASSWORD})
     with running_operator(cluster, ns, tmp_path / "operator.log") as operator:
@@ -434,10 +434,10 @@ def test_fixed_name_secrets_are_not_taken_over(
         wait_for("ops-admin-token refused", admin_refused, timeout=30)
 
         def panel_only() -> str | None:
-            text = secret_text(cluster, ns, "lobby-gateway-config", "gateway.yaml")
+            text = secret_text(cluster.api, ns, "lobby-gateway-config", "gateway.yaml")
             return text if text and "name: panel" in text else None
 
         text = wait_for("config with panel only", panel_only)
         assert "name: admin" not in text
         assert DB_PASSWORD not in text + operator.output()
-        assert secret_text(cluster, ns, "ops-admin-token", "token") == DB_PASSWORD  # untouched
+        assert secret_text(cluster.api, ns, "ops-admin-token", "token") == DB_PASSWORD  # untouched

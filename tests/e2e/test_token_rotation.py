@@ -13,23 +13,22 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kube_support import Cluster, must, wait_for
+from kube_support import REPO, Cluster, must, wait_for
 from operator_support import (
-    CoreSim,
     Operator,
     StandInGateway,
-    apply_crds,
     core_body,
     create,
     get,
     policy_body,
     running_operator,
-    secret_text,
     wait_condition,
 )
 from test_kubectl_plugin import Plugin, _config, _pod_ip
 
 from qsys_protocol.qrc.client import QrcClient
+from qsys_testkit import SimulatorProcess
+from qsys_testkit.kube import apply_crds, secret_text
 
 pytestmark = pytest.mark.e2e
 
@@ -38,7 +37,7 @@ GRACE_S = 12
 
 @pytest.fixture
 def operator(cluster: Cluster, namespace: str, tmp_path: Path) -> Any:
-    apply_crds(cluster)
+    apply_crds(cluster.api, REPO / "crds")
     with running_operator(cluster, namespace, tmp_path / "operator.log") as op:
         yield op
 
@@ -54,7 +53,7 @@ async def test_old_token_works_through_the_grace_period_only(
     ns = namespace
     qsys = Plugin(cluster, ns)
     with contextlib.ExitStack() as stack:
-        sim = stack.enter_context(CoreSim())
+        sim = stack.enter_context(SimulatorProcess())
         create(cluster, ns, core_body("room", sim.port, audit={"logReads": True}))
         create(
             cluster,
@@ -62,8 +61,10 @@ async def test_old_token_works_through_the_grace_period_only(
             policy_body("panel", "room", [{"name": "gen"}], tokenGracePeriodSeconds=GRACE_S),
         )
         wait_condition(cluster, ns, "AccessPolicy", "panel", "Ready", "True")
-        old = must(wait_for("token", lambda: secret_text(cluster, ns, "panel-gen-token", "token")))
-        key = must(secret_text(cluster, ns, "room-gateway-token-key", "key"))
+        old = must(
+            wait_for("token", lambda: secret_text(cluster.api, ns, "panel-gen-token", "token"))
+        )
+        key = must(secret_text(cluster.api, ns, "room-gateway-token-key", "key"))
         pod_ip = wait_for("pod IP", lambda: _pod_ip(cluster, ns, "room"))
         config = _config(cluster, ns, "room")
         gw = StandInGateway(tmp_path, config, pod_ip, key)
@@ -112,6 +113,6 @@ async def test_old_token_works_through_the_grace_period_only(
     used = {(line["subject"], line.get("token")) for line in gw.audit_lines()}
     assert ("gen", "previous") in used
     assert ("gen", "current") in used
-    text = gw.audit_path.read_text()
+    text = gw.stdout() + gw.stderr()
     assert old not in text
     assert new not in text

@@ -3,75 +3,56 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Iterator
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import pytest
-from gateway_harness import (
-    Gateway,
-    GatewayFactory,
-    RedisServer,
-    SimProcess,
-    base_config,
-    running_sim,
-)
+from gateway_harness import GatewayFactory, base_config
+
+from qsys_testkit import LOOPBACK, GatewayProcess, RedisProcess, SimulatorProcess
+
+if TYPE_CHECKING:
+    from qsys_testkit.pytest_plugin import GatewayProcessFactory
 
 
 @pytest.fixture(scope="module")
-def module_sim() -> Iterator[SimProcess]:
+def module_sim() -> Iterator[SimulatorProcess]:
     """A simulator subprocess shared by the tests of one module."""
-    with running_sim() as sim:
+    with SimulatorProcess() as sim:
         yield sim
 
 
 @pytest.fixture(scope="module")
 def shared_gateway(
-    module_sim: SimProcess, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Gateway]:
+    module_sim: SimulatorProcess, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[GatewayProcess]:
     """One gateway for the tests of a module that do not change its config."""
-    gw = Gateway(tmp_path_factory.mktemp("gw"), base_config(module_sim.port))
-    try:
-        yield gw.start()
-    finally:
-        gw.stop()
+    with GatewayProcess(base_config(module_sim.port), tmp_path_factory.mktemp("gw")) as gw:
+        yield gw
 
 
 @pytest.fixture
-def make_gateway(tmp_path: Path) -> Iterator[GatewayFactory]:
+def make_gateway(qsys_gateway_process: GatewayProcessFactory) -> GatewayFactory:
     """Start gateways (config = base_config(core_port) changed by `edit`); all are stopped."""
-    started: list[Gateway] = []
 
     def factory(
         core_port: int,
         edit: Callable[[dict[str, Any]], None] | None = None,
         *,
         start: bool = True,
-        core_host: str = "127.0.0.1",
-    ) -> Gateway:
+        core_host: str = LOOPBACK,
+    ) -> GatewayProcess:
         config = base_config(core_port, core_host)
         if edit is not None:
             edit(config)
-        directory = tmp_path / f"gw{len(started)}"
-        directory.mkdir()
-        gw = Gateway(directory, config)
-        started.append(gw)
-        return gw.start() if start else gw
+        return qsys_gateway_process(config, start=start)
 
-    try:
-        yield factory
-    finally:
-        for gw in started:
-            gw.stop()
+    return factory
 
 
 @pytest.fixture
-def redis() -> Iterator[RedisServer]:
-    server = RedisServer()
-    try:
-        yield server.start()
-    finally:
-        server.kill()
+def redis(qsys_redis: RedisProcess) -> RedisProcess:
+    return qsys_redis
 
 
 @pytest.fixture
@@ -81,5 +62,5 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
 
 
 @pytest.fixture(scope="module")
-def module_sim_port(module_sim: SimProcess) -> int:
+def module_sim_port(module_sim: SimulatorProcess) -> int:
     return module_sim.port

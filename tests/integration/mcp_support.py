@@ -10,11 +10,12 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
-from gateway_harness import Gateway
 from mcp.client import Client
 from mcp.client.session import ClientSession, MessageHandlerFnT
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
+
+from qsys_testkit import GatewayProcess
 
 ACCEPT = "application/json, text/event-stream"
 PROTOCOL = "2025-11-25"
@@ -38,7 +39,7 @@ def enable_mcp(config: dict[str, Any], **extra: Any) -> None:
 
 @contextlib.asynccontextmanager
 async def mcp_session(
-    gw: Gateway, token: str, message_handler: MessageHandlerFnT | None = None
+    gw: GatewayProcess, token: str, message_handler: MessageHandlerFnT | None = None
 ) -> AsyncIterator[ClientSession]:
     """An initialised MCP session of the official Python SDK (Streamable HTTP)."""
     http = create_mcp_http_client(headers={"Authorization": f"Bearer {token}"})
@@ -69,7 +70,7 @@ def sse_messages(text: str) -> list[dict[str, Any]]:
 
 async def raw_post(
     http: aiohttp.ClientSession,
-    gw: Gateway,
+    gw: GatewayProcess,
     body: bytes | dict[str, Any],
     token: str | None,
     session_id: str | None = None,
@@ -85,7 +86,7 @@ async def raw_post(
         return r.status, dict(r.headers), await r.text()
 
 
-async def raw_initialize(http: aiohttp.ClientSession, gw: Gateway, token: str) -> str:
+async def raw_initialize(http: aiohttp.ClientSession, gw: GatewayProcess, token: str) -> str:
     """Open a session with raw HTTP; returns its Mcp-Session-Id."""
     status, headers, _ = await raw_post(http, gw, INITIALIZE, token)
     assert status == 200, status
@@ -98,7 +99,7 @@ async def raw_initialize(http: aiohttp.ClientSession, gw: Gateway, token: str) -
 
 
 @contextlib.asynccontextmanager
-async def mcp_client(gw: Gateway, token: str) -> AsyncIterator[Client]:
+async def mcp_client(gw: GatewayProcess, token: str) -> AsyncIterator[Client]:
     """The SDK's high-level `Client`, negotiating the newest protocol (2026-07-28)."""
     http = create_mcp_http_client(headers={"Authorization": f"Bearer {token}"})
     async with (
@@ -108,7 +109,7 @@ async def mcp_client(gw: Gateway, token: str) -> AsyncIterator[Client]:
         yield client
 
 
-async def wait_healthy(gw: Gateway) -> None:
+async def wait_healthy(gw: GatewayProcess) -> None:
     deadline = time.monotonic() + 30
     async with aiohttp.ClientSession() as http:
         while time.monotonic() < deadline:

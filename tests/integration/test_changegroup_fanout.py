@@ -13,11 +13,12 @@ from typing import Any
 
 import aiohttp
 import pytest
-from gateway_harness import ADMIN_TOKEN, LOOPBACK, Gateway, GatewayFactory, sha
+from gateway_harness import ADMIN_TOKEN, GatewayFactory
 
 from qsys_core_sim.server import CoreSimulator
 from qsys_protocol.qrc.client import QrcClient
 from qsys_protocol.qrc.errors import QrcError
+from qsys_testkit import LOOPBACK, GatewayProcess, token_sha256
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -90,7 +91,7 @@ def fanout_config(config: dict[str, Any]) -> None:
     config["subjects"].append(
         {
             "name": "limited",
-            "tokenSha256": sha(LIMITED_TOKEN),
+            "tokenSha256": token_sha256(LIMITED_TOKEN),
             "rules": [
                 {"methods": ["NoOp", "ChangeGroup.*"]},
                 {
@@ -163,7 +164,7 @@ class Client:
         if msg.method == "ChangeGroup.Poll":
             self.record(msg.params)
 
-    async def connect(self, gw: Gateway, http: aiohttp.ClientSession, token: str) -> None:
+    async def connect(self, gw: GatewayProcess, http: aiohttp.ClientSession, token: str) -> None:
         if self.kind == "qrc":
             self.qrc = await QrcClient.connect(
                 LOOPBACK, gw.qrc_port, timeout=15, on_notification=self._on_push

@@ -7,7 +7,9 @@ import time
 import urllib.request
 from typing import Any
 
-from gateway_harness import LOOPBACK, GatewayFactory, running_sim
+from gateway_harness import GatewayFactory
+
+from qsys_testkit import LOOPBACK, SimulatorProcess
 
 
 def corez(port: int) -> dict[str, Any]:
@@ -28,7 +30,7 @@ def wait_corez(port: int, up: bool, timeout: float = 15.0) -> dict[str, Any]:
 
 
 def test_corez_reports_engine_status_then_core_down(make_gateway: GatewayFactory) -> None:
-    with running_sim() as sim:
+    with SimulatorProcess() as sim:
         gw = make_gateway(sim.port)
         body = wait_corez(gw.metrics_port, up=True)
         engine = body["engineStatus"]

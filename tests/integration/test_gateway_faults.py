@@ -8,9 +8,10 @@ import time
 from typing import Any
 
 import aiohttp
-from gateway_harness import ADMIN_TOKEN, PANEL_TOKEN, Gateway, GatewayFactory, running_sim
+from gateway_harness import ADMIN_TOKEN, PANEL_TOKEN, GatewayFactory
 
 from qsys_core_sim.server import CoreSimulator
+from qsys_testkit import GatewayProcess, SimulatorProcess
 
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
@@ -23,7 +24,7 @@ def call(method: str, params: Any = None, rid: int = 1) -> dict[str, Any]:
 
 
 async def post(
-    http: aiohttp.ClientSession, gw: Gateway, body: Any
+    http: aiohttp.ClientSession, gw: GatewayProcess, body: Any
 ) -> tuple[int, Any, dict[str, str]]:
     async with http.post(f"{gw.url}/v1/rpc", json=body, headers=AUTH) as r:
         return r.status, json.loads(await r.text()), dict(r.headers)
@@ -40,7 +41,7 @@ async def until(check: Any, timeout: float, interval: float = 0.2, what: str = "
     raise AssertionError(f"{what} not reached within {timeout}s")
 
 
-async def health(http: aiohttp.ClientSession, gw: Gateway) -> tuple[int, dict[str, Any]]:
+async def health(http: aiohttp.ClientSession, gw: GatewayProcess) -> tuple[int, dict[str, Any]]:
     async with http.get(f"{gw.url}/healthz") as r:
         return r.status, await r.json()
 
@@ -84,7 +85,9 @@ async def test_core_killed_mid_call_then_back(
     assert gw.metric("qsys_gateway_upstream_reconnects_total") >= 1
 
 
-async def _degraded(http: aiohttp.ClientSession, gw: Gateway) -> tuple[int, dict[str, Any]] | None:
+async def _degraded(
+    http: aiohttp.ClientSession, gw: GatewayProcess
+) -> tuple[int, dict[str, Any]] | None:
     status, body = await health(http, gw)
     return (status, body) if body["status"] == "degraded" else None
 
@@ -203,7 +206,7 @@ async def test_redundant_failover(
 async def test_core_process_sigkilled_then_started_again(
     make_gateway: GatewayFactory, http: aiohttp.ClientSession
 ) -> None:
-    with running_sim() as sim:
+    with SimulatorProcess() as sim:
         gw = await asyncio.to_thread(make_gateway, sim.port)
         assert (await post(http, gw, call("StatusGet")))[0] == 200
         sim.kill()  # SIGKILL: no goodbye on the socket

@@ -9,15 +9,10 @@ from typing import Any
 
 import aiohttp
 import pytest
-from gateway_harness import (
-    ADMIN_TOKEN,
-    NORULES_TOKEN,
-    PANEL_TOKEN,
-    SLOW_TOKEN,
-    Gateway,
-    assert_no_tokens,
-)
+from gateway_harness import ADMIN_TOKEN, NORULES_TOKEN, PANEL_TOKEN, SLOW_TOKEN, assert_no_tokens
 from multidict import CIMultiDictProxy
+
+from qsys_testkit import GatewayProcess
 
 Headers = CIMultiDictProxy[str]
 
@@ -39,7 +34,7 @@ def call(method: str, params: Any = None, rid: int | str | None = 1) -> dict[str
 
 async def rpc(
     http: aiohttp.ClientSession,
-    gw: Gateway,
+    gw: GatewayProcess,
     token: str | None,
     body: Any,
     headers: dict[str, str] | None = None,
@@ -73,7 +68,7 @@ async def other_source(source: str) -> aiohttp.ClientSession:
 # -- error codes and statuses -------------------------------------------------------
 
 
-async def test_ok_call_is_200(shared_gateway: Gateway, http: aiohttp.ClientSession) -> None:
+async def test_ok_call_is_200(shared_gateway: GatewayProcess, http: aiohttp.ClientSession) -> None:
     status, body, headers = await rpc(http, shared_gateway, ADMIN_TOKEN, call("StatusGet"))
     assert status == 200, body
     assert body["id"] == 1
@@ -82,7 +77,7 @@ async def test_ok_call_is_200(shared_gateway: Gateway, http: aiohttp.ClientSessi
 
 
 @pytest.mark.parametrize("token", [None, "not-a-valid-token", ""])
-async def test_unauthenticated_is_401(shared_gateway: Gateway, token: str | None) -> None:
+async def test_unauthenticated_is_401(shared_gateway: GatewayProcess, token: str | None) -> None:
     async with await other_source("127.0.0.21") as http:
         status, body, headers = await rpc(http, shared_gateway, token, call("NoOp"))
     assert status == 401
@@ -90,7 +85,9 @@ async def test_unauthenticated_is_401(shared_gateway: Gateway, token: str | None
     assert_security_headers(headers)
 
 
-async def test_forbidden_is_403(shared_gateway: Gateway, http: aiohttp.ClientSession) -> None:
+async def test_forbidden_is_403(
+    shared_gateway: GatewayProcess, http: aiohttp.ClientSession
+) -> None:
     status, body, _ = await rpc(
         http,
         shared_gateway,
@@ -103,7 +100,7 @@ async def test_forbidden_is_403(shared_gateway: Gateway, http: aiohttp.ClientSes
 
 
 async def test_rate_limited_is_429_with_retry_after(
-    shared_gateway: Gateway, http: aiohttp.ClientSession
+    shared_gateway: GatewayProcess, http: aiohttp.ClientSession
 ) -> None:
     statuses = []
     last: tuple[int, Any, Headers] | None = None
@@ -123,7 +120,7 @@ async def test_rate_limited_is_429_with_retry_after(
     [b"{not json", b"", b"\xff\xfe\x00", b'{"jsonrpc": "2.0", "id": 1, "method": "NoOp"'],
 )
 async def test_malformed_json_is_400_parse_error(
-    shared_gateway: Gateway, http: aiohttp.ClientSession, body: bytes
+    shared_gateway: GatewayProcess, http: aiohttp.ClientSession, body: bytes
 ) -> None:
     status, resp, headers = await rpc(http, shared_gateway, ADMIN_TOKEN, body)
     assert status == 400
@@ -132,7 +129,7 @@ async def test_malformed_json_is_400_parse_error(
 
 
 async def test_deep_nesting_is_refused_cleanly(
-    shared_gateway: Gateway, http: aiohttp.ClientSession
+    shared_gateway: GatewayProcess, http: aiohttp.ClientSession
 ) -> None:
     deep = b"[" * 5000 + b"]" * 5000
     status, resp, _ = await rpc(http, shared_gateway, ADMIN_TOKEN, deep)
@@ -161,14 +158,16 @@ async def test_deep_nesting_is_refused_cleanly(
     ],
 )
 async def test_invalid_request_is_400(
-    shared_gateway: Gateway, http: aiohttp.ClientSession, body: Any
+    shared_gateway: GatewayProcess, http: aiohttp.ClientSession, body: Any
 ) -> None:
     status, resp, _ = await rpc(http, shared_gateway, ADMIN_TOKEN, body)
     assert status == 400, resp
     assert resp["error"]["code"] == -32600
 
 
-async def test_unknown_method_is_404(shared_gateway: Gateway, http: aiohttp.ClientSession) -> None:
+async def test_unknown_method_is_404(
+    shared_gateway: GatewayProcess, http: aiohttp.ClientSession
+) -> None:
     # allowed by an exact rule, forwarded unchanged, and the Core does not know it
     status, resp, _ = await rpc(
         http, shared_gateway, ADMIN_TOKEN, call("Mixer.SetInputGain", {"Name": "x"})
@@ -187,14 +186,16 @@ async def test_unknown_method_is_404(shared_gateway: Gateway, http: aiohttp.Clie
     ],
 )
 async def test_wrong_types_are_400_invalid_params(
-    shared_gateway: Gateway, http: aiohttp.ClientSession, params: Any
+    shared_gateway: GatewayProcess, http: aiohttp.ClientSession, params: Any
 ) -> None:
     status, resp, _ = await rpc(http, shared_gateway, ADMIN_TOKEN, call("Component.Set", params))
     assert status == 400, resp
     assert resp["error"]["code"] == -32602
 
 
-async def test_oversized_body_is_413(shared_gateway: Gateway, http: aiohttp.ClientSession) -> None:
+async def test_oversized_body_is_413(
+    shared_gateway: GatewayProcess, http: aiohttp.ClientSession
+) -> None:
     big = call("Control.Set", {"Name": "WelcomeText", "Value": "x" * 70000})
     status, _, headers = await rpc(http, shared_gateway, ADMIN_TOKEN, big)
     assert status == 413
@@ -202,7 +203,7 @@ async def test_oversized_body_is_413(shared_gateway: Gateway, http: aiohttp.Clie
 
 
 async def test_core_errors_pass_through_in_200(
-    shared_gateway: Gateway, http: aiohttp.ClientSession
+    shared_gateway: GatewayProcess, http: aiohttp.ClientSession
 ) -> None:
     status, resp, _ = await rpc(
         http,
@@ -217,7 +218,9 @@ async def test_core_errors_pass_through_in_200(
     assert resp["error"]["code"] == 8
 
 
-async def test_notification_gets_204(shared_gateway: Gateway, http: aiohttp.ClientSession) -> None:
+async def test_notification_gets_204(
+    shared_gateway: GatewayProcess, http: aiohttp.ClientSession
+) -> None:
     status, resp, headers = await rpc(http, shared_gateway, ADMIN_TOKEN, call("NoOp", rid=None))
     assert status == 204
     assert resp is None
@@ -225,7 +228,7 @@ async def test_notification_gets_204(shared_gateway: Gateway, http: aiohttp.Clie
 
 
 async def test_no_stack_trace_in_any_error(
-    shared_gateway: Gateway, http: aiohttp.ClientSession
+    shared_gateway: GatewayProcess, http: aiohttp.ClientSession
 ) -> None:
     for body in (b"{", b"[" * 3000, json.dumps(call("Component.Set", [1, 2])).encode()):
         _, resp, _ = await rpc(http, shared_gateway, ADMIN_TOKEN, body)
@@ -238,7 +241,7 @@ async def test_no_stack_trace_in_any_error(
 
 
 async def test_batch_each_call_gets_its_own_result(
-    shared_gateway: Gateway, http: aiohttp.ClientSession
+    shared_gateway: GatewayProcess, http: aiohttp.ClientSession
 ) -> None:
     batch = [
         call("NoOp", {}, 1),
@@ -260,7 +263,7 @@ async def test_batch_each_call_gets_its_own_result(
 
 
 async def test_batch_auth_rate_and_size_decided_for_whole_request(
-    shared_gateway: Gateway, http: aiohttp.ClientSession
+    shared_gateway: GatewayProcess, http: aiohttp.ClientSession
 ) -> None:
     batch = [call("NoOp", {}, i) for i in range(3)]
     async with await other_source("127.0.0.22") as other:
@@ -361,7 +364,7 @@ async def test_batch_auth_rate_and_size_decided_for_whole_request(
     ],
 )
 async def test_rule_dimensions(
-    shared_gateway: Gateway,
+    shared_gateway: GatewayProcess,
     http: aiohttp.ClientSession,
     token: str,
     msg: dict[str, Any],
@@ -381,7 +384,7 @@ async def test_rule_dimensions(
 
 
 async def test_security_headers_and_request_id_on_every_response(
-    shared_gateway: Gateway, http: aiohttp.ClientSession
+    shared_gateway: GatewayProcess, http: aiohttp.ClientSession
 ) -> None:
     for method, path in [
         ("GET", "/livez"),
@@ -407,7 +410,7 @@ async def test_security_headers_and_request_id_on_every_response(
         assert r.headers["X-Request-ID"] != "bad id\twith junk"
 
 
-async def test_cors(shared_gateway: Gateway, http: aiohttp.ClientSession) -> None:
+async def test_cors(shared_gateway: GatewayProcess, http: aiohttp.ClientSession) -> None:
     good = {"Origin": "https://panel.example"}
     status, _, headers = await rpc(http, shared_gateway, ADMIN_TOKEN, call("NoOp", {}), good)
     assert status == 200
@@ -435,7 +438,9 @@ async def test_cors(shared_gateway: Gateway, http: aiohttp.ClientSession) -> Non
         assert r.status == 403
 
 
-async def test_probes_when_core_is_up(shared_gateway: Gateway, http: aiohttp.ClientSession) -> None:
+async def test_probes_when_core_is_up(
+    shared_gateway: GatewayProcess, http: aiohttp.ClientSession
+) -> None:
     async with http.get(f"{shared_gateway.url}/livez") as r:
         assert r.status == 200
     async with http.get(f"{shared_gateway.url}/readyz") as r:
@@ -447,7 +452,7 @@ async def test_probes_when_core_is_up(shared_gateway: Gateway, http: aiohttp.Cli
     assert set(body["components"]) == {"upstream", "config", "rateLimitStorage"}
 
 
-async def test_status_needs_a_valid_token(shared_gateway: Gateway) -> None:
+async def test_status_needs_a_valid_token(shared_gateway: GatewayProcess) -> None:
     async with await other_source("127.0.0.23") as http:
         async with http.get(f"{shared_gateway.url}/v1/status") as r:
             assert r.status == 401
@@ -467,7 +472,7 @@ async def test_status_needs_a_valid_token(shared_gateway: Gateway) -> None:
     assert_no_tokens(text)
 
 
-async def test_auth_failures_are_throttled_per_source(shared_gateway: Gateway) -> None:
+async def test_auth_failures_are_throttled_per_source(shared_gateway: GatewayProcess) -> None:
     async with await other_source("127.0.0.24") as http:
         statuses = [
             (await rpc(http, shared_gateway, f"wrong-{i}", call("NoOp", {})))[0] for i in range(12)
@@ -483,7 +488,7 @@ async def test_auth_failures_are_throttled_per_source(shared_gateway: Gateway) -
 
 
 async def test_metrics_names_and_bounded_labels(
-    shared_gateway: Gateway, http: aiohttp.ClientSession
+    shared_gateway: GatewayProcess, http: aiohttp.ClientSession
 ) -> None:
     for method in ("Foo.Bar", "Totally.Unknown.Method", "x" * 100):
         await rpc(http, shared_gateway, ADMIN_TOKEN, call(method, {}))
@@ -516,7 +521,7 @@ async def test_metrics_names_and_bounded_labels(
 
 
 async def test_slowloris_does_not_starve_other_clients(
-    shared_gateway: Gateway, http: aiohttp.ClientSession
+    shared_gateway: GatewayProcess, http: aiohttp.ClientSession
 ) -> None:
     writers = []
     try:

@@ -8,9 +8,10 @@ from typing import Any
 
 import aiohttp
 import pytest
-from gateway_harness import PANEL_TOKEN, GatewayFactory, RedisServer
+from gateway_harness import PANEL_TOKEN, GatewayFactory
 
 from qsys_protocol.qrc.client import QrcClient
+from qsys_testkit import RedisProcess
 
 RATE = 10.0
 LOAD = 5 * RATE
@@ -27,7 +28,7 @@ async def test_accepted_rate_within_10_percent_under_5x_load(
 ) -> None:
     url = "memory"
     if storage == "redis":
-        server: RedisServer = request.getfixturevalue("redis")
+        server: RedisProcess = request.getfixturevalue("redis")
         url = server.url
 
     def edit(c: dict[str, Any]) -> None:

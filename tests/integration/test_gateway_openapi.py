@@ -10,16 +10,18 @@ from typing import Any
 
 import aiohttp
 import pytest
-from gateway_harness import NORULES_TOKEN, PANEL_TOKEN, Gateway
+from gateway_harness import NORULES_TOKEN, PANEL_TOKEN
 from openapi_schema_validator import OAS31Validator, validate
 from openapi_spec_validator import validate as validate_spec
+
+from qsys_testkit import GatewayProcess
 
 # Anything a schema (in)validation raises is a jsonschema ValidationError (untyped here).
 SchemaError = Exception
 
 
 @pytest.fixture(scope="module")
-def spec(shared_gateway: Gateway) -> dict[str, Any]:
+def spec(shared_gateway: GatewayProcess) -> dict[str, Any]:
     with urllib.request.urlopen(f"{shared_gateway.url}/v1/openapi.json", timeout=10) as r:
         assert r.status == 200
         assert r.headers["Content-Type"].startswith("application/json")
@@ -39,13 +41,13 @@ def response_schema(doc: dict[str, Any], path: str, verb: str, status: int) -> d
     return schema
 
 
-async def get(gw: Gateway, path: str, token: str | None = None) -> tuple[int, Any]:
+async def get(gw: GatewayProcess, path: str, token: str | None = None) -> tuple[int, Any]:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     async with aiohttp.ClientSession() as http, http.get(gw.url + path, headers=headers) as r:
         return r.status, await r.json()
 
 
-async def post(gw: Gateway, body: Any, token: str | None) -> tuple[int, Any]:
+async def post(gw: GatewayProcess, body: Any, token: str | None) -> tuple[int, Any]:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     async with (
         aiohttp.ClientSession() as http,
@@ -72,7 +74,7 @@ async def test_validator_rejects_a_broken_document(spec: dict[str, Any]) -> None
 
 
 async def test_real_answers_match_the_document(
-    spec: dict[str, Any], shared_gateway: Gateway
+    spec: dict[str, Any], shared_gateway: GatewayProcess
 ) -> None:
     gw = shared_gateway
     for path, status in (("/livez", 200), ("/readyz", 200), ("/healthz", 200)):

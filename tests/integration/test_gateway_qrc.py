@@ -8,16 +8,17 @@ import time
 from typing import Any
 
 import orjson
-from gateway_harness import ADMIN_TOKEN, PANEL_TOKEN, Gateway
+from gateway_harness import ADMIN_TOKEN, PANEL_TOKEN
 
 from qsys_protocol.qrc.client import QrcClient
+from qsys_testkit import GatewayProcess
 
 
-async def connect(gw: Gateway) -> QrcClient:
+async def connect(gw: GatewayProcess) -> QrcClient:
     return await QrcClient.connect("127.0.0.1", gw.qrc_port)
 
 
-async def test_engine_status_on_connect_and_open_methods(shared_gateway: Gateway) -> None:
+async def test_engine_status_on_connect_and_open_methods(shared_gateway: GatewayProcess) -> None:
     client = await connect(shared_gateway)
     try:
         hello = await client.next_notification("EngineStatus", timeout=10)
@@ -36,7 +37,7 @@ async def test_engine_status_on_connect_and_open_methods(shared_gateway: Gateway
         await client.close()
 
 
-async def test_logon(shared_gateway: Gateway) -> None:
+async def test_logon(shared_gateway: GatewayProcess) -> None:
     client = await connect(shared_gateway)
     try:
         bad = await client.request("Logon", {"User": "panel", "Password": ADMIN_TOKEN})
@@ -72,7 +73,7 @@ async def _read_frames(reader: asyncio.StreamReader, n: int, timeout: float = 10
     return frames
 
 
-async def test_garbage_on_the_qrc_port(shared_gateway: Gateway) -> None:
+async def test_garbage_on_the_qrc_port(shared_gateway: GatewayProcess) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", shared_gateway.qrc_port)
     try:
         writer.write(b"\x00{not json\x00" + os.urandom(64).replace(b"\x00", b"!") + b"\x00")
@@ -96,7 +97,7 @@ async def test_garbage_on_the_qrc_port(shared_gateway: Gateway) -> None:
         await client.close()
 
 
-async def test_silent_unauthenticated_client_is_closed(shared_gateway: Gateway) -> None:
+async def test_silent_unauthenticated_client_is_closed(shared_gateway: GatewayProcess) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", shared_gateway.qrc_port)
     started = time.monotonic()
     try:
@@ -109,7 +110,7 @@ async def test_silent_unauthenticated_client_is_closed(shared_gateway: Gateway) 
     assert 5 < time.monotonic() - started < 30
 
 
-async def test_batch_over_qrc(shared_gateway: Gateway) -> None:
+async def test_batch_over_qrc(shared_gateway: GatewayProcess) -> None:
     client = await connect(shared_gateway)
     try:
         await client.call("Logon", {"User": "panel", "Password": PANEL_TOKEN})
@@ -146,7 +147,7 @@ async def _exchange(
                 return frame
 
 
-async def test_failed_logons_never_lock_out_a_correct_token(shared_gateway: Gateway) -> None:
+async def test_failed_logons_never_lock_out_a_correct_token(shared_gateway: GatewayProcess) -> None:
     """Guessing a subject's token from one address (a NAT, an ingress) is throttled for that
     address and subject; the right token from the same address still logs on."""
     results: list[dict[str, Any]] = []

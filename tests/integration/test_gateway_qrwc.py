@@ -19,16 +19,9 @@ from typing import Any
 
 import aiohttp
 import pytest
-from gateway_harness import (
-    ADMIN_TOKEN,
-    LOOPBACK,
-    PANEL_TOKEN,
-    Gateway,
-    SimProcess,
-    base_config,
-    self_signed_cert,
-    sha,
-)
+from gateway_harness import ADMIN_TOKEN, PANEL_TOKEN, base_config, self_signed_cert
+
+from qsys_testkit import LOOPBACK, GatewayProcess, SimulatorProcess, token_sha256
 
 JS_DIR = Path(__file__).resolve().parents[1] / "js"
 SCRIPT = JS_DIR / "qrwc_client.mjs"
@@ -38,7 +31,7 @@ ZONE1, ZONE2 = "Room101 Zone1 Gain", "Room101 Zone2 Gain"
 
 QRWC_SUBJECT: dict[str, Any] = {
     "name": "venue-panel",
-    "tokenSha256": sha(QRWC_TOKEN),
+    "tokenSha256": token_sha256(QRWC_TOKEN),
     "rules": [
         {"methods": ["NoOp", "StatusGet", "Component.GetComponents", "ChangeGroup.*"]},
         {
@@ -67,7 +60,7 @@ def node() -> str:
     return binary
 
 
-def qrwc_url(gw: Gateway) -> str:
+def qrwc_url(gw: GatewayProcess) -> str:
     scheme = "wss" if gw.tls else "ws"
     return f"{scheme}://{LOOPBACK}:{gw.http_port}/qrc-public-api/v0"
 
@@ -100,7 +93,11 @@ class SdkRun:
 
 @contextlib.asynccontextmanager
 async def sdk(
-    gw: Gateway, auth: str, token: str, node_env: dict[str, str] | None = None, **settings: Any
+    gw: GatewayProcess,
+    auth: str,
+    token: str,
+    node_env: dict[str, str] | None = None,
+    **settings: Any,
 ) -> AsyncIterator[SdkRun]:
     env = {
         **os.environ,
@@ -132,7 +129,7 @@ async def sdk(
 
 
 async def admin_set(
-    http: aiohttp.ClientSession, gw: Gateway, component: str, control: str, value: Any
+    http: aiohttp.ClientSession, gw: GatewayProcess, component: str, control: str, value: Any
 ) -> None:
     """Another client writes through the gateway's HTTP API."""
     body = {
@@ -148,10 +145,10 @@ async def admin_set(
 
 
 @pytest.fixture(scope="module")
-def qrwc_gateway(module_sim: SimProcess, tmp_path_factory: pytest.TempPathFactory) -> Any:
+def qrwc_gateway(module_sim: SimulatorProcess, tmp_path_factory: pytest.TempPathFactory) -> Any:
     config = base_config(module_sim.port)
     with_qrwc_subject(config)
-    gw = Gateway(tmp_path_factory.mktemp("qrwc"), config)
+    gw = GatewayProcess(config, tmp_path_factory.mktemp("qrwc"))
     try:
         yield gw.start()
     finally:
@@ -159,7 +156,7 @@ def qrwc_gateway(module_sim: SimProcess, tmp_path_factory: pytest.TempPathFactor
 
 
 async def test_sdk_reads_writes_and_receives_updates(
-    qrwc_gateway: Gateway, http: aiohttp.ClientSession
+    qrwc_gateway: GatewayProcess, http: aiohttp.ClientSession
 ) -> None:
     gw = qrwc_gateway
     await admin_set(http, gw, ZONE1, "mute", 0)
@@ -239,7 +236,7 @@ async def test_sdk_reads_writes_and_receives_updates(
 
 
 @pytest.mark.parametrize("auth", ["apikey", "logon"])
-async def test_sdk_with_api_key_or_first_logon(qrwc_gateway: Gateway, auth: str) -> None:
+async def test_sdk_with_api_key_or_first_logon(qrwc_gateway: GatewayProcess, auth: str) -> None:
     async with sdk(
         qrwc_gateway,
         auth,
@@ -259,7 +256,7 @@ async def test_sdk_with_api_key_or_first_logon(qrwc_gateway: Gateway, auth: str)
     assert QRWC_TOKEN not in qrwc_gateway.stdout() + qrwc_gateway.stderr()
 
 
-async def test_sdk_without_credentials_is_refused(qrwc_gateway: Gateway) -> None:
+async def test_sdk_without_credentials_is_refused(qrwc_gateway: GatewayProcess) -> None:
     async with sdk(qrwc_gateway, "none", "") as run:
         assert run.proc.stdout is not None
         line = await asyncio.wait_for(run.proc.stdout.readline(), 30)
@@ -279,7 +276,9 @@ async def ws_call(ws: aiohttp.ClientWebSocketResponse, msg: dict[str, Any]) -> d
 
 
 @contextlib.asynccontextmanager
-async def raw_qrwc(gw: Gateway, source: str) -> AsyncIterator[aiohttp.ClientWebSocketResponse]:
+async def raw_qrwc(
+    gw: GatewayProcess, source: str
+) -> AsyncIterator[aiohttp.ClientWebSocketResponse]:
     """A plain WebSocket to the QRWC path from its own loopback address (own auth throttle)."""
     connector = aiohttp.TCPConnector(local_addr=(source, 0))
     async with (
@@ -289,7 +288,7 @@ async def raw_qrwc(gw: Gateway, source: str) -> AsyncIterator[aiohttp.ClientWebS
         yield ws
 
 
-async def test_api_key_is_checked_on_every_request(qrwc_gateway: Gateway) -> None:
+async def test_api_key_is_checked_on_every_request(qrwc_gateway: GatewayProcess) -> None:
     gw = qrwc_gateway
     async with raw_qrwc(gw, "127.0.0.41") as ws:
         req = {"jsonrpc": "2.0", "method": "StatusGet"}
@@ -316,7 +315,9 @@ async def test_api_key_is_checked_on_every_request(qrwc_gateway: Gateway) -> Non
         assert secret not in gw.stdout() + gw.stderr()
 
 
-async def test_bad_authorization_header_is_refused_at_handshake(qrwc_gateway: Gateway) -> None:
+async def test_bad_authorization_header_is_refused_at_handshake(
+    qrwc_gateway: GatewayProcess,
+) -> None:
     connector = aiohttp.TCPConnector(local_addr=("127.0.0.42", 0))
     async with aiohttp.ClientSession(connector=connector) as http:
         with pytest.raises(aiohttp.WSServerHandshakeError) as err:
@@ -326,7 +327,7 @@ async def test_bad_authorization_header_is_refused_at_handshake(qrwc_gateway: Ga
 
 
 async def test_sdk_over_tls(
-    module_sim: SimProcess, tmp_path_factory: pytest.TempPathFactory
+    module_sim: SimulatorProcess, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     """wss://, as the SDK reaches a Core on 443; Node trusts the test CA via NODE_EXTRA_CA_CERTS."""
     directory = tmp_path_factory.mktemp("qrwc-tls")
@@ -334,7 +335,7 @@ async def test_sdk_over_tls(
     config = base_config(module_sim.port)
     config["listen"]["tls"] = {"certFile": str(cert), "keyFile": str(key)}
     with_qrwc_subject(config)
-    gw = Gateway(directory, config)
+    gw = GatewayProcess(config, directory)
     try:
         await asyncio.to_thread(gw.start)
         async with sdk(
@@ -355,7 +356,7 @@ async def test_sdk_over_tls(
         await asyncio.to_thread(gw.stop)
 
 
-async def test_bad_input_on_qrwc(qrwc_gateway: Gateway) -> None:
+async def test_bad_input_on_qrwc(qrwc_gateway: GatewayProcess) -> None:
     gw = qrwc_gateway
     async with raw_qrwc(gw, "127.0.0.43") as ws:
         await ws.send_str("{not json")

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import time
 from typing import Any
 
 import aiohttp
-from gateway_harness import PANEL_TOKEN, Gateway, GatewayFactory
+from gateway_harness import PANEL_TOKEN, GatewayFactory
 
 from qsys_protocol.config import token_hmac
+from qsys_testkit import GatewayProcess
 
 
 async def ws_call(ws: aiohttp.ClientWebSocketResponse, rid: int, method: str, params: Any) -> Any:
@@ -22,15 +22,10 @@ async def ws_call(ws: aiohttp.ClientWebSocketResponse, rid: int, method: str, pa
                 return msg
 
 
-async def wait_metric(gw: Gateway, result: str, value: float, timeout: float = 15) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = await asyncio.to_thread(gw.metric, "qsys_gateway_config_reloads_total", result=result)
-        if got >= value:
-            assert got == value
-            return
-        await asyncio.sleep(0.2)
-    raise AssertionError(f"config_reloads_total{{result={result}}} did not reach {value}")
+async def wait_metric(gw: GatewayProcess, result: str, value: float, timeout: float = 15) -> None:
+    name = "qsys_gateway_config_reloads_total"
+    got = await asyncio.to_thread(gw.wait_metric, name, value, timeout, result=result)
+    assert got == value
 
 
 async def test_reload_under_open_websocket(

@@ -12,9 +12,10 @@ import time
 from typing import Any
 
 import aiohttp
-from gateway_harness import ADMIN_TOKEN, Gateway, GatewayFactory
+from gateway_harness import ADMIN_TOKEN, GatewayFactory
 
 from qsys_protocol.qrc.client import QrcClient
+from qsys_testkit import GatewayProcess
 
 ZONE = "Room101 Zone1 Gain"
 LEGACY: dict[str, Any] = {
@@ -31,7 +32,7 @@ def with_legacy(config: dict[str, Any]) -> None:
     config["subjects"].append(copy.deepcopy(LEGACY))
 
 
-async def connect_from(gw: Gateway, source: str) -> QrcClient:
+async def connect_from(gw: GatewayProcess, source: str) -> QrcClient:
     reader, writer = await asyncio.wait_for(
         asyncio.open_connection("127.0.0.1", gw.qrc_port, local_addr=(source, 0), limit=2**20), 5
     )

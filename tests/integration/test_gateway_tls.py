@@ -8,35 +8,25 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from gateway_harness import (
-    ADMIN_TOKEN,
-    PANEL_TOKEN,
-    Gateway,
-    SimProcess,
-    base_config,
-    client_tls,
-    self_signed_cert,
-)
+from gateway_harness import ADMIN_TOKEN, PANEL_TOKEN, base_config, client_tls, self_signed_cert
 
 from qsys_protocol.qrc.client import QrcClient
+from qsys_testkit import GatewayProcess, SimulatorProcess
 
 
 @pytest.fixture(scope="module")
 def tls_gateway(
-    module_sim: SimProcess, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[tuple[Gateway, ssl.SSLContext]]:
+    module_sim: SimulatorProcess, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[GatewayProcess, ssl.SSLContext]]:
     directory = tmp_path_factory.mktemp("tls")
     cert, key = self_signed_cert(directory)
     config = base_config(module_sim.port)
     config["listen"]["tls"] = {"certFile": str(cert), "keyFile": str(key)}
-    gw = Gateway(directory, config)
-    try:
-        yield gw.start(), client_tls(Path(cert))
-    finally:
-        gw.stop()
+    with GatewayProcess(config, directory) as gw:
+        yield gw, client_tls(Path(cert))
 
 
-async def test_https_has_hsts(tls_gateway: tuple[Gateway, ssl.SSLContext]) -> None:
+async def test_https_has_hsts(tls_gateway: tuple[GatewayProcess, ssl.SSLContext]) -> None:
     gw, ctx = tls_gateway
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ctx)) as http:
         for path in ("/livez", "/healthz", "/nope"):
@@ -53,7 +43,9 @@ async def test_https_has_hsts(tls_gateway: tuple[Gateway, ssl.SSLContext]) -> No
             assert "Strict-Transport-Security" in r.headers
 
 
-async def test_plain_http_to_tls_port_fails(tls_gateway: tuple[Gateway, ssl.SSLContext]) -> None:
+async def test_plain_http_to_tls_port_fails(
+    tls_gateway: tuple[GatewayProcess, ssl.SSLContext],
+) -> None:
     gw, _ = tls_gateway
     async with aiohttp.ClientSession() as http:
         with pytest.raises(aiohttp.ClientError):
@@ -61,7 +53,7 @@ async def test_plain_http_to_tls_port_fails(tls_gateway: tuple[Gateway, ssl.SSLC
                 await r.read()
 
 
-async def test_wss(tls_gateway: tuple[Gateway, ssl.SSLContext]) -> None:
+async def test_wss(tls_gateway: tuple[GatewayProcess, ssl.SSLContext]) -> None:
     gw, ctx = tls_gateway
     async with (
         aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ctx)) as http,
@@ -77,7 +69,7 @@ async def test_wss(tls_gateway: tuple[Gateway, ssl.SSLContext]) -> None:
             pytest.fail("no NoOp reply over WSS")
 
 
-async def test_qrc_over_tls(tls_gateway: tuple[Gateway, ssl.SSLContext]) -> None:
+async def test_qrc_over_tls(tls_gateway: tuple[GatewayProcess, ssl.SSLContext]) -> None:
     gw, ctx = tls_gateway
     client = await QrcClient.connect("127.0.0.1", gw.qrc_port, ssl=ctx)
     try:

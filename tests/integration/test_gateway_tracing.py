@@ -6,37 +6,34 @@ the audit line and the JSON log; no token reaches the collector."""
 
 from __future__ import annotations
 
-import contextlib
 import re
-import subprocess
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import pytest
-from gateway_harness import (
-    LOOPBACK,
-    NORULES_TOKEN,
-    PANEL_TOKEN,
-    Gateway,
-    SimProcess,
-    base_config,
-    free_port,
-    pinned_tool,
-)
+from gateway_harness import NORULES_TOKEN, PANEL_TOKEN, base_config, pinned_tool
+
+from qsys_testkit import LOOPBACK, GatewayProcess, ManagedProcess, SimulatorProcess, free_port
 
 TRACE_A = "4bf92f3577b34da6a3ce929d0e0e4736"
 TRACE_B = "0af7651916cd43dd8448eb211c80319c"
 PARENT = "00f067aa0ba902b7"
 
 
-class Collector:
+class Collector(ManagedProcess):
+    """A real OpenTelemetry Collector printing the spans it receives (debug exporter)."""
+
+    name = "otelcol"
+    stop_timeout = 15.0
+
     def __init__(self, directory: Path) -> None:
+        super().__init__()
         self.port = free_port()
-        self.output = directory / "otelcol.out"
+        self.out = directory / "otelcol.out"
         self.config = directory / "otelcol.yaml"
         self.config.write_text(
             f"""
@@ -59,33 +56,27 @@ service:
 """,
             "utf-8",
         )
-        self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> Collector:
-        with self.output.open("ab") as out:
-            self.proc = subprocess.Popen(
-                [str(pinned_tool("otelcol", "otelcol")), "--config", f"file:{self.config}"],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"otelcol exited: {self.text()[-2000:]}")
-            with contextlib.suppress(OSError):
-                req = urllib.request.Request(
-                    f"http://{LOOPBACK}:{self.port}/v1/traces",
-                    data=b"{}",
-                    headers={"Content-Type": "application/json"},
-                )
-                with urllib.request.urlopen(req, timeout=1) as r:
-                    if r.status == 200:
-                        return self
-            time.sleep(0.2)
-        raise TimeoutError(f"otelcol not listening: {self.text()[-2000:]}")
+    def start(self) -> Self:
+        argv = [str(pinned_tool("otelcol", "otelcol")), "--config", f"file:{self.config}"]
+        self._launch(argv, self.out, self.out)
+        self.wait_until("OTLP/HTTP", self._accepts, 30)
+        return self
+
+    def _accepts(self) -> bool:
+        req = urllib.request.Request(
+            f"http://{LOOPBACK}:{self.port}/v1/traces",
+            data=b"{}",
+            headers={"Content-Type": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=1) as r:
+                return bool(r.status == 200)
+        except OSError:
+            return False
 
     def text(self) -> str:
-        return self.output.read_text(errors="replace") if self.output.exists() else ""
+        return self.output()
 
     def spans(self) -> list[dict[str, Any]]:
         """Spans the debug exporter printed: ids, name, attributes."""
@@ -102,29 +93,17 @@ service:
             found.append(span)
         return found
 
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-
 
 @pytest.fixture
 def collector(tmp_path: Path) -> Iterator[Collector]:
-    col = Collector(tmp_path)
-    try:
-        yield col.start()
-    finally:
-        col.stop()
+    with Collector(tmp_path) as col:
+        yield col
 
 
 @pytest.fixture
 def traced_gateway(
-    module_sim: SimProcess, collector: Collector, tmp_path: Path
-) -> Iterator[Gateway]:
+    module_sim: SimulatorProcess, collector: Collector, tmp_path: Path
+) -> Iterator[GatewayProcess]:
     env = {
         "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://{LOOPBACK}:{collector.port}",
         "OTEL_BSP_SCHEDULE_DELAY": "100",
@@ -132,14 +111,11 @@ def traced_gateway(
     }
     directory = tmp_path / "gw"
     directory.mkdir()
-    gw = Gateway(directory, base_config(module_sim.port), env)
-    try:
-        yield gw.start()
-    finally:
-        gw.stop()
+    with GatewayProcess(base_config(module_sim.port), directory, env=env) as gw:
+        yield gw
 
 
-def post(gw: Gateway, token: str, body: bytes, traceparent: str) -> int:
+def post(gw: GatewayProcess, token: str, body: bytes, traceparent: str) -> int:
     req = urllib.request.Request(
         f"{gw.url}/v1/rpc",
         data=body,
@@ -167,7 +143,7 @@ def wait_spans(col: Collector, trace_id: str, names: set[str]) -> list[dict[str,
 
 
 def test_call_spans_reach_the_collector_with_the_client_trace(
-    traced_gateway: Gateway, collector: Collector
+    traced_gateway: GatewayProcess, collector: Collector
 ) -> None:
     gw = traced_gateway
     allowed = b'{"jsonrpc":"2.0","id":1,"method":"StatusGet"}'
@@ -204,7 +180,7 @@ def test_call_spans_reach_the_collector_with_the_client_trace(
         assert token not in text
 
 
-def test_log_lines_carry_the_trace_id(traced_gateway: Gateway, collector: Collector) -> None:
+def test_log_lines_carry_the_trace_id(traced_gateway: GatewayProcess, collector: Collector) -> None:
     gw = traced_gateway
     bad = b'{"jsonrpc":"2.0","id":1,"method":"StatusGet"}'
     assert post(gw, "not-a-valid-token-at-all-000000000", bad, f"00-{TRACE_A}-{PARENT}-01") == 401
@@ -218,7 +194,7 @@ def test_log_lines_carry_the_trace_id(traced_gateway: Gateway, collector: Collec
     assert all(len(line["span_id"]) == 16 for line in traced)
 
 
-def test_tracing_is_off_without_otel_variables(shared_gateway: Gateway) -> None:
+def test_tracing_is_off_without_otel_variables(shared_gateway: GatewayProcess) -> None:
     status = post(
         shared_gateway,
         NORULES_TOKEN,

@@ -7,7 +7,9 @@ import json
 from typing import Any
 
 import aiohttp
-from gateway_harness import ADMIN_TOKEN, PANEL_TOKEN, Gateway
+from gateway_harness import ADMIN_TOKEN, PANEL_TOKEN
+
+from qsys_testkit import GatewayProcess
 
 
 async def recv(ws: aiohttp.ClientWebSocketResponse, timeout: float = 10.0) -> Any:
@@ -42,7 +44,7 @@ def call(method: str, params: Any = None, rid: int = 1) -> dict[str, Any]:
     return msg
 
 
-async def test_header_token(shared_gateway: Gateway, http: aiohttp.ClientSession) -> None:
+async def test_header_token(shared_gateway: GatewayProcess, http: aiohttp.ClientSession) -> None:
     headers = {"Authorization": f"Bearer {PANEL_TOKEN}"}
     async with http.ws_connect(shared_gateway.ws_url, headers=headers) as ws:
         status = await notification(ws, "EngineStatus")
@@ -53,7 +55,7 @@ async def test_header_token(shared_gateway: Gateway, http: aiohttp.ClientSession
         assert (await reply(ws, 8))["error"]["code"] == -32003
 
 
-async def test_bad_header_token_is_refused_at_handshake(shared_gateway: Gateway) -> None:
+async def test_bad_header_token_is_refused_at_handshake(shared_gateway: GatewayProcess) -> None:
     connector = aiohttp.TCPConnector(local_addr=("127.0.0.31", 0))
     async with (
         aiohttp.ClientSession(connector=connector) as http,
@@ -73,7 +75,7 @@ async def test_bad_header_token_is_refused_at_handshake(shared_gateway: Gateway)
         assert "X-Request-ID" in r.headers
 
 
-async def test_first_message_logon(shared_gateway: Gateway) -> None:
+async def test_first_message_logon(shared_gateway: GatewayProcess) -> None:
     connector = aiohttp.TCPConnector(local_addr=("127.0.0.32", 0))
     async with (
         aiohttp.ClientSession(connector=connector) as http,
@@ -89,7 +91,9 @@ async def test_first_message_logon(shared_gateway: Gateway) -> None:
         assert (await reply(ws, 4))["result"][0]["Name"] == "LobbyMusicLevel"
 
 
-async def test_bad_input_on_websocket(shared_gateway: Gateway, http: aiohttp.ClientSession) -> None:
+async def test_bad_input_on_websocket(
+    shared_gateway: GatewayProcess, http: aiohttp.ClientSession
+) -> None:
     headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
     async with http.ws_connect(shared_gateway.ws_url, headers=headers) as ws:
         await ws.send_str("{not json")
@@ -120,7 +124,9 @@ async def test_bad_input_on_websocket(shared_gateway: Gateway, http: aiohttp.Cli
         assert r.status == 200
 
 
-async def test_autopoll_is_pushed(shared_gateway: Gateway, http: aiohttp.ClientSession) -> None:
+async def test_autopoll_is_pushed(
+    shared_gateway: GatewayProcess, http: aiohttp.ClientSession
+) -> None:
     headers = {"Authorization": f"Bearer {PANEL_TOKEN}"}
     async with http.ws_connect(shared_gateway.ws_url, headers=headers) as ws:
         add = {

@@ -20,7 +20,6 @@ import socket
 import subprocess
 import sys
 import tarfile
-import time
 import tomllib
 from collections.abc import Iterator
 from email.parser import Parser
@@ -34,6 +33,7 @@ from packaging.utils import canonicalize_name
 
 from qsys_operator.render.deployment import RUN_AS
 from qsys_operator.settings import DEFAULT_GATEWAY_IMAGE
+from qsys_testkit import free_port, port_open, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "qsys-operator"
@@ -311,21 +311,16 @@ def test_all_bytecode_is_prebuilt_and_every_package_imports(
 
 
 def test_core_sim_serves_qrc_from_the_image(archive: OciArchive, rootfs: Path) -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     proc = in_image(archive, rootfs, "qsys-core-sim", "--host", "127.0.0.1", "--port", str(port))
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                conn = socket.create_connection(("127.0.0.1", port), timeout=5)
-                break
-            except OSError:
-                assert proc.poll() is None, finish(proc)
-                assert time.monotonic() < deadline, "qsys-core-sim did not listen within 30 s"
-                time.sleep(0.2)
-        with conn:
+
+        def listening() -> bool:
+            assert proc.poll() is None, finish(proc)
+            return port_open(port)
+
+        wait_for("qsys-core-sim in the image to listen", listening, timeout=30)
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
             conn.sendall(b'{"jsonrpc":"2.0","id":1,"method":"StatusGet"}\x00')
             data = b""
             while b'"id":1' not in data.replace(b" ", b""):

@@ -17,7 +17,6 @@ from gateway_harness import (
     NORULES_TOKEN,
     PANEL_TOKEN,
     SLOW_TOKEN,
-    Gateway,
     GatewayFactory,
     assert_no_tokens,
 )
@@ -34,16 +33,18 @@ from mcp_support import (
     wait_healthy,
 )
 
+from qsys_testkit import GatewayProcess
+
 ZONE1 = "Room101 Zone1 Gain"
 ZONE1_URI = "qsys://component/Room101%20Zone1%20Gain"
 ROOM102 = "Room102 Zone1 Gain"
 
 
-def _gateway(make_gateway: GatewayFactory, port: int, **mcp: Any) -> Gateway:
+def _gateway(make_gateway: GatewayFactory, port: int, **mcp: Any) -> GatewayProcess:
     return make_gateway(port, lambda c: enable_mcp(c, **mcp))
 
 
-async def start(make_gateway: GatewayFactory, port: int, **mcp: Any) -> Gateway:
+async def start(make_gateway: GatewayFactory, port: int, **mcp: Any) -> GatewayProcess:
     """A gateway with MCP on, once its upstream is up (/readyz only says it listens)."""
     gw = await asyncio.to_thread(_gateway, make_gateway, port, **mcp)
     await wait_healthy(gw)
@@ -70,7 +71,7 @@ def text(result: types.CallToolResult) -> str:
 
 
 async def audit_where(
-    gw: Gateway, pred: Any, count: int = 1, timeout: float = 30.0
+    gw: GatewayProcess, pred: Any, count: int = 1, timeout: float = 30.0
 ) -> list[dict[str, Any]]:
     """The audit lines matching `pred`, once there are at least `count` (or the timeout)."""
     deadline = time.monotonic() + timeout
@@ -213,7 +214,7 @@ async def test_subscription_notified_when_another_client_writes(
         assert json.loads(block.text)["controls"]["gain"]["value"] == -41
 
 
-async def rpc_set_gain(http: aiohttp.ClientSession, gw: Gateway, value: float) -> None:
+async def rpc_set_gain(http: aiohttp.ClientSession, gw: GatewayProcess, value: float) -> None:
     body = {
         "jsonrpc": "2.0",
         "id": 1,
@@ -365,16 +366,9 @@ async def test_authentication_and_bad_input_never_500(
     assert_no_tokens(gw.stdout(), gw.stderr())
 
 
-async def wait_reloads(gw: Gateway, count: int) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        got = await asyncio.to_thread(
-            gw.metric, "qsys_gateway_config_reloads_total", result="success"
-        )
-        if got >= count:
-            return
-        await asyncio.sleep(0.2)
-    raise AssertionError(f"no {count} successful config reloads")
+async def wait_reloads(gw: GatewayProcess, count: int) -> None:
+    name = "qsys_gateway_config_reloads_total"
+    await asyncio.to_thread(gw.wait_metric, name, count, 30, result="success")
 
 
 async def test_off_by_default_and_switched_on_by_a_reload(

@@ -9,13 +9,15 @@ import subprocess
 from typing import Any
 
 import pytest
-from gateway_harness import PANEL_TOKEN, REPO, Gateway, GatewayFactory
+from gateway_harness import PANEL_TOKEN, REPO, GatewayFactory
 from mcp_support import enable_mcp, wait_healthy
+
+from qsys_testkit import GatewayProcess
 
 INSPECTOR = REPO / "tests" / "mcp-inspector" / "node_modules" / ".bin" / "mcp-inspector"
 
 
-def inspector(gw: Gateway, token: str | None, *args: str) -> tuple[int, Any, str]:
+def inspector(gw: GatewayProcess, token: str | None, *args: str) -> tuple[int, Any, str]:
     if not INSPECTOR.exists():
         pytest.fail(f"{INSPECTOR} is missing: run `make mcp-inspector`")
     cmd = [str(INSPECTOR), "--cli", f"{gw.url}/v1/mcp", "--transport", "http"]

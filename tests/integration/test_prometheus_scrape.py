@@ -17,16 +17,9 @@ from typing import Any
 
 import pytest
 import yaml
-from gateway_harness import (
-    LOOPBACK,
-    PANEL_TOKEN,
-    REPO,
-    Gateway,
-    base_config,
-    free_port,
-    pinned_tool,
-    running_sim,
-)
+from gateway_harness import PANEL_TOKEN, REPO, base_config, pinned_tool
+
+from qsys_testkit import LOOPBACK, GatewayProcess, SimulatorProcess, free_port, stop_process
 
 CHART = REPO / "charts" / "qsys-operator"
 LABELS = {"namespace": "av", "service": "hall-gateway", "pod": "hall-gateway-a"}
@@ -98,12 +91,7 @@ def prometheus(tmp_path: Path) -> Iterator[tuple[int, Path]]:
     try:
         yield port, config
     finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+        stop_process(proc, 20)
 
 
 def test_real_prometheus_scrapes_the_gateway_and_fires_core_unreachable(
@@ -112,10 +100,10 @@ def test_real_prometheus_scrapes_the_gateway_and_fires_core_unreachable(
     port, config_path = prometheus
     rules = tmp_path / "rules.yaml"
     chart_rules(rules)
-    with running_sim() as sim:
+    with SimulatorProcess() as sim:
         gw_dir = tmp_path / "gw"
         gw_dir.mkdir()
-        gw = Gateway(gw_dir, base_config(sim.port)).start()
+        gw = GatewayProcess(base_config(sim.port), gw_dir).start()
         try:
             config_path.write_text(
                 yaml.safe_dump(
@@ -194,7 +182,7 @@ def _ready(port: int) -> bool:
         return False
 
 
-def _call(gw: Gateway) -> None:
+def _call(gw: GatewayProcess) -> None:
     """A call answered locally and one forwarded to the Core (both latency histograms)."""
     for body in (
         b'{"jsonrpc":"2.0","id":1,"method":"StatusGet"}',

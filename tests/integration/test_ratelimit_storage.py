@@ -13,10 +13,10 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 
 import pytest
-from gateway_harness import RedisServer, free_port
 
 from qsys_gateway.ratelimit import MemoryBuckets, RateDecision, RateLimiter
 from qsys_protocol.config import RateConfig
+from qsys_testkit import RedisProcess, free_port
 
 LOOPBACK = "127.0.0.1"
 LOAD_FACTOR = 5
@@ -46,7 +46,7 @@ async def make_limiter() -> AsyncIterator[LimiterFactory]:
 def storage(request: pytest.FixtureRequest) -> str:
     if request.param == "memory":
         return "memory"
-    server: RedisServer = request.getfixturevalue("redis")
+    server: RedisProcess = request.getfixturevalue("redis")
     return server.url
 
 
@@ -208,7 +208,7 @@ async def test_memory_storage_is_always_healthy(make_limiter: LimiterFactory) ->
 
 
 async def test_two_replicas_share_one_limit(
-    redis: RedisServer, make_limiter: LimiterFactory
+    redis: RedisProcess, make_limiter: LimiterFactory
 ) -> None:
     replicas = [make_limiter(redis.url), make_limiter(redis.url)]
     assert all(r.shared for r in replicas)
@@ -219,7 +219,7 @@ async def test_two_replicas_share_one_limit(
 
 
 async def test_replicas_see_each_others_burst(
-    redis: RedisServer, make_limiter: LimiterFactory
+    redis: RedisProcess, make_limiter: LimiterFactory
 ) -> None:
     one, two = make_limiter(redis.url), make_limiter(redis.url)
     rate = RateConfig(requestsPerSecond=10, burst=10)
@@ -234,7 +234,7 @@ async def test_replicas_see_each_others_burst(
 
 
 async def test_redis_killed_mid_run_falls_back_to_local_limits(
-    redis: RedisServer, make_limiter: LimiterFactory
+    redis: RedisProcess, make_limiter: LimiterFactory
 ) -> None:
     limiter = make_limiter(redis.url)
     rate = RateConfig(requestsPerSecond=1, burst=1)
@@ -266,7 +266,7 @@ async def test_redis_killed_mid_run_falls_back_to_local_limits(
 
 
 async def test_unresponsive_redis_does_not_hang_calls(
-    redis: RedisServer, make_limiter: LimiterFactory
+    redis: RedisProcess, make_limiter: LimiterFactory
 ) -> None:
     limiter = make_limiter(redis.url)
     rate = RateConfig(requestsPerSecond=1, burst=1)

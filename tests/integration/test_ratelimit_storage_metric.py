@@ -6,13 +6,15 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from gateway_harness import GatewayFactory, RedisServer
+from gateway_harness import GatewayFactory
+
+from qsys_testkit import RedisProcess
 
 METRIC = "qsys_gateway_ratelimit_storage_up"
 
 
 async def test_storage_gauge_follows_redis(
-    module_sim_port: int, make_gateway: GatewayFactory, redis: RedisServer
+    module_sim_port: int, make_gateway: GatewayFactory, redis: RedisProcess
 ) -> None:
     def edit(c: dict[str, Any]) -> None:
         c["limits"]["storage"] = redis.url

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import signal
 import socket
 import subprocess
 import sys
@@ -77,11 +76,11 @@ def test_cli_serves_qrc_and_stops_on_sigterm(start_sim_process: Any) -> None:
         assert got["Controls"][0]["String"] == "-8.50dB"
     finally:
         client.close()
-    sim.proc.send_signal(signal.SIGTERM)
-    assert sim.proc.wait(10) == 0
-    out = sim.proc.stdout.read()
+    sim.terminate()
+    assert sim.wait(10) == 0
+    out = sim.output()
     assert f"listening on 127.0.0.1:{sim.port}" in out
-    assert "Traceback" not in sim.proc.stderr.read()
+    assert "Traceback" not in out
 
 
 def test_cli_loads_a_design_and_requires_logon(start_sim_process: Any, tmp_path: Path) -> None:

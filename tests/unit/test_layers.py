@@ -14,9 +14,11 @@ PACKAGES = {
     "qsys_gateway": REPO / "gateway" / "qsys_gateway",
     "qsys_operator": REPO / "operator" / "qsys_operator",
     "qsys_core_sim": REPO / "simulator" / "qsys_core_sim",
+    "qsys_testkit": REPO / "testkit" / "qsys_testkit",
     "qsys_kubectl": REPO / "plugin" / "qsys_kubectl",
 }
-# What each program may import of the others (qsys_protocol is the shared bottom).
+# What each program may import of the others (qsys_protocol is the shared bottom). The test
+# kit sits above the programs: it starts them and may import them; none of them imports it.
 ALLOWED_PACKAGES = {
     "qsys_protocol": set(),
     "qsys_core_sim": {"qsys_protocol"},
@@ -29,6 +31,7 @@ ALLOWED_PACKAGES = {
         "qsys_operator.render",
         "qsys_gateway.policy",
     },
+    "qsys_testkit": {"qsys_protocol", "qsys_core_sim", "qsys_gateway", "qsys_operator"},
 }
 # The gateway's layers, bottom first; a module may import its own layer and those below.
 GATEWAY_LAYERS = [
@@ -85,6 +88,12 @@ def test_programs_import_only_the_shared_bottom() -> None:
                 if name.split(".")[0] != package and not _allowed(name, allowed):
                     wrong.append(f"{module} imports {name}")
     assert wrong == []
+
+
+def test_no_program_imports_the_test_kit() -> None:
+    assert all("qsys_testkit" not in allowed for allowed in ALLOWED_PACKAGES.values())
+    imports = _imports("qsys_testkit", PACKAGES["qsys_testkit"] / "__init__.py")
+    assert "qsys_core_sim.server" in imports  # the check reads the kit too
 
 
 def _layer(module: str) -> int:

@@ -1,0 +1,51 @@
+"""Small Kubernetes API helpers for tests (the `kubernetes` client)."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterable
+from pathlib import Path
+
+import yaml
+from kubernetes import client, utils
+from kubernetes.client.exceptions import ApiException
+
+from .net import wait_for
+
+
+def apply_crds(api: client.ApiClient, crds: Path | Iterable[Path], timeout: float = 60) -> None:
+    """Create or replace the CRDs (a directory of YAML files, or the files), then wait
+    until each is Established. The chart ships them: charts/qsys-operator/crds/."""
+    paths = sorted(crds.glob("*.yaml")) if isinstance(crds, Path) else list(crds)
+    ext = client.ApiextensionsV1Api(api)
+    for path in paths:
+        body = yaml.safe_load(path.read_text("utf-8"))
+        name = body["metadata"]["name"]
+        try:
+            current = ext.read_custom_resource_definition(name)
+            assert current.metadata is not None
+            body["metadata"]["resourceVersion"] = current.metadata.resource_version
+            ext.replace_custom_resource_definition(name, body)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+            utils.create_from_dict(api, body)  # type: ignore[no-untyped-call]
+
+        def established(n: str = name) -> bool:
+            crd = ext.read_custom_resource_definition(n)
+            conds = (crd.status and crd.status.conditions) or []
+            return any(c.type == "Established" and c.status == "True" for c in conds)
+
+        wait_for(f"CRD {name} Established", established, timeout)
+
+
+def secret_text(api: client.ApiClient, namespace: str, name: str, key: str) -> str | None:
+    """One key of a Secret, decoded; None when the Secret or the key is not there (yet)."""
+    try:
+        secret = client.CoreV1Api(api).read_namespaced_secret(name, namespace)
+    except ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+    raw = (secret.data or {}).get(key)
+    return base64.b64decode(raw).decode() if raw else None
