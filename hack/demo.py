@@ -38,6 +38,7 @@ from kubernetes import client, config, utils
 from kubernetes.client.exceptions import ApiException
 
 from qsys_testkit import http_ok, rpc, wait_for
+from qsys_testkit.checkout import image_names, tool_dir
 from qsys_testkit.kube import apply_crds, secret_text
 
 REPO = Path(__file__).resolve().parents[1]
@@ -142,25 +143,8 @@ RESTRICTED = {
 }
 
 
-def image_names() -> dict[str, str]:
-    out = subprocess.run(
-        [sys.executable, str(REPO / "hack" / "images.py"), "names"],
-        check=True,
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-    ).stdout.split()
-    return {ref.rsplit("/", 1)[-1].split(":", 1)[0]: ref for ref in out}
-
-
 def tool(group: str, name: str) -> str:
-    out = subprocess.run(
-        ["bash", str(REPO / "hack" / "tools" / "build.sh"), "--dir", group],
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    return str(Path(out.stdout.strip()) / name)
+    return str(tool_dir(group) / name)
 
 
 def run(args: list[str], kubeconfig: str, timeout: float = 240) -> str:

@@ -15,6 +15,8 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 import qsys_testkit as testkit
+from qsys_testkit.checkout import pinned_tool as pinned_tool
+from qsys_testkit.checkout import tool_dir as tool_dir
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -36,24 +38,6 @@ class Cluster:
             config_file=self.kubeconfig, client_configuration=cfg
         )
         return cfg
-
-
-def tool_dir(group: str) -> Path:
-    """Bin directory of a pinned tool group (hack/tools/GROUP)."""
-    out = subprocess.run(
-        ["bash", str(REPO / "hack" / "tools" / "build.sh"), "--dir", group],
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    return Path(out.stdout.strip())
-
-
-def pinned_tool(group: str, name: str) -> Path:
-    path = tool_dir(group) / name
-    if not path.is_file():
-        pytest.fail(f"{name} is not built ({path}): run `make cluster-tools`", pytrace=False)
-    return path
 
 
 def can_i(kubeconfig: Path, *args: str) -> bool:

@@ -11,8 +11,6 @@ the real node without a change to the objects themselves.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -20,9 +18,11 @@ from contextlib import contextmanager
 from typing import Any
 
 import pytest
-from kube_support import REPO, Cluster, must, wait_for
+from kube_support import Cluster, must, wait_for
 from kubernetes import client, utils
 from kubernetes.client.exceptions import ApiException
+
+from qsys_testkit.checkout import image_names
 
 NODE_NAME = "qsys-node"
 NODE_LABEL = ("qsys.io/node", "real")
@@ -43,16 +43,7 @@ REAL_NODE_ANNOTATIONS = {
 }
 
 
-def images() -> dict[str, str]:
-    """Component (operator, gateway, core-sim, pause) -> image reference (`make images`)."""
-    out = subprocess.run(
-        [sys.executable, str(REPO / "hack" / "images.py"), "names"],
-        check=True,
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-    ).stdout.split()
-    return {ref.rsplit("/", 1)[-1].split(":", 1)[0]: ref for ref in out}
+images = image_names
 
 
 def require_real_node(cluster: Cluster) -> client.V1Node:

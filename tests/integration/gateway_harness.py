@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from qsys_testkit import LOOPBACK, GatewayProcess, gateway_config, subject
+from qsys_testkit.checkout import pinned_tool as pinned_tool
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -146,21 +147,3 @@ def assert_no_tokens(*texts: str) -> None:
 
 GatewayFactory = Callable[..., GatewayProcess]
 """`make_gateway(core_port, edit=None, *, start=True, core_host=...)` of conftest.py."""
-
-
-def pinned_tool(group: str, name: str) -> Path:
-    """A binary of hack/tools/GROUP from $QSYS_TOOLS_CACHE; fails (never skips) when not built."""
-    out = subprocess.run(
-        ["bash", str(REPO / "hack" / "tools" / "build.sh"), "--dir", group],
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    path = Path(out.stdout.strip()) / name
-    if not path.is_file():
-        pytest.fail(
-            f"{name} is not built ({path} missing): run `make cluster-tools` "
-            f"(or `bash hack/tools/build.sh {group}`)",
-            pytrace=False,
-        )
-    return path

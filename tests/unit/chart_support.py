@@ -14,6 +14,10 @@ from typing import Any
 import pytest
 import yaml
 
+from qsys_testkit.checkout import pinned_tool
+
+tool = pinned_tool
+
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "qsys-operator"
 # What a cluster with the Prometheus Operator CRDs reports (helm --api-versions).
@@ -22,24 +26,6 @@ MONITORING_APIS = (
     "monitoring.coreos.com/v1/ServiceMonitor",
     "monitoring.coreos.com/v1/PrometheusRule",
 )
-
-
-def tool(group: str, name: str) -> Path:
-    """Path of a pinned tool from $QSYS_TOOLS_CACHE (hack/tools/GROUP); fails when not built."""
-    out = subprocess.run(
-        ["bash", str(REPO / "hack" / "tools" / "build.sh"), "--dir", group],
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    path = Path(out.stdout.strip()) / name
-    if not path.is_file():
-        pytest.fail(
-            f"{name} is not built ({path} missing): run `make cluster-tools` "
-            f"(or `bash hack/tools/build.sh {group}`)",
-            pytrace=False,
-        )
-    return path
 
 
 def system_tool(name: str) -> Path:
