@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import base64
 import json
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -31,6 +32,7 @@ from .views import (
     call_params,
     can_i,
     core_summary,
+    merge_by_time,
     status_rows,
     table,
 )
@@ -219,30 +221,50 @@ def cmd_call(kube: Cluster, args: argparse.Namespace) -> int:
     return NO if "error" in answer else OK
 
 
+def _printer(output: str | None) -> Callable[[dict[str, Any]], None]:
+    header = [output is not None]
+
+    def show(record: dict[str, Any]) -> None:
+        if output == "json":
+            print(json.dumps(record), flush=True)
+        elif output == "yaml":
+            print("---\n" + yaml.safe_dump(record, sort_keys=False).rstrip(), flush=True)
+        else:
+            if not header[0]:
+                print(table(AUDIT_COLUMNS, [list(AUDIT_COLUMNS)]).rstrip(), flush=True)
+                header[0] = True
+            print("   ".join(audit_row(record)), flush=True)
+
+    return show
+
+
 def cmd_audit(kube: Cluster, args: argparse.Namespace) -> int:
     kube.qsyscore(args.core)
     pods = kube.gateway_pods(args.core)
     if not pods:
         raise PluginError(f'no gateway pods for QSysCore "{args.core}"')
-    if args.follow and len(pods) > 1 and not args.pod:
-        raise PluginError(f"--follow reads one pod; choose one with --pod ({', '.join(pods)})")
     if args.pod:
         if args.pod not in pods:
             raise PluginError(f'pod "{args.pod}" is not a gateway of QSysCore "{args.core}"')
         pods = [args.pod]
-    printed_header = False
-    for pod in pods:
-        lines = kube.pod_log(pod, follow=args.follow, tail=args.tail)
-        for record in audit_lines(lines, subject=args.subject, pod=pod):
-            if args.output == "json":
-                print(json.dumps(record), flush=True)
-            elif args.output == "yaml":
-                print("---\n" + yaml.safe_dump(record, sort_keys=False).rstrip(), flush=True)
-            else:
-                if not printed_header:
-                    print(table(AUDIT_COLUMNS, [list(AUDIT_COLUMNS)]).rstrip(), flush=True)
-                    printed_header = True
-                print("   ".join(audit_row(record)), flush=True)
+    show = _printer(args.output)
+    if args.follow:
+        try:
+            for pod, line in kube.follow_logs(pods, tail=args.tail):
+                for record in audit_lines([line], subject=args.subject, pod=pod):
+                    show(record)
+        except KeyboardInterrupt:
+            pass  # Ctrl-C (or SIGTERM) is how a follow ends
+        return OK
+    records = [
+        record
+        for pod in pods
+        for record in audit_lines(
+            kube.pod_log(pod, follow=False, tail=args.tail), subject=args.subject, pod=pod
+        )
+    ]
+    for record in merge_by_time(records):
+        show(record)
     return OK
 
 
@@ -334,5 +356,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     return code
 
 
-if __name__ == "__main__":
+def _terminate(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def run() -> None:
+    """The console script: SIGTERM stops like Ctrl-C (a follow ends with exit 0)."""
+    signal.signal(signal.SIGTERM, _terminate)
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    run()

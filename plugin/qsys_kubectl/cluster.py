@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import queue
 import secrets
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, cast
@@ -31,6 +33,7 @@ from qsys_protocol.config import ConfigError, GatewayConfig, parse_config
 from .views import Endpoint, PluginError
 
 TOKEN_BYTES = 32
+FOLLOW_BUFFER = 1000
 
 
 @dataclass(frozen=True)
@@ -225,6 +228,37 @@ class Cluster:
 
     def gateway_pods(self, core_name: str) -> list[str]:
         return [p.metadata.name for p in self._gateway_pods(core_name)]
+
+    def follow_logs(self, pods: list[str], *, tail: int | None) -> Iterator[tuple[str, str]]:
+        """(pod, line) from every pod's followed log, as they arrive; ends when every
+        stream has ended (pods deleted). A reader blocks while FOLLOW_BUFFER lines wait."""
+        lines: queue.Queue[tuple[str, str] | PluginError | None] = queue.Queue(FOLLOW_BUFFER)
+
+        def read(pod: str) -> None:
+            try:
+                for line in self.pod_log(pod, follow=True, tail=tail):
+                    lines.put((pod, line))
+            except PluginError as exc:
+                lines.put(exc)
+            except Exception as exc:  # a broken stream ends that pod's follow, loudly
+                lines.put(PluginError(f'logs of pod "{pod}": stream ended: {exc}'))
+            finally:
+                lines.put(None)
+
+        for pod in pods:
+            threading.Thread(target=read, args=(pod,), daemon=True, name=f"log-{pod}").start()
+        running = len(pods)
+        while running:
+            try:
+                item = lines.get(timeout=0.5)  # wakes for Ctrl-C
+            except queue.Empty:
+                continue
+            if item is None:
+                running -= 1
+            elif isinstance(item, PluginError):
+                raise item
+            else:
+                yield item
 
     def pod_log(self, pod: str, *, follow: bool, tail: int | None) -> Iterator[str]:
         what = f'logs of pod "{pod}"'

@@ -199,6 +199,12 @@ def audit_lines(
         yield record
 
 
+def merge_by_time(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Audit records of several pods in one timeline: by `ts` (UTC ISO 8601 with
+    milliseconds, so text order is time order), each pod's own order kept on ties."""
+    return sorted(records, key=lambda r: str(r.get("ts", "")))
+
+
 AUDIT_COLUMNS = ("TIME", "SUBJECT", "METHOD", "TARGETS", "DECISION", "OUTCOME", "REASON")
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,7 +12,7 @@ from typing import Any
 
 import pytest
 import yaml
-from kube_support import REPO, Cluster, must, tool_dir, wait_for
+from kube_support import REPO, Cluster, must, wait_for
 from kubernetes import client
 from operator_support import (
     Operator,
@@ -24,10 +23,10 @@ from operator_support import (
     running_operator,
     wait_condition,
 )
+from plugin_support import Plugin, fails
 
 from qsys_testkit import SimulatorProcess
 from qsys_testkit.kube import apply_crds, secret_text
-from qsys_testkit.process import executable
 
 pytestmark = pytest.mark.e2e
 
@@ -53,60 +52,19 @@ def operator(cluster: Cluster, crds: None, namespace: str, tmp_path: Path) -> It
         yield op
 
 
-class Plugin:
-    """`kubectl qsys ...` through the real kubectl binary, which finds `kubectl-qsys` on PATH."""
-
-    def __init__(self, cluster: Cluster, namespace: str) -> None:
-        self.kubectl = str(tool_dir("kube") / "kubectl")
-        self.namespace = namespace
-        self.env = {
-            **os.environ,
-            "KUBECONFIG": cluster.kubeconfig,
-            "PATH": os.pathsep.join(
-                [
-                    str(Path(executable("qsys-gateway")).parent),
-                    str(tool_dir("kube")),
-                    os.environ.get("PATH", ""),
-                ]
-            ),
-        }
-
-    def __call__(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [self.kubectl, "qsys", *args, "-n", self.namespace],
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
-
-    def json(self, *args: str) -> Any:
-        out = self(*args, "-o", "json")
-        assert out.returncode == 0, out.stderr
-        return json.loads(out.stdout)
-
-
-def _fails(result: subprocess.CompletedProcess[str], *words: str) -> None:
-    assert result.returncode == 2, (result.stdout, result.stderr)
-    assert result.stderr.startswith("error: "), result.stderr
-    for word in words:
-        assert word in result.stderr
-
-
 def test_errors_without_resources(cluster: Cluster, crds: None, namespace: str) -> None:
     qsys = Plugin(cluster, namespace)
     empty = qsys("status")
     assert empty.returncode == 0, empty.stderr
     assert f'No QSysCores found in namespace "{namespace}"' in empty.stdout
     assert qsys.json("status") == {"items": []}
-    _fails(qsys("status", "room"), 'QSysCore "room"', "not found")
-    _fails(qsys("token", "show", "nope", "panel"), 'AccessPolicy "nope"', "not found")
-    _fails(qsys("token", "rotate", "nope", "panel"), 'AccessPolicy "nope"', "not found")
-    _fails(qsys("can-i", "nope", "panel", "StatusGet"), 'AccessPolicy "nope"', "not found")
-    _fails(qsys("call", "nope", "StatusGet", "--as", "panel"), 'QSysCore "nope"', "not found")
-    _fails(qsys("audit", "nope"), 'QSysCore "nope"', "not found")
-    _fails(qsys("status", "--context", "no-such-context"), "kubeconfig", "no-such-context")
+    fails(qsys("status", "room"), 'QSysCore "room"', "not found")
+    fails(qsys("token", "show", "nope", "panel"), 'AccessPolicy "nope"', "not found")
+    fails(qsys("token", "rotate", "nope", "panel"), 'AccessPolicy "nope"', "not found")
+    fails(qsys("can-i", "nope", "panel", "StatusGet"), 'AccessPolicy "nope"', "not found")
+    fails(qsys("call", "nope", "StatusGet", "--as", "panel"), 'QSysCore "nope"', "not found")
+    fails(qsys("audit", "nope"), 'QSysCore "nope"', "not found")
+    fails(qsys("status", "--context", "no-such-context"), "kubeconfig", "no-such-context")
     usage = qsys("can-i")
     assert usage.returncode == 2
     assert "usage: kubectl qsys" in usage.stderr
@@ -136,10 +94,10 @@ def test_every_command_against_the_operator(
         "token": "-",
     }
     assert data["token"] == generated
-    _fails(qsys("token", "show", "panel", "nobody"), 'subject "nobody" not found', "gen, ops")
+    fails(qsys("token", "show", "panel", "nobody"), 'subject "nobody" not found', "gen, ops")
     # No core yet: nothing rendered for can-i to read.
-    _fails(qsys("can-i", "panel", "gen", "StatusGet"), "room-gateway-config", "not found")
-    _fails(qsys("can-i", "panel", "nobody", "StatusGet"), 'subject "nobody" not found')
+    fails(qsys("can-i", "panel", "gen", "StatusGet"), "room-gateway-config", "not found")
+    fails(qsys("can-i", "panel", "nobody", "StatusGet"), 'subject "nobody" not found')
 
     with contextlib.ExitStack() as stack:
         sim = stack.enter_context(SimulatorProcess())
@@ -170,7 +128,7 @@ def test_every_command_against_the_operator(
         denied = qsys("can-i", "panel", "gen", "Component.Set", "gain1.gain", "5", "-o", "yaml")
         assert denied.returncode == 1
         assert yaml.safe_load(denied.stdout)["allowed"] is False
-        _fails(can_i("Component.Set", "gain1"), "needs COMPONENT.CONTROL")
+        fails(can_i("Component.Set", "gain1"), "needs COMPONENT.CONTROL")
 
         # status: the table and both structured forms.
         def summary() -> dict[str, Any] | None:
@@ -199,7 +157,7 @@ def test_every_command_against_the_operator(
         # fails, and says so.
         pod_ip = wait_for("pod IP", lambda: _pod_ip(cluster, ns, "room"))
         forwarded = qsys("call", "room", "StatusGet", "--as", "gen", timeout=90)
-        _fails(forwarded, "port-forward to svc/room-gateway failed")
+        fails(forwarded, "port-forward to svc/room-gateway failed")
 
         # --direct to the pod IP, served by a real gateway from the rendered config.
         key = must(secret_text(cluster.api, ns, "room-gateway-token-key", "key"))
@@ -220,12 +178,12 @@ def test_every_command_against_the_operator(
         )
         assert refused.returncode == 1, refused.stderr
         assert json.loads(refused.stdout)["error"]["code"] == -32003
-        _fails(qsys("call", "room", "StatusGet", "--as", "nobody", "--direct"), '"nobody"')
-        _fails(qsys("call", "room", "StatusGet", "{bad", "--as", "gen"), "PARAMS is not JSON")
+        fails(qsys("call", "room", "StatusGet", "--as", "nobody", "--direct"), '"nobody"')
+        fails(qsys("call", "room", "StatusGet", "{bad", "--as", "gen"), "PARAMS is not JSON")
 
         # audit: kwok serves no pod logs; the error names the pod and the API's answer.
-        _fails(qsys("audit", "room"), "logs of pod")
-        _fails(qsys("audit", "room", "--pod", "other"), '"other" is not a gateway')
+        fails(qsys("audit", "room"), "logs of pod")
+        fails(qsys("audit", "room", "--pod", "other"), '"other" is not a gateway')
 
         # rotate: a new token in the Secret, the operator renders it, the gateway takes it.
         old_config = _config(cluster, ns, "room")
@@ -255,9 +213,7 @@ def test_every_command_against_the_operator(
     create(cluster, ns, policy_body("dark-panel", "dark", [{"name": "late"}]))
     wait_for("dark token", lambda: secret_text(cluster.api, ns, "dark-panel-late-token", "token"))
     wait_for("dark Service", lambda: _service(cluster, ns, "dark-gateway"))
-    _fails(
-        qsys("call", "dark", "StatusGet", "--as", "late"), 'no gateway ready for QSysCore "dark"'
-    )
+    fails(qsys("call", "dark", "StatusGet", "--as", "late"), 'no gateway ready for QSysCore "dark"')
     assert generated not in operator.output()
 
 

@@ -15,6 +15,7 @@ import itertools
 import json
 import os
 import secrets
+import signal
 import subprocess
 import threading
 import time
@@ -41,6 +42,7 @@ from node_support import (
     wait_pods_ready,
 )
 from operator_support import condition, get, patch, wait_condition
+from plugin_support import Plugin, fails
 
 from qsys_protocol.qrc.client import QrcClient
 from qsys_testkit.kube import apply_crds, secret_text
@@ -320,6 +322,136 @@ def test_host_clients_reach_the_gateway_service_over_http_websocket_and_qrc(
 
 
 GAIN = {"Name": "Room101 Zone1 Gain", "Controls": [{"Name": "gain"}]}
+
+
+def test_kubectl_qsys_call_and_audit_on_real_gateway_pods(stack: Stack) -> None:
+    """`kubectl qsys call` through a real port-forward (apiserver -> kubelet -> containerd)
+    to the gateway Service, and `audit` from both gateway pods' logs, merged and followed."""
+    qsys = Plugin(stack.cluster, stack.ns)
+    gain = json.dumps(GAIN)
+    allowed = qsys("call", CORE, "Component.Get", gain, "--as", "ai-agent", timeout=90)
+    assert allowed.returncode == 0, allowed.stderr
+    assert json.loads(allowed.stdout)["result"]["Controls"][0]["Name"] == "gain"
+    loud = {"Name": "Room101 Zone1 Gain", "Controls": [{"Name": "gain", "Value": 5}]}
+    refused = qsys("call", CORE, "Component.Set", json.dumps(loud), "--as", "room-101-panel")
+    assert refused.returncode == 1, refused.stderr
+    assert json.loads(refused.stdout)["error"]["code"] == -32003
+    as_yaml = qsys("call", CORE, "StatusGet", "--as", "room-101-panel", "-o", "yaml")
+    assert as_yaml.returncode == 0, as_yaml.stderr
+    assert yaml.safe_load(as_yaml.stdout)["result"]["State"]
+    context = yaml.safe_load(Path(stack.cluster.kubeconfig).read_text("utf-8"))["current-context"]
+    named = qsys("call", CORE, "StatusGet", "--as", "ai-agent", "--context", context)
+    assert named.returncode == 0, named.stderr
+    fails(qsys("call", CORE, "StatusGet", "--as", "ai-agent", "--context", "nope"), "nope")
+    elsewhere = Plugin(stack.cluster, "default")("call", CORE, "StatusGet", "--as", "ai-agent")
+    fails(elsewhere, f'QSysCore "{CORE}" in namespace "default" not found')
+    fails(
+        qsys("call", CORE, "StatusGet", "--as", "ai-agent", "--policy", "nope"),
+        'AccessPolicy "nope"',
+        "not found",
+    )
+    fails(qsys("call", CORE, "StatusGet", "--as", "nobody"), 'subject "nobody"')
+
+    pods = {must(p.metadata).name for p in stack.gateway_pods()}
+
+    def both_calls() -> list[dict[str, Any]] | None:
+        out = qsys("audit", CORE, "-o", "json")
+        assert out.returncode == 0, out.stderr
+        records = [json.loads(line) for line in out.stdout.splitlines()]
+        methods = {(r["subject"], r["method"], r["decision"]) for r in records}
+        wanted = {
+            ("ai-agent", "Component.Get", "allow"),
+            ("room-101-panel", "Component.Set", "deny"),
+        }
+        return records if wanted <= methods else None
+
+    records = wait_for("the plugin's calls in the audit", both_calls, timeout=30)
+    assert {r["pod"] for r in records} <= pods
+    assert [r["ts"] for r in records] == sorted(r["ts"] for r in records)
+    panel = qsys("audit", CORE, "--subject", "room-101-panel", "-o", "yaml")
+    assert panel.returncode == 0, panel.stderr
+    docs = [d for d in yaml.safe_load_all(panel.stdout) if d]
+    assert docs
+    assert {d["subject"] for d in docs} == {"room-101-panel"}
+    denied = [d for d in docs if d["method"] == "Component.Set"]
+    assert denied[-1]["decision"] == "deny"
+    text = qsys("audit", CORE, "--subject", "ai-agent")
+    assert text.stdout.splitlines()[0].split()[:3] == ["TIME", "SUBJECT", "METHOD"]
+    assert all(line.split()[1] == "ai-agent" for line in text.stdout.splitlines()[1:])
+
+    # --follow over both pods: a new call's line arrives, then Ctrl-C ends it (exit 0).
+    marker = f"follow-{secrets.token_hex(4)}"
+    follow = subprocess.Popen(
+        qsys.argv("audit", CORE, "--follow", "--subject", "ai-agent", "-o", "json"),
+        env=qsys.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    seen: list[dict[str, Any]] = []
+    arrived = threading.Event()
+
+    def read() -> None:
+        assert follow.stdout is not None
+        for line in follow.stdout:
+            seen.append(json.loads(line))
+            if any(marker in str(t) for t in seen[-1].get("targets") or []):
+                arrived.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        wait_for("the follow's first lines", lambda: len(seen) > 0, timeout=30)
+        called = stack.rpc("Component.Get", {"Name": marker, "Controls": [{"Name": "gain"}]})
+        assert "error" in called[1], called
+        assert arrived.wait(30), seen[-5:]
+        assert {r["subject"] for r in seen} == {"ai-agent"}
+        follow.send_signal(signal.SIGINT)
+        assert follow.wait(10) == 0
+        assert follow.stderr is not None
+        assert follow.stderr.read() == ""
+    finally:
+        if follow.poll() is None:
+            follow.kill()
+            follow.wait(10)
+        reader.join(10)
+
+    # No gateway ready: a core whose gateway pods cannot be scheduled.
+    dark = _example("qsyscore.yaml")
+    dark["metadata"]["name"] = "dark"
+    dark["spec"]["core"] = {"host": "core-sim", "port": 1710}
+    dark["spec"]["monitoring"] = {"serviceMonitor": {"enabled": False}}
+    dark["spec"]["gateway"] = {"replicas": 1, "nodeSelector": {"qsys.dev/none": "x"}}
+    policy = {
+        "apiVersion": "qsys.dev/v1alpha1",
+        "kind": "AccessPolicy",
+        "metadata": {"name": "dark-panel"},
+        "spec": {
+            "coreRef": {"name": "dark"},
+            "subjects": [{"name": "late"}],
+            "rules": [{"methods": ["StatusGet"]}],
+        },
+    }
+    custom = client.CustomObjectsApi(stack.cluster.api)
+    custom.create_namespaced_custom_object("qsys.dev", "v1alpha1", stack.ns, "qsyscores", dark)
+    custom.create_namespaced_custom_object(
+        "qsys.dev", "v1alpha1", stack.ns, "accesspolicies", policy
+    )
+    try:
+        wait_for(
+            "the dark token",
+            lambda: secret_text(stack.cluster.api, stack.ns, "dark-panel-late-token", "token"),
+            timeout=60,
+        )
+        dark_call = qsys("call", "dark", "StatusGet", "--as", "late")
+        fails(dark_call, 'no gateway ready for QSysCore "dark"')
+    finally:
+        custom.delete_namespaced_custom_object(
+            "qsys.dev", "v1alpha1", stack.ns, "accesspolicies", "dark-panel"
+        )
+        custom.delete_namespaced_custom_object(
+            "qsys.dev", "v1alpha1", stack.ns, "qsyscores", "dark"
+        )
 
 
 def test_access_policy_edit_is_enforced_without_restart(stack: Stack) -> None:
