@@ -334,6 +334,8 @@ class Admission:
             response = jsonrpc.error_message(msg.id, exc)
         else:
             outcome = "ok"
+            if method == "Component.GetComponents":
+                result = rules.policy.visible_components(subject.name, result)
             response = jsonrpc.result_message(msg.id, result)
         finally:
             rt.call_finished()

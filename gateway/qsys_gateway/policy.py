@@ -108,6 +108,10 @@ class _Rule:
         return not (self.high is not None and value > self.high)
 
 
+COMPONENT_READS = ("Component.Get", "Component.GetControls")
+"""Methods that read a component's controls; a rule for one of them on a component
+is what lists that component in `Component.GetComponents` (docs/policy.md)."""
+
 BOOLEAN_TYPES = frozenset({"Boolean"})
 """`Type` values of `Component.GetControls` whose controls hold only 0 and 1."""
 
@@ -263,11 +267,28 @@ class Policy:
         return compiled is not None and bool(compiled.rules_for(method))
 
     def component_readable(self, subject: str, component: str) -> bool:
-        """Whether some `Component.Get` rule of `subject` names `component`."""
+        """Whether some rule of `subject` for a read method on components
+        (`COMPONENT_READS`) names `component`: the components it is shown."""
         compiled = self._subjects.get(subject)
         return compiled is not None and any(
-            r.components.match(component) for r in compiled.rules_for("Component.Get")
+            r.components.match(component)
+            for method in COMPONENT_READS
+            for r in compiled.rules_for(method)
         )
+
+    def visible_components(self, subject: str, components: Any) -> Any:
+        """`Component.GetComponents`' answer cut to what `subject` may read
+        (`component_readable`), whatever transport asked; a new list, the Core's
+        answer is shared. Anything but a list of named components passes unchanged."""
+        if not isinstance(components, list):
+            return components
+        return [
+            c
+            for c in components
+            if isinstance(c, dict)
+            and isinstance(name := c.get("Name"), str)
+            and self.component_readable(subject, name)
+        ]
 
     def write_range(
         self, subject: str, component: str, control: str

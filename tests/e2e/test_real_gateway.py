@@ -332,6 +332,11 @@ def test_kubectl_qsys_call_and_audit_on_real_gateway_pods(stack: Stack) -> None:
     allowed = qsys("call", CORE, "Component.Get", gain, "--as", "ai-agent", timeout=90)
     assert allowed.returncode == 0, allowed.stderr
     assert json.loads(allowed.stdout)["result"]["Controls"][0]["Name"] == "gain"
+    # Writes are audited (reads only with spec.audit.logReads): one allowed, one refused.
+    quiet = {"Name": "Room101 Zone1 Gain", "Controls": [{"Name": "gain", "Value": -6}]}
+    written = qsys("call", CORE, "Component.Set", json.dumps(quiet), "--as", "ai-agent")
+    assert written.returncode == 0, written.stderr
+    assert json.loads(written.stdout)["result"] is True
     loud = {"Name": "Room101 Zone1 Gain", "Controls": [{"Name": "gain", "Value": 5}]}
     refused = qsys("call", CORE, "Component.Set", json.dumps(loud), "--as", "room-101-panel")
     assert refused.returncode == 1, refused.stderr
@@ -354,18 +359,24 @@ def test_kubectl_qsys_call_and_audit_on_real_gateway_pods(stack: Stack) -> None:
 
     pods = {must(p.metadata).name for p in stack.gateway_pods()}
 
+    last: list[str] = []
+
     def both_calls() -> list[dict[str, Any]] | None:
         out = qsys("audit", CORE, "-o", "json")
         assert out.returncode == 0, out.stderr
+        last[:] = [out.stdout[-3000:]]
         records = [json.loads(line) for line in out.stdout.splitlines()]
         methods = {(r["subject"], r["method"], r["decision"]) for r in records}
         wanted = {
-            ("ai-agent", "Component.Get", "allow"),
+            ("ai-agent", "Component.Set", "allow"),
             ("room-101-panel", "Component.Set", "deny"),
         }
         return records if wanted <= methods else None
 
-    records = wait_for("the plugin's calls in the audit", both_calls, timeout=30)
+    try:
+        records = wait_for("the plugin's calls in the audit", both_calls, timeout=30)
+    except TimeoutError as exc:
+        raise AssertionError(f"{exc}; last output:\n{last}") from None
     assert {r["pod"] for r in records} <= pods
     assert [r["ts"] for r in records] == sorted(r["ts"] for r in records)
     panel = qsys("audit", CORE, "--subject", "room-101-panel", "-o", "yaml")
@@ -402,8 +413,10 @@ def test_kubectl_qsys_call_and_audit_on_real_gateway_pods(stack: Stack) -> None:
     reader.start()
     try:
         wait_for("the follow's first lines", lambda: len(seen) > 0, timeout=30)
-        called = stack.rpc("Component.Get", {"Name": marker, "Controls": [{"Name": "gain"}]})
-        assert "error" in called[1], called
+        # A refused write (audited): the policy names no component `follow-...`.
+        marked = {"Name": marker, "Controls": [{"Name": "gain", "Value": -6}]}
+        called = stack.rpc("Component.Set", marked)
+        assert called[1]["error"]["code"] == -32003, called
         assert arrived.wait(30), seen[-5:]
         assert {r["subject"] for r in seen} == {"ai-agent"}
         follow.send_signal(signal.SIGINT)
