@@ -105,3 +105,4 @@ class Runtime:
     def _apply_limits(self, config: GatewayConfig) -> None:
         self.upstream.groups.per_session = config.limits.maxChangeGroupsPerConnection
         self.upstream.groups.per_subject = config.limits.maxChangeGroupsPerSubject
+        self.upstream.hub.per_subject = config.limits.maxHubControlsPerSubject

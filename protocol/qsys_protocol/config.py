@@ -114,6 +114,9 @@ class AttackLimits(BaseModel):
     """Change groups one WebSocket/QRC connection (or one subject's HTTP session) may hold."""
     maxChangeGroupsPerSubject: Annotated[int, Field(ge=1, le=100000)] = 5000
     """Change groups all connections of one subject may hold together (the gateway: 10,000)."""
+    maxHubControlsPerSubject: Annotated[int, Field(ge=1, le=4096)] = 1024
+    """Distinct controls the change groups of one subject may watch together, of the
+    4,096 the gateway's shared Core groups hold (default: a quarter of them)."""
 
     def attack_limits(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in AttackLimits.model_fields}

@@ -111,6 +111,9 @@ class SubscriptionHub:
         self.max_core_groups = max_core_groups
         self.controls_per_group = controls_per_group
         self.entries: dict[Key, Entry] = {}
+        self.per_subject = max_core_groups * controls_per_group
+        """Distinct controls one subject's groups may hold in the hub (its share)."""
+        self._held: dict[str, dict[Key, int]] = {}  # subject -> control -> its references
         self._groups: list[_CoreGroup] = []
         self.conn: UpstreamConnection | None = None
         self._versions = itertools.count(1)
@@ -161,12 +164,26 @@ class SubscriptionHub:
 
     # ---- subscriptions --------------------------------------------------------------
 
-    async def subscribe(self, keys: Iterable[Key]) -> None:
-        """Add one reference to each key; new keys are validated by the Core (its
-        AddControl / AddComponentControl on a hub group) and their values fetched.
-        Raises the Core's error (7 / 8) and changes nothing when any key is unknown."""
+    def held_by(self, owner: str) -> int:
+        """Distinct controls the groups of subject `owner` hold."""
+        return len(self._held.get(owner, ()))
+
+    async def subscribe(self, keys: Iterable[Key], owner: str = "") -> None:
+        """Add one reference to each key for subject `owner`; new keys are validated by
+        the Core (its AddControl / AddComponentControl on a hub group) and their values
+        fetched. Raises the Core's error (7 / 8), or error 5 when `owner` would hold more
+        than its share (`per_subject`), and changes nothing then."""
         wanted = list(dict.fromkeys(keys))
         async with self._lock:
+            mine = self._held.get(owner, {})
+            more = sum(1 for k in wanted if k not in mine)
+            if more and len(mine) + more > self.per_subject:
+                raise QrcError(
+                    ErrorCode.CHANGE_GROUPS_EXHAUSTED,
+                    "Change groups exhausted: one subject's change groups may watch at most "
+                    f"{self.per_subject} controls (limits.maxHubControlsPerSubject); "
+                    f"{len(mine)} watched, {more} more asked",
+                )
             new = [k for k in wanted if k not in self.entries]
             if new:
                 await self._add_new(new)
@@ -175,6 +192,10 @@ class SubscriptionHub:
                 await self._refetch(stale)
             for k in wanted:
                 self.entries[k].refs += 1
+            if wanted:
+                mine = self._held.setdefault(owner, mine)
+                for k in wanted:
+                    mine[k] = mine.get(k, 0) + 1
         self._wake.set()
 
     def _stale(self, key: Key) -> bool:
@@ -192,14 +213,22 @@ class SubscriptionHub:
             return
         await self._fetch(conn, keys)
 
-    async def release(self, keys: Iterable[Key]) -> None:
-        """Drop one reference from each key. Unreferenced controls stay on the Core until
-        nothing is referenced (then the hub's groups are destroyed) or they outnumber the
-        live ones (then the groups are rebuilt with the live ones only)."""
+    async def release(self, keys: Iterable[Key], owner: str = "") -> None:
+        """Drop one reference of subject `owner` from each key. Unreferenced controls stay
+        on the Core until nothing is referenced (then the hub's groups are destroyed) or
+        they outnumber the live ones (then the groups are rebuilt with the live ones only)."""
+        mine = self._held.get(owner, {})
         for k in keys:
             entry = self.entries.get(k)
             if entry is not None and entry.refs > 0:
                 entry.refs -= 1
+            held = mine.get(k, 0)
+            if held > 1:
+                mine[k] = held - 1
+            elif held:
+                del mine[k]
+        if not mine:
+            self._held.pop(owner, None)
         live = self.live
         if live == 0 and self.entries:
             async with self._lock:

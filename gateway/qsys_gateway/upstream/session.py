@@ -113,7 +113,7 @@ class UpstreamSession:
                 keys = [(comp.Name, c.Name) for c in comp.Controls]
             new = [k for k in dict.fromkeys(keys) if k not in group.delivered]
             if new:
-                await hub.subscribe(new)
+                await hub.subscribe(new, self.owner)
                 for k in new:
                     group.delivered[k] = -1
                 group.seen = -1
@@ -122,7 +122,7 @@ class UpstreamSession:
             gone = [("", n) for n in dict.fromkeys(parsed.Controls) if ("", n) in group.delivered]
             for k in gone:
                 del group.delivered[k]
-            await hub.release(gone)
+            await hub.release(gone, self.owner)
             return True
         if isinstance(parsed, ChangeGroupAutoPollParams):
             group.autopoll = max(MIN_AUTOPOLL_SECONDS, parsed.Rate)
@@ -137,7 +137,7 @@ class UpstreamSession:
         if method == "ChangeGroup.Clear":
             keys = list(group.delivered)
             group.delivered.clear()
-            await hub.release(keys)
+            await hub.release(keys, self.owner)
             return True
         if method == "ChangeGroup.Destroy":
             await self._destroy(group)
@@ -208,7 +208,7 @@ class UpstreamSession:
         keys = list(group.delivered)
         group.delivered.clear()
         self._forget(group)
-        await self._upstream.hub.release(keys)
+        await self._upstream.hub.release(keys, self.owner)
 
     def _deliver(self, message: dict[str, Any]) -> None:
         if self.closed:
