@@ -306,6 +306,65 @@ async def test_change_group_quotas_per_connection_and_per_subject(
     assert theirs.get("result") is True, theirs  # another subject is unaffected
 
 
+def _hub_share(config: dict[str, Any]) -> None:
+    config["limits"].update(maxHubControlsPerSubject=6)
+
+
+def _watch(gid: str, component: str, *controls: str) -> dict[str, Any]:
+    return {
+        "Id": gid,
+        "Component": {"Name": component, "Controls": [{"Name": c} for c in controls]},
+    }
+
+
+async def test_one_subject_holds_at_most_its_share_of_the_hub(
+    module_sim_port: int, make_gateway: GatewayFactory
+) -> None:
+    """The controls one subject's change groups watch, over all its connections and its
+    HTTP session, are bounded by `maxHubControlsPerSubject`; others keep their share."""
+    gw = make_gateway(module_sim_port, _hub_share)
+    zone1, zone2 = "Room101 Zone1 Gain", "Room101 Zone2 Gain"
+    add = "ChangeGroup.AddComponentControl"
+    admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    async with (
+        aiohttp.ClientSession() as http,
+        http.ws_connect(gw.ws_url, headers=admin) as one,
+        http.ws_connect(gw.ws_url, headers=admin) as two,
+    ):
+        first = await _ws_call(one, 1, add, _watch("a", zone1, "gain", "mute", "invert", "bypass"))
+        assert first["result"] is True
+        over = await _ws_call(two, 1, add, _watch("b", zone2, "gain", "mute", "invert"))
+        assert over["error"]["code"] == ErrorCode.CHANGE_GROUPS_EXHAUSTED
+        assert "at most 6 controls" in over["error"]["message"]
+        assert "maxHubControlsPerSubject" in over["error"]["message"]
+        assert "4 watched, 3 more asked" in over["error"]["message"]
+        # The refused add changed nothing: its new group does not exist.
+        gone = await _ws_call(two, 2, "ChangeGroup.Poll", {"Id": "b"})
+        assert gone["error"]["code"] == ErrorCode.UNKNOWN_CHANGE_GROUP
+        fits = await _ws_call(two, 3, add, _watch("b", zone2, "gain", "mute"))
+        assert fits["result"] is True
+        # A control the subject already watches costs nothing more.
+        again = await _ws_call(two, 4, add, _watch("b", zone1, "gain"))
+        assert again["result"] is True
+        polled = await _ws_call(two, 5, "ChangeGroup.Poll", {"Id": "b"})
+        assert len(polled["result"]["Changes"]) == 3
+        # The subject's HTTP session draws on the same share.
+        code, reply = await _rpc(
+            gw.url, ADMIN_TOKEN, add, _watch("h", "Room102 Zone1 Gain", "gain")
+        )
+        assert reply["error"]["code"] == ErrorCode.CHANGE_GROUPS_EXHAUSTED, (code, reply)
+        # Another subject is unaffected, even on controls this one watches.
+        code, theirs = await _rpc(gw.url, PANEL_TOKEN, add, _watch("p", zone1, "gain", "mute"))
+        assert theirs.get("result") is True, (code, theirs)
+        # Released controls return to the share (zone1 gain is still watched by "b").
+        destroyed = await _ws_call(one, 2, "ChangeGroup.Destroy", {"Id": "a"})
+        assert destroyed["result"] is True
+        more = await _ws_call(two, 6, add, _watch("b", zone2, "invert", "bypass"))
+        assert more["result"] is True
+        full = await _ws_call(one, 3, add, _watch("c", zone1, "mute", "invert"))
+        assert full["error"]["code"] == ErrorCode.CHANGE_GROUPS_EXHAUSTED
+
+
 async def _rpc(gw_url: str, token: str, method: str, params: Any) -> tuple[int, Any]:
     async with (
         aiohttp.ClientSession() as http,

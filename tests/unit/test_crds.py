@@ -100,6 +100,7 @@ def test_defaults_present() -> None:
         "logonTimeoutSeconds": 10,
         "maxChangeGroupsPerConnection": 64,
         "maxChangeGroupsPerSubject": 5000,
+        "maxHubControlsPerSubject": 1024,
     }
     sm = spec["monitoring"]["properties"]["serviceMonitor"]["properties"]
     assert sm["enabled"]["default"] is True

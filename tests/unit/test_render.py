@@ -377,6 +377,7 @@ def test_config_secret_parses_and_holds_only_hashes(tmp_path: Any) -> None:
     assert cfg.limits.maxUnauthenticatedClientsPerSource == 3
     assert cfg.limits.headerTimeoutSeconds == 4.5
     assert cfg.limits.maxChangeGroupsPerSubject == 5000
+    assert cfg.limits.maxHubControlsPerSubject == 1024
     assert cfg.audit.logReads is True
     assert cfg.cors.allowedOrigins == ["https://panel.example"]
     assert cfg.listen.qrcOnCoreLoss == "keep"
