@@ -16,6 +16,7 @@ from qsys_kubectl.views import (
     call_params,
     can_i,
     core_summary,
+    merge_by_time,
     status_rows,
     table,
 )
@@ -149,3 +150,12 @@ def test_audit_lines_from_a_real_audit_log(tmp_path: Path) -> None:
     assert [r["decision"] for r in only] == ["deny"]
     row = audit_row(only[0])
     assert row[1:] == ["kiosk", "Component.Set", "gain1.gain", "deny", "ok", "allowed by rule 1"]
+
+
+def test_audit_of_several_pods_is_one_timeline() -> None:
+    a = [{"ts": "2026-11-30T21:00:00.100+00:00", "n": 1, "pod": "a"}]
+    a.append({"ts": "2026-11-30T21:00:00.300+00:00", "n": 3, "pod": "a"})
+    b = [{"ts": "2026-11-30T21:00:00.200+00:00", "n": 2, "pod": "b"}]
+    b.append({"ts": "2026-11-30T21:00:00.300+00:00", "n": 4, "pod": "b"})
+    assert [r["n"] for r in merge_by_time([*a, *b])] == [1, 2, 3, 4]
+    assert merge_by_time([]) == []

@@ -544,3 +544,19 @@ def test_can_read_follows_the_get_rules() -> None:
     assert not p.can_read("nobody", "Zone1", "gain")
     # the ChangeGroup.* rule alone grants no read
     assert not policy({"methods": ["ChangeGroup.*"]}).can_read("panel", "Zone1", "gain")
+
+
+def test_the_component_list_is_cut_to_readable_components() -> None:
+    p = policy(
+        {"methods": ["Component.GetComponents"]},
+        {"methods": ["Component.Get"], "components": ["Zone*"], "controls": ["gain"]},
+        {"methods": ["Component.GetControls"], "components": ["Mixer"]},
+        {"methods": ["Component.Set"], "components": ["Amp"]},
+    )
+    design = [{"Name": n, "Type": "t"} for n in ("Zone1", "Zone2", "Mixer", "Amp", "Lobby")]
+    shown = p.visible_components("panel", design)
+    assert shown == [{"Name": "Zone1", "Type": "t"}, {"Name": "Zone2", "Type": "t"}, design[2]]
+    assert shown is not design
+    assert p.visible_components("nobody", design) == []
+    assert p.visible_components("panel", [{"Type": "x"}, "junk", {"Name": 5}]) == []
+    assert p.visible_components("panel", {"not": "a list"}) == {"not": "a list"}
