@@ -21,7 +21,7 @@ from qsys_operator.api import AccessPolicy
 from qsys_operator.render.common import HTTP_PORT, gateway_name
 from qsys_operator.render.subjects import precedence
 
-from .cluster import Cluster, Target
+from .cluster import Cluster, Target, as_model
 from .gateway import port_forward, rpc
 from .views import (
     AUDIT_COLUMNS,
@@ -183,7 +183,7 @@ def _policy_of(kube: Cluster, core: str, subject: str, policy: str | None) -> st
     if policy:
         return policy
     bound = [
-        AccessPolicy.model_validate(p)
+        as_model(AccessPolicy, p)
         for p in kube.policies()
         if (p.get("spec") or {}).get("coreRef", {}).get("name") == core
     ]

@@ -13,12 +13,13 @@ import secrets
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import yaml
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
+from pydantic import BaseModel, ValidationError
 
 from qsys_operator.api import GROUP, VERSION, AccessPolicy, QSysCore
 from qsys_operator.render import (
@@ -33,6 +34,7 @@ from qsys_protocol.config import ConfigError, GatewayConfig, parse_config
 from .views import Endpoint, PluginError
 
 TOKEN_BYTES = 32
+M = TypeVar("M", bound=BaseModel)
 FOLLOW_BUFFER = 1000
 
 
@@ -59,6 +61,22 @@ def _api_error(exc: ApiException, what: str) -> PluginError:
     if exc.status == 403:
         return PluginError(f"{what}: forbidden (check your RBAC)")
     return PluginError(f"{what}: API error {exc.status} {exc.reason}")
+
+
+def as_model(kind: type[M], obj: dict[str, Any]) -> M:
+    """The resource as this plugin's model; a clear error, not a traceback, when the
+    cluster's CRD is of another version than the plugin (a field one of them lacks)."""
+    try:
+        return kind.model_validate(obj)
+    except ValidationError as exc:
+        name = (obj.get("metadata") or {}).get("name")
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()[:3]
+        )
+        raise PluginError(
+            f'{kind.__name__} "{name}" does not match this kubectl-qsys (install the plugin '
+            f"of the operator's version): {problems}"
+        ) from None
 
 
 class Cluster:
@@ -134,10 +152,10 @@ class Cluster:
         return cast(dict[str, Any], out)
 
     def qsyscore(self, name: str) -> QSysCore:
-        return QSysCore.model_validate(self._get(QSysCore.KIND, QSysCore.PLURAL, name))
+        return as_model(QSysCore, self._get(QSysCore.KIND, QSysCore.PLURAL, name))
 
     def policy(self, name: str) -> AccessPolicy:
-        return AccessPolicy.model_validate(self._get(AccessPolicy.KIND, AccessPolicy.PLURAL, name))
+        return as_model(AccessPolicy, self._get(AccessPolicy.KIND, AccessPolicy.PLURAL, name))
 
     # ---- secrets -----------------------------------------------------------------------
 

@@ -9,6 +9,7 @@ import pytest
 
 from qsys_gateway.audit import AuditLog
 from qsys_gateway.metrics import GatewayMetrics
+from qsys_kubectl.cluster import as_model
 from qsys_kubectl.views import (
     PluginError,
     audit_lines,
@@ -20,6 +21,7 @@ from qsys_kubectl.views import (
     status_rows,
     table,
 )
+from qsys_operator.api import AccessPolicy
 from qsys_protocol.config import Rule, SubjectConfig
 
 PANEL = SubjectConfig(
@@ -159,3 +161,18 @@ def test_audit_of_several_pods_is_one_timeline() -> None:
     b.append({"ts": "2026-11-30T21:00:00.300+00:00", "n": 4, "pod": "b"})
     assert [r["n"] for r in merge_by_time([*a, *b])] == [1, 2, 3, 4]
     assert merge_by_time([]) == []
+
+
+def test_a_resource_of_another_version_is_a_clear_error() -> None:
+    body = {
+        "apiVersion": "qsys.dev/v1alpha1",
+        "kind": "AccessPolicy",
+        "metadata": {"name": "panel"},
+        "spec": {"coreRef": {"name": "room"}, "subjects": [{"name": "gen"}], "newField": 1},
+    }
+    with pytest.raises(PluginError) as caught:
+        as_model(AccessPolicy, body)
+    assert 'AccessPolicy "panel" does not match this kubectl-qsys' in str(caught.value)
+    assert "spec.newField" in str(caught.value)
+    del body["spec"]["newField"]
+    assert as_model(AccessPolicy, body).spec.coreRef.name == "room"
