@@ -164,7 +164,7 @@ def test_audit_of_several_pods_is_one_timeline() -> None:
 
 
 def test_a_resource_of_another_version_is_a_clear_error() -> None:
-    body = {
+    body: dict[str, Any] = {
         "apiVersion": "qsys.dev/v1alpha1",
         "kind": "AccessPolicy",
         "metadata": {"name": "panel"},
