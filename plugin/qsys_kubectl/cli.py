@@ -231,7 +231,7 @@ def _printer(output: str | None) -> Callable[[dict[str, Any]], None]:
             print("---\n" + yaml.safe_dump(record, sort_keys=False).rstrip(), flush=True)
         else:
             if not header[0]:
-                print(table(AUDIT_COLUMNS, [list(AUDIT_COLUMNS)]).rstrip(), flush=True)
+                print("   ".join(AUDIT_COLUMNS), flush=True)
                 header[0] = True
             print("   ".join(audit_row(record)), flush=True)
 
@@ -263,7 +263,12 @@ def cmd_audit(kube: Cluster, args: argparse.Namespace) -> int:
             kube.pod_log(pod, follow=False, tail=args.tail), subject=args.subject, pod=pod
         )
     ]
-    for record in merge_by_time(records):
+    records = merge_by_time(records)
+    if args.output is None:
+        if records:
+            print(table(AUDIT_COLUMNS, [audit_row(r) for r in records]))
+        return OK
+    for record in records:
         show(record)
     return OK
 
