@@ -9,8 +9,10 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from kube_support import Cluster, tool_dir
+from kube_support import Cluster, must, tool_dir
+from kubernetes import client
 
+from qsys_testkit.kube import secret_text
 from qsys_testkit.process import executable
 
 
@@ -55,3 +57,17 @@ def fails(result: subprocess.CompletedProcess[str], *words: str) -> None:
     assert result.stderr.startswith("error: "), result.stderr
     for word in words:
         assert word in result.stderr, result.stderr
+
+
+def rendered_config(cluster: Cluster, ns: str, core: str) -> str:
+    """The gateway config the operator rendered for `core` (its Secret's text)."""
+    return must(secret_text(cluster.api, ns, f"{core}-gateway-config", "gateway.yaml"))
+
+
+def pod_ip(cluster: Cluster, ns: str, core: str) -> str | None:
+    """The IP of one of `core`'s gateway pods, once one has one."""
+    pods = client.CoreV1Api(cluster.api).list_namespaced_pod(
+        ns, label_selector=f"app.kubernetes.io/instance={core}"
+    )
+    ips = [must(p.status).pod_ip for p in pods.items if must(p.status).pod_ip]
+    return ips[0] if ips else None

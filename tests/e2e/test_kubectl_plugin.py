@@ -23,7 +23,7 @@ from operator_support import (
     running_operator,
     wait_condition,
 )
-from plugin_support import Plugin, fails
+from plugin_support import Plugin, fails, rendered_config
 
 from qsys_testkit import SimulatorProcess
 from qsys_testkit.kube import apply_crds, secret_text
@@ -155,13 +155,13 @@ def test_every_command_against_the_operator(
 
         # call through a port-forward: kwok runs no kubelet streaming, so the forward
         # fails, and says so.
-        pod_ip = wait_for("pod IP", lambda: _pod_ip(cluster, ns, "room"))
+        pod_ip = wait_for("pod IP", lambda: pod_ip(cluster, ns, "room"))
         forwarded = qsys("call", "room", "StatusGet", "--as", "gen", timeout=90)
         fails(forwarded, "port-forward to svc/room-gateway failed")
 
         # --direct to the pod IP, served by a real gateway from the rendered config.
         key = must(secret_text(cluster.api, ns, "room-gateway-token-key", "key"))
-        gw = StandInGateway(tmp_path, _config(cluster, ns, "room"), pod_ip, key)
+        gw = StandInGateway(tmp_path, rendered_config(cluster, ns, "room"), pod_ip, key)
         stack.callback(gw.stop)
         gw.start()
         status_call = qsys("call", "room", "StatusGet", "--as", "gen", "--direct")
@@ -186,7 +186,7 @@ def test_every_command_against_the_operator(
         fails(qsys("audit", "room", "--pod", "other"), '"other" is not a gateway')
 
         # rotate: a new token in the Secret, the operator renders it, the gateway takes it.
-        old_config = _config(cluster, ns, "room")
+        old_config = rendered_config(cluster, ns, "room")
         rotated = qsys.json("token", "rotate", "panel", "gen", "--show")
         new_token = rotated["token"]
         assert new_token != generated
@@ -197,7 +197,8 @@ def test_every_command_against_the_operator(
         ops_token = must(secret_text(cluster.api, ns, "panel-ops-token", "token"))
         assert ops_token not in quiet.stdout
         new_config = wait_for(
-            "rotation rendered", lambda: (c := _config(cluster, ns, "room")) != old_config and c
+            "rotation rendered",
+            lambda: (c := rendered_config(cluster, ns, "room")) != old_config and c,
         )
         assert isinstance(new_config, str)
         gw.write(new_config)
@@ -215,18 +216,6 @@ def test_every_command_against_the_operator(
     wait_for("dark Service", lambda: _service(cluster, ns, "dark-gateway"))
     fails(qsys("call", "dark", "StatusGet", "--as", "late"), 'no gateway ready for QSysCore "dark"')
     assert generated not in operator.output()
-
-
-def _config(cluster: Cluster, ns: str, core: str) -> str:
-    return must(secret_text(cluster.api, ns, f"{core}-gateway-config", "gateway.yaml"))
-
-
-def _pod_ip(cluster: Cluster, ns: str, core: str) -> str | None:
-    pods = client.CoreV1Api(cluster.api).list_namespaced_pod(
-        ns, label_selector=f"app.kubernetes.io/instance={core}"
-    )
-    ips = [must(p.status).pod_ip for p in pods.items if must(p.status).pod_ip]
-    return ips[0] if ips else None
 
 
 def _service(cluster: Cluster, ns: str, name: str) -> bool:

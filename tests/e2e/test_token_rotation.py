@@ -24,7 +24,7 @@ from operator_support import (
     running_operator,
     wait_condition,
 )
-from test_kubectl_plugin import Plugin, _config, _pod_ip
+from plugin_support import Plugin, rendered_config
 
 from qsys_protocol.qrc.client import QrcClient
 from qsys_testkit import SimulatorProcess
@@ -65,8 +65,8 @@ async def test_old_token_works_through_the_grace_period_only(
             wait_for("token", lambda: secret_text(cluster.api, ns, "panel-gen-token", "token"))
         )
         key = must(secret_text(cluster.api, ns, "room-gateway-token-key", "key"))
-        pod_ip = wait_for("pod IP", lambda: _pod_ip(cluster, ns, "room"))
-        config = _config(cluster, ns, "room")
+        pod_ip = wait_for("pod IP", lambda: pod_ip(cluster, ns, "room"))
+        config = rendered_config(cluster, ns, "room")
         gw = StandInGateway(tmp_path, config, pod_ip, key)
         stack.callback(gw.stop)
         gw.start()
@@ -80,7 +80,8 @@ async def test_old_token_works_through_the_grace_period_only(
             new = rotated["token"]
             rotated_at = time.time()
             new_config = wait_for(
-                "rotation rendered", lambda: (c := _config(cluster, ns, "room")) != config and c
+                "rotation rendered",
+                lambda: (c := rendered_config(cluster, ns, "room")) != config and c,
             )
             assert isinstance(new_config, str)
             assert old not in new_config
