@@ -21,7 +21,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -324,6 +324,20 @@ def test_host_clients_reach_the_gateway_service_over_http_websocket_and_qrc(
 GAIN = {"Name": "Room101 Zone1 Gain", "Controls": [{"Name": "gain"}]}
 
 
+def _bounded(read: Callable[[], str], timeout: float) -> str:
+    """`read()` in a thread, failing after `timeout` s instead of blocking the test."""
+    out: list[str] = []
+    reader = threading.Thread(target=lambda: out.append(read()), daemon=True)
+    reader.start()
+    reader.join(timeout)
+    assert out, f"nothing read in {timeout} s"
+    return out[0]
+
+
+def _interruptible() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_kubectl_qsys_call_and_audit_on_real_gateway_pods(stack: Stack) -> None:
     """`kubectl qsys call` through a real port-forward (apiserver -> kubelet -> containerd)
     to the gateway Service, and `audit` from both gateway pods' logs, merged and followed."""
@@ -398,6 +412,8 @@ def test_kubectl_qsys_call_and_audit_on_real_gateway_pods(stack: Stack) -> None:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # as from a terminal: a run started in the background inherits SIGINT ignored
+        preexec_fn=_interruptible,
     )
     seen: list[dict[str, Any]] = []
     arrived = threading.Event()
@@ -428,6 +444,29 @@ def test_kubectl_qsys_call_and_audit_on_real_gateway_pods(stack: Stack) -> None:
             follow.kill()
             follow.wait(10)
         reader.join(10)
+
+    # SIGTERM (a supervisor's stop) ends a follow the same way; --pod follows one pod.
+    one_pod = records[-1]["pod"]  # a pod whose log holds audit lines
+    term = subprocess.Popen(
+        qsys.argv("audit", CORE, "-f", "--pod", one_pod, "-o", "yaml"),
+        env=qsys.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert term.stdout is not None
+        lines = term.stdout
+        first = _bounded(lambda: lines.readline(), 30)
+        assert first.strip() == "---", first
+        term.send_signal(signal.SIGTERM)
+        assert term.wait(10) == 0
+        assert term.stderr is not None
+        assert term.stderr.read() == ""
+    finally:
+        if term.poll() is None:
+            term.kill()
+            term.wait(10)
 
     # No gateway ready: a core whose gateway pods cannot be scheduled.
     dark = _example("qsyscore.yaml")
