@@ -11,6 +11,7 @@ change it (policy edit, Core outage, rollout, operator restart, drain).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import os
@@ -338,6 +339,34 @@ def _interruptible() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
+@contextlib.contextmanager
+def _following(qsys: Plugin, *args: str) -> Iterator[subprocess.Popen[str]]:
+    """`kubectl qsys audit auditorium -f ARGS` running; killed at the end if still running."""
+    proc = subprocess.Popen(
+        qsys.argv("audit", CORE, "-f", *args),
+        env=qsys.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        # as from a terminal: a run started in the background inherits SIGINT ignored
+        preexec_fn=_interruptible,
+    )
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(10)
+
+
+def _stopped_by(proc: subprocess.Popen[str], sig: signal.Signals) -> None:
+    """`sig` ends the follow cleanly: exit 0, nothing on stderr, within 10 s."""
+    proc.send_signal(sig)
+    assert proc.wait(10) == 0
+    assert proc.stderr is not None
+    assert proc.stderr.read() == ""
+
+
 def test_kubectl_qsys_call_and_audit_on_real_gateway_pods(stack: Stack) -> None:
     """`kubectl qsys call` through a real port-forward (apiserver -> kubelet -> containerd)
     to the gateway Service, and `audit` from both gateway pods' logs, merged and followed."""
@@ -406,28 +435,19 @@ def test_kubectl_qsys_call_and_audit_on_real_gateway_pods(stack: Stack) -> None:
 
     # --follow over both pods: a new call's line arrives, then Ctrl-C ends it (exit 0).
     marker = f"follow-{secrets.token_hex(4)}"
-    follow = subprocess.Popen(
-        qsys.argv("audit", CORE, "--follow", "--subject", "ai-agent", "-o", "json"),
-        env=qsys.env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        # as from a terminal: a run started in the background inherits SIGINT ignored
-        preexec_fn=_interruptible,
-    )
     seen: list[dict[str, Any]] = []
     arrived = threading.Event()
+    with _following(qsys, "--subject", "ai-agent", "-o", "json") as follow:
 
-    def read() -> None:
-        assert follow.stdout is not None
-        for line in follow.stdout:
-            seen.append(json.loads(line))
-            if any(marker in str(t) for t in seen[-1].get("targets") or []):
-                arrived.set()
+        def read() -> None:
+            assert follow.stdout is not None
+            for line in follow.stdout:
+                seen.append(json.loads(line))
+                if any(marker in str(t) for t in seen[-1].get("targets") or []):
+                    arrived.set()
 
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
-    try:
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
         wait_for("the follow's first lines", lambda: len(seen) > 0, timeout=30)
         # A refused write (audited): the policy names no component `follow-...`.
         marked = {"Name": marker, "Controls": [{"Name": "gain", "Value": -6}]}
@@ -435,38 +455,17 @@ def test_kubectl_qsys_call_and_audit_on_real_gateway_pods(stack: Stack) -> None:
         assert called[1]["error"]["code"] == -32003, called
         assert arrived.wait(30), seen[-5:]
         assert {r["subject"] for r in seen} == {"ai-agent"}
-        follow.send_signal(signal.SIGINT)
-        assert follow.wait(10) == 0
-        assert follow.stderr is not None
-        assert follow.stderr.read() == ""
-    finally:
-        if follow.poll() is None:
-            follow.kill()
-            follow.wait(10)
-        reader.join(10)
+        _stopped_by(follow, signal.SIGINT)
+    reader.join(10)
 
     # SIGTERM (a supervisor's stop) ends a follow the same way; --pod follows one pod.
     one_pod = records[-1]["pod"]  # a pod whose log holds audit lines
-    term = subprocess.Popen(
-        qsys.argv("audit", CORE, "-f", "--pod", one_pod, "-o", "yaml"),
-        env=qsys.env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert term.stdout is not None
+    with _following(qsys, "--pod", one_pod, "-o", "yaml") as term:
         lines = term.stdout
+        assert lines is not None
         first = _bounded(lambda: lines.readline(), 30)
         assert first.strip() == "---", first
-        term.send_signal(signal.SIGTERM)
-        assert term.wait(10) == 0
-        assert term.stderr is not None
-        assert term.stderr.read() == ""
-    finally:
-        if term.poll() is None:
-            term.kill()
-            term.wait(10)
+        _stopped_by(term, signal.SIGTERM)
 
     # No gateway ready: a core whose gateway pods cannot be scheduled.
     dark = _example("qsyscore.yaml")
