@@ -471,6 +471,7 @@ def test_kubectl_qsys_call_and_audit_on_real_gateway_pods(stack: Stack) -> None:
     dark = _example("qsyscore.yaml")
     dark["metadata"]["name"] = "dark"
     dark["spec"]["core"] = {"host": "core-sim", "port": 1710}
+    dark["spec"]["networkPolicy"] = {"coreCIDRs": ["198.18.0.0/16"]}
     dark["spec"]["monitoring"] = {"serviceMonitor": {"enabled": False}}
     dark["spec"]["gateway"] = {"replicas": 1, "nodeSelector": {"qsys.dev/none": "x"}}
     policy = {
