@@ -132,6 +132,7 @@ class KubernetesReview:
                     raise ReviewUnavailable(
                         f"no Kubernetes API credentials ({type(exc).__name__})"
                     ) from None
+                cfg.retries = 0  # one attempt within timeoutSeconds; the client retries
                 self._api = client.AuthenticationV1Api(client.ApiClient(cfg))
             return self._api
 

@@ -139,7 +139,8 @@ async def test_reviews_in_flight_are_bounded_per_source_and_overall() -> None:
     await asyncio.gather(*first, third)
     assert api.calls == 3
     assert count(r, "tokenreview_skipped", "busy") == 2
-    assert r.in_flight == 0 and r._per_source == {}
+    assert r.in_flight == 0
+    assert r._per_source == {}
 
 
 @pytest.mark.parametrize(
@@ -159,7 +160,8 @@ async def test_tokens_that_cannot_be_for_this_gateway_are_never_reviewed(
     api = Api({token: PANEL})
     r = reviewer(api)
     answer = await r.review(token, "s")
-    assert answer.username is None and why in answer.reason
+    assert answer.username is None
+    assert why in answer.reason
     assert api.calls == 0
 
 
@@ -204,7 +206,8 @@ async def test_the_cache_is_bounded_lru_and_holds_no_token() -> None:
     for t in tokens:
         await r.review(t, "s")
     assert len(r) == 4
-    assert r.cached(tokens[0]) is None and r.cached(tokens[-1]) is not None
+    assert r.cached(tokens[0]) is None
+    assert r.cached(tokens[-1]) is not None
     assert not any(t.encode() in key for t in tokens for key in r._cache)
 
 
@@ -214,7 +217,8 @@ async def test_a_reload_drops_reviews_no_subject_names_and_all_on_a_new_audience
     await r.review(panel, "s")
     await r.review(other, "s")
     r.configure(TokenReviewConfig(audience=AUD), {PANEL})
-    assert r.cached(panel) is not None and r.cached(other) is None
+    assert r.cached(panel) is not None
+    assert r.cached(other) is None
     r.configure(TokenReviewConfig(audience="new"), {PANEL})
     assert len(r) == 0
 
@@ -238,7 +242,8 @@ def test_config_needs_token_review_iff_a_service_account_subject_exists() -> Non
         {"core": CORE, "tokenReview": {"audience": AUD}, "subjects": [sa]}
     )
     assert cfg.by_service_account(PANEL) is cfg.subjects[0]
-    assert cfg.tokenReview is not None and cfg.tokenReview.cacheSeconds == 30
+    assert cfg.tokenReview is not None
+    assert cfg.tokenReview.cacheSeconds == 30
 
 
 @pytest.mark.parametrize(
