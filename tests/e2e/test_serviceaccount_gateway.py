@@ -126,7 +126,6 @@ def env(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
                 _config(sim.port, ns, ["panel", "doomed"]), env={"KUBECONFIG": str(kubeconfig)}
             )
             stack.enter_context(gw)
-            gw.start()
             yield Env(cluster, ns, gw, kubeconfig)
     finally:
         for call in (rbac.delete_cluster_role_binding, rbac.delete_cluster_role):
@@ -305,7 +304,6 @@ async def test_an_unreachable_api_server_fails_closed(
         sim = stack.enter_context(SimulatorProcess())
         gw = GatewayProcess(_config(sim.port, env.ns, ["panel"]), env={"KUBECONFIG": str(path)})
         stack.enter_context(gw)
-        gw.start()
         token = env.token("panel")
         status, body = gw.rpc(token, "StatusGet")
         assert status == 401, body
