@@ -166,13 +166,18 @@ class Admission:
         wait = rt.throttle.retry_after(key)
         reason = "invalid or missing token"
         if token and rt.token_review is not None:
+            # Reviews are also throttled per source alone, so varying the Logon `User`
+            # does not buy more of them.
+            source = caller.source_ip
+            throttled = wait > 0 or (key != source and rt.throttle.retry_after(source) > 0)
             try:
-                answer = await self._review(token, caller.source_ip, throttled=wait > 0)
+                answer = await self._review(token, source, throttled=throttled)
             except ReviewBusy:
                 err = Refusal(ErrorCode.RATE_LIMITED, "Too many token reviews; retry later", 1.0)
                 self._auth_failed(caller, method, err, request_id, "token reviews busy")
                 raise err from None
             except ReviewUnavailable:
+                self._review_failed(key, source, wait)
                 err = Refusal(
                     ErrorCode.UNAUTHENTICATED, "Unauthenticated: the token could not be reviewed"
                 )
@@ -188,6 +193,8 @@ class Admission:
                 reason = answer.reason
                 if answer.username is not None:
                     reason = f"ServiceAccount {answer.username[:128]} is no subject's"
+                if key != source and wait <= 0:
+                    rt.throttle.failure(source)
         if wait > 0:
             err = Refusal(
                 ErrorCode.RATE_LIMITED, "Too many failed authentications; retry later", wait
@@ -198,6 +205,15 @@ class Admission:
         err = Refusal(ErrorCode.UNAUTHENTICATED, "Unauthenticated")
         self._auth_failed(caller, method, err, request_id, reason)
         raise err
+
+    def _review_failed(self, key: str, source: str, wait: float) -> None:
+        """No answer counts as a failed logon too: an outage must not let a client have
+        unbounded reviews attempted."""
+        if wait > 0:
+            return
+        self.rt.throttle.failure(key)
+        if key != source:
+            self.rt.throttle.failure(source)
 
     async def _review(self, token: str, source_ip: str, *, throttled: bool) -> Answer | None:
         """The TokenReview answer for `token` (None: not reviewed now, being throttled)."""
@@ -256,6 +272,8 @@ class Admission:
             if account is None or account != known.serviceAccount:
                 return None
             return "serviceAccount" if time.time() < caller.expires else None
+        if subject.serviceAccount is not None:
+            return None
         return subject.credential(caller.token_hash, time.time())
 
     def watch(self, caller: Caller, close: Callable[[], Awaitable[None]]) -> None:

@@ -185,6 +185,7 @@ class ConnectedClient:
             return False
         if not self.logged_on:
             self.caller.subject, self.caller.token_hash = subject, probe.token_hash
+            self.caller.expires = probe.expires
             try:
                 self.log_on(subject)
             except Refusal as full:
