@@ -183,7 +183,9 @@ class Admission:
                 )
                 self._auth_failed(caller, method, err, request_id, "token review unavailable")
                 raise err from None
-            if answer is not None:
+            if answer is None:  # throttled, not in the cache: refused as throttled
+                wait = max(wait, rt.throttle.retry_after(source))
+            else:
                 subject = self._service_account(answer, user)
                 if subject is not None:
                     rt.throttle.success(key)

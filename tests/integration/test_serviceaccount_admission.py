@@ -1,4 +1,5 @@
-"""A connection admitted by a ServiceAccount token is closed when the token expires.
+"""ServiceAccount subjects in admission: connections close when their token expires;
+varying the Logon `User` buys no extra reviews.
 
 The API server mints tokens of at least 10 minutes, so here the gateway runs in this
 process with its TokenReview call answered by a stand-in (the real call is exercised in
@@ -30,11 +31,11 @@ AUD = "room-gateway.rooms.svc"
 PANEL = "system:serviceaccount:rooms:panel"
 
 
-def projected(exp: float) -> str:
+def projected(exp: float, sig: str = "c2ln") -> str:
     def part(obj: object) -> str:
         return base64.urlsafe_b64encode(json.dumps(obj).encode()).rstrip(b"=").decode()
 
-    return f"{part({'alg': 'RS256'})}.{part({'aud': [AUD], 'exp': int(exp)})}.c2ln"
+    return f"{part({'alg': 'RS256'})}.{part({'aud': [AUD], 'exp': int(exp)})}.{sig}"
 
 
 @pytest.fixture
@@ -58,7 +59,15 @@ async def gateway() -> AsyncIterator[Gateway]:
         gw = Gateway(config)
         reviewer = gw.runtime.token_review
         assert reviewer is not None
-        reviewer._call = lambda token, audience, timeout: (True, PANEL, [audience])
+        calls: list[str] = []
+
+        def review(token: str, audience: str, timeout: float) -> tuple[bool, str, list[str]]:
+            calls.append(token)
+            good = token.startswith(projected(0).split(".")[0]) and "forged" not in token
+            return (good, PANEL if good else "", [audience] if good else [])
+
+        reviewer._call = review
+        gw.review_calls = calls  # type: ignore[attr-defined]
         await gw.start()
         try:
             yield gw
@@ -99,3 +108,24 @@ async def test_connections_close_when_their_token_expires(gateway: Gateway) -> N
         assert info.value.code == ErrorCode.UNAUTHENTICATED
     finally:
         await late.close()
+
+
+async def test_varying_the_logon_user_buys_no_extra_reviews(gateway: Gateway) -> None:
+    listen = gateway.runtime.config.listen
+    assert listen.qrc is not None
+    calls: list[str] = gateway.review_calls  # type: ignore[attr-defined]
+    codes = []
+    qrc = await QrcClient.connect(LOOPBACK, listen.qrc)
+    try:
+        for i in range(40):
+            forged = projected(time.time() + 600, f"forged{i}")
+            with pytest.raises(QrcError) as info:
+                await qrc.call("Logon", {"User": f"user{i}", "Password": forged})
+            codes.append(info.value.code)
+    finally:
+        await qrc.close()
+    assert len(calls) == 10
+    assert codes[:10] == [ErrorCode.UNAUTHENTICATED] * 10
+    assert set(codes[10:]) == {ErrorCode.RATE_LIMITED}
+    skipped = gateway.metrics.tokenreview_skipped.labels("throttled")._value.get()
+    assert skipped == 30
