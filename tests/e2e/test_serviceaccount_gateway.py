@@ -273,41 +273,50 @@ def _forged(n: int) -> str:
     return f"{part({'alg': 'RS256'})}.{part(claims)}.{part('forged')}"
 
 
-async def test_a_flood_of_garbage_tokens_costs_a_bounded_number_of_reviews(env: Env) -> None:
-    """Last but one: it leaves loopback throttled for bearer tokens for a minute."""
-    gw = env.gw
-    before = env.reviews()
-    for i in range(40):
-        assert gw.rpc(f"garbage-{i}-" + "x" * 40, "StatusGet")[0] in (401, 429)
-    assert env.reviews() == before  # not JWT-shaped: never reviewed
-    # JWT-shaped, with this audience: reviewed until the failed-logon throttle (10 a
-    # minute per source and presented name) stops it
-    codes = []
-    qrc = await QrcClient.connect(gw.host, gw.qrc_port)
-    try:
-        for i in range(40):
-            with pytest.raises(QrcError) as info:
-                await qrc.call("Logon", {"User": "flood", "Password": _forged(i)})
-            codes.append(info.value.code)
-    finally:
-        await qrc.close()
-    assert set(codes) == {ErrorCode.UNAUTHENTICATED, ErrorCode.RATE_LIMITED}
-    assert env.reviews("rejected") >= 1
-    assert env.reviews() - before <= 10
-    assert gw.metric("qsys_gateway_tokenreview_skipped_total", reason="throttled") >= 30
+@contextlib.contextmanager
+def _fresh_gateway(env: Env, kubeconfig: Path) -> Iterator[GatewayProcess]:
+    """Another gateway for `panel` (its own throttle and counters) with `kubeconfig`."""
+    with SimulatorProcess() as sim:
+        config = _config(sim.port, env.ns, ["panel"])
+        with GatewayProcess(config, env={"KUBECONFIG": str(kubeconfig)}) as gw:
+            yield gw
 
 
-async def test_an_unreachable_api_server_fails_closed(
-    cluster: Cluster, env: Env, tmp_path: Path
-) -> None:
+async def test_a_flood_of_garbage_tokens_costs_no_reviews(env: Env) -> None:
+    with _fresh_gateway(env, env.kubeconfig) as gw:
+        statuses = [gw.rpc(f"garbage-{i}-" + "x" * 40, "StatusGet")[0] for i in range(40)]
+        assert statuses == [401] * 10 + [429] * 30
+        assert gw.metric(REVIEWS) == 0  # not JWT-shaped: refused without a review
+        assert gw.metric("qsys_gateway_tokenreview_skipped_total", reason="claims") == 10
+
+
+async def test_a_flood_of_forged_tokens_costs_a_bounded_number_of_reviews(env: Env) -> None:
+    """JWT-shaped, with this audience: reviewed (and rejected by the API server) until
+    the failed-logon throttle stops it, per source whatever `User` each Logon names."""
+    with _fresh_gateway(env, env.kubeconfig) as gw:
+        codes = []
+        qrc = await QrcClient.connect(gw.host, gw.qrc_port)
+        try:
+            for i in range(40):
+                with pytest.raises(QrcError) as info:
+                    await qrc.call("Logon", {"User": f"user{i}", "Password": _forged(i)})
+                codes.append(info.value.code)
+        finally:
+            await qrc.close()
+        assert codes == [ErrorCode.UNAUTHENTICATED] * 10 + [ErrorCode.RATE_LIMITED] * 30
+        assert gw.metric(REVIEWS) == gw.metric(REVIEWS, result="rejected") == 10
+        assert gw.metric("qsys_gateway_tokenreview_skipped_total", reason="throttled") == 30
+        # a valid token from the same (throttled) source is not reviewed now either
+        status, _ = gw.rpc(env.token("panel"), "StatusGet")
+        assert status == 429
+
+
+async def test_an_unreachable_api_server_fails_closed(env: Env, tmp_path: Path) -> None:
     broken = yaml.safe_load(env.kubeconfig.read_text())
     broken["clusters"][0]["cluster"]["server"] = f"https://127.0.0.1:{free_port()}"
     path = tmp_path / "kubeconfig"
     path.write_text(yaml.safe_dump(broken))
-    with contextlib.ExitStack() as stack:
-        sim = stack.enter_context(SimulatorProcess())
-        gw = GatewayProcess(_config(sim.port, env.ns, ["panel"]), env={"KUBECONFIG": str(path)})
-        stack.enter_context(gw)
+    with _fresh_gateway(env, path) as gw:
         token = env.token("panel")
         status, body = gw.rpc(token, "StatusGet")
         assert status == 401, body
