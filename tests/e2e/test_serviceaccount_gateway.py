@@ -25,6 +25,9 @@ import yaml
 from kube_support import Cluster, must, token_kubeconfig, wait_for
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
+from mcp.client.session import ClientSession
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared._httpx_utils import create_mcp_http_client
 
 from qsys_protocol.qrc.client import QrcClient
 from qsys_protocol.qrc.errors import ErrorCode, QrcError
@@ -80,6 +83,7 @@ def _config(sim_port: int, ns: str, names: list[str]) -> dict[str, Any]:
         "timeoutSeconds": 3,
     }
     config["audit"]["logReads"] = True
+    config["mcp"] = {"enabled": True}
     return config
 
 
@@ -149,6 +153,33 @@ async def _ws_status(gw: GatewayProcess, token: str) -> dict[str, Any]:
     raise AssertionError("no reply on the WebSocket")
 
 
+async def _qrwc_status(gw: GatewayProcess, token: str) -> dict[str, Any]:
+    """QRWC (`/qrc-public-api/v0`): the token as the `apiKey` of the first call."""
+    async with (
+        aiohttp.ClientSession() as session,
+        session.ws_connect(f"{gw.url}/qrc-public-api/v0") as ws,
+    ):
+        await ws.send_json({"jsonrpc": "2.0", "id": 8, "method": "StatusGet", "apiKey": token})
+        async with asyncio.timeout(10):
+            async for msg in ws:
+                reply = json.loads(msg.data)
+                if reply.get("id") == 8:
+                    return dict(reply)
+    raise AssertionError("no reply on QRWC")
+
+
+async def _mcp_tools(gw: GatewayProcess, token: str) -> list[str]:
+    """An MCP session of the official SDK with the token as its bearer token."""
+    http = create_mcp_http_client(headers={"Authorization": f"Bearer {token}"})
+    async with (
+        http,
+        streamable_http_client(f"{gw.url}/v1/mcp", http_client=http) as (read, write),
+        ClientSession(read, write) as session,
+    ):
+        await session.initialize()
+        return [tool.name for tool in (await session.list_tools()).tools]
+
+
 async def _ws_refused(gw: GatewayProcess, token: str) -> int:
     async with aiohttp.ClientSession() as session:
         with pytest.raises(aiohttp.WSServerHandshakeError) as info:
@@ -173,6 +204,9 @@ async def test_the_right_account_and_audience_is_admitted_on_every_transport(env
 
     reply = await _ws_status(gw, token)
     assert reply["result"]["State"] == "Active"
+    reply = await _qrwc_status(gw, token)
+    assert reply["result"]["State"] == "Active"
+    assert await _mcp_tools(gw, token)
 
     qrc = await QrcClient.connect(gw.host, gw.qrc_port)
     try:
@@ -182,11 +216,11 @@ async def test_the_right_account_and_audience_is_admitted_on_every_transport(env
         assert await qrc.call("Logon", {"User": "panel", "Password": token}) is True
     finally:
         await qrc.close()
-    # one review for the three transports and the repeated logon (the cache answered)
+    # one review for the five transports and the repeated logon (the cache answered)
     assert env.reviews() - before <= 1
 
     lines = [a for a in gw.audit_lines() if a.get("subject") == "panel"]
-    assert {a.get("transport") for a in lines} >= {"http", "ws", "qrc"}
+    assert {a.get("transport") for a in lines} >= {"http", "ws", "qrwc", "qrc"}
     assert all(a.get("token") == "serviceAccount" for a in lines), lines
     _no_token_in_output(gw, token)
 
