@@ -367,3 +367,16 @@ async def test_an_unreachable_api_server_fails_closed(env: Env, tmp_path: Path) 
         assert logs
         assert "unreachable" in logs[0]["message"]
         _no_token_in_output(gw, token)
+
+
+async def test_a_gateway_without_tokenreview_rbac_fails_closed(env: Env, tmp_path: Path) -> None:
+    """Its own account may not create tokenreviews (403): every client is refused."""
+    kubeconfig = token_kubeconfig(env.cluster, "other", env.ns, tmp_path / "kubeconfig")
+    with _fresh_gateway(env, kubeconfig) as gw:
+        token = env.token("panel")
+        status, body = gw.rpc(token, "StatusGet")
+        assert status == 401, body
+        assert gw.metric(REVIEWS, result="error") == 1
+        logs = [line for line in gw.log_lines() if "TokenReview failed" in line.get("message", "")]
+        assert "403" in logs[0]["message"]
+        _no_token_in_output(gw, token)
