@@ -139,33 +139,19 @@ def env(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
             core.delete_namespace(ns)
 
 
-async def _ws_status(gw: GatewayProcess, token: str) -> dict[str, Any]:
+async def _ws_status(url: str, headers: dict[str, str], **extra: str) -> dict[str, Any]:
+    """StatusGet over a WebSocket (`extra`: fields added to the call, e.g. QRWC `apiKey`)."""
     async with (
         aiohttp.ClientSession() as session,
-        session.ws_connect(gw.ws_url, headers={"Authorization": f"Bearer {token}"}) as ws,
+        session.ws_connect(url, headers=headers) as ws,
     ):
-        await ws.send_json({"jsonrpc": "2.0", "id": 7, "method": "StatusGet"})
+        await ws.send_json({"jsonrpc": "2.0", "id": 7, "method": "StatusGet", **extra})
         async with asyncio.timeout(10):
             async for msg in ws:
                 reply = json.loads(msg.data)
                 if reply.get("id") == 7:
                     return dict(reply)
-    raise AssertionError("no reply on the WebSocket")
-
-
-async def _qrwc_status(gw: GatewayProcess, token: str) -> dict[str, Any]:
-    """QRWC (`/qrc-public-api/v0`): the token as the `apiKey` of the first call."""
-    async with (
-        aiohttp.ClientSession() as session,
-        session.ws_connect(f"{gw.url}/qrc-public-api/v0") as ws,
-    ):
-        await ws.send_json({"jsonrpc": "2.0", "id": 8, "method": "StatusGet", "apiKey": token})
-        async with asyncio.timeout(10):
-            async for msg in ws:
-                reply = json.loads(msg.data)
-                if reply.get("id") == 8:
-                    return dict(reply)
-    raise AssertionError("no reply on QRWC")
+    raise AssertionError(f"no reply on {url}")
 
 
 async def _mcp_tools(gw: GatewayProcess, token: str) -> list[str]:
@@ -202,9 +188,10 @@ async def test_the_right_account_and_audience_is_admitted_on_every_transport(env
     assert body["result"]["State"] == "Active"
     assert env.reviews("authenticated") >= 1
 
-    reply = await _ws_status(gw, token)
+    reply = await _ws_status(gw.ws_url, {"Authorization": f"Bearer {token}"})
     assert reply["result"]["State"] == "Active"
-    reply = await _qrwc_status(gw, token)
+    # QRWC (`/qrc-public-api/v0`): the token as the `apiKey` of the first call
+    reply = await _ws_status(f"{gw.url}/qrc-public-api/v0", {}, apiKey=token)
     assert reply["result"]["State"] == "Active"
     assert await _mcp_tools(gw, token)
 
