@@ -64,7 +64,7 @@ def rendered_config(cluster: Cluster, ns: str, core: str) -> str:
     return must(secret_text(cluster.api, ns, f"{core}-gateway-config", "gateway.yaml"))
 
 
-def pod_ip(cluster: Cluster, ns: str, core: str) -> str | None:
+def gateway_pod_ip(cluster: Cluster, ns: str, core: str) -> str | None:
     """The IP of one of `core`'s gateway pods, once one has one."""
     pods = client.CoreV1Api(cluster.api).list_namespaced_pod(
         ns, label_selector=f"app.kubernetes.io/instance={core}"

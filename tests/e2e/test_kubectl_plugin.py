@@ -23,7 +23,7 @@ from operator_support import (
     running_operator,
     wait_condition,
 )
-from plugin_support import Plugin, fails, rendered_config
+from plugin_support import Plugin, fails, gateway_pod_ip, rendered_config
 
 from qsys_testkit import SimulatorProcess
 from qsys_testkit.kube import apply_crds, secret_text
@@ -155,7 +155,7 @@ def test_every_command_against_the_operator(
 
         # call through a port-forward: kwok runs no kubelet streaming, so the forward
         # fails, and says so.
-        pod_ip = wait_for("pod IP", lambda: pod_ip(cluster, ns, "room"))
+        pod_ip = wait_for("pod IP", lambda: gateway_pod_ip(cluster, ns, "room"))
         forwarded = qsys("call", "room", "StatusGet", "--as", "gen", timeout=90)
         fails(forwarded, "port-forward to svc/room-gateway failed")
 

@@ -24,7 +24,7 @@ from operator_support import (
     running_operator,
     wait_condition,
 )
-from plugin_support import Plugin, rendered_config
+from plugin_support import Plugin, gateway_pod_ip, rendered_config
 
 from qsys_protocol.qrc.client import QrcClient
 from qsys_testkit import SimulatorProcess
@@ -65,7 +65,7 @@ async def test_old_token_works_through_the_grace_period_only(
             wait_for("token", lambda: secret_text(cluster.api, ns, "panel-gen-token", "token"))
         )
         key = must(secret_text(cluster.api, ns, "room-gateway-token-key", "key"))
-        pod_ip = wait_for("pod IP", lambda: pod_ip(cluster, ns, "room"))
+        pod_ip = wait_for("pod IP", lambda: gateway_pod_ip(cluster, ns, "room"))
         config = rendered_config(cluster, ns, "room")
         gw = StandInGateway(tmp_path, config, pod_ip, key)
         stack.callback(gw.stop)
