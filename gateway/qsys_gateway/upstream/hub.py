@@ -164,10 +164,6 @@ class SubscriptionHub:
 
     # ---- subscriptions --------------------------------------------------------------
 
-    def held_by(self, owner: str) -> int:
-        """Distinct controls the groups of subject `owner` hold."""
-        return len(self._held.get(owner, ()))
-
     async def subscribe(self, keys: Iterable[Key], owner: str = "") -> None:
         """Add one reference to each key for subject `owner`; new keys are validated by
         the Core (its AddControl / AddComponentControl on a hub group) and their values
