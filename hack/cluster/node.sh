@@ -425,6 +425,7 @@ metrics_server_manifests() {
 		        - --kubelet-use-node-status-port
 		        - --node-selector=qsys.io/node=real
 		        - --metric-resolution=10s
+		        - --kubelet-request-timeout=5s
 		        - --profiling=false
 		        ports: [{name: https, containerPort: 4443, protocol: TCP}]
 		        readinessProbe:
@@ -467,6 +468,18 @@ metrics_server_manifests() {
 # The aggregated API answers once metrics-server has scraped the node.
 metrics_api_available() {
 	[[ $(kubectl get apiservice v1beta1.metrics.k8s.io -o jsonpath='{.status.conditions[?(@.type=="Available")].status}' 2>/dev/null) == True ]]
+}
+
+# What a failed start shows besides the component's log: the add-on pods and
+# the last lines of each one's containers.
+addon_diagnostics() {
+	local pod
+	kubectl -n kube-system get pods -o wide >&2 2>&1 || return 0
+	for pod in $(kubectl -n kube-system get pods -o name 2>/dev/null); do
+		log "$pod:"
+		kubectl -n kube-system logs "$pod" --all-containers --tail=15 >&2 2>&1 || true
+		kubectl -n kube-system logs "$pod" --all-containers --tail=15 --previous >&2 2>&1 || true
+	done
 }
 
 coredns_ready() {
@@ -541,6 +554,7 @@ cmd_up() {
 		echo ---
 		metrics_server_manifests
 	} | kubectl apply -f - >/dev/null
+	trap 'if (($? != 0)); then addon_diagnostics; fi' EXIT
 	wait_for "CoreDNS Ready" 120 kubelet coredns_ready
 	wait_for "the metrics API (metrics-server)" 120 kubelet metrics_api_available
 	for name in "${NODE_COMPONENTS[@]}"; do
