@@ -29,6 +29,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+import yaml
 from kube_support import REPO, Cluster, must, wait_for
 from kubernetes import client
 from node_support import (
@@ -375,12 +376,7 @@ def test_kubectl_qsys_call_and_audit_on_real_gateway_pods(stack: Stack) -> None:
         _stopped_by(term, signal.SIGTERM)
 
     # No gateway ready: a core whose gateway pods cannot be scheduled.
-    dark = _example("qsyscore.yaml")
-    dark["metadata"]["name"] = "dark"
-    dark["spec"]["core"] = {"host": "core-sim", "port": 1710}
-    dark["spec"]["networkPolicy"] = {"coreCIDRs": ["198.18.0.0/16"]}
-    dark["spec"]["monitoring"] = {"serviceMonitor": {"enabled": False}}
-    dark["spec"]["gateway"] = {"replicas": 1, "nodeSelector": {"qsys.dev/none": "x"}}
+    dark = simulated_core("dark", {"replicas": 1, "nodeSelector": {"qsys.dev/none": "x"}})
     policy = {
         "apiVersion": "qsys.dev/v1alpha1",
         "kind": "AccessPolicy",
