@@ -11,6 +11,8 @@ the real node without a change to the objects themselves.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -18,12 +20,15 @@ from contextlib import contextmanager
 from typing import Any
 
 import pytest
-from kube_support import Cluster, must, wait_for
+import yaml
+from kube_support import REPO, Cluster, must, pinned_tool, wait_for
 from kubernetes import client, utils
 from kubernetes.client.exceptions import ApiException
+from operator_support import wait_condition
 
 from qsys_testkit.checkout import image_names
 
+CHART = REPO / "charts" / "qsys-operator"
 NODE_NAME = "qsys-node"
 NODE_LABEL = ("qsys.io/node", "real")
 POD_CIDR_PREFIX = "198.18."
@@ -193,3 +198,120 @@ def wait_pods_ready(
 
 def elapsed_since(start: float) -> float:
     return time.monotonic() - start
+
+
+def split_ref(ref: str) -> tuple[str, str]:
+    """An image reference as (repository, tag)."""
+    repo, _, tag = ref.rpartition(":")
+    return repo, tag
+
+
+def helm(cluster: Cluster, *args: str, timeout: float = 180) -> str:
+    """stdout of the pinned helm against the cluster; its stderr in the failure."""
+    argv = [str(pinned_tool("helm", "helm")), *args]
+    result = subprocess.run(
+        argv,
+        capture_output=True,
+        text=True,
+        timeout=timeout + 30,
+        check=False,
+        env={**os.environ, "KUBECONFIG": cluster.kubeconfig},
+    )
+    assert result.returncode == 0, f"{argv} exited {result.returncode}:\n{result.stderr[-4000:]}"
+    return result.stdout
+
+
+@contextmanager
+def installed_chart(
+    cluster: Cluster, ns: str, values: list[str], timeout: float = 180
+) -> Iterator[str]:
+    """The chart installed in ns (--wait) with the images `make images` built, watching ns:
+    the release name; uninstalled afterwards."""
+    refs = images()
+    op_repo, op_tag = split_ref(refs["operator"])
+    gw_repo, gw_tag = split_ref(refs["gateway"])
+    release = f"qsys-{ns.rsplit('-', 1)[1]}"
+    base = [
+        f"image.repository={op_repo}",
+        f"image.tag={op_tag}",
+        "image.pullPolicy=Never",
+        f"gatewayImage.repository={gw_repo}",
+        f"gatewayImage.tag={gw_tag}",
+        "gatewayImage.pullPolicy=Never",
+        f"watchNamespaces={{{ns}}}",
+        "resyncSeconds=2",
+        "gatewayProbe.cidrs={198.18.0.0/16}",
+    ]
+    args = ["install", release, str(CHART), "--namespace", ns, "--wait", "--timeout", f"{timeout}s"]
+    for value in (*base, *values):
+        args += ["--set", value]
+    helm(cluster, *args, timeout=timeout)
+    try:
+        yield release
+    finally:
+        uninstall = ["uninstall", release, "--namespace", ns, "--wait", "--timeout", "60s"]
+        subprocess.run(
+            [str(pinned_tool("helm", "helm")), *uninstall],
+            env={**os.environ, "KUBECONFIG": cluster.kubeconfig},
+            capture_output=True,
+            timeout=120,
+            check=False,
+        )
+
+
+def deploy_simulator(cluster: Cluster, ns: str) -> None:
+    """The Core simulator as a pod behind the Service `core-sim` (QRC on 1710), Ready."""
+    container = restricted_container(
+        "core-sim",
+        images()["core-sim"],
+        ["qsys-core-sim", "--host", "0.0.0.0", "--port", "1710"],
+        ports=[{"containerPort": 1710, "name": "qrc"}],
+        readinessProbe={"tcpSocket": {"port": 1710}, "periodSeconds": 1},
+    )
+    deploy(cluster, ns, container, port=1710)
+    wait_pods_ready(cluster, ns, "app=core-sim", 1)
+
+
+def example(name: str) -> dict[str, Any]:
+    body: dict[str, Any] = yaml.safe_load((REPO / "examples" / name).read_text("utf-8"))
+    return body
+
+
+def core_on_simulator(name: str = "auditorium", **spec: Any) -> dict[str, Any]:
+    """examples/qsyscore.yaml pointed at the simulator's Service, spec fields replaced by spec."""
+    body = example("qsyscore.yaml")
+    body["metadata"]["name"] = name
+    body["spec"]["core"] = {"host": "core-sim", "port": 1710}
+    # The Core is a pod: its address (after the Service's DNAT) is in the pod range.
+    body["spec"]["networkPolicy"] = {"coreCIDRs": ["198.18.0.0/16"]}
+    body["spec"].update(spec)
+    return body
+
+
+def start_product(
+    cluster: Cluster, ns: str, qsyscore: dict[str, Any], panel_token: str, timeout: float = 180
+) -> None:
+    """The simulator, the QSysCore, examples/accesspolicy.yaml with the panel's token Secret;
+    returns when its gateway pods are Ready and the QSysCore reports CoreConnected."""
+    deploy_simulator(cluster, ns)
+    client.CoreV1Api(cluster.api).create_namespaced_secret(
+        ns,
+        client.V1Secret(
+            metadata=client.V1ObjectMeta(
+                name="room-101-panel-token", labels={"qsys.dev/secret-type": "client-token"}
+            ),
+            string_data={"token": panel_token},
+        ),
+    )
+    custom = client.CustomObjectsApi(cluster.api)
+    started = time.monotonic()
+    name = qsyscore["metadata"]["name"]
+    custom.create_namespaced_custom_object("qsys.dev", "v1alpha1", ns, "qsyscores", qsyscore)
+    custom.create_namespaced_custom_object(
+        "qsys.dev", "v1alpha1", ns, "accesspolicies", example("accesspolicy.yaml")
+    )
+    replicas = qsyscore["spec"]["gateway"]["replicas"]
+    selector = f"app.kubernetes.io/instance={name},app.kubernetes.io/name=qsys-gateway"
+    wait_pods_ready(cluster, ns, selector, replicas, timeout=timeout)
+    print(f"QSysCore applied -> {replicas} Ready gateway pods: {time.monotonic() - started:.1f}s")
+    wait_condition(cluster, ns, "QSysCore", name, "CoreConnected", "True", timeout=timeout)
