@@ -55,6 +55,7 @@ GATEWAY_SELECTOR = f"app.kubernetes.io/instance={CORE},app.kubernetes.io/name=qs
 OPERATOR_SELECTOR = "app.kubernetes.io/name=qsys-operator"
 PANEL_TOKEN = secrets.token_hex(32)
 TIMEOUT_S = 180
+GAIN = {"Name": "Room101 Zone1 Gain", "Controls": [{"Name": "gain"}]}
 # Short enough for a test: scrapes every 2 s, rules every 1 s, the Core alert after 5 s.
 CHART_VALUES = [
     "serviceMonitor.enabled=true",
@@ -262,7 +263,7 @@ def test_metrics_of_alerts_and_dashboards_exist_in_what_was_scraped(monitored: M
     ip = must(must(svc.spec).cluster_ip)
     # Calls through the Service from the host (the test_real_gateway path): the request
     # counters and latency histograms get their first samples.
-    for method, params in (("StatusGet", {}), ("Component.Get", {"Name": "Room101 Zone1 Gain"})):
+    for method, params in (("StatusGet", {}), ("Component.Get", GAIN)):
         body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": method, "params": params})
         req = urllib.request.Request(
             f"http://{ip}:8080/v1/rpc",
