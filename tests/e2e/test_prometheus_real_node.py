@@ -327,7 +327,9 @@ def test_core_stopped_fires_core_unreachable_and_it_resolves(monitored: Monitore
     stopped = time.monotonic()
     firing = wait_for(
         "QSysGatewayCoreUnreachable firing",
-        lambda: [s for s in monitored.series(selector) if s["metric"]["alertstate"] == "firing"],
+        lambda: (
+            [s for s in monitored.series(selector) if s["metric"]["alertstate"] == "firing"] or None
+        ),
         120,
     )
     print(f"Core stopped -> alert firing: {time.monotonic() - stopped:.1f}s")
