@@ -290,27 +290,40 @@ def test_metrics_of_alerts_and_dashboards_exist_in_what_was_scraped(monitored: M
 def test_gateway_metrics_port_admits_the_monitoring_namespace_only(monitored: Monitored) -> None:
     (pod, *_) = monitored.pods(GATEWAY_SELECTOR)
     gateway_ip = must(must(pod.status).pod_ip)
-    script = f"""
-import sys, urllib.request
+
+    def script(seconds: int) -> str:
+        """Exit 0 once the metrics port answers; else, after `seconds` (kube-router programs
+        a new pod's rules within seconds), 3 if Prometheus answered (a working network),
+        4 if nothing did."""
+        return f"""
+import sys, time, urllib.request
 def get(url):
     try:
-        with urllib.request.urlopen(url, timeout=4) as r:
+        with urllib.request.urlopen(url, timeout=2) as r:
             return r.status
     except Exception as exc:
         return repr(exc)
-prometheus = get("{monitored.prometheus}/-/ready")
-metrics = get("http://{gateway_ip}:9090/metrics")
+deadline = time.monotonic() + {seconds}
+while True:
+    prometheus = get("{monitored.prometheus}/-/ready")
+    metrics = get("http://{gateway_ip}:9090/metrics")
+    if metrics == 200 or time.monotonic() > deadline:
+        break
+    time.sleep(1)
 print("prometheus", prometheus, "metrics", metrics)
-sys.exit(0 if prometheus == 200 and metrics == 200 else 3 if prometheus == 200 else 4)
+sys.exit(0 if metrics == 200 else 3 if prometheus == 200 else 4)
 """
+
     image = images()["gateway"]
     # From `monitoring` (the chart's monitoringNamespace): admitted, as Prometheus is.
-    code, log = run_pod(monitored.cluster, MONITORING_NS, "metrics-from-monitoring", image, script)
+    code, log = run_pod(
+        monitored.cluster, MONITORING_NS, "metrics-from-monitoring", image, script(45)
+    )
     assert code == 0, log
     # From any other namespace: the pod has a network (it reaches Prometheus), but the
     # gateway's metrics port stays closed to it.
     with real_namespace(monitored.cluster) as other:
-        code, log = run_pod(monitored.cluster, other, "metrics-from-elsewhere", image, script)
+        code, log = run_pod(monitored.cluster, other, "metrics-from-elsewhere", image, script(15))
     assert code == 3, log
 
 
