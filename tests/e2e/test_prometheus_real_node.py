@@ -229,6 +229,17 @@ def test_prometheus_runs_as_the_operator_built_pod_on_the_real_node(monitored: M
         f"serviceMonitor/{monitored.ns}/{monitored.release}-qsys-operator/0",
     ):
         assert f"job_name: {job}" in config, config[:3000]
+    # The chart's PrometheusRule reached the pod (rule-file ConfigMap, config reloader):
+    # every alert is loaded and evaluated.
+    alerts = alert_names(chart_prometheus_rule())
+
+    def evaluated() -> set[str] | None:
+        groups = monitored.api("rules", type="alert")["groups"]
+        ok = {r["name"] for g in groups for r in g["rules"] if r.get("health") == "ok"}
+        return ok if ok >= alerts else None
+
+    assert len(alerts) >= 10
+    assert wait_for("every chart alert evaluated", evaluated, 60) == alerts
 
 
 def test_every_gateway_pod_and_the_operator_are_up(monitored: Monitored) -> None:
@@ -328,8 +339,6 @@ sys.exit(0 if metrics == 200 else 3 if prometheus == 200 else 4)
 
 
 def test_core_stopped_fires_core_unreachable_and_it_resolves(monitored: Monitored) -> None:
-    rule = chart_prometheus_rule()
-    assert "QSysGatewayCoreUnreachable" in alert_names(rule)
     selector = (
         f'ALERTS{{alertname="QSysGatewayCoreUnreachable", namespace="{monitored.ns}",'
         f' service="{GATEWAY}"}}'
