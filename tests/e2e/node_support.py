@@ -69,12 +69,13 @@ def require_real_node(cluster: Cluster) -> client.V1Node:
 
 
 @contextmanager
-def real_namespace(cluster: Cluster) -> Iterator[str]:
-    """A fresh namespace whose pods run on the real node; deleted afterwards, waiting
-    until its pods are gone so that no container outlives the test."""
+def real_namespace(cluster: Cluster, name: str = "") -> Iterator[str]:
+    """A fresh namespace (named `name`, else e2e-real-RANDOM) whose pods run on the real
+    node; deleted afterwards, waiting until its pods are gone so that no container outlives
+    the test."""
     require_real_node(cluster)
     core = client.CoreV1Api(cluster.api)
-    name = f"e2e-real-{uuid.uuid4().hex[:8]}"
+    name = name or f"e2e-real-{uuid.uuid4().hex[:8]}"
     meta = client.V1ObjectMeta(name=name, annotations=REAL_NODE_ANNOTATIONS)
     core.create_namespace(client.V1Namespace(metadata=meta))
     try:

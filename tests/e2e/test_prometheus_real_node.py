@@ -28,7 +28,6 @@ from kube_support import REPO, Cluster, must, wait_for
 from kubernetes import client, utils
 from kubernetes.client.exceptions import ApiException
 from node_support import (
-    REAL_NODE_ANNOTATIONS,
     core_on_simulator,
     images,
     installed_chart,
@@ -87,27 +86,6 @@ class Monitored:
             self.ns, label_selector=selector
         )
         return [p for p in pods.items if is_ready(p)]
-
-
-@contextlib.contextmanager
-def monitoring_namespace(cluster: Cluster) -> Iterator[None]:
-    """`monitoring`, whose pods run on the real node; deleted (pods gone) afterwards."""
-    core = client.CoreV1Api(cluster.api)
-    meta = client.V1ObjectMeta(name=MONITORING_NS, annotations=REAL_NODE_ANNOTATIONS)
-    core.create_namespace(client.V1Namespace(metadata=meta))
-    try:
-        yield
-    finally:
-        core.delete_namespace(MONITORING_NS, grace_period_seconds=0)
-
-        def gone() -> bool:
-            try:
-                core.read_namespace(MONITORING_NS)
-            except ApiException as exc:
-                return bool(exc.status == 404)
-            return False
-
-        wait_for(f"namespace {MONITORING_NS} deleted", gone, timeout=120)
 
 
 def _prometheus_rbac(cluster: Cluster) -> None:
@@ -192,7 +170,7 @@ def monitored(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Ite
         ns = stack.enter_context(real_namespace(cluster))
         stack.enter_context(po_crds_installed(cluster))
         apply_crds(cluster.api, REPO / "crds")
-        stack.enter_context(monitoring_namespace(cluster))
+        stack.enter_context(real_namespace(cluster, MONITORING_NS))
         stack.callback(_delete_prometheus_rbac, cluster)
         _prometheus_rbac(cluster)
         release = stack.enter_context(installed_chart(cluster, ns, CHART_VALUES, TIMEOUT_S))
