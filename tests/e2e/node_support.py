@@ -30,6 +30,7 @@ from qsys_testkit.checkout import image_names
 
 CHART = REPO / "charts" / "qsys-operator"
 NODE_NAME = "qsys-node"
+CONTAINERD_SOCK = REPO / ".cache" / "cluster" / "node" / "containerd" / "containerd.sock"
 NODE_LABEL = ("qsys.io/node", "real")
 POD_CIDR_PREFIX = "198.18."
 SERVICE_CIDR_PREFIX = "198.19."
@@ -316,3 +317,15 @@ def start_product(
     wait_pods_ready(cluster, ns, selector, replicas, timeout=timeout)
     print(f"QSysCore applied -> {replicas} Ready gateway pods: {time.monotonic() - started:.1f}s")
     wait_condition(cluster, ns, "QSysCore", name, "CoreConnected", "True", timeout=timeout)
+
+
+def node_images() -> set[str]:
+    """Image references the real node's containerd holds (imported, never pulled)."""
+    out = subprocess.run(
+        ["ctr", "--address", str(CONTAINERD_SOCK), "-n", "k8s.io", "images", "ls", "-q"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    ).stdout
+    return set(out.split())

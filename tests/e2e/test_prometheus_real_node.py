@@ -32,6 +32,7 @@ from node_support import (
     images,
     installed_chart,
     is_ready,
+    node_images,
     real_namespace,
     run_pod,
     start_product,
@@ -166,6 +167,14 @@ PROMETHEUS = {
 @pytest.fixture(scope="module")
 def monitored(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Monitored]:
     log_dir = tmp_path_factory.mktemp("prometheus-real-node")
+    missing = {PROMETHEUS_IMAGE, CONFIG_RELOADER_IMAGE} - node_images()
+    if missing:
+        pytest.fail(
+            f"the real node lacks {sorted(missing)}: hack/cluster/node.sh imports them when "
+            "the prometheus and prometheus-operator tool groups are built (`make cluster-tools`,"
+            " then restart the cluster)",
+            pytrace=False,
+        )
     with contextlib.ExitStack() as stack:
         ns = stack.enter_context(real_namespace(cluster))
         stack.enter_context(po_crds_installed(cluster))

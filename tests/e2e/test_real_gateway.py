@@ -30,6 +30,7 @@ import pytest
 from kube_support import REPO, Cluster, must, tool_dir, wait_for
 from kubernetes import client
 from node_support import (
+    CONTAINERD_SOCK,
     NODE_NAME,
     core_on_simulator,
     images,
@@ -144,9 +145,8 @@ def _product(cluster: Cluster, ns: str, release: str) -> Iterator[Stack]:
 def _container_pid(cluster: Cluster, pod: client.V1Pod) -> int:
     (status,) = must(pod.status).container_statuses or []
     container_id = must(status.container_id).split("://", 1)[1]
-    sock = REPO / ".cache" / "cluster" / "node" / "containerd" / "containerd.sock"
     out = subprocess.run(
-        ["ctr", "--address", str(sock), "-n", "k8s.io", "tasks", "ls"],
+        ["ctr", "--address", str(CONTAINERD_SOCK), "-n", "k8s.io", "tasks", "ls"],
         capture_output=True,
         text=True,
         check=True,
