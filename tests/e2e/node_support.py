@@ -15,20 +15,20 @@ import os
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from kube_support import REPO, Cluster, must, pinned_tool, wait_for
+from kube_support import REPO, Cluster, must, tool_dir, wait_for
 from kubernetes import client, utils
 from kubernetes.client.exceptions import ApiException
-from operator_support import wait_condition
 
 from qsys_testkit.checkout import image_names
+from qsys_testkit.kube import apply_crds
 
-CHART = REPO / "charts" / "qsys-operator"
 NODE_NAME = "qsys-node"
 CONTAINERD_SOCK = REPO / ".cache" / "cluster" / "node" / "containerd" / "containerd.sock"
 NODE_LABEL = ("qsys.io/node", "real")
@@ -48,6 +48,9 @@ REAL_NODE_ANNOTATIONS = {
     ),
 }
 
+
+CHART = REPO / "charts" / "qsys-operator"
+CHART_TIMEOUT_S = 180
 
 images = image_names
 
@@ -202,38 +205,37 @@ def elapsed_since(start: float) -> float:
     return time.monotonic() - start
 
 
-def split_ref(ref: str) -> tuple[str, str]:
-    """An image reference as (repository, tag)."""
-    repo, _, tag = ref.rpartition(":")
-    return repo, tag
+def tool(group: str, name: str) -> Path:
+    path = tool_dir(group) / name
+    if not path.is_file():
+        pytest.fail(f"{name} is not built ({path}): run `make cluster-tools`", pytrace=False)
+    return path
 
 
-def helm(cluster: Cluster, *args: str, timeout: float = 180) -> str:
-    """stdout of the pinned helm against the cluster; its stderr in the failure."""
-    argv = [str(pinned_tool("helm", "helm")), *args]
+def _helm(cluster: Cluster, *args: str, check: bool = True) -> None:
     result = subprocess.run(
-        argv,
+        [str(tool("helm", "helm")), *args],
         capture_output=True,
         text=True,
-        timeout=timeout + 30,
+        timeout=CHART_TIMEOUT_S + 30,
         check=False,
         env={**os.environ, "KUBECONFIG": cluster.kubeconfig},
     )
-    assert result.returncode == 0, f"{argv} exited {result.returncode}:\n{result.stderr[-4000:]}"
-    return result.stdout
+    if check:
+        assert result.returncode == 0, f"helm {args} exited {result.returncode}:\n{result.stderr}"
 
 
 @contextmanager
-def installed_chart(
-    cluster: Cluster, ns: str, values: list[str], timeout: float = 180
-) -> Iterator[str]:
-    """The chart installed in ns (--wait) with the images `make images` built, watching ns:
-    the release name; uninstalled afterwards."""
+def operator_release(cluster: Cluster, ns: str, extra: Sequence[str] = ()) -> Iterator[str]:
+    """The operator installed into ns by the Helm chart (watching ns only), with the images
+    `make images` built and the chart values `extra` (--set, after the defaults here): the
+    release name; uninstalled afterwards."""
     refs = images()
-    op_repo, op_tag = split_ref(refs["operator"])
-    gw_repo, gw_tag = split_ref(refs["gateway"])
+    apply_crds(cluster.api, REPO / "crds")
     release = f"qsys-{ns.rsplit('-', 1)[1]}"
-    base = [
+    op_repo, _, op_tag = refs["operator"].rpartition(":")
+    gw_repo, _, gw_tag = refs["gateway"].rpartition(":")
+    values = [
         f"image.repository={op_repo}",
         f"image.tag={op_tag}",
         "image.pullPolicy=Never",
@@ -242,27 +244,24 @@ def installed_chart(
         "gatewayImage.pullPolicy=Never",
         f"watchNamespaces={{{ns}}}",
         "resyncSeconds=2",
+        "serviceMonitor.enabled=false",
+        "prometheusRule.enabled=false",
         "gatewayProbe.cidrs={198.18.0.0/16}",
     ]
-    args = ["install", release, str(CHART), "--namespace", ns, "--wait", "--timeout", f"{timeout}s"]
-    for value in (*base, *values):
+    args = ["install", release, str(CHART), "--namespace", ns, "--wait"]
+    args += ["--timeout", f"{CHART_TIMEOUT_S}s"]
+    for value in (*values, *extra):
         args += ["--set", value]
-    helm(cluster, *args, timeout=timeout)
+    _helm(cluster, *args)
     try:
         yield release
     finally:
         uninstall = ["uninstall", release, "--namespace", ns, "--wait", "--timeout", "60s"]
-        subprocess.run(
-            [str(pinned_tool("helm", "helm")), *uninstall],
-            env={**os.environ, "KUBECONFIG": cluster.kubeconfig},
-            capture_output=True,
-            timeout=120,
-            check=False,
-        )
+        _helm(cluster, *uninstall, check=False)
 
 
-def deploy_simulator(cluster: Cluster, ns: str) -> None:
-    """The Core simulator as a pod behind the Service `core-sim` (QRC on 1710), Ready."""
+def start_simulator(cluster: Cluster, ns: str) -> None:
+    """The Core simulator as a pod behind the Service `core-sim` (QRC on port 1710)."""
     container = restricted_container(
         "core-sim",
         images()["core-sim"],
@@ -279,23 +278,40 @@ def example(name: str) -> dict[str, Any]:
     return body
 
 
-def core_on_simulator(name: str = "auditorium", **spec: Any) -> dict[str, Any]:
-    """examples/qsyscore.yaml pointed at the simulator's Service, spec fields replaced by spec."""
+def simulated_core(name: str, gateway: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The example QSysCore named name, pointing at the simulator pod (start_simulator),
+    without a ServiceMonitor; gateway replaces its spec.gateway when given."""
     body = example("qsyscore.yaml")
     body["metadata"]["name"] = name
     body["spec"]["core"] = {"host": "core-sim", "port": 1710}
     # The Core is a pod: its address (after the Service's DNAT) is in the pod range.
     body["spec"]["networkPolicy"] = {"coreCIDRs": ["198.18.0.0/16"]}
-    body["spec"].update(spec)
+    body["spec"]["monitoring"] = {"serviceMonitor": {"enabled": False}}
+    if gateway is not None:
+        body["spec"]["gateway"] = gateway
     return body
 
 
-def start_product(
-    cluster: Cluster, ns: str, qsyscore: dict[str, Any], panel_token: str, timeout: float = 180
-) -> None:
-    """The simulator, the QSysCore, examples/accesspolicy.yaml with the panel's token Secret;
-    returns when its gateway pods are Ready and the QSysCore reports CoreConnected."""
-    deploy_simulator(cluster, ns)
+def wait_answering(what: str, call: Callable[[], bool], streak: int = 10) -> None:
+    """Until call() succeeds streak times in a row (an OSError counts as a failure):
+    kube-proxy and kube-router program new pods a moment after they are Ready; until
+    then a connection may be refused."""
+    run = [0]
+
+    def steady() -> bool:
+        try:
+            ok = call()
+        except OSError:
+            ok = False
+        run[0] = run[0] + 1 if ok else 0
+        time.sleep(0.1)
+        return run[0] >= streak
+
+    wait_for(f"{what} answering steadily", steady, timeout=60)
+
+
+def apply_example_policy(cluster: Cluster, ns: str, panel_token: str) -> None:
+    """examples/accesspolicy.yaml and the room panel's token Secret it refers to."""
     client.CoreV1Api(cluster.api).create_namespaced_secret(
         ns,
         client.V1Secret(
@@ -305,18 +321,9 @@ def start_product(
             string_data={"token": panel_token},
         ),
     )
-    custom = client.CustomObjectsApi(cluster.api)
-    started = time.monotonic()
-    name = qsyscore["metadata"]["name"]
-    custom.create_namespaced_custom_object("qsys.dev", "v1alpha1", ns, "qsyscores", qsyscore)
-    custom.create_namespaced_custom_object(
+    client.CustomObjectsApi(cluster.api).create_namespaced_custom_object(
         "qsys.dev", "v1alpha1", ns, "accesspolicies", example("accesspolicy.yaml")
     )
-    replicas = qsyscore["spec"]["gateway"]["replicas"]
-    selector = f"app.kubernetes.io/instance={name},app.kubernetes.io/name=qsys-gateway"
-    wait_pods_ready(cluster, ns, selector, replicas, timeout=timeout)
-    print(f"QSysCore applied -> {replicas} Ready gateway pods: {time.monotonic() - started:.1f}s")
-    wait_condition(cluster, ns, "QSysCore", name, "CoreConnected", "True", timeout=timeout)
 
 
 def node_images() -> set[str]:

@@ -24,23 +24,24 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kube_support import REPO, Cluster, must, wait_for
+from kube_support import Cluster, must, wait_for
 from kubernetes import client, utils
 from kubernetes.client.exceptions import ApiException
 from node_support import (
-    core_on_simulator,
+    apply_example_policy,
     images,
-    installed_chart,
     is_ready,
     node_images,
+    operator_release,
     real_namespace,
     run_pod,
-    start_product,
+    simulated_core,
+    start_simulator,
     wait_pods_ready,
 )
+from operator_support import create, wait_condition
 from prometheus_support import MONITORING, po_crds_installed, prometheus_operator
 
-from qsys_testkit.kube import apply_crds
 from qsys_testkit.monitoring import alert_names, chart_prometheus_rule, prometheus_api, used_metrics
 
 pytestmark = pytest.mark.e2e
@@ -178,17 +179,19 @@ def monitored(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Ite
     with contextlib.ExitStack() as stack:
         ns = stack.enter_context(real_namespace(cluster))
         stack.enter_context(po_crds_installed(cluster))
-        apply_crds(cluster.api, REPO / "crds")
         stack.enter_context(real_namespace(cluster, MONITORING_NS))
         stack.callback(_delete_prometheus_rbac, cluster)
         _prometheus_rbac(cluster)
-        release = stack.enter_context(installed_chart(cluster, ns, CHART_VALUES, TIMEOUT_S))
+        release = stack.enter_context(operator_release(cluster, ns, CHART_VALUES))
         reloader = f"--prometheus-config-reloader={CONFIG_RELOADER_IMAGE}"
         stack.enter_context(prometheus_operator(cluster, [MONITORING_NS, ns], log_dir, reloader))
-        qsyscore = core_on_simulator(
-            CORE, monitoring={"serviceMonitor": {"enabled": True, "interval": "2s"}}
-        )
-        start_product(cluster, ns, qsyscore, PANEL_TOKEN, timeout=TIMEOUT_S)
+        start_simulator(cluster, ns)
+        qsyscore = simulated_core(CORE)
+        qsyscore["spec"]["monitoring"] = {"serviceMonitor": {"enabled": True, "interval": "2s"}}
+        create(cluster, ns, qsyscore)
+        apply_example_policy(cluster, ns, PANEL_TOKEN)
+        wait_pods_ready(cluster, ns, GATEWAY_SELECTOR, 2, timeout=TIMEOUT_S)
+        wait_condition(cluster, ns, "QSysCore", CORE, "CoreConnected", "True", timeout=TIMEOUT_S)
         client.CustomObjectsApi(cluster.api).create_namespaced_custom_object(
             MONITORING, "v1", MONITORING_NS, "prometheuses", PROMETHEUS
         )

@@ -27,27 +27,30 @@ from typing import Any
 
 import aiohttp
 import pytest
-from kube_support import REPO, Cluster, must, tool_dir, wait_for
+from kube_support import REPO, Cluster, must, wait_for
 from kubernetes import client
 from node_support import (
-    CONTAINERD_SOCK,
     NODE_NAME,
-    core_on_simulator,
+    apply_example_policy,
     images,
-    installed_chart,
     is_ready,
+    operator_release,
     real_namespace,
     run_pod,
-    start_product,
+    simulated_core,
+    start_simulator,
+    tool,
+    wait_answering,
     wait_pods_ready,
 )
 from operator_support import condition, get, patch, wait_condition
 
 from qsys_protocol.qrc.client import QrcClient
-from qsys_testkit.kube import apply_crds, secret_text
+from qsys_testkit.kube import secret_text
 
 pytestmark = pytest.mark.e2e
 
+CHART = REPO / "charts" / "qsys-operator"
 CORE = "auditorium"
 POLICY = "auditorium-operators"
 GATEWAY = f"{CORE}-gateway"
@@ -103,50 +106,31 @@ class Stack:
         return [p for p in pods.items if must(p.metadata).deletion_timestamp is None]
 
 
-def _tool(group: str, name: str) -> Path:
-    path = tool_dir(group) / name
-    if not path.is_file():
-        pytest.fail(f"{name} is not built ({path}): run `make cluster-tools`", pytrace=False)
-    return path
-
-
 @pytest.fixture(scope="module")
-def stack(cluster: Cluster) -> Iterator[Stack]:
-    values = ["serviceMonitor.enabled=false", "prometheusRule.enabled=false"]
-    with real_namespace(cluster) as ns:
-        apply_crds(cluster.api, REPO / "crds")
-        with installed_chart(cluster, ns, values, timeout=TIMEOUT_S) as release:
-            yield from _product(cluster, ns, release)
-
-
-def _product(cluster: Cluster, ns: str, release: str) -> Iterator[Stack]:
-    """The simulator, the example QSysCore and AccessPolicy, 2 gateway pods answering."""
-    qsyscore = core_on_simulator(CORE, monitoring={"serviceMonitor": {"enabled": False}})
-    start_product(cluster, ns, qsyscore, PANEL_TOKEN, timeout=TIMEOUT_S)
-    svc = client.CoreV1Api(cluster.api).read_namespaced_service(GATEWAY, ns)
-    stack = Stack(cluster, ns, release, must(must(svc.spec).cluster_ip))
-    streak = [0]
-
-    def answers() -> bool:
-        # kube-proxy and kube-router program new pods a moment after they are
-        # Ready; until then a connection may be refused. 10 answers in a row.
-        try:
-            ok = stack.rpc("StatusGet")[0] == 200
-        except OSError:
-            ok = False
-        streak[0] = streak[0] + 1 if ok else 0
-        time.sleep(0.1)
-        return streak[0] >= 10
-
-    wait_for("the gateway Service answering steadily", answers, timeout=60)
-    yield stack
+def stack(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    with real_namespace(cluster) as ns, operator_release(cluster, ns) as release:
+        start_simulator(cluster, ns)
+        core = client.CoreV1Api(cluster.api)
+        qsyscore = simulated_core(CORE)
+        custom = client.CustomObjectsApi(cluster.api)
+        started = time.monotonic()
+        custom.create_namespaced_custom_object("qsys.dev", "v1alpha1", ns, "qsyscores", qsyscore)
+        apply_example_policy(cluster, ns, PANEL_TOKEN)
+        wait_pods_ready(cluster, ns, GATEWAY_SELECTOR, 2, timeout=TIMEOUT_S)
+        print(f"QSysCore applied -> 2 Ready gateway pods: {time.monotonic() - started:.1f}s")
+        svc = core.read_namespaced_service(GATEWAY, ns)
+        stack = Stack(cluster, ns, release, must(must(svc.spec).cluster_ip))
+        wait_condition(cluster, ns, "QSysCore", CORE, "CoreConnected", "True", timeout=TIMEOUT_S)
+        wait_answering("the gateway Service", lambda: stack.rpc("StatusGet")[0] == 200)
+        yield stack
 
 
 def _container_pid(cluster: Cluster, pod: client.V1Pod) -> int:
     (status,) = must(pod.status).container_statuses or []
     container_id = must(status.container_id).split("://", 1)[1]
+    sock = REPO / ".cache" / "cluster" / "node" / "containerd" / "containerd.sock"
     out = subprocess.run(
-        ["ctr", "--address", str(CONTAINERD_SOCK), "-n", "k8s.io", "tasks", "ls"],
+        ["ctr", "--address", str(sock), "-n", "k8s.io", "tasks", "ls"],
         capture_output=True,
         text=True,
         check=True,
@@ -366,9 +350,7 @@ def test_operator_pod_restart_mid_reconcile(stack: Stack) -> None:
     core = client.CoreV1Api(stack.cluster.api)
     selector = "app.kubernetes.io/name=qsys-operator"
     (op,) = core.list_namespaced_pod(stack.ns, label_selector=selector).items
-    second = core_on_simulator(
-        "second", monitoring={"serviceMonitor": {"enabled": False}}, gateway={"replicas": 1}
-    )
+    second = simulated_core("second", {"replicas": 1})
     client.CustomObjectsApi(stack.cluster.api).create_namespaced_custom_object(
         "qsys.dev", "v1alpha1", stack.ns, "qsyscores", second
     )
@@ -389,7 +371,7 @@ def test_operator_pod_restart_mid_reconcile(stack: Stack) -> None:
 
 
 def test_drain_respects_the_pod_disruption_budget(stack: Stack) -> None:
-    kubectl = _tool("kube", "kubectl")
+    kubectl = tool("kube", "kubectl")
     pdb = client.PolicyV1Api(stack.cluster.api).read_namespaced_pod_disruption_budget(
         GATEWAY, stack.ns
     )
