@@ -10,16 +10,22 @@ import kopf
 from ..kinds import CHILDREN
 from ..reconcile import Reconciler
 from ..render.common import APP_NAME, MANAGED_BY
+from ..render.identity import CORE_NAMESPACE_LABEL
 
 MANAGED_BY_SELECTOR = f"app.kubernetes.io/managed-by={MANAGED_BY}"
 TOKEN_APP = "qsys-gateway-token"  # noqa: S105 - a label value
 
 
 def register(registry: kopf.OperatorRegistry, reconciler: Reconciler) -> None:
+    watched = set(reconciler.settings.watch_namespaces)
+
     async def child_event(namespace: str | None, labels: kopf.Labels, **_: Any) -> None:
         app = labels.get("app.kubernetes.io/name")
         instance = labels.get("app.kubernetes.io/instance")
-        if not instance or not namespace:
+        # A cluster-scoped child (ClusterRoleBinding) names its core's namespace in a label;
+        # Kopf watches those cluster-wide, so skip the cores of namespaces not watched.
+        namespace = namespace or labels.get(CORE_NAMESPACE_LABEL)
+        if not instance or not namespace or (watched and namespace not in watched):
             return
         if app == APP_NAME:
             reconciler.trigger(namespace, instance)

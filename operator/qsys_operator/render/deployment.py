@@ -166,7 +166,11 @@ def _container(core: QSysCore, settings: OperatorSettings) -> dict[str, Any]:
     }
 
 
-def render_deployment(core: QSysCore, settings: OperatorSettings, restart_hash: str) -> Manifest:
+def render_deployment(
+    core: QSysCore, settings: OperatorSettings, restart_hash: str, identity: bool = False
+) -> Manifest:
+    """identity: the pods run as the `<core>-gateway` ServiceAccount with its API token
+    mounted (for TokenReviews); otherwise they get no API credentials at all."""
     name = core.metadata.name
     gw = core.spec.gateway
     volumes, _ = _volumes(core)
@@ -180,7 +184,8 @@ def render_deployment(core: QSysCore, settings: OperatorSettings, restart_hash: 
         for key in ("kubernetes.io/hostname", "topology.kubernetes.io/zone")
     ]
     pod_spec: dict[str, Any] = {
-        "automountServiceAccountToken": False,
+        **({"serviceAccountName": gateway_name(name)} if identity else {}),
+        "automountServiceAccountToken": identity,
         "enableServiceLinks": False,
         "terminationGracePeriodSeconds": 30,
         "securityContext": {
