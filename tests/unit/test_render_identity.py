@@ -265,10 +265,12 @@ def test_service_account_and_binding_come_first_and_are_shaped_exactly() -> None
 def test_gateway_pods_run_as_the_service_account_with_its_token() -> None:
     spec = pod_spec(render(make_policy(SCHEDULER)))
     assert spec["serviceAccountName"] == "hall-gateway"
+    assert spec["serviceAccount"] == "hall-gateway"  # owned too, so that removing works
     assert spec["automountServiceAccountToken"] is True
     # Nothing else of the pod changes.
     plain = pod_spec(render(make_policy(PANEL)))
-    rest = {k: v for k, v in spec.items() if k not in ("serviceAccountName",)}
+    assert "serviceAccount" not in plain
+    rest = {k: v for k, v in spec.items() if k not in ("serviceAccountName", "serviceAccount")}
     assert rest == {**plain, "automountServiceAccountToken": True}
 
 

@@ -183,8 +183,12 @@ def render_deployment(
         }
         for key in ("kubernetes.io/hostname", "topology.kubernetes.io/zone")
     ]
+    # The deprecated `serviceAccount` is applied too: the API server copies it into an
+    # unset serviceAccountName, so leaving it to the server would keep the pods on the
+    # gateway's ServiceAccount after an apply that drops serviceAccountName.
+    account = {"serviceAccountName": gateway_name(name), "serviceAccount": gateway_name(name)}
     pod_spec: dict[str, Any] = {
-        **({"serviceAccountName": gateway_name(name)} if identity else {}),
+        **(account if identity else {}),
         "automountServiceAccountToken": identity,
         "enableServiceLinks": False,
         "terminationGracePeriodSeconds": 30,
