@@ -414,7 +414,15 @@ def test_a_pod_of_the_service_account_is_admitted_as_its_subject(stack: Stack) -
         ("Component.Get", OTHER_GAIN),
     ]
 
-    status, got, other = stack.calls_from(pod, calls)
+    def admitted() -> list[tuple[int, Any]] | None:
+        # Right after the rollout kube-router may still be programming the new gateway
+        # pods' egress to the API server: a review without an answer refuses (fail closed).
+        out = stack.calls_from(pod, calls)
+        return out if out[0][0] == 200 else None
+
+    started = time.monotonic()
+    status, got, other = wait_for("the scheduler admitted", admitted, timeout=60)
+    print(f"first admitted call {time.monotonic() - started:.1f}s after the client was Ready")
     assert status[1]["result"]["State"], status
     assert got[0] == 200, got
     assert got[1]["result"]["Controls"][0]["Name"] == "gain", got
