@@ -3,8 +3,8 @@
 Contract for transport authors (HTTP, WebSocket, raw QRC, QRWC, MCP, ...):
 
 1. Make one `Caller(transport, source_ip)` per connection (per request for HTTP).
-2. `admission.authenticate(caller, token, user=..., request_id=...)` once (per request
-   for HTTP): returns the subject or raises `Refusal`, already audited and counted;
+2. `await admission.authenticate(caller, token, user=..., request_id=...)` once (per
+   request for HTTP): returns the subject or raises `Refusal`, already audited and counted;
    answer `Refusal.code` / `.retry_after` in the transport's own way. Raw QRC alone may
    instead call `admission.authenticate_source(caller, request_id=...)` for a client that
    never sends Logon (source-bound subjects, docs/policy.md); QRWC authenticates each new
@@ -45,6 +45,7 @@ from .metrics import method_label
 from .policy import Decision, describe, needs_control_types
 from .runtime import Runtime
 from .subject_sessions import SubjectSessions
+from .tokenreview import Answer, ReviewBusy, ReviewUnavailable
 from .upstream import UpstreamSession
 
 log = logging.getLogger("qsys_gateway.admission")
@@ -89,6 +90,8 @@ class Caller:
     owns_session: bool = False
     token_hash: str = ""
     """The configured hash the caller's token matched (current or, in a grace, previous)."""
+    expires: float | None = None
+    """A ServiceAccount token's `exp` (Unix seconds); None for other credentials."""
 
     @property
     def subject_name(self) -> str:
@@ -134,7 +137,7 @@ class Admission:
 
     # ---- who ----------------------------------------------------------------------
 
-    def authenticate(
+    async def authenticate(
         self,
         caller: Caller,
         token: str | None,
@@ -145,10 +148,12 @@ class Admission:
     ) -> SubjectConfig:
         """A bearer token (or a Logon `user` + token) → the subject, set on `caller`.
 
-        Failures are throttled per source and presented subject (`throttle_key`); a valid
-        token is always admitted, so one guessing client behind a NAT or an ingress never
-        locks out the correct tokens of the room. A refusal is audited as a call of
-        `method` and raised as `Refusal`."""
+        A token no token subject matches is reviewed with the Kubernetes TokenReview API
+        when ServiceAccount subjects exist (`tokenreview`). Failures are throttled per
+        source and presented subject (`throttle_key`); a valid token is always admitted
+        (a ServiceAccount token while throttled only from the review cache), so one
+        guessing client behind a NAT or an ingress never locks out the correct tokens of
+        the room. A refusal is audited as a call of `method` and raised as `Refusal`."""
         rt = self.rt
         found = None
         if token:
@@ -159,6 +164,39 @@ class Admission:
             caller.subject, caller.token_hash = found.subject, found.token_hash
             return found.subject
         wait = rt.throttle.retry_after(key)
+        reason = "invalid or missing token"
+        if token and rt.token_review is not None:
+            # Reviews are also throttled per source alone, so varying the Logon `User`
+            # does not buy more of them.
+            source = caller.source_ip
+            throttled = wait > 0 or (key != source and rt.throttle.retry_after(source) > 0)
+            try:
+                answer = await self._review(token, source, throttled=throttled)
+            except ReviewBusy:
+                err = Refusal(ErrorCode.RATE_LIMITED, "Too many token reviews; retry later", 1.0)
+                self._auth_failed(caller, method, err, request_id, "token reviews busy")
+                raise err from None
+            except ReviewUnavailable:
+                self._review_failed(key, source, wait)
+                err = Refusal(
+                    ErrorCode.UNAUTHENTICATED, "Unauthenticated: the token could not be reviewed"
+                )
+                self._auth_failed(caller, method, err, request_id, "token review unavailable")
+                raise err from None
+            if answer is None:  # throttled, not in the cache: refused as throttled
+                wait = max(wait, rt.throttle.retry_after(source))
+            else:
+                subject = self._service_account(answer, user)
+                if subject is not None:
+                    rt.throttle.success(key)
+                    caller.subject, caller.token_hash = subject, ""
+                    caller.expires = answer.expires
+                    return subject
+                reason = answer.reason
+                if answer.username is not None:
+                    reason = f"ServiceAccount {answer.username[:128]} is no subject's"
+                if key != source and wait <= 0:
+                    rt.throttle.failure(source)
         if wait > 0:
             err = Refusal(
                 ErrorCode.RATE_LIMITED, "Too many failed authentications; retry later", wait
@@ -167,8 +205,38 @@ class Admission:
             raise err
         rt.throttle.failure(key)
         err = Refusal(ErrorCode.UNAUTHENTICATED, "Unauthenticated")
-        self._auth_failed(caller, method, err, request_id, "invalid or missing token")
+        self._auth_failed(caller, method, err, request_id, reason)
         raise err
+
+    def _review_failed(self, key: str, source: str, wait: float) -> None:
+        """No answer counts as a failed logon too: an outage must not let a client have
+        unbounded reviews attempted."""
+        if wait > 0:
+            return
+        self.rt.throttle.failure(key)
+        if key != source:
+            self.rt.throttle.failure(source)
+
+    async def _review(self, token: str, source_ip: str, *, throttled: bool) -> Answer | None:
+        """The TokenReview answer for `token` (None: not reviewed now, being throttled)."""
+        reviewer = self.rt.token_review
+        assert reviewer is not None
+        if not throttled:
+            return await reviewer.review(token, source_ip)
+        answer = reviewer.cached(token)
+        if answer is None:
+            self.rt.metrics.tokenreview_skipped.labels("throttled").inc()
+        return answer
+
+    def _service_account(self, answer: Answer, user: str | None) -> SubjectConfig | None:
+        """The subject whose serviceAccount the review named; a Logon's `User` may be empty
+        or name the subject (or its account)."""
+        if answer.username is None:
+            return None
+        subject = self.rt.rules.config.by_service_account(answer.username)
+        if subject is None or user not in (None, "", subject.name, answer.username):
+            return None
+        return subject
 
     def authenticate_source(self, caller: Caller, *, request_id: str) -> SubjectConfig | None:
         """Raw QRC clients that cannot Logon: the source-bound subject whose sourceCIDRs
@@ -193,12 +261,20 @@ class Admission:
         return subject
 
     def credential(self, caller: Caller) -> str | None:
-        """ "current" or "previous": the token the caller logged on with, as the current
-        config judges it now; None once it no longer admits it (rotated past the grace
-        period, or the subject removed)."""
+        """ "current", "previous" or "serviceAccount": the token the caller logged on with,
+        as the current config judges it now; None once it no longer admits it (rotated
+        past the grace period, a ServiceAccount token past its `exp`, the subject removed
+        or bound to another account)."""
         known = caller.subject
         subject = self.rt.current_subject(known.name) if known is not None else None
-        if subject is None:
+        if subject is None or known is None:
+            return None
+        if caller.expires is not None:
+            account = subject.serviceAccount
+            if account is None or account != known.serviceAccount:
+                return None
+            return "serviceAccount" if time.time() < caller.expires else None
+        if subject.serviceAccount is not None:
             return None
         return subject.credential(caller.token_hash, time.time())
 
@@ -302,7 +378,7 @@ class Admission:
         caller.subject = subject
         params: Any
         if method == "Logon":
-            return self._logon_again(caller, subject, msg, request_id, label, started)
+            return await self._logon_again(caller, subject, msg, request_id, label, started)
         try:
             params = parse_params(method, msg.params) if method in METHODS else msg.params
         except QrcError as exc:
@@ -342,7 +418,7 @@ class Admission:
         self._count(label, caller, outcome, started)
         return None if msg.is_notification else response
 
-    def _logon_again(
+    async def _logon_again(
         self,
         caller: Caller,
         subject: SubjectConfig,
@@ -360,6 +436,8 @@ class Admission:
         found = None
         if isinstance(user, str) and isinstance(token, str):
             found = self.rt.rules.authenticator.logon(user, token)
+            if found is None and subject.serviceAccount is not None:
+                found = await self._same_account(token, user, caller.source_ip)
         if found is not None and found.name == subject.name:
             self._count(label, caller, "ok", started)
             return None if msg.is_notification else jsonrpc.result_message(msg.id, True)
@@ -377,6 +455,17 @@ class Admission:
         self._count(label, caller, "invalid", started)
         err = QrcError(ErrorCode.INVALID_REQUEST, f"Invalid request: {reason}")
         return None if msg.is_notification else jsonrpc.error_message(msg.id, err)
+
+    async def _same_account(self, token: str, user: str, source_ip: str) -> SubjectConfig | None:
+        """A repeated Logon with a ServiceAccount token: its subject (cached review, or a
+        review under the same bounds as a first logon); None when not admitted."""
+        if self.rt.token_review is None:
+            return None
+        try:
+            answer = await self._review(token, source_ip, throttled=False)
+        except (ReviewBusy, ReviewUnavailable):
+            return None
+        return self._service_account(answer, user) if answer is not None else None
 
     # ---- records ------------------------------------------------------------------
 
@@ -460,7 +549,9 @@ class Admission:
             reason=decision.reason,
             outcome=outcome,
             duration_ms=(time.perf_counter() - started) * 1000,
-            token=self.credential(caller) if caller.token_hash else None,
+            token=(
+                self.credential(caller) if caller.token_hash or caller.expires is not None else None
+            ),
             trace_id=tracing.trace_id(),
         )
 

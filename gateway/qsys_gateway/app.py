@@ -165,6 +165,7 @@ class Gateway:
             await self._metrics_runner.cleanup()
         await self.upstream.stop()
         await rt.limiter.close()
+        rt.close()
         rt.audit.close()
         tracing.shutdown()
         log.info("stopped")

@@ -124,6 +124,33 @@ class GatewayMetrics:
             ["listener", "reason"],
             registry=r,
         )
+        self.tokenreview = Counter(
+            f"{PREFIX}_tokenreview_total",
+            "TokenReview calls to the Kubernetes API server, by result (authenticated, "
+            "rejected, error: no answer, the client was refused)",
+            ["result"],
+            registry=r,
+        )
+        self.tokenreview_duration = Histogram(
+            f"{PREFIX}_tokenreview_duration_seconds",
+            "Round trip of TokenReview calls",
+            buckets=_BUCKETS,
+            registry=r,
+        )
+        self.tokenreview_cache = Counter(
+            f"{PREFIX}_tokenreview_cache_total",
+            "ServiceAccount tokens answered without a call of their own (hit: from the "
+            "cache; coalesced: by an identical review in flight)",
+            ["result"],
+            registry=r,
+        )
+        self.tokenreview_skipped = Counter(
+            f"{PREFIX}_tokenreview_skipped_total",
+            "Tokens refused without a TokenReview (claims: not a token for this audience "
+            "or expired; busy: too many reviews in flight; throttled: failed-logon block)",
+            ["reason"],
+            registry=r,
+        )
         # Bounded label sets start at zero, so every series exists before its first event.
         for transport in ("ws", "qrwc", "qrc"):
             self.slow_clients.labels(transport)
@@ -134,3 +161,9 @@ class GatewayMetrics:
             self.config_reloads.labels(result)
         for decision in ("allow", "deny"):
             self.audit_events.labels(decision)
+        for result in ("authenticated", "rejected", "error"):
+            self.tokenreview.labels(result)
+        for result in ("hit", "coalesced"):
+            self.tokenreview_cache.labels(result)
+        for reason in ("claims", "busy", "throttled"):
+            self.tokenreview_skipped.labels(reason)

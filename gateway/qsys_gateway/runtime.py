@@ -19,6 +19,7 @@ from .metrics import GatewayMetrics
 from .policy import Policy
 from .ratelimit import RateLimiter
 from .sendbudget import SendBudget
+from .tokenreview import TokenReviewer
 from .upstream import UpstreamPool
 
 log = logging.getLogger("qsys_gateway.runtime")
@@ -60,7 +61,9 @@ class Runtime:
         self.metrics = metrics
         self.limiter = limiter
         self.upstream = upstream
+        self.token_review: TokenReviewer | None = None
         self._apply_limits(config)
+        self._apply_token_review(config)
         self.audit = audit
         self.throttle = FailureThrottle()
         self.send_budget = SendBudget()
@@ -100,7 +103,28 @@ class Runtime:
             pending.append("audit.path")
         self.rules = Rules.build(config, self.rules.generation + 1)
         self._apply_limits(config)
+        self._apply_token_review(config)
         return pending
+
+    def _apply_token_review(self, config: GatewayConfig) -> None:
+        """ServiceAccount subjects on, off or changed: the reviewer (and its cache) lives
+        as long as some subject needs it."""
+        settings = config.tokenReview
+        if settings is None:
+            if self.token_review is not None:
+                self.token_review.close()
+                self.token_review = None
+            return
+        accounts = {s.serviceAccount for s in config.subjects if s.serviceAccount}
+        if self.token_review is None:
+            self.token_review = TokenReviewer(settings, self.metrics)
+        else:
+            self.token_review.configure(settings, accounts)
+
+    def close(self) -> None:
+        if self.token_review is not None:
+            self.token_review.close()
+            self.token_review = None
 
     def _apply_limits(self, config: GatewayConfig) -> None:
         self.upstream.groups.per_session = config.limits.maxChangeGroupsPerConnection

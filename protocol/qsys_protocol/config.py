@@ -224,9 +224,36 @@ class AuthConfig(Model):
         return key
 
 
+SERVICE_ACCOUNT_PATTERN = (
+    r"^system:serviceaccount:[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
+    r":[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$"
+)
+
+
+class TokenReviewConfig(Model):
+    """How ServiceAccount subjects are authenticated: the Kubernetes TokenReview API
+    (docs/security.md). Required when some subject has `serviceAccount`."""
+
+    audience: Annotated[str, Field(min_length=1, max_length=253)]
+    """The audience a client pod's projected ServiceAccount token must carry."""
+    cacheSeconds: Annotated[int, Field(ge=1, le=300)] = 30
+    """A positive review is reused at most this long (and never past the token's `exp`)."""
+    negativeCacheSeconds: Annotated[int, Field(ge=1, le=300)] = 5
+    """A refused token is refused from the cache this long (a flood of it costs one review)."""
+    maxCacheEntries: Annotated[int, Field(ge=1, le=1000000)] = 4096
+    """Reviews kept (least recently used dropped first)."""
+    timeoutSeconds: Annotated[float, Field(gt=0, le=60)] = 5
+    """One TokenReview call; past it the client is refused (fail closed)."""
+    maxInFlight: Annotated[int, Field(ge=1, le=1000)] = 16
+    """TokenReview calls in flight at once, all clients; more are refused at once."""
+    maxInFlightPerSource: Annotated[int, Field(ge=1, le=1000)] = 2
+    """TokenReview calls in flight for one source address (identical tokens share one)."""
+
+
 class SubjectConfig(Model):
-    """A token holder (tokenHmacSha256, keyed; or tokenSha256, deprecated), or, on the raw
-    QRC port only, a subject admitted by its source address (sourceCIDRs): exactly one."""
+    """A token holder (tokenHmacSha256, keyed; or tokenSha256, deprecated), a Kubernetes
+    ServiceAccount (serviceAccount, checked with TokenReview), or, on the raw QRC port
+    only, a subject admitted by its source address (sourceCIDRs): exactly one."""
 
     name: Annotated[str, Field(pattern=SUBJECT_NAME_PATTERN)]
     tokenHmacSha256: HexDigest | None = None
@@ -242,14 +269,26 @@ class SubjectConfig(Model):
     sourceCIDRs: Annotated[
         list[SourceCIDR], Field(max_length=MAX_SOURCE_CIDRS, exclude_if=lambda v: not v)
     ] = []
+    serviceAccount: Annotated[
+        str | None, Field(pattern=SERVICE_ACCOUNT_PATTERN, exclude_if=lambda v: v is None)
+    ] = None
+    """The Kubernetes user a TokenReview returns for the client's projected token,
+    `system:serviceaccount:<namespace>:<name>` (see `tokenReview`)."""
     rate: RateConfig | None = None
     rules: list[Rule] = []
 
     @model_validator(mode="after")
     def _one_credential(self) -> SubjectConfig:
-        given = (self.tokenHmacSha256, self.tokenSha256, self.sourceCIDRs or None)
+        given = (
+            self.tokenHmacSha256,
+            self.tokenSha256,
+            self.sourceCIDRs or None,
+            self.serviceAccount,
+        )
         if sum(g is not None for g in given) != 1:
-            raise ValueError("set exactly one of tokenHmacSha256, tokenSha256 and sourceCIDRs")
+            raise ValueError(
+                "set exactly one of tokenHmacSha256, tokenSha256, sourceCIDRs and serviceAccount"
+            )
         if (self.previousTokenHmacSha256 is None) != (self.previousTokenUntil is None):
             raise ValueError("previousTokenHmacSha256 and previousTokenUntil go together")
         if self.previousTokenUntil is not None and self.previousTokenUntil.tzinfo is None:
@@ -281,15 +320,30 @@ class GatewayConfig(Model):
     cors: CorsConfig = CorsConfig()
     auth: AuthConfig = AuthConfig()
     mcp: McpConfig = McpConfig()
+    tokenReview: Annotated[TokenReviewConfig | None, Field(exclude_if=lambda v: v is None)] = None
+    """TokenReview settings for `serviceAccount` subjects; required iff one exists."""
     subjects: list[SubjectConfig] = []
 
     @model_validator(mode="after")
     def _unique_subjects(self) -> GatewayConfig:
         seen: set[str] = set()
         hashes: set[str] = set()
+        accounts: set[str] = set()
         for s in self.subjects:
             if s.name in seen:
                 raise ValueError(f"subjects: duplicate subject name {s.name!r}")
+            if s.serviceAccount is not None:
+                if s.serviceAccount in accounts:
+                    raise ValueError(
+                        f"subjects: subject {s.name!r} names serviceAccount "
+                        f"{s.serviceAccount!r} of another subject"
+                    )
+                if self.tokenReview is None:
+                    raise ValueError(
+                        f"subjects: subject {s.name!r} has serviceAccount but "
+                        "tokenReview is not set"
+                    )
+                accounts.add(s.serviceAccount)
             if s.token_hash and s.token_hash in hashes:
                 raise ValueError(f"subjects: subject {s.name!r} shares its token with another")
             if s.tokenHmacSha256 is not None and not self.auth.tokenKeyFile:
@@ -300,6 +354,8 @@ class GatewayConfig(Model):
             seen.add(s.name)
             if s.token_hash:
                 hashes.add(s.token_hash)
+        if self.tokenReview is not None and not accounts:
+            raise ValueError("tokenReview: set only when some subject has serviceAccount")
         overlap = overlapping_sources(self.subjects)
         if overlap is not None:
             raise ValueError(
@@ -310,6 +366,9 @@ class GatewayConfig(Model):
 
     def subject(self, name: str) -> SubjectConfig | None:
         return next((s for s in self.subjects if s.name == name), None)
+
+    def by_service_account(self, username: str) -> SubjectConfig | None:
+        return next((s for s in self.subjects if s.serviceAccount == username), None)
 
     def rate_for(self, subject: SubjectConfig) -> RateConfig:
         return subject.rate or self.limits.rate

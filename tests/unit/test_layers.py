@@ -37,7 +37,7 @@ ALLOWED_PACKAGES = {
 GATEWAY_LAYERS = [
     {"logs", "metrics", "tracing"},
     {"upstream"},
-    {"auth", "policy", "ratelimit", "audit", "reload", "client_registry"}
+    {"auth", "tokenreview", "policy", "ratelimit", "audit", "reload", "client_registry"}
     | {"inflight", "sendbudget", "connlimit"},
     {"runtime"},
     {"subject_sessions"},

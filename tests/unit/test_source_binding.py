@@ -39,7 +39,8 @@ def test_a_subject_has_a_token_or_sources_never_both_nor_neither() -> None:
         {"name": "x", "sourceCIDRs": []},
     ):
         with pytest.raises(
-            ValidationError, match="exactly one of tokenHmacSha256, tokenSha256 and sourceCIDRs"
+            ValidationError,
+            match="exactly one of tokenHmacSha256, tokenSha256, sourceCIDRs and serviceAccount",
         ):
             SubjectConfig.model_validate(bad)
 

@@ -63,11 +63,11 @@ class Admission:
     def policy(self) -> Policy:
         return self._svc.runtime.rules.policy
 
-    def authenticate(self, token: str | None, source_ip: str, request_id: str) -> McpCaller:
+    async def authenticate(self, token: str | None, source_ip: str, request_id: str) -> McpCaller:
         """The caller of a bearer token; raises `Denied` (401 / throttled) otherwise."""
         caller = Caller(TRANSPORT, source_ip)
         try:
-            self._admission.authenticate(caller, token, request_id=request_id, method="mcp")
+            await self._admission.authenticate(caller, token, request_id=request_id, method="mcp")
         except Refusal as err:
             raise Denied(err, err.retry_after) from None
         return McpCaller(caller, request_id)
@@ -75,7 +75,7 @@ class Admission:
     def current(self, mc: McpCaller) -> SubjectConfig:
         """The caller's subject under the current config (rules may have been reloaded)."""
         subject = self._svc.runtime.current_subject(mc.subject.name)
-        if subject is None or subject.token_hash != mc.subject.token_hash:
+        if subject is None or self._admission.credential(mc.caller) is None:
             raise Denied(QrcError(ErrorCode.UNAUTHENTICATED, "Unauthenticated: token revoked"))
         return subject
 
@@ -105,7 +105,11 @@ class Admission:
     def subscriber(self, mc: McpCaller, push: Callable[[dict[str, Any]], None]) -> Caller:
         """A caller with its own upstream session, whose change-group pushes go to `push`."""
         caller = Caller(
-            TRANSPORT, mc.caller.source_ip, subject=mc.subject, token_hash=mc.caller.token_hash
+            TRANSPORT,
+            mc.caller.source_ip,
+            subject=mc.subject,
+            token_hash=mc.caller.token_hash,
+            expires=mc.caller.expires,
         )
         self._admission.open_session(caller, push)
         return caller

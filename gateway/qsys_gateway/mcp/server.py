@@ -282,7 +282,7 @@ class McpEndpoint:
             )
         source = source_ip(request)
         try:
-            caller = self.admission.authenticate(bearer(request), source, rid)
+            caller = await self.admission.authenticate(bearer(request), source, rid)
         except Denied as err:
             return _error(err.error, retry_after=err.retry_after)
         limit = cfg.limits.maxMessageBytes

@@ -97,7 +97,7 @@ class ConnectedClient:
             self.send(jsonrpc.error_message(None, too_big))
             return
         if self._api_key:
-            calls = [obj for obj in calls if self._take_api_key(obj)]
+            calls = [obj for obj in calls if await self._take_api_key(obj)]
             if not calls:
                 return
         if not self.logged_on and self._source_bound:
@@ -106,7 +106,7 @@ class ConnectedClient:
             # In order, as a Core would: once a Logon in the batch succeeded, the rest of
             # it (a second Logon included) takes the logged-on path.
             for i, obj in enumerate(calls):
-                self._pre_logon(obj)
+                await self._pre_logon(obj)
                 if self.logged_on:
                     calls = calls[i + 1 :]
                     break
@@ -156,7 +156,7 @@ class ConnectedClient:
             with contextlib.suppress(Refusal):  # full: its calls get error 10, as unbound
                 self.log_on(subject)
 
-    def _take_api_key(self, obj: Any) -> bool:
+    async def _take_api_key(self, obj: Any) -> bool:
         """Remove a QRWC `apiKey` from one call and check it; False if the call was refused.
 
         A first valid key logs the connection on; later keys must name the same subject
@@ -174,7 +174,7 @@ class ConnectedClient:
         method = obj.get("method")
         probe = Caller(self.caller.transport, self.caller.source_ip)
         try:
-            subject = self.admission.authenticate(
+            subject = await self.admission.authenticate(
                 probe,
                 key if isinstance(key, str) else None,
                 request_id=rid,
@@ -185,6 +185,7 @@ class ConnectedClient:
             return False
         if not self.logged_on:
             self.caller.subject, self.caller.token_hash = subject, probe.token_hash
+            self.caller.expires = probe.expires
             try:
                 self.log_on(subject)
             except Refusal as full:
@@ -219,7 +220,7 @@ class ConnectedClient:
             return
         self.send(jsonrpc.error_message(rid if isinstance(rid, int | str) else None, err))
 
-    def _pre_logon(self, obj: Any) -> None:
+    async def _pre_logon(self, obj: Any) -> None:
         try:
             msg = jsonrpc.parse_object(obj)
         except jsonrpc.InvalidMessage as err:
@@ -232,7 +233,7 @@ class ConnectedClient:
             params = msg.params if isinstance(msg.params, dict) else {}
             user, token = params.get("User"), params.get("Password")
             try:
-                subject = self.admission.authenticate(
+                subject = await self.admission.authenticate(
                     self.caller,
                     token if isinstance(token, str) else None,
                     user=user if isinstance(user, str) else "",

@@ -126,7 +126,7 @@ async def rpc(request: web.Request) -> web.Response:
     admission = svc.admission
     caller = Caller("http", source)
     try:
-        admission.authenticate(caller, bearer(request), request_id=rid)
+        await admission.authenticate(caller, bearer(request), request_id=rid)
     except Refusal as err:
         return error_response(err)
     body = await _read_body(request, rt.config.limits.maxMessageBytes)
@@ -172,7 +172,7 @@ async def status(request: web.Request) -> web.Response:
     svc = request.app[SERVICES]
     rid: str = request["request_id"]
     try:
-        svc.admission.authenticate(
+        await svc.admission.authenticate(
             Caller("http", source_ip(request)), bearer(request), request_id=rid, method="StatusGet"
         )
     except Refusal as err:

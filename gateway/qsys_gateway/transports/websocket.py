@@ -103,7 +103,7 @@ async def _serve(request: web.Request, transport: str, *, api_key: bool) -> web.
     token = bearer(request)
     if token is not None:
         try:
-            subject = svc.admission.authenticate(conn.caller, token, request_id=rid)
+            subject = await svc.admission.authenticate(conn.caller, token, request_id=rid)
         except Refusal as err:
             return error_response(err)
     refused = svc.clients.refusal(source, rt.config.limits, authenticated=subject is not None)
