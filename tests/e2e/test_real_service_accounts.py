@@ -39,6 +39,7 @@ from node_support import (
 )
 from operator_support import get, patch, wait_condition
 
+from qsys_protocol.config import TokenReviewConfig
 from qsys_testkit.kube import apply_crds
 
 pytestmark = pytest.mark.e2e
@@ -59,9 +60,9 @@ RULES = [
 ]
 TOKEN_DIR = "/var/run/secrets/qsys"
 TIMEOUT_S = 180
-CACHE_S = 30
-"""The gateway's default tokenReview.cacheSeconds: how long an admitted token may still
-be admitted after the API server stopped accepting it."""
+CACHE_S = int(TokenReviewConfig.model_fields["cacheSeconds"].default)
+"""The gateway's default tokenReview.cacheSeconds (the operator renders the default): how
+long an admitted token may still be admitted after the API server stopped accepting it."""
 
 CLIENT = """
 import json, sys, urllib.error, urllib.request
