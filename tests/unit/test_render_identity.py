@@ -18,6 +18,7 @@ from pydantic import ValidationError
 from qsys_operator.api import AccessPolicy, QSysCore
 from qsys_operator.api.accesspolicy import SUBJECT_SERVICE_ACCOUNT_RULE
 from qsys_operator.crdgen import openapi_schema
+from qsys_operator.handlers.children import owner_of
 from qsys_operator.k8s import endpoint_addresses, object_path
 from qsys_operator.kinds import CLUSTER_ROLE_BINDING, SERVICE_ACCOUNT
 from qsys_operator.render import ChildRef, PolicyBinding, RenderResult, render_core_children
@@ -372,3 +373,14 @@ def test_no_token_secret_is_generated_or_read_for_a_service_account_subject() ->
     policy = make_policy(SCHEDULER, {"name": "ops", "serviceAccount": {"name": "runner"}})
     tokens = asyncio.run(resolve_tokens(NoApi(), policy, b"k" * 32))  # type: ignore[arg-type]
     assert tokens == PolicyTokens()
+
+
+def test_child_events_find_their_core_also_for_cluster_scoped_children() -> None:
+    binding_labels = {**CORE_LABELS, "qsys.dev/core-namespace": "av"}
+    assert owner_of(None, binding_labels, ()) == ("av", "hall", "qsys-gateway")
+    assert owner_of(None, binding_labels, ("av",)) == ("av", "hall", "qsys-gateway")
+    # A binding of a core in a namespace this operator does not watch: not ours.
+    assert owner_of(None, binding_labels, ("other",)) is None
+    assert owner_of(None, CORE_LABELS, ()) is None  # cluster-scoped without the label
+    assert owner_of("av", CORE_LABELS, ()) == ("av", "hall", "qsys-gateway")
+    assert owner_of("av", {"app.kubernetes.io/name": "qsys-gateway"}, ()) is None
