@@ -55,6 +55,7 @@ KUBE_BIN=$(bash "$REPO/hack/tools/build.sh" --dir kube)
 NODE_BIN=$(bash "$REPO/hack/tools/build.sh" --dir node)
 COREDNS_BIN=$(bash "$REPO/hack/tools/build.sh" --dir coredns)
 KUBE_ROUTER_BIN=$(bash "$REPO/hack/tools/build.sh" --dir kube-router)
+METRICS_SERVER_BIN=$(bash "$REPO/hack/tools/build.sh" --dir metrics-server)
 
 log() { echo "cluster: $*" >&2; }
 die() {

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The real node of the local cluster: containerd + runc, kubelet, kube-proxy
-# (iptables), the CNI bridge, CoreDNS and kube-router's NetworkPolicy firewall,
-# beside kwok's fake nodes. Needs root. See docs/testing.md ("The real node").
+# (iptables), the CNI bridge, CoreDNS, metrics-server and kube-router's
+# NetworkPolicy firewall, beside kwok's fake nodes. Needs root. See
+# docs/testing.md ("The real node").
 #   node.sh record    snapshot the host state the node changes (kept if present)
 #   node.sh net-up    the bridge and its address (before the apiserver binds it)
 #   node.sh up        start the node's processes and wait until the node is Ready
@@ -149,6 +150,8 @@ write_configs() {
 		address: $NODE_IP
 		port: $KUBELET_PORT
 		readOnlyPort: 0
+		tlsCertFile: $PKI/kubelet-serving.crt
+		tlsPrivateKeyFile: $PKI/kubelet-serving.key
 		healthzBindAddress: 127.0.0.1
 		healthzPort: $KUBELET_HEALTHZ_PORT
 		authentication:
@@ -193,27 +196,38 @@ write_configs() {
 	EOF
 }
 
-# CoreDNS runs as a pod, as in any cluster, so that NetworkPolicies that admit
-# DNS by its pod labels (the gateways') mean here what they mean elsewhere. Its
-# image is its binary alone (packed from the coredns tool group with umoci).
+# The add-ons (CoreDNS, metrics-server) run as pods, as in any cluster, so that
+# NetworkPolicies that admit DNS by its pod labels (the gateways') mean here
+# what they mean elsewhere. Each image is its binary alone, packed from its
+# tool group with umoci.
 COREDNS_IMAGE=qsys.local/coredns:v1.15.0
-coredns_image_tarball() {
-	local out=$COREDNS_BIN/../coredns-image.tar work
+METRICS_SERVER_IMAGE=qsys.local/metrics-server:v0.8.0
+
+# addon_image_tarball BINARY IMAGE USER: the OCI tarball of BINARY (a path) as
+# IMAGE's tag, running as USER; built once beside the binary.
+addon_image_tarball() {
+	local bin=$1 tag=${2##*:} user=$3 out work
+	out=$(dirname "$bin")/../$(basename "$bin")-image.tar
 	if [[ ! -f $out ]]; then
 		work=$(mktemp -d)
 		mkdir -p "$work/rootfs"
-		cp "$COREDNS_BIN/coredns" "$work/rootfs/coredns"
+		cp "$bin" "$work/rootfs/"
 		umoci init --layout "$work/layout" >/dev/null
-		umoci new --image "$work/layout:v1.15.0"
+		umoci new --image "$work/layout:$tag"
 		tar -C "$work/rootfs" --numeric-owner --owner=0 --group=0 --mtime=@0 -cf "$work/layer.tar" .
-		umoci raw add-layer --image "$work/layout:v1.15.0" "$work/layer.tar"
-		umoci config --image "$work/layout:v1.15.0" --config.entrypoint /coredns --config.user 65532:65532
+		umoci raw add-layer --image "$work/layout:$tag" "$work/layer.tar"
+		umoci config --image "$work/layout:$tag" --config.entrypoint "/$(basename "$bin")" --config.user "$user:$user"
 		umoci gc --layout "$work/layout"
 		tar -C "$work/layout" -cf "$out.tmp" .
 		mv "$out.tmp" "$out"
 		rm -rf "$work"
 	fi
 	echo "$out"
+}
+
+# import_addon BINARY IMAGE USER
+import_addon() {
+	ctr images import --base-name "${2%:*}" "$(addon_image_tarball "$1" "$2" "$3")" >/dev/null
 }
 
 coredns_manifests() {
@@ -312,6 +326,162 @@ coredns_manifests() {
 	EOF
 }
 
+# metrics-server (the resource metrics API the HorizontalPodAutoscaler and
+# `kubectl top` read) as an aggregated API. Every TLS hop is verified: it
+# checks the kubelet's serving certificate against the cluster CA, and the
+# apiserver checks its serving certificate against the APIService's caBundle
+# (both certificates from hack/cluster/pki.sh). Only the real node is scraped:
+# kwok's fake nodes have no kubelet API.
+metrics_server_manifests() {
+	cat <<-EOF
+		apiVersion: v1
+		kind: ServiceAccount
+		metadata: {name: metrics-server, namespace: kube-system, labels: {k8s-app: metrics-server}}
+		---
+		apiVersion: rbac.authorization.k8s.io/v1
+		kind: ClusterRole
+		metadata:
+		  name: "system:aggregated-metrics-reader"
+		  labels:
+		    k8s-app: metrics-server
+		    rbac.authorization.k8s.io/aggregate-to-view: "true"
+		    rbac.authorization.k8s.io/aggregate-to-edit: "true"
+		    rbac.authorization.k8s.io/aggregate-to-admin: "true"
+		rules:
+		- apiGroups: [metrics.k8s.io]
+		  resources: [pods, nodes]
+		  verbs: [get, list, watch]
+		---
+		apiVersion: rbac.authorization.k8s.io/v1
+		kind: ClusterRole
+		metadata: {name: "system:metrics-server", labels: {k8s-app: metrics-server}}
+		rules:
+		- apiGroups: [""]
+		  resources: [nodes/metrics]
+		  verbs: [get]
+		- apiGroups: [""]
+		  resources: [pods, nodes]
+		  verbs: [get, list, watch]
+		---
+		apiVersion: rbac.authorization.k8s.io/v1
+		kind: ClusterRoleBinding
+		metadata: {name: "system:metrics-server", labels: {k8s-app: metrics-server}}
+		roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: "system:metrics-server"}
+		subjects: [{kind: ServiceAccount, name: metrics-server, namespace: kube-system}]
+		---
+		apiVersion: rbac.authorization.k8s.io/v1
+		kind: ClusterRoleBinding
+		metadata: {name: "metrics-server:system:auth-delegator", labels: {k8s-app: metrics-server}}
+		roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: "system:auth-delegator"}
+		subjects: [{kind: ServiceAccount, name: metrics-server, namespace: kube-system}]
+		---
+		apiVersion: rbac.authorization.k8s.io/v1
+		kind: RoleBinding
+		metadata: {name: metrics-server-auth-reader, namespace: kube-system, labels: {k8s-app: metrics-server}}
+		roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: extension-apiserver-authentication-reader}
+		subjects: [{kind: ServiceAccount, name: metrics-server, namespace: kube-system}]
+		---
+		apiVersion: v1
+		kind: Secret
+		metadata: {name: metrics-server-tls, namespace: kube-system, labels: {k8s-app: metrics-server}}
+		type: Opaque
+		data:
+		  tls.crt: $(base64 -w0 "$PKI/metrics-server.crt")
+		  tls.key: $(base64 -w0 "$PKI/metrics-server.key")
+		  kubelet-ca.crt: $(base64 -w0 "$PKI/ca.crt")
+		---
+		apiVersion: apps/v1
+		kind: Deployment
+		metadata:
+		  name: metrics-server
+		  namespace: kube-system
+		  labels: {k8s-app: metrics-server}
+		spec:
+		  replicas: 1
+		  selector: {matchLabels: {k8s-app: metrics-server}}
+		  template:
+		    metadata: {labels: {k8s-app: metrics-server}}
+		    spec:
+		      serviceAccountName: metrics-server
+		      priorityClassName: system-cluster-critical
+		      nodeSelector: {qsys.io/node: real}
+		      tolerations: [{key: qsys.io/node, operator: Equal, value: real, effect: NoSchedule}]
+		      securityContext:
+		        runAsNonRoot: true
+		        runAsUser: 65532
+		        runAsGroup: 65532
+		        fsGroup: 65532
+		        seccompProfile: {type: RuntimeDefault}
+		      containers:
+		      - name: metrics-server
+		        image: $METRICS_SERVER_IMAGE
+		        imagePullPolicy: Never
+		        args:
+		        - --secure-port=4443
+		        - --tls-cert-file=/etc/metrics-server/tls.crt
+		        - --tls-private-key-file=/etc/metrics-server/tls.key
+		        - --kubelet-certificate-authority=/etc/metrics-server/kubelet-ca.crt
+		        - --kubelet-preferred-address-types=InternalIP
+		        - --kubelet-use-node-status-port
+		        - --node-selector=qsys.io/node=real
+		        - --metric-resolution=10s
+		        - --kubelet-request-timeout=5s
+		        - --profiling=false
+		        ports: [{name: https, containerPort: 4443, protocol: TCP}]
+		        readinessProbe:
+		          httpGet: {path: /readyz, port: https, scheme: HTTPS}
+		          periodSeconds: 2
+		        livenessProbe:
+		          httpGet: {path: /livez, port: https, scheme: HTTPS}
+		          periodSeconds: 10
+		        resources: {limits: {memory: 200Mi}, requests: {cpu: 20m, memory: 50Mi}}
+		        securityContext:
+		          allowPrivilegeEscalation: false
+		          readOnlyRootFilesystem: true
+		          capabilities: {drop: [ALL]}
+		        volumeMounts: [{name: tls, mountPath: /etc/metrics-server, readOnly: true}]
+		      volumes: [{name: tls, secret: {secretName: metrics-server-tls, defaultMode: 0440}}]
+		---
+		apiVersion: v1
+		kind: Service
+		metadata:
+		  name: metrics-server
+		  namespace: kube-system
+		  labels: {k8s-app: metrics-server}
+		spec:
+		  selector: {k8s-app: metrics-server}
+		  ports: [{name: https, port: 443, protocol: TCP, targetPort: https, appProtocol: https}]
+		---
+		apiVersion: apiregistration.k8s.io/v1
+		kind: APIService
+		metadata: {name: v1beta1.metrics.k8s.io, labels: {k8s-app: metrics-server}}
+		spec:
+		  service: {name: metrics-server, namespace: kube-system, port: 443}
+		  group: metrics.k8s.io
+		  version: v1beta1
+		  caBundle: $(base64 -w0 "$PKI/ca.crt")
+		  groupPriorityMinimum: 100
+		  versionPriority: 100
+	EOF
+}
+
+# The aggregated API answers once metrics-server has scraped the node.
+metrics_api_available() {
+	[[ $(kubectl get apiservice v1beta1.metrics.k8s.io -o jsonpath='{.status.conditions[?(@.type=="Available")].status}' 2>/dev/null) == True ]]
+}
+
+# What a failed start shows besides the component's log: the add-on pods and
+# the last lines of each one's containers.
+addon_diagnostics() {
+	local pod
+	kubectl -n kube-system get pods -o wide >&2 2>&1 || return 0
+	for pod in $(kubectl -n kube-system get pods -o name 2>/dev/null); do
+		log "$pod:"
+		kubectl -n kube-system logs "$pod" --all-containers --tail=15 >&2 2>&1 || true
+		kubectl -n kube-system logs "$pod" --all-containers --tail=15 --previous >&2 2>&1 || true
+	done
+}
+
 coredns_ready() {
 	[[ $(kubectl -n kube-system get deployment coredns -o jsonpath='{.status.readyReplicas}' 2>/dev/null) == 1 ]]
 }
@@ -354,6 +524,9 @@ cmd_up() {
 	for name in "${NODE_COMPONENTS[@]}"; do
 		[[ -x $(bin_path "$name") ]] || die "$(bin_path "$name") is missing: run 'make cluster-tools' (and 'make install' for containerd)"
 	done
+	for name in "$COREDNS_BIN/coredns" "$METRICS_SERVER_BIN/metrics-server"; do
+		[[ -x $name ]] || die "$name is missing: run 'make cluster-tools'"
+	done
 	cmd_net_up
 	write_configs
 	start containerd --config "$NODE/containerd.toml" --log-level warn
@@ -363,7 +536,8 @@ cmd_up() {
 	if ! grep -qxF "$PAUSE_IMAGE" <<<"$(ctr images ls -q)"; then
 		die "the pause image $PAUSE_IMAGE is not imported: run 'make images' (QSYS_PAUSE_IMAGE names another one)"
 	fi
-	ctr images import --base-name qsys.local/coredns "$(coredns_image_tarball)" >/dev/null
+	import_addon "$COREDNS_BIN/coredns" "$COREDNS_IMAGE" 65532
+	import_addon "$METRICS_SERVER_BIN/metrics-server" "$METRICS_SERVER_IMAGE" 65532
 	start kube-proxy --config="$NODE/kube-proxy.yaml"
 	start kubelet --config="$NODE/kubelet.yaml" --kubeconfig="$NODE/kubelet.kubeconfig" \
 		--root-dir="$NODE/kubelet" --cert-dir="$NODE/kubelet/pki" \
@@ -375,8 +549,14 @@ cmd_up() {
 		--run-firewall=true --run-router=false --run-service-proxy=false \
 		--service-cluster-ip-range="$SERVICE_CIDR" --hostname-override="$NODE_NAME" \
 		--health-port=0
-	coredns_manifests | kubectl apply -f - >/dev/null
+	{
+		coredns_manifests
+		echo ---
+		metrics_server_manifests
+	} | kubectl apply -f - >/dev/null
+	trap 'if (($? != 0)); then addon_diagnostics; fi' EXIT
 	wait_for "CoreDNS Ready" 120 kubelet coredns_ready
+	wait_for "the metrics API (metrics-server)" 120 kubelet metrics_api_available
 	for name in "${NODE_COMPONENTS[@]}"; do
 		[[ -n $(component_pid "$name") ]] || die "$name exited (log: $LOGS/$name.log)"
 	done
@@ -603,7 +783,7 @@ cmd_snapshot() {
 	local path
 	for path in "${FIXED_PATHS[@]}"; do if [[ -e $path ]]; then echo "$path"; fi; done
 	echo "## processes"
-	ps -eo comm= | grep -E '^(containerd|containerd-shim|runc|kubelet|kube-proxy|kube-router|coredns|pause)' | sort || true
+	ps -eo comm= | grep -E '^(containerd|containerd-shim|runc|kubelet|kube-proxy|kube-router|coredns|metrics-server|pause)' | sort || true
 }
 
 case ${1:-} in

@@ -4,7 +4,7 @@
 set -euo pipefail
 dir=$1
 # Bump the marker's number when this script adds files, so old sets are redone.
-[[ -f $dir/.complete.3 ]] && exit 0
+[[ -f $dir/.complete.4 ]] && exit 0
 rm -rf "$dir"
 mkdir -p "$dir"
 cd "$dir"
@@ -59,8 +59,14 @@ leaf apiserver-kubelet-client "/O=system:masters/CN=kube-apiserver-kubelet-clien
 leaf kube-proxy "/CN=system:kube-proxy" clientAuth
 leaf node-addons "/O=system:masters/CN=qsys-node-addons" clientAuth
 leaf front-proxy-client "/CN=front-proxy-client" clientAuth "" front-proxy-ca
+# Serving certificates from the cluster CA, so that clients verify them: the
+# kubelet's API (metrics-server scrapes it at the node's InternalIP) and
+# metrics-server's aggregated API (the apiserver dials its Service by name).
+leaf kubelet-serving "/O=system:nodes/CN=system:node:qsys-node" serverAuth "IP:198.18.0.1,DNS:qsys-node"
+leaf metrics-server "/CN=metrics-server.kube-system.svc" serverAuth \
+	"DNS:metrics-server.kube-system.svc,DNS:metrics-server.kube-system.svc.cluster.local"
 
 openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out sa.key 2>/dev/null
 openssl pkey -in sa.key -pubout -out sa.pub
 chmod 600 ./*.key
-touch .complete.3
+touch .complete.4

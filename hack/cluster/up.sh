@@ -97,6 +97,8 @@ start kube-apiserver \
 wait_for "kube-apiserver /readyz" 60 kube-apiserver readyz
 log "kube-apiserver /readyz ok after $(elapsed)s"
 
+# Short HPA timings (defaults 15s and 5m) so that a scale-out and back in
+# fits in an e2e test; see docs/autoscaling.md.
 start kube-controller-manager \
 	--kubeconfig="$STATE/kube-controller-manager.kubeconfig" \
 	--authentication-kubeconfig="$STATE/kube-controller-manager.kubeconfig" \
@@ -105,7 +107,9 @@ start kube-controller-manager \
 	--leader-elect=false --controllers='*' --use-service-account-credentials=true \
 	--service-account-private-key-file="$PKI/sa.key" --root-ca-file="$PKI/ca.crt" \
 	--cluster-signing-cert-file="$PKI/ca.crt" --cluster-signing-key-file="$PKI/ca.key" \
-	--cluster-name=qsys-local --allocate-node-cidrs=false --profiling=false
+	--cluster-name=qsys-local --allocate-node-cidrs=false --profiling=false \
+	--horizontal-pod-autoscaler-sync-period=5s \
+	--horizontal-pod-autoscaler-downscale-stabilization=30s
 
 cat >"$STATE/kube-scheduler.yaml" <<SCHED
 apiVersion: kubescheduler.config.k8s.io/v1

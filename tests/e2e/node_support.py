@@ -11,18 +11,23 @@ the real node without a change to the objects themselves.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
-from kube_support import Cluster, must, wait_for
+import yaml
+from kube_support import REPO, Cluster, must, tool_dir, wait_for
 from kubernetes import client, utils
 from kubernetes.client.exceptions import ApiException
 
 from qsys_testkit.checkout import image_names
+from qsys_testkit.kube import apply_crds
 
 NODE_NAME = "qsys-node"
 NODE_LABEL = ("qsys.io/node", "real")
@@ -42,6 +47,9 @@ REAL_NODE_ANNOTATIONS = {
     ),
 }
 
+
+CHART = REPO / "charts" / "qsys-operator"
+CHART_TIMEOUT_S = 180
 
 images = image_names
 
@@ -193,3 +201,107 @@ def wait_pods_ready(
 
 def elapsed_since(start: float) -> float:
     return time.monotonic() - start
+
+
+def tool(group: str, name: str) -> Path:
+    path = tool_dir(group) / name
+    if not path.is_file():
+        pytest.fail(f"{name} is not built ({path}): run `make cluster-tools`", pytrace=False)
+    return path
+
+
+def _helm(cluster: Cluster, *args: str, check: bool = True) -> None:
+    result = subprocess.run(
+        [str(tool("helm", "helm")), *args],
+        capture_output=True,
+        text=True,
+        timeout=CHART_TIMEOUT_S + 30,
+        check=False,
+        env={**os.environ, "KUBECONFIG": cluster.kubeconfig},
+    )
+    if check:
+        assert result.returncode == 0, f"helm {args} exited {result.returncode}:\n{result.stderr}"
+
+
+@contextmanager
+def operator_release(cluster: Cluster, ns: str) -> Iterator[str]:
+    """The operator installed into ns by the Helm chart (watching ns only), with the images
+    `make images` built: the release name; uninstalled afterwards."""
+    refs = images()
+    apply_crds(cluster.api, REPO / "crds")
+    release = f"qsys-{ns.rsplit('-', 1)[1]}"
+    op_repo, _, op_tag = refs["operator"].rpartition(":")
+    gw_repo, _, gw_tag = refs["gateway"].rpartition(":")
+    values = [
+        f"image.repository={op_repo}",
+        f"image.tag={op_tag}",
+        "image.pullPolicy=Never",
+        f"gatewayImage.repository={gw_repo}",
+        f"gatewayImage.tag={gw_tag}",
+        "gatewayImage.pullPolicy=Never",
+        f"watchNamespaces={{{ns}}}",
+        "resyncSeconds=2",
+        "serviceMonitor.enabled=false",
+        "prometheusRule.enabled=false",
+        "gatewayProbe.cidrs={198.18.0.0/16}",
+    ]
+    args = ["install", release, str(CHART), "--namespace", ns, "--wait"]
+    args += ["--timeout", f"{CHART_TIMEOUT_S}s"]
+    for value in values:
+        args += ["--set", value]
+    _helm(cluster, *args)
+    try:
+        yield release
+    finally:
+        uninstall = ["uninstall", release, "--namespace", ns, "--wait", "--timeout", "60s"]
+        _helm(cluster, *uninstall, check=False)
+
+
+def start_simulator(cluster: Cluster, ns: str) -> None:
+    """The Core simulator as a pod behind the Service `core-sim` (QRC on port 1710)."""
+    container = restricted_container(
+        "core-sim",
+        images()["core-sim"],
+        ["qsys-core-sim", "--host", "0.0.0.0", "--port", "1710"],
+        ports=[{"containerPort": 1710, "name": "qrc"}],
+        readinessProbe={"tcpSocket": {"port": 1710}, "periodSeconds": 1},
+    )
+    deploy(cluster, ns, container, port=1710)
+    wait_pods_ready(cluster, ns, "app=core-sim", 1)
+
+
+def example(name: str) -> dict[str, Any]:
+    body: dict[str, Any] = yaml.safe_load((REPO / "examples" / name).read_text("utf-8"))
+    return body
+
+
+def simulated_core(name: str, gateway: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The example QSysCore named name, pointing at the simulator pod (start_simulator),
+    without a ServiceMonitor; gateway replaces its spec.gateway when given."""
+    body = example("qsyscore.yaml")
+    body["metadata"]["name"] = name
+    body["spec"]["core"] = {"host": "core-sim", "port": 1710}
+    # The Core is a pod: its address (after the Service's DNAT) is in the pod range.
+    body["spec"]["networkPolicy"] = {"coreCIDRs": ["198.18.0.0/16"]}
+    body["spec"]["monitoring"] = {"serviceMonitor": {"enabled": False}}
+    if gateway is not None:
+        body["spec"]["gateway"] = gateway
+    return body
+
+
+def wait_answering(what: str, call: Callable[[], bool], streak: int = 10) -> None:
+    """Until call() succeeds streak times in a row (an OSError counts as a failure):
+    kube-proxy and kube-router program new pods a moment after they are Ready; until
+    then a connection may be refused."""
+    run = [0]
+
+    def steady() -> bool:
+        try:
+            ok = call()
+        except OSError:
+            ok = False
+        run[0] = run[0] + 1 if ok else 0
+        time.sleep(0.1)
+        return run[0] >= streak
+
+    wait_for(f"{what} answering steadily", steady, timeout=60)

@@ -27,23 +27,26 @@ from typing import Any
 
 import aiohttp
 import pytest
-import yaml
-from kube_support import REPO, Cluster, must, tool_dir, wait_for
+from kube_support import REPO, Cluster, must, wait_for
 from kubernetes import client
 from node_support import (
     NODE_NAME,
-    deploy,
+    example,
     images,
     is_ready,
+    operator_release,
     real_namespace,
-    restricted_container,
     run_pod,
+    simulated_core,
+    start_simulator,
+    tool,
+    wait_answering,
     wait_pods_ready,
 )
 from operator_support import condition, get, patch, wait_condition
 
 from qsys_protocol.qrc.client import QrcClient
-from qsys_testkit.kube import apply_crds, secret_text
+from qsys_testkit.kube import secret_text
 
 pytestmark = pytest.mark.e2e
 
@@ -103,131 +106,35 @@ class Stack:
         return [p for p in pods.items if must(p.metadata).deletion_timestamp is None]
 
 
-def _tool(group: str, name: str) -> Path:
-    path = tool_dir(group) / name
-    if not path.is_file():
-        pytest.fail(f"{name} is not built ({path}): run `make cluster-tools`", pytrace=False)
-    return path
-
-
-def _run(args: list[str | Path], cluster: Cluster, timeout: float = TIMEOUT_S) -> str:
-    result = subprocess.run(
-        [str(a) for a in args],
-        capture_output=True,
-        text=True,
-        timeout=timeout + 30,
-        check=False,
-        env={**os.environ, "KUBECONFIG": cluster.kubeconfig},
-    )
-    assert result.returncode == 0, f"{args} exited {result.returncode}:\n{result.stderr[-4000:]}"
-    return result.stdout
-
-
-def _split(ref: str) -> tuple[str, str]:
-    repo, _, tag = ref.rpartition(":")
-    return repo, tag
-
-
-def _simulator(cluster: Cluster, ns: str, image: str) -> None:
-    container = restricted_container(
-        "core-sim",
-        image,
-        ["qsys-core-sim", "--host", "0.0.0.0", "--port", "1710"],
-        ports=[{"containerPort": 1710, "name": "qrc"}],
-        readinessProbe={"tcpSocket": {"port": 1710}, "periodSeconds": 1},
-    )
-    deploy(cluster, ns, container, port=1710)
-    wait_pods_ready(cluster, ns, "app=core-sim", 1)
-
-
-def _example(name: str) -> dict[str, Any]:
-    body: dict[str, Any] = yaml.safe_load((REPO / "examples" / name).read_text("utf-8"))
-    return body
-
-
 @pytest.fixture(scope="module")
 def stack(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    refs = images()
-    helm = _tool("helm", "helm")
-    with real_namespace(cluster) as ns:
-        apply_crds(cluster.api, REPO / "crds")
-        release = f"qsys-{ns.rsplit('-', 1)[1]}"
-        op_repo, op_tag = _split(refs["operator"])
-        gw_repo, gw_tag = _split(refs["gateway"])
-        values = [
-            f"image.repository={op_repo}",
-            f"image.tag={op_tag}",
-            "image.pullPolicy=Never",
-            f"gatewayImage.repository={gw_repo}",
-            f"gatewayImage.tag={gw_tag}",
-            "gatewayImage.pullPolicy=Never",
-            f"watchNamespaces={{{ns}}}",
-            "resyncSeconds=2",
-            "serviceMonitor.enabled=false",
-            "prometheusRule.enabled=false",
-            "gatewayProbe.cidrs={198.18.0.0/16}",
-        ]
-        args: list[str | Path] = [helm, "install", release, CHART, "--namespace", ns, "--wait"]
-        args += ["--timeout", f"{TIMEOUT_S}s"]
-        for value in values:
-            args += ["--set", value]
-        _run(args, cluster)
-        try:
-            _simulator(cluster, ns, refs["core-sim"])
-            core = client.CoreV1Api(cluster.api)
-            core.create_namespaced_secret(
-                ns,
-                client.V1Secret(
-                    metadata=client.V1ObjectMeta(
-                        name="room-101-panel-token",
-                        labels={"qsys.dev/secret-type": "client-token"},
-                    ),
-                    string_data={"token": PANEL_TOKEN},
+    with real_namespace(cluster) as ns, operator_release(cluster, ns) as release:
+        start_simulator(cluster, ns)
+        core = client.CoreV1Api(cluster.api)
+        core.create_namespaced_secret(
+            ns,
+            client.V1Secret(
+                metadata=client.V1ObjectMeta(
+                    name="room-101-panel-token",
+                    labels={"qsys.dev/secret-type": "client-token"},
                 ),
-            )
-            qsyscore = _example("qsyscore.yaml")
-            qsyscore["spec"]["core"] = {"host": "core-sim", "port": 1710}
-            # The Core is a pod: its address (after the Service's DNAT) is in the pod range.
-            qsyscore["spec"]["networkPolicy"] = {"coreCIDRs": ["198.18.0.0/16"]}
-            qsyscore["spec"]["monitoring"] = {"serviceMonitor": {"enabled": False}}
-            custom = client.CustomObjectsApi(cluster.api)
-            started = time.monotonic()
-            custom.create_namespaced_custom_object(
-                "qsys.dev", "v1alpha1", ns, "qsyscores", qsyscore
-            )
-            custom.create_namespaced_custom_object(
-                "qsys.dev", "v1alpha1", ns, "accesspolicies", _example("accesspolicy.yaml")
-            )
-            wait_pods_ready(cluster, ns, GATEWAY_SELECTOR, 2, timeout=TIMEOUT_S)
-            print(f"QSysCore applied -> 2 Ready gateway pods: {time.monotonic() - started:.1f}s")
-            svc = core.read_namespaced_service(GATEWAY, ns)
-            stack = Stack(cluster, ns, release, must(must(svc.spec).cluster_ip))
-            wait_condition(
-                cluster, ns, "QSysCore", CORE, "CoreConnected", "True", timeout=TIMEOUT_S
-            )
-            streak = [0]
-
-            def answers() -> bool:
-                # kube-proxy and kube-router program new pods a moment after they are
-                # Ready; until then a connection may be refused. 10 answers in a row.
-                try:
-                    ok = stack.rpc("StatusGet")[0] == 200
-                except OSError:
-                    ok = False
-                streak[0] = streak[0] + 1 if ok else 0
-                time.sleep(0.1)
-                return streak[0] >= 10
-
-            wait_for("the gateway Service answering steadily", answers, timeout=60)
-            yield stack
-        finally:
-            subprocess.run(
-                [str(helm), "uninstall", release, "--namespace", ns, "--wait", "--timeout", "60s"],
-                env={**os.environ, "KUBECONFIG": cluster.kubeconfig},
-                capture_output=True,
-                timeout=120,
-                check=False,
-            )
+                string_data={"token": PANEL_TOKEN},
+            ),
+        )
+        qsyscore = simulated_core(CORE)
+        custom = client.CustomObjectsApi(cluster.api)
+        started = time.monotonic()
+        custom.create_namespaced_custom_object("qsys.dev", "v1alpha1", ns, "qsyscores", qsyscore)
+        custom.create_namespaced_custom_object(
+            "qsys.dev", "v1alpha1", ns, "accesspolicies", example("accesspolicy.yaml")
+        )
+        wait_pods_ready(cluster, ns, GATEWAY_SELECTOR, 2, timeout=TIMEOUT_S)
+        print(f"QSysCore applied -> 2 Ready gateway pods: {time.monotonic() - started:.1f}s")
+        svc = core.read_namespaced_service(GATEWAY, ns)
+        stack = Stack(cluster, ns, release, must(must(svc.spec).cluster_ip))
+        wait_condition(cluster, ns, "QSysCore", CORE, "CoreConnected", "True", timeout=TIMEOUT_S)
+        wait_answering("the gateway Service", lambda: stack.rpc("StatusGet")[0] == 200)
+        yield stack
 
 
 def _container_pid(cluster: Cluster, pod: client.V1Pod) -> int:
@@ -455,12 +362,7 @@ def test_operator_pod_restart_mid_reconcile(stack: Stack) -> None:
     core = client.CoreV1Api(stack.cluster.api)
     selector = "app.kubernetes.io/name=qsys-operator"
     (op,) = core.list_namespaced_pod(stack.ns, label_selector=selector).items
-    second = _example("qsyscore.yaml")
-    second["metadata"]["name"] = "second"
-    second["spec"]["core"] = {"host": "core-sim", "port": 1710}
-    second["spec"]["networkPolicy"] = {"coreCIDRs": ["198.18.0.0/16"]}
-    second["spec"]["monitoring"] = {"serviceMonitor": {"enabled": False}}
-    second["spec"]["gateway"] = {"replicas": 1}
+    second = simulated_core("second", {"replicas": 1})
     client.CustomObjectsApi(stack.cluster.api).create_namespaced_custom_object(
         "qsys.dev", "v1alpha1", stack.ns, "qsyscores", second
     )
@@ -481,7 +383,7 @@ def test_operator_pod_restart_mid_reconcile(stack: Stack) -> None:
 
 
 def test_drain_respects_the_pod_disruption_budget(stack: Stack) -> None:
-    kubectl = _tool("kube", "kubectl")
+    kubectl = tool("kube", "kubectl")
     pdb = client.PolicyV1Api(stack.cluster.api).read_namespaced_pod_disruption_budget(
         GATEWAY, stack.ns
     )

@@ -53,6 +53,16 @@ def test_defaults_and_no_hpa_without_autoscaling() -> None:
     assert by_kind(plain)["Deployment"]["spec"]["replicas"] == 3
 
 
+def test_scale_down_stabilization_goes_into_behavior() -> None:
+    assert "behavior" not in scaled()["HorizontalPodAutoscaler"]["spec"]
+    for seconds in (0, 30, 3600):
+        spec = scaled(scaleDownStabilizationSeconds=seconds)["HorizontalPodAutoscaler"]["spec"]
+        assert spec["behavior"] == {"scaleDown": {"stabilizationWindowSeconds": seconds}}
+    for bad in (-1, 3601):
+        with pytest.raises(ValidationError):
+            make_core(gateway={"autoscaling": {"scaleDownStabilizationSeconds": bad}})
+
+
 def test_deployment_leaves_replicas_to_the_hpa() -> None:
     deployment = scaled(minReplicas=2, maxReplicas=4)["Deployment"]
     assert "replicas" not in deployment["spec"]

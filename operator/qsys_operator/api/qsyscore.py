@@ -89,6 +89,10 @@ class AutoscalingSpec(Model):
     targetCPUUtilizationPercentage: Annotated[int, Field(ge=1, le=100)] = 70
     """Average CPU use of the gateway pods, in percent of their request, the autoscaler
     aims for."""
+    scaleDownStabilizationSeconds: Annotated[int, Field(ge=0, le=3600)] | None = None
+    """Seconds (0-3600) the autoscaler looks back before removing pods: it scales in only to
+    the highest count it wanted in that window. Unset: the cluster's default (5 minutes
+    unless kube-controller-manager says otherwise)."""
 
     @model_validator(mode="after")
     def _range(self) -> AutoscalingSpec:

@@ -11,7 +11,7 @@ def render_hpa(core: QSysCore) -> Manifest | None:
     if scaling is None:
         return None
     name = gateway_name(core.metadata.name)
-    return {
+    hpa: Manifest = {
         "apiVersion": "autoscaling/v2",
         "kind": "HorizontalPodAutoscaler",
         "metadata": child_metadata(core, name),
@@ -33,3 +33,7 @@ def render_hpa(core: QSysCore) -> Manifest | None:
             ],
         },
     }
+    if scaling.scaleDownStabilizationSeconds is not None:
+        window = scaling.scaleDownStabilizationSeconds
+        hpa["spec"]["behavior"] = {"scaleDown": {"stabilizationWindowSeconds": window}}
+    return hpa
