@@ -24,27 +24,26 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
-from kube_support import REPO, Cluster, can_i, must, pinned_tool, wait_for
+from kube_support import Cluster, can_i, must, pinned_tool, wait_for
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from node_support import (
     create,
-    deploy,
     images,
     is_ready,
+    operator_release,
     real_namespace,
     restricted_container,
+    simulated_core,
+    start_simulator,
     wait_pods_ready,
 )
 from operator_support import get, patch, wait_condition
 
 from qsys_protocol.config import TokenReviewConfig
-from qsys_testkit.kube import apply_crds
 
 pytestmark = pytest.mark.e2e
 
-CHART = REPO / "charts" / "qsys-operator"
 CORE = "hall"
 GATEWAY = f"{CORE}-gateway"
 GATEWAY_SELECTOR = f"app.kubernetes.io/instance={CORE},app.kubernetes.io/name=qsys-gateway"
@@ -266,102 +265,29 @@ class Stack:
             return int(exc.code)
 
 
-def _helm(cluster: Cluster, *args: str, check: bool = True) -> None:
-    result = subprocess.run(
-        [str(pinned_tool("helm", "helm")), *args],
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT_S + 60,
-        check=False,
-        env={**os.environ, "KUBECONFIG": cluster.kubeconfig},
-    )
-    if check:
-        assert result.returncode == 0, (
-            f"helm {args[:2]} exited {result.returncode}:\n{result.stderr}"
-        )
-
-
-def _example_core() -> dict[str, Any]:
-    body: dict[str, Any] = yaml.safe_load((REPO / "examples" / "qsyscore.yaml").read_text())
-    body["metadata"]["name"] = CORE
-    body["spec"]["core"] = {"host": "core-sim", "port": 1710}
-    body["spec"]["gateway"] = {"replicas": 1}
-    # The Core is a pod: its address (after the Service's DNAT) is in the pod range.
-    body["spec"]["networkPolicy"] = {"coreCIDRs": ["198.18.0.0/16"]}
-    body["spec"]["monitoring"] = {"serviceMonitor": {"enabled": False}}
-    return body
-
-
 @pytest.fixture(scope="module")
 def stack(cluster: Cluster) -> Iterator[Stack]:
-    refs = images()
-    with real_namespace(cluster) as ns:
-        apply_crds(cluster.api, REPO / "crds")
-        release = f"qsys-{ns.rsplit('-', 1)[1]}"
-        op_repo, _, op_tag = refs["operator"].rpartition(":")
-        gw_repo, _, gw_tag = refs["gateway"].rpartition(":")
-        values = [
-            f"image.repository={op_repo}",
-            f"image.tag={op_tag}",
-            "image.pullPolicy=Never",
-            f"gatewayImage.repository={gw_repo}",
-            f"gatewayImage.tag={gw_tag}",
-            "gatewayImage.pullPolicy=Never",
-            f"watchNamespaces={{{ns}}}",
-            "resyncSeconds=2",
-            "serviceMonitor.enabled=false",
-            "prometheusRule.enabled=false",
-            "gatewayProbe.cidrs={198.18.0.0/16}",
-        ]
-        args = ["install", release, str(CHART), "--namespace", ns, "--wait"]
-        args += ["--timeout", f"{TIMEOUT_S}s"]
-        for value in values:
-            args += ["--set", value]
-        _helm(cluster, *args)
-        try:
-            container = restricted_container(
-                "core-sim",
-                refs["core-sim"],
-                ["qsys-core-sim", "--host", "0.0.0.0", "--port", "1710"],
-                ports=[{"containerPort": 1710, "name": "qrc"}],
-                readinessProbe={"tcpSocket": {"port": 1710}, "periodSeconds": 1},
+    with real_namespace(cluster) as ns, operator_release(cluster, ns) as release:
+        start_simulator(cluster, ns)
+        core = client.CoreV1Api(cluster.api)
+        for account in (ACCOUNT, "intruder"):
+            core.create_namespaced_service_account(
+                ns, client.V1ServiceAccount(metadata=client.V1ObjectMeta(name=account))
             )
-            deploy(cluster, ns, container, port=1710)
-            wait_pods_ready(cluster, ns, "app=core-sim", 1)
-            core = client.CoreV1Api(cluster.api)
-            for account in (ACCOUNT, "intruder"):
-                core.create_namespaced_service_account(
-                    ns, client.V1ServiceAccount(metadata=client.V1ObjectMeta(name=account))
-                )
-            custom = client.CustomObjectsApi(cluster.api)
-            custom.create_namespaced_custom_object(
-                "qsys.dev", "v1alpha1", ns, "qsyscores", _example_core()
-            )
-            policy = {
-                "apiVersion": "qsys.dev/v1alpha1",
-                "kind": "AccessPolicy",
-                "metadata": {"name": POLICY},
-                "spec": {"coreRef": {"name": CORE}, "subjects": [PANEL], "rules": RULES},
-            }
-            custom.create_namespaced_custom_object(
-                "qsys.dev", "v1alpha1", ns, "accesspolicies", policy
-            )
-            stack = Stack(cluster, ns, release)
-            wait_pods_ready(cluster, ns, GATEWAY_SELECTOR, 1, timeout=TIMEOUT_S)
-            wait_condition(cluster, ns, "QSysCore", CORE, "CoreConnected", "True", TIMEOUT_S)
-            yield stack
-        finally:
-            _helm(
-                cluster,
-                "uninstall",
-                release,
-                "--namespace",
-                ns,
-                "--wait",
-                "--timeout",
-                "60s",
-                check=False,
-            )
+        custom = client.CustomObjectsApi(cluster.api)
+        custom.create_namespaced_custom_object(
+            "qsys.dev", "v1alpha1", ns, "qsyscores", simulated_core(CORE, {"replicas": 1})
+        )
+        policy = {
+            "apiVersion": "qsys.dev/v1alpha1",
+            "kind": "AccessPolicy",
+            "metadata": {"name": POLICY},
+            "spec": {"coreRef": {"name": CORE}, "subjects": [PANEL], "rules": RULES},
+        }
+        custom.create_namespaced_custom_object("qsys.dev", "v1alpha1", ns, "accesspolicies", policy)
+        wait_pods_ready(cluster, ns, GATEWAY_SELECTOR, 1, timeout=TIMEOUT_S)
+        wait_condition(cluster, ns, "QSysCore", CORE, "CoreConnected", "True", TIMEOUT_S)
+        yield Stack(cluster, ns, release)
 
 
 def test_without_service_account_subjects_the_gateway_has_no_identity(stack: Stack) -> None:
