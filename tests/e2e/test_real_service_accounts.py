@@ -132,12 +132,17 @@ class Stack:
 
     def gateways_settled(self, account: str | None) -> bool:
         """Every gateway pod Ready, from the current template, running as `account` (None:
-        the namespace default) with an API token mounted exactly when account is set."""
+        the namespace default) with an API token mounted exactly when account is set; no old
+        pod left terminating (its preStop keeps it serving the config it had a moment)."""
         dep = client.AppsV1Api(self.cluster.api).read_namespaced_deployment(GATEWAY, self.ns)
         status = must(dep.status)
+        every = client.CoreV1Api(self.cluster.api).list_namespaced_pod(
+            self.ns, label_selector=GATEWAY_SELECTOR
+        )
         pods = self.gateway_pods()
         if (
-            status.updated_replicas != must(dep.spec).replicas
+            len(every.items) != len(pods)
+            or status.updated_replicas != must(dep.spec).replicas
             or status.ready_replicas != status.replicas
             or len(pods) != must(dep.spec).replicas
         ):
