@@ -196,38 +196,65 @@ write_configs() {
 	EOF
 }
 
+# Images made of one or two pinned Go binaries alone (no base image, no shell),
+# packed with umoci into the tool group's cache directory and imported once per
+# containerd root (the stamp, as for `make images`).
+# binary_image REF ENTRYPOINT USER BINARY:PATH-IN-IMAGE...
+binary_image() {
+	local ref=$1 entry=$2 user=$3 name=${1%%:*} tag=${1##*:} out work spec first=${4%%:*}
+	name=${name##*/}
+	shift 3
+	out=$(dirname "$first")/../$name-image.tar
+	if [[ ! -f $out ]]; then
+		work=$(mktemp -d)
+		for spec in "$@"; do
+			mkdir -p "$work/rootfs$(dirname "${spec#*:}")"
+			cp "${spec%%:*}" "$work/rootfs${spec#*:}"
+		done
+		umoci init --layout "$work/layout" >/dev/null
+		umoci new --image "$work/layout:$tag"
+		tar -C "$work/rootfs" --numeric-owner --owner=0 --group=0 --mtime=@0 -cf "$work/layer.tar" .
+		umoci raw add-layer --image "$work/layout:$tag" "$work/layer.tar"
+		umoci config --image "$work/layout:$tag" --config.entrypoint "$entry" --config.user "$user"
+		umoci gc --layout "$work/layout"
+		tar -C "$work/layout" -cf "$out.tmp" .
+		mv "$out.tmp" "$out"
+		rm -rf "$work"
+	fi
+	local stamp=$NODE/containerd/root/.imported key
+	key=$(stat -c '%n %s %Y' "$out" | sha256sum | cut -c1-16)
+	if ! grep -qxF "$key" "$stamp" 2>/dev/null || ! grep -qxF "$ref" <<<"$(ctr images ls -q)"; then
+		ctr images import --base-name "${ref%%:*}" "$out" >/dev/null
+		echo "$key" >>"$stamp"
+	fi
+}
+
 # The add-ons (CoreDNS, metrics-server) run as pods, as in any cluster, so that
 # NetworkPolicies that admit DNS by its pod labels (the gateways') mean here
 # what they mean elsewhere. Each image is its binary alone, packed from its
 # tool group with umoci.
 COREDNS_IMAGE=qsys.local/coredns:v1.15.0
 METRICS_SERVER_IMAGE=qsys.local/metrics-server:v0.8.0
+# The Prometheus Operator's Prometheus pods (tests/e2e/test_prometheus_real_node.py):
+# prometheus and the operator's config reloader, at the paths the operator runs
+# them from; imported when their tool groups are built (`make cluster-tools`).
+PROMETHEUS_IMAGE=qsys.local/prometheus:v3.13.5
+CONFIG_RELOADER_IMAGE=qsys.local/prometheus-config-reloader:v0.85.0
+PROMETHEUS_BIN=$(bash "$REPO/hack/tools/build.sh" --dir prometheus)
+PROMETHEUS_OPERATOR_BIN=$(bash "$REPO/hack/tools/build.sh" --dir prometheus-operator)
 
-# addon_image_tarball BINARY IMAGE USER: the OCI tarball of BINARY (a path) as
-# IMAGE's tag, running as USER; built once beside the binary.
-addon_image_tarball() {
-	local bin=$1 tag=${2##*:} user=$3 out work
-	out=$(dirname "$bin")/../$(basename "$bin")-image.tar
-	if [[ ! -f $out ]]; then
-		work=$(mktemp -d)
-		mkdir -p "$work/rootfs"
-		cp "$bin" "$work/rootfs/"
-		umoci init --layout "$work/layout" >/dev/null
-		umoci new --image "$work/layout:$tag"
-		tar -C "$work/rootfs" --numeric-owner --owner=0 --group=0 --mtime=@0 -cf "$work/layer.tar" .
-		umoci raw add-layer --image "$work/layout:$tag" "$work/layer.tar"
-		umoci config --image "$work/layout:$tag" --config.entrypoint "/$(basename "$bin")" --config.user "$user:$user"
-		umoci gc --layout "$work/layout"
-		tar -C "$work/layout" -cf "$out.tmp" .
-		mv "$out.tmp" "$out"
-		rm -rf "$work"
+import_binary_images() {
+	binary_image "$COREDNS_IMAGE" /coredns 65532:65532 "$COREDNS_BIN/coredns:/coredns"
+	binary_image "$METRICS_SERVER_IMAGE" /metrics-server 65532:65532 \
+		"$METRICS_SERVER_BIN/metrics-server:/metrics-server"
+	if [[ -x $PROMETHEUS_BIN/prometheus ]]; then
+		binary_image "$PROMETHEUS_IMAGE" /bin/prometheus 65534:65534 \
+			"$PROMETHEUS_BIN/prometheus:/bin/prometheus"
 	fi
-	echo "$out"
-}
-
-# import_addon BINARY IMAGE USER
-import_addon() {
-	ctr images import --base-name "${2%:*}" "$(addon_image_tarball "$1" "$2" "$3")" >/dev/null
+	if [[ -x $PROMETHEUS_OPERATOR_BIN/prometheus-config-reloader ]]; then
+		binary_image "$CONFIG_RELOADER_IMAGE" /bin/prometheus-config-reloader 65534:65534 \
+			"$PROMETHEUS_OPERATOR_BIN/prometheus-config-reloader:/bin/prometheus-config-reloader"
+	fi
 }
 
 coredns_manifests() {
@@ -536,8 +563,7 @@ cmd_up() {
 	if ! grep -qxF "$PAUSE_IMAGE" <<<"$(ctr images ls -q)"; then
 		die "the pause image $PAUSE_IMAGE is not imported: run 'make images' (QSYS_PAUSE_IMAGE names another one)"
 	fi
-	import_addon "$COREDNS_BIN/coredns" "$COREDNS_IMAGE" 65532
-	import_addon "$METRICS_SERVER_BIN/metrics-server" "$METRICS_SERVER_IMAGE" 65532
+	import_binary_images
 	start kube-proxy --config="$NODE/kube-proxy.yaml"
 	start kubelet --config="$NODE/kubelet.yaml" --kubeconfig="$NODE/kubelet.kubeconfig" \
 		--root-dir="$NODE/kubelet" --cert-dir="$NODE/kubelet/pki" \

@@ -15,7 +15,7 @@ import os
 import subprocess
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,7 @@ from qsys_testkit.checkout import image_names
 from qsys_testkit.kube import apply_crds
 
 NODE_NAME = "qsys-node"
+CONTAINERD_SOCK = REPO / ".cache" / "cluster" / "node" / "containerd" / "containerd.sock"
 NODE_LABEL = ("qsys.io/node", "real")
 POD_CIDR_PREFIX = "198.18."
 SERVICE_CIDR_PREFIX = "198.19."
@@ -72,12 +73,13 @@ def require_real_node(cluster: Cluster) -> client.V1Node:
 
 
 @contextmanager
-def real_namespace(cluster: Cluster) -> Iterator[str]:
-    """A fresh namespace whose pods run on the real node; deleted afterwards, waiting
-    until its pods are gone so that no container outlives the test."""
+def real_namespace(cluster: Cluster, name: str = "") -> Iterator[str]:
+    """A fresh namespace (named `name`, else e2e-real-RANDOM) whose pods run on the real
+    node; deleted afterwards, waiting until its pods are gone so that no container outlives
+    the test."""
     require_real_node(cluster)
     core = client.CoreV1Api(cluster.api)
-    name = f"e2e-real-{uuid.uuid4().hex[:8]}"
+    name = name or f"e2e-real-{uuid.uuid4().hex[:8]}"
     meta = client.V1ObjectMeta(name=name, annotations=REAL_NODE_ANNOTATIONS)
     core.create_namespace(client.V1Namespace(metadata=meta))
     try:
@@ -224,9 +226,10 @@ def _helm(cluster: Cluster, *args: str, check: bool = True) -> None:
 
 
 @contextmanager
-def operator_release(cluster: Cluster, ns: str) -> Iterator[str]:
+def operator_release(cluster: Cluster, ns: str, extra: Sequence[str] = ()) -> Iterator[str]:
     """The operator installed into ns by the Helm chart (watching ns only), with the images
-    `make images` built: the release name; uninstalled afterwards."""
+    `make images` built and the chart values `extra` (--set, after the defaults here): the
+    release name; uninstalled afterwards."""
     refs = images()
     apply_crds(cluster.api, REPO / "crds")
     release = f"qsys-{ns.rsplit('-', 1)[1]}"
@@ -247,7 +250,7 @@ def operator_release(cluster: Cluster, ns: str) -> Iterator[str]:
     ]
     args = ["install", release, str(CHART), "--namespace", ns, "--wait"]
     args += ["--timeout", f"{CHART_TIMEOUT_S}s"]
-    for value in values:
+    for value in (*values, *extra):
         args += ["--set", value]
     _helm(cluster, *args)
     try:
@@ -305,3 +308,31 @@ def wait_answering(what: str, call: Callable[[], bool], streak: int = 10) -> Non
         return run[0] >= streak
 
     wait_for(f"{what} answering steadily", steady, timeout=60)
+
+
+def apply_example_policy(cluster: Cluster, ns: str, panel_token: str) -> None:
+    """examples/accesspolicy.yaml and the room panel's token Secret it refers to."""
+    client.CoreV1Api(cluster.api).create_namespaced_secret(
+        ns,
+        client.V1Secret(
+            metadata=client.V1ObjectMeta(
+                name="room-101-panel-token", labels={"qsys.dev/secret-type": "client-token"}
+            ),
+            string_data={"token": panel_token},
+        ),
+    )
+    client.CustomObjectsApi(cluster.api).create_namespaced_custom_object(
+        "qsys.dev", "v1alpha1", ns, "accesspolicies", example("accesspolicy.yaml")
+    )
+
+
+def node_images() -> set[str]:
+    """Image references the real node's containerd holds (imported, never pulled)."""
+    out = subprocess.run(
+        ["ctr", "--address", str(CONTAINERD_SOCK), "-n", "k8s.io", "images", "ls", "-q"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    ).stdout
+    return set(out.split())

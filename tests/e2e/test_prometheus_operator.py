@@ -14,17 +14,14 @@ from __future__ import annotations
 import base64
 import contextlib
 import gzip
-import json
 import subprocess
-import urllib.parse
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from kube_support import REPO, Cluster, must, tool_dir, wait_for
+from kube_support import REPO, Cluster, must, pinned_tool, wait_for
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from operator_support import (
@@ -32,140 +29,13 @@ from operator_support import (
     create,
     running_operator,
 )
+from prometheus_support import MONITORING, po_crds_installed, prometheus_operator
 
-from qsys_testkit import free_port
+from qsys_testkit import free_port, stop_process
 from qsys_testkit.kube import apply_crds
+from qsys_testkit.monitoring import alert_names, chart_prometheus_rule, prometheus_api
 
 pytestmark = pytest.mark.e2e
-
-PO_TOOLS = REPO / "hack" / "tools" / "prometheus-operator"
-MONITORING = "monitoring.coreos.com"
-
-
-def binary(group: str, name: str) -> Path:
-    path = tool_dir(group) / name
-    if not path.is_file():
-        pytest.fail(f"{name} is not built: run `bash hack/tools/build.sh {group}`", pytrace=False)
-    return path
-
-
-def po_crds() -> list[Path]:
-    """The Prometheus Operator's CRDs from its (pinned) module."""
-    out = subprocess.run(
-        [
-            "go",
-            "list",
-            "-m",
-            "-f",
-            "{{.Dir}}",
-            "github.com/prometheus-operator/prometheus-operator",
-        ],
-        cwd=PO_TOOLS,
-        check=True,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    return sorted((Path(out.stdout.strip()) / "example" / "prometheus-operator-crd").glob("*.yaml"))
-
-
-@contextlib.contextmanager
-def process(argv: list[str | Path], log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    with log.open("ab") as out:
-        proc = subprocess.Popen([str(a) for a in argv], stdout=out, stderr=subprocess.STDOUT)
-    try:
-        yield proc
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
-
-
-@pytest.fixture
-def po_crds_installed(cluster: Cluster) -> Iterator[None]:
-    """Applied with kubectl: the CRDs carry YAML 1.1 `=` scalars PyYAML's safe loader refuses."""
-    paths = po_crds()
-    kubectl = [str(tool_dir("kube") / "kubectl"), f"--kubeconfig={cluster.kubeconfig}"]
-    files = [arg for p in paths for arg in ("-f", str(p))]
-    try:
-        subprocess.run(
-            [*kubectl, "apply", "--server-side", *files],
-            check=True,
-            capture_output=True,
-            timeout=120,
-        )
-        subprocess.run(
-            [*kubectl, "wait", "--for=condition=Established", "--timeout=60s", *files],
-            check=True,
-            capture_output=True,
-            timeout=90,
-        )
-        yield
-    finally:  # other tests expect no monitoring CRDs
-        subprocess.run(
-            [*kubectl, "delete", "--ignore-not-found", "--wait=false", *files],
-            check=False,
-            capture_output=True,
-            timeout=120,
-        )
-
-
-def api_server_flags(kubeconfig: str, directory: Path) -> list[str]:
-    """The prometheus-operator has no --kubeconfig: the current context as its TLS flags."""
-    cfg = yaml.safe_load(Path(kubeconfig).read_text("utf-8"))
-    ctx = next(c["context"] for c in cfg["contexts"] if c["name"] == cfg["current-context"])
-    cluster = next(c["cluster"] for c in cfg["clusters"] if c["name"] == ctx["cluster"])
-    user = next(u["user"] for u in cfg["users"] if u["name"] == ctx["user"])
-    flags = [f"--apiserver={cluster['server']}"]
-    for flag, section, key in (
-        ("ca-file", cluster, "certificate-authority"),
-        ("cert-file", user, "client-certificate"),
-        ("key-file", user, "client-key"),
-    ):
-        if key in section:
-            path = Path(section[key])
-        else:
-            path = directory / f"po-{flag}"
-            path.write_bytes(base64.b64decode(section[f"{key}-data"]))
-            path.chmod(0o600)
-        flags.append(f"--{flag}={path}")
-    return flags
-
-
-def chart_rule(namespace: str) -> dict[str, Any]:
-    out = subprocess.run(
-        [
-            str(tool_dir("helm") / "helm"),
-            "template",
-            "qsys",
-            str(REPO / "charts" / "qsys-operator"),
-            "--namespace",
-            namespace,
-            "--set",
-            "prometheusRule.enabled=true",
-            "--set",
-            "prometheusRule.coreUnreachableFor=5s",
-            "--show-only",
-            "templates/prometheusrule.yaml",
-        ],
-        check=True,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    rule: dict[str, Any] = yaml.safe_load(out.stdout)
-    return rule
-
-
-def api(port: int, path: str, **params: str) -> Any:
-    url = f"http://127.0.0.1:{port}/api/v1/{path}"
-    if params:
-        url += "?" + urllib.parse.urlencode(params)
-    with urllib.request.urlopen(url, timeout=5) as r:
-        return json.loads(r.read())["data"]
 
 
 def local_config(generated: bytes, kubeconfig: str, rules_dir: Path) -> dict[str, Any]:
@@ -181,29 +51,40 @@ def local_config(generated: bytes, kubeconfig: str, rules_dir: Path) -> dict[str
     return config
 
 
+@contextlib.contextmanager
+def host_prometheus(config: Path, directory: Path) -> Iterator[str]:
+    """The pinned Prometheus on a loopback port: its base URL."""
+    port = free_port()
+    with (directory / "prometheus.log").open("ab") as out:
+        proc = subprocess.Popen(
+            [
+                str(pinned_tool("prometheus", "prometheus")),
+                f"--config.file={config}",
+                f"--storage.tsdb.path={directory / 'data'}",
+                f"--web.listen-address=127.0.0.1:{port}",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        stop_process(proc, 20)
+
+
 def test_prometheus_operator_renders_gateway_scrape_job_and_chart_rules(
-    cluster: Cluster, namespace: str, tmp_path: Path, po_crds_installed: None
+    cluster: Cluster, namespace: str, tmp_path: Path
 ) -> None:
     ns = namespace
     apply_crds(cluster.api, REPO / "crds")
     custom = client.CustomObjectsApi(cluster.api)
     v1 = client.CoreV1Api(cluster.api)
-    web = free_port()
     with contextlib.ExitStack() as stack:
+        stack.enter_context(po_crds_installed(cluster))
         stack.enter_context(running_operator(cluster, ns, tmp_path / "operator.log"))
-        stack.enter_context(
-            process(
-                [
-                    binary("prometheus-operator", "prometheus-operator"),
-                    *api_server_flags(cluster.kubeconfig, tmp_path),
-                    f"--namespaces={ns}",
-                    f"--web.listen-address=127.0.0.1:{web}",
-                ],
-                tmp_path / "prometheus-operator.log",
-            )
-        )
-        rule = chart_rule(ns)
-        alerts = {r["alert"] for g in rule["spec"]["groups"] for r in g["rules"]}
+        stack.enter_context(prometheus_operator(cluster, [ns], tmp_path))
+        rule = chart_prometheus_rule("prometheusRule.coreUnreachableFor=5s", namespace=ns)
+        alerts = alert_names(rule)
         custom.create_namespaced_custom_object(MONITORING, "v1", ns, "prometheusrules", rule)
         custom.create_namespaced_custom_object(
             MONITORING,
@@ -261,22 +142,11 @@ def test_prometheus_operator_renders_gateway_scrape_job_and_chart_rules(
         assert scrape["metrics_path"] == "/metrics"
         config_path = tmp_path / "prometheus.yml"
         config_path.write_text(yaml.safe_dump(config))
-        port = free_port()
-        stack.enter_context(
-            process(
-                [
-                    binary("prometheus", "prometheus"),
-                    f"--config.file={config_path}",
-                    f"--storage.tsdb.path={tmp_path / 'data'}",
-                    f"--web.listen-address=127.0.0.1:{port}",
-                ],
-                tmp_path / "prometheus.log",
-            )
-        )
+        base = stack.enter_context(host_prometheus(config_path, tmp_path))
 
         def evaluated() -> set[str] | None:
             try:
-                groups = api(port, "rules")["groups"]
+                groups = prometheus_api(base, "rules")["groups"]
             except OSError:
                 return None
             ok = {
@@ -292,6 +162,6 @@ def test_prometheus_operator_renders_gateway_scrape_job_and_chart_rules(
         # The job's Kubernetes discovery has synced with the API server.
         wait_for(
             "the gateway job's discovery",
-            lambda: job in api(port, "targets", state="any")["droppedTargetCounts"],
+            lambda: job in prometheus_api(base, "targets", state="any")["droppedTargetCounts"],
             60,
         )

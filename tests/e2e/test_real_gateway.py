@@ -31,7 +31,7 @@ from kube_support import REPO, Cluster, must, wait_for
 from kubernetes import client
 from node_support import (
     NODE_NAME,
-    example,
+    apply_example_policy,
     images,
     is_ready,
     operator_release,
@@ -111,23 +111,11 @@ def stack(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     with real_namespace(cluster) as ns, operator_release(cluster, ns) as release:
         start_simulator(cluster, ns)
         core = client.CoreV1Api(cluster.api)
-        core.create_namespaced_secret(
-            ns,
-            client.V1Secret(
-                metadata=client.V1ObjectMeta(
-                    name="room-101-panel-token",
-                    labels={"qsys.dev/secret-type": "client-token"},
-                ),
-                string_data={"token": PANEL_TOKEN},
-            ),
-        )
         qsyscore = simulated_core(CORE)
         custom = client.CustomObjectsApi(cluster.api)
         started = time.monotonic()
         custom.create_namespaced_custom_object("qsys.dev", "v1alpha1", ns, "qsyscores", qsyscore)
-        custom.create_namespaced_custom_object(
-            "qsys.dev", "v1alpha1", ns, "accesspolicies", example("accesspolicy.yaml")
-        )
+        apply_example_policy(cluster, ns, PANEL_TOKEN)
         wait_pods_ready(cluster, ns, GATEWAY_SELECTOR, 2, timeout=TIMEOUT_S)
         print(f"QSysCore applied -> 2 Ready gateway pods: {time.monotonic() - started:.1f}s")
         svc = core.read_namespaced_service(GATEWAY, ns)

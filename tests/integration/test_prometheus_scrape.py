@@ -5,11 +5,8 @@ once the Core is stopped. (The Prometheus Operator itself is not in this test.)"
 
 from __future__ import annotations
 
-import json
-import re
 import subprocess
 import time
-import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,46 +14,22 @@ from typing import Any
 
 import pytest
 import yaml
-from gateway_harness import PANEL_TOKEN, REPO, base_config, pinned_tool
+from gateway_harness import PANEL_TOKEN, base_config, pinned_tool
 
 from qsys_testkit import LOOPBACK, GatewayProcess, SimulatorProcess, free_port, stop_process
+from qsys_testkit.monitoring import chart_prometheus_rule, prometheus_api, used_metrics
 
-CHART = REPO / "charts" / "qsys-operator"
 LABELS = {"namespace": "av", "service": "hall-gateway", "pod": "hall-gateway-a"}
 
 
 def chart_rules(path: Path) -> None:
     """The chart's PrometheusRule groups, with a short `for` so the test need not wait 2m."""
-    out = subprocess.run(
-        [
-            str(pinned_tool("helm", "helm")),
-            "template",
-            "qsys",
-            str(CHART),
-            "--set",
-            "prometheusRule.enabled=true",
-            "--set",
-            "prometheusRule.coreUnreachableFor=5s",
-            "--show-only",
-            "templates/prometheusrule.yaml",
-        ],
-        check=True,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    rule = yaml.safe_load(out.stdout)
+    rule = chart_prometheus_rule("prometheusRule.coreUnreachableFor=5s")
     path.write_text(yaml.safe_dump({"groups": rule["spec"]["groups"]}), "utf-8")
 
 
 def query(port: int, api: str, **params: str) -> Any:
-    url = f"http://{LOOPBACK}:{port}/api/v1/{api}"
-    if params:
-        url += "?" + urllib.parse.urlencode(params)
-    with urllib.request.urlopen(url, timeout=5) as r:
-        body = json.loads(r.read())
-    assert body["status"] == "success", body
-    return body["data"]
+    return prometheus_api(f"http://{LOOPBACK}:{port}", api, **params)
 
 
 def wait(what: str, probe: Any, timeout: float = 60) -> Any:
@@ -198,10 +171,5 @@ def _call(gw: GatewayProcess) -> None:
 
 
 def _gateway_metrics_used() -> set[str]:
-    """qsys_gateway_* names in the dashboards and the rule template (metric-name tokens)."""
-    texts = [p.read_text("utf-8") for p in (CHART / "dashboards").glob("*.json")]
-    texts.append((CHART / "templates" / "prometheusrule.yaml").read_text("utf-8"))
-    found = set()
-    for text in texts:
-        found.update(re.findall(r"\bqsys_gateway_[a-z_]+\b", text))
-    return found
+    """The qsys_gateway_* names the dashboards and the alerts use (the kit's extractor)."""
+    return {name for name in used_metrics() if name.startswith("qsys_gateway_")}

@@ -6,28 +6,26 @@ gateway and operator registries export (collected at runtime, not from a hand li
 from __future__ import annotations
 
 import json
-import re
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
-import promql_parser
 import pytest
 import yaml
-from chart_support import CHART, REPO, by_kind, manifests, render, run, tool
+from chart_support import REPO, by_kind, manifests, render, run, tool
 from prometheus_client import CollectorRegistry
 
 from qsys_gateway.metrics import GatewayMetrics
 from qsys_operator.metrics import OperatorMetrics
+from qsys_testkit.monitoring import (
+    EXTERNAL,
+    dashboard_exprs,
+    dashboards,
+    metric_names,
+    resolve,
+    rule_exprs,
+)
 
-DASHBOARDS = CHART / "dashboards"
-# Metrics an alert may name that the product does not export, with who does.
-EXTERNAL = {"kube_deployment_status_replicas_unavailable": "kube-state-metrics"}
-# Grafana's template variables, replaced by what they stand for at query time.
-GRAFANA_VARS = {"$__rate_interval": "5m", "$__interval": "1m", "$__range": "1h"}
-LABEL_VALUES = re.compile(r"^label_values\((?P<selector>.+),\s*\w+\)$", re.S)
 SUFFIXES = {
     "counter": ("_total", "_created"),
     "histogram": ("_bucket", "_count", "_sum", "_created"),
@@ -46,67 +44,6 @@ def exported_metrics() -> set[str]:
             names.update(family.name + s for s in SUFFIXES.get(family.type, ("",)))
             names.update(sample.name for sample in family.samples)
     return names
-
-
-def dashboards() -> dict[str, dict[str, Any]]:
-    return {p.name: json.loads(p.read_text("utf-8")) for p in sorted(DASHBOARDS.glob("*.json"))}
-
-
-def dashboard_exprs() -> Iterator[tuple[str, str]]:
-    """(where, PromQL) for every panel target and query variable, Grafana variables resolved."""
-    for name, board in dashboards().items():
-        for panel in board["panels"]:
-            for target in panel.get("targets", []):
-                yield f"{name}: {panel['title']}", target["expr"]
-        for var in board["templating"]["list"]:
-            if var["type"] == "query":
-                match = LABEL_VALUES.match(var["query"])
-                assert match, f"{name}: variable {var['name']} is not label_values(...)"
-                yield f"{name}: variable {var['name']}", match["selector"]
-
-
-def resolve(expr: str) -> str:
-    for var, value in GRAFANA_VARS.items():
-        expr = expr.replace(var, value)
-    return re.sub(r"\$\{?[a-z_]+\}?", ".*", expr)
-
-
-def rule_exprs() -> Iterator[tuple[str, str]]:
-    (rule,) = by_kind(manifests(render(monitoring=True)), "PrometheusRule")
-    for group in rule["spec"]["groups"]:
-        for r in group["rules"]:
-            yield f"alert {r['alert']}", r["expr"]
-
-
-def metric_names(expr: str) -> set[str]:
-    """Metric names of every vector selector in `expr` (promql-parser's AST)."""
-    found: set[str] = set()
-
-    def walk(node: object) -> None:
-        if isinstance(node, promql_parser.VectorSelector):
-            if node.name:
-                found.add(node.name)
-            found.update(m.value for m in node.matchers.matchers if m.name == "__name__")
-            return
-        if isinstance(node, promql_parser.MatrixSelector):
-            walk(node.vector_selector)
-        elif isinstance(node, promql_parser.BinaryExpr):
-            walk(node.lhs)
-            walk(node.rhs)
-        elif isinstance(node, promql_parser.AggregateExpr):
-            walk(node.expr)
-            if node.param is not None:
-                walk(node.param)
-        elif isinstance(node, promql_parser.Call):
-            for arg in node.args:
-                walk(arg)
-        elif isinstance(
-            node, promql_parser.ParenExpr | promql_parser.UnaryExpr | promql_parser.SubqueryExpr
-        ):
-            walk(node.expr)
-
-    walk(promql_parser.parse(expr))
-    return found
 
 
 def unknown_metrics(exprs: list[tuple[str, str]], allowed: set[str]) -> list[str]:
