@@ -47,6 +47,10 @@ class CoreFindings:
     service_monitor_note: str | None = None
     secret_problem: str | None = None
     """A Secret the core names (credentials, or its token key) the operator may not use."""
+    service_account_audience: str | None = None
+    """The audience ServiceAccount tokens must carry (status.gateway)."""
+    identity_note: str | None = None
+    """Why gateways that review ServiceAccount tokens may not reach the API server."""
 
 
 def gateway_condition(name: str, replicas: Replicas, wanted: int) -> Cond:
@@ -70,7 +74,8 @@ def secrets_condition(found: CoreFindings) -> Cond:
 
 def ready_condition(found: CoreFindings, gateway: Cond) -> Cond:
     core = found.connected
-    note = f"; {found.service_monitor_note}" if found.service_monitor_note else ""
+    notes = [n for n in (found.identity_note, found.service_monitor_note) if n]
+    note = "".join(f"; {n}" for n in notes)
     if found.secret_problem:
         return Cond("Ready", "False", "SecretNotAccepted", found.secret_problem + note)
     if found.apply_error:
@@ -120,7 +125,11 @@ def core_status(
     status = {
         "observedGeneration": generation,
         "conditions": conds,
-        "gateway": {"readyReplicas": found.replicas.ready, "service": found.gateway_name},
+        "gateway": {
+            "readyReplicas": found.replicas.ready,
+            "service": found.gateway_name,
+            "serviceAccountAudience": found.service_account_audience,
+        },
         "core": core,
         "subjects": found.subjects,
     }
@@ -159,6 +168,8 @@ class PolicyFindings:
     token_problems: Mapping[str, str] = field(default_factory=dict)
     """subject -> what to fix (never token text)."""
     token_secrets: Mapping[str, str] = field(default_factory=dict)
+    service_accounts: Mapping[str, str] = field(default_factory=dict)
+    """subject -> the Kubernetes user its pods authenticate as."""
     tokens_in_grace: Mapping[str, str] = field(default_factory=dict)
     """subject -> end of its previous token's grace period (RFC 3339)."""
     not_rendered: str | None = None
@@ -204,14 +215,20 @@ def policy_status(
     status = {
         "observedGeneration": generation,
         "conditions": conds,
-        "tokenSecrets": dict(sorted(found.token_secrets.items())),
-        # A merge patch: subjects whose grace period ended are removed with null.
-        "tokensInGrace": {k: None for k in old.get("tokensInGrace") or {}}
-        | dict(sorted(found.tokens_in_grace.items())),
+        # A merge patch: subjects gone, no longer of that kind, or whose grace period
+        # ended are removed with null.
+        "tokenSecrets": _replace_map(old.get("tokenSecrets"), found.token_secrets),
+        "serviceAccounts": _replace_map(old.get("serviceAccounts"), found.service_accounts),
+        "tokensInGrace": _replace_map(old.get("tokensInGrace"), found.tokens_in_grace),
     }
-    keys = ("observedGeneration", "conditions", "tokenSecrets", "tokensInGrace")
+    keys = ("observedGeneration", "conditions", "tokenSecrets", "serviceAccounts", "tokensInGrace")
     changed = _strip_none(status) != _strip_none({k: old.get(k) for k in keys})
     return StatusUpdate(status if changed else None, _events(transitions))
+
+
+def _replace_map(old: Mapping[str, Any] | None, new: Mapping[str, str]) -> dict[str, Any]:
+    """A merge patch of a map that replaces old by new: old keys not in new become null."""
+    return {k: None for k in old or {}} | dict(sorted(new.items()))
 
 
 def _strip_none(value: Any) -> Any:

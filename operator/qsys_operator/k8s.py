@@ -18,7 +18,7 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from .api import GROUP, VERSION, AccessPolicy, QSysCore
-from .kinds import SECRET, Kind, kind_of
+from .kinds import ENDPOINT_SLICE, SECRET, Kind, kind_of
 from .render import Manifest
 
 FIELD_MANAGER = "qsys-operator"
@@ -32,7 +32,10 @@ API_THREADS = 12
 burst of reconciles moving, few enough to stay small."""
 
 
-def object_path(kind: Kind, namespace: str, name: str) -> str:
+def object_path(kind: Kind, namespace: str | None, name: str) -> str:
+    """The object's URL path; namespace is ignored for a cluster-scoped kind."""
+    if not kind.namespaced:
+        return f"{kind.path_prefix}/{kind.plural}/{name}"
     return f"{kind.path_prefix}/namespaces/{namespace}/{kind.plural}/{name}"
 
 
@@ -44,6 +47,25 @@ def applies_replicas(live: dict[str, Any], manager: str = FIELD_MANAGER) -> bool
         and "f:replicas" in (entry.get("fieldsV1") or {}).get("f:spec", {})
         for entry in live.get("metadata", {}).get("managedFields") or []
     )
+
+
+API_SERVER_SLICE = ("default", "kubernetes")
+
+
+def endpoint_addresses(slice_: dict[str, Any]) -> list[tuple[str, int]]:
+    """Sorted (address, port) pairs of an EndpointSlice's ready endpoints (TCP ports only)."""
+    ports = [
+        int(p["port"])
+        for p in slice_.get("ports") or []
+        if p.get("port") and p.get("protocol", "TCP") == "TCP"
+    ]
+    addresses = {
+        a
+        for e in slice_.get("endpoints") or []
+        if (e.get("conditions") or {}).get("ready", True) is not False
+        for a in e.get("addresses") or []
+    }
+    return sorted((a, p) for a in addresses for p in ports)
 
 
 def is_not_found(exc: BaseException) -> bool:
@@ -120,7 +142,7 @@ class Kube:
         """Server-side apply with force: the operator owns every field it declares."""
         meta = manifest["metadata"]
         path = object_path(
-            kind_of(manifest["apiVersion"], manifest["kind"]), meta["namespace"], meta["name"]
+            kind_of(manifest["apiVersion"], manifest["kind"]), meta.get("namespace"), meta["name"]
         )
         if manifest["kind"] == "Deployment" and "replicas" not in manifest["spec"]:
             await self._hand_over_replicas(path, manifest)
@@ -242,6 +264,19 @@ class Kube:
                 return False
             raise
         return True
+
+    async def api_server_endpoints(self) -> list[tuple[str, int]] | None:
+        """(address, port) of the API server as pods reach it: the ready endpoints of the
+        EndpointSlice default/kubernetes, which the API server maintains itself. None when
+        the slice does not exist."""
+        path = object_path(ENDPOINT_SLICE, API_SERVER_SLICE[0], API_SERVER_SLICE[1])
+        try:
+            obj: dict[str, Any] = await self._thread(self._raw, "GET", path)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return endpoint_addresses(obj)
 
     async def read_deployment(self, namespace: str, name: str) -> client.V1Deployment | None:
         dep: client.V1Deployment | None = await self._read(

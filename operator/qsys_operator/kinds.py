@@ -17,6 +17,8 @@ class Kind:
     plural: str
     optional: bool = False
     """Served only when a third-party CRD is installed; skipped (not an error) otherwise."""
+    namespaced: bool = True
+    """False for cluster-scoped kinds (their objects name the core's namespace in a label)."""
 
     @property
     def api_version(self) -> str:
@@ -47,6 +49,12 @@ HPA = Kind("autoscaling", "v2", "HorizontalPodAutoscaler", "horizontalpodautosca
 SERVICE_MONITOR = Kind(
     "monitoring.coreos.com", "v1", "ServiceMonitor", "servicemonitors", optional=True
 )
+SERVICE_ACCOUNT = Kind("", "v1", "ServiceAccount", "serviceaccounts")
+CLUSTER_ROLE_BINDING = Kind(
+    "rbac.authorization.k8s.io", "v1", "ClusterRoleBinding", "clusterrolebindings", namespaced=False
+)
+ENDPOINT_SLICE = Kind("discovery.k8s.io", "v1", "EndpointSlice", "endpointslices")
+"""Read only: the API server's endpoints (default/kubernetes), never a child."""
 
 CHILDREN: tuple[Kind, ...] = (
     SECRET,
@@ -56,6 +64,8 @@ CHILDREN: tuple[Kind, ...] = (
     PDB,
     HPA,
     SERVICE_MONITOR,
+    SERVICE_ACCOUNT,
+    CLUSTER_ROLE_BINDING,
 )
 """Every kind the operator applies, deletes or watches (by its managed-by label)."""
 

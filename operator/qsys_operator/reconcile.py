@@ -35,7 +35,7 @@ from .derive import (
     policy_status,
 )
 from .k8s import Kube, api_message, is_permanent, now
-from .kinds import SERVICE_MONITOR
+from .kinds import CLUSTER_ROLE_BINDING, SERVICE_MONITOR
 from .metrics import OperatorMetrics
 from .peering import Peering
 from .probe import CoreView, probe_core
@@ -50,6 +50,7 @@ from .render import (
     render_core_children,
 )
 from .render.common import selector_labels
+from .render.identity import token_review_binding_name
 from .secretrefs import host_problem, marker_problem
 from .settings import OperatorSettings
 from .tokens import PolicyTokens, resolve_tokens, token_key
@@ -173,6 +174,10 @@ class Reconciler:
         policies = await self._policies(namespace, name, since)
         if body is None:
             self._managed(namespace, name, False)
+            # Cluster-scoped, so not garbage-collected with the core.
+            await self.kube.delete(
+                CLUSTER_ROLE_BINDING, namespace, token_review_binding_name(namespace, name)
+            )
             for policy in policies:
                 checked = await resolve_tokens(self.kube, policy, None)
                 await self._write_policy(policy, None, None, checked)
@@ -207,7 +212,8 @@ class Reconciler:
         ]
         # Refused credentials are left out of the pods, never mounted.
         renderable = core if creds_problem is None else _without_credentials(core)
-        result = render_core_children(renderable, bindings, self.settings)
+        api_server, identity_note = await self._api_server(core, policies)
+        result = render_core_children(renderable, bindings, self.settings, api_server)
         if key_bytes is None:
             apply_error, sm_note = None, None  # nothing is applied without a usable token key
         else:
@@ -222,6 +228,8 @@ class Reconciler:
             apply_error=apply_error,
             service_monitor_note=sm_note,
             secret_problem=secret_problem,
+            service_account_audience=core.service_account_audience,
+            identity_note=identity_note if result.identity else None,
         )
         update = core_status(
             core.metadata.generation,
@@ -280,6 +288,25 @@ class Reconciler:
                     extra={"namespace": namespace, "policy": raw["metadata"]["name"]},
                 )
         return out
+
+    async def _api_server(
+        self, core: QSysCore, policies: list[AccessPolicy]
+    ) -> tuple[list[tuple[str, int]], str | None]:
+        """The API server's endpoints for the gateway's NetworkPolicy, read only when a
+        policy has ServiceAccount subjects and the NetworkPolicy is on; and a note when
+        they are unknown (the gateways then cannot review tokens and refuse them)."""
+        wanted = core.spec.networkPolicy.enabled and any(
+            s.serviceAccount for p in policies for s in p.spec.subjects
+        )
+        if not wanted:
+            return [], None
+        endpoints = await self.kube.api_server_endpoints()
+        if endpoints:
+            return endpoints, None
+        return [], (
+            "the API server's endpoints (EndpointSlice default/kubernetes) are unknown, so the "
+            "NetworkPolicy does not let the gateways reach it: ServiceAccount tokens are refused"
+        )
 
     async def _service_monitor_served(self) -> bool:
         if self._sm_served is None:
@@ -364,6 +391,11 @@ class Reconciler:
             conflicts=result.conflicts if result else (),
             token_problems=tokens.problems,
             token_secrets=tokens.secrets,
+            service_accounts={
+                sub.name: sub.serviceAccount.username(policy.metadata.namespace)
+                for sub in policy.spec.subjects
+                if sub.serviceAccount is not None
+            },
             tokens_in_grace=_grace_of(policy, result),
             not_rendered=not_rendered,
         )

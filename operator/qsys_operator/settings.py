@@ -21,6 +21,7 @@ ENV = {
     "gateway_probe": "QSYS_GATEWAY_PROBE",
     "gateway_probe_cidrs": "QSYS_GATEWAY_PROBE_CIDRS",
     "resync_seconds": "QSYS_RESYNC_SECONDS",
+    "token_review_cluster_role": "QSYS_TOKEN_REVIEW_CLUSTER_ROLE",
 }
 
 
@@ -58,6 +59,11 @@ class OperatorSettings(BaseModel):
     """When set, only pod IPs inside these CIDRs are probed; others are never dialled."""
     resync_seconds: Annotated[float, Field(gt=0, le=3600)] = 30
     """Period of the full resync: status refresh, Core probe, BYO token Secrets."""
+    token_review_cluster_role: Annotated[str, Field(min_length=1)] = (
+        "qsys-operator-gateway-tokenreview"  # noqa: S105 - a ClusterRole name
+    )
+    """The chart's ClusterRole that allows only `create` on tokenreviews: bound to the
+    gateway ServiceAccount of a core whose policies have `serviceAccount` subjects."""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> OperatorSettings:

@@ -183,8 +183,8 @@ async def resolve_tokens(kube: Kube, policy: AccessPolicy, key: bytes | None) ->
     """Without a key (no core to bind to) only the checks run and no token is read."""
     out = PolicyTokens()
     for subject in policy.spec.subjects:
-        if subject.sourceCIDRs:
-            continue  # admitted by source address: no token
+        if not subject.uses_token:
+            continue  # admitted by source address or ServiceAccount: no token
         if subject.tokenSecretRef is None:
             await _generated(kube, policy, subject, key, out)
         else:

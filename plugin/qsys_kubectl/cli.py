@@ -110,6 +110,15 @@ def cmd_status(kube: Cluster, args: argparse.Namespace) -> int:
         ]
         if grace:
             out += ["", "Previous tokens still admitted (rotation grace):", *grace]
+        accounts = [
+            f"  {s['name']}/{pol['name']}: subject {subject} = {user} "
+            f"(token audience {s['gateways']['serviceAccountAudience']})"
+            for s in summaries
+            for pol in s["policies"]
+            for subject, user in sorted(pol["serviceAccounts"].items())
+        ]
+        if accounts:
+            out += ["", "ServiceAccount subjects (pods present a projected token):", *accounts]
         return "\n".join(out)
 
     _emit({"items": summaries}, args.output, text)

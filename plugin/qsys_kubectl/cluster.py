@@ -176,6 +176,12 @@ class Cluster:
             raise PluginError(
                 f'subject "{subject}" not found in AccessPolicy "{policy_name}" (subjects: {names})'
             )
+        if found.serviceAccount is not None:
+            user = found.serviceAccount.username(policy.metadata.namespace)
+            raise PluginError(
+                f'subject "{subject}" has no token: its pods authenticate as {user} with their '
+                "projected ServiceAccount token (docs/security.md)"
+            )
         if found.tokenSecretRef is not None:
             ref = found.tokenSecretRef
             return TokenRef(policy_name, subject, ref.name, ref.key, generated=False)

@@ -57,6 +57,7 @@ def core_summary(core: Mapping[str, Any], policies: Sequence[Mapping[str, Any]])
             "ready": gateway.get("readyReplicas") or 0,
             "desired": (spec.get("gateway") or {}).get("replicas", 2),
             "service": gateway.get("service"),
+            "serviceAccountAudience": gateway.get("serviceAccountAudience"),
         },
         "core": {
             "state": core_status.get("state"),
@@ -71,6 +72,7 @@ def core_summary(core: Mapping[str, Any], policies: Sequence[Mapping[str, Any]])
                 "subjects": [s.get("name") for s in (p.get("spec") or {}).get("subjects") or []],
                 "ready": condition_status(p, "Ready"),
                 "tokensInGrace": dict((p.get("status") or {}).get("tokensInGrace") or {}),
+                "serviceAccounts": dict((p.get("status") or {}).get("serviceAccounts") or {}),
                 "problems": _not_true(p),
             }
             for p in sorted(bound, key=lambda p: str((p.get("metadata") or {}).get("name")))

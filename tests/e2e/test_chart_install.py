@@ -27,11 +27,13 @@ from operator_support import (
     core_body,
     create,
     get,
+    patch,
     policy_body,
     wait_condition,
 )
 
 from qsys_testkit import OperatorProcess
+from qsys_testkit.kube import secret_text
 
 pytestmark = pytest.mark.e2e
 
@@ -168,6 +170,31 @@ def other(cluster: Cluster) -> Iterator[str]:
         _delete_namespace(cluster, name)
 
 
+def _identity_verbs(release: Release) -> list[tuple[str, ...]]:
+    """What the operator needs for ServiceAccount subjects, in both modes (plus
+    serviceaccounts in the namespaces it manages)."""
+    role = f"clusterroles.rbac.authorization.k8s.io/{release.fullname}-gateway-tokenreview"
+    return [
+        ("create", "clusterrolebindings.rbac.authorization.k8s.io"),
+        ("watch", "clusterrolebindings.rbac.authorization.k8s.io"),
+        ("delete", "clusterrolebindings.rbac.authorization.k8s.io"),
+        ("bind", role),
+        ("get", "endpointslices.discovery.k8s.io/kubernetes", "-n", "default"),
+    ]
+
+
+IDENTITY_DENIED = [
+    # It may bind only the chart's TokenReview role, and read only the API server's slice.
+    ("bind", "clusterroles.rbac.authorization.k8s.io/cluster-admin"),
+    ("bind", "clusterroles.rbac.authorization.k8s.io/admin"),
+    ("escalate", "clusterroles.rbac.authorization.k8s.io"),
+    ("create", "tokenreviews.authentication.k8s.io"),
+    ("create", "serviceaccounts", "--subresource=token", "-n", "default"),
+    ("list", "endpointslices.discovery.k8s.io", "-n", "default"),
+    ("get", "endpointslices.discovery.k8s.io/other", "-n", "default"),
+]
+
+
 def _available(release: Release, replicas: int) -> client.V1Deployment:
     def probe() -> client.V1Deployment | None:
         dep = release.deployment()
@@ -272,7 +299,11 @@ def test_namespaced_install_rbac_is_sufficient_and_not_excessive(
             assert can_i(sa, *verb_resource, "-n", watched), verb_resource
         assert can_i(sa, "list", "customresourcedefinitions.apiextensions.k8s.io")
         assert can_i(sa, "watch", "namespaces")  # Kopf follows the watched namespaces
+        for identity in _identity_verbs(release):
+            assert can_i(sa, *identity), identity
+        assert can_i(sa, "patch", "serviceaccounts", "-n", watched)
         denied = [
+            *IDENTITY_DENIED,
             ("delete", "nodes"),
             ("list", "nodes"),
             ("get", "secrets", "-n", other),
@@ -312,9 +343,12 @@ def test_cluster_wide_install_grants_only_the_operator_verbs(
             ("list", "qsyscores.qsys.dev", "--all-namespaces"),
             ("patch", "deployments.apps", "-n", other),
             ("create", "secrets", "-n", other),
+            *_identity_verbs(release),
+            ("patch", "serviceaccounts", "-n", other),
         ):
             assert can_i(sa, *d), d
         denied = [
+            *IDENTITY_DENIED,
             ("delete", "nodes"),
             ("create", "clusterroles.rbac.authorization.k8s.io"),
             ("*", "*", "--all-namespaces"),
@@ -335,3 +369,153 @@ def _exists(read: Any, name: str, namespace: str) -> bool:
             return False
         raise
     return True
+
+
+def _gone(read: Any, *args: str) -> bool:
+    try:
+        read(*args)
+    except ApiException as exc:
+        if exc.status == 404:
+            return True
+        raise
+    return False
+
+
+def test_service_account_subjects_under_the_chart_rbac(
+    cluster: Cluster, watched: str, tmp_path: Path
+) -> None:
+    """An AccessPolicy subject naming a ServiceAccount, reconciled by the operator with the
+    chart's own (namespaced-mode) RBAC: the gateway gets a ServiceAccount, its token and a
+    ClusterRoleBinding to the chart's TokenReview role (which it may then use, and nothing
+    else) only while some subject is a ServiceAccount; the binding is corrected when
+    tampered with and removed with the last such subject and with the core."""
+    admin = Path(cluster.kubeconfig)
+    gateway_user = f"system:serviceaccount:{watched}:hall-gateway"
+    binding_name = f"qsys-gateway-tokenreview:{watched}:hall"
+    rbac, v1 = client.RbacAuthorizationV1Api(cluster.api), client.CoreV1Api(cluster.api)
+    apps = client.AppsV1Api(cluster.api)
+    scheduler = {"name": "scheduler", "serviceAccount": {"name": "room-scheduler"}}
+    panel = {"name": "panel"}
+
+    def reviews() -> bool:
+        return can_i(admin, "create", "tokenreviews.authentication.k8s.io", f"--as={gateway_user}")
+
+    def pod_spec() -> client.V1PodSpec:
+        dep = apps.read_namespaced_deployment("hall-gateway", watched)
+        return must(must(dep.spec).template.spec)
+
+    def binding_exists() -> bool:
+        return not _gone(rbac.read_cluster_role_binding, binding_name)
+
+    def policy_status() -> dict[str, Any]:
+        out: dict[str, Any] = get(cluster, watched, "AccessPolicy", "jobs").get("status") or {}
+        return out
+
+    with Release(cluster, [f"watchNamespaces={{{watched}}}"]) as release:
+        dep = _available(release, 1)
+        op = _chart_process(dep, release.token_kubeconfig(tmp_path), tmp_path / "op.log")
+        with op:
+            create(cluster, watched, core_body("hall", 1710))
+            create(cluster, watched, policy_body("jobs", "hall", [panel]))
+            wait_condition(cluster, watched, "AccessPolicy", "jobs", "Ready", "True", TIMEOUT_S)
+            # Without a ServiceAccount subject: no identity, no API access.
+            assert pod_spec().automount_service_account_token is False
+            assert pod_spec().service_account_name in (None, "default")
+            assert _gone(v1.read_namespaced_service_account, "hall-gateway", watched)
+            assert _gone(rbac.read_cluster_role_binding, binding_name)
+            assert not reviews()
+            core = get(cluster, watched, "QSysCore", "hall")
+            assert (
+                core["status"]["gateway"]["serviceAccountAudience"] == f"hall-gateway.{watched}.svc"
+            )
+
+            # The API server refuses a subject with two credentials (CEL).
+            twice = {**scheduler, "tokenSecretRef": {"name": "t"}}
+            with pytest.raises(ApiException) as refused:
+                create(cluster, watched, policy_body("bad", "hall", [twice]))
+            assert refused.value.status == 422
+            assert "set no tokenSecretRef or sourceCIDRs" in str(refused.value.body)
+
+            patch(
+                cluster, watched, "AccessPolicy", "jobs", {"spec": {"subjects": [scheduler, panel]}}
+            )
+            wait_for("the TokenReview ClusterRoleBinding", binding_exists, timeout=TIMEOUT_S)
+            binding = rbac.read_cluster_role_binding(binding_name)
+            assert binding.role_ref.name == f"{release.fullname}-gateway-tokenreview"
+            assert [(s.kind, s.name, s.namespace) for s in must(binding.subjects)] == [
+                ("ServiceAccount", "hall-gateway", watched)
+            ]
+            assert must(binding.metadata).owner_references is None
+            account = v1.read_namespaced_service_account("hall-gateway", watched)
+            owners = must(must(account.metadata).owner_references)
+            assert [o.kind for o in owners] == ["QSysCore"]
+            wait_for(
+                "gateway pods run as hall-gateway",
+                lambda: pod_spec().service_account_name == "hall-gateway",
+            )
+            assert pod_spec().automount_service_account_token is True
+            assert reviews()
+            # The gateway's identity may review tokens and do nothing else.
+            for denied in (
+                ("get", "secrets", "-n", watched),
+                ("list", "pods", "-n", watched),
+                ("create", "tokenrequests", "-n", watched),
+                ("create", "subjectaccessreviews.authorization.k8s.io"),
+            ):
+                assert not can_i(admin, *denied, f"--as={gateway_user}"), denied
+
+            wait_condition(cluster, watched, "AccessPolicy", "jobs", "Ready", "True", TIMEOUT_S)
+
+            def named() -> dict[str, Any] | None:
+                status = policy_status()
+                return status if status.get("serviceAccounts") else None
+
+            status = wait_for("serviceAccounts in the policy status", named)
+            assert status["serviceAccounts"] == {
+                "scheduler": f"system:serviceaccount:{watched}:room-scheduler"
+            }
+            assert status["tokenSecrets"] == {"panel": "jobs-panel-token"}
+            assert _gone(v1.read_namespaced_secret, "jobs-scheduler-token", watched)
+            config = must(secret_text(cluster.api, watched, "hall-gateway-config", "gateway.yaml"))
+            assert f"serviceAccount: system:serviceaccount:{watched}:room-scheduler" in config
+            assert f"audience: hall-gateway.{watched}.svc" in config
+
+            # kwok's control plane publishes no API server endpoints (endpoint reconciler
+            # off): the core says why its gateways cannot review tokens.
+            def noted() -> str | None:
+                ready = condition(get(cluster, watched, "QSysCore", "hall"), "Ready")
+                message = str(ready.get("message", ""))
+                return message if "EndpointSlice default/kubernetes" in message else None
+
+            message = wait_for("the Ready note", noted, timeout=TIMEOUT_S)
+            assert "ServiceAccount tokens are refused" in message
+
+            # Tampering is undone: the binding is re-created.
+            rbac.delete_cluster_role_binding(binding_name)
+            wait_for("the binding re-created", binding_exists, timeout=TIMEOUT_S)
+
+            # The last ServiceAccount subject removed: binding and ServiceAccount go.
+            patch(cluster, watched, "AccessPolicy", "jobs", {"spec": {"subjects": [panel]}})
+            wait_for("the binding deleted", lambda: not binding_exists(), timeout=TIMEOUT_S)
+            wait_for(
+                "the ServiceAccount deleted",
+                lambda: _gone(v1.read_namespaced_service_account, "hall-gateway", watched),
+                timeout=TIMEOUT_S,
+            )
+            assert pod_spec().automount_service_account_token is False
+            assert pod_spec().service_account_name in (None, "default")
+            assert not reviews()
+            wait_for("serviceAccounts emptied", lambda: not policy_status().get("serviceAccounts"))
+
+            # The core deleted while a binding exists: the binding goes with it.
+            patch(cluster, watched, "AccessPolicy", "jobs", {"spec": {"subjects": [scheduler]}})
+            wait_for("binding again", binding_exists, timeout=TIMEOUT_S)
+            client.CustomObjectsApi(cluster.api).delete_namespaced_custom_object(
+                "qsys.dev", "v1alpha1", watched, "qsyscores", "hall"
+            )
+            wait_for(
+                "the binding deleted with the core", lambda: not binding_exists(), timeout=TIMEOUT_S
+            )
+            log = op.output()
+            assert "403" not in log, log[-4000:]
+            assert "Forbidden" not in log, log[-4000:]

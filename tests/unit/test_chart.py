@@ -23,11 +23,33 @@ from qsys_operator.kinds import CHILDREN
 from qsys_operator.settings import DEFAULT_GATEWAY_IMAGE, ENV
 
 RBAC_KINDS = ("Role", "ClusterRole")
+TOKEN_REVIEW_ROLE = "qsys-qsys-operator-gateway-tokenreview"
 TENANT_ROLES = ("qsys-qsys-operator-view", "qsys-qsys-operator-edit")
+SHIPPED_ROLES = (*TENANT_ROLES, TOKEN_REVIEW_ROLE)
+"""Roles the chart ships for others (tenants, the gateways): checked apart."""
+API_ENDPOINTS_RULE = {
+    "apiGroups": ["discovery.k8s.io"],
+    "resources": ["endpointslices"],
+    "verbs": ["get"],
+    "resourceNames": ["kubernetes"],
+}
+GATEWAY_IDENTITY_RULES = [
+    {
+        "apiGroups": ["rbac.authorization.k8s.io"],
+        "resources": ["clusterrolebindings"],
+        "verbs": ["get", "list", "watch", "create", "patch", "delete"],
+    },
+    {
+        "apiGroups": ["rbac.authorization.k8s.io"],
+        "resources": ["clusterroles"],
+        "verbs": ["bind"],
+        "resourceNames": [TOKEN_REVIEW_ROLE],
+    },
+]
 
 
 def _operator_roles(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
-    return [d for d in by_kind(docs, kind) if d["metadata"]["name"] not in TENANT_ROLES]
+    return [d for d in by_kind(docs, kind) if d["metadata"]["name"] not in SHIPPED_ROLES]
 
 
 def _rules(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -57,10 +79,33 @@ def test_rendering_twice_gives_identical_output() -> None:
         assert first.strip()
 
 
+def _api_endpoints_role(docs: list[dict[str, Any]]) -> None:
+    """In both modes: one Role in `default` reading the API server's EndpointSlice only."""
+    roles = by_kind(docs, "Role")
+    (endpoints,) = [r for r in roles if r["metadata"]["namespace"] == "default"]
+    assert endpoints["rules"] == [API_ENDPOINTS_RULE]
+    (binding,) = [
+        b for b in by_kind(docs, "RoleBinding") if b["metadata"]["namespace"] == "default"
+    ]
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "Role",
+        "name": endpoints["metadata"]["name"],
+    }
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "qsys-qsys-operator", "namespace": "qsys-system"}
+    ]
+
+
+def _namespaced(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [d for d in by_kind(docs, kind) if d["metadata"].get("namespace") != "default"]
+
+
 def test_cluster_wide_install_uses_cluster_roles() -> None:
     docs = manifests(render())
-    assert not by_kind(docs, "Role")
-    assert not by_kind(docs, "RoleBinding")
+    assert not _namespaced(docs, "Role")
+    assert not _namespaced(docs, "RoleBinding")
+    _api_endpoints_role(docs)
     (role,) = _operator_roles(docs, "ClusterRole")
     (binding,) = by_kind(docs, "ClusterRoleBinding")
     assert binding["roleRef"]["name"] == role["metadata"]["name"]
@@ -69,17 +114,20 @@ def test_cluster_wide_install_uses_cluster_roles() -> None:
     ]
     resources = {r for rule in role["rules"] for r in rule["resources"]}
     assert {"qsyscores", "accesspolicies", "deployments", "secrets"} <= resources
+    assert role["rules"][-2:] == GATEWAY_IDENTITY_RULES
     assert _env(docs)[ENV["watch_namespaces"]] == ""
 
 
 def test_namespaced_install_uses_roles_per_namespace() -> None:
     docs = manifests(render(values=["watchNamespaces={team-a,team-b}"]))
-    roles = by_kind(docs, "Role")
-    bindings = by_kind(docs, "RoleBinding")
+    _api_endpoints_role(docs)
+    roles = _namespaced(docs, "Role")
+    bindings = _namespaced(docs, "RoleBinding")
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
     assert sorted(b["metadata"]["namespace"] for b in bindings) == ["team-a", "team-b"]
-    # The only cluster-wide grants: reading CRDs, and listing/watching namespaces (Kopf
-    # follows the watched namespaces); cluster-scoped, so no Role can hold them.
+    # The only cluster-wide grants: reading CRDs, listing/watching namespaces (Kopf
+    # follows the watched namespaces), and the gateways' TokenReview bindings;
+    # cluster-scoped, so no Role can hold them.
     (cluster_role,) = _operator_roles(docs, "ClusterRole")
     assert cluster_role["rules"] == [
         {
@@ -88,6 +136,7 @@ def test_namespaced_install_uses_roles_per_namespace() -> None:
             "verbs": ["get", "list", "watch"],
         },
         {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["list", "watch"]},
+        *GATEWAY_IDENTITY_RULES,
     ]
     assert _env(docs)[ENV["watch_namespaces"]] == "team-a,team-b"
 
@@ -124,6 +173,10 @@ def test_no_wildcards_and_no_escalation_verbs(values: list[str]) -> None:
         for field in ("apiGroups", "resources", "verbs"):
             assert "*" not in rule[field], rule
             assert all("*" not in item for item in rule[field]), rule
+        if "bind" in rule["verbs"]:
+            # Only the chart's TokenReview role may be bound (by name), nothing else.
+            assert rule == GATEWAY_IDENTITY_RULES[1], rule
+            continue
         assert not set(rule["verbs"]) & {"escalate", "bind", "impersonate", "deletecollection"}
         assert "nonResourceURLs" not in rule
         # Secrets: the operator never updates or lists across the cluster beyond its watch.
@@ -265,6 +318,25 @@ def test_core_network_admission_policy_only_when_networks_are_set() -> None:
     assert "inside 198.18.0.0/15, 192.0.2.0/24" in messages[0]
 
 
+def test_gateway_token_review_role_allows_only_creating_token_reviews() -> None:
+    for values in ([], ["watchNamespaces={a}"]):
+        docs = manifests(render(values=values))
+        (role,) = [
+            r for r in by_kind(docs, "ClusterRole") if r["metadata"]["name"] == TOKEN_REVIEW_ROLE
+        ]
+        assert role["rules"] == [
+            {
+                "apiGroups": ["authentication.k8s.io"],
+                "resources": ["tokenreviews"],
+                "verbs": ["create"],
+            }
+        ]
+        # The chart binds it to nobody: the operator does, per core, while needed.
+        bound = [b["roleRef"]["name"] for b in by_kind(docs, "ClusterRoleBinding")]
+        assert TOKEN_REVIEW_ROLE not in bound
+        assert _env(docs)[ENV["token_review_cluster_role"]] == TOKEN_REVIEW_ROLE
+
+
 def test_operator_rbac_covers_every_child_kind() -> None:
     """kinds.CHILDREN is the one catalogue: each kind the operator applies, deletes and
     watches needs exactly those verbs in the chart, in both modes."""
@@ -275,7 +347,18 @@ def test_operator_rbac_covers_every_child_kind() -> None:
             granted = {
                 verb
                 for rule in rules
-                if kind.group in rule["apiGroups"] and kind.plural in rule["resources"]
+                if kind.group in rule["apiGroups"]
+                and kind.plural in rule["resources"]
+                and "resourceNames" not in rule
                 for verb in rule["verbs"]
             }
             assert needed <= granted, (kind.kind, values)
+            if not kind.namespaced:
+                # Cluster-scoped children: granted by a ClusterRole in both modes.
+                cluster = [
+                    rule
+                    for role in _operator_roles(manifests(render(values=values)), "ClusterRole")
+                    for rule in role["rules"]
+                    if kind.plural in rule["resources"]
+                ]
+                assert cluster, (kind.kind, values)

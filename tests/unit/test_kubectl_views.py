@@ -92,7 +92,7 @@ def _core(**status: Any) -> dict[str, Any]:
 
 def test_status_summary_and_table() -> None:
     core = _core(
-        gateway={"readyReplicas": 1},
+        gateway={"readyReplicas": 1, "serviceAccountAudience": "room-gateway.av.svc"},
         core={"state": "Active", "designName": "Lobby"},
         subjects=3,
         conditions=[
@@ -110,13 +110,23 @@ def test_status_summary_and_table() -> None:
         {
             "metadata": {"name": "alpha"},
             "spec": {"coreRef": {"name": "room"}, "subjects": [{"name": "b"}]},
-            "status": {"conditions": [{"type": "Ready", "status": "True", "reason": "Ready"}]},
+            "status": {
+                "conditions": [{"type": "Ready", "status": "True", "reason": "Ready"}],
+                "serviceAccounts": {"b": "system:serviceaccount:av:job"},
+            },
         },
     ]
     summary = core_summary(core, policies)
     assert summary["ready"] == "True"
-    assert summary["gateways"] == {"ready": 1, "desired": 2, "service": None}
+    assert summary["gateways"] == {
+        "ready": 1,
+        "desired": 2,
+        "service": None,
+        "serviceAccountAudience": "room-gateway.av.svc",
+    }
     assert [p["name"] for p in summary["policies"]] == ["alpha", "zeta"]
+    assert summary["policies"][0]["serviceAccounts"] == {"b": "system:serviceaccount:av:job"}
+    assert summary["policies"][1]["serviceAccounts"] == {}
     assert summary["problems"] == ["CoreConnected=False(CoreUnreachable)"]
     assert summary["policies"][1]["problems"] == ["Ready=False(X)"]
     rows = status_rows([summary])

@@ -32,6 +32,7 @@ def findings(**kw: Any) -> CoreFindings:
         "connected": CONNECTED,
         "engine": ENGINE,
         "subjects": 3,
+        "service_account_audience": "hall-gateway.av.svc",
     }
     return CoreFindings(**{**base, **kw})
 
@@ -100,6 +101,13 @@ def test_ready_carries_the_service_monitor_note() -> None:
     assert ready.message.endswith("; no SM CRD")
 
 
+def test_ready_carries_the_identity_note_before_the_service_monitor_note() -> None:
+    found = findings(identity_note="API server unknown", service_monitor_note="no SM CRD")
+    ready = ready_condition(found, GW_OK)
+    assert ready.status == "True"
+    assert ready.message.endswith("; API server unknown; no SM CRD")
+
+
 def test_core_status_first_write_and_events() -> None:
     update = core_status(4, 2, {}, findings(), T0)
     assert update.status is not None
@@ -110,7 +118,11 @@ def test_core_status_first_write_and_events() -> None:
         "SecretsAccepted": ("True", "Accepted"),
     }
     assert update.status["observedGeneration"] == 4
-    assert update.status["gateway"] == {"readyReplicas": 2, "service": "hall-gateway"}
+    assert update.status["gateway"] == {
+        "readyReplicas": 2,
+        "service": "hall-gateway",
+        "serviceAccountAudience": "hall-gateway.av.svc",
+    }
     assert update.status["core"] == {
         "state": "Active",
         "designName": "Hall",
@@ -248,3 +260,23 @@ def test_policy_not_rendered_when_the_core_has_no_usable_token_key() -> None:
     assert update.status is not None
     ready = update.status["conditions"][0]
     assert (ready["status"], ready["reason"], ready["message"]) == ("False", "NotRendered", why)
+
+
+def test_policy_status_names_service_account_subjects_and_drops_changed_ones() -> None:
+    """A subject moved from a token to a ServiceAccount leaves tokenSecrets (null in the merge
+    patch) and shows its Kubernetes user in serviceAccounts; moved back, the reverse."""
+    user = "system:serviceaccount:jobs:scheduler"
+    token = pfound(token_secrets={"a": "ops-a-token", "b": "ops-b-token"})
+    first = policy_status("ops", 1, {}, token, T0)
+    assert first.status is not None
+    moved = pfound(token_secrets={"a": "ops-a-token"}, service_accounts={"b": user})
+    update = policy_status("ops", 2, first.status, moved, T1)
+    assert update.status is not None
+    assert update.status["tokenSecrets"] == {"a": "ops-a-token", "b": None}
+    assert update.status["serviceAccounts"] == {"b": user}
+    stored = {**update.status, "tokenSecrets": {"a": "ops-a-token"}}
+    assert policy_status("ops", 2, stored, moved, T1).status is None
+    back = policy_status("ops", 3, stored, token, T1)
+    assert back.status is not None
+    assert back.status["serviceAccounts"] == {"b": None}
+    assert back.status["tokenSecrets"] == {"a": "ops-a-token", "b": "ops-b-token"}

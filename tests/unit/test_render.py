@@ -12,7 +12,14 @@ import pytest
 import yaml
 
 from qsys_operator.api import AccessPolicy, QSysCore
-from qsys_operator.kinds import HPA, NETWORK_POLICY, PDB, SERVICE_MONITOR
+from qsys_operator.kinds import (
+    CLUSTER_ROLE_BINDING,
+    HPA,
+    NETWORK_POLICY,
+    PDB,
+    SERVICE_ACCOUNT,
+    SERVICE_MONITOR,
+)
 from qsys_operator.render import (
     RESTART_HASH_ANNOTATION,
     ChildRef,
@@ -123,8 +130,13 @@ def test_children_names_labels_and_owner() -> None:
                 "blockOwnerDeletion": True,
             }
         ]
-    # Without spec.gateway.autoscaling the HPA is the one optional child left out.
-    assert result.absent == [ChildRef(HPA, "hall-gateway")]
+    # Without spec.gateway.autoscaling the HPA is the one optional child left out, and
+    # without serviceAccount subjects the gateway's own identity.
+    assert result.absent == [
+        ChildRef(SERVICE_ACCOUNT, "hall-gateway"),
+        ChildRef(CLUSTER_ROLE_BINDING, "qsys-gateway-tokenreview:av:hall"),
+        ChildRef(HPA, "hall-gateway"),
+    ]
 
 
 def test_deployment_probes_and_ports() -> None:

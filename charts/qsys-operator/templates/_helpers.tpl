@@ -76,7 +76,7 @@ app.kubernetes.io/component: operator
   resources: ["qsyscores/status", "accesspolicies/status"]
   verbs: ["patch"]
 - apiGroups: [""]
-  resources: ["secrets", "services"]
+  resources: ["secrets", "services", "serviceaccounts"]
   verbs: ["get", "list", "watch", "create", "patch", "delete"]
 - apiGroups: ["apps"]
   resources: ["deployments"]
@@ -107,6 +107,25 @@ app.kubernetes.io/component: operator
 - apiGroups: ["apiextensions.k8s.io"]
   resources: ["customresourcedefinitions"]
   verbs: ["get", "list", "watch"]
+{{- end -}}
+
+{{/* The ClusterRole the operator binds to a gateway's ServiceAccount when its
+     policies have serviceAccount subjects: TokenReview create, nothing else. */}}
+{{- define "qsys-operator.tokenReviewRole" -}}
+{{- printf "%s-gateway-tokenreview" (include "qsys-operator.fullname" .) -}}
+{{- end -}}
+
+{{/* Cluster-scoped grants for those ClusterRoleBindings (docs/security.md): manage
+     the bindings (one per core, named qsys-gateway-tokenreview:NS:CORE), and `bind`
+     only the chart's TokenReview role, so no binding to any other role can be made. */}}
+{{- define "qsys-operator.gatewayIdentityRules" -}}
+- apiGroups: ["rbac.authorization.k8s.io"]
+  resources: ["clusterrolebindings"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+- apiGroups: ["rbac.authorization.k8s.io"]
+  resources: ["clusterroles"]
+  verbs: ["bind"]
+  resourceNames: [{{ include "qsys-operator.tokenReviewRole" . | quote }}]
 {{- end -}}
 
 {{- define "qsys-operator.peeringRules" -}}

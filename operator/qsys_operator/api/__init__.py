@@ -8,6 +8,7 @@ from .accesspolicy import (
     AccessPolicy,
     AccessPolicySpec,
     AccessPolicyStatus,
+    ServiceAccountRef,
     Subject,
     TokenSecretRef,
 )
@@ -65,6 +66,7 @@ __all__ = [
     "QSysCore",
     "QSysCoreSpec",
     "QSysCoreStatus",
+    "ServiceAccountRef",
     "ServiceMonitorSpec",
     "Subject",
     "TokenSecretRef",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from qsys_protocol.config import MAX_SOURCE_CIDRS, RateConfig, Rule
 from qsys_protocol.config import SourceCIDR as GatewaySourceCIDR
@@ -15,6 +15,7 @@ from .common import (
     Conditions,
     LocalObjectReference,
     Model,
+    NamespaceName,
     ObjectMeta,
     ObjectName,
     SecretKey,
@@ -37,7 +38,7 @@ VALUE_RANGE_RULE = cel(
     "valueRange.min must not be greater than valueRange.max",
 )
 TOKEN_SECRET_NAME_RULE = cel(
-    "self.spec.subjects.all(s, has(s.tokenSecretRef) || "
+    "self.spec.subjects.all(s, has(s.tokenSecretRef) || has(s.serviceAccount) || "
     "size(self.metadata.name) + size(s.name) + 7 <= 253)",
     "the generated Secret name <policy>-<subject>-token must not exceed 253 characters",
 )
@@ -66,6 +67,11 @@ SUBJECT_CREDENTIAL_RULE = cel(
     "!(has(self.tokenSecretRef) && has(self.sourceCIDRs))",
     "a subject authenticates with a token or by sourceCIDRs, not both",
 )
+SUBJECT_SERVICE_ACCOUNT_RULE = cel(
+    "!(has(self.serviceAccount) && (has(self.tokenSecretRef) || has(self.sourceCIDRs)))",
+    "a serviceAccount subject authenticates with its pod's projected token: "
+    "set no tokenSecretRef or sourceCIDRs",
+)
 
 
 class TokenSecretRef(Model):
@@ -76,20 +82,52 @@ class TokenSecretRef(Model):
     """Key of the token in the Secret."""
 
 
+class ServiceAccountRef(Model):
+    name: ObjectName
+    """Name of the ServiceAccount."""
+    namespace: NamespaceName | None = None
+    """Namespace of the ServiceAccount. Unset: the AccessPolicy's own namespace."""
+
+    def username(self, default_namespace: str) -> str:
+        """The user name a TokenReview of its tokens returns."""
+        return f"system:serviceaccount:{self.namespace or default_namespace}:{self.name}"
+
+
 class Subject(Model):
-    model_config = ConfigDict(json_schema_extra=validations(SUBJECT_CREDENTIAL_RULE))
+    model_config = ConfigDict(
+        json_schema_extra=validations(SUBJECT_CREDENTIAL_RULE, SUBJECT_SERVICE_ACCOUNT_RULE)
+    )
 
     name: SubjectName
     """Subject name (DNS label, max 63): appears in audit lines and metrics and names the
     generated Secret `<policy>-<subject>-token`."""
     tokenSecretRef: TokenSecretRef | None = None
-    """Bring your own token (at least 32 characters). Unset (and no `sourceCIDRs`): the
-    operator generates one into `<policy>-<subject>-token`, key `token`."""
+    """Bring your own token (at least 32 characters). Unset (and no `sourceCIDRs` or
+    `serviceAccount`): the operator generates one into `<policy>-<subject>-token`, key `token`."""
     sourceCIDRs: (
         Annotated[list[SourceCIDR], Field(min_length=1, max_length=MAX_SOURCE_CIDRS)] | None
     ) = None
     """Raw QRC clients that cannot Logon: admitted as this subject by their source
     address (no token is generated). See docs/policy.md for the spoofing risk."""
+    serviceAccount: ServiceAccountRef | None = None
+    """In-cluster clients: pods running as this ServiceAccount present their projected
+    ServiceAccount token (audience: the QSysCore's `status.gateway.serviceAccountAudience`)
+    as the bearer token and are admitted as this subject after a TokenReview; no token
+    Secret is generated. Excludes `tokenSecretRef` and `sourceCIDRs`. See docs/security.md."""
+
+    @model_validator(mode="after")
+    def _one_credential(self) -> Subject:
+        """The Python twin of the CEL rules on credentials."""
+        if self.tokenSecretRef is not None and self.sourceCIDRs:
+            raise ValueError(SUBJECT_CREDENTIAL_RULE["message"])
+        if self.serviceAccount is not None and (self.tokenSecretRef or self.sourceCIDRs):
+            raise ValueError(SUBJECT_SERVICE_ACCOUNT_RULE["message"])
+        return self
+
+    @property
+    def uses_token(self) -> bool:
+        """Authenticates with a token (generated or bring-your-own) held in a Secret."""
+        return not self.sourceCIDRs and self.serviceAccount is None
 
 
 class AccessPolicySpec(Model):
@@ -99,8 +137,8 @@ class AccessPolicySpec(Model):
         list[Subject],
         Field(min_length=1, max_length=MAX_SUBJECTS, json_schema_extra=list_map("name")),
     ]
-    """Token holders (1-128, unique by name across every policy of the Core; the oldest
-    policy keeps a name)."""
+    """Clients: token holders, source-bound raw QRC clients or ServiceAccounts (1-128, unique
+    by name across every policy of the Core; the oldest policy keeps a name)."""
     rules: Annotated[
         list[Rule], Field(max_length=MAX_RULES, json_schema_extra=validations(VALUE_RANGE_RULE))
     ] = []
@@ -121,6 +159,9 @@ class AccessPolicyStatus(StatusModel):
     metav1.Condition."""
     tokenSecrets: dict[str, str] = {}
     """Subject name to the name of the Secret holding its token (never the token)."""
+    serviceAccounts: dict[str, str] = {}
+    """Subject name to the Kubernetes user its pods authenticate as, e.g.
+    `system:serviceaccount:av:room-scheduler`."""
     tokensInGrace: dict[str, Timestamp] = {}
     """Subjects whose previous token is still admitted after a rotation, and until when
     (RFC 3339)."""

@@ -38,6 +38,8 @@ StorageUri = Annotated[
     str, Field(max_length=512, pattern=r"^(memory|rediss?://[^\s/]+(:[0-9]+)?(/[0-9]+)?)$")
 ]
 Origin = Annotated[str, Field(min_length=1, max_length=512)]
+Audience = Annotated[str, Field(min_length=1, max_length=253, pattern=r"^[\x21-\x7e]+$")]
+"""Printable ASCII without spaces, like a URL or a DNS name."""
 
 
 def is_ip(host: str) -> bool:
@@ -158,6 +160,11 @@ class GatewaySpec(Model):
     """Scale the gateway with a HorizontalPodAutoscaler instead of fixed `replicas`."""
     tracing: TracingSpec | None = None
     """OpenTelemetry traces of the gateway's calls. Unset: no tracing."""
+    serviceAccountAudience: Audience | None = None
+    """Audience the projected ServiceAccount tokens of `serviceAccount` subjects must carry
+    (the pod's `serviceAccountToken.audience`); tokens for any other audience are refused.
+    Unset: `<name>-gateway.<namespace>.svc`. The value in effect is in
+    `status.gateway.serviceAccountAudience`."""
 
     @property
     def min_replicas(self) -> int:
@@ -281,6 +288,9 @@ class GatewayStatus(StatusModel):
     """Gateway pods that are Ready."""
     service: str | None = None
     """Name of the gateway Service clients connect to."""
+    serviceAccountAudience: str | None = None
+    """The audience a pod's projected ServiceAccount token must carry to be admitted as a
+    `serviceAccount` subject (spec.gateway.serviceAccountAudience or its default)."""
 
 
 class CoreStatus(StatusModel):
@@ -332,3 +342,11 @@ class QSysCore(BaseModel):
     """The Core and how its gateway runs."""
     status: QSysCoreStatus = QSysCoreStatus()
     """Written by the operator: gateway readiness, the Core as the gateways see it."""
+
+    @property
+    def service_account_audience(self) -> str:
+        """spec.gateway.serviceAccountAudience, or its default `<name>-gateway.<ns>.svc`."""
+        meta = self.metadata
+        return (
+            self.spec.gateway.serviceAccountAudience or f"{meta.name}-gateway.{meta.namespace}.svc"
+        )

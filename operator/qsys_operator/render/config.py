@@ -14,6 +14,7 @@ from qsys_protocol.config import (
     RateConfig,
     SubjectConfig,
     TlsConfig,
+    TokenReviewConfig,
     dump_config,
 )
 
@@ -36,6 +37,11 @@ TOKEN_KEY_FILE = "token-key"  # noqa: S105 - a file name
 """In the config directory: one projected volume, so kubelet swaps config and key together."""
 CREDENTIALS_DIR = "/var/run/qsys/core-credentials"
 TLS_DIR = "/var/run/qsys/tls"
+
+
+def uses_identity(subjects: list[SubjectConfig]) -> bool:
+    """Some subject is a ServiceAccount: the gateway reviews tokens with the API server."""
+    return any(s.serviceAccount for s in subjects)
 
 
 def gateway_config(core: QSysCore, subjects: list[SubjectConfig]) -> GatewayConfig:
@@ -74,6 +80,11 @@ def gateway_config(core: QSysCore, subjects: list[SubjectConfig]) -> GatewayConf
         cors=CorsConfig(allowedOrigins=list(spec.gateway.allowedOrigins)),
         auth=AuthConfig(tokenKeyFile=f"{CONFIG_DIR}/{TOKEN_KEY_FILE}"),
         mcp=McpConfig(enabled=spec.gateway.mcp.enabled),
+        tokenReview=(
+            TokenReviewConfig(audience=core.service_account_audience)
+            if uses_identity(subjects)
+            else None
+        ),
         subjects=subjects,
     )
 

@@ -2,17 +2,31 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from qsys_protocol.config import GatewayConfig
 
 from ..api import QSysCore
-from ..kinds import HPA, NETWORK_POLICY, PDB, SERVICE_MONITOR, Kind
+from ..kinds import (
+    CLUSTER_ROLE_BINDING,
+    HPA,
+    NETWORK_POLICY,
+    PDB,
+    SERVICE_ACCOUNT,
+    SERVICE_MONITOR,
+    Kind,
+)
 from ..settings import OperatorSettings
 from .common import Manifest, gateway_name
-from .config import gateway_config, render_config_secret, restart_hash
+from .config import gateway_config, render_config_secret, restart_hash, uses_identity
 from .deployment import render_deployment
 from .hpa import render_hpa
+from .identity import (
+    render_service_account,
+    render_token_review_binding,
+    token_review_binding_name,
+)
 from .networkpolicy import render_network_policy
 from .pdb import render_pdb
 from .service import render_service
@@ -31,12 +45,14 @@ class ChildRef:
 @dataclass(frozen=True)
 class RenderResult:
     objects: list[Manifest]
-    """Secret, Deployment, Service, then NetworkPolicy, PodDisruptionBudget and
+    """ServiceAccount and ClusterRoleBinding when wanted (before the pods that use them),
+    Secret, Deployment, Service, then NetworkPolicy, PodDisruptionBudget and
     HorizontalPodAutoscaler when wanted."""
     service_monitor: Manifest | None
     """None when spec.monitoring.serviceMonitor.enabled is false."""
     absent: list[ChildRef]
-    """Optional children the spec turned off: NetworkPolicy, PDB, HPA, ServiceMonitor."""
+    """Optional children the spec turned off: NetworkPolicy, PDB, HPA, ServiceMonitor, and
+    the gateway's ServiceAccount and ClusterRoleBinding when no subject needs them."""
     conflicts: list[SubjectConflict]
     unresolved: list[UnresolvedSubject]
     """Subjects left out because the caller had no token hash for them."""
@@ -44,27 +60,46 @@ class RenderResult:
     subjects: int
     """Subjects in the rendered config (status.subjects)."""
     restart_hash: str
+    identity: bool
+    """Some subject is a ServiceAccount: the gateway has its own identity (and needs the
+    API server's endpoints for its NetworkPolicy)."""
 
 
 def render_core_children(
-    core: QSysCore, bindings: list[PolicyBinding], settings: OperatorSettings
+    core: QSysCore,
+    bindings: list[PolicyBinding],
+    settings: OperatorSettings,
+    api_server: Sequence[tuple[str, int]] = (),
 ) -> RenderResult:
-    name = gateway_name(core.metadata.name)
-    merged = merge_subjects(
-        [b for b in bindings if b.policy.spec.coreRef.name == core.metadata.name]
-    )
+    """api_server: (address, port) of the API server's endpoints, read by the caller;
+    used only when some subject is a ServiceAccount."""
+    meta = core.metadata
+    name = gateway_name(meta.name)
+    merged = merge_subjects([b for b in bindings if b.policy.spec.coreRef.name == meta.name])
     config = gateway_config(core, merged.subjects)
     rhash = restart_hash(config)
-    objects = [
+    identity = uses_identity(merged.subjects)
+    objects: list[Manifest] = []
+    absent: list[ChildRef] = []
+    if identity:
+        objects += [render_service_account(core), render_token_review_binding(core, settings)]
+    else:
+        absent += [
+            ChildRef(SERVICE_ACCOUNT, name),
+            ChildRef(CLUSTER_ROLE_BINDING, token_review_binding_name(meta.namespace, meta.name)),
+        ]
+    objects += [
         render_config_secret(core, config),
-        render_deployment(core, settings, rhash),
+        render_deployment(core, settings, rhash, identity),
         render_service(core),
     ]
-    absent: list[ChildRef] = []
     optional = [
         (
             render_network_policy(
-                core, settings, [c for s in merged.subjects for c in s.sourceCIDRs]
+                core,
+                settings,
+                [c for s in merged.subjects for c in s.sourceCIDRs],
+                api_server if identity else (),
             ),
             NETWORK_POLICY,
         ),
@@ -88,4 +123,5 @@ def render_core_children(
         config=config,
         subjects=len(merged.subjects),
         restart_hash=rhash,
+        identity=identity,
     )

@@ -166,7 +166,11 @@ def _container(core: QSysCore, settings: OperatorSettings) -> dict[str, Any]:
     }
 
 
-def render_deployment(core: QSysCore, settings: OperatorSettings, restart_hash: str) -> Manifest:
+def render_deployment(
+    core: QSysCore, settings: OperatorSettings, restart_hash: str, identity: bool = False
+) -> Manifest:
+    """identity: the pods run as the `<core>-gateway` ServiceAccount with its API token
+    mounted (for TokenReviews); otherwise they get no API credentials at all."""
     name = core.metadata.name
     gw = core.spec.gateway
     volumes, _ = _volumes(core)
@@ -179,8 +183,13 @@ def render_deployment(core: QSysCore, settings: OperatorSettings, restart_hash: 
         }
         for key in ("kubernetes.io/hostname", "topology.kubernetes.io/zone")
     ]
+    # The deprecated `serviceAccount` is applied too: the API server copies it into an
+    # unset serviceAccountName, so leaving it to the server would keep the pods on the
+    # gateway's ServiceAccount after an apply that drops serviceAccountName.
+    account = {"serviceAccountName": gateway_name(name), "serviceAccount": gateway_name(name)}
     pod_spec: dict[str, Any] = {
-        "automountServiceAccountToken": False,
+        **(account if identity else {}),
+        "automountServiceAccountToken": identity,
         "enableServiceLinks": False,
         "terminationGracePeriodSeconds": 30,
         "securityContext": {

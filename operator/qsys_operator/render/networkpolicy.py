@@ -2,13 +2,15 @@
 
 The operator's namespace may reach the metrics port too: the operator reads the
 gateway's view of the Core there (GET /corez). The sourceCIDRs of source-bound
-subjects (legacy QRC clients without Logon) may reach the QRC port, and only it.
+subjects (legacy QRC clients without Logon) may reach the QRC port, and only it. A
+gateway that reviews ServiceAccount tokens may also reach the API server's endpoints.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Sequence
 from typing import Any
 
 from ..api import QSysCore
@@ -79,9 +81,25 @@ def source_bound_ingress(source_cidrs: list[str]) -> list[dict[str, Any]]:
     return [{"from": peers, "ports": [_tcp(QRC_PORT)]}]
 
 
+def api_server_egress(endpoints: Sequence[tuple[str, int]]) -> list[dict[str, Any]]:
+    """The API server's endpoints (address /32 or /128, and port), for TokenReviews.
+
+    Pods dial the `kubernetes` Service; the policy sees the endpoint it is translated to."""
+    if not endpoints:
+        return []
+    cidrs = sorted({c for c in (_host_cidr(a) for a, _ in endpoints) if c})
+    ports = sorted({p for _, p in endpoints})
+    return [{"to": [{"ipBlock": {"cidr": c}} for c in cidrs], "ports": [_tcp(p) for p in ports]}]
+
+
 def render_network_policy(
-    core: QSysCore, settings: OperatorSettings, source_cidrs: list[str] | None = None
+    core: QSysCore,
+    settings: OperatorSettings,
+    source_cidrs: list[str] | None = None,
+    api_server: Sequence[tuple[str, int]] = (),
 ) -> Manifest | None:
+    """api_server: the API server's endpoints, given only when the gateway reviews
+    ServiceAccount tokens (no egress to the API server otherwise)."""
     np = core.spec.networkPolicy
     if not np.enabled:
         return None
@@ -108,6 +126,7 @@ def render_network_policy(
     otlp = _otlp_egress(tracing.otlpEndpoint) if tracing else None
     if otlp:
         egress.append(otlp)
+    egress.extend(api_server_egress(api_server))
     return {
         "apiVersion": NETWORK_POLICY.api_version,
         "kind": NETWORK_POLICY.kind,

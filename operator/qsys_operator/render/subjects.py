@@ -3,8 +3,9 @@
 Precedence: policies are ordered by creationTimestamp (oldest first), then by
 name. The first policy to declare a subject name keeps it; a later policy's
 subject of the same name is left out and reported. The same holds for a token
-hash that two subjects share, and for a source-bound subject whose sourceCIDRs
-overlap an earlier one's (the gateway could not tell them apart).
+hash that two subjects share, for a source-bound subject whose sourceCIDRs
+overlap an earlier one's, and for a ServiceAccount two subjects name (the gateway
+could not tell them apart).
 """
 
 from __future__ import annotations
@@ -77,7 +78,9 @@ class SubjectConflict:
     """The policy whose subject was left out."""
     kept_by: str
     """The policy that keeps the name (or the token)."""
-    reason: Literal["duplicate-name", "duplicate-token", "overlapping-source"]
+    reason: Literal[
+        "duplicate-name", "duplicate-token", "overlapping-source", "duplicate-service-account"
+    ]
 
 
 @dataclass(frozen=True, order=True)
@@ -102,6 +105,7 @@ def precedence(policy: AccessPolicy) -> tuple[str, str]:
 def merge_subjects(bindings: list[PolicyBinding]) -> MergedSubjects:
     names: dict[str, str] = {}
     hashes: dict[str, str] = {}
+    accounts: dict[str, str] = {}
     subjects: list[SubjectConfig] = []
     conflicts: list[SubjectConflict] = []
     unresolved: list[UnresolvedSubject] = []
@@ -129,6 +133,26 @@ def merge_subjects(bindings: list[PolicyBinding]) -> MergedSubjects:
                     continue
                 names[subject.name] = pname
                 subjects.append(bound)
+                continue
+            if subject.serviceAccount is not None:
+                user = subject.serviceAccount.username(policy.metadata.namespace)
+                if user in accounts:
+                    conflicts.append(
+                        SubjectConflict(
+                            subject.name, pname, accounts[user], "duplicate-service-account"
+                        )
+                    )
+                    continue
+                names[subject.name] = pname
+                accounts[user] = pname
+                subjects.append(
+                    SubjectConfig(
+                        name=subject.name,
+                        serviceAccount=user,
+                        rate=policy.spec.rateLimit,
+                        rules=list(policy.spec.rules),
+                    )
+                )
                 continue
             token = binding.token_hashes.get(subject.name)
             if token is None:
