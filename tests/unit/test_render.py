@@ -55,8 +55,12 @@ def make_core(**spec: Any) -> QSysCore:
 
 
 def make_policy(
-    name: str, subjects: list[str], created: str = "2024-01-01T00:00:00Z", **spec: Any
+    name: str,
+    subjects: list[str] | list[dict[str, Any]],
+    created: str = "2024-01-01T00:00:00Z",
+    **spec: Any,
 ) -> AccessPolicy:
+    """An AccessPolicy of core "hall"; a subject is a name or a whole subject object."""
     return AccessPolicy.model_validate(
         {
             "metadata": {
@@ -67,7 +71,7 @@ def make_policy(
             },
             "spec": {
                 "coreRef": {"name": "hall"},
-                "subjects": [{"name": s} for s in subjects],
+                "subjects": [{"name": s} if isinstance(s, str) else s for s in subjects],
                 "rules": [{"methods": ["Control.Get"]}],
                 **spec,
             },

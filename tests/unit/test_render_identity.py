@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import yaml
 from pydantic import ValidationError
+from test_render import make_policy as base_policy
 
 from qsys_operator.api import AccessPolicy, QSysCore
 from qsys_operator.api.accesspolicy import SUBJECT_SERVICE_ACCOUNT_RULE
@@ -49,20 +50,11 @@ def make_core(**gateway: Any) -> QSysCore:
 def make_policy(
     *subjects: dict[str, Any], name: str = "jobs", created: str = "2024-01-01T00:00:00Z"
 ) -> AccessPolicy:
-    return AccessPolicy.model_validate(
-        {
-            "metadata": {
-                "name": name,
-                "namespace": "av",
-                "uid": f"{name}-uid",
-                "creationTimestamp": created,
-            },
-            "spec": {
-                "coreRef": {"name": "hall"},
-                "subjects": list(subjects),
-                "rules": [{"methods": ["Component.Get"], "components": ["Room*"]}],
-            },
-        }
+    return base_policy(
+        name,
+        list(subjects),
+        created,
+        rules=[{"methods": ["Component.Get"], "components": ["Room*"]}],
     )
 
 
