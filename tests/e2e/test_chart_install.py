@@ -32,6 +32,8 @@ from operator_support import (
     wait_condition,
 )
 
+from qsys_operator.k8s import endpoint_addresses
+from qsys_operator.render.networkpolicy import api_server_egress
 from qsys_testkit import OperatorProcess
 from qsys_testkit.kube import secret_text
 
@@ -381,6 +383,19 @@ def _gone(read: Any, *args: str) -> bool:
     return False
 
 
+def _api_server_endpoints(cluster: Cluster) -> list[tuple[str, int]]:
+    """The ready endpoints of the `kubernetes` Service, as the operator reads them."""
+    try:
+        found = client.DiscoveryV1Api(cluster.api).read_namespaced_endpoint_slice(
+            "kubernetes", "default"
+        )
+    except ApiException as exc:
+        if exc.status == 404:
+            return []
+        raise
+    return endpoint_addresses(cast(Any, cluster.api).sanitize_for_serialization(found))
+
+
 def test_service_account_subjects_under_the_chart_rbac(
     cluster: Cluster, watched: str, tmp_path: Path
 ) -> None:
@@ -480,15 +495,33 @@ def test_service_account_subjects_under_the_chart_rbac(
             assert f"serviceAccount: system:serviceaccount:{watched}:room-scheduler" in config
             assert f"audience: hall-gateway.{watched}.svc" in config
 
-            # kwok's control plane publishes no API server endpoints (endpoint reconciler
-            # off): the core says why its gateways cannot review tokens.
-            def noted() -> str | None:
-                ready = condition(get(cluster, watched, "QSysCore", "hall"), "Ready")
-                message = str(ready.get("message", ""))
-                return message if "EndpointSlice default/kubernetes" in message else None
+            api_server = _api_server_endpoints(cluster)
+            if api_server:
+                # The API server publishes its endpoints (the real node's control plane):
+                # the gateways may reach exactly those for their TokenReviews.
+                wanted = api_server_egress(api_server)[0]
 
-            message = wait_for("the Ready note", noted, timeout=TIMEOUT_S)
-            assert "ServiceAccount tokens are refused" in message
+                def egress() -> list[dict[str, Any]] | None:
+                    policy = client.NetworkingV1Api(cluster.api).read_namespaced_network_policy(
+                        "hall-gateway", watched
+                    )
+                    rules = [
+                        cast(Any, cluster.api).sanitize_for_serialization(e)
+                        for e in must(policy.spec).egress or []
+                    ]
+                    return rules if wanted in rules else None
+
+                wait_for("API server egress in the NetworkPolicy", egress, timeout=TIMEOUT_S)
+            else:
+                # kwok's control plane publishes no API server endpoints (endpoint
+                # reconciler off): the core says why its gateways cannot review tokens.
+                def noted() -> str | None:
+                    ready = condition(get(cluster, watched, "QSysCore", "hall"), "Ready")
+                    message = str(ready.get("message", ""))
+                    return message if "EndpointSlice default/kubernetes" in message else None
+
+                message = wait_for("the Ready note", noted, timeout=TIMEOUT_S)
+                assert "ServiceAccount tokens are refused" in message
 
             # Tampering is undone: the binding is re-created.
             rbac.delete_cluster_role_binding(binding_name)
