@@ -281,9 +281,7 @@ def test_namespaced_install_rbac_is_sufficient_and_not_excessive(
                 ),
             )
             assert peering["metadata"]["name"] == release.fullname
-            log = op.output()
-            assert "403" not in log, log[-4000:]
-            assert "Forbidden" not in log, log[-4000:]
+            _no_api_refusals(op.output())
 
         # Sufficient (the verbs the operator uses), and nothing more.
         sa = kubeconfig
@@ -381,6 +379,14 @@ def _gone(read: Any, *args: str) -> bool:
             return True
         raise
     return False
+
+
+def _no_api_refusals(log: str) -> None:
+    """No request of the operator was refused by RBAC: the client's ApiException says
+    "(403)" and "Forbidden", Kopf's APIForbiddenError "forbidden". A bare "403" is not
+    looked for: it turns up in the operator's random peering priority and in timestamps."""
+    refused = [line for line in log.splitlines() if "forbidden" in line.lower() or "(403)" in line]
+    assert not refused, "\n".join(refused[-20:])
 
 
 def _api_server_endpoints(cluster: Cluster) -> list[tuple[str, int]]:
@@ -549,6 +555,4 @@ def test_service_account_subjects_under_the_chart_rbac(
             wait_for(
                 "the binding deleted with the core", lambda: not binding_exists(), timeout=TIMEOUT_S
             )
-            log = op.output()
-            assert "403" not in log, log[-4000:]
-            assert "Forbidden" not in log, log[-4000:]
+            _no_api_refusals(op.output())
