@@ -33,7 +33,6 @@ from operator_support import (
 )
 
 from qsys_operator.k8s import endpoint_addresses
-from qsys_operator.render.networkpolicy import api_server_egress
 from qsys_testkit import OperatorProcess
 from qsys_testkit.kube import secret_text
 
@@ -505,7 +504,14 @@ def test_service_account_subjects_under_the_chart_rbac(
             if api_server:
                 # The API server publishes its endpoints (the real node's control plane):
                 # the gateways may reach exactly those for their TokenReviews.
-                wanted = api_server_egress(api_server)[0]
+                wanted = {
+                    "to": [
+                        {"ipBlock": {"cidr": f"{a}/32"}} for a in sorted({a for a, _ in api_server})
+                    ],
+                    "ports": [
+                        {"port": p, "protocol": "TCP"} for p in sorted({p for _, p in api_server})
+                    ],
+                }
 
                 def egress() -> list[dict[str, Any]] | None:
                     policy = client.NetworkingV1Api(cluster.api).read_namespaced_network_policy(
