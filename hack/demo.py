@@ -39,7 +39,12 @@ from kubernetes.client.exceptions import ApiException
 
 from qsys_testkit import http_ok, rpc, wait_for
 from qsys_testkit.checkout import image_names, tool_dir
-from qsys_testkit.kube import apply_crds, secret_text
+from qsys_testkit.kube import (
+    REAL_NODE_ANNOTATIONS,
+    RESTRICTED_SECURITY_CONTEXT,
+    apply_crds,
+    secret_text,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 GROUP, VERSION = "qsys.dev", "v1alpha1"
@@ -126,21 +131,6 @@ def show_status(obj: dict[str, Any]) -> None:
 
 
 # ---- the demo --------------------------------------------------------------------------
-
-REAL_NODE_ANNOTATIONS = {
-    "scheduler.alpha.kubernetes.io/node-selector": "qsys.io/node=real",
-    "scheduler.alpha.kubernetes.io/defaultTolerations": json.dumps(
-        [{"key": "qsys.io/node", "operator": "Equal", "value": "real", "effect": "NoSchedule"}]
-    ),
-}
-RESTRICTED = {
-    "runAsNonRoot": True,
-    "runAsUser": 10001,
-    "allowPrivilegeEscalation": False,
-    "readOnlyRootFilesystem": True,
-    "capabilities": {"drop": ["ALL"]},
-    "seccompProfile": {"type": "RuntimeDefault"},
-}
 
 
 def tool(group: str, name: str) -> str:
@@ -276,7 +266,7 @@ def run_in_namespace(
         "command": ["qsys-core-sim", "--host", "0.0.0.0", "--port", "1710"],
         "ports": [{"name": "qrc", "containerPort": 1710}],
         "readinessProbe": {"tcpSocket": {"port": 1710}, "periodSeconds": 1},
-        "securityContext": RESTRICTED,
+        "securityContext": RESTRICTED_SECURITY_CONTEXT,
     }
     utils.create_from_dict(api, _deployment("core-sim", sim), namespace=ns)  # type: ignore[no-untyped-call]
     service = {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -11,6 +12,35 @@ from kubernetes import client, utils
 from kubernetes.client.exceptions import ApiException
 
 from .net import wait_for
+
+REAL_NODE_LABEL = ("qsys.io/node", "real")
+"""The label and taint of the local cluster's real node (hack/cluster/node.sh); kwok's fake
+nodes carry neither."""
+REAL_NODE_ANNOTATIONS = {
+    "scheduler.alpha.kubernetes.io/node-selector": "=".join(REAL_NODE_LABEL),
+    "scheduler.alpha.kubernetes.io/defaultTolerations": json.dumps(
+        [
+            {
+                "key": REAL_NODE_LABEL[0],
+                "operator": "Equal",
+                "value": REAL_NODE_LABEL[1],
+                "effect": "NoSchedule",
+            }
+        ]
+    ),
+}
+"""Namespace annotations that pin every pod of the namespace to the real node
+(PodNodeSelector and PodTolerationRestriction admission)."""
+RESTRICTED_SECURITY_CONTEXT = {
+    "runAsNonRoot": True,
+    "runAsUser": 10001,
+    "allowPrivilegeEscalation": False,
+    "readOnlyRootFilesystem": True,
+    "capabilities": {"drop": ["ALL"]},
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+"""A container securityContext under the restricted Pod Security profile, as the gateway
+runs (user 10001 of the images)."""
 
 
 def apply_crds(api: client.ApiClient, crds: Path | Iterable[Path], timeout: float = 60) -> None:

@@ -10,7 +10,6 @@ the real node without a change to the objects themselves.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import time
@@ -27,26 +26,18 @@ from kubernetes import client, utils
 from kubernetes.client.exceptions import ApiException
 
 from qsys_testkit.checkout import image_names
-from qsys_testkit.kube import apply_crds
+from qsys_testkit.kube import (
+    REAL_NODE_ANNOTATIONS,
+    REAL_NODE_LABEL,
+    RESTRICTED_SECURITY_CONTEXT,
+    apply_crds,
+)
 
 NODE_NAME = "qsys-node"
 CONTAINERD_SOCK = REPO / ".cache" / "cluster" / "node" / "containerd" / "containerd.sock"
-NODE_LABEL = ("qsys.io/node", "real")
+NODE_LABEL = REAL_NODE_LABEL
 POD_CIDR_PREFIX = "198.18."
 SERVICE_CIDR_PREFIX = "198.19."
-REAL_NODE_ANNOTATIONS = {
-    "scheduler.alpha.kubernetes.io/node-selector": f"{NODE_LABEL[0]}={NODE_LABEL[1]}",
-    "scheduler.alpha.kubernetes.io/defaultTolerations": json.dumps(
-        [
-            {
-                "key": NODE_LABEL[0],
-                "operator": "Equal",
-                "value": NODE_LABEL[1],
-                "effect": "NoSchedule",
-            }
-        ]
-    ),
-}
 
 
 CHART = REPO / "charts" / "qsys-operator"
@@ -141,14 +132,7 @@ def restricted_container(name: str, image: str, command: list[str], **extra: Any
         "image": image,
         "imagePullPolicy": "Never",
         "command": command,
-        "securityContext": {
-            "runAsNonRoot": True,
-            "runAsUser": 10001,
-            "allowPrivilegeEscalation": False,
-            "readOnlyRootFilesystem": True,
-            "capabilities": {"drop": ["ALL"]},
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        "securityContext": dict(RESTRICTED_SECURITY_CONTEXT),
         **extra,
     }
 
