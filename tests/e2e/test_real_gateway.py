@@ -79,10 +79,13 @@ class Stack:
         assert token
         return token
 
-    def rpc(self, method: str, params: Any = None, token: str | None = None) -> tuple[int, Any]:
+    def rpc(
+        self, method: str, params: Any = None, token: str | None = None, url: str | None = None
+    ) -> tuple[int, Any]:
+        """One call through the Service, or to one pod's `url`."""
         body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": method, "params": params or {}})
         req = urllib.request.Request(
-            f"{self.url}/v1/rpc",
+            f"{url or self.url}/v1/rpc",
             data=body.encode(),
             headers={
                 "Authorization": f"Bearer {token or self.token()}",
@@ -434,6 +437,15 @@ def test_access_policy_edit_is_enforced_without_restart(stack: Stack) -> None:
     first, last = asyncio.run(across_the_edit())
     assert "result" in first, first
     assert "error" in last, last
+    # Each pod reloads when the kubelet refreshes its Secret volume, pods at different
+    # moments: wait for every pod, asked directly, to refuse.
+    for pod in stack.gateway_pods():
+        url = f"http://{must(pod.status).pod_ip}:8080"
+        wait_for(
+            f"{must(pod.metadata).name} refuses Component.Get",
+            lambda url=url: stack.rpc("Component.Get", GAIN, url=url)[0] == 403,  # type: ignore[misc]
+            timeout=120,
+        )
     assert stack.rpc("Component.Get", GAIN)[0] == 403
     assert stack.rpc("StatusGet")[0] == 200
     after = stack.gateway_pods()
