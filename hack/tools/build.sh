@@ -52,7 +52,7 @@ build() {
 	echo "tools: building $group $VERSION into ${out%/bin} (cold builds take minutes)" >&2
 	(cd "$here/$group" &&
 		CGO_ENABLED=0 GOFLAGS="-trimpath -buildvcs=false -mod=readonly" \
-			go build -tags="$TAGS" -ldflags="-s -w $LDFLAGS" -o "$tmp/" "${pkgs[@]}")
+			go build -tags="$TAGS" -gcflags=all=-dwarf=false -ldflags="-s -w $LDFLAGS" -o "$tmp/" "${pkgs[@]}")
 	for entry in "${BINARIES[@]}"; do
 		name=${entry%%=*} pkg=${entry#*=}
 		[[ $(default_name "$pkg") == "$name" ]] || mv "$tmp/$(default_name "$pkg")" "$tmp/$name"
