@@ -153,7 +153,9 @@ class Admission:
         source and presented subject (`throttle_key`); a valid token is always admitted
         (a ServiceAccount token while throttled only from the review cache), so one
         guessing client behind a NAT or an ingress never locks out the correct tokens of
-        the room. A refusal is audited as a call of `method` and raised as `Refusal`."""
+        the room. A refusal is audited as a call of `method`, a fixed word of the
+        transport's (never the client's text), merged per source and reason within the
+        audit window, and raised as `Refusal`."""
         rt = self.rt
         found = None
         if token:
@@ -295,7 +297,7 @@ class Admission:
     ) -> None:
         self.rt.metrics.auth_failures.labels(caller.transport).inc()
         anonymous = Caller(caller.transport, caller.source_ip)
-        if self.refuse(anonymous, {"method": method}, err, request_id, reason):
+        if self.refuse(anonymous, {"method": method}, err, request_id, reason, itemised=False):
             # logged with its audit line: repeats in a burst are counted there, not logged
             log.warning(
                 "authentication failed",
@@ -472,11 +474,19 @@ class Admission:
     # ---- records ------------------------------------------------------------------
 
     def refuse(
-        self, caller: Caller, obj: Any, error: QrcError, request_id: str, reason: str
+        self,
+        caller: Caller,
+        obj: Any,
+        error: QrcError,
+        request_id: str,
+        reason: str,
+        *,
+        itemised: bool = True,
     ) -> bool:
         """Audit and count one call refused before `handle` (authentication, rate limit):
         with its call id, targets and values; identical refusals in a burst are written
-        once with a count (`AuditLog.refused`). True when a line was written now."""
+        once with a count (`AuditLog.refused`; `itemised`: with their call and request
+        ids). True when a line was written now."""
         method = _method_of(obj)
         subject = caller.subject_name
         outcome = outcome_of(error.code)
@@ -497,6 +507,7 @@ class Admission:
             outcome=outcome,
             call_id=call_id if isinstance(call_id, int | str) else None,
             trace_id=tracing.trace_id(),
+            itemised=itemised,
         )
         self.rt.metrics.requests.labels(
             method_label(method), subject, caller.transport, outcome

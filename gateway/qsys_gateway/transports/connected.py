@@ -171,14 +171,10 @@ class ConnectedClient:
         if self._key_digest is not None and hmac.compare_digest(digest, self._key_digest):
             return True
         rid = request_id()
-        method = obj.get("method")
         probe = Caller(self.caller.transport, self.caller.source_ip)
         try:
             subject = await self.admission.authenticate(
-                probe,
-                key if isinstance(key, str) else None,
-                request_id=rid,
-                method=method if isinstance(method, str) else "invalid",
+                probe, key if isinstance(key, str) else None, request_id=rid
             )
         except Refusal as refused:
             self._reply_error(obj, refused)
