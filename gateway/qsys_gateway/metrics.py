@@ -95,6 +95,12 @@ class GatewayMetrics:
             registry=r,
         )
         self.ratelimit_storage_up.set(1)
+        self.ratelimit_fallback = Counter(
+            f"{PREFIX}_ratelimit_fallback",
+            "Rate-limit decisions this replica made alone (in memory) because the shared "
+            "storage did not answer",
+            registry=r,
+        )
         self.unauthenticated_clients = Gauge(
             f"{PREFIX}_unauthenticated_clients",
             "WebSocket and QRC connections not logged on yet",

@@ -40,6 +40,14 @@ class Model(BaseModel):
     )
 
 
+STORAGE_URI = (
+    r"^(rediss?://[^\s/]+(:\d+)?(/\d+)?"
+    r"|redis\+sentinel://[^\s/]+/[A-Za-z0-9._-]{1,128}(/\d+)?)$"
+)
+"""Shared rate-limit storage: Redis, or Redis behind Sentinel (the `limits` library's
+URI: sentinel addresses, comma-separated, then the monitored primary's name)."""
+
+
 class RateConfig(Model):
     requestsPerSecond: Annotated[float, Field(gt=0, le=100000)] = 20
     """Sustained calls per second per subject (> 0, max 100000)."""
@@ -127,13 +135,17 @@ class LimitsConfig(Model, AttackLimits):
     maxMessageBytes: Annotated[int, Field(ge=1024, le=16 * 1024 * 1024)] = 262144
     rate: RateConfig = RateConfig()
     storage: str = "memory"
+    """`memory` (per replica), `redis://host:port/db`, `rediss://...`, or Redis Sentinel:
+    `redis+sentinel://host:port[,host:port...]/primary-name[/db]`."""
 
     @field_validator("storage")
     @classmethod
     def _storage_uri(cls, v: str) -> str:
-        if v == "memory" or re.match(r"^rediss?://[^\s/]+(:\d+)?(/\d+)?$", v):
+        if v == "memory" or re.match(STORAGE_URI, v):
             return v
-        raise ValueError('must be "memory" or redis://host:port/db')
+        raise ValueError(
+            'must be "memory", redis://host:port/db or redis+sentinel://host:port/primary-name'
+        )
 
 
 class AuditConfig(Model):
@@ -315,7 +327,17 @@ class SubjectConfig(Model):
         return self.tokenHmacSha256 or self.tokenSha256 or ""
 
 
+class QSysCoreRef(Model):
+    """The QSysCore a gateway serves (the operator writes it): rate-limit buckets in a
+    shared Redis are keyed by it, so cores sharing one Redis never share a bucket."""
+
+    namespace: Annotated[str, Field(pattern=r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")]
+    name: Annotated[str, Field(pattern=r"^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$")]
+
+
 class GatewayConfig(Model):
+    qsysCore: Annotated[QSysCoreRef | None, Field(exclude_if=lambda v: v is None)] = None
+    """Unset (a gateway run by hand): buckets are keyed by subject alone."""
     core: CoreConfig
     listen: ListenConfig = ListenConfig()
     limits: LimitsConfig = LimitsConfig()

@@ -130,9 +130,7 @@ async def test_a_shared_address_never_locks_out_valid_clients(
                 await ws.send_json(_call(200 + i, "NoOp"))
                 assert (await _ws_reply(ws, 200 + i)).get("result") is True
             # Bounded: the attackers never hold more than the caps.
-            assert (
-                await asyncio.to_thread(gw.metric, "qsys_gateway_unauthenticated_clients") <= CAP
-            )
+            assert await asyncio.to_thread(gw.metric, "qsys_gateway_unauthenticated_clients") <= CAP
             http_open = await asyncio.to_thread(gw.metric, "qsys_gateway_http_connections")
             assert http_open <= CAP + len(kept_ws) + 2, http_open
             for ws in kept_ws:
@@ -157,7 +155,10 @@ async def _refused_qrwc_flood(gw_url: str, frames: int, per_frame: int) -> int:
     """QRWC frames of `per_frame` calls, each a wrong apiKey and a different method name;
     returns the refusals received."""
     refused = 0
-    async with aiohttp.ClientSession() as http, http.ws_connect(f"{gw_url}/qrc-public-api/v0") as ws:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.ws_connect(f"{gw_url}/qrc-public-api/v0") as ws,
+    ):
         for f in range(frames):
             batch = [
                 _call(

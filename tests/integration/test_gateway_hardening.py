@@ -596,9 +596,7 @@ async def test_unauthenticated_sockets_never_take_the_slots_of_clients_that_log_
                 conn[1].close()
         for writer in clients:
             writer.close()
-    assert (
-        gw.metric("qsys_gateway_connections_refused_total", reason="evicted_per_source") >= 4
-    )
+    assert gw.metric("qsys_gateway_connections_refused_total", reason="evicted_per_source") >= 4
     assert gw.metric("qsys_gateway_connections_refused_total", reason="evicted") >= 1
 
 

@@ -35,7 +35,14 @@ LabelMap = Annotated[dict[str, Annotated[str, Field(max_length=63)]], Field(max_
 AnnotationMap = Annotated[dict[str, str], Field(max_length=128)]
 Duration = Annotated[str, Field(pattern=r"^([0-9]+(ms|s|m|h))+$", max_length=32)]
 StorageUri = Annotated[
-    str, Field(max_length=512, pattern=r"^(memory|rediss?://[^\s/]+(:[0-9]+)?(/[0-9]+)?)$")
+    str,
+    Field(
+        max_length=512,
+        pattern=(
+            r"^(memory|rediss?://[^\s/]+(:[0-9]+)?(/[0-9]+)?"
+            r"|redis\+sentinel://[^\s/]+/[A-Za-z0-9._-]{1,128}(/[0-9]+)?)$"
+        ),
+    ),
 ]
 Origin = Annotated[str, Field(min_length=1, max_length=512)]
 Audience = Annotated[str, Field(min_length=1, max_length=253, pattern=r"^[\x21-\x7e]+$")]
@@ -187,8 +194,10 @@ class LimitsSpec(Model, AttackLimits):
     requestTimeoutSeconds: Annotated[float, Field(gt=0, le=300)] = 5
     """Seconds the gateway waits for the Core's answer to one call (> 0, max 300)."""
     storage: StorageUri = "memory"
-    """Where rate-limit counters live: `memory` (per pod) or `redis://host:port/db` /
-    `rediss://...` so all replicas share one limit."""
+    """Where rate-limit counters live: `memory` (per pod), or `redis://host:port/db` /
+    `rediss://...` / `redis+sentinel://host:port[,host:port...]/primary-name` (Redis
+    Sentinel) so all replicas share one limit. Buckets are keyed by this QSysCore's
+    namespace and name, so cores may share one Redis."""
 
 
 class NetworkPolicySpec(Model):
