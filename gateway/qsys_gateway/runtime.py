@@ -131,3 +131,4 @@ class Runtime:
         self.upstream.groups.per_session = config.limits.maxChangeGroupsPerConnection
         self.upstream.groups.per_subject = config.limits.maxChangeGroupsPerSubject
         self.upstream.hub.per_subject = config.limits.maxHubControlsPerSubject
+        self.upstream.shares.limit = config.limits.maxPendingCoreCallsPerSubject

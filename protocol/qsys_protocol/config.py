@@ -125,6 +125,9 @@ class AttackLimits(BaseModel):
     maxHubControlsPerSubject: Annotated[int, Field(ge=1, le=4096)] = 1024
     """Distinct controls the change groups of one subject may watch together, of the
     4,096 the gateway's shared Core groups hold (default: a quarter of them)."""
+    maxPendingCoreCallsPerSubject: Annotated[int, Field(ge=1, le=512)] = 128
+    """Calls of one subject pending on the Core at once, of the 512 the gateway's two Core
+    connections queue (default: a quarter); further calls wait within their timeout."""
 
     def attack_limits(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in AttackLimits.model_fields}

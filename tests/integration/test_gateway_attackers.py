@@ -6,11 +6,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections import Counter
 from typing import Any
 
 import aiohttp
 import orjson
 from gateway_harness import ADMIN_TOKEN, PANEL_TOKEN, GatewayFactory
+
+from qsys_testkit import CoreSimulator, subject
 
 SHARED = "127.0.0.77"
 """The one address attackers and valid clients share (an office NAT, a node's SNAT)."""
@@ -210,3 +213,98 @@ async def test_refused_authentications_cost_a_few_bytes_of_log_each(
     assert written / refused < 20, f"{written / refused:.1f} bytes per throttled refusal"
     with contextlib.suppress(Exception):
         print(f"refused authentication: {per_call:.1f} then {written / refused:.1f} bytes/call")
+
+
+FLOOD_TOKEN = "fld-0a1b2c3d4e5f6a7b8c9d0e1f2a3b4c66"
+CORE_LATENCY = 0.2
+"""Seconds the simulator takes to answer each call (answered concurrently, as a Core)."""
+FLOOD_CONNECTIONS = 20
+"""x 32 calls in flight each: 640, more than the 512 the two Core connections queue."""
+
+
+def _flood_and_calm(config: dict[str, Any]) -> None:
+    config["subjects"].append(
+        subject(
+            "flood",
+            FLOOD_TOKEN,
+            methods=["*"],
+            rate={"requestsPerSecond": 100000, "burst": 100000},
+        )
+    )
+    config["core"]["requestTimeoutSeconds"] = 5
+
+
+async def _flood(url: str, stop: asyncio.Event, answers: Counter[str]) -> None:
+    """One connection of `flood`, keeping 32 Control.Get in flight until `stop`."""
+    headers = {"Authorization": f"Bearer {FLOOD_TOKEN}"}
+    async with aiohttp.ClientSession() as http, http.ws_connect(url, headers=headers) as ws:
+        for i in range(32):
+            await ws.send_json(_call(i, "Control.Get", ["MainGain"]))
+        n = 32
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(1):
+                    reply = await ws.receive_json()
+                    if "id" not in reply:  # EngineStatus
+                        continue
+                    answers["ok" if "result" in reply else str(reply["error"]["code"])] += 1
+                    await ws.send_json(_call(n, "Control.Get", ["MainGain"]))
+                    n += 1
+
+
+async def _calm_latencies(url: str, seconds: float) -> tuple[list[float], Counter[str]]:
+    """A `panel` connection reading one control, one call at a time, 0.1 s apart."""
+    latencies: list[float] = []
+    answers: Counter[str] = Counter()
+    headers = {"Authorization": f"Bearer {PANEL_TOKEN}"}
+    async with aiohttp.ClientSession() as http, http.ws_connect(url, headers=headers) as ws:
+        end = time.monotonic() + seconds
+        rid = 0
+        while time.monotonic() < end:
+            rid += 1
+            started = time.monotonic()
+            await ws.send_json(_call(rid, "Control.Get", ["LobbyMusicLevel"]))
+            reply = await _ws_reply(ws, rid)
+            latencies.append(time.monotonic() - started)
+            answers["ok" if "result" in reply else str(reply["error"]["code"])] += 1
+            await asyncio.sleep(0.1)
+    return latencies, answers
+
+
+def _p95(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[max(0, int(len(ordered) * 0.95) - 1)]
+
+
+async def test_one_flooding_subject_does_not_starve_the_others_upstream(
+    make_gateway: GatewayFactory,
+) -> None:
+    async with CoreSimulator(idle_timeout=None) as sim:
+        sim.faults.latency = CORE_LATENCY
+        gw = await asyncio.to_thread(make_gateway, sim.port, _flood_and_calm)
+        quiet, _ = await _calm_latencies(gw.ws_url, 1.5)
+        stop = asyncio.Event()
+        flooded: Counter[str] = Counter()
+        flooders = [
+            asyncio.create_task(_flood(gw.ws_url, stop, flooded)) for _ in range(FLOOD_CONNECTIONS)
+        ]
+        try:
+            await asyncio.sleep(1.0)  # the flood is at full depth
+            calm = await asyncio.gather(*(_calm_latencies(gw.ws_url, 6.0) for _ in range(4)))
+            latencies = [x for got, _ in calm for x in got]
+            answers = sum((counts for _, counts in calm), Counter[str]())
+            pending = await asyncio.to_thread(gw.metric, "qsys_gateway_subject_share_full_total")
+        finally:
+            stop.set()
+            failures = await asyncio.gather(*flooders, return_exceptions=True)
+        assert not any(failures), failures
+    print(
+        f"calm p95 {_p95(quiet) * 1000:.0f} ms alone, {_p95(latencies) * 1000:.0f} ms while "
+        f"flooded ({len(latencies)} calls, answers {dict(answers)}); flood answers "
+        f"{dict(flooded)}"
+    )
+    assert answers == Counter(ok=len(latencies)), answers
+    assert _p95(latencies) < CORE_LATENCY + 0.3, _p95(latencies)
+    # The flood was served too, at its share (128 pending / 0.2 s), not refused.
+    assert flooded["ok"] > 1000, flooded
+    assert pending == 0

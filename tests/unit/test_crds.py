@@ -101,6 +101,7 @@ def test_defaults_present() -> None:
         "maxChangeGroupsPerConnection": 64,
         "maxChangeGroupsPerSubject": 5000,
         "maxHubControlsPerSubject": 1024,
+        "maxPendingCoreCallsPerSubject": 128,
     }
     sm = spec["monitoring"]["properties"]["serviceMonitor"]["properties"]
     assert sm["enabled"]["default"] is True

@@ -330,6 +330,28 @@ def test_network_policy_allows_redis_storage() -> None:
     }
 
 
+def test_network_policy_allows_each_sentinel_and_the_primary_beside_them() -> None:
+    storage = "redis+sentinel://:pw@10.0.0.7:26380,10.0.0.8,sentinel.av.svc:26379/qsys/1"
+    egress = by_kind(render(make_core(limits={"storage": storage})))["NetworkPolicy"]["spec"][
+        "egress"
+    ]
+    one, two, named = (
+        {"ipBlock": {"cidr": "10.0.0.7/32"}},
+        {"ipBlock": {"cidr": "10.0.0.8/32"}},
+        {"namespaceSelector": {}},
+    )
+    assert egress[2:6] == [
+        {"to": [one], "ports": [{"protocol": "TCP", "port": 26380}]},
+        {"to": [two], "ports": [{"protocol": "TCP", "port": 26379}]},
+        {"to": [named], "ports": [{"protocol": "TCP", "port": 26379}]},
+        {"to": [one, two, named], "ports": [{"protocol": "TCP", "port": 6379}]},
+    ]
+
+
+def test_gateway_config_names_its_core_for_the_rate_limit_buckets() -> None:
+    assert config_of(render())["qsysCore"] == {"namespace": "av", "name": "hall"}
+
+
 def test_network_policy_disabled_is_absent() -> None:
     core = make_core(core={"host": "core.av.example"}, networkPolicy={"enabled": False})
     result = render(core)

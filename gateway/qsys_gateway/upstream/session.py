@@ -39,7 +39,9 @@ class SessionOwner(Protocol):
     def hub(self) -> SubscriptionHub: ...
     @property
     def groups(self) -> GroupLedger: ...
-    async def forward(self, method: str, params: Any, *, timeout: float | None = None) -> Any: ...
+    async def forward(
+        self, method: str, params: Any, *, timeout: float | None = None, owner: str = ""
+    ) -> Any: ...
     def session_closed(self, session: UpstreamSession) -> None: ...
 
 
@@ -77,7 +79,7 @@ class UpstreamSession:
         if not traits.change_group:
             if isinstance(params, BaseModel):
                 params = params.model_dump(mode="json", exclude_none=True)
-            result = await self._upstream.forward(method, params, timeout=timeout)
+            result = await self._upstream.forward(method, params, timeout=timeout, owner=self.owner)
             if traits.write:
                 # Set, then poll: answer a write once the hub has polled the Core after it,
                 # so every group holding the control has it (docs/changegroups.md)
