@@ -40,12 +40,15 @@ class Model(BaseModel):
     )
 
 
+_SENTINEL = r"(\[[0-9A-Fa-f:.]+\]|[^\s/:@,\[\]]+)(:[0-9]{1,5})?"
 STORAGE_URI = (
-    r"^(rediss?://[^\s/]+(:\d+)?(/\d+)?"
-    r"|redis\+sentinel://[^\s/]+/[A-Za-z0-9._-]{1,128}(/\d+)?)$"
+    r"^(memory|rediss?://[^\s/]+(:[0-9]+)?(/[0-9]+)?"
+    rf"|redis\+sentinel://([^\s/@]*@)?{_SENTINEL}(,{_SENTINEL})*/[A-Za-z0-9._-]{{1,128}}"
+    r"(/[0-9]+)?)$"
 )
-"""Shared rate-limit storage: Redis, or Redis behind Sentinel (the `limits` library's
-URI: sentinel addresses, comma-separated, then the monitored primary's name)."""
+"""`limits.storage`: `memory`, Redis, or Redis behind Sentinel (the `limits` library's
+URI: sentinel addresses, comma-separated, then the monitored primary's name). The
+operator's QSysCore schema uses the same pattern."""
 
 
 class RateConfig(Model):
@@ -144,7 +147,9 @@ class LimitsConfig(Model, AttackLimits):
     @field_validator("storage")
     @classmethod
     def _storage_uri(cls, v: str) -> str:
-        if v == "memory" or re.match(STORAGE_URI, v):
+        if re.match(STORAGE_URI, v) and all(
+            0 < int(port) < 65536 for port in re.findall(r":([0-9]{1,5})(?=[,/]|$)", v)
+        ):
             return v
         raise ValueError(
             'must be "memory", redis://host:port/db or redis+sentinel://host:port/primary-name'

@@ -100,9 +100,7 @@ async def test_the_limiter_keeps_limiting_through_a_sentinel_failover(
         while time.monotonic() - started < 25:
             for status in await _statuses(http, gw, 1):
                 seen[status] += 1
-            if failed_over_at is None and all(
-                s.primary_port() == replica.port for s in watching
-            ):
+            if failed_over_at is None and all(s.primary_port() == replica.port for s in watching):
                 failed_over_at = time.monotonic()
             if failed_over_at is not None and time.monotonic() - failed_over_at > 3:
                 break

@@ -7,7 +7,7 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from qsys_protocol.config import AttackLimits, HostName, Port
+from qsys_protocol.config import STORAGE_URI, AttackLimits, HostName, Port
 
 from .common import (
     API_VERSION,
@@ -34,16 +34,7 @@ CIDR = Annotated[
 LabelMap = Annotated[dict[str, Annotated[str, Field(max_length=63)]], Field(max_length=64)]
 AnnotationMap = Annotated[dict[str, str], Field(max_length=128)]
 Duration = Annotated[str, Field(pattern=r"^([0-9]+(ms|s|m|h))+$", max_length=32)]
-StorageUri = Annotated[
-    str,
-    Field(
-        max_length=512,
-        pattern=(
-            r"^(memory|rediss?://[^\s/]+(:[0-9]+)?(/[0-9]+)?"
-            r"|redis\+sentinel://[^\s/]+/[A-Za-z0-9._-]{1,128}(/[0-9]+)?)$"
-        ),
-    ),
-]
+StorageUri = Annotated[str, Field(max_length=512, pattern=STORAGE_URI)]
 Origin = Annotated[str, Field(min_length=1, max_length=512)]
 Audience = Annotated[str, Field(min_length=1, max_length=253, pattern=r"^[\x21-\x7e]+$")]
 """Printable ASCII without spaces, like a URL or a DNS name."""
