@@ -335,11 +335,9 @@ def test_network_policy_allows_each_sentinel_and_the_primary_beside_them() -> No
     egress = by_kind(render(make_core(limits={"storage": storage})))["NetworkPolicy"]["spec"][
         "egress"
     ]
-    one, two, named = (
-        {"ipBlock": {"cidr": "10.0.0.7/32"}},
-        {"ipBlock": {"cidr": "10.0.0.8/32"}},
-        {"namespaceSelector": {}},
-    )
+    one: dict[str, Any] = {"ipBlock": {"cidr": "10.0.0.7/32"}}
+    two: dict[str, Any] = {"ipBlock": {"cidr": "10.0.0.8/32"}}
+    named: dict[str, Any] = {"namespaceSelector": {}}
     assert egress[2:6] == [
         {"to": [one], "ports": [{"protocol": "TCP", "port": 26380}]},
         {"to": [two], "ports": [{"protocol": "TCP", "port": 26379}]},
