@@ -18,7 +18,7 @@ class SubjectShares:
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self._pending: dict[str, int] = {}
-        self._waiters: dict[str, deque[asyncio.Future[None]]] = {}
+        self._waiters: dict[str, deque[asyncio.Future[bool]]] = {}
 
     def pending(self, owner: str) -> int:
         return self._pending.get(owner, 0)
@@ -29,19 +29,24 @@ class SubjectShares:
         if held < self.limit and owner not in self._waiters:
             self._pending[owner] = held + 1
             return True
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        queue = self._waiters.setdefault(owner, deque())
-        queue.append(fut)
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[bool] = loop.create_future()
+        self._waiters.setdefault(owner, deque()).append(fut)
+        # A timer handle, not asyncio.timeout: a flood keeps thousands waiting.
+        timer = loop.call_later(timeout, _expire, fut)
         try:
-            async with asyncio.timeout(timeout):
-                await fut
-        except TimeoutError:
-            return self._abandon(owner, fut)
+            granted = await fut
         except asyncio.CancelledError:
-            if self._abandon(owner, fut):
-                self.release(owner)
+            if fut.done() and not fut.cancelled() and fut.result():
+                self.release(owner)  # handed over just as the wait was cancelled
+            else:
+                self._forget(owner, fut)
             raise
-        return True
+        finally:
+            timer.cancel()
+        if not granted:
+            self._forget(owner, fut)
+        return granted
 
     def release(self, owner: str) -> None:
         """Give back a slot: to `owner`'s oldest waiter if there is one."""
@@ -51,7 +56,7 @@ class SubjectShares:
             if not fut.done():
                 if not queue:
                     del self._waiters[owner]
-                fut.set_result(None)  # the slot passes on; the count stays
+                fut.set_result(True)  # the slot passes on; the count stays
                 return
         self._waiters.pop(owner, None)
         left = self._pending.get(owner, 0) - 1
@@ -60,14 +65,15 @@ class SubjectShares:
         else:
             self._pending.pop(owner, None)
 
-    def _abandon(self, owner: str, fut: asyncio.Future[None]) -> bool:
-        """A wait ended early: True when the slot was handed over meanwhile (it is ours)."""
-        if fut.done() and not fut.cancelled():
-            return True
+    def _forget(self, owner: str, fut: asyncio.Future[bool]) -> None:
         queue = self._waiters.get(owner)
         if queue is not None:
             with contextlib.suppress(ValueError):
                 queue.remove(fut)
             if not queue:
                 del self._waiters[owner]
-        return False
+
+
+def _expire(fut: asyncio.Future[bool]) -> None:
+    if not fut.done():
+        fut.set_result(False)
