@@ -45,20 +45,31 @@ def redis_command(host: str, port: int, *args: str, timeout: float = 5.0) -> str
     return reply.decode(errors="replace")[1:].strip()
 
 
-class RedisProcess(ManagedProcess):
+class _ScratchProcess(ManagedProcess):
+    """A process with a working directory of its own, removed when it stops."""
+
+    def __init__(self, prefix: str) -> None:
+        super().__init__()
+        self.dir = Path(tempfile.mkdtemp(prefix=prefix))
+
+    def stop(self, timeout: float | None = None) -> int | None:
+        code = super().stop(timeout)
+        shutil.rmtree(self.dir, ignore_errors=True)
+        return code
+
+
+class RedisProcess(_ScratchProcess):
     """`redis-server` without persistence on a free loopback port; `start()` again after
     `kill()` brings it back on the same port. `replica_of`: a replica of that server."""
 
     name = "redis-server"
 
     def __init__(self, host: str = LOOPBACK, *, replica_of: RedisProcess | None = None) -> None:
-        super().__init__()
+        super().__init__("qsys-redis-")
         self.binary = _binary("redis-server")
         self.host = host
         self.port = free_port(host)
         self.replica_of = replica_of
-        self.dir = Path(tempfile.mkdtemp(prefix="qsys-redis-"))
-        """Its working directory (a replica's sync may write an RDB file there)."""
 
     @property
     def url(self) -> str:
@@ -77,13 +88,8 @@ class RedisProcess(ManagedProcess):
     def command(self, *args: str) -> str:
         return redis_command(self.host, self.port, *args)
 
-    def stop(self, timeout: float | None = None) -> int | None:
-        code = super().stop(timeout)
-        shutil.rmtree(self.dir, ignore_errors=True)
-        return code
 
-
-class SentinelProcess(ManagedProcess):
+class SentinelProcess(_ScratchProcess):
     """`redis-sentinel` on a free loopback port watching `primary` as `primary_name`,
     quick to fail over (down after `down_after_ms`); its config file is its own
     (Sentinel rewrites it). `url_of(sentinels)` is the gateway's storage URI."""
@@ -99,12 +105,11 @@ class SentinelProcess(ManagedProcess):
         down_after_ms: int = 1000,
         host: str = LOOPBACK,
     ) -> None:
-        super().__init__()
+        super().__init__("qsys-sentinel-")
         self.binary = _binary("redis-sentinel")
         self.host = host
         self.port = free_port(host)
         self.primary_name = primary_name
-        self.dir = Path(tempfile.mkdtemp(prefix="qsys-sentinel-"))
         self.config = self.dir / "sentinel.conf"
         self.config.write_text(
             f"bind {host}\nport {self.port}\ndir {self.dir}\n"
@@ -118,11 +123,6 @@ class SentinelProcess(ManagedProcess):
         self._launch([self.binary, str(self.config)], None, None)
         self.wait_until("listening", lambda: port_open(self.port, self.host), timeout)
         return self
-
-    def stop(self, timeout: float | None = None) -> int | None:
-        code = super().stop(timeout)
-        shutil.rmtree(self.dir, ignore_errors=True)
-        return code
 
     def state(self) -> dict[str, str]:
         """`SENTINEL MASTER <name>`: what this sentinel knows of the primary ({}: no answer)."""
