@@ -210,6 +210,7 @@ DPKG_EXCLUDES = (
 )
 # The downloaded .deb files stay in the root filesystem until the builder has
 # hashed them for the SBOM (build_base removes them).
+MERGED_USR_HOOK = "/usr/share/mmdebstrap/hooks/merged-usr/setup00.sh"
 KEEP_DEBS = ("--skip=download/empty", "--skip=essential/unlink", "--skip=cleanup/apt")
 
 
@@ -238,6 +239,9 @@ def foreign_argv(target: Path, arch: str, packages: list[str]) -> list[str]:
         "--variant=extract",
         f"--architectures={arch}",
         "--skip=check/qemu",
+        # Merged /usr (bin -> usr/bin, ...) as the native layer has it; the hook only
+        # makes symlinks and records a stub package in the target's own dpkg database.
+        f"--setup-hook={MERGED_USR_HOOK}",
         f"--include={','.join(packages)}",
         *KEEP_DEBS,
         SUITE,
@@ -394,6 +398,7 @@ def build_foreign_base(arch: str, native: Path, work: Path, out: Path) -> None:
         control = run(["dpkg-deb", "--field", str(deb)]).rstrip("\n").splitlines()
         paragraphs.append("\n".join([control[0], "Status: install ok unpacked", *control[1:]]))
     status.write_text("\n\n".join(paragraphs) + "\n")
+    (rootfs / "var/log/dpkg.log").unlink(missing_ok=True)
     prune_docs(rootfs)
     drop_build_traces(rootfs)
     # The same Python version's bytecode, compiled by the build host (bytecode is
@@ -924,8 +929,10 @@ class Release:
     layers: dict[str, list[Step]]
 
 
-def release_steps() -> Release:
-    base, deps, app, _ = qsys_steps()
+def release_steps(native: tuple[Step, Step, Step, Step] | None = None) -> Release:
+    """NATIVE: the native steps already computed (the keys of a build in progress stay
+    those it started with, whatever changes in the checkout meanwhile)."""
+    base, deps, app, _ = native or qsys_steps()
     layers = {"amd64": [base, deps, app]}
     for arch in ARCHES[1:]:
         foreign = foreign_base_step(base, arch)
@@ -939,9 +946,9 @@ def require_root() -> None:
         raise SystemExit("images: needs root (mmdebstrap --mode=root, chroot, device-free layers)")
 
 
-def build_all() -> list[Path]:
+def build_all(native: tuple[Step, Step, Step, Step] | None = None) -> list[Path]:
     require_root()
-    base, deps, app, qsys = qsys_steps()
+    base, deps, app, qsys = native or qsys_steps()
     ensure(base, build_base)
     ensure(deps, build_deps)
     ensure(app, build_app)
@@ -970,8 +977,9 @@ def build_all() -> list[Path]:
 
 def build_release() -> Release:
     """The multi-arch images (every platform of ARCHES) and their SBOMs."""
-    build_all()
-    rel = release_steps()
+    native_steps = qsys_steps()
+    build_all(native_steps)
+    rel = release_steps(native_steps)
     native = rel.layers["amd64"][0].beside(PACKAGES_FILE)
     for arch, (foreign, deps, _app) in rel.layers.items():
         if arch == "amd64":
