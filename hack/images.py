@@ -722,35 +722,33 @@ def write_sbom(arch: str, debian: Path, wheels: Path, out: Path) -> None:
     bom.metadata.timestamp = datetime.fromtimestamp(EPOCH, tz=UTC)
     bom.metadata.component = project
     bom.metadata.properties.add(Property(name="qsys:platform", value=f"linux/{arch}"))
-    for d in debs:
-        purl = PackageURL(
-            "deb",
-            namespace="debian",
-            name=d["package"],
-            version=d["version"],
-            qualifiers={"arch": d["architecture"], "distro": "debian-12"},
+    packages = [
+        (
+            PackageURL(
+                "deb",
+                namespace="debian",
+                name=d["package"],
+                version=d["version"],
+                qualifiers={"arch": d["architecture"], "distro": "debian-12"},
+            ),
+            d["package"],
+            d,
         )
+        for d in debs
+    ]
+    packages += [
+        (PackageURL("pypi", name=w["name"].lower(), version=w["version"]), w["name"], w)
+        for w in pips
+    ]
+    for purl, name, record in packages:
         comp = BomComponent(
             type=ComponentType.LIBRARY,
-            name=d["package"],
-            version=d["version"],
+            name=name,
+            version=record["version"],
             purl=purl,
             bom_ref=str(purl),
-            hashes=sha256(d["sha256"]),
-            properties=[Property(name="qsys:file", value=d["file"])],
-        )
-        bom.components.add(comp)
-        bom.register_dependency(project, [comp])
-    for w in pips:
-        purl = PackageURL("pypi", name=w["name"].lower(), version=w["version"])
-        comp = BomComponent(
-            type=ComponentType.LIBRARY,
-            name=w["name"],
-            version=w["version"],
-            purl=purl,
-            bom_ref=str(purl),
-            hashes=sha256(w["sha256"]),
-            properties=[Property(name="qsys:file", value=w["file"])],
+            hashes=sha256(record["sha256"]),
+            properties=[Property(name="qsys:file", value=record["file"])],
         )
         bom.components.add(comp)
         bom.register_dependency(project, [comp])

@@ -27,6 +27,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -66,10 +67,17 @@ def tool(group: str, name: str) -> Path:
 
 
 def chart_version() -> str:
+    """The chart's version, which must be the Python package's: the images are tagged
+    with it and the chart's appVersion becomes it."""
     text = (CHART / "Chart.yaml").read_text("utf-8")
     match = re.search(r"^version:\s*\"?([^\"\s]+)", text, re.M)
     if not match:
         raise SystemExit("release: no version in Chart.yaml")
+    package = tomllib.loads((REPO / "pyproject.toml").read_text("utf-8"))["project"]["version"]
+    if match.group(1) != package:
+        raise SystemExit(
+            f"release: Chart.yaml version {match.group(1)} differs from pyproject.toml's {package}"
+        )
     return match.group(1)
 
 
