@@ -208,9 +208,9 @@ DPKG_EXCLUDES = (
     "path-exclude=/usr/share/doc/*",
     "path-include=/usr/share/doc/*/copyright",
 )
-# The downloaded .deb files stay in the root filesystem until the builder has
-# hashed them for the SBOM (build_base removes them).
 MERGED_USR_HOOK = "/usr/share/mmdebstrap/hooks/merged-usr/setup00.sh"
+# The downloaded .deb files stay in the root filesystem until the builder has
+# hashed them for the SBOM (drop_build_traces removes them).
 KEEP_DEBS = ("--skip=download/empty", "--skip=essential/unlink", "--skip=cleanup/apt")
 
 

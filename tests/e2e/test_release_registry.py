@@ -264,21 +264,27 @@ def test_each_platform_has_a_valid_signed_sbom(published: Published) -> None:
 def layer_files(published: Published, ref: str) -> dict[str, bytes]:
     """Path -> content of the ELF candidates of the image REF (its layers applied in
     order, as crane export flattens them)."""
-    tar_bytes = subprocess.run(
-        [str(tool("cosign", "crane")), "export", ref, "-"],
-        capture_output=True,
-        check=True,
-        timeout=300,
-        env={**os.environ, **published.env},
-    ).stdout
-    files = {}
-    with tarfile.open(fileobj=io.BytesIO(tar_bytes)) as tar:
-        for member in tar:
-            name = member.name.lstrip("./")
-            wanted = name == "usr/bin/python3.11" or ".so" in name.rsplit("/", 1)[-1]
-            if member.isfile() and wanted:
-                files[name] = must(tar.extractfile(member)).read()
-    return files
+    flat = published.work / f"export-{uuid.uuid4().hex[:8]}.tar"
+    try:
+        with flat.open("wb") as out:
+            subprocess.run(
+                [str(tool("cosign", "crane")), "export", ref, "-"],
+                stdout=out,
+                stderr=subprocess.PIPE,
+                check=True,
+                timeout=300,
+                env={**os.environ, **published.env},
+            )
+        files = {}
+        with tarfile.open(flat) as tar:
+            for member in tar:
+                name = member.name.lstrip("./")
+                wanted = name == "usr/bin/python3.11" or ".so" in name.rsplit("/", 1)[-1]
+                if member.isfile() and wanted:
+                    files[name] = must(tar.extractfile(member)).read()
+        return files
+    finally:
+        flat.unlink(missing_ok=True)
 
 
 @pytest.mark.parametrize("arch", ["arm64", "amd64"])
