@@ -158,6 +158,11 @@ def cosign(published: Published, *args: str | Path, check: bool = True) -> str:
     return run([tool("cosign", "cosign"), *args], published.env, check=check)
 
 
+def first_json(out: str) -> Any:
+    """cosign prints one JSON document per line (after an empty one)."""
+    return json.loads(out.strip().splitlines()[0])
+
+
 def crane(published: Published, *args: str | Path) -> str:
     return run([tool("cosign", "crane"), *args], published.env)
 
@@ -193,7 +198,7 @@ def test_signatures_verify_with_the_release_key_only(published: Published) -> No
     refs.append(f"{chart['ref'].removeprefix('oci://')}@{chart['digest']}")
     for ref in refs:
         out = cosign(published, "verify", "--key", published.public_key, *published.offline(), ref)
-        claims = json.loads(out.splitlines()[0])
+        claims = first_json(out)
         assert claims[0]["critical"]["image"]["docker-manifest-digest"] == ref.rsplit("@", 1)[1]
     # A key that did not sign: refused.
     stranger = published.work / "stranger"
@@ -243,7 +248,7 @@ def test_each_platform_has_a_valid_signed_sbom(published: Published) -> None:
                 "cyclonedx",
                 f"{published.repo(name)}@{manifest}",
             )
-            envelope = json.loads(out.splitlines()[0])
+            envelope = first_json(out)
             statement = json.loads(base64.b64decode(envelope["payload"]))
             assert statement["predicateType"] == "https://cyclonedx.org/bom"
             assert statement["subject"][0]["digest"]["sha256"] == manifest.split(":")[1]
