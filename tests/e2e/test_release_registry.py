@@ -39,7 +39,9 @@ from elftools.elf.elffile import ELFFile
 from kube_support import REPO, Cluster, must, wait_for
 from kubernetes import client
 from node_support import (
+    CONTAINERD_SOCK,
     create,
+    node_images,
     real_namespace,
     require_real_node,
     simulated_core,
@@ -152,6 +154,20 @@ def published(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Ite
             yield Published(registry, env, release, keys / "cosign.pub", work)
         finally:
             node_script("registry-untrust", registry.address)
+            forget_pulled_images(registry.address)
+
+
+def forget_pulled_images(address: str) -> None:
+    """The node's records of the images pulled from this (now gone) registry; their
+    layers are the imported images' and stay."""
+    pulled = sorted(ref for ref in node_images() if ref.startswith(f"{address}/"))
+    if pulled:
+        subprocess.run(
+            ["ctr", "--address", str(CONTAINERD_SOCK), "-n", "k8s.io", "images", "rm", *pulled],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
 
 
 def cosign(published: Published, *args: str | Path, check: bool = True) -> str:
