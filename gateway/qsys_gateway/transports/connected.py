@@ -13,7 +13,7 @@ from typing import Any
 from qsys_protocol.config import SubjectConfig
 from qsys_protocol.qrc import jsonrpc
 from qsys_protocol.qrc.errors import ErrorCode, QrcError
-from qsys_protocol.qrc.methods import traits_of
+from qsys_protocol.qrc.methods import logon_credentials, traits_of
 
 from ..admission import Caller, Refusal
 from ..client_registry import ClientHandle
@@ -230,14 +230,14 @@ class ConnectedClient:
             return
         result: Any
         if msg.method == "Logon":
-            params = msg.params if isinstance(msg.params, dict) else {}
-            user, token = params.get("User"), params.get("Password")
+            try:
+                user, token = logon_credentials(msg.params)
+            except QrcError as invalid:  # not a wrong password: not throttled
+                self._answer(msg, error=invalid)
+                return
             try:
                 subject = await self.admission.authenticate(
-                    self.caller,
-                    token if isinstance(token, str) else None,
-                    user=user if isinstance(user, str) else "",
-                    request_id=request_id(),
+                    self.caller, token or None, user=user, request_id=request_id()
                 )
                 self.log_on(subject)
             except Refusal as err:
