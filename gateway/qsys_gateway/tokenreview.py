@@ -2,9 +2,10 @@
 
 A token no token subject matches is reviewed only when it looks like a token for this
 gateway (a JWT whose unverified claims carry the configured audience and an `exp` not
-past; a token without `exp` is refused without a review): the claims are never trusted to admit, only to refuse early. A review admits
-when the API server says `authenticated`, lists the audience, and names a user; which
-subject that user is, is admission's question (the current config's `serviceAccount`).
+past; one without `exp` is refused unreviewed): the claims are never trusted to admit,
+only to refuse early. A review admits when the API server says `authenticated`, lists
+the audience, and names a user; which subject that user is, is admission's question
+(the current config's `serviceAccount`).
 
 Answers are cached under SHA-256 of the token (never the token): positive ones for
 `cacheSeconds` and never past the token's `exp`, refusals for `negativeCacheSeconds`,
