@@ -71,6 +71,7 @@ class ConnectedClient:
                 self.handle.transport, "max_clients"
             ).inc()
             raise Refusal(ErrorCode.CORE_UNAVAILABLE, "Too many clients")
+        self.handle.subject = subject.name  # one admitted by address may log on with a token
         self.admission.open_session(self.caller, self.send)
         self.admission.watch(self.caller, self.handle.close)
 

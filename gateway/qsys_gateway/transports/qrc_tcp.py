@@ -79,10 +79,14 @@ class QrcServer:
         rt = svc.runtime
         peer = writer.get_extra_info("peername")
         source = str(peer[0]) if peer else "-"
+        # Admission by address is a logon: such a client (which may send nothing but NoOp
+        # between button presses) has no logon deadline and counts as logged on. Its
+        # subject is still taken only at its first call, so a Logon first keeps its token's.
+        by_source = rt.rules.authenticator.by_source(source)
         refused = (
             "shutting_down"
             if rt.shutting_down
-            else svc.clients.refusal(source, rt.config.limits, authenticated=False)
+            else svc.clients.refusal(source, rt.config.limits, authenticated=by_source is not None)
         )
         if refused is not None:
             rt.metrics.connections_refused.labels("qrc", refused).inc()
@@ -123,7 +127,9 @@ class QrcServer:
             if not writer.is_closing():
                 writer.close()
 
-        handle = ClientHandle("qrc", source, send, close)
+        handle = ClientHandle(
+            "qrc", source, send, close, by_source.name if by_source is not None else None
+        )
         conn = ConnectedClient(
             svc,
             handle,
@@ -148,7 +154,7 @@ class QrcServer:
             # One deadline, moved before each read, instead of a wait_for task per read.
             async with asyncio.timeout(None) as deadline:
                 while not closing.is_set():
-                    if conn.logged_on:
+                    if conn.logged_on or by_source is not None:
                         deadline.reschedule(loop.time() + IDLE_TIMEOUT)
                     else:
                         deadline.reschedule(logon_deadline)
