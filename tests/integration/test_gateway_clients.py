@@ -107,9 +107,11 @@ async def test_a_whole_control_state_is_accepted_and_only_known_fields_forwarded
             bad = await client.request(
                 "Component.Set", {"Name": ZONE, "Controls": [{**state, "Value": [1]}]}
             )
-            assert bad.error is not None and bad.error["code"] == -32602
+            assert bad.error is not None
+            assert bad.error["code"] == -32602
             big = await client.request("Control.Set", {"Name": "N" * 300, "Value": 1, "X": 1})
-            assert big.error is not None and big.error["code"] == -32602
+            assert big.error is not None
+            assert big.error["code"] == -32602
         finally:
             await client.close()
         writes = [p for m, p in seen if m == "Component.Set"]
@@ -144,7 +146,7 @@ async def test_misspelt_logon_member_is_invalid_params_not_a_failed_logon(
 ) -> None:
     gw = await asyncio.to_thread(make_gateway, module_sim_port)
     # far more than the failed-logon throttle allows (10), from one address
-    for i in range(15):
+    for _i in range(15):
         reader, writer = await asyncio.open_connection(
             "127.0.0.1", gw.qrc_port, local_addr=("127.0.0.44", 0)
         )
@@ -156,7 +158,8 @@ async def test_misspelt_logon_member_is_invalid_params_not_a_failed_logon(
             assert "Password" in resp.error["message"]
             assert PANEL_TOKEN not in resp.error["message"]
             wrong_type = await client.request("Logon", {"User": "panel", "Password": 1234})
-            assert wrong_type.error is not None and wrong_type.error["code"] == -32602
+            assert wrong_type.error is not None
+            assert wrong_type.error["code"] == -32602
         finally:
             await client.close()
     # the address is not throttled: the right token logs on at once
@@ -168,7 +171,8 @@ async def test_misspelt_logon_member_is_invalid_params_not_a_failed_logon(
         assert await client.call("Logon", {"User": "panel", "Password": PANEL_TOKEN}) is True
         # a second Logon with a misspelt member on a logged-on socket: -32602 too
         again = await client.request("Logon", {"User": "panel", "Pasword": PANEL_TOKEN})
-        assert again.error is not None and again.error["code"] == -32602
+        assert again.error is not None
+        assert again.error["code"] == -32602
     finally:
         await client.close()
     # the WebSocket's first Logon too

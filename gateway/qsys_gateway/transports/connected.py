@@ -25,6 +25,23 @@ log = logging.getLogger("qsys_gateway.connected")
 MAX_IN_FLIGHT = 32
 
 
+def refusals(frame: bytes, err: QrcError) -> list[dict[str, Any]]:
+    """`err` under the id of each request in a frame the gateway will not run (the socket
+    is closing): a client waiting on an id with no timeout is answered, not left hanging."""
+    try:
+        payload = jsonrpc.decode_json(frame)
+    except jsonrpc.InvalidMessage:
+        return []
+    calls = payload if isinstance(payload, list) else [payload]
+    out = []
+    for obj in calls:
+        if isinstance(obj, dict) and "method" in obj:
+            rid = obj.get("id")
+            if isinstance(rid, int | str) and not isinstance(rid, bool):
+                out.append(jsonrpc.error_message(rid, err))
+    return out
+
+
 class ConnectedClient:
     """One connected client. `send` must not block; transports bound their own queues."""
 
@@ -209,6 +226,10 @@ class ConnectedClient:
             response = await self.admission.handle(self.caller, obj, rid)
             if response is not None:
                 self.send(response)
+        except asyncio.CancelledError:
+            # the connection is closing with this call unfinished: still answered
+            self._reply_error(obj, QrcError(ErrorCode.CORE_UNAVAILABLE, "Connection closing"))
+            raise
         except Exception:
             log.exception("call failed", extra={"request_id": rid})
             self._reply_error(obj, QrcError(ErrorCode.SERVER_ERROR, "Internal error"))
@@ -280,8 +301,11 @@ class ConnectedClient:
             await asyncio.wait(set(self._tasks), timeout=timeout)
 
     async def close(self) -> None:
-        for task in list(self._tasks):
+        tasks = list(self._tasks)
+        for task in tasks:
             task.cancel()
+        if tasks:  # each answers its call as it ends (`_call`)
+            await asyncio.wait(tasks, timeout=1.0)
         try:
             await asyncio.wait_for(self.admission.release(self.caller), 5.0)
         except (TimeoutError, QrcError, OSError):
