@@ -121,16 +121,12 @@ async def test_a_whole_control_state_is_accepted_and_only_known_fields_forwarded
         assert [p for m, p in seen if m == "Control.Set"] == [{"Name": "MainGain", "Value": -3}]
         # the same over HTTP and the WebSocket
         headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
-        call = {
-            "jsonrpc": "2.0",
-            "id": 1,
-            "method": "Control.Set",
-            "params": {"Name": "MainGain", "Value": -4, "ValueMin": -100, "Direction": "x"},
-        }
+        params: dict[str, Any] = {"Name": "MainGain", "Value": -4, "ValueMin": -100, "X": "x"}
+        call = {"jsonrpc": "2.0", "id": 1, "method": "Control.Set", "params": params}
         async with http.post(f"{gw.url}/v1/rpc", json=call, headers=headers) as resp:
             assert resp.status == 200, await resp.text()
         async with http.ws_connect(gw.ws_url, headers=headers) as ws:
-            await ws.send_json({**call, "id": 2, "params": {**call["params"], "Value": -5}})
+            await ws.send_json({**call, "id": 2, "params": {**params, "Value": -5}})
             async with asyncio.timeout(10):
                 while (reply := await ws.receive_json()).get("id") != 2:
                     pass
