@@ -1,7 +1,6 @@
 """Other people's Core clients through the real gateway: what they send and what they are
 owed, as a Core would answer them.
 
-- a client admitted by address (sourceCIDRs) is logged on: no logon deadline after it;
 - unknown members of params (a whole control state, as the vendor SDK's
   `control.update(other.state)` sends) are dropped, only validated fields forwarded;
 - a Logon with a misspelt member is -32602 naming `Password`, and is no failed logon.
@@ -10,7 +9,6 @@ owed, as a Core would answer them.
 from __future__ import annotations
 
 import asyncio
-import copy
 from typing import Any
 
 import aiohttp
@@ -19,59 +17,10 @@ from gateway_harness import ADMIN_TOKEN, PANEL_TOKEN, GatewayFactory
 
 from qsys_core_sim.server import CoreSimulator
 from qsys_protocol.qrc.client import QrcClient
-from qsys_testkit import GatewayProcess
 
 pytestmark = pytest.mark.timeout(90)
 
 ZONE = "Room101 Zone1 Gain"
-LEGACY: dict[str, Any] = {
-    "name": "legacy-dsp",
-    "sourceCIDRs": ["127.0.0.2/32"],
-    "rules": [
-        {"methods": ["NoOp", "StatusGet"]},
-        {"methods": ["Component.Get", "Component.Set"], "components": [ZONE]},
-    ],
-}
-
-
-async def connect_from(gw: GatewayProcess, source: str) -> QrcClient:
-    reader, writer = await asyncio.wait_for(
-        asyncio.open_connection("127.0.0.1", gw.qrc_port, local_addr=(source, 0)), 5
-    )
-    return QrcClient(reader, writer)
-
-
-async def test_address_admission_is_a_logon_without_deadline(
-    module_sim_port: int, make_gateway: GatewayFactory
-) -> None:
-    def edit(config: dict[str, Any]) -> None:
-        config["subjects"].append(copy.deepcopy(LEGACY))
-        config["limits"]["logonTimeoutSeconds"] = 1
-
-    gw = await asyncio.to_thread(make_gateway, module_sim_port, edit)
-    silent = await connect_from(gw, "127.0.0.2")  # sends nothing at all
-    noop_only = await connect_from(gw, "127.0.0.2")  # NoOp between button presses
-    outside = await connect_from(gw, "127.0.0.3")  # no Logon, no address binding
-    try:
-        for _ in range(8):  # 4 s, four logon deadlines
-            assert await noop_only.call("NoOp", {}) is True
-            await asyncio.sleep(0.5)
-        assert not silent.closed.is_set()
-        assert not noop_only.closed.is_set()
-        # a button press after all that
-        pressed = await noop_only.call(
-            "Component.Set", {"Name": ZONE, "Controls": [{"Name": "mute", "Value": 1}]}
-        )
-        assert pressed is True
-        got = await silent.call("Component.Get", {"Name": ZONE, "Controls": [{"Name": "mute"}]})
-        assert got["Controls"][0]["Value"] == 1
-        # the deadline still holds for everyone else
-        await asyncio.wait_for(outside.closed.wait(), 5)
-    finally:
-        for client in (silent, noop_only, outside):
-            await client.close()
-    # unproven connections are not what they are counted as
-    assert gw.metric("qsys_gateway_unauthenticated_clients") == 0
 
 
 async def test_a_whole_control_state_is_accepted_and_only_known_fields_forwarded(

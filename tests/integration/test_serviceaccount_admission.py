@@ -102,13 +102,18 @@ async def test_connections_close_when_their_token_expires(gateway: Gateway) -> N
             await ws.close()
             await qrc.close()
     # a new connection with the expired token is refused before any review
-    late = await QrcClient.connect(LOOPBACK, listen.qrc)
+    assert await logon_error(listen.qrc, token) == ErrorCode.UNAUTHENTICATED
+
+
+async def logon_error(port: int, token: str) -> int:
+    """The error code a Logon as `panel` with `token` gets on a new raw QRC socket."""
+    qrc = await QrcClient.connect(LOOPBACK, port)
     try:
         with pytest.raises(QrcError) as info:
-            await late.call("Logon", {"User": "panel", "Password": token})
-        assert info.value.code == ErrorCode.UNAUTHENTICATED
+            await qrc.call("Logon", {"User": "panel", "Password": token})
+        return info.value.code
     finally:
-        await late.close()
+        await qrc.close()
 
 
 async def test_varying_the_logon_user_buys_no_extra_reviews(gateway: Gateway) -> None:
@@ -145,13 +150,7 @@ async def test_a_token_without_exp_is_never_reviewed(gateway: Gateway) -> None:
             if exp is None
             else f"{part({'alg': 'RS256'})}.{part({'aud': [AUD], 'exp': exp})}.c2ln"
         )
-        qrc = await QrcClient.connect(LOOPBACK, listen.qrc)
-        try:
-            with pytest.raises(QrcError) as info:
-                await qrc.call("Logon", {"User": "panel", "Password": token})
-            assert info.value.code == ErrorCode.UNAUTHENTICATED
-        finally:
-            await qrc.close()
+        assert await logon_error(listen.qrc, token) == ErrorCode.UNAUTHENTICATED
     async with (
         aiohttp.ClientSession() as http,
         http.post(
