@@ -25,14 +25,18 @@ log = logging.getLogger("qsys_gateway.connected")
 MAX_IN_FLIGHT = 32
 
 
-def refusals(frame: bytes, err: QrcError) -> list[dict[str, Any]]:
+def refusals(frame: bytes, err: QrcError, max_batch: int) -> list[dict[str, Any]]:
     """`err` under the id of each request in a frame the gateway will not run (the socket
-    is closing): a client waiting on an id with no timeout is answered, not left hanging."""
+    is closing): a client waiting on an id with no timeout is answered, not left hanging.
+    A batch over `max_batch` calls gets one error, as when it is run."""
     try:
         payload = jsonrpc.decode_json(frame)
     except jsonrpc.InvalidMessage:
         return []
     calls = payload if isinstance(payload, list) else [payload]
+    if len(calls) > max_batch:
+        too_big = QrcError(ErrorCode.INVALID_REQUEST, f"Invalid request: batch over {max_batch}")
+        return [jsonrpc.error_message(None, too_big)]
     out = []
     for obj in calls:
         if isinstance(obj, dict) and "method" in obj:

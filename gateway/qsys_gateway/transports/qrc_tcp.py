@@ -147,14 +147,15 @@ class QrcServer:
             pre_logon_error=ErrorCode.LOGON_REQUIRED,
             source_bound=True,
         )
-        decoder = FrameDecoder(rt.config.limits.maxMessageBytes)
+        limits = rt.config.limits
+        decoder = FrameDecoder(limits.maxMessageBytes)
         svc.clients.add(handle)
         if rt.config.listen.qrcOnCoreLoss == "close" and not await rt.upstream.wait_up(ADMIT_WAIT):
             # what an unreachable Core's socket would do, but every call sent meanwhile (a
             # Logon above all) is answered under its id first
             svc.clients.remove(handle)
             err = QrcError(ErrorCode.CORE_UNAVAILABLE, "Core unavailable")
-            if not await self._answer_unread(reader, decoder, send, err):
+            if not await self._answer_unread(reader, decoder, send, err, limits.maxBatchCalls):
                 send(jsonrpc.error_message(None, err))
             flush()
             return
@@ -188,7 +189,7 @@ class QrcServer:
                             continue
                         assert isinstance(frame, bytes)
                         if ending is not None:
-                            for refusal in refusals(frame, ending):
+                            for refusal in refusals(frame, ending, limits.maxBatchCalls):
                                 send(refusal)
                             continue
                         await conn.handle_frame(frame)
@@ -202,7 +203,7 @@ class QrcServer:
             await conn.drain(5.0)
             await conn.close()
             if ending is not None and not writer.is_closing():
-                await self._answer_unread(reader, decoder, send, ending)
+                await self._answer_unread(reader, decoder, send, ending, limits.maxBatchCalls)
             flush()
 
     @staticmethod
@@ -211,6 +212,7 @@ class QrcServer:
         decoder: FrameDecoder,
         send: Callable[[dict[str, Any]], None],
         err: QrcError,
+        max_batch: int,
     ) -> bool:
         """Read what the client sent that was not run yet (a short, bounded wait) and
         answer each request in it with `err`. True when some request was answered."""
@@ -225,7 +227,7 @@ class QrcServer:
                     taken += len(data)
                     for frame in decoder.feed(data):
                         if isinstance(frame, bytes):
-                            for refusal in refusals(frame, err):
+                            for refusal in refusals(frame, err, max_batch):
                                 send(refusal)
                                 answered = True
         return answered
