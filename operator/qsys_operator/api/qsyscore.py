@@ -178,7 +178,7 @@ class LimitsSpec(Model, AttackLimits):
     `rateLimit`. See docs/policy.md for the windows."""
     burst: Annotated[int, Field(ge=1, le=1000000)] = 500
     """Calls per subject allowed at once unless its AccessPolicy sets `rateLimit`; raised to
-    one second's worth when below `requestsPerSecond`. The default covers a panel SDK's
+    one second's worth when below `requestsPerSecond`. Sized for a panel SDK's
     start-up of a few hundred calls (docs/gateway.md)."""
     maxClients: Annotated[int, Field(ge=1, le=100000)] = 1000
     """Connected, logged-on clients per gateway pod; further ones are refused."""
