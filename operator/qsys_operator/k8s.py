@@ -253,6 +253,46 @@ class Kube:
         meta: dict[str, Any] = obj.get("metadata") or {}
         return meta
 
+    async def patch_secret_metadata(
+        self,
+        namespace: str,
+        name: str,
+        resource_version: str | None,
+        owner_references: list[dict[str, Any]],
+        annotations: dict[str, str],
+    ) -> None:
+        """Set a Secret's ownerReferences and add annotations, only if it is unchanged since
+        read (resourceVersion): a Secret replaced in between is never re-owned. Its data is
+        not touched."""
+        path = object_path(SECRET, namespace, name)
+        live = await self.read_secret_metadata(namespace, name) or {}
+        ops: list[dict[str, Any]] = [
+            {"op": "test", "path": "/metadata/resourceVersion", "value": resource_version},
+            {"op": "add", "path": "/metadata/ownerReferences", "value": owner_references},
+            {
+                "op": "add",
+                "path": "/metadata/annotations",
+                "value": {**(live.get("annotations") or {}), **annotations},
+            },
+        ]
+        await self._thread(self._raw_json_patch, path, ops)
+
+    def _raw_json_patch(self, path: str, ops: list[dict[str, Any]]) -> Any:
+        _, url, headers, body, _ = self.api.param_serialize(
+            "PATCH",
+            path,
+            header_params={"Accept": JSON, "Content-Type": "application/json-patch+json"},
+            body=ops,
+            auth_settings=["BearerToken"],
+        )
+        resp = self.api.call_api(
+            "PATCH", url, header_params=headers, body=body, _request_timeout=30
+        )
+        data: bytes = resp.read()  # type: ignore[no-untyped-call]
+        if not 200 <= resp.status < 300:
+            raise ApiException(status=resp.status, reason=resp.reason, body=data.decode())
+        return json.loads(data) if data else None
+
     async def create(self, manifest: Manifest) -> bool:
         """Create a core/v1 object; False when it exists already (never overwritten)."""
         try:
