@@ -138,6 +138,12 @@ app.kubernetes.io/component: operator
   resourceNames: [{{ include "qsys-operator.tokenReviewRole" . | quote }}]
 {{- end -}}
 
+{{/* The Secret (in the release namespace) of the key that signs generated tokens' proofs:
+     created by the operator on first use, never by the chart (random). */}}
+{{- define "qsys-operator.tokenProofSecret" -}}
+{{- printf "%s-token-proof-key" (include "qsys-operator.fullname" .) | trunc 253 -}}
+{{- end -}}
+
 {{- define "qsys-operator.peeringRules" -}}
 - apiGroups: ["kopf.dev"]
   resources: [{{ . | quote }}]
