@@ -1,0 +1,240 @@
+"""`kubectl qsys` installs on its own: its wheel (and the qsys-operator wheel it depends on),
+built from a copy of the sources by hack/plugin_dist.py, goes into a fresh virtualenv as
+`pipx install` does, and the pinned krew installs the krew manifest from the archive.
+Both run from a directory outside the checkout, with no PYTHONPATH, so nothing of the
+checkout can stand in for the installed files. The plugin against a real API server:
+tests/e2e/test_first_ten_minutes.py."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import venv
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+
+from qsys_testkit import free_port
+from qsys_testkit.checkout import pinned_tool
+
+REPO = Path(__file__).resolve().parents[2]
+VERSION = "0.1.0"
+COMMANDS = "{status,token,can-i,call,audit}"
+INSTALL_TIMEOUT_S = 600
+
+
+@dataclass
+class Dist:
+    directory: Path
+    wheels: list[Path]
+    archive: Path
+    manifest: Path
+
+
+@pytest.fixture(scope="module")
+def dist(tmp_path_factory: pytest.TempPathFactory) -> Dist:
+    out = tmp_path_factory.mktemp("plugin-dist")
+    result = subprocess.run(
+        [sys.executable, str(REPO / "hack" / "plugin_dist.py"), str(out)],
+        capture_output=True,
+        text=True,
+        timeout=INSTALL_TIMEOUT_S,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    paths = json.loads(result.stdout.strip().splitlines()[-1])
+    return Dist(
+        out, [Path(w) for w in paths["wheels"]], Path(paths["archive"]), Path(paths["manifest"])
+    )
+
+
+def clean_env(home: Path, *path: Path) -> dict[str, str]:
+    """No PYTHONPATH, no virtualenv of the checkout on PATH."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("PYTHON", "VIRTUAL_ENV", "KUBECONFIG", "PIP_REQUIRE"))
+    }
+    env["HOME"] = str(home)
+    env["PATH"] = os.pathsep.join([*(str(p) for p in path), "/usr/local/bin", "/usr/bin", "/bin"])
+    return env
+
+
+@pytest.fixture(scope="module")
+def fresh(dist: Dist, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fresh virtualenv with the plugin's wheel installed (pip finds qsys-operator in
+    the dist directory, the other dependencies in its index or cache)."""
+    root = tmp_path_factory.mktemp("fresh-venv")
+    venv.EnvBuilder(with_pip=True).create(root / "venv")
+    python = root / "venv" / "bin" / "python"
+    plugin_wheel = next(w for w in dist.wheels if w.name.startswith("qsys_kubectl-"))
+    result = subprocess.run(
+        [
+            str(python),
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "--find-links",
+            str(dist.directory),
+            str(plugin_wheel),
+        ],
+        cwd=root,
+        env=clean_env(root),
+        capture_output=True,
+        text=True,
+        timeout=INSTALL_TIMEOUT_S,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return root / "venv"
+
+
+def test_the_wheels_hold_what_they_should(dist: Dist) -> None:
+    import zipfile
+
+    plugin, operator = (
+        next(w for w in dist.wheels if w.name.startswith(prefix))
+        for prefix in ("qsys_kubectl-", "qsys_operator-")
+    )
+    assert plugin.name == f"qsys_kubectl-{VERSION}-py3-none-any.whl"
+    with zipfile.ZipFile(plugin) as whl:
+        names = whl.namelist()
+        meta = whl.read(f"qsys_kubectl-{VERSION}.dist-info/METADATA").decode()
+        entry_points = whl.read(f"qsys_kubectl-{VERSION}.dist-info/entry_points.txt").decode()
+    assert {n.split("/")[0] for n in names} == {"qsys_kubectl", f"qsys_kubectl-{VERSION}.dist-info"}
+    assert f"Requires-Dist: qsys-operator=={VERSION}" in meta
+    assert "kubectl-qsys = qsys_kubectl.cli:run" in entry_points
+    with zipfile.ZipFile(operator) as whl:
+        top = {n.split("/")[0] for n in whl.namelist()}
+        scripts = whl.read(f"qsys_operator-{VERSION}.dist-info/entry_points.txt").decode()
+    # The plugin is no longer part of the operator's distribution (no two owners of a file).
+    assert "qsys_kubectl" not in top
+    assert "kubectl-qsys" not in scripts
+
+
+def test_installed_into_a_fresh_virtualenv_the_plugin_runs(fresh: Path, tmp_path: Path) -> None:
+    env = clean_env(tmp_path, fresh / "bin")
+    where = subprocess.run(
+        [
+            str(fresh / "bin" / "python"),
+            "-c",
+            "import qsys_kubectl as k, qsys_operator as o; print(k.__file__, o.__file__)",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    for path in where.stdout.split():
+        assert Path(path).is_relative_to(fresh), path
+        assert not Path(path).is_relative_to(REPO), path
+    helped = subprocess.run(
+        ["kubectl-qsys", "--help"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert helped.returncode == 0, helped.stderr
+    assert COMMANDS in helped.stdout
+    # A real command, to an API server that is not there: the import graph of every
+    # command loads, and the failure is one clear line with exit 2.
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [
+                    {"name": "c", "cluster": {"server": f"https://127.0.0.1:{free_port()}"}}
+                ],
+                "users": [{"name": "u", "user": {"token": "x"}}],
+                "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}],
+                "current-context": "c",
+            }
+        )
+    )
+    status = subprocess.run(
+        ["kubectl-qsys", "status", "-A", "--kubeconfig", str(kubeconfig)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert status.returncode == 2, (status.stdout, status.stderr)
+    assert status.stderr.startswith("error: "), status.stderr
+    assert "Traceback" not in status.stderr
+
+
+def krew(root: Path, home: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = clean_env(home, root / "bin") | {"KREW_ROOT": str(root), "KREW_NO_UPGRADE_CHECK": "1"}
+    return subprocess.run(
+        [str(pinned_tool("krew", "krew")), *args],
+        cwd=home,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=INSTALL_TIMEOUT_S,
+        check=False,
+    )
+
+
+def test_krew_installs_the_manifest_from_the_archive(dist: Dist, tmp_path: Path) -> None:
+    manifest = yaml.safe_load(dist.manifest.read_text("utf-8"))
+    (platform,) = manifest["spec"]["platforms"]
+    assert platform["sha256"] == hashlib.sha256(dist.archive.read_bytes()).hexdigest()
+    home, root = tmp_path / "home", tmp_path / "krew"
+    home.mkdir()
+    # The checked-in manifest, before the release fills in the sha256: krew checks it.
+    unfilled = krew(
+        root,
+        home,
+        "install",
+        f"--manifest={REPO / 'plugins' / 'qsys.yaml'}",
+        f"--archive={dist.archive}",
+    )
+    assert unfilled.returncode != 0
+    assert f"got {platform['sha256']}" in unfilled.stderr, unfilled.stderr
+    done = krew(root, home, "install", f"--manifest={dist.manifest}", f"--archive={dist.archive}")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "Installed plugin: qsys" in done.stdout + done.stderr
+    # (`krew list` wants the git index, which these tests never fetch.)
+    receipt = yaml.safe_load((root / "receipts" / "qsys.yaml").read_text("utf-8"))
+    assert receipt["spec"]["version"] == f"v{VERSION}"
+    assert (root / "bin" / "kubectl-qsys").is_symlink()
+    # kubectl finds the plugin on PATH; its first run installs the wheels of the archive.
+    kubectl = pinned_tool("kube", "kubectl")
+    env = clean_env(home, root / "bin")
+    ran = subprocess.run(
+        [str(kubectl), "qsys", "--help"],
+        cwd=home,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=INSTALL_TIMEOUT_S,
+    )
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    assert COMMANDS in ran.stdout
+    assert (home / ".cache" / "qsys-kubectl" / VERSION / ".complete").is_file()
+    again = subprocess.run(
+        [str(kubectl), "qsys", "--help"],
+        cwd=home,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert again.returncode == 0
+    assert "first run" not in again.stderr
