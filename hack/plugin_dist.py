@@ -1,4 +1,4 @@
-"""The kubectl plugin's distributions: `python hack/plugin_dist.py DIST`.
+"""The kubectl plugin's distributions: `python hack/plugin_dist.py DIST [--venv DIR]`.
 
 Writes into DIST:
 - the wheels of qsys-kubectl (plugin/pyproject.toml) and of qsys-operator, which it
@@ -8,7 +8,9 @@ Writes into DIST:
   both wheels, LICENSE), byte-for-byte the same for the same wheels;
 - qsys.yaml, plugins/qsys.yaml with the archive's sha256.
 
-Prints the paths as JSON.
+With --venv, also installs the plugin's wheel into a fresh virtualenv DIR as `pipx
+install` does (qsys-operator from DIST, the other dependencies from pip's index), from
+outside the checkout and without PYTHONPATH. Prints the paths as JSON.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import sys
 import tarfile
 import tempfile
 import tomllib
+import venv
 from pathlib import Path
 
 import yaml
@@ -129,8 +132,33 @@ def write_manifest(dist: Path, archive: Path) -> Path:
     return out
 
 
+def install_fresh(dist: Path, wheel: Path, target: Path) -> None:
+    venv.EnvBuilder(with_pip=True, clear=True).create(target)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
+    subprocess.run(
+        [
+            str(target / "bin" / "python"),
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "--find-links",
+            str(dist),
+            str(wheel),
+        ],
+        cwd=target,
+        env=env,
+        check=True,
+        timeout=900,
+    )
+
+
 def main(argv: list[str]) -> int:
-    if len(argv) != 1:
+    fresh: Path | None = None
+    if len(argv) == 3 and argv[1] == "--venv":
+        fresh = Path(argv[2]).resolve()
+    elif len(argv) != 1:
         print(__doc__, file=sys.stderr)
         return 2
     dist = Path(argv[0]).resolve()
@@ -140,6 +168,9 @@ def main(argv: list[str]) -> int:
     archive = build_archive(dist, wheels, plugin_version)
     manifest = write_manifest(dist, archive)
     paths = {"wheels": [str(w) for w in wheels], "archive": str(archive)}
+    if fresh is not None:
+        install_fresh(dist, wheels[1], fresh)
+        paths["venv"] = str(fresh)
     print(json.dumps({**paths, "manifest": str(manifest)}))
     return 0
 

@@ -12,7 +12,6 @@ import json
 import os
 import subprocess
 import sys
-import venv
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,13 +33,18 @@ class Dist:
     wheels: list[Path]
     archive: Path
     manifest: Path
+    venv: Path
+    """A fresh virtualenv with the plugin's wheel installed (pip found qsys-operator in
+    the dist directory, the other dependencies in its index or cache)."""
 
 
 @pytest.fixture(scope="module")
 def dist(tmp_path_factory: pytest.TempPathFactory) -> Dist:
     out = tmp_path_factory.mktemp("plugin-dist")
+    fresh = tmp_path_factory.mktemp("fresh") / "venv"
     result = subprocess.run(
-        [sys.executable, str(REPO / "hack" / "plugin_dist.py"), str(out)],
+        [sys.executable, str(REPO / "hack" / "plugin_dist.py"), str(out), "--venv", str(fresh)],
+        cwd=out,
         capture_output=True,
         text=True,
         timeout=INSTALL_TIMEOUT_S,
@@ -48,9 +52,9 @@ def dist(tmp_path_factory: pytest.TempPathFactory) -> Dist:
     )
     assert result.returncode == 0, result.stderr[-3000:]
     paths = json.loads(result.stdout.strip().splitlines()[-1])
-    return Dist(
-        out, [Path(w) for w in paths["wheels"]], Path(paths["archive"]), Path(paths["manifest"])
-    )
+    assert Path(paths["venv"]) == fresh
+    wheels = [Path(w) for w in paths["wheels"]]
+    return Dist(out, wheels, Path(paths["archive"]), Path(paths["manifest"]), fresh)
 
 
 def clean_env(home: Path, *path: Path) -> dict[str, str]:
@@ -58,42 +62,11 @@ def clean_env(home: Path, *path: Path) -> dict[str, str]:
     env = {
         k: v
         for k, v in os.environ.items()
-        if not k.startswith(("PYTHON", "VIRTUAL_ENV", "KUBECONFIG", "PIP_REQUIRE"))
+        if not k.startswith(("PYTHON", "VIRTUAL_ENV", "KUBECONFIG"))
     }
     env["HOME"] = str(home)
     env["PATH"] = os.pathsep.join([*(str(p) for p in path), "/usr/local/bin", "/usr/bin", "/bin"])
     return env
-
-
-@pytest.fixture(scope="module")
-def fresh(dist: Dist, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A fresh virtualenv with the plugin's wheel installed (pip finds qsys-operator in
-    the dist directory, the other dependencies in its index or cache)."""
-    root = tmp_path_factory.mktemp("fresh-venv")
-    venv.EnvBuilder(with_pip=True).create(root / "venv")
-    python = root / "venv" / "bin" / "python"
-    plugin_wheel = next(w for w in dist.wheels if w.name.startswith("qsys_kubectl-"))
-    result = subprocess.run(
-        [
-            str(python),
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-            "--find-links",
-            str(dist.directory),
-            str(plugin_wheel),
-        ],
-        cwd=root,
-        env=clean_env(root),
-        capture_output=True,
-        text=True,
-        timeout=INSTALL_TIMEOUT_S,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    return root / "venv"
 
 
 def test_the_wheels_hold_what_they_should(dist: Dist) -> None:
@@ -119,7 +92,8 @@ def test_the_wheels_hold_what_they_should(dist: Dist) -> None:
     assert "kubectl-qsys" not in scripts
 
 
-def test_installed_into_a_fresh_virtualenv_the_plugin_runs(fresh: Path, tmp_path: Path) -> None:
+def test_installed_into_a_fresh_virtualenv_the_plugin_runs(dist: Dist, tmp_path: Path) -> None:
+    fresh = dist.venv
     env = clean_env(tmp_path, fresh / "bin")
     where = subprocess.run(
         [
