@@ -27,7 +27,7 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from kube_support import Cluster, must, wait_for
@@ -271,8 +271,9 @@ def test_prometheus_runs_as_the_operator_built_pod_on_the_real_node(monitored: M
         # the label kube-prometheus-stack selects on.
         custom = client.CustomObjectsApi(monitored.cluster.api)
         for plural in ("servicemonitors", "prometheusrules"):
-            found: dict[str, Any] = custom.list_namespaced_custom_object(
-                MONITORING, "v1", monitored.ns, plural
+            found = cast(
+                dict[str, Any],
+                custom.list_namespaced_custom_object(MONITORING, "v1", monitored.ns, plural),
             )
             labels = [o["metadata"]["labels"] for o in found["items"]]
             assert labels, plural
