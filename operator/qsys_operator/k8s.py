@@ -119,11 +119,17 @@ class Kube:
         return await self._thread(fn, *args, **kwargs)
 
     def _raw(
-        self, method: str, path: str, body: Any = None, accept: str = JSON, **query: str
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        accept: str = JSON,
+        patch_type: str = "application/apply-patch+yaml",
+        **query: str,
     ) -> Any:
         headers = {"Accept": accept}
         if method == "PATCH":
-            headers["Content-Type"] = "application/apply-patch+yaml"
+            headers["Content-Type"] = patch_type
         _, url, headers, body, _ = self.api.param_serialize(
             method,
             path,
@@ -275,23 +281,7 @@ class Kube:
                 "value": {**(live.get("annotations") or {}), **annotations},
             },
         ]
-        await self._thread(self._raw_json_patch, path, ops)
-
-    def _raw_json_patch(self, path: str, ops: list[dict[str, Any]]) -> Any:
-        _, url, headers, body, _ = self.api.param_serialize(
-            "PATCH",
-            path,
-            header_params={"Accept": JSON, "Content-Type": "application/json-patch+json"},
-            body=ops,
-            auth_settings=["BearerToken"],
-        )
-        resp = self.api.call_api(
-            "PATCH", url, header_params=headers, body=body, _request_timeout=30
-        )
-        data: bytes = resp.read()  # type: ignore[no-untyped-call]
-        if not 200 <= resp.status < 300:
-            raise ApiException(status=resp.status, reason=resp.reason, body=data.decode())
-        return json.loads(data) if data else None
+        await self._thread(self._raw, "PATCH", path, ops, patch_type="application/json-patch+json")
 
     async def create(self, manifest: Manifest) -> bool:
         """Create a core/v1 object; False when it exists already (never overwritten)."""

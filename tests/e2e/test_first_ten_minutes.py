@@ -21,8 +21,6 @@ import os
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -36,6 +34,8 @@ from kubernetes.client.exceptions import ApiException
 from node_support import (
     CHART,
     CHART_TIMEOUT_S,
+    helm,
+    host_call,
     images,
     node_images,
     real_namespace,
@@ -87,61 +87,24 @@ class Installed:
             assert result.returncode == 0, f"kubectl {args}: {result.stdout}{result.stderr}"
         return result
 
-    def gateway_url(self) -> str:
-        svc = client.CoreV1Api(self.cluster.api).read_namespaced_service(f"{CORE}-gateway", self.ns)
-        return f"http://{must(must(svc.spec).cluster_ip)}:8080/v1/rpc"
-
     def call(self, token: str, method: str = "StatusGet") -> int:
         """HTTP status of one JSON-RPC call through the gateway Service (from the node)."""
-        body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": method, "params": {}})
-        req = urllib.request.Request(
-            self.gateway_url(),
-            data=body.encode(),
-            headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
-        )
-        try:
-            with urllib.request.urlopen(req, timeout=10) as resp:
-                return int(resp.status)
-        except urllib.error.HTTPError as exc:
-            return int(exc.code)
-        except OSError:
-            return 0
+        return host_call(self.cluster, self.ns, f"{CORE}-gateway", token, method)
 
     def secret(self, name: str) -> client.V1Secret:
         return client.CoreV1Api(self.cluster.api).read_namespaced_secret(name, self.ns)
 
 
-def _helm(cluster: Cluster, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(tool("helm", "helm")), *args],
-        capture_output=True,
-        text=True,
-        timeout=CHART_TIMEOUT_S + 60,
-        check=False,
-        env={**os.environ, "KUBECONFIG": cluster.kubeconfig},
-    )
-
-
 @contextlib.contextmanager
 def chart_defaults(cluster: Cluster, release: str, ns: str) -> Iterator[None]:
     """`helm install` with no value set: what a new user types."""
-    done = _helm(
-        cluster,
-        "install",
-        release,
-        str(CHART),
-        "--namespace",
-        ns,
-        "--wait",
-        "--timeout",
-        f"{CHART_TIMEOUT_S}s",
-    )
-    assert done.returncode == 0, done.stderr
+    timeout = f"{CHART_TIMEOUT_S}s"
+    done = helm(cluster, "install", release, str(CHART), "-n", ns, "--wait", "--timeout", timeout)
     assert "wait qsyscore/auditorium --for=condition=Ready" in done.stdout  # NOTES.txt
     try:
         yield
     finally:
-        _helm(cluster, "uninstall", release, "--namespace", ns, "--wait", "--timeout", "90s")
+        helm(cluster, "uninstall", release, "-n", ns, "--wait", "--timeout", "90s", check=False)
 
 
 @pytest.fixture(scope="module")
@@ -311,8 +274,7 @@ def test_the_chart_wrote_nothing_into_default(installed: Installed) -> None:
         core.list_namespaced_service,
     ):
         assert listing("default", label_selector=selector).items == [], listing.__name__
-    manifest = _helm(installed.cluster, "get", "manifest", release, "-n", installed.release_ns)
-    assert manifest.returncode == 0, manifest.stderr
+    manifest = helm(installed.cluster, "get", "manifest", release, "-n", installed.release_ns)
     namespaces = {
         d["metadata"].get("namespace") for d in yaml.safe_load_all(manifest.stdout) if d
     } - {None}

@@ -42,19 +42,21 @@ class Dist:
 def dist(tmp_path_factory: pytest.TempPathFactory) -> Dist:
     out = tmp_path_factory.mktemp("plugin-dist")
     fresh = tmp_path_factory.mktemp("fresh") / "venv"
-    result = subprocess.run(
-        [sys.executable, str(REPO / "hack" / "plugin_dist.py"), str(out), "--venv", str(fresh)],
-        cwd=out,
-        capture_output=True,
-        text=True,
-        timeout=INSTALL_TIMEOUT_S,
-        check=False,
-    )
+    args = [sys.executable, str(REPO / "hack" / "plugin_dist.py"), str(out), "--venv", str(fresh)]
+    result = run(args, out, timeout=INSTALL_TIMEOUT_S)
     assert result.returncode == 0, result.stderr[-3000:]
     paths = json.loads(result.stdout.strip().splitlines()[-1])
     assert Path(paths["venv"]) == fresh
     wheels = [Path(w) for w in paths["wheels"]]
     return Dist(out, wheels, Path(paths["archive"]), Path(paths["manifest"]), fresh)
+
+
+def run(
+    args: list[str], cwd: Path, env: dict[str, str] | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False
+    )
 
 
 def clean_env(home: Path, *path: Path) -> dict[str, str]:
@@ -95,30 +97,13 @@ def test_the_wheels_hold_what_they_should(dist: Dist) -> None:
 def test_installed_into_a_fresh_virtualenv_the_plugin_runs(dist: Dist, tmp_path: Path) -> None:
     fresh = dist.venv
     env = clean_env(tmp_path, fresh / "bin")
-    where = subprocess.run(
-        [
-            str(fresh / "bin" / "python"),
-            "-c",
-            "import qsys_kubectl as k, qsys_operator as o; print(k.__file__, o.__file__)",
-        ],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
+    code = "import qsys_kubectl as k, qsys_operator as o; print(k.__file__, o.__file__)"
+    where = run([str(fresh / "bin" / "python"), "-c", code], tmp_path, env)
+    assert where.returncode == 0, where.stderr
     for path in where.stdout.split():
         assert Path(path).is_relative_to(fresh), path
         assert not Path(path).is_relative_to(REPO), path
-    helped = subprocess.run(
-        ["kubectl-qsys", "--help"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    helped = run(["kubectl-qsys", "--help"], tmp_path, env)
     assert helped.returncode == 0, helped.stderr
     assert COMMANDS in helped.stdout
     # A real command, to an API server that is not there: the import graph of every
@@ -138,14 +123,7 @@ def test_installed_into_a_fresh_virtualenv_the_plugin_runs(dist: Dist, tmp_path:
             }
         )
     )
-    status = subprocess.run(
-        ["kubectl-qsys", "status", "-A", "--kubeconfig", str(kubeconfig)],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    status = run(["kubectl-qsys", "status", "-A", "--kubeconfig", str(kubeconfig)], tmp_path, env)
     assert status.returncode == 2, (status.stdout, status.stderr)
     assert status.stderr.startswith("error: "), status.stderr
     assert "Traceback" not in status.stderr
@@ -191,24 +169,10 @@ def test_krew_installs_the_manifest_from_the_archive(dist: Dist, tmp_path: Path)
     # kubectl finds the plugin on PATH; its first run installs the wheels of the archive.
     kubectl = pinned_tool("kube", "kubectl")
     env = clean_env(home, root / "bin")
-    ran = subprocess.run(
-        [str(kubectl), "qsys", "--help"],
-        cwd=home,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=INSTALL_TIMEOUT_S,
-    )
+    ran = run([str(kubectl), "qsys", "--help"], home, env, INSTALL_TIMEOUT_S)
     assert ran.returncode == 0, ran.stderr[-3000:]
     assert COMMANDS in ran.stdout
     assert (home / ".cache" / "qsys-kubectl" / VERSION / ".complete").is_file()
-    again = subprocess.run(
-        [str(kubectl), "qsys", "--help"],
-        cwd=home,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    again = run([str(kubectl), "qsys", "--help"], home, env)
     assert again.returncode == 0
     assert "first run" not in again.stderr
