@@ -323,37 +323,39 @@ def test_the_operator_cannot_change_or_delete_bindings_it_did_not_create(
     # A look-alike: the operator's label and prefix, but another role.
     lookalike = f"qsys-gateway-tokenreview:e2e-{suffix}:evil"
     _foreign_binding(installed.cluster, lookalike, "view", managed)
+    # Someone else's binding to the very role the operator may bind: RBAC lets the
+    # operator update and delete it; only the admission policy stops it.
+    same_role = f"e2e-foreign-tokenreview-{suffix}"
+    _foreign_binding(
+        installed.cluster, same_role, f"{installed.release}-qsys-operator-gateway-tokenreview", {}
+    )
     try:
 
         def as_operator(*args: str) -> subprocess.CompletedProcess[str]:
             return installed.kubectl(*args, f"--as={sa}", "--dry-run=server", check=False)
 
         refusal = "may change or delete only the TokenReview ClusterRoleBindings it created"
-        refused = wait_for(
-            "the guard active",
-            lambda: (
-                (
-                    (r := as_operator("delete", "clusterrolebinding", foreign)).returncode != 0
-                    and refusal in r.stderr
-                )
-                or None
-            ),
-            60,
-        )
-        assert refused
+
+        def refused(*args: str) -> str | None:
+            out = as_operator(*args)
+            return out.stderr if out.returncode != 0 and refusal in out.stderr else None
+
+        wait_for("the guard active", lambda: refused("delete", "clusterrolebinding", foreign), 60)
+        for name in (foreign, lookalike, same_role, "cluster-admin"):
+            assert refused("delete", "clusterrolebinding", name), name
+        assert refused("label", "clusterrolebinding", same_role, "x=y")
+        # Updates of bindings to roles it may not bind: RBAC's escalation check refuses
+        # them before admission.
         for name in (foreign, lookalike, "cluster-admin"):
-            out = as_operator("delete", "clusterrolebinding", name)
-            assert out.returncode != 0
-            assert refusal in out.stderr, out.stderr
             out = as_operator("label", "clusterrolebinding", name, "x=y")
             assert out.returncode != 0
-            assert refusal in out.stderr, out.stderr
+            assert refusal in out.stderr or "not currently held" in out.stderr, out.stderr
         # Its own kind of binding it may still delete (server dry run: nothing deleted).
         out = as_operator("delete", "clusterrolebinding", own)
         assert out.returncode == 0, out.stderr
         rbac.read_cluster_role_binding("cluster-admin")
     finally:
-        for name in (foreign, own, lookalike):
+        for name in (foreign, own, lookalike, same_role):
             rbac.delete_cluster_role_binding(name)
 
 
