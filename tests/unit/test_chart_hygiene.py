@@ -264,7 +264,7 @@ def render_notes(tmp_path: Path, values: list[str]) -> str:
     notes = (chart / "templates" / "NOTES.txt").read_text("utf-8")
     indented = "".join(f"  {line}" for line in notes.splitlines(keepends=True))
     (chart / "templates" / "zz-notes.yaml").write_text(f"notes: |\n{indented}", "utf-8")
-    args = [tool("helm", "helm"), "template", "qsys", chart, "--namespace", "qsys-system"]
+    args: list[str | Path] = [tool("helm", "helm"), "template", "qsys", chart, "-n", "qsys-system"]
     for value in values:
         args += ["--set", value]
     args += ["--show-only", "templates/zz-notes.yaml"]
