@@ -26,11 +26,11 @@ help:
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml hack/install-system-deps.sh
+$(STAMP): pyproject.toml plugin/pyproject.toml hack/install-system-deps.sh
 	bash hack/install-system-deps.sh
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[dev]' -e ./plugin
 	touch $(STAMP)
 
 lint: install

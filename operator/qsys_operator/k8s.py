@@ -119,11 +119,17 @@ class Kube:
         return await self._thread(fn, *args, **kwargs)
 
     def _raw(
-        self, method: str, path: str, body: Any = None, accept: str = JSON, **query: str
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        accept: str = JSON,
+        patch_type: str = "application/apply-patch+yaml",
+        **query: str,
     ) -> Any:
         headers = {"Accept": accept}
         if method == "PATCH":
-            headers["Content-Type"] = "application/apply-patch+yaml"
+            headers["Content-Type"] = patch_type
         _, url, headers, body, _ = self.api.param_serialize(
             method,
             path,
@@ -252,6 +258,30 @@ class Kube:
             raise
         meta: dict[str, Any] = obj.get("metadata") or {}
         return meta
+
+    async def patch_secret_metadata(
+        self,
+        namespace: str,
+        name: str,
+        resource_version: str | None,
+        owner_references: list[dict[str, Any]],
+        annotations: dict[str, str],
+    ) -> None:
+        """Set a Secret's ownerReferences and add annotations, only if it is unchanged since
+        read (resourceVersion): a Secret replaced in between is never re-owned. Its data is
+        not touched."""
+        path = object_path(SECRET, namespace, name)
+        live = await self.read_secret_metadata(namespace, name) or {}
+        ops: list[dict[str, Any]] = [
+            {"op": "test", "path": "/metadata/resourceVersion", "value": resource_version},
+            {"op": "add", "path": "/metadata/ownerReferences", "value": owner_references},
+            {
+                "op": "add",
+                "path": "/metadata/annotations",
+                "value": {**(live.get("annotations") or {}), **annotations},
+            },
+        ]
+        await self._thread(self._raw, "PATCH", path, ops, patch_type="application/json-patch+json")
 
     async def create(self, manifest: Manifest) -> bool:
         """Create a core/v1 object; False when it exists already (never overwritten)."""

@@ -53,7 +53,7 @@ from .render.common import selector_labels
 from .render.identity import token_review_binding_name
 from .secretrefs import host_problem, marker_problem
 from .settings import OperatorSettings
-from .tokens import PolicyTokens, resolve_tokens, token_key
+from .tokens import PolicyTokens, proof_key, resolve_tokens, token_key
 
 log = logging.getLogger("qsys_operator.reconcile")
 
@@ -86,6 +86,12 @@ class Reconciler:
         self._sm_served: bool | None = None
         self._session: aiohttp.ClientSession | None = None
         self._policy_lists: dict[str, tuple[int, asyncio.Task[list[dict[str, Any]]]]] = {}
+        self._proof_key: bytes | None = None
+
+    async def _proof(self) -> bytes:
+        if self._proof_key is None:
+            self._proof_key = await proof_key(self.kube, self.settings)
+        return self._proof_key
 
     # ---- triggers ------------------------------------------------------------
 
@@ -179,7 +185,7 @@ class Reconciler:
                 CLUSTER_ROLE_BINDING, namespace, token_review_binding_name(namespace, name)
             )
             for policy in policies:
-                checked = await resolve_tokens(self.kube, policy, None)
+                checked = await resolve_tokens(self.kube, policy, None, await self._proof())
                 await self._write_policy(policy, None, None, checked)
             return
         self._managed(namespace, name, True)
@@ -197,7 +203,11 @@ class Reconciler:
             return
         key = await token_key(self.kube, core)
         key_bytes = key if isinstance(key, bytes) else None
-        tokens = {p.metadata.name: await resolve_tokens(self.kube, p, key_bytes) for p in policies}
+        proof = await self._proof()
+        tokens = {
+            p.metadata.name: await resolve_tokens(self.kube, p, key_bytes, proof, core)
+            for p in policies
+        }
         creds_problem = await self._credentials_problem(core)
         secret_problem = key if isinstance(key, str) else creds_problem
         rendered = await self._rendered_subjects(namespace, name)

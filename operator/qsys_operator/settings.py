@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
-from typing import Annotated
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -24,6 +25,9 @@ ENV = {
     "gateway_probe_cidrs": "QSYS_GATEWAY_PROBE_CIDRS",
     "resync_seconds": "QSYS_RESYNC_SECONDS",
     "token_review_cluster_role": "QSYS_TOKEN_REVIEW_CLUSTER_ROLE",
+    "monitoring_labels": "QSYS_MONITORING_LABELS",
+    "metrics_scrapers": "QSYS_METRICS_SCRAPERS",
+    "token_proof_secret": "QSYS_TOKEN_PROOF_SECRET",
 }
 
 
@@ -50,6 +54,60 @@ def _labels(value: str) -> dict[str, str]:
             raise ValueError(f"expected key=value, got {item!r}")
         out[key] = val
     return out
+
+
+def _json(var: str, raw: str) -> Any:
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{var} is not JSON: {exc.msg} at {exc.pos}") from None
+
+
+class SelectorRequirement(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    key: Annotated[str, Field(min_length=1)]
+    operator: Literal["In", "NotIn", "Exists", "DoesNotExist"]
+    values: tuple[str, ...] = ()
+
+
+class LabelSelector(BaseModel):
+    """A Kubernetes LabelSelector, as NetworkPolicy peers take it."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    matchLabels: Mapping[str, str] = {}
+    matchExpressions: tuple[SelectorRequirement, ...] = ()
+
+    @property
+    def empty(self) -> bool:
+        return not self.matchLabels and not self.matchExpressions
+
+    def manifest(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if self.matchLabels:
+            out["matchLabels"] = dict(sorted(self.matchLabels.items()))
+        if self.matchExpressions:
+            out["matchExpressions"] = [
+                {
+                    "key": r.key,
+                    "operator": r.operator,
+                    **({"values": list(r.values)} if r.values else {}),
+                }
+                for r in self.matchExpressions
+            ]
+        return out
+
+
+class MetricsScrapers(BaseModel):
+    """Who may reach the gateways' metrics port: pods matching podSelector in namespaces
+    matching namespaceSelector. An empty namespaceSelector means the namespace named
+    `monitoring_namespace`; an empty podSelector, every pod of those namespaces."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    namespaceSelector: LabelSelector = LabelSelector()
+    podSelector: LabelSelector = LabelSelector()
 
 
 class OperatorSettings(BaseModel):
@@ -81,6 +139,14 @@ class OperatorSettings(BaseModel):
     )
     """The chart's ClusterRole that allows only `create` on tokenreviews: bound to the
     gateway ServiceAccount of a core whose policies have `serviceAccount` subjects."""
+    monitoring_labels: Mapping[str, str] = {}
+    """Extra labels on every ServiceMonitor the operator renders (kube-prometheus-stack
+    selects by `release: <its release>`)."""
+    metrics_scrapers: MetricsScrapers = MetricsScrapers()
+    token_proof_secret: Annotated[str, Field(min_length=1, max_length=253)] = (
+        "qsys-operator-token-proof-key"  # noqa: S105 - a Secret name
+    )
+    """Secret in operator_namespace holding the key of the generated tokens' proofs."""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> OperatorSettings:
@@ -92,8 +158,10 @@ class OperatorSettings(BaseModel):
                 continue
             if field in ("watch_namespaces", "gateway_probe_cidrs", "gateway_image_pull_secrets"):
                 values[field] = tuple(_split(raw))
-            elif field == "dns_pod_labels":
+            elif field in ("dns_pod_labels", "monitoring_labels"):
                 values[field] = _labels(raw)
+            elif field == "metrics_scrapers":
+                values[field] = _json(var, raw)
             else:
                 values[field] = raw
         return cls.model_validate(values)

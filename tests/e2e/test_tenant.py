@@ -352,8 +352,9 @@ def test_admission_policy_keeps_cores_inside_the_allowed_networks(
     apply_crds(cluster.api, REPO / "crds")
     release = f"a{uuid.uuid4().hex[:6]}"
     docs = _helm_template(release, "admission.allowedCoreCIDRs={192.0.2.0/24}")
-    (policy,) = [d for d in docs if d["kind"] == "ValidatingAdmissionPolicy"]
-    (binding,) = [d for d in docs if d["kind"] == "ValidatingAdmissionPolicyBinding"]
+    networks = [d for d in docs if d["metadata"]["name"].endswith("-core-networks")]
+    (policy,) = [d for d in networks if d["kind"] == "ValidatingAdmissionPolicy"]
+    (binding,) = [d for d in networks if d["kind"] == "ValidatingAdmissionPolicyBinding"]
     # Only this test's namespace: other tests on the cluster keep their Cores.
     binding["spec"]["matchResources"] = {
         "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns}}

@@ -33,6 +33,15 @@ API_ENDPOINTS_RULE = {
     "verbs": ["get"],
     "resourceNames": ["kubernetes"],
 }
+PROOF_KEY_RULES = [
+    {
+        "apiGroups": [""],
+        "resources": ["secrets"],
+        "verbs": ["get"],
+        "resourceNames": ["qsys-qsys-operator-token-proof-key"],
+    },
+    {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create"]},
+]
 GATEWAY_IDENTITY_RULES = [
     {
         "apiGroups": ["rbac.authorization.k8s.io"],
@@ -80,25 +89,20 @@ def test_rendering_twice_gives_identical_output() -> None:
 
 
 def _api_endpoints_role(docs: list[dict[str, Any]]) -> None:
-    """In both modes: one Role in `default` reading the API server's EndpointSlice only."""
-    roles = by_kind(docs, "Role")
-    (endpoints,) = [r for r in roles if r["metadata"]["namespace"] == "default"]
-    assert endpoints["rules"] == [API_ENDPOINTS_RULE]
-    (binding,) = [
-        b for b in by_kind(docs, "RoleBinding") if b["metadata"]["namespace"] == "default"
-    ]
-    assert binding["roleRef"] == {
-        "apiGroup": "rbac.authorization.k8s.io",
-        "kind": "Role",
-        "name": endpoints["metadata"]["name"],
-    }
-    assert binding["subjects"] == [
-        {"kind": "ServiceAccount", "name": "qsys-qsys-operator", "namespace": "qsys-system"}
-    ]
+    """In both modes: the API server's EndpointSlice (by name) is read through the
+    operator's ClusterRole, so nothing is written into `default`. Namespaced, the only
+    Role in the release namespace is the token proof key's (cluster-wide, the
+    ClusterRole's Secret rules cover it)."""
+    assert not [d for d in docs if d["metadata"].get("namespace") == "default"]
+    cluster_rules = [r for d in _operator_roles(docs, "ClusterRole") for r in d["rules"]]
+    assert API_ENDPOINTS_RULE in cluster_rules
+    own = [r for r in by_kind(docs, "Role") if r["metadata"]["namespace"] == "qsys-system"]
+    assert [r["rules"] for r in own] in ([], [PROOF_KEY_RULES])
 
 
 def _namespaced(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
-    return [d for d in by_kind(docs, kind) if d["metadata"].get("namespace") != "default"]
+    """Roles and bindings in the watched namespaces (not the proof key's)."""
+    return [d for d in by_kind(docs, kind) if d["metadata"].get("namespace") != "qsys-system"]
 
 
 def test_cluster_wide_install_uses_cluster_roles() -> None:
@@ -136,6 +140,7 @@ def test_namespaced_install_uses_roles_per_namespace() -> None:
             "verbs": ["get", "list", "watch"],
         },
         {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["list", "watch"]},
+        API_ENDPOINTS_RULE,
         *GATEWAY_IDENTITY_RULES,
     ]
     assert _env(docs)[ENV["watch_namespaces"]] == "team-a,team-b"
@@ -323,10 +328,13 @@ def test_tenant_roles_aggregate_and_grant_no_secrets() -> None:
 
 
 def test_core_network_admission_policy_only_when_networks_are_set() -> None:
-    assert not by_kind(manifests(render()), "ValidatingAdmissionPolicy")
+    def networks(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+        return [d for d in by_kind(docs, kind) if d["metadata"]["name"].endswith("-core-networks")]
+
+    assert not networks(manifests(render()), "ValidatingAdmissionPolicy")
     docs = manifests(render(values=["admission.allowedCoreCIDRs={198.18.0.0/15,192.0.2.0/24}"]))
-    (policy,) = by_kind(docs, "ValidatingAdmissionPolicy")
-    (binding,) = by_kind(docs, "ValidatingAdmissionPolicyBinding")
+    (policy,) = networks(docs, "ValidatingAdmissionPolicy")
+    (binding,) = networks(docs, "ValidatingAdmissionPolicyBinding")
     assert binding["spec"]["policyName"] == policy["metadata"]["name"]
     assert binding["spec"]["validationActions"] == ["Deny"]
     variables = {v["name"]: v["expression"] for v in policy["spec"]["variables"]}

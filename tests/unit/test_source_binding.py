@@ -293,6 +293,6 @@ class NoSecrets:
 async def test_no_token_secret_is_made_or_read_for_a_source_bound_subject() -> None:
     kube = NoSecrets()
     bound = policy({"name": "dsp", "sourceCIDRs": ["192.0.2.7/32"]})
-    tokens = await resolve_tokens(kube, bound, None)  # type: ignore[arg-type]
+    tokens = await resolve_tokens(kube, bound, None, b"p" * 32)  # type: ignore[arg-type]
     assert kube.touched == []
     assert (tokens.hashes, tokens.secrets, tokens.problems) == ({}, {}, {})

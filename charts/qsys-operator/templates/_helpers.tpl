@@ -109,6 +109,16 @@ app.kubernetes.io/component: operator
   verbs: ["get", "list", "watch"]
 {{- end -}}
 
+{{/* Read the API server's own endpoints (the EndpointSlice default/kubernetes; by
+     name, so no other slice) for the egress rule of gateways that review ServiceAccount
+     tokens. In the ClusterRole, so that the chart writes nothing into `default`. */}}
+{{- define "qsys-operator.apiEndpointsRule" -}}
+- apiGroups: ["discovery.k8s.io"]
+  resources: ["endpointslices"]
+  verbs: ["get"]
+  resourceNames: ["kubernetes"]
+{{- end -}}
+
 {{/* The ClusterRole the operator binds to a gateway's ServiceAccount when its
      policies have serviceAccount subjects: TokenReview create, nothing else. */}}
 {{- define "qsys-operator.tokenReviewRole" -}}
@@ -128,19 +138,36 @@ app.kubernetes.io/component: operator
   resourceNames: [{{ include "qsys-operator.tokenReviewRole" . | quote }}]
 {{- end -}}
 
+{{/* The Secret (in the release namespace) of the key that signs generated tokens' proofs:
+     created by the operator on first use, never by the chart (random). */}}
+{{- define "qsys-operator.tokenProofSecret" -}}
+{{- printf "%s-token-proof-key" (include "qsys-operator.fullname" .) | trunc 253 -}}
+{{- end -}}
+
 {{- define "qsys-operator.peeringRules" -}}
 - apiGroups: ["kopf.dev"]
   resources: [{{ . | quote }}]
   verbs: ["get", "list", "watch", "create", "patch"]
 {{- end -}}
 
-{{/* QSYS_DNS_POD_LABELS: k=v,k=v in key order (sorted: deterministic). */}}
-{{- define "qsys-operator.dnsLabels" -}}
+{{/* A map as k=v,k=v in key order (sorted: deterministic), for QSYS_DNS_POD_LABELS and
+     QSYS_MONITORING_LABELS. */}}
+{{- define "qsys-operator.kvList" -}}
+{{- $map := . -}}
 {{- $out := list -}}
-{{- range $k := keys .Values.dns.podLabels | sortAlpha -}}
-{{- $out = append $out (printf "%s=%s" $k (index $.Values.dns.podLabels $k)) -}}
+{{- range $k := keys $map | sortAlpha -}}
+{{- $out = append $out (printf "%s=%s" $k (index $map $k)) -}}
 {{- end -}}
 {{- join "," $out -}}
+{{- end -}}
+
+{{/* Labels of every ServiceMonitor and PrometheusRule: monitoring.labels, then the
+     object's own (serviceMonitor.labels / prometheusRule.labels), then the chart's. */}}
+{{- define "qsys-operator.monitoringLabels" -}}
+{{- $root := index . 0 -}}
+{{- $own := index . 1 -}}
+{{- $labels := merge (fromYaml (include "qsys-operator.labels" $root)) (deepCopy (default dict $own)) (deepCopy (default dict $root.Values.monitoring.labels)) -}}
+{{- toYaml $labels -}}
 {{- end -}}
 
 {{/* A list of strings as the items of a CEL list literal: 'a', 'b'. */}}

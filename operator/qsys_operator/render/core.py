@@ -111,7 +111,7 @@ def render_core_children(
             absent.append(ChildRef(kind, name))
         else:
             objects.append(manifest)
-    service_monitor = render_service_monitor(core)
+    service_monitor = render_service_monitor(core, settings)
     if service_monitor is None:
         absent.append(ChildRef(SERVICE_MONITOR, name))
     return RenderResult(

@@ -1,4 +1,4 @@
-"""The `X-gateway` NetworkPolicy: clients in, metrics from monitoring, out only to Core and DNS.
+"""The `X-gateway` NetworkPolicy: clients in, metrics from the scrapers, out only to Core and DNS.
 
 The operator's namespace may reach the metrics port too: the operator reads the
 gateway's view of the Core there (GET /corez). The sourceCIDRs of source-bound
@@ -113,6 +113,23 @@ def api_server_egress(endpoints: Sequence[tuple[str, int]]) -> list[dict[str, An
     return [{"to": [{"ipBlock": {"cidr": c}} for c in cidrs], "ports": [_tcp(p) for p in ports]}]
 
 
+def metrics_sources(settings: OperatorSettings) -> list[dict[str, Any]]:
+    """The scrapers (settings.metrics_scrapers) and the operator's namespace (GET /corez)."""
+    scrapers = settings.metrics_scrapers
+    namespaces = (
+        scrapers.namespaceSelector.manifest()
+        if not scrapers.namespaceSelector.empty
+        else {"matchLabels": {NAMESPACE_LABEL: settings.monitoring_namespace}}
+    )
+    scraper: dict[str, Any] = {"namespaceSelector": namespaces}
+    if not scrapers.podSelector.empty:
+        scraper["podSelector"] = scrapers.podSelector.manifest()
+    operator = {
+        "namespaceSelector": {"matchLabels": {NAMESPACE_LABEL: settings.operator_namespace}}
+    }
+    return [operator] if scraper == operator else [scraper, operator]
+
+
 def render_network_policy(
     core: QSysCore,
     settings: OperatorSettings,
@@ -156,15 +173,7 @@ def render_network_policy(
             "ingress": [
                 {"from": list(clients), "ports": [_tcp(HTTP_PORT), _tcp(QRC_PORT)]},
                 *source_bound_ingress(source_cidrs or []),
-                {
-                    "from": [
-                        {"namespaceSelector": {"matchLabels": {NAMESPACE_LABEL: ns}}}
-                        for ns in sorted(
-                            {settings.monitoring_namespace, settings.operator_namespace}
-                        )
-                    ],
-                    "ports": [_tcp(METRICS_PORT)],
-                },
+                {"from": metrics_sources(settings), "ports": [_tcp(METRICS_PORT)]},
             ],
             "egress": egress,
         },
