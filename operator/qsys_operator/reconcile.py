@@ -24,7 +24,7 @@ from pydantic import ValidationError
 
 from qsys_protocol.config import ConfigError, SubjectConfig, parse_config
 
-from .api import CORE_CREDENTIALS, AccessPolicy, QSysCore
+from .api import CORE_CREDENTIALS, TLS, AccessPolicy, QSysCore
 from .derive import (
     CoreFindings,
     PolicyFindings,
@@ -34,6 +34,7 @@ from .derive import (
     invalid_core_status,
     policy_status,
 )
+from .images import image_problem as image_problem_of
 from .k8s import Kube, api_message, is_permanent, now
 from .kinds import CLUSTER_ROLE_BINDING, SERVICE_MONITOR
 from .metrics import OperatorMetrics
@@ -51,13 +52,15 @@ from .render import (
 )
 from .render.common import selector_labels
 from .render.identity import token_review_binding_name
-from .secretrefs import host_problem, marker_problem
+from .secretrefs import credentials_problem, marker_problem
 from .settings import OperatorSettings
 from .tokens import PolicyTokens, resolve_tokens, token_key
 
 log = logging.getLogger("qsys_operator.reconcile")
 
 Key = tuple[str, str]
+MAX_REMEMBERED_REFUSALS = 10000
+"""Secret refusals remembered so each is logged once per change (cleared when full)."""
 MAX_CONCURRENT_RECONCILES = 12
 """API calls run on a handful of worker threads anyway; bounding reconciles in flight
 keeps a burst of hundreds of cores from holding hundreds of half-done renders in memory."""
@@ -86,6 +89,7 @@ class Reconciler:
         self._sm_served: bool | None = None
         self._session: aiohttp.ClientSession | None = None
         self._policy_lists: dict[str, tuple[int, asyncio.Task[list[dict[str, Any]]]]] = {}
+        self._refusals: dict[tuple[str, str], str] = {}
 
     # ---- triggers ------------------------------------------------------------
 
@@ -198,8 +202,16 @@ class Reconciler:
         key = await token_key(self.kube, core)
         key_bytes = key if isinstance(key, bytes) else None
         tokens = {p.metadata.name: await resolve_tokens(self.kube, p, key_bytes) for p in policies}
-        creds_problem = await self._credentials_problem(core)
-        secret_problem = key if isinstance(key, str) else creds_problem
+        for p in policies:
+            for subject, cause in tokens[p.metadata.name].causes.items():
+                self._refused(namespace, f"AccessPolicy {p.metadata.name} subject {subject}", cause)
+        creds_problem = await self._secret_problem(core, CORE_CREDENTIALS)
+        tls_problem = await self._secret_problem(core, TLS)
+        refused = [r for r in (creds_problem, tls_problem) if r]
+        secret_problem = key if isinstance(key, str) else "; ".join(refused) or None
+        image_problem = image_problem_of(
+            core.spec.gateway.image, self.settings.gateway_image, self.settings.allowed_images
+        )
         rendered = await self._rendered_subjects(namespace, name)
         stamp = dt.datetime.now(dt.UTC)
         bindings = [
@@ -210,12 +222,14 @@ class Reconciler:
             )
             for p in policies
         ]
-        # Refused credentials are left out of the pods, never mounted.
-        renderable = core if creds_problem is None else _without_credentials(core)
+        # Refused Secrets are left out of the pods, never mounted.
+        renderable = _without_secrets(core, creds=creds_problem is not None, tls=bool(tls_problem))
         api_server, identity_note = await self._api_server(core, policies)
         result = render_core_children(renderable, bindings, self.settings, api_server)
-        if key_bytes is None:
-            apply_error, sm_note = None, None  # nothing is applied without a usable token key
+        if key_bytes is None or image_problem:
+            # Nothing is applied without a usable token key, or for an image the platform
+            # does not run: an existing Deployment stays as it was.
+            apply_error, sm_note = None, None
         else:
             apply_error, sm_note = await self._apply(core, result)
         view = await self._probe(core)
@@ -230,6 +244,8 @@ class Reconciler:
             secret_problem=secret_problem,
             service_account_audience=core.service_account_audience,
             identity_note=identity_note if result.identity else None,
+            egress_note=result.egress_note,
+            image_problem=image_problem,
         )
         update = core_status(
             core.metadata.generation,
@@ -239,7 +255,8 @@ class Reconciler:
             now(),
         )
         await self._write(body, QSysCore.PLURAL, update)
-        not_rendered = f"QSysCore {name} is not rendered: {key}" if isinstance(key, str) else None
+        held = key if isinstance(key, str) else image_problem
+        not_rendered = f"QSysCore {name} is not rendered: {held}" if held else None
         for policy in policies:
             checked = tokens[policy.metadata.name]
             await self._write_policy(policy, core, result, checked, not_rendered)
@@ -345,17 +362,46 @@ class Reconciler:
             return f"{what} refused by the API server: {api_message(exc)}", note
         return None, note
 
-    async def _credentials_problem(self, core: QSysCore) -> str | None:
-        ref = core.spec.core.credentialsSecretRef
-        if ref is None:
-            return None
-        meta = await self.kube.read_secret_metadata(core.metadata.namespace, ref.name)
-        what = "spec.core.credentialsSecretRef"
-        problem = marker_problem(ref.name, meta, CORE_CREDENTIALS, what)
-        if problem is None and meta is not None:
+    async def _secret_problem(self, core: QSysCore, use: str) -> str | None:
+        """Why the credentials (use CORE_CREDENTIALS) or TLS Secret (TLS) the core names
+        may not be used; the cause goes to the operator's log only."""
+        ns = core.metadata.namespace
+        if use == TLS:
+            name, what = core.spec.gateway.tlsSecretName, "spec.gateway.tlsSecretName"
+            if name is None:
+                return None
+            problem = marker_problem(
+                name, await self.kube.read_secret_metadata(ns, name), TLS, what
+            )
+        else:
+            ref = core.spec.core.credentialsSecretRef
+            if ref is None:
+                return None
+            name, what = ref.name, "spec.core.credentialsSecretRef"
+            meta = await self.kube.read_secret_metadata(ns, name)
             hosts = [h for h in (core.spec.core.host, core.spec.core.redundantHost) if h]
-            problem = host_problem(ref.name, meta, hosts)
-        return problem
+            allow = self.settings.allow_unbound_credentials
+            problem = credentials_problem(name, meta, hosts, allow)
+        self._refused(
+            ns, f"QSysCore {core.metadata.name} {what}", problem.cause if problem else None
+        )
+        return problem.message if problem else None
+
+    def _refused(self, namespace: str, reference: str, cause: str | None) -> None:
+        """Log why a named Secret was refused, once per change of cause (no values)."""
+        key = (namespace, reference)
+        if self._refusals.get(key) == cause:
+            return
+        if cause is None:
+            self._refusals.pop(key, None)
+            return
+        if len(self._refusals) >= MAX_REMEMBERED_REFUSALS:
+            self._refusals.clear()
+        self._refusals[key] = cause
+        log.info(
+            "Secret refused",
+            extra={"namespace": namespace, "reference": reference, "cause": cause},
+        )
 
     async def _replicas(self, namespace: str, name: str) -> Replicas:
         deployment = await self.kube.read_deployment(namespace, name)
@@ -440,10 +486,19 @@ def _grace_of(policy: AccessPolicy, result: RenderResult | None) -> dict[str, st
     }
 
 
-def _without_credentials(core: QSysCore) -> QSysCore:
-    spec = core.spec.model_copy(
-        update={"core": core.spec.core.model_copy(update={"credentialsSecretRef": None})}
-    )
+def _without_secrets(core: QSysCore, creds: bool, tls: bool) -> QSysCore:
+    """The core without the credentials and/or TLS Secret the operator refused."""
+    if not creds and not tls:
+        return core
+    spec = core.spec
+    if creds:
+        spec = spec.model_copy(
+            update={"core": spec.core.model_copy(update={"credentialsSecretRef": None})}
+        )
+    if tls:
+        spec = spec.model_copy(
+            update={"gateway": spec.gateway.model_copy(update={"tlsSecretName": None})}
+        )
     return core.model_copy(update={"spec": spec})
 
 

@@ -6,13 +6,18 @@ import os
 from collections.abc import Mapping
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from .images import AllowedImage, allow_list
 
 DEFAULT_GATEWAY_IMAGE = "ghcr.io/qsys-operator/gateway:0.1.0"
 
 ENV = {
     "gateway_image": "QSYS_GATEWAY_IMAGE",
     "gateway_image_pull_policy": "QSYS_GATEWAY_IMAGE_PULL_POLICY",
+    "gateway_allowed_images": "QSYS_GATEWAY_ALLOWED_IMAGES",
+    "gateway_egress_namespaces": "QSYS_GATEWAY_EGRESS_NAMESPACES",
+    "allow_unbound_credentials": "QSYS_ALLOW_UNBOUND_CREDENTIALS",
     "watch_namespaces": "QSYS_WATCH_NAMESPACES",
     "monitoring_namespace": "QSYS_MONITORING_NAMESPACE",
     "dns_namespace": "QSYS_DNS_NAMESPACE",
@@ -44,6 +49,16 @@ class OperatorSettings(BaseModel):
 
     gateway_image: Annotated[str, Field(min_length=1)] = DEFAULT_GATEWAY_IMAGE
     gateway_image_pull_policy: str = "IfNotPresent"
+    gateway_allowed_images: tuple[str, ...] = ()
+    """The images a QSysCore's spec.gateway.image may name: `REPOSITORY` (any tag or
+    digest of it) or `REPOSITORY@sha256:...` (that digest only). Empty: the repository of
+    `gateway_image`, and its digest when it has one (images.py)."""
+    gateway_egress_namespaces: tuple[str, ...] = ()
+    """Namespaces a gateway may reach a DNS-named tracing endpoint or Redis in (on the
+    port named). Empty: DNS-named endpoints get no egress."""
+    allow_unbound_credentials: bool = False
+    """Use a core-credentials Secret without the qsys.dev/core-hosts annotation (sent to
+    any core.host the QSysCore names). False: such Secrets are refused."""
     watch_namespaces: tuple[str, ...] = ()
     """Empty: every namespace."""
     monitoring_namespace: Annotated[str, Field(min_length=1)] = "monitoring"
@@ -65,6 +80,15 @@ class OperatorSettings(BaseModel):
     """The chart's ClusterRole that allows only `create` on tokenreviews: bound to the
     gateway ServiceAccount of a core whose policies have `serviceAccount` subjects."""
 
+    @model_validator(mode="after")
+    def _images(self) -> OperatorSettings:
+        self.allowed_images  # noqa: B018 - refuse a malformed allow-list at start
+        return self
+
+    @property
+    def allowed_images(self) -> tuple[AllowedImage, ...]:
+        return allow_list(self.gateway_image, self.gateway_allowed_images)
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> OperatorSettings:
         env = os.environ if environ is None else environ
@@ -73,7 +97,12 @@ class OperatorSettings(BaseModel):
             raw = env.get(var, "").strip()
             if not raw:
                 continue
-            if field in ("watch_namespaces", "gateway_probe_cidrs"):
+            if field in (
+                "watch_namespaces",
+                "gateway_probe_cidrs",
+                "gateway_allowed_images",
+                "gateway_egress_namespaces",
+            ):
                 values[field] = tuple(_split(raw))
             elif field == "dns_pod_labels":
                 values[field] = _labels(raw)

@@ -51,26 +51,58 @@ def core_cidrs(core: QSysCore) -> list[str]:
     return sorted(cidrs)
 
 
-def _redis_egress(storage: str) -> dict[str, Any] | None:
-    """Redis rate-limit storage must stay reachable: its IP, or any in-cluster pod, on its port."""
-    match = REDIS_URI.match(storage)
-    if not match:
-        return None
-    host, port = match.group(1), int(match.group(2) or 6379)
+def _endpoint_peer(host: str, settings: OperatorSettings) -> dict[str, Any] | None:
+    """An endpoint's IP as itself; a DNS name (which a NetworkPolicy cannot name) as the
+    namespaces the platform lets gateways reach, and none when it lets them reach none."""
     cidr = _host_cidr(host)
-    peer = {"ipBlock": {"cidr": cidr}} if cidr else {"namespaceSelector": {}}
-    return {"to": [peer], "ports": [_tcp(port)]}
+    if cidr:
+        return {"ipBlock": {"cidr": cidr}}
+    namespaces = sorted(set(settings.gateway_egress_namespaces))
+    if not namespaces:
+        return None
+    selector = {"key": NAMESPACE_LABEL, "operator": "In", "values": namespaces}
+    return {"namespaceSelector": {"matchExpressions": [selector]}}
 
 
-def _otlp_egress(endpoint: str) -> dict[str, Any] | None:
-    """The OTLP trace endpoint: its IP, or any in-cluster pod, on its port."""
-    match = OTLP_URI.match(endpoint)
-    if not match:
+def _endpoints(core: QSysCore) -> list[tuple[str, str, int]]:
+    """(what, host, port) of the Redis storage and the OTLP endpoint the core names."""
+    out = []
+    redis = REDIS_URI.match(core.spec.limits.storage)
+    if redis:
+        out.append(("limits.storage", redis.group(1), int(redis.group(2) or 6379)))
+    tracing = core.spec.gateway.tracing
+    otlp = OTLP_URI.match(tracing.otlpEndpoint) if tracing else None
+    if otlp:
+        scheme, host, port = otlp.group(1), otlp.group(2), otlp.group(3)
+        default = 443 if scheme == "https" else 80
+        out.append(("gateway.tracing.otlpEndpoint", host, int(port or default)))
+    return out
+
+
+def endpoint_egress(core: QSysCore, settings: OperatorSettings) -> list[dict[str, Any]]:
+    """Redis rate-limit storage and the trace endpoint: only the port each names."""
+    rules = []
+    for _, host, port in _endpoints(core):
+        peer = _endpoint_peer(host, settings)
+        if peer is not None:
+            rules.append({"to": [peer], "ports": [_tcp(port)]})
+    return rules
+
+
+def egress_note(core: QSysCore, settings: OperatorSettings) -> str | None:
+    """Endpoints the NetworkPolicy cannot let the gateways reach, for the Ready message."""
+    if not core.spec.networkPolicy.enabled:
         return None
-    scheme, host, port = match.group(1), match.group(2), match.group(3)
-    cidr = _host_cidr(host)
-    peer = {"ipBlock": {"cidr": cidr}} if cidr else {"namespaceSelector": {}}
-    return {"to": [peer], "ports": [_tcp(int(port or (443 if scheme == "https" else 80)))]}
+    unreachable = [
+        what for what, host, _ in _endpoints(core) if _endpoint_peer(host, settings) is None
+    ]
+    if not unreachable:
+        return None
+    return (
+        f"{' and '.join(unreachable)} name a DNS host, and the platform lets gateways reach "
+        "no namespace for it (operator setting gatewayEgress.namespaces): the NetworkPolicy "
+        "blocks it; use an IP address or ask the platform team"
+    )
 
 
 def source_bound_ingress(source_cidrs: list[str]) -> list[dict[str, Any]]:
@@ -119,13 +151,7 @@ def render_network_policy(
             "ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}],
         },
     ]
-    redis = _redis_egress(core.spec.limits.storage)
-    if redis:
-        egress.append(redis)
-    tracing = core.spec.gateway.tracing
-    otlp = _otlp_egress(tracing.otlpEndpoint) if tracing else None
-    if otlp:
-        egress.append(otlp)
+    egress.extend(endpoint_egress(core, settings))
     egress.extend(api_server_egress(api_server))
     return {
         "apiVersion": NETWORK_POLICY.api_version,
