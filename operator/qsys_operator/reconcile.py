@@ -203,8 +203,11 @@ class Reconciler:
         key_bytes = key if isinstance(key, bytes) else None
         tokens = {p.metadata.name: await resolve_tokens(self.kube, p, key_bytes) for p in policies}
         for p in policies:
-            for subject, cause in tokens[p.metadata.name].causes.items():
-                self._refused(namespace, f"AccessPolicy {p.metadata.name} subject {subject}", cause)
+            causes = tokens[p.metadata.name].causes
+            for sub in p.spec.subjects:
+                if sub.tokenSecretRef is not None:
+                    what = f"AccessPolicy {p.metadata.name} subject {sub.name}"
+                    self._refused(namespace, what, sub.tokenSecretRef.name, causes.get(sub.name))
         creds_problem = await self._secret_problem(core, CORE_CREDENTIALS)
         tls_problem = await self._secret_problem(core, TLS)
         refused = [r for r in (creds_problem, tls_problem) if r]
@@ -382,14 +385,13 @@ class Reconciler:
             hosts = [h for h in (core.spec.core.host, core.spec.core.redundantHost) if h]
             allow = self.settings.allow_unbound_credentials
             problem = credentials_problem(name, meta, hosts, allow)
-        self._refused(
-            ns, f"QSysCore {core.metadata.name} {what}", problem.cause if problem else None
-        )
+        cause = problem.cause if problem else None
+        self._refused(ns, f"QSysCore {core.metadata.name} {what}", name, cause)
         return problem.message if problem else None
 
-    def _refused(self, namespace: str, reference: str, cause: str | None) -> None:
+    def _refused(self, namespace: str, reference: str, secret: str, cause: str | None) -> None:
         """Log why a named Secret was refused, once per change of cause (no values)."""
-        key = (namespace, reference)
+        key = (namespace, f"{reference} {secret}")
         if self._refusals.get(key) == cause:
             return
         if cause is None:
@@ -400,7 +402,12 @@ class Reconciler:
         self._refusals[key] = cause
         log.info(
             "Secret refused",
-            extra={"namespace": namespace, "reference": reference, "cause": cause},
+            extra={
+                "namespace": namespace,
+                "reference": reference,
+                "secret": secret,
+                "cause": cause,
+            },
         )
 
     async def _replicas(self, namespace: str, name: str) -> Replicas:
