@@ -18,6 +18,8 @@ ENV = {
     "gateway_allowed_images": "QSYS_GATEWAY_ALLOWED_IMAGES",
     "gateway_egress_namespaces": "QSYS_GATEWAY_EGRESS_NAMESPACES",
     "allow_unbound_credentials": "QSYS_ALLOW_UNBOUND_CREDENTIALS",
+    "gateway_image_pull_secrets": "QSYS_GATEWAY_IMAGE_PULL_SECRETS",
+    "gateway_priority_class_name": "QSYS_GATEWAY_PRIORITY_CLASS_NAME",
     "watch_namespaces": "QSYS_WATCH_NAMESPACES",
     "monitoring_namespace": "QSYS_MONITORING_NAMESPACE",
     "dns_namespace": "QSYS_DNS_NAMESPACE",
@@ -28,6 +30,17 @@ ENV = {
     "resync_seconds": "QSYS_RESYNC_SECONDS",
     "token_review_cluster_role": "QSYS_TOKEN_REVIEW_CLUSTER_ROLE",
 }
+
+
+# Names of Secrets and PriorityClasses (RFC 1123 subdomains).
+DnsSubdomain = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=253,
+        pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$",
+    ),
+]
 
 
 def _split(value: str) -> list[str]:
@@ -59,6 +72,10 @@ class OperatorSettings(BaseModel):
     allow_unbound_credentials: bool = False
     """Use a core-credentials Secret without the qsys.dev/core-hosts annotation (sent to
     any core.host the QSysCore names). False: such Secrets are refused."""
+    gateway_image_pull_secrets: tuple[DnsSubdomain, ...] = ()
+    """Secrets (in each QSysCore's namespace) the gateway pods pull their image with."""
+    gateway_priority_class_name: DnsSubdomain | None = None
+    """PriorityClass of the gateway pods; unset: the cluster's default."""
     watch_namespaces: tuple[str, ...] = ()
     """Empty: every namespace."""
     monitoring_namespace: Annotated[str, Field(min_length=1)] = "monitoring"
@@ -100,6 +117,7 @@ class OperatorSettings(BaseModel):
             if field in (
                 "watch_namespaces",
                 "gateway_probe_cidrs",
+                "gateway_image_pull_secrets",
                 "gateway_allowed_images",
                 "gateway_egress_namespaces",
             ):

@@ -277,6 +277,21 @@ def test_tenant_safety_settings_reach_the_operator() -> None:
     ]
 
 
+def test_gateway_pod_pull_secrets_and_priority_class_reach_the_operator() -> None:
+    env = _env(manifests(render()))
+    assert ENV["gateway_image_pull_secrets"] not in env
+    assert ENV["gateway_priority_class_name"] not in env
+    values = [
+        "gatewayPods.imagePullSecrets[0].name=regcred",
+        "gatewayPods.imagePullSecrets[1].name=mirror",
+        "gatewayPods.priorityClassName=av-critical",
+    ]
+    env = _env(manifests(render(values=values)))
+    settings = OperatorSettings.from_env(env)
+    assert settings.gateway_image_pull_secrets == ("regcred", "mirror")
+    assert settings.gateway_priority_class_name == "av-critical"
+
+
 @pytest.mark.parametrize(
     "value",
     [
@@ -284,6 +299,8 @@ def test_tenant_safety_settings_reach_the_operator() -> None:
         "gatewayImage.digest=latest",
         "gatewayEgress.namespaces={Not_A_Namespace}",
         "coreCredentials.allowUnbound=maybe",
+        "gatewayPods.priorityClassName=Not_A_Name",
+        "gatewayPods.imagePullSecrets[0].name=UPPER",
         "replicas=0",
         "serviceMonitor.enabled=yes",
         "prometheusRule.enabled=maybe",

@@ -29,6 +29,8 @@ from .common import (
 NAMESPACE_LABEL = "kubernetes.io/metadata.name"
 OTLP_URI = re.compile(r"^(https?)://(\[[^\]]+\]|[^:/\s]+)(?::(\d+))?")
 REDIS_URI = re.compile(r"^rediss?://(?:[^@/\s]*@)?(\[[^\]]+\]|[^:/\s]+)(?::(\d+))?")
+SENTINEL_URI = re.compile(r"^redis\+sentinel://(?:[^@/\s]*@)?([^/\s]+)/")
+SENTINEL_HOST = re.compile(r"^(\[[^\]]+\]|[^:]+)(?::(\d+))?$")
 
 
 def _host_cidr(host: str) -> str | None:
@@ -64,28 +66,48 @@ def _endpoint_peer(host: str, settings: OperatorSettings) -> dict[str, Any] | No
     return {"namespaceSelector": {"matchExpressions": [selector]}}
 
 
-def _endpoints(core: QSysCore) -> list[tuple[str, str, int]]:
-    """(what, host, port) of the Redis storage and the OTLP endpoint the core names."""
-    out = []
-    redis = REDIS_URI.match(core.spec.limits.storage)
-    if redis:
-        out.append(("limits.storage", redis.group(1), int(redis.group(2) or 6379)))
+def _redis_endpoints(storage: str) -> list[tuple[list[str], int]]:
+    """(hosts, port) of the Redis storage. Behind Sentinel: each sentinel, and the primary
+    they name on 6379 at the sentinels' addresses (where Sentinel runs beside Redis); a
+    primary elsewhere needs a NetworkPolicy of its own (docs/policy.md)."""
+    match = REDIS_URI.match(storage)
+    if match:
+        return [([match.group(1)], int(match.group(2) or 6379))]
+    match = SENTINEL_URI.match(storage)
+    if not match:
+        return []
+    found = [SENTINEL_HOST.match(item) for item in match.group(1).split(",")]
+    sentinels = [(f.group(1), int(f.group(2) or 26379)) for f in found if f]
+    hosts = list(dict.fromkeys(host for host, _ in sentinels))
+    return [*(([host], port) for host, port in sentinels), (hosts, 6379)]
+
+
+def _endpoints(core: QSysCore) -> list[tuple[str, list[str], int]]:
+    """(what, hosts, port) of the Redis storage and the OTLP endpoint the core names."""
+    out = [
+        ("limits.storage", hosts, port)
+        for hosts, port in _redis_endpoints(core.spec.limits.storage)
+    ]
     tracing = core.spec.gateway.tracing
     otlp = OTLP_URI.match(tracing.otlpEndpoint) if tracing else None
     if otlp:
         scheme, host, port = otlp.group(1), otlp.group(2), otlp.group(3)
         default = 443 if scheme == "https" else 80
-        out.append(("gateway.tracing.otlpEndpoint", host, int(port or default)))
+        out.append(("gateway.tracing.otlpEndpoint", [host], int(port or default)))
     return out
 
 
 def endpoint_egress(core: QSysCore, settings: OperatorSettings) -> list[dict[str, Any]]:
-    """Redis rate-limit storage and the trace endpoint: only the port each names."""
+    """Redis rate-limit storage and the trace endpoint: only the ports they name."""
     rules = []
-    for _, host, port in _endpoints(core):
-        peer = _endpoint_peer(host, settings)
-        if peer is not None:
-            rules.append({"to": [peer], "ports": [_tcp(port)]})
+    for _, hosts, port in _endpoints(core):
+        peers: list[dict[str, Any]] = []
+        for host in hosts:
+            peer = _endpoint_peer(host, settings)
+            if peer is not None and peer not in peers:
+                peers.append(peer)
+        if peers:
+            rules.append({"to": peers, "ports": [_tcp(port)]})
     return rules
 
 
@@ -93,9 +115,11 @@ def egress_note(core: QSysCore, settings: OperatorSettings) -> str | None:
     """Endpoints the NetworkPolicy cannot let the gateways reach, for the Ready message."""
     if not core.spec.networkPolicy.enabled:
         return None
-    unreachable = [
-        what for what, host, _ in _endpoints(core) if _endpoint_peer(host, settings) is None
-    ]
+    unreachable = dict.fromkeys(
+        what
+        for what, hosts, _ in _endpoints(core)
+        if any(_endpoint_peer(h, settings) is None for h in hosts)
+    )
     if not unreachable:
         return None
     return (
