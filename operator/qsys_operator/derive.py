@@ -51,6 +51,10 @@ class CoreFindings:
     """The audience ServiceAccount tokens must carry (status.gateway)."""
     identity_note: str | None = None
     """Why gateways that review ServiceAccount tokens may not reach the API server."""
+    egress_note: str | None = None
+    """Endpoints (tracing, Redis) the NetworkPolicy does not let the gateways reach."""
+    image_problem: str | None = None
+    """spec.gateway.image is not on the platform's allow-list: nothing was applied."""
 
 
 def gateway_condition(name: str, replicas: Replicas, wanted: int) -> Cond:
@@ -74,8 +78,10 @@ def secrets_condition(found: CoreFindings) -> Cond:
 
 def ready_condition(found: CoreFindings, gateway: Cond) -> Cond:
     core = found.connected
-    notes = [n for n in (found.identity_note, found.service_monitor_note) if n]
+    notes = [n for n in (found.identity_note, found.egress_note, found.service_monitor_note) if n]
     note = "".join(f"; {n}" for n in notes)
+    if found.image_problem:
+        return Cond("Ready", "False", "ImageNotAllowed", found.image_problem)
     if found.secret_problem:
         return Cond("Ready", "False", "SecretNotAccepted", found.secret_problem + note)
     if found.apply_error:
@@ -195,7 +201,9 @@ def policy_status(
     else:
         bound = Cond("Bound", "True", "CoreFound", f"bound to QSysCore {found.bound_core}")
         problems.extend(
-            f"subject {c.subject} left out: {c.reason} (kept by AccessPolicy {c.kept_by})"
+            f"subject {c.subject} left out: {c.reason}: {c.detail}"
+            if c.detail
+            else f"subject {c.subject} left out: {c.reason} (kept by AccessPolicy {c.kept_by})"
             for c in found.conflicts
             if c.policy == policy_name
         )

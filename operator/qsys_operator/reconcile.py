@@ -24,7 +24,7 @@ from pydantic import ValidationError
 
 from qsys_protocol.config import ConfigError, SubjectConfig, parse_config
 
-from .api import CORE_CREDENTIALS, AccessPolicy, QSysCore
+from .api import CORE_CREDENTIALS, TLS, AccessPolicy, QSysCore
 from .derive import (
     CoreFindings,
     PolicyFindings,
@@ -34,6 +34,7 @@ from .derive import (
     invalid_core_status,
     policy_status,
 )
+from .images import image_problem as image_problem_of
 from .k8s import Kube, api_message, is_permanent, now
 from .kinds import CLUSTER_ROLE_BINDING, SERVICE_MONITOR
 from .metrics import OperatorMetrics
@@ -51,13 +52,15 @@ from .render import (
 )
 from .render.common import selector_labels
 from .render.identity import token_review_binding_name
-from .secretrefs import host_problem, marker_problem
+from .secretrefs import credentials_problem, marker_problem
 from .settings import OperatorSettings
 from .tokens import PolicyTokens, proof_key, resolve_tokens, token_key
 
 log = logging.getLogger("qsys_operator.reconcile")
 
 Key = tuple[str, str]
+MAX_REMEMBERED_REFUSALS = 10000
+"""Secret refusals remembered so each is logged once per change (cleared when full)."""
 MAX_CONCURRENT_RECONCILES = 12
 """API calls run on a handful of worker threads anyway; bounding reconciles in flight
 keeps a burst of hundreds of cores from holding hundreds of half-done renders in memory."""
@@ -87,6 +90,7 @@ class Reconciler:
         self._session: aiohttp.ClientSession | None = None
         self._policy_lists: dict[str, tuple[int, asyncio.Task[list[dict[str, Any]]]]] = {}
         self._proof_key: bytes | None = None
+        self._refusals: dict[tuple[str, str], str] = {}
 
     async def _proof(self) -> bytes:
         if self._proof_key is None:
@@ -208,8 +212,19 @@ class Reconciler:
             p.metadata.name: await resolve_tokens(self.kube, p, key_bytes, proof, core)
             for p in policies
         }
-        creds_problem = await self._credentials_problem(core)
-        secret_problem = key if isinstance(key, str) else creds_problem
+        for p in policies:
+            causes = tokens[p.metadata.name].causes
+            for sub in p.spec.subjects:
+                if sub.tokenSecretRef is not None:
+                    what = f"AccessPolicy {p.metadata.name} subject {sub.name}"
+                    self._refused(namespace, what, sub.tokenSecretRef.name, causes.get(sub.name))
+        creds_problem = await self._secret_problem(core, CORE_CREDENTIALS)
+        tls_problem = await self._secret_problem(core, TLS)
+        refused = [r for r in (creds_problem, tls_problem) if r]
+        secret_problem = key if isinstance(key, str) else "; ".join(refused) or None
+        image_problem = image_problem_of(
+            core.spec.gateway.image, self.settings.gateway_image, self.settings.allowed_images
+        )
         rendered = await self._rendered_subjects(namespace, name)
         stamp = dt.datetime.now(dt.UTC)
         bindings = [
@@ -220,12 +235,14 @@ class Reconciler:
             )
             for p in policies
         ]
-        # Refused credentials are left out of the pods, never mounted.
-        renderable = core if creds_problem is None else _without_credentials(core)
+        # Refused Secrets are left out of the pods, never mounted.
+        renderable = _without_secrets(core, creds=creds_problem is not None, tls=bool(tls_problem))
         api_server, identity_note = await self._api_server(core, policies)
         result = render_core_children(renderable, bindings, self.settings, api_server)
-        if key_bytes is None:
-            apply_error, sm_note = None, None  # nothing is applied without a usable token key
+        if key_bytes is None or image_problem:
+            # Nothing is applied without a usable token key, or for an image the platform
+            # does not run: an existing Deployment stays as it was.
+            apply_error, sm_note = None, None
         else:
             apply_error, sm_note = await self._apply(core, result)
         view = await self._probe(core)
@@ -240,6 +257,8 @@ class Reconciler:
             secret_problem=secret_problem,
             service_account_audience=core.service_account_audience,
             identity_note=identity_note if result.identity else None,
+            egress_note=result.egress_note,
+            image_problem=image_problem,
         )
         update = core_status(
             core.metadata.generation,
@@ -249,7 +268,8 @@ class Reconciler:
             now(),
         )
         await self._write(body, QSysCore.PLURAL, update)
-        not_rendered = f"QSysCore {name} is not rendered: {key}" if isinstance(key, str) else None
+        held = key if isinstance(key, str) else image_problem
+        not_rendered = f"QSysCore {name} is not rendered: {held}" if held else None
         for policy in policies:
             checked = tokens[policy.metadata.name]
             await self._write_policy(policy, core, result, checked, not_rendered)
@@ -355,17 +375,50 @@ class Reconciler:
             return f"{what} refused by the API server: {api_message(exc)}", note
         return None, note
 
-    async def _credentials_problem(self, core: QSysCore) -> str | None:
-        ref = core.spec.core.credentialsSecretRef
-        if ref is None:
-            return None
-        meta = await self.kube.read_secret_metadata(core.metadata.namespace, ref.name)
-        what = "spec.core.credentialsSecretRef"
-        problem = marker_problem(ref.name, meta, CORE_CREDENTIALS, what)
-        if problem is None and meta is not None:
+    async def _secret_problem(self, core: QSysCore, use: str) -> str | None:
+        """Why the credentials (use CORE_CREDENTIALS) or TLS Secret (TLS) the core names
+        may not be used; the cause goes to the operator's log only."""
+        ns = core.metadata.namespace
+        if use == TLS:
+            name, what = core.spec.gateway.tlsSecretName, "spec.gateway.tlsSecretName"
+            if name is None:
+                return None
+            problem = marker_problem(
+                name, await self.kube.read_secret_metadata(ns, name), TLS, what
+            )
+        else:
+            ref = core.spec.core.credentialsSecretRef
+            if ref is None:
+                return None
+            name, what = ref.name, "spec.core.credentialsSecretRef"
+            meta = await self.kube.read_secret_metadata(ns, name)
             hosts = [h for h in (core.spec.core.host, core.spec.core.redundantHost) if h]
-            problem = host_problem(ref.name, meta, hosts)
-        return problem
+            allow = self.settings.allow_unbound_credentials
+            problem = credentials_problem(name, meta, hosts, allow)
+        cause = problem.cause if problem else None
+        self._refused(ns, f"QSysCore {core.metadata.name} {what}", name, cause)
+        return problem.message if problem else None
+
+    def _refused(self, namespace: str, reference: str, secret: str, cause: str | None) -> None:
+        """Log why a named Secret was refused, once per change of cause (no values)."""
+        key = (namespace, f"{reference} {secret}")
+        if self._refusals.get(key) == cause:
+            return
+        if cause is None:
+            self._refusals.pop(key, None)
+            return
+        if len(self._refusals) >= MAX_REMEMBERED_REFUSALS:
+            self._refusals.clear()
+        self._refusals[key] = cause
+        log.info(
+            "Secret refused",
+            extra={
+                "namespace": namespace,
+                "reference": reference,
+                "secret": secret,
+                "cause": cause,
+            },
+        )
 
     async def _replicas(self, namespace: str, name: str) -> Replicas:
         deployment = await self.kube.read_deployment(namespace, name)
@@ -450,10 +503,19 @@ def _grace_of(policy: AccessPolicy, result: RenderResult | None) -> dict[str, st
     }
 
 
-def _without_credentials(core: QSysCore) -> QSysCore:
-    spec = core.spec.model_copy(
-        update={"core": core.spec.core.model_copy(update={"credentialsSecretRef": None})}
-    )
+def _without_secrets(core: QSysCore, creds: bool, tls: bool) -> QSysCore:
+    """The core without the credentials and/or TLS Secret the operator refused."""
+    if not creds and not tls:
+        return core
+    spec = core.spec
+    if creds:
+        spec = spec.model_copy(
+            update={"core": spec.core.model_copy(update={"credentialsSecretRef": None})}
+        )
+    if tls:
+        spec = spec.model_copy(
+            update={"gateway": spec.gateway.model_copy(update={"tlsSecretName": None})}
+        )
     return core.model_copy(update={"spec": spec})
 
 

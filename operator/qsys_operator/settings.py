@@ -7,13 +7,18 @@ import os
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from .images import AllowedImage, allow_list
 
 DEFAULT_GATEWAY_IMAGE = "ghcr.io/qsys-operator/gateway:0.1.0"
 
 ENV = {
     "gateway_image": "QSYS_GATEWAY_IMAGE",
     "gateway_image_pull_policy": "QSYS_GATEWAY_IMAGE_PULL_POLICY",
+    "gateway_allowed_images": "QSYS_GATEWAY_ALLOWED_IMAGES",
+    "gateway_egress_namespaces": "QSYS_GATEWAY_EGRESS_NAMESPACES",
+    "allow_unbound_credentials": "QSYS_ALLOW_UNBOUND_CREDENTIALS",
     "gateway_image_pull_secrets": "QSYS_GATEWAY_IMAGE_PULL_SECRETS",
     "gateway_priority_class_name": "QSYS_GATEWAY_PRIORITY_CLASS_NAME",
     "watch_namespaces": "QSYS_WATCH_NAMESPACES",
@@ -115,6 +120,16 @@ class OperatorSettings(BaseModel):
 
     gateway_image: Annotated[str, Field(min_length=1)] = DEFAULT_GATEWAY_IMAGE
     gateway_image_pull_policy: str = "IfNotPresent"
+    gateway_allowed_images: tuple[str, ...] = ()
+    """The images a QSysCore's spec.gateway.image may name: `REPOSITORY` (any tag or
+    digest of it) or `REPOSITORY@sha256:...` (that digest only). Empty: the repository of
+    `gateway_image`, and its digest when it has one (images.py)."""
+    gateway_egress_namespaces: tuple[str, ...] = ()
+    """Namespaces a gateway may reach a DNS-named tracing endpoint or Redis in (on the
+    port named). Empty: DNS-named endpoints get no egress."""
+    allow_unbound_credentials: bool = False
+    """Use a core-credentials Secret without the qsys.dev/core-hosts annotation (sent to
+    any core.host the QSysCore names). False: such Secrets are refused."""
     gateway_image_pull_secrets: tuple[DnsSubdomain, ...] = ()
     """Secrets (in each QSysCore's namespace) the gateway pods pull their image with."""
     gateway_priority_class_name: DnsSubdomain | None = None
@@ -148,6 +163,15 @@ class OperatorSettings(BaseModel):
     )
     """Secret in operator_namespace holding the key of the generated tokens' proofs."""
 
+    @model_validator(mode="after")
+    def _images(self) -> OperatorSettings:
+        self.allowed_images  # noqa: B018 - refuse a malformed allow-list at start
+        return self
+
+    @property
+    def allowed_images(self) -> tuple[AllowedImage, ...]:
+        return allow_list(self.gateway_image, self.gateway_allowed_images)
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> OperatorSettings:
         env = os.environ if environ is None else environ
@@ -156,7 +180,13 @@ class OperatorSettings(BaseModel):
             raw = env.get(var, "").strip()
             if not raw:
                 continue
-            if field in ("watch_namespaces", "gateway_probe_cidrs", "gateway_image_pull_secrets"):
+            if field in (
+                "watch_namespaces",
+                "gateway_probe_cidrs",
+                "gateway_image_pull_secrets",
+                "gateway_allowed_images",
+                "gateway_egress_namespaces",
+            ):
                 values[field] = tuple(_split(raw))
             elif field in ("dns_pod_labels", "monitoring_labels"):
                 values[field] = _labels(raw)

@@ -64,6 +64,8 @@ class PolicyTokens:
     """subject -> name of the Secret holding its token."""
     problems: dict[str, str] = field(default_factory=dict)
     """subject -> what to fix (no token text)."""
+    causes: dict[str, str] = field(default_factory=dict)
+    """subject -> why its Secret was refused, for the operator's log only (secretrefs)."""
 
 
 def _decode(data: Mapping[str, str | bytes] | None, key: str) -> str | None:
@@ -249,7 +251,8 @@ async def _referenced(
         ref.name, await kube.read_secret_metadata(ns, ref.name), CLIENT_TOKEN, what
     )
     if problem:
-        out.problems[subject.name] = problem
+        out.problems[subject.name] = problem.message
+        out.causes[subject.name] = problem.cause
         return
     if key is None:
         return

@@ -211,13 +211,19 @@ def test_cel_source_cidrs(objects: client.CustomObjectsApi, namespace: str) -> N
 
     assert "must be a CIDR" in _rejected(objects, namespace, sources("192.0.2.300/32"))
     assert "no host bits set" in _rejected(objects, namespace, sources("192.0.2.7/24"))
-    assert "default route" in _rejected(objects, namespace, sources("0.0.0.0/0"))
+    wide = "must be no wider than /24 (IPv4) or /64 (IPv6)"
+    for cidrs in (("0.0.0.0/0",), ("0.0.0.0/1", "128.0.0.0/1"), ("::/1",), ("192.0.2.0/23",)):
+        assert wide in _rejected(objects, namespace, sources(*cidrs)), cidrs
     both = sources("192.0.2.7/32", ref=True)
     assert "a token or by sourceCIDRs, not both" in _rejected(objects, namespace, both)
-    ok = sources("192.0.2.7/32", "2001:db8::/64")
+    ok = sources("192.0.2.7/32", "2001:db8::/64", "198.51.100.0/24")
     ok["metadata"]["name"] = "legacy"
     created = _create(objects, namespace, ok)
-    assert created["spec"]["subjects"][0]["sourceCIDRs"] == ["192.0.2.7/32", "2001:db8::/64"]
+    assert created["spec"]["subjects"][0]["sourceCIDRs"] == [
+        "192.0.2.7/32",
+        "2001:db8::/64",
+        "198.51.100.0/24",
+    ]
 
 
 def test_status_is_a_subresource(objects: client.CustomObjectsApi, namespace: str) -> None:

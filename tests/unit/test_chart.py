@@ -247,6 +247,41 @@ def test_gateway_image_default_matches_operator_default() -> None:
     assert env[ENV["gateway_image"]] == "r.example/gw:9"
 
 
+def test_tenant_safety_settings_reach_the_operator() -> None:
+    """Defaults: the chart's own gateway repository only, no egress namespaces, unbound
+    credentials refused; each value reaches the operator's setting unchanged."""
+    env = _env(manifests(render()))
+    defaults = OperatorSettings.from_env(env)
+    assert env[ENV["gateway_allowed_images"]] == ""
+    assert [str(a) for a in defaults.allowed_images] == ["ghcr.io/qsys-operator/gateway"]
+    assert defaults.gateway_egress_namespaces == ()
+    assert defaults.allow_unbound_credentials is False
+    digest = "sha256:" + "ab" * 32
+    env = _env(
+        manifests(
+            render(
+                values=[
+                    f"gatewayImage.digest={digest}",
+                    "gatewayEgress.namespaces={monitoring,redis}",
+                    "coreCredentials.allowUnbound=true",
+                ]
+            )
+        )
+    )
+    settings = OperatorSettings.from_env(env)
+    assert settings.gateway_image == f"ghcr.io/qsys-operator/gateway@{digest}"
+    assert [str(a) for a in settings.allowed_images] == [f"ghcr.io/qsys-operator/gateway@{digest}"]
+    assert settings.gateway_egress_namespaces == ("monitoring", "redis")
+    assert settings.allow_unbound_credentials is True
+    env = _env(
+        manifests(render(values=[f"gatewayImage.allowed={{r.example/gw,m.example/gw@{digest}}}"]))
+    )
+    assert [str(a) for a in OperatorSettings.from_env(env).allowed_images] == [
+        "r.example/gw",
+        f"m.example/gw@{digest}",
+    ]
+
+
 def test_gateway_pod_pull_secrets_and_priority_class_reach_the_operator() -> None:
     env = _env(manifests(render()))
     assert ENV["gateway_image_pull_secrets"] not in env
@@ -265,6 +300,10 @@ def test_gateway_pod_pull_secrets_and_priority_class_reach_the_operator() -> Non
 @pytest.mark.parametrize(
     "value",
     [
+        "gatewayImage.allowed={r.example/gw:latest}",
+        "gatewayImage.digest=latest",
+        "gatewayEgress.namespaces={Not_A_Namespace}",
+        "coreCredentials.allowUnbound=maybe",
         "gatewayPods.priorityClassName=Not_A_Name",
         "gatewayPods.imagePullSecrets[0].name=UPPER",
         "replicas=0",

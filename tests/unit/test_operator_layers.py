@@ -11,6 +11,7 @@ LAYERS = {
     "kinds": 1,
     "settings": 1,
     "status": 1,
+    "images": 1,
     "render": 2,
     "derive": 2,
     "secretrefs": 2,
@@ -28,7 +29,17 @@ LAYERS = {
     "cli": 5,
     "__init__": 5,
 }
-PURE = {"api", "kinds", "settings", "status", "render", "derive", "secretrefs", "queueing"}
+PURE = {
+    "api",
+    "kinds",
+    "settings",
+    "status",
+    "images",
+    "render",
+    "derive",
+    "secretrefs",
+    "queueing",
+}
 IO_LIBRARIES = {"kubernetes", "kopf", "aiohttp", "urllib", "socket", "requests"}
 
 

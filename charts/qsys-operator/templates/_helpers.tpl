@@ -44,7 +44,11 @@ app.kubernetes.io/component: operator
 {{- end -}}
 
 {{- define "qsys-operator.gatewayImage" -}}
+{{- if .Values.gatewayImage.digest -}}
+{{- printf "%s@%s" .Values.gatewayImage.repository .Values.gatewayImage.digest -}}
+{{- else -}}
 {{- printf "%s:%s" .Values.gatewayImage.repository (default .Chart.AppVersion (toString .Values.gatewayImage.tag)) -}}
+{{- end -}}
 {{- end -}}
 
 {{/* "true" when an optional Prometheus Operator object is rendered, else "".
