@@ -22,6 +22,7 @@ ENV = {
     "gateway_probe_cidrs": "QSYS_GATEWAY_PROBE_CIDRS",
     "resync_seconds": "QSYS_RESYNC_SECONDS",
     "token_review_cluster_role": "QSYS_TOKEN_REVIEW_CLUSTER_ROLE",
+    "max_cores_per_namespace": "QSYS_MAX_CORES_PER_NAMESPACE",
 }
 
 
@@ -64,6 +65,9 @@ class OperatorSettings(BaseModel):
     )
     """The chart's ClusterRole that allows only `create` on tokenreviews: bound to the
     gateway ServiceAccount of a core whose policies have `serviceAccount` subjects."""
+    max_cores_per_namespace: Annotated[int, Field(ge=0)] = 0
+    """At most this many QSysCores of one namespace are rendered (the oldest); the others
+    are `Ready=False`, `CoreLimitExceeded`. 0: no limit."""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> OperatorSettings:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from qsys_protocol.config import MIN_TOKEN_KEY_BYTES, token_hmac
 
 from .api import CLIENT_TOKEN, AccessPolicy, QSysCore, Subject
-from .k8s import Kube
+from .k8s import Kube, owner_metadata
 from .render import (
     TOKEN_KEY,
     TOKEN_KEY_KEY,
@@ -98,9 +98,7 @@ async def _generated_data(
         secret = await kube.read_secret(ns, name)
     if secret is None:
         return None, f"Secret {name} could not be created"
-    refs = (secret.metadata and secret.metadata.owner_references) or []
-    meta = {"ownerReferences": [{"controller": r.controller, "uid": r.uid} for r in refs]}
-    problem = owner_problem(name, meta, owner_uid, owner)
+    problem = owner_problem(name, owner_metadata(secret.metadata), owner_uid, owner)
     return (None, problem) if problem else (secret.data, None)
 
 

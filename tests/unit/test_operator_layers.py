@@ -14,6 +14,7 @@ LAYERS = {
     "render": 2,
     "derive": 2,
     "secretrefs": 2,
+    "ownership": 2,
     "queueing": 2,
     "crdgen": 2,
     "k8s": 3,
@@ -28,7 +29,17 @@ LAYERS = {
     "cli": 5,
     "__init__": 5,
 }
-PURE = {"api", "kinds", "settings", "status", "render", "derive", "secretrefs", "queueing"}
+PURE = {
+    "api",
+    "kinds",
+    "settings",
+    "status",
+    "render",
+    "derive",
+    "secretrefs",
+    "ownership",
+    "queueing",
+}
 IO_LIBRARIES = {"kubernetes", "kopf", "aiohttp", "urllib", "socket", "requests"}
 
 
