@@ -78,7 +78,7 @@ class NameConflict:
 
 
 def conflicts_message(conflicts: list[NameConflict]) -> str:
-    objects = ", ".join(c.describe() for c in sorted(conflicts))
+    objects = ", ".join(sorted(c.describe() for c in conflicts))
     one = len(conflicts) == 1
     return (
         f"{objects} already {'exists' if one else 'exist'} and {'was' if one else 'were'} "

@@ -20,7 +20,7 @@ from chart_support import (
 )
 
 from qsys_operator.kinds import CHILDREN
-from qsys_operator.settings import DEFAULT_GATEWAY_IMAGE, ENV
+from qsys_operator.settings import DEFAULT_GATEWAY_IMAGE, ENV, OperatorSettings
 
 RBAC_KINDS = ("Role", "ClusterRole")
 TOKEN_REVIEW_ROLE = "qsys-qsys-operator-gateway-tokenreview"
@@ -242,10 +242,17 @@ def test_gateway_image_default_matches_operator_default() -> None:
     assert env[ENV["gateway_image"]] == "r.example/gw:9"
 
 
+def test_core_limit_is_off_by_default_and_reaches_the_operator() -> None:
+    assert _env(manifests(render()))[ENV["max_cores_per_namespace"]] == "0"
+    env = _env(manifests(render(values=["maxCoresPerNamespace=25"])))
+    assert OperatorSettings.from_env(env).max_cores_per_namespace == 25
+
+
 @pytest.mark.parametrize(
     "value",
     [
         "replicas=0",
+        "maxCoresPerNamespace=-1",
         "serviceMonitor.enabled=yes",
         "prometheusRule.enabled=maybe",
         "logLevel=LOUD",
