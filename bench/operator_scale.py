@@ -89,15 +89,15 @@ def _cluster() -> Iterator[str]:
 
 
 class _Operator(OperatorProcess):
-    """The operator with the gateway probe off, watching `namespace`."""
+    """The operator with the gateway probe off, watching `namespace` (and `more`)."""
 
-    def __init__(self, kubeconfig: str, namespace: str, log: Path) -> None:
+    def __init__(self, kubeconfig: str, namespace: str, log: Path, *more: str) -> None:
         env = {
             "QSYS_GATEWAY_PROBE": "false",
             "QSYS_GATEWAY_PROBE_CIDRS": "127.0.0.0/8",
             "QSYS_OPERATOR_NAMESPACE": namespace,
         }
-        args = ["--namespace", namespace, "--standalone"]
+        args = [a for ns in (namespace, *more) for a in ("--namespace", ns)] + ["--standalone"]
         super().__init__(kubeconfig, args, env=env, log=log, start_new_session=True)
 
     def reconciles(self) -> dict[tuple[str, str], float]:

@@ -132,6 +132,7 @@ class FakeKube:
         self.statuses: list[dict[str, Any]] = []
         self._uids = itertools.count(1)
         self.sm_served = False
+        self.quota_exceeded = False
 
     # setup and inspection
     def put(self, kind: Kind, name: str, **meta: Any) -> dict[str, Any]:
@@ -208,6 +209,9 @@ class FakeKube:
         )
 
     async def create(self, manifest: Manifest) -> bool:
+        if self.quota_exceeded:
+            body = '{"message": "secrets \\"x\\" is forbidden: exceeded quota: q"}'
+            raise ApiException(status=403, reason="Forbidden", body=body)
         key = ("secrets", NS, manifest["metadata"]["name"])
         if key in self.objects:
             return False
@@ -435,3 +439,15 @@ def test_the_core_limit_renders_only_the_oldest_cores() -> None:
     kube.applied.clear()
     reconcile(kube, name="c")  # no limit
     assert ("Deployment", "c-gateway") in kube.applied
+
+
+def test_a_quota_that_refuses_the_token_key_is_reported_not_retried() -> None:
+    kube = FakeKube()
+    kube.put_core()
+    kube.quota_exceeded = True
+    reconcile(kube)  # returns: a permanent refusal is not raised for a retry
+    cond = ready(kube)
+    assert (cond["status"], cond["reason"]) == ("False", "SecretNotAccepted")
+    assert "hall-gateway-token-key could not be created" in cond["message"]
+    assert "exceeded quota" in cond["message"]
+    assert kube.applied == []
