@@ -144,6 +144,14 @@ def core_status(
     note = found.service_monitor_note
     if note and note not in str(old_ready.get("message", "")):
         events.append(("Normal", "ServiceMonitorSkipped", note))
+    conflict = found.name_conflict
+    if (
+        conflict
+        and old_ready.get("reason") != "NameConflict"
+        and ready.status == old_ready.get("status")
+    ):
+        # Ready was False already, so no transition Event announces the conflict.
+        events.append(("Warning", "NameConflict", f"Ready is False (NameConflict): {conflict}"))
     changed = _without_seen(status) != _without_seen(old)
     return StatusUpdate(status if changed else None, events)
 

@@ -19,7 +19,13 @@ import yaml
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from qsys_operator.derive import core_limit_problem, limited_core_status
+from qsys_operator.derive import (
+    CoreFindings,
+    Replicas,
+    core_limit_problem,
+    core_status,
+    limited_core_status,
+)
 from qsys_operator.kinds import (
     CHILDREN,
     CLUSTER_ROLE_BINDING,
@@ -37,6 +43,7 @@ from qsys_operator.ownership import NameConflict, Owner, conflicts_message, owns
 from qsys_operator.reconcile import Reconciler
 from qsys_operator.render import Manifest
 from qsys_operator.settings import OperatorSettings
+from qsys_operator.status import Cond
 
 NS = "av"
 CORE_UID = "core-uid"
@@ -451,3 +458,30 @@ def test_a_quota_that_refuses_the_token_key_is_reported_not_retried() -> None:
     assert "hall-gateway-token-key could not be created" in cond["message"]
     assert "exceeded quota" in cond["message"]
     assert kube.applied == []
+
+
+def test_a_conflict_is_announced_by_an_event_also_when_ready_was_false_already() -> None:
+    found = CoreFindings(
+        gateway_name="hall-gateway",
+        replicas=Replicas(None),
+        connected=Cond("CoreConnected", "Unknown", "ProbeDisabled"),
+        name_conflict="Service hall-gateway already exists",
+    )
+    first = core_status(1, 2, {}, found, "t0")
+    assert [e[1] for e in first.events].count("NameConflict") == 1
+    assert first.status is not None
+    again = core_status(1, 2, first.status, found, "t1")
+    assert again.events == []
+    was_false = {
+        "conditions": [
+            {
+                "type": "Ready",
+                "status": "False",
+                "reason": "GatewayUnavailable",
+                "message": "",
+                "lastTransitionTime": "t",
+            }
+        ]
+    }
+    later = core_status(2, 2, was_false, found, "t2")
+    assert [e[1] for e in later.events] == ["NameConflict"]
