@@ -484,4 +484,10 @@ def test_a_conflict_is_announced_by_an_event_also_when_ready_was_false_already()
         ]
     }
     later = core_status(2, 2, was_false, found, "t2")
-    assert [e[1] for e in later.events] == ["NameConflict"]
+    assert [e for e in later.events if e[1] == "NameConflict"] == [
+        (
+            "Warning",
+            "NameConflict",
+            "Ready is False (NameConflict): Service hall-gateway already exists",
+        )
+    ]
