@@ -18,13 +18,19 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, cast
 
-from kubernetes import client, config
+from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from qsys_testkit.kube import apply_crds
-
 from .common import BenchContext, Result
-from .operator_scale import APPLY_THREADS, GROUP, REPO, VERSION, _cluster, _core, _Operator
+from .operator_scale import (
+    APPLY_THREADS,
+    GROUP,
+    VERSION,
+    BenchOperator,
+    api_client,
+    cluster_kubeconfig,
+    core_body,
+)
 
 BURST = 200
 TIMEOUT_S = 120.0
@@ -50,31 +56,29 @@ def _time_to_observed(custom: client.CustomObjectsApi, ns: str, body: dict[str, 
 
 
 def _named(i: int, name: str) -> dict[str, Any]:
-    body = _core(i)
+    body = core_body(i)
     body["metadata"]["name"] = name
     return body
 
 
 def _measure(ctx: BenchContext) -> list[Result]:
-    with _cluster() as kubeconfig:
-        cfg = client.Configuration()
-        config.load_kube_config(config_file=kubeconfig, client_configuration=cfg)  # type: ignore[no-untyped-call]
-        cfg.connection_pool_maxsize = APPLY_THREADS * 2
-        api = client.ApiClient(cfg)
+    with cluster_kubeconfig() as kubeconfig:
+        api = api_client(kubeconfig)
         v1, custom = client.CoreV1Api(api), client.CustomObjectsApi(api)
-        apply_crds(api, REPO / "crds")
         suffix = uuid.uuid4().hex[:6]
         busy, quiet = f"bench-fair-a-{suffix}", f"bench-fair-b-{suffix}"
         for ns in (busy, quiet):
             v1.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=ns)))
         work = Path(tempfile.mkdtemp(prefix="qsys-bench-fairness-"))
-        operator: _Operator | None = None
+        operator: BenchOperator | None = None
         try:
-            operator = _Operator(kubeconfig, busy, work / "operator.log", quiet).start()
+            operator = BenchOperator(kubeconfig, busy, work / "operator.log", quiet).start()
             idle = _time_to_observed(custom, quiet, _named(0, "idle"))
 
             def create(i: int) -> None:
-                custom.create_namespaced_custom_object(GROUP, VERSION, busy, "qsyscores", _core(i))
+                custom.create_namespaced_custom_object(
+                    GROUP, VERSION, busy, "qsyscores", core_body(i)
+                )
 
             start = time.monotonic()
             with ThreadPoolExecutor(APPLY_THREADS) as pool:
