@@ -68,6 +68,13 @@ def endpoint_addresses(slice_: dict[str, Any]) -> list[tuple[str, int]]:
     return sorted((a, p) for a in addresses for p in ports)
 
 
+def owner_metadata(meta: client.V1ObjectMeta | None) -> dict[str, Any]:
+    """The ownerReferences of a typed object's metadata, keyed as the API's JSON keys them
+    (what `ownership` and `secretrefs` read)."""
+    refs = (meta.owner_references if meta else None) or []
+    return {"ownerReferences": [{"controller": r.controller, "uid": r.uid} for r in refs]}
+
+
 def is_not_found(exc: BaseException) -> bool:
     return isinstance(exc, ApiException) and exc.status == 404
 
@@ -130,6 +137,8 @@ class Kube:
         headers = {"Accept": accept}
         if method == "PATCH":
             headers["Content-Type"] = patch_type
+        elif body is not None:
+            headers["Content-Type"] = JSON
         _, url, headers, body, _ = self.api.param_serialize(
             method,
             path,
@@ -183,16 +192,41 @@ class Kube:
             self._raw, "PATCH", path, hold, fieldManager=HANDOVER_MANAGER, force="true"
         )
 
-    async def delete(self, kind: Kind, namespace: str, name: str) -> bool:
-        """True when something was deleted."""
-        path = object_path(kind, namespace, name)
+    async def delete(self, kind: Kind, live: dict[str, Any]) -> bool:
+        """Delete the object whose metadata `live` was just read, and only that object:
+        the UID and resourceVersion are preconditions, so an object replaced or changed
+        since the read (whose ownership was not checked) is never deleted (409, retried).
+        True when something was deleted."""
+        path = object_path(kind, live.get("namespace"), live["name"])
+        options = {
+            "apiVersion": "v1",
+            "kind": "DeleteOptions",
+            "propagationPolicy": "Background",
+            "preconditions": {"uid": live["uid"], "resourceVersion": live["resourceVersion"]},
+        }
         try:
-            await self._thread(self._raw, "DELETE", path, propagationPolicy="Background")
+            await self._thread(self._raw, "DELETE", path, options)
         except ApiException as exc:
             if exc.status == 404:
                 return False
             raise
         return True
+
+    async def read_metadata(
+        self, kind: Kind, namespace: str | None, name: str
+    ) -> dict[str, Any] | None:
+        """An object's metadata only (PartialObjectMetadata: labels, annotations, owners,
+        uid, resourceVersion); None when it does not exist. The API server never sends
+        the object's data, so this is safe on Secrets not yet checked."""
+        path = object_path(kind, namespace, name)
+        try:
+            obj: dict[str, Any] = await self._thread(self._raw, "GET", path, accept=METADATA_ONLY)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        meta: dict[str, Any] = obj.get("metadata") or {}
+        return meta
 
     async def _read(self, fn: Callable[..., Any], *args: Any) -> Any:
         """A read that answers None when the object does not exist."""
@@ -248,16 +282,7 @@ class Kube:
         return secret
 
     async def read_secret_metadata(self, namespace: str, name: str) -> dict[str, Any] | None:
-        """A Secret's metadata only (PartialObjectMetadata): labels, annotations, owners."""
-        path = object_path(SECRET, namespace, name)
-        try:
-            obj: dict[str, Any] = await self._thread(self._raw, "GET", path, accept=METADATA_ONLY)
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
-        meta: dict[str, Any] = obj.get("metadata") or {}
-        return meta
+        return await self.read_metadata(SECRET, namespace, name)
 
     async def patch_secret_metadata(
         self,

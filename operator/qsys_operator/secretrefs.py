@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .api import CORE_CREDENTIALS, CORE_HOSTS_ANNOTATION, SECRET_TYPE_LABEL
+from .ownership import controlled_by
 from .render.common import MANAGED_BY
 
 Metadata = Mapping[str, Any]
@@ -101,11 +102,8 @@ def credentials_problem(
 
 def owner_problem(name: str, meta: Metadata | None, owner_uid: str, owner: str) -> str | None:
     """A Secret the operator generates under a fixed name must be the one it generated."""
-    if meta is None:
+    if meta is None or controlled_by(meta, owner_uid):
         return None
-    for ref in meta.get("ownerReferences") or []:
-        if ref.get("controller") and ref.get("uid") == owner_uid:
-            return None
     return (
         f"Secret {name} exists but was not generated for {owner} (it is not owned by it); "
         "rename the resource or remove that Secret"

@@ -33,6 +33,7 @@ ENV = {
     "monitoring_labels": "QSYS_MONITORING_LABELS",
     "metrics_scrapers": "QSYS_METRICS_SCRAPERS",
     "token_proof_secret": "QSYS_TOKEN_PROOF_SECRET",
+    "max_cores_per_namespace": "QSYS_MAX_CORES_PER_NAMESPACE",
 }
 
 
@@ -162,6 +163,9 @@ class OperatorSettings(BaseModel):
         "qsys-operator-token-proof-key"  # noqa: S105 - a Secret name
     )
     """Secret in operator_namespace holding the key of the generated tokens' proofs."""
+    max_cores_per_namespace: Annotated[int, Field(ge=0)] = 0
+    """At most this many QSysCores of one namespace are rendered (the oldest); the others
+    are `Ready=False`, `CoreLimitExceeded`. 0: no limit."""
 
     @model_validator(mode="after")
     def _images(self) -> OperatorSettings:

@@ -27,11 +27,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from kubernetes import client
+from kubernetes.client.exceptions import ApiException
 
 from qsys_protocol.config import MIN_TOKEN_KEY_BYTES, token_hmac
 
 from .api import CLIENT_TOKEN, AccessPolicy, QSysCore, Subject
-from .k8s import Kube
+from .k8s import Kube, api_message, is_permanent, owner_metadata
 from .render import (
     TOKEN_KEY,
     TOKEN_KEY_KEY,
@@ -108,14 +109,18 @@ async def _generated_data(
     operator's own, not a reference a tenant chose (those are checked on metadata first)."""
     secret = await kube.read_secret(ns, name)
     if secret is None:
-        # False: another replica created it first; either way use what is stored.
-        await kube.create(create())
+        try:
+            # False: another replica created it first; either way use what is stored.
+            await kube.create(create())
+        except ApiException as exc:
+            if not is_permanent(exc):
+                raise
+            # Refused for good (a ResourceQuota on Secrets, say): report, do not retry.
+            return None, f"Secret {name} could not be created: {api_message(exc)}"
         secret = await kube.read_secret(ns, name)
     if secret is None:
         return None, f"Secret {name} could not be created"
-    refs = (secret.metadata and secret.metadata.owner_references) or []
-    meta = {"ownerReferences": [{"controller": r.controller, "uid": r.uid} for r in refs]}
-    problem = owner_problem(name, meta, owner_uid, owner)
+    problem = owner_problem(name, owner_metadata(secret.metadata), owner_uid, owner)
     return (None, problem) if problem else (secret.data, None)
 
 

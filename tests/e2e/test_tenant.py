@@ -649,3 +649,231 @@ def test_fixed_name_secrets_are_not_taken_over(
         assert "name: admin" not in text
         assert DB_PASSWORD not in text + operator.output()
         assert secret_text(cluster.api, ns, "ops-admin-token", "token") == DB_PASSWORD  # untouched
+
+
+# ---- the operator touches only its own children --------------------------------------
+
+PLATFORM_SELECTOR = {"app": "platform-api"}
+
+
+def _platform_objects(
+    cluster: Cluster, ns: str, core: str, service_and_secret: bool = True
+) -> list[tuple[str, str]]:
+    """The platform's own objects, named like the children of QSysCore `core`, created
+    as the cluster admin: a ServiceAccount bound to `edit` (what a tenant's custom image
+    would love to run as), a PodDisruptionBudget, a NetworkPolicy, and optionally a
+    Service and a Secret."""
+    name = f"{core}-gateway"
+    v1 = client.CoreV1Api(cluster.api)
+    labels = {"team": "platform"}
+    v1.create_namespaced_service_account(
+        ns, client.V1ServiceAccount(metadata=client.V1ObjectMeta(name=name, labels=labels))
+    )
+    utils.create_from_dict(  # type: ignore[no-untyped-call]
+        cluster.api,
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "RoleBinding",
+            "metadata": {"name": f"{name}-edit"},
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "ClusterRole",
+                "name": "edit",
+            },
+            "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": ns}],
+        },
+        namespace=ns,
+    )
+    client.PolicyV1Api(cluster.api).create_namespaced_pod_disruption_budget(
+        ns,
+        client.V1PodDisruptionBudget(
+            metadata=client.V1ObjectMeta(name=name, labels=labels),
+            spec=client.V1PodDisruptionBudgetSpec(
+                min_available=1,
+                selector=client.V1LabelSelector(match_labels=PLATFORM_SELECTOR),
+            ),
+        ),
+    )
+    client.NetworkingV1Api(cluster.api).create_namespaced_network_policy(
+        ns,
+        client.V1NetworkPolicy(
+            metadata=client.V1ObjectMeta(name=name, labels=labels),
+            spec=client.V1NetworkPolicySpec(
+                pod_selector=client.V1LabelSelector(match_labels=PLATFORM_SELECTOR),
+                policy_types=["Ingress"],
+            ),
+        ),
+    )
+    made = [("ServiceAccount", name), ("PodDisruptionBudget", name), ("NetworkPolicy", name)]
+    if not service_and_secret:
+        return made
+    v1.create_namespaced_service(
+        ns,
+        client.V1Service(
+            metadata=client.V1ObjectMeta(name=name, labels=labels),
+            spec=client.V1ServiceSpec(
+                selector=PLATFORM_SELECTOR,
+                ports=[client.V1ServicePort(name="https", port=443, target_port=8443)],
+            ),
+        ),
+    )
+    _secret(cluster, ns, f"{name}-config", {"gateway.yaml": "listen: {}\n"})
+    return [*made, ("Service", name), ("Secret", f"{name}-config")]
+
+
+def _read(cluster: Cluster, ns: str, kind: str, name: str) -> dict[str, Any] | None:
+    """The whole object as the API server stores it (resourceVersion, managedFields and
+    ownerReferences included); None when it does not exist."""
+    v1 = client.CoreV1Api(cluster.api)
+    calls: dict[str, Any] = {
+        "ServiceAccount": v1.read_namespaced_service_account,
+        "Service": v1.read_namespaced_service,
+        "Secret": v1.read_namespaced_secret,
+        "PodDisruptionBudget": client.PolicyV1Api(
+            cluster.api
+        ).read_namespaced_pod_disruption_budget,
+        "NetworkPolicy": client.NetworkingV1Api(cluster.api).read_namespaced_network_policy,
+        "Deployment": client.AppsV1Api(cluster.api).read_namespaced_deployment,
+    }
+    try:
+        obj = calls[kind](name, ns)
+    except ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+    out: dict[str, Any] = cluster.api.sanitize_for_serialization(obj)  # type: ignore[no-untyped-call]
+    return out
+
+
+def _snapshot(cluster: Cluster, ns: str, objects: list[tuple[str, str]]) -> dict[str, Any]:
+    return {f"{kind} {name}": _read(cluster, ns, kind, name) for kind, name in objects}
+
+
+def _pdb_settled(cluster: Cluster, ns: str, name: str) -> bool:
+    """The disruption controller writes a new PDB's status once; after that it changes only
+    when pods it selects change (none do here)."""
+    obj = _read(cluster, ns, "PodDisruptionBudget", name) or {}
+    return (obj.get("status") or {}).get("observedGeneration") == 1
+
+
+def _runs_as(cluster: Cluster, ns: str, account: str) -> list[str]:
+    """Pods of the namespace running as `account`, and ClusterRoleBindings naming it."""
+    pods = client.CoreV1Api(cluster.api).list_namespaced_pod(ns).items
+    found = [
+        f"pod {must(p.metadata).name}" for p in pods if must(p.spec).service_account_name == account
+    ]
+    for crb in client.RbacAuthorizationV1Api(cluster.api).list_cluster_role_binding().items:
+        for sub in crb.subjects or []:
+            if (sub.kind, sub.name, sub.namespace) == ("ServiceAccount", account, ns):
+                found.append(f"clusterrolebinding {must(crb.metadata).name}")
+    return found
+
+
+def test_platform_objects_named_like_children_stay_byte_identical(
+    cluster: Cluster, namespace: str, tenant_roles: str, tmp_path: Path
+) -> None:
+    """A tenant names QSysCores after the platform's `<name>-gateway` objects. The operator
+    neither applies to, patches, owns nor deletes them, through the cores' creation,
+    their changes and their deletion (garbage collection included): each stays
+    byte-identical (resourceVersion and whole object). A core that needs such a name
+    says NameConflict and gets nothing; no pod ever runs as the platform's
+    ServiceAccount, and it is never bound to the TokenReview role."""
+    ns = namespace
+    apply_crds(cluster.api, REPO / "crds")
+    tenant_cfg = _account(cluster, ns, "tenant", [f"{tenant_roles}-edit", "view"], tmp_path)
+    tenant = config.new_client_from_config(config_file=str(tenant_cfg))  # type: ignore[no-untyped-call]
+    as_tenant = client.CustomObjectsApi(tenant)
+    # `ops` wants every one of these names; `lobby` wants none of them (replicas 1: no
+    # PDB; NetworkPolicy off; no ServiceAccount subject), which used to delete them.
+    platform = _platform_objects(cluster, ns, "ops") + _platform_objects(
+        cluster, ns, "lobby", service_and_secret=False
+    )
+    wait_for(
+        "PDB status settled",
+        lambda: all(_pdb_settled(cluster, ns, n) for n in ("ops-gateway", "lobby-gateway")),
+    )
+    before = _snapshot(cluster, ns, platform)
+    assert all(before.values())
+
+    def unchanged() -> None:
+        after = _snapshot(cluster, ns, platform)
+        changed = [k for k in before if after[k] != before[k]]
+        assert not changed, f"changed by the operator: {changed}"
+
+    with running_operator(cluster, ns, tmp_path / "operator.log") as operator:
+        ops = core_body("ops", 1710, replicas=2)
+        ops["spec"]["core"] = {"host": "192.0.2.10"}
+        as_tenant.create_namespaced_custom_object(GROUP, VERSION, ns, "qsyscores", ops)
+        as_tenant.create_namespaced_custom_object(
+            GROUP,
+            VERSION,
+            ns,
+            "accesspolicies",
+            policy_body("robots", "ops", [{"name": "ci", "serviceAccount": {"name": "tenant"}}]),
+        )
+        lobby = core_body("lobby", 1710, replicas=1, networkPolicy={"enabled": False})
+        lobby["spec"]["core"] = {"host": "192.0.2.10"}
+        as_tenant.create_namespaced_custom_object(GROUP, VERSION, ns, "qsyscores", lobby)
+
+        def conflict() -> dict[str, Any] | None:
+            ready = condition(get(cluster, ns, "QSysCore", "ops"), "Ready")
+            text = ready.get("message", "")
+            wanted = [
+                "ServiceAccount ops-gateway",
+                "Service ops-gateway",
+                "Secret ops-gateway-config",
+                "PodDisruptionBudget ops-gateway",
+                "NetworkPolicy ops-gateway",
+            ]
+            ok = ready.get("reason") == "NameConflict" and all(w in text for w in wanted)
+            return ready if ok else None
+
+        ready = wait_for("ops NameConflict", conflict, timeout=60)
+        assert ready["status"] == "False"
+        assert "team" not in ready["message"]  # nothing of the objects beyond their names
+        wait_for(
+            "NameConflict Event",
+            lambda: any(e.startswith("NameConflict") for e in events(cluster, ns, "ops")),
+            timeout=30,
+        )
+        robots = wait_condition(cluster, ns, "AccessPolicy", "robots", "Ready", "False")
+        assert condition(robots, "Ready")["reason"] == "NotRendered"
+        # lobby renders: its Deployment is there, and it did not delete the others.
+        wait_for("lobby's gateway", lambda: _read(cluster, ns, "Deployment", "lobby-gateway"))
+        assert _read(cluster, ns, "Deployment", "ops-gateway") is None
+        binding = f"qsys-gateway-tokenreview:{ns}:ops"
+        rbac = client.RbacAuthorizationV1Api(cluster.api)
+        assert api_error(rbac.read_cluster_role_binding, binding).status == 404
+        time.sleep(4)  # several resyncs (1 s) and reconciles
+        unchanged()
+        assert _runs_as(cluster, ns, "ops-gateway") == []
+
+        # The tenant changes and then deletes both cores: still nothing touched, and the
+        # garbage collector, which follows ownerReferences, has nothing of the platform's
+        # to collect.
+        as_tenant.patch_namespaced_custom_object(
+            GROUP, VERSION, ns, "qsyscores", "lobby", {"spec": {"gateway": {"replicas": 2}}}
+        )
+
+        def lobby_conflict() -> dict[str, Any] | None:
+            ready = condition(get(cluster, ns, "QSysCore", "lobby"), "Ready")
+            return ready if ready.get("reason") == "NameConflict" else None
+
+        message = wait_for("lobby NameConflict", lobby_conflict, timeout=60)["message"]
+        assert message.startswith("PodDisruptionBudget lobby-gateway already exists")
+        for name in ("ops", "lobby"):
+            as_tenant.delete_namespaced_custom_object(GROUP, VERSION, ns, "qsyscores", name)
+        wait_for(
+            "lobby's gateway collected",
+            lambda: _read(cluster, ns, "Deployment", "lobby-gateway") is None or None,
+        )
+        wait_for(
+            "lobby's config collected",
+            lambda: _read(cluster, ns, "Secret", "lobby-gateway-config") is None or None,
+        )
+        time.sleep(3)
+        unchanged()
+        assert _runs_as(cluster, ns, "ops-gateway") == []
+        assert _runs_as(cluster, ns, "lobby-gateway") == []
+        assert "Traceback" not in operator.output()
+    tenant.close()

@@ -297,6 +297,12 @@ def test_gateway_pod_pull_secrets_and_priority_class_reach_the_operator() -> Non
     assert settings.gateway_priority_class_name == "av-critical"
 
 
+def test_core_limit_is_off_by_default_and_reaches_the_operator() -> None:
+    assert _env(manifests(render()))[ENV["max_cores_per_namespace"]] == "0"
+    env = _env(manifests(render(values=["maxCoresPerNamespace=25"])))
+    assert OperatorSettings.from_env(env).max_cores_per_namespace == 25
+
+
 @pytest.mark.parametrize(
     "value",
     [
@@ -307,6 +313,7 @@ def test_gateway_pod_pull_secrets_and_priority_class_reach_the_operator() -> Non
         "gatewayPods.priorityClassName=Not_A_Name",
         "gatewayPods.imagePullSecrets[0].name=UPPER",
         "replicas=0",
+        "maxCoresPerNamespace=-1",
         "serviceMonitor.enabled=yes",
         "prometheusRule.enabled=maybe",
         "logLevel=LOUD",

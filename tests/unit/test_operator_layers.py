@@ -15,6 +15,7 @@ LAYERS = {
     "render": 2,
     "derive": 2,
     "secretrefs": 2,
+    "ownership": 2,
     "queueing": 2,
     "crdgen": 2,
     "k8s": 3,
@@ -38,6 +39,7 @@ PURE = {
     "render",
     "derive",
     "secretrefs",
+    "ownership",
     "queueing",
 }
 IO_LIBRARIES = {"kubernetes", "kopf", "aiohttp", "urllib", "socket", "requests"}

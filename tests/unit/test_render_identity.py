@@ -245,6 +245,7 @@ def test_service_account_and_binding_come_first_and_are_shaped_exactly() -> None
         "metadata": {
             "name": BINDING,
             "labels": {**CORE_LABELS, "qsys.dev/core-namespace": "av"},
+            "annotations": {"qsys.dev/owner": "av/hall"},
         },
         "roleRef": {
             "apiGroup": "rbac.authorization.k8s.io",
