@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed
 export QSYS_TOOLS_CACHE ?= $(HOME)/.cache/qsys-operator
 PYTEST_ARGS ?=
 
-.PHONY: help install test lint unit bench demo clean
+.PHONY: help install test lint unit bench demo clean e2e-floor
 
 help:
 	@echo "make install   virtualenv (.venv) with every entry point, and system packages"
@@ -46,6 +46,12 @@ lint: install
 
 test: install lint cluster-tools js-deps mcp-inspector
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(MAKE) --no-print-directory e2e-floor
+
+# The tests marked `floor` again, against the oldest supported Kubernetes minor
+# (hack/tools/kube-floor, no real node; docs/testing.md "The Kubernetes floor").
+e2e-floor: install cluster-tools
+	QSYS_KUBE_GROUP=kube-floor $(BIN)/python -m pytest -m floor tests/e2e $(PYTEST_ARGS)
 
 unit: install
 	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)

@@ -8,7 +8,9 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
 
-DEFAULT_GATEWAY_IMAGE = "ghcr.io/qsys-operator/gateway:0.1.0"
+from . import __version__
+
+DEFAULT_GATEWAY_IMAGE = f"ghcr.io/qsys-operator/gateway:{__version__}"
 
 ENV = {
     "gateway_image": "QSYS_GATEWAY_IMAGE",

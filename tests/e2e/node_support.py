@@ -231,6 +231,8 @@ def operator_release(cluster: Cluster, ns: str, extra: Sequence[str] = ()) -> It
         "serviceMonitor.enabled=false",
         "prometheusRule.enabled=false",
         "gatewayProbe.cidrs={198.18.0.0/16}",
+        # The CRDs are applied above: other tests' releases share them.
+        "crds.enabled=false",
     ]
     args = ["install", release, str(CHART), "--namespace", ns, "--wait"]
     args += ["--timeout", f"{CHART_TIMEOUT_S}s"]

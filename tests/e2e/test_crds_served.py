@@ -19,7 +19,7 @@ from qsys_operator.render import PolicyBinding, render_core_children
 from qsys_operator.settings import OperatorSettings
 from qsys_protocol.config import AttackLimits
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.floor]
 
 GROUP, VERSION = "qsys.dev", "v1alpha1"
 CRD_FILES = sorted((REPO / "crds").glob("qsys.dev_*.yaml"))
