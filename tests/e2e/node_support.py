@@ -209,17 +209,12 @@ def _helm(cluster: Cluster, *args: str, check: bool = True) -> None:
         assert result.returncode == 0, f"helm {args} exited {result.returncode}:\n{result.stderr}"
 
 
-@contextmanager
-def operator_release(cluster: Cluster, ns: str, extra: Sequence[str] = ()) -> Iterator[str]:
-    """The operator installed into ns by the Helm chart (watching ns only), with the images
-    `make images` built and the chart values `extra` (--set, after the defaults here): the
-    release name; uninstalled afterwards."""
-    refs = images()
-    apply_crds(cluster.api, REPO / "crds")
-    release = f"qsys-{ns.rsplit('-', 1)[1]}"
+def chart_values(refs: dict[str, str], ns: str) -> list[str]:
+    """The chart values (--set) of an operator watching ns only, on the real node, with
+    the images refs (component -> reference, already on the node)."""
     op_repo, _, op_tag = refs["operator"].rpartition(":")
     gw_repo, _, gw_tag = refs["gateway"].rpartition(":")
-    values = [
+    return [
         f"image.repository={op_repo}",
         f"image.tag={op_tag}",
         "image.pullPolicy=Never",
@@ -231,9 +226,18 @@ def operator_release(cluster: Cluster, ns: str, extra: Sequence[str] = ()) -> It
         "serviceMonitor.enabled=false",
         "prometheusRule.enabled=false",
         "gatewayProbe.cidrs={198.18.0.0/16}",
-        # The CRDs are applied above: other tests' releases share them.
-        "crds.enabled=false",
     ]
+
+
+@contextmanager
+def operator_release(cluster: Cluster, ns: str, extra: Sequence[str] = ()) -> Iterator[str]:
+    """The operator installed into ns by the Helm chart (watching ns only), with the images
+    `make images` built and the chart values `extra` (--set, after the defaults here): the
+    release name; uninstalled afterwards."""
+    apply_crds(cluster.api, REPO / "crds")
+    release = f"qsys-{ns.rsplit('-', 1)[1]}"
+    # The CRDs are applied above: other tests' releases share them.
+    values = [*chart_values(images(), ns), "crds.enabled=false"]
     args = ["install", release, str(CHART), "--namespace", ns, "--wait"]
     args += ["--timeout", f"{CHART_TIMEOUT_S}s"]
     for value in (*values, *extra):

@@ -40,6 +40,7 @@ from kube_support import REPO, Cluster, must, wait_for
 from kubernetes import client
 from node_support import (
     CONTAINERD_SOCK,
+    chart_values,
     images,
     is_ready,
     real_namespace,
@@ -133,23 +134,8 @@ def previous_images(tree: Path) -> dict[str, str]:
     return refs
 
 
-def chart_values(refs: dict[str, str], ns: str) -> list[str]:
-    op_repo, _, op_tag = refs["operator"].rpartition(":")
-    gw_repo, _, gw_tag = refs["gateway"].rpartition(":")
-    values = [
-        f"image.repository={op_repo}",
-        f"image.tag={op_tag}",
-        "image.pullPolicy=Never",
-        f"gatewayImage.repository={gw_repo}",
-        f"gatewayImage.tag={gw_tag}",
-        "gatewayImage.pullPolicy=Never",
-        f"watchNamespaces={{{ns}}}",
-        "resyncSeconds=2",
-        "serviceMonitor.enabled=false",
-        "prometheusRule.enabled=false",
-        "gatewayProbe.cidrs={198.18.0.0/16}",
-    ]
-    return [arg for value in values for arg in ("--set", value)]
+def values(refs: dict[str, str], ns: str) -> list[str]:
+    return [arg for value in chart_values(refs, ns) for arg in ("--set", value)]
 
 
 def qsyscore() -> dict[str, Any]:
@@ -325,7 +311,7 @@ def test_upgrade_from_previous_release_loses_no_call_and_no_field(cluster: Clust
                 "-n",
                 ns,
             ]
-            install += ["--wait", "--timeout", f"{TIMEOUT_S}s", *chart_values(old_refs, ns)]
+            install += ["--wait", "--timeout", f"{TIMEOUT_S}s", *values(old_refs, ns)]
             _run(install, timeout=TIMEOUT_S + 30, env=env)
             try:
                 _upgrade_under_load(cluster, ns, release, new_refs, env)
@@ -402,7 +388,7 @@ def _upgrade_under_load(
             REPO / "charts" / "qsys-operator",
         ]
         upgrade += ["-n", ns, "--take-ownership", "--wait", "--timeout", f"{TIMEOUT_S}s"]
-        _run([*upgrade, *chart_values(new_refs, ns)], timeout=TIMEOUT_S + 30, env=env)
+        _run([*upgrade, *values(new_refs, ns)], timeout=TIMEOUT_S + 30, env=env)
         print(f"helm upgrade: {time.monotonic() - started:.1f}s")
         wait_for(
             "the gateway rolled out on the new image",
