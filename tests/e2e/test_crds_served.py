@@ -211,6 +211,7 @@ def test_cel_source_cidrs(objects: client.CustomObjectsApi, namespace: str) -> N
 
     assert "must be a CIDR" in _rejected(objects, namespace, sources("192.0.2.300/32"))
     assert "no host bits set" in _rejected(objects, namespace, sources("192.0.2.7/24"))
+    assert "written canonically" in _rejected(objects, namespace, sources("2001:DB8::/64"))
     assert "default route" in _rejected(objects, namespace, sources("0.0.0.0/0"))
     both = sources("192.0.2.7/32", ref=True)
     assert "a token or by sourceCIDRs, not both" in _rejected(objects, namespace, both)
