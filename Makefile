@@ -21,6 +21,7 @@ help:
 	@echo "make bench     benchmarks, printed beside their baselines"
 	@echo "make images    operator, gateway, Core simulator and pause images, without Docker"
 	@echo "make cluster-up / cluster-down   local Kubernetes control plane built from source"
+	@echo "make e2e-floor the e2e tests marked floor against the oldest supported Kubernetes (1.31)"
 	@echo "make kind-up / e2e-kind          the same e2e suite on kind (needs Docker)"
 
 install: $(STAMP)
