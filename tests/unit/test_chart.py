@@ -146,6 +146,8 @@ def test_peering_only_with_two_replicas() -> None:
     (dep,) = by_kind(single, "Deployment")
     args = dep["spec"]["template"]["spec"]["containers"][0]["args"]
     assert "--standalone" in args
+    # Never two standalone operators at once (an upgrade would surge the new beside the old).
+    assert dep["spec"]["strategy"] == {"type": "Recreate"}
     assert not by_kind(single, "PodDisruptionBudget")
     assert not any("kopf.dev" in rule["apiGroups"] for rule in _rules(single))
 
@@ -156,6 +158,7 @@ def test_peering_only_with_two_replicas() -> None:
         assert "--standalone" not in args
         assert "--peering=qsys-qsys-operator" in args
         assert dep["spec"]["replicas"] == 2
+        assert dep["spec"]["strategy"]["type"] == "RollingUpdate"
         assert by_kind(docs, "PodDisruptionBudget")
         peering = [r for r in _rules(docs) if "kopf.dev" in r["apiGroups"]]
         assert [r["resources"] for r in peering] == [[plural]]
