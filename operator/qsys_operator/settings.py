@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from importlib.metadata import version
 from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from . import __version__
-
-DEFAULT_GATEWAY_IMAGE = f"ghcr.io/qsys-operator/gateway:{__version__}"
+# The gateway image of this release: tagged with the project's one version (pyproject.toml).
+DEFAULT_GATEWAY_IMAGE = f"ghcr.io/qsys-operator/gateway:{version('qsys-operator')}"
 
 ENV = {
     "gateway_image": "QSYS_GATEWAY_IMAGE",
