@@ -4,6 +4,8 @@
 set -euo pipefail
 need=()
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+# redis-sentinel: tests/integration/test_ratelimit_sentinel.py fails a primary over under real sentinels.
+command -v redis-sentinel >/dev/null 2>&1 || need+=(redis-sentinel)
 # Lua 5.1: Argo CD runs health checks with gopher-lua (Lua 5.1 semantics);
 # tests/unit/test_argocd_health.py runs docs/argocd/*.lua under it.
 command -v lua5.1 >/dev/null 2>&1 || need+=(lua5.1)

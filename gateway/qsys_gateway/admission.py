@@ -37,7 +37,7 @@ from typing import Any
 from qsys_protocol.config import SubjectConfig
 from qsys_protocol.qrc import jsonrpc
 from qsys_protocol.qrc.errors import ErrorCode, QrcError
-from qsys_protocol.qrc.methods import METHODS, parse_params, traits_of
+from qsys_protocol.qrc.methods import METHODS, logon_credentials, parse_params, traits_of
 
 from . import tracing
 from .auth import MAX_USER_CHARS
@@ -69,6 +69,20 @@ def outcome_of(code: int) -> str:
 
 SWEEP_SECONDS = 1.0
 """How often connections are checked for a token past its rotation grace period."""
+
+
+def _denial(method: str, decision: Decision) -> QrcError:
+    """-32003 for a modelled method; for one the gateway does not model -32601, what a
+    Core answers for a method it does not know, naming the rule that would forward it."""
+    if method in METHODS:
+        return QrcError(ErrorCode.FORBIDDEN, f"Forbidden by policy: {decision.reason}")
+    name = method[:64]
+    return QrcError(
+        ErrorCode.METHOD_NOT_FOUND,
+        f"Method not found: {name} is not modelled by the gateway, which forwards it only "
+        f'when a rule of the subject names it exactly (methods: ["{name}"]; a glob such as '
+        '"*" never does)',
+    )
 
 
 class Refusal(QrcError):
@@ -153,7 +167,9 @@ class Admission:
         source and presented subject (`throttle_key`); a valid token is always admitted
         (a ServiceAccount token while throttled only from the review cache), so one
         guessing client behind a NAT or an ingress never locks out the correct tokens of
-        the room. A refusal is audited as a call of `method` and raised as `Refusal`."""
+        the room. A refusal is audited as a call of `method`, a fixed word of the
+        transport's (never the client's text), merged per source and reason within the
+        audit window, and raised as `Refusal`."""
         rt = self.rt
         found = None
         if token:
@@ -295,7 +311,7 @@ class Admission:
     ) -> None:
         self.rt.metrics.auth_failures.labels(caller.transport).inc()
         anonymous = Caller(caller.transport, caller.source_ip)
-        if self.refuse(anonymous, {"method": method}, err, request_id, reason):
+        if self.refuse(anonymous, {"method": method}, err, request_id, reason, itemised=False):
             # logged with its audit line: repeats in a burst are counted there, not logged
             log.warning(
                 "authentication failed",
@@ -394,7 +410,7 @@ class Admission:
                 decision = rules.policy.authorize(subject.name, method, params, types)
         tracing.annotate({"qsys.decision": "allow" if decision.allowed else "deny"})
         if not decision.allowed:
-            err = QrcError(ErrorCode.FORBIDDEN, f"Forbidden by policy: {decision.reason}")
+            err = _denial(method, decision)
             self._audit(caller, request_id, method, decision, "denied", started, msg.id)
             self._count(label, caller, "denied", started)
             return None if msg.is_notification else jsonrpc.error_message(msg.id, err)
@@ -433,10 +449,13 @@ class Admission:
         Logon names that subject with its token, refused otherwise; either way nothing
         changes (no new session, no throttle count) and nothing tells whether other
         credentials would have been valid."""
-        params = msg.params if isinstance(msg.params, dict) else {}
-        user, token = params.get("User"), params.get("Password")
+        try:
+            user, token = logon_credentials(msg.params)
+        except QrcError as invalid:
+            self._count(label, caller, "invalid", started)
+            return None if msg.is_notification else jsonrpc.error_message(msg.id, invalid)
         found = None
-        if isinstance(user, str) and isinstance(token, str):
+        if token:
             found = self.rt.rules.authenticator.logon(user, token)
             if found is None and subject.serviceAccount is not None:
                 found = await self._same_account(token, user, caller.source_ip)
@@ -472,11 +491,19 @@ class Admission:
     # ---- records ------------------------------------------------------------------
 
     def refuse(
-        self, caller: Caller, obj: Any, error: QrcError, request_id: str, reason: str
+        self,
+        caller: Caller,
+        obj: Any,
+        error: QrcError,
+        request_id: str,
+        reason: str,
+        *,
+        itemised: bool = True,
     ) -> bool:
         """Audit and count one call refused before `handle` (authentication, rate limit):
         with its call id, targets and values; identical refusals in a burst are written
-        once with a count (`AuditLog.refused`). True when a line was written now."""
+        once with a count (`AuditLog.refused`; `itemised`: with their call and request
+        ids). True when a line was written now."""
         method = _method_of(obj)
         subject = caller.subject_name
         outcome = outcome_of(error.code)
@@ -497,6 +524,7 @@ class Admission:
             outcome=outcome,
             call_id=call_id if isinstance(call_id, int | str) else None,
             trace_id=tracing.trace_id(),
+            itemised=itemised,
         )
         self.rt.metrics.requests.labels(
             method_label(method), subject, caller.transport, outcome

@@ -54,7 +54,7 @@ class Gateway:
         self.runtime = Runtime(
             config,
             metrics=self.metrics,
-            limiter=RateLimiter.create(config.limits.storage),
+            limiter=RateLimiter.create(config.limits.storage, metrics=self.metrics),
             upstream=self.upstream,
             audit=AuditLog(config.audit.path, self.metrics),
         )

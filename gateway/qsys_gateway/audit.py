@@ -105,10 +105,13 @@ class AuditLog:
         outcome: str,
         call_id: Any = None,
         trace_id: str | None = None,
+        itemised: bool = True,
     ) -> bool:
         """A refusal before the call ran; identical ones in a window become one line.
         True when this one was written now (the first of its kind in the window).
-        `trace_id` goes on that line only (it is not part of what makes refusals alike)."""
+        `trace_id` goes on that line only (it is not part of what makes refusals alike).
+        Not `itemised` (refused authentications, whose flood is anonymous): the counted
+        line carries no call or request ids, so its size does not grow with the flood."""
         fields: dict[str, Any] = {
             "subject": subject,
             "source_ip": source_ip,
@@ -131,6 +134,8 @@ class AuditLog:
             if repeats.count == 0:
                 repeats.fields["request_id"] = request_id
             repeats.count += 1
+            if not itemised:
+                return False
             if len(repeats.call_ids) < MAX_CALL_IDS:
                 repeats.call_ids.append(call_id)
             if request_id not in repeats.request_ids and len(repeats.request_ids) < MAX_CALL_IDS:

@@ -3,7 +3,10 @@
 Logged-on clients count against `maxClients`; connections not logged on yet against
 their own, smaller budget (`maxUnauthenticatedClients`, and per source address
 `maxUnauthenticatedClientsPerSource`), so sockets that never log on cannot take
-the slots of clients that do (issue 11 #3)."""
+the slots of clients that do. At either cap the connection waiting longest for its
+Logon (of that source, at the per-source cap) is closed for the newcomer: many
+clients share one address (office NAT, a control VLAN, a node's SNAT), and one of
+them holding its address's slots must not lock out the others."""
 
 from __future__ import annotations
 
@@ -32,7 +35,8 @@ class ClientRegistry:
         self.clients: dict[ClientHandle, None] = {}  # insertion order: oldest first
         self.authenticated = 0
         self._closing: set[asyncio.Future[None]] = set()
-        self._unauthenticated: dict[str, int] = {}
+        self._unauthenticated: dict[str, dict[ClientHandle, None]] = {}
+        """Per source, its connections not logged on yet, oldest first."""
 
     def __len__(self) -> int:
         return len(self.clients)
@@ -47,26 +51,31 @@ class ClientRegistry:
             return "max_clients"
         if authenticated:
             return None
-        if self._unauthenticated.get(source, 0) >= limits.maxUnauthenticatedClientsPerSource:
-            return "unauthenticated_per_source"
-        if self.unauthenticated >= limits.maxUnauthenticatedClients:
+        mine = self._unauthenticated.get(source)
+        if mine is not None and len(mine) >= limits.maxUnauthenticatedClientsPerSource:
+            self._evict(next(iter(mine)), "evicted_per_source")
+        elif self.unauthenticated >= limits.maxUnauthenticatedClients:
             # Make room by closing the connection waiting longest for its Logon: a client
             # that logs on at once always gets in, sockets that never do are cycled out.
             oldest = next((c for c in self.clients if c.subject is None), None)
             if oldest is None:
                 return "unauthenticated_total"
-            self.remove(oldest)
-            self._metrics.connections_refused.labels(oldest.transport, "evicted").inc()
-            closer = asyncio.ensure_future(oldest.close())
-            self._closing.add(closer)
-            closer.add_done_callback(self._closing.discard)
+            self._evict(oldest, "evicted")
         return None
+
+    def _evict(self, client: ClientHandle, reason: str) -> None:
+        self.remove(client)
+        self._metrics.connections_refused.labels(client.transport, reason).inc()
+        closer = asyncio.ensure_future(client.close())
+        self._closing.add(closer)
+        closer.add_done_callback(self._closing.discard)
 
     def add(self, client: ClientHandle) -> None:
         """Register a connection; not logged on yet unless `client.subject` is set."""
         self.clients[client] = None
         if client.subject is None:
-            self._count_unauthenticated(client.source_ip, 1)
+            self._unauthenticated.setdefault(client.source_ip, {})[client] = None
+            self._unauthenticated_changed()
         else:
             self.authenticated += 1
         self._metrics.clients.labels(client.transport).inc()
@@ -80,7 +89,7 @@ class ClientRegistry:
             return False
         client.subject = subject
         if client in self.clients:
-            self._count_unauthenticated(client.source_ip, -1)
+            self._forget_unauthenticated(client)
             self.authenticated += 1
         return True
 
@@ -88,17 +97,20 @@ class ClientRegistry:
         if client in self.clients:
             del self.clients[client]
             if client.subject is None:
-                self._count_unauthenticated(client.source_ip, -1)
+                self._forget_unauthenticated(client)
             else:
                 self.authenticated -= 1
             self._metrics.clients.labels(client.transport).dec()
 
-    def _count_unauthenticated(self, source: str, delta: int) -> None:
-        left = self._unauthenticated.get(source, 0) + delta
-        if left > 0:
-            self._unauthenticated[source] = left
-        else:
-            self._unauthenticated.pop(source, None)
+    def _forget_unauthenticated(self, client: ClientHandle) -> None:
+        mine = self._unauthenticated.get(client.source_ip)
+        if mine is not None:
+            mine.pop(client, None)
+            if not mine:
+                del self._unauthenticated[client.source_ip]
+        self._unauthenticated_changed()
+
+    def _unauthenticated_changed(self) -> None:
         self._metrics.unauthenticated_clients.set(self.unauthenticated)
 
     def broadcast(self, message: dict[str, Any]) -> None:

@@ -8,7 +8,9 @@ Every accepted socket passes through `HttpConnections.admit`:
   socket or a keep-alive one between requests; clients retry those); only when
   every connection is inside a request is the new one refused (503);
 - at most `max_pending_per_source` connections per source address that have not yet
-  sent a complete request head, so one host cannot hold the unproven slots;
+  sent a complete request head: at that cap the source's oldest such connection is
+  closed for the newcomer, so sockets that never finish a head cannot lock out the
+  other clients behind the same address (NAT, SNAT), whose requests arrive at once;
 - a request head must be complete within `header_timeout` seconds of the connection
   opening or of the previous response ending (idle keep-alive included); otherwise
   the socket is closed.
@@ -60,7 +62,8 @@ class HttpConnections:
         self.fd_budget = fd_budget
         self._conns: dict[asyncio.BaseTransport, _Conn] = {}
         self._idle: OrderedDict[asyncio.BaseTransport, _Conn] = OrderedDict()
-        self._pending_by_source: dict[str, int] = {}
+        self._pending_by_source: dict[str, dict[asyncio.BaseTransport, _Conn]] = {}
+        """Per source, its connections without a first request head, oldest first."""
 
     def __len__(self) -> int:
         return len(self._conns)
@@ -80,12 +83,12 @@ class HttpConnections:
     def admit(self, transport: asyncio.Transport) -> bool:
         peer = transport.get_extra_info("peername")
         source = str(peer[0]) if peer else "-"
-        if (
-            self._pending_by_source.get(source, 0)
-            >= self._settings().maxPendingConnectionsPerSource
-        ):
-            self._refuse(transport, "per_source")
-            return False
+        pending = self._pending_by_source.get(source)
+        if pending is not None and len(pending) >= self._settings().maxPendingConnectionsPerSource:
+            oldest = next(iter(pending.values()))
+            self.metrics.connections_refused.labels("http", "evicted_per_source").inc()
+            self.lost(oldest.transport)
+            oldest.transport.abort()
         if len(self._conns) >= self.max_total:
             if not self._idle:
                 self._refuse(transport, "total")
@@ -97,7 +100,7 @@ class HttpConnections:
         conn = _Conn(transport, source)
         self._conns[transport] = conn
         self._idle[transport] = conn
-        self._pending_by_source[source] = self._pending_by_source.get(source, 0) + 1
+        self._pending_by_source.setdefault(source, {})[transport] = conn
         self._arm(conn)
         self.metrics.http_connections.set(len(self._conns))
         return True
@@ -151,11 +154,11 @@ class HttpConnections:
         conn.transport.abort()
 
     def _unpend(self, conn: _Conn) -> None:
-        left = self._pending_by_source.get(conn.source, 0) - 1
-        if left > 0:
-            self._pending_by_source[conn.source] = left
-        else:
-            self._pending_by_source.pop(conn.source, None)
+        pending = self._pending_by_source.get(conn.source)
+        if pending is not None:
+            pending.pop(conn.transport, None)
+            if not pending:
+                del self._pending_by_source[conn.source]
 
     def _refuse(self, transport: asyncio.Transport, reason: str) -> None:
         self.metrics.connections_refused.labels("http", reason).inc()

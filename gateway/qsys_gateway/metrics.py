@@ -95,6 +95,18 @@ class GatewayMetrics:
             registry=r,
         )
         self.ratelimit_storage_up.set(1)
+        self.subject_share_full = Counter(
+            f"{PREFIX}_subject_share_full",
+            "Calls refused after waiting their whole timeout for a slot of their subject's "
+            "share of the calls pending on the Core (limits.maxPendingCoreCallsPerSubject)",
+            registry=r,
+        )
+        self.ratelimit_fallback = Counter(
+            f"{PREFIX}_ratelimit_fallback",
+            "Rate-limit decisions this replica made alone (in memory) because the shared "
+            "storage did not answer",
+            registry=r,
+        )
         self.unauthenticated_clients = Gauge(
             f"{PREFIX}_unauthenticated_clients",
             "WebSocket and QRC connections not logged on yet",

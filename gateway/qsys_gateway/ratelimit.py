@@ -8,9 +8,20 @@ With Redis the check-and-set is one Lua script (atomic, on the Redis clock, so r
 share one bucket); with `memory` it is a dict in this replica. The `limits` library has
 no token-bucket strategy, hence the script (docs/policy.md).
 
+Buckets are keyed by the QSysCore (namespace and name) and the subject, so gateways of
+different cores that share one Redis never share a bucket; a gateway without a core
+identity (run by hand) keys by subject alone.
+
+Redis is `redis://`, `rediss://` or, behind Redis Sentinel,
+`redis+sentinel://[[user]:password@]host:port[,host:port...]/primary-name[/db]` (the
+`limits` library's spelling): the primary is asked of the sentinels at connect, and
+after any storage error the connections are dropped so the next call asks again
+(a failed-over primary, or an old one demoted to a read-only replica).
+
 When Redis cannot be reached (or answers too slowly) the limiter falls back to
-per-replica in-memory buckets and `healthy()` reports False: a Redis outage loosens
-limits to "per replica" instead of taking every room offline or lifting them entirely.
+per-replica in-memory buckets, `healthy()` reports False, the storage gauge drops to 0
+and each decision made so is counted: a Redis outage or failover loosens limits to "per
+replica" instead of taking every room offline or lifting them entirely.
 """
 
 from __future__ import annotations
@@ -20,11 +31,16 @@ import logging
 import time
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import unquote
 
 import coredis
+from coredis.pool import BlockingConnectionPool
 from coredis.retry import NoRetryPolicy
+from coredis.sentinel import Sentinel, SentinelConnectionPool
 
-from qsys_protocol.config import RateConfig
+from qsys_protocol.config import GatewayConfig, RateConfig
+
+from .metrics import GatewayMetrics
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +50,7 @@ REDIS_TIMEOUT = 0.25
 RETRY_REDIS_AFTER = 1.0
 """After a Redis failure, calls use the in-memory fallback for this long before trying Redis."""
 REDIS_CONNECTIONS = 16
+SENTINEL_PORT = 26379
 MAX_MEMORY_BUCKETS = 100_000
 """Buckets the memory store holds; full buckets (TAT in the past) are dropped first."""
 
@@ -106,6 +123,57 @@ class MemoryBuckets:
             del self._tat[next(iter(self._tat))]
 
 
+def bucket_scope(config: GatewayConfig) -> str:
+    """What goes before the subject in a bucket's key: the QSysCore, `<namespace>/<name>/`
+    (neither may contain `/`), or nothing for a gateway without one."""
+    core = config.qsysCore
+    return f"{core.namespace}/{core.name}/" if core is not None else ""
+
+
+@dataclass(frozen=True, slots=True)
+class SentinelUri:
+    sentinels: tuple[tuple[str, int], ...]
+    primary: str
+    db: int = 0
+    username: str | None = None
+    password: str | None = None
+
+
+def parse_sentinel_uri(uri: str) -> SentinelUri:
+    """`redis+sentinel://[[user]:password@]host[:port][,host[:port]...]/primary[/db]`."""
+    rest = uri.removeprefix("redis+sentinel://")
+    if rest == uri:
+        raise ValueError("not a redis+sentinel:// URI")
+    userinfo, _, rest = rest.rpartition("@")
+    hosts, _, path = rest.partition("/")
+    username = password = None
+    if userinfo:
+        user, _, secret = userinfo.partition(":")
+        username, password = unquote(user) or None, unquote(secret) or None
+    sentinels = []
+    for item in hosts.split(","):
+        host, port = item, SENTINEL_PORT
+        if item.startswith("["):
+            host, _, tail = item[1:].partition("]")
+            if tail:
+                port = int(tail.removeprefix(":"))
+        elif ":" in item:
+            host, _, number = item.rpartition(":")
+            port = int(number)
+        if not host or not 0 < port < 65536:
+            raise ValueError("a sentinel address needs a host and a port 1-65535")
+        sentinels.append((host, port))
+    primary, _, db = path.partition("/")
+    if not primary:
+        raise ValueError("a redis+sentinel:// URI names the primary: .../<primary-name>")
+    return SentinelUri(tuple(sentinels), primary, int(db or 0), username, password)
+
+
+class _BlockingSentinelPool(SentinelConnectionPool, BlockingConnectionPool):
+    """The primary's address from the sentinels, and a bounded pool that queues a burst
+    for a connection (as for plain Redis) instead of refusing it."""
+
+
 class RateLimiter:
     def __init__(
         self,
@@ -113,7 +181,11 @@ class RateLimiter:
         *,
         timeout: float = REDIS_TIMEOUT,
         retry_after_failure: float = RETRY_REDIS_AFTER,
+        metrics: GatewayMetrics | None = None,
     ) -> None:
+        self.scope = ""
+        """Put before the subject in every bucket's key (`bucket_scope`)."""
+        self._metrics = metrics
         self._redis = redis
         self._script = redis.register_script(GCRA_SCRIPT) if redis is not None else None
         self._memory = MemoryBuckets()
@@ -124,25 +196,51 @@ class RateLimiter:
         self._healthy = True
 
     @classmethod
-    def create(cls, storage: str, *, timeout: float = REDIS_TIMEOUT) -> RateLimiter:
-        """`memory` (per replica) or `redis://host:port/db` / `rediss://...` (shared)."""
+    def create(
+        cls,
+        storage: str,
+        *,
+        timeout: float = REDIS_TIMEOUT,
+        metrics: GatewayMetrics | None = None,
+    ) -> RateLimiter:
+        """`memory` (per replica), `redis://host:port/db` / `rediss://...` or
+        `redis+sentinel://host:port,.../primary` (shared)."""
         if storage == "memory":
-            return cls(None, timeout=timeout)
-        if storage.startswith(("redis://", "rediss://")):
-            # A few connections shared by every call (a burst queues for one instead of
-            # opening a connection per call, which times out under load).
-            pool = coredis.BlockingConnectionPool.from_url(
-                storage,
-                connect_timeout=timeout,
-                stream_timeout=timeout,
-                max_connections=REDIS_CONNECTIONS,
-                timeout=timeout * 2,
+            return cls(None, timeout=timeout, metrics=metrics)
+        # A few connections shared by every call (a burst queues for one instead of
+        # opening a connection per call, which times out under load).
+        pool_options: dict[str, Any] = {
+            "connect_timeout": timeout,
+            "stream_timeout": timeout,
+            "max_connections": REDIS_CONNECTIONS,
+            "timeout": timeout * 2,
+        }
+        pool: coredis.ConnectionPool
+        if storage.startswith("redis+sentinel://"):
+            uri = parse_sentinel_uri(storage)
+            sentinel: Sentinel[Any] = Sentinel(
+                uri.sentinels,
+                sentinel_kwargs={"connect_timeout": timeout, "stream_timeout": timeout},
             )
-            client: coredis.Redis[Any] = coredis.Redis(
-                connection_pool=pool, retry_policy=NoRetryPolicy(), verify_version=False
+            pool = _BlockingSentinelPool(
+                uri.primary,
+                sentinel,
+                db=uri.db,
+                username=uri.username,
+                password=uri.password,
+                **pool_options,
             )
-            return cls(client, timeout=timeout)
-        raise ValueError('rate-limit storage must be "memory" or redis://host:port/db')
+        elif storage.startswith(("redis://", "rediss://")):
+            pool = coredis.BlockingConnectionPool.from_url(storage, **pool_options)
+        else:
+            raise ValueError(
+                'rate-limit storage must be "memory", redis://host:port/db or '
+                "redis+sentinel://host:port/primary"
+            )
+        client: coredis.Redis[Any] = coredis.Redis(
+            connection_pool=pool, retry_policy=NoRetryPolicy(), verify_version=False
+        )
+        return cls(client, timeout=timeout, metrics=metrics)
 
     @property
     def shared(self) -> bool:
@@ -153,8 +251,11 @@ class RateLimiter:
         cost = max(1, cost)
         if cost > rate.burst:
             return refusal_for_oversize(rate, cost)
-        if self._script is None or time.monotonic() < self._skip_until:
-            return self._memory.hit(subject, rate, cost)
+        key = self.scope + subject
+        if self._script is None:
+            return self._memory.hit(key, rate, cost)
+        if time.monotonic() < self._skip_until:
+            return self._fallback(key, rate, cost)
         interval, burst = bucket_params(rate)
         try:
             async with asyncio.timeout(self._timeout * 2):
@@ -162,15 +263,20 @@ class RateLimiter:
                     await self._redis.script_load(GCRA_SCRIPT)  # type: ignore[union-attr]
                     self._script_loaded = True
                 reply = await self._script(
-                    keys=[KEY_PREFIX + subject],
+                    keys=[KEY_PREFIX + key],
                     args=[f"{interval * 1e6:.3f}", int(burst), cost],
                 )
             allowed, wait = _parse_reply(reply)
         except Exception as exc:  # storage trouble of any kind: per-replica limits meanwhile
             self._mark_failed(exc)
-            return self._memory.hit(subject, rate, cost)
+            return self._fallback(key, rate, cost)
         self._mark_healthy()
         return RateDecision(allowed, 0.0 if allowed else max(0.001, wait / 1e6))
+
+    def _fallback(self, key: str, rate: RateConfig, cost: int) -> RateDecision:
+        if self._metrics is not None:
+            self._metrics.ratelimit_fallback.inc()
+        return self._memory.hit(key, rate, cost)
 
     async def healthy(self) -> bool:
         """Memory: always True. Redis: a PING answered within the timeout."""
@@ -189,6 +295,12 @@ class RateLimiter:
     def _mark_failed(self, exc: BaseException) -> None:
         self._script_loaded = False  # a restarted Redis has lost it
         self._skip_until = time.monotonic() + self._retry_after_failure
+        if self._redis is not None:
+            # Sentinel: the next connection asks for the primary again. Plain Redis:
+            # no connection half-read after a timeout is reused.
+            self._redis.connection_pool.disconnect()
+        if self._metrics is not None:
+            self._metrics.ratelimit_storage_up.set(0)
         if self._healthy:
             # The exception type only: messages may carry the storage URI.
             log.warning(
@@ -200,6 +312,8 @@ class RateLimiter:
     def _mark_healthy(self) -> None:
         if not self._healthy:
             log.info("rate-limit storage reachable again")
+            if self._metrics is not None:
+                self._metrics.ratelimit_storage_up.set(1)
         self._healthy = True
 
     async def close(self) -> None:

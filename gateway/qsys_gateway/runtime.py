@@ -17,7 +17,7 @@ from .auth import Authenticator, FailureThrottle
 from .inflight import TOTAL, WeightedGate
 from .metrics import GatewayMetrics
 from .policy import Policy
-from .ratelimit import RateLimiter
+from .ratelimit import RateLimiter, bucket_scope
 from .sendbudget import SendBudget
 from .tokenreview import TokenReviewer
 from .upstream import UpstreamPool
@@ -127,6 +127,8 @@ class Runtime:
             self.token_review = None
 
     def _apply_limits(self, config: GatewayConfig) -> None:
+        self.limiter.scope = bucket_scope(config)
         self.upstream.groups.per_session = config.limits.maxChangeGroupsPerConnection
         self.upstream.groups.per_subject = config.limits.maxChangeGroupsPerSubject
         self.upstream.hub.per_subject = config.limits.maxHubControlsPerSubject
+        self.upstream.shares.limit = config.limits.maxPendingCoreCallsPerSubject

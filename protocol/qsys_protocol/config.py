@@ -40,11 +40,23 @@ class Model(BaseModel):
     )
 
 
+_SENTINEL = r"(\[[0-9A-Fa-f:.]+\]|[^\s/:@,\[\]]+)(:[0-9]{1,5})?"
+STORAGE_URI = (
+    r"^(memory|rediss?://[^\s/]+(:[0-9]+)?(/[0-9]+)?"
+    rf"|redis\+sentinel://([^\s/@]*@)?{_SENTINEL}(,{_SENTINEL})*/[A-Za-z0-9._-]{{1,128}}"
+    r"(/[0-9]+)?)$"
+)
+"""`limits.storage`: `memory`, Redis, or Redis behind Sentinel (the `limits` library's
+URI: sentinel addresses, comma-separated, then the monitored primary's name). The
+operator's QSysCore schema uses the same pattern."""
+
+
 class RateConfig(Model):
     requestsPerSecond: Annotated[float, Field(gt=0, le=100000)] = 20
     """Sustained calls per second per subject (> 0, max 100000)."""
-    burst: Annotated[int, Field(ge=1, le=1000000)] = 40
-    """Calls per subject allowed at once (1-1000000)."""
+    burst: Annotated[int, Field(ge=1, le=1000000)] = 500
+    """Calls per subject allowed at once (1-1000000). Sized for a panel SDK's
+    start-up of a few hundred calls (docs/gateway.md, "Rate limits")."""
 
 
 class TlsConfig(Model):
@@ -117,6 +129,9 @@ class AttackLimits(BaseModel):
     maxHubControlsPerSubject: Annotated[int, Field(ge=1, le=4096)] = 1024
     """Distinct controls the change groups of one subject may watch together, of the
     4,096 the gateway's shared Core groups hold (default: a quarter of them)."""
+    maxPendingCoreCallsPerSubject: Annotated[int, Field(ge=1, le=512)] = 128
+    """Calls of one subject pending on the Core at once, of the 512 the gateway's two Core
+    connections queue (default: a quarter); further calls wait within their timeout."""
 
     def attack_limits(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in AttackLimits.model_fields}
@@ -127,13 +142,19 @@ class LimitsConfig(Model, AttackLimits):
     maxMessageBytes: Annotated[int, Field(ge=1024, le=16 * 1024 * 1024)] = 262144
     rate: RateConfig = RateConfig()
     storage: str = "memory"
+    """`memory` (per replica), `redis://host:port/db`, `rediss://...`, or Redis Sentinel:
+    `redis+sentinel://host:port[,host:port...]/primary-name[/db]`."""
 
     @field_validator("storage")
     @classmethod
     def _storage_uri(cls, v: str) -> str:
-        if v == "memory" or re.match(r"^rediss?://[^\s/]+(:\d+)?(/\d+)?$", v):
+        if re.match(STORAGE_URI, v) and all(
+            0 < int(port) < 65536 for port in re.findall(r":([0-9]{1,5})(?=[,/]|$)", v)
+        ):
             return v
-        raise ValueError('must be "memory" or redis://host:port/db')
+        raise ValueError(
+            'must be "memory", redis://host:port/db or redis+sentinel://host:port/primary-name'
+        )
 
 
 class AuditConfig(Model):
@@ -315,7 +336,17 @@ class SubjectConfig(Model):
         return self.tokenHmacSha256 or self.tokenSha256 or ""
 
 
+class QSysCoreRef(Model):
+    """The QSysCore a gateway serves (the operator writes it): rate-limit buckets in a
+    shared Redis are keyed by it, so cores sharing one Redis never share a bucket."""
+
+    namespace: Annotated[str, Field(pattern=r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")]
+    name: Annotated[str, Field(pattern=r"^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$")]
+
+
 class GatewayConfig(Model):
+    qsysCore: Annotated[QSysCoreRef | None, Field(exclude_if=lambda v: v is None)] = None
+    """Unset (a gateway run by hand): buckets are keyed by subject alone."""
     core: CoreConfig
     listen: ListenConfig = ListenConfig()
     limits: LimitsConfig = LimitsConfig()

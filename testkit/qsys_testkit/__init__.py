@@ -18,7 +18,7 @@ from .gateway import GatewayProcess, gateway_config, rpc, subject, token_sha256
 from .net import LOOPBACK, free_port, http_get, http_ok, port_open, wait_for, wait_for_port
 from .operator_process import OperatorProcess
 from .process import ManagedProcess, executable, stop_process
-from .redis import RedisProcess
+from .redis import RedisProcess, SentinelProcess
 from .simulator import SimulatorProcess
 
 __all__ = [
@@ -28,6 +28,7 @@ __all__ = [
     "ManagedProcess",
     "OperatorProcess",
     "RedisProcess",
+    "SentinelProcess",
     "SimulatorProcess",
     "executable",
     "free_port",

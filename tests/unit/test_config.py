@@ -101,7 +101,7 @@ def test_defaults_match_the_spec() -> None:
     assert cfg.listen.qrcOnCoreLoss == "close"
     assert cfg.limits.maxClients == 1000
     assert cfg.limits.maxMessageBytes == 262144
-    assert cfg.limits.rate == RateConfig(requestsPerSecond=20, burst=40)
+    assert cfg.limits.rate == RateConfig(requestsPerSecond=20, burst=500)
     assert cfg.limits.storage == "memory"
     assert cfg.audit.logReads is False
     assert cfg.audit.path == "-"
@@ -153,6 +153,15 @@ def test_full_config_parses() -> None:
         ("limits.storage", "mysql://x", "limits.storage"),
         ("limits.storage", "redis://", "limits.storage"),
         ("limits.storage", "redis://host:port/db", "limits.storage"),
+        ("limits.storage", "redis+sentinel://s1:26379", "limits.storage"),
+        ("limits.storage", "redis+sentinel:///qsys", "limits.storage"),
+        ("limits.storage", "redis+sentinel://s1:26379/q s", "limits.storage"),
+        ("limits.storage", "redis+sentinel://s1:x/qsys", "limits.storage"),
+        ("limits.storage", "redis+sentinel://s1:26379,s2:70000/qsys", "limits.storage"),
+        ("limits.storage", "redis+sentinel://s1:0/qsys", "limits.storage"),
+        ("limits.storage", "redis://r:0/0", "limits.storage"),
+        ("qsysCore", {"namespace": "av", "name": "hall/x"}, "qsysCore.name"),
+        ("qsysCore", {"namespace": "AV", "name": "hall"}, "qsysCore.namespace"),
         ("audit.logReads", "maybe", "audit.logReads"),
         ("cors.allowedOrigins", [""], "cors.allowedOrigins.0"),
         ("subjects.0.name", "Room 101", "subjects.0.name"),
@@ -188,7 +197,14 @@ def test_not_a_mapping_is_refused() -> None:
 
 @pytest.mark.parametrize(
     "storage",
-    ["memory", "redis://redis:6379/0", "redis://10.0.0.1", "rediss://r.example:6380/3"],
+    [
+        "memory",
+        "redis://redis:6379/0",
+        "redis://10.0.0.1",
+        "rediss://r.example:6380/3",
+        "redis+sentinel://s1:26379/qsys",
+        "redis+sentinel://:secret@s1:26379,s2,[::1]:26380/qsys-primary/2",
+    ],
 )
 def test_storage_accepts_memory_and_redis_uris(storage: str) -> None:
     data = set_path(minimal(), "limits", {"storage": storage})

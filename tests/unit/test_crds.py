@@ -133,7 +133,7 @@ def test_defaults_present() -> None:
     }
     limits = spec["limits"]["properties"]
     assert {k: limits[k]["default"] for k in limits} == {
-        "burst": 40,
+        "burst": 500,
         "maxClients": 1000,
         "maxMessageBytes": 262144,
         "requestTimeoutSeconds": 5,
@@ -151,6 +151,7 @@ def test_defaults_present() -> None:
         "maxChangeGroupsPerConnection": 64,
         "maxChangeGroupsPerSubject": 5000,
         "maxHubControlsPerSubject": 1024,
+        "maxPendingCoreCallsPerSubject": 128,
     }
     sm = spec["monitoring"]["properties"]["serviceMonitor"]["properties"]
     assert sm["enabled"]["default"] is True

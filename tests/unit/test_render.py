@@ -266,6 +266,32 @@ def test_pass_through_fields_and_image() -> None:
     assert RESTART_HASH_ANNOTATION in annotations
 
 
+def test_gateway_pull_secrets_and_priority_class_come_from_settings() -> None:
+    assert "imagePullSecrets" not in pod_spec(render())
+    assert "priorityClassName" not in pod_spec(render())
+    settings = OperatorSettings.from_env(
+        {
+            "QSYS_GATEWAY_IMAGE_PULL_SECRETS": "regcred, mirror-cred",
+            "QSYS_GATEWAY_PRIORITY_CLASS_NAME": "av-critical",
+        }
+    )
+    pod = pod_spec(render_core_children(make_core(), [], settings))
+    assert pod["imagePullSecrets"] == [{"name": "regcred"}, {"name": "mirror-cred"}]
+    assert pod["priorityClassName"] == "av-critical"
+
+
+@pytest.mark.parametrize(
+    ("var", "value"),
+    [
+        ("QSYS_GATEWAY_IMAGE_PULL_SECRETS", "Not_A_Name"),
+        ("QSYS_GATEWAY_PRIORITY_CLASS_NAME", "bad name"),
+    ],
+)
+def test_gateway_pod_settings_reject_invalid_names(var: str, value: str) -> None:
+    with pytest.raises(ValueError, match="pattern"):
+        OperatorSettings.from_env({var: value})
+
+
 def test_service_ports() -> None:
     svc = by_kind(render())["Service"]
     assert [(p["name"], p["port"], p["targetPort"]) for p in svc["spec"]["ports"]] == [
@@ -328,6 +354,26 @@ def test_network_policy_allows_redis_storage() -> None:
         "to": [{"namespaceSelector": {}}],
         "ports": [{"protocol": "TCP", "port": 6380}],
     }
+
+
+def test_network_policy_allows_each_sentinel_and_the_primary_beside_them() -> None:
+    storage = "redis+sentinel://:pw@10.0.0.7:26380,10.0.0.8,sentinel.av.svc:26379/qsys/1"
+    egress = by_kind(render(make_core(limits={"storage": storage})))["NetworkPolicy"]["spec"][
+        "egress"
+    ]
+    one: dict[str, Any] = {"ipBlock": {"cidr": "10.0.0.7/32"}}
+    two: dict[str, Any] = {"ipBlock": {"cidr": "10.0.0.8/32"}}
+    named: dict[str, Any] = {"namespaceSelector": {}}
+    assert egress[2:6] == [
+        {"to": [one], "ports": [{"protocol": "TCP", "port": 26380}]},
+        {"to": [two], "ports": [{"protocol": "TCP", "port": 26379}]},
+        {"to": [named], "ports": [{"protocol": "TCP", "port": 26379}]},
+        {"to": [one, two, named], "ports": [{"protocol": "TCP", "port": 6379}]},
+    ]
+
+
+def test_gateway_config_names_its_core_for_the_rate_limit_buckets() -> None:
+    assert config_of(render())["qsysCore"] == {"namespace": "av", "name": "hall"}
 
 
 def test_network_policy_disabled_is_absent() -> None:

@@ -24,6 +24,7 @@ from .failover import HostSelector
 from .groups import GroupLedger, ReadCheck
 from .hub import CORE_GROUP_PREFIX, POLL_INTERVAL, SubscriptionHub
 from .session import UpstreamSession
+from .shares import SubjectShares
 
 log = logging.getLogger("qsys_gateway.upstream")
 
@@ -43,6 +44,7 @@ class UpstreamPool:
         circuit_failure_threshold: int = 5,
         circuit_reset_seconds: float = 10.0,
         max_pending_per_connection: int = 256,
+        max_pending_per_subject: int = 128,
         max_groups_per_session: int = 64,
         max_change_groups: int = 10_000,
         hub_poll_interval: float = POLL_INTERVAL,
@@ -69,6 +71,8 @@ class UpstreamPool:
             backoff_cap=backoff_cap,
         )
         self._n_connections = connections
+        self.shares = SubjectShares(max_pending_per_subject)
+        """Calls one subject may have pending on the Core at once (the rest wait)."""
         self._conns: list[UpstreamConnection] = []
         self._rr = itertools.count()
         self._engine_status: dict[str, Any] | None = None
@@ -164,12 +168,31 @@ class UpstreamPool:
         *,
         timeout: float | None = None,
         conn: UpstreamConnection | None = None,
+        owner: str = "",
     ) -> Any:
-        """Send one call (on `conn` when pinned, else the least busy connection)."""
+        """Send one call (on `conn` when pinned, else the least busy connection); a
+        client's call names its subject as `owner`, whose share of pending calls it takes."""
         if method == "Logon":
             # the shared sockets are logged on with the gateway's credentials only
             raise QrcError(ErrorCode.INVALID_REQUEST, "Invalid request: Logon is not forwarded")
         budget = self._core.requestTimeoutSeconds if timeout is None else timeout
+        if not owner:
+            return await self._forward(method, params, budget, conn)
+        loop = asyncio.get_running_loop()
+        queued = loop.time()
+        if not await self.shares.acquire(owner, budget):
+            if self._metrics is not None:
+                self._metrics.subject_share_full.inc()
+            raise CoreUnavailable("too many calls of this client pending on the Core", 1.0)
+        try:
+            left = max(0.001, budget - (loop.time() - queued))
+            return await self._forward(method, params, left, conn)
+        finally:
+            self.shares.release(owner)
+
+    async def _forward(
+        self, method: str, params: Any, budget: float, conn: UpstreamConnection | None
+    ) -> Any:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + budget
         retried = False

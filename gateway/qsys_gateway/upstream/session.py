@@ -12,7 +12,7 @@ from typing import Any, Protocol
 from pydantic import BaseModel
 
 from qsys_protocol.qrc import jsonrpc
-from qsys_protocol.qrc.errors import ErrorCode, QrcError
+from qsys_protocol.qrc.errors import ErrorCode, QrcError, unknown_change_group
 from qsys_protocol.qrc.methods import (
     ChangeGroupAddComponentControlParams,
     ChangeGroupAddControlParams,
@@ -39,7 +39,9 @@ class SessionOwner(Protocol):
     def hub(self) -> SubscriptionHub: ...
     @property
     def groups(self) -> GroupLedger: ...
-    async def forward(self, method: str, params: Any, *, timeout: float | None = None) -> Any: ...
+    async def forward(
+        self, method: str, params: Any, *, timeout: float | None = None, owner: str = ""
+    ) -> Any: ...
     def session_closed(self, session: UpstreamSession) -> None: ...
 
 
@@ -77,7 +79,7 @@ class UpstreamSession:
         if not traits.change_group:
             if isinstance(params, BaseModel):
                 params = params.model_dump(mode="json", exclude_none=True)
-            result = await self._upstream.forward(method, params, timeout=timeout)
+            result = await self._upstream.forward(method, params, timeout=timeout, owner=self.owner)
             if traits.write:
                 # Set, then poll: answer a write once the hub has polled the Core after it,
                 # so every group holding the control has it (docs/changegroups.md)
@@ -92,7 +94,7 @@ class UpstreamSession:
             created = False
             if group is None:
                 if not traits.group_add:
-                    raise QrcError(ErrorCode.UNKNOWN_CHANGE_GROUP, "Unknown change group")
+                    raise unknown_change_group(gid)
                 group, created = self._new_group(gid), True
             async with group.lock:
                 if self._groups.get(str(gid)) is not group:

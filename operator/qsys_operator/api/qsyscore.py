@@ -7,7 +7,7 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from qsys_protocol.config import AttackLimits, HostName, Port
+from qsys_protocol.config import STORAGE_URI, AttackLimits, HostName, Port
 
 from .common import (
     API_VERSION,
@@ -34,9 +34,7 @@ CIDR = Annotated[
 LabelMap = Annotated[dict[str, Annotated[str, Field(max_length=63)]], Field(max_length=64)]
 AnnotationMap = Annotated[dict[str, str], Field(max_length=128)]
 Duration = Annotated[str, Field(pattern=r"^([0-9]+(ms|s|m|h))+$", max_length=32)]
-StorageUri = Annotated[
-    str, Field(max_length=512, pattern=r"^(memory|rediss?://[^\s/]+(:[0-9]+)?(/[0-9]+)?)$")
-]
+StorageUri = Annotated[str, Field(max_length=512, pattern=STORAGE_URI)]
 Origin = Annotated[str, Field(min_length=1, max_length=512)]
 Audience = Annotated[str, Field(min_length=1, max_length=253, pattern=r"^[\x21-\x7e]+$")]
 """Printable ASCII without spaces, like a URL or a DNS name."""
@@ -176,9 +174,10 @@ class LimitsSpec(Model, AttackLimits):
     requestsPerSecond: Annotated[float, Field(gt=0, le=100000)] = 20
     """Sustained calls per second per subject (> 0) unless its AccessPolicy sets
     `rateLimit`. See docs/policy.md for the windows."""
-    burst: Annotated[int, Field(ge=1, le=1000000)] = 40
+    burst: Annotated[int, Field(ge=1, le=1000000)] = 500
     """Calls per subject allowed at once unless its AccessPolicy sets `rateLimit`; raised to
-    one second's worth when below `requestsPerSecond`."""
+    one second's worth when below `requestsPerSecond`. Sized for a panel SDK's
+    start-up of a few hundred calls (docs/gateway.md)."""
     maxClients: Annotated[int, Field(ge=1, le=100000)] = 1000
     """Connected, logged-on clients per gateway pod; further ones are refused."""
     maxMessageBytes: Annotated[int, Field(ge=1024, le=16 * 1024 * 1024)] = 262144
@@ -187,8 +186,10 @@ class LimitsSpec(Model, AttackLimits):
     requestTimeoutSeconds: Annotated[float, Field(gt=0, le=300)] = 5
     """Seconds the gateway waits for the Core's answer to one call (> 0, max 300)."""
     storage: StorageUri = "memory"
-    """Where rate-limit counters live: `memory` (per pod) or `redis://host:port/db` /
-    `rediss://...` so all replicas share one limit."""
+    """Where rate-limit counters live: `memory` (per pod), or `redis://host:port/db` /
+    `rediss://...` / `redis+sentinel://host:port[,host:port...]/primary-name` (Redis
+    Sentinel) so all replicas share one limit. Buckets are keyed by this QSysCore's
+    namespace and name, so cores may share one Redis."""
 
 
 class NetworkPolicySpec(Model):

@@ -11,6 +11,7 @@ from qsys_protocol.config import (
     LimitsConfig,
     ListenConfig,
     McpConfig,
+    QSysCoreRef,
     RateConfig,
     SubjectConfig,
     TlsConfig,
@@ -48,6 +49,7 @@ def gateway_config(core: QSysCore, subjects: list[SubjectConfig]) -> GatewayConf
     spec = core.spec
     creds = spec.core.credentialsSecretRef
     return GatewayConfig(
+        qsysCore=QSysCoreRef(namespace=core.metadata.namespace, name=core.metadata.name),
         core=CoreConfig(
             host=spec.core.host,
             port=spec.core.port,

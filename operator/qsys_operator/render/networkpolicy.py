@@ -29,6 +29,8 @@ from .common import (
 NAMESPACE_LABEL = "kubernetes.io/metadata.name"
 OTLP_URI = re.compile(r"^(https?)://(\[[^\]]+\]|[^:/\s]+)(?::(\d+))?")
 REDIS_URI = re.compile(r"^rediss?://(?:[^@/\s]*@)?(\[[^\]]+\]|[^:/\s]+)(?::(\d+))?")
+SENTINEL_URI = re.compile(r"^redis\+sentinel://(?:[^@/\s]*@)?([^/\s]+)/")
+SENTINEL_HOST = re.compile(r"^(\[[^\]]+\]|[^:]+)(?::(\d+))?$")
 
 
 def _host_cidr(host: str) -> str | None:
@@ -51,15 +53,34 @@ def core_cidrs(core: QSysCore) -> list[str]:
     return sorted(cidrs)
 
 
-def _redis_egress(storage: str) -> dict[str, Any] | None:
-    """Redis rate-limit storage must stay reachable: its IP, or any in-cluster pod, on its port."""
+def _redis_egress(storage: str) -> list[dict[str, Any]]:
+    """Redis rate-limit storage must stay reachable: its IP, or any in-cluster pod, on its
+    port. Behind Sentinel: each sentinel so, and the primary they name on 6379 at the
+    sentinels' addresses (where Sentinel runs beside Redis); a primary elsewhere needs a
+    NetworkPolicy of its own (docs/policy.md)."""
     match = REDIS_URI.match(storage)
+    if match:
+        host, port = match.group(1), int(match.group(2) or 6379)
+        return [{"to": [_peer(host)], "ports": [_tcp(port)]}]
+    match = SENTINEL_URI.match(storage)
     if not match:
-        return None
-    host, port = match.group(1), int(match.group(2) or 6379)
+        return []
+    rules: list[dict[str, Any]] = []
+    peers: list[dict[str, Any]] = []
+    for item in match.group(1).split(","):
+        found = SENTINEL_HOST.match(item)
+        if not found:
+            continue
+        peer = _peer(found.group(1))
+        rules.append({"to": [peer], "ports": [_tcp(int(found.group(2) or 26379))]})
+        if peer not in peers:
+            peers.append(peer)
+    return [*rules, {"to": peers, "ports": [_tcp(6379)]}]
+
+
+def _peer(host: str) -> dict[str, Any]:
     cidr = _host_cidr(host)
-    peer = {"ipBlock": {"cidr": cidr}} if cidr else {"namespaceSelector": {}}
-    return {"to": [peer], "ports": [_tcp(port)]}
+    return {"ipBlock": {"cidr": cidr}} if cidr else {"namespaceSelector": {}}
 
 
 def _otlp_egress(endpoint: str) -> dict[str, Any] | None:
@@ -119,9 +140,7 @@ def render_network_policy(
             "ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}],
         },
     ]
-    redis = _redis_egress(core.spec.limits.storage)
-    if redis:
-        egress.append(redis)
+    egress.extend(_redis_egress(core.spec.limits.storage))
     tracing = core.spec.gateway.tracing
     otlp = _otlp_egress(tracing.otlpEndpoint) if tracing else None
     if otlp:
