@@ -5,13 +5,15 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping
+from importlib.metadata import version
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .images import AllowedImage, allow_list
 
-DEFAULT_GATEWAY_IMAGE = "ghcr.io/qsys-operator/gateway:0.1.0"
+# The gateway image of this release: tagged with the project's one version (pyproject.toml).
+DEFAULT_GATEWAY_IMAGE = f"ghcr.io/qsys-operator/gateway:{version('qsys-operator')}"
 
 ENV = {
     "gateway_image": "QSYS_GATEWAY_IMAGE",

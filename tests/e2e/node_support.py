@@ -235,17 +235,12 @@ def host_call(
         return 0
 
 
-@contextmanager
-def operator_release(cluster: Cluster, ns: str, extra: Sequence[str] = ()) -> Iterator[str]:
-    """The operator installed into ns by the Helm chart (watching ns only), with the images
-    `make images` built and the chart values `extra` (--set, after the defaults here): the
-    release name; uninstalled afterwards."""
-    refs = images()
-    apply_crds(cluster.api, REPO / "crds")
-    release = f"qsys-{ns.rsplit('-', 1)[1]}"
+def chart_values(refs: dict[str, str], ns: str) -> list[str]:
+    """The chart values (--set) of an operator watching ns only, on the real node, with
+    the images refs (component -> reference, already on the node)."""
     op_repo, _, op_tag = refs["operator"].rpartition(":")
     gw_repo, _, gw_tag = refs["gateway"].rpartition(":")
-    values = [
+    return [
         f"image.repository={op_repo}",
         f"image.tag={op_tag}",
         "image.pullPolicy=Never",
@@ -258,6 +253,17 @@ def operator_release(cluster: Cluster, ns: str, extra: Sequence[str] = ()) -> It
         "prometheusRule.enabled=false",
         "gatewayProbe.cidrs={198.18.0.0/16}",
     ]
+
+
+@contextmanager
+def operator_release(cluster: Cluster, ns: str, extra: Sequence[str] = ()) -> Iterator[str]:
+    """The operator installed into ns by the Helm chart (watching ns only), with the images
+    `make images` built and the chart values `extra` (--set, after the defaults here): the
+    release name; uninstalled afterwards."""
+    apply_crds(cluster.api, REPO / "crds")
+    release = f"qsys-{ns.rsplit('-', 1)[1]}"
+    # The CRDs are applied above: other tests' releases share them.
+    values = [*chart_values(images(), ns), "crds.enabled=false"]
     args = ["install", release, str(CHART), "--namespace", ns, "--wait"]
     args += ["--timeout", f"{CHART_TIMEOUT_S}s"]
     for value in (*values, *extra):

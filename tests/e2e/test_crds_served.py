@@ -19,7 +19,7 @@ from qsys_operator.render import PolicyBinding, render_core_children
 from qsys_operator.settings import OperatorSettings
 from qsys_protocol.config import AttackLimits
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.floor]
 
 GROUP, VERSION = "qsys.dev", "v1alpha1"
 CRD_FILES = sorted((REPO / "crds").glob("qsys.dev_*.yaml"))
@@ -214,6 +214,7 @@ def test_cel_source_cidrs(objects: client.CustomObjectsApi, namespace: str) -> N
     wide = "must be no wider than /24 (IPv4) or /64 (IPv6)"
     for cidrs in (("0.0.0.0/0",), ("0.0.0.0/1", "128.0.0.0/1"), ("::/1",), ("192.0.2.0/23",)):
         assert wide in _rejected(objects, namespace, sources(*cidrs)), cidrs
+    assert "written canonically" in _rejected(objects, namespace, sources("2001:DB8::/64"))
     both = sources("192.0.2.7/32", ref=True)
     assert "a token or by sourceCIDRs, not both" in _rejected(objects, namespace, both)
     ok = sources("192.0.2.7/32", "2001:db8::/64", "198.51.100.0/24")

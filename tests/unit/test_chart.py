@@ -151,6 +151,8 @@ def test_peering_only_with_two_replicas() -> None:
     (dep,) = by_kind(single, "Deployment")
     args = dep["spec"]["template"]["spec"]["containers"][0]["args"]
     assert "--standalone" in args
+    # Never two standalone operators at once (an upgrade would surge the new beside the old).
+    assert dep["spec"]["strategy"] == {"type": "Recreate"}
     assert not by_kind(single, "PodDisruptionBudget")
     assert not any("kopf.dev" in rule["apiGroups"] for rule in _rules(single))
 
@@ -161,6 +163,7 @@ def test_peering_only_with_two_replicas() -> None:
         assert "--standalone" not in args
         assert "--peering=qsys-qsys-operator" in args
         assert dep["spec"]["replicas"] == 2
+        assert dep["spec"]["strategy"]["type"] == "RollingUpdate"
         assert by_kind(docs, "PodDisruptionBudget")
         peering = [r for r in _rules(docs) if "kopf.dev" in r["apiGroups"]]
         assert [r["resources"] for r in peering] == [[plural]]
@@ -335,14 +338,48 @@ def test_schema_rejects_bad_values(value: str) -> None:
     assert "values don't meet the specifications of the schema" in result.stderr, result.stderr
 
 
-def test_chart_crds_are_copies_of_crds_dir() -> None:
-    source = sorted(p.name for p in (REPO / "crds").glob("*.yaml"))
-    copies = sorted(p.name for p in (CHART / "crds").glob("*.yaml"))
-    assert copies == source, "chart CRDs differ from crds/: run `make chart-crds`"
-    for name in source:
-        assert (CHART / "crds" / name).read_bytes() == (REPO / "crds" / name).read_bytes(), (
-            f"charts/qsys-operator/crds/{name} is stale: run `make chart-crds`"
+def _crds_dir() -> dict[str, dict[str, Any]]:
+    docs = (yaml.safe_load(p.read_text("utf-8")) for p in (REPO / "crds").glob("*.yaml"))
+    return {doc["metadata"]["name"]: doc for doc in docs}
+
+
+def test_chart_crds_are_the_crds_dir_kept_on_uninstall() -> None:
+    source = _crds_dir()
+    rendered = by_kind(manifests(render()), "CustomResourceDefinition")
+    assert sorted(d["metadata"]["name"] for d in rendered) == sorted(source)
+    for doc in rendered:
+        want = source[doc["metadata"]["name"]]
+        assert doc["spec"] == want["spec"], f"{doc['metadata']['name']}: run `make crds`"
+        labels = doc["metadata"]["labels"]
+        assert want["metadata"]["labels"].items() <= labels.items()
+        assert labels["app.kubernetes.io/managed-by"] == "Helm"
+        assert (
+            labels["app.kubernetes.io/version"]
+            == yaml.safe_load((CHART / "Chart.yaml").read_text("utf-8"))["appVersion"]
         )
+        assert doc["metadata"]["annotations"] == {"helm.sh/resource-policy": "keep"}
+
+
+def test_crd_values_switch_them_off_or_let_uninstall_delete_them() -> None:
+    deleted = by_kind(manifests(render(values=["crds.keep=false"])), "CustomResourceDefinition")
+    assert sorted(d["metadata"]["name"] for d in deleted) == sorted(_crds_dir())
+    assert all("annotations" not in d["metadata"] for d in deleted)
+    off = manifests(render(values=["crds.enabled=false"]))
+    assert by_kind(off, "CustomResourceDefinition") == []
+
+
+@pytest.mark.parametrize(("kube", "accepted"), [("1.30.14", False), ("1.31.0", True)])
+def test_kube_version_floor(kube: str, accepted: bool) -> None:
+    result = subprocess.run(
+        [str(a) for a in helm_template_args()] + ["--kube-version", kube],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert (result.returncode == 0) == accepted, result.stderr
+    if not accepted:
+        assert "incompatible with Kubernetes" in result.stderr, result.stderr
 
 
 def test_every_template_renders_valid_yaml_objects() -> None:

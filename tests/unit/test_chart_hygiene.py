@@ -232,7 +232,7 @@ def test_artifact_hub_annotations_have_their_documented_shapes() -> None:
         assert image["image"] == f"{repo}:{APP_VERSION}"
     crds = {
         (d["spec"]["names"]["kind"], d["metadata"]["name"], v["name"])
-        for path in sorted((CHART / "crds").glob("*.yaml"))
+        for path in sorted((CHART.parent.parent / "crds").glob("*.yaml"))
         for d in [yaml.safe_load(path.read_text("utf-8"))]
         for v in d["spec"]["versions"]
         if v.get("served")
