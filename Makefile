@@ -15,6 +15,7 @@ PYTEST_ARGS ?=
 
 help:
 	@echo "make install   virtualenv (.venv) with every entry point, and system packages"
+	@echo "make unit      the unit tests that need no built tool (a few minutes on a fresh machine)"
 	@echo "make test      lint + the whole test suite (what CI runs)"
 	@echo "make demo      cluster with a real node, operator, simulator, gateway pods: an allowed and a denied call (KEEP=1 leaves it running)"
 	@echo "make lint      ruff + mypy"
@@ -44,11 +45,20 @@ lint: install
 			--cache-dir .mypy_cache/tests-$$dir tests/$$dir || exit 1; \
 	done
 
-test: install lint cluster-tools js-deps mcp-inspector
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+# What `make test` runs beside the tool builds (hack/test.sh); mk/*.mk add theirs.
+TEST_PREREQS := install lint js-deps mcp-inspector
 
+# The tool groups (mk/cluster.mk) build in the background from the start; pytest runs
+# e2e on one worker beside unit and integration on another (docs/testing.md).
+test:
+	@TOOL_GROUPS='$(TOOL_GROUPS)' NODE_TOOL_GROUPS='$(NODE_TOOL_GROUPS)' \
+		TEST_PREREQS='$(TEST_PREREQS)' PYTEST_ARGS='$(PYTEST_ARGS)' BIN='$(BIN)' \
+		bash hack/test.sh
+
+# The unit tests that need no built tool: a contributor's first command. The ones
+# marked `tools` (helm, promtool) run in `make test`.
 unit: install
-	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
+	$(BIN)/python -m pytest tests/unit -n 2 -m 'not tools' $(PYTEST_ARGS)
 
 bench: install
 	$(BIN)/python -m bench

@@ -1,8 +1,13 @@
 # Local Kubernetes control plane built from source, and the kind path.
 # See docs/testing.md. Binaries: $(QSYS_TOOLS_CACHE)/GROUP-VERSION-KEY/bin.
 
-# Pinned tool groups built for `make test` (hack/tools/GROUP); add new ones here.
-TOOL_GROUPS ?= kube helm promtool node coredns kube-router otelcol prometheus prometheus-operator metrics-server
+# Pinned tool groups built for `make test` (hack/tools/GROUP); add new ones here, in
+# the order the tests need them: `make test` builds them one after the other in the
+# background while tests run, and a test waits for the groups it needs
+# (tests/conftest.py). The real node's groups come last: only the tests that request
+# the `real_node` fixture wait for them; every other e2e test waits for the rest.
+NODE_TOOL_GROUPS ?= node metrics-server coredns kube-router
+TOOL_GROUPS ?= helm promtool kube prometheus prometheus-operator otelcol $(NODE_TOOL_GROUPS)
 KIND_CLUSTER ?= qsys-e2e
 KIND_KUBECONFIG := .cache/kind/kubeconfig
 IMAGE_TAG ?= e2e
