@@ -69,5 +69,5 @@ clean:
 -include mk/*.mk
 
 # KEEP=1: leave the cluster and the demo running (`make cluster-down` ends it).
-demo: install cluster-tools images
+demo: install cluster-up-tools images
 	KEEP=$(KEEP) $(BIN)/python hack/demo.py

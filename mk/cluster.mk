@@ -8,6 +8,8 @@
 # the `real_node` fixture wait for them; every other e2e test waits for the rest.
 NODE_TOOL_GROUPS ?= node metrics-server coredns kube-router
 TOOL_GROUPS ?= helm promtool kube prometheus prometheus-operator otelcol $(NODE_TOOL_GROUPS)
+# What the local cluster with its real node and the chart need (`make cluster-up`, `make demo`).
+CLUSTER_TOOL_GROUPS ?= kube helm $(NODE_TOOL_GROUPS)
 KIND_CLUSTER ?= qsys-e2e
 KIND_KUBECONFIG := .cache/kind/kubeconfig
 IMAGE_TAG ?= e2e
@@ -16,12 +18,15 @@ IMAGES ?= operator gateway
 
 tool_dir = $(shell bash hack/tools/build.sh --dir $(1))
 
-.PHONY: cluster-tools cluster-up cluster-down cluster-env e2e kind-up kind-down kind-images e2e-kind
+.PHONY: cluster-tools cluster-up-tools cluster-up cluster-down cluster-env e2e kind-up kind-down kind-images e2e-kind
 
 cluster-tools:
 	@bash hack/tools/build.sh $(TOOL_GROUPS)
 
-cluster-up: cluster-tools images
+cluster-up-tools:
+	@bash hack/tools/build.sh $(CLUSTER_TOOL_GROUPS)
+
+cluster-up: cluster-up-tools images
 	@bash hack/cluster/up.sh >/dev/null
 
 cluster-down:

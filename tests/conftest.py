@@ -34,6 +34,8 @@ E2E = REPO / "tests" / "e2e"
 CLUSTER_OWNER = REPO / ".cache" / "cluster" / "started-by-pytest"
 # The e2e tests run on one xdist worker (`--dist loadgroup`): one cluster per session.
 E2E_GROUP = "e2e"
+# Tests marked `timing` run one at a time, last, and after the background tool builds.
+TIMING_GROUP = "timing"
 TOOLS_FAILED = pytest.StashKey[str]()
 
 
@@ -45,24 +47,33 @@ def _uses_real_node(item: pytest.Item) -> bool:
     return "real_node" in getattr(item, "fixturenames", ())
 
 
+def _is_timing(item: pytest.Item) -> bool:
+    return item.get_closest_marker("timing") is not None
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """All e2e tests in one xdist group, and the ones on the real node last, so that the
-    others run while its tool groups still build and before the node starts."""
+    """All e2e tests in one xdist group, the ones on the real node last (the others run
+    while its tool groups still build, and before the node starts); the `timing` tests in
+    another group, dispatched last."""
     for item in items:
         if _is_e2e(item):
             item.add_marker(pytest.mark.xdist_group(E2E_GROUP))
-    items.sort(key=lambda item: _is_e2e(item) and _uses_real_node(item))
+        elif _is_timing(item):
+            item.add_marker(pytest.mark.xdist_group(TIMING_GROUP))
+    items.sort(key=lambda item: (_is_timing(item), _is_e2e(item) and _uses_real_node(item)))
 
 
 def needed_tools(item: pytest.Item) -> set[str]:
     """Tool groups item waits for: its `tools` marks; for an e2e test every group but the
-    real node's (QSYS_NODE_TOOL_GROUPS), and those too when it uses the real node."""
+    real node's (QSYS_NODE_TOOL_GROUPS), and those too when it uses the real node; for a
+    `timing` test every group (no compiler beside it)."""
     groups = {group for mark in item.iter_markers("tools") for group in mark.args}
     build = background_build()
-    if build is not None and _is_e2e(item):
-        node_groups = set(os.environ.get("QSYS_NODE_TOOL_GROUPS", "").split())
-        groups |= build[1] if _uses_real_node(item) else build[1] - node_groups
+    if build is not None and (_is_timing(item) or (_is_e2e(item) and _uses_real_node(item))):
+        groups |= build[1]
+    elif build is not None and _is_e2e(item):
+        groups |= build[1] - set(os.environ.get("QSYS_NODE_TOOL_GROUPS", "").split())
     return groups
 
 
