@@ -36,7 +36,8 @@ CLUSTER_OWNER = REPO / ".cache" / "cluster" / "started-by-pytest"
 E2E_GROUP = "e2e"
 # Tests marked `timing` run one at a time, last, and after the background tool builds.
 TIMING_GROUP = "timing"
-TOOLS_FAILED = pytest.StashKey[str]()
+# Why a test must fail before its fixtures start (a tool build failed, ...).
+SETUP_FAILURE = pytest.StashKey[str]()
 
 
 def _is_e2e(item: pytest.Item) -> bool:
@@ -64,6 +65,20 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items.sort(key=lambda item: (_is_timing(item), _is_e2e(item) and _uses_real_node(item)))
 
 
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """In an xdist worker: the groups must have reached the scheduler (it reads them from
+    the node ids), or two workers would each start a cluster; such tests fail at setup."""
+    if not session.config.getvalue("loadgroup"):
+        return
+    for item in session.items:
+        if item.get_closest_marker("xdist_group") and "@" not in item.nodeid:
+            item.stash[SETUP_FAILURE] = (
+                f"pytest-xdist does not group tests (`--dist loadgroup`) under pytest "
+                f"{pytest.__version__}: the test lost its xdist_group; use the pytest "
+                "version pyproject.toml allows (`make install`)"
+            )
+
+
 def needed_tools(item: pytest.Item) -> set[str]:
     """Tool groups item waits for: its `tools` marks; for an e2e test every group but the
     real node's (QSYS_NODE_TOOL_GROUPS), and those too when it uses the real node; for a
@@ -83,13 +98,13 @@ def pytest_runtest_protocol(item: pytest.Item) -> Generator[None, None, None]:
     needs here, outside its timeout (pytest-timeout starts it inside this hook)."""
     error = wait_for_tools(needed_tools(item))
     if error:
-        item.stash[TOOLS_FAILED] = error
+        item.stash[SETUP_FAILURE] = error
     yield
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
-    if TOOLS_FAILED in item.stash:
-        pytest.fail(item.stash[TOOLS_FAILED], pytrace=False)
+    if SETUP_FAILURE in item.stash:
+        pytest.fail(item.stash[SETUP_FAILURE], pytrace=False)
 
 
 @pytest.hookimpl(trylast=True)
