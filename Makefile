@@ -15,6 +15,7 @@ PYTEST_ARGS ?=
 
 help:
 	@echo "make install   virtualenv (.venv) with every entry point, and system packages"
+	@echo "make unit      the unit tests that need no built tool (a few minutes on a fresh machine)"
 	@echo "make test      lint + the whole test suite (what CI runs)"
 	@echo "make demo      cluster with a real node, operator, simulator, gateway pods: an allowed and a denied call (KEEP=1 leaves it running)"
 	@echo "make lint      ruff + mypy"
@@ -48,17 +49,27 @@ lint: install
 			--cache-dir .mypy_cache/tests-$$dir tests/$$dir || exit 1; \
 	done
 
-test: install lint cluster-tools js-deps mcp-inspector
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+# What `make test` runs beside the tool builds (hack/test.sh); mk/*.mk add theirs.
+TEST_PREREQS := install lint js-deps mcp-inspector
+
+# The tool groups (mk/cluster.mk) build in the background from the start; pytest runs
+# e2e on one worker beside unit and integration on another (docs/testing.md).
+test:
+	@TOOL_GROUPS='$(TOOL_GROUPS)' NODE_TOOL_GROUPS='$(NODE_TOOL_GROUPS) $(LATE_TOOL_GROUPS)' \
+		TEST_PREREQS='$(TEST_PREREQS)' PYTEST_ARGS='$(PYTEST_ARGS)' BIN='$(BIN)' \
+		bash hack/test.sh
 	$(MAKE) --no-print-directory e2e-floor
 
 # The tests marked `floor` again, against the oldest supported Kubernetes minor
 # (hack/tools/kube-floor, no real node; docs/testing.md "The Kubernetes floor").
-e2e-floor: install cluster-tools
+e2e-floor: install
+	@bash hack/tools/build.sh kube kube-floor helm
 	QSYS_KUBE_GROUP=kube-floor $(BIN)/python -m pytest -m floor tests/e2e $(PYTEST_ARGS)
 
+# The unit tests that need no built tool: a contributor's first command. The ones
+# marked `tools` (helm, promtool) run in `make test`.
 unit: install
-	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
+	$(BIN)/python -m pytest tests/unit -n 2 -m 'not tools' $(PYTEST_ARGS)
 
 bench: install
 	$(BIN)/python -m bench
@@ -69,5 +80,5 @@ clean:
 -include mk/*.mk
 
 # KEEP=1: leave the cluster and the demo running (`make cluster-down` ends it).
-demo: install cluster-tools images
+demo: install cluster-up-tools images
 	KEEP=$(KEEP) $(BIN)/python hack/demo.py

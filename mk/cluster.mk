@@ -1,8 +1,18 @@
 # Local Kubernetes control plane built from source, and the kind path.
 # See docs/testing.md. Binaries: $(QSYS_TOOLS_CACHE)/GROUP-VERSION-KEY/bin.
 
-# Pinned tool groups built for `make test` (hack/tools/GROUP); add new ones here.
-TOOL_GROUPS ?= kube kube-floor helm promtool node coredns kube-router otelcol prometheus prometheus-operator metrics-server registry cosign krew
+# Pinned tool groups built for `make test` (hack/tools/GROUP); add new ones here, in
+# the order the tests need them: `make test` builds them one after the other in the
+# background while tests run, and a test waits for the groups it needs
+# (tests/conftest.py). The real node's groups come last: only the tests that request
+# the `real_node` fixture wait for them; every other e2e test waits for the rest.
+NODE_TOOL_GROUPS ?= node metrics-server coredns kube-router
+# Only the real-node tests (registry, cosign) and the floor run (kube-floor) need these,
+# so the other e2e tests do not wait for them either.
+LATE_TOOL_GROUPS ?= registry cosign kube-floor
+TOOL_GROUPS ?= helm promtool krew kube prometheus prometheus-operator otelcol $(NODE_TOOL_GROUPS) $(LATE_TOOL_GROUPS)
+# What the local cluster with its real node and the chart need (`make cluster-up`, `make demo`).
+CLUSTER_TOOL_GROUPS ?= kube helm $(NODE_TOOL_GROUPS)
 KIND_CLUSTER ?= qsys-e2e
 KIND_KUBECONFIG := .cache/kind/kubeconfig
 IMAGE_TAG ?= e2e
@@ -11,12 +21,15 @@ IMAGES ?= operator gateway
 
 tool_dir = $(shell bash hack/tools/build.sh --dir $(1))
 
-.PHONY: cluster-tools cluster-up cluster-down cluster-env e2e kind-up kind-down kind-images e2e-kind
+.PHONY: cluster-tools cluster-up-tools cluster-up cluster-down cluster-env e2e kind-up kind-down kind-images e2e-kind
 
 cluster-tools:
 	@bash hack/tools/build.sh $(TOOL_GROUPS)
 
-cluster-up: cluster-tools images
+cluster-up-tools:
+	@bash hack/tools/build.sh $(CLUSTER_TOOL_GROUPS)
+
+cluster-up: cluster-up-tools images
 	@bash hack/cluster/up.sh >/dev/null
 
 cluster-down:

@@ -17,4 +17,4 @@ images-lock: install
 	$(BIN)/python hack/images.py lock
 
 # The tests unpack and compare the images (tests/integration/test_images.py).
-test: images
+TEST_PREREQS += images

@@ -6,7 +6,6 @@ JS_STAMP := $(JS_DIR)/node_modules/.installed
 .PHONY: js-deps
 js-deps: $(JS_STAMP)
 
-$(JS_STAMP): $(JS_DIR)/package.json $(JS_DIR)/package-lock.json hack/install-system-deps.sh
-	bash hack/install-system-deps.sh
+$(JS_STAMP): $(JS_DIR)/package.json $(JS_DIR)/package-lock.json hack/install-system-deps.sh | $(STAMP)
 	cd $(JS_DIR) && npm ci --ignore-scripts --no-audit --no-fund
 	touch $@

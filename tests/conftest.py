@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+import os
+import subprocess
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -17,11 +20,107 @@ import pytest
 from qsys_core_sim.server import CoreSimulator
 from qsys_protocol.qrc.client import QrcClient
 from qsys_testkit import LOOPBACK, free_port
+from qsys_testkit.checkout import background_build, wait_for_tools
 
 if TYPE_CHECKING:
     from qsys_testkit.pytest_plugin import SimulatorFactory, SimulatorProcessFactory
 
 pytest_plugins = ["qsys_testkit.pytest_plugin"]
+
+REPO = Path(__file__).resolve().parents[1]
+E2E = REPO / "tests" / "e2e"
+# The pid of the process whose e2e `cluster` fixture started the local cluster, while
+# it runs (tests/e2e/conftest.py); left behind only when that process died.
+CLUSTER_OWNER = REPO / ".cache" / "cluster" / "started-by-pytest"
+# The e2e tests run on one xdist worker (`--dist loadgroup`): one cluster per session.
+E2E_GROUP = "e2e"
+# Tests marked `timing` run one at a time, last, and after the background tool builds.
+TIMING_GROUP = "timing"
+# Why a test must fail before its fixtures start (a tool build failed, ...).
+SETUP_FAILURE = pytest.StashKey[str]()
+
+
+def _is_e2e(item: pytest.Item) -> bool:
+    return item.path.is_relative_to(E2E) or item.get_closest_marker("e2e") is not None
+
+
+def _uses_real_node(item: pytest.Item) -> bool:
+    return "real_node" in getattr(item, "fixturenames", ())
+
+
+def _is_timing(item: pytest.Item) -> bool:
+    return item.get_closest_marker("timing") is not None
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """All e2e tests in one xdist group, the ones on the real node last (the others run
+    while its tool groups still build, and before the node starts); the `timing` tests in
+    another group, dispatched last."""
+    for item in items:
+        if _is_e2e(item):
+            item.add_marker(pytest.mark.xdist_group(E2E_GROUP))
+        elif _is_timing(item):
+            item.add_marker(pytest.mark.xdist_group(TIMING_GROUP))
+    items.sort(key=lambda item: (_is_timing(item), _is_e2e(item) and _uses_real_node(item)))
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """In an xdist worker: the groups must have reached the scheduler (it reads them from
+    the node ids), or two workers would each start a cluster; such tests fail at setup."""
+    if not session.config.getvalue("loadgroup"):
+        return
+    for item in session.items:
+        if item.get_closest_marker("xdist_group") and "@" not in item.nodeid:
+            item.stash[SETUP_FAILURE] = (
+                f"pytest-xdist does not group tests (`--dist loadgroup`) under pytest "
+                f"{pytest.__version__}: the test lost its xdist_group; use the pytest "
+                "version pyproject.toml allows (`make install`)"
+            )
+
+
+def needed_tools(item: pytest.Item) -> set[str]:
+    """Tool groups item waits for: its `tools` marks; for an e2e test every group but the
+    real node's (QSYS_NODE_TOOL_GROUPS), and those too when it uses the real node; for a
+    `timing` test every group (no compiler beside it)."""
+    groups = {group for mark in item.iter_markers("tools") for group in mark.args}
+    build = background_build()
+    if build is not None and (_is_timing(item) or (_is_e2e(item) and _uses_real_node(item))):
+        groups |= build[1]
+    elif build is not None and _is_e2e(item):
+        groups |= build[1] - set(os.environ.get("QSYS_NODE_TOOL_GROUPS", "").split())
+    return groups
+
+
+@pytest.hookimpl(hookwrapper=True, tryfirst=True)
+def pytest_runtest_protocol(item: pytest.Item) -> Generator[None, None, None]:
+    """Under `make test` the tool groups build while tests run: wait for the ones item
+    needs here, outside its timeout (pytest-timeout starts it inside this hook)."""
+    error = wait_for_tools(needed_tools(item))
+    if error:
+        item.stash[SETUP_FAILURE] = error
+    yield
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if SETUP_FAILURE in item.stash:
+        pytest.fail(item.stash[SETUP_FAILURE], pytrace=False)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """In the xdist controller (or a run without workers), after every fixture's teardown:
+    a local cluster whose starting process died (an xdist worker crash) is stopped."""
+    if hasattr(session.config, "workerinput"):
+        return
+    try:
+        owner = int(CLUSTER_OWNER.read_text())
+    except (OSError, ValueError):
+        return
+    if owner != os.getpid() and Path(f"/proc/{owner}").exists():
+        return  # another session's, still running
+    subprocess.run(["bash", str(REPO / "hack" / "cluster" / "down.sh")], check=False, timeout=300)
+    CLUSTER_OWNER.unlink(missing_ok=True)
 
 
 class RawClient:

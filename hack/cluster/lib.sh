@@ -28,8 +28,15 @@ NODE_IP=198.18.0.1
 # One real node (containerd, kubelet, kube-proxy, CoreDNS, kube-router) beside
 # the fake ones; hack/cluster/node.sh. QSYS_REAL_NODE=0 leaves it out (for a
 # second control plane on the same machine: the node's host state is
-# machine-wide, so only one checkout can run it at a time).
+# machine-wide, so only one checkout can run it at a time); =lazy prepares the
+# host (record, bridge) but leaves the node to a later `node.sh ensure-up` (the
+# e2e tests' `real_node` fixture).
 REAL_NODE=${QSYS_REAL_NODE:-1}
+case $REAL_NODE in 0 | 1 | lazy) ;; *)
+	echo "cluster: ERROR: QSYS_REAL_NODE=$REAL_NODE: use 1, 0 or lazy" >&2
+	exit 1
+	;;
+esac
 NODE_NAME=qsys-node
 NODE=$STATE/node
 KUBELET_PORT=${QSYS_KUBELET_PORT:-16447}
@@ -43,7 +50,7 @@ POD_CIDR=${QSYS_POD_CIDR:-127.77.0.1/16}
 FAKE_NODES=${QSYS_FAKE_NODES:-2}
 # With the real node the apiserver listens on NODE_IP (inside the cluster's
 # range, reachable from pods as the "kubernetes" Service) instead of loopback.
-if [[ $REAL_NODE == 1 ]]; then APISERVER_HOST=$NODE_IP; else APISERVER_HOST=127.0.0.1; fi
+if [[ $REAL_NODE != 0 ]]; then APISERVER_HOST=$NODE_IP; else APISERVER_HOST=127.0.0.1; fi
 APISERVER_URL=https://$APISERVER_HOST:$APISERVER_PORT
 
 # Start order; down.sh stops in reverse.

@@ -6,6 +6,7 @@
 #   node.sh record    snapshot the host state the node changes (kept if present)
 #   node.sh net-up    the bridge and its address (before the apiserver binds it)
 #   node.sh up        start the node's processes and wait until the node is Ready
+#   node.sh ensure-up `up` unless the node already runs (after QSYS_REAL_NODE=lazy)
 #   node.sh import-images   import the OCI tarballs of `make images` (if changed)
 #   node.sh down      stop everything and put the host back as recorded
 #   node.sh snapshot  print the host state the teardown test compares
@@ -590,6 +591,22 @@ cmd_up() {
 	done
 }
 
+# ensure-up: the node of a control plane started with QSYS_REAL_NODE=lazy (or
+# =1): started unless it already runs.
+cmd_ensure_up() {
+	local name running=0
+	for name in "${NODE_COMPONENTS[@]}"; do
+		if [[ -n $(component_pid "$name") ]]; then running=$((running + 1)); fi
+	done
+	if ((running == ${#NODE_COMPONENTS[@]})) && node_ready; then
+		log "real node $NODE_NAME already running; reusing it"
+		return 0
+	fi
+	((running == 0)) || die "the real node runs partly (${running} of ${#NODE_COMPONENTS[@]} processes): 'make cluster-down' and start again"
+	[[ -f $RECORD/.complete ]] || die "the control plane was started without the real node (QSYS_REAL_NODE=0): 'make cluster-down' and start it again"
+	cmd_up
+}
+
 # --- teardown ------------------------------------------------------------
 
 stop_component() { # NAME: TERM, wait up to 10 s, then KILL
@@ -849,8 +866,9 @@ registry-trust) cmd_registry_trust "${2:-}" "${3:-}" ;;
 registry-untrust) cmd_registry_untrust "${2:-}" ;;
 net-up) cmd_net_up ;;
 up) cmd_up ;;
+ensure-up) cmd_ensure_up ;;
 import-images) cmd_import_images ;;
 down) cmd_down ;;
 snapshot) cmd_snapshot ;;
-*) die "usage: node.sh record|net-up|up|down|snapshot|registry-trust|registry-untrust" ;;
+*) die "usage: node.sh record|net-up|up|ensure-up|import-images|down|snapshot|registry-trust|registry-untrust" ;;
 esac

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Starts the local control plane (etcd, kube-apiserver, kube-controller-manager,
 # kube-scheduler, kwok as fake kubelet) on 127.0.0.1, and the real node
-# (hack/cluster/node.sh; not with QSYS_REAL_NODE=0), and writes the admin
+# (hack/cluster/node.sh; not with QSYS_REAL_NODE=0, later with =lazy), and writes the admin
 # kubeconfig to $STATE/kubeconfig. Prints "reused" on stdout when a healthy
 # control plane of this checkout was already running, "started" otherwise;
 # progress goes to stderr.
@@ -50,7 +50,7 @@ elapsed() {
 rm -rf "$STATE/etcd" "$LOGS" "$PIDS" "$KUBECONFIG_OUT"
 mkdir -p "$STATE" "$LOGS" "$PIDS"
 bash "$REPO/hack/cluster/pki.sh" "$PKI"
-if [[ $REAL_NODE == 1 ]]; then
+if [[ $REAL_NODE != 0 ]]; then
 	# Host state first, before anything changes it; then the bridge whose
 	# address the apiserver binds.
 	bash "$REPO/hack/cluster/node.sh" record

@@ -4,6 +4,10 @@
 # where KEY hashes the pins and the Go version. A no-op when already built.
 #   build.sh GROUP...        build (if needed) and print nothing else
 #   build.sh --dir GROUP     print the bin directory (built or not)
+# With QSYS_TOOLS_STATUS=DIR (`make test` builds in the background while other
+# work runs) a group that fails leaves DIR/GROUP.failed, the next groups still
+# build, and the exit status is 1 at the end; consumers wait for a group's bin
+# directory or its .failed file (tests/conftest.py).
 # To add a tool: a new GROUP directory (go.mod with a `tool` line, go.sum from
 # `go mod tidy`, or from `go build -tags TAGS -mod=mod` when tidy cannot resolve
 # the untagged build), build.env with VERSION, BINARIES, LDFLAGS and optional
@@ -40,14 +44,15 @@ default_name() {
 }
 
 build() {
-	local group=$1 out tmp pkgs=() entry name pkg start
+	local group=$1 out pkgs=() entry name pkg start
 	load "$group"
 	out=$(bin_dir "$group")
 	if [[ -f $out/.complete ]]; then return 0; fi
 	for entry in "${BINARIES[@]}"; do pkgs+=("${entry#*=}"); done
 	mkdir -p "$cache"
 	tmp=$(mktemp -d "${out%/bin}.tmp.XXXXXX")
-	trap 'rm -rf "$tmp"' RETURN
+	# RETURN after a build, EXIT when set -e ends it.
+	trap 'rm -rf "${tmp:-}"' RETURN EXIT
 	start=$(date +%s)
 	echo "tools: building $group $VERSION into ${out%/bin} (cold builds take minutes)" >&2
 	(cd "$here/$group" &&
@@ -69,4 +74,25 @@ if [[ ${1:-} == --dir ]]; then
 	bin_dir "$2"
 	exit 0
 fi
-for group in "$@"; do build "$group"; done
+status=${QSYS_TOOLS_STATUS:-}
+if [[ -z $status ]]; then
+	for group in "$@"; do build "$group"; done
+	exit 0
+fi
+failed=0
+for group in "$@"; do
+	# A subshell with its own set -e (never in a condition, which would disable
+	# it), so that a failure stops this group's build and not the loop.
+	set +e
+	(
+		set -e
+		build "$group"
+	)
+	rc=$?
+	set -e
+	if ((rc != 0)); then
+		echo "tools: building $group failed (exit status $rc)" >"$status/$group.failed"
+		failed=1
+	fi
+done
+exit "$failed"

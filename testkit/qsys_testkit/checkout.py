@@ -4,11 +4,19 @@ checkout of the repository (an editable install); users' CI does not."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import time
+from collections.abc import Iterable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
+
+# Set by `make test` (hack/test.sh), which builds the groups QSYS_TOOL_GROUPS names in
+# the background: the status directory of that build (its pid, log, GROUP.failed).
+STATUS_ENV = "QSYS_TOOLS_STATUS"
+GROUPS_ENV = "QSYS_TOOL_GROUPS"
 
 
 def tool_dir(group: str) -> Path:
@@ -22,9 +30,57 @@ def tool_dir(group: str) -> Path:
     return Path(out.stdout.strip())
 
 
+def background_build() -> tuple[Path, set[str]] | None:
+    """The status directory and groups of `make test`'s background build, if one runs."""
+    status = os.environ.get(STATUS_ENV, "")
+    if not status:
+        return None
+    return Path(status), set(os.environ.get(GROUPS_ENV, "").split())
+
+
+def _builder_alive(status: Path) -> bool:
+    try:
+        pid = int((status / "pid").read_text())
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, ValueError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
+def wait_for_tools(groups: Iterable[str], timeout: float = 3 * 3600.0) -> str | None:
+    """Wait until `make test`'s background build has built each of groups (those it
+    builds; others are left to pinned_tool). None when they are built, else why not."""
+    build = background_build()
+    if build is None:
+        return None
+    status, building = build
+    deadline = time.monotonic() + timeout
+    for group in sorted(set(groups) & building):
+        complete = tool_dir(group) / ".complete"
+        while not complete.is_file():
+            failed = status / f"{group}.failed"
+            if failed.is_file() or not _builder_alive(status):
+                why = failed.read_text().strip() if failed.is_file() else "the build ended"
+                log = (status / "log").read_text(errors="replace").splitlines()[-40:]
+                return f"hack/tools/{group} is not built: {why}; its log ({status / 'log'}):\n" + (
+                    "\n".join(log)
+                )
+            if time.monotonic() > deadline:
+                return f"hack/tools/{group} was not built within {timeout:.0f}s"
+            time.sleep(1.0)
+    return None
+
+
 def pinned_tool(group: str, name: str) -> Path:
     """A built binary of hack/tools/GROUP; raises (a test fails, never skips) when missing."""
     path = tool_dir(group) / name
+    build = background_build()
+    if not path.is_file() and build is not None and group in build[1]:
+        raise FileNotFoundError(
+            f"{name} is still being built by `make test` ({build[0] / 'log'}): mark the test "
+            f"`@pytest.mark.tools({group!r})` so that it waits for the build before its "
+            "timeout starts"
+        )
     if not path.is_file():
         raise FileNotFoundError(
             f"{name} is not built ({path} missing): run `make cluster-tools` "

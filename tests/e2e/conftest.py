@@ -2,8 +2,9 @@
 
 With KUBECONFIG set, that cluster is used (kind or any other). Otherwise the
 local control plane of hack/cluster is brought up once per session, and taken
-down at the end if this session started it. No cluster means failed tests,
-never skipped ones.
+down at the end if this session started it. Its real node starts only when the
+first test that requests `real_node` runs, so that the tests on kwok's fake
+nodes never wait for it. No cluster means failed tests, never skipped ones.
 
 QSYS_KUBE_GROUP=kube-floor: the session runs against the oldest supported
 Kubernetes minor instead (hack/tools/kube-floor; its own state directory and
@@ -23,9 +24,11 @@ import pytest
 from kube_support import REPO, Cluster
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
+from node_support import require_real_node
 
 UP = REPO / "hack" / "cluster" / "up.sh"
 DOWN = REPO / "hack" / "cluster" / "down.sh"
+NODE = REPO / "hack" / "cluster" / "node.sh"
 UP_TIMEOUT_S = 240
 FLOOR_MINOR = "1.31"
 FLOOR = os.environ.get("QSYS_KUBE_GROUP", "kube") == "kube-floor"
@@ -46,17 +49,20 @@ FLOOR_ENV = {
 LOCAL_KUBECONFIG = (
     Path(FLOOR_ENV["QSYS_CLUSTER_DIR"]) if FLOOR else REPO / ".cache" / "cluster"
 ) / "kubeconfig"
+OWNER = LOCAL_KUBECONFIG.parent / "started-by-pytest"  # tests/conftest.py reads it
 
 
-def _run_script(script: Path) -> subprocess.CompletedProcess[str]:
+def _run_script(script: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    # The real node starts later (`real_node`), unless QSYS_REAL_NODE says otherwise.
+    env = {**os.environ, "QSYS_REAL_NODE": os.environ.get("QSYS_REAL_NODE", "lazy")}
     return subprocess.run(
-        ["bash", str(script)],
+        ["bash", str(script), *args],
         capture_output=True,
         text=True,
         timeout=UP_TIMEOUT_S,
         check=False,
         cwd=REPO,
-        env={**os.environ, **FLOOR_ENV} if FLOOR else None,
+        env={**env, **FLOOR_ENV} if FLOOR else env,
     )
 
 
@@ -64,6 +70,7 @@ def _stop_local() -> None:
     result = _run_script(DOWN)
     if result.returncode != 0:
         raise RuntimeError(f"hack/cluster/down.sh failed:\n{result.stderr}")
+    OWNER.unlink(missing_ok=True)
 
 
 def _start_local() -> bool:
@@ -80,7 +87,10 @@ def _start_local() -> bool:
             f"hack/cluster/up.sh said:\n{result.stderr[-4000:]}",
             pytrace=False,
         )
-    return result.stdout.strip() == "started"
+    started = result.stdout.strip() == "started"
+    if started:
+        OWNER.write_text(str(os.getpid()))
+    return started
 
 
 @pytest.fixture(scope="session")
@@ -110,6 +120,25 @@ def cluster() -> Iterator[Cluster]:
     finally:
         if started:
             _stop_local()
+
+
+@pytest.fixture(scope="session")
+def real_node(cluster: Cluster) -> client.V1Node:
+    """The local cluster's real node, Ready, started on first use (`node.sh ensure-up`
+    reuses a running one); stopped with the cluster. On another cluster: its node
+    `qsys-node` must exist."""
+    if cluster.local:
+        try:
+            result = _run_script(NODE, "ensure-up")
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"the real node did not start within {UP_TIMEOUT_S}s", pytrace=False)
+        if result.returncode != 0:
+            pytest.fail(
+                f"the real node did not start: hack/cluster/node.sh ensure-up said:\n"
+                f"{result.stderr[-4000:]}",
+                pytrace=False,
+            )
+    return require_real_node(cluster)
 
 
 @pytest.fixture

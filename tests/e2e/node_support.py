@@ -57,8 +57,8 @@ def require_real_node(cluster: Cluster) -> client.V1Node:
         if exc.status != 404:
             raise
         pytest.fail(
-            f"the cluster has no real node {NODE_NAME}: hack/cluster/up.sh starts it "
-            "(unless QSYS_REAL_NODE=0; it needs root)",
+            f"the cluster has no real node {NODE_NAME}: a test on it requests the `real_node` "
+            "fixture, which starts it (not with QSYS_REAL_NODE=0; it needs root)",
             pytrace=False,
         )
     ready = [c.status for c in must(node.status).conditions or [] if c.type == "Ready"]

@@ -14,7 +14,7 @@ import sys
 import pytest
 from kube_support import REPO, Cluster
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("real_node")]
 
 DEMO_TIMEOUT_S = 480
 

@@ -44,7 +44,7 @@ from node_support import (
 )
 from operator_support import condition, get, wait_condition
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("real_node")]
 
 READY_WITHIN_S = 120
 CORE = "auditorium"

@@ -30,7 +30,7 @@ from node_support import (
     wait_pods_ready,
 )
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("real_node")]
 
 NODE_SH = REPO / "hack" / "cluster" / "node.sh"
 NODE_PROCESSES = (

@@ -50,7 +50,7 @@ from prometheus_support import MONITORING, po_crds_installed, prometheus_operato
 
 from qsys_testkit.monitoring import alert_names, chart_prometheus_rule, prometheus_api, used_metrics
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("real_node")]
 
 # The images hack/cluster/node.sh packs and imports (binary-alone, from hack/tools).
 PROMETHEUS_IMAGE = "qsys.local/prometheus:v3.13.5"

@@ -39,7 +39,7 @@ from operator_support import create, policy_body
 
 from qsys_testkit.kube import secret_text
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("real_node")]
 
 CORE = "hall"
 GATEWAY = f"{CORE}-gateway"

@@ -52,7 +52,7 @@ from plugin_support import Plugin, fails
 from qsys_protocol.qrc.client import QrcClient
 from qsys_testkit.kube import secret_text
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("real_node")]
 
 CHART = REPO / "charts" / "qsys-operator"
 CORE = "auditorium"

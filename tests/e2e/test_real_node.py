@@ -29,7 +29,7 @@ from node_support import (
     wait_pods_ready,
 )
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("real_node")]
 
 SERVER = """
 import http.server

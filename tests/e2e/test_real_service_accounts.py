@@ -41,7 +41,7 @@ from operator_support import get, patch, wait_condition
 
 from qsys_protocol.config import TokenReviewConfig
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("real_node")]
 
 CORE = "hall"
 GATEWAY = f"{CORE}-gateway"

@@ -52,7 +52,7 @@ from operator_support import wait_condition
 
 from qsys_testkit.registry import RegistryProcess
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1200)]
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1200), pytest.mark.usefixtures("real_node")]
 
 PATH = "qsys"
 PULL_SECRET = "regcred"

@@ -53,7 +53,7 @@ from operator_support import wait_condition
 
 from qsys_testkit.kube import apply_crds, secret_text
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("real_node")]
 
 PREVIOUS = dict(
     line.split("=", 1)

@@ -20,7 +20,7 @@ from qsys_protocol.qrc.client import QrcClient
 from qsys_protocol.qrc.errors import QrcError
 from qsys_testkit import LOOPBACK, GatewayProcess, token_sha256
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.timeout(300), pytest.mark.timing]
 
 ZONES = [
     "Room101 Zone1 Gain",

@@ -13,6 +13,8 @@ from gateway_harness import PANEL_TOKEN, GatewayFactory
 from qsys_protocol.qrc.client import QrcClient
 from qsys_testkit import RedisProcess
 
+pytestmark = pytest.mark.timing
+
 RATE = 10.0
 LOAD = 5 * RATE
 SECONDS = 6.0

@@ -22,7 +22,8 @@ def tls_gateway(
     cert, key = self_signed_cert(directory)
     config = base_config(module_sim.port)
     config["listen"]["tls"] = {"certFile": str(cert), "keyFile": str(key)}
-    with GatewayProcess(config, directory) as gw:
+    # healthz: connected to the Core too, which the calls below need (a 503 before that).
+    with GatewayProcess(config, directory, ready="healthz") as gw:
         yield gw, client_tls(Path(cert))
 
 

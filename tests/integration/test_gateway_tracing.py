@@ -19,6 +19,8 @@ from gateway_harness import NORULES_TOKEN, PANEL_TOKEN, base_config, pinned_tool
 
 from qsys_testkit import LOOPBACK, GatewayProcess, ManagedProcess, SimulatorProcess, free_port
 
+pytestmark = pytest.mark.tools("otelcol")
+
 TRACE_A = "4bf92f3577b34da6a3ce929d0e0e4736"
 TRACE_B = "0af7651916cd43dd8448eb211c80319c"
 PARENT = "00f067aa0ba902b7"

@@ -21,6 +21,8 @@ import yaml
 from qsys_testkit import free_port
 from qsys_testkit.checkout import pinned_tool
 
+pytestmark = pytest.mark.tools("krew", "kube")
+
 REPO = Path(__file__).resolve().parents[2]
 VERSION = "0.1.0"
 COMMANDS = "{status,token,can-i,call,audit}"

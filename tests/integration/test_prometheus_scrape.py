@@ -19,6 +19,8 @@ from gateway_harness import PANEL_TOKEN, base_config, pinned_tool
 from qsys_testkit import LOOPBACK, GatewayProcess, SimulatorProcess, free_port, stop_process
 from qsys_testkit.monitoring import chart_prometheus_rule, prometheus_api, used_metrics
 
+pytestmark = pytest.mark.tools("prometheus", "helm")
+
 LABELS = {"namespace": "av", "service": "hall-gateway", "pod": "hall-gateway-a"}
 
 

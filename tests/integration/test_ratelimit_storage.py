@@ -18,6 +18,8 @@ from qsys_gateway.ratelimit import MemoryBuckets, RateDecision, RateLimiter
 from qsys_protocol.config import RateConfig
 from qsys_testkit import RedisProcess, free_port
 
+pytestmark = pytest.mark.timing
+
 LOOPBACK = "127.0.0.1"
 LOAD_FACTOR = 5
 MEASURE_SECONDS = 3.0

@@ -22,6 +22,8 @@ from chart_support import (
 from qsys_operator.kinds import CHILDREN
 from qsys_operator.settings import DEFAULT_GATEWAY_IMAGE, ENV, OperatorSettings
 
+pytestmark = pytest.mark.tools("helm")
+
 RBAC_KINDS = ("Role", "ClusterRole")
 TOKEN_REVIEW_ROLE = "qsys-qsys-operator-gateway-tokenreview"
 TENANT_ROLES = ("qsys-qsys-operator-view", "qsys-qsys-operator-edit")

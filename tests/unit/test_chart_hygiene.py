@@ -21,6 +21,8 @@ from qsys_operator.api import CLIENT_TOKEN, SECRET_TYPE_LABEL, AccessPolicy, QSy
 from qsys_operator.settings import ENV, OperatorSettings
 from qsys_operator.tokens import token_weakness
 
+pytestmark = pytest.mark.tools("helm")
+
 CHART_META = yaml.safe_load((CHART / "Chart.yaml").read_text("utf-8"))
 APP_VERSION = CHART_META["appVersion"]
 VAP = "admissionregistration.k8s.io/v1/ValidatingAdmissionPolicy"

@@ -26,6 +26,8 @@ from qsys_testkit.monitoring import (
     rule_exprs,
 )
 
+pytestmark = pytest.mark.tools("helm", "promtool")
+
 SUFFIXES = {
     "counter": ("_total", "_created"),
     "histogram": ("_bucket", "_count", "_sum", "_created"),

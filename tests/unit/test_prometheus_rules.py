@@ -9,8 +9,11 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 from chart_support import REPO, by_kind, manifests, render, run, tool
+
+pytestmark = pytest.mark.tools("helm", "promtool")
 
 FIXTURE = REPO / "tests" / "fixtures" / "prometheus" / "alerts-test.yaml"
 ALERTS = {

@@ -153,6 +153,8 @@ async def test_reviews_in_flight_are_bounded_per_source_and_overall() -> None:
         (jwt(aud=[]), "another audience"),
         (jwt(exp=time.time() - 1), "expired"),
     ],
+    # Fixed ids: the tokens carry the time, and xdist's workers must collect equal ids.
+    ids=["not-a-jwt", "three-parts", "oversized", "other-audience", "no-audience", "expired"],
 )
 async def test_tokens_that_cannot_be_for_this_gateway_are_never_reviewed(
     token: str, why: str

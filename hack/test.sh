@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# `make test`: what CI runs. The pinned tool groups start building at once, in the
+# background, in the order of TOOL_GROUPS; beside them the other prerequisites
+# (TEST_PREREQS: install, lint, npm packages, images) run with make -j, then pytest
+# with two workers: the e2e tests on one, unit and integration tests on the other.
+# A test that needs a tool group waits for its build (tests/conftest.py), so tests
+# run while the later groups still build; a failed build fails the tests that need
+# it, with the build's log. The background build is stopped when this script ends.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+: "${TOOL_GROUPS:?}" "${TEST_PREREQS:?}"
+MAKE=${MAKE:-make}
+BIN=${BIN:-.venv/bin}
+
+status=$PWD/.cache/tools-build
+rm -rf "$status"
+mkdir -p "$status"
+# setsid: the build's go processes form their own group, stopped together below.
+# shellcheck disable=SC2086 # word splitting of the group list is intended
+setsid bash hack/tools/build.sh $TOOL_GROUPS >"$status/log" 2>&1 &
+builder=$!
+echo "$builder" >"$status/pid"
+trap 'kill -TERM -- "-$builder" 2>/dev/null || true' EXIT
+echo "test: building the tool groups in the background: $TOOL_GROUPS (log: $status/log)"
+
+export QSYS_TOOLS_STATUS=$status QSYS_TOOL_GROUPS=$TOOL_GROUPS
+export QSYS_NODE_TOOL_GROUPS=${NODE_TOOL_GROUPS:-}
+# shellcheck disable=SC2086
+"$MAKE" --no-print-directory -j4 --output-sync=target $TEST_PREREQS
+
+# shellcheck disable=SC2086 # PYTEST_ARGS may carry several arguments
+"$BIN/python" -m pytest -n 2 --dist loadgroup ${PYTEST_ARGS:-}
+
+rc=0
+wait "$builder" || rc=$?
+grep -E '^tools: built ' "$status/log" || true
+if ((rc != 0)); then
+	echo "test: a tool build failed:" >&2
+	tail -n 30 "$status/log" >&2
+	exit 1
+fi
