@@ -164,10 +164,11 @@ def test_schema_rejections(objects: client.CustomObjectsApi, namespace: str) -> 
 
 
 def test_cel_dns_host_needs_core_cidrs(objects: client.CustomObjectsApi, namespace: str) -> None:
-    message = _rejected(objects, namespace, _core(core={"host": "core-hall.av.example"}))
-    assert "coreCIDRs must be set" in message
+    dns = _core(core={"host": "core-hall.av.example"}, networkPolicy={})
+    assert "coreCIDRs must be set" in _rejected(objects, namespace, dns)
     redundant = {"host": "192.0.2.10", "redundantHost": "core-b.av.example"}
-    assert "coreCIDRs must be set" in _rejected(objects, namespace, _core(core=redundant))
+    both = _core(core=redundant, networkPolicy={})
+    assert "coreCIDRs must be set" in _rejected(objects, namespace, both)
     ok = _core(core={"host": "core-hall.av.example"}, networkPolicy={"coreCIDRs": ["192.0.2.0/28"]})
     _create(objects, namespace, ok)
     no_np = _core(core={"host": "core-b.av.example"}, networkPolicy={"enabled": False})

@@ -101,9 +101,12 @@ class Installed:
 
 @contextlib.contextmanager
 def chart_defaults(cluster: Cluster, release: str, ns: str) -> Iterator[None]:
-    """`helm install` with no value set: what a new user types."""
+    """`helm install` with no value set: what a new user types. The session's cluster has
+    the CRDs already (applied from crds/), so this release takes them over, as a user's
+    first install over hand-applied CRDs would (docs/install.md "Upgrade")."""
     timeout = f"{CHART_TIMEOUT_S}s"
-    done = helm(cluster, "install", release, str(CHART), "-n", ns, "--wait", "--timeout", timeout)
+    args = ("-n", ns, "--take-ownership", "--wait", "--timeout", timeout)
+    done = helm(cluster, "install", release, str(CHART), *args)
     assert "wait qsyscore/auditorium --for=condition=Ready" in done.stdout  # NOTES.txt
     try:
         yield
