@@ -284,6 +284,9 @@ class Admission:
         """Close this connection once its token is no longer admitted (end of a grace period)."""
         self._watched[id(caller)] = (caller, close)
 
+    def unwatch(self, caller: Caller) -> None:
+        self._watched.pop(id(caller), None)
+
     async def _sweep(self) -> None:
         while True:
             await asyncio.sleep(SWEEP_SECONDS)

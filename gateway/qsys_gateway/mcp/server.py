@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
@@ -41,6 +42,7 @@ from . import tools as T
 from .admission import Admission, Denied, McpCaller, outcome_of
 from .bridge import serve
 from .design import ControlSpec, Design, Writable, readable, writable
+from .sessions import SessionTable, opens_session, request_ids
 
 log = logging.getLogger("qsys_gateway.mcp")
 
@@ -205,8 +207,9 @@ class McpEndpoint:
             max_request_body_size=MAX_MESSAGE_BYTES,
             max_sessions=cfg.limits.maxClients,
         )
-        self._by_subject: dict[str, set[str]] = {}
+        self.sessions = SessionTable()
         self._streams: dict[str, int] = {}
+        self._handlers: set[asyncio.Task[Any]] = set()
         self._states: dict[str, _SessionState] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._stop = asyncio.Event()
@@ -234,19 +237,23 @@ class McpEndpoint:
         self._reaper = loop.create_task(self._reap(), name="qsys-mcp-reaper")
 
     async def stop(self) -> None:
+        """End every session and cancel every MCP request still in flight, so shutdown
+        never waits on what a client left open (a stream, a request the SDK never
+        answers)."""
         self._stop.set()
-        for task in (self._reaper, self._runner):
-            if task is not None:
-                if task is self._reaper:
-                    task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await asyncio.wait_for(task, 5.0)
+        if self._reaper is not None:
+            self._reaper.cancel()
+        current = asyncio.current_task()
+        for task in list(self._handlers):
+            if task is not current:
+                task.cancel()
+        for session in self.sessions.all():
+            await self._end(session.sid)
+        if self._runner is not None:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.wait_for(self._runner, 5.0)
         for sid in list(self._states):
             await self._drop_state(sid)
-
-    def _live(self, sid: str) -> bool:
-        # The SDK keeps no public view of its open sessions.
-        return sid in self.manager._server_instances
 
     async def _reap(self) -> None:
         while True:
@@ -254,12 +261,50 @@ class McpEndpoint:
             await self._prune()
 
     async def _prune(self) -> None:
-        for subject, sids in list(self._by_subject.items()):
-            sids.intersection_update(s for s in list(sids) if self._live(s))
-            if not sids:
-                del self._by_subject[subject]
-        for sid in [s for s in self._states if not self._live(s)]:
-            await self._drop_state(sid)
+        for sid in self.sessions.idle(self.svc.runtime.config.mcp.sessionIdleSeconds):
+            await self._end(sid)
+
+    async def _end(self, sid: str) -> None:
+        """End a session: the SDK's (as a client DELETE would), its open streams, its
+        subscriptions and its entry in the table."""
+        session = self.sessions.drop(sid)
+        if session is None:
+            return
+        self.svc.admission.unwatch(session.caller)
+        current = asyncio.current_task()
+        for task in list(session.tasks):
+            if task is not current:
+                task.cancel()
+        await self._terminate(sid, session.subject)
+        await self._drop_state(sid)
+
+    async def _terminate(self, sid: str, subject: str) -> None:
+        """A DELETE of the session through the SDK's public entry (404 once it is gone)."""
+        scope: dict[str, Any] = {
+            "type": "http",
+            "asgi": {"version": "3.0", "spec_version": "2.3"},
+            "http_version": "1.1",
+            "method": "DELETE",
+            "scheme": "http",
+            "path": "/v1/mcp",
+            "raw_path": b"/v1/mcp",
+            "query_string": b"",
+            "root_path": "",
+            "headers": [(SESSION_HEADER.encode(), sid.encode())],
+            "client": None,
+            "server": None,
+            "state": {},
+            "user": _user(subject),
+        }
+
+        async def receive() -> dict[str, Any]:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message: Any) -> None:
+            return None
+
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.manager.handle_request(scope, receive, send), 5.0)
 
     async def _drop_state(self, sid: str) -> None:
         state = self._states.pop(sid, None)
@@ -304,20 +349,24 @@ class McpEndpoint:
                 retry_after=1.0,
             )
         sid = request.headers.get(SESSION_HEADER)
-        opening = request.method == "POST" and sid is None and _opens_session(body)
-        if opening:
+        session = self.sessions.get(sid) if sid is not None else None
+        cap = cfg.mcp.maxSessionsPerSubject
+        if request.method == "POST" and sid is None and opens_session(body):
             await self._prune()
-            if len(self._by_subject.get(name, ())) >= cfg.mcp.maxSessionsPerSubject:
+            if self.sessions.count(name) >= cap:
+                return _too_many_sessions(cap)
+        ids: list[str] = []
+        if request.method == "POST" and session is not None:
+            ids = request_ids(body) or []
+            if len(set(ids)) < len(ids) or session.ids.intersection(ids):
                 return _error(
                     QrcError(
-                        ErrorCode.RATE_LIMITED,
-                        f"Too many MCP sessions for this subject (at most "
-                        f"{cfg.mcp.maxSessionsPerSubject}); end one with DELETE or reuse its "
-                        "Mcp-Session-Id",
+                        ErrorCode.INVALID_REQUEST,
+                        "Invalid request: a request with this id is already in flight on "
+                        "this session",
                     ),
-                    retry_after=5.0,
+                    409,
                 )
-        user = AuthenticatedUser(AccessToken(token="-", client_id=name, scopes=[]))  # noqa: S106
         headers = {
             "X-Request-ID": rid,
             "X-Content-Type-Options": "nosniff",
@@ -328,28 +377,52 @@ class McpEndpoint:
             headers["Access-Control-Allow-Origin"] = origin
             headers["Vary"] = "Origin"
             headers["Access-Control-Expose-Headers"] = EXPOSED
+        task = asyncio.current_task()
+        assert task is not None
+        admission = self.svc.admission
+        if session is not None:
+            session.use(caller.caller)
+            session.ids.update(ids)
+            session.tasks.add(task)
+        self._handlers.add(task)
         self._streams[name] = self._streams.get(name, 0) + 1
+        # the request's own token is checked once a second while it runs (open streams)
+        admission.watch(caller.caller, lambda: self._cancel(task))
         try:
             response = await serve(
                 self.manager.handle_request,
                 request,
                 body,
-                {"user": user, CALLER_KEY: caller},
+                {"user": _user(name), CALLER_KEY: caller},
                 headers,
             )
         finally:
+            admission.unwatch(caller.caller)
+            self._handlers.discard(task)
             left = self._streams[name] - 1
             if left:
                 self._streams[name] = left
             else:
                 del self._streams[name]
+            if session is not None:
+                session.ids.difference_update(ids)
+                session.tasks.discard(task)
+                session.last_active = time.monotonic()
         new_sid = response.headers.get(SESSION_HEADER)
-        if opening and new_sid and response.status < 400:
-            self._by_subject.setdefault(name, set()).add(new_sid)
-        if request.method == "DELETE" and sid is not None and not self._live(sid):
-            await self._drop_state(sid)
-            self._by_subject.get(name, set()).discard(sid)
+        if new_sid and self.sessions.get(new_sid) is None and response.status < 400:
+            if self.sessions.count(name) >= cap:
+                # opened by a body the check above did not see as an initialize
+                self.sessions.add(new_sid, caller.caller)
+                await self._end(new_sid)
+                return _too_many_sessions(cap)
+            opened = self.sessions.add(new_sid, caller.caller)
+            admission.watch(opened.caller, lambda: self._end(new_sid))
+        if request.method == "DELETE" and sid is not None and response.status < 400:
+            await self._end(sid)
         return response
+
+    async def _cancel(self, task: asyncio.Task[Any]) -> None:
+        task.cancel()
 
     # ---- handlers ---------------------------------------------------------------------
 
@@ -845,13 +918,20 @@ def _too_large(limit: int) -> QrcError:
     return QrcError(ErrorCode.INVALID_REQUEST, f"Request body over {limit} bytes")
 
 
-def _opens_session(body: bytes) -> bool:
-    """An `initialize` request (the only POST that opens a session)."""
-    try:
-        message = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return False
-    return isinstance(message, dict) and message.get("method") == "initialize"
+def _user(subject: str) -> AuthenticatedUser:
+    """The SDK's owner of a session: the subject (its sessions answer only to it)."""
+    return AuthenticatedUser(AccessToken(token="-", client_id=subject, scopes=[]))  # noqa: S106
+
+
+def _too_many_sessions(cap: int) -> web.Response:
+    return _error(
+        QrcError(
+            ErrorCode.RATE_LIMITED,
+            f"Too many MCP sessions for this subject (at most {cap}); end one with DELETE "
+            "or reuse its Mcp-Session-Id",
+        ),
+        retry_after=5.0,
+    )
 
 
 def _error(
