@@ -9,15 +9,21 @@ import copy
 import json
 import time
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
+import mcp_types as types
+import pytest
 from gateway_harness import ADMIN_TOKEN, PANEL_TOKEN, GatewayFactory
-from mcp_support import PROTOCOL, enable_mcp, raw_initialize, raw_post, wait_healthy
+from mcp.shared.exceptions import MCPError
+from mcp_support import PROTOCOL, enable_mcp, mcp_session, raw_initialize, raw_post, wait_healthy
 
 from qsys_testkit import GatewayProcess
 from qsys_testkit.gateway import token_sha256
 
+ZONE1 = "Room101 Zone1 Gain"
 ZONE1_URI = "qsys://component/Room101%20Zone1%20Gain"
+ROOM102 = "Room102 Zone1 Gain"
 
 NAN_INITIALIZE = (
     b'{"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {'
@@ -25,6 +31,12 @@ NAN_INITIALIZE = (
     b'"capabilities": {"experimental": {"x": {"y": NaN}}}, '
     b'"clientInfo": {"name": "nan", "version": "1"}}}'
 )
+
+
+def text(result: types.CallToolResult) -> str:
+    block = result.content[0]
+    assert isinstance(block, types.TextContent)
+    return block.text
 
 
 async def start(make_gateway: GatewayFactory, port: int, **mcp: Any) -> GatewayProcess:
@@ -178,4 +190,58 @@ async def test_stream_and_session_end_with_their_token(
     # and its subscription's upstream session was released
     sessions = await asyncio.to_thread(gw.metric, "qsys_gateway_upstream_sessions")
     assert sessions == 0
+    assert "Traceback" not in gw.stderr()
+
+
+async def test_forbidden_and_missing_components_answer_alike(
+    module_sim_port: int, make_gateway: GatewayFactory
+) -> None:
+    """Policy first: nothing about a component the subject may not touch (its existence,
+    its controls, their types) leaks through MCP, as through /v1/rpc."""
+    gw = await start(make_gateway, module_sim_port)
+
+    def same(message: str, component: str) -> str:
+        return message.replace(component, "<c>")
+
+    async with mcp_session(gw, PANEL_TOKEN) as panel:
+        answers: dict[str, list[str]] = {}
+        for component in (ROOM102, "No Such Component"):
+            got = []
+            for values in ({"gain": "x"}, {"nosuch": 1}, {"gain": -10}):
+                result = await panel.call_tool(
+                    "set_controls", {"component": component, "values": values}
+                )
+                assert result.is_error
+                got.append(same(text(result).split(" Ask an operator")[0], component))
+            read = await panel.call_tool(
+                "get_component", {"component": component, "controls": ["gain"]}
+            )
+            assert read.is_error
+            got.append(same(text(read).split(" Ask an operator")[0], component))
+            with pytest.raises(MCPError) as refused:
+                await panel.subscribe_resource(f"qsys://component/{quote(component)}")
+            got.append(same(str(refused.value.error.message).split(" Ask")[0], component))
+            answers[component] = got
+        assert answers[ROOM102] == answers["No Such Component"], answers
+        flat = " ".join(answers[ROOM102])
+        for leak in ("expects a number", "Unknown control", "Unknown component", "invert"):
+            assert leak not in flat, flat
+        # a control of a readable component the subject may not read: refused, not "unknown"
+        hidden = await panel.call_tool(
+            "get_component", {"component": ZONE1, "controls": ["invert"]}
+        )
+        missing = await panel.call_tool(
+            "get_component", {"component": ZONE1, "controls": ["nosuch"]}
+        )
+        assert same(text(hidden), "invert") == same(text(missing), "nosuch")
+        readable = await panel.call_tool("get_component", {"component": ZONE1})
+        assert not readable.is_error, text(readable)
+    # the design look-ups went through admission: counted on the mcp transport
+    looked_up = await asyncio.to_thread(
+        gw.metric,
+        "qsys_gateway_requests_total",
+        transport="mcp",
+        method="Component.GetControls",
+    )
+    assert looked_up >= 1
     assert "Traceback" not in gw.stderr()

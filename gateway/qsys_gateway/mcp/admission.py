@@ -10,6 +10,7 @@ between MCP and QRC lives in the rest of this package.
 from __future__ import annotations
 
 import itertools
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -101,6 +102,52 @@ class Admission:
         if error is not None:
             raise Denied(QrcError(int(error.get("code", -32603)), str(error.get("message"))))
         return response.get("result")
+
+    async def design(self, mc: McpCaller, method: str, params: dict[str, Any]) -> Any:
+        """A design look-up the gateway makes for the caller (the answer is cached and
+        filtered by policy before the caller sees any of it): policy first (the
+        component must be one the subject may read or write, so a forbidden and a
+        missing component look alike), then the in-flight gate, the upstream, the
+        audit (as a read) and the counters. Not charged to the rate limit: the
+        caller's own call that needed it was."""
+        rt = self._svc.runtime
+        started = time.perf_counter()
+        subject = self.current(mc).name
+        component = params.get("Name")
+        if isinstance(component, str) and not self.policy.names_component(subject, component):
+            self._record(mc, method, component, "denied", started)
+            raise Denied(
+                QrcError(ErrorCode.FORBIDDEN, f"Forbidden by policy: no rule allows {component}")
+            )
+        rt.call_started()
+        try:
+            result = await rt.upstream.forward(method, params)
+        except QrcError as exc:
+            self._record(mc, method, component, outcome_of(exc.code), started)
+            raise Denied(exc) from None
+        finally:
+            rt.call_finished()
+        self._record(mc, method, component, "ok", started)
+        return result
+
+    def _record(
+        self, mc: McpCaller, method: str, component: Any, outcome: str, started: float
+    ) -> None:
+        rt = self._svc.runtime
+        if outcome != "ok" or rt.config.audit.logReads:
+            rt.audit.record(
+                request_id=mc.request_id,
+                subject=mc.subject.name,
+                source_ip=mc.caller.source_ip,
+                transport=TRANSPORT,
+                method=method,
+                targets=(component,) if isinstance(component, str) else (),
+                decision="deny" if outcome == "denied" else "allow",
+                reason="design look-up",
+                outcome=outcome,
+                duration_ms=(time.perf_counter() - started) * 1000,
+            )
+        self.count(mc, method, outcome)
 
     def subscriber(self, mc: McpCaller, push: Callable[[dict[str, Any]], None]) -> Caller:
         """A caller with its own upstream session, whose change-group pushes go to `push`."""

@@ -41,7 +41,7 @@ from ..transports.responses import bearer, source_ip
 from . import tools as T
 from .admission import Admission, Denied, McpCaller, outcome_of
 from .bridge import serve
-from .design import ControlSpec, Design, Writable, readable, writable
+from .design import ControlSpec, Design, Fetch, Writable, readable, writable
 from .sessions import SessionTable, opens_session, request_ids
 
 log = logging.getLogger("qsys_gateway.mcp")
@@ -442,13 +442,13 @@ class McpEndpoint:
         policy = self.admission.policy
         writes: list[tuple[str, Writable]] = []
         if policy.has_rule_for(subject.name, "Component.Set"):
-            for comp in await self._design_components():
+            for comp in await self._design_components(caller):
                 if len(writes) > T.MAX_SCHEMA_COMPONENTS:
                     break
-                if not _may_write_component(subject.rules, comp):
+                if not policy.component_writable(subject.name, comp):
                     continue
                 try:
-                    specs = await self._controls(comp)
+                    specs = await self._controls(caller, comp)
                 except Denied:
                     continue  # gone from the design since it was listed
                 allowed = writable(policy, subject.name, comp, specs)
@@ -456,17 +456,18 @@ class McpEndpoint:
                     writes.append((comp, allowed))
         return types.ListToolsResult(tools=T.tools_for(policy, subject, writes))
 
-    async def _design_components(self) -> list[str]:
+    async def _design_components(self, caller: McpCaller) -> list[str]:
         try:
-            return sorted(c.Name for c in await self.design.components())
-        except QrcError as exc:
-            raise MCPError(exc.code, explain(Denied(exc), "Component.GetComponents")) from None
+            components = await self.design.components(self._fetch(caller))
+        except Denied as err:
+            raise MCPError(_mcp_code(err), explain(err, "Component.GetComponents")) from None
+        return sorted(c.Name for c in components)
 
-    async def _controls(self, component: str) -> dict[str, ControlSpec]:
-        try:
-            return await self.design.controls(component)
-        except QrcError as exc:
-            raise Denied(exc) from None
+    def _fetch(self, caller: McpCaller) -> Fetch:
+        return lambda method, params: self.admission.design(caller, method, params)
+
+    async def _controls(self, caller: McpCaller, component: str) -> dict[str, ControlSpec]:
+        return await self.design.controls(component, self._fetch(caller))
 
     async def _call_tool(
         self, ctx: ServerRequestContext[Any, Any], params: types.CallToolRequestParams
@@ -522,10 +523,7 @@ class McpEndpoint:
     async def _list(self, caller: McpCaller, args: ListArgs) -> dict[str, Any]:
         policy = self.admission.policy
         subject = caller.subject.name
-        try:
-            components = await self.design.components()
-        except QrcError as exc:
-            raise Denied(exc) from None
+        components = await self.design.components(self._fetch(caller))
         pattern = (args.filter or "").lower()
         glob = any(ch in pattern for ch in "*?[")
         names = sorted(
@@ -553,12 +551,14 @@ class McpEndpoint:
         policy = self.admission.policy
         subject = caller.subject.name
         wanted = list(dict.fromkeys(args.controls or []))
-        if not policy.component_readable(subject, args.component):
-            ref = [{"Name": c} for c in wanted or ["*"]]
+        hidden = [c for c in wanted if not policy.can_read(subject, args.component, c)]
+        if hidden or not policy.component_readable(subject, args.component):
+            # policy first: the same refusal whether or not the component or control exists
+            ref = [{"Name": c} for c in hidden or wanted or ["*"]]
             await self.admission.call(
                 caller, "Component.Get", {"Name": args.component, "Controls": ref}
             )
-        specs = await self._controls(args.component)
+        specs = await self._controls(caller, args.component)
         unknown = [c for c in wanted if c not in specs]
         if unknown:
             raise ToolError(
@@ -608,7 +608,15 @@ class McpEndpoint:
         return out
 
     async def _set(self, caller: McpCaller, args: SetArgs) -> dict[str, Any]:
-        specs = await self._controls(args.component)
+        policy, subject = self.admission.policy, caller.subject.name
+        if not all(policy.write_range(subject, args.component, n)[0] for n in args.values):
+            # policy first: refused as /v1/rpc refuses it, before the design is looked at,
+            # so nothing tells whether the component or its controls exist
+            writes = [{"Name": n, "Value": v} for n, v in args.values.items()]
+            await self.admission.call(
+                caller, "Component.Set", {"Name": args.component, "Controls": writes}
+            )
+        specs = await self._controls(caller, args.component)
         controls: list[dict[str, Any]] = []
         for name, value in args.values.items():
             spec = specs.get(name)
@@ -662,7 +670,9 @@ class McpEndpoint:
         subject = self.admission.current(caller).name
         policy = self.admission.policy
         names = [
-            n for n in await self._design_components() if policy.component_readable(subject, n)
+            n
+            for n in await self._design_components(caller)
+            if policy.component_readable(subject, n)
         ]
         start = _cursor(params.cursor if params else None)
         page = names[start : start + T.MAX_PAGE]
@@ -795,10 +805,12 @@ class McpEndpoint:
         policy = self.admission.policy
         try:
             await self.admission.admit(caller, "ChangeGroup.AddComponentControl")
-            specs = await self._controls(component)
-            names = [c.name for c in readable(policy, caller.subject.name, component, specs)]
-            if not names:
-                names = [c.name for c in specs.values() if c.readable][:1] or ["*"]
+            names = ["*"]  # policy first: refused alike whether or not the component exists
+            if policy.component_readable(caller.subject.name, component):
+                specs = await self._controls(caller, component)
+                names = [
+                    c.name for c in readable(policy, caller.subject.name, component, specs)
+                ] or ["*"]
             await self.admission.call(
                 caller,
                 "ChangeGroup.AddComponentControl",
@@ -856,14 +868,6 @@ def _session_id(ctx: ServerRequestContext[Any, Any]) -> str | None:
     headers = getattr(ctx.request, "headers", None)
     sid = headers.get(SESSION_HEADER) if headers is not None else None
     return sid if isinstance(sid, str) else None
-
-
-def _may_write_component(rules: Any, component: str) -> bool:
-    return any(
-        any(fnmatchcase("Component.Set", m) for m in r.methods)
-        and any(fnmatchcase(component, c) for c in r.components)
-        for r in rules
-    )
 
 
 def _type_problem(spec: ControlSpec, value: Any) -> str:
