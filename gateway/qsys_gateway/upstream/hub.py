@@ -358,12 +358,7 @@ class SubscriptionHub:
                 self._unplace()
             raise CoreUnavailable("no connection to the Core", 1.0) from None
         if resp.error is not None:
-            code = resp.error.get("code")
-            message = resp.error.get("message")
-            raise QrcError(
-                code if isinstance(code, int) and not isinstance(code, bool) else -32603,
-                str(message) if message is not None else None,
-            )
+            raise QrcError.from_error_object(resp.error)
         return resp.result
 
     async def _ensure_placed(self) -> UpstreamConnection:
