@@ -72,11 +72,25 @@ SWEEP_SECONDS = 1.0
 
 
 class Refusal(QrcError):
-    """A request refused before any call ran (authentication, throttling, rate limit)."""
+    """The one refusal type: a call refused (authentication, throttling, rate limit,
+    policy) or failed (the Core's error), as the client is told, with when to retry.
+    `kind` marks a refusal whose message is already written for the client (MCP tool
+    arguments); None for the gateway's and the Core's errors."""
 
-    def __init__(self, code: int, message: str, retry_after: float = 0.0) -> None:
+    def __init__(
+        self, code: int, message: str, retry_after: float = 0.0, kind: str | None = None
+    ) -> None:
         super().__init__(code, message)
         self.retry_after = retry_after
+        self.kind = kind
+
+    @classmethod
+    def of(cls, err: QrcError) -> Refusal:
+        if isinstance(err, Refusal):
+            return err
+        refusal = cls(err.code, err.message)
+        refusal.data = err.data
+        return refusal
 
 
 @dataclass(slots=True)
@@ -357,9 +371,16 @@ class Admission:
         with tracing.call_span(caller.transport, request_id):
             return await self._handle(caller, obj, request_id)
 
+    async def call(self, caller: Caller, method: str, params: Any, request_id: str) -> Any:
+        """One call made in process (MCP): the same path as `handle` without a JSON-RPC
+        message; returns the result or raises the `QrcError` the client would get."""
+        if not tracing.ENABLED:
+            return await self._run(caller, method, params, None, request_id, time.perf_counter())
+        with tracing.call_span(caller.transport, request_id):
+            return await self._run(caller, method, params, None, request_id, time.perf_counter())
+
     async def _handle(self, caller: Caller, obj: Any, request_id: str) -> dict[str, Any] | None:
         started = time.perf_counter()
-        rt = self.rt
         try:
             msg = jsonrpc.parse_object(obj)
         except jsonrpc.InvalidMessage as exc:
@@ -367,28 +388,55 @@ class Admission:
             return jsonrpc.error_message(exc.request_id, exc)
         if isinstance(msg, jsonrpc.Response):
             return None
-        method = msg.method
-        label = method_label(method)
+        if msg.method == "Logon" and self._current(caller) is not None:
+            assert caller.subject is not None
+            return await self._logon_again(
+                caller, caller.subject, msg, request_id, method_label("Logon"), started
+            )
+        try:
+            result = await self._run(caller, msg.method, msg.params, msg.id, request_id, started)
+        except QrcError as exc:
+            return None if msg.is_notification else jsonrpc.error_message(msg.id, exc)
+        return None if msg.is_notification else jsonrpc.result_message(msg.id, result)
+
+    def _current(self, caller: Caller) -> SubjectConfig | None:
+        """The caller's subject under the current config, set on `caller`; None once its
+        credential no longer admits it."""
         known = caller.subject
-        subject = rt.current_subject(known.name) if known is not None else None
+        subject = self.rt.current_subject(known.name) if known is not None else None
         if (
             subject is None
             or known is None
             or self.credential(caller) is None
             or subject.sourceCIDRs != known.sourceCIDRs
         ):
-            err = QrcError(ErrorCode.UNAUTHENTICATED, "Unauthenticated: credentials revoked")
-            self._count(label, caller, "unauthenticated", started)
-            return None if msg.is_notification else jsonrpc.error_message(msg.id, err)
+            return None
         caller.subject = subject
+        return subject
+
+    async def _run(
+        self,
+        caller: Caller,
+        method: str,
+        raw_params: Any,
+        call_id: Any,
+        request_id: str,
+        started: float,
+    ) -> Any:
+        """The per-call path, in order: who (current credential), params, policy, the
+        upstream session, records. Raises `QrcError` (already counted and audited)."""
+        rt = self.rt
+        label = method_label(method)
+        subject = self._current(caller)
+        if subject is None:
+            self._count(label, caller, "unauthenticated", started)
+            raise QrcError(ErrorCode.UNAUTHENTICATED, "Unauthenticated: credentials revoked")
         params: Any
-        if method == "Logon":
-            return await self._logon_again(caller, subject, msg, request_id, label, started)
         try:
-            params = parse_params(method, msg.params) if method in METHODS else msg.params
-        except QrcError as exc:
+            params = parse_params(method, raw_params) if method in METHODS else raw_params
+        except QrcError:
             self._count(label, caller, "invalid", started)
-            return None if msg.is_notification else jsonrpc.error_message(msg.id, exc)
+            raise
         rules = rt.rules
         decision = rules.policy.authorize(subject.name, method, params)
         typed = None if decision.allowed else needs_control_types(method, params)
@@ -399,31 +447,33 @@ class Admission:
                 decision = rules.policy.authorize(subject.name, method, params, types)
         tracing.annotate({"qsys.decision": "allow" if decision.allowed else "deny"})
         if not decision.allowed:
-            err = QrcError(ErrorCode.FORBIDDEN, f"Forbidden by policy: {decision.reason}")
-            self._audit(caller, request_id, method, decision, "denied", started, msg.id)
+            self._audit(caller, request_id, method, decision, "denied", started, call_id)
             self._count(label, caller, "denied", started)
-            return None if msg.is_notification else jsonrpc.error_message(msg.id, err)
+            raise Refusal(ErrorCode.FORBIDDEN, f"Forbidden by policy: {decision.reason}")
         session = caller.session
         if session is None:
             session = caller.session = self.shared.get(subject.name)
         rt.call_started()
+        error: QrcError | None = None
+        result: Any = None
         try:
             with tracing.upstream_span(label):
                 result = await session.call(method, params)
         except QrcError as exc:
             outcome = outcome_of(exc.code)
-            response = jsonrpc.error_message(msg.id, exc)
+            error = exc
         else:
             outcome = "ok"
             if method == "Component.GetComponents":
                 result = rules.policy.visible_components(subject.name, result)
-            response = jsonrpc.result_message(msg.id, result)
         finally:
             rt.call_finished()
         if traits_of(method).write or rules.config.audit.logReads:
-            self._audit(caller, request_id, method, decision, outcome, started, msg.id)
+            self._audit(caller, request_id, method, decision, outcome, started, call_id)
         self._count(label, caller, outcome, started)
-        return None if msg.is_notification else response
+        if error is not None:
+            raise error
+        return result
 
     async def _logon_again(
         self,

@@ -39,7 +39,7 @@ from ..admission import Caller
 from ..transports.common import HTTP_STATUS, Services, request_id
 from ..transports.responses import bearer, source_ip
 from . import tools as T
-from .admission import Admission, Denied, McpCaller, outcome_of
+from .admission import Admission, McpCaller, Refusal, outcome_of
 from .bridge import serve
 from .design import ControlSpec, Design, Fetch, Writable, readable, writable
 from .sessions import SessionTable, opens_session, request_ids
@@ -117,13 +117,9 @@ _REQUIRED_METHOD = {
 }
 
 
-class ToolError(Exception):
-    """A refusal the agent can act on: becomes an `isError` tool result."""
-
-    def __init__(self, message: str, **data: Any) -> None:
-        super().__init__(message)
-        self.message = message
-        self.data = data
+def invalid(message: str, kind: str) -> Refusal:
+    """Arguments an agent can fix: an `isError` tool result, the message as written."""
+    return Refusal(ErrorCode.INVALID_PARAMS, message, kind=kind)
 
 
 def uri_of(component: str) -> str:
@@ -148,11 +144,13 @@ def _rule_hint(method: str, component: str, controls: list[str]) -> str:
 
 
 def explain(
-    err: Denied, method: str, component: str = "", controls: list[str] | None = None
+    err: Refusal, method: str, component: str = "", controls: list[str] | None = None
 ) -> str:
-    code, message = err.error.code, err.error.message
+    code, message = err.code, err.message
+    if err.kind is not None:
+        return message
     if code == ErrorCode.FORBIDDEN:
-        return f"Denied: {message.removeprefix('Forbidden by policy: ')}." + _rule_hint(
+        return f"Refusal: {message.removeprefix('Forbidden by policy: ')}." + _rule_hint(
             method, component, controls or []
         )
     if code == ErrorCode.RATE_LIMITED:
@@ -328,8 +326,8 @@ class McpEndpoint:
         source = source_ip(request)
         try:
             caller = await self.admission.authenticate(bearer(request), source, rid)
-        except Denied as err:
-            return _error(err.error, retry_after=err.retry_after)
+        except Refusal as err:
+            return _error(err, retry_after=err.retry_after)
         limit = cfg.limits.maxMessageBytes
         body = b""
         if request.method == "POST":
@@ -449,7 +447,7 @@ class McpEndpoint:
                     continue
                 try:
                     specs = await self._controls(caller, comp)
-                except Denied:
+                except Refusal:
                     continue  # gone from the design since it was listed
                 allowed = writable(policy, subject.name, comp, specs)
                 if allowed:
@@ -459,7 +457,7 @@ class McpEndpoint:
     async def _design_components(self, caller: McpCaller) -> list[str]:
         try:
             components = await self.design.components(self._fetch(caller))
-        except Denied as err:
+        except Refusal as err:
             raise MCPError(_mcp_code(err), explain(err, "Component.GetComponents")) from None
         return sorted(c.Name for c in components)
 
@@ -487,16 +485,16 @@ class McpEndpoint:
         try:
             await self.admission.admit(caller, _REQUIRED_METHOD[name])
             result = await self._run_tool(caller, args)
-        except Denied as err:
+        except Refusal as err:
+            if err.kind is not None:
+                return _tool_error(err.message, error=err.kind)
             component = getattr(args, "component", "") or getattr(args, "name", "")
             controls = list(getattr(args, "values", {}) or getattr(args, "controls", []) or [])
             return _tool_error(
                 explain(err, _REQUIRED_METHOD[name], component, controls),
-                error=outcome_of(err.error.code),
+                error=outcome_of(err.code),
                 **({"retryAfterSeconds": round(err.retry_after, 3)} if err.retry_after else {}),
             )
-        except ToolError as err:
-            return _tool_error(err.message, **err.data)
         return types.CallToolResult(
             content=[types.TextContent(type="text", text=orjson.dumps(result).decode())],
             structured_content=result,
@@ -561,10 +559,10 @@ class McpEndpoint:
         specs = await self._controls(caller, args.component)
         unknown = [c for c in wanted if c not in specs]
         if unknown:
-            raise ToolError(
+            raise invalid(
                 f"Unknown control(s) {', '.join(unknown[:8])} of {args.component!r}; "
                 f"omit 'controls' to see all you may read.",
-                error="unknown_control",
+                "unknown_control",
             )
         chosen = (
             [specs[c] for c in wanted]
@@ -621,13 +619,13 @@ class McpEndpoint:
         for name, value in args.values.items():
             spec = specs.get(name)
             if spec is None:
-                raise ToolError(
+                raise invalid(
                     f"Unknown control {name!r} of {args.component!r}; see {T.GET}.",
-                    error="unknown_control",
+                    "unknown_control",
                 )
             problem = _type_problem(spec, value)
             if problem:
-                raise ToolError(f"{name}: {problem}", error="invalid_arguments")
+                raise invalid(f"{name}: {problem}", "invalid_arguments")
             write: dict[str, Any] = {"Name": name, "Value": value}
             if args.ramp is not None and spec.type in ("Float", "Integer"):
                 write["Ramp"] = args.ramp
@@ -636,16 +634,14 @@ class McpEndpoint:
             await self.admission.call(
                 caller, "Component.Set", {"Name": args.component, "Controls": controls}
             )
-        except Denied as err:
-            if err.error.code == ErrorCode.FORBIDDEN:
-                raise Denied(
-                    QrcError(err.error.code, self._range_reason(caller, args, specs, err))
-                ) from None
+        except Refusal as err:
+            if err.code == ErrorCode.FORBIDDEN:
+                raise Refusal(err.code, self._range_reason(caller, args, specs, err)) from None
             raise
         return {"component": args.component, "set": args.values}
 
     def _range_reason(
-        self, caller: McpCaller, args: SetArgs, specs: dict[str, ControlSpec], err: Denied
+        self, caller: McpCaller, args: SetArgs, specs: dict[str, ControlSpec], err: Refusal
     ) -> str:
         """Name the allowed range when a value, not a missing rule, was the reason."""
         policy = self.admission.policy
@@ -659,7 +655,7 @@ class McpEndpoint:
                     f"{args.component}.{c.name} = {value}{unit} is outside your allowed range "
                     f"{T._num(low)}..{T._num(high)}{unit}"
                 )
-        return err.error.message
+        return err.message
 
     # ---- resources ----------------------------------------------------------------------
 
@@ -714,12 +710,10 @@ class McpEndpoint:
         try:
             await self.admission.admit(caller, "Component.Get")
             controls = await self._read(caller, GetArgs(component=component))
-        except Denied as err:
+        except Refusal as err:
             raise MCPError(
                 _mcp_code(err), explain(err, "Component.Get", component), _retry(err)
             ) from None
-        except ToolError as err:
-            raise MCPError(ErrorCode.INVALID_PARAMS, err.message) from None
         text = orjson.dumps({"component": component, "controls": controls}).decode()
         return types.ReadResourceResult(
             contents=[types.TextResourceContents(uri=uri, mime_type="application/json", text=text)]
@@ -827,7 +821,7 @@ class McpEndpoint:
                     "ChangeGroup.AutoPoll", {"Id": GROUP_ID, "Rate": SUBSCRIPTION_POLL}
                 )
                 state.autopoll = True
-        except Denied as err:
+        except Refusal as err:
             raise MCPError(
                 _mcp_code(err),
                 explain(err, "ChangeGroup.AddComponentControl", component),
@@ -891,13 +885,13 @@ def _cursor(cursor: str | None) -> int:
     return int(cursor)
 
 
-def _mcp_code(err: Denied) -> int:
-    code = err.error.code
+def _mcp_code(err: Refusal) -> int:
+    code = err.code
     return code if code < 0 else ErrorCode.INVALID_PARAMS
 
 
-def _retry(err: Denied) -> dict[str, Any] | None:
-    if err.error.code == ErrorCode.RATE_LIMITED:
+def _retry(err: Refusal) -> dict[str, Any] | None:
+    if err.code == ErrorCode.RATE_LIMITED:
         return {"retryAfterSeconds": round(max(0.001, err.retry_after), 3)}
     return None
 
