@@ -24,7 +24,7 @@ from ..runtime import Runtime
 from ..transports.common import Services
 
 TRANSPORT = "mcp"
-__all__ = ["TRANSPORT", "Admission", "McpCaller", "Refusal", "outcome_of"]
+__all__ = ["TRANSPORT", "McpAdmission", "McpCaller", "Refusal", "outcome_of"]
 
 
 @dataclass(slots=True)
@@ -40,7 +40,9 @@ class McpCaller:
         self.subject = self.caller.subject
 
 
-class Admission:
+class McpAdmission:
+    """MCP's side of admission: the MCP caller, the typed call, design look-ups."""
+
     def __init__(self, svc: Services) -> None:
         self._svc = svc
         self._admission = svc.admission

@@ -39,7 +39,7 @@ from ..admission import Caller
 from ..transports.common import HTTP_STATUS, Services, request_id
 from ..transports.responses import bearer, source_ip
 from . import tools as T
-from .admission import Admission, McpCaller, Refusal, outcome_of
+from .admission import McpAdmission, McpCaller, Refusal, outcome_of
 from .bridge import serve
 from .design import ControlSpec, Design, Fetch, Writable, readable, writable
 from .sessions import SessionTable, opens_session, request_ids
@@ -181,7 +181,7 @@ class _SessionState:
 class McpEndpoint:
     def __init__(self, svc: Services) -> None:
         self.svc = svc
-        self.admission = Admission(svc)
+        self.admission = McpAdmission(svc)
         self.design = Design(svc.runtime.upstream)
         cfg = svc.runtime.config
         self.server: Server[Any] = Server(
