@@ -20,6 +20,7 @@ help:
 	@echo "make lint      ruff + mypy"
 	@echo "make bench     benchmarks, printed beside their baselines"
 	@echo "make images    operator, gateway, Core simulator and pause images, without Docker"
+	@echo "make release REGISTRY=host[:port]/path COSIGN_KEY=cosign.key   multi-arch images, SBOMs, chart: pushed and signed"
 	@echo "make cluster-up / cluster-down   local Kubernetes control plane built from source"
 	@echo "make kind-up / e2e-kind          the same e2e suite on kind (needs Docker)"
 
@@ -36,6 +37,8 @@ lint: install
 	$(BIN)/ruff check protocol gateway operator simulator plugin testkit tests bench hack
 	$(BIN)/ruff format --check protocol gateway operator simulator plugin testkit tests bench hack
 	$(BIN)/mypy
+	@bash hack/tools/build.sh actionlint
+	$$(bash hack/tools/build.sh --dir actionlint)/actionlint .github/workflows/*.yaml
 	$(BIN)/mypy --explicit-package-bases --cache-dir .mypy_cache/scripts tests/conftest.py bench hack/*.py
 	@# Tests import their directory's helpers by bare name (pytest puts each test directory
 	@# on sys.path) and the directories share basenames (conftest.py): one run per directory.

@@ -3,7 +3,10 @@
     python hack/images.py build    build what is missing (a no-op while the inputs are unchanged)
     python hack/images.py paths    the OCI tarballs, one a line (built or not)
     python hack/images.py names    the image names the tarballs carry, one a line
-    python hack/images.py lock     re-pin hack/images/requirements.txt from pyproject.toml
+    python hack/images.py lock     re-pin hack/images/requirements*.txt from pyproject.toml
+    python hack/images.py lock-platforms   re-pin only the arm64 lock, to the native lock's versions
+    python hack/images.py release  also the multi-arch (amd64, arm64) layout and the SBOMs
+    python hack/images.py release-paths   where `release` puts them (JSON)
 
 One OCI tarball holds the operator, gateway and Core simulator images: three
 manifests over the same three layers (Debian bookworm minbase with Debian's
@@ -23,6 +26,7 @@ Go (hack/install-system-deps.sh).
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import inspect
 import json
@@ -37,6 +41,7 @@ import tomllib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 LOCK = REPO / "hack" / "images" / "requirements.txt"
@@ -57,13 +62,29 @@ ENV = (
     "PYTHONDONTWRITEBYTECODE=1",
     "PYTHONUNBUFFERED=1",
 )
-# glibc 2.36 (bookworm) runs every manylinux wheel up to 2_36.
-PLATFORMS = (
-    *(f"manylinux_2_{minor}_x86_64" for minor in range(36, 4, -1)),
-    "manylinux2014_x86_64",
-    "manylinux2010_x86_64",
-    "manylinux1_x86_64",
-)
+# The platforms of the released multi-arch images (docs/images.md). The cluster's
+# images.tar holds the first (the build machine's); every platform gets its own
+# Debian layer and wheel layer under the same project layer.
+ARCHES = ("amd64", "arm64")
+WHEEL_MACHINE = {"amd64": "x86_64", "arm64": "aarch64"}
+LOCKS = {"amd64": LOCK, "arm64": LOCK.with_name("requirements-arm64.txt")}
+
+
+def platforms(arch: str) -> tuple[str, ...]:
+    """Wheel tags for ARCH: glibc 2.36 (bookworm) runs every manylinux wheel up to 2_36."""
+    machine = WHEEL_MACHINE[arch]
+    legacy = (
+        ("manylinux2014", "manylinux2010", "manylinux1") if arch == "amd64" else ("manylinux2014",)
+    )
+    return (
+        *(f"manylinux_2_{minor}_{machine}" for minor in range(36, 4, -1)),
+        *(f"{tag}_{machine}" for tag in legacy),
+    )
+
+
+PLATFORMS = platforms("amd64")
+PACKAGES_FILE = "packages.json"  # beside a Debian layer: what it holds, for the SBOM
+WHEELS_FILE = "wheels.json"  # beside a wheel layer: pip's installation report
 PAUSE_VERSION = "3.10.2"  # PauseVersion of the pinned Kubernetes release
 PAUSE_RUN_AS = "65535:65535"  # as the upstream image
 # Outputs kept per step: the current one and a few for other worktrees of the same clone.
@@ -179,6 +200,20 @@ def debian_mirrors() -> list[str]:
     return sorted(lines)
 
 
+DPKG_EXCLUDES = (
+    "path-exclude=/usr/share/man/*",
+    "path-exclude=/usr/share/info/*",
+    "path-exclude=/usr/share/locale/*",
+    "path-include=/usr/share/locale/locale.alias",
+    "path-exclude=/usr/share/doc/*",
+    "path-include=/usr/share/doc/*/copyright",
+)
+MERGED_USR_HOOK = "/usr/share/mmdebstrap/hooks/merged-usr/setup00.sh"
+# The downloaded .deb files stay in the root filesystem until the builder has
+# hashed them for the SBOM (drop_build_traces removes them).
+KEEP_DEBS = ("--skip=download/empty", "--skip=essential/unlink", "--skip=cleanup/apt")
+
+
 def mmdebstrap_argv(target: Path) -> list[str]:
     return [
         "mmdebstrap",
@@ -186,17 +221,29 @@ def mmdebstrap_argv(target: Path) -> list[str]:
         "--mode=root",
         "--variant=minbase",
         f"--include={','.join(DEBIAN_PACKAGES)}",
-        *(
-            f"--dpkgopt={opt}"
-            for opt in (
-                "path-exclude=/usr/share/man/*",
-                "path-exclude=/usr/share/info/*",
-                "path-exclude=/usr/share/locale/*",
-                "path-include=/usr/share/locale/locale.alias",
-                "path-exclude=/usr/share/doc/*",
-                "path-include=/usr/share/doc/*/copyright",
-            )
-        ),
+        *KEEP_DEBS,
+        *(f"--dpkgopt={opt}" for opt in DPKG_EXCLUDES),
+        SUITE,
+        str(target),
+        *debian_mirrors(),
+    ]
+
+
+def foreign_argv(target: Path, arch: str, packages: list[str]) -> list[str]:
+    """Extract (never configure) PACKAGES for ARCH: no foreign code runs on the build
+    host, so no qemu or binfmt_misc registration is needed (docs/images.md)."""
+    return [
+        "mmdebstrap",
+        "--quiet",
+        "--mode=root",
+        "--variant=extract",
+        f"--architectures={arch}",
+        "--skip=check/qemu",
+        # Merged /usr (bin -> usr/bin, ...) as the native layer has it; the hook only
+        # makes symlinks and records a stub package in the target's own dpkg database.
+        f"--setup-hook={MERGED_USR_HOOK}",
+        f"--include={','.join(packages)}",
+        *KEEP_DEBS,
         SUITE,
         str(target),
         *debian_mirrors(),
@@ -242,17 +289,67 @@ def compile_bytecode(python: list[str], root: Path, *dirs: str) -> None:
     )
 
 
-def build_base(work: Path, out: Path) -> None:
-    rootfs = work / "rootfs"
-    run(mmdebstrap_argv(rootfs), env={**os.environ, "SOURCE_DATE_EPOCH": str(EPOCH)})
-    # The runtime provides /dev, /etc/resolv.conf and /etc/hostname; the image
-    # carries no device nodes and no trace of the build host.
+DEB_FIELDS = ("Package", "Version", "Architecture", "Source")
+
+
+def deb_records(rootfs: Path) -> list[dict[str, str]]:
+    """The .deb files mmdebstrap downloaded into ROOTFS: control fields and sha256."""
+    records = []
+    for deb in sorted((rootfs / "var/cache/apt/archives").glob("*.deb")):
+        fields = run(["dpkg-deb", "--field", str(deb), *DEB_FIELDS])
+        record = dict(
+            (k.strip().lower(), v.strip())
+            for k, _, v in (ln.partition(":") for ln in fields.splitlines())
+            if v
+        )
+        record["sha256"] = hashlib.sha256(deb.read_bytes()).hexdigest()
+        record["file"] = deb.name
+        records.append(record)
+    if not records:
+        raise SystemExit(f"images: no .deb files left in {rootfs} for the SBOM")
+    return records
+
+
+def installed_packages(rootfs: Path) -> dict[str, str]:
+    """Package -> version of what dpkg configured in ROOTFS."""
+    out = run(
+        [
+            "dpkg-query",
+            f"--admindir={rootfs}/var/lib/dpkg",
+            "--show",
+            "--showformat=${Package} ${Version} ${db:Status-Status}\\n",
+        ]
+    )
+    return {
+        name: version
+        for name, version, status in (ln.split() for ln in out.splitlines())
+        if status == "installed"
+    }
+
+
+def drop_build_traces(rootfs: Path) -> None:
+    """The runtime provides /dev, /etc/resolv.conf and /etc/hostname; the image
+    carries no device nodes, no apt lists or .deb files, no trace of the build host."""
     for entry in (rootfs / "dev").iterdir():
         entry.unlink() if not entry.is_dir() or entry.is_symlink() else shutil.rmtree(entry)
     for name in ("etc/resolv.conf", "etc/hostname"):
         (rootfs / name).write_text("")
-    shutil.rmtree(rootfs / "var/cache/apt", ignore_errors=True)
-    (rootfs / "var/cache/apt").mkdir()
+    for name in ("var/cache/apt", "var/lib/apt/lists"):
+        shutil.rmtree(rootfs / name, ignore_errors=True)
+        (rootfs / name).mkdir(parents=True)
+    (rootfs / "var/lib/apt/lists/partial").mkdir()
+
+
+def build_base(work: Path, out: Path) -> None:
+    rootfs = work / "rootfs"
+    run(mmdebstrap_argv(rootfs), env={**os.environ, "SOURCE_DATE_EPOCH": str(EPOCH)})
+    installed = installed_packages(rootfs)
+    debs = [r for r in deb_records(rootfs) if installed.get(r["package"]) == r["version"]]
+    missing = sorted(set(installed) - {r["package"] for r in debs})
+    if missing:
+        raise SystemExit(f"images: installed packages without their .deb: {missing}")
+    (out.parent / PACKAGES_FILE).write_text(json.dumps(debs, indent=1, sort_keys=True) + "\n")
+    drop_build_traces(rootfs)
     # Debian compiles the standard library in timestamp mode when the package is
     # installed; recompile by hash so the fixed layer mtimes cannot invalidate it.
     compile_bytecode(
@@ -264,32 +361,112 @@ def build_base(work: Path, out: Path) -> None:
     pack(rootfs, out, root_owned=False)
 
 
+def prune_docs(rootfs: Path) -> None:
+    """What DPKG_EXCLUDES leaves out of the native layer (dpkg does not run when extracting)."""
+    share = rootfs / "usr/share"
+    for name in ("man", "info"):
+        shutil.rmtree(share / name, ignore_errors=True)
+    for entry in (share / "locale").glob("*"):
+        if entry.name != "locale.alias":
+            entry.unlink() if not entry.is_dir() else shutil.rmtree(entry)
+    for pkg in (share / "doc").glob("*"):
+        for entry in pkg.iterdir() if pkg.is_dir() and not pkg.is_symlink() else ():
+            if entry.name != "copyright":
+                entry.unlink() if not entry.is_dir() or entry.is_symlink() else shutil.rmtree(entry)
+
+
+def build_foreign_base(arch: str, native: Path, work: Path, out: Path) -> None:
+    """ARCH's Debian layer: the packages of the native layer (NATIVE's packages.json),
+    extracted for ARCH; what their maintainer scripts would have done that the
+    images rely on is done here (users, dpkg's database, bytecode)."""
+    packages = sorted(r["package"] for r in json.loads(native.read_text("utf-8")))
+    rootfs = work / "rootfs"
+    run(foreign_argv(rootfs, arch, packages), env={**os.environ, "SOURCE_DATE_EPOCH": str(EPOCH)})
+    debs = deb_records(rootfs)
+    got = {r["package"] for r in debs}
+    if not set(packages) <= got:
+        raise SystemExit(f"images: {arch} lacks {sorted(set(packages) - got)}")
+    (out.parent / PACKAGES_FILE).write_text(json.dumps(debs, indent=1, sort_keys=True) + "\n")
+    # base-passwd's postinst: the system users and groups from its master files.
+    for name in ("passwd", "group"):
+        shutil.copyfile(rootfs / f"usr/share/base-passwd/{name}.master", rootfs / f"etc/{name}")
+    # dpkg's database, so that dpkg and scanners see the packages; "unpacked" is the
+    # truth: their files are in place, their maintainer scripts never ran.
+    status = rootfs / "var/lib/dpkg/status"
+    paragraphs = []
+    for deb in sorted((rootfs / "var/cache/apt/archives").glob("*.deb")):
+        control = run(["dpkg-deb", "--field", str(deb)]).rstrip("\n").splitlines()
+        paragraphs.append("\n".join([control[0], "Status: install ok unpacked", *control[1:]]))
+    status.write_text("\n\n".join(paragraphs) + "\n")
+    (rootfs / "var/log/dpkg.log").unlink(missing_ok=True)
+    prune_docs(rootfs)
+    drop_build_traces(rootfs)
+    # The same Python version's bytecode, compiled by the build host (bytecode is
+    # architecture-free): the image's interpreter cannot run here.
+    compile_bytecode(
+        [host_python()],
+        rootfs,
+        *(str(rootfs / d) for d in (f"usr/lib/python{PYTHON}", "usr/lib/python3/dist-packages")),
+    )
+    pack(rootfs, out, root_owned=False)
+
+
+def host_python() -> str:
+    """An interpreter of the image's Python minor version on the build host."""
+    debian = Path(f"/usr/bin/python{PYTHON}")
+    if debian.is_file():
+        return str(debian)
+    if f"{sys.version_info.major}.{sys.version_info.minor}" != PYTHON:
+        raise SystemExit(f"images: needs Python {PYTHON} on the build host")
+    return sys.executable
+
+
 def pip_install(*args: str) -> None:
     run([sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", *args])
 
 
-def image_wheels() -> list[str]:
+def image_wheels(arch: str = "amd64") -> list[str]:
     """pip options that pick wheels for the image's Python and platform, not the build host's."""
     return [
         "--only-binary=:all:",
-        *(f"--platform={p}" for p in PLATFORMS),
+        *(f"--platform={p}" for p in platforms(arch)),
         f"--python-version={PYTHON}",
         "--implementation=cp",
         f"--abi=cp{PYTHON.replace('.', '')}",
     ]
 
 
-def build_deps(work: Path, out: Path) -> None:
+def wheel_records(report: Path) -> list[dict[str, str]]:
+    """pip's installation report, reduced to what the SBOM lists of each wheel."""
+    return [
+        {
+            "name": item["metadata"]["name"],
+            "version": item["metadata"]["version"],
+            "file": item["download_info"]["url"].rsplit("/", 1)[-1],
+            "sha256": item["download_info"]["archive_info"]["hashes"]["sha256"],
+        }
+        for item in sorted(
+            json.loads(report.read_text("utf-8"))["install"],
+            key=lambda i: str(i["metadata"]["name"]).lower(),
+        )
+    ]
+
+
+def build_deps(work: Path, out: Path, arch: str = "amd64") -> None:
     layer = work / "layer"
     site = layer / SITE_PACKAGES.lstrip("/")
+    report = work / "report.json"
     pip_install(
         "--no-deps",
         "--require-hashes",
         "--no-compile",
-        *image_wheels(),
+        *image_wheels(arch),
+        f"--report={report}",
         f"--target={site}",
-        f"--requirement={LOCK}",
+        f"--requirement={LOCKS[arch]}",
     )
+    wheels = wheel_records(report)
+    (out.parent / WHEELS_FILE).write_text(json.dumps(wheels, indent=1, sort_keys=True) + "\n")
     # Console scripts written by pip point at the build host's interpreter.
     shutil.rmtree(site / "bin", ignore_errors=True)
     venv = layer / VENV.lstrip("/")
@@ -302,6 +479,10 @@ def build_deps(work: Path, out: Path) -> None:
     )
     compile_bytecode([sys.executable], layer, str(site))
     pack(layer, out, root_owned=True)
+
+
+def build_deps_for(arch: str, work: Path, out: Path) -> None:
+    build_deps(work, out, arch)
 
 
 def entry_point_script(target: str) -> str:
@@ -389,6 +570,33 @@ def umoci_config(layout: Path, tag: str, *args: str, new_tag: str = "") -> None:
     run([*argv, *(["--tag", new_tag] if new_tag else []), *args])
 
 
+def oci_layout(
+    layers: list[Path], images: dict[str, list[str]], layout: Path, arch: str = "amd64"
+) -> list[dict[str, object]]:
+    """An OCI layout at LAYOUT: one ARCH manifest per entry of IMAGES (tag -> umoci
+    config arguments) over the same LAYERS. Returns the index entries."""
+    run(["umoci", "init", "--layout", str(layout)])
+    run(["umoci", "new", "--image", f"{layout}:base"])
+    for layer in layers:
+        run(["umoci", "raw", "add-layer", "--no-history", "--image", f"{layout}:base", str(layer)])
+    platform = [] if arch == "amd64" else [f"--architecture={arch}"]
+    for tag, args in images.items():
+        umoci_config(layout, "base", *args, *platform, new_tag=tag)
+    run(["umoci", "rm", "--image", f"{layout}:base"])
+    run(["umoci", "gc", "--layout", str(layout)])
+    entries: list[dict[str, object]] = json.loads((layout / "index.json").read_text("utf-8"))[
+        "manifests"
+    ]
+    for entry in entries:
+        entry["platform"] = {"architecture": arch, "os": "linux"}
+    return entries
+
+
+def write_index(layout: Path, entries: list[dict[str, object]]) -> None:
+    index = {"schemaVersion": 2, "mediaType": INDEX_TYPE, "manifests": entries}
+    (layout / "index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+
+
 def oci_archive(
     layers: list[Path], images: dict[str, list[str]], names: dict[str, str], out: Path
 ) -> None:
@@ -396,35 +604,75 @@ def oci_archive(
     arguments) over the same LAYERS, stored under NAMES (tag -> image reference)."""
     with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
         layout = Path(tmp) / "layout"
-        run(["umoci", "init", "--layout", str(layout)])
-        run(["umoci", "new", "--image", f"{layout}:base"])
-        for layer in layers:
-            run(
-                [
-                    "umoci",
-                    "raw",
-                    "add-layer",
-                    "--no-history",
-                    "--image",
-                    f"{layout}:base",
-                    str(layer),
-                ]
-            )
-        for tag, args in images.items():
-            umoci_config(layout, "base", *args, new_tag=tag)
-        run(["umoci", "rm", "--image", f"{layout}:base"])
-        run(["umoci", "gc", "--layout", str(layout)])
-        index_path = layout / "index.json"
-        index = json.loads(index_path.read_text("utf-8"))
-        for entry in index["manifests"]:
-            name = names[entry["annotations"]["org.opencontainers.image.ref.name"]]
+        entries = oci_layout(layers, images, layout)
+        for entry in entries:
+            annotations = entry["annotations"]
+            assert isinstance(annotations, dict)
+            name = names[annotations["org.opencontainers.image.ref.name"]]
             entry["annotations"] = {
                 "io.containerd.image.name": name,
                 "org.opencontainers.image.ref.name": name,
             }
-            entry["platform"] = {"architecture": "amd64", "os": "linux"}
-        index["manifests"].sort(key=lambda e: e["annotations"]["io.containerd.image.name"])
-        index_path.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+        entries.sort(key=lambda e: str(e["annotations"]))
+        write_index(layout, entries)
+        pack(layout, out, root_owned=True)
+
+
+INDEX_TYPE = "application/vnd.oci.image.index.v1+json"
+
+
+def blob_path(layout: Path, digest_: str) -> Path:
+    algorithm, _, hexdigest = digest_.partition(":")
+    return layout / "blobs" / algorithm / hexdigest
+
+
+def multiarch_archive(
+    platform_layers: dict[str, list[Path]], images: dict[str, list[str]], out: Path
+) -> None:
+    """An OCI layout tarball whose index names, for each entry of IMAGES, an image
+    index (ref name: the component) over one manifest per platform of PLATFORM_LAYERS.
+    `crane push` of a layout holding one such entry pushes the multi-arch image."""
+    with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
+        layout = Path(tmp) / "layout"
+        per_arch = {}
+        for arch, layers in platform_layers.items():
+            part = Path(tmp) / arch
+            per_arch[arch] = oci_layout(layers, images, part, arch)
+            if not layout.exists():
+                run(["umoci", "init", "--layout", str(layout)])
+            for blob in (part / "blobs/sha256").iterdir():
+                target = layout / "blobs/sha256" / blob.name
+                if not target.exists():
+                    os.link(blob, target)
+        entries: list[dict[str, object]] = []
+        for component in images:
+            manifests = []
+            for arch_entries in per_arch.values():
+                (entry,) = (
+                    e
+                    for e in arch_entries
+                    if e["annotations"] == {"org.opencontainers.image.ref.name": component}
+                )
+                manifests.append({k: v for k, v in entry.items() if k != "annotations"})
+            body = (
+                json.dumps(
+                    {"schemaVersion": 2, "mediaType": INDEX_TYPE, "manifests": manifests},
+                    indent=2,
+                    sort_keys=True,
+                )
+                + "\n"
+            ).encode()
+            sha = hashlib.sha256(body).hexdigest()
+            blob_path(layout, f"sha256:{sha}").write_bytes(body)
+            entries.append(
+                {
+                    "mediaType": INDEX_TYPE,
+                    "digest": f"sha256:{sha}",
+                    "size": len(body),
+                    "annotations": {"org.opencontainers.image.ref.name": component},
+                }
+            )
+        write_index(layout, entries)
         pack(layout, out, root_owned=True)
 
 
@@ -436,6 +684,85 @@ def component_config(c: Component) -> list[str]:
     return args
 
 
+# --- SBOM ------------------------------------------------------------------
+
+
+def write_sbom(arch: str, debian: Path, wheels: Path, out: Path) -> None:
+    """CycloneDX 1.6 JSON of one platform's images, from what the builder installed:
+    the Debian packages (DEBIAN: packages.json of that Debian layer, each .deb's
+    sha256), the wheels (WHEELS: pip's report, each wheel's sha256) and the project.
+    Validated against the CycloneDX schema before it is written."""
+    import uuid
+    from datetime import UTC, datetime
+
+    from cyclonedx.model import HashAlgorithm, HashType, Property
+    from cyclonedx.model.bom import Bom
+    from cyclonedx.model.component import Component as BomComponent
+    from cyclonedx.model.component import ComponentType
+    from cyclonedx.output.json import JsonV1Dot6
+    from cyclonedx.schema import SchemaVersion
+    from cyclonedx.validation.json import JsonStrictValidator
+    from packageurl import PackageURL
+
+    def sha256(value: str) -> list[HashType]:
+        return [HashType(alg=HashAlgorithm.SHA_256, content=value)]
+
+    version = project_version()
+    debs = json.loads(debian.read_text("utf-8"))
+    pips = json.loads(wheels.read_text("utf-8"))
+    project = BomComponent(
+        type=ComponentType.APPLICATION,
+        name="qsys-operator",
+        version=version,
+        bom_ref=f"qsys-operator@{version}",
+        purl=PackageURL("pypi", name="qsys-operator", version=version),
+        description="operator, gateway and Core simulator images (one root filesystem)",
+    )
+    bom = Bom(serial_number=uuid.uuid5(uuid.NAMESPACE_URL, f"qsys-operator/{version}/{arch}"))
+    bom.metadata.timestamp = datetime.fromtimestamp(EPOCH, tz=UTC)
+    bom.metadata.component = project
+    bom.metadata.properties.add(Property(name="qsys:platform", value=f"linux/{arch}"))
+    packages = [
+        (
+            PackageURL(
+                "deb",
+                namespace="debian",
+                name=d["package"],
+                version=d["version"],
+                qualifiers={"arch": d["architecture"], "distro": "debian-12"},
+            ),
+            d["package"],
+            d,
+        )
+        for d in debs
+    ]
+    packages += [
+        (PackageURL("pypi", name=w["name"].lower(), version=w["version"]), w["name"], w)
+        for w in pips
+    ]
+    for purl, name, record in packages:
+        comp = BomComponent(
+            type=ComponentType.LIBRARY,
+            name=name,
+            version=record["version"],
+            purl=purl,
+            bom_ref=str(purl),
+            hashes=sha256(record["sha256"]),
+            properties=[Property(name="qsys:file", value=record["file"])],
+        )
+        bom.components.add(comp)
+        bom.register_dependency(project, [comp])
+    text = JsonV1Dot6(bom).output_as_string(indent=1)
+    error = JsonStrictValidator(SchemaVersion.V1_6).validate_str(text)
+    if error is not None:
+        raise SystemExit(f"images: the {arch} SBOM is not valid CycloneDX 1.6: {error}")
+    out.write_text(text + "\n")
+
+
+def sbom_build(arch: str, debian: Path, wheels: Path, _work: Path, out: Path) -> None:
+    write_sbom(arch, debian, wheels, out)
+
+
 # --- steps and keys --------------------------------------------------------
 
 
@@ -444,10 +771,15 @@ class Step:
     name: str
     key: str
     file: str
+    extra: tuple[str, ...] = ()
+    """Further files the build writes beside FILE."""
 
     @property
     def path(self) -> Path:
         return cache_root() / f"{self.name}-{self.key}" / self.file
+
+    def beside(self, name: str) -> Path:
+        return self.path.parent / name
 
 
 def code(*funcs: Callable[..., object]) -> str:
@@ -464,20 +796,38 @@ def apt_sources() -> str:
 def base_step() -> Step:
     key = digest(
         apt_sources(),
-        code(mmdebstrap_argv, debian_mirrors, build_base, pack, compile_bytecode),
-        json.dumps([SUITE, DEBIAN_PACKAGES, EPOCH]),
+        code(
+            mmdebstrap_argv,
+            debian_mirrors,
+            build_base,
+            pack,
+            compile_bytecode,
+            deb_records,
+            installed_packages,
+            drop_build_traces,
+        ),
+        json.dumps([SUITE, DEBIAN_PACKAGES, EPOCH, DPKG_EXCLUDES, KEEP_DEBS]),
     )
-    return Step("debian", key, "layer.tar")
+    return Step("debian", key, "layer.tar", (PACKAGES_FILE,))
 
 
-def deps_step(base: Step) -> Step:
+def foreign_base_step(native: Step, arch: str) -> Step:
+    key = digest(
+        native.key,
+        arch,
+        code(foreign_argv, build_foreign_base, prune_docs, host_python),
+    )
+    return Step(f"debian-{arch}", key, "layer.tar", (PACKAGES_FILE,))
+
+
+def deps_step(base: Step, arch: str = "amd64") -> Step:
     key = digest(
         base.key,
-        LOCK.read_bytes(),
-        json.dumps(PLATFORMS),
-        code(pip_install, image_wheels, build_deps),
+        LOCKS[arch].read_bytes(),
+        json.dumps(platforms(arch)),
+        code(pip_install, image_wheels, build_deps, wheel_records),
     )
-    return Step("pydeps", key, "layer.tar")
+    return Step("pydeps" if arch == "amd64" else f"pydeps-{arch}", key, "layer.tar", (WHEELS_FILE,))
 
 
 def app_step(deps: Step) -> Step:
@@ -491,8 +841,23 @@ def app_step(deps: Step) -> Step:
 
 def qsys_step(layers: list[Step]) -> Step:
     images = json.dumps({c.name: component_config(c) for c in COMPONENTS})
-    key = digest(*(s.key for s in layers), images, json.dumps(image_names()), code(oci_archive))
+    key = digest(
+        *(s.key for s in layers), images, json.dumps(image_names()), code(oci_archive, oci_layout)
+    )
     return Step("qsys", key, "images.tar")
+
+
+def multiarch_step(layers: dict[str, list[Step]]) -> Step:
+    images = json.dumps({c.name: component_config(c) for c in COMPONENTS})
+    keys = json.dumps({arch: [s.key for s in steps] for arch, steps in layers.items()})
+    return Step(
+        "multiarch", digest(keys, images, code(multiarch_archive, oci_layout)), "images.tar"
+    )
+
+
+def sbom_step(arch: str, base: Step, deps: Step, app: Step) -> Step:
+    key = digest(arch, base.key, deps.key, app.key, project_version(), code(write_sbom))
+    return Step(f"sbom-{arch}", key, "sbom.cdx.json")
 
 
 def pause_layer_step() -> Step:
@@ -520,9 +885,13 @@ def ensure(step: Step, build: Callable[[Path, Path], None]) -> Path:
     log(f"building {step.name} ({step.path.parent})")
     cache_root().mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=cache_root(), prefix=f".{step.name}.") as tmp:
-        partial = Path(tmp) / step.file
+        outdir = Path(tmp) / "out"
+        outdir.mkdir()
+        partial = outdir / step.file
         build(Path(tmp), partial)
         step.path.parent.mkdir(exist_ok=True)
+        for name in step.extra:
+            (outdir / name).rename(step.beside(name))
         partial.rename(step.path)
     size = step.path.stat().st_size >> 20
     log(f"built {step.name} in {time.monotonic() - start:.0f}s ({size} MiB)")
@@ -549,10 +918,35 @@ def qsys_steps() -> tuple[Step, Step, Step, Step]:
     return base, deps, app, qsys_step([base, deps, app])
 
 
-def build_all() -> list[Path]:
+@dataclass(frozen=True)
+class Release:
+    """What `build --release` makes: the multi-arch layout and one SBOM per platform."""
+
+    layout: Step
+    sboms: dict[str, Step]
+    layers: dict[str, list[Step]]
+
+
+def release_steps(native: tuple[Step, Step, Step, Step] | None = None) -> Release:
+    """NATIVE: the native steps already computed (the keys of a build in progress stay
+    those it started with, whatever changes in the checkout meanwhile)."""
+    base, deps, app, _ = native or qsys_steps()
+    layers = {"amd64": [base, deps, app]}
+    for arch in ARCHES[1:]:
+        foreign = foreign_base_step(base, arch)
+        layers[arch] = [foreign, deps_step(foreign, arch), app]
+    sboms = {arch: sbom_step(arch, *steps) for arch, steps in layers.items()}
+    return Release(multiarch_step(layers), sboms, layers)
+
+
+def require_root() -> None:
     if os.geteuid() != 0:
         raise SystemExit("images: needs root (mmdebstrap --mode=root, chroot, device-free layers)")
-    base, deps, app, qsys = qsys_steps()
+
+
+def build_all(native: tuple[Step, Step, Step, Step] | None = None) -> list[Path]:
+    require_root()
+    base, deps, app, qsys = native or qsys_steps()
     ensure(base, build_base)
     ensure(deps, build_deps)
     ensure(app, build_app)
@@ -579,26 +973,42 @@ def build_all() -> list[Path]:
     return [qsys.path, pause.path]
 
 
+def build_release() -> Release:
+    """The multi-arch images (every platform of ARCHES) and their SBOMs."""
+    native_steps = qsys_steps()
+    build_all(native_steps)
+    rel = release_steps(native_steps)
+    native = rel.layers["amd64"][0].beside(PACKAGES_FILE)
+    for arch, (foreign, deps, _app) in rel.layers.items():
+        if arch == "amd64":
+            continue
+        ensure(foreign, functools.partial(build_foreign_base, arch, native))
+        ensure(deps, functools.partial(build_deps_for, arch))
+    for arch, (debian, deps, _app) in rel.layers.items():
+        ensure(
+            rel.sboms[arch],
+            functools.partial(
+                sbom_build, arch, debian.beside(PACKAGES_FILE), deps.beside(WHEELS_FILE)
+            ),
+        )
+    images = {c.name: component_config(c) for c in COMPONENTS}
+    ensure(
+        rel.layout,
+        lambda _work, out: multiarch_archive(
+            {arch: [s.path for s in steps] for arch, steps in rel.layers.items()}, images, out
+        ),
+    )
+    return rel
+
+
 def paths() -> list[Path]:
     return [qsys_steps()[-1].path, pause_step(pause_layer_step()).path]
 
 
-def lock() -> None:
-    """Resolve pyproject's dependencies for the image's platform and pin them with hashes."""
-    deps = tomllib.loads((REPO / "pyproject.toml").read_text("utf-8"))["project"]["dependencies"]
-    with tempfile.TemporaryDirectory() as tmp:
-        report = Path(tmp) / "report.json"
-        pip_install(
-            "--dry-run",
-            "--ignore-installed",
-            f"--report={report}",
-            *image_wheels(),
-            f"--target={tmp}/target",
-            *deps,
-        )
-        installs = json.loads(report.read_text("utf-8"))["install"]
+def pin_lines(arch: str, installs: list[dict[str, Any]]) -> str:
     lines = [
-        "# Pinned dependencies of the images built by hack/images.py (Linux x86_64, CPython 3.11).",
+        "# Pinned dependencies of the images built by hack/images.py"
+        f" (Linux {WHEEL_MACHINE[arch]}, CPython 3.11).",
         "# Generated by `python hack/images.py lock` from pyproject.toml; do not edit.",
     ]
     for item in sorted(installs, key=lambda i: i["metadata"]["name"].lower()):
@@ -606,21 +1016,68 @@ def lock() -> None:
         lines.append(
             f"{item['metadata']['name']}=={item['metadata']['version']} --hash=sha256:{sha}"
         )
-    LOCK.write_text("\n".join(lines) + "\n")
+    return "\n".join(lines) + "\n"
+
+
+def resolve(arch: str, *requirements: str, no_deps: bool = False) -> list[dict[str, Any]]:
+    with tempfile.TemporaryDirectory() as tmp:
+        report = Path(tmp) / "report.json"
+        pip_install(
+            "--dry-run",
+            "--ignore-installed",
+            *(["--no-deps"] if no_deps else []),
+            f"--report={report}",
+            *image_wheels(arch),
+            f"--target={tmp}/target",
+            *requirements,
+        )
+        installs: list[dict[str, Any]] = json.loads(report.read_text("utf-8"))["install"]
+    return installs
+
+
+def lock(platforms_only: bool = False) -> None:
+    """Resolve pyproject's dependencies for the native image and pin them with hashes;
+    then pin the same versions for every other platform (their wheels' hashes differ),
+    so that each platform of a multi-arch image holds the same package set."""
+    if not platforms_only:
+        deps = tomllib.loads((REPO / "pyproject.toml").read_text("utf-8"))["project"]
+        LOCK.write_text(pin_lines("amd64", resolve("amd64", *deps["dependencies"])))
+    pins = [ln.split()[0] for ln in LOCK.read_text("utf-8").splitlines() if "==" in ln]
+    for arch in ARCHES[1:]:
+        LOCKS[arch].write_text(pin_lines(arch, resolve(arch, *pins, no_deps=True)))
+
+
+def release_paths() -> dict[str, object]:
+    rel = release_steps()
+    return {
+        "layout": str(rel.layout.path),
+        "sboms": {arch: str(step.path) for arch, step in rel.sboms.items()},
+        "images": {c.name: c.name for c in COMPONENTS},
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("command", choices=["build", "paths", "names", "lock"])
+    parser.add_argument(
+        "command",
+        choices=["build", "paths", "names", "lock", "lock-platforms", "release", "release-paths"],
+    )
     command = parser.parse_args().command
     if command == "build":
         build_all()
+    elif command == "release":
+        build_release()
+        print(json.dumps(release_paths(), indent=2))
+    elif command == "release-paths":
+        print(json.dumps(release_paths(), indent=2))
     elif command == "paths":
         print("\n".join(str(p) for p in paths()))
     elif command == "names":
         print("\n".join([*image_names().values(), PAUSE_NAME]))
+    elif command == "lock-platforms":
+        lock(platforms_only=True)
     else:
         lock()
 

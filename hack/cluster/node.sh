@@ -9,6 +9,8 @@
 #   node.sh import-images   import the OCI tarballs of `make images` (if changed)
 #   node.sh down      stop everything and put the host back as recorded
 #   node.sh snapshot  print the host state the teardown test compares
+#   node.sh registry-trust HOST:PORT CA   pull from that loopback registry over TLS (CA)
+#   node.sh registry-untrust HOST:PORT    forget it again
 # shellcheck source=hack/cluster/lib.sh
 source "$(dirname "$0")/lib.sh"
 
@@ -812,12 +814,43 @@ cmd_snapshot() {
 	ps -eo comm= | grep -E '^(containerd|containerd-shim|runc|kubelet|kube-proxy|kube-router|coredns|metrics-server|pause)' | sort || true
 }
 
+# containerd reads the hosts directory on every pull: a registry started later (the
+# release test's) is trusted without a restart. Only loopback registries; the
+# files live under $NODE, which down removes.
+registry_dir() {
+	[[ ${1:-} =~ ^127\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}:[0-9]{1,5}$ ]] ||
+		die "registry: expected a loopback HOST:PORT, got '${1:-}'"
+	echo "$NODE/certs.d/$1"
+}
+
+cmd_registry_trust() {
+	local dir
+	dir=$(registry_dir "${1:-}")
+	[[ -f ${2:-} ]] || die "registry-trust: no CA file '${2:-}'"
+	mkdir -p "$dir"
+	cp "$2" "$dir/ca.crt"
+	cat >"$dir/hosts.toml" <<-EOF
+		server = "https://$1"
+		[host."https://$1"]
+		  capabilities = ["pull", "resolve"]
+		  ca = "$dir/ca.crt"
+	EOF
+}
+
+cmd_registry_untrust() {
+	local dir
+	dir=$(registry_dir "${1:-}")
+	rm -rf "$dir"
+}
+
 case ${1:-} in
 record) cmd_record ;;
+registry-trust) cmd_registry_trust "${2:-}" "${3:-}" ;;
+registry-untrust) cmd_registry_untrust "${2:-}" ;;
 net-up) cmd_net_up ;;
 up) cmd_up ;;
 import-images) cmd_import_images ;;
 down) cmd_down ;;
 snapshot) cmd_snapshot ;;
-*) die "usage: node.sh record|net-up|up|down|snapshot" ;;
+*) die "usage: node.sh record|net-up|up|down|snapshot|registry-trust|registry-untrust" ;;
 esac

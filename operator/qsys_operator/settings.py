@@ -13,6 +13,8 @@ DEFAULT_GATEWAY_IMAGE = "ghcr.io/qsys-operator/gateway:0.1.0"
 ENV = {
     "gateway_image": "QSYS_GATEWAY_IMAGE",
     "gateway_image_pull_policy": "QSYS_GATEWAY_IMAGE_PULL_POLICY",
+    "gateway_image_pull_secrets": "QSYS_GATEWAY_IMAGE_PULL_SECRETS",
+    "gateway_priority_class_name": "QSYS_GATEWAY_PRIORITY_CLASS_NAME",
     "watch_namespaces": "QSYS_WATCH_NAMESPACES",
     "monitoring_namespace": "QSYS_MONITORING_NAMESPACE",
     "dns_namespace": "QSYS_DNS_NAMESPACE",
@@ -23,6 +25,17 @@ ENV = {
     "resync_seconds": "QSYS_RESYNC_SECONDS",
     "token_review_cluster_role": "QSYS_TOKEN_REVIEW_CLUSTER_ROLE",
 }
+
+
+# Names of Secrets and PriorityClasses (RFC 1123 subdomains).
+DnsSubdomain = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=253,
+        pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$",
+    ),
+]
 
 
 def _split(value: str) -> list[str]:
@@ -44,6 +57,10 @@ class OperatorSettings(BaseModel):
 
     gateway_image: Annotated[str, Field(min_length=1)] = DEFAULT_GATEWAY_IMAGE
     gateway_image_pull_policy: str = "IfNotPresent"
+    gateway_image_pull_secrets: tuple[DnsSubdomain, ...] = ()
+    """Secrets (in each QSysCore's namespace) the gateway pods pull their image with."""
+    gateway_priority_class_name: DnsSubdomain | None = None
+    """PriorityClass of the gateway pods; unset: the cluster's default."""
     watch_namespaces: tuple[str, ...] = ()
     """Empty: every namespace."""
     monitoring_namespace: Annotated[str, Field(min_length=1)] = "monitoring"
@@ -73,7 +90,7 @@ class OperatorSettings(BaseModel):
             raw = env.get(var, "").strip()
             if not raw:
                 continue
-            if field in ("watch_namespaces", "gateway_probe_cidrs"):
+            if field in ("watch_namespaces", "gateway_probe_cidrs", "gateway_image_pull_secrets"):
                 values[field] = tuple(_split(raw))
             elif field == "dns_pod_labels":
                 values[field] = _labels(raw)

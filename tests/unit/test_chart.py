@@ -20,7 +20,7 @@ from chart_support import (
 )
 
 from qsys_operator.kinds import CHILDREN
-from qsys_operator.settings import DEFAULT_GATEWAY_IMAGE, ENV
+from qsys_operator.settings import DEFAULT_GATEWAY_IMAGE, ENV, OperatorSettings
 
 RBAC_KINDS = ("Role", "ClusterRole")
 TOKEN_REVIEW_ROLE = "qsys-qsys-operator-gateway-tokenreview"
@@ -242,9 +242,26 @@ def test_gateway_image_default_matches_operator_default() -> None:
     assert env[ENV["gateway_image"]] == "r.example/gw:9"
 
 
+def test_gateway_pod_pull_secrets_and_priority_class_reach_the_operator() -> None:
+    env = _env(manifests(render()))
+    assert ENV["gateway_image_pull_secrets"] not in env
+    assert ENV["gateway_priority_class_name"] not in env
+    values = [
+        "gatewayPods.imagePullSecrets[0].name=regcred",
+        "gatewayPods.imagePullSecrets[1].name=mirror",
+        "gatewayPods.priorityClassName=av-critical",
+    ]
+    env = _env(manifests(render(values=values)))
+    settings = OperatorSettings.from_env(env)
+    assert settings.gateway_image_pull_secrets == ("regcred", "mirror")
+    assert settings.gateway_priority_class_name == "av-critical"
+
+
 @pytest.mark.parametrize(
     "value",
     [
+        "gatewayPods.priorityClassName=Not_A_Name",
+        "gatewayPods.imagePullSecrets[0].name=UPPER",
         "replicas=0",
         "serviceMonitor.enabled=yes",
         "prometheusRule.enabled=maybe",

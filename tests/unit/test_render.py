@@ -266,6 +266,32 @@ def test_pass_through_fields_and_image() -> None:
     assert RESTART_HASH_ANNOTATION in annotations
 
 
+def test_gateway_pull_secrets_and_priority_class_come_from_settings() -> None:
+    assert "imagePullSecrets" not in pod_spec(render())
+    assert "priorityClassName" not in pod_spec(render())
+    settings = OperatorSettings.from_env(
+        {
+            "QSYS_GATEWAY_IMAGE_PULL_SECRETS": "regcred, mirror-cred",
+            "QSYS_GATEWAY_PRIORITY_CLASS_NAME": "av-critical",
+        }
+    )
+    pod = pod_spec(render_core_children(make_core(), [], settings))
+    assert pod["imagePullSecrets"] == [{"name": "regcred"}, {"name": "mirror-cred"}]
+    assert pod["priorityClassName"] == "av-critical"
+
+
+@pytest.mark.parametrize(
+    ("var", "value"),
+    [
+        ("QSYS_GATEWAY_IMAGE_PULL_SECRETS", "Not_A_Name"),
+        ("QSYS_GATEWAY_PRIORITY_CLASS_NAME", "bad name"),
+    ],
+)
+def test_gateway_pod_settings_reject_invalid_names(var: str, value: str) -> None:
+    with pytest.raises(ValueError, match="pattern"):
+        OperatorSettings.from_env({var: value})
+
+
 def test_service_ports() -> None:
     svc = by_kind(render())["Service"]
     assert [(p["name"], p["port"], p["targetPort"]) for p in svc["spec"]["ports"]] == [

@@ -149,3 +149,10 @@ app.kubernetes.io/component: operator
 {{- range . -}}{{- $items = append $items (printf "'%s'" .) -}}{{- end -}}
 {{- join ", " $items -}}
 {{- end }}
+
+{{/* Comma-separated names of a list of {name: ...} references (imagePullSecrets). */}}
+{{- define "qsys-operator.secretNames" -}}
+{{- $names := list -}}
+{{- range . -}}{{- $names = append $names .name -}}{{- end -}}
+{{- join "," $names -}}
+{{- end }}

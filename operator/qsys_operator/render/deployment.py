@@ -203,6 +203,10 @@ def render_deployment(
         "containers": [_container(core, settings)],
         "volumes": volumes,
     }
+    if settings.gateway_image_pull_secrets:
+        pod_spec["imagePullSecrets"] = [{"name": n} for n in settings.gateway_image_pull_secrets]
+    if settings.gateway_priority_class_name:
+        pod_spec["priorityClassName"] = settings.gateway_priority_class_name
     if gw.nodeSelector:
         pod_spec["nodeSelector"] = dict(sorted(gw.nodeSelector.items()))
     if gw.tolerations:
