@@ -41,6 +41,7 @@ from qsys_protocol.qrc.methods import METHODS, parse_params, traits_of
 
 from . import tracing
 from .auth import MAX_USER_CHARS
+from .inflight import call_weight
 from .metrics import method_label
 from .policy import Decision, describe, needs_control_types
 from .runtime import Runtime
@@ -371,13 +372,45 @@ class Admission:
         with tracing.call_span(caller.transport, request_id):
             return await self._handle(caller, obj, request_id)
 
+    async def serve(
+        self, caller: Caller, calls: Sequence[Any], request_id: str
+    ) -> list[dict[str, Any] | None] | Refusal:
+        """One received request of a connectionless transport (HTTP), in order: the
+        batch limit, the rate limit (one token a call), then each call under the
+        gateway's in-flight weight gate. A `Refusal` refuses the whole request (each
+        call already audited); else the replies, None for notifications."""
+        refused = self.check_batch(caller, calls, request_id) or await self.rate_limit(
+            caller, calls, request_id
+        )
+        if refused is not None:
+            return refused
+        gate = self.rt.in_flight_gate
+        replies: list[dict[str, Any] | None] = []
+        for obj in calls:
+            weight = await gate.acquire(call_weight(obj))
+            try:
+                replies.append(await self.handle(caller, obj, request_id))
+            finally:
+                gate.release(weight)
+        return replies
+
     async def call(self, caller: Caller, method: str, params: Any, request_id: str) -> Any:
-        """One call made in process (MCP): the same path as `handle` without a JSON-RPC
-        message; returns the result or raises the `QrcError` the client would get."""
-        if not tracing.ENABLED:
-            return await self._run(caller, method, params, None, request_id, time.perf_counter())
-        with tracing.call_span(caller.transport, request_id):
-            return await self._run(caller, method, params, None, request_id, time.perf_counter())
+        """One call made in process (MCP): the same path as `handle`, under the in-flight
+        gate, without a JSON-RPC message; returns the result or raises the `QrcError` the
+        client would get."""
+        gate = self.rt.in_flight_gate
+        weight = await gate.acquire(call_weight({"params": params}))
+        try:
+            if not tracing.ENABLED:
+                return await self._run(
+                    caller, method, params, None, request_id, time.perf_counter()
+                )
+            with tracing.call_span(caller.transport, request_id):
+                return await self._run(
+                    caller, method, params, None, request_id, time.perf_counter()
+                )
+        finally:
+            gate.release(weight)
 
     async def _handle(self, caller: Caller, obj: Any, request_id: str) -> dict[str, Any] | None:
         started = time.perf_counter()

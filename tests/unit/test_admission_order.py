@@ -173,3 +173,20 @@ async def test_handle_and_typed_call_agree(
     ok = await admission.handle(caller, {"jsonrpc": "2.0", "id": 1, "method": "StatusGet"}, "r3")
     assert ok == {"jsonrpc": "2.0", "id": 1, "result": {"ok": "StatusGet"}}
     assert await admission.call(caller, "StatusGet", None, "r4") == {"ok": "StatusGet"}
+
+
+async def test_serve_refuses_an_oversized_batch_before_the_rate_limit(
+    setup: tuple[Admission, Caller, RecordingSession, Path],
+) -> None:
+    admission, caller, session, _ = setup
+    limit = admission.rt.config.limits.maxBatchCalls
+    calls = [{"jsonrpc": "2.0", "id": i, "method": "StatusGet"} for i in range(limit + 1)]
+    refused = await admission.serve(caller, calls, "r1")
+    assert isinstance(refused, Refusal)
+    assert refused.code == ErrorCode.INVALID_REQUEST
+    assert session.calls == []
+    assert counted(admission, "StatusGet", "rate_limited") == 0
+    replies = await admission.serve(caller, calls[:2], "r2")
+    assert not isinstance(replies, Refusal)
+    assert [r["result"] for r in replies if r is not None] == [{"ok": "StatusGet"}] * 2
+    assert admission.rt.in_flight_gate.used == 0
