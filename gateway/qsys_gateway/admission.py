@@ -13,12 +13,17 @@ Contract for transport authors (HTTP, WebSocket, raw QRC, QRWC, MCP, ...):
    `admission.open_session(caller, push)` after logon and `await admission.release(caller)`
    when the client goes; change groups then live as long as the connection. Without it,
    calls share the subject's idle-closed session (`SubjectSessions`).
-4. Per received request (one call or a batch): `await admission.rate_limit(caller, calls,
-   request_id)`; a returned `Refusal` refuses the whole batch (each call already audited).
-5. Per call: `await admission.handle(caller, obj, request_id)` with the decoded JSON-RPC
-   object; it returns the JSON-RPC reply (None for notifications and responses). It
-   re-checks the subject against the current config, validates params, asks the
-   policy, forwards through the caller's upstream session, audits and counts.
+4. Per received request (one call or a batch): `check_batch`, then `await
+   admission.rate_limit(caller, calls, request_id)`; a returned `Refusal` refuses the
+   whole batch (each call already audited).
+5. Per call, under the in-flight gate: `await admission.handle(caller, obj, request_id)`
+   with the decoded JSON-RPC object; it returns the JSON-RPC reply (None for
+   notifications and responses). It re-checks the subject against the current config,
+   validates params, asks the policy, forwards through the caller's upstream session,
+   audits and counts. In-process callers (MCP) use the typed `call(caller, method,
+   params, request_id)` instead, which returns the result or raises.
+
+A connectionless transport does 4 and 5 in one `serve(caller, calls, request_id)`.
 
 What each method is (write, retryable, change-group add, answered before logon) is
 `qsys_protocol.qrc.methods.traits_of`; nothing here decides that on its own.

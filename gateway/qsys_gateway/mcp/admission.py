@@ -2,9 +2,11 @@
 
 MCP follows the transport contract of `qsys_gateway.admission` like every other
 transport: one `Caller` per HTTP request, `authenticate` once per request,
-`rate_limit` per tool call, `handle` per QRC call (policy, audit, metrics, upstream),
-`open_session` / `release` for a subscriber that takes pushes. Only the translation
-between MCP and QRC lives in the rest of this package.
+`rate_limit` per tool call, the typed `call` per QRC call (in-flight gate, policy,
+audit, metrics, upstream), `design` for the design look-ups made on a caller's behalf,
+`open_session` / `release` for a subscriber that takes pushes. Every Core access of
+MCP goes through here; only the translation between MCP and QRC lives in the rest of
+this package. Refusals are `Refusal`.
 """
 
 from __future__ import annotations
