@@ -42,7 +42,7 @@ from typing import Any
 from qsys_protocol.config import SubjectConfig
 from qsys_protocol.qrc import jsonrpc
 from qsys_protocol.qrc.errors import ErrorCode, QrcError
-from qsys_protocol.qrc.methods import METHODS, parse_params, traits_of
+from qsys_protocol.qrc.methods import METHODS, logon_credentials, parse_params, traits_of
 
 from . import tracing
 from .auth import MAX_USER_CHARS
@@ -75,6 +75,20 @@ def outcome_of(code: int) -> str:
 
 SWEEP_SECONDS = 1.0
 """How often connections are checked for a token past its rotation grace period."""
+
+
+def _denial(method: str, decision: Decision) -> QrcError:
+    """-32003 for a modelled method; for one the gateway does not model -32601, what a
+    Core answers for a method it does not know, naming the rule that would forward it."""
+    if method in METHODS:
+        return QrcError(ErrorCode.FORBIDDEN, f"Forbidden by policy: {decision.reason}")
+    name = method[:64]
+    return QrcError(
+        ErrorCode.METHOD_NOT_FOUND,
+        f"Method not found: {name} is not modelled by the gateway, which forwards it only "
+        f'when a rule of the subject names it exactly (methods: ["{name}"]; a glob such as '
+        '"*" never does)',
+    )
 
 
 class Refusal(QrcError):
@@ -485,9 +499,10 @@ class Admission:
                 decision = rules.policy.authorize(subject.name, method, params, types)
         tracing.annotate({"qsys.decision": "allow" if decision.allowed else "deny"})
         if not decision.allowed:
+            err = _denial(method, decision)
             self._audit(caller, request_id, method, decision, "denied", started, call_id)
             self._count(label, caller, "denied", started)
-            raise Refusal(ErrorCode.FORBIDDEN, f"Forbidden by policy: {decision.reason}")
+            raise Refusal.of(err)
         session = caller.session
         if session is None:
             session = caller.session = self.shared.get(subject.name)
@@ -526,10 +541,13 @@ class Admission:
         Logon names that subject with its token, refused otherwise; either way nothing
         changes (no new session, no throttle count) and nothing tells whether other
         credentials would have been valid."""
-        params = msg.params if isinstance(msg.params, dict) else {}
-        user, token = params.get("User"), params.get("Password")
+        try:
+            user, token = logon_credentials(msg.params)
+        except QrcError as invalid:
+            self._count(label, caller, "invalid", started)
+            return None if msg.is_notification else jsonrpc.error_message(msg.id, invalid)
         found = None
-        if isinstance(user, str) and isinstance(token, str):
+        if token:
             found = self.rt.rules.authenticator.logon(user, token)
             if found is None and subject.serviceAccount is not None:
                 found = await self._same_account(token, user, caller.source_ip)

@@ -2,9 +2,10 @@
 
 A token no token subject matches is reviewed only when it looks like a token for this
 gateway (a JWT whose unverified claims carry the configured audience and an `exp` not
-past): the claims are never trusted to admit, only to refuse early. A review admits
-when the API server says `authenticated`, lists the audience, and names a user; which
-subject that user is, is admission's question (the current config's `serviceAccount`).
+past; one without `exp` is refused unreviewed): the claims are never trusted to admit,
+only to refuse early. A review admits when the API server says `authenticated`, lists
+the audience, and names a user; which subject that user is, is admission's question
+(the current config's `serviceAccount`).
 
 Answers are cached under SHA-256 of the token (never the token): positive ones for
 `cacheSeconds` and never past the token's `exp`, refusals for `negativeCacheSeconds`,
@@ -94,7 +95,11 @@ def _prefilter(token: str, audience: str, now: float) -> str | None:
     if audience not in audiences:
         return "ServiceAccount token for another audience"
     exp = payload.get("exp")
-    if isinstance(exp, int | float) and exp <= now:
+    if not isinstance(exp, int | float) or isinstance(exp, bool):
+        # projected tokens always carry one; a token without it would be admitted for
+        # as long as its connection lasts
+        return "ServiceAccount token without exp"
+    if exp <= now:
         return "ServiceAccount token expired"
     return None
 

@@ -54,8 +54,9 @@ operator's QSysCore schema uses the same pattern."""
 class RateConfig(Model):
     requestsPerSecond: Annotated[float, Field(gt=0, le=100000)] = 20
     """Sustained calls per second per subject (> 0, max 100000)."""
-    burst: Annotated[int, Field(ge=1, le=1000000)] = 40
-    """Calls per subject allowed at once (1-1000000)."""
+    burst: Annotated[int, Field(ge=1, le=1000000)] = 500
+    """Calls per subject allowed at once (1-1000000). Sized for a panel SDK's
+    start-up of a few hundred calls (docs/gateway.md, "Rate limits")."""
 
 
 class TlsConfig(Model):

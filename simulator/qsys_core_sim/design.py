@@ -16,6 +16,15 @@ Direction = Literal["Read/Write", "Read Only", "Write Only"]
 Name = Annotated[str, Field(min_length=1, max_length=256)]
 
 
+BOOLEAN_KINDS: tuple[tuple[str, tuple[str, str]], ...] = (
+    ("mute", ("unmuted", "muted")),
+    ("invert", ("normal", "inverted")),
+    ("bypass", ("no", "yes")),
+)
+"""A Boolean control's Strings (off, on) by a word in its name, as a Designer emulator
+reports them for the Gain component's `mute`, `invert` and `bypass`."""
+
+
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
@@ -28,11 +37,20 @@ class ControlDef(_Model):
     max: float = 1.0
     units: str = ""
     direction: Direction = "Read/Write"
-    strings: tuple[Name, Name] = ("false", "true")
-    """A Boolean's String when off and on, per control kind: a mute reads `unmuted`/`muted`,
-    a bypass `no`/`yes`, an invert `normal`/`inverted`, a custom toggle `false`/`true`."""
+    strings: tuple[Name, Name] | None = None
+    """A Boolean's String when off and on. Unset: by the control's kind, read from its
+    name as a Core's components name them: a mute (`mute`, `input.1.mute`, `GainMute`)
+    reads `unmuted`/`muted`, an invert `normal`/`inverted`, a bypass `no`/`yes`, any
+    other toggle `false`/`true`."""
     choices: Annotated[list[Name], Field(max_length=1024)] | None = None
     """A combo box: a Text control whose String is one of these (reported as `Choices`)."""
+
+    @property
+    def boolean_strings(self) -> tuple[str, str]:
+        if self.strings is not None:
+            return self.strings
+        name = self.name.lower()
+        return next((s for kind, s in BOOLEAN_KINDS if kind in name), ("false", "true"))
 
     @model_validator(mode="after")
     def _check_range(self) -> ControlDef:

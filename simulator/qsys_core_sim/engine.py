@@ -17,7 +17,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from qsys_protocol.qrc import methods as m
-from qsys_protocol.qrc.errors import ErrorCode, QrcError
+from qsys_protocol.qrc.errors import ErrorCode, QrcError, unknown_change_group
 
 from .design import ComponentDef, ControlDef, Design
 
@@ -74,7 +74,7 @@ class Control:
         self.max = definition.max
         self.units = definition.units
         self.direction = definition.direction
-        self.strings = definition.strings
+        self.strings = definition.boolean_strings
         self.choices = definition.choices
         self.value: float | int | str = 0
         self.string = ""
@@ -469,7 +469,7 @@ class Engine:
     def group(self, session: Session, group_id: str | int) -> ChangeGroup:
         group = session.change_groups.get(str(group_id))
         if group is None:
-            raise QrcError(ErrorCode.UNKNOWN_CHANGE_GROUP, "Unknown change group")
+            raise unknown_change_group(group_id)
         return group
 
     def _group_for_add(self, session: Session, group_id: str | int) -> ChangeGroup:
@@ -533,10 +533,12 @@ class Engine:
         return True
 
     def _snapshot_load(self, session: Session, p: m.SnapshotLoadParams) -> bool:
+        """A snapshot never saved loads nothing and is no error: the vendor's QRC help
+        defines no error for it (docs/simulator.md, "Snapshots")."""
         snap = self._snapshot(p.Name, p.Bank)
         values = snap.saved.get(p.Bank)
         if values is None:
-            raise QrcError(ErrorCode.INVALID_PARAMS, f"Invalid params: bank {p.Bank} is empty")
+            return True
         for control, raw in zip(snap.controls, values, strict=True):
             self.set_value(control, raw, p.Ramp)
         return True

@@ -100,7 +100,7 @@ def test_examples_apply_and_server_fills_defaults(
     attack_defaults = AttackLimits().model_dump()
     assert spec["limits"] == {
         "requestsPerSecond": 20,
-        "burst": 40,
+        "burst": 500,
         "maxClients": 1000,
         "maxMessageBytes": 262144,
         "requestTimeoutSeconds": 5,
@@ -130,7 +130,7 @@ def test_minimal_core_gets_every_default(objects: client.CustomObjectsApi, names
         "passwordKey": "password",
     }
     assert spec["gateway"]["replicas"] == 2
-    assert spec["limits"]["burst"] == 40
+    assert spec["limits"]["burst"] == 500
     assert spec["networkPolicy"] == {"enabled": True, "coreCIDRs": []}
     assert spec["monitoring"]["serviceMonitor"]["enabled"] is True
 

@@ -393,3 +393,89 @@ async def test_bad_input_on_qrwc(qrwc_gateway: GatewayProcess) -> None:
         assert ws.close_code == 1009
     async with aiohttp.ClientSession() as http, http.get(f"{gw.url}/readyz") as r:
         assert r.status == 200
+
+
+async def test_sdk_copies_a_whole_control_state(
+    qrwc_gateway: GatewayProcess, http: aiohttp.ClientSession
+) -> None:
+    """The SDK README's `control.update(other.state)`: a whole control state (Type,
+    ValueMin, Direction, ...) is a write; a Core ignores what it does not know, and so
+    does the gateway, which forwards only the validated fields."""
+    await admin_set(http, qrwc_gateway, ZONE2, "gain", -17)
+    async with sdk(
+        qrwc_gateway,
+        "header",
+        QRWC_TOKEN,
+        copy={
+            "from": {"component": ZONE2, "control": "gain"},
+            "to": {"component": ZONE1, "control": "gain"},
+        },
+    ) as run:
+        copied = await run.until("copy")
+        assert {"Type", "ValueMin", "ValueMax", "Direction"} <= set(copied["sent"])
+        assert copied["errors"] == []
+        assert copied["state"]["Value"] == -17
+        assert (await run.until("done"))["errors"] == []
+
+
+async def test_sdk_start_up_of_hundreds_of_calls_under_default_limits(
+    tmp_path: Path,
+) -> None:
+    """Under the default rate limit (no `rate` in the config) the SDK's start-up, sent all
+    at once, succeeds: GetComponents, one GetControls per component and one
+    AddComponentControl per control, 1 + 40 + 280 = 321 calls, and every control
+    registers."""
+    design = {
+        "name": "Many Rooms",
+        "code": "SIMmany0001",
+        "components": [
+            {
+                "name": f"Room{i:03d} Gain",
+                "type": "gain",
+                "controls": [
+                    {"name": "gain", "type": "Float", "value": -20, "min": -100, "max": 20},
+                    {"name": "mute", "type": "Boolean"},
+                    {"name": "invert", "type": "Boolean"},
+                    {"name": "bypass", "type": "Boolean"},
+                    {"name": "trim", "type": "Float", "min": -12, "max": 12},
+                    {"name": "select", "type": "Integer", "max": 4},
+                    {"name": "label", "type": "Text", "value": "room"},
+                ],
+            }
+            for i in range(40)
+        ],
+    }
+    (tmp_path / "design.yaml").write_text(json.dumps(design))
+    with SimulatorProcess("--design", str(tmp_path / "design.yaml")) as sim:
+        config = base_config(sim.port)
+        del config["limits"]["rate"]  # the defaults are under test
+        config["subjects"].append(
+            {
+                "name": "venue-panel",
+                "tokenSha256": token_sha256(QRWC_TOKEN),
+                "rules": [
+                    {
+                        "methods": [
+                            "NoOp",
+                            "StatusGet",
+                            "Component.GetComponents",
+                            "Component.GetControls",
+                            "Component.Get",
+                            "ChangeGroup.*",
+                        ]
+                    }
+                ],
+            }
+        )
+        (tmp_path / "gw").mkdir()
+        with GatewayProcess(config, tmp_path / "gw") as gw:
+            async with sdk(gw, "header", QRWC_TOKEN, summary="1", timeout_ms="60000") as run:
+                connected = await run.until("connected", timeout=60)
+                assert connected["components"] == {f"Room{i:03d} Gain": 7 for i in range(40)}
+                assert (await run.until("done", timeout=60))["errors"] == []
+            limited = gw.metric(
+                "qsys_gateway_requests_total", subject="venue-panel", outcome="rate_limited"
+            )
+            assert limited == 0
+            calls = gw.metric("qsys_gateway_requests_total", subject="venue-panel")
+            assert calls >= 321

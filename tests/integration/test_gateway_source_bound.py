@@ -135,3 +135,39 @@ async def test_reload_that_drops_the_cidr_refuses_the_open_connection(
             raise AssertionError("the connection kept its subject after its CIDR was removed")
     finally:
         await client.close()
+
+
+async def test_address_admission_is_a_logon_without_deadline(
+    module_sim_port: int, make_gateway: GatewayFactory
+) -> None:
+    """A control system that sends only NoOp, or nothing, between button presses keeps
+    its socket past the logon deadline, as on a Core, and counts as logged on."""
+
+    def edit(config: dict[str, Any]) -> None:
+        config["subjects"].append(copy.deepcopy(LEGACY))
+        config["limits"]["logonTimeoutSeconds"] = 1
+
+    gw = await asyncio.to_thread(make_gateway, module_sim_port, edit)
+    silent = await connect_from(gw, "127.0.0.2")  # sends nothing at all
+    noop_only = await connect_from(gw, "127.0.0.2")  # NoOp between button presses
+    outside = await connect_from(gw, "127.0.0.3")  # no Logon, no address binding
+    try:
+        for _ in range(8):  # 4 s, four logon deadlines
+            assert await noop_only.call("NoOp", {}) is True
+            await asyncio.sleep(0.5)
+        assert not silent.closed.is_set()
+        assert not noop_only.closed.is_set()
+        # a button press after all that
+        pressed = await noop_only.call(
+            "Component.Set", {"Name": ZONE, "Controls": [{"Name": "mute", "Value": 1}]}
+        )
+        assert pressed is True
+        got = await silent.call("Component.Get", {"Name": ZONE, "Controls": [{"Name": "mute"}]})
+        assert got["Controls"][0]["Value"] == 1
+        # the deadline still holds for everyone else
+        await asyncio.wait_for(outside.closed.wait(), 5)
+    finally:
+        for client in (silent, noop_only, outside):
+            await client.close()
+    # unproven connections are not what they are counted as
+    assert gw.metric("qsys_gateway_unauthenticated_clients") == 0

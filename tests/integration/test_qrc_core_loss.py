@@ -4,6 +4,8 @@ with a real simulator stopped and started again on the same port."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 from typing import Any
 
 import aiohttp
@@ -130,3 +132,154 @@ async def test_keep_holds_sockets_and_groups(make_gateway: GatewayFactory) -> No
             assert changes == [-44.0]  # same socket, same group, no re-add
         finally:
             await client.close()
+
+
+class WaitingClient:
+    """A raw QRC client that waits on its call ids with no timeout of its own, as the
+    Home Assistant library waits on its Logon: a socket that closes without answering an
+    id hangs it for ever (the test's own timeout is the only limit here)."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.frames: list[dict[str, Any]] = []
+        self.eof = False
+        self._buffer = b""
+
+    @classmethod
+    async def connect(cls, port: int) -> WaitingClient:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        return cls(reader, writer)
+
+    def send(self, rid: int, method: str, params: Any) -> None:
+        msg = {"jsonrpc": "2.0", "id": rid, "method": method, "params": params}
+        self.writer.write(json.dumps(msg).encode() + b"\x00")
+
+    async def _read(self) -> None:
+        data = await self.reader.read(65536)
+        if not data:
+            self.eof = True
+            return
+        self._buffer += data
+        *frames, self._buffer = self._buffer.split(b"\x00")
+        self.frames.extend(json.loads(f) for f in frames if f)
+
+    def answer(self, rid: int) -> dict[str, Any] | None:
+        return next((f for f in self.frames if f.get("id") == rid), None)
+
+    async def wait_answers(self, *rids: int) -> dict[int, dict[str, Any]]:
+        """Every id answered; fails (as the client would hang) if the socket closes first."""
+        while any(self.answer(r) is None for r in rids):
+            assert not self.eof, f"socket closed with ids unanswered: {self.frames}"
+            await self._read()
+        return {r: self.answer(r) or {} for r in rids}
+
+    async def wait_closed(self) -> None:
+        while not self.eof:
+            await self._read()
+
+    async def close(self) -> None:
+        self.writer.close()
+        with contextlib.suppress(Exception):
+            await self.writer.wait_closed()
+
+
+async def test_close_answers_a_pending_logon_before_closing(
+    make_gateway: GatewayFactory,
+) -> None:
+    """A client that connects and logs on while the Core is away gets -32050 under its
+    Logon's id (and every other id) before the socket closes; it gets in once the Core
+    is back. Default `qrcOnCoreLoss: close`."""
+    async with CoreSimulator(idle_timeout=None) as sim:
+        gw = await asyncio.to_thread(make_gateway, sim.port)
+        await sim.stop()
+        await wait_metric(gw, "qsys_gateway_upstream_up", 0)
+        for attempt in range(3):
+            client = await WaitingClient.connect(gw.qrc_port)
+            try:
+                client.send(1, "Logon", {"User": "admin", "Password": ADMIN_TOKEN})
+                client.send(2, "StatusGet", 0)
+                client.send(3, "Control.Get", ["MainGain"])
+                async with asyncio.timeout(15):
+                    answers = await client.wait_answers(1, 2, 3)
+                    await client.wait_closed()
+                assert [answers[r]["error"]["code"] for r in (1, 2, 3)] == [-32050] * 3, attempt
+                assert not any(f.get("id") is None and "error" in f for f in client.frames)
+            finally:
+                await client.close()
+        await sim.start()
+        async with asyncio.timeout(30):
+            while True:
+                client = await WaitingClient.connect(gw.qrc_port)
+                try:
+                    client.send(1, "Logon", {"User": "admin", "Password": ADMIN_TOKEN})
+                    answers = await client.wait_answers(1)
+                    if answers[1].get("result") is True:
+                        client.send(2, "Control.Get", ["MainGain"])
+                        got = (await client.wait_answers(2))[2]
+                        assert got["result"][0]["Name"] == "MainGain"
+                        break
+                finally:
+                    await client.close()
+                await asyncio.sleep(0.2)
+
+
+async def wait_metric(gw: Any, name: str, value: float) -> None:
+    await asyncio.to_thread(gw.wait_metric, name, value, 15)
+
+
+@pytest.mark.parametrize("mode", ["close", "keep"])
+async def test_calls_in_flight_when_the_core_is_lost_are_answered(
+    make_gateway: GatewayFactory, mode: str
+) -> None:
+    """Calls in flight (the Core is slow) and calls sent as the Core goes each get an
+    answer under their own id; with `close` the socket closes after that, with `keep` it
+    stays, and the same socket works once the Core is back."""
+    async with CoreSimulator(idle_timeout=None) as sim:
+
+        def edit(config: dict[str, Any]) -> None:
+            config["listen"]["qrcOnCoreLoss"] = mode
+
+        gw = await asyncio.to_thread(make_gateway, sim.port, edit)
+        client = await WaitingClient.connect(gw.qrc_port)
+        late = await WaitingClient.connect(gw.qrc_port)  # logs on as the Core goes
+        try:
+            client.send(1, "Logon", {"User": "admin", "Password": ADMIN_TOKEN})
+            assert (await client.wait_answers(1))[1]["result"] is True
+            sim.faults.latency = 3.0  # these are still pending when the Core goes
+            for rid in range(10, 50):  # more than the 32 a connection runs at once
+                client.send(rid, "Control.Get", ["MainGain"])
+            client.send(50, "Control.Set", {"Name": "MainGain", "Value": -6})
+            await asyncio.sleep(0.3)
+            stopping = asyncio.create_task(sim.stop())
+            late.send(1, "Logon", {"User": "admin", "Password": ADMIN_TOKEN})
+            late.send(2, "Control.Get", ["MainGain"])
+            await stopping
+            async with asyncio.timeout(20):
+                answers = await client.wait_answers(*range(10, 51))
+                late_answers = await late.wait_answers(1, 2)
+            assert {a["error"]["code"] for a in answers.values()} == {-32050}, answers
+            assert late_answers[1].get("result") is True or (
+                late_answers[1]["error"]["code"] == -32050
+            )
+            assert "error" in late_answers[2]
+            if mode == "close":
+                async with asyncio.timeout(10):
+                    await client.wait_closed()
+                    await late.wait_closed()
+                return
+            sim.faults.latency = 0.0
+            await sim.start()
+            async with asyncio.timeout(30):
+                rid = 100
+                while True:
+                    rid += 1
+                    client.send(rid, "Control.Get", ["MainGain"])
+                    got = (await client.wait_answers(rid))[rid]
+                    if "result" in got:
+                        break
+                    await asyncio.sleep(0.2)
+            assert not client.eof
+        finally:
+            await client.close()
+            await late.close()

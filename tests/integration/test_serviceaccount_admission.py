@@ -31,10 +31,11 @@ AUD = "room-gateway.rooms.svc"
 PANEL = "system:serviceaccount:rooms:panel"
 
 
-def projected(exp: float, sig: str = "c2ln") -> str:
-    def part(obj: object) -> str:
-        return base64.urlsafe_b64encode(json.dumps(obj).encode()).rstrip(b"=").decode()
+def part(obj: object) -> str:
+    return base64.urlsafe_b64encode(json.dumps(obj).encode()).rstrip(b"=").decode()
 
+
+def projected(exp: float, sig: str = "c2ln") -> str:
     return f"{part({'alg': 'RS256'})}.{part({'aud': [AUD], 'exp': int(exp)})}.{sig}"
 
 
@@ -101,13 +102,18 @@ async def test_connections_close_when_their_token_expires(gateway: Gateway) -> N
             await ws.close()
             await qrc.close()
     # a new connection with the expired token is refused before any review
-    late = await QrcClient.connect(LOOPBACK, listen.qrc)
+    assert await logon_error(listen.qrc, token) == ErrorCode.UNAUTHENTICATED
+
+
+async def logon_error(port: int, token: str) -> int:
+    """The error code a Logon as `panel` with `token` gets on a new raw QRC socket."""
+    qrc = await QrcClient.connect(LOOPBACK, port)
     try:
         with pytest.raises(QrcError) as info:
-            await late.call("Logon", {"User": "panel", "Password": token})
-        assert info.value.code == ErrorCode.UNAUTHENTICATED
+            await qrc.call("Logon", {"User": "panel", "Password": token})
+        return info.value.code
     finally:
-        await late.close()
+        await qrc.close()
 
 
 async def test_varying_the_logon_user_buys_no_extra_reviews(gateway: Gateway) -> None:
@@ -129,3 +135,37 @@ async def test_varying_the_logon_user_buys_no_extra_reviews(gateway: Gateway) ->
     assert set(codes[10:]) == {ErrorCode.RATE_LIMITED}
     skipped = gateway.metrics.tokenreview_skipped.labels("throttled")._value.get()
     assert skipped == 30
+
+
+async def test_a_token_without_exp_is_never_reviewed(gateway: Gateway) -> None:
+    """Only tokens with an unexpired `exp` are reviewed (docs/security.md): one without it
+    would otherwise hold its connection for ever; the stand-in admits anything asked."""
+    listen = gateway.runtime.config.listen
+    assert listen.qrc is not None
+    calls: list[str] = gateway.review_calls  # type: ignore[attr-defined]
+    timeless = f"{part({'alg': 'RS256'})}.{part({'aud': [AUD]})}.c2ln"
+    for exp in (None, True, "4102444800"):
+        token = (
+            timeless
+            if exp is None
+            else f"{part({'alg': 'RS256'})}.{part({'aud': [AUD], 'exp': exp})}.c2ln"
+        )
+        assert await logon_error(listen.qrc, token) == ErrorCode.UNAUTHENTICATED
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(
+            f"http://{LOOPBACK}:{listen.http}/v1/rpc",
+            json={"jsonrpc": "2.0", "id": 1, "method": "NoOp", "params": {}},
+            headers={"Authorization": f"Bearer {timeless}"},
+        ) as resp,
+    ):
+        assert resp.status == 401
+    assert calls == []
+    # the same token with an exp is reviewed and admitted
+    qrc = await QrcClient.connect(LOOPBACK, listen.qrc)
+    try:
+        token = projected(time.time() + 600)
+        assert await qrc.call("Logon", {"User": "panel", "Password": token}) is True
+    finally:
+        await qrc.close()
+    assert len(calls) == 1

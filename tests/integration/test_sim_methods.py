@@ -150,8 +150,15 @@ async def test_snapshot_really_stores_and_recalls(qrc_client: QrcClient) -> None
         is True
     )
     assert await gains() == [-33.0]
-    err = await fails(qrc_client, "Snapshot.Load", {"Name": "Room Presets", "Bank": 5})
+    err = await fails(qrc_client, "Snapshot.Load", {"Name": "Room Presets", "Bank": 9})
     assert err.code == ErrorCode.INVALID_PARAMS
+    # a snapshot never saved loads nothing: no error code of the vendor's QRC help is
+    # for it, and the Snapshot Controller loads "the control settings saved" in it
+    await ok(
+        qrc_client, "Component.Set", {"Name": ZONE, "Controls": [{"Name": "gain", "Value": 7}]}
+    )
+    assert await ok(qrc_client, "Snapshot.Load", {"Name": "Room Presets", "Bank": 5}) is True
+    assert await gains() == [7.0]
 
 
 async def test_change_group_poll_invalidate_clear_destroy(qrc_client: QrcClient) -> None:
@@ -245,7 +252,7 @@ async def test_autopoll_rate_can_be_changed(sim: CoreSimulator, qrc_client: QrcC
         ("Control.Set", {"Name": "MainGain"}, ErrorCode.INVALID_PARAMS),
         ("Control.Set", {"Name": "MainGain", "Value": "loud"}, ErrorCode.INVALID_PARAMS),
         ("StatusGet", {"Verbose": True}, ErrorCode.INVALID_PARAMS),
-        ("NoOp", {"x": 1}, ErrorCode.INVALID_PARAMS),
+        ("NoOp", [1], ErrorCode.INVALID_PARAMS),
         ("Component.GetControls", {"Name": "Nope"}, ErrorCode.UNKNOWN_COMPONENT),
         ("Component.GetControls", {}, ErrorCode.INVALID_PARAMS),
         (
@@ -288,7 +295,7 @@ async def test_autopoll_rate_can_be_changed(sim: CoreSimulator, qrc_client: QrcC
         ("ChangeGroup.Poll", {"Id": [1]}, ErrorCode.INVALID_PARAMS),
         ("Snapshot.Save", {"Name": "Nope", "Bank": 1}, ErrorCode.UNKNOWN_COMPONENT),
         ("Snapshot.Save", {"Name": "Venue Scenes", "Bank": 9}, ErrorCode.INVALID_PARAMS),
-        ("Snapshot.Load", {"Name": "Venue Scenes", "Bank": 1}, ErrorCode.INVALID_PARAMS),
+        ("Snapshot.Load", {"Name": "Venue Scenes", "Bank": 9}, ErrorCode.INVALID_PARAMS),
         ("Snapshot.Load", {"Name": "Venue Scenes"}, ErrorCode.INVALID_PARAMS),
         ("Logon", {"User": "x"}, ErrorCode.INVALID_PARAMS),
     ],
@@ -385,3 +392,27 @@ async def test_ramp_is_honoured_over_time(qrc_client: QrcClient) -> None:
     await asyncio.sleep(1.0)
     (final,) = (await ok(qrc_client, "ChangeGroup.Poll", {"Id": "ramp"}))["Changes"]
     assert (final["Value"], final["String"]) == (0.0, "0dB")
+
+
+async def test_a_whole_control_state_is_a_write_as_on_a_core(qrc_client: QrcClient) -> None:
+    """`control.update(other.state)` (the vendor SDK's README): unknown members dropped."""
+    got = await ok(qrc_client, "Component.GetControls", {"Name": ZONE})
+    gain = next(c for c in got["Controls"] if c["Name"] == "gain")
+    mute = next(c for c in got["Controls"] if c["Name"] == "mute")
+    assert mute["String"] == "unmuted"
+    state = {**gain, "Value": -7, "Bool": False, "Position": None, "String": None}
+    state = {k: v for k, v in state.items() if v is not None}
+    written = await ok(
+        qrc_client,
+        "Component.Set",
+        {"Name": ZONE, "Controls": [state], "ResponseValues": True, "Origin": "panel"},
+    )
+    assert [(c["Name"], c["Value"], c["String"]) for c in written] == [("gain", -7.0, "-7.00dB")]
+    assert (
+        await ok(qrc_client, "Control.Set", {"Name": "MainGain", "Value": -9, "Type": "Float"})
+    )["Value"] == -9.0
+
+
+async def test_unknown_change_group_error_reads_as_the_emulators(qrc_client: QrcClient) -> None:
+    err = await fails(qrc_client, "ChangeGroup.Poll", {"Id": "my group"})
+    assert (err.code, err.message) == (6, "Change group 'my group' does not exist")

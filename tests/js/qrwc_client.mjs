@@ -13,6 +13,10 @@
 //   QRWC_DENIED      JSON {component, control, value}: a write the policy refuses
 //   QRWC_WATCH       JSON {component, control, value}: wait until an update shows this value
 //                    (the test changes it through another client after "ready")
+//   QRWC_COPY        JSON {from: {component, control}, to: {component, control}}:
+//                    `to.update(from.state)`, the SDK README's way of copying a control
+//                    (sends the whole control state: Type, ValueMin, ...)
+//   QRWC_SUMMARY     1: print only each component's control count on "connected"
 //   QRWC_TIMEOUT_MS  overall limit (default 20000)
 //
 // Node 20 has no global WebSocket, and the SDK's own types name the `ws` package's
@@ -29,6 +33,8 @@ const parse = (name) => (process.env[name] ? JSON.parse(process.env[name]) : nul
 const write = parse('QRWC_WRITE')
 const denied = parse('QRWC_DENIED')
 const watch = parse('QRWC_WATCH')
+const copy = parse('QRWC_COPY')
+const summary = process.env.QRWC_SUMMARY === '1'
 const limit = Number(process.env.QRWC_TIMEOUT_MS ?? 20000)
 
 const emit = (event, data = {}) => process.stdout.write(JSON.stringify({ event, ...data }) + '\n')
@@ -94,6 +100,10 @@ async function main() {
   qrwc.on('error', (e) => errors.push(text(e)))
   const components = {}
   for (const [name, component] of Object.entries(qrwc.components)) {
+    if (summary) {
+      components[name] = Object.keys(component.controls).length
+      continue
+    }
     components[name] = Object.fromEntries(
       Object.entries(component.controls).map(([c, control]) => [
         c,
@@ -115,6 +125,17 @@ async function main() {
     const before = errors.length
     const state = await control.update(write.value)
     emit('write', { state, errors: errors.slice(before) })
+  }
+
+  if (copy) {
+    const source = qrwc.components[copy.from.component]?.controls[copy.from.control]
+    const target = qrwc.components[copy.to.component]?.controls[copy.to.control]
+    if (!source || !target) throw new Error('no control to copy from or to')
+    const before = errors.length
+    const refused = []
+    target.on('error', (e) => refused.push(text(e)))
+    const state = await target.update(source.state)
+    emit('copy', { sent: source.state, state, errors: [...errors.slice(before), ...refused] })
   }
 
   if (denied) {

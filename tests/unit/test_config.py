@@ -101,7 +101,7 @@ def test_defaults_match_the_spec() -> None:
     assert cfg.listen.qrcOnCoreLoss == "close"
     assert cfg.limits.maxClients == 1000
     assert cfg.limits.maxMessageBytes == 262144
-    assert cfg.limits.rate == RateConfig(requestsPerSecond=20, burst=40)
+    assert cfg.limits.rate == RateConfig(requestsPerSecond=20, burst=500)
     assert cfg.limits.storage == "memory"
     assert cfg.audit.logReads is False
     assert cfg.audit.path == "-"

@@ -83,7 +83,7 @@ def test_defaults_present() -> None:
     }
     limits = spec["limits"]["properties"]
     assert {k: limits[k]["default"] for k in limits} == {
-        "burst": 40,
+        "burst": 500,
         "maxClients": 1000,
         "maxMessageBytes": 262144,
         "requestTimeoutSeconds": 5,

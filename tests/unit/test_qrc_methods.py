@@ -63,7 +63,8 @@ def test_status_get_rejects_params() -> None:
 
 def test_empty_params_accept_none() -> None:
     assert isinstance(m.parse_params("NoOp", None), m.EmptyParams)
-    assert params_error("NoOp", {"x": 1}).code == ErrorCode.INVALID_PARAMS
+    assert m.parse_params("NoOp", {"x": 1}) == m.EmptyParams()
+    assert params_error("NoOp", [1]).code == ErrorCode.INVALID_PARAMS
 
 
 def test_valid_params_become_models() -> None:
@@ -88,7 +89,6 @@ def test_valid_params_become_models() -> None:
         ("Control.Set", {"Name": "A", "Value": [1]}, "Value"),
         ("Control.Set", {"Name": "A", "Position": 1.5}, "Position"),
         ("Control.Set", {"Name": "A", "Value": 1, "Ramp": -1}, "Ramp"),
-        ("Control.Set", {"Name": "A", "Value": 1, "Extra": 1}, "Extra"),
         ("Component.Get", {"Name": "A", "Controls": []}, "Controls"),
         ("ChangeGroup.AddControl", {"Id": True, "Controls": ["A"]}, "Id"),
         ("ChangeGroup.AutoPoll", {"Id": "1", "Rate": 0}, "Rate"),
@@ -101,6 +101,33 @@ def test_invalid_params_name_the_field(method: str, raw: object, fragment: str) 
     assert err.code == ErrorCode.INVALID_PARAMS
     assert err.message.startswith("Invalid params: ")
     assert fragment in err.message
+
+
+def test_unknown_members_are_dropped_as_a_core_ignores_them() -> None:
+    """The QRWC SDK's `control.update(other.state)` sends a whole control state."""
+    state = {
+        "Name": "gain",
+        "Type": "Float",
+        "Value": -3,
+        "ValueMin": -100,
+        "ValueMax": 20,
+        "StringMin": "-100dB",
+        "StringMax": "20.0dB",
+        "Direction": "Read/Write",
+        "Bool": False,
+        "Choices": ["a"],
+    }
+    p = m.parse_params("Component.Set", {"Name": "G", "Controls": [state], "Extra": {"x": 1}})
+    assert isinstance(p, m.ComponentSetParams)
+    assert p.model_dump(mode="json", exclude_none=True) == {
+        "Name": "G",
+        "Controls": [{"Name": "gain", "Value": -3}],
+    }
+    # known fields keep their types and sizes
+    with pytest.raises(QrcError):
+        m.parse_params("Control.Set", {"Name": "A", "Value": [1], "Type": "Float"})
+    with pytest.raises(QrcError):
+        m.parse_params("Control.Set", {"Name": "A" * 300, "Value": 1, "Type": "Float"})
 
 
 def test_invalid_params_never_echo_the_value() -> None:

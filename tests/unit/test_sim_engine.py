@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from qsys_core_sim.design import load_design
+from qsys_core_sim.design import Design, load_design
 from qsys_core_sim.engine import Engine, Session, format_number
 from qsys_protocol.qrc.errors import ErrorCode, QrcError
 from qsys_protocol.qrc.methods import METHODS, parse_params
@@ -153,9 +153,61 @@ def test_snapshot_bank_errors(engine: Engine, session: Session) -> None:
     assert error(engine, session, "Snapshot.Save", {"Name": "Nope", "Bank": 1}).code == 7
     err = error(engine, session, "Snapshot.Save", {"Name": "Venue Scenes", "Bank": 5})
     assert err.code == ErrorCode.INVALID_PARAMS
-    err = error(engine, session, "Snapshot.Load", {"Name": "Venue Scenes", "Bank": 2})
+    err = error(engine, session, "Snapshot.Load", {"Name": "Venue Scenes", "Bank": 5})
     assert err.code == ErrorCode.INVALID_PARAMS
-    assert "empty" in err.message
+
+
+def test_loading_a_snapshot_never_saved_changes_nothing(engine: Engine, session: Session) -> None:
+    before = {key: c.state() for key, c in _all_controls(engine)}
+    assert call(engine, session, "Snapshot.Load", {"Name": "Venue Scenes", "Bank": 2}) is True
+    assert {key: c.state() for key, c in _all_controls(engine)} == before
+
+
+def _all_controls(engine: Engine) -> list[tuple[tuple[str, str], Any]]:
+    return [((comp, name), c) for comp, cs in engine.components.items() for name, c in cs.items()]
+
+
+def test_boolean_strings_follow_the_control_kind_by_default() -> None:
+    design = Design.model_validate(
+        {
+            "name": "kinds",
+            "components": [
+                {
+                    "name": "G",
+                    "controls": [
+                        {"name": n, "type": "Boolean"}
+                        for n in ("mute", "input.1.mute", "invert", "bypass", "enable")
+                    ]
+                    + [{"name": "custom", "type": "Boolean", "strings": ["off", "on"]}],
+                }
+            ],
+        }
+    )
+    engine = Engine(design)
+    strings = {n: (c.strings[0], c.strings[1]) for n, c in engine.components["G"].items()}
+    assert strings == {
+        "mute": ("unmuted", "muted"),
+        "input.1.mute": ("unmuted", "muted"),
+        "invert": ("normal", "inverted"),
+        "bypass": ("no", "yes"),
+        "enable": ("false", "true"),
+        "custom": ("off", "on"),
+    }
+    assert engine.components["G"]["mute"].state()["String"] == "unmuted"
+    s = engine.open_session()
+    engine.call(
+        s,
+        "Component.Set",
+        parse_params(
+            "Component.Set", {"Name": "G", "Controls": [{"Name": "mute", "String": "muted"}]}
+        ),
+    )
+    assert engine.components["G"]["mute"].state()["String"] == "muted"
+
+
+def test_unknown_change_group_reads_as_a_core_answers_it(engine: Engine, session: Session) -> None:
+    err = error(engine, session, "ChangeGroup.Poll", {"Id": "lost"})
+    assert (err.code, err.message) == (6, "Change group 'lost' does not exist")
 
 
 def test_snapshot_restores_only_its_components(engine: Engine, session: Session) -> None:

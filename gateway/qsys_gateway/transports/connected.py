@@ -13,7 +13,7 @@ from typing import Any
 from qsys_protocol.config import SubjectConfig
 from qsys_protocol.qrc import jsonrpc
 from qsys_protocol.qrc.errors import ErrorCode, QrcError
-from qsys_protocol.qrc.methods import traits_of
+from qsys_protocol.qrc.methods import logon_credentials, traits_of
 
 from ..admission import Caller, Refusal
 from ..client_registry import ClientHandle
@@ -23,6 +23,27 @@ from .common import Services, request_id
 log = logging.getLogger("qsys_gateway.connected")
 
 MAX_IN_FLIGHT = 32
+
+
+def refusals(frame: bytes, err: QrcError, max_batch: int) -> list[dict[str, Any]]:
+    """`err` under the id of each request in a frame the gateway will not run (the socket
+    is closing): a client waiting on an id with no timeout is answered, not left hanging.
+    A batch over `max_batch` calls gets one error, as when it is run."""
+    try:
+        payload = jsonrpc.decode_json(frame)
+    except jsonrpc.InvalidMessage:
+        return []
+    calls = payload if isinstance(payload, list) else [payload]
+    if len(calls) > max_batch:
+        too_big = QrcError(ErrorCode.INVALID_REQUEST, f"Invalid request: batch over {max_batch}")
+        return [jsonrpc.error_message(None, too_big)]
+    out = []
+    for obj in calls:
+        if isinstance(obj, dict) and "method" in obj:
+            rid = obj.get("id")
+            if isinstance(rid, int | str) and not isinstance(rid, bool):
+                out.append(jsonrpc.error_message(rid, err))
+    return out
 
 
 class ConnectedClient:
@@ -71,6 +92,7 @@ class ConnectedClient:
                 self.handle.transport, "max_clients"
             ).inc()
             raise Refusal(ErrorCode.CORE_UNAVAILABLE, "Too many clients")
+        self.handle.subject = subject.name  # one admitted by address may log on with a token
         self.admission.open_session(self.caller, self.send)
         self.admission.watch(self.caller, self.handle.close)
 
@@ -204,6 +226,10 @@ class ConnectedClient:
             response = await self.admission.handle(self.caller, obj, rid)
             if response is not None:
                 self.send(response)
+        except asyncio.CancelledError:
+            # the connection is closing with this call unfinished: still answered
+            self._reply_error(obj, QrcError(ErrorCode.CORE_UNAVAILABLE, "Connection closing"))
+            raise
         except Exception:
             log.exception("call failed", extra={"request_id": rid})
             self._reply_error(obj, QrcError(ErrorCode.SERVER_ERROR, "Internal error"))
@@ -226,14 +252,14 @@ class ConnectedClient:
             return
         result: Any
         if msg.method == "Logon":
-            params = msg.params if isinstance(msg.params, dict) else {}
-            user, token = params.get("User"), params.get("Password")
+            try:
+                user, token = logon_credentials(msg.params)
+            except QrcError as invalid:  # not a wrong password: not throttled
+                self._answer(msg, error=invalid)
+                return
             try:
                 subject = await self.admission.authenticate(
-                    self.caller,
-                    token if isinstance(token, str) else None,
-                    user=user if isinstance(user, str) else "",
-                    request_id=request_id(),
+                    self.caller, token or None, user=user, request_id=request_id()
                 )
                 self.log_on(subject)
             except Refusal as err:
@@ -275,8 +301,11 @@ class ConnectedClient:
             await asyncio.wait(set(self._tasks), timeout=timeout)
 
     async def close(self) -> None:
-        for task in list(self._tasks):
+        tasks = list(self._tasks)
+        for task in tasks:
             task.cancel()
+        if tasks:  # each answers its call as it ends (`_call`)
+            await asyncio.wait(tasks, timeout=1.0)
         try:
             await asyncio.wait_for(self.admission.release(self.caller), 5.0)
         except (TimeoutError, QrcError, OSError):

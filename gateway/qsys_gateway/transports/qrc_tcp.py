@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import ssl
+from collections.abc import Callable
 from typing import Any
 
 from qsys_protocol.qrc import jsonrpc
@@ -14,7 +15,7 @@ from qsys_protocol.qrc.framing import FRAME_TOO_LARGE, FrameDecoder, encode_fram
 
 from ..client_registry import ClientHandle
 from .common import Services
-from .connected import ConnectedClient
+from .connected import ConnectedClient, refusals
 
 log = logging.getLogger("qsys_gateway.qrc_tcp")
 
@@ -23,10 +24,12 @@ IDLE_TIMEOUT = 60.0
 MAX_WRITE_BUFFER = 1024 * 1024
 ADMIT_WAIT = 2.0
 """`qrcOnCoreLoss: close`: how long a new client waits for the Core before it is refused."""
+UNREAD_WAIT = 0.05
+"""Closing a socket: how long to read what the client already sent, to answer it."""
+UNREAD_BYTES = 1024 * 1024
 
-
-async def _close(client: ClientHandle) -> None:
-    await client.close()
+CORE_LOST = QrcError(ErrorCode.CORE_UNAVAILABLE, "Core unavailable: the connection to it was lost")
+CLOSING = QrcError(ErrorCode.CORE_UNAVAILABLE, "Connection closing")
 
 
 class QrcServer:
@@ -37,7 +40,7 @@ class QrcServer:
         self.tls = tls
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.Task[None]] = set()
-        self._closing: set[asyncio.Task[None]] = set()
+        self._stoppers: dict[ClientHandle, Callable[[QrcError], None]] = {}
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(
@@ -46,15 +49,12 @@ class QrcServer:
 
     def core_changed(self, up: bool) -> None:
         """`qrcOnCoreLoss: close`: the Core was lost, so close every raw QRC client, as the
-        Core's own sockets would close. Their sessions end; their groups go with them."""
+        Core's own sockets would close, once each call it sent is answered (-32050 for what
+        needed the Core). Their sessions end; their groups go with them."""
         if up or self.svc.runtime.config.listen.qrcOnCoreLoss != "close":
             return
-        loop = asyncio.get_running_loop()
-        for client in list(self.svc.clients.clients):
-            if client.transport == "qrc":
-                task = loop.create_task(_close(client))
-                self._closing.add(task)
-                task.add_done_callback(self._closing.discard)
+        for stop in list(self._stoppers.values()):
+            stop(CORE_LOST)
 
     def stop_accepting(self) -> None:
         if self._server is not None:
@@ -79,10 +79,14 @@ class QrcServer:
         rt = svc.runtime
         peer = writer.get_extra_info("peername")
         source = str(peer[0]) if peer else "-"
+        # Admission by address is a logon: such a client (which may send nothing but NoOp
+        # between button presses) has no logon deadline and counts as logged on. Its
+        # subject is still taken only at its first call, so a Logon first keeps its token's.
+        by_source = rt.rules.authenticator.by_source(source)
         refused = (
             "shutting_down"
             if rt.shutting_down
-            else svc.clients.refusal(source, rt.config.limits, authenticated=False)
+            else svc.clients.refusal(source, rt.config.limits, authenticated=by_source is not None)
         )
         if refused is not None:
             rt.metrics.connections_refused.labels("qrc", refused).inc()
@@ -90,6 +94,9 @@ class QrcServer:
             writer.write(encode_frame(jsonrpc.error_message(None, err)))
             return
         closing = asyncio.Event()
+        ending: QrcError | None = None
+        """Why the gateway closes this socket: the error unanswered calls get."""
+        reading: asyncio.Timeout | None = None
         # Replies are written once per event-loop pass (one send for all the
         # answers ready in that pass, not a syscall each).
         out: list[bytes] = []
@@ -117,13 +124,22 @@ class QrcServer:
                 loop.call_soon(flush)
             out.append(encode_frame(message))
 
-        async def close() -> None:
-            flush()
+        def stop(err: QrcError) -> None:
+            """Close once the calls in flight are answered and what the client already
+            sent is answered with `err` (the socket closes after that, in `_serve`)."""
+            nonlocal ending
+            if ending is None:
+                ending = err
             closing.set()
-            if not writer.is_closing():
-                writer.close()
+            if reading is not None:
+                reading.reschedule(loop.time())  # wake the read; a frame in hand finishes
 
-        handle = ClientHandle("qrc", source, send, close)
+        async def close() -> None:
+            stop(CLOSING)
+
+        handle = ClientHandle(
+            "qrc", source, send, close, by_source.name if by_source is not None else None
+        )
         conn = ConnectedClient(
             svc,
             handle,
@@ -131,13 +147,19 @@ class QrcServer:
             pre_logon_error=ErrorCode.LOGON_REQUIRED,
             source_bound=True,
         )
-        decoder = FrameDecoder(rt.config.limits.maxMessageBytes)
+        limits = rt.config.limits
+        decoder = FrameDecoder(limits.maxMessageBytes)
         svc.clients.add(handle)
         if rt.config.listen.qrcOnCoreLoss == "close" and not await rt.upstream.wait_up(ADMIT_WAIT):
-            err = QrcError(ErrorCode.CORE_UNAVAILABLE, "Core unavailable")
-            writer.write(encode_frame(jsonrpc.error_message(None, err)))
+            # what an unreachable Core's socket would do, but every call sent meanwhile (a
+            # Logon above all) is answered under its id first
             svc.clients.remove(handle)
+            err = QrcError(ErrorCode.CORE_UNAVAILABLE, "Core unavailable")
+            if not await self._answer_unread(reader, decoder, send, err, limits.maxBatchCalls):
+                send(jsonrpc.error_message(None, err))
+            flush()
             return
+        self._stoppers[handle] = stop
         status = rt.upstream.engine_status
         if status is not None:
             send(jsonrpc.notification_message("EngineStatus", status))
@@ -148,11 +170,13 @@ class QrcServer:
             # One deadline, moved before each read, instead of a wait_for task per read.
             async with asyncio.timeout(None) as deadline:
                 while not closing.is_set():
-                    if conn.logged_on:
+                    if conn.logged_on or by_source is not None:
                         deadline.reschedule(loop.time() + IDLE_TIMEOUT)
                     else:
                         deadline.reschedule(logon_deadline)
+                    reading = deadline
                     data = await reader.read(65536)
+                    reading = None
                     deadline.reschedule(None)
                     if not data:
                         return
@@ -164,14 +188,49 @@ class QrcServer:
                             send(jsonrpc.error_message(None, err))
                             continue
                         assert isinstance(frame, bytes)
+                        if ending is not None:
+                            for refusal in refusals(frame, ending, limits.maxBatchCalls):
+                                send(refusal)
+                            continue
                         await conn.handle_frame(frame)
         except TimeoutError:
-            log.info("closing an idle QRC client")
+            if ending is None:
+                log.info("closing an idle QRC client")
         finally:
+            reading = None
+            self._stoppers.pop(handle, None)
             svc.clients.remove(handle)
             await conn.drain(5.0)
             await conn.close()
+            if ending is not None and not writer.is_closing():
+                await self._answer_unread(reader, decoder, send, ending, limits.maxBatchCalls)
             flush()
+
+    @staticmethod
+    async def _answer_unread(
+        reader: asyncio.StreamReader,
+        decoder: FrameDecoder,
+        send: Callable[[dict[str, Any]], None],
+        err: QrcError,
+        max_batch: int,
+    ) -> bool:
+        """Read what the client sent that was not run yet (a short, bounded wait) and
+        answer each request in it with `err`. True when some request was answered."""
+        answered = False
+        taken = 0
+        with contextlib.suppress(TimeoutError, ConnectionError, asyncio.IncompleteReadError):
+            async with asyncio.timeout(UNREAD_WAIT):
+                while taken < UNREAD_BYTES:
+                    data = await reader.read(65536)
+                    if not data:
+                        break
+                    taken += len(data)
+                    for frame in decoder.feed(data):
+                        if isinstance(frame, bytes):
+                            for refusal in refusals(frame, err, max_batch):
+                                send(refusal)
+                                answered = True
+        return answered
 
     async def close_all(self, timeout: float) -> None:
         if self._connections:

@@ -100,11 +100,14 @@ class UpstreamConnection:
         if client is not None:
             client._reader_task.cancel()  # fails its pending calls at once
 
-    async def request(self, method: str, params: Any, timeout: float) -> jsonrpc.Response:
+    async def request(
+        self, method: str, params: Any, timeout: float, *, reserve: int = 0
+    ) -> jsonrpc.Response:
+        """`reserve`: pending slots beyond `max_pending` this caller may use (the hub's)."""
         client = self._client
         if not self.up or client is None or client.closed.is_set():
             raise NotConnected
-        if self.pending >= self._s.max_pending:
+        if self.pending >= self._s.max_pending + reserve:
             raise Busy
         self.pending += 1
         self._last_sent = self._loop.time()

@@ -20,13 +20,14 @@ from qsys_protocol.qrc.errors import ErrorCode, QrcError
 from qsys_protocol.qrc.methods import MAX_ITEMS
 
 from .connection import Busy, NotConnected, UpstreamConnection
-from .errors import CoreUnavailable
+from .errors import CoreTimeout, CoreUnavailable
 from .hubcache import Entry, HubCache, Key, change_of, key_of, state_of
 from .placement import CORE_GROUP_PREFIX, CoreGroup, add_calls, free_room, pack
 
 __all__ = [
     "CORE_GROUP_PREFIX",
     "POLL_INTERVAL",
+    "RESERVED_PENDING",
     "Entry",
     "Key",
     "SubscriptionHub",
@@ -42,7 +43,11 @@ POLL_INTERVAL = 0.05
 CONTROLS_PER_CORE_GROUP = MAX_ITEMS
 MAX_CORE_GROUPS = 4
 """Core change groups the hub may hold, all on one upstream connection."""
-_LINK_ERRORS = (NotConnected, Busy, ConnectionClosed, TimeoutError)
+_LINK_ERRORS = (NotConnected, ConnectionClosed)
+"""The hub's connection is gone: its Core groups went with it."""
+RESERVED_PENDING = 2 * MAX_CORE_GROUPS + 8
+"""Pending slots of a connection only the hub may use beyond `max_pending`, so client
+calls filling a connection never starve its polls (a Busy poll is skipped, not fatal)."""
 
 
 class HubOwner(Protocol):
@@ -283,12 +288,20 @@ class SubscriptionHub:
     # ---- Core side --------------------------------------------------------------------
 
     async def _request(self, conn: UpstreamConnection, method: str, params: Any) -> Any:
+        """One call on the hub's connection. Only a lost link unplaces the groups; a
+        full or slow connection fails this call alone (its groups are still there)."""
         try:
-            resp = await conn.request(method, params, self._owner.request_timeout)
+            resp = await conn.request(
+                method, params, self._owner.request_timeout, reserve=RESERVED_PENDING
+            )
         except _LINK_ERRORS:
             if self.conn is conn:
                 self._unplace()
             raise CoreUnavailable("no connection to the Core", 1.0) from None
+        except Busy:
+            raise CoreUnavailable("too many pending calls on the Core connection", 1.0) from None
+        except TimeoutError:
+            raise CoreTimeout(self._owner.request_timeout) from None
         if resp.error is not None:
             raise QrcError.from_error_object(resp.error)
         return resp.result

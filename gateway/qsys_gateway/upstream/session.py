@@ -12,7 +12,7 @@ from typing import Any, Protocol
 from pydantic import BaseModel
 
 from qsys_protocol.qrc import jsonrpc
-from qsys_protocol.qrc.errors import ErrorCode, QrcError
+from qsys_protocol.qrc.errors import ErrorCode, QrcError, unknown_change_group
 from qsys_protocol.qrc.methods import (
     ChangeGroupAddComponentControlParams,
     ChangeGroupAddControlParams,
@@ -94,7 +94,7 @@ class UpstreamSession:
             created = False
             if group is None:
                 if not traits.group_add:
-                    raise QrcError(ErrorCode.UNKNOWN_CHANGE_GROUP, "Unknown change group")
+                    raise unknown_change_group(gid)
                 group, created = self._new_group(gid), True
             async with group.lock:
                 if self._groups.get(str(gid)) is not group:

@@ -174,9 +174,10 @@ class LimitsSpec(Model, AttackLimits):
     requestsPerSecond: Annotated[float, Field(gt=0, le=100000)] = 20
     """Sustained calls per second per subject (> 0) unless its AccessPolicy sets
     `rateLimit`. See docs/policy.md for the windows."""
-    burst: Annotated[int, Field(ge=1, le=1000000)] = 40
+    burst: Annotated[int, Field(ge=1, le=1000000)] = 500
     """Calls per subject allowed at once unless its AccessPolicy sets `rateLimit`; raised to
-    one second's worth when below `requestsPerSecond`."""
+    one second's worth when below `requestsPerSecond`. Sized for a panel SDK's
+    start-up of a few hundred calls (docs/gateway.md)."""
     maxClients: Annotated[int, Field(ge=1, le=100000)] = 1000
     """Connected, logged-on clients per gateway pod; further ones are refused."""
     maxMessageBytes: Annotated[int, Field(ge=1024, le=16 * 1024 * 1024)] = 262144

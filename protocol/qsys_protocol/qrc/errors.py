@@ -86,3 +86,11 @@ class QrcError(Exception):
         if self.data is not None:
             obj["data"] = self.data
         return obj
+
+
+def unknown_change_group(group_id: str | int) -> QrcError:
+    """Error 6 with a Core's text (`Change group '<id>' does not exist`, as Cores and the
+    Designer emulator answer it)."""
+    return QrcError(
+        ErrorCode.UNKNOWN_CHANGE_GROUP, f"Change group '{str(group_id)[:64]}' does not exist"
+    )

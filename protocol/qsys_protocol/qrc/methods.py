@@ -3,6 +3,9 @@
 `parse_params` is the single validator used by the simulator and the gateway:
 it turns raw JSON params into a model or raises -32602 with a message that
 names the bad field but never echoes the offending value (it may be a secret).
+Members a method does not know are dropped, as a Core ignores them (the vendor's
+QRWC SDK sends a whole control state as a write); only the validated fields are
+kept, so nothing unknown is forwarded.
 """
 
 from __future__ import annotations
@@ -59,7 +62,7 @@ Seconds = Annotated[float, Field(ge=0, le=3600)]
 
 
 class Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, populate_by_name=True)
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False, populate_by_name=True)
 
 
 class ResultModel(BaseModel):
@@ -360,6 +363,17 @@ def _describe(exc: ValidationError) -> str:
         loc = ".".join(str(p) for p in err["loc"] if p != "root") or "params"
         parts.append(f"{loc}: {err['msg']}")
     return "Invalid params: " + "; ".join(parts)
+
+
+def logon_credentials(raw: Any) -> tuple[str, str]:
+    """`(User, Password)` of a Logon's params. `User` may be left out (a bearer-style
+    Logon); a missing `Password` or a member of the wrong type is -32602 naming it, so a
+    misspelt member (`Pin`) reads as what it is, not as a wrong password."""
+    if isinstance(raw, dict) and "User" not in raw:
+        raw = {**raw, "User": ""}
+    params = parse_params("Logon", raw)
+    assert isinstance(params, LogonParams)
+    return params.User, params.Password.get_secret_value()
 
 
 def parse_params(method: str, raw: Any) -> BaseModel | None:
