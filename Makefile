@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed
 export QSYS_TOOLS_CACHE ?= $(HOME)/.cache/qsys-operator
 PYTEST_ARGS ?=
 
-.PHONY: help install test lint unit bench demo clean
+.PHONY: help install test lint unit bench demo clean e2e-floor
 
 help:
 	@echo "make install   virtualenv (.venv) with every entry point, and system packages"
@@ -22,15 +22,16 @@ help:
 	@echo "make images    operator, gateway, Core simulator and pause images, without Docker"
 	@echo "make release REGISTRY=host[:port]/path COSIGN_KEY=cosign.key   multi-arch images, SBOMs, chart: pushed and signed"
 	@echo "make cluster-up / cluster-down   local Kubernetes control plane built from source"
+	@echo "make e2e-floor the e2e tests marked floor against the oldest supported Kubernetes (1.31)"
 	@echo "make kind-up / e2e-kind          the same e2e suite on kind (needs Docker)"
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml hack/install-system-deps.sh
+$(STAMP): pyproject.toml plugin/pyproject.toml hack/install-system-deps.sh
 	bash hack/install-system-deps.sh
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[dev]' -e ./plugin
 	touch $(STAMP)
 
 lint: install
@@ -49,6 +50,12 @@ lint: install
 
 test: install lint cluster-tools js-deps mcp-inspector
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(MAKE) --no-print-directory e2e-floor
+
+# The tests marked `floor` again, against the oldest supported Kubernetes minor
+# (hack/tools/kube-floor, no real node; docs/testing.md "The Kubernetes floor").
+e2e-floor: install cluster-tools
+	QSYS_KUBE_GROUP=kube-floor $(BIN)/python -m pytest -m floor tests/e2e $(PYTEST_ARGS)
 
 unit: install
 	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)

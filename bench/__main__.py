@@ -12,7 +12,7 @@ import sys
 from .common import BenchContext, Result, format_table
 
 # Modules under bench/ with `async def run(ctx) -> list[Result]`, in table order.
-BENCHMARKS = ["sim", "gateway", "auth", "fanout", "mcp", "operator_scale"]
+BENCHMARKS = ["sim", "gateway", "auth", "fanout", "mcp", "operator_scale", "operator_fairness"]
 
 
 async def _main(ctx: BenchContext, names: list[str]) -> list[Result]:

@@ -66,7 +66,7 @@ def _script(name: str) -> subprocess.CompletedProcess[str]:
 
 
 @contextlib.contextmanager
-def _cluster() -> Iterator[str]:
+def cluster_kubeconfig() -> Iterator[str]:
     given = os.environ.get("KUBECONFIG", "")
     if given:
         yield given
@@ -88,16 +88,26 @@ def _cluster() -> Iterator[str]:
             _script("down.sh")
 
 
-class _Operator(OperatorProcess):
-    """The operator with the gateway probe off, watching `namespace`."""
+def api_client(kubeconfig: str) -> client.ApiClient:
+    """A client for the bench's own calls (pooled for APPLY_THREADS), the CRDs applied."""
+    cfg = client.Configuration()
+    config.load_kube_config(config_file=kubeconfig, client_configuration=cfg)  # type: ignore[no-untyped-call]
+    cfg.connection_pool_maxsize = APPLY_THREADS * 2
+    api = client.ApiClient(cfg)
+    apply_crds(api, REPO / "crds")
+    return api
 
-    def __init__(self, kubeconfig: str, namespace: str, log: Path) -> None:
+
+class BenchOperator(OperatorProcess):
+    """The operator with the gateway probe off, watching `namespace` (and `more`)."""
+
+    def __init__(self, kubeconfig: str, namespace: str, log: Path, *more: str) -> None:
         env = {
             "QSYS_GATEWAY_PROBE": "false",
             "QSYS_GATEWAY_PROBE_CIDRS": "127.0.0.0/8",
             "QSYS_OPERATOR_NAMESPACE": namespace,
         }
-        args = ["--namespace", namespace, "--standalone"]
+        args = [a for ns in (namespace, *more) for a in ("--namespace", ns)] + ["--standalone"]
         super().__init__(kubeconfig, args, env=env, log=log, start_new_session=True)
 
     def reconciles(self) -> dict[tuple[str, str], float]:
@@ -122,7 +132,7 @@ def _available_replicas(dep: client.V1Deployment) -> int:
     return dep.status.available_replicas or 0
 
 
-def _core(i: int) -> dict[str, Any]:
+def core_body(i: int) -> dict[str, Any]:
     return {
         "apiVersion": f"{GROUP}/{VERSION}",
         "kind": "QSysCore",
@@ -151,21 +161,17 @@ def _count(items: list[Any], prefix: str) -> int:
 def _measure(ctx: BenchContext) -> list[Result]:
     n_policies = CORES * POLICIES_PER_CORE
     scenario = f"{CORES} QSysCores + {n_policies} AccessPolicies at once (time to Ready)"
-    with _cluster() as kubeconfig:
-        cfg = client.Configuration()
-        config.load_kube_config(config_file=kubeconfig, client_configuration=cfg)  # type: ignore[no-untyped-call]
-        cfg.connection_pool_maxsize = APPLY_THREADS * 2
-        api = client.ApiClient(cfg)
+    with cluster_kubeconfig() as kubeconfig:
+        api = api_client(kubeconfig)
         v1, apps = client.CoreV1Api(api), client.AppsV1Api(api)
         net, custom = client.NetworkingV1Api(api), client.CustomObjectsApi(api)
-        apply_crds(api, REPO / "crds")
         ns = f"bench-opscale-{uuid.uuid4().hex[:6]}"
         v1.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=ns)))
         work = Path(tempfile.mkdtemp(prefix="qsys-bench-operator-"))
-        operator: _Operator | None = None
+        operator: BenchOperator | None = None
         try:
-            operator = _Operator(kubeconfig, ns, work / "operator.log").start()
-            bodies = [("qsyscores", _core(i)) for i in range(CORES)]
+            operator = BenchOperator(kubeconfig, ns, work / "operator.log").start()
+            bodies = [("qsyscores", core_body(i)) for i in range(CORES)]
             bodies += [
                 ("accesspolicies", _policy(i, j))
                 for i in range(CORES)

@@ -2,7 +2,7 @@
 # See docs/testing.md. Binaries: $(QSYS_TOOLS_CACHE)/GROUP-VERSION-KEY/bin.
 
 # Pinned tool groups built for `make test` (hack/tools/GROUP); add new ones here.
-TOOL_GROUPS ?= kube helm promtool node coredns kube-router otelcol prometheus prometheus-operator metrics-server registry cosign
+TOOL_GROUPS ?= kube kube-floor helm promtool node coredns kube-router otelcol prometheus prometheus-operator metrics-server registry cosign krew
 KIND_CLUSTER ?= qsys-e2e
 KIND_KUBECONFIG := .cache/kind/kubeconfig
 IMAGE_TAG ?= e2e

@@ -47,9 +47,11 @@ if ready.status == "True" then
   return hs
 end
 
--- Not ready. A spec or apply the API server refused, and a Core the gateways
--- cannot reach, need a human; anything else is still converging.
-if ready.reason == "InvalidSpec" or ready.reason == "ApplyRejected" then
+-- Not ready. A spec or apply the API server refused, an image the platform does
+-- not run, and a Core the gateways cannot reach, need a human; anything else is
+-- still converging.
+if ready.reason == "InvalidSpec" or ready.reason == "ApplyRejected"
+    or ready.reason == "ImageNotAllowed" then
   hs.status = "Degraded"
   hs.message = text(ready)
   return hs

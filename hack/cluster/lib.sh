@@ -52,6 +52,13 @@ COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok)
 NODE_COMPONENTS=(containerd kube-proxy kubelet kube-router)
 
 KUBE_BIN=$(bash "$REPO/hack/tools/build.sh" --dir kube)
+# The control plane's own binaries (kube-apiserver, kube-controller-manager,
+# kube-scheduler) come from this tool group: `kube` (the newest Kubernetes) or
+# `kube-floor` (the oldest supported minor, docs/install.md). etcd, kwok and
+# kubectl always come from `kube`.
+KUBE_GROUP=${QSYS_KUBE_GROUP:-kube}
+case $KUBE_GROUP in kube | kube-floor) ;; *) echo "cluster: QSYS_KUBE_GROUP must be kube or kube-floor, not '$KUBE_GROUP'" >&2 && exit 1 ;; esac
+CONTROL_PLANE_BIN=$(bash "$REPO/hack/tools/build.sh" --dir "$KUBE_GROUP")
 NODE_BIN=$(bash "$REPO/hack/tools/build.sh" --dir node)
 COREDNS_BIN=$(bash "$REPO/hack/tools/build.sh" --dir coredns)
 KUBE_ROUTER_BIN=$(bash "$REPO/hack/tools/build.sh" --dir kube-router)
@@ -68,6 +75,7 @@ bin_path() {
 	containerd) echo /usr/bin/containerd ;;
 	kubelet | kube-proxy) echo "$NODE_BIN/$1" ;;
 	kube-router) echo "$KUBE_ROUTER_BIN/kube-router" ;;
+	kube-apiserver | kube-controller-manager | kube-scheduler) echo "$CONTROL_PLANE_BIN/$1" ;;
 	*) echo "$KUBE_BIN/$1" ;;
 	esac
 }

@@ -9,8 +9,11 @@
 source "$(dirname "$0")/lib.sh"
 
 for name in "${COMPONENTS[@]}"; do
-	[[ -x $KUBE_BIN/$name ]] || die "$KUBE_BIN/$name is missing: run 'make cluster-tools' first"
+	[[ -x $(bin_path "$name") ]] || die "$(bin_path "$name") is missing: run 'make cluster-tools' first"
 done
+if [[ $KUBE_GROUP != kube && $REAL_NODE == 1 ]]; then
+	die "QSYS_KUBE_GROUP=$KUBE_GROUP runs without the real node (its kubelet is newer than that API server): set QSYS_REAL_NODE=0"
+fi
 
 wanted=("${COMPONENTS[@]}")
 if [[ $REAL_NODE == 1 ]]; then wanted+=("${NODE_COMPONENTS[@]}"); fi

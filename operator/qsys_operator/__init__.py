@@ -1,3 +1,6 @@
 """Kopf operator that manages qsys-gateway deployments."""
 
-__version__ = "0.1.0"
+from importlib.metadata import version
+
+# The one version of the project is pyproject.toml's (docs/install.md "Versions").
+__version__ = version("qsys-operator")

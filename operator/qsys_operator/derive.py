@@ -51,6 +51,12 @@ class CoreFindings:
     """The audience ServiceAccount tokens must carry (status.gateway)."""
     identity_note: str | None = None
     """Why gateways that review ServiceAccount tokens may not reach the API server."""
+    egress_note: str | None = None
+    """Endpoints (tracing, Redis) the NetworkPolicy does not let the gateways reach."""
+    image_problem: str | None = None
+    """spec.gateway.image is not on the platform's allow-list: nothing was applied."""
+    name_conflict: str | None = None
+    """Objects of the children's names that are not the core's (nothing was applied)."""
 
 
 def gateway_condition(name: str, replicas: Replicas, wanted: int) -> Cond:
@@ -74,8 +80,12 @@ def secrets_condition(found: CoreFindings) -> Cond:
 
 def ready_condition(found: CoreFindings, gateway: Cond) -> Cond:
     core = found.connected
-    notes = [n for n in (found.identity_note, found.service_monitor_note) if n]
+    notes = [n for n in (found.identity_note, found.egress_note, found.service_monitor_note) if n]
     note = "".join(f"; {n}" for n in notes)
+    if found.image_problem:
+        return Cond("Ready", "False", "ImageNotAllowed", found.image_problem)
+    if found.name_conflict:
+        return Cond("Ready", "False", "NameConflict", found.name_conflict)
     if found.secret_problem:
         return Cond("Ready", "False", "SecretNotAccepted", found.secret_problem + note)
     if found.apply_error:
@@ -140,6 +150,14 @@ def core_status(
     note = found.service_monitor_note
     if note and note not in str(old_ready.get("message", "")):
         events.append(("Normal", "ServiceMonitorSkipped", note))
+    conflict = found.name_conflict
+    if (
+        conflict
+        and old_ready.get("reason") != "NameConflict"
+        and ready.status == old_ready.get("status")
+    ):
+        # Ready was False already, so no transition Event announces the conflict.
+        events.append(("Warning", "NameConflict", f"Ready is False (NameConflict): {conflict}"))
     changed = _without_seen(status) != _without_seen(old)
     return StatusUpdate(status if changed else None, events)
 
@@ -155,6 +173,40 @@ def invalid_core_status(
         stamp,
     )
     return StatusUpdate({"conditions": conds}, _events(transitions))
+
+
+def core_limit_problem(
+    name: str, namespace: str, cores: Sequence[tuple[str, str]], limit: int
+) -> str | None:
+    """Why the core `name` is not rendered: it is not among the `limit` oldest of its
+    namespace's `cores`, (creationTimestamp, name) pairs; ties go by name. The oldest
+    keep their gateways whatever is created later."""
+    order = sorted(cores)
+    rank = next((i for i, (_, n) in enumerate(order) if n == name), len(order))
+    if rank < limit:
+        return None
+    return (
+        f"namespace {namespace} has {len(order)} QSysCores and the operator renders at most "
+        f"{limit} per namespace (the platform's maxCoresPerNamespace); this one is not among "
+        f"the {limit} oldest, so nothing of it is created: delete a QSysCore of the "
+        "namespace or ask the platform team for a higher limit"
+    )
+
+
+def limited_core_status(
+    generation: int | None, old: Mapping[str, Any], problem: str, stamp: str
+) -> StatusUpdate:
+    """A QSysCore beyond its namespace's core limit: observed, not rendered."""
+    conds, transitions = merge_conditions(
+        old.get("conditions") or [],
+        [Cond("Ready", "False", "CoreLimitExceeded", problem)],
+        generation,
+        stamp,
+    )
+    status = {"observedGeneration": generation, "conditions": conds}
+    keys = ("observedGeneration", "conditions")
+    changed = _strip_none(status) != _strip_none({k: old.get(k) for k in keys})
+    return StatusUpdate(status if changed else None, _events(transitions))
 
 
 @dataclass(frozen=True)
@@ -195,7 +247,9 @@ def policy_status(
     else:
         bound = Cond("Bound", "True", "CoreFound", f"bound to QSysCore {found.bound_core}")
         problems.extend(
-            f"subject {c.subject} left out: {c.reason} (kept by AccessPolicy {c.kept_by})"
+            f"subject {c.subject} left out: {c.reason}: {c.detail}"
+            if c.detail
+            else f"subject {c.subject} left out: {c.reason} (kept by AccessPolicy {c.kept_by})"
             for c in found.conflicts
             if c.policy == policy_name
         )

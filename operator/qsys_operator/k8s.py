@@ -68,6 +68,13 @@ def endpoint_addresses(slice_: dict[str, Any]) -> list[tuple[str, int]]:
     return sorted((a, p) for a in addresses for p in ports)
 
 
+def owner_metadata(meta: client.V1ObjectMeta | None) -> dict[str, Any]:
+    """The ownerReferences of a typed object's metadata, keyed as the API's JSON keys them
+    (what `ownership` and `secretrefs` read)."""
+    refs = (meta.owner_references if meta else None) or []
+    return {"ownerReferences": [{"controller": r.controller, "uid": r.uid} for r in refs]}
+
+
 def is_not_found(exc: BaseException) -> bool:
     return isinstance(exc, ApiException) and exc.status == 404
 
@@ -119,11 +126,19 @@ class Kube:
         return await self._thread(fn, *args, **kwargs)
 
     def _raw(
-        self, method: str, path: str, body: Any = None, accept: str = JSON, **query: str
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        accept: str = JSON,
+        patch_type: str = "application/apply-patch+yaml",
+        **query: str,
     ) -> Any:
         headers = {"Accept": accept}
         if method == "PATCH":
-            headers["Content-Type"] = "application/apply-patch+yaml"
+            headers["Content-Type"] = patch_type
+        elif body is not None:
+            headers["Content-Type"] = JSON
         _, url, headers, body, _ = self.api.param_serialize(
             method,
             path,
@@ -177,16 +192,41 @@ class Kube:
             self._raw, "PATCH", path, hold, fieldManager=HANDOVER_MANAGER, force="true"
         )
 
-    async def delete(self, kind: Kind, namespace: str, name: str) -> bool:
-        """True when something was deleted."""
-        path = object_path(kind, namespace, name)
+    async def delete(self, kind: Kind, live: dict[str, Any]) -> bool:
+        """Delete the object whose metadata `live` was just read, and only that object:
+        the UID and resourceVersion are preconditions, so an object replaced or changed
+        since the read (whose ownership was not checked) is never deleted (409, retried).
+        True when something was deleted."""
+        path = object_path(kind, live.get("namespace"), live["name"])
+        options = {
+            "apiVersion": "v1",
+            "kind": "DeleteOptions",
+            "propagationPolicy": "Background",
+            "preconditions": {"uid": live["uid"], "resourceVersion": live["resourceVersion"]},
+        }
         try:
-            await self._thread(self._raw, "DELETE", path, propagationPolicy="Background")
+            await self._thread(self._raw, "DELETE", path, options)
         except ApiException as exc:
             if exc.status == 404:
                 return False
             raise
         return True
+
+    async def read_metadata(
+        self, kind: Kind, namespace: str | None, name: str
+    ) -> dict[str, Any] | None:
+        """An object's metadata only (PartialObjectMetadata: labels, annotations, owners,
+        uid, resourceVersion); None when it does not exist. The API server never sends
+        the object's data, so this is safe on Secrets not yet checked."""
+        path = object_path(kind, namespace, name)
+        try:
+            obj: dict[str, Any] = await self._thread(self._raw, "GET", path, accept=METADATA_ONLY)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        meta: dict[str, Any] = obj.get("metadata") or {}
+        return meta
 
     async def _read(self, fn: Callable[..., Any], *args: Any) -> Any:
         """A read that answers None when the object does not exist."""
@@ -242,16 +282,31 @@ class Kube:
         return secret
 
     async def read_secret_metadata(self, namespace: str, name: str) -> dict[str, Any] | None:
-        """A Secret's metadata only (PartialObjectMetadata): labels, annotations, owners."""
+        return await self.read_metadata(SECRET, namespace, name)
+
+    async def patch_secret_metadata(
+        self,
+        namespace: str,
+        name: str,
+        resource_version: str | None,
+        owner_references: list[dict[str, Any]],
+        annotations: dict[str, str],
+    ) -> None:
+        """Set a Secret's ownerReferences and add annotations, only if it is unchanged since
+        read (resourceVersion): a Secret replaced in between is never re-owned. Its data is
+        not touched."""
         path = object_path(SECRET, namespace, name)
-        try:
-            obj: dict[str, Any] = await self._thread(self._raw, "GET", path, accept=METADATA_ONLY)
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
-        meta: dict[str, Any] = obj.get("metadata") or {}
-        return meta
+        live = await self.read_secret_metadata(namespace, name) or {}
+        ops: list[dict[str, Any]] = [
+            {"op": "test", "path": "/metadata/resourceVersion", "value": resource_version},
+            {"op": "add", "path": "/metadata/ownerReferences", "value": owner_references},
+            {
+                "op": "add",
+                "path": "/metadata/annotations",
+                "value": {**(live.get("annotations") or {}), **annotations},
+            },
+        ]
+        await self._thread(self._raw, "PATCH", path, ops, patch_type="application/json-patch+json")
 
     async def create(self, manifest: Manifest) -> bool:
         """Create a core/v1 object; False when it exists already (never overwritten)."""

@@ -15,6 +15,7 @@ import binascii
 import datetime as dt
 import logging
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
@@ -24,24 +25,29 @@ from pydantic import ValidationError
 
 from qsys_protocol.config import ConfigError, SubjectConfig, parse_config
 
-from .api import CORE_CREDENTIALS, AccessPolicy, QSysCore
+from .api import CORE_CREDENTIALS, TLS, AccessPolicy, QSysCore
 from .derive import (
     CoreFindings,
     PolicyFindings,
     Replicas,
     StatusUpdate,
+    core_limit_problem,
     core_status,
     invalid_core_status,
+    limited_core_status,
     policy_status,
 )
-from .k8s import Kube, api_message, is_permanent, now
-from .kinds import CLUSTER_ROLE_BINDING, SERVICE_MONITOR
+from .images import image_problem as image_problem_of
+from .k8s import Kube, api_message, is_permanent, now, owner_metadata
+from .kinds import CLUSTER_ROLE_BINDING, SERVICE_MONITOR, Kind, kind_of
 from .metrics import OperatorMetrics
+from .ownership import NameConflict, Owner, conflicts_message, controlled_by, owns
 from .peering import Peering
 from .probe import CoreView, probe_core
 from .queueing import WorkQueue
 from .render import (
     CONFIG_KEY,
+    Manifest,
     PolicyBinding,
     RenderResult,
     config_secret_name,
@@ -51,16 +57,29 @@ from .render import (
 )
 from .render.common import selector_labels
 from .render.identity import token_review_binding_name
-from .secretrefs import host_problem, marker_problem
+from .secretrefs import credentials_problem, marker_problem
 from .settings import OperatorSettings
-from .tokens import PolicyTokens, resolve_tokens, token_key
+from .tokens import PolicyTokens, proof_key, resolve_tokens, token_key
 
 log = logging.getLogger("qsys_operator.reconcile")
 
 Key = tuple[str, str]
+MAX_REMEMBERED_REFUSALS = 10000
+"""Secret refusals remembered so each is logged once per change (cleared when full)."""
 MAX_CONCURRENT_RECONCILES = 12
 """API calls run on a handful of worker threads anyway; bounding reconciles in flight
 keeps a burst of hundreds of cores from holding hundreds of half-done renders in memory."""
+
+
+@dataclass(frozen=True)
+class Applied:
+    """What applying a core's children came to."""
+
+    error: str | None = None
+    """The API server refused an object (permanent: reported, not retried)."""
+    service_monitor_note: str | None = None
+    conflicts: list[NameConflict] = field(default_factory=list)
+    """Objects of the children's names that are not the core's: nothing was applied."""
 
 
 class Reconciler:
@@ -78,6 +97,7 @@ class Reconciler:
         self.queue: WorkQueue[Key] = WorkQueue(
             self._reconcile_key,
             concurrency=MAX_CONCURRENT_RECONCILES,
+            group=_namespace,
             gate=peering.active,
             on_error=self._failed,
         )
@@ -85,7 +105,14 @@ class Reconciler:
         self._cores: set[Key] = set()
         self._sm_served: bool | None = None
         self._session: aiohttp.ClientSession | None = None
-        self._policy_lists: dict[str, tuple[int, asyncio.Task[list[dict[str, Any]]]]] = {}
+        self._lists: dict[tuple[str, str], tuple[int, asyncio.Task[list[dict[str, Any]]]]] = {}
+        self._proof_key: bytes | None = None
+        self._refusals: dict[tuple[str, str], str] = {}
+
+    async def _proof(self) -> bytes:
+        if self._proof_key is None:
+            self._proof_key = await proof_key(self.kube, self.settings)
+        return self._proof_key
 
     # ---- triggers ------------------------------------------------------------
 
@@ -175,11 +202,13 @@ class Reconciler:
         if body is None:
             self._managed(namespace, name, False)
             # Cluster-scoped, so not garbage-collected with the core.
-            await self.kube.delete(
-                CLUSTER_ROLE_BINDING, namespace, token_review_binding_name(namespace, name)
+            await self._delete_owned(
+                Owner(namespace, name, None),
+                CLUSTER_ROLE_BINDING,
+                token_review_binding_name(namespace, name),
             )
             for policy in policies:
-                checked = await resolve_tokens(self.kube, policy, None)
+                checked = await resolve_tokens(self.kube, policy, None, await self._proof())
                 await self._write_policy(policy, None, None, checked)
             return
         self._managed(namespace, name, True)
@@ -195,12 +224,41 @@ class Reconciler:
             await self._write(body, QSysCore.PLURAL, update)
             self.metrics.reconcile_total.labels(QSysCore.KIND, "permanent_error").inc()
             return
+        limited = await self._limit_problem(core, since)
+        if limited is not None:
+            # Nothing of it is created (not even its token key); its policies say why.
+            old = body.get("status") or {}
+            await self._write(
+                body,
+                QSysCore.PLURAL,
+                limited_core_status(core.metadata.generation, old, limited, now()),
+            )
+            why = f"QSysCore {name} is not rendered: {limited}"
+            for policy in policies:
+                await self._write_policy(policy, core, None, PolicyTokens(), why)
+            self.metrics.reconcile_total.labels(QSysCore.KIND, "permanent_error").inc()
+            return
         key = await token_key(self.kube, core)
         key_bytes = key if isinstance(key, bytes) else None
-        tokens = {p.metadata.name: await resolve_tokens(self.kube, p, key_bytes) for p in policies}
-        creds_problem = await self._credentials_problem(core)
-        secret_problem = key if isinstance(key, str) else creds_problem
-        rendered = await self._rendered_subjects(namespace, name)
+        proof = await self._proof()
+        tokens = {
+            p.metadata.name: await resolve_tokens(self.kube, p, key_bytes, proof, core)
+            for p in policies
+        }
+        for p in policies:
+            causes = tokens[p.metadata.name].causes
+            for sub in p.spec.subjects:
+                if sub.tokenSecretRef is not None:
+                    what = f"AccessPolicy {p.metadata.name} subject {sub.name}"
+                    self._refused(namespace, what, sub.tokenSecretRef.name, causes.get(sub.name))
+        creds_problem = await self._secret_problem(core, CORE_CREDENTIALS)
+        tls_problem = await self._secret_problem(core, TLS)
+        refused = [r for r in (creds_problem, tls_problem) if r]
+        secret_problem = key if isinstance(key, str) else "; ".join(refused) or None
+        image_problem = image_problem_of(
+            core.spec.gateway.image, self.settings.gateway_image, self.settings.allowed_images
+        )
+        rendered = await self._rendered_subjects(core)
         stamp = dt.datetime.now(dt.UTC)
         bindings = [
             PolicyBinding(
@@ -210,14 +268,16 @@ class Reconciler:
             )
             for p in policies
         ]
-        # Refused credentials are left out of the pods, never mounted.
-        renderable = core if creds_problem is None else _without_credentials(core)
+        # Refused Secrets are left out of the pods, never mounted.
+        renderable = _without_secrets(core, creds=creds_problem is not None, tls=bool(tls_problem))
         api_server, identity_note = await self._api_server(core, policies)
         result = render_core_children(renderable, bindings, self.settings, api_server)
-        if key_bytes is None:
-            apply_error, sm_note = None, None  # nothing is applied without a usable token key
+        if key_bytes is None or image_problem:
+            # Nothing is applied without a usable token key, or for an image the platform
+            # does not run: an existing Deployment stays as it was.
+            applied = Applied()
         else:
-            apply_error, sm_note = await self._apply(core, result)
+            applied = await self._apply(core, result)
         view = await self._probe(core)
         found = CoreFindings(
             gateway_name=gateway_name(name),
@@ -225,11 +285,14 @@ class Reconciler:
             connected=view.condition,
             engine=view.engine,
             subjects=result.subjects,
-            apply_error=apply_error,
-            service_monitor_note=sm_note,
+            apply_error=applied.error,
+            service_monitor_note=applied.service_monitor_note,
+            name_conflict=conflicts_message(applied.conflicts) if applied.conflicts else None,
             secret_problem=secret_problem,
             service_account_audience=core.service_account_audience,
             identity_note=identity_note if result.identity else None,
+            egress_note=result.egress_note,
+            image_problem=image_problem,
         )
         update = core_status(
             core.metadata.generation,
@@ -239,18 +302,24 @@ class Reconciler:
             now(),
         )
         await self._write(body, QSysCore.PLURAL, update)
-        not_rendered = f"QSysCore {name} is not rendered: {key}" if isinstance(key, str) else None
+        held = key if isinstance(key, str) else image_problem or found.name_conflict
+        not_rendered = f"QSysCore {name} is not rendered: {held}" if held else None
         for policy in policies:
             checked = tokens[policy.metadata.name]
             await self._write_policy(policy, core, result, checked, not_rendered)
-        outcome = "permanent_error" if apply_error else "success"
+        outcome = "permanent_error" if applied.error or applied.conflicts else "success"
         self.metrics.reconcile_total.labels(QSysCore.KIND, outcome).inc()
         self.metrics.reconcile_duration.labels(QSysCore.KIND).observe(time.monotonic() - started)
 
-    async def _rendered_subjects(self, namespace: str, core: str) -> list[SubjectConfig]:
-        """The subjects of the config the gateways run now (for rotation grace periods)."""
-        secret = await self.kube.read_secret(namespace, config_secret_name(core))
-        raw = ((secret.data if secret else None) or {}).get(CONFIG_KEY)
+    async def _rendered_subjects(self, core: QSysCore) -> list[SubjectConfig]:
+        """The subjects of the config the gateways run now (for rotation grace periods);
+        none when the config Secret is not the core's own (its hashes would carry over)."""
+        secret = await self.kube.read_secret(
+            core.metadata.namespace, config_secret_name(core.metadata.name)
+        )
+        if secret is None or not controlled_by(owner_metadata(secret.metadata), core.metadata.uid):
+            return []
+        raw = (secret.data or {}).get(CONFIG_KEY)
         if not raw:
             return []
         try:
@@ -259,25 +328,36 @@ class Reconciler:
             log.warning("rendered config unreadable", extra={"error": _describe(exc)})
             return []
 
-    async def _list_policies(self, namespace: str, since: int) -> list[dict[str, Any]]:
-        """The namespace's AccessPolicies as listed by a call sent after `since`.
+    async def _shared_list(self, plural: str, namespace: str, since: int) -> list[dict[str, Any]]:
+        """The namespace's objects of `plural` (ours) as listed by a call sent after `since`.
 
         Reconciles running at once share one list call (instead of one each, which is
         quadratic with many cores and policies), but only a call sent after the reconcile
         started, so none reads data older than what triggered it.
         """
-        entry = self._policy_lists.get(namespace)
+        entry = self._lists.get((plural, namespace))
         if entry is None or entry[0] <= since:
-            task = asyncio.get_running_loop().create_task(
-                self.kube.list_custom(AccessPolicy.PLURAL, namespace)
-            )
+            task = asyncio.get_running_loop().create_task(self.kube.list_custom(plural, namespace))
             entry = (time.monotonic_ns(), task)
-            self._policy_lists[namespace] = entry
+            self._lists[(plural, namespace)] = entry
         return await asyncio.shield(entry[1])
+
+    async def _limit_problem(self, core: QSysCore, since: int) -> str | None:
+        """Why the core is beyond its namespace's core limit (None: within, or no limit)."""
+        limit = self.settings.max_cores_per_namespace
+        if not limit:
+            return None
+        ns = core.metadata.namespace
+        listed = await self._shared_list(QSysCore.PLURAL, ns, since)
+        cores = [
+            (str(c["metadata"].get("creationTimestamp") or ""), c["metadata"]["name"])
+            for c in listed
+        ]
+        return core_limit_problem(core.metadata.name, ns, cores, limit)
 
     async def _policies(self, namespace: str, core: str, since: int) -> list[AccessPolicy]:
         out = []
-        for raw in await self._list_policies(namespace, since):
+        for raw in await self._shared_list(AccessPolicy.PLURAL, namespace, since):
             if ((raw.get("spec") or {}).get("coreRef") or {}).get("name") != core:
                 continue
             try:
@@ -315,47 +395,109 @@ class Reconciler:
             )
         return self._sm_served
 
-    async def _apply(self, core: QSysCore, result: RenderResult) -> tuple[str | None, str | None]:
-        """(apply error, ServiceMonitor note): a refused object is reported, not retried."""
-        ns = core.metadata.namespace
-        current: dict[str, Any] = {}
+    async def _apply(self, core: QSysCore, result: RenderResult) -> Applied:
+        """Apply the wanted children and delete the unwanted ones, all or nothing against
+        name conflicts: when any object of a wanted child's name is not the core's own,
+        nothing at all is applied or deleted (so no pod runs as a foreign ServiceAccount,
+        mounts a foreign Secret or sits behind a foreign Service). A refused object is
+        reported, not retried."""
+        meta = core.metadata
+        owner = Owner(meta.namespace, meta.name, meta.uid)
+        wanted = list(result.objects)
         note = None
+        served = await self._service_monitor_served()
+        if result.service_monitor is not None:
+            if served:
+                wanted.append(result.service_monitor)
+            else:
+                note = (
+                    "ServiceMonitor not created: the cluster does not serve "
+                    "monitoring.coreos.com/v1 (install the Prometheus Operator CRDs)"
+                )
+        conflicts = await self._conflicts(owner, wanted)
+        if conflicts:
+            return Applied(service_monitor_note=note, conflicts=conflicts)
+        current: dict[str, Any] = {}
         try:
-            for obj in result.objects:
+            for obj in wanted:
                 current = obj
                 await self.kube.apply(obj)
-            served = await self._service_monitor_served()
-            if result.service_monitor is not None:
-                if served:
-                    current = result.service_monitor
-                    await self.kube.apply(result.service_monitor)
-                else:
-                    note = (
-                        "ServiceMonitor not created: the cluster does not serve "
-                        "monitoring.coreos.com/v1 (install the Prometheus Operator CRDs)"
-                    )
             for ref in result.absent:
                 if ref.kind.optional and not served:
                     continue
-                await self.kube.delete(ref.kind, ns, ref.name)
+                await self._delete_owned(owner, ref.kind, ref.name)
         except ApiException as exc:
             if not is_permanent(exc):
                 raise
             what = f"{current.get('kind')} {current.get('metadata', {}).get('name')}"
-            return f"{what} refused by the API server: {api_message(exc)}", note
-        return None, note
+            return Applied(f"{what} refused by the API server: {api_message(exc)}", note)
+        return Applied(None, note)
 
-    async def _credentials_problem(self, core: QSysCore) -> str | None:
-        ref = core.spec.core.credentialsSecretRef
-        if ref is None:
-            return None
-        meta = await self.kube.read_secret_metadata(core.metadata.namespace, ref.name)
-        what = "spec.core.credentialsSecretRef"
-        problem = marker_problem(ref.name, meta, CORE_CREDENTIALS, what)
-        if problem is None and meta is not None:
+    async def _conflicts(self, owner: Owner, wanted: list[Manifest]) -> list[NameConflict]:
+        """The wanted children whose name an object that is not the owner's holds."""
+
+        async def check(obj: Manifest) -> NameConflict | None:
+            kind = kind_of(obj["apiVersion"], obj["kind"])
+            name = obj["metadata"]["name"]
+            live = await self.kube.read_metadata(kind, owner.namespace, name)
+            if live is None or owns(owner, kind, live):
+                return None
+            return NameConflict(kind, name)
+
+        found = await asyncio.gather(*(check(obj) for obj in wanted))
+        return sorted(c for c in found if c is not None)
+
+    async def _delete_owned(self, owner: Owner, kind: Kind, name: str) -> bool:
+        """Delete the child `name` if it exists and is the owner's; True when deleted."""
+        live = await self.kube.read_metadata(kind, owner.namespace, name)
+        if live is None or not owns(owner, kind, live):
+            return False
+        return await self.kube.delete(kind, live)
+
+    async def _secret_problem(self, core: QSysCore, use: str) -> str | None:
+        """Why the credentials (use CORE_CREDENTIALS) or TLS Secret (TLS) the core names
+        may not be used; the cause goes to the operator's log only."""
+        ns = core.metadata.namespace
+        if use == TLS:
+            name, what = core.spec.gateway.tlsSecretName, "spec.gateway.tlsSecretName"
+            if name is None:
+                return None
+            problem = marker_problem(
+                name, await self.kube.read_secret_metadata(ns, name), TLS, what
+            )
+        else:
+            ref = core.spec.core.credentialsSecretRef
+            if ref is None:
+                return None
+            name, what = ref.name, "spec.core.credentialsSecretRef"
+            meta = await self.kube.read_secret_metadata(ns, name)
             hosts = [h for h in (core.spec.core.host, core.spec.core.redundantHost) if h]
-            problem = host_problem(ref.name, meta, hosts)
-        return problem
+            allow = self.settings.allow_unbound_credentials
+            problem = credentials_problem(name, meta, hosts, allow)
+        cause = problem.cause if problem else None
+        self._refused(ns, f"QSysCore {core.metadata.name} {what}", name, cause)
+        return problem.message if problem else None
+
+    def _refused(self, namespace: str, reference: str, secret: str, cause: str | None) -> None:
+        """Log why a named Secret was refused, once per change of cause (no values)."""
+        key = (namespace, f"{reference} {secret}")
+        if self._refusals.get(key) == cause:
+            return
+        if cause is None:
+            self._refusals.pop(key, None)
+            return
+        if len(self._refusals) >= MAX_REMEMBERED_REFUSALS:
+            self._refusals.clear()
+        self._refusals[key] = cause
+        log.info(
+            "Secret refused",
+            extra={
+                "namespace": namespace,
+                "reference": reference,
+                "secret": secret,
+                "cause": cause,
+            },
+        )
 
     async def _replicas(self, namespace: str, name: str) -> Replicas:
         deployment = await self.kube.read_deployment(namespace, name)
@@ -428,6 +570,10 @@ class Reconciler:
         return written
 
 
+def _namespace(key: Key) -> str:
+    return key[0]
+
+
 def _grace_of(policy: AccessPolicy, result: RenderResult | None) -> dict[str, str]:
     """subject -> end of its grace period, for the policy's subjects the config admits."""
     if result is None:
@@ -440,10 +586,19 @@ def _grace_of(policy: AccessPolicy, result: RenderResult | None) -> dict[str, st
     }
 
 
-def _without_credentials(core: QSysCore) -> QSysCore:
-    spec = core.spec.model_copy(
-        update={"core": core.spec.core.model_copy(update={"credentialsSecretRef": None})}
-    )
+def _without_secrets(core: QSysCore, creds: bool, tls: bool) -> QSysCore:
+    """The core without the credentials and/or TLS Secret the operator refused."""
+    if not creds and not tls:
+        return core
+    spec = core.spec
+    if creds:
+        spec = spec.model_copy(
+            update={"core": spec.core.model_copy(update={"credentialsSecretRef": None})}
+        )
+    if tls:
+        spec = spec.model_copy(
+            update={"gateway": spec.gateway.model_copy(update={"tlsSecretName": None})}
+        )
     return core.model_copy(update={"spec": spec})
 
 

@@ -45,7 +45,8 @@ runs (user 10001 of the images)."""
 
 def apply_crds(api: client.ApiClient, crds: Path | Iterable[Path], timeout: float = 60) -> None:
     """Create or replace the CRDs (a directory of YAML files, or the files), then wait
-    until each is Established. The chart ships them: charts/qsys-operator/crds/."""
+    until each is Established. The chart ships them as templates (crds.enabled); tests that
+    install several releases apply them with this and set crds.enabled=false."""
     paths = sorted(crds.glob("*.yaml")) if isinstance(crds, Path) else list(crds)
     ext = client.ApiextensionsV1Api(api)
     for path in paths:

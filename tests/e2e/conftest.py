@@ -4,6 +4,11 @@ With KUBECONFIG set, that cluster is used (kind or any other). Otherwise the
 local control plane of hack/cluster is brought up once per session, and taken
 down at the end if this session started it. No cluster means failed tests,
 never skipped ones.
+
+QSYS_KUBE_GROUP=kube-floor: the session runs against the oldest supported
+Kubernetes minor instead (hack/tools/kube-floor; its own state directory and
+ports, no real node, KUBECONFIG ignored); `make test` runs the tests marked
+`floor` that way after the main run (docs/testing.md "The Kubernetes floor").
 """
 
 from __future__ import annotations
@@ -21,8 +26,26 @@ from kubernetes.client.exceptions import ApiException
 
 UP = REPO / "hack" / "cluster" / "up.sh"
 DOWN = REPO / "hack" / "cluster" / "down.sh"
-LOCAL_KUBECONFIG = REPO / ".cache" / "cluster" / "kubeconfig"
 UP_TIMEOUT_S = 240
+FLOOR_MINOR = "1.31"
+FLOOR = os.environ.get("QSYS_KUBE_GROUP", "kube") == "kube-floor"
+# The floor control plane beside (never instead of) the main one: other state and ports.
+FLOOR_ENV = {
+    "QSYS_REAL_NODE": "0",
+    "QSYS_CLUSTER_DIR": str(REPO / ".cache" / "cluster-floor"),
+    "QSYS_ETCD_PORT": "12479",
+    "QSYS_ETCD_PEER_PORT": "12480",
+    "QSYS_APISERVER_PORT": "16543",
+    "QSYS_CONTROLLER_MANAGER_PORT": "16544",
+    "QSYS_SCHEDULER_PORT": "16545",
+    "QSYS_KWOK_PORT": "16546",
+    "QSYS_KUBELET_HEALTHZ_PORT": "16548",
+    "QSYS_KUBE_PROXY_HEALTHZ_PORT": "16549",
+    "QSYS_KUBE_PROXY_METRICS_PORT": "16550",
+}
+LOCAL_KUBECONFIG = (
+    Path(FLOOR_ENV["QSYS_CLUSTER_DIR"]) if FLOOR else REPO / ".cache" / "cluster"
+) / "kubeconfig"
 
 
 def _run_script(script: Path) -> subprocess.CompletedProcess[str]:
@@ -33,6 +56,7 @@ def _run_script(script: Path) -> subprocess.CompletedProcess[str]:
         timeout=UP_TIMEOUT_S,
         check=False,
         cwd=REPO,
+        env={**os.environ, **FLOOR_ENV} if FLOOR else None,
     )
 
 
@@ -61,7 +85,7 @@ def _start_local() -> bool:
 
 @pytest.fixture(scope="session")
 def cluster() -> Iterator[Cluster]:
-    kubeconfig = os.environ.get("KUBECONFIG", "")
+    kubeconfig = "" if FLOOR else os.environ.get("KUBECONFIG", "")
     started = False
     if not kubeconfig:
         try:
@@ -73,12 +97,14 @@ def cluster() -> Iterator[Cluster]:
     try:
         try:
             api = config.new_client_from_config(config_file=kubeconfig)  # type: ignore[no-untyped-call]
-            client.VersionApi(api).get_code(_request_timeout=10)
+            version = client.VersionApi(api).get_code(_request_timeout=10)
         except Exception as exc:
             pytest.fail(f"no Kubernetes cluster: {kubeconfig} is unusable: {exc}", pytrace=False)
         local = (
             os.path.samefile(kubeconfig, LOCAL_KUBECONFIG) if LOCAL_KUBECONFIG.exists() else False
         )
+        if FLOOR and f"{version.major}.{version.minor}" != FLOOR_MINOR:
+            pytest.fail(f"the floor run found Kubernetes {version.git_version}, not {FLOOR_MINOR}")
         yield Cluster(kubeconfig=kubeconfig, api=api, local=local)
         api.close()
     finally:
@@ -98,3 +124,15 @@ def namespace(cluster: Cluster) -> Iterator[str]:
     except ApiException as exc:
         if exc.status != 404:
             raise
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """In the floor run, only the tests marked `floor` (the others need the real node or
+    the newest minor); they are deselected, never skipped."""
+    if not FLOOR:
+        return
+    keep = [item for item in items if item.get_closest_marker("floor")]
+    dropped = [item for item in items if not item.get_closest_marker("floor")]
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = keep

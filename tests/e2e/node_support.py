@@ -10,9 +10,12 @@ the real node without a change to the objects themselves.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import time
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -196,7 +199,7 @@ def tool(group: str, name: str) -> Path:
     return path
 
 
-def _helm(cluster: Cluster, *args: str, check: bool = True) -> None:
+def helm(cluster: Cluster, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     result = subprocess.run(
         [str(tool("helm", "helm")), *args],
         capture_output=True,
@@ -207,19 +210,37 @@ def _helm(cluster: Cluster, *args: str, check: bool = True) -> None:
     )
     if check:
         assert result.returncode == 0, f"helm {args} exited {result.returncode}:\n{result.stderr}"
+    return result
 
 
-@contextmanager
-def operator_release(cluster: Cluster, ns: str, extra: Sequence[str] = ()) -> Iterator[str]:
-    """The operator installed into ns by the Helm chart (watching ns only), with the images
-    `make images` built and the chart values `extra` (--set, after the defaults here): the
-    release name; uninstalled afterwards."""
-    refs = images()
-    apply_crds(cluster.api, REPO / "crds")
-    release = f"qsys-{ns.rsplit('-', 1)[1]}"
+def host_call(
+    cluster: Cluster, ns: str, service: str, token: str, method: str, params: Any = None
+) -> int:
+    """One JSON-RPC call from the host to a gateway Service's ClusterIP (the node's own
+    traffic passes the NetworkPolicy): the HTTP status, 0 when nothing answered."""
+    svc = client.CoreV1Api(cluster.api).read_namespaced_service(service, ns)
+    url = f"http://{must(must(svc.spec).cluster_ip)}:8080/v1/rpc"
+    body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": method, "params": params or {}})
+    req = urllib.request.Request(
+        url,
+        data=body.encode(),
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=15) as r:
+            return int(r.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+    except OSError:
+        return 0
+
+
+def chart_values(refs: dict[str, str], ns: str) -> list[str]:
+    """The chart values (--set) of an operator watching ns only, on the real node, with
+    the images refs (component -> reference, already on the node)."""
     op_repo, _, op_tag = refs["operator"].rpartition(":")
     gw_repo, _, gw_tag = refs["gateway"].rpartition(":")
-    values = [
+    return [
         f"image.repository={op_repo}",
         f"image.tag={op_tag}",
         "image.pullPolicy=Never",
@@ -232,16 +253,27 @@ def operator_release(cluster: Cluster, ns: str, extra: Sequence[str] = ()) -> It
         "prometheusRule.enabled=false",
         "gatewayProbe.cidrs={198.18.0.0/16}",
     ]
+
+
+@contextmanager
+def operator_release(cluster: Cluster, ns: str, extra: Sequence[str] = ()) -> Iterator[str]:
+    """The operator installed into ns by the Helm chart (watching ns only), with the images
+    `make images` built and the chart values `extra` (--set, after the defaults here): the
+    release name; uninstalled afterwards."""
+    apply_crds(cluster.api, REPO / "crds")
+    release = f"qsys-{ns.rsplit('-', 1)[1]}"
+    # The CRDs are applied above: other tests' releases share them.
+    values = [*chart_values(images(), ns), "crds.enabled=false"]
     args = ["install", release, str(CHART), "--namespace", ns, "--wait"]
     args += ["--timeout", f"{CHART_TIMEOUT_S}s"]
     for value in (*values, *extra):
         args += ["--set", value]
-    _helm(cluster, *args)
+    helm(cluster, *args)
     try:
         yield release
     finally:
         uninstall = ["uninstall", release, "--namespace", ns, "--wait", "--timeout", "60s"]
-        _helm(cluster, *uninstall, check=False)
+        helm(cluster, *uninstall, check=False)
 
 
 def start_simulator(cluster: Cluster, ns: str) -> None:

@@ -6,7 +6,9 @@ args and env, and reconciles a QSysCore and an AccessPolicy: the RBAC is suffici
 A cluster-wide install is checked with can-i too.
 
 Everything is removed afterwards (helm uninstall, namespaces, processes), also on
-failure; the CRDs stay, as Helm leaves them.
+failure. The releases share the CRDs of crds/ (applied by the tests, crds.enabled=false),
+except the one that shows the chart's own CRD handling: Helm owns them, and `helm
+uninstall` leaves them (helm.sh/resource-policy: keep).
 """
 
 from __future__ import annotations
@@ -34,9 +36,9 @@ from operator_support import (
 
 from qsys_operator.k8s import endpoint_addresses
 from qsys_testkit import OperatorProcess
-from qsys_testkit.kube import secret_text
+from qsys_testkit.kube import apply_crds, secret_text
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.floor]
 
 CHART = REPO / "charts" / "qsys-operator"
 TIMEOUT_S = 120
@@ -77,8 +79,11 @@ def _delete_namespace(cluster: Cluster, name: str) -> None:
 class Release:
     """A helm release of the chart; uninstalled (and its namespace deleted) on exit."""
 
-    def __init__(self, cluster: Cluster, values: list[str]) -> None:
+    def __init__(self, cluster: Cluster, values: list[str], own_crds: bool = False) -> None:
+        """own_crds: the release installs (takes over) the CRDs, as a user's would;
+        otherwise crds/ is applied first and the release leaves the CRDs alone."""
         self.cluster = cluster
+        self.own_crds = own_crds
         suffix = uuid.uuid4().hex[:6]
         self.name = f"qsys-{suffix}"
         self.namespace = f"qsys-system-{suffix}"
@@ -100,6 +105,11 @@ class Release:
             "--timeout",
             f"{TIMEOUT_S}s",
         ]
+        if self.own_crds:
+            args.append("--take-ownership")
+        else:
+            apply_crds(self.cluster.api, REPO / "crds")
+            args += ["--set", "crds.enabled=false"]
         for value in self.values:
             args += ["--set", value]
         _run(args, self.env)
@@ -562,3 +572,33 @@ def test_service_account_subjects_under_the_chart_rbac(
                 "the binding deleted with the core", lambda: not binding_exists(), timeout=TIMEOUT_S
             )
             _no_api_refusals(op.output())
+
+
+CRDS = ("qsyscores.qsys.dev", "accesspolicies.qsys.dev", "kopfpeerings.kopf.dev")
+
+
+def test_release_owns_the_crds_and_uninstall_keeps_them(cluster: Cluster) -> None:
+    """The chart's default: the CRDs are the release's (so `helm upgrade` upgrades them)
+    and stay after `helm uninstall`."""
+    ext = client.ApiextensionsV1Api(cluster.api)
+    try:
+        with Release(cluster, [], own_crds=True) as release:
+            for name in CRDS:
+                meta = must(ext.read_custom_resource_definition(name).metadata)
+                annotations = meta.annotations or {}
+                assert annotations.get("meta.helm.sh/release-name") == release.name, name
+                assert annotations.get("helm.sh/resource-policy") == "keep", name
+                assert (meta.labels or {}).get("app.kubernetes.io/managed-by") == "Helm", name
+            release_name = release.name
+        for name in CRDS:
+            crd = ext.read_custom_resource_definition(name)
+            assert must(crd.metadata).deletion_timestamp is None, name
+        history = _run(
+            [pinned_tool("helm", "helm"), "status", release_name, "-n", release.namespace],
+            release.env,
+            check=False,
+        )
+        assert history.returncode != 0, "the release is still installed"
+    finally:
+        # Back to the shared, unowned CRDs the other tests expect.
+        apply_crds(cluster.api, REPO / "crds")

@@ -13,7 +13,7 @@ from kube_support import Cluster, api_error, must, status_of, wait_for
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.floor]
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from kube_support import REPO, Cluster, tool_dir, wait_for
 from qsys_operator.api import AccessPolicy, LimitsSpec, QSysCoreSpec, Subject
 from qsys_testkit.kube import apply_crds
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.floor]
 
 
 def _explain(cluster: Cluster, what: str) -> subprocess.CompletedProcess[str]:

@@ -19,7 +19,7 @@ from qsys_operator.render import PolicyBinding, render_core_children
 from qsys_operator.settings import OperatorSettings
 from qsys_protocol.config import AttackLimits
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.floor]
 
 GROUP, VERSION = "qsys.dev", "v1alpha1"
 CRD_FILES = sorted((REPO / "crds").glob("qsys.dev_*.yaml"))
@@ -211,13 +211,20 @@ def test_cel_source_cidrs(objects: client.CustomObjectsApi, namespace: str) -> N
 
     assert "must be a CIDR" in _rejected(objects, namespace, sources("192.0.2.300/32"))
     assert "no host bits set" in _rejected(objects, namespace, sources("192.0.2.7/24"))
-    assert "default route" in _rejected(objects, namespace, sources("0.0.0.0/0"))
+    wide = "must be no wider than /24 (IPv4) or /64 (IPv6)"
+    for cidrs in (("0.0.0.0/0",), ("0.0.0.0/1", "128.0.0.0/1"), ("::/1",), ("192.0.2.0/23",)):
+        assert wide in _rejected(objects, namespace, sources(*cidrs)), cidrs
+    assert "written canonically" in _rejected(objects, namespace, sources("2001:DB8::/64"))
     both = sources("192.0.2.7/32", ref=True)
     assert "a token or by sourceCIDRs, not both" in _rejected(objects, namespace, both)
-    ok = sources("192.0.2.7/32", "2001:db8::/64")
+    ok = sources("192.0.2.7/32", "2001:db8::/64", "198.51.100.0/24")
     ok["metadata"]["name"] = "legacy"
     created = _create(objects, namespace, ok)
-    assert created["spec"]["subjects"][0]["sourceCIDRs"] == ["192.0.2.7/32", "2001:db8::/64"]
+    assert created["spec"]["subjects"][0]["sourceCIDRs"] == [
+        "192.0.2.7/32",
+        "2001:db8::/64",
+        "198.51.100.0/24",
+    ]
 
 
 def test_status_is_a_subresource(objects: client.CustomObjectsApi, namespace: str) -> None:

@@ -31,7 +31,7 @@ from operator_support import (
 from qsys_testkit import SimulatorProcess
 from qsys_testkit.kube import apply_crds, secret_text
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.floor]
 
 BYO_ONE = "byo-token-one-Jq3vX8wLr2Tz7KpN4sYd"
 BYO_TWO = "byo-token-two-Hm6cR9eWq1Ub5GfA8tZx"

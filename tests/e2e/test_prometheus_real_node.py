@@ -7,8 +7,14 @@ packed of the pinned binaries (hack/cluster/node.sh: prometheus and the operator
 prometheus-config-reloader). The test asks that Prometheus, through its pod IP, what it
 scraped and which alerts fire.
 
-The tests share one installation (module scope) and run in file order: the last one
-stops the Core.
+Everything runs twice (module-scoped profiles): as this lab runs Prometheus (namespace
+`monitoring`, selecting every ServiceMonitor and rule), and as kube-prometheus-stack does
+(its own namespace, not named `monitoring`; ServiceMonitors and PrometheusRules selected
+by `release: <its release>` only), with the chart's monitoring.labels and
+monitoring.scrapers set as docs/install.md says.
+
+The tests share one installation per profile (module scope) and run in file order: the
+last one stops the Core.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from kube_support import Cluster, must, wait_for
@@ -49,7 +55,6 @@ pytestmark = pytest.mark.e2e
 # The images hack/cluster/node.sh packs and imports (binary-alone, from hack/tools).
 PROMETHEUS_IMAGE = "qsys.local/prometheus:v3.13.5"
 CONFIG_RELOADER_IMAGE = "qsys.local/prometheus-config-reloader:v0.85.0"
-MONITORING_NS = "monitoring"  # the chart's monitoringNamespace (the NetworkPolicy's source)
 CORE = "auditorium"
 GATEWAY = f"{CORE}-gateway"
 GATEWAY_SELECTOR = f"app.kubernetes.io/instance={CORE},app.kubernetes.io/name=qsys-gateway"
@@ -66,8 +71,43 @@ CHART_VALUES = [
 ]
 
 
+@dataclass(frozen=True)
+class Profile:
+    """How Prometheus is run and selects, and the chart values that go with it."""
+
+    name: str
+    namespace: str
+    prometheus: str
+    """Name of the Prometheus object."""
+    chart_values: tuple[str, ...]
+    selector: dict[str, Any]
+    """serviceMonitorSelector and ruleSelector."""
+    scraper_labels: dict[str, str]
+    """Labels a pod needs, besides its namespace, to reach the gateways' metrics port."""
+
+
+LAB = Profile("lab", "monitoring", "k8s", (), {}, {})
+KPS_RELEASE = "kps"
+KUBE_PROMETHEUS_STACK = Profile(
+    "kube-prometheus-stack",
+    "observability",
+    # As kube-prometheus-stack names it: <release>-kube-prometheus-stack-prometheus.
+    f"{KPS_RELEASE}-kube-prometheus-stack-prometheus",
+    (
+        f"monitoring.labels.release={KPS_RELEASE}",
+        "monitoring.scrapers.namespaceSelector.matchLabels"
+        ".kubernetes\\.io/metadata\\.name=observability",
+        "monitoring.scrapers.podSelector.matchLabels.app\\.kubernetes\\.io/name=prometheus",
+    ),
+    # Its defaults (serviceMonitorSelectorNilUsesHelmValues, ruleSelectorNilUsesHelmValues).
+    {"matchLabels": {"release": KPS_RELEASE}},
+    {"app.kubernetes.io/name": "prometheus"},
+)
+
+
 @dataclass
 class Monitored:
+    profile: Profile
     cluster: Cluster
     ns: str
     release: str
@@ -90,14 +130,14 @@ class Monitored:
         return [p for p in pods.items if is_ready(p)]
 
 
-def _prometheus_rbac(cluster: Cluster) -> None:
+def _prometheus_rbac(cluster: Cluster, namespace: str) -> None:
     """What the Prometheus pod's service discovery reads (as in kube-prometheus)."""
     name = "qsys-e2e-prometheus"
     for body in (
         {
             "apiVersion": "v1",
             "kind": "ServiceAccount",
-            "metadata": {"name": "prometheus", "namespace": MONITORING_NS},
+            "metadata": {"name": "prometheus", "namespace": namespace},
         },
         {
             "apiVersion": "rbac.authorization.k8s.io/v1",
@@ -125,9 +165,7 @@ def _prometheus_rbac(cluster: Cluster) -> None:
                 "kind": "ClusterRole",
                 "name": name,
             },
-            "subjects": [
-                {"kind": "ServiceAccount", "name": "prometheus", "namespace": MONITORING_NS}
-            ],
+            "subjects": [{"kind": "ServiceAccount", "name": "prometheus", "namespace": namespace}],
         },
     ):
         utils.create_from_dict(cluster.api, body)  # type: ignore[no-untyped-call]
@@ -143,31 +181,39 @@ def _delete_prometheus_rbac(cluster: Cluster) -> None:
                 raise
 
 
-PROMETHEUS = {
-    "apiVersion": f"{MONITORING}/v1",
-    "kind": "Prometheus",
-    "metadata": {"name": "k8s", "namespace": MONITORING_NS},
-    "spec": {
-        "image": PROMETHEUS_IMAGE,
-        "version": "v3.13.5",
-        "imagePullPolicy": "Never",
-        "replicas": 1,
-        "serviceAccountName": "prometheus",
-        "serviceMonitorSelector": {},
-        "serviceMonitorNamespaceSelector": {},
-        "ruleSelector": {},
-        "ruleNamespaceSelector": {},
-        "scrapeInterval": "2s",
-        "evaluationInterval": "1s",
-        "serviceDiscoveryRole": "EndpointSlice",
-        "resources": {"requests": {"cpu": "50m", "memory": "200Mi"}},
-    },
-}
+def prometheus_object(profile: Profile) -> dict[str, Any]:
+    return {
+        "apiVersion": f"{MONITORING}/v1",
+        "kind": "Prometheus",
+        "metadata": {"name": profile.prometheus, "namespace": profile.namespace},
+        "spec": {
+            "image": PROMETHEUS_IMAGE,
+            "version": "v3.13.5",
+            "imagePullPolicy": "Never",
+            "replicas": 1,
+            "serviceAccountName": "prometheus",
+            "serviceMonitorSelector": profile.selector,
+            "serviceMonitorNamespaceSelector": {},
+            "ruleSelector": profile.selector,
+            "ruleNamespaceSelector": {},
+            "scrapeInterval": "2s",
+            "evaluationInterval": "1s",
+            "serviceDiscoveryRole": "EndpointSlice",
+            "resources": {"requests": {"cpu": "50m", "memory": "200Mi"}},
+        },
+    }
 
 
-@pytest.fixture(scope="module")
-def monitored(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Monitored]:
-    log_dir = tmp_path_factory.mktemp("prometheus-real-node")
+def prometheus_selector(profile: Profile) -> str:
+    return f"app.kubernetes.io/name=prometheus,prometheus={profile.prometheus}"
+
+
+@pytest.fixture(scope="module", params=[LAB, KUBE_PROMETHEUS_STACK], ids=lambda p: p.name)
+def monitored(
+    cluster: Cluster, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[Monitored]:
+    profile: Profile = request.param
+    log_dir = tmp_path_factory.mktemp(f"prometheus-real-node-{profile.name}")
     missing = {PROMETHEUS_IMAGE, CONFIG_RELOADER_IMAGE} - node_images()
     if missing:
         pytest.fail(
@@ -179,12 +225,14 @@ def monitored(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Ite
     with contextlib.ExitStack() as stack:
         ns = stack.enter_context(real_namespace(cluster))
         stack.enter_context(po_crds_installed(cluster))
-        stack.enter_context(real_namespace(cluster, MONITORING_NS))
+        stack.enter_context(real_namespace(cluster, profile.namespace))
         stack.callback(_delete_prometheus_rbac, cluster)
-        _prometheus_rbac(cluster)
-        release = stack.enter_context(operator_release(cluster, ns, CHART_VALUES))
+        _prometheus_rbac(cluster, profile.namespace)
+        values = [*CHART_VALUES, *profile.chart_values]
+        release = stack.enter_context(operator_release(cluster, ns, values))
         reloader = f"--prometheus-config-reloader={CONFIG_RELOADER_IMAGE}"
-        stack.enter_context(prometheus_operator(cluster, [MONITORING_NS, ns], log_dir, reloader))
+        watched = [profile.namespace, ns]
+        stack.enter_context(prometheus_operator(cluster, watched, log_dir, reloader))
         start_simulator(cluster, ns)
         qsyscore = simulated_core(CORE)
         qsyscore["spec"]["monitoring"] = {"serviceMonitor": {"enabled": True, "interval": "2s"}}
@@ -193,24 +241,43 @@ def monitored(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Ite
         wait_pods_ready(cluster, ns, GATEWAY_SELECTOR, 2, timeout=TIMEOUT_S)
         wait_condition(cluster, ns, "QSysCore", CORE, "CoreConnected", "True", timeout=TIMEOUT_S)
         client.CustomObjectsApi(cluster.api).create_namespaced_custom_object(
-            MONITORING, "v1", MONITORING_NS, "prometheuses", PROMETHEUS
+            MONITORING, "v1", profile.namespace, "prometheuses", prometheus_object(profile)
         )
         started = time.monotonic()
-        selector = "app.kubernetes.io/name=prometheus,prometheus=k8s"
-        (pod,) = wait_pods_ready(cluster, MONITORING_NS, selector, 1, timeout=TIMEOUT_S)
+        selector = prometheus_selector(profile)
+        (pod,) = wait_pods_ready(cluster, profile.namespace, selector, 1, timeout=TIMEOUT_S)
         print(f"Prometheus object -> Ready pod on the node: {time.monotonic() - started:.1f}s")
         ip = must(must(pod.status).pod_ip)
-        yield Monitored(cluster, ns, release, f"http://{ip}:9090", ip, log_dir)
+        yield Monitored(profile, cluster, ns, release, f"http://{ip}:9090", ip, log_dir)
 
 
 def test_prometheus_runs_as_the_operator_built_pod_on_the_real_node(monitored: Monitored) -> None:
     core = client.CoreV1Api(monitored.cluster.api)
-    (pod,) = core.list_namespaced_pod(MONITORING_NS, label_selector="prometheus=k8s").items
+    profile = monitored.profile
+    (pod,) = core.list_namespaced_pod(
+        profile.namespace, label_selector=prometheus_selector(profile)
+    ).items
     spec = must(pod.spec)
     assert spec.node_name == "qsys-node"
     containers = {c.name: c.image for c in spec.containers}
     assert containers == {"prometheus": PROMETHEUS_IMAGE, "config-reloader": CONFIG_RELOADER_IMAGE}
     assert must(pod.status).pod_ip == monitored.prometheus_ip
+    if profile is KUBE_PROMETHEUS_STACK:
+        # Nothing here depends on a namespace named `monitoring`.
+        with pytest.raises(ApiException) as missing:
+            core.read_namespace("monitoring")
+        assert missing.value.status == 404
+        # The ServiceMonitors (the chart's and the operator's) and the PrometheusRule carry
+        # the label kube-prometheus-stack selects on.
+        custom = client.CustomObjectsApi(monitored.cluster.api)
+        for plural in ("servicemonitors", "prometheusrules"):
+            found = cast(
+                dict[str, Any],
+                custom.list_namespaced_custom_object(MONITORING, "v1", monitored.ns, plural),
+            )
+            labels = [o["metadata"]["labels"] for o in found["items"]]
+            assert labels, plural
+            assert all(lb.get("release") == KPS_RELEASE for lb in labels), (plural, labels)
     assert monitored.prometheus_ip.startswith("198.18.")
     # The config Prometheus runs is the one the Prometheus Operator generated.
     config = monitored.api("status/config")["yaml"]
@@ -288,7 +355,7 @@ def test_metrics_of_alerts_and_dashboards_exist_in_what_was_scraped(monitored: M
     assert jobs == {GATEWAY, f"{monitored.release}-qsys-operator-metrics"}, jobs
 
 
-def test_gateway_metrics_port_admits_the_monitoring_namespace_only(monitored: Monitored) -> None:
+def test_gateway_metrics_port_admits_the_scrapers_only(monitored: Monitored) -> None:
     (pod, *_) = monitored.pods(GATEWAY_SELECTOR)
     gateway_ip = must(must(pod.status).pod_ip)
 
@@ -316,11 +383,23 @@ sys.exit(0 if metrics == 200 else 3 if prometheus == 200 else 4)
 """
 
     image = images()["gateway"]
-    # From `monitoring` (the chart's monitoringNamespace): admitted, as Prometheus is.
+    profile = monitored.profile
+    # A pod like Prometheus's (its namespace, the scrapers' pod labels): admitted.
     code, log = run_pod(
-        monitored.cluster, MONITORING_NS, "metrics-from-monitoring", image, script(45)
+        monitored.cluster,
+        profile.namespace,
+        "metrics-as-prometheus",
+        image,
+        script(45),
+        labels=profile.scraper_labels,
     )
     assert code == 0, log
+    if profile.scraper_labels:
+        # The same namespace without those labels: monitoring.scrapers.podSelector holds.
+        code, log = run_pod(
+            monitored.cluster, profile.namespace, "metrics-unlabelled", image, script(15)
+        )
+        assert code == 3, log
     # From any other namespace: the pod has a network (it reaches Prometheus), but the
     # gateway's metrics port stays closed to it.
     with real_namespace(monitored.cluster) as other:

@@ -15,8 +15,6 @@ import json
 import os
 import subprocess
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -29,6 +27,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from node_support import (
     create,
+    host_call,
     images,
     is_ready,
     operator_release,
@@ -253,21 +252,7 @@ class Stack:
         wait_for(f"pod {name} deleted", gone, timeout=TIMEOUT_S)
 
     def host_call(self, token: str, method: str, params: Any = None) -> int:
-        """One call from the host to the gateway Service's ClusterIP (the node's own
-        traffic passes the NetworkPolicy): the HTTP status."""
-        svc = client.CoreV1Api(self.cluster.api).read_namespaced_service(GATEWAY, self.ns)
-        url = f"http://{must(must(svc.spec).cluster_ip)}:8080/v1/rpc"
-        body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": method, "params": params or {}})
-        req = urllib.request.Request(
-            url,
-            data=body.encode(),
-            headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
-        )
-        try:
-            with urllib.request.urlopen(req, timeout=15) as r:
-                return int(r.status)
-        except urllib.error.HTTPError as exc:
-            return int(exc.code)
+        return host_call(self.cluster, self.ns, GATEWAY, token, method, params)
 
 
 @pytest.fixture(scope="module")

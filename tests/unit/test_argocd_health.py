@@ -155,6 +155,16 @@ CORE_CASES = [
         "Degraded",
         "ApplyRejected",
     ),
+    (
+        "image not allowed",
+        {
+            "observedGeneration": 2,
+            "conditions": [cond("Ready", "False", "ImageNotAllowed", "evil.example/gw:1")],
+        },
+        2,
+        "Degraded",
+        "ImageNotAllowed: evil.example/gw:1",
+    ),
     ("status without conditions", {"observedGeneration": 2}, 2, "Progressing", "Ready condition"),
 ]
 

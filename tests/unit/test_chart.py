@@ -33,6 +33,15 @@ API_ENDPOINTS_RULE = {
     "verbs": ["get"],
     "resourceNames": ["kubernetes"],
 }
+PROOF_KEY_RULES = [
+    {
+        "apiGroups": [""],
+        "resources": ["secrets"],
+        "verbs": ["get"],
+        "resourceNames": ["qsys-qsys-operator-token-proof-key"],
+    },
+    {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create"]},
+]
 GATEWAY_IDENTITY_RULES = [
     {
         "apiGroups": ["rbac.authorization.k8s.io"],
@@ -80,25 +89,20 @@ def test_rendering_twice_gives_identical_output() -> None:
 
 
 def _api_endpoints_role(docs: list[dict[str, Any]]) -> None:
-    """In both modes: one Role in `default` reading the API server's EndpointSlice only."""
-    roles = by_kind(docs, "Role")
-    (endpoints,) = [r for r in roles if r["metadata"]["namespace"] == "default"]
-    assert endpoints["rules"] == [API_ENDPOINTS_RULE]
-    (binding,) = [
-        b for b in by_kind(docs, "RoleBinding") if b["metadata"]["namespace"] == "default"
-    ]
-    assert binding["roleRef"] == {
-        "apiGroup": "rbac.authorization.k8s.io",
-        "kind": "Role",
-        "name": endpoints["metadata"]["name"],
-    }
-    assert binding["subjects"] == [
-        {"kind": "ServiceAccount", "name": "qsys-qsys-operator", "namespace": "qsys-system"}
-    ]
+    """In both modes: the API server's EndpointSlice (by name) is read through the
+    operator's ClusterRole, so nothing is written into `default`. Namespaced, the only
+    Role in the release namespace is the token proof key's (cluster-wide, the
+    ClusterRole's Secret rules cover it)."""
+    assert not [d for d in docs if d["metadata"].get("namespace") == "default"]
+    cluster_rules = [r for d in _operator_roles(docs, "ClusterRole") for r in d["rules"]]
+    assert API_ENDPOINTS_RULE in cluster_rules
+    own = [r for r in by_kind(docs, "Role") if r["metadata"]["namespace"] == "qsys-system"]
+    assert [r["rules"] for r in own] in ([], [PROOF_KEY_RULES])
 
 
 def _namespaced(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
-    return [d for d in by_kind(docs, kind) if d["metadata"].get("namespace") != "default"]
+    """Roles and bindings in the watched namespaces (not the proof key's)."""
+    return [d for d in by_kind(docs, kind) if d["metadata"].get("namespace") != "qsys-system"]
 
 
 def test_cluster_wide_install_uses_cluster_roles() -> None:
@@ -136,6 +140,7 @@ def test_namespaced_install_uses_roles_per_namespace() -> None:
             "verbs": ["get", "list", "watch"],
         },
         {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["list", "watch"]},
+        API_ENDPOINTS_RULE,
         *GATEWAY_IDENTITY_RULES,
     ]
     assert _env(docs)[ENV["watch_namespaces"]] == "team-a,team-b"
@@ -146,6 +151,8 @@ def test_peering_only_with_two_replicas() -> None:
     (dep,) = by_kind(single, "Deployment")
     args = dep["spec"]["template"]["spec"]["containers"][0]["args"]
     assert "--standalone" in args
+    # Never two standalone operators at once (an upgrade would surge the new beside the old).
+    assert dep["spec"]["strategy"] == {"type": "Recreate"}
     assert not by_kind(single, "PodDisruptionBudget")
     assert not any("kopf.dev" in rule["apiGroups"] for rule in _rules(single))
 
@@ -156,6 +163,7 @@ def test_peering_only_with_two_replicas() -> None:
         assert "--standalone" not in args
         assert "--peering=qsys-qsys-operator" in args
         assert dep["spec"]["replicas"] == 2
+        assert dep["spec"]["strategy"]["type"] == "RollingUpdate"
         assert by_kind(docs, "PodDisruptionBudget")
         peering = [r for r in _rules(docs) if "kopf.dev" in r["apiGroups"]]
         assert [r["resources"] for r in peering] == [[plural]]
@@ -242,6 +250,41 @@ def test_gateway_image_default_matches_operator_default() -> None:
     assert env[ENV["gateway_image"]] == "r.example/gw:9"
 
 
+def test_tenant_safety_settings_reach_the_operator() -> None:
+    """Defaults: the chart's own gateway repository only, no egress namespaces, unbound
+    credentials refused; each value reaches the operator's setting unchanged."""
+    env = _env(manifests(render()))
+    defaults = OperatorSettings.from_env(env)
+    assert env[ENV["gateway_allowed_images"]] == ""
+    assert [str(a) for a in defaults.allowed_images] == ["ghcr.io/qsys-operator/gateway"]
+    assert defaults.gateway_egress_namespaces == ()
+    assert defaults.allow_unbound_credentials is False
+    digest = "sha256:" + "ab" * 32
+    env = _env(
+        manifests(
+            render(
+                values=[
+                    f"gatewayImage.digest={digest}",
+                    "gatewayEgress.namespaces={monitoring,redis}",
+                    "coreCredentials.allowUnbound=true",
+                ]
+            )
+        )
+    )
+    settings = OperatorSettings.from_env(env)
+    assert settings.gateway_image == f"ghcr.io/qsys-operator/gateway@{digest}"
+    assert [str(a) for a in settings.allowed_images] == [f"ghcr.io/qsys-operator/gateway@{digest}"]
+    assert settings.gateway_egress_namespaces == ("monitoring", "redis")
+    assert settings.allow_unbound_credentials is True
+    env = _env(
+        manifests(render(values=[f"gatewayImage.allowed={{r.example/gw,m.example/gw@{digest}}}"]))
+    )
+    assert [str(a) for a in OperatorSettings.from_env(env).allowed_images] == [
+        "r.example/gw",
+        f"m.example/gw@{digest}",
+    ]
+
+
 def test_gateway_pod_pull_secrets_and_priority_class_reach_the_operator() -> None:
     env = _env(manifests(render()))
     assert ENV["gateway_image_pull_secrets"] not in env
@@ -257,12 +300,23 @@ def test_gateway_pod_pull_secrets_and_priority_class_reach_the_operator() -> Non
     assert settings.gateway_priority_class_name == "av-critical"
 
 
+def test_core_limit_is_off_by_default_and_reaches_the_operator() -> None:
+    assert _env(manifests(render()))[ENV["max_cores_per_namespace"]] == "0"
+    env = _env(manifests(render(values=["maxCoresPerNamespace=25"])))
+    assert OperatorSettings.from_env(env).max_cores_per_namespace == 25
+
+
 @pytest.mark.parametrize(
     "value",
     [
+        "gatewayImage.allowed={r.example/gw:latest}",
+        "gatewayImage.digest=latest",
+        "gatewayEgress.namespaces={Not_A_Namespace}",
+        "coreCredentials.allowUnbound=maybe",
         "gatewayPods.priorityClassName=Not_A_Name",
         "gatewayPods.imagePullSecrets[0].name=UPPER",
         "replicas=0",
+        "maxCoresPerNamespace=-1",
         "serviceMonitor.enabled=yes",
         "prometheusRule.enabled=maybe",
         "logLevel=LOUD",
@@ -284,14 +338,48 @@ def test_schema_rejects_bad_values(value: str) -> None:
     assert "values don't meet the specifications of the schema" in result.stderr, result.stderr
 
 
-def test_chart_crds_are_copies_of_crds_dir() -> None:
-    source = sorted(p.name for p in (REPO / "crds").glob("*.yaml"))
-    copies = sorted(p.name for p in (CHART / "crds").glob("*.yaml"))
-    assert copies == source, "chart CRDs differ from crds/: run `make chart-crds`"
-    for name in source:
-        assert (CHART / "crds" / name).read_bytes() == (REPO / "crds" / name).read_bytes(), (
-            f"charts/qsys-operator/crds/{name} is stale: run `make chart-crds`"
+def _crds_dir() -> dict[str, dict[str, Any]]:
+    docs = (yaml.safe_load(p.read_text("utf-8")) for p in (REPO / "crds").glob("*.yaml"))
+    return {doc["metadata"]["name"]: doc for doc in docs}
+
+
+def test_chart_crds_are_the_crds_dir_kept_on_uninstall() -> None:
+    source = _crds_dir()
+    rendered = by_kind(manifests(render()), "CustomResourceDefinition")
+    assert sorted(d["metadata"]["name"] for d in rendered) == sorted(source)
+    for doc in rendered:
+        want = source[doc["metadata"]["name"]]
+        assert doc["spec"] == want["spec"], f"{doc['metadata']['name']}: run `make crds`"
+        labels = doc["metadata"]["labels"]
+        assert want["metadata"]["labels"].items() <= labels.items()
+        assert labels["app.kubernetes.io/managed-by"] == "Helm"
+        assert (
+            labels["app.kubernetes.io/version"]
+            == yaml.safe_load((CHART / "Chart.yaml").read_text("utf-8"))["appVersion"]
         )
+        assert doc["metadata"]["annotations"] == {"helm.sh/resource-policy": "keep"}
+
+
+def test_crd_values_switch_them_off_or_let_uninstall_delete_them() -> None:
+    deleted = by_kind(manifests(render(values=["crds.keep=false"])), "CustomResourceDefinition")
+    assert sorted(d["metadata"]["name"] for d in deleted) == sorted(_crds_dir())
+    assert all("annotations" not in d["metadata"] for d in deleted)
+    off = manifests(render(values=["crds.enabled=false"]))
+    assert by_kind(off, "CustomResourceDefinition") == []
+
+
+@pytest.mark.parametrize(("kube", "accepted"), [("1.30.14", False), ("1.31.0", True)])
+def test_kube_version_floor(kube: str, accepted: bool) -> None:
+    result = subprocess.run(
+        [str(a) for a in helm_template_args()] + ["--kube-version", kube],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert (result.returncode == 0) == accepted, result.stderr
+    if not accepted:
+        assert "incompatible with Kubernetes" in result.stderr, result.stderr
 
 
 def test_every_template_renders_valid_yaml_objects() -> None:
@@ -323,10 +411,13 @@ def test_tenant_roles_aggregate_and_grant_no_secrets() -> None:
 
 
 def test_core_network_admission_policy_only_when_networks_are_set() -> None:
-    assert not by_kind(manifests(render()), "ValidatingAdmissionPolicy")
+    def networks(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+        return [d for d in by_kind(docs, kind) if d["metadata"]["name"].endswith("-core-networks")]
+
+    assert not networks(manifests(render()), "ValidatingAdmissionPolicy")
     docs = manifests(render(values=["admission.allowedCoreCIDRs={198.18.0.0/15,192.0.2.0/24}"]))
-    (policy,) = by_kind(docs, "ValidatingAdmissionPolicy")
-    (binding,) = by_kind(docs, "ValidatingAdmissionPolicyBinding")
+    (policy,) = networks(docs, "ValidatingAdmissionPolicy")
+    (binding,) = networks(docs, "ValidatingAdmissionPolicyBinding")
     assert binding["spec"]["policyName"] == policy["metadata"]["name"]
     assert binding["spec"]["validationActions"] == ["Deny"]
     variables = {v["name"]: v["expression"] for v in policy["spec"]["variables"]}

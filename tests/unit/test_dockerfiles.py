@@ -118,7 +118,6 @@ def test_dockerignore_keeps_the_context_small() -> None:
         "gateway/qsys_gateway",
         "operator/qsys_operator",
         "simulator/qsys_core_sim",
-        "plugin/qsys_kubectl",
     }
     for component in DOCKERFILES:
         for i in parse(REPO / component / "Dockerfile"):

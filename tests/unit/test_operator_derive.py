@@ -67,6 +67,11 @@ GW_DOWN = Cond("GatewayAvailable", "False", "NoReplicaAvailable", "0/2 available
             "SecretNotAccepted",
         ),
         (
+            findings(image_problem="spec.gateway.image x is not on the list", secret_problem="s"),
+            GW_OK,
+            "ImageNotAllowed",
+        ),
+        (
             findings(apply_error="Deployment x refused by the API server: no"),
             GW_OK,
             "ApplyRejected",
@@ -99,6 +104,11 @@ def test_ready_reasons(found: CoreFindings, gateway: Cond, reason: str) -> None:
 def test_ready_carries_the_service_monitor_note() -> None:
     ready = ready_condition(findings(service_monitor_note="no SM CRD"), GW_OK)
     assert ready.message.endswith("; no SM CRD")
+
+
+def test_ready_carries_the_egress_note() -> None:
+    found = findings(egress_note="tracing blocked", service_monitor_note="no SM CRD")
+    assert ready_condition(found, GW_OK).message.endswith("; tracing blocked; no SM CRD")
 
 
 def test_ready_carries_the_identity_note_before_the_service_monitor_note() -> None:

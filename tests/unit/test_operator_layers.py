@@ -11,9 +11,11 @@ LAYERS = {
     "kinds": 1,
     "settings": 1,
     "status": 1,
+    "images": 1,
     "render": 2,
     "derive": 2,
     "secretrefs": 2,
+    "ownership": 2,
     "queueing": 2,
     "crdgen": 2,
     "k8s": 3,
@@ -28,7 +30,18 @@ LAYERS = {
     "cli": 5,
     "__init__": 5,
 }
-PURE = {"api", "kinds", "settings", "status", "render", "derive", "secretrefs", "queueing"}
+PURE = {
+    "api",
+    "kinds",
+    "settings",
+    "status",
+    "images",
+    "render",
+    "derive",
+    "secretrefs",
+    "ownership",
+    "queueing",
+}
 IO_LIBRARIES = {"kubernetes", "kopf", "aiohttp", "urllib", "socket", "requests"}
 
 

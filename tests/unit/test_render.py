@@ -233,7 +233,11 @@ def test_credentials_and_tls_mounted_and_referenced() -> None:
         {"key": "user", "path": "username"},
         {"key": "password", "path": "password"},
     ]
-    assert volumes["tls"]["secret"]["secretName"] == "hall-tls"
+    assert volumes["tls"]["secret"] == {
+        "secretName": "hall-tls",
+        "defaultMode": 0o440,
+        "items": [{"key": "tls.crt", "path": "tls.crt"}, {"key": "tls.key", "path": "tls.key"}],
+    }
     mounts = {m["name"]: m["mountPath"] for m in container(result)["volumeMounts"]}
     cfg = config_of(result)
     assert cfg["core"]["usernameFile"] == f"{mounts['core-credentials']}/username"
@@ -347,12 +351,39 @@ def test_network_policy_dns_host_uses_core_cidrs_and_allowed_clients() -> None:
     ]
 
 
-def test_network_policy_allows_redis_storage() -> None:
+def test_network_policy_allows_redis_storage_only_where_the_platform_allows() -> None:
     core = make_core(limits={"storage": "redis://redis.av.svc:6380/0"})
-    egress = by_kind(render(core))["NetworkPolicy"]["spec"]["egress"]
-    assert egress[2] == {
-        "to": [{"namespaceSelector": {}}],
-        "ports": [{"protocol": "TCP", "port": 6380}],
+    allowed = OperatorSettings(gateway_egress_namespaces=("redis", "av", "redis"))
+    result = render_core_children(core, [], allowed)
+    egress = by_kind(result)["NetworkPolicy"]["spec"]["egress"]
+    in_namespaces = {
+        "key": "kubernetes.io/metadata.name",
+        "operator": "In",
+        "values": ["av", "redis"],
+    }
+    assert egress[2:] == [
+        {
+            "to": [{"namespaceSelector": {"matchExpressions": [in_namespaces]}}],
+            "ports": [{"protocol": "TCP", "port": 6380}],
+        }
+    ]
+    assert result.egress_note is None
+    # Default: no namespace allowed, so no egress at all for a DNS name, and a note.
+    result = render(core)
+    assert len(by_kind(result)["NetworkPolicy"]["spec"]["egress"]) == 2
+    assert result.egress_note is not None
+    assert "limits.storage" in result.egress_note
+    # Never every namespace, never any port but the one named.
+    for settings in (SETTINGS, allowed):
+        for rule in by_kind(render_core_children(core, [], settings))["NetworkPolicy"]["spec"][
+            "egress"
+        ]:
+            assert {"namespaceSelector": {}} not in rule["to"]
+            assert all("port" in p for p in rule["ports"])
+    ip = make_core(limits={"storage": "redis://10.0.0.5/0"})
+    assert by_kind(render(ip))["NetworkPolicy"]["spec"]["egress"][2] == {
+        "to": [{"ipBlock": {"cidr": "10.0.0.5/32"}}],
+        "ports": [{"protocol": "TCP", "port": 6379}],
     }
 
 
@@ -363,8 +394,23 @@ def test_network_policy_allows_each_sentinel_and_the_primary_beside_them() -> No
     ]
     one: dict[str, Any] = {"ipBlock": {"cidr": "10.0.0.7/32"}}
     two: dict[str, Any] = {"ipBlock": {"cidr": "10.0.0.8/32"}}
-    named: dict[str, Any] = {"namespaceSelector": {}}
-    assert egress[2:6] == [
+    # The DNS-named sentinel: nothing by default, the allowed namespaces when set.
+    assert egress[2:] == [
+        {"to": [one], "ports": [{"protocol": "TCP", "port": 26380}]},
+        {"to": [two], "ports": [{"protocol": "TCP", "port": 26379}]},
+        {"to": [one, two], "ports": [{"protocol": "TCP", "port": 6379}]},
+    ]
+    allowed = OperatorSettings(gateway_egress_namespaces=("av",))
+    core = make_core(limits={"storage": storage})
+    egress = by_kind(render_core_children(core, [], allowed))["NetworkPolicy"]["spec"]["egress"]
+    named: dict[str, Any] = {
+        "namespaceSelector": {
+            "matchExpressions": [
+                {"key": "kubernetes.io/metadata.name", "operator": "In", "values": ["av"]}
+            ]
+        }
+    }
+    assert egress[2:] == [
         {"to": [one], "ports": [{"protocol": "TCP", "port": 26380}]},
         {"to": [two], "ports": [{"protocol": "TCP", "port": 26379}]},
         {"to": [named], "ports": [{"protocol": "TCP", "port": 26379}]},
@@ -569,6 +615,9 @@ def test_token_key_secret_is_owned_by_the_core() -> None:
                 "QSYS_GATEWAY_PROBE": "false",
                 "QSYS_GATEWAY_PROBE_CIDRS": "127.0.0.0/8",
                 "QSYS_RESYNC_SECONDS": "2.5",
+                "QSYS_GATEWAY_ALLOWED_IMAGES": "r/gw, r/gw@sha256:" + "a" * 64,
+                "QSYS_GATEWAY_EGRESS_NAMESPACES": "monitoring,redis",
+                "QSYS_ALLOW_UNBOUND_CREDENTIALS": "true",
             },
             OperatorSettings(
                 gateway_image="r/gw:2",
@@ -579,9 +628,19 @@ def test_token_key_secret_is_owned_by_the_core() -> None:
                 gateway_probe=False,
                 gateway_probe_cidrs=("127.0.0.0/8",),
                 resync_seconds=2.5,
+                gateway_allowed_images=("r/gw", "r/gw@sha256:" + "a" * 64),
+                gateway_egress_namespaces=("monitoring", "redis"),
+                allow_unbound_credentials=True,
             ),
         ),
     ],
 )
 def test_settings_from_env(env: dict[str, str], expected: OperatorSettings) -> None:
     assert OperatorSettings.from_env(env) == expected
+
+
+def test_settings_refuse_a_tagged_allow_list_entry_at_start() -> None:
+    with pytest.raises(ValueError, match="not a tag"):
+        OperatorSettings.from_env({"QSYS_GATEWAY_ALLOWED_IMAGES": "r/gw:1"})
+    assert OperatorSettings().allow_unbound_credentials is False
+    assert OperatorSettings().gateway_egress_namespaces == ()

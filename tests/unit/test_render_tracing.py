@@ -10,6 +10,8 @@ from pydantic import ValidationError
 from test_render import by_kind, make_core, render
 
 from qsys_gateway import tracing
+from qsys_operator.render import render_core_children
+from qsys_operator.settings import OperatorSettings
 
 
 def env_of(children: dict[str, Any]) -> dict[str, str]:
@@ -42,8 +44,24 @@ def test_tracing_env_and_egress_for_a_service_endpoint() -> None:
         "OTEL_RESOURCE_ATTRIBUTES": "k8s.namespace.name=av,qsys.core=hall",
     }
     assert tracing.wanted(env_of(children))
-    assert egress_of(children)[-1] == {
-        "to": [{"namespaceSelector": {}}],
+    # A DNS name: no egress unless the platform allows namespaces, then only those.
+    assert all("namespaceSelector" not in p for r in egress_of(children)[2:] for p in r["to"])
+    allowed = OperatorSettings(gateway_egress_namespaces=("monitoring",))
+    rule = egress_of(by_kind(render_core_children(core, [], allowed)))[-1]
+    assert rule == {
+        "to": [
+            {
+                "namespaceSelector": {
+                    "matchExpressions": [
+                        {
+                            "key": "kubernetes.io/metadata.name",
+                            "operator": "In",
+                            "values": ["monitoring"],
+                        }
+                    ]
+                }
+            }
+        ],
         "ports": [{"protocol": "TCP", "port": 4318}],
     }
 

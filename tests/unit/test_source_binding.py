@@ -164,8 +164,8 @@ def test_crd_schema_carries_the_cidr_and_exclusivity_rules() -> None:
     rules = [v["rule"] for v in cidrs["items"]["x-kubernetes-validations"]]
     assert rules == [
         "isCIDR(self)",
-        "!isCIDR(self) || cidr(self) == cidr(self).masked()",
-        "!isCIDR(self) || cidr(self).prefixLength() > 0",
+        "!isCIDR(self) || string(cidr(self).masked()) == self",
+        "!isCIDR(self) || cidr(self).prefixLength() >= (cidr(self).ip().family() == 4 ? 24 : 64)",
     ]
 
 
@@ -268,6 +268,75 @@ def test_overlapping_sources_of_a_later_policy_are_left_out_and_not_admitted() -
     assert cidrs == ["192.0.2.0/28"]
 
 
+@pytest.mark.parametrize(
+    ("cidrs", "refused"),
+    [
+        (["0.0.0.0/1", "128.0.0.0/1"], "0.0.0.0/1 is wider than /24"),
+        (["::/1", "8000::/1"], "::/1 is wider than /64"),
+        (["192.0.2.0/24", "10.0.0.0/8"], "10.0.0.0/8 is wider than /24"),
+        (["2001:db8::/48"], "2001:db8::/48 is wider than /64"),
+        (["::ffff:0.0.0.0/96"], None),  # the gateway never matches IPv4 peers to IPv6 networks
+    ],
+)
+def test_wide_sources_are_left_out_and_never_admitted(
+    cidrs: list[str], refused: str | None
+) -> None:
+    """Stored before the CEL rule (or written past it): the operator refuses it as well."""
+    result = render(policy({"name": "dsp", "sourceCIDRs": cidrs}, {"name": "panel"}))
+    if refused is None:
+        assert result.conflicts == []
+        return
+    assert [(c.subject, c.reason, c.detail) for c in result.conflicts] == [
+        ("dsp", "source-too-wide", refused)
+    ]
+    assert [s["name"] for s in gateway_subjects(result)] == ["panel"]
+    ingress = network_policy(result)["spec"]["ingress"]
+    assert all("ipBlock" not in peer for rule in ingress for peer in rule["from"])
+
+
+def test_sources_of_one_core_together_stay_within_the_limit() -> None:
+    """16 /24s fill the IPv4 budget (4,096 addresses); the next subject, in this or a
+    later policy, is left out and reported; the first ones keep their networks."""
+    nets = [f"198.18.{i}.0/24" for i in range(16)]
+    first = policy(*({"name": f"room{i}", "sourceCIDRs": [n]} for i, n in enumerate(nets)))
+    later = policy(
+        {"name": "extra", "sourceCIDRs": ["198.19.0.7/32"]},
+        {"name": "v6", "sourceCIDRs": [f"2001:db8:0:{i}::/64" for i in range(16)]},
+        {"name": "v6more", "sourceCIDRs": ["2001:db8:1::/64"]},
+        name="later",
+        created="2024-02-01T00:00:00Z",
+    )
+    result = render(first, later)
+    assert [(c.subject, c.policy, c.reason) for c in result.conflicts] == [
+        ("extra", "later", "source-limit"),
+        ("v6more", "later", "source-limit"),
+    ]
+    assert result.conflicts[0].detail == (
+        "the source-bound subjects of one core may cover at most 4096 IPv4 addresses together"
+    )
+    assert "16 IPv6 /64 networks" in result.conflicts[1].detail
+    admitted = {s["name"] for s in gateway_subjects(result)}
+    assert admitted == {f"room{i}" for i in range(16)} | {"v6"}
+    cidrs = [p["ipBlock"]["cidr"] for p in network_policy(result)["spec"]["ingress"][1]["from"]]
+    assert "198.19.0.7/32" not in cidrs
+    assert "2001:db8:1::/64" not in cidrs
+    assert len(cidrs) == 32
+
+
+def test_source_limit_message_reaches_the_policy_status() -> None:
+    from qsys_operator.derive import PolicyFindings, policy_status
+
+    result = render(policy({"name": "dsp", "sourceCIDRs": ["0.0.0.0/1", "128.0.0.0/1"]}))
+    found = PolicyFindings("hall", "av", 1, "hall", conflicts=result.conflicts)
+    update = policy_status("legacy", 1, {}, found, "2026-01-01T00:00:00Z")
+    assert update.status is not None
+    ready = next(c for c in update.status["conditions"] if c["type"] == "Ready")
+    assert (ready["status"], ready["reason"]) == ("False", "SubjectConflict")
+    assert ready["message"] == (
+        "subject dsp left out: source-too-wide: 0.0.0.0/1 is wider than /24"
+    )
+
+
 def test_disabled_network_policy_stays_absent() -> None:
     result = render(
         policy({"name": "dsp", "sourceCIDRs": ["192.0.2.7/32"]}),
@@ -293,6 +362,6 @@ class NoSecrets:
 async def test_no_token_secret_is_made_or_read_for_a_source_bound_subject() -> None:
     kube = NoSecrets()
     bound = policy({"name": "dsp", "sourceCIDRs": ["192.0.2.7/32"]})
-    tokens = await resolve_tokens(kube, bound, None)  # type: ignore[arg-type]
+    tokens = await resolve_tokens(kube, bound, None, b"p" * 32)  # type: ignore[arg-type]
     assert kube.touched == []
     assert (tokens.hashes, tokens.secrets, tokens.problems) == ({}, {}, {})

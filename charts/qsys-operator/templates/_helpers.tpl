@@ -39,12 +39,24 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 app.kubernetes.io/component: operator
 {{- end -}}
 
+{{- /* The CRDs' labels: no component, since every release's operator uses them. */ -}}
+{{- define "qsys-operator.crdLabels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+{{ include "qsys-operator.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end -}}
+
 {{- define "qsys-operator.image" -}}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion (toString .Values.image.tag)) -}}
 {{- end -}}
 
 {{- define "qsys-operator.gatewayImage" -}}
+{{- if .Values.gatewayImage.digest -}}
+{{- printf "%s@%s" .Values.gatewayImage.repository .Values.gatewayImage.digest -}}
+{{- else -}}
 {{- printf "%s:%s" .Values.gatewayImage.repository (default .Chart.AppVersion (toString .Values.gatewayImage.tag)) -}}
+{{- end -}}
 {{- end -}}
 
 {{/* "true" when an optional Prometheus Operator object is rendered, else "".
@@ -109,6 +121,16 @@ app.kubernetes.io/component: operator
   verbs: ["get", "list", "watch"]
 {{- end -}}
 
+{{/* Read the API server's own endpoints (the EndpointSlice default/kubernetes; by
+     name, so no other slice) for the egress rule of gateways that review ServiceAccount
+     tokens. In the ClusterRole, so that the chart writes nothing into `default`. */}}
+{{- define "qsys-operator.apiEndpointsRule" -}}
+- apiGroups: ["discovery.k8s.io"]
+  resources: ["endpointslices"]
+  verbs: ["get"]
+  resourceNames: ["kubernetes"]
+{{- end -}}
+
 {{/* The ClusterRole the operator binds to a gateway's ServiceAccount when its
      policies have serviceAccount subjects: TokenReview create, nothing else. */}}
 {{- define "qsys-operator.tokenReviewRole" -}}
@@ -128,19 +150,36 @@ app.kubernetes.io/component: operator
   resourceNames: [{{ include "qsys-operator.tokenReviewRole" . | quote }}]
 {{- end -}}
 
+{{/* The Secret (in the release namespace) of the key that signs generated tokens' proofs:
+     created by the operator on first use, never by the chart (random). */}}
+{{- define "qsys-operator.tokenProofSecret" -}}
+{{- printf "%s-token-proof-key" (include "qsys-operator.fullname" .) | trunc 253 -}}
+{{- end -}}
+
 {{- define "qsys-operator.peeringRules" -}}
 - apiGroups: ["kopf.dev"]
   resources: [{{ . | quote }}]
   verbs: ["get", "list", "watch", "create", "patch"]
 {{- end -}}
 
-{{/* QSYS_DNS_POD_LABELS: k=v,k=v in key order (sorted: deterministic). */}}
-{{- define "qsys-operator.dnsLabels" -}}
+{{/* A map as k=v,k=v in key order (sorted: deterministic), for QSYS_DNS_POD_LABELS and
+     QSYS_MONITORING_LABELS. */}}
+{{- define "qsys-operator.kvList" -}}
+{{- $map := . -}}
 {{- $out := list -}}
-{{- range $k := keys .Values.dns.podLabels | sortAlpha -}}
-{{- $out = append $out (printf "%s=%s" $k (index $.Values.dns.podLabels $k)) -}}
+{{- range $k := keys $map | sortAlpha -}}
+{{- $out = append $out (printf "%s=%s" $k (index $map $k)) -}}
 {{- end -}}
 {{- join "," $out -}}
+{{- end -}}
+
+{{/* Labels of every ServiceMonitor and PrometheusRule: monitoring.labels, then the
+     object's own (serviceMonitor.labels / prometheusRule.labels), then the chart's. */}}
+{{- define "qsys-operator.monitoringLabels" -}}
+{{- $root := index . 0 -}}
+{{- $own := index . 1 -}}
+{{- $labels := merge (fromYaml (include "qsys-operator.labels" $root)) (deepCopy (default dict $own)) (deepCopy (default dict $root.Values.monitoring.labels)) -}}
+{{- toYaml $labels -}}
 {{- end -}}
 
 {{/* A list of strings as the items of a CEL list literal: 'a', 'b'. */}}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ipaddress
+from dataclasses import dataclass
 from typing import Annotated, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -44,24 +46,62 @@ TOKEN_SECRET_NAME_RULE = cel(
 )
 
 
+@dataclass(frozen=True)
+class SourceLimit:
+    min_prefix: int
+    """No network of a subject may be wider than this prefix length."""
+    max_addresses: int
+    """Addresses the source-bound subjects of one core may cover together."""
+
+
+SOURCE_LIMITS = {4: SourceLimit(24, 4096), 6: SourceLimit(64, 16 << 64)}
+"""Per address family. A source-bound subject has no secret: its address is the
+credential, so every address it covers can act as it (docs/security.md). The widest
+network is one LAN segment (an IPv4 /24, an IPv6 /64: one broadcast domain, where ARP/NDP
+takeover is the risk that remains anyway); a core's subjects together cover at most 16
+such segments (4,096 IPv4 addresses, 16 /64s). Legacy controllers have fixed addresses
+and are best bound as /32 or /128; the halves `0.0.0.0/1` + `128.0.0.0/1` (or any set
+that adds up to "everyone") are refused."""
+
+SOURCE_PREFIX_RULE = cel(
+    "!isCIDR(self) || cidr(self).prefixLength() >= "
+    f"(cidr(self).ip().family() == 4 ? {SOURCE_LIMITS[4].min_prefix} "
+    f": {SOURCE_LIMITS[6].min_prefix})",
+    f"must be no wider than /{SOURCE_LIMITS[4].min_prefix} (IPv4) or "
+    f"/{SOURCE_LIMITS[6].min_prefix} (IPv6): bind the controllers' own addresses, "
+    "e.g. 192.0.2.40/32",
+)
+
+
+def source_width_problem(cidr: str) -> str | None:
+    """The Python twin of SOURCE_PREFIX_RULE (the operator applies it to objects stored
+    before the rule too)."""
+    network = ipaddress.ip_network(cidr, strict=False)
+    limit = SOURCE_LIMITS[network.version].min_prefix
+    if network.prefixlen < limit:
+        return f"{cidr} is wider than /{limit}"
+    return None
+
+
 SourceCIDR = Annotated[
     GatewaySourceCIDR,
     Field(
         json_schema_extra=validations(
             cel("isCIDR(self)", "must be a CIDR, e.g. 192.0.2.10/32"),
+            # Compared as text: Kubernetes 1.31 estimates masked() on a CIDR value so high
+            # that `cidr(self) == cidr(self).masked()` exceeds the CRD's cost budget.
             cel(
-                "!isCIDR(self) || cidr(self) == cidr(self).masked()",
-                "must have no host bits set, e.g. 192.0.2.0/28 rather than 192.0.2.1/28",
+                "!isCIDR(self) || string(cidr(self).masked()) == self",
+                "must be a network written canonically with no host bits set, e.g. "
+                "192.0.2.0/28 rather than 192.0.2.1/28, 2001:db8::/64 rather than 2001:DB8::/64",
             ),
-            cel(
-                "!isCIDR(self) || cidr(self).prefixLength() > 0",
-                "must not be a default route (/0): that would admit every address",
-            ),
+            SOURCE_PREFIX_RULE,
         )
     ),
 ]
 """Validated twice: by the API server (CEL) and by the model (ipaddress), so a bad
-value is refused at `kubectl apply` and can never reach a gateway config."""
+value is refused at `kubectl apply` and can never reach a gateway config. The width
+bounds are checked again by the operator for the whole core (`source_limit_problem`)."""
 
 SUBJECT_CREDENTIAL_RULE = cel(
     "!(has(self.tokenSecretRef) && has(self.sourceCIDRs))",
@@ -108,7 +148,9 @@ class Subject(Model):
         Annotated[list[SourceCIDR], Field(min_length=1, max_length=MAX_SOURCE_CIDRS)] | None
     ) = None
     """Raw QRC clients that cannot Logon: admitted as this subject by their source
-    address (no token is generated). See docs/policy.md for the spoofing risk."""
+    address (no token is generated). Each network at most a /24 (IPv4) or /64 (IPv6); the
+    subjects of one core together at most 4,096 IPv4 addresses and 16 IPv6 /64s (more is
+    left out and reported). See docs/security.md for the spoofing risk."""
     serviceAccount: ServiceAccountRef | None = None
     """In-cluster clients: pods running as this ServiceAccount present their projected
     ServiceAccount token (audience: the QSysCore's `status.gateway.serviceAccountAudience`)

@@ -15,6 +15,7 @@ SECRET_TYPE_LABEL = f"{GROUP}/secret-type"
 this label to the use (see docs/security.md), as Argo CD does with its secret-type label."""
 CORE_CREDENTIALS = "core-credentials"
 CLIENT_TOKEN = "client-token"  # noqa: S105 - a label value
+TLS = "tls"
 CORE_HOSTS_ANNOTATION = f"{GROUP}/core-hosts"
 """Optional on a credentials Secret: the only core.host values it may be sent to."""
 

@@ -51,7 +51,9 @@ def is_ip(host: str) -> bool:
 class CredentialsSecretRef(Model):
     name: ObjectName
     """Secret (same namespace) with the Core's QRC Logon user and PIN; it must carry the
-    label `qsys.dev/secret-type: core-credentials`."""
+    label `qsys.dev/secret-type: core-credentials` and the annotation
+    `qsys.dev/core-hosts` listing `host` (and `redundantHost`), unless the platform allows
+    unbound credentials (chart `coreCredentials.allowUnbound`)."""
     usernameKey: SecretKey = "username"
     """Key of the user name in the Secret."""
     passwordKey: SecretKey = "password"
@@ -113,7 +115,9 @@ class TracingSpec(Model):
     standard OTEL_* variables; the NetworkPolicy lets the pods reach the endpoint."""
 
     otlpEndpoint: OtlpEndpoint
-    """e.g. http://otel-collector.monitoring:4318 (OTLP/HTTP; /v1/traces is appended)."""
+    """e.g. http://otel-collector.monitoring:4318 (OTLP/HTTP; /v1/traces is appended). The
+    NetworkPolicy lets the gateways reach only this port: at this IP, or, for a DNS name,
+    in the namespaces the platform allows (chart `gatewayEgress.namespaces`)."""
     samplingRatio: Annotated[float, Field(ge=0, le=1)] = 1.0
     """Share of new traces recorded; a client's sampled traceparent is always followed."""
 
@@ -128,13 +132,18 @@ class GatewaySpec(Model):
     replicas: Annotated[int, Field(ge=1, le=50)] = 2
     """Gateway pods (1-50). Each pod enforces limits for itself unless `limits.storage` is Redis."""
     image: Annotated[str, Field(min_length=1, max_length=512)] | None = None
-    """Gateway container image. Default: the operator's `QSYS_GATEWAY_IMAGE` setting."""
+    """Gateway container image, for platform teams (canaries, pinned digests): only an
+    image on the platform's allow-list (chart `gatewayImage.allowed`; default: the chart's
+    gateway repository, and its digest when set) is run. Any other leaves `Ready=False`
+    with reason `ImageNotAllowed`, and no gateway child is created or changed. Unset: the
+    operator's default gateway image (chart `gatewayImage`)."""
     resources: Annotated[dict[str, Any], Field(json_schema_extra=PRESERVE_UNKNOWN)] | None = None
     """core/v1 ResourceRequirements of the gateway container, passed through. Default:
     requests 50m CPU / 64Mi, limit 256Mi memory."""
     tlsSecretName: ObjectName | None = None
-    """kubernetes.io/tls Secret (`tls.crt`, `tls.key`): HTTPS/WSS and TLS on the QRC port;
-    probes switch to HTTPS. Unset: plain text."""
+    """kubernetes.io/tls Secret (same namespace) for HTTPS/WSS and TLS on the QRC port; it
+    must carry the label `qsys.dev/secret-type: tls`, and only its `tls.crt` and `tls.key`
+    are mounted. Probes switch to HTTPS. Unset: plain text."""
     allowedOrigins: Annotated[list[Origin], Field(max_length=64)] = []
     """Browser origins allowed by CORS (max 64), e.g. `https://panel.example.org`. Empty: no
     cross-origin requests."""
@@ -189,7 +198,9 @@ class LimitsSpec(Model, AttackLimits):
     """Where rate-limit counters live: `memory` (per pod), or `redis://host:port/db` /
     `rediss://...` / `redis+sentinel://host:port[,host:port...]/primary-name` (Redis
     Sentinel) so all replicas share one limit. Buckets are keyed by this QSysCore's
-    namespace and name, so cores may share one Redis."""
+    namespace and name, so cores may share one Redis. Egress as for
+    `tracing.otlpEndpoint`: the ports named only, at these IPs or in the namespaces the
+    platform allows."""
 
 
 class NetworkPolicySpec(Model):

@@ -24,13 +24,21 @@ from .subjects import (
     grace_periods,
     merge_subjects,
 )
-from .tokens import TOKEN_KEY, TOKEN_KEY_KEY, render_token_key_secret, render_token_secret
+from .tokens import (
+    TOKEN_KEY,
+    TOKEN_KEY_KEY,
+    TOKEN_PROOF_ANNOTATION,
+    render_token_key_secret,
+    render_token_secret,
+    token_owner_references,
+)
 
 __all__ = [
     "CONFIG_KEY",
     "RESTART_HASH_ANNOTATION",
     "TOKEN_KEY",
     "TOKEN_KEY_KEY",
+    "TOKEN_PROOF_ANNOTATION",
     "ChildRef",
     "Grace",
     "Manifest",
@@ -50,5 +58,6 @@ __all__ = [
     "restart_hash",
     "selector_labels",
     "token_key_secret_name",
+    "token_owner_references",
     "token_secret_name",
 ]

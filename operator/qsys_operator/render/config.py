@@ -38,6 +38,8 @@ TOKEN_KEY_FILE = "token-key"  # noqa: S105 - a file name
 """In the config directory: one projected volume, so kubelet swaps config and key together."""
 CREDENTIALS_DIR = "/var/run/qsys/core-credentials"
 TLS_DIR = "/var/run/qsys/tls"
+TLS_KEYS = ("tls.crt", "tls.key")
+"""The keys of a kubernetes.io/tls Secret, the only ones mounted."""
 
 
 def uses_identity(subjects: list[SubjectConfig]) -> bool:
@@ -64,7 +66,7 @@ def gateway_config(core: QSysCore, subjects: list[SubjectConfig]) -> GatewayConf
             metrics=METRICS_PORT,
             qrcOnCoreLoss=spec.gateway.qrcOnCoreLoss,
             tls=(
-                TlsConfig(certFile=f"{TLS_DIR}/tls.crt", keyFile=f"{TLS_DIR}/tls.key")
+                TlsConfig(certFile=f"{TLS_DIR}/{TLS_KEYS[0]}", keyFile=f"{TLS_DIR}/{TLS_KEYS[1]}")
                 if spec.gateway.tlsSecretName
                 else None
             ),

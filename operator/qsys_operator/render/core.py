@@ -27,7 +27,7 @@ from .identity import (
     render_token_review_binding,
     token_review_binding_name,
 )
-from .networkpolicy import render_network_policy
+from .networkpolicy import egress_note, render_network_policy
 from .pdb import render_pdb
 from .service import render_service
 from .servicemonitor import render_service_monitor
@@ -63,6 +63,8 @@ class RenderResult:
     identity: bool
     """Some subject is a ServiceAccount: the gateway has its own identity (and needs the
     API server's endpoints for its NetworkPolicy)."""
+    egress_note: str | None = None
+    """Endpoints the core names that its NetworkPolicy cannot let the gateways reach."""
 
 
 def render_core_children(
@@ -111,7 +113,7 @@ def render_core_children(
             absent.append(ChildRef(kind, name))
         else:
             objects.append(manifest)
-    service_monitor = render_service_monitor(core)
+    service_monitor = render_service_monitor(core, settings)
     if service_monitor is None:
         absent.append(ChildRef(SERVICE_MONITOR, name))
     return RenderResult(
@@ -124,4 +126,5 @@ def render_core_children(
         subjects=len(merged.subjects),
         restart_hash=rhash,
         identity=identity,
+        egress_note=egress_note(core, settings),
     )

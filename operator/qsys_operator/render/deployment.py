@@ -26,6 +26,7 @@ from .config import (
     CONFIG_PATH,
     CREDENTIALS_DIR,
     TLS_DIR,
+    TLS_KEYS,
     TOKEN_KEY_FILE,
 )
 from .tokens import TOKEN_KEY_KEY
@@ -97,7 +98,12 @@ def _volumes(core: QSysCore) -> tuple[list[dict[str, Any]], list[dict[str, Any]]
         volumes.append(
             {
                 "name": "tls",
-                "secret": {"secretName": spec.gateway.tlsSecretName, "defaultMode": SECRET_MODE},
+                "secret": {
+                    "secretName": spec.gateway.tlsSecretName,
+                    "defaultMode": SECRET_MODE,
+                    # Only the certificate and key, whatever else the Secret holds.
+                    "items": [{"key": k, "path": k} for k in TLS_KEYS],
+                },
             }
         )
         mounts.append({"name": "tls", "mountPath": TLS_DIR, "readOnly": True})

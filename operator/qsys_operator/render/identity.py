@@ -4,7 +4,9 @@ ClusterRoleBinding of it to the chart's TokenReview ClusterRole.
 
 A ClusterRoleBinding is cluster-scoped, so it cannot be owned by the namespaced
 QSysCore: it carries the core's labels plus its namespace in CORE_NAMESPACE_LABEL, and
-the operator deletes it when the core no longer needs it or is deleted.
+`<namespace>/<core>` in OWNER_ANNOTATION, which the operator checks before it applies to
+or deletes a binding of that name (ownership.py); it deletes it when the core no longer
+needs it or is deleted.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from ..settings import OperatorSettings
 from .common import Manifest, child_metadata, gateway_name, labels
 
 CORE_NAMESPACE_LABEL = "qsys.dev/core-namespace"
+OWNER_ANNOTATION = "qsys.dev/owner"
 BINDING_PREFIX = "qsys-gateway-tokenreview"
 MAX_NAME = 253
 
@@ -29,6 +32,10 @@ def token_review_binding_name(namespace: str, core: str) -> str:
         return name
     suffix = hashlib.sha256(name.encode()).hexdigest()[:16]
     return f"{name[: MAX_NAME - len(suffix) - 1]}-{suffix}"
+
+
+def owner_annotation(namespace: str, core: str) -> str:
+    return f"{namespace}/{core}"
 
 
 def render_service_account(core: QSysCore) -> Manifest:
@@ -49,6 +56,7 @@ def render_token_review_binding(core: QSysCore, settings: OperatorSettings) -> M
         "metadata": {
             "name": token_review_binding_name(meta.namespace, meta.name),
             "labels": {**labels(meta.name), CORE_NAMESPACE_LABEL: meta.namespace},
+            "annotations": {OWNER_ANNOTATION: owner_annotation(meta.namespace, meta.name)},
         },
         "roleRef": {
             "apiGroup": CLUSTER_ROLE_BINDING.group,

@@ -1,4 +1,4 @@
-"""The `X-gateway` NetworkPolicy: clients in, metrics from monitoring, out only to Core and DNS.
+"""The `X-gateway` NetworkPolicy: clients in, metrics from the scrapers, out only to Core and DNS.
 
 The operator's namespace may reach the metrics port too: the operator reads the
 gateway's view of the Core there (GET /corez). The sourceCIDRs of source-bound
@@ -53,45 +53,80 @@ def core_cidrs(core: QSysCore) -> list[str]:
     return sorted(cidrs)
 
 
-def _redis_egress(storage: str) -> list[dict[str, Any]]:
-    """Redis rate-limit storage must stay reachable: its IP, or any in-cluster pod, on its
-    port. Behind Sentinel: each sentinel so, and the primary they name on 6379 at the
-    sentinels' addresses (where Sentinel runs beside Redis); a primary elsewhere needs a
-    NetworkPolicy of its own (docs/policy.md)."""
+def _endpoint_peer(host: str, settings: OperatorSettings) -> dict[str, Any] | None:
+    """An endpoint's IP as itself; a DNS name (which a NetworkPolicy cannot name) as the
+    namespaces the platform lets gateways reach, and none when it lets them reach none."""
+    cidr = _host_cidr(host)
+    if cidr:
+        return {"ipBlock": {"cidr": cidr}}
+    namespaces = sorted(set(settings.gateway_egress_namespaces))
+    if not namespaces:
+        return None
+    selector = {"key": NAMESPACE_LABEL, "operator": "In", "values": namespaces}
+    return {"namespaceSelector": {"matchExpressions": [selector]}}
+
+
+def _redis_endpoints(storage: str) -> list[tuple[list[str], int]]:
+    """(hosts, port) of the Redis storage. Behind Sentinel: each sentinel, and the primary
+    they name on 6379 at the sentinels' addresses (where Sentinel runs beside Redis); a
+    primary elsewhere needs a NetworkPolicy of its own (docs/policy.md)."""
     match = REDIS_URI.match(storage)
     if match:
-        host, port = match.group(1), int(match.group(2) or 6379)
-        return [{"to": [_peer(host)], "ports": [_tcp(port)]}]
+        return [([match.group(1)], int(match.group(2) or 6379))]
     match = SENTINEL_URI.match(storage)
     if not match:
         return []
-    rules: list[dict[str, Any]] = []
-    peers: list[dict[str, Any]] = []
-    for item in match.group(1).split(","):
-        found = SENTINEL_HOST.match(item)
-        if not found:
-            continue
-        peer = _peer(found.group(1))
-        rules.append({"to": [peer], "ports": [_tcp(int(found.group(2) or 26379))]})
-        if peer not in peers:
-            peers.append(peer)
-    return [*rules, {"to": peers, "ports": [_tcp(6379)]}]
+    found = [SENTINEL_HOST.match(item) for item in match.group(1).split(",")]
+    sentinels = [(f.group(1), int(f.group(2) or 26379)) for f in found if f]
+    hosts = list(dict.fromkeys(host for host, _ in sentinels))
+    return [*(([host], port) for host, port in sentinels), (hosts, 6379)]
 
 
-def _peer(host: str) -> dict[str, Any]:
-    cidr = _host_cidr(host)
-    return {"ipBlock": {"cidr": cidr}} if cidr else {"namespaceSelector": {}}
+def _endpoints(core: QSysCore) -> list[tuple[str, list[str], int]]:
+    """(what, hosts, port) of the Redis storage and the OTLP endpoint the core names."""
+    out = [
+        ("limits.storage", hosts, port)
+        for hosts, port in _redis_endpoints(core.spec.limits.storage)
+    ]
+    tracing = core.spec.gateway.tracing
+    otlp = OTLP_URI.match(tracing.otlpEndpoint) if tracing else None
+    if otlp:
+        scheme, host, port = otlp.group(1), otlp.group(2), otlp.group(3)
+        default = 443 if scheme == "https" else 80
+        out.append(("gateway.tracing.otlpEndpoint", [host], int(port or default)))
+    return out
 
 
-def _otlp_egress(endpoint: str) -> dict[str, Any] | None:
-    """The OTLP trace endpoint: its IP, or any in-cluster pod, on its port."""
-    match = OTLP_URI.match(endpoint)
-    if not match:
+def endpoint_egress(core: QSysCore, settings: OperatorSettings) -> list[dict[str, Any]]:
+    """Redis rate-limit storage and the trace endpoint: only the ports they name."""
+    rules = []
+    for _, hosts, port in _endpoints(core):
+        peers: list[dict[str, Any]] = []
+        for host in hosts:
+            peer = _endpoint_peer(host, settings)
+            if peer is not None and peer not in peers:
+                peers.append(peer)
+        if peers:
+            rules.append({"to": peers, "ports": [_tcp(port)]})
+    return rules
+
+
+def egress_note(core: QSysCore, settings: OperatorSettings) -> str | None:
+    """Endpoints the NetworkPolicy cannot let the gateways reach, for the Ready message."""
+    if not core.spec.networkPolicy.enabled:
         return None
-    scheme, host, port = match.group(1), match.group(2), match.group(3)
-    cidr = _host_cidr(host)
-    peer = {"ipBlock": {"cidr": cidr}} if cidr else {"namespaceSelector": {}}
-    return {"to": [peer], "ports": [_tcp(int(port or (443 if scheme == "https" else 80)))]}
+    unreachable = dict.fromkeys(
+        what
+        for what, hosts, _ in _endpoints(core)
+        if any(_endpoint_peer(h, settings) is None for h in hosts)
+    )
+    if not unreachable:
+        return None
+    return (
+        f"{' and '.join(unreachable)} name a DNS host, and the platform lets gateways reach "
+        "no namespace for it (operator setting gatewayEgress.namespaces): the NetworkPolicy "
+        "blocks it; use an IP address or ask the platform team"
+    )
 
 
 def source_bound_ingress(source_cidrs: list[str]) -> list[dict[str, Any]]:
@@ -111,6 +146,23 @@ def api_server_egress(endpoints: Sequence[tuple[str, int]]) -> list[dict[str, An
     cidrs = sorted({c for c in (_host_cidr(a) for a, _ in endpoints) if c})
     ports = sorted({p for _, p in endpoints})
     return [{"to": [{"ipBlock": {"cidr": c}} for c in cidrs], "ports": [_tcp(p) for p in ports]}]
+
+
+def metrics_sources(settings: OperatorSettings) -> list[dict[str, Any]]:
+    """The scrapers (settings.metrics_scrapers) and the operator's namespace (GET /corez)."""
+    scrapers = settings.metrics_scrapers
+    namespaces = (
+        scrapers.namespaceSelector.manifest()
+        if not scrapers.namespaceSelector.empty
+        else {"matchLabels": {NAMESPACE_LABEL: settings.monitoring_namespace}}
+    )
+    scraper: dict[str, Any] = {"namespaceSelector": namespaces}
+    if not scrapers.podSelector.empty:
+        scraper["podSelector"] = scrapers.podSelector.manifest()
+    operator = {
+        "namespaceSelector": {"matchLabels": {NAMESPACE_LABEL: settings.operator_namespace}}
+    }
+    return [operator] if scraper == operator else [scraper, operator]
 
 
 def render_network_policy(
@@ -140,11 +192,7 @@ def render_network_policy(
             "ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}],
         },
     ]
-    egress.extend(_redis_egress(core.spec.limits.storage))
-    tracing = core.spec.gateway.tracing
-    otlp = _otlp_egress(tracing.otlpEndpoint) if tracing else None
-    if otlp:
-        egress.append(otlp)
+    egress.extend(endpoint_egress(core, settings))
     egress.extend(api_server_egress(api_server))
     return {
         "apiVersion": NETWORK_POLICY.api_version,
@@ -156,15 +204,7 @@ def render_network_policy(
             "ingress": [
                 {"from": list(clients), "ports": [_tcp(HTTP_PORT), _tcp(QRC_PORT)]},
                 *source_bound_ingress(source_cidrs or []),
-                {
-                    "from": [
-                        {"namespaceSelector": {"matchLabels": {NAMESPACE_LABEL: ns}}}
-                        for ns in sorted(
-                            {settings.monitoring_namespace, settings.operator_namespace}
-                        )
-                    ],
-                    "ports": [_tcp(METRICS_PORT)],
-                },
+                {"from": metrics_sources(settings), "ports": [_tcp(METRICS_PORT)]},
             ],
             "egress": egress,
         },

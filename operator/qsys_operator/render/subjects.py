@@ -5,12 +5,15 @@ name. The first policy to declare a subject name keeps it; a later policy's
 subject of the same name is left out and reported. The same holds for a token
 hash that two subjects share, for a source-bound subject whose sourceCIDRs
 overlap an earlier one's, and for a ServiceAccount two subjects name (the gateway
-could not tell them apart).
+could not tell them apart). A source-bound subject is also left out when one of its
+networks is wider than SOURCE_LIMITS allows, or when it would take the networks of the
+core's subjects together past their limit (earlier subjects keep their share).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import ipaddress
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -18,6 +21,7 @@ from typing import Literal
 from qsys_protocol.config import SubjectConfig, overlapping_sources
 
 from ..api import AccessPolicy
+from ..api.accesspolicy import SOURCE_LIMITS, Subject, source_width_problem
 
 
 @dataclass(frozen=True)
@@ -77,10 +81,17 @@ class SubjectConflict:
     policy: str
     """The policy whose subject was left out."""
     kept_by: str
-    """The policy that keeps the name (or the token)."""
+    """The policy that keeps the name (or the token); empty for the source limits."""
     reason: Literal[
-        "duplicate-name", "duplicate-token", "overlapping-source", "duplicate-service-account"
+        "duplicate-name",
+        "duplicate-token",
+        "overlapping-source",
+        "duplicate-service-account",
+        "source-too-wide",
+        "source-limit",
     ]
+    detail: str = ""
+    """For the source limits: which network, which limit."""
 
 
 @dataclass(frozen=True, order=True)
@@ -102,8 +113,38 @@ def precedence(policy: AccessPolicy) -> tuple[str, str]:
     return (policy.metadata.creationTimestamp or "~", policy.metadata.name)
 
 
+def _source_limit(
+    subject: Subject, pname: str, covered: dict[int, int]
+) -> SubjectConflict | dict[int, int]:
+    """The subject's networks refused past SOURCE_LIMITS, or the addresses they add
+    (per family) to the `covered` so far."""
+    cidrs = [ipaddress.ip_network(c, strict=False) for c in subject.sourceCIDRs or []]
+    for network in cidrs:
+        wide = source_width_problem(str(network))
+        if wide:
+            return SubjectConflict(subject.name, pname, "", "source-too-wide", wide)
+    added = dict.fromkeys(SOURCE_LIMITS, 0)
+    for network in cidrs:
+        added[network.version] += network.num_addresses
+    for family, limit in SOURCE_LIMITS.items():
+        if covered[family] + added[family] > limit.max_addresses:
+            detail = (
+                "the source-bound subjects of one core may cover at most "
+                f"{_count(family, limit.max_addresses)} together"
+            )
+            return SubjectConflict(subject.name, pname, "", "source-limit", detail)
+    return added
+
+
+def _count(family: int, addresses: int) -> str:
+    if family == 6:
+        return f"{addresses >> (128 - SOURCE_LIMITS[6].min_prefix)} IPv6 /64 networks"
+    return f"{addresses} IPv4 addresses"
+
+
 def merge_subjects(bindings: list[PolicyBinding]) -> MergedSubjects:
     names: dict[str, str] = {}
+    covered = dict.fromkeys(SOURCE_LIMITS, 0)
     hashes: dict[str, str] = {}
     accounts: dict[str, str] = {}
     subjects: list[SubjectConfig] = []
@@ -119,6 +160,10 @@ def merge_subjects(bindings: list[PolicyBinding]) -> MergedSubjects:
                 )
                 continue
             if subject.sourceCIDRs:
+                added = _source_limit(subject, pname, covered)
+                if isinstance(added, SubjectConflict):
+                    conflicts.append(added)
+                    continue
                 bound = SubjectConfig(
                     name=subject.name,
                     sourceCIDRs=subject.sourceCIDRs,
@@ -133,6 +178,8 @@ def merge_subjects(bindings: list[PolicyBinding]) -> MergedSubjects:
                     continue
                 names[subject.name] = pname
                 subjects.append(bound)
+                for family, count in added.items():
+                    covered[family] += count
                 continue
             if subject.serviceAccount is not None:
                 user = subject.serviceAccount.username(policy.metadata.namespace)

@@ -1,0 +1,494 @@
+"""The operator touches only its own children: the pure ownership rules (ownership.py),
+and the reconciler's decisions against an in-memory API (FakeKube): a foreign object of a
+child's name is never applied to, patched or deleted, the core says NameConflict, and
+nothing of the core is applied meanwhile. Also the per-namespace core limit.
+
+The real API server's side (preconditions, byte-identical platform objects, pods) is in
+tests/e2e/test_tenant.py."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import copy
+import itertools
+from typing import Any
+
+import pytest
+import yaml
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from qsys_operator.derive import (
+    CoreFindings,
+    Replicas,
+    core_limit_problem,
+    core_status,
+    limited_core_status,
+)
+from qsys_operator.kinds import (
+    CHILDREN,
+    CLUSTER_ROLE_BINDING,
+    DEPLOYMENT,
+    NETWORK_POLICY,
+    PDB,
+    SECRET,
+    SERVICE,
+    SERVICE_ACCOUNT,
+    Kind,
+    kind_of,
+)
+from qsys_operator.metrics import OperatorMetrics
+from qsys_operator.ownership import NameConflict, Owner, conflicts_message, owns
+from qsys_operator.reconcile import Reconciler
+from qsys_operator.render import Manifest
+from qsys_operator.settings import OperatorSettings
+from qsys_operator.status import Cond
+
+NS = "av"
+CORE_UID = "core-uid"
+BINDING = "qsys-gateway-tokenreview:av:hall"
+MANAGED = {"app.kubernetes.io/managed-by": "qsys-operator"}
+OWNER = Owner(NS, "hall", CORE_UID)
+
+
+def _ref(uid: str, controller: bool | None = True) -> dict[str, Any]:
+    return {"apiVersion": "qsys.dev/v1alpha1", "kind": "QSysCore", "name": "hall", "uid": uid} | (
+        {} if controller is None else {"controller": controller}
+    )
+
+
+# ---- the rules -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", [k for k in CHILDREN if k.namespaced])
+def test_a_namespaced_child_is_the_cores_only_with_its_controller_reference(kind: Kind) -> None:
+    assert owns(OWNER, kind, {"ownerReferences": [_ref(CORE_UID)]})
+    assert owns(OWNER, kind, {"ownerReferences": [_ref("other"), _ref(CORE_UID)]})
+    for refs in (
+        [],
+        [_ref("other-uid")],  # another core, or this name's previous core
+        [_ref(CORE_UID, controller=False)],  # a plain owner reference is not control
+        [_ref(CORE_UID, controller=None)],
+    ):
+        assert not owns(OWNER, kind, {"ownerReferences": refs})
+    # Labels prove nothing on a namespaced object: anyone who may create it sets them.
+    assert not owns(OWNER, kind, {"labels": MANAGED})
+    assert not owns(Owner(NS, "hall", None), kind, {"ownerReferences": [_ref(CORE_UID)]})
+
+
+def test_the_cluster_scoped_binding_is_the_cores_by_label_and_owner_annotation() -> None:
+    crb = CLUSTER_ROLE_BINDING
+    mine = {"labels": MANAGED, "annotations": {"qsys.dev/owner": "av/hall"}}
+    assert owns(OWNER, crb, mine)
+    assert owns(Owner(NS, "hall", None), crb, mine)  # the core is gone: still its binding
+    assert not owns(OWNER, crb, {"labels": MANAGED})
+    assert not owns(OWNER, crb, {"annotations": {"qsys.dev/owner": "av/hall"}})
+    assert not owns(OWNER, crb, mine | {"annotations": {"qsys.dev/owner": "av/lobby"}})
+    assert not owns(OWNER, crb, mine | {"annotations": {"qsys.dev/owner": "other/hall"}})
+    assert not owns(OWNER, crb, {"ownerReferences": [_ref(CORE_UID)]})
+
+
+def test_the_conflict_message_names_kind_and_name_and_nothing_else() -> None:
+    one = conflicts_message([NameConflict(SERVICE_ACCOUNT, "hall-gateway")])
+    assert one.startswith("ServiceAccount hall-gateway already exists and was not created")
+    two = conflicts_message(
+        [NameConflict(SERVICE, "hall-gateway"), NameConflict(DEPLOYMENT, "hall-gateway")]
+    )
+    assert two.startswith("Deployment hall-gateway, Service hall-gateway already exist and were")
+
+
+def test_core_limit_keeps_the_oldest_cores() -> None:
+    cores = [
+        ("2024-01-03T00:00:00Z", "c"),
+        ("2024-01-01T00:00:00Z", "b"),
+        ("2024-01-01T00:00:00Z", "a"),
+        ("2024-01-02T00:00:00Z", "d"),
+    ]
+    assert core_limit_problem("a", NS, cores, 2) is None
+    assert core_limit_problem("b", NS, cores, 2) is None
+    problem = core_limit_problem("d", NS, cores, 2)
+    assert problem is not None
+    assert "namespace av has 4 QSysCores" in problem
+    assert "at most 2 per namespace" in problem
+    assert core_limit_problem("c", NS, cores, 3) is not None
+    assert core_limit_problem("c", NS, cores, 4) is None
+    update = limited_core_status(3, {}, problem, "2024-01-05T00:00:00Z")
+    assert update.status is not None
+    assert update.status["observedGeneration"] == 3
+    (ready,) = update.status["conditions"]
+    assert (ready["status"], ready["reason"]) == ("False", "CoreLimitExceeded")
+    assert update.events
+    assert update.events[0][1] == "CoreLimitExceeded"
+    again = limited_core_status(3, update.status, problem, "2024-01-06T00:00:00Z")
+    assert again.status is None
+    assert again.events == []
+
+
+# ---- the reconciler against an in-memory API ------------------------------------------
+
+
+class FakeKube:
+    """The Kube calls the reconciler makes, on dicts; records every write."""
+
+    def __init__(self) -> None:
+        self.objects: dict[tuple[str, str | None, str], dict[str, Any]] = {}
+        self.applied: list[tuple[str, str]] = []
+        self.deleted: list[tuple[str, str]] = []
+        self.created: list[tuple[str, str]] = []
+        self.statuses: list[dict[str, Any]] = []
+        self._uids = itertools.count(1)
+        self.sm_served = False
+        self.quota_exceeded = False
+
+    # setup and inspection
+    def put(self, kind: Kind, name: str, **meta: Any) -> dict[str, Any]:
+        ns = NS if kind.namespaced else None
+        obj = {
+            "apiVersion": kind.api_version,
+            "kind": kind.kind,
+            "metadata": {
+                "name": name,
+                "uid": f"uid-{next(self._uids)}",
+                "resourceVersion": "1",
+                "creationTimestamp": "2024-01-01T00:00:00Z",
+            }
+            | ({"namespace": ns} if ns else {})
+            | meta,
+        }
+        self.objects[(kind.plural, ns, name)] = obj
+        return obj
+
+    def get(self, kind: Kind, name: str) -> dict[str, Any] | None:
+        return self.objects.get((kind.plural, NS if kind.namespaced else None, name))
+
+    def put_core(self, name: str = "hall", uid: str = CORE_UID, **spec: Any) -> None:
+        self.objects[("qsyscores", NS, name)] = {
+            "apiVersion": "qsys.dev/v1alpha1",
+            "kind": "QSysCore",
+            "metadata": {
+                "name": name,
+                "namespace": NS,
+                "uid": uid,
+                "generation": 1,
+                "creationTimestamp": f"2024-01-01T00:00:0{len(self.cores())}Z",
+            },
+            "spec": {"core": {"host": "192.0.2.10"}} | spec,
+        }
+
+    def cores(self) -> list[dict[str, Any]]:
+        return [o for (p, _, _), o in self.objects.items() if p == "qsyscores"]
+
+    # the Kube interface
+    async def get_core(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return copy.deepcopy(self.objects.get(("qsyscores", namespace, name)))
+
+    async def list_custom(self, plural: str, namespace: str | None) -> list[dict[str, Any]]:
+        return [copy.deepcopy(o) for (p, n, _), o in self.objects.items() if p == plural]
+
+    async def read_metadata(
+        self, kind: Kind, namespace: str | None, name: str
+    ) -> dict[str, Any] | None:
+        obj = self.objects.get((kind.plural, namespace if kind.namespaced else None, name))
+        return copy.deepcopy(obj["metadata"]) if obj else None
+
+    async def read_secret_metadata(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return await self.read_metadata(SECRET, namespace, name)
+
+    async def read_secret(self, namespace: str, name: str) -> client.V1Secret | None:
+        obj = self.objects.get(("secrets", namespace, name))
+        if obj is None:
+            return None
+        meta = obj["metadata"]
+        refs = [
+            client.V1OwnerReference(
+                api_version=r["apiVersion"],
+                kind=r["kind"],
+                name=r["name"],
+                uid=r["uid"],
+                controller=r.get("controller"),
+            )
+            for r in meta.get("ownerReferences") or []
+        ]
+        return client.V1Secret(
+            metadata=client.V1ObjectMeta(name=name, owner_references=refs or None),
+            data=obj.get("data"),
+        )
+
+    async def create(self, manifest: Manifest) -> bool:
+        namespace = manifest["metadata"].get("namespace", NS)
+        if self.quota_exceeded and namespace == NS:
+            body = '{"message": "secrets \\"x\\" is forbidden: exceeded quota: q"}'
+            raise ApiException(status=403, reason="Forbidden", body=body)
+        key = ("secrets", namespace, manifest["metadata"]["name"])
+        if key in self.objects:
+            return False
+        self.created.append(("Secret", manifest["metadata"]["name"]))
+        obj = copy.deepcopy(manifest)
+        obj["metadata"] |= {"uid": f"uid-{next(self._uids)}", "resourceVersion": "1"}
+        self.objects[key] = obj
+        return True
+
+    async def apply(self, manifest: Manifest) -> dict[str, Any]:
+        kind = kind_of(manifest["apiVersion"], manifest["kind"])
+        name = manifest["metadata"]["name"]
+        self.applied.append((kind.kind, name))
+        key = (kind.plural, NS if kind.namespaced else None, name)
+        old = self.objects.get(key)
+        obj = copy.deepcopy(manifest)
+        uid = old["metadata"]["uid"] if old else f"uid-{next(self._uids)}"
+        obj["metadata"] |= {"uid": uid, "resourceVersion": "2"}
+        self.objects[key] = obj
+        return obj
+
+    async def delete(self, kind: Kind, live: dict[str, Any]) -> bool:
+        key = (kind.plural, live.get("namespace"), live["name"])
+        obj = self.objects.get(key)
+        if obj is None:
+            return False
+        meta = obj["metadata"]
+        if (meta["uid"], meta["resourceVersion"]) != (live["uid"], live["resourceVersion"]):
+            raise ApiException(status=409, reason="Conflict")
+        self.deleted.append((kind.kind, live["name"]))
+        del self.objects[key]
+        return True
+
+    async def read_deployment(self, namespace: str, name: str) -> None:
+        return None
+
+    async def crd_served(self, name: str, version: str) -> bool:
+        return self.sm_served
+
+    async def api_server_endpoints(self) -> list[tuple[str, int]]:
+        return [("198.18.0.1", 6443)]
+
+    async def patch_status(
+        self, plural: str, namespace: str, name: str, status: dict[str, Any]
+    ) -> None:
+        self.statuses.append({"name": name} | status)
+        obj = self.objects.get((plural, namespace, name))
+        if obj is not None:
+            obj["status"] = status
+
+    async def event(self, obj: dict[str, Any], type_: str, reason: str, message: str) -> None:
+        pass
+
+
+class _Peering:
+    async def active(self) -> bool:
+        return True
+
+
+def reconcile(kube: FakeKube, name: str = "hall", **settings: Any) -> None:
+    async def main() -> None:
+        rec = Reconciler(
+            kube,  # type: ignore[arg-type]
+            OperatorSettings(gateway_probe=False, **settings),
+            OperatorMetrics(),
+            _Peering(),  # type: ignore[arg-type]
+        )
+        try:
+            await rec.reconcile(NS, name)
+        finally:
+            await rec.close()
+
+    asyncio.run(main())
+
+
+def ready(kube: FakeKube, name: str = "hall") -> dict[str, Any]:
+    status = kube.objects[("qsyscores", NS, name)].get("status") or {}
+    return next(c for c in status.get("conditions") or [] if c["type"] == "Ready")
+
+
+def sa_policy(kube: FakeKube) -> None:
+    kube.objects[("accesspolicies", NS, "jobs")] = {
+        "apiVersion": "qsys.dev/v1alpha1",
+        "kind": "AccessPolicy",
+        "metadata": {
+            "name": "jobs",
+            "namespace": NS,
+            "uid": "jobs-uid",
+            "generation": 1,
+            "creationTimestamp": "2024-01-01T00:00:00Z",
+        },
+        "spec": {
+            "coreRef": {"name": "hall"},
+            "subjects": [{"name": "runner", "serviceAccount": {"name": "runner"}}],
+            "rules": [{"methods": ["StatusGet"]}],
+        },
+    }
+
+
+def test_a_core_without_foreign_objects_applies_its_children() -> None:
+    kube = FakeKube()
+    kube.put_core()
+    sa_policy(kube)
+    reconcile(kube)
+    applied = {k for k, _ in kube.applied}
+    assert {"ServiceAccount", "ClusterRoleBinding", "Deployment", "Service", "Secret"} <= applied
+    crb = kube.get(CLUSTER_ROLE_BINDING, BINDING)
+    assert crb is not None
+    assert crb["metadata"]["annotations"] == {"qsys.dev/owner": "av/hall"}
+    # A second reconcile finds only its own children: no conflict, the same applies.
+    kube.applied.clear()
+    reconcile(kube)
+    assert {k for k, _ in kube.applied} == applied
+    assert ready(kube)["reason"] != "NameConflict"
+
+
+@pytest.mark.parametrize(
+    ("kind", "name"),
+    [
+        (k, {CLUSTER_ROLE_BINDING: BINDING, SECRET: "hall-gateway-config"}.get(k, "hall-gateway"))
+        for k in CHILDREN
+    ],
+    ids=lambda v: v.kind if isinstance(v, Kind) else v,
+)
+def test_a_foreign_object_of_a_childs_name_stops_everything(kind: Kind, name: str) -> None:
+    kube = FakeKube()
+    kube.sm_served = True
+    kube.put_core(gateway={"autoscaling": {}}, monitoring={"serviceMonitor": {"enabled": True}})
+    sa_policy(kube)
+    # Labelled like a child, even owned by the core but not as controller: still foreign.
+    foreign = kube.put(
+        kind, name, labels=dict(MANAGED), ownerReferences=[_ref(CORE_UID, controller=False)]
+    )
+    before = copy.deepcopy(foreign)
+    reconcile(kube)
+    assert kube.applied == []
+    assert kube.deleted == []
+    assert kube.get(kind, name) == before
+    cond = ready(kube)
+    assert (cond["status"], cond["reason"]) == ("False", "NameConflict")
+    assert f"{kind.kind} {name} already exists" in cond["message"]
+    policy_status = kube.objects[("accesspolicies", NS, "jobs")]["status"]
+    policy_ready = next(c for c in policy_status["conditions"] if c["type"] == "Ready")
+    assert policy_ready["reason"] == "NotRendered"
+    assert f"{kind.kind} {name}" in policy_ready["message"]
+
+    # Removed by its owner: the core gets its child on the next reconcile.
+    del kube.objects[(kind.plural, NS if kind.namespaced else None, name)]
+    reconcile(kube)
+    assert (kind.kind, name) in kube.applied
+    assert ready(kube)["reason"] != "NameConflict"
+
+
+def test_unwanted_children_are_deleted_only_when_they_are_the_cores() -> None:
+    kube = FakeKube()
+    kube.put_core(gateway={"replicas": 1})  # no PDB; no ServiceAccount subject: no identity
+    own_pdb = kube.put(PDB, "hall-gateway", ownerReferences=[_ref(CORE_UID)])
+    kube.put(NETWORK_POLICY, "hall-gateway", labels=dict(MANAGED))
+    kube.put(SERVICE_ACCOUNT, "hall-gateway", ownerReferences=[_ref("previous-core")])
+    kube.put(CLUSTER_ROLE_BINDING, BINDING, labels=dict(MANAGED))
+    reconcile(kube, name="hall")
+    # A NetworkPolicy is wanted (default on): the foreign one is a conflict, so nothing,
+    # not even the core's own PDB, is touched.
+    assert ready(kube)["reason"] == "NameConflict"
+    assert kube.deleted == []
+    assert kube.applied == []
+    assert kube.get(PDB, "hall-gateway") == own_pdb
+
+    del kube.objects[("networkpolicies", NS, "hall-gateway")]
+    reconcile(kube)
+    assert kube.deleted == [("PodDisruptionBudget", "hall-gateway")]
+    assert kube.get(SERVICE_ACCOUNT, "hall-gateway") is not None  # not the core's
+    assert kube.get(CLUSTER_ROLE_BINDING, BINDING) is not None  # no owner annotation
+
+
+def test_a_deleted_core_removes_only_its_own_binding() -> None:
+    kube = FakeKube()
+    kube.put(CLUSTER_ROLE_BINDING, BINDING, labels=dict(MANAGED))  # a platform's, same name
+    reconcile(kube)
+    assert kube.deleted == []
+    assert kube.get(CLUSTER_ROLE_BINDING, BINDING) is not None
+    kube.put(
+        CLUSTER_ROLE_BINDING,
+        BINDING,
+        labels=dict(MANAGED),
+        annotations={"qsys.dev/owner": "av/hall"},
+    )
+    reconcile(kube)
+    assert kube.deleted == [("ClusterRoleBinding", BINDING)]
+
+
+def test_a_foreign_config_secret_is_neither_read_into_the_config_nor_written() -> None:
+    kube = FakeKube()
+    kube.put_core()
+    foreign = {
+        "subjects": [
+            {
+                "name": "ghost",
+                "tokenHmacSha256": "a" * 64,
+                "rules": [{"methods": ["StatusGet"]}],
+            }
+        ]
+    }
+    secret = kube.put(SECRET, "hall-gateway-config")
+    secret["data"] = {"gateway.yaml": base64.b64encode(yaml.safe_dump(foreign).encode()).decode()}
+    before = copy.deepcopy(secret)
+    reconcile(kube)
+    assert kube.get(SECRET, "hall-gateway-config") == before
+    assert "Secret hall-gateway-config already exists" in ready(kube)["message"]
+    assert kube.applied == []
+
+
+def test_the_core_limit_renders_only_the_oldest_cores() -> None:
+    kube = FakeKube()
+    for name in ("a", "b", "c"):
+        kube.put_core(name, uid=f"{name}-uid")
+    for name in ("a", "b", "c"):
+        reconcile(kube, name=name, max_cores_per_namespace=2)
+    assert ready(kube, "c")["reason"] == "CoreLimitExceeded"
+    assert kube.objects[("qsyscores", NS, "c")]["status"]["observedGeneration"] == 1
+    made = {n for _, n in kube.applied} | {n for _, n in kube.created}
+    assert "a-gateway" in made
+    assert "b-gateway" in made
+    assert not [n for n in made if n.startswith("c-")]  # not even its token key
+    kube.applied.clear()
+    reconcile(kube, name="c")  # no limit
+    assert ("Deployment", "c-gateway") in kube.applied
+
+
+def test_a_quota_that_refuses_the_token_key_is_reported_not_retried() -> None:
+    kube = FakeKube()
+    kube.put_core()
+    kube.quota_exceeded = True
+    reconcile(kube)  # returns: a permanent refusal is not raised for a retry
+    cond = ready(kube)
+    assert (cond["status"], cond["reason"]) == ("False", "SecretNotAccepted")
+    assert "hall-gateway-token-key could not be created" in cond["message"]
+    assert "exceeded quota" in cond["message"]
+    assert kube.applied == []
+
+
+def test_a_conflict_is_announced_by_an_event_also_when_ready_was_false_already() -> None:
+    found = CoreFindings(
+        gateway_name="hall-gateway",
+        replicas=Replicas(None),
+        connected=Cond("CoreConnected", "Unknown", "ProbeDisabled"),
+        name_conflict="Service hall-gateway already exists",
+    )
+    first = core_status(1, 2, {}, found, "t0")
+    assert [e[1] for e in first.events].count("NameConflict") == 1
+    assert first.status is not None
+    again = core_status(1, 2, first.status, found, "t1")
+    assert again.events == []
+    was_false = {
+        "conditions": [
+            {
+                "type": "Ready",
+                "status": "False",
+                "reason": "GatewayUnavailable",
+                "message": "",
+                "lastTransitionTime": "t",
+            }
+        ]
+    }
+    later = core_status(2, 2, was_false, found, "t2")
+    assert [e for e in later.events if e[1] == "NameConflict"] == [
+        (
+            "Warning",
+            "NameConflict",
+            "Ready is False (NameConflict): Service hall-gateway already exists",
+        )
+    ]
