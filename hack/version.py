@@ -6,7 +6,8 @@ version and appVersion, which Helm can only read from Chart.yaml, so this script
 them:
 
     python hack/version.py              print the version
-    python hack/version.py set 0.3.0    set it (pyproject.toml, Chart.yaml, the plugin's pyproject.toml and krew manifest, examples/)
+    python hack/version.py set 0.3.0    set it (pyproject.toml, Chart.yaml, the plugin's
+                                        pyproject.toml and krew manifest, examples/)
     python hack/version.py check        fail when Chart.yaml or CHANGELOG.md disagree
 """
 
