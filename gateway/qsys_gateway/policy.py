@@ -276,6 +276,20 @@ class Policy:
             for r in compiled.rules_for(method)
         )
 
+    def component_writable(self, subject: str, component: str) -> bool:
+        """Whether some `Component.Set` rule of `subject` names `component`."""
+        compiled = self._subjects.get(subject)
+        return compiled is not None and any(
+            r.components.match(component) for r in compiled.rules_for("Component.Set")
+        )
+
+    def names_component(self, subject: str, component: str) -> bool:
+        """Whether `subject` may read or write `component` at all: what its design (the
+        Core's list of its controls) may be looked up for."""
+        return self.component_readable(subject, component) or self.component_writable(
+            subject, component
+        )
+
     def visible_components(self, subject: str, components: Any) -> Any:
         """`Component.GetComponents`' answer cut to what `subject` may read
         (`component_readable`), whatever transport asked; a new list, the Core's

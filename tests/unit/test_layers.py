@@ -41,6 +41,8 @@ GATEWAY_LAYERS = [
     | {"inflight", "sendbudget", "connlimit"},
     {"runtime"},
     {"subject_sessions"},
+    {"records"},
+    {"identity"},
     {"admission"},
     {"transports", "mcp"},
     {"app"},

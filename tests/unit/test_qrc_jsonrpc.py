@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import orjson
 import pytest
 from hypothesis import given, settings
@@ -158,3 +160,19 @@ def test_any_object_is_a_message_or_an_invalid_request(obj: dict[str, object]) -
     except jsonrpc.InvalidMessage as exc:
         code = exc.code
     assert code in (None, ErrorCode.INVALID_REQUEST)
+
+
+@pytest.mark.parametrize(
+    ("error", "code", "message", "data"),
+    [
+        ({"code": 7, "message": "Unknown component name"}, 7, "Unknown component name", None),
+        ({"code": 8, "message": "x", "data": {"Name": "g"}}, 8, "x", {"Name": "g"}),
+        ({"code": True, "message": "odd"}, -32603, "odd", None),
+        ({"code": "7"}, -32603, "Server error", None),
+        ({"code": -32601}, -32601, "Method not found", None),
+        ("not an object", -32603, "Server error", None),
+    ],
+)
+def test_qrc_error_from_error_object(error: Any, code: int, message: str, data: Any) -> None:
+    err = QrcError.from_error_object(error)
+    assert (err.code, err.message, err.data) == (code, message, data)

@@ -2,14 +2,16 @@
 
 MCP follows the transport contract of `qsys_gateway.admission` like every other
 transport: one `Caller` per HTTP request, `authenticate` once per request,
-`rate_limit` per tool call, `handle` per QRC call (policy, audit, metrics, upstream),
-`open_session` / `release` for a subscriber that takes pushes. Only the translation
-between MCP and QRC lives in the rest of this package.
+`rate_limit` per tool call, the typed `call` per QRC call (in-flight gate, policy,
+audit, metrics, upstream), `design` for the design look-ups made on a caller's behalf,
+`open_session` / `release` for a subscriber that takes pushes. Every Core access of
+MCP goes through here; only the translation between MCP and QRC lives in the rest of
+this package. Refusals are `Refusal`.
 """
 
 from __future__ import annotations
 
-import itertools
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,16 +26,7 @@ from ..runtime import Runtime
 from ..transports.common import Services
 
 TRANSPORT = "mcp"
-__all__ = ["TRANSPORT", "Admission", "Denied", "McpCaller", "outcome_of"]
-
-
-class Denied(Exception):
-    """A call refused before or by the pipeline; `error` is the gateway's QRC error."""
-
-    def __init__(self, error: QrcError, retry_after: float = 0.0) -> None:
-        super().__init__(error.message)
-        self.error = error
-        self.retry_after = retry_after
+__all__ = ["TRANSPORT", "McpAdmission", "McpCaller", "Refusal", "outcome_of"]
 
 
 @dataclass(slots=True)
@@ -49,11 +42,12 @@ class McpCaller:
         self.subject = self.caller.subject
 
 
-class Admission:
+class McpAdmission:
+    """MCP's side of admission: the MCP caller, the typed call, design look-ups."""
+
     def __init__(self, svc: Services) -> None:
         self._svc = svc
         self._admission = svc.admission
-        self._ids = itertools.count(1)
 
     @property
     def runtime(self) -> Runtime:
@@ -64,27 +58,24 @@ class Admission:
         return self._svc.runtime.rules.policy
 
     async def authenticate(self, token: str | None, source_ip: str, request_id: str) -> McpCaller:
-        """The caller of a bearer token; raises `Denied` (401 / throttled) otherwise."""
+        """The caller of a bearer token; raises `Refusal` (401 / throttled) otherwise."""
         caller = Caller(TRANSPORT, source_ip)
-        try:
-            await self._admission.authenticate(caller, token, request_id=request_id, method="mcp")
-        except Refusal as err:
-            raise Denied(err, err.retry_after) from None
+        await self._admission.authenticate(caller, token, request_id=request_id, method="mcp")
         return McpCaller(caller, request_id)
 
     def current(self, mc: McpCaller) -> SubjectConfig:
         """The caller's subject under the current config (rules may have been reloaded)."""
         subject = self._svc.runtime.current_subject(mc.subject.name)
         if subject is None or self._admission.credential(mc.caller) is None:
-            raise Denied(QrcError(ErrorCode.UNAUTHENTICATED, "Unauthenticated: token revoked"))
+            raise Refusal(ErrorCode.UNAUTHENTICATED, "Unauthenticated: token revoked")
         return subject
 
     async def admit(self, mc: McpCaller, method: str) -> None:
-        """Charge one call to the subject's rate limit; raises `Denied` with a retry time."""
+        """Charge one call to the subject's rate limit; raises `Refusal` with a retry time."""
         self.current(mc)
         refused = await self._admission.rate_limit(mc.caller, [{"method": method}], mc.request_id)
         if refused is not None:
-            raise Denied(refused, refused.retry_after)
+            raise refused
 
     async def call(
         self, mc: McpCaller, method: str, params: Any, subscriber: Caller | None = None
@@ -92,15 +83,54 @@ class Admission:
         """One QRC call through admission (policy, audit, metrics, upstream pool); on the
         subscriber's own session when given, else on the subject's shared one."""
         caller = subscriber if subscriber is not None else mc.caller
-        msg: dict[str, Any] = {"jsonrpc": "2.0", "id": next(self._ids), "method": method}
-        if params is not None:
-            msg["params"] = params
-        response = await self._admission.handle(caller, msg, mc.request_id)
-        assert response is not None
-        error = response.get("error")
-        if error is not None:
-            raise Denied(QrcError(int(error.get("code", -32603)), str(error.get("message"))))
-        return response.get("result")
+        try:
+            return await self._admission.call(caller, method, params, mc.request_id)
+        except QrcError as exc:
+            raise Refusal.of(exc) from None
+
+    async def design(self, mc: McpCaller, method: str, params: dict[str, Any]) -> Any:
+        """A design look-up the gateway makes for the caller (the answer is cached and
+        filtered by policy before the caller sees any of it): policy first (the
+        component must be one the subject may read or write, so a forbidden and a
+        missing component look alike), then the in-flight gate, the upstream, the
+        audit (as a read) and the counters. Not charged to the rate limit: the
+        caller's own call that needed it was."""
+        rt = self._svc.runtime
+        started = time.perf_counter()
+        subject = self.current(mc).name
+        component = params.get("Name")
+        if isinstance(component, str) and not self.policy.names_component(subject, component):
+            self._record(mc, method, component, "denied", started)
+            raise Refusal(ErrorCode.FORBIDDEN, f"Forbidden by policy: no rule allows {component}")
+        rt.call_started()
+        try:
+            result = await rt.upstream.forward(method, params)
+        except QrcError as exc:
+            self._record(mc, method, component, outcome_of(exc.code), started)
+            raise Refusal.of(exc) from None
+        finally:
+            rt.call_finished()
+        self._record(mc, method, component, "ok", started)
+        return result
+
+    def _record(
+        self, mc: McpCaller, method: str, component: Any, outcome: str, started: float
+    ) -> None:
+        rt = self._svc.runtime
+        if outcome != "ok" or rt.config.audit.logReads:
+            rt.audit.record(
+                request_id=mc.request_id,
+                subject=mc.subject.name,
+                source_ip=mc.caller.source_ip,
+                transport=TRANSPORT,
+                method=method,
+                targets=(component,) if isinstance(component, str) else (),
+                decision="deny" if outcome == "denied" else "allow",
+                reason="design look-up",
+                outcome=outcome,
+                duration_ms=(time.perf_counter() - started) * 1000,
+            )
+        self.count(mc, method, outcome)
 
     def subscriber(self, mc: McpCaller, push: Callable[[dict[str, Any]], None]) -> Caller:
         """A caller with its own upstream session, whose change-group pushes go to `push`."""

@@ -93,6 +93,15 @@ async def serve(
                 for n, v in message.get("headers", [])
                 if n.decode("latin-1").lower() not in _SKIPPED_HEADERS
             ]
+            if any(
+                n.lower() == "content-type" and v.startswith("text/event-stream") for n, v in head
+            ):
+                # a stream is open from its start, not from its first event
+                response = build(web.StreamResponse)
+                try:
+                    await response.prepare(request)
+                except ConnectionError:
+                    done.set()
             return
         if kind != "http.response.body" or done.is_set():
             return

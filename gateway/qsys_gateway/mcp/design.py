@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import re
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,6 +15,10 @@ from qsys_protocol.qrc.methods import ComponentControlsResult, ComponentInfo
 
 from ..policy import Policy
 from ..upstream import UpstreamPool
+
+Fetch = Callable[[str, dict[str, Any]], Awaitable[Any]]
+"""One design look-up (`Component.GetComponents` / `Component.GetControls`) made on
+behalf of a caller, through admission."""
 
 MAX_CACHED_COMPONENTS = 4096
 _NUMBER = re.compile(r"^\s*[-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?")
@@ -95,24 +100,24 @@ class Design:
             self._components = None
             self._controls.clear()
 
-    async def components(self) -> list[ComponentInfo]:
+    async def components(self, fetch: Fetch) -> list[ComponentInfo]:
         self._check_code()
         if self._components is None:
             async with self._lock:
                 if self._components is None:
-                    raw = await self._upstream.forward("Component.GetComponents", {})
+                    raw = await fetch("Component.GetComponents", {})
                     items = raw if isinstance(raw, list) else []
                     self._components = [ComponentInfo.model_validate(c) for c in items]
         return self._components
 
-    async def controls(self, component: str) -> dict[str, ControlSpec]:
+    async def controls(self, component: str, fetch: Fetch) -> dict[str, ControlSpec]:
         """The controls of one component (raises the Core's error 7 for an unknown one)."""
         self._check_code()
         cached = self._controls.get(component)
         if cached is not None:
             self._controls.move_to_end(component)
             return cached
-        raw = await self._upstream.forward("Component.GetControls", {"Name": component})
+        raw = await fetch("Component.GetControls", {"Name": component})
         result = ComponentControlsResult.model_validate(raw)
         specs = {c.Name: control_spec(c.model_dump()) for c in result.Controls}
         self._controls[component] = specs

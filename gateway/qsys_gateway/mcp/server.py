@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
@@ -38,9 +39,10 @@ from ..admission import Caller
 from ..transports.common import HTTP_STATUS, Services, request_id
 from ..transports.responses import bearer, source_ip
 from . import tools as T
-from .admission import Admission, Denied, McpCaller, outcome_of
+from .admission import McpAdmission, McpCaller, Refusal, outcome_of
 from .bridge import serve
-from .design import ControlSpec, Design, Writable, readable, writable
+from .design import ControlSpec, Design, Fetch, Writable, readable, writable
+from .sessions import SessionTable, opens_session, request_ids
 
 log = logging.getLogger("qsys_gateway.mcp")
 
@@ -115,13 +117,9 @@ _REQUIRED_METHOD = {
 }
 
 
-class ToolError(Exception):
-    """A refusal the agent can act on: becomes an `isError` tool result."""
-
-    def __init__(self, message: str, **data: Any) -> None:
-        super().__init__(message)
-        self.message = message
-        self.data = data
+def invalid(message: str, kind: str) -> Refusal:
+    """Arguments an agent can fix: an `isError` tool result, the message as written."""
+    return Refusal(ErrorCode.INVALID_PARAMS, message, kind=kind)
 
 
 def uri_of(component: str) -> str:
@@ -146,11 +144,13 @@ def _rule_hint(method: str, component: str, controls: list[str]) -> str:
 
 
 def explain(
-    err: Denied, method: str, component: str = "", controls: list[str] | None = None
+    err: Refusal, method: str, component: str = "", controls: list[str] | None = None
 ) -> str:
-    code, message = err.error.code, err.error.message
+    code, message = err.code, err.message
+    if err.kind is not None:
+        return message
     if code == ErrorCode.FORBIDDEN:
-        return f"Denied: {message.removeprefix('Forbidden by policy: ')}." + _rule_hint(
+        return f"Refusal: {message.removeprefix('Forbidden by policy: ')}." + _rule_hint(
             method, component, controls or []
         )
     if code == ErrorCode.RATE_LIMITED:
@@ -181,7 +181,7 @@ class _SessionState:
 class McpEndpoint:
     def __init__(self, svc: Services) -> None:
         self.svc = svc
-        self.admission = Admission(svc)
+        self.admission = McpAdmission(svc)
         self.design = Design(svc.runtime.upstream)
         cfg = svc.runtime.config
         self.server: Server[Any] = Server(
@@ -205,8 +205,9 @@ class McpEndpoint:
             max_request_body_size=MAX_MESSAGE_BYTES,
             max_sessions=cfg.limits.maxClients,
         )
-        self._by_subject: dict[str, set[str]] = {}
+        self.sessions = SessionTable()
         self._streams: dict[str, int] = {}
+        self._handlers: set[asyncio.Task[Any]] = set()
         self._states: dict[str, _SessionState] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._stop = asyncio.Event()
@@ -234,19 +235,23 @@ class McpEndpoint:
         self._reaper = loop.create_task(self._reap(), name="qsys-mcp-reaper")
 
     async def stop(self) -> None:
+        """End every session and cancel every MCP request still in flight, so shutdown
+        never waits on what a client left open (a stream, a request the SDK never
+        answers)."""
         self._stop.set()
-        for task in (self._reaper, self._runner):
-            if task is not None:
-                if task is self._reaper:
-                    task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await asyncio.wait_for(task, 5.0)
+        if self._reaper is not None:
+            self._reaper.cancel()
+        current = asyncio.current_task()
+        for task in list(self._handlers):
+            if task is not current:
+                task.cancel()
+        for session in self.sessions.all():
+            await self._end(session.sid)
+        if self._runner is not None:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.wait_for(self._runner, 5.0)
         for sid in list(self._states):
             await self._drop_state(sid)
-
-    def _live(self, sid: str) -> bool:
-        # The SDK keeps no public view of its open sessions.
-        return sid in self.manager._server_instances
 
     async def _reap(self) -> None:
         while True:
@@ -254,12 +259,50 @@ class McpEndpoint:
             await self._prune()
 
     async def _prune(self) -> None:
-        for subject, sids in list(self._by_subject.items()):
-            sids.intersection_update(s for s in list(sids) if self._live(s))
-            if not sids:
-                del self._by_subject[subject]
-        for sid in [s for s in self._states if not self._live(s)]:
-            await self._drop_state(sid)
+        for sid in self.sessions.idle(self.svc.runtime.config.mcp.sessionIdleSeconds):
+            await self._end(sid)
+
+    async def _end(self, sid: str) -> None:
+        """End a session: the SDK's (as a client DELETE would), its open streams, its
+        subscriptions and its entry in the table."""
+        session = self.sessions.drop(sid)
+        if session is None:
+            return
+        self.svc.admission.unwatch(session.caller)
+        current = asyncio.current_task()
+        for task in list(session.tasks):
+            if task is not current:
+                task.cancel()
+        await self._terminate(sid, session.subject)
+        await self._drop_state(sid)
+
+    async def _terminate(self, sid: str, subject: str) -> None:
+        """A DELETE of the session through the SDK's public entry (404 once it is gone)."""
+        scope: dict[str, Any] = {
+            "type": "http",
+            "asgi": {"version": "3.0", "spec_version": "2.3"},
+            "http_version": "1.1",
+            "method": "DELETE",
+            "scheme": "http",
+            "path": "/v1/mcp",
+            "raw_path": b"/v1/mcp",
+            "query_string": b"",
+            "root_path": "",
+            "headers": [(SESSION_HEADER.encode(), sid.encode())],
+            "client": None,
+            "server": None,
+            "state": {},
+            "user": _user(subject),
+        }
+
+        async def receive() -> dict[str, Any]:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message: Any) -> None:
+            return None
+
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.manager.handle_request(scope, receive, send), 5.0)
 
     async def _drop_state(self, sid: str) -> None:
         state = self._states.pop(sid, None)
@@ -283,8 +326,8 @@ class McpEndpoint:
         source = source_ip(request)
         try:
             caller = await self.admission.authenticate(bearer(request), source, rid)
-        except Denied as err:
-            return _error(err.error, retry_after=err.retry_after)
+        except Refusal as err:
+            return _error(err, retry_after=err.retry_after)
         limit = cfg.limits.maxMessageBytes
         body = b""
         if request.method == "POST":
@@ -304,20 +347,24 @@ class McpEndpoint:
                 retry_after=1.0,
             )
         sid = request.headers.get(SESSION_HEADER)
-        opening = request.method == "POST" and sid is None and _opens_session(body)
-        if opening:
+        session = self.sessions.get(sid) if sid is not None else None
+        cap = cfg.mcp.maxSessionsPerSubject
+        if request.method == "POST" and sid is None and opens_session(body):
             await self._prune()
-            if len(self._by_subject.get(name, ())) >= cfg.mcp.maxSessionsPerSubject:
+            if self.sessions.count(name) >= cap:
+                return _too_many_sessions(cap)
+        ids: list[str] = []
+        if request.method == "POST" and session is not None:
+            ids = request_ids(body) or []
+            if len(set(ids)) < len(ids) or session.ids.intersection(ids):
                 return _error(
                     QrcError(
-                        ErrorCode.RATE_LIMITED,
-                        f"Too many MCP sessions for this subject (at most "
-                        f"{cfg.mcp.maxSessionsPerSubject}); end one with DELETE or reuse its "
-                        "Mcp-Session-Id",
+                        ErrorCode.INVALID_REQUEST,
+                        "Invalid request: a request with this id is already in flight on "
+                        "this session",
                     ),
-                    retry_after=5.0,
+                    409,
                 )
-        user = AuthenticatedUser(AccessToken(token="-", client_id=name, scopes=[]))  # noqa: S106
         headers = {
             "X-Request-ID": rid,
             "X-Content-Type-Options": "nosniff",
@@ -328,28 +375,52 @@ class McpEndpoint:
             headers["Access-Control-Allow-Origin"] = origin
             headers["Vary"] = "Origin"
             headers["Access-Control-Expose-Headers"] = EXPOSED
+        task = asyncio.current_task()
+        assert task is not None
+        admission = self.svc.admission
+        if session is not None:
+            session.use(caller.caller)
+            session.ids.update(ids)
+            session.tasks.add(task)
+        self._handlers.add(task)
         self._streams[name] = self._streams.get(name, 0) + 1
+        # the request's own token is checked once a second while it runs (open streams)
+        admission.watch(caller.caller, lambda: self._cancel(task))
         try:
             response = await serve(
                 self.manager.handle_request,
                 request,
                 body,
-                {"user": user, CALLER_KEY: caller},
+                {"user": _user(name), CALLER_KEY: caller},
                 headers,
             )
         finally:
+            admission.unwatch(caller.caller)
+            self._handlers.discard(task)
             left = self._streams[name] - 1
             if left:
                 self._streams[name] = left
             else:
                 del self._streams[name]
+            if session is not None:
+                session.ids.difference_update(ids)
+                session.tasks.discard(task)
+                session.last_active = time.monotonic()
         new_sid = response.headers.get(SESSION_HEADER)
-        if opening and new_sid and response.status < 400:
-            self._by_subject.setdefault(name, set()).add(new_sid)
-        if request.method == "DELETE" and sid is not None and not self._live(sid):
-            await self._drop_state(sid)
-            self._by_subject.get(name, set()).discard(sid)
+        if new_sid and self.sessions.get(new_sid) is None and response.status < 400:
+            if self.sessions.count(name) >= cap:
+                # opened by a body the check above did not see as an initialize
+                self.sessions.add(new_sid, caller.caller)
+                await self._end(new_sid)
+                return _too_many_sessions(cap)
+            opened = self.sessions.add(new_sid, caller.caller)
+            admission.watch(opened.caller, lambda: self._end(new_sid))
+        if request.method == "DELETE" and sid is not None and response.status < 400:
+            await self._end(sid)
         return response
+
+    async def _cancel(self, task: asyncio.Task[Any]) -> None:
+        task.cancel()
 
     # ---- handlers ---------------------------------------------------------------------
 
@@ -369,31 +440,32 @@ class McpEndpoint:
         policy = self.admission.policy
         writes: list[tuple[str, Writable]] = []
         if policy.has_rule_for(subject.name, "Component.Set"):
-            for comp in await self._design_components():
+            for comp in await self._design_components(caller):
                 if len(writes) > T.MAX_SCHEMA_COMPONENTS:
                     break
-                if not _may_write_component(subject.rules, comp):
+                if not policy.component_writable(subject.name, comp):
                     continue
                 try:
-                    specs = await self._controls(comp)
-                except Denied:
+                    specs = await self._controls(caller, comp)
+                except Refusal:
                     continue  # gone from the design since it was listed
                 allowed = writable(policy, subject.name, comp, specs)
                 if allowed:
                     writes.append((comp, allowed))
         return types.ListToolsResult(tools=T.tools_for(policy, subject, writes))
 
-    async def _design_components(self) -> list[str]:
+    async def _design_components(self, caller: McpCaller) -> list[str]:
         try:
-            return sorted(c.Name for c in await self.design.components())
-        except QrcError as exc:
-            raise MCPError(exc.code, explain(Denied(exc), "Component.GetComponents")) from None
+            components = await self.design.components(self._fetch(caller))
+        except Refusal as err:
+            raise MCPError(_mcp_code(err), explain(err, "Component.GetComponents")) from None
+        return sorted(c.Name for c in components)
 
-    async def _controls(self, component: str) -> dict[str, ControlSpec]:
-        try:
-            return await self.design.controls(component)
-        except QrcError as exc:
-            raise Denied(exc) from None
+    def _fetch(self, caller: McpCaller) -> Fetch:
+        return lambda method, params: self.admission.design(caller, method, params)
+
+    async def _controls(self, caller: McpCaller, component: str) -> dict[str, ControlSpec]:
+        return await self.design.controls(component, self._fetch(caller))
 
     async def _call_tool(
         self, ctx: ServerRequestContext[Any, Any], params: types.CallToolRequestParams
@@ -413,16 +485,16 @@ class McpEndpoint:
         try:
             await self.admission.admit(caller, _REQUIRED_METHOD[name])
             result = await self._run_tool(caller, args)
-        except Denied as err:
+        except Refusal as err:
+            if err.kind is not None:
+                return _tool_error(err.message, error=err.kind)
             component = getattr(args, "component", "") or getattr(args, "name", "")
             controls = list(getattr(args, "values", {}) or getattr(args, "controls", []) or [])
             return _tool_error(
                 explain(err, _REQUIRED_METHOD[name], component, controls),
-                error=outcome_of(err.error.code),
+                error=outcome_of(err.code),
                 **({"retryAfterSeconds": round(err.retry_after, 3)} if err.retry_after else {}),
             )
-        except ToolError as err:
-            return _tool_error(err.message, **err.data)
         return types.CallToolResult(
             content=[types.TextContent(type="text", text=orjson.dumps(result).decode())],
             structured_content=result,
@@ -449,10 +521,7 @@ class McpEndpoint:
     async def _list(self, caller: McpCaller, args: ListArgs) -> dict[str, Any]:
         policy = self.admission.policy
         subject = caller.subject.name
-        try:
-            components = await self.design.components()
-        except QrcError as exc:
-            raise Denied(exc) from None
+        components = await self.design.components(self._fetch(caller))
         pattern = (args.filter or "").lower()
         glob = any(ch in pattern for ch in "*?[")
         names = sorted(
@@ -480,18 +549,20 @@ class McpEndpoint:
         policy = self.admission.policy
         subject = caller.subject.name
         wanted = list(dict.fromkeys(args.controls or []))
-        if not policy.component_readable(subject, args.component):
-            ref = [{"Name": c} for c in wanted or ["*"]]
+        hidden = [c for c in wanted if not policy.can_read(subject, args.component, c)]
+        if hidden or not policy.component_readable(subject, args.component):
+            # policy first: the same refusal whether or not the component or control exists
+            ref = [{"Name": c} for c in hidden or wanted or ["*"]]
             await self.admission.call(
                 caller, "Component.Get", {"Name": args.component, "Controls": ref}
             )
-        specs = await self._controls(args.component)
+        specs = await self._controls(caller, args.component)
         unknown = [c for c in wanted if c not in specs]
         if unknown:
-            raise ToolError(
+            raise invalid(
                 f"Unknown control(s) {', '.join(unknown[:8])} of {args.component!r}; "
                 f"omit 'controls' to see all you may read.",
-                error="unknown_control",
+                "unknown_control",
             )
         chosen = (
             [specs[c] for c in wanted]
@@ -535,18 +606,26 @@ class McpEndpoint:
         return out
 
     async def _set(self, caller: McpCaller, args: SetArgs) -> dict[str, Any]:
-        specs = await self._controls(args.component)
+        policy, subject = self.admission.policy, caller.subject.name
+        if not all(policy.write_range(subject, args.component, n)[0] for n in args.values):
+            # policy first: refused as /v1/rpc refuses it, before the design is looked at,
+            # so nothing tells whether the component or its controls exist
+            writes = [{"Name": n, "Value": v} for n, v in args.values.items()]
+            await self.admission.call(
+                caller, "Component.Set", {"Name": args.component, "Controls": writes}
+            )
+        specs = await self._controls(caller, args.component)
         controls: list[dict[str, Any]] = []
         for name, value in args.values.items():
             spec = specs.get(name)
             if spec is None:
-                raise ToolError(
+                raise invalid(
                     f"Unknown control {name!r} of {args.component!r}; see {T.GET}.",
-                    error="unknown_control",
+                    "unknown_control",
                 )
             problem = _type_problem(spec, value)
             if problem:
-                raise ToolError(f"{name}: {problem}", error="invalid_arguments")
+                raise invalid(f"{name}: {problem}", "invalid_arguments")
             write: dict[str, Any] = {"Name": name, "Value": value}
             if args.ramp is not None and spec.type in ("Float", "Integer"):
                 write["Ramp"] = args.ramp
@@ -555,16 +634,14 @@ class McpEndpoint:
             await self.admission.call(
                 caller, "Component.Set", {"Name": args.component, "Controls": controls}
             )
-        except Denied as err:
-            if err.error.code == ErrorCode.FORBIDDEN:
-                raise Denied(
-                    QrcError(err.error.code, self._range_reason(caller, args, specs, err))
-                ) from None
+        except Refusal as err:
+            if err.code == ErrorCode.FORBIDDEN:
+                raise Refusal(err.code, self._range_reason(caller, args, specs, err)) from None
             raise
         return {"component": args.component, "set": args.values}
 
     def _range_reason(
-        self, caller: McpCaller, args: SetArgs, specs: dict[str, ControlSpec], err: Denied
+        self, caller: McpCaller, args: SetArgs, specs: dict[str, ControlSpec], err: Refusal
     ) -> str:
         """Name the allowed range when a value, not a missing rule, was the reason."""
         policy = self.admission.policy
@@ -578,7 +655,7 @@ class McpEndpoint:
                     f"{args.component}.{c.name} = {value}{unit} is outside your allowed range "
                     f"{T._num(low)}..{T._num(high)}{unit}"
                 )
-        return err.error.message
+        return err.message
 
     # ---- resources ----------------------------------------------------------------------
 
@@ -589,7 +666,9 @@ class McpEndpoint:
         subject = self.admission.current(caller).name
         policy = self.admission.policy
         names = [
-            n for n in await self._design_components() if policy.component_readable(subject, n)
+            n
+            for n in await self._design_components(caller)
+            if policy.component_readable(subject, n)
         ]
         start = _cursor(params.cursor if params else None)
         page = names[start : start + T.MAX_PAGE]
@@ -631,12 +710,10 @@ class McpEndpoint:
         try:
             await self.admission.admit(caller, "Component.Get")
             controls = await self._read(caller, GetArgs(component=component))
-        except Denied as err:
+        except Refusal as err:
             raise MCPError(
                 _mcp_code(err), explain(err, "Component.Get", component), _retry(err)
             ) from None
-        except ToolError as err:
-            raise MCPError(ErrorCode.INVALID_PARAMS, err.message) from None
         text = orjson.dumps({"component": component, "controls": controls}).decode()
         return types.ReadResourceResult(
             contents=[types.TextResourceContents(uri=uri, mime_type="application/json", text=text)]
@@ -722,10 +799,12 @@ class McpEndpoint:
         policy = self.admission.policy
         try:
             await self.admission.admit(caller, "ChangeGroup.AddComponentControl")
-            specs = await self._controls(component)
-            names = [c.name for c in readable(policy, caller.subject.name, component, specs)]
-            if not names:
-                names = [c.name for c in specs.values() if c.readable][:1] or ["*"]
+            names = ["*"]  # policy first: refused alike whether or not the component exists
+            if policy.component_readable(caller.subject.name, component):
+                specs = await self._controls(caller, component)
+                names = [
+                    c.name for c in readable(policy, caller.subject.name, component, specs)
+                ] or ["*"]
             await self.admission.call(
                 caller,
                 "ChangeGroup.AddComponentControl",
@@ -742,7 +821,7 @@ class McpEndpoint:
                     "ChangeGroup.AutoPoll", {"Id": GROUP_ID, "Rate": SUBSCRIPTION_POLL}
                 )
                 state.autopoll = True
-        except Denied as err:
+        except Refusal as err:
             raise MCPError(
                 _mcp_code(err),
                 explain(err, "ChangeGroup.AddComponentControl", component),
@@ -785,14 +864,6 @@ def _session_id(ctx: ServerRequestContext[Any, Any]) -> str | None:
     return sid if isinstance(sid, str) else None
 
 
-def _may_write_component(rules: Any, component: str) -> bool:
-    return any(
-        any(fnmatchcase("Component.Set", m) for m in r.methods)
-        and any(fnmatchcase(component, c) for c in r.components)
-        for r in rules
-    )
-
-
 def _type_problem(spec: ControlSpec, value: Any) -> str:
     if spec.type in ("Boolean", "Trigger"):
         return "" if isinstance(value, bool) or value in (0, 1) else "expects true or false"
@@ -814,13 +885,13 @@ def _cursor(cursor: str | None) -> int:
     return int(cursor)
 
 
-def _mcp_code(err: Denied) -> int:
-    code = err.error.code
+def _mcp_code(err: Refusal) -> int:
+    code = err.code
     return code if code < 0 else ErrorCode.INVALID_PARAMS
 
 
-def _retry(err: Denied) -> dict[str, Any] | None:
-    if err.error.code == ErrorCode.RATE_LIMITED:
+def _retry(err: Refusal) -> dict[str, Any] | None:
+    if err.code == ErrorCode.RATE_LIMITED:
         return {"retryAfterSeconds": round(max(0.001, err.retry_after), 3)}
     return None
 
@@ -845,13 +916,20 @@ def _too_large(limit: int) -> QrcError:
     return QrcError(ErrorCode.INVALID_REQUEST, f"Request body over {limit} bytes")
 
 
-def _opens_session(body: bytes) -> bool:
-    """An `initialize` request (the only POST that opens a session)."""
-    try:
-        message = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return False
-    return isinstance(message, dict) and message.get("method") == "initialize"
+def _user(subject: str) -> AuthenticatedUser:
+    """The SDK's owner of a session: the subject (its sessions answer only to it)."""
+    return AuthenticatedUser(AccessToken(token="-", client_id=subject, scopes=[]))  # noqa: S106
+
+
+def _too_many_sessions(cap: int) -> web.Response:
+    return _error(
+        QrcError(
+            ErrorCode.RATE_LIMITED,
+            f"Too many MCP sessions for this subject (at most {cap}); end one with DELETE "
+            "or reuse its Mcp-Session-Id",
+        ),
+        retry_after=5.0,
+    )
 
 
 def _error(

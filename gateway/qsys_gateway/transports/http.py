@@ -14,7 +14,6 @@ from qsys_protocol.qrc.errors import ErrorCode, QrcError
 from .. import __version__
 from ..admission import Caller, Refusal
 from ..connlimit import HttpConnections
-from ..inflight import call_weight
 from .common import HTTP_STATUS, Services, request_id
 from .openapi import (
     GatewayStatus,
@@ -138,20 +137,9 @@ async def rpc(request: web.Request) -> web.Response:
     calls = payload if batch else [payload]
     if batch and not calls:
         return error_response(QrcError(ErrorCode.INVALID_REQUEST, "Invalid request: empty batch"))
-    too_big = svc.admission.check_batch(caller, calls, rid)
-    if too_big is not None:
-        return error_response(too_big)
-    refused = await admission.rate_limit(caller, calls, rid)
-    if refused is not None:
-        return error_response(refused)
-    gate = rt.in_flight_gate  # HTTP calls share the gateway's in-flight weight bound
-    responses = []
-    for obj in calls:
-        weight = await gate.acquire(call_weight(obj))
-        try:
-            responses.append(await admission.handle(caller, obj, rid))
-        finally:
-            gate.release(weight)
+    responses = await admission.serve(caller, calls, rid)
+    if isinstance(responses, Refusal):
+        return error_response(responses)
     answered = [r for r in responses if r is not None]
     if batch:
         return json_response(answered) if answered else web.Response(status=204)

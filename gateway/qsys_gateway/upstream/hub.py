@@ -1,5 +1,7 @@
 """`SubscriptionHub`: the union of every client's change-group controls, held on the Core
-in a few shared change groups and polled at a rate the gateway controls.
+in a few shared change groups and polled at a rate the gateway controls. The loop and
+the Core calls live here; the cache in `hubcache`, the packing into groups in
+`placement`.
 
 Clients' groups never reach the Core (see `groups.ClientGroup`); they diff against
 the hub's latest-state cache, which carries a version per control (docs/changegroups.md).
@@ -9,10 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from qsys_protocol.qrc.client import ConnectionClosed
@@ -21,19 +21,28 @@ from qsys_protocol.qrc.methods import MAX_ITEMS
 
 from .connection import Busy, NotConnected, UpstreamConnection
 from .errors import CoreTimeout, CoreUnavailable
+from .hubcache import Entry, HubCache, Key, change_of, key_of, state_of
+from .placement import CORE_GROUP_PREFIX, CoreGroup, add_calls, free_room, pack
+
+__all__ = [
+    "CORE_GROUP_PREFIX",
+    "POLL_INTERVAL",
+    "RESERVED_PENDING",
+    "Entry",
+    "Key",
+    "SubscriptionHub",
+    "change_of",
+    "key_of",
+    "state_of",
+]
 
 log = logging.getLogger("qsys_gateway.upstream")
-
-Key = tuple[str, str]
-"""(component name, control name); the component is "" for a Named Control."""
 
 POLL_INTERVAL = 0.05
 """Seconds between the hub's polls of its Core groups (the Core-side poll rate)."""
 CONTROLS_PER_CORE_GROUP = MAX_ITEMS
 MAX_CORE_GROUPS = 4
 """Core change groups the hub may hold, all on one upstream connection."""
-CORE_GROUP_PREFIX = "gw.hub."
-
 _LINK_ERRORS = (NotConnected, ConnectionClosed)
 """The hub's connection is gone: its Core groups went with it."""
 RESERVED_PENDING = 2 * MAX_CORE_GROUPS + 8
@@ -48,54 +57,6 @@ class HubOwner(Protocol):
     @property
     def request_timeout(self) -> float: ...
     def hub_changed(self, core_groups: int, polls: int) -> None: ...
-
-
-@dataclass(slots=True)
-class Entry:
-    """One subscribed control: its latest state from the Core and how many client
-    groups hold it. `state` holds the Core's fields except Name/Component."""
-
-    key: Key
-    refs: int = 0
-    state: dict[str, Any] | None = None
-    version: int = 0
-    slot: int = -1  # index of the Core group it is in; -1: not on the Core yet
-    initial: bool = True  # the next report is a (re)subscription dump: deliver only if different
-    stale: bool = False  # the hub's groups were lost since the Core last reported this control
-
-
-def change_of(key: Key, state: dict[str, Any]) -> dict[str, Any]:
-    """A change in the Core's result shape."""
-    component, name = key
-    out: dict[str, Any] = {"Name": name}
-    if component:
-        out["Component"] = component
-    out.update(state)
-    return out
-
-
-def key_of(change: Any) -> Key | None:
-    if not isinstance(change, dict):
-        return None
-    name = change.get("Name")
-    component = change.get("Component") or ""
-    if not isinstance(name, str) or not isinstance(component, str):
-        return None
-    return (component, name)
-
-
-def state_of(change: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in change.items() if k not in ("Name", "Component")}
-
-
-@dataclass(slots=True)
-class _CoreGroup:
-    slot: int
-    keys: set[Key] = field(default_factory=set)
-
-    @property
-    def id(self) -> str:
-        return f"{CORE_GROUP_PREFIX}{self.slot}"
 
 
 class SubscriptionHub:
@@ -114,14 +75,10 @@ class SubscriptionHub:
         self.poll_interval = poll_interval
         self.max_core_groups = max_core_groups
         self.controls_per_group = controls_per_group
-        self.entries: dict[Key, Entry] = {}
-        self.per_subject = max_core_groups * controls_per_group
-        """Distinct controls one subject's groups may hold in the hub (its share)."""
-        self._held: dict[str, dict[Key, int]] = {}  # subject -> control -> its references
-        self._groups: list[_CoreGroup] = []
+        self.cache = HubCache(max_core_groups * controls_per_group)
+        self.entries = self.cache.entries
+        self._groups: list[CoreGroup] = []
         self.conn: UpstreamConnection | None = None
-        self._versions = itertools.count(1)
-        self.version = 0  # the highest version handed out (cheap "anything new?" test)
         self.polls = 0
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
@@ -158,7 +115,21 @@ class SubscriptionHub:
 
     @property
     def live(self) -> int:
-        return sum(1 for e in self.entries.values() if e.refs > 0)
+        return self.cache.live
+
+    @property
+    def version(self) -> int:
+        """The highest version handed out (cheap "anything new?" test)."""
+        return self.cache.version
+
+    @property
+    def per_subject(self) -> int:
+        """Distinct controls one subject's groups may hold in the hub (its share)."""
+        return self.cache.per_subject
+
+    @per_subject.setter
+    def per_subject(self, value: int) -> None:
+        self.cache.per_subject = value
 
     def connection_changed(self) -> None:
         """A connection came up or went down: re-place the groups if theirs is gone."""
@@ -175,27 +146,14 @@ class SubscriptionHub:
         than its share (`per_subject`), and changes nothing then."""
         wanted = list(dict.fromkeys(keys))
         async with self._lock:
-            mine = self._held.get(owner, {})
-            more = sum(1 for k in wanted if k not in mine)
-            if more and len(mine) + more > self.per_subject:
-                raise QrcError(
-                    ErrorCode.CHANGE_GROUPS_EXHAUSTED,
-                    "Change groups exhausted: one subject's change groups may watch at most "
-                    f"{self.per_subject} controls (limits.maxHubControlsPerSubject); "
-                    f"{len(mine)} watched, {more} more asked",
-                )
+            self.cache.check_share(owner, wanted)
             new = [k for k in wanted if k not in self.entries]
             if new:
                 await self._add_new(new)
             stale = [k for k in wanted if k not in new and self._stale(k)]
             if stale:
                 await self._refetch(stale)
-            for k in wanted:
-                self.entries[k].refs += 1
-            if wanted:
-                mine = self._held.setdefault(owner, mine)
-                for k in wanted:
-                    mine[k] = mine.get(k, 0) + 1
+            self.cache.hold(owner, wanted)
         self._wake.set()
 
     def _stale(self, key: Key) -> bool:
@@ -217,18 +175,7 @@ class SubscriptionHub:
         """Drop one reference of subject `owner` from each key. Unreferenced controls stay
         on the Core until nothing is referenced (then the hub's groups are destroyed) or
         they outnumber the live ones (then the groups are rebuilt with the live ones only)."""
-        mine = self._held.get(owner, {})
-        for k in keys:
-            entry = self.entries.get(k)
-            if entry is not None and entry.refs > 0:
-                entry.refs -= 1
-            held = mine.get(k, 0)
-            if held > 1:
-                mine[k] = held - 1
-            elif held:
-                del mine[k]
-        if not mine:
-            self._held.pop(owner, None)
+        self.cache.drop(owner, keys)
         live = self.live
         if live == 0 and self.entries:
             async with self._lock:
@@ -263,11 +210,7 @@ class SubscriptionHub:
 
     async def _add_new(self, new: list[Key]) -> None:
         conn = await self._ensure_placed()
-        free = (
-            sum(self.controls_per_group - len(g.keys) for g in self._groups)
-            + (self.max_core_groups - len(self._groups)) * self.controls_per_group
-        )
-        if len(new) > free:
+        if len(new) > free_room(self._groups, self.max_core_groups, self.controls_per_group):
             self._compact = True
             self._wake.set()
             raise QrcError(
@@ -293,24 +236,14 @@ class SubscriptionHub:
 
     async def _add_to_core(
         self, conn: UpstreamConnection, keys: list[Key]
-    ) -> list[tuple[_CoreGroup, list[Key]]]:
-        """Pack `keys` into groups with room (creating groups as needed); each chunk is
-        one AddControl / AddComponentControl per component. Chunks the Core accepted
-        count in their group even when a later chunk fails. Returns what went where."""
-        placed: list[tuple[_CoreGroup, list[Key]]] = []
-        pending = list(keys)
-        slot = 0
+    ) -> list[tuple[CoreGroup, list[Key]]]:
+        """Place `keys` on the Core as `placement.pack` chunks them. Chunks the Core
+        accepted count in their group even when a later chunk fails. Returns what went
+        where."""
+        placed: list[tuple[CoreGroup, list[Key]]] = []
         try:
-            while pending:
-                if slot == len(self._groups):
-                    self._groups.append(_CoreGroup(slot))
-                group = self._groups[slot]
-                room = max(0, self.controls_per_group - len(group.keys))
-                chunk, pending = pending[:room], pending[room:]
-                slot += 1
-                if not chunk:
-                    continue
-                for method, params in _add_calls(group.id, chunk):
+            for group, chunk in pack(self._groups, keys, self.controls_per_group):
+                for method, params in add_calls(group.id, chunk):
                     await self._request(conn, method, params)
                 group.keys.update(chunk)
                 placed.append((group, chunk))
@@ -370,12 +303,7 @@ class SubscriptionHub:
         except TimeoutError:
             raise CoreTimeout(self._owner.request_timeout) from None
         if resp.error is not None:
-            code = resp.error.get("code")
-            message = resp.error.get("message")
-            raise QrcError(
-                code if isinstance(code, int) and not isinstance(code, bool) else -32603,
-                str(message) if message is not None else None,
-            )
+            raise QrcError.from_error_object(resp.error)
         return resp.result
 
     async def _ensure_placed(self) -> UpstreamConnection:
@@ -393,8 +321,7 @@ class SubscriptionHub:
                     await self._request(conn, "ChangeGroup.Destroy", {"Id": group.id})
         self._compact = False
         self._unplace()
-        for k in [k for k, e in self.entries.items() if e.refs == 0]:
-            del self.entries[k]
+        self.cache.prune()
         for entry in self.entries.values():
             entry.initial = True
         try:
@@ -429,21 +356,7 @@ class SubscriptionHub:
 
     def apply(self, changes: list[Any], *, fetched: bool = False) -> None:
         """Take changes reported by the Core (a hub poll or a fetch) into the cache."""
-        for change in changes:
-            key = key_of(change)
-            entry = self.entries.get(key) if key is not None else None
-            if entry is None:
-                continue
-            state = state_of(change)
-            entry.stale = False
-            if entry.initial or fetched:
-                # a dump of current values: only a different value is a change
-                if not fetched:
-                    entry.initial = False
-                if entry.state == state:
-                    continue
-            entry.state = state
-            entry.version = self.version = next(self._versions)
+        self.cache.apply(changes, fetched=fetched)
 
     async def _poll_once(self) -> None:
         waiters, self._refresh_waiters = self._refresh_waiters, []
@@ -504,26 +417,3 @@ class SubscriptionHub:
 
     def _report(self) -> None:
         self._owner.hub_changed(self.core_group_count, 0)
-
-
-def _add_calls(group_id: str, keys: list[Key]) -> list[tuple[str, dict[str, Any]]]:
-    named = [n for c, n in keys if not c]
-    by_component: dict[str, list[str]] = {}
-    for component, name in keys:
-        if component:
-            by_component.setdefault(component, []).append(name)
-    calls: list[tuple[str, dict[str, Any]]] = []
-    for i in range(0, len(named), MAX_ITEMS):
-        calls.append(
-            ("ChangeGroup.AddControl", {"Id": group_id, "Controls": named[i : i + MAX_ITEMS]})
-        )
-    for component, names in by_component.items():
-        for i in range(0, len(names), MAX_ITEMS):
-            refs = [{"Name": n} for n in names[i : i + MAX_ITEMS]]
-            calls.append(
-                (
-                    "ChangeGroup.AddComponentControl",
-                    {"Id": group_id, "Component": {"Name": component, "Controls": refs}},
-                )
-            )
-    return calls

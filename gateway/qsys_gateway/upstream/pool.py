@@ -243,14 +243,7 @@ class UpstreamPool:
             if conn.host is not None:
                 self.host_standby(conn.host)
             raise CoreUnavailable("the Core unit is on standby", 1.0)
-        message = resp.error.get("message")
-        raise QrcError(
-            code
-            if isinstance(code, int) and not isinstance(code, bool)
-            else ErrorCode.SERVER_ERROR,
-            str(message) if message is not None else None,
-            resp.error.get("data"),
-        )
+        raise QrcError.from_error_object(resp.error)
 
     def pick(self) -> UpstreamConnection | None:
         """The up connection with fewest pending calls; ties go round-robin."""

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from . import jsonrpc
-from .errors import ErrorCode, QrcError
+from .errors import QrcError
 from .framing import FRAME_TOO_LARGE, FrameDecoder, encode_frame
 
 
@@ -130,10 +130,7 @@ class QrcClient:
         """Send one call; return its result or raise `QrcError` with the error it got."""
         resp = await self.request(method, params, timeout=timeout)
         if resp.error is not None:
-            code = resp.error.get("code", ErrorCode.SERVER_ERROR)
-            raise QrcError(
-                code if isinstance(code, int) else -32603, str(resp.error.get("message"))
-            )
+            raise QrcError.from_error_object(resp.error)
         return resp.result
 
     def _flush(self) -> None:

@@ -65,6 +65,22 @@ class QrcError(Exception):
         self.data = data
         super().__init__(f"{self.code}: {self.message}")
 
+    @classmethod
+    def from_error_object(cls, error: Any) -> QrcError:
+        """The error a JSON-RPC error object carries, whoever sent it: a code that is not
+        an integer becomes `SERVER_ERROR`, a missing message the code's default."""
+        if not isinstance(error, dict):
+            return cls(ErrorCode.SERVER_ERROR)
+        code = error.get("code")
+        message = error.get("message")
+        if not isinstance(code, int) or isinstance(code, bool):
+            code = ErrorCode.SERVER_ERROR
+        return cls(
+            code,
+            str(message) if message is not None else None,
+            error.get("data"),
+        )
+
     def to_error_object(self) -> dict[str, Any]:
         obj: dict[str, Any] = {"code": self.code, "message": self.message}
         if self.data is not None:
