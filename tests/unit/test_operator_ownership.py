@@ -18,6 +18,7 @@ import pytest
 import yaml
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
+from unit_support import secret_of
 
 from qsys_operator.derive import (
     CoreFindings,
@@ -197,23 +198,7 @@ class FakeKube:
 
     async def read_secret(self, namespace: str, name: str) -> client.V1Secret | None:
         obj = self.objects.get(("secrets", namespace, name))
-        if obj is None:
-            return None
-        meta = obj["metadata"]
-        refs = [
-            client.V1OwnerReference(
-                api_version=r["apiVersion"],
-                kind=r["kind"],
-                name=r["name"],
-                uid=r["uid"],
-                controller=r.get("controller"),
-            )
-            for r in meta.get("ownerReferences") or []
-        ]
-        return client.V1Secret(
-            metadata=client.V1ObjectMeta(name=name, owner_references=refs or None),
-            data=obj.get("data"),
-        )
+        return None if obj is None else secret_of(obj, namespace)
 
     async def create(self, manifest: Manifest) -> bool:
         namespace = manifest["metadata"].get("namespace", NS)

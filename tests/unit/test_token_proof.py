@@ -10,6 +10,7 @@ import copy
 from typing import Any
 
 from kubernetes import client
+from unit_support import secret_of
 
 from qsys_operator.api import AccessPolicy, QSysCore
 from qsys_operator.render import TOKEN_PROOF_ANNOTATION
@@ -62,29 +63,7 @@ class Secrets:
 
     async def read_secret(self, namespace: str, name: str) -> client.V1Secret | None:
         body = self.store.get(name)
-        if body is None:
-            return None
-        meta = body["metadata"]
-        refs = [
-            client.V1OwnerReference(
-                api_version=r["apiVersion"],
-                kind=r["kind"],
-                name=r["name"],
-                uid=r["uid"],
-                controller=r.get("controller"),
-            )
-            for r in meta.get("ownerReferences") or []
-        ]
-        return client.V1Secret(
-            metadata=client.V1ObjectMeta(
-                name=name,
-                namespace=namespace,
-                annotations=meta.get("annotations"),
-                owner_references=refs or None,
-                resource_version=meta["resourceVersion"],
-            ),
-            data=body.get("data"),
-        )
+        return None if body is None else secret_of(body, namespace)
 
     async def create(self, manifest: dict[str, Any]) -> bool:
         if manifest["metadata"]["name"] in self.store:

@@ -3,14 +3,12 @@ one Kubernetes floor stated by the chart, the README, the docs and the floor too
 
 from __future__ import annotations
 
-import importlib.util
 import re
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 import yaml
+from unit_support import hack_script
 
 import qsys_gateway
 import qsys_operator
@@ -19,18 +17,8 @@ from qsys_operator.settings import DEFAULT_GATEWAY_IMAGE
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _script(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"hack_{name}", REPO / "hack" / f"{name}.py")
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-version = _script("version")
-images = _script("images")
+version = hack_script("version")
+images = hack_script("images")
 
 
 def test_chart_images_and_package_share_one_semver() -> None:

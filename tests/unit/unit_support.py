@@ -1,0 +1,50 @@
+"""Helpers shared by unit tests: the hack/ scripts as modules, and a Secret as the
+Kubernetes client returns it, built from a stored manifest (for the fake API clients)."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from kubernetes import client
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def hack_script(name: str) -> ModuleType:
+    """hack/NAME.py imported as a module (hack/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(f"hack_{name}", REPO / "hack" / f"{name}.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def secret_of(body: dict[str, Any], namespace: str) -> client.V1Secret:
+    """The V1Secret read_namespaced_secret would return for the stored manifest body."""
+    meta = body["metadata"]
+    refs = [
+        client.V1OwnerReference(
+            api_version=r["apiVersion"],
+            kind=r["kind"],
+            name=r["name"],
+            uid=r["uid"],
+            controller=r.get("controller"),
+        )
+        for r in meta.get("ownerReferences") or []
+    ]
+    return client.V1Secret(
+        metadata=client.V1ObjectMeta(
+            name=meta["name"],
+            namespace=namespace,
+            annotations=meta.get("annotations"),
+            owner_references=refs or None,
+            resource_version=meta.get("resourceVersion"),
+        ),
+        data=body.get("data"),
+    )
