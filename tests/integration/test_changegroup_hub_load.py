@@ -50,6 +50,9 @@ async def test_busy_upstream_never_unseats_the_hub(make_gateway: GatewayFactory)
 
         def unlimited(config: dict[str, Any]) -> None:
             config["limits"]["rate"] = {"requestsPerSecond": 100000, "burst": 100000}
+            # One subject may fill the connection's pending slots (the per-subject share
+            # would otherwise hold its calls back before the slots are full).
+            config["limits"]["maxPendingCoreCallsPerSubject"] = 512
 
         gw = await asyncio.to_thread(make_gateway, sim.port, unlimited)
         watcher = await logged_on(gw.qrc_port)

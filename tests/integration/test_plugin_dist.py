@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from qsys_testkit.checkout import pinned_tool
 pytestmark = pytest.mark.tools("krew", "kube")
 
 REPO = Path(__file__).resolve().parents[2]
-VERSION = "0.1.0"
+VERSION = tomllib.loads((REPO / "pyproject.toml").read_text("utf-8"))["project"]["version"]
 COMMANDS = "{status,token,can-i,call,audit}"
 INSTALL_TIMEOUT_S = 600
 

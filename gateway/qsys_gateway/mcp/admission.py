@@ -129,6 +129,7 @@ class McpAdmission:
                 reason="design look-up",
                 outcome=outcome,
                 duration_ms=(time.perf_counter() - started) * 1000,
+                token=self._admission.token_kind(mc.caller),
             )
         self.count(mc, method, outcome)
 
