@@ -133,7 +133,7 @@ def previous_images(tree: Path) -> dict[str, str]:
     assert refs["operator"].endswith(f":{PREVIOUS['VERSION']}"), refs
     # The working tree's images again, whatever the node's store went through before
     # this test (CI once found the simulator's reference gone at this point).
-    current = [sys.executable, str(REPO / "hack" / "images.py"), "paths"]
+    current: list[str | Path] = [sys.executable, REPO / "hack" / "images.py", "paths"]
     for tarball in _run(current, timeout=60, cwd=REPO).split():
         _run([*ctr, "images", "import", tarball], timeout=120)
     return refs
