@@ -8,8 +8,9 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -99,3 +100,26 @@ def image_names() -> dict[str, str]:
         cwd=REPO,
     ).stdout.split()
     return {ref.rsplit("/", 1)[-1].split(":", 1)[0]: ref for ref in out}
+
+
+def run_checked(args: Sequence[str | Path], timeout: float = 60, **kwargs: Any) -> str:
+    """stdout of a command that must succeed; on failure the test fails with its exit code
+    and the ends of its stdout and stderr (no traceback: the command is what failed)."""
+    import pytest
+
+    result = subprocess.run(  # noqa: S603 - the caller's fixed argv
+        [str(a) for a in args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        **kwargs,
+    )
+    if result.returncode != 0:
+        pytest.fail(
+            f"{' '.join(str(a) for a in args)} exited {result.returncode}:\n"
+            f"{result.stdout[-3000:]}\n{result.stderr[-4000:]}",
+            pytrace=False,
+        )
+    out: str = result.stdout
+    return out

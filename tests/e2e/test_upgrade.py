@@ -51,6 +51,7 @@ from node_support import (
 )
 from operator_support import wait_condition
 
+from qsys_testkit.checkout import run_checked
 from qsys_testkit.kube import apply_crds, secret_text
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("real_node")]
@@ -70,22 +71,7 @@ CALL_INTERVAL_S = 0.2  # 5 calls/s: inside the policy's rate limit
 
 
 def _run(args: list[str | Path], timeout: float, **kwargs: Any) -> str:
-    result = subprocess.run(
-        [str(a) for a in args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-        **kwargs,
-    )
-    if result.returncode != 0:
-        pytest.fail(
-            f"{' '.join(map(str, args))} exited {result.returncode}:\n"
-            f"{result.stdout[-2000:]}\n{result.stderr[-4000:]}",
-            pytrace=False,
-        )
-    out: str = result.stdout
-    return out
+    return run_checked(args, timeout, **kwargs)
 
 
 def previous_tree() -> Path:

@@ -6,7 +6,6 @@ A missing tool fails the test with the command that builds it; never a skip.
 from __future__ import annotations
 
 import shutil
-import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -14,7 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
-from qsys_testkit.checkout import pinned_tool
+from qsys_testkit.checkout import pinned_tool, run_checked
 
 tool = pinned_tool
 
@@ -37,21 +36,7 @@ def system_tool(name: str) -> Path:
 
 def run(args: Sequence[str | Path], timeout: float = 60, **kwargs: Any) -> str:
     """stdout of a command that must succeed; its stderr in the failure message otherwise."""
-    result = subprocess.run(
-        [str(a) for a in args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-        **kwargs,
-    )
-    if result.returncode != 0:
-        pytest.fail(
-            f"{' '.join(str(a) for a in args)} exited {result.returncode}:\n"
-            f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
-        )
-    out: str = result.stdout
-    return out
+    return run_checked(args, timeout, **kwargs)
 
 
 def helm_template_args(
