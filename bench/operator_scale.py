@@ -4,7 +4,7 @@ applied at once.
 Measured: the time from the first create until every QSysCore is Ready and every child
 exists (Deployment, Service, config Secret, NetworkPolicy per core; a generated token
 Secret per policy), reconciles per second over that time (from the operator's
-qsys_operator_reconcile_total), and the operator's peak RSS (VmHWM). Targets of issue 5:
+qsys_operator_reconcile_total), and the operator's peak RSS (VmHWM). Targets:
 all Ready within 60 s, RSS under 150 MiB.
 
 The cluster is $KUBECONFIG when set, else the local control plane of hack/cluster

@@ -288,7 +288,7 @@ class Admission(Identity):
         label: str,
         started: float,
     ) -> dict[str, Any] | None:
-        """A connection keeps its one subject for life (issue 11 #1): `true` when the
+        """A connection keeps its one subject for life: `true` when the
         Logon names that subject with its token, refused otherwise; either way nothing
         changes (no new session, no throttle count) and nothing tells whether other
         credentials would have been valid."""

@@ -156,7 +156,7 @@ class Records:
 
     def check_batch(self, caller: Caller, calls: Sequence[Any], request_id: str) -> Refusal | None:
         """One batch limit for every transport (`limits.maxBatchCalls`): a bigger batch is
-        refused whole, with one audit line counting its calls (issue 11 #5)."""
+        refused whole, with one audit line counting its calls."""
         limit = self.rt.config.limits.maxBatchCalls
         if len(calls) <= limit:
             return None

@@ -1,4 +1,4 @@
-"""ServiceAccount subjects on real pods (issue 16): the chart-installed operator (its
+"""ServiceAccount subjects on real pods: the chart-installed operator (its
 image, its RBAC), the Core simulator pod, gateway pods started by the kubelet, and
 client pods that present their projected ServiceAccount token to the gateway Service.
 

@@ -1,4 +1,4 @@
-"""Attacks on the real gateway process (issue 11): each test fails on a gateway without
+"""Attacks on the real gateway process: each test fails on a gateway without
 the matching bound. Loopback only; counts and times are bounded."""
 
 from __future__ import annotations

@@ -88,7 +88,7 @@ async def test_max_clients_enforced(module_sim_port: int, make_gateway: GatewayF
         first = await http.ws_connect(gw.ws_url, headers=headers)
         qrc = [await QrcClient.connect("127.0.0.1", gw.qrc_port) for _ in range(2)]
         try:
-            for c in qrc:  # maxClients counts clients that logged on (issue 11 #3)
+            for c in qrc:  # maxClients counts clients that logged on
                 await c.call("Logon", {"User": "panel", "Password": PANEL_TOKEN})
             await asyncio.sleep(0.3)
             assert gw.metric("qsys_gateway_clients") == 3

@@ -1,4 +1,4 @@
-"""`listen.qrcOnCoreLoss` (issue 13): what raw QRC clients see while the Core is away,
+"""`listen.qrcOnCoreLoss`: what raw QRC clients see while the Core is away,
 with a real simulator stopped and started again on the same port."""
 
 from __future__ import annotations

@@ -139,7 +139,7 @@ def test_defaults_present() -> None:
         "requestTimeoutSeconds": 5,
         "requestsPerSecond": 20,
         "storage": "memory",
-        # bounds against abuse (issue 11, docs/security.md), passed to the gateway as is
+        # bounds against abuse (docs/security.md), passed to the gateway as is
         "maxHttpConnections": 4096,
         "maxPendingConnectionsPerSource": 64,
         "headerTimeoutSeconds": 10,

@@ -161,7 +161,7 @@ def test_result_models_accept_core_shapes_and_reject_wrong_ones() -> None:
     assert poll.Changes[0].Component == "C"
 
 
-# ---- invisible characters in names (issue 11) ------------------------------------------
+# ---- invisible characters in names ------------------------------------------
 
 
 def _invisible_code_points() -> list[str]:

@@ -1,4 +1,4 @@
-"""ServiceAccount subjects (issue 16): the API model and its CEL twin, the gateway config
+"""ServiceAccount subjects: the API model and its CEL twin, the gateway config
 (`serviceAccount` user names, `tokenReview.audience`), and the gateway's own identity
 (ServiceAccount, TokenReview ClusterRoleBinding, token mount, API server egress), which
 exists only while some bound subject is a ServiceAccount."""

@@ -158,7 +158,7 @@ class UpstreamSession:
 
         It wakes at most every MIN_AUTOPOLL_SECONDS and, when the hub has nothing new
         since its last pass, does nothing else: the cost does not grow with the number
-        of groups (issue 11 #8)."""
+        of groups."""
         hub = self._upstream.hub
         loop = asyncio.get_running_loop()
         seen = -1
