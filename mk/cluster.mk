@@ -7,9 +7,9 @@
 # (tests/conftest.py). The real node's groups come last: only the tests that request
 # the `real_node` fixture wait for them; every other e2e test waits for the rest.
 NODE_TOOL_GROUPS ?= node metrics-server coredns kube-router
-# Only the real-node tests (registry, cosign) and the floor run (kube-floor) need these,
-# so the other e2e tests do not wait for them either.
-LATE_TOOL_GROUPS ?= registry cosign kube-floor
+# Only the real-node tests (registry, cosign, kstatus, argocd) and the floor run
+# (kube-floor) need these, so the other e2e tests do not wait for them either.
+LATE_TOOL_GROUPS ?= registry cosign kstatus argocd kube-floor
 TOOL_GROUPS ?= helm promtool krew kube prometheus prometheus-operator otelcol $(NODE_TOOL_GROUPS) $(LATE_TOOL_GROUPS)
 # What the local cluster with its real node and the chart need (`make cluster-up`, `make demo`).
 CLUSTER_TOOL_GROUPS ?= kube helm $(NODE_TOOL_GROUPS)

@@ -1,5 +1,5 @@
 -- Argo CD health check for qsys.dev/AccessPolicy (resource.customizations.health.qsys.dev_AccessPolicy).
--- Built on status.observedGeneration and the Ready and Bound conditions.
+-- Built on status.observedGeneration and the Ready, Stalled and Bound conditions.
 local hs = {}
 
 local function condition(ctype)
@@ -38,6 +38,13 @@ local ready = condition("Ready")
 if ready == nil then
   hs.status = "Progressing"
   hs.message = "Waiting for the Ready condition"
+  return hs
+end
+
+local stalled = condition("Stalled")
+if stalled ~= nil and stalled.status == "True" then
+  hs.status = "Degraded"
+  hs.message = text(stalled)
   return hs
 end
 

@@ -1,5 +1,6 @@
 -- Argo CD health check for qsys.dev/QSysCore (resource.customizations.health.qsys.dev_QSysCore).
--- Built on status.observedGeneration and the Ready, GatewayAvailable and CoreConnected conditions.
+-- Built on status.observedGeneration and the Ready, Stalled, Reconciling, GatewayAvailable and
+-- CoreConnected conditions.
 local hs = {}
 
 local function condition(ctype)
@@ -38,6 +39,22 @@ local ready = condition("Ready")
 if ready == nil then
   hs.status = "Progressing"
   hs.message = "Waiting for the Ready condition"
+  return hs
+end
+
+-- kstatus conditions: Stalled needs a human, Reconciling is a gateway rollout under way
+-- (Ready may stay True meanwhile: the old pods still serve).
+local stalled = condition("Stalled")
+if stalled ~= nil and stalled.status == "True" then
+  hs.status = "Degraded"
+  hs.message = text(stalled)
+  return hs
+end
+
+local reconciling = condition("Reconciling")
+if reconciling ~= nil and reconciling.status == "True" then
+  hs.status = "Progressing"
+  hs.message = text(reconciling)
   return hs
 end
 

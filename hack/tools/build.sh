@@ -12,12 +12,16 @@
 # `go mod tidy`, or from `go build -tags TAGS -mod=mod` when tidy cannot resolve
 # the untagged build), build.env with VERSION, BINARIES, LDFLAGS and optional
 # TAGS (Go build tags) and add it to TOOL_GROUPS in mk/cluster.mk.
+# PATCHES (optional, for what upstream offers no flag for): entries
+# "MODULE|FILE|SED-EXPRESSION"; the build compiles FILE of the pinned MODULE as the
+# expression edits it (go build -overlay, the module cache stays untouched). A patch
+# that no longer changes its file fails the build.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 cache=${QSYS_TOOLS_CACHE:-$HOME/.cache/qsys-operator}
 
 load() {
-	VERSION='' LDFLAGS='' TAGS='' BINARIES=()
+	VERSION='' LDFLAGS='' TAGS='' BINARIES=() PATCHES=()
 	# shellcheck source=/dev/null
 	source "$here/$1/build.env"
 }
@@ -43,8 +47,29 @@ default_name() {
 	echo "$last"
 }
 
+# Writes the patched files and overlay.json into $2; prints the go build flag.
+overlay() {
+	local group=$1 dir=$2 entry module file expr src dst sep='' json='{"Replace":{'
+	((${#PATCHES[@]})) || return 0
+	for entry in "${PATCHES[@]}"; do
+		IFS='|' read -r module file expr <<<"$entry"
+		src=$(cd "$here/$group" && go mod download "$module" && go list -m -f '{{.Dir}}' "$module")/$file
+		dst=$dir/$file
+		mkdir -p "$(dirname "$dst")"
+		sed "$expr" "$src" >"$dst"
+		if cmp -s "$src" "$dst"; then
+			echo "tools: the patch '$expr' no longer changes $module/$file" >&2
+			return 1
+		fi
+		json+="$sep\"$src\":\"$dst\""
+		sep=,
+	done
+	echo "$json}}" >"$dir/overlay.json"
+	echo "-overlay=$dir/overlay.json"
+}
+
 build() {
-	local group=$1 out pkgs=() entry name pkg start
+	local group=$1 out pkgs=() entry name pkg start flags
 	load "$group"
 	out=$(bin_dir "$group")
 	if [[ -f $out/.complete ]]; then return 0; fi
@@ -54,14 +79,17 @@ build() {
 	# RETURN after a build, EXIT when set -e ends it.
 	trap 'rm -rf "${tmp:-}"' RETURN EXIT
 	start=$(date +%s)
+	flags=$(overlay "$group" "$tmp/overlay")
 	echo "tools: building $group $VERSION into ${out%/bin} (cold builds take minutes)" >&2
+	# shellcheck disable=SC2086 # $flags: nothing or one -overlay flag
 	(cd "$here/$group" &&
 		CGO_ENABLED=0 GOFLAGS="-trimpath -buildvcs=false -mod=readonly" \
-			go build -tags="$TAGS" -gcflags=all=-dwarf=false -ldflags="-s -w $LDFLAGS" -o "$tmp/" "${pkgs[@]}")
+			go build $flags -tags="$TAGS" -gcflags=all=-dwarf=false -ldflags="-s -w $LDFLAGS" -o "$tmp/" "${pkgs[@]}")
 	for entry in "${BINARIES[@]}"; do
 		name=${entry%%=*} pkg=${entry#*=}
 		[[ $(default_name "$pkg") == "$name" ]] || mv "$tmp/$(default_name "$pkg")" "$tmp/$name"
 	done
+	rm -rf "$tmp/overlay"
 	touch "$tmp/.complete"
 	mkdir -p "${out%/bin}"
 	rm -rf "$out"

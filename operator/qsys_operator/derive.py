@@ -30,6 +30,8 @@ class Replicas:
 
     available: int | None
     ready: int = 0
+    rolling_out: str | None = None
+    """What a rollout of the Deployment still waits for; None when it is complete."""
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,24 @@ class CoreFindings:
     """Objects of the children's names that are not the core's (nothing was applied)."""
 
 
+def rollout_progress(
+    generation: int | None,
+    observed: int | None,
+    wanted: int,
+    replicas: int | None,
+    updated: int | None,
+) -> str | None:
+    """What a Deployment's rollout still waits for, as `kubectl rollout status` judges it
+    (availability aside: GatewayAvailable says that); None when it is complete."""
+    if generation is not None and (observed or 0) < generation:
+        return "the Deployment controller has not observed the new gateway spec yet"
+    if (updated or 0) < wanted:
+        return f"{updated or 0} of {wanted} gateway replicas updated"
+    if (replicas or 0) > (updated or 0):
+        return f"{(replicas or 0) - (updated or 0)} old gateway replica(s) pending termination"
+    return None
+
+
 def gateway_condition(name: str, replicas: Replicas, wanted: int) -> Cond:
     if replicas.available is None:
         return Cond("GatewayAvailable", "False", "DeploymentMissing", f"{name} not found")
@@ -76,6 +96,36 @@ def secrets_condition(found: CoreFindings) -> Cond:
     if found.secret_problem:
         return Cond("SecretsAccepted", "False", "SecretNotAccepted", found.secret_problem)
     return Cond("SecretsAccepted", "True", "Accepted", "every Secret the core uses is allowed")
+
+
+STALLED_CORE_REASONS = frozenset(
+    {
+        "InvalidSpec",
+        "ApplyRejected",
+        "ImageNotAllowed",
+        "SecretNotAccepted",
+        "NameConflict",
+        "CoreLimitExceeded",
+    }
+)
+"""Ready=False reasons of a QSysCore that no retry resolves: someone must change a spec,
+a Secret or the platform's settings."""
+STALLED_POLICY_REASONS = frozenset({"TokenProblem", "SubjectConflict", "NotRendered"})
+"""The same for an AccessPolicy. CoreNotFound is not among them: a QSysCore synced
+in the same pass appears a moment later."""
+
+
+def kstatus_conditions(
+    ready: Cond, stalled_reasons: frozenset[str], rolling_out: str | None = None
+) -> list[Cond]:
+    """The kstatus "abnormal-true" conditions beside Ready, present only while True:
+    Stalled (kstatus Failed) for a problem that needs a human, Reconciling (InProgress)
+    while the gateway rolls out. Flux health checks, `kubectl wait` and cli-utils read them."""
+    if ready.status == "False" and ready.reason in stalled_reasons:
+        return [Cond("Stalled", "True", ready.reason, ready.message)]
+    if rolling_out:
+        return [Cond("Reconciling", "True", "GatewayRollingOut", rolling_out)]
+    return []
 
 
 def ready_condition(found: CoreFindings, gateway: Cond) -> Cond:
@@ -97,8 +147,17 @@ def ready_condition(found: CoreFindings, gateway: Cond) -> Cond:
     return Cond("Ready", "True", "Ready", "gateway available and connected to the Core" + note)
 
 
+KSTATUS_TYPES = frozenset({"Stalled", "Reconciling"})
+
+
 def _events(transitions: Sequence[Any]) -> list[Event]:
-    return [(event_type(t), t.new.reason, event_message(t)) for t in transitions]
+    """Ready and the other conditions announce a change; Stalled and Reconciling repeat
+    Ready's reason or follow a rollout, so they post no Event of their own."""
+    return [
+        (event_type(t), t.new.reason, event_message(t))
+        for t in transitions
+        if t.type not in KSTATUS_TYPES
+    ]
 
 
 def core_status(
@@ -128,7 +187,13 @@ def core_status(
     ready = ready_condition(found, gw_cond)
     conds, transitions = merge_conditions(
         old.get("conditions") or [],
-        [ready, gw_cond, found.connected, secrets_condition(found)],
+        [
+            ready,
+            gw_cond,
+            found.connected,
+            secrets_condition(found),
+            *kstatus_conditions(ready, STALLED_CORE_REASONS, found.replicas.rolling_out),
+        ],
         generation,
         stamp,
     )
@@ -166,13 +231,16 @@ def invalid_core_status(
     generation: int | None, old: Mapping[str, Any], problem: str, stamp: str
 ) -> StatusUpdate:
     """A QSysCore the models refuse (the CRD schema should have): say what to fix."""
+    ready = Cond("Ready", "False", "InvalidSpec", f"fix the spec: {problem}")
     conds, transitions = merge_conditions(
         old.get("conditions") or [],
-        [Cond("Ready", "False", "InvalidSpec", f"fix the spec: {problem}")],
+        [ready, *kstatus_conditions(ready, STALLED_CORE_REASONS)],
         generation,
         stamp,
     )
-    return StatusUpdate({"conditions": conds}, _events(transitions))
+    return StatusUpdate(
+        {"observedGeneration": generation, "conditions": conds}, _events(transitions)
+    )
 
 
 def core_limit_problem(
@@ -197,9 +265,10 @@ def limited_core_status(
     generation: int | None, old: Mapping[str, Any], problem: str, stamp: str
 ) -> StatusUpdate:
     """A QSysCore beyond its namespace's core limit: observed, not rendered."""
+    ready = Cond("Ready", "False", "CoreLimitExceeded", problem)
     conds, transitions = merge_conditions(
         old.get("conditions") or [],
-        [Cond("Ready", "False", "CoreLimitExceeded", problem)],
+        [ready, *kstatus_conditions(ready, STALLED_CORE_REASONS)],
         generation,
         stamp,
     )
@@ -264,7 +333,10 @@ def policy_status(
     else:
         ready = Cond("Ready", "True", "Rendered", f"{found.subjects} subject(s) active")
     conds, transitions = merge_conditions(
-        old.get("conditions") or [], [ready, bound], generation, stamp
+        old.get("conditions") or [],
+        [ready, bound, *kstatus_conditions(ready, STALLED_POLICY_REASONS)],
+        generation,
+        stamp,
     )
     status = {
         "observedGeneration": generation,

@@ -36,6 +36,7 @@ from .derive import (
     invalid_core_status,
     limited_core_status,
     policy_status,
+    rollout_progress,
 )
 from .images import image_problem as image_problem_of
 from .k8s import Kube, api_message, is_permanent, now, owner_metadata
@@ -504,9 +505,19 @@ class Reconciler:
         if deployment is None:
             return Replicas(None)
         status = deployment.status
+        spec = deployment.spec
+        rolling_out = rollout_progress(
+            deployment.metadata.generation if deployment.metadata else None,
+            status.observed_generation if status else None,
+            spec.replicas if spec and spec.replicas is not None else 1,
+            status.replicas if status else None,
+            status.updated_replicas if status else None,
+        )
         if status is None:
-            return Replicas(0)
-        return Replicas(status.available_replicas or 0, status.ready_replicas or 0)
+            return Replicas(0, rolling_out=rolling_out)
+        return Replicas(
+            status.available_replicas or 0, status.ready_replicas or 0, rolling_out=rolling_out
+        )
 
     async def _probe(self, core: QSysCore) -> CoreView:
         if self._session is None:

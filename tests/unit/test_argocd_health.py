@@ -166,6 +166,33 @@ CORE_CASES = [
         "ImageNotAllowed: evil.example/gw:1",
     ),
     ("status without conditions", {"observedGeneration": 2}, 2, "Progressing", "Ready condition"),
+    (
+        "rollout under way, old pods still serving",
+        {
+            "observedGeneration": 2,
+            "conditions": [
+                cond("Ready", "True", "Ready", "gateway available and connected to the Core"),
+                cond("GatewayAvailable", "True", "ReplicasAvailable", "2/2 available"),
+                cond("Reconciling", "True", "GatewayRollingOut", "1 of 2 gateway replicas updated"),
+            ],
+        },
+        2,
+        "Progressing",
+        "GatewayRollingOut: 1 of 2 gateway replicas updated",
+    ),
+    (
+        "stalled on a Secret",
+        {
+            "observedGeneration": 2,
+            "conditions": [
+                cond("Ready", "False", "SecretNotAccepted", "Secret creds cannot be used"),
+                cond("Stalled", "True", "SecretNotAccepted", "Secret creds cannot be used"),
+            ],
+        },
+        2,
+        "Degraded",
+        "SecretNotAccepted: Secret creds cannot be used",
+    ),
 ]
 
 POLICY_CASES = [
@@ -216,6 +243,20 @@ POLICY_CASES = [
         2,
         "Degraded",
         "SubjectConflict: subject panel left out",
+    ),
+    (
+        "stalled on a token Secret",
+        {
+            "observedGeneration": 2,
+            "conditions": [
+                cond("Ready", "False", "TokenProblem", "subject panel: Secret p not found"),
+                cond("Bound", "True", "CoreFound", "bound to QSysCore hall"),
+                cond("Stalled", "True", "TokenProblem", "subject panel: Secret p not found"),
+            ],
+        },
+        2,
+        "Degraded",
+        "TokenProblem: subject panel: Secret p not found",
     ),
     (
         "ready unknown",
@@ -271,3 +312,10 @@ def test_gitops_doc_carries_the_tested_scripts(script: str) -> None:
     body = (SCRIPTS / script).read_text("utf-8")
     indented = "\n".join(("    " + line) if line else "" for line in body.splitlines())
     assert indented in doc, f"docs/gitops.md does not carry docs/argocd/{script} verbatim"
+
+
+def test_gitops_doc_carries_the_tested_applications() -> None:
+    """The Applications of docs/gitops.md are the file tests/e2e/test_gitops.py applies."""
+    doc = GITOPS.read_text("utf-8")
+    body = (SCRIPTS / "applications.yaml").read_text("utf-8")
+    assert f"```yaml\n{body}```" in doc, "docs/gitops.md does not carry applications.yaml"

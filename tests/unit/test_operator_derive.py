@@ -15,6 +15,7 @@ from qsys_operator.derive import (
     invalid_core_status,
     policy_status,
     ready_condition,
+    rollout_progress,
 )
 from qsys_operator.render import SubjectConflict
 from qsys_operator.status import Cond
@@ -184,7 +185,13 @@ def test_service_monitor_skipped_event_once() -> None:
 def test_invalid_core() -> None:
     update = invalid_core_status(7, {}, "core.host: bad", T0)
     assert update.status is not None
-    [ready] = update.status["conditions"]
+    assert update.status["observedGeneration"] == 7
+    [ready, stalled] = update.status["conditions"]
+    assert (stalled["type"], stalled["status"], stalled["reason"]) == (
+        "Stalled",
+        "True",
+        "InvalidSpec",
+    )
     assert (ready["status"], ready["reason"], ready["observedGeneration"]) == (
         "False",
         "InvalidSpec",
@@ -290,3 +297,64 @@ def test_policy_status_names_service_account_subjects_and_drops_changed_ones() -
     assert back.status is not None
     assert back.status["serviceAccounts"] == {"b": None}
     assert back.status["tokenSecrets"] == {"a": "ops-a-token", "b": "ops-b-token"}
+
+
+def test_secret_problem_is_stalled_and_ready_ones_carry_no_kstatus_conditions() -> None:
+    """kstatus: Stalled=True (Failed) for what needs a human; Reconciling and Stalled are
+    absent when not True; neither posts an Event of its own."""
+    bad = core_status(2, 2, {}, findings(secret_problem="Secret db cannot be used"), T0)
+    assert bad.status is not None
+    assert conds(bad.status)["Stalled"] == ("True", "SecretNotAccepted")
+    assert "Reconciling" not in conds(bad.status)
+    assert all(not m.startswith("Stalled") for _, _, m in bad.events)
+    fixed = core_status(2, 2, bad.status, findings(), T1)
+    assert fixed.status is not None
+    assert set(conds(fixed.status)) == {
+        "Ready",
+        "GatewayAvailable",
+        "CoreConnected",
+        "SecretsAccepted",
+    }
+
+
+def test_a_rollout_is_reconciling_while_ready_stays_true() -> None:
+    rolling = Replicas(2, 2, rolling_out="1 of 2 gateway replicas updated")
+    update = core_status(3, 2, {}, findings(replicas=rolling), T0)
+    assert update.status is not None
+    assert conds(update.status)["Ready"] == ("True", "Ready")
+    assert conds(update.status)["Reconciling"] == ("True", "GatewayRollingOut")
+    assert all(r != "GatewayRollingOut" for _, r, _ in update.events)
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        ((3, 2, 2, 2, 2), "the Deployment controller has not observed the new gateway spec yet"),
+        ((3, 3, 2, 3, 1), "1 of 2 gateway replicas updated"),
+        ((3, 3, 2, 3, 2), "1 old gateway replica(s) pending termination"),
+        ((3, 3, 2, 2, 2), None),
+        ((3, 3, 0, None, None), None),
+    ],
+)
+def test_rollout_progress(
+    args: tuple[int, int, int, int | None, int | None], expected: str | None
+) -> None:
+    assert rollout_progress(*args) == expected
+
+
+@pytest.mark.parametrize(
+    ("kw", "stalled"),
+    [
+        ({"token_problems": {"a": "Secret x not found"}}, "TokenProblem"),
+        ({"not_rendered": "QSysCore hall is not rendered"}, "NotRendered"),
+        ({"bound_core": None}, None),
+        ({}, None),
+    ],
+)
+def test_policy_stalled_only_for_what_needs_a_change(
+    kw: dict[str, Any], stalled: str | None
+) -> None:
+    update = policy_status("ops", 1, {}, pfound(**kw), T0)
+    assert update.status is not None
+    got = conds(update.status).get("Stalled")
+    assert got == (("True", stalled) if stalled else None)

@@ -117,8 +117,9 @@ def test_core_limit_keeps_the_oldest_cores() -> None:
     update = limited_core_status(3, {}, problem, "2024-01-05T00:00:00Z")
     assert update.status is not None
     assert update.status["observedGeneration"] == 3
-    (ready,) = update.status["conditions"]
+    ready, stalled = update.status["conditions"]
     assert (ready["status"], ready["reason"]) == ("False", "CoreLimitExceeded")
+    assert (stalled["type"], stalled["status"]) == ("Stalled", "True")
     assert update.events
     assert update.events[0][1] == "CoreLimitExceeded"
     again = limited_core_status(3, update.status, problem, "2024-01-06T00:00:00Z")

@@ -1,0 +1,395 @@
+"""Argo CD on the host against the test cluster, as the Prometheus Operator runs: the pinned
+application controller and repo server (hack/tools/argocd) with a redis-server, all on
+loopback; its CRDs from the same module; a git repository (smart HTTP through
+`git http-backend`) and a Helm chart repository served by one loopback HTTP server in
+this process. Everything is stopped on the way out, whether the test passed or not."""
+
+from __future__ import annotations
+
+import contextlib
+import http.server
+import os
+import secrets
+import shutil
+import subprocess
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, cast
+
+from kube_support import REPO, Cluster, pinned_tool, tool_dir, wait_for
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from qsys_testkit import LOOPBACK, RedisProcess, free_port, stop_process, wait_for_port
+from qsys_testkit.checkout import run_checked
+
+ARGOCD_TOOLS = REPO / "hack" / "tools" / "argocd"
+ARGO_NS = "argocd"
+ARGO_GROUP, ARGO_VERSION = "argoproj.io", "v1alpha1"
+COMPONENTS = ("argocd-application-controller", "argocd-repo-server")
+GIT_ENV = {
+    "GIT_AUTHOR_NAME": "qsys e2e",
+    "GIT_AUTHOR_EMAIL": "e2e@qsys.invalid",
+    "GIT_COMMITTER_NAME": "qsys e2e",
+    "GIT_COMMITTER_EMAIL": "e2e@qsys.invalid",
+    "GIT_CONFIG_NOSYSTEM": "1",
+}
+
+
+def argocd_crds() -> list[Path]:
+    """The Application and AppProject CRDs of the pinned Argo CD module."""
+    out = run_checked(
+        ["go", "list", "-m", "-f", "{{.Dir}}", "github.com/argoproj/argo-cd/v3"],
+        cwd=ARGOCD_TOOLS,
+        timeout=120,
+    )
+    crds = Path(out.strip()) / "manifests" / "crds"
+    return [crds / "application-crd.yaml", crds / "appproject-crd.yaml"]
+
+
+def kubectl(cluster: Cluster, *args: str, timeout: float = 120) -> str:
+    return run_checked(
+        [tool_dir("kube") / "kubectl", f"--kubeconfig={cluster.kubeconfig}", *args],
+        timeout=timeout,
+    )
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    """/git/...: `git http-backend` as CGI (the smart HTTP protocol Argo CD's go-git
+    needs); /charts/...: the static files of a Helm repository."""
+
+    git_root: Path
+    charts: Path
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        if self.path.startswith("/git/"):
+            self._git()
+        elif self.path.startswith("/charts/"):
+            self._static()
+        else:
+            self.send_error(404)
+
+    def do_POST(self) -> None:
+        if self.path.startswith("/git/"):
+            self._git()
+        else:
+            self.send_error(404)
+
+    def _body(self) -> bytes:
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            data = b""
+            while size := int(self.rfile.readline().strip() or b"0", 16):
+                data += self.rfile.read(size)
+                self.rfile.readline()
+            self.rfile.readline()
+            return data
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length else b""
+
+    def _git(self) -> None:
+        path, _, query = self.path.removeprefix("/git").partition("?")
+        env = {
+            "PATH": os.environ["PATH"],
+            "GIT_PROJECT_ROOT": str(self.git_root),
+            "GIT_HTTP_EXPORT_ALL": "1",
+            "PATH_INFO": path,
+            "QUERY_STRING": query,
+            "REQUEST_METHOD": self.command,
+            "CONTENT_TYPE": self.headers.get("Content-Type", ""),
+            "HTTP_CONTENT_ENCODING": self.headers.get("Content-Encoding", ""),
+            "GIT_PROTOCOL": self.headers.get("Git-Protocol", ""),
+            "REMOTE_ADDR": LOOPBACK,
+        }
+        result = subprocess.run(
+            ["git", "http-backend"],
+            input=self._body(),
+            env=env,
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
+        out = result.stdout
+        split = out.find(b"\r\n\r\n")
+        head, body = (out[:split], out[split + 4 :]) if split >= 0 else out.split(b"\n\n", 1)
+        status, headers = 200, []
+        for line in head.decode("latin-1").splitlines():
+            name, _, value = line.partition(":")
+            if name.lower() == "status":
+                status = int(value.split()[0])
+            elif name:
+                headers.append((name, value.strip()))
+        self.send_response(status)
+        for name, value in headers:
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _static(self) -> None:
+        name = self.path.removeprefix("/charts/").split("?", 1)[0]
+        path = self.charts / name
+        if "/" in name or not path.is_file():
+            self.send_error(404)
+            return
+        data = path.read_bytes()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+@dataclass
+class Repos:
+    """The git repository `sites` (a work tree that commits and pushes to the served bare
+    repository) and the Helm repository holding the working tree's chart."""
+
+    work: Path
+    git_url: str
+    chart_url: str
+    chart_version: str
+
+    def git(self, *args: str) -> str:
+        return run_checked(["git", "-C", self.work, *args], env={**os.environ, **GIT_ENV})
+
+    def commit(self, files: dict[str, str], message: str) -> str:
+        """Write files (path -> text; "" deletes), commit and push: the new revision."""
+        for name, text in files.items():
+            path = self.work / name
+            if text:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(text, "utf-8")
+            else:
+                path.unlink(missing_ok=True)
+        self.git("add", "-A")
+        self.git("commit", "-q", "-m", message)
+        self.git("push", "-q", "origin", "HEAD:main")
+        return self.git("rev-parse", "HEAD").strip()
+
+
+@contextlib.contextmanager
+def served_repos(directory: Path, chart: Path) -> Iterator[Repos]:
+    """The loopback HTTP server with a fresh git repository and the chart packaged into a
+    Helm repository; shut down afterwards."""
+    git_root = directory / "git"
+    bare = git_root / "sites.git"
+    run_checked(["git", "init", "-q", "--bare", "-b", "main", bare])
+    work = directory / "sites"
+    run_checked(["git", "init", "-q", "-b", "main", work])
+    run_checked(["git", "-C", work, "remote", "add", "origin", bare])
+    charts = directory / "charts"
+    charts.mkdir()
+    helm = tool_dir("helm") / "helm"
+    env = {**os.environ, "HOME": str(directory), "HELM_CACHE_HOME": str(directory / "helm")}
+    run_checked([helm, "package", chart, "-d", charts], env=env)
+    handler = type("Handler", (_Handler,), {"git_root": git_root, "charts": charts})
+    server = http.server.ThreadingHTTPServer((LOOPBACK, free_port()), handler)
+    port = server.server_address[1]
+    base = f"http://{LOOPBACK}:{port}"
+    run_checked([helm, "repo", "index", charts, "--url", f"{base}/charts"], env=env)
+    (tgz,) = charts.glob("*.tgz")
+    version = tgz.name.removesuffix(".tgz").rsplit("-", 1)[1]
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield Repos(work, f"{base}/git/sites.git", f"{base}/charts", version)
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+
+
+@dataclass
+class ArgoCD:
+    cluster: Cluster
+    logs: Path
+
+    def custom(self) -> client.CustomObjectsApi:
+        return client.CustomObjectsApi(self.cluster.api)
+
+    def app(self, name: str) -> dict[str, Any]:
+        return cast(
+            dict[str, Any],
+            self.custom().get_namespaced_custom_object(
+                ARGO_GROUP, ARGO_VERSION, ARGO_NS, "applications", name
+            ),
+        )
+
+    def apply(self, body: dict[str, Any]) -> None:
+        plural = {"Application": "applications", "AppProject": "appprojects"}[body["kind"]]
+        self.custom().create_namespaced_custom_object(
+            ARGO_GROUP, ARGO_VERSION, ARGO_NS, plural, body
+        )
+
+    def refresh(self, name: str) -> None:
+        """Ask for a hard refresh now (the repo server's caches bypassed), as the UI's
+        Refresh button does, instead of waiting for the next resync."""
+        body = {"metadata": {"annotations": {"argocd.argoproj.io/refresh": "hard"}}}
+        self.custom().patch_namespaced_custom_object(
+            ARGO_GROUP, ARGO_VERSION, ARGO_NS, "applications", name, body
+        )
+
+    def resource(self, app: dict[str, Any], kind: str, name: str) -> dict[str, Any]:
+        for res in (app.get("status") or {}).get("resources") or []:
+            if res.get("kind") == kind and res.get("name") == name:
+                return dict(res)
+        return {}
+
+    def log_tail(self) -> str:
+        return "".join(
+            f"--- {p.name}\n{p.read_text('utf-8', errors='replace')[-4000:]}\n"
+            for p in sorted(self.logs.glob("*.log"))
+        )
+
+    def delete_apps(self, names: list[str], timeout: float = 180) -> None:
+        """Delete the Applications one after the other; their finalizer lets the running
+        controller delete what they created first."""
+        for name in names:
+            with contextlib.suppress(ApiException):
+                self.custom().delete_namespaced_custom_object(
+                    ARGO_GROUP, ARGO_VERSION, ARGO_NS, "applications", name
+                )
+
+            def gone(n: str = name) -> bool:
+                try:
+                    self.app(n)
+                except ApiException as exc:
+                    if exc.status == 404:
+                        return True
+                    raise
+                return False
+
+            wait_for(f"Application {name} deleted", gone, timeout=timeout)
+
+
+def _set_up_namespace(cluster: Cluster, configmap: dict[str, str]) -> None:
+    core = client.CoreV1Api(cluster.api)
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=ARGO_NS)))
+    labels = {"app.kubernetes.io/part-of": "argocd"}
+    core.create_namespaced_config_map(
+        ARGO_NS,
+        client.V1ConfigMap(
+            metadata=client.V1ObjectMeta(name="argocd-cm", labels=labels), data=configmap
+        ),
+    )
+    # The settings are incomplete without a signing key (only the API server signs with it).
+    core.create_namespaced_secret(
+        ARGO_NS,
+        client.V1Secret(
+            metadata=client.V1ObjectMeta(name="argocd-secret", labels=labels),
+            string_data={"server.secretkey": secrets.token_urlsafe(32)},
+        ),
+    )
+
+
+def _remove_namespace(cluster: Cluster) -> None:
+    """With the controller gone, an Application still there keeps its finalizer forever:
+    drop it (what it created goes with the test's namespace)."""
+    custom = client.CustomObjectsApi(cluster.api)
+    with contextlib.suppress(ApiException):
+        apps = custom.list_namespaced_custom_object(
+            ARGO_GROUP, ARGO_VERSION, ARGO_NS, "applications"
+        )
+        for app in apps["items"]:
+            custom.patch_namespaced_custom_object(
+                ARGO_GROUP,
+                ARGO_VERSION,
+                ARGO_NS,
+                "applications",
+                app["metadata"]["name"],
+                {"metadata": {"finalizers": None}},
+            )
+    core = client.CoreV1Api(cluster.api)
+    with contextlib.suppress(ApiException):
+        core.delete_namespace(ARGO_NS)
+
+    def gone() -> bool:
+        try:
+            core.read_namespace(ARGO_NS)
+        except ApiException as exc:
+            if exc.status == 404:
+                return True
+            raise
+        return False
+
+    wait_for(f"namespace {ARGO_NS} deleted", gone, timeout=120)
+
+
+@contextlib.contextmanager
+def argocd(cluster: Cluster, directory: Path, configmap: dict[str, str]) -> Iterator[ArgoCD]:
+    """The namespace `argocd` with argocd-cm holding configmap, the Argo CD CRDs, redis,
+    the repo server and the application controller. Afterwards the processes are stopped
+    and the namespace is deleted (the CRDs stay, as Argo CD's own install leaves them)."""
+    binary = pinned_tool("argocd", "argocd")
+    bin_dir = directory / "bin"
+    bin_dir.mkdir(parents=True)
+    for name in COMPONENTS:
+        (bin_dir / name).symlink_to(binary)
+    logs = directory / "logs"
+    logs.mkdir()
+    home = directory / "home"
+    for sub in ("tmp", "ssh", "tls", "gnupg"):
+        (home / sub).mkdir(parents=True)
+    files = [arg for p in argocd_crds() for arg in ("-f", str(p))]
+    kubectl(cluster, "apply", "--server-side", *files)
+    kubectl(cluster, "wait", "--for=condition=Established", "--timeout=60s", *files)
+    _set_up_namespace(cluster, configmap)
+    env = {
+        "PATH": os.pathsep.join([str(tool_dir("helm")), os.environ["PATH"]]),
+        "HOME": str(home),
+        "TMPDIR": str(home / "tmp"),
+        "KUBECONFIG": cluster.kubeconfig,
+        # The in-cluster destination (https://kubernetes.default.svc) is the kubeconfig's
+        # cluster, as for a controller run outside the cluster in Argo CD's own e2e tests.
+        "ARGOCD_FAKE_IN_CLUSTER": "true",
+        "ARGOCD_GPG_ENABLED": "false",
+        "ARGOCD_SSH_DATA_PATH": str(home / "ssh"),
+        "ARGOCD_TLS_DATA_PATH": str(home / "tls"),
+        "GNUPGHOME": str(home / "gnupg"),
+    }
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        with RedisProcess() as redis:
+            redis_addr = f"{LOOPBACK}:{redis.port}"
+            repo_port = free_port()
+            repo_argv = [
+                str(bin_dir / "argocd-repo-server"),
+                *("--address", LOOPBACK, "--port", str(repo_port)),
+                *("--metrics-address", LOOPBACK, "--metrics-port", str(free_port())),
+                *("--disable-tls", "--redis", redis_addr, "--loglevel", "info"),
+            ]
+            controller_argv = [
+                str(bin_dir / "argocd-application-controller"),
+                *("--kubeconfig", cluster.kubeconfig, "--namespace", ARGO_NS),
+                *("--repo-server", f"{LOOPBACK}:{repo_port}", "--repo-server-plaintext"),
+                *("--redis", redis_addr, "--metrics-port", str(free_port())),
+                # A full comparison every 10 s instead of every 3 min (the drift test's
+                # window would otherwise hold at most one); watches trigger one at once
+                # whenever a live object changes anyway.
+                *("--app-resync", "10", "--app-resync-jitter", "0"),
+                "--persist-resource-health",
+                *("--status-processors", "4", "--operation-processors", "2"),
+                *("--loglevel", "info"),
+            ]
+            for argv in (repo_argv, controller_argv):
+                name = Path(argv[0]).name
+                with (logs / f"{name}.log").open("ab") as out:
+                    procs.append(
+                        subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env)
+                    )
+                if name == "argocd-repo-server":
+                    wait_for_port(repo_port, timeout=60)
+            try:
+                yield ArgoCD(cluster, logs)
+            finally:
+                for proc in reversed(procs):
+                    stop_process(proc, 20)
+    finally:
+        for proc in procs:
+            stop_process(proc, 20)
+        _remove_namespace(cluster)
+        shutil.rmtree(home, ignore_errors=True)
