@@ -13,9 +13,10 @@
 # the untagged build), build.env with VERSION, BINARIES, LDFLAGS and optional
 # TAGS (Go build tags) and add it to TOOL_GROUPS in mk/cluster.mk.
 # PATCHES (optional, for what upstream offers no flag for): entries
-# "MODULE|FILE|SED-EXPRESSION"; the build compiles FILE of the pinned MODULE as the
-# expression edits it (go build -overlay, the module cache stays untouched). A patch
-# that no longer changes its file fails the build.
+# "MODULE|FILE|SED-EXPRESSION"; the build compiles a copy of the pinned MODULE with FILE
+# as the expression edits it (a directory `replace` in a copy of go.mod passed with
+# -modfile; the module cache stays untouched, and go build -overlay refuses files in it).
+# A patch that no longer changes its file fails the build.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 cache=${QSYS_TOOLS_CACHE:-$HOME/.cache/qsys-operator}
@@ -47,25 +48,30 @@ default_name() {
 	echo "$last"
 }
 
-# Writes the patched files and overlay.json into $2; prints the go build flag.
-overlay() {
-	local group=$1 dir=$2 entry module file expr src dst sep='' json='{"Replace":{'
+# Writes the patched module copies and a go.mod replacing the modules by them into $2;
+# prints the go build flag (nothing without PATCHES).
+patched_modfile() {
+	local group=$1 dir=$2 entry module file expr src copy
 	((${#PATCHES[@]})) || return 0
+	mkdir -p "$dir"
+	cp "$here/$group/go.mod" "$here/$group/go.sum" "$dir/"
 	for entry in "${PATCHES[@]}"; do
 		IFS='|' read -r module file expr <<<"$entry"
-		src=$(cd "$here/$group" && go mod download "$module" && go list -m -f '{{.Dir}}' "$module")/$file
-		dst=$dir/$file
-		mkdir -p "$(dirname "$dst")"
-		sed "$expr" "$src" >"$dst"
-		if cmp -s "$src" "$dst"; then
+		copy=$dir/${module//\//_}
+		if [[ ! -d $copy ]]; then
+			src=$(cd "$here/$group" && go mod download "$module" && go list -m -f '{{.Dir}}' "$module")
+			cp -r "$src" "$copy"
+			chmod -R u+w "$copy"
+			echo "replace $module => $copy" >>"$dir/go.mod"
+		fi
+		sed -i.orig "$expr" "$copy/$file"
+		if cmp -s "$copy/$file.orig" "$copy/$file"; then
 			echo "tools: the patch '$expr' no longer changes $module/$file" >&2
 			return 1
 		fi
-		json+="$sep\"$src\":\"$dst\""
-		sep=,
+		rm "$copy/$file.orig"
 	done
-	echo "$json}}" >"$dir/overlay.json"
-	echo "-overlay=$dir/overlay.json"
+	echo "-modfile=$dir/go.mod"
 }
 
 build() {
@@ -79,9 +85,9 @@ build() {
 	# RETURN after a build, EXIT when set -e ends it.
 	trap 'rm -rf "${tmp:-}"' RETURN EXIT
 	start=$(date +%s)
-	flags=$(overlay "$group" "$tmp/overlay")
+	flags=$(patched_modfile "$group" "$tmp/patched")
 	echo "tools: building $group $VERSION into ${out%/bin} (cold builds take minutes)" >&2
-	# shellcheck disable=SC2086 # $flags: nothing or one -overlay flag
+	# shellcheck disable=SC2086 # $flags: nothing or one -modfile flag
 	(cd "$here/$group" &&
 		CGO_ENABLED=0 GOFLAGS="-trimpath -buildvcs=false -mod=readonly" \
 			go build $flags -tags="$TAGS" -gcflags=all=-dwarf=false -ldflags="-s -w $LDFLAGS" -o "$tmp/" "${pkgs[@]}")
@@ -89,7 +95,7 @@ build() {
 		name=${entry%%=*} pkg=${entry#*=}
 		[[ $(default_name "$pkg") == "$name" ]] || mv "$tmp/$(default_name "$pkg")" "$tmp/$name"
 	done
-	rm -rf "$tmp/overlay"
+	rm -rf "$tmp/patched"
 	touch "$tmp/.complete"
 	mkdir -p "${out%/bin}"
 	rm -rf "$out"
