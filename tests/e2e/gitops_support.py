@@ -291,8 +291,9 @@ def _remove_namespace(cluster: Cluster) -> None:
     drop it (what it created goes with the test's namespace)."""
     custom = client.CustomObjectsApi(cluster.api)
     with contextlib.suppress(ApiException):
-        apps = custom.list_namespaced_custom_object(
-            ARGO_GROUP, ARGO_VERSION, ARGO_NS, "applications"
+        apps = cast(
+            dict[str, Any],
+            custom.list_namespaced_custom_object(ARGO_GROUP, ARGO_VERSION, ARGO_NS, "applications"),
         )
         for app in apps["items"]:
             custom.patch_namespaced_custom_object(

@@ -25,13 +25,24 @@ import yaml
 from gitops_support import ArgoCD, Repos, argocd, kubectl, served_repos
 from kube_support import REPO, Cluster
 from kubernetes import client
-from node_support import CHART, example, images, real_namespace, simulated_core, start_simulator
+from node_support import (
+    CHART,
+    example,
+    host_call,
+    images,
+    real_namespace,
+    simulated_core,
+    start_simulator,
+)
 from operator_support import condition, get
 
 from qsys_testkit.checkout import pinned_tool, run_checked
+from qsys_testkit.kube import secret_text
 
 pytestmark = [
     pytest.mark.e2e,
+    # The first test includes the module fixture: the chart and the site synced by Argo CD.
+    pytest.mark.timeout(900),
     pytest.mark.usefixtures("real_node"),
     pytest.mark.tools("argocd", "kstatus", "helm", "kube"),
 ]
@@ -48,6 +59,7 @@ SYNC_TIMEOUT_S = 300
 DRIFT_WINDOW_S = 60
 CEL_MESSAGE = "minReplicas must not exceed maxReplicas"
 AUTOSCALING = {"minReplicas": 2, "maxReplicas": 3, "targetCPUUtilizationPercentage": 80}
+ROLLOUT = {"example.org/rollout": "2"}
 
 
 def argocd_cm_from_doc() -> dict[str, str]:
@@ -65,6 +77,9 @@ def site_core(**gateway: Any) -> dict[str, Any]:
     body = simulated_core(CORE, {"replicas": 2, "autoscaling": AUTOSCALING, **gateway})
     body["spec"]["gateway"]["resources"] = {"requests": {"cpu": "20m", "memory": "64Mi"}}
     return body
+
+
+ROLLED = site_core(podAnnotations=ROLLOUT)
 
 
 def site_files(core: dict[str, Any]) -> dict[str, str]:
@@ -109,6 +124,20 @@ def applications(ns: str, repos: Repos) -> list[dict[str, Any]]:
 
 def ready_probe(argo: ArgoCD, name: str) -> Callable[[], bool | None]:
     return lambda: synced_healthy(argo.app(name)) or None
+
+
+def synced_at(argo: ArgoCD, revision: str, name: str = "av-hall") -> Callable[[], bool | None]:
+    """The Application synced revision and is Synced and Healthy."""
+
+    def probe() -> bool | None:
+        app = argo.app(name)
+        state = (app.get("status") or {}).get("operationState") or {}
+        done = state.get("phase") == "Succeeded"
+        return (
+            done and state.get("syncResult", {}).get("revision") == revision and synced_healthy(app)
+        ) or None
+
+    return probe
 
 
 @dataclass
@@ -223,8 +252,7 @@ def test_kstatus_fails_an_invalid_secret_reference(gitops: GitOps) -> None:
 def test_a_rollout_is_progressing_then_healthy(gitops: GitOps) -> None:
     """A commit that changes the gateway's pod template: Argo CD shows the QSysCore
     Progressing (Reconciling=True) and then Healthy; kstatus InProgress, then Current."""
-    core = site_core(podAnnotations={"example.org/rollout": "2"})
-    gitops.repos.commit(site_files(core), "hall: roll the gateway out")
+    gitops.repos.commit(site_files(ROLLED), "hall: roll the gateway out")
     gitops.argo.refresh("av-hall")
     health: list[str] = []
     kstatus: list[str] = []
@@ -299,7 +327,7 @@ def test_no_resource_goes_out_of_sync_while_the_hpa_scales(gitops: GitOps) -> No
 
 def test_a_denied_sync_shows_the_api_servers_cel_message(gitops: GitOps) -> None:
     bad = site_core(
-        podAnnotations={"example.org/rollout": "2"},
+        podAnnotations=ROLLOUT,
         autoscaling={**AUTOSCALING, "minReplicas": 3, "maxReplicas": 2},
     )
     gitops.repos.commit(site_files(bad), "hall: an autoscaling range the CRD refuses")
@@ -323,8 +351,45 @@ def test_a_denied_sync_shows_the_api_servers_cel_message(gitops: GitOps) -> None
         "av-hall",
         {"status": {"operationState": {"phase": "Terminating"}}},
     )
-    gitops.repos.commit(
-        site_files(site_core(podAnnotations={"example.org/rollout": "2"})), "hall: fix the range"
-    )
+    gitops.repos.commit(site_files(ROLLED), "hall: fix the range")
     gitops.argo.refresh("av-hall")
     gitops.wait("av-hall Synced and Healthy again", ready_probe(gitops.argo, "av-hall"))
+
+
+def test_prune_and_replace_of_the_policy_keep_the_agents_token(gitops: GitOps) -> None:
+    """The AccessPolicy replaced (`Replace=true`), then pruned and committed again: the
+    generated token stays with the Core and is valid again, so its clients keep it."""
+    name = f"{POLICY}-ai-agent-token"
+    token = secret_text(gitops.cluster.api, gitops.ns, name, "token")
+    assert token
+    gateway = f"{CORE}-gateway"
+
+    def answers(status: int) -> Callable[[], bool | None]:
+        return lambda: (
+            host_call(gitops.cluster, gitops.ns, gateway, token, "StatusGet") == status or None
+        )
+
+    gitops.wait("the agent's token accepted", answers(200), timeout=60)
+    files = site_files(ROLLED)
+    replaced = yaml.safe_load(files[f"{SITE}/accesspolicy.yaml"])
+    replaced["metadata"]["annotations"] = {"argocd.argoproj.io/sync-options": "Replace=true"}
+    replaced["spec"]["rateLimit"]["burst"] = 30
+    revision = gitops.repos.commit(
+        {f"{SITE}/accesspolicy.yaml": yaml.safe_dump(replaced, sort_keys=False)},
+        "hall: replace the operators' policy",
+    )
+    gitops.argo.refresh("av-hall")
+    gitops.wait("the replacing sync", synced_at(gitops.argo, revision))
+    assert secret_text(gitops.cluster.api, gitops.ns, name, "token") == token
+    gitops.wait("the token accepted after Replace", answers(200), timeout=60)
+
+    revision = gitops.repos.commit({f"{SITE}/accesspolicy.yaml": ""}, "hall: drop the policy")
+    gitops.argo.refresh("av-hall")
+    gitops.wait("the pruning sync", synced_at(gitops.argo, revision))
+    gitops.wait("the token refused without its policy", answers(401), timeout=60)
+
+    revision = gitops.repos.commit(files, "hall: the operators' policy again")
+    gitops.argo.refresh("av-hall")
+    gitops.wait("the restoring sync", synced_at(gitops.argo, revision))
+    assert secret_text(gitops.cluster.api, gitops.ns, name, "token") == token
+    gitops.wait("the same token accepted again", answers(200), timeout=90)
