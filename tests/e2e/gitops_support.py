@@ -7,6 +7,7 @@ this process. Everything is stopped on the way out, whether the test passed or n
 from __future__ import annotations
 
 import contextlib
+import functools
 import http.server
 import os
 import secrets
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
-from kube_support import REPO, Cluster, pinned_tool, tool_dir, wait_for
+from kube_support import REPO, Cluster, pinned_tool, tool_dir, wait_gone
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
@@ -254,16 +255,7 @@ class ArgoCD:
                     ARGO_GROUP, ARGO_VERSION, ARGO_NS, "applications", name
                 )
 
-            def gone(n: str = name) -> bool:
-                try:
-                    self.app(n)
-                except ApiException as exc:
-                    if exc.status == 404:
-                        return True
-                    raise
-                return False
-
-            wait_for(f"Application {name} deleted", gone, timeout=timeout)
+            wait_gone(f"Application {name}", functools.partial(self.app, name), timeout)
 
 
 def _set_up_namespace(cluster: Cluster, configmap: dict[str, str]) -> None:
@@ -307,17 +299,7 @@ def _remove_namespace(cluster: Cluster) -> None:
     core = client.CoreV1Api(cluster.api)
     with contextlib.suppress(ApiException):
         core.delete_namespace(ARGO_NS)
-
-    def gone() -> bool:
-        try:
-            core.read_namespace(ARGO_NS)
-        except ApiException as exc:
-            if exc.status == 404:
-                return True
-            raise
-        return False
-
-    wait_for(f"namespace {ARGO_NS} deleted", gone, timeout=120)
+    wait_gone(f"namespace {ARGO_NS}", lambda: core.read_namespace(ARGO_NS), timeout=120)
 
 
 @contextlib.contextmanager

@@ -82,6 +82,21 @@ def status_of(call: Callable[[], object]) -> int:
     return 200
 
 
+def wait_gone(what: str, read: Callable[[], object], timeout: float = 120.0) -> None:
+    """Until read() answers 404 (any other API error is raised)."""
+
+    def gone() -> bool:
+        try:
+            read()
+        except ApiException as exc:
+            if exc.status == 404:
+                return True
+            raise
+        return False
+
+    wait_for(f"{what} deleted", gone, timeout=timeout)
+
+
 def token_kubeconfig(cluster: Cluster, account: str, namespace: str, path: Path) -> Path:
     """A kubeconfig at path holding a TokenRequest token of a ServiceAccount."""
     request = client.CoreV1Api(cluster.api).create_namespaced_service_account_token(

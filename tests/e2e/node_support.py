@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 import yaml
-from kube_support import REPO, Cluster, must, tool_dir, wait_for
+from kube_support import REPO, Cluster, must, tool_dir, wait_for, wait_gone
 from kubernetes import client, utils
 from kubernetes.client.exceptions import ApiException
 
@@ -80,17 +80,7 @@ def real_namespace(cluster: Cluster, name: str = "") -> Iterator[str]:
         yield name
     finally:
         core.delete_namespace(name, grace_period_seconds=0)
-
-        def gone() -> bool:
-            try:
-                core.read_namespace(name)
-            except ApiException as exc:
-                if exc.status == 404:
-                    return True
-                raise
-            return False
-
-        wait_for(f"namespace {name} deleted", gone, timeout=120)
+        wait_gone(f"namespace {name}", lambda: core.read_namespace(name), timeout=120)
 
 
 def create(cluster: Cluster, ns: str, body: dict[str, Any]) -> None:

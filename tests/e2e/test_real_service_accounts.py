@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kube_support import Cluster, can_i, must, pinned_tool, wait_for
+from kube_support import Cluster, can_i, must, pinned_tool, wait_for, wait_gone
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from node_support import (
@@ -239,17 +239,7 @@ class Stack:
     def delete_pod(self, name: str) -> None:
         core = client.CoreV1Api(self.cluster.api)
         core.delete_namespaced_pod(name, self.ns, grace_period_seconds=0)
-
-        def gone() -> bool:
-            try:
-                core.read_namespaced_pod(name, self.ns)
-            except ApiException as exc:
-                if exc.status == 404:
-                    return True
-                raise
-            return False
-
-        wait_for(f"pod {name} deleted", gone, timeout=TIMEOUT_S)
+        wait_gone(f"pod {name}", lambda: core.read_namespaced_pod(name, self.ns), TIMEOUT_S)
 
     def host_call(self, token: str, method: str, params: Any = None) -> int:
         return host_call(self.cluster, self.ns, GATEWAY, token, method, params)
