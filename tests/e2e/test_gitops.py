@@ -66,10 +66,10 @@ def argocd_cm_from_doc() -> dict[str, str]:
     """The data of the argocd-cm ConfigMap docs/gitops.md tells users to apply."""
     doc = GITOPS_DOC.read_text("utf-8")
     for block in re.findall(r"```yaml\n(.*?)```", doc, re.S):
-        body = yaml.safe_load(block)
-        if isinstance(body, dict) and body.get("metadata", {}).get("name") == "argocd-cm":
-            data: dict[str, str] = body["data"]
-            return data
+        for body in yaml.safe_load_all(block):
+            if isinstance(body, dict) and body.get("metadata", {}).get("name") == "argocd-cm":
+                data: dict[str, str] = body["data"]
+                return data
     raise AssertionError("docs/gitops.md shows no argocd-cm ConfigMap")
 
 
@@ -210,10 +210,9 @@ def test_both_applications_reach_synced_and_healthy(gitops: GitOps) -> None:
     app = gitops.argo.app("av-hall")
     # The health comes from our Lua (its Healthy message is the Ready condition's),
     # not from Argo CD's default for unknown kinds (no health at all).
-    assert gitops.argo.resource(app, "QSysCore", CORE)["health"] == {
-        "status": "Healthy",
-        "message": "gateway available and connected to the Core",
-    }
+    health = gitops.argo.resource(app, "QSysCore", CORE)["health"]
+    assert health["status"] == "Healthy"
+    assert health["message"].startswith("gateway available and connected to the Core")
     policy = gitops.argo.resource(app, "AccessPolicy", POLICY)["health"]
     assert policy == {"status": "Healthy", "message": "1 subject(s) active"}
     assert gitops.kstatus("QSysCore", CORE)["status"] == "Current"
@@ -336,7 +335,8 @@ def test_a_denied_sync_shows_the_api_servers_cel_message(gitops: GitOps) -> None
     def refused() -> str | None:
         state = (gitops.argo.app("av-hall").get("status") or {}).get("operationState") or {}
         text = json.dumps(state)
-        return text if state.get("phase") in ("Failed", "Error") and CEL_MESSAGE in text else None
+        # Failed, or Running between retries (the failure in its message).
+        return text if state.get("phase") != "Succeeded" and CEL_MESSAGE in text else None
 
     gitops.wait("the sync refused with the CEL message", refused, timeout=120)
     # The live object is untouched: the API server refused it.
