@@ -320,7 +320,6 @@ def argocd(cluster: Cluster, directory: Path, configmap: dict[str, str]) -> Iter
     files = [arg for p in argocd_crds() for arg in ("-f", str(p))]
     kubectl(cluster, "apply", "--server-side", *files)
     kubectl(cluster, "wait", "--for=condition=Established", "--timeout=60s", *files)
-    _set_up_namespace(cluster, configmap)
     env = {
         "PATH": os.pathsep.join([str(tool_dir("helm")), os.environ["PATH"]]),
         "HOME": str(home),
@@ -336,6 +335,7 @@ def argocd(cluster: Cluster, directory: Path, configmap: dict[str, str]) -> Iter
     }
     procs: list[subprocess.Popen[bytes]] = []
     try:
+        _set_up_namespace(cluster, configmap)
         with RedisProcess() as redis:
             redis_addr = f"{LOOPBACK}:{redis.port}"
             repo_port = free_port()
