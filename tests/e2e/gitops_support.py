@@ -226,10 +226,10 @@ class ArgoCD:
             ARGO_GROUP, ARGO_VERSION, ARGO_NS, plural, body
         )
 
-    def refresh(self, name: str) -> None:
-        """Ask for a hard refresh now (the repo server's caches bypassed), as the UI's
-        Refresh button does, instead of waiting for the next resync."""
-        body = {"metadata": {"annotations": {"argocd.argoproj.io/refresh": "hard"}}}
+    def refresh(self, name: str, kind: str = "hard") -> None:
+        """Ask for a refresh now, as `argocd app get --refresh` (`--hard-refresh`: the repo
+        server's caches bypassed) does, instead of waiting for the next resync."""
+        body = {"metadata": {"annotations": {"argocd.argoproj.io/refresh": kind}}}
         self.custom().patch_namespaced_custom_object(
             ARGO_GROUP, ARGO_VERSION, ARGO_NS, "applications", name, body
         )

@@ -204,6 +204,24 @@ def gitops(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterat
 
 def test_both_applications_reach_synced_and_healthy(gitops: GitOps) -> None:
     started = time.monotonic()
+
+    def first_sync_done() -> dict[str, Any] | None:
+        app = gitops.argo.app("qsys-operator")
+        state = (app.get("status") or {}).get("operationState") or {}
+        return app if state.get("phase") == "Succeeded" else None
+
+    app = gitops.wait("the chart's first sync", first_sync_done)
+    stale = [
+        r["name"]
+        for r in app["status"].get("resources") or []
+        if r.get("kind") == "CustomResourceDefinition"
+        and (r.get("health") or {}).get("status") != "Healthy"
+    ]
+    if stale:
+        # docs/gitops.md "CRD health on the first install": the new CRDs' health as
+        # recorded before they were Established stays until the next refresh.
+        print(f"CRDs not Healthy after the first sync: {stale}; refreshing qsys-operator")
+        gitops.argo.refresh("qsys-operator", "normal")
     for name in ("qsys-operator", "av-hall"):
         gitops.wait(f"Application {name} Synced and Healthy", ready_probe(gitops.argo, name))
     print(f"Applications created -> both Synced and Healthy: {time.monotonic() - started:.1f}s")
