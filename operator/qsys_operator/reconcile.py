@@ -200,7 +200,10 @@ class Reconciler:
         since = time.monotonic_ns()
         body = await self.kube.get_core(namespace, name)
         policies = await self._policies(namespace, name, since)
-        if body is None:
+        # A core being deleted counts as gone: under foreground deletion (kubectl
+        # --cascade=foreground, Argo CD's cascading delete) it stays until the garbage
+        # collector has removed its children, and re-applying them would keep it forever.
+        if body is None or (body.get("metadata") or {}).get("deletionTimestamp"):
             self._managed(namespace, name, False)
             # Cluster-scoped, so not garbage-collected with the core.
             await self._delete_owned(

@@ -478,3 +478,17 @@ def test_a_conflict_is_announced_by_an_event_also_when_ready_was_false_already()
             "Ready is False (NameConflict): Service hall-gateway already exists",
         )
     ]
+
+
+def test_a_core_being_deleted_gets_no_children_applied() -> None:
+    """Foreground deletion (Argo CD's cascade) keeps the core until its children are gone:
+    re-applying them meanwhile would keep it forever."""
+    kube = FakeKube()
+    kube.put_core()
+    kube.objects[("qsyscores", NS, "hall")]["metadata"] |= {
+        "deletionTimestamp": "2024-01-02T00:00:00Z",
+        "finalizers": ["foregroundDeletion"],
+    }
+    reconcile(kube)
+    assert kube.applied == []
+    assert kube.created == []
