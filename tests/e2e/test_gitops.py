@@ -198,8 +198,12 @@ def gitops(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterat
             try:
                 yield GitOps(cluster, ns, argo, repos)
             finally:
-                # The site first: its CRs are gone before the operator that finalizes them.
+                # The site first: its CRs go while the operator still runs.
                 argo.delete_apps(["av-hall", "qsys-operator"])
+                # Cascading deletion spares the CRDs (helm.sh/resource-policy: keep).
+                ext = client.ApiextensionsV1Api(cluster.api)
+                for crd in ("qsyscores.qsys.dev", "accesspolicies.qsys.dev"):
+                    assert ext.read_custom_resource_definition(crd).metadata is not None
 
 
 def test_both_applications_reach_synced_and_healthy(gitops: GitOps) -> None:
