@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -78,6 +78,21 @@ class Caller:
         return self.subject.name if self.subject is not None else "-"
 
 
+@dataclass(frozen=True, slots=True)
+class Work:
+    """A request made in process (an MCP tool call): charged to the rate limit and
+    audited, when refused, as a call of `method` with `params`; holds `weight` of the
+    in-flight gate while `run` runs, whose Core calls are `Admission.call`s."""
+
+    method: str
+    params: Any
+    weight: int
+    run: Callable[[], Awaitable[Any]]
+
+    def message(self) -> dict[str, Any]:
+        return {"method": self.method, "params": self.params}
+
+
 def _method_of(obj: Any) -> str:
     method = obj.get("method") if isinstance(obj, dict) else None
     return method if isinstance(method, str) else "invalid"
@@ -127,6 +142,8 @@ class Records:
         with its call id, targets and values; identical refusals in a burst are written
         once with a count (`AuditLog.refused`; `itemised`: with their call and request
         ids). True when a line was written now."""
+        if isinstance(obj, Work):
+            obj = obj.message()
         method = _method_of(obj)
         subject = caller.subject_name
         outcome = outcome_of(error.code)

@@ -483,8 +483,13 @@ class McpEndpoint:
         except PydanticValidationError as exc:
             return _tool_error(_describe(exc), error="invalid_arguments")
         try:
-            await self.admission.admit(caller, _REQUIRED_METHOD[name])
-            result = await self._run_tool(caller, args)
+            result = await self.admission.invoke(
+                caller,
+                _REQUIRED_METHOD[name],
+                params.arguments,
+                lambda: self._run_tool(caller, args),
+                _weight(args),
+            )
         except Refusal as err:
             if err.kind is not None:
                 return _tool_error(err.message, error=err.kind)
@@ -708,8 +713,12 @@ class McpEndpoint:
         uri = str(params.uri)
         component = component_of(uri)
         try:
-            await self.admission.admit(caller, "Component.Get")
-            controls = await self._read(caller, GetArgs(component=component))
+            controls = await self.admission.invoke(
+                caller,
+                "Component.Get",
+                {"Name": component},
+                lambda: self._read(caller, GetArgs(component=component)),
+            )
         except Refusal as err:
             raise MCPError(
                 _mcp_code(err), explain(err, "Component.Get", component), _retry(err)
@@ -797,8 +806,8 @@ class McpEndpoint:
                 f"At most {MAX_SUBSCRIPTIONS} subscriptions per session; unsubscribe first",
             )
         policy = self.admission.policy
-        try:
-            await self.admission.admit(caller, "ChangeGroup.AddComponentControl")
+
+        async def add() -> None:
             names = ["*"]  # policy first: refused alike whether or not the component exists
             if policy.component_readable(caller.subject.name, component):
                 specs = await self._controls(caller, component)
@@ -821,6 +830,11 @@ class McpEndpoint:
                     "ChangeGroup.AutoPoll", {"Id": GROUP_ID, "Rate": SUBSCRIPTION_POLL}
                 )
                 state.autopoll = True
+
+        try:
+            await self.admission.invoke(
+                caller, "ChangeGroup.AddComponentControl", {"Id": GROUP_ID}, add
+            )
         except Refusal as err:
             raise MCPError(
                 _mcp_code(err),
@@ -856,6 +870,12 @@ class McpEndpoint:
             log.info("could not notify an MCP client of %s: %s", uri, type(exc).__name__)
         finally:
             state.pending.discard(uri)
+
+
+def _weight(args: _Args) -> int:
+    """What a tool call holds of the in-flight gate: 1 + the controls it names."""
+    values = getattr(args, "values", None) or getattr(args, "controls", None) or ()
+    return 1 + len(values)
 
 
 def _session_id(ctx: ServerRequestContext[Any, Any]) -> str | None:
