@@ -64,13 +64,14 @@ __all__ = [
 ]
 
 
-def _denial(method: str, decision: Decision) -> QrcError:
+def _denial(method: str, decision: Decision) -> Refusal:
     """-32003 for a modelled method; for one the gateway does not model -32601, what a
     Core answers for a method it does not know, naming the rule that would forward it."""
     if method in METHODS:
-        return QrcError(ErrorCode.FORBIDDEN, f"Forbidden by policy: {decision.reason}")
+        reason = f"Forbidden by policy: {decision.reason}"
+        return Refusal(ErrorCode.FORBIDDEN, reason, decision=decision)
     name = method[:64]
-    return QrcError(
+    return Refusal(
         ErrorCode.METHOD_NOT_FOUND,
         f"Method not found: {name} is not modelled by the gateway, which forwards it only "
         f'when a rule of the subject names it exactly (methods: ["{name}"]; a glob such as '
@@ -321,10 +322,9 @@ class Admission(Identity):
                 decision = rules.policy.authorize(subject.name, method, params, types)
         tracing.annotate({"qsys.decision": "allow" if decision.allowed else "deny"})
         if not decision.allowed:
-            err = _denial(method, decision)
             self._audit(caller, request_id, method, decision, "denied", started, call_id)
             self._count(label, caller, "denied", started)
-            raise Refusal.of(err)
+            raise _denial(method, decision)
         session = caller.session
         if session is None:
             session = caller.session = self.shared.get(subject.name)

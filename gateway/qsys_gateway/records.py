@@ -41,14 +41,21 @@ class Refusal(QrcError):
     """The one refusal type: a call refused (authentication, throttling, rate limit,
     policy) or failed (the Core's error), as the client is told, with when to retry.
     `kind` marks a refusal whose message is already written for the client (MCP tool
-    arguments); None for the gateway's and the Core's errors."""
+    arguments); None for the gateway's and the Core's errors. `decision`: the policy's,
+    when the policy refused it (the client is told its reason only)."""
 
     def __init__(
-        self, code: int, message: str, retry_after: float = 0.0, kind: str | None = None
+        self,
+        code: int,
+        message: str,
+        retry_after: float = 0.0,
+        kind: str | None = None,
+        decision: Decision | None = None,
     ) -> None:
         super().__init__(code, message)
         self.retry_after = retry_after
         self.kind = kind
+        self.decision = decision
 
     @classmethod
     def of(cls, err: QrcError) -> Refusal:

@@ -19,7 +19,8 @@ from qsys_gateway.mcp.design import (
     units_of,
     writable,
 )
-from qsys_gateway.mcp.server import _type_problem, component_of, uri_of
+from qsys_gateway.mcp.resources import component_of
+from qsys_gateway.mcp.tools import type_problem, uri_of
 from qsys_gateway.policy import Policy
 from qsys_operator.api import QSysCore
 from qsys_operator.render import render_core_children
@@ -155,7 +156,7 @@ def test_resource_uris_round_trip_and_reject_others() -> None:
     ],
 )
 def test_argument_types(spec: ControlSpec, value: Any, problem: str) -> None:
-    assert _type_problem(spec, value) == problem
+    assert type_problem(spec, value) == problem
 
 
 def test_mcp_enabled_is_rendered_into_the_gateway_config() -> None:

@@ -26,7 +26,7 @@ from ..runtime import Runtime
 from ..transports.common import Services
 
 TRANSPORT = "mcp"
-__all__ = ["TRANSPORT", "McpAdmission", "McpCaller", "Refusal", "outcome_of"]
+__all__ = ["TRANSPORT", "Caller", "McpAdmission", "McpCaller", "Refusal", "outcome_of"]
 
 
 @dataclass(slots=True)
@@ -52,6 +52,15 @@ class McpAdmission:
     @property
     def runtime(self) -> Runtime:
         return self._svc.runtime
+
+    @property
+    def engine_status(self) -> dict[str, Any] | None:
+        """The Core's last EngineStatus, as the pool keeps it (no Core call)."""
+        return self._svc.runtime.upstream.engine_status
+
+    @property
+    def core_reachable(self) -> bool:
+        return self._svc.runtime.upstream.up
 
     @property
     def policy(self) -> Policy:
