@@ -210,7 +210,7 @@ class Admission(Identity):
         if (
             subject is None
             or known is None
-            or self.credential(caller) is None
+            or self.credential(caller, subject) is None
             or subject.sourceCIDRs != known.sourceCIDRs
         ):
             return None

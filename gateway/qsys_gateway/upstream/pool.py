@@ -247,12 +247,15 @@ class UpstreamPool:
 
     def pick(self) -> UpstreamConnection | None:
         """The up connection with fewest pending calls; ties go round-robin."""
-        up = [c for c in self._conns if c.up]
-        if not up:
-            return None
-        offset = next(self._rr) % len(up)
-        rotated = up[offset:] + up[:offset]
-        return min(rotated, key=lambda c: c.pending)
+        conns = self._conns
+        n = len(conns)
+        offset = next(self._rr) % n if n else 0
+        best: UpstreamConnection | None = None
+        for i in range(n):
+            c = conns[(offset + i) % n]
+            if c.up and (best is None or c.pending < best.pending):
+                best = c
+        return best
 
     def _reconnect_eta(self) -> float:
         if self._circuit.state == "open":

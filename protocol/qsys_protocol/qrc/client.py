@@ -22,11 +22,6 @@ class ConnectionClosed(ConnectionError):
     pass
 
 
-def _expire(fut: asyncio.Future[Any]) -> None:
-    if not fut.done():
-        fut.set_exception(TimeoutError())
-
-
 class QrcClient:
     def __init__(
         self,
@@ -42,6 +37,11 @@ class QrcClient:
         self._decoder = FrameDecoder(max_frame_bytes)
         self._ids = itertools.count(1)
         self._pending: dict[int | str, asyncio.Future[jsonrpc.Response]] = {}
+        self._deadlines: dict[int | str, float] = {}
+        """Loop time by which each pending call with a timeout fails with TimeoutError:
+        one timer for the connection, at the earliest deadline, not one per call."""
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
         self.notifications: asyncio.Queue[jsonrpc.Request] = asyncio.Queue(max_notifications)
         self._on_notification = on_notification
         self.closed = asyncio.Event()
@@ -81,6 +81,10 @@ class QrcClient:
             self.close_reason = exc
         finally:
             self.closed.set()
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            self._deadlines.clear()
             for fut in self._pending.values():
                 if not fut.done():
                     fut.set_exception(ConnectionClosed("connection closed"))
@@ -116,15 +120,39 @@ class QrcClient:
         if not self._out:
             loop.call_soon(self._flush)
         self._out.append(encode_frame(jsonrpc.Request(method, params, rid).to_dict()))
-        # A timer on the future itself (what wait_for does, without its extra
-        # future and event-loop pass per call).
-        timer = loop.call_later(timeout, _expire, fut) if timeout is not None else None
+        if timeout is not None:
+            deadline = loop.time() + timeout
+            self._deadlines[rid] = deadline
+            if self._timer is None or deadline < self._timer_at:
+                self._arm(loop, deadline)
         try:
             return await fut
         finally:
-            if timer is not None:
-                timer.cancel()
             self._pending.pop(rid, None)
+            self._deadlines.pop(rid, None)
+
+    def _arm(self, loop: asyncio.AbstractEventLoop, when: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = when
+        self._timer = loop.call_at(when, self._expire)
+
+    def _expire(self) -> None:
+        """Fail the calls past their deadline; wait for the earliest of the others."""
+        self._timer = None
+        loop = asyncio.get_running_loop()
+        now = loop.time() + 0.001  # a timer may fire a little early (libuv: milliseconds)
+        earliest: float | None = None
+        for rid, deadline in list(self._deadlines.items()):
+            if deadline <= now:
+                del self._deadlines[rid]
+                fut = self._pending.get(rid)
+                if fut is not None and not fut.done():
+                    fut.set_exception(TimeoutError())
+            elif earliest is None or deadline < earliest:
+                earliest = deadline
+        if earliest is not None:
+            self._arm(loop, earliest)
 
     async def call(self, method: str, params: Any = None, *, timeout: float | None = 10.0) -> Any:
         """Send one call; return its result or raise `QrcError` with the error it got."""
