@@ -38,11 +38,6 @@ class Identity(Records):
     def _token(self, caller: Caller) -> str | None:
         return self.credential(caller) if caller.token_hash or caller.expires is not None else None
 
-    def token_kind(self, caller: Caller) -> str | None:
-        """Which of its subject's tokens the caller used, for audit lines written outside
-        admission (MCP design look-ups)."""
-        return self._token(caller)
-
     async def authenticate(
         self,
         caller: Caller,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,14 +41,21 @@ class Refusal(QrcError):
     """The one refusal type: a call refused (authentication, throttling, rate limit,
     policy) or failed (the Core's error), as the client is told, with when to retry.
     `kind` marks a refusal whose message is already written for the client (MCP tool
-    arguments); None for the gateway's and the Core's errors."""
+    arguments); None for the gateway's and the Core's errors. `decision`: the policy's,
+    when the policy refused it (the client is told its reason only)."""
 
     def __init__(
-        self, code: int, message: str, retry_after: float = 0.0, kind: str | None = None
+        self,
+        code: int,
+        message: str,
+        retry_after: float = 0.0,
+        kind: str | None = None,
+        decision: Decision | None = None,
     ) -> None:
         super().__init__(code, message)
         self.retry_after = retry_after
         self.kind = kind
+        self.decision = decision
 
     @classmethod
     def of(cls, err: QrcError) -> Refusal:
@@ -76,6 +83,21 @@ class Caller:
     @property
     def subject_name(self) -> str:
         return self.subject.name if self.subject is not None else "-"
+
+
+@dataclass(frozen=True, slots=True)
+class Work:
+    """A request made in process (an MCP tool call): charged to the rate limit and
+    audited, when refused, as a call of `method` with `params`; holds `weight` of the
+    in-flight gate while `run` runs, whose Core calls are `Admission.call`s."""
+
+    method: str
+    params: Any
+    weight: int
+    run: Callable[[], Awaitable[Any]]
+
+    def message(self) -> dict[str, Any]:
+        return {"method": self.method, "params": self.params}
 
 
 def _method_of(obj: Any) -> str:
@@ -124,6 +146,8 @@ class Records:
         with its call id, targets and values; identical refusals in a burst are written
         once with a count (`AuditLog.refused`; `itemised`: with their call and request
         ids). True when a line was written now."""
+        if isinstance(obj, Work):
+            obj = obj.message()
         method = _method_of(obj)
         subject = caller.subject_name
         outcome = outcome_of(error.code)
