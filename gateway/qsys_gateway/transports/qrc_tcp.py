@@ -93,7 +93,7 @@ class QrcServer:
             err = QrcError(ErrorCode.CORE_UNAVAILABLE, "Too many clients")
             writer.write(encode_frame(jsonrpc.error_message(None, err)))
             return
-        closing = asyncio.Event()
+        closing = False  # a flag, not an Event: nothing waits on it
         ending: QrcError | None = None
         """Why the gateway closes this socket: the error unanswered calls get."""
         reading: asyncio.Timeout | None = None
@@ -103,6 +103,7 @@ class QrcServer:
         loop = asyncio.get_running_loop()
 
         def flush() -> None:
+            nonlocal closing
             if not out:
                 return
             data = b"".join(out)
@@ -113,7 +114,7 @@ class QrcServer:
                 log.warning("closing a QRC client that does not read")
                 rt.metrics.slow_clients.labels("qrc").inc()
                 writer.transport.abort()
-                closing.set()
+                closing = True
                 return
             writer.write(data)
 
@@ -127,10 +128,10 @@ class QrcServer:
         def stop(err: QrcError) -> None:
             """Close once the calls in flight are answered and what the client already
             sent is answered with `err` (the socket closes after that, in `_serve`)."""
-            nonlocal ending
+            nonlocal ending, closing
             if ending is None:
                 ending = err
-            closing.set()
+            closing = True
             if reading is not None:
                 reading.reschedule(loop.time())  # wake the read; a frame in hand finishes
 
@@ -169,7 +170,7 @@ class QrcServer:
         try:
             # One deadline, moved before each read, instead of a wait_for task per read.
             async with asyncio.timeout(None) as deadline:
-                while not closing.is_set():
+                while not closing:
                     if conn.logged_on or by_source is not None:
                         deadline.reschedule(loop.time() + IDLE_TIMEOUT)
                     else:
