@@ -129,7 +129,8 @@ class Admission(Identity):
         assert caller.subject is not None, "authenticate first"
         rt = self.rt
         rate = rt.config.rate_for(caller.subject)
-        decision = await rt.limiter.hit(caller.subject.name, rate, max(1, len(calls)))
+        name, cost = caller.subject.name, max(1, len(calls))
+        decision = rt.limiter.hit_local(name, rate, cost) or await rt.limiter.hit(name, rate, cost)
         if decision.allowed:
             return None
         err = Refusal(ErrorCode.RATE_LIMITED, "Rate limited", decision.retry_after)

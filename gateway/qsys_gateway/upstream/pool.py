@@ -178,14 +178,17 @@ class UpstreamPool:
         budget = self._core.requestTimeoutSeconds if timeout is None else timeout
         if not owner:
             return await self._forward(method, params, budget, conn)
-        loop = asyncio.get_running_loop()
-        queued = loop.time()
-        if not await self.shares.acquire(owner, budget):
-            if self._metrics is not None:
-                self._metrics.subject_share_full.inc()
-            raise CoreUnavailable("too many calls of this client pending on the Core", 1.0)
-        try:
+        if self.shares.try_acquire(owner):
+            left = budget
+        else:
+            loop = asyncio.get_running_loop()
+            queued = loop.time()
+            if not await self.shares.acquire(owner, budget):
+                if self._metrics is not None:
+                    self._metrics.subject_share_full.inc()
+                raise CoreUnavailable("too many calls of this client pending on the Core", 1.0)
             left = max(0.001, budget - (loop.time() - queued))
+        try:
             return await self._forward(method, params, left, conn)
         finally:
             self.shares.release(owner)
