@@ -183,7 +183,7 @@ class Admission(Identity):
             return []
         if lane is not None:
             for obj in calls:
-                await lane.start(obj, partial(self.handle, caller, obj, request_id))
+                await lane.start(obj, partial(self.handle, caller, obj, request_id), request_id)
             return []
         gate = self.rt.in_flight_gate
         replies: list[Any] = []

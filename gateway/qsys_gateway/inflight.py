@@ -123,7 +123,9 @@ class Lane:
         if reply is not None:
             self.send(reply)
 
-    async def start(self, obj: Any, work: Callable[[], Awaitable[Reply | None]]) -> None:
+    async def start(
+        self, obj: Any, work: Callable[[], Awaitable[Reply | None]], request_id: str = ""
+    ) -> None:
         """Wait for room for the call `obj`, then run `work` (its reply) in a task."""
         weight = call_weight(obj)
         await self._slots.acquire()
@@ -134,12 +136,19 @@ class Lane:
         except BaseException:
             self._release(mine, theirs)
             raise
-        task = asyncio.get_running_loop().create_task(self._run(obj, work, mine, theirs))
+        task = asyncio.get_running_loop().create_task(
+            self._run(obj, work, mine, theirs, request_id)
+        )
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     async def _run(
-        self, obj: Any, work: Callable[[], Awaitable[Reply | None]], mine: int, theirs: int
+        self,
+        obj: Any,
+        work: Callable[[], Awaitable[Reply | None]],
+        mine: int,
+        theirs: int,
+        request_id: str,
     ) -> None:
         try:
             reply = await work()
@@ -150,7 +159,7 @@ class Lane:
             self.answer(obj, QrcError(ErrorCode.CORE_UNAVAILABLE, "Connection closing"))
             raise
         except Exception:
-            log.exception("call failed")
+            log.exception("call failed", extra={"request_id": request_id})
             self.answer(obj, QrcError(ErrorCode.SERVER_ERROR, "Internal error"))
         finally:
             self._release(mine, theirs)

@@ -207,7 +207,7 @@ async def test_serve_runs_work_under_the_gate_and_refuses_it_by_its_method(
     _burst(admission, caller, 1)
     held: list[int] = []
 
-    async def run() -> str:
+    async def run() -> Any:
         held.append(admission.rt.in_flight_gate.used)
         return await admission.call(caller, "StatusGet", None, "r1")
 
