@@ -47,7 +47,8 @@ class QrcClient:
         self.closed = asyncio.Event()
         self.close_reason: BaseException | None = None
         # Frames of `request` are written once per event-loop pass: one send for
-        # every call made in that pass instead of a syscall each.
+        # every call made in that pass instead of a syscall each (a call alone in
+        # flight is written at once).
         self._out: list[bytes] = []
         self._reader_task = asyncio.get_running_loop().create_task(self._read_loop())
 
@@ -117,9 +118,14 @@ class QrcClient:
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[jsonrpc.Response] = loop.create_future()
         self._pending[rid] = fut
-        if not self._out:
-            loop.call_soon(self._flush)
-        self._out.append(encode_frame(jsonrpc.Request(method, params, rid).to_dict()))
+        frame = encode_frame(jsonrpc.Request(method, params, rid).to_dict())
+        if len(self._pending) == 1 and not self._out and not self._writer.is_closing():
+            # the only call in flight: sent now, an event-loop pass sooner
+            self._writer.write(frame)
+        else:
+            if not self._out:
+                loop.call_soon(self._flush)
+            self._out.append(frame)
         if timeout is not None:
             deadline = loop.time() + timeout
             self._deadlines[rid] = deadline
