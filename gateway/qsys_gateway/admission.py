@@ -171,7 +171,7 @@ class Admission(Identity):
             lane.send(jsonrpc.error_message(None, refused))
             return []
         if logon is not None:
-            calls = await logon(list(calls))
+            calls = await logon(calls if isinstance(calls, list) else list(calls))
             if not calls:
                 return []
         refused = await self.rate_limit(caller, calls, request_id)

@@ -4,6 +4,7 @@ records; each step refuses before the next one runs."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 from types import SimpleNamespace
@@ -13,6 +14,7 @@ import pytest
 
 from qsys_gateway.admission import Admission, Caller, Lane, Refusal, Work
 from qsys_gateway.audit import AuditLog
+from qsys_gateway.inflight import TOTAL, WeightedGate
 from qsys_gateway.metrics import GatewayMetrics
 from qsys_gateway.ratelimit import RateLimiter
 from qsys_gateway.runtime import Runtime
@@ -262,3 +264,31 @@ async def test_serve_in_a_lane_answers_everything_there(
         (1, ErrorCode.RATE_LIMITED),
         (2, ErrorCode.RATE_LIMITED),
     ]  # a notification is not answered
+
+
+async def test_a_lane_answers_calls_that_fail_or_are_cut_short() -> None:
+    """Every request in a connection's lane is answered: a call that raises gets -32000,
+    one still running when the connection closes gets -32050; a notification nothing."""
+    sent: list[dict[str, Any]] = []
+    gate = WeightedGate(TOTAL)
+    lane = Lane(sent.append, gate)
+    never = asyncio.Event()
+
+    async def broken() -> dict[str, Any] | None:
+        raise RuntimeError("bug")
+
+    async def slow() -> dict[str, Any] | None:
+        await never.wait()
+        return None
+
+    await lane.start({"jsonrpc": "2.0", "id": 1, "method": "StatusGet"}, broken)
+    await lane.start({"jsonrpc": "2.0", "id": 2, "method": "StatusGet"}, slow)
+    await lane.start({"jsonrpc": "2.0", "method": "NoOp"}, slow)
+    await asyncio.sleep(0)
+    assert gate.used == 2
+    await lane.cancel()
+    assert sorted((m["id"], m["error"]["code"]) for m in sent) == [
+        (1, ErrorCode.SERVER_ERROR),
+        (2, ErrorCode.CORE_UNAVAILABLE),
+    ]
+    assert gate.used == 0
