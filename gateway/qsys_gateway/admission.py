@@ -129,7 +129,8 @@ class Admission(Identity):
         assert caller.subject is not None, "authenticate first"
         rt = self.rt
         rate = rt.config.rate_for(caller.subject)
-        decision = await rt.limiter.hit(caller.subject.name, rate, max(1, len(calls)))
+        name, cost = caller.subject.name, max(1, len(calls))
+        decision = rt.limiter.hit_local(name, rate, cost) or await rt.limiter.hit(name, rate, cost)
         if decision.allowed:
             return None
         err = Refusal(ErrorCode.RATE_LIMITED, "Rate limited", decision.retry_after)
@@ -282,7 +283,7 @@ class Admission(Identity):
         if (
             subject is None
             or known is None
-            or self.credential(caller) is None
+            or self.credential(caller, subject) is None
             or subject.sourceCIDRs != known.sourceCIDRs
         ):
             return None

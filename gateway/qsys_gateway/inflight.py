@@ -50,7 +50,8 @@ class WeightedGate:
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.used = 0
-        self._waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
+        self._waiters: deque[tuple[int, asyncio.Future[None]]] | None = None
+        """Made by the first call that has to wait (a gate per idle connection stays small)."""
 
     async def acquire(self, weight: int) -> int:
         weight = max(1, min(weight, self.limit))
@@ -59,13 +60,15 @@ class WeightedGate:
             return weight
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         entry = (weight, fut)
+        if self._waiters is None:
+            self._waiters = deque()
         self._waiters.append(entry)
         try:
             await fut
         except asyncio.CancelledError:
             if fut.done() and not fut.cancelled():
                 self.release(weight)  # granted just as we were cancelled
-            else:
+            elif self._waiters is not None:
                 self._waiters.remove(entry)
                 self._wake()
             raise

@@ -110,9 +110,6 @@ class Records:
 
     def __init__(self, runtime: Runtime) -> None:
         self.rt = runtime
-        # Labelled children, looked up once: label values are bounded (see metrics.py).
-        self._counters: dict[tuple[str, str, str, str], Any] = {}
-        self._timers: dict[tuple[str, str], Any] = {}
 
     def _token(self, caller: Caller) -> str | None:
         """Which of its subject's tokens the caller used, for the audit line."""
@@ -231,15 +228,12 @@ class Records:
         )
 
     def _count(self, label: str, caller: Caller, outcome: str, started: float) -> None:
-        key = (label, caller.subject_name, caller.transport, outcome)
+        subject = caller.subject_name
         if tracing.ENABLED:
-            tracing.annotate({"rpc.method": label, "qsys.subject": key[1], "qsys.outcome": outcome})
-        counter = self._counters.get(key)
-        if counter is None:
-            counter = self._counters[key] = self.rt.metrics.requests.labels(*key)
-        counter.inc()
-        tkey = (label, caller.transport)
-        timer = self._timers.get(tkey)
-        if timer is None:
-            timer = self._timers[tkey] = self.rt.metrics.request_duration.labels(*tkey)
-        timer.observe(time.perf_counter() - started)
+            span = {"rpc.method": label, "qsys.subject": subject, "qsys.outcome": outcome}
+            tracing.annotate(span)
+        metrics = self.rt.metrics
+        metrics.requests.labels(label, subject, caller.transport, outcome).inc()
+        metrics.request_duration.labels(label, caller.transport).observe(
+            time.perf_counter() - started
+        )
