@@ -12,7 +12,7 @@ from qsys_protocol.qrc import jsonrpc
 from qsys_protocol.qrc.errors import ErrorCode, QrcError
 
 from .. import __version__
-from ..admission import Caller, Refusal
+from ..admission import Caller, Proof, Refusal
 from ..connlimit import HttpConnections
 from .common import HTTP_STATUS, Services, request_id
 from .openapi import (
@@ -133,10 +133,21 @@ async def _rpc(request: web.Request) -> web.Response:
     source = source_ip(request)
     admission = svc.admission
     caller = Caller("http", source)
+    conns = request.app[HTTP_CONNECTIONS]
+    kept = conns.kept(request.transport)
+    conns.keep(request.transport, None)
+    header = request.headers.get("Authorization", "")
     try:
-        await admission.authenticate(caller, bearer(request), request_id=rid)
+        proof = await admission.authenticate_kept(
+            caller,
+            header,
+            bearer(request),
+            kept if isinstance(kept, Proof) else None,
+            request_id=rid,
+        )
     except Refusal as err:
         return error_response(err)
+    conns.keep(request.transport, proof)
     body = await _read_body(request, rt.config.limits.maxMessageBytes)
     try:
         payload = jsonrpc.decode_json(body)
