@@ -96,6 +96,12 @@ def _http_error(exc: web.HTTPException) -> web.Response:
 async def _read_body(request: web.Request, limit: int) -> bytes:
     if request.content_length is not None and request.content_length > limit:
         raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length)
+    stream = request.content
+    if stream.is_eof():  # the whole body arrived with the head: nothing to wait for
+        body = stream.read_nowait(limit + 1)
+        if len(body) > limit:
+            raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=len(body))
+        return body
     chunks: list[bytes] = []
     size = 0
     try:
