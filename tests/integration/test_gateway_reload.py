@@ -29,6 +29,24 @@ async def wait_metric(gw: GatewayProcess, result: str, value: float, timeout: fl
     assert got == value
 
 
+KEY = b"k" * 22 + b"Zq8Lm3Tx0Wv5"
+
+
+async def to_keyed(gw: GatewayProcess) -> tuple[dict[str, Any], str]:
+    """Reload the harness config with the panel's hash keyed under `KEY` (a key file);
+    returns that config and the panel's plain SHA-256 it replaced."""
+    key_file = gw.dir / "token-key"
+    key_file.write_bytes(KEY + b"\n")
+    keyed = copy.deepcopy(gw.config)
+    keyed["auth"] = {"tokenKeyFile": str(key_file)}
+    panel = keyed["subjects"][1]
+    plain: str = panel.pop("tokenSha256")
+    panel["tokenHmacSha256"] = token_hmac(KEY, PANEL_TOKEN)
+    gw.write_config(keyed)
+    await wait_metric(gw, "success", 1)
+    return keyed, plain
+
+
 async def test_reload_under_open_websocket(
     module_sim_port: int, make_gateway: GatewayFactory, http: aiohttp.ClientSession
 ) -> None:
@@ -90,16 +108,7 @@ async def test_reload_to_keyed_hashes_and_key_rotation(
             return r.status
 
     assert await status(PANEL_TOKEN) == 200
-    key = b"k" * 22 + b"Zq8Lm3Tx0Wv5"
-    key_file = gw.dir / "token-key"
-    key_file.write_bytes(key + b"\n")
-    keyed = copy.deepcopy(gw.config)
-    keyed["auth"] = {"tokenKeyFile": str(key_file)}
-    panel = keyed["subjects"][1]
-    plain = panel.pop("tokenSha256")
-    panel["tokenHmacSha256"] = token_hmac(key, PANEL_TOKEN)
-    gw.write_config(keyed)
-    await wait_metric(gw, "success", 1)
+    keyed, plain = await to_keyed(gw)
     assert await status(PANEL_TOKEN) == 200
     assert await status(plain) == 401
     moved = copy.deepcopy(keyed)
@@ -120,16 +129,8 @@ async def test_a_keep_alive_connection_is_judged_again_after_reload_and_grace(
     failed one, a reload that rotates the token and the end of a grace period all take
     effect on that same connection's next request."""
     gw = await asyncio.to_thread(make_gateway, module_sim_port)
-    key = b"k" * 22 + b"Zq8Lm3Tx0Wv5"
-    key_file = gw.dir / "token-key"
-    key_file.write_bytes(key + b"\n")
-    keyed = copy.deepcopy(gw.config)
-    keyed["auth"] = {"tokenKeyFile": str(key_file)}
-    panel = keyed["subjects"][1]
-    panel.pop("tokenSha256")
-    panel["tokenHmacSha256"] = token_hmac(key, PANEL_TOKEN)
-    gw.write_config(keyed)
-    await wait_metric(gw, "success", 1)
+    keyed, _ = await to_keyed(gw)
+
     opened: list[object] = []
 
     async def connected(*_: object) -> None:
@@ -153,15 +154,15 @@ async def test_a_keep_alive_connection_is_judged_again_after_reload_and_grace(
         assert await status(PANEL_TOKEN) == 200
         new_token = "rotated-panel-token-0123456789"
         rotated = copy.deepcopy(keyed)
-        rotated["subjects"][1]["tokenHmacSha256"] = token_hmac(key, new_token)
+        rotated["subjects"][1]["tokenHmacSha256"] = token_hmac(KEY, new_token)
         gw.write_config(rotated)
         await wait_metric(gw, "success", 2)
         assert await status(PANEL_TOKEN) == 401
         assert await status(new_token) == 200
         until = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=2)
         graced = copy.deepcopy(rotated)
-        graced["subjects"][1]["tokenHmacSha256"] = token_hmac(key, "third-panel-token-0123")
-        graced["subjects"][1]["previousTokenHmacSha256"] = token_hmac(key, new_token)
+        graced["subjects"][1]["tokenHmacSha256"] = token_hmac(KEY, "third-panel-token-0123")
+        graced["subjects"][1]["previousTokenHmacSha256"] = token_hmac(KEY, new_token)
         graced["subjects"][1]["previousTokenUntil"] = until.isoformat()
         gw.write_config(graced)
         await wait_metric(gw, "success", 3)
