@@ -31,8 +31,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--duration", type=float, default=3.0, help="measured seconds per scenario")
     p.add_argument("--window", type=int, default=16, help="requests in flight per client")
+    p.add_argument("--cores", type=int, default=None, help="operator_scale: QSysCores (200)")
+    p.add_argument(
+        "--policies", type=int, default=None, help="operator_scale: AccessPolicies (2 per core)"
+    )
     args = p.parse_args(argv)
-    ctx = BenchContext(duration=args.duration, window=args.window)
+    ctx = BenchContext(
+        duration=args.duration, window=args.window, cores=args.cores, policies=args.policies
+    )
     try:
         import uvloop
 

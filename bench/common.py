@@ -51,6 +51,8 @@ class BenchContext:
     window: int = 16  # requests in flight per client
     max_requests: int = 2_000_000  # hard bound per scenario
     notes: list[str] = field(default_factory=list)  # printed after the table (target checks)
+    cores: int | None = None  # operator_scale: QSysCores (None: its default)
+    policies: int | None = None  # operator_scale: AccessPolicies (None: two per core)
 
 
 def _versus(r: Result) -> str:

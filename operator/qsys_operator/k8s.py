@@ -108,8 +108,12 @@ def load_api_client() -> client.ApiClient:
 
 
 class Kube:
-    def __init__(self, api: client.ApiClient) -> None:
+    def __init__(
+        self, api: client.ApiClient, on_call: Callable[[str], None] | None = None
+    ) -> None:
+        """on_call(name) is told of every API call sent ("GET secrets", "list_namespaced_pod")."""
         self.api = api
+        self._on_call = on_call
         self.core = client.CoreV1Api(api)
         self.apps = client.AppsV1Api(api)
         self.custom = client.CustomObjectsApi(api)
@@ -117,6 +121,9 @@ class Kube:
         self._pool = ThreadPoolExecutor(API_THREADS, thread_name_prefix="k8s-api")
 
     async def _thread(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        if self._on_call is not None:
+            raw = fn == self._raw
+            self._on_call(f"{args[0]} {args[1].split('/')[-2]}" if raw else fn.__name__)
         return await asyncio.get_running_loop().run_in_executor(
             self._pool, functools.partial(fn, *args, **kwargs)
         )
