@@ -108,9 +108,7 @@ def load_api_client() -> client.ApiClient:
 
 
 class Kube:
-    def __init__(
-        self, api: client.ApiClient, on_call: Callable[[str], None] | None = None
-    ) -> None:
+    def __init__(self, api: client.ApiClient, on_call: Callable[[str], None] | None = None) -> None:
         """on_call(name) is told of every API call sent ("GET secrets", "list_namespaced_pod")."""
         self.api = api
         self._on_call = on_call

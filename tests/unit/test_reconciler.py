@@ -1,0 +1,233 @@
+"""The Reconciler against an in-memory Kubernetes (fake_kube.FakeKube): what one reconcile
+creates, repairs, refuses, deletes and reports, and which API calls it makes.
+
+Ownership rules and name conflicts in depth: test_operator_ownership.py. The real API
+server: tests/e2e/test_operator.py."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+
+from fake_kube import CORE_UID, MANAGED, NS, FakeKube, ready, reconcile, reconciler
+
+from qsys_operator.kinds import (
+    CLUSTER_ROLE_BINDING,
+    DEPLOYMENT,
+    HPA,
+    NETWORK_POLICY,
+    SECRET,
+    SERVICE,
+    SERVICE_ACCOUNT,
+)
+
+BINDING = "qsys-gateway-tokenreview:av:hall"
+FOREIGN_IMAGE = "registry.example/someone/gateway:1.0"
+
+
+def _owned_by_core() -> list[dict[str, object]]:
+    return [
+        {
+            "apiVersion": "qsys.dev/v1alpha1",
+            "kind": "QSysCore",
+            "name": "hall",
+            "uid": CORE_UID,
+            "controller": True,
+        }
+    ]
+
+
+def _core_with_policy(kube: FakeKube, **spec: object) -> None:
+    kube.put_core(**spec)
+    kube.put_policy("lobby")
+    kube.deployments_available = True
+
+
+def test_a_new_core_gets_its_secrets_children_and_ready_status() -> None:
+    kube = FakeKube()
+    _core_with_policy(kube)
+    reconcile(kube)
+
+    assert sorted(kube.created) == [
+        ("Secret", "hall-gateway-token-key"),
+        ("Secret", "lobby-lobby-client-token"),
+        ("Secret", "qsys-operator-token-proof-key"),
+    ]
+    assert {k for k, _ in kube.applied} == {
+        "Secret",
+        "Deployment",
+        "Service",
+        "NetworkPolicy",
+        "PodDisruptionBudget",
+    }
+    assert kube.get(DEPLOYMENT, "hall-gateway") is not None
+    assert kube.get(SERVICE, "hall-gateway") is not None
+    assert kube.get(NETWORK_POLICY, "hall-gateway") is not None
+    assert kube.get(SECRET, "hall-gateway-config") is not None
+
+    core = kube.status("qsyscores", "hall")
+    assert core["observedGeneration"] == 1
+    assert (ready(kube)["status"], ready(kube)["reason"]) == ("True", "Ready")
+    policy = kube.status("accesspolicies", "lobby")
+    assert policy["tokenSecrets"] == {"lobby-client": "lobby-lobby-client-token"}
+    assert kube.condition("accesspolicies", "lobby")["status"] == "True"
+    assert kube.condition("accesspolicies", "lobby", "Bound")["reason"] == "CoreFound"
+    assert ("hall", "Normal", "Ready") in [e[:3] for e in kube.events]
+
+
+def test_the_phases_read_first_create_secrets_before_applying_and_write_status_last() -> None:
+    kube = FakeKube()
+    _core_with_policy(kube)
+    reconcile(kube)
+    calls = kube.calls
+    # fetch: reads only
+    assert calls[:2] == ["get_core", "list_custom accesspolicies"]
+    first_apply = calls.index("apply")
+    # secrets: every Secret is created before the first apply
+    assert max(i for i, c in enumerate(calls) if c == "create") < first_apply
+    # report: status writes after the last apply or delete
+    last_change = max(i for i, c in enumerate(calls) if c == "apply" or c.startswith("delete"))
+    assert min(i for i, c in enumerate(calls) if c.startswith("patch_status")) > last_change
+    # observe: the apply's answer has the Deployment's status; no second read of it
+    assert "read_deployment" not in calls
+
+
+def test_a_steady_core_costs_reads_and_applies_but_no_writes_of_status() -> None:
+    kube = FakeKube()
+    _core_with_policy(kube)
+
+    async def main() -> None:
+        rec = reconciler(kube)
+        try:
+            await rec.reconcile(NS, "hall")
+            kube.calls.clear()
+            await rec.reconcile(NS, "hall")
+            steady = list(kube.calls)
+            assert not [c for c in steady if c.startswith(("patch_status", "event", "create"))]
+            # The unwanted children (ServiceAccount, binding, HPA) were found absent once:
+            # not read again until the child watch sees one of their names.
+            for plural in ("serviceaccounts", "clusterrolebindings", "horizontalpodautoscalers"):
+                assert f"read_metadata {plural}" not in steady
+
+            kube.put(HPA, "hall-gateway", ownerReferences=_owned_by_core())
+            rec.child_seen(HPA, NS, "hall-gateway")
+            await rec.reconcile(NS, "hall")
+            assert kube.get(HPA, "hall-gateway") is None
+            assert ("HorizontalPodAutoscaler", "hall-gateway") in kube.deleted
+        finally:
+            await rec.close()
+
+    asyncio.run(main())
+
+
+def test_resync_forgets_what_was_found_absent() -> None:
+    kube = FakeKube()
+    _core_with_policy(kube)
+
+    async def main() -> None:
+        rec = reconciler(kube)
+        try:
+            await rec.reconcile(NS, "hall")
+            # Made behind the watch's back (no event): found again after a resync.
+            kube.put(HPA, "hall-gateway", ownerReferences=_owned_by_core())
+            await rec.reconcile(NS, "hall")
+            assert kube.get(HPA, "hall-gateway") is not None
+            await rec.resync()
+            await rec.reconcile(NS, "hall")
+            assert kube.get(HPA, "hall-gateway") is None
+        finally:
+            await rec.close()
+
+    asyncio.run(main())
+
+
+def test_drift_is_repaired_by_the_next_reconcile() -> None:
+    kube = FakeKube()
+    _core_with_policy(kube)
+    reconcile(kube)
+    wanted = copy.deepcopy(kube.get(DEPLOYMENT, "hall-gateway"))
+    assert wanted is not None
+
+    drifted = kube.get(DEPLOYMENT, "hall-gateway")
+    assert drifted is not None
+    drifted["spec"]["template"]["spec"]["containers"][0]["image"] = FOREIGN_IMAGE
+    del kube.objects[("services", NS, "hall-gateway")]
+    reconcile(kube)
+
+    repaired = kube.get(DEPLOYMENT, "hall-gateway")
+    assert repaired is not None
+    assert repaired["spec"] == wanted["spec"]
+    assert kube.get(SERVICE, "hall-gateway") is not None
+    assert ready(kube)["status"] == "True"
+
+
+def test_a_foreign_object_of_a_childs_name_holds_every_child() -> None:
+    kube = FakeKube()
+    _core_with_policy(kube)
+    kube.put(SERVICE, "hall-gateway")  # a tenant's own Service
+    reconcile(kube)
+    assert kube.applied == []
+    assert (ready(kube)["status"], ready(kube)["reason"]) == ("False", "NameConflict")
+    assert kube.condition("accesspolicies", "lobby")["reason"] == "NotRendered"
+
+
+def test_only_owned_children_the_spec_turned_off_are_deleted() -> None:
+    kube = FakeKube()
+    _core_with_policy(kube)
+    kube.put(HPA, "hall-gateway", ownerReferences=_owned_by_core())
+    kube.put(SERVICE_ACCOUNT, "hall-gateway")  # same name, not the core's
+    owner = {"qsys.dev/owner": "av/hall"}
+    kube.put(CLUSTER_ROLE_BINDING, BINDING, labels=dict(MANAGED), annotations=owner)
+    reconcile(kube)
+    assert sorted(kube.deleted) == [
+        ("ClusterRoleBinding", BINDING),
+        ("HorizontalPodAutoscaler", "hall-gateway"),
+    ]
+    assert kube.get(SERVICE_ACCOUNT, "hall-gateway") is not None
+
+
+def test_an_image_not_allowed_applies_nothing_and_says_why() -> None:
+    kube = FakeKube()
+    _core_with_policy(kube)
+    reconcile(kube)
+    before = copy.deepcopy(kube.get(DEPLOYMENT, "hall-gateway"))
+    core = kube.cores()[0]
+    core["spec"]["gateway"] = {"image": FOREIGN_IMAGE}
+    core["metadata"]["generation"] = 2
+    kube.applied.clear()
+    reconcile(kube)
+
+    assert kube.applied == []
+    assert kube.get(DEPLOYMENT, "hall-gateway") == before
+    cond = ready(kube)
+    assert (cond["status"], cond["reason"]) == ("False", "ImageNotAllowed")
+    assert FOREIGN_IMAGE in cond["message"]
+    assert kube.status("qsyscores", "hall")["observedGeneration"] == 2
+    policy = kube.condition("accesspolicies", "lobby")
+    assert (policy["status"], policy["reason"]) == ("False", "NotRendered")
+    assert ("hall", "Warning", "ImageNotAllowed") in [e[:3] for e in kube.events]
+
+
+def test_a_gateway_not_yet_available_is_reported_until_it_is() -> None:
+    kube = FakeKube()
+    kube.put_core()
+    reconcile(kube)
+    cond = ready(kube)
+    assert cond["status"] == "False"
+    assert cond["reason"] == "GatewayUnavailable"
+    kube.deployments_available = True
+    reconcile(kube)
+    assert ready(kube)["status"] == "True"
+
+
+def test_a_deleted_core_leaves_its_policies_unbound() -> None:
+    kube = FakeKube()
+    _core_with_policy(kube)
+    reconcile(kube)
+    del kube.objects[("qsyscores", NS, "hall")]
+    kube.applied.clear()
+    reconcile(kube)
+    assert kube.applied == []
+    policy = kube.condition("accesspolicies", "lobby")
+    assert (policy["status"], policy["reason"]) == ("False", "CoreNotFound")
+    assert kube.condition("accesspolicies", "lobby", "Bound")["status"] == "False"
