@@ -174,8 +174,10 @@ def _policy(k: int, cores: int) -> dict[str, Any]:
     }
 
 
-def _count(items: list[Any], prefix: str) -> int:
-    return sum(1 for o in items if o.metadata.name.startswith(prefix))
+def _count(items: list[Any], prefix: str, suffix: str = "") -> int:
+    return sum(
+        1 for o in items if o.metadata.name.startswith(prefix) and o.metadata.name.endswith(suffix)
+    )
 
 
 def _measure(ctx: BenchContext) -> list[Result]:
@@ -231,7 +233,8 @@ def _measure(ctx: BenchContext) -> list[Result]:
                         _count(apps.list_namespaced_deployment(ns).items, "core-") == cores_n
                         and _count(v1.list_namespaced_service(ns).items, "core-") == cores_n
                         and _count(net.list_namespaced_network_policy(ns).items, "core-") == cores_n
-                        and _count(secrets, "core-") == cores_n
+                        and _count(secrets, "core-", "-gateway-config") == cores_n
+                        and _count(secrets, "core-", "-gateway-token-key") == cores_n
                         and _count(secrets, "policy-") == n_policies
                     )
                 if children_ok or now > timeout:

@@ -269,8 +269,9 @@ class Kube:
 
     async def patch_status(
         self, plural: str, namespace: str, name: str, status: dict[str, Any]
-    ) -> None:
-        await self._call(
+    ) -> str | None:
+        """Merge-patch the status; the resourceVersion it made."""
+        answer = await self._call(
             self.custom.patch_namespaced_custom_object_status,
             GROUP,
             VERSION,
@@ -279,6 +280,8 @@ class Kube:
             name,
             {"status": status},
         )
+        version = ((answer or {}).get("metadata") or {}).get("resourceVersion")
+        return str(version) if version else None
 
     async def read_secret(self, namespace: str, name: str) -> client.V1Secret | None:
         secret: client.V1Secret | None = await self._read(

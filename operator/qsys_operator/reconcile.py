@@ -16,6 +16,7 @@ import datetime as dt
 import itertools
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -151,6 +152,12 @@ class Reconciler:
         """The sequence number of each child's latest watch event (cleared on resync), to
         tell whether one arrived during a read."""
         self._event_seq = itertools.count(1)
+        self._children: dict[ChildKey, dict[str, Any]] = {}
+        """Metadata of the labelled children as the child watch last saw them: a child
+        found here as the core's own needs no read before its apply."""
+        self._written: dict[ChildKey, str] = {}
+        """resourceVersion of the operator's latest write of each object (applied child,
+        status): the watch event of that very version is no news and triggers nothing."""
 
     async def _proof(self) -> bytes:
         if self._proof_key is None:
@@ -162,16 +169,31 @@ class Reconciler:
     def trigger(self, namespace: str, core: str) -> None:
         self.queue.add((namespace, core))
 
-    def policy_seen(self, namespace: str, policy: str, core: str | None) -> None:
-        """A policy event: re-render its core, and the one it left when coreRef changed."""
+    def core_seen(self, namespace: str, core: str, resource_version: str | None) -> None:
+        """A core event: reconcile it, unless the event is of the status this operator
+        just wrote (nothing changed that it does not know)."""
+        if not self._written_by_us((QSysCore.PLURAL, namespace, core), resource_version):
+            self.trigger(namespace, core)
+
+    def policy_seen(
+        self, namespace: str, policy: str, core: str | None, resource_version: str | None = None
+    ) -> None:
+        """A policy event: re-render its core, and the one it left when coreRef changed;
+        nothing for the status this operator just wrote."""
         old = self._policy_cores.get((namespace, policy))
+        key = (AccessPolicy.PLURAL, namespace, policy)
         if core is None:
             self._policy_cores.pop((namespace, policy), None)
+            self._written.pop(key, None)
         else:
             self._policy_cores[(namespace, policy)] = core
-            self.trigger(namespace, core)
+            if not self._written_by_us(key, resource_version) or old != core:
+                self.trigger(namespace, core)
         if old and old != core:
             self.trigger(namespace, old)
+
+    def _written_by_us(self, key: ChildKey, resource_version: str | None) -> bool:
+        return resource_version is not None and self._written.get(key) == resource_version
 
     async def token_secret_changed(self, namespace: str, policy: str) -> None:
         core = self._policy_cores.get((namespace, policy))
@@ -185,11 +207,29 @@ class Reconciler:
     def managed_cores(self) -> int:
         return len(self._cores)
 
-    def child_seen(self, kind: Kind, namespace: str | None, name: str) -> None:
-        """A watch event of a child: whatever it was, it is no longer known absent."""
+    def child_seen(
+        self,
+        kind: Kind,
+        namespace: str | None,
+        name: str,
+        meta: Mapping[str, Any] | None = None,
+        deleted: bool = False,
+    ) -> bool:
+        """A watch event of a labelled child (its metadata; deleted: it is gone). Whatever
+        it was, the child is no longer known absent. False when the event is of the version
+        the operator's own apply just wrote: no news, so no reconcile."""
         key = _child_key(kind, namespace, name)
         self._absent.discard(key)
         self._child_events[key] = next(self._event_seq)
+        if deleted or meta is None:
+            self._children.pop(key, None)
+            self._written.pop(key, None)
+            return True
+        self._children[key] = {
+            k: meta.get(k)
+            for k in ("uid", "resourceVersion", "ownerReferences", "labels", "annotations")
+        }
+        return not self._written_by_us(key, meta.get("resourceVersion"))
 
     def service_monitor_crd_changed(self) -> None:
         self._sm_served = None
@@ -198,6 +238,7 @@ class Reconciler:
 
     def core_deleted(self, namespace: str, core: str) -> None:
         self._managed(namespace, core, False)
+        self._written.pop((QSysCore.PLURAL, namespace, core), None)
         self.trigger(namespace, core)  # its policies become unbound
 
     async def resync(self) -> None:
@@ -206,6 +247,7 @@ class Reconciler:
             return
         self._absent.clear()
         self._child_events.clear()
+        self._written.clear()
         namespaces: list[str | None] = list(self.settings.watch_namespaces) or [None]
         for ns in namespaces:
             for core in await self.kube.list_custom(QSysCore.PLURAL, ns):
@@ -542,6 +584,7 @@ class Reconciler:
             for obj in wanted:
                 current = obj
                 answer = await self.kube.apply(obj)
+                self._wrote(kind_of(obj["apiVersion"], obj["kind"]), meta.namespace, answer)
                 if obj["kind"] == DEPLOYMENT.kind:
                     deployment = answer
             for ref in result.absent:
@@ -555,12 +598,21 @@ class Reconciler:
             return Applied(f"{what} refused by the API server: {api_message(exc)}", note)
         return Applied(None, note, deployment=deployment)
 
+    def _wrote(self, kind: Kind, namespace: str, answer: Mapping[str, Any] | None) -> None:
+        meta = (answer or {}).get("metadata") or {}
+        key = _child_key(kind, namespace, str(meta.get("name")))
+        if meta.get("resourceVersion"):
+            self._written[key] = meta["resourceVersion"]
+
     async def _conflicts(self, owner: Owner, wanted: list[Manifest]) -> list[NameConflict]:
         """The wanted children whose name an object that is not the owner's holds."""
 
         async def check(obj: Manifest) -> NameConflict | None:
             kind = kind_of(obj["apiVersion"], obj["kind"])
             name = obj["metadata"]["name"]
+            seen = self._children.get(_child_key(kind, owner.namespace, name))
+            if seen is not None and owns(owner, kind, seen):
+                return None  # the watch's latest view: the core's own
             live = await self.kube.read_metadata(kind, owner.namespace, name)
             if live is None or owns(owner, kind, live):
                 return None
@@ -696,7 +748,14 @@ class Reconciler:
         meta = body["metadata"]
         written = update.status is not None
         if update.status is not None:
-            await self.kube.patch_status(plural, meta["namespace"], meta["name"], update.status)
+            version = await self.kube.patch_status(
+                plural, meta["namespace"], meta["name"], update.status
+            )
+            key = (plural, meta["namespace"], meta["name"])
+            if version is None:
+                self._written.pop(key, None)
+            else:
+                self._written[key] = version
         for type_, reason, message in update.events:
             try:
                 await self.kube.event(body, type_, reason, message)

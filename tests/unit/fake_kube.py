@@ -250,12 +250,16 @@ class FakeKube:
 
     async def patch_status(
         self, plural: str, namespace: str, name: str, status: dict[str, Any]
-    ) -> None:
+    ) -> str | None:
         self.calls.append(f"patch_status {plural}")
         self.statuses.append({"name": name} | status)
         obj = self.objects.get((plural, namespace, name))
-        if obj is not None:
-            obj["status"] = status
+        if obj is None:
+            return None
+        obj["status"] = status
+        version = self._version()
+        obj["metadata"]["resourceVersion"] = version
+        return version
 
     async def event(self, obj: dict[str, Any], type_: str, reason: str, message: str) -> None:
         self.calls.append("event")

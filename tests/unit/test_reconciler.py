@@ -231,3 +231,68 @@ def test_a_deleted_core_leaves_its_policies_unbound() -> None:
     policy = kube.condition("accesspolicies", "lobby")
     assert (policy["status"], policy["reason"]) == ("False", "CoreNotFound")
     assert kube.condition("accesspolicies", "lobby", "Bound")["status"] == "False"
+
+
+def test_watch_events_of_the_operators_own_writes_trigger_nothing() -> None:
+    kube = FakeKube()
+    _core_with_policy(kube)
+
+    async def main() -> None:
+        rec = reconciler(kube)
+        triggered: list[tuple[str, str]] = []
+        rec.trigger = lambda ns, name: triggered.append((ns, name))  # type: ignore[method-assign]
+        try:
+            rec.policy_seen(NS, "lobby", "hall", "1")  # first seen: its core is triggered
+            assert triggered == [(NS, "hall")]
+            triggered.clear()
+            await rec.reconcile(NS, "hall")
+            core = kube.cores()[0]["metadata"]
+            rec.core_seen(NS, "hall", core["resourceVersion"])  # its own status write
+            service = kube.get(SERVICE, "hall-gateway")
+            assert service is not None
+            own = service["metadata"]
+            assert not rec.child_seen(SERVICE, NS, "hall-gateway", own)  # its own apply
+            policy = kube.objects[("accesspolicies", NS, "lobby")]["metadata"]
+            rec.policy_seen(NS, "lobby", "hall", policy["resourceVersion"])
+            assert triggered == []
+
+            rec.core_seen(NS, "hall", "someone-elses-edit")
+            edited = own | {"resourceVersion": "999"}
+            assert rec.child_seen(SERVICE, NS, "hall-gateway", edited)
+            rec.policy_seen(NS, "lobby", "hall", "another-edit")
+            assert triggered == [(NS, "hall"), (NS, "hall")]
+            assert rec.child_seen(SERVICE, NS, "hall-gateway", edited, deleted=True)
+        finally:
+            await rec.close()
+
+    asyncio.run(main())
+
+
+def test_a_child_the_watch_saw_as_the_cores_own_is_not_read_before_its_apply() -> None:
+    kube = FakeKube()
+    _core_with_policy(kube)
+
+    async def main() -> None:
+        rec = reconciler(kube)
+        try:
+            await rec.reconcile(NS, "hall")
+            service = kube.get(SERVICE, "hall-gateway")
+            assert service is not None
+            rec.child_seen(SERVICE, NS, "hall-gateway", service["metadata"])
+            kube.calls.clear()
+            await rec.reconcile(NS, "hall")
+            assert "read_metadata services" not in kube.calls
+            assert "read_metadata deployments" in kube.calls  # not seen by the watch
+
+            # Replaced by a foreign object: the watch saw the delete, so it is read again.
+            rec.child_seen(SERVICE, NS, "hall-gateway", service["metadata"], deleted=True)
+            del kube.objects[("services", NS, "hall-gateway")]
+            kube.put(SERVICE, "hall-gateway")
+            kube.applied.clear()
+            await rec.reconcile(NS, "hall")
+            assert kube.applied == []
+            assert ready(kube)["reason"] == "NameConflict"
+        finally:
+            await rec.close()
+
+    asyncio.run(main())

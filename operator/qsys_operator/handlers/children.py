@@ -36,9 +36,15 @@ def register(registry: kopf.OperatorRegistry, reconciler: Reconciler) -> None:
 
     def handler(kind: Kind) -> Callable[..., Awaitable[None]]:
         async def child_event(
-            name: str, namespace: str | None, labels: kopf.Labels, **_: Any
+            type: str | None,
+            name: str,
+            namespace: str | None,
+            labels: kopf.Labels,
+            meta: kopf.Meta,
+            **_: Any,
         ) -> None:
-            reconciler.child_seen(kind, namespace, name)
+            if not reconciler.child_seen(kind, namespace, name, meta, type == "DELETED"):
+                return
             owner = owner_of(namespace, labels, watched)
             if owner is None:
                 return
