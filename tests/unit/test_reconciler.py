@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+from typing import Any
 
 from fake_kube import CORE_UID, MANAGED, NS, FakeKube, ready, reconcile, reconciler
 
@@ -37,7 +38,7 @@ def _owned_by_core() -> list[dict[str, object]]:
     ]
 
 
-def _core_with_policy(kube: FakeKube, **spec: object) -> None:
+def _core_with_policy(kube: FakeKube, **spec: Any) -> None:
     kube.put_core(**spec)
     kube.put_policy("lobby")
     kube.deployments_available = True
@@ -240,7 +241,11 @@ def test_watch_events_of_the_operators_own_writes_trigger_nothing() -> None:
     async def main() -> None:
         rec = reconciler(kube)
         triggered: list[tuple[str, str]] = []
-        rec.trigger = lambda ns, name: triggered.append((ns, name))  # type: ignore[method-assign]
+
+        def record(namespace: str, core: str) -> None:
+            triggered.append((namespace, core))
+
+        rec.trigger = record  # type: ignore[method-assign]
         try:
             rec.policy_seen(NS, "lobby", "hall", "1")  # first seen: its core is triggered
             assert triggered == [(NS, "hall")]
