@@ -3,7 +3,7 @@
 Every figure here comes from one run: a `qsys-core-sim` subprocess, measured
 directly, then through a `qsys-gateway` subprocess in front of it. Each gateway
 row carries the direct row with the same clients x in-flight requests as its
-baseline. Then the target checks of issue 3: the p99 the gateway adds at a fixed
+baseline. Then the target checks: the p99 the gateway adds at a fixed
 500 requests/s (open loop), throughput per transport, and the memory an idle
 connected WebSocket client costs (a fresh gateway, 1,000 clients).
 """
@@ -47,7 +47,7 @@ OPEN_LOOP_RATE = 500.0
 OPEN_LOOP_CLIENTS = 10
 IDLE_CLIENTS = 1000
 
-# Targets of issue 3 (2-core machine).
+# Targets (2-core machine).
 TARGET_ADDED_P99_MS = 2.0
 TARGET_HTTP_RPS = 2000.0
 TARGET_STREAM_RPS = 5000.0

@@ -75,10 +75,6 @@ def owner_metadata(meta: client.V1ObjectMeta | None) -> dict[str, Any]:
     return {"ownerReferences": [{"controller": r.controller, "uid": r.uid} for r in refs]}
 
 
-def is_not_found(exc: BaseException) -> bool:
-    return isinstance(exc, ApiException) and exc.status == 404
-
-
 def is_permanent(exc: BaseException) -> bool:
     """An API error that retrying cannot fix (the object itself is refused)."""
     return isinstance(exc, ApiException) and exc.status in (400, 403, 422)

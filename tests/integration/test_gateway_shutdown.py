@@ -13,8 +13,10 @@ from qsys_core_sim.server import CoreSimulator
 from qsys_protocol.qrc.client import QrcClient
 
 
-async def test_sigterm_with_calls_in_flight(make_sim: Any, make_gateway: GatewayFactory) -> None:
-    sim: CoreSimulator = await make_sim(idle_timeout=None)
+async def test_sigterm_with_calls_in_flight(
+    qsys_simulator: Any, make_gateway: GatewayFactory
+) -> None:
+    sim: CoreSimulator = await qsys_simulator(idle_timeout=None)
     gw = await asyncio.to_thread(make_gateway, sim.port)
     headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:

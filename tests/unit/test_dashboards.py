@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from chart_support import REPO, by_kind, manifests, render, run, tool
+from chart_support import by_kind, manifests, render, run, tool
 from prometheus_client import CollectorRegistry
 
 from qsys_gateway.metrics import GatewayMetrics
