@@ -13,7 +13,9 @@ import asyncio
 import base64
 import binascii
 import datetime as dt
+import hashlib
 import itertools
+import json
 import logging
 import time
 from collections.abc import Mapping
@@ -155,6 +157,8 @@ class Reconciler:
         self._children: dict[ChildKey, dict[str, Any]] = {}
         """Metadata of the labelled children as the child watch last saw them: a child
         found here as the core's own needs no read before its apply."""
+        self._digests: dict[ChildKey, str] = {}
+        """SHA-256 of the manifest each child was last applied from."""
         self._written: dict[ChildKey, str] = {}
         """resourceVersion of the operator's latest write of each object (applied child,
         status): the watch event of that very version is no news and triggers nothing."""
@@ -224,6 +228,7 @@ class Reconciler:
         if deleted or meta is None:
             self._children.pop(key, None)
             self._written.pop(key, None)
+            self._digests.pop(key, None)
             return True
         self._children[key] = {
             k: meta.get(k)
@@ -248,6 +253,7 @@ class Reconciler:
         self._absent.clear()
         self._child_events.clear()
         self._written.clear()
+        self._digests.clear()
         namespaces: list[str | None] = list(self.settings.watch_namespaces) or [None]
         for ns in namespaces:
             for core in await self.kube.list_custom(QSysCore.PLURAL, ns):
@@ -583,8 +589,14 @@ class Reconciler:
         try:
             for obj in wanted:
                 current = obj
+                kind = kind_of(obj["apiVersion"], obj["kind"])
+                key = _child_key(kind, meta.namespace, obj["metadata"]["name"])
+                digest = _digest(obj)
+                if self._unchanged(key, digest):
+                    continue
                 answer = await self.kube.apply(obj)
-                self._wrote(kind_of(obj["apiVersion"], obj["kind"]), meta.namespace, answer)
+                self._wrote(kind, meta.namespace, answer)
+                self._digests[key] = digest
                 if obj["kind"] == DEPLOYMENT.kind:
                     deployment = answer
             for ref in result.absent:
@@ -597,6 +609,18 @@ class Reconciler:
             what = f"{current.get('kind')} {current.get('metadata', {}).get('name')}"
             return Applied(f"{what} refused by the API server: {api_message(exc)}", note)
         return Applied(None, note, deployment=deployment)
+
+    def _unchanged(self, key: ChildKey, digest: str) -> bool:
+        """The child was applied from this very manifest, and the watch's latest view of
+        it is the version that apply made: nobody changed it since, so applying it again
+        would change nothing. Any other change (drift, a controller's status update, a
+        delete) is a newer version, and the child is applied."""
+        seen = self._children.get(key)
+        return (
+            seen is not None
+            and self._digests.get(key) == digest
+            and seen.get("resourceVersion") == self._written.get(key)
+        )
 
     def _wrote(self, kind: Kind, namespace: str, answer: Mapping[str, Any] | None) -> None:
         meta = (answer or {}).get("metadata") or {}
@@ -766,6 +790,10 @@ class Reconciler:
 
 def _namespace(key: Key) -> str:
     return key[0]
+
+
+def _digest(manifest: Manifest) -> str:
+    return hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
 
 
 def _child_key(kind: Kind, namespace: str | None, name: str) -> ChildKey:

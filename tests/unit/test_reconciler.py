@@ -13,6 +13,7 @@ from typing import Any
 from fake_kube import CORE_UID, MANAGED, NS, FakeKube, ready, reconcile, reconciler
 
 from qsys_operator.kinds import (
+    CHILDREN,
     CLUSTER_ROLE_BINDING,
     DEPLOYMENT,
     HPA,
@@ -21,6 +22,7 @@ from qsys_operator.kinds import (
     SERVICE,
     SERVICE_ACCOUNT,
 )
+from qsys_operator.reconcile import Reconciler
 
 BINDING = "qsys-gateway-tokenreview:av:hall"
 FOREIGN_IMAGE = "registry.example/someone/gateway:1.0"
@@ -297,6 +299,50 @@ def test_a_child_the_watch_saw_as_the_cores_own_is_not_read_before_its_apply() -
             await rec.reconcile(NS, "hall")
             assert kube.applied == []
             assert ready(kube)["reason"] == "NameConflict"
+        finally:
+            await rec.close()
+
+    asyncio.run(main())
+
+
+def test_children_unchanged_since_the_operators_own_apply_are_not_applied_again() -> None:
+    kube = FakeKube()
+    _core_with_policy(kube)
+
+    def watch_sees_everything(rec: Reconciler) -> None:
+        for (plural, ns, name), obj in list(kube.objects.items()):
+            kind = next((k for k in CHILDREN if k.plural == plural), None)
+            if kind is not None:
+                rec.child_seen(kind, ns, name, obj["metadata"])
+
+    async def main() -> None:
+        rec = reconciler(kube)
+        try:
+            await rec.reconcile(NS, "hall")
+            watch_sees_everything(rec)
+            kube.applied.clear()
+            await rec.reconcile(NS, "hall")
+            assert kube.applied == []
+            assert "read_deployment" in kube.calls  # replicas still read once
+
+            # Drift: a newer version than the operator's own apply is applied again.
+            service = kube.get(SERVICE, "hall-gateway")
+            assert service is not None
+            service["spec"]["type"] = "NodePort"
+            service["metadata"]["resourceVersion"] = "drifted"
+            rec.child_seen(SERVICE, NS, "hall-gateway", service["metadata"])
+            await rec.reconcile(NS, "hall")
+            assert kube.applied == [("Service", "hall-gateway")]
+            repaired = kube.get(SERVICE, "hall-gateway")
+            assert repaired is not None
+            assert repaired["spec"].get("type") != "NodePort"
+
+            # A changed spec renders another manifest: applied whatever the watch saw.
+            watch_sees_everything(rec)
+            kube.applied.clear()
+            kube.cores()[0]["spec"]["gateway"] = {"replicas": 3}
+            await rec.reconcile(NS, "hall")
+            assert ("Deployment", "hall-gateway") in kube.applied
         finally:
             await rec.close()
 
