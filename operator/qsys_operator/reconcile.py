@@ -376,10 +376,10 @@ class Reconciler:
         key = await token_key(self.kube, core)
         key_bytes = key if isinstance(key, bytes) else None
         proof = await self._proof()
-        tokens = {
-            p.metadata.name: await resolve_tokens(self.kube, p, key_bytes, proof, core)
-            for p in policies
-        }
+        resolved = await asyncio.gather(
+            *(resolve_tokens(self.kube, p, key_bytes, proof, core) for p in policies)
+        )
+        tokens = {p.metadata.name: t for p, t in zip(policies, resolved, strict=True)}
         for p in policies:
             causes = tokens[p.metadata.name].causes
             for sub in p.spec.subjects:
@@ -474,9 +474,14 @@ class Reconciler:
         await self._write(body, QSysCore.PLURAL, update)
         held = checked.key_problem or plan.image_problem or found.name_conflict
         not_rendered = f"QSysCore {name} is not rendered: {held}" if held else None
-        for policy in fetched.policies:
-            tokens = checked.tokens[policy.metadata.name]
-            await self._write_policy(policy, core, result, tokens, not_rendered)
+        await asyncio.gather(
+            *(
+                self._write_policy(
+                    policy, core, result, checked.tokens[policy.metadata.name], not_rendered
+                )
+                for policy in fetched.policies
+            )
+        )
 
     async def _rendered_subjects(self, core: QSysCore) -> list[SubjectConfig]:
         """The subjects of the config the gateways run now (for rotation grace periods);
@@ -780,11 +785,14 @@ class Reconciler:
                 self._written.pop(key, None)
             else:
                 self._written[key] = version
-        for type_, reason, message in update.events:
+
+        async def post(type_: str, reason: str, message: str) -> None:
             try:
                 await self.kube.event(body, type_, reason, message)
             except Exception as exc:  # Events are best effort
                 log.warning("could not post an Event", extra={"error": _describe(exc)})
+
+        await asyncio.gather(*(post(*event) for event in update.events))
         return written
 
 
