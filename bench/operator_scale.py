@@ -136,6 +136,11 @@ class BenchOperator(OperatorProcess):
         pattern = r'^qsys_operator_api_calls_total\{call="([^"]+)"\} (\S+)$'
         return {call: float(v) for call, v in re.findall(pattern, self.metrics(), re.M)}
 
+    def cpu_seconds(self) -> float:
+        """User + system CPU time the operator has used (/proc/<pid>/stat)."""
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def peak_rss_mib(self) -> float:
         for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
             if line.startswith("VmHWM:"):
@@ -245,6 +250,7 @@ def _measure(ctx: BenchContext) -> list[Result]:
             counts = operator.reconciles()
             calls = operator.api_calls()
             rss = operator.peak_rss_mib()
+            cpu = operator.cpu_seconds()
         finally:
             with contextlib.suppress(ApiException):
                 v1.delete_namespace(ns)
@@ -280,6 +286,10 @@ def _measure(ctx: BenchContext) -> list[Result]:
     ctx.notes.append(
         f"operator scale: {total_calls:.0f} API calls, {total_calls / max(core_runs, 1):.1f} "
         f"per QSysCore reconcile ({top})"
+    )
+    ctx.notes.append(
+        f"operator scale: operator CPU {cpu:.1f} s ({cpu / elapsed * 100:.0f} % of one core "
+        f"over {elapsed:.1f} s), {cpu / max(core_runs, 1) * 1000:.0f} ms per QSysCore reconcile"
     )
     ctx.notes.append(
         f"operator scale: peak RSS {rss:.1f} MiB (VmHWM); target < {target_rss:.0f} MiB: "

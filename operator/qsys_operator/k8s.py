@@ -312,17 +312,18 @@ class Kube:
         ]
         await self._thread(self._raw, "PATCH", path, ops, patch_type="application/json-patch+json")
 
-    async def create(self, manifest: Manifest) -> bool:
-        """Create a core/v1 object; False when it exists already (never overwritten)."""
+    async def create(self, manifest: Manifest) -> client.V1Secret | None:
+        """Create a Secret and answer it as created; None when one of its name exists
+        already (never overwritten)."""
         try:
-            await self._call(
+            created: client.V1Secret = await self._call(
                 self.core.create_namespaced_secret, manifest["metadata"]["namespace"], manifest
             )
         except ApiException as exc:
             if exc.status == 409:
-                return False
+                return None
             raise
-        return True
+        return created
 
     async def api_server_endpoints(self) -> list[tuple[str, int]] | None:
         """(address, port) of the API server as pods reach it: the ready endpoints of the

@@ -173,7 +173,7 @@ class FakeKube:
         meta["annotations"] = {**(meta.get("annotations") or {}), **annotations}
         meta["resourceVersion"] = self._version()
 
-    async def create(self, manifest: Manifest) -> bool:
+    async def create(self, manifest: Manifest) -> client.V1Secret | None:
         self.calls.append("create")
         namespace = manifest["metadata"].get("namespace", NS)
         if self.quota_exceeded and namespace == NS:
@@ -181,12 +181,12 @@ class FakeKube:
             raise ApiException(status=403, reason="Forbidden", body=body)
         key = ("secrets", namespace, manifest["metadata"]["name"])
         if key in self.objects:
-            return False
+            return None
         self.created.append(("Secret", manifest["metadata"]["name"]))
         obj = copy.deepcopy(manifest)
         obj["metadata"] |= {"uid": f"uid-{next(self._uids)}", "resourceVersion": "1"}
         self.objects[key] = obj
-        return True
+        return secret_of(obj, namespace)
 
     async def apply(self, manifest: Manifest) -> dict[str, Any]:
         """Server-side apply with force, as the operator's only field manager: the stored
