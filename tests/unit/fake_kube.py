@@ -11,8 +11,10 @@ against the local control plane in tests/e2e."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import itertools
+from collections.abc import AsyncIterator
 from typing import Any
 
 from kubernetes import client
@@ -281,15 +283,22 @@ def reconciler(kube: FakeKube, **settings: Any) -> Reconciler:
     )
 
 
+@contextlib.asynccontextmanager
+async def running(kube: FakeKube, **settings: Any) -> AsyncIterator[Reconciler]:
+    """A Reconciler on `kube` for the body of the block, closed afterwards."""
+    rec = reconciler(kube, **settings)
+    try:
+        yield rec
+    finally:
+        await rec.close()
+
+
 def reconcile(kube: FakeKube, name: str = "hall", **settings: Any) -> None:
     """One reconcile of core `name` by a fresh Reconciler."""
 
     async def main() -> None:
-        rec = reconciler(kube, **settings)
-        try:
+        async with running(kube, **settings) as rec:
             await rec.reconcile(NS, name)
-        finally:
-            await rec.close()
 
     asyncio.run(main())
 

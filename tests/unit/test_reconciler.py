@@ -6,11 +6,10 @@ server: tests/e2e/test_operator.py."""
 
 from __future__ import annotations
 
-import asyncio
 import copy
 from typing import Any
 
-from fake_kube import CORE_UID, MANAGED, NS, FakeKube, ready, reconcile, reconciler
+from fake_kube import CORE_UID, MANAGED, NS, FakeKube, ready, reconcile, running
 
 from qsys_operator.kinds import (
     CHILDREN,
@@ -95,53 +94,41 @@ def test_the_phases_read_first_create_secrets_before_applying_and_write_status_l
     assert "read_deployment" not in calls
 
 
-def test_a_steady_core_costs_reads_and_applies_but_no_writes_of_status() -> None:
+async def test_a_steady_core_costs_reads_and_applies_but_no_writes_of_status() -> None:
     kube = FakeKube()
     _core_with_policy(kube)
 
-    async def main() -> None:
-        rec = reconciler(kube)
-        try:
-            await rec.reconcile(NS, "hall")
-            kube.calls.clear()
-            await rec.reconcile(NS, "hall")
-            steady = list(kube.calls)
-            assert not [c for c in steady if c.startswith(("patch_status", "event", "create"))]
-            # The unwanted children (ServiceAccount, binding, HPA) were found absent once:
-            # not read again until the child watch sees one of their names.
-            for plural in ("serviceaccounts", "clusterrolebindings", "horizontalpodautoscalers"):
-                assert f"read_metadata {plural}" not in steady
+    async with running(kube) as rec:
+        await rec.reconcile(NS, "hall")
+        kube.calls.clear()
+        await rec.reconcile(NS, "hall")
+        steady = list(kube.calls)
+        assert not [c for c in steady if c.startswith(("patch_status", "event", "create"))]
+        # The unwanted children (ServiceAccount, binding, HPA) were found absent once:
+        # not read again until the child watch sees one of their names.
+        for plural in ("serviceaccounts", "clusterrolebindings", "horizontalpodautoscalers"):
+            assert f"read_metadata {plural}" not in steady
 
-            kube.put(HPA, "hall-gateway", ownerReferences=_owned_by_core())
-            rec.child_seen(HPA, NS, "hall-gateway")
-            await rec.reconcile(NS, "hall")
-            assert kube.get(HPA, "hall-gateway") is None
-            assert ("HorizontalPodAutoscaler", "hall-gateway") in kube.deleted
-        finally:
-            await rec.close()
-
-    asyncio.run(main())
+        kube.put(HPA, "hall-gateway", ownerReferences=_owned_by_core())
+        rec.child_seen(HPA, NS, "hall-gateway")
+        await rec.reconcile(NS, "hall")
+        assert kube.get(HPA, "hall-gateway") is None
+        assert ("HorizontalPodAutoscaler", "hall-gateway") in kube.deleted
 
 
-def test_resync_forgets_what_was_found_absent() -> None:
+async def test_resync_forgets_what_was_found_absent() -> None:
     kube = FakeKube()
     _core_with_policy(kube)
 
-    async def main() -> None:
-        rec = reconciler(kube)
-        try:
-            await rec.reconcile(NS, "hall")
-            # Made behind the watch's back (no event): found again after a resync.
-            kube.put(HPA, "hall-gateway", ownerReferences=_owned_by_core())
-            await rec.reconcile(NS, "hall")
-            assert kube.get(HPA, "hall-gateway") is not None
-            await rec.resync()
-            await rec.reconcile(NS, "hall")
-            assert kube.get(HPA, "hall-gateway") is None
-        finally:
-            await rec.close()
-
-    asyncio.run(main())
+    async with running(kube) as rec:
+        await rec.reconcile(NS, "hall")
+        # Made behind the watch's back (no event): found again after a resync.
+        kube.put(HPA, "hall-gateway", ownerReferences=_owned_by_core())
+        await rec.reconcile(NS, "hall")
+        assert kube.get(HPA, "hall-gateway") is not None
+        await rec.resync()
+        await rec.reconcile(NS, "hall")
+        assert kube.get(HPA, "hall-gateway") is None
 
 
 def test_drift_is_repaired_by_the_next_reconcile() -> None:
@@ -236,76 +223,64 @@ def test_a_deleted_core_leaves_its_policies_unbound() -> None:
     assert kube.condition("accesspolicies", "lobby", "Bound")["status"] == "False"
 
 
-def test_watch_events_of_the_operators_own_writes_trigger_nothing() -> None:
+async def test_watch_events_of_the_operators_own_writes_trigger_nothing() -> None:
     kube = FakeKube()
     _core_with_policy(kube)
 
-    async def main() -> None:
-        rec = reconciler(kube)
+    async with running(kube) as rec:
         triggered: list[tuple[str, str]] = []
 
         def record(namespace: str, core: str) -> None:
             triggered.append((namespace, core))
 
         rec.trigger = record  # type: ignore[method-assign]
-        try:
-            rec.policy_seen(NS, "lobby", "hall", "1")  # first seen: its core is triggered
-            assert triggered == [(NS, "hall")]
-            triggered.clear()
-            await rec.reconcile(NS, "hall")
-            core = kube.cores()[0]["metadata"]
-            rec.core_seen(NS, "hall", core["resourceVersion"])  # its own status write
-            service = kube.get(SERVICE, "hall-gateway")
-            assert service is not None
-            own = service["metadata"]
-            assert not rec.child_seen(SERVICE, NS, "hall-gateway", own)  # its own apply
-            policy = kube.objects[("accesspolicies", NS, "lobby")]["metadata"]
-            rec.policy_seen(NS, "lobby", "hall", policy["resourceVersion"])
-            assert triggered == []
+        rec.policy_seen(NS, "lobby", "hall", "1")  # first seen: its core is triggered
+        assert triggered == [(NS, "hall")]
+        triggered.clear()
+        await rec.reconcile(NS, "hall")
+        core = kube.cores()[0]["metadata"]
+        rec.core_seen(NS, "hall", core["resourceVersion"])  # its own status write
+        service = kube.get(SERVICE, "hall-gateway")
+        assert service is not None
+        own = service["metadata"]
+        assert not rec.child_seen(SERVICE, NS, "hall-gateway", own)  # its own apply
+        policy = kube.objects[("accesspolicies", NS, "lobby")]["metadata"]
+        rec.policy_seen(NS, "lobby", "hall", policy["resourceVersion"])
+        assert triggered == []
 
-            rec.core_seen(NS, "hall", "someone-elses-edit")
-            edited = own | {"resourceVersion": "999"}
-            assert rec.child_seen(SERVICE, NS, "hall-gateway", edited)
-            rec.policy_seen(NS, "lobby", "hall", "another-edit")
-            assert triggered == [(NS, "hall"), (NS, "hall")]
-            assert rec.child_seen(SERVICE, NS, "hall-gateway", edited, deleted=True)
-        finally:
-            await rec.close()
-
-    asyncio.run(main())
+        rec.core_seen(NS, "hall", "someone-elses-edit")
+        edited = own | {"resourceVersion": "999"}
+        assert rec.child_seen(SERVICE, NS, "hall-gateway", edited)
+        rec.policy_seen(NS, "lobby", "hall", "another-edit")
+        assert triggered == [(NS, "hall"), (NS, "hall")]
+        assert rec.child_seen(SERVICE, NS, "hall-gateway", edited, deleted=True)
 
 
-def test_a_child_the_watch_saw_as_the_cores_own_is_not_read_before_its_apply() -> None:
+async def test_a_child_the_watch_saw_as_the_cores_own_is_not_read_before_its_apply() -> None:
     kube = FakeKube()
     _core_with_policy(kube)
 
-    async def main() -> None:
-        rec = reconciler(kube)
-        try:
-            await rec.reconcile(NS, "hall")
-            service = kube.get(SERVICE, "hall-gateway")
-            assert service is not None
-            rec.child_seen(SERVICE, NS, "hall-gateway", service["metadata"])
-            kube.calls.clear()
-            await rec.reconcile(NS, "hall")
-            assert "read_metadata services" not in kube.calls
-            assert "read_metadata deployments" in kube.calls  # not seen by the watch
+    async with running(kube) as rec:
+        await rec.reconcile(NS, "hall")
+        service = kube.get(SERVICE, "hall-gateway")
+        assert service is not None
+        rec.child_seen(SERVICE, NS, "hall-gateway", service["metadata"])
+        kube.calls.clear()
+        await rec.reconcile(NS, "hall")
+        assert "read_metadata services" not in kube.calls
+        assert "read_metadata deployments" in kube.calls  # not seen by the watch
 
-            # Replaced by a foreign object: the watch saw the delete, so it is read again.
-            rec.child_seen(SERVICE, NS, "hall-gateway", service["metadata"], deleted=True)
-            del kube.objects[("services", NS, "hall-gateway")]
-            kube.put(SERVICE, "hall-gateway")
-            kube.applied.clear()
-            await rec.reconcile(NS, "hall")
-            assert kube.applied == []
-            assert ready(kube)["reason"] == "NameConflict"
-        finally:
-            await rec.close()
-
-    asyncio.run(main())
+        # Replaced by a foreign object: the watch saw the delete, so it is read again.
+        rec.child_seen(SERVICE, NS, "hall-gateway", service["metadata"], deleted=True)
+        del kube.objects[("services", NS, "hall-gateway")]
+        kube.put(SERVICE, "hall-gateway")
+        kube.applied.clear()
+        await rec.reconcile(NS, "hall")
+        assert kube.applied == []
+        assert ready(kube)["reason"] == "NameConflict"
 
 
-def test_children_unchanged_since_the_operators_own_apply_are_not_applied_again() -> None:
+async def test_children_unchanged_since_the_operators_own_apply_are_not_applied_again() -> None:
     kube = FakeKube()
     _core_with_policy(kube)
 
@@ -315,35 +290,29 @@ def test_children_unchanged_since_the_operators_own_apply_are_not_applied_again(
             if kind is not None:
                 rec.child_seen(kind, ns, name, obj["metadata"])
 
-    async def main() -> None:
-        rec = reconciler(kube)
-        try:
-            await rec.reconcile(NS, "hall")
-            watch_sees_everything(rec)
-            kube.applied.clear()
-            await rec.reconcile(NS, "hall")
-            assert kube.applied == []
-            assert "read_deployment" in kube.calls  # replicas still read once
+    async with running(kube) as rec:
+        await rec.reconcile(NS, "hall")
+        watch_sees_everything(rec)
+        kube.applied.clear()
+        await rec.reconcile(NS, "hall")
+        assert kube.applied == []
+        assert "read_deployment" in kube.calls  # replicas still read once
 
-            # Drift: a newer version than the operator's own apply is applied again.
-            service = kube.get(SERVICE, "hall-gateway")
-            assert service is not None
-            service["spec"]["type"] = "NodePort"
-            service["metadata"]["resourceVersion"] = "drifted"
-            rec.child_seen(SERVICE, NS, "hall-gateway", service["metadata"])
-            await rec.reconcile(NS, "hall")
-            assert kube.applied == [("Service", "hall-gateway")]
-            repaired = kube.get(SERVICE, "hall-gateway")
-            assert repaired is not None
-            assert repaired["spec"].get("type") != "NodePort"
+        # Drift: a newer version than the operator's own apply is applied again.
+        service = kube.get(SERVICE, "hall-gateway")
+        assert service is not None
+        service["spec"]["type"] = "NodePort"
+        service["metadata"]["resourceVersion"] = "drifted"
+        rec.child_seen(SERVICE, NS, "hall-gateway", service["metadata"])
+        await rec.reconcile(NS, "hall")
+        assert kube.applied == [("Service", "hall-gateway")]
+        repaired = kube.get(SERVICE, "hall-gateway")
+        assert repaired is not None
+        assert repaired["spec"].get("type") != "NodePort"
 
-            # A changed spec renders another manifest: applied whatever the watch saw.
-            watch_sees_everything(rec)
-            kube.applied.clear()
-            kube.cores()[0]["spec"]["gateway"] = {"replicas": 3}
-            await rec.reconcile(NS, "hall")
-            assert ("Deployment", "hall-gateway") in kube.applied
-        finally:
-            await rec.close()
-
-    asyncio.run(main())
+        # A changed spec renders another manifest: applied whatever the watch saw.
+        watch_sees_everything(rec)
+        kube.applied.clear()
+        kube.cores()[0]["spec"]["gateway"] = {"replicas": 3}
+        await rec.reconcile(NS, "hall")
+        assert ("Deployment", "hall-gateway") in kube.applied
