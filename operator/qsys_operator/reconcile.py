@@ -17,6 +17,7 @@ import hashlib
 import itertools
 import json
 import logging
+import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -157,6 +158,8 @@ class Reconciler:
         self._children: dict[ChildKey, dict[str, Any]] = {}
         """Metadata of the labelled children as the child watch last saw them: a child
         found here as the core's own needs no read before its apply."""
+        self._finished: dict[Key, float] = {}
+        """monotonic time the latest successful reconcile of each managed core ended."""
         self._digests: dict[ChildKey, str] = {}
         """SHA-256 of the manifest each child was last applied from."""
         self._written: dict[ChildKey, str] = {}
@@ -247,22 +250,31 @@ class Reconciler:
         self.trigger(namespace, core)  # its policies become unbound
 
     async def resync(self) -> None:
-        """Trigger every core (and every core name a policy refers to) in the watched namespaces."""
+        """Trigger every core (and every core name a policy refers to) in the watched
+        namespaces that no reconcile finished within the last half resync period: a core
+        an event reconciled a moment ago would only be reconciled again for nothing (at a
+        thousand cores, every core every period is more than the API server's share),
+        and each core is still reconciled at least every one and a half periods. Forgets
+        which children were found absent, and which were applied unchanged."""
         if not await self.peering.active():
             return
         self._absent.clear()
         self._child_events.clear()
-        self._written.clear()
         self._digests.clear()
+        recent = time.monotonic() - self.settings.resync_seconds / 2
         namespaces: list[str | None] = list(self.settings.watch_namespaces) or [None]
+        due: set[Key] = set()
         for ns in namespaces:
             for core in await self.kube.list_custom(QSysCore.PLURAL, ns):
                 meta = core["metadata"]
-                self.trigger(meta["namespace"], meta["name"])
+                due.add((meta["namespace"], meta["name"]))
             for pol in await self.kube.list_custom(AccessPolicy.PLURAL, ns):
                 ref = (pol.get("spec") or {}).get("coreRef") or {}
                 if ref.get("name"):
-                    self.trigger(pol["metadata"]["namespace"], ref["name"])
+                    due.add((pol["metadata"]["namespace"], ref["name"]))
+        for key in sorted(due):
+            if self._finished.get(key, -math.inf) <= recent:
+                self.trigger(*key)
 
     async def close(self) -> None:
         await self.queue.close()
@@ -292,6 +304,10 @@ class Reconciler:
 
     async def _reconcile_key(self, key: Key) -> None:
         await self.reconcile(*key)
+        if key in self._cores:
+            self._finished[key] = time.monotonic()
+        else:
+            self._finished.pop(key, None)
 
     async def reconcile(self, namespace: str, name: str) -> None:
         """One pass over a core, in named phases: fetch (reads only), admit (schema and

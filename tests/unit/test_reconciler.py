@@ -6,6 +6,7 @@ server: tests/e2e/test_operator.py."""
 
 from __future__ import annotations
 
+import asyncio
 import copy
 from typing import Any
 
@@ -316,3 +317,26 @@ async def test_children_unchanged_since_the_operators_own_apply_are_not_applied_
         kube.cores()[0]["spec"]["gateway"] = {"replicas": 3}
         await rec.reconcile(NS, "hall")
         assert ("Deployment", "hall-gateway") in kube.applied
+
+
+async def test_resync_skips_cores_reconciled_within_half_a_period() -> None:
+    kube = FakeKube()
+    _core_with_policy(kube)
+    kube.put_core("stage", uid="stage-uid")
+    async with running(kube, resync_seconds=600) as rec:
+        triggered: list[tuple[str, str]] = []
+
+        def record(namespace: str, core: str) -> None:
+            triggered.append((namespace, core))
+
+        await rec._reconcile_key((NS, "hall"))
+        rec.trigger = record  # type: ignore[method-assign]
+        await rec.resync()
+        assert triggered == [(NS, "stage")]  # hall was reconciled a moment ago
+    async with running(kube, resync_seconds=0.001) as rec:
+        await rec._reconcile_key((NS, "hall"))
+        await asyncio.sleep(0.01)
+        triggered.clear()
+        rec.trigger = record  # type: ignore[method-assign]
+        await rec.resync()
+        assert triggered == [(NS, "hall"), (NS, "stage")]
