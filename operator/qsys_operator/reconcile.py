@@ -250,13 +250,19 @@ class Reconciler:
         self.trigger(namespace, core)  # its policies become unbound
 
     async def resync(self) -> None:
-        """Trigger every core (and every core name a policy refers to) in the watched
+        """Unless more reconciles are pending than run at once (then the next period tries
+        again), trigger every core (and every core name a policy refers to) in the watched
         namespaces that no reconcile finished within the last half resync period: a core
         an event reconciled a moment ago would only be reconciled again for nothing (at a
         thousand cores, every core every period is more than the API server's share),
         and each core is still reconciled at least every one and a half periods. Forgets
         which children were found absent, and which were applied unchanged."""
         if not await self.peering.active():
+            return
+        if self.queue.busy > MAX_CONCURRENT_RECONCILES:
+            # Events keep it busy already; a resync now would queue every core behind them
+            # (at a thousand cores: for minutes). The next period tries again.
+            log.info("resync skipped: reconciles pending", extra={"pending": self.queue.busy})
             return
         self._absent.clear()
         self._child_events.clear()

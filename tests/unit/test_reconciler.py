@@ -22,7 +22,7 @@ from qsys_operator.kinds import (
     SERVICE,
     SERVICE_ACCOUNT,
 )
-from qsys_operator.reconcile import Reconciler
+from qsys_operator.reconcile import MAX_CONCURRENT_RECONCILES, Reconciler
 
 BINDING = "qsys-gateway-tokenreview:av:hall"
 FOREIGN_IMAGE = "registry.example/someone/gateway:1.0"
@@ -340,3 +340,30 @@ async def test_resync_skips_cores_reconciled_within_half_a_period() -> None:
         rec.trigger = record  # type: ignore[method-assign]
         await rec.resync()
         assert triggered == [(NS, "hall"), (NS, "stage")]
+
+
+async def test_resync_waits_while_more_reconciles_are_pending_than_run_at_once() -> None:
+    kube = FakeKube()
+    _core_with_policy(kube)
+    async with running(kube) as rec:
+        await rec.reconcile(NS, "hall")
+        gate = asyncio.Event()
+
+        async def blocked(key: tuple[str, str]) -> None:
+            await gate.wait()
+
+        rec.queue._work = blocked
+        for i in range(MAX_CONCURRENT_RECONCILES + 1):
+            rec.trigger(NS, f"busy-{i}")
+        await asyncio.sleep(0)
+        kube.calls.clear()
+        await rec.resync()
+        assert kube.calls == []  # not even listed
+        gate.set()
+        await asyncio.sleep(0.01)
+        assert rec.queue.busy == 0
+        kube.calls.clear()
+        rec.queue._work = rec._reconcile_key
+        await rec.resync()
+        await asyncio.sleep(0.05)
+        assert "list_custom qsyscores" in kube.calls
