@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
 import re
 import subprocess
@@ -50,6 +51,9 @@ POLICIES_PER_CORE = 2
 APPLY_THREADS = 16
 POLL_S = 0.5
 UP_TIMEOUT_S = 240
+KWOK_NODE_PODS = 250
+"""Pods a kwok node of hack/cluster holds (hack/cluster/kwok.yaml): two nodes hold 500,
+so 1,000 gateways need more nodes."""
 
 
 def timeout_s(cores: int) -> float:
@@ -65,9 +69,16 @@ def targets(cores: int) -> tuple[float, float]:
 # ---- cluster and operator ---------------------------------------------------------------
 
 
-def _script(name: str) -> subprocess.CompletedProcess[str]:
+def fake_nodes(pods: int) -> int:
+    """kwok nodes (KWOK_NODE_PODS pods each) for `pods` gateway pods, with room to spare."""
+    return max(2, math.ceil(pods * 1.1 / KWOK_NODE_PODS))
+
+
+def _script(name: str, nodes: int = 2) -> subprocess.CompletedProcess[str]:
     """A hack/cluster script; without the real node unless QSYS_REAL_NODE says otherwise
-    (kwok nodes run the gateway pods, so no image is needed)."""
+    (kwok nodes run the gateway pods, so no image is needed), with `nodes` kwok nodes
+    unless QSYS_FAKE_NODES says otherwise."""
+    defaults = {"QSYS_REAL_NODE": "0", "QSYS_FAKE_NODES": str(nodes)}
     return subprocess.run(
         ["bash", str(REPO / "hack" / "cluster" / name)],
         capture_output=True,
@@ -75,12 +86,13 @@ def _script(name: str) -> subprocess.CompletedProcess[str]:
         timeout=UP_TIMEOUT_S,
         check=False,
         cwd=REPO,
-        env={"QSYS_REAL_NODE": "0", **os.environ},
+        env={**defaults, **os.environ},
     )
 
 
 @contextlib.contextmanager
-def cluster_kubeconfig() -> Iterator[str]:
+def cluster_kubeconfig(pods: int = CORES) -> Iterator[str]:
+    """The cluster's kubeconfig; a control plane started here has kwok nodes for `pods`."""
     given = os.environ.get("KUBECONFIG", "")
     if given:
         yield given
@@ -89,7 +101,7 @@ def cluster_kubeconfig() -> Iterator[str]:
     started = False
     try:
         try:
-            result = _script("up.sh")
+            result = _script("up.sh", fake_nodes(pods))
         except subprocess.TimeoutExpired:
             started = True
             raise
@@ -191,11 +203,21 @@ def _measure(ctx: BenchContext) -> list[Result]:
     timeout = timeout_s(cores_n)
     target_ready, target_rss = targets(cores_n)
     scenario = f"{cores_n} QSysCores + {n_policies} AccessPolicies at once (time to Ready)"
-    with cluster_kubeconfig() as kubeconfig:
+    with cluster_kubeconfig(cores_n) as kubeconfig:
         api = api_client(kubeconfig)
         v1, apps = client.CoreV1Api(api), client.AppsV1Api(api)
         net, custom = client.NetworkingV1Api(api), client.CustomObjectsApi(api)
         ns = f"bench-opscale-{uuid.uuid4().hex[:6]}"
+        room = sum(
+            int((n.status.allocatable or {}).get("pods", "0"))
+            for n in v1.list_node().items
+            if n.status is not None
+        )
+        if room < cores_n:
+            ctx.notes.append(
+                f"operator scale: the cluster's nodes hold {room} pods, so at most {room} of "
+                f"{cores_n} gateways can be available (QSYS_FAKE_NODES, or a bigger cluster)"
+            )
         v1.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=ns)))
         work = Path(tempfile.mkdtemp(prefix="qsys-bench-operator-"))
         operator: BenchOperator | None = None
