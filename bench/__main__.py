@@ -8,6 +8,7 @@ import importlib
 import os
 import platform
 import sys
+from pathlib import Path
 
 from .common import BenchContext, Result, format_table
 
@@ -31,13 +32,40 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--duration", type=float, default=3.0, help="measured seconds per scenario")
     p.add_argument("--window", type=int, default=16, help="requests in flight per client")
+    p.add_argument(
+        "--baseline",
+        type=Path,
+        help="a source tree (e.g. `git worktree add /tmp/base main`) whose gateway is "
+        "measured beside this one, scenario by scenario, in the same run",
+    )
+    p.add_argument(
+        "--idle-clients",
+        type=int,
+        default=10_000,
+        help="idle logged-on clients per transport in the gateway's memory check",
+    )
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="run each gateway scenario this often (alternating with the baseline's) and "
+        "keep the run with the median CPU per call",
+    )
     p.add_argument("--cores", type=int, default=None, help="operator_scale: QSysCores (200)")
     p.add_argument(
         "--policies", type=int, default=None, help="operator_scale: AccessPolicies (2 per core)"
     )
     args = p.parse_args(argv)
+    if args.baseline is not None and not (args.baseline / "gateway" / "qsys_gateway").is_dir():
+        p.error(f"--baseline {args.baseline}: no gateway/qsys_gateway there")
     ctx = BenchContext(
-        duration=args.duration, window=args.window, cores=args.cores, policies=args.policies
+        duration=args.duration,
+        window=args.window,
+        baseline=args.baseline.resolve() if args.baseline is not None else None,
+        idle_clients=args.idle_clients,
+        rounds=max(1, args.rounds),
+        cores=args.cores,
+        policies=args.policies,
     )
     try:
         import uvloop

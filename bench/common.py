@@ -51,6 +51,11 @@ class BenchContext:
     window: int = 16  # requests in flight per client
     max_requests: int = 2_000_000  # hard bound per scenario
     notes: list[str] = field(default_factory=list)  # printed after the table (target checks)
+    baseline: Path | None = None
+    """A source tree (a checkout of another commit) whose gateway runs beside this one, its
+    rows taken alternately with this gateway's in the same run (`--baseline`)."""
+    rounds: int = 1  # gateway scenarios are run this often (alternately); the median is kept
+    idle_clients: int = 10_000  # idle logged-on clients per transport in the memory check
     cores: int | None = None  # operator_scale: QSysCores (None: its default)
     policies: int | None = None  # operator_scale: AccessPolicies (None: two per core)
 
@@ -116,11 +121,18 @@ def simulator() -> SimulatorProcess:
 
 
 def gateway(
-    core_port: int, *, token: str, methods: list[str], max_clients: int, ready: Readiness = None
+    core_port: int,
+    *,
+    token: str,
+    methods: list[str],
+    max_clients: int,
+    ready: Readiness = None,
+    source: Path | None = None,
 ) -> GatewayProcess:
     """`qsys-gateway` (start it with `with`) on free loopback ports with one subject "bench"
     and a limiter too generous to throttle a benchmark. The token is stored as the operator
-    renders it (keyed hash)."""
+    renders it (keyed hash). `source`: a source tree whose gateway and protocol packages
+    run instead of the installed ones (a baseline)."""
     config = gateway_config(
         core_port,
         [subject("bench", token, methods=methods, key=BENCH_TOKEN_KEY)],
@@ -129,8 +141,14 @@ def gateway(
         burst=100_000,
         request_timeout=5,
     )
+    # Room for the WebSocket clients (HTTP connections) beside the others.
+    config["limits"]["maxHttpConnections"] = max(4096, max_clients + 256)
     args = ("--log-level", "WARNING")
-    return GatewayProcess(config, ready=ready, args=args, token_key=BENCH_TOKEN_KEY)
+    env = {}
+    if source is not None:
+        paths = [str(source / "gateway"), str(source / "protocol")]
+        env["PYTHONPATH"] = os.pathsep.join([*paths, os.environ.get("PYTHONPATH", "")])
+    return GatewayProcess(config, ready=ready, args=args, token_key=BENCH_TOKEN_KEY, env=env)
 
 
 def rss_kib(pid: int) -> int:

@@ -2,28 +2,28 @@
 
 Contract for transport authors (HTTP, WebSocket, raw QRC, QRWC, MCP, ...):
 
-1. Make one `Caller(transport, source_ip)` per connection (per request for HTTP).
+1. Make one `Caller(transport, source_ip)` per connection (per request for HTTP and MCP).
 2. `await admission.authenticate(caller, token, user=..., request_id=...)` once (per
-   request for HTTP): returns the subject or raises `Refusal`, already audited and counted;
-   answer `Refusal.code` / `.retry_after` in the transport's own way. Raw QRC alone may
-   instead call `admission.authenticate_source(caller, request_id=...)` for a client that
-   never sends Logon (source-bound subjects, docs/policy.md); QRWC authenticates each new
-   `apiKey` on a fresh `Caller` and keeps the connection's subject (transports/connected.py).
+   request for HTTP and MCP): returns the subject or raises `Refusal`, already audited
+   and counted; answer `Refusal.code` / `.retry_after` in the transport's own way. Raw
+   QRC alone may instead call `admission.authenticate_source(caller, request_id=...)`
+   for a client that never sends Logon (source-bound subjects, docs/policy.md); a
+   connection that logs on with its first calls does so in the `logon` step of `serve`.
 3. A transport with a connection that can take pushes calls
    `admission.open_session(caller, push)` after logon and `await admission.release(caller)`
    when the client goes; change groups then live as long as the connection. Without it,
    calls share the subject's idle-closed session (`SubjectSessions`).
-4. Per received request (one call or a batch): `check_batch`, then `await
-   admission.rate_limit(caller, calls, request_id)`; a returned `Refusal` refuses the
-   whole batch (each call already audited).
-5. Per call, under the in-flight gate: `await admission.handle(caller, obj, request_id)`
-   with the decoded JSON-RPC object; it returns the JSON-RPC reply (None for
-   notifications and responses). It re-checks the subject against the current config,
-   validates params, asks the policy, forwards through the caller's upstream session,
-   audits and counts. In-process callers (MCP) use the typed `call(caller, method,
-   params, request_id)` instead, which returns the result or raises.
-
-A connectionless transport does 4 and 5 in one `serve(caller, calls, request_id)`.
+4. Per received request (one call or a batch), one `await admission.serve(caller, calls,
+   request_id, ...)`: the batch limit, the transport's `logon` step (if any), the rate
+   limit (one token a call), then each call under the in-flight gate, handled. Calls are
+   decoded JSON-RPC objects (their replies are JSON-RPC replies, None for notifications)
+   or `Work`, a request made in process (MCP tools: their result, or the `Refusal`
+   raised). Without a `lane` the calls run in order and `serve` returns the replies, or
+   the `Refusal` of the whole request (each call already audited); a connection passes
+   its `Lane`, where calls run concurrently and every reply and refusal is sent.
+5. Per call (`handle` for JSON-RPC, `call` for a typed call inside `Work`): the current
+   credential, params, policy, the caller's upstream session, records (audit, counters).
+   `look_up` is the design read the gateway makes for a caller (MCP): policy first.
 
 What each method is (write, retryable, change-group add, answered before logon) is
 `qsys_protocol.qrc.methods.traits_of`; nothing here decides that on its own.
@@ -34,7 +34,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
 from typing import Any
 
 from qsys_protocol.config import SubjectConfig
@@ -44,10 +45,10 @@ from qsys_protocol.qrc.methods import METHODS, logon_credentials, parse_params, 
 
 from . import tracing
 from .identity import SWEEP_SECONDS, Identity, throttle_key
-from .inflight import call_weight
+from .inflight import Lane, call_weight
 from .metrics import method_label
 from .policy import Decision, needs_control_types
-from .records import Caller, Refusal, outcome_of
+from .records import Caller, Refusal, Work, outcome_of
 from .runtime import Runtime
 from .subject_sessions import SubjectSessions
 
@@ -55,19 +56,22 @@ __all__ = [
     "SWEEP_SECONDS",
     "Admission",
     "Caller",
+    "Lane",
     "Refusal",
+    "Work",
     "outcome_of",
     "throttle_key",
 ]
 
 
-def _denial(method: str, decision: Decision) -> QrcError:
+def _denial(method: str, decision: Decision) -> Refusal:
     """-32003 for a modelled method; for one the gateway does not model -32601, what a
     Core answers for a method it does not know, naming the rule that would forward it."""
     if method in METHODS:
-        return QrcError(ErrorCode.FORBIDDEN, f"Forbidden by policy: {decision.reason}")
+        reason = f"Forbidden by policy: {decision.reason}"
+        return Refusal(ErrorCode.FORBIDDEN, reason, decision=decision)
     name = method[:64]
-    return QrcError(
+    return Refusal(
         ErrorCode.METHOD_NOT_FOUND,
         f"Method not found: {name} is not modelled by the gateway, which forwards it only "
         f'when a rule of the subject names it exactly (methods: ["{name}"]; a glob such as '
@@ -125,7 +129,8 @@ class Admission(Identity):
         assert caller.subject is not None, "authenticate first"
         rt = self.rt
         rate = rt.config.rate_for(caller.subject)
-        decision = await rt.limiter.hit(caller.subject.name, rate, max(1, len(calls)))
+        name, cost = caller.subject.name, max(1, len(calls))
+        decision = rt.limiter.hit_local(name, rate, cost) or await rt.limiter.hit(name, rate, cost)
         if decision.allowed:
             return None
         err = Refusal(ErrorCode.RATE_LIMITED, "Rate limited", decision.retry_after)
@@ -143,20 +148,53 @@ class Admission(Identity):
             return await self._handle(caller, obj, request_id)
 
     async def serve(
-        self, caller: Caller, calls: Sequence[Any], request_id: str
-    ) -> list[dict[str, Any] | None] | Refusal:
-        """One received request of a connectionless transport (HTTP), in order: the
-        batch limit, the rate limit (one token a call), then each call under the
-        gateway's in-flight weight gate. A `Refusal` refuses the whole request (each
-        call already audited); else the replies, None for notifications."""
-        refused = self.check_batch(caller, calls, request_id) or await self.rate_limit(
-            caller, calls, request_id
-        )
+        self,
+        caller: Caller,
+        calls: Sequence[Any],
+        request_id: str,
+        *,
+        lane: Lane | None = None,
+        logon: Callable[[list[Any]], Awaitable[list[Any]]] | None = None,
+    ) -> list[Any] | Refusal:
+        """One received request, in order: the batch limit, `logon` (a connection's
+        calls that log it on: it returns the calls left for the logged-on path), the
+        rate limit (one token a call), then each call under the gateway's in-flight
+        weight gate (and the connection's, in its `lane`), handled.
+
+        Without a lane: the replies in order (None for notifications), or the
+        `Refusal` of the whole request (each call already audited). With one: the calls
+        run concurrently in the lane and everything is answered there ([] returned)."""
+        refused = self.check_batch(caller, calls, request_id)
         if refused is not None:
-            return refused
+            if lane is None:
+                return refused
+            lane.send(jsonrpc.error_message(None, refused))
+            return []
+        if logon is not None:
+            calls = await logon(calls if isinstance(calls, list) else list(calls))
+            if not calls:
+                return []
+        refused = await self.rate_limit(caller, calls, request_id)
+        if refused is not None:
+            if lane is None:
+                return refused
+            for obj in calls:
+                lane.answer(obj, refused)
+            return []
+        if lane is not None:
+            for obj in calls:
+                await lane.start(obj, partial(self.handle, caller, obj, request_id), request_id)
+            return []
         gate = self.rt.in_flight_gate
-        replies: list[dict[str, Any] | None] = []
+        replies: list[Any] = []
         for obj in calls:
+            if isinstance(obj, Work):
+                weight = await gate.acquire(obj.weight)
+                try:
+                    replies.append(await self._work(caller, obj, request_id))
+                finally:
+                    gate.release(weight)
+                continue
             weight = await gate.acquire(call_weight(obj))
             try:
                 replies.append(await self.handle(caller, obj, request_id))
@@ -164,23 +202,58 @@ class Admission(Identity):
                 gate.release(weight)
         return replies
 
+    async def _work(self, caller: Caller, work: Work, request_id: str) -> Any:
+        if not tracing.ENABLED:
+            return await work.run()
+        with tracing.call_span(caller.transport, request_id):
+            return await work.run()
+
     async def call(self, caller: Caller, method: str, params: Any, request_id: str) -> Any:
-        """One call made in process (MCP): the same path as `handle`, under the in-flight
-        gate, without a JSON-RPC message; returns the result or raises the `QrcError` the
-        client would get."""
-        gate = self.rt.in_flight_gate
-        weight = await gate.acquire(call_weight({"params": params}))
+        """One typed call made in process, inside `Work` that `serve` admitted (whose
+        weight holds the in-flight gate): the same path as `handle` without a JSON-RPC
+        message; returns the result or raises the `QrcError` the client would get."""
+        return await self._run(caller, method, params, None, request_id, time.perf_counter())
+
+    async def look_up(
+        self, caller: Caller, method: str, params: dict[str, Any], request_id: str
+    ) -> Any:
+        """A design read the gateway makes for a caller (`Component.GetComponents`,
+        `Component.GetControls`), whose answer it caches for every subject and filters
+        by policy before a caller sees any of it: policy first (the subject's rules
+        must name the component, so a forbidden and a missing one look alike), then
+        the pool (not the caller's session), the audit (as a read) and the counters.
+        Charged to nothing: the caller's own request that needed it was."""
+        started = time.perf_counter()
+        label = method_label(method)
+        subject = self._current(caller)
+        if subject is None:
+            self._count(label, caller, "unauthenticated", started)
+            raise Refusal(ErrorCode.UNAUTHENTICATED, "Unauthenticated: credentials revoked")
+        rt = self.rt
+        component = params.get("Name")
+        targets = (component,) if isinstance(component, str) else ()
+        if isinstance(component, str) and not rt.rules.policy.names_component(
+            subject.name, component
+        ):
+            denied = Decision(False, "design look-up", targets, (), False)
+            self._audit(caller, request_id, method, denied, "denied", started)
+            self._count(label, caller, "denied", started)
+            raise Refusal(ErrorCode.FORBIDDEN, f"Forbidden by policy: no rule allows {component}")
+        decision = Decision(True, "design look-up", targets, (), False)
+        rt.call_started()
         try:
-            if not tracing.ENABLED:
-                return await self._run(
-                    caller, method, params, None, request_id, time.perf_counter()
-                )
-            with tracing.call_span(caller.transport, request_id):
-                return await self._run(
-                    caller, method, params, None, request_id, time.perf_counter()
-                )
+            result = await rt.upstream.forward(method, params)
+        except QrcError as exc:
+            outcome = outcome_of(exc.code)
+            self._audit(caller, request_id, method, decision, outcome, started)
+            self._count(label, caller, outcome, started)
+            raise Refusal.of(exc) from None
         finally:
-            gate.release(weight)
+            rt.call_finished()
+        if rt.config.audit.logReads:
+            self._audit(caller, request_id, method, decision, "ok", started)
+        self._count(label, caller, "ok", started)
+        return result
 
     async def _handle(self, caller: Caller, obj: Any, request_id: str) -> dict[str, Any] | None:
         started = time.perf_counter()
@@ -210,7 +283,7 @@ class Admission(Identity):
         if (
             subject is None
             or known is None
-            or self.credential(caller) is None
+            or self.credential(caller, subject) is None
             or subject.sourceCIDRs != known.sourceCIDRs
         ):
             return None
@@ -250,10 +323,9 @@ class Admission(Identity):
                 decision = rules.policy.authorize(subject.name, method, params, types)
         tracing.annotate({"qsys.decision": "allow" if decision.allowed else "deny"})
         if not decision.allowed:
-            err = _denial(method, decision)
             self._audit(caller, request_id, method, decision, "denied", started, call_id)
             self._count(label, caller, "denied", started)
-            raise Refusal.of(err)
+            raise _denial(method, decision)
         session = caller.session
         if session is None:
             session = caller.session = self.shared.get(subject.name)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import sys
+import time
 from dataclasses import dataclass, field
 from typing import IO, Any
 
@@ -30,6 +31,26 @@ class _Repeats:
     request_ids: list[str] = field(default_factory=list)
 
 
+class _Clock:
+    """`ts` of audit lines, ISO 8601 UTC to the millisecond (`2026-01-02T03:04:05.678+00:00`),
+    formatted once a second; the milliseconds are added per line."""
+
+    __slots__ = ("_prefix", "_second")
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._prefix = ""
+
+    def now(self) -> str:
+        t = time.time()
+        second = int(t)
+        if second != self._second:
+            moment = dt.datetime.fromtimestamp(second, dt.UTC)
+            self._prefix = moment.strftime("%Y-%m-%dT%H:%M:%S")
+            self._second = second
+        return f"{self._prefix}.{int((t - second) * 1000):03d}+00:00"
+
+
 class AuditLog:
     def __init__(self, path: str, metrics: GatewayMetrics) -> None:
         self.path = path
@@ -38,6 +59,8 @@ class AuditLog:
         self._stream: IO[bytes] = (
             sys.stdout.buffer if path == "-" else open(path, "ab", buffering=0)  # noqa: SIM115
         )
+        self._flush = self.path == "-"
+        self._clock = _Clock()
 
     def record(
         self,
@@ -64,7 +87,7 @@ class AuditLog:
         (during a rotation grace period); never the token itself."""
         line: dict[str, Any] = {
             "type": "audit",
-            "ts": dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds"),
+            "ts": self._clock.now(),
             "requestId": request_id,
             "subject": subject,
             "sourceIp": source_ip,
@@ -86,8 +109,10 @@ class AuditLog:
             line["token"] = token
         if trace_id is not None:
             line["traceId"] = trace_id
-        self._stream.write(orjson.dumps(line, default=str) + b"\n")
-        if self.path == "-":
+        # Written at once, line by line: the trail is complete up to the last call
+        # answered, even if the process is killed the next moment.
+        self._stream.write(orjson.dumps(line, default=str, option=orjson.OPT_APPEND_NEWLINE))
+        if self._flush:
             self._stream.flush()
         self._metrics.audit_events.labels(decision).inc()
 

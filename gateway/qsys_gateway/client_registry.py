@@ -34,12 +34,17 @@ class ClientRegistry:
         self._metrics = metrics
         self.clients: dict[ClientHandle, None] = {}  # insertion order: oldest first
         self.authenticated = 0
+        self._per_transport: dict[str, int] = {}
         self._closing: set[asyncio.Future[None]] = set()
         self._unauthenticated: dict[str, dict[ClientHandle, None]] = {}
         """Per source, its connections not logged on yet, oldest first."""
 
     def __len__(self) -> int:
         return len(self.clients)
+
+    def count(self, transport: str) -> int:
+        """Connected clients of one transport ("ws", "qrwc", "qrc")."""
+        return self._per_transport.get(transport, 0)
 
     @property
     def unauthenticated(self) -> int:
@@ -78,6 +83,7 @@ class ClientRegistry:
             self._unauthenticated_changed()
         else:
             self.authenticated += 1
+        self._per_transport[client.transport] = self.count(client.transport) + 1
         self._metrics.clients.labels(client.transport).inc()
 
     def promote(self, client: ClientHandle, subject: str, max_clients: int) -> bool:
@@ -100,6 +106,7 @@ class ClientRegistry:
                 self._forget_unauthenticated(client)
             else:
                 self.authenticated -= 1
+            self._per_transport[client.transport] -= 1
             self._metrics.clients.labels(client.transport).dec()
 
     def _forget_unauthenticated(self, client: ClientHandle) -> None:

@@ -56,10 +56,14 @@ class HttpConnections:
         settings: Callable[[], LimitsConfig],
         *,
         fd_budget: int = 1 << 30,
+        other_fds: Callable[[], int] = lambda: 0,
     ) -> None:
         self.metrics = metrics
         self._settings = settings
         self.fd_budget = fd_budget
+        """Descriptors for client sockets: HTTP connections (WebSocket included) and the
+        raw QRC sockets (`other_fds()` open now) share them."""
+        self._other_fds = other_fds
         self._conns: dict[asyncio.BaseTransport, _Conn] = {}
         self._idle: OrderedDict[asyncio.BaseTransport, _Conn] = OrderedDict()
         self._pending_by_source: dict[str, dict[asyncio.BaseTransport, _Conn]] = {}
@@ -70,7 +74,8 @@ class HttpConnections:
 
     @property
     def max_total(self) -> int:
-        return min(self._settings().maxHttpConnections, self.fd_budget)
+        free = max(16, self.fd_budget - self._other_fds())
+        return min(self._settings().maxHttpConnections, free)
 
     @property
     def header_timeout(self) -> float:

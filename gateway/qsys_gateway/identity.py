@@ -38,11 +38,6 @@ class Identity(Records):
     def _token(self, caller: Caller) -> str | None:
         return self.credential(caller) if caller.token_hash or caller.expires is not None else None
 
-    def token_kind(self, caller: Caller) -> str | None:
-        """Which of its subject's tokens the caller used, for audit lines written outside
-        admission (MCP design look-ups)."""
-        return self._token(caller)
-
     async def authenticate(
         self,
         caller: Caller,
@@ -168,13 +163,16 @@ class Identity(Records):
         )
         return subject
 
-    def credential(self, caller: Caller) -> str | None:
+    def credential(self, caller: Caller, current: SubjectConfig | None = None) -> str | None:
         """ "current", "previous" or "serviceAccount": the token the caller logged on with,
         as the current config judges it now; None once it no longer admits it (rotated
         past the grace period, a ServiceAccount token past its `exp`, the subject removed
-        or bound to another account)."""
+        or bound to another account). `current`: the caller's subject as the current
+        config has it, when the caller looked it up already."""
         known = caller.subject
-        subject = self.rt.current_subject(known.name) if known is not None else None
+        subject = current
+        if subject is None and known is not None:
+            subject = self.rt.current_subject(known.name)
         if subject is None or known is None:
             return None
         if caller.expires is not None:

@@ -5,13 +5,22 @@ bound counts controls, not calls.
 Each connection may have `PER_CONNECTION` units in flight and the gateway `TOTAL`;
 a call over either waits (first come, first served), which also stops reading from
 that client: TCP pushes back instead of the gateway's memory growing.
+
+A connection's calls run in its `Lane`; a connectionless request's in order.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import deque
+from collections.abc import Awaitable, Callable
 from typing import Any
+
+from qsys_protocol.qrc import jsonrpc
+from qsys_protocol.qrc.errors import ErrorCode, QrcError
+
+log = logging.getLogger("qsys_gateway.connected")
 
 PER_CONNECTION = 2048
 TOTAL = 32768
@@ -41,7 +50,8 @@ class WeightedGate:
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.used = 0
-        self._waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
+        self._waiters: deque[tuple[int, asyncio.Future[None]]] | None = None
+        """Made by the first call that has to wait (a gate per idle connection stays small)."""
 
     async def acquire(self, weight: int) -> int:
         weight = max(1, min(weight, self.limit))
@@ -50,13 +60,15 @@ class WeightedGate:
             return weight
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         entry = (weight, fut)
+        if self._waiters is None:
+            self._waiters = deque()
         self._waiters.append(entry)
         try:
             await fut
         except asyncio.CancelledError:
             if fut.done() and not fut.cancelled():
                 self.release(weight)  # granted just as we were cancelled
-            else:
+            elif self._waiters is not None:
                 self._waiters.remove(entry)
                 self._wake()
             raise
@@ -77,3 +89,97 @@ class WeightedGate:
             self._waiters.popleft()
             self.used += weight
             fut.set_result(None)
+
+
+MAX_CALLS = 32
+"""Calls one connection may have in flight (each also weighs, above)."""
+
+Reply = dict[str, Any]
+
+
+def answer_to(obj: Any, err: QrcError) -> Reply | None:
+    """`err` as the reply to the JSON-RPC request `obj` (None for a notification)."""
+    if isinstance(obj, dict) and "id" not in obj:
+        return None
+    rid = obj.get("id") if isinstance(obj, dict) else None
+    return jsonrpc.error_message(rid if isinstance(rid, int | str) else None, err)
+
+
+class Lane:
+    """One connection's calls in flight, run concurrently (a client may pipeline): at
+    most `MAX_CALLS` and `PER_CONNECTION` units, each also under the gateway's `gate`;
+    every call is answered through `send`, also when it fails or the connection closes
+    under it."""
+
+    def __init__(self, send: Callable[[Reply], None], gate: WeightedGate) -> None:
+        self.send = send
+        self._gate = gate
+        self._slots = asyncio.Semaphore(MAX_CALLS)
+        self._weight = WeightedGate(PER_CONNECTION)
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def answer(self, obj: Any, err: QrcError) -> None:
+        reply = answer_to(obj, err)
+        if reply is not None:
+            self.send(reply)
+
+    async def start(
+        self, obj: Any, work: Callable[[], Awaitable[Reply | None]], request_id: str = ""
+    ) -> None:
+        """Wait for room for the call `obj`, then run `work` (its reply) in a task."""
+        weight = call_weight(obj)
+        await self._slots.acquire()
+        mine = theirs = 0
+        try:
+            mine = await self._weight.acquire(weight)
+            theirs = await self._gate.acquire(weight)
+        except BaseException:
+            self._release(mine, theirs)
+            raise
+        task = asyncio.get_running_loop().create_task(
+            self._run(obj, work, mine, theirs, request_id)
+        )
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run(
+        self,
+        obj: Any,
+        work: Callable[[], Awaitable[Reply | None]],
+        mine: int,
+        theirs: int,
+        request_id: str,
+    ) -> None:
+        try:
+            reply = await work()
+            if reply is not None:
+                self.send(reply)
+        except asyncio.CancelledError:
+            # the connection is closing with this call unfinished: still answered
+            self.answer(obj, QrcError(ErrorCode.CORE_UNAVAILABLE, "Connection closing"))
+            raise
+        except Exception:
+            log.exception("call failed", extra={"request_id": request_id})
+            self.answer(obj, QrcError(ErrorCode.SERVER_ERROR, "Internal error"))
+        finally:
+            self._release(mine, theirs)
+
+    def _release(self, mine: int, theirs: int) -> None:
+        if mine:
+            self._weight.release(mine)
+        if theirs:
+            self._gate.release(theirs)
+        self._slots.release()
+
+    async def drain(self, timeout: float) -> None:
+        """Wait for the calls in flight (bounded)."""
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=timeout)
+
+    async def cancel(self) -> None:
+        """Cancel the calls in flight; each answers its call as it ends."""
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=1.0)

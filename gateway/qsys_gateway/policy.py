@@ -34,6 +34,18 @@ from qsys_protocol.qrc.methods import (
 )
 
 
+@dataclass(frozen=True, slots=True)
+class OutOfRange:
+    """A write refused for its value alone: some rule names the control, none allows
+    the value; `low`..`high` is the widest `valueRange` of those rules (None: open)."""
+
+    component: str
+    control: str
+    value: Any
+    low: float | None
+    high: float | None
+
+
 @dataclass(frozen=True)
 class Decision:
     allowed: bool
@@ -41,10 +53,14 @@ class Decision:
     targets: tuple[str, ...]
     values: tuple[Any, ...]
     write: bool
+    out_of_range: OutOfRange | None = None
 
 
 def _compile(globs: Sequence[str]) -> re.Pattern[str]:
     return re.compile("|".join(translate(g) for g in globs))
+
+
+_GLOB = re.compile(r"[*?\[]")
 
 
 def _matches_everything(glob: str) -> bool:
@@ -63,6 +79,7 @@ class _Rule:
     ranged: bool
     low: float | None
     high: float | None
+    literal_components: tuple[str, ...]  # the component names that are no glob
 
     @classmethod
     def build(cls, index: int, rule: Rule) -> _Rule:
@@ -79,6 +96,7 @@ class _Rule:
             ranged=vr is not None,
             low=vr.min if vr is not None else None,
             high=vr.max if vr is not None else None,
+            literal_components=tuple(c for c in rule.components if not _GLOB.search(c)),
         )
 
     def value_ok(
@@ -312,21 +330,37 @@ class Policy:
         compiled = self._subjects.get(subject)
         if compiled is None:
             return (False, None, None)
-        found = False
-        low: float | None = None
-        high: float | None = None
-        unbounded_low = unbounded_high = False
-        for r in compiled.rules_for("Component.Set"):
-            if not (r.components.match(component) and r.controls.match(control)):
-                continue
-            found = True
-            unbounded_low |= r.low is None
-            unbounded_high |= r.high is None
-            if r.low is not None:
-                low = r.low if low is None else min(low, r.low)
-            if r.high is not None:
-                high = r.high if high is None else max(high, r.high)
-        return (found, None if unbounded_low else low, None if unbounded_high else high)
+        return _widest(compiled.rules_for("Component.Set"), component, control)
+
+    def literal_components(self, subject: str, method: str) -> list[str]:
+        """The component names (globs left out) of the subject's rules for `method`, in
+        rule order: e.g. the snapshots it may load, to offer by name."""
+        compiled = self._subjects.get(subject)
+        if compiled is None:
+            return []
+        names = (n for r in compiled.rules_for(method) for n in r.literal_components)
+        return list(dict.fromkeys(names))
+
+
+def _widest(
+    rules: Sequence[_Rule], component: str, control: str
+) -> tuple[bool, float | None, float | None]:
+    """Whether some of `rules` names the control, and the widest range they allow."""
+    found = False
+    low: float | None = None
+    high: float | None = None
+    unbounded_low = unbounded_high = False
+    for r in rules:
+        if not (r.components.match(component) and r.controls.match(control)):
+            continue
+        found = True
+        unbounded_low |= r.low is None
+        unbounded_high |= r.high is None
+        if r.low is not None:
+            low = r.low if low is None else min(low, r.low)
+        if r.high is not None:
+            high = r.high if high is None else max(high, r.high)
+    return (found, None if unbounded_low else low, None if unbounded_high else high)
 
 
 def _check(
@@ -396,8 +430,27 @@ def _controls(
                     first_rule = r.index
                 break
         else:
-            return Decision(False, f"no rule allows {target}", targets, values, write)
+            return Decision(
+                False,
+                f"no rule allows {target}",
+                targets,
+                values,
+                write,
+                _out_of_range(component, control, candidates) if write else None,
+            )
     return Decision(True, f"allowed by rule {first_rule}", targets, values, write)
+
+
+def _out_of_range(component: str, write: Any, rules: Sequence[_Rule]) -> OutOfRange | None:
+    """Why a write that some rule names was refused: its value (None when no rule
+    names it, or the value is no number)."""
+    value = write.Value
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    named, low, high = _widest(rules, component, write.Name)
+    if not named:
+        return None
+    return OutOfRange(component, write.Name, value, low, high)
 
 
 def _named(names: Sequence[str], rules: tuple[_Rule, ...], write: bool) -> Decision:

@@ -80,6 +80,9 @@ class RateDecision:
     retry_after: float
 
 
+ALLOWED = RateDecision(True, 0.0)
+
+
 def bucket_params(rate: RateConfig) -> tuple[float, float]:
     """(seconds per token, bucket size in tokens)."""
     return 1.0 / float(rate.requestsPerSecond), float(rate.burst)
@@ -112,7 +115,7 @@ class MemoryBuckets:
         if key not in self._tat and len(self._tat) >= self._max:
             self._sweep(now)
         self._tat[key] = new_tat
-        return RateDecision(True, 0.0)
+        return ALLOWED
 
     def _sweep(self, now: float) -> None:
         """Forget full buckets (indistinguishable from absent ones); if none, the oldest."""
@@ -245,6 +248,16 @@ class RateLimiter:
     @property
     def shared(self) -> bool:
         return self._redis is not None
+
+    def hit_local(self, subject: str, rate: RateConfig, cost: int = 1) -> RateDecision | None:
+        """`hit` without a coroutine when no shared storage is configured (the memory
+        buckets answer at once); None when the decision needs `await hit(...)`."""
+        if self._script is not None:
+            return None
+        cost = max(1, cost)
+        if cost > rate.burst:
+            return refusal_for_oversize(rate, cost)
+        return self._memory.hit(self.scope + subject, rate, cost)
 
     async def hit(self, subject: str, rate: RateConfig, cost: int = 1) -> RateDecision:
         """Take `cost` tokens from `subject`'s bucket. Never raises for storage trouble."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,14 +41,21 @@ class Refusal(QrcError):
     """The one refusal type: a call refused (authentication, throttling, rate limit,
     policy) or failed (the Core's error), as the client is told, with when to retry.
     `kind` marks a refusal whose message is already written for the client (MCP tool
-    arguments); None for the gateway's and the Core's errors."""
+    arguments); None for the gateway's and the Core's errors. `decision`: the policy's,
+    when the policy refused it (the client is told its reason only)."""
 
     def __init__(
-        self, code: int, message: str, retry_after: float = 0.0, kind: str | None = None
+        self,
+        code: int,
+        message: str,
+        retry_after: float = 0.0,
+        kind: str | None = None,
+        decision: Decision | None = None,
     ) -> None:
         super().__init__(code, message)
         self.retry_after = retry_after
         self.kind = kind
+        self.decision = decision
 
     @classmethod
     def of(cls, err: QrcError) -> Refusal:
@@ -78,6 +85,21 @@ class Caller:
         return self.subject.name if self.subject is not None else "-"
 
 
+@dataclass(frozen=True, slots=True)
+class Work:
+    """A request made in process (an MCP tool call): charged to the rate limit and
+    audited, when refused, as a call of `method` with `params`; holds `weight` of the
+    in-flight gate while `run` runs, whose Core calls are `Admission.call`s."""
+
+    method: str
+    params: Any
+    weight: int
+    run: Callable[[], Awaitable[Any]]
+
+    def message(self) -> dict[str, Any]:
+        return {"method": self.method, "params": self.params}
+
+
 def _method_of(obj: Any) -> str:
     method = obj.get("method") if isinstance(obj, dict) else None
     return method if isinstance(method, str) else "invalid"
@@ -88,9 +110,6 @@ class Records:
 
     def __init__(self, runtime: Runtime) -> None:
         self.rt = runtime
-        # Labelled children, looked up once: label values are bounded (see metrics.py).
-        self._counters: dict[tuple[str, str, str, str], Any] = {}
-        self._timers: dict[tuple[str, str], Any] = {}
 
     def _token(self, caller: Caller) -> str | None:
         """Which of its subject's tokens the caller used, for the audit line."""
@@ -127,6 +146,8 @@ class Records:
         with its call id, targets and values; identical refusals in a burst are written
         once with a count (`AuditLog.refused`; `itemised`: with their call and request
         ids). True when a line was written now."""
+        if isinstance(obj, Work):
+            obj = obj.message()
         method = _method_of(obj)
         subject = caller.subject_name
         outcome = outcome_of(error.code)
@@ -207,15 +228,12 @@ class Records:
         )
 
     def _count(self, label: str, caller: Caller, outcome: str, started: float) -> None:
-        key = (label, caller.subject_name, caller.transport, outcome)
+        subject = caller.subject_name
         if tracing.ENABLED:
-            tracing.annotate({"rpc.method": label, "qsys.subject": key[1], "qsys.outcome": outcome})
-        counter = self._counters.get(key)
-        if counter is None:
-            counter = self._counters[key] = self.rt.metrics.requests.labels(*key)
-        counter.inc()
-        tkey = (label, caller.transport)
-        timer = self._timers.get(tkey)
-        if timer is None:
-            timer = self._timers[tkey] = self.rt.metrics.request_duration.labels(*tkey)
-        timer.observe(time.perf_counter() - started)
+            span = {"rpc.method": label, "qsys.subject": subject, "qsys.outcome": outcome}
+            tracing.annotate(span)
+        metrics = self.rt.metrics
+        metrics.requests.labels(label, subject, caller.transport, outcome).inc()
+        metrics.request_duration.labels(label, caller.transport).observe(
+            time.perf_counter() - started
+        )

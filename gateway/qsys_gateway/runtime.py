@@ -33,6 +33,8 @@ class Rules:
     authenticator: Authenticator
     policy: Policy
     generation: int
+    subjects: dict[str, SubjectConfig]
+    """The config's subjects by name (asked a few times per call)."""
 
     @classmethod
     def build(cls, config: GatewayConfig, generation: int) -> Rules:
@@ -44,7 +46,8 @@ class Rules:
                 ", ".join(legacy[:10]),
             )
         auth = Authenticator(config.subjects, config.auth.token_key())
-        return cls(config, auth, Policy(config.subjects), generation)
+        by_name = {s.name: s for s in reversed(config.subjects)}  # the first of a name wins
+        return cls(config, auth, Policy(config.subjects), generation, by_name)
 
 
 class Runtime:
@@ -89,7 +92,7 @@ class Runtime:
 
     def current_subject(self, name: str) -> SubjectConfig | None:
         """A subject as the current config knows it (None once it was removed)."""
-        return self.rules.config.subject(name)
+        return self.rules.subjects.get(name)
 
     def apply(self, config: GatewayConfig) -> list[str]:
         """Swap in a new config; returns the sections that only a restart applies."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 import pytest
@@ -80,3 +81,47 @@ async def test_context_manager(sim: CoreSimulator) -> None:
     async with await QrcClient.connect("127.0.0.1", sim.port) as client:
         assert await client.call("NoOp", {}) is True
     assert client.closed.is_set()
+
+
+async def test_each_call_times_out_at_its_own_deadline_with_one_timer() -> None:
+    """A Core that never answers: calls fail at their own timeouts, in deadline order,
+    also when a shorter one is sent after a longer one; an answered call never times out."""
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError):
+            while await reader.read(65536):
+                pass
+        writer.close()
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    client = await QrcClient.connect("127.0.0.1", port)
+    loop = asyncio.get_running_loop()
+    try:
+        start = loop.time()
+        ended: dict[str, float] = {}
+
+        async def call(name: str, timeout: float) -> None:
+            with pytest.raises(TimeoutError):
+                await client.request("NoOp", {}, timeout=timeout)
+            ended[name] = loop.time() - start
+
+        await asyncio.gather(call("long", 0.6), call("short", 0.15), call("middle", 0.3))
+        assert list(ended) == ["short", "middle", "long"]
+        assert 0.14 <= ended["short"] < 0.3
+        assert 0.29 <= ended["middle"] < 0.45
+        assert 0.59 <= ended["long"] < 0.9
+        assert not client._deadlines
+        assert not client._pending
+    finally:
+        await client.close()
+        server.close()
+        await server.wait_closed()
+
+
+async def test_an_answered_call_leaves_no_deadline_behind(qrc_client: QrcClient) -> None:
+    for _ in range(3):
+        assert await qrc_client.call("NoOp", {}, timeout=0.05) is True
+    await asyncio.sleep(0.1)  # the connection's timer fires and finds nothing to fail
+    assert not qrc_client._deadlines
+    assert await qrc_client.call("NoOp", {}) is True

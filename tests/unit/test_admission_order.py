@@ -4,6 +4,7 @@ records; each step refuses before the next one runs."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 from types import SimpleNamespace
@@ -11,12 +12,13 @@ from typing import Any, cast
 
 import pytest
 
-from qsys_gateway.admission import Admission, Caller, Refusal
+from qsys_gateway.admission import Admission, Caller, Lane, Refusal, Work
 from qsys_gateway.audit import AuditLog
+from qsys_gateway.inflight import TOTAL, WeightedGate
 from qsys_gateway.metrics import GatewayMetrics
 from qsys_gateway.ratelimit import RateLimiter
 from qsys_gateway.runtime import Runtime
-from qsys_protocol.config import GatewayConfig
+from qsys_protocol.config import GatewayConfig, RateConfig
 from qsys_protocol.qrc.errors import ErrorCode, QrcError
 from qsys_testkit.gateway import gateway_config, subject
 
@@ -190,3 +192,103 @@ async def test_serve_refuses_an_oversized_batch_before_the_rate_limit(
     assert not isinstance(replies, Refusal)
     assert [r["result"] for r in replies if r is not None] == [{"ok": "StatusGet"}] * 2
     assert admission.rt.in_flight_gate.used == 0
+
+
+def _burst(admission: Admission, caller: Caller, burst: int) -> None:
+    """The subject's rate: `burst` calls at once, then one a minute."""
+    assert caller.subject is not None
+    rate = {"requestsPerSecond": 1 / 60, "burst": burst}
+    caller.subject = caller.subject.model_copy(update={"rate": RateConfig(**rate)})
+    admission.rt.rules.config.subjects[0] = caller.subject
+
+
+async def test_serve_runs_work_under_the_gate_and_refuses_it_by_its_method(
+    setup: tuple[Admission, Caller, RecordingSession, Path],
+) -> None:
+    admission, caller, _, audit = setup
+    _burst(admission, caller, 1)
+    held: list[int] = []
+
+    async def run() -> Any:
+        held.append(admission.rt.in_flight_gate.used)
+        return await admission.call(caller, "StatusGet", None, "r1")
+
+    work = Work("StatusGet", None, 7, run)
+    assert await admission.serve(caller, [work], "r1") == [{"ok": "StatusGet"}]
+    assert held == [7]
+    assert admission.rt.in_flight_gate.used == 0
+    refused = await admission.serve(caller, [work], "r2")
+    assert isinstance(refused, Refusal)
+    assert refused.code == ErrorCode.RATE_LIMITED
+    assert held == [7]  # not run
+    assert counted(admission, "StatusGet", "rate_limited") == 1
+    assert [a["method"] for a in audit_lines(audit)] == ["StatusGet"]
+
+
+async def test_serve_in_a_lane_answers_everything_there(
+    setup: tuple[Admission, Caller, RecordingSession, Path],
+) -> None:
+    """A connection's request: the batch limit before its logon step, the rate limit
+    after it; replies and refusals go to the lane, the calls run concurrently."""
+    admission, caller, _, _ = setup
+    sent: list[dict[str, Any]] = []
+    lane = Lane(sent.append, admission.rt.in_flight_gate)
+    logged_on: list[list[Any]] = []
+
+    async def logon(calls: list[Any]) -> list[Any]:
+        logged_on.append(calls)
+        return calls[1:]  # the first call logged the connection on
+
+    limit = admission.rt.config.limits.maxBatchCalls
+    big = [{"jsonrpc": "2.0", "id": i, "method": "StatusGet"} for i in range(limit + 1)]
+    assert await admission.serve(caller, big, "r1", lane=lane, logon=logon) == []
+    assert logged_on == []
+    assert [m["error"]["code"] for m in sent] == [ErrorCode.INVALID_REQUEST]
+    assert sent[0]["id"] is None
+
+    sent.clear()
+    calls = [{"jsonrpc": "2.0", "id": i, "method": "StatusGet"} for i in range(4)]
+    assert await admission.serve(caller, calls, "r2", lane=lane, logon=logon) == []
+    await lane.drain(5.0)
+    assert len(logged_on) == 1
+    assert sorted(m["id"] for m in sent) == [1, 2, 3]
+    assert admission.rt.in_flight_gate.used == 0
+
+    sent.clear()
+    _burst(admission, caller, 1)  # spent already by the calls above
+    await admission.serve(
+        caller, [*calls[1:3], {"jsonrpc": "2.0", "method": "NoOp"}], "r3", lane=lane
+    )
+    await lane.drain(5.0)
+    assert [(m["id"], m["error"]["code"]) for m in sent] == [
+        (1, ErrorCode.RATE_LIMITED),
+        (2, ErrorCode.RATE_LIMITED),
+    ]  # a notification is not answered
+
+
+async def test_a_lane_answers_calls_that_fail_or_are_cut_short() -> None:
+    """Every request in a connection's lane is answered: a call that raises gets -32000,
+    one still running when the connection closes gets -32050; a notification nothing."""
+    sent: list[dict[str, Any]] = []
+    gate = WeightedGate(TOTAL)
+    lane = Lane(sent.append, gate)
+    never = asyncio.Event()
+
+    async def broken() -> dict[str, Any] | None:
+        raise RuntimeError("bug")
+
+    async def slow() -> dict[str, Any] | None:
+        await never.wait()
+        return None
+
+    await lane.start({"jsonrpc": "2.0", "id": 1, "method": "StatusGet"}, broken)
+    await lane.start({"jsonrpc": "2.0", "id": 2, "method": "StatusGet"}, slow)
+    await lane.start({"jsonrpc": "2.0", "method": "NoOp"}, slow)
+    await asyncio.sleep(0)
+    assert gate.used == 2
+    await lane.cancel()
+    assert sorted((m["id"], m["error"]["code"]) for m in sent) == [
+        (1, ErrorCode.SERVER_ERROR),
+        (2, ErrorCode.CORE_UNAVAILABLE),
+    ]
+    assert gate.used == 0

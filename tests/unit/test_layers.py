@@ -124,3 +124,35 @@ def test_the_layer_check_sees_a_violation() -> None:
     assert _layer("qsys_gateway.upstream.pool") < _layer("qsys_gateway.admission")
     imports = _imports("qsys_gateway.policy", PACKAGES["qsys_gateway"] / "policy.py")
     assert "qsys_protocol.qrc.methods" in imports
+
+
+def _front_door_bypasses(path: Path) -> list[str]:
+    """Calls only admission may make: the steps `Admission.serve` takes in order, the
+    in-flight gates, and the upstream pool's entries (`forward`, `open_session`)."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text("utf-8"))):
+        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
+            continue
+        name, owner = node.func.attr, node.func.value
+        owner_name = owner.attr if isinstance(owner, ast.Attribute) else getattr(owner, "id", "")
+        upstream = owner_name == "upstream" and name in ("forward", "open_session")
+        steps = owner_name == "admission" and name in ("check_batch", "rate_limit", "handle")
+        gate = name == "acquire" and "gate" in owner_name
+        if upstream or steps or gate:
+            found.append(f"{path.relative_to(REPO)}:{node.lineno} {owner_name}.{name}")
+    return found
+
+
+def test_transports_reach_the_core_only_through_serve() -> None:
+    """Every transport, MCP included, takes the front door: no transport calls a step of
+    admission's order itself, takes a gate, or calls the Core through the pool."""
+    root = PACKAGES["qsys_gateway"]
+    found = [
+        hit
+        for package in ("transports", "mcp")
+        for path in sorted((root / package).rglob("*.py"))
+        for hit in _front_door_bypasses(path)
+    ]
+    assert found == []
+    # the check sees them where they are taken
+    assert _front_door_bypasses(root / "admission.py") != []

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 import yaml
 from mcp.shared.exceptions import MCPError
+from pydantic import ValidationError
 
 from qsys_gateway.mcp import tools as T
 from qsys_gateway.mcp.design import (
@@ -19,12 +20,14 @@ from qsys_gateway.mcp.design import (
     units_of,
     writable,
 )
-from qsys_gateway.mcp.server import _type_problem, component_of, uri_of
+from qsys_gateway.mcp.resources import component_of
+from qsys_gateway.mcp.tools import type_problem, uri_of
 from qsys_gateway.policy import Policy
 from qsys_operator.api import QSysCore
 from qsys_operator.render import render_core_children
 from qsys_operator.settings import OperatorSettings
 from qsys_protocol.config import GatewayConfig, McpConfig, Rule, SubjectConfig
+from qsys_protocol.qrc.methods import METHODS
 
 GAIN_INFO = {
     "Name": "gain",
@@ -155,7 +158,7 @@ def test_resource_uris_round_trip_and_reject_others() -> None:
     ],
 )
 def test_argument_types(spec: ControlSpec, value: Any, problem: str) -> None:
-    assert _type_problem(spec, value) == problem
+    assert type_problem(spec, value) == problem
 
 
 def test_mcp_enabled_is_rendered_into_the_gateway_config() -> None:
@@ -173,3 +176,31 @@ def test_mcp_enabled_is_rendered_into_the_gateway_config() -> None:
 
     assert config({}).mcp == McpConfig(enabled=False)
     assert config({"mcp": {"enabled": True}}).mcp.enabled is True
+
+
+@pytest.mark.parametrize("tool", T.TOOLS, ids=lambda t: t.name)
+def test_each_tools_schema_is_its_models(tool: T.McpTool) -> None:
+    """One record per tool: the offered schema is derived from the arguments' model, so
+    the two cannot drift apart."""
+    fields = tool.args.model_fields
+    schema = tool.schema
+    assert set(schema["properties"]) == set(fields)
+    required = {n for n, f in fields.items() if f.is_required()}
+    assert set(schema.get("required", [])) == required
+    assert schema["additionalProperties"] is False
+    assert "title" not in str(schema)
+    assert tool.method in METHODS
+
+
+def test_tool_models_refuse_what_their_schemas_refuse() -> None:
+    assert T.ListArgs.model_validate({}).limit == T.PAGE
+    with pytest.raises(ValidationError):
+        T.ListArgs.model_validate({"limit": T.MAX_PAGE + 1})
+    with pytest.raises(ValidationError):
+        T.SetArgs.model_validate({"component": "Zone1", "values": {}})
+    with pytest.raises(ValidationError):
+        T.SetArgs.model_validate({"component": "Zone1", "values": {"gain": float("nan")}})
+    with pytest.raises(ValidationError):
+        T.GetArgs.model_validate({"component": "Zone1", "extra": 1})
+    assert T.SetArgs.model_validate({"component": "Z", "values": {"a": 1, "b": 2}}).weight() == 3
+    assert T.GetArgs.model_validate({"component": "Z"}).weight() == 1

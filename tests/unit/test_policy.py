@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from qsys_gateway.policy import Decision, Policy, needs_control_types
+from qsys_gateway.policy import Decision, OutOfRange, Policy, needs_control_types
 from qsys_protocol.config import Rule, SubjectConfig, ValueRange
 from qsys_protocol.qrc.methods import METHODS, parse_params
 
@@ -560,3 +560,35 @@ def test_the_component_list_is_cut_to_readable_components() -> None:
     assert p.visible_components("nobody", design) == []
     assert p.visible_components("panel", [{"Type": "x"}, "junk", {"Name": 5}]) == []
     assert p.visible_components("panel", {"not": "a list"}) == {"not": "a list"}
+
+
+def test_a_write_refused_for_its_value_alone_names_the_widest_range() -> None:
+    p = policy(ZONE_RULE, {**ZONE_RULE, "components": ["Zone1"], "valueRange": {"min": -80}})
+    d = call(p, "Component.Set", cset("Zone2", {"Name": "gain", "Value": 6}))
+    assert not d.allowed
+    assert d.reason == "no rule allows Zone2.gain"  # what the client is told is unchanged
+    assert d.out_of_range == OutOfRange("Zone2", "gain", 6, -60, 0)
+    wide = call(p, "Component.Set", cset("Zone1", {"Name": "gain", "Value": -90}))
+    assert not wide.allowed
+    assert wide.out_of_range == OutOfRange("Zone1", "gain", -90, -80, None)
+    # no rule names it, or no number: not a matter of range
+    for refused in (
+        cset("Lobby", {"Name": "gain", "Value": 6}),
+        cset("Zone2", {"Name": "other", "Value": -10}),
+        cset("Zone2", {"Name": "gain", "String": "-10dB"}),
+    ):
+        d = call(p, "Component.Set", refused)
+        assert not d.allowed
+        assert d.out_of_range is None
+    assert call(p, "Component.Set", cset("Zone2", {"Name": "gain", "Value": -6})).allowed
+
+
+def test_literal_components_of_a_method_leave_globs_out() -> None:
+    p = policy(
+        {"methods": ["Snapshot.*"], "components": ["Presets", "Scenes*", "Lobby"]},
+        {"methods": ["Snapshot.Load"], "components": ["Presets", "Night[12]", "Day"]},
+        {"methods": ["Component.Get"], "components": ["Amp"]},
+    )
+    assert p.literal_components("panel", "Snapshot.Load") == ["Presets", "Lobby", "Day"]
+    assert p.literal_components("panel", "Snapshot.Save") == ["Presets", "Lobby"]
+    assert p.literal_components("nobody", "Snapshot.Load") == []

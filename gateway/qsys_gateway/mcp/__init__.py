@@ -18,7 +18,7 @@ from qsys_protocol.qrc.errors import ErrorCode, QrcError
 from ..transports.common import Services
 
 if TYPE_CHECKING:
-    from .server import McpEndpoint
+    from .endpoint import McpEndpoint
 
 PATH = "/v1/mcp"
 
@@ -38,7 +38,7 @@ class Mcp:
     async def _ensure(self) -> McpEndpoint:
         async with self._lock:
             if self._endpoint is None:
-                from .server import McpEndpoint
+                from .endpoint import McpEndpoint
 
                 endpoint = McpEndpoint(self._svc)
                 await endpoint.start()

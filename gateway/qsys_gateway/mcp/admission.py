@@ -1,32 +1,32 @@
 """The one seam between MCP and the gateway's admission layer (`..admission`).
 
 MCP follows the transport contract of `qsys_gateway.admission` like every other
-transport: one `Caller` per HTTP request, `authenticate` once per request,
-`rate_limit` per tool call, the typed `call` per QRC call (in-flight gate, policy,
-audit, metrics, upstream), `design` for the design look-ups made on a caller's behalf,
-`open_session` / `release` for a subscriber that takes pushes. Every Core access of
-MCP goes through here; only the translation between MCP and QRC lives in the rest of
-this package. Refusals are `Refusal`.
+transport: one `Caller` per HTTP request, `authenticate` once per request, each tool
+call (and resource read or subscription) one `Work` through `Admission.serve` (`invoke`:
+batch and rate limit, in-flight gate), the typed `call` per QRC call inside it (policy,
+audit, metrics, upstream), `design` for the design look-ups made on a caller's behalf
+(`Admission.look_up`), `open_session` / `release` for a subscriber that takes pushes.
+Every Core access of MCP goes through here; only the translation between MCP and QRC
+lives in the rest of this package. Refusals are `Refusal`.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from qsys_protocol.config import SubjectConfig
 from qsys_protocol.qrc.errors import ErrorCode, QrcError
 
-from ..admission import Caller, Refusal, outcome_of
+from ..admission import Caller, Refusal, Work, outcome_of
 from ..metrics import method_label
 from ..policy import Policy
 from ..runtime import Runtime
 from ..transports.common import Services
 
 TRANSPORT = "mcp"
-__all__ = ["TRANSPORT", "McpAdmission", "McpCaller", "Refusal", "outcome_of"]
+__all__ = ["TRANSPORT", "Caller", "McpAdmission", "McpCaller", "Refusal", "outcome_of"]
 
 
 @dataclass(slots=True)
@@ -54,6 +54,15 @@ class McpAdmission:
         return self._svc.runtime
 
     @property
+    def engine_status(self) -> dict[str, Any] | None:
+        """The Core's last EngineStatus, as the pool keeps it (no Core call)."""
+        return self._svc.runtime.upstream.engine_status
+
+    @property
+    def core_reachable(self) -> bool:
+        return self._svc.runtime.upstream.up
+
+    @property
     def policy(self) -> Policy:
         return self._svc.runtime.rules.policy
 
@@ -70,12 +79,24 @@ class McpAdmission:
             raise Refusal(ErrorCode.UNAUTHENTICATED, "Unauthenticated: token revoked")
         return subject
 
-    async def admit(self, mc: McpCaller, method: str) -> None:
-        """Charge one call to the subject's rate limit; raises `Refusal` with a retry time."""
+    async def invoke(
+        self,
+        mc: McpCaller,
+        method: str,
+        params: Any,
+        run: Callable[[], Awaitable[Any]],
+        weight: int = 1,
+    ) -> Any:
+        """One MCP request through `Admission.serve`: charged to the subject's rate limit
+        as a call of `method` (audited with `params` when refused), `weight` held in the
+        in-flight gate while `run` makes its calls; its result, or raises `Refusal`."""
         self.current(mc)
-        refused = await self._admission.rate_limit(mc.caller, [{"method": method}], mc.request_id)
-        if refused is not None:
-            raise refused
+        served = await self._admission.serve(
+            mc.caller, [Work(method, params, weight, run)], mc.request_id
+        )
+        if isinstance(served, Refusal):
+            raise served
+        return served[0]
 
     async def call(
         self, mc: McpCaller, method: str, params: Any, subscriber: Caller | None = None
@@ -89,49 +110,8 @@ class McpAdmission:
             raise Refusal.of(exc) from None
 
     async def design(self, mc: McpCaller, method: str, params: dict[str, Any]) -> Any:
-        """A design look-up the gateway makes for the caller (the answer is cached and
-        filtered by policy before the caller sees any of it): policy first (the
-        component must be one the subject may read or write, so a forbidden and a
-        missing component look alike), then the in-flight gate, the upstream, the
-        audit (as a read) and the counters. Not charged to the rate limit: the
-        caller's own call that needed it was."""
-        rt = self._svc.runtime
-        started = time.perf_counter()
-        subject = self.current(mc).name
-        component = params.get("Name")
-        if isinstance(component, str) and not self.policy.names_component(subject, component):
-            self._record(mc, method, component, "denied", started)
-            raise Refusal(ErrorCode.FORBIDDEN, f"Forbidden by policy: no rule allows {component}")
-        rt.call_started()
-        try:
-            result = await rt.upstream.forward(method, params)
-        except QrcError as exc:
-            self._record(mc, method, component, outcome_of(exc.code), started)
-            raise Refusal.of(exc) from None
-        finally:
-            rt.call_finished()
-        self._record(mc, method, component, "ok", started)
-        return result
-
-    def _record(
-        self, mc: McpCaller, method: str, component: Any, outcome: str, started: float
-    ) -> None:
-        rt = self._svc.runtime
-        if outcome != "ok" or rt.config.audit.logReads:
-            rt.audit.record(
-                request_id=mc.request_id,
-                subject=mc.subject.name,
-                source_ip=mc.caller.source_ip,
-                transport=TRANSPORT,
-                method=method,
-                targets=(component,) if isinstance(component, str) else (),
-                decision="deny" if outcome == "denied" else "allow",
-                reason="design look-up",
-                outcome=outcome,
-                duration_ms=(time.perf_counter() - started) * 1000,
-                token=self._admission.token_kind(mc.caller),
-            )
-        self.count(mc, method, outcome)
+        """A design look-up the gateway makes for the caller (`Admission.look_up`)."""
+        return await self._admission.look_up(mc.caller, method, params, mc.request_id)
 
     def subscriber(self, mc: McpCaller, push: Callable[[dict[str, Any]], None]) -> Caller:
         """A caller with its own upstream session, whose change-group pushes go to `push`."""

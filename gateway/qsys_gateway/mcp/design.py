@@ -14,7 +14,6 @@ from typing import Any
 from qsys_protocol.qrc.methods import ComponentControlsResult, ComponentInfo
 
 from ..policy import Policy
-from ..upstream import UpstreamPool
 
 Fetch = Callable[[str, dict[str, Any]], Awaitable[Any]]
 """One design look-up (`Component.GetComponents` / `Component.GetControls`) made on
@@ -85,15 +84,15 @@ class Design:
     """Components (one call) and each component's controls (one call each, on first use),
     kept until the Core reports a different `DesignCode`."""
 
-    def __init__(self, upstream: UpstreamPool) -> None:
-        self._upstream = upstream
+    def __init__(self, engine_status: Callable[[], dict[str, Any] | None]) -> None:
+        self._engine_status = engine_status
         self._code: object = None
         self._components: list[ComponentInfo] | None = None
         self._controls: OrderedDict[str, dict[str, ControlSpec]] = OrderedDict()
         self._lock = asyncio.Lock()
 
     def _check_code(self) -> None:
-        status = self._upstream.engine_status or {}
+        status = self._engine_status() or {}
         code = status.get("DesignCode")
         if code != self._code:
             self._code = code

@@ -4,8 +4,9 @@ Admission (authentication, rate limit, policy, audit) is `..admission`."""
 
 from __future__ import annotations
 
+import itertools
+import os
 import re
-import uuid
 from dataclasses import dataclass
 
 from qsys_protocol.qrc.errors import ErrorCode
@@ -29,11 +30,17 @@ HTTP_STATUS: dict[int, int] = {
 }
 
 
+_PROCESS = os.urandom(8).hex()
+_SEQUENCE = itertools.count(1)
+
+
 def request_id(supplied: str | None = None) -> str:
-    """Keep a sane client-supplied X-Request-ID, otherwise make one."""
+    """Keep a sane client-supplied X-Request-ID, otherwise make one: 32 hex digits, a
+    random prefix per process and a counter (unique across replicas and restarts without
+    an `os.urandom` call per frame; ids are labels, not secrets)."""
     if supplied and _REQUEST_ID.match(supplied):
         return supplied
-    return uuid.uuid4().hex
+    return f"{_PROCESS}{next(_SEQUENCE):016x}"
 
 
 @dataclass(slots=True)

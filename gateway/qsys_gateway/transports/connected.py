@@ -17,12 +17,10 @@ from qsys_protocol.qrc.methods import logon_credentials, traits_of
 
 from ..admission import Caller, Refusal
 from ..client_registry import ClientHandle
-from ..inflight import PER_CONNECTION, WeightedGate, call_weight
+from ..inflight import Lane
 from .common import Services, request_id
 
 log = logging.getLogger("qsys_gateway.connected")
-
-MAX_IN_FLIGHT = 32
 
 
 def refusals(frame: bytes, err: QrcError, max_batch: int) -> list[dict[str, Any]]:
@@ -69,9 +67,7 @@ class ConnectedClient:
         self._source_bound = source_bound
         self._key_digest: bytes | None = None
         """SHA-256 of the last apiKey accepted (the key itself is not kept)."""
-        self._slots = asyncio.Semaphore(MAX_IN_FLIGHT)
-        self._weight = WeightedGate(PER_CONNECTION)
-        self._tasks: set[asyncio.Task[None]] = set()
+        self.lane = Lane(handle.send, svc.runtime.in_flight_gate)
 
     @property
     def send(self) -> Callable[[dict[str, Any]], None]:
@@ -114,53 +110,28 @@ class ConnectedClient:
         if not calls:
             self.send(jsonrpc.error_message(None, QrcError(ErrorCode.INVALID_REQUEST)))
             return
-        too_big = self.admission.check_batch(self.caller, calls, request_id())
-        if too_big is not None:
-            self.send(jsonrpc.error_message(None, too_big))
-            return
+        await self.admission.serve(
+            self.caller, calls, request_id(), lane=self.lane, logon=self._logon
+        )
+
+    async def _logon(self, calls: list[Any]) -> list[Any]:
+        """The calls of a frame that log the connection on (an `apiKey`, a source-bound
+        address, a Logon), answered here; returns those left for the logged-on path."""
         if self._api_key:
             calls = [obj for obj in calls if await self._take_api_key(obj)]
             if not calls:
-                return
+                return []
         if not self.logged_on and self._source_bound:
             self._admit_by_source(calls)
-        if not self.logged_on:
-            # In order, as a Core would: once a Logon in the batch succeeded, the rest of
-            # it (a second Logon included) takes the logged-on path.
-            for i, obj in enumerate(calls):
-                await self._pre_logon(obj)
-                if self.logged_on:
-                    calls = calls[i + 1 :]
-                    break
-            if not calls or not self.logged_on:
-                return
-        rid = request_id()
-        refused = await self.admission.rate_limit(self.caller, calls, rid)
-        if refused is not None:
-            for obj in calls:
-                self._reply_error(obj, refused)
-            return
-        gate = self.svc.runtime.in_flight_gate
-        for obj in calls:
-            weight = call_weight(obj)
-            await self._slots.acquire()
-            mine = theirs = 0
-            try:
-                mine = await self._weight.acquire(weight)
-                theirs = await gate.acquire(weight)
-            except BaseException:
-                self._release(mine, theirs)
-                raise
-            task = asyncio.get_running_loop().create_task(self._call(obj, rid, mine, theirs))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-
-    def _release(self, mine: int, theirs: int) -> None:
-        if mine:
-            self._weight.release(mine)
-        if theirs:
-            self.svc.runtime.in_flight_gate.release(theirs)
-        self._slots.release()
+        if self.logged_on:
+            return calls
+        # In order, as a Core would: once a Logon in the batch succeeded, the rest of
+        # it (a second Logon included) takes the logged-on path.
+        for i, obj in enumerate(calls):
+            await self._pre_logon(obj)
+            if self.logged_on:
+                return calls[i + 1 :]
+        return []
 
     def _admit_by_source(self, calls: list[Any]) -> None:
         """Raw QRC clients that cannot Logon: a source-bound subject by peer address.
@@ -199,7 +170,7 @@ class ConnectedClient:
                 probe, key if isinstance(key, str) else None, request_id=rid
             )
         except Refusal as refused:
-            self._reply_error(obj, refused)
+            self.lane.answer(obj, refused)
             return False
         if not self.logged_on:
             self.caller.subject, self.caller.token_hash = subject, probe.token_hash
@@ -207,7 +178,7 @@ class ConnectedClient:
             try:
                 self.log_on(subject)
             except Refusal as full:
-                self._reply_error(obj, full)
+                self.lane.answer(obj, full)
                 return False
             self.announce()
         elif self.caller.subject is None or subject.name != self.caller.subject.name:
@@ -216,31 +187,10 @@ class ConnectedClient:
                 "Unauthenticated: apiKey names another subject than this connection's",
             )
             self.admission.refuse(self.caller, obj, err, rid, "apiKey of another subject")
-            self._reply_error(obj, err)
+            self.lane.answer(obj, err)
             return False
         self._key_digest = digest
         return True
-
-    async def _call(self, obj: Any, rid: str, mine: int, theirs: int) -> None:
-        try:
-            response = await self.admission.handle(self.caller, obj, rid)
-            if response is not None:
-                self.send(response)
-        except asyncio.CancelledError:
-            # the connection is closing with this call unfinished: still answered
-            self._reply_error(obj, QrcError(ErrorCode.CORE_UNAVAILABLE, "Connection closing"))
-            raise
-        except Exception:
-            log.exception("call failed", extra={"request_id": rid})
-            self._reply_error(obj, QrcError(ErrorCode.SERVER_ERROR, "Internal error"))
-        finally:
-            self._release(mine, theirs)
-
-    def _reply_error(self, obj: Any, err: QrcError) -> None:
-        rid = obj.get("id") if isinstance(obj, dict) else None
-        if isinstance(obj, dict) and "id" not in obj:
-            return
-        self.send(jsonrpc.error_message(rid if isinstance(rid, int | str) else None, err))
 
     async def _pre_logon(self, obj: Any) -> None:
         try:
@@ -297,15 +247,10 @@ class ConnectedClient:
 
     async def drain(self, timeout: float) -> None:
         """Wait for this client's in-flight calls (bounded)."""
-        if self._tasks:
-            await asyncio.wait(set(self._tasks), timeout=timeout)
+        await self.lane.drain(timeout)
 
     async def close(self) -> None:
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        if tasks:  # each answers its call as it ends (`_call`)
-            await asyncio.wait(tasks, timeout=1.0)
+        await self.lane.cancel()
         try:
             await asyncio.wait_for(self.admission.release(self.caller), 5.0)
         except (TimeoutError, QrcError, OSError):

@@ -21,6 +21,9 @@ log = logging.getLogger("qsys_gateway.qrc_tcp")
 
 IDLE_TIMEOUT = 60.0
 """Like a Core: a socket silent for this long is closed (clients send NoOp)."""
+IDLE_SWEEP = 1.0
+"""How often logged-on sockets are checked for `IDLE_TIMEOUT`: one sweep for every
+socket instead of a timer each, moved on every read."""
 MAX_WRITE_BUFFER = 1024 * 1024
 ADMIT_WAIT = 2.0
 """`qrcOnCoreLoss: close`: how long a new client waits for the Core before it is refused."""
@@ -41,11 +44,25 @@ class QrcServer:
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.Task[None]] = set()
         self._stoppers: dict[ClientHandle, Callable[[QrcError], None]] = {}
+        self._idle: dict[asyncio.Timeout, float] = {}
+        """Logged-on sockets waiting for data: their read's deadline, and when they go idle."""
+        self._sweeper: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(
             self._serve, self.host, self.port, ssl=self.tls, reuse_address=True
         )
+        self._sweeper = asyncio.get_running_loop().create_task(self._sweep_idle())
+
+    async def _sweep_idle(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(IDLE_SWEEP)
+            now = loop.time()
+            expired = [deadline for deadline, at in self._idle.items() if at <= now]
+            for deadline in expired:
+                del self._idle[deadline]
+                deadline.reschedule(now)  # the read raises TimeoutError: closed as idle
 
     def core_changed(self, up: bool) -> None:
         """`qrcOnCoreLoss: close`: the Core was lost, so close every raw QRC client, as the
@@ -93,7 +110,7 @@ class QrcServer:
             err = QrcError(ErrorCode.CORE_UNAVAILABLE, "Too many clients")
             writer.write(encode_frame(jsonrpc.error_message(None, err)))
             return
-        closing = asyncio.Event()
+        closing = False  # a flag, not an Event: nothing waits on it
         ending: QrcError | None = None
         """Why the gateway closes this socket: the error unanswered calls get."""
         reading: asyncio.Timeout | None = None
@@ -103,6 +120,7 @@ class QrcServer:
         loop = asyncio.get_running_loop()
 
         def flush() -> None:
+            nonlocal closing
             if not out:
                 return
             data = b"".join(out)
@@ -113,7 +131,7 @@ class QrcServer:
                 log.warning("closing a QRC client that does not read")
                 rt.metrics.slow_clients.labels("qrc").inc()
                 writer.transport.abort()
-                closing.set()
+                closing = True
                 return
             writer.write(data)
 
@@ -127,10 +145,10 @@ class QrcServer:
         def stop(err: QrcError) -> None:
             """Close once the calls in flight are answered and what the client already
             sent is answered with `err` (the socket closes after that, in `_serve`)."""
-            nonlocal ending
+            nonlocal ending, closing
             if ending is None:
                 ending = err
-            closing.set()
+            closing = True
             if reading is not None:
                 reading.reschedule(loop.time())  # wake the read; a frame in hand finishes
 
@@ -167,16 +185,18 @@ class QrcServer:
         # Absolute: bytes before the Logon (a space every few seconds) do not extend it.
         logon_deadline = loop.time() + rt.config.limits.logonTimeoutSeconds
         try:
-            # One deadline, moved before each read, instead of a wait_for task per read.
+            # One deadline per socket, instead of a wait_for task per read: a timer
+            # until the Logon, then the server's idle sweep.
             async with asyncio.timeout(None) as deadline:
-                while not closing.is_set():
+                while not closing:
                     if conn.logged_on or by_source is not None:
-                        deadline.reschedule(loop.time() + IDLE_TIMEOUT)
+                        self._idle[deadline] = loop.time() + IDLE_TIMEOUT
                     else:
                         deadline.reschedule(logon_deadline)
                     reading = deadline
                     data = await reader.read(65536)
                     reading = None
+                    self._idle.pop(deadline, None)
                     deadline.reschedule(None)
                     if not data:
                         return
@@ -198,6 +218,7 @@ class QrcServer:
                 log.info("closing an idle QRC client")
         finally:
             reading = None
+            self._idle.pop(deadline, None)
             self._stoppers.pop(handle, None)
             svc.clients.remove(handle)
             await conn.drain(5.0)
@@ -233,6 +254,8 @@ class QrcServer:
         return answered
 
     async def close_all(self, timeout: float) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         if self._connections:
             await asyncio.wait(set(self._connections), timeout=timeout)
         for task in list(self._connections):

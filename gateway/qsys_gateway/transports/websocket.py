@@ -40,7 +40,11 @@ async def _serve(request: web.Request, transport: str, *, api_key: bool) -> web.
     source = source_ip(request)
     if rt.shutting_down:
         return error_response(QrcError(ErrorCode.CORE_UNAVAILABLE, "Gateway is shutting down"))
-    queue: asyncio.Queue[bytes | None] = asyncio.Queue()
+    # Replies wait in `pending` for a writer task that exists only while there is
+    # something to write: an idle client holds no task, queue or last message.
+    pending: list[bytes] = []
+    writer: asyncio.Task[None] | None = None
+    loop = asyncio.get_running_loop()
     budget = rt.send_budget
     backlog = 0
     dead = False  # closed for being slow, or finished: nothing more is queued
@@ -50,7 +54,7 @@ async def _serve(request: web.Request, transport: str, *, api_key: bool) -> web.
     )
 
     def send(message: dict[str, Any]) -> None:
-        nonlocal backlog
+        nonlocal backlog, writer
         if dead or ws.closed:
             return
         data = orjson.dumps(message)
@@ -59,16 +63,37 @@ async def _serve(request: web.Request, transport: str, *, api_key: bool) -> web.
             return
         backlog += len(data)
         budget.take(len(data))
-        queue.put_nowait(data)
+        pending.append(data)
+        if writer is None:
+            writer = loop.create_task(write_pending())
+
+    async def write_pending() -> None:
+        """Write what is pending, in order, then end (the next `send` starts another)."""
+        nonlocal backlog, writer
+        try:
+            while pending and not dead:
+                batch = pending.copy()
+                pending.clear()
+                for data in batch:
+                    await ws.send_frame(data, WSMsgType.TEXT)
+                    if not dead:  # else release_queue() gave it back already
+                        backlog -= len(data)
+                        budget.give(len(data))
+                del batch
+        except (ConnectionError, RuntimeError):
+            pass  # the client went away: the handler ends and gives the rest back
+        finally:
+            writer = None
 
     def close_slow() -> None:
         nonlocal dead
         dead = True
         log.warning("closing a WebSocket client that does not read", extra={"request_id": rid})
         rt.metrics.slow_clients.labels(transport).inc()
-        writer.cancel()
+        if writer is not None:
+            writer.cancel()
         release_queue()
-        closer = asyncio.get_running_loop().create_task(slow_close())
+        closer = loop.create_task(slow_close())
         background.add(closer)
         closer.add_done_callback(background.discard)
 
@@ -83,8 +108,7 @@ async def _serve(request: web.Request, transport: str, *, api_key: bool) -> web.
 
     def release_queue() -> None:
         nonlocal backlog
-        while not queue.empty():
-            queue.get_nowait()
+        pending.clear()
         budget.give(backlog)
         backlog = 0
 
@@ -112,19 +136,6 @@ async def _serve(request: web.Request, transport: str, *, api_key: bool) -> web.
         return error_response(QrcError(ErrorCode.CORE_UNAVAILABLE, "Too many clients"))
 
     await ws.prepare(request)
-
-    async def write_loop() -> None:
-        nonlocal backlog
-        while True:
-            data = await queue.get()
-            if data is None:
-                return
-            await ws.send_str(data.decode())
-            if not dead:  # else release_queue() gave it back already
-                backlog -= len(data)
-                budget.give(len(data))
-
-    writer = asyncio.get_running_loop().create_task(write_loop())
     svc.clients.add(handle)
     try:
         if subject is not None:
@@ -133,7 +144,7 @@ async def _serve(request: web.Request, transport: str, *, api_key: bool) -> web.
         async with asyncio.timeout(None) as deadline:
             if subject is None:  # absolute: frames do not extend it
                 logon_timeout = rt.config.limits.logonTimeoutSeconds
-                deadline.reschedule(asyncio.get_running_loop().time() + logon_timeout)
+                deadline.reschedule(loop.time() + logon_timeout)
             async for msg in ws:
                 if msg.type == WSMsgType.TEXT:
                     await conn.handle_frame(msg.data)
@@ -149,9 +160,9 @@ async def _serve(request: web.Request, transport: str, *, api_key: bool) -> web.
         svc.clients.remove(handle)
         await conn.drain(5.0)
         await conn.close()
-        queue.put_nowait(None)
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await asyncio.wait_for(writer, 2.0)
+        if writer is not None:  # what is pending is written first (bounded)
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.wait_for(writer, 2.0)
         dead = True
         release_queue()
         if not ws.closed:

@@ -178,14 +178,17 @@ class UpstreamPool:
         budget = self._core.requestTimeoutSeconds if timeout is None else timeout
         if not owner:
             return await self._forward(method, params, budget, conn)
-        loop = asyncio.get_running_loop()
-        queued = loop.time()
-        if not await self.shares.acquire(owner, budget):
-            if self._metrics is not None:
-                self._metrics.subject_share_full.inc()
-            raise CoreUnavailable("too many calls of this client pending on the Core", 1.0)
-        try:
+        if self.shares.try_acquire(owner):
+            left = budget
+        else:
+            loop = asyncio.get_running_loop()
+            queued = loop.time()
+            if not await self.shares.acquire(owner, budget):
+                if self._metrics is not None:
+                    self._metrics.subject_share_full.inc()
+                raise CoreUnavailable("too many calls of this client pending on the Core", 1.0)
             left = max(0.001, budget - (loop.time() - queued))
+        try:
             return await self._forward(method, params, left, conn)
         finally:
             self.shares.release(owner)
@@ -247,12 +250,15 @@ class UpstreamPool:
 
     def pick(self) -> UpstreamConnection | None:
         """The up connection with fewest pending calls; ties go round-robin."""
-        up = [c for c in self._conns if c.up]
-        if not up:
-            return None
-        offset = next(self._rr) % len(up)
-        rotated = up[offset:] + up[:offset]
-        return min(rotated, key=lambda c: c.pending)
+        conns = self._conns
+        n = len(conns)
+        offset = next(self._rr) % n if n else 0
+        best: UpstreamConnection | None = None
+        for i in range(n):
+            c = conns[(offset + i) % n]
+            if c.up and (best is None or c.pending < best.pending):
+                best = c
+        return best
 
     def _reconnect_eta(self) -> float:
         if self._circuit.state == "open":

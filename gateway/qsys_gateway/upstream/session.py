@@ -66,7 +66,7 @@ class UpstreamSession:
         self.owner = owner
         self._groups: dict[str, ClientGroup] = {}
         self._autopoll_task: asyncio.Task[None] | None = None
-        self._autopoll_wake = asyncio.Event()
+        self._autopoll_wake: asyncio.Event | None = None  # made by the first AutoPoll
         self.closed = False
 
     async def call(self, method: str, params: Any, *, timeout: float | None = None) -> Any:
@@ -78,7 +78,10 @@ class UpstreamSession:
         traits = traits_of(method)
         if not traits.change_group:
             if isinstance(params, BaseModel):
-                params = params.model_dump(mode="json", exclude_none=True)
+                # model_dump's own work, without its Python wrapper
+                params = type(params).__pydantic_serializer__.to_python(
+                    params, mode="json", exclude_none=True
+                )
             result = await self._upstream.forward(method, params, timeout=timeout, owner=self.owner)
             if traits.write:
                 # Set, then poll: answer a write once the hub has polled the Core after it,
@@ -147,13 +150,15 @@ class UpstreamSession:
         raise QrcError(ErrorCode.METHOD_NOT_FOUND, f"Method not found: {method[:64]}")
 
     def _start_autopoll(self) -> None:
+        if self._autopoll_wake is None:
+            self._autopoll_wake = asyncio.Event()
         self._autopoll_wake.set()
         if self._autopoll_task is None or self._autopoll_task.done():
             self._autopoll_task = asyncio.get_running_loop().create_task(
-                self._autopoll(), name=f"qsys-autopoll-{self.id}"
+                self._autopoll(self._autopoll_wake), name=f"qsys-autopoll-{self.id}"
             )
 
-    async def _autopoll(self) -> None:
+    async def _autopoll(self, wake: asyncio.Event) -> None:
         """One loop per session pushes every AutoPoll group's changes when it is due.
 
         It wakes at most every MIN_AUTOPOLL_SECONDS and, when the hub has nothing new
@@ -165,8 +170,8 @@ class UpstreamSession:
         while not self.closed:
             due = [g for g in self._groups.values() if g.autopoll is not None]
             if not due:
-                self._autopoll_wake.clear()
-                await self._autopoll_wake.wait()
+                wake.clear()
+                await wake.wait()
                 continue
             now = loop.time()
             if hub.version != seen or any(g.seen == -1 for g in due):
@@ -184,11 +189,11 @@ class UpstreamSession:
                                 "ChangeGroup.Poll", {"Id": group.client_id, "Changes": changes}
                             )
                         )
-            wake = min(g.next_push for g in due)
-            self._autopoll_wake.clear()
+            due_at = min(g.next_push for g in due)
+            wake.clear()
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(max(MIN_AUTOPOLL_SECONDS, wake - loop.time())):
-                    await self._autopoll_wake.wait()
+                async with asyncio.timeout(max(MIN_AUTOPOLL_SECONDS, due_at - loop.time())):
+                    await wake.wait()
 
     def stop_autopoll(self) -> None:
         task, self._autopoll_task = self._autopoll_task, None

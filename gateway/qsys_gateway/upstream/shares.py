@@ -23,6 +23,14 @@ class SubjectShares:
     def pending(self, owner: str) -> int:
         return self._pending.get(owner, 0)
 
+    def try_acquire(self, owner: str) -> bool:
+        """Take one of `owner`'s slots if one is free now (no coroutine, no wait)."""
+        held = self._pending.get(owner, 0)
+        if held < self.limit and owner not in self._waiters:
+            self._pending[owner] = held + 1
+            return True
+        return False
+
     async def acquire(self, owner: str, timeout: float) -> bool:
         """Take one of `owner`'s slots, waiting up to `timeout` seconds (False: none came)."""
         held = self._pending.get(owner, 0)

@@ -22,11 +22,6 @@ class ConnectionClosed(ConnectionError):
     pass
 
 
-def _expire(fut: asyncio.Future[Any]) -> None:
-    if not fut.done():
-        fut.set_exception(TimeoutError())
-
-
 class QrcClient:
     def __init__(
         self,
@@ -42,12 +37,18 @@ class QrcClient:
         self._decoder = FrameDecoder(max_frame_bytes)
         self._ids = itertools.count(1)
         self._pending: dict[int | str, asyncio.Future[jsonrpc.Response]] = {}
+        self._deadlines: dict[int | str, float] = {}
+        """Loop time by which each pending call with a timeout fails with TimeoutError:
+        one timer for the connection, at the earliest deadline, not one per call."""
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
         self.notifications: asyncio.Queue[jsonrpc.Request] = asyncio.Queue(max_notifications)
         self._on_notification = on_notification
         self.closed = asyncio.Event()
         self.close_reason: BaseException | None = None
         # Frames of `request` are written once per event-loop pass: one send for
-        # every call made in that pass instead of a syscall each.
+        # every call made in that pass instead of a syscall each (a call alone in
+        # flight is written at once).
         self._out: list[bytes] = []
         self._reader_task = asyncio.get_running_loop().create_task(self._read_loop())
 
@@ -81,6 +82,10 @@ class QrcClient:
             self.close_reason = exc
         finally:
             self.closed.set()
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            self._deadlines.clear()
             for fut in self._pending.values():
                 if not fut.done():
                     fut.set_exception(ConnectionClosed("connection closed"))
@@ -113,18 +118,47 @@ class QrcClient:
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[jsonrpc.Response] = loop.create_future()
         self._pending[rid] = fut
-        if not self._out:
-            loop.call_soon(self._flush)
-        self._out.append(encode_frame(jsonrpc.Request(method, params, rid).to_dict()))
-        # A timer on the future itself (what wait_for does, without its extra
-        # future and event-loop pass per call).
-        timer = loop.call_later(timeout, _expire, fut) if timeout is not None else None
+        frame = encode_frame(jsonrpc.Request(method, params, rid).to_dict())
+        if len(self._pending) == 1 and not self._out and not self._writer.is_closing():
+            # the only call in flight: sent now, an event-loop pass sooner
+            self._writer.write(frame)
+        else:
+            if not self._out:
+                loop.call_soon(self._flush)
+            self._out.append(frame)
+        if timeout is not None:
+            deadline = loop.time() + timeout
+            self._deadlines[rid] = deadline
+            if self._timer is None or deadline < self._timer_at:
+                self._arm(loop, deadline)
         try:
             return await fut
         finally:
-            if timer is not None:
-                timer.cancel()
             self._pending.pop(rid, None)
+            self._deadlines.pop(rid, None)
+
+    def _arm(self, loop: asyncio.AbstractEventLoop, when: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = when
+        self._timer = loop.call_at(when, self._expire)
+
+    def _expire(self) -> None:
+        """Fail the calls past their deadline; wait for the earliest of the others."""
+        self._timer = None
+        loop = asyncio.get_running_loop()
+        now = loop.time() + 0.001  # a timer may fire a little early (libuv: milliseconds)
+        earliest: float | None = None
+        for rid, deadline in list(self._deadlines.items()):
+            if deadline <= now:
+                del self._deadlines[rid]
+                fut = self._pending.get(rid)
+                if fut is not None and not fut.done():
+                    fut.set_exception(TimeoutError())
+            elif earliest is None or deadline < earliest:
+                earliest = deadline
+        if earliest is not None:
+            self._arm(loop, earliest)
 
     async def call(self, method: str, params: Any = None, *, timeout: float | None = 10.0) -> Any:
         """Send one call; return its result or raise `QrcError` with the error it got."""
