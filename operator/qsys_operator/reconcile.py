@@ -661,9 +661,6 @@ class Reconciler:
         async def check(obj: Manifest) -> NameConflict | None:
             kind = kind_of(obj["apiVersion"], obj["kind"])
             name = obj["metadata"]["name"]
-            seen = self._children.get(_child_key(kind, owner.namespace, name))
-            if seen is not None and owns(owner, kind, seen):
-                return None  # the watch's latest view: the core's own
             live = await self.kube.read_metadata(kind, owner.namespace, name)
             if live is None or owns(owner, kind, live):
                 return None
