@@ -51,6 +51,10 @@ def main(argv: list[str] | None = None) -> int:
         help="run each gateway scenario this often (alternating with the baseline's) and "
         "keep the run with the median CPU per call",
     )
+    p.add_argument("--cores", type=int, default=None, help="operator_scale: QSysCores (200)")
+    p.add_argument(
+        "--policies", type=int, default=None, help="operator_scale: AccessPolicies (2 per core)"
+    )
     args = p.parse_args(argv)
     if args.baseline is not None and not (args.baseline / "gateway" / "qsys_gateway").is_dir():
         p.error(f"--baseline {args.baseline}: no gateway/qsys_gateway there")
@@ -60,6 +64,8 @@ def main(argv: list[str] | None = None) -> int:
         baseline=args.baseline.resolve() if args.baseline is not None else None,
         idle_clients=args.idle_clients,
         rounds=max(1, args.rounds),
+        cores=args.cores,
+        policies=args.policies,
     )
     try:
         import uvloop

@@ -56,6 +56,8 @@ class BenchContext:
     rows taken alternately with this gateway's in the same run (`--baseline`)."""
     rounds: int = 1  # gateway scenarios are run this often (alternately); the median is kept
     idle_clients: int = 10_000  # idle logged-on clients per transport in the memory check
+    cores: int | None = None  # operator_scale: QSysCores (None: its default)
+    policies: int | None = None  # operator_scale: AccessPolicies (None: two per core)
 
 
 def _versus(r: Result) -> str:

@@ -1,4 +1,4 @@
-"""Change-group fan-out (issue 7): N QRC clients each watch 20 controls (5 change per
+"""Change-group fan-out: N QRC clients each watch 20 controls (5 change per
 second) on AutoPoll through one gateway process; Core-side polls and groups, gateway CPU
 and memory, and the delay from a change on the Core to each client's push."""
 

@@ -23,7 +23,7 @@ from qsys_testkit import LOOPBACK, free_port
 from qsys_testkit.checkout import background_build, wait_for_tools
 
 if TYPE_CHECKING:
-    from qsys_testkit.pytest_plugin import SimulatorFactory, SimulatorProcessFactory
+    from qsys_testkit.pytest_plugin import SimulatorFactory
 
 pytest_plugins = ["qsys_testkit.pytest_plugin"]
 
@@ -188,15 +188,9 @@ RawFactory = Callable[..., Awaitable[RawClient]]
 
 
 @pytest.fixture
-def make_sim(qsys_simulator: SimulatorFactory) -> SimulatorFactory:
-    """Start in-process simulators with any CoreSimulator options; all are stopped afterwards."""
-    return qsys_simulator
-
-
-@pytest.fixture
-async def sim(make_sim: SimulatorFactory) -> CoreSimulator:
+async def sim(qsys_simulator: SimulatorFactory) -> CoreSimulator:
     """A started simulator with the built-in design on an ephemeral loopback port."""
-    return await make_sim(idle_timeout=30.0)
+    return await qsys_simulator(idle_timeout=30.0)
 
 
 @pytest.fixture
@@ -246,14 +240,6 @@ async def raw_client(sim: CoreSimulator, make_raw: RawFactory) -> RawClient:
     hello = await client.recv()
     assert hello["method"] == "EngineStatus"
     return client
-
-
-@pytest.fixture
-def start_sim_process(
-    qsys_simulator_process: SimulatorProcessFactory,
-) -> SimulatorProcessFactory:
-    """Run the `qsys-core-sim` CLI (extra args allowed) on a free loopback port; waits for it."""
-    return qsys_simulator_process
 
 
 @pytest.fixture

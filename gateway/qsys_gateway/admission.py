@@ -44,7 +44,7 @@ from qsys_protocol.qrc.errors import ErrorCode, QrcError
 from qsys_protocol.qrc.methods import METHODS, logon_credentials, parse_params, traits_of
 
 from . import tracing
-from .identity import SWEEP_SECONDS, Identity, throttle_key
+from .identity import SWEEP_SECONDS, Identity, Proof, throttle_key
 from .inflight import Lane, call_weight
 from .metrics import method_label
 from .policy import Decision, needs_control_types
@@ -57,6 +57,7 @@ __all__ = [
     "Admission",
     "Caller",
     "Lane",
+    "Proof",
     "Refusal",
     "Work",
     "outcome_of",

@@ -39,7 +39,7 @@ BUSY = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: cl
 
 
 class _Conn:
-    __slots__ = ("in_request", "proven", "source", "timer", "transport")
+    __slots__ = ("in_request", "kept", "proven", "source", "timer", "transport")
 
     def __init__(self, transport: asyncio.Transport, source: str) -> None:
         self.transport = transport
@@ -47,6 +47,7 @@ class _Conn:
         self.proven = False
         self.in_request = 0
         self.timer: asyncio.TimerHandle | None = None
+        self.kept: object | None = None
 
 
 class HttpConnections:
@@ -145,6 +146,16 @@ class HttpConnections:
             conn.in_request = 0
             self._idle[conn.transport] = conn
             self._arm(conn)
+
+    def kept(self, transport: asyncio.BaseTransport | None) -> object | None:
+        """What the transport kept for this connection (`keep`); gone with the connection."""
+        conn = self._conns.get(transport) if transport is not None else None
+        return conn.kept if conn is not None else None
+
+    def keep(self, transport: asyncio.BaseTransport | None, value: object | None) -> None:
+        conn = self._conns.get(transport) if transport is not None else None
+        if conn is not None:
+            conn.kept = value
 
     def _arm(self, conn: _Conn) -> None:
         if conn.timer is not None:

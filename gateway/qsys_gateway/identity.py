@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 from qsys_protocol.config import SubjectConfig
 from qsys_protocol.qrc.errors import ErrorCode
@@ -25,6 +26,18 @@ def throttle_key(source_ip: str, user: str | None) -> str:
     if not user:
         return source_ip
     return f"{source_ip}\x00{user[:MAX_USER_CHARS]}"
+
+
+@dataclass(frozen=True, slots=True)
+class Proof:
+    """A bearer token's match, kept by a keep-alive HTTP connection (`authenticate_kept`)."""
+
+    header: str
+    """The Authorization header exactly as received."""
+    authenticator: object
+    """The authenticator that matched it: a config or token-key reload replaces it."""
+    subject: SubjectConfig
+    token_hash: str
 
 
 class Identity(Records):
@@ -110,6 +123,34 @@ class Identity(Records):
         err = Refusal(ErrorCode.UNAUTHENTICATED, "Unauthenticated")
         self._auth_failed(caller, method, err, request_id, reason)
         raise err
+
+    async def authenticate_kept(
+        self,
+        caller: Caller,
+        header: str,
+        token: str | None,
+        proof: Proof | None,
+        *,
+        request_id: str,
+    ) -> Proof | None:
+        """`authenticate` for a request on a keep-alive connection that was admitted
+        before: the same Authorization header under the same authenticator (no reload
+        since) is not hashed again, but the credential is still judged now (a previous
+        token past its grace period is refused exactly as by `authenticate`). Returns
+        what the connection keeps for its next request: a token subject's match only
+        (a ServiceAccount token is reviewed again as its cache says), never a failure."""
+        rt = self.rt
+        authenticator = rt.rules.authenticator
+        if proof is not None and proof.header == header and proof.authenticator is authenticator:
+            caller.subject, caller.token_hash = proof.subject, proof.token_hash
+            if self.credential(caller) is not None:
+                rt.throttle.success(caller.source_ip)
+                return proof
+            caller.subject, caller.token_hash = None, ""
+        subject = await self.authenticate(caller, token, request_id=request_id)
+        if caller.expires is not None or not caller.token_hash:
+            return None
+        return Proof(header, authenticator, subject, caller.token_hash)
 
     def _review_failed(self, key: str, source: str, wait: float) -> None:
         """No answer counts as a failed logon too: an outage must not let a client have

@@ -93,8 +93,8 @@ async def run(opts: argparse.Namespace, settings: OperatorSettings) -> None:
     namespaces = list(opts.namespace) or list(settings.watch_namespaces)
     if namespaces:
         settings = settings.model_copy(update={"watch_namespaces": tuple(namespaces)})
-    kube = Kube(load_api_client())
     metrics = OperatorMetrics()
+    kube = Kube(load_api_client(), on_call=metrics.count_api_call)
     metrics.serve(*opts.metrics_address)
     priority = opts.priority if opts.priority is not None else random.randint(1, 1_000_000)
     identity = f"{socket.gethostname()}/{os.getpid()}/{uuid.uuid4().hex[:6]}"

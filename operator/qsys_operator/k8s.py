@@ -75,10 +75,6 @@ def owner_metadata(meta: client.V1ObjectMeta | None) -> dict[str, Any]:
     return {"ownerReferences": [{"controller": r.controller, "uid": r.uid} for r in refs]}
 
 
-def is_not_found(exc: BaseException) -> bool:
-    return isinstance(exc, ApiException) and exc.status == 404
-
-
 def is_permanent(exc: BaseException) -> bool:
     """An API error that retrying cannot fix (the object itself is refused)."""
     return isinstance(exc, ApiException) and exc.status in (400, 403, 422)
@@ -108,8 +104,10 @@ def load_api_client() -> client.ApiClient:
 
 
 class Kube:
-    def __init__(self, api: client.ApiClient) -> None:
+    def __init__(self, api: client.ApiClient, on_call: Callable[[str], None] | None = None) -> None:
+        """on_call(name) is told of every API call sent ("GET secrets", "list_namespaced_pod")."""
         self.api = api
+        self._on_call = on_call
         self.core = client.CoreV1Api(api)
         self.apps = client.AppsV1Api(api)
         self.custom = client.CustomObjectsApi(api)
@@ -117,6 +115,9 @@ class Kube:
         self._pool = ThreadPoolExecutor(API_THREADS, thread_name_prefix="k8s-api")
 
     async def _thread(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        if self._on_call is not None:
+            raw = fn == self._raw
+            self._on_call(f"{args[0]} {args[1].split('/')[-2]}" if raw else fn.__name__)
         return await asyncio.get_running_loop().run_in_executor(
             self._pool, functools.partial(fn, *args, **kwargs)
         )
@@ -264,8 +265,9 @@ class Kube:
 
     async def patch_status(
         self, plural: str, namespace: str, name: str, status: dict[str, Any]
-    ) -> None:
-        await self._call(
+    ) -> str | None:
+        """Merge-patch the status; the resourceVersion it made."""
+        answer = await self._call(
             self.custom.patch_namespaced_custom_object_status,
             GROUP,
             VERSION,
@@ -274,6 +276,8 @@ class Kube:
             name,
             {"status": status},
         )
+        version = ((answer or {}).get("metadata") or {}).get("resourceVersion")
+        return str(version) if version else None
 
     async def read_secret(self, namespace: str, name: str) -> client.V1Secret | None:
         secret: client.V1Secret | None = await self._read(
@@ -308,17 +312,18 @@ class Kube:
         ]
         await self._thread(self._raw, "PATCH", path, ops, patch_type="application/json-patch+json")
 
-    async def create(self, manifest: Manifest) -> bool:
-        """Create a core/v1 object; False when it exists already (never overwritten)."""
+    async def create(self, manifest: Manifest) -> client.V1Secret | None:
+        """Create a Secret and answer it as created; None when one of its name exists
+        already (never overwritten)."""
         try:
-            await self._call(
+            created: client.V1Secret = await self._call(
                 self.core.create_namespaced_secret, manifest["metadata"]["namespace"], manifest
             )
         except ApiException as exc:
             if exc.status == 409:
-                return False
+                return None
             raise
-        return True
+        return created
 
     async def api_server_endpoints(self) -> list[tuple[str, int]] | None:
         """(address, port) of the API server as pods reach it: the ready endpoints of the

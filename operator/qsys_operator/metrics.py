@@ -23,6 +23,12 @@ class OperatorMetrics:
             ["kind"],
             registry=self.registry,
         )
+        self.api_calls = Counter(
+            "qsys_operator_api_calls_total",
+            "Kubernetes API calls sent, by call (HTTP verb and resource, or client method).",
+            ["call"],
+            registry=self.registry,
+        )
         self.managed_cores = Gauge(
             "qsys_operator_managed_cores",
             "QSysCores this operator manages.",
@@ -32,6 +38,9 @@ class OperatorMetrics:
             self.reconcile_duration.labels(kind)
             for result in RESULTS:
                 self.reconcile_total.labels(kind, result)
+
+    def count_api_call(self, call: str) -> None:
+        self.api_calls.labels(call).inc()
 
     def serve(self, host: str, port: int) -> None:
         start_http_server(port, addr=host, registry=self.registry)

@@ -96,6 +96,11 @@ class WorkQueue(Generic[K]):
         if task is None or task.done():
             self._tasks[key] = asyncio.get_running_loop().create_task(self._worker(key))
 
+    @property
+    def busy(self) -> int:
+        """Keys with a run in flight, waiting for a slot or waiting out a backoff."""
+        return len(self._tasks)
+
     def backoff(self, key: K) -> float:
         """Seconds the key's worker waited after its latest failure; 0 after a success."""
         return self._backoff.get(key, 0.0)

@@ -13,8 +13,13 @@ import asyncio
 import base64
 import binascii
 import datetime as dt
+import hashlib
+import itertools
+import json
 import logging
+import math
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,7 +45,7 @@ from .derive import (
 )
 from .images import image_problem as image_problem_of
 from .k8s import Kube, api_message, is_permanent, now, owner_metadata
-from .kinds import CLUSTER_ROLE_BINDING, SERVICE_MONITOR, Kind, kind_of
+from .kinds import CLUSTER_ROLE_BINDING, DEPLOYMENT, SERVICE_MONITOR, Kind, kind_of
 from .metrics import OperatorMetrics
 from .ownership import NameConflict, Owner, conflicts_message, controlled_by, owns
 from .peering import Peering
@@ -65,11 +70,44 @@ from .tokens import PolicyTokens, proof_key, resolve_tokens, token_key
 log = logging.getLogger("qsys_operator.reconcile")
 
 Key = tuple[str, str]
+ChildKey = tuple[str, str | None, str]
+"""(plural, namespace or None when cluster-scoped, name) of a child."""
 MAX_REMEMBERED_REFUSALS = 10000
 """Secret refusals remembered so each is logged once per change (cleared when full)."""
 MAX_CONCURRENT_RECONCILES = 12
 """API calls run on a handful of worker threads anyway; bounding reconciles in flight
 keeps a burst of hundreds of cores from holding hundreds of half-done renders in memory."""
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """What the fetch phase read: the core's body (None: it is gone) and its policies."""
+
+    body: dict[str, Any] | None
+    policies: list[AccessPolicy]
+    since: int
+    """monotonic_ns before the first read: shared lists must be sent after it."""
+
+
+@dataclass(frozen=True)
+class Checked:
+    """The secrets phase: the token key, each policy's tokens, refused Secrets."""
+
+    key: bytes | None
+    key_problem: str | None
+    """Why there is no usable token key (then nothing is applied)."""
+    tokens: dict[str, PolicyTokens]
+    creds_problem: str | None
+    tls_problem: str | None
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The render phase: the wanted children and why they may not be applied."""
+
+    result: RenderResult
+    image_problem: str | None
+    identity_note: str | None
 
 
 @dataclass(frozen=True)
@@ -81,6 +119,8 @@ class Applied:
     service_monitor_note: str | None = None
     conflicts: list[NameConflict] = field(default_factory=list)
     """Objects of the children's names that are not the core's: nothing was applied."""
+    deployment: dict[str, Any] | None = None
+    """The gateway Deployment as the API server answered its apply (with its status)."""
 
 
 class Reconciler:
@@ -109,6 +149,23 @@ class Reconciler:
         self._lists: dict[tuple[str, str], tuple[int, asyncio.Task[list[dict[str, Any]]]]] = {}
         self._proof_key: bytes | None = None
         self._refusals: dict[tuple[str, str], str] = {}
+        self._absent: set[ChildKey] = set()
+        """Unwanted children a read found absent, and not seen by the child watch since:
+        their delete is skipped (cleared on resync)."""
+        self._child_events: dict[ChildKey, int] = {}
+        """The sequence number of each child's latest watch event (cleared on resync), to
+        tell whether one arrived during a read."""
+        self._event_seq = itertools.count(1)
+        self._children: dict[ChildKey, dict[str, Any]] = {}
+        """Metadata of the labelled children as the child watch last saw them: a child
+        found here as the core's own needs no read before its apply."""
+        self._finished: dict[Key, float] = {}
+        """monotonic time the latest successful reconcile of each managed core ended."""
+        self._digests: dict[ChildKey, str] = {}
+        """SHA-256 of the manifest each child was last applied from."""
+        self._written: dict[ChildKey, str] = {}
+        """resourceVersion of the operator's latest write of each object (applied child,
+        status): the watch event of that very version is no news and triggers nothing."""
 
     async def _proof(self) -> bytes:
         if self._proof_key is None:
@@ -120,16 +177,31 @@ class Reconciler:
     def trigger(self, namespace: str, core: str) -> None:
         self.queue.add((namespace, core))
 
-    def policy_seen(self, namespace: str, policy: str, core: str | None) -> None:
-        """A policy event: re-render its core, and the one it left when coreRef changed."""
+    def core_seen(self, namespace: str, core: str, resource_version: str | None) -> None:
+        """A core event: reconcile it, unless the event is of the status this operator
+        just wrote (nothing changed that it does not know)."""
+        if not self._written_by_us((QSysCore.PLURAL, namespace, core), resource_version):
+            self.trigger(namespace, core)
+
+    def policy_seen(
+        self, namespace: str, policy: str, core: str | None, resource_version: str | None = None
+    ) -> None:
+        """A policy event: re-render its core, and the one it left when coreRef changed;
+        nothing for the status this operator just wrote."""
         old = self._policy_cores.get((namespace, policy))
+        key = (AccessPolicy.PLURAL, namespace, policy)
         if core is None:
             self._policy_cores.pop((namespace, policy), None)
+            self._written.pop(key, None)
         else:
             self._policy_cores[(namespace, policy)] = core
-            self.trigger(namespace, core)
+            if not self._written_by_us(key, resource_version) or old != core:
+                self.trigger(namespace, core)
         if old and old != core:
             self.trigger(namespace, old)
+
+    def _written_by_us(self, key: ChildKey, resource_version: str | None) -> bool:
+        return resource_version is not None and self._written.get(key) == resource_version
 
     async def token_secret_changed(self, namespace: str, policy: str) -> None:
         core = self._policy_cores.get((namespace, policy))
@@ -143,6 +215,31 @@ class Reconciler:
     def managed_cores(self) -> int:
         return len(self._cores)
 
+    def child_seen(
+        self,
+        kind: Kind,
+        namespace: str | None,
+        name: str,
+        meta: Mapping[str, Any] | None = None,
+        deleted: bool = False,
+    ) -> bool:
+        """A watch event of a labelled child (its metadata; deleted: it is gone). Whatever
+        it was, the child is no longer known absent. False when the event is of the version
+        the operator's own apply just wrote: no news, so no reconcile."""
+        key = _child_key(kind, namespace, name)
+        self._absent.discard(key)
+        self._child_events[key] = next(self._event_seq)
+        if deleted or meta is None:
+            self._children.pop(key, None)
+            self._written.pop(key, None)
+            self._digests.pop(key, None)
+            return True
+        self._children[key] = {
+            k: meta.get(k)
+            for k in ("uid", "resourceVersion", "ownerReferences", "labels", "annotations")
+        }
+        return not self._written_by_us(key, meta.get("resourceVersion"))
+
     def service_monitor_crd_changed(self) -> None:
         self._sm_served = None
         for ns, name in list(self._cores):
@@ -150,21 +247,41 @@ class Reconciler:
 
     def core_deleted(self, namespace: str, core: str) -> None:
         self._managed(namespace, core, False)
+        self._written.pop((QSysCore.PLURAL, namespace, core), None)
         self.trigger(namespace, core)  # its policies become unbound
 
     async def resync(self) -> None:
-        """Trigger every core (and every core name a policy refers to) in the watched namespaces."""
+        """Unless more reconciles are pending than run at once (then the next period tries
+        again), trigger every core (and every core name a policy refers to) in the watched
+        namespaces that no reconcile finished within the last half resync period: a core
+        an event reconciled a moment ago would only be reconciled again for nothing (at a
+        thousand cores, every core every period is more than the API server's share),
+        and each core is still reconciled at least every one and a half periods. Forgets
+        which children were found absent, and which were applied unchanged."""
         if not await self.peering.active():
             return
+        if self.queue.busy > MAX_CONCURRENT_RECONCILES:
+            # Events keep it busy already; a resync now would queue every core behind them
+            # (at a thousand cores: for minutes). The next period tries again.
+            log.info("resync skipped: reconciles pending", extra={"pending": self.queue.busy})
+            return
+        self._absent.clear()
+        self._child_events.clear()
+        self._digests.clear()
+        recent = time.monotonic() - self.settings.resync_seconds / 2
         namespaces: list[str | None] = list(self.settings.watch_namespaces) or [None]
+        due: set[Key] = set()
         for ns in namespaces:
             for core in await self.kube.list_custom(QSysCore.PLURAL, ns):
                 meta = core["metadata"]
-                self.trigger(meta["namespace"], meta["name"])
+                due.add((meta["namespace"], meta["name"]))
             for pol in await self.kube.list_custom(AccessPolicy.PLURAL, ns):
                 ref = (pol.get("spec") or {}).get("coreRef") or {}
                 if ref.get("name"):
-                    self.trigger(pol["metadata"]["namespace"], ref["name"])
+                    due.add((pol["metadata"]["namespace"], ref["name"]))
+        for key in sorted(due):
+            if self._finished.get(key, -math.inf) <= recent:
+                self.trigger(*key)
 
     async def close(self) -> None:
         await self.queue.close()
@@ -194,61 +311,101 @@ class Reconciler:
 
     async def _reconcile_key(self, key: Key) -> None:
         await self.reconcile(*key)
+        if key in self._cores:
+            self._finished[key] = time.monotonic()
+        else:
+            self._finished.pop(key, None)
 
     async def reconcile(self, namespace: str, name: str) -> None:
+        """One pass over a core, in named phases: fetch (reads only), admit (schema and
+        core limit), secrets (the token key and generated tokens are created here, the
+        referenced Secrets checked), render (pure, from what was read), apply (children),
+        observe (the gateway Deployment and probe), report (status and Events)."""
         started = time.monotonic()
-        since = time.monotonic_ns()
-        body = await self.kube.get_core(namespace, name)
-        policies = await self._policies(namespace, name, since)
+        fetched = await self._fetch(namespace, name)
         # A core being deleted counts as gone: under foreground deletion (kubectl
         # --cascade=foreground, Argo CD's cascading delete) it stays until the garbage
         # collector has removed its children, and re-applying them would keep it forever.
-        if body is None or (body.get("metadata") or {}).get("deletionTimestamp"):
-            self._managed(namespace, name, False)
-            # Cluster-scoped, so not garbage-collected with the core.
-            await self._delete_owned(
-                Owner(namespace, name, None),
-                CLUSTER_ROLE_BINDING,
-                token_review_binding_name(namespace, name),
-            )
-            for policy in policies:
-                checked = await resolve_tokens(self.kube, policy, None, await self._proof())
-                await self._write_policy(policy, None, None, checked)
+        if fetched.body is None or (fetched.body.get("metadata") or {}).get("deletionTimestamp"):
+            await self._release(namespace, name, fetched.policies)
             return
         self._managed(namespace, name, True)
+        core = await self._admit(fetched)
+        if core is None:
+            self.metrics.reconcile_total.labels(QSysCore.KIND, "permanent_error").inc()
+            return
+        checked = await self._secrets(core, fetched.policies)
+        plan = await self._render(core, fetched.policies, checked)
+        if checked.key is None or plan.image_problem:
+            # Nothing is applied without a usable token key, or for an image the platform
+            # does not run: an existing Deployment stays as it was.
+            applied = Applied()
+        else:
+            applied = await self._apply(core, plan.result)
+        replicas, view = await self._observe(core, applied)
+        await self._report(fetched, core, checked, plan, applied, replicas, view)
+        outcome = "permanent_error" if applied.error or applied.conflicts else "success"
+        self.metrics.reconcile_total.labels(QSysCore.KIND, outcome).inc()
+        self.metrics.reconcile_duration.labels(QSysCore.KIND).observe(time.monotonic() - started)
+
+    async def _fetch(self, namespace: str, name: str) -> Fetched:
+        """The core and the AccessPolicies naming it, read after the reconcile started."""
+        since = time.monotonic_ns()
+        body = await self.kube.get_core(namespace, name)
+        policies = await self._policies(namespace, name, since)
+        return Fetched(body, policies, since)
+
+    async def _release(self, namespace: str, name: str, policies: list[AccessPolicy]) -> None:
+        """The core is gone: remove its cluster-scoped binding (not garbage-collected with
+        the core) and tell its policies they are unbound."""
+        self._managed(namespace, name, False)
+        await self._delete_owned(
+            Owner(namespace, name, None),
+            CLUSTER_ROLE_BINDING,
+            token_review_binding_name(namespace, name),
+        )
+        for policy in policies:
+            checked = await resolve_tokens(self.kube, policy, None, await self._proof())
+            await self._write_policy(policy, None, None, checked)
+
+    async def _admit(self, fetched: Fetched) -> QSysCore | None:
+        """The core's model, or None (status written) when it does not match the schema or
+        is beyond its namespace's core limit."""
+        body = fetched.body
+        assert body is not None
+        old = body.get("status") or {}
         try:
             core = QSysCore.model_validate(body)
         except ValidationError as exc:
             # The CRD schema should have refused it; say what is wrong and wait for a fix.
             problem = str(exc.errors(include_input=False)[:3])
-            meta = body["metadata"]
-            update = invalid_core_status(
-                meta.get("generation"), body.get("status") or {}, problem, now()
-            )
-            await self._write(body, QSysCore.PLURAL, update)
-            self.metrics.reconcile_total.labels(QSysCore.KIND, "permanent_error").inc()
-            return
-        limited = await self._limit_problem(core, since)
-        if limited is not None:
-            # Nothing of it is created (not even its token key); its policies say why.
-            old = body.get("status") or {}
+            generation = body["metadata"].get("generation")
             await self._write(
-                body,
-                QSysCore.PLURAL,
-                limited_core_status(core.metadata.generation, old, limited, now()),
+                body, QSysCore.PLURAL, invalid_core_status(generation, old, problem, now())
             )
-            why = f"QSysCore {name} is not rendered: {limited}"
-            for policy in policies:
-                await self._write_policy(policy, core, None, PolicyTokens(), why)
-            self.metrics.reconcile_total.labels(QSysCore.KIND, "permanent_error").inc()
-            return
+            return None
+        limited = await self._limit_problem(core, fetched.since)
+        if limited is None:
+            return core
+        # Nothing of it is created (not even its token key); its policies say why.
+        update = limited_core_status(core.metadata.generation, old, limited, now())
+        await self._write(body, QSysCore.PLURAL, update)
+        why = f"QSysCore {core.metadata.name} is not rendered: {limited}"
+        for policy in fetched.policies:
+            await self._write_policy(policy, core, None, PolicyTokens(), why)
+        return None
+
+    async def _secrets(self, core: QSysCore, policies: list[AccessPolicy]) -> Checked:
+        """The token key and every policy's tokens (generated Secrets are created when
+        missing), and the checks of the credentials and TLS Secrets the core names."""
+        namespace = core.metadata.namespace
         key = await token_key(self.kube, core)
         key_bytes = key if isinstance(key, bytes) else None
         proof = await self._proof()
-        tokens = {
-            p.metadata.name: await resolve_tokens(self.kube, p, key_bytes, proof, core)
-            for p in policies
-        }
+        resolved = await asyncio.gather(
+            *(resolve_tokens(self.kube, p, key_bytes, proof, core) for p in policies)
+        )
+        tokens = {p.metadata.name: t for p, t in zip(policies, resolved, strict=True)}
         for p in policies:
             causes = tokens[p.metadata.name].causes
             for sub in p.spec.subjects:
@@ -257,46 +414,81 @@ class Reconciler:
                     self._refused(namespace, what, sub.tokenSecretRef.name, causes.get(sub.name))
         creds_problem = await self._secret_problem(core, CORE_CREDENTIALS)
         tls_problem = await self._secret_problem(core, TLS)
-        refused = [r for r in (creds_problem, tls_problem) if r]
-        secret_problem = key if isinstance(key, str) else "; ".join(refused) or None
-        image_problem = image_problem_of(
-            core.spec.gateway.image, self.settings.gateway_image, self.settings.allowed_images
+        return Checked(
+            key=key_bytes,
+            key_problem=key if isinstance(key, str) else None,
+            tokens=tokens,
+            creds_problem=creds_problem,
+            tls_problem=tls_problem,
         )
+
+    async def _render(self, core: QSysCore, policies: list[AccessPolicy], checked: Checked) -> Plan:
+        """The children the core wants. Reads the two inputs only the render needs (the
+        config the gateways run now, for rotation grace periods; the API server's
+        endpoints, when a subject is a ServiceAccount), then renders (pure)."""
         rendered = await self._rendered_subjects(core)
         stamp = dt.datetime.now(dt.UTC)
         bindings = [
             PolicyBinding(
                 p,
-                tokens[p.metadata.name].hashes,
-                grace_periods(p, tokens[p.metadata.name].hashes, rendered, stamp),
+                checked.tokens[p.metadata.name].hashes,
+                grace_periods(p, checked.tokens[p.metadata.name].hashes, rendered, stamp),
             )
             for p in policies
         ]
         # Refused Secrets are left out of the pods, never mounted.
-        renderable = _without_secrets(core, creds=creds_problem is not None, tls=bool(tls_problem))
+        renderable = _without_secrets(
+            core, creds=checked.creds_problem is not None, tls=bool(checked.tls_problem)
+        )
         api_server, identity_note = await self._api_server(core, policies)
         result = render_core_children(renderable, bindings, self.settings, api_server)
-        if key_bytes is None or image_problem:
-            # Nothing is applied without a usable token key, or for an image the platform
-            # does not run: an existing Deployment stays as it was.
-            applied = Applied()
+        image_problem = image_problem_of(
+            core.spec.gateway.image, self.settings.gateway_image, self.settings.allowed_images
+        )
+        return Plan(result, image_problem, identity_note if result.identity else None)
+
+    async def _observe(self, core: QSysCore, applied: Applied) -> tuple[Replicas, CoreView]:
+        """The gateway Deployment's replicas (from the apply's answer when it was applied,
+        else one read) and the gateways' view of the Core (probe)."""
+        deployment = applied.deployment
+        if deployment is None:
+            replicas = await self._replicas(
+                core.metadata.namespace, gateway_name(core.metadata.name)
+            )
         else:
-            applied = await self._apply(core, result)
-        view = await self._probe(core)
+            replicas = _replicas_of(deployment)
+        return replicas, await self._probe(core)
+
+    async def _report(
+        self,
+        fetched: Fetched,
+        core: QSysCore,
+        checked: Checked,
+        plan: Plan,
+        applied: Applied,
+        replicas: Replicas,
+        view: CoreView,
+    ) -> None:
+        """The core's and its policies' status and Events, derived from the findings."""
+        body = fetched.body
+        assert body is not None
+        name = core.metadata.name
+        result = plan.result
+        refused = [r for r in (checked.creds_problem, checked.tls_problem) if r]
         found = CoreFindings(
             gateway_name=gateway_name(name),
-            replicas=await self._replicas(namespace, gateway_name(name)),
+            replicas=replicas,
             connected=view.condition,
             engine=view.engine,
             subjects=result.subjects,
             apply_error=applied.error,
             service_monitor_note=applied.service_monitor_note,
             name_conflict=conflicts_message(applied.conflicts) if applied.conflicts else None,
-            secret_problem=secret_problem,
+            secret_problem=checked.key_problem or "; ".join(refused) or None,
             service_account_audience=core.service_account_audience,
-            identity_note=identity_note if result.identity else None,
+            identity_note=plan.identity_note,
             egress_note=result.egress_note,
-            image_problem=image_problem,
+            image_problem=plan.image_problem,
         )
         update = core_status(
             core.metadata.generation,
@@ -306,14 +498,16 @@ class Reconciler:
             now(),
         )
         await self._write(body, QSysCore.PLURAL, update)
-        held = key if isinstance(key, str) else image_problem or found.name_conflict
+        held = checked.key_problem or plan.image_problem or found.name_conflict
         not_rendered = f"QSysCore {name} is not rendered: {held}" if held else None
-        for policy in policies:
-            checked = tokens[policy.metadata.name]
-            await self._write_policy(policy, core, result, checked, not_rendered)
-        outcome = "permanent_error" if applied.error or applied.conflicts else "success"
-        self.metrics.reconcile_total.labels(QSysCore.KIND, outcome).inc()
-        self.metrics.reconcile_duration.labels(QSysCore.KIND).observe(time.monotonic() - started)
+        await asyncio.gather(
+            *(
+                self._write_policy(
+                    policy, core, result, checked.tokens[policy.metadata.name], not_rendered
+                )
+                for policy in fetched.policies
+            )
+        )
 
     async def _rendered_subjects(self, core: QSysCore) -> list[SubjectConfig]:
         """The subjects of the config the gateways run now (for rotation grace periods);
@@ -422,10 +616,20 @@ class Reconciler:
         if conflicts:
             return Applied(service_monitor_note=note, conflicts=conflicts)
         current: dict[str, Any] = {}
+        deployment = None
         try:
             for obj in wanted:
                 current = obj
-                await self.kube.apply(obj)
+                kind = kind_of(obj["apiVersion"], obj["kind"])
+                key = _child_key(kind, meta.namespace, obj["metadata"]["name"])
+                digest = _digest(obj)
+                if self._unchanged(key, digest):
+                    continue
+                answer = await self.kube.apply(obj)
+                self._wrote(kind, meta.namespace, answer)
+                self._digests[key] = digest
+                if obj["kind"] == DEPLOYMENT.kind:
+                    deployment = answer
             for ref in result.absent:
                 if ref.kind.optional and not served:
                     continue
@@ -435,7 +639,25 @@ class Reconciler:
                 raise
             what = f"{current.get('kind')} {current.get('metadata', {}).get('name')}"
             return Applied(f"{what} refused by the API server: {api_message(exc)}", note)
-        return Applied(None, note)
+        return Applied(None, note, deployment=deployment)
+
+    def _unchanged(self, key: ChildKey, digest: str) -> bool:
+        """The child was applied from this very manifest, and the watch's latest view of
+        it is the version that apply made: nobody changed it since, so applying it again
+        would change nothing. Any other change (drift, a controller's status update, a
+        delete) is a newer version, and the child is applied."""
+        seen = self._children.get(key)
+        return (
+            seen is not None
+            and self._digests.get(key) == digest
+            and seen.get("resourceVersion") == self._written.get(key)
+        )
+
+    def _wrote(self, kind: Kind, namespace: str, answer: Mapping[str, Any] | None) -> None:
+        meta = (answer or {}).get("metadata") or {}
+        key = _child_key(kind, namespace, str(meta.get("name")))
+        if meta.get("resourceVersion"):
+            self._written[key] = meta["resourceVersion"]
 
     async def _conflicts(self, owner: Owner, wanted: list[Manifest]) -> list[NameConflict]:
         """The wanted children whose name an object that is not the owner's holds."""
@@ -452,9 +674,22 @@ class Reconciler:
         return sorted(c for c in found if c is not None)
 
     async def _delete_owned(self, owner: Owner, kind: Kind, name: str) -> bool:
-        """Delete the child `name` if it exists and is the owner's; True when deleted."""
+        """Delete the child `name` if it exists and is the owner's; True when deleted.
+
+        A child a previous read found absent is not read again until the child watch
+        (every child carries the managed-by label it selects) sees an object of its name,
+        or the next resync: an unwanted child is usually long gone, and this read is most
+        of a steady reconcile's calls otherwise."""
+        key = _child_key(kind, owner.namespace, name)
+        if key in self._absent:
+            return False
+        events = self._child_events.get(key, 0)
         live = await self.kube.read_metadata(kind, owner.namespace, name)
-        if live is None or not owns(owner, kind, live):
+        if live is None:
+            if self._child_events.get(key, 0) == events:
+                self._absent.add(key)
+            return False
+        if not owns(owner, kind, live):
             return False
         return await self.kube.delete(kind, live)
 
@@ -575,17 +810,41 @@ class Reconciler:
         meta = body["metadata"]
         written = update.status is not None
         if update.status is not None:
-            await self.kube.patch_status(plural, meta["namespace"], meta["name"], update.status)
-        for type_, reason, message in update.events:
+            version = await self.kube.patch_status(
+                plural, meta["namespace"], meta["name"], update.status
+            )
+            key = (plural, meta["namespace"], meta["name"])
+            if version is None:
+                self._written.pop(key, None)
+            else:
+                self._written[key] = version
+
+        async def post(type_: str, reason: str, message: str) -> None:
             try:
                 await self.kube.event(body, type_, reason, message)
             except Exception as exc:  # Events are best effort
                 log.warning("could not post an Event", extra={"error": _describe(exc)})
+
+        await asyncio.gather(*(post(*event) for event in update.events))
         return written
 
 
 def _namespace(key: Key) -> str:
     return key[0]
+
+
+def _digest(manifest: Manifest) -> str:
+    return hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
+
+
+def _child_key(kind: Kind, namespace: str | None, name: str) -> ChildKey:
+    return (kind.plural, namespace if kind.namespaced else None, name)
+
+
+def _replicas_of(deployment: dict[str, Any]) -> Replicas:
+    """Replicas of a Deployment's JSON body (as an apply answers it)."""
+    status = deployment.get("status") or {}
+    return Replicas(status.get("availableReplicas") or 0, status.get("readyReplicas") or 0)
 
 
 def _grace_of(policy: AccessPolicy, result: RenderResult | None) -> dict[str, str]:

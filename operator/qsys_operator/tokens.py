@@ -110,14 +110,13 @@ async def _generated_data(
     secret = await kube.read_secret(ns, name)
     if secret is None:
         try:
-            # False: another replica created it first; either way use what is stored.
-            await kube.create(create())
+            # None: another replica created it first; either way use what is stored.
+            secret = await kube.create(create()) or await kube.read_secret(ns, name)
         except ApiException as exc:
             if not is_permanent(exc):
                 raise
             # Refused for good (a ResourceQuota on Secrets, say): report, do not retry.
             return None, f"Secret {name} could not be created: {api_message(exc)}"
-        secret = await kube.read_secret(ns, name)
     if secret is None:
         return None, f"Secret {name} could not be created"
     problem = owner_problem(name, owner_metadata(secret.metadata), owner_uid, owner)
@@ -166,8 +165,8 @@ async def proof_key(kube: Kube, settings: OperatorSettings) -> bytes:
             "namespace": ns,
             "labels": {"app.kubernetes.io/name": "qsys-token-proof-key"},
         }
-        await kube.create(opaque_secret(meta, {TOKEN_KEY_KEY: secrets.token_urlsafe(TOKEN_BYTES)}))
-        secret = await kube.read_secret(ns, name)
+        fresh = opaque_secret(meta, {TOKEN_KEY_KEY: secrets.token_urlsafe(TOKEN_BYTES)})
+        secret = await kube.create(fresh) or await kube.read_secret(ns, name)
     key = _decode(secret.data if secret else None, TOKEN_KEY_KEY)
     if key is None or len(key) < MIN_TOKEN_KEY_BYTES:
         raise ValueError(f"Secret {ns}/{name} has no usable key {TOKEN_KEY_KEY!r}")
@@ -201,9 +200,9 @@ async def _generated(
     secret = await kube.read_secret(ns, name)
     if secret is None:
         new = secrets.token_urlsafe(TOKEN_BYTES)
-        # False: another replica created it first; either way use what is stored.
-        await kube.create(render_token_secret(policy, subject.name, new, sign(new), core))
-        secret = await kube.read_secret(ns, name)
+        # None: another replica created it first; either way use what is stored.
+        fresh = render_token_secret(policy, subject.name, new, sign(new), core)
+        secret = await kube.create(fresh) or await kube.read_secret(ns, name)
     if secret is None or secret.metadata is None:
         out.problems[subject.name] = f"Secret {name} could not be created"
         return

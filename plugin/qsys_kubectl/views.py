@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from qsys_gateway.policy import Decision, Policy
-from qsys_protocol.config import GatewayConfig, SubjectConfig
+from qsys_protocol.config import SubjectConfig
 
 
 class PluginError(Exception):
@@ -166,10 +166,6 @@ def call_params(method: str, target: str | None, value: str | None) -> Any:
             "Component": {"Name": component, "Controls": [{"Name": control}]},
         }
     return {}
-
-
-def rendered_subject(config: GatewayConfig, subject: str) -> SubjectConfig | None:
-    return config.subject(subject)
 
 
 def can_i(subject: SubjectConfig, method: str, params: Any) -> Decision:

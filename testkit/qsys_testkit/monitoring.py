@@ -48,7 +48,7 @@ def alert_names(rule: dict[str, Any]) -> set[str]:
 
 
 def dashboards() -> dict[str, dict[str, Any]]:
-    """The committed dashboard JSON files (hack/dashboards.py) by file name."""
+    """The committed dashboard JSON files (qsys_operator.dashboards) by file name."""
     return {p.name: json.loads(p.read_text("utf-8")) for p in sorted(DASHBOARDS.glob("*.json"))}
 
 

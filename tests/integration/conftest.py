@@ -9,7 +9,7 @@ import aiohttp
 import pytest
 from gateway_harness import GatewayFactory, base_config
 
-from qsys_testkit import LOOPBACK, GatewayProcess, RedisProcess, SimulatorProcess
+from qsys_testkit import LOOPBACK, GatewayProcess, SimulatorProcess
 
 if TYPE_CHECKING:
     from qsys_testkit.pytest_plugin import GatewayProcessFactory
@@ -48,11 +48,6 @@ def make_gateway(qsys_gateway_process: GatewayProcessFactory) -> GatewayFactory:
         return qsys_gateway_process(config, start=start)
 
     return factory
-
-
-@pytest.fixture
-def redis(qsys_redis: RedisProcess) -> RedisProcess:
-    return qsys_redis
 
 
 @pytest.fixture

@@ -47,9 +47,9 @@ async def health(http: aiohttp.ClientSession, gw: GatewayProcess) -> tuple[int, 
 
 
 async def test_core_killed_mid_call_then_back(
-    make_sim: Any, make_gateway: GatewayFactory, http: aiohttp.ClientSession
+    qsys_simulator: Any, make_gateway: GatewayFactory, http: aiohttp.ClientSession
 ) -> None:
-    sim: CoreSimulator = await make_sim(idle_timeout=None)
+    sim: CoreSimulator = await qsys_simulator(idle_timeout=None)
     gw = await asyncio.to_thread(make_gateway, sim.port)
     assert (await post(http, gw, call("StatusGet")))[0] == 200
     sim.faults.latency = 2.0
@@ -93,9 +93,9 @@ async def _degraded(
 
 
 async def test_core_restart_restores_change_groups_and_autopoll(
-    make_sim: Any, make_gateway: GatewayFactory, http: aiohttp.ClientSession
+    qsys_simulator: Any, make_gateway: GatewayFactory, http: aiohttp.ClientSession
 ) -> None:
-    sim: CoreSimulator = await make_sim(idle_timeout=None)
+    sim: CoreSimulator = await qsys_simulator(idle_timeout=None)
     gw = await asyncio.to_thread(make_gateway, sim.port)
     headers = {"Authorization": f"Bearer {PANEL_TOKEN}"}
     async with http.ws_connect(gw.ws_url, headers=headers) as ws:
@@ -133,9 +133,9 @@ async def test_core_restart_restores_change_groups_and_autopoll(
 
 
 async def test_hung_core_timeout_then_circuit_open_then_recovery(
-    make_sim: Any, make_gateway: GatewayFactory, http: aiohttp.ClientSession
+    qsys_simulator: Any, make_gateway: GatewayFactory, http: aiohttp.ClientSession
 ) -> None:
-    sim: CoreSimulator = await make_sim(idle_timeout=None)
+    sim: CoreSimulator = await qsys_simulator(idle_timeout=None)
 
     def edit(c: dict[str, Any]) -> None:
         c["core"]["requestTimeoutSeconds"] = 0.5
@@ -170,10 +170,12 @@ async def test_hung_core_timeout_then_circuit_open_then_recovery(
 
 
 async def test_redundant_failover(
-    make_sim: Any, make_gateway: GatewayFactory, http: aiohttp.ClientSession
+    qsys_simulator: Any, make_gateway: GatewayFactory, http: aiohttp.ClientSession
 ) -> None:
-    primary: CoreSimulator = await make_sim(idle_timeout=None)
-    backup: CoreSimulator = await make_sim(host="127.0.0.2", port=primary.port, idle_timeout=None)
+    primary: CoreSimulator = await qsys_simulator(idle_timeout=None)
+    backup: CoreSimulator = await qsys_simulator(
+        host="127.0.0.2", port=primary.port, idle_timeout=None
+    )
     backup.set_state("Standby")
 
     def edit(c: dict[str, Any]) -> None:

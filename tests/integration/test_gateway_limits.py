@@ -30,7 +30,7 @@ async def test_accepted_rate_within_10_percent_under_5x_load(
 ) -> None:
     url = "memory"
     if storage == "redis":
-        server: RedisProcess = request.getfixturevalue("redis")
+        server: RedisProcess = request.getfixturevalue("qsys_redis")
         url = server.url
 
     def edit(c: dict[str, Any]) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import datetime as dt
 from typing import Any
 
 import aiohttp
@@ -26,6 +27,24 @@ async def wait_metric(gw: GatewayProcess, result: str, value: float, timeout: fl
     name = "qsys_gateway_config_reloads_total"
     got = await asyncio.to_thread(gw.wait_metric, name, value, timeout, result=result)
     assert got == value
+
+
+KEY = b"k" * 22 + b"Zq8Lm3Tx0Wv5"
+
+
+async def to_keyed(gw: GatewayProcess) -> tuple[dict[str, Any], str]:
+    """Reload the harness config with the panel's hash keyed under `KEY` (a key file);
+    returns that config and the panel's plain SHA-256 it replaced."""
+    key_file = gw.dir / "token-key"
+    key_file.write_bytes(KEY + b"\n")
+    keyed = copy.deepcopy(gw.config)
+    keyed["auth"] = {"tokenKeyFile": str(key_file)}
+    panel = keyed["subjects"][1]
+    plain: str = panel.pop("tokenSha256")
+    panel["tokenHmacSha256"] = token_hmac(KEY, PANEL_TOKEN)
+    gw.write_config(keyed)
+    await wait_metric(gw, "success", 1)
+    return keyed, plain
 
 
 async def test_reload_under_open_websocket(
@@ -89,16 +108,7 @@ async def test_reload_to_keyed_hashes_and_key_rotation(
             return r.status
 
     assert await status(PANEL_TOKEN) == 200
-    key = b"k" * 22 + b"Zq8Lm3Tx0Wv5"
-    key_file = gw.dir / "token-key"
-    key_file.write_bytes(key + b"\n")
-    keyed = copy.deepcopy(gw.config)
-    keyed["auth"] = {"tokenKeyFile": str(key_file)}
-    panel = keyed["subjects"][1]
-    plain = panel.pop("tokenSha256")
-    panel["tokenHmacSha256"] = token_hmac(key, PANEL_TOKEN)
-    gw.write_config(keyed)
-    await wait_metric(gw, "success", 1)
+    keyed, plain = await to_keyed(gw)
     assert await status(PANEL_TOKEN) == 200
     assert await status(plain) == 401
     moved = copy.deepcopy(keyed)
@@ -110,3 +120,53 @@ async def test_reload_to_keyed_hashes_and_key_rotation(
         line for line in gw.log_lines() if "deprecated unkeyed tokenSha256" in line["message"]
     ]
     assert warnings
+
+
+async def test_a_keep_alive_connection_is_judged_again_after_reload_and_grace(
+    module_sim_port: int, make_gateway: GatewayFactory
+) -> None:
+    """/v1/rpc keeps a token's match for its connection, but a different header, a
+    failed one, a reload that rotates the token and the end of a grace period all take
+    effect on that same connection's next request."""
+    gw = await asyncio.to_thread(make_gateway, module_sim_port)
+    keyed, _ = await to_keyed(gw)
+
+    opened: list[object] = []
+
+    async def connected(*_: object) -> None:
+        opened.append(1)
+
+    trace = aiohttp.TraceConfig()
+    trace.on_connection_create_end.append(connected)
+    async with aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=1), trace_configs=[trace]
+    ) as one:
+
+        async def status(token: str) -> int:
+            body = {"jsonrpc": "2.0", "id": 1, "method": "NoOp", "params": {}}
+            headers = {"Authorization": f"Bearer {token}"}
+            async with one.post(f"{gw.url}/v1/rpc", json=body, headers=headers) as r:
+                await r.read()
+                return r.status
+
+        assert [await status(PANEL_TOKEN) for _ in range(3)] == [200, 200, 200]
+        assert await status(PANEL_TOKEN + "x") == 401
+        assert await status(PANEL_TOKEN) == 200
+        new_token = "rotated-panel-token-0123456789"
+        rotated = copy.deepcopy(keyed)
+        rotated["subjects"][1]["tokenHmacSha256"] = token_hmac(KEY, new_token)
+        gw.write_config(rotated)
+        await wait_metric(gw, "success", 2)
+        assert await status(PANEL_TOKEN) == 401
+        assert await status(new_token) == 200
+        until = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=2)
+        graced = copy.deepcopy(rotated)
+        graced["subjects"][1]["tokenHmacSha256"] = token_hmac(KEY, "third-panel-token-0123")
+        graced["subjects"][1]["previousTokenHmacSha256"] = token_hmac(KEY, new_token)
+        graced["subjects"][1]["previousTokenUntil"] = until.isoformat()
+        gw.write_config(graced)
+        await wait_metric(gw, "success", 3)
+        assert [await status(new_token) for _ in range(2)] == [200, 200]
+        await asyncio.sleep(max(0.0, (until - dt.datetime.now(dt.UTC)).total_seconds()) + 0.2)
+        assert await status(new_token) == 401
+    assert len(opened) == 1

@@ -13,8 +13,10 @@ from qsys_core_sim.server import CoreSimulator
 from qsys_protocol.qrc.client import QrcClient
 
 
-async def test_sigterm_with_calls_in_flight(make_sim: Any, make_gateway: GatewayFactory) -> None:
-    sim: CoreSimulator = await make_sim(idle_timeout=None)
+async def test_sigterm_with_calls_in_flight(
+    qsys_simulator: Any, make_gateway: GatewayFactory
+) -> None:
+    sim: CoreSimulator = await qsys_simulator(idle_timeout=None)
     gw = await asyncio.to_thread(make_gateway, sim.port)
     headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:
@@ -78,11 +80,11 @@ async def test_sigterm_with_calls_in_flight(make_sim: Any, make_gateway: Gateway
 
 
 async def test_a_kept_alive_connection_is_answered_while_draining(
-    make_sim: Any, make_gateway: GatewayFactory
+    qsys_simulator: Any, make_gateway: GatewayFactory
 ) -> None:
     """A Service may route a call to a terminating pod for a while: a request on a
     connection accepted before SIGTERM is answered, and the connection then closed."""
-    sim: CoreSimulator = await make_sim(idle_timeout=None)
+    sim: CoreSimulator = await qsys_simulator(idle_timeout=None)
     gw = await asyncio.to_thread(make_gateway, sim.port)
     headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
     body = {"jsonrpc": "2.0", "id": 1, "method": "StatusGet", "params": {}}

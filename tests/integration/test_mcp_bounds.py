@@ -81,9 +81,9 @@ async def test_session_cap_counts_whatever_the_body_said(
 
 
 async def test_duplicate_id_in_flight_refused_and_sigterm_exits(
-    make_sim: Any, make_gateway: GatewayFactory, http: aiohttp.ClientSession
+    qsys_simulator: Any, make_gateway: GatewayFactory, http: aiohttp.ClientSession
 ) -> None:
-    sim = await make_sim(idle_timeout=None)
+    sim = await qsys_simulator(idle_timeout=None)
     gw = await start(make_gateway, sim.port)
     sid = await raw_initialize(http, gw, ADMIN_TOKEN)
     sim.faults.latency = 1.0

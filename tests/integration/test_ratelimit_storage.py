@@ -48,7 +48,7 @@ async def make_limiter() -> AsyncIterator[LimiterFactory]:
 def storage(request: pytest.FixtureRequest) -> str:
     if request.param == "memory":
         return "memory"
-    server: RedisProcess = request.getfixturevalue("redis")
+    server: RedisProcess = request.getfixturevalue("qsys_redis")
     return server.url
 
 
@@ -210,9 +210,9 @@ async def test_memory_storage_is_always_healthy(make_limiter: LimiterFactory) ->
 
 
 async def test_two_replicas_share_one_limit(
-    redis: RedisProcess, make_limiter: LimiterFactory
+    qsys_redis: RedisProcess, make_limiter: LimiterFactory
 ) -> None:
-    replicas = [make_limiter(redis.url), make_limiter(redis.url)]
+    replicas = [make_limiter(qsys_redis.url), make_limiter(qsys_redis.url)]
     assert all(r.shared for r in replicas)
     rate = RateConfig(requestsPerSecond=50, burst=50)
     accepted, _ = await offered_load(replicas, subject(), rate, MEASURE_SECONDS)
@@ -221,9 +221,9 @@ async def test_two_replicas_share_one_limit(
 
 
 async def test_replicas_see_each_others_burst(
-    redis: RedisProcess, make_limiter: LimiterFactory
+    qsys_redis: RedisProcess, make_limiter: LimiterFactory
 ) -> None:
-    one, two = make_limiter(redis.url), make_limiter(redis.url)
+    one, two = make_limiter(qsys_redis.url), make_limiter(qsys_redis.url)
     rate = RateConfig(requestsPerSecond=10, burst=10)
     name = subject()
     assert all([(await one.hit(name, rate)).allowed for _ in range(10)])
@@ -236,16 +236,16 @@ async def test_replicas_see_each_others_burst(
 
 
 async def test_redis_killed_mid_run_falls_back_to_local_limits(
-    redis: RedisProcess, make_limiter: LimiterFactory
+    qsys_redis: RedisProcess, make_limiter: LimiterFactory
 ) -> None:
-    limiter = make_limiter(redis.url)
+    limiter = make_limiter(qsys_redis.url)
     rate = RateConfig(requestsPerSecond=1, burst=1)
     name = subject()
     assert await limiter.healthy()
     assert (await limiter.hit(name, rate)).allowed
     assert not (await limiter.hit(name, rate)).allowed  # the limit is enforced by Redis
 
-    redis.kill()
+    qsys_redis.kill()
     during = subject()
     decisions = []
     for _ in range(20):
@@ -258,7 +258,7 @@ async def test_redis_killed_mid_run_falls_back_to_local_limits(
     assert time.perf_counter() - start < 1.0
 
     # Back again (same port): healthy, and limiting resumes.
-    redis.start()
+    qsys_redis.start()
     deadline = time.monotonic() + 10
     while not await limiter.healthy():
         assert time.monotonic() < deadline, "limiter did not recover after Redis came back"
@@ -268,13 +268,13 @@ async def test_redis_killed_mid_run_falls_back_to_local_limits(
 
 
 async def test_unresponsive_redis_does_not_hang_calls(
-    redis: RedisProcess, make_limiter: LimiterFactory
+    qsys_redis: RedisProcess, make_limiter: LimiterFactory
 ) -> None:
-    limiter = make_limiter(redis.url)
+    limiter = make_limiter(qsys_redis.url)
     rate = RateConfig(requestsPerSecond=1, burst=1)
     assert (await limiter.hit(subject(), rate)).allowed
-    assert redis.proc is not None
-    redis.proc.send_signal(signal.SIGSTOP)  # accepts TCP, never answers
+    assert qsys_redis.proc is not None
+    qsys_redis.proc.send_signal(signal.SIGSTOP)  # accepts TCP, never answers
     try:
         for _ in range(5):
             start = time.perf_counter()
@@ -285,7 +285,7 @@ async def test_unresponsive_redis_does_not_hang_calls(
         assert not await limiter.healthy()
         assert time.perf_counter() - start < 1.5
     finally:
-        redis.proc.send_signal(signal.SIGCONT)
+        qsys_redis.proc.send_signal(signal.SIGCONT)
 
 
 async def test_unreachable_redis_from_the_start(make_limiter: LimiterFactory) -> None:

@@ -14,14 +14,14 @@ METRIC = "qsys_gateway_ratelimit_storage_up"
 
 
 async def test_storage_gauge_follows_redis(
-    module_sim_port: int, make_gateway: GatewayFactory, redis: RedisProcess
+    module_sim_port: int, make_gateway: GatewayFactory, qsys_redis: RedisProcess
 ) -> None:
     def edit(c: dict[str, Any]) -> None:
-        c["limits"]["storage"] = redis.url
+        c["limits"]["storage"] = qsys_redis.url
 
     gw = await asyncio.to_thread(make_gateway, module_sim_port, edit)
     assert await asyncio.to_thread(gw.metric, METRIC) == 1.0
-    redis.kill()
+    qsys_redis.kill()
     assert await asyncio.to_thread(gw.metric, METRIC) == 0.0
 
 

@@ -43,15 +43,15 @@ async def _statuses(http: aiohttp.ClientSession, gw: GatewayProcess, n: int) -> 
 
 
 async def test_cores_sharing_a_redis_never_share_a_bucket(
-    module_sim_port: int, make_gateway: GatewayFactory, redis: RedisProcess
+    module_sim_port: int, make_gateway: GatewayFactory, qsys_redis: RedisProcess
 ) -> None:
-    hall_a = make_gateway(module_sim_port, _shared(redis.url, "venue-a", "hall"))
-    hall_b = make_gateway(module_sim_port, _shared(redis.url, "venue-b", "hall"))
-    lobby_a = make_gateway(module_sim_port, _shared(redis.url, "venue-a", "lobby"))
-    hall_a_twin = make_gateway(module_sim_port, _shared(redis.url, "venue-a", "hall"))
+    hall_a = make_gateway(module_sim_port, _shared(qsys_redis.url, "venue-a", "hall"))
+    hall_b = make_gateway(module_sim_port, _shared(qsys_redis.url, "venue-b", "hall"))
+    lobby_a = make_gateway(module_sim_port, _shared(qsys_redis.url, "venue-a", "lobby"))
+    hall_a_twin = make_gateway(module_sim_port, _shared(qsys_redis.url, "venue-a", "hall"))
     async with aiohttp.ClientSession() as http:
         assert await _statuses(http, hall_a, 3) == [200, 200, 429]
-        keys = await asyncio.to_thread(redis.command, "KEYS", "qsys-gateway:gcra:*")
+        keys = await asyncio.to_thread(qsys_redis.command, "KEYS", "qsys-gateway:gcra:*")
         assert "qsys-gateway:gcra:venue-a/hall/slow" in keys, keys
         # Another namespace, or another core of the namespace: a bucket of its own.
         assert await _statuses(http, hall_b, 2) == [200, 200]

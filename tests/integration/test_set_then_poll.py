@@ -1,4 +1,4 @@
-"""Set, then poll (issue 13): a write that passed through the gateway is in every change
+"""Set, then poll: a write that passed through the gateway is in every change
 group holding the control at its next poll, the writer's and everyone else's, without
 waiting for the hub's timer and without a Core poll per client."""
 

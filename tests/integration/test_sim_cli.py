@@ -52,8 +52,8 @@ class PlainClient:
         self.sock.close()
 
 
-def test_cli_serves_qrc_and_stops_on_sigterm(start_sim_process: Any) -> None:
-    sim = start_sim_process("--idle-timeout", "30")
+def test_cli_serves_qrc_and_stops_on_sigterm(qsys_simulator_process: Any) -> None:
+    sim = qsys_simulator_process("--idle-timeout", "30")
     client = PlainClient(sim.port)
     try:
         hello = client.recv()
@@ -83,12 +83,12 @@ def test_cli_serves_qrc_and_stops_on_sigterm(start_sim_process: Any) -> None:
     assert "Traceback" not in out
 
 
-def test_cli_loads_a_design_and_requires_logon(start_sim_process: Any, tmp_path: Path) -> None:
+def test_cli_loads_a_design_and_requires_logon(qsys_simulator_process: Any, tmp_path: Path) -> None:
     design = tmp_path / "d.yaml"
     design.write_text(
         "name: Tiny\ncomponents:\n  - name: Amp\n    controls: [{name: gain, min: -10, max: 0}]\n"
     )
-    sim = start_sim_process("--design", str(design), "--username", "u", "--password", "p")
+    sim = qsys_simulator_process("--design", str(design), "--username", "u", "--password", "p")
     client = PlainClient(sim.port)
     try:
         assert client.recv()["params"]["DesignName"] == "Tiny"
@@ -123,8 +123,8 @@ def test_cli_rejects_a_bad_design(tmp_path: Path, text: str, message: str) -> No
     assert "Traceback" not in result.stderr
 
 
-def test_cli_standby_flag(start_sim_process: Any) -> None:
-    sim = start_sim_process("--standby")
+def test_cli_standby_flag(qsys_simulator_process: Any) -> None:
+    sim = qsys_simulator_process("--standby")
     client = PlainClient(sim.port)
     try:
         assert client.recv()["params"]["State"] == "Standby"

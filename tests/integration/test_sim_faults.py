@@ -68,8 +68,8 @@ async def test_hung_core_swallows_everything(sim: CoreSimulator, qrc_client: Qrc
     assert await qrc_client.call("NoOp", {}) is True
 
 
-async def test_logon_refused(make_sim: Any, make_client: Any) -> None:
-    sim: CoreSimulator = await make_sim(username="u", password="p")
+async def test_logon_refused(qsys_simulator: Any, make_client: Any) -> None:
+    sim: CoreSimulator = await qsys_simulator(username="u", password="p")
     sim.faults.refuse_logon = True
     client: QrcClient = await make_client(sim.port)
     with pytest.raises(QrcError) as info:
@@ -124,8 +124,8 @@ async def test_drop_connections_stops_autopoll(sim: CoreSimulator, make_client: 
     assert sim.engine.change_group_count == 0
 
 
-async def test_stopped_simulator_refuses_connections(make_sim: Any) -> None:
-    sim: CoreSimulator = await make_sim()
+async def test_stopped_simulator_refuses_connections(qsys_simulator: Any) -> None:
+    sim: CoreSimulator = await qsys_simulator()
     port = sim.port
     await sim.stop()
     assert not sim.running

@@ -309,8 +309,8 @@ async def test_error_paths(qrc_client: QrcClient, method: str, params: Any, code
     assert await ok(qrc_client, "NoOp", {}) is True
 
 
-async def test_change_group_limit_across_connections(make_sim: Any, make_client: Any) -> None:
-    sim: CoreSimulator = await make_sim(max_change_groups=512)
+async def test_change_group_limit_across_connections(qsys_simulator: Any, make_client: Any) -> None:
+    sim: CoreSimulator = await qsys_simulator(max_change_groups=512)
     a: QrcClient = await make_client(sim.port)
     b: QrcClient = await make_client(sim.port)
 

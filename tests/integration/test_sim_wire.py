@@ -92,8 +92,8 @@ async def test_malformed_input_gets_an_error_and_the_connection_survives(
     await assert_still_works(raw_client)
 
 
-async def test_frame_over_the_limit(make_sim: Any, make_raw: Any) -> None:
-    sim: CoreSimulator = await make_sim(max_frame_bytes=4096)
+async def test_frame_over_the_limit(qsys_simulator: Any, make_raw: Any) -> None:
+    sim: CoreSimulator = await qsys_simulator(max_frame_bytes=4096)
     raw = await make_raw(sim.port)
     await raw.recv()  # EngineStatus
     huge = orjson.dumps(
@@ -142,8 +142,8 @@ async def test_missing_id_gets_no_reply(raw_client: Any) -> None:
 # ---- Logon-required mode ------------------------------------------------------
 
 
-async def test_logon_required(make_sim: Any, make_raw: Any) -> None:
-    sim: CoreSimulator = await make_sim(username="admin", password="s3cret")
+async def test_logon_required(qsys_simulator: Any, make_raw: Any) -> None:
+    sim: CoreSimulator = await qsys_simulator(username="admin", password="s3cret")
     raw = await make_raw(sim.port)
     assert (await raw.recv())["method"] == "EngineStatus"
     # Open methods work before Logon; everything else is error 10.
@@ -182,8 +182,8 @@ async def test_logon_without_users_is_accepted(raw_client: Any) -> None:
 # ---- idle timeout ---------------------------------------------------------------
 
 
-async def test_idle_socket_is_closed(make_sim: Any, make_raw: Any) -> None:
-    sim: CoreSimulator = await make_sim(idle_timeout=0.3)
+async def test_idle_socket_is_closed(qsys_simulator: Any, make_raw: Any) -> None:
+    sim: CoreSimulator = await qsys_simulator(idle_timeout=0.3)
     raw = await make_raw(sim.port)
     loop = asyncio.get_running_loop()
     start = loop.time()
@@ -196,9 +196,9 @@ async def test_idle_socket_is_closed(make_sim: Any, make_raw: Any) -> None:
 
 
 async def test_talking_socket_stays_open_and_autopoll_does_not_count(
-    make_sim: Any, make_raw: Any
+    qsys_simulator: Any, make_raw: Any
 ) -> None:
-    sim: CoreSimulator = await make_sim(idle_timeout=0.4)
+    sim: CoreSimulator = await qsys_simulator(idle_timeout=0.4)
     raw = await make_raw(sim.port)
     await raw.recv()
     await raw.call("ChangeGroup.AddControl", {"Id": 1, "Controls": ["MainGain"]}, rid=1)

@@ -118,9 +118,9 @@ async def test_core_errors_pass_through(sim: CoreSimulator, make_upstream: Upstr
 
 
 async def test_logon_with_credentials(
-    make_sim: Any, make_upstream: UpstreamFactory, tmp_path: Path
+    qsys_simulator: Any, make_upstream: UpstreamFactory, tmp_path: Path
 ) -> None:
-    sim = await make_sim(username="gateway", password="s3cret-pw")
+    sim = await qsys_simulator(username="gateway", password="s3cret-pw")
     (tmp_path / "user").write_text("gateway\n")
     (tmp_path / "pass").write_text("s3cret-pw\n")
     up = await make_upstream(
@@ -131,13 +131,13 @@ async def test_logon_with_credentials(
 
 
 async def test_refused_logon_is_not_up(
-    make_sim: Any,
+    qsys_simulator: Any,
     make_upstream: UpstreamFactory,
     tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    sim = await make_sim(username="gateway", password="right-pw")
+    sim = await qsys_simulator(username="gateway", password="right-pw")
     (tmp_path / "user").write_text("gateway")
     (tmp_path / "pass").write_text("wrong-pw-xyzzy")
     up = await make_upstream(
@@ -159,8 +159,10 @@ async def test_refused_logon_is_not_up(
         assert "wrong-pw-xyzzy" not in repr(record.args)
 
 
-async def test_keepalive_beats_idle_timeout(make_sim: Any, make_upstream: UpstreamFactory) -> None:
-    sim = await make_sim(idle_timeout=1.0)
+async def test_keepalive_beats_idle_timeout(
+    qsys_simulator: Any, make_upstream: UpstreamFactory
+) -> None:
+    sim = await qsys_simulator(idle_timeout=1.0)
     metrics = GatewayMetrics()
     up = await make_upstream(sim.port, metrics=metrics, keepalive_seconds=0.3)
     await wait_until(lambda: len(sim.connections) == 2)
@@ -350,19 +352,19 @@ async def test_hung_core_times_out_then_circuit_opens_and_recovers(
 
 
 async def test_failover_when_primary_unreachable(
-    make_sim: Any, make_upstream: UpstreamFactory
+    qsys_simulator: Any, make_upstream: UpstreamFactory
 ) -> None:
-    backup = await make_sim(host=SECONDARY)
+    backup = await qsys_simulator(host=SECONDARY)
     up = await make_upstream(backup.port, redundantHost=SECONDARY)
     assert up.active_host == SECONDARY
     assert (await up.forward("Control.Get", ["MainGain"]))[0]["Name"] == "MainGain"
 
 
 async def test_failover_away_from_standby_unit(
-    make_sim: Any, make_upstream: UpstreamFactory
+    qsys_simulator: Any, make_upstream: UpstreamFactory
 ) -> None:
-    primary = await make_sim(host=PRIMARY)
-    backup = await make_sim(host=SECONDARY, port=primary.port)
+    primary = await qsys_simulator(host=PRIMARY)
+    backup = await qsys_simulator(host=SECONDARY, port=primary.port)
     primary.set_state("Standby")
     up = await make_upstream(primary.port, redundantHost=SECONDARY)
     assert up.active_host == SECONDARY

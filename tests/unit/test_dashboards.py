@@ -1,4 +1,4 @@
-"""Dashboards and alert rules: the committed dashboard JSON is what hack/dashboards.py builds,
+"""Dashboards and alert rules: the committed dashboard JSON is what qsys_operator.dashboards builds,
 the chart ships it for Grafana's sidecar, and every PromQL expression (dashboard targets,
 variable queries, alert rules) parses under the pinned promtool and names only metrics the
 gateway and operator registries export (collected at runtime, not from a hand list)."""
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from chart_support import REPO, by_kind, manifests, render, run, tool
+from chart_support import by_kind, manifests, render, run, tool
 from prometheus_client import CollectorRegistry
 
 from qsys_gateway.metrics import GatewayMetrics
@@ -59,7 +59,7 @@ def unknown_metrics(exprs: list[tuple[str, str]], allowed: set[str]) -> list[str
 
 def test_committed_dashboards_match_the_code() -> None:
     result = subprocess.run(
-        [sys.executable, str(REPO / "hack" / "dashboards.py"), "--check"],
+        [sys.executable, "-m", "qsys_operator.dashboards", "--check"],
         capture_output=True,
         text=True,
         timeout=60,

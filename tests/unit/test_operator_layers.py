@@ -18,6 +18,7 @@ LAYERS = {
     "ownership": 2,
     "queueing": 2,
     "crdgen": 2,
+    "dashboards": 2,
     "k8s": 3,
     "probe": 3,
     "tokens": 3,

@@ -3,22 +3,18 @@ and the reconciler's decisions against an in-memory API (FakeKube): a foreign ob
 child's name is never applied to, patched or deleted, the core says NameConflict, and
 nothing of the core is applied meanwhile. Also the per-namespace core limit.
 
-The real API server's side (preconditions, byte-identical platform objects, pods) is in
-tests/e2e/test_tenant.py."""
+The fake API is tests/unit/fake_kube.py; the real API server's side (preconditions,
+byte-identical platform objects, pods) is in tests/e2e/test_tenant.py."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import copy
-import itertools
 from typing import Any
 
 import pytest
 import yaml
-from kubernetes import client
-from kubernetes.client.exceptions import ApiException
-from unit_support import secret_of
+from fake_kube import CORE_UID, MANAGED, NS, FakeKube, ready, reconcile
 
 from qsys_operator.derive import (
     CoreFindings,
@@ -37,19 +33,11 @@ from qsys_operator.kinds import (
     SERVICE,
     SERVICE_ACCOUNT,
     Kind,
-    kind_of,
 )
-from qsys_operator.metrics import OperatorMetrics
 from qsys_operator.ownership import NameConflict, Owner, conflicts_message, owns
-from qsys_operator.reconcile import Reconciler
-from qsys_operator.render import Manifest
-from qsys_operator.settings import OperatorSettings
 from qsys_operator.status import Cond
 
-NS = "av"
-CORE_UID = "core-uid"
 BINDING = "qsys-gateway-tokenreview:av:hall"
-MANAGED = {"app.kubernetes.io/managed-by": "qsys-operator"}
 OWNER = Owner(NS, "hall", CORE_UID)
 
 
@@ -128,162 +116,6 @@ def test_core_limit_keeps_the_oldest_cores() -> None:
 
 
 # ---- the reconciler against an in-memory API ------------------------------------------
-
-
-class FakeKube:
-    """The Kube calls the reconciler makes, on dicts; records every write."""
-
-    def __init__(self) -> None:
-        self.objects: dict[tuple[str, str | None, str], dict[str, Any]] = {}
-        self.applied: list[tuple[str, str]] = []
-        self.deleted: list[tuple[str, str]] = []
-        self.created: list[tuple[str, str]] = []
-        self.statuses: list[dict[str, Any]] = []
-        self._uids = itertools.count(1)
-        self.sm_served = False
-        self.quota_exceeded = False
-
-    # setup and inspection
-    def put(self, kind: Kind, name: str, **meta: Any) -> dict[str, Any]:
-        ns = NS if kind.namespaced else None
-        obj = {
-            "apiVersion": kind.api_version,
-            "kind": kind.kind,
-            "metadata": {
-                "name": name,
-                "uid": f"uid-{next(self._uids)}",
-                "resourceVersion": "1",
-                "creationTimestamp": "2024-01-01T00:00:00Z",
-            }
-            | ({"namespace": ns} if ns else {})
-            | meta,
-        }
-        self.objects[(kind.plural, ns, name)] = obj
-        return obj
-
-    def get(self, kind: Kind, name: str) -> dict[str, Any] | None:
-        return self.objects.get((kind.plural, NS if kind.namespaced else None, name))
-
-    def put_core(self, name: str = "hall", uid: str = CORE_UID, **spec: Any) -> None:
-        self.objects[("qsyscores", NS, name)] = {
-            "apiVersion": "qsys.dev/v1alpha1",
-            "kind": "QSysCore",
-            "metadata": {
-                "name": name,
-                "namespace": NS,
-                "uid": uid,
-                "generation": 1,
-                "creationTimestamp": f"2024-01-01T00:00:0{len(self.cores())}Z",
-            },
-            "spec": {"core": {"host": "192.0.2.10"}} | spec,
-        }
-
-    def cores(self) -> list[dict[str, Any]]:
-        return [o for (p, _, _), o in self.objects.items() if p == "qsyscores"]
-
-    # the Kube interface
-    async def get_core(self, namespace: str, name: str) -> dict[str, Any] | None:
-        return copy.deepcopy(self.objects.get(("qsyscores", namespace, name)))
-
-    async def list_custom(self, plural: str, namespace: str | None) -> list[dict[str, Any]]:
-        return [copy.deepcopy(o) for (p, n, _), o in self.objects.items() if p == plural]
-
-    async def read_metadata(
-        self, kind: Kind, namespace: str | None, name: str
-    ) -> dict[str, Any] | None:
-        obj = self.objects.get((kind.plural, namespace if kind.namespaced else None, name))
-        return copy.deepcopy(obj["metadata"]) if obj else None
-
-    async def read_secret_metadata(self, namespace: str, name: str) -> dict[str, Any] | None:
-        return await self.read_metadata(SECRET, namespace, name)
-
-    async def read_secret(self, namespace: str, name: str) -> client.V1Secret | None:
-        obj = self.objects.get(("secrets", namespace, name))
-        return None if obj is None else secret_of(obj, namespace)
-
-    async def create(self, manifest: Manifest) -> bool:
-        namespace = manifest["metadata"].get("namespace", NS)
-        if self.quota_exceeded and namespace == NS:
-            body = '{"message": "secrets \\"x\\" is forbidden: exceeded quota: q"}'
-            raise ApiException(status=403, reason="Forbidden", body=body)
-        key = ("secrets", namespace, manifest["metadata"]["name"])
-        if key in self.objects:
-            return False
-        self.created.append(("Secret", manifest["metadata"]["name"]))
-        obj = copy.deepcopy(manifest)
-        obj["metadata"] |= {"uid": f"uid-{next(self._uids)}", "resourceVersion": "1"}
-        self.objects[key] = obj
-        return True
-
-    async def apply(self, manifest: Manifest) -> dict[str, Any]:
-        kind = kind_of(manifest["apiVersion"], manifest["kind"])
-        name = manifest["metadata"]["name"]
-        self.applied.append((kind.kind, name))
-        key = (kind.plural, NS if kind.namespaced else None, name)
-        old = self.objects.get(key)
-        obj = copy.deepcopy(manifest)
-        uid = old["metadata"]["uid"] if old else f"uid-{next(self._uids)}"
-        obj["metadata"] |= {"uid": uid, "resourceVersion": "2"}
-        self.objects[key] = obj
-        return obj
-
-    async def delete(self, kind: Kind, live: dict[str, Any]) -> bool:
-        key = (kind.plural, live.get("namespace"), live["name"])
-        obj = self.objects.get(key)
-        if obj is None:
-            return False
-        meta = obj["metadata"]
-        if (meta["uid"], meta["resourceVersion"]) != (live["uid"], live["resourceVersion"]):
-            raise ApiException(status=409, reason="Conflict")
-        self.deleted.append((kind.kind, live["name"]))
-        del self.objects[key]
-        return True
-
-    async def read_deployment(self, namespace: str, name: str) -> None:
-        return None
-
-    async def crd_served(self, name: str, version: str) -> bool:
-        return self.sm_served
-
-    async def api_server_endpoints(self) -> list[tuple[str, int]]:
-        return [("198.18.0.1", 6443)]
-
-    async def patch_status(
-        self, plural: str, namespace: str, name: str, status: dict[str, Any]
-    ) -> None:
-        self.statuses.append({"name": name} | status)
-        obj = self.objects.get((plural, namespace, name))
-        if obj is not None:
-            obj["status"] = status
-
-    async def event(self, obj: dict[str, Any], type_: str, reason: str, message: str) -> None:
-        pass
-
-
-class _Peering:
-    async def active(self) -> bool:
-        return True
-
-
-def reconcile(kube: FakeKube, name: str = "hall", **settings: Any) -> None:
-    async def main() -> None:
-        rec = Reconciler(
-            kube,  # type: ignore[arg-type]
-            OperatorSettings(gateway_probe=False, **settings),
-            OperatorMetrics(),
-            _Peering(),  # type: ignore[arg-type]
-        )
-        try:
-            await rec.reconcile(NS, name)
-        finally:
-            await rec.close()
-
-    asyncio.run(main())
-
-
-def ready(kube: FakeKube, name: str = "hall") -> dict[str, Any]:
-    status = kube.objects[("qsyscores", NS, name)].get("status") or {}
-    return next(c for c in status.get("conditions") or [] if c["type"] == "Ready")
 
 
 def sa_policy(kube: FakeKube) -> None:

@@ -325,7 +325,7 @@ def test_snapshots_match_the_snapshot_name_as_component() -> None:
         (0.0001, False),
         (1, False),
         (-1000, False),
-        (True, False),  # the Core applies 1.0: outside -60..0 (issue 11 #2)
+        (True, False),  # the Core applies 1.0: outside -60..0
         (False, True),  # 0.0
         ("-6", False),
     ],

@@ -354,9 +354,8 @@ class NoSecrets:
     async def read_secret(self, namespace: str, name: str) -> None:
         self.touched.append(f"read {name}")
 
-    async def create(self, manifest: dict[str, Any]) -> bool:
+    async def create(self, manifest: dict[str, Any]) -> None:
         self.touched.append(f"create {manifest['metadata']['name']}")
-        return True
 
 
 async def test_no_token_secret_is_made_or_read_for_a_source_bound_subject() -> None:

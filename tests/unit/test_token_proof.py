@@ -65,11 +65,12 @@ class Secrets:
         body = self.store.get(name)
         return None if body is None else secret_of(body, namespace)
 
-    async def create(self, manifest: dict[str, Any]) -> bool:
-        if manifest["metadata"]["name"] in self.store:
-            return False
+    async def create(self, manifest: dict[str, Any]) -> client.V1Secret | None:
+        name = manifest["metadata"]["name"]
+        if name in self.store:
+            return None
         self.put(manifest)
-        return True
+        return secret_of(self.store[name], manifest["metadata"]["namespace"])
 
     async def patch_secret_metadata(
         self,

@@ -12,7 +12,7 @@ from qsys_protocol.qrc import jsonrpc
 from qsys_protocol.qrc.errors import ErrorCode, QrcError
 
 from .. import __version__
-from ..admission import Caller, Refusal
+from ..admission import Caller, Proof, Refusal
 from ..connlimit import HttpConnections
 from .common import HTTP_STATUS, Services, request_id
 from .openapi import (
@@ -96,6 +96,12 @@ def _http_error(exc: web.HTTPException) -> web.Response:
 async def _read_body(request: web.Request, limit: int) -> bytes:
     if request.content_length is not None and request.content_length > limit:
         raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length)
+    stream = request.content
+    if stream.is_eof():  # the whole body arrived with the head: nothing to wait for
+        body = stream.read_nowait(limit + 1)
+        if len(body) > limit:
+            raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=len(body))
+        return body
     chunks: list[bytes] = []
     size = 0
     try:
@@ -133,10 +139,21 @@ async def _rpc(request: web.Request) -> web.Response:
     source = source_ip(request)
     admission = svc.admission
     caller = Caller("http", source)
+    conns = request.app[HTTP_CONNECTIONS]
+    kept = conns.kept(request.transport)
+    conns.keep(request.transport, None)
+    header = request.headers.get("Authorization", "")
     try:
-        await admission.authenticate(caller, bearer(request), request_id=rid)
+        proof = await admission.authenticate_kept(
+            caller,
+            header,
+            bearer(request),
+            kept if isinstance(kept, Proof) else None,
+            request_id=rid,
+        )
     except Refusal as err:
         return error_response(err)
+    conns.keep(request.transport, proof)
     body = await _read_body(request, rt.config.limits.maxMessageBytes)
     try:
         payload = jsonrpc.decode_json(body)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import struct
 from typing import Any
 
 import orjson
@@ -23,6 +24,18 @@ from .connected import ConnectedClient
 from .responses import SERVICES, bearer, error_response, source_ip
 
 log = logging.getLogger("qsys_gateway.websocket")
+
+_LEN16 = struct.Struct("!BBH").pack
+_LEN64 = struct.Struct("!BBQ").pack
+
+
+def text_frame_header(size: int) -> bytes:
+    """The header of a final, unmasked, uncompressed text frame of `size` bytes (RFC 6455)."""
+    if size < 126:
+        return bytes((0x81, size))
+    if size < 65536:
+        return _LEN16(0x81, 126, size)
+    return _LEN64(0x81, 127, size)
 
 
 async def websocket_handler(request: web.Request) -> web.StreamResponse:
@@ -40,10 +53,12 @@ async def _serve(request: web.Request, transport: str, *, api_key: bool) -> web.
     source = source_ip(request)
     if rt.shutting_down:
         return error_response(QrcError(ErrorCode.CORE_UNAVAILABLE, "Gateway is shutting down"))
-    # Replies wait in `pending` for a writer task that exists only while there is
-    # something to write: an idle client holds no task, queue or last message.
+    # Replies wait in `pending` until the end of the event-loop pass (`flush`), or for a
+    # writer task that exists only while the socket is backed up: an idle client holds
+    # no task, queue or last message.
     pending: list[bytes] = []
     writer: asyncio.Task[None] | None = None
+    flush_due = False
     loop = asyncio.get_running_loop()
     budget = rt.send_budget
     backlog = 0
@@ -54,7 +69,7 @@ async def _serve(request: web.Request, transport: str, *, api_key: bool) -> web.
     )
 
     def send(message: dict[str, Any]) -> None:
-        nonlocal backlog, writer
+        nonlocal backlog, flush_due
         if dead or ws.closed:
             return
         data = orjson.dumps(message)
@@ -64,8 +79,34 @@ async def _serve(request: web.Request, transport: str, *, api_key: bool) -> web.
         backlog += len(data)
         budget.take(len(data))
         pending.append(data)
-        if writer is None:
+        if not flush_due:
+            flush_due = True
+            loop.call_soon(flush)
+
+    def flush() -> None:
+        """End of the event-loop pass: what was sent in it goes out in one write while the
+        socket keeps up; otherwise (or compressed) a writer task waits for it to drain."""
+        nonlocal backlog, writer, flush_due
+        flush_due = False
+        if writer is not None or dead or not pending:
+            return
+        sock = request.transport
+        if ws.closed or sock is None or sock.is_closing():
+            release_queue()
+            return
+        if ws.compress or sock.get_write_buffer_size() > 0:
             writer = loop.create_task(write_pending())
+            return
+        sent = 0
+        frames = []
+        for data in pending:
+            sent += len(data)
+            frames.append(text_frame_header(len(data)))
+            frames.append(data)
+        pending.clear()
+        sock.write(b"".join(frames))
+        backlog -= sent
+        budget.give(sent)
 
     async def write_pending() -> None:
         """Write what is pending, in order, then end (the next `send` starts another)."""
@@ -160,6 +201,7 @@ async def _serve(request: web.Request, transport: str, *, api_key: bool) -> web.
         svc.clients.remove(handle)
         await conn.drain(5.0)
         await conn.close()
+        flush()
         if writer is not None:  # what is pending is written first (bounded)
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await asyncio.wait_for(writer, 2.0)

@@ -3,12 +3,12 @@ by reconciling the owning core, which re-applies the declared state."""
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from typing import Any
 
 import kopf
 
-from ..kinds import CHILDREN
+from ..kinds import CHILDREN, Kind
 from ..reconcile import Reconciler
 from ..render.common import APP_NAME, MANAGED_BY
 from ..render.identity import CORE_NAMESPACE_LABEL
@@ -34,15 +34,27 @@ def owner_of(
 def register(registry: kopf.OperatorRegistry, reconciler: Reconciler) -> None:
     watched = frozenset(reconciler.settings.watch_namespaces)
 
-    async def child_event(namespace: str | None, labels: kopf.Labels, **_: Any) -> None:
-        owner = owner_of(namespace, labels, watched)
-        if owner is None:
-            return
-        namespace, instance, app = owner
-        if app == APP_NAME:
-            reconciler.trigger(namespace, instance)
-        elif app == TOKEN_APP:
-            await reconciler.token_secret_changed(namespace, instance)
+    def handler(kind: Kind) -> Callable[..., Awaitable[None]]:
+        async def child_event(
+            type: str | None,
+            name: str,
+            namespace: str | None,
+            labels: kopf.Labels,
+            meta: kopf.Meta,
+            **_: Any,
+        ) -> None:
+            if not reconciler.child_seen(kind, namespace, name, meta, type == "DELETED"):
+                return
+            owner = owner_of(namespace, labels, watched)
+            if owner is None:
+                return
+            namespace, instance, app = owner
+            if app == APP_NAME:
+                reconciler.trigger(namespace, instance)
+            elif app == TOKEN_APP:
+                await reconciler.token_secret_changed(namespace, instance)
+
+        return child_event
 
     for kind in CHILDREN:
         kopf.on.event(
@@ -50,4 +62,4 @@ def register(registry: kopf.OperatorRegistry, reconciler: Reconciler) -> None:
             labels={"app.kubernetes.io/managed-by": MANAGED_BY},
             registry=registry,
             id=f"child-{kind.plural}",
-        )(child_event)
+        )(handler(kind))

@@ -1,8 +1,11 @@
 """Grafana dashboards as code (Grafana Foundation SDK): gateway fleet/per-core and operator.
 
-`python hack/dashboards.py` writes charts/qsys-operator/dashboards/*.json (shipped by the
-chart as ConfigMaps for Grafana's dashboard sidecar); `--check` fails when the committed
-JSON differs from what this file builds (tests/unit/test_dashboards.py runs it).
+`python -m qsys_operator.dashboards` (`make dashboards`) writes
+charts/qsys-operator/dashboards/*.json (shipped by the chart as ConfigMaps for Grafana's
+dashboard sidecar); `--check` (`make dashboards-check`) fails when the committed JSON
+differs from what this module builds (tests/unit/test_dashboards.py runs it). A build-time
+tool beside crdgen: the operator itself never imports it, and the SDK is a development
+dependency.
 Panels and their meaning: docs/operations.md, "Dashboards".
 """
 
@@ -43,7 +46,7 @@ from grafana_foundation_sdk.models.dashboard import (
     VariableRefresh,
 )
 
-OUT = Path(__file__).resolve().parents[1] / "charts" / "qsys-operator" / "dashboards"
+OUT = Path(__file__).resolve().parents[2] / "charts" / "qsys-operator" / "dashboards"
 DS = DataSourceRef(type_val="prometheus", uid="${datasource}")
 GW = 'namespace=~"$namespace", service=~"$service"'
 OP = 'namespace=~"$namespace", job=~"$job"'
@@ -508,7 +511,7 @@ def render() -> dict[str, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(prog="qsys_operator.dashboards", description=__doc__)
     parser.add_argument("--check", action="store_true", help="fail when the JSON files drift")
     args = parser.parse_args(argv)
     files = render()
