@@ -16,6 +16,13 @@ between calls is reopened, as a panel does; a call without an answer on a fresh
 connection, or with an error, fails), the served CRDs are exactly crds/ of the working
 tree and belong to the release (kept on uninstall), the QSysCore is Ready on the new
 operator, and the gateway pods rolled at most once.
+
+This module runs before test_release_registry.py (the e2e tests run in file order on
+one worker): after that module's pulls of the same images from its registry, and this
+module's import of the previous release's images, the node's containerd (1.6, CRI)
+answered ErrImageNeverPull for the imported `core-sim:<version>` reference; a ctr
+re-import did not bring it back. Not understood yet; pods_report() shows the reason
+if it happens elsewhere.
 """
 
 from __future__ import annotations
