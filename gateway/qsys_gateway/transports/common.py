@@ -7,7 +7,8 @@ from __future__ import annotations
 import itertools
 import os
 import re
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 
 from qsys_protocol.qrc.errors import ErrorCode
 
@@ -50,3 +51,4 @@ class Services:
     runtime: Runtime
     admission: Admission
     clients: ClientRegistry
+    started: float = field(default_factory=time.monotonic)

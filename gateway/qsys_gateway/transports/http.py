@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
@@ -215,10 +216,21 @@ async def livez(request: web.Request) -> web.Response:
     return json_response(ProbeResponse(status="ok").model_dump())
 
 
+READY_WAIT_S = 10.0
+"""How long a starting pod stays unready while its first Core connection is made."""
+
+
 async def readyz(request: web.Request) -> web.Response:
-    rt = request.app[SERVICES].runtime
+    """Ready when the pod can serve. A starting pod waits for its Core connection, at
+    most READY_WAIT_S, so a rollout does not route calls to a pod that could only
+    answer "no connection to the Core"; after that readiness does not follow the
+    Core's health (a Core outage must not empty the Service of every gateway)."""
+    svc = request.app[SERVICES]
+    rt = svc.runtime
     if rt.shutting_down:
         return json_response(ProbeResponse(status="shutting down").model_dump(), 503)
+    if not rt.upstream.up and time.monotonic() - svc.started < READY_WAIT_S:
+        return json_response(ProbeResponse(status="connecting to the Core").model_dump(), 503)
     return json_response(ProbeResponse(status="ready").model_dump())
 
 

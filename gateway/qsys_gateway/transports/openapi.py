@@ -76,7 +76,7 @@ class StatusResponse(_Out):
 
 
 class ProbeResponse(_Out):
-    status: Literal["ok", "ready", "shutting down"]
+    status: Literal["ok", "ready", "connecting to the Core", "shutting down"]
 
 
 class HealthComponents(_Out):
