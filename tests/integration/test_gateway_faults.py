@@ -11,7 +11,9 @@ import aiohttp
 from gateway_harness import ADMIN_TOKEN, PANEL_TOKEN, GatewayFactory
 
 from qsys_core_sim.server import CoreSimulator
+from qsys_gateway.transports.http import READY_WAIT_S
 from qsys_testkit import GatewayProcess, SimulatorProcess
+from qsys_testkit.net import free_port
 
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
@@ -224,3 +226,20 @@ async def test_core_process_sigkilled_then_started_again(
             return (await post(http, gw, call("StatusGet")))[0] == 200
 
         await until(ok, 30, 0.5, what="calls succeed after the Core process is back")
+
+
+async def test_a_starting_gateway_is_ready_once_its_core_answers_or_after_the_wait(
+    make_gateway: GatewayFactory, http: aiohttp.ClientSession
+) -> None:
+    """A rollout must not route calls to a pod still connecting to its Core; a Core that
+    never answers must not keep the pod unready either."""
+    gw = await asyncio.to_thread(make_gateway, free_port(), start=False)
+    gw.ready = None
+    await asyncio.to_thread(gw.start)
+    started = time.monotonic()
+    await asyncio.to_thread(gw.wait_ready, 20.0, "livez")
+    async with http.get(f"{gw.url}/readyz") as r:
+        assert r.status == 503
+        assert (await r.json())["status"] == "connecting to the Core"
+    await asyncio.to_thread(gw.wait_ready, READY_WAIT_S + 10)
+    assert time.monotonic() - started >= READY_WAIT_S - 1

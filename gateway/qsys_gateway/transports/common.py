@@ -52,3 +52,5 @@ class Services:
     admission: Admission
     clients: ClientRegistry
     started: float = field(default_factory=time.monotonic)
+    core_seen: bool = False
+    """The Core was up at some readiness check: readiness no longer waits for it."""

@@ -229,8 +229,11 @@ async def readyz(request: web.Request) -> web.Response:
     rt = svc.runtime
     if rt.shutting_down:
         return json_response(ProbeResponse(status="shutting down").model_dump(), 503)
-    if not rt.upstream.up and time.monotonic() - svc.started < READY_WAIT_S:
-        return json_response(ProbeResponse(status="connecting to the Core").model_dump(), 503)
+    if not svc.core_seen:
+        if rt.upstream.up:
+            svc.core_seen = True
+        elif time.monotonic() - svc.started < READY_WAIT_S:
+            return json_response(ProbeResponse(status="connecting to the Core").model_dump(), 503)
     return json_response(ProbeResponse(status="ready").model_dump())
 
 
