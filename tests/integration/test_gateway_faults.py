@@ -237,7 +237,15 @@ async def test_a_starting_gateway_is_ready_once_its_core_answers_or_after_the_wa
     gw.ready = None
     await asyncio.to_thread(gw.start)
     started = time.monotonic()
-    await asyncio.to_thread(gw.wait_ready, 20.0, "livez")
+
+    async def live() -> bool:
+        try:
+            async with http.get(f"{gw.url}/livez") as r:
+                return r.status == 200
+        except aiohttp.ClientConnectionError:
+            return False
+
+    await until(live, 20, what="the gateway's listeners")
     async with http.get(f"{gw.url}/readyz") as r:
         assert r.status == 503
         assert (await r.json())["status"] == "connecting to the Core"
