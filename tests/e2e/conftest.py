@@ -125,8 +125,8 @@ def cluster() -> Iterator[Cluster]:
 @pytest.fixture(scope="session")
 def real_node(cluster: Cluster) -> client.V1Node:
     """The local cluster's real node, Ready, started on first use (`node.sh ensure-up`
-    reuses a running one); stopped with the cluster. On another cluster: its node
-    `qsys-node` must exist."""
+    reuses a running one); stopped with the cluster. On another cluster (kind): a Ready node
+    labelled as running real pods (node_support.NODE_SELECTOR) must exist."""
     if cluster.local:
         try:
             result = _run_script(NODE, "ensure-up")
