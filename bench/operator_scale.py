@@ -19,13 +19,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import re
-import subprocess
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, cast
@@ -34,6 +31,7 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from qsys_testkit import LOOPBACK, OperatorProcess
+from qsys_testkit.cluster import any_cluster
 from qsys_testkit.kube import apply_crds
 
 from .common import BenchContext, Result
@@ -45,47 +43,12 @@ POLICIES_PER_CORE = 2
 APPLY_THREADS = 16
 TIMEOUT_S = 180.0
 POLL_S = 0.5
-UP_TIMEOUT_S = 240
 
 TARGET_READY_S = 60.0
 TARGET_RSS_MIB = 150.0
 
 
 # ---- cluster and operator ---------------------------------------------------------------
-
-
-def _script(name: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["bash", str(REPO / "hack" / "cluster" / name)],
-        capture_output=True,
-        text=True,
-        timeout=UP_TIMEOUT_S,
-        check=False,
-        cwd=REPO,
-    )
-
-
-@contextlib.contextmanager
-def cluster_kubeconfig() -> Iterator[str]:
-    given = os.environ.get("KUBECONFIG", "")
-    if given:
-        yield given
-        return
-    state = Path(os.environ.get("QSYS_CLUSTER_DIR") or REPO / ".cache" / "cluster")
-    started = False
-    try:
-        try:
-            result = _script("up.sh")
-        except subprocess.TimeoutExpired:
-            started = True
-            raise
-        if result.returncode != 0:
-            raise RuntimeError(f"hack/cluster/up.sh failed:\n{result.stderr[-3000:]}")
-        started = result.stdout.strip() == "started"
-        yield str(state / "kubeconfig")
-    finally:
-        if started:
-            _script("down.sh")
 
 
 def api_client(kubeconfig: str) -> client.ApiClient:
@@ -161,7 +124,7 @@ def _count(items: list[Any], prefix: str) -> int:
 def _measure(ctx: BenchContext) -> list[Result]:
     n_policies = CORES * POLICIES_PER_CORE
     scenario = f"{CORES} QSysCores + {n_policies} AccessPolicies at once (time to Ready)"
-    with cluster_kubeconfig() as kubeconfig:
+    with any_cluster() as kubeconfig:
         api = api_client(kubeconfig)
         v1, apps = client.CoreV1Api(api), client.AppsV1Api(api)
         net, custom = client.NetworkingV1Api(api), client.CustomObjectsApi(api)

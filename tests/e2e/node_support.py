@@ -26,11 +26,11 @@ from typing import Any
 
 import pytest
 import yaml
-from kube_support import REPO, Cluster, must, tool_dir, wait_for
 from kubernetes import client, utils
 from kubernetes.client.exceptions import ApiException
 
-from qsys_testkit.checkout import image_names
+from qsys_testkit.checkout import REPO, image_names, tool_dir
+from qsys_testkit.cluster import Cluster, must, wait_for
 from qsys_testkit.kube import (
     REAL_NODE_ANNOTATIONS,
     REAL_NODE_LABEL,

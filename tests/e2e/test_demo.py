@@ -12,8 +12,10 @@ import subprocess
 import sys
 
 import pytest
-from kube_support import REPO, Cluster
 from node_support import real_node_names
+
+from qsys_testkit.checkout import REPO
+from qsys_testkit.cluster import Cluster
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("real_node")]
 

@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 
 import pytest
-from kube_support import REPO, Cluster, wait_for
 from kubernetes import client
 from node_support import (
     create,
@@ -30,6 +29,9 @@ from node_support import (
     restricted_container,
     wait_pods_ready,
 )
+
+from qsys_testkit.checkout import REPO
+from qsys_testkit.cluster import Cluster, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("real_node")]
 

@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any, cast
 
 import pytest
-from kube_support import Cluster, must, wait_for
 from kubernetes import client, utils
 from kubernetes.client.exceptions import ApiException
 from node_support import (
@@ -49,6 +48,7 @@ from node_support import (
 from operator_support import create, wait_condition
 from prometheus_support import MONITORING, po_crds_installed, prometheus_operator
 
+from qsys_testkit.cluster import Cluster, must, wait_for
 from qsys_testkit.monitoring import alert_names, chart_prometheus_rule, prometheus_api, used_metrics
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("real_node")]

@@ -30,7 +30,6 @@ from typing import Any
 import aiohttp
 import pytest
 import yaml
-from kube_support import REPO, Cluster, must, wait_for
 from kubernetes import client
 from node_support import (
     NODE_SELECTOR,
@@ -51,6 +50,8 @@ from operator_support import condition, get, patch, wait_condition
 from plugin_support import Plugin, fails
 
 from qsys_protocol.qrc.client import QrcClient
+from qsys_testkit.checkout import REPO
+from qsys_testkit.cluster import Cluster, must, wait_for
 from qsys_testkit.kube import secret_text
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("real_node")]

@@ -12,7 +12,6 @@ import urllib.request
 from collections.abc import Iterator
 
 import pytest
-from kube_support import Cluster, must, wait_for
 from kubernetes import client
 from node_support import (
     NODE_LABEL,
@@ -28,6 +27,8 @@ from node_support import (
     run_pod,
     wait_pods_ready,
 )
+
+from qsys_testkit.cluster import Cluster, must, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("real_node")]
 

@@ -36,7 +36,6 @@ from typing import Any
 
 import pytest
 import yaml
-from kube_support import REPO, Cluster, must, wait_for
 from kubernetes import client
 from node_support import (
     CONTAINERD_SOCK,
@@ -51,7 +50,8 @@ from node_support import (
 )
 from operator_support import wait_condition
 
-from qsys_testkit.checkout import run_checked
+from qsys_testkit.checkout import REPO, run_checked
+from qsys_testkit.cluster import Cluster, must, wait_for
 from qsys_testkit.kube import apply_crds, secret_text
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("real_node")]
