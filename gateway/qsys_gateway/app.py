@@ -158,9 +158,9 @@ class Gateway:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self.mcp.stop()
-        await self.admission.close()
         if self._runner is not None:
             await self._runner.cleanup()
+        await self.admission.close()
         if self._metrics_runner is not None:
             await self._metrics_runner.cleanup()
         await self.upstream.stop()

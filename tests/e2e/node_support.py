@@ -202,7 +202,31 @@ def wait_pods_ready(
         good = [p for p in pods if is_ready(p)]
         return good if len(good) == count else None
 
-    return wait_for(f"{count} Ready pods {selector} in {ns}", ready, timeout=timeout)
+    try:
+        return wait_for(f"{count} Ready pods {selector} in {ns}", ready, timeout=timeout)
+    except TimeoutError as exc:
+        raise TimeoutError(f"{exc}\n{pods_report(cluster, ns, selector)}") from None
+
+
+def pods_report(cluster: Cluster, ns: str, selector: str) -> str:
+    """Why pods are not Ready: phase, conditions and container states of each, and the
+    namespace's recent Warning events (a timeout message that says only "None" hides
+    an image missing from the node or an unschedulable pod)."""
+    core = client.CoreV1Api(cluster.api)
+    lines = []
+    for pod in core.list_namespaced_pod(ns, label_selector=selector).items:
+        status = must(pod.status)
+        conds = [f"{c.type}={c.status}:{c.reason or ''}" for c in status.conditions or []]
+        lines.append(f"pod {must(pod.metadata).name} {status.phase} {' '.join(conds)}")
+        for cs in status.container_statuses or []:
+            waiting = cs.state.waiting if cs.state else None
+            if waiting is not None:
+                lines.append(f"  {cs.name} waiting {waiting.reason}: {waiting.message}")
+    for event in core.list_namespaced_event(ns).items[-20:]:
+        if event.type == "Warning":
+            obj = event.involved_object
+            lines.append(f"event {obj.kind}/{obj.name} {event.reason}: {event.message}")
+    return "\n".join(lines) or f"no pod matches {selector}"
 
 
 def elapsed_since(start: float) -> float:

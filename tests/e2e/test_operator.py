@@ -84,8 +84,8 @@ def test_children_drift_update_and_cascade(
     dep = wait_for("Deployment", lambda: _get(apps.read_namespaced_deployment, "hall-gateway", ns))
     children = [
         dep,
-        v1.read_namespaced_service("hall-gateway", ns),
-        v1.read_namespaced_secret("hall-gateway-config", ns),
+        wait_for("Service", lambda: _get(v1.read_namespaced_service, "hall-gateway", ns)),
+        wait_for("Secret", lambda: _get(v1.read_namespaced_secret, "hall-gateway-config", ns)),
         wait_for("NP", lambda: _get(net.read_namespaced_network_policy, "hall-gateway", ns)),
         wait_for(
             "PDB", lambda: _get(pol.read_namespaced_pod_disruption_budget, "hall-gateway", ns)

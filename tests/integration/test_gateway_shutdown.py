@@ -75,3 +75,35 @@ async def test_sigterm_with_calls_in_flight(make_sim: Any, make_gateway: Gateway
     messages = [line["message"] for line in gw.log_lines()]
     assert "stopped" in messages
     assert "Traceback" not in gw.stderr()
+
+
+async def test_a_kept_alive_connection_is_answered_while_draining(
+    make_sim: Any, make_gateway: GatewayFactory
+) -> None:
+    """A Service may route a call to a terminating pod for a while: a request on a
+    connection accepted before SIGTERM is answered, and the connection then closed."""
+    sim: CoreSimulator = await make_sim(idle_timeout=None)
+    gw = await asyncio.to_thread(make_gateway, sim.port)
+    headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    body = {"jsonrpc": "2.0", "id": 1, "method": "StatusGet", "params": {}}
+    timeout = aiohttp.ClientTimeout(total=30)
+    async with (
+        aiohttp.ClientSession(timeout=timeout) as slow,
+        aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(limit=1)) as kept,
+    ):
+        async with kept.post(f"{gw.url}/v1/rpc", json=body, headers=headers) as r:
+            assert r.status == 200
+            assert r.headers.get("Connection", "").lower() != "close"
+            await r.read()
+        sim.faults.latency = 2.0
+        draining = asyncio.create_task(slow.post(f"{gw.url}/v1/rpc", json=body, headers=headers))
+        await asyncio.sleep(0.3)
+        gw.terminate()
+        await asyncio.sleep(0.3)
+        async with kept.post(f"{gw.url}/v1/rpc", json=body, headers=headers) as r:
+            assert r.status == 200, await r.text()
+            assert (await r.json())["result"]["State"] == "Active"
+            assert r.headers.get("Connection", "").lower() == "close"
+        async with await draining as r:
+            assert r.status == 200
+        assert await asyncio.to_thread(gw.wait, 30) == 0

@@ -112,12 +112,14 @@ def config_of(result: RenderResult) -> dict[str, Any]:
 def test_children_names_labels_and_owner() -> None:
     result = render()
     names = [(o["kind"], o["metadata"]["name"]) for o in result.objects]
+    # Apply order: the Deployment after what its pods mount and sit behind, so a gateway
+    # pod never runs before its NetworkPolicy exists.
     assert names == [
         ("Secret", "hall-gateway-config"),
-        ("Deployment", "hall-gateway"),
         ("Service", "hall-gateway"),
         ("NetworkPolicy", "hall-gateway"),
         ("PodDisruptionBudget", "hall-gateway"),
+        ("Deployment", "hall-gateway"),
     ]
     assert result.service_monitor is not None
     for obj in [*result.objects, result.service_monitor]:

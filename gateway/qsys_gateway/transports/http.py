@@ -116,12 +116,21 @@ async def _read_body(request: web.Request, limit: int) -> bytes:
 
 
 async def rpc(request: web.Request) -> web.Response:
+    """One JSON-RPC call or batch. While the gateway drains, a request on a connection it
+    accepted earlier is still answered (the Core link stays up until the drain ends;
+    a Service can route to a terminating pod for a while under load), and the
+    connection is closed after it so the client's next call reaches another pod."""
+    resp = await _rpc(request)
+    if request.app[SERVICES].runtime.shutting_down:
+        resp.force_close()
+    return resp
+
+
+async def _rpc(request: web.Request) -> web.Response:
     svc = request.app[SERVICES]
     rt = svc.runtime
     rid: str = request["request_id"]
     source = source_ip(request)
-    if rt.shutting_down:
-        return error_response(QrcError(ErrorCode.CORE_UNAVAILABLE, "Gateway is shutting down"))
     admission = svc.admission
     caller = Caller("http", source)
     try:

@@ -67,6 +67,19 @@ class RenderResult:
     """Endpoints the core names that its NetworkPolicy cannot let the gateways reach."""
 
 
+def _add_optional(
+    objects: list[Manifest],
+    absent: list[ChildRef],
+    optional: list[tuple[Manifest | None, Kind]],
+    name: str,
+) -> None:
+    for manifest, kind in optional:
+        if manifest is None:
+            absent.append(ChildRef(kind, name))
+        else:
+            objects.append(manifest)
+
+
 def render_core_children(
     core: QSysCore,
     bindings: list[PolicyBinding],
@@ -74,7 +87,11 @@ def render_core_children(
     api_server: Sequence[tuple[str, int]] = (),
 ) -> RenderResult:
     """api_server: (address, port) of the API server's endpoints, read by the caller;
-    used only when some subject is a ServiceAccount."""
+    used only when some subject is a ServiceAccount.
+
+    `objects` is in apply order: what the pods mount or sit behind (config Secret,
+    Service, NetworkPolicy, PodDisruptionBudget) before the Deployment, so no gateway pod
+    ever runs without its NetworkPolicy; the HPA that scales the Deployment after it."""
     meta = core.metadata
     name = gateway_name(meta.name)
     merged = merge_subjects([b for b in bindings if b.policy.spec.coreRef.name == meta.name])
@@ -90,12 +107,8 @@ def render_core_children(
             ChildRef(SERVICE_ACCOUNT, name),
             ChildRef(CLUSTER_ROLE_BINDING, token_review_binding_name(meta.namespace, meta.name)),
         ]
-    objects += [
-        render_config_secret(core, config),
-        render_deployment(core, settings, rhash, identity),
-        render_service(core),
-    ]
-    optional = [
+    objects += [render_config_secret(core, config), render_service(core)]
+    guards = [
         (
             render_network_policy(
                 core,
@@ -106,13 +119,10 @@ def render_core_children(
             NETWORK_POLICY,
         ),
         (render_pdb(core), PDB),
-        (render_hpa(core), HPA),
     ]
-    for manifest, kind in optional:
-        if manifest is None:
-            absent.append(ChildRef(kind, name))
-        else:
-            objects.append(manifest)
+    _add_optional(objects, absent, guards, name)
+    objects.append(render_deployment(core, settings, rhash, identity))
+    _add_optional(objects, absent, [(render_hpa(core), HPA)], name)
     service_monitor = render_service_monitor(core, settings)
     if service_monitor is None:
         absent.append(ChildRef(SERVICE_MONITOR, name))
