@@ -21,6 +21,8 @@ from typing import Any, cast
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from qsys_testkit.cluster import any_cluster
+
 from .common import BenchContext, Result
 from .operator_scale import (
     APPLY_THREADS,
@@ -28,7 +30,6 @@ from .operator_scale import (
     VERSION,
     BenchOperator,
     api_client,
-    cluster_kubeconfig,
     core_body,
 )
 
@@ -62,7 +63,7 @@ def _named(i: int, name: str) -> dict[str, Any]:
 
 
 def _measure(ctx: BenchContext) -> list[Result]:
-    with cluster_kubeconfig() as kubeconfig:
+    with any_cluster() as kubeconfig:
         api = api_client(kubeconfig)
         v1, custom = client.CoreV1Api(api), client.CustomObjectsApi(api)
         suffix = uuid.uuid4().hex[:6]

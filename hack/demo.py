@@ -39,6 +39,7 @@ from kubernetes.client.exceptions import ApiException
 
 from qsys_testkit import http_ok, rpc, wait_for
 from qsys_testkit.checkout import image_names, tool_dir
+from qsys_testkit.cluster import ClusterError, LocalCluster
 from qsys_testkit.kube import (
     REAL_NODE_ANNOTATIONS,
     RESTRICTED_SECURITY_CONTEXT,
@@ -62,22 +63,6 @@ def info(text: str) -> None:
 # ---- the control plane -----------------------------------------------------------------
 
 
-def local_kubeconfig() -> Path:
-    state = os.environ.get("QSYS_CLUSTER_DIR") or str(REPO / ".cache" / "cluster")
-    return Path(state) / "kubeconfig"
-
-
-def cluster_script(name: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["bash", str(REPO / "hack" / "cluster" / name)],
-        capture_output=True,
-        text=True,
-        timeout=CLUSTER_UP_TIMEOUT_S,
-        check=False,
-        cwd=REPO,
-    )
-
-
 @contextlib.contextmanager
 def control_plane(keep: bool) -> Iterator[str]:
     """Yields a kubeconfig path: $KUBECONFIG when set (left alone), else the local cluster,
@@ -88,27 +73,27 @@ def control_plane(keep: bool) -> Iterator[str]:
         yield given
         return
     step("Starting the local Kubernetes control plane (hack/cluster/up.sh)")
+    local = LocalCluster(timeout=CLUSTER_UP_TIMEOUT_S)
     started = False
     try:
         try:
-            result = cluster_script("up.sh")
-        except subprocess.TimeoutExpired as exc:
-            started = True  # partly started: stop whatever is there
-            raise RuntimeError(f"hack/cluster/up.sh took over {CLUSTER_UP_TIMEOUT_S}s") from exc
-        if result.returncode != 0:
+            started = local.up()
+        except ClusterError as exc:
             raise RuntimeError(
-                "the local control plane did not start (binaries are built by "
-                f"`make cluster-tools`):\n{result.stderr[-3000:]}"
-            )
-        started = result.stdout.strip() == "started"
+                f"the local control plane did not start (binaries are built by "
+                f"`make cluster-tools`): {exc}"
+            ) from exc
         info("started" if started else "already running; reusing it (left running at the end)")
-        info(f"KUBECONFIG={local_kubeconfig()}")
-        yield str(local_kubeconfig())
+        info(f"KUBECONFIG={local.kubeconfig}")
+        yield str(local.kubeconfig)
     finally:
         if started and not keep:
             step("Stopping the local control plane (hack/cluster/down.sh)")
-            done = cluster_script("down.sh")
-            info("stopped" if done.returncode == 0 else done.stderr[-2000:])
+            try:
+                local.down()
+                info("stopped")
+            except ClusterError as exc:
+                info(str(exc)[-2000:])
 
 
 # ---- Kubernetes helpers ----------------------------------------------------------------
@@ -167,15 +152,10 @@ def demo(kubeconfig: str, keep: bool) -> None:
     refs = image_names()
     if not os.environ.get("KUBECONFIG"):
         step("Importing the images of `make images` into the node (hack/cluster/node.sh)")
-        result = subprocess.run(
-            ["bash", str(REPO / "hack" / "cluster" / "node.sh"), "import-images"],
-            capture_output=True,
-            text=True,
-            timeout=300,
-            check=False,
-        )
-        if result.returncode != 0:
-            raise RuntimeError(f"importing the images failed:\n{result.stderr[-3000:]}")
+        try:
+            LocalCluster(timeout=300).import_images()
+        except ClusterError as exc:
+            raise RuntimeError(f"importing the images failed: {exc}") from exc
         for ref in refs.values():
             info(ref)
 

@@ -93,7 +93,7 @@ KEEP = 3
 
 @dataclass(frozen=True)
 class Component:
-    """One image of the project: an entry point of pyproject.toml and what the Dockerfile sets."""
+    """One image of the project: an entry point of pyproject.toml, its arguments and ports."""
 
     name: str  # image repository's last element, as the chart names it
     script: str
@@ -101,7 +101,7 @@ class Component:
     ports: tuple[int, ...]
 
 
-# The same as operator/Dockerfile and gateway/Dockerfile (tests/integration/test_images.py).
+# What runs them expects the same (tests/unit/test_image_components.py).
 COMPONENTS = (
     Component("operator", "qsys-operator", (), (8000, 8081)),
     Component(

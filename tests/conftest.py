@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,9 +28,6 @@ pytest_plugins = ["qsys_testkit.pytest_plugin"]
 
 REPO = Path(__file__).resolve().parents[1]
 E2E = REPO / "tests" / "e2e"
-# The pid of the process whose e2e `cluster` fixture started the local cluster, while
-# it runs (tests/e2e/conftest.py); left behind only when that process died.
-CLUSTER_OWNER = REPO / ".cache" / "cluster" / "started-by-pytest"
 # The e2e tests run on one xdist worker (`--dist loadgroup`): one cluster per session.
 E2E_GROUP = "e2e"
 # Tests marked `timing` run one at a time, last, and after the background tool builds.
@@ -113,14 +109,19 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     a local cluster whose starting process died (an xdist worker crash) is stopped."""
     if hasattr(session.config, "workerinput"):
         return
+    # Imported here: the Kubernetes client it imports would slow the start of every session.
+    from qsys_testkit.cluster import LocalCluster
+
+    # Its owner_file (tests/e2e/conftest.py) is left behind only when the process that
+    # started the cluster died.
+    local = LocalCluster(timeout=300)
     try:
-        owner = int(CLUSTER_OWNER.read_text())
+        owner = int(local.owner_file.read_text())
     except (OSError, ValueError):
         return
     if owner != os.getpid() and Path(f"/proc/{owner}").exists():
         return  # another session's, still running
-    subprocess.run(["bash", str(REPO / "hack" / "cluster" / "down.sh")], check=False, timeout=300)
-    CLUSTER_OWNER.unlink(missing_ok=True)
+    local.down(check=False)
 
 
 class RawClient:

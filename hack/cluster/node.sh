@@ -28,6 +28,7 @@ PAUSE_IMAGE=${QSYS_PAUSE_IMAGE:-registry.k8s.io/pause:3.10.2}
 # Sysctls that change by themselves; never restored nor compared.
 VOLATILE_SYSCTLS='^(fs\.(dentry-state|file-nr|inode-nr|inode-state|quota\.)|kernel\.(ns_last_pid|random\.|pty\.nr|tainted|sched_domain)|net\.netfilter\.nf_conntrack_count|net\.ipv[46]\.(conf|neigh)\.[^.]*(veth|qsys0|cni)|net\.ipv6\.conf\.[^.]+\.stable_secret|net\.ipv4\.route\.|net\.ipv6\.route\.|vm\.(stat_refresh|drop_caches|compact_memory)|fs\.binfmt_misc\.|dev\.cdrom|kernel\.(perf_event_max|usermodehelper)|net\.core\.bpf_jit)'
 RULE_CHAINS='^(KUBE-|CNI-)'
+ADDONS=$REPO/hack/cluster/addons
 ctr() { command ctr --address "$CONTAINERD_SOCK" -n k8s.io "$@"; }
 kubectl() { "$KUBE_BIN/kubectl" --kubeconfig="$STATE/admin.kubeconfig" "$@"; }
 
@@ -260,239 +261,29 @@ import_binary_images() {
 	fi
 }
 
-coredns_manifests() {
-	cat <<-EOF
-		apiVersion: v1
-		kind: ServiceAccount
-		metadata: {name: coredns, namespace: kube-system}
-		---
-		apiVersion: rbac.authorization.k8s.io/v1
-		kind: ClusterRole
-		metadata: {name: "system:coredns"}
-		rules:
-		- apiGroups: [""]
-		  resources: [endpoints, services, pods, namespaces]
-		  verbs: [list, watch]
-		- apiGroups: [discovery.k8s.io]
-		  resources: [endpointslices]
-		  verbs: [list, watch]
-		---
-		apiVersion: rbac.authorization.k8s.io/v1
-		kind: ClusterRoleBinding
-		metadata: {name: "system:coredns"}
-		roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: "system:coredns"}
-		subjects: [{kind: ServiceAccount, name: coredns, namespace: kube-system}]
-		---
-		apiVersion: v1
-		kind: ConfigMap
-		metadata: {name: coredns, namespace: kube-system}
-		data:
-		  # Cluster names only: no forward plugin, nothing outside the cluster is resolved.
-		  Corefile: |
-		    .:53 {
-		        errors
-		        health :8080
-		        ready :8181
-		        kubernetes cluster.local in-addr.arpa {
-		            pods insecure
-		            ttl 5
-		        }
-		        cache 5
-		        loadbalance
-		    }
-		---
-		apiVersion: apps/v1
-		kind: Deployment
-		metadata:
-		  name: coredns
-		  namespace: kube-system
-		  labels: {k8s-app: kube-dns}
-		spec:
-		  replicas: 1
-		  selector: {matchLabels: {k8s-app: kube-dns}}
-		  template:
-		    metadata: {labels: {k8s-app: kube-dns}}
-		    spec:
-		      serviceAccountName: coredns
-		      priorityClassName: system-cluster-critical
-		      nodeSelector: {qsys.io/node: real}
-		      tolerations: [{key: qsys.io/node, operator: Equal, value: real, effect: NoSchedule}]
-		      dnsPolicy: Default
-		      securityContext:
-		        runAsNonRoot: true
-		        runAsUser: 65532
-		        seccompProfile: {type: RuntimeDefault}
-		        sysctls: [{name: net.ipv4.ip_unprivileged_port_start, value: "53"}]
-		      containers:
-		      - name: coredns
-		        image: $COREDNS_IMAGE
-		        imagePullPolicy: Never
-		        args: [-conf, /etc/coredns/Corefile]
-		        ports:
-		        - {name: dns, containerPort: 53, protocol: UDP}
-		        - {name: dns-tcp, containerPort: 53, protocol: TCP}
-		        readinessProbe: {httpGet: {path: /ready, port: 8181}, periodSeconds: 1}
-		        livenessProbe: {httpGet: {path: /health, port: 8080}, periodSeconds: 10}
-		        resources: {limits: {memory: 100Mi}, requests: {cpu: 10m, memory: 30Mi}}
-		        securityContext:
-		          allowPrivilegeEscalation: false
-		          readOnlyRootFilesystem: true
-		          capabilities: {drop: [ALL]}
-		        volumeMounts: [{name: config, mountPath: /etc/coredns, readOnly: true}]
-		      volumes: [{name: config, configMap: {name: coredns}}]
-		---
-		apiVersion: v1
-		kind: Service
-		metadata:
-		  name: kube-dns
-		  namespace: kube-system
-		  labels: {k8s-app: kube-dns}
-		spec:
-		  clusterIP: $DNS_SERVICE_IP
-		  selector: {k8s-app: kube-dns}
-		  ports:
-		  - {name: dns, port: 53, protocol: UDP}
-		  - {name: dns-tcp, port: 53, protocol: TCP}
-	EOF
+# addon FILE: hack/cluster/addons/FILE with each ${NAME} replaced by the value of the
+# shell variable NAME (the images, the DNS Service address, the certificates).
+addon() {
+	local text name
+	text=$(<"$ADDONS/$1")
+	while [[ $text =~ \$\{([A-Z_]+)\} ]]; do
+		name=${BASH_REMATCH[1]}
+		[[ -n ${!name:-} ]] || die "addons/$1: \${$name} is empty"
+		text=${text//"\${$name}"/"${!name}"}
+	done
+	printf '%s\n' "$text"
 }
 
-# metrics-server (the resource metrics API the HorizontalPodAutoscaler and
-# `kubectl top` read) as an aggregated API. Every TLS hop is verified: it
-# checks the kubelet's serving certificate against the cluster CA, and the
-# apiserver checks its serving certificate against the APIService's caBundle
-# (both certificates from hack/cluster/pki.sh). Only the real node is scraped:
-# kwok's fake nodes have no kubelet API.
-metrics_server_manifests() {
-	cat <<-EOF
-		apiVersion: v1
-		kind: ServiceAccount
-		metadata: {name: metrics-server, namespace: kube-system, labels: {k8s-app: metrics-server}}
-		---
-		apiVersion: rbac.authorization.k8s.io/v1
-		kind: ClusterRole
-		metadata:
-		  name: "system:aggregated-metrics-reader"
-		  labels:
-		    k8s-app: metrics-server
-		    rbac.authorization.k8s.io/aggregate-to-view: "true"
-		    rbac.authorization.k8s.io/aggregate-to-edit: "true"
-		    rbac.authorization.k8s.io/aggregate-to-admin: "true"
-		rules:
-		- apiGroups: [metrics.k8s.io]
-		  resources: [pods, nodes]
-		  verbs: [get, list, watch]
-		---
-		apiVersion: rbac.authorization.k8s.io/v1
-		kind: ClusterRole
-		metadata: {name: "system:metrics-server", labels: {k8s-app: metrics-server}}
-		rules:
-		- apiGroups: [""]
-		  resources: [nodes/metrics]
-		  verbs: [get]
-		- apiGroups: [""]
-		  resources: [pods, nodes]
-		  verbs: [get, list, watch]
-		---
-		apiVersion: rbac.authorization.k8s.io/v1
-		kind: ClusterRoleBinding
-		metadata: {name: "system:metrics-server", labels: {k8s-app: metrics-server}}
-		roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: "system:metrics-server"}
-		subjects: [{kind: ServiceAccount, name: metrics-server, namespace: kube-system}]
-		---
-		apiVersion: rbac.authorization.k8s.io/v1
-		kind: ClusterRoleBinding
-		metadata: {name: "metrics-server:system:auth-delegator", labels: {k8s-app: metrics-server}}
-		roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: "system:auth-delegator"}
-		subjects: [{kind: ServiceAccount, name: metrics-server, namespace: kube-system}]
-		---
-		apiVersion: rbac.authorization.k8s.io/v1
-		kind: RoleBinding
-		metadata: {name: metrics-server-auth-reader, namespace: kube-system, labels: {k8s-app: metrics-server}}
-		roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: extension-apiserver-authentication-reader}
-		subjects: [{kind: ServiceAccount, name: metrics-server, namespace: kube-system}]
-		---
-		apiVersion: v1
-		kind: Secret
-		metadata: {name: metrics-server-tls, namespace: kube-system, labels: {k8s-app: metrics-server}}
-		type: Opaque
-		data:
-		  tls.crt: $(base64 -w0 "$PKI/metrics-server.crt")
-		  tls.key: $(base64 -w0 "$PKI/metrics-server.key")
-		  kubelet-ca.crt: $(base64 -w0 "$PKI/ca.crt")
-		---
-		apiVersion: apps/v1
-		kind: Deployment
-		metadata:
-		  name: metrics-server
-		  namespace: kube-system
-		  labels: {k8s-app: metrics-server}
-		spec:
-		  replicas: 1
-		  selector: {matchLabels: {k8s-app: metrics-server}}
-		  template:
-		    metadata: {labels: {k8s-app: metrics-server}}
-		    spec:
-		      serviceAccountName: metrics-server
-		      priorityClassName: system-cluster-critical
-		      nodeSelector: {qsys.io/node: real}
-		      tolerations: [{key: qsys.io/node, operator: Equal, value: real, effect: NoSchedule}]
-		      securityContext:
-		        runAsNonRoot: true
-		        runAsUser: 65532
-		        runAsGroup: 65532
-		        fsGroup: 65532
-		        seccompProfile: {type: RuntimeDefault}
-		      containers:
-		      - name: metrics-server
-		        image: $METRICS_SERVER_IMAGE
-		        imagePullPolicy: Never
-		        args:
-		        - --secure-port=4443
-		        - --tls-cert-file=/etc/metrics-server/tls.crt
-		        - --tls-private-key-file=/etc/metrics-server/tls.key
-		        - --kubelet-certificate-authority=/etc/metrics-server/kubelet-ca.crt
-		        - --kubelet-preferred-address-types=InternalIP
-		        - --kubelet-use-node-status-port
-		        - --node-selector=qsys.io/node=real
-		        - --metric-resolution=10s
-		        - --kubelet-request-timeout=5s
-		        - --profiling=false
-		        ports: [{name: https, containerPort: 4443, protocol: TCP}]
-		        readinessProbe:
-		          httpGet: {path: /readyz, port: https, scheme: HTTPS}
-		          periodSeconds: 2
-		        livenessProbe:
-		          httpGet: {path: /livez, port: https, scheme: HTTPS}
-		          periodSeconds: 10
-		        resources: {limits: {memory: 200Mi}, requests: {cpu: 20m, memory: 50Mi}}
-		        securityContext:
-		          allowPrivilegeEscalation: false
-		          readOnlyRootFilesystem: true
-		          capabilities: {drop: [ALL]}
-		        volumeMounts: [{name: tls, mountPath: /etc/metrics-server, readOnly: true}]
-		      volumes: [{name: tls, secret: {secretName: metrics-server-tls, defaultMode: 0440}}]
-		---
-		apiVersion: v1
-		kind: Service
-		metadata:
-		  name: metrics-server
-		  namespace: kube-system
-		  labels: {k8s-app: metrics-server}
-		spec:
-		  selector: {k8s-app: metrics-server}
-		  ports: [{name: https, port: 443, protocol: TCP, targetPort: https, appProtocol: https}]
-		---
-		apiVersion: apiregistration.k8s.io/v1
-		kind: APIService
-		metadata: {name: v1beta1.metrics.k8s.io, labels: {k8s-app: metrics-server}}
-		spec:
-		  service: {name: metrics-server, namespace: kube-system, port: 443}
-		  group: metrics.k8s.io
-		  version: v1beta1
-		  caBundle: $(base64 -w0 "$PKI/ca.crt")
-		  groupPriorityMinimum: 100
-		  versionPriority: 100
-	EOF
+# CoreDNS, and metrics-server (the resource metrics API), with the certificates of
+# hack/cluster/pki.sh.
+addon_manifests() {
+	local METRICS_SERVER_TLS_CRT METRICS_SERVER_TLS_KEY CLUSTER_CA_CRT
+	METRICS_SERVER_TLS_CRT=$(base64 -w0 "$PKI/metrics-server.crt")
+	METRICS_SERVER_TLS_KEY=$(base64 -w0 "$PKI/metrics-server.key")
+	CLUSTER_CA_CRT=$(base64 -w0 "$PKI/ca.crt")
+	addon coredns.yaml
+	echo ---
+	addon metrics-server.yaml
 }
 
 # The aggregated API answers once metrics-server has scraped the node.
@@ -578,11 +369,7 @@ cmd_up() {
 		--run-firewall=true --run-router=false --run-service-proxy=false \
 		--service-cluster-ip-range="$SERVICE_CIDR" --hostname-override="$NODE_NAME" \
 		--health-port=0
-	{
-		coredns_manifests
-		echo ---
-		metrics_server_manifests
-	} | kubectl apply -f - >/dev/null
+	addon_manifests | kubectl apply -f - >/dev/null
 	trap 'if (($? != 0)); then addon_diagnostics; fi' EXIT
 	wait_for "CoreDNS Ready" 120 kubelet coredns_ready
 	wait_for "the metrics API (metrics-server)" 120 kubelet metrics_api_available

@@ -15,21 +15,17 @@ ports, no real node, KUBECONFIG ignored); `make test` runs the tests marked
 from __future__ import annotations
 
 import os
-import subprocess
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-from kube_support import REPO, Cluster
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 from node_support import require_real_node
 
-UP = REPO / "hack" / "cluster" / "up.sh"
-DOWN = REPO / "hack" / "cluster" / "down.sh"
-NODE = REPO / "hack" / "cluster" / "node.sh"
-UP_TIMEOUT_S = 240
+from qsys_testkit.checkout import REPO
+from qsys_testkit.cluster import Cluster, ClusterError, LocalCluster
+
 FLOOR_MINOR = "1.31"
 FLOOR = os.environ.get("QSYS_KUBE_GROUP", "kube") == "kube-floor"
 # The floor control plane beside (never instead of) the main one: other state and ports.
@@ -46,50 +42,25 @@ FLOOR_ENV = {
     "QSYS_KUBE_PROXY_HEALTHZ_PORT": "16549",
     "QSYS_KUBE_PROXY_METRICS_PORT": "16550",
 }
-LOCAL_KUBECONFIG = (
-    Path(FLOOR_ENV["QSYS_CLUSTER_DIR"]) if FLOOR else REPO / ".cache" / "cluster"
-) / "kubeconfig"
-OWNER = LOCAL_KUBECONFIG.parent / "started-by-pytest"  # tests/conftest.py reads it
-
-
-def _run_script(script: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    # The real node starts later (`real_node`), unless QSYS_REAL_NODE says otherwise.
-    env = {**os.environ, "QSYS_REAL_NODE": os.environ.get("QSYS_REAL_NODE", "lazy")}
-    return subprocess.run(
-        ["bash", str(script), *args],
-        capture_output=True,
-        text=True,
-        timeout=UP_TIMEOUT_S,
-        check=False,
-        cwd=REPO,
-        env={**env, **FLOOR_ENV} if FLOOR else env,
-    )
-
-
-def _stop_local() -> None:
-    result = _run_script(DOWN)
-    if result.returncode != 0:
-        raise RuntimeError(f"hack/cluster/down.sh failed:\n{result.stderr}")
-    OWNER.unlink(missing_ok=True)
+# The real node starts later (`real_node`), unless QSYS_REAL_NODE says otherwise.
+LOCAL = LocalCluster(
+    FLOOR_ENV if FLOOR else {"QSYS_REAL_NODE": os.environ.get("QSYS_REAL_NODE", "lazy")}
+)
 
 
 def _start_local() -> bool:
     """Start the local control plane; True when this call started it."""
     try:
-        result = _run_script(UP)
-    except subprocess.TimeoutExpired:
-        _stop_local()
-        pytest.fail(f"no Kubernetes cluster: hack/cluster/up.sh took over {UP_TIMEOUT_S}s")
-    if result.returncode != 0:
+        started = LOCAL.up()
+    except ClusterError as exc:
         pytest.fail(
             "no Kubernetes cluster: KUBECONFIG is not set and the local control plane "
             "did not start (build it with `make cluster-tools`, or set KUBECONFIG).\n"
-            f"hack/cluster/up.sh said:\n{result.stderr[-4000:]}",
+            f"{exc}",
             pytrace=False,
         )
-    started = result.stdout.strip() == "started"
     if started:
-        OWNER.write_text(str(os.getpid()))
+        LOCAL.owner_file.write_text(str(os.getpid()))
     return started
 
 
@@ -98,12 +69,8 @@ def cluster() -> Iterator[Cluster]:
     kubeconfig = "" if FLOOR else os.environ.get("KUBECONFIG", "")
     started = False
     if not kubeconfig:
-        try:
-            started = _start_local()
-        except BaseException:  # a timeout or Ctrl-C in the middle of up.sh
-            _stop_local()
-            raise
-        kubeconfig = str(LOCAL_KUBECONFIG)
+        started = _start_local()
+        kubeconfig = str(LOCAL.kubeconfig)
     try:
         try:
             api = config.new_client_from_config(config_file=kubeconfig)  # type: ignore[no-untyped-call]
@@ -111,7 +78,7 @@ def cluster() -> Iterator[Cluster]:
         except Exception as exc:
             pytest.fail(f"no Kubernetes cluster: {kubeconfig} is unusable: {exc}", pytrace=False)
         local = (
-            os.path.samefile(kubeconfig, LOCAL_KUBECONFIG) if LOCAL_KUBECONFIG.exists() else False
+            os.path.samefile(kubeconfig, LOCAL.kubeconfig) if LOCAL.kubeconfig.exists() else False
         )
         if FLOOR and f"{version.major}.{version.minor}" != FLOOR_MINOR:
             pytest.fail(f"the floor run found Kubernetes {version.git_version}, not {FLOOR_MINOR}")
@@ -119,25 +86,19 @@ def cluster() -> Iterator[Cluster]:
         api.close()
     finally:
         if started:
-            _stop_local()
+            LOCAL.down()
 
 
 @pytest.fixture(scope="session")
 def real_node(cluster: Cluster) -> client.V1Node:
     """The local cluster's real node, Ready, started on first use (`node.sh ensure-up`
-    reuses a running one); stopped with the cluster. On another cluster: its node
-    `qsys-node` must exist."""
+    reuses a running one); stopped with the cluster. On another cluster (kind): a Ready node
+    labelled as running real pods (node_support.NODE_SELECTOR) must exist."""
     if cluster.local:
         try:
-            result = _run_script(NODE, "ensure-up")
-        except subprocess.TimeoutExpired:
-            pytest.fail(f"the real node did not start within {UP_TIMEOUT_S}s", pytrace=False)
-        if result.returncode != 0:
-            pytest.fail(
-                f"the real node did not start: hack/cluster/node.sh ensure-up said:\n"
-                f"{result.stderr[-4000:]}",
-                pytrace=False,
-            )
+            LOCAL.ensure_real_node()
+        except ClusterError as exc:
+            pytest.fail(f"the real node did not start: {exc}", pytrace=False)
     return require_real_node(cluster)
 
 

@@ -19,12 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
-from kube_support import REPO, Cluster, pinned_tool, tool_dir, wait_gone
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from qsys_testkit import LOOPBACK, RedisProcess, free_port, stop_process, wait_for_port
-from qsys_testkit.checkout import run_checked
+from qsys_testkit.checkout import REPO, pinned_tool, run_checked, tool_dir
+from qsys_testkit.cluster import Cluster, wait_gone
 
 ARGOCD_TOOLS = REPO / "hack" / "tools" / "argocd"
 ARGO_NS = "argocd"

@@ -1,11 +1,13 @@
 """Helpers for e2e tests on the real node (hack/cluster/node.sh): namespaces whose
 pods land there, the images `make images` built, run-to-completion client pods.
 
-Real pods run only on the local cluster's node `qsys-node` (tainted, so that nothing
-else lands there); kwok's fake nodes keep everything else. A namespace made by
-`real_namespace` carries the PodNodeSelector and PodTolerationRestriction
-annotations, so every pod in it, including the ones Deployments render, goes to
-the real node without a change to the objects themselves.
+Real pods run only on nodes labelled `qsys.io/node=real` (REAL_NODE_LABEL): the local
+cluster's real node (also tainted, so that nothing else lands there) or kind's worker
+(kind-config.yaml). Tests select such nodes by that label, never by name; kwok's fake
+nodes carry no label and keep everything else. A namespace made by `real_namespace`
+carries the PodNodeSelector and PodTolerationRestriction annotations, so every pod in
+it, including the ones Deployments render, goes to a real node without a change to the
+objects themselves.
 """
 
 from __future__ import annotations
@@ -24,11 +26,10 @@ from typing import Any
 
 import pytest
 import yaml
-from kube_support import REPO, Cluster, must, tool_dir, wait_for, wait_gone
 from kubernetes import client, utils
-from kubernetes.client.exceptions import ApiException
 
-from qsys_testkit.checkout import image_names
+from qsys_testkit.checkout import REPO, image_names, tool_dir
+from qsys_testkit.cluster import Cluster, must, wait_for, wait_gone
 from qsys_testkit.kube import (
     REAL_NODE_ANNOTATIONS,
     REAL_NODE_LABEL,
@@ -36,7 +37,6 @@ from qsys_testkit.kube import (
     apply_crds,
 )
 
-NODE_NAME = "qsys-node"
 CONTAINERD_SOCK = REPO / ".cache" / "cluster" / "node" / "containerd" / "containerd.sock"
 NODE_LABEL = REAL_NODE_LABEL
 POD_CIDR_PREFIX = "198.18."
@@ -49,21 +49,37 @@ CHART_TIMEOUT_S = 180
 images = image_names
 
 
+NODE_SELECTOR = "=".join(NODE_LABEL)
+"""The label selector of the nodes where pods really run."""
+
+
+def real_nodes(cluster: Cluster) -> list[client.V1Node]:
+    """The nodes labelled as running real pods (NODE_SELECTOR), Ready or not, by name."""
+    nodes = client.CoreV1Api(cluster.api).list_node(label_selector=NODE_SELECTOR).items
+    return sorted(nodes, key=lambda n: str(must(n.metadata).name))
+
+
+def real_node_names(cluster: Cluster) -> set[str]:
+    return {must(must(n.metadata).name) for n in real_nodes(cluster)}
+
+
 def require_real_node(cluster: Cluster) -> client.V1Node:
-    """The real node, Ready; a failure (never a skip) when the cluster has none."""
-    try:
-        node = client.CoreV1Api(cluster.api).read_node(NODE_NAME)
-    except ApiException as exc:
-        if exc.status != 404:
-            raise
+    """A node where pods really run (labelled NODE_SELECTOR), Ready; the first by name when
+    there are several. A failure (never a skip) when the cluster has none or none is Ready."""
+    nodes = real_nodes(cluster)
+    if not nodes:
         pytest.fail(
-            f"the cluster has no real node {NODE_NAME}: a test on it requests the `real_node` "
-            "fixture, which starts it (not with QSYS_REAL_NODE=0; it needs root)",
+            f"the cluster has no node labelled {NODE_SELECTOR}: a test on real pods requests "
+            "the `real_node` fixture, which starts the local one (not with QSYS_REAL_NODE=0; "
+            "it needs root); kind's worker gets the label from kind-config.yaml",
             pytrace=False,
         )
-    ready = [c.status for c in must(node.status).conditions or [] if c.type == "Ready"]
-    assert ready == ["True"], f"node {NODE_NAME} is not Ready: {ready}"
-    return node
+    for node in nodes:
+        ready = [c.status for c in must(node.status).conditions or [] if c.type == "Ready"]
+        if ready == ["True"]:
+            return node
+    names = [must(n.metadata).name for n in nodes]
+    pytest.fail(f"no node labelled {NODE_SELECTOR} is Ready: {names}", pytrace=False)
 
 
 @contextmanager

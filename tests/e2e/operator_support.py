@@ -14,10 +14,11 @@ from pathlib import Path
 from typing import Any, cast
 
 import yaml
-from kube_support import REPO, Cluster, wait_for
 from kubernetes import client
 
 from qsys_testkit import GatewayProcess, OperatorProcess
+from qsys_testkit.checkout import REPO
+from qsys_testkit.cluster import Cluster, wait_for
 
 GROUP, VERSION = "qsys.dev", "v1alpha1"
 PLURALS = {"QSysCore": "qsyscores", "AccessPolicy": "accesspolicies"}

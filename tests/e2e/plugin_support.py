@@ -9,9 +9,10 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from kube_support import Cluster, must, tool_dir
 from kubernetes import client
 
+from qsys_testkit.checkout import tool_dir
+from qsys_testkit.cluster import Cluster, must
 from qsys_testkit.kube import secret_text
 from qsys_testkit.process import executable
 

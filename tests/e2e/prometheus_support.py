@@ -10,9 +10,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import yaml
-from kube_support import REPO, Cluster, pinned_tool, tool_dir
 
 from qsys_testkit import free_port, stop_process
+from qsys_testkit.checkout import REPO, pinned_tool, tool_dir
+from qsys_testkit.cluster import Cluster
 
 PO_TOOLS = REPO / "hack" / "tools" / "prometheus-operator"
 MONITORING = "monitoring.coreos.com"

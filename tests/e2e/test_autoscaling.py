@@ -10,11 +10,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from kube_support import REPO, Cluster, must, wait_for
 from kubernetes import client
 from operator_support import Operator, core_body, create, patch, running_operator
 from test_operator import _get
 
+from qsys_testkit.checkout import REPO
+from qsys_testkit.cluster import Cluster, must, wait_for
 from qsys_testkit.kube import apply_crds
 
 pytestmark = pytest.mark.e2e

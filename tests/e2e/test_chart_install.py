@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any, cast
 
 import pytest
-from kube_support import REPO, Cluster, can_i, must, pinned_tool, token_kubeconfig, wait_for
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from operator_support import (
@@ -36,6 +35,8 @@ from operator_support import (
 
 from qsys_operator.k8s import endpoint_addresses
 from qsys_testkit import OperatorProcess
+from qsys_testkit.checkout import REPO, pinned_tool
+from qsys_testkit.cluster import Cluster, can_i, must, token_kubeconfig, wait_for
 from qsys_testkit.kube import apply_crds, secret_text
 
 pytestmark = [pytest.mark.e2e, pytest.mark.floor]

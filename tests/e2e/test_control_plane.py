@@ -9,9 +9,10 @@ from collections.abc import Iterator
 from typing import Any, cast
 
 import pytest
-from kube_support import Cluster, api_error, must, status_of, wait_for
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
+
+from qsys_testkit.cluster import Cluster, api_error, must, status_of, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.floor]
 

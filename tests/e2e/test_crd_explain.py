@@ -6,9 +6,10 @@ import os
 import subprocess
 
 import pytest
-from kube_support import REPO, Cluster, tool_dir, wait_for
 
 from qsys_operator.api import AccessPolicy, LimitsSpec, QSysCoreSpec, Subject
+from qsys_testkit.checkout import REPO, tool_dir
+from qsys_testkit.cluster import Cluster, wait_for
 from qsys_testkit.kube import apply_crds
 
 pytestmark = [pytest.mark.e2e, pytest.mark.floor]

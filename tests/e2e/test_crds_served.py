@@ -10,7 +10,6 @@ from typing import Any, cast
 
 import pytest
 import yaml
-from kube_support import REPO, Cluster, api_error, must, wait_for
 from kubernetes import client, utils
 from kubernetes.client.exceptions import ApiException
 
@@ -18,6 +17,8 @@ from qsys_operator.api import AccessPolicy, QSysCore
 from qsys_operator.render import PolicyBinding, render_core_children
 from qsys_operator.settings import OperatorSettings
 from qsys_protocol.config import AttackLimits
+from qsys_testkit.checkout import REPO
+from qsys_testkit.cluster import Cluster, api_error, must, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.floor]
 

@@ -12,7 +12,10 @@ import subprocess
 import sys
 
 import pytest
-from kube_support import REPO, Cluster
+from node_support import real_node_names
+
+from qsys_testkit.checkout import REPO
+from qsys_testkit.cluster import Cluster
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("real_node")]
 
@@ -41,6 +44,7 @@ def test_demo_shows_one_allowed_and_one_denied_call(cluster: Cluster) -> None:
     assert '"decision":"deny"' in out
     assert "CoreConnected    True" in out
     assert "2 pods Ready" in out
-    assert "on qsys-node" in out
+    pods = out.split("2 pods Ready", 1)[1].split("==>", 1)[0]
+    assert any(f" on {name}" in pods for name in real_node_names(cluster)), pods
     assert "Cleaning up: release qsys-" in out
     assert "deleted" in out.split("Cleaning up:", 1)[1]

@@ -28,7 +28,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-from kube_support import REPO, Cluster, must, wait_for
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from node_support import (
@@ -43,6 +42,9 @@ from node_support import (
     wait_pods_ready,
 )
 from operator_support import condition, get, wait_condition
+
+from qsys_testkit.checkout import REPO
+from qsys_testkit.cluster import Cluster, must, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("real_node")]
 

@@ -23,7 +23,6 @@ from typing import Any, TypeVar
 import pytest
 import yaml
 from gitops_support import ArgoCD, Repos, argocd, kubectl, served_repos
-from kube_support import REPO, Cluster
 from kubernetes import client
 from node_support import (
     CHART,
@@ -36,7 +35,8 @@ from node_support import (
 )
 from operator_support import condition, get
 
-from qsys_testkit.checkout import pinned_tool, run_checked
+from qsys_testkit.checkout import REPO, pinned_tool, run_checked
+from qsys_testkit.cluster import Cluster
 from qsys_testkit.kube import secret_text
 
 pytestmark = [

@@ -43,7 +43,6 @@ from typing import Any
 
 import pytest
 import yaml
-from kube_support import REPO, Cluster, must, wait_for
 from kubernetes import client
 from node_support import (
     CONTAINERD_SOCK,
@@ -58,7 +57,8 @@ from node_support import (
 )
 from operator_support import wait_condition
 
-from qsys_testkit.checkout import run_checked
+from qsys_testkit.checkout import REPO, run_checked
+from qsys_testkit.cluster import Cluster, must, wait_for
 from qsys_testkit.kube import apply_crds, secret_text
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("real_node")]

@@ -12,7 +12,6 @@ from typing import Any
 
 import pytest
 import yaml
-from kube_support import REPO, Cluster, must, wait_for
 from kubernetes import client
 from operator_support import (
     Operator,
@@ -26,6 +25,8 @@ from operator_support import (
 from plugin_support import Plugin, fails, gateway_pod_ip, rendered_config
 
 from qsys_testkit import SimulatorProcess
+from qsys_testkit.checkout import REPO
+from qsys_testkit.cluster import Cluster, must, wait_for
 from qsys_testkit.kube import apply_crds, secret_text
 
 pytestmark = pytest.mark.e2e

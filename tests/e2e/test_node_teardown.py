@@ -19,16 +19,19 @@ import time
 from pathlib import Path
 
 import pytest
-from kube_support import REPO, Cluster, must, wait_for
 from kubernetes import client
 from node_support import (
     create,
     deploy,
     images,
     real_namespace,
+    require_real_node,
     restricted_container,
     wait_pods_ready,
 )
+
+from qsys_testkit.checkout import REPO
+from qsys_testkit.cluster import Cluster, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("real_node")]
 
@@ -92,8 +95,7 @@ def test_teardown_restores_the_host_after_a_killed_run(cluster: Cluster) -> None
         _node("down")
         _up()
         raise
-    node = client.CoreV1Api(cluster.api).read_node("qsys-node")
-    assert must(node.metadata).name == "qsys-node"
+    require_real_node(cluster)
     # The apiserver listens on the bridge's address, which went away and came back:
     # let its clients settle before the next test (10 good answers in a row).
     streak = [0]

@@ -11,7 +11,6 @@ from typing import Any
 
 import pytest
 import yaml
-from kube_support import REPO, Cluster, must, wait_for
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from operator_support import (
@@ -29,6 +28,8 @@ from operator_support import (
 )
 
 from qsys_testkit import SimulatorProcess
+from qsys_testkit.checkout import REPO
+from qsys_testkit.cluster import Cluster, must, wait_for
 from qsys_testkit.kube import apply_crds, secret_text
 
 pytestmark = [pytest.mark.e2e, pytest.mark.floor]

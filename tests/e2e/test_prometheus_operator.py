@@ -21,7 +21,6 @@ from typing import Any
 
 import pytest
 import yaml
-from kube_support import REPO, Cluster, must, pinned_tool, wait_for
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from operator_support import (
@@ -32,6 +31,8 @@ from operator_support import (
 from prometheus_support import MONITORING, po_crds_installed, prometheus_operator
 
 from qsys_testkit import free_port, stop_process
+from qsys_testkit.checkout import REPO, pinned_tool
+from qsys_testkit.cluster import Cluster, must, wait_for
 from qsys_testkit.kube import apply_crds
 from qsys_testkit.monitoring import alert_names, chart_prometheus_rule, prometheus_api
 

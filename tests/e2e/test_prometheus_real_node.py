@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any, cast
 
 import pytest
-from kube_support import Cluster, must, wait_for
 from kubernetes import client, utils
 from kubernetes.client.exceptions import ApiException
 from node_support import (
@@ -40,6 +39,7 @@ from node_support import (
     node_images,
     operator_release,
     real_namespace,
+    real_node_names,
     run_pod,
     simulated_core,
     start_simulator,
@@ -48,6 +48,7 @@ from node_support import (
 from operator_support import create, wait_condition
 from prometheus_support import MONITORING, po_crds_installed, prometheus_operator
 
+from qsys_testkit.cluster import Cluster, must, wait_for
 from qsys_testkit.monitoring import alert_names, chart_prometheus_rule, prometheus_api, used_metrics
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("real_node")]
@@ -258,7 +259,7 @@ def test_prometheus_runs_as_the_operator_built_pod_on_the_real_node(monitored: M
         profile.namespace, label_selector=prometheus_selector(profile)
     ).items
     spec = must(pod.spec)
-    assert spec.node_name == "qsys-node"
+    assert spec.node_name in real_node_names(monitored.cluster)
     containers = {c.name: c.image for c in spec.containers}
     assert containers == {"prometheus": PROMETHEUS_IMAGE, "config-reloader": CONFIG_RELOADER_IMAGE}
     assert must(pod.status).pod_ip == monitored.prometheus_ip

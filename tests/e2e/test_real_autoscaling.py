@@ -23,7 +23,6 @@ from typing import Any
 
 import aiohttp
 import pytest
-from kube_support import Cluster, must, wait_for
 from kubernetes import client
 from node_support import (
     is_ready,
@@ -37,6 +36,7 @@ from node_support import (
 )
 from operator_support import create, policy_body
 
+from qsys_testkit.cluster import Cluster, must, wait_for
 from qsys_testkit.kube import secret_text
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("real_node")]

@@ -30,15 +30,15 @@ from typing import Any
 import aiohttp
 import pytest
 import yaml
-from kube_support import REPO, Cluster, must, wait_for
 from kubernetes import client
 from node_support import (
-    NODE_NAME,
+    NODE_SELECTOR,
     apply_example_policy,
     images,
     is_ready,
     operator_release,
     real_namespace,
+    real_node_names,
     run_pod,
     simulated_core,
     start_simulator,
@@ -50,6 +50,8 @@ from operator_support import condition, get, patch, wait_condition
 from plugin_support import Plugin, fails
 
 from qsys_protocol.qrc.client import QrcClient
+from qsys_testkit.checkout import REPO
+from qsys_testkit.cluster import Cluster, must, wait_for
 from qsys_testkit.kube import secret_text
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("real_node")]
@@ -153,9 +155,10 @@ def _container_pid(cluster: Cluster, pod: client.V1Pod) -> int:
 def test_gateway_pods_run_non_root_read_only_without_capabilities(stack: Stack) -> None:
     pods = stack.gateway_pods()
     assert len(pods) == 2
+    real = real_node_names(stack.cluster)
     for pod in pods:
         spec = must(pod.spec)
-        assert spec.node_name == NODE_NAME
+        assert spec.node_name in real
         (container,) = spec.containers
         sc = must(container.security_context)
         assert sc.read_only_root_filesystem is True
@@ -572,7 +575,8 @@ def test_drain_respects_the_pod_disruption_budget(stack: Stack) -> None:
         [
             str(kubectl),
             "drain",
-            NODE_NAME,
+            "--selector",
+            NODE_SELECTOR,
             "--pod-selector",
             GATEWAY_SELECTOR,
             "--ignore-daemonsets",
@@ -594,7 +598,7 @@ def test_drain_respects_the_pod_disruption_budget(stack: Stack) -> None:
         assert ready, "the drain evicted every gateway pod"
     finally:
         subprocess.run(
-            [str(kubectl), "uncordon", NODE_NAME],
+            [str(kubectl), "uncordon", "--selector", NODE_SELECTOR],
             capture_output=True,
             timeout=60,
             check=True,

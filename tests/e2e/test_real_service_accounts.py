@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kube_support import Cluster, can_i, must, pinned_tool, wait_for, wait_gone
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from node_support import (
@@ -40,6 +39,8 @@ from node_support import (
 from operator_support import get, patch, wait_condition
 
 from qsys_protocol.config import TokenReviewConfig
+from qsys_testkit.checkout import pinned_tool
+from qsys_testkit.cluster import Cluster, can_i, must, wait_for, wait_gone
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("real_node")]
 

@@ -36,7 +36,6 @@ import pytest
 from cyclonedx.schema import SchemaVersion
 from cyclonedx.validation.json import JsonStrictValidator
 from elftools.elf.elffile import ELFFile
-from kube_support import REPO, Cluster, must, wait_for
 from kubernetes import client
 from node_support import (
     create,
@@ -48,6 +47,8 @@ from node_support import (
 )
 from operator_support import wait_condition
 
+from qsys_testkit.checkout import REPO
+from qsys_testkit.cluster import Cluster, must, wait_for
 from qsys_testkit.registry import RegistryProcess
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1200), pytest.mark.usefixtures("real_node")]

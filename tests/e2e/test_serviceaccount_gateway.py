@@ -22,7 +22,6 @@ from typing import Any
 import aiohttp
 import pytest
 import yaml
-from kube_support import Cluster, must, token_kubeconfig, wait_for
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from mcp.client.session import ClientSession
@@ -32,6 +31,7 @@ from mcp.shared._httpx_utils import create_mcp_http_client
 from qsys_protocol.qrc.client import QrcClient
 from qsys_protocol.qrc.errors import ErrorCode, QrcError
 from qsys_testkit import SimulatorProcess
+from qsys_testkit.cluster import Cluster, must, token_kubeconfig, wait_for
 from qsys_testkit.gateway import GatewayProcess, gateway_config
 from qsys_testkit.net import free_port
 

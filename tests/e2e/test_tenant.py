@@ -26,16 +26,6 @@ from typing import Any
 
 import pytest
 import yaml
-from kube_support import (
-    REPO,
-    Cluster,
-    api_error,
-    can_i,
-    must,
-    pinned_tool,
-    token_kubeconfig,
-    wait_for,
-)
 from kubernetes import client, config, utils
 from kubernetes.client.exceptions import ApiException
 from operator_support import (
@@ -51,6 +41,8 @@ from operator_support import (
     wait_condition,
 )
 
+from qsys_testkit.checkout import REPO, pinned_tool
+from qsys_testkit.cluster import Cluster, api_error, can_i, must, token_kubeconfig, wait_for
 from qsys_testkit.kube import apply_crds, secret_text
 
 pytestmark = pytest.mark.e2e

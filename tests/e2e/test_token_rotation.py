@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kube_support import REPO, Cluster, must, wait_for
 from operator_support import (
     Operator,
     StandInGateway,
@@ -28,6 +27,8 @@ from plugin_support import Plugin, gateway_pod_ip, rendered_config
 
 from qsys_protocol.qrc.client import QrcClient
 from qsys_testkit import SimulatorProcess
+from qsys_testkit.checkout import REPO
+from qsys_testkit.cluster import Cluster, must, wait_for
 from qsys_testkit.kube import apply_crds, secret_text
 
 pytestmark = pytest.mark.e2e

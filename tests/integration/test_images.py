@@ -2,8 +2,8 @@
 
 Read from their OCI tarballs with tarfile (no container runtime): the names the
 chart and the operator deploy, the user, entry point, arguments, ports and
-environment the Dockerfiles declare, and the Python package set pyproject.toml
-asks for. Then each entry point runs from the unpacked root filesystem, chrooted
+environment the operator and the chart expect, and the Python package set
+pyproject.toml asks for. Then each entry point runs from the unpacked root filesystem, chrooted
 as UID 10001 on a read-only bind mount with every shell removed, so a broken
 image fails here before it reaches a node. Missing images fail (run `make
 images`), never skip.
@@ -31,6 +31,8 @@ import yaml
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
+from qsys_operator.render.common import HTTP_PORT, METRICS_PORT, QRC_PORT
+from qsys_operator.render.config import CONFIG_PATH
 from qsys_operator.render.deployment import RUN_AS
 from qsys_operator.settings import DEFAULT_GATEWAY_IMAGE
 from qsys_testkit import free_port, port_open, wait_for
@@ -38,8 +40,24 @@ from qsys_testkit import free_port, port_open, wait_for
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "qsys-operator"
 SITE_PACKAGES = "opt/venv/lib/python3.11/site-packages/"
-# Dockerfile -> image name in the chart (values.yaml).
-DOCKERFILES = {"operator": "image", "gateway": "gatewayImage"}
+ENV = {
+    "PATH": "/opt/venv/bin:/usr/local/bin:/usr/bin:/bin",
+    "PYTHONDONTWRITEBYTECODE": "1",
+    "PYTHONUNBUFFERED": "1",
+}
+# Image key in the chart's values.yaml -> what the image must run.
+RUNTIME: dict[str, dict[str, Any]] = {
+    "image": {
+        "Entrypoint": ["/opt/venv/bin/qsys-operator"],
+        "Cmd": [],
+        "ports": {8000, 8081},  # the chart's metrics.port and health.port
+    },
+    "gatewayImage": {
+        "Entrypoint": ["/opt/venv/bin/qsys-gateway"],
+        "Cmd": ["--config", CONFIG_PATH],
+        "ports": {HTTP_PORT, QRC_PORT, METRICS_PORT},
+    },
+}
 # Python 3.11 on Linux, as the image runs it: the environment Requires-Dist markers see.
 MARKER_ENV = {
     "python_version": "3.11",
@@ -126,18 +144,6 @@ def chart_image(key: str) -> str:
     return f"{values['repository']}:{values['tag'] or chart['appVersion']}"
 
 
-def dockerfile_runtime(path: Path) -> dict[str, list[str]]:
-    """Instructions of the final stage: name -> arguments of each (continuations joined)."""
-    text = re.sub(r"\\\n", " ", path.read_text("utf-8"))
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.startswith("#")]
-    last_from = max(i for i, ln in enumerate(lines) if ln.upper().startswith("FROM "))
-    out: dict[str, list[str]] = {}
-    for line in lines[last_from + 1 :]:
-        name, _, args = line.partition(" ")
-        out.setdefault(name.upper(), []).append(args.strip())
-    return out
-
-
 def test_images_carry_the_names_the_chart_and_the_operator_deploy(archive: OciArchive) -> None:
     version = tomllib.loads((REPO / "pyproject.toml").read_text("utf-8"))["project"]["version"]
     assert set(archive.manifests) == {
@@ -152,22 +158,20 @@ def test_images_carry_the_names_the_chart_and_the_operator_deploy(archive: OciAr
     assert len(layers) == 1, "the three images share their layers"
 
 
-@pytest.mark.parametrize("component", sorted(DOCKERFILES))
-def test_image_config_matches_the_dockerfile(archive: OciArchive, component: str) -> None:
-    docker = dockerfile_runtime(REPO / component / "Dockerfile")
-    config = archive.config(chart_image(DOCKERFILES[component]))
+@pytest.mark.parametrize("key", sorted(RUNTIME))
+def test_image_config_is_what_the_operator_and_the_chart_expect(
+    archive: OciArchive, key: str
+) -> None:
+    want = RUNTIME[key]
+    config = archive.config(chart_image(key))
     run = config["config"]
     assert config["architecture"] == "amd64"
     assert config["os"] == "linux"
-    assert run["User"] == docker["USER"][-1] == f"{RUN_AS}:{RUN_AS}"
-    assert run["Entrypoint"] == json.loads(docker["ENTRYPOINT"][-1])
-    assert (run.get("Cmd") or []) == json.loads(docker.get("CMD", ["[]"])[-1])
-    exposed = {f"{p}/tcp" for line in docker["EXPOSE"] for p in line.split()}
-    assert set(run["ExposedPorts"]) == exposed
-    docker_env = dict(
-        pair.split("=", 1) for line in docker["ENV"] for pair in line.split() if "=" in pair
-    )
-    assert dict(e.split("=", 1) for e in run["Env"]) == docker_env
+    assert run["User"] == f"{RUN_AS}:{RUN_AS}"
+    assert run["Entrypoint"] == want["Entrypoint"]
+    assert (run.get("Cmd") or []) == want["Cmd"]
+    assert set(run["ExposedPorts"]) == {f"{p}/tcp" for p in want["ports"]}
+    assert dict(e.split("=", 1) for e in run["Env"]) == ENV
 
 
 def test_core_sim_image_runs_the_simulator_as_the_same_user(archive: OciArchive) -> None:
@@ -219,8 +223,8 @@ def closure(roots: list[str], installed: dict[str, dict[str, Any]]) -> set[str]:
 
 
 def test_installed_packages_are_what_pyproject_asks_for(archive: OciArchive) -> None:
-    """The Dockerfiles pip-install the project, so their venv holds the closure of
-    pyproject's dependencies: the image holds exactly that set, at the pinned versions."""
+    """`pip install` of the project gives a venv with the closure of pyproject's
+    dependencies: the image holds exactly that set, at the pinned versions."""
     installed = installed_distributions(archive)
     deps = tomllib.loads((REPO / "pyproject.toml").read_text("utf-8"))["project"]["dependencies"]
     assert set(installed) == closure(["qsys-operator", *deps], installed)
