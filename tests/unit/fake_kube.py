@@ -44,6 +44,8 @@ class FakeKube:
         self.applied: list[tuple[str, str]] = []
         self.deleted: list[tuple[str, str]] = []
         self.created: list[tuple[str, str]] = []
+        self.patched: list[str] = []
+        """The Secrets whose metadata patch_secret_metadata changed."""
         self.statuses: list[dict[str, Any]] = []
         self.events: list[tuple[str, str, str, str]] = []
         """(object name, type, reason, message) of every Event posted."""
@@ -174,6 +176,7 @@ class FakeKube:
         meta["ownerReferences"] = copy.deepcopy(owner_references)
         meta["annotations"] = {**(meta.get("annotations") or {}), **annotations}
         meta["resourceVersion"] = self._version()
+        self.patched.append(name)
 
     async def create(self, manifest: Manifest) -> client.V1Secret | None:
         self.calls.append("create")

@@ -9,8 +9,7 @@ import base64
 import copy
 from typing import Any
 
-from kubernetes import client
-from unit_support import secret_of
+from fake_kube import FakeKube
 
 from qsys_operator.api import AccessPolicy, QSysCore
 from qsys_operator.render import TOKEN_PROOF_ANNOTATION
@@ -47,45 +46,17 @@ def policy(name: str = "ops", uid: str = "pol-1", subject: str = "agent") -> Acc
     )
 
 
-class Secrets:
-    """The Kube calls tokens.py makes for generated Secrets, over a dict."""
+class Secrets(FakeKube):
+    """The shared fake Kubernetes, with the Secret views these tests read."""
 
-    def __init__(self) -> None:
-        self.store: dict[str, dict[str, Any]] = {}
-        self.patches: list[str] = []
-        self.version = 0
+    @property
+    def store(self) -> dict[str, dict[str, Any]]:
+        return {name: obj for (plural, _, name), obj in self.objects.items() if plural == "secrets"}
 
-    def put(self, manifest: dict[str, Any]) -> None:
-        self.version += 1
-        manifest = copy.deepcopy(manifest)
-        manifest["metadata"]["resourceVersion"] = str(self.version)
-        self.store[manifest["metadata"]["name"]] = manifest
-
-    async def read_secret(self, namespace: str, name: str) -> client.V1Secret | None:
-        body = self.store.get(name)
-        return None if body is None else secret_of(body, namespace)
-
-    async def create(self, manifest: dict[str, Any]) -> client.V1Secret | None:
-        name = manifest["metadata"]["name"]
-        if name in self.store:
-            return None
-        self.put(manifest)
-        return secret_of(self.store[name], manifest["metadata"]["namespace"])
-
-    async def patch_secret_metadata(
-        self,
-        namespace: str,
-        name: str,
-        resource_version: str | None,
-        owner_references: list[dict[str, Any]],
-        annotations: dict[str, str],
-    ) -> None:
-        body = self.store[name]
-        assert body["metadata"]["resourceVersion"] == resource_version
-        body["metadata"]["ownerReferences"] = owner_references
-        body["metadata"]["annotations"] = {**body["metadata"].get("annotations", {}), **annotations}
-        self.patches.append(name)
-        self.put(body)
+    def put_secret(self, manifest: dict[str, Any]) -> None:
+        body = copy.deepcopy(manifest)
+        body["metadata"]["resourceVersion"] = self._version()
+        self.objects[("secrets", NS, body["metadata"]["name"])] = body
 
 
 def tenant_secret(name: str, token: str, **meta: Any) -> dict[str, Any]:
@@ -120,7 +91,7 @@ async def test_generated_secret_carries_a_proof_and_two_owners() -> None:
     proof = kube.store["ops-agent-token"]["metadata"]["annotations"][TOKEN_PROOF_ANNOTATION]
     assert proof == token_proof(PROOF, NS, "ops-agent-token", "ops", "agent", token)
     assert token not in proof
-    assert kube.patches == []
+    assert kube.patched == []
 
 
 async def test_recreated_policy_takes_back_the_same_token() -> None:
@@ -133,7 +104,7 @@ async def test_recreated_policy_takes_back_the_same_token() -> None:
     assert problems == {}
     assert again == first
     assert owners(kube, "ops-agent-token") == [("pol-2", True), ("core-uid", False)]
-    assert kube.patches == ["ops-agent-token"]
+    assert kube.patched == ["ops-agent-token"]
 
 
 async def test_replaced_policy_before_garbage_collection_takes_back_the_same_token() -> None:
@@ -147,12 +118,12 @@ async def test_replaced_policy_before_garbage_collection_takes_back_the_same_tok
 
 async def test_a_tenant_made_secret_is_never_adopted() -> None:
     kube = Secrets()
-    kube.put(tenant_secret("ops-agent-token", TOKEN))
+    kube.put_secret(tenant_secret("ops-agent-token", TOKEN))
     hashes, problems = await resolve(kube, policy())
     assert hashes == {}
     assert "not generated for" in problems["agent"]
     assert TOKEN not in problems["agent"]
-    assert kube.patches == []
+    assert kube.patched == []
     assert owners(kube, "ops-agent-token") == []
 
 
@@ -162,8 +133,8 @@ async def test_a_copied_proof_does_not_cover_another_token() -> None:
     proof = kube.store["ops-agent-token"]["metadata"]["annotations"][TOKEN_PROOF_ANNOTATION]
     # The tenant (who may read the Secret) replaces it with a token of their choice.
     forged = {TOKEN_PROOF_ANNOTATION: proof}
-    kube.store.clear()
-    kube.put(tenant_secret("ops-agent-token", TOKEN, annotations=forged))
+    kube.objects.clear()
+    kube.put_secret(tenant_secret("ops-agent-token", TOKEN, annotations=forged))
     hashes, problems = await resolve(kube, policy(uid="pol-2"))
     assert hashes == {}
     assert "no valid token proof" in problems["agent"]
@@ -202,7 +173,7 @@ async def test_a_secret_from_before_proofs_gets_its_proof_and_core_owner() -> No
         "uid": "pol-1",
         "controller": True,
     }
-    kube.put(tenant_secret("ops-agent-token", TOKEN, ownerReferences=[ref]))
+    kube.put_secret(tenant_secret("ops-agent-token", TOKEN, ownerReferences=[ref]))
     hashes, problems = await resolve(kube, pol)
     assert (hashes, problems) == ({"agent": token_hmac(KEY, TOKEN)}, {})
     assert owners(kube, "ops-agent-token") == [("pol-1", True), ("core-uid", False)]
@@ -211,14 +182,14 @@ async def test_a_secret_from_before_proofs_gets_its_proof_and_core_owner() -> No
     assert annotations[TOKEN_PROOF_ANNOTATION] == expected
     # Nothing to change the second time.
     await resolve(kube, pol)
-    assert kube.patches == ["ops-agent-token"]
+    assert kube.patched == ["ops-agent-token"]
 
 
 async def test_an_owned_secret_without_proof_must_hold_a_strong_token() -> None:
     # Owner references can be written by whoever may write Secrets in the namespace.
     kube = Secrets()
     ref = {"apiVersion": "qsys.dev/v1alpha1", "kind": "AccessPolicy", "name": "ops", "uid": "pol-1"}
-    kube.put(
+    kube.put_secret(
         tenant_secret(
             "ops-agent-token", "password" * 5, ownerReferences=[ref | {"controller": True}]
         )
@@ -227,4 +198,4 @@ async def test_an_owned_secret_without_proof_must_hold_a_strong_token() -> None:
     assert hashes == {}
     assert "too predictable" in problems["agent"]
     assert "password" not in problems["agent"]
-    assert kube.patches == []
+    assert kube.patched == []
