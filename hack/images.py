@@ -960,17 +960,21 @@ def build_all(native: tuple[Step, Step, Step, Step] | None = None) -> list[Path]
             out,
         ),
     )
+    return [qsys.path, build_pause_image()]
+
+
+def build_pause_image() -> Path:
+    """The pause image's tarball (also in the kind node image, hack/kind_node.py)."""
     pause_layer = pause_layer_step()
     pause = pause_step(pause_layer)
     ensure(pause_layer, build_pause)
     pause_config = [f"--config.user={PAUSE_RUN_AS}", "--config.entrypoint=/pause"]
-    ensure(
+    return ensure(
         pause,
         lambda _work, out: oci_archive(
             [pause_layer.path], {"pause": pause_config}, {"pause": PAUSE_NAME}, out
         ),
     )
-    return [qsys.path, pause.path]
 
 
 def build_release() -> Release:

@@ -20,7 +20,7 @@ KIND_TOOL_GROUPS ?= kind kube helm
 
 tool_dir = $(shell bash hack/tools/build.sh --dir $(1))
 
-.PHONY: cluster-tools cluster-up-tools cluster-up cluster-down cluster-env e2e kind-up kind-down kind-images e2e-kind
+.PHONY: cluster-tools cluster-up-tools cluster-up cluster-down cluster-env e2e kind-deps kind-node-image kind-up kind-down kind-images e2e-kind kind-smoke
 
 cluster-tools:
 	@bash hack/tools/build.sh $(TOOL_GROUPS)
@@ -44,25 +44,26 @@ cluster-env:
 e2e: install cluster-tools images
 	$(BIN)/python -m pytest tests/e2e $(PYTEST_ARGS)
 
-# --- kind (needs a Docker engine) -------------------------------------------
-KIND = $(call tool_dir,kind)/kind
+# --- kind (Docker) ---------------------------------------------------------
+# Machine-wide like the local cluster: run these under `flock /tmp/qsys-cluster.lock`
+# and never beside the local cluster's real node (docs/testing.md, "kind").
+KIND_PY = PYTHON=$(CURDIR)/$(BIN)/python
 
-kind-up:
-	@command -v docker >/dev/null && docker info >/dev/null 2>&1 || \
-		{ echo "kind-up: needs a running Docker engine" >&2; exit 1; }
-	@bash hack/tools/build.sh kind
-	@$(KIND) get clusters 2>/dev/null | grep -qx '$(KIND_CLUSTER)' || \
-		$(KIND) create cluster --name '$(KIND_CLUSTER)' --config kind-config.yaml --wait 180s
-	@mkdir -p $(dir $(KIND_KUBECONFIG))
-	@$(KIND) get kubeconfig --name '$(KIND_CLUSTER)' >$(KIND_KUBECONFIG)
+# Debian's docker.io, installed without starting it (hack/kind/docker.sh starts its own).
+kind-deps:
+	@bash hack/kind/install-docker.sh
+
+# The node image from the pinned binaries and the image builder (hack/kind_node.py).
+kind-node-image: install
+	@nice -n 10 $(BIN)/python hack/kind_node.py build >/dev/null
+
+kind-up: install kind-deps kind-node-image
+	@$(KIND_PY) bash hack/kind/cluster.sh up >/dev/null
 	@echo "kind-up: export KUBECONFIG=$(CURDIR)/$(KIND_KUBECONFIG)"
 
 # The tarballs of the one image builder (hack/images.py), loaded into every node.
 kind-images: images kind-up
-	@tarballs=$$($(BIN)/python hack/images.py paths) || exit 1; \
-	for tarball in $$tarballs; do \
-		$(KIND) load image-archive --name '$(KIND_CLUSTER)' "$$tarball" || exit 1; \
-	done
+	@$(KIND_PY) bash hack/kind/cluster.sh load
 
 # The e2e suite on kind. Builds only KIND_TOOL_GROUPS; a test that needs another
 # pinned tool (Prometheus, the registry, ...) fails and names it.
@@ -70,7 +71,11 @@ e2e-kind: install kind-images
 	@bash hack/tools/build.sh $(KIND_TOOL_GROUPS)
 	KUBECONFIG=$(CURDIR)/$(KIND_KUBECONFIG) $(BIN)/python -m pytest tests/e2e $(PYTEST_ARGS)
 
+# The kind smoke test (tests/kind): creates and deletes its own cluster. Not part of
+# `make test`.
+kind-smoke: install kind-deps kind-node-image images
+	@bash hack/tools/build.sh $(KIND_TOOL_GROUPS)
+	$(BIN)/python -m pytest -m kind tests/kind $(PYTEST_ARGS)
+
 kind-down:
-	@bash hack/tools/build.sh kind
-	@$(KIND) delete cluster --name '$(KIND_CLUSTER)'
-	@rm -f $(KIND_KUBECONFIG)
+	@$(KIND_PY) bash hack/kind/cluster.sh down

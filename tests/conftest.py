@@ -49,10 +49,16 @@ def _is_timing(item: pytest.Item) -> bool:
 
 
 @pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """All e2e tests in one xdist group, the ones on the real node last (the others run
     while its tool groups still build, and before the node starts); the `timing` tests in
-    another group, dispatched last."""
+    another group, dispatched last. The `kind` tests (their own Docker engine and kind
+    cluster, `make kind-smoke`) run only when `-m` names them: deselected, never skipped."""
+    if "kind" not in (config.option.markexpr or ""):
+        dropped = [item for item in items if item.get_closest_marker("kind")]
+        if dropped:
+            config.hook.pytest_deselected(items=dropped)
+            items[:] = [item for item in items if not item.get_closest_marker("kind")]
     for item in items:
         if _is_e2e(item):
             item.add_marker(pytest.mark.xdist_group(E2E_GROUP))

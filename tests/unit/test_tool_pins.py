@@ -13,7 +13,7 @@ TOOLS = Path(__file__).resolve().parents[2] / "hack" / "tools"
 
 # (follower, leader): every module the follower requires at all, it requires at the
 # leader's version. node builds after kube and shares most of its packages.
-ALIGNED = [("node", "kube")]
+ALIGNED = [("node", "kube"), ("kubeadm", "kube")]
 
 _REQUIRE = re.compile(r"^\s*(?:require\s+)?([\w.\-/~]+)\s+(v\S+)(?:\s*//.*)?$")
 
