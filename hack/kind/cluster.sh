@@ -6,7 +6,7 @@
 #   cluster.sh down     delete the cluster and stop the engine (the host as before `up`)
 # The engine and the cluster are machine-wide: one at a time, never beside the local
 # cluster's real node (docker.sh refuses to start then).
-set -euo pipefail
+set -euo pipefail -o errtrace
 HERE=$(cd "$(dirname "$0")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
 CLUSTER=${KIND_CLUSTER:-qsys-e2e}
@@ -36,13 +36,12 @@ cmd_up() {
 	image=$("$PYTHON" "$REPO/hack/kind_node.py" name)
 	engine_up
 	use_engine
-	# Whatever fails from here leaves nothing behind.
-	trap 'log "up failed; taking everything down"; cmd_down' ERR
+	# Whatever fails from here leaves nothing behind but kind's logs.
+	trap 'trap - ERR; failed_up "$kind"' ERR
 	if ! docker image inspect "$image" >/dev/null 2>&1; then
 		start=$(date +%s)
 		docker import \
 			--change 'ENV container=docker' \
-			--change 'STOPSIGNAL SIGRTMIN+3' \
 			--change 'ENTRYPOINT ["/usr/local/bin/entrypoint", "/sbin/init"]' \
 			"$node_tar" "$image" >/dev/null
 		log "imported the node image $image in $(($(date +%s) - start))s"
@@ -57,6 +56,14 @@ cmd_up() {
 	"$kind" get kubeconfig --name "$CLUSTER" >"$KUBECONFIG_OUT"
 	trap - ERR
 	echo "export KUBECONFIG=$KUBECONFIG_OUT"
+}
+
+failed_up() {
+	rm -rf "$STATE/logs"
+	"$1" export logs "$STATE/logs" --name "$CLUSTER" >/dev/null 2>&1 || true
+	log "up failed (kind's logs: $STATE/logs); taking everything down"
+	cmd_down
+	exit 1
 }
 
 cmd_load() {

@@ -30,7 +30,7 @@ REAL_NODE_OWNER=/run/qsys-node.owner
 # Host paths Docker or kind may create whatever they are told; removed by stop only
 # when they did not exist before.
 FIXED_PATHS=(/lib/modules /etc/docker/key.json /var/lib/docker /run/docker /run/docker.sock
-	/var/run/docker.sock /root/.docker)
+	/run/containerd /var/lib/containerd "${HOME:-/root}/.docker")
 VOLATILE_SYSCTLS='^(fs\.(dentry-state|file-nr|inode-nr|inode-state|quota\.)|kernel\.(ns_last_pid|random\.|pty\.nr|tainted|sched_domain)|net\.netfilter\.nf_conntrack_count|net\.ipv[46]\.(conf|neigh)\.[^.]*(veth|qkind0|qsys0|cni)|net\.ipv6\.conf\.[^.]+\.stable_secret|net\.ipv4\.route\.|net\.ipv6\.route\.|vm\.(stat_refresh|drop_caches|compact_memory)|fs\.binfmt_misc\.|dev\.cdrom|kernel\.(perf_event_max|usermodehelper)|net\.core\.bpf_jit)'
 
 log() { echo "kind-docker: $*" >&2; }
@@ -91,7 +91,7 @@ cmd_start() {
 		--data-root "$ROOT" --exec-root "$RUN" --pidfile "$RUN/dockerd.pid" -H "unix://$SOCK" \
 		--bridge=none --iptables=false --ip6tables=false --ip-forward=false --ip-masq=false \
 		--dns 127.0.0.1 --default-address-pool "base=$ADDRESS_POOL,size=24" \
-		--cgroup-parent "$CGROUP_PARENT" --exec-opt native.cgroupdriver=cgroupfs \
+		--cgroup-parent "/$CGROUP_PARENT" --exec-opt native.cgroupdriver=cgroupfs \
 		--storage-driver overlay2 \
 		--add-runtime "qsys-runc=$HERE/runc-wrapper" --default-runtime qsys-runc \
 		</dev/null >"$LOG" 2>&1 &
