@@ -49,8 +49,9 @@ cmd_up() {
 	mkdir -p "$STATE"
 	if ! "$kind" get clusters 2>/dev/null | grep -qx "$CLUSTER"; then
 		start=$(date +%s)
+		# --retain: a failed create keeps its nodes for `kind export logs` (failed_up).
 		"$kind" create cluster --name "$CLUSTER" --config "$REPO/kind-config.yaml" \
-			--image "$image" --kubeconfig "$KUBECONFIG_OUT" --wait 180s
+			--image "$image" --kubeconfig "$KUBECONFIG_OUT" --wait 180s --retain
 		log "created the cluster in $(($(date +%s) - start))s"
 	fi
 	"$kind" get kubeconfig --name "$CLUSTER" >"$KUBECONFIG_OUT"
