@@ -48,6 +48,8 @@ lint: install
 		MYPYPATH=tests/$$dir $(BIN)/mypy --explicit-package-bases \
 			--cache-dir .mypy_cache/tests-$$dir tests/$$dir || exit 1; \
 	done
+	@# The kind smoke test imports the e2e suite's helpers.
+	MYPYPATH=tests/e2e $(BIN)/mypy --explicit-package-bases --cache-dir .mypy_cache/tests-kind tests/kind
 
 # What `make test` runs beside the tool builds (hack/test.sh); mk/*.mk add theirs.
 TEST_PREREQS := install lint js-deps mcp-inspector
