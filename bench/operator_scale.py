@@ -51,6 +51,11 @@ POLICIES_PER_CORE = 2
 APPLY_THREADS = 16
 POLL_S = 0.5
 UP_TIMEOUT_S = 240
+CONTROL_PLANE_QPS = 200
+"""Client-side request rate of the controller manager and scheduler of a control plane the
+bench starts (upstream defaults 20 and 50/s): at 20/s the ReplicaSet controller alone
+needs minutes for a thousand gateway pods, which would measure its rate limiter, not
+the operator."""
 KWOK_NODE_PODS = 250
 """Pods a kwok node of hack/cluster holds (hack/cluster/kwok.yaml): two nodes hold 500,
 so 1,000 gateways need more nodes."""
@@ -77,8 +82,14 @@ def fake_nodes(pods: int) -> int:
 def _script(name: str, nodes: int = 2) -> subprocess.CompletedProcess[str]:
     """A hack/cluster script; without the real node unless QSYS_REAL_NODE says otherwise
     (kwok nodes run the gateway pods, so no image is needed), with `nodes` kwok nodes
-    unless QSYS_FAKE_NODES says otherwise."""
-    defaults = {"QSYS_REAL_NODE": "0", "QSYS_FAKE_NODES": str(nodes)}
+    unless QSYS_FAKE_NODES says otherwise, and the control plane's client rates raised
+    to CONTROL_PLANE_QPS unless QSYS_*_QPS say otherwise."""
+    defaults = {
+        "QSYS_REAL_NODE": "0",
+        "QSYS_FAKE_NODES": str(nodes),
+        "QSYS_CONTROLLER_MANAGER_QPS": str(CONTROL_PLANE_QPS),
+        "QSYS_SCHEDULER_QPS": str(CONTROL_PLANE_QPS),
+    }
     return subprocess.run(
         ["bash", str(REPO / "hack" / "cluster" / name)],
         capture_output=True,
