@@ -44,8 +44,8 @@ from .derive import (
     rollout_progress,
 )
 from .images import image_problem as image_problem_of
-from .k8s import Kube, api_message, is_permanent, now, owner_metadata
-from .kinds import CLUSTER_ROLE_BINDING, DEPLOYMENT, SERVICE_MONITOR, Kind, kind_of
+from .k8s import KnownSecrets, Kube, api_message, is_permanent, now, owner_metadata
+from .kinds import CLUSTER_ROLE_BINDING, DEPLOYMENT, SECRET, SERVICE_MONITOR, Kind, kind_of
 from .metrics import OperatorMetrics
 from .ownership import NameConflict, Owner, conflicts_message, controlled_by, owns
 from .peering import Peering
@@ -166,11 +166,20 @@ class Reconciler:
         self._written: dict[ChildKey, str] = {}
         """resourceVersion of the operator's latest write of each object (applied child,
         status): the watch event of that very version is no news and triggers nothing."""
+        self._select_policies = True
+        """Whether lists may select policies by spec.coreRef.name (until a 400 says no)."""
+        self.secrets = KnownSecrets(kube, self._seen_secret_version)
+        """The token key, token and config Secrets as last read or created, while the
+        child watch has seen no newer version of them."""
 
     async def _proof(self) -> bytes:
         if self._proof_key is None:
             self._proof_key = await proof_key(self.kube, self.settings)
         return self._proof_key
+
+    def _seen_secret_version(self, namespace: str, name: str) -> str | None:
+        seen = self._children.get(_child_key(SECRET, namespace, name))
+        return None if seen is None else seen.get("resourceVersion")
 
     # ---- triggers ------------------------------------------------------------
 
@@ -365,7 +374,7 @@ class Reconciler:
             token_review_binding_name(namespace, name),
         )
         for policy in policies:
-            checked = await resolve_tokens(self.kube, policy, None, await self._proof())
+            checked = await resolve_tokens(self.secrets, policy, None, await self._proof())
             await self._write_policy(policy, None, None, checked)
 
     async def _admit(self, fetched: Fetched) -> QSysCore | None:
@@ -399,11 +408,11 @@ class Reconciler:
         """The token key and every policy's tokens (generated Secrets are created when
         missing), and the checks of the credentials and TLS Secrets the core names."""
         namespace = core.metadata.namespace
-        key = await token_key(self.kube, core)
+        key = await token_key(self.secrets, core)
         key_bytes = key if isinstance(key, bytes) else None
         proof = await self._proof()
         resolved = await asyncio.gather(
-            *(resolve_tokens(self.kube, p, key_bytes, proof, core) for p in policies)
+            *(resolve_tokens(self.secrets, p, key_bytes, proof, core) for p in policies)
         )
         tokens = {p.metadata.name: t for p, t in zip(policies, resolved, strict=True)}
         for p in policies:
@@ -512,7 +521,7 @@ class Reconciler:
     async def _rendered_subjects(self, core: QSysCore) -> list[SubjectConfig]:
         """The subjects of the config the gateways run now (for rotation grace periods);
         none when the config Secret is not the core's own (its hashes would carry over)."""
-        secret = await self.kube.read_secret(
+        secret = await self.secrets.read_secret(
             core.metadata.namespace, config_secret_name(core.metadata.name)
         )
         if secret is None or not controlled_by(owner_metadata(secret.metadata), core.metadata.uid):
@@ -554,8 +563,29 @@ class Reconciler:
         return core_limit_problem(core.metadata.name, ns, cores, limit)
 
     async def _policies(self, namespace: str, core: str, since: int) -> list[AccessPolicy]:
+        """The policies naming the core: one list selecting them by spec.coreRef.name (the
+        CRD's selectable field), so a reconcile reads its own few policies, not every
+        policy of the namespace. Where the API server refuses the selector (a CRD of an
+        earlier release, or the feature turned off), the namespace's policies are listed
+        (one list shared by the reconciles running at once) and filtered here."""
+        listed = None
+        if self._select_policies:
+            selector = f"{AccessPolicy.CORE_REF_FIELD}={core}"
+            try:
+                listed = await self.kube.list_custom(AccessPolicy.PLURAL, namespace, selector)
+            except ApiException as exc:
+                if exc.status != 400:
+                    raise
+                log.warning(
+                    "the API server cannot select AccessPolicies by spec.coreRef.name (is the "
+                    "AccessPolicy CRD up to date?); listing every policy of the namespace",
+                    extra={"error": _describe(exc)},
+                )
+                self._select_policies = False
+        if listed is None:
+            listed = await self._shared_list(AccessPolicy.PLURAL, namespace, since)
         out = []
-        for raw in await self._shared_list(AccessPolicy.PLURAL, namespace, since):
+        for raw in listed:
             if ((raw.get("spec") or {}).get("coreRef") or {}).get("name") != core:
                 continue
             try:
@@ -627,6 +657,8 @@ class Reconciler:
                     continue
                 answer = await self.kube.apply(obj)
                 self._wrote(kind, meta.namespace, answer)
+                if kind == SECRET:
+                    self.secrets.applied(answer)
                 self._digests[key] = digest
                 if obj["kind"] == DEPLOYMENT.kind:
                     deployment = answer

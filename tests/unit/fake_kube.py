@@ -54,6 +54,7 @@ class FakeKube:
         self.sm_served = False
         self.quota_exceeded = False
         self.deployments_available = False
+        self.selectable_fields = True
 
     # setup and inspection
     def put(self, kind: Kind, name: str, **meta: Any) -> dict[str, Any]:
@@ -138,12 +139,27 @@ class FakeKube:
         self.calls.append("get_policy")
         return copy.deepcopy(self.objects.get(("accesspolicies", namespace, name)))
 
-    async def list_custom(self, plural: str, namespace: str | None) -> list[dict[str, Any]]:
-        self.calls.append(f"list_custom {plural}")
+    async def list_custom(
+        self, plural: str, namespace: str | None, field_selector: str | None = None
+    ) -> list[dict[str, Any]]:
+        """field_selector: only spec.coreRef.name=NAME of accesspolicies, as the CRD declares;
+        refused (400) when `selectable_fields` is off, as an API server with an older CRD."""
+        selected = f" {field_selector}" if field_selector else ""
+        self.calls.append(f"list_custom {plural}{selected}")
+        core = None
+        if field_selector:
+            field, _, core = field_selector.partition("=")
+            if not self.selectable_fields or (plural, field) != (
+                "accesspolicies",
+                "spec.coreRef.name",
+            ):
+                raise ApiException(status=400, reason="Bad Request")
         return [
             copy.deepcopy(o)
             for (p, n, _), o in self.objects.items()
-            if p == plural and namespace in (None, n)
+            if p == plural
+            and namespace in (None, n)
+            and (core is None or o["spec"]["coreRef"]["name"] == core)
         ]
 
     async def read_metadata(

@@ -84,7 +84,7 @@ def test_the_phases_read_first_create_secrets_before_applying_and_write_status_l
     reconcile(kube)
     calls = kube.calls
     # fetch: reads only
-    assert calls[:2] == ["get_core", "list_custom accesspolicies"]
+    assert calls[:2] == ["get_core", "list_custom accesspolicies spec.coreRef.name=hall"]
     first_apply = calls.index("apply")
     # secrets: every Secret is created before the first apply
     assert max(i for i, c in enumerate(calls) if c == "create") < first_apply
@@ -278,6 +278,79 @@ async def test_every_wanted_child_is_read_before_its_apply_whatever_the_watch_sa
         await rec.reconcile(NS, "hall")
         assert kube.applied == []
         assert ready(kube)["reason"] == "NameConflict"
+
+
+async def test_policies_are_listed_by_their_core_or_all_when_the_selector_is_refused() -> None:
+    """A reconcile lists only its core's policies (the CRD's selectable field); an API server
+    that refuses the selector (an older CRD) gets one namespace-wide list, filtered here,
+    and is not asked to select again."""
+    kube = FakeKube()
+    _core_with_policy(kube)
+    kube.put_core("stage", uid="stage-uid")
+    kube.put_policy("backstage", core="stage")
+
+    async with running(kube) as rec:
+        await rec.reconcile(NS, "hall")
+        assert "list_custom accesspolicies spec.coreRef.name=hall" in kube.calls
+        assert kube.condition("accesspolicies", "lobby")["status"] == "True"
+        assert "status" not in kube.objects[("accesspolicies", NS, "backstage")]
+
+    kube.selectable_fields = False
+    async with running(kube) as rec:
+        kube.calls.clear()
+        await rec.reconcile(NS, "stage")
+        await rec.reconcile(NS, "hall")
+        lists = [c for c in kube.calls if c.startswith("list_custom accesspolicies")]
+        assert lists == [
+            "list_custom accesspolicies spec.coreRef.name=stage",
+            "list_custom accesspolicies",
+            "list_custom accesspolicies",
+        ]
+        assert kube.condition("accesspolicies", "backstage")["status"] == "True"
+        assert kube.condition("accesspolicies", "lobby")["status"] == "True"
+
+
+async def test_secrets_the_watch_saw_unchanged_are_not_read_again() -> None:
+    """The token key, token and config Secrets are read (or created) once; while the child
+    watch's latest version of each is the one read, the next reconcile reads none of them.
+    A newer version (anyone's change), a delete, or a Secret the watch has not seen is read."""
+    kube = FakeKube()
+    _core_with_policy(kube)
+
+    def watch_sees_secrets(rec: Reconciler) -> None:
+        for (plural, ns, name), obj in list(kube.objects.items()):
+            if plural == SECRET.plural:
+                rec.child_seen(SECRET, ns, name, obj["metadata"])
+
+    async with running(kube) as rec:
+        await rec.reconcile(NS, "hall")
+        kube.calls.clear()
+        await rec.reconcile(NS, "hall")  # the watch has seen nothing yet: all read
+        assert kube.calls.count("read_secret") == 3
+        watch_sees_secrets(rec)
+        kube.calls.clear()
+        await rec.reconcile(NS, "hall")
+        assert kube.calls.count("read_secret") == 0
+        assert ready(kube)["status"] == "True"
+
+        # Someone rewrites the token Secret: a newer version, read again and refused.
+        token = kube.objects[("secrets", NS, "lobby-lobby-client-token")]
+        token["metadata"] |= {"resourceVersion": "900", "ownerReferences": []}
+        token["metadata"]["annotations"] = {}
+        rec.child_seen(SECRET, NS, "lobby-lobby-client-token", token["metadata"])
+        kube.calls.clear()
+        await rec.reconcile(NS, "hall")
+        assert kube.calls.count("read_secret") == 1
+        policy_ready = kube.condition("accesspolicies", "lobby")
+        assert (policy_ready["status"], policy_ready["reason"]) == ("False", "TokenProblem")
+
+        # The token key deleted: the watch's delete makes the next reconcile read it.
+        del kube.objects[("secrets", NS, "hall-gateway-token-key")]
+        rec.child_seen(SECRET, NS, "hall-gateway-token-key", None, deleted=True)
+        kube.calls.clear()
+        kube.created.clear()
+        await rec.reconcile(NS, "hall")
+        assert ("Secret", "hall-gateway-token-key") in kube.created
 
 
 async def test_children_unchanged_since_the_operators_own_apply_are_not_applied_again() -> None:
