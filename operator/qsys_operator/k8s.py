@@ -298,6 +298,9 @@ class Kube:
     async def read_secret_metadata(self, namespace: str, name: str) -> dict[str, Any] | None:
         return await self.read_metadata(SECRET, namespace, name)
 
+    def unseen(self, namespace: str, name: str) -> bool:
+        return False
+
     async def patch_secret_metadata(
         self,
         namespace: str,
@@ -444,6 +447,11 @@ class Kube:
 class SecretApi(Protocol):
     """The Secret calls of tokens.py: Kube's, or KnownSecrets in front of them."""
 
+    def unseen(self, namespace: str, name: str) -> bool:
+        """True when the Secret most likely does not exist (then creating it first saves a
+        read that would answer 404; a 409 still means it exists and is read)."""
+        ...
+
     async def read_secret(self, namespace: str, name: str) -> client.V1Secret | None: ...
 
     async def read_secret_metadata(self, namespace: str, name: str) -> dict[str, Any] | None: ...
@@ -534,6 +542,11 @@ class KnownSecrets:
             type=answer.get("type"),
         )
         self._remember(str(meta.get("namespace")), str(meta.get("name")), secret)
+
+    def unseen(self, namespace: str, name: str) -> bool:
+        """The child watch has no version of it: it does not exist, or the watch has not
+        told of it yet (just created, or the operator just started)."""
+        return self._latest(namespace, name) is None
 
     def forget(self, namespace: str, name: str) -> None:
         self._known.pop((namespace, name), None)

@@ -107,10 +107,11 @@ async def _generated_data(
     """(data, problem) of a Secret the operator generates under a fixed name: created when
     missing, and used only when its controller is `owner`. One read: the name is the
     operator's own, not a reference a tenant chose (those are checked on metadata first)."""
-    secret = await kube.read_secret(ns, name)
+    secret = None if kube.unseen(ns, name) else await kube.read_secret(ns, name)
     if secret is None:
         try:
-            # None: another replica created it first; either way use what is stored.
+            # None: it exists (another replica created it first, or the watch had not
+            # told of it); either way use what is stored.
             secret = await kube.create(create()) or await kube.read_secret(ns, name)
         except ApiException as exc:
             if not is_permanent(exc):
@@ -197,10 +198,11 @@ async def _generated(
     def sign(token: str) -> str:
         return token_proof(proof, ns, name, policy.metadata.name, subject.name, token)
 
-    secret = await kube.read_secret(ns, name)
+    secret = None if kube.unseen(ns, name) else await kube.read_secret(ns, name)
     if secret is None:
         new = secrets.token_urlsafe(TOKEN_BYTES)
-        # None: another replica created it first; either way use what is stored.
+        # None: it exists (another replica created it first, or the watch had not told of
+        # it); either way use what is stored.
         fresh = render_token_secret(policy, subject.name, new, sign(new), core)
         secret = await kube.create(fresh) or await kube.read_secret(ns, name)
     if secret is None or secret.metadata is None:

@@ -172,6 +172,9 @@ class FakeKube:
     async def read_secret_metadata(self, namespace: str, name: str) -> dict[str, Any] | None:
         return await self.read_metadata(SECRET, namespace, name)
 
+    def unseen(self, namespace: str, name: str) -> bool:
+        return False
+
     async def read_secret(self, namespace: str, name: str) -> client.V1Secret | None:
         self.calls.append("read_secret")
         obj = self.objects.get(("secrets", namespace, name))

@@ -21,6 +21,7 @@ from qsys_operator.kinds import (
     SECRET,
     SERVICE,
     SERVICE_ACCOUNT,
+    Kind,
 )
 from qsys_operator.reconcile import MAX_CONCURRENT_RECONCILES, Reconciler
 
@@ -38,6 +39,14 @@ def _owned_by_core() -> list[dict[str, object]]:
             "controller": True,
         }
     ]
+
+
+def _watch_sees(rec: Reconciler, kube: FakeKube, *kinds: Kind) -> None:
+    """The child watch tells of every stored object of `kinds` (default: every child kind)."""
+    for (plural, ns, name), obj in list(kube.objects.items()):
+        kind = next((k for k in kinds or CHILDREN if k.plural == plural), None)
+        if kind is not None:
+            rec.child_seen(kind, ns, name, obj["metadata"])
 
 
 def _core_with_policy(kube: FakeKube, **spec: Any) -> None:
@@ -101,6 +110,7 @@ async def test_a_steady_core_costs_reads_and_applies_but_no_writes_of_status() -
 
     async with running(kube) as rec:
         await rec.reconcile(NS, "hall")
+        _watch_sees(rec, kube, SECRET)
         kube.calls.clear()
         await rec.reconcile(NS, "hall")
         steady = list(kube.calls)
@@ -317,17 +327,18 @@ async def test_secrets_the_watch_saw_unchanged_are_not_read_again() -> None:
     kube = FakeKube()
     _core_with_policy(kube)
 
-    def watch_sees_secrets(rec: Reconciler) -> None:
-        for (plural, ns, name), obj in list(kube.objects.items()):
-            if plural == SECRET.plural:
-                rec.child_seen(SECRET, ns, name, obj["metadata"])
-
     async with running(kube) as rec:
         await rec.reconcile(NS, "hall")
+        # Read: the operator's proof key and the config (not applied yet). The token key
+        # and the token, unseen by the watch, are created without a read first.
+        assert kube.calls.count("read_secret") == 2
+        assert ("Secret", "hall-gateway-token-key") in kube.created
+        assert ("Secret", "lobby-lobby-client-token") in kube.created
         kube.calls.clear()
-        await rec.reconcile(NS, "hall")  # the watch has seen nothing yet: all read
+        await rec.reconcile(NS, "hall")  # the watch has seen nothing yet: 409, then read
+        assert kube.calls.count("create") == 2
         assert kube.calls.count("read_secret") == 3
-        watch_sees_secrets(rec)
+        _watch_sees(rec, kube, SECRET)
         kube.calls.clear()
         await rec.reconcile(NS, "hall")
         assert kube.calls.count("read_secret") == 0
