@@ -166,6 +166,8 @@ class Reconciler:
         self._written: dict[ChildKey, str] = {}
         """resourceVersion of the operator's latest write of each object (applied child,
         status): the watch event of that very version is no news and triggers nothing."""
+        self._applied_spec: dict[ChildKey, tuple[Any, list[str]]] = {}
+        """(generation, owner UIDs) of each Deployment as the operator's apply answered."""
         self._select_policies = True
         """Whether lists may select policies by spec.coreRef.name (until a 400 says no)."""
         self.secrets = KnownSecrets(kube, self._seen_secret_version)
@@ -231,10 +233,12 @@ class Reconciler:
         name: str,
         meta: Mapping[str, Any] | None = None,
         deleted: bool = False,
+        body: Mapping[str, Any] | None = None,
     ) -> bool:
-        """A watch event of a labelled child (its metadata; deleted: it is gone). Whatever
-        it was, the child is no longer known absent. False when the event is of the version
-        the operator's own apply just wrote: no news, so no reconcile."""
+        """A watch event of a labelled child (its metadata; deleted: it is gone; body: the
+        whole object, of which a Deployment's replicas are kept). Whatever it was, the
+        child is no longer known absent. False when the event is of the version the
+        operator's own apply just wrote: no news, so no reconcile."""
         key = _child_key(kind, namespace, name)
         self._absent.discard(key)
         self._child_events[key] = next(self._event_seq)
@@ -242,11 +246,22 @@ class Reconciler:
             self._children.pop(key, None)
             self._written.pop(key, None)
             self._digests.pop(key, None)
+            self._applied_spec.pop(key, None)
             return True
-        self._children[key] = {
+        seen = {
             k: meta.get(k)
-            for k in ("uid", "resourceVersion", "ownerReferences", "labels", "annotations")
+            for k in (
+                "uid",
+                "resourceVersion",
+                "generation",
+                "ownerReferences",
+                "labels",
+                "annotations",
+            )
         }
+        if kind == DEPLOYMENT and body is not None:
+            seen["replicas"] = _deployment_replicas(body)
+        self._children[key] = seen
         return not self._written_by_us(key, meta.get("resourceVersion"))
 
     def service_monitor_crd_changed(self) -> None:
@@ -460,12 +475,18 @@ class Reconciler:
         """The gateway Deployment's replicas (from the apply's answer when it was applied,
         else one read) and the gateways' view of the Core (probe)."""
         deployment = applied.deployment
-        if deployment is None:
-            replicas = await self._replicas(
-                core.metadata.namespace, gateway_name(core.metadata.name)
-            )
-        else:
+        name = gateway_name(core.metadata.name)
+        seen = self._children.get(_child_key(DEPLOYMENT, core.metadata.namespace, name)) or {}
+        if deployment is not None:
             replicas = _replicas_of(deployment)
+        elif isinstance(seen.get("replicas"), Replicas) and not (
+            applied.error or applied.conflicts
+        ):
+            # Not applied because unchanged: the watch's latest version is as fresh as
+            # the event that triggered this reconcile.
+            replicas = seen["replicas"]
+        else:
+            replicas = await self._replicas(core.metadata.namespace, name)
         return replicas, await self._probe(core)
 
     async def _report(
@@ -653,10 +674,12 @@ class Reconciler:
                 kind = kind_of(obj["apiVersion"], obj["kind"])
                 key = _child_key(kind, meta.namespace, obj["metadata"]["name"])
                 digest = _digest(obj)
-                if self._unchanged(key, digest):
+                if self._unchanged(key, digest, obj):
                     continue
                 answer = await self.kube.apply(obj)
                 self._wrote(kind, meta.namespace, answer)
+                if kind == DEPLOYMENT:
+                    self._applied_spec[key] = _spec_version(answer)
                 if kind == SECRET:
                     self.secrets.applied(answer)
                 self._digests[key] = digest
@@ -673,16 +696,28 @@ class Reconciler:
             return Applied(f"{what} refused by the API server: {api_message(exc)}", note)
         return Applied(None, note, deployment=deployment)
 
-    def _unchanged(self, key: ChildKey, digest: str) -> bool:
+    def _unchanged(self, key: ChildKey, digest: str, manifest: Manifest) -> bool:
         """The child was applied from this very manifest, and the watch's latest view of
         it is the version that apply made: nobody changed it since, so applying it again
-        would change nothing. Any other change (drift, a controller's status update, a
-        delete) is a newer version, and the child is applied."""
+        would change nothing. Any other change (drift, a delete) is a newer version, and
+        the child is applied. A Deployment's status (the controller's, a new version each
+        time) is no change: its spec is unchanged while its generation is the one the
+        operator's apply made, and its metadata while its owners are those the apply
+        answered and the labels and annotations the manifest sets have their values."""
         seen = self._children.get(key)
+        if seen is None or self._digests.get(key) != digest:
+            return False
+        if seen.get("resourceVersion") == self._written.get(key):
+            return True
+        applied = self._applied_spec.get(key)
+        if applied is None or seen.get("generation") != applied[0]:
+            return False
+        owners = sorted(str(r.get("uid")) for r in seen.get("ownerReferences") or [])
+        meta = manifest["metadata"]
         return (
-            seen is not None
-            and self._digests.get(key) == digest
-            and seen.get("resourceVersion") == self._written.get(key)
+            owners == applied[1]
+            and _holds(seen.get("labels"), meta.get("labels"))
+            and _holds(seen.get("annotations"), meta.get("annotations"))
         )
 
     def _wrote(self, kind: Kind, namespace: str, answer: Mapping[str, Any] | None) -> None:
@@ -871,6 +906,37 @@ def _digest(manifest: Manifest) -> str:
 
 def _child_key(kind: Kind, namespace: str | None, name: str) -> ChildKey:
     return (kind.plural, namespace if kind.namespaced else None, name)
+
+
+def _deployment_replicas(body: Mapping[str, Any]) -> Replicas:
+    """Replicas of a Deployment's JSON body as a watch delivers it (rollout included)."""
+    status = body.get("status") or {}
+    spec = body.get("spec") or {}
+    wanted = spec.get("replicas")
+    rolling_out = rollout_progress(
+        (body.get("metadata") or {}).get("generation"),
+        status.get("observedGeneration"),
+        wanted if wanted is not None else 1,
+        status.get("replicas"),
+        status.get("updatedReplicas"),
+    )
+    return Replicas(
+        status.get("availableReplicas") or 0,
+        status.get("readyReplicas") or 0,
+        rolling_out=rolling_out,
+    )
+
+
+def _spec_version(answer: Mapping[str, Any]) -> tuple[Any, list[str]]:
+    meta = answer.get("metadata") or {}
+    return meta.get("generation"), sorted(
+        str(r.get("uid")) for r in meta.get("ownerReferences") or []
+    )
+
+
+def _holds(live: Mapping[str, Any] | None, wanted: Mapping[str, Any] | None) -> bool:
+    """Every key of `wanted` has its value in `live` (others' keys are not the operator's)."""
+    return all((live or {}).get(k) == v for k, v in (wanted or {}).items())
 
 
 def _replicas_of(deployment: dict[str, Any]) -> Replicas:

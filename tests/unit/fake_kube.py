@@ -223,7 +223,15 @@ class FakeKube:
         old = self.objects.get(key)
         obj = copy.deepcopy(manifest)
         uid = old["metadata"]["uid"] if old else f"uid-{next(self._uids)}"
-        obj["metadata"] |= {"uid": uid, "resourceVersion": self._version()}
+        generation = 1
+        if old is not None:
+            same = old.get("spec") == obj.get("spec")
+            generation = old["metadata"].get("generation", 1) + (0 if same else 1)
+        obj["metadata"] |= {
+            "uid": uid,
+            "resourceVersion": self._version(),
+            "generation": generation,
+        }
         if kind.kind == "Deployment":
             replicas = obj["spec"].get("replicas", 1)
             up = replicas if self.deployments_available else 0

@@ -320,6 +320,48 @@ async def test_policies_are_listed_by_their_core_or_all_when_the_selector_is_ref
         assert kube.condition("accesspolicies", "lobby")["status"] == "True"
 
 
+async def test_a_deployment_whose_status_alone_changed_is_not_applied_again() -> None:
+    """The Deployment controller's status updates are new versions but no change of what
+    the operator applied (same generation, its labels in place): no apply, and the replicas
+    come from the watch. A spec change (a new generation) or a label of the operator's
+    removed is applied again."""
+    kube = FakeKube()
+    _core_with_policy(kube)
+    key = ("deployments", NS, "hall-gateway")
+
+    async with running(kube) as rec:
+        await rec.reconcile(NS, "hall")
+        _watch_sees(rec, kube)
+        dep = kube.objects[key]
+        dep["metadata"] |= {"resourceVersion": "500"}
+        dep["metadata"]["annotations"] = {"deployment.kubernetes.io/revision": "1"}
+        dep["status"] = {"replicas": 2, "updatedReplicas": 2, "availableReplicas": 1}
+        assert rec.child_seen(DEPLOYMENT, NS, "hall-gateway", dep["metadata"], body=dep)
+        kube.applied.clear()
+        kube.calls.clear()
+        await rec.reconcile(NS, "hall")
+        assert ("Deployment", "hall-gateway") not in kube.applied
+        assert "read_deployment" not in kube.calls
+        gateway = kube.condition("qsyscores", "hall", "GatewayAvailable")
+        assert gateway["message"].startswith("1/2")
+
+        dep["spec"]["replicas"] = 5  # drift: the API server makes a new generation
+        dep["metadata"] |= {"resourceVersion": "501", "generation": 2}
+        rec.child_seen(DEPLOYMENT, NS, "hall-gateway", dep["metadata"], body=dep)
+        await rec.reconcile(NS, "hall")
+        assert ("Deployment", "hall-gateway") in kube.applied
+        assert kube.objects[key]["spec"]["replicas"] == 2
+
+        _watch_sees(rec, kube, DEPLOYMENT)
+        dep = kube.objects[key]
+        dep["metadata"]["labels"] = {}
+        dep["metadata"]["resourceVersion"] = "502"
+        rec.child_seen(DEPLOYMENT, NS, "hall-gateway", dep["metadata"], body=dep)
+        kube.applied.clear()
+        await rec.reconcile(NS, "hall")
+        assert kube.applied == [("Deployment", "hall-gateway")]
+
+
 async def test_secrets_the_watch_saw_unchanged_are_not_read_again() -> None:
     """The token key, token and config Secrets are read (or created) once; while the child
     watch's latest version of each is the one read, the next reconcile reads none of them.
