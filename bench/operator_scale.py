@@ -57,6 +57,8 @@ CONTROL_PLANE_QPS = 200
 bench starts (upstream defaults 20 and 50/s): at 20/s the ReplicaSet controller alone
 needs minutes for a thousand gateway pods, which would measure its rate limiter, not
 the operator."""
+CONTROL_PLANE_SYNCS = 20
+"""Deployments and ReplicaSets its controller manager syncs at once (upstream default 5)."""
 KWOK_NODE_PODS = 250
 """Pods a kwok node of hack/cluster holds (hack/cluster/kwok.yaml): two nodes hold 500,
 so 1,000 gateways need more nodes."""
@@ -83,13 +85,15 @@ def fake_nodes(pods: int) -> int:
 def _script(name: str, nodes: int = 2) -> subprocess.CompletedProcess[str]:
     """A hack/cluster script; without the real node unless QSYS_REAL_NODE says otherwise
     (kwok nodes run the gateway pods, so no image is needed), with `nodes` kwok nodes
-    unless QSYS_FAKE_NODES says otherwise, and the control plane's client rates raised
-    to CONTROL_PLANE_QPS unless QSYS_*_QPS say otherwise."""
+    unless QSYS_FAKE_NODES says otherwise, and the control plane's client rates and
+    controller syncs raised (CONTROL_PLANE_QPS, CONTROL_PLANE_SYNCS) unless the
+    QSYS_*_QPS and QSYS_CONTROLLER_MANAGER_SYNCS variables say otherwise."""
     defaults = {
         "QSYS_REAL_NODE": "0",
         "QSYS_FAKE_NODES": str(nodes),
         "QSYS_CONTROLLER_MANAGER_QPS": str(CONTROL_PLANE_QPS),
         "QSYS_SCHEDULER_QPS": str(CONTROL_PLANE_QPS),
+        "QSYS_CONTROLLER_MANAGER_SYNCS": str(CONTROL_PLANE_SYNCS),
     }
     return subprocess.run(
         ["bash", str(REPO / "hack" / "cluster" / name)],
