@@ -375,8 +375,9 @@ class Reconciler:
     async def _fetch(self, namespace: str, name: str) -> Fetched:
         """The core and the AccessPolicies naming it, read after the reconcile started."""
         since = time.monotonic_ns()
-        body = await self.kube.get_core(namespace, name)
-        policies = await self._policies(namespace, name, since)
+        body, policies = await asyncio.gather(
+            self.kube.get_core(namespace, name), self._policies(namespace, name, since)
+        )
         return Fetched(body, policies, since)
 
     async def _release(self, namespace: str, name: str, policies: list[AccessPolicy]) -> None:
@@ -685,10 +686,13 @@ class Reconciler:
                 self._digests[key] = digest
                 if obj["kind"] == DEPLOYMENT.kind:
                     deployment = answer
-            for ref in result.absent:
-                if ref.kind.optional and not served:
-                    continue
-                await self._delete_owned(owner, ref.kind, ref.name)
+            await asyncio.gather(
+                *(
+                    self._delete_owned(owner, ref.kind, ref.name)
+                    for ref in result.absent
+                    if served or not ref.kind.optional
+                )
+            )
         except ApiException as exc:
             if not is_permanent(exc):
                 raise
