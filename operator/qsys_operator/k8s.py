@@ -27,9 +27,9 @@ HANDOVER_MANAGER = "qsys-operator-replicas-handover"
 JSON = "application/json"
 METADATA_ONLY = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1"
 """Accept header of a metadata-only read: the API server never sends the object's data."""
-API_THREADS = 12
-"""Worker threads (and pooled connections) for the blocking client: enough to keep a
-burst of reconciles moving, few enough to stay small."""
+API_THREADS = 24
+"""Worker threads (and pooled connections) for the blocking client: one per reconcile in
+flight (reconcile.MAX_CONCURRENT_RECONCILES), few enough to stay small."""
 
 
 def object_path(kind: Kind, namespace: str | None, name: str) -> str:
