@@ -48,6 +48,7 @@ from .identity import SWEEP_SECONDS, Identity, Proof, throttle_key
 from .inflight import Lane, call_weight
 from .metrics import method_label
 from .policy import Decision, needs_control_types
+from .ratelimit import RateDecision
 from .records import Caller, Refusal, Work, outcome_of
 from .runtime import Runtime
 from .subject_sessions import SubjectSessions
@@ -127,11 +128,23 @@ class Admission(Identity):
         self, caller: Caller, calls: Sequence[Any], request_id: str
     ) -> Refusal | None:
         """Charge one token per call; on refusal audit each call and return the error."""
+        decision = self._hit_now(caller, calls)
+        if decision is None:
+            assert caller.subject is not None
+            rate = self.rt.config.rate_for(caller.subject)
+            decision = await self.rt.limiter.hit(caller.subject.name, rate, max(1, len(calls)))
+        return self._rate_verdict(caller, calls, decision, request_id)
+
+    def _hit_now(self, caller: Caller, calls: Sequence[Any]) -> RateDecision | None:
+        """The limiter's decision when it answers without waiting (memory buckets); None
+        when it must be awaited (nothing charged then)."""
         assert caller.subject is not None, "authenticate first"
-        rt = self.rt
-        rate = rt.config.rate_for(caller.subject)
-        name, cost = caller.subject.name, max(1, len(calls))
-        decision = rt.limiter.hit_local(name, rate, cost) or await rt.limiter.hit(name, rate, cost)
+        rate = self.rt.config.rate_for(caller.subject)
+        return self.rt.limiter.hit_local(caller.subject.name, rate, max(1, len(calls)))
+
+    def _rate_verdict(
+        self, caller: Caller, calls: Sequence[Any], decision: RateDecision, request_id: str
+    ) -> Refusal | None:
         if decision.allowed:
             return None
         err = Refusal(ErrorCode.RATE_LIMITED, "Rate limited", decision.retry_after)
@@ -175,7 +188,12 @@ class Admission(Identity):
             calls = await logon(calls if isinstance(calls, list) else list(calls))
             if not calls:
                 return []
-        refused = await self.rate_limit(caller, calls, request_id)
+        decision = self._hit_now(caller, calls)
+        refused = (
+            self._rate_verdict(caller, calls, decision, request_id)
+            if decision is not None
+            else await self.rate_limit(caller, calls, request_id)
+        )
         if refused is not None:
             if lane is None:
                 return refused
@@ -183,8 +201,11 @@ class Admission(Identity):
                 lane.answer(obj, refused)
             return []
         if lane is not None:
+            handle = self._handle if not tracing.ENABLED else self.handle
             for obj in calls:
-                await lane.start(obj, partial(self.handle, caller, obj, request_id), request_id)
+                work = partial(handle, caller, obj, request_id)
+                if not lane.try_start(obj, work, request_id):
+                    await lane.start(obj, work, request_id)
             return []
         gate = self.rt.in_flight_gate
         replies: list[Any] = []

@@ -110,9 +110,9 @@ class ConnectedClient:
         if not calls:
             self.send(jsonrpc.error_message(None, QrcError(ErrorCode.INVALID_REQUEST)))
             return
-        await self.admission.serve(
-            self.caller, calls, request_id(), lane=self.lane, logon=self._logon
-        )
+        # a logged-on connection without apiKeys has no logon step left
+        logon = self._logon if self._api_key or not self.logged_on else None
+        await self.admission.serve(self.caller, calls, request_id(), lane=self.lane, logon=logon)
 
     async def _logon(self, calls: list[Any]) -> list[Any]:
         """The calls of a frame that log the connection on (an `apiKey`, a source-bound
