@@ -34,7 +34,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from functools import partial
 from typing import Any
 
@@ -201,11 +201,9 @@ class Admission(Identity):
                 lane.answer(obj, refused)
             return []
         if lane is not None:
-            handle = self._handle if not tracing.ENABLED else self.handle
-            for obj in calls:
-                work = partial(handle, caller, obj, request_id)
-                if not lane.try_start(obj, work, request_id):
-                    await lane.start(obj, work, request_id)
+            rest = self._start(lane, caller, calls, request_id)
+            if rest is not None:
+                await rest
             return []
         gate = self.rt.in_flight_gate
         replies: list[Any] = []
@@ -223,6 +221,47 @@ class Admission(Identity):
             finally:
                 gate.release(weight)
         return replies
+
+    def serve_now(
+        self, caller: Caller, calls: Sequence[Any], request_id: str, lane: Lane
+    ) -> Coroutine[Any, Any, Any] | None:
+        """`serve` for a logged-on connection with no logon step, as far as it goes
+        without waiting (the same steps in the same order): None when every call is
+        answered or running in the lane; else the rest, to await before the connection's
+        next request (the rate limit needs Redis, or the lane or the gateway is full)."""
+        refused = self.check_batch(caller, calls, request_id)
+        if refused is not None:
+            lane.send(jsonrpc.error_message(None, refused))
+            return None
+        decision = self._hit_now(caller, calls)
+        if decision is None:  # nothing taken yet; the batch check passes again
+            return self.serve(caller, calls, request_id, lane=lane)
+        refused = self._rate_verdict(caller, calls, decision, request_id)
+        if refused is not None:
+            for obj in calls:
+                lane.answer(obj, refused)
+            return None
+        return self._start(lane, caller, calls, request_id)
+
+    def _start(
+        self, lane: Lane, caller: Caller, calls: Sequence[Any], request_id: str
+    ) -> Coroutine[Any, Any, None] | None:
+        """Start each call in the lane, in order, while it has room; the rest (from the
+        first that must wait) as a coroutine to await."""
+        handle = self._handle if not tracing.ENABLED else self.handle
+        for i, obj in enumerate(calls):
+            if not lane.try_start(obj, partial(handle, caller, obj, request_id), request_id):
+                return self._start_waiting(lane, caller, calls[i:], request_id)
+        return None
+
+    async def _start_waiting(
+        self, lane: Lane, caller: Caller, calls: Sequence[Any], request_id: str
+    ) -> None:
+        handle = self._handle if not tracing.ENABLED else self.handle
+        for obj in calls:
+            work = partial(handle, caller, obj, request_id)
+            if not lane.try_start(obj, work, request_id):
+                await lane.start(obj, work, request_id)
 
     async def _work(self, caller: Caller, work: Work, request_id: str) -> Any:
         if not tracing.ENABLED:
