@@ -206,18 +206,20 @@ class Admission(Identity):
                 await rest
             return []
         gate = self.rt.in_flight_gate
+        handle = self._handle if not tracing.ENABLED else self.handle
         replies: list[Any] = []
         for obj in calls:
             if isinstance(obj, Work):
-                weight = await gate.acquire(obj.weight)
+                weight = gate.take(obj.weight) or await gate.acquire(obj.weight)
                 try:
                     replies.append(await self._work(caller, obj, request_id))
                 finally:
                     gate.release(weight)
                 continue
-            weight = await gate.acquire(call_weight(obj))
+            wanted = call_weight(obj)
+            weight = gate.take(wanted) or await gate.acquire(wanted)
             try:
-                replies.append(await self.handle(caller, obj, request_id))
+                replies.append(await handle(caller, obj, request_id))
             finally:
                 gate.release(weight)
         return replies

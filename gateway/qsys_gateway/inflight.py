@@ -47,6 +47,8 @@ def call_weight(obj: Any) -> int:
 class WeightedGate:
     """A FIFO weighted semaphore; a weight above the limit is clipped to it."""
 
+    __slots__ = ("_waiters", "limit", "used")
+
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.used = 0
@@ -119,13 +121,16 @@ class Lane:
     every call is answered through `send`, also when it fails or the connection closes
     under it."""
 
+    __slots__ = ("_gate", "_slots", "_tasks", "_weight", "send")
+
     def __init__(self, send: Callable[[Reply], None], gate: WeightedGate) -> None:
         self.send = send
         self._gate = gate
         self._slots = WeightedGate(MAX_CALLS)
         """Calls in flight, one unit each."""
         self._weight = WeightedGate(PER_CONNECTION)
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[None]] | None = None
+        """Made by the first call (an idle connection's lane stays small)."""
 
     def answer(self, obj: Any, err: QrcError) -> None:
         reply = answer_to(obj, err)
@@ -174,8 +179,11 @@ class Lane:
         task = asyncio.get_running_loop().create_task(
             self._run(obj, work, mine, theirs, request_id)
         )
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        tasks = self._tasks
+        if tasks is None:
+            tasks = self._tasks = set()
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
 
     async def _run(
         self,
@@ -213,7 +221,7 @@ class Lane:
 
     async def cancel(self) -> None:
         """Cancel the calls in flight; each answers its call as it ends."""
-        tasks = list(self._tasks)
+        tasks = list(self._tasks or ())
         for task in tasks:
             task.cancel()
         if tasks:

@@ -47,6 +47,19 @@ def refusals(frame: bytes, err: QrcError, max_batch: int) -> list[dict[str, Any]
 class ConnectedClient:
     """One connected client. `send` must not block; transports bound their own queues."""
 
+    __slots__ = (
+        "_answers_before_logon",
+        "_api_key",
+        "_key_digest",
+        "_pre_logon_error",
+        "_source_bound",
+        "admission",
+        "caller",
+        "handle",
+        "lane",
+        "svc",
+    )
+
     def __init__(
         self,
         svc: Services,

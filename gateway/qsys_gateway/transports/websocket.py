@@ -25,6 +25,9 @@ from .responses import SERVICES, bearer, error_response, source_ip
 
 log = logging.getLogger("qsys_gateway.websocket")
 
+_CLOSERS: set[asyncio.Task[None]] = set()
+"""Slow clients being closed (one set for all, not one per client)."""
+
 _LEN16 = struct.Struct("!BBH").pack
 _LEN64 = struct.Struct("!BBQ").pack
 
@@ -63,7 +66,6 @@ async def _serve(request: web.Request, transport: str, *, api_key: bool) -> web.
     budget = rt.send_budget
     backlog = 0
     dead = False  # closed for being slow, or finished: nothing more is queued
-    background: set[asyncio.Task[Any]] = set()
     ws = web.WebSocketResponse(
         max_msg_size=rt.config.limits.maxMessageBytes, heartbeat=20.0, autoping=True
     )
@@ -135,8 +137,8 @@ async def _serve(request: web.Request, transport: str, *, api_key: bool) -> web.
             writer.cancel()
         release_queue()
         closer = loop.create_task(slow_close())
-        background.add(closer)
-        closer.add_done_callback(background.discard)
+        _CLOSERS.add(closer)
+        closer.add_done_callback(_CLOSERS.discard)
 
     async def slow_close() -> None:
         try:
@@ -187,12 +189,12 @@ async def _serve(request: web.Request, transport: str, *, api_key: bool) -> web.
                 logon_timeout = rt.config.limits.logonTimeoutSeconds
                 deadline.reschedule(loop.time() + logon_timeout)
             async for msg in ws:
-                if msg.type == WSMsgType.TEXT:
-                    await conn.handle_frame(msg.data)
-                    if conn.logged_on:
+                if msg.type == WSMsgType.TEXT or msg.type == WSMsgType.BINARY:
+                    rest = conn.handle_frame_now(msg.data)
+                    if rest is not None:
+                        await rest
+                    if msg.type == WSMsgType.TEXT and conn.logged_on:
                         deadline.reschedule(None)
-                elif msg.type == WSMsgType.BINARY:
-                    await conn.handle_frame(msg.data)
                 elif msg.type == WSMsgType.ERROR:
                     break
     except TimeoutError:
