@@ -150,7 +150,9 @@ class Lane:
         if not theirs:
             self._release(mine, 0)
             return False
-        self._spawn(obj, work, mine, theirs, request_id)
+        self._track(
+            asyncio.get_running_loop().create_task(self._run(obj, work, mine, theirs, request_id))
+        )
         return True
 
     async def start(
@@ -166,19 +168,11 @@ class Lane:
         except BaseException:
             self._release(mine, theirs)
             raise
-        self._spawn(obj, work, mine, theirs, request_id)
-
-    def _spawn(
-        self,
-        obj: Any,
-        work: Callable[[], Awaitable[Reply | None]],
-        mine: int,
-        theirs: int,
-        request_id: str,
-    ) -> None:
-        task = asyncio.get_running_loop().create_task(
-            self._run(obj, work, mine, theirs, request_id)
+        self._track(
+            asyncio.get_running_loop().create_task(self._run(obj, work, mine, theirs, request_id))
         )
+
+    def _track(self, task: asyncio.Task[None]) -> None:
         tasks = self._tasks
         if tasks is None:
             tasks = self._tasks = set()
