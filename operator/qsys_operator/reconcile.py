@@ -554,9 +554,17 @@ class Reconciler:
         return core_limit_problem(core.metadata.name, ns, cores, limit)
 
     async def _policies(self, namespace: str, core: str, since: int) -> list[AccessPolicy]:
+        """The policies naming the core, except those being deleted: a policy with a
+        deletionTimestamp counts as gone, as a core does. Under foreground deletion (Argo
+        CD's prune, kubectl --cascade=foreground) it stays until the garbage collector has
+        cut its generated token Secrets loose; rendered meanwhile, its tokens would stay
+        admitted, and its owner reference put back on those Secrets would hold the
+        deletion up again and again (the collector backing off each time, for minutes)."""
         out = []
         for raw in await self._shared_list(AccessPolicy.PLURAL, namespace, since):
             if ((raw.get("spec") or {}).get("coreRef") or {}).get("name") != core:
+                continue
+            if (raw.get("metadata") or {}).get("deletionTimestamp"):
                 continue
             try:
                 out.append(AccessPolicy.model_validate(raw))

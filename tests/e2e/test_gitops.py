@@ -382,12 +382,10 @@ def test_a_denied_sync_shows_the_api_servers_cel_message(gitops: GitOps) -> None
     gitops.wait("av-hall Synced and Healthy again", ready_probe(gitops.argo, "av-hall"))
 
 
-def test_replace_of_the_policy_keeps_the_agents_token(gitops: GitOps) -> None:
-    """The AccessPolicy replaced by Argo CD (`Replace=true`): the generated token stays
-    with the Core and is accepted again, so its clients keep it. (Prune and re-sync
-    through Argo CD is not asserted here: in two runs the pruned policy's token was still
-    accepted after 150 s, not yet understood; the same delete by kubectl, foreground as
-    Argo CD prunes, is proven by test_first_ten_minutes.py.)"""
+def test_prune_and_replace_of_the_policy_keep_the_agents_token(gitops: GitOps) -> None:
+    """The AccessPolicy replaced (`Replace=true`), then pruned and committed again: the
+    pruned policy's token is refused within the reload time, and the generated token
+    stays with the Core and is valid again, so its clients keep it."""
     name = f"{POLICY}-ai-agent-token"
     token = secret_text(gitops.cluster.api, gitops.ns, name, "token")
     assert token
@@ -417,3 +415,54 @@ def test_replace_of_the_policy_keeps_the_agents_token(gitops: GitOps) -> None:
     gitops.wait("the replacing sync", synced_at(gitops.argo, revision))
     assert secret_text(gitops.cluster.api, gitops.ns, name, "token") == token
     gitops.wait("the token accepted after Replace", answers(200), timeout=RELOAD_S)
+
+    revision = gitops.repos.commit({f"{SITE}/accesspolicy.yaml": ""}, "hall: drop the policy")
+    gitops.argo.refresh("av-hall")
+    timeline = PruneTimeline(gitops, name)
+    refused = answers(401)
+    try:
+        gitops.wait("the pruning sync", timeline.around(synced_at(gitops.argo, revision)))
+        gitops.wait("the token refused without its policy", timeline.around(refused), RELOAD_S)
+    finally:
+        print(f"prune: {timeline.seen}")
+
+    revision = gitops.repos.commit(files, "hall: the operators' policy again")
+    gitops.argo.refresh("av-hall")
+    gitops.wait("the restoring sync", synced_at(gitops.argo, revision))
+    assert secret_text(gitops.cluster.api, gitops.ns, name, "token") == token
+    gitops.wait("the same token accepted again", answers(200), timeout=RELOAD_S)
+
+
+class PruneTimeline:
+    """What the prune changed, as (seconds, what): the policy (there, being deleted, gone),
+    its token Secret's owners, and whether the rendered config still names the subject."""
+
+    def __init__(self, gitops: GitOps, token_secret: str) -> None:
+        self.gitops = gitops
+        self.token_secret = token_secret
+        self.started = time.monotonic()
+        self.seen: list[tuple[float, str]] = []
+
+    def state(self) -> str:
+        api, ns = self.gitops.cluster.api, self.gitops.ns
+        try:
+            meta = get(self.gitops.cluster, ns, "AccessPolicy", POLICY)["metadata"]
+            policy = (
+                f"deleting {meta.get('finalizers')}" if meta.get("deletionTimestamp") else "there"
+            )
+        except client.ApiException as exc:
+            policy = "gone" if exc.status == 404 else f"error {exc.status}"
+        secret = client.CoreV1Api(api).read_namespaced_secret(self.token_secret, ns)
+        owners = [r.kind for r in (secret.metadata and secret.metadata.owner_references) or []]
+        config = secret_text(api, ns, f"{CORE}-gateway-config", "gateway.yaml") or ""
+        rendered = "rendered" if "name: ai-agent" in config else "not rendered"
+        return f"policy {policy}; token owners {owners}; subject {rendered}"
+
+    def around(self, probe: Callable[[], T | None]) -> Callable[[], T | None]:
+        def observed() -> T | None:
+            now = self.state()
+            if not self.seen or self.seen[-1][1] != now:
+                self.seen.append((round(time.monotonic() - self.started, 1), now))
+            return probe()
+
+        return observed
