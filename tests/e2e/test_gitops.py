@@ -14,6 +14,7 @@ Application (docs/argocd/bundle.yaml).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import json
@@ -240,7 +241,10 @@ class GitOps:
             if got is not None:
                 return got
             time.sleep(0.5)
-        apps = {n: self.argo.app(n).get("status") for n in ("qsys-operator", "av-hall")}
+        apps = {}
+        for name in ("qsys-operator", "av-hall", "av-hall-bundle"):
+            with contextlib.suppress(client.ApiException):
+                apps[name] = self.argo.app(name).get("status")
         pytest.fail(
             f"timed out after {timeout:.0f}s waiting for {what}\n"
             f"{json.dumps(apps, indent=1)[-6000:]}\n{self.argo.log_tail()}",
