@@ -12,7 +12,6 @@ import copy
 from typing import Any
 
 import yaml
-
 from fake_kube import CORE_UID, MANAGED, NS, FakeKube, ready, reconcile, running
 
 from qsys_operator.kinds import (
