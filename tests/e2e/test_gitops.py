@@ -21,8 +21,6 @@ import json
 import re
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -37,6 +35,7 @@ from node_support import (
     host_call,
     images,
     real_namespace,
+    rpc_status,
     simulated_core,
     start_simulator,
 )
@@ -543,19 +542,7 @@ class PruneTimeline:
     def pod_answer(self, ip: str) -> int:
         """The HTTP status one gateway pod answers the agent's token with."""
         token = secret_text(self.gitops.cluster.api, self.gitops.ns, self.token_secret, "token")
-        body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "StatusGet", "params": {}})
-        req = urllib.request.Request(
-            f"http://{ip}:8080/v1/rpc",
-            data=body.encode(),
-            headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
-        )
-        try:
-            with urllib.request.urlopen(req, timeout=5) as r:
-                return int(r.status)
-        except urllib.error.HTTPError as exc:
-            return int(exc.code)
-        except OSError:
-            return 0
+        return rpc_status(ip, token or "", "StatusGet")
 
     def around(self, probe: Callable[[], T | None]) -> Callable[[], T | None]:
         def observed() -> T | None:
