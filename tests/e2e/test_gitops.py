@@ -568,7 +568,16 @@ def test_no_resource_goes_out_of_sync_while_the_hpa_scales(gitops: GitOps) -> No
     watch = gitops.watch_drift()
     started = time.monotonic()
     drift = watch.result()
-    print(f"drift watch: settled samples {watch.samples}, waited {time.monotonic() - started:.0f}s")
+    print(f"drift watch: samples {watch.samples}, waited {time.monotonic() - started:.0f}s")
+    for name in watch.samples:
+        status = gitops.argo.app(name).get("status") or {}
+        op = status.get("operationState") or {}
+        print(
+            f"{name}: settled={settled(status)} phase={op.get('phase')} "
+            f"applied={(op.get('syncResult') or {}).get('revision')} "
+            f"compared={(status.get('sync') or {}).get('revision')} "
+            f"finishedAt={op.get('finishedAt')} reconciledAt={status.get('reconciledAt')}"
+        )
     assert all(n >= DRIFT_WINDOW_S / 3 for n in watch.samples.values()), watch.samples
     assert drift == []
 
