@@ -591,7 +591,13 @@ class Reconciler:
         CRD's selectable field), so a reconcile reads its own few policies, not every
         policy of the namespace. Where the API server refuses the selector (a CRD of an
         earlier release, or the feature turned off), the namespace's policies are listed
-        (one list shared by the reconciles running at once) and filtered here."""
+        (one list shared by the reconciles running at once) and filtered here.
+
+        A policy with a deletionTimestamp counts as gone, as a core does: under foreground
+        deletion (Argo CD's prune, kubectl --cascade=foreground) it stays until the garbage
+        collector has cut its generated token Secrets loose; rendered meanwhile, its tokens
+        would stay admitted, and its owner reference put back on those Secrets would make
+        the collector start over."""
         listed = None
         if self._select_policies:
             selector = f"{AccessPolicy.CORE_REF_FIELD}={core}"
@@ -611,6 +617,8 @@ class Reconciler:
         out = []
         for raw in listed:
             if ((raw.get("spec") or {}).get("coreRef") or {}).get("name") != core:
+                continue
+            if (raw.get("metadata") or {}).get("deletionTimestamp"):
                 continue
             try:
                 out.append(AccessPolicy.model_validate(raw))

@@ -7,9 +7,11 @@ server: tests/e2e/test_operator.py."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import copy
 from typing import Any
 
+import yaml
 from fake_kube import CORE_UID, MANAGED, NS, FakeKube, ready, reconcile, running
 
 from qsys_operator.kinds import (
@@ -24,6 +26,7 @@ from qsys_operator.kinds import (
     Kind,
 )
 from qsys_operator.reconcile import MAX_CONCURRENT_RECONCILES, Reconciler
+from qsys_operator.render import CONFIG_KEY
 
 BINDING = "qsys-gateway-tokenreview:av:hall"
 FOREIGN_IMAGE = "registry.example/someone/gateway:1.0"
@@ -232,6 +235,39 @@ def test_a_deleted_core_leaves_its_policies_unbound() -> None:
     policy = kube.condition("accesspolicies", "lobby")
     assert (policy["status"], policy["reason"]) == ("False", "CoreNotFound")
     assert kube.condition("accesspolicies", "lobby", "Bound")["status"] == "False"
+
+
+def _rendered_subjects(kube: FakeKube) -> list[str]:
+    secret = kube.get(SECRET, "hall-gateway-config")
+    assert secret is not None
+    config = yaml.safe_load(base64.b64decode(secret["data"][CONFIG_KEY]))
+    return [s["name"] for s in config.get("subjects") or []]
+
+
+def test_a_policy_being_deleted_is_gone_for_the_gateways_at_once() -> None:
+    """Foreground deletion (Argo CD's prune): the policy stays, with a deletionTimestamp,
+    until the garbage collector has taken its owner reference off the token Secret it
+    shares with the core. Its subjects leave the config at once, and the operator does not
+    put that reference back (which would hold the deletion up, for minutes as the
+    collector backs off)."""
+    kube = FakeKube()
+    _core_with_policy(kube)
+    kube.put_policy("ops")
+    reconcile(kube)
+    assert sorted(_rendered_subjects(kube)) == ["lobby-client", "ops-client"]
+    policy = kube.objects[("accesspolicies", NS, "ops")]
+    policy["metadata"] |= {
+        "deletionTimestamp": "2024-01-01T00:01:00Z",
+        "finalizers": ["foregroundDeletion"],
+    }
+    token = kube.objects[("secrets", NS, "ops-ops-client-token")]["metadata"]
+    # The collector's part: the dependent keeps its other owner, the core.
+    token["ownerReferences"] = [r for r in token["ownerReferences"] if r["uid"] != "ops-uid"]
+    kube.patched.clear()
+    reconcile(kube)
+    assert _rendered_subjects(kube) == ["lobby-client"]
+    assert kube.patched == []
+    assert [r["uid"] for r in token["ownerReferences"]] == [CORE_UID]
 
 
 async def test_watch_events_of_the_operators_own_writes_trigger_nothing() -> None:
