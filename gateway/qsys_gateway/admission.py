@@ -34,7 +34,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from functools import partial
 from typing import Any
 
@@ -48,6 +48,7 @@ from .identity import SWEEP_SECONDS, Identity, Proof, throttle_key
 from .inflight import Lane, call_weight
 from .metrics import method_label
 from .policy import Decision, needs_control_types
+from .ratelimit import RateDecision
 from .records import Caller, Refusal, Work, outcome_of
 from .runtime import Runtime
 from .subject_sessions import SubjectSessions
@@ -127,11 +128,23 @@ class Admission(Identity):
         self, caller: Caller, calls: Sequence[Any], request_id: str
     ) -> Refusal | None:
         """Charge one token per call; on refusal audit each call and return the error."""
+        decision = self._hit_now(caller, calls)
+        if decision is None:
+            assert caller.subject is not None
+            rate = self.rt.config.rate_for(caller.subject)
+            decision = await self.rt.limiter.hit(caller.subject.name, rate, max(1, len(calls)))
+        return self._rate_verdict(caller, calls, decision, request_id)
+
+    def _hit_now(self, caller: Caller, calls: Sequence[Any]) -> RateDecision | None:
+        """The limiter's decision when it answers without waiting (memory buckets); None
+        when it must be awaited (nothing charged then)."""
         assert caller.subject is not None, "authenticate first"
-        rt = self.rt
-        rate = rt.config.rate_for(caller.subject)
-        name, cost = caller.subject.name, max(1, len(calls))
-        decision = rt.limiter.hit_local(name, rate, cost) or await rt.limiter.hit(name, rate, cost)
+        rate = self.rt.config.rate_for(caller.subject)
+        return self.rt.limiter.hit_local(caller.subject.name, rate, max(1, len(calls)))
+
+    def _rate_verdict(
+        self, caller: Caller, calls: Sequence[Any], decision: RateDecision, request_id: str
+    ) -> Refusal | None:
         if decision.allowed:
             return None
         err = Refusal(ErrorCode.RATE_LIMITED, "Rate limited", decision.retry_after)
@@ -175,7 +188,12 @@ class Admission(Identity):
             calls = await logon(calls if isinstance(calls, list) else list(calls))
             if not calls:
                 return []
-        refused = await self.rate_limit(caller, calls, request_id)
+        decision = self._hit_now(caller, calls)
+        refused = (
+            self._rate_verdict(caller, calls, decision, request_id)
+            if decision is not None
+            else await self.rate_limit(caller, calls, request_id)
+        )
         if refused is not None:
             if lane is None:
                 return refused
@@ -183,25 +201,69 @@ class Admission(Identity):
                 lane.answer(obj, refused)
             return []
         if lane is not None:
-            for obj in calls:
-                await lane.start(obj, partial(self.handle, caller, obj, request_id), request_id)
+            rest = self._start(lane, caller, calls, request_id)
+            if rest is not None:
+                await rest
             return []
         gate = self.rt.in_flight_gate
+        handle = self._handle if not tracing.ENABLED else self.handle
         replies: list[Any] = []
         for obj in calls:
             if isinstance(obj, Work):
-                weight = await gate.acquire(obj.weight)
+                weight = gate.take(obj.weight) or await gate.acquire(obj.weight)
                 try:
                     replies.append(await self._work(caller, obj, request_id))
                 finally:
                     gate.release(weight)
                 continue
-            weight = await gate.acquire(call_weight(obj))
+            wanted = call_weight(obj)
+            weight = gate.take(wanted) or await gate.acquire(wanted)
             try:
-                replies.append(await self.handle(caller, obj, request_id))
+                replies.append(await handle(caller, obj, request_id))
             finally:
                 gate.release(weight)
         return replies
+
+    def serve_now(
+        self, caller: Caller, calls: Sequence[Any], request_id: str, lane: Lane
+    ) -> Coroutine[Any, Any, Any] | None:
+        """`serve` for a logged-on connection with no logon step, as far as it goes
+        without waiting (the same steps in the same order): None when every call is
+        answered or running in the lane; else the rest, to await before the connection's
+        next request (the rate limit needs Redis, or the lane or the gateway is full)."""
+        refused = self.check_batch(caller, calls, request_id)
+        if refused is not None:
+            lane.send(jsonrpc.error_message(None, refused))
+            return None
+        decision = self._hit_now(caller, calls)
+        if decision is None:  # nothing taken yet; the batch check passes again
+            return self.serve(caller, calls, request_id, lane=lane)
+        refused = self._rate_verdict(caller, calls, decision, request_id)
+        if refused is not None:
+            for obj in calls:
+                lane.answer(obj, refused)
+            return None
+        return self._start(lane, caller, calls, request_id)
+
+    def _start(
+        self, lane: Lane, caller: Caller, calls: Sequence[Any], request_id: str
+    ) -> Coroutine[Any, Any, None] | None:
+        """Start each call in the lane, in order, while it has room; the rest (from the
+        first that must wait) as a coroutine to await."""
+        handle = self._handle if not tracing.ENABLED else self.handle
+        for i, obj in enumerate(calls):
+            if not lane.try_start(obj, partial(handle, caller, obj, request_id), request_id):
+                return self._start_waiting(lane, caller, calls[i:], request_id)
+        return None
+
+    async def _start_waiting(
+        self, lane: Lane, caller: Caller, calls: Sequence[Any], request_id: str
+    ) -> None:
+        handle = self._handle if not tracing.ENABLED else self.handle
+        for obj in calls:
+            work = partial(handle, caller, obj, request_id)
+            if not lane.try_start(obj, work, request_id):
+                await lane.start(obj, work, request_id)
 
     async def _work(self, caller: Caller, work: Work, request_id: str) -> Any:
         if not tracing.ENABLED:

@@ -47,11 +47,21 @@ def call_weight(obj: Any) -> int:
 class WeightedGate:
     """A FIFO weighted semaphore; a weight above the limit is clipped to it."""
 
+    __slots__ = ("_waiters", "limit", "used")
+
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.used = 0
         self._waiters: deque[tuple[int, asyncio.Future[None]]] | None = None
         """Made by the first call that has to wait (a gate per idle connection stays small)."""
+
+    def take(self, weight: int) -> int:
+        """`acquire` when it would not wait: the weight taken, or 0 (nothing taken)."""
+        weight = max(1, min(weight, self.limit))
+        if not self._waiters and self.used + weight <= self.limit:
+            self.used += weight
+            return weight
+        return 0
 
     async def acquire(self, weight: int) -> int:
         weight = max(1, min(weight, self.limit))
@@ -111,24 +121,46 @@ class Lane:
     every call is answered through `send`, also when it fails or the connection closes
     under it."""
 
+    __slots__ = ("_gate", "_slots", "_tasks", "_weight", "send")
+
     def __init__(self, send: Callable[[Reply], None], gate: WeightedGate) -> None:
         self.send = send
         self._gate = gate
-        self._slots = asyncio.Semaphore(MAX_CALLS)
+        self._slots = WeightedGate(MAX_CALLS)
+        """Calls in flight, one unit each."""
         self._weight = WeightedGate(PER_CONNECTION)
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[None]] | None = None
+        """Made by the first call (an idle connection's lane stays small)."""
 
     def answer(self, obj: Any, err: QrcError) -> None:
         reply = answer_to(obj, err)
         if reply is not None:
             self.send(reply)
 
+    def try_start(
+        self, obj: Any, work: Callable[[], Awaitable[Reply | None]], request_id: str = ""
+    ) -> bool:
+        """`start` when there is room now (no one waits before it): True when `work` runs;
+        False when nothing was taken and the caller must `await start(...)`."""
+        if not self._slots.take(1):
+            return False
+        weight = call_weight(obj)
+        mine = self._weight.take(weight)
+        theirs = self._gate.take(weight) if mine else 0
+        if not theirs:
+            self._release(mine, 0)
+            return False
+        self._track(
+            asyncio.get_running_loop().create_task(self._run(obj, work, mine, theirs, request_id))
+        )
+        return True
+
     async def start(
         self, obj: Any, work: Callable[[], Awaitable[Reply | None]], request_id: str = ""
     ) -> None:
         """Wait for room for the call `obj`, then run `work` (its reply) in a task."""
         weight = call_weight(obj)
-        await self._slots.acquire()
+        await self._slots.acquire(1)
         mine = theirs = 0
         try:
             mine = await self._weight.acquire(weight)
@@ -136,11 +168,16 @@ class Lane:
         except BaseException:
             self._release(mine, theirs)
             raise
-        task = asyncio.get_running_loop().create_task(
-            self._run(obj, work, mine, theirs, request_id)
+        self._track(
+            asyncio.get_running_loop().create_task(self._run(obj, work, mine, theirs, request_id))
         )
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+
+    def _track(self, task: asyncio.Task[None]) -> None:
+        tasks = self._tasks
+        if tasks is None:
+            tasks = self._tasks = set()
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
 
     async def _run(
         self,
@@ -169,7 +206,7 @@ class Lane:
             self._weight.release(mine)
         if theirs:
             self._gate.release(theirs)
-        self._slots.release()
+        self._slots.release(1)
 
     async def drain(self, timeout: float) -> None:
         """Wait for the calls in flight (bounded)."""
@@ -178,7 +215,7 @@ class Lane:
 
     async def cancel(self) -> None:
         """Cancel the calls in flight; each answers its call as it ends."""
-        tasks = list(self._tasks)
+        tasks = list(self._tasks or ())
         for task in tasks:
             task.cancel()
         if tasks:

@@ -185,12 +185,21 @@ def _written(write: ControlSetParams | ControlWrite) -> Any:
     return {"String": write.String}
 
 
+READ_MEMO_SIZE = 1024
+"""Read decisions a subject's policy remembers (`_SubjectPolicy.reads`); emptied when full."""
+READ_MEMO_NAMES = 32
+"""Reads naming more controls than this are judged afresh each time (not remembered)."""
+
+
 class _SubjectPolicy:
-    __slots__ = ("_by_method", "rules")
+    __slots__ = ("_by_method", "reads", "rules")
 
     def __init__(self, rules: Sequence[Rule]) -> None:
         self.rules = tuple(_Rule.build(i, r) for i, r in enumerate(rules))
         self._by_method: dict[str, tuple[_Rule, ...]] = {}
+        self.reads: dict[tuple[str, ...], Decision] = {}
+        """Decisions on reads (`Control.Get`, `Component.Get`) by the names they read: a
+        read's decision depends on nothing else, and panels poll the same few."""
 
     def rules_for(self, method: str) -> tuple[_Rule, ...]:
         """Rules whose `methods` allow `method`: globs for modelled methods, exact otherwise."""
@@ -242,6 +251,15 @@ class Policy:
                 return Decision(False, "invalid params", (), (), write)
         if not rules:
             return Decision(False, f"no rule allows method {method}", (), (), write)
+        key = _read_key(method, params)
+        if key is not None:
+            decision = compiled.reads.get(key)
+            if decision is None:
+                decision = _check(method, params, rules, write, {})
+                if len(compiled.reads) >= READ_MEMO_SIZE:
+                    compiled.reads.clear()
+                compiled.reads[key] = decision
+            return decision
         decision = _check(method, params, rules, write, control_types or {})
         if decision.allowed and traits.group_add:
             return self._require_read(subject, params, decision)
@@ -361,6 +379,22 @@ def _widest(
         if r.high is not None:
             high = r.high if high is None else max(high, r.high)
     return (found, None if unbounded_low else low, None if unbounded_high else high)
+
+
+def _read_key(method: str, params: Any) -> tuple[str, ...] | None:
+    """What a read's decision depends on (method, component, control names); None for
+    anything else, or a read of many controls."""
+    if method == "Control.Get" and isinstance(params, ControlGetParams):
+        names = params.root
+        if len(names) <= READ_MEMO_NAMES:
+            return (method, "", *names)
+    elif (
+        method == "Component.Get"
+        and isinstance(params, ComponentGetParams)
+        and len(params.Controls) <= READ_MEMO_NAMES
+    ):
+        return (method, params.Name, *(c.Name for c in params.Controls))
+    return None
 
 
 def _check(

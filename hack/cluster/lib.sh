@@ -48,6 +48,14 @@ KUBE_PROXY_METRICS_PORT=${QSYS_KUBE_PROXY_METRICS_PORT:-16450}
 # and so that nothing ever dials a non-loopback address.
 POD_CIDR=${QSYS_POD_CIDR:-127.77.0.1/16}
 FAKE_NODES=${QSYS_FAKE_NODES:-2}
+# Client-side rate limits (requests/s) of the controller manager's controllers (each has
+# its own client) and of the scheduler; upstream defaults unless set. At 20/s the
+# Deployment and ReplicaSet controllers alone need minutes for a thousand Deployments
+# (bench/operator_scale.py raises them).
+CONTROLLER_MANAGER_QPS=${QSYS_CONTROLLER_MANAGER_QPS:-20}
+SCHEDULER_QPS=${QSYS_SCHEDULER_QPS:-50}
+# Deployments and ReplicaSets the controller manager syncs at once (upstream default 5).
+CONTROLLER_MANAGER_SYNCS=${QSYS_CONTROLLER_MANAGER_SYNCS:-5}
 # With the real node the apiserver listens on NODE_IP (inside the cluster's
 # range, reachable from pods as the "kubernetes" Service) instead of loopback.
 if [[ $REAL_NODE != 0 ]]; then APISERVER_HOST=$NODE_IP; else APISERVER_HOST=127.0.0.1; fi

@@ -112,13 +112,18 @@ start kube-controller-manager \
 	--cluster-signing-cert-file="$PKI/ca.crt" --cluster-signing-key-file="$PKI/ca.key" \
 	--cluster-name=qsys-local --allocate-node-cidrs=false --profiling=false \
 	--horizontal-pod-autoscaler-sync-period=5s \
-	--horizontal-pod-autoscaler-downscale-stabilization=30s
+	--horizontal-pod-autoscaler-downscale-stabilization=30s \
+	--kube-api-qps="$CONTROLLER_MANAGER_QPS" --kube-api-burst="$((CONTROLLER_MANAGER_QPS * 3 / 2))" \
+	--concurrent-deployment-syncs="$CONTROLLER_MANAGER_SYNCS" \
+	--concurrent-replicaset-syncs="$CONTROLLER_MANAGER_SYNCS"
 
 cat >"$STATE/kube-scheduler.yaml" <<SCHED
 apiVersion: kubescheduler.config.k8s.io/v1
 kind: KubeSchedulerConfiguration
 clientConnection:
   kubeconfig: $STATE/kube-scheduler.kubeconfig
+  qps: $SCHEDULER_QPS
+  burst: $((SCHEDULER_QPS * 2))
 leaderElection:
   leaderElect: false
 SCHED

@@ -173,6 +173,11 @@ COLUMNS: dict[str, list[dict[str, Any]]] = {
 SHORT_NAMES = {QSysCore.KIND: ["qcore"], AccessPolicy.KIND: ["qpol"]}
 
 
+SELECTABLE = {AccessPolicy.KIND: [{"jsonPath": f".{AccessPolicy.CORE_REF_FIELD}"}]}
+"""Fields a list may select on (CRD selectableFields, Kubernetes 1.31+): a reconcile lists
+only its core's policies (`fieldSelector=spec.coreRef.name=NAME`), not the namespace's."""
+
+
 def crd(model: type[QSysCore] | type[AccessPolicy]) -> dict[str, Any]:
     kind, plural = model.KIND, model.PLURAL
     return {
@@ -200,6 +205,7 @@ def crd(model: type[QSysCore] | type[AccessPolicy]) -> dict[str, Any]:
                     "storage": True,
                     "subresources": {"status": {}},
                     "additionalPrinterColumns": COLUMNS[kind],
+                    **({"selectableFields": SELECTABLE[kind]} if kind in SELECTABLE else {}),
                     "schema": {"openAPIV3Schema": _resource_schema(model)},
                 }
             ],

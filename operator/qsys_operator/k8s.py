@@ -12,7 +12,7 @@ import functools
 import json
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, Protocol
 
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
@@ -27,9 +27,9 @@ HANDOVER_MANAGER = "qsys-operator-replicas-handover"
 JSON = "application/json"
 METADATA_ONLY = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1"
 """Accept header of a metadata-only read: the API server never sends the object's data."""
-API_THREADS = 12
-"""Worker threads (and pooled connections) for the blocking client: enough to keep a
-burst of reconciles moving, few enough to stay small."""
+API_THREADS = 24
+"""Worker threads (and pooled connections) for the blocking client: one per reconcile in
+flight (reconcile.MAX_CONCURRENT_RECONCILES), few enough to stay small."""
 
 
 def object_path(kind: Kind, namespace: str | None, name: str) -> str:
@@ -251,10 +251,20 @@ class Kube:
     async def get_policy(self, namespace: str, name: str) -> dict[str, Any] | None:
         return await self.get_custom(AccessPolicy.PLURAL, namespace, name)
 
-    async def list_custom(self, plural: str, namespace: str | None) -> list[dict[str, Any]]:
+    async def list_custom(
+        self, plural: str, namespace: str | None, field_selector: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Our resources of `plural`; field_selector only with a namespace (a 400 when the
+        CRD does not declare the field selectable)."""
         if namespace:
+            selected = {"field_selector": field_selector} if field_selector else {}
             result = await self._call(
-                self.custom.list_namespaced_custom_object, GROUP, VERSION, namespace, plural
+                self.custom.list_namespaced_custom_object,
+                GROUP,
+                VERSION,
+                namespace,
+                plural,
+                **selected,
             )
         else:
             result = await self._call(
@@ -287,6 +297,9 @@ class Kube:
 
     async def read_secret_metadata(self, namespace: str, name: str) -> dict[str, Any] | None:
         return await self.read_metadata(SECRET, namespace, name)
+
+    def unseen(self, namespace: str, name: str) -> bool:
+        return False
 
     async def patch_secret_metadata(
         self,
@@ -429,3 +442,146 @@ class Kube:
             "count": 1,
         }
         await self._call(self.core.create_namespaced_event, meta["namespace"], body)
+
+
+class SecretApi(Protocol):
+    """The Secret calls of tokens.py: Kube's, or KnownSecrets in front of them."""
+
+    def unseen(self, namespace: str, name: str) -> bool:
+        """True when the Secret most likely does not exist (then creating it first saves a
+        read that would answer 404; a 409 still means it exists and is read)."""
+        ...
+
+    async def read_secret(self, namespace: str, name: str) -> client.V1Secret | None: ...
+
+    async def read_secret_metadata(self, namespace: str, name: str) -> dict[str, Any] | None: ...
+
+    async def create(self, manifest: Manifest) -> client.V1Secret | None: ...
+
+    async def patch_secret_metadata(
+        self,
+        namespace: str,
+        name: str,
+        resource_version: str | None,
+        owner_references: list[dict[str, Any]],
+        annotations: dict[str, str],
+    ) -> None: ...
+
+
+def _compact(secret: client.V1Secret) -> client.V1Secret:
+    """What the operator reads of a Secret (no managedFields, labels, timestamps)."""
+    meta = secret.metadata or client.V1ObjectMeta()
+    return client.V1Secret(
+        metadata=client.V1ObjectMeta(
+            name=meta.name,
+            namespace=meta.namespace,
+            uid=meta.uid,
+            resource_version=meta.resource_version,
+            annotations=meta.annotations,
+            owner_references=meta.owner_references,
+        ),
+        data=secret.data,
+        type=secret.type,
+    )
+
+
+class KnownSecrets:
+    """Secret reads answered from the last read or create of the same Secret while the
+    child watch's latest version of it (`latest(namespace, name)`) is still the version
+    that read or create returned: nobody has changed it since, so a read would answer the
+    same. Any change, delete or re-create by anyone is a newer version (or none), and the
+    Secret is read again. Only Secrets the child watch sees (the operator's managed-by
+    label) are ever answered from here. The API answers are kept without managedFields.
+
+    The watch lags the API server by the time an event takes to arrive; within that
+    moment a Secret replaced by someone else still answers as the operator's own, which
+    can only mean a token or key the operator generated is used once more, never that a
+    foreign Secret's data is used or anything is written into it (the metadata patch of
+    tokens.py carries the resourceVersion as a precondition)."""
+
+    def __init__(
+        self, kube: SecretApi, latest: Callable[[str, str], str | None], limit: int = 100_000
+    ) -> None:
+        self._kube = kube
+        self._latest = latest
+        self._limit = limit
+        self._known: dict[tuple[str, str], client.V1Secret] = {}
+        self.hits = 0
+
+    def _remember(self, namespace: str, name: str, secret: client.V1Secret | None) -> None:
+        if secret is None or secret.metadata is None or not secret.metadata.resource_version:
+            self._known.pop((namespace, name), None)
+            return
+        if len(self._known) >= self._limit:
+            self._known.clear()
+        self._known[(namespace, name)] = _compact(secret)
+
+    def applied(self, answer: dict[str, Any]) -> None:
+        """A Secret as the API server answered its apply (JSON)."""
+        meta = answer.get("metadata") or {}
+        refs = [
+            client.V1OwnerReference(
+                api_version=r.get("apiVersion"),
+                kind=r.get("kind"),
+                name=r.get("name"),
+                uid=r.get("uid"),
+                controller=r.get("controller"),
+            )
+            for r in meta.get("ownerReferences") or []
+        ]
+        secret = client.V1Secret(
+            metadata=client.V1ObjectMeta(
+                name=meta.get("name"),
+                namespace=meta.get("namespace"),
+                uid=meta.get("uid"),
+                resource_version=meta.get("resourceVersion"),
+                annotations=meta.get("annotations"),
+                owner_references=refs or None,
+            ),
+            data=answer.get("data"),
+            type=answer.get("type"),
+        )
+        self._remember(str(meta.get("namespace")), str(meta.get("name")), secret)
+
+    def unseen(self, namespace: str, name: str) -> bool:
+        """The child watch has no version of it: it does not exist, or the watch has not
+        told of it yet (just created, or the operator just started)."""
+        return self._latest(namespace, name) is None
+
+    def forget(self, namespace: str, name: str) -> None:
+        self._known.pop((namespace, name), None)
+
+    async def read_secret(self, namespace: str, name: str) -> client.V1Secret | None:
+        known = self._known.get((namespace, name))
+        if known is not None:
+            assert known.metadata is not None
+            if self._latest(namespace, name) == known.metadata.resource_version:
+                self.hits += 1
+                return known
+            del self._known[(namespace, name)]
+        secret = await self._kube.read_secret(namespace, name)
+        self._remember(namespace, name, secret)
+        return secret
+
+    async def read_secret_metadata(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return await self._kube.read_secret_metadata(namespace, name)
+
+    async def create(self, manifest: Manifest) -> client.V1Secret | None:
+        created = await self._kube.create(manifest)
+        if created is not None:
+            meta = manifest["metadata"]
+            self._remember(meta["namespace"], meta["name"], created)
+        return created
+
+    async def patch_secret_metadata(
+        self,
+        namespace: str,
+        name: str,
+        resource_version: str | None,
+        owner_references: list[dict[str, Any]],
+        annotations: dict[str, str],
+    ) -> None:
+        self.forget(namespace, name)
+        await self._kube.patch_secret_metadata(
+            namespace, name, resource_version, owner_references, annotations
+        )

@@ -44,8 +44,8 @@ from .derive import (
     rollout_progress,
 )
 from .images import image_problem as image_problem_of
-from .k8s import Kube, api_message, is_permanent, now, owner_metadata
-from .kinds import CLUSTER_ROLE_BINDING, DEPLOYMENT, SERVICE_MONITOR, Kind, kind_of
+from .k8s import KnownSecrets, Kube, api_message, is_permanent, now, owner_metadata
+from .kinds import CLUSTER_ROLE_BINDING, DEPLOYMENT, SECRET, SERVICE_MONITOR, Kind, kind_of
 from .metrics import OperatorMetrics
 from .ownership import NameConflict, Owner, conflicts_message, controlled_by, owns
 from .peering import Peering
@@ -74,9 +74,11 @@ ChildKey = tuple[str, str | None, str]
 """(plural, namespace or None when cluster-scoped, name) of a child."""
 MAX_REMEMBERED_REFUSALS = 10000
 """Secret refusals remembered so each is logged once per change (cleared when full)."""
-MAX_CONCURRENT_RECONCILES = 12
-"""API calls run on a handful of worker threads anyway; bounding reconciles in flight
-keeps a burst of hundreds of cores from holding hundreds of half-done renders in memory."""
+MAX_CONCURRENT_RECONCILES = 24
+"""Bounding reconciles in flight keeps a burst of hundreds of cores from holding hundreds
+of half-done renders in memory. A reconcile is mostly waiting for the API server (a few
+round trips in a row), so at a thousand cores 24 in flight reconcile about twice as
+fast as 12 (docs/performance.md) for a few MiB more."""
 
 
 @dataclass(frozen=True)
@@ -166,11 +168,22 @@ class Reconciler:
         self._written: dict[ChildKey, str] = {}
         """resourceVersion of the operator's latest write of each object (applied child,
         status): the watch event of that very version is no news and triggers nothing."""
+        self._applied_spec: dict[ChildKey, tuple[Any, list[str]]] = {}
+        """(generation, owner UIDs) of each Deployment as the operator's apply answered."""
+        self._select_policies = True
+        """Whether lists may select policies by spec.coreRef.name (until a 400 says no)."""
+        self.secrets = KnownSecrets(kube, self._seen_secret_version)
+        """The token key, token and config Secrets as last read or created, while the
+        child watch has seen no newer version of them."""
 
     async def _proof(self) -> bytes:
         if self._proof_key is None:
             self._proof_key = await proof_key(self.kube, self.settings)
         return self._proof_key
+
+    def _seen_secret_version(self, namespace: str, name: str) -> str | None:
+        seen = self._children.get(_child_key(SECRET, namespace, name))
+        return None if seen is None else seen.get("resourceVersion")
 
     # ---- triggers ------------------------------------------------------------
 
@@ -222,10 +235,12 @@ class Reconciler:
         name: str,
         meta: Mapping[str, Any] | None = None,
         deleted: bool = False,
+        body: Mapping[str, Any] | None = None,
     ) -> bool:
-        """A watch event of a labelled child (its metadata; deleted: it is gone). Whatever
-        it was, the child is no longer known absent. False when the event is of the version
-        the operator's own apply just wrote: no news, so no reconcile."""
+        """A watch event of a labelled child (its metadata; deleted: it is gone; body: the
+        whole object, of which a Deployment's replicas are kept). Whatever it was, the
+        child is no longer known absent. False when the event is of the version the
+        operator's own apply just wrote: no news, so no reconcile."""
         key = _child_key(kind, namespace, name)
         self._absent.discard(key)
         self._child_events[key] = next(self._event_seq)
@@ -233,11 +248,22 @@ class Reconciler:
             self._children.pop(key, None)
             self._written.pop(key, None)
             self._digests.pop(key, None)
+            self._applied_spec.pop(key, None)
             return True
-        self._children[key] = {
+        seen = {
             k: meta.get(k)
-            for k in ("uid", "resourceVersion", "ownerReferences", "labels", "annotations")
+            for k in (
+                "uid",
+                "resourceVersion",
+                "generation",
+                "ownerReferences",
+                "labels",
+                "annotations",
+            )
         }
+        if kind == DEPLOYMENT and body is not None:
+            seen["replicas"] = _deployment_replicas(body)
+        self._children[key] = seen
         return not self._written_by_us(key, meta.get("resourceVersion"))
 
     def service_monitor_crd_changed(self) -> None:
@@ -351,8 +377,9 @@ class Reconciler:
     async def _fetch(self, namespace: str, name: str) -> Fetched:
         """The core and the AccessPolicies naming it, read after the reconcile started."""
         since = time.monotonic_ns()
-        body = await self.kube.get_core(namespace, name)
-        policies = await self._policies(namespace, name, since)
+        body, policies = await asyncio.gather(
+            self.kube.get_core(namespace, name), self._policies(namespace, name, since)
+        )
         return Fetched(body, policies, since)
 
     async def _release(self, namespace: str, name: str, policies: list[AccessPolicy]) -> None:
@@ -365,7 +392,7 @@ class Reconciler:
             token_review_binding_name(namespace, name),
         )
         for policy in policies:
-            checked = await resolve_tokens(self.kube, policy, None, await self._proof())
+            checked = await resolve_tokens(self.secrets, policy, None, await self._proof())
             await self._write_policy(policy, None, None, checked)
 
     async def _admit(self, fetched: Fetched) -> QSysCore | None:
@@ -399,11 +426,11 @@ class Reconciler:
         """The token key and every policy's tokens (generated Secrets are created when
         missing), and the checks of the credentials and TLS Secrets the core names."""
         namespace = core.metadata.namespace
-        key = await token_key(self.kube, core)
+        key = await token_key(self.secrets, core)
         key_bytes = key if isinstance(key, bytes) else None
         proof = await self._proof()
         resolved = await asyncio.gather(
-            *(resolve_tokens(self.kube, p, key_bytes, proof, core) for p in policies)
+            *(resolve_tokens(self.secrets, p, key_bytes, proof, core) for p in policies)
         )
         tokens = {p.metadata.name: t for p, t in zip(policies, resolved, strict=True)}
         for p in policies:
@@ -451,12 +478,18 @@ class Reconciler:
         """The gateway Deployment's replicas (from the apply's answer when it was applied,
         else one read) and the gateways' view of the Core (probe)."""
         deployment = applied.deployment
-        if deployment is None:
-            replicas = await self._replicas(
-                core.metadata.namespace, gateway_name(core.metadata.name)
-            )
-        else:
+        name = gateway_name(core.metadata.name)
+        seen = self._children.get(_child_key(DEPLOYMENT, core.metadata.namespace, name)) or {}
+        if deployment is not None:
             replicas = _replicas_of(deployment)
+        elif isinstance(seen.get("replicas"), Replicas) and not (
+            applied.error or applied.conflicts
+        ):
+            # Not applied because unchanged: the watch's latest version is as fresh as
+            # the event that triggered this reconcile.
+            replicas = seen["replicas"]
+        else:
+            replicas = await self._replicas(core.metadata.namespace, name)
         return replicas, await self._probe(core)
 
     async def _report(
@@ -512,7 +545,7 @@ class Reconciler:
     async def _rendered_subjects(self, core: QSysCore) -> list[SubjectConfig]:
         """The subjects of the config the gateways run now (for rotation grace periods);
         none when the config Secret is not the core's own (its hashes would carry over)."""
-        secret = await self.kube.read_secret(
+        secret = await self.secrets.read_secret(
             core.metadata.namespace, config_secret_name(core.metadata.name)
         )
         if secret is None or not controlled_by(owner_metadata(secret.metadata), core.metadata.uid):
@@ -554,9 +587,38 @@ class Reconciler:
         return core_limit_problem(core.metadata.name, ns, cores, limit)
 
     async def _policies(self, namespace: str, core: str, since: int) -> list[AccessPolicy]:
+        """The policies naming the core: one list selecting them by spec.coreRef.name (the
+        CRD's selectable field), so a reconcile reads its own few policies, not every
+        policy of the namespace. Where the API server refuses the selector (a CRD of an
+        earlier release, or the feature turned off), the namespace's policies are listed
+        (one list shared by the reconciles running at once) and filtered here.
+
+        A policy with a deletionTimestamp counts as gone, as a core does: under foreground
+        deletion (Argo CD's prune, kubectl --cascade=foreground) it stays until the garbage
+        collector has cut its generated token Secrets loose; rendered meanwhile, its tokens
+        would stay admitted, and its owner reference put back on those Secrets would make
+        the collector start over."""
+        listed = None
+        if self._select_policies:
+            selector = f"{AccessPolicy.CORE_REF_FIELD}={core}"
+            try:
+                listed = await self.kube.list_custom(AccessPolicy.PLURAL, namespace, selector)
+            except ApiException as exc:
+                if exc.status != 400:
+                    raise
+                log.warning(
+                    "the API server cannot select AccessPolicies by spec.coreRef.name (is the "
+                    "AccessPolicy CRD up to date?); listing every policy of the namespace",
+                    extra={"error": _describe(exc)},
+                )
+                self._select_policies = False
+        if listed is None:
+            listed = await self._shared_list(AccessPolicy.PLURAL, namespace, since)
         out = []
-        for raw in await self._shared_list(AccessPolicy.PLURAL, namespace, since):
+        for raw in listed:
             if ((raw.get("spec") or {}).get("coreRef") or {}).get("name") != core:
+                continue
+            if (raw.get("metadata") or {}).get("deletionTimestamp"):
                 continue
             try:
                 out.append(AccessPolicy.model_validate(raw))
@@ -623,17 +685,24 @@ class Reconciler:
                 kind = kind_of(obj["apiVersion"], obj["kind"])
                 key = _child_key(kind, meta.namespace, obj["metadata"]["name"])
                 digest = _digest(obj)
-                if self._unchanged(key, digest):
+                if self._unchanged(key, digest, obj):
                     continue
                 answer = await self.kube.apply(obj)
                 self._wrote(kind, meta.namespace, answer)
+                if kind == DEPLOYMENT:
+                    self._applied_spec[key] = _spec_version(answer)
+                if kind == SECRET:
+                    self.secrets.applied(answer)
                 self._digests[key] = digest
                 if obj["kind"] == DEPLOYMENT.kind:
                     deployment = answer
-            for ref in result.absent:
-                if ref.kind.optional and not served:
-                    continue
-                await self._delete_owned(owner, ref.kind, ref.name)
+            await asyncio.gather(
+                *(
+                    self._delete_owned(owner, ref.kind, ref.name)
+                    for ref in result.absent
+                    if served or not ref.kind.optional
+                )
+            )
         except ApiException as exc:
             if not is_permanent(exc):
                 raise
@@ -641,16 +710,28 @@ class Reconciler:
             return Applied(f"{what} refused by the API server: {api_message(exc)}", note)
         return Applied(None, note, deployment=deployment)
 
-    def _unchanged(self, key: ChildKey, digest: str) -> bool:
+    def _unchanged(self, key: ChildKey, digest: str, manifest: Manifest) -> bool:
         """The child was applied from this very manifest, and the watch's latest view of
         it is the version that apply made: nobody changed it since, so applying it again
-        would change nothing. Any other change (drift, a controller's status update, a
-        delete) is a newer version, and the child is applied."""
+        would change nothing. Any other change (drift, a delete) is a newer version, and
+        the child is applied. A Deployment's status (the controller's, a new version each
+        time) is no change: its spec is unchanged while its generation is the one the
+        operator's apply made, and its metadata while its owners are those the apply
+        answered and the labels and annotations the manifest sets have their values."""
         seen = self._children.get(key)
+        if seen is None or self._digests.get(key) != digest:
+            return False
+        if seen.get("resourceVersion") == self._written.get(key):
+            return True
+        applied = self._applied_spec.get(key)
+        if applied is None or seen.get("generation") != applied[0]:
+            return False
+        owners = sorted(str(r.get("uid")) for r in seen.get("ownerReferences") or [])
+        meta = manifest["metadata"]
         return (
-            seen is not None
-            and self._digests.get(key) == digest
-            and seen.get("resourceVersion") == self._written.get(key)
+            owners == applied[1]
+            and _holds(seen.get("labels"), meta.get("labels"))
+            and _holds(seen.get("annotations"), meta.get("annotations"))
         )
 
     def _wrote(self, kind: Kind, namespace: str, answer: Mapping[str, Any] | None) -> None:
@@ -839,6 +920,37 @@ def _digest(manifest: Manifest) -> str:
 
 def _child_key(kind: Kind, namespace: str | None, name: str) -> ChildKey:
     return (kind.plural, namespace if kind.namespaced else None, name)
+
+
+def _deployment_replicas(body: Mapping[str, Any]) -> Replicas:
+    """Replicas of a Deployment's JSON body as a watch delivers it (rollout included)."""
+    status = body.get("status") or {}
+    spec = body.get("spec") or {}
+    wanted = spec.get("replicas")
+    rolling_out = rollout_progress(
+        (body.get("metadata") or {}).get("generation"),
+        status.get("observedGeneration"),
+        wanted if wanted is not None else 1,
+        status.get("replicas"),
+        status.get("updatedReplicas"),
+    )
+    return Replicas(
+        status.get("availableReplicas") or 0,
+        status.get("readyReplicas") or 0,
+        rolling_out=rolling_out,
+    )
+
+
+def _spec_version(answer: Mapping[str, Any]) -> tuple[Any, list[str]]:
+    meta = answer.get("metadata") or {}
+    return meta.get("generation"), sorted(
+        str(r.get("uid")) for r in meta.get("ownerReferences") or []
+    )
+
+
+def _holds(live: Mapping[str, Any] | None, wanted: Mapping[str, Any] | None) -> bool:
+    """Every key of `wanted` has its value in `live` (others' keys are not the operator's)."""
+    return all((live or {}).get(k) == v for k, v in (wanted or {}).items())
 
 
 def _replicas_of(deployment: dict[str, Any]) -> Replicas:

@@ -32,7 +32,7 @@ from kubernetes.client.exceptions import ApiException
 from qsys_protocol.config import MIN_TOKEN_KEY_BYTES, token_hmac
 
 from .api import CLIENT_TOKEN, AccessPolicy, QSysCore, Subject
-from .k8s import Kube, api_message, is_permanent, owner_metadata
+from .k8s import SecretApi, api_message, is_permanent, owner_metadata
 from .render import (
     TOKEN_KEY,
     TOKEN_KEY_KEY,
@@ -102,15 +102,16 @@ def token_weakness(token: str) -> str | None:
 
 
 async def _generated_data(
-    kube: Kube, ns: str, name: str, create: Callable[[], Manifest], owner_uid: str, owner: str
+    kube: SecretApi, ns: str, name: str, create: Callable[[], Manifest], owner_uid: str, owner: str
 ) -> tuple[Mapping[str, str | bytes] | None, str | None]:
     """(data, problem) of a Secret the operator generates under a fixed name: created when
     missing, and used only when its controller is `owner`. One read: the name is the
     operator's own, not a reference a tenant chose (those are checked on metadata first)."""
-    secret = await kube.read_secret(ns, name)
+    secret = None if kube.unseen(ns, name) else await kube.read_secret(ns, name)
     if secret is None:
         try:
-            # None: another replica created it first; either way use what is stored.
+            # None: it exists (another replica created it first, or the watch had not
+            # told of it); either way use what is stored.
             secret = await kube.create(create()) or await kube.read_secret(ns, name)
         except ApiException as exc:
             if not is_permanent(exc):
@@ -123,7 +124,7 @@ async def _generated_data(
     return (None, problem) if problem else (secret.data, None)
 
 
-async def token_key(kube: Kube, core: QSysCore) -> bytes | str:
+async def token_key(kube: SecretApi, core: QSysCore) -> bytes | str:
     """The core's token key, created on first use; or what to fix (a str) when unusable."""
     name = token_key_secret_name(core.metadata.name)
     data, problem = await _generated_data(
@@ -153,7 +154,7 @@ def token_proof(
     return hmac.new(key, message.encode("utf-8"), hashlib.sha256).hexdigest()
 
 
-async def proof_key(kube: Kube, settings: OperatorSettings) -> bytes:
+async def proof_key(kube: SecretApi, settings: OperatorSettings) -> bytes:
     """The operator's proof key: Secret settings.token_proof_secret in its own namespace,
     created on first use. Kept on uninstall (not a chart object), so a re-install still
     recognises the tokens it generated."""
@@ -183,7 +184,7 @@ def _adoptable(policy: AccessPolicy, refs: list[client.V1OwnerReference]) -> boo
 
 
 async def _generated(
-    kube: Kube,
+    kube: SecretApi,
     policy: AccessPolicy,
     subject: Subject,
     key: bytes | None,
@@ -197,10 +198,11 @@ async def _generated(
     def sign(token: str) -> str:
         return token_proof(proof, ns, name, policy.metadata.name, subject.name, token)
 
-    secret = await kube.read_secret(ns, name)
+    secret = None if kube.unseen(ns, name) else await kube.read_secret(ns, name)
     if secret is None:
         new = secrets.token_urlsafe(TOKEN_BYTES)
-        # None: another replica created it first; either way use what is stored.
+        # None: it exists (another replica created it first, or the watch had not told of
+        # it); either way use what is stored.
         fresh = render_token_secret(policy, subject.name, new, sign(new), core)
         secret = await kube.create(fresh) or await kube.read_secret(ns, name)
     if secret is None or secret.metadata is None:
@@ -244,7 +246,7 @@ async def _generated(
 
 
 async def _referenced(
-    kube: Kube, policy: AccessPolicy, subject: Subject, key: bytes | None, out: PolicyTokens
+    kube: SecretApi, policy: AccessPolicy, subject: Subject, key: bytes | None, out: PolicyTokens
 ) -> None:
     ref = subject.tokenSecretRef
     assert ref is not None
@@ -276,7 +278,7 @@ async def _referenced(
 
 
 async def resolve_tokens(
-    kube: Kube,
+    kube: SecretApi,
     policy: AccessPolicy,
     key: bytes | None,
     proof: bytes,

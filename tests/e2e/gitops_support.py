@@ -24,7 +24,7 @@ from kubernetes.client.exceptions import ApiException
 
 from qsys_testkit import LOOPBACK, RedisProcess, free_port, stop_process, wait_for_port
 from qsys_testkit.checkout import REPO, pinned_tool, run_checked, tool_dir
-from qsys_testkit.cluster import Cluster, wait_gone
+from qsys_testkit.cluster import Cluster, wait_for, wait_gone
 
 ARGOCD_TOOLS = REPO / "hack" / "tools" / "argocd"
 ARGO_NS = "argocd"
@@ -258,6 +258,12 @@ class ArgoCD:
             wait_gone(f"Application {name}", functools.partial(self.app, name), timeout)
 
 
+def _established(ext: client.ApiextensionsV1Api, name: str) -> bool:
+    status = ext.read_custom_resource_definition(name).status
+    conditions = (status and status.conditions) or []
+    return any(c.type == "Established" and c.status == "True" for c in conditions)
+
+
 def _set_up_namespace(cluster: Cluster, configmap: dict[str, str]) -> None:
     core = client.CoreV1Api(cluster.api)
     core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=ARGO_NS)))
@@ -319,7 +325,11 @@ def argocd(cluster: Cluster, directory: Path, configmap: dict[str, str]) -> Iter
         (home / sub).mkdir(parents=True)
     files = [arg for p in argocd_crds() for arg in ("-f", str(p))]
     kubectl(cluster, "apply", "--server-side", *files)
-    kubectl(cluster, "wait", "--for=condition=Established", "--timeout=60s", *files)
+    # Not `kubectl wait --for=condition=Established`: it fails at once ("accessor error")
+    # on a CRD whose status has no conditions yet.
+    ext = client.ApiextensionsV1Api(cluster.api)
+    for crd in ("applications.argoproj.io", "appprojects.argoproj.io"):
+        wait_for(f"CRD {crd} Established", functools.partial(_established, ext, crd), 60)
     env = {
         "PATH": os.pathsep.join([str(tool_dir("helm")), os.environ["PATH"]]),
         "HOME": str(home),

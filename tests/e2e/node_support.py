@@ -249,7 +249,13 @@ def host_call(
     """One JSON-RPC call from the host to a gateway Service's ClusterIP (the node's own
     traffic passes the NetworkPolicy): the HTTP status, 0 when nothing answered."""
     svc = client.CoreV1Api(cluster.api).read_namespaced_service(service, ns)
-    url = f"http://{must(must(svc.spec).cluster_ip)}:8080/v1/rpc"
+    return rpc_status(must(must(svc.spec).cluster_ip), token, method, params)
+
+
+def rpc_status(address: str, token: str, method: str, params: Any = None) -> int:
+    """One JSON-RPC call to a gateway's /v1/rpc at address (a ClusterIP or a pod's IP):
+    the HTTP status, 0 when nothing answered."""
+    url = f"http://{address}:8080/v1/rpc"
     body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": method, "params": params or {}})
     req = urllib.request.Request(
         url,

@@ -8,7 +8,7 @@ import datetime as dt
 from typing import Any
 
 import aiohttp
-from gateway_harness import PANEL_TOKEN, GatewayFactory
+from gateway_harness import ADMIN_TOKEN, PANEL_TOKEN, GatewayFactory
 
 from qsys_protocol.config import token_hmac
 from qsys_testkit import GatewayProcess
@@ -170,3 +170,23 @@ async def test_a_keep_alive_connection_is_judged_again_after_reload_and_grace(
         await asyncio.sleep(max(0.0, (until - dt.datetime.now(dt.UTC)).total_seconds()) + 0.2)
         assert await status(new_token) == 401
     assert len(opened) == 1
+
+
+async def test_a_subject_removed_by_a_reload_is_refused_401_then_429_never_admitted(
+    module_sim_port: int, make_gateway: GatewayFactory
+) -> None:
+    """A policy deleted: its subject leaves the config. Its token is refused from that
+    reload on: 401, and once the source has failed ten times in a minute 429 ("Too many
+    failed authentications"), which a valid token never gets. So a check for "refused"
+    must take 429 as a refusal: waiting for a run of 401s through a Service in front of
+    pods that reload at different moments never ends (tests/e2e/test_gitops.py)."""
+    gw = await asyncio.to_thread(make_gateway, module_sim_port)
+    assert (await asyncio.to_thread(gw.rpc, PANEL_TOKEN, "NoOp"))[0] == 200
+    without = copy.deepcopy(gw.config)
+    without["subjects"] = [s for s in without["subjects"] if s["name"] != "panel"]
+    gw.write_config(without)
+    await wait_metric(gw, "success", 1)
+    answers = [(await asyncio.to_thread(gw.rpc, PANEL_TOKEN, "NoOp"))[0] for _ in range(14)]
+    assert answers == [401] * 10 + [429] * 4
+    # The throttle holds the removed token only: a subject still configured is admitted.
+    assert (await asyncio.to_thread(gw.rpc, ADMIN_TOKEN, "NoOp"))[0] == 200

@@ -24,10 +24,17 @@ NOOP = {"jsonrpc": "2.0", "id": 1, "method": "NoOp", "params": {}}
 """`slow` may call NoOp: 2 calls/s, burst 2 (gateway_harness.base_config)."""
 
 
-def _shared(storage: str, namespace: str, core: str) -> Any:
+def _shared(storage: str, namespace: str, core: str, refill_s: float | None = None) -> Any:
+    """refill_s: `slow`'s bucket refills one call per refill_s seconds (burst 2 kept), so a
+    drained bucket stays drained while a loaded machine runs the next steps."""
+
     def edit(config: dict[str, Any]) -> None:
         config["limits"]["storage"] = storage
         config["qsysCore"] = {"namespace": namespace, "name": core}
+        if refill_s is not None:
+            for subject in config["subjects"]:
+                if subject["name"] == "slow":
+                    subject["rate"]["requestsPerSecond"] = 1 / refill_s
 
     return edit
 
@@ -45,10 +52,13 @@ async def _statuses(http: aiohttp.ClientSession, gw: GatewayProcess, n: int) -> 
 async def test_cores_sharing_a_redis_never_share_a_bucket(
     module_sim_port: int, make_gateway: GatewayFactory, qsys_redis: RedisProcess
 ) -> None:
-    hall_a = make_gateway(module_sim_port, _shared(qsys_redis.url, "venue-a", "hall"))
-    hall_b = make_gateway(module_sim_port, _shared(qsys_redis.url, "venue-b", "hall"))
-    lobby_a = make_gateway(module_sim_port, _shared(qsys_redis.url, "venue-a", "lobby"))
-    hall_a_twin = make_gateway(module_sim_port, _shared(qsys_redis.url, "venue-a", "hall"))
+    def shared(namespace: str, core: str) -> Any:
+        return _shared(qsys_redis.url, namespace, core, refill_s=60)
+
+    hall_a = make_gateway(module_sim_port, shared("venue-a", "hall"))
+    hall_b = make_gateway(module_sim_port, shared("venue-b", "hall"))
+    lobby_a = make_gateway(module_sim_port, shared("venue-a", "lobby"))
+    hall_a_twin = make_gateway(module_sim_port, shared("venue-a", "hall"))
     async with aiohttp.ClientSession() as http:
         assert await _statuses(http, hall_a, 3) == [200, 200, 429]
         keys = await asyncio.to_thread(qsys_redis.command, "KEYS", "qsys-gateway:gcra:*")

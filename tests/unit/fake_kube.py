@@ -54,6 +54,7 @@ class FakeKube:
         self.sm_served = False
         self.quota_exceeded = False
         self.deployments_available = False
+        self.selectable_fields = True
 
     # setup and inspection
     def put(self, kind: Kind, name: str, **meta: Any) -> dict[str, Any]:
@@ -138,12 +139,27 @@ class FakeKube:
         self.calls.append("get_policy")
         return copy.deepcopy(self.objects.get(("accesspolicies", namespace, name)))
 
-    async def list_custom(self, plural: str, namespace: str | None) -> list[dict[str, Any]]:
-        self.calls.append(f"list_custom {plural}")
+    async def list_custom(
+        self, plural: str, namespace: str | None, field_selector: str | None = None
+    ) -> list[dict[str, Any]]:
+        """field_selector: only spec.coreRef.name=NAME of accesspolicies, as the CRD declares;
+        refused (400) when `selectable_fields` is off, as an API server with an older CRD."""
+        selected = f" {field_selector}" if field_selector else ""
+        self.calls.append(f"list_custom {plural}{selected}")
+        core = None
+        if field_selector:
+            field, _, core = field_selector.partition("=")
+            if not self.selectable_fields or (plural, field) != (
+                "accesspolicies",
+                "spec.coreRef.name",
+            ):
+                raise ApiException(status=400, reason="Bad Request")
         return [
             copy.deepcopy(o)
             for (p, n, _), o in self.objects.items()
-            if p == plural and namespace in (None, n)
+            if p == plural
+            and namespace in (None, n)
+            and (core is None or o["spec"]["coreRef"]["name"] == core)
         ]
 
     async def read_metadata(
@@ -155,6 +171,9 @@ class FakeKube:
 
     async def read_secret_metadata(self, namespace: str, name: str) -> dict[str, Any] | None:
         return await self.read_metadata(SECRET, namespace, name)
+
+    def unseen(self, namespace: str, name: str) -> bool:
+        return False
 
     async def read_secret(self, namespace: str, name: str) -> client.V1Secret | None:
         self.calls.append("read_secret")
@@ -204,7 +223,15 @@ class FakeKube:
         old = self.objects.get(key)
         obj = copy.deepcopy(manifest)
         uid = old["metadata"]["uid"] if old else f"uid-{next(self._uids)}"
-        obj["metadata"] |= {"uid": uid, "resourceVersion": self._version()}
+        generation = 1
+        if old is not None:
+            same = old.get("spec") == obj.get("spec")
+            generation = old["metadata"].get("generation", 1) + (0 if same else 1)
+        obj["metadata"] |= {
+            "uid": uid,
+            "resourceVersion": self._version(),
+            "generation": generation,
+        }
         if kind.kind == "Deployment":
             replicas = obj["spec"].get("replicas", 1)
             up = replicas if self.deployments_available else 0

@@ -314,8 +314,9 @@ def test_gitops_doc_carries_the_tested_scripts(script: str) -> None:
     assert indented in doc, f"docs/gitops.md does not carry docs/argocd/{script} verbatim"
 
 
-def test_gitops_doc_carries_the_tested_applications() -> None:
-    """The Applications of docs/gitops.md are the file tests/e2e/test_gitops.py applies."""
+@pytest.mark.parametrize("manifest", ["applications.yaml", "bundle.yaml"])
+def test_gitops_doc_carries_the_tested_applications(manifest: str) -> None:
+    """The Applications of docs/gitops.md are the files tests/e2e/test_gitops.py applies."""
     doc = GITOPS.read_text("utf-8")
-    body = (SCRIPTS / "applications.yaml").read_text("utf-8")
-    assert f"```yaml\n{body}```" in doc, "docs/gitops.md does not carry applications.yaml"
+    body = (SCRIPTS / manifest).read_text("utf-8")
+    assert f"```yaml\n{body}```" in doc, f"docs/gitops.md does not carry {manifest}"

@@ -141,12 +141,37 @@ def test_core_status_first_write_and_events() -> None:
         "lastSeen": T0,
     }
     assert update.status["subjects"] == 3
-    assert [(t, r) for t, r, _ in update.events] == [
-        ("Normal", "Ready"),
-        ("Normal", "ReplicasAvailable"),
-        ("Normal", "Connected"),
-        ("Normal", "Accepted"),
+    assert update.events == [
+        (
+            "Normal",
+            "Ready",
+            "Ready is True (Ready): gateway available and connected to the Core; "
+            "GatewayAvailable is True (ReplicasAvailable): 2/2 available; "
+            "CoreConnected is True (Connected): Core 192.0.2.10:1710 is Active; "
+            "SecretsAccepted is True (Accepted): every Secret the core uses is allowed",
+        )
     ]
+
+
+def test_one_event_per_type_and_write_led_by_ready() -> None:
+    """Transitions of one status write are one Normal and one Warning Event at most: the
+    reason is Ready's when Ready changed, else the first transition's; the message names
+    every transition of that type."""
+    down = Cond("CoreConnected", "False", "CoreUnreachable", "cannot reach")
+    update = core_status(4, 2, {}, findings(connected=down, engine=None), T0)
+    assert [(t, r) for t, r, _ in update.events] == [
+        ("Warning", "CoreNotConnected"),
+        ("Normal", "ReplicasAvailable"),
+    ]
+    warning, normal = (m for _, _, m in update.events)
+    assert warning.startswith("Ready is False (CoreNotConnected)")
+    assert "; CoreConnected is False (CoreUnreachable): cannot reach" in warning
+    assert normal.startswith("GatewayAvailable is True (ReplicasAvailable)")
+    assert "; SecretsAccepted is True (Accepted)" in normal
+    assert update.status is not None
+    fixed = core_status(4, 2, update.status, findings(), T1)
+    assert [(t, r) for t, r, _ in fixed.events] == [("Normal", "Ready")]
+    assert "CoreConnected is True (Connected)" in fixed.events[0][2]
 
 
 def test_core_status_unchanged_but_last_seen_is_no_write() -> None:
@@ -169,8 +194,8 @@ def test_core_unreachable_keeps_the_last_design_and_warns() -> None:
         "platform": "Core 110f",
         "lastSeen": T0,
     }
-    assert ("Warning", "CoreNotConnected") in [(t, r) for t, r, _ in update.events]
-    assert ("Warning", "CoreUnreachable") in [(t, r) for t, r, _ in update.events]
+    assert [(t, r) for t, r, _ in update.events] == [("Warning", "CoreNotConnected")]
+    assert "CoreConnected is False (CoreUnreachable)" in update.events[0][2]
 
 
 def test_service_monitor_skipped_event_once() -> None:
@@ -265,8 +290,10 @@ def test_secret_not_accepted_condition_and_event() -> None:
     assert conds(update.status)["SecretsAccepted"] == ("False", "SecretNotAccepted")
     assert conds(update.status)["Ready"] == ("False", "SecretNotAccepted")
     warnings = [m for t, r, m in update.events if t == "Warning" and r == "SecretNotAccepted"]
-    assert len(warnings) == 2  # Ready and SecretsAccepted
-    assert all("Secret db" in m and "qsys.dev/secret-type=core-credentials" in m for m in warnings)
+    [warning] = warnings  # Ready and SecretsAccepted, one Event
+    assert warning.count("Secret db") == 2
+    assert "SecretsAccepted is False (SecretNotAccepted)" in warning
+    assert "qsys.dev/secret-type=core-credentials" in warning
 
 
 def test_policy_not_rendered_when_the_core_has_no_usable_token_key() -> None:

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from qsys_gateway import policy as policy_module
 from qsys_gateway.policy import Decision, OutOfRange, Policy, needs_control_types
 from qsys_protocol.config import Rule, SubjectConfig, ValueRange
 from qsys_protocol.qrc.methods import METHODS, parse_params
@@ -592,3 +593,30 @@ def test_literal_components_of_a_method_leave_globs_out() -> None:
     assert p.literal_components("panel", "Snapshot.Load") == ["Presets", "Lobby", "Day"]
     assert p.literal_components("panel", "Snapshot.Save") == ["Presets", "Lobby"]
     assert p.literal_components("nobody", "Snapshot.Load") == []
+
+
+# ---- remembered read decisions ------------------------------------------------
+
+
+def test_read_decisions_are_remembered_bounded_and_equal_to_fresh_ones() -> None:
+    rules = (
+        {"methods": ["Control.Get"], "controls": ["Main*"]},
+        {"methods": ["Component.Get"], "components": ["Zone1"], "controls": ["gain"]},
+    )
+    p = policy(*rules)
+    reads = [
+        ("Control.Get", ["MainGain"]),
+        ("Control.Get", ["MainGain", "Secret"]),
+        ("Component.Get", {"Name": "Zone1", "Controls": [{"Name": "gain"}]}),
+        ("Component.Get", {"Name": "Zone1", "Controls": [{"Name": "mute"}]}),
+        ("Component.Get", {"Name": "Zone2", "Controls": [{"Name": "gain"}]}),
+    ]
+    for method, raw in reads * 2:
+        assert call(p, method, raw) == call(policy(*rules), method, raw)
+    assert [call(p, m, r).allowed for m, r in reads] == [True, False, True, False, False]
+    # a read of many controls is judged afresh; the memo never grows past its bound
+    many = [f"Main{i}" for i in range(policy_module.READ_MEMO_NAMES + 1)]
+    assert call(p, "Control.Get", many).allowed
+    for i in range(policy_module.READ_MEMO_SIZE + 10):
+        assert not call(p, "Control.Get", [f"Other{i}"]).allowed
+    assert 0 < len(p._subjects["panel"].reads) <= policy_module.READ_MEMO_SIZE

@@ -7,9 +7,11 @@ server: tests/e2e/test_operator.py."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import copy
 from typing import Any
 
+import yaml
 from fake_kube import CORE_UID, MANAGED, NS, FakeKube, ready, reconcile, running
 
 from qsys_operator.kinds import (
@@ -21,8 +23,10 @@ from qsys_operator.kinds import (
     SECRET,
     SERVICE,
     SERVICE_ACCOUNT,
+    Kind,
 )
 from qsys_operator.reconcile import MAX_CONCURRENT_RECONCILES, Reconciler
+from qsys_operator.render import CONFIG_KEY
 
 BINDING = "qsys-gateway-tokenreview:av:hall"
 FOREIGN_IMAGE = "registry.example/someone/gateway:1.0"
@@ -38,6 +42,14 @@ def _owned_by_core() -> list[dict[str, object]]:
             "controller": True,
         }
     ]
+
+
+def _watch_sees(rec: Reconciler, kube: FakeKube, *kinds: Kind) -> None:
+    """The child watch tells of every stored object of `kinds` (default: every child kind)."""
+    for (plural, ns, name), obj in list(kube.objects.items()):
+        kind = next((k for k in kinds or CHILDREN if k.plural == plural), None)
+        if kind is not None:
+            rec.child_seen(kind, ns, name, obj["metadata"])
 
 
 def _core_with_policy(kube: FakeKube, **spec: Any) -> None:
@@ -84,7 +96,7 @@ def test_the_phases_read_first_create_secrets_before_applying_and_write_status_l
     reconcile(kube)
     calls = kube.calls
     # fetch: reads only
-    assert calls[:2] == ["get_core", "list_custom accesspolicies"]
+    assert calls[:2] == ["get_core", "list_custom accesspolicies spec.coreRef.name=hall"]
     first_apply = calls.index("apply")
     # secrets: every Secret is created before the first apply
     assert max(i for i, c in enumerate(calls) if c == "create") < first_apply
@@ -101,6 +113,7 @@ async def test_a_steady_core_costs_reads_and_applies_but_no_writes_of_status() -
 
     async with running(kube) as rec:
         await rec.reconcile(NS, "hall")
+        _watch_sees(rec, kube, SECRET)
         kube.calls.clear()
         await rec.reconcile(NS, "hall")
         steady = list(kube.calls)
@@ -224,6 +237,39 @@ def test_a_deleted_core_leaves_its_policies_unbound() -> None:
     assert kube.condition("accesspolicies", "lobby", "Bound")["status"] == "False"
 
 
+def _rendered_subjects(kube: FakeKube) -> list[str]:
+    secret = kube.get(SECRET, "hall-gateway-config")
+    assert secret is not None
+    config = yaml.safe_load(base64.b64decode(secret["data"][CONFIG_KEY]))
+    return [s["name"] for s in config.get("subjects") or []]
+
+
+def test_a_policy_being_deleted_is_gone_for_the_gateways_at_once() -> None:
+    """Foreground deletion (Argo CD's prune): the policy stays, with a deletionTimestamp,
+    until the garbage collector has taken its owner reference off the token Secret it
+    shares with the core. Its subjects leave the config at once, and the operator does not
+    put that reference back (which would hold the deletion up, for minutes as the
+    collector backs off)."""
+    kube = FakeKube()
+    _core_with_policy(kube)
+    kube.put_policy("ops")
+    reconcile(kube)
+    assert sorted(_rendered_subjects(kube)) == ["lobby-client", "ops-client"]
+    policy = kube.objects[("accesspolicies", NS, "ops")]
+    policy["metadata"] |= {
+        "deletionTimestamp": "2024-01-01T00:01:00Z",
+        "finalizers": ["foregroundDeletion"],
+    }
+    token = kube.objects[("secrets", NS, "ops-ops-client-token")]["metadata"]
+    # The collector's part: the dependent keeps its other owner, the core.
+    token["ownerReferences"] = [r for r in token["ownerReferences"] if r["uid"] != "ops-uid"]
+    kube.patched.clear()
+    reconcile(kube)
+    assert _rendered_subjects(kube) == ["lobby-client"]
+    assert kube.patched == []
+    assert [r["uid"] for r in token["ownerReferences"]] == [CORE_UID]
+
+
 async def test_watch_events_of_the_operators_own_writes_trigger_nothing() -> None:
     kube = FakeKube()
     _core_with_policy(kube)
@@ -278,6 +324,122 @@ async def test_every_wanted_child_is_read_before_its_apply_whatever_the_watch_sa
         await rec.reconcile(NS, "hall")
         assert kube.applied == []
         assert ready(kube)["reason"] == "NameConflict"
+
+
+async def test_policies_are_listed_by_their_core_or_all_when_the_selector_is_refused() -> None:
+    """A reconcile lists only its core's policies (the CRD's selectable field); an API server
+    that refuses the selector (an older CRD) gets one namespace-wide list, filtered here,
+    and is not asked to select again."""
+    kube = FakeKube()
+    _core_with_policy(kube)
+    kube.put_core("stage", uid="stage-uid")
+    kube.put_policy("backstage", core="stage")
+
+    async with running(kube) as rec:
+        await rec.reconcile(NS, "hall")
+        assert "list_custom accesspolicies spec.coreRef.name=hall" in kube.calls
+        assert kube.condition("accesspolicies", "lobby")["status"] == "True"
+        assert "status" not in kube.objects[("accesspolicies", NS, "backstage")]
+
+    kube.selectable_fields = False
+    async with running(kube) as rec:
+        kube.calls.clear()
+        await rec.reconcile(NS, "stage")
+        await rec.reconcile(NS, "hall")
+        lists = [c for c in kube.calls if c.startswith("list_custom accesspolicies")]
+        assert lists == [
+            "list_custom accesspolicies spec.coreRef.name=stage",
+            "list_custom accesspolicies",
+            "list_custom accesspolicies",
+        ]
+        assert kube.condition("accesspolicies", "backstage")["status"] == "True"
+        assert kube.condition("accesspolicies", "lobby")["status"] == "True"
+
+
+async def test_a_deployment_whose_status_alone_changed_is_not_applied_again() -> None:
+    """The Deployment controller's status updates are new versions but no change of what
+    the operator applied (same generation, its labels in place): no apply, and the replicas
+    come from the watch. A spec change (a new generation) or a label of the operator's
+    removed is applied again."""
+    kube = FakeKube()
+    _core_with_policy(kube)
+    key = ("deployments", NS, "hall-gateway")
+
+    async with running(kube) as rec:
+        await rec.reconcile(NS, "hall")
+        _watch_sees(rec, kube)
+        dep = kube.objects[key]
+        dep["metadata"] |= {"resourceVersion": "500"}
+        dep["metadata"]["annotations"] = {"deployment.kubernetes.io/revision": "1"}
+        dep["status"] = {"replicas": 2, "updatedReplicas": 2, "availableReplicas": 1}
+        assert rec.child_seen(DEPLOYMENT, NS, "hall-gateway", dep["metadata"], body=dep)
+        kube.applied.clear()
+        kube.calls.clear()
+        await rec.reconcile(NS, "hall")
+        assert ("Deployment", "hall-gateway") not in kube.applied
+        assert "read_deployment" not in kube.calls
+        gateway = kube.condition("qsyscores", "hall", "GatewayAvailable")
+        assert gateway["message"].startswith("1/2")
+
+        dep["spec"]["replicas"] = 5  # drift: the API server makes a new generation
+        dep["metadata"] |= {"resourceVersion": "501", "generation": 2}
+        rec.child_seen(DEPLOYMENT, NS, "hall-gateway", dep["metadata"], body=dep)
+        await rec.reconcile(NS, "hall")
+        assert ("Deployment", "hall-gateway") in kube.applied
+        assert kube.objects[key]["spec"]["replicas"] == 2
+
+        _watch_sees(rec, kube, DEPLOYMENT)
+        dep = kube.objects[key]
+        dep["metadata"]["labels"] = {}
+        dep["metadata"]["resourceVersion"] = "502"
+        rec.child_seen(DEPLOYMENT, NS, "hall-gateway", dep["metadata"], body=dep)
+        kube.applied.clear()
+        await rec.reconcile(NS, "hall")
+        assert kube.applied == [("Deployment", "hall-gateway")]
+
+
+async def test_secrets_the_watch_saw_unchanged_are_not_read_again() -> None:
+    """The token key, token and config Secrets are read (or created) once; while the child
+    watch's latest version of each is the one read, the next reconcile reads none of them.
+    A newer version (anyone's change), a delete, or a Secret the watch has not seen is read."""
+    kube = FakeKube()
+    _core_with_policy(kube)
+
+    async with running(kube) as rec:
+        await rec.reconcile(NS, "hall")
+        # Read: the operator's proof key and the config (not applied yet). The token key
+        # and the token, unseen by the watch, are created without a read first.
+        assert kube.calls.count("read_secret") == 2
+        assert ("Secret", "hall-gateway-token-key") in kube.created
+        assert ("Secret", "lobby-lobby-client-token") in kube.created
+        kube.calls.clear()
+        await rec.reconcile(NS, "hall")  # the watch has seen nothing yet: 409, then read
+        assert kube.calls.count("create") == 2
+        assert kube.calls.count("read_secret") == 3
+        _watch_sees(rec, kube, SECRET)
+        kube.calls.clear()
+        await rec.reconcile(NS, "hall")
+        assert kube.calls.count("read_secret") == 0
+        assert ready(kube)["status"] == "True"
+
+        # Someone rewrites the token Secret: a newer version, read again and refused.
+        token = kube.objects[("secrets", NS, "lobby-lobby-client-token")]
+        token["metadata"] |= {"resourceVersion": "900", "ownerReferences": []}
+        token["metadata"]["annotations"] = {}
+        rec.child_seen(SECRET, NS, "lobby-lobby-client-token", token["metadata"])
+        kube.calls.clear()
+        await rec.reconcile(NS, "hall")
+        assert kube.calls.count("read_secret") == 1
+        policy_ready = kube.condition("accesspolicies", "lobby")
+        assert (policy_ready["status"], policy_ready["reason"]) == ("False", "TokenProblem")
+
+        # The token key deleted: the watch's delete makes the next reconcile read it.
+        del kube.objects[("secrets", NS, "hall-gateway-token-key")]
+        rec.child_seen(SECRET, NS, "hall-gateway-token-key", None, deleted=True)
+        kube.calls.clear()
+        kube.created.clear()
+        await rec.reconcile(NS, "hall")
+        assert ("Secret", "hall-gateway-token-key") in kube.created
 
 
 async def test_children_unchanged_since_the_operators_own_apply_are_not_applied_again() -> None:

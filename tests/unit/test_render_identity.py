@@ -364,7 +364,7 @@ class NoApi:
 
 def test_no_token_secret_is_generated_or_read_for_a_service_account_subject() -> None:
     policy = make_policy(SCHEDULER, {"name": "ops", "serviceAccount": {"name": "runner"}})
-    tokens = asyncio.run(resolve_tokens(NoApi(), policy, b"k" * 32, b"p" * 32))  # type: ignore[arg-type]
+    tokens = asyncio.run(resolve_tokens(NoApi(), policy, b"k" * 32, b"p" * 32))
     assert tokens == PolicyTokens()
 
 

@@ -67,7 +67,7 @@ def tenant_secret(name: str, token: str, **meta: Any) -> dict[str, Any]:
 
 
 async def resolve(kube: Secrets, pol: AccessPolicy) -> tuple[dict[str, str], dict[str, str]]:
-    out = await resolve_tokens(kube, pol, KEY, PROOF, core())  # type: ignore[arg-type]
+    out = await resolve_tokens(kube, pol, KEY, PROOF, core())
     return out.hashes, out.problems
 
 

@@ -7,7 +7,7 @@ import contextlib
 import hashlib
 import hmac
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from qsys_protocol.config import SubjectConfig
@@ -46,6 +46,19 @@ def refusals(frame: bytes, err: QrcError, max_batch: int) -> list[dict[str, Any]
 
 class ConnectedClient:
     """One connected client. `send` must not block; transports bound their own queues."""
+
+    __slots__ = (
+        "_answers_before_logon",
+        "_api_key",
+        "_key_digest",
+        "_pre_logon_error",
+        "_source_bound",
+        "admission",
+        "caller",
+        "handle",
+        "lane",
+        "svc",
+    )
 
     def __init__(
         self,
@@ -101,18 +114,27 @@ class ConnectedClient:
 
     async def handle_frame(self, data: bytes | str) -> None:
         """One received message: a JSON-RPC object or (WebSocket/HTTP style) a batch array."""
+        rest = self.handle_frame_now(data)
+        if rest is not None:
+            await rest
+
+    def handle_frame_now(self, data: bytes | str) -> Coroutine[Any, Any, Any] | None:
+        """`handle_frame` as far as it goes without waiting: None when the message is
+        answered or its calls run; else the rest, to await before the next message."""
         try:
             payload = jsonrpc.decode_json(data)
         except jsonrpc.InvalidMessage as err:
             self.send(jsonrpc.error_message(None, err))
-            return
+            return None
         calls = payload if isinstance(payload, list) else [payload]
         if not calls:
             self.send(jsonrpc.error_message(None, QrcError(ErrorCode.INVALID_REQUEST)))
-            return
-        await self.admission.serve(
-            self.caller, calls, request_id(), lane=self.lane, logon=self._logon
-        )
+            return None
+        if self._api_key or not self.logged_on:
+            return self.admission.serve(
+                self.caller, calls, request_id(), lane=self.lane, logon=self._logon
+            )
+        return self.admission.serve_now(self.caller, calls, request_id(), self.lane)
 
     async def _logon(self, calls: list[Any]) -> list[Any]:
         """The calls of a frame that log the connection on (an `apiKey`, a source-bound

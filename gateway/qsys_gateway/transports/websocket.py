@@ -25,6 +25,9 @@ from .responses import SERVICES, bearer, error_response, source_ip
 
 log = logging.getLogger("qsys_gateway.websocket")
 
+_CLOSERS: set[asyncio.Task[None]] = set()
+"""Slow clients being closed (one set for all, not one per client)."""
+
 _LEN16 = struct.Struct("!BBH").pack
 _LEN64 = struct.Struct("!BBQ").pack
 
@@ -46,56 +49,67 @@ async def qrwc_handler(request: web.Request) -> web.StreamResponse:
     return await _serve(request, "qrwc", api_key=True)
 
 
-async def _serve(request: web.Request, transport: str, *, api_key: bool) -> web.StreamResponse:
-    svc = request.app[SERVICES]
-    rt = svc.runtime
-    rid: str = request["request_id"]
-    source = source_ip(request)
-    if rt.shutting_down:
-        return error_response(QrcError(ErrorCode.CORE_UNAVAILABLE, "Gateway is shutting down"))
-    # Replies wait in `pending` until the end of the event-loop pass (`flush`), or for a
-    # writer task that exists only while the socket is backed up: an idle client holds
-    # no task, queue or last message.
-    pending: list[bytes] = []
-    writer: asyncio.Task[None] | None = None
-    flush_due = False
-    loop = asyncio.get_running_loop()
-    budget = rt.send_budget
-    backlog = 0
-    dead = False  # closed for being slow, or finished: nothing more is queued
-    background: set[asyncio.Task[Any]] = set()
-    ws = web.WebSocketResponse(
-        max_msg_size=rt.config.limits.maxMessageBytes, heartbeat=20.0, autoping=True
+class _Outbox:
+    """What a WebSocket client is sent. Replies wait in `pending` until the end of the
+    event-loop pass (`flush`), or for a writer task that exists only while the socket is
+    backed up: an idle client holds no task, queue or last message."""
+
+    __slots__ = (
+        "backlog",
+        "budget",
+        "dead",
+        "flush_due",
+        "pending",
+        "request",
+        "rid",
+        "transport",
+        "writer",
+        "ws",
     )
 
-    def send(message: dict[str, Any]) -> None:
-        nonlocal backlog, flush_due
-        if dead or ws.closed:
+    def __init__(
+        self, request: web.Request, ws: web.WebSocketResponse, transport: str, rid: str
+    ) -> None:
+        self.request = request
+        self.ws = ws
+        self.transport = transport
+        self.rid = rid
+        self.budget = request.app[SERVICES].runtime.send_budget
+        self.pending: list[bytes] = []
+        self.writer: asyncio.Task[None] | None = None
+        self.flush_due = False
+        self.backlog = 0
+        self.dead = False
+        """Closed for being slow, or finished: nothing more is queued."""
+
+    def send(self, message: dict[str, Any]) -> None:
+        if self.dead or self.ws.closed:
             return
         data = orjson.dumps(message)
-        if not budget.admits(backlog, len(data)):
-            close_slow()
+        size = len(data)
+        if not self.budget.admits(self.backlog, size):
+            self.close_slow()
             return
-        backlog += len(data)
-        budget.take(len(data))
-        pending.append(data)
-        if not flush_due:
-            flush_due = True
-            loop.call_soon(flush)
+        self.backlog += size
+        self.budget.take(size)
+        self.pending.append(data)
+        if not self.flush_due:
+            self.flush_due = True
+            asyncio.get_running_loop().call_soon(self.flush)
 
-    def flush() -> None:
+    def flush(self) -> None:
         """End of the event-loop pass: what was sent in it goes out in one write while the
         socket keeps up; otherwise (or compressed) a writer task waits for it to drain."""
-        nonlocal backlog, writer, flush_due
-        flush_due = False
-        if writer is not None or dead or not pending:
+        self.flush_due = False
+        pending = self.pending
+        if self.writer is not None or self.dead or not pending:
             return
-        sock = request.transport
-        if ws.closed or sock is None or sock.is_closing():
-            release_queue()
+        sock = self.request.transport
+        if self.ws.closed or sock is None or sock.is_closing():
+            self.release_queue()
             return
-        if ws.compress or sock.get_write_buffer_size() > 0:
-            writer = loop.create_task(write_pending())
+        if self.ws.compress or sock.get_write_buffer_size() > 0:
+            self.writer = asyncio.get_running_loop().create_task(self.write_pending())
             return
         sent = 0
         frames = []
@@ -105,58 +119,79 @@ async def _serve(request: web.Request, transport: str, *, api_key: bool) -> web.
             frames.append(data)
         pending.clear()
         sock.write(b"".join(frames))
-        backlog -= sent
-        budget.give(sent)
+        self.backlog -= sent
+        self.budget.give(sent)
 
-    async def write_pending() -> None:
+    async def write_pending(self) -> None:
         """Write what is pending, in order, then end (the next `send` starts another)."""
-        nonlocal backlog, writer
+        pending = self.pending
         try:
-            while pending and not dead:
+            while pending and not self.dead:
                 batch = pending.copy()
                 pending.clear()
                 for data in batch:
-                    await ws.send_frame(data, WSMsgType.TEXT)
-                    if not dead:  # else release_queue() gave it back already
-                        backlog -= len(data)
-                        budget.give(len(data))
+                    await self.ws.send_frame(data, WSMsgType.TEXT)
+                    if not self.dead:  # else release_queue() gave it back already
+                        self.backlog -= len(data)
+                        self.budget.give(len(data))
                 del batch
         except (ConnectionError, RuntimeError):
             pass  # the client went away: the handler ends and gives the rest back
         finally:
-            writer = None
+            self.writer = None
 
-    def close_slow() -> None:
-        nonlocal dead
-        dead = True
-        log.warning("closing a WebSocket client that does not read", extra={"request_id": rid})
-        rt.metrics.slow_clients.labels(transport).inc()
-        if writer is not None:
-            writer.cancel()
-        release_queue()
-        closer = loop.create_task(slow_close())
-        background.add(closer)
-        closer.add_done_callback(background.discard)
+    def close_slow(self) -> None:
+        self.dead = True
+        log.warning("closing a WebSocket client that does not read", extra={"request_id": self.rid})
+        self.request.app[SERVICES].runtime.metrics.slow_clients.labels(self.transport).inc()
+        if self.writer is not None:
+            self.writer.cancel()
+        self.release_queue()
+        closer = asyncio.get_running_loop().create_task(self.slow_close())
+        _CLOSERS.add(closer)
+        closer.add_done_callback(_CLOSERS.discard)
 
-    async def slow_close() -> None:
+    async def slow_close(self) -> None:
         try:
             async with asyncio.timeout(2.0):
-                await ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"client too slow")
+                await self.ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"client too slow")
         except TimeoutError:
-            transport = request.transport
-            if transport is not None:
-                transport.abort()
+            sock = self.request.transport
+            if sock is not None:
+                sock.abort()
 
-    def release_queue() -> None:
-        nonlocal backlog
-        pending.clear()
-        budget.give(backlog)
-        backlog = 0
+    def release_queue(self) -> None:
+        self.pending.clear()
+        self.budget.give(self.backlog)
+        self.backlog = 0
 
-    async def close() -> None:
-        await ws.close(code=WSCloseCode.GOING_AWAY, message=b"gateway shutting down")
+    async def close(self) -> None:
+        await self.ws.close(code=WSCloseCode.GOING_AWAY, message=b"gateway shutting down")
 
-    handle = ClientHandle(transport, source, send, close)
+    async def finish(self) -> None:
+        """The handler ends: what is pending is written first (bounded), then closed."""
+        self.flush()
+        if self.writer is not None:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.wait_for(self.writer, 2.0)
+        self.dead = True
+        self.release_queue()
+        if not self.ws.closed:
+            await self.ws.close()
+
+
+async def _serve(request: web.Request, transport: str, *, api_key: bool) -> web.StreamResponse:
+    svc = request.app[SERVICES]
+    rt = svc.runtime
+    rid: str = request["request_id"]
+    source = source_ip(request)
+    if rt.shutting_down:
+        return error_response(QrcError(ErrorCode.CORE_UNAVAILABLE, "Gateway is shutting down"))
+    ws = web.WebSocketResponse(
+        max_msg_size=rt.config.limits.maxMessageBytes, heartbeat=20.0, autoping=True
+    )
+    out = _Outbox(request, ws, transport, rid)
+    handle = ClientHandle(transport, source, out.send, out.close)
     conn = ConnectedClient(
         svc,
         handle,
@@ -185,14 +220,14 @@ async def _serve(request: web.Request, transport: str, *, api_key: bool) -> web.
         async with asyncio.timeout(None) as deadline:
             if subject is None:  # absolute: frames do not extend it
                 logon_timeout = rt.config.limits.logonTimeoutSeconds
-                deadline.reschedule(loop.time() + logon_timeout)
+                deadline.reschedule(asyncio.get_running_loop().time() + logon_timeout)
             async for msg in ws:
-                if msg.type == WSMsgType.TEXT:
-                    await conn.handle_frame(msg.data)
-                    if conn.logged_on:
+                if msg.type == WSMsgType.TEXT or msg.type == WSMsgType.BINARY:
+                    rest = conn.handle_frame_now(msg.data)
+                    if rest is not None:
+                        await rest
+                    if msg.type == WSMsgType.TEXT and conn.logged_on:
                         deadline.reschedule(None)
-                elif msg.type == WSMsgType.BINARY:
-                    await conn.handle_frame(msg.data)
                 elif msg.type == WSMsgType.ERROR:
                     break
     except TimeoutError:
@@ -201,12 +236,5 @@ async def _serve(request: web.Request, transport: str, *, api_key: bool) -> web.
         svc.clients.remove(handle)
         await conn.drain(5.0)
         await conn.close()
-        flush()
-        if writer is not None:  # what is pending is written first (bounded)
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await asyncio.wait_for(writer, 2.0)
-        dead = True
-        release_queue()
-        if not ws.closed:
-            await ws.close()
+        await out.finish()
     return ws

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from qsys_protocol.config import CoreConfig
@@ -161,7 +161,7 @@ class UpstreamPool:
 
     # ---- calls ------------------------------------------------------------------
 
-    async def forward(
+    def forward(
         self,
         method: str,
         params: Any,
@@ -169,74 +169,87 @@ class UpstreamPool:
         timeout: float | None = None,
         conn: UpstreamConnection | None = None,
         owner: str = "",
-    ) -> Any:
+    ) -> Coroutine[Any, Any, Any]:
         """Send one call (on `conn` when pinned, else the least busy connection); a
-        client's call names its subject as `owner`, whose share of pending calls it takes."""
+        client's call names its subject as `owner`, whose share of pending calls it takes
+        (given back when the awaited call ends). Await it at once."""
         if method == "Logon":
             # the shared sockets are logged on with the gateway's credentials only
             raise QrcError(ErrorCode.INVALID_REQUEST, "Invalid request: Logon is not forwarded")
         budget = self._core.requestTimeoutSeconds if timeout is None else timeout
-        if not owner:
-            return await self._forward(method, params, budget, conn)
-        if self.shares.try_acquire(owner):
-            left = budget
-        else:
-            loop = asyncio.get_running_loop()
-            queued = loop.time()
-            if not await self.shares.acquire(owner, budget):
-                if self._metrics is not None:
-                    self._metrics.subject_share_full.inc()
-                raise CoreUnavailable("too many calls of this client pending on the Core", 1.0)
-            left = max(0.001, budget - (loop.time() - queued))
-        try:
-            return await self._forward(method, params, left, conn)
-        finally:
-            self.shares.release(owner)
+        if not owner or self.shares.try_acquire(owner):
+            return self._forward(method, params, budget, conn, owner)
+        return self._forward_queued(method, params, budget, conn, owner)
+
+    async def _forward_queued(
+        self, method: str, params: Any, budget: float, conn: UpstreamConnection | None, owner: str
+    ) -> Any:
+        """`owner`'s share is full: wait for room within the budget, then forward."""
+        loop = asyncio.get_running_loop()
+        queued = loop.time()
+        if not await self.shares.acquire(owner, budget):
+            if self._metrics is not None:
+                self._metrics.subject_share_full.inc()
+            raise CoreUnavailable("too many calls of this client pending on the Core", 1.0)
+        left = max(0.001, budget - (loop.time() - queued))
+        return await self._forward(method, params, left, conn, owner)
 
     async def _forward(
-        self, method: str, params: Any, budget: float, conn: UpstreamConnection | None
+        self,
+        method: str,
+        params: Any,
+        budget: float,
+        conn: UpstreamConnection | None,
+        owner: str = "",
     ) -> Any:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + budget
-        retried = False
-        while True:
-            probe = self._circuit.acquire()
-            target = conn if conn is not None else self.pick()
-            if target is None or not target.up:
-                self._circuit.release(probe)
-                raise CoreUnavailable("no connection to the Core", self._reconnect_eta())
-            start = loop.time()
-            try:
-                resp = await target.request(method, params, max(0.001, deadline - start))
-            except Busy:
-                self._circuit.release(probe)
-                raise CoreUnavailable("too many pending calls", 1.0) from None
-            except NotConnected:
-                self._circuit.release(probe)
-                raise CoreUnavailable("no connection to the Core", self._reconnect_eta()) from None
-            except TimeoutError:
-                self._circuit.failure(probe)
-                raise CoreTimeout(budget) from None
-            except ConnectionClosed:
-                self._circuit.failure(probe)
-                if (
-                    conn is None
-                    and not retried
-                    and traits_of(method).retryable
-                    and loop.time() < deadline
-                    and any(c.up and c is not target for c in self._conns)
-                ):
-                    retried = True
-                    continue
-                raise CoreUnavailable(
-                    "connection to the Core lost", self._reconnect_eta()
-                ) from None
-            self._circuit.success(probe)
-            if self._metrics is not None:
-                self._metrics.upstream_duration.labels(method_label(method)).observe(
-                    loop.time() - start
-                )
-            return self._result(target, resp)
+        """`owner`: the subject whose share this call holds (given back here), or ""."""
+        try:
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + budget
+            retried = False
+            while True:
+                probe = self._circuit.acquire()
+                target = conn if conn is not None else self.pick()
+                if target is None or not target.up:
+                    self._circuit.release(probe)
+                    raise CoreUnavailable("no connection to the Core", self._reconnect_eta())
+                start = loop.time()
+                try:
+                    resp = await target.request(method, params, max(0.001, deadline - start))
+                except Busy:
+                    self._circuit.release(probe)
+                    raise CoreUnavailable("too many pending calls", 1.0) from None
+                except NotConnected:
+                    self._circuit.release(probe)
+                    raise CoreUnavailable(
+                        "no connection to the Core", self._reconnect_eta()
+                    ) from None
+                except TimeoutError:
+                    self._circuit.failure(probe)
+                    raise CoreTimeout(budget) from None
+                except ConnectionClosed:
+                    self._circuit.failure(probe)
+                    if (
+                        conn is None
+                        and not retried
+                        and traits_of(method).retryable
+                        and loop.time() < deadline
+                        and any(c.up and c is not target for c in self._conns)
+                    ):
+                        retried = True
+                        continue
+                    raise CoreUnavailable(
+                        "connection to the Core lost", self._reconnect_eta()
+                    ) from None
+                self._circuit.success(probe)
+                if self._metrics is not None:
+                    self._metrics.upstream_duration.labels(method_label(method)).observe(
+                        loop.time() - start
+                    )
+                return self._result(target, resp)
+        finally:
+            if owner:
+                self.shares.release(owner)
 
     def _result(self, conn: UpstreamConnection, resp: jsonrpc.Response) -> Any:
         if resp.error is None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any, Protocol
 
 from pydantic import BaseModel
@@ -18,6 +18,7 @@ from qsys_protocol.qrc.methods import (
     ChangeGroupAddControlParams,
     ChangeGroupAutoPollParams,
     ChangeGroupRemoveParams,
+    MethodTraits,
     parse_params,
     traits_of,
 )
@@ -39,9 +40,9 @@ class SessionOwner(Protocol):
     def hub(self) -> SubscriptionHub: ...
     @property
     def groups(self) -> GroupLedger: ...
-    async def forward(
+    def forward(
         self, method: str, params: Any, *, timeout: float | None = None, owner: str = ""
-    ) -> Any: ...
+    ) -> Coroutine[Any, Any, Any]: ...
     def session_closed(self, session: UpstreamSession) -> None: ...
 
 
@@ -69,25 +70,33 @@ class UpstreamSession:
         self._autopoll_wake: asyncio.Event | None = None  # made by the first AutoPoll
         self.closed = False
 
-    async def call(self, method: str, params: Any, *, timeout: float | None = None) -> Any:
-        """One call: `params` is the model `parse_params` returned (raw JSON is validated
-        here). Change-group methods are answered by the gateway, the rest go to the Core
-        re-serialised from the model, so unknown fields never reach it."""
+    def call(
+        self, method: str, params: Any, *, timeout: float | None = None
+    ) -> Coroutine[Any, Any, Any]:
+        """One call (await it at once): `params` is the model `parse_params` returned (raw
+        JSON is validated here). Change-group methods are answered by the gateway, the rest
+        go to the Core re-serialised from the model, so unknown fields never reach it."""
         if self.closed:
             raise QrcError(ErrorCode.INVALID_REQUEST, "Invalid request: session closed")
         traits = traits_of(method)
-        if not traits.change_group:
-            if isinstance(params, BaseModel):
-                # model_dump's own work, without its Python wrapper
-                params = type(params).__pydantic_serializer__.to_python(
-                    params, mode="json", exclude_none=True
-                )
-            result = await self._upstream.forward(method, params, timeout=timeout, owner=self.owner)
-            if traits.write:
-                # Set, then poll: answer a write once the hub has polled the Core after it,
-                # so every group holding the control has it (docs/changegroups.md)
-                await self._upstream.hub.refresh()
-            return result
+        if traits.change_group:
+            return self._group(method, params, traits)
+        if isinstance(params, BaseModel):
+            # model_dump's own work, without its Python wrapper
+            params = type(params).__pydantic_serializer__.to_python(
+                params, mode="json", exclude_none=True
+            )
+        forwarded = self._upstream.forward(method, params, timeout=timeout, owner=self.owner)
+        return self._then_refresh(forwarded) if traits.write else forwarded
+
+    async def _then_refresh(self, forwarded: Coroutine[Any, Any, Any]) -> Any:
+        """Set, then poll: a write is answered once the hub has polled the Core after it,
+        so every group holding the control has it (docs/changegroups.md)."""
+        result = await forwarded
+        await self._upstream.hub.refresh()
+        return result
+
+    async def _group(self, method: str, params: Any, traits: MethodTraits) -> Any:
         parsed = params if isinstance(params, BaseModel) else parse_params(method, params)
         assert parsed is not None
         gid = getattr(parsed, "Id", None)

@@ -221,6 +221,8 @@ class AccessPolicy(BaseModel):
 
     KIND: ClassVar[str] = "AccessPolicy"
     PLURAL: ClassVar[str] = "accesspolicies"
+    CORE_REF_FIELD: ClassVar[str] = "spec.coreRef.name"
+    """A selectable field of the CRD: lists select a core's policies by it."""
     DESCRIPTION: ClassVar[str] = (
         "Subjects (token holders) and the calls they may make on one QSysCore: deny by "
         "default, allow rules by method, component, control and value range."

@@ -41,9 +41,10 @@ def register(registry: kopf.OperatorRegistry, reconciler: Reconciler) -> None:
             namespace: str | None,
             labels: kopf.Labels,
             meta: kopf.Meta,
+            body: kopf.Body,
             **_: Any,
         ) -> None:
-            if not reconciler.child_seen(kind, namespace, name, meta, type == "DELETED"):
+            if not reconciler.child_seen(kind, namespace, name, meta, type == "DELETED", body):
                 return
             owner = owner_of(namespace, labels, watched)
             if owner is None:
