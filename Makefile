@@ -61,6 +61,7 @@ test:
 		TEST_PREREQS='$(TEST_PREREQS)' PYTEST_ARGS='$(PYTEST_ARGS)' BIN='$(BIN)' \
 		bash hack/test.sh
 	$(MAKE) --no-print-directory e2e-floor
+	$(MAKE) --no-print-directory kind-smoke
 
 # The tests marked `floor` again, against the oldest supported Kubernetes minor
 # (hack/tools/kube-floor, no real node; docs/testing.md "The Kubernetes floor").

@@ -7,9 +7,10 @@
 # (tests/conftest.py). The real node's groups come last: only the tests that request
 # the `real_node` fixture wait for them; every other e2e test waits for the rest.
 NODE_TOOL_GROUPS ?= node metrics-server coredns kube-router
-# Only the real-node tests (registry, cosign, kstatus, argocd) and the floor run
-# (kube-floor) need these, so the other e2e tests do not wait for them either.
-LATE_TOOL_GROUPS ?= registry cosign kstatus argocd kube-floor
+# Only the real-node tests (registry, cosign, kstatus, argocd), the floor run
+# (kube-floor) and the kind smoke test after them (kind, kubeadm for its node image)
+# need these, so the other e2e tests do not wait for them either.
+LATE_TOOL_GROUPS ?= registry cosign kstatus argocd kube-floor kind kubeadm
 TOOL_GROUPS ?= helm promtool krew kube prometheus prometheus-operator otelcol $(NODE_TOOL_GROUPS) $(LATE_TOOL_GROUPS)
 # What the local cluster with its real node and the chart need (`make cluster-up`, `make demo`).
 CLUSTER_TOOL_GROUPS ?= kube helm $(NODE_TOOL_GROUPS)
@@ -71,8 +72,8 @@ e2e-kind: install kind-images
 	@bash hack/tools/build.sh $(KIND_TOOL_GROUPS)
 	KUBECONFIG=$(CURDIR)/$(KIND_KUBECONFIG) $(BIN)/python -m pytest tests/e2e $(PYTEST_ARGS)
 
-# The kind smoke test (tests/kind): creates and deletes its own cluster. Not part of
-# `make test`.
+# The kind smoke test (tests/kind): creates and deletes its own cluster. `make test`
+# runs it last, once the local cluster (and its real node) is down.
 kind-smoke: install kind-deps kind-node-image images
 	@bash hack/tools/build.sh $(KIND_TOOL_GROUPS)
 	$(BIN)/python -m pytest -m kind tests/kind $(PYTEST_ARGS)
