@@ -3,6 +3,8 @@
     python hack/kind_node.py build   build what is missing; prints the node tarball
     python hack/kind_node.py path    the node tarball (built or not)
     python hack/kind_node.py name    the image name `docker import` gives it
+    python hack/kind_node.py routes  the host's routes into the cluster, from
+                                     `kubectl get nodes -o json` on stdin ("CIDR VIA" lines)
 
 No registry and no Docker at build time: a Debian root filesystem (mmdebstrap), the
 files of kind's own base image (the pinned kind module's images/base/files), Debian's
@@ -17,6 +19,7 @@ like hack/images.py's, whose helpers this uses.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import os
 import shutil
@@ -24,6 +27,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -65,6 +69,9 @@ STATIC_IMAGES = {
 # The node network's DaemonSet (NETWORK_MANIFEST) runs these from its own image.
 NETWORK_BINARIES = {"kubectl": "kube", "kube-router": "kube-router"}
 NETWORK_IMAGE = "qsys.local/kind-network"
+# kind-config.yaml's serviceSubnet (a unit test holds them equal): kube-router's firewall
+# lets pods reach Services, whatever the policy, as on the local cluster's real node.
+SERVICE_SUBNET = "198.19.0.0/17"
 IMPORT_UNIT = """\
 [Unit]
 Description=Import the node's images (/kind/images) into containerd
@@ -109,16 +116,30 @@ version = 2
 # the control plane's address as CONTROL_PLANE_ENDPOINT in the first container): the
 # node network of this image instead of kindnetd. On each node, `cni` writes a ptp
 # conflist for the node's podCIDR and routes every other node's podCIDR to that node;
-# `firewall` is kube-router enforcing NetworkPolicy (as on the local cluster's real node).
+# `firewall` is kube-router enforcing NetworkPolicy (as on the local cluster's real node),
+# talking to the apiserver at the address `cni` hands it in a shared directory (kind
+# gives CONTROL_PLANE_ENDPOINT to the first container only).
 NETWORK_SCRIPT = r"""set -eu
 if [ -n "${CONTROL_PLANE_ENDPOINT:-}" ]; then
   export KUBERNETES_SERVICE_HOST="${CONTROL_PLANE_ENDPOINT%:*}"
   export KUBERNETES_SERVICE_PORT="${CONTROL_PLANE_ENDPOINT##*:}"
 fi
+# The firewall container waits for this: the apiserver itself, not its ClusterIP,
+# which works only once kube-proxy has programmed it.
+printf 'export KUBERNETES_SERVICE_HOST=%s KUBERNETES_SERVICE_PORT=%s\n' \
+  "$KUBERNETES_SERVICE_HOST" "$KUBERNETES_SERVICE_PORT" >/run/qsys-kind-network/apiserver
 conf=/etc/cni/net.d/10-qsys-ptp.conflist
+# The host (the kind network's gateway: this machine) counts as the node, as on the local
+# cluster where the host is the node: its packets carry kube-router's "admitted by a
+# policy" mark, so a NetworkPolicy never stops the host's calls to pods and ClusterIPs.
+# Pods get no such mark: the policies between them are kube-router's alone.
+host=$(ip -4 route show default | awk '{print $3; exit}')
+mark="-s $host -m comment --comment qsys-kind-host -j MARK --set-xmark 0x10000/0x10000"
 query='{range .items[*]}{.metadata.name} {.spec.podCIDR} '
 query="$query"'{.status.addresses[?(@.type=="InternalIP")].address}{"\n"}{end}'
 while :; do
+  # shellcheck disable=SC2086
+  iptables -w -t mangle -C PREROUTING $mark 2>/dev/null || iptables -w -t mangle -A PREROUTING $mark
   if kubectl get nodes -o jsonpath="$query" >/tmp/nodes; then
     while read -r name cidr ip; do
       [ -n "$cidr" ] || continue
@@ -165,12 +186,17 @@ apiVersion: rbac.authorization.k8s.io/v1
 metadata:
   name: qsys-kind-network
 rules:
+# kube-router's firewall starts only once its informers have synced, Services and
+# their endpoints included (it lists them even with the service proxy off).
 - apiGroups: [""]
-  resources: [nodes, pods, namespaces]
+  resources: [nodes, pods, namespaces, services, endpoints]
+  verbs: [get, list, watch]
+- apiGroups: [discovery.k8s.io]
+  resources: [endpointslices]
   verbs: [get, list, watch]
 - apiGroups: [networking.k8s.io]
   resources: [networkpolicies]
-  verbs: [list, watch]
+  verbs: [get, list, watch]
 ---
 kind: ClusterRoleBinding
 apiVersion: rbac.authorization.k8s.io/v1
@@ -237,20 +263,29 @@ spec:
         securityContext:
           privileged: false
           capabilities:
-            add: [NET_ADMIN]
+            add: [NET_ADMIN, NET_RAW]
         volumeMounts:
         - name: cni-cfg
           mountPath: /etc/cni/net.d
         - name: script
           mountPath: /etc/qsys-kind-network
+        - name: shared
+          mountPath: /run/qsys-kind-network
       - name: firewall
         image: {image}
         imagePullPolicy: Never
         command:
-        - /usr/local/bin/kube-router
+        - /bin/sh
+        - -c
+        - |
+          until [ -s /run/qsys-kind-network/apiserver ]; do sleep 1; done
+          . /run/qsys-kind-network/apiserver
+          exec /usr/local/bin/kube-router "$@"
+        - kube-router
         - --run-firewall=true
         - --run-router=false
         - --run-service-proxy=false
+        - --service-cluster-ip-range={service_subnet}
         - --health-port=0
         - --metrics-port=0
         - --hostname-override=$(NODE_NAME)
@@ -267,7 +302,12 @@ spec:
         - name: lib-modules
           mountPath: /lib/modules
           readOnly: true
+        - name: shared
+          mountPath: /run/qsys-kind-network
+          readOnly: true
       volumes:
+      - name: shared
+        emptyDir: {{}}
       - name: cni-cfg
         hostPath:
           path: /etc/cni/net.d
@@ -455,6 +495,7 @@ def write_node_files(root: Path, base: Path, refs: dict[str, str]) -> None:
         script=textwrap.indent(NETWORK_SCRIPT, "    "),
         conflist=textwrap.indent(json.dumps(CONFLIST, indent=2), "    "),
         image=network_image(),
+        service_subnet=SERVICE_SUBNET,
     )
     (manifests / "default-cni.yaml").write_text(network)
 
@@ -520,6 +561,7 @@ def steps() -> tuple[img.Step, img.Step, img.Step, img.Step, dict[str, str]]:
             DEFAULT_STORAGE,
             NETWORK_SCRIPT,
             NETWORK_MANIFEST,
+            SERVICE_SUBNET,
             json.dumps(CONFLIST),
         ),
         "node.tar",
@@ -550,12 +592,55 @@ def build() -> Path:
     return path
 
 
+# Every address the host may route to (the project's network rules).
+ALLOWED_NETWORK = ipaddress.IPv4Network("198.18.0.0/15")
+# Where real pods run (qsys_testkit.kube.REAL_NODE_LABEL; kind-config.yaml labels the worker).
+REAL_NODE_LABEL = ("qsys.io/node", "real")
+
+
+def host_routes(nodes: dict[str, Any], service_subnet: str = SERVICE_SUBNET) -> list[str]:
+    """The host's routes into the cluster ("CIDR VIA"), from a NodeList: each node's podCIDR
+    via that node, and the Service range via the node where real pods run (its kube-proxy
+    translates a ClusterIP and masquerades the host's address), else via the first node.
+    Tests call pods and ClusterIPs from the host, as on the local cluster's real node."""
+    items = sorted(nodes["items"], key=lambda n: str(n["metadata"]["name"]))
+    if not items:
+        raise ValueError("the cluster has no nodes")
+    vias = {}
+    routes = []
+    for node in items:
+        name = node["metadata"]["name"]
+        internal = [
+            a["address"] for a in node["status"].get("addresses", []) if a["type"] == "InternalIP"
+        ]
+        cidr = node["spec"].get("podCIDR")
+        if not internal or not cidr:
+            raise ValueError(f"node {name} has no InternalIP or no podCIDR yet")
+        vias[name] = internal[0]
+        routes.append((cidr, internal[0]))
+    key, value = REAL_NODE_LABEL
+    real = [n for n in items if n["metadata"].get("labels", {}).get(key) == value]
+    routes.append((service_subnet, vias[(real or items)[0]["metadata"]["name"]]))
+    for cidr, via in routes:
+        if not ipaddress.IPv4Network(cidr).subnet_of(ALLOWED_NETWORK):
+            raise ValueError(f"{cidr} lies outside {ALLOWED_NETWORK}")
+        if ipaddress.IPv4Address(via) not in ALLOWED_NETWORK:
+            raise ValueError(f"{via} lies outside {ALLOWED_NETWORK}")
+    return [f"{cidr} {via}" for cidr, via in routes]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("command", choices=("build", "path", "name"))
+    parser.add_argument("command", choices=("build", "path", "name", "routes"))
     args = parser.parse_args()
     if args.command == "build":
         print(build())
+        return
+    if args.command == "routes":
+        try:
+            print("\n".join(host_routes(json.load(sys.stdin))))
+        except ValueError as exc:
+            sys.exit(f"kind_node.py routes: {exc}")
         return
     node = steps()[3]
     print(node.path if args.command == "path" else image_name(node))

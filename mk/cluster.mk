@@ -66,11 +66,12 @@ kind-up: install kind-deps kind-node-image
 kind-images: images kind-up
 	@$(KIND_PY) bash hack/kind/cluster.sh load
 
-# The e2e suite on kind. Builds only KIND_TOOL_GROUPS; a test that needs another
-# pinned tool (Prometheus, the registry, ...) fails and names it.
+# The e2e suite on kind: the tests portable to any cluster (not marked local_cluster).
+# Builds only KIND_TOOL_GROUPS; a test that needs another pinned tool (the registry,
+# Argo CD, ...) fails and names it.
 e2e-kind: install kind-images
 	@bash hack/tools/build.sh $(KIND_TOOL_GROUPS)
-	KUBECONFIG=$(CURDIR)/$(KIND_KUBECONFIG) $(BIN)/python -m pytest tests/e2e $(PYTEST_ARGS)
+	KUBECONFIG=$(CURDIR)/$(KIND_KUBECONFIG) $(BIN)/python -m pytest tests/e2e -m 'not local_cluster' $(PYTEST_ARGS)
 
 # The kind smoke test (tests/kind): creates and deletes its own cluster. `make test`
 # runs it last, once the local cluster (and its real node) is down.

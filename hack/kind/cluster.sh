@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The kind cluster of `make kind-up` / `make kind-down` (docs/testing.md, "kind").
 #   cluster.sh up       Docker engine (docker.sh), the node image built here, `kind create
-#                       cluster` from kind-config.yaml; kubeconfig in .cache/kind/kubeconfig
+#                       cluster` from kind-config.yaml; kubeconfig in .cache/kind/kubeconfig;
+#                       host routes to the pods and the Service range via the nodes
 #   cluster.sh load     `kind load image-archive` of the image builder's tarballs
 #   cluster.sh down     delete the cluster and stop the engine (the host as before `up`)
 # The engine and the cluster are machine-wide: one at a time, never beside the local
@@ -12,6 +13,7 @@ REPO=$(cd "$HERE/../.." && pwd)
 CLUSTER=${KIND_CLUSTER:-qsys-e2e}
 STATE=$REPO/.cache/kind
 KUBECONFIG_OUT=$STATE/kubeconfig
+ROUTES=$STATE/routes
 PYTHON=${PYTHON:-python3}
 
 log() { echo "kind: $*" >&2; }
@@ -55,8 +57,40 @@ cmd_up() {
 		log "created the cluster in $(($(date +%s) - start))s"
 	fi
 	"$kind" get kubeconfig --name "$CLUSTER" >"$KUBECONFIG_OUT"
+	routes_up
 	trap - ERR
 	echo "export KUBECONFIG=$KUBECONFIG_OUT"
+}
+
+# The host reaches pods and ClusterIPs as it does on the local cluster's real node: each
+# node's podCIDR via that node, the Service range via the worker (hack/kind_node.py
+# routes). Recorded in $ROUTES for routes_down; the bridge's removal would drop them too.
+routes_up() {
+	local nodes cidr via
+	for _ in $(seq 1 60); do
+		nodes=$(docker exec "$CLUSTER-control-plane" \
+			kubectl --kubeconfig /etc/kubernetes/admin.conf get nodes -o json)
+		if "$PYTHON" "$REPO/hack/kind_node.py" routes <<<"$nodes" >"$ROUTES.new" 2>/dev/null; then
+			break
+		fi
+		sleep 1
+	done
+	"$PYTHON" "$REPO/hack/kind_node.py" routes <<<"$nodes" >"$ROUTES.new"
+	routes_down
+	mv "$ROUTES.new" "$ROUTES"
+	while read -r cidr via; do
+		ip route replace "$cidr" via "$via"
+	done <"$ROUTES"
+	log "host routes: $(tr '\n' ' ' <"$ROUTES")"
+}
+
+routes_down() {
+	local cidr via
+	[[ -f $ROUTES ]] || return 0
+	while read -r cidr via; do
+		ip route del "$cidr" via "$via" 2>/dev/null || true
+	done <"$ROUTES"
+	rm -f "$ROUTES"
 }
 
 failed_up() {
@@ -88,6 +122,7 @@ cmd_down() {
 	if docker info >/dev/null 2>&1; then
 		"$kind" delete cluster --name "$CLUSTER" --kubeconfig "$KUBECONFIG_OUT" >/dev/null 2>&1 || true
 	fi
+	routes_down
 	rm -f "$KUBECONFIG_OUT"
 	bash "$HERE/docker.sh" stop
 }

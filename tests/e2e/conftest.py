@@ -102,6 +102,21 @@ def real_node(cluster: Cluster) -> client.V1Node:
     return require_real_node(cluster)
 
 
+@pytest.fixture(autouse=True)
+def _local_cluster_only(request: pytest.FixtureRequest) -> None:
+    """A test marked `local_cluster` (kwok's fake nodes, the real node's containerd or
+    node.sh) fails at once on another cluster, saying so; `make e2e-kind` deselects it."""
+    if request.node.get_closest_marker("local_cluster") is None:
+        return
+    cluster: Cluster = request.getfixturevalue("cluster")
+    if not cluster.local:
+        pytest.fail(
+            f"{request.node.name} needs the local cluster (marked local_cluster), not "
+            f"{cluster.kubeconfig}: deselect it with -m 'not local_cluster'",
+            pytrace=False,
+        )
+
+
 @pytest.fixture
 def namespace(cluster: Cluster) -> Iterator[str]:
     """A fresh namespace, deleted (without waiting) after the test."""

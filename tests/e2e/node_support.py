@@ -378,8 +378,16 @@ def apply_example_policy(cluster: Cluster, ns: str, panel_token: str) -> None:
     )
 
 
-def node_images() -> set[str]:
-    """Image references the real node's containerd holds (imported, never pulled)."""
+def node_images(cluster: Cluster) -> set[str]:
+    """Image references every node labelled NODE_SELECTOR holds (imported, never pulled):
+    on the local cluster, what its real node's containerd lists; on another (kind), what
+    each such node's kubelet reports in the Node's status."""
+    if not cluster.local:
+        held = [
+            {name for image in must(node.status).images or [] for name in image.names or []}
+            for node in real_nodes(cluster)
+        ]
+        return set.intersection(*held) if held else set()
     out = subprocess.run(
         ["ctr", "--address", str(CONTAINERD_SOCK), "-n", "k8s.io", "images", "ls", "-q"],
         capture_output=True,

@@ -215,6 +215,7 @@ def _available(release: Release, replicas: int) -> client.V1Deployment:
     return wait_for("operator Deployment available", probe, timeout=TIMEOUT_S)
 
 
+@pytest.mark.local_cluster  # kwok's pods answer nothing at their loopback addresses
 def test_namespaced_install_rbac_is_sufficient_and_not_excessive(
     cluster: Cluster, watched: str, other: str, tmp_path: Path
 ) -> None:

@@ -12,6 +12,7 @@ import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from qsys_testkit.checkout import image_names
 from qsys_testkit.cluster import Cluster, api_error, must, status_of, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.floor]
@@ -139,10 +140,12 @@ def test_deployment_becomes_available(cluster: Cluster, namespace: str) -> None:
                 metadata=client.V1ObjectMeta(labels=labels),
                 spec=client.V1PodSpec(
                     containers=[
+                        # The pinned pause image every node holds (`make images`):
+                        # real pods too, on kind or any cluster without a registry.
                         client.V1Container(
                             name="pause",
-                            image="registry.k8s.io/pause:3.10",
-                            image_pull_policy="IfNotPresent",
+                            image=image_names()["pause"],
+                            image_pull_policy="Never",
                         )
                     ],
                     termination_grace_period_seconds=0,

@@ -123,7 +123,7 @@ def installed(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Ite
     published = {f"ghcr.io/qsys-operator/{c}:{chart['appVersion']}" for c in refs} & set(
         refs.values()
     )
-    missing = published - node_images()
+    missing = published - node_images(cluster)
     if len(published) < 3 or missing:
         pytest.fail(
             f"the real node lacks the published image names {sorted(missing or published)}:"

@@ -61,7 +61,8 @@ from qsys_testkit.checkout import REPO, run_checked
 from qsys_testkit.cluster import Cluster, must, wait_for
 from qsys_testkit.kube import apply_crds, secret_text
 
-pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("real_node")]
+# Imports the previous release's images into the real node's containerd: local cluster only.
+pytestmark = [pytest.mark.e2e, pytest.mark.local_cluster, pytest.mark.usefixtures("real_node")]
 
 PREVIOUS = dict(
     line.split("=", 1)

@@ -71,6 +71,7 @@ def test_errors_without_resources(cluster: Cluster, crds: None, namespace: str) 
     assert "usage: kubectl qsys" in usage.stderr
 
 
+@pytest.mark.local_cluster  # kwok runs no kubelet streaming: port-forward and logs fail
 def test_every_command_against_the_operator(
     cluster: Cluster, operator: Operator, namespace: str, tmp_path: Path
 ) -> None:

@@ -184,6 +184,7 @@ def test_children_drift_update_and_cascade(
     assert 'qsys_operator_reconcile_total{kind="QSysCore",result="success"}' in operator.metrics()
 
 
+@pytest.mark.local_cluster  # a stand-in gateway on the host at a kwok pod's loopback address
 def test_policy_first_tokens_real_gateway_and_core_connection(
     cluster: Cluster, operator: Operator, namespace: str, tmp_path: Path
 ) -> None:

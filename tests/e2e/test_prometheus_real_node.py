@@ -51,7 +51,8 @@ from prometheus_support import MONITORING, po_crds_installed, prometheus_operato
 from qsys_testkit.cluster import Cluster, must, wait_for
 from qsys_testkit.monitoring import alert_names, chart_prometheus_rule, prometheus_api, used_metrics
 
-pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("real_node")]
+# Prometheus images node.sh packs and imports into the real node: local cluster only.
+pytestmark = [pytest.mark.e2e, pytest.mark.local_cluster, pytest.mark.usefixtures("real_node")]
 
 # The images hack/cluster/node.sh packs and imports (binary-alone, from hack/tools).
 PROMETHEUS_IMAGE = "qsys.local/prometheus:v3.13.5"
@@ -215,7 +216,7 @@ def monitored(
 ) -> Iterator[Monitored]:
     profile: Profile = request.param
     log_dir = tmp_path_factory.mktemp(f"prometheus-real-node-{profile.name}")
-    missing = {PROMETHEUS_IMAGE, CONFIG_RELOADER_IMAGE} - node_images()
+    missing = {PROMETHEUS_IMAGE, CONFIG_RELOADER_IMAGE} - node_images(cluster)
     if missing:
         pytest.fail(
             f"the real node lacks {sorted(missing)}: hack/cluster/node.sh imports them when "

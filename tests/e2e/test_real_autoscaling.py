@@ -39,7 +39,8 @@ from operator_support import create, policy_body
 from qsys_testkit.cluster import Cluster, must, wait_for
 from qsys_testkit.kube import secret_text
 
-pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("real_node")]
+# metrics-server as node.sh runs it: local cluster only.
+pytestmark = [pytest.mark.e2e, pytest.mark.local_cluster, pytest.mark.usefixtures("real_node")]
 
 CORE = "hall"
 GATEWAY = f"{CORE}-gateway"

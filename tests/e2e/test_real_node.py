@@ -111,6 +111,7 @@ def _get(url: str) -> str:
     return wait_for(f"GET {url}", fetch, timeout=30)
 
 
+@pytest.mark.local_cluster  # kwok's fake nodes beside the real one
 def test_real_node_is_ready_beside_the_fake_ones(cluster: Cluster) -> None:
     node = require_real_node(cluster)
     info = must(must(node.status).node_info)

@@ -51,7 +51,13 @@ from qsys_testkit.checkout import REPO
 from qsys_testkit.cluster import Cluster, must, wait_for
 from qsys_testkit.registry import RegistryProcess
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1200), pytest.mark.usefixtures("real_node")]
+# node.sh makes the real node trust the test registry: local cluster only.
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.local_cluster,
+    pytest.mark.timeout(1200),
+    pytest.mark.usefixtures("real_node"),
+]
 
 PATH = "qsys"
 PULL_SECRET = "regcred"

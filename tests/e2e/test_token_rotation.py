@@ -31,7 +31,8 @@ from qsys_testkit.checkout import REPO
 from qsys_testkit.cluster import Cluster, must, wait_for
 from qsys_testkit.kube import apply_crds, secret_text
 
-pytestmark = pytest.mark.e2e
+# A stand-in gateway on the host at a kwok pod's loopback address: local cluster only.
+pytestmark = [pytest.mark.e2e, pytest.mark.local_cluster]
 
 GRACE_S = 12
 

@@ -15,6 +15,7 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 from unit_support import hack_script
 
@@ -72,6 +73,7 @@ def _network_documents() -> list[dict[str, Any]]:
         script=textwrap.indent(kind_node.NETWORK_SCRIPT, "    "),
         conflist=textwrap.indent(json.dumps(kind_node.CONFLIST, indent=2), "    "),
         image="qsys.local/kind-network:test",
+        service_subnet=kind_node.SERVICE_SUBNET,
     )
     # kind patches the first container of the DaemonSet (CONTROL_PLANE_ENDPOINT).
     assert "would you kindly patch this file" in text
@@ -93,7 +95,7 @@ def test_node_network_manifest() -> None:
     cni, firewall = spec["containers"]
     assert cni["name"] == "cni"
     assert isinstance(cni["env"], list)
-    assert cni["securityContext"]["capabilities"]["add"] == ["NET_ADMIN"]
+    assert cni["securityContext"]["capabilities"]["add"] == ["NET_ADMIN", "NET_RAW"]
     assert "--run-firewall=true" in firewall["command"]
     assert "--run-router=false" in firewall["command"]
     assert "--run-service-proxy=false" in firewall["command"]
@@ -137,3 +139,86 @@ def test_address_plan_stays_inside_the_allowed_ranges() -> None:
     for flag in ("--iptables=false", "--ip6tables=false", "--ip-masq=false", "--bridge=none"):
         assert flag in docker
     assert "--dns 127.0.0.1" in docker
+
+
+def test_firewall_gets_the_rbac_it_waits_for_and_the_service_range() -> None:
+    """kube-router's firewall starts only after its informers sync (Services, Endpoints and
+    EndpointSlices among them): without list/watch on them it never programs a policy."""
+    docs = {d["kind"]: d for d in _network_documents()}
+    granted = {
+        (group, resource)
+        for rule in docs["ClusterRole"]["rules"]
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+        if {"list", "watch"} <= set(rule["verbs"])
+    }
+    for needed in (
+        ("", "pods"),
+        ("", "namespaces"),
+        ("", "nodes"),
+        ("", "services"),
+        ("", "endpoints"),
+        ("discovery.k8s.io", "endpointslices"),
+        ("networking.k8s.io", "networkpolicies"),
+    ):
+        assert needed in granted, needed
+    spec = docs["DaemonSet"]["spec"]["template"]["spec"]
+    cni, firewall = spec["containers"]
+    config = yaml.safe_load((REPO / "kind-config.yaml").read_text("utf-8"))
+    assert config["networking"]["serviceSubnet"] == kind_node.SERVICE_SUBNET
+    assert f"--service-cluster-ip-range={kind_node.SERVICE_SUBNET}" in firewall["command"]
+    # The apiserver's address reaches the firewall through the shared directory.
+    handoff = "/run/qsys-kind-network/apiserver"
+    assert handoff in kind_node.NETWORK_SCRIPT
+    assert handoff in firewall["command"][2]
+    mounts = {c["name"]: {m["name"]: m for m in c["volumeMounts"]} for c in (cni, firewall)}
+    assert mounts["cni"]["shared"]["mountPath"] == mounts["firewall"]["shared"]["mountPath"]
+    assert {"name": "shared", "emptyDir": {}} in spec["volumes"]
+    # The host (the default route's gateway) passes as the node; nothing else is marked.
+    assert "-s $host -m comment --comment qsys-kind-host" in kind_node.NETWORK_SCRIPT
+    assert "ip -4 route show default" in kind_node.NETWORK_SCRIPT
+
+
+def _node(name: str, ip: str, cidr: str | None, labels: dict[str, str] | None = None) -> Any:
+    return {
+        "metadata": {"name": name, "labels": labels or {}},
+        "spec": {"podCIDR": cidr} if cidr else {},
+        "status": {
+            "addresses": [
+                {"type": "Hostname", "address": name},
+                {"type": "InternalIP", "address": ip},
+            ]
+        },
+    }
+
+
+def test_host_routes_reach_pods_via_their_node_and_services_via_the_worker() -> None:
+    nodes = {
+        "items": [
+            _node("qsys-e2e-worker", "198.19.200.3", "198.18.1.0/24", {"qsys.io/node": "real"}),
+            _node("qsys-e2e-control-plane", "198.19.200.2", "198.18.0.0/24"),
+        ]
+    }
+    assert kind_node.host_routes(nodes) == [
+        "198.18.0.0/24 198.19.200.2",
+        "198.18.1.0/24 198.19.200.3",
+        "198.19.0.0/17 198.19.200.3",
+    ]
+    # No labelled node: the Service range via the first node by name.
+    alone = {"items": [_node("qsys-e2e-control-plane", "198.19.200.2", "198.18.0.0/24")]}
+    assert kind_node.host_routes(alone)[-1] == "198.19.0.0/17 198.19.200.2"
+
+
+def test_host_routes_refuse_a_node_not_ready_for_them_or_outside_the_allowed_ranges() -> None:
+    with pytest.raises(ValueError, match="no InternalIP or no podCIDR"):
+        kind_node.host_routes({"items": [_node("w", "198.19.200.3", None)]})
+    with pytest.raises(ValueError, match="no nodes"):
+        kind_node.host_routes({"items": []})
+    with pytest.raises(ValueError, match=r"outside 198\.18\.0\.0/15"):
+        kind_node.host_routes({"items": [_node("w", "198.19.200.3", "10.244.0.0/24")]})
+    with pytest.raises(ValueError, match=r"outside 198\.18\.0\.0/15"):
+        kind_node.host_routes({"items": [_node("w", "172.18.0.2", "198.18.0.0/24")]})
+    with pytest.raises(ValueError, match=r"outside 198\.18\.0\.0/15"):
+        kind_node.host_routes(
+            {"items": [_node("w", "198.19.200.3", "198.18.0.0/24")]}, "10.96.0.0/12"
+        )
