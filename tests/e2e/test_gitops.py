@@ -562,6 +562,7 @@ class PruneTimeline:
         return observed
 
 
+@pytest.mark.local_cluster  # the metrics API: metrics-server, which node.sh runs
 def test_no_resource_goes_out_of_sync_while_the_hpa_scales(gitops: GitOps) -> None:
     """DRIFT_WINDOW_S of samples with the gateway HPA active, taken since the first test,
     beside the ones after it (DriftWatch)."""

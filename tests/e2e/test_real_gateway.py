@@ -137,7 +137,10 @@ def stack(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterato
 def _first_process(cluster: Cluster, pod: client.V1Pod) -> tuple[str, str]:
     """/proc/1/status and /proc/1/mountinfo of the pod's container: its first process, as
     the kernel sees it (read through `kubectl exec`, on any cluster)."""
-    read = "print(open('/proc/1/status').read() + chr(0) + open('/proc/1/mountinfo').read())"
+    read = (
+        "import sys; sys.stdout.write("
+        "open('/proc/1/status').read() + chr(0) + open('/proc/1/mountinfo').read())"
+    )
     meta = must(pod.metadata)
     kubectl = str(tool("kube", "kubectl"))
     out = subprocess.run(
