@@ -24,7 +24,7 @@ help:
 	@echo "make release REGISTRY=host[:port]/path COSIGN_KEY=cosign.key   multi-arch images, SBOMs, chart: pushed and signed"
 	@echo "make cluster-up / cluster-down   local Kubernetes control plane built from source"
 	@echo "make e2e-floor the e2e tests marked floor against the oldest supported Kubernetes (1.31)"
-	@echo "make kind-up / e2e-kind          the same e2e suite on kind (needs Docker)"
+	@echo "make kind-up / e2e-kind          the e2e tests portable to any cluster (not local_cluster) on kind (needs Docker)"
 
 install: $(STAMP)
 
