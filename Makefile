@@ -57,7 +57,7 @@ TEST_PREREQS := install lint js-deps mcp-inspector
 # The tool groups (mk/cluster.mk) build in the background from the start; pytest runs
 # e2e on one worker beside unit and integration on another (docs/testing.md).
 test:
-	@TOOL_GROUPS='$(TOOL_GROUPS)' NODE_TOOL_GROUPS='$(NODE_TOOL_GROUPS) $(LATE_TOOL_GROUPS)' \
+	@TOOL_GROUPS='$(TOOL_GROUPS)' NODE_TOOL_GROUPS='$(NODE_TOOL_GROUPS)' \
 		TEST_PREREQS='$(TEST_PREREQS)' PYTEST_ARGS='$(PYTEST_ARGS)' BIN='$(BIN)' \
 		bash hack/test.sh
 	$(MAKE) --no-print-directory e2e-floor

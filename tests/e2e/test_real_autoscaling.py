@@ -39,7 +39,7 @@ from operator_support import create, policy_body
 from qsys_testkit.cluster import Cluster, must, wait_for
 from qsys_testkit.kube import secret_text
 
-pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("real_node")]
+pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("real_node"), pytest.mark.tools("helm")]
 
 CORE = "hall"
 GATEWAY = f"{CORE}-gateway"

@@ -51,7 +51,12 @@ from qsys_testkit.checkout import REPO
 from qsys_testkit.cluster import Cluster, must, wait_for
 from qsys_testkit.registry import RegistryProcess
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1200), pytest.mark.usefixtures("real_node")]
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.timeout(1200),
+    pytest.mark.usefixtures("real_node"),
+    pytest.mark.tools("helm", "registry", "cosign"),
+]
 
 PATH = "qsys"
 PULL_SECRET = "regcred"
