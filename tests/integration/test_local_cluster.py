@@ -82,22 +82,27 @@ LIB_VARS = [
 ]
 
 
-def lib_settings(plane: str, **env: str) -> dict[str, str]:
-    """What hack/cluster/lib.sh sets for QSYS_CLUSTER_PLANE=plane on top of env."""
-    script = (
-        f'source hack/cluster/lib.sh; for v in {" ".join(LIB_VARS)}; do echo "$v=${{!v}}"; done'
-    )
+def source_lib(plane: str, script: str = "", **env: str) -> subprocess.CompletedProcess[str]:
+    """hack/cluster/lib.sh sourced for QSYS_CLUSTER_PLANE=plane, env on top of this
+    process's environment without its QSYS_* variables, then script."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith("QSYS_")}
-    out = subprocess.run(
-        ["bash", "-c", script],
+    return subprocess.run(
+        ["bash", "-c", f"source hack/cluster/lib.sh; {script}"],
         capture_output=True,
         text=True,
-        check=True,
+        check=False,
         cwd=REPO,
         env={**clean, **env, "QSYS_CLUSTER_PLANE": plane},
         timeout=60,
-    ).stdout
-    return dict(line.split("=", 1) for line in out.splitlines())
+    )
+
+
+def lib_settings(plane: str, **env: str) -> dict[str, str]:
+    """What hack/cluster/lib.sh sets for QSYS_CLUSTER_PLANE=plane on top of env."""
+    names = " ".join(LIB_VARS)
+    result = source_lib(plane, f'for v in {names}; do echo "$v=${{!v}}"; done', **env)
+    assert result.returncode == 0, result.stderr
+    return dict(line.split("=", 1) for line in result.stdout.splitlines())
 
 
 def test_the_planes_share_no_port_state_directory_or_pod_range() -> None:
@@ -136,14 +141,6 @@ def test_the_planes_share_no_port_state_directory_or_pod_range() -> None:
 def test_an_unknown_plane_is_refused() -> None:
     with pytest.raises(ValueError, match="no plane 'side'"):
         LocalCluster(plane="side")
-    result = subprocess.run(
-        ["bash", "-c", "source hack/cluster/lib.sh"],
-        capture_output=True,
-        text=True,
-        check=False,
-        cwd=REPO,
-        env={**os.environ, "QSYS_CLUSTER_PLANE": "side"},
-        timeout=60,
-    )
+    result = source_lib("side")
     assert result.returncode == 1
     assert "QSYS_CLUSTER_PLANE=side: use main, kwok or floor" in result.stderr
