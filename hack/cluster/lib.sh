@@ -126,8 +126,10 @@ bin_path() {
 }
 
 # Pid of a running component we started, or nothing. A pid only counts when
-# its command line is our binary with our state directory in its arguments, so
-# a recycled pid is never mistaken for ours.
+# its command line is our binary with a path under our state directory in its
+# arguments ("$STATE/": .cache/cluster is a prefix of the other planes'
+# .cache/cluster-PLANE), so a recycled pid or another plane's is never mistaken
+# for ours.
 component_pid() {
 	local pid
 	pid=$(cat "$PIDS/$1.pid" 2>/dev/null) || return 0
@@ -137,7 +139,7 @@ component_pid() {
 is_ours() {
 	local pid=$1 name=$2 args=()
 	{ mapfile -d '' -t args <"/proc/$pid/cmdline"; } 2>/dev/null || return 1
-	[[ ${args[0]:-} == "$(bin_path "$name")" && ${args[*]} == *"$STATE"* ]]
+	[[ ${args[0]:-} == "$(bin_path "$name")" && ${args[*]} == *"$STATE/"* ]]
 }
 
 # Every process running one of our binaries with our state directory in its
@@ -150,7 +152,7 @@ all_our_pids() {
 	# Builtins only in the loop: it runs for every process on the machine.
 	for dir in /proc/[0-9]*; do
 		{ mapfile -d '' -t args <"$dir/cmdline"; } 2>/dev/null || continue
-		[[ ${args[*]} == *"$STATE"* ]] || continue
+		[[ ${args[*]} == *"$STATE/"* ]] || continue
 		for name in "${paths[@]}"; do
 			if [[ ${args[0]:-} == "$name" ]]; then echo "${dir#/proc/}"; fi
 		done

@@ -5,6 +5,7 @@ e2e session (tests/e2e/conftest.py)."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 from pathlib import Path
 
@@ -144,3 +145,30 @@ def test_an_unknown_plane_is_refused() -> None:
     result = source_lib("side")
     assert result.returncode == 1
     assert "QSYS_CLUSTER_PLANE=side: use main, kwok or floor" in result.stderr
+
+
+def test_a_plane_never_takes_another_planes_processes_for_its_own() -> None:
+    """The main plane's state directory (.cache/cluster) is a prefix of the others'
+    (.cache/cluster-kwok): its up.sh and down.sh must not stop a running kwok plane."""
+    etcd = source_lib("main", "bin_path etcd").stdout.strip()
+    kwok_state = source_lib("kwok", 'echo "$STATE"').stdout.strip()
+    stand_in = subprocess.Popen(
+        [
+            "bash",
+            "-c",
+            f"exec -a {etcd} bash -c 'sleep 60; :' --data-dir={kwok_state}/etcd",
+        ],
+        start_new_session=True,
+    )
+    try:
+        pid = str(stand_in.pid)
+        wait_until = 50
+        while etcd not in Path(f"/proc/{pid}/cmdline").read_text() and wait_until:
+            subprocess.run(["sleep", "0.1"], check=True)
+            wait_until -= 1
+        assert pid in source_lib("kwok", "all_our_pids etcd").stdout.split()
+        assert pid not in source_lib("main", "all_our_pids etcd").stdout.split()
+        assert pid not in source_lib("floor", "all_our_pids etcd").stdout.split()
+    finally:
+        os.killpg(stand_in.pid, signal.SIGKILL)
+        stand_in.wait()
