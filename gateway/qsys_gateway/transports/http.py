@@ -25,12 +25,17 @@ from .openapi import (
     UpstreamStatus,
     document,
 )
-from .responses import SERVICES, bearer, error_response, json_response, source_ip
+from .responses import (
+    HTTP_CONNECTIONS,
+    SERVICES,
+    bearer,
+    error_response,
+    json_response,
+    source_ip,
+)
 from .websocket import qrwc_handler, websocket_handler
 
 log = logging.getLogger("qsys_gateway.http")
-
-HTTP_CONNECTIONS = web.AppKey("http_connections", HttpConnections)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 

@@ -11,9 +11,11 @@ from aiohttp import web
 from qsys_protocol.qrc import jsonrpc
 from qsys_protocol.qrc.errors import ErrorCode, QrcError
 
+from ..connlimit import HttpConnections
 from .common import HTTP_STATUS, Services
 
 SERVICES: web.AppKey[Services] = web.AppKey("services", Services)
+HTTP_CONNECTIONS: web.AppKey[HttpConnections] = web.AppKey("http_connections", HttpConnections)
 
 
 def json_response(
