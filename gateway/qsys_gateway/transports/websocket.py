@@ -456,11 +456,15 @@ class WsConnection(asyncio.Protocol):
             self.transport.abort()
 
     async def close(self) -> None:
-        """Shutdown or a revoked credential: close (1001) and wait for the socket to go."""
-        if self.transport is None or self._lost is not None:
+        """Shutdown or a revoked credential: the close frame (1001), then the socket is
+        closed at once (as aiohttp did; the client's answer is not waited for), and this
+        waits until it is gone."""
+        sock = self.transport
+        if sock is None or self._lost is not None:
             return
         self._lost = asyncio.get_running_loop().create_future()
         self._close(GOING_AWAY, "gateway shutting down")
+        sock.close()
         try:
             await asyncio.wait_for(asyncio.shield(self._lost), CLOSE_WAIT)
         except TimeoutError:
