@@ -197,10 +197,16 @@ class HttpConnections:
         transport.close()
 
     def protocol_factory(
-        self, inner: Callable[[], asyncio.BaseProtocol]
+        self,
+        inner: Callable[[], asyncio.BaseProtocol],
+        front: Callable[[_Guarded], asyncio.Protocol | None] | None = None,
     ) -> Callable[[], asyncio.BaseProtocol]:
+        """Connections go to `front(guard)` first when it gives a protocol (it may hand
+        the connection to aiohttp's `inner` later: `_Guarded.to_aiohttp`), else to
+        `inner`."""
+
         def make() -> asyncio.BaseProtocol:
-            return _Guarded(self, inner)
+            return _Guarded(self, inner, front)
 
         return make
 
@@ -209,11 +215,17 @@ class _Guarded(asyncio.Protocol):
     """Passes everything to aiohttp's protocol, once the connection was admitted (or to
     the protocol that took the connection over)."""
 
-    __slots__ = ("_limits", "_make_inner", "_transport", "inner")
+    __slots__ = ("_front", "_limits", "_make_inner", "_transport", "inner")
 
-    def __init__(self, limits: HttpConnections, inner: Callable[[], asyncio.BaseProtocol]) -> None:
+    def __init__(
+        self,
+        limits: HttpConnections,
+        inner: Callable[[], asyncio.BaseProtocol],
+        front: Callable[[_Guarded], asyncio.Protocol | None] | None = None,
+    ) -> None:
         self._limits = limits
         self._make_inner = inner
+        self._front = front
         self.inner: Any = None
         self._transport: asyncio.BaseTransport | None = None
 
@@ -222,8 +234,17 @@ class _Guarded(asyncio.Protocol):
         if not self._limits.admit(transport, self):
             return
         self._transport = transport
-        self.inner = self._make_inner()
+        first = self._front(self) if self._front is not None else None
+        self.inner = first if first is not None else self._make_inner()
         self.inner.connection_made(transport)
+
+    def to_aiohttp(self, data: bytes) -> None:
+        """aiohttp serves the connection from now on, starting with `data`."""
+        assert self._transport is not None
+        self.inner = inner = cast(asyncio.Protocol, self._make_inner())
+        inner.connection_made(self._transport)
+        if data:
+            inner.data_received(data)
 
     def data_received(self, data: bytes) -> None:
         if self.inner is not None:
@@ -253,9 +274,16 @@ class _Guarded(asyncio.Protocol):
 class LimitedTCPSite(web.TCPSite):
     """`web.TCPSite` whose connections pass through `HttpConnections`."""
 
-    def __init__(self, runner: web.BaseRunner, limits: HttpConnections, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        runner: web.BaseRunner,
+        limits: HttpConnections,
+        front: Callable[[_Guarded], asyncio.Protocol | None] | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(runner, **kwargs)
         self._limits = limits
+        self._front = front
 
     async def start(self) -> None:
         self._runner._reg_site(self)  # what BaseSite.start does
@@ -263,7 +291,7 @@ class LimitedTCPSite(web.TCPSite):
         assert server is not None
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            self._limits.protocol_factory(server),
+            self._limits.protocol_factory(server, self._front),
             self._host,
             self._port,
             ssl=self._ssl_context,
