@@ -166,6 +166,7 @@ class Gateway:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self.mcp.stop()
+        self.http_connections.close_idle()  # aiohttp's cleanup knows only its own
         if self._runner is not None:
             await self._runner.cleanup()
         await self.admission.close()

@@ -162,6 +162,11 @@ class HttpConnections:
             conn.timer = None
         conn.guard.inner = protocol
 
+    def close_idle(self) -> None:
+        """Shutdown: close the connections between requests (keep-alive ones included)."""
+        for conn in list(self._idle.values()):
+            conn.transport.close()
+
     def kept(self, transport: asyncio.BaseTransport | None) -> object | None:
         """What the transport kept for this connection (`keep`); gone with the connection."""
         conn = self._conns.get(transport) if transport is not None else None
