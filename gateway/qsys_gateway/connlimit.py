@@ -151,16 +151,20 @@ class HttpConnections:
             self._idle[conn.transport] = conn
             self._arm(conn)
 
-    def take_over(self, transport: asyncio.BaseTransport, protocol: asyncio.Protocol) -> None:
+    def take_over(self, transport: asyncio.BaseTransport, protocol: asyncio.Protocol) -> bool:
         """From now on `protocol` gets the connection's bytes and events, not aiohttp (the
-        caller then tells aiohttp's protocol the connection is gone for it)."""
-        conn = self._conns[transport]
+        caller then tells aiohttp's protocol the connection is gone for it). False when
+        the connection is gone already."""
+        conn = self._conns.get(transport)
+        if conn is None:
+            return False
         conn.taken = True
         self._idle.pop(transport, None)
         if conn.timer is not None:
             conn.timer.cancel()
             conn.timer = None
         conn.guard.inner = protocol
+        return True
 
     def close_idle(self) -> None:
         """Shutdown: close the connections between requests (keep-alive ones included)."""

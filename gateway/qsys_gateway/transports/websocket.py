@@ -140,9 +140,8 @@ async def _serve(request: web.Request, transport: str, *, api_key: bool) -> web.
     ws = _Upgrade(held)
     await ws.prepare(request)
     sock = request.transport
-    if sock is None or sock.is_closing():
+    if sock is None or sock.is_closing() or not request.app[HTTP_CONNECTIONS].take_over(sock, conn):
         return ws
-    request.app[HTTP_CONNECTIONS].take_over(sock, conn)
     # aiohttp lets go of the socket: without its transport it cannot close or write it
     protocol = request.protocol
     protocol.transport = None
