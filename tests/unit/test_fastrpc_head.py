@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from qsys_gateway.transports.fastrpc import Head, parse_head
+from qsys_gateway.transports.fastrpc import Head, _may_be_rpc, parse_head
 
 BASE = b"POST /v1/rpc HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer t\r\nContent-Length: 12"
 
@@ -21,11 +21,12 @@ def test_a_plain_rpc_head() -> None:
 @pytest.mark.parametrize(
     "head",
     [
-        b"GET /v1/rpc HTTP/1.1\r\nContent-Length: 0",
-        b"POST /v1/rpc HTTP/1.0\r\nContent-Length: 0",
-        b"POST /v1/rpc?x=1 HTTP/1.1\r\nContent-Length: 0",
-        b"POST /v1/status HTTP/1.1\r\nContent-Length: 0",
+        b"GET /v1/rpc HTTP/1.1\r\nHost: gw\r\nContent-Length: 0",
+        b"POST /v1/rpc HTTP/1.0\r\nHost: gw\r\nContent-Length: 0",
+        b"POST /v1/rpc?x=1 HTTP/1.1\r\nHost: gw\r\nContent-Length: 0",
+        b"POST /v1/status HTTP/1.1\r\nHost: gw\r\nContent-Length: 0",
         b"POST /v1/rpc HTTP/1.1\r\nHost: gw",  # no Content-Length
+        b"POST /v1/rpc HTTP/1.1\r\nContent-Length: 0",  # no Host (aiohttp: 400)
         BASE + b"\r\nContent-Length: 12",  # repeated
         BASE.replace(b"12", b"+12"),
         BASE.replace(b"12", b"1 2"),
@@ -43,3 +44,18 @@ def test_a_plain_rpc_head() -> None:
 )
 def test_anything_unusual_goes_to_aiohttp(head: bytes) -> None:
     assert parse_head(head) is None
+
+
+@pytest.mark.parametrize(
+    ("start", "may"),
+    [
+        (b"", True),
+        (b"PO", True),
+        (b"POST /v1/rpc HTTP/1.1\r\nHost: g", True),
+        (b"GET / HTTP/1.1\r\n", False),
+        (b"\x16\x03\x01\x00\xa5", False),  # a TLS hello on the plain port
+        (b"POST /v1/rpc HTTP/1.1\nHost: gw\n", False),  # bare LF
+    ],
+)
+def test_an_incomplete_head_that_cannot_be_rpc_goes_at_once(start: bytes, may: bool) -> None:
+    assert _may_be_rpc(start) is may

@@ -6,8 +6,9 @@ names that are tokens, one decimal Content-Length, no Transfer-Encoding, Expect 
 Upgrade, no repeated header that matters — is served here: the same middleware steps
 (request id, Origin check and CORS, security headers), the same `rpc_authenticate` /
 `rpc_call` as aiohttp's `/v1/rpc` handler, the same size and time limits. Anything else
-(another path or method, HTTP/1.0, chunked bodies, a head that is not complete within
-`MAX_HEAD` bytes, or anything unusual) is handed, with every byte from the start of that
+(another path or method, HTTP/1.0, chunked bodies, no Host, a head that is not complete
+within `MAX_HEAD` bytes or whose first bytes cannot start such a request, or anything
+unusual) is handed, with every byte from the start of that
 request, to aiohttp, which keeps the connection from then on. The decision is made
 between requests only, so no byte is parsed by both.
 
@@ -75,6 +76,12 @@ class Head(NamedTuple):
     close: bool
 
 
+def _may_be_rpc(start: bytes | bytearray) -> bool:
+    """Whether an incomplete head may still become one `parse_head` serves."""
+    line = _LINE + b"\r\n"
+    return line.startswith(start[: len(line)]) and start.count(b"\n") == start.count(b"\r\n")
+
+
 def parse_head(head: bytes) -> Head | None:
     """A request head (without its final blank line) if it is one `FastRpc` serves."""
     lines = head.split(b"\r\n")
@@ -89,7 +96,7 @@ def parse_head(head: bytes) -> Head | None:
         if key in fields and key in _SINGLE:
             return None
         fields[key] = value.strip(b" \t")
-    if any(key in fields for key in _ELSEWHERE):
+    if b"host" not in fields or any(key in fields for key in _ELSEWHERE):
         return None
     length = fields.get(b"content-length")
     if length is None or not length.isdigit() or len(length) > 15:
@@ -187,8 +194,8 @@ class FastRpc(asyncio.Protocol):
         buf = self._buf
         end = buf.find(b"\r\n\r\n")
         if end < 0 or end > MAX_HEAD:
-            if end > MAX_HEAD or len(buf) > MAX_HEAD:
-                self._hand_over()
+            if end > MAX_HEAD or len(buf) > MAX_HEAD or not _may_be_rpc(buf):
+                self._hand_over()  # aiohttp answers at once what cannot be one
             return
         head = parse_head(bytes(buf[:end]))
         if head is None:
