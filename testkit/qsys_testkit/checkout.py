@@ -4,6 +4,7 @@ checkout of the repository (an editable install); users' CI does not."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
@@ -22,6 +24,18 @@ GROUPS_ENV = "QSYS_TOOL_GROUPS"
 # While a test runs under `make test`: the groups it waited for (tests/conftest.py); the
 # subprocesses it starts inherit it. pinned_tool refuses the other groups of the build.
 AWAITED_ENV = "QSYS_TOOLS_AWAITED"
+
+
+def hack_script(name: str) -> ModuleType:
+    """hack/NAME.py imported as a module (hack/ is not a package), e.g. to run the
+    release's own steps in a test."""
+    spec = importlib.util.spec_from_file_location(f"hack_{name}", REPO / "hack" / f"{name}.py")
+    if spec is None or spec.loader is None:
+        raise ImportError(f"hack/{name}.py cannot be loaded")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 def tool_dir(group: str) -> Path:

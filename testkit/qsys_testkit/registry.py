@@ -2,10 +2,11 @@
 group) with TLS from its own CA and htpasswd basic auth, as a release is pushed to and
 a cluster pulls from.
 
-`RegistryProcess(workdir).start()` writes a CA, a server certificate for 127.0.0.1,
-an htpasswd file with one random user, the registry's config and a Docker-style
-`config.json` holding that user's credentials (for crane, cosign and helm:
-`client_env()`), then waits until `/v2/` answers 401 over TLS.
+`RegistryProcess(workdir).start()` writes a CA, a server certificate for 127.0.0.1
+(and `host_name`, a name of that address such as `localhost`, if given), an htpasswd
+file with one random user, the registry's config and a Docker-style `config.json`
+holding that user's credentials (for crane, cosign and helm: `client_env()`), then waits
+until `/v2/` answers 401 over TLS.
 """
 
 from __future__ import annotations
@@ -34,9 +35,10 @@ def _openssl(*args: str, cwd: Path) -> None:
     )
 
 
-def make_pki(directory: Path, host: str) -> tuple[Path, Path, Path]:
+def make_pki(directory: Path, host: str, name: str | None = None) -> tuple[Path, Path, Path]:
     """(ca.crt, registry.crt, registry.key): an EC P-256 CA and a server certificate
-    for HOST (an IP address), as hack/cluster/pki.sh makes the cluster's."""
+    for HOST (an IP address) and NAME (a DNS name, if given), as hack/cluster/pki.sh
+    makes the cluster's."""
     directory.mkdir(parents=True, exist_ok=True)
     ec = ("genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out")
     _openssl(*ec, "ca.key", cwd=directory)
@@ -54,11 +56,12 @@ def make_pki(directory: Path, host: str) -> tuple[Path, Path, Path]:
         *("-out", "registry.csr"),
         cwd=directory,
     )
+    alt_names = f"IP:{host}" + (f",DNS:{name}" if name else "")
     (directory / "registry.ext").write_text(
         "basicConstraints=critical,CA:FALSE\n"
         "keyUsage=critical,digitalSignature,keyEncipherment\n"
         "extendedKeyUsage=serverAuth\n"
-        f"subjectAltName=IP:{host}\n"
+        f"subjectAltName={alt_names}\n"
     )
     _openssl(
         *("x509", "-req", "-in", "registry.csr", "-CA", "ca.crt", "-CAkey", "ca.key"),
@@ -73,15 +76,20 @@ def make_pki(directory: Path, host: str) -> tuple[Path, Path, Path]:
 
 class RegistryProcess(ManagedProcess):
     """CNCF Distribution serving https://127.0.0.1:PORT with basic auth, storage in
-    WORKDIR/storage. `username`/`password`: the one account of its htpasswd."""
+    WORKDIR/storage. `username`/`password`: the one account of its htpasswd.
+
+    host_name: a name of HOST (e.g. `localhost`) that clients use instead of the address,
+    as they name a real registry; its certificate holds both. Argo CD, for one, does not
+    take `IP:PORT/PATH` for an OCI Helm repository (Go's url.Parse refuses it)."""
 
     name = "registry"
 
-    def __init__(self, workdir: Path, host: str = LOOPBACK) -> None:
+    def __init__(self, workdir: Path, host: str = LOOPBACK, host_name: str | None = None) -> None:
         super().__init__()
         self.binary = pinned_tool("registry", "registry")
         self.workdir = workdir
         self.host = host
+        self.host_name = host_name
         self.port = free_port(host)
         self.username = "release"
         self.password = secrets.token_urlsafe(24)
@@ -90,8 +98,9 @@ class RegistryProcess(ManagedProcess):
 
     @property
     def address(self) -> str:
-        """host:port, as image references and containerd's hosts directory name it."""
-        return f"{self.host}:{self.port}"
+        """host:port (host_name:port if given), as image references and containerd's hosts
+        directory name it."""
+        return f"{self.host_name or self.host}:{self.port}"
 
     def client_env(self) -> dict[str, str]:
         """Environment for crane, cosign and helm: trust the CA, use the credentials."""
@@ -107,7 +116,7 @@ class RegistryProcess(ManagedProcess):
 
     def start(self, timeout: float = 20.0) -> Self:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        _, cert, key = make_pki(self.workdir / "pki", self.host)
+        _, cert, key = make_pki(self.workdir / "pki", self.host, self.host_name)
         htpasswd = self.workdir / "htpasswd"
         hashed = bcrypt.hashpw(self.password.encode(), bcrypt.gensalt(rounds=10)).decode()
         htpasswd.write_text(f"{self.username}:{hashed}\n")
@@ -125,7 +134,7 @@ class RegistryProcess(ManagedProcess):
                 "delete": {"enabled": True},
             },
             "http": {
-                "addr": self.address,
+                "addr": f"{self.host}:{self.port}",
                 "tls": {"certificate": str(cert), "key": str(key)},
                 "headers": {"X-Content-Type-Options": ["nosniff"]},
             },

@@ -1,8 +1,10 @@
 """Argo CD on the host against the test cluster, as the Prometheus Operator runs: the pinned
 application controller and repo server (hack/tools/argocd) with a redis-server, all on
 loopback; its CRDs from the same module; a git repository (smart HTTP through
-`git http-backend`) and a Helm chart repository served by one loopback HTTP server in
-this process. Everything is stopped on the way out, whether the test passed or not."""
+`git http-backend`) served by a loopback HTTP server in this process; the chart in an OCI
+registry (CNCF Distribution with TLS and basic auth, as the release test runs it), pushed
+as `make release` packages it. Everything is stopped on the way out, whether the test
+passed or not."""
 
 from __future__ import annotations
 
@@ -14,22 +16,30 @@ import secrets
 import shutil
 import subprocess
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
+from node_support import create
 
 from qsys_testkit import LOOPBACK, RedisProcess, free_port, stop_process, wait_for_port
-from qsys_testkit.checkout import REPO, pinned_tool, run_checked, tool_dir
+from qsys_testkit.checkout import REPO, hack_script, pinned_tool, run_checked, tool_dir
 from qsys_testkit.cluster import Cluster, wait_for, wait_gone
+from qsys_testkit.registry import RegistryProcess
 
 ARGOCD_TOOLS = REPO / "hack" / "tools" / "argocd"
 ARGO_NS = "argocd"
 ARGO_GROUP, ARGO_VERSION = "argoproj.io", "v1alpha1"
 COMPONENTS = ("argocd-application-controller", "argocd-repo-server")
+# The repository path `make release` publishes to in the test registry: the chart is
+# oci://HOST:PORT/qsys/qsys-operator.
+REGISTRY_PATH = "qsys"
+# Argo CD's ConfigMap of repository server certificates, which its own manifests mount
+# into the repo server (ARGOCD_TLS_DATA_PATH, /app/config/tls there).
+TLS_CERTS_CM = "argocd-tls-certs-cm"
 GIT_ENV = {
     "GIT_AUTHOR_NAME": "qsys e2e",
     "GIT_AUTHOR_EMAIL": "e2e@qsys.invalid",
@@ -59,10 +69,9 @@ def kubectl(cluster: Cluster, *args: str, timeout: float = 120) -> str:
 
 class _Handler(http.server.BaseHTTPRequestHandler):
     """/git/...: `git http-backend` as CGI (the smart HTTP protocol Argo CD's go-git
-    needs); /charts/...: the static files of a Helm repository."""
+    needs)."""
 
     git_root: Path
-    charts: Path
 
     def log_message(self, format: str, *args: Any) -> None:
         pass
@@ -70,8 +79,6 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         if self.path.startswith("/git/"):
             self._git()
-        elif self.path.startswith("/charts/"):
-            self._static()
         else:
             self.send_error(404)
 
@@ -131,28 +138,14 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    def _static(self) -> None:
-        name = self.path.removeprefix("/charts/").split("?", 1)[0]
-        path = self.charts / name
-        if "/" in name or not path.is_file():
-            self.send_error(404)
-            return
-        data = path.read_bytes()
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
 
 @dataclass
 class Repos:
-    """The git repository `sites` (a work tree that commits and pushes to the served bare
-    repository) and the Helm repository holding the working tree's chart."""
+    """The git repository `sites`: a work tree that commits and pushes to the served bare
+    repository."""
 
     work: Path
     git_url: str
-    chart_url: str
-    chart_version: str
 
     def git(self, *args: str) -> str:
         return run_checked(["git", "-C", self.work, *args], env={**os.environ, **GIT_ENV})
@@ -173,35 +166,65 @@ class Repos:
 
 
 @contextlib.contextmanager
-def served_repos(directory: Path, chart: Path) -> Iterator[Repos]:
-    """The loopback HTTP server with a fresh git repository and the chart packaged into a
-    Helm repository; shut down afterwards."""
+def served_git(directory: Path) -> Iterator[Repos]:
+    """The loopback HTTP server with a fresh git repository; shut down afterwards."""
     git_root = directory / "git"
     bare = git_root / "sites.git"
     run_checked(["git", "init", "-q", "--bare", "-b", "main", bare])
     work = directory / "sites"
     run_checked(["git", "init", "-q", "-b", "main", work])
     run_checked(["git", "-C", work, "remote", "add", "origin", bare])
-    charts = directory / "charts"
-    charts.mkdir()
-    helm = tool_dir("helm") / "helm"
-    env = {**os.environ, "HOME": str(directory), "HELM_CACHE_HOME": str(directory / "helm")}
-    run_checked([helm, "package", chart, "-d", charts], env=env)
-    handler = type("Handler", (_Handler,), {"git_root": git_root, "charts": charts})
+    handler = type("Handler", (_Handler,), {"git_root": git_root})
     server = http.server.ThreadingHTTPServer((LOOPBACK, free_port()), handler)
-    port = server.server_address[1]
-    base = f"http://{LOOPBACK}:{port}"
-    run_checked([helm, "repo", "index", charts, "--url", f"{base}/charts"], env=env)
-    (tgz,) = charts.glob("*.tgz")
-    version = tgz.name.removesuffix(".tgz").rsplit("-", 1)[1]
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield Repos(work, f"{base}/git/sites.git", f"{base}/charts", version)
+        yield Repos(work, f"http://{LOOPBACK}:{server.server_address[1]}/git/sites.git")
     finally:
         server.shutdown()
         server.server_close()
         thread.join(10)
+
+
+@dataclass
+class ChartRegistry:
+    """The chart in an OCI registry: `url` (host:port/path, no scheme) is what Argo CD's
+    repository Secret and the Applications' `repoURL` name, `chart` and `version` the
+    rest of the reference oci://URL/CHART:VERSION."""
+
+    registry: RegistryProcess
+    url: str
+    chart: str
+    version: str
+
+    @property
+    def host(self) -> str:
+        """The registry's host name without the port: argocd-tls-certs-cm's key."""
+        return self.url.split("/", 1)[0].rsplit(":", 1)[0]
+
+
+@contextlib.contextmanager
+def published_chart(directory: Path) -> Iterator[ChartRegistry]:
+    """A registry on loopback (TLS from its own CA, basic auth; named `localhost`, as a
+    real registry is named, not by its address) holding the chart exactly as `make
+    release` packages it (hack/release.py: version, appVersion, image repositories in
+    the registry) and pushes it with helm; stopped afterwards."""
+    release = hack_script("release")
+    helm = tool_dir("helm") / "helm"
+    with RegistryProcess(directory / "registry", host_name="localhost") as registry:
+        url = f"{registry.address}/{REGISTRY_PATH}"
+        version: str = release.chart_version()
+        work = directory / "release"
+        work.mkdir()
+        package: Path = release.package_chart(url, version, work, helm)
+        env = {
+            **os.environ,
+            **registry.client_env(),
+            "HOME": str(directory),
+            "HELM_CACHE_HOME": str(directory / "helm"),
+        }
+        run_checked([helm, "push", package, f"oci://{url}"], env=env)
+        yield ChartRegistry(registry, url, release.CHART.name, version)
 
 
 @dataclass
@@ -239,6 +262,10 @@ class ArgoCD:
             if res.get("kind") == kind and res.get("name") == name:
                 return dict(res)
         return {}
+
+    def log(self, component: str) -> str:
+        """All that COMPONENT (argocd-repo-server, ...) logged so far."""
+        return (self.logs / f"{component}.log").read_text("utf-8", errors="replace")
 
     def log_tail(self) -> str:
         return "".join(
@@ -284,6 +311,19 @@ def _set_up_namespace(cluster: Cluster, configmap: dict[str, str]) -> None:
     )
 
 
+def _mount_configmap(cluster: Cluster, name: str, directory: Path) -> None:
+    """Each key of the ConfigMap NAME (as the API server holds it) as a file in directory,
+    as the kubelet mounts it into Argo CD's pods; nothing if there is no such ConfigMap."""
+    try:
+        data = client.CoreV1Api(cluster.api).read_namespaced_config_map(name, ARGO_NS).data
+    except ApiException as exc:
+        if exc.status == 404:
+            return
+        raise
+    for key, value in (data or {}).items():
+        (directory / key).write_text(value, "utf-8")
+
+
 def _remove_namespace(cluster: Cluster) -> None:
     """With the controller gone, an Application still there keeps its finalizer forever:
     drop it (what it created goes with the test's namespace)."""
@@ -309,10 +349,17 @@ def _remove_namespace(cluster: Cluster) -> None:
 
 
 @contextlib.contextmanager
-def argocd(cluster: Cluster, directory: Path, configmap: dict[str, str]) -> Iterator[ArgoCD]:
-    """The namespace `argocd` with argocd-cm holding configmap, the Argo CD CRDs, redis,
-    the repo server and the application controller. Afterwards the processes are stopped
-    and the namespace is deleted (the CRDs stay, as Argo CD's own install leaves them)."""
+def argocd(
+    cluster: Cluster,
+    directory: Path,
+    configmap: dict[str, str],
+    settings: Sequence[dict[str, Any]] = (),
+) -> Iterator[ArgoCD]:
+    """The namespace `argocd` with argocd-cm holding configmap and the Secrets and
+    ConfigMaps of settings (argocd-tls-certs-cm mounted into the repo server's TLS
+    directory), the Argo CD CRDs, redis, the repo server and the application controller.
+    Afterwards the processes are stopped and the namespace is deleted (the CRDs stay, as
+    Argo CD's own install leaves them)."""
     binary = pinned_tool("argocd", "argocd")
     bin_dir = directory / "bin"
     bin_dir.mkdir(parents=True)
@@ -346,6 +393,9 @@ def argocd(cluster: Cluster, directory: Path, configmap: dict[str, str]) -> Iter
     procs: list[subprocess.Popen[bytes]] = []
     try:
         _set_up_namespace(cluster, configmap)
+        for body in settings:
+            create(cluster, ARGO_NS, body)
+        _mount_configmap(cluster, TLS_CERTS_CM, home / "tls")
         with RedisProcess() as redis:
             redis_addr = f"{LOOPBACK}:{redis.port}"
             repo_port = free_port()

@@ -1,8 +1,10 @@
 """GitOps for real: the pinned Argo CD (application controller and repo server, on the host
-with redis, all on loopback) installs the chart from a loopback Helm repository and syncs
-a QSysCore and an AccessPolicy from a git repository served on loopback, with the health
-checks of docs/argocd loaded through argocd-cm exactly as docs/gitops.md shows them. The
-gateway pods run on the real node. The Applications are docs/argocd/applications.yaml.
+with redis, all on loopback) installs the chart from an OCI registry on loopback (TLS from
+a private CA, basic auth; the chart as `make release` packages it) and syncs a QSysCore
+and an AccessPolicy from a git repository served on loopback, with the health checks of
+docs/argocd loaded through argocd-cm exactly as docs/gitops.md shows them. The gateway
+pods run on the real node. The Applications are docs/argocd/applications.yaml, the
+registry's repository Secret and CA docs/argocd/chart-registry.yaml.
 
 Besides Argo CD's judgement, the pinned kstatus tool (sigs.k8s.io/cli-utils, the library
 behind Flux's health checks and `kubectl wait`'s conventions) judges the live objects.
@@ -27,10 +29,18 @@ from typing import Any, TypeVar
 
 import pytest
 import yaml
-from gitops_support import ArgoCD, Repos, argocd, kubectl, served_repos
+from gitops_support import (
+    TLS_CERTS_CM,
+    ArgoCD,
+    ChartRegistry,
+    Repos,
+    argocd,
+    kubectl,
+    published_chart,
+    served_git,
+)
 from kubernetes import client
 from node_support import (
-    CHART,
     example,
     host_call,
     images,
@@ -50,12 +60,13 @@ pytestmark = [
     # The first test includes the module fixture: the chart and the site synced by Argo CD.
     pytest.mark.timeout(900),
     pytest.mark.usefixtures("real_node"),
-    pytest.mark.tools("argocd", "kstatus", "helm", "kube"),
+    pytest.mark.tools("argocd", "kstatus", "helm", "kube", "registry"),
 ]
 
 T = TypeVar("T")
 APPLICATIONS = REPO / "docs" / "argocd" / "applications.yaml"
 BUNDLE = REPO / "docs" / "argocd" / "bundle.yaml"
+CHART_REGISTRY = REPO / "docs" / "argocd" / "chart-registry.yaml"
 GITOPS_DOC = REPO / "docs" / "gitops.md"
 CORE = "hall"
 POLICY = "hall-operators"
@@ -107,17 +118,30 @@ def site_files(core: dict[str, Any]) -> dict[str, str]:
     }
 
 
-def applications(ns: str, repos: Repos) -> list[dict[str, Any]]:
+def chart_registry_settings(chart: ChartRegistry) -> list[dict[str, Any]]:
+    """docs/argocd/chart-registry.yaml for this environment's registry: its URL and
+    account in the repository Secret, its CA under its host name in argocd-tls-certs-cm."""
+    secret, certs = yaml.safe_load_all(CHART_REGISTRY.read_text("utf-8"))
+    registry = chart.registry
+    secret["stringData"].update(
+        url=chart.url, username=registry.username, password=registry.password
+    )
+    assert certs["metadata"]["name"] == TLS_CERTS_CM
+    certs["data"] = {chart.host: registry.ca_file.read_text("utf-8")}
+    return [secret, certs]
+
+
+def applications(ns: str, repos: Repos, chart: ChartRegistry) -> list[dict[str, Any]]:
     """docs/argocd/applications.yaml with this environment's URLs, namespace and images."""
     project, operator, site = yaml.safe_load_all(APPLICATIONS.read_text("utf-8"))
-    project["spec"]["sourceRepos"] = [repos.chart_url, repos.git_url]
+    project["spec"]["sourceRepos"] = [chart.url, repos.git_url]
     project["spec"]["destinations"][0]["namespace"] = ns
-    return [project, localized(operator, ns, repos), localized(site, ns, repos)]
+    return [project, localized(operator, ns, repos, chart), localized(site, ns, repos, chart)]
 
 
-def localized(app: dict[str, Any], ns: str, repos: Repos) -> dict[str, Any]:
+def localized(app: dict[str, Any], ns: str, repos: Repos, chart: ChartRegistry) -> dict[str, Any]:
     """An Application of docs/argocd with this environment's URLs, namespace and images:
-    its chart source (if any) from the loopback Helm repository, its git source from the
+    its chart source (if any) from the loopback registry, its git source from the
     loopback git server."""
     refs = images()
     params = {
@@ -133,8 +157,9 @@ def localized(app: dict[str, Any], ns: str, repos: Repos) -> dict[str, Any]:
     spec = app["spec"]
     for source in spec.get("sources") or [spec["source"]]:
         if "chart" in source:
-            source["repoURL"] = repos.chart_url
-            source["targetRevision"] = repos.chart_version
+            assert source["chart"] == chart.chart
+            source["repoURL"] = chart.url
+            source["targetRevision"] = chart.version
             source["helm"]["releaseName"] = f"qsys-{ns.rsplit('-', 1)[1]}"
             source["helm"]["valuesObject"]["watchNamespaces"] = [ns]
             source["helm"]["parameters"] = [{"name": k, "value": v} for k, v in params.items()]
@@ -244,6 +269,7 @@ class GitOps:
     ns: str
     argo: ArgoCD
     repos: Repos
+    chart: ChartRegistry
     drift: DriftWatch | None = None
 
     def watch_drift(self) -> DriftWatch:
@@ -296,13 +322,16 @@ def gitops(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     with real_namespace(cluster) as ns:
         start_simulator(cluster, ns)
         with (
-            served_repos(work / "repos", CHART) as repos,
-            argocd(cluster, work / "argocd", argocd_cm_from_doc()) as argo,
+            served_git(work / "repos") as repos,
+            published_chart(work / "chart") as chart,
+            argocd(
+                cluster, work / "argocd", argocd_cm_from_doc(), chart_registry_settings(chart)
+            ) as argo,
         ):
             repos.commit(site_files(site_core()), "hall: the Core and its operators")
-            for body in applications(ns, repos):
+            for body in applications(ns, repos, chart):
                 argo.apply(body)
-            gitops = GitOps(cluster, ns, argo, repos)
+            gitops = GitOps(cluster, ns, argo, repos, chart)
             try:
                 yield gitops
             finally:
@@ -346,6 +375,25 @@ def test_both_applications_reach_synced_and_healthy(gitops: GitOps) -> None:
     assert gitops.kstatus("QSysCore", CORE)["status"] == "Current"
     assert gitops.kstatus("AccessPolicy", POLICY)["status"] == "Current"
     gitops.watch_drift()
+    assert_pulled_from_the_registry(gitops)
+
+
+def assert_pulled_from_the_registry(gitops: GitOps) -> None:
+    """The repo server pulled the chart from the registry (helm, logged as Argo CD runs
+    it) after logging in with the repository Secret's account, trusting the CA that
+    argocd-tls-certs-cm holds under the registry's host name; the password is in no log."""
+    chart = gitops.chart
+    log = gitops.argo.log("argocd-repo-server")
+    ca_file = rf"--ca-file \S*/tls/{re.escape(chart.host)}\b"
+    login = rf"helm registry login {re.escape(chart.url)} --username \*+ --password \*+ {ca_file}"
+    assert re.search(login, log), log[-3000:]
+    pulled = (
+        rf"helm pull oci://{re.escape(chart.url)}/{chart.chart} --version "
+        rf"{re.escape(chart.version)} --destination \S+ {ca_file}"
+    )
+    assert re.search(pulled, log), log[-3000:]
+    for component in ("argocd-repo-server", "argocd-application-controller"):
+        assert chart.registry.password not in gitops.argo.log(component), component
 
 
 def test_kstatus_fails_an_invalid_secret_reference(gitops: GitOps) -> None:
@@ -601,7 +649,8 @@ def test_a_cr_committed_with_the_chart_syncs_in_one_pass(gitops: GitOps) -> None
     for crd in CRDS:
         wait_gone(f"CRD {crd}", functools.partial(ext.read_custom_resource_definition, crd))
     started = time.monotonic()
-    gitops.argo.apply(localized(yaml.safe_load(BUNDLE.read_text("utf-8")), gitops.ns, gitops.repos))
+    bundle = yaml.safe_load(BUNDLE.read_text("utf-8"))
+    gitops.argo.apply(localized(bundle, gitops.ns, gitops.repos, gitops.chart))
 
     def first_sync_done() -> dict[str, Any] | None:
         state = (gitops.argo.app("av-hall-bundle").get("status") or {}).get("operationState")

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from chart_support import REPO, system_tool
 
 SCRIPTS = REPO / "docs" / "argocd"
@@ -314,9 +315,47 @@ def test_gitops_doc_carries_the_tested_scripts(script: str) -> None:
     assert indented in doc, f"docs/gitops.md does not carry docs/argocd/{script} verbatim"
 
 
-@pytest.mark.parametrize("manifest", ["applications.yaml", "bundle.yaml"])
+@pytest.mark.parametrize("manifest", ["applications.yaml", "bundle.yaml", "chart-registry.yaml"])
 def test_gitops_doc_carries_the_tested_applications(manifest: str) -> None:
     """The Applications of docs/gitops.md are the files tests/e2e/test_gitops.py applies."""
     doc = GITOPS.read_text("utf-8")
     body = (SCRIPTS / manifest).read_text("utf-8")
     assert f"```yaml\n{body}```" in doc, f"docs/gitops.md does not carry {manifest}"
+
+
+def manifests(name: str) -> list[dict[str, Any]]:
+    return list(yaml.safe_load_all((SCRIPTS / name).read_text("utf-8")))
+
+
+def test_the_chart_registry_settings_match_the_applications() -> None:
+    """docs/argocd/chart-registry.yaml names the registry as the Applications do: a
+    Helm repository with OCI on, the URL without a scheme (Argo CD takes `oci://...` for
+    a plain OCI source, not a Helm chart), every chart source's repoURL, permitted by the
+    AppProject, and its CA keyed by the host name alone (Argo CD looks certificates up
+    by host, without the port)."""
+    secret, certs = manifests("chart-registry.yaml")
+    project, operator, _site = manifests("applications.yaml")
+    (bundle,) = manifests("bundle.yaml")
+    assert secret["kind"] == "Secret"
+    assert secret["metadata"]["namespace"] == "argocd"
+    assert secret["metadata"]["labels"] == {"argocd.argoproj.io/secret-type": "repository"}
+    repo = secret["stringData"]
+    assert repo["type"] == "helm"
+    assert repo["enableOCI"] == "true"
+    url = repo["url"]
+    assert "://" not in url
+    assert url in project["spec"]["sourceRepos"]
+    chart = yaml.safe_load((REPO / "charts/qsys-operator/Chart.yaml").read_text("utf-8"))
+    sources = [operator["spec"]["source"], *bundle["spec"]["sources"]]
+    charts = [s for s in sources if "chart" in s]
+    assert len(charts) == 2
+    for source in charts:
+        assert source["repoURL"] == url
+        assert source["chart"] == chart["name"]
+    assert certs["kind"] == "ConfigMap"
+    assert certs["metadata"]["name"] == "argocd-tls-certs-cm"
+    assert certs["metadata"]["namespace"] == "argocd"
+    assert certs["metadata"]["labels"]["app.kubernetes.io/part-of"] == "argocd"
+    host = url.split("/", 1)[0].rsplit(":", 1)[0]
+    assert list(certs["data"]) == [host]
+    assert certs["data"][host].startswith("-----BEGIN CERTIFICATE-----\n")

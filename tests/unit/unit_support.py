@@ -3,26 +3,16 @@ Kubernetes client returns it, built from a stored manifest (for the fake API cli
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 from kubernetes import client
 
+from qsys_testkit.checkout import hack_script
+
 REPO = Path(__file__).resolve().parents[2]
 
-
-def hack_script(name: str) -> ModuleType:
-    """hack/NAME.py imported as a module (hack/ is not a package)."""
-    spec = importlib.util.spec_from_file_location(f"hack_{name}", REPO / "hack" / f"{name}.py")
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+__all__ = ["REPO", "hack_script", "secret_of"]
 
 
 def secret_of(body: dict[str, Any], namespace: str) -> client.V1Secret:
