@@ -10,6 +10,8 @@ STAMP := $(VENV)/.installed
 # fresh clones on the same machine reuse them.
 export QSYS_TOOLS_CACHE ?= $(HOME)/.cache/qsys-operator
 PYTEST_ARGS ?=
+# pytest-xdist workers of `make test`: the two e2e groups and the rest (docs/testing.md).
+PYTEST_WORKERS ?= 3
 
 .PHONY: help install test lint unit bench demo clean e2e-floor
 
@@ -55,10 +57,12 @@ lint: install
 TEST_PREREQS := install lint js-deps mcp-inspector
 
 # The tool groups (mk/cluster.mk) build in the background from the start; pytest runs
-# e2e on one worker beside unit and integration on another (docs/testing.md).
+# the kwok-only e2e tests on one worker (their own control plane), the real-node ones on
+# another, unit and integration tests on a third (docs/testing.md).
 test:
-	@TOOL_GROUPS='$(TOOL_GROUPS)' NODE_TOOL_GROUPS='$(NODE_TOOL_GROUPS) $(LATE_TOOL_GROUPS)' \
+	@TOOL_GROUPS='$(TOOL_GROUPS)' NODE_TOOL_GROUPS='$(NODE_TOOL_GROUPS)' \
 		TEST_PREREQS='$(TEST_PREREQS)' PYTEST_ARGS='$(PYTEST_ARGS)' BIN='$(BIN)' \
+		PYTEST_WORKERS='$(PYTEST_WORKERS)' \
 		bash hack/test.sh
 	$(MAKE) --no-print-directory e2e-floor
 	$(MAKE) --no-print-directory kind-smoke

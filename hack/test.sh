@@ -2,10 +2,14 @@
 # `make test`: what CI runs. The pinned tool groups start building at once, in the
 # background, in the order of TOOL_GROUPS; beside them the other prerequisites
 # (TEST_PREREQS: install, lint, npm packages, images) run with make -j, then pytest
-# with two workers: the e2e tests on one, unit and integration tests on the other.
-# A test that needs a tool group waits for its build (tests/conftest.py), so tests
-# run while the later groups still build; a failed build fails the tests that need
-# it, with the build's log. The background build is stopped when this script ends.
+# with PYTEST_WORKERS workers: the e2e tests on kwok's nodes (their own control plane)
+# on one, those on the real node (the main control plane) on another, unit and
+# integration tests on the third, and then wherever a worker is free. xdist hands out
+# the groups in the order tests/conftest.py sorts them (--no-loadscope-reorder: the
+# `timing` group last). A test that needs a tool group waits for its build
+# (tests/conftest.py), so tests run while the later groups still build; a failed build
+# fails the tests that need it, with the build's log. The background build is stopped
+# when this script ends.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 : "${TOOL_GROUPS:?}" "${TEST_PREREQS:?}"
@@ -29,7 +33,7 @@ export QSYS_NODE_TOOL_GROUPS=${NODE_TOOL_GROUPS:-}
 "$MAKE" --no-print-directory -j4 --output-sync=target $TEST_PREREQS
 
 # shellcheck disable=SC2086 # PYTEST_ARGS may carry several arguments
-"$BIN/python" -m pytest -n 2 --dist loadgroup ${PYTEST_ARGS:-}
+"$BIN/python" -m pytest -n "${PYTEST_WORKERS:-3}" --dist loadgroup --no-loadscope-reorder ${PYTEST_ARGS:-}
 
 rc=0
 wait "$builder" || rc=$?

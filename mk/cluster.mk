@@ -1,17 +1,20 @@
 # Local Kubernetes control plane built from source, and the kind path.
 # See docs/testing.md. Binaries: $(QSYS_TOOLS_CACHE)/GROUP-VERSION-KEY/bin.
 
-# Pinned tool groups built for `make test` (hack/tools/GROUP); add new ones here, in
-# the order the tests need them: `make test` builds them one after the other in the
-# background while tests run, and a test waits for the groups it needs
-# (tests/conftest.py). The real node's groups come last: only the tests that request
-# the `real_node` fixture wait for them; every other e2e test waits for the rest.
+# Pinned tool groups built for `make test` (hack/tools/GROUP), one after the other in the
+# background while tests run, in the order the tests need them: `kube` (both control
+# planes: the e2e tests on kwok's nodes start once it is built), `helm` (the chart, in most
+# e2e tests), the real node's groups (NODE_TOOL_GROUPS; the tests on the real node wait for
+# them), then the groups of later tests. A test waits for the groups of its
+# `@pytest.mark.tools(...)` marks, an e2e test also for `kube` and, when it uses the real
+# node, NODE_TOOL_GROUPS (tests/conftest.py); the tests run in this order too. Add a new
+# group where the first test that needs it should start.
 NODE_TOOL_GROUPS ?= node metrics-server coredns kube-router
-# Only the real-node tests (registry, cosign, kstatus, argocd), the floor run
-# (kube-floor) and the kind smoke test after them (kind, kubeadm for its node image)
-# need these, so the other e2e tests do not wait for them either.
-LATE_TOOL_GROUPS ?= registry cosign kstatus argocd kube-floor kind kubeadm
-TOOL_GROUPS ?= helm promtool krew kube prometheus prometheus-operator otelcol $(NODE_TOOL_GROUPS) $(LATE_TOOL_GROUPS)
+# Only the floor run (kube-floor) and the kind smoke test (kind, kubeadm for its node
+# image) after the main run need these.
+LATE_TOOL_GROUPS ?= kube-floor kind kubeadm
+TOOL_GROUPS ?= kube helm $(NODE_TOOL_GROUPS) prometheus prometheus-operator registry cosign \
+	kstatus argocd promtool krew otelcol $(LATE_TOOL_GROUPS)
 # What the local cluster with its real node and the chart need (`make cluster-up`, `make demo`).
 CLUSTER_TOOL_GROUPS ?= kube helm $(NODE_TOOL_GROUPS)
 KIND_CLUSTER ?= qsys-e2e
@@ -32,8 +35,11 @@ cluster-up-tools:
 cluster-up: cluster-up-tools images
 	@bash hack/cluster/up.sh >/dev/null
 
+# Every plane of this checkout (hack/cluster/lib.sh): main (and its real node), kwok, floor.
+CLUSTER_PLANES := main kwok floor
+
 cluster-down:
-	@bash hack/cluster/down.sh
+	@for plane in $(CLUSTER_PLANES); do QSYS_CLUSTER_PLANE=$$plane bash hack/cluster/down.sh || exit 1; done
 
 # eval "$$(make -s cluster-env)": kubectl, helm and the kubeconfig in this shell.
 cluster-env:

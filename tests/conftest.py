@@ -19,7 +19,7 @@ import pytest
 from qsys_core_sim.server import CoreSimulator
 from qsys_protocol.qrc.client import QrcClient
 from qsys_testkit import LOOPBACK, free_port
-from qsys_testkit.checkout import background_build, wait_for_tools
+from qsys_testkit.checkout import awaiting_tools, background_build, wait_for_tools
 
 if TYPE_CHECKING:
     from qsys_testkit.pytest_plugin import SimulatorFactory
@@ -28,10 +28,17 @@ pytest_plugins = ["qsys_testkit.pytest_plugin"]
 
 REPO = Path(__file__).resolve().parents[1]
 E2E = REPO / "tests" / "e2e"
-# The e2e tests run on one xdist worker (`--dist loadgroup`): one cluster per session.
+# The e2e tests run in xdist groups (`--dist loadgroup`), each on one worker against one
+# cluster: the tests on kwok's fake nodes only against a control plane of their own,
+# beside the tests on the real node against the main one (tests/e2e/conftest.py); or all
+# in one group when they share one cluster (qsys_testkit.cluster.kwok_plane_enabled).
 E2E_GROUP = "e2e"
+E2E_KWOK_GROUP = "e2e-kwok"
+E2E_NODE_GROUP = "e2e-node"
 # Tests marked `timing` run one at a time, last, and after the background tool builds.
 TIMING_GROUP = "timing"
+# What every e2e test waits for under `make test`: the control plane's binaries.
+E2E_TOOL_GROUP = "kube"
 # Why a test must fail before its fixtures start (a tool build failed, ...).
 SETUP_FAILURE = pytest.StashKey[str]()
 
@@ -48,23 +55,56 @@ def _is_timing(item: pytest.Item) -> bool:
     return item.get_closest_marker("timing") is not None
 
 
+def _e2e_group(item: pytest.Item, split: bool) -> str:
+    if not split:
+        return E2E_GROUP
+    return E2E_NODE_GROUP if _uses_real_node(item) else E2E_KWOK_GROUP
+
+
+def _build_order(items: list[pytest.Item]) -> dict[Path, int]:
+    """Per test file: the position, in the background build's order, of the last tool
+    group its tests wait for (-1 for none), so that tests run in the order their tools
+    are built and a file's tests stay together (its module fixtures start once)."""
+    order = os.environ.get("QSYS_TOOL_GROUPS", "").split()
+    position = {group: index for index, group in enumerate(order)}
+    last: dict[Path, int] = {}
+    for item in items:
+        needed = [position.get(group, -1) for group in needed_tools(item)]
+        last[item.path] = max([last.get(item.path, -1), *needed])
+    return last
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """All e2e tests in one xdist group, the ones on the real node last (the others run
-    while its tool groups still build, and before the node starts); the `timing` tests in
-    another group, dispatched last. The `kind` tests (their own Docker engine and kind
-    cluster, `make kind-smoke`) run only when `-m` names them: deselected, never skipped."""
+    """The e2e tests in their xdist groups first (a worker each), then the others, the
+    `timing` tests in a group of their own last; within each, in the order their tool
+    groups are built (hack/test.sh passes `--no-loadscope-reorder`, so that xdist hands
+    out the groups in this order). The `kind` tests (their own Docker engine and kind
+    cluster, `make kind-smoke`) run only when `-m` names them: deselected, never
+    skipped."""
     if "kind" not in (config.option.markexpr or ""):
         dropped = [item for item in items if item.get_closest_marker("kind")]
         if dropped:
             config.hook.pytest_deselected(items=dropped)
             items[:] = [item for item in items if not item.get_closest_marker("kind")]
+    split = False
+    if any(_is_e2e(item) for item in items):
+        # Imported here: the Kubernetes client it imports would slow every other session.
+        from qsys_testkit.cluster import kwok_plane_enabled
+
+        split = kwok_plane_enabled()
     for item in items:
         if _is_e2e(item):
-            item.add_marker(pytest.mark.xdist_group(E2E_GROUP))
+            item.add_marker(pytest.mark.xdist_group(_e2e_group(item, split)))
         elif _is_timing(item):
             item.add_marker(pytest.mark.xdist_group(TIMING_GROUP))
-    items.sort(key=lambda item: (_is_timing(item), _is_e2e(item) and _uses_real_node(item)))
+    build = _build_order(items)
+    items.sort(
+        key=lambda item: (
+            0 if _is_e2e(item) else 2 if _is_timing(item) else 1,
+            build[item.path],
+        )
+    )
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
@@ -82,26 +122,32 @@ def pytest_collection_finish(session: pytest.Session) -> None:
 
 
 def needed_tools(item: pytest.Item) -> set[str]:
-    """Tool groups item waits for: its `tools` marks; for an e2e test every group but the
-    real node's (QSYS_NODE_TOOL_GROUPS), and those too when it uses the real node; for a
-    `timing` test every group (no compiler beside it)."""
+    """Tool groups item waits for: its `tools` marks; for an e2e test also `kube` (the
+    control plane), and the real node's groups (QSYS_NODE_TOOL_GROUPS) when it uses the
+    real node; for a `timing` test every group (no compiler beside it)."""
     groups = {group for mark in item.iter_markers("tools") for group in mark.args}
     build = background_build()
-    if build is not None and (_is_timing(item) or (_is_e2e(item) and _uses_real_node(item))):
-        groups |= build[1]
-    elif build is not None and _is_e2e(item):
-        groups |= build[1] - set(os.environ.get("QSYS_NODE_TOOL_GROUPS", "").split())
-    return groups
+    if build is None:
+        return groups
+    if _is_timing(item):
+        return groups | build[1]
+    if _is_e2e(item):
+        groups.add(E2E_TOOL_GROUP)
+        if _uses_real_node(item):
+            groups |= set(os.environ.get("QSYS_NODE_TOOL_GROUPS", "").split())
+    return groups & build[1]
 
 
 @pytest.hookimpl(hookwrapper=True, tryfirst=True)
 def pytest_runtest_protocol(item: pytest.Item) -> Generator[None, None, None]:
     """Under `make test` the tool groups build while tests run: wait for the ones item
     needs here, outside its timeout (pytest-timeout starts it inside this hook)."""
-    error = wait_for_tools(needed_tools(item))
+    needed = needed_tools(item)
+    error = wait_for_tools(needed)
     if error:
         item.stash[SETUP_FAILURE] = error
-    yield
+    with awaiting_tools(needed):
+        yield
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
@@ -112,22 +158,23 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 @pytest.hookimpl(trylast=True)
 def pytest_sessionfinish(session: pytest.Session) -> None:
     """In the xdist controller (or a run without workers), after every fixture's teardown:
-    a local cluster whose starting process died (an xdist worker crash) is stopped."""
+    a local control plane whose starting process died (an xdist worker crash) is stopped."""
     if hasattr(session.config, "workerinput"):
         return
     # Imported here: the Kubernetes client it imports would slow the start of every session.
-    from qsys_testkit.cluster import LocalCluster
+    from qsys_testkit.cluster import PLANES, LocalCluster
 
-    # Its owner_file (tests/e2e/conftest.py) is left behind only when the process that
-    # started the cluster died.
-    local = LocalCluster(timeout=300)
-    try:
-        owner = int(local.owner_file.read_text())
-    except (OSError, ValueError):
-        return
-    if owner != os.getpid() and Path(f"/proc/{owner}").exists():
-        return  # another session's, still running
-    local.down(check=False)
+    for plane in PLANES:
+        # Its owner_file (tests/e2e/conftest.py) is left behind only when the process that
+        # started the plane died.
+        local = LocalCluster(timeout=300, plane=plane)
+        try:
+            owner = int(local.owner_file.read_text())
+        except (OSError, ValueError):
+            continue
+        if owner != os.getpid() and Path(f"/proc/{owner}").exists():
+            continue  # another session's, still running
+        local.down(check=False)
 
 
 class RawClient:

@@ -27,6 +27,7 @@ from .ratelimit import RateLimiter
 from .reload import ConfigWatcher
 from .runtime import Runtime
 from .transports.common import Services
+from .transports.fastrpc import FastRpc, Guard
 from .transports.http import build_app
 from .transports.qrc_tcp import QrcServer
 from .upstream import UpstreamPool
@@ -107,6 +108,7 @@ class Gateway:
         await LimitedTCPSite(
             self._runner,
             self.http_connections,
+            self._fast_rpc,
             host=listen.host,
             port=listen.http,
             ssl_context=tls,
@@ -118,6 +120,12 @@ class Gateway:
             "gateway listening",
             extra={"http": listen.http, "qrc": listen.qrc, "metrics": listen.metrics},
         )
+
+    def _fast_rpc(self, guard: Guard) -> FastRpc | None:
+        """`/v1/rpc` without aiohttp, unless tracing wants aiohttp's server spans."""
+        if tracing.ENABLED:
+            return None
+        return FastRpc(self.services, self.http_connections, guard)
 
     async def _serve_metrics(self, request: web.Request) -> web.Response:
         # Probed per scrape: without traffic no call would notice Redis going away.
@@ -158,6 +166,7 @@ class Gateway:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self.mcp.stop()
+        self.http_connections.close_idle()  # aiohttp's cleanup knows only its own
         if self._runner is not None:
             await self._runner.cleanup()
         await self.admission.close()

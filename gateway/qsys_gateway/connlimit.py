@@ -16,7 +16,9 @@ Every accepted socket passes through `HttpConnections.admit`:
   the socket is closed.
 
 The request middleware reports when a request's head has arrived (`started`) and
-when its response is done (`finished`).
+when its response is done (`finished`). An upgraded WebSocket is taken from aiohttp
+(`take_over`): its bytes go to the WebSocket's own protocol, and it is never idle
+(never evicted, no header deadline) until it closes.
 """
 
 from __future__ import annotations
@@ -39,11 +41,13 @@ BUSY = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: cl
 
 
 class _Conn:
-    __slots__ = ("in_request", "kept", "proven", "source", "timer", "transport")
+    __slots__ = ("guard", "in_request", "kept", "proven", "source", "taken", "timer", "transport")
 
-    def __init__(self, transport: asyncio.Transport, source: str) -> None:
+    def __init__(self, transport: asyncio.Transport, source: str, guard: _Guarded) -> None:
         self.transport = transport
         self.source = source
+        self.guard = guard
+        self.taken = False
         self.proven = False
         self.in_request = 0
         self.timer: asyncio.TimerHandle | None = None
@@ -86,7 +90,7 @@ class HttpConnections:
     def body_timeout(self) -> float:
         return self._settings().bodyTimeoutSeconds
 
-    def admit(self, transport: asyncio.Transport) -> bool:
+    def admit(self, transport: asyncio.Transport, guard: _Guarded) -> bool:
         peer = transport.get_extra_info("peername")
         source = str(peer[0]) if peer else "-"
         pending = self._pending_by_source.get(source)
@@ -103,7 +107,7 @@ class HttpConnections:
             self.metrics.connections_refused.labels("http", "evicted").inc()
             self.lost(oldest.transport)
             oldest.transport.abort()
-        conn = _Conn(transport, source)
+        conn = _Conn(transport, source, guard)
         self._conns[transport] = conn
         self._idle[transport] = conn
         self._pending_by_source.setdefault(source, {})[transport] = conn
@@ -139,13 +143,33 @@ class HttpConnections:
     def finished(self, transport: asyncio.BaseTransport | None) -> None:
         """A response was sent: the next request head is due within the header timeout."""
         conn = self._conns.get(transport) if transport is not None else None
-        if conn is None:
+        if conn is None or conn.taken:
             return
         conn.in_request -= 1
         if conn.in_request <= 0:
             conn.in_request = 0
             self._idle[conn.transport] = conn
             self._arm(conn)
+
+    def take_over(self, transport: asyncio.BaseTransport, protocol: asyncio.Protocol) -> bool:
+        """From now on `protocol` gets the connection's bytes and events, not aiohttp (the
+        caller then tells aiohttp's protocol the connection is gone for it). False when
+        the connection is gone already."""
+        conn = self._conns.get(transport)
+        if conn is None:
+            return False
+        conn.taken = True
+        self._idle.pop(transport, None)
+        if conn.timer is not None:
+            conn.timer.cancel()
+            conn.timer = None
+        conn.guard.inner = protocol
+        return True
+
+    def close_idle(self) -> None:
+        """Shutdown: close the connections between requests (keep-alive ones included)."""
+        for conn in list(self._idle.values()):
+            conn.transport.close()
 
     def kept(self, transport: asyncio.BaseTransport | None) -> object | None:
         """What the transport kept for this connection (`keep`); gone with the connection."""
@@ -164,7 +188,7 @@ class HttpConnections:
 
     def _expire(self, conn: _Conn) -> None:
         conn.timer = None
-        if conn.in_request or conn.transport.is_closing():
+        if conn.in_request or conn.taken or conn.transport.is_closing():
             return
         self.metrics.connections_refused.labels("http", "header_timeout").inc()
         conn.transport.abort()
@@ -182,62 +206,93 @@ class HttpConnections:
         transport.close()
 
     def protocol_factory(
-        self, inner: Callable[[], asyncio.BaseProtocol]
+        self,
+        inner: Callable[[], asyncio.BaseProtocol],
+        front: Callable[[_Guarded], asyncio.Protocol | None] | None = None,
     ) -> Callable[[], asyncio.BaseProtocol]:
+        """Connections go to `front(guard)` first when it gives a protocol (it may hand
+        the connection to aiohttp's `inner` later: `_Guarded.to_aiohttp`), else to
+        `inner`."""
+
         def make() -> asyncio.BaseProtocol:
-            return _Guarded(self, inner)
+            return _Guarded(self, inner, front)
 
         return make
 
 
 class _Guarded(asyncio.Protocol):
-    """Passes everything to aiohttp's protocol, once the connection was admitted."""
+    """Passes everything to aiohttp's protocol, once the connection was admitted (or to
+    the protocol that took the connection over)."""
 
-    def __init__(self, limits: HttpConnections, inner: Callable[[], asyncio.BaseProtocol]) -> None:
+    __slots__ = ("_front", "_limits", "_make_inner", "_transport", "inner")
+
+    def __init__(
+        self,
+        limits: HttpConnections,
+        inner: Callable[[], asyncio.BaseProtocol],
+        front: Callable[[_Guarded], asyncio.Protocol | None] | None = None,
+    ) -> None:
         self._limits = limits
         self._make_inner = inner
-        self._inner: Any = None
+        self._front = front
+        self.inner: Any = None
         self._transport: asyncio.BaseTransport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
-        if not self._limits.admit(transport):
+        if not self._limits.admit(transport, self):
             return
         self._transport = transport
-        self._inner = self._make_inner()
-        self._inner.connection_made(transport)
+        first = self._front(self) if self._front is not None else None
+        self.inner = first if first is not None else self._make_inner()
+        self.inner.connection_made(transport)
+
+    def to_aiohttp(self, data: bytes) -> None:
+        """aiohttp serves the connection from now on, starting with `data`."""
+        assert self._transport is not None
+        self.inner = inner = cast(asyncio.Protocol, self._make_inner())
+        inner.connection_made(self._transport)
+        if data:
+            inner.data_received(data)
 
     def data_received(self, data: bytes) -> None:
-        if self._inner is not None:
-            self._inner.data_received(data)
+        if self.inner is not None:
+            self.inner.data_received(data)
 
     def eof_received(self) -> bool | None:
-        if self._inner is not None:
-            result: bool | None = self._inner.eof_received()
+        if self.inner is not None:
+            result: bool | None = self.inner.eof_received()
             return result
         return None
 
     def pause_writing(self) -> None:
-        if self._inner is not None:
-            self._inner.pause_writing()
+        if self.inner is not None:
+            self.inner.pause_writing()
 
     def resume_writing(self) -> None:
-        if self._inner is not None:
-            self._inner.resume_writing()
+        if self.inner is not None:
+            self.inner.resume_writing()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._transport is not None:
             self._limits.lost(self._transport)
-        if self._inner is not None:
-            self._inner.connection_lost(exc)
+        if self.inner is not None:
+            self.inner.connection_lost(exc)
 
 
 class LimitedTCPSite(web.TCPSite):
     """`web.TCPSite` whose connections pass through `HttpConnections`."""
 
-    def __init__(self, runner: web.BaseRunner, limits: HttpConnections, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        runner: web.BaseRunner,
+        limits: HttpConnections,
+        front: Callable[[_Guarded], asyncio.Protocol | None] | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(runner, **kwargs)
         self._limits = limits
+        self._front = front
 
     async def start(self) -> None:
         self._runner._reg_site(self)  # what BaseSite.start does
@@ -245,7 +300,7 @@ class LimitedTCPSite(web.TCPSite):
         assert server is not None
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            self._limits.protocol_factory(server),
+            self._limits.protocol_factory(server, self._front),
             self._host,
             self._port,
             ssl=self._ssl_context,

@@ -4,6 +4,36 @@
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+
+# QSYS_CLUSTER_PLANE: which control plane of this checkout. `main` (the default) is the
+# one with the real node, and takes the QSYS_CLUSTER_DIR, QSYS_*_PORT and QSYS_POD_CIDR
+# overrides. Beside it run planes on kwok's fake nodes only, never with the real node,
+# each with its own state directory, loopback ports (main's + OFFSET) and kwok pod range,
+# none of them overridable (so that a setting meant for main cannot make two planes
+# collide): `kwok` for the e2e tests that never use the real node (beside the real-node
+# tests, `make test`), `floor` for the oldest supported Kubernetes minor (`make e2e-floor`).
+PLANE=${QSYS_CLUSTER_PLANE:-main}
+case $PLANE in
+main) ;;
+floor) plane_offset=100 plane_pods=127.78.0.1/16 ;;
+kwok) plane_offset=200 plane_pods=127.79.0.1/16 ;;
+*)
+	echo "cluster: ERROR: QSYS_CLUSTER_PLANE=$PLANE: use main, kwok or floor" >&2
+	exit 1
+	;;
+esac
+if [[ $PLANE != main ]]; then
+	# shellcheck disable=SC2046 # the names are single words
+	unset QSYS_CLUSTER_DIR QSYS_POD_CIDR QSYS_REAL_NODE $(compgen -v QSYS_ | grep '_PORT$')
+	QSYS_CLUSTER_DIR=$REPO/.cache/cluster-$PLANE QSYS_POD_CIDR=$plane_pods QSYS_REAL_NODE=0
+	for port in ETCD:12379 ETCD_PEER:12380 APISERVER:16443 CONTROLLER_MANAGER:16444 \
+		SCHEDULER:16445 KWOK:16446 KUBELET:16447 KUBELET_HEALTHZ:16448 \
+		KUBE_PROXY_HEALTHZ:16449 KUBE_PROXY_METRICS:16450; do
+		declare "QSYS_${port%%:*}_PORT=$((${port#*:} + plane_offset))"
+	done
+	unset port
+fi
+
 STATE=${QSYS_CLUSTER_DIR:-$REPO/.cache/cluster}
 PKI=$STATE/pki
 LOGS=$STATE/logs
@@ -71,7 +101,7 @@ KUBE_BIN=$(bash "$REPO/hack/tools/build.sh" --dir kube)
 # kube-scheduler) come from this tool group: `kube` (the newest Kubernetes) or
 # `kube-floor` (the oldest supported minor, docs/install.md). etcd, kwok and
 # kubectl always come from `kube`.
-KUBE_GROUP=${QSYS_KUBE_GROUP:-kube}
+if [[ $PLANE == floor ]]; then KUBE_GROUP=${QSYS_KUBE_GROUP:-kube-floor}; else KUBE_GROUP=${QSYS_KUBE_GROUP:-kube}; fi
 case $KUBE_GROUP in kube | kube-floor) ;; *) echo "cluster: QSYS_KUBE_GROUP must be kube or kube-floor, not '$KUBE_GROUP'" >&2 && exit 1 ;; esac
 CONTROL_PLANE_BIN=$(bash "$REPO/hack/tools/build.sh" --dir "$KUBE_GROUP")
 NODE_BIN=$(bash "$REPO/hack/tools/build.sh" --dir node)
@@ -96,8 +126,10 @@ bin_path() {
 }
 
 # Pid of a running component we started, or nothing. A pid only counts when
-# its command line is our binary with our state directory in its arguments, so
-# a recycled pid is never mistaken for ours.
+# its command line is our binary with a path under our state directory in its
+# arguments ("$STATE/": .cache/cluster is a prefix of the other planes'
+# .cache/cluster-PLANE), so a recycled pid or another plane's is never mistaken
+# for ours.
 component_pid() {
 	local pid
 	pid=$(cat "$PIDS/$1.pid" 2>/dev/null) || return 0
@@ -107,7 +139,7 @@ component_pid() {
 is_ours() {
 	local pid=$1 name=$2 args=()
 	{ mapfile -d '' -t args <"/proc/$pid/cmdline"; } 2>/dev/null || return 1
-	[[ ${args[0]:-} == "$(bin_path "$name")" && ${args[*]} == *"$STATE"* ]]
+	[[ ${args[0]:-} == "$(bin_path "$name")" && ${args[*]} == *"$STATE/"* ]]
 }
 
 # Every process running one of our binaries with our state directory in its
@@ -120,7 +152,7 @@ all_our_pids() {
 	# Builtins only in the loop: it runs for every process on the machine.
 	for dir in /proc/[0-9]*; do
 		{ mapfile -d '' -t args <"$dir/cmdline"; } 2>/dev/null || continue
-		[[ ${args[*]} == *"$STATE"* ]] || continue
+		[[ ${args[*]} == *"$STATE/"* ]] || continue
 		for name in "${paths[@]}"; do
 			if [[ ${args[0]:-} == "$name" ]]; then echo "${dir#/proc/}"; fi
 		done

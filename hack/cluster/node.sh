@@ -241,7 +241,9 @@ COREDNS_IMAGE=qsys.local/coredns:v1.15.0
 METRICS_SERVER_IMAGE=qsys.local/metrics-server:v0.8.0
 # The Prometheus Operator's Prometheus pods (tests/e2e/test_prometheus_real_node.py):
 # prometheus and the operator's config reloader, at the paths the operator runs
-# them from; imported when their tool groups are built (`make cluster-tools`).
+# them from; imported when their tool groups are built (`make cluster-tools`), at the
+# node's start or later by `node.sh import-images` (under `make test` the node may start
+# before these groups are built).
 PROMETHEUS_IMAGE=qsys.local/prometheus:v3.13.5
 CONFIG_RELOADER_IMAGE=qsys.local/prometheus-config-reloader:v0.85.0
 PROMETHEUS_BIN=$(bash "$REPO/hack/tools/build.sh" --dir prometheus)
@@ -654,7 +656,7 @@ registry-untrust) cmd_registry_untrust "${2:-}" ;;
 net-up) cmd_net_up ;;
 up) cmd_up ;;
 ensure-up) cmd_ensure_up ;;
-import-images) cmd_import_images ;;
+import-images) cmd_import_images && import_binary_images ;;
 down) cmd_down ;;
 snapshot) cmd_snapshot ;;
 *) die "usage: node.sh record|net-up|up|ensure-up|import-images|down|snapshot|registry-trust|registry-untrust" ;;

@@ -9,7 +9,8 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -20,6 +21,9 @@ REPO = Path(__file__).resolve().parents[2]
 # the background: the status directory of that build (its pid, log, GROUP.failed).
 STATUS_ENV = "QSYS_TOOLS_STATUS"
 GROUPS_ENV = "QSYS_TOOL_GROUPS"
+# While a test runs under `make test`: the groups it waited for (tests/conftest.py); the
+# subprocesses it starts inherit it. pinned_tool refuses the other groups of the build.
+AWAITED_ENV = "QSYS_TOOLS_AWAITED"
 
 
 def hack_script(name: str) -> ModuleType:
@@ -86,11 +90,36 @@ def wait_for_tools(groups: Iterable[str], timeout: float = 3 * 3600.0) -> str | 
     return None
 
 
+@contextmanager
+def awaiting_tools(groups: Iterable[str]) -> Iterator[None]:
+    """For the block (a test under `make test`): the tool groups it waited for, the only
+    ones of the background build that pinned_tool hands out, here and in subprocesses."""
+    before = os.environ.get(AWAITED_ENV)
+    os.environ[AWAITED_ENV] = " ".join(sorted(groups))
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(AWAITED_ENV, None)
+        else:
+            os.environ[AWAITED_ENV] = before
+
+
 def pinned_tool(group: str, name: str) -> Path:
-    """A built binary of hack/tools/GROUP; raises (a test fails, never skips) when missing."""
-    path = tool_dir(group) / name
+    """A built binary of hack/tools/GROUP; raises (a test fails, never skips) when missing,
+    and under `make test` also when the running test did not wait for GROUP (built by now
+    or not: a missing mark must fail every run, not only a cold one)."""
     build = background_build()
-    if not path.is_file() and build is not None and group in build[1]:
+    awaited = os.environ.get(AWAITED_ENV)
+    building = build is not None and group in build[1]
+    if building and awaited is not None and group not in awaited.split():
+        raise FileNotFoundError(
+            f"{name}: the test did not wait for hack/tools/{group}, which `make test` "
+            f"builds in the background: mark it `@pytest.mark.tools({group!r})`"
+        )
+    path = tool_dir(group) / name
+    if not path.is_file() and building:
+        assert build is not None
         raise FileNotFoundError(
             f"{name} is still being built by `make test` ({build[0] / 'log'}): mark the test "
             f"`@pytest.mark.tools({group!r})` so that it waits for the build before its "

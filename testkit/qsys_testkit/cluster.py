@@ -33,18 +33,48 @@ class ClusterError(RuntimeError):
     """A hack/cluster script failed or took too long; the message ends with its stderr."""
 
 
+MAIN_PLANE = "main"
+PLANES = (MAIN_PLANE, "kwok", "floor")
+"""The local control planes (hack/cluster/lib.sh, QSYS_CLUSTER_PLANE): the main one, the
+only one with the real node, and beside it ones on kwok's fake nodes only, each with its
+own state directory (.cache/cluster-PLANE), loopback ports and kwok pod addresses: `kwok`
+for the e2e tests that never use the real node, `floor` for the oldest supported
+Kubernetes minor (docs/testing.md)."""
+
+
+def kwok_plane_enabled() -> bool:
+    """Whether this session runs the e2e tests on kwok's fake nodes only against the `kwok`
+    plane, beside the others on the main one: unless QSYS_KWOK_PLANE=0, KUBECONFIG names
+    a cluster (every test runs there) or the session runs against the floor (its own
+    plane, QSYS_KUBE_GROUP=kube-floor)."""
+    return not (
+        os.environ.get("QSYS_KWOK_PLANE", "1") == "0"
+        or os.environ.get("KUBECONFIG")
+        or os.environ.get("QSYS_KUBE_GROUP", "kube") != "kube"
+    )
+
+
 @dataclass(frozen=True)
 class LocalCluster:
-    """The local cluster, driven by hack/cluster's scripts. env (QSYS_* variables: state
-    directory, ports, QSYS_REAL_NODE; docs/testing.md) goes on top of this process's
-    environment. Whoever's `up` started it stops it; `up` reuses a running one."""
+    """A local control plane, driven by hack/cluster's scripts: plane (PLANES) and env
+    (QSYS_* variables: ports, QSYS_REAL_NODE; docs/testing.md) go on top of this process's
+    environment. Whoever's `up` started it stops it; `up` reuses a running one. A plane
+    other than the main one never has the real node, and takes its state directory and
+    ports from hack/cluster/lib.sh alone."""
 
     env: Mapping[str, str] = field(default_factory=dict)
     timeout: float = SCRIPT_TIMEOUT_S
     scripts: Path = SCRIPTS
+    plane: str = MAIN_PLANE
+
+    def __post_init__(self) -> None:
+        if self.plane not in PLANES:
+            raise ValueError(f"no plane {self.plane!r}: one of {', '.join(PLANES)}")
 
     @property
     def state_dir(self) -> Path:
+        if self.plane != MAIN_PLANE:
+            return REPO / ".cache" / f"cluster-{self.plane}"
         value = self.env.get("QSYS_CLUSTER_DIR") or os.environ.get("QSYS_CLUSTER_DIR")
         return Path(value) if value else REPO / ".cache" / "cluster"
 
@@ -67,7 +97,7 @@ class LocalCluster:
             timeout=self.timeout,
             check=False,
             cwd=REPO,
-            env={**os.environ, **self.env},
+            env={**os.environ, **self.env, "QSYS_CLUSTER_PLANE": self.plane},
         )
 
     def _checked(self, name: str, *args: str) -> str:

@@ -1,15 +1,17 @@
 """Fixtures for end-to-end tests against a real Kubernetes API server.
 
-With KUBECONFIG set, that cluster is used (kind or any other). Otherwise the
-local control plane of hack/cluster is brought up once per session, and taken
-down at the end if this session started it. Its real node starts only when the
-first test that requests `real_node` runs, so that the tests on kwok's fake
-nodes never wait for it. No cluster means failed tests, never skipped ones.
+With KUBECONFIG set, that cluster is used (kind or any other). Otherwise the local
+control planes of hack/cluster are brought up once per session, each when its first test
+runs, and taken down at the end if this session started them: the main one for the tests
+on the real node (which starts only when the first test that requests `real_node` runs),
+and the `kwok` plane, on kwok's fake nodes only, for the others (QSYS_KWOK_PLANE=0: they
+share the main one). Under `make test` the two kinds run on two xdist workers at once
+(tests/conftest.py). No cluster means failed tests, never skipped ones.
 
-QSYS_KUBE_GROUP=kube-floor: the session runs against the oldest supported
-Kubernetes minor instead (hack/tools/kube-floor; its own state directory and
-ports, no real node, KUBECONFIG ignored); `make test` runs the tests marked
-`floor` that way after the main run (docs/testing.md "The Kubernetes floor").
+QSYS_KUBE_GROUP=kube-floor: the session runs against the oldest supported Kubernetes
+minor instead (hack/tools/kube-floor; the `floor` plane, no real node, KUBECONFIG
+ignored); `make test` runs the tests marked `floor` that way after the main run
+(docs/testing.md "The Kubernetes floor").
 """
 
 from __future__ import annotations
@@ -23,83 +25,103 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 from node_support import require_real_node
 
-from qsys_testkit.checkout import REPO
-from qsys_testkit.cluster import Cluster, ClusterError, LocalCluster
+from qsys_testkit.cluster import Cluster, ClusterError, LocalCluster, kwok_plane_enabled
 
 FLOOR_MINOR = "1.31"
 FLOOR = os.environ.get("QSYS_KUBE_GROUP", "kube") == "kube-floor"
-# The floor control plane beside (never instead of) the main one: other state and ports.
-FLOOR_ENV = {
-    "QSYS_REAL_NODE": "0",
-    "QSYS_CLUSTER_DIR": str(REPO / ".cache" / "cluster-floor"),
-    "QSYS_ETCD_PORT": "12479",
-    "QSYS_ETCD_PEER_PORT": "12480",
-    "QSYS_APISERVER_PORT": "16543",
-    "QSYS_CONTROLLER_MANAGER_PORT": "16544",
-    "QSYS_SCHEDULER_PORT": "16545",
-    "QSYS_KWOK_PORT": "16546",
-    "QSYS_KUBELET_HEALTHZ_PORT": "16548",
-    "QSYS_KUBE_PROXY_HEALTHZ_PORT": "16549",
-    "QSYS_KUBE_PROXY_METRICS_PORT": "16550",
-}
 # The real node starts later (`real_node`), unless QSYS_REAL_NODE says otherwise.
-LOCAL = LocalCluster(
-    FLOOR_ENV if FLOOR else {"QSYS_REAL_NODE": os.environ.get("QSYS_REAL_NODE", "lazy")}
+MAIN = (
+    LocalCluster(plane="floor")
+    if FLOOR
+    else LocalCluster({"QSYS_REAL_NODE": os.environ.get("QSYS_REAL_NODE", "lazy")})
 )
+KWOK = LocalCluster(plane="kwok")
 
 
-def _start_local() -> bool:
-    """Start the local control plane; True when this call started it."""
+def _start_local(local: LocalCluster) -> bool:
+    """Start a local control plane; True when this call started it."""
     try:
-        started = LOCAL.up()
+        started = local.up()
     except ClusterError as exc:
         pytest.fail(
-            "no Kubernetes cluster: KUBECONFIG is not set and the local control plane "
-            "did not start (build it with `make cluster-tools`, or set KUBECONFIG).\n"
-            f"{exc}",
+            f"no Kubernetes cluster: KUBECONFIG is not set and the local control plane "
+            f"({local.plane}) did not start (build it with `make cluster-tools`, or set "
+            f"KUBECONFIG).\n{exc}",
             pytrace=False,
         )
     if started:
-        LOCAL.owner_file.write_text(str(os.getpid()))
+        local.owner_file.write_text(str(os.getpid()))
     return started
 
 
-@pytest.fixture(scope="session")
-def cluster() -> Iterator[Cluster]:
-    kubeconfig = "" if FLOOR else os.environ.get("KUBECONFIG", "")
-    started = False
+def _session_cluster(local: LocalCluster, given: str) -> Iterator[Cluster]:
+    """The cluster of kubeconfig given, else local's (started unless it runs; stopped at
+    the end, even after failures, when this started it)."""
+    kubeconfig, started = given, False
     if not kubeconfig:
-        started = _start_local()
-        kubeconfig = str(LOCAL.kubeconfig)
+        started = _start_local(local)
+        kubeconfig = str(local.kubeconfig)
     try:
         try:
             api = config.new_client_from_config(config_file=kubeconfig)  # type: ignore[no-untyped-call]
             version = client.VersionApi(api).get_code(_request_timeout=10)
         except Exception as exc:
             pytest.fail(f"no Kubernetes cluster: {kubeconfig} is unusable: {exc}", pytrace=False)
-        local = (
-            os.path.samefile(kubeconfig, LOCAL.kubeconfig) if LOCAL.kubeconfig.exists() else False
-        )
+        is_local = local.kubeconfig.exists() and os.path.samefile(kubeconfig, local.kubeconfig)
         if FLOOR and f"{version.major}.{version.minor}" != FLOOR_MINOR:
             pytest.fail(f"the floor run found Kubernetes {version.git_version}, not {FLOOR_MINOR}")
-        yield Cluster(kubeconfig=kubeconfig, api=api, local=local)
+        yield Cluster(kubeconfig=kubeconfig, api=api, local=is_local)
         api.close()
     finally:
         if started:
-            LOCAL.down()
+            local.down()
 
 
 @pytest.fixture(scope="session")
-def real_node(cluster: Cluster) -> client.V1Node:
+def main_cluster() -> Iterator[Cluster]:
+    """KUBECONFIG's cluster, else the main local control plane (the floor's in the floor
+    run)."""
+    yield from _session_cluster(MAIN, "" if FLOOR else os.environ.get("KUBECONFIG", ""))
+
+
+@pytest.fixture(scope="session")
+def kwok_cluster() -> Iterator[Cluster]:
+    """The `kwok` plane: kwok's fake nodes only, on its own ports and state directory."""
+    yield from _session_cluster(KWOK, "")
+
+
+@pytest.fixture(scope="module")
+def cluster(request: pytest.FixtureRequest) -> Cluster:
+    """The cluster of this test file: the `kwok` plane when none of its tests uses the
+    real node (and kwok_plane_enabled), else main_cluster. A file's tests all use the real
+    node or none does (its module fixtures hold one cluster)."""
+    uses = {
+        "real_node" in getattr(item, "fixturenames", ())
+        for item in request.session.items
+        if item.path == request.path
+    }
+    if len(uses) > 1:
+        pytest.fail(
+            f"{request.path.name}: some of its tests use the real node and some do not; "
+            "split the file (each file runs against one cluster)",
+            pytrace=False,
+        )
+    if kwok_plane_enabled() and uses == {False}:
+        return request.getfixturevalue("kwok_cluster")  # type: ignore[no-any-return]
+    return request.getfixturevalue("main_cluster")  # type: ignore[no-any-return]
+
+
+@pytest.fixture(scope="session")
+def real_node(main_cluster: Cluster) -> client.V1Node:
     """The local cluster's real node, Ready, started on first use (`node.sh ensure-up`
     reuses a running one); stopped with the cluster. On another cluster (kind): a Ready node
     labelled as running real pods (node_support.NODE_SELECTOR) must exist."""
-    if cluster.local:
+    if main_cluster.local:
         try:
-            LOCAL.ensure_real_node()
+            MAIN.ensure_real_node()
         except ClusterError as exc:
             pytest.fail(f"the real node did not start: {exc}", pytrace=False)
-    return require_real_node(cluster)
+    return require_real_node(main_cluster)
 
 
 @pytest.fixture(autouse=True)

@@ -28,7 +28,7 @@ import pytest
 import yaml
 from kubernetes import client, utils
 
-from qsys_testkit.checkout import REPO, image_names, tool_dir
+from qsys_testkit.checkout import REPO, image_names, pinned_tool
 from qsys_testkit.cluster import Cluster, must, wait_for, wait_gone
 from qsys_testkit.kube import (
     REAL_NODE_ANNOTATIONS,
@@ -223,10 +223,10 @@ def elapsed_since(start: float) -> float:
 
 
 def tool(group: str, name: str) -> Path:
-    path = tool_dir(group) / name
-    if not path.is_file():
-        pytest.fail(f"{name} is not built ({path}): run `make cluster-tools`", pytrace=False)
-    return path
+    try:
+        return pinned_tool(group, name)
+    except FileNotFoundError as exc:
+        pytest.fail(str(exc), pytrace=False)
 
 
 def helm(cluster: Cluster, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:

@@ -39,7 +39,7 @@ from qsys_testkit.checkout import REPO, pinned_tool
 from qsys_testkit.cluster import Cluster, can_i, must, token_kubeconfig, wait_for
 from qsys_testkit.kube import apply_crds, secret_text
 
-pytestmark = [pytest.mark.e2e, pytest.mark.floor]
+pytestmark = [pytest.mark.e2e, pytest.mark.floor, pytest.mark.tools("helm")]
 
 CHART = REPO / "charts" / "qsys-operator"
 TIMEOUT_S = 120

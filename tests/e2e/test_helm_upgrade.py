@@ -17,12 +17,13 @@ connection, or with an error, fails), the served CRDs are exactly crds/ of the w
 tree and belong to the release (kept on uninstall), the QSysCore is Ready on the new
 operator, and the gateway pods rolled at most once.
 
-This module runs before test_release_registry.py (the e2e tests run in file order on
-one worker): after that module's pulls of the same images from its registry, and this
-module's import of the previous release's images, the node's containerd (1.6, CRI)
-answered ErrImageNeverPull for the imported `core-sim:<version>` reference; a ctr
-re-import did not bring it back. Not understood yet; pods_report() shows the reason
-if it happens elsewhere.
+This module runs before test_release_registry.py (the tests on the real node run on one
+worker, in the order of the last tool group each file needs, tests/conftest.py: `helm`
+here, `registry` and `cosign`, built later, there): after that module's pulls of the
+same images from its registry, and this module's import of the previous release's
+images, the node's containerd (1.6, CRI) answered ErrImageNeverPull for the imported
+`core-sim:<version>` reference; a ctr re-import did not bring it back. Not understood
+yet; pods_report() shows the reason if it happens elsewhere.
 """
 
 from __future__ import annotations
@@ -62,7 +63,12 @@ from qsys_testkit.cluster import Cluster, must, wait_for
 from qsys_testkit.kube import apply_crds, secret_text
 
 # Imports the previous release's images into the real node's containerd: local cluster only.
-pytestmark = [pytest.mark.e2e, pytest.mark.local_cluster, pytest.mark.usefixtures("real_node")]
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.local_cluster,
+    pytest.mark.usefixtures("real_node"),
+    pytest.mark.tools("helm"),
+]
 
 PREVIOUS = dict(
     line.split("=", 1)

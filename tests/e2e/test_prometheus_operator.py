@@ -36,7 +36,7 @@ from qsys_testkit.cluster import Cluster, must, wait_for
 from qsys_testkit.kube import apply_crds
 from qsys_testkit.monitoring import alert_names, chart_prometheus_rule, prometheus_api
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.tools("helm", "prometheus", "prometheus-operator")]
 
 
 def local_config(generated: bytes, kubeconfig: str, rules_dir: Path) -> dict[str, Any]:

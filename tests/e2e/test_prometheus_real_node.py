@@ -48,11 +48,16 @@ from node_support import (
 from operator_support import create, wait_condition
 from prometheus_support import MONITORING, po_crds_installed, prometheus_operator
 
-from qsys_testkit.cluster import Cluster, must, wait_for
+from qsys_testkit.cluster import Cluster, LocalCluster, must, wait_for
 from qsys_testkit.monitoring import alert_names, chart_prometheus_rule, prometheus_api, used_metrics
 
 # Prometheus images node.sh packs and imports into the real node: local cluster only.
-pytestmark = [pytest.mark.e2e, pytest.mark.local_cluster, pytest.mark.usefixtures("real_node")]
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.local_cluster,
+    pytest.mark.usefixtures("real_node"),
+    pytest.mark.tools("helm", "prometheus", "prometheus-operator"),
+]
 
 # The images hack/cluster/node.sh packs and imports (binary-alone, from hack/tools).
 PROMETHEUS_IMAGE = "qsys.local/prometheus:v3.13.5"
@@ -217,6 +222,10 @@ def monitored(
     profile: Profile = request.param
     log_dir = tmp_path_factory.mktemp(f"prometheus-real-node-{profile.name}")
     missing = {PROMETHEUS_IMAGE, CONFIG_RELOADER_IMAGE} - node_images(cluster)
+    if missing and cluster.local:
+        # Under `make test` the node may have started before these tool groups were built.
+        LocalCluster().import_images()
+        missing -= node_images(cluster)
     if missing:
         pytest.fail(
             f"the real node lacks {sorted(missing)}: hack/cluster/node.sh imports them when "

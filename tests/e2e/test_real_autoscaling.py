@@ -40,7 +40,12 @@ from qsys_testkit.cluster import Cluster, must, wait_for
 from qsys_testkit.kube import secret_text
 
 # metrics-server as node.sh runs it: local cluster only.
-pytestmark = [pytest.mark.e2e, pytest.mark.local_cluster, pytest.mark.usefixtures("real_node")]
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.local_cluster,
+    pytest.mark.usefixtures("real_node"),
+    pytest.mark.tools("helm"),
+]
 
 CORE = "hall"
 GATEWAY = f"{CORE}-gateway"

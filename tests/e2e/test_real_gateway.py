@@ -54,7 +54,7 @@ from qsys_testkit.checkout import REPO
 from qsys_testkit.cluster import Cluster, must, wait_for
 from qsys_testkit.kube import secret_text
 
-pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("real_node")]
+pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("real_node"), pytest.mark.tools("helm")]
 
 CHART = REPO / "charts" / "qsys-operator"
 CORE = "auditorium"

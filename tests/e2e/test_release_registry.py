@@ -57,6 +57,7 @@ pytestmark = [
     pytest.mark.local_cluster,
     pytest.mark.timeout(1200),
     pytest.mark.usefixtures("real_node"),
+    pytest.mark.tools("helm", "registry", "cosign"),
 ]
 
 PATH = "qsys"

@@ -45,7 +45,7 @@ from qsys_testkit.checkout import REPO, pinned_tool
 from qsys_testkit.cluster import Cluster, api_error, can_i, must, token_kubeconfig, wait_for
 from qsys_testkit.kube import apply_crds, secret_text
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.tools("helm")]
 
 CHART = REPO / "charts" / "qsys-operator"
 MARKER = "qsys.dev/secret-type"

@@ -44,6 +44,24 @@ async def test_https_has_hsts(tls_gateway: tuple[GatewayProcess, ssl.SSLContext]
             assert "Strict-Transport-Security" in r.headers
 
 
+async def test_rpc_first_on_a_tls_connection_has_hsts(
+    tls_gateway: tuple[GatewayProcess, ssl.SSLContext],
+) -> None:
+    """A connection whose first request is `/v1/rpc` (the gateway's own HTTP path)."""
+    gw, ctx = tls_gateway
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ctx)) as http:
+        for rid in (1, 2):
+            async with http.post(
+                f"{gw.url}/v1/rpc",
+                json={"jsonrpc": "2.0", "id": rid, "method": "StatusGet"},
+                headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+            ) as r:
+                assert r.status == 200
+                assert (await r.json())["id"] == rid
+                assert "max-age=" in r.headers["Strict-Transport-Security"]
+                assert "Server" not in r.headers  # not aiohttp's answer
+
+
 async def test_plain_http_to_tls_port_fails(
     tls_gateway: tuple[GatewayProcess, ssl.SSLContext],
 ) -> None:

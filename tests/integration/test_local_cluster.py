@@ -5,11 +5,14 @@ e2e session (tests/e2e/conftest.py)."""
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
 from pathlib import Path
 
 import pytest
 
-from qsys_testkit.cluster import ClusterError, LocalCluster
+from qsys_testkit.checkout import REPO
+from qsys_testkit.cluster import PLANES, ClusterError, LocalCluster
 
 
 def scripts(tmp_path: Path, up: str) -> LocalCluster:
@@ -70,3 +73,102 @@ def test_a_failed_stop_raises_unless_told_not_to(tmp_path: Path) -> None:
     with pytest.raises(ClusterError, match="etcd would not stop"):
         local.down()
     local.down(check=False)
+
+
+LIB_VARS = [
+    *("PLANE", "STATE", "REAL_NODE", "KUBE_GROUP", "POD_CIDR", "APISERVER_URL"),
+    *("ETCD_PORT", "ETCD_PEER_PORT", "APISERVER_PORT", "CONTROLLER_MANAGER_PORT"),
+    *("SCHEDULER_PORT", "KWOK_PORT", "KUBELET_PORT", "KUBELET_HEALTHZ_PORT"),
+    *("KUBE_PROXY_HEALTHZ_PORT", "KUBE_PROXY_METRICS_PORT"),
+]
+
+
+def source_lib(plane: str, script: str = "", **env: str) -> subprocess.CompletedProcess[str]:
+    """hack/cluster/lib.sh sourced for QSYS_CLUSTER_PLANE=plane, env on top of this
+    process's environment without its QSYS_* variables, then script."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("QSYS_")}
+    return subprocess.run(
+        ["bash", "-c", f"source hack/cluster/lib.sh; {script}"],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=REPO,
+        env={**clean, **env, "QSYS_CLUSTER_PLANE": plane},
+        timeout=60,
+    )
+
+
+def lib_settings(plane: str, **env: str) -> dict[str, str]:
+    """What hack/cluster/lib.sh sets for QSYS_CLUSTER_PLANE=plane on top of env."""
+    names = " ".join(LIB_VARS)
+    result = source_lib(plane, f'for v in {names}; do echo "$v=${{!v}}"; done', **env)
+    assert result.returncode == 0, result.stderr
+    return dict(line.split("=", 1) for line in result.stdout.splitlines())
+
+
+def test_the_planes_share_no_port_state_directory_or_pod_range() -> None:
+    """Two planes run at once under `make test` (main with the real node, kwok beside it)
+    and the floor's after them: none may reuse another's ports, state or kwok addresses,
+    and the main plane's overrides never leak into the others."""
+    overrides = {
+        "QSYS_CLUSTER_DIR": "/tmp/elsewhere",
+        "QSYS_APISERVER_PORT": "17443",
+        "QSYS_POD_CIDR": "127.90.0.1/16",
+        "QSYS_REAL_NODE": "lazy",
+    }
+    planes = {plane: lib_settings(plane, **overrides) for plane in PLANES}
+    assert planes["main"]["STATE"] == "/tmp/elsewhere"
+    assert planes["main"]["APISERVER_PORT"] == "17443"
+    assert planes["main"]["REAL_NODE"] == "lazy"
+    ports = [key for key in LIB_VARS if key.endswith("_PORT")]
+    seen: dict[str, str] = {}
+    for plane, settings in planes.items():
+        local = LocalCluster(plane=plane)
+        if plane != "main":
+            assert settings["STATE"] == str(local.state_dir)
+            assert settings["REAL_NODE"] == "0"
+            assert settings["APISERVER_URL"].startswith("https://127.0.0.1:")
+        for key in ports:
+            value = settings[key]
+            assert value.isdigit(), (plane, key, value)
+            assert value not in seen, f"{plane} {key}={value} is also {seen[value]}"
+            seen[value] = f"{plane} {key}"
+    assert len({settings["STATE"] for settings in planes.values()}) == len(PLANES)
+    assert len({settings["POD_CIDR"] for settings in planes.values()}) == len(PLANES)
+    assert planes["floor"]["KUBE_GROUP"] == "kube-floor"
+    assert planes["kwok"]["KUBE_GROUP"] == "kube"
+
+
+def test_an_unknown_plane_is_refused() -> None:
+    with pytest.raises(ValueError, match="no plane 'side'"):
+        LocalCluster(plane="side")
+    result = source_lib("side")
+    assert result.returncode == 1
+    assert "QSYS_CLUSTER_PLANE=side: use main, kwok or floor" in result.stderr
+
+
+def test_a_plane_never_takes_another_planes_processes_for_its_own() -> None:
+    """The main plane's state directory (.cache/cluster) is a prefix of the others'
+    (.cache/cluster-kwok): its up.sh and down.sh must not stop a running kwok plane."""
+    etcd = source_lib("main", "bin_path etcd").stdout.strip()
+    kwok_state = source_lib("kwok", 'echo "$STATE"').stdout.strip()
+    stand_in = subprocess.Popen(
+        [
+            "bash",
+            "-c",
+            f"exec -a {etcd} bash -c 'sleep 60; :' --data-dir={kwok_state}/etcd",
+        ],
+        start_new_session=True,
+    )
+    try:
+        pid = str(stand_in.pid)
+        wait_until = 50
+        while etcd not in Path(f"/proc/{pid}/cmdline").read_text() and wait_until:
+            subprocess.run(["sleep", "0.1"], check=True)
+            wait_until -= 1
+        assert pid in source_lib("kwok", "all_our_pids etcd").stdout.split()
+        assert pid not in source_lib("main", "all_our_pids etcd").stdout.split()
+        assert pid not in source_lib("floor", "all_our_pids etcd").stdout.split()
+    finally:
+        os.killpg(stand_in.pid, signal.SIGKILL)
+        stand_in.wait()

@@ -10,7 +10,7 @@ import pytest
 from aiohttp import WSMsgType
 from aiohttp._websocket.writer import WebSocketWriter
 
-from qsys_gateway.transports.websocket import text_frame_header
+from qsys_gateway.transports.wsframes import text_frame_header
 
 
 class _Capture:

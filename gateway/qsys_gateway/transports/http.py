@@ -6,6 +6,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from aiohttp import web
 
@@ -25,12 +26,22 @@ from .openapi import (
     UpstreamStatus,
     document,
 )
-from .responses import SERVICES, bearer, error_response, json_response, source_ip
+from .responses import (
+    CORS_HEADERS,
+    HSTS,
+    HTTP_CONNECTIONS,
+    SECURITY_HEADERS,
+    SERVICES,
+    bearer,
+    bearer_token,
+    error_parts,
+    error_response,
+    json_response,
+    source_ip,
+)
 from .websocket import qrwc_handler, websocket_handler
 
 log = logging.getLogger("qsys_gateway.http")
-
-HTTP_CONNECTIONS = web.AppKey("http_connections", HttpConnections)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -65,22 +76,12 @@ async def middleware(request: web.Request, handler: Handler) -> web.StreamRespon
     h = response.headers
     if origin is not None and origin in cors:
         h["Access-Control-Allow-Origin"] = origin
-        h["Vary"] = "Origin"
-        h["Access-Control-Allow-Methods"] = "GET, POST, DELETE, OPTIONS"
-        h["Access-Control-Allow-Headers"] = (
-            "Authorization, Content-Type, X-Request-ID, Mcp-Session-Id, MCP-Protocol-Version"
-        )
-        h["Access-Control-Expose-Headers"] = "X-Request-ID, Retry-After, Mcp-Session-Id"
-        h["Access-Control-Max-Age"] = "600"
+        h.update(CORS_HEADERS)
     if not response.prepared:
         h["X-Request-ID"] = rid
-        h["X-Content-Type-Options"] = "nosniff"
-        h["X-Frame-Options"] = "DENY"
-        h["Content-Security-Policy"] = "default-src 'none'; frame-ancestors 'none'"
-        h["Cache-Control"] = "no-store"
-        h["Referrer-Policy"] = "no-referrer"
+        h.update(SECURITY_HEADERS)
         if request.secure:
-            h["Strict-Transport-Security"] = "max-age=31536000; includeSubDomains"
+            h.update((HSTS,))
     return response
 
 
@@ -135,43 +136,66 @@ async def rpc(request: web.Request) -> web.Response:
 
 async def _rpc(request: web.Request) -> web.Response:
     svc = request.app[SERVICES]
-    rt = svc.runtime
     rid: str = request["request_id"]
-    source = source_ip(request)
-    admission = svc.admission
-    caller = Caller("http", source)
+    caller = Caller("http", source_ip(request))
     conns = request.app[HTTP_CONNECTIONS]
-    kept = conns.kept(request.transport)
-    conns.keep(request.transport, None)
     header = request.headers.get("Authorization", "")
+    refused = await rpc_authenticate(svc, conns, request.transport, caller, header, rid)
+    if refused is not None:
+        return error_response(refused)
+    body = await _read_body(request, svc.runtime.config.limits.maxMessageBytes)
+    status, payload, headers = await rpc_call(svc, caller, rid, body)
+    if payload is None:
+        return web.Response(status=status)
+    return json_response(payload, status, headers)
+
+
+async def rpc_authenticate(
+    svc: Services,
+    conns: HttpConnections,
+    transport: asyncio.BaseTransport | None,
+    caller: Caller,
+    header: str,
+    rid: str,
+) -> Refusal | None:
+    """Who calls `/v1/rpc`: the connection keeps a token's match between its requests
+    (`Admission.authenticate_kept`)."""
+    kept = conns.kept(transport)
+    conns.keep(transport, None)
     try:
-        proof = await admission.authenticate_kept(
+        proof = await svc.admission.authenticate_kept(
             caller,
             header,
-            bearer(request),
+            bearer_token(header),
             kept if isinstance(kept, Proof) else None,
             request_id=rid,
         )
     except Refusal as err:
-        return error_response(err)
-    conns.keep(request.transport, proof)
-    body = await _read_body(request, rt.config.limits.maxMessageBytes)
+        return err
+    conns.keep(transport, proof)
+    return None
+
+
+async def rpc_call(
+    svc: Services, caller: Caller, rid: str, body: bytes
+) -> tuple[int, Any, dict[str, str]]:
+    """One `/v1/rpc` body, run: the status, the JSON body (None: no content) and headers."""
     try:
         payload = jsonrpc.decode_json(body)
     except jsonrpc.InvalidMessage as err:
-        return error_response(err)
+        return error_parts(err)
     batch = isinstance(payload, list)
     calls = payload if batch else [payload]
     if batch and not calls:
-        return error_response(QrcError(ErrorCode.INVALID_REQUEST, "Invalid request: empty batch"))
-    responses = await admission.serve(caller, calls, rid)
+        return error_parts(QrcError(ErrorCode.INVALID_REQUEST, "Invalid request: empty batch"))
+    responses = await svc.admission.serve(caller, calls, rid)
     if isinstance(responses, Refusal):
-        return error_response(responses)
+        return error_parts(responses)
     answered = [r for r in responses if r is not None]
     if batch:
-        return json_response(answered) if answered else web.Response(status=204)
+        return (200, answered, {}) if answered else (204, None, {})
     if not answered:
-        return web.Response(status=204)
+        return 204, None, {}
     resp = answered[0]
     status = 200
     error = resp.get("error")
@@ -180,7 +204,7 @@ async def _rpc(request: web.Request) -> web.Response:
     headers = {}
     if status in (429, 503):
         headers["Retry-After"] = "1"
-    return json_response(resp, status, headers)
+    return status, resp, headers
 
 
 async def status(request: web.Request) -> web.Response:

@@ -11,9 +11,32 @@ from aiohttp import web
 from qsys_protocol.qrc import jsonrpc
 from qsys_protocol.qrc.errors import ErrorCode, QrcError
 
+from ..connlimit import HttpConnections
 from .common import HTTP_STATUS, Services
 
+SECURITY_HEADERS = (
+    ("X-Content-Type-Options", "nosniff"),
+    ("X-Frame-Options", "DENY"),
+    ("Content-Security-Policy", "default-src 'none'; frame-ancestors 'none'"),
+    ("Cache-Control", "no-store"),
+    ("Referrer-Policy", "no-referrer"),
+)
+"""On every response the gateway makes (with the request id, and HSTS over TLS)."""
+HSTS = ("Strict-Transport-Security", "max-age=31536000; includeSubDomains")
+CORS_HEADERS = (
+    ("Vary", "Origin"),
+    ("Access-Control-Allow-Methods", "GET, POST, DELETE, OPTIONS"),
+    (
+        "Access-Control-Allow-Headers",
+        "Authorization, Content-Type, X-Request-ID, Mcp-Session-Id, MCP-Protocol-Version",
+    ),
+    ("Access-Control-Expose-Headers", "X-Request-ID, Retry-After, Mcp-Session-Id"),
+    ("Access-Control-Max-Age", "600"),
+)
+"""Beside `Access-Control-Allow-Origin` for an allowed Origin."""
+
 SERVICES: web.AppKey[Services] = web.AppKey("services", Services)
+HTTP_CONNECTIONS: web.AppKey[HttpConnections] = web.AppKey("http_connections", HttpConnections)
 
 
 def json_response(
@@ -24,18 +47,23 @@ def json_response(
     )
 
 
-def error_response(
+def error_parts(
     err: QrcError, rid_in_body: Any = None, status: int | None = None
-) -> web.Response:
+) -> tuple[int, Any, dict[str, str]]:
+    """An error's HTTP status, JSON-RPC error body and headers (Retry-After)."""
     headers = {}
     retry = getattr(err, "retry_after", 0.0) or 0.0
     if err.code in (ErrorCode.RATE_LIMITED, ErrorCode.CORE_UNAVAILABLE):
         headers["Retry-After"] = str(max(1, math.ceil(retry)))
-    return json_response(
-        jsonrpc.error_message(rid_in_body, err),
-        status or HTTP_STATUS.get(err.code, 200),
-        headers,
-    )
+    body = jsonrpc.error_message(rid_in_body, err)
+    return status or HTTP_STATUS.get(err.code, 200), body, headers
+
+
+def error_response(
+    err: QrcError, rid_in_body: Any = None, status: int | None = None
+) -> web.Response:
+    code, body, headers = error_parts(err, rid_in_body, status)
+    return json_response(body, code, headers)
 
 
 def source_ip(request: web.Request) -> str:
@@ -43,7 +71,10 @@ def source_ip(request: web.Request) -> str:
 
 
 def bearer(request: web.Request) -> str | None:
-    header = request.headers.get("Authorization", "")
+    return bearer_token(request.headers.get("Authorization", ""))
+
+
+def bearer_token(header: str) -> str | None:
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         return None

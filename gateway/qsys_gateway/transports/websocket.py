@@ -3,6 +3,13 @@
 `GET /v1/ws` is the gateway's own; `GET /qrc-public-api/v0` is the vendor's QRWC
 path (what `@q-sys/qrwc` and the seeds' web panels dial on a Core), which also takes
 the token from an `apiKey` field in each request. Both run the same code.
+
+The upgrade is aiohttp's (its handshake checks and the 101 response, behind the
+middleware's Origin check); then the socket is taken from aiohttp (`HttpConnections.
+take_over`) and served by a `WsConnection`: frames read by `wsframes.FrameReader` as the
+bytes arrive and handed to admission at once, replies framed by the gateway and written
+once per event-loop pass. An idle client holds no aiohttp request, parser, queue or
+task: its connection, its reader and one heartbeat timer.
 """
 
 from __future__ import annotations
@@ -10,35 +17,57 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import struct
-from typing import Any
+from collections import deque
+from collections.abc import Coroutine
+from typing import Any, cast
 
 import orjson
-from aiohttp import WSCloseCode, WSMsgType, web
+from aiohttp import web
+from aiohttp.http_websocket import WebSocketWriter
+from aiohttp.web_request import BaseRequest
 
+from qsys_protocol.qrc import jsonrpc
 from qsys_protocol.qrc.errors import ErrorCode, QrcError
 
 from ..admission import Refusal
 from ..client_registry import ClientHandle
+from .common import Services
 from .connected import ConnectedClient
-from .responses import SERVICES, bearer, error_response, source_ip
+from .responses import HTTP_CONNECTIONS, SERVICES, bearer, error_response, source_ip
+from .wsframes import (
+    BINARY,
+    CLOSE,
+    GOING_AWAY,
+    NO_STATUS,
+    NORMAL_CLOSURE,
+    PING,
+    POLICY_VIOLATION,
+    PONG,
+    TEXT,
+    FrameReader,
+    WsError,
+    close_frame,
+    close_reason,
+    control_frame,
+    text_frame_header,
+)
 
 log = logging.getLogger("qsys_gateway.websocket")
 
 _CLOSERS: set[asyncio.Task[None]] = set()
-"""Slow clients being closed (one set for all, not one per client)."""
+"""Connections finishing (one set for all, not one per client)."""
 
-_LEN16 = struct.Struct("!BBH").pack
-_LEN64 = struct.Struct("!BBQ").pack
-
-
-def text_frame_header(size: int) -> bytes:
-    """The header of a final, unmasked, uncompressed text frame of `size` bytes (RFC 6455)."""
-    if size < 126:
-        return bytes((0x81, size))
-    if size < 65536:
-        return _LEN16(0x81, 126, size)
-    return _LEN64(0x81, 127, size)
+HEARTBEAT = 20.0
+"""A client silent this long is pinged (as aiohttp's `heartbeat=20` did) ..."""
+PONG_WAIT = 10.0
+"""... and its socket closed when it stays silent this much longer."""
+CLOSE_WAIT = 5.0
+"""After the gateway's close frame: how long the client has to answer it."""
+SLOW_CLOSE_WAIT = 2.0
+QUEUED_BYTES = 256 * 1024
+"""Received messages waiting for the connection's calls to make room: past this, the
+socket is not read until they are taken (TCP pushes back on the client)."""
+DRAIN_WAIT = 5.0
 
 
 async def websocket_handler(request: web.Request) -> web.StreamResponse:
@@ -49,135 +78,41 @@ async def qrwc_handler(request: web.Request) -> web.StreamResponse:
     return await _serve(request, "qrwc", api_key=True)
 
 
-class _Outbox:
-    """What a WebSocket client is sent. Replies wait in `pending` until the end of the
-    event-loop pass (`flush`), or for a writer task that exists only while the socket is
-    backed up: an idle client holds no task, queue or last message."""
+class _Held:
+    """What aiohttp reads after the upgrade request until the socket is taken over (a
+    client may send frames right behind its handshake): kept for the `WsConnection`."""
 
-    __slots__ = (
-        "backlog",
-        "budget",
-        "dead",
-        "flush_due",
-        "pending",
-        "request",
-        "rid",
-        "transport",
-        "writer",
-        "ws",
-    )
+    __slots__ = ("chunks",)
 
-    def __init__(
-        self, request: web.Request, ws: web.WebSocketResponse, transport: str, rid: str
+    def __init__(self) -> None:
+        self.chunks: list[bytes] = []
+
+    def feed_data(self, data: bytes) -> tuple[bool, bytes]:
+        self.chunks.append(bytes(data))
+        return False, b""
+
+    def feed_eof(self) -> None:
+        pass
+
+
+class _Upgrade(web.WebSocketResponse):
+    """aiohttp's handshake and 101 response, without its WebSocket reader: the bytes
+    after the upgrade go to `_Held`, and the socket to a `WsConnection`."""
+
+    def __init__(self, held: _Held) -> None:
+        # No compression: permessage-deflate would hold zlib state per client (hundreds
+        # of KiB) for JSON-RPC messages of a few hundred bytes.
+        super().__init__(compress=False, heartbeat=None, autoping=False)
+        self._held = held
+
+    def _post_start(
+        self, request: BaseRequest, protocol: str | None, writer: WebSocketWriter
     ) -> None:
-        self.request = request
-        self.ws = ws
-        self.transport = transport
-        self.rid = rid
-        self.budget = request.app[SERVICES].runtime.send_budget
-        self.pending: list[bytes] = []
-        self.writer: asyncio.Task[None] | None = None
-        self.flush_due = False
-        self.backlog = 0
-        self.dead = False
-        """Closed for being slow, or finished: nothing more is queued."""
+        request.protocol.set_parser(cast(Any, self._held))
+        request.protocol.keep_alive(False)
 
-    def send(self, message: dict[str, Any]) -> None:
-        if self.dead or self.ws.closed:
-            return
-        data = orjson.dumps(message)
-        size = len(data)
-        if not self.budget.admits(self.backlog, size):
-            self.close_slow()
-            return
-        self.backlog += size
-        self.budget.take(size)
-        self.pending.append(data)
-        if not self.flush_due:
-            self.flush_due = True
-            asyncio.get_running_loop().call_soon(self.flush)
-
-    def flush(self) -> None:
-        """End of the event-loop pass: what was sent in it goes out in one write while the
-        socket keeps up; otherwise (or compressed) a writer task waits for it to drain."""
-        self.flush_due = False
-        pending = self.pending
-        if self.writer is not None or self.dead or not pending:
-            return
-        sock = self.request.transport
-        if self.ws.closed or sock is None or sock.is_closing():
-            self.release_queue()
-            return
-        if self.ws.compress or sock.get_write_buffer_size() > 0:
-            self.writer = asyncio.get_running_loop().create_task(self.write_pending())
-            return
-        sent = 0
-        frames = []
-        for data in pending:
-            sent += len(data)
-            frames.append(text_frame_header(len(data)))
-            frames.append(data)
-        pending.clear()
-        sock.write(b"".join(frames))
-        self.backlog -= sent
-        self.budget.give(sent)
-
-    async def write_pending(self) -> None:
-        """Write what is pending, in order, then end (the next `send` starts another)."""
-        pending = self.pending
-        try:
-            while pending and not self.dead:
-                batch = pending.copy()
-                pending.clear()
-                for data in batch:
-                    await self.ws.send_frame(data, WSMsgType.TEXT)
-                    if not self.dead:  # else release_queue() gave it back already
-                        self.backlog -= len(data)
-                        self.budget.give(len(data))
-                del batch
-        except (ConnectionError, RuntimeError):
-            pass  # the client went away: the handler ends and gives the rest back
-        finally:
-            self.writer = None
-
-    def close_slow(self) -> None:
-        self.dead = True
-        log.warning("closing a WebSocket client that does not read", extra={"request_id": self.rid})
-        self.request.app[SERVICES].runtime.metrics.slow_clients.labels(self.transport).inc()
-        if self.writer is not None:
-            self.writer.cancel()
-        self.release_queue()
-        closer = asyncio.get_running_loop().create_task(self.slow_close())
-        _CLOSERS.add(closer)
-        closer.add_done_callback(_CLOSERS.discard)
-
-    async def slow_close(self) -> None:
-        try:
-            async with asyncio.timeout(2.0):
-                await self.ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"client too slow")
-        except TimeoutError:
-            sock = self.request.transport
-            if sock is not None:
-                sock.abort()
-
-    def release_queue(self) -> None:
-        self.pending.clear()
-        self.budget.give(self.backlog)
-        self.backlog = 0
-
-    async def close(self) -> None:
-        await self.ws.close(code=WSCloseCode.GOING_AWAY, message=b"gateway shutting down")
-
-    async def finish(self) -> None:
-        """The handler ends: what is pending is written first (bounded), then closed."""
-        self.flush()
-        if self.writer is not None:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await asyncio.wait_for(self.writer, 2.0)
-        self.dead = True
-        self.release_queue()
-        if not self.ws.closed:
-            await self.ws.close()
+    async def write_eof(self) -> None:  # type: ignore[override]
+        """The socket is the `WsConnection`'s: aiohttp must not write a close frame."""
 
 
 async def _serve(request: web.Request, transport: str, *, api_key: bool) -> web.StreamResponse:
@@ -187,23 +122,13 @@ async def _serve(request: web.Request, transport: str, *, api_key: bool) -> web.
     source = source_ip(request)
     if rt.shutting_down:
         return error_response(QrcError(ErrorCode.CORE_UNAVAILABLE, "Gateway is shutting down"))
-    ws = web.WebSocketResponse(
-        max_msg_size=rt.config.limits.maxMessageBytes, heartbeat=20.0, autoping=True
-    )
-    out = _Outbox(request, ws, transport, rid)
-    handle = ClientHandle(transport, source, out.send, out.close)
-    conn = ConnectedClient(
-        svc,
-        handle,
-        answers_before_logon=False,
-        pre_logon_error=ErrorCode.UNAUTHENTICATED,
-        api_key=api_key,
-    )
+    conn = WsConnection(svc, transport, source, rid, api_key=api_key)
+    client = conn.client
     subject = None
     token = bearer(request)
     if token is not None:
         try:
-            subject = await svc.admission.authenticate(conn.caller, token, request_id=rid)
+            subject = await svc.admission.authenticate(client.caller, token, request_id=rid)
         except Refusal as err:
             return error_response(err)
     refused = svc.clients.refusal(source, rt.config.limits, authenticated=subject is not None)
@@ -211,30 +136,361 @@ async def _serve(request: web.Request, transport: str, *, api_key: bool) -> web.
         rt.metrics.connections_refused.labels(transport, refused).inc()
         return error_response(QrcError(ErrorCode.CORE_UNAVAILABLE, "Too many clients"))
 
+    held = _Held()
+    ws = _Upgrade(held)
     await ws.prepare(request)
-    svc.clients.add(handle)
-    try:
-        if subject is not None:
-            conn.log_on(subject)
-            conn.announce()
-        async with asyncio.timeout(None) as deadline:
-            if subject is None:  # absolute: frames do not extend it
-                logon_timeout = rt.config.limits.logonTimeoutSeconds
-                deadline.reschedule(asyncio.get_running_loop().time() + logon_timeout)
-            async for msg in ws:
-                if msg.type == WSMsgType.TEXT or msg.type == WSMsgType.BINARY:
-                    rest = conn.handle_frame_now(msg.data)
-                    if rest is not None:
-                        await rest
-                    if msg.type == WSMsgType.TEXT and conn.logged_on:
-                        deadline.reschedule(None)
-                elif msg.type == WSMsgType.ERROR:
-                    break
-    except TimeoutError:
-        await ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"logon timeout")
-    finally:
-        svc.clients.remove(handle)
-        await conn.drain(5.0)
-        await conn.close()
-        await out.finish()
+    sock = request.transport
+    if sock is None or sock.is_closing() or not request.app[HTTP_CONNECTIONS].take_over(sock, conn):
+        return ws
+    # aiohttp lets go of the socket: without its transport it cannot close or write it
+    protocol = request.protocol
+    protocol.transport = None
+    protocol.connection_lost(None)
+    conn.start(sock, held.chunks, subject)
     return ws
+
+
+class WsConnection(asyncio.Protocol):
+    """One upgraded WebSocket, from the 101 to the close."""
+
+    __slots__ = (
+        "_beat",
+        "_budget",
+        "_close_sent",
+        "_close_timer",
+        "_dead",
+        "_finish",
+        "_flush_due",
+        "_logon_timer",
+        "_lost",
+        "_messages",
+        "_paused",
+        "_pending",
+        "_pinged",
+        "_queued",
+        "_reader",
+        "_seen",
+        "_worker",
+        "_write_paused",
+        "backlog",
+        "client",
+        "handle",
+        "rid",
+        "svc",
+        "transport",
+        "transport_name",
+    )
+
+    def __init__(
+        self, svc: Services, transport_name: str, source: str, rid: str, *, api_key: bool
+    ) -> None:
+        self.svc = svc
+        self.transport_name = transport_name
+        self.rid = rid
+        self.transport: asyncio.Transport | None = None
+        self.handle = handle = ClientHandle(transport_name, source, self.send, self.close)
+        self.client = ConnectedClient(
+            svc,
+            handle,
+            answers_before_logon=False,
+            pre_logon_error=ErrorCode.UNAUTHENTICATED,
+            api_key=api_key,
+        )
+        rt = svc.runtime
+        self._reader: FrameReader | None = FrameReader(rt.config.limits.maxMessageBytes)
+        self._budget = rt.send_budget
+        self._pending: list[bytes] = []
+        self.backlog = 0
+        self._flush_due = False
+        self._write_paused = False
+        self._dead = False
+        """Nothing more is sent (closed for being slow, or the socket is gone)."""
+        self._close_sent = False
+        self._messages: deque[bytes | str] | None = None
+        """Messages not yet handed to admission (made by the first that waits)."""
+        self._queued = 0
+        self._paused = False
+        self._worker: asyncio.Task[None] | None = None
+        self._finish: asyncio.Task[None] | None = None
+        self._seen = 0.0
+        self._pinged = 0.0
+        self._beat: asyncio.TimerHandle | None = None
+        self._logon_timer: asyncio.TimerHandle | None = None
+        self._close_timer: asyncio.TimerHandle | None = None
+        self._lost: asyncio.Future[None] | None = None
+
+    def start(self, sock: asyncio.Transport, held: list[bytes], subject: Any) -> None:
+        """The socket is this connection's from now on (the 101 is written)."""
+        self.transport = sock
+        svc = self.svc
+        loop = asyncio.get_running_loop()
+        self._seen = loop.time()
+        self._beat = loop.call_later(HEARTBEAT, self._heartbeat)
+        svc.clients.add(self.handle)
+        if subject is not None:
+            try:
+                self.client.log_on(subject)
+            except Refusal as full:
+                self.send(jsonrpc.error_message(None, full))
+                self._close(POLICY_VIOLATION, "too many clients")
+                return
+            self.client.announce()
+        else:  # absolute: frames do not extend it
+            timeout = svc.runtime.config.limits.logonTimeoutSeconds
+            self._logon_timer = loop.call_later(timeout, self._logon_due)
+        for data in held:
+            self.data_received(data)
+        if not self._paused and not sock.is_reading():
+            sock.resume_reading()
+
+    # ---- asyncio.Protocol (through the HTTP listener's guard) -------------------------
+
+    def data_received(self, data: bytes) -> None:
+        reader = self._reader
+        if reader is None:
+            return
+        self._seen = asyncio.get_running_loop().time()
+        try:
+            frames = reader.feed(data)
+        except WsError as err:
+            self._reader = None
+            self._close(err.code, err.reason)
+            return
+        for opcode, payload in frames:
+            if opcode in (TEXT, BINARY):
+                if not self._close_sent:
+                    self._message(payload)
+            elif opcode == PING:
+                self._write(control_frame(PONG, cast(bytes, payload)))
+            elif opcode == CLOSE:
+                self._closed_by_client(cast(bytes, payload))
+                return
+
+    def eof_received(self) -> bool | None:
+        return None
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        self._flush()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._dead = True
+        self._reader = None
+        for timer in (self._beat, self._logon_timer, self._close_timer):
+            if timer is not None:
+                timer.cancel()
+        self._beat = self._logon_timer = self._close_timer = None
+        self._release_queue()
+        if self._lost is not None and not self._lost.done():
+            self._lost.set_result(None)
+        self._end()
+
+    # ---- what the client sent ---------------------------------------------------------
+
+    def _message(self, payload: bytes | str) -> None:
+        if self._worker is not None:
+            queue = self._messages
+            if queue is None:
+                queue = self._messages = deque()
+            queue.append(payload)
+            self._queued += len(payload)
+            if self._queued > QUEUED_BYTES and not self._paused and self.transport is not None:
+                self.transport.pause_reading()
+                self._paused = True
+            return
+        rest = self.client.handle_frame_now(payload)
+        if rest is not None:
+            self._worker = asyncio.get_running_loop().create_task(self._work(rest))
+        elif self._logon_timer is not None and self.client.logged_on:
+            self._logged_on()
+
+    async def _work(self, rest: Coroutine[Any, Any, Any]) -> None:
+        """Finish the message in hand, then hand the waiting ones to admission in order."""
+        client = self.client
+        try:
+            await rest
+            if self._logon_timer is not None and client.logged_on:
+                self._logged_on()
+            queue = self._messages
+            while queue and not self._close_sent:
+                payload = queue.popleft()
+                self._queued = max(0, self._queued - len(payload))
+                more = client.handle_frame_now(payload)
+                if more is not None:
+                    await more
+                if self._logon_timer is not None and client.logged_on:
+                    self._logged_on()
+        finally:
+            self._worker = None
+            self._queued = 0
+            if self._messages is not None:
+                self._messages.clear()
+            if self._paused and not self._dead and self.transport is not None:
+                self._paused = False
+                self.transport.resume_reading()
+
+    def _logged_on(self) -> None:
+        if self._logon_timer is not None:
+            self._logon_timer.cancel()
+            self._logon_timer = None
+
+    def _logon_due(self) -> None:
+        self._logon_timer = None
+        if not self.client.logged_on:
+            self._close(POLICY_VIOLATION, "logon timeout")
+
+    def _heartbeat(self) -> None:
+        """Ping after `HEARTBEAT` s of silence; close after `PONG_WAIT` s more of it."""
+        self._beat = None
+        if self._dead or self._close_sent:
+            return
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        if self._pinged and self._seen <= self._pinged:
+            log.info("closing a WebSocket client that does not answer pings")
+            self._abort()
+            return
+        silent = now - self._seen
+        if silent >= HEARTBEAT:
+            self._pinged = now
+            self._write(control_frame(PING))
+            self._beat = loop.call_later(PONG_WAIT, self._heartbeat)
+            return
+        self._pinged = 0.0
+        self._beat = loop.call_later(HEARTBEAT - silent, self._heartbeat)
+
+    def _closed_by_client(self, payload: bytes) -> None:
+        """The client's close frame: answered (unless it answers the gateway's), then the
+        socket is closed."""
+        self._reader = None
+        if not self._close_sent:
+            code, _ = close_reason(payload)
+            self._close_sent = True
+            self._flush()
+            self._write(close_frame(NORMAL_CLOSURE if code == NO_STATUS else code))
+        self._dead = True
+        self._release_queue()
+        if self.transport is not None:
+            self.transport.close()
+        self._end()
+
+    # ---- what the gateway sends -------------------------------------------------------
+
+    def send(self, message: dict[str, Any]) -> None:
+        if self._dead or self._close_sent:
+            return
+        data = orjson.dumps(message)
+        size = len(data)
+        if not self._budget.admits(self.backlog, size):
+            self._close_slow()
+            return
+        self.backlog += size
+        self._budget.take(size)
+        self._pending.append(data)
+        if not self._flush_due:
+            self._flush_due = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        """End of the event-loop pass: the replies of the pass go out in one write, unless
+        the socket's buffer is full (`pause_writing`); then they wait for it to drain."""
+        self._flush_due = False
+        pending = self._pending
+        if self._write_paused or not pending:
+            return
+        sock = self.transport
+        if self._dead or sock is None or sock.is_closing():
+            self._release_queue()
+            return
+        if len(pending) == 1:
+            data = pending[0]
+            sent = len(data)
+            sock.write(text_frame_header(sent) + data)
+        else:
+            sent = 0
+            frames = []
+            for data in pending:
+                sent += len(data)
+                frames.append(text_frame_header(len(data)))
+                frames.append(data)
+            sock.write(b"".join(frames))
+        pending.clear()
+        self.backlog -= sent
+        self._budget.give(sent)
+
+    def _write(self, frame: bytes) -> None:
+        sock = self.transport
+        if sock is not None and not sock.is_closing():
+            sock.write(frame)
+
+    def _release_queue(self) -> None:
+        self._pending.clear()
+        self._budget.give(self.backlog)
+        self.backlog = 0
+
+    def _close_slow(self) -> None:
+        self._dead = True
+        log.warning("closing a WebSocket client that does not read", extra={"request_id": self.rid})
+        self.svc.runtime.metrics.slow_clients.labels(self.transport_name).inc()
+        self._release_queue()
+        self._close(POLICY_VIOLATION, "client too slow", wait=SLOW_CLOSE_WAIT)
+
+    def _close(self, code: int, reason: str, *, wait: float = CLOSE_WAIT) -> None:
+        """Send the close frame (after what is pending), end the session, and close the
+        socket when the client answers or after `wait` seconds."""
+        if self._close_sent or self.transport is None:
+            return
+        self._flush()
+        self._close_sent = True
+        self._write(close_frame(code, reason))
+        self._close_timer = asyncio.get_running_loop().call_later(wait, self._abort)
+        self._end()
+
+    def _abort(self) -> None:
+        self._close_timer = None
+        if self.transport is not None:
+            self.transport.abort()
+
+    async def close(self) -> None:
+        """Shutdown or a revoked credential: the close frame (1001), then the socket is
+        closed at once (as aiohttp did; the client's answer is not waited for), and this
+        waits until it is gone."""
+        sock = self.transport
+        if sock is None or self._lost is not None:
+            return
+        self._lost = asyncio.get_running_loop().create_future()
+        self._close(GOING_AWAY, "gateway shutting down")
+        sock.close()
+        try:
+            await asyncio.wait_for(asyncio.shield(self._lost), CLOSE_WAIT)
+        except TimeoutError:
+            self._abort()
+
+    def _end(self) -> None:
+        if self._finish is not None:
+            return
+        self._finish = task = asyncio.get_running_loop().create_task(self._finished())
+        _CLOSERS.add(task)
+        task.add_done_callback(_CLOSERS.discard)
+
+    async def _finished(self) -> None:
+        """The session ends: calls in flight are answered (bounded), the session and its
+        change groups released; then the socket closes (a normal close if nobody closed
+        it yet)."""
+        self.svc.clients.remove(self.handle)
+        if self._logon_timer is not None:
+            self._logon_timer.cancel()
+            self._logon_timer = None
+        try:
+            if self._worker is not None:
+                with contextlib.suppress(Exception):  # its calls' errors were answered
+                    await asyncio.wait_for(asyncio.shield(self._worker), DRAIN_WAIT)
+            await self.client.drain(DRAIN_WAIT)
+            await self.client.close()
+        finally:
+            self._flush()
+            if not self._close_sent and not self._dead:
+                self._close(NORMAL_CLOSURE, "")
