@@ -8,13 +8,16 @@
 # them), then the groups of later tests. A test waits for the groups of its
 # `@pytest.mark.tools(...)` marks, an e2e test also for `kube` and, when it uses the real
 # node, NODE_TOOL_GROUPS (tests/conftest.py); the tests run in this order too. Add a new
-# group where the first test that needs it should start.
+# group where the first test that needs it should start. `cosign` comes last of the
+# real-node tests' groups: test_release_registry.py's pulls from its registry leave the
+# node's containerd 1.6 answering ErrImageNeverPull for the imported images, so it runs
+# after every other test on the real node (test_helm_upgrade.py says more).
 NODE_TOOL_GROUPS ?= node metrics-server coredns kube-router
 # Only the floor run (kube-floor) and the kind smoke test (kind, kubeadm for its node
 # image) after the main run need these.
 LATE_TOOL_GROUPS ?= kube-floor kind kubeadm
-TOOL_GROUPS ?= kube helm $(NODE_TOOL_GROUPS) prometheus prometheus-operator registry cosign \
-	kstatus argocd promtool krew otelcol $(LATE_TOOL_GROUPS)
+TOOL_GROUPS ?= kube helm $(NODE_TOOL_GROUPS) prometheus prometheus-operator registry kstatus \
+	argocd cosign promtool krew otelcol $(LATE_TOOL_GROUPS)
 # What the local cluster with its real node and the chart need (`make cluster-up`, `make demo`).
 CLUSTER_TOOL_GROUPS ?= kube helm $(NODE_TOOL_GROUPS)
 KIND_CLUSTER ?= qsys-e2e

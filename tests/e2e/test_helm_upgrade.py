@@ -19,7 +19,7 @@ operator, and the gateway pods rolled at most once.
 
 This module runs before test_release_registry.py (the tests on the real node run on one
 worker, in the order of the last tool group each file needs, tests/conftest.py: `helm`
-here, `registry` and `cosign`, built later, there): after that module's pulls of the
+here, `cosign`, the last of the real-node tests' groups, there): after that module's pulls of the
 same images from its registry, and this module's import of the previous release's
 images, the node's containerd (1.6, CRI) answered ErrImageNeverPull for the imported
 `core-sim:<version>` reference; a ctr re-import did not bring it back. Not understood
