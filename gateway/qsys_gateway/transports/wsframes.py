@@ -107,7 +107,6 @@ class FrameReader:
             held += data  # amortised: a frame trickled in small pieces is not copied again
             buf = held
         out: list[tuple[int, bytes | str]] = []
-        pos = 0
         end = len(buf)
         try:
             pos = self._frames(buf, end, out)
