@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import http.client
 import time
 from typing import Any
 
@@ -224,3 +225,24 @@ async def test_a_request_after_a_413_is_not_run(shared_gateway: GatewayProcess) 
             assert await asyncio.wait_for(reader.read(), 5) == b""
     finally:
         writer.close()
+
+
+@pytest.mark.parametrize(
+    ("token", "status"), [(ADMIN_TOKEN, 413), ("not-a-token", 401)], ids=["413", "401"]
+)
+def test_a_client_still_sending_a_refused_body_reads_the_answer(
+    shared_gateway: GatewayProcess, token: str, status: int
+) -> None:
+    """`http.client` (under `requests`) writes the whole body before it reads: the
+    gateway reads and drops a body it refused, so the client gets the 413 or 401, not
+    a broken pipe from a reset (aiohttp's lingering close does the same)."""
+    body = b'{"jsonrpc":"2.0","id":1,"method":"NoOp","x":"' + b"x" * (8 << 20) + b'"}'
+    conn = http.client.HTTPConnection("127.0.0.1", shared_gateway.http_port, timeout=20)
+    try:
+        headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+        conn.request("POST", "/v1/rpc", body=body, headers=headers)
+        response = conn.getresponse()
+        assert (response.status, response.getheader("Connection")) == (status, "close")
+        assert orjson.loads(response.read())["error"]["code"] in (-32600, -32001)
+    finally:
+        conn.close()
