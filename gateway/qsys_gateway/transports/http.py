@@ -30,6 +30,7 @@ from .responses import (
     CORS_HEADERS,
     HSTS,
     HTTP_CONNECTIONS,
+    REQUEST_ID,
     SECURITY_HEADERS,
     SERVICES,
     bearer,
@@ -51,7 +52,7 @@ async def middleware(request: web.Request, handler: Handler) -> web.StreamRespon
     """Request id, CORS, security headers, and no stack trace ever."""
     svc = request.app[SERVICES]
     rid = request_id(request.headers.get("X-Request-ID"))
-    request["request_id"] = rid
+    request[REQUEST_ID] = rid
     origin = request.headers.get("Origin")
     cors = svc.runtime.config.cors.allowedOrigins
     response: web.StreamResponse
@@ -136,7 +137,7 @@ async def rpc(request: web.Request) -> web.Response:
 
 async def _rpc(request: web.Request) -> web.Response:
     svc = request.app[SERVICES]
-    rid: str = request["request_id"]
+    rid: str = request[REQUEST_ID]
     caller = Caller("http", source_ip(request))
     conns = request.app[HTTP_CONNECTIONS]
     header = request.headers.get("Authorization", "")
@@ -209,7 +210,7 @@ async def rpc_call(
 
 async def status(request: web.Request) -> web.Response:
     svc = request.app[SERVICES]
-    rid: str = request["request_id"]
+    rid: str = request[REQUEST_ID]
     try:
         await svc.admission.authenticate(
             Caller("http", source_ip(request)), bearer(request), request_id=rid, method="StatusGet"

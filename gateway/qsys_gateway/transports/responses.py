@@ -37,6 +37,7 @@ CORS_HEADERS = (
 
 SERVICES: web.AppKey[Services] = web.AppKey("services", Services)
 HTTP_CONNECTIONS: web.AppKey[HttpConnections] = web.AppKey("http_connections", HttpConnections)
+REQUEST_ID: web.RequestKey[str] = web.RequestKey("request_id", str)
 
 
 def json_response(

@@ -33,7 +33,14 @@ from ..admission import Refusal
 from ..client_registry import ClientHandle
 from .common import Services
 from .connected import ConnectedClient
-from .responses import HTTP_CONNECTIONS, SERVICES, bearer, error_response, source_ip
+from .responses import (
+    HTTP_CONNECTIONS,
+    REQUEST_ID,
+    SERVICES,
+    bearer,
+    error_response,
+    source_ip,
+)
 from .wsframes import (
     BINARY,
     CLOSE,
@@ -118,7 +125,7 @@ class _Upgrade(web.WebSocketResponse):
 async def _serve(request: web.Request, transport: str, *, api_key: bool) -> web.StreamResponse:
     svc = request.app[SERVICES]
     rt = svc.runtime
-    rid: str = request["request_id"]
+    rid: str = request[REQUEST_ID]
     source = source_ip(request)
     if rt.shutting_down:
         return error_response(QrcError(ErrorCode.CORE_UNAVAILABLE, "Gateway is shutting down"))
