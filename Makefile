@@ -87,5 +87,7 @@ clean:
 -include mk/*.mk
 
 # KEEP=1: leave the cluster and the demo running (`make cluster-down` ends it).
-demo: install cluster-up-tools images
+# The cluster's tool groups build from the start, beside install and the images.
+demo:
+	@$(MAKE) --no-print-directory -j2 --output-sync=target cluster-up-tools images
 	KEEP=$(KEEP) $(BIN)/python hack/demo.py
