@@ -246,6 +246,8 @@ class UpstreamPool:
                         and any(c.up and c is not target for c in self._conns)
                     ):
                         retried = True
+                        if self._held is target:
+                            self._held = None
                         continue
                     raise CoreUnavailable(
                         "connection to the Core lost", self._reconnect_eta()
