@@ -8,9 +8,9 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-
 from bench.__main__ import main as bench_main
 from bench.common import gateway
+
 from qsys_testkit import SimulatorProcess
 
 REPO = Path(__file__).resolve().parents[2]

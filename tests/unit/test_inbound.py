@@ -105,15 +105,18 @@ async def test_reading_pauses_past_the_byte_bound_and_resumes_when_taken(probe: 
     for _ in range(QUEUED_BYTES // len(chunk)):
         probe._arrived(chunk)
     assert probe._queued == QUEUED_BYTES
-    assert _reading(probe) and not probe._paused  # at the bound: still read
+    assert _reading(probe)  # at the bound: still read
+    assert not probe._paused
     probe._arrived(b"!")
     assert probe._queued == QUEUED_BYTES + 1
-    assert probe._paused and not _reading(probe)  # past it: TCP pushes back
+    assert probe._paused  # past it: TCP pushes back
+    assert not _reading(probe)
     probe.gate.set_result(None)
     await _drained(probe)
     assert len(probe.taken) == 1 + QUEUED_BYTES // len(chunk) + 1
     assert probe.taken[-1] == b"!"
-    assert not probe._paused and _reading(probe)
+    assert not probe._paused
+    assert _reading(probe)
     assert probe._queued == 0
 
 
@@ -126,9 +129,11 @@ async def test_a_closing_connection_drops_the_queue_and_stays_unread(probe: Prob
     probe.gate.set_result(None)
     await _drained(probe)
     assert probe.taken == [b"wait"]  # the one in hand is finished, the rest dropped
-    assert probe._queue is not None and not probe._queue
+    assert probe._queue is not None
+    assert not probe._queue
     assert probe._queued == 0
-    assert probe._paused and not _reading(probe)
+    assert probe._paused
+    assert not _reading(probe)
 
 
 async def test_a_cancelled_worker_leaves_nothing_queued(probe: Probe) -> None:
@@ -142,5 +147,7 @@ async def test_a_cancelled_worker_leaves_nothing_queued(probe: Probe) -> None:
         await worker
     assert probe._worker is None
     assert probe._queued == 0
-    assert probe._queue is not None and not probe._queue
-    assert not probe._paused and _reading(probe)
+    assert probe._queue is not None
+    assert not probe._queue
+    assert not probe._paused
+    assert _reading(probe)
