@@ -15,39 +15,59 @@ import orjson
 LOOPBACK = "127.0.0.1"
 
 
-def ws_frame(payload: bytes, opcode: int = 0x1) -> bytes:
-    """One masked client frame (RFC 6455)."""
-    head = bytes([0x80 | opcode])
-    n = len(payload)
+def ws_frame(
+    payload: bytes,
+    opcode: int = 0x1,
+    *,
+    fin: bool = True,
+    rsv: int = 0,
+    masked: bool = True,
+    length: int | None = None,
+) -> bytes:
+    """One client frame (RFC 6455): masked, final and exact unless told otherwise
+    (`length` announces another payload length than the payload's)."""
+    head = bytes([(0x80 if fin else 0) | rsv | opcode])
+    n = len(payload) if length is None else length
+    bit = 0x80 if masked else 0
     if n < 126:
-        head += bytes([0x80 | n])
+        head += bytes([bit | n])
     elif n < 65536:
-        head += bytes([0x80 | 126]) + struct.pack("!H", n)
+        head += bytes([bit | 126]) + struct.pack("!H", n)
     else:
-        head += bytes([0x80 | 127]) + struct.pack("!Q", n)
+        head += bytes([bit | 127]) + struct.pack("!Q", n)
+    if not masked:
+        return head + payload
     mask = os.urandom(4)
     return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
 
 
+def ws_handshake(port: int, token: str | None) -> bytes:
+    key = base64.b64encode(os.urandom(16)).decode()
+    auth = f"Authorization: Bearer {token}\r\n" if token else ""
+    return (
+        f"GET /v1/ws HTTP/1.1\r\nHost: {LOOPBACK}:{port}\r\nUpgrade: websocket\r\n"
+        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+        f"Sec-WebSocket-Version: 13\r\n{auth}\r\n"
+    ).encode()
+
+
 def ws_connect(
-    port: int, token: str | None, *, rcvbuf: int | None = None, source: str = LOOPBACK
+    port: int,
+    token: str | None,
+    *,
+    rcvbuf: int | None = None,
+    source: str = LOOPBACK,
+    first: bytes = b"",
 ) -> socket.socket:
-    """A blocking WebSocket handshake on a raw socket; returns the socket after the 101."""
+    """A blocking WebSocket handshake on a raw socket (with `first` in the same segment);
+    returns the socket after the 101."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     if rcvbuf is not None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
     sock.settimeout(10)
     sock.bind((source, 0))
     sock.connect((LOOPBACK, port))
-    key = base64.b64encode(os.urandom(16)).decode()
-    auth = f"Authorization: Bearer {token}\r\n" if token else ""
-    sock.sendall(
-        (
-            f"GET /v1/ws HTTP/1.1\r\nHost: {LOOPBACK}:{port}\r\nUpgrade: websocket\r\n"
-            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-            f"Sec-WebSocket-Version: 13\r\n{auth}\r\n"
-        ).encode()
-    )
+    sock.sendall(ws_handshake(port, token) + first)
     head = b""
     while b"\r\n\r\n" not in head:
         chunk = sock.recv(1)

@@ -4,10 +4,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import http.client
 import time
 from typing import Any
 
 import orjson
+import pytest
 from gateway_harness import ADMIN_TOKEN, GatewayFactory
 
 from qsys_testkit import GatewayProcess
@@ -135,3 +138,111 @@ async def test_a_body_that_never_ends_is_408_and_closed(
         assert await asyncio.wait_for(reader.read(), 5) == b""
     finally:
         writer.close()
+
+
+def _head(extra: bytes = b"", length: bytes | None = None, line: bytes = b"") -> bytes:
+    body = orjson.dumps({"jsonrpc": "2.0", "id": 9, "method": "NoOp", "params": {}})
+    data = rpc_request(9, extra=extra)
+    if length is not None:
+        data = data.replace(b"Content-Length: %d" % len(body), length)
+    if line:
+        data = data.replace(b"POST /v1/rpc HTTP/1.1", line)
+    return data
+
+
+REFUSED_HEADS = {
+    # what aiohttp's parser refuses: the gateway's own path must not serve it either
+    "content-length-and-chunked": _head(b"Transfer-Encoding: chunked\r\n"),
+    "content-length-and-identity": _head(b"Transfer-Encoding: identity\r\n"),
+    "two-content-lengths": _head(b"Content-Length: 5\r\n"),
+    "content-length-plus": _head(length=b"Content-Length: +52"),
+    "content-length-list": _head(length=b"Content-Length: 52,52"),
+    "content-length-hex": _head(length=b"Content-Length: 0x34"),
+    "content-length-overflow": _head(length=b"Content-Length: 99999999999999999999999"),
+    "obs-fold": _head(b"X-A: a\r\n b\r\n"),
+    "lowercase-method": _head(line=b"post /v1/rpc HTTP/1.1"),
+    "bare-lf": _head(b"X-A: a\nX-B: b\r\n"),
+    "two-hosts": _head(b"Host: other\r\n"),
+    **{
+        f"control-{ch:#04x}-in-a-value": _head(b"X-A: a%cb\r\n" % ch)
+        for ch in (0x00, 0x01, 0x08, 0x0B, 0x0C, 0x1B, 0x1F, 0x7F)
+    },
+}
+
+
+@pytest.mark.parametrize("data", REFUSED_HEADS.values(), ids=REFUSED_HEADS.keys())
+async def test_what_aiohttp_refuses_is_a_400_and_a_close(
+    shared_gateway: GatewayProcess, data: bytes
+) -> None:
+    """Ambiguous or malformed heads (request smuggling, control characters aiohttp's
+    parser refuses in a header value) get aiohttp's 400 and the connection closes: the
+    gateway's own path never answers them, nor anything behind them."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", shared_gateway.http_port)
+    try:
+        writer.write(data + rpc_request(10))
+        status, _, _ = await read_response(reader)
+        assert status == 400
+        assert await asyncio.wait_for(reader.read(), 5) == b""
+    finally:
+        writer.close()
+
+
+SERVED_HEADS = {
+    "tab-and-obs-text-in-a-value": _head("X-A: a\tb é\r\n".encode()),
+    "expect-100-continue": _head(b"Expect: 100-continue\r\n"),
+    "query-string": _head(line=b"POST /v1/rpc?x=1 HTTP/1.1"),
+    "absolute-form": _head(line=b"POST http://gw/v1/rpc HTTP/1.1"),
+    "http-1.0-keep-alive": _head(b"Connection: keep-alive\r\n", line=b"POST /v1/rpc HTTP/1.0"),
+    "content-length-leading-zeros": _head(length=b"Content-Length: 00052"),
+}
+
+
+@pytest.mark.parametrize("data", SERVED_HEADS.values(), ids=SERVED_HEADS.keys())
+async def test_unusual_but_valid_heads_are_answered_and_keep_the_connection(
+    shared_gateway: GatewayProcess, data: bytes
+) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", shared_gateway.http_port)
+    try:
+        writer.write(data + rpc_request(10))
+        answers = [await read_response(reader) for _ in range(2)]
+        if answers[0][0] == 100:  # Expect: the interim response, then the answer
+            answers = [answers[1], await read_response(reader)]
+        assert [(s, b["id"]) for s, _, b in answers] == [(200, 9), (200, 10)]
+        assert answers[0][1]["x-request-id"] != answers[1][1]["x-request-id"]
+    finally:
+        writer.close()
+
+
+async def test_a_request_after_a_413_is_not_run(shared_gateway: GatewayProcess) -> None:
+    """The unread body of a 413 could hold anything: the connection closes after it."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", shared_gateway.http_port)
+    try:
+        writer.write(rpc_request(11, body=b"[" + b" " * 70000 + b"]") + rpc_request(12))
+        status, headers, _ = await read_response(reader)
+        assert (status, headers["connection"]) == (413, "close")
+        # the unread bytes may make the kernel reset rather than end the socket
+        with contextlib.suppress(ConnectionResetError):
+            assert await asyncio.wait_for(reader.read(), 5) == b""
+    finally:
+        writer.close()
+
+
+@pytest.mark.parametrize(
+    ("token", "status"), [(ADMIN_TOKEN, 413), ("not-a-token", 401)], ids=["413", "401"]
+)
+def test_a_client_still_sending_a_refused_body_reads_the_answer(
+    shared_gateway: GatewayProcess, token: str, status: int
+) -> None:
+    """`http.client` (under `requests`) writes the whole body before it reads: the
+    gateway reads and drops a body it refused, so the client gets the 413 or 401, not
+    a broken pipe from a reset (aiohttp's lingering close does the same)."""
+    body = b'{"jsonrpc":"2.0","id":1,"method":"NoOp","x":"' + b"x" * (8 << 20) + b'"}'
+    conn = http.client.HTTPConnection("127.0.0.1", shared_gateway.http_port, timeout=20)
+    try:
+        headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+        conn.request("POST", "/v1/rpc", body=body, headers=headers)
+        response = conn.getresponse()
+        assert (response.status, response.getheader("Connection")) == (status, "close")
+        assert orjson.loads(response.read())["error"]["code"] in (-32600, -32001)
+    finally:
+        conn.close()

@@ -16,6 +16,7 @@ def test_a_plain_rpc_head() -> None:
         BASE + b"\r\nOrigin: https://a\r\nX-Request-ID: r-1\r\nConnection: keep-alive, Close"
     )
     assert head == Head(12, "Bearer t", "https://a", "r-1", True)
+    assert parse_head(BASE + "\r\nX: a\tb é".encode()) is not None  # HTAB and obs-text pass
 
 
 @pytest.mark.parametrize(
@@ -39,6 +40,10 @@ def test_a_plain_rpc_head() -> None:
         BASE + b"\r\nX: a\rb",
         BASE + b"\r\nX: a\nb",
         BASE + b"\r\nNo-colon",
+        BASE + b"\r\nX: a\x01b",  # control characters aiohttp refuses in a value
+        BASE + b"\r\nX: \x1b[0m",
+        BASE + b"\r\nX: a\x7f",
+        BASE + b"\r\nX: a\x00",
         BASE + b"".join(b"\r\nX-%d: 1" % i for i in range(100)),
     ],
 )

@@ -108,6 +108,9 @@ def test_close_and_pong() -> None:
         (masked(0x88, struct.pack("!H", 1005)), PROTOCOL_ERROR),  # local-only close code
         (masked(0x88, struct.pack("!H", 999)), PROTOCOL_ERROR),
         (masked(0x88, struct.pack("!H", 1000) + b"\xff"), INVALID_DATA),
+        (masked(0x88, struct.pack("!H", 1015)), PROTOCOL_ERROR),
+        (masked(0x88, struct.pack("!H", 2999)), PROTOCOL_ERROR),
+        (bytes((0x81, 0xFF)) + struct.pack("!Q", 1 << 63) + b"mask", PROTOCOL_ERROR),
         (masked(0x81, b"x" * 101), MESSAGE_TOO_BIG),
         (masked(0x01, b"x" * 60) + masked(0x80, b"x" * 41), MESSAGE_TOO_BIG),
     ],
@@ -133,3 +136,23 @@ def test_gateway_frames_parse_in_wsproto() -> None:
     frames = list(proto.received_frames())
     assert frames[0].payload == b"x"
     assert frames[1].payload == (CloseReason.POLICY_VIOLATION, "logon timeout")
+
+
+@pytest.mark.parametrize("code", [1000, 1003, 1011, 1012, 1013, 1014, 3000, 4999])
+def test_close_codes_a_peer_may_send(code: int) -> None:
+    """RFC 6455's and IANA's registered codes (`websockets` and `ws` send 1012-1014)."""
+    got = FrameReader(16).feed(masked(0x88, struct.pack("!H", code)))
+    assert close_reason(got[0][1]) == (code, "")  # type: ignore[arg-type]
+
+
+def test_frames_before_a_bad_one_are_kept() -> None:
+    with pytest.raises(WsError) as err:
+        FrameReader(100).feed(masked(0x81, b"a") + masked(0x89, b"p") + bytes((0x81, 0x01, 0x78)))
+    assert err.value.frames == [(TEXT, "a"), (PING, b"p")]
+
+
+def test_many_empty_fragments_make_one_message() -> None:
+    reader = FrameReader(100)
+    data = masked(0x01, b"[") + masked(0x00, b"") * 10000 + masked(0x00, b"1") + masked(0x80, b"]")
+    assert reader.feed(data) == [(TEXT, "[1]")]
+    assert reader.feed(masked(0x02, b"\x00") + masked(0x80, b"\xff")) == [(BINARY, b"\x00\xff")]

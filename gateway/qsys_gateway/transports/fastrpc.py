@@ -42,6 +42,8 @@ MAX_HEAD = 8190
 """A longer head goes to aiohttp, whose own line and field limits then apply."""
 MAX_FIELDS = 100
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
+_CTL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+"""Bytes aiohttp refuses in a header value (HTAB, SP, VCHAR and obs-text pass)."""
 _LINE = b"POST /v1/rpc HTTP/1.1"
 _SINGLE = frozenset(
     {
@@ -90,7 +92,7 @@ def parse_head(head: bytes) -> Head | None:
     fields: dict[bytes, bytes] = {}
     for line in lines[1:]:
         name, sep, value = line.partition(b":")
-        if not sep or not _TOKEN.match(name) or b"\r" in line or b"\n" in line or b"\0" in line:
+        if not sep or not _TOKEN.match(name) or _CTL.search(value):
             return None
         key = name.lower()
         if key in fields and key in _SINGLE:
@@ -128,11 +130,13 @@ class FastRpc(asyncio.Protocol):
     """One HTTP connection while its requests are `POST /v1/rpc`."""
 
     __slots__ = (
+        "_body_left",
         "_body_timer",
         "_body_wait",
         "_buf",
         "_busy",
         "_conns",
+        "_discard",
         "_guard",
         "_lost",
         "_paused",
@@ -152,6 +156,10 @@ class FastRpc(asyncio.Protocol):
         """A request is being served: bytes after it wait in `_buf`."""
         self._body_wait: asyncio.Future[None] | None = None
         self._body_timer: asyncio.TimerHandle | None = None
+        self._body_left = 0
+        """Bytes of the request's body not taken from the socket yet (refused requests)."""
+        self._discard = 0
+        """Lingering close: bytes of a refused body still to read and drop."""
         self._paused = False
         self._lost = False
         self._secure = False
@@ -164,6 +172,11 @@ class FastRpc(asyncio.Protocol):
         self._secure = transport.get_extra_info("sslcontext") is not None
 
     def data_received(self, data: bytes) -> None:
+        if self._discard:
+            self._discard -= len(data)
+            if self._discard <= 0 and self.transport is not None:
+                self.transport.close()
+            return
         buf = self._buf
         buf += data
         if not self._busy:
@@ -202,6 +215,7 @@ class FastRpc(asyncio.Protocol):
             self._hand_over()
             return
         del buf[: end + 4]
+        self._body_left = head.length
         self._busy = True
         self._conns.started(self.transport)
         asyncio.get_running_loop().create_task(self._serve(head))
@@ -240,13 +254,35 @@ class FastRpc(asyncio.Protocol):
         if sock is None or self._lost:
             return
         if close:
-            sock.close()
+            self._close()
             return
         if self._paused:
             self._paused = False
             sock.resume_reading()
         if self._buf:
             self._next()
+
+    def _close(self) -> None:
+        """After a response with `Connection: close`. When the client is still sending a
+        body the gateway refused (401, 403, 413), that body is read and dropped first
+        (within the body timeout), as aiohttp's lingering close does: closing with unread
+        bytes makes the kernel reset the connection, and a client still writing its body
+        (`http.client`, `requests`) then fails with a broken pipe instead of reading
+        the answer."""
+        sock = self.transport
+        assert sock is not None
+        left = self._body_left - len(self._buf)
+        if left <= 0:
+            sock.close()
+            return
+        self._buf.clear()
+        self._discard = left
+        self._body_timer = asyncio.get_running_loop().call_later(
+            self._conns.body_timeout, sock.close
+        )
+        if self._paused:
+            self._paused = False
+            sock.resume_reading()
 
     async def _answer(self, head: Head, rid: str) -> tuple[int, Any, dict[str, str], bool]:
         """The response, and whether the body was left unread (the connection closes)."""
@@ -272,6 +308,7 @@ class FastRpc(asyncio.Protocol):
         if len(self._buf) < length:
             return False
         del self._buf[:length]
+        self._body_left = 0
         return True
 
     async def _body(self, length: int) -> bytes | None:
@@ -291,9 +328,11 @@ class FastRpc(asyncio.Protocol):
                     self._body_timer.cancel()
                     self._body_timer = None
             if len(buf) < length:
+                self._body_left = 0  # too slow, or gone: no lingering for it
                 return None
         body = bytes(buf[:length])
         del buf[:length]
+        self._body_left = 0
         return body
 
     def _body_late(self) -> None:

@@ -155,12 +155,14 @@ class WsConnection(Inbound[bytes | str]):
         "_close_sent",
         "_close_timer",
         "_dead",
+        "_failed",
         "_finish",
         "_flush_due",
         "_logon_timer",
         "_lost",
         "_pending",
         "_pinged",
+        "_pong_due",
         "_reader",
         "_seen",
         "_write_paused",
@@ -194,9 +196,12 @@ class WsConnection(Inbound[bytes | str]):
         self.backlog = 0
         self._flush_due = False
         self._write_paused = False
+        self._pong_due: bytes | None = None
         self._dead = False
         """Nothing more is sent (closed for being slow, or the socket is gone)."""
         self._close_sent = False
+        self._failed: tuple[int, str] | None = None
+        """The close code and reason of a frame the connection failed on."""
         self._finish: asyncio.Task[None] | None = None
         self._seen = 0.0
         self._pinged = 0.0
@@ -239,15 +244,18 @@ class WsConnection(Inbound[bytes | str]):
         try:
             frames = reader.feed(data)
         except WsError as err:
-            self._reader = None
-            self._close(err.code, err.reason)
+            self._read_frames(err.frames)
+            self._fail(err.code, err.reason)
             return
+        self._read_frames(frames)
+
+    def _read_frames(self, frames: list[tuple[int, bytes | str]]) -> None:
         for opcode, payload in frames:
             if opcode in (TEXT, BINARY):
                 if not self._close_sent:
                     self._arrived(payload)
             elif opcode == PING:
-                self._write(control_frame(PONG, cast(bytes, payload)))
+                self._pong(cast(bytes, payload))
             elif opcode == CLOSE:
                 self._closed_by_client(cast(bytes, payload))
                 return
@@ -260,6 +268,9 @@ class WsConnection(Inbound[bytes | str]):
 
     def resume_writing(self) -> None:
         self._write_paused = False
+        pong, self._pong_due = self._pong_due, None
+        if pong is not None and not self._close_sent:
+            self._write(control_frame(PONG, pong))
         self._flush()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -337,7 +348,39 @@ class WsConnection(Inbound[bytes | str]):
             self.transport.close()
         self._end()
 
+    def _fail(self, code: int, reason: str) -> None:
+        """A frame the connection cannot go on after: nothing more is read; the calls
+        already read are answered (bounded, as at any end of the session), then the
+        close frame goes out with `code` (`_finished`)."""
+        self._reader = None
+        self._failed = (code, reason)
+        self._end()
+
+    def _half_close(self) -> None:
+        """After the close frame of a failed connection: FIN once what is pending is
+        written; the socket closes when the client closes its side (or after
+        `CLOSE_WAIT`). A full close here would make the kernel answer the client's close
+        reply with a reset, which may destroy the close frame before the client reads it."""
+        sock = self.transport
+        if sock is None or sock.is_closing():
+            return
+        if sock.can_write_eof():
+            sock.write_eof()
+        else:  # TLS: close_notify after what is pending
+            sock.close()
+
     # ---- what the gateway sends -------------------------------------------------------
+
+    def _pong(self, payload: bytes) -> None:
+        """Answer a ping, unless the gateway closes; while the client does not read (the
+        socket's buffer is full) only the latest ping is answered, once it drains (RFC
+        6455 5.5.3), so a client that pings without reading holds no growing buffer."""
+        if self._close_sent:
+            return
+        if self._write_paused:
+            self._pong_due = payload
+            return
+        self._write(control_frame(PONG, payload))
 
     def send(self, message: dict[str, Any]) -> None:
         if self._dead or self._close_sent:
@@ -453,4 +496,6 @@ class WsConnection(Inbound[bytes | str]):
         finally:
             self._flush()
             if not self._close_sent and not self._dead:
-                self._close(NORMAL_CLOSURE, "")
+                self._close(*(self._failed or (NORMAL_CLOSURE, "")))
+            if self._failed is not None and not self._dead:
+                self._half_close()

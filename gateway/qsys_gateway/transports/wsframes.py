@@ -40,6 +40,8 @@ class WsError(Exception):
         super().__init__(reason)
         self.code = code
         self.reason = reason
+        self.frames: list[tuple[int, bytes | str]] = []
+        """What `feed` read before the bad frame (answered before the close)."""
 
 
 def text_frame_header(size: int) -> bytes:
@@ -62,7 +64,9 @@ def close_frame(code: int, reason: str = "") -> bytes:
 
 
 def _valid_close_code(code: int) -> bool:
-    return code in (1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011) or (3000 <= code <= 4999)
+    """The codes a peer may send: RFC 6455's and IANA's registered ones (1012-1014, as
+    the `websockets` and `ws` libraries send and accept), and 3000-4999."""
+    return (1000 <= code <= 1014 and code not in (1004, 1005, 1006)) or (3000 <= code <= 4999)
 
 
 def unmask(data: bytes, mask: bytes) -> bytes:
@@ -81,19 +85,20 @@ class FrameReader:
     the close frame's payload (`close_reason` unpacks it). It raises `WsError` for an
     unmasked, reserved, oversized or malformed frame. A frame or message over
     `max_size` is refused from its header, before its payload is buffered, so a
-    connection never holds more than `max_size` plus one header of unread bytes.
+    connection never holds more than `max_size` plus one header of unread bytes; the
+    fragments of a message are joined as they arrive (a message of many tiny or empty
+    fragments holds its bytes, not an object per fragment).
     """
 
-    __slots__ = ("_buf", "_kind", "_parts", "_size", "max_size")
+    __slots__ = ("_buf", "_kind", "_parts", "max_size")
 
     def __init__(self, max_size: int) -> None:
         self.max_size = max_size
         self._buf: bytearray | None = None
         """Bytes of a frame not complete yet."""
-        self._parts: list[bytes] | None = None
-        """The fragments of a message in progress (None between messages)."""
+        self._parts: bytearray | None = None
+        """The fragments so far of a message in progress (None between messages)."""
         self._kind = 0
-        self._size = 0
 
     def feed(self, data: bytes) -> list[tuple[int, bytes | str]]:
         held = self._buf
@@ -102,8 +107,24 @@ class FrameReader:
             held += data  # amortised: a frame trickled in small pieces is not copied again
             buf = held
         out: list[tuple[int, bytes | str]] = []
-        pos = 0
         end = len(buf)
+        try:
+            pos = self._frames(buf, end, out)
+        except WsError as err:
+            err.frames = out
+            raise
+        if pos >= end:
+            self._buf = None
+        elif held is not None:
+            del held[:pos]
+        else:
+            self._buf = bytearray(buf[pos:])
+        return out
+
+    def _frames(self, buf: bytes | bytearray, end: int, out: list[tuple[int, bytes | str]]) -> int:
+        """The whole frames of `buf` into `out`; returns where the first incomplete one
+        starts."""
+        pos = 0
         while end - pos >= 2:
             b0 = buf[pos]
             b1 = buf[pos + 1]
@@ -124,6 +145,8 @@ class FrameReader:
                     break
                 size = _U64.unpack_from(buf, head)[0]
                 head += 8
+                if size >> 63:
+                    raise WsError(PROTOCOL_ERROR, "64-bit length with its high bit set")
             if opcode >= 0x8:
                 if not b0 & 0x80 or size > 125:
                     raise WsError(PROTOCOL_ERROR, "fragmented or long control frame")
@@ -131,7 +154,7 @@ class FrameReader:
                     raise WsError(PROTOCOL_ERROR, f"unknown opcode {opcode:#x}")
             elif opcode > BINARY:
                 raise WsError(PROTOCOL_ERROR, f"unknown opcode {opcode:#x}")
-            elif size > self.max_size - self._size:
+            elif size > self.max_size - (len(self._parts) if self._parts is not None else 0):
                 raise WsError(MESSAGE_TOO_BIG, "message too big")
             start = head + 4
             if end - start < size:
@@ -144,34 +167,26 @@ class FrameReader:
                     pos = end  # nothing after a close frame is read
                 continue
             self._message(opcode, bool(b0 & 0x80), payload, out)
-        if pos >= end:
-            self._buf = None
-        elif held is not None:
-            del held[:pos]
-        else:
-            self._buf = bytearray(buf[pos:])
-        return out
+        return pos
 
     def _message(
         self, opcode: int, fin: bool, payload: bytes, out: list[tuple[int, bytes | str]]
     ) -> None:
         parts = self._parts
+        data: bytes | bytearray
         if opcode == _CONTINUATION:
             if parts is None:
                 raise WsError(PROTOCOL_ERROR, "continuation frame without a message")
-            parts.append(payload)
-            self._size += len(payload)
+            parts += payload
             if not fin:
                 return
-            kind, data = self._kind, b"".join(parts)
+            kind, data = self._kind, parts
             self._parts = None
-            self._size = 0
         elif parts is not None:
             raise WsError(PROTOCOL_ERROR, "new message inside a fragmented one")
         elif not fin:
-            self._parts = [payload]
+            self._parts = bytearray(payload)
             self._kind = opcode
-            self._size = len(payload)
             return
         else:
             kind, data = opcode, payload
@@ -181,7 +196,7 @@ class FrameReader:
             except UnicodeDecodeError:
                 raise WsError(INVALID_DATA, "text message is not UTF-8") from None
         else:
-            out.append((BINARY, data))
+            out.append((BINARY, bytes(data)))
 
 
 def _checked_close(payload: bytes) -> bytes:
