@@ -39,6 +39,12 @@ def main(argv: list[str] | None = None) -> int:
         "measured beside this one, scenario by scenario, in the same run",
     )
     p.add_argument(
+        "--baseline-python",
+        type=Path,
+        help="the interpreter the --baseline gateway runs under (an environment with the "
+        "gateway's dependencies installed); with --baseline . it compares Python versions",
+    )
+    p.add_argument(
         "--idle-clients",
         type=int,
         default=10_000,
@@ -58,10 +64,13 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.baseline is not None and not (args.baseline / "gateway" / "qsys_gateway").is_dir():
         p.error(f"--baseline {args.baseline}: no gateway/qsys_gateway there")
+    if args.baseline_python is not None and args.baseline is None:
+        p.error("--baseline-python needs --baseline")
     ctx = BenchContext(
         duration=args.duration,
         window=args.window,
         baseline=args.baseline.resolve() if args.baseline is not None else None,
+        baseline_python=args.baseline_python,
         idle_clients=args.idle_clients,
         rounds=max(1, args.rounds),
         cores=args.cores,

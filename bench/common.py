@@ -54,6 +54,9 @@ class BenchContext:
     baseline: Path | None = None
     """A source tree (a checkout of another commit) whose gateway runs beside this one, its
     rows taken alternately with this gateway's in the same run (`--baseline`)."""
+    baseline_python: Path | None = None
+    """The interpreter the baseline's gateway runs under (`--baseline-python`; None: this
+    one): with the baseline the same tree, the two rows compare Python versions."""
     rounds: int = 1  # gateway scenarios are run this often (alternately); the median is kept
     idle_clients: int = 10_000  # idle logged-on clients per transport in the memory check
     cores: int | None = None  # operator_scale: QSysCores (None: its default)
@@ -128,11 +131,13 @@ def gateway(
     max_clients: int,
     ready: Readiness = None,
     source: Path | None = None,
+    python: Path | None = None,
 ) -> GatewayProcess:
     """`qsys-gateway` (start it with `with`) on free loopback ports with one subject "bench"
     and a limiter too generous to throttle a benchmark. The token is stored as the operator
     renders it (keyed hash). `source`: a source tree whose gateway and protocol packages
-    run instead of the installed ones (a baseline)."""
+    run instead of the installed ones (a baseline); `python`: the interpreter it runs under
+    (an environment with the gateway's dependencies; the packages come from `source`)."""
     config = gateway_config(
         core_port,
         [subject("bench", token, methods=methods, key=BENCH_TOKEN_KEY)],
@@ -148,7 +153,10 @@ def gateway(
     if source is not None:
         paths = [str(source / "gateway"), str(source / "protocol")]
         env["PYTHONPATH"] = os.pathsep.join([*paths, os.environ.get("PYTHONPATH", "")])
-    return GatewayProcess(config, ready=ready, args=args, token_key=BENCH_TOKEN_KEY, env=env)
+    command = None if python is None else [str(python), "-m", "qsys_gateway.cli"]
+    return GatewayProcess(
+        config, ready=ready, args=args, token_key=BENCH_TOKEN_KEY, env=env, command=command
+    )
 
 
 def rss_kib(pid: int) -> int:

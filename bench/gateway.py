@@ -63,10 +63,15 @@ TARGET_IDLE_KIB = {"ws": 16.0, "qrc": 8.0}
 
 
 def _gateway(
-    core_port: int, source: Path | None = None, *, max_clients: int = 1100
+    core_port: int,
+    source: Path | None = None,
+    *,
+    max_clients: int = 1100,
+    python: Path | None = None,
 ) -> GatewayProcess:
     """`qsys-gateway` in front of the simulator on `core_port` (`source`: a baseline's
-    source tree); `with` starts it and waits until it is healthy (connected to the Core)."""
+    source tree, `python` its interpreter); `with` starts it and waits until it is healthy
+    (connected to the Core)."""
     return gateway(
         core_port,
         token=TOKEN,
@@ -74,6 +79,7 @@ def _gateway(
         max_clients=max_clients,
         ready="healthz",
         source=source,
+        python=python,
     )
 
 
@@ -428,7 +434,8 @@ async def run(ctx: BenchContext) -> list[Result]:
         with contextlib.ExitStack() as stack:
             gws = []
             if ctx.baseline is not None:
-                gws.append(("baseline", stack.enter_context(_gateway(sim_port, ctx.baseline))))
+                theirs = _gateway(sim_port, ctx.baseline, python=ctx.baseline_python)
+                gws.append(("baseline", stack.enter_context(theirs)))
             gws.append(("gateway", stack.enter_context(_gateway(sim_port))))
             gw_nofile = open_files_limit(gws[-1][1].pid)
 

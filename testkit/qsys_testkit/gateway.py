@@ -11,7 +11,7 @@ import ssl
 import tempfile
 import urllib.error
 import urllib.request
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, Self
 
@@ -90,7 +90,9 @@ class GatewayProcess(ManagedProcess):
     `start()` waits for: "readyz" (every listener up), "healthz" (also connected to the
     Core) or None (nothing: for a caller whose event loop must keep running). `token_key`:
     written to DIR/token-key and named in `auth.tokenKeyFile` (for keyed subjects). `env`:
-    variables added to this process's environment (e.g. OTEL_*).
+    variables added to this process's environment (e.g. OTEL_*). `command`: what starts
+    the gateway (default: the `qsys-gateway` of this environment), e.g. another
+    interpreter's `python -m qsys_gateway.cli`.
     """
 
     name = "qsys-gateway"
@@ -105,6 +107,7 @@ class GatewayProcess(ManagedProcess):
         args: Iterable[str] = (),
         token_key: bytes | None = None,
         env: Mapping[str, str] | None = None,
+        command: Sequence[str] | None = None,
     ) -> None:
         super().__init__()
         self._own_dir = directory is None
@@ -115,6 +118,7 @@ class GatewayProcess(ManagedProcess):
         self.ready = ready
         self.args = list(args)
         self.env = dict(env or {})
+        self.command = list(command) if command else None
         self.config_path = self.dir / "gateway.yaml"
         self.stdout_path = self.dir / "gateway.stdout"
         self.stderr_path = self.dir / "gateway.stderr"
@@ -167,7 +171,8 @@ class GatewayProcess(ManagedProcess):
 
     # -- process ---------------------------------------------------------------------
     def start(self, timeout: float = 20.0) -> Self:
-        argv = [executable("qsys-gateway"), "--config", str(self.config_path), *self.args]
+        command = self.command or [executable("qsys-gateway")]
+        argv = [*command, "--config", str(self.config_path), *self.args]
         self._launch(argv, self.stdout_path, self.stderr_path, env={**os.environ, **self.env})
         if self.ready is not None:
             self.wait_ready(timeout, self.ready)

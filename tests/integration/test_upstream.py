@@ -13,6 +13,7 @@ import pytest
 from qsys_core_sim.server import CoreSimulator
 from qsys_gateway.metrics import GatewayMetrics
 from qsys_gateway.upstream import CircuitState, UpstreamPool, UpstreamSession
+from qsys_gateway.upstream.pool import COALESCE, STALL
 from qsys_protocol.config import CoreConfig
 from qsys_protocol.qrc.errors import ErrorCode, QrcError
 
@@ -101,6 +102,47 @@ async def test_concurrent_calls_share_connections(
         "qsys_gateway_upstream_request_duration_seconds_count", {"method": "Control.Get"}
     )
     assert count == 300
+
+
+async def test_calls_that_follow_each_other_share_a_connection_until_one_stalls(
+    sim: CoreSimulator, make_upstream: UpstreamFactory
+) -> None:
+    """A call goes to the previous call's connection (one write and one read for calls
+    close together) while it has at most `COALESCE` more pending than the least busy
+    and none pending for `STALL`; past either, to the least busy."""
+    up = await make_upstream(sim.port)
+    conns = up._conns
+    await wait_until(lambda: len(conns) == 2 and all(c.up for c in conns))
+    sim.faults.latency = 0.3
+    loop = asyncio.get_running_loop()
+
+    def start(n: int) -> list[asyncio.Task[Any]]:
+        return [loop.create_task(up.forward("Control.Get", ["MainGain"])) for _ in range(n)]
+
+    def pending() -> list[int]:
+        return sorted(c.pending for c in conns)
+
+    calls = start(8)
+    await asyncio.sleep(0)  # their first steps ran (one loop pass)
+    assert pending() == [0, 8]
+    calls += start(1)  # the next pass: the same connection, still flowing
+    await asyncio.sleep(0)
+    assert pending() == [0, 9]
+    await asyncio.sleep(STALL * 4)  # its calls are now pending for longer than STALL
+    calls += start(1)
+    await asyncio.sleep(0)
+    assert pending() == [1, 9]  # to the least busy, not behind the stalled ones
+    results = await asyncio.wait_for(asyncio.gather(*calls), 20)
+    assert all(r[0]["Name"] == "MainGain" for r in results)
+    assert pending() == [0, 0]
+
+    calls = start(2 * COALESCE + 10)  # more than the slack allows: both take some
+    await asyncio.sleep(0)
+    low, high = pending()
+    assert low + high == 2 * COALESCE + 10
+    assert high - low <= COALESCE + 1
+    results = await asyncio.wait_for(asyncio.gather(*calls), 20)
+    assert len(results) == 2 * COALESCE + 10
 
 
 async def test_core_errors_pass_through(sim: CoreSimulator, make_upstream: UpstreamFactory) -> None:

@@ -12,8 +12,6 @@ import asyncio
 import contextlib
 import logging
 import ssl
-from collections import deque
-from collections.abc import Coroutine
 from typing import Any, cast
 
 from qsys_protocol.qrc import jsonrpc
@@ -23,6 +21,7 @@ from qsys_protocol.qrc.framing import FRAME_TOO_LARGE, Frame, FrameDecoder, enco
 from ..client_registry import ClientHandle
 from .common import Services
 from .connected import ConnectedClient, refusals
+from .inbound import Inbound, Rest
 
 log = logging.getLogger("qsys_gateway.qrc_tcp")
 
@@ -37,9 +36,6 @@ ADMIT_WAIT = 2.0
 UNREAD_WAIT = 0.05
 """Closing a socket: how long to read what the client already sent, to answer it."""
 UNREAD_BYTES = 1024 * 1024
-QUEUED_BYTES = 256 * 1024
-"""Received frames waiting for the connection's calls to make room: past this, the
-socket is not read until they are taken (TCP pushes back on the client)."""
 
 CORE_LOST = QrcError(ErrorCode.CORE_UNAVAILABLE, "Core unavailable: the connection to it was lost")
 CLOSING = QrcError(ErrorCode.CORE_UNAVAILABLE, "Connection closing")
@@ -103,7 +99,7 @@ class QrcServer:
                 await asyncio.wait_for(self._server.wait_closed(), timeout)
 
 
-class QrcConnection(asyncio.Protocol):
+class QrcConnection(Inbound[Frame]):
     """One raw QRC socket, from accept to close."""
 
     __slots__ = (
@@ -112,35 +108,24 @@ class QrcConnection(asyncio.Protocol):
         "_ending",
         "_finish",
         "_flush_due",
-        "_frames",
         "_held",
         "_late_answers",
         "_logon_timer",
         "_out",
-        "_paused",
-        "_queued",
         "_unread",
-        "_worker",
         "by_source",
         "client",
         "handle",
         "server",
-        "transport",
     )
 
     def __init__(self, server: QrcServer) -> None:
+        super().__init__()
         self.server = server
-        self.transport: asyncio.Transport | None = None
         self.handle: ClientHandle | None = None
         self.client: ConnectedClient | None = None
         self.by_source: str | None = None
         self._decoder: FrameDecoder | None = None
-        self._frames: deque[Frame] | None = None
-        """Received frames not yet handed to admission (made by the first that waits)."""
-        self._queued = 0
-        self._paused = False
-        self._worker: asyncio.Task[None] | None = None
-        """Hands the waiting frames to admission, one at a time; only while some wait."""
         self._out: list[bytes] = []
         self._flush_due = False
         self._ending: QrcError | None = None
@@ -217,27 +202,8 @@ class QrcConnection(asyncio.Protocol):
             return
         if self.client is not None and (self.client.logged_on or self.by_source is not None):
             self.server.idle[self] = asyncio.get_running_loop().time() + IDLE_TIMEOUT
-        frames = decoder.feed(data)
-        if not frames:
-            return
-        if self._worker is None:
-            # at once, while nothing needs waiting (the usual case: no task at all)
-            for i, frame in enumerate(frames):
-                rest = self._take(frame)
-                if rest is not None:
-                    self._frames = deque(frames[i + 1 :])
-                    self._queued = len(data)
-                    self._worker = asyncio.get_running_loop().create_task(self._work(rest))
-                    break
-            return
-        queue = self._frames
-        if queue is None:
-            queue = self._frames = deque()
-        queue.extend(frames)
-        self._queued += len(data)
-        if self._queued > QUEUED_BYTES and not self._paused and self.transport is not None:
-            self.transport.pause_reading()
-            self._paused = True
+        for frame in decoder.feed(data):
+            self._arrived(frame)
 
     def eof_received(self) -> bool:
         """The client sent all it will: its calls are still answered (half-close)."""
@@ -358,7 +324,7 @@ class QrcConnection(asyncio.Protocol):
             return
         self._end()
 
-    def _take(self, frame: Frame) -> Coroutine[Any, Any, Any] | None:
+    def _take(self, frame: Frame) -> Rest | None:
         """One received frame to admission, as far as it goes without waiting: None when
         done, else the rest, to await before the next frame. Closing, the frame is
         refused with the closing error."""
@@ -380,38 +346,18 @@ class QrcConnection(asyncio.Protocol):
             self._logged_on()
         return rest
 
+    def _taken(self) -> None:
+        if self._logon_timer is not None and self.client is not None and self.client.logged_on:
+            self._logged_on()
+
+    def _readable(self) -> bool:
+        return self._finish is None
+
     def _logged_on(self) -> None:
         if self._logon_timer is not None:
             self._logon_timer.cancel()
             self._logon_timer = None
         self.server.idle[self] = asyncio.get_running_loop().time() + IDLE_TIMEOUT
-
-    async def _work(self, rest: Coroutine[Any, Any, Any]) -> None:
-        """Finish the frame in hand, then hand the waiting ones to admission in order (a
-        frame in hand is finished even when the socket is closing)."""
-        queue = self._frames
-        client = self.client
-        assert queue is not None
-        assert client is not None
-        try:
-            await rest
-            if client.logged_on and self._logon_timer is not None:
-                self._logged_on()
-            while queue:
-                frame = queue.popleft()
-                if isinstance(frame, bytes):
-                    self._queued = max(0, self._queued - len(frame))
-                more = self._take(frame)
-                if more is not None:
-                    await more
-                    if client.logged_on and self._logon_timer is not None:
-                        self._logged_on()
-        finally:
-            self._worker = None
-            self._queued = 0
-            if self._paused and self._finish is None and self.transport is not None:
-                self._paused = False
-                self.transport.resume_reading()
 
     def _answers_late(self) -> bool:
         """Closing: whether the socket can still carry answers."""

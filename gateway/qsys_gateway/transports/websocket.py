@@ -17,8 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections import deque
-from collections.abc import Coroutine
 from typing import Any, cast
 
 import orjson
@@ -33,6 +31,7 @@ from ..admission import Refusal
 from ..client_registry import ClientHandle
 from .common import Services
 from .connected import ConnectedClient
+from .inbound import Inbound, Rest
 from .responses import (
     HTTP_CONNECTIONS,
     REQUEST_ID,
@@ -71,9 +70,6 @@ PONG_WAIT = 10.0
 CLOSE_WAIT = 5.0
 """After the gateway's close frame: how long the client has to answer it."""
 SLOW_CLOSE_WAIT = 2.0
-QUEUED_BYTES = 256 * 1024
-"""Received messages waiting for the connection's calls to make room: past this, the
-socket is not read until they are taken (TCP pushes back on the client)."""
 DRAIN_WAIT = 5.0
 
 
@@ -157,7 +153,7 @@ async def _serve(request: web.Request, transport: str, *, api_key: bool) -> web.
     return ws
 
 
-class WsConnection(asyncio.Protocol):
+class WsConnection(Inbound[bytes | str]):
     """One upgraded WebSocket, from the 101 to the close."""
 
     __slots__ = (
@@ -171,32 +167,27 @@ class WsConnection(asyncio.Protocol):
         "_flush_due",
         "_logon_timer",
         "_lost",
-        "_messages",
-        "_paused",
         "_pending",
         "_pinged",
         "_pong_due",
-        "_queued",
         "_reader",
         "_seen",
-        "_worker",
         "_write_paused",
         "backlog",
         "client",
         "handle",
         "rid",
         "svc",
-        "transport",
         "transport_name",
     )
 
     def __init__(
         self, svc: Services, transport_name: str, source: str, rid: str, *, api_key: bool
     ) -> None:
+        super().__init__()
         self.svc = svc
         self.transport_name = transport_name
         self.rid = rid
-        self.transport: asyncio.Transport | None = None
         self.handle = handle = ClientHandle(transport_name, source, self.send, self.close)
         self.client = ConnectedClient(
             svc,
@@ -218,11 +209,6 @@ class WsConnection(asyncio.Protocol):
         self._close_sent = False
         self._failed: tuple[int, str] | None = None
         """The close code and reason of a frame the connection failed on."""
-        self._messages: deque[bytes | str] | None = None
-        """Messages not yet handed to admission (made by the first that waits)."""
-        self._queued = 0
-        self._paused = False
-        self._worker: asyncio.Task[None] | None = None
         self._finish: asyncio.Task[None] | None = None
         self._seen = 0.0
         self._pinged = 0.0
@@ -265,16 +251,16 @@ class WsConnection(asyncio.Protocol):
         try:
             frames = reader.feed(data)
         except WsError as err:
-            self._take(err.frames)
+            self._read_frames(err.frames)
             self._fail(err.code, err.reason)
             return
-        self._take(frames)
+        self._read_frames(frames)
 
-    def _take(self, frames: list[tuple[int, bytes | str]]) -> None:
+    def _read_frames(self, frames: list[tuple[int, bytes | str]]) -> None:
         for opcode, payload in frames:
             if opcode in (TEXT, BINARY):
                 if not self._close_sent:
-                    self._message(payload)
+                    self._arrived(payload)
             elif opcode == PING:
                 self._pong(cast(bytes, payload))
             elif opcode == CLOSE:
@@ -308,47 +294,21 @@ class WsConnection(asyncio.Protocol):
 
     # ---- what the client sent ---------------------------------------------------------
 
-    def _message(self, payload: bytes | str) -> None:
-        if self._worker is not None:
-            queue = self._messages
-            if queue is None:
-                queue = self._messages = deque()
-            queue.append(payload)
-            self._queued += len(payload)
-            if self._queued > QUEUED_BYTES and not self._paused and self.transport is not None:
-                self.transport.pause_reading()
-                self._paused = True
-            return
+    def _take(self, payload: bytes | str) -> Rest | None:
         rest = self.client.handle_frame_now(payload)
-        if rest is not None:
-            self._worker = asyncio.get_running_loop().create_task(self._work(rest))
-        elif self._logon_timer is not None and self.client.logged_on:
+        if self._logon_timer is not None and self.client.logged_on:
+            self._logged_on()
+        return rest
+
+    def _taken(self) -> None:
+        if self._logon_timer is not None and self.client.logged_on:
             self._logged_on()
 
-    async def _work(self, rest: Coroutine[Any, Any, Any]) -> None:
-        """Finish the message in hand, then hand the waiting ones to admission in order."""
-        client = self.client
-        try:
-            await rest
-            if self._logon_timer is not None and client.logged_on:
-                self._logged_on()
-            queue = self._messages
-            while queue and not self._close_sent:
-                payload = queue.popleft()
-                self._queued = max(0, self._queued - len(payload))
-                more = client.handle_frame_now(payload)
-                if more is not None:
-                    await more
-                if self._logon_timer is not None and client.logged_on:
-                    self._logged_on()
-        finally:
-            self._worker = None
-            self._queued = 0
-            if self._messages is not None:
-                self._messages.clear()
-            if self._paused and not self._dead and self.transport is not None:
-                self._paused = False
-                self.transport.resume_reading()
+    def _taking(self) -> bool:
+        return not self._close_sent
+
+    def _readable(self) -> bool:
+        return not self._dead
 
     def _logged_on(self) -> None:
         if self._logon_timer is not None:

@@ -72,6 +72,9 @@ class UpstreamConnection:
         self._client: QrcClient | None = None
         self._loop = asyncio.get_running_loop()
         self._last_sent = self._loop.time()
+        self._sent: dict[int, float] = {}
+        """When each pending call was sent, oldest first (by a counter of calls)."""
+        self._sends = 0
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
 
@@ -110,11 +113,22 @@ class UpstreamConnection:
         if self.pending >= self._s.max_pending + reserve:
             raise Busy
         self.pending += 1
-        self._last_sent = self._loop.time()
+        self._last_sent = now = self._loop.time()
+        seq = self._sends = self._sends + 1
+        self._sent[seq] = now
         try:
             return await client.request(method, params, timeout=timeout)
         finally:
             self.pending -= 1
+            del self._sent[seq]
+
+    def flowing(self, now: float, stall: float) -> bool:
+        """Room for another call, and none pending for `stall` seconds or longer (a slow
+        call would hold the calls sent after it)."""
+        if self.pending >= self._s.max_pending:
+            return False
+        sent = self._sent
+        return not sent or now - next(iter(sent.values())) < stall
 
     # ---- supervisor -----------------------------------------------------------
 

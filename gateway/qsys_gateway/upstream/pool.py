@@ -28,6 +28,13 @@ from .shares import SubjectShares
 
 log = logging.getLogger("qsys_gateway.upstream")
 
+COALESCE = 32
+"""`pick`: how many more pending calls than the least busy connection the previous
+call's connection may have and still take the next call."""
+STALL = 0.005
+"""`pick`: a connection with a call pending this long (seconds) takes no more calls
+ahead of the least busy one."""
+
 
 class UpstreamPool:
     def __init__(
@@ -75,6 +82,8 @@ class UpstreamPool:
         """Calls one subject may have pending on the Core at once (the rest wait)."""
         self._conns: list[UpstreamConnection] = []
         self._rr = itertools.count()
+        self._held: UpstreamConnection | None = None
+        """The connection `pick` gave the previous call."""
         self._engine_status: dict[str, Any] | None = None
         self.groups = GroupLedger(
             max_groups_per_session, max_change_groups, on_change=self._groups_changed
@@ -237,6 +246,8 @@ class UpstreamPool:
                         and any(c.up and c is not target for c in self._conns)
                     ):
                         retried = True
+                        if self._held is target:
+                            self._held = None
                         continue
                     raise CoreUnavailable(
                         "connection to the Core lost", self._reconnect_eta()
@@ -262,7 +273,12 @@ class UpstreamPool:
         raise QrcError.from_error_object(resp.error)
 
     def pick(self) -> UpstreamConnection | None:
-        """The up connection with fewest pending calls; ties go round-robin."""
+        """The up connection with fewest pending calls, ties round-robin; but the
+        connection of the previous call while it has at most `COALESCE` more pending and
+        none of them pending for `STALL` (a slow call): calls that follow each other go
+        out in one write per loop pass and come back in one read. Spread over the
+        connections, a client's pipelined calls cost a write and a read per connection
+        per pass and their replies split into more, smaller writes."""
         conns = self._conns
         n = len(conns)
         offset = next(self._rr) % n if n else 0
@@ -271,6 +287,17 @@ class UpstreamPool:
             c = conns[(offset + i) % n]
             if c.up and (best is None or c.pending < best.pending):
                 best = c
+        held = self._held
+        if (
+            best is not None
+            and held is not None
+            and held is not best
+            and held.up
+            and held.pending <= best.pending + COALESCE
+            and held.flowing(asyncio.get_running_loop().time(), STALL)
+        ):
+            return held
+        self._held = best
         return best
 
     def _reconnect_eta(self) -> float:
