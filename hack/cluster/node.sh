@@ -178,6 +178,7 @@ write_configs() {
 		maxPods: 60
 		serializeImagePulls: false
 		shutdownGracePeriod: 0s
+		syncFrequency: 10s
 		rotateCertificates: false
 		serverTLSBootstrap: false
 		protectKernelDefaults: false
