@@ -121,11 +121,13 @@ class Lane:
     every call is answered through `send`, also when it fails or the connection closes
     under it."""
 
-    __slots__ = ("_gate", "_slots", "_tasks", "_weight", "send")
+    __slots__ = ("_gate", "_loop", "_slots", "_tasks", "_weight", "send")
 
     def __init__(self, send: Callable[[Reply], None], gate: WeightedGate) -> None:
         self.send = send
         self._gate = gate
+        self._loop = asyncio.get_running_loop()
+        """Kept: in Python 3.11 every `asyncio.get_running_loop()` is a `getpid` syscall."""
         self._slots = WeightedGate(MAX_CALLS)
         """Calls in flight, one unit each."""
         self._weight = WeightedGate(PER_CONNECTION)
@@ -150,9 +152,7 @@ class Lane:
         if not theirs:
             self._release(mine, 0)
             return False
-        self._track(
-            asyncio.get_running_loop().create_task(self._run(obj, work, mine, theirs, request_id))
-        )
+        self._track(self._loop.create_task(self._run(obj, work, mine, theirs, request_id)))
         return True
 
     async def start(
@@ -168,9 +168,7 @@ class Lane:
         except BaseException:
             self._release(mine, theirs)
             raise
-        self._track(
-            asyncio.get_running_loop().create_task(self._run(obj, work, mine, theirs, request_id))
-        )
+        self._track(self._loop.create_task(self._run(obj, work, mine, theirs, request_id)))
 
     def _track(self, task: asyncio.Task[None]) -> None:
         tasks = self._tasks
