@@ -175,7 +175,6 @@ class Lane:
         if tasks is None:
             tasks = self._tasks = set()
         tasks.add(task)
-        task.add_done_callback(tasks.discard)
 
     async def _run(
         self,
@@ -198,6 +197,8 @@ class Lane:
             self.answer(obj, QrcError(ErrorCode.SERVER_ERROR, "Internal error"))
         finally:
             self._release(mine, theirs)
+            if self._tasks is not None:  # not a done callback: one loop callback less a call
+                self._tasks.discard(asyncio.current_task(self._loop))
 
     def _release(self, mine: int, theirs: int) -> None:
         if mine:
@@ -218,3 +219,5 @@ class Lane:
             task.cancel()
         if tasks:
             await asyncio.wait(tasks, timeout=1.0)
+            if self._tasks is not None:  # cancelled before they ran: never in `_run`
+                self._tasks.difference_update(t for t in tasks if t.done())
