@@ -9,7 +9,8 @@
 # `timing` group last). A test that needs a tool group waits for its build
 # (tests/conftest.py), so tests run while the later groups still build; a failed build
 # fails the tests that need it, with the build's log. The background build is stopped
-# when this script ends.
+# when this script ends. pytest ends with the slowest phases (≥ 10 s), where a warm
+# run's time goes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 : "${TOOL_GROUPS:?}" "${TEST_PREREQS:?}"
@@ -33,7 +34,8 @@ export QSYS_NODE_TOOL_GROUPS=${NODE_TOOL_GROUPS:-}
 "$MAKE" --no-print-directory -j4 --output-sync=target $TEST_PREREQS
 
 # shellcheck disable=SC2086 # PYTEST_ARGS may carry several arguments
-"$BIN/python" -m pytest -n "${PYTEST_WORKERS:-3}" --dist loadgroup --no-loadscope-reorder ${PYTEST_ARGS:-}
+"$BIN/python" -m pytest -n "${PYTEST_WORKERS:-3}" --dist loadgroup --no-loadscope-reorder \
+	--durations=40 --durations-min=10 ${PYTEST_ARGS:-}
 
 rc=0
 wait "$builder" || rc=$?

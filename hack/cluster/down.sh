@@ -36,5 +36,6 @@ fi
 mapfile -t left < <(all_our_pids)
 ((${#left[@]} == 0)) || die "could not stop: ${left[*]}"
 rm -rf "$PIDS" "$STATE/etcd"
+if [[ $PLANE == main ]]; then bash "$REPO/hack/fence.sh" down "$FENCE_METRIC"; fi
 rm -f "$STATE/kubeconfig"
 log "stopped"

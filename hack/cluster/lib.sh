@@ -55,6 +55,8 @@ KUBERNETES_SERVICE_IP=198.19.0.1
 DNS_SERVICE_IP=198.19.0.10
 NODE_POD_CIDR=198.18.0.0/16
 NODE_IP=198.18.0.1
+# The main plane's unreachable route for the range (hack/fence.sh).
+FENCE_METRIC=4090
 # One real node (containerd, kubelet, kube-proxy, CoreDNS, kube-router) beside
 # the fake ones; hack/cluster/node.sh. QSYS_REAL_NODE=0 leaves it out (for a
 # second control plane on the same machine: the node's host state is

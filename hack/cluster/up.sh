@@ -54,6 +54,7 @@ if [[ $REAL_NODE != 0 ]]; then
 	# Host state first, before anything changes it; then the bridge whose
 	# address the apiserver binds.
 	bash "$REPO/hack/cluster/node.sh" record
+	bash "$REPO/hack/fence.sh" up "$FENCE_METRIC"
 	bash "$REPO/hack/cluster/node.sh" net-up
 	endpoint_reconciler=lease
 else

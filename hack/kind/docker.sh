@@ -25,6 +25,8 @@ NETWORK_SUBNET=198.19.200.0/24
 NETWORK_GATEWAY=198.19.200.1
 ADDRESS_POOL=198.19.192.0/18
 BRIDGE=qkind0
+# This engine's unreachable route for 198.18.0.0/15 (hack/fence.sh).
+FENCE_METRIC=4091
 CGROUP_PARENT=qsys-kind
 REAL_NODE_OWNER=/run/qsys-node.owner
 # Host paths Docker or kind may create whatever they are told; removed by stop only
@@ -83,6 +85,7 @@ cmd_start() {
 		done >"$RECORD/paths"
 		touch "$RECORD/.complete"
 	fi
+	bash "$REPO/hack/fence.sh" up "$FENCE_METRIC"
 	mkdir -p "$ROOT" "$RUN"
 	echo '{}' >"$RUN/daemon.json"
 	log "starting dockerd (data $ROOT, log $LOG)"
@@ -159,6 +162,7 @@ cmd_stop() {
 		}
 	done
 	ip link delete "$BRIDGE" 2>/dev/null || true
+	bash "$REPO/hack/fence.sh" down "$FENCE_METRIC"
 	if [[ -f $RECORD/.complete ]]; then
 		local link key value path
 		while read -r link; do

@@ -345,6 +345,7 @@ def _remove_namespace(cluster: Cluster) -> None:
     core = client.CoreV1Api(cluster.api)
     with contextlib.suppress(ApiException):
         core.delete_namespace(ARGO_NS)
+        core.delete_collection_namespaced_pod(ARGO_NS, grace_period_seconds=1)
     wait_gone(f"namespace {ARGO_NS}", lambda: core.read_namespace(ARGO_NS), timeout=120)
 
 

@@ -86,7 +86,9 @@ def require_real_node(cluster: Cluster) -> client.V1Node:
 def real_namespace(cluster: Cluster, name: str = "") -> Iterator[str]:
     """A fresh namespace (named `name`, else e2e-real-RANDOM) whose pods run on the real
     node; deleted afterwards, waiting until its pods are gone so that no container outlives
-    the test."""
+    the test. Its pods get one second between SIGTERM and SIGKILL: a container whose first
+    process ignores SIGTERM (a test's sleeper, PID 1 without a handler) would otherwise hold
+    the namespace for the default 30 s."""
     require_real_node(cluster)
     core = client.CoreV1Api(cluster.api)
     name = name or f"e2e-real-{uuid.uuid4().hex[:8]}"
@@ -96,6 +98,7 @@ def real_namespace(cluster: Cluster, name: str = "") -> Iterator[str]:
         yield name
     finally:
         core.delete_namespace(name, grace_period_seconds=0)
+        core.delete_collection_namespaced_pod(name, grace_period_seconds=1)
         wait_gone(f"namespace {name}", lambda: core.read_namespace(name), timeout=120)
 
 

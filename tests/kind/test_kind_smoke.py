@@ -292,7 +292,7 @@ def test_chart_core_ready_and_calls_through_a_real_gateway_pod(kind: Cluster) ->
 
 def test_teardown_restores_the_host(kind: Cluster, host_before: str) -> None:
     during = _script(DOCKER_SH, "snapshot")
-    for marker in ("qkind0", "dockerd", "/var/lib/qsys-kind"):
+    for marker in ("qkind0", "dockerd", "/var/lib/qsys-kind", "unreachable 198.18.0.0/15"):
         assert marker in during, f"{marker} missing from the host state while kind runs"
     _script(CLUSTER_SH, "down")
     after = _script(DOCKER_SH, "snapshot")
