@@ -131,8 +131,9 @@ class Lane:
         self._slots = WeightedGate(MAX_CALLS)
         """Calls in flight, one unit each."""
         self._weight = WeightedGate(PER_CONNECTION)
-        self._tasks: set[asyncio.Task[None]] | None = None
-        """Made by the first call (an idle connection's lane stays small)."""
+        self._tasks: dict[asyncio.Task[None], tuple[Any, int, int]] | None = None
+        """Each call's task: its call and the weights it holds (made by the first call: an
+        idle connection's lane stays small)."""
 
     def answer(self, obj: Any, err: QrcError) -> None:
         reply = answer_to(obj, err)
@@ -152,7 +153,8 @@ class Lane:
         if not theirs:
             self._release(mine, 0)
             return False
-        self._track(self._loop.create_task(self._run(obj, work, mine, theirs, request_id)))
+        task = self._loop.create_task(self._run(obj, work, mine, theirs, request_id))
+        self._track(task, obj, mine, theirs)
         return True
 
     async def start(
@@ -168,13 +170,14 @@ class Lane:
         except BaseException:
             self._release(mine, theirs)
             raise
-        self._track(self._loop.create_task(self._run(obj, work, mine, theirs, request_id)))
+        task = self._loop.create_task(self._run(obj, work, mine, theirs, request_id))
+        self._track(task, obj, mine, theirs)
 
-    def _track(self, task: asyncio.Task[None]) -> None:
+    def _track(self, task: asyncio.Task[None], obj: Any, mine: int, theirs: int) -> None:
         tasks = self._tasks
         if tasks is None:
-            tasks = self._tasks = set()
-        tasks.add(task)
+            tasks = self._tasks = {}
+        tasks[task] = (obj, mine, theirs)
 
     async def _run(
         self,
@@ -198,7 +201,7 @@ class Lane:
         finally:
             self._release(mine, theirs)
             if self._tasks is not None:  # not a done callback: one loop callback less a call
-                self._tasks.discard(asyncio.current_task(self._loop))
+                self._tasks.pop(asyncio.current_task(self._loop), None)  # type: ignore[arg-type]
 
     def _release(self, mine: int, theirs: int) -> None:
         if mine:
@@ -210,14 +213,19 @@ class Lane:
     async def drain(self, timeout: float) -> None:
         """Wait for the calls in flight (bounded)."""
         if self._tasks:
-            await asyncio.wait(set(self._tasks), timeout=timeout)
+            await asyncio.wait(list(self._tasks), timeout=timeout)
 
     async def cancel(self) -> None:
-        """Cancel the calls in flight; each answers its call as it ends."""
+        """Cancel the calls in flight; each answers its call as it ends (one cancelled
+        before its task ran is answered and its weight given back here)."""
         tasks = list(self._tasks or ())
         for task in tasks:
             task.cancel()
         if tasks:
             await asyncio.wait(tasks, timeout=1.0)
-            if self._tasks is not None:  # cancelled before they ran: never in `_run`
-                self._tasks.difference_update(t for t in tasks if t.done())
+            for task in tasks:
+                held = self._tasks.pop(task, None) if self._tasks and task.done() else None
+                if held is not None:
+                    obj, mine, theirs = held
+                    self.answer(obj, QrcError(ErrorCode.CORE_UNAVAILABLE, "Connection closing"))
+                    self._release(mine, theirs)
