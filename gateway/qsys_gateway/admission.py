@@ -384,7 +384,8 @@ class Admission(Identity):
             types = await rt.upstream.control_types.get(typed)
             if types:
                 decision = rules.policy.authorize(subject.name, method, params, types)
-        tracing.annotate({"qsys.decision": "allow" if decision.allowed else "deny"})
+        if tracing.ENABLED:
+            tracing.annotate({"qsys.decision": "allow" if decision.allowed else "deny"})
         if not decision.allowed:
             self._audit(caller, request_id, method, decision, "denied", started, call_id)
             self._count(label, caller, "denied", started)
@@ -396,8 +397,8 @@ class Admission(Identity):
         error: QrcError | None = None
         result: Any = None
         try:
-            with tracing.upstream_span(label):
-                result = await session.call(method, params)
+            call = session.call(method, params)
+            result = await (call if not tracing.ENABLED else tracing.upstream_call(label, call))
         except QrcError as exc:
             outcome = outcome_of(exc.code)
             error = exc

@@ -121,16 +121,19 @@ class Lane:
     every call is answered through `send`, also when it fails or the connection closes
     under it."""
 
-    __slots__ = ("_gate", "_slots", "_tasks", "_weight", "send")
+    __slots__ = ("_gate", "_loop", "_slots", "_tasks", "_weight", "send")
 
     def __init__(self, send: Callable[[Reply], None], gate: WeightedGate) -> None:
         self.send = send
         self._gate = gate
+        self._loop = asyncio.get_running_loop()
+        """Kept: in Python 3.11 every `asyncio.get_running_loop()` is a `getpid` syscall."""
         self._slots = WeightedGate(MAX_CALLS)
         """Calls in flight, one unit each."""
         self._weight = WeightedGate(PER_CONNECTION)
-        self._tasks: set[asyncio.Task[None]] | None = None
-        """Made by the first call (an idle connection's lane stays small)."""
+        self._tasks: dict[asyncio.Task[None], tuple[Any, int, int]] | None = None
+        """Each call's task: its call and the weights it holds (made by the first call: an
+        idle connection's lane stays small)."""
 
     def answer(self, obj: Any, err: QrcError) -> None:
         reply = answer_to(obj, err)
@@ -150,9 +153,8 @@ class Lane:
         if not theirs:
             self._release(mine, 0)
             return False
-        self._track(
-            asyncio.get_running_loop().create_task(self._run(obj, work, mine, theirs, request_id))
-        )
+        task = self._loop.create_task(self._run(obj, work, mine, theirs, request_id))
+        self._track(task, obj, mine, theirs)
         return True
 
     async def start(
@@ -168,16 +170,14 @@ class Lane:
         except BaseException:
             self._release(mine, theirs)
             raise
-        self._track(
-            asyncio.get_running_loop().create_task(self._run(obj, work, mine, theirs, request_id))
-        )
+        task = self._loop.create_task(self._run(obj, work, mine, theirs, request_id))
+        self._track(task, obj, mine, theirs)
 
-    def _track(self, task: asyncio.Task[None]) -> None:
+    def _track(self, task: asyncio.Task[None], obj: Any, mine: int, theirs: int) -> None:
         tasks = self._tasks
         if tasks is None:
-            tasks = self._tasks = set()
-        tasks.add(task)
-        task.add_done_callback(tasks.discard)
+            tasks = self._tasks = {}
+        tasks[task] = (obj, mine, theirs)
 
     async def _run(
         self,
@@ -200,6 +200,8 @@ class Lane:
             self.answer(obj, QrcError(ErrorCode.SERVER_ERROR, "Internal error"))
         finally:
             self._release(mine, theirs)
+            if self._tasks is not None:  # not a done callback: one loop callback less a call
+                self._tasks.pop(asyncio.current_task(self._loop), None)  # type: ignore[arg-type]
 
     def _release(self, mine: int, theirs: int) -> None:
         if mine:
@@ -211,12 +213,19 @@ class Lane:
     async def drain(self, timeout: float) -> None:
         """Wait for the calls in flight (bounded)."""
         if self._tasks:
-            await asyncio.wait(set(self._tasks), timeout=timeout)
+            await asyncio.wait(list(self._tasks), timeout=timeout)
 
     async def cancel(self) -> None:
-        """Cancel the calls in flight; each answers its call as it ends."""
+        """Cancel the calls in flight; each answers its call as it ends (one cancelled
+        before its task ran is answered and its weight given back here)."""
         tasks = list(self._tasks or ())
         for task in tasks:
             task.cancel()
         if tasks:
             await asyncio.wait(tasks, timeout=1.0)
+            for task in tasks:
+                held = self._tasks.pop(task, None) if self._tasks and task.done() else None
+                if held is not None:
+                    obj, mine, theirs = held
+                    self.answer(obj, QrcError(ErrorCode.CORE_UNAVAILABLE, "Connection closing"))
+                    self._release(mine, theirs)

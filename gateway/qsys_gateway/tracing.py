@@ -19,12 +19,15 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Awaitable, Iterator, Mapping
+from typing import TypeVar
 
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+T = TypeVar("T")
 
 ENABLED = False
 EXCLUDED_URLS = "livez,readyz,healthz,metrics,corez,openapi.json"
@@ -97,6 +100,12 @@ def upstream_span(method: str) -> contextlib.AbstractContextManager[object]:
     return _tracer.start_as_current_span(
         "qrc.upstream", kind=trace.SpanKind.CLIENT, attributes={"rpc.method": method}
     )
+
+
+async def upstream_call(method: str, call: Awaitable[T]) -> T:
+    """Await a call to the Core inside its upstream span."""
+    with upstream_span(method):
+        return await call
 
 
 def annotate(attributes: Mapping[str, str]) -> None:

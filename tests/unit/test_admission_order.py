@@ -292,3 +292,35 @@ async def test_a_lane_answers_calls_that_fail_or_are_cut_short() -> None:
         (2, ErrorCode.CORE_UNAVAILABLE),
     ]
     assert gate.used == 0
+
+
+async def test_a_lane_keeps_no_task_of_a_call_that_ended() -> None:
+    """A call's task leaves the lane when it ends, answered, failed, cancelled while
+    running or cancelled before it ever ran, and gives back its weight."""
+    sent: list[dict[str, Any]] = []
+    gate = WeightedGate(TOTAL)
+    lane = Lane(sent.append, gate)
+    never = asyncio.Event()
+
+    async def quick() -> dict[str, Any] | None:
+        return {"jsonrpc": "2.0", "id": 1, "result": True}
+
+    async def slow() -> dict[str, Any] | None:
+        await never.wait()
+        return None
+
+    assert lane.try_start({"jsonrpc": "2.0", "id": 1, "method": "NoOp"}, quick)
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert sent == [{"jsonrpc": "2.0", "id": 1, "result": True}]
+    assert not lane._tasks
+    assert lane.try_start({"jsonrpc": "2.0", "id": 2, "method": "NoOp"}, slow)
+    await asyncio.sleep(0)
+    assert lane.try_start({"jsonrpc": "2.0", "id": 3, "method": "NoOp"}, slow)
+    await lane.cancel()  # id 3 is cancelled before its task ever ran
+    assert not lane._tasks
+    assert sorted((m["id"], m["error"]["code"]) for m in sent[1:]) == [
+        (2, ErrorCode.CORE_UNAVAILABLE),
+        (3, ErrorCode.CORE_UNAVAILABLE),
+    ]
+    assert gate.used == 0

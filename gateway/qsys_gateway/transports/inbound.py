@@ -28,9 +28,11 @@ class Inbound(asyncio.Protocol, Generic[M]):
     to go on with the queue (`_taking`) and whether the socket may be read again
     (`_readable`)."""
 
-    __slots__ = ("_paused", "_queue", "_queued", "_worker", "transport")
+    __slots__ = ("_loop", "_paused", "_queue", "_queued", "_worker", "transport")
 
     def __init__(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        """Kept: in Python 3.11 every `asyncio.get_running_loop()` is a `getpid` syscall."""
         self.transport: asyncio.Transport | None = None
         self._queue: deque[M] | None = None
         """Messages not yet handed to admission (made by the first that waits)."""
@@ -67,7 +69,7 @@ class Inbound(asyncio.Protocol, Generic[M]):
         if self._worker is None:
             rest = self._take(message)
             if rest is not None:
-                self._worker = asyncio.get_running_loop().create_task(self._work(rest))
+                self._worker = self._loop.create_task(self._work(rest))
             return
         queue = self._queue
         if queue is None:

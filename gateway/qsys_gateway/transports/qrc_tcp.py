@@ -201,7 +201,7 @@ class QrcConnection(Inbound[Frame]):
                 self._held = [*(self._held or ()), data]
             return
         if self.client is not None and (self.client.logged_on or self.by_source is not None):
-            self.server.idle[self] = asyncio.get_running_loop().time() + IDLE_TIMEOUT
+            self.server.idle[self] = self._loop.time() + IDLE_TIMEOUT
         for frame in decoder.feed(data):
             self._arrived(frame)
 
@@ -221,7 +221,7 @@ class QrcConnection(Inbound[Frame]):
             return
         if not self._flush_due:
             self._flush_due = True
-            asyncio.get_running_loop().call_soon(self._flush)
+            self._loop.call_soon(self._flush)
         self._out.append(encode_frame(message))
 
     def _flush(self) -> None:
@@ -257,7 +257,7 @@ class QrcConnection(Inbound[Frame]):
     def idle_out(self) -> None:
         """The idle sweep found this socket silent for `IDLE_TIMEOUT`."""
         if self._worker is not None:  # busy with what it sent: not idle
-            self.server.idle[self] = asyncio.get_running_loop().time() + IDLE_TIMEOUT
+            self.server.idle[self] = self._loop.time() + IDLE_TIMEOUT
             return
         if self._ending is None:
             log.info("closing an idle QRC client")
@@ -357,7 +357,7 @@ class QrcConnection(Inbound[Frame]):
         if self._logon_timer is not None:
             self._logon_timer.cancel()
             self._logon_timer = None
-        self.server.idle[self] = asyncio.get_running_loop().time() + IDLE_TIMEOUT
+        self.server.idle[self] = self._loop.time() + IDLE_TIMEOUT
 
     def _answers_late(self) -> bool:
         """Closing: whether the socket can still carry answers."""

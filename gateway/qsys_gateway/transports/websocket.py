@@ -247,7 +247,7 @@ class WsConnection(Inbound[bytes | str]):
         reader = self._reader
         if reader is None:
             return
-        self._seen = asyncio.get_running_loop().time()
+        self._seen = self._loop.time()
         try:
             frames = reader.feed(data)
         except WsError as err:
@@ -402,7 +402,7 @@ class WsConnection(Inbound[bytes | str]):
         self._pending.append(data)
         if not self._flush_due:
             self._flush_due = True
-            asyncio.get_running_loop().call_soon(self._flush)
+            self._loop.call_soon(self._flush)
 
     def _flush(self) -> None:
         """End of the event-loop pass: the replies of the pass go out in one write, unless

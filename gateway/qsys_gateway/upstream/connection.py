@@ -122,13 +122,13 @@ class UpstreamConnection:
             self.pending -= 1
             del self._sent[seq]
 
-    def flowing(self, now: float, stall: float) -> bool:
+    def flowing(self, stall: float) -> bool:
         """Room for another call, and none pending for `stall` seconds or longer (a slow
         call would hold the calls sent after it)."""
         if self.pending >= self._s.max_pending:
             return False
         sent = self._sent
-        return not sent or now - next(iter(sent.values())) < stall
+        return not sent or self._loop.time() - next(iter(sent.values())) < stall
 
     # ---- supervisor -----------------------------------------------------------
 

@@ -81,6 +81,9 @@ class UpstreamPool:
         self.shares = SubjectShares(max_pending_per_subject)
         """Calls one subject may have pending on the Core at once (the rest wait)."""
         self._conns: list[UpstreamConnection] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        """Set by `start` (in Python 3.11 every `asyncio.get_running_loop()` is a `getpid`
+        syscall)."""
         self._rr = itertools.count()
         self._held: UpstreamConnection | None = None
         """The connection `pick` gave the previous call."""
@@ -101,6 +104,7 @@ class UpstreamPool:
     async def start(self) -> None:
         if self._conns:
             return
+        self._loop = asyncio.get_running_loop()
         self._conns = [
             UpstreamConnection(i, self, self._settings) for i in range(self._n_connections)
         ]
@@ -213,7 +217,7 @@ class UpstreamPool:
     ) -> Any:
         """`owner`: the subject whose share this call holds (given back here), or ""."""
         try:
-            loop = asyncio.get_running_loop()
+            loop = self._loop or asyncio.get_running_loop()
             deadline = loop.time() + budget
             retried = False
             while True:
@@ -294,7 +298,7 @@ class UpstreamPool:
             and held is not best
             and held.up
             and held.pending <= best.pending + COALESCE
-            and held.flowing(asyncio.get_running_loop().time(), STALL)
+            and held.flowing(STALL)
         ):
             return held
         self._held = best

@@ -50,7 +50,8 @@ class QrcClient:
         # every call made in that pass instead of a syscall each (a call alone in
         # flight is written at once).
         self._out: list[bytes] = []
-        self._reader_task = asyncio.get_running_loop().create_task(self._read_loop())
+        self._loop = asyncio.get_running_loop()
+        self._reader_task = self._loop.create_task(self._read_loop())
 
     @classmethod
     async def connect(
@@ -115,7 +116,7 @@ class QrcClient:
         if self.closed.is_set():
             raise ConnectionClosed("connection closed")
         rid = next(self._ids)
-        loop = asyncio.get_running_loop()
+        loop = self._loop
         fut: asyncio.Future[jsonrpc.Response] = loop.create_future()
         self._pending[rid] = fut
         frame = encode_frame(jsonrpc.Request(method, params, rid).to_dict())
@@ -146,7 +147,7 @@ class QrcClient:
     def _expire(self) -> None:
         """Fail the calls past their deadline; wait for the earliest of the others."""
         self._timer = None
-        loop = asyncio.get_running_loop()
+        loop = self._loop
         now = loop.time() + 0.001  # a timer may fire a little early (libuv: milliseconds)
         earliest: float | None = None
         for rid, deadline in list(self._deadlines.items()):

@@ -388,6 +388,7 @@ def parse_params(method: str, raw: Any) -> BaseModel | None:
     if raw is None and spec.params in (EmptyParams, GetComponentsParams):
         raw = {}
     try:
-        return spec.params.model_validate(raw)
+        # model_validate's own work, without its Python wrapper
+        return spec.params.__pydantic_validator__.validate_python(raw)  # type: ignore[no-any-return]
     except ValidationError as exc:
         raise QrcError(ErrorCode.INVALID_PARAMS, _describe(exc)) from None
