@@ -32,6 +32,7 @@ class Result:
     latencies: list[float] = field(repr=False, default_factory=list)
     baseline: Result | None = field(repr=False, default=None)  # the direct row it compares to
     cpu_per_request: float | None = None  # CPU seconds the server process spent per reply
+    cpu_split: CpuSplit | None = field(repr=False, default=None)  # every process's CPU, if taken
 
     @property
     def rps(self) -> float:
@@ -116,6 +117,51 @@ def cpu_seconds(pid: int) -> float:
     stat = Path(f"/proc/{pid}/stat").read_text()
     fields = stat[stat.rindex(")") + 2 :].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds all CPUs of the machine spent busy so far (all but idle and iowait, from
+    /proc/stat): every process, this benchmark's and everyone else's."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass(slots=True)
+class CpuSplit:
+    """CPU time of named processes and of the whole machine over one load: who used the
+    CPUs, beside how many calls were answered (`start`, then `stop` after the load)."""
+
+    pids: dict[str, int]
+    seconds: float = 0.0
+    used: dict[str, float] = field(default_factory=dict)  # process -> CPU seconds
+    machine: float = 0.0  # busy CPU seconds machine-wide, the processes above included
+    calls: int = 0  # replies over the same time (warm-up included), set by the caller
+    _start: tuple[float, float, dict[str, float]] | None = field(default=None, init=False)
+
+    def start(self) -> None:
+        self._start = (time.perf_counter(), machine_busy_seconds(), self._sample())
+
+    def stop(self) -> None:
+        assert self._start is not None, "CpuSplit.stop before start"
+        wall, machine, cpu = self._start
+        self.seconds = time.perf_counter() - wall
+        self.machine = machine_busy_seconds() - machine
+        self.used = {name: t - cpu[name] for name, t in self._sample().items()}
+
+    def _sample(self) -> dict[str, float]:
+        return {name: cpu_seconds(pid) for name, pid in self.pids.items()}
+
+    def cores(self, name: str) -> float:
+        """Cores the process kept busy on average (1.0: one CPU all the time)."""
+        return self.used[name] / self.seconds if self.seconds else 0.0
+
+    def per_call(self, name: str) -> float:
+        """CPU seconds the process spent per call."""
+        return self.used[name] / self.calls if self.calls else 0.0
+
+    def others(self) -> float:
+        """Cores the rest of the machine kept busy meanwhile."""
+        return max(0.0, self.machine - sum(self.used.values())) / (self.seconds or 1.0)
 
 
 def simulator() -> SimulatorProcess:

@@ -28,6 +28,7 @@ from qsys_testkit import LOOPBACK, GatewayProcess
 
 from .common import (
     BenchContext,
+    CpuSplit,
     QrcLoad,
     Recorder,
     Result,
@@ -369,21 +370,27 @@ def _scenario(clients: int, window: int) -> str:
 
 
 async def _qrc_load(
-    gw: GatewayProcess, clients: int, window: int, ctx: BenchContext, target: str
+    port: int,
+    clients: int,
+    window: int,
+    ctx: BenchContext,
+    target: str,
+    pids: dict[str, int],
+    logon: tuple[str, str] | None = None,
 ) -> Result:
+    """Raw QRC at `port` with the CPU of every process in `pids` taken over the load
+    (`Result.cpu_split`); a "gateway" among them gives the row its CPU per call."""
     load = QrcLoad(METHOD, PARAMS, ctx.max_requests)
-    cpu = cpu_seconds(gw.pid)
+    split = CpuSplit(pids)
+    split.start()
     r = await load.run(
-        gw.qrc_port,
-        clients,
-        ctx,
-        target,
-        _scenario(clients, window),
-        window=window,
-        logon=(SUBJECT, TOKEN),
+        port, clients, ctx, target, _scenario(clients, window), window=window, logon=logon
     )
-    if load.replies:
-        r.cpu_per_request = (cpu_seconds(gw.pid) - cpu) / load.replies
+    split.stop()
+    split.calls = load.replies
+    r.cpu_split = split
+    if "gateway" in pids and load.replies:
+        r.cpu_per_request = split.per_call("gateway")
     return r
 
 
@@ -393,13 +400,20 @@ def _median(runs: list[Result]) -> Result:
 
 
 async def _load(
-    transport: str, gw: GatewayProcess, clients: int, window: int, ctx: BenchContext, target: str
+    transport: str,
+    gw: GatewayProcess,
+    sim_pid: int,
+    clients: int,
+    window: int,
+    ctx: BenchContext,
+    target: str,
 ) -> Result:
     if transport == "http":
         return await http_load(gw, clients, ctx, target, _scenario(clients, 1))
     if transport == "ws":
         return await ws_load(gw, clients, window, ctx, target, _scenario(clients, window))
-    return await _qrc_load(gw, clients, window, ctx, target)
+    pids = {"load generator": os.getpid(), "gateway": gw.pid, "simulator": sim_pid}
+    return await _qrc_load(gw.qrc_port, clients, window, ctx, target, pids, (SUBJECT, TOKEN))
 
 
 async def run(ctx: BenchContext) -> list[Result]:
@@ -447,14 +461,13 @@ async def run(ctx: BenchContext) -> list[Result]:
                 for _ in range(ctx.rounds):
                     for name, gw in gws:
                         target = f"{name}/{transport}"
-                        runs[name].append(await _load(transport, gw, clients, window, ctx, target))
+                        runs[name].append(
+                            await _load(transport, gw, sim.pid, clients, window, ctx, target)
+                        )
                     if transport == "qrc":  # the simulator again, beside the gateway's rows
-                        load = QrcLoad(METHOD, PARAMS, ctx.max_requests)
-                        scenario = _scenario(clients, window)
+                        pids = {"load generator": os.getpid(), "simulator": sim.pid}
                         beside.append(
-                            await load.run(
-                                sim_port, clients, ctx, "direct beside", scenario, window=window
-                            )
+                            await _qrc_load(sim_port, clients, window, ctx, "direct beside", pids)
                         )
                 base = direct[clients, window]
                 if beside:
@@ -530,6 +543,8 @@ def _targets(
         f"({direct[50, WIDE_WINDOW].rps:,.0f} req/s; target >= {TARGET_QRC_RATIO:g}x; the load "
         "generator shares the CPUs)"
     )
+    for line in _cpu_split_notes(wide, direct[50, WIDE_WINDOW]):
+        note(line)
     for transport in ("qrc", "http"):
         r = row(f"gateway/{transport}", 1, 1)
         p50 = (r.percentile(50) - direct[1, 1].percentile(50)) * 1000
@@ -552,3 +567,35 @@ def _targets(
             f"{per_client:.1f} KiB per client (target <= {limit:g} KiB); "
             f"{refused:,} of {ctx.idle_clients:,} refused or closed"
         )
+
+
+def _cpu_split_notes(gateway: Result, direct: Result) -> list[str]:
+    """Who used the CPUs in the raw QRC 50-client rows, and the throughput ratio the CPU per
+    call of each process allows: a process runs on one core at most (one event loop), so
+    with a core of its own the gateway serves 1 / (its CPU per call) and the simulator
+    direct 1 / (its CPU per call), whatever else the machine runs."""
+    g, d = gateway.cpu_split, direct.cpu_split
+    if g is None or d is None or not g.calls or not d.calls:
+        return []
+
+    def split(s: CpuSplit) -> str:
+        shares = [
+            f"{name} {s.cores(name):.2f} ({s.per_call(name) * 1e6:.1f} us)" for name in s.used
+        ]
+        return ", ".join([*shares, f"rest of the machine {s.others():.2f}"])
+
+    cpus = os.cpu_count() or 1
+    gw_call = g.per_call("gateway")
+    direct_call = max(d.per_call(name) for name in d.used)  # the busiest process bounds it
+    gw_cap, direct_cap = 1 / gw_call, 1 / direct_call
+    together = sum(g.per_call(name) for name in g.used)
+    return [
+        f"INFO  QRC at 50 clients, CPUs busy by process (CPU us per call), of {cpus}: direct: "
+        f"{split(d)}; through the gateway: {split(g)}",
+        f"INFO  the gateway process kept {g.cores('gateway'):.0%} of one core busy; with a core "
+        f"of its own it serves {gw_cap:,.0f} req/s against {direct_cap:,.0f} direct (the "
+        f"busiest process with a core of its own): at most {gw_cap / direct_cap:.2f}x; 0.5x "
+        f"needs <= {2 * direct_call * 1e6:.1f} us per call in one gateway process; the three "
+        f"processes together need {together * 1e6:.1f} us per call: {cpus / together:,.0f} "
+        f"req/s on {cpus} CPUs with any number of gateway processes",
+    ]
