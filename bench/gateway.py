@@ -543,7 +543,7 @@ def _targets(
         f"({direct[50, WIDE_WINDOW].rps:,.0f} req/s; target >= {TARGET_QRC_RATIO:g}x; the load "
         "generator shares the CPUs)"
     )
-    for line in _cpu_split_notes(wide, direct[50, WIDE_WINDOW]):
+    for line in cpu_split_notes(wide, direct[50, WIDE_WINDOW]):
         note(line)
     for transport in ("qrc", "http"):
         r = row(f"gateway/{transport}", 1, 1)
@@ -569,7 +569,7 @@ def _targets(
         )
 
 
-def _cpu_split_notes(gateway: Result, direct: Result) -> list[str]:
+def cpu_split_notes(gateway: Result, direct: Result) -> list[str]:
     """Who used the CPUs in the raw QRC 50-client rows, and the throughput ratio the CPU per
     call of each process allows: a process runs on one core at most (one event loop), so
     with a core of its own the gateway serves 1 / (its CPU per call) and the simulator
