@@ -567,16 +567,24 @@ cmd_down() {
 		log "the real node belongs to $(cat "$OWNER"); not touching it"
 		return 0
 	fi
-	local step failed=0
+	local step pass failed
 	# Best effort, step after step (a failing step must not leave the rest
-	# undone); die stops only where going on would be unsafe.
-	for step in "stop_component kubelet" "stop_component kube-proxy" "stop_component kube-router" \
-		remove_containers "stop_component containerd" kill_leftovers unmount_all remove_cgroups \
-		remove_rules remove_links remove_conntrack restore_sysctls remove_paths; do
-		$step || {
-			log "teardown: '$step' failed; going on"
-			failed=1
-		}
+	# undone); die stops only where going on would be unsafe. Every step is
+	# idempotent, so a pass with a failure is run again (a killed pod's processes
+	# can hold its cgroup or mounts for a moment).
+	for pass in 1 2 3; do
+		failed=0
+		for step in "stop_component kubelet" "stop_component kube-proxy" "stop_component kube-router" \
+			remove_containers "stop_component containerd" kill_leftovers unmount_all remove_cgroups \
+			remove_rules remove_links remove_conntrack restore_sysctls remove_paths; do
+			$step || {
+				log "teardown: '$step' failed; going on"
+				failed=1
+			}
+		done
+		((failed == 1 && pass < 3)) || break
+		log "teardown pass $pass incomplete; once more in 2 s"
+		sleep 2
 	done
 	[[ -z $(node_mounts) ]] || die "still mounted under the node's directories: $(node_mounts | tr '\n' ' ')"
 	# containerd's root (the imported images, no container) is kept for the

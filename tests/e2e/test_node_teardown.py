@@ -60,21 +60,8 @@ def _up() -> None:
     _node("up")
 
 
-def _down() -> None:
-    """`node.sh down`, again while it says so: a step that failed (a cgroup whose killed
-    processes have not yet gone) keeps its record for the next run to finish."""
-    for attempt in range(5):
-        try:
-            _node("down")
-            return
-        except AssertionError:
-            if attempt == 4:
-                raise
-            time.sleep(3)
-
-
 def _down_and_up() -> None:
-    _down()
+    _node("down")
     _up()
 
 
@@ -98,7 +85,7 @@ def test_teardown_restores_the_host_after_a_killed_run(cluster: Cluster) -> None
         pytest.fail("the real node belongs to the local cluster (hack/cluster); unset KUBECONFIG")
     restored = False
     try:
-        _down()
+        _node("down")
         before = _node("snapshot")
         left = before.split("## processes\n")[-1]
         assert not left, f"node processes left after node.sh down: {left.split()}"
