@@ -147,6 +147,8 @@ class Reconciler:
         self._policy_cores: dict[Key, str] = {}
         self._cores: set[Key] = set()
         self._sm_served: bool | None = None
+        self._sm_changes = 0
+        """Counts ServiceMonitor CRD events: an answer read across one is not kept."""
         self._session: aiohttp.ClientSession | None = None
         self._lists: dict[tuple[str, str], tuple[int, asyncio.Task[list[dict[str, Any]]]]] = {}
         self._proof_key: bytes | None = None
@@ -268,6 +270,7 @@ class Reconciler:
 
     def service_monitor_crd_changed(self) -> None:
         self._sm_served = None
+        self._sm_changes += 1
         for ns, name in list(self._cores):
             self.trigger(ns, name)
 
@@ -649,11 +652,17 @@ class Reconciler:
         )
 
     async def _service_monitor_served(self) -> bool:
-        if self._sm_served is None:
-            self._sm_served = await self.kube.crd_served(
-                SERVICE_MONITOR.crd_name, SERVICE_MONITOR.version
-            )
-        return self._sm_served
+        """Whether the cluster serves ServiceMonitors, read once and kept until the CRD
+        changes. An answer read while the CRD changed (created, then Established a moment
+        later) is used by this reconcile only: kept, it would hide the change from the
+        reconcile the change triggered."""
+        served = self._sm_served
+        if served is None:
+            changes = self._sm_changes
+            served = await self.kube.crd_served(SERVICE_MONITOR.crd_name, SERVICE_MONITOR.version)
+            if changes == self._sm_changes:
+                self._sm_served = served
+        return served
 
     async def _apply(self, core: QSysCore, result: RenderResult) -> Applied:
         """Apply the wanted children and delete the unwanted ones, all or nothing against

@@ -8,13 +8,14 @@ byte-identical platform objects, pods) is in tests/e2e/test_tenant.py."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import copy
 from typing import Any
 
 import pytest
 import yaml
-from fake_kube import CORE_UID, MANAGED, NS, FakeKube, ready, reconcile
+from fake_kube import CORE_UID, MANAGED, NS, FakeKube, ready, reconcile, running
 
 from qsys_operator.derive import (
     CoreFindings,
@@ -324,3 +325,37 @@ def test_a_core_being_deleted_gets_no_children_applied() -> None:
     reconcile(kube)
     assert kube.applied == []
     assert kube.created == []
+
+
+def test_a_crd_answer_read_across_a_crd_change_is_not_kept() -> None:
+    """The ServiceMonitor CRD created and Established while a reconcile reads it: the
+    reconcile the change triggered reads it again (a kept "not served" left the core
+    without its ServiceMonitor until the next resync)."""
+
+    class SlowCrdKube(FakeKube):
+        def __init__(self) -> None:
+            super().__init__()
+            self.reading = asyncio.Event()
+            self.release = asyncio.Event()
+            self.reads = 0
+
+        async def crd_served(self, name: str, version: str) -> bool:
+            self.reads += 1
+            served = self.sm_served
+            self.reading.set()
+            await self.release.wait()
+            return served
+
+    async def main() -> None:
+        kube = SlowCrdKube()
+        async with running(kube) as rec:
+            first = asyncio.create_task(rec._service_monitor_served())
+            await kube.reading.wait()
+            kube.sm_served = True
+            rec.service_monitor_crd_changed()
+            kube.release.set()
+            assert await first is False
+            assert await rec._service_monitor_served() is True
+            assert kube.reads == 2  # read again once, then kept
+
+    asyncio.run(main())
