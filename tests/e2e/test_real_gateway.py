@@ -469,20 +469,35 @@ def test_core_outage_degrades_and_recovers(stack: Stack) -> None:
     apps.patch_namespaced_deployment_scale("core-sim", stack.ns, {"spec": {"replicas": 1}})
     wait_condition(stack.cluster, stack.ns, "QSysCore", CORE, "CoreConnected", "True", timeout=120)
     wait_for("gateway health healthy", lambda: stack.health().get("status") == "healthy", 60)
+    # CoreConnected needs one connected pod; each pod reconnects after its own back-off
+    # (at most 30 s): recovered means every pod, asked directly, answers again.
+    for pod in stack.gateway_pods():
+        url = f"http://{must(pod.status).pod_ip}:8080"
+        wait_for(
+            f"{must(pod.metadata).name} answers StatusGet",
+            lambda url=url: stack.rpc("StatusGet", url=url)[0] == 200,  # type: ignore[misc]
+            timeout=90,
+        )
     assert stack.rpc("StatusGet")[0] == 200
 
 
 def test_rollout_while_a_client_keeps_calling_fails_no_call(stack: Stack) -> None:
     token = stack.token()
     results: list[int] = []
+    failures: list[str] = []
     stop = threading.Event()
+    started = time.monotonic()
 
     def caller() -> None:
         while not stop.is_set() and len(results) < 20000:
+            at = time.monotonic() - started
             try:
-                results.append(stack.rpc("StatusGet", token=token)[0])
-            except OSError:
-                results.append(-1)
+                status, body = stack.rpc("StatusGet", token=token)
+            except OSError as exc:
+                status, body = -1, {"error": {"message": repr(exc)}}
+            results.append(status)
+            if status != 200:
+                failures.append(f"{at:.1f}s: {status} {body.get('error')}")
             time.sleep(0.2)  # 5 calls/s: inside the example policy's rate limit
 
     before = {must(p.metadata).name for p in stack.gateway_pods()}
@@ -510,7 +525,7 @@ def test_rollout_while_a_client_keeps_calling_fails_no_call(stack: Stack) -> Non
         thread.join(30)
     failed = [r for r in results if r != 200]
     assert len(results) > 20, len(results)
-    assert not failed, f"{len(failed)} of {len(results)} calls failed: {sorted(set(failed))}"
+    assert not failed, f"{len(failed)} of {len(results)} calls failed: {failures}"
 
 
 def test_network_policy_admits_pods_of_its_namespace_only(stack: Stack) -> None:
