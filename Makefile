@@ -58,13 +58,13 @@ TEST_PREREQS := install lint js-deps mcp-inspector
 
 # The tool groups (mk/cluster.mk) build in the background from the start; pytest runs
 # the kwok-only e2e tests on one worker (their own control plane), the real-node ones on
-# another, unit and integration tests on a third (docs/testing.md).
+# another, unit and integration tests on a third, and the floor run (`e2e-floor`) beside
+# them on a plane of its own (docs/testing.md); the kind smoke test after them.
 test:
 	@TOOL_GROUPS='$(TOOL_GROUPS)' NODE_TOOL_GROUPS='$(NODE_TOOL_GROUPS)' \
 		TEST_PREREQS='$(TEST_PREREQS)' PYTEST_ARGS='$(PYTEST_ARGS)' BIN='$(BIN)' \
 		PYTEST_WORKERS='$(PYTEST_WORKERS)' \
 		bash hack/test.sh
-	$(MAKE) --no-print-directory e2e-floor
 	$(MAKE) --no-print-directory kind-smoke
 
 # The tests marked `floor` again, against the oldest supported Kubernetes minor

@@ -10,7 +10,7 @@
 # (tests/conftest.py), so tests run while the later groups still build; a failed build
 # fails the tests that need it, with the build's log. The background build is stopped
 # when this script ends. pytest ends with the slowest phases (≥ 10 s), where a warm
-# run's time goes.
+# run's time goes. Beside it runs the floor run (below), which `make e2e-floor` runs alone.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 : "${TOOL_GROUPS:?}" "${TEST_PREREQS:?}"
@@ -33,9 +33,44 @@ export QSYS_NODE_TOOL_GROUPS=${NODE_TOOL_GROUPS:-}
 # shellcheck disable=SC2086
 "$MAKE" --no-print-directory -j4 --output-sync=target $TEST_PREREQS
 
+# The floor run (`make e2e-floor`: the `floor` tests against Kubernetes 1.31, on a plane
+# of its own ports) beside the main one; its tests wait for their tool groups as the
+# main run's do, and the `timing` tests wait for it to end. SIGINT stops it the way
+# Ctrl-C would: its fixtures stop its plane.
+floor=$status/floor
+(
+	# shellcheck disable=SC2086
+	QSYS_KUBE_GROUP=kube-floor "$BIN/python" -m pytest -p no:cacheprovider -m floor tests/e2e \
+		${PYTEST_ARGS:-} >"$floor.log" 2>&1 &
+	echo $! >"$floor.pid"
+	frc=0
+	wait $! || frc=$?
+	echo "$frc" >"$floor.rc"
+) &
+floor_runner=$!
+export QSYS_SIDE_RUN=$floor.rc
+trap 'kill -INT "$(cat "$floor.pid" 2>/dev/null)" 2>/dev/null || true; wait "$floor_runner" || true
+kill -TERM -- "-$builder" 2>/dev/null || true' EXIT
+echo "test: the floor run beside the main one (log: $floor.log)"
+
+main=0
 # shellcheck disable=SC2086 # PYTEST_ARGS may carry several arguments
 "$BIN/python" -m pytest -n "${PYTEST_WORKERS:-3}" --dist loadgroup --no-loadscope-reorder \
-	--durations=40 --durations-min=10 ${PYTEST_ARGS:-}
+	--durations=40 --durations-min=10 ${PYTEST_ARGS:-} || main=$?
+
+if ((main != 0)) && [[ ! -f $floor.rc ]]; then
+	echo "test: the main run failed (exit status $main); stopping the floor run" >&2
+	exit 1
+fi
+wait "$floor_runner" || true
+rm -f "$floor.pid"
+echo "test: the floor run (QSYS_KUBE_GROUP=kube-floor pytest -m floor tests/e2e):"
+cat "$floor.log"
+frc=$(cat "$floor.rc" 2>/dev/null || echo 1)
+if ((main != 0 || frc != 0)); then
+	echo "test: failed (main run exit status $main, floor run $frc)" >&2
+	exit 1
+fi
 
 rc=0
 wait "$builder" || rc=$?

@@ -19,7 +19,12 @@ import pytest
 from qsys_core_sim.server import CoreSimulator
 from qsys_protocol.qrc.client import QrcClient
 from qsys_testkit import LOOPBACK, free_port
-from qsys_testkit.checkout import awaiting_tools, background_build, wait_for_tools
+from qsys_testkit.checkout import (
+    awaiting_tools,
+    background_build,
+    wait_for_side_run,
+    wait_for_tools,
+)
 
 if TYPE_CHECKING:
     from qsys_testkit.pytest_plugin import SimulatorFactory
@@ -123,8 +128,9 @@ def pytest_collection_finish(session: pytest.Session) -> None:
 
 def needed_tools(item: pytest.Item) -> set[str]:
     """Tool groups item waits for: its `tools` marks; for an e2e test also `kube` (the
-    control plane), and the real node's groups (QSYS_NODE_TOOL_GROUPS) when it uses the
-    real node; for a `timing` test every group (no compiler beside it)."""
+    control plane; in the floor run also QSYS_KUBE_GROUP, the floor's), and the real
+    node's groups (QSYS_NODE_TOOL_GROUPS) when it uses the real node; for a `timing` test
+    every group (no compiler beside it)."""
     groups = {group for mark in item.iter_markers("tools") for group in mark.args}
     build = background_build()
     if build is None:
@@ -133,6 +139,7 @@ def needed_tools(item: pytest.Item) -> set[str]:
         return groups | build[1]
     if _is_e2e(item):
         groups.add(E2E_TOOL_GROUP)
+        groups.add(os.environ.get("QSYS_KUBE_GROUP", E2E_TOOL_GROUP))
         if _uses_real_node(item):
             groups |= set(os.environ.get("QSYS_NODE_TOOL_GROUPS", "").split())
     return groups & build[1]
@@ -144,6 +151,8 @@ def pytest_runtest_protocol(item: pytest.Item) -> Generator[None, None, None]:
     needs here, outside its timeout (pytest-timeout starts it inside this hook)."""
     needed = needed_tools(item)
     error = wait_for_tools(needed)
+    if _is_timing(item):
+        wait_for_side_run()
     if error:
         item.stash[SETUP_FAILURE] = error
     with awaiting_tools(needed):
