@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `make test`: what CI runs. The pinned tool groups start building at once, in the
-# background, in the order of TOOL_GROUPS; beside them the other prerequisites
-# (TEST_PREREQS: install, lint, npm packages, images) run with make -j, then pytest
+# background, in the order of TOOL_GROUPS (SIDE_TOOL_GROUPS in a second chain); beside
+# them the other prerequisites (TEST_PREREQS: install, lint, npm packages, images) run
+# with make -j, then pytest
 # with PYTEST_WORKERS workers: the e2e tests on kwok's nodes (their own control plane)
 # on one, those on the real node (the main control plane) on another, unit and
 # integration tests on the third, and then wherever a worker is free. xdist hands out
@@ -20,9 +21,15 @@ BIN=${BIN:-.venv/bin}
 status=$PWD/.cache/tools-build
 rm -rf "$status"
 mkdir -p "$status"
-# setsid: the build's go processes form their own group, stopped together below.
-# shellcheck disable=SC2086 # word splitting of the group list is intended
-setsid bash hack/tools/build.sh $TOOL_GROUPS >"$status/log" 2>&1 &
+# Two chains (hack/tools/chains.sh): SIDE_TOOL_GROUPS beside the others, in
+# TOOL_GROUPS' order each. setsid: the build's go processes form their own group,
+# stopped together below.
+side=" ${SIDE_TOOL_GROUPS:-} "
+first=() second=()
+for group in $TOOL_GROUPS; do
+	if [[ $side == *" $group "* ]]; then second+=("$group"); else first+=("$group"); fi
+done
+setsid bash hack/tools/chains.sh "${first[*]}" "${second[*]:-}" >"$status/log" 2>&1 &
 builder=$!
 echo "$builder" >"$status/pid"
 trap 'kill -TERM -- "-$builder" 2>/dev/null || true' EXIT
