@@ -15,8 +15,9 @@ release: install
 	$(BIN)/python hack/release.py --registry '$(REGISTRY)' --key '$(COSIGN_KEY)' $(RELEASE_FLAGS)
 
 # The multi-arch layout and SBOMs `make release` pushes (built before the tests, which
-# publish them to their own registry).
-release-images: install
+# publish them to their own registry; after `images`, whose layers they share).
+release-images: install images
 	@$(BIN)/python hack/images.py release >/dev/null
 
-test: release-images
+# Beside the tool builds, as the other prerequisites of `make test` (hack/test.sh).
+TEST_PREREQS += release-images
