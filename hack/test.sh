@@ -21,6 +21,8 @@ BIN=${BIN:-.venv/bin}
 status=$PWD/.cache/tools-build
 rm -rf "$status"
 mkdir -p "$status"
+# The builder too: a group that fails leaves GROUP.failed and the next groups still build.
+export QSYS_TOOLS_STATUS=$status QSYS_TOOL_GROUPS=$TOOL_GROUPS
 # Two chains (hack/tools/chains.sh): SIDE_TOOL_GROUPS beside the others, in
 # TOOL_GROUPS' order each. setsid: the build's go processes form their own group,
 # stopped together below.
@@ -35,7 +37,6 @@ echo "$builder" >"$status/pid"
 trap 'kill -TERM -- "-$builder" 2>/dev/null || true' EXIT
 echo "test: building the tool groups in the background: $TOOL_GROUPS (log: $status/log)"
 
-export QSYS_TOOLS_STATUS=$status QSYS_TOOL_GROUPS=$TOOL_GROUPS
 export QSYS_NODE_TOOL_GROUPS=${NODE_TOOL_GROUPS:-}
 # shellcheck disable=SC2086
 "$MAKE" --no-print-directory -j4 --output-sync=target $TEST_PREREQS
