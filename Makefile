@@ -62,7 +62,6 @@ TEST_PREREQS := install lint js-deps mcp-inspector
 # them on a plane of its own (docs/testing.md); the kind smoke test after them.
 test:
 	@TOOL_GROUPS='$(TOOL_GROUPS)' NODE_TOOL_GROUPS='$(NODE_TOOL_GROUPS)' \
-		SIDE_TOOL_GROUPS='$(SIDE_TOOL_GROUPS)' \
 		TEST_PREREQS='$(TEST_PREREQS)' PYTEST_ARGS='$(PYTEST_ARGS)' BIN='$(BIN)' \
 		PYTEST_WORKERS='$(PYTEST_WORKERS)' \
 		bash hack/test.sh

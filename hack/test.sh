@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
 # `make test`: what CI runs. The pinned tool groups start building at once, in the
-# background, in the order of TOOL_GROUPS (SIDE_TOOL_GROUPS in a second chain); beside
-# them the other prerequisites (TEST_PREREQS: install, lint, npm packages, images) run
-# with make -j, then pytest
+# background, in the order of TOOL_GROUPS; beside them the other prerequisites
+# (TEST_PREREQS: install, lint, npm packages, images) run with make -j, then pytest
 # with PYTEST_WORKERS workers: the e2e tests on kwok's nodes (their own control plane)
 # on one, those on the real node (the main control plane) on another, unit and
 # integration tests on the third, and then wherever a worker is free. xdist hands out
@@ -23,15 +22,9 @@ rm -rf "$status"
 mkdir -p "$status"
 # The builder too: a group that fails leaves GROUP.failed and the next groups still build.
 export QSYS_TOOLS_STATUS=$status QSYS_TOOL_GROUPS=$TOOL_GROUPS
-# Two chains (hack/tools/chains.sh): SIDE_TOOL_GROUPS beside the others, in
-# TOOL_GROUPS' order each. setsid: the build's go processes form their own group,
-# stopped together below.
-side=" ${SIDE_TOOL_GROUPS:-} "
-first=() second=()
-for group in $TOOL_GROUPS; do
-	if [[ $side == *" $group "* ]]; then second+=("$group"); else first+=("$group"); fi
-done
-setsid bash hack/tools/chains.sh "${first[*]}" "${second[*]:-}" >"$status/log" 2>&1 &
+# setsid: the build's go processes form their own group, stopped together below.
+# shellcheck disable=SC2086 # word splitting of the group list is intended
+setsid bash hack/tools/build.sh $TOOL_GROUPS >"$status/log" 2>&1 &
 builder=$!
 echo "$builder" >"$status/pid"
 trap 'kill -TERM -- "-$builder" 2>/dev/null || true' EXIT

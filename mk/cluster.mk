@@ -13,13 +13,11 @@
 # node's containerd 1.6 answering ErrImageNeverPull for the imported images, so it runs
 # after every other test on the real node (test_helm_upgrade.py says more).
 NODE_TOOL_GROUPS ?= node metrics-server coredns kube-router
-TOOL_GROUPS ?= kube kube-floor helm $(NODE_TOOL_GROUPS) prometheus prometheus-operator otelcol \
-	registry kstatus argocd cosign promtool krew kind kubeadm
-# Built in a second chain beside the others once `kube` is built (hack/tools/chains.sh):
-# groups that share few packages with the first chain's, about half of the build time.
-# `kube-floor` first (the floor run beside the main one), `kind` and `kubeadm` (the
-# kind smoke test's node image, after the main run) last.
-SIDE_TOOL_GROUPS ?= kube-floor otelcol argocd cosign krew kind kubeadm
+# Only the floor run (kube-floor; beside the main run, its tests wait for it) and the kind
+# smoke test (kind, kubeadm for its node image; after the main run) need these.
+LATE_TOOL_GROUPS ?= kube-floor kind kubeadm
+TOOL_GROUPS ?= kube helm $(NODE_TOOL_GROUPS) prometheus prometheus-operator registry kstatus \
+	argocd cosign promtool krew otelcol $(LATE_TOOL_GROUPS)
 # What the local cluster with its real node and the chart need (`make cluster-up`, `make demo`).
 CLUSTER_TOOL_GROUPS ?= kube helm $(NODE_TOOL_GROUPS)
 KIND_CLUSTER ?= qsys-e2e
