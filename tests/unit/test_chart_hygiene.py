@@ -209,7 +209,7 @@ def test_binding_guard_is_an_admission_policy_for_the_operator_only() -> None:
 
 def test_license_file_is_the_one_pyproject_names() -> None:
     project = tomllib.loads((REPO / "pyproject.toml").read_text("utf-8"))["project"]
-    assert project["license"] == {"text": "Apache-2.0"}
+    assert project["license"] == "Apache-2.0"  # an SPDX expression (PEP 639)
     text = (REPO / "LICENSE").read_text("utf-8")
     assert "Apache License" in text[:200]
     assert "Version 2.0, January 2004" in text[:300]
