@@ -11,7 +11,9 @@
 # To add a tool: a new GROUP directory (go.mod with a `tool` line, go.sum from
 # `go mod tidy`, or from `go build -tags TAGS -mod=mod` when tidy cannot resolve
 # the untagged build), build.env with VERSION, BINARIES, LDFLAGS and optional
-# TAGS (Go build tags) and add it to TOOL_GROUPS in mk/cluster.mk.
+# TAGS (Go build tags), add it to TOOL_GROUPS in mk/cluster.mk and to a family of
+# hack/tool_pins.py, and run `python hack/tool_pins.py align` (one set of module versions,
+# so that the groups share compiled packages).
 # PATCHES (optional, for what upstream offers no flag for): entries
 # "MODULE|FILE|SED-EXPRESSION"; the build compiles a copy of the pinned MODULE with FILE
 # as the expression edits it (a directory `replace` in a copy of go.mod passed with
