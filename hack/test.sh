@@ -24,7 +24,8 @@ mkdir -p "$status"
 export QSYS_TOOLS_STATUS=$status QSYS_TOOL_GROUPS=$TOOL_GROUPS
 # setsid: the build's go processes form their own group, stopped together below.
 # shellcheck disable=SC2086 # word splitting of the group list is intended
-setsid bash hack/tools/build.sh $TOOL_GROUPS >"$status/log" 2>&1 &
+setsid bash -c 'bash hack/tools/build.sh "$@"; rc=$?; echo "$rc" >"$QSYS_TOOLS_STATUS/build.rc"; exit "$rc"' \
+	build $TOOL_GROUPS >"$status/log" 2>&1 &
 builder=$!
 echo "$builder" >"$status/pid"
 trap 'kill -TERM -- "-$builder" 2>/dev/null || true' EXIT
@@ -38,8 +39,12 @@ export QSYS_NODE_TOOL_GROUPS=${NODE_TOOL_GROUPS:-}
 # of its own ports) beside the main one; its tests wait for their tool groups as the
 # main run's do, and the `timing` tests wait for it to end. SIGINT stops it the way
 # Ctrl-C would: its fixtures stop its plane.
-floor=$status/floor
+# Then, once every group is built, the kind smoke test's prerequisites (Debian's docker.io,
+# the node image: a cold run's last minutes otherwise), so that `make kind-smoke` after
+# the main run only runs its test. A failure there is logged and left to kind-smoke.
+floor=$status/floor side=$status/side
 (
+	echo "$BASHPID" >"$side.pid"
 	# shellcheck disable=SC2086
 	QSYS_KUBE_GROUP=kube-floor "$BIN/python" -m pytest -p no:cacheprovider -m floor tests/e2e \
 		${PYTEST_ARGS:-} >"$floor.log" 2>&1 &
@@ -47,19 +52,25 @@ floor=$status/floor
 	frc=0
 	wait $! || frc=$?
 	echo "$frc" >"$floor.rc"
+	while [[ ! -f $status/build.rc && ! -f $status/stop ]]; do sleep 2; done
+	if [[ ! -f $status/stop ]] && ! compgen -G "$status/*.failed" >/dev/null; then
+		"$MAKE" --no-print-directory kind-deps kind-node-image >"$status/kind-prep.log" 2>&1 ||
+			echo "test: preparing the kind smoke test failed (log: $status/kind-prep.log)"
+	fi
+	touch "$side.done"
 ) &
 floor_runner=$!
-export QSYS_SIDE_RUN=$floor.rc
-trap 'kill -INT "$(cat "$floor.pid" 2>/dev/null)" 2>/dev/null || true; wait "$floor_runner" || true
-kill -TERM -- "-$builder" 2>/dev/null || true' EXIT
-echo "test: the floor run beside the main one (log: $floor.log)"
+export QSYS_SIDE_RUN=$side.done
+trap 'touch "$status/stop"; kill -INT "$(cat "$floor.pid" 2>/dev/null)" 2>/dev/null || true
+wait "$floor_runner" || true; kill -TERM -- "-$builder" 2>/dev/null || true' EXIT
+echo "test: the floor run beside the main one (log: $floor.log), then the kind smoke test's prerequisites"
 
 main=0
 # shellcheck disable=SC2086 # PYTEST_ARGS may carry several arguments
 "$BIN/python" -m pytest -n "${PYTEST_WORKERS:-3}" --dist loadgroup --no-loadscope-reorder \
 	--durations=40 --durations-min=10 ${PYTEST_ARGS:-} || main=$?
 
-if ((main != 0)) && [[ ! -f $floor.rc ]]; then
+if ((main != 0)) && [[ ! -f $side.done ]]; then
 	echo "test: the main run failed (exit status $main); stopping the floor run" >&2
 	exit 1
 fi

@@ -91,13 +91,14 @@ def wait_for_tools(groups: Iterable[str], timeout: float = 3 * 3600.0) -> str | 
 
 
 SIDE_RUN_ENV = "QSYS_SIDE_RUN"
-"""Under `make test`: the file the floor run beside the main one (hack/test.sh) writes its
-exit status to when it ends; its pid is in the same path with the suffix `.pid`."""
+"""Under `make test`: the file the side run (hack/test.sh: the floor run beside the main
+one, then the kind smoke test's prerequisites) creates when it ends; its pid is in the
+same path with the suffix `.pid`."""
 
 
 def wait_for_side_run(timeout: float = 3600.0) -> None:
-    """Wait until `make test`'s floor run has ended (or its process is gone): a `timing`
-    test must not share the 2 cores with a control plane starting up."""
+    """Wait until `make test`'s side run has ended (or its process is gone): a `timing`
+    test must not share the 2 cores with a control plane starting up or an image build."""
     done = os.environ.get(SIDE_RUN_ENV, "")
     if not done:
         return
