@@ -66,6 +66,8 @@ KEEP = (
     "github.com/prometheus-community/prom-label-proxy",
     "go.opentelemetry.io/collector",
     "github.com/open-telemetry/opentelemetry-collector-contrib",
+    # kube-router's Docker client (v25) needs go-connections' sockets.DialPipe, gone in 0.7.
+    "github.com/docker/go-connections",
 )
 KUBERNETES_PINNED = frozenset(
     {
