@@ -4,6 +4,7 @@ against a simulated Core that enforces the 512-group limit (docs/changegroups.md
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import resource
@@ -154,6 +155,9 @@ class Client:
     async def _read_ws(self) -> None:
         assert self.ws is not None
         async for raw in self.ws:
+            if raw.type != aiohttp.WSMsgType.TEXT:
+                self.errors.append(("ws message", raw.type))
+                continue
             msg = json.loads(raw.data)
             if msg.get("method") == "ChangeGroup.Poll":
                 self.record(msg["params"])
@@ -192,6 +196,11 @@ class Client:
                 self.record(await self.call("ChangeGroup.Poll", {"Id": "1"}))
             except QrcError as exc:
                 self.errors.append(("poll", exc.code, exc.message))
+            except (TimeoutError, ConnectionError) as exc:
+                # recorded, so a step that is never reached says why
+                self.errors.append(("poll", type(exc).__name__))
+                if isinstance(exc, ConnectionError):
+                    return
             await asyncio.sleep(POLL_EVERY)
 
     async def close(self) -> None:
@@ -203,11 +212,11 @@ class Client:
             await self.ws.close()
 
 
-async def wait_for(predicate: Any, timeout: float, what: str) -> None:
+async def wait_for(predicate: Any, timeout: float, what: str, why: Any = None) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
+            raise AssertionError(f"timed out waiting for {what}" + (f": {why()}" if why else ""))
         await asyncio.sleep(0.05)
 
 
@@ -254,10 +263,23 @@ async def test_600_clients_share_a_few_core_groups(
             loop = asyncio.get_running_loop()
             pollers = [loop.create_task(c.poll_forever()) for c in clients if not c.autopoll]
 
-            def reached(step: int) -> bool:
-                return all(c.latest(k) == value_at(k, step) for c in clients for k in c.keys)
+            def behind(step: int) -> list[Client]:
+                return [c for c in clients if any(c.latest(k) != value_at(k, step) for k in c.keys)]
 
-            await wait_for(lambda: reached(0), 30, "initial values")
+            def reached(step: int) -> bool:
+                return not behind(step)
+
+            def why(step: int) -> str:
+                late = behind(step)
+                kinds = {(c.kind, c.autopoll) for c in late}
+                errors = [e for c in clients for e in c.errors[-1:]]
+                stopped = sum(1 for t in pollers if t.done())
+                return (
+                    f"{len(late)} clients behind, (kind, autopoll) {sorted(kinds)}; "
+                    f"{stopped} of {len(pollers)} pollers stopped; last errors {errors[:5]}"
+                )
+
+            await wait_for(lambda: reached(0), 30, "initial values", lambda: why(0))
             for step in range(1, STEPS + 1):
                 if step == RESTART_BEFORE:
                     await sim.stop()
@@ -272,12 +294,15 @@ async def test_600_clients_share_a_few_core_groups(
                     apply_step(sim, step)
                 for ref in refs:
                     ref.record(await ref.call("ChangeGroup.Poll", {"Id": "1"}))
-                await wait_for(lambda s=step: reached(s), 30, f"step {step}")
+                await wait_for(lambda s=step: reached(s), 30, f"step {step}", lambda s=step: why(s))
         finally:
             for task in pollers:
                 task.cancel()
             await asyncio.gather(*pollers, return_exceptions=True)
-            await asyncio.gather(*(c.close() for c in clients + refs), return_exceptions=True)
+            # bounded, so a failure above is reported instead of the test's timeout
+            closing = asyncio.gather(*(c.close() for c in clients + refs), return_exceptions=True)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(closing, 30)
 
     errors = [e for c in clients for e in c.errors]
     assert not errors, errors[:5]  # in particular: no error 5 for any client

@@ -17,6 +17,9 @@ from . import jsonrpc
 from .errors import QrcError
 from .framing import FRAME_TOO_LARGE, FrameDecoder, encode_frame
 
+CLOSE_TIMEOUT = 2.0
+"""Seconds `QrcClient.close` waits for the peer to take what is still unsent."""
+
 
 class ConnectionClosed(ConnectionError):
     pass
@@ -195,13 +198,20 @@ class QrcClient:
                 if method is None or msg.method == method:
                     return msg
 
-    async def close(self) -> None:
+    async def close(self, timeout: float = CLOSE_TIMEOUT) -> None:
+        """Close the socket. What the peer has not taken within `timeout` seconds is
+        dropped and the connection reset: a peer that stops reading (a hung Core, a
+        stalled client) cannot hold the caller."""
         self._reader_task.cancel()
         with contextlib.suppress(BaseException):
             await self._reader_task
         self._writer.close()
-        with contextlib.suppress(Exception):
-            await self._writer.wait_closed()
+        try:
+            await asyncio.wait_for(self._writer.wait_closed(), timeout)
+        except TimeoutError:
+            self._writer.transport.abort()
+        except OSError:
+            pass  # the peer reset the connection: it is closed
 
     async def __aenter__(self) -> QrcClient:
         return self
