@@ -6,11 +6,19 @@ than only a cold one."""
 from __future__ import annotations
 
 import os
+import subprocess
+import warnings
 from pathlib import Path
 
 import pytest
 
-from qsys_testkit.checkout import AWAITED_ENV, awaiting_tools, pinned_tool
+from qsys_testkit.checkout import (
+    AWAITED_ENV,
+    SIDE_RUN_ENV,
+    awaiting_tools,
+    pinned_tool,
+    wait_for_side_run,
+)
 
 
 @pytest.fixture
@@ -43,3 +51,30 @@ def test_awaiting_tools_sets_the_groups_for_subprocesses_and_restores_them(
     with awaiting_tools(()):
         assert os.environ[AWAITED_ENV] == ""
     assert os.environ[AWAITED_ENV] == "x"
+
+
+def test_the_side_run_is_awaited_until_it_ends_or_its_process_is_gone(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    done = tmp_path / "side.done"
+    monkeypatch.setenv(SIDE_RUN_ENV, str(done))
+    finished = subprocess.Popen(["true"])
+    finished.wait()
+    (tmp_path / "side.pid").write_text(str(finished.pid))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        wait_for_side_run(timeout=5)  # its process is gone: no wait, no warning
+    done.touch()
+    (tmp_path / "side.pid").write_text(str(os.getpid()))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        wait_for_side_run(timeout=5)
+
+
+def test_a_side_run_that_does_not_end_is_reported(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv(SIDE_RUN_ENV, str(tmp_path / "side.done"))
+    (tmp_path / "side.pid").write_text(str(os.getpid()))  # alive, never done
+    with pytest.warns(UserWarning, match="had not ended after 1s"):
+        wait_for_side_run(timeout=1)
