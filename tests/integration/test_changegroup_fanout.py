@@ -236,73 +236,83 @@ async def test_600_clients_share_a_few_core_groups(
     refs = [Client(i, "ref", False) for i in range(6)]
     pollers: list[asyncio.Task[None]] = []
     connector = aiohttp.TCPConnector(limit=0)
-    async with aiohttp.ClientSession(connector=connector) as http:
-        try:
-            for ref in refs:
-                ref.qrc = await QrcClient.connect(LOOPBACK, sim.port, timeout=5)
-                await ref.subscribe()
-                ref.record(await ref.call("ChangeGroup.Poll", {"Id": "1"}))
-
-            # Core poll rate with 10 clients, then with 600
-            for c in clients[:10]:
-                await c.connect(gw, http, ADMIN_TOKEN)
-                await c.subscribe()
-            rate_10 = await core_poll_rate(sim)
-            for batch in range(10, len(clients), 50):
-                group = clients[batch : batch + 50]
-                await asyncio.gather(*(c.connect(gw, http, ADMIN_TOKEN) for c in group))
-                await asyncio.gather(*(c.subscribe() for c in group))
-            rate_600 = await core_poll_rate(sim)
-            assert sim.engine.change_group_count <= 4 + len(refs)
-            core_groups = await asyncio.to_thread(gw.metric, "qsys_gateway_core_change_groups")
-            assert 1 <= core_groups <= 4
-            assert await asyncio.to_thread(gw.metric, "qsys_gateway_change_groups") == len(clients)
-            assert rate_600 <= 1.5 * rate_10 + 5, (rate_10, rate_600)
-            assert rate_600 <= 4 / 0.05 + 5
-
-            loop = asyncio.get_running_loop()
-            pollers = [loop.create_task(c.poll_forever()) for c in clients if not c.autopoll]
-
-            def behind(step: int) -> list[Client]:
-                return [c for c in clients if any(c.latest(k) != value_at(k, step) for k in c.keys)]
-
-            def reached(step: int) -> bool:
-                return not behind(step)
-
-            def why(step: int) -> str:
-                late = behind(step)
-                kinds = {(c.kind, c.autopoll) for c in late}
-                errors = [e for c in clients for e in c.errors[-1:]]
-                stopped = sum(1 for t in pollers if t.done())
-                return (
-                    f"{len(late)} clients behind, (kind, autopoll) {sorted(kinds)}; "
-                    f"{stopped} of {len(pollers)} pollers stopped; last errors {errors[:5]}"
-                )
-
-            await wait_for(lambda: reached(0), 30, "initial values", lambda: why(0))
-            for step in range(1, STEPS + 1):
-                if step == RESTART_BEFORE:
-                    await sim.stop()
-                    apply_step(sim, step)  # changed while the Core is down
-                    await asyncio.sleep(0.3)
-                    await sim.start()
-                    for ref in refs:  # a direct client re-creates its group itself
-                        await ref.close()
-                        ref.qrc = await QrcClient.connect(LOOPBACK, sim.port, timeout=5)
-                        await ref.subscribe()
-                else:
-                    apply_step(sim, step)
+    # inside the test's own timeout: a stuck await fails with its traceback, not a thread dump
+    async with asyncio.timeout(240):
+        async with aiohttp.ClientSession(connector=connector) as http:
+            try:
                 for ref in refs:
+                    ref.qrc = await QrcClient.connect(LOOPBACK, sim.port, timeout=5)
+                    await ref.subscribe()
                     ref.record(await ref.call("ChangeGroup.Poll", {"Id": "1"}))
-                await wait_for(lambda s=step: reached(s), 30, f"step {step}", lambda s=step: why(s))
-        finally:
-            for task in pollers:
-                task.cancel()
-            await asyncio.gather(*pollers, return_exceptions=True)
-            # bounded, so a failure above is reported instead of the test's timeout
-            closing = asyncio.gather(*(c.close() for c in clients + refs), return_exceptions=True)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(closing, 30)
+
+                # Core poll rate with 10 clients, then with 600
+                for c in clients[:10]:
+                    await c.connect(gw, http, ADMIN_TOKEN)
+                    await c.subscribe()
+                rate_10 = await core_poll_rate(sim)
+                for batch in range(10, len(clients), 50):
+                    group = clients[batch : batch + 50]
+                    await asyncio.gather(*(c.connect(gw, http, ADMIN_TOKEN) for c in group))
+                    await asyncio.gather(*(c.subscribe() for c in group))
+                rate_600 = await core_poll_rate(sim)
+                assert sim.engine.change_group_count <= 4 + len(refs)
+                core_groups = await asyncio.to_thread(gw.metric, "qsys_gateway_core_change_groups")
+                assert 1 <= core_groups <= 4
+                assert await asyncio.to_thread(gw.metric, "qsys_gateway_change_groups") == len(
+                    clients
+                )
+                assert rate_600 <= 1.5 * rate_10 + 5, (rate_10, rate_600)
+                assert rate_600 <= 4 / 0.05 + 5
+
+                loop = asyncio.get_running_loop()
+                pollers = [loop.create_task(c.poll_forever()) for c in clients if not c.autopoll]
+
+                def behind(step: int) -> list[Client]:
+                    return [
+                        c for c in clients if any(c.latest(k) != value_at(k, step) for k in c.keys)
+                    ]
+
+                def reached(step: int) -> bool:
+                    return not behind(step)
+
+                def why(step: int) -> str:
+                    late = behind(step)
+                    kinds = {(c.kind, c.autopoll) for c in late}
+                    errors = [e for c in clients for e in c.errors[-1:]]
+                    stopped = sum(1 for t in pollers if t.done())
+                    return (
+                        f"{len(late)} clients behind, (kind, autopoll) {sorted(kinds)}; "
+                        f"{stopped} of {len(pollers)} pollers stopped; last errors {errors[:5]}"
+                    )
+
+                await wait_for(lambda: reached(0), 30, "initial values", lambda: why(0))
+                for step in range(1, STEPS + 1):
+                    if step == RESTART_BEFORE:
+                        await sim.stop()
+                        apply_step(sim, step)  # changed while the Core is down
+                        await asyncio.sleep(0.3)
+                        await sim.start()
+                        for ref in refs:  # a direct client re-creates its group itself
+                            await ref.close()
+                            ref.qrc = await QrcClient.connect(LOOPBACK, sim.port, timeout=5)
+                            await ref.subscribe()
+                    else:
+                        apply_step(sim, step)
+                    for ref in refs:
+                        ref.record(await ref.call("ChangeGroup.Poll", {"Id": "1"}))
+                    await wait_for(
+                        lambda s=step: reached(s), 30, f"step {step}", lambda s=step: why(s)
+                    )
+            finally:
+                for task in pollers:
+                    task.cancel()
+                await asyncio.gather(*pollers, return_exceptions=True)
+                # bounded, so a failure above is reported instead of the test's timeout
+                closing = asyncio.gather(
+                    *(c.close() for c in clients + refs), return_exceptions=True
+                )
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(closing, 30)
 
     errors = [e for c in clients for e in c.errors]
     assert not errors, errors[:5]  # in particular: no error 5 for any client
