@@ -393,6 +393,48 @@ async def test_hung_core_times_out_then_circuit_opens_and_recovers(
     assert metrics.registry.get_sample_value("qsys_gateway_circuit_state") == 0
 
 
+async def test_a_core_that_stops_reading_is_left_and_reconnected(
+    sim: CoreSimulator, make_upstream: UpstreamFactory
+) -> None:
+    """A hung Core whose socket takes nothing more (its TCP window closed) while calls are
+    still unsent: the keep-alive times out and the connection is replaced. Closing the old
+    socket drops what it could not send; it used to wait for the Core for ever."""
+    metrics = GatewayMetrics()
+    up = await make_upstream(
+        sim.port,
+        connections=1,
+        metrics=metrics,
+        keepalive_seconds=0.5,
+        requestTimeoutSeconds=0.5,
+        circuit_failure_threshold=10_000,
+    )
+    await wait_until(lambda: len(sim.connections) == 1)
+    (deaf,) = sim.connections
+    assert deaf.transport is not None
+    deaf.transport.pause_reading()
+    (conn,) = up._conns
+    client = conn._client
+    assert client is not None
+    text = "x" * 100_000
+    calls = [
+        asyncio.create_task(up.forward("Control.Set", {"Name": "WelcomeText", "Value": text}))
+        for _ in range(128)
+    ]
+    try:
+        await asyncio.sleep(0.1)
+        # the precondition: the kernel's buffers are full, the rest waits in the transport
+        assert client._writer.transport.get_write_buffer_size() > 0
+        await wait_until(lambda: up.up and any(c is not deaf for c in sim.connections), timeout=8)
+        assert metrics.registry.get_sample_value("qsys_gateway_upstream_reconnects_total") == 1
+        assert client.closed.is_set()
+        assert await up.forward("Control.Get", ["MainGain"])
+    finally:
+        results = await asyncio.gather(*calls, return_exceptions=True)
+        if deaf.transport is not None:
+            deaf.transport.abort()
+    assert all(isinstance(r, QrcError) for r in results), results[:3]
+
+
 async def test_failover_when_primary_unreachable(
     qsys_simulator: Any, make_upstream: UpstreamFactory
 ) -> None:
