@@ -207,7 +207,9 @@ class QrcClient:
             await self._reader_task
         self._writer.close()
         try:
-            await asyncio.wait_for(self._writer.wait_closed(), timeout)
+            # shielded: the close waiter is the protocol's own future, which a timeout
+            # would cancel for every later wait_closed (a second close would raise)
+            await asyncio.wait_for(asyncio.shield(self._writer.wait_closed()), timeout)
         except TimeoutError:
             self._writer.transport.abort()
         except OSError:
