@@ -280,6 +280,13 @@ class CoreSimulator:
             conn.abort()
             conn.connection_lost(None)
 
+    def stop_reading(self) -> None:
+        """Every open socket stops being read (a hung Core: its TCP window closes and what
+        is sent to it stays unsent); connections made afterwards are served."""
+        for conn in self.connections:
+            if conn.transport is not None:
+                conn.transport.pause_reading()
+
     async def restart(self, downtime: float = 0.0) -> None:
         """Simulate a Core reboot: sockets drop, change groups are lost, values are kept."""
         await self.stop()
