@@ -157,7 +157,8 @@ class Gateway:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + grace
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(rt.idle.wait(), grace)
+            async with asyncio.timeout(grace):
+                await rt.idle.wait()
         await self.clients.close_all()
         if self._qrc is not None:
             await self._qrc.close_all(max(0.5, deadline - loop.time()))

@@ -261,7 +261,8 @@ class CoreSimulator:
             self._server.close()
             self.drop_connections()
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._server.wait_closed(), 2.0)
+                async with asyncio.timeout(2.0):
+                    await self._server.wait_closed()
             self._server = None
 
     @property

@@ -147,7 +147,13 @@ class Client:
         await self.ws.send_str(
             json.dumps({"jsonrpc": "2.0", "id": rid, "method": method, "params": params})
         )
-        msg = await asyncio.wait_for(fut, 15)
+        try:
+            # not asyncio.wait_for: on Python 3.11 it returns the result, and swallows a
+            # cancellation, when the two meet, and a poller cancelled so would poll on
+            async with asyncio.timeout(15):
+                msg = await fut
+        finally:
+            self._waiting.pop(rid, None)
         if "error" in msg:
             raise QrcError(msg["error"]["code"], msg["error"].get("message"))
         return msg["result"]
@@ -162,7 +168,9 @@ class Client:
             if msg.get("method") == "ChangeGroup.Poll":
                 self.record(msg["params"])
             elif "id" in msg and msg["id"] in self._waiting:
-                self._waiting.pop(msg["id"]).set_result(msg)
+                waiting = self._waiting.pop(msg["id"])
+                if not waiting.done():
+                    waiting.set_result(msg)
 
     def _on_push(self, msg: Any) -> None:
         if msg.method == "ChangeGroup.Poll":
@@ -189,9 +197,10 @@ class Client:
         if self.autopoll:
             assert await self.call("ChangeGroup.AutoPoll", {"Id": "1", "Rate": POLL_EVERY})
 
-    async def poll_forever(self) -> None:
+    async def poll_forever(self, stop: asyncio.Event) -> None:
+        """Polls until stop is set (or the task is cancelled)."""
         await asyncio.sleep(POLL_EVERY * (self.index % 10) / 10)
-        while True:
+        while not stop.is_set():
             try:
                 self.record(await self.call("ChangeGroup.Poll", {"Id": "1"}))
             except QrcError as exc:
@@ -235,6 +244,7 @@ async def test_600_clients_share_a_few_core_groups(
     # direct reference clients: one per subscription pattern, straight to the Core
     refs = [Client(i, "ref", False) for i in range(6)]
     pollers: list[asyncio.Task[None]] = []
+    stop_polling = asyncio.Event()
     connector = aiohttp.TCPConnector(limit=0)
     # inside the test's own timeout: a stuck await fails with its traceback, not a thread dump
     async with asyncio.timeout(240):
@@ -265,7 +275,11 @@ async def test_600_clients_share_a_few_core_groups(
                 assert rate_600 <= 4 / 0.05 + 5
 
                 loop = asyncio.get_running_loop()
-                pollers = [loop.create_task(c.poll_forever()) for c in clients if not c.autopoll]
+                pollers = [
+                    loop.create_task(c.poll_forever(stop_polling))
+                    for c in clients
+                    if not c.autopoll
+                ]
 
                 def behind(step: int) -> list[Client]:
                     return [
@@ -304,15 +318,16 @@ async def test_600_clients_share_a_few_core_groups(
                         lambda s=step: reached(s), 30, f"step {step}", lambda s=step: why(s)
                     )
             finally:
+                stop_polling.set()
                 for task in pollers:
                     task.cancel()
                 await asyncio.gather(*pollers, return_exceptions=True)
                 # bounded, so a failure above is reported instead of the test's timeout
-                closing = asyncio.gather(
-                    *(c.close() for c in clients + refs), return_exceptions=True
-                )
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(closing, 30)
+                    async with asyncio.timeout(30):
+                        await asyncio.gather(
+                            *(c.close() for c in clients + refs), return_exceptions=True
+                        )
 
     errors = [e for c in clients for e in c.errors]
     assert not errors, errors[:5]  # in particular: no error 5 for any client

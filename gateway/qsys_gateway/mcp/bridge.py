@@ -73,7 +73,8 @@ async def serve(
             if transport is None or transport.is_closing():
                 break
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(done.wait(), DISCONNECT_CHECK)
+                async with asyncio.timeout(DISCONNECT_CHECK):
+                    await done.wait()
         return {"type": "http.disconnect"}
 
     def build(cls: type[web.StreamResponse], **kwargs: Any) -> web.StreamResponse:

@@ -94,7 +94,8 @@ class McpEndpoint:
             await self._end(session.sid)
         if self._runner is not None:
             with contextlib.suppress(asyncio.CancelledError, Exception):
-                await asyncio.wait_for(self._runner, 5.0)
+                async with asyncio.timeout(5.0):
+                    await self._runner
         await self.server.resources.close()
 
     async def _reap(self) -> None:
@@ -145,8 +146,12 @@ class McpEndpoint:
         async def send(message: Any) -> None:
             return None
 
+        ending = asyncio.get_running_loop().create_task(
+            self.manager.handle_request(scope, receive, send)
+        )
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.manager.handle_request(scope, receive, send), 5.0)
+            async with asyncio.timeout(5.0):
+                await ending
 
     # ---- HTTP -------------------------------------------------------------------------
 

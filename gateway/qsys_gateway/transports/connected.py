@@ -274,6 +274,7 @@ class ConnectedClient:
     async def close(self) -> None:
         await self.lane.cancel()
         try:
-            await asyncio.wait_for(self.admission.release(self.caller), 5.0)
+            async with asyncio.timeout(5.0):
+                await self.admission.release(self.caller)
         except (TimeoutError, QrcError, OSError):
             log.info("could not destroy change groups of a closed session")

@@ -96,7 +96,8 @@ class QrcServer:
             conn.abort()
         if self._server is not None:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._server.wait_closed(), timeout)
+                async with asyncio.timeout(timeout):
+                    await self._server.wait_closed()
 
 
 class QrcConnection(Inbound[Frame]):
@@ -396,7 +397,8 @@ class QrcConnection(Inbound[Frame]):
         try:
             if self._worker is not None:
                 with contextlib.suppress(Exception):
-                    await asyncio.wait_for(asyncio.shield(self._worker), 5.0)
+                    async with asyncio.timeout(5.0):
+                        await asyncio.shield(self._worker)
             await client.drain(5.0)
             await client.close()
             sock = self.transport

@@ -475,7 +475,8 @@ class WsConnection(Inbound[bytes | str]):
         self._close(GOING_AWAY, "gateway shutting down")
         sock.close()
         try:
-            await asyncio.wait_for(asyncio.shield(self._lost), CLOSE_WAIT)
+            async with asyncio.timeout(CLOSE_WAIT):
+                await asyncio.shield(self._lost)
         except TimeoutError:
             self._abort()
 
@@ -497,7 +498,8 @@ class WsConnection(Inbound[bytes | str]):
         try:
             if self._worker is not None:
                 with contextlib.suppress(Exception):  # its calls' errors were answered
-                    await asyncio.wait_for(asyncio.shield(self._worker), DRAIN_WAIT)
+                    async with asyncio.timeout(DRAIN_WAIT):
+                        await asyncio.shield(self._worker)
             await self.client.drain(DRAIN_WAIT)
             await self.client.close()
         finally:

@@ -200,7 +200,8 @@ class SubscriptionHub:
         self._refresh_waiters.append(waiter)
         self._refresh_wake.set()
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(waiter), self._owner.request_timeout)
+            async with asyncio.timeout(self._owner.request_timeout):
+                await waiter
 
     @staticmethod
     def _release_waiters(waiters: list[asyncio.Future[None]]) -> None:

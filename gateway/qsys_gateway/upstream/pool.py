@@ -135,7 +135,8 @@ class UpstreamPool:
         """Whether the Core is reachable, waiting up to `timeout` seconds for it."""
         if not self.up:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._up_event.wait(), timeout)
+                async with asyncio.timeout(timeout):
+                    await self._up_event.wait()
         return self.up
 
     @property

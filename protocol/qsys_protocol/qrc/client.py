@@ -66,9 +66,8 @@ class QrcClient:
         ssl: ssl_module.SSLContext | None = None,
         **kwargs: Any,
     ) -> QrcClient:
-        reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(host, port, ssl=ssl, limit=2**20), timeout
-        )
+        async with asyncio.timeout(timeout):
+            reader, writer = await asyncio.open_connection(host, port, ssl=ssl, limit=2**20)
         return cls(reader, writer, **kwargs)
 
     async def _read_loop(self) -> None:
@@ -209,7 +208,8 @@ class QrcClient:
         try:
             # shielded: the close waiter is the protocol's own future, which a timeout
             # would cancel for every later wait_closed (a second close would raise)
-            await asyncio.wait_for(asyncio.shield(self._writer.wait_closed()), timeout)
+            async with asyncio.timeout(timeout):
+                await asyncio.shield(self._writer.wait_closed())
         except TimeoutError:
             self._writer.transport.abort()
         except OSError:
