@@ -20,6 +20,10 @@ BIN=${BIN:-.venv/bin}
 status=$PWD/.cache/tools-build
 rm -rf "$status"
 mkdir -p "$status"
+t0=$(date +%s)
+# Each test's wait, start and end, by xdist group (qsys_testkit.timeline), summed up below.
+export QSYS_TEST_TIMELINE=$status/timeline
+timeline() { "$BIN/python" -m qsys_testkit.timeline "$QSYS_TEST_TIMELINE" "$t0" || true; }
 # The builder too: a group that fails leaves GROUP.failed and the next groups still build.
 export QSYS_TOOLS_STATUS=$status QSYS_TOOL_GROUPS=$TOOL_GROUPS
 # setsid: the build's go processes form their own group, stopped together below.
@@ -46,7 +50,7 @@ floor=$status/floor side=$status/side
 (
 	echo "$BASHPID" >"$side.pid"
 	# shellcheck disable=SC2086
-	QSYS_KUBE_GROUP=kube-floor "$BIN/python" -m pytest -p no:cacheprovider -m floor tests/e2e \
+	QSYS_KUBE_GROUP=kube-floor QSYS_TEST_RUN=floor "$BIN/python" -m pytest -p no:cacheprovider -m floor tests/e2e \
 		${PYTEST_ARGS:-} >"$floor.log" 2>&1 &
 	echo $! >"$floor.pid"
 	frc=0
@@ -72,15 +76,19 @@ main=0
 QSYS_BESIDE_NICE=${QSYS_BESIDE_NICE-5} "$BIN/python" -m pytest -n "${PYTEST_WORKERS:-3}" --dist loadgroup --no-loadscope-reorder \
 	--durations=40 --durations-min=10 ${PYTEST_ARGS:-} || main=$?
 
+echo "test: the main run ended $(($(date +%s) - t0)) s after the start"
 if ((main != 0)) && [[ ! -f $side.done ]]; then
 	echo "test: the main run failed (exit status $main); stopping the floor run" >&2
+	timeline
 	exit 1
 fi
 wait "$floor_runner" || true
 rm -f "$floor.pid"
+echo "test: the side run (floor run, kind prerequisites) ended $(($(stat -c %Y "$side.done" 2>/dev/null || date +%s) - t0)) s after the start"
 echo "test: the floor run (QSYS_KUBE_GROUP=kube-floor pytest -m floor tests/e2e):"
 cat "$floor.log"
 frc=$(cat "$floor.rc" 2>/dev/null || echo 1)
+timeline
 if ((main != 0 || frc != 0)); then
 	echo "test: failed (main run exit status $main, floor run $frc)" >&2
 	exit 1
@@ -89,6 +97,7 @@ fi
 rc=0
 wait "$builder" || rc=$?
 grep -E '^tools: built ' "$status/log" || true
+echo "test: every tool group built $(($(stat -c %Y "$status/build.rc" 2>/dev/null || date +%s) - t0)) s after the start"
 if ((rc != 0)); then
 	echo "test: a tool build failed:" >&2
 	tail -n 30 "$status/log" >&2

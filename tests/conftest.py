@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,7 +19,7 @@ import pytest
 
 from qsys_core_sim.server import CoreSimulator
 from qsys_protocol.qrc.client import QrcClient
-from qsys_testkit import LOOPBACK, free_port
+from qsys_testkit import LOOPBACK, free_port, timeline
 from qsys_testkit.checkout import (
     awaiting_tools,
     background_build,
@@ -154,16 +155,20 @@ def pytest_runtest_protocol(item: pytest.Item) -> Generator[None, None, None]:
     """Under `make test` the tool groups build while tests run: wait for the ones item
     needs here, outside its timeout (pytest-timeout starts it inside this hook), at the
     niceness of its group (qsys_testkit.priority)."""
-    group = item.get_closest_marker("xdist_group")
-    prioritize(group is not None and group.args[0] in CRITICAL_GROUPS)
+    mark = item.get_closest_marker("xdist_group")
+    group = str(mark.args[0]) if mark else item.path.parent.name
+    prioritize(group in CRITICAL_GROUPS)
+    entered = time.time()
     needed = needed_tools(item)
     error = wait_for_tools(needed)
     if _is_timing(item):
         wait_for_side_run()
     if error:
         item.stash[SETUP_FAILURE] = error
+    started = time.time()
     with awaiting_tools(needed):
         yield
+    timeline.record(group, item.nodeid, entered, started, time.time())
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
