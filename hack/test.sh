@@ -70,10 +70,8 @@ wait "$floor_runner" || true; kill -TERM -- "-$builder" 2>/dev/null || true' EXI
 echo "test: the floor run beside the main one (log: $floor.log), then the kind smoke test's prerequisites"
 
 main=0
-# The tests off the critical path (unit, integration, kwok-only e2e) at a higher niceness
-# than the builds, the real-node tests and the `timing` tests (qsys_testkit.priority).
 # shellcheck disable=SC2086 # PYTEST_ARGS may carry several arguments
-QSYS_BESIDE_NICE=${QSYS_BESIDE_NICE-5} "$BIN/python" -m pytest -n "${PYTEST_WORKERS:-3}" --dist loadgroup --no-loadscope-reorder \
+"$BIN/python" -m pytest -n "${PYTEST_WORKERS:-3}" --dist loadgroup --no-loadscope-reorder \
 	--durations=40 --durations-min=10 ${PYTEST_ARGS:-} || main=$?
 
 echo "test: the main run ended $(($(date +%s) - t0)) s after the start"

@@ -26,7 +26,6 @@ from qsys_testkit.checkout import (
     wait_for_side_run,
     wait_for_tools,
 )
-from qsys_testkit.priority import prioritize
 
 if TYPE_CHECKING:
     from qsys_testkit.pytest_plugin import SimulatorFactory
@@ -44,9 +43,6 @@ E2E_KWOK_GROUP = "e2e-kwok"
 E2E_NODE_GROUP = "e2e-node"
 # Tests marked `timing` run one at a time, last, and after the background tool builds.
 TIMING_GROUP = "timing"
-# The groups on a `make test` run's critical path; the other tests run at a higher
-# niceness beside them (qsys_testkit.priority).
-CRITICAL_GROUPS = frozenset({E2E_GROUP, E2E_NODE_GROUP, TIMING_GROUP})
 # What every e2e test waits for under `make test`: the control plane's binaries.
 E2E_TOOL_GROUP = "kube"
 # Why a test must fail before its fixtures start (a tool build failed, ...).
@@ -153,11 +149,10 @@ def needed_tools(item: pytest.Item) -> set[str]:
 @pytest.hookimpl(hookwrapper=True, tryfirst=True)
 def pytest_runtest_protocol(item: pytest.Item) -> Generator[None, None, None]:
     """Under `make test` the tool groups build while tests run: wait for the ones item
-    needs here, outside its timeout (pytest-timeout starts it inside this hook), at the
-    niceness of its group (qsys_testkit.priority)."""
+    needs here, outside its timeout (pytest-timeout starts it inside this hook); its
+    line in the run's timeline (qsys_testkit.timeline)."""
     mark = item.get_closest_marker("xdist_group")
     group = str(mark.args[0]) if mark else item.path.parent.name
-    prioritize(group in CRITICAL_GROUPS)
     entered = time.time()
     needed = needed_tools(item)
     error = wait_for_tools(needed)
