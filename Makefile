@@ -53,8 +53,10 @@ lint: install
 	@# The kind smoke test imports the e2e suite's helpers.
 	MYPYPATH=tests/e2e $(BIN)/mypy --explicit-package-bases --cache-dir .mypy_cache/tests-kind tests/kind
 
-# What `make test` runs beside the tool builds (hack/test.sh); mk/*.mk add theirs.
-TEST_PREREQS := install lint js-deps mcp-inspector
+# What `make test` runs beside the tool builds before pytest starts (hack/test.sh); mk/*.mk
+# add theirs. TEST_CHECKS run beside pytest (they need install) and fail `make test` at its end.
+TEST_PREREQS := install js-deps mcp-inspector
+TEST_CHECKS := lint
 
 # The tool groups (mk/cluster.mk) build in the background from the start; pytest runs
 # the kwok-only e2e tests on one worker (their own control plane), the real-node ones on
@@ -62,7 +64,7 @@ TEST_PREREQS := install lint js-deps mcp-inspector
 # them on a plane of its own (docs/testing.md); the kind smoke test after them.
 test:
 	@TOOL_GROUPS='$(TOOL_GROUPS)' NODE_TOOL_GROUPS='$(NODE_TOOL_GROUPS)' \
-		TEST_PREREQS='$(TEST_PREREQS)' PYTEST_ARGS='$(PYTEST_ARGS)' BIN='$(BIN)' \
+		TEST_PREREQS='$(TEST_PREREQS)' TEST_CHECKS='$(TEST_CHECKS)' PYTEST_ARGS='$(PYTEST_ARGS)' BIN='$(BIN)' \
 		PYTEST_WORKERS='$(PYTEST_WORKERS)' \
 		bash hack/test.sh
 	$(MAKE) --no-print-directory kind-smoke

@@ -13,7 +13,7 @@
 # run's time goes. Beside it runs the floor run (below), which `make e2e-floor` runs alone.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-: "${TOOL_GROUPS:?}" "${TEST_PREREQS:?}"
+: "${TOOL_GROUPS:?}" "${TEST_PREREQS:?}" "${TEST_CHECKS:?}"
 MAKE=${MAKE:-make}
 BIN=${BIN:-.venv/bin}
 
@@ -38,6 +38,21 @@ echo "test: building the tool groups in the background: $TOOL_GROUPS (log: $stat
 export QSYS_NODE_TOOL_GROUPS=${NODE_TOOL_GROUPS:-}
 # shellcheck disable=SC2086
 "$MAKE" --no-print-directory -j4 --output-sync=target $TEST_PREREQS
+
+# The checks (TEST_CHECKS: lint) need only `install`: they run beside the tests, which start
+# about a minute sooner, and fail `make test` at its end.
+checks=$status/checks
+# shellcheck disable=SC2086
+setsid bash -c '"$@" >"$0.log" 2>&1; echo $? >"$0.rc"' "$checks" \
+	"$MAKE" --no-print-directory $TEST_CHECKS &
+checks_pid=$!
+report_checks() {
+	wait "$checks_pid" || true
+	echo "test: the checks beside the tests (make $TEST_CHECKS):"
+	cat "$checks.log"
+	[[ $(cat "$checks.rc" 2>/dev/null) == 0 ]]
+}
+echo "test: the checks (make $TEST_CHECKS) beside the tests (log: $checks.log)"
 
 # The floor run (`make e2e-floor`: the `floor` tests against Kubernetes 1.31, on a plane
 # of its own ports) beside the main one; its tests wait for their tool groups as the
@@ -66,7 +81,7 @@ floor=$status/floor side=$status/side
 floor_runner=$!
 export QSYS_SIDE_RUN=$side.done
 trap 'touch "$status/stop"; kill -INT "$(cat "$floor.pid" 2>/dev/null)" 2>/dev/null || true
-wait "$floor_runner" || true; kill -TERM -- "-$builder" 2>/dev/null || true' EXIT
+wait "$floor_runner" || true; kill -TERM -- "-$builder" "-$checks_pid" 2>/dev/null || true' EXIT
 echo "test: the floor run beside the main one (log: $floor.log), then the kind smoke test's prerequisites"
 
 main=0
@@ -78,6 +93,7 @@ echo "test: the main run ended $(($(date +%s) - t0)) s after the start"
 if ((main != 0)) && [[ ! -f $side.done ]]; then
 	echo "test: the main run failed (exit status $main); stopping the floor run" >&2
 	timeline
+	report_checks || echo "test: the checks failed too" >&2
 	exit 1
 fi
 wait "$floor_runner" || true
@@ -87,8 +103,10 @@ echo "test: the floor run (QSYS_KUBE_GROUP=kube-floor pytest -m floor tests/e2e)
 cat "$floor.log"
 frc=$(cat "$floor.rc" 2>/dev/null || echo 1)
 timeline
-if ((main != 0 || frc != 0)); then
-	echo "test: failed (main run exit status $main, floor run $frc)" >&2
+crc=0
+report_checks || crc=1
+if ((main != 0 || frc != 0 || crc != 0)); then
+	echo "test: failed (main run exit status $main, floor run $frc, checks $crc)" >&2
 	exit 1
 fi
 
