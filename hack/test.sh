@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # `make test`: what CI runs. The pinned tool groups start building at once, in the
 # background, in the order of TOOL_GROUPS; beside them the other prerequisites
-# (TEST_PREREQS: install, lint, npm packages, images) run with make -j, then pytest
-# with PYTEST_WORKERS workers: the e2e tests on kwok's nodes (their own control plane)
+# (TEST_PREREQS: install, npm packages, images) run with make -j, then TEST_CHECKS (lint)
+# beside pytest with PYTEST_WORKERS workers: the e2e tests on kwok's nodes (their own control plane)
 # on one, those on the real node (the main control plane) on another, unit and
 # integration tests on the third, and then wherever a worker is free. xdist hands out
 # the groups in the order tests/conftest.py sorts them (--no-loadscope-reorder: the
