@@ -10,8 +10,8 @@ STAMP := $(VENV)/.installed
 # fresh clones on the same machine reuse them.
 export QSYS_TOOLS_CACHE ?= $(HOME)/.cache/qsys-operator
 PYTEST_ARGS ?=
-# pytest-xdist workers of `make test`: the two e2e groups and the rest (docs/testing.md).
-PYTEST_WORKERS ?= 3
+# pytest-xdist workers of `make test`: kwok-only e2e, two real-node lanes, the rest (docs/testing.md).
+PYTEST_WORKERS ?= 4
 
 .PHONY: help install test lint unit bench demo clean e2e-floor
 

@@ -3,8 +3,8 @@
 # background, in the order of TOOL_GROUPS; beside them the other prerequisites
 # (TEST_PREREQS: install, npm packages, images) run with make -j, then TEST_CHECKS (lint)
 # beside pytest with PYTEST_WORKERS workers: the e2e tests on kwok's nodes (their own control plane)
-# on one, those on the real node (the main control plane) on another, unit and
-# integration tests on the third, and then wherever a worker is free. xdist hands out
+# on one, those on the real node (the main control plane) in two lanes on two more,
+# unit and integration tests on the fourth, and then wherever a worker is free. xdist hands out
 # the groups in the order tests/conftest.py sorts them (--no-loadscope-reorder: the
 # `timing` group last). A test that needs a tool group waits for its build
 # (tests/conftest.py), so tests run while the later groups still build; a failed build
@@ -86,7 +86,7 @@ echo "test: the floor run beside the main one (log: $floor.log), then the kind s
 
 main=0
 # shellcheck disable=SC2086 # PYTEST_ARGS may carry several arguments
-"$BIN/python" -m pytest -n "${PYTEST_WORKERS:-3}" --dist loadgroup --no-loadscope-reorder \
+"$BIN/python" -m pytest -n "${PYTEST_WORKERS:-4}" --dist loadgroup --no-loadscope-reorder \
 	--durations=40 --durations-min=10 ${PYTEST_ARGS:-} || main=$?
 
 echo "test: the main run ended $(($(date +%s) - t0)) s after the start"

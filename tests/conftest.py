@@ -26,6 +26,7 @@ from qsys_testkit.checkout import (
     wait_for_side_run,
     wait_for_tools,
 )
+from qsys_testkit.nodeshare import Mode, NodeShare
 
 if TYPE_CHECKING:
     from qsys_testkit.pytest_plugin import SimulatorFactory
@@ -36,11 +37,17 @@ REPO = Path(__file__).resolve().parents[1]
 E2E = REPO / "tests" / "e2e"
 # The e2e tests run in xdist groups (`--dist loadgroup`), each on one worker against one
 # cluster: the tests on kwok's fake nodes only against a control plane of their own,
-# beside the tests on the real node against the main one (tests/e2e/conftest.py); or all
-# in one group when they share one cluster (qsys_testkit.cluster.kwok_plane_enabled).
+# beside the tests on the real node against the main one (tests/e2e/conftest.py), in two
+# lanes; or all in one group when they share one cluster
+# (qsys_testkit.cluster.kwok_plane_enabled).
 E2E_GROUP = "e2e"
 E2E_KWOK_GROUP = "e2e-kwok"
 E2E_NODE_GROUP = "e2e-node"
+# The real-node files run in two lanes (xdist groups `e2e-node-a` and `-b`, a worker each)
+# that share the node: a file marked `node_lane("b")` in the second, the others in the
+# first. A file holds the node shared, or exclusive when marked `node_exclusive`
+# (qsys_testkit.nodeshare; docs/testing.md, "The real node in two lanes").
+NODE_LANES = ("a", "b")
 # Tests marked `timing` run one at a time, last, and after the background tool builds.
 TIMING_GROUP = "timing"
 # What every e2e test waits for under `make test`: the control plane's binaries.
@@ -61,10 +68,20 @@ def _is_timing(item: pytest.Item) -> bool:
     return item.get_closest_marker("timing") is not None
 
 
+def _node_lane(item: pytest.Item) -> str:
+    mark = item.get_closest_marker("node_lane")
+    lane = str(mark.args[0]) if mark else NODE_LANES[0]
+    if lane not in NODE_LANES:
+        raise pytest.UsageError(f"{item.nodeid}: node_lane({lane!r}), not one of {NODE_LANES}")
+    return lane
+
+
 def _e2e_group(item: pytest.Item, split: bool) -> str:
     if not split:
         return E2E_GROUP
-    return E2E_NODE_GROUP if _uses_real_node(item) else E2E_KWOK_GROUP
+    if _uses_real_node(item):
+        return f"{E2E_NODE_GROUP}-{_node_lane(item)}"
+    return E2E_KWOK_GROUP
 
 
 def _build_order(items: list[pytest.Item]) -> dict[Path, int]:
@@ -146,11 +163,47 @@ def needed_tools(item: pytest.Item) -> set[str]:
     return groups & build[1]
 
 
+_node_share: NodeShare | None = None
+
+
+def _node_mode(item: pytest.Item | None) -> Mode | None:
+    """How item holds the real node: None when it does not use it (or runs elsewhere)."""
+    if item is None or not _uses_real_node(item) or os.environ.get("KUBECONFIG"):
+        return None
+    return Mode.EXCLUSIVE if item.get_closest_marker("node_exclusive") else Mode.SHARED
+
+
+def _share() -> NodeShare:
+    global _node_share
+    if _node_share is None:
+        from qsys_testkit.cluster import LocalCluster
+
+        _node_share = NodeShare(LocalCluster().share_dir)
+    return _node_share
+
+
+def _keeps_node(item: pytest.Item, nextitem: pytest.Item | None) -> bool:
+    """Whether the hold on the node goes on after item: within a file, and from one
+    exclusive file to the next whose tools are built (the other lane must not slip in
+    between two exclusive files and make them wait for its own)."""
+    if nextitem is None:
+        return False
+    if nextitem.path == item.path:
+        return True
+    if _node_mode(item) is not Mode.EXCLUSIVE or _node_mode(nextitem) is not Mode.EXCLUSIVE:
+        return False
+    return wait_for_tools(needed_tools(nextitem), timeout=0) is None
+
+
 @pytest.hookimpl(hookwrapper=True, tryfirst=True)
-def pytest_runtest_protocol(item: pytest.Item) -> Generator[None, None, None]:
+def pytest_runtest_protocol(
+    item: pytest.Item, nextitem: pytest.Item | None
+) -> Generator[None, None, None]:
     """Under `make test` the tool groups build while tests run: wait for the ones item
-    needs here, outside its timeout (pytest-timeout starts it inside this hook); its
-    line in the run's timeline (qsys_testkit.timeline)."""
+    needs here, outside its timeout (pytest-timeout starts it inside this hook), and for
+    its hold on the real node (the other lane may have it); let the node go after its
+    teardown unless the next test keeps it; its line in the run's timeline
+    (qsys_testkit.timeline)."""
     mark = item.get_closest_marker("xdist_group")
     group = str(mark.args[0]) if mark else item.path.parent.name
     entered = time.time()
@@ -160,9 +213,14 @@ def pytest_runtest_protocol(item: pytest.Item) -> Generator[None, None, None]:
         wait_for_side_run()
     if error:
         item.stash[SETUP_FAILURE] = error
+    mode = _node_mode(item)
+    if mode is not None:
+        _share().acquire(mode)
     started = time.time()
     with awaiting_tools(needed):
         yield
+    if mode is not None and not _keeps_node(item, nextitem):
+        _share().release()
     timeline.record(group, item.nodeid, entered, started, time.time())
 
 
@@ -181,8 +239,8 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     from qsys_testkit.cluster import PLANES, LocalCluster
 
     for plane in PLANES:
-        # Its owner_file (tests/e2e/conftest.py) is left behind only when the process that
-        # started the plane died.
+        # Its owner_file (LocalCluster.join) is left behind only when its last user died
+        # (the workers that share it stop it as they leave).
         local = LocalCluster(timeout=300, plane=plane)
         try:
             owner = int(local.owner_file.read_text())

@@ -6,6 +6,7 @@ repository (its scripts and pinned tools)."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import subprocess
 from collections.abc import Callable, Iterator, Mapping
@@ -134,7 +135,54 @@ class LocalCluster:
 
     def ensure_real_node(self) -> None:
         """Start the real node unless it runs (a cluster started with QSYS_REAL_NODE=lazy)."""
-        self._checked("node.sh", "ensure-up")
+        with self._locked():
+            self._checked("node.sh", "ensure-up")
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        """Starting, joining, leaving and stopping the plane, one process at a time (two
+        xdist workers share the main plane, tests/e2e/conftest.py)."""
+        path = self.state_dir.with_name(f"{self.state_dir.name}.lock")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a") as held:
+            fcntl.flock(held, fcntl.LOCK_EX)
+            yield
+
+    @property
+    def share_dir(self) -> Path:
+        """Where the processes using the real node hold it (qsys_testkit.nodeshare)."""
+        return self.state_dir.with_name(f"{self.state_dir.name}.share")
+
+    @property
+    def users_dir(self) -> Path:
+        """One file per process using the plane (join), named after its pid."""
+        return self.state_dir.with_name(f"{self.state_dir.name}.users")
+
+    def join(self) -> bool:
+        """Start the plane unless it runs and count this process among its users: True
+        when this call started it (its pid goes to owner_file)."""
+        with self._locked():
+            started = self.up()
+            if started:
+                self.owner_file.parent.mkdir(parents=True, exist_ok=True)
+                self.owner_file.write_text(str(os.getpid()))
+            self.users_dir.mkdir(parents=True, exist_ok=True)
+            (self.users_dir / str(os.getpid())).touch()
+            return started
+
+    def leave(self) -> bool:
+        """This process no longer uses the plane. The last user (dead ones do not count)
+        stops it when a test process started it (owner_file): True when this call did."""
+        with self._locked():
+            (self.users_dir / str(os.getpid())).unlink(missing_ok=True)
+            users = list(self.users_dir.iterdir()) if self.users_dir.is_dir() else []
+            alive = [user for user in users if Path(f"/proc/{user.name}").exists()]
+            for user in set(users) - set(alive):
+                user.unlink(missing_ok=True)
+            if alive or not self.owner_file.exists():
+                return False
+            self.down()
+            return True
 
     def import_images(self) -> None:
         """Import the tarballs of `make images` into the real node (those that changed)."""

@@ -6,9 +6,10 @@ import base64
 import json
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import yaml
-from kubernetes import client, utils
+from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from .net import wait_for
@@ -43,6 +44,24 @@ RESTRICTED_SECURITY_CONTEXT = {
 runs (user 10001 of the images)."""
 
 
+CRD_APPLY_ATTEMPTS = 5
+
+
+def _create_or_replace_crd(ext: client.ApiextensionsV1Api, body: Any) -> None:
+    """body: a CRD as YAML gives it (the client serialises a dict as it is)."""
+    name = body["metadata"]["name"]
+    try:
+        current = ext.read_custom_resource_definition(name)
+    except ApiException as exc:
+        if exc.status != 404:
+            raise
+        ext.create_custom_resource_definition(body)
+        return
+    assert current.metadata is not None
+    body["metadata"]["resourceVersion"] = current.metadata.resource_version
+    ext.replace_custom_resource_definition(name, body)
+
+
 def apply_crds(api: client.ApiClient, crds: Path | Iterable[Path], timeout: float = 60) -> None:
     """Create or replace the CRDs (a directory of YAML files, or the files), then wait
     until each is Established. The chart ships them as templates (crds.enabled); tests that
@@ -52,15 +71,15 @@ def apply_crds(api: client.ApiClient, crds: Path | Iterable[Path], timeout: floa
     for path in paths:
         body = yaml.safe_load(path.read_text("utf-8"))
         name = body["metadata"]["name"]
-        try:
-            current = ext.read_custom_resource_definition(name)
-            assert current.metadata is not None
-            body["metadata"]["resourceVersion"] = current.metadata.resource_version
-            ext.replace_custom_resource_definition(name, body)
-        except ApiException as exc:
-            if exc.status != 404:
-                raise
-            utils.create_from_dict(api, body)  # type: ignore[no-untyped-call]
+        # Another process of the run (the other real-node lane) may apply them at the
+        # same moment: a conflict means read again and replace again.
+        for attempt in range(1, CRD_APPLY_ATTEMPTS + 1):
+            try:
+                _create_or_replace_crd(ext, body)
+                break
+            except ApiException as exc:
+                if exc.status != 409 or attempt == CRD_APPLY_ATTEMPTS:
+                    raise
 
         def established(n: str = name) -> bool:
             crd = ext.read_custom_resource_definition(n)

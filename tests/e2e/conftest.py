@@ -2,11 +2,13 @@
 
 With KUBECONFIG set, that cluster is used (kind or any other). Otherwise the local
 control planes of hack/cluster are brought up once per session, each when its first test
-runs, and taken down at the end if this session started them: the main one for the tests
+runs, and taken down at the end by the last session using them if a test session
+started them (LocalCluster.join, leave): the main one for the tests
 on the real node (which starts only when the first test that requests `real_node` runs),
 and the `kwok` plane, on kwok's fake nodes only, for the others (QSYS_KWOK_PLANE=0: they
-share the main one). Under `make test` the two kinds run on two xdist workers at once
-(tests/conftest.py). No cluster means failed tests, never skipped ones.
+share the main one). Under `make test` the kwok-only files run on one xdist worker and
+the real-node ones in two lanes on two more, sharing the node (tests/conftest.py). No
+cluster means failed tests, never skipped ones.
 
 QSYS_KUBE_GROUP=kube-floor: the session runs against the oldest supported Kubernetes
 minor instead (hack/tools/kube-floor; the `floor` plane, no real node, KUBECONFIG
@@ -38,10 +40,10 @@ MAIN = (
 KWOK = LocalCluster(plane="kwok")
 
 
-def _start_local(local: LocalCluster) -> bool:
-    """Start a local control plane; True when this call started it."""
+def _join_local(local: LocalCluster) -> None:
+    """Start a local control plane unless it runs, as one of its users."""
     try:
-        started = local.up()
+        local.join()
     except ClusterError as exc:
         pytest.fail(
             f"no Kubernetes cluster: KUBECONFIG is not set and the local control plane "
@@ -49,17 +51,16 @@ def _start_local(local: LocalCluster) -> bool:
             f"KUBECONFIG).\n{exc}",
             pytrace=False,
         )
-    if started:
-        local.owner_file.write_text(str(os.getpid()))
-    return started
 
 
 def _session_cluster(local: LocalCluster, given: str) -> Iterator[Cluster]:
-    """The cluster of kubeconfig given, else local's (started unless it runs; stopped at
-    the end, even after failures, when this started it)."""
-    kubeconfig, started = given, False
+    """The cluster of kubeconfig given, else local's: started unless it runs, and shared
+    with the run's other workers (the real-node lanes); the last of them to end stops
+    it, even after failures, when a test process started it (LocalCluster.leave)."""
+    kubeconfig, joined = given, False
     if not kubeconfig:
-        started = _start_local(local)
+        _join_local(local)
+        joined = True
         kubeconfig = str(local.kubeconfig)
     try:
         try:
@@ -73,8 +74,8 @@ def _session_cluster(local: LocalCluster, given: str) -> Iterator[Cluster]:
         yield Cluster(kubeconfig=kubeconfig, api=api, local=is_local)
         api.close()
     finally:
-        if started:
-            local.down()
+        if joined:
+            local.leave()
 
 
 @pytest.fixture(scope="session")

@@ -17,7 +17,12 @@ from node_support import real_node_names
 from qsys_testkit.checkout import REPO
 from qsys_testkit.cluster import Cluster
 
-pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("real_node"), pytest.mark.tools("helm")]
+pytestmark = [
+    pytest.mark.node_lane("b"),
+    pytest.mark.e2e,
+    pytest.mark.usefixtures("real_node"),
+    pytest.mark.tools("helm"),
+]
 
 DEMO_TIMEOUT_S = 480
 

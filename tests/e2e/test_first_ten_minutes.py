@@ -46,7 +46,12 @@ from operator_support import condition, get, wait_condition
 from qsys_testkit.checkout import REPO
 from qsys_testkit.cluster import Cluster, must, wait_for
 
-pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("real_node"), pytest.mark.tools("helm")]
+pytestmark = [
+    pytest.mark.node_exclusive,
+    pytest.mark.e2e,
+    pytest.mark.usefixtures("real_node"),
+    pytest.mark.tools("helm"),
+]
 
 READY_WITHIN_S = 120
 CORE = "auditorium"

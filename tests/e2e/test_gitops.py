@@ -57,6 +57,7 @@ from qsys_testkit.cluster import Cluster, must, wait_gone
 from qsys_testkit.kube import secret_text
 
 pytestmark = [
+    pytest.mark.node_exclusive,
     pytest.mark.e2e,
     # The first test includes the module fixture: the chart and the site synced by Argo CD.
     pytest.mark.timeout(900),

@@ -17,8 +17,8 @@ connection, or with an error, fails), the served CRDs are exactly crds/ of the w
 tree and belong to the release (kept on uninstall), the QSysCore is Ready on the new
 operator, and the gateway pods rolled at most once.
 
-This module runs before test_release_registry.py (the tests on the real node run on one
-worker, in the order of the last tool group each file needs, tests/conftest.py: `helm`
+This module runs before test_release_registry.py (both are in the real-node lane `a`,
+whose files run in the order of the last tool group each file needs, tests/conftest.py: `helm`
 here, `cosign`, the last of the real-node tests' groups, there): after that module's pulls of the
 same images from its registry, and this module's import of the previous release's
 images, the node's containerd (1.6, CRI) answered ErrImageNeverPull for the imported
@@ -64,6 +64,7 @@ from qsys_testkit.kube import apply_crds, secret_text
 
 # Imports the previous release's images into the real node's containerd: local cluster only.
 pytestmark = [
+    pytest.mark.node_exclusive,
     pytest.mark.e2e,
     pytest.mark.local_cluster,
     pytest.mark.usefixtures("real_node"),

@@ -33,7 +33,12 @@ from node_support import (
 from qsys_testkit.checkout import REPO
 from qsys_testkit.cluster import Cluster, wait_for
 
-pytestmark = [pytest.mark.e2e, pytest.mark.local_cluster, pytest.mark.usefixtures("real_node")]
+pytestmark = [
+    pytest.mark.node_exclusive,
+    pytest.mark.e2e,
+    pytest.mark.local_cluster,
+    pytest.mark.usefixtures("real_node"),
+]
 
 NODE_SH = REPO / "hack" / "cluster" / "node.sh"
 NODE_PROCESSES = (

@@ -5,7 +5,8 @@ renders, started by the kubelet from the built image. Clients on the host call t
 gateway Service's ClusterIP (198.19.0.0/16) over HTTP, WebSocket and raw QRC.
 
 The tests share one installation (module scope) and run in file order: later ones
-change it (policy edit, Core outage, rollout, operator restart, drain).
+change it (policy edit, Core outage, rollout, operator restart). The drain is
+test_real_gateway_drain.py's (it needs the node alone).
 """
 
 from __future__ import annotations
@@ -32,7 +33,6 @@ import pytest
 import yaml
 from kubernetes import client
 from node_support import (
-    NODE_SELECTOR,
     apply_example_policy,
     images,
     is_ready,
@@ -54,7 +54,12 @@ from qsys_testkit.checkout import REPO
 from qsys_testkit.cluster import Cluster, must, wait_for
 from qsys_testkit.kube import secret_text
 
-pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("real_node"), pytest.mark.tools("helm")]
+pytestmark = [
+    pytest.mark.node_lane("b"),
+    pytest.mark.e2e,
+    pytest.mark.usefixtures("real_node"),
+    pytest.mark.tools("helm"),
+]
 
 CHART = REPO / "charts" / "qsys-operator"
 CORE = "auditorium"
@@ -116,7 +121,16 @@ class Stack:
 
 
 @pytest.fixture(scope="module")
-def stack(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def stack(cluster: Cluster) -> Iterator[Stack]:
+    with installed_stack(cluster) as installed:
+        yield installed
+
+
+@contextlib.contextmanager
+def installed_stack(cluster: Cluster) -> Iterator[Stack]:
+    """The chart's operator, the Core simulator and a QSysCore with 2 Ready gateway pods
+    answering through their Service, in a namespace of their own (also
+    test_real_gateway_drain.py's)."""
     with real_namespace(cluster) as ns, operator_release(cluster, ns) as release:
         start_simulator(cluster, ns)
         core = client.CoreV1Api(cluster.api)
@@ -575,46 +589,3 @@ def test_operator_pod_restart_mid_reconcile(stack: Stack) -> None:
     client.CustomObjectsApi(stack.cluster.api).delete_namespaced_custom_object(
         "qsys.dev", "v1alpha1", stack.ns, "qsyscores", "second"
     )
-
-
-def test_drain_respects_the_pod_disruption_budget(stack: Stack) -> None:
-    kubectl = tool("kube", "kubectl")
-    pdb = client.PolicyV1Api(stack.cluster.api).read_namespaced_pod_disruption_budget(
-        GATEWAY, stack.ns
-    )
-    assert must(pdb.spec).min_available is not None or must(pdb.spec).max_unavailable is not None
-    result = subprocess.run(
-        [
-            str(kubectl),
-            "drain",
-            "--selector",
-            NODE_SELECTOR,
-            "--pod-selector",
-            GATEWAY_SELECTOR,
-            "--ignore-daemonsets",
-            "--delete-emptydir-data",
-            "--timeout=20s",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=90,
-        check=False,
-        env={**os.environ, "KUBECONFIG": stack.cluster.kubeconfig},
-    )
-    try:
-        # One real node: an evicted gateway pod has nowhere to go, so the budget must
-        # stop the drain before the last Ready gateway pod is evicted.
-        assert result.returncode != 0, result.stdout + result.stderr
-        assert "disruption budget" in result.stderr, result.stderr[-3000:]
-        ready = [p for p in stack.gateway_pods() if is_ready(p)]
-        assert ready, "the drain evicted every gateway pod"
-    finally:
-        subprocess.run(
-            [str(kubectl), "uncordon", "--selector", NODE_SELECTOR],
-            capture_output=True,
-            timeout=60,
-            check=True,
-            env={**os.environ, "KUBECONFIG": stack.cluster.kubeconfig},
-        )
-    wait_pods_ready(stack.cluster, stack.ns, GATEWAY_SELECTOR, 2, timeout=TIMEOUT_S)
-    assert stack.rpc("StatusGet")[0] == 200

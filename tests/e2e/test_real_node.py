@@ -30,7 +30,7 @@ from node_support import (
 
 from qsys_testkit.cluster import Cluster, must, wait_for
 
-pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("real_node")]
+pytestmark = [pytest.mark.node_lane("b"), pytest.mark.e2e, pytest.mark.usefixtures("real_node")]
 
 SERVER = """
 import http.server

@@ -4,9 +4,11 @@ e2e session (tests/e2e/conftest.py)."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -65,6 +67,70 @@ def test_the_owner_file_goes_with_the_cluster(tmp_path: Path) -> None:
     local.down()
     assert not local.owner_file.exists()
     assert calls(tmp_path) == ["node ensure-up", "node import-images", "down"]
+
+
+USER = """
+import json, sys
+from pathlib import Path
+from qsys_testkit.cluster import LocalCluster
+env, where = json.loads(sys.argv[1]), Path(sys.argv[2])
+local = LocalCluster(env, timeout=2, scripts=where)
+print("started" if local.join() else "joined", flush=True)
+sys.stdin.read()
+print("stopped" if local.leave() else "left", flush=True)
+"""
+
+
+def user(tmp_path: Path, local: LocalCluster) -> subprocess.Popen[str]:
+    """Another process that joins local's plane, and leaves it when its stdin closes."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", USER, json.dumps(dict(local.env)), str(tmp_path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    proc.stdout.readline()
+    return proc
+
+
+def test_the_last_process_sharing_a_plane_stops_it(tmp_path: Path) -> None:
+    local = scripts(
+        tmp_path, 'test -e "$CALLS.up" && echo running || { touch "$CALLS.up"; echo started; }'
+    )
+    first = user(tmp_path, local)
+    try:
+        assert not local.join()
+        assert local.owner_file.read_text() == str(first.pid)
+        assert not local.leave()
+        assert calls(tmp_path) == ["up lazy", "up lazy"]
+        assert local.join() is False
+    finally:
+        out, _ = first.communicate(timeout=10)
+    assert out == "left\n"
+    assert local.leave()
+    assert calls(tmp_path) == ["up lazy", "up lazy", "up lazy", "down"]
+    assert not local.owner_file.exists()
+    assert list(local.users_dir.iterdir()) == []
+
+
+def test_a_dead_user_does_not_keep_a_plane_up(tmp_path: Path) -> None:
+    local = scripts(
+        tmp_path, 'test -e "$CALLS.up" && echo running || { touch "$CALLS.up"; echo started; }'
+    )
+    crashed = user(tmp_path, local)
+    crashed.kill()
+    crashed.communicate(timeout=10)
+    assert not local.join()
+    assert local.leave()
+    assert calls(tmp_path)[-1] == "down"
+
+
+def test_a_plane_no_test_started_is_left_running(tmp_path: Path) -> None:
+    local = scripts(tmp_path, "echo running")
+    assert not local.join()
+    assert not local.leave()
+    assert calls(tmp_path) == ["up lazy"]
 
 
 def test_a_failed_stop_raises_unless_told_not_to(tmp_path: Path) -> None:

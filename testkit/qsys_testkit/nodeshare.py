@@ -1,0 +1,73 @@
+"""Sharing the real node between test processes: a readers-writer lock over files.
+
+Under `make test` the test files on the real node run in two lanes (two xdist workers)
+against one cluster. A file whose tests stay inside namespaces of their own takes the
+node *shared*; a file that changes what every namespace sees (a cluster-wide operator,
+other CRDs, a drain, the node's teardown) takes it *exclusive*, so that no other file's
+pods, operators or CRs are live beside it (docs/testing.md, "The real node in two
+lanes"). Each process holds at most one of the two at a time, so there is no deadlock.
+
+Built on flock(2): the lock file held LOCK_SH or LOCK_EX, and a turnstile taken by
+both kinds first, which a waiting writer keeps until it is done, so that a lane that
+keeps starting shared files cannot starve the other lane's exclusive one.
+"""
+
+from __future__ import annotations
+
+import enum
+import fcntl
+import os
+from pathlib import Path
+
+
+class Mode(enum.Enum):
+    SHARED = "shared"
+    EXCLUSIVE = "exclusive"
+
+
+class NodeShare:
+    """One process's handle on the lock in directory `where` (created if missing)."""
+
+    def __init__(self, where: Path) -> None:
+        where.mkdir(parents=True, exist_ok=True)
+        self._lock_path = where / "node.lock"
+        self._turnstile_path = where / "node.turnstile"
+        self._lock: int | None = None
+        self._turnstile: int | None = None
+        self.held: Mode | None = None
+
+    def _open(self, path: Path) -> int:
+        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+
+    def acquire(self, mode: Mode) -> None:
+        """Take the node in mode, waiting as long as it takes (the tests' own timeouts
+        bound the wait); a held lock of the other mode is released first."""
+        if self.held is mode:
+            return
+        self.release()
+        turnstile = self._open(self._turnstile_path)
+        lock = self._open(self._lock_path)
+        try:
+            fcntl.flock(turnstile, fcntl.LOCK_EX)
+            if mode is Mode.SHARED:
+                fcntl.flock(lock, fcntl.LOCK_SH)
+                os.close(turnstile)
+                turnstile = -1
+            else:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+        except BaseException:
+            for fd in (turnstile, lock):
+                if fd >= 0:
+                    os.close(fd)
+            raise
+        self._lock = lock
+        self._turnstile = turnstile if turnstile >= 0 else None
+        self.held = mode
+
+    def release(self) -> None:
+        """Let the node go (closing a descriptor drops its flock)."""
+        for fd in (self._lock, self._turnstile):
+            if fd is not None:
+                os.close(fd)
+        self._lock = self._turnstile = None
+        self.held = None
