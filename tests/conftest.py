@@ -69,10 +69,18 @@ def _is_timing(item: pytest.Item) -> bool:
 
 
 def _node_lane(item: pytest.Item) -> str:
+    """Item's lane. Only the first may hold the node exclusive: an exclusive test waits
+    for the other lane's file to end while its own file's objects stay, so were both
+    lanes to do so, one's exclusive test could run beside the other's half-done file."""
     mark = item.get_closest_marker("node_lane")
     lane = str(mark.args[0]) if mark else NODE_LANES[0]
     if lane not in NODE_LANES:
         raise pytest.UsageError(f"{item.nodeid}: node_lane({lane!r}), not one of {NODE_LANES}")
+    if lane != NODE_LANES[0] and item.get_closest_marker("node_exclusive"):
+        raise pytest.UsageError(
+            f"{item.nodeid}: node_exclusive in lane {lane!r}; only lane {NODE_LANES[0]!r} "
+            "may hold the real node alone"
+        )
     return lane
 
 

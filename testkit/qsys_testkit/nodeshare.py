@@ -5,7 +5,8 @@ against one cluster. A file whose tests stay inside namespaces of their own take
 node *shared*; a file that changes what every namespace sees (a cluster-wide operator,
 other CRDs, a drain, the node's teardown) takes it *exclusive*, so that no other file's
 pods, operators or CRs are live beside it (docs/testing.md, "The real node in two
-lanes"). Each process holds at most one of the two at a time, so there is no deadlock.
+lanes"). Taking one mode lets go of the other first: no process waits while it holds
+the lock, so there is no deadlock.
 
 Built on flock(2): the lock file held LOCK_SH or LOCK_EX, and a turnstile taken by
 both kinds first, which a waiting writer keeps until it is done, so that a lane that
@@ -40,8 +41,9 @@ class NodeShare:
         return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
 
     def acquire(self, mode: Mode) -> None:
-        """Take the node in mode, waiting as long as it takes (the tests' own timeouts
-        bound the wait); a held lock of the other mode is released first."""
+        """Take the node in mode, waiting for as long as another process keeps the other
+        mode (its tests' timeouts bound that); a held lock of the other mode is released
+        first."""
         if self.held is mode:
             return
         self.release()

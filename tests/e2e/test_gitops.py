@@ -57,7 +57,6 @@ from qsys_testkit.cluster import Cluster, must, wait_gone
 from qsys_testkit.kube import secret_text
 
 pytestmark = [
-    pytest.mark.node_exclusive,
     pytest.mark.e2e,
     # The first test includes the module fixture: the chart and the site synced by Argo CD.
     pytest.mark.timeout(900),
@@ -633,6 +632,8 @@ def test_no_resource_goes_out_of_sync_while_the_hpa_scales(gitops: GitOps) -> No
     assert drift == []
 
 
+# It deletes the CRDs: no other file's CRs may be live beside it (tests/conftest.py).
+@pytest.mark.node_exclusive
 def test_a_cr_committed_with_the_chart_syncs_in_one_pass(gitops: GitOps) -> None:
     """docs/argocd/bundle.yaml: one Application of the chart and the site's git path, on
     a cluster without the CRDs. Its first sync applies the CRDs, the operator and the

@@ -42,7 +42,12 @@ from qsys_protocol.config import TokenReviewConfig
 from qsys_testkit.checkout import pinned_tool
 from qsys_testkit.cluster import Cluster, can_i, must, wait_for, wait_gone
 
-pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("real_node"), pytest.mark.tools("helm")]
+pytestmark = [
+    pytest.mark.node_lane("b"),
+    pytest.mark.e2e,
+    pytest.mark.usefixtures("real_node"),
+    pytest.mark.tools("helm"),
+]
 
 CORE = "hall"
 GATEWAY = f"{CORE}-gateway"
