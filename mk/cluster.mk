@@ -11,15 +11,18 @@
 # group where the first test that needs it should start. `cosign` comes last of the
 # real-node tests' groups: test_release_registry.py's pulls from its registry leave the
 # node's containerd 1.6 answering ErrImageNeverPull for the imported images, so it runs
-# after every other test on the real node (test_helm_upgrade.py says more).
-NODE_TOOL_GROUPS ?= node metrics-server coredns kube-router
+# after every other test on the real node (it is also marked `node_last`: the other
+# lane's files end first; test_helm_upgrade.py says more).
+# metrics-server is not among them: the node starts without it, and the tests that need
+# the metrics API (marked tools("metrics-server")) add it (`node.sh metrics-server`).
+NODE_TOOL_GROUPS ?= node coredns kube-router
 # Only the floor run (kube-floor; beside the main run, its tests wait for it) and the kind
 # smoke test (kind, kubeadm for its node image; after the main run) need these.
 LATE_TOOL_GROUPS ?= kube-floor kind kubeadm
-TOOL_GROUPS ?= kube helm $(NODE_TOOL_GROUPS) prometheus prometheus-operator registry kstatus \
+TOOL_GROUPS ?= kube helm $(NODE_TOOL_GROUPS) metrics-server prometheus prometheus-operator registry kstatus \
 	argocd cosign promtool krew otelcol $(LATE_TOOL_GROUPS)
 # What the local cluster with its real node and the chart need (`make cluster-up`, `make demo`).
-CLUSTER_TOOL_GROUPS ?= kube helm $(NODE_TOOL_GROUPS)
+CLUSTER_TOOL_GROUPS ?= kube helm $(NODE_TOOL_GROUPS) metrics-server
 KIND_CLUSTER ?= qsys-e2e
 KIND_KUBECONFIG := .cache/kind/kubeconfig
 # What the kind path needs besides Docker: kind, and kubectl and helm for the tests.

@@ -48,6 +48,13 @@ E2E_NODE_GROUP = "e2e-node"
 # first. A file holds the node shared, or exclusive when marked `node_exclusive`
 # (qsys_testkit.nodeshare; docs/testing.md, "The real node in two lanes").
 NODE_LANES = ("a", "b")
+# A file marked `node_last` waits for the other lane's last real-node file to end (at
+# most this long): test_release_registry.py's pulls leave the node's containerd
+# answering ErrImageNeverPull for imported images (test_helm_upgrade.py says more).
+NODE_LAST_WAIT_S = 3600.0
+# How long the second lane's first test looks for the first lane to have started (its
+# worker took it) before it takes the node without waiting for the first lane's hold.
+LANE_START_WAIT_S = 60.0
 # Tests marked `timing` run one at a time, last, and after the background tool builds.
 TIMING_GROUP = "timing"
 # What every e2e test waits for under `make test`: the control plane's binaries.
@@ -190,6 +197,50 @@ def _share() -> NodeShare:
     return _node_share
 
 
+def _lane_of(item: pytest.Item | None) -> str | None:
+    """The real-node lane item runs in under `make test` (its xdist group), else None."""
+    mark = item.get_closest_marker("xdist_group") if item is not None else None
+    group = str(mark.args[0]) if mark else ""
+    prefix = f"{E2E_NODE_GROUP}-"
+    return group.removeprefix(prefix) if group.startswith(prefix) else None
+
+
+def _run_id() -> str:
+    """One id for every worker of this pytest run."""
+    return os.environ.get("PYTEST_XDIST_TESTRUNUID") or str(os.getpid())
+
+
+def _other_lanes(item: pytest.Item, own: str) -> set[str]:
+    return {lane for other in item.session.items if (lane := _lane_of(other)) not in (None, own)}
+
+
+def _wait_other_lanes(item: pytest.Item, lane: str) -> str | None:
+    """Before item takes the node: the order of the lanes. The first lane's first hold
+    comes first (it starts with its exclusive files, which the other lane would
+    otherwise delay by a whole file); a `node_last` file lets the node go and waits
+    until the other lanes that have started (on other workers; one queued behind it on
+    this worker runs after it anyway) ran their last real-node file. Why not, when they
+    did not within NODE_LAST_WAIT_S. Without xdist the lanes run in one process, in
+    the order of the tests."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return None
+    share, run = _share(), _run_id()
+    others = _other_lanes(item, lane)
+    first = {NODE_LANES[0]} & others
+    if first and not share.wait(run, first, "started", LANE_START_WAIT_S):
+        share.wait(run, first, "held", NODE_LAST_WAIT_S)
+    if item.get_closest_marker("node_last") is None:
+        return None
+    running = share.wait(run, share.marked(run, others, "started"), "finished", 0)
+    if not running:
+        return None
+    share.release()
+    running = share.wait(run, running, "finished", NODE_LAST_WAIT_S)
+    if running:
+        return f"the real-node lanes {sorted(running)} did not end within {NODE_LAST_WAIT_S:.0f}s"
+    return None
+
+
 def _keeps_node(item: pytest.Item, nextitem: pytest.Item | None) -> bool:
     """Whether the hold on the node goes on after item: within a file, and from one
     exclusive file to the next whose tools are built (the other lane must not slip in
@@ -215,20 +266,30 @@ def pytest_runtest_protocol(
     mark = item.get_closest_marker("xdist_group")
     group = str(mark.args[0]) if mark else item.path.parent.name
     entered = time.time()
+    mode, lane = _node_mode(item), _lane_of(item)
+    if mode is not None and lane is not None:
+        _share().mark(_run_id(), lane, "started")
     needed = needed_tools(item)
     error = wait_for_tools(needed)
     if _is_timing(item):
         wait_for_side_run()
     if error:
         item.stash[SETUP_FAILURE] = error
-    mode = _node_mode(item)
+    if mode is not None and lane is not None:
+        error = error or _wait_other_lanes(item, lane)
+        if error:
+            item.stash[SETUP_FAILURE] = error
     if mode is not None:
         _share().acquire(mode)
+        if lane is not None:
+            _share().mark(_run_id(), lane, "held")
     started = time.time()
     with awaiting_tools(needed):
         yield
     if mode is not None and not _keeps_node(item, nextitem):
         _share().release()
+    if mode is not None and lane is not None and _lane_of(nextitem) != lane:
+        _share().mark(_run_id(), lane, "finished")
     timeline.record(group, item.nodeid, entered, started, time.time())
 
 

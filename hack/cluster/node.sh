@@ -8,6 +8,7 @@
 #   node.sh up        start the node's processes and wait until the node is Ready
 #   node.sh ensure-up `up` unless the node already runs (after QSYS_REAL_NODE=lazy)
 #   node.sh import-images   import the OCI tarballs of `make images` (if changed)
+#   node.sh metrics-server  add metrics-server to a running node that started without it
 #   node.sh down      stop everything and put the host back as recorded
 #   node.sh snapshot  print the host state the teardown test compares
 #   node.sh registry-trust HOST:PORT CA   pull from that loopback registry over TLS (CA)
@@ -252,8 +253,10 @@ PROMETHEUS_OPERATOR_BIN=$(bash "$REPO/hack/tools/build.sh" --dir prometheus-oper
 
 import_binary_images() {
 	binary_image "$COREDNS_IMAGE" /coredns 65532:65532 "$COREDNS_BIN/coredns:/coredns"
-	binary_image "$METRICS_SERVER_IMAGE" /metrics-server 65532:65532 \
-		"$METRICS_SERVER_BIN/metrics-server:/metrics-server"
+	if metrics_server_built; then
+		binary_image "$METRICS_SERVER_IMAGE" /metrics-server 65532:65532 \
+			"$METRICS_SERVER_BIN/metrics-server:/metrics-server"
+	fi
 	if [[ -x $PROMETHEUS_BIN/prometheus ]]; then
 		binary_image "$PROMETHEUS_IMAGE" /bin/prometheus 65534:65534 \
 			"$PROMETHEUS_BIN/prometheus:/bin/prometheus"
@@ -277,15 +280,17 @@ addon() {
 	printf '%s\n' "$text"
 }
 
-# CoreDNS, and metrics-server (the resource metrics API), with the certificates of
-# hack/cluster/pki.sh.
-addon_manifests() {
+# metrics-server (the resource metrics API) is the one add-on the node may start
+# without: under `make test` the node starts once its other groups are built, and the
+# tests that need the metrics API add it (`node.sh metrics-server`) once its group is.
+metrics_server_built() { [[ -x $METRICS_SERVER_BIN/metrics-server ]]; }
+
+# metrics-server, with the certificates of hack/cluster/pki.sh.
+metrics_server_manifest() {
 	local METRICS_SERVER_TLS_CRT METRICS_SERVER_TLS_KEY CLUSTER_CA_CRT
 	METRICS_SERVER_TLS_CRT=$(base64 -w0 "$PKI/metrics-server.crt")
 	METRICS_SERVER_TLS_KEY=$(base64 -w0 "$PKI/metrics-server.key")
 	CLUSTER_CA_CRT=$(base64 -w0 "$PKI/ca.crt")
-	addon coredns.yaml
-	echo ---
 	addon metrics-server.yaml
 }
 
@@ -348,9 +353,7 @@ cmd_up() {
 	for name in "${NODE_COMPONENTS[@]}"; do
 		[[ -x $(bin_path "$name") ]] || die "$(bin_path "$name") is missing: run 'make cluster-tools' (and 'make install' for containerd)"
 	done
-	for name in "$COREDNS_BIN/coredns" "$METRICS_SERVER_BIN/metrics-server"; do
-		[[ -x $name ]] || die "$name is missing: run 'make cluster-tools'"
-	done
+	[[ -x $COREDNS_BIN/coredns ]] || die "$COREDNS_BIN/coredns is missing: run 'make cluster-tools'"
 	cmd_net_up
 	write_configs
 	start containerd --config "$NODE/containerd.toml" --log-level warn
@@ -372,10 +375,17 @@ cmd_up() {
 		--run-firewall=true --run-router=false --run-service-proxy=false \
 		--service-cluster-ip-range="$SERVICE_CIDR" --hostname-override="$NODE_NAME" \
 		--health-port=0
-	addon_manifests | kubectl apply -f - >/dev/null
+	addon coredns.yaml | kubectl apply -f - >/dev/null
+	if metrics_server_built; then
+		metrics_server_manifest | kubectl apply -f - >/dev/null
+	else
+		log "metrics-server is not built yet: \`node.sh metrics-server\` adds it later"
+	fi
 	trap 'if (($? != 0)); then addon_diagnostics; fi' EXIT
 	wait_for "CoreDNS Ready" 120 kubelet coredns_ready
-	wait_for "the metrics API (metrics-server)" 120 kubelet metrics_api_available
+	if metrics_server_built; then
+		wait_for "the metrics API (metrics-server)" 120 kubelet metrics_api_available
+	fi
 	for name in "${NODE_COMPONENTS[@]}"; do
 		[[ -n $(component_pid "$name") ]] || die "$name exited (log: $LOGS/$name.log)"
 	done
@@ -652,6 +662,19 @@ cmd_registry_trust() {
 	EOF
 }
 
+# metrics-server on a node that started before its group was built (a no-op when the
+# metrics API answers already).
+cmd_metrics_server() {
+	require_root
+	metrics_server_built || die "$METRICS_SERVER_BIN/metrics-server is missing: run 'make cluster-tools'"
+	node_ready || die "the real node is not running: start it first (node.sh ensure-up)"
+	metrics_api_available && return 0
+	import_binary_images
+	metrics_server_manifest | kubectl apply -f - >/dev/null
+	trap 'if (($? != 0)); then addon_diagnostics; fi' EXIT
+	wait_for "the metrics API (metrics-server)" 120 kubelet metrics_api_available
+}
+
 cmd_registry_untrust() {
 	local dir
 	dir=$(registry_dir "${1:-}")
@@ -666,7 +689,8 @@ net-up) cmd_net_up ;;
 up) cmd_up ;;
 ensure-up) cmd_ensure_up ;;
 import-images) cmd_import_images && import_binary_images ;;
+metrics-server) cmd_metrics_server ;;
 down) cmd_down ;;
 snapshot) cmd_snapshot ;;
-*) die "usage: node.sh record|net-up|up|ensure-up|import-images|down|snapshot|registry-trust|registry-untrust" ;;
+*) die "usage: node.sh record|net-up|up|ensure-up|import-images|metrics-server|down|snapshot|registry-trust|registry-untrust" ;;
 esac

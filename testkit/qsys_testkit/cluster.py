@@ -138,6 +138,12 @@ class LocalCluster:
         with self._locked():
             self._checked("node.sh", "ensure-up")
 
+    def ensure_metrics_server(self) -> None:
+        """metrics-server on the running real node, unless it serves the metrics API
+        already (the node starts without it when its group was not built yet)."""
+        with self._locked():
+            self._checked("node.sh", "metrics-server")
+
     @contextmanager
     def _locked(self) -> Iterator[None]:
         """Starting, joining, leaving and stopping the plane, one process at a time (two

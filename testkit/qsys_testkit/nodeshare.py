@@ -18,7 +18,12 @@ from __future__ import annotations
 import enum
 import fcntl
 import os
+import shutil
+import time
 from pathlib import Path
+
+FINISHED_KEPT_S = 3600.0
+"""How long an earlier run's lane markers (mark) stay."""
 
 
 class Mode(enum.Enum):
@@ -31,6 +36,7 @@ class NodeShare:
 
     def __init__(self, where: Path) -> None:
         where.mkdir(parents=True, exist_ok=True)
+        self._finished = where / "finished"
         self._lock_path = where / "node.lock"
         self._turnstile_path = where / "node.turnstile"
         self._lock: int | None = None
@@ -73,3 +79,27 @@ class NodeShare:
                 os.close(fd)
         self._lock = self._turnstile = None
         self.held = None
+
+    def mark(self, run: str, lane: str, event: str) -> None:
+        """Record that this process's lane of run (a test run's id) reached event:
+        `started` (its first test came), `held` (it first held the node), `finished`
+        (its last real-node test ended)."""
+        (self._finished / run).mkdir(parents=True, exist_ok=True)
+        (self._finished / run / f"{lane}.{event}").touch()
+        for old in self._finished.iterdir():
+            if old.name != run and time.time() - old.stat().st_mtime > FINISHED_KEPT_S:
+                shutil.rmtree(old, ignore_errors=True)
+
+    def marked(self, run: str, lanes: set[str], event: str) -> set[str]:
+        """Those of lanes that reached event in run."""
+        return {lane for lane in lanes if (self._finished / run / f"{lane}.{event}").exists()}
+
+    def wait(self, run: str, lanes: set[str], event: str, timeout: float) -> set[str]:
+        """Wait until every one of lanes reached event in run: those that had not after
+        timeout (none when they all did)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            missing = lanes - self.marked(run, lanes, event)
+            if not missing or time.monotonic() >= deadline:
+                return missing
+            time.sleep(1.0)

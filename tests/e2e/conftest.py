@@ -125,6 +125,19 @@ def real_node(main_cluster: Cluster) -> client.V1Node:
     return require_real_node(main_cluster)
 
 
+@pytest.fixture(scope="session")
+def metrics_api(real_node: client.V1Node, main_cluster: Cluster) -> None:
+    """The resource metrics API on the local cluster's real node: metrics-server, added
+    when the node started before its tool group was built (`node.sh metrics-server`).
+    Another cluster brings its own or has none (kind: the tests that need it are marked
+    local_cluster)."""
+    if main_cluster.local:
+        try:
+            MAIN.ensure_metrics_server()
+        except ClusterError as exc:
+            pytest.fail(f"metrics-server did not start on the real node: {exc}", pytrace=False)
+
+
 @pytest.fixture(autouse=True)
 def _local_cluster_only(request: pytest.FixtureRequest) -> None:
     """A test marked `local_cluster` (kwok's fake nodes, the real node's containerd or

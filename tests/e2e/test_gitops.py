@@ -60,8 +60,9 @@ pytestmark = [
     pytest.mark.e2e,
     # The first test includes the module fixture: the chart and the site synced by Argo CD.
     pytest.mark.timeout(900),
-    pytest.mark.usefixtures("real_node"),
-    pytest.mark.tools("argocd", "kstatus", "helm", "kube", "registry"),
+    # The gateway HPA's metrics, for the drift window the first test starts.
+    pytest.mark.usefixtures("real_node", "metrics_api"),
+    pytest.mark.tools("argocd", "kstatus", "helm", "kube", "registry", "metrics-server"),
 ]
 
 T = TypeVar("T")

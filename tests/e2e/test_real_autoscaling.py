@@ -44,8 +44,8 @@ pytestmark = [
     pytest.mark.node_lane("b"),
     pytest.mark.e2e,
     pytest.mark.local_cluster,
-    pytest.mark.usefixtures("real_node"),
-    pytest.mark.tools("helm"),
+    pytest.mark.usefixtures("real_node", "metrics_api"),
+    pytest.mark.tools("helm", "metrics-server"),
 ]
 
 CORE = "hall"

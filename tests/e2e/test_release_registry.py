@@ -54,6 +54,7 @@ from qsys_testkit.registry import RegistryProcess
 # node.sh makes the real node trust the test registry: local cluster only.
 pytestmark = [
     pytest.mark.node_exclusive,
+    pytest.mark.node_last,
     pytest.mark.e2e,
     pytest.mark.local_cluster,
     pytest.mark.timeout(1200),

@@ -3,6 +3,7 @@ waits for them, and a waiting exclusive one goes before a later shared one."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from qsys_testkit.nodeshare import Mode, NodeShare
+from qsys_testkit.nodeshare import FINISHED_KEPT_S, Mode, NodeShare
 
 HOLDER = """
 import os, sys, time
@@ -115,3 +116,34 @@ def test_changing_mode_releases_the_other_first(tmp_path: Path) -> None:
     other = NodeShare(tmp_path)
     other.acquire(Mode.EXCLUSIVE)
     other.release()
+
+
+def test_a_lanes_events_count_only_in_its_own_run(tmp_path: Path) -> None:
+    share = NodeShare(tmp_path)
+    assert share.marked("run-1", {"a", "b"}, "started") == set()
+    NodeShare(tmp_path).mark("run-1", "b", "started")
+    assert share.marked("run-1", {"a", "b"}, "started") == {"b"}
+    assert share.wait("run-1", {"b"}, "finished", timeout=0.0) == {"b"}
+    NodeShare(tmp_path).mark("run-1", "b", "finished")
+    assert share.wait("run-1", {"b"}, "finished", timeout=0.0) == set()
+    assert share.wait("run-2", {"b"}, "finished", timeout=0.0) == {"b"}
+
+
+def test_waiting_for_a_lane_ends_when_another_process_marks_it(
+    tmp_path: Path, holders: list[subprocess.Popen[bytes]]
+) -> None:
+    marker = "from pathlib import Path; import sys, time; time.sleep(0.5); "
+    marker += "from qsys_testkit.nodeshare import NodeShare; "
+    marker += "NodeShare(Path(sys.argv[1])).mark('run', 'b', 'held')"
+    holders.append(subprocess.Popen([sys.executable, "-c", marker, str(tmp_path)]))
+    assert NodeShare(tmp_path).wait("run", {"b"}, "held", timeout=30.0) == set()
+
+
+def test_an_earlier_runs_markers_go_after_an_hour(tmp_path: Path) -> None:
+    share = NodeShare(tmp_path)
+    share.mark("old", "b", "finished")
+    share.mark("recent", "b", "started")
+    hour_ago = time.time() - FINISHED_KEPT_S - 1
+    os.utime(tmp_path / "finished" / "old", (hour_ago, hour_ago))
+    share.mark("now", "a", "started")
+    assert sorted(p.name for p in (tmp_path / "finished").iterdir()) == ["now", "recent"]
