@@ -58,24 +58,26 @@ echo "test: the checks (make $TEST_CHECKS) beside the tests (log: $checks.log)"
 # of its own ports) beside the main one; its tests wait for their tool groups as the
 # main run's do, and the `timing` tests wait for it to end. SIGINT stops it the way
 # Ctrl-C would: its fixtures stop its plane.
-# Then, once every group is built, the kind smoke test's prerequisites (Debian's docker.io,
-# the node image: a cold run's last minutes otherwise), so that `make kind-smoke` after
-# the main run only runs its test. A failure there is logged and left to kind-smoke.
+# Once every group is built, beside the floor run's last tests, the kind smoke test's
+# prerequisites (Debian's docker.io, the node image: a cold run's last minutes otherwise),
+# so that `make kind-smoke` after the main run only runs its test. A failure there is
+# logged and left to kind-smoke.
 floor=$status/floor side=$status/side
 (
 	echo "$BASHPID" >"$side.pid"
 	# shellcheck disable=SC2086
 	QSYS_KUBE_GROUP=kube-floor QSYS_TEST_RUN=floor "$BIN/python" -m pytest -p no:cacheprovider -m floor tests/e2e \
 		${PYTEST_ARGS:-} >"$floor.log" 2>&1 &
-	echo $! >"$floor.pid"
-	frc=0
-	wait $! || frc=$?
-	echo "$frc" >"$floor.rc"
+	floor_pid=$!
+	echo "$floor_pid" >"$floor.pid"
 	while [[ ! -f $status/build.rc && ! -f $status/stop ]]; do sleep 2; done
 	if [[ ! -f $status/stop ]] && ! compgen -G "$status/*.failed" >/dev/null; then
 		"$MAKE" --no-print-directory kind-deps kind-node-image >"$status/kind-prep.log" 2>&1 ||
 			echo "test: preparing the kind smoke test failed (log: $status/kind-prep.log)"
 	fi
+	frc=0
+	wait "$floor_pid" || frc=$?
+	echo "$frc" >"$floor.rc"
 	touch "$side.done"
 ) &
 floor_runner=$!
