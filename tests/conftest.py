@@ -273,12 +273,10 @@ def pytest_runtest_protocol(
     error = wait_for_tools(needed)
     if _is_timing(item):
         wait_for_side_run()
-    if error:
-        item.stash[SETUP_FAILURE] = error
     if mode is not None and lane is not None:
         error = error or _wait_other_lanes(item, lane)
-        if error:
-            item.stash[SETUP_FAILURE] = error
+    if error:
+        item.stash[SETUP_FAILURE] = error
     if mode is not None:
         _share().acquire(mode)
         if lane is not None:

@@ -36,7 +36,7 @@ class NodeShare:
 
     def __init__(self, where: Path) -> None:
         where.mkdir(parents=True, exist_ok=True)
-        self._finished = where / "finished"
+        self._lanes = where / "lanes"
         self._lock_path = where / "node.lock"
         self._turnstile_path = where / "node.turnstile"
         self._lock: int | None = None
@@ -84,15 +84,15 @@ class NodeShare:
         """Record that this process's lane of run (a test run's id) reached event:
         `started` (its first test came), `held` (it first held the node), `finished`
         (its last real-node test ended)."""
-        (self._finished / run).mkdir(parents=True, exist_ok=True)
-        (self._finished / run / f"{lane}.{event}").touch()
-        for old in self._finished.iterdir():
+        (self._lanes / run).mkdir(parents=True, exist_ok=True)
+        (self._lanes / run / f"{lane}.{event}").touch()
+        for old in self._lanes.iterdir():
             if old.name != run and time.time() - old.stat().st_mtime > FINISHED_KEPT_S:
                 shutil.rmtree(old, ignore_errors=True)
 
     def marked(self, run: str, lanes: set[str], event: str) -> set[str]:
         """Those of lanes that reached event in run."""
-        return {lane for lane in lanes if (self._finished / run / f"{lane}.{event}").exists()}
+        return {lane for lane in lanes if (self._lanes / run / f"{lane}.{event}").exists()}
 
     def wait(self, run: str, lanes: set[str], event: str, timeout: float) -> set[str]:
         """Wait until every one of lanes reached event in run: those that had not after

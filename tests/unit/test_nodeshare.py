@@ -144,6 +144,6 @@ def test_an_earlier_runs_markers_go_after_an_hour(tmp_path: Path) -> None:
     share.mark("old", "b", "finished")
     share.mark("recent", "b", "started")
     hour_ago = time.time() - FINISHED_KEPT_S - 1
-    os.utime(tmp_path / "finished" / "old", (hour_ago, hour_ago))
+    os.utime(tmp_path / "lanes" / "old", (hour_ago, hour_ago))
     share.mark("now", "a", "started")
-    assert sorted(p.name for p in (tmp_path / "finished").iterdir()) == ["now", "recent"]
+    assert sorted(p.name for p in (tmp_path / "lanes").iterdir()) == ["now", "recent"]
