@@ -3,8 +3,8 @@
 # background, in the order of TOOL_GROUPS; beside them the other prerequisites
 # (TEST_PREREQS: install, npm packages, images) run with make -j, then TEST_CHECKS (lint)
 # beside pytest with PYTEST_WORKERS workers: the e2e tests on kwok's nodes (their own control plane)
-# on one, those on the real node (the main control plane) in two lanes on two more,
-# unit and integration tests on the fourth, and then wherever a worker is free. xdist hands out
+# on one, those on the real node (the main control plane) in three lanes on three more,
+# unit and integration tests on the fifth, and then wherever a worker is free. xdist hands out
 # the groups in the order tests/conftest.py sorts them (--no-loadscope-reorder: the
 # `timing` group last). A test that needs a tool group waits for its build
 # (tests/conftest.py), so tests run while the later groups still build; a failed build

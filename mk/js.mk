@@ -6,6 +6,6 @@ JS_STAMP := $(JS_DIR)/node_modules/.installed
 .PHONY: js-deps
 js-deps: $(JS_STAMP)
 
-$(JS_STAMP): $(JS_DIR)/package.json $(JS_DIR)/package-lock.json hack/install-system-deps.sh | $(STAMP)
+$(JS_STAMP): $(JS_DIR)/package.json $(JS_DIR)/package-lock.json hack/install-system-deps.sh | system-deps
 	cd $(JS_DIR) && npm ci --ignore-scripts --no-audit --no-fund
 	touch $@

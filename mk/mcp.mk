@@ -6,6 +6,6 @@ MCP_INSPECTOR_STAMP := $(MCP_INSPECTOR_DIR)/node_modules/.installed
 .PHONY: mcp-inspector
 mcp-inspector: $(MCP_INSPECTOR_STAMP)
 
-$(MCP_INSPECTOR_STAMP): $(MCP_INSPECTOR_DIR)/package.json $(MCP_INSPECTOR_DIR)/package-lock.json hack/install-system-deps.sh | $(STAMP)
+$(MCP_INSPECTOR_STAMP): $(MCP_INSPECTOR_DIR)/package.json $(MCP_INSPECTOR_DIR)/package-lock.json hack/install-system-deps.sh | system-deps
 	cd $(MCP_INSPECTOR_DIR) && npm ci --ignore-scripts --no-audit --no-fund
 	touch $@

@@ -37,22 +37,22 @@ REPO = Path(__file__).resolve().parents[1]
 E2E = REPO / "tests" / "e2e"
 # The e2e tests run in xdist groups (`--dist loadgroup`), each on one worker against one
 # cluster: the tests on kwok's fake nodes only against a control plane of their own,
-# beside the tests on the real node against the main one (tests/e2e/conftest.py), in two
-# lanes; or all in one group when they share one cluster
+# beside the tests on the real node against the main one (tests/e2e/conftest.py), in
+# three lanes; or all in one group when they share one cluster
 # (qsys_testkit.cluster.kwok_plane_enabled).
 E2E_GROUP = "e2e"
 E2E_KWOK_GROUP = "e2e-kwok"
 E2E_NODE_GROUP = "e2e-node"
-# The real-node files run in two lanes (xdist groups `e2e-node-a` and `-b`, a worker each)
-# that share the node: a file marked `node_lane("b")` in the second, the others in the
-# first. A file holds the node shared, or exclusive when marked `node_exclusive`
-# (qsys_testkit.nodeshare; docs/testing.md, "The real node in two lanes").
-NODE_LANES = ("a", "b")
-# A file marked `node_last` waits for the other lane's last real-node file to end (at
+# The real-node files run in three lanes (xdist groups `e2e-node-a`, `-b` and `-c`, a
+# worker each) that share the node: a file marked `node_lane("b")` or `("c")` in that
+# lane, the others in the first. A file holds the node shared, or exclusive when marked
+# `node_exclusive` (qsys_testkit.nodeshare; docs/testing.md, "The real node in lanes").
+NODE_LANES = ("a", "b", "c")
+# A file marked `node_last` waits for the other lanes' last real-node files to end (at
 # most this long): test_release_registry.py's pulls leave the node's containerd
 # answering ErrImageNeverPull for imported images (test_helm_upgrade.py says more).
 NODE_LAST_WAIT_S = 3600.0
-# How long the second lane's first test looks for the first lane to have started (its
+# How long another lane's first test looks for the first lane to have started (its
 # worker took it) before it takes the node without waiting for the first lane's hold.
 LANE_START_WAIT_S = 60.0
 # Tests marked `timing` run one at a time, last, and after the background tool builds.
@@ -77,7 +77,7 @@ def _is_timing(item: pytest.Item) -> bool:
 
 def _node_lane(item: pytest.Item) -> str:
     """Item's lane. Only the first may hold the node exclusive: an exclusive test waits
-    for the other lane's file to end while its own file's objects stay, so were both
+    for the other lanes' files to end while its own file's objects stay, so were two
     lanes to do so, one's exclusive test could run beside the other's half-done file."""
     mark = item.get_closest_marker("node_lane")
     lane = str(mark.args[0]) if mark else NODE_LANES[0]
@@ -216,7 +216,7 @@ def _other_lanes(item: pytest.Item, own: str) -> set[str]:
 
 def _wait_other_lanes(item: pytest.Item, lane: str) -> str | None:
     """Before item takes the node: the order of the lanes. The first lane's first hold
-    comes first (it starts with its exclusive files, which the other lane would
+    comes first (it starts with its exclusive files, which the other lanes would
     otherwise delay by a whole file); a `node_last` file lets the node go and waits
     until the other lanes that have started (on other workers; one queued behind it on
     this worker runs after it anyway) ran their last real-node file. Why not, when they
@@ -243,7 +243,7 @@ def _wait_other_lanes(item: pytest.Item, lane: str) -> str | None:
 
 def _keeps_node(item: pytest.Item, nextitem: pytest.Item | None) -> bool:
     """Whether the hold on the node goes on after item: within a file, and from one
-    exclusive file to the next whose tools are built (the other lane must not slip in
+    exclusive file to the next whose tools are built (another lane must not slip in
     between two exclusive files and make them wait for its own)."""
     if nextitem is None:
         return False
@@ -260,7 +260,7 @@ def pytest_runtest_protocol(
 ) -> Generator[None, None, None]:
     """Under `make test` the tool groups build while tests run: wait for the ones item
     needs here, outside its timeout (pytest-timeout starts it inside this hook), and for
-    its hold on the real node (the other lane may have it); let the node go after its
+    its hold on the real node (another lane may have it); let the node go after its
     teardown unless the next test keeps it; its line in the run's timeline
     (qsys_testkit.timeline)."""
     mark = item.get_closest_marker("xdist_group")

@@ -1,16 +1,16 @@
 """Sharing the real node between test processes: a readers-writer lock over files.
 
-Under `make test` the test files on the real node run in two lanes (two xdist workers)
+Under `make test` the test files on the real node run in lanes (an xdist worker each)
 against one cluster. A file whose tests stay inside namespaces of their own takes the
 node *shared*; a file that changes what every namespace sees (a cluster-wide operator,
 other CRDs, a drain, the node's teardown) takes it *exclusive*, so that no other file's
-pods, operators or CRs are live beside it (docs/testing.md, "The real node in two
+pods, operators or CRs are live beside it (docs/testing.md, "The real node in
 lanes"). Taking one mode lets go of the other first: no process waits while it holds
 the lock, so there is no deadlock.
 
 Built on flock(2): the lock file held LOCK_SH or LOCK_EX, and a turnstile taken by
 both kinds first, which a waiting writer keeps until it is done, so that a lane that
-keeps starting shared files cannot starve the other lane's exclusive one.
+keeps starting shared files cannot starve another lane's exclusive one.
 """
 
 from __future__ import annotations

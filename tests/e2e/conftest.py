@@ -7,7 +7,7 @@ started them (LocalCluster.join, leave): the main one for the tests
 on the real node (which starts only when the first test that requests `real_node` runs),
 and the `kwok` plane, on kwok's fake nodes only, for the others (QSYS_KWOK_PLANE=0: they
 share the main one). Under `make test` the kwok-only files run on one xdist worker and
-the real-node ones in two lanes on two more, sharing the node (tests/conftest.py). No
+the real-node ones in three lanes on three more, sharing the node (tests/conftest.py). No
 cluster means failed tests, never skipped ones.
 
 QSYS_KUBE_GROUP=kube-floor: the session runs against the oldest supported Kubernetes

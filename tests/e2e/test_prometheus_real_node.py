@@ -55,6 +55,7 @@ from qsys_testkit.monitoring import alert_names, chart_prometheus_rule, promethe
 pytestmark = [
     pytest.mark.e2e,
     pytest.mark.local_cluster,
+    pytest.mark.node_lane("b"),
     pytest.mark.usefixtures("real_node"),
     pytest.mark.tools("helm", "prometheus", "prometheus-operator"),
 ]

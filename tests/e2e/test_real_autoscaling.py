@@ -41,7 +41,7 @@ from qsys_testkit.kube import secret_text
 
 # metrics-server as node.sh runs it: local cluster only.
 pytestmark = [
-    pytest.mark.node_lane("b"),
+    pytest.mark.node_lane("c"),
     pytest.mark.e2e,
     pytest.mark.local_cluster,
     pytest.mark.usefixtures("real_node", "metrics_api"),

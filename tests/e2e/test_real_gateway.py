@@ -55,7 +55,7 @@ from qsys_testkit.cluster import Cluster, must, wait_for
 from qsys_testkit.kube import secret_text
 
 pytestmark = [
-    pytest.mark.node_lane("b"),
+    pytest.mark.node_lane("c"),
     pytest.mark.e2e,
     pytest.mark.usefixtures("real_node"),
     pytest.mark.tools("helm"),

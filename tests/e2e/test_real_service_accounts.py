@@ -43,7 +43,7 @@ from qsys_testkit.checkout import pinned_tool
 from qsys_testkit.cluster import Cluster, can_i, must, wait_for, wait_gone
 
 pytestmark = [
-    pytest.mark.node_lane("b"),
+    pytest.mark.node_lane("c"),
     pytest.mark.e2e,
     pytest.mark.usefixtures("real_node"),
     pytest.mark.tools("helm"),

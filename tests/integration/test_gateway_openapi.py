@@ -11,13 +11,13 @@ from typing import Any
 import aiohttp
 import pytest
 from gateway_harness import NORULES_TOKEN, PANEL_TOKEN
-from openapi_schema_validator import OAS31Validator, validate
-from openapi_spec_validator import validate as validate_spec
 
 from qsys_testkit import GatewayProcess
 
 # Anything a schema (in)validation raises is a jsonschema ValidationError (untyped here).
 SchemaError = Exception
+# The validators are imported where used: jsonschema's import takes 1.2 s (rfc3987-syntax
+# builds its grammar), which every xdist worker would pay at collection.
 
 
 @pytest.fixture(scope="module")
@@ -31,6 +31,8 @@ def spec(shared_gateway: GatewayProcess) -> dict[str, Any]:
 
 def check(doc: dict[str, Any], schema: dict[str, Any], instance: Any) -> None:
     """Validate against a schema of the document (its #/components refs resolve in `doc`)."""
+    from openapi_schema_validator import OAS31Validator, validate
+
     validate(instance, {**schema, "components": doc["components"]}, cls=OAS31Validator)
 
 
@@ -57,6 +59,8 @@ async def post(gw: GatewayProcess, body: Any, token: str | None) -> tuple[int, A
 
 
 async def test_document_is_valid_openapi(spec: dict[str, Any]) -> None:
+    from openapi_spec_validator import validate as validate_spec
+
     validate_spec(spec)  # raises on any violation of the OpenAPI 3.1 schema
     assert spec["openapi"] == "3.1.0"
     assert {"/v1/rpc", "/v1/status", "/livez", "/readyz", "/healthz"} <= set(spec["paths"])
@@ -68,6 +72,8 @@ async def test_document_is_valid_openapi(spec: dict[str, Any]) -> None:
 
 
 async def test_validator_rejects_a_broken_document(spec: dict[str, Any]) -> None:
+    from openapi_spec_validator import validate as validate_spec
+
     broken = {**spec, "paths": {"/v1/rpc": {"post": {"responses": "none"}}}}
     with pytest.raises(SchemaError):
         validate_spec(broken)
