@@ -142,7 +142,9 @@ def install_fresh(dist: Path, wheel: Path, target: Path, installer: str = "pip")
         if not uv.is_file():
             raise SystemExit(f"--installer uv: no {uv} (make install)")
         venv.EnvBuilder(with_pip=False, clear=True).create(target)
-        command = [str(uv), "pip", "install", "--quiet", "--python", str(target / "bin" / "python")]
+        # Compiled as pip compiles, or the plugin's first run compiles the Kubernetes client.
+        command = [str(uv), "pip", "install", "--quiet", "--compile-bytecode"]
+        command += ["--python", str(target / "bin" / "python")]
     else:
         venv.EnvBuilder(with_pip=True, clear=True).create(target)
         command = [str(target / "bin" / "python"), "-m", "pip", "install", "--quiet"]
