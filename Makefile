@@ -43,11 +43,12 @@ install: $(STAMP)
 system-deps:
 	@bash hack/install-system-deps.sh
 
+# pip of a throw-away venv (the interpreter's own pip may be missing, as on Debian).
 $(UV):
-	rm -rf $(UV_DIR).tmp$$$$ && \
-		$(PYTHON) -m pip install --quiet --disable-pip-version-check --root-user-action=ignore \
-			--target $(UV_DIR).tmp$$$$ uv==$(UV_VERSION) && \
-		{ mv -T $(UV_DIR).tmp$$$$ $(UV_DIR) 2>/dev/null || rm -rf $(UV_DIR).tmp$$$$; }
+	tmp=$(UV_DIR).tmp$$$$ && rm -rf $$tmp && $(PYTHON) -m venv $$tmp/venv && \
+		$$tmp/venv/bin/python -m pip install --quiet --disable-pip-version-check \
+			--target $$tmp/uv uv==$(UV_VERSION) && \
+		{ mv -T $$tmp/uv $(UV_DIR) 2>/dev/null || true; } && rm -rf $$tmp
 	test -x $(UV)
 
 # --compile-bytecode as pip did: with PYTHONDONTWRITEBYTECODE set, every process would

@@ -26,9 +26,14 @@ export QSYS_TEST_TIMELINE=$status/timeline
 timeline() { "$BIN/python" -m qsys_testkit.timeline "$QSYS_TEST_TIMELINE" "$t0" || true; }
 # The builder too: a group that fails leaves GROUP.failed and the next groups still build.
 export QSYS_TOOLS_STATUS=$status QSYS_TOOL_GROUPS=$TOOL_GROUPS
-# setsid: the build's go processes form their own group, stopped together below.
+# setsid: the build's go processes form their own group, stopped together below. In a
+# cold run the builds are the critical path and the tests beside them keep the 2 CPUs
+# busy, so the builds go first (nice -3; root only, which the real node needs anyway).
+# Warm, nothing builds.
+first=()
+if (($(id -u) == 0)); then first=(nice -n -3); fi
 # shellcheck disable=SC2086 # word splitting of the group list is intended
-setsid bash -c 'bash hack/tools/build.sh "$@"; rc=$?; echo "$rc" >"$QSYS_TOOLS_STATUS/build.rc"; exit "$rc"' \
+"${first[@]}" setsid bash -c 'bash hack/tools/build.sh "$@"; rc=$?; echo "$rc" >"$QSYS_TOOLS_STATUS/build.rc"; exit "$rc"' \
 	build $TOOL_GROUPS >"$status/log" 2>&1 &
 builder=$!
 echo "$builder" >"$status/pid"

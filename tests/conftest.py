@@ -57,6 +57,10 @@ NODE_LAST_WAIT_S = 3600.0
 LANE_START_WAIT_S = 60.0
 # Tests marked `timing` run one at a time, last, and after the background tool builds.
 TIMING_GROUP = "timing"
+# The other tests go to the workers a file at a time (xdist group FILE_GROUP + path), so
+# that a module fixture starts once: spread test by test, test_plugin_dist.py's three
+# tests once built its wheels and venv with pip on three workers at the same time.
+FILE_GROUP = "file:"
 # What every e2e test waits for under `make test`: the control plane's binaries.
 E2E_TOOL_GROUP = "kube"
 # Why a test must fail before its fixtures start (a tool build failed, ...).
@@ -136,6 +140,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.xdist_group(_e2e_group(item, split)))
         elif _is_timing(item):
             item.add_marker(pytest.mark.xdist_group(TIMING_GROUP))
+        else:
+            item.add_marker(pytest.mark.xdist_group(FILE_GROUP + item.nodeid.split("::", 1)[0]))
     build = _build_order(items)
     items.sort(
         key=lambda item: (
@@ -264,7 +270,9 @@ def pytest_runtest_protocol(
     teardown unless the next test keeps it; its line in the run's timeline
     (qsys_testkit.timeline)."""
     mark = item.get_closest_marker("xdist_group")
-    group = str(mark.args[0]) if mark else item.path.parent.name
+    group = str(mark.args[0]) if mark else FILE_GROUP
+    if group.startswith(FILE_GROUP):
+        group = item.path.parent.name
     entered = time.time()
     mode, lane = _node_mode(item), _lane_of(item)
     if mode is not None and lane is not None:
