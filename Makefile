@@ -19,8 +19,7 @@ UV := $(UV_DIR)/bin/uv
 # the path or mtime differ, so a fresh clone reuses them (15 s → 0.5 s for the packages).
 MYPY_CACHE := $(QSYS_TOOLS_CACHE)/mypy
 PYTEST_ARGS ?=
-# pytest-xdist workers of `make test`: kwok-only e2e, three real-node lanes, the rest; one
-# fewer (and two lanes) in a cold run, where the tool builds need the CPU (docs/testing.md).
+# pytest-xdist workers of `make test`: kwok-only e2e, three real-node lanes, the rest (docs/testing.md).
 PYTEST_WORKERS ?= 5
 
 .PHONY: help install system-deps pycache test lint unit bench demo clean e2e-floor

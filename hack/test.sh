@@ -26,22 +26,6 @@ export QSYS_TEST_TIMELINE=$status/timeline
 timeline() { "$BIN/python" -m qsys_testkit.timeline "$QSYS_TEST_TIMELINE" "$t0" || true; }
 # The builder too: a group that fails leaves GROUP.failed and the next groups still build.
 export QSYS_TOOLS_STATUS=$status QSYS_TOOL_GROUPS=$TOOL_GROUPS
-# Cold (a group not built yet): the builds are the critical path and the tests beside
-# them keep the 2 CPUs busy, so the tests take less: the real node in two lanes (lane
-# c's files in lane b, tests/conftest.py) on one worker fewer. Warm: three lanes.
-cold=0
-for group in $TOOL_GROUPS; do
-	[[ -f $(bash hack/tools/build.sh --dir "$group")/.complete ]] || {
-		cold=1
-		break
-	}
-done
-workers=${PYTEST_WORKERS:-5}
-export QSYS_NODE_LANES=3
-if ((cold)); then
-	workers=$((workers > 2 ? workers - 1 : workers))
-	QSYS_NODE_LANES=2
-fi
 # setsid: the build's go processes form their own group, stopped together below.
 # shellcheck disable=SC2086 # word splitting of the group list is intended
 setsid bash -c 'bash hack/tools/build.sh "$@"; rc=$?; echo "$rc" >"$QSYS_TOOLS_STATUS/build.rc"; exit "$rc"' \
@@ -50,7 +34,6 @@ builder=$!
 echo "$builder" >"$status/pid"
 trap 'kill -TERM -- "-$builder" 2>/dev/null || true' EXIT
 echo "test: building the tool groups in the background: $TOOL_GROUPS (log: $status/log)"
-echo "test: $workers pytest workers, the real node in $QSYS_NODE_LANES lanes ($( ((cold)) && echo cold || echo warm): docs/testing.md)"
 
 export QSYS_NODE_TOOL_GROUPS=${NODE_TOOL_GROUPS:-}
 # shellcheck disable=SC2086
@@ -105,7 +88,7 @@ echo "test: the floor run beside the main one (log: $floor.log), then the kind s
 
 main=0
 # shellcheck disable=SC2086 # PYTEST_ARGS may carry several arguments
-"$BIN/python" -m pytest -n "$workers" --dist loadgroup --no-loadscope-reorder \
+"$BIN/python" -m pytest -n "${PYTEST_WORKERS:-5}" --dist loadgroup --no-loadscope-reorder \
 	--durations=40 --durations-min=10 ${PYTEST_ARGS:-} || main=$?
 
 echo "test: the main run ended $(($(date +%s) - t0)) s after the start"

@@ -92,9 +92,7 @@ def _node_lane(item: pytest.Item) -> str:
             f"{item.nodeid}: node_exclusive in lane {lane!r}; only lane {NODE_LANES[0]!r} "
             "may hold the real node alone"
         )
-    # QSYS_NODE_LANES=N (hack/test.sh: 2 in a cold run): the later lanes join the Nth.
-    active = NODE_LANES[: max(1, int(os.environ.get("QSYS_NODE_LANES") or len(NODE_LANES)))]
-    return lane if lane in active else active[-1]
+    return lane
 
 
 def _e2e_group(item: pytest.Item, split: bool) -> str:
