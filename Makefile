@@ -12,7 +12,8 @@ export QSYS_TOOLS_CACHE ?= $(HOME)/.cache/qsys-operator
 # uv installs the virtualenv (pip took 32 s of a warm `make test`, uv 9 s); itself
 # installed once by pip, pinned, into the tool cache. Its package cache is uv's own
 # (~/.cache/uv).
-UV_VERSION := 0.13.10
+# The version pyproject.toml's dev extra pins (one place).
+UV_VERSION := $(shell sed -n 's/^ *"uv==\(.*\)",$$/\1/p' pyproject.toml)
 UV_DIR := $(QSYS_TOOLS_CACHE)/uv-$(UV_VERSION)
 UV := $(UV_DIR)/bin/uv
 # mypy's caches outside the clone: it checks a cached module by its source's hash when

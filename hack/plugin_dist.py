@@ -18,6 +18,7 @@ test whose subject is the installed plugin rather than pip. Prints the paths as 
 
 from __future__ import annotations
 
+import argparse
 import gzip
 import hashlib
 import io
@@ -159,17 +160,14 @@ def install_fresh(dist: Path, wheel: Path, target: Path, installer: str = "pip")
 
 
 def main(argv: list[str]) -> int:
-    fresh: Path | None = None
-    installer = "pip"
-    if len(argv) == 5 and argv[3] == "--installer" and argv[4] in ("pip", "uv"):
-        installer = argv[4]
-        argv = argv[:3]
-    if len(argv) == 3 and argv[1] == "--venv":
-        fresh = Path(argv[2]).resolve()
-    elif len(argv) != 1:
-        print(__doc__, file=sys.stderr)
-        return 2
-    dist = Path(argv[0]).resolve()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("dist", type=Path)
+    parser.add_argument("--venv", type=Path)
+    parser.add_argument("--installer", choices=("pip", "uv"), default="pip")
+    args = parser.parse_args(argv)
+    fresh: Path | None = args.venv.resolve() if args.venv else None
+    installer: str = args.installer
+    dist: Path = args.dist.resolve()
     dist.mkdir(parents=True, exist_ok=True)
     plugin_version = version(PLUGIN / "pyproject.toml")
     wheels = build_wheels(dist)
