@@ -58,10 +58,10 @@ echo "test: the checks (make $TEST_CHECKS) beside the tests (log: $checks.log)"
 # of its own ports) beside the main one; its tests wait for their tool groups as the
 # main run's do, and the `timing` tests wait for it to end. SIGINT stops it the way
 # Ctrl-C would: its fixtures stop its plane.
-# Once every group is built, beside the floor run's last tests, the kind smoke test's
-# prerequisites (Debian's docker.io, the node image: a cold run's last minutes otherwise),
-# so that `make kind-smoke` after the main run only runs its test. A failure there is
-# logged and left to kind-smoke.
+# Beside it, the kind smoke test's prerequisites (the node image, once the background
+# build has built its groups; then Debian's docker.io: a cold run's last minutes
+# otherwise), so that `make kind-smoke` after the main run only runs its test. A failure
+# there is logged and left to kind-smoke.
 floor=$status/floor side=$status/side
 (
 	echo "$BASHPID" >"$side.pid"
@@ -70,11 +70,8 @@ floor=$status/floor side=$status/side
 		${PYTEST_ARGS:-} >"$floor.log" 2>&1 &
 	floor_pid=$!
 	echo "$floor_pid" >"$floor.pid"
-	while [[ ! -f $status/build.rc && ! -f $status/stop ]]; do sleep 2; done
-	if [[ ! -f $status/stop ]] && ! compgen -G "$status/*.failed" >/dev/null; then
-		"$MAKE" --no-print-directory kind-deps kind-node-image >"$status/kind-prep.log" 2>&1 ||
-			echo "test: preparing the kind smoke test failed (log: $status/kind-prep.log)"
-	fi
+	"$MAKE" --no-print-directory kind-node-image kind-deps >"$status/kind-prep.log" 2>&1 ||
+		echo "test: preparing the kind smoke test failed (log: $status/kind-prep.log)"
 	frc=0
 	wait "$floor_pid" || frc=$?
 	echo "$frc" >"$floor.rc"
@@ -82,8 +79,9 @@ floor=$status/floor side=$status/side
 ) &
 floor_runner=$!
 export QSYS_SIDE_RUN=$side.done
-trap 'touch "$status/stop"; kill -INT "$(cat "$floor.pid" 2>/dev/null)" 2>/dev/null || true
-wait "$floor_runner" || true; kill -TERM -- "-$builder" "-$checks_pid" 2>/dev/null || true' EXIT
+# The builder first: a kind prerequisite waiting for its groups then gives up at once.
+trap 'kill -INT "$(cat "$floor.pid" 2>/dev/null)" 2>/dev/null || true; kill -TERM -- "-$builder" 2>/dev/null || true
+wait "$floor_runner" || true; kill -TERM -- "-$checks_pid" 2>/dev/null || true' EXIT
 echo "test: the floor run beside the main one (log: $floor.log), then the kind smoke test's prerequisites"
 
 main=0

@@ -16,11 +16,13 @@
 # metrics-server is not among them: the node starts without it, and the tests that need
 # the metrics API (marked tools("metrics-server")) add it (`node.sh metrics-server`).
 NODE_TOOL_GROUPS ?= node coredns kube-router
-# Only the floor run (kube-floor; beside the main run, its tests wait for it) and the kind
-# smoke test (kind, kubeadm for its node image; after the main run) need these.
-LATE_TOOL_GROUPS ?= kube-floor kind kubeadm
+# Only the side run needs these: the kind smoke test's node image (kubeadm; prepared
+# beside the main run) and the floor run (kube-floor; its tests wait for it). Then the
+# groups of a few short unit and integration tests, so that a cold run's last build has
+# the least after it.
+LATE_TOOL_GROUPS ?= kind kubeadm kube-floor
 TOOL_GROUPS ?= kube helm $(NODE_TOOL_GROUPS) metrics-server prometheus prometheus-operator registry kstatus \
-	argocd cosign promtool krew otelcol $(LATE_TOOL_GROUPS)
+	argocd cosign $(LATE_TOOL_GROUPS) promtool krew otelcol
 # What the local cluster with its real node and the chart need (`make cluster-up`, `make demo`).
 CLUSTER_TOOL_GROUPS ?= kube helm $(NODE_TOOL_GROUPS) metrics-server
 KIND_CLUSTER ?= qsys-e2e
