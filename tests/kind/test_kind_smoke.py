@@ -147,17 +147,32 @@ def test_cluster_runs_on_the_node_image_built_here(kind: Cluster) -> None:
     wait_for("the node network on both nodes and CoreDNS ready", network_and_dns_ready)
 
 
+# Resolves for up to 30 s: CoreDNS's pods being Ready does not mean that the worker's
+# kube-proxy already routes the kube-dns Service to them (a cold run's first lookup once
+# failed with EAI_AGAIN). Each failure goes to stderr, which is in the log.
+DNS_PROBE = """
+import socket, sys, time
+deadline = time.monotonic() + 30
+while True:
+    try:
+        a = socket.gethostbyname("kubernetes.default.svc.cluster.local")
+        break
+    except OSError as exc:
+        print("lookup failed:", exc, file=sys.stderr, flush=True)
+        if time.monotonic() > deadline:
+            raise
+        time.sleep(1)
+socket.create_connection((a, 443), timeout=5).close()
+print(a)
+"""
+
+
 def test_pods_reach_services_across_nodes(kind: Cluster) -> None:
     """DNS (CoreDNS, on either node) and the kubernetes Service from a pod on the worker."""
     with real_namespace(kind) as ns:
-        script = (
-            "import socket; "
-            "a = socket.gethostbyname('kubernetes.default.svc.cluster.local'); "
-            "socket.create_connection((a, 443), timeout=5).close(); print(a)"
-        )
-        code, log = run_pod(kind, ns, "probe", images()["gateway"], script)
+        code, log = run_pod(kind, ns, "probe", images()["gateway"], DNS_PROBE, timeout=120)
         assert code == 0, log
-        assert log.strip().startswith("198.19."), log
+        assert log.strip().splitlines()[-1].startswith("198.19."), log
 
 
 def _probe_states(kind: Cluster, ns: str, pod: str, after: int) -> list[tuple[int, str]]:
