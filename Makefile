@@ -14,6 +14,9 @@ export QSYS_TOOLS_CACHE ?= $(HOME)/.cache/qsys-operator
 # (~/.cache/uv).
 # The version pyproject.toml's dev extra pins (one place).
 UV_VERSION := $(shell sed -n 's/^ *"uv==\(.*\)",$$/\1/p' pyproject.toml)
+ifeq ($(UV_VERSION),)
+$(error pyproject.toml's dev extra pins no "uv==VERSION", which `make install` needs)
+endif
 UV_DIR := $(QSYS_TOOLS_CACHE)/uv-$(UV_VERSION)
 UV := $(UV_DIR)/bin/uv
 # mypy's caches outside the clone: it checks a cached module by its source's hash when
@@ -27,7 +30,7 @@ PYTEST_WORKERS ?= 5
 
 help:
 	@echo "make install   virtualenv (.venv) with every entry point, and system packages"
-	@echo "make unit      the unit tests that need no built tool (a few minutes on a fresh machine)"
+	@echo "make unit      the unit tests that need no built tool (about a minute on a fresh machine)"
 	@echo "make test      lint + the whole test suite (what CI runs)"
 	@echo "make demo      cluster with a real node, operator, simulator, gateway pods: an allowed and a denied call (KEEP=1 leaves it running)"
 	@echo "make lint      ruff + mypy"

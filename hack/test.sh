@@ -82,7 +82,7 @@ export QSYS_SIDE_RUN=$side.done
 # The builder first: a kind prerequisite waiting for its groups then gives up at once.
 trap 'kill -INT "$(cat "$floor.pid" 2>/dev/null)" 2>/dev/null || true; kill -TERM -- "-$builder" 2>/dev/null || true
 wait "$floor_runner" || true; kill -TERM -- "-$checks_pid" 2>/dev/null || true' EXIT
-echo "test: the floor run beside the main one (log: $floor.log), then the kind smoke test's prerequisites"
+echo "test: the floor run beside the main one (log: $floor.log), and the kind smoke test's prerequisites (log: $status/kind-prep.log)"
 
 main=0
 # shellcheck disable=SC2086 # PYTEST_ARGS may carry several arguments
