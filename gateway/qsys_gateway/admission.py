@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from functools import partial
@@ -50,8 +51,11 @@ from .metrics import method_label
 from .policy import Decision, needs_control_types
 from .ratelimit import RateDecision
 from .records import Caller, Refusal, Work, outcome_of
-from .runtime import Runtime
+from .runtime import Rules, Runtime
 from .subject_sessions import SubjectSessions
+from .upstream.session import PendingCall, UpstreamSession
+
+log = logging.getLogger("qsys_gateway.connected")
 
 __all__ = [
     "SWEEP_SECONDS",
@@ -250,11 +254,64 @@ class Admission(Identity):
     ) -> Coroutine[Any, Any, None] | None:
         """Start each call in the lane, in order, while it has room; the rest (from the
         first that must wait) as a coroutine to await."""
-        handle = self._handle if not tracing.ENABLED else self.handle
+        direct = not tracing.ENABLED
+        handle = self._handle if direct else self.handle
         for i, obj in enumerate(calls):
+            if direct and self._start_direct(lane, caller, obj, request_id):
+                continue
             if not lane.try_start(obj, partial(handle, caller, obj, request_id), request_id):
                 return self._start_waiting(lane, caller, calls[i:], request_id)
         return None
+
+    def _start_direct(self, lane: Lane, caller: Caller, obj: Any, request_id: str) -> bool:
+        """A read that can go to the Core at once, run without a task: the steps of
+        `_handle` and `_run` in the same order, the Core's answer finishing it in
+        `DirectCall.ended`. True when the call is answered or on its way; False when
+        nothing was done or taken (the lane is full, a write, a change-group method, a
+        denial that control types may relax, no connection can take it now): it then
+        runs in a task."""
+        method = obj.get("method") if isinstance(obj, dict) else None
+        if not isinstance(method, str) or method == "Logon":
+            return False
+        traits = traits_of(method)
+        if traits.write or traits.change_group:
+            return False
+        held = lane.take(obj)
+        if held is None:
+            return False
+        started = time.perf_counter()
+        try:
+            msg = jsonrpc.parse_object(obj)
+        except jsonrpc.InvalidMessage as exc:
+            self._count("other", caller, "invalid", started)
+            lane.done(held, jsonrpc.error_message(exc.request_id, exc))
+            return True
+        assert isinstance(msg, jsonrpc.Request)
+        rt = self.rt
+        rules = rt.rules
+        label = method_label(method)
+        try:
+            subject, params, decision = self._judge(caller, method, msg.params, label, started)
+            if not decision.allowed:
+                if needs_control_types(method, params) is not None:
+                    lane.give_back(held)
+                    return False
+                raise self._deny(caller, request_id, method, decision, started, msg.id, label)
+        except QrcError as exc:
+            lane.done(held, None if msg.is_notification else jsonrpc.error_message(msg.id, exc))
+            return True
+        call = DirectCall(
+            self, lane, caller, msg, request_id, decision, label, rules, subject, started
+        )
+        rt.call_started()
+        pending = self._session(caller, subject).send(method, params, call.ended)
+        if pending is None:
+            rt.call_finished()
+            lane.give_back(held)
+            return False
+        call.upstream = pending
+        lane.track(call, obj, held)
+        return True
 
     async def _start_waiting(
         self, lane: Lane, caller: Caller, calls: Sequence[Any], request_id: str
@@ -366,18 +423,8 @@ class Admission(Identity):
         upstream session, records. Raises `QrcError` (already counted and audited)."""
         rt = self.rt
         label = method_label(method)
-        subject = self._current(caller)
-        if subject is None:
-            self._count(label, caller, "unauthenticated", started)
-            raise QrcError(ErrorCode.UNAUTHENTICATED, "Unauthenticated: credentials revoked")
-        params: Any
-        try:
-            params = parse_params(method, raw_params) if method in METHODS else raw_params
-        except QrcError:
-            self._count(label, caller, "invalid", started)
-            raise
         rules = rt.rules
-        decision = rules.policy.authorize(subject.name, method, params)
+        subject, params, decision = self._judge(caller, method, raw_params, label, started)
         typed = None if decision.allowed else needs_control_types(method, params)
         if typed is not None:
             # Unknown types are judged strictest; a Boolean control may relax the verdict.
@@ -387,12 +434,8 @@ class Admission(Identity):
         if tracing.ENABLED:
             tracing.annotate({"qsys.decision": "allow" if decision.allowed else "deny"})
         if not decision.allowed:
-            self._audit(caller, request_id, method, decision, "denied", started, call_id)
-            self._count(label, caller, "denied", started)
-            raise _denial(method, decision)
-        session = caller.session
-        if session is None:
-            session = caller.session = self.shared.get(subject.name)
+            raise self._deny(caller, request_id, method, decision, started, call_id, label)
+        session = self._session(caller, subject)
         rt.call_started()
         error: QrcError | None = None
         result: Any = None
@@ -400,17 +443,73 @@ class Admission(Identity):
             call = session.call(method, params)
             result = await (call if not tracing.ENABLED else tracing.upstream_call(label, call))
         except QrcError as exc:
-            outcome = outcome_of(exc.code)
             error = exc
-        else:
+        finally:
+            rt.call_finished()
+        return self._settle(
+            caller, request_id, method, call_id, decision, rules, subject, started, result, error
+        )
+
+    def _judge(
+        self, caller: Caller, method: str, raw_params: Any, label: str, started: float
+    ) -> tuple[SubjectConfig, Any, Decision]:
+        """Who (the current credential), params, policy: the subject, the params as
+        parsed and the policy's decision. Raises `QrcError` (counted)."""
+        subject = self._current(caller)
+        if subject is None:
+            self._count(label, caller, "unauthenticated", started)
+            raise QrcError(ErrorCode.UNAUTHENTICATED, "Unauthenticated: credentials revoked")
+        try:
+            params = parse_params(method, raw_params) if method in METHODS else raw_params
+        except QrcError:
+            self._count(label, caller, "invalid", started)
+            raise
+        return subject, params, self.rt.rules.policy.authorize(subject.name, method, params)
+
+    def _deny(
+        self,
+        caller: Caller,
+        request_id: str,
+        method: str,
+        decision: Decision,
+        started: float,
+        call_id: Any,
+        label: str,
+    ) -> Refusal:
+        self._audit(caller, request_id, method, decision, "denied", started, call_id)
+        self._count(label, caller, "denied", started)
+        return _denial(method, decision)
+
+    def _session(self, caller: Caller, subject: SubjectConfig) -> UpstreamSession:
+        session = caller.session
+        if session is None:
+            session = caller.session = self.shared.get(subject.name)
+        return session
+
+    def _settle(
+        self,
+        caller: Caller,
+        request_id: str,
+        method: str,
+        call_id: Any,
+        decision: Decision,
+        rules: Rules,
+        subject: SubjectConfig,
+        started: float,
+        result: Any,
+        error: QrcError | None,
+    ) -> Any:
+        """A call's answer from the Core, recorded (audit, counters): its result, or
+        `error` raised."""
+        if error is None:
             outcome = "ok"
             if method == "Component.GetComponents":
                 result = rules.policy.visible_components(subject.name, result)
-        finally:
-            rt.call_finished()
+        else:
+            outcome = outcome_of(error.code)
         if traits_of(method).write or rules.config.audit.logReads:
             self._audit(caller, request_id, method, decision, outcome, started, call_id)
-        self._count(label, caller, outcome, started)
+        self._count(method_label(method), caller, outcome, started)
         if error is not None:
             raise error
         return result
@@ -455,3 +554,99 @@ class Admission(Identity):
         self._count(label, caller, "invalid", started)
         err = QrcError(ErrorCode.INVALID_REQUEST, f"Invalid request: {reason}")
         return None if msg.is_notification else jsonrpc.error_message(msg.id, err)
+
+
+class DirectCall:
+    """A read run without a task (`Admission._start_direct`), from its admission to its
+    reply: `ended` is called as the Core's answer is read, records it as `_run` does,
+    and answers in the lane; `cancel` when the connection closes under it."""
+
+    __slots__ = (
+        "_admission",
+        "_caller",
+        "_decision",
+        "_label",
+        "_lane",
+        "_msg",
+        "_over",
+        "_request_id",
+        "_rules",
+        "_started",
+        "_subject",
+        "upstream",
+    )
+
+    def __init__(
+        self,
+        admission: Admission,
+        lane: Lane,
+        caller: Caller,
+        msg: jsonrpc.Request,
+        request_id: str,
+        decision: Decision,
+        label: str,
+        rules: Rules,
+        subject: SubjectConfig,
+        started: float,
+    ) -> None:
+        self._admission = admission
+        self._lane = lane
+        self._caller = caller
+        self._msg = msg
+        self._request_id = request_id
+        self._decision = decision
+        self._label = label
+        self._rules = rules
+        self._subject = subject
+        self._started = started
+        self._over = False
+        self.upstream: PendingCall | None = None
+
+    def ended(self, result: Any, error: BaseException | None) -> None:
+        if self._over:  # cancelled: the lane has answered it
+            return
+        self._over = True
+        self.upstream = None  # it holds this call's `ended`: no cycle left for the collector
+        admission, msg = self._admission, self._msg
+        admission.rt.call_finished()
+        reply: dict[str, Any] | None
+        try:
+            if error is not None and not isinstance(error, QrcError):
+                raise error
+            try:
+                result = admission._settle(
+                    self._caller,
+                    self._request_id,
+                    msg.method,
+                    msg.id,
+                    self._decision,
+                    self._rules,
+                    self._subject,
+                    self._started,
+                    result,
+                    error,
+                )
+            except QrcError as exc:
+                reply = jsonrpc.error_message(msg.id, exc)
+            else:
+                reply = jsonrpc.result_message(msg.id, result)
+        except Exception:
+            log.exception("call failed", extra={"request_id": self._request_id})
+            reply = jsonrpc.error_message(
+                msg.id, QrcError(ErrorCode.SERVER_ERROR, "Internal error")
+            )
+        try:
+            self._lane.finish(self, None if msg.is_notification else reply)
+        except Exception:
+            log.exception("call failed", extra={"request_id": self._request_id})
+
+    def cancel(self) -> None:
+        """The connection is closing: the call is dropped upstream, unrecorded (as a
+        cancelled task's); the lane answers it."""
+        if self._over:
+            return
+        self._over = True
+        if self.upstream is not None:
+            self.upstream.cancel()
+            self.upstream = None
+        self._admission.rt.call_finished()

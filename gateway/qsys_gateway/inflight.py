@@ -15,7 +15,7 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 from qsys_protocol.qrc import jsonrpc
 from qsys_protocol.qrc.errors import ErrorCode, QrcError
@@ -115,13 +115,25 @@ def answer_to(obj: Any, err: QrcError) -> Reply | None:
     return jsonrpc.error_message(rid if isinstance(rid, int | str) else None, err)
 
 
+class Direct(Protocol):
+    """A call a lane holds with no task of its own (`Lane.track`): it ends through
+    `Lane.finish`, or is cancelled when the connection closes."""
+
+    def cancel(self) -> None: ...
+
+
+Held = tuple[int, int]
+"""The weights a lane's call holds: the connection's and the gateway's (`Lane.take`)."""
+
+
 class Lane:
     """One connection's calls in flight, run concurrently (a client may pipeline): at
     most `MAX_CALLS` and `PER_CONNECTION` units, each also under the gateway's `gate`;
     every call is answered through `send`, also when it fails or the connection closes
-    under it."""
+    under it. A call runs in a task of its own (`try_start`, `start`), or, when it can
+    go to the Core at once, without one (`take`, `track`, `finish`)."""
 
-    __slots__ = ("_gate", "_loop", "_slots", "_tasks", "_weight", "send")
+    __slots__ = ("_calls", "_drained", "_gate", "_loop", "_slots", "_tasks", "_weight", "send")
 
     def __init__(self, send: Callable[[Reply], None], gate: WeightedGate) -> None:
         self.send = send
@@ -134,25 +146,76 @@ class Lane:
         self._tasks: dict[asyncio.Task[None], tuple[Any, int, int]] | None = None
         """Each call's task: its call and the weights it holds (made by the first call: an
         idle connection's lane stays small)."""
+        self._calls: dict[Direct, tuple[Any, int, int]] | None = None
+        """The calls in flight without a task, likewise."""
+        self._drained: asyncio.Future[None] | None = None
+        """Set when the last call without a task ends while `drain` waits."""
 
     def answer(self, obj: Any, err: QrcError) -> None:
         reply = answer_to(obj, err)
         if reply is not None:
             self.send(reply)
 
-    def try_start(
-        self, obj: Any, work: Callable[[], Awaitable[Reply | None]], request_id: str = ""
-    ) -> bool:
-        """`start` when there is room now (no one waits before it): True when `work` runs;
-        False when nothing was taken and the caller must `await start(...)`."""
+    def take(self, obj: Any) -> Held | None:
+        """Room for the call `obj` now (no one waits before it): the weights taken, or
+        None (nothing taken)."""
         if not self._slots.take(1):
-            return False
+            return None
         weight = call_weight(obj)
         mine = self._weight.take(weight)
         theirs = self._gate.take(weight) if mine else 0
         if not theirs:
             self._release(mine, 0)
+            return None
+        return mine, theirs
+
+    def give_back(self, held: Held) -> None:
+        """What `take` took, for a call that did not run."""
+        self._release(*held)
+
+    def done(self, held: Held, reply: Reply | None) -> None:
+        """A call `take` made room for, answered at once."""
+        try:
+            if reply is not None:
+                self.send(reply)
+        finally:
+            self._release(*held)
+
+    def track(self, call: Direct, obj: Any, held: Held) -> None:
+        """`call` is in flight without a task; it ends with `finish`."""
+        calls = self._calls
+        if calls is None:
+            calls = self._calls = {}
+        calls[call] = (obj, *held)
+
+    def finish(self, call: Direct, reply: Reply | None) -> None:
+        """`call` ended with `reply` (None: nothing to send). A call `cancel` answered
+        already is not answered again."""
+        entry = self._calls.pop(call, None) if self._calls else None
+        if entry is None:
+            return
+        try:
+            if reply is not None:
+                self.send(reply)
+        finally:
+            self._release(entry[1], entry[2])
+            if not self._calls:
+                self._settled()
+
+    def _settled(self) -> None:
+        """No call without a task is left: `drain` stops waiting for them."""
+        if self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
+
+    def try_start(
+        self, obj: Any, work: Callable[[], Awaitable[Reply | None]], request_id: str = ""
+    ) -> bool:
+        """`start` when there is room now (no one waits before it): True when `work` runs;
+        False when nothing was taken and the caller must `await start(...)`."""
+        held = self.take(obj)
+        if held is None:
             return False
+        mine, theirs = held
         task = self._loop.create_task(self._run(obj, work, mine, theirs, request_id))
         self._track(task, obj, mine, theirs)
         return True
@@ -212,12 +275,26 @@ class Lane:
 
     async def drain(self, timeout: float) -> None:
         """Wait for the calls in flight (bounded)."""
-        if self._tasks:
-            await asyncio.wait(list(self._tasks), timeout=timeout)
+        waits: list[asyncio.Future[Any]] = list(self._tasks or ())
+        if self._calls:
+            if self._drained is None or self._drained.done():
+                self._drained = self._loop.create_future()
+            waits.append(self._drained)
+        if waits:
+            await asyncio.wait(waits, timeout=timeout)
 
     async def cancel(self) -> None:
         """Cancel the calls in flight; each answers its call as it ends (one cancelled
-        before its task ran is answered and its weight given back here)."""
+        before its task ran, or without a task, is answered and its weight given back
+        here)."""
+        calls, self._calls = self._calls, None
+        for call, (obj, mine, theirs) in (calls or {}).items():
+            try:
+                call.cancel()
+                self.answer(obj, QrcError(ErrorCode.CORE_UNAVAILABLE, "Connection closing"))
+            finally:
+                self._release(mine, theirs)
+        self._settled()
         tasks = list(self._tasks or ())
         for task in tasks:
             task.cancel()

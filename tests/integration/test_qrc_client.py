@@ -145,3 +145,106 @@ async def test_an_answered_call_leaves_no_deadline_behind(qrc_client: QrcClient)
     await asyncio.sleep(0.1)  # the connection's timer fires and finds nothing to fail
     assert not qrc_client._deadlines
     assert await qrc_client.call("NoOp", {}) is True
+
+
+class Waiter:
+    """A `ReplyWaiter` that records how its call ended; `then` runs as it ends."""
+
+    def __init__(self, then: Any = None) -> None:
+        self.outcome: jsonrpc.Response | BaseException | None = None
+        self.ended = asyncio.Event()
+        self.then = then
+
+    def done(self) -> bool:
+        return self.outcome is not None
+
+    def set_result(self, result: jsonrpc.Response, /) -> None:
+        self._end(result)
+
+    def set_exception(self, exception: BaseException, /) -> None:
+        self._end(exception)
+
+    def _end(self, outcome: jsonrpc.Response | BaseException) -> None:
+        assert self.outcome is None, "ended twice"
+        self.outcome = outcome
+        self.ended.set()
+        if self.then is not None:
+            self.then()
+
+
+async def test_a_call_sent_to_a_waiter_ends_there(qrc_client: QrcClient) -> None:
+    waiter = Waiter()
+    rid = qrc_client.send_call("Control.Get", ["MainGain"], waiter, timeout=5)
+    await asyncio.wait_for(waiter.ended.wait(), 5)
+    assert isinstance(waiter.outcome, jsonrpc.Response)
+    assert waiter.outcome.id == rid
+    assert waiter.outcome.error is None
+    assert not qrc_client._pending
+    assert not qrc_client._deadlines
+
+
+async def test_a_forgotten_call_is_never_answered(
+    sim: CoreSimulator, qrc_client: QrcClient
+) -> None:
+    sim.faults.latency = 0.2
+    waiter = Waiter()
+    rid = qrc_client.send_call("NoOp", {}, waiter, timeout=0.3)
+    assert qrc_client.forget(rid)
+    assert not qrc_client.forget(rid)
+    await asyncio.sleep(0.5)  # its answer came, its deadline passed: neither reaches it
+    assert waiter.outcome is None
+    assert not qrc_client._pending
+    assert not qrc_client._deadlines
+    assert await qrc_client.call("NoOp", {}) is True
+
+
+async def test_waiters_told_of_a_lost_connection_may_call_again(
+    sim: CoreSimulator, qrc_client: QrcClient
+) -> None:
+    """Each waiter hears `ConnectionClosed` once, also when one of them calls again on
+    the closed client as it hears it (the call is refused at once)."""
+    sim.faults.swallow_replies = -1
+    refused: list[BaseException] = []
+
+    def again() -> None:
+        try:
+            qrc_client.send_call("NoOp", {}, Waiter())
+        except ConnectionClosed as exc:
+            refused.append(exc)
+
+    waiters = [Waiter(again), Waiter(), Waiter(again)]
+    for waiter in waiters:
+        qrc_client.send_call("NoOp", {}, waiter, timeout=10)
+    await asyncio.sleep(0.1)
+    sim.drop_connections()
+    await asyncio.wait_for(asyncio.gather(*(w.ended.wait() for w in waiters)), 5)
+    assert all(isinstance(w.outcome, ConnectionClosed) for w in waiters)
+    assert len(refused) == 2
+    assert not qrc_client._pending
+
+
+async def test_a_timed_out_waiter_may_send_the_next_call() -> None:
+    """A Core that never answers: a waiter that calls again as its call times out gets
+    that call timed out too, at its own deadline."""
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError):
+            while await reader.read(65536):
+                pass
+        writer.close()
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    client = await QrcClient.connect("127.0.0.1", server.sockets[0].getsockname()[1])
+    try:
+        second = Waiter()
+        first = Waiter(lambda: client.send_call("NoOp", {}, second, timeout=0.1))
+        client.send_call("NoOp", {}, first, timeout=0.1)
+        await asyncio.wait_for(second.ended.wait(), 2)
+        assert isinstance(first.outcome, TimeoutError)
+        assert isinstance(second.outcome, TimeoutError)
+        assert not client._pending
+        assert not client._deadlines
+    finally:
+        await client.close()
+        server.close()
+        await server.wait_closed()

@@ -11,7 +11,7 @@ from typing import Any, Protocol
 from pydantic import SecretStr
 
 from qsys_protocol.qrc import jsonrpc
-from qsys_protocol.qrc.client import ConnectionClosed, QrcClient
+from qsys_protocol.qrc.client import ConnectionClosed, QrcClient, ReplyWaiter
 from qsys_protocol.qrc.errors import ErrorCode, QrcError
 
 from .backoff import Backoff
@@ -107,20 +107,46 @@ class UpstreamConnection:
         self, method: str, params: Any, timeout: float, *, reserve: int = 0
     ) -> jsonrpc.Response:
         """`reserve`: pending slots beyond `max_pending` this caller may use (the hub's)."""
+        client = self._sendable(reserve)
+        seq = self._sending()
+        try:
+            return await client.request(method, params, timeout=timeout)
+        finally:
+            self.settled(seq)
+
+    def send_call(
+        self, method: str, params: Any, timeout: float, waiter: ReplyWaiter
+    ) -> tuple[int, int]:
+        """`request` without waiting: the response (or its error) goes to `waiter`, which
+        calls `settled(seq)` as the call ends, whichever way. Returns (seq, the call's id)."""
+        client = self._sendable(0)
+        rid = client.send_call(method, params, waiter, timeout)
+        return self._sending(), rid
+
+    def forget(self, rid: int) -> bool:
+        """Stop waiting for a call `send_call` sent (False: it had ended already)."""
+        client = self._client
+        return client is not None and client.forget(rid)
+
+    def _sendable(self, reserve: int) -> QrcClient:
         client = self._client
         if not self.up or client is None or client.closed.is_set():
             raise NotConnected
         if self.pending >= self._s.max_pending + reserve:
             raise Busy
+        return client
+
+    def _sending(self) -> int:
         self.pending += 1
         self._last_sent = now = self._loop.time()
         seq = self._sends = self._sends + 1
         self._sent[seq] = now
-        try:
-            return await client.request(method, params, timeout=timeout)
-        finally:
-            self.pending -= 1
-            del self._sent[seq]
+        return seq
+
+    def settled(self, seq: int) -> None:
+        """A call sent as `seq` ended."""
+        self.pending -= 1
+        del self._sent[seq]
 
     def flowing(self, stall: float) -> bool:
         """Room for another call, and none pending for `stall` seconds or longer (a slow

@@ -7,6 +7,7 @@ import contextlib
 import itertools
 import logging
 from collections.abc import Callable, Coroutine
+from functools import partial
 from typing import Any
 
 from qsys_protocol.config import CoreConfig
@@ -23,7 +24,7 @@ from .errors import CoreTimeout, CoreUnavailable
 from .failover import HostSelector
 from .groups import GroupLedger, ReadCheck
 from .hub import CORE_GROUP_PREFIX, POLL_INTERVAL, SubscriptionHub
-from .session import UpstreamSession
+from .session import Done, UpstreamSession
 from .shares import SubjectShares
 
 log = logging.getLogger("qsys_gateway.upstream")
@@ -208,6 +209,21 @@ class UpstreamPool:
         left = max(0.001, budget - (loop.time() - queued))
         return await self._forward(method, params, left, conn, owner)
 
+    def send(self, method: str, params: Any, owner: str, done: Done) -> Forwarded | None:
+        """`forward` for a client's call that can go out now, with no task waiting for
+        it: its outcome goes to `done` as the Core's response is read. None when it
+        cannot go at once (Logon, `owner`'s share full, no connection can take it, the
+        circuit open): nothing was taken, and `forward` waits or says why."""
+        if method == "Logon" or (owner and not self.shares.try_acquire(owner)):
+            return None
+        call = Forwarded(self, method, params, self._core.requestTimeoutSeconds, None, owner, done)
+        try:
+            self._send(call, None)
+        except QrcError:
+            call.release_share()
+            return None
+        return call
+
     async def _forward(
         self,
         method: str,
@@ -216,56 +232,76 @@ class UpstreamPool:
         conn: UpstreamConnection | None,
         owner: str = "",
     ) -> Any:
-        """`owner`: the subject whose share this call holds (given back here), or ""."""
+        """`owner`: the subject whose share this call holds (given back as it ends), or ""."""
+        fut: asyncio.Future[Any] = (self._loop or asyncio.get_running_loop()).create_future()
+        call = Forwarded(self, method, params, budget, conn, owner, partial(_resolve, fut))
         try:
+            self._send(call, None)
+        except BaseException:
+            call.release_share()
+            raise
+        try:
+            return await fut
+        except asyncio.CancelledError:
+            call.cancel()
+            raise
+
+    def _send(self, call: Forwarded, avoid: UpstreamConnection | None) -> None:
+        """Send `call` on its pinned connection or the one `pick` gives (not `avoid`, the
+        connection it was lost on); raises `CoreUnavailable` when it cannot go now."""
+        probe = self._circuit.acquire()
+        target = call.conn if call.conn is not None else self.pick(avoid)
+        if target is None or not target.up:
+            self._circuit.release(probe)
+            raise CoreUnavailable("no connection to the Core", self._reconnect_eta())
+        loop = self._loop or asyncio.get_running_loop()
+        start = loop.time()
+        try:
+            seq, rid = target.send_call(
+                call.method, call.params, max(0.001, call.deadline - start), call
+            )
+        except Busy:
+            self._circuit.release(probe)
+            raise CoreUnavailable("too many pending calls", 1.0) from None
+        except (NotConnected, ConnectionClosed):
+            self._circuit.release(probe)
+            raise CoreUnavailable("no connection to the Core", self._reconnect_eta()) from None
+        call.sent(target, seq, rid, probe, start)
+
+    def _ended(self, call: Forwarded, target: UpstreamConnection, resp: jsonrpc.Response) -> Any:
+        """A response to `call`: the circuit and the upstream duration, then its result
+        (or the `QrcError` it carries)."""
+        self._circuit.success(call.probe)
+        if self._metrics is not None:
             loop = self._loop or asyncio.get_running_loop()
-            deadline = loop.time() + budget
-            retried = False
-            while True:
-                probe = self._circuit.acquire()
-                target = conn if conn is not None else self.pick()
-                if target is None or not target.up:
-                    self._circuit.release(probe)
-                    raise CoreUnavailable("no connection to the Core", self._reconnect_eta())
-                start = loop.time()
-                try:
-                    resp = await target.request(method, params, max(0.001, deadline - start))
-                except Busy:
-                    self._circuit.release(probe)
-                    raise CoreUnavailable("too many pending calls", 1.0) from None
-                except NotConnected:
-                    self._circuit.release(probe)
-                    raise CoreUnavailable(
-                        "no connection to the Core", self._reconnect_eta()
-                    ) from None
-                except TimeoutError:
-                    self._circuit.failure(probe)
-                    raise CoreTimeout(budget) from None
-                except ConnectionClosed:
-                    self._circuit.failure(probe)
-                    if (
-                        conn is None
-                        and not retried
-                        and traits_of(method).retryable
-                        and loop.time() < deadline
-                        and any(c.up and c is not target for c in self._conns)
-                    ):
-                        retried = True
-                        if self._held is target:
-                            self._held = None
-                        continue
-                    raise CoreUnavailable(
-                        "connection to the Core lost", self._reconnect_eta()
-                    ) from None
-                self._circuit.success(probe)
-                if self._metrics is not None:
-                    self._metrics.upstream_duration.labels(method_label(method)).observe(
-                        loop.time() - start
-                    )
-                return self._result(target, resp)
-        finally:
-            if owner:
-                self.shares.release(owner)
+            self._metrics.upstream_duration.labels(method_label(call.method)).observe(
+                loop.time() - call.started
+            )
+        return self._result(target, resp)
+
+    def _failed(self, call: Forwarded, target: UpstreamConnection, exc: BaseException) -> bool:
+        """No response to `call` (lost, timed out): True when it went out again on
+        another connection (a retryable call, once, within its budget); else raises the
+        error the client gets."""
+        self._circuit.failure(call.probe)
+        if isinstance(exc, TimeoutError):
+            raise CoreTimeout(call.budget) from None
+        if not isinstance(exc, ConnectionClosed):
+            raise exc
+        loop = self._loop or asyncio.get_running_loop()
+        if (
+            call.conn is None
+            and not call.retried
+            and traits_of(call.method).retryable
+            and loop.time() < call.deadline
+            and any(c.up and c is not target for c in self._conns)
+        ):
+            call.retried = True
+            if self._held is target:
+                self._held = None
+            self._send(call, target)
+            return True
+        raise CoreUnavailable("connection to the Core lost", self._reconnect_eta()) from None
 
     def _result(self, conn: UpstreamConnection, resp: jsonrpc.Response) -> Any:
         if resp.error is None:
@@ -277,26 +313,27 @@ class UpstreamPool:
             raise CoreUnavailable("the Core unit is on standby", 1.0)
         raise QrcError.from_error_object(resp.error)
 
-    def pick(self) -> UpstreamConnection | None:
+    def pick(self, avoid: UpstreamConnection | None = None) -> UpstreamConnection | None:
         """The up connection with fewest pending calls, ties round-robin; but the
         connection of the previous call while it has at most `COALESCE` more pending and
         none of them pending for `STALL` (a slow call): calls that follow each other go
         out in one write per loop pass and come back in one read. Spread over the
         connections, a client's pipelined calls cost a write and a read per connection
-        per pass and their replies split into more, smaller writes."""
+        per pass and their replies split into more, smaller writes. Never `avoid`."""
         conns = self._conns
         n = len(conns)
         offset = next(self._rr) % n if n else 0
         best: UpstreamConnection | None = None
         for i in range(n):
             c = conns[(offset + i) % n]
-            if c.up and (best is None or c.pending < best.pending):
+            if c.up and c is not avoid and (best is None or c.pending < best.pending):
                 best = c
         held = self._held
         if (
             best is not None
             and held is not None
             and held is not best
+            and held is not avoid
             and held.up
             and held.pending <= best.pending + COALESCE
             and held.flowing(STALL)
@@ -413,3 +450,109 @@ class UpstreamPool:
             self._metrics.core_change_groups.set(core_groups)
             if polls:
                 self._metrics.core_polls.inc(polls)
+
+
+def _resolve(fut: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    if not fut.done():
+        if error is None:
+            fut.set_result(result)
+        else:
+            fut.set_exception(error)
+
+
+class Forwarded:
+    """One call on its way to the Core. It is the upstream client's waiter for the
+    response (`ReplyWaiter`), so the call is finished where the response is read, with
+    no task or coroutine waiting: its connection's count, the circuit, the upstream
+    duration, a lost call sent again, the subject's share given back, then `done`.
+    `cancel` ends it unanswered (the client went away)."""
+
+    __slots__ = (
+        "_done",
+        "_pool",
+        "_rid",
+        "_seq",
+        "_target",
+        "budget",
+        "conn",
+        "deadline",
+        "ended",
+        "method",
+        "owner",
+        "params",
+        "probe",
+        "retried",
+        "started",
+    )
+
+    def __init__(
+        self,
+        pool: UpstreamPool,
+        method: str,
+        params: Any,
+        budget: float,
+        conn: UpstreamConnection | None,
+        owner: str,
+        done: Done,
+    ) -> None:
+        self._pool = pool
+        self.method = method
+        self.params = params
+        self.budget = budget
+        self.deadline = (pool._loop or asyncio.get_running_loop()).time() + budget
+        self.conn = conn
+        self.owner = owner
+        self._done = done
+        self.ended = False
+        self.retried = False
+        self.probe = False
+        self.started = 0.0
+        self._target: UpstreamConnection | None = None
+        self._seq = self._rid = 0
+
+    def sent(self, target: UpstreamConnection, seq: int, rid: int, probe: bool, at: float) -> None:
+        self._target, self._seq, self._rid, self.probe, self.started = target, seq, rid, probe, at
+
+    def done(self) -> bool:
+        return self.ended
+
+    def set_result(self, result: jsonrpc.Response, /) -> None:
+        target = self._settle()
+        try:
+            value = self._pool._ended(self, target, result)
+        except QrcError as exc:
+            self._end(None, exc)
+        else:
+            self._end(value, None)
+
+    def set_exception(self, exception: BaseException, /) -> None:
+        target = self._settle()
+        try:
+            if self._pool._failed(self, target, exception):
+                return
+        except BaseException as exc:  # handed to `done`, as a future would hold it
+            self._end(None, exc)
+
+    def cancel(self) -> None:
+        if self.ended:
+            return
+        self.ended = True
+        target = self._settle()
+        target.forget(self._rid)
+        self._pool._circuit.release(self.probe)
+        self.release_share()
+
+    def release_share(self) -> None:
+        if self.owner:
+            self._pool.shares.release(self.owner)
+
+    def _settle(self) -> UpstreamConnection:
+        target = self._target
+        assert target is not None, "sent first"
+        target.settled(self._seq)
+        return target
+
+    def _end(self, result: Any, error: BaseException | None) -> None:
+        self.ended = True
+        self.release_share()
+        self._done(result, error)

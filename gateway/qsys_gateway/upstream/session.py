@@ -33,6 +33,17 @@ MIN_AUTOPOLL_SECONDS = 0.05
 a smaller Rate is raised to it, as a Core answers `true` and polls at its own pace."""
 
 
+Done = Callable[[Any, BaseException | None], None]
+"""How a call sent without a task ends: (its result, None), or (None, the error the
+client gets)."""
+
+
+class PendingCall(Protocol):
+    """A call sent without a task (`UpstreamSession.send`), until it ends."""
+
+    def cancel(self) -> None: ...
+
+
 class SessionOwner(Protocol):
     """What a session needs from the pool that opened it (`UpstreamPool`)."""
 
@@ -43,6 +54,7 @@ class SessionOwner(Protocol):
     def forward(
         self, method: str, params: Any, *, timeout: float | None = None, owner: str = ""
     ) -> Coroutine[Any, Any, Any]: ...
+    def send(self, method: str, params: Any, owner: str, done: Done) -> PendingCall | None: ...
     def session_closed(self, session: UpstreamSession) -> None: ...
 
 
@@ -81,13 +93,18 @@ class UpstreamSession:
         traits = traits_of(method)
         if traits.change_group:
             return self._group(method, params, traits)
-        if isinstance(params, BaseModel):
-            # model_dump's own work, without its Python wrapper
-            params = type(params).__pydantic_serializer__.to_python(
-                params, mode="json", exclude_none=True
-            )
-        forwarded = self._upstream.forward(method, params, timeout=timeout, owner=self.owner)
+        forwarded = self._upstream.forward(method, _wire(params), timeout=timeout, owner=self.owner)
         return self._then_refresh(forwarded) if traits.write else forwarded
+
+    def send(self, method: str, params: Any, done: Done) -> PendingCall | None:
+        """`call` for a read that can go to the Core now, with no task waiting for it
+        (`UpstreamPool.send`): its outcome goes to `done`. None when it cannot: nothing
+        was taken, and `call` handles it (a write, a change-group method, a closed
+        session, a full share, no connection)."""
+        traits = traits_of(method)
+        if self.closed or traits.write or traits.change_group:
+            return None
+        return self._upstream.send(method, _wire(params), self.owner, done)
 
     async def _then_refresh(self, forwarded: Coroutine[Any, Any, Any]) -> Any:
         """Set, then poll: a write is answered once the hub has polled the Core after it,
@@ -250,3 +267,13 @@ class UpstreamSession:
                 with contextlib.suppress(QrcError):
                     await self._destroy(group)
         self._upstream.session_closed(self)
+
+
+def _wire(params: Any) -> Any:
+    """Params as the Core gets them: a model re-serialised (model_dump's own work, without
+    its Python wrapper), so unknown fields never reach it; raw JSON as it is."""
+    if isinstance(params, BaseModel):
+        return type(params).__pydantic_serializer__.to_python(
+            params, mode="json", exclude_none=True
+        )
+    return params

@@ -11,7 +11,7 @@ import contextlib
 import itertools
 import ssl as ssl_module
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from . import jsonrpc
 from .errors import QrcError
@@ -23,6 +23,15 @@ CLOSE_TIMEOUT = 2.0
 
 class ConnectionClosed(ConnectionError):
     pass
+
+
+class ReplyWaiter(Protocol):
+    """What waits for a call's response: an `asyncio.Future`, or an object that finishes
+    the call in its callbacks (`QrcClient.send_call`), as the response is read."""
+
+    def done(self) -> bool: ...
+    def set_result(self, result: jsonrpc.Response, /) -> None: ...
+    def set_exception(self, exception: BaseException, /) -> None: ...
 
 
 class QrcClient:
@@ -39,7 +48,7 @@ class QrcClient:
         self._writer = writer
         self._decoder = FrameDecoder(max_frame_bytes)
         self._ids = itertools.count(1)
-        self._pending: dict[int | str, asyncio.Future[jsonrpc.Response]] = {}
+        self._pending: dict[int | str, ReplyWaiter] = {}
         self._deadlines: dict[int | str, float] = {}
         """Loop time by which each pending call with a timeout fails with TimeoutError:
         one timer for the connection, at the earliest deadline, not one per call."""
@@ -89,10 +98,10 @@ class QrcClient:
                 self._timer.cancel()
                 self._timer = None
             self._deadlines.clear()
-            for fut in self._pending.values():
+            pending, self._pending = self._pending, {}
+            for fut in pending.values():
                 if not fut.done():
                     fut.set_exception(ConnectionClosed("connection closed"))
-            self._pending.clear()
 
     def _dispatch(self, frame: bytes) -> None:
         try:
@@ -100,9 +109,13 @@ class QrcClient:
         except jsonrpc.InvalidMessage:
             return
         if isinstance(msg, jsonrpc.Response):
-            fut = self._pending.pop(msg.id, None) if msg.id is not None else None
-            if fut is not None and not fut.done():
-                fut.set_result(msg)
+            if msg.id is None:
+                return
+            fut = self._pending.pop(msg.id, None)
+            if fut is not None:
+                self._deadlines.pop(msg.id, None)
+                if not fut.done():
+                    fut.set_result(msg)
             return
         if self._on_notification is not None:
             self._on_notification(msg)
@@ -115,30 +128,45 @@ class QrcClient:
         self, method: str, params: Any = None, *, timeout: float | None = 10.0
     ) -> jsonrpc.Response:
         """Send one call and wait for its response (error responses are returned, not raised)."""
+        fut: asyncio.Future[jsonrpc.Response] = self._loop.create_future()
+        rid = self.send_call(method, params, fut, timeout)
+        try:
+            return await fut
+        finally:
+            self._pending.pop(rid, None)
+            self._deadlines.pop(rid, None)
+
+    def send_call(
+        self, method: str, params: Any, waiter: ReplyWaiter, timeout: float | None = 10.0
+    ) -> int:
+        """Send one call whose response (or `TimeoutError`, `ConnectionClosed`) goes to
+        `waiter` from the read loop or the timer, no task waiting for it; returns its id,
+        for `forget`. Raises `ConnectionClosed` at once when the socket is closed."""
         if self.closed.is_set():
             raise ConnectionClosed("connection closed")
         rid = next(self._ids)
-        loop = self._loop
-        fut: asyncio.Future[jsonrpc.Response] = loop.create_future()
-        self._pending[rid] = fut
+        self._pending[rid] = waiter
         frame = encode_frame(jsonrpc.Request(method, params, rid).to_dict())
         if len(self._pending) == 1 and not self._out and not self._writer.is_closing():
             # the only call in flight: sent now, an event-loop pass sooner
             self._writer.write(frame)
         else:
             if not self._out:
-                loop.call_soon(self._flush)
+                self._loop.call_soon(self._flush)
             self._out.append(frame)
         if timeout is not None:
+            loop = self._loop
             deadline = loop.time() + timeout
             self._deadlines[rid] = deadline
             if self._timer is None or deadline < self._timer_at:
                 self._arm(loop, deadline)
-        try:
-            return await fut
-        finally:
-            self._pending.pop(rid, None)
-            self._deadlines.pop(rid, None)
+        return rid
+
+    def forget(self, rid: int) -> bool:
+        """Stop waiting for call `rid` (its waiter is told nothing); False when it had
+        already been answered. A response that comes later is dropped."""
+        self._deadlines.pop(rid, None)
+        return self._pending.pop(rid, None) is not None
 
     def _arm(self, loop: asyncio.AbstractEventLoop, when: float) -> None:
         if self._timer is not None:
@@ -152,16 +180,20 @@ class QrcClient:
         loop = self._loop
         now = loop.time() + 0.001  # a timer may fire a little early (libuv: milliseconds)
         earliest: float | None = None
+        expired: list[ReplyWaiter] = []
         for rid, deadline in list(self._deadlines.items()):
             if deadline <= now:
                 del self._deadlines[rid]
-                fut = self._pending.get(rid)
-                if fut is not None and not fut.done():
-                    fut.set_exception(TimeoutError())
+                fut = self._pending.pop(rid, None)
+                if fut is not None:
+                    expired.append(fut)
             elif earliest is None or deadline < earliest:
                 earliest = deadline
         if earliest is not None:
             self._arm(loop, earliest)
+        for fut in expired:  # after the timer: a waiter may send the next call
+            if not fut.done():
+                fut.set_exception(TimeoutError())
 
     async def call(self, method: str, params: Any = None, *, timeout: float | None = 10.0) -> Any:
         """Send one call; return its result or raise `QrcError` with the error it got."""
