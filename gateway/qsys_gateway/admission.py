@@ -305,10 +305,10 @@ class Admission(Identity):
         )
         rt.call_started()
         pending = self._session(caller, subject).send(method, params, call.ended)
-        if pending is None:
+        if pending is None:  # it waits (its subject's share is full, ...): in a task
             rt.call_finished()
-            lane.give_back(held)
-            return False
+            lane.run(obj, partial(call.queued, params), held, request_id)
+            return True
         call.upstream = pending
         lane.track(call, obj, held)
         return True
@@ -392,8 +392,8 @@ class Admission(Identity):
         try:
             result = await self._run(caller, msg.method, msg.params, msg.id, request_id, started)
         except QrcError as exc:
-            return None if msg.is_notification else jsonrpc.error_message(msg.id, exc)
-        return None if msg.is_notification else jsonrpc.result_message(msg.id, result)
+            return _reply(msg, None, exc)
+        return _reply(msg, result, None)
 
     def _current(self, caller: Caller) -> SubjectConfig | None:
         """The caller's subject under the current config, set on `caller`; None once its
@@ -435,6 +435,25 @@ class Admission(Identity):
             tracing.annotate({"qsys.decision": "allow" if decision.allowed else "deny"})
         if not decision.allowed:
             raise self._deny(caller, request_id, method, decision, started, call_id, label)
+        return await self._call(
+            caller, method, params, call_id, request_id, decision, rules, subject, started, label
+        )
+
+    async def _call(
+        self,
+        caller: Caller,
+        method: str,
+        params: Any,
+        call_id: Any,
+        request_id: str,
+        decision: Decision,
+        rules: Rules,
+        subject: SubjectConfig,
+        started: float,
+        label: str,
+    ) -> Any:
+        """An allowed call, through the caller's upstream session, recorded."""
+        rt = self.rt
         session = self._session(caller, subject)
         rt.call_started()
         error: QrcError | None = None
@@ -556,6 +575,15 @@ class Admission(Identity):
         return None if msg.is_notification else jsonrpc.error_message(msg.id, err)
 
 
+def _reply(msg: jsonrpc.Request, result: Any, error: QrcError | None) -> dict[str, Any] | None:
+    """The JSON-RPC reply to `msg` (None for a notification)."""
+    if msg.is_notification:
+        return None
+    if error is not None:
+        return jsonrpc.error_message(msg.id, error)
+    return jsonrpc.result_message(msg.id, result)
+
+
 class DirectCall:
     """A read run without a task (`Admission._start_direct`), from its admission to its
     reply: `ended` is called as the Core's answer is read, records it as `_run` does,
@@ -627,18 +655,37 @@ class DirectCall:
                     error,
                 )
             except QrcError as exc:
-                reply = jsonrpc.error_message(msg.id, exc)
+                reply = _reply(msg, None, exc)
             else:
-                reply = jsonrpc.result_message(msg.id, result)
+                reply = _reply(msg, result, None)
         except Exception:
             log.exception("call failed", extra={"request_id": self._request_id})
-            reply = jsonrpc.error_message(
-                msg.id, QrcError(ErrorCode.SERVER_ERROR, "Internal error")
-            )
+            reply = _reply(msg, None, QrcError(ErrorCode.SERVER_ERROR, "Internal error"))
         try:
-            self._lane.finish(self, None if msg.is_notification else reply)
+            self._lane.finish(self, reply)
         except Exception:
             log.exception("call failed", extra={"request_id": self._request_id})
+
+    async def queued(self, params: Any) -> dict[str, Any] | None:
+        """The read could not go at once: it goes as a call in a task does, from the
+        upstream session on (its admission is not done again)."""
+        msg = self._msg
+        try:
+            result = await self._admission._call(
+                self._caller,
+                msg.method,
+                params,
+                msg.id,
+                self._request_id,
+                self._decision,
+                self._rules,
+                self._subject,
+                self._started,
+                self._label,
+            )
+        except QrcError as exc:
+            return _reply(msg, None, exc)
+        return _reply(msg, result, None)
 
     def cancel(self) -> None:
         """The connection is closing: the call is dropped upstream, unrecorded (as a

@@ -215,10 +215,20 @@ class Lane:
         held = self.take(obj)
         if held is None:
             return False
+        self.run(obj, work, held, request_id)
+        return True
+
+    def run(
+        self,
+        obj: Any,
+        work: Callable[[], Awaitable[Reply | None]],
+        held: Held,
+        request_id: str = "",
+    ) -> None:
+        """Run `work` in a task, for a call `take` made room for."""
         mine, theirs = held
         task = self._loop.create_task(self._run(obj, work, mine, theirs, request_id))
         self._track(task, obj, mine, theirs)
-        return True
 
     async def start(
         self, obj: Any, work: Callable[[], Awaitable[Reply | None]], request_id: str = ""

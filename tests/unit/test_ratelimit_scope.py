@@ -3,7 +3,7 @@ URIs, and each subject's share of the calls pending on the Core."""
 
 from __future__ import annotations
 
-import asyncio
+from collections.abc import Callable
 
 import pytest
 
@@ -53,44 +53,66 @@ def test_bad_sentinel_uris_are_refused(uri: str) -> None:
         parse_sentinel_uri(uri)
 
 
-async def test_a_subject_waits_for_its_own_share_in_order() -> None:
+def test_a_subject_waits_for_its_own_share_in_order() -> None:
     shares = SubjectShares(2)
-    assert await shares.acquire("flood", 1)
-    assert await shares.acquire("flood", 1)
+    assert shares.try_acquire("flood")
+    assert shares.try_acquire("flood")
     # Full for "flood", not for anyone else.
-    assert await shares.acquire("calm", 0.01)
+    assert not shares.try_acquire("flood")
+    assert shares.try_acquire("calm")
     order: list[int] = []
 
-    async def queued(n: int) -> None:
-        assert await shares.acquire("flood", 5)
-        order.append(n)
+    def waiter(n: int) -> Callable[[], bool]:
+        def granted() -> bool:
+            order.append(n)
+            return True
 
-    waiting = [asyncio.create_task(queued(n)) for n in range(3)]
-    await asyncio.sleep(0.01)
-    assert order == []
+        return granted
+
+    for n in range(3):
+        shares.wait("flood", waiter(n))
+    assert shares.waiting("flood") == 3
+    assert not shares.try_acquire("flood")  # nobody jumps the queue
     shares.release("flood")
     shares.release("flood")
-    await asyncio.sleep(0.01)
     assert order == [0, 1]
     assert shares.pending("flood") == 2
     shares.release("flood")
-    await asyncio.gather(*waiting)
     assert order == [0, 1, 2]
+    assert shares.waiting("flood") == 0
     for _ in range(2):
         shares.release("flood")
     shares.release("calm")
     assert shares.pending("flood") == shares.pending("calm") == 0
 
 
-async def test_a_wait_that_times_out_or_is_cancelled_leaves_no_slot_behind() -> None:
+def test_a_waiter_that_left_leaves_no_slot_behind() -> None:
+    """One that timed out or was cancelled is forgotten, or declines the slot it is
+    handed: the slot goes to the next waiter, or back."""
     shares = SubjectShares(1)
-    assert await shares.acquire("s", 1)
-    assert not await shares.acquire("s", 0.02)
-    cancelled = asyncio.create_task(shares.acquire("s", 5))
-    await asyncio.sleep(0.01)
-    cancelled.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await cancelled
+    assert shares.try_acquire("s")
+    took: list[str] = []
+
+    def taker(name: str) -> Callable[[], bool]:
+        def granted() -> bool:
+            took.append(name)
+            return True
+
+        return granted
+
+    def left() -> bool:  # a waiter that no longer wants the slot
+        return False
+
+    forgotten = taker("forgotten")
+    shares.wait("s", left)
+    shares.wait("s", forgotten)
+    shares.wait("s", taker("next"))
+    shares.forget("s", forgotten)
+    shares.release("s")
+    assert took == ["next"]
+    assert shares.pending("s") == 1
+    shares.wait("s", left)
     shares.release("s")
     assert shares.pending("s") == 0
-    assert await shares.acquire("s", 0.01)
+    assert shares.waiting("s") == 0
+    assert shares.try_acquire("s")

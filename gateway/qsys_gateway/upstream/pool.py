@@ -192,35 +192,19 @@ class UpstreamPool:
             # the shared sockets are logged on with the gateway's credentials only
             raise QrcError(ErrorCode.INVALID_REQUEST, "Invalid request: Logon is not forwarded")
         budget = self._core.requestTimeoutSeconds if timeout is None else timeout
-        if not owner or self.shares.try_acquire(owner):
-            return self._forward(method, params, budget, conn, owner)
-        return self._forward_queued(method, params, budget, conn, owner)
-
-    async def _forward_queued(
-        self, method: str, params: Any, budget: float, conn: UpstreamConnection | None, owner: str
-    ) -> Any:
-        """`owner`'s share is full: wait for room within the budget, then forward."""
-        loop = asyncio.get_running_loop()
-        queued = loop.time()
-        if not await self.shares.acquire(owner, budget):
-            if self._metrics is not None:
-                self._metrics.subject_share_full.inc()
-            raise CoreUnavailable("too many calls of this client pending on the Core", 1.0)
-        left = max(0.001, budget - (loop.time() - queued))
-        return await self._forward(method, params, left, conn, owner)
+        return self._forward(method, params, budget, conn, owner)
 
     def send(self, method: str, params: Any, owner: str, done: Done) -> Forwarded | None:
-        """`forward` for a client's call that can go out now, with no task waiting for
-        it: its outcome goes to `done` as the Core's response is read. None when it
-        cannot go at once (Logon, `owner`'s share full, no connection can take it, the
-        circuit open): nothing was taken, and `forward` waits or says why."""
-        if method == "Logon" or (owner and not self.shares.try_acquire(owner)):
+        """`forward` for a client's call, with no task waiting for it: its outcome goes
+        to `done` as the Core's response is read (or as its wait for `owner`'s share
+        ends). None when it cannot go (Logon, no connection can take it, the circuit
+        open): nothing was taken, and `forward` says why."""
+        if method == "Logon":
             return None
         call = Forwarded(self, method, params, self._core.requestTimeoutSeconds, None, owner, done)
         try:
-            self._send(call, None)
+            self._start(call)
         except QrcError:
-            call.release_share()
             return None
         return call
 
@@ -232,18 +216,27 @@ class UpstreamPool:
         conn: UpstreamConnection | None,
         owner: str = "",
     ) -> Any:
-        """`owner`: the subject whose share this call holds (given back as it ends), or ""."""
+        """`owner`: the subject whose share this call takes (given back as it ends), or ""."""
         fut: asyncio.Future[Any] = (self._loop or asyncio.get_running_loop()).create_future()
         call = Forwarded(self, method, params, budget, conn, owner, partial(_resolve, fut))
-        try:
-            self._send(call, None)
-        except BaseException:
-            call.release_share()
-            raise
+        self._start(call)
         try:
             return await fut
         except asyncio.CancelledError:
             call.cancel()
+            raise
+
+    def _start(self, call: Forwarded) -> None:
+        """Send `call` now, or queue it for its owner's share (it fails when no slot
+        comes within its budget); raises `CoreUnavailable` (nothing held) when it cannot
+        go now."""
+        if call.owner and not self.shares.try_acquire(call.owner):
+            call.queue()
+            return
+        try:
+            self._send(call, None)
+        except BaseException:
+            call.release_share()
             raise
 
     def _send(self, call: Forwarded, avoid: UpstreamConnection | None) -> None:
@@ -473,6 +466,7 @@ class Forwarded:
         "_rid",
         "_seq",
         "_target",
+        "_timer",
         "budget",
         "conn",
         "deadline",
@@ -508,6 +502,7 @@ class Forwarded:
         self.probe = False
         self.started = 0.0
         self._target: UpstreamConnection | None = None
+        self._timer: asyncio.TimerHandle | None = None
         self._seq = self._rid = 0
 
     def sent(self, target: UpstreamConnection, seq: int, rid: int, probe: bool, at: float) -> None:
@@ -533,10 +528,47 @@ class Forwarded:
         except BaseException as exc:  # handed to `done`, as a future would hold it
             self._end(None, exc)
 
+    def queue(self) -> None:
+        """Wait for a slot of `owner`'s share, until the call's deadline."""
+        pool = self._pool
+        loop = pool._loop or asyncio.get_running_loop()
+        self._timer = loop.call_at(self.deadline, self._unqueued)
+        pool.shares.wait(self.owner, self._granted)
+
+    def _granted(self) -> bool:
+        if self.ended:
+            return False
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        try:
+            self._pool._send(self, None)
+        except QrcError as exc:
+            self._end(None, exc)
+        return True
+
+    def _unqueued(self) -> None:
+        """No slot of the share came within the call's budget."""
+        self._timer = None
+        if self.ended:
+            return
+        self.ended = True
+        pool = self._pool
+        pool.shares.forget(self.owner, self._granted)
+        if pool._metrics is not None:
+            pool._metrics.subject_share_full.inc()
+        self._done(None, CoreUnavailable("too many calls of this client pending on the Core", 1.0))
+
     def cancel(self) -> None:
         if self.ended:
             return
         self.ended = True
+        if self._target is None:  # still waiting for a slot of the share
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            self._pool.shares.forget(self.owner, self._granted)
+            return
         target = self._settle()
         target.forget(self._rid)
         self._pool._circuit.release(self.probe)

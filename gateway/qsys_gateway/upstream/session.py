@@ -97,10 +97,9 @@ class UpstreamSession:
         return self._then_refresh(forwarded) if traits.write else forwarded
 
     def send(self, method: str, params: Any, done: Done) -> PendingCall | None:
-        """`call` for a read that can go to the Core now, with no task waiting for it
-        (`UpstreamPool.send`): its outcome goes to `done`. None when it cannot: nothing
-        was taken, and `call` handles it (a write, a change-group method, a closed
-        session, a full share, no connection)."""
+        """`call` for a read, with no task waiting for it (`UpstreamPool.send`): its
+        outcome goes to `done`. None when it cannot go so: nothing was taken, and `call`
+        handles it (a write, a change-group method, a closed session, no connection)."""
         traits = traits_of(method)
         if self.closed or traits.write or traits.change_group:
             return None
