@@ -30,8 +30,13 @@ async def sim() -> AsyncIterator[CoreSimulator]:
 
 
 @pytest.fixture
-async def gateway(sim: CoreSimulator) -> AsyncIterator[Gateway]:
+async def gateway(sim: CoreSimulator, request: pytest.FixtureRequest) -> AsyncIterator[Gateway]:
+    """`@pytest.mark.parametrize("gateway", [(share, timeout)], indirect=True)`: the
+    subject's share of pending Core calls and the Core's request timeout."""
+    share, timeout = getattr(request, "param", (128, 5.0))
     raw = gateway_config(sim.port, [subject("panel", TOKEN, methods=["*"])])
+    raw["limits"]["maxPendingCoreCallsPerSubject"] = share
+    raw["core"]["requestTimeoutSeconds"] = timeout
     gw = Gateway(parse_config(raw))
     await gw.start()
     try:
@@ -90,6 +95,7 @@ def holds_nothing(gw: Gateway) -> bool:
         gw.runtime.in_flight == 0
         and gw.runtime.in_flight_gate.used == 0
         and gw.upstream.shares.pending("panel") == 0
+        and gw.upstream.shares.waiting("panel") == 0
         and all(c.pending == 0 for c in gw.upstream._conns)
     )
 
@@ -146,3 +152,25 @@ async def test_reads_the_core_drops_are_answered_and_release_what_they_held(
         await settled(gateway, lambda: holds_nothing(gateway))
     finally:
         await client.close()
+
+
+@pytest.mark.parametrize("gateway", [(2, 5.0)], indirect=True)
+async def test_reads_over_the_share_wait_for_it_in_order_and_a_client_that_leaves_frees_it(
+    gateway: Gateway, sim: CoreSimulator
+) -> None:
+    client = await Client.open(gateway)
+    try:
+        sim.faults.latency = 0.1
+        for rid in range(1, 9):
+            client.read(rid)
+        await settled(gateway, lambda: gateway.upstream.shares.waiting("panel") == 6)
+        assert gateway.upstream.shares.pending("panel") == 2
+        for rid in range(1, 9):
+            assert "result" in await client.reply(rid)
+        await settled(gateway, lambda: holds_nothing(gateway))
+        for rid in range(11, 19):
+            client.read(rid)
+        await settled(gateway, lambda: gateway.upstream.shares.waiting("panel") == 6)
+    finally:
+        await client.close()
+    await settled(gateway, lambda: holds_nothing(gateway))

@@ -124,9 +124,10 @@ async def test_batch_over_qrc(shared_gateway: GatewayProcess) -> None:
             },
         ]
         replies: dict[int, Any] = {}
-        client._pending[101] = asyncio.get_running_loop().create_future()
-        client._pending[102] = asyncio.get_running_loop().create_future()
-        futures = dict(client._pending)
+        loop = asyncio.get_running_loop()
+        futures: dict[int, asyncio.Future[Any]] = {rid: loop.create_future() for rid in (101, 102)}
+        for rid, fut in futures.items():
+            client._pending[rid] = fut
         await client.send_raw(orjson.dumps(msgs) + b"\x00")
         for rid in (101, 102):
             replies[rid] = await asyncio.wait_for(futures[rid], 10)

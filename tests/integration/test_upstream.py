@@ -479,3 +479,59 @@ async def test_a_pushed_engine_status_keeps_platform_and_status(
         assert status is not None
         assert status["Platform"] == "Core 110f"
         assert status["Status"] == {"Code": 0, "String": "OK"}
+
+
+async def test_a_call_sent_without_a_task_waits_for_its_share_within_its_budget(
+    sim: CoreSimulator, make_upstream: UpstreamFactory
+) -> None:
+    """`UpstreamPool.send`: the outcome goes to `done` as the Core answers; over the
+    subject's share the call waits, in order, and fails -32050 when no slot comes within
+    its budget; a cancelled call, sent or waiting, gives back what it held."""
+    metrics = GatewayMetrics()
+    up = await make_upstream(
+        sim.port, requestTimeoutSeconds=0.3, max_pending_per_subject=1, metrics=metrics
+    )
+    ended: dict[str, tuple[Any, BaseException | None]] = {}
+
+    def done(name: str) -> Callable[[Any, BaseException | None], None]:
+        def end(result: Any, error: BaseException | None) -> None:
+            assert name not in ended, "ended twice"
+            ended[name] = (result, error)
+
+        return end
+
+    first = up.send(*control_get("MainGain"), "s", done("first"))
+    assert first is not None
+    await wait_until(lambda: "first" in ended)
+    assert ended["first"][1] is None
+    assert ended["first"][0][0]["Name"] == "MainGain"
+    assert up.shares.pending("s") == 0
+
+    assert up.shares.try_acquire("s")  # a holder that keeps the share past the budget
+    waiting = up.send(*control_get("MainGain"), "s", done("waiting"))
+    assert waiting is not None
+    assert up.shares.waiting("s") == 1
+    await wait_until(lambda: "waiting" in ended)
+    error = ended["waiting"][1]
+    assert isinstance(error, QrcError)
+    assert error.code == ErrorCode.CORE_UNAVAILABLE
+    assert up.shares.waiting("s") == 0
+    assert metrics.registry.get_sample_value("qsys_gateway_subject_share_full_total") == 1
+
+    cancelled = up.send(*control_get("MainGain"), "s", done("cancelled"))
+    assert cancelled is not None
+    cancelled.cancel()
+    assert up.shares.waiting("s") == 0
+    up.shares.release("s")
+    assert up.shares.pending("s") == 0
+
+    sim.faults.latency = 0.2
+    sent = up.send(*control_get("MainGain"), "s", done("sent"))
+    assert sent is not None
+    assert sum(c.pending for c in up._conns) == 1
+    sent.cancel()
+    assert sum(c.pending for c in up._conns) == 0
+    assert up.shares.pending("s") == 0
+    await asyncio.sleep(0.3)  # its answer comes and reaches no one
+    assert "sent" not in ended
+    assert "cancelled" not in ended
