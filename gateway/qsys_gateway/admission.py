@@ -410,7 +410,7 @@ class Admission(Identity):
         caller.subject = subject
         return subject
 
-    async def _run(
+    def _run(
         self,
         caller: Caller,
         method: str,
@@ -418,24 +418,74 @@ class Admission(Identity):
         call_id: Any,
         request_id: str,
         started: float,
-    ) -> Any:
+    ) -> Coroutine[Any, Any, Any]:
         """The per-call path, in order: who (current credential), params, policy, the
-        upstream session, records. Raises `QrcError` (already counted and audited)."""
-        rt = self.rt
+        upstream session, records. Raises `QrcError` (already counted and audited) at
+        once when refused before the Core; the coroutine returned makes the call (and
+        raises the error the Core's answer becomes)."""
         label = method_label(method)
-        rules = rt.rules
+        rules = self.rt.rules
         subject, params, decision = self._judge(caller, method, raw_params, label, started)
-        typed = None if decision.allowed else needs_control_types(method, params)
-        if typed is not None:
-            # Unknown types are judged strictest; a Boolean control may relax the verdict.
-            types = await rt.upstream.control_types.get(typed)
-            if types:
-                decision = rules.policy.authorize(subject.name, method, params, types)
+        if not decision.allowed and needs_control_types(method, params) is not None:
+            return self._run_typed(
+                caller,
+                method,
+                params,
+                call_id,
+                request_id,
+                decision,
+                rules,
+                subject,
+                started,
+                label,
+            )
+        return self._allowed(
+            caller, method, params, call_id, request_id, decision, rules, subject, started, label
+        )
+
+    async def _run_typed(
+        self,
+        caller: Caller,
+        method: str,
+        params: Any,
+        call_id: Any,
+        request_id: str,
+        decision: Decision,
+        rules: Rules,
+        subject: SubjectConfig,
+        started: float,
+        label: str,
+    ) -> Any:
+        """Denied without the controls' types: unknown types are judged strictest, and a
+        Boolean control may relax the verdict."""
+        typed = needs_control_types(method, params)
+        assert typed is not None
+        types = await self.rt.upstream.control_types.get(typed)
+        if types:
+            decision = rules.policy.authorize(subject.name, method, params, types)
+        return await self._allowed(
+            caller, method, params, call_id, request_id, decision, rules, subject, started, label
+        )
+
+    def _allowed(
+        self,
+        caller: Caller,
+        method: str,
+        params: Any,
+        call_id: Any,
+        request_id: str,
+        decision: Decision,
+        rules: Rules,
+        subject: SubjectConfig,
+        started: float,
+        label: str,
+    ) -> Coroutine[Any, Any, Any]:
+        """`_call` when `decision` allows it; else the refusal raised (recorded)."""
         if tracing.ENABLED:
             tracing.annotate({"qsys.decision": "allow" if decision.allowed else "deny"})
         if not decision.allowed:
             raise self._deny(caller, request_id, method, decision, started, call_id, label)
-        return await self._call(
+        return self._call(
             caller, method, params, call_id, request_id, decision, rules, subject, started, label
         )
 

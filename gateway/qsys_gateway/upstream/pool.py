@@ -259,7 +259,13 @@ class UpstreamPool:
         except (NotConnected, ConnectionClosed):
             self._circuit.release(probe)
             raise CoreUnavailable("no connection to the Core", self._reconnect_eta()) from None
-        call.sent(target, seq, rid, probe, start)
+        call._target, call._seq, call._rid, call.probe, call.started = (
+            target,
+            seq,
+            rid,
+            probe,
+            start,
+        )
 
     def _ended(self, call: Forwarded, target: UpstreamConnection, resp: jsonrpc.Response) -> Any:
         """A response to `call`: the circuit and the upstream duration, then its result
@@ -270,7 +276,7 @@ class UpstreamPool:
             self._metrics.upstream_duration.labels(method_label(call.method)).observe(
                 loop.time() - call.started
             )
-        return self._result(target, resp)
+        return resp.result if resp.error is None else self._result(target, resp)
 
     def _failed(self, call: Forwarded, target: UpstreamConnection, exc: BaseException) -> bool:
         """No response to `call` (lost, timed out): True when it went out again on
@@ -505,20 +511,20 @@ class Forwarded:
         self._timer: asyncio.TimerHandle | None = None
         self._seq = self._rid = 0
 
-    def sent(self, target: UpstreamConnection, seq: int, rid: int, probe: bool, at: float) -> None:
-        self._target, self._seq, self._rid, self.probe, self.started = target, seq, rid, probe, at
-
     def done(self) -> bool:
         return self.ended
 
     def set_result(self, result: jsonrpc.Response, /) -> None:
         target = self._settle()
+        error: QrcError | None = None
         try:
             value = self._pool._ended(self, target, result)
         except QrcError as exc:
-            self._end(None, exc)
-        else:
-            self._end(value, None)
+            value, error = None, exc
+        self.ended = True
+        if self.owner:
+            self._pool.shares.release(self.owner)
+        self._done(value, error)
 
     def set_exception(self, exception: BaseException, /) -> None:
         target = self._settle()
