@@ -287,27 +287,23 @@ class Admission(Identity):
             lane.done(held, jsonrpc.error_message(exc.request_id, exc))
             return True
         assert isinstance(msg, jsonrpc.Request)
-        rt = self.rt
-        rules = rt.rules
-        label = method_label(method)
         try:
-            subject, params, decision = self._judge(caller, method, msg.params, label, started)
-            if not decision.allowed:
-                if needs_control_types(method, params) is not None:
+            admitted = self._judge(caller, method, msg.params, msg.id, request_id, started)
+            if not admitted.decision.allowed:
+                if needs_control_types(method, admitted.params) is not None:
                     lane.give_back(held)
                     return False
-                raise self._deny(caller, request_id, method, decision, started, msg.id, label)
+                raise self._deny(admitted)
         except QrcError as exc:
-            lane.done(held, None if msg.is_notification else jsonrpc.error_message(msg.id, exc))
+            lane.done(held, _reply(msg, None, exc))
             return True
-        call = DirectCall(
-            self, lane, caller, msg, request_id, decision, label, rules, subject, started
-        )
+        call = DirectCall(self, lane, msg, admitted)
+        rt = self.rt
         rt.call_started()
-        pending = self._session(caller, subject).send(method, params, call.ended)
-        if pending is None:  # it waits (its subject's share is full, ...): in a task
+        pending = self._session(admitted).send(method, admitted.params, call.ended)
+        if pending is None:  # no connection can take it now: it waits in a task
             rt.call_finished()
-            lane.run(obj, partial(call.queued, params), held, request_id)
+            lane.run(obj, call.queued, held, request_id)
             return True
         call.upstream = pending
         lane.track(call, obj, held)
@@ -423,107 +419,63 @@ class Admission(Identity):
         upstream session, records. Raises `QrcError` (already counted and audited) at
         once when refused before the Core; the coroutine returned makes the call (and
         raises the error the Core's answer becomes)."""
-        label = method_label(method)
-        rules = self.rt.rules
-        subject, params, decision = self._judge(caller, method, raw_params, label, started)
-        if not decision.allowed and needs_control_types(method, params) is not None:
-            return self._run_typed(
-                caller,
-                method,
-                params,
-                call_id,
-                request_id,
-                decision,
-                rules,
-                subject,
-                started,
-                label,
-            )
-        return self._allowed(
-            caller, method, params, call_id, request_id, decision, rules, subject, started, label
-        )
+        admitted = self._judge(caller, method, raw_params, call_id, request_id, started)
+        typed = None if admitted.decision.allowed else needs_control_types(method, admitted.params)
+        if typed is not None:
+            return self._run_typed(admitted)
+        return self._allowed(admitted)
 
-    async def _run_typed(
-        self,
-        caller: Caller,
-        method: str,
-        params: Any,
-        call_id: Any,
-        request_id: str,
-        decision: Decision,
-        rules: Rules,
-        subject: SubjectConfig,
-        started: float,
-        label: str,
-    ) -> Any:
+    async def _run_typed(self, admitted: Admitted) -> Any:
         """Denied without the controls' types: unknown types are judged strictest, and a
         Boolean control may relax the verdict."""
-        typed = needs_control_types(method, params)
+        typed = needs_control_types(admitted.method, admitted.params)
         assert typed is not None
         types = await self.rt.upstream.control_types.get(typed)
         if types:
-            decision = rules.policy.authorize(subject.name, method, params, types)
-        return await self._allowed(
-            caller, method, params, call_id, request_id, decision, rules, subject, started, label
-        )
+            admitted.decision = admitted.rules.policy.authorize(
+                admitted.subject.name, admitted.method, admitted.params, types
+            )
+        return await self._allowed(admitted)
 
-    def _allowed(
-        self,
-        caller: Caller,
-        method: str,
-        params: Any,
-        call_id: Any,
-        request_id: str,
-        decision: Decision,
-        rules: Rules,
-        subject: SubjectConfig,
-        started: float,
-        label: str,
-    ) -> Coroutine[Any, Any, Any]:
-        """`_call` when `decision` allows it; else the refusal raised (recorded)."""
+    def _allowed(self, admitted: Admitted) -> Coroutine[Any, Any, Any]:
+        """`_call` when the policy allows it; else the refusal raised (recorded)."""
+        decision = admitted.decision
         if tracing.ENABLED:
             tracing.annotate({"qsys.decision": "allow" if decision.allowed else "deny"})
         if not decision.allowed:
-            raise self._deny(caller, request_id, method, decision, started, call_id, label)
-        return self._call(
-            caller, method, params, call_id, request_id, decision, rules, subject, started, label
-        )
+            raise self._deny(admitted)
+        return self._call(admitted)
 
-    async def _call(
-        self,
-        caller: Caller,
-        method: str,
-        params: Any,
-        call_id: Any,
-        request_id: str,
-        decision: Decision,
-        rules: Rules,
-        subject: SubjectConfig,
-        started: float,
-        label: str,
-    ) -> Any:
+    async def _call(self, admitted: Admitted) -> Any:
         """An allowed call, through the caller's upstream session, recorded."""
         rt = self.rt
-        session = self._session(caller, subject)
+        session = self._session(admitted)
         rt.call_started()
         error: QrcError | None = None
         result: Any = None
         try:
-            call = session.call(method, params)
-            result = await (call if not tracing.ENABLED else tracing.upstream_call(label, call))
+            call = session.call(admitted.method, admitted.params)
+            if tracing.ENABLED:
+                call = tracing.upstream_call(admitted.label, call)
+            result = await call
         except QrcError as exc:
             error = exc
         finally:
             rt.call_finished()
-        return self._settle(
-            caller, request_id, method, call_id, decision, rules, subject, started, result, error
-        )
+        return self._settle(admitted, result, error)
 
     def _judge(
-        self, caller: Caller, method: str, raw_params: Any, label: str, started: float
-    ) -> tuple[SubjectConfig, Any, Decision]:
-        """Who (the current credential), params, policy: the subject, the params as
-        parsed and the policy's decision. Raises `QrcError` (counted)."""
+        self,
+        caller: Caller,
+        method: str,
+        raw_params: Any,
+        call_id: Any,
+        request_id: str,
+        started: float,
+    ) -> Admitted:
+        """Who (the current credential), params, policy. Raises `QrcError` (counted)."""
+        label = method_label(method)
+        rules = self.rt.rules
         subject = self._current(caller)
         if subject is None:
             self._count(label, caller, "unauthenticated", started)
@@ -533,52 +485,37 @@ class Admission(Identity):
         except QrcError:
             self._count(label, caller, "invalid", started)
             raise
-        return subject, params, self.rt.rules.policy.authorize(subject.name, method, params)
+        decision = rules.policy.authorize(subject.name, method, params)
+        return Admitted(
+            caller, method, params, call_id, request_id, started, label, rules, subject, decision
+        )
 
-    def _deny(
-        self,
-        caller: Caller,
-        request_id: str,
-        method: str,
-        decision: Decision,
-        started: float,
-        call_id: Any,
-        label: str,
-    ) -> Refusal:
-        self._audit(caller, request_id, method, decision, "denied", started, call_id)
-        self._count(label, caller, "denied", started)
-        return _denial(method, decision)
+    def _deny(self, admitted: Admitted) -> Refusal:
+        a = admitted
+        self._audit(a.caller, a.request_id, a.method, a.decision, "denied", a.started, a.call_id)
+        self._count(a.label, a.caller, "denied", a.started)
+        return _denial(a.method, a.decision)
 
-    def _session(self, caller: Caller, subject: SubjectConfig) -> UpstreamSession:
+    def _session(self, admitted: Admitted) -> UpstreamSession:
+        caller = admitted.caller
         session = caller.session
         if session is None:
-            session = caller.session = self.shared.get(subject.name)
+            session = caller.session = self.shared.get(admitted.subject.name)
         return session
 
-    def _settle(
-        self,
-        caller: Caller,
-        request_id: str,
-        method: str,
-        call_id: Any,
-        decision: Decision,
-        rules: Rules,
-        subject: SubjectConfig,
-        started: float,
-        result: Any,
-        error: QrcError | None,
-    ) -> Any:
+    def _settle(self, admitted: Admitted, result: Any, error: QrcError | None) -> Any:
         """A call's answer from the Core, recorded (audit, counters): its result, or
         `error` raised."""
+        a = admitted
         if error is None:
             outcome = "ok"
-            if method == "Component.GetComponents":
-                result = rules.policy.visible_components(subject.name, result)
+            if a.method == "Component.GetComponents":
+                result = a.rules.policy.visible_components(a.subject.name, result)
         else:
             outcome = outcome_of(error.code)
-        if traits_of(method).write or rules.config.audit.logReads:
-            self._audit(caller, request_id, method, decision, outcome, started, call_id)
-        self._count(method_label(method), caller, outcome, started)
+        if traits_of(a.method).write or a.rules.config.audit.logReads:
+            self._audit(a.caller, a.request_id, a.method, a.decision, outcome, a.started, a.call_id)
+        self._count(a.label, a.caller, outcome, a.started)
         if error is not None:
             raise error
         return result
@@ -634,50 +571,63 @@ def _reply(msg: jsonrpc.Request, result: Any, error: QrcError | None) -> dict[st
     return jsonrpc.result_message(msg.id, result)
 
 
-class DirectCall:
-    """A read run without a task (`Admission._start_direct`), from its admission to its
-    reply: `ended` is called as the Core's answer is read, records it as `_run` does,
-    and answers in the lane; `cancel` when the connection closes under it."""
+class Admitted:
+    """A call as admission judged it (who, params, policy), and what its answer is
+    recorded with."""
 
     __slots__ = (
-        "_admission",
-        "_caller",
-        "_decision",
-        "_label",
-        "_lane",
-        "_msg",
-        "_over",
-        "_request_id",
-        "_rules",
-        "_started",
-        "_subject",
-        "upstream",
+        "call_id",
+        "caller",
+        "decision",
+        "label",
+        "method",
+        "params",
+        "request_id",
+        "rules",
+        "started",
+        "subject",
     )
 
     def __init__(
         self,
-        admission: Admission,
-        lane: Lane,
         caller: Caller,
-        msg: jsonrpc.Request,
+        method: str,
+        params: Any,
+        call_id: Any,
         request_id: str,
-        decision: Decision,
+        started: float,
         label: str,
         rules: Rules,
         subject: SubjectConfig,
-        started: float,
+        decision: Decision,
+    ) -> None:
+        self.caller = caller
+        self.method = method
+        self.params = params
+        self.call_id = call_id
+        self.request_id = request_id
+        self.started = started
+        self.label = label
+        self.rules = rules
+        self.subject = subject
+        self.decision = decision
+
+
+class DirectCall:
+    """A read run without a task (`Admission._start_direct`), from its admission to its
+    reply: `ended` is called as the Core's answer is read, records it as `_call` does,
+    and answers in the lane; `cancel` when the connection closes under it."""
+
+    __slots__ = ("_admission", "_lane", "_msg", "_over", "admitted", "upstream")
+
+    def __init__(
+        self, admission: Admission, lane: Lane, msg: jsonrpc.Request, admitted: Admitted
     ) -> None:
         self._admission = admission
         self._lane = lane
-        self._caller = caller
         self._msg = msg
-        self._request_id = request_id
-        self._decision = decision
-        self._label = label
-        self._rules = rules
-        self._subject = subject
-        self._started = started
         self._over = False
+        self.admitted = admitted
         self.upstream: PendingCall | None = None
 
     def ended(self, result: Any, error: BaseException | None) -> None:
@@ -692,50 +642,27 @@ class DirectCall:
             if error is not None and not isinstance(error, QrcError):
                 raise error
             try:
-                result = admission._settle(
-                    self._caller,
-                    self._request_id,
-                    msg.method,
-                    msg.id,
-                    self._decision,
-                    self._rules,
-                    self._subject,
-                    self._started,
-                    result,
-                    error,
-                )
+                result = admission._settle(self.admitted, result, error)
             except QrcError as exc:
                 reply = _reply(msg, None, exc)
             else:
                 reply = _reply(msg, result, None)
         except Exception:
-            log.exception("call failed", extra={"request_id": self._request_id})
+            log.exception("call failed", extra={"request_id": self.admitted.request_id})
             reply = _reply(msg, None, QrcError(ErrorCode.SERVER_ERROR, "Internal error"))
         try:
             self._lane.finish(self, reply)
         except Exception:
-            log.exception("call failed", extra={"request_id": self._request_id})
+            log.exception("call failed", extra={"request_id": self.admitted.request_id})
 
-    async def queued(self, params: Any) -> dict[str, Any] | None:
+    async def queued(self) -> dict[str, Any] | None:
         """The read could not go at once: it goes as a call in a task does, from the
         upstream session on (its admission is not done again)."""
-        msg = self._msg
         try:
-            result = await self._admission._call(
-                self._caller,
-                msg.method,
-                params,
-                msg.id,
-                self._request_id,
-                self._decision,
-                self._rules,
-                self._subject,
-                self._started,
-                self._label,
-            )
+            result = await self._admission._call(self.admitted)
         except QrcError as exc:
-            return _reply(msg, None, exc)
-        return _reply(msg, result, None)
+            return _reply(self._msg, None, exc)
+        return _reply(self._msg, result, None)
 
     def cancel(self) -> None:
         """The connection is closing: the call is dropped upstream, unrecorded (as a

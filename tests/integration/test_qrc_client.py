@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -103,9 +104,9 @@ async def test_context_manager(sim: CoreSimulator) -> None:
     assert client.closed.is_set()
 
 
-async def test_each_call_times_out_at_its_own_deadline_with_one_timer() -> None:
-    """A Core that never answers: calls fail at their own timeouts, in deadline order,
-    also when a shorter one is sent after a longer one; an answered call never times out."""
+@contextlib.asynccontextmanager
+async def silent_core() -> AsyncIterator[QrcClient]:
+    """A client of a Core that reads everything and never answers."""
 
     async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         with contextlib.suppress(ConnectionError):
@@ -114,10 +115,20 @@ async def test_each_call_times_out_at_its_own_deadline_with_one_timer() -> None:
         writer.close()
 
     server = await asyncio.start_server(silent, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    client = await QrcClient.connect("127.0.0.1", port)
-    loop = asyncio.get_running_loop()
+    client = await QrcClient.connect("127.0.0.1", server.sockets[0].getsockname()[1])
     try:
+        yield client
+    finally:
+        await client.close()
+        server.close()
+        await server.wait_closed()
+
+
+async def test_each_call_times_out_at_its_own_deadline_with_one_timer() -> None:
+    """A Core that never answers: calls fail at their own timeouts, in deadline order,
+    also when a shorter one is sent after a longer one; an answered call never times out."""
+    loop = asyncio.get_running_loop()
+    async with silent_core() as client:
         start = loop.time()
         ended: dict[str, float] = {}
 
@@ -133,10 +144,6 @@ async def test_each_call_times_out_at_its_own_deadline_with_one_timer() -> None:
         assert 0.59 <= ended["long"] < 0.9
         assert not client._deadlines
         assert not client._pending
-    finally:
-        await client.close()
-        server.close()
-        await server.wait_closed()
 
 
 async def test_an_answered_call_leaves_no_deadline_behind(qrc_client: QrcClient) -> None:
@@ -227,15 +234,7 @@ async def test_a_timed_out_waiter_may_send_the_next_call() -> None:
     """A Core that never answers: a waiter that calls again as its call times out gets
     that call timed out too, at its own deadline."""
 
-    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(ConnectionError):
-            while await reader.read(65536):
-                pass
-        writer.close()
-
-    server = await asyncio.start_server(silent, "127.0.0.1", 0)
-    client = await QrcClient.connect("127.0.0.1", server.sockets[0].getsockname()[1])
-    try:
+    async with silent_core() as client:
         second = Waiter()
         first = Waiter(lambda: client.send_call("NoOp", {}, second, timeout=0.1))
         client.send_call("NoOp", {}, first, timeout=0.1)
@@ -244,7 +243,3 @@ async def test_a_timed_out_waiter_may_send_the_next_call() -> None:
         assert isinstance(second.outcome, TimeoutError)
         assert not client._pending
         assert not client._deadlines
-    finally:
-        await client.close()
-        server.close()
-        await server.wait_closed()
