@@ -264,12 +264,11 @@ class Admission(Identity):
         return None
 
     def _start_direct(self, lane: Lane, caller: Caller, obj: Any, request_id: str) -> bool:
-        """A read that can go to the Core at once, run without a task: the steps of
-        `_handle` and `_run` in the same order, the Core's answer finishing it in
-        `DirectCall.ended`. True when the call is answered or on its way; False when
-        nothing was done or taken (the lane is full, a write, a change-group method, a
-        denial that control types may relax, no connection can take it now): it then
-        runs in a task."""
+        """A read, run without a task: the steps of `_handle` and `_run` in the same
+        order, the Core's answer finishing it in `DirectCall.ended`. True when the call
+        is answered or on its way (in a task when no connection can take it now); False
+        when nothing was done or taken (not a read, or the lane is full): it then runs
+        in a task from the start. (Only writes need control types to be judged.)"""
         method = obj.get("method") if isinstance(obj, dict) else None
         if not isinstance(method, str) or method == "Logon":
             return False
@@ -290,9 +289,6 @@ class Admission(Identity):
         try:
             admitted = self._judge(caller, method, msg.params, msg.id, request_id, started)
             if not admitted.decision.allowed:
-                if needs_control_types(method, admitted.params) is not None:
-                    lane.give_back(held)
-                    return False
                 raise self._deny(admitted)
         except QrcError as exc:
             lane.done(held, _reply(msg, None, exc))
@@ -422,15 +418,13 @@ class Admission(Identity):
         admitted = self._judge(caller, method, raw_params, call_id, request_id, started)
         typed = None if admitted.decision.allowed else needs_control_types(method, admitted.params)
         if typed is not None:
-            return self._run_typed(admitted)
+            return self._run_typed(admitted, typed)
         return self._allowed(admitted)
 
-    async def _run_typed(self, admitted: Admitted) -> Any:
-        """Denied without the controls' types: unknown types are judged strictest, and a
-        Boolean control may relax the verdict."""
-        typed = needs_control_types(admitted.method, admitted.params)
-        assert typed is not None
-        types = await self.rt.upstream.control_types.get(typed)
+    async def _run_typed(self, admitted: Admitted, component: str) -> Any:
+        """Denied without the types of `component`'s controls: unknown types are judged
+        strictest, and a Boolean control may relax the verdict."""
+        types = await self.rt.upstream.control_types.get(component)
         if types:
             admitted.decision = admitted.rules.policy.authorize(
                 admitted.subject.name, admitted.method, admitted.params, types

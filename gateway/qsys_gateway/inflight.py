@@ -169,10 +169,6 @@ class Lane:
             return None
         return mine, theirs
 
-    def give_back(self, held: Held) -> None:
-        """What `take` took, for a call that did not run."""
-        self._release(*held)
-
     def done(self, held: Held, reply: Reply | None) -> None:
         """A call `take` made room for, answered at once."""
         try:

@@ -521,10 +521,7 @@ class Forwarded:
             value = self._pool._ended(self, target, result)
         except QrcError as exc:
             value, error = None, exc
-        self.ended = True
-        if self.owner:
-            self._pool.shares.release(self.owner)
-        self._done(value, error)
+        self._end(value, error)
 
     def set_exception(self, exception: BaseException, /) -> None:
         target = self._settle()
