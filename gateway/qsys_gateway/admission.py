@@ -267,8 +267,12 @@ class Admission(Identity):
         """A read, run without a task: the steps of `_handle` and `_run` in the same
         order, the Core's answer finishing it in `DirectCall.ended`. True when the call
         is answered or on its way (in a task when no connection can take it now); False
-        when nothing was done or taken (not a read, or the lane is full): it then runs
-        in a task from the start. (Only writes need control types to be judged.)"""
+        when nothing was done or taken (not a read, the lane is full, or a call before
+        it in the lane has not gone out yet: calls reach the Core in the order they
+        came): it then runs in a task from the start. (Only writes need control types
+        to be judged.)"""
+        if lane.behind_a_task:
+            return False
         method = obj.get("method") if isinstance(obj, dict) else None
         if not isinstance(method, str) or method == "Logon":
             return False

@@ -133,7 +133,17 @@ class Lane:
     under it. A call runs in a task of its own (`try_start`, `start`), or, when it can
     go to the Core at once, without one (`take`, `track`, `finish`)."""
 
-    __slots__ = ("_calls", "_drained", "_gate", "_loop", "_slots", "_tasks", "_weight", "send")
+    __slots__ = (
+        "_calls",
+        "_drained",
+        "_gate",
+        "_loop",
+        "_slots",
+        "_starting",
+        "_tasks",
+        "_weight",
+        "send",
+    )
 
     def __init__(self, send: Callable[[Reply], None], gate: WeightedGate) -> None:
         self.send = send
@@ -150,6 +160,15 @@ class Lane:
         """The calls in flight without a task, likewise."""
         self._drained: asyncio.Future[None] | None = None
         """Set when the last call without a task ends while `drain` waits."""
+        self._starting = 0
+        """Tasks made whose first step has not run (their calls have not gone out yet)."""
+
+    @property
+    def behind_a_task(self) -> bool:
+        """A call started in a task has not gone out yet: a later call must not overtake
+        it (a Core answers a connection's calls in the order they come, so a client may
+        pipeline a Set and the Get that reads it), so it runs in a task too."""
+        return self._starting > 0
 
     def answer(self, obj: Any, err: QrcError) -> None:
         reply = answer_to(obj, err)
@@ -223,6 +242,7 @@ class Lane:
     ) -> None:
         """Run `work` in a task, for a call `take` made room for."""
         mine, theirs = held
+        self._starting += 1
         task = self._loop.create_task(self._run(obj, work, mine, theirs, request_id))
         self._track(task, obj, mine, theirs)
 
@@ -239,8 +259,7 @@ class Lane:
         except BaseException:
             self._release(mine, theirs)
             raise
-        task = self._loop.create_task(self._run(obj, work, mine, theirs, request_id))
-        self._track(task, obj, mine, theirs)
+        self.run(obj, work, (mine, theirs), request_id)
 
     def _track(self, task: asyncio.Task[None], obj: Any, mine: int, theirs: int) -> None:
         tasks = self._tasks
@@ -256,6 +275,7 @@ class Lane:
         theirs: int,
         request_id: str,
     ) -> None:
+        self._starting -= 1
         try:
             reply = await work()
             if reply is not None:
@@ -308,7 +328,8 @@ class Lane:
             await asyncio.wait(tasks, timeout=1.0)
             for task in tasks:
                 held = self._tasks.pop(task, None) if self._tasks and task.done() else None
-                if held is not None:
+                if held is not None:  # cancelled before its first step
+                    self._starting -= 1
                     obj, mine, theirs = held
                     self.answer(obj, QrcError(ErrorCode.CORE_UNAVAILABLE, "Connection closing"))
                     self._release(mine, theirs)

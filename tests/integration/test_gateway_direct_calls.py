@@ -66,7 +66,7 @@ class Client:
     def send(self, msg: dict[str, Any]) -> None:
         self.writer.write(orjson.dumps(msg) + b"\0")
 
-    def read(self, rid: int) -> None:
+    def read(self, rid: int | str) -> None:
         self.send({"jsonrpc": "2.0", "id": rid, "method": "Control.Get", "params": ["MainGain"]})
 
     async def reply(self, rid: Any) -> dict[str, Any]:
@@ -177,3 +177,20 @@ async def test_reads_over_the_share_wait_for_it_in_order_and_a_client_that_leave
     finally:
         await client.close()
     await settled(gateway, lambda: holds_nothing(gateway))
+
+
+async def test_a_pipelined_set_then_get_reads_what_was_set(gateway: Gateway) -> None:
+    """A Core takes a socket's calls in order: a Get sent right behind a Set (one write,
+    no wait for the Set's answer) reads the value the Set wrote."""
+    client = await Client.open(gateway)
+    try:
+        for value in (-12.0, -7.0, -3.0):
+            set_id, get_id = f"set{value}", f"get{value}"
+            params = {"Name": "MainGain", "Value": value}
+            client.send({"jsonrpc": "2.0", "id": set_id, "method": "Control.Set", "params": params})
+            client.read(get_id)
+            got = await client.reply(get_id)
+            assert got["result"][0]["Value"] == value
+            assert "result" in await client.reply(set_id)
+    finally:
+        await client.close()

@@ -178,3 +178,20 @@ async def test_a_failure_in_the_records_is_an_internal_error_not_a_lost_call(
     assert sent[1]["id"] == 2
     assert "result" in sent[1]
     assert _idle(admission, lane)
+
+
+async def test_a_read_after_a_call_in_a_task_waits_its_turn(
+    direct: tuple[Admission, Caller, DirectSession, Lane, list[dict[str, Any]], Path],
+) -> None:
+    """A Core answers a connection's calls in order, so a client may pipeline a Set and
+    the Get that reads it: a read never overtakes a call still waiting for its task."""
+    admission, caller, session, lane, sent, _ = direct
+    admission.serve_now(caller, [_get(1, gain=-10), _get(2)], "r1", lane)
+    assert session.sent == []  # the read went after the write, in a task
+    await lane.drain(5.0)
+    assert session.calls == ["Component.Set", "Component.Get"]
+    assert sorted(m["id"] for m in sent) == [1, 2]
+    admission.serve_now(caller, [_get(3)], "r2", lane)  # nothing ahead of it now
+    assert [p.method for p in session.sent] == ["Component.Get"]
+    session.sent[0].done({"Name": "Amp", "Controls": []}, None)
+    assert _idle(admission, lane)
