@@ -36,6 +36,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -569,46 +570,21 @@ def _reply(msg: jsonrpc.Request, result: Any, error: QrcError | None) -> dict[st
     return jsonrpc.result_message(msg.id, result)
 
 
+@dataclass(slots=True)
 class Admitted:
     """A call as admission judged it (who, params, policy), and what its answer is
     recorded with."""
 
-    __slots__ = (
-        "call_id",
-        "caller",
-        "decision",
-        "label",
-        "method",
-        "params",
-        "request_id",
-        "rules",
-        "started",
-        "subject",
-    )
-
-    def __init__(
-        self,
-        caller: Caller,
-        method: str,
-        params: Any,
-        call_id: Any,
-        request_id: str,
-        started: float,
-        label: str,
-        rules: Rules,
-        subject: SubjectConfig,
-        decision: Decision,
-    ) -> None:
-        self.caller = caller
-        self.method = method
-        self.params = params
-        self.call_id = call_id
-        self.request_id = request_id
-        self.started = started
-        self.label = label
-        self.rules = rules
-        self.subject = subject
-        self.decision = decision
+    caller: Caller
+    method: str
+    params: Any
+    call_id: Any
+    request_id: str
+    started: float
+    label: str
+    rules: Rules
+    subject: SubjectConfig
+    decision: Decision
 
 
 class DirectCall:

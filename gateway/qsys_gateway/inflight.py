@@ -156,7 +156,7 @@ class Lane:
         self._tasks: dict[asyncio.Task[None], tuple[Any, int, int]] | None = None
         """Each call's task: its call and the weights it holds (made by the first call: an
         idle connection's lane stays small)."""
-        self._calls: dict[Direct, tuple[Any, int, int]] | None = None
+        self._calls: dict[Direct, tuple[Any, Held]] | None = None
         """The calls in flight without a task, likewise."""
         self._drained: asyncio.Future[None] | None = None
         """Set when the last call without a task ends while `drain` waits."""
@@ -201,7 +201,7 @@ class Lane:
         calls = self._calls
         if calls is None:
             calls = self._calls = {}
-        calls[call] = (obj, *held)
+        calls[call] = (obj, held)
 
     def finish(self, call: Direct, reply: Reply | None) -> None:
         """`call` ended with `reply` (None: nothing to send). A call `cancel` answered
@@ -210,10 +210,8 @@ class Lane:
         if entry is None:
             return
         try:
-            if reply is not None:
-                self.send(reply)
+            self.done(entry[1], reply)
         finally:
-            self._release(entry[1], entry[2])
             if not self._calls:
                 self._settled()
 
@@ -313,13 +311,13 @@ class Lane:
         """Cancel the calls in flight; each answers its call as it ends (one cancelled
         before its task ran, or without a task, is answered and its weight given back
         here)."""
+        closing = QrcError(ErrorCode.CORE_UNAVAILABLE, "Connection closing")
         calls, self._calls = self._calls, None
-        for call, (obj, mine, theirs) in (calls or {}).items():
+        for call, (obj, held) in (calls or {}).items():
             try:
                 call.cancel()
-                self.answer(obj, QrcError(ErrorCode.CORE_UNAVAILABLE, "Connection closing"))
             finally:
-                self._release(mine, theirs)
+                self.done(held, answer_to(obj, closing))
         self._settled()
         tasks = list(self._tasks or ())
         for task in tasks:
@@ -327,9 +325,8 @@ class Lane:
         if tasks:
             await asyncio.wait(tasks, timeout=1.0)
             for task in tasks:
-                held = self._tasks.pop(task, None) if self._tasks and task.done() else None
-                if held is not None:  # cancelled before its first step
+                entry = self._tasks.pop(task, None) if self._tasks and task.done() else None
+                if entry is not None:  # cancelled before its first step
                     self._starting -= 1
-                    obj, mine, theirs = held
-                    self.answer(obj, QrcError(ErrorCode.CORE_UNAVAILABLE, "Connection closing"))
-                    self._release(mine, theirs)
+                    obj, mine, theirs = entry
+                    self.done((mine, theirs), answer_to(obj, closing))
