@@ -143,7 +143,7 @@ async def _scenario(ctx: BenchContext, n: int) -> tuple[Result, str]:
                 return_exceptions=True,
             )
     finally:
-        await sim.stop()
+        await sim.close()
     expected = changes * n // len(MIXERS)
     result = Result(
         "gateway/fanout",

@@ -51,7 +51,7 @@ async def _run(args: argparse.Namespace) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
-    await sim.stop()
+    await sim.close()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import hmac
 import logging
+import socket
 from typing import Any, cast
 
 from qsys_protocol.qrc import jsonrpc
@@ -215,7 +216,8 @@ class _Connection(asyncio.Protocol):
 class CoreSimulator:
     """A simulated Q-SYS Core listening on loopback.
 
-    Use as `async with CoreSimulator() as sim:` or `await sim.start()` / `await sim.stop()`.
+    Use as `async with CoreSimulator() as sim:` or `await sim.start()` / `await sim.close()`;
+    `stop()` and `start()` in between take the Core away and bring it back on the same port.
     """
 
     def __init__(
@@ -242,6 +244,7 @@ class CoreSimulator:
         self.connections: set[_Connection] = set()
         self.requests = 0
         self._server: asyncio.Server | None = None
+        self._held: socket.socket | None = None
 
     @property
     def requires_logon(self) -> bool:
@@ -249,6 +252,7 @@ class CoreSimulator:
 
     async def start(self) -> CoreSimulator:
         loop = asyncio.get_running_loop()
+        self._release()
         self._server = await loop.create_server(
             lambda: _Connection(self), self.host, self.port, reuse_address=True
         )
@@ -264,6 +268,37 @@ class CoreSimulator:
                 async with asyncio.timeout(2.0):
                     await self._server.wait_closed()
             self._server = None
+            self._hold()
+
+    async def close(self) -> None:
+        """Stop for good and give the port back."""
+        await self.stop()
+        self._release()
+
+    def _hold(self) -> None:
+        """Keep the stopped Core's port bound, not listening, until `start` or `close`.
+
+        A connection to it is refused, as to a rebooting Core. Without this, another
+        listener on this machine could take the freed port and answer in the Core's place,
+        or a client's connect could pick it as its own source port and reach itself.
+        """
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        for reuse in (False, True):  # SO_REUSEADDR only when closed connections linger
+            held = socket.socket(family)
+            held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, int(reuse))
+            try:
+                held.bind((self.host, self.port))
+            except OSError:
+                held.close()
+                continue
+            self._held = held
+            return
+        log.warning("could not hold port %d while stopped", self.port)
+
+    def _release(self) -> None:
+        if self._held is not None:
+            self._held.close()
+            self._held = None
 
     @property
     def running(self) -> bool:
@@ -273,7 +308,7 @@ class CoreSimulator:
         return await self.start()
 
     async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
+        await self.close()
 
     def drop_connections(self) -> None:
         """Abort every client socket (as a network fault or a Core reboot would)."""

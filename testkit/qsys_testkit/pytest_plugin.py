@@ -42,7 +42,7 @@ async def qsys_simulator() -> AsyncIterator[SimulatorFactory]:
         yield factory
     finally:
         for sim in started:
-            await sim.stop()
+            await sim.close()
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 from typing import Any
 
 import pytest
@@ -131,3 +132,28 @@ async def test_stopped_simulator_refuses_connections(qsys_simulator: Any) -> Non
     assert not sim.running
     with pytest.raises(ConnectionRefusedError):
         await QrcClient.connect("127.0.0.1", port, timeout=2)
+
+
+def _listen(port: int) -> None:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("127.0.0.1", port))
+        s.listen()
+
+
+async def test_a_stopped_simulator_keeps_its_port_until_closed(qsys_simulator: Any) -> None:
+    """Nothing else takes a stopped Core's port (a listener that would answer in its place,
+    or a client socket connected to itself); it comes back on it, and close gives it up."""
+    sim: CoreSimulator = await qsys_simulator()
+    port = sim.port
+    await sim.stop()
+    with pytest.raises(OSError, match="in use"):
+        _listen(port)
+    await sim.start()
+    assert sim.port == port
+    client = await QrcClient.connect("127.0.0.1", port, timeout=2)
+    assert (await client.call("StatusGet", 0, timeout=2))["State"] == "Active"
+    await client.close()
+    await sim.stop()
+    await sim.close()
+    _listen(port)
