@@ -47,8 +47,28 @@ runs (user 10001 of the images)."""
 CRD_APPLY_ATTEMPTS = 5
 
 
+def _holds(live: Any, wanted: Any) -> bool:
+    """Whether live (as the apiserver gives it, defaults filled in) says all wanted does."""
+    if isinstance(wanted, dict):
+        return isinstance(live, dict) and all(
+            k in live and _holds(live[k], v) for k, v in wanted.items()
+        )
+    if isinstance(wanted, list):
+        return (
+            isinstance(live, list)
+            and len(live) == len(wanted)
+            and all(_holds(a, b) for a, b in zip(live, wanted, strict=True))
+        )
+    return bool(live == wanted)
+
+
 def _create_or_replace_crd(ext: client.ApiextensionsV1Api, body: Any) -> None:
-    """body: a CRD as YAML gives it (the client serialises a dict as it is)."""
+    """body: a CRD as YAML gives it (the client serialises a dict as it is).
+
+    A CRD whose spec already holds body's is left alone, and a replaced one keeps the
+    labels and annotations it had: another lane's release or Argo CD Application may own
+    it (its tracking annotation, Helm's labels), and a replace that dropped them would
+    show that Application OutOfSync."""
     name = body["metadata"]["name"]
     try:
         current = ext.read_custom_resource_definition(name)
@@ -57,8 +77,13 @@ def _create_or_replace_crd(ext: client.ApiextensionsV1Api, body: Any) -> None:
             raise
         ext.create_custom_resource_definition(body)
         return
-    assert current.metadata is not None
-    body["metadata"]["resourceVersion"] = current.metadata.resource_version
+    live = ext.api_client.sanitize_for_serialization(current)
+    if _holds(live["spec"], body["spec"]):
+        return
+    meta = live["metadata"]
+    for key in ("labels", "annotations"):
+        body["metadata"][key] = {**meta.get(key, {}), **body["metadata"].get(key, {})}
+    body["metadata"]["resourceVersion"] = meta["resourceVersion"]
     ext.replace_custom_resource_definition(name, body)
 
 
