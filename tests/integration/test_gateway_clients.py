@@ -92,10 +92,7 @@ async def test_misspelt_logon_member_is_invalid_params_not_a_failed_logon(
     gw = await asyncio.to_thread(make_gateway, module_sim_port)
     # far more than the failed-logon throttle allows (10), from one address
     for _i in range(15):
-        reader, writer = await asyncio.open_connection(
-            "127.0.0.1", gw.qrc_port, local_addr=("127.0.0.44", 0)
-        )
-        client = QrcClient(reader, writer)
+        client = await QrcClient.connect("127.0.0.1", gw.qrc_port, local_addr=("127.0.0.44", 0))
         try:
             resp = await client.request("Logon", {"User": "panel", "Pin": PANEL_TOKEN})
             assert resp.error is not None
@@ -108,10 +105,7 @@ async def test_misspelt_logon_member_is_invalid_params_not_a_failed_logon(
         finally:
             await client.close()
     # the address is not throttled: the right token logs on at once
-    reader, writer = await asyncio.open_connection(
-        "127.0.0.1", gw.qrc_port, local_addr=("127.0.0.44", 0)
-    )
-    client = QrcClient(reader, writer)
+    client = await QrcClient.connect("127.0.0.1", gw.qrc_port, local_addr=("127.0.0.44", 0))
     try:
         assert await client.call("Logon", {"User": "panel", "Password": PANEL_TOKEN}) is True
         # a second Logon with a misspelt member on a logged-on socket: -32602 too

@@ -33,10 +33,7 @@ def with_legacy(config: dict[str, Any]) -> None:
 
 
 async def connect_from(gw: GatewayProcess, source: str) -> QrcClient:
-    reader, writer = await asyncio.wait_for(
-        asyncio.open_connection("127.0.0.1", gw.qrc_port, local_addr=(source, 0), limit=2**20), 5
-    )
-    return QrcClient(reader, writer)
+    return await QrcClient.connect("127.0.0.1", gw.qrc_port, local_addr=(source, 0))
 
 
 def get_gain() -> dict[str, Any]:

@@ -87,7 +87,7 @@ async def test_close_is_bounded_when_the_peer_stops_reading(
     big = "x" * (1 << 20)
     calls = [asyncio.ensure_future(qrc_client.call("NoOp", {"pad": big})) for _ in range(64)]
     await asyncio.sleep(0.2)
-    assert qrc_client._writer.transport.get_write_buffer_size() > 0  # the Core's side is full
+    assert qrc_client.write_buffer_size > 0  # the Core's side is full
     loop = asyncio.get_running_loop()
     started = loop.time()
     await asyncio.wait_for(qrc_client.close(timeout=0.5), 10)
@@ -96,6 +96,59 @@ async def test_close_is_bounded_when_the_peer_stops_reading(
     await asyncio.wait_for(qrc_client.close(), 1)  # and again, at once
     results = await asyncio.gather(*calls, return_exceptions=True)
     assert all(isinstance(r, ConnectionClosed) for r in results), results
+
+
+async def test_responses_reach_their_waiters_without_a_task(sim: CoreSimulator) -> None:
+    """The socket is read by the protocol's callbacks: no task per connection or call."""
+    tasks = len(asyncio.all_tasks())
+    async with await QrcClient.connect("127.0.0.1", sim.port) as client:
+        waiters = [Waiter() for _ in range(8)]
+        for waiter in waiters:
+            client.send_call("Control.Get", ["MainGain"], waiter, timeout=5)
+        assert len(asyncio.all_tasks()) == tasks
+        await asyncio.wait_for(asyncio.gather(*(w.ended.wait() for w in waiters)), 5)
+        assert all(isinstance(w.outcome, jsonrpc.Response) for w in waiters)
+
+
+async def test_drop_fails_the_pending_calls_at_once(
+    sim: CoreSimulator, qrc_client: QrcClient
+) -> None:
+    sim.faults.swallow_replies = -1
+    waiters = [Waiter() for _ in range(3)]
+    for waiter in waiters:
+        qrc_client.send_call("NoOp", {}, waiter, timeout=10)
+    qrc_client.drop()
+    assert all(isinstance(w.outcome, ConnectionClosed) for w in waiters)
+    assert qrc_client.closed.is_set()
+    with pytest.raises(ConnectionClosed):
+        qrc_client.send_call("NoOp", {}, Waiter())
+    with pytest.raises(ConnectionClosed):
+        await qrc_client.send_raw(b"{}\x00")
+    await asyncio.wait_for(qrc_client.close(), 2)
+    await wait_until(lambda: not sim.connections)
+
+
+async def wait_until(ready: Any, timeout: float = 5) -> None:
+    async with asyncio.timeout(timeout):
+        while not ready():
+            await asyncio.sleep(0.01)
+
+
+async def test_a_peer_that_closes_ends_the_client(
+    sim: CoreSimulator, qrc_client: QrcClient
+) -> None:
+    """The Core closes its side: the client says so, and its socket closes too."""
+    sim.faults.swallow_replies = -1
+    pending = asyncio.ensure_future(qrc_client.call("NoOp", {}, timeout=10))
+    await asyncio.sleep(0.1)
+    for conn in list(sim.connections):
+        assert conn.transport is not None
+        conn.transport.close()
+    with pytest.raises(ConnectionClosed):
+        await asyncio.wait_for(pending, 5)
+    await asyncio.wait_for(qrc_client.closed.wait(), 5)
+    assert isinstance(qrc_client.close_reason, ConnectionClosed)
+    await wait_until(lambda: qrc_client._lost.done())
 
 
 async def test_context_manager(sim: CoreSimulator) -> None:

@@ -425,7 +425,7 @@ async def test_a_core_that_stops_reading_is_left_and_reconnected(
     try:
         await asyncio.sleep(0.1)
         # the precondition: the kernel's buffers are full, the rest waits in the transport
-        assert client._writer.transport.get_write_buffer_size() > 0
+        assert client.write_buffer_size > 0
         await wait_until(lambda: up.up and any(c is not deaf for c in sim.connections), timeout=8)
         assert metrics.registry.get_sample_value("qsys_gateway_upstream_reconnects_total") == 1
         assert client.closed.is_set()

@@ -101,7 +101,7 @@ class UpstreamConnection:
         """Close the socket (the supervisor reconnects); pending calls fail at once."""
         client = self._client
         if client is not None:
-            client._reader_task.cancel()  # fails its pending calls at once
+            client.drop()
 
     async def request(
         self, method: str, params: Any, timeout: float, *, reserve: int = 0

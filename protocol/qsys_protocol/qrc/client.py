@@ -7,11 +7,10 @@ gateway's upstream connection.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import ssl as ssl_module
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from . import jsonrpc
 from .errors import QrcError
@@ -34,18 +33,18 @@ class ReplyWaiter(Protocol):
     def set_exception(self, exception: BaseException, /) -> None: ...
 
 
-class QrcClient:
+class QrcClient(asyncio.Protocol):
+    """One connection, read as the bytes arrive (an `asyncio.Protocol`, no reader task):
+    a response goes to its waiter in the same event-loop pass that read it."""
+
     def __init__(
         self,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
         *,
         max_frame_bytes: int = 1024 * 1024,
         max_notifications: int = 10000,
         on_notification: Callable[[jsonrpc.Request], None] | None = None,
     ) -> None:
-        self._reader = reader
-        self._writer = writer
+        self._transport: asyncio.Transport  # set by connection_made, before connect returns
         self._decoder = FrameDecoder(max_frame_bytes)
         self._ids = itertools.count(1)
         self._pending: dict[int | str, ReplyWaiter] = {}
@@ -63,7 +62,9 @@ class QrcClient:
         # flight is written at once).
         self._out: list[bytes] = []
         self._loop = asyncio.get_running_loop()
-        self._reader_task = self._loop.create_task(self._read_loop())
+        self._lost: asyncio.Future[None] = self._loop.create_future()
+        self._writable: asyncio.Future[None] | None = None
+        """Set while the transport's buffer is over its high-water mark (`drain`)."""
 
     @classmethod
     async def connect(
@@ -73,35 +74,68 @@ class QrcClient:
         *,
         timeout: float = 5.0,
         ssl: ssl_module.SSLContext | None = None,
+        local_addr: tuple[str, int] | None = None,
         **kwargs: Any,
     ) -> QrcClient:
+        """`local_addr`: the address to connect from (a port of 0 picks one)."""
+        loop = asyncio.get_running_loop()
         async with asyncio.timeout(timeout):
-            reader, writer = await asyncio.open_connection(host, port, ssl=ssl, limit=2**20)
-        return cls(reader, writer, **kwargs)
+            _, client = await loop.create_connection(
+                lambda: cls(**kwargs), host, port, ssl=ssl, local_addr=local_addr
+            )
+        return client
 
-    async def _read_loop(self) -> None:
+    # ---- asyncio.Protocol ------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+
+    def data_received(self, data: bytes) -> None:
+        if self.closed.is_set():
+            return
         try:
-            while True:
-                data = await self._reader.read(65536)
-                if not data:
-                    raise ConnectionClosed("connection closed by peer")
-                for frame in self._decoder.feed(data):
-                    if frame is FRAME_TOO_LARGE:
-                        continue
-                    assert isinstance(frame, bytes)
-                    self._dispatch(frame)
-        except (asyncio.CancelledError, Exception) as exc:
-            self.close_reason = exc
-        finally:
-            self.closed.set()
-            if self._timer is not None:
-                self._timer.cancel()
-                self._timer = None
-            self._deadlines.clear()
-            pending, self._pending = self._pending, {}
-            for fut in pending.values():
-                if not fut.done():
-                    fut.set_exception(ConnectionClosed("connection closed"))
+            for frame in self._decoder.feed(data):
+                if frame is FRAME_TOO_LARGE:
+                    continue
+                assert isinstance(frame, bytes)
+                self._dispatch(frame)
+        except Exception as exc:
+            self._end(exc)
+            self._transport.abort()
+
+    def eof_received(self) -> bool:
+        self._end(ConnectionClosed("connection closed by peer"))
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._end(exc or ConnectionClosed("connection closed by peer"))
+        if not self._lost.done():
+            self._lost.set_result(None)
+        if self._writable is not None and not self._writable.done():
+            self._writable.set_result(None)
+
+    def pause_writing(self) -> None:
+        if self._writable is None or self._writable.done():
+            self._writable = self._loop.create_future()
+
+    def resume_writing(self) -> None:
+        if self._writable is not None and not self._writable.done():
+            self._writable.set_result(None)
+
+    def _end(self, reason: BaseException) -> None:
+        """The connection is over for its calls: each pending one fails now."""
+        if self.closed.is_set():
+            return
+        self.close_reason = reason
+        self.closed.set()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._deadlines.clear()
+        pending, self._pending = self._pending, {}
+        for fut in pending.values():
+            if not fut.done():
+                fut.set_exception(ConnectionClosed("connection closed"))
 
     def _dispatch(self, frame: bytes) -> None:
         try:
@@ -147,9 +181,9 @@ class QrcClient:
         rid = next(self._ids)
         self._pending[rid] = waiter
         frame = encode_frame(jsonrpc.Request(method, params, rid).to_dict())
-        if len(self._pending) == 1 and not self._out and not self._writer.is_closing():
+        if len(self._pending) == 1 and not self._out and not self._transport.is_closing():
             # the only call in flight: sent now, an event-loop pass sooner
-            self._writer.write(frame)
+            self._transport.write(frame)
         else:
             if not self._out:
                 self._loop.call_soon(self._flush)
@@ -206,18 +240,28 @@ class QrcClient:
         if self._out:
             data = b"".join(self._out)
             self._out.clear()
-            if not self._writer.is_closing():
-                self._writer.write(data)
+            if not self._transport.is_closing():
+                self._transport.write(data)
 
     async def notify(self, method: str, params: Any = None) -> None:
-        self._flush()
-        self._writer.write(encode_frame(jsonrpc.Request(method, params).to_dict()))
-        await self._writer.drain()
+        await self.send_raw(encode_frame(jsonrpc.Request(method, params).to_dict()))
 
     async def send_raw(self, data: bytes) -> None:
+        """Write data after the calls not yet sent; wait while the peer is not taking it."""
+        if self.closed.is_set():
+            raise ConnectionClosed("connection closed")
         self._flush()
-        self._writer.write(data)
-        await self._writer.drain()
+        self._transport.write(data)
+        writable = self._writable
+        if writable is not None and not writable.done():
+            await asyncio.shield(writable)
+        if self.closed.is_set():
+            raise ConnectionClosed("connection closed")
+
+    @property
+    def write_buffer_size(self) -> int:
+        """Bytes written and not yet taken by the peer's socket."""
+        return self._transport.get_write_buffer_size()
 
     async def next_notification(
         self, method: str | None = None, *, timeout: float = 5.0
@@ -230,22 +274,22 @@ class QrcClient:
                     return msg
 
     async def close(self, timeout: float = CLOSE_TIMEOUT) -> None:
-        """Close the socket. What the peer has not taken within `timeout` seconds is
-        dropped and the connection reset: a peer that stops reading (a hung Core, a
-        stalled client) cannot hold the caller."""
-        self._reader_task.cancel()
-        with contextlib.suppress(BaseException):
-            await self._reader_task
-        self._writer.close()
+        """Fail the pending calls and close the socket. What the peer has not taken within
+        `timeout` seconds is dropped and the connection reset: a peer that stops reading
+        (a hung Core, a stalled client) cannot hold the caller."""
+        self._end(ConnectionClosed("connection closed"))
+        self._transport.close()
         try:
-            # shielded: the close waiter is the protocol's own future, which a timeout
-            # would cancel for every later wait_closed (a second close would raise)
+            # shielded: a timeout would cancel the future every later close waits for
             async with asyncio.timeout(timeout):
-                await asyncio.shield(self._writer.wait_closed())
+                await asyncio.shield(self._lost)
         except TimeoutError:
-            self._writer.transport.abort()
-        except OSError:
-            pass  # the peer reset the connection: it is closed
+            self._transport.abort()
+
+    def drop(self) -> None:
+        """Fail the pending calls now and reset the socket."""
+        self._end(ConnectionClosed("connection dropped"))
+        self._transport.abort()
 
     async def __aenter__(self) -> QrcClient:
         return self
