@@ -64,7 +64,7 @@ class QrcClient(asyncio.Protocol):
         self._loop = asyncio.get_running_loop()
         self._lost: asyncio.Future[None] = self._loop.create_future()
         self._writable: asyncio.Future[None] | None = None
-        """Set while the transport's buffer is over its high-water mark (`drain`)."""
+        """Pending while the transport's buffer is over its high-water mark (`send_raw` waits)."""
 
     @classmethod
     async def connect(
