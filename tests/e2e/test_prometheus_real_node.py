@@ -20,6 +20,7 @@ last one stops the Core.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import secrets
 import time
@@ -43,6 +44,7 @@ from node_support import (
     run_pod,
     simulated_core,
     start_simulator,
+    wait_answering,
     wait_pods_ready,
 )
 from operator_support import create, wait_condition
@@ -334,6 +336,11 @@ def test_every_gateway_pod_and_the_operator_are_up(monitored: Monitored) -> None
     assert all(u.endswith(":9090/metrics") for u in urls), urls
 
 
+def _ok(req: urllib.request.Request) -> bool:
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return bool(r.status == 200)
+
+
 def test_metrics_of_alerts_and_dashboards_exist_in_what_was_scraped(monitored: Monitored) -> None:
     used = used_metrics()
     assert any(n.startswith("qsys_gateway_") for n in used), used
@@ -350,9 +357,10 @@ def test_metrics_of_alerts_and_dashboards_exist_in_what_was_scraped(monitored: M
             data=body.encode(),
             headers={"Authorization": f"Bearer {PANEL_TOKEN}", "Content-Type": "application/json"},
         )
-        for _ in range(4):  # both pods, most likely
-            with urllib.request.urlopen(req, timeout=10) as r:
-                assert r.status == 200
+        # The pods may have started before the policy was rendered, and the kubelet takes
+        # a while to update a mounted Secret: until then the token is refused (401, an
+        # OSError here). Ten in a row reach both pods, most likely.
+        wait_answering(f"{method} with the panel's token", functools.partial(_ok, req), timeout=180)
     deadline = time.monotonic() + 60
     while (left := used - set(monitored.api("label/__name__/values"))) and (
         time.monotonic() < deadline
