@@ -57,9 +57,8 @@ class QrcClient(asyncio.Protocol):
         self._on_notification = on_notification
         self.closed = asyncio.Event()
         self.close_reason: BaseException | None = None
-        # Frames of `request` are written once per event-loop pass: one send for
-        # every call made in that pass instead of a syscall each (a call alone in
-        # flight is written at once).
+        # Calls are written once per event-loop pass: one send for every call made in
+        # that pass instead of a syscall each.
         self._out: list[bytes] = []
         self._loop = asyncio.get_running_loop()
         self._lost: asyncio.Future[None] = self._loop.create_future()
@@ -181,13 +180,9 @@ class QrcClient(asyncio.Protocol):
         rid = next(self._ids)
         self._pending[rid] = waiter
         frame = encode_frame(jsonrpc.Request(method, params, rid).to_dict())
-        if len(self._pending) == 1 and not self._out and not self._transport.is_closing():
-            # the only call in flight: sent now, an event-loop pass sooner
-            self._transport.write(frame)
-        else:
-            if not self._out:
-                self._loop.call_soon(self._flush)
-            self._out.append(frame)
+        if not self._out:
+            self._loop.call_soon(self._flush)
+        self._out.append(frame)
         if timeout is not None:
             loop = self._loop
             deadline = loop.time() + timeout
