@@ -58,16 +58,25 @@ async def test_send_raw_and_garbage_from_the_server_side(qrc_client: QrcClient) 
     assert await qrc_client.call("NoOp", {}) is True
 
 
+@pytest.mark.parametrize("how", ["reset", "closed"])
 async def test_pending_calls_fail_when_the_core_goes_away(
-    sim: CoreSimulator, qrc_client: QrcClient
+    sim: CoreSimulator, qrc_client: QrcClient, how: str
 ) -> None:
+    """The Core drops the socket or closes its side: the calls fail, the client says so,
+    and its own socket closes too."""
     sim.faults.swallow_replies = -1
     pending = asyncio.ensure_future(qrc_client.call("NoOp", {}, timeout=10))
     await asyncio.sleep(0.1)
-    sim.drop_connections()
+    if how == "reset":
+        sim.drop_connections()
+    for conn in list(sim.connections):
+        assert conn.transport is not None
+        conn.transport.close()
     with pytest.raises(ConnectionClosed):
-        await pending
+        await asyncio.wait_for(pending, 5)
+    assert qrc_client.closed.is_set()
     assert isinstance(qrc_client.close_reason, ConnectionClosed)
+    await wait_until(lambda: qrc_client._lost.done())
 
 
 async def test_close_is_idempotent_and_calls_then_fail(qrc_client: QrcClient) -> None:
@@ -132,23 +141,6 @@ async def wait_until(ready: Any, timeout: float = 5) -> None:
     async with asyncio.timeout(timeout):
         while not ready():
             await asyncio.sleep(0.01)
-
-
-async def test_a_peer_that_closes_ends_the_client(
-    sim: CoreSimulator, qrc_client: QrcClient
-) -> None:
-    """The Core closes its side: the client says so, and its socket closes too."""
-    sim.faults.swallow_replies = -1
-    pending = asyncio.ensure_future(qrc_client.call("NoOp", {}, timeout=10))
-    await asyncio.sleep(0.1)
-    for conn in list(sim.connections):
-        assert conn.transport is not None
-        conn.transport.close()
-    with pytest.raises(ConnectionClosed):
-        await asyncio.wait_for(pending, 5)
-    await asyncio.wait_for(qrc_client.closed.wait(), 5)
-    assert isinstance(qrc_client.close_reason, ConnectionClosed)
-    await wait_until(lambda: qrc_client._lost.done())
 
 
 async def test_context_manager(sim: CoreSimulator) -> None:
