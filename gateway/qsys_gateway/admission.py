@@ -614,13 +614,10 @@ class DirectCall:
         reply: dict[str, Any] | None
         try:
             if error is not None and not isinstance(error, QrcError):
-                raise error
-            try:
-                result = admission._settle(self.admitted, result, error)
-            except QrcError as exc:
-                reply = _reply(msg, None, exc)
-            else:
-                reply = _reply(msg, result, None)
+                raise error  # not an answer the Core or the gateway gives: logged below
+            reply = _reply(msg, admission._settle(self.admitted, result, error), None)
+        except QrcError as exc:
+            reply = _reply(msg, None, exc)
         except Exception:
             log.exception("call failed", extra={"request_id": self.admitted.request_id})
             reply = _reply(msg, None, QrcError(ErrorCode.SERVER_ERROR, "Internal error"))

@@ -153,7 +153,7 @@ class Lane:
         self._slots = WeightedGate(MAX_CALLS)
         """Calls in flight, one unit each."""
         self._weight = WeightedGate(PER_CONNECTION)
-        self._tasks: dict[asyncio.Task[None], tuple[Any, int, int]] | None = None
+        self._tasks: dict[asyncio.Task[None], tuple[Any, Held]] | None = None
         """Each call's task: its call and the weights it holds (made by the first call: an
         idle connection's lane stays small)."""
         self._calls: dict[Direct, tuple[Any, Held]] | None = None
@@ -239,10 +239,12 @@ class Lane:
         request_id: str = "",
     ) -> None:
         """Run `work` in a task, for a call `take` made room for."""
-        mine, theirs = held
         self._starting += 1
-        task = self._loop.create_task(self._run(obj, work, mine, theirs, request_id))
-        self._track(task, obj, mine, theirs)
+        task = self._loop.create_task(self._run(obj, work, held, request_id))
+        tasks = self._tasks
+        if tasks is None:
+            tasks = self._tasks = {}
+        tasks[task] = (obj, held)
 
     async def start(
         self, obj: Any, work: Callable[[], Awaitable[Reply | None]], request_id: str = ""
@@ -259,18 +261,11 @@ class Lane:
             raise
         self.run(obj, work, (mine, theirs), request_id)
 
-    def _track(self, task: asyncio.Task[None], obj: Any, mine: int, theirs: int) -> None:
-        tasks = self._tasks
-        if tasks is None:
-            tasks = self._tasks = {}
-        tasks[task] = (obj, mine, theirs)
-
     async def _run(
         self,
         obj: Any,
         work: Callable[[], Awaitable[Reply | None]],
-        mine: int,
-        theirs: int,
+        held: Held,
         request_id: str,
     ) -> None:
         self._starting -= 1
@@ -286,7 +281,7 @@ class Lane:
             log.exception("call failed", extra={"request_id": request_id})
             self.answer(obj, QrcError(ErrorCode.SERVER_ERROR, "Internal error"))
         finally:
-            self._release(mine, theirs)
+            self._release(*held)
             if self._tasks is not None:  # not a done callback: one loop callback less a call
                 self._tasks.pop(asyncio.current_task(self._loop), None)  # type: ignore[arg-type]
 
@@ -328,5 +323,4 @@ class Lane:
                 entry = self._tasks.pop(task, None) if self._tasks and task.done() else None
                 if entry is not None:  # cancelled before its first step
                     self._starting -= 1
-                    obj, mine, theirs = entry
-                    self.done((mine, theirs), answer_to(obj, closing))
+                    self.done(entry[1], answer_to(entry[0], closing))

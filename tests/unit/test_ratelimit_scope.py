@@ -4,6 +4,7 @@ URIs, and each subject's share of the calls pending on the Core."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -53,6 +54,16 @@ def test_bad_sentinel_uris_are_refused(uri: str) -> None:
         parse_sentinel_uri(uri)
 
 
+def _taker(took: list[Any], name: Any) -> Callable[[], bool]:
+    """A waiter that takes the slot it is handed, noting `name` in `took`."""
+
+    def granted() -> bool:
+        took.append(name)
+        return True
+
+    return granted
+
+
 def test_a_subject_waits_for_its_own_share_in_order() -> None:
     shares = SubjectShares(2)
     assert shares.try_acquire("flood")
@@ -60,17 +71,9 @@ def test_a_subject_waits_for_its_own_share_in_order() -> None:
     # Full for "flood", not for anyone else.
     assert not shares.try_acquire("flood")
     assert shares.try_acquire("calm")
-    order: list[int] = []
-
-    def waiter(n: int) -> Callable[[], bool]:
-        def granted() -> bool:
-            order.append(n)
-            return True
-
-        return granted
-
+    order: list[Any] = []
     for n in range(3):
-        shares.wait("flood", waiter(n))
+        shares.wait("flood", _taker(order, n))
     assert shares.waiting("flood") == 3
     assert not shares.try_acquire("flood")  # nobody jumps the queue
     shares.release("flood")
@@ -91,22 +94,15 @@ def test_a_waiter_that_left_leaves_no_slot_behind() -> None:
     handed: the slot goes to the next waiter, or back."""
     shares = SubjectShares(1)
     assert shares.try_acquire("s")
-    took: list[str] = []
-
-    def taker(name: str) -> Callable[[], bool]:
-        def granted() -> bool:
-            took.append(name)
-            return True
-
-        return granted
+    took: list[Any] = []
 
     def left() -> bool:  # a waiter that no longer wants the slot
         return False
 
-    forgotten = taker("forgotten")
+    forgotten = _taker(took, "forgotten")
     shares.wait("s", left)
     shares.wait("s", forgotten)
-    shares.wait("s", taker("next"))
+    shares.wait("s", _taker(took, "next"))
     shares.forget("s", forgotten)
     shares.release("s")
     assert took == ["next"]
