@@ -37,7 +37,7 @@ import yaml
 from kubernetes import client, config, utils
 from kubernetes.client.exceptions import ApiException
 
-from qsys_testkit import http_ok, rpc, wait_for
+from qsys_testkit import http_ok, rpc, wait_accepted, wait_for
 from qsys_testkit.checkout import image_names, tool_dir
 from qsys_testkit.cluster import ClusterError, LocalCluster
 from qsys_testkit.kube import (
@@ -319,6 +319,9 @@ def run_in_namespace(
     )
     # kube-proxy programs a new Service's endpoints a moment after they are ready.
     wait_for(f"the Service answering at {url}", lambda: http_ok(f"{url}/livez"), timeout=60)
+    # Ready means rendered: each pod takes the policy up at the kubelet's next sync of
+    # its config Secret.
+    wait_accepted(url, token)
     step("Status (as `kubectl get -o yaml` would show it)")
     show_status(core)
     show_status(policy)

@@ -14,7 +14,14 @@ pytest fixtures: `pytest_plugins = ["qsys_testkit.pytest_plugin"]`. Kubernetes h
 
 from qsys_core_sim.server import CoreSimulator
 
-from .gateway import GatewayProcess, gateway_config, rpc, subject, token_sha256
+from .gateway import (
+    GatewayProcess,
+    gateway_config,
+    rpc,
+    subject,
+    token_sha256,
+    wait_accepted,
+)
 from .net import LOOPBACK, free_port, http_get, http_ok, port_open, wait_for, wait_for_port
 from .operator_process import OperatorProcess
 from .process import ManagedProcess, executable, stop_process
@@ -40,6 +47,7 @@ __all__ = [
     "stop_process",
     "subject",
     "token_sha256",
+    "wait_accepted",
     "wait_for",
     "wait_for_port",
 ]

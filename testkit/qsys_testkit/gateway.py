@@ -19,7 +19,7 @@ import yaml
 
 from qsys_protocol.config import token_hmac
 
-from .net import LOOPBACK, free_port, http_get
+from .net import LOOPBACK, free_port, http_get, wait_for
 from .process import ManagedProcess, executable
 
 Readiness = Literal["readyz", "healthz"] | None
@@ -263,3 +263,23 @@ def rpc(url: str, token: str, method: str, params: Any = None) -> tuple[int, dic
             return int(r.status), json.loads(r.read())
     except urllib.error.HTTPError as exc:
         return exc.code, json.loads(exc.read() or b"{}")
+
+
+def wait_accepted(url: str, token: str, timeout: float = 150.0, streak: int = 10) -> None:
+    """Until the gateway behind `url` answers `StatusGet` with `token` `streak` times in a
+    row (its subject's rules must allow StatusGet). An AccessPolicy is Ready once it is
+    rendered; each gateway pod takes it up when the kubelet next syncs the pod's config
+    Secret (up to a minute or more), and a Service spreads calls over pods that may not
+    have it yet. A refused or unanswered call starts the count again."""
+    run = 0
+
+    def accepted() -> bool:
+        nonlocal run
+        try:
+            ok = rpc(url, token, "StatusGet")[0] == 200
+        except (OSError, ValueError):
+            ok = False
+        run = run + 1 if ok else 0
+        return run >= streak
+
+    wait_for(f"the token accepted by the gateway at {url}", accepted, timeout, interval=0.1)

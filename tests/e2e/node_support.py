@@ -347,9 +347,7 @@ def simulated_core(name: str, gateway: dict[str, Any] | None = None) -> dict[str
     return body
 
 
-def wait_answering(
-    what: str, call: Callable[[], bool], streak: int = 10, timeout: float = 60
-) -> None:
+def wait_answering(what: str, call: Callable[[], bool], streak: int = 10) -> None:
     """Until call() succeeds streak times in a row (an OSError counts as a failure):
     kube-proxy and kube-router program new pods a moment after they are Ready; until
     then a connection may be refused."""
@@ -364,7 +362,7 @@ def wait_answering(
         time.sleep(0.1)
         return run[0] >= streak
 
-    wait_for(f"{what} answering steadily", steady, timeout=timeout)
+    wait_for(f"{what} answering steadily", steady, timeout=60)
 
 
 def apply_example_policy(cluster: Cluster, ns: str, panel_token: str) -> None:

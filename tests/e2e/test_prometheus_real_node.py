@@ -20,7 +20,6 @@ last one stops the Core.
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import secrets
 import time
@@ -44,12 +43,12 @@ from node_support import (
     run_pod,
     simulated_core,
     start_simulator,
-    wait_answering,
     wait_pods_ready,
 )
 from operator_support import create, wait_condition
 from prometheus_support import MONITORING, po_crds_installed, prometheus_operator
 
+from qsys_testkit import wait_accepted
 from qsys_testkit.cluster import Cluster, LocalCluster, must, wait_for
 from qsys_testkit.monitoring import alert_names, chart_prometheus_rule, prometheus_api, used_metrics
 
@@ -336,11 +335,6 @@ def test_every_gateway_pod_and_the_operator_are_up(monitored: Monitored) -> None
     assert all(u.endswith(":9090/metrics") for u in urls), urls
 
 
-def _ok(req: urllib.request.Request) -> bool:
-    with urllib.request.urlopen(req, timeout=10) as r:
-        return bool(r.status == 200)
-
-
 def test_metrics_of_alerts_and_dashboards_exist_in_what_was_scraped(monitored: Monitored) -> None:
     used = used_metrics()
     assert any(n.startswith("qsys_gateway_") for n in used), used
@@ -348,6 +342,8 @@ def test_metrics_of_alerts_and_dashboards_exist_in_what_was_scraped(monitored: M
     core = client.CoreV1Api(monitored.cluster.api)
     svc = core.read_namespaced_service(GATEWAY, monitored.ns)
     ip = must(must(svc.spec).cluster_ip)
+    # The pods may have started before the policy was rendered (AccessPolicy Ready).
+    wait_accepted(f"http://{ip}:8080", PANEL_TOKEN)
     # Calls through the Service from the host (the test_real_gateway path): the request
     # counters and latency histograms get their first samples.
     for method, params in (("StatusGet", {}), ("Component.Get", GAIN)):
@@ -357,10 +353,9 @@ def test_metrics_of_alerts_and_dashboards_exist_in_what_was_scraped(monitored: M
             data=body.encode(),
             headers={"Authorization": f"Bearer {PANEL_TOKEN}", "Content-Type": "application/json"},
         )
-        # The pods may have started before the policy was rendered, and the kubelet takes
-        # a while to update a mounted Secret: until then the token is refused (401, an
-        # OSError here). Ten in a row reach both pods, most likely.
-        wait_answering(f"{method} with the panel's token", functools.partial(_ok, req), timeout=180)
+        for _ in range(4):  # both pods, most likely
+            with urllib.request.urlopen(req, timeout=10) as r:
+                assert r.status == 200
     deadline = time.monotonic() + 60
     while (left := used - set(monitored.api("label/__name__/values"))) and (
         time.monotonic() < deadline
